@@ -1,0 +1,200 @@
+"""Typed configuration of the model and of training, with presets and a JSON round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, fields
+from typing import Any, Optional
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range; the message says which and why."""
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a 2-D U-Net; the network is a pure function of this config.
+
+    The input is (batch, Y, X, input_channels) float32 with Y and X multiples of ``2 ** depth``;
+    the output is per-class probabilities (batch, Y, X, n_classes), or (batch, Y, X, 1) for a
+    sigmoid head on two classes (the probability of class index 1).
+    """
+
+    depth: int = 4
+    base_filters: int = 32
+    batch_norm: bool = True
+    dropout: float = 0.0
+    n_classes: int = 2
+    input_channels: int = 1
+    head: str = "softmax"  # "softmax" or "sigmoid" (two classes only)
+    pre_head_filters: int = 0  # the seed's 2-channel 3x3 conv before the 1x1 head; 0 = none
+    upsampling: str = "upsample_conv"  # "upsample_conv" (UpSampling2D + 2x2 conv) or "transpose"
+    kernel_initializer: str = "he_normal"
+
+    def __post_init__(self):
+        _check(1 <= self.depth <= 6, f"depth must be 1..6, got {self.depth}")
+        _check(1 <= self.base_filters <= 256, f"base_filters must be 1..256, got {self.base_filters}")
+        _check(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
+        _check(self.n_classes >= 2, f"n_classes must be at least 2, got {self.n_classes}")
+        _check(self.input_channels >= 1, f"input_channels must be at least 1, got {self.input_channels}")
+        _check(self.head in ("softmax", "sigmoid"), f"head must be 'softmax' or 'sigmoid', got {self.head!r}")
+        _check(
+            self.head != "sigmoid" or self.n_classes == 2,
+            f"a sigmoid head needs exactly 2 classes, got {self.n_classes}",
+        )
+        _check(self.pre_head_filters >= 0, "pre_head_filters must be >= 0")
+        _check(
+            self.upsampling in ("upsample_conv", "transpose"),
+            f"upsampling must be 'upsample_conv' or 'transpose', got {self.upsampling!r}",
+        )
+
+    @property
+    def size_multiple(self) -> int:
+        """Input Y and X must be multiples of this (one factor 2 per pooling)."""
+        return 2**self.depth
+
+    @property
+    def output_channels(self) -> int:
+        return 1 if self.head == "sigmoid" else self.n_classes
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train: sampling, augmentation, loss, optimisation and budget."""
+
+    epochs: int = 40
+    steps_per_epoch: int = 50
+    batch_size: int = 4
+    patch_size: int = 256
+    learning_rate: float = 1e-3
+    lr_schedule: str = "cosine"  # "constant" or "cosine" (decay to 1 % over all steps)
+    loss: str = "ce+dice"  # "ce" or "ce+dice"
+    dice_weight: float = 0.5
+    class_weighting: str = "balanced"  # "none" or "balanced" (inverse sqrt frequency)
+    augment_flips: bool = True
+    augment_rotations: bool = True
+    augment_elastic: bool = True
+    augment_intensity: bool = True
+    elastic_alpha: float = 10.0  # displacement (pixels) of the coarse elastic grid
+    elastic_grid: int = 3  # 3x3 control points per patch, as in the U-Net paper
+    annotated_center_fraction: float = 0.9  # share of patches centred on an annotated pixel
+    val_fraction: float = 0.2
+    val_every: int = 1  # validate every N epochs
+    seed: int = 0
+    max_minutes: Optional[float] = None
+    ignore_value: Optional[int] = None
+    percentiles: tuple = (1.0, 99.8)
+    mixed_precision: bool = False  # bfloat16 compute; fast on CPUs with AVX512-BF16 / AMX
+    jit_compile: bool = False
+
+    def __post_init__(self):
+        _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        _check(self.steps_per_epoch >= 1, f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
+        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _check(16 <= self.patch_size <= 4096, f"patch_size must be 16..4096, got {self.patch_size}")
+        _check(0 < self.learning_rate < 1, f"learning_rate must be in (0, 1), got {self.learning_rate}")
+        _check(self.lr_schedule in ("constant", "cosine"), f"unknown lr_schedule {self.lr_schedule!r}")
+        _check(self.loss in ("ce", "ce+dice"), f"loss must be 'ce' or 'ce+dice', got {self.loss!r}")
+        _check(self.class_weighting in ("none", "balanced"), f"unknown class_weighting {self.class_weighting!r}")
+        _check(0 <= self.val_fraction < 1, f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        _check(self.max_minutes is None or self.max_minutes > 0, "max_minutes must be positive")
+        _check(0 <= self.annotated_center_fraction <= 1, "annotated_center_fraction must be in [0, 1]")
+        lo, hi = self.percentiles
+        _check(0 <= lo < hi <= 100, f"percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}")
+        object.__setattr__(self, "percentiles", (float(lo), float(hi)))
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Preset:
+    model: ModelConfig
+    train: TrainConfig
+    description: str = ""
+
+
+PRESETS: dict[str, Preset] = {
+    "default": Preset(
+        ModelConfig(depth=4, base_filters=32, batch_norm=True),
+        TrainConfig(),
+        "fast CPU U-Net: 32->512 filters, batch norm, softmax, cross-entropy + Dice, elastic augmentation",
+    ),
+    "classic": Preset(
+        ModelConfig(
+            depth=4,
+            base_filters=64,
+            batch_norm=False,
+            dropout=0.5,
+            head="sigmoid",
+            pre_head_filters=2,
+            upsampling="upsample_conv",
+        ),
+        TrainConfig(
+            batch_size=2,
+            learning_rate=1e-4,
+            lr_schedule="constant",
+            loss="ce",
+            class_weighting="none",
+            augment_elastic=False,
+        ),
+        "the seed's U-Net: 64->1024 filters, 4 poolings, dropout 0.5, sigmoid head, Adam 1e-4, binary cross-entropy",
+    ),
+}
+
+
+def preset(name: str) -> Preset:
+    """The named preset ("default" or "classic")."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def to_dict(config) -> dict[str, Any]:
+    """Plain JSON-ready dict of a config dataclass."""
+    out = dataclasses.asdict(config)
+    for key, value in out.items():
+        if isinstance(value, tuple):
+            out[key] = list(value)
+    return out
+
+
+def from_dict(cls, data: dict[str, Any]):
+    """Config of class ``cls`` from a dict; unknown keys raise :class:`ConfigError`."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} fields {unknown}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    try:
+        return cls(**values)
+    except TypeError as err:
+        raise ConfigError(f"invalid {cls.__name__}: {err}") from None
+
+
+def to_json(config) -> str:
+    return json.dumps(to_dict(config), sort_keys=True)
+
+
+def from_json(cls, text: str):
+    return from_dict(cls, json.loads(text))
+
+
+__all__ = [
+    "ConfigError",
+    "ModelConfig",
+    "TrainConfig",
+    "Preset",
+    "PRESETS",
+    "preset",
+    "to_dict",
+    "from_dict",
+    "to_json",
+    "from_json",
+]

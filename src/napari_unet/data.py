@@ -1,0 +1,201 @@
+"""Input checks, normalisation, patch sampling and augmentation (numpy/scipy; no TensorFlow)."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from .labels import IGNORE_INDEX
+
+
+class InputError(ValueError):
+    """Image or labels that cannot be used; the message says what is wrong and what to do."""
+
+
+def as_stack(image, name: str = "image") -> np.ndarray:
+    """View a (Y, X) or (Z, Y, X) array as (Z, Y, X); other shapes raise :class:`InputError`."""
+    array = np.asarray(image)
+    if array.ndim == 2:
+        return array[None]
+    if array.ndim == 3:
+        return array
+    raise InputError(
+        f"{name} has shape {array.shape}; expected a 2-D image (Y, X) or a stack (Z, Y, X) of one channel"
+    )
+
+
+def check_image(image, name: str = "image") -> np.ndarray:
+    """The image as a (Z, Y, X) stack after checking dtype and finiteness."""
+    stack = as_stack(image, name)
+    if not (np.issubdtype(stack.dtype, np.number) or stack.dtype == bool) or np.iscomplexobj(stack):
+        raise InputError(f"{name} has dtype {stack.dtype}; expected real numbers")
+    if np.issubdtype(stack.dtype, np.floating) and not np.all(np.isfinite(stack)):
+        raise InputError(f"{name} contains NaN or Inf values; replace them (e.g. with 0) before training")
+    if stack.shape[-1] < 4 or stack.shape[-2] < 4:
+        raise InputError(f"{name} of shape {stack.shape} is too small; need at least 4x4 pixels")
+    return stack
+
+
+def check_pair(image, labels) -> tuple[np.ndarray, np.ndarray]:
+    """Image and labels as (Z, Y, X) stacks of identical shape, or :class:`InputError`."""
+    image_stack = check_image(image)
+    labels_array = np.asarray(labels)
+    if labels_array.shape != np.asarray(image).shape:
+        raise InputError(
+            f"image shape {np.asarray(image).shape} and labels shape {labels_array.shape} differ; "
+            "labels must have exactly the image's shape"
+        )
+    return image_stack, as_stack(labels_array, "labels")
+
+
+def normalize(image, percentiles=(1.0, 99.8)) -> np.ndarray:
+    """Per-slice percentile normalisation of (Z, Y, X) or (Y, X) to float32 (low -> 0, high -> 1)."""
+    stack = as_stack(image).astype(np.float32, copy=False)
+    lo, hi = np.percentile(stack.reshape(len(stack), -1), percentiles, axis=1)
+    scale = np.where(hi > lo, hi - lo, 1.0).astype(np.float32)
+    out = (stack - lo[:, None, None].astype(np.float32)) / scale[:, None, None]
+    return out.reshape(np.shape(image))
+
+
+def class_weights(indices: np.ndarray, n_classes: int, mode: str = "balanced") -> np.ndarray:
+    """Per-class loss weights (float32, mean 1 over annotated pixels): inverse sqrt frequency."""
+    counts = np.bincount(indices[indices >= 0].ravel(), minlength=n_classes).astype(np.float64)
+    if mode == "none" or counts.sum() == 0:
+        return np.ones(n_classes, np.float32)
+    freq = np.maximum(counts / counts.sum(), 1e-4)
+    weights = 1.0 / np.sqrt(freq)
+    weights /= (weights * freq).sum()
+    return weights.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    flips: bool = True
+    rotations: bool = True
+    elastic: bool = True
+    intensity: bool = True
+    elastic_alpha: float = 10.0
+    elastic_grid: int = 3
+
+
+def augment(image, indices, rng: np.random.Generator, aug: Augmentation) -> tuple[np.ndarray, np.ndarray]:
+    """Randomly augmented copies of a (Y, X) float32 patch and its (Y, X) int32 class indices."""
+    if aug.flips and rng.random() < 0.5:
+        image, indices = image[:, ::-1], indices[:, ::-1]
+    if aug.rotations and image.shape[0] == image.shape[1]:
+        k = int(rng.integers(4))
+        image, indices = np.rot90(image, k), np.rot90(indices, k)
+    if aug.elastic and aug.elastic_alpha > 0:
+        image, indices = elastic_deform(image, indices, rng, aug.elastic_alpha, aug.elastic_grid)
+    image = np.ascontiguousarray(image, dtype=np.float32)
+    if aug.intensity:
+        gamma = float(np.exp(rng.uniform(-0.3, 0.3)))
+        contrast = float(rng.uniform(0.8, 1.2))
+        brightness = float(rng.uniform(-0.1, 0.1))
+        image = np.clip(image, 0, None) ** gamma * contrast + brightness
+    return image.astype(np.float32, copy=False), np.ascontiguousarray(indices, dtype=np.int32)
+
+
+def elastic_deform(image, indices, rng, alpha: float, grid: int):
+    """Smooth elastic deformation (random displacements on a coarse grid, cubic upsampling).
+
+    As in the U-Net paper: displacement vectors drawn per control point (std ``alpha`` pixels),
+    interpolated bicubically; image linearly resampled, labels by nearest neighbour.
+    """
+    shape = image.shape
+    coarse = rng.normal(0.0, alpha, size=(2, grid, grid))
+    zoom = (shape[0] / grid, shape[1] / grid)
+    displacement = [ndimage.zoom(c, zoom, order=3, mode="nearest")[: shape[0], : shape[1]] for c in coarse]
+    rows, cols = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    coords = np.stack([rows + displacement[0], cols + displacement[1]])
+    warped = ndimage.map_coordinates(image, coords, order=1, mode="reflect")
+    warped_indices = ndimage.map_coordinates(indices, coords, order=0, mode="constant", cval=IGNORE_INDEX)
+    return warped.astype(np.float32), warped_indices.astype(np.int32)
+
+
+class PatchSampler:
+    """Random training patches from normalised slices, favouring annotated pixels.
+
+    ``images``: (Z, Y, X) float32 normalised; ``indices``: (Z, Y, X) int32 class indices, -1 = not
+    annotated. Slices with no annotated pixel are never sampled. Smaller slices are reflect-padded
+    (labels padded as not annotated).
+    """
+
+    def __init__(self, images, indices, patch_size, weights, aug: Augmentation, annotated_fraction=0.9, seed=0):
+        pad_y = max(0, patch_size - images.shape[1])
+        pad_x = max(0, patch_size - images.shape[2])
+        if pad_y or pad_x:
+            widths = ((0, 0), (0, pad_y), (0, pad_x))
+            images = np.pad(images, widths, mode="reflect" if min(images.shape[1:]) > 1 else "edge")
+            indices = np.pad(indices, widths, constant_values=IGNORE_INDEX)
+        self.images, self.indices = images, indices
+        self.patch_size = patch_size
+        self.weights = np.asarray(weights, np.float32)
+        self.aug = aug
+        self.annotated_fraction = annotated_fraction
+        self.rng = np.random.default_rng(seed)
+        annotated = indices >= 0
+        self.annotated_coords = np.argwhere(annotated)
+        if len(self.annotated_coords) == 0:
+            raise InputError("no annotated pixel to train on")
+        self.slices_with_labels = np.unique(self.annotated_coords[:, 0])
+
+    def patch(self) -> tuple[np.ndarray, np.ndarray]:
+        """One (P, P) image patch and its (P, P, 2) target: class index and pixel weight."""
+        rng, p = self.rng, self.patch_size
+        _, height, width = self.images.shape
+        if rng.random() < self.annotated_fraction:
+            z, cy, cx = self.annotated_coords[rng.integers(len(self.annotated_coords))]
+            y0 = int(np.clip(cy - rng.integers(p), 0, height - p))
+            x0 = int(np.clip(cx - rng.integers(p), 0, width - p))
+        else:
+            z = int(rng.choice(self.slices_with_labels))
+            y0, x0 = int(rng.integers(height - p + 1)), int(rng.integers(width - p + 1))
+        image = self.images[z, y0 : y0 + p, x0 : x0 + p]
+        indices = self.indices[z, y0 : y0 + p, x0 : x0 + p]
+        image, indices = augment(image, indices, rng, self.aug)
+        weight = np.where(indices >= 0, self.weights[np.maximum(indices, 0)], 0.0).astype(np.float32)
+        target = np.stack([np.maximum(indices, 0).astype(np.float32), weight], axis=-1)
+        return image, target
+
+    def batch(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """(B, P, P, 1) float32 images and (B, P, P, 2) float32 targets."""
+        pairs = [self.patch() for _ in range(batch_size)]
+        images = np.stack([im for im, _ in pairs])[..., None]
+        targets = np.stack([t for _, t in pairs])
+        return images, targets
+
+
+def prefetch(make_batch, n_batches: int, depth: int = 4):
+    """Iterate over ``n_batches`` results of ``make_batch()`` built ahead in a background thread."""
+    results: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def work():
+        try:
+            for _ in range(n_batches):
+                if stop.is_set():
+                    return
+                results.put(make_batch())
+        except BaseException as err:  # handed to the consumer, raised there
+            results.put(err)
+
+    thread = threading.Thread(target=work, daemon=True, name="napari-unet-batches")
+    thread.start()
+    try:
+        for _ in range(n_batches):
+            item = results.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                results.get_nowait()
+            except queue.Empty:
+                thread.join(0.05)

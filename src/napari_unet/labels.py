@@ -1,0 +1,139 @@
+"""Class values of label images, and the napari display convention.
+
+Label files keep their own values (ISBI 2012: 0 = membrane, 255 = cell interior; OCT: 0 = vitreous,
+1-8 = retinal layers, 9 = choroid). The network works on class *indices* 0..K-1, and napari shows a
+Labels layer in *display* values where 0 means "not annotated" (drawn transparent, painted by the
+eraser) and ``k + 1`` is class ``class_values[k]``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Index used for pixels that carry no annotation (they do not contribute to the loss).
+IGNORE_INDEX = -1
+
+
+class LabelError(ValueError):
+    """Labels that cannot be used for training (one class, nothing annotated, wrong dtype...)."""
+
+
+def find_class_values(labels, ignore_value=None) -> list[int]:
+    """Sorted distinct values of ``labels`` (any shape, integer dtype) except ``ignore_value``."""
+    labels = np.asarray(labels)
+    if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
+        if np.issubdtype(labels.dtype, np.floating):
+            if not np.all(np.isfinite(labels)):
+                raise LabelError("labels contain NaN or Inf; labels must be integer class values")
+            if not np.all(labels == np.round(labels)):
+                raise LabelError("labels are fractional floats; labels must be integer class values")
+        else:
+            raise LabelError(f"labels have dtype {labels.dtype}; labels must be integer class values")
+    values = np.unique(labels).astype(np.int64)
+    if ignore_value is not None:
+        values = values[values != int(ignore_value)]
+    return [int(v) for v in values]
+
+
+def check_trainable(labels, ignore_value=None, class_values=None) -> list[int]:
+    """Class values of ``labels`` after checking they can train a model; raises :class:`LabelError`."""
+    found = find_class_values(labels, ignore_value)
+    if not found:
+        raise LabelError(
+            "the labels contain no annotated pixel"
+            + (f" (every pixel has the ignore value {ignore_value})" if ignore_value is not None else "")
+            + "; paint at least two classes"
+        )
+    if class_values is None:
+        if len(found) < 2:
+            raise LabelError(
+                f"the labels contain only the value {found[0]}; a model needs at least two classes "
+                "(e.g. membrane and cell)"
+            )
+        return found
+    unknown = sorted(set(found) - set(class_values))
+    if unknown:
+        raise LabelError(
+            f"the labels contain values {unknown} that the model does not know (its classes are {list(class_values)})"
+        )
+    return list(class_values)
+
+
+def to_indices(labels, class_values, ignore_value=None) -> np.ndarray:
+    """Map label values to class indices (int32, same shape); unannotated pixels become -1.
+
+    Values that are neither a class nor ``ignore_value`` raise :class:`LabelError`.
+    """
+    labels = np.asarray(labels)
+    class_values = np.asarray(class_values, dtype=np.int64)
+    flat = labels.astype(np.int64, copy=False).ravel()
+    pos = np.searchsorted(class_values, flat)
+    pos_clipped = np.minimum(pos, len(class_values) - 1)
+    known = class_values[pos_clipped] == flat
+    indices = np.where(known, pos_clipped, IGNORE_INDEX).astype(np.int32)
+    if ignore_value is not None:
+        unknown = ~known & (flat != int(ignore_value))
+    else:
+        unknown = ~known
+    if unknown.any():
+        bad = np.unique(flat[unknown])[:5].tolist()
+        raise LabelError(f"label values {bad} are not among the classes {class_values.tolist()}")
+    return indices.reshape(labels.shape)
+
+
+def from_indices(indices, class_values, dtype=None) -> np.ndarray:
+    """Map class indices (any int array, values 0..K-1) back to label values.
+
+    The dtype is the smallest unsigned type holding ``class_values`` unless given.
+    """
+    class_values = np.asarray(class_values, dtype=np.int64)
+    if dtype is None:
+        dtype = smallest_dtype(class_values)
+    return class_values.astype(dtype)[np.asarray(indices)]
+
+
+def smallest_dtype(values) -> np.dtype:
+    """Smallest integer dtype holding every value in ``values``."""
+    values = np.asarray(values, dtype=np.int64)
+    return np.result_type(np.min_scalar_type(int(values.min())), np.min_scalar_type(int(values.max())))
+
+
+def to_display(labels, class_values, ignore_value=None) -> np.ndarray:
+    """napari display values: 0 = not annotated, ``k + 1`` = ``class_values[k]``; uint8 or uint16."""
+    indices = to_indices(labels, class_values, ignore_value)
+    dtype = np.uint8 if len(class_values) < 255 else np.uint16
+    return (indices + 1).astype(dtype)
+
+
+def from_display(display, class_values, ignore_value=None) -> np.ndarray:
+    """File label values from napari display values (inverse of :func:`to_display`).
+
+    Display 0 (not annotated) becomes ``ignore_value``; if there are unannotated pixels and no
+    ``ignore_value`` is given, :class:`LabelError` is raised (use :func:`choose_ignore_value`).
+    """
+    display = np.asarray(display)
+    n = len(class_values)
+    if display.size and int(display.max()) > n:
+        bad = int(display.max())
+        raise LabelError(f"display label {bad} has no class (there are {n} classes: {list(class_values)})")
+    unannotated = display == 0
+    values = list(class_values)
+    if unannotated.any():
+        if ignore_value is None:
+            raise LabelError("some pixels are not annotated and no ignore value was given")
+        lookup = np.asarray([ignore_value, *values], dtype=np.int64)
+    else:
+        lookup = np.asarray([values[0], *values], dtype=np.int64)
+    dtype = smallest_dtype(lookup)
+    return lookup.astype(dtype)[display.astype(np.intp, copy=False)]
+
+
+def choose_ignore_value(class_values) -> int:
+    """A value for "not annotated" that is no class: 0 if free, else the smallest free value above."""
+    taken = set(int(v) for v in class_values)
+    if 0 not in taken:
+        return 0
+    candidate = max(taken) + 1
+    if candidate <= 255:
+        return candidate
+    return next(v for v in range(1, 65536) if v not in taken)

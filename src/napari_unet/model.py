@@ -1,0 +1,106 @@
+"""U-Net construction and losses (Keras 3, TensorFlow backend; imported on first use)."""
+
+from __future__ import annotations
+
+import os
+
+from .config import ModelConfig
+
+_BACKEND_READY = False
+
+
+def import_keras():
+    """Import Keras on the TensorFlow backend with quiet logs; returns the ``keras`` module."""
+    global _BACKEND_READY
+    if not _BACKEND_READY:
+        os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        _BACKEND_READY = True
+    import keras
+
+    return keras
+
+
+def build_unet(config: ModelConfig, mixed_precision: bool = False):
+    """A Keras U-Net for ``config``: input (None, None, channels) float32, output probabilities.
+
+    Layers are plain Keras layers only, so the saved file loads in Keras safe mode.
+    With ``mixed_precision`` the convolutions compute in bfloat16 and the head stays float32.
+    """
+    keras = import_keras()
+    from keras import layers
+
+    dtype = "mixed_bfloat16" if mixed_precision else "float32"
+    conv_kwargs = dict(padding="same", kernel_initializer=config.kernel_initializer, dtype=dtype)
+
+    def conv_block(x, filters, name):
+        for i in (1, 2):
+            x = layers.Conv2D(filters, 3, use_bias=not config.batch_norm, name=f"{name}_conv{i}", **conv_kwargs)(x)
+            if config.batch_norm:
+                x = layers.BatchNormalization(name=f"{name}_bn{i}", dtype=dtype)(x)
+            x = layers.Activation("relu", name=f"{name}_relu{i}", dtype=dtype)(x)
+        return x
+
+    inputs = keras.Input(shape=(None, None, config.input_channels), name="image")
+    x = inputs
+    skips = []
+    for level in range(config.depth):
+        x = conv_block(x, config.base_filters * 2**level, f"down{level}")
+        if config.dropout and level == config.depth - 1:
+            x = layers.Dropout(config.dropout, name=f"down{level}_dropout", dtype=dtype)(x)
+        skips.append(x)
+        x = layers.MaxPooling2D(2, name=f"down{level}_pool", dtype=dtype)(x)
+    x = conv_block(x, config.base_filters * 2**config.depth, "bottom")
+    if config.dropout:
+        x = layers.Dropout(config.dropout, name="bottom_dropout", dtype=dtype)(x)
+    for level in reversed(range(config.depth)):
+        filters = config.base_filters * 2**level
+        if config.upsampling == "transpose":
+            x = layers.Conv2DTranspose(filters, 2, strides=2, name=f"up{level}_transpose", **conv_kwargs)(x)
+        else:
+            x = layers.UpSampling2D(2, name=f"up{level}_upsample", dtype=dtype)(x)
+            x = layers.Conv2D(filters, 2, activation="relu", name=f"up{level}_conv", **conv_kwargs)(x)
+        x = layers.Concatenate(name=f"up{level}_concat", dtype=dtype)([skips[level], x])
+        x = conv_block(x, filters, f"up{level}")
+    if config.pre_head_filters:
+        x = layers.Conv2D(config.pre_head_filters, 3, activation="relu", name="pre_head", **conv_kwargs)(x)
+    activation = "sigmoid" if config.head == "sigmoid" else "softmax"
+    outputs = layers.Conv2D(config.output_channels, 1, name="head_logits", dtype=dtype)(x)
+    outputs = layers.Activation(activation, name="probabilities", dtype="float32")(outputs)
+    return keras.Model(inputs, outputs, name="unet")
+
+
+def masked_loss(config: ModelConfig, dice_weight: float = 0.0):
+    """Loss on targets (B, Y, X, 2) float32: channel 0 = class index, channel 1 = pixel weight.
+
+    Pixels of weight 0 (not annotated) do not contribute. Cross-entropy is the weighted mean;
+    with ``dice_weight`` > 0 a soft Dice term over annotated pixels (mean over classes) is added.
+    """
+    keras = import_keras()
+    ops = keras.ops
+    n_classes = config.n_classes
+    sigmoid = config.head == "sigmoid"
+
+    def loss(y_true, y_pred):
+        index = ops.cast(y_true[..., 0], "int32")
+        weight = y_true[..., 1]
+        annotated = ops.cast(weight > 0, "float32")
+        y_pred = ops.cast(y_pred, "float32")
+        eps = 1e-7
+        if sigmoid:
+            p1 = ops.clip(y_pred[..., 0], eps, 1 - eps)
+            probs = ops.stack([1 - p1, p1], axis=-1)
+        else:
+            probs = ops.clip(y_pred, eps, 1.0)
+        onehot = ops.one_hot(index, n_classes)
+        ce = -ops.sum(onehot * ops.log(probs), axis=-1)
+        total = ops.sum(weight * ce) / ops.maximum(ops.sum(weight), eps)
+        if dice_weight:
+            mask = annotated[..., None]
+            intersection = ops.sum(probs * onehot * mask, axis=(0, 1, 2))
+            sizes = ops.sum(probs * mask, axis=(0, 1, 2)) + ops.sum(onehot * mask, axis=(0, 1, 2))
+            dice = (2 * intersection + 1.0) / (sizes + 1.0)
+            total = total + dice_weight * (1.0 - ops.mean(dice))
+        return total
+
+    return loss

@@ -1,0 +1,115 @@
+"""A trained model and its single-file format (``.keras`` zip plus a ``napari_unet.json`` entry)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from . import __version__
+from .config import ModelConfig, TrainConfig, from_dict, to_dict
+from .model import import_keras
+
+METADATA_ENTRY = "napari_unet.json"
+FORMAT_VERSION = 1
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be read, is not a napari-unet model, or is unsafe to load."""
+
+
+@dataclass
+class UNetModel:
+    """A trained network with everything needed to apply it.
+
+    ``class_values``: label value of each class index (e.g. [0, 255] for ISBI: index 0 = membrane).
+    ``percentiles``: per-slice intensity normalisation applied to every input image.
+    """
+
+    keras_model: Any
+    config: ModelConfig
+    class_values: list
+    percentiles: tuple = (1.0, 99.8)
+    train_config: Optional[TrainConfig] = None
+    history: list = field(default_factory=list)
+
+    def metadata(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "napari_unet_version": __version__,
+            "model_config": to_dict(self.config),
+            "class_values": [int(v) for v in self.class_values],
+            "percentiles": [float(p) for p in self.percentiles],
+            "train_config": to_dict(self.train_config) if self.train_config else None,
+            "history": self.history,
+        }
+
+
+def save_model(model: UNetModel, path) -> Path:
+    """Write ``model`` to ``path`` (``.keras``) atomically: a crash never leaves a half or lost file."""
+    path = Path(path)
+    if path.suffix != ".keras":
+        raise ModelFileError(f"model files end in .keras, got {path.name!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".keras", dir=path.parent)
+    os.close(fd)
+    try:
+        model.keras_model.save(tmp)
+        with zipfile.ZipFile(tmp, "a") as archive:
+            archive.writestr(METADATA_ENTRY, json.dumps(model.metadata(), indent=1))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def read_metadata(path) -> dict:
+    """The napari-unet metadata stored in a model file, without loading TensorFlow."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file {str(path)!r} does not exist")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if METADATA_ENTRY not in archive.namelist():
+                raise ModelFileError(f"{path.name} is a Keras file but not a napari-unet model (no {METADATA_ENTRY})")
+            return json.loads(archive.read(METADATA_ENTRY))
+    except zipfile.BadZipFile:
+        raise ModelFileError(f"{path.name} is not a .keras model file (not a zip archive)") from None
+
+
+def load_model(path) -> UNetModel:
+    """Load a model saved by :func:`save_model`, in Keras safe mode (no code from the file runs)."""
+    path = Path(path)
+    meta = read_metadata(path)
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise ModelFileError(f"{path.name} was written by a newer napari-unet; upgrade napari-unet")
+    try:
+        config = from_dict(ModelConfig, meta["model_config"])
+        train_config = from_dict(TrainConfig, meta["train_config"]) if meta.get("train_config") else None
+    except (KeyError, ValueError) as err:
+        raise ModelFileError(f"{path.name} has an invalid configuration: {err}") from None
+    keras = import_keras()
+    try:
+        keras_model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    except ValueError as err:
+        if "lambda" in str(err).lower() or "safe_mode" in str(err):
+            raise ModelFileError(
+                f"{path.name} contains a Lambda layer (arbitrary code); refused by Keras safe mode"
+            ) from None
+        raise ModelFileError(f"{path.name} could not be loaded: {str(err).splitlines()[0]}") from None
+    except (OSError, TypeError, KeyError) as err:
+        raise ModelFileError(f"{path.name} could not be loaded: {str(err).splitlines()[0]}") from None
+    return UNetModel(
+        keras_model=keras_model,
+        config=config,
+        class_values=list(meta["class_values"]),
+        percentiles=tuple(meta.get("percentiles", (1.0, 99.8))),
+        train_config=train_config,
+        history=list(meta.get("history") or []),
+    )

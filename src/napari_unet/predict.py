@@ -1,0 +1,176 @@
+"""Tiled prediction of 2-D images and (Z, Y, X) stacks as a stream of progress events."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional, Union
+
+import numpy as np
+
+from .data import InputError, check_image, normalize
+from .labels import from_indices
+from .model_io import UNetModel
+
+
+@dataclass(frozen=True)
+class PredictionProgress:
+    """``done`` of ``total`` tiles are predicted."""
+
+    done: int
+    total: int
+    elapsed: float
+    eta: float
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Result for an input of shape S = (Y, X) or (Z, Y, X).
+
+    ``labels``: shape S, class values of the training labels (e.g. 0/255), smallest fitting dtype.
+    ``probabilities``: S + (n_classes,) float32, or None when not requested.
+    """
+
+    labels: np.ndarray
+    probabilities: Optional[np.ndarray]
+    stopped: bool = False
+
+
+def tile_starts(length: int, tile: int, step: int) -> list[int]:
+    """Start offsets of tiles of size ``tile`` covering ``length`` with at most ``step`` between starts."""
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, step))
+    return starts + [length - tile]
+
+
+def blend_window(tile_shape: tuple[int, int], overlap: int) -> np.ndarray:
+    """(Y, X) float32 weights: 1 in the middle, a raised-cosine ramp over ``overlap`` at each edge."""
+    axes = []
+    for size in tile_shape:
+        ramp_length = min(overlap, size // 2)
+        window = np.ones(size, np.float32)
+        if ramp_length > 0:
+            ramp = 0.5 - 0.5 * np.cos(np.pi * (np.arange(ramp_length) + 0.5) / ramp_length)
+            window[:ramp_length] = ramp
+            window[-ramp_length:] = ramp[::-1]
+        axes.append(window)
+    return np.outer(*axes).astype(np.float32) + 1e-4
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _dihedral(batch: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    out = np.rot90(batch, k, axes=(1, 2))
+    return out[:, :, ::-1] if flip else out
+
+
+def _undo_dihedral(batch: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    if flip:
+        batch = batch[:, :, ::-1]
+    return np.rot90(batch, -k, axes=(1, 2))
+
+
+def _run_model(model: UNetModel, tiles: np.ndarray, tta: bool) -> np.ndarray:
+    """(B, T, T, n_classes) float32 class probabilities for (B, T, T, 1) float32 tiles."""
+    square = tiles.shape[1] == tiles.shape[2]
+    transforms = [(0, False)]
+    if tta:
+        transforms = [(k, f) for k in range(4) for f in (False, True)] if square else [(0, False), (2, False), (0, True), (2, True)]
+    total = None
+    for k, flip in transforms:
+        out = np.asarray(model.keras_model.predict_on_batch(np.ascontiguousarray(_dihedral(tiles, k, flip))))
+        out = _undo_dihedral(out.astype(np.float32, copy=False), k, flip)
+        total = out if total is None else total + out
+    probs = total / len(transforms)
+    if model.config.head == "sigmoid":
+        probs = np.concatenate([1.0 - probs, probs], axis=-1)
+    return probs
+
+
+def predict_events(
+    model: UNetModel,
+    image,
+    tile_size: int = 512,
+    overlap: int = 48,
+    batch_size: int = 2,
+    tta: bool = False,
+    return_probabilities: bool = True,
+    stop: Optional[Callable[[], bool]] = None,
+) -> Iterator[Union[PredictionProgress, Prediction]]:
+    """Predict ``image`` ((Y, X) or (Z, Y, X), any real dtype, numpy or dask) tile by tile.
+
+    Yields :class:`PredictionProgress` after each batch of tiles and finally one :class:`Prediction`.
+    Tiles of ``tile_size`` overlap by ``overlap`` pixels and are blended with a raised-cosine window;
+    memory for the network stays bounded by ``batch_size`` tiles. ``stop()`` returning True ends early
+    with ``Prediction.stopped`` set (slices not reached are class index 0).
+    """
+    shape = tuple(np.shape(image))
+    if len(shape) not in (2, 3):
+        raise InputError(
+            f"image has shape {shape}; the model expects one-channel 2-D images or (Z, Y, X) stacks"
+            + (" (this looks like an RGB image; convert it to grayscale)" if shape[-1] in (3, 4) else "")
+        )
+    if model.config.input_channels != 1:
+        raise InputError(f"the model expects {model.config.input_channels} channels; napari-unet images have one")
+    n_slices = 1 if len(shape) == 2 else shape[0]
+    height, width = shape[-2:]
+    multiple = model.config.size_multiple
+    tile_y = min(_round_up(tile_size, multiple), _round_up(height, multiple))
+    tile_x = min(_round_up(tile_size, multiple), _round_up(width, multiple))
+    overlap = min(overlap, tile_y // 4, tile_x // 4)
+    padded_h, padded_w = max(height, tile_y), max(width, tile_x)
+    starts = [(y, x) for y in tile_starts(padded_h, tile_y, tile_y - overlap) for x in tile_starts(padded_w, tile_x, tile_x - overlap)]
+    window = blend_window((tile_y, tile_x), overlap)[..., None]
+    n_classes = model.config.n_classes
+    total = n_slices * len(starts)
+
+    label_dtype = from_indices(np.zeros(1, np.int64), model.class_values).dtype
+    labels = np.zeros((n_slices, height, width), label_dtype)
+    probabilities = np.zeros((n_slices, height, width, n_classes), np.float32) if return_probabilities else None
+
+    start_time = time.perf_counter()
+    done = 0
+    stopped = False
+    for z in range(n_slices):
+        plane = np.asarray(image if len(shape) == 2 else image[z])
+        plane = check_image(plane)[0]
+        plane = normalize(plane, model.percentiles)
+        if padded_h > height or padded_w > width:
+            mode = "reflect" if min(height, width) > 1 else "edge"
+            plane = np.pad(plane, ((0, padded_h - height), (0, padded_w - width)), mode=mode)
+        accumulated = np.zeros((padded_h, padded_w, n_classes), np.float32)
+        weights = np.zeros((padded_h, padded_w, 1), np.float32)
+        for first in range(0, len(starts), batch_size):
+            if stop is not None and stop():
+                stopped = True
+                break
+            chunk = starts[first : first + batch_size]
+            tiles = np.stack([plane[y : y + tile_y, x : x + tile_x] for y, x in chunk])[..., None]
+            out = _run_model(model, tiles, tta)
+            for (y, x), tile_probs in zip(chunk, out):
+                accumulated[y : y + tile_y, x : x + tile_x] += tile_probs * window
+                weights[y : y + tile_y, x : x + tile_x] += window
+            done += len(chunk)
+            elapsed = time.perf_counter() - start_time
+            yield PredictionProgress(done, total, elapsed, elapsed / done * (total - done))
+        if stopped:
+            break
+        slice_probs = accumulated[:height, :width] / weights[:height, :width]
+        labels[z] = from_indices(np.argmax(slice_probs, axis=-1), model.class_values, label_dtype)
+        if probabilities is not None:
+            probabilities[z] = slice_probs
+    if len(shape) == 2:
+        labels = labels[0]
+        probabilities = None if probabilities is None else probabilities[0]
+    yield Prediction(labels=labels, probabilities=probabilities, stopped=stopped)
+
+
+def predict(model: UNetModel, image, **kwargs) -> Prediction:
+    """Drain :func:`predict_events` and return the :class:`Prediction` (same keyword arguments)."""
+    result = None
+    for event in predict_events(model, image, **kwargs):
+        result = event
+    return result

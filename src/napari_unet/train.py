@@ -1,0 +1,270 @@
+"""Training as a stream of progress events; :func:`train` drains it for scripts and the CLI."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterator, Optional, Union
+
+import numpy as np
+
+from .config import ConfigError, ModelConfig, TrainConfig, preset
+from .data import Augmentation, InputError, PatchSampler, check_pair, class_weights, normalize, prefetch
+from .labels import check_trainable, to_indices
+from .model import build_unet, import_keras, masked_loss
+from .model_io import UNetModel
+
+
+@dataclass(frozen=True)
+class TrainingStarted:
+    total_steps: int
+    epochs: int
+    steps_per_epoch: int
+    train_slices: list
+    val_slices: list
+    class_values: list
+
+
+@dataclass(frozen=True)
+class TrainingStep:
+    epoch: int
+    step: int  # global step, 1-based
+    total_steps: int
+    loss: float
+    learning_rate: float
+    elapsed: float
+    eta: float
+
+
+@dataclass(frozen=True)
+class EpochEnd:
+    epoch: int  # 1-based
+    epochs: int
+    loss: float  # mean training loss over the epoch
+    val_loss: Optional[float]
+    val_metrics: dict  # pixel_error and dice (mean over classes) on annotated validation pixels
+    is_best: bool
+    elapsed: float
+    eta: float
+
+
+@dataclass(frozen=True)
+class TrainingFinished:
+    model: UNetModel  # weights of the best validation epoch
+    reason: str  # "completed", "stopped" or "time budget"
+    best_epoch: int
+    history: list = field(default_factory=list)
+
+
+TrainingEvent = Union[TrainingStarted, TrainingStep, EpochEnd, TrainingFinished]
+
+
+def split_validation(annotated_slices: list, n_slices: int, val_fraction: float) -> tuple[list, list]:
+    """Whole-slice split: the last ``val_fraction`` of annotated slices validate, the rest train.
+
+    With one annotated slice (a single 2-D image), both lists hold it and the caller splits by columns.
+    """
+    if val_fraction <= 0 or len(annotated_slices) < 2:
+        return list(annotated_slices), []
+    n_val = min(max(1, round(len(annotated_slices) * val_fraction)), len(annotated_slices) - 1)
+    return list(annotated_slices[:-n_val]), list(annotated_slices[-n_val:])
+
+
+def _resolve_model_config(model_config: Optional[ModelConfig], n_classes: int, init: Optional[UNetModel]) -> ModelConfig:
+    if init is not None:
+        return init.config
+    config = model_config or preset("default").model
+    if config.n_classes != n_classes:
+        if config.head == "sigmoid" and n_classes != 2:
+            raise ConfigError(
+                f"this model has a sigmoid head for two classes but the labels have {n_classes} classes; "
+                "use the default preset"
+            )
+        config = replace(config, n_classes=n_classes)
+    return config
+
+
+def _validation_scores(model: UNetModel, images, indices, loss_weights) -> tuple[float, dict]:
+    from .predict import predict  # local: predict imports model_io, which is fine, but keeps train light
+
+    probabilities = predict(model, images, return_probabilities=True).probabilities
+    annotated = indices >= 0
+    if not annotated.any():
+        return float("nan"), {}
+    truth = indices[annotated]
+    probs = probabilities[annotated]
+    picked = np.clip(probs[np.arange(len(truth)), truth], 1e-7, 1.0)
+    weights = loss_weights[truth]
+    val_loss = float(np.sum(-np.log(picked) * weights) / np.sum(weights))
+    predicted = np.argmax(probs, axis=-1)
+    dice = []
+    for k in range(probabilities.shape[-1]):
+        both = np.sum((predicted == k) & (truth == k))
+        size = np.sum(predicted == k) + np.sum(truth == k)
+        if size:
+            dice.append(2.0 * both / size)
+    return val_loss, {"pixel_error": float(np.mean(predicted != truth)), "dice": float(np.mean(dice))}
+
+
+def _learning_rate(base: float, schedule: str, progress: float) -> float:
+    if schedule == "constant":
+        return base
+    return base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def train_events(
+    image,
+    labels,
+    model_config: Optional[ModelConfig] = None,
+    train_config: Optional[TrainConfig] = None,
+    init: Optional[UNetModel] = None,
+    stop: Optional[Callable[[], bool]] = None,
+) -> Iterator[TrainingEvent]:
+    """Train a U-Net on ``image`` and ``labels`` ((Y, X) or (Z, Y, X), identical shapes), yielding events.
+
+    ``labels`` hold class values (e.g. 0/255); pixels equal to ``train_config.ignore_value`` are not
+    annotated. ``init`` fine-tunes an existing model (its architecture, classes and normalisation are
+    kept). ``stop()`` returning True, or the time budget, ends training cleanly. The last event is
+    :class:`TrainingFinished` carrying the model with the best validation weights.
+    """
+    train_config = train_config or preset("default").train
+    image_stack, label_stack = check_pair(image, labels)
+    ignore = train_config.ignore_value
+    class_values = check_trainable(label_stack, ignore, init.class_values if init else None)
+    model_config = _resolve_model_config(model_config, len(class_values), init)
+    percentiles = init.percentiles if init else train_config.percentiles
+    indices = to_indices(label_stack, class_values, ignore)
+    images = normalize(image_stack, percentiles)
+
+    annotated_slices = [z for z in range(len(indices)) if (indices[z] >= 0).any()]
+    train_slices, val_slices = split_validation(annotated_slices, len(indices), train_config.val_fraction)
+    train_indices = indices[train_slices]
+    val_images, val_indices = images[val_slices], indices[val_slices]
+    if not val_slices and train_config.val_fraction > 0 and images.shape[2] >= 64:
+        # One annotated image: validate on its last columns, train on the rest.
+        cut = int(round(images.shape[2] * (1 - train_config.val_fraction)))
+        cut -= cut % model_config.size_multiple
+        val_images, val_indices = images[train_slices, :, cut:], indices[train_slices, :, cut:]
+        train_indices = indices[train_slices].copy()
+        train_indices[:, :, cut:] = -1
+        if not (train_indices >= 0).any() or not (val_indices >= 0).any():
+            val_images, val_indices, train_indices = None, None, indices[train_slices]
+    has_validation = val_indices is not None and len(val_indices) and (val_indices >= 0).any()
+
+    weights = class_weights(train_indices, model_config.n_classes, train_config.class_weighting)
+    aug = Augmentation(
+        flips=train_config.augment_flips,
+        rotations=train_config.augment_rotations,
+        elastic=train_config.augment_elastic,
+        intensity=train_config.augment_intensity,
+        elastic_alpha=train_config.elastic_alpha,
+        elastic_grid=train_config.elastic_grid,
+    )
+    sampler = PatchSampler(
+        images[train_slices],
+        train_indices,
+        train_config.patch_size,
+        weights,
+        aug,
+        train_config.annotated_center_fraction,
+        seed=train_config.seed,
+    )
+
+    keras = import_keras()
+    keras.utils.set_random_seed(train_config.seed)
+    keras_model = build_unet(model_config, mixed_precision=train_config.mixed_precision)
+    if init is not None:
+        keras_model.set_weights(init.keras_model.get_weights())
+    optimizer = keras.optimizers.Adam(learning_rate=train_config.learning_rate)
+    dice_weight = train_config.dice_weight if train_config.loss == "ce+dice" else 0.0
+    keras_model.compile(
+        optimizer=optimizer,
+        loss=masked_loss(model_config, dice_weight),
+        jit_compile=train_config.jit_compile,
+    )
+    result = UNetModel(keras_model, model_config, class_values, percentiles, train_config)
+
+    epochs, steps_per_epoch = train_config.epochs, train_config.steps_per_epoch
+    total_steps = epochs * steps_per_epoch
+    budget = train_config.max_minutes * 60.0 if train_config.max_minutes else None
+    yield TrainingStarted(total_steps, epochs, steps_per_epoch, train_slices, val_slices, class_values)
+
+    start = time.perf_counter()
+    best_loss, best_epoch, best_weights = math.inf, 0, None
+    history: list = []
+    reason = "completed"
+    step = 0
+    batches = prefetch(lambda: sampler.batch(train_config.batch_size), total_steps)
+    try:
+        for epoch in range(1, epochs + 1):
+            losses = []
+            for _ in range(steps_per_epoch):
+                elapsed = time.perf_counter() - start
+                if stop is not None and stop():
+                    reason = "stopped"
+                    break
+                if budget is not None and elapsed >= budget:
+                    reason = "time budget"
+                    break
+                progress = step / total_steps
+                if budget is not None:
+                    progress = max(progress, elapsed / budget)
+                lr = _learning_rate(train_config.learning_rate, train_config.lr_schedule, progress)
+                optimizer.learning_rate.assign(lr)
+                x, y = next(batches)
+                loss = float(keras_model.train_on_batch(x, y))
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"training diverged at step {step + 1} (loss {loss}); lower the learning rate")
+                losses.append(loss)
+                step += 1
+                elapsed = time.perf_counter() - start
+                eta = elapsed / step * (total_steps - step)
+                if budget is not None:
+                    eta = min(eta, max(budget - elapsed, 0.0))
+                yield TrainingStep(epoch, step, total_steps, loss, lr, elapsed, eta)
+            if not losses:
+                break
+            val_loss, val_metrics = None, {}
+            last_epoch = reason != "completed" or epoch == epochs
+            if has_validation and (epoch % train_config.val_every == 0 or last_epoch):
+                val_loss, val_metrics = _validation_scores(result, val_images, val_indices, weights)
+            monitored = val_loss if val_loss is not None else (float(np.mean(losses)) if not has_validation else None)
+            is_best = monitored is not None and monitored < best_loss
+            if is_best:
+                best_loss, best_epoch, best_weights = monitored, epoch, keras_model.get_weights()
+            elapsed = time.perf_counter() - start
+            eta = elapsed / step * (total_steps - step)
+            if budget is not None:
+                eta = min(eta, max(budget - elapsed, 0.0))
+            record = {"epoch": epoch, "loss": float(np.mean(losses)), "val_loss": val_loss, "elapsed": elapsed, **{f"val_{k}": v for k, v in val_metrics.items()}}
+            history.append(record)
+            yield EpochEnd(epoch, epochs, float(np.mean(losses)), val_loss, val_metrics, is_best, elapsed, eta)
+            if reason != "completed":
+                break
+    finally:
+        batches.close()
+    if best_weights is not None:
+        keras_model.set_weights(best_weights)
+    result.history = history
+    yield TrainingFinished(result, reason, best_epoch, history)
+
+
+def train(image, labels, model_config=None, train_config=None, init=None, stop=None) -> TrainingFinished:
+    """Drain :func:`train_events` (same arguments); returns the final :class:`TrainingFinished`."""
+    final = None
+    for event in train_events(image, labels, model_config, train_config, init, stop):
+        final = event
+    return final
+
+
+__all__ = [
+    "TrainingStarted",
+    "TrainingStep",
+    "EpochEnd",
+    "TrainingFinished",
+    "train_events",
+    "train",
+    "split_validation",
+    "InputError",
+]
