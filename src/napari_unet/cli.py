@@ -1,0 +1,284 @@
+"""The ``napari-unet`` command line: train, predict, evaluate, demo.
+
+Bad input exits with status 2 and one line on stderr; a failed or interrupted run writes no file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+class CommandError(Exception):
+    """Bad input detected by the command line itself."""
+
+
+def _bad_input_errors() -> tuple:
+    from .config import ConfigError
+    from .data import InputError
+    from .labels import LabelError
+    from .model_io import ModelFileError
+    from .tiff_io import TiffReadError
+
+    return (CommandError, ConfigError, InputError, LabelError, ModelFileError, TiffReadError)
+
+
+def read_stack(path, what: str) -> np.ndarray:
+    """A one-channel (Y, X) or (Z, Y, X) array from a TIFF file or a folder of TIFF slices."""
+    from .tiff_io import read_folder, read_tiff
+
+    path = Path(path)
+    if not path.exists():
+        raise CommandError(f"{what} {str(path)!r} does not exist")
+    tiff = read_folder(path) if path.is_dir() else read_tiff(path)
+    data, axes = tiff.data, tiff.axes
+    for axis in "CS":
+        if axis in axes and data.shape[axes.index(axis)] > 1:
+            n = data.shape[axes.index(axis)]
+            raise CommandError(
+                f"{what} {path.name} has {n} channels (axes {axes}); napari-unet works on one-channel images: "
+                "convert it to grayscale or extract one channel"
+            )
+    squeezed = np.squeeze(data)
+    if squeezed.ndim not in (2, 3):
+        raise CommandError(f"{what} {path.name} has shape {data.shape} (axes {axes}); expected (Y, X) or (Z, Y, X)")
+    return squeezed
+
+
+def _format_seconds(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 60:d}:{seconds % 60:02d}"
+
+
+class ProgressLine:
+    """One self-overwriting status line on stderr (plain lines when stderr is not a terminal)."""
+
+    def __init__(self, stream=sys.stderr, every: float = 0.5):
+        self.stream, self.every, self.last = stream, every, 0.0
+        self.tty = stream.isatty()
+
+    def show(self, fraction: float, text: str, force: bool = False):
+        now = time.perf_counter()
+        if not force and now - self.last < (self.every if self.tty else 10.0):
+            return
+        self.last = now
+        width = 24
+        filled = int(round(width * min(max(fraction, 0.0), 1.0)))
+        line = f"[{'#' * filled}{'.' * (width - filled)}] {100 * fraction:5.1f}% {text}"
+        self.stream.write(("\r" + line + "\x1b[K") if self.tty else line + "\n")
+        self.stream.flush()
+
+    def done(self):
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _train_config_from_args(args, preset):
+    overrides = {
+        "seed": args.seed,
+        "ignore_value": args.ignore_value,
+    }
+    for name in ("val_fraction", "batch_size", "patch_size", "learning_rate", "steps_per_epoch"):
+        value = getattr(args, name)
+        if value is not None:
+            overrides[name] = value
+    if args.epochs is not None:
+        overrides["epochs"] = args.epochs
+    elif args.max_minutes is not None:
+        overrides["epochs"] = 100_000  # the time budget decides
+    if args.max_minutes is not None:
+        overrides["max_minutes"] = args.max_minutes
+    return preset.train.replace(**overrides)
+
+
+def run_training(image, labels, model_config, train_config, init=None, quiet=False):
+    """Drain training events with a terminal progress line; returns the start and finish events."""
+    from .train import EpochEnd, TrainingFinished, TrainingStarted, TrainingStep, train_events
+
+    progress = ProgressLine()
+    started = final = None
+    budget = train_config.max_minutes * 60 if train_config.max_minutes else None
+    last_val = ""
+    for event in train_events(image, labels, model_config, train_config, init=init):
+        if isinstance(event, TrainingStarted):
+            started = event
+            if quiet:
+                continue
+            print(
+                f"training on slices {event.train_slices}, validating on {event.val_slices or 'held-out columns'}; "
+                f"classes {event.class_values}",
+                file=sys.stderr,
+            )
+        elif isinstance(event, TrainingStep) and not quiet:
+            fraction = event.step / event.total_steps
+            if budget:
+                fraction = max(fraction, event.elapsed / budget)
+            progress.show(
+                fraction,
+                f"epoch {event.epoch} step {event.step} loss {event.loss:.4f}{last_val} "
+                f"elapsed {_format_seconds(event.elapsed)} ETA {_format_seconds(event.eta)}",
+            )
+        elif isinstance(event, EpochEnd):
+            if event.val_loss is not None:
+                last_val = f" val_loss {event.val_loss:.4f}" + (" *" if event.is_best else "")
+        elif isinstance(event, TrainingFinished):
+            final = event
+    if not quiet:
+        progress.done()
+        print(f"training {final.reason} after {len(final.history)} epochs; best epoch {final.best_epoch}", file=sys.stderr)
+    return started, final
+
+
+def cmd_train(args) -> int:
+    from .config import preset as get_preset
+    from .metrics import evaluate
+    from .model_io import load_model, save_model
+    from .predict import predict
+
+    output = Path(args.output)
+    if output.suffix != ".keras":
+        raise CommandError(f"the model file must end in .keras, got {output.name!r}")
+    image = read_stack(args.image, "image")
+    labels = read_stack(args.labels, "labels")
+    if image.shape != labels.shape:
+        raise CommandError(f"image shape {image.shape} and labels shape {labels.shape} differ; they must be identical")
+    chosen = get_preset(args.preset)
+    train_config = _train_config_from_args(args, chosen)
+    init = load_model(args.init) if args.init else None
+    started, final = run_training(image, labels, chosen.model, train_config, init=init)
+    save_model(final.model, output)
+    print(f"wrote {output}", file=sys.stderr)
+
+    if started.val_slices:
+        val = started.val_slices
+        stack_image = image if image.ndim == 3 else image[None]
+        stack_labels = labels if labels.ndim == 3 else labels[None]
+        prediction = predict(final.model, stack_image[val], return_probabilities=False)
+        scores = evaluate(prediction.labels, stack_labels[val], final.model.class_values, ignore_value=train_config.ignore_value)
+        print(json.dumps({"validation_slices": val, **scores}, indent=1))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .model_io import load_model
+    from .predict import predict_events
+    from .tiff_io import write_tiff
+
+    output = Path(args.output)
+    image = read_stack(args.image, "image")
+    model = load_model(args.model)
+    progress = ProgressLine()
+    result = None
+    for event in predict_events(
+        model, image, tile_size=args.tile_size, batch_size=args.batch_size, tta=args.tta,
+        return_probabilities=args.probabilities is not None,
+    ):
+        if hasattr(event, "done"):
+            progress.show(event.done / event.total, f"tile {event.done}/{event.total} ETA {_format_seconds(event.eta)}")
+        else:
+            result = event
+    progress.done()
+    write_tiff(output, result.labels, metadata={"class_values": list(model.class_values)})
+    print(f"wrote {output} {result.labels.shape} {result.labels.dtype}", file=sys.stderr)
+    if args.probabilities:
+        probs = np.moveaxis(result.probabilities, -1, -3)  # (Z, C, Y, X): one plane per class
+        write_tiff(args.probabilities, probs.astype(np.float32), metadata={"class_values": list(model.class_values)})
+        print(f"wrote {args.probabilities} {probs.shape} float32", file=sys.stderr)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .labels import find_class_values
+    from .metrics import evaluate
+
+    prediction = read_stack(args.prediction, "prediction")
+    truth = read_stack(args.truth, "truth")
+    if prediction.shape != truth.shape:
+        raise CommandError(f"prediction shape {prediction.shape} and truth shape {truth.shape} differ")
+    class_values = find_class_values(truth, args.ignore_value)
+    scores = evaluate(prediction, truth, class_values, ignore_value=args.ignore_value)
+    print(json.dumps(scores, indent=1))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(Path(args.output_dir), minutes=args.minutes, headless=args.headless, seed=args.seed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="napari-unet", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a U-Net on an image stack and its labels")
+    train.add_argument("image", help="TIFF image (Y, X) or stack (Z, Y, X), or a folder of TIFF slices")
+    train.add_argument("labels", help="TIFF labels of the image's shape (class values, e.g. 0/255)")
+    train.add_argument("-o", "--output", required=True, help="model file to write (.keras)")
+    train.add_argument("--preset", default="default", choices=["default", "classic"])
+    train.add_argument("--epochs", type=int, help="epochs (default: the preset's, or unlimited with --max-minutes)")
+    train.add_argument("--max-minutes", type=float, help="wall-clock budget; the best validation model is kept")
+    train.add_argument("--ignore-value", type=int, help="label value of unannotated pixels (sparse labels)")
+    train.add_argument("--val-fraction", type=float, help="share of slices held out for validation (default 0.2)")
+    train.add_argument("--init", help="fine-tune this model file instead of starting from scratch")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--patch-size", type=int)
+    train.add_argument("--learning-rate", type=float)
+    train.add_argument("--steps-per-epoch", type=int)
+    train.set_defaults(func=cmd_train)
+
+    pred = sub.add_parser("predict", help="predict labels for an image stack")
+    pred.add_argument("model", help="model file (.keras) written by napari-unet train")
+    pred.add_argument("image", help="TIFF image or stack, or a folder of TIFF slices")
+    pred.add_argument("-o", "--output", required=True, help="labels TIFF to write (the training labels' values)")
+    pred.add_argument("--probabilities", help="also write per-class probabilities (float32 TIFF, Z C Y X)")
+    pred.add_argument("--tta", action="store_true", help="average over flips and 90-degree rotations")
+    pred.add_argument("--tile-size", type=int, default=512)
+    pred.add_argument("--batch-size", type=int, default=2)
+    pred.set_defaults(func=cmd_predict)
+
+    ev = sub.add_parser("evaluate", help="score predicted labels against ground truth (prints JSON)")
+    ev.add_argument("prediction")
+    ev.add_argument("truth")
+    ev.add_argument("--ignore-value", type=int, help="truth value of unannotated pixels")
+    ev.set_defaults(func=cmd_evaluate)
+
+    demo = sub.add_parser("demo", help="train and predict on embedded synthetic EM data, write a figure")
+    demo.add_argument("--output-dir", default="napari-unet-demo")
+    demo.add_argument("--minutes", type=float, default=1.0, help="training budget")
+    demo.add_argument("--headless", action="store_true", help="do not open napari")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("napari-unet: interrupted; no output file was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except _bad_input_errors() as err:
+        print(f"napari-unet: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except FloatingPointError as err:
+        print(f"napari-unet: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

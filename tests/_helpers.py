@@ -1,0 +1,41 @@
+"""Shared test data: small synthetic tasks and one tiny trained model per test session."""
+
+import functools
+from pathlib import Path
+
+import numpy as np
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+NO_SHARED_DATA = "../shared/data not found: real-data tests need the project's shared data beside the repo"
+
+
+def stripes(n_slices=4, size=96, seed=0):
+    """Noisy dark lines on a bright background; labels 0 = line ("membrane"), 255 = background."""
+    rng = np.random.default_rng(seed)
+    image = np.full((n_slices, size, size), 190.0)
+    labels = np.full((n_slices, size, size), 255, np.uint8)
+    for z in range(n_slices):
+        for _ in range(size // 16):
+            r, c = rng.integers(0, size - 3, 2)
+            image[z, r : r + 3], labels[z, r : r + 3] = 60, 0
+            image[z, :, c : c + 3], labels[z, :, c : c + 3] = 60, 0
+    image += rng.normal(0, 25, image.shape)
+    return image.clip(0, 255).astype(np.uint8), labels
+
+
+def tiny_configs(**train_overrides):
+    from napari_unet.config import ModelConfig, TrainConfig
+
+    train = dict(epochs=2, steps_per_epoch=10, batch_size=4, patch_size=64, val_fraction=0.25, learning_rate=3e-3)
+    train.update(train_overrides)
+    return ModelConfig(depth=2, base_filters=8), TrainConfig(**train)
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_model():
+    """A depth-2, 8-filter U-Net trained for a few seconds on :func:`stripes` (shared by tests)."""
+    from napari_unet.train import train
+
+    image, labels = stripes()
+    model_config, train_config = tiny_configs()
+    return train(image, labels, model_config, train_config).model

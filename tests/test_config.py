@@ -1,0 +1,70 @@
+import pytest
+
+from napari_unet.config import (
+    PRESETS,
+    ConfigError,
+    ModelConfig,
+    TrainConfig,
+    from_dict,
+    from_json,
+    preset,
+    to_dict,
+    to_json,
+)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_round_trip_through_json(name):
+    chosen = preset(name)
+    assert from_json(ModelConfig, to_json(chosen.model)) == chosen.model
+    assert from_json(TrainConfig, to_json(chosen.train)) == chosen.train
+
+
+def test_classic_preset_is_the_seed_architecture():
+    model = preset("classic").model
+    assert (model.depth, model.base_filters, model.batch_norm) == (4, 64, False)
+    assert (model.head, model.pre_head_filters, model.dropout) == ("sigmoid", 2, 0.5)
+    train = preset("classic").train
+    assert train.learning_rate == 1e-4 and train.loss == "ce" and train.lr_schedule == "constant"
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"depth": 0}, "depth"),
+        ({"n_classes": 1}, "n_classes"),
+        ({"head": "sigmoid", "n_classes": 3}, "sigmoid"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"upsampling": "bilinear"}, "upsampling"),
+    ],
+)
+def test_model_config_rejects_bad_values_with_a_clear_message(kwargs, words):
+    with pytest.raises(ConfigError, match=words):
+        ModelConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"patch_size": 8}, "patch_size"),
+        ({"val_fraction": 1.0}, "val_fraction"),
+        ({"loss": "focal"}, "loss"),
+        ({"percentiles": (50, 10)}, "percentiles"),
+        ({"max_minutes": 0}, "max_minutes"),
+    ],
+)
+def test_train_config_rejects_bad_values(kwargs, words):
+    with pytest.raises(ConfigError, match=words):
+        TrainConfig(**kwargs)
+
+
+def test_unknown_fields_are_refused():
+    data = to_dict(ModelConfig())
+    data["filters_per_level"] = 3
+    with pytest.raises(ConfigError, match="filters_per_level"):
+        from_dict(ModelConfig, data)
+
+
+def test_unknown_preset():
+    with pytest.raises(ConfigError, match="default"):
+        preset("huge")

@@ -1,0 +1,112 @@
+import numpy as np
+import pytest
+
+from napari_unet.data import (
+    Augmentation,
+    InputError,
+    PatchSampler,
+    augment,
+    check_pair,
+    class_weights,
+    elastic_deform,
+    normalize,
+    prefetch,
+)
+
+
+def test_normalize_maps_percentiles_per_slice_and_keeps_input():
+    image = np.stack([np.arange(100, dtype=np.uint8).reshape(10, 10), 2 * np.arange(100, dtype=np.uint8).reshape(10, 10)])
+    before = image.copy()
+    out = normalize(image, (0, 100))
+    assert out.dtype == np.float32 and out.shape == image.shape
+    assert out[0].min() == 0 and out[0].max() == 1 and out[1].min() == 0 and out[1].max() == 1
+    np.testing.assert_array_equal(image, before)
+
+
+def test_normalize_constant_image_does_not_divide_by_zero():
+    out = normalize(np.full((8, 8), 7, np.uint8))
+    assert np.all(np.isfinite(out)) and np.all(out == 0)
+
+
+@pytest.mark.parametrize(
+    "image, labels, words",
+    [
+        (np.zeros((4, 8, 8)), np.zeros((4, 8, 9)), "differ"),
+        (np.full((8, 8), np.nan), np.zeros((8, 8)), "NaN"),
+        (np.zeros((2, 3, 8, 8)), np.zeros((2, 3, 8, 8)), "expected a 2-D image"),
+        (np.zeros((8, 8), complex), np.zeros((8, 8)), "real numbers"),
+        (np.zeros((8, 8)), np.zeros((2, 8, 8)), "differ"),
+    ],
+)
+def test_bad_pairs_are_refused_with_clear_messages(image, labels, words):
+    with pytest.raises(InputError, match=words):
+        check_pair(image, labels)
+
+
+def test_class_weights_favour_the_rare_class():
+    indices = np.array([0] * 10 + [1] * 90 + [-1] * 50)
+    weights = class_weights(indices, 2)
+    assert weights[0] > weights[1]
+    assert np.isclose((weights * [0.1, 0.9]).sum(), 1.0)
+    np.testing.assert_array_equal(class_weights(indices, 2, "none"), [1, 1])
+
+
+def test_augment_keeps_image_and_labels_aligned():
+    rng = np.random.default_rng(0)
+    indices = np.zeros((64, 64), np.int32)
+    indices[20:30, 10:50] = 1
+    image = indices.astype(np.float32)
+    for _ in range(5):
+        out_image, out_indices = augment(image, indices, rng, Augmentation(intensity=False))
+        assert out_image.shape == (64, 64) and out_indices.dtype == np.int32
+        inside = out_indices == 1
+        # the deformed bright bar and the deformed label bar coincide (up to interpolation at edges)
+        assert np.mean(out_image[inside] > 0.5) > 0.9
+        assert set(np.unique(out_indices)) <= {-1, 0, 1}
+
+
+def test_elastic_deformation_moves_pixels_but_keeps_label_values():
+    rng = np.random.default_rng(1)
+    indices = (np.indices((48, 48)).sum(0) // 8 % 2).astype(np.int32)
+    image = indices.astype(np.float32)
+    warped, warped_indices = elastic_deform(image, indices, rng, alpha=6.0, grid=3)
+    assert not np.array_equal(warped_indices, indices)
+    assert set(np.unique(warped_indices)) <= {-1, 0, 1}
+
+
+def test_patch_sampler_centres_patches_on_annotations():
+    images = np.random.default_rng(0).random((3, 128, 128)).astype(np.float32)
+    indices = np.full((3, 128, 128), -1, np.int32)
+    indices[1, 100:110, 100:110] = 1
+    indices[1, 110:120, 100:110] = 0
+    sampler = PatchSampler(images, indices, 32, np.ones(2, np.float32), Augmentation(elastic=False), 1.0, seed=0)
+    x, y = sampler.batch(8)
+    assert x.shape == (8, 32, 32, 1) and y.shape == (8, 32, 32, 2)
+    assert x.dtype == np.float32 and y.dtype == np.float32
+    assert np.all((y[..., 1] > 0).reshape(8, -1).any(axis=1)), "every patch holds annotated pixels"
+    assert np.all(y[..., 1][y[..., 0] == 1] >= 0)
+
+
+def test_patch_sampler_pads_images_smaller_than_the_patch():
+    images = np.zeros((1, 20, 30), np.float32)
+    indices = np.zeros((1, 20, 30), np.int32)
+    sampler = PatchSampler(images, indices, 64, np.ones(2, np.float32), Augmentation(), seed=0)
+    x, y = sampler.batch(2)
+    assert x.shape == (2, 64, 64, 1)
+    assert (y[..., 1] == 0).any(), "padding is not annotated"
+
+
+def test_patch_sampler_without_annotations_is_refused():
+    with pytest.raises(InputError, match="no annotated"):
+        PatchSampler(np.zeros((1, 32, 32), np.float32), np.full((1, 32, 32), -1, np.int32), 32, [1, 1], Augmentation())
+
+
+def test_prefetch_yields_in_order_and_reraises_errors():
+    counter = iter(range(5))
+    assert list(prefetch(lambda: next(counter), 5)) == [0, 1, 2, 3, 4]
+
+    def broken():
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        list(prefetch(broken, 3))

@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+
+from napari_unet.labels import (
+    LabelError,
+    check_trainable,
+    choose_ignore_value,
+    find_class_values,
+    from_display,
+    from_indices,
+    to_display,
+    to_indices,
+)
+
+
+def test_isbi_values_map_to_indices_and_back():
+    labels = np.array([[0, 255], [255, 0]], np.uint8)
+    indices = to_indices(labels, [0, 255])
+    assert indices.dtype == np.int32
+    np.testing.assert_array_equal(indices, [[0, 1], [1, 0]])
+    back = from_indices(indices, [0, 255])
+    assert back.dtype == np.uint8
+    np.testing.assert_array_equal(back, labels)
+
+
+def test_ignore_value_becomes_minus_one():
+    labels = np.array([0, 255, 7, 0])
+    np.testing.assert_array_equal(to_indices(labels, [0, 255], ignore_value=7), [0, 1, -1, 0])
+
+
+def test_unknown_values_are_refused():
+    with pytest.raises(LabelError, match=r"\[3\]"):
+        to_indices(np.array([0, 3, 255]), [0, 255])
+
+
+def test_display_convention_round_trip_keeps_zero_as_a_class():
+    labels = np.array([[0, 255, 0], [255, 255, 0]], np.uint8)
+    display = to_display(labels, [0, 255])
+    np.testing.assert_array_equal(display, [[1, 2, 1], [2, 2, 1]])  # 0 is never "not annotated" here
+    np.testing.assert_array_equal(from_display(display, [0, 255]), labels)
+    assert labels.tolist() == [[0, 255, 0], [255, 255, 0]]  # input untouched
+
+
+def test_unannotated_display_pixels_need_an_ignore_value():
+    display = np.array([0, 1, 2], np.uint8)
+    with pytest.raises(LabelError, match="ignore"):
+        from_display(display, [0, 255])
+    ignore = choose_ignore_value([0, 255])
+    assert ignore not in (0, 255)
+    np.testing.assert_array_equal(from_display(display, [0, 255], ignore), [ignore, 0, 255])
+    assert choose_ignore_value([1, 2, 3]) == 0
+
+
+def test_oct_layers_keep_their_values():
+    labels = np.arange(10, dtype=np.uint8).reshape(2, 5)
+    values = find_class_values(labels)
+    assert values == list(range(10))
+    np.testing.assert_array_equal(from_display(to_display(labels, values), values), labels)
+
+
+@pytest.mark.parametrize(
+    "labels, ignore, words",
+    [
+        (np.zeros((4, 4), np.uint8), None, "only the value 0"),
+        (np.full((4, 4), 9, np.uint8), 9, "no annotated pixel"),
+        (np.array([[0.5, 1.0]]), None, "fractional"),
+        (np.array([[np.nan, 1.0]]), None, "NaN"),
+    ],
+)
+def test_untrainable_labels_give_clear_messages(labels, ignore, words):
+    with pytest.raises(LabelError, match=words):
+        check_trainable(labels, ignore)
+
+
+def test_labels_must_fit_an_existing_models_classes():
+    with pytest.raises(LabelError, match="does not know"):
+        check_trainable(np.array([0, 1, 2]), class_values=[0, 1])

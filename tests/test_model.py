@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+
+from napari_unet.config import ModelConfig, preset
+from napari_unet.model import build_unet, import_keras, masked_loss
+
+
+def test_classic_preset_has_the_seed_parameter_count():
+    model = build_unet(preset("classic").model)
+    # zhixuhao/unet model.summary(): 31,031,685 parameters
+    assert model.count_params() == 31_031_685
+    assert model.output_shape == (None, None, None, 1)
+
+
+@pytest.mark.parametrize("upsampling", ["upsample_conv", "transpose"])
+def test_unet_is_fully_convolutional(upsampling):
+    config = ModelConfig(depth=3, base_filters=4, n_classes=3, upsampling=upsampling)
+    model = build_unet(config)
+    for shape in [(1, 32, 48, 1), (2, 64, 16, 1)]:
+        out = np.asarray(model.predict_on_batch(np.zeros(shape, np.float32)))
+        assert out.shape == shape[:3] + (3,)
+        np.testing.assert_allclose(out.sum(-1), 1.0, atol=1e-5)
+
+
+def test_bf16_model_keeps_a_float32_head():
+    model = build_unet(ModelConfig(depth=2, base_filters=4), mixed_precision=True)
+    out = model.predict_on_batch(np.zeros((1, 16, 16, 1), np.float32))
+    assert str(out.dtype) == "float32"
+
+
+def test_masked_loss_ignores_unannotated_pixels():
+    keras = import_keras()
+    loss = masked_loss(ModelConfig(n_classes=2))
+    probs = np.array([[[[0.9, 0.1], [0.2, 0.8]]]], np.float32)  # (1, 1, 2, 2)
+    annotated_only = np.array([[[[0, 1], [1, 0]]]], np.float32)  # pixel 2 unannotated (weight 0)
+    value = float(keras.ops.convert_to_numpy(loss(annotated_only, probs)))
+    assert value == pytest.approx(-np.log(0.9), rel=1e-5)
+    # changing the class of the unannotated pixel does not change the loss
+    other = annotated_only.copy()
+    other[..., 1, 0] = 1
+    assert float(keras.ops.convert_to_numpy(loss(other, probs))) == pytest.approx(value, rel=1e-6)
+
+
+def test_masked_loss_sigmoid_head_and_dice_term():
+    keras = import_keras()
+    loss = masked_loss(ModelConfig(head="sigmoid"), dice_weight=1.0)
+    perfect = np.array([[[[1.0], [0.0]]]], np.float32)
+    target = np.array([[[[1, 1], [0, 1]]]], np.float32)
+    assert float(keras.ops.convert_to_numpy(loss(target, perfect))) == pytest.approx(0.0, abs=1e-4)
+    wrong = 1.0 - perfect
+    assert float(keras.ops.convert_to_numpy(loss(target, wrong))) > 5.0

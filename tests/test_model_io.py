@@ -1,0 +1,69 @@
+import zipfile
+
+import numpy as np
+import pytest
+
+from _helpers import stripes, tiny_model
+from napari_unet.model import import_keras
+from napari_unet.model_io import ModelFileError, load_model, read_metadata, save_model
+from napari_unet.predict import predict
+
+
+def test_save_load_gives_identical_predictions(tmp_path):
+    model = tiny_model()
+    path = save_model(model, tmp_path / "m.keras")
+    loaded = load_model(path)
+    assert loaded.config == model.config and loaded.class_values == [0, 255]
+    assert loaded.percentiles == model.percentiles and loaded.train_config == model.train_config
+    image = stripes(n_slices=1, seed=3)[0]
+    np.testing.assert_array_equal(predict(model, image).probabilities, predict(loaded, image).probabilities)
+    assert read_metadata(path)["history"] == model.history
+
+
+def test_failed_save_keeps_the_previous_file(tmp_path, monkeypatch):
+    model = tiny_model()
+    path = save_model(model, tmp_path / "m.keras")
+    before = path.read_bytes()
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(model.keras_model, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_model(model, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.keras"], "no temporary file left behind"
+
+
+def test_lambda_model_is_refused_and_its_code_never_runs(tmp_path):
+    keras = import_keras()
+    ran = tmp_path / "ran"
+    inputs = keras.Input((8, 8, 1))
+    marker = str(ran)
+    outputs = keras.layers.Lambda(lambda x: (open(marker, "w").close(), x * 2)[1])(inputs)
+    path = tmp_path / "lambda.keras"
+    keras.Model(inputs, outputs).save(path)
+    assert ran.exists()  # building the model ran the lambda once
+    ran.unlink()
+    with zipfile.ZipFile(path, "a") as archive:  # dress it up as a napari-unet model
+        archive.writestr("napari_unet.json", zipfile.ZipFile(save_model(tiny_model(), tmp_path / "ok.keras")).read("napari_unet.json"))
+    with pytest.raises(ModelFileError, match="Lambda"):
+        load_model(path)
+    assert not ran.exists()
+
+
+def test_files_that_are_not_napari_unet_models(tmp_path):
+    with pytest.raises(ModelFileError, match="does not exist"):
+        load_model(tmp_path / "missing.keras")
+    text = tmp_path / "notes.keras"
+    text.write_text("hello")
+    with pytest.raises(ModelFileError, match="not a .keras"):
+        load_model(text)
+    keras = import_keras()
+    plain = tmp_path / "plain.keras"
+    inputs = keras.Input((8, 8, 1))
+    keras.Model(inputs, keras.layers.Conv2D(1, 1)(inputs)).save(plain)
+    with pytest.raises(ModelFileError, match="not a napari-unet model"):
+        load_model(plain)
+    with pytest.raises(ModelFileError, match=".keras"):
+        save_model(tiny_model(), tmp_path / "model.h5")

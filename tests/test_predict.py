@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+
+from _helpers import stripes, tiny_model
+from napari_unet.data import InputError
+from napari_unet.predict import Prediction, PredictionProgress, blend_window, predict, predict_events, tile_starts
+
+
+def test_tile_starts_cover_the_axis():
+    assert tile_starts(100, 128, 96) == [0]
+    starts = tile_starts(300, 128, 96)
+    assert starts[0] == 0 and starts[-1] == 300 - 128
+    assert all(b - a <= 96 for a, b in zip(starts, starts[1:]))
+
+
+def test_blend_window_is_positive_and_flat_in_the_middle():
+    window = blend_window((64, 64), 16)
+    assert window.min() > 0 and window[32, 32] == pytest.approx(1.0, abs=1e-3)
+    assert window[0, 0] < 0.01
+
+
+def test_prediction_shapes_dtypes_and_class_values():
+    model = tiny_model()
+    image, labels = stripes(n_slices=2, seed=5)
+    result = predict(model, image)
+    assert result.labels.shape == image.shape and result.labels.dtype == np.uint8
+    assert set(np.unique(result.labels)) <= {0, 255}
+    assert result.probabilities.shape == image.shape + (2,)
+    np.testing.assert_allclose(result.probabilities.sum(-1), 1.0, atol=1e-4)
+    single = predict(model, image[0], return_probabilities=False)
+    assert single.labels.shape == image.shape[1:] and single.probabilities is None
+    np.testing.assert_array_equal(single.labels, result.labels[0])
+
+
+def test_tiled_prediction_equals_whole_image_prediction():
+    model = tiny_model()
+    image, _ = stripes(n_slices=1, size=128, seed=6)
+    whole = predict(model, image, tile_size=128).probabilities
+    tiled = predict(model, image, tile_size=64, overlap=16).probabilities
+    assert np.mean(np.argmax(whole, -1) == np.argmax(tiled, -1)) > 0.995
+    assert np.abs(whole - tiled).mean() < 0.01
+
+
+def test_odd_sizes_and_tta():
+    model = tiny_model()
+    image = stripes(n_slices=1, size=128, seed=7)[0][0, :77, :101]
+    plain = predict(model, image).probabilities
+    tta = predict(model, image, tta=True).probabilities
+    assert plain.shape == tta.shape == (77, 101, 2)
+    assert np.mean(np.argmax(plain, -1) == np.argmax(tta, -1)) > 0.9
+
+
+def test_progress_events_then_one_prediction():
+    events = list(predict_events(tiny_model(), stripes(n_slices=3, size=64)[0], tile_size=32, overlap=8, batch_size=2))
+    progress = [e for e in events if isinstance(e, PredictionProgress)]
+    assert isinstance(events[-1], Prediction) and len(progress) >= 3
+    assert progress[-1].done == progress[-1].total
+    assert [p.done for p in progress] == sorted(p.done for p in progress)
+
+
+def test_stop_ends_prediction_early():
+    calls = []
+    result = predict(tiny_model(), stripes(n_slices=3, size=64)[0], tile_size=32, stop=lambda: calls.append(1) or len(calls) > 2)
+    assert result.stopped
+
+
+def test_input_is_not_modified_and_rgb_is_refused():
+    image = stripes(n_slices=1, size=64)[0][0]
+    before = image.copy()
+    predict(tiny_model(), image)
+    np.testing.assert_array_equal(image, before)
+    with pytest.raises(InputError, match="RGB"):
+        predict(tiny_model(), np.zeros((2, 32, 32, 3), np.uint8))
+
+
+def test_dask_input_is_predicted_slice_by_slice():
+    da = pytest.importorskip("dask.array")
+    image = stripes(n_slices=2, size=64)[0]
+    lazy = da.from_array(image, chunks=(1, 64, 64))
+    np.testing.assert_array_equal(predict(tiny_model(), lazy).labels, predict(tiny_model(), image).labels)

@@ -1,0 +1,104 @@
+import numpy as np
+import pytest
+
+from _helpers import stripes, tiny_configs
+from napari_unet.labels import LabelError
+from napari_unet.metrics import dice_per_class
+from napari_unet.predict import predict
+from napari_unet.train import (
+    EpochEnd,
+    TrainingFinished,
+    TrainingStarted,
+    TrainingStep,
+    split_validation,
+    train,
+    train_events,
+)
+
+
+def test_split_validation_holds_out_whole_trailing_slices():
+    assert split_validation(list(range(20)), 20, 0.25) == (list(range(15)), [15, 16, 17, 18, 19])
+    assert split_validation([3], 5, 0.2) == ([3], [])
+    assert split_validation([0, 1], 2, 0.0) == ([0, 1], [])
+
+
+@pytest.mark.slow
+def test_a_short_training_learns_the_synthetic_task():
+    image, labels = stripes(n_slices=5, size=96, seed=0)
+    model_config, train_config = tiny_configs(epochs=4, steps_per_epoch=25, val_fraction=0.2)
+    events = list(train_events(image, labels, model_config, train_config))
+    assert isinstance(events[0], TrainingStarted) and events[0].val_slices == [4]
+    steps = [e for e in events if isinstance(e, TrainingStep)]
+    epochs = [e for e in events if isinstance(e, EpochEnd)]
+    final = events[-1]
+    assert isinstance(final, TrainingFinished) and final.reason == "completed"
+    assert len(steps) == 100 and len(epochs) == 4
+    assert steps[-1].eta == pytest.approx(0.0, abs=1e-6) and steps[0].eta > 0
+    assert np.mean([s.loss for s in steps[-10:]]) < np.mean([s.loss for s in steps[:10]])
+    test_image, test_labels = stripes(n_slices=2, size=128, seed=99)
+    predicted = predict(final.model, test_image).labels
+    dice = dice_per_class(predicted, test_labels, [0, 255])
+    assert dice[0] >= 0.9 and dice[255] >= 0.9, dice
+
+
+def test_stop_request_yields_a_usable_model():
+    image, labels = stripes()
+    model_config, train_config = tiny_configs(epochs=5, steps_per_epoch=10)
+    steps = []
+
+    def stop():
+        return len(steps) >= 3
+
+    for event in train_events(image, labels, model_config, train_config, stop=stop):
+        if isinstance(event, TrainingStep):
+            steps.append(event)
+        final = event
+    assert final.reason == "stopped" and len(steps) == 3
+    assert final.best_epoch == 1 and final.history[0]["val_loss"] is not None
+    assert predict(final.model, image[0]).labels.shape == image.shape[1:]
+
+
+def test_time_budget_ends_training():
+    image, labels = stripes()
+    model_config, train_config = tiny_configs(epochs=1000, steps_per_epoch=5, max_minutes=0.1)
+    final = train(image, labels, model_config, train_config)
+    assert final.reason == "time budget"
+    assert final.history[-1]["elapsed"] < 6 + 30  # budget plus compile and one validation
+
+
+def test_training_is_deterministic_under_a_seed():
+    image, labels = stripes()
+    model_config, train_config = tiny_configs(epochs=1, steps_per_epoch=5, augment_elastic=True)
+    runs = [[e.loss for e in train_events(image, labels, model_config, train_config) if isinstance(e, TrainingStep)] for _ in range(2)]
+    np.testing.assert_allclose(runs[0], runs[1], rtol=1e-5)
+
+
+def test_sparse_labels_and_fine_tuning_keep_classes():
+    image, labels = stripes()
+    sparse = np.full_like(labels, 7)
+    sparse[:, 20:60, 20:60] = labels[:, 20:60, 20:60]
+    model_config, train_config = tiny_configs(epochs=1, steps_per_epoch=5, ignore_value=7)
+    first = train(image, sparse, model_config, train_config).model
+    assert first.class_values == [0, 255]
+    tuned = train(image, sparse, None, train_config, init=first).model
+    assert tuned.config == first.config and tuned.class_values == [0, 255]
+    assert not all(np.array_equal(a, b) for a, b in zip(first.keras_model.get_weights(), tuned.keras_model.get_weights()))
+    with pytest.raises(LabelError, match="does not know"):
+        train(image, np.where(labels == 0, 3, labels), None, train_config.replace(ignore_value=None), init=first)
+
+
+def test_single_image_validates_on_held_out_columns():
+    image, labels = stripes(n_slices=1, size=128)
+    model_config, train_config = tiny_configs(epochs=1, steps_per_epoch=3)
+    events = list(train_events(image[0], labels[0], model_config, train_config))
+    assert events[0].val_slices == []
+    assert events[-1].history[0]["val_loss"] is not None
+
+
+def test_multiclass_labels_train_a_softmax_model():
+    image, labels = stripes()
+    three = np.where(labels == 0, 0, np.where(np.arange(96)[None, None, :] < 48, 1, 2)).astype(np.uint8)
+    model_config, train_config = tiny_configs(epochs=1, steps_per_epoch=3)
+    model = train(image, three, model_config, train_config).model
+    assert model.config.n_classes == 3 and model.class_values == [0, 1, 2]
+    assert predict(model, image[0]).probabilities.shape == (96, 96, 3)
