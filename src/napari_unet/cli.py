@@ -139,9 +139,24 @@ def run_training(image, labels, model_config, train_config, init=None, quiet=Fal
     return started, final
 
 
+def score(prediction, truth, class_values, ignore_value=None) -> dict:
+    """Metrics of ``prediction`` against ``truth`` (class values); sparse truth skips the ISBI scores."""
+    from .metrics import dice_per_class, evaluate, iou_per_class, pixel_error
+
+    if ignore_value is None or not np.any(truth == ignore_value):
+        return evaluate(prediction, truth, class_values)
+    annotated = truth != ignore_value
+    pred, true = prediction[annotated], truth[annotated]
+    return {
+        "pixel_error": pixel_error(pred, true),
+        "dice": {str(k): v for k, v in dice_per_class(pred, true, class_values).items()},
+        "iou": {str(k): v for k, v in iou_per_class(pred, true, class_values).items()},
+        "annotated_pixels": int(annotated.sum()),
+    }
+
+
 def cmd_train(args) -> int:
     from .config import preset as get_preset
-    from .metrics import evaluate
     from .model_io import load_model, save_model
     from .predict import predict
 
@@ -164,7 +179,7 @@ def cmd_train(args) -> int:
         stack_image = image if image.ndim == 3 else image[None]
         stack_labels = labels if labels.ndim == 3 else labels[None]
         prediction = predict(final.model, stack_image[val], return_probabilities=False)
-        scores = evaluate(prediction.labels, stack_labels[val], final.model.class_values, ignore_value=train_config.ignore_value)
+        scores = score(prediction.labels, stack_labels[val], final.model.class_values, train_config.ignore_value)
         print(json.dumps({"validation_slices": val, **scores}, indent=1))
     return 0
 
@@ -199,14 +214,13 @@ def cmd_predict(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .labels import find_class_values
-    from .metrics import evaluate
 
     prediction = read_stack(args.prediction, "prediction")
     truth = read_stack(args.truth, "truth")
     if prediction.shape != truth.shape:
         raise CommandError(f"prediction shape {prediction.shape} and truth shape {truth.shape} differ")
     class_values = find_class_values(truth, args.ignore_value)
-    scores = evaluate(prediction, truth, class_values, ignore_value=args.ignore_value)
+    scores = score(prediction, truth, class_values, args.ignore_value)
     print(json.dumps(scores, indent=1))
     return 0
 
