@@ -1,0 +1,279 @@
+"""npe2 reader for TIFF files, lists of TIFF slices and folders of TIFF slices.
+
+Over napari's built-in TIFF reader it adds: normalised axes (T/Z/C/Y/X) as ``axis_labels``,
+the physical pixel size as ``scale`` and ``units``, a ``channel_axis`` for multi-channel data,
+and label detection. Label images become a ``labels`` layer in the napari_unet *display*
+convention: display 0 = not annotated, display ``k + 1`` = class ``class_values[k]``; the file
+values are kept in ``layer.metadata["class_values"]`` (see :mod:`napari_unet.labels`), so a
+class 0 (ISBI membrane, OCT vitreous) stays visible and paintable.
+
+Reading never raises: an unreadable file shows a napari error notification and the reader
+declines it (``get_reader`` returns ``None``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .tiff_io import (
+    MAX_LABEL_CLASSES,
+    TiffData,
+    TiffReadError,
+    is_tiff_path,
+    read_folder,
+    read_slices,
+    read_tiff,
+    tiff_files_in,
+)
+
+LayerDataTuple = tuple  # (data, kwargs, layer_type)
+ReaderFunction = Callable[[Any], list]
+
+#: Units napari (pint) understands, keyed by the units tiff_io produces.
+_PINT_UNITS = {
+    "µm": "micrometer",
+    "nm": "nanometer",
+    "mm": "millimeter",
+    "cm": "centimeter",
+    "m": "meter",
+    "s": "second",
+    "ms": "millisecond",
+    "min": "minute",
+    "h": "hour",
+}
+#: Display labels are uint16 at most (see labels.to_display).
+_MAX_DISPLAY_CLASSES = 65534
+
+
+def _notify_error(message: str) -> None:
+    """Show ``message`` as a napari error notification (falls back to a warning)."""
+    try:
+        from napari.utils.notifications import show_error
+
+        show_error(message)
+    except Exception:  # pragma: no cover - napari missing or notification machinery failing
+        import warnings
+
+        warnings.warn(message, stacklevel=2)
+
+
+def _notify_warning(message: str) -> None:
+    try:
+        from napari.utils.notifications import show_warning
+
+        show_warning(message)
+    except Exception:  # pragma: no cover
+        import warnings
+
+        warnings.warn(message, stacklevel=2)
+
+
+def _claims(path) -> bool:
+    """Whether this reader is meant for ``path`` (a TIFF file, a folder of TIFFs, a list of TIFFs)."""
+    if isinstance(path, (list, tuple)):
+        return len(path) > 0 and all(isinstance(p, (str, os.PathLike)) and is_tiff_path(p) for p in path)
+    if not isinstance(path, (str, os.PathLike)):
+        return False
+    p = Path(os.fspath(path))
+    if p.is_dir():
+        try:
+            return bool(tiff_files_in(p))
+        except OSError:
+            return False
+    return is_tiff_path(p)
+
+
+def read_path(path) -> TiffData:
+    """Read a TIFF file, a folder of TIFF slices, or a list of TIFF slices (stacked along Z)."""
+    if isinstance(path, (list, tuple)):
+        if len(path) == 1:
+            return read_path(path[0])
+        return read_slices(path, source=Path(os.fspath(path[0])).parent)
+    if Path(os.fspath(path)).is_dir():
+        return read_folder(path)
+    return read_tiff(path)
+
+
+def get_reader(path) -> ReaderFunction | None:
+    """npe2 reader command: a reader function for TIFF files / folders of slices, else ``None``.
+
+    The file is read here (the reader function returns the cached result), so a corrupt file
+    is reported at once with a napari notification and declined with ``None``.
+    """
+    try:
+        if not _claims(path):
+            return None
+        tiff = read_path(path)
+        layers = layer_data_from_tiff(tiff)
+    except TiffReadError as exc:
+        _notify_error(f"napari-unet: {exc}")
+        return None
+    except Exception as exc:  # never raise out of the plugin
+        _notify_error(f"napari-unet: could not read {path}: {type(exc).__name__}: {exc}")
+        return None
+
+    def reader_function(path_again=None) -> list[LayerDataTuple]:
+        if path_again is None or _same_path(path_again, path):
+            return layers
+        return read_layers(path_again)
+
+    return reader_function
+
+
+def _same_path(a, b) -> bool:
+    def norm(p):
+        if isinstance(p, (list, tuple)):
+            return tuple(os.fspath(x) for x in p)
+        return os.fspath(p)
+
+    try:
+        return norm(a) == norm(b)
+    except TypeError:
+        return False
+
+
+def read_layers(path) -> list[LayerDataTuple]:
+    """Layer data tuples for ``path``; on error a notification and ``[]`` (never raises)."""
+    try:
+        return layer_data_from_tiff(read_path(path))
+    except TiffReadError as exc:
+        _notify_error(f"napari-unet: {exc}")
+    except Exception as exc:
+        _notify_error(f"napari-unet: could not read {path}: {type(exc).__name__}: {exc}")
+    return []
+
+
+# --------------------------------------------------------------------------------------------------
+# TiffData -> layer data tuples
+# --------------------------------------------------------------------------------------------------
+
+
+def layer_data_from_tiff(tiff: TiffData) -> list[LayerDataTuple]:
+    """napari layer data tuples for a :class:`~napari_unet.tiff_io.TiffData`."""
+    if tiff.is_labels_hint:
+        labels = _labels_layer(tiff)
+        if labels is not None:
+            return [labels]
+    return _image_layers(tiff)
+
+
+def _spatial_kwargs(axes: str, scale, units, drop: str) -> dict[str, Any]:
+    keep = [i for i, a in enumerate(axes) if a not in drop]
+    kwargs: dict[str, Any] = {
+        "scale": tuple(float(scale[i]) for i in keep),
+        "axis_labels": tuple(axes[i].lower() for i in keep),
+    }
+    if any(units[i] is not None for i in keep):
+        kwargs["units"] = tuple(_PINT_UNITS.get(units[i], "pixel") if units[i] else "pixel" for i in keep)
+    return kwargs
+
+
+def _base_metadata(tiff: TiffData) -> dict[str, Any]:
+    meta = {
+        "source": tiff.path,
+        "axes": tiff.axes,
+        "file_dtype": str(tiff.data.dtype),
+        "format": tiff.metadata.get("format"),
+    }
+    if tiff.has_physical_size:
+        meta["units"] = [u for u in tiff.units]
+    return meta
+
+
+def _image_layers(tiff: TiffData) -> list[LayerDataTuple]:
+    data, axes = tiff.data, tiff.axes
+    kwargs = _spatial_kwargs(axes, tiff.scale, tiff.units, drop="CS")
+    kwargs["name"] = tiff.name
+    kwargs["metadata"] = _base_metadata(tiff)
+    if tiff.rgb:
+        kwargs["rgb"] = True
+    c = tiff.channel_axis
+    if c is not None and data.shape[c] > 1:
+        n = data.shape[c]
+        names = tiff.metadata.get("channel_names") or [f"ch{i}" for i in range(n)]
+        kwargs["channel_axis"] = c
+        kwargs["name"] = [f"{tiff.name} [{names[i]}]" for i in range(n)]
+        kwargs["metadata"] = [dict(kwargs["metadata"], channel=i) for i in range(n)]
+    elif c is not None:  # a single channel: drop the axis
+        data = np.take(data, 0, axis=c)
+    return [(data, kwargs, "image")]
+
+
+def _labels_layer(tiff: TiffData) -> LayerDataTuple | None:
+    from .labels import LabelError, find_class_values, to_display
+
+    data = tiff.data
+    if not (np.issubdtype(data.dtype, np.integer) or data.dtype == bool):
+        rounded = np.rint(data) if np.issubdtype(data.dtype, np.floating) else None
+        if rounded is None or not np.all(np.isfinite(data)) or not np.array_equal(rounded, data):
+            return None  # float data that are not integer classes: show as an image
+        data = rounded.astype(np.int64)
+    if data.dtype == bool:
+        data = data.astype(np.uint8)
+    if tiff.rgb:
+        return None
+    meta = tiff.metadata
+    ignore_value = meta.get("ignore_value")
+    try:
+        found = find_class_values(data, ignore_value)
+    except LabelError:
+        return None
+    class_values = meta.get("class_values")
+    class_values = sorted(set(int(v) for v in class_values) | set(found)) if class_values else found
+    if len(class_values) > _MAX_DISPLAY_CLASSES:
+        _notify_warning(
+            f"napari-unet: {tiff.name} has {len(class_values)} label values; too many for classes, "
+            "opened as an image"
+        )
+        return None
+    if class_values:
+        display = to_display(data, class_values, ignore_value)
+    else:  # nothing annotated (every pixel has the ignore value)
+        display = np.zeros(data.shape, np.uint8)
+
+    names = meta.get("class_names")
+    known = list(meta.get("class_values") or [])
+    if names and known and len(names) == len(known):
+        by_value = dict(zip((int(v) for v in known), (str(n) for n in names)))
+        class_names = [by_value.get(v, str(v)) for v in class_values]
+    else:
+        class_names = None
+
+    layer_meta = _base_metadata(tiff)
+    layer_meta.update(class_values=[int(v) for v in class_values], ignore_value=ignore_value)
+    if class_names:
+        layer_meta["class_names"] = class_names
+    kwargs = _spatial_kwargs(tiff.axes, tiff.scale, tiff.units, drop="S")
+    kwargs["name"] = tiff.name
+    kwargs["metadata"] = layer_meta
+    kwargs["features"] = label_features(class_values, class_names, ignore_value)
+    return (display, kwargs, "labels")
+
+
+def label_features(class_values: Sequence[int], class_names: Sequence[str] | None = None, ignore_value=None) -> dict:
+    """Features table of a display-convention labels layer (row = display value).
+
+    Columns: ``index`` (display value), ``class_value`` (file value; the ignore value, or -1 if
+    none, for display 0) and ``class_name`` ("not annotated" for display 0).
+    """
+    values = [int(v) for v in class_values]
+    names = list(class_names) if class_names else [str(v) for v in values]
+    return {
+        "index": np.arange(len(values) + 1),
+        "class_value": np.asarray([-1 if ignore_value is None else int(ignore_value), *values], dtype=np.int64),
+        "class_name": np.asarray(["not annotated", *names], dtype=object),
+    }
+
+
+__all__ = [
+    "MAX_LABEL_CLASSES",
+    "get_reader",
+    "label_features",
+    "layer_data_from_tiff",
+    "read_layers",
+    "read_path",
+]

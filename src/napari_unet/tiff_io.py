@@ -1,0 +1,789 @@
+"""TIFF reading and atomic writing with axes, physical pixel size and label metadata (no napari).
+
+* :func:`read_tiff` reads the first series of a TIFF (ImageJ hyperstack, OME-TIFF, tifffile
+  "shaped" or plain multi-page) into a :class:`TiffData` with normalised axes (letters from
+  ``TZCYXS``), the physical pixel size per axis and its unit, and any label metadata written by
+  :func:`write_tiff`.
+* :func:`read_folder` / :func:`read_slices` stack 2-D slices (one file each) in natural order.
+* :func:`write_tiff` writes atomically (temporary file in the same folder + ``os.replace``),
+  zlib-compressed, ImageJ-compatible whenever the dtype and axes allow it.
+
+Label metadata (``class_values``, ``ignore_value``, ``class_names``) is stored as one JSON entry
+``napari_unet={...}``: a line of the ImageJ description, or a key of tifffile's JSON description
+for dtypes ImageJ cannot hold. :func:`read_tiff` returns these keys at the top level of
+``TiffData.metadata``.
+
+Every failure to read raises :class:`TiffReadError` (a ``ValueError``) with a one-line message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import re
+import stat
+import tempfile
+import warnings
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import tifffile
+
+__all__ = [
+    "LABEL_NAME_HINTS",
+    "MAX_LABEL_CLASSES",
+    "METADATA_KEY",
+    "TIFF_SUFFIXES",
+    "TiffData",
+    "TiffReadError",
+    "detect_labels",
+    "distinct_values",
+    "is_tiff_path",
+    "name_suggests_labels",
+    "natural_sort_key",
+    "read_folder",
+    "read_slices",
+    "read_tiff",
+    "write_tiff",
+]
+
+#: Key of the JSON entry holding label metadata in files written by :func:`write_tiff`.
+METADATA_KEY = "napari_unet"
+#: File suffixes handled (compared case-insensitively).
+TIFF_SUFFIXES = (".tif", ".tiff")
+#: Integer images with at most this many distinct values are taken for labels.
+MAX_LABEL_CLASSES = 16
+#: Words in a file name that mark a label image.
+LABEL_NAME_HINTS = ("label", "mask", "seg", "annot", "groundtruth", "ground_truth", "ground-truth")
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_LABEL_KEYS = ("class_values", "ignore_value", "class_names")
+_UNIT_ALIASES = {
+    "micron": "µm",
+    "microns": "µm",
+    "um": "µm",
+    "µm": "µm",
+    "μm": "µm",  # Greek mu
+    "\\u00b5m": "µm",  # ImageJ writes the escape sequence literally
+    "micrometer": "µm",
+    "micrometre": "µm",
+    "nm": "nm",
+    "nanometer": "nm",
+    "nanometre": "nm",
+    "mm": "mm",
+    "millimeter": "mm",
+    "millimetre": "mm",
+    "cm": "cm",
+    "centimeter": "cm",
+    "m": "m",
+    "meter": "m",
+    "inch": "in",
+    "in": "in",
+    "s": "s",
+    "sec": "s",
+    "second": "s",
+    "seconds": "s",
+    "ms": "ms",
+    "millisecond": "ms",
+    "min": "min",
+    "minute": "min",
+    "h": "h",
+    "hour": "h",
+}
+# Physical size of one ResolutionUnit in micrometres (TIFF tag 296; 4 and 5 are tifffile extensions).
+_RESUNIT_UM = {2: 25400.0, 3: 10000.0, 4: 1000.0, 5: 1.0}
+# Print/screen defaults that carry no physical meaning (72 dpi from most image editors...).
+_DEFAULT_DPI = (72.0, 96.0, 150.0, 300.0, 600.0)
+
+
+class TiffReadError(ValueError):
+    """A TIFF that is missing, unreadable, not a TIFF or corrupt; the message is one line."""
+
+
+@dataclass
+class TiffData:
+    """An array read from TIFF with its axes, physical pixel size and metadata.
+
+    Attributes
+    ----------
+    data : the pixels, shaped like ``axes``.
+    axes : one letter per axis from ``TZCYX`` (plus ``S`` for RGB(A) samples, always last), e.g.
+        ``"ZYX"``, ``"TZCYX"``, ``"YXS"``.
+    scale : physical size of a pixel along each axis in ``units`` (1.0 where unknown, and for
+        ``C`` and ``S``).
+    units : unit per axis (``"µm"``, ``"nm"``, ``"s"``...) or ``None`` where unknown.
+    metadata : ``source`` (path), ``format`` ("imagej", "ome", "shaped", "tiff" or "folder"),
+        ``dtype``, ``tiff_axes`` (tifffile's axes), ``n_series``, ``description``; ``imagej``
+        (ImageJ description dict) and ``channel_names`` when present; and the label keys
+        ``class_values`` / ``ignore_value`` / ``class_names`` if the file carries them.
+    is_labels_hint : the file looks like labels: label metadata, a name like ``*label*``,
+        ``*mask*``, ``*gt*``, ``*seg*``, or integer data with at most 16 distinct values.
+    """
+
+    data: np.ndarray
+    axes: str
+    scale: tuple[float, ...]
+    units: tuple[str | None, ...]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    is_labels_hint: bool = False
+
+    @property
+    def path(self) -> str:
+        return str(self.metadata.get("source", ""))
+
+    @property
+    def name(self) -> str:
+        """File (or folder) name without TIFF / OME suffixes."""
+        return _stem(self.path) if self.path else "image"
+
+    @property
+    def channel_axis(self) -> int | None:
+        return self.axes.index("C") if "C" in self.axes else None
+
+    @property
+    def rgb(self) -> bool:
+        return self.axes.endswith("S")
+
+    @property
+    def has_physical_size(self) -> bool:
+        return any(u is not None for u in self.units)
+
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def is_tiff_path(path) -> bool:
+    """True if ``path`` ends with .tif or .tiff (any case)."""
+    return str(path).lower().endswith(TIFF_SUFFIXES)
+
+
+def natural_sort_key(name) -> list:
+    """Sort key putting ``slice2`` before ``slice10``."""
+    parts = re.split(r"(\d+)", os.fspath(name).lower())
+    return [(0, int(p), p) if p.isdigit() else (1, 0, p) for p in parts]
+
+
+def name_suggests_labels(name) -> bool:
+    """True for file names like ``train-labels.tif``, ``mask_01.tif``, ``gt.tif``, ``cells_seg.tif``."""
+    stem = _stem(os.fspath(name)).lower()
+    if any(hint in stem for hint in LABEL_NAME_HINTS):
+        return True
+    return re.search(r"(^|[^a-z])gt([^a-z]|$)", stem) is not None
+
+
+def distinct_values(data, limit: int | None = None) -> list[int] | None:
+    """Sorted distinct values of an integer/bool array; ``None`` if there are more than ``limit``.
+
+    O(n) for 8/16-bit data; other integer types are sampled first to give up early.
+    Returns ``None`` for non-integer data.
+    """
+    array = np.asarray(data)
+    if array.dtype == bool:
+        array = array.view(np.uint8)
+    if not np.issubdtype(array.dtype, np.integer):
+        return None
+    if array.size == 0:
+        return []
+    if array.dtype in (np.uint8, np.uint16):
+        counts = np.bincount(array.ravel(), minlength=1)
+        values = np.flatnonzero(counts)
+    elif array.dtype in (np.int8, np.int16):
+        counts = np.bincount((array.ravel().astype(np.int32) + 32768))
+        values = np.flatnonzero(counts) - 32768
+    else:
+        if limit is not None and array.size > 100_000:
+            sample = np.unique(array.ravel()[:: max(1, array.size // 100_000)])
+            if len(sample) > limit:
+                return None
+        values = np.unique(array)
+    if limit is not None and len(values) > limit:
+        return None
+    return [int(v) for v in values]
+
+
+def detect_labels(data, name: str = "", metadata: dict | None = None) -> bool:
+    """Whether an array read from ``name`` is a label image rather than an intensity image.
+
+    Labels if the metadata carries ``class_values`` (or ``labels: true``), or the data are
+    integers and either the name says so (:func:`name_suggests_labels`) or there are at most
+    :data:`MAX_LABEL_CLASSES` distinct values. An 8-bit EM image has ~256 values: not labels.
+    Float data are labels only through metadata.
+    """
+    metadata = metadata or {}
+    if metadata.get("class_values") is not None or metadata.get("labels") is True:
+        return True
+    array = np.asarray(data) if not hasattr(data, "dtype") else data
+    if not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
+        return False
+    if name and name_suggests_labels(name):
+        return True
+    return distinct_values(array, MAX_LABEL_CLASSES) is not None
+
+
+def _stem(path: str) -> str:
+    name = os.path.basename(os.path.normpath(path))
+    lower = name.lower()
+    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif"):
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _normalise_unit(unit) -> str | None:
+    if unit is None:
+        return None
+    text = str(unit).strip()
+    if not text or text.lower() in ("pixel", "pixels", "px", "none", "unit", "units"):
+        return None
+    return _UNIT_ALIASES.get(text.lower(), _UNIT_ALIASES.get(text, text))
+
+
+def _to_micrometres(value: float, unit: str | None) -> tuple[float, str | None]:
+    """Convert inch/cm/mm/m lengths to µm so every length in a file shares one unit."""
+    factors = {"in": 25400.0, "cm": 10000.0, "mm": 1000.0, "m": 1e6}
+    if unit in factors:
+        return value * factors[unit], "µm"
+    return value, unit
+
+
+# --------------------------------------------------------------------------------------------------
+# reading
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise TiffReadError(f"{path}: file not found")
+    if path.is_dir():
+        raise TiffReadError(f"{path}: is a folder, not a TIFF file (open it as a folder of slices)")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        raise TiffReadError(f"{path}: cannot open ({_one_line(exc)})") from exc
+    if len(head) < 4:
+        raise TiffReadError(f"{path}: not a TIFF file (only {len(head)} bytes)")
+    if head not in _TIFF_MAGIC:
+        raise TiffReadError(f"{path}: not a TIFF file (no TIFF signature at the start)")
+
+
+def read_tiff(path) -> TiffData:
+    """Read the first image series of a TIFF file.
+
+    Raises :class:`TiffReadError` for a missing, unreadable, non-TIFF or corrupt file.
+    """
+    path = Path(os.fspath(path))
+    _check_file(path)
+    tiff_logger = logging.getLogger("tifffile")
+    errors = _CollectErrors()
+    tiff_logger.addHandler(errors)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with tifffile.TiffFile(path) as tif:
+                if not tif.series:
+                    raise TiffReadError(f"{path}: corrupt TIFF (no readable image in the file)")
+                series = tif.series[0]
+                data = np.asarray(series.asarray())
+                if errors.messages:
+                    # tifffile logs (rather than raises) some decoding failures and fills zeros.
+                    raise TiffReadError(f"{path}: corrupt TIFF ({errors.messages[0]})")
+                info = _series_info(tif, series, data)
+    except TiffReadError:
+        raise
+    except MemoryError as exc:
+        raise TiffReadError(f"{path}: not enough memory to read the image") from exc
+    except Exception as exc:  # tifffile, zlib, imagecodecs, struct... anything means "corrupt"
+        raise TiffReadError(f"{path}: corrupt or unsupported TIFF ({type(exc).__name__}: {_one_line(exc)})") from exc
+    finally:
+        tiff_logger.removeHandler(errors)
+
+    axes, data, axis_units, scale = info["axes"], info["data"], info["units"], info["scale"]
+    metadata = info["metadata"]
+    metadata["source"] = str(path)
+    return TiffData(
+        data=data,
+        axes=axes,
+        scale=tuple(scale),
+        units=tuple(axis_units),
+        metadata=metadata,
+        is_labels_hint=detect_labels(data, path.name, metadata),
+    )
+
+
+class _CollectErrors(logging.Handler):
+    def __init__(self):
+        super().__init__(level=logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(" ".join(record.getMessage().split())[:200])
+
+
+def _series_info(tif: tifffile.TiffFile, series, data: np.ndarray) -> dict:
+    page = series.keyframe if hasattr(series, "keyframe") else tif.pages.first
+    tiff_axes = series.axes
+    if data.ndim != len(tiff_axes):  # should not happen; stay safe
+        tiff_axes = "Q" * (data.ndim - 2) + "YX"
+    axes = _normalise_axes(tiff_axes, data.shape, data.dtype)
+    metadata: dict[str, Any] = {
+        "dtype": str(data.dtype),
+        "tiff_axes": tiff_axes,
+        "n_series": len(tif.series),
+        "format": "imagej" if tif.is_imagej else "ome" if tif.is_ome else "shaped" if tif.is_shaped else "tiff",
+    }
+    description = page.description if hasattr(page, "description") else ""
+    if description and not tif.is_ome:
+        metadata["description"] = description
+    label_meta: dict[str, Any] = {}
+    scale = [1.0] * len(axes)
+    units: list[str | None] = [None] * len(axes)
+
+    def set_axis(letter: str, value, unit) -> None:
+        if letter not in axes or value is None:
+            return
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            return
+        if not math.isfinite(value) or value <= 0:
+            return
+        unit = _normalise_unit(unit)
+        value, unit = _to_micrometres(value, unit)
+        i = axes.index(letter)
+        scale[i] = value
+        units[i] = unit
+
+    # 1. TIFF resolution tags (X/Y), used when nothing better is found below.
+    x_res, y_res, res_unit = _resolution(page)
+    if x_res and y_res:
+        if res_unit in _RESUNIT_UM:
+            ignore = res_unit == 2 and x_res == y_res and x_res in _DEFAULT_DPI
+            if not ignore:
+                set_axis("X", _RESUNIT_UM[res_unit] / x_res, "µm")
+                set_axis("Y", _RESUNIT_UM[res_unit] / y_res, "µm")
+        elif (x_res, y_res) != (1.0, 1.0):
+            # unit-less resolution: keep the aspect ratio, no unit
+            for letter, res in (("X", x_res), ("Y", y_res)):
+                if letter in axes:
+                    scale[axes.index(letter)] = 1.0 / res
+
+    # 2. ImageJ: the unit is in the description, X/Y from the resolution tags, Z from spacing.
+    ij = tif.imagej_metadata if tif.is_imagej else None
+    if ij:
+        metadata["imagej"] = {k: v for k, v in ij.items() if isinstance(v, (str, int, float, bool))}
+        ij_unit = _normalise_unit(ij.get("unit"))
+        if ij_unit is not None and x_res and y_res:
+            set_axis("X", 1.0 / x_res, ij_unit)
+            set_axis("Y", 1.0 / y_res, ij_unit)
+        if "spacing" in ij:
+            if ij_unit is None:
+                if "Z" in axes:
+                    scale[axes.index("Z")] = float(ij["spacing"]) if float(ij["spacing"]) > 0 else 1.0
+            else:
+                set_axis("Z", ij["spacing"], ij_unit)
+        if "finterval" in ij:
+            set_axis("T", ij["finterval"], ij.get("tunit", "s"))
+        if isinstance(ij.get(METADATA_KEY), str):
+            label_meta.update(_parse_json_entry(ij[METADATA_KEY]))
+        labels = ij.get("Labels")
+        if "C" in axes and isinstance(labels, (list, tuple)) and len(labels) == data.shape[axes.index("C")]:
+            metadata["channel_names"] = [str(v) for v in labels]
+
+    # 3. OME-XML: PhysicalSizeX/Y/Z with units, TimeIncrement, channel names.
+    if tif.is_ome and tif.ome_metadata:
+        _apply_ome(tif.ome_metadata, axes, data.shape, set_axis, metadata)
+
+    # 4. tifffile JSON ("shaped") description, incl. label metadata written by write_tiff.
+    shaped = tif.shaped_metadata if tif.is_shaped else None
+    if shaped:
+        entry = shaped[0].get(METADATA_KEY)
+        if isinstance(entry, dict):
+            label_meta.update({k: v for k, v in entry.items()})
+        elif isinstance(entry, str):
+            label_meta.update(_parse_json_entry(entry))
+        for key in _LABEL_KEYS:
+            if key in shaped[0] and key not in label_meta:
+                label_meta[key] = shaped[0][key]
+
+    # Scale / units of every axis, stored by write_tiff in the JSON entry of non-ImageJ files
+    # (the resolution tags hold only X and Y, rounded to rationals): they take precedence.
+    json_scale, json_units = label_meta.pop("scale", None), label_meta.pop("units", None)
+    json_axes = label_meta.pop("axes", None)
+    if isinstance(json_scale, list) and json_axes == axes and len(json_scale) == len(axes):
+        if not (isinstance(json_units, list) and len(json_units) == len(axes)):
+            json_units = [None] * len(axes)
+        for i, letter in enumerate(axes):
+            value = json_scale[i]
+            if letter in "CS" or not isinstance(value, (int, float)) or not value > 0:
+                continue
+            scale[i], units[i] = float(value), None
+            set_axis(letter, value, json_units[i])
+    for key in _LABEL_KEYS:
+        if key in label_meta:
+            metadata[key] = label_meta[key]
+    if isinstance(metadata.get("class_values"), list):
+        metadata["class_values"] = sorted(int(v) for v in metadata["class_values"])
+    if metadata.get("ignore_value") is not None:
+        metadata["ignore_value"] = int(metadata["ignore_value"])
+    return {"axes": axes, "data": data, "scale": scale, "units": units, "metadata": metadata}
+
+
+def _resolution(page) -> tuple[float | None, float | None, int]:
+    tags = page.tags
+    try:
+        xr = tags.valueof(282)
+        yr = tags.valueof(283)
+        unit = int(tags.valueof(296, default=2))
+    except Exception:
+        return None, None, 1
+    if xr is None or yr is None:
+        return None, None, unit
+
+    def rational(value) -> float | None:
+        try:
+            if isinstance(value, tuple):
+                return value[0] / value[1] if value[1] else None
+            return float(value)
+        except (TypeError, ValueError, ZeroDivisionError):
+            return None
+
+    x, y = rational(xr), rational(yr)
+    if not x or not y or x <= 0 or y <= 0 or not math.isfinite(x) or not math.isfinite(y):
+        return None, None, unit
+    return x, y, unit
+
+
+def _parse_json_entry(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _apply_ome(xml: str, axes: str, shape, set_axis, metadata: dict) -> None:
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return
+    pixels = next((el for el in root.iter() if el.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+    if pixels is None:
+        return
+    for letter in "XYZ":
+        size = pixels.get(f"PhysicalSize{letter}")
+        if size is not None:
+            set_axis(letter, size, pixels.get(f"PhysicalSize{letter}Unit", "µm"))
+    if pixels.get("TimeIncrement") is not None:
+        set_axis("T", pixels.get("TimeIncrement"), pixels.get("TimeIncrementUnit", "s"))
+    names = [ch.get("Name") for ch in pixels if ch.tag.rsplit("}", 1)[-1] == "Channel"]
+    if "C" in axes and names and all(names) and len(names) == shape[axes.index("C")]:
+        metadata["channel_names"] = [str(n) for n in names]
+
+
+def _normalise_axes(tiff_axes: str, shape, dtype) -> str:
+    """Map tifffile axes to letters from TZCYX (+ trailing S for RGB)."""
+    axes = list(tiff_axes.upper())
+    n = len(axes)
+    # RGB(A) samples stay "S" when last with 3 or 4 entries of 8/16-bit data; otherwise channels.
+    for i, letter in enumerate(axes):
+        if letter == "S":
+            is_rgb = i == n - 1 and shape[i] in (3, 4) and np.dtype(dtype) in (np.uint8, np.uint16)
+            axes[i] = "S" if is_rgb else "C" if "C" not in axes else "?"
+    known = set("TZCYXS")
+    free = [c for c in "ZTC" if c not in axes]
+    for i in range(n - 1, -1, -1):  # unknown axes, right to left: Z, then T, then C
+        if axes[i] not in known or axes.count(axes[i]) > 1:
+            axes[i] = free.pop(0) if free else "Q"
+    return "".join(axes)
+
+
+def read_slices(paths: Sequence, source=None) -> TiffData:
+    """Stack 2-D TIFF files (one slice each, same shape) in the given order along a new Z axis.
+
+    A slice with an extra leading axis of length 1 is accepted. Raises :class:`TiffReadError`
+    naming the first slice whose shape differs.
+    """
+    paths = [Path(os.fspath(p)) for p in paths]
+    if not paths:
+        raise TiffReadError(f"{source or 'slices'}: no TIFF files to stack")
+    first = read_tiff(paths[0])
+    first_data, first_axes = _squeeze_slice(first)
+    arrays = [first_data]
+    for p in paths[1:]:
+        item = read_tiff(p)
+        data, _ = _squeeze_slice(item)
+        if data.shape != first_data.shape:
+            raise TiffReadError(
+                f"{p}: shape {data.shape} differs from {paths[0].name} {first_data.shape}; "
+                "all slices must have the same size"
+            )
+        arrays.append(data)
+    dtype = np.result_type(*[a.dtype for a in arrays])
+    stack = np.stack([a.astype(dtype, copy=False) for a in arrays])
+    new_axis = "Z" if "Z" not in first_axes else "T" if "T" not in first_axes else "Q"
+    axes = new_axis + first_axes
+    kept = [i for i, letter in enumerate(first.axes) if letter in first_axes]
+    scale = (1.0, *[first.scale[i] for i in kept])
+    units = (None, *[first.units[i] for i in kept])
+    metadata = {k: v for k, v in first.metadata.items() if k in _LABEL_KEYS or k == "imagej"}
+    if new_axis == "Z" and first.metadata.get("imagej", {}).get("spacing"):
+        z_unit = _normalise_unit(first.metadata["imagej"].get("unit"))
+        scale = (float(first.metadata["imagej"]["spacing"]), *scale[1:])
+        units = (_to_micrometres(scale[0], z_unit)[1] if z_unit else None, *units[1:])
+        if z_unit:
+            scale = (_to_micrometres(scale[0], z_unit)[0], *scale[1:])
+    metadata.update(
+        {
+            "source": str(source if source is not None else paths[0].parent),
+            "format": "folder",
+            "dtype": str(stack.dtype),
+            "files": [str(p) for p in paths],
+        }
+    )
+    name = os.path.basename(os.path.normpath(str(metadata["source"])))
+    return TiffData(
+        data=stack,
+        axes=axes,
+        scale=tuple(scale),
+        units=tuple(units),
+        metadata=metadata,
+        is_labels_hint=detect_labels(stack, name, metadata)
+        or all(name_suggests_labels(p.name) for p in paths),
+    )
+
+
+def _squeeze_slice(item: TiffData) -> tuple[np.ndarray, str]:
+    data, axes = item.data, item.axes
+    while data.ndim > 2 and data.shape[0] == 1 and axes[0] not in "YX":
+        data, axes = data[0], axes[1:]
+    return data, axes
+
+
+def tiff_files_in(folder) -> list[Path]:
+    """TIFF files directly in ``folder`` in natural order (hidden files such as ``._x.tif`` skipped)."""
+    folder = Path(os.fspath(folder))
+    files = [
+        p
+        for p in folder.iterdir()
+        if p.is_file() and is_tiff_path(p.name) and not p.name.startswith(".")
+    ]
+    return sorted(files, key=lambda p: natural_sort_key(p.name))
+
+
+def read_folder(path) -> TiffData:
+    """Stack the 2-D TIFF slices of a folder in natural sort order (``z2`` before ``z10``).
+
+    Raises :class:`TiffReadError` if the folder is missing, has no TIFF, or slices differ in size.
+    """
+    folder = Path(os.fspath(path))
+    if not folder.exists():
+        raise TiffReadError(f"{folder}: folder not found")
+    if not folder.is_dir():
+        raise TiffReadError(f"{folder}: not a folder")
+    try:
+        files = tiff_files_in(folder)
+    except OSError as exc:
+        raise TiffReadError(f"{folder}: cannot list the folder ({_one_line(exc)})") from exc
+    if not files:
+        raise TiffReadError(f"{folder}: no .tif/.tiff files in the folder")
+    return read_slices(files, source=folder)
+
+
+# --------------------------------------------------------------------------------------------------
+# writing
+# --------------------------------------------------------------------------------------------------
+
+_IMAGEJ_DTYPES = (np.uint8, np.uint16, np.int16, np.float32)
+_IMAGEJ_UNIT = {"µm": "um", "nm": "nm", "mm": "mm", "cm": "cm", "m": "m"}
+_RESUNIT_CM_FACTOR = {"µm": 1e4, "nm": 1e7, "mm": 10.0, "cm": 1.0, "m": 0.01}
+
+
+def _default_axes(ndim: int) -> str:
+    """Axes assumed when none are given (colour images need an explicit ``axes="YXS"``)."""
+    return {2: "YX", 3: "ZYX", 4: "TZYX", 5: "TZCYX"}.get(ndim, "Q" * (ndim - 2) + "YX")
+
+
+def _imagej_compatible(axes: str, dtype) -> bool:
+    if np.dtype(dtype) not in [np.dtype(d) for d in _IMAGEJ_DTYPES]:
+        return False
+    if "S" in axes and np.dtype(dtype) != np.uint8:
+        return False
+    order = "TZCYXS"
+    if any(a not in order for a in axes) or len(set(axes)) != len(axes):
+        return False
+    positions = [order.index(a) for a in axes]
+    return positions == sorted(positions) and axes.endswith(("YX", "YXS"))
+
+
+def _current_umask() -> int:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_tiff(path, array, metadata: dict | None = None) -> str:
+    """Write ``array`` to ``path`` atomically; returns the path written.
+
+    ``metadata`` (all optional):
+
+    * ``axes``: letters per axis (default YX / ZYX / TZYX / TZCYX by ndim);
+    * ``scale``: pixel size per axis (or per spatial axis ``Y, X`` / ``Z, Y, X``);
+    * ``units`` (or ``unit``): one unit for all lengths or one per axis ("µm", "nm"...);
+    * ``class_values``, ``ignore_value``, ``class_names``: label metadata, stored as the JSON
+      entry ``napari_unet`` and returned by :func:`read_tiff`.
+
+    The data go to a temporary file in the same folder, which then replaces ``path`` in one
+    ``os.replace``; on any error the temporary file is removed and an existing ``path`` is left
+    untouched. zlib compression; ImageJ hyperstack format when the dtype is uint8, uint16, int16
+    or float32 and the axes are in ImageJ order (TZCYXS), else a tifffile JSON ("shaped") TIFF.
+    """
+    path = Path(os.fspath(path))
+    metadata = dict(metadata or {})
+    data = np.asarray(array)
+    if data.dtype == bool:
+        data = data.astype(np.uint8)
+    if data.dtype == object or data.dtype.kind not in "uif" or data.ndim < 2:
+        raise ValueError(
+            f"cannot write an array of dtype {data.dtype} and shape {data.shape} to TIFF; "
+            "need a 2-D or larger array of integers or floats"
+        )
+    axes = str(metadata.get("axes") or _default_axes(data.ndim)).upper()
+    if len(axes) != data.ndim:
+        raise ValueError(f"axes {axes!r} do not match the array's {data.ndim} dimensions {data.shape}")
+
+    scale, units = _axis_scale_units(axes, metadata)
+    label_entry: dict[str, Any] = {}
+    for key in _LABEL_KEYS:
+        if metadata.get(key) is not None:
+            value = metadata[key]
+            if key == "class_values":
+                value = [int(v) for v in value]
+            elif key == "ignore_value":
+                value = int(value)
+            elif key == "class_names":
+                value = [str(v) for v in value]
+            label_entry[key] = value
+
+    kwargs: dict[str, Any] = {"compression": "zlib"}
+    imagej = _imagej_compatible(axes, data.dtype)
+    sx = scale[axes.index("X")] if "X" in axes else 1.0
+    sy = scale[axes.index("Y")] if "Y" in axes else 1.0
+    length_unit = next((units[i] for i, a in enumerate(axes) if a in "XYZ" and units[i]), None)
+    if imagej:
+        ij_meta: dict[str, Any] = {"axes": axes}
+        if (sx, sy) != (1.0, 1.0) or length_unit:
+            kwargs["resolution"] = (1.0 / sx, 1.0 / sy)
+        if length_unit:
+            ij_meta["unit"] = _IMAGEJ_UNIT.get(length_unit, length_unit)
+        if "Z" in axes and (scale[axes.index("Z")] != 1.0 or length_unit):
+            ij_meta["spacing"] = scale[axes.index("Z")]
+        if "T" in axes and units[axes.index("T")]:
+            ij_meta["finterval"] = scale[axes.index("T")]
+            ij_meta["tunit"] = units[axes.index("T")]
+        if label_entry:
+            ij_meta[METADATA_KEY] = json.dumps(label_entry, separators=(",", ":"))
+        kwargs.update(imagej=True, metadata=ij_meta)
+    else:
+        entry = dict(label_entry)
+        if any(s != 1.0 for s in scale) or any(units):
+            entry.update(axes=axes, scale=list(scale), units=list(units))
+        shaped: dict[str, Any] = {"axes": axes}
+        if entry:
+            shaped[METADATA_KEY] = entry
+        if length_unit in _RESUNIT_CM_FACTOR and (sx, sy) != (1.0, 1.0):
+            factor = _RESUNIT_CM_FACTOR[length_unit]
+            kwargs.update(resolution=(factor / sx, factor / sy), resolutionunit="CENTIMETER")
+        elif (sx, sy) != (1.0, 1.0):
+            kwargs.update(resolution=(1.0 / sx, 1.0 / sy), resolutionunit="NONE")
+        if "S" in axes:
+            kwargs["photometric"] = "rgb"
+        elif data.ndim >= 3:
+            kwargs["photometric"] = "minisblack"
+        kwargs.update(metadata=shaped)
+
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        mode = 0o666 & ~_current_umask()
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        os.close(fd)
+        with open(tmp_name, "r+b") as fh:
+            tifffile.imwrite(fh, data, **kwargs)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp_name, mode)
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        raise
+    with contextlib.suppress(OSError, AttributeError):  # make the rename durable (POSIX)
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    return str(path)
+
+
+def _axis_scale_units(axes: str, metadata: dict) -> tuple[list[float], list[str | None]]:
+    n = len(axes)
+    scale = [1.0] * n
+    raw_scale = metadata.get("scale")
+    if raw_scale is not None:
+        values = [float(v) for v in raw_scale]
+        spatial = [i for i, a in enumerate(axes) if a not in "CS"]
+        if len(values) == n:
+            targets = list(range(n))
+        elif len(values) == len(spatial):
+            targets = spatial
+        elif len(values) <= n:
+            targets = list(range(n - len(values), n))
+        else:
+            targets = list(range(n))
+            values = values[-n:]
+        for i, v in zip(targets, values):
+            if axes[i] not in "CS" and math.isfinite(v) and v > 0:
+                scale[i] = v
+    raw_units = metadata.get("units", metadata.get("unit"))
+    units: list[str | None] = [None] * n
+    if isinstance(raw_units, (list, tuple)):
+        values = [_normalise_unit(u) for u in raw_units]
+        spatial = [i for i, a in enumerate(axes) if a not in "CS"]
+        targets = list(range(n)) if len(values) == n else spatial if len(values) == len(spatial) else []
+        for i, u in zip(targets, values):
+            units[i] = u
+    elif raw_units is not None:
+        unit = _normalise_unit(raw_units)
+        for i, a in enumerate(axes):
+            if a in "XYZ":
+                units[i] = unit
+    for i in range(n):
+        if axes[i] in "CS":
+            units[i] = None
+        elif units[i] is not None and axes[i] in "XYZ":
+            scale[i], units[i] = _to_micrometres(scale[i], units[i])
+    return scale, units

@@ -1,0 +1,357 @@
+"""npe2 reader and writer: layer tuples, label display convention, errors, real data round trips.
+
+No display is needed: reader/writer functions are plain Python, and napari's headless
+``ViewerModel`` checks that napari accepts the layer tuples.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_unet import _reader, _writer
+from napari_unet._reader import get_reader
+from napari_unet._writer import write_labels
+from napari_unet.labels import from_display, to_display
+from napari_unet.tiff_io import read_tiff, write_tiff
+
+RNG = np.random.default_rng(1)
+SHARED_DATA = Path(__file__).parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture
+def errors(monkeypatch):
+    """Capture napari error notifications instead of showing them."""
+    messages: list[str] = []
+    import napari.utils.notifications as notifications
+
+    monkeypatch.setattr(notifications, "show_error", lambda message: messages.append(str(message)))
+    return messages
+
+
+def read(path) -> list[tuple]:
+    reader = get_reader(os.fspath(path) if not isinstance(path, list) else [os.fspath(p) for p in path])
+    assert callable(reader), f"the reader declined {path}"
+    return reader(path)
+
+
+def add_to_viewer_model(layer_data):
+    """Add layer tuples to a headless napari ViewerModel (validates every kwarg)."""
+    from napari.components import ViewerModel
+
+    model = ViewerModel()
+    layers = []
+    for item in layer_data:
+        layers.extend(model._add_layer_from_data(*item))
+    return model, layers
+
+
+def isbi_like_labels(shape=(2, 24, 24)) -> np.ndarray:
+    labels = np.full(shape, 255, np.uint8)
+    labels[:, ::6, :] = 0  # membranes
+    labels[:, :, ::8] = 0
+    return labels
+
+
+# ----------------------------------------------------------------------------------- reader
+
+
+def test_reader_declines_other_paths(tmp_path):
+    png = tmp_path / "image.png"
+    png.write_bytes(b"\x89PNG\r\n")
+    assert get_reader(str(png)) is None
+    (tmp_path / "empty").mkdir()
+    assert get_reader(str(tmp_path / "empty")) is None  # folder without TIFFs
+    assert get_reader([str(png), str(tmp_path / "a.tif")]) is None
+
+
+def test_reader_image_with_axes_scale_units_and_channels(tmp_path, errors):
+    data = RNG.integers(0, 4000, size=(3, 5, 2, 16, 20), dtype=np.uint16)
+    path = tmp_path / "hyper.tif"
+    tifffile.imwrite(
+        path,
+        data,
+        imagej=True,
+        resolution=(1 / 0.25, 1 / 0.5),
+        metadata={"axes": "TZCYX", "spacing": 2.0, "unit": "um", "finterval": 0.5},
+    )
+    [(layer_data, kwargs, layer_type)] = read(path)
+    assert layer_type == "image"
+    assert kwargs["channel_axis"] == 2
+    assert kwargs["scale"] == pytest.approx((0.5, 2.0, 0.5, 0.25))  # channel axis dropped
+    assert kwargs["axis_labels"] == ("t", "z", "y", "x")
+    assert kwargs["units"] == ("second", "micrometer", "micrometer", "micrometer")
+    np.testing.assert_array_equal(layer_data, data)
+
+    model, layers = add_to_viewer_model([(layer_data, kwargs, layer_type)])
+    assert len(layers) == 2  # one image layer per channel
+    assert [layer.name for layer in layers] == ["hyper [ch0]", "hyper [ch1]"]
+    assert layers[0].data.shape == (3, 5, 16, 20)
+    np.testing.assert_allclose(layers[1].scale, (0.5, 2.0, 0.5, 0.25))
+    assert str(layers[0].units[-1]) == "micrometer"
+    assert errors == []
+
+
+def test_reader_plain_image_stays_image(tmp_path):
+    path = tmp_path / "train-volume.tif"
+    data = RNG.integers(0, 256, size=(5, 32, 32), dtype=np.uint8)  # 8-bit EM: ~256 values
+    tifffile.imwrite(path, data, imagej=True, metadata={"axes": "ZYX"})
+    [(layer_data, kwargs, layer_type)] = read(path)
+    assert layer_type == "image"
+    assert kwargs["name"] == "train-volume"
+    assert "units" not in kwargs and kwargs["scale"] == (1.0, 1.0, 1.0)
+    np.testing.assert_array_equal(layer_data, data)
+
+
+def test_reader_rgb(tmp_path):
+    path = tmp_path / "photo.tif"
+    tifffile.imwrite(path, RNG.integers(0, 256, size=(16, 20, 3), dtype=np.uint8), photometric="rgb")
+    [(layer_data, kwargs, layer_type)] = read(path)
+    assert layer_type == "image" and kwargs["rgb"] is True and kwargs["scale"] == (1.0, 1.0)
+    _, [layer] = add_to_viewer_model([(layer_data, kwargs, layer_type)])
+    assert layer.rgb
+
+
+def test_reader_labels_by_values_in_display_convention(tmp_path):
+    labels = isbi_like_labels()  # 0 = membrane, 255 = cell
+    path = tmp_path / "volume.tif"  # no name hint: detected from the 2 values
+    tifffile.imwrite(path, labels, imagej=True, metadata={"axes": "ZYX"})
+    [(display, kwargs, layer_type)] = read(path)
+    assert layer_type == "labels"
+    assert kwargs["metadata"]["class_values"] == [0, 255]
+    assert kwargs["metadata"]["ignore_value"] is None
+    # display 1 = membrane (file 0), display 2 = cell (file 255); nothing is "unannotated"
+    np.testing.assert_array_equal(display, np.where(labels == 0, 1, 2))
+    assert display.dtype == np.uint8
+    assert list(kwargs["features"]["class_value"]) == [-1, 0, 255]
+
+    _, [layer] = add_to_viewer_model([(display, kwargs, layer_type)])
+    assert type(layer).__name__ == "Labels"
+    assert layer.metadata["class_values"] == [0, 255]
+    assert list(layer.features["class_name"]) == ["not annotated", "0", "255"]
+
+
+def test_reader_labels_by_name_hint(tmp_path):
+    labels = RNG.integers(0, 40, size=(12, 12)).astype(np.uint16)  # 40 values: > 16
+    path = tmp_path / "nuclei_mask.tif"
+    tifffile.imwrite(path, labels)
+    [(display, kwargs, layer_type)] = read(path)
+    assert layer_type == "labels"
+    class_values = kwargs["metadata"]["class_values"]
+    assert class_values == sorted(np.unique(labels).tolist())
+    np.testing.assert_array_equal(from_display(display, class_values), labels)
+
+
+def test_reader_labels_with_names_and_ignore_value_from_metadata(tmp_path):
+    labels = RNG.choice(np.array([0, 1, 255], np.uint8), size=(2, 10, 10))
+    path = tmp_path / "annotation.tif"
+    write_tiff(path, labels, {"class_values": [0, 255], "ignore_value": 1, "class_names": ["membrane", "cell"]})
+    [(display, kwargs, _)] = read(path)
+    assert kwargs["metadata"]["class_values"] == [0, 255]
+    assert kwargs["metadata"]["ignore_value"] == 1
+    assert kwargs["metadata"]["class_names"] == ["membrane", "cell"]
+    np.testing.assert_array_equal(display == 0, labels == 1)  # ignore value -> not annotated
+    assert list(kwargs["features"]["class_name"]) == ["not annotated", "membrane", "cell"]
+
+
+def test_reader_float_data_with_few_values_is_image(tmp_path):
+    path = tmp_path / "probability.tif"
+    tifffile.imwrite(path, (RNG.random((8, 8)) > 0.5).astype(np.float32))
+    [(_, _, layer_type)] = read(path)
+    assert layer_type == "image"
+
+
+def test_reader_folder_and_list_of_slices(tmp_path):
+    folder = tmp_path / "stack"
+    folder.mkdir()
+    slices = [RNG.integers(0, 256, size=(10, 12), dtype=np.uint8) for _ in range(11)]
+    for i, s in enumerate(slices):
+        tifffile.imwrite(folder / f"z{i}.tif", s)
+    [(data, kwargs, layer_type)] = read(folder)
+    assert layer_type == "image" and data.shape == (11, 10, 12)
+    np.testing.assert_array_equal(data[10], slices[10])  # z10 after z9 (natural order)
+    assert kwargs["name"] == "stack"
+
+    paths = [folder / "z2.tif", folder / "z0.tif"]
+    [(data, _, _)] = read(paths)  # napari "stack" open: order as given
+    np.testing.assert_array_equal(data, np.stack([slices[2], slices[0]]))
+
+
+def test_reader_corrupt_file_notifies_and_declines(tmp_path, errors):
+    full = tmp_path / "full.tif"
+    tifffile.imwrite(full, RNG.integers(0, 256, size=(4, 64, 64), dtype=np.uint8), imagej=True, compression="zlib")
+    path = tmp_path / "broken.tif"
+    path.write_bytes(full.read_bytes()[: len(full.read_bytes()) // 2])
+    assert get_reader(str(path)) is None  # no exception
+    assert len(errors) == 1 and "broken.tif" in errors[0] and "corrupt" in errors[0]
+
+
+def test_reader_not_a_tiff_notifies(tmp_path, errors):
+    path = tmp_path / "fake.tif"
+    path.write_text("hello")
+    assert get_reader(str(path)) is None
+    assert len(errors) == 1 and "not a TIFF" in errors[0]
+
+
+def test_reader_mismatched_folder_notifies(tmp_path, errors):
+    tifffile.imwrite(tmp_path / "s1.tif", np.zeros((8, 8), np.uint8))
+    tifffile.imwrite(tmp_path / "s2.tif", np.zeros((9, 8), np.uint8))
+    assert get_reader(str(tmp_path)) is None
+    assert len(errors) == 1 and "same size" in errors[0]
+
+
+def test_reader_never_raises_on_unexpected_errors(tmp_path, errors, monkeypatch):
+    path = tmp_path / "ok.tif"
+    tifffile.imwrite(path, np.zeros((8, 8), np.uint8))
+
+    def boom(_tiff):
+        raise RuntimeError("unexpected bug")
+
+    monkeypatch.setattr(_reader, "layer_data_from_tiff", boom)
+    assert get_reader(str(path)) is None
+    assert len(errors) == 1 and "unexpected bug" in errors[0]
+
+
+# ----------------------------------------------------------------------------------- writer
+
+
+def test_writer_round_trip_keeps_zero_class(tmp_path):
+    labels = isbi_like_labels()
+    source = tmp_path / "train-labels.tif"
+    tifffile.imwrite(source, labels, imagej=True, metadata={"axes": "ZYX"})
+    [(display, kwargs, _)] = read(source)
+    out = tmp_path / "saved.tif"
+    assert write_labels(str(out), display, kwargs) == [str(out)]
+    written = tifffile.imread(out)
+    np.testing.assert_array_equal(written, labels)  # 0 = membrane survives
+    assert written.dtype == np.uint8
+    back = read_tiff(out)
+    assert back.metadata["class_values"] == [0, 255]
+    assert back.metadata.get("ignore_value") is None  # every pixel annotated
+
+
+def test_writer_unannotated_pixels_get_an_unused_ignore_value(tmp_path):
+    labels = isbi_like_labels()
+    display = to_display(labels, [0, 255])
+    display[0, :5, :5] = 0  # erased with the eraser
+    meta = {"metadata": {"class_values": [0, 255], "ignore_value": None, "axes": "ZYX"}, "scale": [1, 1, 1]}
+    out = tmp_path / "partial.tif"
+    write_labels(str(out), display, meta)
+    back = read_tiff(out)
+    ignore = back.metadata["ignore_value"]
+    assert ignore is not None and ignore not in (0, 255)
+    np.testing.assert_array_equal(back.data == ignore, display == 0)
+    np.testing.assert_array_equal(back.data[display > 0], labels[display > 0])
+    # reading it again gives the same display values
+    [(display_again, kwargs, _)] = read(out)
+    np.testing.assert_array_equal(display_again, display)
+    assert kwargs["metadata"]["class_values"] == [0, 255]
+
+
+def test_writer_uses_existing_ignore_value(tmp_path):
+    display = np.array([[0, 1], [2, 3]], np.uint8)
+    meta = {"metadata": {"class_values": [0, 1, 2], "ignore_value": 7}}
+    out = tmp_path / "oct.tif"
+    write_labels(str(out), display, meta)
+    np.testing.assert_array_equal(tifffile.imread(out), [[7, 0], [1, 2]])
+
+
+def test_writer_plain_napari_labels_without_class_values(tmp_path):
+    painted = np.zeros((2, 8, 8), np.uint8)
+    painted[0, :4] = 1
+    painted[1, 4:] = 3
+    out = tmp_path / "painted.tif"
+    write_labels(str(out), painted, {"metadata": {}, "scale": [1, 1, 1]})
+    back = read_tiff(out)
+    np.testing.assert_array_equal(back.data, painted)
+    assert back.metadata["class_values"] == [1, 3] and back.metadata["ignore_value"] == 0
+    [(display, _, _)] = read(out)
+    np.testing.assert_array_equal(display, np.select([painted == 1, painted == 3], [1, 2], 0))
+
+
+def test_writer_keeps_scale_as_resolution(tmp_path):
+    from napari.layers import Labels
+
+    layer = Labels(
+        to_display(isbi_like_labels(), [0, 255]),
+        scale=(0.05, 0.004, 0.004),
+        units=("micrometer",) * 3,
+        metadata={"class_values": [0, 255], "axes": "ZYX"},
+    )
+    data, meta, layer_type = layer.as_layer_data_tuple()
+    assert layer_type == "labels"
+    out = tmp_path / "scaled.tiff"
+    write_labels(str(out), data, meta)
+    back = read_tiff(out)
+    assert back.scale == pytest.approx((0.05, 0.004, 0.004))
+    assert back.units == ("µm", "µm", "µm")
+    with tifffile.TiffFile(out) as tif:
+        assert tif.is_imagej
+        assert tif.pages[0].get_resolution() == pytest.approx((250.0, 250.0))  # px per µm
+
+
+def test_writer_failure_leaves_previous_file(tmp_path, monkeypatch):
+    out = tmp_path / "labels.tif"
+    write_labels(str(out), np.array([[1, 2]], np.uint8), {"metadata": {"class_values": [0, 255]}})
+    before = out.read_bytes()
+    import napari_unet.tiff_io as tiff_io
+
+    def failing(fh, data, **kwargs):
+        fh.write(b"II*\x00")
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(tiff_io.tifffile, "imwrite", failing)
+    with pytest.raises(OSError):
+        write_labels(str(out), np.array([[2, 1]], np.uint8), {"metadata": {"class_values": [0, 255]}})
+    assert out.read_bytes() == before and os.listdir(tmp_path) == ["labels.tif"]
+
+
+def test_writer_module_api():
+    values, meta = _writer.labels_to_file_values(np.array([[1, 2, 0]], np.uint8), {"class_values": [0, 9]})
+    assert meta["ignore_value"] not in (0, 9)
+    assert values.tolist() == [[0, 9, meta["ignore_value"]]]
+
+
+# -------------------------------------------------------------------------------- real data
+
+
+def shared(*parts) -> Path:
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip("../shared/data not found: real-data tests need the project's shared data beside the repo")
+    return path
+
+
+def test_real_isbi_volume_is_image():
+    path = shared("isbi2012", "train-volume.tif")
+    [(data, kwargs, layer_type)] = read(path)
+    assert layer_type == "image"
+    assert data.shape == (20, 512, 512) and data.dtype == np.uint8
+    assert kwargs["axis_labels"] == ("z", "y", "x")
+
+
+def test_real_isbi_labels_round_trip(tmp_path):
+    path = shared("isbi2012", "train-labels.tif")
+    [(display, kwargs, layer_type)] = read(path)
+    assert layer_type == "labels"
+    assert kwargs["metadata"]["class_values"] == [0, 255]
+    assert set(np.unique(display).tolist()) == {1, 2}
+    membrane = float(np.mean(display == 1))
+    assert 0.15 < membrane < 0.30  # README: 22 % membrane
+    out = tmp_path / "train-labels-saved.tif"
+    write_labels(str(out), display, kwargs)
+    np.testing.assert_array_equal(tifffile.imread(out), tifffile.imread(path))
+
+
+def test_real_oct_layers_are_labels():
+    path = shared("oct", "circular-scan-layers.tif")
+    [(display, kwargs, layer_type)] = read(path)
+    assert layer_type == "labels"
+    assert kwargs["metadata"]["class_values"] == list(range(10))
+    assert display.shape == (496, 768)
+    np.testing.assert_array_equal(from_display(display, list(range(10))), tifffile.imread(path))
+    assert np.all(display[0] == 1)  # top row: vitreous (file 0) -> display 1, visible

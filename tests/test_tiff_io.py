@@ -1,0 +1,374 @@
+"""tiff_io: axes, physical size, label metadata, folders of slices, errors and atomic writes."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_unet import tiff_io
+from napari_unet.tiff_io import (
+    TiffReadError,
+    detect_labels,
+    distinct_values,
+    name_suggests_labels,
+    natural_sort_key,
+    read_folder,
+    read_slices,
+    read_tiff,
+    write_tiff,
+)
+
+RNG = np.random.default_rng(0)
+
+
+def em_like(shape=(5, 32, 40)) -> np.ndarray:
+    """8-bit image using (nearly) all 256 grey values, like an EM section."""
+    return RNG.integers(0, 256, size=shape, dtype=np.uint8)
+
+
+# ----------------------------------------------------------------------------------- reading
+
+
+def test_imagej_hyperstack_axes_spacing_resolution(tmp_path):
+    data = RNG.integers(0, 4000, size=(3, 5, 2, 16, 20), dtype=np.uint16)
+    path = tmp_path / "hyper.tif"
+    tifffile.imwrite(
+        path,
+        data,
+        imagej=True,
+        resolution=(1 / 0.25, 1 / 0.5),
+        metadata={"axes": "TZCYX", "spacing": 2.0, "unit": "um", "finterval": 0.5},
+    )
+    tif = read_tiff(path)
+    np.testing.assert_array_equal(tif.data, data)
+    assert tif.axes == "TZCYX"
+    assert tif.scale == pytest.approx((0.5, 2.0, 1.0, 0.5, 0.25))
+    assert tif.units == ("s", "µm", None, "µm", "µm")
+    assert tif.channel_axis == 2 and not tif.rgb
+    assert tif.metadata["format"] == "imagej"
+    assert tif.metadata["imagej"]["spacing"] == 2.0
+    assert tif.is_labels_hint is False  # 4000 values of uint16 intensities
+    assert tif.name == "hyper"
+
+
+def test_imagej_micron_unit_spelling(tmp_path):
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(
+        path, em_like(), imagej=True, resolution=(10.0, 10.0), metadata={"axes": "ZYX", "spacing": 0.05, "unit": "micron"}
+    )
+    tif = read_tiff(path)
+    assert tif.axes == "ZYX"
+    assert tif.scale == pytest.approx((0.05, 0.1, 0.1))
+    assert tif.units == ("µm", "µm", "µm")
+
+
+def test_ome_tiff_physical_size_and_channel_names(tmp_path):
+    data = RNG.integers(0, 4000, size=(4, 2, 16, 20), dtype=np.uint16)
+    path = tmp_path / "cells.ome.tif"
+    tifffile.imwrite(
+        path,
+        data,
+        metadata={
+            "axes": "ZCYX",
+            "PhysicalSizeX": 0.1,
+            "PhysicalSizeY": 0.2,
+            "PhysicalSizeZ": 1.5,
+            "PhysicalSizeZUnit": "nm",
+            "Channel": {"Name": ["DAPI", "GFP"]},
+        },
+    )
+    tif = read_tiff(path)
+    np.testing.assert_array_equal(tif.data, data)
+    assert tif.axes == "ZCYX"
+    assert tif.scale == pytest.approx((1.5, 1.0, 0.2, 0.1))
+    assert tif.units == ("nm", None, "µm", "µm")
+    assert tif.metadata["format"] == "ome"
+    assert tif.metadata["channel_names"] == ["DAPI", "GFP"]
+    assert tif.name == "cells"
+
+
+def test_plain_multipage_tiff(tmp_path):
+    # 6 pages: tifffile would store a (3 or 4, Y, X) array as one page of 3-4 samples
+    data = em_like((6, 16, 20))
+    path = tmp_path / "plain.tif"
+    tifffile.imwrite(path, data, metadata=None)  # no description at all
+    with tifffile.TiffFile(path) as raw:
+        assert len(raw.pages) == 6 and raw.series[0].axes == "IYX"  # generic pages, no axes
+    tif = read_tiff(path)
+    np.testing.assert_array_equal(tif.data, data)
+    assert tif.axes == "ZYX"
+    assert tif.scale == (1.0, 1.0, 1.0)
+    assert tif.units == (None, None, None)
+    assert not tif.has_physical_size
+    assert tif.is_labels_hint is False
+
+
+def test_plain_2d_with_resolution_in_centimetres(tmp_path):
+    path = tmp_path / "section.tif"
+    # 20000 px/cm = 0.5 µm/px in X, 10000 px/cm = 1 µm/px in Y
+    tifffile.imwrite(path, em_like((16, 20)), resolution=(20000, 10000), resolutionunit="CENTIMETER")
+    tif = read_tiff(path)
+    assert tif.axes == "YX"
+    assert tif.scale == pytest.approx((1.0, 0.5))
+    assert tif.units == ("µm", "µm")
+
+
+def test_inch_resolution_converted_but_72_dpi_default_ignored(tmp_path):
+    real = tmp_path / "real.tif"
+    tifffile.imwrite(real, em_like((8, 8)), resolution=(25400.0, 12700.0), resolutionunit="INCH")
+    assert read_tiff(real).scale == pytest.approx((2.0, 1.0))  # (Y, X) µm
+    screen = tmp_path / "screenshot.tif"
+    tifffile.imwrite(screen, em_like((8, 8)), resolution=(72.0, 72.0), resolutionunit="INCH")
+    tif = read_tiff(screen)
+    assert tif.scale == (1.0, 1.0) and tif.units == (None, None)
+
+
+def test_multichannel_imagej_and_rgb(tmp_path):
+    path = tmp_path / "two_channels.tif"
+    data = RNG.integers(0, 1000, size=(2, 16, 20), dtype=np.uint16)
+    tifffile.imwrite(path, data, imagej=True, metadata={"axes": "CYX"})
+    tif = read_tiff(path)
+    assert tif.axes == "CYX" and tif.channel_axis == 0
+
+    rgb_path = tmp_path / "photo.tif"
+    rgb = RNG.integers(0, 256, size=(16, 20, 3), dtype=np.uint8)
+    tifffile.imwrite(rgb_path, rgb, photometric="rgb")
+    tif = read_tiff(rgb_path)
+    assert tif.axes == "YXS" and tif.rgb and tif.channel_axis is None
+    np.testing.assert_array_equal(tif.data, rgb)
+
+
+# ------------------------------------------------------------------------------ label hints
+
+
+def test_label_detection_rules():
+    assert detect_labels(np.array([[0, 255], [255, 0]], np.uint8))  # two values
+    assert detect_labels(RNG.integers(0, 10, size=(20, 20)).astype(np.uint8))  # OCT layers 0..9
+    assert not detect_labels(em_like())  # 8-bit EM has ~256 values
+    assert detect_labels(RNG.random((8, 8)) > 0.5)  # a boolean mask
+    # float data are never labels by value count ...
+    assert not detect_labels(np.array([[0.0, 1.0], [1.0, 0.0]], np.float32))
+    # ... but integer data named like labels are, even with many values (instance masks)
+    assert detect_labels(RNG.integers(0, 500, size=(20, 20)).astype(np.uint16), "nuclei_mask.tif")
+    assert detect_labels(em_like(), "x.tif", {"class_values": [0, 255]})
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("train-labels.tif", True),
+        ("mask_01.tif", True),
+        ("gt.tif", True),
+        ("stack_GT.tiff", True),
+        ("cells_seg.tif", True),
+        ("segmentation.tif", True),
+        ("train-volume.tif", False),
+        ("length.tif", False),  # 'gt' inside a word is no hint
+        ("right_eye.tif", False),
+    ],
+)
+def test_name_hints(name, expected):
+    assert name_suggests_labels(name) is expected
+
+
+def test_distinct_values_limits_and_dtypes():
+    assert distinct_values(np.array([3, 1, 3, 2], np.uint8)) == [1, 2, 3]
+    assert distinct_values(np.array([-5, 7, 7], np.int16)) == [-5, 7]
+    assert distinct_values(np.arange(100, dtype=np.int64), limit=16) is None
+    assert distinct_values(np.array([True, False])) == [0, 1]
+    assert distinct_values(np.zeros(3, np.float32)) is None
+
+
+# ----------------------------------------------------------------------------------- errors
+
+
+def _assert_one_line_error(path, match):
+    with pytest.raises(TiffReadError, match=match) as info:
+        read_tiff(path)
+    message = str(info.value)
+    assert "\n" not in message and str(os.path.basename(path)) in message
+    assert isinstance(info.value, ValueError)
+
+
+def test_missing_file(tmp_path):
+    _assert_one_line_error(tmp_path / "nothing.tif", "not found")
+
+
+def test_not_a_tiff(tmp_path):
+    path = tmp_path / "notes.tif"
+    path.write_text("this is not an image\n")
+    _assert_one_line_error(path, "not a TIFF")
+    empty = tmp_path / "empty.tif"
+    empty.write_bytes(b"")
+    _assert_one_line_error(empty, "not a TIFF")
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.6, 0.9])
+def test_truncated_tiff(tmp_path, fraction):
+    full = tmp_path / "full.tif"
+    tifffile.imwrite(full, em_like((4, 64, 64)), imagej=True, compression="zlib")
+    raw = full.read_bytes()
+    path = tmp_path / "truncated.tif"
+    path.write_bytes(raw[: int(len(raw) * fraction)])
+    _assert_one_line_error(path, "corrupt")
+
+
+def test_garbage_after_tiff_signature(tmp_path):
+    path = tmp_path / "garbage.tif"
+    path.write_bytes(b"II*\x00" + bytes(RNG.integers(0, 256, size=600, dtype=np.uint8)))
+    _assert_one_line_error(path, "corrupt")
+
+
+def test_folder_passed_as_file(tmp_path):
+    with pytest.raises(TiffReadError, match="folder"):
+        read_tiff(tmp_path)
+
+
+# ---------------------------------------------------------------------------------- folders
+
+
+def test_natural_sort_key():
+    names = ["z10.tif", "z2.tif", "z1.tif", "Z3.tif"]
+    assert sorted(names, key=natural_sort_key) == ["z1.tif", "z2.tif", "Z3.tif", "z10.tif"]
+
+
+def test_read_folder_natural_order(tmp_path):
+    slices = {}
+    for i in (1, 2, 10, 3):
+        slices[i] = np.full((12, 14), i, np.uint16) + RNG.integers(0, 1000, size=(12, 14)).astype(np.uint16)
+        tifffile.imwrite(tmp_path / f"slice{i}.tif", slices[i], resolution=(2e4, 2e4), resolutionunit="CENTIMETER")
+    (tmp_path / "readme.txt").write_text("not a slice")
+    (tmp_path / ".slice0.tif.tmp").write_bytes(b"partial")  # hidden temp files are skipped
+    (tmp_path / "._slice0.tif").write_bytes(b"resource fork")
+    tif = read_folder(tmp_path)
+    assert tif.axes == "ZYX"
+    assert tif.data.shape == (4, 12, 14)
+    for z, i in enumerate([1, 2, 3, 10]):
+        np.testing.assert_array_equal(tif.data[z], slices[i])
+    assert tif.scale == pytest.approx((1.0, 0.5, 0.5))
+    assert tif.units == (None, "µm", "µm")
+    assert tif.metadata["format"] == "folder"
+    assert [os.path.basename(f) for f in tif.metadata["files"]] == ["slice1.tif", "slice2.tif", "slice3.tif", "slice10.tif"]
+
+
+def test_read_folder_mismatched_sizes(tmp_path):
+    tifffile.imwrite(tmp_path / "a1.tif", np.zeros((8, 8), np.uint8))
+    tifffile.imwrite(tmp_path / "a2.tif", np.zeros((8, 9), np.uint8))
+    with pytest.raises(TiffReadError, match="same size") as info:
+        read_folder(tmp_path)
+    assert "a2.tif" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_read_folder_without_tiffs(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"\x89PNG")
+    with pytest.raises(TiffReadError, match="no .tif"):
+        read_folder(tmp_path)
+    with pytest.raises(TiffReadError, match="not found"):
+        read_folder(tmp_path / "missing")
+
+
+def test_read_slices_of_labels(tmp_path):
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"mask_{i}.tif"
+        tifffile.imwrite(p, (RNG.random((10, 10)) > 0.5).astype(np.uint8) * 255)
+        paths.append(p)
+    tif = read_slices(paths)
+    assert tif.data.shape == (3, 10, 10) and tif.is_labels_hint
+
+
+# ---------------------------------------------------------------------------------- writing
+
+
+def test_write_read_labels_metadata_imagej(tmp_path):
+    labels = RNG.choice(np.array([0, 1, 255], np.uint8), size=(3, 16, 16))
+    path = tmp_path / "labels.tif"
+    meta = {"class_values": [0, 255], "ignore_value": 1, "class_names": ["membrane", "cell"]}
+    assert write_tiff(path, labels, dict(meta, scale=(0.05, 0.004, 0.004), units="µm")) == str(path)
+    with tifffile.TiffFile(path) as tif:
+        assert tif.is_imagej  # uint8 ZYX: ImageJ hyperstack
+        assert tif.pages[0].compression == tifffile.COMPRESSION.ADOBE_DEFLATE
+    back = read_tiff(path)
+    np.testing.assert_array_equal(back.data, labels)
+    assert back.data.dtype == np.uint8
+    assert back.metadata["class_values"] == [0, 255]
+    assert back.metadata["ignore_value"] == 1
+    assert back.metadata["class_names"] == ["membrane", "cell"]
+    assert back.is_labels_hint
+    assert back.scale == pytest.approx((0.05, 0.004, 0.004))
+    assert back.units == ("µm", "µm", "µm")
+
+
+def test_write_read_non_imagej_dtype(tmp_path):
+    labels = RNG.integers(0, 4, size=(2, 8, 8)).astype(np.int32) * 100_000
+    path = tmp_path / "big_labels.tif"
+    write_tiff(path, labels, {"class_values": [0, 100_000, 200_000, 300_000], "scale": (2.0, 0.5, 0.5), "units": "nm"})
+    with tifffile.TiffFile(path) as tif:
+        assert not tif.is_imagej
+    back = read_tiff(path)
+    np.testing.assert_array_equal(back.data, labels)
+    assert back.data.dtype == np.int32
+    assert back.axes == "ZYX"
+    assert back.metadata["class_values"] == [0, 100_000, 200_000, 300_000]
+    assert back.scale == pytest.approx((2.0, 0.5, 0.5))
+    assert back.units == ("nm", "nm", "nm")
+
+
+def test_write_image_without_metadata_roundtrip(tmp_path):
+    data = RNG.random((2, 3, 8, 8)).astype(np.float32)
+    path = tmp_path / "probabilities.tiff"
+    write_tiff(path, data, {"axes": "ZCYX"})
+    back = read_tiff(path)
+    np.testing.assert_array_equal(back.data, data)
+    assert back.axes == "ZCYX"
+    assert "class_values" not in back.metadata
+    assert not back.is_labels_hint
+
+
+def test_written_file_has_normal_permissions(tmp_path):
+    path = tmp_path / "perm.tif"
+    write_tiff(path, np.zeros((4, 4), np.uint8))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (os.stat(path).st_mode & 0o777) == (0o666 & ~umask)  # not mkstemp's 0600
+
+
+def test_write_is_atomic_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / "labels.tif"
+    original = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    write_tiff(path, original)
+    before = path.read_bytes()
+
+    def failing_imwrite(fh, data, **kwargs):
+        fh.write(b"II*\x00 half written")  # a partial file ...
+        raise OSError("disk full")  # ... then the failure
+
+    monkeypatch.setattr(tiff_io.tifffile, "imwrite", failing_imwrite)
+    with pytest.raises(OSError, match="disk full"):
+        write_tiff(path, np.zeros((8, 8), np.uint8))
+    assert path.read_bytes() == before  # previous file untouched
+    assert sorted(os.listdir(tmp_path)) == ["labels.tif"]  # no temporary file left
+    monkeypatch.undo()
+    np.testing.assert_array_equal(read_tiff(path).data, original)
+
+
+def test_write_rejects_unwritable_arrays_without_leftovers(tmp_path):
+    with pytest.raises(ValueError, match="dtype"):
+        write_tiff(tmp_path / "bad.tif", np.array([["a", "b"], ["c", "d"]], dtype=object))
+    with pytest.raises(ValueError, match="axes"):
+        write_tiff(tmp_path / "bad.tif", np.zeros((2, 4, 4), np.uint8), {"axes": "YX"})
+    assert os.listdir(tmp_path) == []
+
+
+def test_write_interrupted_by_keyboard_interrupt_cleans_up(tmp_path, monkeypatch):
+    def interrupted(fh, data, **kwargs):
+        fh.write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tiff_io.tifffile, "imwrite", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_tiff(tmp_path / "new.tif", np.zeros((4, 4), np.uint8))
+    assert os.listdir(tmp_path) == []
