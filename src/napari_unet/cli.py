@@ -62,9 +62,9 @@ def _format_seconds(seconds: float) -> str:
 class ProgressLine:
     """One self-overwriting status line on stderr (plain lines when stderr is not a terminal)."""
 
-    def __init__(self, stream=sys.stderr, every: float = 0.5):
-        self.stream, self.every, self.last = stream, every, 0.0
-        self.tty = stream.isatty()
+    def __init__(self, stream=None, every: float = 0.5):
+        self.stream, self.every, self.last = stream or sys.stderr, every, -1e9
+        self.tty = self.stream.isatty()
 
     def show(self, fraction: float, text: str, force: bool = False):
         now = time.perf_counter()

@@ -1,0 +1,133 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from _helpers import stripes, tiny_model
+from napari_unet.cli import main
+from napari_unet.model_io import save_model
+
+TINY_TRAINING = ["--epochs", "2", "--steps-per-epoch", "5", "--patch-size", "64", "--batch-size", "2"]
+
+
+@pytest.fixture
+def data(tmp_path):
+    image, labels = stripes(n_slices=4, size=64)
+    tifffile.imwrite(tmp_path / "image.tif", image, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "labels.tif", labels, photometric="minisblack")
+    return tmp_path
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_train_predict_evaluate_round_trip(data, capsys):
+    code, out, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "m.keras", *TINY_TRAINING)
+    assert code == 0, err
+    scores = json.loads(out)
+    assert scores["validation_slices"] == [3] and 0 <= scores["pixel_error"] <= 1
+    assert "v_rand" in scores and "ETA" in err
+    code, out, err = run(capsys, "predict", data / "m.keras", data / "image.tif", "-o", data / "p.tif", "--probabilities", data / "probs.tif")
+    assert code == 0, err
+    predicted = tifffile.imread(data / "p.tif")
+    assert predicted.shape == (4, 64, 64) and predicted.dtype == np.uint8
+    assert set(np.unique(predicted)) <= {0, 255}
+    probs = tifffile.imread(data / "probs.tif")
+    assert probs.dtype == np.float32 and probs.shape == (4, 2, 64, 64)
+    code, out, err = run(capsys, "evaluate", data / "p.tif", data / "labels.tif")
+    assert code == 0, err
+    assert set(json.loads(out)) >= {"pixel_error", "dice", "v_rand", "v_info"}
+
+
+def test_fine_tuning_from_a_model_file(data, capsys):
+    save_model(tiny_model(), data / "init.keras")
+    code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "tuned.keras", "--init", data / "init.keras", *TINY_TRAINING)
+    assert code == 0, err
+    assert (data / "tuned.keras").exists()
+
+
+def bad_inputs(tmp_path):
+    image, labels = stripes(n_slices=2, size=32)
+    files = {
+        "image": (image, None),
+        "labels": (labels, None),
+        "short_labels": (labels[:1], None),
+        "one_value": (np.full_like(labels, 255), None),
+        "nan_image": (np.where(image > 100, np.nan, 1.0).astype(np.float32), None),
+        "rgb": (np.zeros((32, 32, 3), np.uint8), {"photometric": "rgb"}),
+    }
+    for name, (array, kwargs) in files.items():
+        tifffile.imwrite(tmp_path / f"{name}.tif", array, **(kwargs or {"photometric": "minisblack"}))
+    (tmp_path / "notes.tif").write_text("not a tiff")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["train", "missing.tif", "labels.tif", "-o", "m.keras"], "does not exist"),
+        (["train", "notes.tif", "labels.tif", "-o", "m.keras"], "notes.tif"),
+        (["train", "image.tif", "short_labels.tif", "-o", "m.keras"], "differ"),
+        (["train", "image.tif", "one_value.tif", "-o", "m.keras"], "only the value 255"),
+        (["train", "nan_image.tif", "labels.tif", "-o", "m.keras"], "NaN"),
+        (["train", "image.tif", "labels.tif", "-o", "m.keras", "--ignore-value", "0", "--val-fraction", "0"], "two classes"),
+        (["predict", "model.keras", "rgb.tif", "-o", "p.tif"], "channels"),
+        (["predict", "notes.tif", "image.tif", "-o", "p.tif"], "not a .keras"),
+        (["evaluate", "image.tif", "short_labels.tif"], "differ"),
+    ],
+)
+def test_bad_input_exits_2_with_one_clear_line_and_no_output(tmp_path, capsys, monkeypatch, argv, words):
+    bad_inputs(tmp_path)
+    save_model(tiny_model(), tmp_path / "model.keras")
+    monkeypatch.chdir(tmp_path)
+    before = set(p.name for p in tmp_path.iterdir())
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("napari-unet: error:") and words in lines[0], err
+    assert "Traceback" not in err
+    assert set(p.name for p in tmp_path.iterdir()) == before, "no output file written"
+
+
+def test_interrupted_training_writes_no_model(data, capsys, monkeypatch):
+    import napari_unet.cli as cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run_training", interrupted)
+    code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "m.keras")
+    assert code == 130 and "no output file" in err
+    assert not (data / "m.keras").exists()
+
+
+def test_console_script_is_installed_and_answers():
+    result = subprocess.run([sys.executable, "-m", "napari_unet.cli", "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "train" in result.stdout and "demo" in result.stdout
+
+
+def test_importing_the_package_loads_neither_tensorflow_nor_qt():
+    code = (
+        "import sys, napari_unet, napari_unet.config, napari_unet.labels, napari_unet.data, napari_unet.metrics, "
+        "napari_unet.synthetic, napari_unet.tiff_io, napari_unet.cli, napari_unet.predict, napari_unet.train; "
+        "heavy = [m for m in ('tensorflow', 'keras', 'qtpy', 'PyQt6', 'napari', 'magicgui') if m in sys.modules]; "
+        "print(heavy); sys.exit(1 if heavy else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_demo_runs_headless(tmp_path, capsys):
+    code, out, err = run(capsys, "demo", "--headless", "--minutes", "0.3", "--output-dir", tmp_path)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["v_rand"] is not None and 0 <= report["pixel_error"] <= 1
+    for name in ("demo.png", "demo-model.keras", "demo-prediction.tif"):
+        assert (tmp_path / name).stat().st_size > 0
