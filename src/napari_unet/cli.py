@@ -196,7 +196,7 @@ def cmd_predict(args) -> int:
     result = None
     for event in predict_events(
         model, image, tile_size=args.tile_size, batch_size=args.batch_size, tta=args.tta,
-        return_probabilities=args.probabilities is not None,
+        return_probabilities=args.probabilities is not None, close_boundaries=args.close_boundaries,
     ):
         if hasattr(event, "done"):
             progress.show(event.done / event.total, f"tile {event.done}/{event.total} ETA {_format_seconds(event.eta)}")
@@ -258,6 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("-o", "--output", required=True, help="labels TIFF to write (the training labels' values)")
     pred.add_argument("--probabilities", help="also write per-class probabilities (float32 TIFF, Z C Y X)")
     pred.add_argument("--tta", action="store_true", help="average over flips and 90-degree rotations")
+    pred.add_argument(
+        "--close-boundaries", action=argparse.BooleanOptionalAction, default=None,
+        help="close gaps in thin boundaries with watershed lines (default: on for models of EM-like membranes)",
+    )
     pred.add_argument("--tile-size", type=int, default=512)
     pred.add_argument("--batch-size", type=int, default=2)
     pred.set_defaults(func=cmd_predict)

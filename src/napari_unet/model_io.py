@@ -28,6 +28,7 @@ class UNetModel:
 
     ``class_values``: label value of each class index (e.g. [0, 255] for ISBI: index 0 = membrane).
     ``percentiles``: per-slice intensity normalisation applied to every input image.
+    ``boundary_value``: the class of thin boundaries that prediction closes (see ``postprocess``).
     """
 
     keras_model: Any
@@ -36,6 +37,7 @@ class UNetModel:
     percentiles: tuple = (1.0, 99.8)
     train_config: Optional[TrainConfig] = None
     history: list = field(default_factory=list)
+    boundary_value: Optional[int] = None  # class value of thin boundaries (EM membranes), if any
 
     def metadata(self) -> dict:
         return {
@@ -46,6 +48,7 @@ class UNetModel:
             "percentiles": [float(p) for p in self.percentiles],
             "train_config": to_dict(self.train_config) if self.train_config else None,
             "history": self.history,
+            "boundary_value": self.boundary_value,
         }
 
 
@@ -112,4 +115,5 @@ def load_model(path) -> UNetModel:
         percentiles=tuple(meta.get("percentiles", (1.0, 99.8))),
         train_config=train_config,
         history=list(meta.get("history") or []),
+        boundary_value=meta.get("boundary_value"),
     )

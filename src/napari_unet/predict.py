@@ -11,6 +11,7 @@ import numpy as np
 from .data import InputError, check_image, normalize
 from .labels import from_indices
 from .model_io import UNetModel
+from .postprocess import close_boundaries as close_boundary_mask
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ def predict_events(
     batch_size: int = 2,
     tta: bool = False,
     return_probabilities: bool = True,
+    close_boundaries: Optional[bool] = None,
     stop: Optional[Callable[[], bool]] = None,
 ) -> Iterator[Union[PredictionProgress, Prediction]]:
     """Predict ``image`` ((Y, X) or (Z, Y, X), any real dtype, numpy or dask) tile by tile.
@@ -106,6 +108,8 @@ def predict_events(
     Tiles of ``tile_size`` overlap by ``overlap`` pixels and are blended with a raised-cosine window;
     memory for the network stays bounded by ``batch_size`` tiles. ``stop()`` returning True ends early
     with ``Prediction.stopped`` set (slices not reached are class index 0).
+    ``close_boundaries`` (default: when the model has a ``boundary_value``) closes gaps in predicted
+    thin boundaries with watershed lines (:func:`napari_unet.postprocess.close_boundaries`).
     """
     shape = tuple(np.shape(image))
     if len(shape) not in (2, 3):
@@ -126,6 +130,10 @@ def predict_events(
     window = blend_window((tile_y, tile_x), overlap)[..., None]
     n_classes = model.config.n_classes
     total = n_slices * len(starts)
+    if close_boundaries is None:
+        close_boundaries = model.boundary_value is not None
+    has_boundary = close_boundaries and model.boundary_value is not None
+    boundary_index = model.class_values.index(model.boundary_value) if has_boundary else None
 
     label_dtype = from_indices(np.zeros(1, np.int64), model.class_values).dtype
     labels = np.zeros((n_slices, height, width), label_dtype)
@@ -159,7 +167,11 @@ def predict_events(
         if stopped:
             break
         slice_probs = accumulated[:height, :width] / weights[:height, :width]
-        labels[z] = from_indices(np.argmax(slice_probs, axis=-1), model.class_values, label_dtype)
+        slice_indices = np.argmax(slice_probs, axis=-1)
+        if boundary_index is not None:
+            closed = close_boundary_mask(slice_probs[..., boundary_index])
+            slice_indices[closed] = boundary_index
+        labels[z] = from_indices(slice_indices, model.class_values, label_dtype)
         if probabilities is not None:
             probabilities[z] = slice_probs
     if len(shape) == 2:

@@ -14,6 +14,7 @@ from .data import Augmentation, InputError, PatchSampler, check_pair, class_weig
 from .labels import check_trainable, to_indices
 from .model import build_unet, import_keras, masked_loss
 from .model_io import UNetModel
+from .postprocess import find_boundary_class
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,11 @@ def train_events(
         jit_compile=train_config.jit_compile,
     )
     result = UNetModel(keras_model, model_config, class_values, percentiles, train_config)
+    if init is not None:
+        result.boundary_value = init.boundary_value
+    else:
+        boundary = find_boundary_class(train_indices, model_config.n_classes)
+        result.boundary_value = None if boundary is None else class_values[boundary]
 
     epochs, steps_per_epoch = train_config.epochs, train_config.steps_per_epoch
     total_steps = epochs * steps_per_epoch

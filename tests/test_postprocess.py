@@ -1,0 +1,40 @@
+import numpy as np
+
+from napari_unet.postprocess import close_boundaries, find_boundary_class, segment_instances
+
+
+def two_cells_with_a_gap():
+    """A vertical membrane (probability 0.9) splitting two cells, with a weak gap (0.45) in the middle."""
+    probability = np.full((40, 40), 0.05, np.float32)
+    probability[:, 19:21] = 0.9
+    probability[17:23, 19:21] = 0.45
+    return probability
+
+
+def test_thresholding_merges_cells_but_closed_boundaries_separate_them():
+    from skimage.measure import label
+
+    probability = two_cells_with_a_gap()
+    assert label(probability <= 0.5, connectivity=1).max() == 1  # the gap merges the two cells
+    closed = close_boundaries(probability)
+    assert label(~closed, connectivity=1).max() == 2
+    assert closed[:, 19:21].any(axis=1).all(), "every row of the membrane is closed"
+    assert closed.sum() < 40 * 4, "the membrane is not thickened beyond its width"
+
+
+def test_segment_instances_labels_each_cell_once():
+    instances = segment_instances(two_cells_with_a_gap())
+    left, right = instances[20, 5], instances[20, 35]
+    assert left > 0 and right > 0 and left != right
+    assert set(np.unique(instances)) == {0, left, right}
+
+
+def test_find_boundary_class_tells_thin_lines_from_blobs():
+    membranes = np.ones((1, 64, 64), np.int32)
+    membranes[:, ::16, :] = 0
+    membranes[:, :, ::16] = 0
+    assert find_boundary_class(membranes, 2) == 0
+    blobs = np.ones((1, 64, 64), np.int32)
+    blobs[:, 10:40, 10:40] = 0
+    assert find_boundary_class(blobs, 2) is None
+    assert find_boundary_class(np.zeros((1, 8, 8), np.int32), 3) is None
