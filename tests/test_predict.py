@@ -78,3 +78,13 @@ def test_dask_input_is_predicted_slice_by_slice():
     image = stripes(n_slices=2, size=64)[0]
     lazy = da.from_array(image, chunks=(1, 64, 64))
     np.testing.assert_array_equal(predict(tiny_model(), lazy).labels, predict(tiny_model(), image).labels)
+
+
+def test_close_boundaries_only_adds_boundary_pixels():
+    model = tiny_model()
+    assert model.boundary_value == 0  # the stripes are thin lines of class 0
+    image = stripes(n_slices=1, size=96, seed=8)[0][0]
+    plain = predict(model, image).labels
+    closed = predict(model, image, close_boundaries=True).labels
+    assert np.all(closed[plain == 0] == 0), "every predicted boundary pixel stays a boundary"
+    assert (closed == 0).sum() >= (plain == 0).sum()

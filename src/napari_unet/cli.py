@@ -259,8 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--probabilities", help="also write per-class probabilities (float32 TIFF, Z C Y X)")
     pred.add_argument("--tta", action="store_true", help="average over flips and 90-degree rotations")
     pred.add_argument(
-        "--close-boundaries", action=argparse.BooleanOptionalAction, default=None,
-        help="close gaps in thin boundaries with watershed lines (default: on for models of EM-like membranes)",
+        "--close-boundaries", action="store_true",
+        help="close gaps in thin boundaries (EM membranes) with watershed lines",
     )
     pred.add_argument("--tile-size", type=int, default=512)
     pred.add_argument("--batch-size", type=int, default=2)

@@ -122,9 +122,9 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "default": Preset(
-        ModelConfig(depth=4, base_filters=32, batch_norm=True),
+        ModelConfig(depth=4, base_filters=16, batch_norm=True),
         TrainConfig(),
-        "fast CPU U-Net: 32->512 filters, batch norm, softmax, cross-entropy + Dice, elastic augmentation",
+        "fast CPU U-Net: 16->256 filters, batch norm, softmax, cross-entropy + Dice, elastic augmentation",
     ),
     "classic": Preset(
         ModelConfig(

@@ -83,5 +83,5 @@ def run_demo(output_dir: Path, minutes: float = 1.0, headless: bool = False, see
         return 0
     from ._napari_demo import show_in_napari
 
-    show_in_napari(image, labels, final.model)
+    show_in_napari(image, labels, predict(final.model, image, return_probabilities=False).labels, final.model)
     return 0

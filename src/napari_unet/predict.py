@@ -99,7 +99,7 @@ def predict_events(
     batch_size: int = 2,
     tta: bool = False,
     return_probabilities: bool = True,
-    close_boundaries: Optional[bool] = None,
+    close_boundaries: bool = False,
     stop: Optional[Callable[[], bool]] = None,
 ) -> Iterator[Union[PredictionProgress, Prediction]]:
     """Predict ``image`` ((Y, X) or (Z, Y, X), any real dtype, numpy or dask) tile by tile.
@@ -108,8 +108,9 @@ def predict_events(
     Tiles of ``tile_size`` overlap by ``overlap`` pixels and are blended with a raised-cosine window;
     memory for the network stays bounded by ``batch_size`` tiles. ``stop()`` returning True ends early
     with ``Prediction.stopped`` set (slices not reached are class index 0).
-    ``close_boundaries`` (default: when the model has a ``boundary_value``) closes gaps in predicted
-    thin boundaries with watershed lines (:func:`napari_unet.postprocess.close_boundaries`).
+    ``close_boundaries`` closes gaps in the model's thin boundary class (``model.boundary_value``) with
+    watershed lines (:func:`napari_unet.postprocess.close_boundaries`). Off by default: on an
+    under-trained ISBI model it over-split cells (V_rand 0.26 against 0.74 for thresholding).
     """
     shape = tuple(np.shape(image))
     if len(shape) not in (2, 3):
@@ -130,8 +131,6 @@ def predict_events(
     window = blend_window((tile_y, tile_x), overlap)[..., None]
     n_classes = model.config.n_classes
     total = n_slices * len(starts)
-    if close_boundaries is None:
-        close_boundaries = model.boundary_value is not None
     has_boundary = close_boundaries and model.boundary_value is not None
     boundary_index = model.class_values.index(model.boundary_value) if has_boundary else None
 

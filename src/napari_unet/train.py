@@ -19,6 +19,7 @@ from .postprocess import find_boundary_class
 
 @dataclass(frozen=True)
 class TrainingStarted:
+    model: UNetModel  # the model being trained (weights change while training runs)
     total_steps: int
     epochs: int
     steps_per_epoch: int
@@ -194,7 +195,7 @@ def train_events(
     epochs, steps_per_epoch = train_config.epochs, train_config.steps_per_epoch
     total_steps = epochs * steps_per_epoch
     budget = train_config.max_minutes * 60.0 if train_config.max_minutes else None
-    yield TrainingStarted(total_steps, epochs, steps_per_epoch, train_slices, val_slices, class_values)
+    yield TrainingStarted(result, total_steps, epochs, steps_per_epoch, train_slices, val_slices, class_values)
 
     start = time.perf_counter()
     best_loss, best_epoch, best_weights = math.inf, 0, None

@@ -1,0 +1,123 @@
+"""Time-to-quality on ISBI 2012: train on slices 0-14, judge on the unseen slices 15-19.
+
+    python benchmarks/isbi_accuracy.py --minutes 10 [--set base_filters=16 --set batch_size=8 ...]
+
+Training runs through the same ``train_events`` as ``napari-unet train`` (its own validation split is
+taken from slices 0-14 only). Weights are snapshotted at checkpoints while training and scored after it,
+so scoring never eats the training budget. Writes JSON to benchmarks/results/ and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "isbi2012"
+TRAIN_SLICES, JUDGE_SLICES = slice(0, 15), slice(15, 20)
+
+
+def parse_value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--preset", default="default")
+    parser.add_argument("--set", action="append", default=[], help="config override NAME=VALUE (model or train field)")
+    parser.add_argument("--checkpoints", default="1,2,3,5,7.5,10,15,20,30", help="minutes at which to snapshot")
+    parser.add_argument("--tta", action="store_true")
+    parser.add_argument("--name", default=None)
+    args = parser.parse_args(argv)
+    if not DATA.is_dir():
+        print(f"skipped: {DATA} not found (needs the project's shared data beside the repo)")
+        return 0
+
+    import tifffile
+
+    from napari_unet.config import preset
+    from napari_unet.metrics import evaluate, isbi_scores
+    from napari_unet.predict import predict
+    from napari_unet.train import EpochEnd, TrainingFinished, TrainingStarted, train_events
+
+    image = tifffile.imread(DATA / "train-volume.tif")
+    labels = tifffile.imread(DATA / "train-labels.tif")
+    chosen = preset(args.preset)
+    model_fields = {f.name for f in dataclasses.fields(chosen.model)}
+    model_over, train_over = {}, {}
+    for item in args.set:
+        key, value = item.split("=", 1)
+        (model_over if key in model_fields else train_over)[key] = parse_value(value)
+    model_config = dataclasses.replace(chosen.model, **model_over)
+    train_config = chosen.train.replace(epochs=100_000, max_minutes=args.minutes, **train_over)
+    checkpoints = [float(c) for c in args.checkpoints.split(",") if float(c) <= args.minutes]
+
+    snapshots, live, final = [], None, None
+    started = time.perf_counter()
+    steps = 0
+    for event in train_events(image[TRAIN_SLICES], labels[TRAIN_SLICES], model_config, train_config):
+        if isinstance(event, TrainingStarted):
+            live = event.model
+        elif isinstance(event, EpochEnd):
+            steps = event.epoch * train_config.steps_per_epoch
+            while checkpoints and event.elapsed >= checkpoints[0] * 60:
+                snapshots.append((checkpoints.pop(0), event.elapsed, steps, live.keras_model.get_weights()))
+            print(f"epoch {event.epoch} {event.elapsed:6.0f}s loss {event.loss:.4f} val {event.val_loss}", file=sys.stderr)
+        elif isinstance(event, TrainingFinished):
+            final = event
+    wall = time.perf_counter() - started
+
+    rows = []
+    model = final.model
+    best_weights = model.keras_model.get_weights()
+    entries = [(m, e, s, w) for m, e, s, w in snapshots] + [("final (best val)", wall, steps, best_weights)]
+    for minute, elapsed, n_steps, weights in entries:
+        model.keras_model.set_weights(weights)
+        result = predict(model, image[JUDGE_SLICES], tta=args.tta)
+        scores = evaluate(result.labels, labels[JUDGE_SLICES], model.class_values)
+        membrane = result.probabilities[..., model.class_values.index(0)]
+        sweep = isbi_scores(membrane, labels[JUDGE_SLICES], probability="membrane")
+        row = {
+            "checkpoint_minutes": minute,
+            "elapsed_s": round(elapsed, 1),
+            "steps": n_steps,
+            "pixel_error": round(scores["pixel_error"], 4),
+            "v_rand": round(scores["v_rand"], 4),
+            "v_info": round(scores["v_info"], 4),
+            "v_rand_prob_sweep": round(sweep["v_rand"], 4),
+            "v_info_prob_sweep": round(sweep["v_info"], 4),
+        }
+        rows.append(row)
+        print(json.dumps(row))
+    name = args.name or f"isbi-{args.preset}-{args.minutes:g}min"
+    out = ROOT / "benchmarks" / "results" / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "name": name,
+        "minutes": args.minutes,
+        "model_config": dataclasses.asdict(model_config),
+        "train_config": {k: v for k, v in dataclasses.asdict(train_config).items()},
+        "tta": args.tta,
+        "boundary_value": model.boundary_value,
+        "history": final.history,
+        "rows": rows,
+    }
+    out.write_text(json.dumps(report, indent=1, default=str))
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
