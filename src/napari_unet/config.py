@@ -69,7 +69,7 @@ class TrainConfig:
     """How to train: sampling, augmentation, loss, optimisation and budget."""
 
     epochs: int = 40
-    steps_per_epoch: int = 50
+    steps_per_epoch: int = 25
     batch_size: int = 4
     patch_size: int = 256
     learning_rate: float = 1e-3
