@@ -1,0 +1,215 @@
+"""Inference dock widget: apply the session model (last trained or loaded) to an image layer."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_warning
+from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+
+from napari_unet.data import InputError
+from napari_unet.predict import PredictionProgress
+
+from .jobs import Failed, PredictionResult, predict_job
+from .layers import Image, LayerCombo, current_slice, image_array
+from .outputs import write_cells, write_prediction, write_probabilities
+from .progress import ProgressRow
+from .session import disconnect_when_destroyed, get_session, unwrap
+
+CURRENT, STACK = "current slice", "whole stack"
+
+
+@dataclass
+class _Job:
+    worker: Any
+    stop: threading.Event
+    image_layer: Any
+    z: Optional[int]
+    model: Any
+    info: Any  # the session's ModelInfo (class names, colours) when the job started
+
+
+class InferenceWidget(QWidget):
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = unwrap(napari_viewer)
+        self.session = get_session(self.viewer)
+        self.model_label = QLabel()
+        self.model_label.setWordWrap(True)
+        self.load_button = QPushButton("Load .keras...")
+        self.load_button.setToolTip("use a model file instead of the last trained model")
+        self.image = LayerCombo(self.viewer, Image)
+        self.scope = QComboBox()
+        self.scope.addItems([CURRENT, STACK])
+        self.scope.setCurrentText(STACK)
+        self.tta = QCheckBox("test-time augmentation (8 flips/rotations, slower)")
+        self.probabilities = QCheckBox("probability map")
+        self.cells = QCheckBox("cell instances (2 classes: cells split by membranes)")
+        self.cells.setToolTip("watershed of the predicted cell regions over the membranes; the membrane is the model's boundary class, else the class named 'membrane', else the first class (value 0 in ISBI masks)")
+        self.close_gaps = QCheckBox("close membrane gaps (watershed lines)")
+        self.close_gaps.setToolTip("for models with a thin boundary class (EM membranes): close gaps in predicted membranes with watershed lines between cell cores; can over-split cells of an under-trained model")
+        self.keep = QCheckBox("keep my corrections")
+        self.keep.setChecked(True)
+        self.keep.setToolTip("when updating a prediction layer, leave the pixels you painted (or marked reviewed) as they are")
+        self.run_button, self.stop_button = QPushButton("Run"), QPushButton("Stop")
+        self.review_button = QPushButton("Mark slice reviewed")
+        self.review_button.setToolTip("accept the current slice of the prediction layer as correct: its pixels count as annotations for Retrain")
+        self.progress = ProgressRow()
+
+        form = QFormLayout()
+        form.addRow("model", self.model_label)
+        form.addRow("", self.load_button)
+        form.addRow("image", self.image)
+        form.addRow("apply to", self.scope)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        for box in (self.tta, self.probabilities, self.cells, self.close_gaps, self.keep):
+            layout.addWidget(box)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.stop_button)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.review_button)
+        layout.addStretch(1)
+
+        self.run_button.clicked.connect(self.run)
+        self.stop_button.clicked.connect(self.stop)
+        self.load_button.clicked.connect(self._ask_load)
+        self.review_button.clicked.connect(self.mark_reviewed)
+        self.session.model_changed.connect(self._on_model_changed)
+        self.session.notice.connect(self.progress.set_status)
+        disconnect_when_destroyed(
+            self, (self.session.model_changed, self._on_model_changed), (self.session.notice, self.progress.set_status)
+        )
+        self._job: Optional[_Job] = None
+        self._on_model_changed(self.session.model)
+
+    def _on_model_changed(self, model) -> None:
+        if model is None:
+            self.model_label.setText("none yet: train one or load a .keras file")
+        else:
+            self.model_label.setText(self.session.info.description or "current model")
+        self.cells.setEnabled(model is not None and model.config.n_classes == 2)
+        self.close_gaps.setEnabled(model is not None and getattr(model, "boundary_value", None) is not None)
+        self._update_buttons()
+
+    def _update_buttons(self) -> None:
+        running = self._job is not None
+        self.run_button.setEnabled(not running)
+        self.stop_button.setEnabled(running)
+
+    def _ask_load(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Load U-Net model", "", "Keras model (*.keras)")
+        if path:
+            self.session.load(path)
+
+    # ---- running -----------------------------------------------------------------------------
+    def run(self) -> bool:
+        """Check the inputs and start prediction in a worker; False (and a notification) if they are bad."""
+        if self._job is not None:
+            return False
+        model = self.session.model
+        try:
+            if model is None:
+                raise InputError("no model yet: train one in the U-Net training widget or load a .keras file")
+            image_layer = self.image.layer()
+            data = image_array(image_layer)
+            if model.config.input_channels != 1:
+                raise InputError(f"this model expects {model.config.input_channels} input channels; napari-unet images have one")
+        except InputError as err:
+            show_error(f"napari-unet: {err}")
+            self.progress.set_status(f"Not started: {err}")
+            return False
+        z = current_slice(self.viewer, image_layer) if self.scope.currentText() == CURRENT else None
+        image = data[z] if z is not None else data
+        membrane = self._membrane_index(model) if self.cells.isChecked() and self.cells.isEnabled() else None
+        stop = threading.Event()
+        close = self.close_gaps.isChecked() and self.close_gaps.isEnabled()
+        worker = create_worker(predict_job, model, image, self.tta.isChecked(), self.probabilities.isChecked(), membrane, close, stop=stop.is_set)
+        self._job = _Job(worker, stop, image_layer, z, model, self.session.info)
+        worker.yielded.connect(self._on_event)
+        worker.finished.connect(self._on_finished)
+        where = f"slice {z} of " if z is not None else ""
+        self.progress.start("U-Net prediction")
+        self.progress.set_status(f"Predicting {where}{image_layer.name!r}...")
+        self.session.set_busy("prediction", True)
+        self._update_buttons()
+        worker.start()
+        return True
+
+    def _membrane_index(self, model) -> int:
+        """The model's boundary class if it records one, else a class named membrane, else the first."""
+        boundary = getattr(model, "boundary_value", None)
+        if boundary in model.class_values:
+            return list(model.class_values).index(boundary)
+        names = [str(n).lower() for n in (self.session.info.class_names or [])]
+        return names.index("membrane") if "membrane" in names else 0
+
+    def stop(self) -> None:
+        if self._job is not None:
+            self._job.stop.set()
+            self.progress.set_status("Stopping; no layer will be changed.")
+
+    def _on_event(self, event) -> None:
+        job = self._job
+        if job is None:
+            return
+        if isinstance(event, PredictionProgress):
+            self.progress.update(event.done / max(event.total, 1), event.eta, f"{event.done}/{event.total} tiles")
+        elif isinstance(event, Failed):
+            show_error(f"napari-unet: prediction failed: {event.message}")
+            self.progress.finish("prediction failed")
+            self.progress.set_status(f"Prediction failed: {event.message}")
+        elif isinstance(event, PredictionResult):
+            if event.stopped:
+                self.progress.finish("prediction stopped")
+                self.progress.set_status("Prediction stopped; no layer was changed.")
+                return
+            self._show(job, event)
+
+    def _show(self, job: _Job, result: PredictionResult) -> None:
+        if job.image_layer not in self.viewer.layers:
+            show_warning("napari-unet: the image layer was removed during prediction; nothing written")
+            return
+        keep = self.keep.isChecked()
+        layer, changed = write_prediction(self.viewer, self.session, job.image_layer, result.labels, job.model, job.info, job.z, keep)
+        if result.probabilities is not None:
+            write_probabilities(self.viewer, job.image_layer, result.probabilities, job.model, job.info.class_names, job.z)
+        if result.instances is not None:
+            write_cells(self.viewer, self.session, job.image_layer, result.instances, job.z)
+        self.progress.finish("prediction done", complete=True)
+        self.progress.set_status(
+            f"{layer.name!r}: {changed} pixels updated (Ctrl+Z on the layer undoes it). Paint corrections "
+            "on it, then Retrain in the training widget."
+        )
+
+    def _on_finished(self) -> None:
+        if self.progress.active:
+            self.progress.finish("prediction ended")
+        self._job = None
+        self.session.set_busy("prediction", False)
+        self._update_buttons()
+
+    # ---- review ------------------------------------------------------------------------------
+    def mark_reviewed(self) -> bool:
+        """Mark the current slice of the image's prediction layer (or the selected one) as reviewed."""
+        image_layer = self.image.layer()
+        layers = self.session.tracked_layers(image_layer) if image_layer is not None else []
+        selected = [x for x in layers if x in self.viewer.layers.selection]
+        if not layers:
+            show_warning("napari-unet: no prediction layer for this image yet; Run first")
+            return False
+        layer = (selected or layers)[-1]
+        z = current_slice(self.viewer, layer)
+        self.session.mark_reviewed(layer, (slice(None),) * layer.ndim if z is None else (z,))
+        where = f"slice {z}" if z is not None else "the image"
+        self.progress.set_status(f"{where} of {layer.name!r} marked reviewed: it counts as annotations for Retrain")
+        return True
+
+    def closeEvent(self, event) -> None:
+        self.stop()
+        super().closeEvent(event)

@@ -1,0 +1,136 @@
+"""Work run in napari worker threads: plain arrays, configs and models in, events out.
+
+Nothing here touches Qt, a widget or a layer. Each job first imports TensorFlow safely next to
+napari's OpenGL canvas (:mod:`._tensorflow`). Expected failures (bad input, a model that does
+not fit, a file that does not load) end the job with a :class:`Failed` event carrying a clear
+message instead of an exception, so the widget shows one notification and nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from napari_unet.config import ConfigError
+from napari_unet.data import InputError
+from napari_unet.labels import LabelError
+from napari_unet.model_io import ModelFileError, UNetModel
+
+from ._tensorflow import load_tensorflow, lower_thread_priority
+
+EXPECTED = (InputError, LabelError, ConfigError, ModelFileError, FloatingPointError, MemoryError)
+
+
+@dataclass(frozen=True)
+class Failed:
+    message: str
+
+
+@dataclass(frozen=True)
+class PredictionResult:
+    labels: np.ndarray  # class values, shape of the input
+    probabilities: Optional[np.ndarray]
+    instances: Optional[np.ndarray]  # int32 cell labels (2-class models), or None
+    stopped: bool
+
+
+def train_job(image, labels, model_config, train_config, init=None, stop=None):
+    """The core's training events; ends with ``TrainingFinished`` or :class:`Failed`."""
+    from napari_unet.train import train_events
+
+    lower_thread_priority()
+    load_tensorflow()
+    try:
+        yield from train_events(image, labels, model_config, train_config, init=init, stop=stop)
+    except EXPECTED as err:
+        yield Failed(str(err))
+
+
+def predict_job(model: UNetModel, image, tta: bool, probabilities: bool, membrane_index: Optional[int], close: bool = False, stop=None):
+    """The core's prediction events; the last is :class:`PredictionResult` or :class:`Failed`.
+
+    ``membrane_index``: with a 2-class model, also label cells separated by the predicted
+    membranes (the core's seeded watershed of the membrane probability); None for no instances.
+    ``close``: close gaps in the model's thin boundary class (core ``close_boundaries``).
+    """
+    from napari_unet.predict import Prediction, predict_events
+
+    lower_thread_priority()
+    load_tensorflow()
+    need_probabilities = probabilities or membrane_index is not None
+    try:
+        events = predict_events(model, image, tta=tta, return_probabilities=need_probabilities, close_boundaries=close, stop=stop)
+        for event in events:
+            if not isinstance(event, Prediction):
+                yield event
+                continue
+            instances = None
+            if membrane_index is not None and not event.stopped:
+                instances = cell_instances(event.probabilities[..., membrane_index])
+            kept = event.probabilities if probabilities else None
+            yield PredictionResult(event.labels, kept, instances, event.stopped)
+    except EXPECTED as err:
+        yield Failed(str(err))
+
+
+def cell_instances(membrane_probability: np.ndarray) -> np.ndarray:
+    """int32 cell labels of a (Y, X) or (Z, Y, X) membrane probability, unique over the stack.
+
+    Per slice: :func:`napari_unet.postprocess.segment_instances` (seeds in cell cores, a watershed
+    of the membrane probability, 0 on the one-pixel lines between cells).
+    """
+    from napari_unet.postprocess import segment_instances
+
+    stack = membrane_probability[None] if membrane_probability.ndim == 2 else membrane_probability
+    out = np.zeros(stack.shape, np.int32)
+    offset = 0
+    for z, plane in enumerate(stack):
+        cells = segment_instances(plane)
+        out[z] = np.where(cells > 0, cells + offset, 0)
+        offset = int(out[z].max(initial=offset))
+    return out[0] if membrane_probability.ndim == 2 else out
+
+
+def load_job(path) -> "UNetModel | Failed":
+    from napari_unet.model_io import load_model
+
+    lower_thread_priority()
+    load_tensorflow()
+    try:
+        return load_model(path)
+    except EXPECTED as err:
+        return Failed(str(err))
+    except Exception as err:  # any unreadable file: a message, never a crash
+        return Failed(f"{path}: could not be loaded ({type(err).__name__}: {err})")
+
+
+def save_job(model: UNetModel, path) -> "str | Failed":
+    from napari_unet.model_io import save_model
+
+    lower_thread_priority()
+    load_tensorflow()
+    try:
+        return str(save_model(model, path))
+    except (OSError, ModelFileError) as err:
+        return Failed(f"could not save the model to {path}: {err}")
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+
+__all__ = [
+    "Failed",
+    "PredictionResult",
+    "cell_instances",
+    "format_seconds",
+    "load_job",
+    "predict_job",
+    "save_job",
+    "train_job",
+]

@@ -1,0 +1,159 @@
+"""Layer pickers and reading images/annotations out of napari layers (main thread only)."""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import numpy as np
+from napari.layers import Image, Labels
+from qtpy.QtWidgets import QComboBox
+
+from napari_unet.data import InputError
+from napari_unet.labels import LabelError, choose_ignore_value
+
+from .session import disconnect_when_destroyed, unwrap
+
+_REFRESH_ON = {"inserted", "removed", "moved", "reordered", "name", "data", "set_data"}
+
+
+class LayerCombo(QComboBox):
+    """Picks a layer of ``layer_type`` from the viewer, optionally only those ``accept`` allows."""
+
+    def __init__(self, viewer, layer_type, accept: Optional[Callable] = None, parent=None):
+        super().__init__(parent)
+        self._viewer, self._type, self._accept = unwrap(viewer), layer_type, accept
+        self._layers: list = []
+        self._viewer.layers.events.connect(self._on_layers_event)
+        disconnect_when_destroyed(self, (self._viewer.layers.events, self._on_layers_event))
+        self.refresh()
+
+    def _on_layers_event(self, event) -> None:
+        if event.type in _REFRESH_ON:
+            self.refresh()
+
+    def candidates(self) -> list:
+        return [
+            layer for layer in self._viewer.layers
+            if isinstance(layer, self._type) and (self._accept is None or self._accept(layer))
+        ]
+
+    def refresh(self) -> None:
+        current = self.layer()
+        layers = self.candidates()
+        if [id(x) for x in layers] == [id(x) for x in self._layers] and [self.itemText(i) for i in range(self.count())] == [x.name for x in layers]:
+            return
+        self.blockSignals(True)
+        self.clear()
+        self._layers = layers
+        self.addItems([layer.name for layer in layers])
+        index = next((i for i, x in enumerate(layers) if x is current), 0 if layers else -1)
+        self.setCurrentIndex(index)
+        self.blockSignals(False)
+        if self.layer() is not current:
+            self.currentIndexChanged.emit(self.currentIndex())
+
+    def layer(self):
+        index = self.currentIndex()
+        return self._layers[index] if 0 <= index < len(self._layers) else None
+
+    def set_layer(self, layer) -> None:
+        layer = unwrap(layer)
+        for i, candidate in enumerate(self._layers):
+            if candidate is layer:
+                self.setCurrentIndex(i)
+                return
+        raise ValueError(f"layer {layer.name!r} is not offered here")
+
+
+def image_array(layer, what: str = "the image"):
+    """The layer's data as a (Y, X) or (Z, Y, X) one-channel array, or :class:`InputError`."""
+    if layer is None:
+        raise InputError(f"choose {what} (an Image layer)")
+    if getattr(layer, "rgb", False):
+        raise InputError(f"image {layer.name!r} is RGB{'A' if layer.data.shape[-1] == 4 else ''}; napari-unet needs one channel: convert it to grayscale or split its channels (layer context menu > Split RGB)")
+    if getattr(layer, "multiscale", False):
+        raise InputError(f"image {layer.name!r} is multiscale; open its full-resolution level as a plain image")
+    shape = tuple(layer.data.shape)
+    if len(shape) not in (2, 3):
+        hint = " (several channels? split them into one layer each)" if len(shape) == 4 else ""
+        raise InputError(f"image {layer.name!r} has shape {shape}; napari-unet needs a 2-D image (Y, X) or a stack (Z, Y, X){hint}")
+    if shape[-1] < 16 or shape[-2] < 16:
+        raise InputError(f"image {layer.name!r} of shape {shape} is too small (needs at least 16 x 16 pixels)")
+    return layer.data
+
+
+def no_labels_message(viewer, image_layer) -> str:
+    shape = tuple(image_layer.data.shape)
+    others = [f"{x.name!r} {tuple(x.data.shape)}" for x in unwrap(viewer).layers if isinstance(x, Labels)]
+    found = f"; the labels layers have shapes {', '.join(others)}" if others else "; there is no labels layer"
+    return f"no labels layer has the shape {shape} of image {image_layer.name!r}{found}. Labels must match the image pixel for pixel"
+
+
+def read_annotations(layer, zero_is_unannotated: bool, reviewed: Optional[np.ndarray] = None):
+    """Class values and annotated mask of a labels layer: ``(values int64, annotated bool, class_values)``.
+
+    * ``metadata["class_values"]`` present (napari-unet reader, sample data, predictions): display
+      values, 0 = not annotated, ``k + 1`` = ``class_values[k]``; ``zero_is_unannotated`` is ignored.
+    * no metadata: the values are the classes; 0 = not annotated if ``zero_is_unannotated``.
+    * ``reviewed`` (a tracked prediction layer): only reviewed pixels count as annotated.
+    ``class_values`` is the metadata list, or None when the classes are just the values found.
+    """
+    data = np.asarray(layer.data)
+    if data.dtype.kind not in "iub":
+        raise LabelError(f"labels layer {layer.name!r} has dtype {data.dtype}; labels must be integers")
+    class_values = layer.metadata.get("class_values")
+    if class_values is not None:
+        lookup = np.asarray([0, *class_values], np.int64)
+        if data.size and int(data.max()) >= len(lookup):
+            raise LabelError(
+                f"labels layer {layer.name!r} holds display value {int(data.max())} but has only "
+                f"{len(class_values)} classes {list(class_values)}; paint with labels 1..{len(class_values)}"
+            )
+        annotated = data > 0
+        values = lookup[data.astype(np.intp, copy=False)]
+    else:
+        annotated = data != 0 if zero_is_unannotated else np.ones(data.shape, bool)
+        values = data.astype(np.int64)
+    if reviewed is not None:
+        annotated &= reviewed
+    return values, annotated, (list(class_values) if class_values is not None else None)
+
+
+def training_labels(values: np.ndarray, annotated: np.ndarray, name: str):
+    """(labels, ignore_value) for the core: annotated class values, the rest a value that is no class."""
+    if not annotated.any():
+        raise LabelError(f"{name} has no annotated pixel; paint some pixels of each class first")
+    classes = np.unique(values[annotated])
+    ignore = choose_ignore_value(classes.tolist()) if not annotated.all() else None
+    labels = np.where(annotated, values, ignore if ignore is not None else 0)
+    dtype = np.uint8 if labels.max() <= 255 and labels.min() >= 0 else np.int32
+    return labels.astype(dtype), ignore
+
+
+def class_names_of(layer) -> Optional[dict]:
+    """``{class value: name}`` from a labels layer's metadata, if it has names."""
+    values, names = layer.metadata.get("class_values"), layer.metadata.get("class_names")
+    if not values or not names or len(values) != len(names):
+        return None
+    return {int(v): str(n) for v, n in zip(values, names)}
+
+
+def current_slice(viewer, layer) -> Optional[int]:
+    """Index of the slice of 3-D ``layer`` shown in the viewer (None for a 2-D layer)."""
+    if layer.ndim < 3:
+        return None
+    z = layer.world_to_data(unwrap(viewer).dims.point)[-3]
+    return int(np.clip(np.round(z), 0, layer.data.shape[-3] - 1))
+
+
+__all__ = [
+    "Image",
+    "Labels",
+    "LayerCombo",
+    "class_names_of",
+    "current_slice",
+    "image_array",
+    "no_labels_message",
+    "read_annotations",
+    "training_labels",
+]

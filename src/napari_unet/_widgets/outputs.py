@@ -1,0 +1,147 @@
+"""Writing predictions into napari layers (main thread only).
+
+Labels outputs are written into an existing layer with ``Labels.data_setitem`` inside
+``Labels.block_history()``: one undo step (Ctrl+Z) restores the previous contents. Pixels the
+user corrected on a prediction layer are kept unless asked otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+from napari.layers import Image, Labels
+
+from napari_unet._reader import label_features
+from napari_unet.labels import to_display
+
+PREDICTION, PROBABILITIES, CELLS = "prediction", "probabilities", "cells"
+
+
+def _region(z: Optional[int], ndim: int) -> tuple:
+    return (slice(None),) * ndim if z is None else (z,)
+
+
+def write_labels_undoable(layer, z: Optional[int], new: np.ndarray, keep: Optional[np.ndarray] = None) -> np.ndarray:
+    """Write ``new`` into slice ``z`` (or all) of ``layer`` as one undoable edit, except where ``keep``.
+
+    Returns the boolean mask (over the region) of the pixels that changed.
+    """
+    region = _region(z, layer.data.ndim)
+    old = np.asarray(layer.data[region])
+    new = np.asarray(new, dtype=layer.data.dtype)
+    if keep is not None:
+        new = np.where(keep[region], old, new)
+    changed = old != new
+    where = np.nonzero(changed)
+    if where[0].size:
+        indices = where if z is None else (np.full(where[0].shape, z, np.intp), *where)
+        with layer.block_history():
+            layer.data_setitem(indices, new[where])
+    return changed
+
+
+def _find(viewer, name: str, kind: str, shape: tuple, accept=lambda layer: True, by_name: bool = True):
+    """A layer to write ``kind`` output into: one we made (metadata marker), or named ``name``.
+
+    ``by_name=False`` for outputs written without undo (images): only layers we made qualify.
+    """
+    for layer in viewer.layers:
+        meta = layer.metadata.get("napari_unet", {})
+        ours = isinstance(meta, dict) and meta.get("output") == kind and layer.name.startswith(name)
+        if (ours or by_name and layer.name == name) and tuple(layer.data.shape) == shape and accept(layer):
+            return layer
+    return None
+
+
+def _spatial(image_layer, extra_axes: int = 0) -> dict:
+    return {
+        "scale": (1.0,) * extra_axes + tuple(image_layer.scale),
+        "translate": (0.0,) * extra_axes + tuple(image_layer.translate),
+    }
+
+
+def write_prediction(viewer, session, image_layer, labels, model, info, z, keep_corrections=True):
+    """Show class-value ``labels`` as a display-convention Labels layer ``<image> prediction``.
+
+    ``info``: the model's :class:`~.session.ModelInfo` (class names and colours, when known).
+    Returns the layer and the number of pixels written.
+    """
+    class_values = [int(v) for v in model.class_values]
+    names = info.class_names
+    display = to_display(labels, class_values)
+    shape = tuple(image_layer.data.shape)
+    name = f"{image_layer.name} {PREDICTION}"
+    tracked = [
+        x for x in session.tracked_layers(image_layer)
+        if list(x.metadata.get("class_values") or []) == class_values and tuple(x.data.shape) == shape
+    ]
+    layer = tracked[-1] if tracked else _find(
+        viewer, name, PREDICTION, shape, lambda x: isinstance(x, Labels) and list(x.metadata.get("class_values") or []) == class_values
+    )
+    metadata = {
+        "class_values": class_values,
+        "class_names": names or [str(v) for v in class_values],
+        "ignore_value": None,
+        "source": f"napari-unet prediction of {image_layer.name}",
+        "napari_unet": {"output": PREDICTION, "image": image_layer.name},
+    }
+    if layer is None:
+        data = np.zeros(shape, display.dtype)
+        data[_region(z, len(shape))] = display
+        kwargs = {"colormap": info.colormap} if info.colormap is not None else {}
+        layer = viewer.add_labels(
+            data, name=name, metadata=metadata, features=label_features(class_values, names),
+            opacity=0.6, **_spatial(image_layer), **kwargs,
+        )
+        session.track(layer, image_layer)
+        return layer, int(display.size)
+    record = session.track(layer, image_layer)
+    with session.muted(layer):
+        changed = write_labels_undoable(layer, z, display, record.reviewed if keep_corrections else None)
+    if not keep_corrections:  # overwritten corrections are predictions again, not ground truth
+        record.reviewed[_region(z, len(shape))] &= ~changed
+    layer.metadata.update(metadata)
+    return layer, int(changed.sum())
+
+
+def write_probabilities(viewer, image_layer, probabilities, model, names, z):
+    """Probability maps: of class index 1 for two classes, else a (class, ...) stack."""
+    shape = tuple(image_layer.data.shape)
+    if model.config.n_classes == 2:
+        label = names[1] if names else str(model.class_values[1])
+        data, extra, name = probabilities[..., 1], 0, f"{image_layer.name} P({label})"
+    else:
+        data, extra, name = np.moveaxis(probabilities, -1, 0), 1, f"{image_layer.name} {PROBABILITIES}"
+    full_shape = (model.config.n_classes,) * extra + shape
+    layer = _find(viewer, name, PROBABILITIES, full_shape, lambda x: isinstance(x, Image), by_name=False)
+    if layer is None:
+        full = np.zeros(full_shape, np.float32)
+        full[(slice(None),) * extra + _region(z, len(shape))] = data
+        meta = {"napari_unet": {"output": PROBABILITIES, "image": image_layer.name}}
+        return viewer.add_image(full, name=name, metadata=meta, colormap="magma", contrast_limits=(0, 1), blending="additive", visible=False, **_spatial(image_layer, extra))
+    if z is None:
+        layer.data = np.asarray(data, np.float32)
+    else:
+        layer.data[(slice(None),) * extra + (z,)] = data
+        layer.refresh()
+    return layer
+
+
+def write_cells(viewer, session, image_layer, instances, z):
+    """Cell instance labels ``<image> cells`` (undoable when written into an existing layer)."""
+    shape = tuple(image_layer.data.shape)
+    name = f"{image_layer.name} {CELLS}"
+    layer = _find(viewer, name, CELLS, shape, lambda x: isinstance(x, Labels) and x.data.dtype == np.int32)
+    if layer is None:
+        data = np.zeros(shape, np.int32)
+        data[_region(z, len(shape))] = instances
+        meta = {"napari_unet": {"output": CELLS, "image": image_layer.name}}
+        return viewer.add_labels(data, name=name, metadata=meta, opacity=0.4, **_spatial(image_layer))
+    if z is not None:  # keep ids unique over the stack
+        others = np.asarray(layer.data).copy()
+        others[z] = 0
+        instances = np.where(instances > 0, instances + int(others.max(initial=0)), 0)
+    with session.muted(layer):
+        write_labels_undoable(layer, z, instances)
+    return layer

@@ -1,0 +1,98 @@
+"""From layers to a training job: plain arrays and configs for the worker (main thread only).
+
+Bad input raises :class:`~napari_unet.data.InputError` / :class:`~napari_unet.labels.LabelError`
+with a message for the user; nothing here modifies a layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+from napari.utils.colormaps import DirectLabelColormap
+
+from napari_unet.config import ModelConfig, TrainConfig
+from napari_unet.data import InputError
+from napari_unet.labels import LabelError
+from napari_unet.model_io import UNetModel
+
+from .layers import class_names_of, image_array, no_labels_message, read_annotations, training_labels
+from .retrain import retrain_data
+
+
+@dataclass
+class TrainJob:
+    image: np.ndarray
+    labels: np.ndarray  # class values; train_config.ignore_value where not annotated
+    model_config: Optional[ModelConfig]  # None: the architecture of ``init``
+    train_config: TrainConfig
+    init: Optional[UNetModel]
+    names: Optional[dict]  # class value -> name, when known
+    colormap: Any = None  # (class values, colormap) of the labels layer, when it has custom colours
+    note: str = ""  # what the job trains on, for the status line
+
+
+def _image(image_layer, labels_layer):
+    image = np.asarray(image_array(image_layer))
+    if labels_layer is not None and tuple(labels_layer.data.shape) != image.shape:
+        labels_layer = None  # its data changed shape since it was picked
+    return image, labels_layer
+
+
+def prepare_train(viewer, session, image_layer, labels_layer, zero_is_unannotated: bool, configs, continue_from_model: bool) -> TrainJob:
+    """Train on ``labels_layer``; only reviewed pixels count if it is a tracked prediction layer."""
+    image, labels_layer = _image(image_layer, labels_layer)
+    if labels_layer is None:
+        raise InputError(no_labels_message(viewer, image_layer))
+    values, annotated, class_values = read_annotations(labels_layer, zero_is_unannotated, session.reviewed(labels_layer))
+    labels, ignore = training_labels(values, annotated, f"labels layer {labels_layer.name!r}")
+    model_config, train_config = configs
+    init = None
+    if continue_from_model:
+        init = session.model
+        if init is None:
+            raise InputError("there is no current model to continue from; train one or load a .keras file")
+        model_config = None
+    colormap = None
+    if class_values is not None and isinstance(labels_layer.colormap, DirectLabelColormap):
+        colormap = (list(class_values), labels_layer.colormap)  # custom class colours
+    note = f"{int(annotated.sum())} annotated pixels of {labels_layer.name!r}"
+    return TrainJob(image, labels, model_config, train_config.replace(ignore_value=ignore), init, class_names_of(labels_layer), colormap, note)
+
+
+def prepare_retrain(viewer, session, image_layer, labels_layer, zero_is_unannotated: bool, retrain_config) -> TrainJob:
+    """Fine-tune the session model: original annotations overridden by painted corrections.
+
+    The corrections come from the image's prediction layer (the selected one if several); only
+    pixels the user painted or marked reviewed count. ``retrain_config(model_config)`` gives the
+    TrainConfig of the short fine-tuning.
+    """
+    model = session.model
+    if model is None:
+        raise InputError("there is no model to retrain; train one or load a .keras file first")
+    image, labels_layer = _image(image_layer, labels_layer)
+    candidates = session.corrected_layers(image_layer)
+    if not candidates:
+        raise LabelError(
+            f"no corrections to learn from: run inference on {image_layer.name!r}, paint the right "
+            "classes on its prediction layer, then Retrain"
+        )
+    selected = [x for x in candidates if x in viewer.layers.selection]
+    prediction = (selected or candidates)[-1]
+    values, corrected, _ = read_annotations(prediction, True, session.reviewed(prediction))
+    annotated = corrected.copy()
+    if labels_layer is not None and labels_layer is not prediction:
+        base, base_annotated, _ = read_annotations(labels_layer, zero_is_unannotated, session.reviewed(labels_layer))
+        values = np.where(corrected, values, base)
+        annotated |= base_annotated
+    train_config = retrain_config(model.config)
+    data = retrain_data(image, values, annotated, corrected, train_config.patch_size, name=f"prediction layer {prediction.name!r}")
+    info = session.info
+    names = dict(zip(model.class_values, info.class_names)) if info.class_names else None
+    colormap = (list(model.class_values), info.colormap) if info.colormap is not None else None
+    note = (
+        f"{data.n_corrected} corrected pixels of {prediction.name!r} (about half of the patches) "
+        f"and {data.n_annotated - data.n_corrected} other annotated pixels"
+    )
+    return TrainJob(data.image, data.labels, None, train_config.replace(ignore_value=data.ignore), model, names, colormap, note)

@@ -1,0 +1,64 @@
+"""A progress bar with ETA in the widget, mirrored in napari's activity dock, plus a status line."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from napari.utils import progress
+from qtpy.QtWidgets import QLabel, QProgressBar, QVBoxLayout, QWidget
+
+from .jobs import format_seconds
+
+_SCALE = 1000
+
+
+class ProgressRow(QWidget):
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.bar = QProgressBar()
+        self.bar.setRange(0, _SCALE)
+        self.bar.setValue(0)
+        self.bar.setFormat("idle")
+        self.bar.setTextVisible(True)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.bar)
+        layout.addWidget(self.status)
+        self._activity: Optional[progress] = None
+
+    def start(self, description: str) -> None:
+        """Indeterminate until the first :meth:`update`; also shown in napari's activity dock."""
+        self.finish()
+        self.bar.setRange(0, 0)
+        self.bar.setFormat(description)
+        self._activity = progress(total=_SCALE, desc=description)
+
+    def update(self, fraction: float, eta: Optional[float], text: str = "") -> None:
+        value = int(round(_SCALE * min(max(fraction, 0.0), 1.0)))
+        self.bar.setRange(0, _SCALE)
+        self.bar.setValue(value)
+        eta_text = f" - ETA {format_seconds(eta)}" if eta is not None else ""
+        self.bar.setFormat(f"{text}{' ' if text else ''}%p%{eta_text}")
+        if self._activity is not None and value > self._activity.n:
+            self._activity.update(value - self._activity.n)
+
+    def finish(self, text: Optional[str] = None, complete: bool = False) -> None:
+        """Close the activity entry; ``complete`` fills the bar, else it keeps its value."""
+        if self._activity is not None:
+            self._activity.close()
+            self._activity = None
+        if self.bar.maximum() == 0:
+            self.bar.setRange(0, _SCALE)
+        if complete:
+            self.bar.setValue(_SCALE)
+        if text is not None:
+            self.bar.setFormat(text)
+
+    @property
+    def active(self) -> bool:
+        return self._activity is not None
+
+    def set_status(self, text: str) -> None:
+        self.status.setText(text)

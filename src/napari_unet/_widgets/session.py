@@ -1,0 +1,215 @@
+"""State shared by the training and inference widgets of one viewer.
+
+:func:`get_session` returns the one :class:`Session` of a viewer (module-level registry, weak
+on the viewer), so a model trained in the training widget is used by the inference widget
+without a file round trip. The session also tracks the prediction layers it wrote: for each,
+a boolean *reviewed* mask of the pixels the user painted (from ``Labels.events.paint``) or
+marked as reviewed. Only reviewed pixels of a prediction layer count as ground truth.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from pathlib import Path
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+from psygnal import Signal
+
+from napari_unet.model_io import UNetModel
+
+_SESSIONS: "weakref.WeakKeyDictionary[Any, Session]" = weakref.WeakKeyDictionary()
+
+
+def unwrap(obj):
+    """The napari object behind a plugin ``PublicOnlyProxy`` (identity checks need the real one)."""
+    return getattr(obj, "__wrapped__", obj)
+
+
+def disconnect_when_destroyed(widget, *connections) -> None:
+    """Disconnect ``(signal, callback)`` pairs when the Qt ``widget`` is deleted.
+
+    Signals of the session and of napari outlive a closed dock widget; a callback into a deleted
+    widget would raise. A plain function (not a method of the dying widget) receives ``destroyed``.
+    """
+
+    def disconnect(*_):
+        for signal, callback in connections:
+            try:
+                signal.disconnect(callback)
+            except (RuntimeError, TypeError, ValueError):  # already gone
+                pass
+
+    widget.destroyed.connect(disconnect)
+
+
+def get_session(viewer) -> "Session":
+    """The session of ``viewer``, created on first use."""
+    viewer = unwrap(viewer)
+    session = _SESSIONS.get(viewer)
+    if session is None:
+        session = _SESSIONS[viewer] = Session()
+        viewer.layers.events.removed.connect(session._on_layer_removed)
+    return session
+
+
+@dataclass
+class Tracked:
+    """A prediction layer written by the inference widget."""
+
+    layer: Any
+    image: Any  # weakref to the image layer it was predicted from
+    reviewed: np.ndarray
+    muted: bool = False  # our own writes are no corrections
+
+
+@dataclass
+class ModelInfo:
+    description: str = ""
+    class_names: Optional[list] = None
+    colormap: Any = None
+
+
+class Session:
+    """The current model and the tracked prediction layers of one viewer."""
+
+    model_changed = Signal(object)  # the new UNetModel (or None)
+    busy_changed = Signal()
+    notice = Signal(str)  # a status message for the widgets (model loaded/saved, ...)
+
+    def __init__(self):
+        self.model: Optional[UNetModel] = None
+        self.info = ModelInfo()
+        self._tracked: dict[int, Tracked] = {}
+        self.busy: set = set()  # names of running jobs ("training", "prediction")
+
+    # ---- model -------------------------------------------------------------------------------
+    def set_model(self, model: UNetModel, description: str, class_names=None, colormap=None) -> None:
+        self.model = model
+        self.info = ModelInfo(description, list(class_names) if class_names else None, colormap)
+        self.model_changed.emit(model)
+
+    def load(self, path):
+        """Load a ``.keras`` model in a worker; it becomes the current model (or a notification says why not)."""
+        from napari.qt.threading import create_worker
+
+        from .jobs import load_job
+
+        self.set_busy("loading", True)
+        self.notice.emit(f"Loading {Path(path).name}...")
+        worker = create_worker(load_job, str(path))
+        worker.returned.connect(lambda result: self._loaded(Path(path), result))
+        worker.finished.connect(lambda: self.set_busy("loading", False))
+        worker.start()
+        return worker
+
+    def _loaded(self, path: Path, result) -> None:
+        from napari.utils.notifications import show_error
+
+        if isinstance(result, UNetModel):
+            self.set_model(result, f"loaded from {path.name}; classes {list(result.class_values)}")
+            self.notice.emit(f"Model loaded from {path}; classes {list(result.class_values)}.")
+        else:
+            show_error(f"napari-unet: {result.message}")
+            self.notice.emit(f"Model not loaded: {result.message}")
+
+    def save(self, path):
+        """Save the current model in a worker (atomic write)."""
+        from napari.qt.threading import create_worker
+        from napari.utils.notifications import show_error
+
+        from .jobs import Failed, save_job
+
+        def saved(result):
+            if isinstance(result, Failed):
+                show_error(f"napari-unet: {result.message}")
+                self.notice.emit(f"Not saved: {result.message}")
+            else:
+                self.notice.emit(f"Model saved to {result}.")
+
+        self.set_busy("saving", True)
+        worker = create_worker(save_job, self.model, str(path))
+        worker.returned.connect(saved)
+        worker.finished.connect(lambda: self.set_busy("saving", False))
+        worker.start()
+        return worker
+
+    def set_busy(self, name: str, busy: bool) -> None:
+        (self.busy.add if busy else self.busy.discard)(name)
+        self.busy_changed.emit()
+
+    # ---- reviewed pixels ---------------------------------------------------------------------
+    def track(self, layer, image_layer) -> Tracked:
+        """Start tracking paints on prediction ``layer`` (nothing reviewed yet, unless tracked already)."""
+        layer = unwrap(layer)
+        record = self._tracked.get(id(layer))
+        if record is not None and record.reviewed.shape == layer.data.shape:
+            record.image = weakref.ref(unwrap(image_layer))
+            return record
+        record = Tracked(layer, weakref.ref(unwrap(image_layer)), np.zeros(layer.data.shape, bool))
+        self._tracked[id(layer)] = record
+        layer.events.paint.connect(self._on_paint)
+        return record
+
+    def record(self, layer) -> Optional[Tracked]:
+        record = self._tracked.get(id(unwrap(layer)))
+        if record is not None and record.reviewed.shape != record.layer.data.shape:
+            record.reviewed = np.zeros(record.layer.data.shape, bool)  # data replaced: start over
+        return record
+
+    def reviewed(self, layer) -> Optional[np.ndarray]:
+        """The reviewed mask of a tracked prediction layer, or None for any other layer."""
+        record = self.record(layer)
+        return None if record is None else record.reviewed
+
+    def tracked_layers(self, image_layer) -> list:
+        """Tracked prediction layers of ``image_layer`` (oldest first)."""
+        image_layer = unwrap(image_layer)
+        return [r.layer for r in list(self._tracked.values()) if r.image() is image_layer and self.record(r.layer) is not None]
+
+    def corrected_layers(self, image_layer) -> list:
+        """Tracked prediction layers of ``image_layer`` with at least one reviewed pixel."""
+        return [layer for layer in self.tracked_layers(image_layer) if self.reviewed(layer).any()]
+
+    @contextlib.contextmanager
+    def muted(self, layer):
+        """Paint events of ``layer`` inside the block are our own writes, not user corrections."""
+        record = self.record(layer)
+        if record is None:
+            yield
+            return
+        previous, record.muted = record.muted, True
+        try:
+            yield
+        finally:
+            record.muted = previous
+
+    def mark_reviewed(self, layer, region) -> None:
+        record = self.record(layer)
+        if record is not None:
+            record.reviewed[region] = True
+
+    def _on_paint(self, event) -> None:
+        record = self.record(event.source)
+        if record is None or record.muted:
+            return
+        for atom in event.value:
+            if hasattr(atom, "slice_key"):  # napari >= 0.6: bounding box + mask
+                region = record.reviewed[atom.slice_key]
+                if atom.mask is None:
+                    region[...] = True
+                else:
+                    region[np.asarray(atom.mask, bool)] = True
+            else:  # (indices, old values, new values)
+                record.reviewed[atom[0]] = True
+
+    def _on_layer_removed(self, event) -> None:
+        layer = unwrap(event.value)
+        record = self._tracked.pop(id(layer), None)
+        if record is not None:
+            layer.events.paint.disconnect(self._on_paint)
+
+
+__all__ = ["Session", "Tracked", "disconnect_when_destroyed", "get_session", "unwrap"]

@@ -1,0 +1,137 @@
+"""The training settings form: preset, network size, budget, sampling, augmentation, retraining."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QSpinBox, QWidget
+
+from napari_unet.config import PRESETS, ConfigError, ModelConfig, TrainConfig, preset
+
+
+def spin(low, high, value, step=1, tip="", decimals=None, suffix=""):
+    box = QSpinBox() if decimals is None else QDoubleSpinBox()
+    if decimals is not None:
+        box.setDecimals(decimals)
+    box.setRange(low, high)
+    box.setSingleStep(step)
+    box.setValue(value)
+    box.setToolTip(tip)
+    if suffix:
+        box.setSuffix(suffix)
+    return box
+
+
+class TrainSettings(QWidget):
+    """Form whose values, on top of the chosen preset, give a ModelConfig and a TrainConfig."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.preset = QComboBox()
+        self.preset.addItems(list(PRESETS))
+        self.preset.setToolTip("\n".join(f"{name}: {p.description}" for name, p in PRESETS.items()))
+        self.depth = spin(1, 6, 4, tip="poolings of the U-Net (patch sizes must be multiples of 2**depth)")
+        self.filters = spin(4, 128, 32, 4, "filters of the first level (doubled at each level)")
+        self.epochs = spin(1, 10000, 40, tip="epochs (training stops at the epochs or the time budget, whichever comes first)")
+        self.steps = spin(1, 100000, 50, 10, "training steps (batches) per epoch")
+        self.minutes = spin(0, 10000, 0, 1, "time budget in minutes; 0 = no budget (only epochs count)", decimals=1, suffix=" min")
+        self.patch = spin(16, 1024, 256, 16, "side of the square training patches (pixels)")
+        self.batch = spin(1, 64, 4, tip="patches per training step")
+        self.lr = spin(1e-5, 0.1, 1e-3, 1e-4, "initial learning rate (Adam)", decimals=5)
+        self.flips, self.rotations = QCheckBox("flips"), QCheckBox("rotations")
+        self.elastic, self.intensity = QCheckBox("elastic"), QCheckBox("intensity")
+        self.validation = spin(0.0, 0.9, 0.2, 0.05, "share of annotated slices kept for validation (one 2-D image: its last columns)", decimals=2)
+        self.retrain_steps = spin(1, 10000, 20, 5, "training steps of one Retrain (fine-tuning from the current weights)")
+        self.retrain_patch = spin(16, 1024, 128, 16, "patch side for Retrain (small = fast)")
+        self.retrain_batch = spin(1, 64, 2, tip="patches per Retrain step")
+
+        form = QFormLayout(self)
+        form.setContentsMargins(0, 0, 0, 0)
+        form.addRow("preset", self.preset)
+        form.addRow("depth / filters", _row(self.depth, self.filters))
+        form.addRow("epochs x steps", _row(self.epochs, self.steps))
+        form.addRow("time budget", self.minutes)
+        form.addRow("patch / batch", _row(self.patch, self.batch))
+        form.addRow("learning rate", self.lr)
+        form.addRow("augment", _row(self.flips, self.rotations, self.elastic, self.intensity))
+        form.addRow("validation", self.validation)
+        self.retrain_row = _row(self.retrain_steps, self.retrain_patch, self.retrain_batch)
+        self.retrain_row.setToolTip("Retrain: steps, patch size, batch size")
+        self.preset.currentTextChanged.connect(self.apply_preset)
+        self.apply_preset(self.preset.currentText())
+
+    def apply_preset(self, name: str) -> None:
+        p = preset(name)
+        self.depth.setValue(p.model.depth)
+        self.filters.setValue(p.model.base_filters)
+        t = p.train
+        self.epochs.setValue(t.epochs)
+        self.steps.setValue(t.steps_per_epoch)
+        self.minutes.setValue(t.max_minutes or 0)
+        self.patch.setValue(t.patch_size)
+        self.batch.setValue(t.batch_size)
+        self.lr.setValue(t.learning_rate)
+        for box, on in ((self.flips, t.augment_flips), (self.rotations, t.augment_rotations), (self.elastic, t.augment_elastic), (self.intensity, t.augment_intensity)):
+            box.setChecked(on)
+        self.validation.setValue(t.val_fraction)
+
+    def configs(self) -> tuple[ModelConfig, TrainConfig]:
+        """The preset's configs with the form's values; :class:`ConfigError` if they do not fit."""
+        p = preset(self.preset.currentText())
+        model = dataclasses.replace(p.model, depth=self.depth.value(), base_filters=self.filters.value())
+        train = p.train.replace(
+            epochs=self.epochs.value(),
+            steps_per_epoch=self.steps.value(),
+            max_minutes=self.minutes.value() or None,
+            patch_size=self.patch.value(),
+            batch_size=self.batch.value(),
+            learning_rate=self.lr.value(),
+            augment_flips=self.flips.isChecked(),
+            augment_rotations=self.rotations.isChecked(),
+            augment_elastic=self.elastic.isChecked(),
+            augment_intensity=self.intensity.isChecked(),
+            val_fraction=self.validation.value(),
+        )
+        check_patch(train.patch_size, model)
+        return model, train
+
+    def retrain_config(self, model_config: ModelConfig, seed: int) -> TrainConfig:
+        """One short epoch from the current weights: all steps train (no validation split)."""
+        _, train = self.configs_unchecked()
+        train = train.replace(
+            epochs=1,
+            steps_per_epoch=self.retrain_steps.value(),
+            patch_size=self.retrain_patch.value(),
+            batch_size=self.retrain_batch.value(),
+            val_fraction=0.0,
+            max_minutes=None,
+            seed=seed,
+        )
+        check_patch(train.patch_size, model_config)
+        return train
+
+    def configs_unchecked(self) -> tuple[ModelConfig, TrainConfig]:
+        p = preset(self.preset.currentText())
+        return p.model, p.train.replace(
+            learning_rate=self.lr.value(),
+            augment_flips=self.flips.isChecked(),
+            augment_rotations=self.rotations.isChecked(),
+            augment_elastic=self.elastic.isChecked(),
+            augment_intensity=self.intensity.isChecked(),
+        )
+
+
+def check_patch(patch_size: int, model: ModelConfig) -> None:
+    if patch_size % model.size_multiple:
+        raise ConfigError(
+            f"patch size {patch_size} is not a multiple of {model.size_multiple} (2**depth for depth {model.depth})"
+        )
+
+
+def _row(*widgets) -> QWidget:
+    box = QWidget()
+    layout = QHBoxLayout(box)
+    layout.setContentsMargins(0, 0, 0, 0)
+    for widget in widgets:
+        layout.addWidget(widget)
+    return box

@@ -1,0 +1,247 @@
+"""Training dock widget: train, stop, retrain on corrections, save and load the session model."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_warning
+from qtpy.QtWidgets import QCheckBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QPushButton, QVBoxLayout, QWidget
+
+from napari_unet.config import ConfigError
+from napari_unet.data import InputError
+from napari_unet.labels import LabelError
+from napari_unet.train import EpochEnd, TrainingFinished, TrainingStarted, TrainingStep
+
+from .jobs import Failed, format_seconds, train_job
+from .layers import Image, Labels, LayerCombo
+from .prepare import TrainJob, prepare_retrain, prepare_train
+from .plot import LossPlot
+from .progress import ProgressRow
+from .session import disconnect_when_destroyed, get_session, unwrap
+from .settings import TrainSettings
+
+ZERO_TIP = (
+    "Only for labels layers WITHOUT napari-unet class metadata (painted from scratch or opened by "
+    "napari's own reader). Checked: value 0 means not annotated (ignored by the loss) and every "
+    "nonzero value is a class. Unchecked: 0 is a class too (e.g. a raw 0/255 mask) and every pixel "
+    "is annotated. Layers from the napari-unet reader, sample data or predictions always use "
+    "0 = not annotated; on prediction layers only pixels you painted count."
+)
+
+
+@dataclass
+class _Run:
+    kind: str  # "training" or "retraining"
+    worker: Any
+    stop: threading.Event
+    budget: Optional[float]
+    names: Optional[dict]  # class value -> name, when known
+    colormap: Any  # (class values, colormap) of the labels layer, when known
+    note: str = ""
+    last_step: int = 0
+    started: float = 0.0
+
+
+class TrainingWidget(QWidget):
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = unwrap(napari_viewer)
+        self.session = get_session(self.viewer)
+        self.image = LayerCombo(self.viewer, Image)
+        self.labels = LayerCombo(self.viewer, Labels, accept=self._fits_image)
+        self.image.currentIndexChanged.connect(lambda *_: self.labels.refresh())
+        self.zero_unannotated = QCheckBox("label 0 = not annotated")
+        self.zero_unannotated.setChecked(True)
+        self.zero_unannotated.setToolTip(ZERO_TIP)
+        self.settings = TrainSettings()
+        self.continue_box = QCheckBox("continue from the current model")
+        self.continue_box.setToolTip("fine-tune the current model (its architecture and classes) instead of starting anew")
+        self.continue_box.toggled.connect(lambda on: (self.settings.depth.setEnabled(not on), self.settings.filters.setEnabled(not on)))
+        self.train_button, self.stop_button = QPushButton("Train"), QPushButton("Stop")
+        self.retrain_button = QPushButton("Retrain on corrections")
+        self.retrain_button.setToolTip(
+            "Fine-tune the current model on the original annotations (labels layer above), overridden "
+            "by the pixels you painted on the image's prediction layer; unpainted predictions are not used"
+        )
+        self.save_button, self.load_button = QPushButton("Save model..."), QPushButton("Load model...")
+        self.progress = ProgressRow()
+        self.plot = LossPlot(self.viewer)
+
+        data = QFormLayout()
+        data.addRow("image", self.image)
+        data.addRow("labels", self.labels)
+        data.addRow("", self.zero_unannotated)
+        retrain = QGroupBox("correction loop: retrain steps / patch / batch")
+        retrain_layout = QVBoxLayout(retrain)
+        retrain_layout.addWidget(self.settings.retrain_row)
+        retrain_layout.addWidget(self.retrain_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(data)
+        layout.addWidget(self.settings)
+        layout.addWidget(self.continue_box)
+        layout.addLayout(_hbox(self.train_button, self.stop_button))
+        layout.addWidget(self.progress)
+        layout.addWidget(self.plot)
+        layout.addWidget(retrain)
+        layout.addLayout(_hbox(self.save_button, self.load_button))
+        layout.addStretch(1)
+
+        self.train_button.clicked.connect(lambda: self.start(retrain=False))
+        self.retrain_button.clicked.connect(lambda: self.start(retrain=True))
+        self.stop_button.clicked.connect(self.stop)
+        self.save_button.clicked.connect(self._ask_save)
+        self.load_button.clicked.connect(self._ask_load)
+        self.session.model_changed.connect(self._on_model_changed)
+        self.session.notice.connect(self.progress.set_status)
+        disconnect_when_destroyed(
+            self, (self.session.model_changed, self._on_model_changed), (self.session.notice, self.progress.set_status)
+        )
+        self._run: Optional[_Run] = None
+        self._retrains = 0
+        self._update_buttons()
+        self.progress.set_status("Choose an image and its labels, then Train.")
+
+    # ---- starting ----------------------------------------------------------------------------
+    def _fits_image(self, labels_layer) -> bool:
+        image_layer = self.image.layer() if hasattr(self, "image") else None
+        return image_layer is not None and tuple(labels_layer.data.shape) == tuple(image_layer.data.shape)
+
+    def start(self, retrain: bool = False) -> bool:
+        """Check the inputs and start (re)training in a worker; False (and a notification) if they are bad."""
+        if self._run is not None:
+            return False
+        try:
+            job = self.prepare(retrain)
+        except (InputError, LabelError, ConfigError) as err:
+            show_error(f"napari-unet: {err}")
+            self.progress.set_status(f"Not started: {err}")
+            return False
+        stop = threading.Event()
+        worker = create_worker(train_job, job.image, job.labels, job.model_config, job.train_config, init=job.init, stop=stop.is_set)
+        budget = job.train_config.max_minutes * 60 if job.train_config.max_minutes else None
+        kind = "retraining" if retrain else "training"
+        self._run = _Run(kind, worker, stop, budget, job.names, job.colormap, job.note, started=time.perf_counter())
+        worker.yielded.connect(self._on_event)
+        worker.aborted.connect(lambda: self.progress.set_status(f"{kind.capitalize()} cancelled; the current model is unchanged."))
+        worker.finished.connect(self._on_finished)
+        self.plot.clear()
+        self.progress.start(f"U-Net {kind}")
+        self.progress.set_status(f"Preparing {kind} on {job.note} (the first run also loads TensorFlow)...")
+        self.session.set_busy("training", True)
+        self._update_buttons()
+        worker.start()
+        return True
+
+    def prepare(self, retrain: bool = False) -> TrainJob:
+        """The job the widget's current layers and settings describe (raises on bad input)."""
+        zero = self.zero_unannotated.isChecked()
+        if not retrain:
+            configs = self.settings.configs()
+            continue_ = self.continue_box.isChecked()
+            return prepare_train(self.viewer, self.session, self.image.layer(), self.labels.layer(), zero, configs, continue_)
+        self._retrains += 1
+        seed = self._retrains
+
+        def config(model_config):
+            return self.settings.retrain_config(model_config, seed=seed)
+
+        return prepare_retrain(self.viewer, self.session, self.image.layer(), self.labels.layer(), zero, config)
+
+    # ---- running -----------------------------------------------------------------------------
+    def stop(self) -> None:
+        if self._run is not None:
+            self._run.stop.set()
+            self.progress.set_status("Stopping after the current step (the best weights are kept)...")
+
+    def _on_event(self, event) -> None:
+        run = self._run
+        if run is None:
+            return
+        if isinstance(event, TrainingStarted):
+            val = f", validating on slices {event.val_slices}" if event.val_slices else ""
+            where = f"slices {event.train_slices}{val}" if run.kind == "training" else run.note
+            self.progress.set_status(f"{run.kind.capitalize()} on {where}; classes {event.class_values}")
+        elif isinstance(event, TrainingStep):
+            run.last_step = event.step
+            fraction = event.step / event.total_steps
+            if run.budget:
+                fraction = max(fraction, event.elapsed / run.budget)
+            self.progress.update(fraction, event.eta, f"epoch {event.epoch}")
+            self.plot.add_step(event.step, event.loss)
+        elif isinstance(event, EpochEnd):
+            self.plot.add_epoch(run.last_step, event.val_loss, event.val_metrics)
+            val = f", validation loss {event.val_loss:.4f}" if event.val_loss is not None else ""
+            dice = f", Dice {event.val_metrics['dice']:.3f}" if "dice" in event.val_metrics else ""
+            best = " (best)" if event.is_best else ""
+            self.progress.set_status(f"Epoch {event.epoch}/{event.epochs}: loss {event.loss:.4f}{val}{dice}{best}")
+        elif isinstance(event, TrainingFinished):
+            self._finished_model(run, event)
+        elif isinstance(event, Failed):
+            show_error(f"napari-unet: {run.kind} failed: {event.message}")
+            self.progress.finish(f"{run.kind} failed")
+            self.progress.set_status(f"{run.kind.capitalize()} failed: {event.message}")
+
+    def _finished_model(self, run: _Run, event: TrainingFinished) -> None:
+        seconds = time.perf_counter() - run.started
+        when = time.strftime("%H:%M:%S")
+        best = f", best epoch {event.best_epoch}" if event.best_epoch else ""
+        description = f"{run.kind.replace('ing', 'ed')} at {when} ({event.reason}{best}); classes {list(event.model.class_values)}"
+        classes = list(event.model.class_values)
+        names = [run.names.get(v) for v in classes] if run.names else None
+        colormap = run.colormap[1] if run.colormap and run.colormap[0] == classes else None
+        self.session.set_model(event.model, description, names if names and None not in names else None, colormap)
+        self.plot.redraw()
+        self.progress.finish(f"{run.kind} {event.reason}", complete=event.reason == "completed")
+        self.progress.set_status(f"Model {description}, in {format_seconds(seconds)}. It is now used by the inference widget.")
+
+    def _on_finished(self) -> None:
+        if self._run is not None and self.progress.active:
+            self.progress.finish(f"{self._run.kind} ended")
+        self._run = None
+        self.session.set_busy("training", False)
+        self._update_buttons()
+
+    def _update_buttons(self, *_) -> None:
+        running = self._run is not None
+        self.train_button.setEnabled(not running)
+        self.retrain_button.setEnabled(not running and self.session.model is not None)
+        self.stop_button.setEnabled(running)
+        self.save_button.setEnabled(self.session.model is not None)
+
+    def _on_model_changed(self, model) -> None:
+        self._update_buttons()
+
+    # ---- files -------------------------------------------------------------------------------
+    def _ask_save(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save U-Net model", "unet.keras", "Keras model (*.keras)")
+        if path:
+            self.save_model(path if path.endswith(".keras") else path + ".keras")
+
+    def _ask_load(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Load U-Net model", "", "Keras model (*.keras)")
+        if path:
+            self.session.load(path)
+
+    def save_model(self, path) -> None:
+        if self.session.model is None:
+            show_warning("napari-unet: no model to save yet; train or load one")
+            return
+        self.session.save(path)
+
+    def closeEvent(self, event) -> None:
+        self.stop()
+        super().closeEvent(event)
+
+
+def _hbox(*widgets) -> QHBoxLayout:
+    layout = QHBoxLayout()
+    for widget in widgets:
+        layout.addWidget(widget)
+    return layout
+
+
+__all__ = ["TrainingWidget"]

@@ -1,0 +1,116 @@
+"""GUI test fixtures: a viewer with a small synthetic EM stack, the docked widgets, notifications.
+
+GUI tests need a display: run them under ``xvfb-run -a python3 -m pytest``.
+"""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Load TensorFlow isolated before any test when GUI tests will run.
+
+    With napari's OpenGL canvas (Mesa/llvmpipe under Xvfb) in the same process, TensorFlow
+    imported the ordinary way crashes: at import after the canvas exists, or at interpreter exit
+    when it came first (see ``napari_unet._widgets._tensorflow``). Core tests import it through
+    ``import_keras()``; loading it isolated up front makes both orders safe.
+    """
+    if any(item.get_closest_marker("gui") for item in items):
+        from napari_unet._widgets._tensorflow import load_tensorflow
+
+        load_tensorflow()
+
+
+def em_data(n_slices=3, size=128, seed=1):
+    from napari_unet.synthetic import make_em_stack
+
+    return make_em_stack(n_slices, (size, size), seed=seed)
+
+
+def em_labels_layer_data(labels):
+    """Display-convention labels (1 = membrane, 2 = cell) with the sample data's metadata."""
+    from napari_unet.labels import to_display
+
+    meta = {"class_values": [0, 255], "class_names": ["membrane", "cell"], "ignore_value": None}
+    return to_display(labels, [0, 255]), meta
+
+
+@pytest.fixture
+def em_viewer(make_napari_viewer):
+    viewer = make_napari_viewer()
+    image, labels = em_data()
+    display, meta = em_labels_layer_data(labels)
+    viewer.add_image(image, name="EM")
+    viewer.add_labels(display, name="EM labels", metadata=meta)
+    return viewer
+
+
+@pytest.fixture
+def widgets(em_viewer, qtbot):
+    """Both widgets docked in ``em_viewer``; waits for running workers at teardown."""
+    from napari_unet._widgets import InferenceWidget, TrainingWidget, get_session
+
+    training = TrainingWidget(em_viewer)
+    inference = InferenceWidget(em_viewer)
+    em_viewer.window.add_dock_widget(training, name="U-Net training", area="right")
+    em_viewer.window.add_dock_widget(inference, name="U-Net inference", area="right")
+    ns = SimpleNamespace(viewer=em_viewer, training=training, inference=inference, session=get_session(em_viewer))
+    yield ns
+    training.stop()
+    inference.stop()
+    qtbot.waitUntil(lambda: training._run is None and inference._job is None and not ns.session.busy, timeout=120_000)
+
+
+def tiny_settings(training, epochs=2, steps=10, patch=64, depth=2, filters=8, lr=3e-3, validation=0.34):
+    """A U-Net that trains in seconds on two CPU cores."""
+    s = training.settings
+    s.depth.setValue(depth)
+    s.filters.setValue(filters)
+    s.epochs.setValue(epochs)
+    s.steps.setValue(steps)
+    s.minutes.setValue(0)
+    s.patch.setValue(patch)
+    s.batch.setValue(4)
+    s.lr.setValue(lr)
+    s.elastic.setChecked(False)
+    s.validation.setValue(validation)
+    s.retrain_patch.setValue(patch)
+
+
+@pytest.fixture
+def notifications():
+    """napari notifications dispatched during the test, as (severity, message) pairs."""
+    from napari.utils.notifications import notification_manager
+
+    seen = []
+
+    def record(notification):
+        seen.append((str(notification.severity), str(notification.message)))
+
+    notification_manager.notification_ready.connect(record)
+    yield seen
+    notification_manager.notification_ready.disconnect(record)
+
+
+def run_and_wait(qtbot, start, is_running, timeout=300_000):
+    """Call ``start()`` (must return True), wait until ``is_running()`` is False; seconds taken."""
+    t0 = time.perf_counter()
+    assert start(), "the widget refused to start; see the notification"
+    qtbot.waitUntil(lambda: not is_running(), timeout=timeout)
+    return time.perf_counter() - t0
+
+
+def layers_snapshot(viewer):
+    return [(layer.name, type(layer).__name__, np.array(layer.data, copy=True)) for layer in viewer.layers]
+
+
+def assert_layers_unchanged(viewer, before):
+    after = layers_snapshot(viewer)
+    assert [(n, t) for n, t, _ in after] == [(n, t) for n, t, _ in before]
+    for (name, _, old), (_, _, new) in zip(before, after):
+        assert old.shape == new.shape and np.array_equal(old, new), f"layer {name!r} was modified"

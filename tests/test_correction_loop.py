@@ -1,0 +1,186 @@
+"""The correction loop in the GUI: train -> predict -> paint corrections -> retrain -> predict."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+import pytest
+
+from conftest import em_data, em_labels_layer_data, run_and_wait, tiny_settings
+
+pytestmark = pytest.mark.gui
+
+SQUARE = (0, slice(40, 64), slice(40, 64))
+MEMBRANE, CELL = 1, 2  # display values of the EM classes (file values 0 and 255)
+_YY, _XX = np.mgrid[:128, :128]
+DISK = (_YY - 52) ** 2 + (_XX - 52) ** 2 <= 11**2  # on slice 0: a dark organelle inside a cell
+
+
+@pytest.fixture
+def loop_viewer(make_napari_viewer):
+    """EM stack with a dark, membrane-like disk that is really cell interior (like a mitochondrion).
+
+    The annotations cover slices 0-1 except the disk; slice 2 is not annotated (display 0).
+    """
+    image, labels = em_data(3, 128, seed=1)
+    rng = np.random.default_rng(0)
+    image, labels = image.copy(), labels.copy()
+    image[0][DISK] = np.clip(70 + rng.normal(0, 8, DISK.sum()), 0, 255).astype(np.uint8)
+    labels[0][DISK] = 255
+    display, meta = em_labels_layer_data(labels)
+    display[0][DISK] = 0
+    display[2] = 0
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="EM")
+    viewer.add_labels(display, name="EM labels", metadata=meta)
+    return viewer
+
+
+@pytest.fixture
+def loop(loop_viewer, qtbot):
+    from napari_unet._widgets import InferenceWidget, TrainingWidget, get_session
+
+    training, inference = TrainingWidget(loop_viewer), InferenceWidget(loop_viewer)
+    loop_viewer.window.add_dock_widget(training)
+    loop_viewer.window.add_dock_widget(inference)
+    yield training, inference, get_session(loop_viewer)
+    training.stop()
+    inference.stop()
+    qtbot.waitUntil(lambda: training._run is None and inference._job is None, timeout=120_000)
+
+
+def paint_disk(layer, label, brush=6):
+    """Brush strokes inside DISK through the layer's paint API (fires ``events.paint``)."""
+    layer.brush_size = brush
+    with layer.block_history():  # one stroke = one undo step, like a mouse drag
+        for y, x in np.argwhere(DISK)[::7]:
+            if (y - 52) ** 2 + (x - 52) ** 2 <= (11 - brush // 2) ** 2:
+                layer.paint((0, y, x), label, refresh=False)
+    layer.refresh()
+
+
+def test_painted_corrections_retrain_the_model(loop_viewer, loop, qtbot, notifications):
+    viewer = loop_viewer
+    training, inference, session = loop
+    tiny_settings(training, epochs=3, steps=15)
+    training.settings.retrain_steps.setValue(60)
+    training.settings.retrain_batch.setValue(4)
+    run_and_wait(qtbot, training.start, lambda: training._run is not None)
+    first_model = session.model
+    assert first_model is not None and first_model.class_values == [0, 255]
+
+    # Predict the stack: display values + class metadata, so the layer works as training labels.
+    run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
+    prediction = viewer.layers["EM prediction"]
+    assert prediction.metadata["class_values"] == [0, 255]
+    assert set(np.unique(prediction.data)) <= {MEMBRANE, CELL}
+    assert session.reviewed(prediction) is not None and not session.reviewed(prediction).any()
+    original = viewer.layers["EM labels"].data
+    annotated = original > 0
+    disk_before = np.mean(prediction.data[0][DISK] == CELL)
+    agreement_before = np.mean(prediction.data[annotated] == original[annotated])
+
+    # The user paints the disk as cell, and a few pixels on the unannotated slice 2.
+    before_paint = prediction.data.copy()
+    paint_disk(prediction, CELL)
+    prediction.brush_size = 3
+    prediction.paint((2, 100, 100), CELL if before_paint[2, 100, 100] != CELL else MEMBRANE)
+    painted = before_paint != prediction.data
+    reviewed = session.reviewed(prediction)
+    assert painted[0][DISK].sum() > 100 and painted[2].any()
+    assert np.array_equal(reviewed, painted), "only pixels the user painted count as reviewed"
+
+    # Retrain labels: original annotations, overridden by painted pixels; unpainted predictions unused.
+    job = training.prepare(retrain=True)
+    labels, ignore = job.labels[:3], job.train_config.ignore_value
+    assert job.init is first_model and job.model_config is None
+    assert job.train_config.val_fraction == 0 and job.train_config.epochs == 1
+    assert np.all(labels[reviewed] == np.where(prediction.data[reviewed] == CELL, 255, 0))
+    assert np.array_equal(labels[2] != ignore, reviewed[2])  # slice 2: painted pixels only
+    unpainted = annotated & ~reviewed
+    assert np.array_equal(labels[unpainted], np.where(original[unpainted] == MEMBRANE, 0, 255))
+    assert np.all(labels[~annotated & ~reviewed] == ignore)  # unreviewed predictions are not ground truth
+    assert len(job.labels) > 3  # extra focus slices: the corrections are oversampled
+
+    # Retrain (fine-tune from the current weights) and predict again without keeping corrections.
+    seconds = run_and_wait(qtbot, lambda: training.start(retrain=True), lambda: training._run is not None)
+    print(f"\nfirst retrain (tiny model, {training.settings.retrain_steps.value()} steps): {seconds:.1f} s")
+    assert session.model is not first_model and "retrained" in session.info.description
+    after_paint = prediction.data.copy()
+    inference.keep.setChecked(False)
+    run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
+    painted_cell = reviewed & (after_paint == CELL)
+    follows = np.mean(prediction.data[painted_cell] == CELL)
+    disk_after = np.mean(prediction.data[0][DISK] == CELL)
+    agreement = np.mean(prediction.data[annotated] == original[annotated])
+    print(f"painted pixels predicted as painted: {np.mean(before_paint[painted_cell] == CELL):.2f} before, {follows:.2f} after retraining")
+    print(f"whole disk predicted as cell: {disk_before:.2f} before the correction, {disk_after:.2f} after retraining")
+    print(f"agreement with the annotations elsewhere: {agreement_before:.3f} before, {agreement:.3f} after")
+    assert follows >= 0.9, "the prediction of the painted pixels follows the correction"
+    assert disk_after > disk_before + 0.2
+    assert agreement > agreement_before - 0.05  # the original annotations still hold
+    # Overwritten corrections are predictions again, not ground truth.
+    assert not np.any(session.reviewed(prediction) & (after_paint != prediction.data))
+
+    # The update of the existing layer is one undo step: Ctrl+Z brings the painted state back.
+    prediction.undo()
+    assert np.array_equal(prediction.data, after_paint)
+    assert not [m for s, m in notifications if s.lower().endswith("error")]
+
+
+def test_predictions_keep_corrections_and_mark_slice_reviewed(loop_viewer, loop, qtbot):
+    viewer = loop_viewer
+    training, inference, session = loop
+    tiny_settings(training, epochs=1, steps=5)
+    run_and_wait(qtbot, training.start, lambda: training._run is not None)
+    run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
+    prediction = viewer.layers["EM prediction"]
+    wrong = np.where(prediction.data[SQUARE] == MEMBRANE, CELL, MEMBRANE)  # the opposite of the prediction
+    z, rows, cols = SQUARE
+    ys, xs = np.mgrid[rows, cols]
+    prediction.data_setitem((np.full(ys.size, z), ys.ravel(), xs.ravel()), wrong.ravel())
+    assert session.reviewed(prediction)[SQUARE].all()
+    # Re-running keeps the corrected pixels (default) and writes into the same layer.
+    n_layers = len(viewer.layers)
+    run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
+    assert len(viewer.layers) == n_layers
+    assert np.array_equal(prediction.data[SQUARE], wrong)
+    # Accepting a whole slice makes its predicted pixels count for Retrain.
+    viewer.dims.set_current_step(0, 2)
+    viewer.layers.selection.active = prediction
+    assert inference.mark_reviewed()
+    assert session.reviewed(prediction)[2].all() and not session.reviewed(prediction)[1].any()
+    labels = training.prepare(retrain=True).labels
+    assert np.array_equal(labels[2], np.where(prediction.data[2] == MEMBRANE, 0, 255))
+
+
+@pytest.mark.slow
+def test_first_retrain_on_the_default_preset_is_quick(loop_viewer, loop, qtbot):
+    """Default preset architecture: the first Retrain must take well under a minute."""
+    from napari_unet.config import preset
+
+    viewer = loop_viewer
+    training, inference, session = loop
+    settings = training.settings
+    settings.preset.setCurrentText("default")
+    settings.epochs.setValue(1)
+    settings.steps.setValue(2)
+    settings.patch.setValue(128)
+    settings.batch.setValue(2)
+    settings.validation.setValue(0)
+    run_and_wait(qtbot, training.start, lambda: training._run is not None)
+    assert session.model.config == dataclasses.replace(preset("default").model, n_classes=2)
+    inference.scope.setCurrentText("current slice")
+    viewer.dims.set_current_step(0, 0)
+    run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
+    paint_disk(viewer.layers["EM prediction"], CELL)
+    t0 = time.perf_counter()
+    seconds = run_and_wait(qtbot, lambda: training.start(retrain=True), lambda: training._run is not None)
+    print(
+        f"\nfirst retrain on the default preset ({settings.retrain_steps.value()} steps, patch "
+        f"{settings.retrain_patch.value()}, batch {settings.retrain_batch.value()}): {seconds:.1f} s"
+    )
+    assert "retrained" in session.info.description
+    assert time.perf_counter() - t0 < 60

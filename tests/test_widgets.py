@@ -1,0 +1,294 @@
+"""Training and inference dock widgets: building, bad input, stop, responsiveness, files."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from conftest import assert_layers_unchanged, layers_snapshot, run_and_wait, tiny_settings
+
+pytestmark = pytest.mark.gui
+
+
+def errors(notifications):
+    return [message for severity, message in notifications if severity.lower().endswith("error")]
+
+
+def test_widgets_build_dock_and_offer_compatible_layers(widgets):
+    from napari_unet.config import preset
+
+    viewer, training, inference = widgets.viewer, widgets.training, widgets.inference
+    assert training.image.layer().name == "EM"
+    assert training.labels.layer().name == "EM labels"
+    # Only labels layers with the image's shape are offered.
+    viewer.add_labels(np.zeros((64, 64), np.uint8), name="other shape")
+    assert [training.labels.itemText(i) for i in range(training.labels.count())] == ["EM labels"]
+    viewer.add_labels(np.zeros((3, 128, 128), np.uint8), name="painted")
+    assert training.labels.count() == 2
+    viewer.layers["painted"].name = "renamed"
+    assert "renamed" in [training.labels.itemText(i) for i in range(training.labels.count())]
+    viewer.layers.remove("renamed")
+    assert training.labels.count() == 1
+    # Presets fill the form; the classic preset is the seed's 64-filter network with Adam 1e-4.
+    training.settings.preset.setCurrentText("classic")
+    assert training.settings.filters.value() == 64 and training.settings.lr.value() == pytest.approx(1e-4)
+    model_config, train_config = training.settings.configs()
+    assert model_config.head == "sigmoid" and train_config.loss == "ce"
+    training.settings.preset.setCurrentText("default")
+    default = preset("default")
+    assert training.settings.filters.value() == default.model.base_filters
+    assert training.settings.patch.value() == default.train.patch_size
+    # Without a model: Stop, Retrain and Save are off, inference says so.
+    assert training.train_button.isEnabled() and not training.stop_button.isEnabled()
+    assert not training.retrain_button.isEnabled() and not training.save_button.isEnabled()
+    assert "none yet" in inference.model_label.text()
+    assert inference.image.layer().name == "EM"
+    assert "not annotated" in training.zero_unannotated.toolTip()
+
+
+def test_plugin_manifest_opens_both_widgets(make_napari_viewer):
+    npe2 = pytest.importorskip("npe2")
+    viewer = make_napari_viewer()  # discovers the installed plugins
+    if "napari-unet" not in {m.name for m in npe2.PluginManager.instance().iter_manifests()}:
+        pytest.skip("napari-unet is not installed (pip install -e .)")
+    for title in ("U-Net training", "U-Net inference"):
+        _, widget = viewer.window.add_plugin_dock_widget("napari-unet", title)
+        assert type(widget).__name__ in ("TrainingWidget", "InferenceWidget")
+
+
+@pytest.mark.parametrize(
+    "case, image, labels, expected",
+    [
+        ("mismatched shapes", np.zeros((3, 64, 64), np.uint8), np.ones((3, 64, 48), np.uint8), "no labels layer has the shape"),
+        ("2-D image, 3-D labels", np.zeros((64, 64), np.uint8), np.ones((3, 64, 64), np.uint8), "no labels layer has the shape"),
+        ("RGB image", np.zeros((64, 64, 3), np.uint8), np.ones((64, 64), np.uint8), "RGB"),
+        ("multichannel image", np.zeros((2, 3, 64, 64), np.uint8), np.ones((2, 3, 64, 64), np.uint8), "split them"),
+        ("nothing annotated", np.zeros((64, 64), np.uint8), np.zeros((64, 64), np.uint8), "no annotated pixel"),
+    ],
+)
+def test_bad_training_input_notifies_and_changes_nothing(make_napari_viewer, notifications, case, image, labels, expected):
+    from napari_unet._widgets import TrainingWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="image", rgb=image.shape[-1] == 3)
+    viewer.add_labels(labels, name="labels")
+    training = TrainingWidget(viewer)
+    viewer.window.add_dock_widget(training)
+    before = layers_snapshot(viewer)
+    assert training.start() is False, case
+    assert any(expected in message for message in errors(notifications)), (case, notifications)
+    assert expected in training.progress.status.text()
+    assert training._run is None and training.train_button.isEnabled()
+    assert_layers_unchanged(viewer, before)
+
+
+def test_bad_input_found_by_the_core_notifies_once(widgets, qtbot, notifications):
+    """Labels with a single class pass the widget checks; the core's message comes back cleanly."""
+    viewer, training = widgets.viewer, widgets.training
+    one_class = np.zeros((3, 128, 128), np.uint8)
+    one_class[0, :10, :10] = 7
+    viewer.add_labels(one_class, name="one class")
+    training.labels.set_layer(viewer.layers["one class"])
+    tiny_settings(training)
+    before = layers_snapshot(viewer)
+    run_and_wait(qtbot, training.start, lambda: training._run is not None)
+    assert any("at least two classes" in m for m in errors(notifications)), notifications
+    assert widgets.session.model is None
+    assert_layers_unchanged(viewer, before)
+
+
+def test_inference_without_model_or_with_unloadable_file(widgets, qtbot, notifications, tmp_path):
+    viewer, inference, session = widgets.viewer, widgets.inference, widgets.session
+    before = layers_snapshot(viewer)
+    assert inference.run() is False
+    assert any("no model yet" in m for m in errors(notifications))
+    bad = tmp_path / "broken.keras"
+    bad.write_bytes(b"this is not a zip archive")
+    worker = session.load(bad)
+    qtbot.waitUntil(lambda: not session.busy, timeout=60_000)
+    assert worker is not None and session.model is None
+    assert any("broken.keras is not a .keras model file" in m for m in errors(notifications)), notifications
+    assert "Model not loaded" in inference.progress.status.text()
+    assert_layers_unchanged(viewer, before)
+
+
+def test_train_stop_keeps_a_usable_model_and_viewer_stays_responsive(widgets, qtbot, notifications):
+    from qtpy.QtCore import QTimer
+
+    viewer, training, inference, session = widgets.viewer, widgets.training, widgets.inference, widgets.session
+    tiny_settings(training, epochs=200, steps=10)
+    ticks = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start(20)
+    assert training.start()
+    assert not training.train_button.isEnabled() and training.stop_button.isEnabled()
+    qtbot.waitUntil(lambda: len(training.plot.steps) >= 25, timeout=300_000)  # past compilation, well into training
+    qtbot.mouseClick(training.stop_button, _left_button())
+    qtbot.waitUntil(lambda: training._run is None, timeout=120_000)
+    timer.stop()
+    gaps = np.diff(ticks)
+    print(f"\nQTimer (20 ms) during training: {len(ticks)} ticks, worst gap {gaps.max():.3f} s, 99th percentile {np.percentile(gaps, 99):.3f} s")
+    assert gaps.max() < 0.5, f"the main thread was blocked for {gaps.max():.2f} s"
+    assert not errors(notifications)
+    model = session.model
+    assert model is not None and model.class_values == [0, 255]
+    assert "stopped" in session.info.description and "stopped" in training.progress.bar.format()
+    assert training.plot.draws < len(training.plot.steps)  # redraws are rate-limited
+    assert training.save_button.isEnabled() and training.retrain_button.isEnabled()
+    # The stopped model is usable: predict the stack.
+    run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
+    prediction = viewer.layers["EM prediction"]
+    assert prediction.data.shape == (3, 128, 128) and set(np.unique(prediction.data)) <= {1, 2}
+    assert prediction.metadata["class_values"] == [0, 255]
+    assert prediction.metadata["class_names"] == ["membrane", "cell"]
+
+
+def test_time_budget_continue_and_a_model_that_does_not_fit(widgets, qtbot, notifications):
+    viewer, training, session = widgets.viewer, widgets.training, widgets.session
+    tiny_settings(training, epochs=10_000, steps=10)
+    training.settings.minutes.setValue(0.1)  # 6 s
+    seconds = run_and_wait(qtbot, training.start, lambda: training._run is not None)
+    first = session.model
+    assert "time budget" in session.info.description and seconds < 120
+    # Continue: the same architecture and classes, new weights.
+    training.settings.minutes.setValue(0)
+    tiny_settings(training, epochs=1, steps=3, filters=4)  # ignored: the model keeps its architecture
+    training.continue_box.setChecked(True)
+    assert not training.settings.filters.isEnabled()
+    run_and_wait(qtbot, training.start, lambda: training._run is not None)
+    assert session.model is not first and session.model.config == first.config
+    # Labels with classes the model does not know: a clear message, the model stays.
+    three = np.zeros((3, 128, 128), np.uint8)
+    three[0, :40], three[0, 40:80], three[0, 80:] = 1, 2, 3
+    viewer.add_labels(three, name="three classes")
+    training.labels.set_layer(viewer.layers["three classes"])
+    before, model = layers_snapshot(viewer), session.model
+    run_and_wait(qtbot, training.start, lambda: training._run is not None)
+    assert any("does not know" in m for m in errors(notifications)), notifications
+    assert session.model is model
+    assert_layers_unchanged(viewer, before)
+
+
+def test_save_and_load_model_between_widgets(widgets, qtbot, tmp_path, notifications):
+    from napari_unet.model_io import read_metadata
+
+    training, inference, session = widgets.training, widgets.inference, widgets.session
+    tiny_settings(training, epochs=1, steps=3)
+    run_and_wait(qtbot, training.start, lambda: training._run is not None)
+    trained = session.model
+    path = tmp_path / "model.keras"
+    training.save_model(path)
+    qtbot.waitUntil(lambda: not session.busy, timeout=60_000)
+    assert path.is_file() and read_metadata(path)["class_values"] == [0, 255]
+    assert "saved" in training.progress.status.text()
+    session.load(path)
+    qtbot.waitUntil(lambda: not session.busy, timeout=60_000)
+    assert session.model is not trained and session.model.class_values == [0, 255]
+    assert "model.keras" in inference.model_label.text()
+    assert inference.cells.isEnabled()  # two classes: instance labels are offered
+    assert not errors(notifications)
+
+
+def test_options_probabilities_instances_and_current_slice(widgets, qtbot):
+    viewer, training, inference = widgets.viewer, widgets.training, widgets.inference
+    tiny_settings(training, epochs=3, steps=15)
+    run_and_wait(qtbot, training.start, lambda: training._run is not None)
+    viewer.dims.set_current_step(0, 1)
+    inference.scope.setCurrentText("current slice")
+    inference.probabilities.setChecked(True)
+    inference.cells.setChecked(True)
+    run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
+    prediction = viewer.layers["EM prediction"]
+    assert prediction.data[1].min() >= 1 and not prediction.data[0].any() and not prediction.data[2].any()
+    probabilities = viewer.layers["EM P(cell)"]
+    assert probabilities.data.shape == (3, 128, 128)
+    p = probabilities.data[1]
+    assert 0 <= p.min() and p.max() <= 1 and not probabilities.data[0].any()
+    # The labels are the most probable class, plus boundary pixels closed by the core's watershed.
+    cell = prediction.data[1] == 2
+    assert not np.any(cell & (p < 0.5))
+    assert np.mean(cell[p > 0.5]) > 0.95
+    cells = viewer.layers["EM cells"]
+    assert cells.data.dtype == np.int32 and not cells.data[0].any() and not cells.data[2].any()
+    ids, sizes = np.unique(cells.data[1][cells.data[1] > 0], return_counts=True)
+    assert len(ids) >= 2 and sizes.min() >= 16  # several cells, no speckles
+    # Cells sit on the predicted cell interior; the lines between them on (or next to) membranes.
+    assert np.mean(cells.data[1][prediction.data[1] == 2] > 0) > 0.9
+    # Closing membrane gaps (EM models know their boundary class) only adds membrane pixels.
+    assert inference.close_gaps.isEnabled()
+    open_membrane = prediction.data[1] == 1
+    inference.close_gaps.setChecked(True)
+    run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
+    closed_membrane = prediction.data[1] == 1
+    assert np.all(closed_membrane[open_membrane]) and closed_membrane.sum() >= open_membrane.sum()
+
+
+def test_multiclass_oct_prediction_and_probabilities(make_napari_viewer, qtbot):
+    from napari_unet._sample_data import make_oct_sample
+    from napari_unet._widgets import InferenceWidget, TrainingWidget
+    from napari_unet.synthetic import OCT_CLASS_NAMES
+
+    viewer = make_napari_viewer()
+    for data, kwargs, kind in make_oct_sample():
+        getattr(viewer, f"add_{kind}")(data[:2, :, :128], **kwargs)  # two narrow B-scans, all layers
+    training, inference = TrainingWidget(viewer), InferenceWidget(viewer)
+    viewer.window.add_dock_widget(training)
+    viewer.window.add_dock_widget(inference)
+    tiny_settings(training, epochs=1, steps=5, validation=0)
+    run_and_wait(qtbot, training.start, lambda: training._run is not None)
+    assert widgets_session(viewer).info.class_names == list(OCT_CLASS_NAMES)
+    assert not inference.cells.isEnabled()  # instances are for two-class (membrane) models
+    inference.probabilities.setChecked(True)
+    run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
+    prediction = viewer.layers["OCT (synthetic) prediction"]
+    assert prediction.metadata["class_values"] == list(range(10))
+    assert prediction.metadata["class_names"] == list(OCT_CLASS_NAMES)
+    assert prediction.data.max() <= 10 and prediction.data.min() >= 1
+    probabilities = viewer.layers["OCT (synthetic) probabilities"]
+    assert probabilities.data.shape == (10, 2, 248, 128)
+    np.testing.assert_allclose(probabilities.data.sum(axis=0), 1.0, atol=1e-4)
+    training.stop()
+    inference.stop()
+
+
+def widgets_session(viewer):
+    from napari_unet._widgets import get_session
+
+    return get_session(viewer)
+
+
+def test_stopped_prediction_changes_no_layer(widgets, qtbot):
+    viewer, training, inference = widgets.viewer, widgets.training, widgets.inference
+    tiny_settings(training, epochs=1, steps=3)
+    run_and_wait(qtbot, training.start, lambda: training._run is not None)
+    before = layers_snapshot(viewer)
+    assert inference.run()
+    assert not inference.run_button.isEnabled() and inference.stop_button.isEnabled()
+    inference.stop()
+    qtbot.waitUntil(lambda: inference._job is None, timeout=60_000)
+    assert "no layer was changed" in inference.progress.status.text()
+    assert_layers_unchanged(viewer, before)
+    assert inference.run_button.isEnabled()
+
+
+def test_removed_widgets_are_disconnected(widgets, qtbot, notifications):
+    viewer, session = widgets.viewer, widgets.session
+    connected = len(session.model_changed), len(session.notice)
+    for widget in (widgets.training, widgets.inference):
+        viewer.window.remove_dock_widget(widget)
+        widget.deleteLater()
+    qtbot.wait(100)
+    assert (len(session.model_changed), len(session.notice)) == (connected[0] - 2, connected[1] - 2)
+    session.notice.emit("nobody listens")
+    viewer.add_labels(np.zeros((3, 128, 128), np.uint8), name="new labels")
+    viewer.layers.remove("new labels")
+    assert not errors(notifications)
+
+
+def _left_button():
+    from qtpy.QtCore import Qt
+
+    return Qt.MouseButton.LeftButton
