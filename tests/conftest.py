@@ -17,11 +17,11 @@ def pytest_collection_modifyitems(session, config, items):
 
     With napari's OpenGL canvas (Mesa/llvmpipe under Xvfb) in the same process, TensorFlow
     imported the ordinary way crashes: at import after the canvas exists, or at interpreter exit
-    when it came first (see ``napari_unet._widgets._tensorflow``). Core tests import it through
+    when it came first (see ``napari_unet._tensorflow``). Core tests import it through
     ``import_keras()``; loading it isolated up front makes both orders safe.
     """
     if any(item.get_closest_marker("gui") for item in items):
-        from napari_unet._widgets._tensorflow import load_tensorflow
+        from napari_unet._tensorflow import load_tensorflow
 
         load_tensorflow()
 

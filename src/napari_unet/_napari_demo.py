@@ -18,8 +18,13 @@ def show_in_napari(image: np.ndarray, labels: np.ndarray, prediction: np.ndarray
     viewer = napari.Viewer(title="napari-unet demo")
     viewer.add_image(image, name="synthetic EM")
     viewer.add_labels(to_display(labels, class_values), name="synthetic EM labels", metadata=dict(metadata), opacity=0.4)
-    viewer.add_labels(to_display(prediction, class_values), name="synthetic EM prediction", metadata=dict(metadata), opacity=0.5)
-    get_session(viewer).set_model(model, "demo model")
+    image_layer = viewer.layers[0]
+    prediction_layer = viewer.add_labels(
+        to_display(prediction, class_values), name="synthetic EM prediction", metadata=dict(metadata), opacity=0.5
+    )
+    session = get_session(viewer)
+    session.set_model(model, "demo model")
+    session.track(prediction_layer, image_layer)  # paint on it, then Retrain
     viewer.window.add_plugin_dock_widget("napari-unet", "U-Net training")
     viewer.window.add_plugin_dock_widget("napari-unet", "U-Net inference")
     napari.run()

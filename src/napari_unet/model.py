@@ -10,11 +10,18 @@ _BACKEND_READY = False
 
 
 def import_keras():
-    """Import Keras on the TensorFlow backend with quiet logs; returns the ``keras`` module."""
+    """Import Keras on the TensorFlow backend with quiet logs; returns the ``keras`` module.
+
+    TensorFlow is loaded isolated from other LLVM copies (see :mod:`napari_unet._tensorflow`), so a
+    process that also shows napari's OpenGL canvas neither segfaults nor aborts at exit.
+    """
     global _BACKEND_READY
     if not _BACKEND_READY:
         os.environ.setdefault("KERAS_BACKEND", "tensorflow")
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        from ._tensorflow import load_tensorflow
+
+        load_tensorflow()
         _BACKEND_READY = True
     import keras
 

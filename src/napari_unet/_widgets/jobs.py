@@ -18,7 +18,7 @@ from napari_unet.data import InputError
 from napari_unet.labels import LabelError
 from napari_unet.model_io import ModelFileError, UNetModel
 
-from ._tensorflow import load_tensorflow, lower_thread_priority
+from .._tensorflow import load_tensorflow, lower_thread_priority
 
 EXPECTED = (InputError, LabelError, ConfigError, ModelFileError, FloatingPointError, MemoryError)
 
