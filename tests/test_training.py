@@ -17,9 +17,9 @@ from napari_unet.train import (
 
 
 def test_split_validation_holds_out_whole_trailing_slices():
-    assert split_validation(list(range(20)), 20, 0.25) == (list(range(15)), [15, 16, 17, 18, 19])
-    assert split_validation([3], 5, 0.2) == ([3], [])
-    assert split_validation([0, 1], 2, 0.0) == ([0, 1], [])
+    assert split_validation(list(range(20)), 0.25) == (list(range(15)), [15, 16, 17, 18, 19])
+    assert split_validation([3], 0.2) == ([3], [])
+    assert split_validation([0, 1], 0.0) == ([0, 1], [])
 
 
 @pytest.mark.slow

@@ -13,8 +13,10 @@ from .config import ConfigError, ModelConfig, TrainConfig, preset
 from .data import Augmentation, InputError, PatchSampler, check_pair, class_weights, normalize, prefetch
 from .labels import check_trainable, to_indices
 from .model import build_unet, import_keras, masked_loss
+from .metrics import dice_per_class, pixel_error
 from .model_io import UNetModel
 from .postprocess import find_boundary_class
+from .predict import predict
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ class TrainingFinished:
 TrainingEvent = Union[TrainingStarted, TrainingStep, EpochEnd, TrainingFinished]
 
 
-def split_validation(annotated_slices: list, n_slices: int, val_fraction: float) -> tuple[list, list]:
+def split_validation(annotated_slices: list, val_fraction: float) -> tuple[list, list]:
     """Whole-slice split: the last ``val_fraction`` of annotated slices validate, the rest train.
 
     With one annotated slice (a single 2-D image), both lists hold it and the caller splits by columns.
@@ -88,8 +90,7 @@ def _resolve_model_config(model_config: Optional[ModelConfig], n_classes: int, i
 
 
 def _validation_scores(model: UNetModel, images, indices, loss_weights) -> tuple[float, dict]:
-    from .predict import predict  # local: predict imports model_io, which is fine, but keeps train light
-
+    """Weighted cross-entropy, pixel error and mean Dice on the annotated validation pixels."""
     probabilities = predict(model, images, return_probabilities=True).probabilities
     annotated = indices >= 0
     if not annotated.any():
@@ -100,13 +101,8 @@ def _validation_scores(model: UNetModel, images, indices, loss_weights) -> tuple
     weights = loss_weights[truth]
     val_loss = float(np.sum(-np.log(picked) * weights) / np.sum(weights))
     predicted = np.argmax(probs, axis=-1)
-    dice = []
-    for k in range(probabilities.shape[-1]):
-        both = np.sum((predicted == k) & (truth == k))
-        size = np.sum(predicted == k) + np.sum(truth == k)
-        if size:
-            dice.append(2.0 * both / size)
-    return val_loss, {"pixel_error": float(np.mean(predicted != truth)), "dice": float(np.mean(dice))}
+    dice = dice_per_class(predicted, truth, np.union1d(predicted, truth))  # classes seen in either
+    return val_loss, {"pixel_error": pixel_error(predicted, truth), "dice": float(np.mean(list(dice.values())))}
 
 
 def _learning_rate(base: float, schedule: str, progress: float) -> float:
@@ -140,7 +136,7 @@ def train_events(
     images = normalize(image_stack, percentiles)
 
     annotated_slices = [z for z in range(len(indices)) if (indices[z] >= 0).any()]
-    train_slices, val_slices = split_validation(annotated_slices, len(indices), train_config.val_fraction)
+    train_slices, val_slices = split_validation(annotated_slices, train_config.val_fraction)
     train_indices = indices[train_slices]
     val_images, val_indices = images[val_slices], indices[val_slices]
     if not val_slices and train_config.val_fraction > 0 and images.shape[2] >= 64:
