@@ -40,6 +40,9 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoints", default="1,2,3,5,7.5,10,15,20,30", help="minutes at which to snapshot")
     parser.add_argument("--tta", action="store_true")
     parser.add_argument("--name", default=None)
+    parser.add_argument("--save-probabilities", type=Path, default=None, metavar="DIR",
+                        help="also save each checkpoint's membrane probability of slices 15-19 (float16 .npy)")
+    parser.add_argument("--save-model", type=Path, default=None, metavar="FILE.keras", help="also save the final model")
     args = parser.parse_args(argv)
     if not DATA.is_dir():
         print(f"skipped: {DATA} not found (needs the project's shared data beside the repo)")
@@ -49,6 +52,7 @@ def main(argv=None) -> int:
 
     from napari_unet.config import preset
     from napari_unet.metrics import evaluate, isbi_scores
+    from napari_unet.postprocess import tune_boundary_rule
     from napari_unet.predict import predict
     from napari_unet.train import EpochEnd, TrainingFinished, TrainingStarted, train_events
 
@@ -69,7 +73,7 @@ def main(argv=None) -> int:
     steps = 0
     for event in train_events(image[TRAIN_SLICES], labels[TRAIN_SLICES], model_config, train_config):
         if isinstance(event, TrainingStarted):
-            live = event.model
+            live, val_slices = event.model, event.val_slices
         elif isinstance(event, EpochEnd):
             steps = event.epoch * train_config.steps_per_epoch
             while checkpoints and event.elapsed >= checkpoints[0] * 60:
@@ -83,12 +87,24 @@ def main(argv=None) -> int:
     model = final.model
     best_weights = model.keras_model.get_weights()
     entries = [(m, e, s, w) for m, e, s, w in snapshots] + [("final (best val)", wall, steps, best_weights)]
+    train_image, train_labels = image[TRAIN_SLICES], labels[TRAIN_SLICES]
     for minute, elapsed, n_steps, weights in entries:
         model.keras_model.set_weights(weights)
+        if minute == "final (best val)":
+            model.boundary_rule = final.model.boundary_rule
+        elif model.boundary_value is not None:
+            # as if training had stopped here: tune the boundary rule on the training's validation slices
+            b = model.class_values.index(model.boundary_value)
+            val_probs = predict(model, train_image[val_slices], close_boundaries=False).probabilities[..., b]
+            model.boundary_rule, _ = tune_boundary_rule(val_probs, train_labels[val_slices] != model.boundary_value)
         result = predict(model, image[JUDGE_SLICES], tta=args.tta)
         scores = evaluate(result.labels, labels[JUDGE_SLICES], model.class_values)
         membrane = result.probabilities[..., model.class_values.index(0)]
         sweep = isbi_scores(membrane, labels[JUDGE_SLICES], probability="membrane")
+        if args.save_probabilities is not None:
+            args.save_probabilities.mkdir(parents=True, exist_ok=True)
+            tag = str(minute).replace(" ", "-").replace("(", "").replace(")", "")
+            np.save(args.save_probabilities / f"membrane-{tag}.npy", membrane.astype(np.float16))
         row = {
             "checkpoint_minutes": minute,
             "elapsed_s": round(elapsed, 1),
@@ -98,9 +114,15 @@ def main(argv=None) -> int:
             "v_info": round(scores["v_info"], 4),
             "v_rand_prob_sweep": round(sweep["v_rand"], 4),
             "v_info_prob_sweep": round(sweep["v_info"], 4),
+            "boundary_rule": model.boundary_rule,
         }
         rows.append(row)
         print(json.dumps(row))
+    if args.save_model is not None:
+        from napari_unet.model_io import save_model
+
+        model.keras_model.set_weights(best_weights)
+        save_model(model, args.save_model)
     name = args.name or f"isbi-{args.preset}-{args.minutes:g}min"
     out = ROOT / "benchmarks" / "results" / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -69,7 +69,7 @@ def test_elastic_deformation_moves_pixels_but_keeps_label_values():
     rng = np.random.default_rng(1)
     indices = (np.indices((48, 48)).sum(0) // 8 % 2).astype(np.int32)
     image = indices.astype(np.float32)
-    warped, warped_indices = elastic_deform(image, indices, rng, alpha=6.0, grid=3)
+    warped, warped_indices, _ = elastic_deform(image, indices, rng, alpha=6.0, grid=3)
     assert not np.array_equal(warped_indices, indices)
     assert set(np.unique(warped_indices)) <= {-1, 0, 1}
 
@@ -110,3 +110,29 @@ def test_prefetch_yields_in_order_and_reraises_errors():
 
     with pytest.raises(RuntimeError, match="boom"):
         list(prefetch(broken, 3))
+
+
+def test_border_weights_are_highest_on_thin_membranes_between_cells():
+    from napari_unet.data import border_weights
+
+    indices = np.ones((64, 64), np.int32)
+    indices[:, 30:32] = 0  # thin membrane between two cells
+    indices[:, 50:] = 0  # thick background region touching one cell only
+    weights = border_weights(indices, boundary_index=0, weight=10.0, sigma=5.0)
+    assert weights.dtype == np.float32 and weights.shape == indices.shape
+    assert weights[:, 30:32].min() > 8  # d1 + d2 = 2: 10 * exp(-4 / 50)
+    assert np.all(weights[indices == 1] == 0)
+    assert weights[:, 60].max() < 0.01  # far from any second cell
+    stack = border_weights(np.stack([indices, indices]), 0)
+    np.testing.assert_array_equal(stack[1], weights)
+
+
+def test_augment_moves_extra_maps_with_the_labels():
+    rng = np.random.default_rng(0)
+    indices = np.zeros((48, 48), np.int32)
+    indices[10:20, 5:40] = 1
+    extra = indices.astype(np.float32) * 3
+    image = indices.astype(np.float32)
+    _, out_indices, out_extra = augment(image, indices, rng, Augmentation(intensity=False), extra)
+    inside = out_indices == 1
+    assert inside.any() and np.median(out_extra[inside]) == 3 and np.median(out_extra[out_indices == 0]) == 0

@@ -15,8 +15,10 @@ def test_save_load_gives_identical_predictions(tmp_path):
     loaded = load_model(path)
     assert loaded.config == model.config and loaded.class_values == [0, 255]
     assert loaded.percentiles == model.percentiles and loaded.train_config == model.train_config
+    assert model.boundary_rule is not None and loaded.boundary_rule == model.boundary_rule
     image = stripes(n_slices=1, seed=3)[0]
     np.testing.assert_array_equal(predict(model, image).probabilities, predict(loaded, image).probabilities)
+    np.testing.assert_array_equal(predict(model, image).labels, predict(loaded, image).labels)
     assert read_metadata(path)["history"] == model.history
 
 

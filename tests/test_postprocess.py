@@ -1,6 +1,6 @@
 import numpy as np
 
-from napari_unet.postprocess import close_boundaries, find_boundary_class, segment_instances
+from napari_unet.postprocess import boundary_mask, close_boundaries, find_boundary_class, segment_instances, tune_boundary_rule
 
 
 def two_cells_with_a_gap():
@@ -38,3 +38,25 @@ def test_find_boundary_class_tells_thin_lines_from_blobs():
     blobs[:, 10:40, 10:40] = 0
     assert find_boundary_class(blobs, 2) is None
     assert find_boundary_class(np.zeros((1, 8, 8), np.int32), 3) is None
+
+
+def test_boundary_mask_thresholds_or_closes():
+    probability = two_cells_with_a_gap()
+    np.testing.assert_array_equal(boundary_mask(probability, threshold=0.5), probability > 0.5)
+    np.testing.assert_array_equal(boundary_mask(probability, threshold=0.4), probability > 0.4)
+    closed = boundary_mask(probability, threshold=0.5, seed_level=0.1)
+    assert np.all(closed[probability > 0.5]) and closed[17:23, 19:21].any(axis=1).all()
+
+
+def test_tuning_picks_closing_when_gaps_merge_cells_and_a_threshold_when_they_do_not():
+    truth_cells = np.ones((1, 40, 40), bool)
+    truth_cells[:, :, 19:21] = False
+    gap = two_cells_with_a_gap()[None]
+    gap[:, 17:23, 19:21] = 0.2  # below every threshold: only closing separates the cells
+    rule, score = tune_boundary_rule(gap, truth_cells)
+    assert rule["seed_level"] is not None and score > 0.99
+    no_gap = gap.copy()
+    no_gap[:, 17:23, 19:21] = 0.9
+    rule, score = tune_boundary_rule(no_gap, truth_cells)
+    assert rule == {"threshold": 0.3, "seed_level": None} and score > 0.99  # the first (simplest) of equals
+    assert no_gap[0, 20, 20] == np.float32(0.9), "the input is not modified"

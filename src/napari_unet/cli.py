@@ -136,6 +136,11 @@ def run_training(image, labels, model_config, train_config, init=None, quiet=Fal
     if not quiet:
         progress.done()
         print(f"training {final.reason} after {len(final.history)} epochs; best epoch {final.best_epoch}", file=sys.stderr)
+        if final.model.boundary_rule is not None:
+            print(
+                f"membrane rule {final.model.boundary_rule} (validation V_rand {final.boundary_v_rand:.4f})",
+                file=sys.stderr,
+            )
     return started, final
 
 
@@ -196,7 +201,7 @@ def cmd_predict(args) -> int:
     result = None
     for event in predict_events(
         model, image, tile_size=args.tile_size, batch_size=args.batch_size, tta=args.tta,
-        return_probabilities=args.probabilities is not None, close_boundaries=args.close_boundaries,
+        return_probabilities=args.probabilities is not None, close_boundaries=False if args.argmax else (True if args.close_boundaries else None),
     ):
         if hasattr(event, "done"):
             progress.show(event.done / event.total, f"tile {event.done}/{event.total} ETA {_format_seconds(event.eta)}")
@@ -260,8 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--tta", action="store_true", help="average over flips and 90-degree rotations")
     pred.add_argument(
         "--close-boundaries", action="store_true",
-        help="close gaps in thin boundaries (EM membranes) with watershed lines",
+        help="always close gaps in thin boundaries (EM membranes) with watershed lines; by default the "
+        "model's boundary rule (threshold or closing, chosen on its validation slices) is used",
     )
+    pred.add_argument("--argmax", action="store_true", help="plain most-probable-class labels, no boundary rule")
     pred.add_argument("--tile-size", type=int, default=512)
     pred.add_argument("--batch-size", type=int, default=2)
     pred.set_defaults(func=cmd_predict)

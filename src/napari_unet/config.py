@@ -77,6 +77,8 @@ class TrainConfig:
     loss: str = "ce+dice"  # "ce" or "ce+dice"
     dice_weight: float = 0.5
     class_weighting: str = "balanced"  # "none" or "balanced" (inverse sqrt frequency)
+    border_weight: float = 10.0  # U-Net paper's w0 on thin boundaries between cells (0 = off)
+    border_sigma: float = 5.0  # U-Net paper's sigma (pixels)
     augment_flips: bool = True
     augment_rotations: bool = True
     augment_elastic: bool = True
@@ -102,6 +104,7 @@ class TrainConfig:
         _check(self.lr_schedule in ("constant", "cosine"), f"unknown lr_schedule {self.lr_schedule!r}")
         _check(self.loss in ("ce", "ce+dice"), f"loss must be 'ce' or 'ce+dice', got {self.loss!r}")
         _check(self.class_weighting in ("none", "balanced"), f"unknown class_weighting {self.class_weighting!r}")
+        _check(self.border_weight >= 0 and self.border_sigma > 0, "border_weight must be >= 0 and border_sigma > 0")
         _check(0 <= self.val_fraction < 1, f"val_fraction must be in [0, 1), got {self.val_fraction}")
         _check(self.max_minutes is None or self.max_minutes > 0, "max_minutes must be positive")
         _check(0 <= self.annotated_center_fraction <= 1, "annotated_center_fraction must be in [0, 1]")
@@ -142,6 +145,7 @@ PRESETS: dict[str, Preset] = {
             lr_schedule="constant",
             loss="ce",
             class_weighting="none",
+            border_weight=0.0,
             augment_elastic=False,
         ),
         "the seed's U-Net: 64->1024 filters, 4 poolings, dropout 0.5, sigmoid head, Adam 1e-4, binary cross-entropy",

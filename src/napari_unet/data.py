@@ -82,25 +82,67 @@ class Augmentation:
     elastic_grid: int = 3
 
 
-def augment(image, indices, rng: np.random.Generator, aug: Augmentation) -> tuple[np.ndarray, np.ndarray]:
-    """Randomly augmented copies of a (Y, X) float32 patch and its (Y, X) int32 class indices."""
+def border_weights(indices, boundary_index: int, weight: float = 10.0, sigma: float = 5.0) -> np.ndarray:
+    """The U-Net paper's separation weights for (Y, X) or (Z, Y, X) int class indices (-1 = unannotated).
+
+    Cells are the 4-connected regions of annotated non-boundary pixels. Each boundary pixel gets
+    ``weight * exp(-(d1 + d2)**2 / (2 sigma**2))`` with d1, d2 its distances to the nearest and the
+    second-nearest cell, so thin membranes between touching cells weigh most (others get 0).
+    Returns float32 of the input's shape, to be added to the class weights.
+    """
+    from skimage.measure import label as label_regions
+
+    stack = np.asarray(indices)
+    planes = stack[None] if stack.ndim == 2 else stack
+    out = np.zeros(planes.shape, np.float32)
+    margin = int(np.ceil(3 * sigma))
+    for z, plane in enumerate(planes):
+        boundary = plane == boundary_index
+        if not boundary.any():
+            continue
+        cells = label_regions((plane >= 0) & ~boundary, connectivity=1)
+        nearest = np.full((2,) + plane.shape, np.inf, np.float32)
+        for region, bbox in enumerate(ndimage.find_objects(cells), start=1):
+            if bbox is None:
+                continue
+            window = tuple(slice(max(b.start - margin, 0), min(b.stop + margin, n)) for b, n in zip(bbox, plane.shape))
+            distance = ndimage.distance_transform_edt(cells[window] != region).astype(np.float32)
+            first, second = nearest[0][window], nearest[1][window]
+            nearest[1][window] = np.minimum(second, np.maximum(first, distance))
+            nearest[0][window] = np.minimum(first, distance)
+        total = nearest[0] + nearest[1]
+        out[z] = np.where(boundary & np.isfinite(total), weight * np.exp(-(total**2) / (2 * sigma**2)), 0.0)
+    return out.reshape(stack.shape)
+
+
+def augment(image, indices, rng: np.random.Generator, aug: Augmentation, extra=None):
+    """Randomly augmented copies of a (Y, X) float32 patch and its (Y, X) int32 class indices.
+
+    ``extra``: an optional (Y, X) float32 map (e.g. pixel weights) moved with the labels; it is
+    returned as a third array when given.
+    """
     if aug.flips and rng.random() < 0.5:
         image, indices = image[:, ::-1], indices[:, ::-1]
+        extra = None if extra is None else extra[:, ::-1]
     if aug.rotations and image.shape[0] == image.shape[1]:
         k = int(rng.integers(4))
         image, indices = np.rot90(image, k), np.rot90(indices, k)
+        extra = None if extra is None else np.rot90(extra, k)
     if aug.elastic and aug.elastic_alpha > 0:
-        image, indices = elastic_deform(image, indices, rng, aug.elastic_alpha, aug.elastic_grid)
+        image, indices, extra = elastic_deform(image, indices, rng, aug.elastic_alpha, aug.elastic_grid, extra)
     image = np.ascontiguousarray(image, dtype=np.float32)
     if aug.intensity:
         gamma = float(np.exp(rng.uniform(-0.3, 0.3)))
         contrast = float(rng.uniform(0.8, 1.2))
         brightness = float(rng.uniform(-0.1, 0.1))
         image = np.clip(image, 0, None) ** gamma * contrast + brightness
-    return image.astype(np.float32, copy=False), np.ascontiguousarray(indices, dtype=np.int32)
+    image, indices = image.astype(np.float32, copy=False), np.ascontiguousarray(indices, dtype=np.int32)
+    if extra is None:
+        return image, indices
+    return image, indices, np.ascontiguousarray(extra, dtype=np.float32)
 
 
-def elastic_deform(image, indices, rng, alpha: float, grid: int):
+def elastic_deform(image, indices, rng, alpha: float, grid: int, extra=None):
     """Smooth elastic deformation (random displacements on a coarse grid, cubic upsampling).
 
     As in the U-Net paper: displacement vectors drawn per control point (std ``alpha`` pixels),
@@ -114,7 +156,8 @@ def elastic_deform(image, indices, rng, alpha: float, grid: int):
     coords = np.stack([rows + displacement[0], cols + displacement[1]])
     warped = ndimage.map_coordinates(image, coords, order=1, mode="reflect")
     warped_indices = ndimage.map_coordinates(indices, coords, order=0, mode="constant", cval=IGNORE_INDEX)
-    return warped.astype(np.float32), warped_indices.astype(np.int32)
+    warped_extra = None if extra is None else ndimage.map_coordinates(extra, coords, order=1, mode="constant")
+    return warped.astype(np.float32), warped_indices.astype(np.int32), warped_extra
 
 
 class PatchSampler:
@@ -122,17 +165,20 @@ class PatchSampler:
 
     ``images``: (Z, Y, X) float32 normalised; ``indices``: (Z, Y, X) int32 class indices, -1 = not
     annotated. Slices with no annotated pixel are never sampled. Smaller slices are reflect-padded
-    (labels padded as not annotated).
+    (labels padded as not annotated). ``pixel_weights``: optional (Z, Y, X) float32 weights added to
+    the class weights of annotated pixels (see :func:`border_weights`).
     """
 
-    def __init__(self, images, indices, patch_size, weights, aug: Augmentation, annotated_fraction=0.9, seed=0):
+    def __init__(self, images, indices, patch_size, weights, aug: Augmentation, annotated_fraction=0.9, seed=0, pixel_weights=None):
         pad_y = max(0, patch_size - images.shape[1])
         pad_x = max(0, patch_size - images.shape[2])
         if pad_y or pad_x:
             widths = ((0, 0), (0, pad_y), (0, pad_x))
             images = np.pad(images, widths, mode="reflect" if min(images.shape[1:]) > 1 else "edge")
             indices = np.pad(indices, widths, constant_values=IGNORE_INDEX)
-        self.images, self.indices = images, indices
+            if pixel_weights is not None:
+                pixel_weights = np.pad(pixel_weights, widths)
+        self.images, self.indices, self.pixel_weights = images, indices, pixel_weights
         self.patch_size = patch_size
         self.weights = np.asarray(weights, np.float32)
         self.aug = aug
@@ -157,8 +203,12 @@ class PatchSampler:
             y0, x0 = int(rng.integers(height - p + 1)), int(rng.integers(width - p + 1))
         image = self.images[z, y0 : y0 + p, x0 : x0 + p]
         indices = self.indices[z, y0 : y0 + p, x0 : x0 + p]
-        image, indices = augment(image, indices, rng, self.aug)
-        weight = np.where(indices >= 0, self.weights[np.maximum(indices, 0)], 0.0).astype(np.float32)
+        if self.pixel_weights is None:
+            image, indices = augment(image, indices, rng, self.aug)
+            extra = 0.0
+        else:
+            image, indices, extra = augment(image, indices, rng, self.aug, self.pixel_weights[z, y0 : y0 + p, x0 : x0 + p])
+        weight = np.where(indices >= 0, self.weights[np.maximum(indices, 0)] + extra, 0.0).astype(np.float32)
         target = np.stack([np.maximum(indices, 0).astype(np.float32), weight], axis=-1)
         return image, target
 

@@ -29,6 +29,8 @@ class UNetModel:
     ``class_values``: label value of each class index (e.g. [0, 255] for ISBI: index 0 = membrane).
     ``percentiles``: per-slice intensity normalisation applied to every input image.
     ``boundary_value``: the class of thin boundaries that prediction closes (see ``postprocess``).
+    ``boundary_rule``: keyword arguments of :func:`napari_unet.postprocess.boundary_mask` chosen on
+    the validation slices after training (best ISBI V_rand), or None for plain argmax.
     """
 
     keras_model: Any
@@ -38,6 +40,7 @@ class UNetModel:
     train_config: Optional[TrainConfig] = None
     history: list = field(default_factory=list)
     boundary_value: Optional[int] = None  # class value of thin boundaries (EM membranes), if any
+    boundary_rule: Optional[dict] = None
 
     def metadata(self) -> dict:
         return {
@@ -49,6 +52,7 @@ class UNetModel:
             "train_config": to_dict(self.train_config) if self.train_config else None,
             "history": self.history,
             "boundary_value": self.boundary_value,
+            "boundary_rule": self.boundary_rule,
         }
 
 
@@ -116,4 +120,5 @@ def load_model(path) -> UNetModel:
         train_config=train_config,
         history=list(meta.get("history") or []),
         boundary_value=meta.get("boundary_value"),
+        boundary_rule=meta.get("boundary_rule"),
     )

@@ -8,6 +8,8 @@ from skimage.measure import label
 from skimage.morphology import remove_small_objects
 from skimage.segmentation import watershed
 
+from .metrics import isbi_scores
+
 
 def segment_instances(membrane_probability, seed_level: float = 0.2, sigma: float = 1.0, min_seed_size: int = 16):
     """Cells separated by one-pixel watershed lines, for a (Y, X) membrane probability in [0, 1].
@@ -37,11 +39,52 @@ def close_boundaries(membrane_probability, threshold: float = 0.5, **kwargs) -> 
     return (probability > threshold) | (segment_instances(probability, **kwargs) == 0)
 
 
-def find_boundary_class(indices, n_classes: int, max_width: float = 4.0):
+#: Boundary rules tried by :func:`tune_boundary_rule`: plain thresholds, then watershed closing
+#: with seeds from ever stricter cell cores (a lower seed level merges fewer cells).
+CANDIDATE_RULES: tuple[dict, ...] = (
+    {"threshold": 0.3, "seed_level": None},
+    {"threshold": 0.5, "seed_level": None},
+    {"threshold": 0.7, "seed_level": None},
+    {"threshold": 0.5, "seed_level": 0.2},
+    {"threshold": 0.5, "seed_level": 0.1},
+    {"threshold": 0.5, "seed_level": 0.05},
+    {"threshold": 0.5, "seed_level": 0.02},
+)
+
+
+def boundary_mask(membrane_probability, threshold: float = 0.5, seed_level=None, sigma: float = 1.0, min_seed_size: int = 16):
+    """Boolean (Y, X) boundary mask from a (Y, X) boundary probability by a boundary rule.
+
+    ``probability > threshold``; with a ``seed_level``, also the watershed lines between cell
+    cores (:func:`close_boundaries`), so a faint gap in a membrane does not merge two cells.
+    """
+    probability = np.asarray(membrane_probability, dtype=np.float32)
+    if seed_level is None:
+        return probability > threshold
+    return close_boundaries(probability, threshold, seed_level=seed_level, sigma=sigma, min_seed_size=min_seed_size)
+
+
+def tune_boundary_rule(membrane_probability, cell_mask, candidates=CANDIDATE_RULES) -> tuple[dict, float]:
+    """The rule of ``candidates`` with the best ISBI V_rand, and that V_rand.
+
+    ``membrane_probability``: (Z, Y, X) float in [0, 1]; ``cell_mask``: (Z, Y, X) bool ground truth,
+    True inside cells (fully annotated slices). Ties keep the earlier (simpler) rule.
+    """
+    best_rule, best_score = None, -1.0
+    for rule in candidates:
+        cells = np.stack([~boundary_mask(plane, **rule) for plane in np.asarray(membrane_probability)])
+        score = isbi_scores(cells, np.asarray(cell_mask, bool))["v_rand"]
+        if score > best_score:
+            best_rule, best_score = dict(rule), float(score)
+    return best_rule, best_score
+
+
+def find_boundary_class(indices, n_classes: int, max_width: float = 6.0):
     """Index of a thin boundary class (e.g. EM membranes) in (Z, Y, X) int class indices, or None.
 
-    Only two-class problems qualify: the minority class is a boundary class when 95 % of its
-    annotated pixels lie within ``max_width`` pixels of the other class (thin lines, not blobs).
+    Only two-class problems qualify: the minority class is a boundary class when 90 % of its
+    annotated pixels lie within ``max_width`` pixels of the other class (thin lines, not blobs;
+    ISBI 2012 membranes: 5 pixels).
     """
     if n_classes != 2:
         return None
@@ -52,4 +95,4 @@ def find_boundary_class(indices, n_classes: int, max_width: float = 4.0):
     minority = int(np.argmin(counts))
     distances = [ndimage.distance_transform_edt(plane == minority)[plane == minority] for plane in indices]
     distances = np.concatenate(distances)
-    return minority if np.percentile(distances, 95) <= max_width else None
+    return minority if np.percentile(distances, 90) <= max_width else None

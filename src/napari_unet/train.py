@@ -10,12 +10,12 @@ from typing import Callable, Iterator, Optional, Union
 import numpy as np
 
 from .config import ConfigError, ModelConfig, TrainConfig, preset
-from .data import Augmentation, InputError, PatchSampler, check_pair, class_weights, normalize, prefetch
+from .data import Augmentation, InputError, PatchSampler, border_weights, check_pair, class_weights, normalize, prefetch
 from .labels import check_trainable, to_indices
 from .model import build_unet, import_keras, masked_loss
 from .metrics import dice_per_class, pixel_error
 from .model_io import UNetModel
-from .postprocess import find_boundary_class
+from .postprocess import find_boundary_class, tune_boundary_rule
 from .predict import predict
 
 
@@ -59,6 +59,7 @@ class TrainingFinished:
     reason: str  # "completed", "stopped" or "time budget"
     best_epoch: int
     history: list = field(default_factory=list)
+    boundary_v_rand: Optional[float] = None  # validation V_rand of model.boundary_rule, if one was tuned
 
 
 TrainingEvent = Union[TrainingStarted, TrainingStep, EpochEnd, TrainingFinished]
@@ -151,6 +152,15 @@ def train_events(
     has_validation = val_indices is not None and len(val_indices) and (val_indices >= 0).any()
 
     weights = class_weights(train_indices, model_config.n_classes, train_config.class_weighting)
+    if init is not None:
+        boundary_value = init.boundary_value
+    else:
+        boundary = find_boundary_class(train_indices, model_config.n_classes)
+        boundary_value = None if boundary is None else class_values[boundary]
+    pixel_weights = None
+    if boundary_value is not None and train_config.border_weight > 0:
+        boundary_index = class_values.index(boundary_value)
+        pixel_weights = border_weights(train_indices, boundary_index, train_config.border_weight, train_config.border_sigma)
     aug = Augmentation(
         flips=train_config.augment_flips,
         rotations=train_config.augment_rotations,
@@ -167,6 +177,7 @@ def train_events(
         aug,
         train_config.annotated_center_fraction,
         seed=train_config.seed,
+        pixel_weights=pixel_weights,
     )
 
     keras = import_keras()
@@ -181,12 +192,7 @@ def train_events(
         loss=masked_loss(model_config, dice_weight),
         jit_compile=train_config.jit_compile,
     )
-    result = UNetModel(keras_model, model_config, class_values, percentiles, train_config)
-    if init is not None:
-        result.boundary_value = init.boundary_value
-    else:
-        boundary = find_boundary_class(train_indices, model_config.n_classes)
-        result.boundary_value = None if boundary is None else class_values[boundary]
+    result = UNetModel(keras_model, model_config, class_values, percentiles, train_config, boundary_value=boundary_value)
 
     epochs, steps_per_epoch = train_config.epochs, train_config.steps_per_epoch
     total_steps = epochs * steps_per_epoch
@@ -250,7 +256,13 @@ def train_events(
     if best_weights is not None:
         keras_model.set_weights(best_weights)
     result.history = history
-    yield TrainingFinished(result, reason, best_epoch, history)
+    boundary_v_rand = None
+    if boundary_value is not None and has_validation and step > 0 and (val_indices >= 0).all():
+        # Membranes: choose threshold or gap closing by V_rand on the (fully annotated) validation slices.
+        boundary_index = class_values.index(boundary_value)
+        probabilities = predict(result, val_images, close_boundaries=False).probabilities[..., boundary_index]
+        result.boundary_rule, boundary_v_rand = tune_boundary_rule(probabilities, val_indices != boundary_index)
+    yield TrainingFinished(result, reason, best_epoch, history, boundary_v_rand)
 
 
 def train(image, labels, model_config=None, train_config=None, init=None, stop=None) -> TrainingFinished:

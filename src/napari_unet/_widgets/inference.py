@@ -50,7 +50,7 @@ class InferenceWidget(QWidget):
         self.cells = QCheckBox("cell instances (2 classes: cells split by membranes)")
         self.cells.setToolTip("watershed of the predicted cell regions over the membranes; the membrane is the model's boundary class, else the class named 'membrane', else the first class (value 0 in ISBI masks)")
         self.close_gaps = QCheckBox("close membrane gaps (watershed lines)")
-        self.close_gaps.setToolTip("for models with a thin boundary class (EM membranes): close gaps in predicted membranes with watershed lines between cell cores; can over-split cells of an under-trained model")
+        self.close_gaps.setToolTip("for models with a thin boundary class (EM membranes): always close gaps in predicted membranes with watershed lines between cell cores. Unchecked, the model's own rule applies (threshold or closing, whichever scored best on its validation slices)")
         self.keep = QCheckBox("keep my corrections")
         self.keep.setChecked(True)
         self.keep.setToolTip("when updating a prediction layer, leave the pixels you painted (or marked reviewed) as they are")

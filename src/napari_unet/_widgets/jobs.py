@@ -53,7 +53,7 @@ def predict_job(model: UNetModel, image, tta: bool, probabilities: bool, membran
 
     ``membrane_index``: with a 2-class model, also label cells separated by the predicted
     membranes (the core's seeded watershed of the membrane probability); None for no instances.
-    ``close``: close gaps in the model's thin boundary class (core ``close_boundaries``).
+    ``close``: always close gaps in the model's thin boundary class; otherwise the model's boundary rule applies.
     """
     from napari_unet.predict import Prediction, predict_events
 
@@ -61,7 +61,7 @@ def predict_job(model: UNetModel, image, tta: bool, probabilities: bool, membran
     load_tensorflow()
     need_probabilities = probabilities or membrane_index is not None
     try:
-        events = predict_events(model, image, tta=tta, return_probabilities=need_probabilities, close_boundaries=close, stop=stop)
+        events = predict_events(model, image, tta=tta, return_probabilities=need_probabilities, close_boundaries=True if close else None, stop=stop)
         for event in events:
             if not isinstance(event, Prediction):
                 yield event

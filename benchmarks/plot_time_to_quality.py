@@ -1,0 +1,59 @@
+"""Plot ISBI time-to-quality (V_rand, V_info, pixel error against training minutes) from isbi_accuracy.py results.
+
+    python benchmarks/plot_time_to_quality.py benchmarks/results/isbi-final-30min.json [more.json ...] \
+        -o docs/time-to-quality.png
+
+Each JSON is one ``benchmarks/isbi_accuracy.py`` run; its checkpoint rows become one curve per score.
+Scores are on slices 15-19, which training never saw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+TARGETS = {"v_rand": [(10, 0.95), (30, 0.97)], "v_info": [(10, 0.975), (30, 0.98)], "pixel_error": [(10, 0.08)]}
+TITLES = {"v_rand": "V_rand (higher is better)", "v_info": "V_info (higher is better)", "pixel_error": "pixel error (lower is better)"}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", nargs="+", type=Path)
+    parser.add_argument("-o", "--output", type=Path, default=Path("docs/time-to-quality.png"))
+    args = parser.parse_args(argv)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4), constrained_layout=True)
+    for path in args.results:
+        report = json.loads(path.read_text())
+        rows = [r for r in report["rows"] if isinstance(r["checkpoint_minutes"], (int, float))]
+        minutes = [r["elapsed_s"] / 60 for r in rows]
+        for ax, key in zip(axes, TITLES):
+            ax.plot(minutes, [r[key] for r in rows], "o-", label=f"{report['name']} (labels)")
+            if key != "pixel_error":
+                ax.plot(minutes, [r[f"{key}_prob_sweep"] for r in rows], "x--", alpha=0.6, label=f"{report['name']} (best threshold)")
+    for ax, key in zip(axes, TITLES):
+        for minute, value in TARGETS[key]:
+            ax.plot([minute], [value], "r*", markersize=12)
+        ax.set_title(TITLES[key])
+        ax.set_xlabel("training minutes (2 CPU cores)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylim(0.5, 1.0)
+    axes[1].set_ylim(0.8, 1.0)
+    axes[2].set_ylim(0.0, 0.25)
+    axes[0].legend(fontsize=7, loc="lower right")
+    fig.suptitle("ISBI 2012, held-out slices 15-19 (red stars: issue targets)")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.output, dpi=110)
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
