@@ -136,3 +136,21 @@ def test_augment_moves_extra_maps_with_the_labels():
     _, out_indices, out_extra = augment(image, indices, rng, Augmentation(intensity=False), extra)
     inside = out_indices == 1
     assert inside.any() and np.median(out_extra[inside]) == 3 and np.median(out_extra[out_indices == 0]) == 0
+
+
+def test_downscale_and_upscale_round_trip_shapes_and_values():
+    from napari_unet.data import downscale_image, downscale_labels, upscale_probabilities
+
+    image = np.arange(2 * 5 * 7, dtype=np.float32).reshape(2, 5, 7)
+    small = downscale_image(image, 2)
+    assert small.shape == (2, 3, 4) and small.dtype == np.float32
+    assert small[0, 0, 0] == np.mean(image[0, :2, :2])
+    assert small[0, 2, 3] == image[0, 4, 6]  # edge block padded by repetition
+    np.testing.assert_array_equal(downscale_image(image, 1), image)
+    labels = np.zeros((5, 7), np.int32)
+    labels[::2, ::2] = 1
+    assert downscale_labels(labels, 2).shape == (3, 4) and np.all(downscale_labels(labels, 2) == 1)
+    probabilities = np.random.default_rng(0).random((3, 4, 2)).astype(np.float32)
+    full = upscale_probabilities(probabilities, 2, (5, 7))
+    assert full.shape == (5, 7, 2) and full.dtype == np.float32
+    assert probabilities.min() - 1e-6 <= full.min() and full.max() <= probabilities.max() + 1e-6

@@ -102,3 +102,56 @@ def test_multiclass_labels_train_a_softmax_model():
     model = train(image, three, model_config, train_config).model
     assert model.config.n_classes == 3 and model.class_values == [0, 1, 2]
     assert predict(model, image[0]).probabilities.shape == (96, 96, 3)
+
+
+def test_membrane_training_records_a_tuned_boundary_rule():
+    image, labels = stripes(n_slices=5, size=96, seed=0)
+    model_config, train_config = tiny_configs(epochs=2, steps_per_epoch=10, val_fraction=0.2)
+    final = train(image, labels, model_config, train_config)
+    assert final.model.boundary_value == 0  # the thin stripes are the boundary class
+    assert final.model.boundary_rule is not None and 0 <= final.boundary_v_rand <= 1
+    plain = predict(final.model, image[4], close_boundaries=False)
+    ruled = predict(final.model, image[4])
+    expected = np.where(plain.probabilities[..., 0] > final.model.boundary_rule["threshold"], 0, 255)
+    if final.model.boundary_rule["seed_level"] is None:
+        np.testing.assert_array_equal(ruled.labels, expected)
+    else:
+        assert np.all(ruled.labels[expected == 0] == 0)
+
+
+def test_bfloat16_without_hardware_support_warns(monkeypatch):
+    import napari_unet.train as train_module
+
+    monkeypatch.setattr(train_module, "_has_fast_bfloat16", lambda: False)
+    image, labels = stripes()
+    model_config, train_config = tiny_configs(epochs=1, steps_per_epoch=1, mixed_precision=True, jit_compile=False)
+    with pytest.warns(RuntimeWarning, match="bfloat16"):
+        final = train(image, labels, model_config, train_config)
+    assert final.reason == "completed"
+
+
+def test_weight_averaging_trains_and_keeps_averaged_weights():
+    image, labels = stripes()
+    model_config, train_config = tiny_configs(epochs=2, steps_per_epoch=5, ema_momentum=0.9, jit_compile=False)
+    seen = []
+    for event in train_events(image, labels, model_config, train_config):
+        if isinstance(event, TrainingStarted):
+            live = event.model.keras_model
+        elif isinstance(event, EpochEnd):
+            seen.append([w.copy() for w in live.get_weights()])
+        final = event
+    assert final.reason == "completed" and final.best_epoch in (1, 2)
+    kept = final.model.keras_model.get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(kept, seen[final.best_epoch - 1]))
+
+
+def test_downscaled_model_trains_on_shrunk_slices_and_predicts_full_size():
+    from dataclasses import replace
+
+    image, labels = stripes(n_slices=4, size=128, seed=0)
+    model_config, train_config = tiny_configs(epochs=3, steps_per_epoch=10)
+    final = train(image, labels, replace(model_config, downscale=2), train_config)
+    assert final.model.config.downscale == 2
+    result = predict(final.model, image[3])
+    assert result.labels.shape == (128, 128) and result.probabilities.shape == (128, 128, 2)
+    assert dice_per_class(result.labels, labels[3], [0, 255])[255] > 0.8

@@ -36,6 +36,7 @@ class ModelConfig:
     pre_head_filters: int = 0  # the seed's 2-channel 3x3 conv before the 1x1 head; 0 = none
     upsampling: str = "upsample_conv"  # "upsample_conv" (UpSampling2D + 2x2 conv) or "transpose"
     kernel_initializer: str = "he_normal"
+    downscale: int = 1  # the network sees images shrunk by this factor (block mean); outputs are upsampled back
 
     def __post_init__(self):
         _check(1 <= self.depth <= 6, f"depth must be 1..6, got {self.depth}")
@@ -49,6 +50,7 @@ class ModelConfig:
             f"a sigmoid head needs exactly 2 classes, got {self.n_classes}",
         )
         _check(self.pre_head_filters >= 0, "pre_head_filters must be >= 0")
+        _check(1 <= self.downscale <= 8, f"downscale must be 1..8, got {self.downscale}")
         _check(
             self.upsampling in ("upsample_conv", "transpose"),
             f"upsampling must be 'upsample_conv' or 'transpose', got {self.upsampling!r}",
@@ -74,6 +76,7 @@ class TrainConfig:
     patch_size: int = 256
     learning_rate: float = 1e-3
     lr_schedule: str = "cosine"  # "constant" or "cosine" (decay to 1 % over all steps)
+    ema_momentum: float = 0.0  # > 0: validate and keep an exponential moving average of the weights
     loss: str = "ce+dice"  # "ce" or "ce+dice"
     dice_weight: float = 0.5
     class_weighting: str = "balanced"  # "none" or "balanced" (inverse sqrt frequency)
@@ -92,8 +95,8 @@ class TrainConfig:
     max_minutes: Optional[float] = None
     ignore_value: Optional[int] = None
     percentiles: tuple = (1.0, 99.8)
-    mixed_precision: bool = False  # bfloat16 compute; fast on CPUs with AVX512-BF16 / AMX
-    jit_compile: bool = False
+    mixed_precision: bool = False  # bfloat16 compute; only pays on GPUs or CPUs with AVX512-BF16 / AMX
+    jit_compile: bool = True  # XLA: +14 % training steps/s on a 2-core AVX2 CPU (BENCHMARKS.md)
 
     def __post_init__(self):
         _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
@@ -101,6 +104,7 @@ class TrainConfig:
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         _check(16 <= self.patch_size <= 4096, f"patch_size must be 16..4096, got {self.patch_size}")
         _check(0 < self.learning_rate < 1, f"learning_rate must be in (0, 1), got {self.learning_rate}")
+        _check(0 <= self.ema_momentum < 1, f"ema_momentum must be in [0, 1), got {self.ema_momentum}")
         _check(self.lr_schedule in ("constant", "cosine"), f"unknown lr_schedule {self.lr_schedule!r}")
         _check(self.loss in ("ce", "ce+dice"), f"loss must be 'ce' or 'ce+dice', got {self.loss!r}")
         _check(self.class_weighting in ("none", "balanced"), f"unknown class_weighting {self.class_weighting!r}")

@@ -61,6 +61,39 @@ def normalize(image, percentiles=(1.0, 99.8)) -> np.ndarray:
     return out.reshape(np.shape(image))
 
 
+def downscale_image(image, factor: int) -> np.ndarray:
+    """Block means of ``factor`` x ``factor`` pixels over the last two axes (edges padded by repetition).
+
+    (..., Y, X) -> (..., ceil(Y / factor), ceil(X / factor)) float32; ``factor`` 1 returns float32 as is.
+    """
+    array = np.asarray(image, dtype=np.float32)
+    if factor == 1:
+        return array
+    pad_y, pad_x = -array.shape[-2] % factor, -array.shape[-1] % factor
+    widths = [(0, 0)] * (array.ndim - 2) + [(0, pad_y), (0, pad_x)]
+    padded = np.pad(array, widths, mode="edge") if pad_y or pad_x else array
+    y, x = padded.shape[-2] // factor, padded.shape[-1] // factor
+    blocks = padded.reshape(padded.shape[:-2] + (y, factor, x, factor))
+    return blocks.mean(axis=(-3, -1), dtype=np.float32)
+
+
+def downscale_labels(indices, factor: int) -> np.ndarray:
+    """Nearest-neighbour subsampling of (..., Y, X) class indices to :func:`downscale_image`'s shape."""
+    array = np.asarray(indices)
+    return array if factor == 1 else np.ascontiguousarray(array[..., ::factor, ::factor])
+
+
+def upscale_probabilities(probabilities, factor: int, shape: tuple[int, int]) -> np.ndarray:
+    """(y, x, C) probabilities of a downscaled image back to (Y, X, C) = ``shape`` (bilinear, float32)."""
+    if factor == 1:
+        return probabilities[: shape[0], : shape[1]]
+    from skimage.transform import resize
+
+    y, x, channels = probabilities.shape
+    full = resize(probabilities, (y * factor, x * factor, channels), order=1, mode="edge", anti_aliasing=False)
+    return full[: shape[0], : shape[1]].astype(np.float32, copy=False)
+
+
 def class_weights(indices: np.ndarray, n_classes: int, mode: str = "balanced") -> np.ndarray:
     """Per-class loss weights (float32, mean 1 over annotated pixels): inverse sqrt frequency."""
     counts = np.bincount(indices[indices >= 0].ravel(), minlength=n_classes).astype(np.float64)

@@ -8,7 +8,7 @@ from typing import Callable, Iterator, Optional, Union
 
 import numpy as np
 
-from .data import InputError, check_image, normalize
+from .data import InputError, check_image, downscale_image, normalize, upscale_probabilities
 from .labels import from_indices
 from .model_io import UNetModel
 from .postprocess import boundary_mask
@@ -132,11 +132,13 @@ def predict_events(
         raise InputError(f"the model expects {model.config.input_channels} channels; napari-unet images have one")
     n_slices = 1 if len(shape) == 2 else shape[0]
     height, width = shape[-2:]
+    factor = model.config.downscale
+    net_h, net_w = -(-height // factor), -(-width // factor)  # the network's view of a slice
     multiple = model.config.size_multiple
-    tile_y = min(_round_up(tile_size, multiple), _round_up(height, multiple))
-    tile_x = min(_round_up(tile_size, multiple), _round_up(width, multiple))
+    tile_y = min(_round_up(tile_size, multiple), _round_up(net_h, multiple))
+    tile_x = min(_round_up(tile_size, multiple), _round_up(net_w, multiple))
     overlap = min(overlap, tile_y // 4, tile_x // 4)
-    padded_h, padded_w = max(height, tile_y), max(width, tile_x)
+    padded_h, padded_w = max(net_h, tile_y), max(net_w, tile_x)
     starts = [(y, x) for y in tile_starts(padded_h, tile_y, tile_y - overlap) for x in tile_starts(padded_w, tile_x, tile_x - overlap)]
     window = blend_window((tile_y, tile_x), overlap)[..., None]
     n_classes = model.config.n_classes
@@ -154,10 +156,10 @@ def predict_events(
     for z in range(n_slices):
         plane = np.asarray(image if len(shape) == 2 else image[z])
         plane = check_image(plane)[0]
-        plane = normalize(plane, model.percentiles)
-        if padded_h > height or padded_w > width:
-            mode = "reflect" if min(height, width) > 1 else "edge"
-            plane = np.pad(plane, ((0, padded_h - height), (0, padded_w - width)), mode=mode)
+        plane = downscale_image(normalize(plane, model.percentiles), factor)
+        if padded_h > net_h or padded_w > net_w:
+            mode = "reflect" if min(net_h, net_w) > 1 else "edge"
+            plane = np.pad(plane, ((0, padded_h - net_h), (0, padded_w - net_w)), mode=mode)
         accumulated = np.zeros((padded_h, padded_w, n_classes), np.float32)
         weights = np.zeros((padded_h, padded_w, 1), np.float32)
         for first in range(0, len(starts), batch_size):
@@ -175,7 +177,7 @@ def predict_events(
             yield PredictionProgress(done, total, elapsed, elapsed / done * (total - done))
         if stopped:
             break
-        slice_probs = accumulated[:height, :width] / weights[:height, :width]
+        slice_probs = upscale_probabilities(accumulated[:net_h, :net_w] / weights[:net_h, :net_w], factor, (height, width))
         slice_indices = np.argmax(slice_probs, axis=-1)
         if boundary_index is not None:
             membrane = boundary_mask(slice_probs[..., boundary_index], **rule)

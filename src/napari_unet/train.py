@@ -4,13 +4,25 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Optional, Union
 
 import numpy as np
 
 from .config import ConfigError, ModelConfig, TrainConfig, preset
-from .data import Augmentation, InputError, PatchSampler, border_weights, check_pair, class_weights, normalize, prefetch
+from .data import (
+    Augmentation,
+    InputError,
+    PatchSampler,
+    border_weights,
+    check_pair,
+    class_weights,
+    downscale_image,
+    downscale_labels,
+    normalize,
+    prefetch,
+)
 from .labels import check_trainable, to_indices
 from .model import build_unet, import_keras, masked_loss
 from .metrics import dice_per_class, pixel_error
@@ -112,6 +124,19 @@ def _learning_rate(base: float, schedule: str, progress: float) -> float:
     return base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
+def _has_fast_bfloat16() -> bool:
+    """True when TensorFlow sees a GPU or (Linux) the CPU advertises AVX512-BF16 or AMX."""
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        return True
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return True  # unknown: do not warn
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def train_events(
     image,
     labels,
@@ -158,9 +183,11 @@ def train_events(
         boundary = find_boundary_class(train_indices, model_config.n_classes)
         boundary_value = None if boundary is None else class_values[boundary]
     pixel_weights = None
+    factor = model_config.downscale  # the network trains on shrunk slices; validation runs at full size
+    net_images, net_indices = downscale_image(images[train_slices], factor), downscale_labels(train_indices, factor)
     if boundary_value is not None and train_config.border_weight > 0:
         boundary_index = class_values.index(boundary_value)
-        pixel_weights = border_weights(train_indices, boundary_index, train_config.border_weight, train_config.border_sigma)
+        pixel_weights = border_weights(net_indices, boundary_index, train_config.border_weight, train_config.border_sigma / factor)
     aug = Augmentation(
         flips=train_config.augment_flips,
         rotations=train_config.augment_rotations,
@@ -170,8 +197,8 @@ def train_events(
         elastic_grid=train_config.elastic_grid,
     )
     sampler = PatchSampler(
-        images[train_slices],
-        train_indices,
+        net_images,
+        net_indices,
         train_config.patch_size,
         weights,
         aug,
@@ -181,11 +208,21 @@ def train_events(
     )
 
     keras = import_keras()
+    if train_config.mixed_precision and not _has_fast_bfloat16():
+        warnings.warn(
+            "mixed_precision: this CPU has no AVX512-BF16/AMX and no GPU is used, so bfloat16 training is "
+            "several times slower than float32 here",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     keras.utils.set_random_seed(train_config.seed)
     keras_model = build_unet(model_config, mixed_precision=train_config.mixed_precision)
     if init is not None:
         keras_model.set_weights(init.keras_model.get_weights())
-    optimizer = keras.optimizers.Adam(learning_rate=train_config.learning_rate)
+    use_ema = train_config.ema_momentum > 0
+    optimizer = keras.optimizers.Adam(
+        learning_rate=train_config.learning_rate, use_ema=use_ema, ema_momentum=train_config.ema_momentum or 0.99
+    )
     dice_weight = train_config.dice_weight if train_config.loss == "ce+dice" else 0.0
     keras_model.compile(
         optimizer=optimizer,
@@ -236,6 +273,10 @@ def train_events(
                 break
             val_loss, val_metrics = None, {}
             last_epoch = reason != "completed" or epoch == epochs
+            raw_weights = None
+            if use_ema:  # validate (and keep) the averaged weights, then train on from the raw ones
+                raw_weights = keras_model.get_weights()
+                optimizer.finalize_variable_values(keras_model.trainable_variables)
             if has_validation and (epoch % train_config.val_every == 0 or last_epoch):
                 val_loss, val_metrics = _validation_scores(result, val_images, val_indices, weights)
             monitored = val_loss if val_loss is not None else (float(np.mean(losses)) if not has_validation else None)
@@ -249,6 +290,8 @@ def train_events(
             record = {"epoch": epoch, "loss": float(np.mean(losses)), "val_loss": val_loss, "elapsed": elapsed, **{f"val_{k}": v for k, v in val_metrics.items()}}
             history.append(record)
             yield EpochEnd(epoch, epochs, float(np.mean(losses)), val_loss, val_metrics, is_best, elapsed, eta)
+            if raw_weights is not None:  # the event's consumers saw the averaged weights
+                keras_model.set_weights(raw_weights)
             if reason != "completed":
                 break
     finally:
