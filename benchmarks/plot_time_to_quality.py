@@ -30,14 +30,15 @@ def main(argv=None) -> int:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 4), constrained_layout=True)
-    for path in args.results:
+    for index, path in enumerate(args.results):
+        color = f"C{index}"
         report = json.loads(path.read_text())
         rows = [r for r in report["rows"] if isinstance(r["checkpoint_minutes"], (int, float))]
         minutes = [r["elapsed_s"] / 60 for r in rows]
         for ax, key in zip(axes, TITLES):
-            ax.plot(minutes, [r[key] for r in rows], "o-", label=f"{report['name']} (labels)")
+            ax.plot(minutes, [r[key] for r in rows], "o-", color=color, label=f"{report['name']} (labels)")
             if key != "pixel_error":
-                ax.plot(minutes, [r[f"{key}_prob_sweep"] for r in rows], "x--", alpha=0.6, label=f"{report['name']} (best threshold)")
+                ax.plot(minutes, [r[f"{key}_prob_sweep"] for r in rows], "x--", color=color, alpha=0.5, label=f"{report['name']} (best threshold)")
     for ax, key in zip(axes, TITLES):
         for minute, value in TARGETS[key]:
             ax.plot([minute], [value], "r*", markersize=12)
