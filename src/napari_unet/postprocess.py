@@ -22,8 +22,10 @@ def segment_instances(membrane_probability, seed_level: float = 0.2, sigma: floa
     if probability.ndim != 2:
         raise ValueError(f"expected a 2-D probability map, got shape {probability.shape}")
     smooth = ndimage.gaussian_filter(probability, sigma) if sigma > 0 else probability
-    seeds = label(smooth < seed_level, connectivity=1)
-    seeds = remove_small_objects(seeds, max_size=min_seed_size - 1) if min_seed_size > 1 else seeds
+    cores = smooth < seed_level
+    if min_seed_size > 1:
+        cores = remove_small_objects(cores, max_size=min_seed_size - 1, connectivity=1)
+    seeds = label(cores, connectivity=1)
     if seeds.max() == 0:
         return np.ones(probability.shape, np.int32)
     return watershed(smooth, seeds, connectivity=1, watershed_line=True).astype(np.int32)
