@@ -178,12 +178,11 @@ def predict_events(
         if stopped:
             break
         slice_probs = upscale_probabilities(accumulated[:net_h, :net_w] / weights[:net_h, :net_w], factor, (height, width))
-        slice_indices = np.argmax(slice_probs, axis=-1)
-        if boundary_index is not None:
+        if boundary_index is None:
+            slice_indices = np.argmax(slice_probs, axis=-1)
+        else:  # boundary classes exist in two-class models only
             membrane = boundary_mask(slice_probs[..., boundary_index], **rule)
-            slice_indices[membrane] = boundary_index
-            if n_classes == 2:
-                slice_indices[~membrane] = 1 - boundary_index
+            slice_indices = np.where(membrane, boundary_index, 1 - boundary_index)
         labels[z] = from_indices(slice_indices, model.class_values, label_dtype)
         if probabilities is not None:
             probabilities[z] = slice_probs
