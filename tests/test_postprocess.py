@@ -1,6 +1,13 @@
 import numpy as np
 
-from napari_unet.postprocess import boundary_mask, close_boundaries, find_boundary_class, segment_instances, tune_boundary_rule
+from napari_unet.postprocess import (
+    boundary_mask,
+    close_boundaries,
+    find_boundary_class,
+    merge_regions,
+    segment_instances,
+    tune_boundary_rule,
+)
 
 
 def two_cells_with_a_gap():
@@ -54,9 +61,42 @@ def test_tuning_picks_closing_when_gaps_merge_cells_and_a_threshold_when_they_do
     gap = two_cells_with_a_gap()[None]
     gap[:, 17:23, 19:21] = 0.2  # below every threshold: only closing separates the cells
     rule, score = tune_boundary_rule(gap, truth_cells)
-    assert rule["seed_level"] is not None and score > 0.99
+    assert (rule["seed_level"] is not None or rule["merge_below"] is not None) and score > 0.99
     no_gap = gap.copy()
     no_gap[:, 17:23, 19:21] = 0.9
     rule, score = tune_boundary_rule(no_gap, truth_cells)
-    assert rule == {"threshold": 0.3, "seed_level": None} and score > 0.99  # the first (simplest) of equals
+    assert rule == {"threshold": 0.3, "seed_level": None, "merge_below": None} and score > 0.99  # the first (simplest) of equals
     assert no_gap[0, 20, 20] == np.float32(0.9), "the input is not modified"
+
+
+def two_cells_with_a_gap_and_a_false_split():
+    """Two cells as in :func:`two_cells_with_a_gap`; the left one has a faint (0.3) line across it."""
+    probability = two_cells_with_a_gap()
+    probability[:, 9] = 0.3
+    return probability
+
+
+def test_merge_regions_keeps_gapped_membranes_and_merges_faint_splits():
+    probability = two_cells_with_a_gap_and_a_false_split()
+    original = probability.copy()
+    regions = merge_regions(probability, merge_below=0.6, minima_depth=0.05)
+    assert regions.dtype == np.int32 and regions.shape == probability.shape
+    assert regions[20, 3] == regions[20, 15], "the faint line inside the left cell is merged away"
+    assert regions[20, 3] != regions[20, 35], "the membrane with a gap still separates the cells"
+    assert len(np.unique(regions)) == 2
+    np.testing.assert_array_equal(probability, original)
+
+
+def test_boundary_mask_with_merging_closes_the_gap_and_only_adds_boundary_pixels():
+    from skimage.measure import label
+
+    probability = two_cells_with_a_gap_and_a_false_split()
+    mask = boundary_mask(probability, threshold=0.5, merge_below=0.6, minima_depth=0.05)
+    assert np.all(mask[probability > 0.5])
+    assert label(~mask, connectivity=1).max() == 2
+    assert not mask[:, 5:13].any(), "no boundary is drawn along the faint split"
+
+
+def test_merge_regions_of_a_flat_map_is_one_region():
+    regions = merge_regions(np.full((16, 16), 0.1, np.float32))
+    assert len(np.unique(regions)) == 1

@@ -91,12 +91,17 @@ def _run_model(model: UNetModel, tiles: np.ndarray, tta: bool) -> np.ndarray:
     return probs
 
 
+#: Gap closing used when ``close_boundaries=True`` and the model's own rule does not close gaps.
+FORCED_CLOSING = {"merge_below": 0.6, "minima_depth": 0.05}
+
+
 def _boundary_rule(model: UNetModel, close_boundaries: Optional[bool]) -> Optional[dict]:
     if close_boundaries is False or model.boundary_value not in model.class_values:
         return None
     rule = model.boundary_rule
-    if close_boundaries and (rule is None or rule.get("seed_level") is None):
-        rule = {**(rule or {"threshold": 0.5}), "seed_level": 0.1}
+    closes_gaps = rule is not None and (rule.get("seed_level") is not None or rule.get("merge_below") is not None)
+    if close_boundaries and not closes_gaps:
+        rule = {"threshold": (rule or {}).get("threshold", 0.5), "seed_level": None, **FORCED_CLOSING}
     return rule
 
 
@@ -118,8 +123,9 @@ def predict_events(
     memory for the network stays bounded by ``batch_size`` tiles. ``stop()`` returning True ends early
     with ``Prediction.stopped`` set (slices not reached are class index 0).
     For a model with a thin boundary class (``model.boundary_value``, e.g. EM membranes) the labels
-    follow ``model.boundary_rule``, the threshold / watershed closing chosen on validation slices
-    after training. ``close_boundaries=True`` forces watershed closing of membrane gaps, ``False``
+    follow ``model.boundary_rule``, the threshold / watershed closing / region merging chosen on
+    validation slices after training (:mod:`napari_unet.postprocess`). ``close_boundaries=True``
+    forces closing of membrane gaps (watershed regions merged across faint boundaries), ``False``
     gives plain argmax labels.
     """
     shape = tuple(np.shape(image))
