@@ -22,6 +22,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", nargs="+", type=Path)
     parser.add_argument("-o", "--output", type=Path, default=Path("docs/time-to-quality.png"))
+    parser.add_argument("--labels", help="comma-separated legend names, one per result (default: each run's name)")
     args = parser.parse_args(argv)
 
     import matplotlib
@@ -29,10 +30,14 @@ def main(argv=None) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    names = args.labels.split(",") if args.labels else [None] * len(args.results)
+    if len(names) != len(args.results):
+        parser.error(f"--labels has {len(names)} names for {len(args.results)} results")
     fig, axes = plt.subplots(1, 3, figsize=(13, 4), constrained_layout=True)
-    for index, path in enumerate(args.results):
+    for index, (path, name) in enumerate(zip(args.results, names)):
         color = f"C{index}"
         report = json.loads(path.read_text())
+        report["name"] = name or report["name"]
         rows = [r for r in report["rows"] if isinstance(r["checkpoint_minutes"], (int, float))]
         minutes = [r["elapsed_s"] / 60 for r in rows]
         for ax, key in zip(axes, TITLES):

@@ -88,3 +88,30 @@ def test_close_boundaries_only_adds_boundary_pixels():
     closed = predict(model, image, close_boundaries=True).labels
     assert np.all(closed[plain == 0] == 0), "every predicted boundary pixel stays a boundary"
     assert (closed == 0).sum() >= (plain == 0).sum()
+
+
+def test_stack_labels_follow_the_boundary_rule_slice_by_slice():
+    from napari_unet.postprocess import boundary_mask
+    from napari_unet.predict import _boundary_rule
+
+    model = tiny_model()
+    image = stripes(n_slices=4, size=64, seed=9)[0]
+    result = predict(model, image, close_boundaries=True)
+    rule = _boundary_rule(model, True)
+    assert rule["merge_below"] is not None or rule["seed_level"] is not None
+    for z in range(4):
+        membrane = boundary_mask(result.probabilities[z, ..., 0], **rule)
+        np.testing.assert_array_equal(result.labels[z], np.where(membrane, 0, 255))
+
+
+def test_a_prediction_closed_early_leaves_no_thread_behind():
+    import threading
+
+    events = predict_events(tiny_model(), stripes(n_slices=4, size=64, seed=9)[0], close_boundaries=True)
+    for _ in range(3):  # past the first slices, whose membrane rule runs in the worker thread
+        assert isinstance(next(events), PredictionProgress)
+    events.close()
+    workers = [t for t in threading.enumerate() if t.name.startswith("napari-unet-boundary-rule")]
+    for thread in workers:
+        thread.join(timeout=30)
+    assert not any(thread.is_alive() for thread in workers)

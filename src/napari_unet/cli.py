@@ -265,8 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--tta", action="store_true", help="average over flips and 90-degree rotations")
     pred.add_argument(
         "--close-boundaries", action="store_true",
-        help="always close gaps in thin boundaries (EM membranes) with watershed lines; by default the "
-        "model's boundary rule (threshold or closing, chosen on its validation slices) is used",
+        help="always close gaps in thin boundaries (EM membranes): watershed regions merged across faint "
+        "boundaries keep their borders; by default the model's boundary rule (chosen on its validation "
+        "slices after training) is used",
     )
     pred.add_argument("--argmax", action="store_true", help="plain most-probable-class labels, no boundary rule")
     pred.add_argument("--tile-size", type=int, default=512)

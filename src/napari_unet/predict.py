@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Union
 
@@ -105,6 +106,11 @@ def _boundary_rule(model: UNetModel, close_boundaries: Optional[bool]) -> Option
     return rule
 
 
+def _store_boundary_labels(labels: np.ndarray, z: int, membrane: Future, boundary_index: int, class_values) -> None:
+    indices = np.where(membrane.result(), boundary_index, 1 - boundary_index)
+    labels[z] = from_indices(indices, class_values, labels.dtype)
+
+
 def predict_events(
     model: UNetModel,
     image,
@@ -159,39 +165,48 @@ def predict_events(
     start_time = time.perf_counter()
     done = 0
     stopped = False
-    for z in range(n_slices):
-        plane = np.asarray(image if len(shape) == 2 else image[z])
-        plane = check_image(plane)[0]
-        plane = downscale_image(normalize(plane, model.percentiles), factor)
-        if padded_h > net_h or padded_w > net_w:
-            mode = "reflect" if min(net_h, net_w) > 1 else "edge"
-            plane = np.pad(plane, ((0, padded_h - net_h), (0, padded_w - net_w)), mode=mode)
-        accumulated = np.zeros((padded_h, padded_w, n_classes), np.float32)
-        weights = np.zeros((padded_h, padded_w, 1), np.float32)
-        for first in range(0, len(starts), batch_size):
-            if stop is not None and stop():
-                stopped = True
+    # The membrane rule of slice z runs in a thread while the network (which releases the GIL) predicts
+    # slice z + 1; at most two slices wait, so memory stays bounded.
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-unet-boundary-rule")
+    pending: list[tuple[int, Future]] = []
+    try:
+        for z in range(n_slices):
+            plane = np.asarray(image if len(shape) == 2 else image[z])
+            plane = check_image(plane)[0]
+            plane = downscale_image(normalize(plane, model.percentiles), factor)
+            if padded_h > net_h or padded_w > net_w:
+                mode = "reflect" if min(net_h, net_w) > 1 else "edge"
+                plane = np.pad(plane, ((0, padded_h - net_h), (0, padded_w - net_w)), mode=mode)
+            accumulated = np.zeros((padded_h, padded_w, n_classes), np.float32)
+            weights = np.zeros((padded_h, padded_w, 1), np.float32)
+            for first in range(0, len(starts), batch_size):
+                if stop is not None and stop():
+                    stopped = True
+                    break
+                chunk = starts[first : first + batch_size]
+                tiles = np.stack([plane[y : y + tile_y, x : x + tile_x] for y, x in chunk])[..., None]
+                out = _run_model(model, tiles, tta)
+                for (y, x), tile_probs in zip(chunk, out):
+                    accumulated[y : y + tile_y, x : x + tile_x] += tile_probs * window
+                    weights[y : y + tile_y, x : x + tile_x] += window
+                done += len(chunk)
+                elapsed = time.perf_counter() - start_time
+                yield PredictionProgress(done, total, elapsed, elapsed / done * (total - done))
+            if stopped:
                 break
-            chunk = starts[first : first + batch_size]
-            tiles = np.stack([plane[y : y + tile_y, x : x + tile_x] for y, x in chunk])[..., None]
-            out = _run_model(model, tiles, tta)
-            for (y, x), tile_probs in zip(chunk, out):
-                accumulated[y : y + tile_y, x : x + tile_x] += tile_probs * window
-                weights[y : y + tile_y, x : x + tile_x] += window
-            done += len(chunk)
-            elapsed = time.perf_counter() - start_time
-            yield PredictionProgress(done, total, elapsed, elapsed / done * (total - done))
-        if stopped:
-            break
-        slice_probs = upscale_probabilities(accumulated[:net_h, :net_w] / weights[:net_h, :net_w], factor, (height, width))
-        if boundary_index is None:
-            slice_indices = np.argmax(slice_probs, axis=-1)
-        else:  # boundary classes exist in two-class models only
-            membrane = boundary_mask(slice_probs[..., boundary_index], **rule)
-            slice_indices = np.where(membrane, boundary_index, 1 - boundary_index)
-        labels[z] = from_indices(slice_indices, model.class_values, label_dtype)
-        if probabilities is not None:
-            probabilities[z] = slice_probs
+            slice_probs = upscale_probabilities(accumulated[:net_h, :net_w] / weights[:net_h, :net_w], factor, (height, width))
+            if boundary_index is None:
+                labels[z] = from_indices(np.argmax(slice_probs, axis=-1), model.class_values, label_dtype)
+            else:  # boundary classes exist in two-class models only
+                while len(pending) >= 2:
+                    _store_boundary_labels(labels, *pending.pop(0), boundary_index, model.class_values)
+                pending.append((z, pool.submit(boundary_mask, slice_probs[..., boundary_index], **rule)))
+            if probabilities is not None:
+                probabilities[z] = slice_probs
+        for z, future in pending:
+            _store_boundary_labels(labels, z, future, boundary_index, model.class_values)
+    finally:  # also when the consumer closes this generator early
+        pool.shutdown(wait=False, cancel_futures=True)
     if len(shape) == 2:
         labels = labels[0]
         probabilities = None if probabilities is None else probabilities[0]
