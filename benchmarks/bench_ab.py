@@ -10,13 +10,13 @@ Contenders (names for --train / --infer):
   keras        napari-unet: build_unet(classic), masked_loss, train_on_batch / predict_on_batch
   keras_xla    the same with jit_compile=True
   keras_bf16   build_unet(mixed_precision=True) (slow on CPUs without AVX512-BF16/AMX: check before use)
-  keras_subpix the candidate core change in _levers.py: UpSampling2D + 2x2 conv computed as 4 sub-pixel convs
-  keras_subpix_xla  the same with jit_compile=True
+  keras_upsample  the previous core (_levers.py): plain UpSampling2D + 2x2 Conv2D instead of the sub-pixel UpConv2D
+  keras_upsample_xla  the same with jit_compile=True
   seed         the seed's way: explicit functional model, fit (2 steps per call, time / 2) / predict(batch_size=1)
   torch        PyTorch fp32 NCHW
   torch_cl     PyTorch fp32 channels_last
 Caveat: mix TensorFlow and torch contenders with care -- each framework's idle worker threads (Eigen pool,
-OpenMP) spin for a while after their work and can slow the other one; TF-vs-TF (keras, keras_xla, keras_subpix,
+OpenMP) spin for a while after their work and can slow the other one; TF-vs-TF (keras, keras_xla, keras_upsample,
 seed) comparisons are the clean use. For (a) vs (c), trust bench_speed.py (separate processes) on a quiet machine.
 Environment levers (oneDNN, fpmath, threads) cannot be interleaved: set them for the whole run, e.g.
   TF_NUM_INTEROP_THREADS=1 python benchmarks/bench_ab.py ...
@@ -38,15 +38,15 @@ import _common as C  # noqa: E402
 
 
 def _keras_model(name, cfg):
-    """build_unet(classic) for keras / keras_xla / keras_bf16; the sub-pixel prototype (same weights) for keras_subpix*."""
+    """build_unet(classic) for keras / keras_xla / keras_bf16; the previous core (same weights) for keras_upsample*."""
     from napari_unet.model import build_unet
 
     reference = build_unet(cfg, mixed_precision=name == "keras_bf16")
-    if not name.startswith("keras_subpix"):
+    if not name.startswith("keras_upsample"):
         return reference
     import _levers
 
-    model = _levers.build_unet_subpixel(cfg)
+    model = _levers.build_unet_upsampling(cfg)
     _levers.transfer_weights(reference, model)
     return model
 
@@ -145,8 +145,8 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--size", type=int, help="training and inference image size (full 256, quick 64)")
     ap.add_argument("--rounds", type=int)
-    ap.add_argument("--train", default="keras,keras_xla,keras_subpix,seed")
-    ap.add_argument("--infer", default="keras,keras_xla,keras_subpix,seed")
+    ap.add_argument("--train", default="keras,keras_xla,keras_upsample,seed")
+    ap.add_argument("--infer", default="keras,keras_xla,keras_upsample,seed")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     size = args.size or (64 if args.quick else 256)

@@ -4,8 +4,8 @@
 One fp32 model (trained here briefly on ISBI 2012 slices 0-15 with the classic preset, or given with --model)
 is applied with ``napari_unet.predict.predict`` to held-out slices under each lever, each in its own process:
 fp32 (reference), fp32 again (run-to-run floor), fp32 without oneDNN, fp32 + XLA, fp32 with
-ONEDNN_DEFAULT_FPMATH_MODE=BF16, Keras mixed_bfloat16 (same weights), mixed_bfloat16 + XLA, and the sub-pixel
-up-convolution prototype of benchmarks/_levers.py (same weights).
+ONEDNN_DEFAULT_FPMATH_MODE=BF16, Keras mixed_bfloat16 (same weights), mixed_bfloat16 + XLA, and the previous
+core's plain UpSampling2D + 2x2 Conv2D up-convolution of benchmarks/_levers.py (same weights).
 Against the reference: max / mean / 99.9th-percentile absolute difference of the probabilities, the fraction
 of pixels whose argmax (class) changes, and the pixel error against the ISBI labels.
 
@@ -36,7 +36,7 @@ LEVERS = [
     dict(name="fp32_fpmath_bf16", env={"ONEDNN_DEFAULT_FPMATH_MODE": "BF16"}, desc="fp32 model, oneDNN bf16 fpmath"),
     dict(name="bf16", mixed=True, desc="mixed_bfloat16, same weights"),
     dict(name="bf16_xla", mixed=True, jit=True, desc="mixed_bfloat16 + jit_compile"),
-    dict(name="fp32_subpix", subpix=True, desc="fp32, sub-pixel up-convolution prototype (_levers.py), same weights"),
+    dict(name="fp32_upsample", upsample=True, desc="fp32, previous core's UpSampling2D + Conv2D (_levers.py), same weights"),
 ]
 
 
@@ -82,10 +82,10 @@ def worker(spec):
         rebuilt = build_unet(model.config, mixed_precision=True)
         rebuilt.set_weights(model.keras_model.get_weights())
         model.keras_model = rebuilt
-    if spec.get("subpix"):
+    if spec.get("upsample"):
         import _levers
 
-        rebuilt = _levers.build_unet_subpixel(model.config)
+        rebuilt = _levers.build_unet_upsampling(model.config)
         _levers.transfer_weights(model.keras_model, rebuilt)
         model.keras_model = rebuilt
     if spec.get("jit"):
@@ -157,7 +157,7 @@ def main():
         probs = {}
         for lever in LEVERS:
             npy = Path(tmp) / f"{lever['name']}.npy"
-            spec = {"stage": "predict", "quick": quick, "model": str(model_path), "out": str(npy), "mixed": lever.get("mixed"), "jit": lever.get("jit"), "subpix": lever.get("subpix")}
+            spec = {"stage": "predict", "quick": quick, "model": str(model_path), "out": str(npy), "mixed": lever.get("mixed"), "jit": lever.get("jit"), "upsample": lever.get("upsample")}
             payloads, status, seconds = C.run_child(SCRIPT, spec, lever.get("env"), timeout, log)
             entry = {"desc": lever["desc"], "env": lever.get("env", {}), "status": status, **C_merge(payloads)}
             if status == "ok":

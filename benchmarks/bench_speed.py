@@ -11,8 +11,8 @@ Variants
   (a) napari-unet as it trains and predicts: ``napari_unet.train.train_events`` (train_on_batch, masked loss,
       background batch prefetch, classic preset, batch 2) and ``napari_unet.predict.predict`` (tiled, tile 512,
       batch 2), with levers: oneDNN off, thread pools, XLA, oneDNN fp32->bf16 fpmath, Keras mixed_bfloat16.
-  (a*) prototypes of core changes, run through the same napari-unet code (train_events' build_unet swapped for the
-      prototype in the child): the sub-pixel up-convolution of benchmarks/_levers.py.
+  (a-) the previous core, run through the same napari-unet code (train_events' build_unet swapped in the child):
+      plain UpSampling2D + 2x2 Conv2D instead of the sub-pixel UpConv2D (benchmarks/_levers.py).
   (b) the seed's way: the functional model written out (benchmarks/_common.seed_unet), fp32,
       ``fit``/``predict`` on in-memory numpy arrays, batch 2 / 1.
   (c) the same network in PyTorch on the CPU, fp32 (baseline), and tuned variants (channels_last, bf16 autocast).
@@ -54,8 +54,8 @@ VARIANTS = [
     dict(name="a_bf16", group="a", kind="napari", mixed=True, desc="Keras mixed_bfloat16 (build_unet(mixed_precision=True))", at512=True),
     dict(name="a_bf16_threads_2x1", group="a", kind="napari", mixed=True, threads=(2, 1), desc="mixed_bfloat16, intra 2 / inter 1 threads"),
     dict(name="a_bf16_xla", group="a", kind="napari", mixed=True, jit=True, desc="mixed_bfloat16 + XLA"),
-    dict(name="a_fp32_subpix", group="a*", kind="napari", subpix=True, desc="PROTOTYPE core change: sub-pixel up-conv (benchmarks/_levers.py), fp32", at512=True),
-    dict(name="a_fp32_subpix_xla", group="a*", kind="napari", subpix=True, jit=True, desc="PROTOTYPE sub-pixel up-conv + XLA, fp32", at512=True),
+    dict(name="a_fp32_upsample", group="a-", kind="napari", upsample=True, desc="PREVIOUS core: UpSampling2D + 2x2 Conv2D (benchmarks/_levers.py), fp32", at512=True),
+    dict(name="a_fp32_upsample_xla", group="a-", kind="napari", upsample=True, jit=True, desc="PREVIOUS core + XLA, fp32", at512=True),
     dict(name="b_seed_fp32", group="b", kind="seed", desc="seed's way: explicit functional model, fit/predict on numpy, fp32, batch 2/1", at512=True),
     dict(name="c_torch_fp32", group="c", kind="torch", desc="PyTorch fp32 NCHW, Adam + BCEWithLogits, batch 2/1", needs_torch=True, at512=True),
     dict(name="c_torch_cl", group="c+", kind="torch", channels_last=True, desc="PyTorch fp32 channels_last", needs_torch=True),
@@ -143,11 +143,11 @@ def worker_napari(spec):
 
     classic = preset("classic")
     cfg = classic.model
-    if spec.get("subpix"):  # emulate the candidate core change: train_events builds the sub-pixel U-Net
+    if spec.get("upsample"):  # the previous core: train_events builds the plain-layer U-Net
         import _levers
         import napari_unet.train
 
-        napari_unet.train.build_unet = build_unet = _levers.build_unet_subpixel
+        napari_unet.train.build_unet = build_unet = _levers.build_unet_upsampling
     for size in spec["train_sizes"]:
         warmup, reps = spec["warmup"], spec["reps_by_size"][str(size)]
         image, labels = C.synthetic_stack(4, size, seed=size)
@@ -401,7 +401,7 @@ def main():
         if not args.quick and not args.all_at_512 and not v.get("at512"):
             sizes = [s for s in sizes if s < 512]
         spec = {k: settings[k] for k in ("warmup", "infer_size", "infer_slices", "infer_reps", "matmul_n", "matmul_reps", "max_seconds", "raw_batches")}
-        spec |= {"kind": v["kind"], "train_sizes": sizes, "mixed": v.get("mixed"), "jit": v.get("jit"), "threads": v.get("threads"), "subpix": v.get("subpix"),
+        spec |= {"kind": v["kind"], "train_sizes": sizes, "mixed": v.get("mixed"), "jit": v.get("jit"), "threads": v.get("threads"), "upsample": v.get("upsample"),
                  "channels_last": v.get("channels_last"), "bf16": v.get("bf16"),
                  "reps_by_size": {str(s): (settings["reps"] if s < 512 else max(3, settings["reps"] // 2)) for s in sizes}}
         if v["kind"] != "napari" or v["name"] not in ("a_fp32", "a_bf16"):
@@ -478,7 +478,7 @@ def derive(report, cfg):
     ratios = {}
     keys = [("train", s) for s in report["settings"]["train_sizes"]] + [("infer", None)]
     for name, v in vs.items():
-        if v.get("group") not in ("a", "a*"):
+        if v.get("group") not in ("a", "a-"):
             continue
         for what, size in keys:
             a = get(name, what, size)
@@ -493,7 +493,7 @@ def derive(report, cfg):
                 "a_over_c_tuned_best": a / ct if ct else None,
             }
     report["ratios"] = ratios
-    for key, groups in (("best_a", ("a",)), ("best_a_incl_prototypes", ("a", "a*"))):
+    for key, groups in (("best_a", ("a",)),):
         best = {}
         for what, size in keys:
             label = f"{what}@{size}" if size else what
@@ -539,11 +539,7 @@ def table(report) -> str:
     extra = {n: v["infer_extra_mp_per_s"] for n, v in vs.items() if v.get("infer_extra_mp_per_s")}
     if extra:
         lines.append("raw model MP/s by batch (no tiling): " + "; ".join(f"{n}: " + ", ".join(f"{k.replace('raw_model_', '')} {x:.4f}" for k, x in e.items()) for n, e in extra.items()))
-    for label, b in report.get("best_a_incl_prototypes", {}).items():
-        lines.append(f"best (a incl. prototypes) {label}: {b['variant']} {b['value']:.4f}  x(b) {_fmt(b['a_over_b'], '.2f')}  x(c fp32) {_fmt(b['a_over_c'], '.2f')}")
-    for label, b in report.get("best_a", {}).items():
-        lines.append(f"best (a) {label}: {b['variant']} {b['value']:.4f}  x(b) {_fmt(b['a_over_b'], '.2f')}  x(c fp32) {_fmt(b['a_over_c'], '.2f')}  x(c tuned best) {_fmt(b['a_over_c_tuned_best'], '.2f')}")
-    lines.append("xb = (a)/(b) seed-style Keras; xc = (a)/(c) plain fp32 torch (group a and a* rows; a* = prototype of a core change)")
+    lines.append("xb = (a)/(b) seed-style Keras; xc = (a)/(c) plain fp32 torch (group a and a- rows; a- = the previous core, for comparison)")
     return "\n".join(lines)
 
 

@@ -22,6 +22,26 @@ def test_unet_is_fully_convolutional(upsampling):
         np.testing.assert_allclose(out.sum(-1), 1.0, atol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(2, 5, 7, 3), (1, 8, 8, 6)])
+def test_up_convolution_equals_upsampling_then_2x2_convolution(shape):
+    keras = import_keras()
+    from napari_unet._layers import UpConv2D
+
+    x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    reference = keras.Sequential([keras.layers.UpSampling2D(2), keras.layers.Conv2D(4, 2, padding="same", activation="relu")])
+    reference.build(shape)
+    kernel = np.random.default_rng(1).normal(size=(2, 2, shape[-1], 4)).astype(np.float32)
+    bias = np.random.default_rng(2).normal(size=4).astype(np.float32)
+    reference.layers[1].set_weights([kernel, bias])
+    layer = UpConv2D(4)
+    layer.build(shape)
+    layer.set_weights([kernel, bias])
+    expected = np.asarray(reference(x))
+    out = np.asarray(layer(x))
+    assert out.shape == (shape[0], 2 * shape[1], 2 * shape[2], 4)
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
 def test_bf16_model_keeps_a_float32_head():
     model = build_unet(ModelConfig(depth=2, base_filters=4), mixed_precision=True)
     out = model.predict_on_batch(np.zeros((1, 16, 16, 1), np.float32))

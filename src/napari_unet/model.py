@@ -22,6 +22,8 @@ def import_keras():
         from ._tensorflow import load_tensorflow
 
         load_tensorflow()
+        from . import _layers  # noqa: F401  (registers napari-unet's layers for loading)
+
         _BACKEND_READY = True
     import keras
 
@@ -31,11 +33,14 @@ def import_keras():
 def build_unet(config: ModelConfig, mixed_precision: bool = False):
     """A Keras U-Net for ``config``: input (None, None, channels) float32, output probabilities.
 
-    Layers are plain Keras layers only, so the saved file loads in Keras safe mode.
+    Layers are Keras layers and napari-unet's registered :class:`~napari_unet._layers.UpConv2D`, so the
+    saved file loads in Keras safe mode.
     With ``mixed_precision`` the convolutions compute in bfloat16 and the head stays float32.
     """
     keras = import_keras()
     from keras import layers
+
+    from ._layers import UpConv2D
 
     dtype = "mixed_bfloat16" if mixed_precision else "float32"
     conv_kwargs = dict(padding="same", kernel_initializer=config.kernel_initializer, dtype=dtype)
@@ -64,9 +69,8 @@ def build_unet(config: ModelConfig, mixed_precision: bool = False):
         filters = config.base_filters * 2**level
         if config.upsampling == "transpose":
             x = layers.Conv2DTranspose(filters, 2, strides=2, name=f"up{level}_transpose", **conv_kwargs)(x)
-        else:
-            x = layers.UpSampling2D(2, name=f"up{level}_upsample", dtype=dtype)(x)
-            x = layers.Conv2D(filters, 2, activation="relu", name=f"up{level}_conv", **conv_kwargs)(x)
+        else:  # UpSampling2D(2) + Conv2D(filters, 2, relu), computed on the low-resolution grid
+            x = UpConv2D(filters, kernel_initializer=config.kernel_initializer, name=f"up{level}_conv", dtype=dtype)(x)
         x = layers.Concatenate(name=f"up{level}_concat", dtype=dtype)([skips[level], x])
         x = conv_block(x, filters, f"up{level}")
     if config.pre_head_filters:
