@@ -65,7 +65,7 @@ def merge_regions(membrane_probability, merge_below: float = 0.6, minima_depth: 
 CANDIDATE_THRESHOLDS: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)
 
 #: Gap closings tried by :func:`tune_boundary_rule`: watershed regions merged across faint
-#: boundaries (:func:`merge_regions`). On unseen ISBI slices (15-19, five 10- and 30-minute models)
+#: boundaries (:func:`merge_regions`). On unseen ISBI slices (15-19, four 10- and 30-minute models)
 #: they beat every plain threshold by 0.03-0.08 V_rand and the seeded watershed lines of
 #: :func:`close_boundaries` by 0.01-0.05; ``merge_below`` 0.7 merged real cells there.
 CANDIDATE_CLOSINGS: tuple[dict, ...] = tuple(

@@ -301,7 +301,8 @@ def train_events(
     result.history = history
     boundary_v_rand = None
     if boundary_value is not None and has_validation and step > 0 and (val_indices >= 0).all():
-        # Membranes: choose threshold or gap closing by V_rand on the (fully annotated) validation slices.
+        # Membranes: on the (fully annotated) validation slices, the threshold with the lowest pixel
+        # error and the gap closing with the best V_rand.
         boundary_index = class_values.index(boundary_value)
         probabilities = predict(result, val_images, close_boundaries=False).probabilities[..., boundary_index]
         result.boundary_rule, boundary_v_rand = tune_boundary_rule(probabilities, val_indices != boundary_index)
