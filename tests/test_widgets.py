@@ -207,9 +207,11 @@ def test_options_probabilities_instances_and_current_slice(widgets, qtbot):
     assert probabilities.data.shape == (3, 128, 128)
     p = probabilities.data[1]
     assert 0 <= p.min() and p.max() <= 1 and not probabilities.data[0].any()
-    # The labels are the most probable class, plus boundary pixels closed by the core's watershed.
+    # The labels follow the model's membrane rule: membrane where P(membrane) > its threshold, plus
+    # boundary pixels closed by the core's watershed.
+    rule = widgets.session.model.boundary_rule or {"threshold": 0.5}
     cell = prediction.data[1] == 2
-    assert not np.any(cell & (p < 0.5))
+    assert not np.any(cell & (p < 1 - rule["threshold"] - 1e-6))
     assert np.mean(cell[p > 0.5]) > 0.95
     cells = viewer.layers["EM cells"]
     assert cells.data.dtype == np.int32 and not cells.data[0].any() and not cells.data[2].any()
