@@ -48,7 +48,7 @@ class InferenceWidget(QWidget):
         self.tta = QCheckBox("test-time augmentation (8 flips/rotations, slower)")
         self.probabilities = QCheckBox("probability map")
         self.cells = QCheckBox("cell instances (2 classes: cells split by membranes)")
-        self.cells.setToolTip("watershed of the predicted cell regions over the membranes; the membrane is the model's boundary class, else the class named 'membrane', else the first class (value 0 in ISBI masks)")
+        self.cells.setToolTip("one label per cell region of the predicted labels, membranes shared out to the cells beside them (as the ISBI scores see them); the membrane is the model's boundary class, else the class named 'membrane', else the first class (value 0 in ISBI masks)")
         self.close_gaps = QCheckBox("close membrane gaps (watershed + merging)")
         self.close_gaps.setToolTip("for models with a thin boundary class (EM membranes): always close gaps in predicted membranes: watershed regions of the membrane probability, merged across faint boundaries, keep their borders. Unchecked, the model's own rule applies (chosen on its validation slices after training)")
         self.keep = QCheckBox("keep my corrections")
@@ -126,7 +126,7 @@ class InferenceWidget(QWidget):
             return False
         z = current_slice(self.viewer, image_layer) if self.scope.currentText() == CURRENT else None
         image = data[z] if z is not None else data
-        membrane = self._membrane_index(model) if self.cells.isChecked() and self.cells.isEnabled() else None
+        membrane = self._membrane_value(model) if self.cells.isChecked() and self.cells.isEnabled() else None
         stop = threading.Event()
         close = self.close_gaps.isChecked() and self.close_gaps.isEnabled()
         worker = create_worker(predict_job, model, image, self.tta.isChecked(), self.probabilities.isChecked(), membrane, close, stop=stop.is_set)
@@ -141,13 +141,13 @@ class InferenceWidget(QWidget):
         worker.start()
         return True
 
-    def _membrane_index(self, model) -> int:
-        """The model's boundary class if it records one, else a class named membrane, else the first."""
+    def _membrane_value(self, model):
+        """The model's boundary class value if it records one, else a class named membrane, else the first."""
         boundary = getattr(model, "boundary_value", None)
         if boundary in model.class_values:
-            return list(model.class_values).index(boundary)
+            return boundary
         names = [str(n).lower() for n in (self.session.info.class_names or [])]
-        return names.index("membrane") if "membrane" in names else 0
+        return model.class_values[names.index("membrane") if "membrane" in names else 0]
 
     def stop(self) -> None:
         if self._job is not None:

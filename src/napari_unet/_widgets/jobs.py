@@ -48,49 +48,48 @@ def train_job(image, labels, model_config, train_config, init=None, stop=None):
         yield Failed(str(err))
 
 
-def predict_job(model: UNetModel, image, tta: bool, probabilities: bool, membrane_index: Optional[int], close: bool = False, stop=None):
+def predict_job(model: UNetModel, image, tta: bool, probabilities: bool, membrane_value=None, close: bool = False, stop=None):
     """The core's prediction events; the last is :class:`PredictionResult` or :class:`Failed`.
 
-    ``membrane_index``: with a 2-class model, also label cells separated by the predicted
-    membranes (the core's seeded watershed of the membrane probability); None for no instances.
+    ``membrane_value``: with a 2-class model, the membrane class value; the cells the predicted labels
+    separate are then also labelled (:func:`cell_instances`). None: no instances.
     ``close``: always close gaps in the model's thin boundary class; otherwise the model's boundary rule applies.
     """
     from napari_unet.predict import Prediction, predict_events
 
     lower_thread_priority()
     load_tensorflow()
-    need_probabilities = probabilities or membrane_index is not None
     try:
-        events = predict_events(model, image, tta=tta, return_probabilities=need_probabilities, close_boundaries=True if close else None, stop=stop)
+        events = predict_events(model, image, tta=tta, return_probabilities=probabilities, close_boundaries=True if close else None, stop=stop)
         for event in events:
             if not isinstance(event, Prediction):
                 yield event
                 continue
             instances = None
-            if membrane_index is not None and not event.stopped:
-                instances = cell_instances(event.probabilities[..., membrane_index])
-            kept = event.probabilities if probabilities else None
-            yield PredictionResult(event.labels, kept, instances, event.stopped)
+            if membrane_value is not None and not event.stopped:
+                instances = cell_instances(event.labels, membrane_value)
+            yield PredictionResult(event.labels, event.probabilities, instances, event.stopped)
     except EXPECTED as err:
         yield Failed(str(err))
 
 
-def cell_instances(membrane_probability: np.ndarray) -> np.ndarray:
-    """int32 cell labels of a (Y, X) or (Z, Y, X) membrane probability, unique over the stack.
+def cell_instances(labels: np.ndarray, membrane_value) -> np.ndarray:
+    """int32 cell labels of (Y, X) or (Z, Y, X) predicted class labels, unique over the stack.
 
-    Per slice: :func:`napari_unet.postprocess.segment_instances` (seeds in cell cores, a watershed
-    of the membrane probability, 0 on the one-pixel lines between cells).
+    Per slice: :func:`napari_unet.metrics.segment_cells` of the non-membrane pixels, i.e. the cells the
+    ISBI scores see in these labels: each connected cell region is one cell, membranes are shared out
+    to the cells beside them, with 0 on the one-pixel lines between cells.
     """
-    from napari_unet.postprocess import segment_instances
+    from napari_unet.metrics import segment_cells
 
-    stack = membrane_probability[None] if membrane_probability.ndim == 2 else membrane_probability
+    stack = labels[None] if labels.ndim == 2 else labels
     out = np.zeros(stack.shape, np.int32)
     offset = 0
     for z, plane in enumerate(stack):
-        cells = segment_instances(plane)
+        cells = segment_cells(plane != membrane_value)
         out[z] = np.where(cells > 0, cells + offset, 0)
         offset = int(out[z].max(initial=offset))
-    return out[0] if membrane_probability.ndim == 2 else out
+    return out[0] if labels.ndim == 2 else out
 
 
 def load_job(path) -> "UNetModel | Failed":
