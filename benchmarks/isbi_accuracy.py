@@ -37,7 +37,8 @@ def main(argv=None) -> int:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--preset", default="default")
     parser.add_argument("--set", action="append", default=[], help="config override NAME=VALUE (model or train field)")
-    parser.add_argument("--checkpoints", default="1,2,3,5,7.5,10,15,20,30", help="minutes at which to snapshot")
+    parser.add_argument("--checkpoints", default="1,2,3,5,7.5,10,15,20,30",
+                        help="minutes at which to snapshot, or 'epochs' to snapshot after every epoch")
     parser.add_argument("--tta", action="store_true")
     parser.add_argument("--name", default=None)
     parser.add_argument("--save-probabilities", type=Path, default=None, metavar="DIR",
@@ -66,7 +67,8 @@ def main(argv=None) -> int:
         (model_over if key in model_fields else train_over)[key] = parse_value(value)
     model_config = dataclasses.replace(chosen.model, **model_over)
     train_config = chosen.train.replace(epochs=100_000, max_minutes=args.minutes, **train_over)
-    checkpoints = [float(c) for c in args.checkpoints.split(",") if float(c) <= args.minutes]
+    every_epoch = args.checkpoints == "epochs"
+    checkpoints = [] if every_epoch else [float(c) for c in args.checkpoints.split(",") if float(c) <= args.minutes]
 
     snapshots, live, final = [], None, None
     started = time.perf_counter()
@@ -76,6 +78,8 @@ def main(argv=None) -> int:
             live, val_slices = event.model, event.val_slices
         elif isinstance(event, EpochEnd):
             steps = event.epoch * train_config.steps_per_epoch
+            if every_epoch:
+                snapshots.append((round(event.elapsed / 60, 2), event.elapsed, steps, live.keras_model.get_weights()))
             while checkpoints and event.elapsed >= checkpoints[0] * 60:
                 snapshots.append((checkpoints.pop(0), event.elapsed, steps, live.keras_model.get_weights()))
             print(f"epoch {event.epoch} {event.elapsed:6.0f}s loss {event.loss:.4f} val {event.val_loss}", file=sys.stderr)
@@ -88,15 +92,17 @@ def main(argv=None) -> int:
     best_weights = model.keras_model.get_weights()
     entries = [(m, e, s, w) for m, e, s, w in snapshots] + [("final (best val)", wall, steps, best_weights)]
     train_image, train_labels = image[TRAIN_SLICES], labels[TRAIN_SLICES]
+    final_rule = final.model.boundary_rule
     for minute, elapsed, n_steps, weights in entries:
         model.keras_model.set_weights(weights)
+        val_v_rand = None
         if minute == "final (best val)":
-            model.boundary_rule = final.model.boundary_rule
+            model.boundary_rule, val_v_rand = final_rule, final.boundary_v_rand
         elif model.boundary_value is not None:
             # as if training had stopped here: tune the boundary rule on the training's validation slices
             b = model.class_values.index(model.boundary_value)
             val_probs = predict(model, train_image[val_slices], close_boundaries=False).probabilities[..., b]
-            model.boundary_rule, _ = tune_boundary_rule(val_probs, train_labels[val_slices] != model.boundary_value)
+            model.boundary_rule, val_v_rand = tune_boundary_rule(val_probs, train_labels[val_slices] != model.boundary_value)
         result = predict(model, image[JUDGE_SLICES], tta=args.tta)
         scores = evaluate(result.labels, labels[JUDGE_SLICES], model.class_values)
         membrane = result.probabilities[..., model.class_values.index(0)]
@@ -115,6 +121,7 @@ def main(argv=None) -> int:
             "v_rand_prob_sweep": round(sweep["v_rand"], 4),
             "v_info_prob_sweep": round(sweep["v_info"], 4),
             "boundary_rule": model.boundary_rule,
+            "val_v_rand": None if val_v_rand is None else round(float(val_v_rand), 4),
         }
         rows.append(row)
         print(json.dumps(row))
