@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tta", action="store_true")
     parser.add_argument("--name", default=None)
     parser.add_argument("--save-probabilities", type=Path, default=None, metavar="DIR",
-                        help="also save each checkpoint's membrane probability of slices 15-19 (float16 .npy)")
+                        help="also save each checkpoint's membrane probability of slices 15-19 and of the validation slices (float16 .npy)")
     parser.add_argument("--save-model", type=Path, default=None, metavar="FILE.keras", help="also save the final model")
     args = parser.parse_args(argv)
     if not DATA.is_dir():
@@ -103,6 +103,9 @@ def main(argv=None) -> int:
             b = model.class_values.index(model.boundary_value)
             val_probs = predict(model, train_image[val_slices], close_boundaries=False).probabilities[..., b]
             model.boundary_rule, val_v_rand = tune_boundary_rule(val_probs, train_labels[val_slices] != model.boundary_value)
+            if args.save_probabilities is not None:
+                args.save_probabilities.mkdir(parents=True, exist_ok=True)
+                np.save(args.save_probabilities / f"validation-membrane-{minute}.npy", val_probs.astype(np.float16))
         result = predict(model, image[JUDGE_SLICES], tta=args.tta)
         scores = evaluate(result.labels, labels[JUDGE_SLICES], model.class_values)
         membrane = result.probabilities[..., model.class_values.index(0)]
