@@ -50,6 +50,29 @@ def test_odd_sizes_and_tta():
     assert np.mean(np.argmax(plain, -1) == np.argmax(tta, -1)) > 0.9
 
 
+def test_xla_compiled_prediction_equals_the_plain_one_and_pads_partial_batches():
+    model = tiny_model()
+    image = stripes(n_slices=2, size=128, seed=8)[0][:, :, :112]
+    # 3 x 2 tiles of 64 per slice: batches of 4 and 2, the 2 padded to the compiled batch of 4
+    plain = predict(model, image, tile_size=64, overlap=16, batch_size=4, jit_compile=False)
+    compiled = predict(model, image, tile_size=64, overlap=16, batch_size=4, jit_compile=True)
+    np.testing.assert_allclose(compiled.probabilities, plain.probabilities, atol=1e-5)
+    np.testing.assert_array_equal(compiled.labels, plain.labels)
+
+
+def test_xla_is_chosen_by_input_size(monkeypatch):
+    import napari_unet.predict as predict_module
+
+    chosen = []
+    real = predict_module._forward_pass
+    monkeypatch.setattr(predict_module, "_forward_pass", lambda m, jit, b=1: chosen.append(jit) or real(m, False, b))
+    image = stripes(n_slices=2, size=64)[0]
+    predict(tiny_model(), image)
+    monkeypatch.setattr(predict_module, "XLA_MIN_PIXELS", 2 * 64 * 64)
+    predict(tiny_model(), image)
+    assert chosen == [False, True]
+
+
 def test_progress_events_then_one_prediction():
     events = list(predict_events(tiny_model(), stripes(n_slices=3, size=64)[0], tile_size=32, overlap=8, batch_size=2))
     progress = [e for e in events if isinstance(e, PredictionProgress)]
