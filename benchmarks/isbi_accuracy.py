@@ -68,6 +68,8 @@ def main(argv=None) -> int:
     model_config = dataclasses.replace(chosen.model, **model_over)
     train_config = chosen.train.replace(epochs=100_000, max_minutes=args.minutes, **train_over)
     every_epoch = args.checkpoints == "epochs"
+    if args.save_probabilities is not None:
+        args.save_probabilities.mkdir(parents=True, exist_ok=True)
     checkpoints = [] if every_epoch else [float(c) for c in args.checkpoints.split(",") if float(c) <= args.minutes]
 
     snapshots, live, final = [], None, None
@@ -104,14 +106,12 @@ def main(argv=None) -> int:
             val_probs = predict(model, train_image[val_slices], close_boundaries=False).probabilities[..., b]
             model.boundary_rule, val_v_rand = tune_boundary_rule(val_probs, train_labels[val_slices] != model.boundary_value)
             if args.save_probabilities is not None:
-                args.save_probabilities.mkdir(parents=True, exist_ok=True)
                 np.save(args.save_probabilities / f"validation-membrane-{minute}.npy", val_probs.astype(np.float16))
         result = predict(model, image[JUDGE_SLICES], tta=args.tta)
         scores = evaluate(result.labels, labels[JUDGE_SLICES], model.class_values)
         membrane = result.probabilities[..., model.class_values.index(0)]
         sweep = isbi_scores(membrane, labels[JUDGE_SLICES], probability="membrane")
         if args.save_probabilities is not None:
-            args.save_probabilities.mkdir(parents=True, exist_ok=True)
             tag = str(minute).replace(" ", "-").replace("(", "").replace(")", "")
             np.save(args.save_probabilities / f"membrane-{tag}.npy", membrane.astype(np.float16))
         row = {

@@ -50,12 +50,25 @@ def test_odd_sizes_and_tta():
     assert np.mean(np.argmax(plain, -1) == np.argmax(tta, -1)) > 0.9
 
 
-def test_xla_compiled_prediction_equals_the_plain_one_and_pads_partial_batches():
+def test_xla_compiled_prediction_equals_the_plain_one_and_pads_partial_batches(monkeypatch):
+    import tensorflow as tf
+
     model = tiny_model()
     image = stripes(n_slices=2, size=128, seed=8)[0][:, :, :112]
     # 3 x 2 tiles of 64 per slice: batches of 4 and 2, the 2 padded to the compiled batch of 4
     plain = predict(model, image, tile_size=64, overlap=16, batch_size=4, jit_compile=False)
+    compiled_batches = []
+    real_function = tf.function
+
+    def spy_function(fn=None, **kwargs):  # record the batch shapes the XLA-compiled network sees
+        if fn is None:  # Keras' own decorators
+            return real_function(**kwargs)
+        assert kwargs.get("jit_compile") is True
+        return real_function(lambda batch: compiled_batches.append(tuple(batch.shape)) or fn(batch), **kwargs)
+
+    monkeypatch.setattr(tf, "function", spy_function)
     compiled = predict(model, image, tile_size=64, overlap=16, batch_size=4, jit_compile=True)
+    assert compiled_batches == [(4, 64, 64, 1)]  # traced once: the partial batch was padded
     np.testing.assert_allclose(compiled.probabilities, plain.probabilities, atol=1e-5)
     np.testing.assert_array_equal(compiled.labels, plain.labels)
 

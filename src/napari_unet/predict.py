@@ -80,10 +80,11 @@ def _undo_dihedral(batch: np.ndarray, k: int, flip: bool) -> np.ndarray:
 XLA_MIN_PIXELS = 64 * 512 * 512
 
 
-def _transforms(tiles_shape: tuple, tta: bool) -> list[tuple[int, bool]]:
+def _transforms(height: int, width: int, tta: bool) -> list[tuple[int, bool]]:
+    """(quarter turns, flip) pairs applied to tiles of (height, width): rotations by 90° for square tiles only."""
     if not tta:
         return [(0, False)]
-    if tiles_shape[1] == tiles_shape[2]:
+    if height == width:
         return [(k, f) for k in range(4) for f in (False, True)]
     return [(0, False), (2, False), (0, True), (2, True)]
 
@@ -109,11 +110,10 @@ def _forward_pass(model: UNetModel, jit_compile: bool, batch_size: int = 1) -> C
     return run
 
 
-def _run_model(model: UNetModel, tiles: np.ndarray, tta: bool, forward=None) -> np.ndarray:
-    """(B, T, T, n_classes) float32 class probabilities for (B, T, T, 1) float32 tiles."""
-    forward = forward or _forward_pass(model, jit_compile=False)
+def _run_model(model: UNetModel, tiles: np.ndarray, tta: bool, forward: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """(B, T, T, n_classes) float32 class probabilities for (B, T, T, 1) float32 tiles (``forward``: the network)."""
     total = None
-    transforms = _transforms(tiles.shape, tta)
+    transforms = _transforms(tiles.shape[1], tiles.shape[2], tta)
     for k, flip in transforms:
         out = forward(np.ascontiguousarray(_dihedral(tiles, k, flip)))
         out = _undo_dihedral(out.astype(np.float32, copy=False), k, flip)
@@ -190,7 +190,7 @@ def predict_events(
     n_classes = model.config.n_classes
     total = n_slices * len(starts)
     if jit_compile is None:
-        jit_compile = total * tile_y * tile_x * len(_transforms((1, tile_y, tile_x), tta)) >= XLA_MIN_PIXELS
+        jit_compile = total * tile_y * tile_x * len(_transforms(tile_y, tile_x, tta)) >= XLA_MIN_PIXELS
     forward = _forward_pass(model, jit_compile, min(batch_size, len(starts)))
     rule = _boundary_rule(model, close_boundaries)
     boundary_index = model.class_values.index(model.boundary_value) if rule is not None else None
