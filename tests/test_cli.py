@@ -112,6 +112,23 @@ def test_console_script_is_installed_and_answers():
     assert result.returncode == 0 and "train" in result.stdout and "demo" in result.stdout
 
 
+def test_console_script_writes_its_output_before_its_fast_exit(tmp_path):
+    # the entry point skips the interpreter's TensorFlow teardown with os._exit: the file must be complete
+    save_model(tiny_model(), tmp_path / "model.keras")
+    image, _ = stripes(n_slices=3)
+    tifffile.imwrite(tmp_path / "image.tif", image, photometric="minisblack")
+    command = [sys.executable, "-m", "napari_unet.cli", "predict", tmp_path / "model.keras", tmp_path / "image.tif", "-o", tmp_path / "out.tif"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "wrote" in result.stderr
+    labels = tifffile.imread(tmp_path / "out.tif")
+    assert labels.shape == image.shape and set(np.unique(labels)) <= {0, 255}
+    # an error found after TensorFlow is loaded still reaches stderr and the exit status
+    tifffile.imwrite(tmp_path / "small.tif", image[0, :2, :2], photometric="minisblack")
+    bad = subprocess.run(command[:5] + [tmp_path / "small.tif", "-o", tmp_path / "x.tif"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "too small" in bad.stderr and not (tmp_path / "x.tif").exists()
+
+
 def test_importing_the_package_loads_neither_tensorflow_nor_qt():
     code = (
         "import sys, napari_unet, napari_unet.config, napari_unet.labels, napari_unet.data, napari_unet.metrics, "

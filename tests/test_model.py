@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from napari_unet.config import ModelConfig, preset
-from napari_unet.model import build_unet, import_keras, masked_loss
+from napari_unet.model import build_unet, fold_batch_norm, import_keras, masked_loss
 
 
 def test_classic_preset_has_the_seed_parameter_count():
@@ -40,6 +40,26 @@ def test_up_convolution_equals_upsampling_then_2x2_convolution(shape):
     out = np.asarray(layer(x))
     assert out.shape == (shape[0], 2 * shape[1], 2 * shape[2], 4)
     np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+def test_folding_batch_norm_keeps_the_network_function():
+    keras = import_keras()
+    config = ModelConfig(depth=2, base_filters=4, n_classes=3)
+    model = build_unet(config)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:  # trained-looking statistics, so that folding has something to fold
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.gamma.shape[0]
+            layer.set_weights([rng.uniform(0.5, 2, n), rng.normal(0, 0.5, n), rng.normal(0, 0.5, n), rng.uniform(0.2, 3, n)])
+    before = [w.copy() for w in model.get_weights()]
+    x = rng.random((2, 32, 48, 1)).astype(np.float32)
+    folded = fold_batch_norm(model, config)
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in folded.layers)
+    np.testing.assert_allclose(folded.predict_on_batch(x), model.predict_on_batch(x), atol=1e-5)
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), before))
+    plain_config = ModelConfig(depth=2, base_filters=4, batch_norm=False)
+    plain = build_unet(plain_config)
+    assert fold_batch_norm(plain, plain_config) is plain
 
 
 def test_bf16_model_keeps_a_float32_head():

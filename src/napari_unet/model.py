@@ -81,6 +81,36 @@ def build_unet(config: ModelConfig, mixed_precision: bool = False):
     return keras.Model(inputs, outputs, name="unet")
 
 
+def fold_batch_norm(keras_model, config: ModelConfig):
+    """An inference copy of a :func:`build_unet` network with each BatchNormalization folded into its convolution.
+
+    Same function on the same inputs (float32 round-off only), one pass less over every feature map:
+    about 12 % less network time per 512² tile on a 2-core CPU (BENCHMARKS.md). The copy computes in
+    float32; ``keras_model`` is not modified and is returned as is when ``config`` has no batch norm.
+    """
+    if not config.batch_norm:
+        return keras_model
+    import dataclasses
+
+    import numpy as np
+
+    folded = build_unet(dataclasses.replace(config, batch_norm=False))
+    originals = {layer.name: layer for layer in keras_model.layers}
+    for layer in folded.layers:
+        if not layer.weights:
+            continue
+        source = originals[layer.name]
+        norm = originals.get(layer.name.replace("_conv", "_bn")) if layer.name.endswith(("_conv1", "_conv2")) else None
+        if norm is None:
+            layer.set_weights(source.get_weights())
+            continue
+        (kernel,) = source.get_weights()
+        gamma, beta, mean, variance = (np.asarray(w, np.float64) for w in norm.get_weights())
+        scale = gamma / np.sqrt(variance + norm.epsilon)
+        layer.set_weights([(kernel * scale).astype(np.float32), (beta - mean * scale).astype(np.float32)])
+    return folded
+
+
 def masked_loss(config: ModelConfig, dice_weight: float = 0.0):
     """Loss on targets (B, Y, X, 2) float32: channel 0 = class index, channel 1 = pixel weight.
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from .data import InputError, check_image, downscale_image, normalize, upscale_probabilities
 from .labels import from_indices
+from .model import fold_batch_norm
 from .model_io import UNetModel
 from .postprocess import boundary_mask
 
@@ -92,13 +93,14 @@ def _transforms(height: int, width: int, tta: bool) -> list[tuple[int, bool]]:
 def _forward_pass(model: UNetModel, jit_compile: bool, batch_size: int = 1) -> Callable[[np.ndarray], np.ndarray]:
     """The network as a function of a (B, T, T, C) float32 batch; with ``jit_compile`` an XLA-compiled one.
 
+    Batch normalisation is folded into the convolutions first (:func:`~napari_unet.model.fold_batch_norm`).
     The compiled function pads smaller batches to ``batch_size``, so a stack compiles once.
     """
+    keras_model = fold_batch_norm(model.keras_model, model.config)
     if not jit_compile:
-        return lambda batch: np.asarray(model.keras_model.predict_on_batch(batch))
+        return lambda batch: np.asarray(keras_model.predict_on_batch(batch))
     import tensorflow as tf
 
-    keras_model = model.keras_model
     compiled = tf.function(lambda batch: keras_model(batch, training=False), jit_compile=True, reduce_retracing=True)
 
     def run(batch: np.ndarray) -> np.ndarray:

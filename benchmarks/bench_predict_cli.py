@@ -1,0 +1,98 @@
+#!/usr/bin/env python
+"""Wall time of ``napari-unet predict`` on the 30-slice ISBI test volume, start-up and exit included.
+
+Variants run as separate processes, alternated round by round (this machine's speed drifts by ±10 %
+over minutes, so only alternated medians compare):
+
+- ``current``: the command as installed (``napari_unet.cli.run``: batch norm folded into the
+  convolutions for inference, exit right after the output file is written);
+- ``no-fast-exit``: the same, then the interpreter's normal teardown (``sys.exit(main())``);
+- ``no-folding``: the same as ``current`` with the network run as trained (batch norm layers kept);
+- ``neither``: no folding and the normal teardown (the command before both changes).
+
+    python benchmarks/bench_predict_cli.py --model m.keras            # 5 rounds
+    python benchmarks/bench_predict_cli.py --model m.keras --rounds 2 # quick
+
+``m.keras``: a default-preset model (``napari-unet train .../train-volume.tif .../train-labels.tif -o m.keras``);
+the membrane rule's run time depends on trained probabilities, so random weights would not do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+TEST_VOLUME = C.SHARED_DATA / "isbi2012" / "test-volume.tif"
+
+DRIVERS = {
+    "current": "from napari_unet.cli import run; run()",
+    "no-fast-exit": "import sys; from napari_unet.cli import main; sys.exit(main())",
+    "no-folding": (
+        "import napari_unet.predict as p; p.fold_batch_norm = lambda model, config: model; "
+        "from napari_unet.cli import run; run()"
+    ),
+    "neither": (
+        "import sys, napari_unet.predict as p; p.fold_batch_norm = lambda model, config: model; "
+        "from napari_unet.cli import main; sys.exit(main())"
+    ),
+}
+
+
+def run_variant(name: str, model: Path, image: Path, output: Path) -> float:
+    command = [sys.executable, "-c", DRIVERS[name], "predict", str(model), str(image), "-o", str(output)]
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, env=C.child_env({}))
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{result.stderr[-2000:]}")
+    return seconds
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, required=True, help="default-preset model file (.keras)")
+    parser.add_argument("--image", type=Path, default=TEST_VOLUME)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--variants", default=",".join(DRIVERS))
+    parser.add_argument("--name", default="predict-cli")
+    args = parser.parse_args(argv)
+    if not args.image.exists():
+        raise SystemExit(f"{args.image} not found: this benchmark needs ../shared/data beside the repository")
+    variants = args.variants.split(",")
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    with tempfile.TemporaryDirectory() as tmp:
+        run_variant(variants[0], args.model, args.image, Path(tmp) / "warm.tif")  # page cache, .pyc files
+        for round_index in range(args.rounds):
+            order = variants if round_index % 2 == 0 else variants[::-1]
+            for name in order:
+                times[name].append(run_variant(name, args.model, args.image, Path(tmp) / f"{name}.tif"))
+                print(f"round {round_index + 1} {name:14s} {times[name][-1]:6.2f} s", flush=True)
+    reference = statistics.median(times["current"]) if "current" in times else None
+    rows = []
+    for name in variants:
+        median = statistics.median(times[name])
+        rows.append({"variant": name, "median_s": median, "min_s": min(times[name]), "runs_s": times[name],
+                     "ratio_to_current": median / reference if reference else None})
+    print("\n| variant | median wall | min | ratio to current |\n|---|---|---|---|")
+    for row in rows:
+        ratio = f"{row['ratio_to_current']:.3f}" if row["ratio_to_current"] else "-"
+        print(f"| {row['variant']} | {row['median_s']:.2f} s | {row['min_s']:.2f} s | {ratio} |")
+    report = {"machine": C.machine_info(), "model": str(args.model), "image": str(args.image), "rounds": args.rounds, "rows": rows}
+    C.RESULTS_DIR.mkdir(exist_ok=True)
+    out = C.RESULTS_DIR / f"{args.name}.json"
+    out.write_text(json.dumps(report, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
