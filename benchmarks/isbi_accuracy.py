@@ -103,11 +103,11 @@ def main(argv=None) -> int:
         elif model.boundary_value is not None:
             # as if training had stopped here: tune the boundary rule on the training's validation slices
             b = model.class_values.index(model.boundary_value)
-            val_probs = predict(model, train_image[val_slices], close_boundaries=False).probabilities[..., b]
+            val_probs = predict(model, train_image, slices=val_slices, close_boundaries=False).probabilities[..., b]
             model.boundary_rule, val_v_rand = tune_boundary_rule(val_probs, train_labels[val_slices] != model.boundary_value)
             if args.save_probabilities is not None:
                 np.save(args.save_probabilities / f"validation-membrane-{minute}.npy", val_probs.astype(np.float16))
-        result = predict(model, image[JUDGE_SLICES], tta=args.tta)
+        result = predict(model, image, slices=range(20)[JUDGE_SLICES], tta=args.tta)  # context slices (if any) from the volume
         scores = evaluate(result.labels, labels[JUDGE_SLICES], model.class_values)
         membrane = result.probabilities[..., model.class_values.index(0)]
         sweep = isbi_scores(membrane, labels[JUDGE_SLICES], probability="membrane")

@@ -9,6 +9,7 @@ from napari_unet.data import (
     check_pair,
     class_weights,
     elastic_deform,
+    neighbour_slices,
     normalize,
     prefetch,
 )
@@ -85,6 +86,29 @@ def test_patch_sampler_centres_patches_on_annotations():
     assert x.dtype == np.float32 and y.dtype == np.float32
     assert np.all((y[..., 1] > 0).reshape(8, -1).any(axis=1)), "every patch holds annotated pixels"
     assert np.all(y[..., 1][y[..., 0] == 1] >= 0)
+
+
+def test_neighbour_slices_repeat_the_edge_slices():
+    assert neighbour_slices(0, 5, 1) == [0, 0, 1]
+    assert neighbour_slices(2, 5, 2) == [0, 1, 2, 3, 4]
+    assert neighbour_slices(4, 5, 1) == [3, 4, 4]
+    assert neighbour_slices(0, 1, 2) == [0, 0, 0, 0, 0]
+    assert neighbour_slices(3, 5, 0) == [3]
+
+
+def test_patch_sampler_gives_context_slices_as_channels():
+    images = np.broadcast_to(np.arange(4, dtype=np.float32)[:, None, None], (4, 64, 64)).copy()
+    indices = np.full((4, 64, 64), -1, np.int32)
+    indices[0, 10:20, 10:20] = 1  # annotated: the first slice (edge) and the third
+    indices[2, 30:40, 30:40] = 0
+    still = Augmentation(flips=False, rotations=False, elastic=False, intensity=False)
+    sampler = PatchSampler(images, indices, 32, np.ones(2, np.float32), still, 1.0, seed=0, context=1)
+    x, y = sampler.batch(16)
+    assert x.shape == (16, 32, 32, 3) and y.shape == (16, 32, 32, 2)
+    channels = {tuple(patch[0, 0]) for patch in x}
+    assert channels == {(0.0, 0.0, 1.0), (1.0, 2.0, 3.0)}, "centre slice in the middle, neighbours around it"
+    moved, _ = augment(x[0], np.zeros((32, 32), np.int32), np.random.default_rng(0), Augmentation())
+    assert moved.shape == (32, 32, 3)
 
 
 def test_patch_sampler_pads_images_smaller_than_the_patch():

@@ -32,6 +32,30 @@ def test_prediction_shapes_dtypes_and_class_values():
     np.testing.assert_array_equal(single.labels, result.labels[0])
 
 
+def test_selected_slices_and_context_slices_from_the_whole_stack():
+    from dataclasses import replace
+
+    from napari_unet.model import build_unet
+    from napari_unet.model_io import UNetModel
+
+    model = tiny_model()
+    image, _ = stripes(n_slices=4, size=64, seed=3)
+    whole = predict(model, image)
+    some = predict(model, image, slices=[3, 1])
+    np.testing.assert_array_equal(some.labels, whole.labels[[3, 1]])
+    np.testing.assert_allclose(some.probabilities, whole.probabilities[[3, 1]], atol=1e-6)
+    with pytest.raises(InputError, match="slices"):
+        predict(model, image, slices=[4])
+
+    config = replace(model.config, context_slices=1, batch_norm=False)
+    with_context = UNetModel(build_unet(config), config, [0, 255])
+    assert with_context.keras_model.input_shape[-1] == 3
+    in_stack = predict(with_context, image, slices=[1]).probabilities[0]
+    np.testing.assert_allclose(in_stack, predict(with_context, image).probabilities[1], atol=1e-6)
+    alone = predict(with_context, image[1]).probabilities  # a 2-D image is its own context
+    assert np.abs(in_stack - alone).max() > 1e-4, "the neighbouring slices change the prediction"
+
+
 def test_tiled_prediction_equals_whole_image_prediction():
     model = tiny_model()
     image, _ = stripes(n_slices=1, size=128, seed=6)

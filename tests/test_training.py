@@ -156,3 +156,18 @@ def test_downscaled_model_trains_on_shrunk_slices_and_predicts_full_size():
     result = predict(final.model, image[3])
     assert result.labels.shape == (128, 128) and result.probabilities.shape == (128, 128, 2)
     assert dice_per_class(result.labels, labels[3], [0, 255])[255] > 0.8
+
+
+def test_context_model_learns_from_the_neighbouring_slice():
+    from dataclasses import replace
+
+    # the labels of slice z are the stripes of slice z + 1: only a network that sees its neighbours can learn them
+    image, stripes_of = stripes(n_slices=6, size=96, seed=2)
+    labels = np.full_like(stripes_of, 7)  # 7 = not annotated (last slice)
+    labels[:-1] = stripes_of[1:]
+    model_config, train_config = tiny_configs(epochs=4, steps_per_epoch=15, ignore_value=7, val_fraction=0.2)
+    final = train(image, labels, replace(model_config, context_slices=1), train_config)
+    assert final.model.config.network_channels == 3
+    held_out = 4  # the validation slice
+    result = predict(final.model, image, slices=[held_out])
+    assert dice_per_class(result.labels[0], labels[held_out], [0, 255])[0] > 0.6

@@ -161,6 +161,8 @@ def score(prediction, truth, class_values, ignore_value=None) -> dict:
 
 
 def cmd_train(args) -> int:
+    from dataclasses import replace
+
     from .config import preset as get_preset
     from .model_io import load_model, save_model
     from .predict import predict
@@ -175,7 +177,12 @@ def cmd_train(args) -> int:
     chosen = get_preset(args.preset)
     train_config = _train_config_from_args(args, chosen)
     init = load_model(args.init) if args.init else None
-    started, final = run_training(image, labels, chosen.model, train_config, init=init)
+    model_config = chosen.model
+    if args.context_slices is not None:
+        if init is not None and args.context_slices != init.config.context_slices:
+            raise CommandError(f"--context-slices {args.context_slices} differs from the --init model's {init.config.context_slices}")
+        model_config = replace(model_config, context_slices=args.context_slices)
+    started, final = run_training(image, labels, model_config, train_config, init=init)
     save_model(final.model, output)
     print(f"wrote {output}", file=sys.stderr)
 
@@ -183,7 +190,7 @@ def cmd_train(args) -> int:
         val = started.val_slices
         stack_image = image if image.ndim == 3 else image[None]
         stack_labels = labels if labels.ndim == 3 else labels[None]
-        prediction = predict(final.model, stack_image[val], return_probabilities=False)
+        prediction = predict(final.model, stack_image, slices=val, return_probabilities=False)
         scores = score(prediction.labels, stack_labels[val], final.model.class_values, train_config.ignore_value)
         print(json.dumps({"validation_slices": val, **scores}, indent=1))
     return 0
@@ -255,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--patch-size", type=int)
     train.add_argument("--learning-rate", type=float)
     train.add_argument("--steps-per-epoch", type=int)
+    train.add_argument("--context-slices", type=int, help="neighbouring slices on each side the network also sees (default: the preset's)")
     train.set_defaults(func=cmd_train)
 
     pred = sub.add_parser("predict", help="predict labels for an image stack")

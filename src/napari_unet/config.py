@@ -21,7 +21,7 @@ def _check(condition: bool, message: str) -> None:
 class ModelConfig:
     """Architecture of a 2-D U-Net; the network is a pure function of this config.
 
-    The input is (batch, Y, X, input_channels) float32 with Y and X multiples of ``2 ** depth``;
+    The input is (batch, Y, X, network_channels) float32 with Y and X multiples of ``2 ** depth``;
     the output is per-class probabilities (batch, Y, X, n_classes), or (batch, Y, X, 1) for a
     sigmoid head on two classes (the probability of class index 1).
     """
@@ -37,6 +37,7 @@ class ModelConfig:
     upsampling: str = "upsample_conv"  # "upsample_conv" (UpSampling2D + 2x2 conv) or "transpose"
     kernel_initializer: str = "he_normal"
     downscale: int = 1  # the network sees images shrunk by this factor (block mean); outputs are upsampled back
+    context_slices: int = 0  # neighbouring slices on each side stacked as extra channels (2-D images repeat themselves)
 
     def __post_init__(self):
         _check(1 <= self.depth <= 6, f"depth must be 1..6, got {self.depth}")
@@ -51,6 +52,7 @@ class ModelConfig:
         )
         _check(self.pre_head_filters >= 0, "pre_head_filters must be >= 0")
         _check(1 <= self.downscale <= 8, f"downscale must be 1..8, got {self.downscale}")
+        _check(0 <= self.context_slices <= 3, f"context_slices must be 0..3, got {self.context_slices}")
         _check(
             self.upsampling in ("upsample_conv", "transpose"),
             f"upsampling must be 'upsample_conv' or 'transpose', got {self.upsampling!r}",
@@ -60,6 +62,11 @@ class ModelConfig:
     def size_multiple(self) -> int:
         """Input Y and X must be multiples of this (one factor 2 per pooling)."""
         return 2**self.depth
+
+    @property
+    def network_channels(self) -> int:
+        """Channels of the network's input: each image channel of the slice and its context slices."""
+        return self.input_channels * (2 * self.context_slices + 1)
 
     @property
     def output_channels(self) -> int:

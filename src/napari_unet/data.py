@@ -94,6 +94,11 @@ def upscale_probabilities(probabilities, factor: int, shape: tuple[int, int]) ->
     return full[: shape[0], : shape[1]].astype(np.float32, copy=False)
 
 
+def neighbour_slices(z: int, n_slices: int, context: int) -> list[int]:
+    """Indices of slices ``z - context`` .. ``z + context`` of a stack of ``n_slices``; the edge slices repeat."""
+    return [min(max(z + offset, 0), n_slices - 1) for offset in range(-context, context + 1)]
+
+
 def class_weights(indices: np.ndarray, n_classes: int, mode: str = "balanced") -> np.ndarray:
     """Per-class loss weights (float32, mean 1 over annotated pixels): inverse sqrt frequency."""
     counts = np.bincount(indices[indices >= 0].ravel(), minlength=n_classes).astype(np.float64)
@@ -149,7 +154,7 @@ def border_weights(indices, boundary_index: int, weight: float = 10.0, sigma: fl
 
 
 def augment(image, indices, rng: np.random.Generator, aug: Augmentation, extra=None):
-    """Randomly augmented copies of a (Y, X) float32 patch and its (Y, X) int32 class indices.
+    """Randomly augmented copies of a (Y, X) or (Y, X, C) float32 patch and its (Y, X) int32 class indices.
 
     ``extra``: an optional (Y, X) float32 map (e.g. pixel weights) moved with the labels; it is
     returned as a third array when given.
@@ -187,7 +192,10 @@ def elastic_deform(image, indices, rng, alpha: float, grid: int, extra=None):
     displacement = [ndimage.zoom(c, zoom, order=3, mode="nearest")[: shape[0], : shape[1]] for c in coarse]
     rows, cols = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
     coords = np.stack([rows + displacement[0], cols + displacement[1]])
-    warped = ndimage.map_coordinates(image, coords, order=1, mode="reflect")
+    if image.ndim == 3:  # context channels move together
+        warped = np.stack([ndimage.map_coordinates(image[..., c], coords, order=1, mode="reflect") for c in range(image.shape[2])], -1)
+    else:
+        warped = ndimage.map_coordinates(image, coords, order=1, mode="reflect")
     warped_indices = ndimage.map_coordinates(indices, coords, order=0, mode="constant", cval=IGNORE_INDEX)
     warped_extra = None if extra is None else ndimage.map_coordinates(extra, coords, order=1, mode="constant")
     return warped.astype(np.float32), warped_indices.astype(np.int32), warped_extra
@@ -199,10 +207,13 @@ class PatchSampler:
     ``images``: (Z, Y, X) float32 normalised; ``indices``: (Z, Y, X) int32 class indices, -1 = not
     annotated. Slices with no annotated pixel are never sampled. Smaller slices are reflect-padded
     (labels padded as not annotated). ``pixel_weights``: optional (Z, Y, X) float32 weights added to
-    the class weights of annotated pixels (see :func:`border_weights`).
+    the class weights of annotated pixels (see :func:`border_weights`). ``context``: neighbouring
+    slices on each side given as extra channels (any slice may serve as context, annotated or not).
     """
 
-    def __init__(self, images, indices, patch_size, weights, aug: Augmentation, annotated_fraction=0.9, seed=0, pixel_weights=None):
+    def __init__(
+        self, images, indices, patch_size, weights, aug: Augmentation, annotated_fraction=0.9, seed=0, pixel_weights=None, context=0
+    ):
         pad_y = max(0, patch_size - images.shape[1])
         pad_x = max(0, patch_size - images.shape[2])
         if pad_y or pad_x:
@@ -212,7 +223,7 @@ class PatchSampler:
             if pixel_weights is not None:
                 pixel_weights = np.pad(pixel_weights, widths)
         self.images, self.indices, self.pixel_weights = images, indices, pixel_weights
-        self.patch_size = patch_size
+        self.patch_size, self.context = patch_size, context
         self.weights = np.asarray(weights, np.float32)
         self.aug = aug
         self.annotated_fraction = annotated_fraction
@@ -224,7 +235,7 @@ class PatchSampler:
         self.slices_with_labels = np.unique(self.annotated_coords[:, 0])
 
     def patch(self) -> tuple[np.ndarray, np.ndarray]:
-        """One (P, P) image patch and its (P, P, 2) target: class index and pixel weight."""
+        """One (P, P) image patch ((P, P, C) with context) and its (P, P, 2) target: class index and pixel weight."""
         rng, p = self.rng, self.patch_size
         _, height, width = self.images.shape
         if rng.random() < self.annotated_fraction:
@@ -234,7 +245,11 @@ class PatchSampler:
         else:
             z = int(rng.choice(self.slices_with_labels))
             y0, x0 = int(rng.integers(height - p + 1)), int(rng.integers(width - p + 1))
-        image = self.images[z, y0 : y0 + p, x0 : x0 + p]
+        if self.context:
+            planes = neighbour_slices(int(z), len(self.images), self.context)
+            image = np.moveaxis(self.images[planes, y0 : y0 + p, x0 : x0 + p], 0, -1)
+        else:
+            image = self.images[z, y0 : y0 + p, x0 : x0 + p]
         indices = self.indices[z, y0 : y0 + p, x0 : x0 + p]
         if self.pixel_weights is None:
             image, indices = augment(image, indices, rng, self.aug)
@@ -246,9 +261,11 @@ class PatchSampler:
         return image, target
 
     def batch(self, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        """(B, P, P, 1) float32 images and (B, P, P, 2) float32 targets."""
+        """(B, P, P, C) float32 images (C = 2 * context + 1) and (B, P, P, 2) float32 targets."""
         pairs = [self.patch() for _ in range(batch_size)]
-        images = np.stack([im for im, _ in pairs])[..., None]
+        images = np.stack([im for im, _ in pairs])
+        if images.ndim == 3:
+            images = images[..., None]
         targets = np.stack([t for _, t in pairs])
         return images, targets
 

@@ -69,7 +69,7 @@ def run_demo(output_dir: Path, minutes: float = 1.0, headless: bool = False, see
     model_path = save_model(final.model, output_dir / "demo-model.keras")
 
     val = [8, 9]
-    result = predict(final.model, image[val], return_probabilities=False)
+    result = predict(final.model, image, slices=val, return_probabilities=False)
     scores = evaluate(result.labels, labels[val], final.model.class_values)
     write_tiff(output_dir / "demo-prediction.tif", result.labels, metadata={"class_values": final.model.class_values})
     figure = save_figure(output_dir / "demo.png", image[val[0]], labels[val[0]], result.labels[0], final.history)

@@ -31,7 +31,7 @@ def import_keras():
 
 
 def build_unet(config: ModelConfig, mixed_precision: bool = False):
-    """A Keras U-Net for ``config``: input (None, None, channels) float32, output probabilities.
+    """A Keras U-Net for ``config``: input (None, None, network_channels) float32, output probabilities.
 
     Layers are Keras layers and napari-unet's registered :class:`~napari_unet._layers.UpConv2D`, so the
     saved file loads in Keras safe mode.
@@ -53,7 +53,7 @@ def build_unet(config: ModelConfig, mixed_precision: bool = False):
             x = layers.Activation("relu", name=f"{name}_relu{i}", dtype=dtype)(x)
         return x
 
-    inputs = keras.Input(shape=(None, None, config.input_channels), name="image")
+    inputs = keras.Input(shape=(None, None, config.network_channels), name="image")
     x = inputs
     skips = []
     for level in range(config.depth):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Union
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from .data import InputError, check_image, downscale_image, normalize, upscale_probabilities
+from .data import InputError, check_image, downscale_image, neighbour_slices, normalize, upscale_probabilities
 from .labels import from_indices
 from .model import fold_batch_norm
 from .model_io import UNetModel
@@ -113,7 +113,7 @@ def _forward_pass(model: UNetModel, jit_compile: bool, batch_size: int = 1) -> C
 
 
 def _run_model(model: UNetModel, tiles: np.ndarray, tta: bool, forward: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """(B, T, T, n_classes) float32 class probabilities for (B, T, T, 1) float32 tiles (``forward``: the network)."""
+    """(B, T, T, n_classes) float32 class probabilities for (B, T, T, C) float32 tiles (``forward``: the network)."""
     total = None
     transforms = _transforms(tiles.shape[1], tiles.shape[2], tta)
     for k, flip in transforms:
@@ -156,6 +156,7 @@ def predict_events(
     close_boundaries: Optional[bool] = None,
     stop: Optional[Callable[[], bool]] = None,
     jit_compile: Optional[bool] = None,
+    slices: Optional[Sequence[int]] = None,
 ) -> Iterator[Union[PredictionProgress, Prediction]]:
     """Predict ``image`` ((Y, X) or (Z, Y, X), any real dtype, numpy or dask) tile by tile.
 
@@ -169,6 +170,8 @@ def predict_events(
     forces closing of membrane gaps (watershed regions merged across faint boundaries), ``False``
     gives plain argmax labels. ``jit_compile``: XLA-compile the network; None (default) does so for
     inputs of at least :data:`XLA_MIN_PIXELS` network pixels, where the faster tiles repay the compile time.
+    ``slices``: predict only these slices of a (Z, Y, X) stack (the result has one plane per entry); a
+    model with ``context_slices`` still sees their neighbours in the whole stack.
     """
     shape = tuple(np.shape(image))
     if len(shape) not in (2, 3):
@@ -179,6 +182,10 @@ def predict_events(
     if model.config.input_channels != 1:
         raise InputError(f"the model expects {model.config.input_channels} channels; napari-unet images have one")
     n_slices = 1 if len(shape) == 2 else shape[0]
+    selected = list(range(n_slices)) if slices is None else [int(z) for z in slices]
+    if any(not 0 <= z < n_slices for z in selected):
+        raise InputError(f"slices {selected} are not all within the stack's {n_slices} slices")
+    context = model.config.context_slices
     height, width = shape[-2:]
     factor = model.config.downscale
     net_h, net_w = -(-height // factor), -(-width // factor)  # the network's view of a slice
@@ -190,7 +197,7 @@ def predict_events(
     starts = [(y, x) for y in tile_starts(padded_h, tile_y, tile_y - overlap) for x in tile_starts(padded_w, tile_x, tile_x - overlap)]
     window = blend_window((tile_y, tile_x), overlap)[..., None]
     n_classes = model.config.n_classes
-    total = n_slices * len(starts)
+    total = len(selected) * len(starts)
     if jit_compile is None:
         jit_compile = total * tile_y * tile_x * len(_transforms(tile_y, tile_x, tta)) >= XLA_MIN_PIXELS
     forward = _forward_pass(model, jit_compile, min(batch_size, len(starts)))
@@ -198,8 +205,18 @@ def predict_events(
     boundary_index = model.class_values.index(model.boundary_value) if rule is not None else None
 
     label_dtype = from_indices(np.zeros(1, np.int64), model.class_values).dtype
-    labels = np.zeros((n_slices, height, width), label_dtype)
-    probabilities = np.zeros((n_slices, height, width, n_classes), np.float32) if return_probabilities else None
+    labels = np.zeros((len(selected), height, width), label_dtype)
+    probabilities = np.zeros((len(selected), height, width, n_classes), np.float32) if return_probabilities else None
+
+    def network_plane(z: int) -> np.ndarray:
+        """Slice z normalised, downscaled and padded to (padded_h, padded_w) float32."""
+        plane = np.asarray(image if len(shape) == 2 else image[z])
+        plane = check_image(plane)[0]
+        plane = downscale_image(normalize(plane, model.percentiles), factor)
+        if padded_h > net_h or padded_w > net_w:
+            mode = "reflect" if min(net_h, net_w) > 1 else "edge"
+            plane = np.pad(plane, ((0, padded_h - net_h), (0, padded_w - net_w)), mode=mode)
+        return plane
 
     start_time = time.perf_counter()
     done = 0
@@ -208,14 +225,12 @@ def predict_events(
     # slice z + 1; at most two slices wait, so memory stays bounded.
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-unet-boundary-rule")
     pending: list[tuple[int, Future]] = []
+    prepared: dict[int, np.ndarray] = {}  # the network planes of the current slice and its context
     try:
-        for z in range(n_slices):
-            plane = np.asarray(image if len(shape) == 2 else image[z])
-            plane = check_image(plane)[0]
-            plane = downscale_image(normalize(plane, model.percentiles), factor)
-            if padded_h > net_h or padded_w > net_w:
-                mode = "reflect" if min(net_h, net_w) > 1 else "edge"
-                plane = np.pad(plane, ((0, padded_h - net_h), (0, padded_w - net_w)), mode=mode)
+        for i, z in enumerate(selected):
+            planes = neighbour_slices(z, n_slices, context)
+            prepared = {k: prepared[k] if k in prepared else network_plane(k) for k in planes}
+            plane = np.stack([prepared[k] for k in planes], axis=-1)  # (padded_h, padded_w, network channels)
             accumulated = np.zeros((padded_h, padded_w, n_classes), np.float32)
             weights = np.zeros((padded_h, padded_w, 1), np.float32)
             for first in range(0, len(starts), batch_size):
@@ -223,7 +238,7 @@ def predict_events(
                     stopped = True
                     break
                 chunk = starts[first : first + batch_size]
-                tiles = np.stack([plane[y : y + tile_y, x : x + tile_x] for y, x in chunk])[..., None]
+                tiles = np.stack([plane[y : y + tile_y, x : x + tile_x] for y, x in chunk])
                 out = _run_model(model, tiles, tta, forward)
                 for (y, x), tile_probs in zip(chunk, out):
                     accumulated[y : y + tile_y, x : x + tile_x] += tile_probs * window
@@ -235,15 +250,15 @@ def predict_events(
                 break
             slice_probs = upscale_probabilities(accumulated[:net_h, :net_w] / weights[:net_h, :net_w], factor, (height, width))
             if boundary_index is None:
-                labels[z] = from_indices(np.argmax(slice_probs, axis=-1), model.class_values, label_dtype)
+                labels[i] = from_indices(np.argmax(slice_probs, axis=-1), model.class_values, label_dtype)
             else:  # boundary classes exist in two-class models only
                 while len(pending) >= 2:
                     _store_boundary_labels(labels, *pending.pop(0), boundary_index, model.class_values)
-                pending.append((z, pool.submit(boundary_mask, slice_probs[..., boundary_index], **rule)))
+                pending.append((i, pool.submit(boundary_mask, slice_probs[..., boundary_index], **rule)))
             if probabilities is not None:
-                probabilities[z] = slice_probs
-        for z, future in pending:
-            _store_boundary_labels(labels, z, future, boundary_index, model.class_values)
+                probabilities[i] = slice_probs
+        for i, future in pending:
+            _store_boundary_labels(labels, i, future, boundary_index, model.class_values)
     finally:  # also when the consumer closes this generator early
         pool.shutdown(wait=False, cancel_futures=True)
     if len(shape) == 2:

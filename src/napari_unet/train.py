@@ -102,9 +102,9 @@ def _resolve_model_config(model_config: Optional[ModelConfig], n_classes: int, i
     return config
 
 
-def _validation_scores(model: UNetModel, images, indices, loss_weights) -> tuple[float, dict]:
-    """Weighted cross-entropy, pixel error and mean Dice on the annotated validation pixels."""
-    probabilities = predict(model, images, return_probabilities=True).probabilities
+def _validation_scores(model: UNetModel, images, slices, indices, loss_weights) -> tuple[float, dict]:
+    """Weighted cross-entropy, pixel error and mean Dice on the annotated pixels of ``slices`` of ``images``."""
+    probabilities = predict(model, images, return_probabilities=True, slices=slices).probabilities
     annotated = indices >= 0
     if not annotated.any():
         return float("nan"), {}
@@ -164,12 +164,13 @@ def train_events(
     annotated_slices = [z for z in range(len(indices)) if (indices[z] >= 0).any()]
     train_slices, val_slices = split_validation(annotated_slices, train_config.val_fraction)
     train_indices = indices[train_slices]
-    val_images, val_indices = images[val_slices], indices[val_slices]
+    # Validation predicts the val_planes of val_images (all slices, so that context slices are at hand).
+    val_images, val_planes, val_indices = images, list(val_slices), indices[val_slices]
     if not val_slices and train_config.val_fraction > 0 and images.shape[2] >= 64:
         # One annotated image: validate on its last columns, train on the rest.
         cut = int(round(images.shape[2] * (1 - train_config.val_fraction)))
         cut -= cut % model_config.size_multiple
-        val_images, val_indices = images[train_slices, :, cut:], indices[train_slices, :, cut:]
+        val_images, val_planes, val_indices = images[:, :, cut:], list(train_slices), indices[train_slices, :, cut:]
         train_indices = indices[train_slices].copy()
         train_indices[:, :, cut:] = -1
         if not (train_indices >= 0).any() or not (val_indices >= 0).any():
@@ -184,7 +185,9 @@ def train_events(
         boundary_value = None if boundary is None else class_values[boundary]
     pixel_weights = None
     factor = model_config.downscale  # the network trains on shrunk slices; validation runs at full size
-    net_images, net_indices = downscale_image(images[train_slices], factor), downscale_labels(train_indices, factor)
+    sampled_indices = np.full_like(indices, -1)  # every slice stays available as context; only training slices count
+    sampled_indices[train_slices] = train_indices
+    net_images, net_indices = downscale_image(images, factor), downscale_labels(sampled_indices, factor)
     if boundary_value is not None and train_config.border_weight > 0:
         boundary_index = class_values.index(boundary_value)
         pixel_weights = border_weights(net_indices, boundary_index, train_config.border_weight, train_config.border_sigma / factor)
@@ -205,6 +208,7 @@ def train_events(
         train_config.annotated_center_fraction,
         seed=train_config.seed,
         pixel_weights=pixel_weights,
+        context=model_config.context_slices,
     )
 
     keras = import_keras()
@@ -278,7 +282,7 @@ def train_events(
                 raw_weights = keras_model.get_weights()
                 optimizer.finalize_variable_values(keras_model.trainable_variables)
             if has_validation and (epoch % train_config.val_every == 0 or last_epoch):
-                val_loss, val_metrics = _validation_scores(result, val_images, val_indices, weights)
+                val_loss, val_metrics = _validation_scores(result, val_images, val_planes, val_indices, weights)
             monitored = val_loss if val_loss is not None else (float(np.mean(losses)) if not has_validation else None)
             is_best = monitored is not None and monitored < best_loss
             if is_best:
@@ -304,7 +308,7 @@ def train_events(
         # Membranes: on the (fully annotated) validation slices, the threshold with the lowest pixel
         # error and the gap closing with the best V_rand.
         boundary_index = class_values.index(boundary_value)
-        probabilities = predict(result, val_images, close_boundaries=False).probabilities[..., boundary_index]
+        probabilities = predict(result, val_images, close_boundaries=False, slices=val_planes).probabilities[..., boundary_index]
         result.boundary_rule, boundary_v_rand = tune_boundary_rule(probabilities, val_indices != boundary_index)
     yield TrainingFinished(result, reason, best_epoch, history, boundary_v_rand)
 
