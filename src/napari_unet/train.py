@@ -185,9 +185,12 @@ def train_events(
         boundary_value = None if boundary is None else class_values[boundary]
     pixel_weights = None
     factor = model_config.downscale  # the network trains on shrunk slices; validation runs at full size
-    sampled_indices = np.full_like(indices, -1)  # every slice stays available as context; only training slices count
-    sampled_indices[train_slices] = train_indices
-    net_images, net_indices = downscale_image(images, factor), downscale_labels(sampled_indices, factor)
+    if model_config.context_slices:  # every slice may serve as context; only training slices are sampled
+        sampled_images, sampled_indices = images, np.full_like(indices, -1)
+        sampled_indices[train_slices] = train_indices
+    else:
+        sampled_images, sampled_indices = images[train_slices], train_indices
+    net_images, net_indices = downscale_image(sampled_images, factor), downscale_labels(sampled_indices, factor)
     if boundary_value is not None and train_config.border_weight > 0:
         boundary_index = class_values.index(boundary_value)
         pixel_weights = border_weights(net_indices, boundary_index, train_config.border_weight, train_config.border_sigma / factor)
