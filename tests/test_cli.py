@@ -129,6 +129,32 @@ def test_console_script_writes_its_output_before_its_fast_exit(tmp_path):
     assert bad.returncode == 2 and "too small" in bad.stderr and not (tmp_path / "x.tif").exists()
 
 
+def test_console_script_is_run_which_exits_at_once_once_tensorflow_is_loaded(monkeypatch):
+    from importlib.metadata import entry_points
+
+    from napari_unet import cli
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "napari-unet"]
+    assert script.value == "napari_unet.cli:run"
+
+    class Exited(Exception):
+        pass
+
+    def fake_exit(code):
+        raise Exited(code)
+
+    monkeypatch.setattr(cli, "main", lambda: 3)
+    monkeypatch.setattr(cli.os, "_exit", fake_exit)
+    monkeypatch.setitem(sys.modules, "tensorflow", sys.modules.get("tensorflow", object()))
+    with pytest.raises(Exited) as fast:
+        cli.run()
+    assert fast.value.args == (3,)
+    monkeypatch.delitem(sys.modules, "tensorflow")  # no TensorFlow: a normal exit, atexit handlers run
+    with pytest.raises(SystemExit) as normal:
+        cli.run()
+    assert normal.value.code == 3
+
+
 def test_importing_the_package_loads_neither_tensorflow_nor_qt():
     code = (
         "import sys, napari_unet, napari_unet.config, napari_unet.labels, napari_unet.data, napari_unet.metrics, "

@@ -192,10 +192,9 @@ def elastic_deform(image, indices, rng, alpha: float, grid: int, extra=None):
     displacement = [ndimage.zoom(c, zoom, order=3, mode="nearest")[: shape[0], : shape[1]] for c in coarse]
     rows, cols = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
     coords = np.stack([rows + displacement[0], cols + displacement[1]])
-    if image.ndim == 3:  # context channels move together
-        warped = np.stack([ndimage.map_coordinates(image[..., c], coords, order=1, mode="reflect") for c in range(image.shape[2])], -1)
-    else:
-        warped = ndimage.map_coordinates(image, coords, order=1, mode="reflect")
+    channels = image.reshape(shape[:2] + (-1,))  # (Y, X) or (Y, X, C): all channels move together
+    warped = np.stack([ndimage.map_coordinates(channels[..., c], coords, order=1, mode="reflect") for c in range(channels.shape[2])], -1)
+    warped = warped.reshape(shape)
     warped_indices = ndimage.map_coordinates(indices, coords, order=0, mode="constant", cval=IGNORE_INDEX)
     warped_extra = None if extra is None else ndimage.map_coordinates(extra, coords, order=1, mode="constant")
     return warped.astype(np.float32), warped_indices.astype(np.int32), warped_extra
@@ -235,7 +234,7 @@ class PatchSampler:
         self.slices_with_labels = np.unique(self.annotated_coords[:, 0])
 
     def patch(self) -> tuple[np.ndarray, np.ndarray]:
-        """One (P, P) image patch ((P, P, C) with context) and its (P, P, 2) target: class index and pixel weight."""
+        """One (P, P, C) image patch (C = 2 * context + 1) and its (P, P, 2) target: class index and pixel weight."""
         rng, p = self.rng, self.patch_size
         _, height, width = self.images.shape
         if rng.random() < self.annotated_fraction:
@@ -245,11 +244,8 @@ class PatchSampler:
         else:
             z = int(rng.choice(self.slices_with_labels))
             y0, x0 = int(rng.integers(height - p + 1)), int(rng.integers(width - p + 1))
-        if self.context:
-            planes = neighbour_slices(int(z), len(self.images), self.context)
-            image = np.moveaxis(self.images[planes, y0 : y0 + p, x0 : x0 + p], 0, -1)
-        else:
-            image = self.images[z, y0 : y0 + p, x0 : x0 + p]
+        planes = neighbour_slices(int(z), len(self.images), self.context)
+        image = np.moveaxis(self.images[planes, y0 : y0 + p, x0 : x0 + p], 0, -1)
         indices = self.indices[z, y0 : y0 + p, x0 : x0 + p]
         if self.pixel_weights is None:
             image, indices = augment(image, indices, rng, self.aug)
@@ -264,8 +260,6 @@ class PatchSampler:
         """(B, P, P, C) float32 images (C = 2 * context + 1) and (B, P, P, 2) float32 targets."""
         pairs = [self.patch() for _ in range(batch_size)]
         images = np.stack([im for im, _ in pairs])
-        if images.ndim == 3:
-            images = images[..., None]
         targets = np.stack([t for _, t in pairs])
         return images, targets
 
