@@ -44,6 +44,8 @@ def main(argv=None) -> int:
     parser.add_argument("--save-probabilities", type=Path, default=None, metavar="DIR",
                         help="also save each checkpoint's membrane probability of slices 15-19 and of the validation slices (float16 .npy)")
     parser.add_argument("--save-model", type=Path, default=None, metavar="FILE.keras", help="also save the final model")
+    parser.add_argument("--compare-batch-norm", action="store_true",
+                        help="also score the snapshots of the last third of the budget with their training-time batch-norm statistics")
     args = parser.parse_args(argv)
     if not DATA.is_dir():
         print(f"skipped: {DATA} not found (needs the project's shared data beside the repo)")
@@ -52,10 +54,12 @@ def main(argv=None) -> int:
     import tifffile
 
     from napari_unet.config import preset
+    from napari_unet.data import centre_tiles, downscale_image, normalize
+    from napari_unet.model import recompute_batch_norm_statistics
     from napari_unet.metrics import evaluate, isbi_scores
     from napari_unet.postprocess import tune_boundary_rule
     from napari_unet.predict import predict
-    from napari_unet.train import EpochEnd, TrainingFinished, TrainingStarted, train_events
+    from napari_unet.train import BATCH_NORM_TILE, EpochEnd, TrainingFinished, TrainingStarted, train_events
 
     image = tifffile.imread(DATA / "train-volume.tif")
     labels = tifffile.imread(DATA / "train-labels.tif")
@@ -77,7 +81,7 @@ def main(argv=None) -> int:
     steps = 0
     for event in train_events(image[TRAIN_SLICES], labels[TRAIN_SLICES], model_config, train_config):
         if isinstance(event, TrainingStarted):
-            live, val_slices = event.model, event.val_slices
+            live, train_slices, val_slices = event.model, event.train_slices, event.val_slices
         elif isinstance(event, EpochEnd):
             steps = event.epoch * train_config.steps_per_epoch
             if every_epoch:
@@ -95,8 +99,23 @@ def main(argv=None) -> int:
     entries = [(m, e, s, w) for m, e, s, w in snapshots] + [("final (best val)", wall, steps, best_weights)]
     train_image, train_labels = image[TRAIN_SLICES], labels[TRAIN_SLICES]
     final_rule = final.model.boundary_rule
+    config = model.config
+    bn_tiles = centre_tiles(
+        downscale_image(normalize(train_image, model.percentiles), config.downscale),
+        train_slices, BATCH_NORM_TILE, config.size_multiple, config.context_slices,
+    )
+    variants = []  # (minute, elapsed, steps, weights, batch-norm statistics)
     for minute, elapsed, n_steps, weights in entries:
+        if minute == "final (best val)":  # train_events recomputed (or kept) them itself
+            variants.append((minute, elapsed, n_steps, weights, "recomputed" if train_config.recompute_batch_norm else "training"))
+            continue
+        if args.compare_batch_norm and train_config.recompute_batch_norm and elapsed >= 0.65 * args.minutes * 60:
+            variants.append((minute, elapsed, n_steps, weights, "training"))
+        variants.append((minute, elapsed, n_steps, weights, "recomputed" if train_config.recompute_batch_norm else "training"))
+    for minute, elapsed, n_steps, weights, batch_norm in variants:
         model.keras_model.set_weights(weights)
+        if batch_norm == "recomputed" and minute != "final (best val)":  # as train_events does when it stops here
+            recompute_batch_norm_statistics(model.keras_model, bn_tiles)
         val_v_rand = None
         if minute == "final (best val)":
             model.boundary_rule, val_v_rand = final_rule, final.boundary_v_rand
@@ -105,17 +124,18 @@ def main(argv=None) -> int:
             b = model.class_values.index(model.boundary_value)
             val_probs = predict(model, train_image, slices=val_slices, close_boundaries=False).probabilities[..., b]
             model.boundary_rule, val_v_rand = tune_boundary_rule(val_probs, train_labels[val_slices] != model.boundary_value)
-            if args.save_probabilities is not None:
+            if args.save_probabilities is not None and batch_norm == "recomputed":
                 np.save(args.save_probabilities / f"validation-membrane-{minute}.npy", val_probs.astype(np.float16))
         result = predict(model, image, slices=range(20)[JUDGE_SLICES], tta=args.tta)  # context slices (if any) from the volume
         scores = evaluate(result.labels, labels[JUDGE_SLICES], model.class_values)
         membrane = result.probabilities[..., model.class_values.index(0)]
         sweep = isbi_scores(membrane, labels[JUDGE_SLICES], probability="membrane")
-        if args.save_probabilities is not None:
+        if args.save_probabilities is not None and batch_norm == "recomputed":
             tag = str(minute).replace(" ", "-").replace("(", "").replace(")", "")
             np.save(args.save_probabilities / f"membrane-{tag}.npy", membrane.astype(np.float16))
         row = {
             "checkpoint_minutes": minute,
+            "batch_norm": batch_norm,
             "elapsed_s": round(elapsed, 1),
             "steps": n_steps,
             "pixel_error": round(scores["pixel_error"], 4),

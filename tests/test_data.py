@@ -6,6 +6,7 @@ from napari_unet.data import (
     InputError,
     PatchSampler,
     augment,
+    centre_tiles,
     check_pair,
     class_weights,
     elastic_deform,
@@ -178,3 +179,17 @@ def test_downscale_and_upscale_round_trip_shapes_and_values():
     full = upscale_probabilities(probabilities, 2, (5, 7))
     assert full.shape == (5, 7, 2) and full.dtype == np.float32
     assert probabilities.min() - 1e-6 <= full.min() and full.max() <= probabilities.max() + 1e-6
+
+
+def test_centre_tiles_cut_the_middle_of_evenly_chosen_slices():
+    images = np.arange(20 * 40 * 70, dtype=np.float32).reshape(20, 40, 70)
+    before = images.copy()
+    tiles = centre_tiles(images, range(20), tile_size=32, multiple=16, max_tiles=4)
+    assert len(tiles) == 4 and all(t.shape == (1, 32, 32, 1) and t.dtype == np.float32 for t in tiles)
+    np.testing.assert_array_equal(tiles[0][0, ..., 0], images[0, 4:36, 19:51])
+    np.testing.assert_array_equal(tiles[-1][0, ..., 0], images[19, 4:36, 19:51])
+    np.testing.assert_array_equal(images, before)
+    # Sides smaller than the tile are rounded up to the multiple (reflect-padded); context adds channels.
+    small = centre_tiles(images[:, :20, :24], [5], tile_size=512, multiple=16, context=1)
+    assert len(small) == 1 and small[0].shape == (1, 32, 32, 3)
+    np.testing.assert_array_equal(small[0][0, :20, :24, 0], images[4, :20, :24])

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from napari_unet.config import ModelConfig, preset
-from napari_unet.model import build_unet, fold_batch_norm, import_keras, masked_loss
+from napari_unet.model import build_unet, fold_batch_norm, import_keras, masked_loss, recompute_batch_norm_statistics
 
 
 def test_classic_preset_has_the_seed_parameter_count():
@@ -60,6 +60,30 @@ def test_folding_batch_norm_keeps_the_network_function():
     plain_config = ModelConfig(depth=2, base_filters=4, batch_norm=False)
     plain = build_unet(plain_config)
     assert fold_batch_norm(plain, plain_config) is plain
+
+
+def test_recomputed_batch_norm_statistics_are_the_mean_over_the_batches():
+    keras = import_keras()
+    model = build_unet(ModelConfig(depth=2, base_filters=4))
+    rng = np.random.default_rng(1)
+    batches = [(5 + 3 * rng.random((1, 16, 16, 1))).astype(np.float32) for _ in range(3)]
+    first_norm = model.get_layer("down0_bn1")
+    trained = [w.copy() for w in model.get_weights()]
+    momentum = first_norm.momentum
+
+    assert recompute_batch_norm_statistics(model, iter(batches)) == 3
+
+    # The first batch norm sees the first convolution's output: its moving mean is now that output's mean.
+    first_conv = keras.Model(model.input, model.get_layer("down0_conv1").output)
+    conv_means = [first_conv.predict_on_batch(b).mean(axis=(0, 1, 2)) for b in batches]
+    np.testing.assert_allclose(first_norm.moving_mean.numpy(), np.mean(conv_means, axis=0), rtol=1e-4, atol=1e-5)
+    assert first_norm.momentum == momentum
+    moving = {id(v) for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization) for v in (layer.moving_mean, layer.moving_variance)}
+    for variable, before in zip(model.weights, trained):
+        if id(variable) not in moving:  # kernels, gamma and beta stay as trained
+            np.testing.assert_array_equal(variable.numpy(), before)
+    plain = build_unet(ModelConfig(depth=2, base_filters=4, batch_norm=False))
+    assert recompute_batch_norm_statistics(plain, batches) == 0
 
 
 def test_bf16_model_keeps_a_float32_head():

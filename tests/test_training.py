@@ -73,6 +73,24 @@ def test_training_is_deterministic_under_a_seed():
     np.testing.assert_allclose(runs[0], runs[1], rtol=1e-5)
 
 
+def test_batch_norm_statistics_are_recomputed_on_unaugmented_training_tiles():
+    from napari_unet.data import centre_tiles, normalize
+    from napari_unet.model import import_keras
+
+    image, labels = stripes(n_slices=4, size=96)
+    model_config, train_config = tiny_configs(epochs=1, steps_per_epoch=5)
+    final = train(image, labels, model_config, train_config)
+    model = final.model.keras_model
+    keras = import_keras()
+    # The training slices (0-2; slice 3 validates) at full size: the first batch norm's mean is their mean.
+    tiles = centre_tiles(normalize(image[:3], final.model.percentiles), range(3), 512, model_config.size_multiple)
+    first_conv = keras.Model(model.input, model.get_layer("down0_conv1").output)
+    expected = np.mean([first_conv.predict_on_batch(t).mean(axis=(0, 1, 2)) for t in tiles], axis=0)
+    np.testing.assert_allclose(model.get_layer("down0_bn1").moving_mean.numpy(), expected, rtol=1e-4, atol=1e-5)
+    kept = train(image, labels, model_config, train_config.replace(recompute_batch_norm=False)).model.keras_model
+    assert not np.allclose(kept.get_layer("down0_bn1").moving_mean.numpy(), expected, rtol=1e-2)
+
+
 def test_sparse_labels_and_fine_tuning_keep_classes():
     image, labels = stripes()
     sparse = np.full_like(labels, 7)
@@ -133,7 +151,7 @@ def test_bfloat16_without_hardware_support_warns(monkeypatch):
 
 def test_weight_averaging_trains_and_keeps_averaged_weights():
     image, labels = stripes()
-    model_config, train_config = tiny_configs(epochs=2, steps_per_epoch=5, ema_momentum=0.9, jit_compile=False)
+    model_config, train_config = tiny_configs(epochs=2, steps_per_epoch=5, ema_momentum=0.9, jit_compile=False, recompute_batch_norm=False)
     seen = []
     for event in train_events(image, labels, model_config, train_config):
         if isinstance(event, TrainingStarted):

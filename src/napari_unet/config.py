@@ -84,6 +84,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     lr_schedule: str = "cosine"  # "constant" or "cosine" (decay to 1 % over all steps)
     ema_momentum: float = 0.0  # > 0: validate and keep an exponential moving average of the weights
+    recompute_batch_norm: bool = True  # after training: batch-norm statistics from unaugmented training tiles
     loss: str = "ce+dice"  # "ce" or "ce+dice"
     dice_weight: float = 0.5
     class_weighting: str = "balanced"  # "none" or "balanced" (inverse sqrt frequency)

@@ -200,6 +200,29 @@ def elastic_deform(image, indices, rng, alpha: float, grid: int, extra=None):
     return warped.astype(np.float32), warped_indices.astype(np.int32), warped_extra
 
 
+def centre_tiles(images, slices, tile_size: int, multiple: int, context: int = 0, max_tiles: int = 16):
+    """(1, T, T', C) float32 network inputs: the centre of up to ``max_tiles`` evenly chosen ``slices``.
+
+    ``images``: (Z, Y, X) float32 normalised; C = 2 * ``context`` + 1 neighbouring slices as channels.
+    Each side is ``tile_size`` or the slice's own size, rounded up to ``multiple`` (reflect-padded).
+    """
+    slices = list(slices)
+    if len(slices) > max_tiles:
+        slices = [slices[i] for i in np.linspace(0, len(slices) - 1, max_tiles).round().astype(int)]
+    _, height, width = images.shape
+    tile_y, tile_x = (-(-min(tile_size, n) // multiple) * multiple for n in (height, width))
+    y0, x0 = max(0, (height - tile_y) // 2), max(0, (width - tile_x) // 2)
+    tiles = []
+    for z in slices:
+        planes = neighbour_slices(int(z), len(images), context)
+        tile = np.moveaxis(images[planes, y0 : y0 + tile_y, x0 : x0 + tile_x], 0, -1)
+        pad = ((0, tile_y - tile.shape[0]), (0, tile_x - tile.shape[1]), (0, 0))
+        if pad[0][1] or pad[1][1]:
+            tile = np.pad(tile, pad, mode="reflect" if min(tile.shape[:2]) > 1 else "edge")
+        tiles.append(np.ascontiguousarray(tile[None], dtype=np.float32))
+    return tiles
+
+
 class PatchSampler:
     """Random training patches from normalised slices, favouring annotated pixels.
 

@@ -111,6 +111,32 @@ def fold_batch_norm(keras_model, config: ModelConfig):
     return folded
 
 
+def recompute_batch_norm_statistics(keras_model, batches) -> int:
+    """Set every BatchNormalization's moving mean and variance to their average over ``batches``.
+
+    ``batches``: iterable of (B, Y, X, network_channels) float32 network inputs. During training the
+    moving statistics follow augmented patches and weights that were still changing; recomputed on
+    unaugmented tiles of the training images they match what prediction sees ("precise batch norm").
+    Only the moving statistics of ``keras_model`` change (in place); returns the number of batches used.
+    """
+    keras = import_keras()
+    norms = [layer for layer in keras_model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    if not norms:
+        return 0
+    momenta = [layer.momentum for layer in norms]
+    count = 0
+    try:
+        for batch in batches:
+            for layer in norms:  # cumulative average: batch k weighs 1 / (k + 1)
+                layer.momentum = count / (count + 1)
+            keras_model(batch, training=True)  # batch statistics normalise and update the moving ones
+            count += 1
+    finally:
+        for layer, momentum in zip(norms, momenta):
+            layer.momentum = momentum
+    return count
+
+
 def masked_loss(config: ModelConfig, dice_weight: float = 0.0):
     """Loss on targets (B, Y, X, 2) float32: channel 0 = class index, channel 1 = pixel weight.
 

@@ -16,6 +16,7 @@ from .data import (
     InputError,
     PatchSampler,
     border_weights,
+    centre_tiles,
     check_pair,
     class_weights,
     downscale_image,
@@ -24,11 +25,15 @@ from .data import (
     prefetch,
 )
 from .labels import check_trainable, to_indices
-from .model import build_unet, import_keras, masked_loss
+from .model import build_unet, import_keras, masked_loss, recompute_batch_norm_statistics
 from .metrics import dice_per_class, pixel_error
 from .model_io import UNetModel
 from .postprocess import find_boundary_class, tune_boundary_rule
 from .predict import predict
+
+
+#: Side of the unaugmented training tiles the batch-norm statistics are recomputed on (as predict's tiles).
+BATCH_NORM_TILE = 512
 
 
 @dataclass(frozen=True)
@@ -305,6 +310,9 @@ def train_events(
         batches.close()
     if best_weights is not None:
         keras_model.set_weights(best_weights)
+    if train_config.recompute_batch_norm and step > 0:
+        tiles = centre_tiles(net_images, sampler.slices_with_labels, BATCH_NORM_TILE, model_config.size_multiple, model_config.context_slices)
+        recompute_batch_norm_statistics(keras_model, tiles)
     result.history = history
     boundary_v_rand = None
     if boundary_value is not None and has_validation and step > 0 and (val_indices >= 0).all():
