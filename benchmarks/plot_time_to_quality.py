@@ -38,7 +38,13 @@ def main(argv=None) -> int:
         color = f"C{index}"
         report = json.loads(path.read_text())
         report["name"] = name or report["name"]
-        rows = [r for r in report["rows"] if isinstance(r["checkpoint_minutes"], (int, float))]
+        # Runs with --compare-batch-norm also scored late snapshots without the recomputed statistics:
+        # the curve shows what training delivers (the recomputed ones).
+        recomputed = report.get("train_config", {}).get("recompute_batch_norm", False)
+        rows = [
+            r for r in report["rows"]
+            if isinstance(r["checkpoint_minutes"], (int, float)) and not (recomputed and r.get("batch_norm") == "training")
+        ]
         minutes = [r["elapsed_s"] / 60 for r in rows]
         for ax, key in zip(axes, TITLES):
             ax.plot(minutes, [r[key] for r in rows], "o-", color=color, label=f"{report['name']} (labels)")
