@@ -5,7 +5,8 @@
 For models saved by ``isbi_accuracy.py --save-model`` (trained on slices 0-14, validation 12-14): predicts
 slices 12-19 once, tunes the rule with the current ``postprocess.tune_boundary_rule`` on 12-14 as training
 does, and prints the rule stored in the file, the newly chosen rule and their scores on 15-19. Lets a
-post-processing change be judged on the same networks without retraining them.
+post-processing change be judged on the same networks without retraining them. ``--recompute-batch-norm``
+scores each network again after recomputing its batch-norm statistics as training now ends.
 """
 
 from __future__ import annotations
@@ -20,11 +21,16 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "isbi2012"
 VAL_SLICES, JUDGE_SLICES = slice(12, 15), slice(15, 20)
+TRAINING_SLICES = range(0, 12)  # what isbi_accuracy.py models trained on (0-14 minus validation 12-14)
+FIXED_RULE = {"threshold": 0.7, "seed_level": None, "merge_below": 0.6, "minima_depth": 0.05}  # the most chosen rule
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+", type=Path)
+    parser.add_argument("--recompute-batch-norm", action="store_true",
+                        help="also score each network after recomputing its batch-norm statistics on unaugmented "
+                             "centre tiles of its training slices 0-11, as training now ends; adds a fixed rule")
     args = parser.parse_args(argv)
     if not DATA.is_dir():
         print(f"skipped: {DATA} not found (needs the project's shared data beside the repo)")
@@ -32,30 +38,34 @@ def main(argv=None) -> int:
 
     import tifffile
 
+    from napari_unet.data import centre_tiles, downscale_image, normalize
     from napari_unet.metrics import isbi_scores
+    from napari_unet.model import recompute_batch_norm_statistics
     from napari_unet.model_io import load_model
     from napari_unet.postprocess import boundary_mask, tune_boundary_rule
     from napari_unet.predict import predict
+    from napari_unet.train import BATCH_NORM_TILE
 
     image = tifffile.imread(DATA / "train-volume.tif")
     cells = tifffile.imread(DATA / "train-labels.tif") != 0
-    for path in args.models:
-        model = load_model(path)
-        if model.boundary_value != 0:
-            print(f"{path}: not an ISBI membrane model (boundary class {model.boundary_value})", file=sys.stderr)
-            continue
+    both = slice(VAL_SLICES.start, JUDGE_SLICES.stop)
+    n_val = VAL_SLICES.stop - VAL_SLICES.start
+
+    def score(model, path, batch_norm: str) -> None:
         membrane_index = model.class_values.index(0)
-        both = slice(VAL_SLICES.start, JUDGE_SLICES.stop)
-        probability = predict(model, image[both], close_boundaries=False).probabilities[..., membrane_index]
-        n_val = VAL_SLICES.stop - VAL_SLICES.start
+        probability = predict(model, image, close_boundaries=False, slices=range(both.start, both.stop)).probabilities[..., membrane_index]
         new_rule, val_v_rand = tune_boundary_rule(probability[:n_val], cells[VAL_SLICES])
-        for name, rule in (("stored", model.boundary_rule), ("re-chosen", new_rule)):
+        rules = [("stored", model.boundary_rule), ("re-chosen", new_rule)]
+        if args.recompute_batch_norm:
+            rules.append(("fixed", FIXED_RULE))
+        for name, rule in rules:
             if rule is None:
                 continue
             predicted_cells = np.stack([~boundary_mask(plane, **rule) for plane in probability[n_val:]])
             scores = isbi_scores(predicted_cells, cells[JUDGE_SLICES])
             row = {
                 "model": str(path),
+                "batch_norm": batch_norm,
                 "rule": name,
                 "boundary_rule": rule,
                 "pixel_error": round(float(np.mean(predicted_cells != cells[JUDGE_SLICES])), 4),
@@ -67,6 +77,19 @@ def main(argv=None) -> int:
             if name == "re-chosen":
                 row["validation_v_rand"] = round(val_v_rand, 4)
             print(json.dumps(row), flush=True)
+
+    for path in args.models:
+        model = load_model(path)
+        if model.boundary_value != 0:
+            print(f"{path}: not an ISBI membrane model (boundary class {model.boundary_value})", file=sys.stderr)
+            continue
+        score(model, path, "as saved")
+        if args.recompute_batch_norm:
+            config = model.config
+            network_images = downscale_image(normalize(image, model.percentiles), config.downscale)
+            tiles = centre_tiles(network_images, TRAINING_SLICES, BATCH_NORM_TILE, config.size_multiple, config.context_slices)
+            if recompute_batch_norm_statistics(model.keras_model, tiles):
+                score(model, path, "recomputed")
     return 0
 
 
