@@ -54,12 +54,11 @@ def main(argv=None) -> int:
     import tifffile
 
     from napari_unet.config import preset
-    from napari_unet.data import centre_tiles, downscale_image, normalize
-    from napari_unet.model import recompute_batch_norm_statistics
+    from napari_unet.data import normalize
     from napari_unet.metrics import evaluate, isbi_scores
     from napari_unet.postprocess import tune_boundary_rule
     from napari_unet.predict import predict
-    from napari_unet.train import BATCH_NORM_TILE, EpochEnd, TrainingFinished, TrainingStarted, train_events
+    from napari_unet.train import EpochEnd, TrainingFinished, TrainingStarted, recompute_batch_norm, train_events
 
     image = tifffile.imread(DATA / "train-volume.tif")
     labels = tifffile.imread(DATA / "train-labels.tif")
@@ -99,23 +98,18 @@ def main(argv=None) -> int:
     entries = [(m, e, s, w) for m, e, s, w in snapshots] + [("final (best val)", wall, steps, best_weights)]
     train_image, train_labels = image[TRAIN_SLICES], labels[TRAIN_SLICES]
     final_rule = final.model.boundary_rule
-    config = model.config
-    bn_tiles = centre_tiles(
-        downscale_image(normalize(train_image, model.percentiles), config.downscale),
-        train_slices, BATCH_NORM_TILE, config.size_multiple, config.context_slices,
-    )
+    normalized_train_image = normalize(train_image, model.percentiles)
+    mode = "recomputed" if train_config.recompute_batch_norm else "training"
     variants = []  # (minute, elapsed, steps, weights, batch-norm statistics)
     for minute, elapsed, n_steps, weights in entries:
-        if minute == "final (best val)":  # train_events recomputed (or kept) them itself
-            variants.append((minute, elapsed, n_steps, weights, "recomputed" if train_config.recompute_batch_norm else "training"))
-            continue
-        if args.compare_batch_norm and train_config.recompute_batch_norm and elapsed >= 0.65 * args.minutes * 60:
+        late_snapshot = minute != "final (best val)" and elapsed >= 0.65 * args.minutes * 60
+        if args.compare_batch_norm and mode == "recomputed" and late_snapshot:
             variants.append((minute, elapsed, n_steps, weights, "training"))
-        variants.append((minute, elapsed, n_steps, weights, "recomputed" if train_config.recompute_batch_norm else "training"))
+        variants.append((minute, elapsed, n_steps, weights, mode))
     for minute, elapsed, n_steps, weights, batch_norm in variants:
         model.keras_model.set_weights(weights)
-        if batch_norm == "recomputed" and minute != "final (best val)":  # as train_events does when it stops here
-            recompute_batch_norm_statistics(model.keras_model, bn_tiles)
+        if batch_norm == "recomputed":  # as train_events does when it stops here (the final weights: same again)
+            recompute_batch_norm(model, normalized_train_image, train_slices)
         val_v_rand = None
         if minute == "final (best val)":
             model.boundary_rule, val_v_rand = final_rule, final.boundary_v_rand

@@ -38,13 +38,12 @@ def main(argv=None) -> int:
 
     import tifffile
 
-    from napari_unet.data import centre_tiles, downscale_image, normalize
+    from napari_unet.data import normalize
     from napari_unet.metrics import isbi_scores
-    from napari_unet.model import recompute_batch_norm_statistics
     from napari_unet.model_io import load_model
     from napari_unet.postprocess import boundary_mask, tune_boundary_rule
     from napari_unet.predict import predict
-    from napari_unet.train import BATCH_NORM_TILE
+    from napari_unet.train import recompute_batch_norm
 
     image = tifffile.imread(DATA / "train-volume.tif")
     cells = tifffile.imread(DATA / "train-labels.tif") != 0
@@ -84,12 +83,9 @@ def main(argv=None) -> int:
             print(f"{path}: not an ISBI membrane model (boundary class {model.boundary_value})", file=sys.stderr)
             continue
         score(model, path, "as saved")
-        if args.recompute_batch_norm:
-            config = model.config
-            network_images = downscale_image(normalize(image, model.percentiles), config.downscale)
-            tiles = centre_tiles(network_images, TRAINING_SLICES, BATCH_NORM_TILE, config.size_multiple, config.context_slices)
-            if recompute_batch_norm_statistics(model.keras_model, tiles):
-                score(model, path, "recomputed")
+        if args.recompute_batch_norm and model.config.batch_norm:
+            recompute_batch_norm(model, normalize(image, model.percentiles), TRAINING_SLICES)
+            score(model, path, "recomputed")
     return 0
 
 

@@ -36,6 +36,18 @@ from .predict import predict
 BATCH_NORM_TILE = 512
 
 
+def recompute_batch_norm(model: UNetModel, images, slices) -> None:
+    """Recompute ``model``'s batch-norm statistics on unaugmented centre tiles of ``slices`` (as training ends).
+
+    ``images``: (Z, Y, X) float32 normalised with ``model.percentiles`` at full resolution; the
+    network's downscaling and context slices are applied here. Changes the model's moving statistics only.
+    """
+    config = model.config
+    network_images = downscale_image(images, config.downscale)
+    tiles = centre_tiles(network_images, slices, BATCH_NORM_TILE, config.size_multiple, config.context_slices)
+    recompute_batch_norm_statistics(model.keras_model, tiles)
+
+
 @dataclass(frozen=True)
 class TrainingStarted:
     model: UNetModel  # the model being trained (weights change while training runs)
@@ -311,8 +323,7 @@ def train_events(
     if best_weights is not None:
         keras_model.set_weights(best_weights)
     if train_config.recompute_batch_norm and step > 0:
-        tiles = centre_tiles(net_images, sampler.slices_with_labels, BATCH_NORM_TILE, model_config.size_multiple, model_config.context_slices)
-        recompute_batch_norm_statistics(keras_model, tiles)
+        recompute_batch_norm(result, images, train_slices)
     result.history = history
     boundary_v_rand = None
     if boundary_value is not None and has_validation and step > 0 and (val_indices >= 0).all():
