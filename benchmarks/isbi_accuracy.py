@@ -46,6 +46,8 @@ def main(argv=None) -> int:
     parser.add_argument("--save-model", type=Path, default=None, metavar="FILE.keras", help="also save the final model")
     parser.add_argument("--compare-batch-norm", action="store_true",
                         help="also score the snapshots of the last third of the budget with their training-time batch-norm statistics")
+    parser.add_argument("--average-from", default="", metavar="F1,F2",
+                        help="also score the average of the weights at every epoch end after each given fraction of the budget (weight averaging)")
     args = parser.parse_args(argv)
     if not DATA.is_dir():
         print(f"skipped: {DATA} not found (needs the project's shared data beside the repo)")
@@ -75,7 +77,8 @@ def main(argv=None) -> int:
         args.save_probabilities.mkdir(parents=True, exist_ok=True)
     checkpoints = [] if every_epoch else [float(c) for c in args.checkpoints.split(",") if float(c) <= args.minutes]
 
-    snapshots, live, final = [], None, None
+    average_from = sorted(float(f) for f in args.average_from.split(",") if f)
+    snapshots, epoch_weights, live, final = [], [], None, None
     started = time.perf_counter()
     steps = 0
     for event in train_events(image[TRAIN_SLICES], labels[TRAIN_SLICES], model_config, train_config):
@@ -83,6 +86,8 @@ def main(argv=None) -> int:
             live, train_slices, val_slices = event.model, event.train_slices, event.val_slices
         elif isinstance(event, EpochEnd):
             steps = event.epoch * train_config.steps_per_epoch
+            if average_from:
+                epoch_weights.append((event.elapsed, steps, live.keras_model.get_weights()))
             if every_epoch:
                 snapshots.append((round(event.elapsed / 60, 2), event.elapsed, steps, live.keras_model.get_weights()))
             while checkpoints and event.elapsed >= checkpoints[0] * 60:
@@ -96,13 +101,18 @@ def main(argv=None) -> int:
     model = final.model
     best_weights = model.keras_model.get_weights()
     entries = [(m, e, s, w) for m, e, s, w in snapshots] + [("final (best val)", wall, steps, best_weights)]
+    for fraction in average_from:
+        averaged = [w for e, _, w in epoch_weights if e >= fraction * args.minutes * 60]
+        if averaged:
+            mean = [np.mean([w[i] for w in averaged], axis=0) for i in range(len(averaged[0]))]
+            entries.append((f"average of {len(averaged)} epochs from {fraction:g}", wall, steps, mean))
     train_image, train_labels = image[TRAIN_SLICES], labels[TRAIN_SLICES]
     final_rule = final.model.boundary_rule
     normalized_train_image = normalize(train_image, model.percentiles)
     mode = "recomputed" if train_config.recompute_batch_norm else "training"
     variants = []  # (minute, elapsed, steps, weights, batch-norm statistics)
     for minute, elapsed, n_steps, weights in entries:
-        late_snapshot = minute != "final (best val)" and elapsed >= 0.65 * args.minutes * 60
+        late_snapshot = isinstance(minute, (int, float)) and elapsed >= 0.65 * args.minutes * 60
         if args.compare_batch_norm and mode == "recomputed" and late_snapshot:
             variants.append((minute, elapsed, n_steps, weights, "training"))
         variants.append((minute, elapsed, n_steps, weights, mode))
