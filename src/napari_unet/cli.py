@@ -135,7 +135,7 @@ def run_training(image, labels, model_config, train_config, init=None, quiet=Fal
             final = event
     if not quiet:
         progress.done()
-        print(f"training {final.reason} after {len(final.history)} epochs; best epoch {final.best_epoch}", file=sys.stderr)
+        print(f"training {final.reason} after {len(final.history)} epochs; kept the {final.kept or 'last weights'}", file=sys.stderr)
         if final.model.boundary_rule is not None:
             print(
                 f"membrane rule {final.model.boundary_rule} (validation V_rand {final.boundary_v_rand:.4f})",

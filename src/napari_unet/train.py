@@ -84,11 +84,19 @@ class EpochEnd:
 
 @dataclass(frozen=True)
 class TrainingFinished:
-    model: UNetModel  # weights of the best validation epoch
+    model: UNetModel  # weights of the best validation epoch, or the mean of the last averaged_epochs epochs
     reason: str  # "completed", "stopped" or "time budget"
     best_epoch: int
     history: list = field(default_factory=list)
     boundary_v_rand: Optional[float] = None  # validation V_rand of model.boundary_rule, if one was tuned
+    averaged_epochs: int = 0  # > 0: the model holds the mean weights of this many last epochs
+
+    @property
+    def kept(self) -> str:
+        """Which weights the model holds, for messages: "best epoch 12", "mean of the last 7 epochs" or ""."""
+        if self.averaged_epochs:
+            return f"mean of the last {self.averaged_epochs} epochs"
+        return f"best epoch {self.best_epoch}" if self.best_epoch else ""
 
 
 TrainingEvent = Union[TrainingStarted, TrainingStep, EpochEnd, TrainingFinished]
@@ -262,6 +270,7 @@ def train_events(
 
     start = time.perf_counter()
     best_loss, best_epoch, best_weights = math.inf, 0, None
+    weight_sum, averaged_epochs = None, 0
     history: list = []
     reason = "completed"
     step = 0
@@ -295,6 +304,7 @@ def train_events(
                 yield TrainingStep(epoch, step, total_steps, loss, lr, elapsed, eta)
             if not losses:
                 break
+            run_progress = step / total_steps if budget is None else max(step / total_steps, elapsed / budget)
             val_loss, val_metrics = None, {}
             last_epoch = reason != "completed" or epoch == epochs
             raw_weights = None
@@ -307,6 +317,10 @@ def train_events(
             is_best = monitored is not None and monitored < best_loss
             if is_best:
                 best_loss, best_epoch, best_weights = monitored, epoch, keras_model.get_weights()
+            if 0 < train_config.average_weights_from <= run_progress:
+                current = keras_model.get_weights()
+                weight_sum = current if weight_sum is None else [a + w for a, w in zip(weight_sum, current)]
+                averaged_epochs += 1
             elapsed = time.perf_counter() - start
             eta = elapsed / step * (total_steps - step)
             if budget is not None:
@@ -320,8 +334,13 @@ def train_events(
                 break
     finally:
         batches.close()
-    if best_weights is not None:
-        keras_model.set_weights(best_weights)
+    if averaged_epochs >= 2:  # stochastic weight averaging; its batch-norm statistics are recomputed below
+        latest = keras_model.get_weights()
+        keras_model.set_weights([a / averaged_epochs if np.issubdtype(a.dtype, np.floating) else w for a, w in zip(weight_sum, latest)])
+    else:
+        averaged_epochs = 0
+        if best_weights is not None:
+            keras_model.set_weights(best_weights)
     if train_config.recompute_batch_norm and step > 0:
         recompute_batch_norm(result, images, train_slices)
     result.history = history
@@ -332,7 +351,7 @@ def train_events(
         boundary_index = class_values.index(boundary_value)
         probabilities = predict(result, val_images, close_boundaries=False, slices=val_planes).probabilities[..., boundary_index]
         result.boundary_rule, boundary_v_rand = tune_boundary_rule(probabilities, val_indices != boundary_index)
-    yield TrainingFinished(result, reason, best_epoch, history, boundary_v_rand)
+    yield TrainingFinished(result, reason, best_epoch, history, boundary_v_rand, averaged_epochs)
 
 
 def train(image, labels, model_config=None, train_config=None, init=None, stop=None) -> TrainingFinished:

@@ -188,7 +188,7 @@ class TrainingWidget(QWidget):
     def _finished_model(self, run: _Run, event: TrainingFinished) -> None:
         seconds = time.perf_counter() - run.started
         when = time.strftime("%H:%M:%S")
-        best = f", best epoch {event.best_epoch}" if event.best_epoch else ""
+        best = f", {event.kept}" if event.kept else ""
         description = f"{run.kind.replace('ing', 'ed')} at {when} ({event.reason}{best}); classes {list(event.model.class_values)}"
         classes = list(event.model.class_values)
         names = [run.names.get(v) for v in classes] if run.names else None
