@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     rows = []
     model = final.model
     best_weights = model.keras_model.get_weights()
-    entries = [(m, e, s, w) for m, e, s, w in snapshots] + [("final (best val)", wall, steps, best_weights)]
+    entries = [(m, e, s, w) for m, e, s, w in snapshots] + [("final (as delivered)", wall, steps, best_weights)]
     for fraction in average_from:
         averaged = [w for e, _, w in epoch_weights if e >= fraction * args.minutes * 60]
         if averaged:
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
         if batch_norm == "recomputed":  # as train_events does when it stops here (the final weights: same again)
             recompute_batch_norm(model, normalized_train_image, train_slices)
         val_v_rand = None
-        if minute == "final (best val)":
+        if minute == "final (as delivered)":
             model.boundary_rule, val_v_rand = final_rule, final.boundary_v_rand
         elif model.boundary_value is not None:
             # as if training had stopped here: tune the boundary rule on the training's validation slices

@@ -52,7 +52,6 @@ def test_model_config_rejects_bad_values_with_a_clear_message(kwargs, words):
         ({"percentiles": (50, 10)}, "percentiles"),
         ({"max_minutes": 0}, "max_minutes"),
         ({"average_weights_from": 1.0}, "average_weights_from"),
-        ({"average_weights_from": 0.5, "recompute_batch_norm": False}, "batch-norm statistics"),
     ],
 )
 def test_train_config_rejects_bad_values(kwargs, words):

@@ -151,7 +151,7 @@ def test_bfloat16_without_hardware_support_warns(monkeypatch):
 
 def test_weight_averaging_trains_and_keeps_averaged_weights():
     image, labels = stripes()
-    model_config, train_config = tiny_configs(epochs=2, steps_per_epoch=5, ema_momentum=0.9, jit_compile=False, recompute_batch_norm=False)
+    model_config, train_config = tiny_configs(epochs=2, steps_per_epoch=5, ema_momentum=0.9, jit_compile=False, recompute_batch_norm=False, average_weights_from=0.0)
     seen = []
     for event in train_events(image, labels, model_config, train_config):
         if isinstance(event, TrainingStarted):

@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("-o", "--output", required=True, help="model file to write (.keras)")
     train.add_argument("--preset", default="default", choices=["default", "classic"])
     train.add_argument("--epochs", type=int, help="epochs (default: the preset's, or unlimited with --max-minutes)")
-    train.add_argument("--max-minutes", type=float, help="wall-clock budget; the best validation model is kept")
+    train.add_argument("--max-minutes", type=float, help="wall-clock budget; the learning-rate schedule follows it")
     train.add_argument("--ignore-value", type=int, help="label value of unannotated pixels (sparse labels)")
     train.add_argument("--val-fraction", type=float, help="share of slices held out for validation (default 0.2)")
     train.add_argument("--init", help="fine-tune this model file instead of starting from scratch")

@@ -85,7 +85,9 @@ class TrainConfig:
     lr_schedule: str = "cosine"  # "constant" or "cosine" (decay to 1 % over all steps)
     ema_momentum: float = 0.0  # > 0: validate and keep an exponential moving average of the weights
     recompute_batch_norm: bool = True  # after training: batch-norm statistics from unaugmented training tiles
-    average_weights_from: float = 0.0  # > 0: deliver the mean of the epoch-end weights after this fraction of the run
+    # > 0: deliver the mean of the epoch-end weights after this fraction of the run instead of the best
+    # validation epoch (weight averaging; the mean always gets recomputed batch-norm statistics)
+    average_weights_from: float = 0.65
     loss: str = "ce+dice"  # "ce" or "ce+dice"
     dice_weight: float = 0.5
     class_weighting: str = "balanced"  # "none" or "balanced" (inverse sqrt frequency)
@@ -115,10 +117,6 @@ class TrainConfig:
         _check(0 < self.learning_rate < 1, f"learning_rate must be in (0, 1), got {self.learning_rate}")
         _check(0 <= self.ema_momentum < 1, f"ema_momentum must be in [0, 1), got {self.ema_momentum}")
         _check(0 <= self.average_weights_from < 1, f"average_weights_from must be in [0, 1), got {self.average_weights_from}")
-        _check(
-            self.average_weights_from == 0 or self.recompute_batch_norm,
-            "average_weights_from needs recompute_batch_norm=True: averaged weights need their own batch-norm statistics",
-        )
         _check(self.lr_schedule in ("constant", "cosine"), f"unknown lr_schedule {self.lr_schedule!r}")
         _check(self.loss in ("ce", "ce+dice"), f"loss must be 'ce' or 'ce+dice', got {self.loss!r}")
         _check(self.class_weighting in ("none", "balanced"), f"unknown class_weighting {self.class_weighting!r}")
@@ -165,6 +163,7 @@ PRESETS: dict[str, Preset] = {
             class_weighting="none",
             border_weight=0.0,
             augment_elastic=False,
+            average_weights_from=0.0,
         ),
         "the seed's U-Net: 64->1024 filters, 4 poolings, dropout 0.5, sigmoid head, Adam 1e-4, binary cross-entropy",
     ),

@@ -175,7 +175,8 @@ def train_events(
     ``labels`` hold class values (e.g. 0/255); pixels equal to ``train_config.ignore_value`` are not
     annotated. ``init`` fine-tunes an existing model (its architecture, classes and normalisation are
     kept). ``stop()`` returning True, or the time budget, ends training cleanly. The last event is
-    :class:`TrainingFinished` carrying the model with the best validation weights.
+    :class:`TrainingFinished` carrying the model: the mean of the epoch-end weights after
+    ``train_config.average_weights_from`` of the run, or, with fewer than two such epochs, the best validation epoch.
     """
     train_config = train_config or preset("default").train
     image_stack, label_stack = check_pair(image, labels)
@@ -341,7 +342,7 @@ def train_events(
         averaged_epochs = 0
         if best_weights is not None:
             keras_model.set_weights(best_weights)
-    if train_config.recompute_batch_norm and step > 0:
+    if (train_config.recompute_batch_norm or averaged_epochs) and step > 0:
         recompute_batch_norm(result, images, train_slices)
     result.history = history
     boundary_v_rand = None
