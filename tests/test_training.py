@@ -149,7 +149,7 @@ def test_bfloat16_without_hardware_support_warns(monkeypatch):
     assert final.reason == "completed"
 
 
-def test_weight_averaging_trains_and_keeps_averaged_weights():
+def test_ema_trains_and_keeps_the_averaged_weights_of_the_best_epoch():
     image, labels = stripes()
     model_config, train_config = tiny_configs(epochs=2, steps_per_epoch=5, ema_momentum=0.9, jit_compile=False, recompute_batch_norm=False, average_weights_from=0.0)
     seen = []
@@ -164,35 +164,33 @@ def test_weight_averaging_trains_and_keeps_averaged_weights():
     assert all(np.array_equal(a, b) for a, b in zip(kept, seen[final.best_epoch - 1]))
 
 
-def test_weight_averaging_delivers_the_mean_of_the_late_epochs():
+def _train_recording_epochs(train_config):
+    """Train on :func:`stripes`; returns the final event and the trainable weights at every epoch end."""
     image, labels = stripes()
-    model_config, train_config = tiny_configs(epochs=4, steps_per_epoch=3, average_weights_from=0.5, jit_compile=False)
     seen = []
-    for event in train_events(image, labels, model_config, train_config):
+    for event in train_events(image, labels, tiny_configs()[0], train_config):
         if isinstance(event, TrainingStarted):
             live = event.model.keras_model
         elif isinstance(event, EpochEnd):
             seen.append([v.numpy().copy() for v in live.trainable_variables])
         final = event
+    return final, seen
+
+
+def test_weight_averaging_delivers_the_mean_of_the_late_epochs():
+    final, seen = _train_recording_epochs(tiny_configs(epochs=4, steps_per_epoch=3, average_weights_from=0.5, jit_compile=False)[1])
     # epochs end at 1/4, 2/4, 3/4 and 4/4 of the run: the last three are averaged
     assert final.averaged_epochs == 3 and final.kept == "mean of the last 3 epochs"
     kept = [v.numpy() for v in final.model.keras_model.trainable_variables]
     for index, value in enumerate(kept):
         np.testing.assert_allclose(value, np.mean([epoch[index] for epoch in seen[1:]], axis=0), rtol=1e-5, atol=1e-7)
     assert not np.allclose(kept[0], seen[-1][0])
+    image = stripes()[0]
     assert predict(final.model, image[0]).labels.shape == image.shape[1:]
 
 
 def test_weight_averaging_of_a_single_epoch_keeps_the_best_epoch():
-    image, labels = stripes()
-    model_config, train_config = tiny_configs(epochs=2, steps_per_epoch=3, average_weights_from=0.9, jit_compile=False)
-    seen = []
-    for event in train_events(image, labels, model_config, train_config):
-        if isinstance(event, TrainingStarted):
-            live = event.model.keras_model
-        elif isinstance(event, EpochEnd):
-            seen.append([v.numpy().copy() for v in live.trainable_variables])
-        final = event
+    final, seen = _train_recording_epochs(tiny_configs(epochs=2, steps_per_epoch=3, average_weights_from=0.9, jit_compile=False)[1])
     assert final.averaged_epochs == 0 and final.kept == f"best epoch {final.best_epoch}"
     kept = [v.numpy() for v in final.model.keras_model.trainable_variables]
     assert all(np.array_equal(a, b) for a, b in zip(kept, seen[final.best_epoch - 1]))
