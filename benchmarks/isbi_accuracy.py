@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     from napari_unet.metrics import evaluate, isbi_scores
     from napari_unet.postprocess import tune_boundary_rule
     from napari_unet.predict import predict
-    from napari_unet.train import EpochEnd, TrainingFinished, TrainingStarted, recompute_batch_norm, train_events
+    from napari_unet.train import EpochEnd, TrainingFinished, TrainingStarted, WeightAverage, recompute_batch_norm, train_events
 
     image = tifffile.imread(DATA / "train-volume.tif")
     labels = tifffile.imread(DATA / "train-labels.tif")
@@ -99,13 +99,15 @@ def main(argv=None) -> int:
 
     rows = []
     model = final.model
-    best_weights = model.keras_model.get_weights()
-    entries = [(m, e, s, w) for m, e, s, w in snapshots] + [("final (as delivered)", wall, steps, best_weights)]
-    for fraction in average_from:
-        averaged = [w for e, _, w in epoch_weights if e >= fraction * args.minutes * 60]
-        if averaged:
-            mean = [np.mean([w[i] for w in averaged], axis=0) for i in range(len(averaged[0]))]
-            entries.append((f"average of {len(averaged)} epochs from {fraction:g}", wall, steps, mean))
+    delivered_weights = model.keras_model.get_weights()
+    entries = [(m, e, s, w) for m, e, s, w in snapshots] + [("final (as delivered)", wall, steps, delivered_weights)]
+    for fraction in average_from:  # as train_events averages with average_weights_from=fraction
+        late_epochs = WeightAverage()
+        for epoch_elapsed, _, weights in epoch_weights:
+            if epoch_elapsed >= fraction * args.minutes * 60:
+                late_epochs.add(weights)
+        if late_epochs.count:
+            entries.append((f"average of {late_epochs.count} epochs from {fraction:g}", wall, steps, late_epochs.mean(delivered_weights)))
     train_image, train_labels = image[TRAIN_SLICES], labels[TRAIN_SLICES]
     final_rule = final.model.boundary_rule
     normalized_train_image = normalize(train_image, model.percentiles)
@@ -155,7 +157,7 @@ def main(argv=None) -> int:
     if args.save_model is not None:
         from napari_unet.model_io import save_model
 
-        model.keras_model.set_weights(best_weights)
+        model.keras_model.set_weights(delivered_weights)
         save_model(model, args.save_model)
     name = args.name or f"isbi-{args.preset}-{args.minutes:g}min"
     out = ROOT / "benchmarks" / "results" / f"{name}.json"

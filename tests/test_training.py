@@ -73,19 +73,24 @@ def test_training_is_deterministic_under_a_seed():
     np.testing.assert_allclose(runs[0], runs[1], rtol=1e-5)
 
 
-def test_batch_norm_statistics_are_recomputed_on_unaugmented_training_tiles():
+def _first_batch_norm_mean_on_training_tiles(model, image):
+    """What the first batch norm's moving mean must be after recomputation: the mean output of the first
+    convolution over the unaugmented tiles of the training slices 0-2 of ``image`` (slice 3 validates)."""
     from napari_unet.data import centre_tiles, normalize
     from napari_unet.model import import_keras
 
+    keras_model = model.keras_model
+    tiles = centre_tiles(normalize(image[:3], model.percentiles), range(3), 512, model.config.size_multiple)
+    first_conv = import_keras().Model(keras_model.input, keras_model.get_layer("down0_conv1").output)
+    return np.mean([first_conv.predict_on_batch(t).mean(axis=(0, 1, 2)) for t in tiles], axis=0)
+
+
+def test_batch_norm_statistics_are_recomputed_on_unaugmented_training_tiles():
     image, labels = stripes(n_slices=4, size=96)
     model_config, train_config = tiny_configs(epochs=1, steps_per_epoch=5, recompute_batch_norm=True)
     final = train(image, labels, model_config, train_config)
     model = final.model.keras_model
-    keras = import_keras()
-    # The training slices (0-2; slice 3 validates) at full size: the first batch norm's mean is their mean.
-    tiles = centre_tiles(normalize(image[:3], final.model.percentiles), range(3), 512, model_config.size_multiple)
-    first_conv = keras.Model(model.input, model.get_layer("down0_conv1").output)
-    expected = np.mean([first_conv.predict_on_batch(t).mean(axis=(0, 1, 2)) for t in tiles], axis=0)
+    expected = _first_batch_norm_mean_on_training_tiles(final.model, image)
     np.testing.assert_allclose(model.get_layer("down0_bn1").moving_mean.numpy(), expected, rtol=1e-4, atol=1e-5)
     kept = train(image, labels, model_config, train_config.replace(recompute_batch_norm=False)).model.keras_model
     assert not np.allclose(kept.get_layer("down0_bn1").moving_mean.numpy(), expected, rtol=1e-2)
@@ -178,7 +183,9 @@ def _train_recording_epochs(train_config):
 
 
 def test_weight_averaging_delivers_the_mean_of_the_late_epochs():
-    final, seen = _train_recording_epochs(tiny_configs(epochs=4, steps_per_epoch=3, average_weights_from=0.5, jit_compile=False)[1])
+    # averaged weights get their own batch-norm statistics even when recomputation is off for single epochs
+    train_config = tiny_configs(epochs=4, steps_per_epoch=3, average_weights_from=0.5, recompute_batch_norm=False, jit_compile=False)[1]
+    final, seen = _train_recording_epochs(train_config)
     # epochs end at 1/4, 2/4, 3/4 and 4/4 of the run: the last three are averaged
     assert final.averaged_epochs == 3 and final.kept == "mean of the last 3 epochs"
     kept = [v.numpy() for v in final.model.keras_model.trainable_variables]
@@ -186,7 +193,24 @@ def test_weight_averaging_delivers_the_mean_of_the_late_epochs():
         np.testing.assert_allclose(value, np.mean([epoch[index] for epoch in seen[1:]], axis=0), rtol=1e-5, atol=1e-7)
     assert not np.allclose(kept[0], seen[-1][0])
     image = stripes()[0]
+    moving_mean = final.model.keras_model.get_layer("down0_bn1").moving_mean.numpy()
+    np.testing.assert_allclose(moving_mean, _first_batch_norm_mean_on_training_tiles(final.model, image), rtol=1e-4, atol=1e-5)
     assert predict(final.model, image[0]).labels.shape == image.shape[1:]
+
+
+def test_weight_average_means_float_arrays_and_keeps_the_latest_of_others():
+    from napari_unet.train import WeightAverage
+
+    average = WeightAverage()
+    first = [np.array([1.0, 2.0], np.float32), np.array([7], np.uint32)]
+    second = [np.array([3.0, 6.0], np.float32), np.array([9], np.uint32)]
+    average.add(first)
+    average.add(second)
+    mean = average.mean(second)
+    assert average.count == 2 and mean[0].dtype == np.float32
+    np.testing.assert_array_equal(mean[0], [2.0, 4.0])
+    np.testing.assert_array_equal(mean[1], [9])
+    np.testing.assert_array_equal(first[0], [1.0, 2.0])  # inputs untouched
 
 
 def test_weight_averaging_of_a_single_epoch_keeps_the_best_epoch():

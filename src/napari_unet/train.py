@@ -143,6 +143,27 @@ def _validation_scores(model: UNetModel, images, slices, indices, loss_weights) 
     return val_loss, {"pixel_error": pixel_error(predicted, truth), "dice": float(np.mean(list(dice.values())))}
 
 
+def _run_progress(step: int, total_steps: int, elapsed: float, budget: Optional[float]) -> float:
+    """Share of the run done: by steps, or by the time budget when that is further along."""
+    progress = step / total_steps
+    return progress if budget is None else max(progress, elapsed / budget)
+
+
+class WeightAverage:
+    """Running mean of a model's weight lists (``keras_model.get_weights()``); non-float arrays keep the latest."""
+
+    def __init__(self):
+        self.count, self._sum = 0, None
+
+    def add(self, weights: list) -> None:
+        self._sum = list(weights) if self._sum is None else [a + w for a, w in zip(self._sum, weights)]
+        self.count += 1
+
+    def mean(self, latest: list) -> list:
+        """The mean of the added weight lists; ``latest`` supplies the non-float arrays (e.g. seed states)."""
+        return [a / self.count if np.issubdtype(a.dtype, np.floating) else w for a, w in zip(self._sum, latest)]
+
+
 def _learning_rate(base: float, schedule: str, progress: float) -> float:
     if schedule == "constant":
         return base
@@ -271,7 +292,7 @@ def train_events(
 
     start = time.perf_counter()
     best_loss, best_epoch, best_weights = math.inf, 0, None
-    weight_sum, averaged_epochs = None, 0
+    late_epochs = WeightAverage()
     history: list = []
     reason = "completed"
     step = 0
@@ -287,9 +308,7 @@ def train_events(
                 if budget is not None and elapsed >= budget:
                     reason = "time budget"
                     break
-                progress = step / total_steps
-                if budget is not None:
-                    progress = max(progress, elapsed / budget)
+                progress = _run_progress(step, total_steps, elapsed, budget)
                 lr = _learning_rate(train_config.learning_rate, train_config.lr_schedule, progress)
                 optimizer.learning_rate.assign(lr)
                 x, y = next(batches)
@@ -305,7 +324,7 @@ def train_events(
                 yield TrainingStep(epoch, step, total_steps, loss, lr, elapsed, eta)
             if not losses:
                 break
-            run_progress = step / total_steps if budget is None else max(step / total_steps, elapsed / budget)
+            run_progress = _run_progress(step, total_steps, elapsed, budget)
             val_loss, val_metrics = None, {}
             last_epoch = reason != "completed" or epoch == epochs
             raw_weights = None
@@ -319,9 +338,7 @@ def train_events(
             if is_best:
                 best_loss, best_epoch, best_weights = monitored, epoch, keras_model.get_weights()
             if 0 < train_config.average_weights_from <= run_progress:
-                current = keras_model.get_weights()
-                weight_sum = current if weight_sum is None else [a + w for a, w in zip(weight_sum, current)]
-                averaged_epochs += 1
+                late_epochs.add(keras_model.get_weights())
             elapsed = time.perf_counter() - start
             eta = elapsed / step * (total_steps - step)
             if budget is not None:
@@ -335,13 +352,11 @@ def train_events(
                 break
     finally:
         batches.close()
-    if averaged_epochs >= 2:  # stochastic weight averaging; its batch-norm statistics are recomputed below
-        latest = keras_model.get_weights()
-        keras_model.set_weights([a / averaged_epochs if np.issubdtype(a.dtype, np.floating) else w for a, w in zip(weight_sum, latest)])
-    else:
-        averaged_epochs = 0
-        if best_weights is not None:
-            keras_model.set_weights(best_weights)
+    averaged_epochs = late_epochs.count if late_epochs.count >= 2 else 0
+    if averaged_epochs:  # stochastic weight averaging; its batch-norm statistics are recomputed below
+        keras_model.set_weights(late_epochs.mean(keras_model.get_weights()))
+    elif best_weights is not None:
+        keras_model.set_weights(best_weights)
     if (train_config.recompute_batch_norm or averaged_epochs) and step > 0:
         recompute_batch_norm(result, images, train_slices)
     result.history = history
@@ -371,5 +386,7 @@ __all__ = [
     "train_events",
     "train",
     "split_validation",
+    "recompute_batch_norm",
+    "WeightAverage",
     "InputError",
 ]
