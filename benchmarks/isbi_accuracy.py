@@ -23,7 +23,10 @@ DATA = ROOT.parent / "shared" / "data" / "isbi2012"
 TRAIN_SLICES, JUDGE_SLICES = slice(0, 15), slice(15, 20)
 
 
-def parse_value(text: str):
+def parse_value(text: str, current=None):
+    """A --set value: text for string fields (so class_weighting=none stays "none"), else number, bool or None."""
+    if isinstance(current, str):
+        return text
     for cast in (int, float):
         try:
             return cast(text)
@@ -69,7 +72,8 @@ def main(argv=None) -> int:
     model_over, train_over = {}, {}
     for item in args.set:
         key, value = item.split("=", 1)
-        (model_over if key in model_fields else train_over)[key] = parse_value(value)
+        target, config = (model_over, chosen.model) if key in model_fields else (train_over, chosen.train)
+        target[key] = parse_value(value, getattr(config, key, None))
     model_config = dataclasses.replace(chosen.model, **model_over)
     train_config = chosen.train.replace(epochs=100_000, max_minutes=args.minutes, **train_over)
     every_epoch = args.checkpoints == "epochs"

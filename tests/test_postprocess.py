@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from napari_unet.postprocess import (
     boundary_mask,
@@ -101,3 +102,24 @@ def test_boundary_mask_with_merging_closes_the_gap_and_only_adds_boundary_pixels
 def test_merge_regions_of_a_flat_map_is_one_region():
     regions = merge_regions(np.full((16, 16), 0.1, np.float32))
     assert len(np.unique(regions)) == 1
+
+
+def two_cells_with_a_weak_membrane_stretch_and_faint_splits():
+    """(40, 40) float32: a membrane (0.9) between two cells, weak (0.4) along its top 12 rows; a faint line (0.2) splits both cells."""
+    probability = np.full((40, 40), 0.05, np.float32)
+    probability[:, 19:21] = 0.9
+    probability[:12, 19:21] = 0.4
+    probability[11:13, :19] = 0.2
+    probability[11:13, 21:] = 0.2
+    return probability
+
+
+@pytest.mark.parametrize("minima_depth", [0.02, 0.05])
+def test_hierarchical_merging_judges_a_weak_stretch_with_the_whole_membrane(minima_depth):
+    probability = two_cells_with_a_weak_membrane_stretch_and_faint_splits()
+    top_left, bottom_left, top_right, bottom_right = (5, 5), (30, 5), (5, 30), (30, 30)
+    regions = merge_regions(probability, merge_below=0.6, minima_depth=minima_depth)
+    assert regions[top_left] == regions[bottom_left] and regions[top_right] == regions[bottom_right]
+    assert regions[top_left] != regions[top_right], "the cells' whole shared membrane (mean 0.75) keeps them apart"
+    one_shot = merge_regions(probability, merge_below=0.6, minima_depth=minima_depth, hierarchical=False)
+    assert len(np.unique(one_shot)) == 1, "judged alone, the weak top stretch (0.4) merges the two cells"

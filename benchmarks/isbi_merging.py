@@ -1,0 +1,94 @@
+"""Hierarchical against one-shot region merging on saved ISBI models: every setting, and the rule chosen on 12-14.
+
+    python benchmarks/isbi_merging.py A.keras [B.keras ...] [--name isbi-merging]
+
+For models saved by ``isbi_accuracy.py --save-model`` (trained on slices 0-11, validation 12-14): predicts slices
+12-19 once (cached beside each model as ``MODEL.p12-19.npy``), then for both merging modes of
+``postprocess.merge_regions`` scores every minima depth x merge level on the validation slices 12-14 and the
+unseen slices 15-19, and the rule ``tune_boundary_rule`` picks on 12-14 from each mode's candidates (the
+model's threshold rule as training chooses it). The comparison is paired: same networks, same probabilities.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "isbi2012"
+N_VAL = 3  # slices 12-14 of the 12-19 block; 15-19 are judged
+DEPTHS, LEVELS = (0.02, 0.05), (0.4, 0.5, 0.6, 0.7)
+
+
+def membrane_probabilities(model_path: Path, image) -> np.ndarray:
+    """(8, Y, X) float32 membrane probability of slices 12-19, cached as float16 beside the model."""
+    cache = model_path.with_suffix(".p12-19.npy")
+    if cache.exists():
+        return np.load(cache).astype(np.float32)
+    from napari_unet.model_io import load_model
+    from napari_unet.predict import predict
+
+    model = load_model(model_path)
+    result = predict(model, image, close_boundaries=False, slices=range(12, 20))
+    probability = result.probabilities[..., model.class_values.index(0)]
+    np.save(cache, probability.astype(np.float16))
+    return probability.astype(np.float32)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="+", type=Path)
+    parser.add_argument("--name", default="isbi-merging")
+    args = parser.parse_args(argv)
+    if not DATA.is_dir():
+        print(f"skipped: {DATA} not found (needs the project's shared data beside the repo)")
+        return 0
+
+    import tifffile
+
+    from napari_unet.metrics import isbi_scores
+    from napari_unet.postprocess import CANDIDATE_CLOSINGS, boundary_mask, tune_boundary_rule
+
+    image = tifffile.imread(DATA / "train-volume.tif")
+    cells = tifffile.imread(DATA / "train-labels.tif")[12:20] != 0
+
+    def scores(probability, truth, rule) -> dict:
+        s = isbi_scores(np.stack([~boundary_mask(plane, **rule) for plane in probability]), truth)
+        return {"v_rand": round(float(s["v_rand"]), 4), "v_info": round(float(s["v_info"]), 4)}
+
+    report = {}
+    for path in args.models:
+        probability = membrane_probabilities(path, image)
+        val, judge = probability[:N_VAL], probability[N_VAL:]
+        threshold = tune_boundary_rule(val, cells[:N_VAL], closings=())[0]["threshold"]
+        rows = []
+        for hierarchical in (False, True):
+            for depth in DEPTHS:
+                for level in LEVELS:
+                    rule = {"threshold": threshold, "merge_below": level, "minima_depth": depth, "hierarchical": hierarchical}
+                    started = time.perf_counter()
+                    row = {**rule, "val": scores(val, cells[:N_VAL], rule), "judge": scores(judge, cells[N_VAL:], rule)}
+                    row["seconds_per_slice"] = round((time.perf_counter() - started) / len(probability), 3)
+                    rows.append(row)
+                    print(path.stem, json.dumps(row), flush=True)
+        chosen = {}
+        for hierarchical in (False, True):
+            closings = [{**c, "hierarchical": hierarchical} for c in CANDIDATE_CLOSINGS]
+            rule, val_v_rand = tune_boundary_rule(val, cells[:N_VAL], closings=closings)
+            chosen["hierarchical" if hierarchical else "one-shot"] = {
+                "rule": rule, "val_v_rand": round(val_v_rand, 4), "judge": scores(judge, cells[N_VAL:], rule)}
+        print(path.stem, "chosen on 12-14:", json.dumps(chosen), flush=True)
+        report[path.stem] = {"threshold": threshold, "rows": rows, "chosen": chosen}
+    out = ROOT / "benchmarks" / "results" / f"{args.name}.json"
+    out.write_text(json.dumps(report, indent=1))
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
