@@ -8,10 +8,13 @@ over minutes, so only alternated medians compare):
   convolutions for inference, exit right after the output file is written);
 - ``no-fast-exit``: the same, then the interpreter's normal teardown (``sys.exit(main())``);
 - ``no-folding``: the same as ``current`` with the network run as trained (batch norm layers kept);
-- ``neither``: no folding and the normal teardown (the command before both changes).
+- ``neither``: no folding and the normal teardown (the command before both changes);
+- ``one-shot-merging``: ``current`` with the membrane rule's watershed regions merged in one cut of the
+  initial boundaries (``merge_regions(hierarchical=False)``, the rule before session 9).
 
     python benchmarks/bench_predict_cli.py --model m.keras            # 5 rounds
     python benchmarks/bench_predict_cli.py --model m.keras --rounds 2 # quick
+    python benchmarks/bench_predict_cli.py --model m.keras --variants current,one-shot-merging --name predict-cli-merging
 
 ``m.keras``: a default-preset model (``napari-unet train .../train-volume.tif .../train-labels.tif -o m.keras``);
 the membrane rule's run time depends on trained probabilities, so random weights would not do.
@@ -44,6 +47,11 @@ DRIVERS = {
         "import sys, napari_unet.predict as p; p.fold_batch_norm = lambda model, config: model; "
         "from napari_unet.cli import main; sys.exit(main())"
     ),
+    "one-shot-merging": (
+        "import napari_unet.postprocess as pp; merge = pp.merge_regions; "
+        "pp.merge_regions = lambda p, m, h, s, hierarchical=True: merge(p, m, h, s, hierarchical=False); "
+        "from napari_unet.cli import run; run()"
+    ),
 }
 
 
@@ -62,7 +70,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model", type=Path, required=True, help="default-preset model file (.keras)")
     parser.add_argument("--image", type=Path, default=TEST_VOLUME)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--variants", default=",".join(DRIVERS))
+    parser.add_argument("--variants", default="current,no-fast-exit,no-folding,neither")
     parser.add_argument("--name", default="predict-cli")
     args = parser.parse_args(argv)
     if not args.image.exists():
