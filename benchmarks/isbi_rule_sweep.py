@@ -1,0 +1,80 @@
+"""Sweep the membrane rule's minima depth x merge level x threshold on saved ISBI models (validation vs unseen).
+
+    python benchmarks/isbi_rule_sweep.py A.keras [B.keras ...] [--name isbi-rule-sweep]
+
+For models saved by ``isbi_accuracy.py --save-model`` (trained on slices 0-11, validation 12-14), with the
+probabilities of slices 12-19 that ``isbi_merging.py`` caches beside each model: for every setting, V_rand,
+V_info and pixel error of the labels (``probability > threshold`` plus the borders of the hierarchically
+merged regions) on the validation slices 12-14 and on the unseen slices 15-19, then the mean over models.
+It asks whether what the validation slices prefer is what the unseen slices prefer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from isbi_merging import DATA, N_VAL, ROOT, membrane_probabilities  # noqa: E402
+
+DEPTHS = (0.005, 0.01, 0.02, 0.05)
+LEVELS = (0.4, 0.5, 0.6, 0.7)
+THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
+PARTS = {"val": slice(0, N_VAL), "judge": slice(N_VAL, None)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="+", type=Path)
+    parser.add_argument("--name", default="isbi-rule-sweep")
+    args = parser.parse_args(argv)
+    if not DATA.is_dir():
+        print(f"skipped: {DATA} not found (needs the project's shared data beside the repo)")
+        return 0
+
+    import tifffile
+    from skimage.segmentation import find_boundaries
+
+    from napari_unet.metrics import isbi_scores
+    from napari_unet.postprocess import merge_regions
+
+    image = tifffile.imread(DATA / "train-volume.tif")
+    cells = tifffile.imread(DATA / "train-labels.tif")[12:20] != 0
+    per_model = {}
+    for path in args.models:
+        probability = membrane_probabilities(path, image)
+        settings = {}
+        for depth in DEPTHS:
+            for level in LEVELS:
+                borders = np.stack([
+                    find_boundaries(merge_regions(plane, level, depth, 1.0, True), connectivity=1, mode="inner")
+                    for plane in probability])
+                for threshold in THRESHOLDS:
+                    mask = (probability > threshold) | borders
+                    row = {}
+                    for part, where in PARTS.items():
+                        s = isbi_scores(~mask[where], cells[where])
+                        row[part] = {"v_rand": round(float(s["v_rand"]), 4), "v_info": round(float(s["v_info"]), 4),
+                                     "pixel_error": round(float(np.mean(mask[where] == cells[where])), 4)}
+                    settings[f"{depth}/{level}/{threshold}"] = row
+            print(path.stem, "depth", depth, "done", flush=True)
+        per_model[path.stem] = settings
+    mean = {}
+    for key in next(iter(per_model.values())):
+        mean[key] = {part: {metric: round(float(np.mean([m[key][part][metric] for m in per_model.values()])), 4)
+                            for metric in ("v_rand", "v_info", "pixel_error")} for part in PARTS}
+    print("depth/level/threshold  validation 12-14 (V_rand V_info pixel)  unseen 15-19")
+    for key, row in mean.items():
+        print(key, *(f"{row[p]['v_rand']:.3f} {row[p]['v_info']:.3f} {row[p]['pixel_error']:.3f}" for p in PARTS))
+    out = ROOT / "benchmarks" / "results" / f"{args.name}.json"
+    out.write_text(json.dumps({"models": list(per_model), "mean": mean, "per_model": per_model}, indent=1))
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
