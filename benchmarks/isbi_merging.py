@@ -40,22 +40,34 @@ def membrane_probabilities(model_path: Path, image) -> np.ndarray:
     return probability.astype(np.float32)
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_saved_models(argv, description: str, default_name: str):
+    """Command-line arguments (``models``, ``name``), or None when the shared ISBI data is absent."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("models", nargs="+", type=Path)
-    parser.add_argument("--name", default="isbi-merging")
+    parser.add_argument("--name", default=default_name)
     args = parser.parse_args(argv)
     if not DATA.is_dir():
         print(f"skipped: {DATA} not found (needs the project's shared data beside the repo)")
-        return 0
+        return None
+    return args
 
+
+def read_isbi_volume() -> tuple[np.ndarray, np.ndarray]:
+    """The (20, 512, 512) uint8 training volume and the (8, 512, 512) bool cell mask of slices 12-19."""
     import tifffile
+
+    return tifffile.imread(DATA / "train-volume.tif"), tifffile.imread(DATA / "train-labels.tif")[12:20] != 0
+
+
+def main(argv=None) -> int:
+    args = parse_saved_models(argv, __doc__.splitlines()[0], "isbi-merging")
+    if args is None:
+        return 0
 
     from napari_unet.metrics import isbi_scores
     from napari_unet.postprocess import CANDIDATE_CLOSINGS, boundary_mask, tune_boundary_rule
 
-    image = tifffile.imread(DATA / "train-volume.tif")
-    cells = tifffile.imread(DATA / "train-labels.tif")[12:20] != 0
+    image, cells = read_isbi_volume()
 
     def scores(probability, truth, rule) -> dict:
         s = isbi_scores(np.stack([~boundary_mask(plane, **rule) for plane in probability]), truth)

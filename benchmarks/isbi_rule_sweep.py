@@ -11,7 +11,6 @@ It asks whether what the validation slices prefer is what the unseen slices pref
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from isbi_merging import DATA, N_VAL, ROOT, membrane_probabilities  # noqa: E402
+from isbi_merging import N_VAL, ROOT, membrane_probabilities, parse_saved_models, read_isbi_volume  # noqa: E402
 
 DEPTHS = (0.005, 0.01, 0.02, 0.05)
 LEVELS = (0.4, 0.5, 0.6, 0.7)
@@ -28,22 +27,16 @@ PARTS = {"val": slice(0, N_VAL), "judge": slice(N_VAL, None)}
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("models", nargs="+", type=Path)
-    parser.add_argument("--name", default="isbi-rule-sweep")
-    args = parser.parse_args(argv)
-    if not DATA.is_dir():
-        print(f"skipped: {DATA} not found (needs the project's shared data beside the repo)")
+    args = parse_saved_models(argv, __doc__.splitlines()[0], "isbi-rule-sweep")
+    if args is None:
         return 0
 
-    import tifffile
     from skimage.segmentation import find_boundaries
 
     from napari_unet.metrics import isbi_scores
     from napari_unet.postprocess import merge_regions
 
-    image = tifffile.imread(DATA / "train-volume.tif")
-    cells = tifffile.imread(DATA / "train-labels.tif")[12:20] != 0
+    image, cells = read_isbi_volume()
     per_model = {}
     for path in args.models:
         probability = membrane_probabilities(path, image)
