@@ -31,10 +31,8 @@ def main(argv=None) -> int:
     if args is None:
         return 0
 
-    from skimage.segmentation import find_boundaries
-
-    from napari_unet.metrics import isbi_scores
-    from napari_unet.postprocess import merge_regions
+    from napari_unet.metrics import isbi_scores, pixel_error
+    from napari_unet.postprocess import region_borders
 
     image, cells = read_isbi_volume()
     per_model = {}
@@ -43,16 +41,15 @@ def main(argv=None) -> int:
         settings = {}
         for depth in DEPTHS:
             for level in LEVELS:
-                borders = np.stack([
-                    find_boundaries(merge_regions(plane, level, depth, 1.0, True), connectivity=1, mode="inner")
-                    for plane in probability])
+                # boundary_mask(threshold=t, merge_below=level, minima_depth=depth) for every t, merging once
+                borders = np.stack([region_borders(plane, merge_below=level, minima_depth=depth) for plane in probability])
                 for threshold in THRESHOLDS:
-                    mask = (probability > threshold) | borders
+                    cell_prediction = ~((probability > threshold) | borders)
                     row = {}
                     for part, where in PARTS.items():
-                        s = isbi_scores(~mask[where], cells[where])
+                        s = isbi_scores(cell_prediction[where], cells[where])
                         row[part] = {"v_rand": round(float(s["v_rand"]), 4), "v_info": round(float(s["v_info"]), 4),
-                                     "pixel_error": round(float(np.mean(mask[where] == cells[where])), 4)}
+                                     "pixel_error": round(pixel_error(cell_prediction[where], cells[where]), 4)}
                     settings[f"{depth}/{level}/{threshold}"] = row
             print(path.stem, "depth", depth, "done", flush=True)
         per_model[path.stem] = settings

@@ -6,6 +6,7 @@ from napari_unet.postprocess import (
     close_boundaries,
     find_boundary_class,
     merge_regions,
+    region_borders,
     segment_instances,
     tune_boundary_rule,
 )
@@ -123,3 +124,26 @@ def test_hierarchical_merging_judges_a_weak_stretch_with_the_whole_membrane(mini
     assert regions[top_left] != regions[top_right], "the cells' whole shared membrane (mean 0.75) keeps them apart"
     one_shot = merge_regions(probability, merge_below=0.6, minima_depth=minima_depth, hierarchical=False)
     assert len(np.unique(one_shot)) == 1, "judged alone, the weak top stretch (0.4) merges the two cells"
+
+
+def a_pale_cell_behind_a_gapped_membrane():
+    """(40, 40) float32: a dark cell (0.05) and a pale cell (0.3) apart by a membrane (0.9) whose top 10 rows are a gap (0.38)."""
+    probability = np.full((40, 40), 0.05, np.float32)
+    probability[:, 21:] = 0.3
+    probability[:, 19:21] = 0.9
+    probability[:10, 19:21] = 0.38
+    return probability
+
+
+def test_shallow_minima_keep_a_pale_cell_for_the_merge_to_judge():
+    probability = a_pale_cell_behind_a_gapped_membrane()
+    dark, pale = (30, 5), (30, 35)
+    regions = merge_regions(probability, merge_below=0.6)
+    assert regions[dark] != regions[pale], "default depth 0.02: the pale cell has a marker; its mostly strong membrane keeps it"
+    deep = merge_regions(probability, merge_below=0.6, minima_depth=0.05)
+    assert len(np.unique(deep)) == 1, "depth 0.05: the gap is ~0.03 above the pale cell, which is flooded without a judged boundary"
+    from skimage.measure import label
+
+    borders = region_borders(probability, merge_below=0.6)
+    assert borders[:10, 18:22].any() and not borders[:, :17].any(), "a one-pixel border closes the gap, nowhere else"
+    assert label(~boundary_mask(probability, threshold=0.5, merge_below=0.6), connectivity=1).max() == 2

@@ -94,13 +94,22 @@ CANDIDATE_THRESHOLDS: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)
 #: faint boundaries (:func:`merge_regions`). On unseen ISBI slices (15-19, four 10- and 30-minute models)
 #: merging beat every plain threshold by 0.03-0.08 V_rand and the seeded watershed lines of
 #: :func:`close_boundaries` by 0.01-0.05; ``merge_below`` 0.7 merged real cells there. Minima depth 0.02
-#: only: deeper minima fuse basins before the hierarchical merge can judge their boundary. The three
+#: only: a pale cell whose lowest gap is less than the depth above its interior gets no marker, and the
+#: watershed floods it from its neighbour without any boundary being judged. The three
 #: validation slices cannot see it (0.05 scored the same or higher there on all 11 models measured and
 #: was picked); on the unseen slices 0.02 was ahead on 9 and level on 2, by 0.021 V_rand on average
 #: (BENCHMARKS.md, "Minima depth").
 CANDIDATE_CLOSINGS: tuple[dict, ...] = tuple(
     {"seed_level": None, "merge_below": m, "minima_depth": 0.02, "hierarchical": True} for m in (0.5, 0.6)
 )
+
+
+def region_borders(
+    membrane_probability, merge_below: float = 0.6, minima_depth: float = 0.02, sigma: float = 1.0, hierarchical: bool = True
+) -> np.ndarray:
+    """Boolean (Y, X) one-pixel borders between the regions of :func:`merge_regions` (same arguments)."""
+    regions = merge_regions(membrane_probability, merge_below, minima_depth, sigma, hierarchical)
+    return find_boundaries(regions, connectivity=1, mode="inner")
 
 
 def boundary_mask(
@@ -110,7 +119,7 @@ def boundary_mask(
     sigma: float = 1.0,
     min_seed_size: int = 16,
     merge_below=None,
-    minima_depth: float = 0.05,
+    minima_depth: float = 0.02,
     hierarchical: bool = True,
 ):
     """Boolean (Y, X) boundary mask from a (Y, X) boundary probability by a boundary rule.
@@ -122,8 +131,7 @@ def boundary_mask(
     """
     probability = np.asarray(membrane_probability, dtype=np.float32)
     if merge_below is not None:
-        regions = merge_regions(probability, merge_below, minima_depth, sigma, hierarchical)
-        return (probability > threshold) | find_boundaries(regions, connectivity=1, mode="inner")
+        return (probability > threshold) | region_borders(probability, merge_below, minima_depth, sigma, hierarchical)
     if seed_level is None:
         return probability > threshold
     return close_boundaries(probability, threshold, seed_level=seed_level, sigma=sigma, min_seed_size=min_seed_size)
