@@ -67,7 +67,7 @@ def worker(spec):
 
         classic = preset("classic")
         tx, ty, *_ = load_data(spec["quick"])
-        tcfg = classic.train.replace(patch_size=spec["patch"], epochs=1, steps_per_epoch=spec["steps"], val_fraction=0.0)
+        tcfg = classic.train.replace(patch_size=spec["patch"], epochs=1, steps_per_epoch=spec["steps"], val_fraction=0.0, mixed_precision=False)
         t0 = time.perf_counter()
         result = train(tx, ty, classic.model, tcfg)
         save_model(result.model, spec["model"])
@@ -91,9 +91,10 @@ def worker(spec):
     if spec.get("jit"):
         model.keras_model.jit_compile = True
     _, _, test_x, _, _ = load_data(spec["quick"])
-    predict(model, test_x[:1])  # warm-up
+    mixed = bool(spec.get("mixed"))  # the lever's precision, not what "auto" would pick on this CPU
+    predict(model, test_x[:1], mixed_precision=mixed)  # warm-up
     t0 = time.perf_counter()
-    pred = predict(model, test_x, return_probabilities=True)
+    pred = predict(model, test_x, return_probabilities=True, mixed_precision=mixed)
     seconds = time.perf_counter() - t0
     np.save(spec["out"], pred.probabilities[..., 1].astype(np.float32))
     C.emit({"predict_seconds": seconds, "policy": str(model.keras_model.dtype_policy.name)})

@@ -183,8 +183,9 @@ def worker_napari(spec):
     model = UNetModel(keras_model, cfg, [0, 255], (1.0, 99.8))
     size, n = spec["infer_size"], spec["infer_slices"]
     stack, _ = C.synthetic_stack(n, size, seed=1)
-    predict(model, stack[:1])  # warm-up: traces the predict function for this tile shape
-    times = _timed_reps(lambda: predict(model, stack), spec["infer_reps"], spec["max_seconds"])
+    mixed = bool(spec.get("mixed"))  # the variant's precision, not what "auto" would pick on this CPU
+    predict(model, stack[:1], mixed_precision=mixed)  # warm-up: traces the predict function for this tile shape
+    times = _timed_reps(lambda: predict(model, stack, mixed_precision=mixed), spec["infer_reps"], spec["max_seconds"])
     pixels = n * size * size
     C.emit({"infer": {"size": size, "slices": n, "times": times, "mp_per_s": pixels / C.median(times) / 1e6, "images_per_s": n / C.median(times)}})
 

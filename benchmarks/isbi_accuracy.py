@@ -58,6 +58,7 @@ def main(argv=None) -> int:
 
     import tifffile
 
+    from napari_unet import hardware
     from napari_unet.config import preset
     from napari_unet.data import normalize
     from napari_unet.metrics import evaluate, isbi_scores
@@ -171,6 +172,8 @@ def main(argv=None) -> int:
         "minutes": args.minutes,
         "model_config": dataclasses.asdict(model_config),
         "train_config": {k: v for k, v in dataclasses.asdict(train_config).items()},
+        "train_config_as_run": dataclasses.asdict(model.train_config),  # "auto" resolved for this CPU
+        "bfloat16_cpu": hardware.cpu_has_fast_bfloat16(),
         "tta": args.tta,
         "boundary_value": model.boundary_value,
         "history": final.history,

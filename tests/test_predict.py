@@ -80,7 +80,7 @@ def test_xla_compiled_prediction_equals_the_plain_one_and_pads_partial_batches(m
     model = tiny_model()
     image = stripes(n_slices=2, size=128, seed=8)[0][:, :, :112]
     # 3 x 2 tiles of 64 per slice: batches of 4 and 2, the 2 padded to the compiled batch of 4
-    plain = predict(model, image, tile_size=64, overlap=16, batch_size=4, jit_compile=False)
+    plain = predict(model, image, tile_size=64, overlap=16, batch_size=4, jit_compile=False, mixed_precision=False)
     compiled_batches = []
     real_function = tf.function
 
@@ -91,23 +91,28 @@ def test_xla_compiled_prediction_equals_the_plain_one_and_pads_partial_batches(m
         return real_function(lambda batch: compiled_batches.append(tuple(batch.shape)) or fn(batch), **kwargs)
 
     monkeypatch.setattr(tf, "function", spy_function)
-    compiled = predict(model, image, tile_size=64, overlap=16, batch_size=4, jit_compile=True)
+    compiled = predict(model, image, tile_size=64, overlap=16, batch_size=4, jit_compile=True, mixed_precision=False)
     assert compiled_batches == [(4, 64, 64, 1)]  # traced once: the partial batch was padded
     np.testing.assert_allclose(compiled.probabilities, plain.probabilities, atol=1e-5)
     np.testing.assert_array_equal(compiled.labels, plain.labels)
 
 
-def test_xla_is_chosen_by_input_size(monkeypatch):
+@pytest.mark.parametrize("flags, large_uses_xla", [({"avx2", "fma"}, True), ({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}, False)])
+def test_xla_is_chosen_by_input_size_on_cpus_where_it_pays(monkeypatch, flags, large_uses_xla):
     import napari_unet.predict as predict_module
+    from napari_unet import hardware
 
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(hardware, "has_gpu", lambda: False)
     chosen = []
     real = predict_module._forward_pass
-    monkeypatch.setattr(predict_module, "_forward_pass", lambda m, jit, b=1: chosen.append(jit) or real(m, False, b))
+    monkeypatch.setattr(predict_module, "_forward_pass", lambda m, jit, b=1, mixed=False: chosen.append((jit, mixed)) or real(m, False, b))
     image = stripes(n_slices=2, size=64)[0]
     predict(tiny_model(), image)
     monkeypatch.setattr(predict_module, "XLA_MIN_PIXELS", 2 * 64 * 64)
     predict(tiny_model(), image)
-    assert chosen == [False, True]
+    bfloat16 = not large_uses_xla  # the AMX CPU computes in bfloat16, without XLA
+    assert chosen == [(False, bfloat16), (large_uses_xla, bfloat16)]
 
 
 def test_progress_events_then_one_prediction():

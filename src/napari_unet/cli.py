@@ -92,6 +92,8 @@ def _train_config_from_args(args, preset):
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value
+    if args.float32:
+        overrides["mixed_precision"] = False
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
     elif args.max_minutes is not None:
@@ -209,6 +211,7 @@ def cmd_predict(args) -> int:
     for event in predict_events(
         model, image, tile_size=args.tile_size, batch_size=args.batch_size, tta=args.tta,
         return_probabilities=args.probabilities is not None, close_boundaries=False if args.argmax else (True if args.close_boundaries else None),
+        mixed_precision=False if args.float32 else None,
     ):
         if hasattr(event, "done"):
             progress.show(event.done / event.total, f"tile {event.done}/{event.total} ETA {_format_seconds(event.eta)}")
@@ -258,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--val-fraction", type=float, help="share of slices held out for validation (default 0.2)")
     train.add_argument("--init", help="fine-tune this model file instead of starting from scratch")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--float32", action="store_true", help="compute in float32 also on CPUs with bfloat16 instructions (default: bfloat16 there)")
     train.add_argument("--batch-size", type=int)
     train.add_argument("--patch-size", type=int)
     train.add_argument("--learning-rate", type=float)
@@ -271,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("-o", "--output", required=True, help="labels TIFF to write (the training labels' values)")
     pred.add_argument("--probabilities", help="also write per-class probabilities (float32 TIFF, Z C Y X)")
     pred.add_argument("--tta", action="store_true", help="average over flips and 90-degree rotations")
+    pred.add_argument("--float32", action="store_true", help="compute in float32 also on CPUs with bfloat16 instructions (default: bfloat16 there)")
     pred.add_argument(
         "--close-boundaries", action="store_true",
         help="always close gaps in thin boundaries (EM membranes): watershed regions merged across faint "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, fields
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 
 class ConfigError(ValueError):
@@ -15,6 +15,15 @@ class ConfigError(ValueError):
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
+
+
+def _bool_or_auto(name: str, value) -> Union[bool, str]:
+    """True, False or "auto"; the strings "true" / "false" (command lines) become booleans."""
+    text = str(value).lower()
+    if isinstance(value, bool) or text in ("true", "false"):
+        return text == "true"
+    _check(text == "auto", f"{name} must be true, false or 'auto', got {value!r}")
+    return "auto"
 
 
 @dataclass(frozen=True)
@@ -106,8 +115,10 @@ class TrainConfig:
     max_minutes: Optional[float] = None
     ignore_value: Optional[int] = None
     percentiles: tuple = (1.0, 99.8)
-    mixed_precision: bool = False  # bfloat16 compute; only pays on GPUs or CPUs with AVX512-BF16 / AMX
-    jit_compile: bool = True  # XLA: +14 % training steps/s on a 2-core AVX2 CPU (BENCHMARKS.md)
+    # "auto" (napari_unet.hardware): bfloat16 on CPUs with AMX / AVX512-BF16 (1.7x the steps/s of float32 + XLA
+    # there); XLA on float32 CPUs without AVX-512 (+6-14 % there, slower than oneDNN with AVX-512). BENCHMARKS.md.
+    mixed_precision: Union[bool, str] = "auto"
+    jit_compile: Union[bool, str] = "auto"
 
     def __post_init__(self):
         _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
@@ -124,6 +135,8 @@ class TrainConfig:
         _check(0 <= self.val_fraction < 1, f"val_fraction must be in [0, 1), got {self.val_fraction}")
         _check(self.max_minutes is None or self.max_minutes > 0, "max_minutes must be positive")
         _check(0 <= self.annotated_center_fraction <= 1, "annotated_center_fraction must be in [0, 1]")
+        for name in ("mixed_precision", "jit_compile"):
+            object.__setattr__(self, name, _bool_or_auto(name, getattr(self, name)))
         lo, hi = self.percentiles
         _check(0 <= lo < hi <= 100, f"percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}")
         object.__setattr__(self, "percentiles", (float(lo), float(hi)))

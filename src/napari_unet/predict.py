@@ -9,6 +9,7 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
+from . import hardware
 from .data import InputError, check_image, downscale_image, neighbour_slices, normalize, upscale_probabilities
 from .labels import from_indices
 from .model import fold_batch_norm
@@ -90,13 +91,16 @@ def _transforms(height: int, width: int, tta: bool) -> list[tuple[int, bool]]:
     return [(0, False), (2, False), (0, True), (2, True)]
 
 
-def _forward_pass(model: UNetModel, jit_compile: bool, batch_size: int = 1) -> Callable[[np.ndarray], np.ndarray]:
+def _forward_pass(
+    model: UNetModel, jit_compile: bool, batch_size: int = 1, mixed_precision: bool = False
+) -> Callable[[np.ndarray], np.ndarray]:
     """The network as a function of a (B, T, T, C) float32 batch; with ``jit_compile`` an XLA-compiled one.
 
-    Batch normalisation is folded into the convolutions first (:func:`~napari_unet.model.fold_batch_norm`).
-    The compiled function pads smaller batches to ``batch_size``, so a stack compiles once.
+    Batch normalisation is folded into the convolutions first (:func:`~napari_unet.model.fold_batch_norm`),
+    which computes in bfloat16 with ``mixed_precision``. The compiled function pads smaller batches to
+    ``batch_size``, so a stack compiles once.
     """
-    keras_model = fold_batch_norm(model.keras_model, model.config)
+    keras_model = fold_batch_norm(model.keras_model, model.config, mixed_precision)
     if not jit_compile:
         return lambda batch: np.asarray(keras_model.predict_on_batch(batch))
     import tensorflow as tf
@@ -157,6 +161,7 @@ def predict_events(
     stop: Optional[Callable[[], bool]] = None,
     jit_compile: Optional[bool] = None,
     slices: Optional[Sequence[int]] = None,
+    mixed_precision: Optional[bool] = None,
 ) -> Iterator[Union[PredictionProgress, Prediction]]:
     """Predict ``image`` ((Y, X) or (Z, Y, X), any real dtype, numpy or dask) tile by tile.
 
@@ -168,8 +173,10 @@ def predict_events(
     follow ``model.boundary_rule``, the threshold / watershed closing / region merging chosen on
     validation slices after training (:mod:`napari_unet.postprocess`). ``close_boundaries=True``
     forces closing of membrane gaps (watershed regions merged across faint boundaries), ``False``
-    gives plain argmax labels. ``jit_compile``: XLA-compile the network; None (default) does so for
-    inputs of at least :data:`XLA_MIN_PIXELS` network pixels, where the faster tiles repay the compile time.
+    gives plain argmax labels. ``mixed_precision``: run the network in bfloat16; None (default) does so
+    on CPUs with bfloat16 instructions (:mod:`napari_unet.hardware`). ``jit_compile``: XLA-compile the
+    network; None (default) does so for inputs of at least :data:`XLA_MIN_PIXELS` network pixels, where the
+    faster tiles repay the compile time, on float32 CPUs without AVX-512.
     ``slices``: predict only these slices of a (Z, Y, X) stack (the result has one plane per entry); a
     model with ``context_slices`` still sees their neighbours in the whole stack.
     """
@@ -198,9 +205,12 @@ def predict_events(
     window = blend_window((tile_y, tile_x), overlap)[..., None]
     n_classes = model.config.n_classes
     total = len(selected) * len(starts)
+    if mixed_precision is None:
+        mixed_precision = hardware.resolve_mixed_precision(hardware.AUTO)
     if jit_compile is None:
-        jit_compile = total * tile_y * tile_x * len(_transforms(tile_y, tile_x, tta)) >= XLA_MIN_PIXELS
-    forward = _forward_pass(model, jit_compile, min(batch_size, len(starts)))
+        large = total * tile_y * tile_x * len(_transforms(tile_y, tile_x, tta)) >= XLA_MIN_PIXELS
+        jit_compile = large and hardware.resolve_jit_compile(hardware.AUTO, mixed_precision)
+    forward = _forward_pass(model, jit_compile, min(batch_size, len(starts)), mixed_precision)
     rule = _boundary_rule(model, close_boundaries)
     boundary_index = model.class_values.index(model.boundary_value) if rule is not None else None
 

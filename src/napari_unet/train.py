@@ -10,6 +10,7 @@ from typing import Callable, Iterator, Optional, Union
 
 import numpy as np
 
+from . import hardware
 from .config import ConfigError, ModelConfig, TrainConfig, preset
 from .data import (
     Augmentation,
@@ -170,19 +171,6 @@ def _learning_rate(base: float, schedule: str, progress: float) -> float:
     return base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
-def _has_fast_bfloat16() -> bool:
-    """True when TensorFlow sees a GPU or (Linux) the CPU advertises AVX512-BF16 or AMX."""
-    import tensorflow as tf
-
-    if tf.config.list_physical_devices("GPU"):
-        return True
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return True  # unknown: do not warn
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def train_events(
     image,
     labels,
@@ -262,7 +250,8 @@ def train_events(
     )
 
     keras = import_keras()
-    if train_config.mixed_precision and not _has_fast_bfloat16():
+    mixed_precision = hardware.resolve_mixed_precision(train_config.mixed_precision)
+    if mixed_precision and train_config.mixed_precision is True and not hardware.has_fast_bfloat16():
         warnings.warn(
             "mixed_precision: this CPU has no AVX512-BF16/AMX and no GPU is used, so bfloat16 training is "
             "several times slower than float32 here",
@@ -270,7 +259,12 @@ def train_events(
             stacklevel=2,
         )
     keras.utils.set_random_seed(train_config.seed)
-    keras_model = build_unet(model_config, mixed_precision=train_config.mixed_precision)
+    # The model file records what ran, not "auto".
+    train_config = train_config.replace(
+        mixed_precision=mixed_precision,
+        jit_compile=hardware.resolve_jit_compile(train_config.jit_compile, mixed_precision),
+    )
+    keras_model = build_unet(model_config, mixed_precision=mixed_precision)
     if init is not None:
         keras_model.set_weights(init.keras_model.get_weights())
     use_ema = train_config.ema_momentum > 0

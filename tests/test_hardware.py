@@ -1,0 +1,91 @@
+"""The "auto" compute settings follow the CPU's instructions; models record what actually ran."""
+
+import numpy as np
+import pytest
+
+from napari_unet import hardware
+from napari_unet.config import ConfigError, TrainConfig
+
+AMX_CPU = frozenset({"avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
+AVX512_CPU = frozenset({"avx2", "fma", "avx512f"})
+AVX2_CPU = frozenset({"avx2", "fma"})
+
+
+@pytest.fixture
+def cpu(monkeypatch):
+    """Pretend to run on a CPU with the given flags and no GPU."""
+
+    def use(flags):
+        monkeypatch.setattr(hardware, "cpu_flags", lambda: flags)
+        monkeypatch.setattr(hardware, "has_gpu", lambda: False)
+
+    return use
+
+
+@pytest.mark.parametrize(
+    "flags, mixed, jit",
+    [(AMX_CPU, True, False), (AVX512_CPU, False, False), (AVX2_CPU, False, True)],
+)
+def test_auto_picks_bfloat16_on_bf16_cpus_and_xla_only_without_avx512(cpu, flags, mixed, jit):
+    cpu(flags)
+    assert hardware.resolve_mixed_precision("auto") is mixed
+    assert hardware.resolve_jit_compile("auto", mixed) is jit
+    assert hardware.describe() == f"mixed_precision={mixed}, jit_compile={jit}"
+
+
+def test_explicit_settings_are_kept_whatever_the_cpu(cpu):
+    cpu(AVX2_CPU)
+    assert hardware.resolve_mixed_precision(True) is True
+    assert hardware.resolve_jit_compile(False, mixed_precision=False) is False
+    assert not hardware.has_fast_bfloat16()
+    cpu(AMX_CPU)
+    assert hardware.resolve_mixed_precision(False) is False
+    assert hardware.has_fast_bfloat16()
+
+
+def test_gpu_keeps_float32_with_xla(monkeypatch):
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: AMX_CPU)
+    monkeypatch.setattr(hardware, "has_gpu", lambda: True)
+    assert hardware.resolve_mixed_precision("auto") is False
+    assert hardware.resolve_jit_compile("auto", False) is True
+
+
+def test_cpu_flags_are_read_from_proc_cpuinfo():
+    flags = hardware.cpu_flags()
+    assert isinstance(flags, frozenset)
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        pytest.skip("no /proc/cpuinfo on this system")
+    assert ("avx2" in flags) == (" avx2" in text)
+
+
+def test_train_config_accepts_auto_booleans_and_their_spelling():
+    assert TrainConfig().mixed_precision == "auto" and TrainConfig().jit_compile == "auto"
+    config = TrainConfig(mixed_precision="True", jit_compile="false")
+    assert config.mixed_precision is True and config.jit_compile is False
+    with pytest.raises(ConfigError, match="mixed_precision must be true, false or 'auto'"):
+        TrainConfig(mixed_precision="fast")
+
+
+def test_training_records_the_resolved_settings(cpu):
+    from _helpers import stripes, tiny_configs
+    from napari_unet.train import train
+
+    cpu(AVX512_CPU)  # float32, no XLA: the fastest combination on such a CPU
+    image, labels = stripes()
+    final = train(image, labels, *tiny_configs(epochs=1, steps_per_epoch=2))
+    assert final.model.train_config.mixed_precision is False
+    assert final.model.train_config.jit_compile is False
+
+
+def test_bfloat16_prediction_matches_float32_labels():
+    from _helpers import stripes, tiny_model
+    from napari_unet.predict import predict
+
+    model = tiny_model()
+    image = stripes(n_slices=1, seed=5)[0]
+    plain = predict(model, image, mixed_precision=False)
+    half = predict(model, image, mixed_precision=True)
+    assert np.abs(half.probabilities - plain.probabilities).max() < 0.05
+    assert np.mean(half.labels != plain.labels) < 0.01
