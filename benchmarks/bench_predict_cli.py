@@ -9,6 +9,8 @@ over minutes, so only alternated medians compare):
 - ``no-fast-exit``: the same, then the interpreter's normal teardown (``sys.exit(main())``);
 - ``no-folding``: the same as ``current`` with the network run as trained (batch norm layers kept);
 - ``neither``: no folding and the normal teardown (the command before both changes);
+- ``float32``: ``current`` with ``--float32`` (on a CPU with AMX / AVX512-BF16, ``current`` runs the
+  network in bfloat16; elsewhere the two are the same command);
 - ``one-shot-merging``: ``current`` with the membrane rule's watershed regions merged in one cut of the
   initial boundaries (``merge_regions(hierarchical=False)``, the rule before session 9).
 
@@ -40,13 +42,14 @@ DRIVERS = {
     "current": "from napari_unet.cli import run; run()",
     "no-fast-exit": "import sys; from napari_unet.cli import main; sys.exit(main())",
     "no-folding": (
-        "import napari_unet.predict as p; p.fold_batch_norm = lambda model, config: model; "
+        "import napari_unet.predict as p; p.fold_batch_norm = lambda model, config, mixed_precision=False: model; "
         "from napari_unet.cli import run; run()"
     ),
     "neither": (
-        "import sys, napari_unet.predict as p; p.fold_batch_norm = lambda model, config: model; "
+        "import sys, napari_unet.predict as p; p.fold_batch_norm = lambda model, config, mixed_precision=False: model; "
         "from napari_unet.cli import main; sys.exit(main())"
     ),
+    "float32": "from napari_unet.cli import run; run()",
     "one-shot-merging": (
         "import napari_unet.postprocess as pp; merge = pp.merge_regions; "
         "pp.merge_regions = lambda p, m, h, s, hierarchical=True: merge(p, m, h, s, hierarchical=False); "
@@ -57,6 +60,7 @@ DRIVERS = {
 
 def run_variant(name: str, model: Path, image: Path, output: Path) -> float:
     command = [sys.executable, "-c", DRIVERS[name], "predict", str(model), str(image), "-o", str(output)]
+    command += ["--float32"] if name == "float32" else []
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, env=C.child_env({}))
     seconds = time.perf_counter() - start
