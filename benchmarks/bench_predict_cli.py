@@ -49,7 +49,6 @@ DRIVERS = {
         "import sys, napari_unet.predict as p; p.fold_batch_norm = lambda model, config, mixed_precision=False: model; "
         "from napari_unet.cli import main; sys.exit(main())"
     ),
-    "float32": "from napari_unet.cli import run; run()",
     "one-shot-merging": (
         "import napari_unet.postprocess as pp; merge = pp.merge_regions; "
         "pp.merge_regions = lambda p, m, h, s, hierarchical=True: merge(p, m, h, s, hierarchical=False); "
@@ -57,10 +56,13 @@ DRIVERS = {
     ),
 }
 
+#: Variants that are the current command with extra arguments.
+VARIANT_ARGUMENTS = {"float32": ["--float32"]}
+
 
 def run_variant(name: str, model: Path, image: Path, output: Path) -> float:
-    command = [sys.executable, "-c", DRIVERS[name], "predict", str(model), str(image), "-o", str(output)]
-    command += ["--float32"] if name == "float32" else []
+    command = [sys.executable, "-c", DRIVERS.get(name, DRIVERS["current"]), "predict", str(model), str(image), "-o", str(output)]
+    command += VARIANT_ARGUMENTS.get(name, [])
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, env=C.child_env({}))
     seconds = time.perf_counter() - start
@@ -80,6 +82,9 @@ def main(argv=None) -> int:
     if not args.image.exists():
         raise SystemExit(f"{args.image} not found: this benchmark needs ../shared/data beside the repository")
     variants = args.variants.split(",")
+    unknown = [name for name in variants if name not in DRIVERS and name not in VARIANT_ARGUMENTS]
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; choose from {sorted(DRIVERS) + sorted(VARIANT_ARGUMENTS)}")
     times: dict[str, list[float]] = {name: [] for name in variants}
     with tempfile.TemporaryDirectory() as tmp:
         run_variant(variants[0], args.model, args.image, Path(tmp) / "warm.tif")  # page cache, .pyc files

@@ -87,5 +87,6 @@ def test_bfloat16_prediction_matches_float32_labels():
     image = stripes(n_slices=1, seed=5)[0]
     plain = predict(model, image, mixed_precision=False)
     half = predict(model, image, mixed_precision=True)
+    assert not np.array_equal(half.probabilities, plain.probabilities), "bfloat16 rounding must show"
     assert np.abs(half.probabilities - plain.probabilities).max() < 0.05
     assert np.mean(half.labels != plain.labels) < 0.01

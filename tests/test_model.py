@@ -62,6 +62,19 @@ def test_folding_batch_norm_keeps_the_network_function():
     assert fold_batch_norm(plain, plain_config) is plain
 
 
+def test_inference_copy_computes_in_the_requested_precision_whatever_the_training_precision():
+    config = ModelConfig(depth=2, base_filters=4, batch_norm=False)
+    trained_bf16 = build_unet(config, mixed_precision=True)
+    assert fold_batch_norm(trained_bf16, config, mixed_precision=True) is trained_bf16
+    as_float32 = fold_batch_norm(trained_bf16, config, mixed_precision=False)
+    assert {layer.dtype_policy.name for layer in as_float32.layers if layer.weights} == {"float32"}
+    assert all(np.array_equal(a, b) for a, b in zip(as_float32.get_weights(), trained_bf16.get_weights()))
+    x = np.random.default_rng(1).random((1, 32, 32, 1)).astype(np.float32)
+    np.testing.assert_allclose(as_float32.predict_on_batch(x), trained_bf16.predict_on_batch(x), atol=0.05)
+    folded_bf16 = fold_batch_norm(build_unet(ModelConfig(depth=2, base_filters=4)), ModelConfig(depth=2, base_filters=4), True)
+    assert {layer.dtype_policy.name for layer in folded_bf16.layers if isinstance(layer, import_keras().layers.Conv2D)} == {"mixed_bfloat16"}
+
+
 def test_recomputed_batch_norm_statistics_are_the_mean_over_the_batches():
     keras = import_keras()
     model = build_unet(ModelConfig(depth=2, base_filters=4))

@@ -27,8 +27,9 @@ def cpu_flags() -> frozenset:
     return frozenset()
 
 
+@functools.lru_cache(maxsize=1)
 def has_gpu() -> bool:
-    """True when TensorFlow sees a GPU."""
+    """True when TensorFlow sees a GPU (asked once per process)."""
     import tensorflow as tf
 
     return bool(tf.config.list_physical_devices("GPU"))

@@ -251,7 +251,7 @@ def train_events(
 
     keras = import_keras()
     mixed_precision = hardware.resolve_mixed_precision(train_config.mixed_precision)
-    if mixed_precision and train_config.mixed_precision is True and not hardware.has_fast_bfloat16():
+    if train_config.mixed_precision is True and not hardware.has_fast_bfloat16():  # "auto" never picks slow bf16
         warnings.warn(
             "mixed_precision: this CPU has no AVX512-BF16/AMX and no GPU is used, so bfloat16 training is "
             "several times slower than float32 here",
