@@ -57,7 +57,7 @@ DRIVERS = {
 }
 
 #: Variants that are the current command with extra arguments.
-VARIANT_ARGUMENTS = {"float32": ["--float32"]}
+VARIANT_ARGUMENTS = {"float32": ["--float32"], "no-tta": ["--no-tta"], "tta": ["--tta"]}
 
 
 def run_variant(name: str, model: Path, image: Path, output: Path) -> float:

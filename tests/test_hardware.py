@@ -30,7 +30,7 @@ def test_auto_picks_bfloat16_on_bf16_cpus_and_xla_only_without_avx512(cpu, flags
     cpu(flags)
     assert hardware.resolve_mixed_precision("auto") is mixed
     assert hardware.resolve_jit_compile("auto", mixed) is jit
-    assert hardware.describe() == f"mixed_precision={mixed}, jit_compile={jit}"
+    assert hardware.describe() == f"mixed_precision={mixed}, jit_compile={jit}, tta={mixed}"  # tta where bf16 is fast
 
 
 def test_explicit_settings_are_kept_whatever_the_cpu(cpu):
@@ -43,11 +43,21 @@ def test_explicit_settings_are_kept_whatever_the_cpu(cpu):
     assert hardware.has_fast_bfloat16()
 
 
+@pytest.mark.parametrize("flags, tta", [(AMX_CPU, True), (AVX512_CPU, False), (AVX2_CPU, False)])
+def test_auto_tta_only_where_the_network_is_cheap(cpu, flags, tta):
+    cpu(flags)
+    assert hardware.resolve_tta("auto") is tta
+    assert hardware.resolve_tta(True) is True and hardware.resolve_tta(np.False_) is False
+    with pytest.raises(ValueError, match="tta"):
+        hardware.resolve_tta("yes")
+
+
 def test_gpu_keeps_float32_with_xla(monkeypatch):
     monkeypatch.setattr(hardware, "cpu_flags", lambda: AMX_CPU)
     monkeypatch.setattr(hardware, "has_gpu", lambda: True)
     assert hardware.resolve_mixed_precision("auto") is False
     assert hardware.resolve_jit_compile("auto", False) is True
+    assert hardware.resolve_tta("auto") is True
 
 
 def test_cpu_flags_are_read_from_proc_cpuinfo():

@@ -74,13 +74,42 @@ def test_odd_sizes_and_tta():
     assert np.mean(np.argmax(plain, -1) == np.argmax(tta, -1)) > 0.9
 
 
+def test_tta_is_the_mean_of_the_predictions_of_the_rotated_image():
+    model = tiny_model()
+    image = stripes(n_slices=1, size=64, seed=8)[0][0]  # one square tile: no blending, no padding
+    expected = np.mean(
+        [np.rot90(predict(model, np.rot90(image, k), tta=False).probabilities, -k) for k in range(4)], axis=0
+    )
+    tta = predict(model, image, tta=True).probabilities
+    np.testing.assert_allclose(tta, expected, atol=1e-5)
+    assert np.abs(tta - predict(model, image, tta=False).probabilities).max() > 1e-3, "the rotations must matter"
+    with pytest.raises(ValueError, match="tta"):
+        predict(model, image, tta="sometimes")
+
+
+@pytest.mark.parametrize("flags, expected", [({"avx2", "avx512_bf16", "amx_bf16"}, True), ({"avx2"}, False)])
+def test_default_tta_follows_the_cpu(monkeypatch, flags, expected):
+    from napari_unet import hardware
+    from napari_unet import predict as predict_module
+
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(hardware, "has_gpu", lambda: False)
+    seen = []
+    run_model = predict_module._run_model
+    monkeypatch.setattr(predict_module, "_run_model", lambda m, tiles, tta, f: seen.append(tta) or run_model(m, tiles, tta, f))
+    predict(tiny_model(), stripes(n_slices=1, size=64, seed=8)[0][0], mixed_precision=False)
+    assert seen == [expected]
+
+
 def test_xla_compiled_prediction_equals_the_plain_one_and_pads_partial_batches(monkeypatch):
     import tensorflow as tf
 
     model = tiny_model()
     image = stripes(n_slices=2, size=128, seed=8)[0][:, :, :112]
     # 3 x 2 tiles of 64 per slice: batches of 4 and 2, the 2 padded to the compiled batch of 4
-    plain = predict(model, image, tile_size=64, overlap=16, batch_size=4, jit_compile=False, mixed_precision=False)
+    settings = dict(tile_size=64, overlap=16, batch_size=4, mixed_precision=False, tta=False)
+    plain = predict(model, image, jit_compile=False, **settings)
+    plain_tta = predict(model, image, jit_compile=False, **{**settings, "tta": True})
     compiled_batches = []
     real_function = tf.function
 
@@ -91,10 +120,16 @@ def test_xla_compiled_prediction_equals_the_plain_one_and_pads_partial_batches(m
         return real_function(lambda batch: compiled_batches.append(tuple(batch.shape)) or fn(batch), **kwargs)
 
     monkeypatch.setattr(tf, "function", spy_function)
-    compiled = predict(model, image, tile_size=64, overlap=16, batch_size=4, jit_compile=True, mixed_precision=False)
+    compiled = predict(model, image, jit_compile=True, **settings)
     assert compiled_batches == [(4, 64, 64, 1)]  # traced once: the partial batch was padded
     np.testing.assert_allclose(compiled.probabilities, plain.probabilities, atol=1e-5)
     np.testing.assert_array_equal(compiled.labels, plain.labels)
+
+    # with test-time augmentation the four rotations of every tile share the network's batch
+    compiled_batches.clear()
+    compiled = predict(model, image, jit_compile=True, **{**settings, "tta": True})
+    assert compiled_batches == [(16, 64, 64, 1)]
+    np.testing.assert_allclose(compiled.probabilities, plain_tta.probabilities, atol=1e-5)
 
 
 @pytest.mark.parametrize("flags, large_uses_xla", [({"avx2", "fma"}, True), ({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}, False)])

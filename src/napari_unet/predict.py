@@ -83,11 +83,15 @@ XLA_MIN_PIXELS = 64 * 512 * 512
 
 
 def _transforms(height: int, width: int, tta: bool) -> list[tuple[int, bool]]:
-    """(quarter turns, flip) pairs applied to tiles of (height, width): rotations by 90° for square tiles only."""
+    """(quarter turns, flip) pairs applied to tiles of (height, width).
+
+    With ``tta``: the four quarter turns of square tiles (on ISBI as accurate as all eight rotations and
+    flips at half the cost, BENCHMARKS.md); non-square tiles get the shape-keeping identity, half turn and flips.
+    """
     if not tta:
         return [(0, False)]
     if height == width:
-        return [(k, f) for k in range(4) for f in (False, True)]
+        return [(k, False) for k in range(4)]
     return [(0, False), (2, False), (0, True), (2, True)]
 
 
@@ -117,14 +121,16 @@ def _forward_pass(
 
 
 def _run_model(model: UNetModel, tiles: np.ndarray, tta: bool, forward: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """(B, T, T, n_classes) float32 class probabilities for (B, T, T, C) float32 tiles (``forward``: the network)."""
-    total = None
+    """(B, T, T, n_classes) float32 class probabilities for (B, T, T, C) float32 tiles (``forward``: the network).
+
+    The transformed copies of the tiles go through the network as one batch.
+    """
     transforms = _transforms(tiles.shape[1], tiles.shape[2], tta)
-    for k, flip in transforms:
-        out = forward(np.ascontiguousarray(_dihedral(tiles, k, flip)))
-        out = _undo_dihedral(out.astype(np.float32, copy=False), k, flip)
-        total = out if total is None else total + out
-    probs = total / len(transforms)
+    batch = np.concatenate([_dihedral(tiles, k, flip) for k, flip in transforms]) if tta else tiles
+    out = forward(np.ascontiguousarray(batch)).astype(np.float32, copy=False)
+    n = len(tiles)
+    probs = sum(_undo_dihedral(out[i * n : (i + 1) * n], k, flip) for i, (k, flip) in enumerate(transforms))
+    probs = probs / len(transforms)
     if model.config.head == "sigmoid":
         probs = np.concatenate([1.0 - probs, probs], axis=-1)
     return probs
@@ -155,7 +161,7 @@ def predict_events(
     tile_size: int = 512,
     overlap: int = 48,
     batch_size: int = 2,
-    tta: bool = False,
+    tta: Union[bool, str] = "auto",
     return_probabilities: bool = True,
     close_boundaries: Optional[bool] = None,
     stop: Optional[Callable[[], bool]] = None,
@@ -173,7 +179,9 @@ def predict_events(
     follow ``model.boundary_rule``, the threshold / watershed closing / region merging chosen on
     validation slices after training (:mod:`napari_unet.postprocess`). ``close_boundaries=True``
     forces closing of membrane gaps (watershed regions merged across faint boundaries), ``False``
-    gives plain argmax labels. ``mixed_precision``: run the network in bfloat16; None (default) does so
+    gives plain argmax labels. ``tta``: test-time augmentation, the mean over the four quarter turns of
+    each tile (:func:`_transforms`); ``"auto"`` (default) uses it where the network is cheap, on a GPU or a CPU
+    with bfloat16 instructions (:func:`napari_unet.hardware.resolve_tta`). ``mixed_precision``: run the network in bfloat16; None (default) does so
     on CPUs with bfloat16 instructions (:mod:`napari_unet.hardware`). ``jit_compile``: XLA-compile the
     network; None (default) does so for inputs of at least :data:`XLA_MIN_PIXELS` network pixels, where the
     faster tiles repay the compile time, on float32 CPUs without AVX-512.
@@ -207,10 +215,12 @@ def predict_events(
     total = len(selected) * len(starts)
     if mixed_precision is None:
         mixed_precision = hardware.resolve_mixed_precision(hardware.AUTO)
+    tta = hardware.resolve_tta(tta)
+    n_transforms = len(_transforms(tile_y, tile_x, tta))
     if jit_compile is None:
-        large = total * tile_y * tile_x * len(_transforms(tile_y, tile_x, tta)) >= XLA_MIN_PIXELS
+        large = total * tile_y * tile_x * n_transforms >= XLA_MIN_PIXELS
         jit_compile = large and hardware.resolve_jit_compile(hardware.AUTO, mixed_precision)
-    forward = _forward_pass(model, jit_compile, min(batch_size, len(starts)), mixed_precision)
+    forward = _forward_pass(model, jit_compile, min(batch_size, len(starts)) * n_transforms, mixed_precision)
     rule = _boundary_rule(model, close_boundaries)
     boundary_index = model.class_values.index(model.boundary_value) if rule is not None else None
 

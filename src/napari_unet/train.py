@@ -130,7 +130,7 @@ def _resolve_model_config(model_config: Optional[ModelConfig], n_classes: int, i
 
 def _validation_scores(model: UNetModel, images, slices, indices, loss_weights) -> tuple[float, dict]:
     """Weighted cross-entropy, pixel error and mean Dice on the annotated pixels of ``slices`` of ``images``."""
-    probabilities = predict(model, images, return_probabilities=True, slices=slices).probabilities
+    probabilities = predict(model, images, return_probabilities=True, slices=slices, tta=False).probabilities
     annotated = indices >= 0
     if not annotated.any():
         return float("nan"), {}
@@ -357,7 +357,7 @@ def train_events(
     boundary_v_rand = None
     if boundary_value is not None and has_validation and step > 0 and (val_indices >= 0).all():
         # Membranes: on the (fully annotated) validation slices, the threshold with the lowest pixel
-        # error and the gap closing with the best V_rand.
+        # error and the gap closing with the best V_rand, on the probabilities `predict` gives by default here.
         boundary_index = class_values.index(boundary_value)
         probabilities = predict(result, val_images, close_boundaries=False, slices=val_planes).probabilities[..., boundary_index]
         result.boundary_rule, boundary_v_rand = tune_boundary_rule(probabilities, val_indices != boundary_index)

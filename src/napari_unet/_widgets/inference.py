@@ -32,6 +32,9 @@ class _Job:
     info: Any  # the session's ModelInfo (class names, colours) when the job started
 
 
+TTA_CHOICES = {"auto": "auto", "on": True, "off": False}
+
+
 class InferenceWidget(QWidget):
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
@@ -45,7 +48,9 @@ class InferenceWidget(QWidget):
         self.scope = QComboBox()
         self.scope.addItems([CURRENT, STACK])
         self.scope.setCurrentText(STACK)
-        self.tta = QCheckBox("test-time augmentation (8 flips/rotations, slower)")
+        self.tta = QComboBox()
+        self.tta.addItems(list(TTA_CHOICES))
+        self.tta.setToolTip("test-time augmentation: average the network over the four 90-degree rotations of each tile (4 network passes); auto = on with a GPU or a CPU with bfloat16 instructions")
         self.probabilities = QCheckBox("probability map")
         self.cells = QCheckBox("cell instances (2 classes: cells split by membranes)")
         self.cells.setToolTip("one label per cell region of the predicted labels, membranes shared out to the cells beside them (as the ISBI scores see them); the membrane is the model's boundary class, else the class named 'membrane', else the first class (value 0 in ISBI masks)")
@@ -64,9 +69,10 @@ class InferenceWidget(QWidget):
         form.addRow("", self.load_button)
         form.addRow("image", self.image)
         form.addRow("apply to", self.scope)
+        form.addRow("test-time augmentation", self.tta)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
-        for box in (self.tta, self.probabilities, self.cells, self.close_gaps, self.keep):
+        for box in (self.probabilities, self.cells, self.close_gaps, self.keep):
             layout.addWidget(box)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
@@ -129,7 +135,7 @@ class InferenceWidget(QWidget):
         membrane = self._membrane_value(model) if self.cells.isChecked() and self.cells.isEnabled() else None
         stop = threading.Event()
         close = self.close_gaps.isChecked() and self.close_gaps.isEnabled()
-        worker = create_worker(predict_job, model, image, self.tta.isChecked(), self.probabilities.isChecked(), membrane, close, stop=stop.is_set)
+        worker = create_worker(predict_job, model, image, TTA_CHOICES[self.tta.currentText()], self.probabilities.isChecked(), membrane, close, stop=stop.is_set)
         self._job = _Job(worker, stop, image_layer, z, model, self.session.info)
         worker.yielded.connect(self._on_event)
         worker.finished.connect(self._on_finished)

@@ -1,0 +1,83 @@
+#!/usr/bin/env python
+"""Test-time augmentation on saved ISBI models: labels on the unseen slices 15-19 with and without it, paired.
+
+    python benchmarks/isbi_tta.py m10.keras ...     # ~1 min per model; results/isbi-tta.json
+
+For models saved by ``isbi_accuracy.py --save-model`` (trained on slices 0-11, validation 12-14): predicts slices
+12-19 once plainly and once averaged over the 8 rotations and flips (``predict(..., tta=True)``), in the
+precision ``predict`` picks for this CPU. For each, the membrane rule is chosen on 12-14 exactly as training
+chooses it (``tune_boundary_rule`` over ``CANDIDATE_CLOSINGS``) and the labels of 15-19 are scored. Also reports
+the TTA probabilities under the plain rule (what ``predict --tta`` does with a saved model) and the seconds per slice.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from isbi_merging import N_VAL, ROOT, parse_saved_models, read_isbi_volume  # noqa: E402
+
+SLICES = range(12, 20)
+
+
+def main(argv=None) -> int:
+    args = parse_saved_models(argv, __doc__.splitlines()[0], "isbi-tta")
+    if args is None:
+        return 0
+
+    from napari_unet.metrics import isbi_scores, pixel_error
+    from napari_unet.model_io import load_model
+    from napari_unet.postprocess import CANDIDATE_CLOSINGS, boundary_mask, tune_boundary_rule
+    from napari_unet.predict import predict
+
+    image, cells = read_isbi_volume()
+
+    def scores(probability, truth, rule) -> dict:
+        cell_mask = np.stack([~boundary_mask(plane, **rule) for plane in probability])
+        s = isbi_scores(cell_mask, truth)
+        return {
+            "pixel_error": round(float(pixel_error(cell_mask, truth)), 4),
+            "v_rand": round(float(s["v_rand"]), 4),
+            "v_info": round(float(s["v_info"]), 4),
+        }
+
+    rows = []
+    for path in args.models:
+        model = load_model(path)
+        membrane = model.class_values.index(0)
+        row = {"model": str(path)}
+        rules = {}
+        for tta in (False, True):
+            started = time.perf_counter()
+            result = predict(model, image, close_boundaries=False, slices=SLICES, tta=tta)
+            seconds = (time.perf_counter() - started) / len(SLICES)
+            probability = result.probabilities[..., membrane]
+            val, judge = probability[:N_VAL], probability[N_VAL:]
+            rule, val_v_rand = tune_boundary_rule(val, cells[:N_VAL], closings=CANDIDATE_CLOSINGS)
+            rules[tta] = rule
+            name = "tta" if tta else "plain"
+            row[name] = {"rule": rule, "val_v_rand": round(val_v_rand, 4), "judge": scores(judge, cells[N_VAL:], rule),
+                         "network_seconds_per_slice": round(seconds, 3)}
+            if tta:
+                row["tta_with_plain_rule"] = scores(judge, cells[N_VAL:], rules[False])
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    mean = {}
+    for key in ("plain", "tta"):
+        mean[key] = {m: round(float(np.mean([r[key]["judge"][m] for r in rows])), 4) for m in ("pixel_error", "v_rand", "v_info")}
+    mean["tta_with_plain_rule"] = {
+        m: round(float(np.mean([r["tta_with_plain_rule"][m] for r in rows])), 4) for m in ("pixel_error", "v_rand", "v_info")}
+    print("mean", json.dumps(mean))
+    out = ROOT / "benchmarks" / "results" / f"{args.name}.json"
+    out.write_text(json.dumps({"slices": list(SLICES), "validation": list(SLICES)[:N_VAL], "rows": rows, "mean": mean}, indent=1))
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
