@@ -42,7 +42,8 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], help="config override NAME=VALUE (model or train field)")
     parser.add_argument("--checkpoints", default="1,2,3,5,7.5,10,15,20,30",
                         help="minutes at which to snapshot, or 'epochs' to snapshot after every epoch")
-    parser.add_argument("--tta", action="store_true")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default="auto",
+                        help="test-time augmentation of the judged slices (default: as predict decides on this machine)")
     parser.add_argument("--name", default=None)
     parser.add_argument("--save-probabilities", type=Path, default=None, metavar="DIR",
                         help="also save each checkpoint's membrane probability of slices 15-19 and of the validation slices (float16 .npy)")
@@ -174,7 +175,7 @@ def main(argv=None) -> int:
         "train_config": {k: v for k, v in dataclasses.asdict(train_config).items()},
         "train_config_as_run": dataclasses.asdict(model.train_config),  # "auto" resolved for this CPU
         "bfloat16_cpu": hardware.cpu_has_fast_bfloat16(),
-        "tta": args.tta,
+        "tta": hardware.resolve_tta(args.tta),
         "boundary_value": model.boundary_value,
         "history": final.history,
         "rows": rows,

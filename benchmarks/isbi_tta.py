@@ -1,11 +1,13 @@
 #!/usr/bin/env python
 """Test-time augmentation on saved ISBI models: labels on the unseen slices 15-19 with and without it, paired.
 
-    python benchmarks/isbi_tta.py m10.keras ...     # ~1 min per model; results/isbi-tta.json
+    python benchmarks/isbi_tta.py m10.keras ...     # ~10 s per model; results/isbi-tta.json
+    python benchmarks/isbi_tta.py --transforms d4 --name isbi-tta-d4 m10.keras ...   # other sets of transforms
 
 For models saved by ``isbi_accuracy.py --save-model`` (trained on slices 0-11, validation 12-14): predicts slices
-12-19 once plainly and once averaged over the 8 rotations and flips (``predict(..., tta=True)``), in the
-precision ``predict`` picks for this CPU. For each, the membrane rule is chosen on 12-14 exactly as training
+12-19 once plainly and once with test-time augmentation (``predict(..., tta=True)``: the four quarter turns;
+``--transforms`` swaps in another set for this run: ``d4`` = all 8 rotations and flips, ``flips4`` = identity,
+half turn and the two flips, ``flip2`` = identity and one flip), in the precision ``predict`` picks for this CPU. For each, the membrane rule is chosen on 12-14 exactly as training
 chooses it (``tune_boundary_rule`` over ``CANDIDATE_CLOSINGS``) and the labels of 15-19 are scored. Also reports
 the TTA probabilities under the plain rule (what ``predict --tta`` does with a saved model) and the seconds per slice.
 """
@@ -23,12 +25,35 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from isbi_merging import N_VAL, ROOT, parse_saved_models, read_isbi_volume  # noqa: E402
 
 SLICES = range(12, 20)
+TRANSFORMS = {
+    "rot4": [(k, False) for k in range(4)],
+    "d4": [(k, flip) for k in range(4) for flip in (False, True)],
+    "flips4": [(0, False), (2, False), (0, True), (2, True)],
+    "flip2": [(0, False), (0, True)],
+}
+
+
+def use_transforms(name: str) -> None:
+    """Make ``predict(..., tta=True)`` average over the named set of (quarter turns, flip) pairs (square tiles)."""
+    import napari_unet.predict as predict_module
+
+    shipped = predict_module._transforms
+    predict_module._transforms = lambda h, w, tta: TRANSFORMS[name] if tta and h == w else shipped(h, w, tta)
 
 
 def main(argv=None) -> int:
+    transforms = "rot4"
+    if argv is None:
+        argv = sys.argv[1:]
+    if "--transforms" in argv:
+        at = argv.index("--transforms")
+        transforms, argv = argv[at + 1], argv[:at] + argv[at + 2 :]
+        if transforms not in TRANSFORMS:
+            raise SystemExit(f"--transforms must be one of {sorted(TRANSFORMS)}")
     args = parse_saved_models(argv, __doc__.splitlines()[0], "isbi-tta")
     if args is None:
         return 0
+    use_transforms(transforms)
 
     from napari_unet.metrics import isbi_scores, pixel_error
     from napari_unet.model_io import load_model
@@ -74,7 +99,7 @@ def main(argv=None) -> int:
         m: round(float(np.mean([r["tta_with_plain_rule"][m] for r in rows])), 4) for m in ("pixel_error", "v_rand", "v_info")}
     print("mean", json.dumps(mean))
     out = ROOT / "benchmarks" / "results" / f"{args.name}.json"
-    out.write_text(json.dumps({"slices": list(SLICES), "validation": list(SLICES)[:N_VAL], "rows": rows, "mean": mean}, indent=1))
+    out.write_text(json.dumps({"transforms": transforms, "slices": list(SLICES), "validation": list(SLICES)[:N_VAL], "rows": rows, "mean": mean}, indent=1))
     print(f"wrote {out}", file=sys.stderr)
     return 0
 

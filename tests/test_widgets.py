@@ -231,6 +231,14 @@ def test_options_probabilities_instances_and_current_slice(widgets, qtbot):
     run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
     closed_membrane = prediction.data[1] == 1
     assert np.all(closed_membrane[open_membrane]) and closed_membrane.sum() >= open_membrane.sum()
+    # Test-time augmentation: "auto" follows the machine; "on" and "off" give different probabilities.
+    assert inference.tta.currentText() == "auto"
+    maps = {}
+    for choice in ("off", "on"):
+        inference.tta.setCurrentText(choice)
+        run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
+        maps[choice] = viewer.layers["EM P(cell)"].data[1].copy()
+    assert np.abs(maps["on"] - maps["off"]).max() > 1e-3
 
 
 def test_multiclass_oct_prediction_and_probabilities(make_napari_viewer, qtbot):
