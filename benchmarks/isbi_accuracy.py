@@ -134,7 +134,7 @@ def main(argv=None) -> int:
         elif model.boundary_value is not None:
             # as if training had stopped here: tune the boundary rule on the training's validation slices
             b = model.class_values.index(model.boundary_value)
-            val_probs = predict(model, train_image, slices=val_slices, close_boundaries=False).probabilities[..., b]
+            val_probs = predict(model, train_image, slices=val_slices, close_boundaries=False, tta=False).probabilities[..., b]
             model.boundary_rule, val_v_rand = tune_boundary_rule(val_probs, train_labels[val_slices] != model.boundary_value)
             if args.save_probabilities is not None and batch_norm == "recomputed":
                 np.save(args.save_probabilities / f"validation-membrane-{minute}.npy", val_probs.astype(np.float16))

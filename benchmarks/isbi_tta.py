@@ -7,9 +7,10 @@
 For models saved by ``isbi_accuracy.py --save-model`` (trained on slices 0-11, validation 12-14): predicts slices
 12-19 once plainly and once with test-time augmentation (``predict(..., tta=True)``: the four quarter turns;
 ``--transforms`` swaps in another set for this run: ``d4`` = all 8 rotations and flips, ``flips4`` = identity,
-half turn and the two flips, ``flip2`` = identity and one flip), in the precision ``predict`` picks for this CPU. For each, the membrane rule is chosen on 12-14 exactly as training
-chooses it (``tune_boundary_rule`` over ``CANDIDATE_CLOSINGS``) and the labels of 15-19 are scored. Also reports
-the TTA probabilities under the plain rule (what ``predict --tta`` does with a saved model) and the seconds per slice.
+half turn and the two flips, ``flip2`` = identity and one flip), in the precision ``predict`` picks for this CPU. For each, the membrane rule is chosen on 12-14 as training chooses it
+(``tune_boundary_rule`` over ``CANDIDATE_CLOSINGS``) and the labels of 15-19 are scored. ``tta_with_plain_rule``
+is what ships: training chooses the rule on the plain probabilities, prediction applies it to the TTA ones.
+Also reports the network seconds per slice.
 """
 
 from __future__ import annotations

@@ -45,6 +45,24 @@ def test_train_predict_evaluate_round_trip(data, capsys):
     assert set(json.loads(out)) >= {"pixel_error", "dice", "v_rand", "v_info"}
 
 
+def test_predict_tta_flags_force_test_time_augmentation_on_and_off(data, capsys, monkeypatch):
+    import napari_unet.predict as predict_module
+
+    save_model(tiny_model(), data / "m.keras")
+    seen = []
+    run_model = predict_module._run_model
+    monkeypatch.setattr(predict_module, "_run_model", lambda m, tiles, tta, *rest: seen.append(tta) or run_model(m, tiles, tta, *rest))
+    probabilities = {}
+    for flag in ("--tta", "--no-tta"):
+        seen.clear()
+        out = data / f"probs{flag}.tif"
+        code, _, err = run(capsys, "predict", data / "m.keras", data / "image.tif", "-o", data / "p.tif", "--probabilities", out, flag)
+        assert code == 0, err
+        assert set(seen) == {flag == "--tta"}
+        probabilities[flag] = tifffile.imread(out)
+    assert np.abs(probabilities["--tta"] - probabilities["--no-tta"]).max() > 1e-3
+
+
 def test_fine_tuning_from_a_model_file(data, capsys):
     save_model(tiny_model(), data / "init.keras")
     code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "tuned.keras", "--init", data / "init.keras", *TINY_TRAINING)

@@ -68,23 +68,43 @@ def test_tiled_prediction_equals_whole_image_prediction():
 def test_odd_sizes_and_tta():
     model = tiny_model()
     image = stripes(n_slices=1, size=128, seed=7)[0][0, :77, :101]
-    plain = predict(model, image).probabilities
+    plain = predict(model, image, tta=False).probabilities
     tta = predict(model, image, tta=True).probabilities
     assert plain.shape == tta.shape == (77, 101, 2)
+    assert np.abs(plain - tta).max() > 1e-3, "the flips must matter"
     assert np.mean(np.argmax(plain, -1) == np.argmax(tta, -1)) > 0.9
 
 
 def test_tta_is_the_mean_of_the_predictions_of_the_rotated_image():
     model = tiny_model()
     image = stripes(n_slices=1, size=64, seed=8)[0][0]  # one square tile: no blending, no padding
+    settings = dict(mixed_precision=False, batch_size=1)  # float32, one image per network call throughout
     expected = np.mean(
-        [np.rot90(predict(model, np.rot90(image, k), tta=False).probabilities, -k) for k in range(4)], axis=0
+        [np.rot90(predict(model, np.rot90(image, k), tta=False, **settings).probabilities, -k) for k in range(4)], axis=0
     )
-    tta = predict(model, image, tta=True).probabilities
+    tta = predict(model, image, tta=True, **settings).probabilities
     np.testing.assert_allclose(tta, expected, atol=1e-5)
     assert np.abs(tta - predict(model, image, tta=False).probabilities).max() > 1e-3, "the rotations must matter"
     with pytest.raises(ValueError, match="tta"):
         predict(model, image, tta="sometimes")
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 3, 5])
+def test_tta_copies_count_against_the_network_batch(monkeypatch, batch_size):
+    from napari_unet import predict as predict_module
+
+    model = tiny_model()
+    image = stripes(n_slices=1, size=128, seed=8)[0][0]  # 3 x 3 tiles of 64
+    calls = []
+    forward_pass = predict_module._forward_pass
+
+    def spy(*args):
+        forward = forward_pass(*args)
+        return lambda batch: calls.append(len(batch)) or forward(batch)
+
+    monkeypatch.setattr(predict_module, "_forward_pass", spy)
+    predict(model, image, tile_size=64, overlap=16, batch_size=batch_size, tta=True, mixed_precision=False, jit_compile=False)
+    assert max(calls) <= batch_size and sum(calls) == 9 * 4
 
 
 @pytest.mark.parametrize("flags, expected", [({"avx2", "avx512_bf16", "amx_bf16"}, True), ({"avx2"}, False)])
@@ -92,12 +112,13 @@ def test_default_tta_follows_the_cpu(monkeypatch, flags, expected):
     from napari_unet import hardware
     from napari_unet import predict as predict_module
 
+    model = tiny_model()  # trained (and cached) on the real CPU, before faking its flags
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
     monkeypatch.setattr(hardware, "has_gpu", lambda: False)
     seen = []
     run_model = predict_module._run_model
-    monkeypatch.setattr(predict_module, "_run_model", lambda m, tiles, tta, f: seen.append(tta) or run_model(m, tiles, tta, f))
-    predict(tiny_model(), stripes(n_slices=1, size=64, seed=8)[0][0], mixed_precision=False)
+    monkeypatch.setattr(predict_module, "_run_model", lambda m, tiles, tta, *rest: seen.append(tta) or run_model(m, tiles, tta, *rest))
+    predict(model, stripes(n_slices=1, size=64, seed=8)[0][0], mixed_precision=False)
     assert seen == [expected]
 
 
@@ -125,10 +146,10 @@ def test_xla_compiled_prediction_equals_the_plain_one_and_pads_partial_batches(m
     np.testing.assert_allclose(compiled.probabilities, plain.probabilities, atol=1e-5)
     np.testing.assert_array_equal(compiled.labels, plain.labels)
 
-    # with test-time augmentation the four rotations of every tile share the network's batch
+    # with test-time augmentation the four rotations of a tile fill the network's batch of 4
     compiled_batches.clear()
     compiled = predict(model, image, jit_compile=True, **{**settings, "tta": True})
-    assert compiled_batches == [(16, 64, 64, 1)]
+    assert compiled_batches == [(4, 64, 64, 1)]
     np.testing.assert_allclose(compiled.probabilities, plain_tta.probabilities, atol=1e-5)
 
 

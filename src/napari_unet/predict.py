@@ -120,14 +120,18 @@ def _forward_pass(
     return run
 
 
-def _run_model(model: UNetModel, tiles: np.ndarray, tta: bool, forward: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+def _run_model(
+    model: UNetModel, tiles: np.ndarray, tta: bool, forward: Callable[[np.ndarray], np.ndarray], batch_size: int
+) -> np.ndarray:
     """(B, T, T, n_classes) float32 class probabilities for (B, T, T, C) float32 tiles (``forward``: the network).
 
-    The transformed copies of the tiles go through the network as one batch.
+    The transformed copies of the tiles go through the network in batches of ``batch_size`` images.
     """
     transforms = _transforms(tiles.shape[1], tiles.shape[2], tta)
     batch = np.concatenate([_dihedral(tiles, k, flip) for k, flip in transforms]) if tta else tiles
-    out = forward(np.ascontiguousarray(batch)).astype(np.float32, copy=False)
+    out = np.concatenate(
+        [forward(np.ascontiguousarray(batch[i : i + batch_size])) for i in range(0, len(batch), batch_size)]
+    ).astype(np.float32, copy=False)
     n = len(tiles)
     probs = sum(_undo_dihedral(out[i * n : (i + 1) * n], k, flip) for i, (k, flip) in enumerate(transforms))
     probs = probs / len(transforms)
@@ -173,8 +177,8 @@ def predict_events(
 
     Yields :class:`PredictionProgress` after each batch of tiles and finally one :class:`Prediction`.
     Tiles of ``tile_size`` overlap by ``overlap`` pixels and are blended with a raised-cosine window;
-    memory for the network stays bounded by ``batch_size`` tiles. ``stop()`` returning True ends early
-    with ``Prediction.stopped`` set (slices not reached are class index 0).
+    memory for the network stays bounded by ``batch_size`` images per call (tiles or their TTA copies).
+    ``stop()`` returning True ends early with ``Prediction.stopped`` set (slices not reached are class index 0).
     For a model with a thin boundary class (``model.boundary_value``, e.g. EM membranes) the labels
     follow ``model.boundary_rule``, the threshold / watershed closing / region merging chosen on
     validation slices after training (:mod:`napari_unet.postprocess`). ``close_boundaries=True``
@@ -220,7 +224,10 @@ def predict_events(
     if jit_compile is None:
         large = total * tile_y * tile_x * n_transforms >= XLA_MIN_PIXELS
         jit_compile = large and hardware.resolve_jit_compile(hardware.AUTO, mixed_precision)
-    forward = _forward_pass(model, jit_compile, min(batch_size, len(starts)) * n_transforms, mixed_precision)
+    # batch_size bounds the images per network call; test-time augmentation's copies count
+    tiles_per_batch = max(1, batch_size // n_transforms)
+    network_batch = min(batch_size, len(starts) * n_transforms)
+    forward = _forward_pass(model, jit_compile, network_batch, mixed_precision)
     rule = _boundary_rule(model, close_boundaries)
     boundary_index = model.class_values.index(model.boundary_value) if rule is not None else None
 
@@ -253,13 +260,13 @@ def predict_events(
             plane = np.stack([prepared[k] for k in planes], axis=-1)  # (padded_h, padded_w, network channels)
             accumulated = np.zeros((padded_h, padded_w, n_classes), np.float32)
             weights = np.zeros((padded_h, padded_w, 1), np.float32)
-            for first in range(0, len(starts), batch_size):
+            for first in range(0, len(starts), tiles_per_batch):
                 if stop is not None and stop():
                     stopped = True
                     break
-                chunk = starts[first : first + batch_size]
+                chunk = starts[first : first + tiles_per_batch]
                 tiles = np.stack([plane[y : y + tile_y, x : x + tile_x] for y, x in chunk])
-                out = _run_model(model, tiles, tta, forward)
+                out = _run_model(model, tiles, tta, forward, network_batch)
                 for (y, x), tile_probs in zip(chunk, out):
                     accumulated[y : y + tile_y, x : x + tile_x] += tile_probs * window
                     weights[y : y + tile_y, x : x + tile_x] += window

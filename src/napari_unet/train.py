@@ -357,9 +357,11 @@ def train_events(
     boundary_v_rand = None
     if boundary_value is not None and has_validation and step > 0 and (val_indices >= 0).all():
         # Membranes: on the (fully annotated) validation slices, the threshold with the lowest pixel
-        # error and the gap closing with the best V_rand, on the probabilities `predict` gives by default here.
+        # error and the gap closing with the best V_rand. Without test-time augmentation, so that the model
+        # file does not depend on the machine (on ISBI both chose the same rule for all 8 models measured).
         boundary_index = class_values.index(boundary_value)
-        probabilities = predict(result, val_images, close_boundaries=False, slices=val_planes).probabilities[..., boundary_index]
+        probabilities = predict(result, val_images, close_boundaries=False, slices=val_planes, tta=False).probabilities
+        probabilities = probabilities[..., boundary_index]
         result.boundary_rule, boundary_v_rand = tune_boundary_rule(probabilities, val_indices != boundary_index)
     yield TrainingFinished(result, reason, best_epoch, history, boundary_v_rand, averaged_epochs)
 

@@ -9,7 +9,7 @@ message instead of an exception, so the widget shows one notification and nothin
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 
@@ -48,7 +48,7 @@ def train_job(image, labels, model_config, train_config, init=None, stop=None):
         yield Failed(str(err))
 
 
-def predict_job(model: UNetModel, image, tta, probabilities: bool, membrane_value=None, close: bool = False, stop=None):
+def predict_job(model: UNetModel, image, tta: Union[bool, str], probabilities: bool, membrane_value=None, close: bool = False, stop=None):
     """The core's prediction events; the last is :class:`PredictionResult` or :class:`Failed`.
 
     ``membrane_value``: with a 2-class model, the membrane class value; the cells the predicted labels
