@@ -92,9 +92,9 @@ def worker(spec):
         model.keras_model.jit_compile = True
     _, _, test_x, _, _ = load_data(spec["quick"])
     mixed = bool(spec.get("mixed"))  # the lever's precision, not what "auto" would pick on this CPU
-    predict(model, test_x[:1], mixed_precision=mixed)  # warm-up
+    predict(model, test_x[:1], mixed_precision=mixed, tta=False)  # warm-up
     t0 = time.perf_counter()
-    pred = predict(model, test_x, return_probabilities=True, mixed_precision=mixed)
+    pred = predict(model, test_x, return_probabilities=True, mixed_precision=mixed, tta=False)
     seconds = time.perf_counter() - t0
     np.save(spec["out"], pred.probabilities[..., 1].astype(np.float32))
     C.emit({"predict_seconds": seconds, "policy": str(model.keras_model.dtype_policy.name)})

@@ -71,7 +71,8 @@ def worker(spec):
         model = UNetModel(build_unet(classic.model, mixed_precision=spec["mixed"]), classic.model, [0, 255], (1.0, 99.8))
     baseline = C.current_rss_mb()
     t0 = time.perf_counter()
-    pred = predict(model, volume, return_probabilities=spec["probabilities"], mixed_precision=None if spec.get("model") else bool(spec["mixed"]))
+    pred = predict(model, volume, return_probabilities=spec["probabilities"], mixed_precision=None if spec.get("model") else bool(spec["mixed"]),
+                   tta="auto" if spec.get("model") else False)
     C.emit({"baseline_rss_mb": baseline, "peak_rss_mb": C.peak_rss_mb(), "seconds": time.perf_counter() - t0,
             "image_shape": list(volume.shape), "labels_dtype": str(pred.labels.dtype)})
 

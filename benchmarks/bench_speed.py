@@ -184,8 +184,8 @@ def worker_napari(spec):
     size, n = spec["infer_size"], spec["infer_slices"]
     stack, _ = C.synthetic_stack(n, size, seed=1)
     mixed = bool(spec.get("mixed"))  # the variant's precision, not what "auto" would pick on this CPU
-    predict(model, stack[:1], mixed_precision=mixed)  # warm-up: traces the predict function for this tile shape
-    times = _timed_reps(lambda: predict(model, stack, mixed_precision=mixed), spec["infer_reps"], spec["max_seconds"])
+    predict(model, stack[:1], mixed_precision=mixed, tta=False)  # warm-up: traces the predict function for this tile shape
+    times = _timed_reps(lambda: predict(model, stack, mixed_precision=mixed, tta=False), spec["infer_reps"], spec["max_seconds"])
     pixels = n * size * size
     C.emit({"infer": {"size": size, "slices": n, "times": times, "mp_per_s": pixels / C.median(times) / 1e6, "images_per_s": n / C.median(times)}})
 

@@ -34,17 +34,20 @@ def membrane_probabilities(model_path: Path, image) -> np.ndarray:
     from napari_unet.predict import predict
 
     model = load_model(model_path)
-    result = predict(model, image, close_boundaries=False, slices=range(12, 20))
+    result = predict(model, image, close_boundaries=False, slices=range(12, 20), tta=False)  # as train chooses rules
     probability = result.probabilities[..., model.class_values.index(0)]
     np.save(cache, probability.astype(np.float16))
     return probability.astype(np.float32)
 
 
-def parse_saved_models(argv, description: str, default_name: str):
-    """Command-line arguments (``models``, ``name``), or None when the shared ISBI data is absent."""
+def parse_saved_models(argv, description: str, default_name: str, add_arguments=None):
+    """Command-line arguments (``models``, ``name``, and what ``add_arguments(parser)`` adds), or None when the
+    shared ISBI data is absent."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("models", nargs="+", type=Path)
     parser.add_argument("--name", default=default_name)
+    if add_arguments is not None:
+        add_arguments(parser)
     args = parser.parse_args(argv)
     if not DATA.is_dir():
         print(f"skipped: {DATA} not found (needs the project's shared data beside the repo)")
@@ -57,6 +60,15 @@ def read_isbi_volume() -> tuple[np.ndarray, np.ndarray]:
     import tifffile
 
     return tifffile.imread(DATA / "train-volume.tif"), tifffile.imread(DATA / "train-labels.tif")[12:20] != 0
+
+
+def cell_scores(cell_prediction: np.ndarray, cells: np.ndarray) -> dict:
+    """Pixel error, V_rand and V_info (rounded to 4 digits) of a (Z, Y, X) bool cell prediction against the truth."""
+    from napari_unet.metrics import isbi_scores, pixel_error
+
+    s = isbi_scores(cell_prediction, cells)
+    return {"v_rand": round(float(s["v_rand"]), 4), "v_info": round(float(s["v_info"]), 4),
+            "pixel_error": round(float(pixel_error(cell_prediction, cells)), 4)}
 
 
 def main(argv=None) -> int:

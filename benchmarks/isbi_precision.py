@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     rows = []
     for path in args.models:
         model = load_model(path)
-        results = {mixed: predict(model, image, slices=JUDGED, mixed_precision=mixed) for mixed in (False, True)}
+        results = {mixed: predict(model, image, slices=JUDGED, mixed_precision=mixed, tta=False) for mixed in (False, True)}
         row = {"model": str(path)}
         for mixed, result in results.items():
             scores = evaluate(result.labels, truth, model.class_values)

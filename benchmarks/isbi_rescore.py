@@ -52,7 +52,7 @@ def main(argv=None) -> int:
 
     def score(model, path, batch_norm: str) -> None:
         membrane_index = model.class_values.index(0)
-        probability = predict(model, image, close_boundaries=False, slices=range(both.start, both.stop)).probabilities[..., membrane_index]
+        probability = predict(model, image, close_boundaries=False, slices=range(both.start, both.stop), tta=False).probabilities[..., membrane_index]
         new_rule, val_v_rand = tune_boundary_rule(probability[:n_val], cells[VAL_SLICES])
         rules = [("stored", model.boundary_rule), ("re-chosen", new_rule)]
         if args.recompute_batch_norm:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from isbi_merging import N_VAL, ROOT, membrane_probabilities, parse_saved_models, read_isbi_volume  # noqa: E402
+from isbi_merging import N_VAL, ROOT, cell_scores, membrane_probabilities, parse_saved_models, read_isbi_volume  # noqa: E402
 
 DEPTHS = (0.005, 0.01, 0.02, 0.05)
 LEVELS = (0.4, 0.5, 0.6, 0.7)
@@ -31,7 +31,6 @@ def main(argv=None) -> int:
     if args is None:
         return 0
 
-    from napari_unet.metrics import isbi_scores, pixel_error
     from napari_unet.postprocess import region_borders
 
     image, cells = read_isbi_volume()
@@ -45,11 +44,7 @@ def main(argv=None) -> int:
                 borders = np.stack([region_borders(plane, merge_below=level, minima_depth=depth) for plane in probability])
                 for threshold in THRESHOLDS:
                     cell_prediction = ~((probability > threshold) | borders)
-                    row = {}
-                    for part, where in PARTS.items():
-                        s = isbi_scores(cell_prediction[where], cells[where])
-                        row[part] = {"v_rand": round(float(s["v_rand"]), 4), "v_info": round(float(s["v_info"]), 4),
-                                     "pixel_error": round(pixel_error(cell_prediction[where], cells[where]), 4)}
+                    row = {part: cell_scores(cell_prediction[where], cells[where]) for part, where in PARTS.items()}
                     settings[f"{depth}/{level}/{threshold}"] = row
             print(path.stem, "depth", depth, "done", flush=True)
         per_model[path.stem] = settings

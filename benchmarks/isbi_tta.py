@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from isbi_merging import N_VAL, ROOT, parse_saved_models, read_isbi_volume  # noqa: E402
+from isbi_merging import N_VAL, ROOT, cell_scores, parse_saved_models, read_isbi_volume  # noqa: E402
 
 SLICES = range(12, 20)
 TRANSFORMS = {
@@ -43,20 +43,14 @@ def use_transforms(name: str) -> None:
 
 
 def main(argv=None) -> int:
-    transforms = "rot4"
-    if argv is None:
-        argv = sys.argv[1:]
-    if "--transforms" in argv:
-        at = argv.index("--transforms")
-        transforms, argv = argv[at + 1], argv[:at] + argv[at + 2 :]
-        if transforms not in TRANSFORMS:
-            raise SystemExit(f"--transforms must be one of {sorted(TRANSFORMS)}")
-    args = parse_saved_models(argv, __doc__.splitlines()[0], "isbi-tta")
+    def add_transforms(parser):
+        parser.add_argument("--transforms", choices=sorted(TRANSFORMS), default="rot4")
+
+    args = parse_saved_models(argv, __doc__.splitlines()[0], "isbi-tta", add_transforms)
     if args is None:
         return 0
-    use_transforms(transforms)
+    use_transforms(args.transforms)
 
-    from napari_unet.metrics import isbi_scores, pixel_error
     from napari_unet.model_io import load_model
     from napari_unet.postprocess import CANDIDATE_CLOSINGS, boundary_mask, tune_boundary_rule
     from napari_unet.predict import predict
@@ -64,13 +58,7 @@ def main(argv=None) -> int:
     image, cells = read_isbi_volume()
 
     def scores(probability, truth, rule) -> dict:
-        cell_mask = np.stack([~boundary_mask(plane, **rule) for plane in probability])
-        s = isbi_scores(cell_mask, truth)
-        return {
-            "pixel_error": round(float(pixel_error(cell_mask, truth)), 4),
-            "v_rand": round(float(s["v_rand"]), 4),
-            "v_info": round(float(s["v_info"]), 4),
-        }
+        return cell_scores(np.stack([~boundary_mask(plane, **rule) for plane in probability]), truth)
 
     rows = []
     for path in args.models:
@@ -93,14 +81,13 @@ def main(argv=None) -> int:
                 row["tta_with_plain_rule"] = scores(judge, cells[N_VAL:], rules[False])
         rows.append(row)
         print(json.dumps(row), flush=True)
-    mean = {}
-    for key in ("plain", "tta"):
-        mean[key] = {m: round(float(np.mean([r[key]["judge"][m] for r in rows])), 4) for m in ("pixel_error", "v_rand", "v_info")}
-    mean["tta_with_plain_rule"] = {
-        m: round(float(np.mean([r["tta_with_plain_rule"][m] for r in rows])), 4) for m in ("pixel_error", "v_rand", "v_info")}
+    judged = {key: [r[key]["judge"] for r in rows] for key in ("plain", "tta")}
+    judged["tta_with_plain_rule"] = [r["tta_with_plain_rule"] for r in rows]
+    mean = {key: {m: round(float(np.mean([j[m] for j in scores_])), 4) for m in ("pixel_error", "v_rand", "v_info")}
+            for key, scores_ in judged.items()}
     print("mean", json.dumps(mean))
     out = ROOT / "benchmarks" / "results" / f"{args.name}.json"
-    out.write_text(json.dumps({"transforms": transforms, "slices": list(SLICES), "validation": list(SLICES)[:N_VAL], "rows": rows, "mean": mean}, indent=1))
+    out.write_text(json.dumps({"transforms": args.transforms, "slices": list(SLICES), "validation": list(SLICES)[:N_VAL], "rows": rows, "mean": mean}, indent=1))
     print(f"wrote {out}", file=sys.stderr)
     return 0
 

@@ -39,3 +39,13 @@ def tiny_model():
     image, labels = stripes()
     model_config, train_config = tiny_configs()
     return train(image, labels, model_config, train_config).model
+
+
+def record_tta(monkeypatch) -> list:
+    """The ``tta`` value of every network run ``predict`` makes from now on (appended to the returned list)."""
+    from napari_unet import predict as predict_module
+
+    seen = []
+    run_model = predict_module._run_model
+    monkeypatch.setattr(predict_module, "_run_model", lambda m, tiles, tta, *rest: seen.append(tta) or run_model(m, tiles, tta, *rest))
+    return seen

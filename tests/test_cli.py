@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from _helpers import stripes, tiny_model
+from _helpers import record_tta, stripes, tiny_model
 from napari_unet.cli import main
 from napari_unet.model_io import save_model
 
@@ -46,12 +46,8 @@ def test_train_predict_evaluate_round_trip(data, capsys):
 
 
 def test_predict_tta_flags_force_test_time_augmentation_on_and_off(data, capsys, monkeypatch):
-    import napari_unet.predict as predict_module
-
     save_model(tiny_model(), data / "m.keras")
-    seen = []
-    run_model = predict_module._run_model
-    monkeypatch.setattr(predict_module, "_run_model", lambda m, tiles, tta, *rest: seen.append(tta) or run_model(m, tiles, tta, *rest))
+    seen = record_tta(monkeypatch)
     probabilities = {}
     for flag in ("--tta", "--no-tta"):
         seen.clear()

@@ -50,6 +50,10 @@ def test_auto_tta_only_where_the_network_is_cheap(cpu, flags, tta):
     assert hardware.resolve_tta(True) is True and hardware.resolve_tta(np.False_) is False
     with pytest.raises(ValueError, match="tta"):
         hardware.resolve_tta("yes")
+    with pytest.raises(ValueError, match="mixed_precision"):
+        hardware.resolve_mixed_precision("yes")
+    with pytest.raises(ValueError, match="jit_compile"):
+        hardware.resolve_jit_compile(None, False)
 
 
 def test_gpu_keeps_float32_with_xla(monkeypatch):

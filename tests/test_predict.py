@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from _helpers import stripes, tiny_model
+from _helpers import record_tta, stripes, tiny_model
 from napari_unet.data import InputError
 from napari_unet.predict import Prediction, PredictionProgress, blend_window, predict, predict_events, tile_starts
 
@@ -110,14 +110,11 @@ def test_tta_copies_count_against_the_network_batch(monkeypatch, batch_size):
 @pytest.mark.parametrize("flags, expected", [({"avx2", "avx512_bf16", "amx_bf16"}, True), ({"avx2"}, False)])
 def test_default_tta_follows_the_cpu(monkeypatch, flags, expected):
     from napari_unet import hardware
-    from napari_unet import predict as predict_module
 
     model = tiny_model()  # trained (and cached) on the real CPU, before faking its flags
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
     monkeypatch.setattr(hardware, "has_gpu", lambda: False)
-    seen = []
-    run_model = predict_module._run_model
-    monkeypatch.setattr(predict_module, "_run_model", lambda m, tiles, tta, *rest: seen.append(tta) or run_model(m, tiles, tta, *rest))
+    seen = record_tta(monkeypatch)
     predict(model, stripes(n_slices=1, size=64, seed=8)[0][0], mixed_precision=False)
     assert seen == [expected]
 

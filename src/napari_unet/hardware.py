@@ -9,7 +9,7 @@ TensorFlow is imported only to ask for a GPU.
 from __future__ import annotations
 
 import functools
-from typing import Union
+from typing import Optional, Union
 
 AUTO = "auto"
 
@@ -45,20 +45,27 @@ def has_fast_bfloat16() -> bool:
     return has_gpu() or cpu_has_fast_bfloat16() or not cpu_flags()
 
 
+def _explicit(name: str, value: Union[bool, str]) -> Optional[bool]:
+    """None for ``"auto"``, else the boolean setting (numpy booleans too); anything else is a ValueError."""
+    if value == AUTO:
+        return None
+    if value in (True, False):
+        return bool(value)
+    raise ValueError(f"{name} must be True, False or 'auto', got {value!r}")
+
+
 def resolve_mixed_precision(value: Union[bool, str]) -> bool:
     """``"auto"``: bfloat16 compute on a CPU with bfloat16 instructions (no GPU); booleans pass through."""
-    if value != AUTO:
-        return bool(value)
-    return cpu_has_fast_bfloat16() and not has_gpu()
+    explicit = _explicit("mixed_precision", value)
+    return (cpu_has_fast_bfloat16() and not has_gpu()) if explicit is None else explicit
 
 
 def resolve_jit_compile(value: Union[bool, str], mixed_precision: bool) -> bool:
     """``"auto"``: XLA on GPUs and on float32 CPUs without AVX-512 (where it was measured to pay)."""
-    if value != AUTO:
-        return bool(value)
-    if has_gpu():
-        return True
-    return not mixed_precision and "avx512f" not in cpu_flags()
+    explicit = _explicit("jit_compile", value)
+    if explicit is not None:
+        return explicit
+    return has_gpu() or (not mixed_precision and "avx512f" not in cpu_flags())
 
 
 def resolve_tta(value: Union[bool, str]) -> bool:
@@ -68,11 +75,8 @@ def resolve_tta(value: Union[bool, str]) -> bool:
     for four network passes per tile: 1.5x the time of ``napari-unet predict`` with AMX; an estimated 2.5x on
     a CPU with AVX2 only, where it stays off.
     """
-    if value == AUTO:
-        return cpu_has_fast_bfloat16() or has_gpu()
-    if value in (True, False):  # also numpy booleans
-        return bool(value)
-    raise ValueError(f"tta must be True, False or 'auto', got {value!r}")
+    explicit = _explicit("tta", value)
+    return (cpu_has_fast_bfloat16() or has_gpu()) if explicit is None else explicit
 
 
 def describe() -> str:

@@ -128,7 +128,7 @@ def _run_model(
     The transformed copies of the tiles go through the network in batches of ``batch_size`` images.
     """
     transforms = _transforms(tiles.shape[1], tiles.shape[2], tta)
-    batch = np.concatenate([_dihedral(tiles, k, flip) for k, flip in transforms]) if tta else tiles
+    batch = np.concatenate([_dihedral(tiles, k, flip) for k, flip in transforms])
     out = np.concatenate(
         [forward(np.ascontiguousarray(batch[i : i + batch_size])) for i in range(0, len(batch), batch_size)]
     ).astype(np.float32, copy=False)
