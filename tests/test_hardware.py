@@ -1,5 +1,7 @@
 """The "auto" compute settings follow the CPU's instructions; models record what actually ran."""
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -54,6 +56,20 @@ def test_auto_tta_only_where_the_network_is_cheap(cpu, flags, tta):
         hardware.resolve_mixed_precision("yes")
     with pytest.raises(ValueError, match="jit_compile"):
         hardware.resolve_jit_compile(None, False)
+
+
+def test_auto_tta_is_explained_as_it_resolves(cpu, monkeypatch):
+    cpu(AMX_CPU)
+    assert hardware.explain_auto_tta().startswith("on:")
+    cpu(AVX2_CPU)
+    monkeypatch.delitem(sys.modules, "tensorflow", raising=False)  # before any model: no GPU query
+    monkeypatch.setattr(hardware, "has_gpu", lambda: pytest.fail("asked TensorFlow for a GPU"))
+    assert hardware.explain_auto_tta() == "off: this CPU has no bfloat16 instructions (on with a GPU)"
+    monkeypatch.setitem(sys.modules, "tensorflow", object())  # a model imported TensorFlow: ask it
+    for gpu in (False, True):
+        monkeypatch.setattr(hardware, "has_gpu", lambda: gpu)
+        assert hardware.explain_auto_tta().startswith("on:" if gpu else "off:")
+        assert hardware.explain_auto_tta().startswith("on:") is hardware.resolve_tta("auto")
 
 
 def test_gpu_keeps_float32_with_xla(monkeypatch):

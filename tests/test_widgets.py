@@ -233,6 +233,9 @@ def test_options_probabilities_instances_and_current_slice(widgets, qtbot):
     assert np.all(closed_membrane[open_membrane]) and closed_membrane.sum() >= open_membrane.sum()
     # Test-time augmentation: "auto" follows the machine; "on" and "off" give different probabilities.
     assert inference.tta.currentText() == "auto"
+    from napari_unet.hardware import explain_auto_tta
+
+    assert inference.tta_hint.text() == f"auto = {explain_auto_tta()}"  # says what auto does on this machine
     maps = {}
     for choice in ("off", "on"):
         inference.tta.setCurrentText(choice)

@@ -11,6 +11,7 @@ from napari.utils.notifications import show_error, show_warning
 from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from napari_unet.data import InputError
+from napari_unet.hardware import explain_auto_tta
 from napari_unet.predict import PredictionProgress
 
 from .jobs import Failed, PredictionResult, predict_job
@@ -50,7 +51,13 @@ class InferenceWidget(QWidget):
         self.scope.setCurrentText(STACK)
         self.tta = QComboBox()
         self.tta.addItems(list(TTA_CHOICES))
-        self.tta.setToolTip("test-time augmentation: average the network over the four 90-degree rotations of each tile (4 network passes); auto = on with a GPU or a CPU with bfloat16 instructions")
+        self.tta_hint = QLabel()
+        self.tta_hint.setWordWrap(True)
+        self.tta.setToolTip(
+            "test-time augmentation: average the network over the four 90-degree rotations of each tile "
+            "(4 network passes, better membranes); auto = on with a GPU or a CPU with bfloat16 instructions, "
+            "where the network is cheap"
+        )
         self.probabilities = QCheckBox("probability map")
         self.cells = QCheckBox("cell instances (2 classes: cells split by membranes)")
         self.cells.setToolTip("one label per cell region of the predicted labels, membranes shared out to the cells beside them (as the ISBI scores see them); the membrane is the model's boundary class, else the class named 'membrane', else the first class (value 0 in ISBI masks)")
@@ -70,6 +77,7 @@ class InferenceWidget(QWidget):
         form.addRow("image", self.image)
         form.addRow("apply to", self.scope)
         form.addRow("test-time augmentation", self.tta)
+        form.addRow("", self.tta_hint)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         for box in (self.probabilities, self.cells, self.close_gaps, self.keep):
@@ -94,7 +102,12 @@ class InferenceWidget(QWidget):
         self._job: Optional[_Job] = None
         self._on_model_changed(self.session.model)
 
+    def _explain_auto_tta(self) -> None:
+        """Say what "auto" resolves to here (TensorFlow is asked for a GPU only once a model imported it)."""
+        self.tta_hint.setText(f"auto = {explain_auto_tta()}")
+
     def _on_model_changed(self, model) -> None:
+        self._explain_auto_tta()
         if model is None:
             self.model_label.setText("none yet: train one or load a .keras file")
         else:
