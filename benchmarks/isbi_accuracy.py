@@ -116,7 +116,7 @@ def main(argv=None) -> int:
             entries.append((f"average of {late_epochs.count} epochs from {fraction:g}", wall, steps, late_epochs.mean(delivered_weights)))
     train_image, train_labels = image[TRAIN_SLICES], labels[TRAIN_SLICES]
     final_rule = final.model.boundary_rule
-    normalized_train_image = normalize(train_image, model.percentiles)
+    normalized_train_image = normalize(train_image, model.percentiles, model.config.local_contrast_sigma)
     mode = "recomputed" if train_config.recompute_batch_norm else "training"
     variants = []  # (minute, elapsed, steps, weights, batch-norm statistics)
     for minute, elapsed, n_steps, weights in entries:

@@ -84,7 +84,7 @@ def main(argv=None) -> int:
             continue
         score(model, path, "as saved")
         if args.recompute_batch_norm and model.config.batch_norm:
-            recompute_batch_norm(model, normalize(image, model.percentiles), TRAINING_SLICES)
+            recompute_batch_norm(model, normalize(image, model.percentiles, model.config.local_contrast_sigma), TRAINING_SLICES)
             score(model, path, "recomputed")
     return 0
 

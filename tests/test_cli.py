@@ -66,6 +66,18 @@ def test_fine_tuning_from_a_model_file(data, capsys):
     assert (data / "tuned.keras").exists()
 
 
+def test_local_contrast_option_is_stored_in_the_model_and_must_match_an_init_model(data, capsys):
+    from napari_unet.model_io import load_model
+
+    code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "m.keras", "--local-contrast", "6", *TINY_TRAINING)
+    assert code == 0, err
+    assert load_model(data / "m.keras").config.local_contrast_sigma == 6.0
+    save_model(tiny_model(), data / "init.keras")  # trained without local contrast
+    code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "t.keras", "--init", data / "init.keras", "--local-contrast", "6", *TINY_TRAINING)
+    assert code == 2 and "--local-contrast 6 differs from the --init model's 0" in err
+    assert not (data / "t.keras").exists()
+
+
 def bad_inputs(tmp_path):
     image, labels = stripes(n_slices=2, size=32)
     files = {

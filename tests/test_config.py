@@ -36,6 +36,7 @@ def test_classic_preset_is_the_seed_architecture():
         ({"head": "sigmoid", "n_classes": 3}, "sigmoid"),
         ({"dropout": 1.0}, "dropout"),
         ({"upsampling": "bilinear"}, "upsampling"),
+        ({"local_contrast_sigma": -1}, "local_contrast_sigma"),
     ],
 )
 def test_model_config_rejects_bad_values_with_a_clear_message(kwargs, words):
@@ -69,3 +70,9 @@ def test_unknown_fields_are_refused():
 def test_unknown_preset():
     with pytest.raises(ConfigError, match="default"):
         preset("huge")
+
+
+def test_model_configs_saved_before_local_contrast_load_without_it():
+    saved = to_dict(ModelConfig())
+    del saved["local_contrast_sigma"]
+    assert from_dict(ModelConfig, saved).local_contrast_sigma == 0.0

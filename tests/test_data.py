@@ -10,6 +10,7 @@ from napari_unet.data import (
     check_pair,
     class_weights,
     elastic_deform,
+    local_contrast,
     neighbour_slices,
     normalize,
     prefetch,
@@ -28,6 +29,35 @@ def test_normalize_maps_percentiles_per_slice_and_keeps_input():
 def test_normalize_constant_image_does_not_divide_by_zero():
     out = normalize(np.full((8, 8), 7, np.uint8))
     assert np.all(np.isfinite(out)) and np.all(out == 0)
+    flat = normalize(np.full((2, 64, 64), 7, np.uint8), local_contrast_sigma=8)
+    assert flat.dtype == np.float32 and np.all(flat == 0.5)  # the local mean, no NaN
+
+
+def test_local_contrast_gives_faint_patterns_the_contrast_of_strong_ones():
+    rng = np.random.default_rng(0)
+    rows = np.sin(np.arange(128) / 2.0)[:, None] * np.ones((1, 256))
+    image = np.where(np.arange(256) < 128, 100 + 80 * rows, 200 + 16 * rows) + rng.normal(0, 1, (128, 256))
+    before = image.copy()
+    plain = normalize(image)
+    local = normalize(image, local_contrast_sigma=12)
+    np.testing.assert_array_equal(image, before)
+    assert local.dtype == np.float32 and local.shape == image.shape and 0 <= local.min() and local.max() <= 1
+    strong, faint = (lambda a: a[16:-16, 16:80].std()), (lambda a: a[16:-16, 176:240].std())  # away from the step
+    assert faint(plain) < 0.25 * strong(plain)  # percentiles keep the pale half's stripes faint
+    assert faint(local) > 0.7 * strong(local)  # locally standardised (above a small floor), both halves alike
+    assert abs(float(np.median(local)) - 0.5) < 0.05
+
+
+@pytest.mark.parametrize("sigma", [4.0, 24.0, 40.0])
+def test_local_contrast_matches_a_full_resolution_gaussian(sigma):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(1)
+    plane = ndimage.gaussian_filter(rng.random((200, 230)), 3).astype(np.float32) * 4 + rng.random((200, 230)).astype(np.float32) * 0.2
+    mean = ndimage.gaussian_filter(plane, sigma)
+    std = np.sqrt(ndimage.gaussian_filter((plane - mean) ** 2, sigma)) + 0.02
+    exact = np.clip(0.5 + (plane - mean) / (6 * std), 0, 1)
+    assert np.abs(local_contrast(plane, sigma) - exact).max() < 0.01
 
 
 @pytest.mark.parametrize(

@@ -233,3 +233,20 @@ def test_a_prediction_closed_early_leaves_no_thread_behind():
     for thread in workers:
         thread.join(timeout=30)
     assert not any(thread.is_alive() for thread in workers)
+
+
+def test_predict_normalises_with_the_models_local_contrast(monkeypatch):
+    from dataclasses import replace
+
+    import napari_unet.predict as predict_module
+    from napari_unet.data import normalize
+
+    plain = tiny_model()
+    local = replace(plain, config=replace(plain.config, local_contrast_sigma=8.0))  # same network
+    image = stripes(n_slices=1, size=64, seed=4)[0][0]
+    calls = []
+    monkeypatch.setattr(predict_module, "normalize", lambda *args: calls.append(args[2]) or normalize(*args))
+    a = predict(plain, image, tta=False).probabilities
+    b = predict(local, image, tta=False).probabilities
+    assert calls == [0.0, 8.0]
+    assert np.abs(a - b).max() > 1e-3  # the network saw locally standardised input

@@ -246,3 +246,27 @@ def test_context_model_learns_from_the_neighbouring_slice():
     held_out = 4  # the validation slice
     result = predict(final.model, image, slices=[held_out])
     assert dice_per_class(result.labels[0], labels[held_out], [0, 255])[0] > 0.6
+
+
+def test_local_contrast_model_learns_a_pale_region_and_validates_on_raw_images(monkeypatch):
+    from dataclasses import replace
+
+    import napari_unet.train as train_module
+
+    image, labels = stripes(n_slices=5, size=96, seed=3)
+    pale = (200 + (image.astype(np.float32) - 190) * 0.15).clip(0, 255).astype(np.uint8)
+    image[:, :, 48:] = pale[:, :, 48:]  # the right half's stripes have 15 % of the contrast
+    seen = []
+
+    def spy(model, images, **kwargs):
+        seen.append(np.asarray(images))
+        return predict(model, images, **kwargs)
+
+    monkeypatch.setattr(train_module, "predict", spy)
+    model_config, train_config = tiny_configs(epochs=4, steps_per_epoch=15, val_fraction=0.2)
+    final = train(image, labels, replace(model_config, local_contrast_sigma=8.0), train_config)
+    assert final.model.config.local_contrast_sigma == 8.0
+    # validation and the membrane rule see the images as a user's predict does: raw, normalised once by predict
+    assert seen and all(array.dtype == np.uint8 and np.array_equal(array, image) for array in seen)
+    result = predict(final.model, image[4], tta=False)
+    assert dice_per_class(result.labels[:, 48:], labels[4, :, 48:], [0, 255])[0] > 0.6

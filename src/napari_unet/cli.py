@@ -180,10 +180,14 @@ def cmd_train(args) -> int:
     train_config = _train_config_from_args(args, chosen)
     init = load_model(args.init) if args.init else None
     model_config = chosen.model
-    if args.context_slices is not None:
-        if init is not None and args.context_slices != init.config.context_slices:
-            raise CommandError(f"--context-slices {args.context_slices} differs from the --init model's {init.config.context_slices}")
-        model_config = replace(model_config, context_slices=args.context_slices)
+    for option, field in (("context_slices", "context_slices"), ("local_contrast", "local_contrast_sigma")):
+        value = getattr(args, option)
+        if value is None:
+            continue
+        if init is not None and value != getattr(init.config, field):
+            flag = "--" + option.replace("_", "-")
+            raise CommandError(f"{flag} {value:g} differs from the --init model's {getattr(init.config, field):g}")
+        model_config = replace(model_config, **{field: value})
     started, final = run_training(image, labels, model_config, train_config, init=init)
     save_model(final.model, output)
     print(f"wrote {output}", file=sys.stderr)
@@ -267,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--learning-rate", type=float)
     train.add_argument("--steps-per-epoch", type=int)
     train.add_argument("--context-slices", type=int, help="neighbouring slices on each side the network also sees (default: the preset's)")
+    train.add_argument("--local-contrast", type=float, metavar="SIGMA", help="standardise the input by its Gaussian neighbourhood of SIGMA pixels; 0 = off (default: the preset's)")
     train.set_defaults(func=cmd_train)
 
     pred = sub.add_parser("predict", help="predict labels for an image stack")

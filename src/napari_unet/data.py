@@ -52,13 +52,68 @@ def check_pair(image, labels) -> tuple[np.ndarray, np.ndarray]:
     return image_stack, as_stack(labels_array, "labels")
 
 
-def normalize(image, percentiles=(1.0, 99.8)) -> np.ndarray:
-    """Per-slice percentile normalisation of (Z, Y, X) or (Y, X) to float32 (low -> 0, high -> 1)."""
+def normalize(image, percentiles=(1.0, 99.8), local_contrast_sigma: float = 0.0) -> np.ndarray:
+    """Per-slice percentile normalisation of (Z, Y, X) or (Y, X) to float32 (low -> 0, high -> 1).
+
+    ``local_contrast_sigma`` > 0 then standardises every pixel by its neighbourhood
+    (:func:`local_contrast`), so faint membranes in pale regions get the contrast of the rest.
+    """
     stack = as_stack(image).astype(np.float32, copy=False)
     lo, hi = np.percentile(stack.reshape(len(stack), -1), percentiles, axis=1)
     scale = np.where(hi > lo, hi - lo, 1.0).astype(np.float32)
     out = (stack - lo[:, None, None].astype(np.float32)) / scale[:, None, None]
+    if local_contrast_sigma > 0:
+        out = np.stack([local_contrast(plane, local_contrast_sigma) for plane in out])
     return out.reshape(np.shape(image))
+
+
+#: Local standard deviation added before dividing (in units of the percentile range): flat regions stay flat.
+LOCAL_CONTRAST_FLOOR = 0.02
+
+
+def _gaussian_mean(plane: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian-weighted local mean of a (Y, X) float32 plane (``scipy.ndimage.gaussian_filter``, edges reflected).
+
+    A Gaussian this wide is smooth on the scale of blocks of sigma / 6 pixels, so the block means are blurred
+    and interpolated back (within 1 % of the range of the full-resolution blur, tested) at a fraction of the cost;
+    the plane is first reflected by the filter's reach so that its edges see what the full blur sees.
+    """
+    factor = max(1, int(sigma // 6))
+    if factor == 1:
+        return ndimage.gaussian_filter(plane, sigma, mode="reflect")
+    height, width = plane.shape
+    margin = factor * int(np.ceil(4 * sigma / factor))  # the filter's reach (truncate = 4), in whole blocks
+    padded = np.pad(plane, ((margin, margin + -height % factor), (margin, margin + -width % factor)), mode="symmetric")
+    small = ndimage.gaussian_filter(downscale_image(padded, factor), sigma / factor, mode="nearest")
+    rows = _linear_interpolation(height, margin, factor, small.shape[0])
+    cols = _linear_interpolation(width, margin, factor, small.shape[1])
+    return rows @ small @ cols.T
+
+
+def _linear_interpolation(length: int, margin: int, factor: int, blocks: int) -> np.ndarray:
+    """(length, blocks) float32 weights: linear interpolation of block values at the centres of pixels
+    ``margin`` .. ``margin + length - 1`` (blocks of ``factor`` pixels), as a matrix so that two small
+    matrix products interpolate a whole plane."""
+    centres = (np.arange(length) + margin + 0.5) / factor - 0.5
+    below = np.clip(np.floor(centres).astype(int), 0, blocks - 2)
+    above_weight = np.clip(centres - below, 0.0, 1.0).astype(np.float32)
+    weights = np.zeros((length, blocks), np.float32)
+    weights[np.arange(length), below] = 1 - above_weight
+    weights[np.arange(length), below + 1] += above_weight
+    return weights
+
+
+def local_contrast(plane, sigma: float) -> np.ndarray:
+    """A (Y, X) float plane standardised by its Gaussian neighbourhood (``sigma`` pixels), as float32 in [0, 1].
+
+    ``0.5 + (x - mean) / (std + LOCAL_CONTRAST_FLOOR) / 6``, clipped: 0.5 is the local mean and the ends are
+    3 local standard deviations away. The percentile normalisation leaves pale, low-contrast regions (e.g. ISBI's
+    obliquely cut cells) with faint membranes; this gives every region the same contrast.
+    """
+    plane = np.asarray(plane, dtype=np.float32)
+    centred = plane - _gaussian_mean(plane, sigma)
+    std = np.sqrt(np.maximum(_gaussian_mean(centred * centred, sigma), 0.0)) + LOCAL_CONTRAST_FLOOR
+    return np.clip(0.5 + centred / (6.0 * std), 0.0, 1.0).astype(np.float32, copy=False)
 
 
 def downscale_image(image, factor: int) -> np.ndarray:

@@ -239,7 +239,7 @@ def predict_events(
         """Slice z normalised, downscaled and padded to (padded_h, padded_w) float32."""
         plane = np.asarray(image if len(shape) == 2 else image[z])
         plane = check_image(plane)[0]
-        plane = downscale_image(normalize(plane, model.percentiles), factor)
+        plane = downscale_image(normalize(plane, model.percentiles, model.config.local_contrast_sigma), factor)
         if padded_h > net_h or padded_w > net_w:
             mode = "reflect" if min(net_h, net_w) > 1 else "edge"
             plane = np.pad(plane, ((0, padded_h - net_h), (0, padded_w - net_w)), mode=mode)

@@ -40,7 +40,8 @@ BATCH_NORM_TILE = 512
 def recompute_batch_norm(model: UNetModel, images, slices) -> None:
     """Recompute ``model``'s batch-norm statistics on unaugmented centre tiles of ``slices`` (as training ends).
 
-    ``images``: (Z, Y, X) float32 normalised with ``model.percentiles`` at full resolution; the
+    ``images``: (Z, Y, X) float32 normalised as the model normalises (``data.normalize`` with ``model.percentiles``
+    and ``model.config.local_contrast_sigma``) at full resolution; the
     network's downscaling and context slices are applied here. Changes the model's moving statistics only.
     """
     config = model.config
@@ -194,18 +195,20 @@ def train_events(
     model_config = _resolve_model_config(model_config, len(class_values), init)
     percentiles = init.percentiles if init else train_config.percentiles
     indices = to_indices(label_stack, class_values, ignore)
-    images = normalize(image_stack, percentiles)
+    images = normalize(image_stack, percentiles, model_config.local_contrast_sigma)
 
     annotated_slices = [z for z in range(len(indices)) if (indices[z] >= 0).any()]
     train_slices, val_slices = split_validation(annotated_slices, train_config.val_fraction)
     train_indices = indices[train_slices]
-    # Validation predicts the val_planes of val_images (all slices, so that context slices are at hand).
-    val_images, val_planes, val_indices = images, list(val_slices), indices[val_slices]
+    # Validation predicts the val_planes of val_images (all slices, so that context slices are at hand). They are
+    # the raw images: predict normalises as it does for users (normalising twice is not the identity once
+    # local contrast is on).
+    val_images, val_planes, val_indices = image_stack, list(val_slices), indices[val_slices]
     if not val_slices and train_config.val_fraction > 0 and images.shape[2] >= 64:
         # One annotated image: validate on its last columns, train on the rest.
         cut = int(round(images.shape[2] * (1 - train_config.val_fraction)))
         cut -= cut % model_config.size_multiple
-        val_images, val_planes, val_indices = images[:, :, cut:], list(train_slices), indices[train_slices, :, cut:]
+        val_images, val_planes, val_indices = image_stack[:, :, cut:], list(train_slices), indices[train_slices, :, cut:]
         train_indices = indices[train_slices].copy()
         train_indices[:, :, cut:] = -1
         if not (train_indices >= 0).any() or not (val_indices >= 0).any():
