@@ -158,7 +158,7 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "default": Preset(
-        # local contrast: on ISBI (3 seeds, 10 min) mean V_rand +0.018 (BENCHMARKS.md, session 13)
+        # local contrast: on ISBI (4 seeds, 10 min) mean V_rand +0.013, weak seeds +0.03 (BENCHMARKS.md, session 13)
         ModelConfig(depth=4, base_filters=16, batch_norm=True, local_contrast_sigma=24.0),
         TrainConfig(),
         "fast CPU U-Net: 16->256 filters, batch norm, softmax, cross-entropy + Dice, elastic augmentation, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 from dataclasses import dataclass
@@ -74,33 +75,42 @@ LOCAL_CONTRAST_FLOOR = 0.02
 def _gaussian_mean(plane: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian-weighted local mean of a (Y, X) float32 plane (``scipy.ndimage.gaussian_filter``, edges reflected).
 
-    A Gaussian this wide is smooth on the scale of blocks of sigma / 6 pixels, so the block means are blurred
-    and interpolated back (within 1 % of the range of the full-resolution blur, tested) at a fraction of the cost;
-    the plane is first reflected by the filter's reach so that its edges see what the full blur sees.
+    From sigma 12 on, the Gaussian is smooth on the scale of blocks of sigma // 6 pixels: the plane, reflected by
+    the filter's reach, is averaged in blocks, the block means are blurred and interpolated back to the pixels
+    (within 1 % of the range of the full-resolution blur, tested), at a fraction of its cost. The averaging and
+    the interpolation are sparse matrices along each axis (:func:`_block_operators`).
     """
     factor = max(1, int(sigma // 6))
     if factor == 1:
         return ndimage.gaussian_filter(plane, sigma, mode="reflect")
-    height, width = plane.shape
-    margin = factor * int(np.ceil(4 * sigma / factor))  # the filter's reach (truncate = 4), in whole blocks
-    padded = np.pad(plane, ((margin, margin + -height % factor), (margin, margin + -width % factor)), mode="symmetric")
-    small = ndimage.gaussian_filter(downscale_image(padded, factor), sigma / factor, mode="nearest")
-    rows = _linear_interpolation(height, margin, factor, small.shape[0])
-    cols = _linear_interpolation(width, margin, factor, small.shape[1])
-    return rows @ small @ cols.T
+    (reduce_rows, expand_rows), (reduce_cols, expand_cols) = (_block_operators(n, factor, float(sigma)) for n in plane.shape)
+    blocks = (reduce_cols @ (reduce_rows @ plane).T).T
+    blocks = ndimage.gaussian_filter(blocks, sigma / factor, mode="nearest")
+    return np.ascontiguousarray((expand_cols @ (expand_rows @ blocks).T).T, dtype=np.float32)
 
 
-def _linear_interpolation(length: int, margin: int, factor: int, blocks: int) -> np.ndarray:
-    """(length, blocks) float32 weights: linear interpolation of block values at the centres of pixels
-    ``margin`` .. ``margin + length - 1`` (blocks of ``factor`` pixels), as a matrix so that two small
-    matrix products interpolate a whole plane."""
-    centres = (np.arange(length) + margin + 0.5) / factor - 0.5
+@functools.lru_cache(maxsize=16)
+def _block_operators(length: int, factor: int, sigma: float):
+    """Sparse float32 matrices along one axis of ``length`` pixels: (blocks, length) ``reduce`` averages blocks of
+    ``factor`` pixels of the axis reflected ("symmetric") by the filter's reach (4 sigma); (length, blocks)
+    ``expand`` interpolates block values linearly at the pixel centres."""
+    from scipy import sparse
+
+    margin = factor * int(np.ceil(4 * sigma / factor))
+    padded = length + 2 * margin + -length % factor
+    source = np.mod(np.arange(padded) - margin, 2 * length)
+    source = np.where(source >= length, 2 * length - 1 - source, source)
+    blocks = padded // factor
+    reduce = sparse.csr_matrix(
+        (np.full(padded, 1.0 / factor, np.float32), (np.arange(padded) // factor, source)), shape=(blocks, length)
+    )  # duplicate entries (reflected pixels) are summed
+    centres = (np.arange(length) + margin + 0.5) / factor - 0.5  # pixel centres in block coordinates
     below = np.clip(np.floor(centres).astype(int), 0, blocks - 2)
-    above_weight = np.clip(centres - below, 0.0, 1.0).astype(np.float32)
-    weights = np.zeros((length, blocks), np.float32)
-    weights[np.arange(length), below] = 1 - above_weight
-    weights[np.arange(length), below + 1] += above_weight
-    return weights
+    above = np.clip(centres - below, 0.0, 1.0).astype(np.float32)
+    rows = np.repeat(np.arange(length), 2)
+    cols = np.stack([below, below + 1], axis=1).ravel()
+    expand = sparse.csr_matrix((np.stack([1 - above, above], axis=1).ravel(), (rows, cols)), shape=(length, blocks))
+    return reduce, expand
 
 
 def local_contrast(plane, sigma: float) -> np.ndarray:
