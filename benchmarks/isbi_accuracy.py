@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     from napari_unet import hardware
     from napari_unet.config import preset
     from napari_unet.data import normalize
-    from napari_unet.metrics import evaluate, isbi_scores
+    from napari_unet.metrics import evaluate, isbi_pixel_error, isbi_scores
     from napari_unet.postprocess import tune_boundary_rule
     from napari_unet.predict import predict
     from napari_unet.train import EpochEnd, TrainingFinished, TrainingStarted, WeightAverage, recompute_batch_norm, train_events
@@ -151,6 +151,8 @@ def main(argv=None) -> int:
             "elapsed_s": round(elapsed, 1),
             "steps": n_steps,
             "pixel_error": round(scores["pixel_error"], 4),
+            "isbi_pixel_error": round(scores["isbi_pixel_error"], 4),
+            "isbi_pixel_error_prob_sweep": round(isbi_pixel_error(membrane, labels[JUDGE_SLICES], probability="membrane"), 4),
             "v_rand": round(scores["v_rand"], 4),
             "v_info": round(scores["v_info"], 4),
             "v_rand_prob_sweep": round(sweep["v_rand"], 4),

@@ -63,12 +63,14 @@ def read_isbi_volume() -> tuple[np.ndarray, np.ndarray]:
 
 
 def cell_scores(cell_prediction: np.ndarray, cells: np.ndarray) -> dict:
-    """Pixel error, V_rand and V_info (rounded to 4 digits) of a (Z, Y, X) bool cell prediction against the truth."""
-    from napari_unet.metrics import isbi_scores, pixel_error
+    """Pixel error (mismatch fraction and ISBI's 1 - pixel F-score), V_rand and V_info (4 digits) of a (Z, Y, X)
+    bool cell prediction against the truth."""
+    from napari_unet.metrics import isbi_pixel_error, isbi_scores, pixel_error
 
     s = isbi_scores(cell_prediction, cells)
     return {"v_rand": round(float(s["v_rand"]), 4), "v_info": round(float(s["v_info"]), 4),
-            "pixel_error": round(float(pixel_error(cell_prediction, cells)), 4)}
+            "pixel_error": round(float(pixel_error(cell_prediction, cells)), 4),
+            "isbi_pixel_error": round(float(isbi_pixel_error(cell_prediction, cells)), 4)}
 
 
 def main(argv=None) -> int:

@@ -83,7 +83,7 @@ def main(argv=None) -> int:
         print(json.dumps(row), flush=True)
     judged = {key: [r[key]["judge"] for r in rows] for key in ("plain", "tta")}
     judged["tta_with_plain_rule"] = [r["tta_with_plain_rule"] for r in rows]
-    mean = {key: {m: round(float(np.mean([j[m] for j in scores_])), 4) for m in ("pixel_error", "v_rand", "v_info")}
+    mean = {key: {m: round(float(np.mean([j[m] for j in scores_])), 4) for m in ("pixel_error", "isbi_pixel_error", "v_rand", "v_info")}
             for key, scores_ in judged.items()}
     print("mean", json.dumps(mean))
     out = ROOT / "benchmarks" / "results" / f"{args.name}.json"

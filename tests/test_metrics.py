@@ -312,6 +312,8 @@ def test_evaluate_hand_case_and_multiclass():
     assert r["v_rand"] == pytest.approx(2 / 3)
     assert r["v_rand_merge"] == pytest.approx(0.5)
     assert r["v_info"] == pytest.approx(0.0)
+    # cells: |P| = 37, |T| = 36, |P & T| = 36 -> F = 72 / 73
+    assert r["isbi_pixel_error"] == pytest.approx(1 / 73)
     # explicit membrane value with other class values
     pred1, truth1 = (merged > 0).astype(int) + 1, (TRUTH_IMG > 0).astype(int) + 1
     r1 = M.evaluate(pred1, truth1, membrane_value=1)
@@ -327,6 +329,34 @@ def test_evaluate_hand_case_and_multiclass():
     r4 = M.evaluate(merged, np.zeros_like(merged), class_values=[0, 255])
     assert r4["v_rand"] is None and r4["v_info"] is None
     json.dumps(r4)
+
+
+def test_isbi_pixel_error_is_one_minus_the_pixel_f_score():
+    truth = np.full((2, 10, 10), 255, np.uint8)
+    truth[:, 4:6, :] = 0  # 20 membrane, 80 cell pixels per slice
+    # slice 0 perfect; slice 1 thickens the membrane by two rows (20 cell pixels called membrane)
+    pred = truth.copy()
+    pred[1, 3, :] = pred[1, 6, :] = 0
+    # counts summed over the stack (Fiji), not a mean of per-slice scores:
+    # TP = 80 + 60, |P| = 140, |T| = 160 -> F = 280 / 300
+    assert M.isbi_pixel_error(pred, truth) == pytest.approx(1 - 280 / 300)
+    assert M.pixel_error(pred, truth) == pytest.approx(20 / 200)  # the mismatch fraction is larger
+    assert M.isbi_pixel_error(truth, truth) == 0.0
+    assert M.isbi_pixel_error(pred > 0, truth > 0) == pytest.approx(1 - 280 / 300)
+    # a probability map is binarised at the best threshold of the sweep
+    membrane = np.where(truth == 0, 0.9, 0.1)
+    membrane[1, 3, :] = 0.6  # a true cell row: right from threshold 0.7 on, membrane below it
+    assert M.isbi_pixel_error(membrane, truth, probability="membrane") == 0.0
+    assert M.isbi_pixel_error(membrane, truth, probability="membrane", thresholds=[0.5]) == pytest.approx(
+        1 - 2 * 150 / 310
+    )
+    assert M.isbi_pixel_error(1 - membrane, truth, probability="cell") == 0.0
+    # nothing is cell on either side: agreement
+    assert M.isbi_pixel_error(np.zeros((4, 4)), np.zeros((4, 4))) == 0.0
+    with pytest.raises(ValueError, match="shape"):
+        M.isbi_pixel_error(pred[:, :5], truth)
+    with pytest.raises(ValueError, match="probability"):
+        M.isbi_pixel_error(membrane, truth)
 
 
 def test_inputs_are_not_modified():
