@@ -61,7 +61,6 @@ def main(argv=None) -> int:
 
     from napari_unet import hardware
     from napari_unet.config import preset
-    from napari_unet.data import normalize
     from napari_unet.metrics import evaluate, isbi_pixel_error, isbi_scores
     from napari_unet.postprocess import tune_boundary_rule
     from napari_unet.predict import predict
@@ -116,7 +115,6 @@ def main(argv=None) -> int:
             entries.append((f"average of {late_epochs.count} epochs from {fraction:g}", wall, steps, late_epochs.mean(delivered_weights)))
     train_image, train_labels = image[TRAIN_SLICES], labels[TRAIN_SLICES]
     final_rule = final.model.boundary_rule
-    normalized_train_image = normalize(train_image, model.percentiles, model.config.local_contrast_sigma)
     mode = "recomputed" if train_config.recompute_batch_norm else "training"
     variants = []  # (minute, elapsed, steps, weights, batch-norm statistics)
     for minute, elapsed, n_steps, weights in entries:
@@ -127,7 +125,7 @@ def main(argv=None) -> int:
     for minute, elapsed, n_steps, weights, batch_norm in variants:
         model.keras_model.set_weights(weights)
         if batch_norm == "recomputed":  # as train_events does when it stops here (the final weights: same again)
-            recompute_batch_norm(model, normalized_train_image, train_slices)
+            recompute_batch_norm(model, train_image, train_slices)
         val_v_rand = None
         if minute == "final (as delivered)":
             model.boundary_rule, val_v_rand = final_rule, final.boundary_v_rand

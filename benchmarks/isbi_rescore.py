@@ -38,7 +38,6 @@ def main(argv=None) -> int:
 
     import tifffile
 
-    from napari_unet.data import normalize
     from napari_unet.metrics import isbi_scores
     from napari_unet.model_io import load_model
     from napari_unet.postprocess import boundary_mask, tune_boundary_rule
@@ -84,7 +83,7 @@ def main(argv=None) -> int:
             continue
         score(model, path, "as saved")
         if args.recompute_batch_norm and model.config.batch_norm:
-            recompute_batch_norm(model, normalize(image, model.percentiles, model.config.local_contrast_sigma), TRAINING_SLICES)
+            recompute_batch_norm(model, image, TRAINING_SLICES)
             score(model, path, "recomputed")
     return 0
 

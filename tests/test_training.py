@@ -95,6 +95,17 @@ def test_batch_norm_statistics_are_recomputed_on_unaugmented_training_tiles():
     np.testing.assert_allclose(model.get_layer("down0_bn1").moving_mean.numpy(), expected, rtol=1e-4, atol=1e-5)
     kept = train(image, labels, model_config, train_config.replace(recompute_batch_norm=False)).model.keras_model
     assert not np.allclose(kept.get_layer("down0_bn1").moving_mean.numpy(), expected, rtol=1e-2)
+    # on its own it takes the raw images, as predict does, and normalises them as the model does
+    from napari_unet.train import recompute_batch_norm
+
+    raw = image.copy()
+    kept_model = train(image, labels, model_config, train_config.replace(recompute_batch_norm=False)).model
+    recompute_batch_norm(kept_model, raw, range(3))
+    np.testing.assert_array_equal(raw, image)
+    np.testing.assert_allclose(
+        kept_model.keras_model.get_layer("down0_bn1").moving_mean.numpy(),
+        _first_batch_norm_mean_on_training_tiles(kept_model, image), rtol=1e-4, atol=1e-5,
+    )
 
 
 def test_sparse_labels_and_fine_tuning_keep_classes():

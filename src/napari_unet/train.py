@@ -37,14 +37,15 @@ from .predict import predict
 BATCH_NORM_TILE = 512
 
 
-def recompute_batch_norm(model: UNetModel, images, slices) -> None:
+def recompute_batch_norm(model: UNetModel, image, slices) -> None:
     """Recompute ``model``'s batch-norm statistics on unaugmented centre tiles of ``slices`` (as training ends).
 
-    ``images``: (Z, Y, X) float32 normalised as the model normalises (``data.normalize`` with ``model.percentiles``
-    and ``model.config.local_contrast_sigma``) at full resolution; the
-    network's downscaling and context slices are applied here. Changes the model's moving statistics only.
+    ``image``: (Z, Y, X) raw image stack (any real dtype), as given to ``predict``; it is normalised here as the
+    model normalises, then downscaled and given context slices as the network sees it. Changes the model's
+    moving statistics only; ``image`` is not modified.
     """
     config = model.config
+    images = normalize(image, model.percentiles, config.local_contrast_sigma)
     network_images = downscale_image(images, config.downscale)
     tiles = centre_tiles(network_images, slices, BATCH_NORM_TILE, config.size_multiple, config.context_slices)
     recompute_batch_norm_statistics(model.keras_model, tiles)
@@ -355,7 +356,7 @@ def train_events(
     elif best_weights is not None:
         keras_model.set_weights(best_weights)
     if (train_config.recompute_batch_norm or averaged_epochs) and step > 0:
-        recompute_batch_norm(result, images, train_slices)
+        recompute_batch_norm(result, image_stack, train_slices)
     result.history = history
     boundary_v_rand = None
     if boundary_value is not None and has_validation and step > 0 and (val_indices >= 0).all():
