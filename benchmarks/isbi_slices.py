@@ -27,14 +27,12 @@ SLICES = range(12, 20)
 JUDGED = list(SLICES)[N_VAL:]
 
 
-def per_slice_scores(probability, cells, rule) -> list[dict]:
-    """Scores of each (Y, X) slice of ``probability`` labelled by ``rule``, against the bool ``cells``."""
+def per_slice_scores(predicted_cells, cells) -> list[dict]:
+    """Scores of each (Y, X) slice of the bool ``predicted_cells`` against the bool ``cells``."""
     from napari_unet.metrics import isbi_pixel_error, isbi_scores, pixel_error
-    from napari_unet.postprocess import boundary_mask
 
     rows = []
-    for plane, truth in zip(probability, cells):
-        prediction = ~boundary_mask(plane, **rule)
+    for prediction, truth in zip(predicted_cells, cells):
         s = isbi_scores(prediction, truth)
         rows.append({key: round(float(s[key]), 4) for key in ("v_rand", "v_rand_split", "v_rand_merge", "v_info")}
                     | {"pixel_error": round(float(pixel_error(prediction, truth)), 4),
@@ -88,12 +86,12 @@ def main(argv=None) -> int:
 
     def judge(name: str, probability) -> dict:
         rule, _ = tune_boundary_rule(probability[:N_VAL], cells[:N_VAL], closings=CANDIDATE_CLOSINGS)
-        rows = per_slice_scores(probability[N_VAL:], cells[N_VAL:], rule)
+        predicted_cells = np.stack([~boundary_mask(plane, **rule) for plane in probability[N_VAL:]])
+        rows = per_slice_scores(predicted_cells, cells[N_VAL:])
         entry = {"rule": rule, "slices": dict(zip(JUDGED, rows)),
                  "mean": {k: round(float(np.mean([r[k] for r in rows])), 4) for k in rows[0]}}
         # ISBI's pixel error sums its counts over the stack rather than averaging slices
-        labels = np.stack([~boundary_mask(plane, **rule) for plane in probability[N_VAL:]])
-        entry["mean"]["isbi_pixel_error"] = round(float(isbi_pixel_error(labels, cells[N_VAL:])), 4)
+        entry["mean"]["isbi_pixel_error"] = round(float(isbi_pixel_error(predicted_cells, cells[N_VAL:])), 4)
         print(name, "V_rand per slice", [r["v_rand"] for r in rows], "mean", entry["mean"], flush=True)
         return entry
 

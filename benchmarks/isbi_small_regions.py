@@ -27,15 +27,11 @@ SIZES = (0, 16, 32, 64, 128, 256, 512)
 
 def absorb_small_regions(membrane, min_region_size: int) -> np.ndarray:
     """(Y, X) bool membrane with the 4-connected non-membrane regions below ``min_region_size`` pixels added."""
-    from scipy import ndimage as ndi
+    from skimage.morphology import remove_small_objects
 
     if min_region_size <= 0:
         return membrane.copy()
-    regions, _ = ndi.label(~membrane)
-    sizes = np.bincount(regions.ravel())
-    small = sizes < min_region_size
-    small[0] = False
-    return membrane | small[regions]
+    return ~remove_small_objects(~membrane, max_size=min_region_size - 1, connectivity=1)
 
 
 def _best(candidates, key):
