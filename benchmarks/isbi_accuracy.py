@@ -38,6 +38,9 @@ def parse_value(text: str, current=None):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--steps", type=int, default=None,
+                        help="train this many steps (whole epochs) instead of --minutes: A/B runs that a machine whose "
+                        "speed drifts cannot bias (checkpoints still in minutes)")
     parser.add_argument("--preset", default="default")
     parser.add_argument("--set", action="append", default=[], help="config override NAME=VALUE (model or train field)")
     parser.add_argument("--checkpoints", default="1,2,3,5,7.5,10,15,20,30",
@@ -76,7 +79,11 @@ def main(argv=None) -> int:
         target, config = (model_over, chosen.model) if key in model_fields else (train_over, chosen.train)
         target[key] = parse_value(value, getattr(config, key, None))
     model_config = dataclasses.replace(chosen.model, **model_over)
-    train_config = chosen.train.replace(epochs=100_000, max_minutes=args.minutes, **train_over)
+    if args.steps:
+        steps_per_epoch = train_over.get("steps_per_epoch", chosen.train.steps_per_epoch)
+        train_config = chosen.train.replace(epochs=-(-args.steps // steps_per_epoch), max_minutes=None, **train_over)
+    else:
+        train_config = chosen.train.replace(epochs=100_000, max_minutes=args.minutes, **train_over)
     every_epoch = args.checkpoints == "epochs"
     if args.save_probabilities is not None:
         args.save_probabilities.mkdir(parents=True, exist_ok=True)
@@ -170,7 +177,8 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "name": name,
-        "minutes": args.minutes,
+        "minutes": None if args.steps else args.minutes,
+        "steps_budget": args.steps,
         "model_config": dataclasses.asdict(model_config),
         "train_config": {k: v for k, v in dataclasses.asdict(train_config).items()},
         "train_config_as_run": dataclasses.asdict(model.train_config),  # "auto" resolved for this CPU
