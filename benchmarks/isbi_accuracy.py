@@ -79,15 +79,20 @@ def main(argv=None) -> int:
         target, config = (model_over, chosen.model) if key in model_fields else (train_over, chosen.train)
         target[key] = parse_value(value, getattr(config, key, None))
     model_config = dataclasses.replace(chosen.model, **model_over)
+    train_config = chosen.train.replace(**train_over)
     if args.steps:
-        steps_per_epoch = train_over.get("steps_per_epoch", chosen.train.steps_per_epoch)
-        train_config = chosen.train.replace(epochs=-(-args.steps // steps_per_epoch), max_minutes=None, **train_over)
+        train_config = train_config.replace(epochs=-(-args.steps // train_config.steps_per_epoch), max_minutes=None)
     else:
-        train_config = chosen.train.replace(epochs=100_000, max_minutes=args.minutes, **train_over)
+        train_config = train_config.replace(epochs=100_000, max_minutes=args.minutes)
+
+    def budget_fraction(elapsed: float, n_steps: int) -> float:
+        """Share of the training budget (steps or minutes) used after ``elapsed`` seconds and ``n_steps`` steps."""
+        return n_steps / args.steps if args.steps else elapsed / (args.minutes * 60)
+
     every_epoch = args.checkpoints == "epochs"
     if args.save_probabilities is not None:
         args.save_probabilities.mkdir(parents=True, exist_ok=True)
-    checkpoints = [] if every_epoch else [float(c) for c in args.checkpoints.split(",") if float(c) <= args.minutes]
+    checkpoints = [] if every_epoch else [float(c) for c in args.checkpoints.split(",") if args.steps or float(c) <= args.minutes]
 
     average_from = sorted(float(f) for f in args.average_from.split(",") if f)
     snapshots, epoch_weights, live, final = [], [], None, None
@@ -115,8 +120,8 @@ def main(argv=None) -> int:
     entries = [(m, e, s, w) for m, e, s, w in snapshots] + [("final (as delivered)", wall, steps, delivered_weights)]
     for fraction in average_from:  # as train_events averages with average_weights_from=fraction
         late_epochs = WeightAverage()
-        for epoch_elapsed, _, weights in epoch_weights:
-            if epoch_elapsed >= fraction * args.minutes * 60:
+        for epoch_elapsed, epoch_steps, weights in epoch_weights:
+            if budget_fraction(epoch_elapsed, epoch_steps) >= fraction:
                 late_epochs.add(weights)
         if late_epochs.count:
             entries.append((f"average of {late_epochs.count} epochs from {fraction:g}", wall, steps, late_epochs.mean(delivered_weights)))
@@ -125,7 +130,7 @@ def main(argv=None) -> int:
     mode = "recomputed" if train_config.recompute_batch_norm else "training"
     variants = []  # (minute, elapsed, steps, weights, batch-norm statistics)
     for minute, elapsed, n_steps, weights in entries:
-        late_snapshot = isinstance(minute, (int, float)) and elapsed >= 0.65 * args.minutes * 60
+        late_snapshot = isinstance(minute, (int, float)) and budget_fraction(elapsed, n_steps) >= 0.65
         if args.compare_batch_norm and mode == "recomputed" and late_snapshot:
             variants.append((minute, elapsed, n_steps, weights, "training"))
         variants.append((minute, elapsed, n_steps, weights, mode))
