@@ -8,7 +8,7 @@ Inference: the batch-norm-folded network ``predict`` runs (:func:`napari_unet.mo
 one 512² tile. Reports median seconds and the ratio to float32 + XLA (the default before session 11) and
 names what ``"auto"`` picks here (:mod:`napari_unet.hardware`).
 
-    python benchmarks/bench_compute.py                      # default preset, ~2 min
+    python benchmarks/bench_compute.py                      # default preset, ~2 min -> results/compute-default-<cpu kind>.json
     python benchmarks/bench_compute.py --preset classic --batch 2 --rounds 3
 """
 
@@ -27,6 +27,14 @@ SETTINGS = {"fp32": (False, False), "fp32_xla": (False, True), "bf16": (True, Fa
 REFERENCE = "fp32_xla"
 
 
+def cpu_kind(flags) -> str:
+    """Short name of the CPU's widest matrix instructions: "amx", "avx512bf16", "avx512", "avx2" or "cpu"."""
+    for flag, kind in (("amx_bf16", "amx"), ("avx512_bf16", "avx512bf16"), ("avx512f", "avx512"), ("avx2", "avx2")):
+        if flag in flags:
+            return kind
+    return "cpu"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="default")
@@ -34,7 +42,7 @@ def main() -> int:
     ap.add_argument("--patch", type=int, default=256)
     ap.add_argument("--tile", type=int, default=512, help="inference tile size")
     ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--out", type=Path, help="JSON output (default results/compute-<preset>.json)")
+    ap.add_argument("--out", type=Path, help="JSON output (default results/compute-<preset>-<cpu kind>.json)")
     args = ap.parse_args()
 
     C.use_src()
@@ -113,7 +121,8 @@ def main() -> int:
         "auto_picks": auto,
         "settings": rows,
     }
-    out = args.out or C.RESULTS_DIR / f"compute-{args.preset}.json"
+    # one file per CPU kind: a run on another machine must not overwrite the evidence for this one
+    out = args.out or C.RESULTS_DIR / f"compute-{args.preset}-{cpu_kind(hardware.cpu_flags())}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
     print(f"wrote {out}")
