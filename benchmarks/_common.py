@@ -350,3 +350,17 @@ def median(values):
     if not n:
         return float("nan")
     return values[n // 2] if n % 2 else 0.5 * (values[n // 2 - 1] + values[n // 2])
+
+
+def write_report(path: Path, fields: dict) -> None:
+    """Write ``fields`` as JSON to ``path``, after the command line, start time, machine and library versions."""
+    report = {
+        "command": " ".join(["python"] + sys.argv),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": machine_info(),
+        "versions": library_versions(),
+        **fields,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1))
+    print(f"wrote {path}")

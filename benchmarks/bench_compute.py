@@ -15,7 +15,6 @@ names what ``"auto"`` picks here (:mod:`napari_unet.hardware`).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -109,11 +108,7 @@ def main() -> int:
         }
         row = rows[name]
         print(f"{name:10s} {train_median:12.3f} {row['train_speedup_vs_fp32_xla']:10.2f} {infer_median:12.3f} {row['infer_speedup_vs_fp32_xla']:10.2f}")
-    report = {
-        "command": " ".join(["python"] + sys.argv),
-        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "machine": C.machine_info(),
-        "versions": C.library_versions(),
+    fields = {
         "preset": args.preset,
         "batch": args.batch,
         "patch": args.patch,
@@ -123,9 +118,7 @@ def main() -> int:
     }
     # one file per CPU kind: a run on another machine must not overwrite the evidence for this one
     out = args.out or C.RESULTS_DIR / f"compute-{args.preset}-{cpu_kind(hardware.cpu_flags())}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
-    print(f"wrote {out}")
+    C.write_report(out, fields)
     return 0
 
 

@@ -20,7 +20,6 @@ takes whichever of the two is faster.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -89,6 +88,8 @@ def main() -> int:
 
     tf.get_logger().setLevel("ERROR")  # one tf.function per layer and variant: retracing warnings are expected
     config = preset(args.preset).model
+    if args.size % 2 ** (config.depth + 1):
+        ap.error(f"--size must be a multiple of {2 ** (config.depth + 1)}: Winograd tiles need even sizes down to the bottom level")
     jit = not args.no_xla
     rng = np.random.default_rng(0)
     layers = []
@@ -152,18 +153,12 @@ def main() -> int:
     }
     print("all 3x3 convolutions, direct / winograd: training x{train_winograd_speedup:.2f} (each layer the faster of the two: "
           "x{train_best_speedup:.2f}), inference x{infer_winograd_speedup:.2f} (x{infer_best_speedup:.2f})".format(**summary))
-    report = {
-        "command": " ".join(["python"] + sys.argv),
-        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "machine": C.machine_info(),
-        "versions": C.library_versions(),
+    fields = {
         "preset": args.preset, "batch": args.batch, "size": args.size, "xla": jit,
         "totals_s": totals, "summary": summary, "layers": rows,
     }
     out = args.out or C.RESULTS_DIR / f"winograd-{args.preset}{'' if jit else '-noxla'}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
-    print(f"wrote {out}")
+    C.write_report(out, fields)
     return 0
 
 
