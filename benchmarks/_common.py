@@ -364,3 +364,12 @@ def write_report(path: Path, fields: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=1))
     print(f"wrote {path}")
+
+
+def random_training_batch(rng, batch: int, size: int, channels: int):
+    """(B, S, S, C) float32 random images and (B, S, S, 2) float32 targets (class index 0/1, pixel weight 1)."""
+    import numpy as np
+
+    images = rng.random((batch, size, size, channels), dtype=np.float32)
+    classes = rng.integers(0, 2, (batch, size, size)).astype(np.float32)
+    return images, np.stack([classes, np.ones_like(classes)], axis=-1)

@@ -52,9 +52,7 @@ def main() -> int:
         keras.utils.set_random_seed(0)
         model = build_unet(config)
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=masked_loss(config, 0.5), jit_compile=jit)
-        x = rng.random((batch, args.patch, args.patch, config.network_channels), dtype=np.float32)
-        classes = rng.integers(0, 2, (batch, args.patch, args.patch)).astype(np.float32)
-        y = np.stack([classes, np.ones_like(classes)], axis=-1)  # class index, pixel weight
+        x, y = C.random_training_batch(rng, batch, args.patch, config.network_channels)
         for _ in range(3):  # trace / compile, warm up
             model.train_on_batch(x, y)
         models[batch], data[batch] = model, (x, y)

@@ -56,9 +56,7 @@ def main() -> int:
     keras = import_keras()
     config = preset(args.preset).model
     rng = np.random.default_rng(0)
-    x = rng.random((args.batch, args.patch, args.patch, config.network_channels), dtype=np.float32)
-    classes = rng.integers(0, 2, (args.batch, args.patch, args.patch)).astype(np.float32)
-    y = np.stack([classes, np.ones_like(classes)], axis=-1)  # class index, pixel weight
+    x, y = C.random_training_batch(rng, args.batch, args.patch, config.network_channels)
     tile = rng.random((1, args.tile, args.tile, config.network_channels), dtype=np.float32)
 
     keras.utils.set_random_seed(0)
