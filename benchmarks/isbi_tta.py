@@ -7,9 +7,10 @@
 For models saved by ``isbi_accuracy.py --save-model`` (trained on slices 0-11, validation 12-14): predicts slices
 12-19 once plainly and once with test-time augmentation (``predict(..., tta=True)``: the four quarter turns;
 ``--transforms`` swaps in another set for this run: ``d4`` = all 8 rotations and flips, ``flips4`` = identity,
-half turn and the two flips, ``flip2`` = identity and one flip), in the precision ``predict`` picks for this CPU. For each, the membrane rule is chosen on 12-14 as training chooses it
-(``tune_boundary_rule`` over ``CANDIDATE_CLOSINGS``) and the labels of 15-19 are scored. ``tta_with_plain_rule``
-is what ships: training chooses the rule on the plain probabilities, prediction applies it to the TTA ones.
+half turn and the two flips, ``flip2`` = identity and one flip, ``half2`` = identity and the half turn, which is
+also ``predict(..., tta=2)``), in the precision ``predict`` picks for this CPU. For each, the membrane rule is
+chosen on 12-14 as training chooses it (``tune_boundary_rule`` over ``CANDIDATE_CLOSINGS``) and the labels of
+15-19 are scored. ``tta_with_plain_rule`` is what ships: training chooses the rule on the plain probabilities, prediction applies it to the TTA ones.
 Also reports the network seconds per slice.
 """
 
@@ -31,6 +32,7 @@ TRANSFORMS = {
     "d4": [(k, flip) for k in range(4) for flip in (False, True)],
     "flips4": [(0, False), (2, False), (0, True), (2, True)],
     "flip2": [(0, False), (0, True)],
+    "half2": [(0, False), (2, False)],
 }
 
 

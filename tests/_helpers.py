@@ -42,10 +42,10 @@ def tiny_model():
 
 
 def record_tta(monkeypatch) -> list:
-    """The ``tta`` value of every network run ``predict`` makes from now on (appended to the returned list)."""
+    """Network passes per tile (1 / 2 / 4) of every network run ``predict`` makes from now on (appended to the returned list)."""
     from napari_unet import predict as predict_module
 
     seen = []
     run_model = predict_module._run_model
-    monkeypatch.setattr(predict_module, "_run_model", lambda m, tiles, tta, *rest: seen.append(tta) or run_model(m, tiles, tta, *rest))
+    monkeypatch.setattr(predict_module, "_run_model", lambda m, tiles, views, *rest: seen.append(views) or run_model(m, tiles, views, *rest))
     return seen

@@ -54,9 +54,15 @@ def test_predict_tta_flags_force_test_time_augmentation_on_and_off(data, capsys,
         out = data / f"probs{flag}.tif"
         code, _, err = run(capsys, "predict", data / "m.keras", data / "image.tif", "-o", data / "p.tif", "--probabilities", out, flag)
         assert code == 0, err
-        assert set(seen) == {flag == "--tta"}
+        assert set(seen) == {4 if flag == "--tta" else 1}
         probabilities[flag] = tifffile.imread(out)
     assert np.abs(probabilities["--tta"] - probabilities["--no-tta"]).max() > 1e-3
+    seen.clear()  # --tta-views wins over --no-tta
+    code, _, err = run(capsys, "predict", data / "m.keras", data / "image.tif", "-o", data / "p.tif", "--no-tta", "--tta-views", "2")
+    assert code == 0, err
+    assert set(seen) == {2}
+    with pytest.raises(SystemExit):  # argparse: 3 is not a choice
+        run(capsys, "predict", data / "m.keras", data / "image.tif", "-o", data / "p.tif", "--tta-views", "3")
 
 
 def test_fine_tuning_from_a_model_file(data, capsys):

@@ -89,6 +89,23 @@ def test_tta_is_the_mean_of_the_predictions_of_the_rotated_image():
         predict(model, image, tta="sometimes")
 
 
+def test_two_view_tta_is_the_mean_of_the_tile_and_its_half_turn():
+    model = tiny_model()
+    image = stripes(n_slices=1, size=64, seed=8)[0][0]
+    settings = dict(mixed_precision=False, batch_size=1)
+    views = [np.rot90(predict(model, np.rot90(image, k), tta=False, **settings).probabilities, -k) for k in (0, 2)]
+    two = predict(model, image, tta=2, **settings).probabilities
+    np.testing.assert_allclose(two, np.mean(views, axis=0), atol=1e-5)
+    assert np.abs(two - views[0]).max() > 1e-3, "the half turn must matter"
+    np.testing.assert_allclose(predict(model, image, tta=1, **settings).probabilities, views[0], atol=1e-6)
+    np.testing.assert_allclose(
+        predict(model, image, tta=4, **settings).probabilities, predict(model, image, tta=True, **settings).probabilities, atol=1e-6
+    )
+    for wrong in (3, 8, 0, -1, 2.0):
+        with pytest.raises(ValueError, match="views"):
+            predict(model, image, tta=wrong)
+
+
 @pytest.mark.parametrize("batch_size", [1, 2, 3, 5])
 def test_tta_copies_count_against_the_network_batch(monkeypatch, batch_size):
     from napari_unet import predict as predict_module
@@ -116,7 +133,7 @@ def test_default_tta_follows_the_cpu(monkeypatch, flags, expected):
     monkeypatch.setattr(hardware, "has_gpu", lambda: False)
     seen = record_tta(monkeypatch)
     predict(model, stripes(n_slices=1, size=64, seed=8)[0][0], mixed_precision=False)
-    assert seen == [expected]
+    assert seen == [4 if expected else 1]  # network passes per tile
 
 
 def test_xla_compiled_prediction_equals_the_plain_one_and_pads_partial_batches(monkeypatch):

@@ -237,11 +237,12 @@ def test_options_probabilities_instances_and_current_slice(widgets, qtbot):
 
     assert inference.tta_hint.text() == f"auto = {explain_auto_tta()}"  # says what auto does on this machine
     maps = {}
-    for choice in ("off", "on"):
+    for choice in ("off", "on", "2 views"):
         inference.tta.setCurrentText(choice)
         run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
         maps[choice] = viewer.layers["EM P(cell)"].data[1].copy()
     assert np.abs(maps["on"] - maps["off"]).max() > 1e-3
+    assert np.abs(maps["2 views"] - maps["off"]).max() > 1e-3 and np.abs(maps["2 views"] - maps["on"]).max() > 1e-4
 
 
 def test_multiclass_oct_prediction_and_probabilities(make_napari_viewer, qtbot):

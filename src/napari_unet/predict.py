@@ -81,15 +81,38 @@ def _undo_dihedral(batch: np.ndarray, k: int, flip: bool) -> np.ndarray:
 #: pass with XLA by default: 13 % faster per 512² tile on a 2-core CPU, but ~2.4 s to compile (BENCHMARKS.md).
 XLA_MIN_PIXELS = 64 * 512 * 512
 
+#: Threads that run the membrane rule of finished slices beside the network.
+RULE_WORKERS = 1
 
-def _transforms(height: int, width: int, tta: bool) -> list[tuple[int, bool]]:
-    """(quarter turns, flip) pairs applied to tiles of (height, width).
 
-    With ``tta``: the four quarter turns of square tiles (on ISBI as accurate as all eight rotations and
-    flips at half the cost, BENCHMARKS.md); non-square tiles get the shape-keeping identity, half turn and flips.
+#: Network passes per tile that test-time augmentation can make (``tta``): 1 = off, 2 = identity and
+#: half turn, 4 = the four quarter turns.
+TTA_VIEWS = (1, 2, 4)
+
+
+def resolve_tta_views(tta: Union[bool, int, str]) -> int:
+    """Network passes per tile for a ``tta`` value: False -> 1, True -> 4, 1 / 2 / 4 as given, "auto" by hardware.
+
+    ``"auto"`` is True where the network is cheap (:func:`napari_unet.hardware.resolve_tta`).
     """
-    if not tta:
+    if isinstance(tta, (bool, np.bool_, str)):
+        return 4 if hardware.resolve_tta(tta) else 1
+    if isinstance(tta, (int, np.integer)) and int(tta) in TTA_VIEWS:
+        return int(tta)
+    raise ValueError(f"tta must be True, False, 'auto' or a number of views in {TTA_VIEWS}, got {tta!r}")
+
+
+def _transforms(height: int, width: int, views: int) -> list[tuple[int, bool]]:
+    """(quarter turns, flip) pairs applied to tiles of (height, width) for ``views`` network passes.
+
+    4: the four quarter turns of square tiles (on ISBI as accurate as all eight rotations and flips at
+    half the cost, BENCHMARKS.md); non-square tiles get the shape-keeping identity, half turn and flips.
+    2: identity and half turn (on ISBI about two thirds of the gain of 4 for a third of their extra passes).
+    """
+    if views == 1:
         return [(0, False)]
+    if views == 2:
+        return [(0, False), (2, False)]
     if height == width:
         return [(k, False) for k in range(4)]
     return [(0, False), (2, False), (0, True), (2, True)]
@@ -121,13 +144,13 @@ def _forward_pass(
 
 
 def _run_model(
-    model: UNetModel, tiles: np.ndarray, tta: bool, forward: Callable[[np.ndarray], np.ndarray], batch_size: int
+    model: UNetModel, tiles: np.ndarray, views: int, forward: Callable[[np.ndarray], np.ndarray], batch_size: int
 ) -> np.ndarray:
     """(B, T, T, n_classes) float32 class probabilities for (B, T, T, C) float32 tiles (``forward``: the network).
 
     The transformed copies of the tiles go through the network in batches of ``batch_size`` images.
     """
-    transforms = _transforms(tiles.shape[1], tiles.shape[2], tta)
+    transforms = _transforms(tiles.shape[1], tiles.shape[2], views)
     batch = np.concatenate([_dihedral(tiles, k, flip) for k, flip in transforms])
     out = np.concatenate(
         [forward(np.ascontiguousarray(batch[i : i + batch_size])) for i in range(0, len(batch), batch_size)]
@@ -165,7 +188,7 @@ def predict_events(
     tile_size: int = 512,
     overlap: int = 48,
     batch_size: int = 2,
-    tta: Union[bool, str] = "auto",
+    tta: Union[bool, int, str] = "auto",
     return_probabilities: bool = True,
     close_boundaries: Optional[bool] = None,
     stop: Optional[Callable[[], bool]] = None,
@@ -184,7 +207,8 @@ def predict_events(
     validation slices after training (:mod:`napari_unet.postprocess`). ``close_boundaries=True``
     forces closing of membrane gaps (watershed regions merged across faint boundaries), ``False``
     gives plain argmax labels. ``tta``: test-time augmentation, the mean over the four quarter turns of
-    each tile (:func:`_transforms`); ``"auto"`` (default) uses it where the network is cheap, on a GPU or a CPU
+    each tile (True or 4) or over the tile and its half turn (2, half the network time of 4; see
+    :func:`_transforms`); ``"auto"`` (default) is True where the network is cheap, on a GPU or a CPU
     with bfloat16 instructions (:func:`napari_unet.hardware.resolve_tta`). ``mixed_precision``: run the network in bfloat16; None (default) does so
     on CPUs with bfloat16 instructions (:mod:`napari_unet.hardware`). ``jit_compile``: XLA-compile the
     network; None (default) does so for inputs of at least :data:`XLA_MIN_PIXELS` network pixels, where the
@@ -219,8 +243,8 @@ def predict_events(
     total = len(selected) * len(starts)
     if mixed_precision is None:
         mixed_precision = hardware.resolve_mixed_precision(hardware.AUTO)
-    tta = hardware.resolve_tta(tta)
-    n_transforms = len(_transforms(tile_y, tile_x, tta))
+    views = resolve_tta_views(tta)
+    n_transforms = len(_transforms(tile_y, tile_x, views))
     if jit_compile is None:
         large = total * tile_y * tile_x * n_transforms >= XLA_MIN_PIXELS
         jit_compile = large and hardware.resolve_jit_compile(hardware.AUTO, mixed_precision)
@@ -250,7 +274,7 @@ def predict_events(
     stopped = False
     # The membrane rule of slice z runs in a thread while the network (which releases the GIL) predicts
     # slice z + 1; at most two slices wait, so memory stays bounded.
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-unet-boundary-rule")
+    pool = ThreadPoolExecutor(max_workers=RULE_WORKERS, thread_name_prefix="napari-unet-boundary-rule")
     pending: list[tuple[int, Future]] = []
     prepared: dict[int, np.ndarray] = {}  # the network planes of the current slice and its context
     try:
@@ -266,7 +290,7 @@ def predict_events(
                     break
                 chunk = starts[first : first + tiles_per_batch]
                 tiles = np.stack([plane[y : y + tile_y, x : x + tile_x] for y, x in chunk])
-                out = _run_model(model, tiles, tta, forward, network_batch)
+                out = _run_model(model, tiles, views, forward, network_batch)
                 for (y, x), tile_probs in zip(chunk, out):
                     accumulated[y : y + tile_y, x : x + tile_x] += tile_probs * window
                     weights[y : y + tile_y, x : x + tile_x] += window

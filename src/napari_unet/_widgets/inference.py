@@ -33,7 +33,7 @@ class _Job:
     info: Any  # the session's ModelInfo (class names, colours) when the job started
 
 
-TTA_CHOICES = {"auto": "auto", "on": True, "off": False}
+TTA_CHOICES = {"auto": "auto", "on": True, "2 views": 2, "off": False}
 
 
 class InferenceWidget(QWidget):
@@ -55,8 +55,8 @@ class InferenceWidget(QWidget):
         self.tta_hint.setWordWrap(True)
         self.tta.setToolTip(
             "test-time augmentation: average the network over the four 90-degree rotations of each tile "
-            "(4 network passes, better membranes); auto = on with a GPU or a CPU with bfloat16 instructions, "
-            "where the network is cheap"
+            "(4 network passes, better membranes); 2 views = the tile and its half turn (2 passes, most of the "
+            "gain); auto = on with a GPU or a CPU with bfloat16 instructions, where the network is cheap"
         )
         self.probabilities = QCheckBox("probability map")
         self.cells = QCheckBox("cell instances (2 classes: cells split by membranes)")

@@ -48,7 +48,7 @@ def train_job(image, labels, model_config, train_config, init=None, stop=None):
         yield Failed(str(err))
 
 
-def predict_job(model: UNetModel, image, tta: Union[bool, str], probabilities: bool, membrane_value=None, close: bool = False, stop=None):
+def predict_job(model: UNetModel, image, tta: Union[bool, int, str], probabilities: bool, membrane_value=None, close: bool = False, stop=None):
     """The core's prediction events; the last is :class:`PredictionResult` or :class:`Failed`.
 
     ``membrane_value``: with a 2-class model, the membrane class value; the cells the predicted labels
