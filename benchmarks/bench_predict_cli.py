@@ -12,7 +12,11 @@ over minutes, so only alternated medians compare):
 - ``float32``: ``current`` with ``--float32`` (on a CPU with AMX / AVX512-BF16, ``current`` runs the
   network in bfloat16; elsewhere the two are the same command);
 - ``one-shot-merging``: ``current`` with the membrane rule's watershed regions merged in one cut of the
-  initial boundaries (``merge_regions(hierarchical=False)``, the rule before session 9).
+  initial boundaries (``merge_regions(hierarchical=False)``, the rule before session 9);
+- ``two-rule-threads``: ``current`` with the membrane rule of finished slices in two threads instead of one
+  (``predict.RULE_WORKERS``);
+- ``no-tta``, ``tta``, ``tta2``: ``current`` with ``--no-tta``, ``--tta`` (four quarter turns per tile) or
+  ``--tta-views 2`` (the tile and its half turn).
 
     python benchmarks/bench_predict_cli.py --model m.keras            # 5 rounds
     python benchmarks/bench_predict_cli.py --model m.keras --rounds 2 # quick
@@ -54,10 +58,11 @@ DRIVERS = {
         "pp.merge_regions = lambda p, m, h, s, hierarchical=True: merge(p, m, h, s, hierarchical=False); "
         "from napari_unet.cli import run; run()"
     ),
+    "two-rule-threads": "import napari_unet.predict as p; p.RULE_WORKERS = 2; from napari_unet.cli import run; run()",
 }
 
 #: Variants that are the current command with extra arguments.
-VARIANT_ARGUMENTS = {"float32": ["--float32"], "no-tta": ["--no-tta"], "tta": ["--tta"]}
+VARIANT_ARGUMENTS = {"float32": ["--float32"], "no-tta": ["--no-tta"], "tta": ["--tta"], "tta2": ["--tta-views", "2"]}
 
 
 def run_variant(name: str, model: Path, image: Path, output: Path) -> float:

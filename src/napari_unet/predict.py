@@ -81,7 +81,8 @@ def _undo_dihedral(batch: np.ndarray, k: int, flip: bool) -> np.ndarray:
 #: pass with XLA by default: 13 % faster per 512² tile on a 2-core CPU, but ~2.4 s to compile (BENCHMARKS.md).
 XLA_MIN_PIXELS = 64 * 512 * 512
 
-#: Threads that run the membrane rule of finished slices beside the network.
+#: Threads that run the membrane rule of finished slices beside the network (two were no faster on a
+#: 2-core CPU: the network keeps both cores busy, BENCHMARKS.md, session 17).
 RULE_WORKERS = 1
 
 

@@ -1,0 +1,71 @@
+#!/usr/bin/env python
+"""Retinal layers of the OCT circular scan: saved models scored on the columns training held out.
+
+    napari-unet train ../shared/data/oct/circular-scan.tif ../shared/data/oct/circular-scan-layers.tif \\
+        -o oct-lc24.keras --epochs 8 --steps-per-epoch 25 --seed 0 [--local-contrast SIGMA]
+    python benchmarks/oct_layers.py oct-lc24.keras oct-lc12.keras --name oct-local-contrast
+
+Training on the single B-scan validates on its last 20 % of columns (rounded down to the network's size
+multiple); this script predicts the whole scan (no TTA) and scores exactly those columns: pixel error and the
+Dice of each of the 10 classes (0 = vitreous, 1-8 retinal layers, 9 = choroid and below) and their mean.
+Writes results/<name>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+OCT = C.SHARED_DATA / "oct"
+
+
+def held_out_columns(width: int, val_fraction: float, size_multiple: int) -> int:
+    """First column of the validation part, as ``train_events`` cuts a single image."""
+    cut = int(round(width * (1 - val_fraction)))
+    return cut - cut % size_multiple
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="+", type=Path, help="models trained on circular-scan.tif (.keras)")
+    parser.add_argument("--name", default="oct-layers", help="results/<name>.json")
+    args = parser.parse_args(argv)
+    if not (OCT / "circular-scan.tif").exists():
+        print(f"skipped: {OCT} not found (needs ../shared/data beside the repository)")
+        return 0
+    C.use_src()
+    import tifffile
+
+    from napari_unet.metrics import dice_per_class, pixel_error
+    from napari_unet.model_io import load_model
+    from napari_unet.predict import predict
+
+    image = tifffile.imread(OCT / "circular-scan.tif")
+    truth = tifffile.imread(OCT / "circular-scan-layers.tif")
+    rows = []
+    for path in args.models:
+        model = load_model(path)
+        val_fraction = model.train_config.val_fraction if model.train_config else 0.2
+        first = held_out_columns(image.shape[-1], val_fraction, model.config.size_multiple)
+        labels = predict(model, image, tta=False).labels
+        pred, true = labels[:, first:], truth[:, first:]
+        dice = dice_per_class(pred, true, list(range(10)))
+        row = {
+            "model": str(path), "local_contrast_sigma": model.config.local_contrast_sigma, "columns": [first, image.shape[-1]],
+            "pixel_error": round(pixel_error(pred, true), 4), "mean_dice": round(float(np.mean(list(dice.values()))), 4),
+            "dice": {str(k): round(v, 3) for k, v in dice.items()},
+        }
+        rows.append(row)
+        print(row, flush=True)
+    C.write_report(C.RESULTS_DIR / f"{args.name}.json", {"rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
