@@ -10,7 +10,8 @@ For models saved by ``isbi_accuracy.py --save-model`` (trained on slices 0-11, v
 half turn and the two flips, ``flip2`` = identity and one flip, ``half2`` = identity and the half turn, which is
 also ``predict(..., tta=2)``), in the precision ``predict`` picks for this CPU. For each, the membrane rule is
 chosen on 12-14 as training chooses it (``tune_boundary_rule`` over ``CANDIDATE_CLOSINGS``) and the labels of
-15-19 are scored. ``tta_with_plain_rule`` is what ships: training chooses the rule on the plain probabilities, prediction applies it to the TTA ones.
+15-19 are scored. ``tta_with_plain_rule`` is what ships: training chooses the rule on the plain probabilities,
+prediction applies it to the TTA ones.
 Also reports the network seconds per slice.
 """
 

@@ -25,12 +25,6 @@ import _common as C  # noqa: E402
 OCT = C.SHARED_DATA / "oct"
 
 
-def held_out_columns(width: int, val_fraction: float, size_multiple: int) -> int:
-    """First column of the validation part, as ``train_events`` cuts a single image."""
-    cut = int(round(width * (1 - val_fraction)))
-    return cut - cut % size_multiple
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="+", type=Path, help="models trained on circular-scan.tif (.keras)")
@@ -45,6 +39,7 @@ def main(argv=None) -> int:
     from napari_unet.metrics import dice_per_class, pixel_error
     from napari_unet.model_io import load_model
     from napari_unet.predict import predict
+    from napari_unet.train import validation_column
 
     image = tifffile.imread(OCT / "circular-scan.tif")
     truth = tifffile.imread(OCT / "circular-scan-layers.tif")
@@ -52,7 +47,7 @@ def main(argv=None) -> int:
     for path in args.models:
         model = load_model(path)
         val_fraction = model.train_config.val_fraction if model.train_config else 0.2
-        first = held_out_columns(image.shape[-1], val_fraction, model.config.size_multiple)
+        first = validation_column(image.shape[-1], val_fraction, model.config.size_multiple)
         labels = predict(model, image, tta=False).labels
         pred, true = labels[:, first:], truth[:, first:]
         dice = dice_per_class(pred, true, list(range(10)))

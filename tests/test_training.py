@@ -13,6 +13,7 @@ from napari_unet.train import (
     split_validation,
     train,
     train_events,
+    validation_column,
 )
 
 
@@ -20,6 +21,11 @@ def test_split_validation_holds_out_whole_trailing_slices():
     assert split_validation(list(range(20)), 0.25) == (list(range(15)), [15, 16, 17, 18, 19])
     assert split_validation([3], 0.2) == ([3], [])
     assert split_validation([0, 1], 0.0) == ([0, 1], [])
+
+
+def test_one_image_validates_on_its_last_columns_at_a_network_size_multiple():
+    assert validation_column(768, 0.2, 16) == 608  # round(614.4) = 614, down to a multiple of 16
+    assert validation_column(100, 0.25, 1) == 75
 
 
 @pytest.mark.slow

@@ -116,6 +116,12 @@ def split_validation(annotated_slices: list, val_fraction: float) -> tuple[list,
     return list(annotated_slices[:-n_val]), list(annotated_slices[-n_val:])
 
 
+def validation_column(width: int, val_fraction: float, size_multiple: int) -> int:
+    """First column of the validation part when training on one image of ``width`` columns (split by columns)."""
+    cut = int(round(width * (1 - val_fraction)))
+    return cut - cut % size_multiple
+
+
 def _resolve_model_config(model_config: Optional[ModelConfig], n_classes: int, init: Optional[UNetModel]) -> ModelConfig:
     if init is not None:
         return init.config
@@ -207,8 +213,7 @@ def train_events(
     val_images, val_planes, val_indices = image_stack, list(val_slices), indices[val_slices]
     if not val_slices and train_config.val_fraction > 0 and images.shape[2] >= 64:
         # One annotated image: validate on its last columns, train on the rest.
-        cut = int(round(images.shape[2] * (1 - train_config.val_fraction)))
-        cut -= cut % model_config.size_multiple
+        cut = validation_column(images.shape[2], train_config.val_fraction, model_config.size_multiple)
         val_images, val_planes, val_indices = image_stack[:, :, cut:], list(train_slices), indices[train_slices, :, cut:]
         train_indices = indices[train_slices].copy()
         train_indices[:, :, cut:] = -1
