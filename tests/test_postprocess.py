@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from napari_unet.postprocess import (
+    MERGE_SIGMA,
     boundary_mask,
     close_boundaries,
     find_boundary_class,
@@ -70,6 +71,20 @@ def test_tuning_closes_gaps_on_the_threshold_with_the_lowest_pixel_error():
     np.testing.assert_array_equal(gap, original)
     rule, score = tune_boundary_rule(gap, truth_cells, closings=())
     assert rule == {"threshold": 0.6, "seed_level": None, "merge_below": None} and score < 0.9
+
+
+def test_tuned_rules_carry_their_smoothing_and_stored_rules_without_one_keep_theirs():
+    truth_cells = np.ones((1, 40, 40), bool)
+    truth_cells[:, :, 19:21] = False
+    probability = two_cells_with_a_gap()[None]
+    rule, _ = tune_boundary_rule(probability, truth_cells)
+    assert rule["merge_below"] is not None and rule["sigma"] == MERGE_SIGMA
+    rng = np.random.default_rng(0)
+    noisy = np.clip(probability[0] + rng.normal(0, 0.1, probability[0].shape), 0, 1).astype(np.float32)
+    stored = {key: value for key, value in rule.items() if key != "sigma"}  # a rule saved before sigma was tuned
+    np.testing.assert_array_equal(boundary_mask(noisy, **stored), boundary_mask(noisy, **stored, sigma=1.0))
+    unmerged = {sigma: len(np.unique(merge_regions(noisy, merge_below=0.0, sigma=sigma))) for sigma in (1.0, MERGE_SIGMA)}
+    assert unmerged[MERGE_SIGMA] < unmerged[1.0], "a smoother map has fewer spurious minima to merge"
 
 
 def two_cells_with_a_gap_and_a_false_split():

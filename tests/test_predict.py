@@ -239,6 +239,20 @@ def test_stack_labels_follow_the_boundary_rule_slice_by_slice():
         np.testing.assert_array_equal(result.labels[z], np.where(membrane, 0, 255))
 
 
+def test_forced_gap_closing_smooths_like_tuned_rules_and_stored_rules_are_kept():
+    from napari_unet.postprocess import MERGE_SIGMA
+    from napari_unet.predict import _boundary_rule
+
+    model = tiny_model()
+    model.boundary_rule = {"threshold": 0.6, "seed_level": None, "merge_below": None}
+    forced = _boundary_rule(model, True)
+    assert forced["merge_below"] is not None and forced["sigma"] == MERGE_SIGMA and forced["threshold"] == 0.6
+    assert _boundary_rule(model, None) == model.boundary_rule
+    stored = {"threshold": 0.5, "seed_level": None, "merge_below": 0.6, "minima_depth": 0.02, "hierarchical": True}
+    model.boundary_rule = stored
+    assert _boundary_rule(model, True) == stored, "a stored gap-closing rule is applied as saved (no sigma: 1)"
+
+
 def test_a_prediction_closed_early_leaves_no_thread_behind():
     import threading
 
