@@ -13,6 +13,8 @@ over minutes, so only alternated medians compare):
   network in bfloat16; elsewhere the two are the same command);
 - ``one-shot-merging``: ``current`` with the membrane rule's watershed regions merged in one cut of the
   initial boundaries (``merge_regions(hierarchical=False)``, the rule before session 9);
+- ``merge-sigma-1``: ``current`` with the membrane rule's watershed on the probability smoothed by 1 pixel
+  (the rule before session 18) instead of the rule's own sigma (3 in rules tuned since);
 - ``two-rule-threads``: ``current`` with the membrane rule of finished slices in two threads instead of one
   (``predict.RULE_WORKERS``);
 - ``no-tta``, ``tta``, ``tta2``: ``current`` with ``--no-tta``, ``--tta`` (four quarter turns per tile) or
@@ -59,6 +61,11 @@ DRIVERS = {
         "from napari_unet.cli import run; run()"
     ),
     "two-rule-threads": "import napari_unet.predict as p; p.RULE_WORKERS = 2; from napari_unet.cli import run; run()",
+    "merge-sigma-1": (
+        "import napari_unet.predict as p; mask = p.boundary_mask; "
+        "p.boundary_mask = lambda probability, **rule: mask(probability, **{**rule, 'sigma': 1.0}); "
+        "from napari_unet.cli import run; run()"
+    ),
 }
 
 #: Variants that are the current command with extra arguments.

@@ -38,11 +38,12 @@ TRANSFORMS = {
 
 
 def use_transforms(name: str) -> None:
-    """Make ``predict(..., tta=True)`` average over the named set of (quarter turns, flip) pairs (square tiles)."""
+    """Make ``predict(..., tta=True)`` average over the named set of (quarter turns, flip) pairs (square tiles);
+    plain prediction (one view) stays plain."""
     import napari_unet.predict as predict_module
 
     shipped = predict_module._transforms
-    predict_module._transforms = lambda h, w, tta: TRANSFORMS[name] if tta and h == w else shipped(h, w, tta)
+    predict_module._transforms = lambda h, w, views: TRANSFORMS[name] if views > 1 and h == w else shipped(h, w, views)
 
 
 def main(argv=None) -> int:
