@@ -93,9 +93,9 @@ CANDIDATE_THRESHOLDS: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)
 #: Smoothing (pixels) of the membrane probability whose minima and watershed make the regions that
 #: :func:`merge_regions` merges, in tuned rules. On unseen ISBI slices (15-19, 16 saved models) 3 beat the
 #: functions' default 1: V_info +0.0029 (better on 15 of 16 models), V_rand +0.0037, pixel error -0.0003;
-#: 2, 4 and 5 less (BENCHMARKS.md, session 18). A smoother map has fewer spurious minima inside cells and
-#: puts the watershed borders on the middle of blurred membranes. The functions keep 1 so that rules stored
-#: without a ``sigma`` keep their labels.
+#: 2, 4 and 5 less (BENCHMARKS.md, session 18). A smoother map has fewer spurious minima inside cells (225 -> 134
+#: watershed regions per 512² slice before merging). The functions keep 1 so that rules stored without a
+#: ``sigma`` keep their labels.
 MERGE_SIGMA = 3.0
 
 #: Gap closings tried by :func:`tune_boundary_rule`: watershed regions merged hierarchically across
