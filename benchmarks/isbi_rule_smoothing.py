@@ -25,6 +25,11 @@ PARTS = {"val": slice(0, N_VAL), "judge": slice(N_VAL, None)}
 METRICS = ("isbi_pixel_error", "v_rand", "v_info")
 
 
+def better(metric: str, score: float, reference: float) -> bool:
+    """Whether ``score`` beats ``reference`` (lower pixel error, higher V_rand / V_info)."""
+    return score < reference if metric == "isbi_pixel_error" else score > reference
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("--sigmas", default="1,2,3,4,5", help="comma-separated smoothing sigmas (pixels); the first is the reference")
 
@@ -54,8 +59,7 @@ def main(argv=None) -> int:
     mean, wins = {}, {}
     for sigma in map(str, sigmas):
         mean[sigma] = {part: {m: round(float(np.mean([r[sigma][part][m] for r in per_model.values()])), 4) for m in METRICS} for part in PARTS}
-        wins[sigma] = {m: sum((r[sigma]["judge"][m] > r[reference]["judge"][m]) != (m == "isbi_pixel_error") for r in per_model.values()
-                              if r[sigma]["judge"][m] != r[reference]["judge"][m]) for m in METRICS}
+        wins[sigma] = {m: sum(better(m, r[sigma]["judge"][m], r[reference]["judge"][m]) for r in per_model.values()) for m in METRICS}
     print(f"sigma  validation 12-14 (pixel V_rand V_info)  unseen 15-19  models better than sigma {reference} (of {len(per_model)})")
     for sigma, row in mean.items():
         print(sigma, *(" ".join(f"{row[p][m]:.4f}" for m in METRICS) for p in PARTS), wins[sigma])
