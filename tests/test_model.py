@@ -126,3 +126,38 @@ def test_masked_loss_sigmoid_head_and_dice_term():
     assert float(keras.ops.convert_to_numpy(loss(target, perfect))) == pytest.approx(0.0, abs=1e-4)
     wrong = 1.0 - perfect
     assert float(keras.ops.convert_to_numpy(loss(target, wrong))) > 5.0
+
+
+def test_soft_skeleton_thins_a_bar_to_its_centre_line():
+    keras = import_keras()
+    from napari_unet.model import soft_skeleton
+
+    bar = np.zeros((1, 21, 30, 1), np.float32)
+    bar[:, 8:13, 5:25] = 1.0  # 5 pixels wide
+    skeleton = keras.ops.convert_to_numpy(soft_skeleton(keras.ops.convert_to_tensor(bar), 5))[0, ..., 0]
+    assert skeleton.max() == pytest.approx(1.0)
+    assert skeleton[~bar[0, ..., 0].astype(bool)].max() == 0.0  # inside the bar only
+    rows = skeleton[:, 8:22].sum(axis=1)
+    assert rows[10] > 0.9 * rows.sum()  # along the centre row
+
+
+def test_cldice_term_penalises_a_gap_in_a_membrane():
+    keras = import_keras()
+    membrane = np.zeros((1, 32, 32), bool)
+    membrane[:, 14:17, :] = True  # class 0 = membrane across the patch
+    target = np.stack([np.where(membrane, 0, 1), np.ones_like(membrane)], axis=-1).astype(np.float32)
+    closed = np.stack([membrane, ~membrane], axis=-1).astype(np.float32) * 0.98 + 0.01
+    gapped = closed.copy()
+    gapped[:, 14:17, 12:20] = [0.01, 0.99]  # an 8-pixel gap: the two cells touch
+    config = ModelConfig(n_classes=2)
+
+    def value(loss, probs):
+        return float(keras.ops.convert_to_numpy(loss(target, probs)))
+
+    plain = masked_loss(config, dice_weight=0.5)
+    with_cldice = masked_loss(config, dice_weight=0.5, cldice_weight=1.0, cldice_class=0)
+    gap_cost_plain = value(plain, gapped) - value(plain, closed)
+    gap_cost_cldice = value(with_cldice, gapped) - value(with_cldice, closed)
+    # the true skeleton loses 8 of its 32 pixels of cover: sensitivity ~0.75, clDice ~0.86
+    assert gap_cost_cldice - gap_cost_plain == pytest.approx(0.14, abs=0.03)
+    assert value(masked_loss(config, 0.5, cldice_weight=1.0, cldice_class=None), gapped) == pytest.approx(value(plain, gapped))

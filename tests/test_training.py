@@ -147,9 +147,11 @@ def test_multiclass_labels_train_a_softmax_model():
 
 def test_membrane_training_records_a_tuned_boundary_rule():
     image, labels = stripes(n_slices=5, size=96, seed=0)
-    model_config, train_config = tiny_configs(epochs=2, steps_per_epoch=10, val_fraction=0.2)
+    # with the clDice term on the boundary class (off by default), which needs a boundary class to act on
+    model_config, train_config = tiny_configs(epochs=2, steps_per_epoch=10, val_fraction=0.2, cldice_weight=0.5)
     final = train(image, labels, model_config, train_config)
     assert final.model.boundary_value == 0  # the thin stripes are the boundary class
+    assert final.model.train_config.cldice_weight == 0.5 and np.isfinite(final.history[-1]["loss"])
     assert final.model.boundary_rule is not None and 0 <= final.boundary_v_rand <= 1
     plain = predict(final.model, image[4], close_boundaries=False)
     ruled = predict(final.model, image[4])

@@ -103,6 +103,9 @@ class TrainConfig:
     average_weights_from: float = 0.65
     loss: str = "ce+dice"  # "ce" or "ce+dice"
     dice_weight: float = 0.5
+    # > 0: add clDice (Shit et al. 2021) on a thin boundary class, which penalises gaps in predicted membranes
+    cldice_weight: float = 0.0
+    cldice_iterations: int = 5  # soft-skeleton iterations: half the widest boundary to thin, in pixels
     class_weighting: str = "balanced"  # "none" or "balanced" (inverse sqrt frequency)
     border_weight: float = 10.0  # U-Net paper's w0 on thin boundaries between cells (0 = off)
     border_sigma: float = 5.0  # U-Net paper's sigma (pixels)
@@ -133,6 +136,8 @@ class TrainConfig:
         _check(0 <= self.ema_momentum < 1, f"ema_momentum must be in [0, 1), got {self.ema_momentum}")
         _check(0 <= self.average_weights_from < 1, f"average_weights_from must be in [0, 1), got {self.average_weights_from}")
         _check(self.lr_schedule in ("constant", "cosine"), f"unknown lr_schedule {self.lr_schedule!r}")
+        _check(self.cldice_weight >= 0, f"cldice_weight must be >= 0, got {self.cldice_weight}")
+        _check(self.cldice_iterations >= 1, f"cldice_iterations must be >= 1, got {self.cldice_iterations}")
         _check(self.loss in ("ce", "ce+dice"), f"loss must be 'ce' or 'ce+dice', got {self.loss!r}")
         _check(self.class_weighting in ("none", "balanced"), f"unknown class_weighting {self.class_weighting!r}")
         _check(self.border_weight >= 0 and self.border_sigma > 0, "border_weight must be >= 0 and border_sigma > 0")

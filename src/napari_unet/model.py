@@ -148,16 +148,40 @@ def recompute_batch_norm_statistics(keras_model, batches) -> int:
     return count
 
 
-def masked_loss(config: ModelConfig, dice_weight: float = 0.0):
+def soft_skeleton(x, iterations: int):
+    """Soft skeleton of (B, Y, X, 1) float maps in [0, 1] (clDice, Shit et al. CVPR 2021): iterated min/max pooling."""
+    ops = import_keras().ops
+
+    def erode(v):  # cross-shaped minimum, as the clDice reference code
+        return ops.minimum(-ops.max_pool(-v, (3, 1), 1, "same"), -ops.max_pool(-v, (1, 3), 1, "same"))
+
+    def open_(v):
+        return ops.max_pool(erode(v), (3, 3), 1, "same")
+
+    skeleton = ops.relu(x - open_(x))
+    for _ in range(iterations):
+        x = erode(x)
+        delta = ops.relu(x - open_(x))
+        skeleton = skeleton + ops.relu(delta - skeleton * delta)
+    return skeleton
+
+
+def masked_loss(
+    config: ModelConfig, dice_weight: float = 0.0, cldice_weight: float = 0.0, cldice_class=None, cldice_iterations: int = 5
+):
     """Loss on targets (B, Y, X, 2) float32: channel 0 = class index, channel 1 = pixel weight.
 
     Pixels of weight 0 (not annotated) do not contribute. Cross-entropy is the weighted mean;
-    with ``dice_weight`` > 0 a soft Dice term over annotated pixels (mean over classes) is added.
+    with ``dice_weight`` > 0 a soft Dice term over annotated pixels (mean over classes) is added;
+    with ``cldice_weight`` > 0 and a ``cldice_class`` (a thin boundary class), the clDice term of that
+    class: soft skeletons of prediction and truth, each covered by the other (a gap in a predicted
+    membrane leaves the true skeleton uncovered).
     """
     keras = import_keras()
     ops = keras.ops
     n_classes = config.n_classes
     sigmoid = config.head == "sigmoid"
+    use_cldice = cldice_weight > 0 and cldice_class is not None
 
     def loss(y_true, y_pred):
         index = ops.cast(y_true[..., 0], "int32")
@@ -179,6 +203,13 @@ def masked_loss(config: ModelConfig, dice_weight: float = 0.0):
             sizes = ops.sum(probs * mask, axis=(0, 1, 2)) + ops.sum(onehot * mask, axis=(0, 1, 2))
             dice = (2 * intersection + 1.0) / (sizes + 1.0)
             total = total + dice_weight * (1.0 - ops.mean(dice))
+        if use_cldice:
+            predicted = probs[..., cldice_class : cldice_class + 1] * annotated[..., None]
+            true = onehot[..., cldice_class : cldice_class + 1] * annotated[..., None]
+            predicted_skeleton, true_skeleton = soft_skeleton(predicted, cldice_iterations), soft_skeleton(true, cldice_iterations)
+            precision = (ops.sum(predicted_skeleton * true) + 1.0) / (ops.sum(predicted_skeleton) + 1.0)
+            sensitivity = (ops.sum(true_skeleton * predicted) + 1.0) / (ops.sum(true_skeleton) + 1.0)
+            total = total + cldice_weight * (1.0 - 2.0 * precision * sensitivity / (precision + sensitivity))
         return total
 
     return loss

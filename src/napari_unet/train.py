@@ -283,7 +283,13 @@ def train_events(
     dice_weight = train_config.dice_weight if train_config.loss == "ce+dice" else 0.0
     keras_model.compile(
         optimizer=optimizer,
-        loss=masked_loss(model_config, dice_weight),
+        loss=masked_loss(
+            model_config,
+            dice_weight,
+            cldice_weight=train_config.cldice_weight,
+            cldice_class=None if boundary_value is None else class_values.index(boundary_value),
+            cldice_iterations=train_config.cldice_iterations,
+        ),
         jit_compile=train_config.jit_compile,
     )
     result = UNetModel(keras_model, model_config, class_values, percentiles, train_config, boundary_value=boundary_value)
