@@ -19,14 +19,13 @@ borders; V_rand, V_info and pixel error on 12-14 and on the unseen 15-19, per cr
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from isbi_merging import N_VAL, ROOT, cell_scores, membrane_probabilities, parse_saved_models, read_isbi_volume  # noqa: E402
+from isbi_merging import N_VAL, cell_scores, membrane_probabilities, parse_saved_models, read_isbi_volume, write_results  # noqa: E402
 from isbi_rule_smoothing import METRICS, PARTS  # noqa: E402
 
 
@@ -125,9 +124,7 @@ def main(argv=None) -> int:
     print(f"criterion/level  validation 12-14 (pixel V_rand V_info)  unseen 15-19   ({len(per_model)} models)")
     for key, row in mean.items():
         print(key, *(" ".join(f"{row[p][m]:.4f}" for m in METRICS) for p in PARTS))
-    out = ROOT / "benchmarks" / "results" / f"{args.name}.json"
-    out.write_text(json.dumps({"models": list(per_model), "sigma": MERGE_SIGMA, "mean": mean, "per_model": per_model}, indent=1))
-    print(f"wrote {out}", file=sys.stderr)
+    write_results(args.name, {"models": list(per_model), "sigma": MERGE_SIGMA, "mean": mean, "per_model": per_model})
     return 0
 
 

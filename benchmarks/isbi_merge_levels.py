@@ -14,14 +14,13 @@ the first set is the reference whose wins are counted.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from isbi_merging import N_VAL, ROOT, cell_scores, membrane_probabilities, parse_saved_models, read_isbi_volume  # noqa: E402
+from isbi_merging import N_VAL, cell_scores, membrane_probabilities, parse_saved_models, read_isbi_volume, write_results  # noqa: E402
 from isbi_rule_smoothing import METRICS, PARTS, better  # noqa: E402
 
 
@@ -82,10 +81,8 @@ def main(argv=None) -> int:
     print(f"tuned from   validation 12-14  unseen 15-19  better / worse than {reference}")
     for name, row in tuned.items():
         print(name, *(" ".join(f"{row[p][m]:.4f}" for m in METRICS) for p in PARTS), row["better_than_reference"], row["worse_than_reference"])
-    out = ROOT / "benchmarks" / "results" / f"{args.name}.json"
-    out.write_text(json.dumps({"models": list(per_model), "sigma": MERGE_SIGMA, "fixed": fixed, "tuned": tuned,
-                               "per_model": per_model}, indent=1))
-    print(f"wrote {out}", file=sys.stderr)
+    write_results(args.name, {"models": list(per_model), "sigma": MERGE_SIGMA, "fixed": fixed, "tuned": tuned,
+                               "per_model": per_model})
     return 0
 
 

@@ -62,6 +62,16 @@ def read_isbi_volume() -> tuple[np.ndarray, np.ndarray]:
     return tifffile.imread(DATA / "train-volume.tif"), tifffile.imread(DATA / "train-labels.tif")[12:20] != 0
 
 
+def write_results(name: str, payload) -> Path:
+    """``payload`` as benchmarks/results/NAME.json (written to a temporary file, then renamed); its path."""
+    out = ROOT / "benchmarks" / "results" / f"{name}.json"
+    partial = out.with_suffix(".json.partial")
+    partial.write_text(json.dumps(payload, indent=1))
+    partial.replace(out)
+    print(f"wrote {out}", file=sys.stderr)
+    return out
+
+
 def cell_scores(cell_prediction: np.ndarray, cells: np.ndarray) -> dict:
     """Pixel error (mismatch fraction and ISBI's 1 - pixel F-score), V_rand and V_info (4 digits) of a (Z, Y, X)
     bool cell prediction against the truth."""
@@ -110,9 +120,7 @@ def main(argv=None) -> int:
                 "rule": rule, "val_v_rand": round(val_v_rand, 4), "judge": scores(judge, cells[N_VAL:], rule)}
         print(path.stem, "chosen on 12-14:", json.dumps(chosen), flush=True)
         report[path.stem] = {"threshold": threshold, "rows": rows, "chosen": chosen}
-    out = ROOT / "benchmarks" / "results" / f"{args.name}.json"
-    out.write_text(json.dumps(report, indent=1))
-    print(f"wrote {out}", file=sys.stderr)
+    write_results(args.name, report)
     return 0
 
 

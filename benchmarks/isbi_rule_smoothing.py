@@ -12,14 +12,13 @@ many models it beats the first sigma given.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from isbi_merging import N_VAL, ROOT, cell_scores, membrane_probabilities, parse_saved_models, read_isbi_volume  # noqa: E402
+from isbi_merging import N_VAL, cell_scores, membrane_probabilities, parse_saved_models, read_isbi_volume, write_results  # noqa: E402
 
 PARTS = {"val": slice(0, N_VAL), "judge": slice(N_VAL, None)}
 METRICS = ("isbi_pixel_error", "v_rand", "v_info")
@@ -63,10 +62,8 @@ def main(argv=None) -> int:
     print(f"sigma  validation 12-14 (pixel V_rand V_info)  unseen 15-19  models better than sigma {reference} (of {len(per_model)})")
     for sigma, row in mean.items():
         print(sigma, *(" ".join(f"{row[p][m]:.4f}" for m in METRICS) for p in PARTS), wins[sigma])
-    out = ROOT / "benchmarks" / "results" / f"{args.name}.json"
-    out.write_text(json.dumps({"models": list(per_model), "sigmas": sigmas, "mean": mean, "better_than_reference": wins,
-                               "per_model": per_model}, indent=1))
-    print(f"wrote {out}", file=sys.stderr)
+    write_results(args.name, {"models": list(per_model), "sigmas": sigmas, "mean": mean, "better_than_reference": wins,
+                               "per_model": per_model})
     return 0
 
 

@@ -11,14 +11,13 @@ It asks whether what the validation slices prefer is what the unseen slices pref
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from isbi_merging import N_VAL, ROOT, cell_scores, membrane_probabilities, parse_saved_models, read_isbi_volume  # noqa: E402
+from isbi_merging import N_VAL, cell_scores, membrane_probabilities, parse_saved_models, read_isbi_volume, write_results  # noqa: E402
 
 DEPTHS = (0.005, 0.01, 0.02, 0.05)
 LEVELS = (0.4, 0.5, 0.6, 0.7)
@@ -55,9 +54,7 @@ def main(argv=None) -> int:
     print("depth/level/threshold  validation 12-14 (V_rand V_info pixel)  unseen 15-19")
     for key, row in mean.items():
         print(key, *(f"{row[p]['v_rand']:.3f} {row[p]['v_info']:.3f} {row[p]['pixel_error']:.3f}" for p in PARTS))
-    out = ROOT / "benchmarks" / "results" / f"{args.name}.json"
-    out.write_text(json.dumps({"models": list(per_model), "mean": mean, "per_model": per_model}, indent=1))
-    print(f"wrote {out}", file=sys.stderr)
+    write_results(args.name, {"models": list(per_model), "mean": mean, "per_model": per_model})
     return 0
 
 

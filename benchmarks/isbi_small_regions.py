@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from isbi_merging import N_VAL, ROOT, cell_scores, membrane_probabilities, parse_saved_models, read_isbi_volume  # noqa: E402
+from isbi_merging import N_VAL, cell_scores, membrane_probabilities, parse_saved_models, read_isbi_volume, write_results  # noqa: E402
 
 SIZES = (0, 16, 32, 64, 128, 256, 512)
 
@@ -82,9 +82,7 @@ def main(argv=None) -> int:
                                          and c["merge_below"] == r["shipped_rule"]["merge_below"])["judged"][m]
                                     for r in rows])), 4) for m in metrics}
     print("mean on 15-19", json.dumps(mean, indent=1))
-    out = ROOT / "benchmarks" / "results" / f"{args.name}.json"
-    out.write_text(json.dumps({"sizes": SIZES, "rows": rows, "mean": mean}, indent=1))
-    print(f"wrote {out}", file=sys.stderr)
+    write_results(args.name, {"sizes": SIZES, "rows": rows, "mean": mean})
     return 0
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from isbi_merging import N_VAL, ROOT, cell_scores, parse_saved_models, read_isbi_volume  # noqa: E402
+from isbi_merging import N_VAL, cell_scores, parse_saved_models, read_isbi_volume, write_results  # noqa: E402
 
 SLICES = range(12, 20)
 TRANSFORMS = {
@@ -90,9 +90,7 @@ def main(argv=None) -> int:
     mean = {key: {m: round(float(np.mean([j[m] for j in scores_])), 4) for m in ("pixel_error", "isbi_pixel_error", "v_rand", "v_info")}
             for key, scores_ in judged.items()}
     print("mean", json.dumps(mean))
-    out = ROOT / "benchmarks" / "results" / f"{args.name}.json"
-    out.write_text(json.dumps({"transforms": args.transforms, "slices": list(SLICES), "validation": list(SLICES)[:N_VAL], "rows": rows, "mean": mean}, indent=1))
-    print(f"wrote {out}", file=sys.stderr)
+    write_results(args.name, {"transforms": args.transforms, "slices": list(SLICES), "validation": list(SLICES)[:N_VAL], "rows": rows, "mean": mean})
     return 0
 
 
