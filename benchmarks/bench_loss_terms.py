@@ -13,14 +13,14 @@ times and the median per-round ratio to the shipped loss.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -47,9 +47,7 @@ def main(argv=None) -> int:
                            cldice_iterations=chosen.train.cldice_iterations)
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss, jit_compile=jit)
         models[name] = model
-    rng = np.random.default_rng(0)
-    x = rng.random((args.batch, args.size, args.size, chosen.model.input_channels), np.float32)
-    y = np.stack([rng.integers(0, 2, x.shape[:3]), np.ones(x.shape[:3])], axis=-1).astype(np.float32)
+    x, y = C.random_training_batch(np.random.default_rng(0), args.batch, args.size, chosen.model.network_channels)
     for model in models.values():  # compile and warm up
         for _ in range(3):
             model.train_on_batch(x, y)
@@ -64,10 +62,8 @@ def main(argv=None) -> int:
                      "ratio_to_shipped": round(float(np.median(np.array(t) / shipped)), 3)} for name, t in times.items()}
     for name, row in report.items():
         print(f"{name:12s} {row['median_step_s']:.3f} s/step  x{row['ratio_to_shipped']:.3f}")
-    out = ROOT / "benchmarks" / "results" / f"{args.name}.json"
-    out.write_text(json.dumps({"batch": args.batch, "size": args.size, "rounds": args.rounds, "jit_compile": jit,
-                               "variants": report}, indent=1))
-    print(f"wrote {out}", file=sys.stderr)
+    C.write_report(C.RESULTS_DIR / f"{args.name}.json",
+                   {"batch": args.batch, "size": args.size, "rounds": args.rounds, "jit_compile": jit, "variants": report})
     return 0
 
 

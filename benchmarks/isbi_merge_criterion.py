@@ -88,25 +88,21 @@ def main(argv=None) -> int:
         return 0
 
     from scipy import ndimage
-    from skimage.measure import label
-    from skimage.morphology import h_minima
-    from skimage.segmentation import find_boundaries, watershed
+    from skimage.segmentation import find_boundaries
 
-    from napari_unet.postprocess import MERGE_SIGMA, merge_regions, tune_boundary_rule
+    from napari_unet.postprocess import MERGE_SIGMA, merge_regions, tune_boundary_rule, watershed_regions
 
     levels = [float(level) for level in args.levels.split(",")]
-    criteria = args.criteria.split(",")
+    statistics = {criterion: statistic_of(criterion) for criterion in args.criteria.split(",")}
     image, cells = read_isbi_volume()
     per_model = {}
     for path in args.models:
         probability = membrane_probabilities(path, image)
         threshold = tune_boundary_rule(probability[:N_VAL], cells[:N_VAL], closings=())[0]["threshold"]
-        smooth = np.stack([ndimage.gaussian_filter(plane, MERGE_SIGMA) for plane in probability])
-        regions = np.stack([watershed(s, label(h_minima(s, 0.02), connectivity=1), connectivity=1) for s in smooth])
+        regions = np.stack([watershed_regions(plane, 0.02, MERGE_SIGMA) for plane in probability])
         rows = {}
-        for criterion in criteria:
-            values = smooth if criterion == "smooth-mean" else probability
-            statistic = statistic_of(criterion)
+        for criterion, statistic in statistics.items():
+            values = ndimage.gaussian_filter(probability, (0, MERGE_SIGMA, MERGE_SIGMA)) if criterion == "smooth-mean" else probability
             for level in levels:
                 merged = np.stack([merge_by(r, v, level, statistic) for r, v in zip(regions, values)])
                 if criterion == "mean" and level == levels[0]:  # the reimplementation is the shipped merge

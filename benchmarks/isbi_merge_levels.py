@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     unknown = {level for levels_ in candidate_sets.values() for level in levels_} - set(levels)
     if unknown:
         raise SystemExit(f"candidate levels {sorted(unknown)} are not in --levels")
-    closing = {**CANDIDATE_CLOSINGS[0], "sigma": MERGE_SIGMA}
+    closing = CANDIDATE_CLOSINGS[0]  # the tuned rules' smoothing and minima depth
     image, cells = read_isbi_volume()
     per_model = {}
     for path in args.models:

@@ -10,6 +10,7 @@ from napari_unet.postprocess import (
     region_borders,
     segment_instances,
     tune_boundary_rule,
+    watershed_regions,
 )
 
 
@@ -113,6 +114,17 @@ def test_boundary_mask_with_merging_closes_the_gap_and_only_adds_boundary_pixels
     assert np.all(mask[probability > 0.5])
     assert label(~mask, connectivity=1).max() == 2
     assert not mask[:, 5:13].any(), "no boundary is drawn along the faint split"
+
+
+def test_watershed_regions_are_what_merging_starts_from():
+    probability = two_cells_with_a_gap_and_a_false_split()
+    regions = watershed_regions(probability, minima_depth=0.02, sigma=1.0)
+    assert regions.dtype == np.int32 and regions.shape == probability.shape and regions.min() >= 1  # no watershed lines
+    assert len(np.unique(regions)) >= 3  # both cells and the false split's two halves
+    unmerged = merge_regions(probability, merge_below=0.0, sigma=1.0)  # same partition, labels from 0
+    assert len(np.unique(regions)) == len(np.unique(unmerged)) == len(np.unique(regions * 1000 + unmerged))
+    with pytest.raises(ValueError, match="2-D"):
+        watershed_regions(probability[None])
 
 
 def test_merge_regions_of_a_flat_map_is_one_region():

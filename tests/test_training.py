@@ -145,12 +145,18 @@ def test_multiclass_labels_train_a_softmax_model():
     assert predict(model, image[0]).probabilities.shape == (96, 96, 3)
 
 
-def test_membrane_training_records_a_tuned_boundary_rule():
+def test_membrane_training_records_a_tuned_boundary_rule(monkeypatch):
+    import napari_unet.train as train_module
+
     image, labels = stripes(n_slices=5, size=96, seed=0)
-    # with the clDice term on the boundary class (off by default), which needs a boundary class to act on
+    # with the clDice term (off by default), which training must point at the detected boundary class
+    losses = []
+    real_loss = train_module.masked_loss
+    monkeypatch.setattr(train_module, "masked_loss", lambda *a, **k: losses.append(k) or real_loss(*a, **k))
     model_config, train_config = tiny_configs(epochs=2, steps_per_epoch=10, val_fraction=0.2, cldice_weight=0.5)
     final = train(image, labels, model_config, train_config)
     assert final.model.boundary_value == 0  # the thin stripes are the boundary class
+    assert [(k["cldice_weight"], k["cldice_class"]) for k in losses] == [(0.5, 0)]  # class index of value 0
     assert final.model.train_config.cldice_weight == 0.5 and np.isfinite(final.history[-1]["loss"])
     assert final.model.boundary_rule is not None and 0 <= final.boundary_v_rand <= 1
     plain = predict(final.model, image[4], close_boundaries=False)

@@ -54,6 +54,17 @@ def _keep_node(graph, src, dst) -> None:
     """Nothing to update on the merged node: boundary means live on the edges."""
 
 
+def watershed_regions(membrane_probability, minima_depth: float = 0.02, sigma: float = 1.0) -> np.ndarray:
+    """Int32 (Y, X) over-segmentation of a (Y, X) membrane probability: the watershed of the probability smoothed
+    by ``sigma`` from its local minima at least ``minima_depth`` deep (no watershed lines)."""
+    probability = np.asarray(membrane_probability, dtype=np.float32)
+    if probability.ndim != 2:
+        raise ValueError(f"expected a 2-D probability map, got shape {probability.shape}")
+    smooth = ndimage.gaussian_filter(probability, sigma) if sigma > 0 else probability
+    markers = label(h_minima(smooth, minima_depth), connectivity=1)
+    return watershed(smooth, markers, connectivity=1).astype(np.int32)
+
+
 def merge_regions(
     membrane_probability, merge_below: float = 0.6, minima_depth: float = 0.02, sigma: float = 1.0, hierarchical: bool = True
 ) -> np.ndarray:
@@ -69,13 +80,9 @@ def merge_regions(
     On unseen ISBI slices the hierarchical merge scores higher at every setting (BENCHMARKS.md).
     """
     probability = np.asarray(membrane_probability, dtype=np.float32)
-    if probability.ndim != 2:
-        raise ValueError(f"expected a 2-D probability map, got shape {probability.shape}")
-    smooth = ndimage.gaussian_filter(probability, sigma) if sigma > 0 else probability
-    markers = label(h_minima(smooth, minima_depth), connectivity=1)
-    regions = watershed(smooth, markers, connectivity=1)
+    regions = watershed_regions(probability, minima_depth, sigma)
     if regions.max() < 2:
-        return regions.astype(np.int32)
+        return regions
     graph = rag_boundary(regions, probability)
     if hierarchical:
         merged = merge_hierarchical(
