@@ -206,6 +206,9 @@ def test_input_is_not_modified_and_rgb_is_refused():
     np.testing.assert_array_equal(image, before)
     with pytest.raises(InputError, match="RGB"):
         predict(tiny_model(), np.zeros((2, 32, 32, 3), np.uint8))
+    for wrong_rank in (np.float32(1.0), np.zeros(32, np.float32)):  # a scalar or a line is not an image either
+        with pytest.raises(InputError, match="one-channel 2-D images"):
+            predict(tiny_model(), wrong_rank)
 
 
 def test_dask_input_is_predicted_slice_by_slice():

@@ -217,7 +217,7 @@ def predict_events(
     if len(shape) not in (2, 3):
         raise InputError(
             f"image has shape {shape}; the model expects one-channel 2-D images or (Z, Y, X) stacks"
-            + (" (this looks like an RGB image; convert it to grayscale)" if shape[-1] in (3, 4) else "")
+            + (" (this looks like an RGB image; convert it to grayscale)" if shape and shape[-1] in (3, 4) else "")
         )
     if model.config.input_channels != 1:
         raise InputError(f"the model expects {model.config.input_channels} channels; napari-unet images have one")
