@@ -47,7 +47,11 @@ def worker(spec):
         import_keras()
         build_unet(classic.model, mixed_precision=spec["mixed"])  # same imports and allocations as training's start
         baseline = C.current_rss_mb()
-        tcfg = classic.train.replace(patch_size=spec["patch"], epochs=1, steps_per_epoch=spec["steps"], mixed_precision=spec["mixed"])
+        from napari_unet import hardware
+
+        # compiled (or not) as a full-length run would be: a few-step run alone would skip XLA's compile
+        jit = hardware.resolve_jit_compile(hardware.AUTO, spec["mixed"])
+        tcfg = classic.train.replace(patch_size=spec["patch"], epochs=1, steps_per_epoch=spec["steps"], mixed_precision=spec["mixed"], jit_compile=jit)
         t0 = time.perf_counter()
         n_steps, val = 0, None
         for event in train_events(image, labels, classic.model, tcfg):

@@ -109,6 +109,23 @@ def test_training_records_the_resolved_settings(cpu):
     assert final.model.train_config.jit_compile is False
 
 
+def test_training_compiles_with_xla_only_runs_that_repay_the_compile_time(cpu):
+    from napari_unet.train import XLA_MIN_TRAINING_PIXELS, resolve_training_jit_compile
+
+    cpu(AVX2_CPU)  # where "auto" compiles with XLA
+    default = TrainConfig()  # 40 epochs x 25 steps of 4 x 256²: a full training run
+    assert default.epochs * default.steps_per_epoch * default.batch_size * default.patch_size**2 >= XLA_MIN_TRAINING_PIXELS
+    assert resolve_training_jit_compile(default, mixed_precision=False) is True
+    retrain = default.replace(epochs=1, steps_per_epoch=20, batch_size=2, patch_size=128)  # the widget's Retrain
+    assert resolve_training_jit_compile(retrain, mixed_precision=False) is False
+    assert resolve_training_jit_compile(default.replace(max_minutes=1), mixed_precision=False) is False
+    assert resolve_training_jit_compile(default.replace(max_minutes=10), mixed_precision=False) is True
+    assert resolve_training_jit_compile(retrain.replace(jit_compile=True), mixed_precision=False) is True  # asked for
+    assert resolve_training_jit_compile(default.replace(jit_compile=False), mixed_precision=False) is False
+    cpu(AVX512_CPU)  # where XLA is slower than oneDNN: never by default
+    assert resolve_training_jit_compile(default, mixed_precision=False) is False
+
+
 def test_bfloat16_prediction_matches_float32_labels():
     from _helpers import stripes, tiny_model
     from napari_unet.predict import predict

@@ -31,13 +31,15 @@ def test_one_image_validates_on_its_last_columns_at_a_network_size_multiple():
 @pytest.mark.slow
 def test_a_short_training_learns_the_synthetic_task():
     image, labels = stripes(n_slices=5, size=96, seed=0)
-    model_config, train_config = tiny_configs(epochs=4, steps_per_epoch=25, val_fraction=0.2)
+    # XLA forced: "auto" would not compile so short a run, and the compiled training step must learn too
+    model_config, train_config = tiny_configs(epochs=4, steps_per_epoch=25, val_fraction=0.2, jit_compile=True)
     events = list(train_events(image, labels, model_config, train_config))
     assert isinstance(events[0], TrainingStarted) and events[0].val_slices == [4]
     steps = [e for e in events if isinstance(e, TrainingStep)]
     epochs = [e for e in events if isinstance(e, EpochEnd)]
     final = events[-1]
     assert isinstance(final, TrainingFinished) and final.reason == "completed"
+    assert final.model.train_config.jit_compile is True
     assert len(steps) == 100 and len(epochs) == 4
     assert steps[-1].eta == pytest.approx(0.0, abs=1e-6) and steps[0].eta > 0
     assert np.mean([s.loss for s in steps[-10:]]) < np.mean([s.loss for s in steps[:10]])

@@ -36,6 +36,27 @@ from .predict import predict
 #: Side of the unaugmented training tiles the batch-norm statistics are recomputed on (as predict's tiles).
 BATCH_NORM_TILE = 512
 
+#: Patch pixels (steps x batch x patch side²) a run must plan before ``jit_compile="auto"`` compiles its training
+#: step with XLA. On a 2-core AVX2 CPU the default network's step at 4 x 256² was 11 % faster with XLA, but the
+#: compile took ~20 s more, repaid after ~50 such steps; at 2 x 128² XLA was not faster at all, and a 20-step
+#: Retrain took 50 s instead of 25 s (BENCHMARKS.md, session 20). Four times the break-even at 256²:
+XLA_MIN_TRAINING_PIXELS = 200 * 4 * 256 * 256
+
+#: Time budgets (minutes) too short to spend ~20 s of them compiling.
+XLA_MIN_TRAINING_MINUTES = 2.0
+
+
+def resolve_training_jit_compile(train_config: TrainConfig, mixed_precision: bool) -> bool:
+    """``train_config.jit_compile`` resolved for a run: ``"auto"`` compiles with XLA where the CPU gains from it
+    (:func:`napari_unet.hardware.resolve_jit_compile`) and the run is long enough to repay the compile time."""
+    if not hardware.resolve_jit_compile(train_config.jit_compile, mixed_precision):
+        return False
+    if train_config.jit_compile is True:
+        return True
+    planned = train_config.epochs * train_config.steps_per_epoch * train_config.batch_size * train_config.patch_size**2
+    budget = train_config.max_minutes
+    return planned >= XLA_MIN_TRAINING_PIXELS and (budget is None or budget >= XLA_MIN_TRAINING_MINUTES)
+
 
 def recompute_batch_norm(model: UNetModel, image, slices) -> None:
     """Recompute ``model``'s batch-norm statistics on unaugmented centre tiles of ``slices`` (as training ends).
@@ -271,7 +292,7 @@ def train_events(
     # The model file records what ran, not "auto".
     train_config = train_config.replace(
         mixed_precision=mixed_precision,
-        jit_compile=hardware.resolve_jit_compile(train_config.jit_compile, mixed_precision),
+        jit_compile=resolve_training_jit_compile(train_config, mixed_precision),
     )
     keras_model = build_unet(model_config, mixed_precision=mixed_precision)
     if init is not None:
