@@ -49,6 +49,25 @@ def test_a_short_training_learns_the_synthetic_task():
     assert dice[0] >= 0.9 and dice[255] >= 0.9, dice
 
 
+def test_the_training_step_is_traced_once(monkeypatch):
+    """Optimizer variables exist before the first step, so TensorFlow traces the step once, not twice."""
+    import napari_unet.train as train_module
+
+    traces = []
+    real_build = train_module.build_unet
+
+    def counting_build(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+        step = model.train_step
+        model.train_step = lambda data: traces.append(1) or step(data)
+        return model
+
+    monkeypatch.setattr(train_module, "build_unet", counting_build)
+    image, labels = stripes()
+    train(image, labels, *tiny_configs(epochs=1, steps_per_epoch=3, jit_compile=False, val_fraction=0.0))
+    assert len(traces) == 1
+
+
 def test_stop_request_yields_a_usable_model():
     image, labels = stripes()
     model_config, train_config = tiny_configs(epochs=5, steps_per_epoch=10)

@@ -313,6 +313,9 @@ def train_events(
         ),
         jit_compile=train_config.jit_compile,
     )
+    # Optimizer variables made before the first step: made inside it, they make TensorFlow trace the training
+    # step twice, which doubled the time to the first step (BENCHMARKS.md, session 20).
+    optimizer.build(keras_model.trainable_variables)
     result = UNetModel(keras_model, model_config, class_values, percentiles, train_config, boundary_value=boundary_value)
 
     epochs, steps_per_epoch = train_config.epochs, train_config.steps_per_epoch
