@@ -37,12 +37,13 @@ from .predict import predict
 BATCH_NORM_TILE = 512
 
 #: Patch pixels (steps x batch x patch side²) a run must plan before ``jit_compile="auto"`` compiles its training
-#: step with XLA. On a 2-core AVX2 CPU the default network's step at 4 x 256² was 11 % faster with XLA, but the
-#: compile took ~20 s more, repaid after ~50 such steps; at 2 x 128² XLA was not faster at all, and a 20-step
-#: Retrain took 50 s instead of 25 s (BENCHMARKS.md, session 20). Four times the break-even at 256²:
-XLA_MIN_TRAINING_PIXELS = 200 * 4 * 256 * 256
+#: step with XLA. On a 2-core AVX2 CPU compiling the default network took 12-13 s more; its steps at 4 x 256² were
+#: then 1.22x faster, repaying that after 30 steps, while at 2 x 128² they were not faster at all: a default Retrain
+#: (20 such steps) took 28.6 s with XLA and 16.3 s without (``benchmarks/bench_xla_training.py``, BENCHMARKS.md,
+#: session 20). Twice the break-even at 256²:
+XLA_MIN_TRAINING_PIXELS = 60 * 4 * 256 * 256
 
-#: Time budgets (minutes) too short to spend ~20 s of them compiling.
+#: Time budgets (minutes) too short to spend ~13 s of them compiling.
 XLA_MIN_TRAINING_MINUTES = 2.0
 
 
