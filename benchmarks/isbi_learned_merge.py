@@ -32,6 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from isbi_merging import N_VAL, cell_scores, membrane_probabilities, parse_saved_models, read_isbi_volume, write_results  # noqa: E402
+from isbi_merge_criterion import boundary_pixels  # noqa: E402
 from isbi_rule_smoothing import METRICS  # noqa: E402
 
 #: (P(merge) threshold, max mean) settings of the learned merge.
@@ -40,23 +41,6 @@ SETTINGS = ((0.5, 1.0), (0.7, 1.0), (0.5, 0.7), (0.8, 0.7))
 
 def add_arguments(parser) -> None:
     parser.add_argument("--base-levels", default="0.4,0.5")
-
-
-def boundaries(regions: np.ndarray, values: np.ndarray) -> dict:
-    """{(a, b): boundary pixel values} for adjacent regions a < b, the pixels ``skimage.graph.rag_boundary`` uses."""
-    from scipy import ndimage
-
-    footprint = ndimage.generate_binary_structure(2, 2)
-    eroded, dilated = ndimage.grey_erosion(regions, footprint=footprint), ndimage.grey_dilation(regions, footprint=footprint)
-    inner, outer = eroded != regions, dilated != regions
-    small = np.concatenate((eroded[inner], regions[outer])).astype(np.int64)
-    large = np.concatenate((regions[inner], dilated[outer])).astype(np.int64)
-    data = np.concatenate((values[inner], values[outer]))
-    key = small * (int(regions.max()) + 1) + large
-    order = np.argsort(key, kind="stable")
-    key, data, small, large = key[order], data[order], small[order], large[order]
-    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-    return {(int(small[a]), int(large[a])): data[a:b] for a, b in zip(starts, np.r_[starts[1:], len(key)])}
 
 
 def edge_features(values, smooth_values, size_a, size_b, interior_a, interior_b) -> list[float]:
@@ -74,11 +58,11 @@ def region_graph(regions: np.ndarray, probability: np.ndarray, smooth: np.ndarra
     n = int(regions.max()) + 1
     sizes = np.bincount(regions.ravel(), minlength=n).astype(float)
     sums = np.bincount(regions.ravel(), probability.ravel(), minlength=n)
-    smooth_boundaries = boundaries(regions, smooth)
+    smooth_boundaries = boundary_pixels(regions, smooth)
     graph = RAG()
     for node in np.unique(regions):
         graph.add_node(int(node), labels=[int(node)], size=sizes[node], sum=sums[node])
-    for (a, b), values in boundaries(regions, probability).items():
+    for (a, b), values in boundary_pixels(regions, probability).items():
         graph.add_edge(a, b, values=values, smooth=smooth_boundaries[(a, b)])
     return graph
 

@@ -34,11 +34,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--criteria", default="mean,smooth-mean,q0.25,q0.5,q0.75")
 
 
-def boundary_graph(regions: np.ndarray, values: np.ndarray, statistic):
-    """skimage RAG of (Y, X) int ``regions`` whose edges carry every boundary pixel value (``values``), their
-    ``count`` and ``weight`` = statistic(values). Boundary pixels as ``skimage.graph.rag_boundary`` finds them."""
+def boundary_pixels(regions: np.ndarray, values: np.ndarray) -> dict:
+    """{(a, b): boundary pixel values} for adjacent regions a < b of (Y, X) int ``regions``: the pixels
+    ``skimage.graph.rag_boundary`` uses (8-connected erosion and dilation)."""
     from scipy import ndimage
-    from skimage.graph import RAG
 
     footprint = ndimage.generate_binary_structure(2, 2)
     eroded, dilated = ndimage.grey_erosion(regions, footprint=footprint), ndimage.grey_dilation(regions, footprint=footprint)
@@ -50,10 +49,17 @@ def boundary_graph(regions: np.ndarray, values: np.ndarray, statistic):
     order = np.argsort(key, kind="stable")
     key, data, small, large = key[order], data[order], small[order], large[order]
     starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    return {(int(small[a]), int(large[a])): data[a:b] for a, b in zip(starts, np.r_[starts[1:], len(key)])}
+
+
+def boundary_graph(regions: np.ndarray, values: np.ndarray, statistic):
+    """skimage RAG of (Y, X) int ``regions`` whose edges carry every boundary pixel value (``values``), their
+    ``count`` and ``weight`` = statistic(values). Boundary pixels as ``skimage.graph.rag_boundary`` finds them."""
+    from skimage.graph import RAG
+
     graph = RAG()
-    for start, stop in zip(starts, np.r_[starts[1:], len(key)]):
-        pixels = data[start:stop]
-        graph.add_edge(int(small[start]), int(large[start]), values=pixels, count=len(pixels), weight=float(statistic(pixels)))
+    for (a, b), pixels in boundary_pixels(regions, values).items():
+        graph.add_edge(a, b, values=pixels, count=len(pixels), weight=float(statistic(pixels)))
     for node in graph.nodes():
         graph.nodes[node]["labels"] = [node]
     return graph
