@@ -15,6 +15,8 @@ over minutes, so only alternated medians compare):
   initial boundaries (``merge_regions(hierarchical=False)``, the rule before session 9);
 - ``merge-sigma-1``: ``current`` with the membrane rule's watershed on the probability smoothed by 1 pixel
   (the rule before session 18) instead of the rule's own sigma (3 in rules tuned since);
+- ``eager-graph-import``: ``current`` with ``skimage.graph`` (and networkx) imported at start-up, as before session 20
+  (the membrane rule now imports it in its thread, beside the network);
 - ``two-rule-threads``: ``current`` with the membrane rule of finished slices in two threads instead of one
   (``predict.RULE_WORKERS``);
 - ``no-tta``, ``tta``, ``tta2``: ``current`` with ``--no-tta``, ``--tta`` (four quarter turns per tile) or
@@ -60,6 +62,7 @@ DRIVERS = {
         "pp.merge_regions = lambda p, m, h, s, hierarchical=True: merge(p, m, h, s, hierarchical=False); "
         "from napari_unet.cli import run; run()"
     ),
+    "eager-graph-import": "from skimage.graph import rag_boundary; from napari_unet.cli import run; run()",
     "two-rule-threads": "import napari_unet.predict as p; p.RULE_WORKERS = 2; from napari_unet.cli import run; run()",
     "merge-sigma-1": (
         "import napari_unet.predict as p; mask = p.boundary_mask; "

@@ -174,3 +174,14 @@ def test_shallow_minima_keep_a_pale_cell_for_the_merge_to_judge():
     borders = region_borders(probability, merge_below=0.6)
     assert borders[:10, 18:22].any() and not borders[:, :17].any(), "a one-pixel border closes the gap, nowhere else"
     assert label(~boundary_mask(probability, threshold=0.5, merge_below=0.6), connectivity=1).max() == 2
+
+
+def test_importing_prediction_leaves_the_region_graph_library_for_the_rule():
+    """skimage.graph loads networkx (~0.6 s); `predict` imports it in the membrane rule's thread, not at start-up."""
+    import subprocess
+    import sys
+
+    code = "import sys, napari_unet.predict; print('networkx' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"

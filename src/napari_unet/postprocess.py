@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
-from skimage.graph import cut_threshold, merge_hierarchical, rag_boundary
 from skimage.measure import label
 from skimage.morphology import h_minima, remove_small_objects
 from skimage.segmentation import find_boundaries, watershed
@@ -79,6 +78,10 @@ def merge_regions(
     otherwise every boundary is judged once, on the initial over-segmentation (``cut_threshold``).
     On unseen ISBI slices the hierarchical merge scores higher at every setting (BENCHMARKS.md).
     """
+    # Imported here: skimage.graph imports networkx (0.6 s), which `predict` then loads in the rule's thread,
+    # beside the network, instead of before its first tile.
+    from skimage.graph import cut_threshold, merge_hierarchical, rag_boundary
+
     probability = np.asarray(membrane_probability, dtype=np.float32)
     regions = watershed_regions(probability, minima_depth, sigma)
     if regions.max() < 2:
