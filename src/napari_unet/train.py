@@ -423,6 +423,7 @@ __all__ = [
     "train",
     "split_validation",
     "recompute_batch_norm",
+    "resolve_training_jit_compile",
     "WeightAverage",
     "InputError",
 ]
