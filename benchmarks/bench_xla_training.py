@@ -88,7 +88,8 @@ def main() -> int:
     results = {f"{name}/xla={jit}": [] for name, run in runs.items() for jit in run.get("xla", (True, False))}
     for round_ in range(args.rounds):
         for name, run in runs.items():
-            for jit in (run.get("xla", (True, False)) if round_ % 2 == 0 else run.get("xla", (True, False))[::-1]):
+            settings = tuple(run.get("xla", (True, False)))
+            for jit in settings if round_ % 2 == 0 else settings[::-1]:
                 payloads, status, _ = C.run_child(Path(__file__), {**run, "jit": jit}, None, timeout=1800)
                 if status != "ok" or not payloads:
                     raise SystemExit(f"{name} jit={jit}: {status}")

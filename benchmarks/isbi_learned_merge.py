@@ -58,12 +58,11 @@ def region_graph(regions: np.ndarray, probability: np.ndarray, smooth: np.ndarra
     n = int(regions.max()) + 1
     sizes = np.bincount(regions.ravel(), minlength=n).astype(float)
     sums = np.bincount(regions.ravel(), probability.ravel(), minlength=n)
-    smooth_boundaries = boundary_pixels(regions, smooth)
     graph = RAG()
     for node in np.unique(regions):
         graph.add_node(int(node), labels=[int(node)], size=sizes[node], sum=sums[node])
-    for (a, b), values in boundary_pixels(regions, probability).items():
-        graph.add_edge(a, b, values=values, smooth=smooth_boundaries[(a, b)])
+    for (a, b), pixels in boundary_pixels(regions, np.stack([probability, smooth], axis=-1)).items():
+        graph.add_edge(a, b, values=pixels[:, 0], smooth=pixels[:, 1])
     return graph
 
 
@@ -74,18 +73,13 @@ def features_of(graph, a, b, edge) -> list[float]:
 
 def edge_truth(regions: np.ndarray, cells: np.ndarray, pairs) -> np.ndarray:
     """Per pair: 1 when both regions' majority truth cell is the same, 0 when not, -1 when a region covers no cell."""
+    from skimage.metrics import contingency_table
+
     from napari_unet.metrics import truth_segments
 
-    truth = truth_segments(cells)
-    inside = truth > 0
-    stride = int(truth.max()) + 1
-    keys, counts = np.unique(regions[inside].astype(np.int64) * stride + truth[inside], return_counts=True)
-    majority = np.full(int(regions.max()) + 1, -1)
-    best = np.zeros(len(majority))
-    for key, count in zip(keys, counts):
-        region, cell = divmod(int(key), stride)
-        if count > best[region]:
-            majority[region], best[region] = cell, count
+    overlap = contingency_table(truth_segments(cells), regions, ignore_labels=[0], sparse_type="array").tocsc()  # cells x regions
+    majority = np.asarray(overlap.argmax(axis=0)).ravel()
+    majority[np.asarray(overlap.sum(axis=0)).ravel() == 0] = -1
     return np.array([-1 if min(majority[a], majority[b]) < 0 else int(majority[a] == majority[b]) for a, b in pairs])
 
 

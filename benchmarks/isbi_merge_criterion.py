@@ -35,8 +35,9 @@ def add_arguments(parser) -> None:
 
 
 def boundary_pixels(regions: np.ndarray, values: np.ndarray) -> dict:
-    """{(a, b): boundary pixel values} for adjacent regions a < b of (Y, X) int ``regions``: the pixels
-    ``skimage.graph.rag_boundary`` uses (8-connected erosion and dilation)."""
+    """{(a, b): values of the boundary pixels} for adjacent regions a < b of (Y, X) int ``regions``: the pixels
+    ``skimage.graph.rag_boundary`` uses (8-connected erosion and dilation). ``values``: (Y, X) or (Y, X, K) maps;
+    each entry is (n,) or (n, K)."""
     from scipy import ndimage
 
     footprint = ndimage.generate_binary_structure(2, 2)
