@@ -10,6 +10,7 @@ from napari_unet.train import (
     TrainingFinished,
     TrainingStarted,
     TrainingStep,
+    clear_trainer_cache,
     split_validation,
     train,
     train_events,
@@ -49,8 +50,8 @@ def test_a_short_training_learns_the_synthetic_task():
     assert dice[0] >= 0.9 and dice[255] >= 0.9, dice
 
 
-def test_the_training_step_is_traced_once(monkeypatch):
-    """Optimizer variables exist before the first step, so TensorFlow traces the step once, not twice."""
+def _count_traces(monkeypatch) -> list:
+    """Patch training so that every trace of a network's training step appends to the returned list."""
     import napari_unet.train as train_module
 
     traces = []
@@ -63,9 +64,57 @@ def test_the_training_step_is_traced_once(monkeypatch):
         return model
 
     monkeypatch.setattr(train_module, "build_unet", counting_build)
+    return traces
+
+
+def test_the_training_step_is_traced_once(monkeypatch):
+    """Optimizer variables exist before the first step, so TensorFlow traces the step once, not twice."""
+    clear_trainer_cache()
+    traces = _count_traces(monkeypatch)
     image, labels = stripes()
     train(image, labels, *tiny_configs(epochs=1, steps_per_epoch=3, jit_compile=False, val_fraction=0.0))
     assert len(traces) == 1
+
+
+def test_a_retrain_reuses_the_traced_step_and_leaves_the_previous_model_intact(monkeypatch):
+    clear_trainer_cache()
+    traces = _count_traces(monkeypatch)
+    image, labels = stripes()
+    model_config, train_config = tiny_configs(epochs=1, steps_per_epoch=3, jit_compile=False, val_fraction=0.0)
+    first = train(image, labels, model_config, train_config).model
+    before = [w.copy() for w in first.keras_model.get_weights()]
+    second = train(image, labels, train_config=train_config.replace(seed=1), init=first).model
+    assert len(traces) == 1  # the second run trained the first run's compiled network, traced already
+    assert second.keras_model is not first.keras_model
+    assert all(np.array_equal(a, b) for a, b in zip(before, first.keras_model.get_weights()))
+    assert any(not np.array_equal(a, b) for a, b in zip(before, second.keras_model.get_weights()))
+    assert getattr(second.keras_model, "optimizer", None) is None  # no optimizer handed out (smaller model files)
+    # A failing run leaves its start model intact too, and the kept network serves the next run.
+    calls = []
+
+    def fail_after_a_step():
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("the worker died")
+        return False
+
+    with pytest.raises(RuntimeError, match="worker died"):
+        train(image, labels, train_config=train_config, init=first, stop=fail_after_a_step)
+    assert all(np.array_equal(a, b) for a, b in zip(before, first.keras_model.get_weights()))
+    train(image, labels, train_config=train_config, init=first)
+    assert len(traces) == 1
+
+
+def test_a_kept_trainer_starts_as_a_new_one():
+    """Same seed and settings: the same weights whether the run builds its trainer or reuses a kept one."""
+    image, labels = stripes()
+    model_config, train_config = tiny_configs(epochs=1, steps_per_epoch=4, jit_compile=False, val_fraction=0.0)
+    clear_trainer_cache()
+    fresh = train(image, labels, model_config, train_config).model.keras_model.get_weights()
+    train(image, labels, model_config, train_config.replace(seed=5, learning_rate=1e-2))  # moves the kept trainer
+    reused = train(image, labels, model_config, train_config).model.keras_model.get_weights()
+    for a, b in zip(fresh, reused):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_stop_request_yields_a_usable_model():

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import math
+import random
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 
 import numpy as np
 
 from . import hardware
-from .config import ConfigError, ModelConfig, TrainConfig, preset
+from .config import ConfigError, ModelConfig, TrainConfig, preset, to_json
 from .data import (
     Augmentation,
     InputError,
@@ -75,7 +77,7 @@ def recompute_batch_norm(model: UNetModel, image, slices) -> None:
 
 @dataclass(frozen=True)
 class TrainingStarted:
-    model: UNetModel  # the model being trained (weights change while training runs)
+    model: UNetModel  # the model being trained (weights change while training runs; at the end it holds the final ones)
     total_steps: int
     epochs: int
     steps_per_epoch: int
@@ -195,6 +197,94 @@ class WeightAverage:
         return [a / self.count if np.issubdtype(a.dtype, np.floating) else w for a, w in zip(self._sum, latest)]
 
 
+@dataclass
+class _Trainer:
+    """A compiled Keras network and its optimizer, kept between runs of one process (a painted correction, then
+    Retrain, again and again) so that TensorFlow need not trace, nor XLA compile, its training step again: that
+    took 7-8 s of a default Retrain's 17 s on a 2-core CPU (BENCHMARKS.md, session 21). It never is the network a
+    run hands out; ``key`` holds everything the traced step depends on besides input shapes."""
+
+    key: tuple
+    keras_model: Any
+    optimizer: Any
+
+    def start_from(self, network) -> None:
+        """Take every variable of ``network`` (same architecture: weights, batch-norm statistics, dropout
+        seeds) and a fresh optimizer state (zero moments and step count), as a newly built trainer has."""
+        for target, source in zip(self.keras_model.variables, network.variables):
+            target.assign(source.numpy())
+        for variable in self.optimizer.variables:
+            variable.assign(np.zeros(variable.shape, variable.dtype))
+
+
+_idle_trainers: dict = {}  # key -> _Trainer not used by a running training; at most one is kept
+_idle_trainers_lock = threading.Lock()
+
+
+def _take_trainer(key: tuple) -> Optional[_Trainer]:
+    with _idle_trainers_lock:
+        return _idle_trainers.pop(key, None)
+
+
+def _keep_trainer(trainer: _Trainer) -> None:
+    with _idle_trainers_lock:
+        _idle_trainers.clear()
+        _idle_trainers[trainer.key] = trainer
+
+
+def clear_trainer_cache() -> None:
+    """Forget the compiled training network kept for the next run with the same settings (frees its memory)."""
+    with _idle_trainers_lock:
+        _idle_trainers.clear()
+
+
+def _new_trainer(key: tuple, model_config: ModelConfig, train_config: TrainConfig, mixed_precision: bool, boundary_index) -> _Trainer:
+    keras = import_keras()
+    keras_model = build_unet(model_config, mixed_precision=mixed_precision)
+    use_ema = train_config.ema_momentum > 0
+    optimizer = keras.optimizers.Adam(
+        learning_rate=train_config.learning_rate, use_ema=use_ema, ema_momentum=train_config.ema_momentum or 0.99
+    )
+    dice_weight = train_config.dice_weight if train_config.loss == "ce+dice" else 0.0
+    keras_model.compile(
+        optimizer=optimizer,
+        loss=masked_loss(
+            model_config,
+            dice_weight,
+            cldice_weight=train_config.cldice_weight,
+            cldice_class=boundary_index,
+            cldice_iterations=train_config.cldice_iterations,
+        ),
+        jit_compile=train_config.jit_compile,
+    )
+    # Optimizer variables made before the first step: made inside it, they make TensorFlow trace the training
+    # step twice, which doubled the time to the first step (BENCHMARKS.md, session 20).
+    optimizer.build(keras_model.trainable_variables)
+    return _Trainer(key, keras_model, optimizer)
+
+
+def _seeded_build(model_config: ModelConfig, mixed_precision: bool, seed: int):
+    """``build_unet`` with initial weights and dropout seeds from ``seed`` (Keras draws them from Python's ``random``,
+    whose state is restored). Not ``keras.utils.set_random_seed``: its ``tf.random.set_seed`` empties TensorFlow's
+    kernel cache, so a kept trainer's step would be instantiated again (~2 s)."""
+    state = random.getstate()
+    random.seed(seed)
+    try:
+        return build_unet(model_config, mixed_precision=mixed_precision)
+    finally:
+        random.setstate(state)
+
+
+def _trainer_key(model_config: ModelConfig, train_config: TrainConfig, boundary_index) -> Optional[tuple]:
+    """What a traced training step depends on; None where a kept trainer cannot be reset exactly (weight
+    averaging by the optimizer: its averages start from the weights)."""
+    if train_config.ema_momentum > 0:
+        return None
+    dice_weight = train_config.dice_weight if train_config.loss == "ce+dice" else 0.0
+    cldice = (train_config.cldice_weight, boundary_index, train_config.cldice_iterations) if train_config.cldice_weight else None
+    return (to_json(model_config), train_config.mixed_precision, train_config.jit_compile, dice_weight, cldice)
+
+
 def _learning_rate(base: float, schedule: str, progress: float) -> float:
     if schedule == "constant":
         return base
@@ -280,7 +370,6 @@ def train_events(
         context=model_config.context_slices,
     )
 
-    keras = import_keras()
     mixed_precision = hardware.resolve_mixed_precision(train_config.mixed_precision)
     if train_config.mixed_precision is True and not hardware.has_fast_bfloat16():  # "auto" never picks slow bf16
         warnings.warn(
@@ -289,42 +378,28 @@ def train_events(
             RuntimeWarning,
             stacklevel=2,
         )
-    keras.utils.set_random_seed(train_config.seed)
     # The model file records what ran, not "auto".
     train_config = train_config.replace(
         mixed_precision=mixed_precision,
         jit_compile=resolve_training_jit_compile(train_config, mixed_precision),
     )
-    keras_model = build_unet(model_config, mixed_precision=mixed_precision)
+    # The network handed out is never compiled; a kept (or new) trainer learns from its weights (_Trainer).
+    network = _seeded_build(model_config, mixed_precision, train_config.seed)
     if init is not None:
-        keras_model.set_weights(init.keras_model.get_weights())
+        network.set_weights(init.keras_model.get_weights())
+    boundary_index = None if boundary_value is None else class_values.index(boundary_value)
+    key = _trainer_key(model_config, train_config, boundary_index)
+    trainer = (key is not None and _take_trainer(key)) or _new_trainer(key, model_config, train_config, mixed_precision, boundary_index)
+    trainer.start_from(network)
+    keras_model, optimizer = trainer.keras_model, trainer.optimizer
     use_ema = train_config.ema_momentum > 0
-    optimizer = keras.optimizers.Adam(
-        learning_rate=train_config.learning_rate, use_ema=use_ema, ema_momentum=train_config.ema_momentum or 0.99
-    )
-    dice_weight = train_config.dice_weight if train_config.loss == "ce+dice" else 0.0
-    keras_model.compile(
-        optimizer=optimizer,
-        loss=masked_loss(
-            model_config,
-            dice_weight,
-            cldice_weight=train_config.cldice_weight,
-            cldice_class=None if boundary_value is None else class_values.index(boundary_value),
-            cldice_iterations=train_config.cldice_iterations,
-        ),
-        jit_compile=train_config.jit_compile,
-    )
-    # Optimizer variables made before the first step: made inside it, they make TensorFlow trace the training
-    # step twice, which doubled the time to the first step (BENCHMARKS.md, session 20).
-    optimizer.build(keras_model.trainable_variables)
+    # While training runs the result holds the trainer's network (live weights, used by validation); at the end
+    # it holds its own network with the final weights.
     result = UNetModel(keras_model, model_config, class_values, percentiles, train_config, boundary_value=boundary_value)
 
     epochs, steps_per_epoch = train_config.epochs, train_config.steps_per_epoch
     total_steps = epochs * steps_per_epoch
     budget = train_config.max_minutes * 60.0 if train_config.max_minutes else None
-    yield TrainingStarted(result, total_steps, epochs, steps_per_epoch, train_slices, val_slices, class_values)
-
-    start = time.perf_counter()
     best_loss, best_epoch, best_weights = math.inf, 0, None
     late_epochs = WeightAverage()
     history: list = []
@@ -332,6 +407,8 @@ def train_events(
     step = 0
     batches = prefetch(lambda: sampler.batch(train_config.batch_size), total_steps)
     try:
+        yield TrainingStarted(result, total_steps, epochs, steps_per_epoch, train_slices, val_slices, class_values)
+        start = time.perf_counter()
         for epoch in range(1, epochs + 1):
             losses = []
             for _ in range(steps_per_epoch):
@@ -384,13 +461,20 @@ def train_events(
                 keras_model.set_weights(raw_weights)
             if reason != "completed":
                 break
+        averaged_epochs = late_epochs.count if late_epochs.count >= 2 else 0
+        if averaged_epochs:  # stochastic weight averaging; its batch-norm statistics are recomputed below
+            network.set_weights(late_epochs.mean(keras_model.get_weights()))
+        elif best_weights is not None:
+            network.set_weights(best_weights)
+        else:
+            network.set_weights(keras_model.get_weights())
     finally:
         batches.close()
-    averaged_epochs = late_epochs.count if late_epochs.count >= 2 else 0
-    if averaged_epochs:  # stochastic weight averaging; its batch-norm statistics are recomputed below
-        keras_model.set_weights(late_epochs.mean(keras_model.get_weights()))
-    elif best_weights is not None:
-        keras_model.set_weights(best_weights)
+        # Also when training failed or its consumer left early: the result never holds the trainer, which waits
+        # for the next run with the same settings (start_from resets all it holds).
+        result.keras_model = network
+        if key is not None:
+            _keep_trainer(trainer)
     if (train_config.recompute_batch_norm or averaged_epochs) and step > 0:
         recompute_batch_norm(result, image_stack, train_slices)
     result.history = history
@@ -399,7 +483,6 @@ def train_events(
         # Membranes: on the (fully annotated) validation slices, the threshold with the lowest pixel
         # error and the gap closing with the best V_rand. Without test-time augmentation, so that the model
         # file does not depend on the machine (on ISBI both chose the same rule for all 8 models measured).
-        boundary_index = class_values.index(boundary_value)
         probabilities = predict(result, val_images, close_boundaries=False, slices=val_planes, tta=False).probabilities
         probabilities = probabilities[..., boundary_index]
         result.boundary_rule, boundary_v_rand = tune_boundary_rule(probabilities, val_indices != boundary_index)
@@ -424,6 +507,7 @@ __all__ = [
     "split_validation",
     "recompute_batch_norm",
     "resolve_training_jit_compile",
+    "clear_trainer_cache",
     "WeightAverage",
     "InputError",
 ]
