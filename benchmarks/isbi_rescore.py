@@ -31,6 +31,10 @@ def main(argv=None) -> int:
     parser.add_argument("--recompute-batch-norm", action="store_true",
                         help="also score each network after recomputing its batch-norm statistics on unaugmented "
                              "centre tiles of its training slices 0-11, as training now ends; adds a fixed rule")
+    parser.add_argument("--batch-norm-tiles", default="",
+                        help="comma-separated tile counts (e.g. 12,4,2,1): score each network after recomputing its "
+                             "batch-norm statistics on that many 512² centre tiles of evenly chosen slices of 0-11 "
+                             "(rule re-chosen on 12-14, as training does)")
     args = parser.parse_args(argv)
     if not DATA.is_dir():
         print(f"skipped: {DATA} not found (needs the project's shared data beside the repo)")
@@ -80,6 +84,12 @@ def main(argv=None) -> int:
         model = load_model(path)
         if model.boundary_value != 0:
             print(f"{path}: not an ISBI membrane model (boundary class {model.boundary_value})", file=sys.stderr)
+            continue
+        if args.batch_norm_tiles:
+            for tiles in [int(t) for t in args.batch_norm_tiles.split(",")]:
+                model = load_model(path)
+                recompute_batch_norm(model, image, TRAINING_SLICES, max_tiles=tiles)
+                score(model, path, f"{tiles} tiles")
             continue
         score(model, path, "as saved")
         if args.recompute_batch_norm and model.config.batch_norm:

@@ -149,14 +149,14 @@ def test_training_is_deterministic_under_a_seed():
     np.testing.assert_allclose(runs[0], runs[1], rtol=1e-5)
 
 
-def _first_batch_norm_mean_on_training_tiles(model, image):
+def _first_batch_norm_mean_on_training_tiles(model, image, slices=range(3)):
     """What the first batch norm's moving mean must be after recomputation: the mean output of the first
-    convolution over the unaugmented tiles of the training slices 0-2 of ``image`` (slice 3 validates)."""
+    convolution over the unaugmented tiles of ``slices`` of ``image`` (training slices 0-2; slice 3 validates)."""
     from napari_unet.data import centre_tiles, normalize
     from napari_unet.model import import_keras
 
     keras_model = model.keras_model
-    tiles = centre_tiles(normalize(image[:3], model.percentiles), range(3), 512, model.config.size_multiple)
+    tiles = centre_tiles(normalize(image, model.percentiles), slices, 512, model.config.size_multiple)
     first_conv = import_keras().Model(keras_model.input, keras_model.get_layer("down0_conv1").output)
     # float32 sums: a bfloat16 network (mixed precision) outputs bfloat16, whose long sums lose the small terms
     return np.mean([np.asarray(first_conv.predict_on_batch(t), np.float32).mean(axis=(0, 1, 2)) for t in tiles], axis=0)
@@ -181,6 +181,11 @@ def test_batch_norm_statistics_are_recomputed_on_unaugmented_training_tiles():
     np.testing.assert_allclose(
         kept_model.keras_model.get_layer("down0_bn1").moving_mean.numpy(),
         _first_batch_norm_mean_on_training_tiles(kept_model, image), rtol=1e-4, atol=1e-5,
+    )
+    recompute_batch_norm(kept_model, raw, [0, 1, 2, 3], max_tiles=2)  # evenly chosen: slices 0 and 3
+    np.testing.assert_allclose(
+        kept_model.keras_model.get_layer("down0_bn1").moving_mean.numpy(),
+        _first_batch_norm_mean_on_training_tiles(kept_model, image, [0, 3]), rtol=1e-4, atol=1e-5,
     )
 
 

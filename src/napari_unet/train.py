@@ -38,6 +38,9 @@ from .predict import predict
 #: Side of the unaugmented training tiles the batch-norm statistics are recomputed on (as predict's tiles).
 BATCH_NORM_TILE = 512
 
+#: At most this many such tiles (of evenly chosen training slices).
+BATCH_NORM_TILES = 16
+
 #: Patch pixels (steps x batch x patch side²) a run must plan before ``jit_compile="auto"`` compiles its training
 #: step with XLA. On a 2-core AVX2 CPU compiling the default network took 12-13 s more; its steps at 4 x 256² were
 #: then 1.22x faster, repaying that after 30 steps, while at 2 x 128² they were not faster at all: a default Retrain
@@ -61,8 +64,9 @@ def resolve_training_jit_compile(train_config: TrainConfig, mixed_precision: boo
     return planned >= XLA_MIN_TRAINING_PIXELS and (budget is None or budget >= XLA_MIN_TRAINING_MINUTES)
 
 
-def recompute_batch_norm(model: UNetModel, image, slices) -> None:
-    """Recompute ``model``'s batch-norm statistics on unaugmented centre tiles of ``slices`` (as training ends).
+def recompute_batch_norm(model: UNetModel, image, slices, max_tiles: int = BATCH_NORM_TILES) -> None:
+    """Recompute ``model``'s batch-norm statistics on unaugmented centre tiles of ``slices`` (as training ends),
+    one tile of each of at most ``max_tiles`` evenly chosen slices.
 
     ``image``: (Z, Y, X) raw image stack (any real dtype), as given to ``predict``; it is normalised here as the
     model normalises, then downscaled and given context slices as the network sees it. Changes the model's
@@ -71,7 +75,7 @@ def recompute_batch_norm(model: UNetModel, image, slices) -> None:
     config = model.config
     images = normalize(image, model.percentiles, config.local_contrast_sigma)
     network_images = downscale_image(images, config.downscale)
-    tiles = centre_tiles(network_images, slices, BATCH_NORM_TILE, config.size_multiple, config.context_slices)
+    tiles = centre_tiles(network_images, slices, BATCH_NORM_TILE, config.size_multiple, config.context_slices, max_tiles)
     recompute_batch_norm_statistics(model.keras_model, tiles)
 
 
