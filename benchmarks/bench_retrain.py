@@ -7,12 +7,16 @@ recomputed), each from the previous Retrain's model. Rounds alternate
 
 - ``rebuilt``: ``clear_trainer_cache()`` first, so the run builds, compiles and traces its training network (what
   every run did before session 21);
-- ``kept``: the run takes the network the previous run left (``napari_unet.train._Trainer``).
+- ``kept``: the run takes the network the previous run left (``napari_unet.train._Trainer``);
+- ``kept-bn16`` (with ``--data isbi``): ``kept`` with the batch-norm statistics recomputed on up to 16 tiles, as
+  before session 21 (now ``train.BATCH_NORM_TILES`` = 4; the synthetic stack has 4 slices, so no difference there).
 
+``--data synthetic``: a 4-slice 256² synthetic EM stack; ``--data isbi``: the 20 ISBI training slices (512²), as a
+user who loaded them and painted corrections would Retrain (needs ../shared/data).
 Per run: seconds from the call to the first step, the median step and the whole run; the ratio of medians.
 
     python benchmarks/bench_retrain.py                    # 4 rounds, ~3 min
-    python benchmarks/bench_retrain.py --rounds 6 --steps 20
+    python benchmarks/bench_retrain.py --data isbi --out benchmarks/results/retrain-reuse-isbi.json   # ~6 min
 """
 
 from __future__ import annotations
@@ -48,26 +52,39 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--steps", type=int, default=20, help="steps of one Retrain")
+    ap.add_argument("--data", choices=("synthetic", "isbi"), default="synthetic")
     ap.add_argument("--out", type=Path, default=C.RESULTS_DIR / "retrain-reuse.json")
     args = ap.parse_args()
     C.use_src()
     from napari_unet._tensorflow import load_tensorflow
 
     load_tensorflow()
+    import napari_unet.train as train_module
     from napari_unet.config import preset
     from napari_unet.synthetic import make_em_stack
     from napari_unet.train import clear_trainer_cache, train
 
-    image, labels = make_em_stack(4, (256, 256), seed=1)
+    if args.data == "isbi":
+        folder = C.SHARED_DATA / "isbi2012"
+        if not folder.is_dir():
+            print(f"skipped: {folder} not found (needs the project's shared data beside the repo)")
+            return 0
+        image, labels = C.read_tif(folder / "train-volume.tif"), C.read_tif(folder / "train-labels.tif")
+        variants = ("rebuilt", "kept", "kept-bn16")
+    else:
+        image, labels = make_em_stack(4, (256, 256), seed=1)
+        variants = ("rebuilt", "kept")
+    shipped_tiles = train_module.BATCH_NORM_TILES
     default = preset("default")
     first = default.train.replace(epochs=1, steps_per_epoch=5, val_fraction=0.0)
     model = train(image, labels, default.model, first).model
     retrain = default.train.replace(epochs=1, steps_per_epoch=args.steps, patch_size=128, batch_size=2, val_fraction=0.0)
-    runs: dict = {"rebuilt": [], "kept": []}
+    runs: dict = {variant: [] for variant in variants}
     for round_index in range(args.rounds):
-        for variant in ("rebuilt", "kept"):
+        for variant in variants:
             if variant == "rebuilt":
                 clear_trainer_cache()
+            train_module.BATCH_NORM_TILES = 16 if variant == "kept-bn16" else shipped_tiles
             result = timed_run(image, labels, retrain.replace(seed=round_index), model)
             model = result.pop("model")
             runs[variant].append(result)
@@ -77,10 +94,15 @@ def main() -> int:
     }
     summary["kept_vs_rebuilt_total"] = summary["rebuilt"]["total_s"] / summary["kept"]["total_s"]
     summary["kept_vs_rebuilt_first_step"] = summary["rebuilt"]["to_first_step_s"] / summary["kept"]["to_first_step_s"]
+    if "kept-bn16" in summary:
+        summary["kept_vs_kept_bn16_total"] = summary["kept-bn16"]["total_s"] / summary["kept"]["total_s"]
     report = {
         "command": "python benchmarks/bench_retrain.py " + " ".join(sys.argv[1:]),
         "machine": C.machine_info(),
         "libraries": C.library_versions(),
+        "data": args.data,
+        "image_shape": list(image.shape),
+        "batch_norm_tiles": shipped_tiles,
         "retrain": {"epochs": 1, "steps": args.steps, "patch": 128, "batch": 2},
         "runs": runs,
         "summary": summary,

@@ -38,8 +38,10 @@ from .predict import predict
 #: Side of the unaugmented training tiles the batch-norm statistics are recomputed on (as predict's tiles).
 BATCH_NORM_TILE = 512
 
-#: At most this many such tiles (of evenly chosen training slices).
-BATCH_NORM_TILES = 16
+#: At most this many such tiles (of evenly chosen training slices): 4 scored as 12 on 18 ISBI networks (V_rand
+#: +0.0014, V_info +0.0005 on the unseen slices, ``isbi_rescore.py --batch-norm-tiles``) in a third of the time
+#: (BENCHMARKS.md, session 21).
+BATCH_NORM_TILES = 4
 
 #: Patch pixels (steps x batch x patch side²) a run must plan before ``jit_compile="auto"`` compiles its training
 #: step with XLA. On a 2-core AVX2 CPU compiling the default network took 12-13 s more; its steps at 4 x 256² were
@@ -480,7 +482,7 @@ def train_events(
         if key is not None:
             _keep_trainer(trainer)
     if (train_config.recompute_batch_norm or averaged_epochs) and step > 0:
-        recompute_batch_norm(result, image_stack, train_slices)
+        recompute_batch_norm(result, image_stack, train_slices, BATCH_NORM_TILES)
     result.history = history
     boundary_v_rand = None
     if boundary_value is not None and has_validation and step > 0 and (val_indices >= 0).all():
