@@ -15,8 +15,12 @@ recomputed), each from the previous Retrain's model. Rounds alternate
 user who loaded them and painted corrections would Retrain (needs ../shared/data).
 Per run: seconds from the call to the first step, the median step and the whole run; the ratio of medians.
 
+``--sequence``: no alternation, just a 5-step training and three Retrains one after another, each timed, with
+napari_unet imported from ``--src`` (another checkout's src/, e.g. an older commit's worktree) to compare code versions.
+
     python benchmarks/bench_retrain.py                    # 4 rounds, ~3 min
     python benchmarks/bench_retrain.py --data isbi --out benchmarks/results/retrain-reuse-isbi.json   # ~6 min
+    git worktree add /tmp/old 1187761 && python benchmarks/bench_retrain.py --data isbi --sequence --src /tmp/old/src
 """
 
 from __future__ import annotations
@@ -54,15 +58,17 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=20, help="steps of one Retrain")
     ap.add_argument("--data", choices=("synthetic", "isbi"), default="synthetic")
     ap.add_argument("--out", type=Path, default=C.RESULTS_DIR / "retrain-reuse.json")
+    ap.add_argument("--sequence", action="store_true", help="time one training and three Retrains, no alternation")
+    ap.add_argument("--src", type=Path, default=C.SRC, help="the src/ folder to import napari_unet from")
     args = ap.parse_args()
-    C.use_src()
+    sys.path.insert(0, str(args.src.resolve()))
     from napari_unet._tensorflow import load_tensorflow
 
     load_tensorflow()
     import napari_unet.train as train_module
     from napari_unet.config import preset
     from napari_unet.synthetic import make_em_stack
-    from napari_unet.train import clear_trainer_cache, train
+    from napari_unet.train import train
 
     if args.data == "isbi":
         folder = C.SHARED_DATA / "isbi2012"
@@ -74,16 +80,24 @@ def main() -> int:
     else:
         image, labels = make_em_stack(4, (256, 256), seed=1)
         variants = ("rebuilt", "kept")
-    shipped_tiles = train_module.BATCH_NORM_TILES
+    shipped_tiles = getattr(train_module, "BATCH_NORM_TILES", None)  # absent before session 21 (--src)
     default = preset("default")
     first = default.train.replace(epochs=1, steps_per_epoch=5, val_fraction=0.0)
     model = train(image, labels, default.model, first).model
     retrain = default.train.replace(epochs=1, steps_per_epoch=args.steps, patch_size=128, batch_size=2, val_fraction=0.0)
+    if args.sequence:
+        times = []
+        for index in range(3):
+            start = time.perf_counter()
+            model = train(image, labels, train_config=retrain.replace(seed=index), init=model).model
+            times.append(round(time.perf_counter() - start, 2))
+        print(json.dumps({"src": str(args.src), "imported": train_module.__file__, "data": args.data, "retrains_s": times}))
+        return 0
     runs: dict = {variant: [] for variant in variants}
     for round_index in range(args.rounds):
         for variant in variants:
             if variant == "rebuilt":
-                clear_trainer_cache()
+                train_module.clear_trainer_cache()
             train_module.BATCH_NORM_TILES = 16 if variant == "kept-bn16" else shipped_tiles
             result = timed_run(image, labels, retrain.replace(seed=round_index), model)
             model = result.pop("model")
