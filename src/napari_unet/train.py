@@ -225,7 +225,10 @@ class _Trainer:
     def start_from(self, network) -> None:
         """Take every variable of ``network`` (same architecture: weights, batch-norm statistics, dropout
         seeds) and a fresh optimizer state (zero moments and step count), as a newly built trainer has."""
-        for target, source in zip(self.keras_model.variables, network.variables):
+        targets, sources = self.keras_model.variables, network.variables
+        if [v.shape for v in targets] != [v.shape for v in sources]:
+            raise ValueError("the kept training network and the run's network differ in architecture")
+        for target, source in zip(targets, sources):
             target.assign(source.numpy())
         for variable in self.optimizer.variables:
             variable.assign(np.zeros(variable.shape, variable.dtype))
