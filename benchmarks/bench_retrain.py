@@ -110,19 +110,14 @@ def main() -> int:
     summary["kept_vs_rebuilt_first_step"] = summary["rebuilt"]["to_first_step_s"] / summary["kept"]["to_first_step_s"]
     if "kept-bn16" in summary:
         summary["kept_vs_kept_bn16_total"] = summary["kept-bn16"]["total_s"] / summary["kept"]["total_s"]
-    report = {
-        "command": "python benchmarks/bench_retrain.py " + " ".join(sys.argv[1:]),
-        "machine": C.machine_info(),
-        "libraries": C.library_versions(),
+    C.write_report(args.out, {
         "data": args.data,
         "image_shape": list(image.shape),
         "batch_norm_tiles": shipped_tiles,
         "retrain": {"epochs": 1, "steps": args.steps, "patch": 128, "batch": 2},
         "runs": runs,
         "summary": summary,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
+    })
     print(json.dumps(summary, indent=1))
     return 0
 

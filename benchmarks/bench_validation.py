@@ -63,10 +63,7 @@ def main() -> int:
     summary = {name: statistics.median(values[1:]) for name, values in times.items()}  # the first round traces
     summary["new_vs_refreshed"] = summary["new network"] / summary["refreshed view"]
     summary["validation_loss"] = {name: value[0] for name, value in scores.items()}
-    report = {"command": "python benchmarks/bench_validation.py " + " ".join(sys.argv[1:]), "data": data,
-              "machine": C.machine_info(), "libraries": C.library_versions(), "seconds": times, "summary": summary}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
+    C.write_report(args.out, {"data": data, "seconds": times, "summary": summary})
     print(json.dumps(summary, indent=1))
     return 0
 
