@@ -60,12 +60,6 @@ def test_folding_batch_norm_keeps_the_network_function():
     plain_config = ModelConfig(depth=2, base_filters=4, batch_norm=False)
     plain = build_unet(plain_config)
     assert fold_batch_norm(plain, plain_config) is plain
-    # refreshed in place after the weights changed (validation every epoch): same network, new function
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.moving_mean.assign(layer.moving_mean.numpy() + 0.3)
-    assert fold_batch_norm(model, config, into=folded) is folded
-    np.testing.assert_allclose(folded.predict_on_batch(x), model.predict_on_batch(x), atol=1e-5)
 
 
 def test_inference_copy_computes_in_the_requested_precision_whatever_the_training_precision():

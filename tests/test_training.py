@@ -105,18 +105,6 @@ def test_a_retrain_reuses_the_traced_step_and_leaves_the_previous_model_intact(m
     assert len(traces) == 1
 
 
-def test_validation_folds_batch_norm_into_one_network_for_all_epochs(monkeypatch):
-    import napari_unet.model as model_module
-
-    folded_builds = []
-    real_build = model_module.build_unet
-    monkeypatch.setattr(model_module, "build_unet", lambda *a, **k: folded_builds.append(1) or real_build(*a, **k))
-    image, labels = stripes()
-    final = train(image, labels, *tiny_configs(epochs=3, steps_per_epoch=2, jit_compile=False, average_weights_from=0.0))
-    assert [record["val_loss"] is not None for record in final.history] == [True, True, True]
-    assert len(folded_builds) == 2  # validation's one, refreshed each epoch, and the membrane rule's predict
-
-
 def test_a_kept_trainer_starts_as_a_new_one():
     """Same seed and settings: the same weights whether the run builds its trainer or reuses a kept one."""
     image, labels = stripes()

@@ -81,15 +81,13 @@ def build_unet(config: ModelConfig, mixed_precision: bool = False):
     return keras.Model(inputs, outputs, name="unet")
 
 
-def fold_batch_norm(keras_model, config: ModelConfig, mixed_precision: bool = False, into=None):
+def fold_batch_norm(keras_model, config: ModelConfig, mixed_precision: bool = False):
     """An inference copy of a :func:`build_unet` network with each BatchNormalization folded into its convolution.
 
     Same function on the same inputs (round-off only), one pass less over every feature map: about 12 %
     less network time per 512² tile on a 2-core CPU (BENCHMARKS.md). The copy computes in bfloat16 with
     ``mixed_precision``, else in float32, whatever ``keras_model`` was trained with; ``keras_model`` is not
     modified, and is returned as is when ``config`` has no batch norm and it already computes that way.
-    ``into``: an earlier copy of the same network and precision to refresh in place (no new network to build
-    and trace) instead of a new one.
     """
     import dataclasses
 
@@ -98,7 +96,7 @@ def fold_batch_norm(keras_model, config: ModelConfig, mixed_precision: bool = Fa
     policy = "mixed_bfloat16" if mixed_precision else "float32"
     if not config.batch_norm and _compute_policy(keras_model) == policy:
         return keras_model
-    folded = into if into is not None else build_unet(dataclasses.replace(config, batch_norm=False), mixed_precision=mixed_precision)
+    folded = build_unet(dataclasses.replace(config, batch_norm=False), mixed_precision=mixed_precision)
     originals = {layer.name: layer for layer in keras_model.layers}
     for layer in folded.layers:
         if not layer.weights:

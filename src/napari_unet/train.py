@@ -28,7 +28,7 @@ from .data import (
     prefetch,
 )
 from .labels import check_trainable, to_indices
-from .model import build_unet, fold_batch_norm, import_keras, masked_loss, recompute_batch_norm_statistics
+from .model import build_unet, import_keras, masked_loss, recompute_batch_norm_statistics
 from .metrics import dice_per_class, pixel_error
 from .model_io import UNetModel
 from .postprocess import find_boundary_class, tune_boundary_rule
@@ -180,14 +180,6 @@ def _validation_scores(model: UNetModel, images, slices, indices, loss_weights) 
     predicted = np.argmax(probs, axis=-1)
     dice = dice_per_class(predicted, truth, np.union1d(predicted, truth))  # classes seen in either
     return val_loss, {"pixel_error": pixel_error(predicted, truth), "dice": float(np.mean(list(dice.values())))}
-
-
-def _validation_view(model: UNetModel, folded) -> UNetModel:
-    """``model`` as ``predict`` will run it: batch norm folded into ``folded`` (an earlier such view's network,
-    refreshed in place, or None), so that validating every epoch builds and traces no new network (~1 s each)."""
-    mixed_precision = hardware.resolve_mixed_precision(hardware.AUTO)  # as predict resolves it
-    network = fold_batch_norm(model.keras_model, model.config, mixed_precision, into=folded)
-    return replace(model, keras_model=network, config=replace(model.config, batch_norm=False))
 
 
 def _run_progress(step: int, total_steps: int, elapsed: float, budget: Optional[float]) -> float:
@@ -422,7 +414,6 @@ def train_events(
     history: list = []
     reason = "completed"
     step = 0
-    validation_network = None
     batches = prefetch(lambda: sampler.batch(train_config.batch_size), total_steps)
     try:
         yield TrainingStarted(result, total_steps, epochs, steps_per_epoch, train_slices, val_slices, class_values)
@@ -461,9 +452,7 @@ def train_events(
                 raw_weights = keras_model.get_weights()
                 optimizer.finalize_variable_values(keras_model.trainable_variables)
             if has_validation and (epoch % train_config.val_every == 0 or last_epoch):
-                view = _validation_view(result, validation_network)
-                validation_network = view.keras_model
-                val_loss, val_metrics = _validation_scores(view, val_images, val_planes, val_indices, weights)
+                val_loss, val_metrics = _validation_scores(result, val_images, val_planes, val_indices, weights)
             monitored = val_loss if val_loss is not None else (float(np.mean(losses)) if not has_validation else None)
             is_best = monitored is not None and monitored < best_loss
             if is_best:
