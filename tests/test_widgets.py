@@ -132,7 +132,11 @@ def test_train_stop_keeps_a_usable_model_and_viewer_stays_responsive(widgets, qt
     timer.stop()
     gaps = np.diff(ticks)
     print(f"\nQTimer (20 ms) during training: {len(ticks)} ticks, worst gap {gaps.max():.3f} s, 99th percentile {np.percentile(gaps, 99):.3f} s")
-    assert gaps.max() < 0.5, f"the main thread was blocked for {gaps.max():.2f} s"
+    # A training on the main thread would block it for the whole run (tens of seconds). A worker still holds the GIL
+    # for single TensorFlow calls (tracing, building): 0.3-0.7 s at worst on a loaded 2-core machine, before and
+    # after session 21's changes alike, so the worst gap alone makes a flaky test at 0.5 s.
+    assert gaps.max() < 1.5, f"the main thread was blocked for {gaps.max():.2f} s"
+    assert np.percentile(gaps, 99) < 0.15, f"the main thread was often late: 99th percentile gap {np.percentile(gaps, 99):.2f} s"
     assert not errors(notifications)
     model = session.model
     assert model is not None and model.class_values == [0, 255]
