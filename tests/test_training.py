@@ -105,14 +105,16 @@ def test_a_retrain_reuses_the_traced_step_and_leaves_the_previous_model_intact(m
     assert len(traces) == 1
 
 
-def test_a_kept_trainer_starts_as_a_new_one():
+def test_a_kept_trainer_starts_as_a_new_one(monkeypatch):
     """Same seed and settings: the same weights whether the run builds its trainer or reuses a kept one."""
+    traces = _count_traces(monkeypatch)
     image, labels = stripes()
     model_config, train_config = tiny_configs(epochs=1, steps_per_epoch=4, jit_compile=False, val_fraction=0.0)
     clear_trainer_cache()
     fresh = train(image, labels, model_config, train_config).model.keras_model.get_weights()
     train(image, labels, model_config, train_config.replace(seed=5, learning_rate=1e-2))  # moves the kept trainer
     reused = train(image, labels, model_config, train_config).model.keras_model.get_weights()
+    assert len(traces) == 1  # the later runs did train the kept network
     for a, b in zip(fresh, reused):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 

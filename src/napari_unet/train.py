@@ -66,9 +66,9 @@ def resolve_training_jit_compile(train_config: TrainConfig, mixed_precision: boo
     return planned >= XLA_MIN_TRAINING_PIXELS and (budget is None or budget >= XLA_MIN_TRAINING_MINUTES)
 
 
-def recompute_batch_norm(model: UNetModel, image, slices, max_tiles: int = BATCH_NORM_TILES) -> None:
+def recompute_batch_norm(model: UNetModel, image, slices, max_tiles: Optional[int] = None) -> None:
     """Recompute ``model``'s batch-norm statistics on unaugmented centre tiles of ``slices`` (as training ends),
-    one tile of each of at most ``max_tiles`` evenly chosen slices.
+    one tile of each of at most ``max_tiles`` (default :data:`BATCH_NORM_TILES`) evenly chosen slices.
 
     ``image``: (Z, Y, X) raw image stack (any real dtype), as given to ``predict``; it is normalised here as the
     model normalises, then downscaled and given context slices as the network sees it. Changes the model's
@@ -77,7 +77,7 @@ def recompute_batch_norm(model: UNetModel, image, slices, max_tiles: int = BATCH
     config = model.config
     images = normalize(image, model.percentiles, config.local_contrast_sigma)
     network_images = downscale_image(images, config.downscale)
-    tiles = centre_tiles(network_images, slices, BATCH_NORM_TILE, config.size_multiple, config.context_slices, max_tiles)
+    tiles = centre_tiles(network_images, slices, BATCH_NORM_TILE, config.size_multiple, config.context_slices, max_tiles or BATCH_NORM_TILES)
     recompute_batch_norm_statistics(model.keras_model, tiles)
 
 
@@ -226,46 +226,51 @@ class _Trainer:
             variable.assign(np.zeros(variable.shape, variable.dtype))
 
 
-_idle_trainers: dict = {}  # key -> _Trainer not used by a running training; at most one is kept
-_idle_trainers_lock = threading.Lock()
+_idle_trainer: Optional[_Trainer] = None  # not used by a running training; the last one to finish
+_idle_trainer_lock = threading.Lock()
 
 
 def _take_trainer(key: tuple) -> Optional[_Trainer]:
-    with _idle_trainers_lock:
-        return _idle_trainers.pop(key, None)
+    global _idle_trainer
+    with _idle_trainer_lock:
+        trainer = _idle_trainer if _idle_trainer is not None and _idle_trainer.key == key else None
+        if trainer is not None:
+            _idle_trainer = None
+        return trainer
 
 
 def _keep_trainer(trainer: _Trainer) -> None:
-    with _idle_trainers_lock:
-        _idle_trainers.clear()
-        _idle_trainers[trainer.key] = trainer
+    global _idle_trainer
+    with _idle_trainer_lock:
+        _idle_trainer = trainer
 
 
 def clear_trainer_cache() -> None:
     """Forget the compiled training network kept for the next run with the same settings (frees its memory)."""
-    with _idle_trainers_lock:
-        _idle_trainers.clear()
+    global _idle_trainer
+    with _idle_trainer_lock:
+        _idle_trainer = None
 
 
-def _new_trainer(key: tuple, model_config: ModelConfig, train_config: TrainConfig, mixed_precision: bool, boundary_index) -> _Trainer:
+def _loss_settings(train_config: TrainConfig, boundary_index) -> dict:
+    """Keyword arguments of :func:`masked_loss` (after the model config) for a run."""
+    use_cldice = train_config.cldice_weight > 0
+    return {
+        "dice_weight": train_config.dice_weight if train_config.loss == "ce+dice" else 0.0,
+        "cldice_weight": train_config.cldice_weight,
+        "cldice_class": boundary_index if use_cldice else None,
+        "cldice_iterations": train_config.cldice_iterations if use_cldice else None,
+    }
+
+
+def _new_trainer(key, model_config: ModelConfig, train_config: TrainConfig, mixed_precision: bool, loss_settings: dict) -> _Trainer:
     keras = import_keras()
     keras_model = build_unet(model_config, mixed_precision=mixed_precision)
     use_ema = train_config.ema_momentum > 0
     optimizer = keras.optimizers.Adam(
         learning_rate=train_config.learning_rate, use_ema=use_ema, ema_momentum=train_config.ema_momentum or 0.99
     )
-    dice_weight = train_config.dice_weight if train_config.loss == "ce+dice" else 0.0
-    keras_model.compile(
-        optimizer=optimizer,
-        loss=masked_loss(
-            model_config,
-            dice_weight,
-            cldice_weight=train_config.cldice_weight,
-            cldice_class=boundary_index,
-            cldice_iterations=train_config.cldice_iterations,
-        ),
-        jit_compile=train_config.jit_compile,
-    )
+    keras_model.compile(optimizer=optimizer, loss=masked_loss(model_config, **loss_settings), jit_compile=train_config.jit_compile)
     # Optimizer variables made before the first step: made inside it, they make TensorFlow trace the training
     # step twice, which doubled the time to the first step (BENCHMARKS.md, session 20).
     optimizer.build(keras_model.trainable_variables)
@@ -284,14 +289,12 @@ def _seeded_build(model_config: ModelConfig, mixed_precision: bool, seed: int):
         random.setstate(state)
 
 
-def _trainer_key(model_config: ModelConfig, train_config: TrainConfig, boundary_index) -> Optional[tuple]:
+def _trainer_key(model_config: ModelConfig, train_config: TrainConfig, loss_settings: dict) -> Optional[tuple]:
     """What a traced training step depends on; None where a kept trainer cannot be reset exactly (weight
     averaging by the optimizer: its averages start from the weights)."""
     if train_config.ema_momentum > 0:
         return None
-    dice_weight = train_config.dice_weight if train_config.loss == "ce+dice" else 0.0
-    cldice = (train_config.cldice_weight, boundary_index, train_config.cldice_iterations) if train_config.cldice_weight else None
-    return (to_json(model_config), train_config.mixed_precision, train_config.jit_compile, dice_weight, cldice)
+    return (to_json(model_config), train_config.mixed_precision, train_config.jit_compile, tuple(loss_settings.items()))
 
 
 def _learning_rate(base: float, schedule: str, progress: float) -> float:
@@ -397,8 +400,9 @@ def train_events(
     if init is not None:
         network.set_weights(init.keras_model.get_weights())
     boundary_index = None if boundary_value is None else class_values.index(boundary_value)
-    key = _trainer_key(model_config, train_config, boundary_index)
-    trainer = (key is not None and _take_trainer(key)) or _new_trainer(key, model_config, train_config, mixed_precision, boundary_index)
+    loss_settings = _loss_settings(train_config, boundary_index)
+    key = _trainer_key(model_config, train_config, loss_settings)
+    trainer = (key is not None and _take_trainer(key)) or _new_trainer(key, model_config, train_config, mixed_precision, loss_settings)
     trainer.start_from(network)
     keras_model, optimizer = trainer.keras_model, trainer.optimizer
     use_ema = train_config.ema_momentum > 0
@@ -485,7 +489,7 @@ def train_events(
         if key is not None:
             _keep_trainer(trainer)
     if (train_config.recompute_batch_norm or averaged_epochs) and step > 0:
-        recompute_batch_norm(result, image_stack, train_slices, BATCH_NORM_TILES)
+        recompute_batch_norm(result, image_stack, train_slices)
     result.history = history
     boundary_v_rand = None
     if boundary_value is not None and has_validation and step > 0 and (val_indices >= 0).all():
