@@ -183,6 +183,36 @@ def test_border_weights_are_highest_on_thin_membranes_between_cells():
     np.testing.assert_array_equal(stack[1], weights)
 
 
+def test_border_weights_of_seen_planes_come_from_the_cache_and_stay_correct(monkeypatch):
+    import napari_unet.data as data
+
+    stack = np.ones((3, 48, 48), np.int32)
+    for z in range(3):  # three different slices
+        stack[z, :, 18 + 2 * z : 20 + 2 * z] = 0
+    stack[:, 30:32, :] = 0
+    stack[2, 5:9, 5:40] = -1  # unannotated pixels
+    data._BORDER_WEIGHTS.clear()
+    computed = []
+    plane_weights = data._plane_border_weights
+    monkeypatch.setattr(data, "_plane_border_weights", lambda *a: computed.append(1) or plane_weights(*a))
+    first = data.border_weights(stack, 0)
+    painted = stack.copy()
+    painted[1, 10:12, 22:] = 0  # a correction painted on slice 1: a membrane splitting a cell
+    second = data.border_weights(painted, 0)
+    assert len(computed) == 3 + 1  # only the painted slice again
+    for z in range(3):
+        np.testing.assert_array_equal(second[z], plane_weights(painted[z], 0, 10.0, 5.0))
+    assert not np.array_equal(first[1], second[1])
+    data.border_weights(painted, 0, weight=20.0)  # other settings: computed anew
+    assert len(computed) == 4 + 3
+    second[0] += 1  # the result is the caller's: the cache does not change with it
+    np.testing.assert_array_equal(data.border_weights(stack, 0), first)
+    small = data._PlaneCache(max_bytes=2 * 48 * 48 * 4)
+    for key in range(3):
+        small.put(key, np.zeros((48, 48), np.float32))
+    assert small.get(0) is None and small.get(2) is not None and small.nbytes == 2 * 48 * 48 * 4
+
+
 def test_augment_moves_extra_maps_with_the_labels():
     rng = np.random.default_rng(0)
     indices = np.zeros((48, 48), np.int32)

@@ -99,6 +99,25 @@ def test_recomputed_batch_norm_statistics_are_the_mean_over_the_batches():
     assert recompute_batch_norm_statistics(plain, batches) == 0
 
 
+def test_a_kept_batch_norm_recomputation_follows_new_weights():
+    """The traced recomputation is kept for later calls; each call still uses the network's current weights."""
+    from napari_unet.model import BatchNormStatistics
+
+    config = ModelConfig(depth=2, base_filters=4)
+    model, reference = build_unet(config), build_unet(config)
+    rng = np.random.default_rng(2)
+    batches = [(rng.random((1, 16, 16, 1)) * 4).astype(np.float32) for _ in range(2)]
+    statistics = BatchNormStatistics(model)
+    assert statistics.recompute(batches) == 2
+    model.set_weights([w * 1.5 if w.ndim == 4 else w for w in model.get_weights()])  # as training moves them
+    assert statistics.recompute(batches) == 2
+    reference.set_weights(model.get_weights())
+    recompute_batch_norm_statistics(reference, batches)  # a fresh graph
+    for a, b in zip(model.get_weights(), reference.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert model.get_layer("down0_bn1").momentum == reference.get_layer("down0_bn1").momentum  # restored
+
+
 def test_bf16_model_keeps_a_float32_head():
     model = build_unet(ModelConfig(depth=2, base_filters=4), mixed_precision=True)
     out = model.predict_on_batch(np.zeros((1, 16, 16, 1), np.float32))

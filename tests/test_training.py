@@ -171,6 +171,11 @@ def test_batch_norm_statistics_are_recomputed_on_unaugmented_training_tiles():
     model = final.model.keras_model
     expected = _first_batch_norm_mean_on_training_tiles(final.model, image)
     np.testing.assert_allclose(model.get_layer("down0_bn1").moving_mean.numpy(), expected, rtol=1e-4, atol=1e-5)
+    again = train(image, labels, model_config, train_config.replace(seed=3)).model  # kept trainer, kept recomputation
+    np.testing.assert_allclose(
+        again.keras_model.get_layer("down0_bn1").moving_mean.numpy(),
+        _first_batch_norm_mean_on_training_tiles(again, image), rtol=1e-4, atol=1e-5,
+    )
     kept = train(image, labels, model_config, train_config.replace(recompute_batch_norm=False)).model.keras_model
     assert not np.allclose(kept.get_layer("down0_bn1").moving_mean.numpy(), expected, rtol=1e-2)
     # on its own it takes the raw images, as predict does, and normalises them as the model does

@@ -28,7 +28,7 @@ from .data import (
     prefetch,
 )
 from .labels import check_trainable, to_indices
-from .model import build_unet, import_keras, masked_loss, recompute_batch_norm_statistics
+from .model import BatchNormStatistics, build_unet, import_keras, masked_loss, recompute_batch_norm_statistics
 from .metrics import dice_per_class, pixel_error
 from .model_io import UNetModel
 from .postprocess import find_boundary_class, tune_boundary_rule
@@ -74,11 +74,15 @@ def recompute_batch_norm(model: UNetModel, image, slices, max_tiles: Optional[in
     model normalises, then downscaled and given context slices as the network sees it. Changes the model's
     moving statistics only; ``image`` is not modified.
     """
+    recompute_batch_norm_statistics(model.keras_model, _batch_norm_tiles(model, image, slices, max_tiles))
+
+
+def _batch_norm_tiles(model: UNetModel, image, slices, max_tiles: Optional[int] = None) -> list:
+    """The network inputs :func:`recompute_batch_norm` uses."""
     config = model.config
     images = normalize(image, model.percentiles, config.local_contrast_sigma)
     network_images = downscale_image(images, config.downscale)
-    tiles = centre_tiles(network_images, slices, BATCH_NORM_TILE, config.size_multiple, config.context_slices, max_tiles or BATCH_NORM_TILES)
-    recompute_batch_norm_statistics(model.keras_model, tiles)
+    return centre_tiles(network_images, slices, BATCH_NORM_TILE, config.size_multiple, config.context_slices, max_tiles or BATCH_NORM_TILES)
 
 
 @dataclass(frozen=True)
@@ -213,6 +217,16 @@ class _Trainer:
     key: tuple
     keras_model: Any
     optimizer: Any
+    batch_norm: Any = None  # BatchNormStatistics of keras_model, made on first use (its graph is kept)
+
+    def recompute_batch_norm(self, network, tiles: list) -> None:
+        """Give ``network`` (same architecture) batch-norm statistics recomputed on ``tiles`` from its own weights,
+        on this trainer's network, whose traced recomputation a later run reuses."""
+        self.keras_model.set_weights(network.get_weights())
+        if self.batch_norm is None:
+            self.batch_norm = BatchNormStatistics(self.keras_model)
+        if self.batch_norm.recompute(tiles):
+            network.set_weights(self.keras_model.get_weights())
 
     def start_from(self, network) -> None:
         """Take every variable of ``network`` (same architecture: weights, batch-norm statistics, dropout
@@ -481,6 +495,8 @@ def train_events(
             network.set_weights(best_weights)
         else:
             network.set_weights(keras_model.get_weights())
+        if (train_config.recompute_batch_norm or averaged_epochs) and step > 0:
+            trainer.recompute_batch_norm(network, _batch_norm_tiles(result, image_stack, train_slices))
     finally:
         batches.close()
         # Also when training failed or its consumer left early: the result never holds the trainer, which waits
@@ -488,8 +504,6 @@ def train_events(
         result.keras_model = network
         if key is not None:
             _keep_trainer(trainer)
-    if (train_config.recompute_batch_norm or averaged_epochs) and step > 0:
-        recompute_batch_norm(result, image_stack, train_slices)
     result.history = history
     boundary_v_rand = None
     if boundary_value is not None and has_validation and step > 0 and (val_indices >= 0).all():
