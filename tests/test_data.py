@@ -254,3 +254,15 @@ def test_centre_tiles_cut_the_middle_of_evenly_chosen_slices():
     small = centre_tiles(images[:, :20, :24], [5], tile_size=512, multiple=16, context=1)
     assert len(small) == 1 and small[0].shape == (1, 32, 32, 3)
     np.testing.assert_array_equal(small[0][0, :20, :24, 0], images[4, :20, :24])
+
+
+def test_elastic_displacements_are_the_cubic_zoom_of_the_coarse_grid():
+    from scipy import ndimage
+
+    from napari_unet.data import _cubic_zoom_matrix
+
+    coarse = np.random.default_rng(3).normal(0, 10, (3, 3))
+    for shape in [(256, 256), (37, 50)]:
+        expected = ndimage.zoom(coarse, (shape[0] / 3, shape[1] / 3), order=3, mode="nearest")[: shape[0], : shape[1]]
+        separable = _cubic_zoom_matrix(shape[0], 3) @ coarse @ _cubic_zoom_matrix(shape[1], 3).T
+        np.testing.assert_allclose(separable, expected, atol=1e-9)
