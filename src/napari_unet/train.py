@@ -74,13 +74,12 @@ def recompute_batch_norm(model: UNetModel, image, slices, max_tiles: Optional[in
     model normalises, then downscaled and given context slices as the network sees it. Changes the model's
     moving statistics only; ``image`` is not modified.
     """
-    recompute_batch_norm_statistics(model.keras_model, _batch_norm_tiles(model, image, slices, max_tiles))
+    images = normalize(image, model.percentiles, model.config.local_contrast_sigma)
+    recompute_batch_norm_statistics(model.keras_model, _batch_norm_tiles(model.config, images, slices, max_tiles))
 
 
-def _batch_norm_tiles(model: UNetModel, image, slices, max_tiles: Optional[int] = None) -> list:
-    """The network inputs :func:`recompute_batch_norm` uses."""
-    config = model.config
-    images = normalize(image, model.percentiles, config.local_contrast_sigma)
+def _batch_norm_tiles(config: ModelConfig, images, slices, max_tiles: Optional[int] = None) -> list:
+    """The network inputs :func:`recompute_batch_norm` uses, from the (Z, Y, X) float32 normalised ``images``."""
     network_images = downscale_image(images, config.downscale)
     return centre_tiles(network_images, slices, BATCH_NORM_TILE, config.size_multiple, config.context_slices, max_tiles or BATCH_NORM_TILES)
 
@@ -496,7 +495,7 @@ def train_events(
         else:
             network.set_weights(keras_model.get_weights())
         if (train_config.recompute_batch_norm or averaged_epochs) and step > 0:
-            trainer.recompute_batch_norm(network, _batch_norm_tiles(result, image_stack, train_slices))
+            trainer.recompute_batch_norm(network, _batch_norm_tiles(model_config, images, train_slices))  # normalised as the model does
     finally:
         batches.close()
         # Also when training failed or its consumer left early: the result never holds the trainer, which waits
