@@ -172,15 +172,16 @@ def test_xla_is_chosen_by_input_size_on_cpus_where_it_pays(monkeypatch, flags, l
     import napari_unet.predict as predict_module
     from napari_unet import hardware
 
+    model = tiny_model()  # trained first: its training's validation predicts too
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
     monkeypatch.setattr(hardware, "has_gpu", lambda: False)
     chosen = []
     real = predict_module._forward_pass
-    monkeypatch.setattr(predict_module, "_forward_pass", lambda m, jit, b=1, mixed=False: chosen.append((jit, mixed)) or real(m, False, b))
+    monkeypatch.setattr(predict_module, "_forward_pass", lambda m, jit, b=1, mixed=False, folded=True: chosen.append((jit, mixed)) or real(m, False, b))
     image = stripes(n_slices=2, size=64)[0]
-    predict(tiny_model(), image)
+    predict(model, image)
     monkeypatch.setattr(predict_module, "XLA_MIN_PIXELS", 2 * 64 * 64)
-    predict(tiny_model(), image)
+    predict(model, image)
     bfloat16 = not large_uses_xla  # the AMX CPU computes in bfloat16, without XLA
     assert chosen == [(False, bfloat16), (large_uses_xla, bfloat16)]
 

@@ -67,6 +67,36 @@ def _count_traces(monkeypatch) -> list:
     return traces
 
 
+def test_validation_runs_the_training_network_and_traces_it_once(monkeypatch):
+    """Each epoch's validation predicts with the training network itself: no folded copy is built per epoch, its
+    predict step is traced once for all epochs, and it predicts what the folded copy would."""
+    import napari_unet.predict as predict_module
+    import napari_unet.train as train_module
+
+    clear_trainer_cache()
+    predict_traces, folds = [], []
+    real_build, real_fold = train_module.build_unet, predict_module.fold_batch_norm
+
+    def counting_build(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+        step = model.predict_step
+        model.predict_step = lambda data: predict_traces.append(1) or step(data)
+        return model
+
+    monkeypatch.setattr(train_module, "build_unet", counting_build)
+    monkeypatch.setattr(predict_module, "fold_batch_norm", lambda *a: folds.append(1) or real_fold(*a))
+    image, labels = stripes()
+    model_config, train_config = tiny_configs(epochs=3, steps_per_epoch=2, jit_compile=False)
+    events = list(train_events(image, labels, model_config, train_config))
+    assert [e.val_loss is not None for e in events if isinstance(e, EpochEnd)] == [True] * 3
+    assert len(predict_traces) == 1
+    assert len(folds) == 1  # only the final model's rule tuning, after training
+    model = events[-1].model
+    np.testing.assert_allclose(
+        predict(model, image, folded=False).probabilities, predict(model, image).probabilities, atol=2e-5
+    )
+
+
 def test_the_training_step_is_traced_once(monkeypatch):
     """Optimizer variables exist before the first step, so TensorFlow traces the step once, not twice."""
     clear_trainer_cache()

@@ -116,14 +116,17 @@ def _transforms(height: int, width: int, views: int) -> list[tuple[int, bool]]:
 
 
 def _forward_pass(
-    model: UNetModel, jit_compile: bool, batch_size: int = 1, mixed_precision: bool = False
+    model: UNetModel, jit_compile: bool, batch_size: int = 1, mixed_precision: bool = False, folded: bool = True
 ) -> Callable[[np.ndarray], np.ndarray]:
     """The network as a function of a (B, T, T, C) float32 batch; with ``jit_compile`` an XLA-compiled one.
 
     Batch normalisation is folded into the convolutions first (:func:`~napari_unet.model.fold_batch_norm`),
     which computes in bfloat16 with ``mixed_precision``. The compiled function pads smaller batches to
-    ``batch_size``, so a stack compiles once.
+    ``batch_size``, so a stack compiles once. ``folded=False``: the network itself, its own ``predict_on_batch``
+    (as compiled: Keras keeps that traced function with the network, so later calls do not trace again).
     """
+    if not folded:
+        return lambda batch: np.asarray(model.keras_model.predict_on_batch(batch))
     keras_model = fold_batch_norm(model.keras_model, model.config, mixed_precision)
     if not jit_compile:
         return lambda batch: np.asarray(keras_model.predict_on_batch(batch))
@@ -192,6 +195,7 @@ def predict_events(
     jit_compile: Optional[bool] = None,
     slices: Optional[Sequence[int]] = None,
     mixed_precision: Optional[bool] = None,
+    folded: bool = True,
 ) -> Iterator[Union[PredictionProgress, Prediction]]:
     """Predict ``image`` ((Y, X) or (Z, Y, X), any real dtype, numpy or dask) tile by tile.
 
@@ -212,6 +216,8 @@ def predict_events(
     faster tiles repay the compile time, on float32 CPUs without AVX-512.
     ``slices``: predict only these slices of a (Z, Y, X) stack (the result has one plane per entry); a
     model with ``context_slices`` still sees their neighbours in the whole stack.
+    ``folded=False`` runs ``model.keras_model`` as it is, in its own precision and compilation, instead of
+    an inference copy with batch norm folded in (validation while training: no copy built and traced each epoch).
     """
     shape = tuple(np.shape(image))
     if len(shape) not in (2, 3):
@@ -248,7 +254,7 @@ def predict_events(
     # batch_size bounds the images per network call; test-time augmentation's copies count
     tiles_per_batch = max(1, batch_size // n_transforms)
     network_batch = min(batch_size, len(starts) * n_transforms)
-    forward = _forward_pass(model, jit_compile, network_batch, mixed_precision)
+    forward = _forward_pass(model, jit_compile, network_batch, mixed_precision, folded)
     rule = _boundary_rule(model, close_boundaries)
     boundary_index = model.class_values.index(model.boundary_value) if rule is not None else None
 

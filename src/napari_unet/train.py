@@ -171,7 +171,9 @@ def _resolve_model_config(model_config: Optional[ModelConfig], n_classes: int, i
 
 def _validation_scores(model: UNetModel, images, slices, indices, loss_weights) -> tuple[float, dict]:
     """Weighted cross-entropy, pixel error and mean Dice on the annotated pixels of ``slices`` of ``images``."""
-    probabilities = predict(model, images, return_probabilities=True, slices=slices, tta=False).probabilities
+    # The training network itself: an inference copy with batch norm folded in would be built and traced anew
+    # each epoch (2.0-2.3 s instead of 1.3-1.6 s for 3 ISBI slices on a 2-core CPU, same loss).
+    probabilities = predict(model, images, return_probabilities=True, slices=slices, tta=False, folded=False).probabilities
     annotated = indices >= 0
     if not annotated.any():
         return float("nan"), {}
