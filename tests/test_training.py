@@ -50,8 +50,9 @@ def test_a_short_training_learns_the_synthetic_task():
     assert dice[0] >= 0.9 and dice[255] >= 0.9, dice
 
 
-def _count_traces(monkeypatch) -> list:
-    """Patch training so that every trace of a network's training step appends to the returned list."""
+def _count_traces(monkeypatch, step_name: str = "train_step") -> list:
+    """Patch training so that every trace of a network's ``step_name`` (train_step, predict_step) appends to the
+    returned list."""
     import napari_unet.train as train_module
 
     traces = []
@@ -59,8 +60,8 @@ def _count_traces(monkeypatch) -> list:
 
     def counting_build(*args, **kwargs):
         model = real_build(*args, **kwargs)
-        step = model.train_step
-        model.train_step = lambda data: traces.append(1) or step(data)
+        step = getattr(model, step_name)
+        setattr(model, step_name, lambda data: traces.append(1) or step(data))
         return model
 
     monkeypatch.setattr(train_module, "build_unet", counting_build)
@@ -71,19 +72,10 @@ def test_validation_runs_the_training_network_and_traces_it_once(monkeypatch):
     """Each epoch's validation predicts with the training network itself: no folded copy is built per epoch, its
     predict step is traced once for all epochs, and it predicts what the folded copy would."""
     import napari_unet.predict as predict_module
-    import napari_unet.train as train_module
 
     clear_trainer_cache()
-    predict_traces, folds = [], []
-    real_build, real_fold = train_module.build_unet, predict_module.fold_batch_norm
-
-    def counting_build(*args, **kwargs):
-        model = real_build(*args, **kwargs)
-        step = model.predict_step
-        model.predict_step = lambda data: predict_traces.append(1) or step(data)
-        return model
-
-    monkeypatch.setattr(train_module, "build_unet", counting_build)
+    predict_traces, folds = _count_traces(monkeypatch, "predict_step"), []
+    real_fold = predict_module.fold_batch_norm
     monkeypatch.setattr(predict_module, "fold_batch_norm", lambda *a: folds.append(1) or real_fold(*a))
     image, labels = stripes()
     model_config, train_config = tiny_configs(epochs=3, steps_per_epoch=2, jit_compile=False)
