@@ -55,7 +55,11 @@ def main(argv=None) -> int:
                         help="also score the snapshots of the last third of the budget with their training-time batch-norm statistics")
     parser.add_argument("--average-from", default="", metavar="F1,F2",
                         help="also score the average of the weights at every epoch end after each given fraction of the budget (weight averaging)")
+    parser.add_argument("--src", type=Path, default=None,
+                        help="import napari_unet from this src/ folder (e.g. an older commit's worktree) to compare code versions")
     args = parser.parse_args(argv)
+    if args.src is not None:
+        sys.path.insert(0, str(args.src.resolve()))
     if not DATA.is_dir():
         print(f"skipped: {DATA} not found (needs the project's shared data beside the repo)")
         return 0
@@ -67,7 +71,7 @@ def main(argv=None) -> int:
     from napari_unet.metrics import evaluate, isbi_pixel_error, isbi_scores
     from napari_unet.postprocess import tune_boundary_rule
     from napari_unet.predict import predict
-    from napari_unet.train import EpochEnd, TrainingFinished, TrainingStarted, WeightAverage, recompute_batch_norm, train_events
+    from napari_unet.train import EpochEnd, TrainingFinished, TrainingStarted, TrainingStep, WeightAverage, recompute_batch_norm, train_events
 
     image = tifffile.imread(DATA / "train-volume.tif")
     labels = tifffile.imread(DATA / "train-labels.tif")
@@ -101,8 +105,9 @@ def main(argv=None) -> int:
     for event in train_events(image[TRAIN_SLICES], labels[TRAIN_SLICES], model_config, train_config):
         if isinstance(event, TrainingStarted):
             live, train_slices, val_slices = event.model, event.train_slices, event.val_slices
+        elif isinstance(event, TrainingStep):
+            steps = event.step
         elif isinstance(event, EpochEnd):
-            steps = event.epoch * train_config.steps_per_epoch
             if average_from:
                 epoch_weights.append((event.elapsed, steps, live.keras_model.get_weights()))
             if every_epoch:
@@ -184,6 +189,7 @@ def main(argv=None) -> int:
         "name": name,
         "minutes": None if args.steps else args.minutes,
         "steps_budget": args.steps,
+        "napari_unet_from": sys.modules["napari_unet"].__file__,
         "model_config": dataclasses.asdict(model_config),
         "train_config": {k: v for k, v in dataclasses.asdict(train_config).items()},
         "train_config_as_run": dataclasses.asdict(model.train_config),  # "auto" resolved for this CPU
