@@ -42,10 +42,13 @@ LEVER_ENV = (
 MARK = "@@BENCH@@ "
 
 
-def use_src() -> None:
-    """Import napari_unet from this checkout's src/ (same as PYTHONPATH=src)."""
-    if str(SRC) not in sys.path:
-        sys.path.insert(0, str(SRC))
+def use_src(src: Path = SRC) -> None:
+    """Import napari_unet from ``src`` (default: this checkout's src/, same as PYTHONPATH=src; another checkout's
+    src/, e.g. an older commit's worktree, compares code versions)."""
+    src = str(Path(src).resolve())
+    if src in sys.path:
+        sys.path.remove(src)
+    sys.path.insert(0, src)
 
 
 # --------------------------------------------------------------------------- machine facts

@@ -61,7 +61,7 @@ def main() -> int:
     ap.add_argument("--sequence", action="store_true", help="time one training and three Retrains, no alternation")
     ap.add_argument("--src", type=Path, default=C.SRC, help="the src/ folder to import napari_unet from")
     args = ap.parse_args()
-    sys.path.insert(0, str(args.src.resolve()))
+    C.use_src(args.src)
     from napari_unet._tensorflow import load_tensorflow
 
     load_tensorflow()

@@ -109,8 +109,10 @@ def test_a_kept_batch_norm_recomputation_follows_new_weights():
     batches = [(rng.random((1, 16, 16, 1)) * 4).astype(np.float32) for _ in range(2)]
     statistics = BatchNormStatistics(model)
     assert statistics.recompute(batches) == 2
+    forward = statistics._forward
     model.set_weights([w * 1.5 if w.ndim == 4 else w for w in model.get_weights()])  # as training moves them
     assert statistics.recompute(batches) == 2
+    assert statistics._forward is forward and forward.experimental_get_tracing_count() == 1  # the graph was reused
     reference.set_weights(model.get_weights())
     recompute_batch_norm_statistics(reference, batches)  # a fresh graph
     for a, b in zip(model.get_weights(), reference.get_weights()):

@@ -218,14 +218,12 @@ class _Trainer:
     key: tuple
     keras_model: Any
     optimizer: Any
-    batch_norm: Any = None  # BatchNormStatistics of keras_model, made on first use (its graph is kept)
+    batch_norm: BatchNormStatistics  # of keras_model: its traced recomputation is kept with the trainer
 
     def recompute_batch_norm(self, network, tiles: list) -> None:
         """Give ``network`` (same architecture) batch-norm statistics recomputed on ``tiles`` from its own weights,
         on this trainer's network, whose traced recomputation a later run reuses."""
         self.keras_model.set_weights(network.get_weights())
-        if self.batch_norm is None:
-            self.batch_norm = BatchNormStatistics(self.keras_model)
         if self.batch_norm.recompute(tiles):
             network.set_weights(self.keras_model.get_weights())
 
@@ -289,7 +287,7 @@ def _new_trainer(key, model_config: ModelConfig, train_config: TrainConfig, mixe
     # Optimizer variables made before the first step: made inside it, they make TensorFlow trace the training
     # step twice, which doubled the time to the first step (BENCHMARKS.md, session 20).
     optimizer.build(keras_model.trainable_variables)
-    return _Trainer(key, keras_model, optimizer)
+    return _Trainer(key, keras_model, optimizer, BatchNormStatistics(keras_model))
 
 
 def _seeded_build(model_config: ModelConfig, mixed_precision: bool, seed: int):
