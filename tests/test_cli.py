@@ -112,6 +112,12 @@ def bad_inputs(tmp_path):
         (["predict", "model.keras", "rgb.tif", "-o", "p.tif"], "channels"),
         (["predict", "notes.tif", "image.tif", "-o", "p.tif"], "not a .keras"),
         (["evaluate", "image.tif", "short_labels.tif"], "differ"),
+        (["evaluate", "image.tif", "one_value.tif", "--ignore-value", "255"], "no annotated pixel"),
+        (["train", "image.tif", "labels.tif", "-o", "missing_folder/m.keras"], "does not exist"),
+        (["train", "image.tif", "labels.tif", "-o", "."], "is a folder"),
+        (["predict", "model.keras", "image.tif", "-o", "missing_folder/p.tif"], "does not exist"),
+        (["predict", "model.keras", "image.tif", "-o", "p.tif", "--probabilities", "missing_folder/q.tif"], "does not exist"),
+        (["predict", "model.keras", "image.tif", "-o", "p.tif", "--probabilities", "p.tif"], "another file"),
     ],
 )
 def test_bad_input_exits_2_with_one_clear_line_and_no_output(tmp_path, capsys, monkeypatch, argv, words):
@@ -137,6 +143,75 @@ def test_interrupted_training_writes_no_model(data, capsys, monkeypatch):
     code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "m.keras")
     assert code == 130 and "no output file" in err
     assert not (data / "m.keras").exists()
+
+
+def test_output_folders_are_checked_before_any_training(data, capsys, monkeypatch):
+    import napari_unet.cli as cli
+
+    def fail(*args, **kwargs):
+        raise AssertionError("trained although the model file cannot be written")
+
+    monkeypatch.setattr(cli, "run_training", fail)
+    monkeypatch.setattr(cli.os, "access", lambda path, mode: False)  # a read-only folder (root could write anywhere)
+    code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "m.keras")
+    assert code == 2 and "is not writable" in err and not (data / "m.keras").exists()
+
+
+@pytest.mark.parametrize("option", ["--tile-size", "--batch-size"])
+@pytest.mark.parametrize("value", ["0", "-3", "two"])
+def test_tile_and_batch_sizes_must_be_positive_whole_numbers(data, capsys, option, value):
+    save_model(tiny_model(), data / "m.keras")
+    with pytest.raises(SystemExit) as exit_info:  # argparse: usage and one error line, status 2
+        run(capsys, "predict", data / "m.keras", data / "image.tif", "-o", data / "p.tif", option, value)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert option in err and ("at least 1" in err or "whole number" in err) and "Traceback" not in err
+    assert not (data / "p.tif").exists()
+
+
+def test_probabilities_file_has_named_class_axis_and_both_files_or_none_are_written(data, capsys, monkeypatch):
+    from napari_unet.tiff_io import read_tiff
+
+    save_model(tiny_model(), data / "m.keras")
+    code, _, err = run(capsys, "predict", data / "m.keras", data / "image.tif", "-o", data / "p.tif", "--probabilities", data / "q.tif")
+    assert code == 0, err
+    probs = read_tiff(data / "q.tif")
+    assert probs.axes == "ZCYX" and probs.data.shape == (4, 2, 64, 64)
+    tifffile.imwrite(data / "one.tif", tifffile.imread(data / "image.tif")[0], photometric="minisblack")
+    code, _, err = run(capsys, "predict", data / "m.keras", data / "one.tif", "-o", data / "p1.tif", "--probabilities", data / "q1.tif")
+    assert code == 0, err
+    assert read_tiff(data / "q1.tif").axes == "CYX"
+
+    import napari_unet.tiff_io as tiff_io
+
+    labels_before = (data / "p.tif").read_bytes()
+    real_write = tiff_io.write_tiff
+    calls = []
+
+    def second_write_interrupted(path, array, metadata=None):
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_write(path, array, metadata)
+
+    monkeypatch.setattr(tiff_io, "write_tiff", second_write_interrupted)
+    names_before = sorted(p.name for p in data.iterdir())
+    code, _, err = run(capsys, "predict", data / "m.keras", data / "image.tif", "-o", data / "p.tif", "--probabilities", data / "q.tif", "--argmax")
+    assert code == 130 and "no output file was written" in err and len(calls) == 2
+    assert (data / "p.tif").read_bytes() == labels_before, "the finished labels file did not replace the old one"
+    assert sorted(p.name for p in data.iterdir()) == names_before, "no partial file left behind"
+
+
+def test_interrupt_after_the_model_is_saved_says_it_was_written(data, capsys, monkeypatch):
+    import napari_unet.predict as predict_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(predict_module, "predict", interrupted)  # the validation scores after saving
+    code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "m.keras", *TINY_TRAINING)
+    assert code == 130 and f"{data / 'm.keras'} was written before" in err
+    assert (data / "m.keras").exists()
 
 
 def test_console_script_is_installed_and_answers():

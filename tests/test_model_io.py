@@ -1,3 +1,6 @@
+import json
+import os
+import stat
 import zipfile
 
 import numpy as np
@@ -70,3 +73,54 @@ def test_files_that_are_not_napari_unet_models(tmp_path):
         load_model(plain)
     with pytest.raises(ModelFileError, match=".keras"):
         save_model(tiny_model(), tmp_path / "model.h5")
+
+
+def test_saved_model_file_gets_normal_permissions(tmp_path):
+    old_mask = os.umask(0o022)
+    try:
+        path = save_model(tiny_model(), tmp_path / "m.keras")
+    finally:
+        os.umask(old_mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # not mkstemp's private 0600
+    path.chmod(0o640)
+    save_model(tiny_model(), path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640, "an overwritten file keeps its permissions"
+
+
+def _with_metadata(tmp_path, name, text):
+    path = save_model(tiny_model(), tmp_path / "good.keras")
+    damaged = tmp_path / name
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(damaged, "w") as target:
+        for item in source.namelist():
+            target.writestr(item, text if item == "napari_unet.json" else source.read(item))
+    return damaged
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("{not json", "damaged napari-unet metadata"),
+        ('["a list"]', "damaged napari-unet metadata"),
+        ('{"format_version": "1"}', "damaged napari-unet metadata"),
+        (None, "invalid configuration"),  # class_values missing
+        ("unsorted", "invalid class values"),
+    ],
+)
+def test_damaged_metadata_is_a_clear_model_file_error(tmp_path, text, words):
+    if text in (None, "unsorted"):
+        meta = read_metadata(save_model(tiny_model(), tmp_path / "m.keras"))
+        if text is None:
+            del meta["class_values"]
+        else:
+            meta["class_values"] = [255, 0]
+        text = json.dumps(meta)
+    with pytest.raises(ModelFileError, match=words):
+        load_model(_with_metadata(tmp_path, "damaged.keras", text))
+
+
+def test_only_keras_files_are_loaded(tmp_path):
+    path = save_model(tiny_model(), tmp_path / "m.keras")
+    renamed = tmp_path / "m.h5"
+    renamed.write_bytes(path.read_bytes())
+    with pytest.raises(ModelFileError, match="not a .keras model file"):
+        load_model(renamed)

@@ -207,6 +207,12 @@ def test_input_is_not_modified_and_rgb_is_refused():
     np.testing.assert_array_equal(image, before)
     with pytest.raises(InputError, match="RGB"):
         predict(tiny_model(), np.zeros((2, 32, 32, 3), np.uint8))
+    for colour in (3, 4):  # (Y, X, colour) would otherwise be taken for Y slices of X x colour pixels
+        with pytest.raises(InputError, match="RGB"):
+            predict(tiny_model(), np.zeros((32, 32, colour), np.uint8))
+    for sizes in ({"tile_size": 0}, {"batch_size": 0}, {"batch_size": -1}, {"overlap": -1}):
+        with pytest.raises(ValueError, match="at least"):
+            predict(tiny_model(), image, **sizes)
     for wrong_rank in (np.float32(1.0), np.zeros(32, np.float32)):  # a scalar or a line is not an image either
         with pytest.raises(InputError, match="one-channel 2-D images"):
             predict(tiny_model(), wrong_rank)

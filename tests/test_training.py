@@ -27,6 +27,8 @@ def test_split_validation_holds_out_whole_trailing_slices():
 def test_one_image_validates_on_its_last_columns_at_a_network_size_multiple():
     assert validation_column(768, 0.2, 16) == 608  # round(614.4) = 614, down to a multiple of 16
     assert validation_column(100, 0.25, 1) == 75
+    assert validation_column(67, 0.01, 16) == 48  # at least 16 validation columns, however small the fraction
+    assert validation_column(64, 0.2, 64) == 0  # no room for both parts
 
 
 @pytest.mark.slow

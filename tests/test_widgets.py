@@ -297,6 +297,49 @@ def test_stopped_prediction_changes_no_layer(widgets, qtbot):
     assert inference.run_button.isEnabled()
 
 
+def test_stop_during_the_last_slices_post_processing_changes_no_layer(widgets, qtbot, monkeypatch):
+    import napari_unet.predict as predict_module
+
+    viewer, training, inference = widgets.viewer, widgets.training, widgets.inference
+    tiny_settings(training, epochs=1, steps=3)
+    run_and_wait(qtbot, training.start, lambda: training._run is not None)
+    before = layers_snapshot(viewer)
+    real = predict_module.predict_events
+
+    def stopped_after_the_last_tile(*args, **kwargs):  # the user presses Stop once the bar is full
+        for event in real(*args, **kwargs):
+            if isinstance(event, predict_module.Prediction):
+                assert not event.stopped
+                inference._job.stop.set()
+            yield event
+
+    monkeypatch.setattr(predict_module, "predict_events", stopped_after_the_last_tile)
+    assert inference.run()
+    qtbot.waitUntil(lambda: inference._job is None, timeout=120_000)
+    assert "no layer was changed" in inference.progress.status.text()
+    assert_layers_unchanged(viewer, before)
+
+
+def test_unexpected_worker_errors_become_one_notification(widgets, qtbot, monkeypatch, notifications):
+    import napari_unet.predict as predict_module
+
+    viewer, training, inference = widgets.viewer, widgets.training, widgets.inference
+    tiny_settings(training, epochs=1, steps=3)
+    run_and_wait(qtbot, training.start, lambda: training._run is not None)
+    before = layers_snapshot(viewer)
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("OOM when allocating tensor")  # as TensorFlow's ResourceExhaustedError would
+        yield
+
+    monkeypatch.setattr(predict_module, "predict_events", out_of_memory)
+    assert inference.run()
+    qtbot.waitUntil(lambda: inference._job is None, timeout=60_000)
+    assert any("prediction failed: RuntimeError: OOM" in m for m in errors(notifications)), notifications
+    assert_layers_unchanged(viewer, before)
+    assert inference.run_button.isEnabled()
+
+
 def test_removed_widgets_are_disconnected(widgets, qtbot, notifications):
     viewer, session = widgets.viewer, widgets.session
     connected = len(session.model_changed), len(session.notice)

@@ -1,6 +1,8 @@
 """The ``napari-unet`` command line: train, predict, evaluate, demo.
 
-Bad input exits with status 2 and one line on stderr; a failed or interrupted run writes no file.
+Bad input exits with status 2 and one line on stderr, found before any long computation where it can be
+(unwritable output folders too). Files are written atomically; a failed or interrupted run writes no file,
+except ``train``, whose model file is finished before the validation scores are computed (the message says so).
 """
 
 from __future__ import annotations
@@ -30,6 +32,49 @@ def _bad_input_errors() -> tuple:
     from .tiff_io import TiffReadError
 
     return (CommandError, ConfigError, InputError, LabelError, ModelFileError, TiffReadError)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def check_output(path, what: str) -> Path:
+    """``path`` as a Path, if a file can be written there; else a :class:`CommandError` (checked before the work)."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise CommandError(f"{what} {str(path)!r} is a folder; give a file name")
+    if not folder.is_dir():
+        raise CommandError(f"cannot write {what} {str(path)!r}: folder {str(folder)!r} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise CommandError(f"cannot write {what} {str(path)!r}: folder {str(folder)!r} is not writable")
+    return path
+
+
+def write_all(files: list) -> None:
+    """Write every ``(path, array, metadata)`` TIFF or none: each goes to a temporary file beside its target
+    first, and the targets are replaced only once all are complete (an existing file is never half replaced)."""
+    from .tiff_io import write_tiff
+
+    pending = []
+    try:
+        for path, array, metadata in files:
+            partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+            pending.append((partial, path))
+            write_tiff(partial, array, metadata)
+        for partial, path in pending:
+            os.replace(partial, path)
+    finally:
+        for partial, _ in pending:
+            if partial.exists():
+                partial.unlink()
 
 
 def read_stack(path, what: str) -> np.ndarray:
@@ -169,7 +214,7 @@ def cmd_train(args) -> int:
     from .model_io import load_model, save_model
     from .predict import predict
 
-    output = Path(args.output)
+    output = check_output(args.output, "model file")
     if output.suffix != ".keras":
         raise CommandError(f"the model file must end in .keras, got {output.name!r}")
     image = read_stack(args.image, "image")
@@ -190,6 +235,7 @@ def cmd_train(args) -> int:
         model_config = replace(model_config, **{field: value})
     started, final = run_training(image, labels, model_config, train_config, init=init)
     save_model(final.model, output)
+    args.written.append(output)
     print(f"wrote {output}", file=sys.stderr)
 
     if started.val_slices:
@@ -205,9 +251,11 @@ def cmd_train(args) -> int:
 def cmd_predict(args) -> int:
     from .model_io import load_model
     from .predict import predict_events
-    from .tiff_io import write_tiff
 
-    output = Path(args.output)
+    output = check_output(args.output, "labels file")
+    probabilities_file = check_output(args.probabilities, "probabilities file") if args.probabilities else None
+    if probabilities_file is not None and probabilities_file.resolve() == output.resolve():
+        raise CommandError("--probabilities must name another file than -o")
     image = read_stack(args.image, "image")
     model = load_model(args.model)
     progress = ProgressLine()
@@ -222,12 +270,15 @@ def cmd_predict(args) -> int:
         else:
             result = event
     progress.done()
-    write_tiff(output, result.labels, metadata={"class_values": list(model.class_values)})
-    print(f"wrote {output} {result.labels.shape} {result.labels.dtype}", file=sys.stderr)
-    if args.probabilities:
-        probs = np.moveaxis(result.probabilities, -1, -3)  # (Z, C, Y, X): one plane per class
-        write_tiff(args.probabilities, probs.astype(np.float32), metadata={"class_values": list(model.class_values)})
-        print(f"wrote {args.probabilities} {probs.shape} float32", file=sys.stderr)
+    files = [(output, result.labels, {"class_values": list(model.class_values)})]
+    if probabilities_file is not None:
+        probs = np.moveaxis(result.probabilities, -1, -3).astype(np.float32)  # one plane per class
+        axes = "CYX" if probs.ndim == 3 else "ZCYX"
+        files.append((probabilities_file, probs, {"class_values": list(model.class_values), "axes": axes}))
+    write_all(files)
+    for path, array, metadata in files:
+        args.written.append(path)
+        print(f"wrote {path} {array.shape} {array.dtype}" + (f" (axes {metadata['axes']})" if "axes" in metadata else ""), file=sys.stderr)
     return 0
 
 
@@ -238,6 +289,8 @@ def cmd_evaluate(args) -> int:
     truth = read_stack(args.truth, "truth")
     if prediction.shape != truth.shape:
         raise CommandError(f"prediction shape {prediction.shape} and truth shape {truth.shape} differ")
+    if args.ignore_value is not None and np.all(truth == args.ignore_value):
+        raise CommandError(f"truth {Path(args.truth).name} has no annotated pixel (all are --ignore-value {args.ignore_value})")
     class_values = find_class_values(truth, args.ignore_value)
     scores = score(prediction, truth, class_values, args.ignore_value)
     print(json.dumps(scores, indent=1))
@@ -278,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("model", help="model file (.keras) written by napari-unet train")
     pred.add_argument("image", help="TIFF image or stack, or a folder of TIFF slices")
     pred.add_argument("-o", "--output", required=True, help="labels TIFF to write (the training labels' values)")
-    pred.add_argument("--probabilities", help="also write per-class probabilities (float32 TIFF, Z C Y X)")
+    pred.add_argument("--probabilities", help="also write per-class probabilities (float32 TIFF, axes ZCYX; CYX for one image)")
     pred.add_argument(
         "--tta", action=argparse.BooleanOptionalAction, default="auto",
         help="test-time augmentation: average the network over the four 90-degree rotations of each tile "
@@ -297,8 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
         "slices after training) is used",
     )
     pred.add_argument("--argmax", action="store_true", help="plain most-probable-class labels, no boundary rule")
-    pred.add_argument("--tile-size", type=int, default=512)
-    pred.add_argument("--batch-size", type=int, default=2)
+    pred.add_argument("--tile-size", type=positive_int, default=512, help="tile side in pixels (default 512)")
+    pred.add_argument("--batch-size", type=positive_int, default=2, help="images per network call (default 2)")
     pred.set_defaults(func=cmd_predict)
 
     ev = sub.add_parser("evaluate", help="score predicted labels against ground truth (prints JSON)")
@@ -319,17 +372,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.written = []  # files a command finished, named if it is interrupted later
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        print("napari-unet: interrupted; no output file was written", file=sys.stderr)
+        done = ", ".join(str(p) for p in args.written)
+        print(f"napari-unet: interrupted; {f'{done} was written before' if done else 'no output file was written'}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except _bad_input_errors() as err:
         print(f"napari-unet: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except FloatingPointError as err:
-        print(f"napari-unet: error: {err}", file=sys.stderr)
+    except (FloatingPointError, OSError, MemoryError) as err:  # diverged training, a full disk, too big a stack
+        print(f"napari-unet: error: {type(err).__name__}: {err}" if isinstance(err, MemoryError) else f"napari-unet: error: {err}", file=sys.stderr)
         return 1
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import __version__
+from ._files import fsync_folder, fsync_path, target_mode
 from .config import ModelConfig, TrainConfig, from_dict, to_dict
 from .model import import_keras
 
@@ -62,17 +63,21 @@ def save_model(model: UNetModel, path) -> Path:
     if path.suffix != ".keras":
         raise ModelFileError(f"model files end in .keras, got {path.name!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = target_mode(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".keras", dir=path.parent)
     os.close(fd)
     try:
         model.keras_model.save(tmp)
         with zipfile.ZipFile(tmp, "a") as archive:
             archive.writestr(METADATA_ENTRY, json.dumps(model.metadata(), indent=1))
+        fsync_path(tmp)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    fsync_folder(path.parent)
     return path
 
 
@@ -81,13 +86,20 @@ def read_metadata(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"model file {str(path)!r} does not exist")
+    if path.suffix != ".keras":  # Keras would hand other suffixes (.h5) to loaders outside its safe mode
+        raise ModelFileError(f"{path.name} is not a .keras model file (napari-unet writes .keras files)")
     try:
         with zipfile.ZipFile(path) as archive:
             if METADATA_ENTRY not in archive.namelist():
                 raise ModelFileError(f"{path.name} is a Keras file but not a napari-unet model (no {METADATA_ENTRY})")
-            return json.loads(archive.read(METADATA_ENTRY))
+            meta = json.loads(archive.read(METADATA_ENTRY))
     except zipfile.BadZipFile:
         raise ModelFileError(f"{path.name} is not a .keras model file (not a zip archive)") from None
+    except (ValueError, OSError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ModelFileError(f"{path.name} has damaged napari-unet metadata: {err}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("format_version", 0), int):
+        raise ModelFileError(f"{path.name} has damaged napari-unet metadata (not a format-versioned JSON object)")
+    return meta
 
 
 def load_model(path) -> UNetModel:
@@ -99,8 +111,11 @@ def load_model(path) -> UNetModel:
     try:
         config = from_dict(ModelConfig, meta["model_config"])
         train_config = from_dict(TrainConfig, meta["train_config"]) if meta.get("train_config") else None
-    except (KeyError, ValueError) as err:
-        raise ModelFileError(f"{path.name} has an invalid configuration: {err}") from None
+        class_values = [int(v) for v in meta["class_values"]]
+    except (KeyError, ValueError, TypeError) as err:
+        raise ModelFileError(f"{path.name} has an invalid configuration: {type(err).__name__} {err}") from None
+    if len(class_values) != config.n_classes or class_values != sorted(set(class_values)):
+        raise ModelFileError(f"{path.name} has invalid class values {class_values} for {config.n_classes} classes")
     keras = import_keras()
     try:
         keras_model = keras.saving.load_model(path, compile=False, safe_mode=True)
@@ -115,7 +130,7 @@ def load_model(path) -> UNetModel:
     return UNetModel(
         keras_model=keras_model,
         config=config,
-        class_values=list(meta["class_values"]),
+        class_values=class_values,
         percentiles=tuple(meta.get("percentiles", (1.0, 99.8))),
         train_config=train_config,
         history=list(meta.get("history") or []),

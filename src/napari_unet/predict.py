@@ -225,8 +225,12 @@ def predict_events(
             f"image has shape {shape}; the model expects one-channel 2-D images or (Z, Y, X) stacks"
             + (" (this looks like an RGB image; convert it to grayscale)" if shape and shape[-1] in (3, 4) else "")
         )
+    if len(shape) == 3 and shape[-1] in (3, 4):
+        raise InputError(f"image has shape {shape}, which looks like an RGB(A) image (Y, X, colour); convert it to grayscale")
     if model.config.input_channels != 1:
         raise InputError(f"the model expects {model.config.input_channels} channels; napari-unet images have one")
+    if tile_size < 1 or batch_size < 1 or overlap < 0:
+        raise ValueError(f"tile_size and batch_size must be at least 1 and overlap at least 0, got {tile_size}, {batch_size}, {overlap}")
     n_slices = 1 if len(shape) == 2 else shape[0]
     selected = list(range(n_slices)) if slices is None else [int(z) for z in slices]
     if any(not 0 <= z < n_slices for z in selected):

@@ -24,7 +24,6 @@ import logging
 import math
 import os
 import re
-import stat
 import tempfile
 import warnings
 import xml.etree.ElementTree as ET
@@ -34,6 +33,8 @@ from typing import Any, Sequence
 
 import numpy as np
 import tifffile
+
+from ._files import fsync_folder, target_mode
 
 __all__ = [
     "LABEL_NAME_HINTS",
@@ -629,19 +630,6 @@ def _imagej_compatible(axes: str, dtype) -> bool:
     return positions == sorted(positions) and axes.endswith(("YX", "YXS"))
 
 
-def _current_umask() -> int:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def write_tiff(path, array, metadata: dict | None = None) -> str:
     """Write ``array`` to ``path`` atomically; returns the path written.
 
@@ -723,10 +711,7 @@ def write_tiff(path, array, metadata: dict | None = None) -> str:
         kwargs.update(metadata=shaped)
 
     folder = path.parent if str(path.parent) else Path(".")
-    try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-    except OSError:
-        mode = 0o666 & ~_current_umask()
+    mode = target_mode(path)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
         os.close(fd)
@@ -740,12 +725,7 @@ def write_tiff(path, array, metadata: dict | None = None) -> str:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
         raise
-    with contextlib.suppress(OSError, AttributeError):  # make the rename durable (POSIX)
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    fsync_folder(folder)
     return str(path)
 
 

@@ -150,9 +150,12 @@ def split_validation(annotated_slices: list, val_fraction: float) -> tuple[list,
 
 
 def validation_column(width: int, val_fraction: float, size_multiple: int) -> int:
-    """First column of the validation part when training on one image of ``width`` columns (split by columns)."""
-    cut = int(round(width * (1 - val_fraction)))
-    return cut - cut % size_multiple
+    """First column of the validation part when training on one image of ``width`` columns (split by columns).
+
+    The validation part keeps at least ``max(size_multiple, 16)`` columns, however small ``val_fraction`` is.
+    """
+    cut = min(int(round(width * (1 - val_fraction))), width - max(size_multiple, 16))
+    return max(cut - cut % size_multiple, 0)
 
 
 def _resolve_model_config(model_config: Optional[ModelConfig], n_classes: int, init: Optional[UNetModel]) -> ModelConfig:

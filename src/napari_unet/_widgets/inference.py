@@ -184,7 +184,7 @@ class InferenceWidget(QWidget):
             self.progress.finish("prediction failed")
             self.progress.set_status(f"Prediction failed: {event.message}")
         elif isinstance(event, PredictionResult):
-            if event.stopped:
+            if event.stopped or job.stop.is_set():  # Stop during the last slices' post-processing counts too
                 self.progress.finish("prediction stopped")
                 self.progress.set_status("Prediction stopped; no layer was changed.")
                 return

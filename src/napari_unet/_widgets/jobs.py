@@ -8,6 +8,7 @@ message instead of an exception, so the widget shows one notification and nothin
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -21,6 +22,14 @@ from napari_unet.model_io import ModelFileError, UNetModel
 from .._tensorflow import load_tensorflow, lower_thread_priority
 
 EXPECTED = (InputError, LabelError, ConfigError, ModelFileError, FloatingPointError, MemoryError)
+
+_log = logging.getLogger("napari_unet")
+
+
+def _unexpected(what: str, err: Exception) -> "Failed":
+    """A failure nobody foresaw (e.g. TensorFlow out of memory): its traceback goes to the log, the user gets a message."""
+    _log.exception("napari-unet: %s failed", what)
+    return Failed(f"{type(err).__name__}: {err}")
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,8 @@ def train_job(image, labels, model_config, train_config, init=None, stop=None):
         yield from train_events(image, labels, model_config, train_config, init=init, stop=stop)
     except EXPECTED as err:
         yield Failed(str(err))
+    except Exception as err:
+        yield _unexpected("training", err)
 
 
 def predict_job(model: UNetModel, image, tta: Union[bool, int, str], probabilities: bool, membrane_value=None, close: bool = False, stop=None):
@@ -71,6 +82,8 @@ def predict_job(model: UNetModel, image, tta: Union[bool, int, str], probabiliti
             yield PredictionResult(event.labels, event.probabilities, instances, event.stopped)
     except EXPECTED as err:
         yield Failed(str(err))
+    except Exception as err:
+        yield _unexpected("prediction", err)
 
 
 def cell_instances(labels: np.ndarray, membrane_value) -> np.ndarray:
@@ -114,6 +127,8 @@ def save_job(model: UNetModel, path) -> "str | Failed":
         return str(save_model(model, path))
     except (OSError, ModelFileError) as err:
         return Failed(f"could not save the model to {path}: {err}")
+    except Exception as err:
+        return Failed(f"could not save the model to {path}: {_unexpected('saving', err).message}")
 
 
 def format_seconds(seconds: float) -> str:
