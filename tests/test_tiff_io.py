@@ -300,6 +300,10 @@ def test_write_read_labels_metadata_imagej(tmp_path):
     assert back.is_labels_hint
     assert back.scale == pytest.approx((0.05, 0.004, 0.004))
     assert back.units == ("µm", "µm", "µm")
+    # values written out of order come back sorted, each name still beside its value
+    write_tiff(path, labels, {"class_values": [255, 0], "class_names": ["cell", "membrane"]})
+    back = read_tiff(path)
+    assert back.metadata["class_values"] == [0, 255] and back.metadata["class_names"] == ["membrane", "cell"]
 
 
 def test_write_read_non_imagej_dtype(tmp_path):

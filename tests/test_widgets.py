@@ -108,6 +108,8 @@ def test_inference_without_model_or_with_unloadable_file(widgets, qtbot, notific
     bad = tmp_path / "broken.keras"
     bad.write_bytes(b"this is not a zip archive")
     worker = session.load(bad)
+    assert session.load(bad) is None, "a second load while the first runs would race it"
+    assert "another model is still loading" in inference.progress.status.text()
     qtbot.waitUntil(lambda: not session.busy, timeout=60_000)
     assert worker is not None and session.model is None
     assert any("broken.keras is not a .keras model file" in m for m in errors(notifications)), notifications

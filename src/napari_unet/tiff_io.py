@@ -437,7 +437,11 @@ def _series_info(tif: tifffile.TiffFile, series, data: np.ndarray) -> dict:
         if key in label_meta:
             metadata[key] = label_meta[key]
     if isinstance(metadata.get("class_values"), list):
-        metadata["class_values"] = sorted(int(v) for v in metadata["class_values"])
+        values = [int(v) for v in metadata["class_values"]]
+        names = metadata.get("class_names")
+        if isinstance(names, list) and len(names) == len(values):  # names follow their values into sorted order
+            metadata["class_names"] = [str(name) for _, name in sorted(zip(values, names), key=lambda pair: pair[0])]
+        metadata["class_values"] = sorted(values)
     if metadata.get("ignore_value") is not None:
         metadata["ignore_value"] = int(metadata["ignore_value"])
     return {"axes": axes, "data": data, "scale": scale, "units": units, "metadata": metadata}

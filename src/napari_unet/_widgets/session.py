@@ -92,11 +92,17 @@ class Session:
         self.model_changed.emit(model)
 
     def load(self, path):
-        """Load a ``.keras`` model in a worker; it becomes the current model (or a notification says why not)."""
+        """Load a ``.keras`` model in a worker; it becomes the current model (or a notification says why not).
+
+        Returns the worker, or None while another load runs.
+        """
         from napari.qt.threading import create_worker
 
         from .jobs import load_job
 
+        if "loading" in self.busy:  # two loads would race for the current model, the last one to finish winning
+            self.notice.emit(f"Not loading {Path(path).name}: another model is still loading.")
+            return None
         self.set_busy("loading", True)
         self.notice.emit(f"Loading {Path(path).name}...")
         worker = create_worker(load_job, str(path))
