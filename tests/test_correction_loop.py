@@ -152,6 +152,16 @@ def test_predictions_keep_corrections_and_mark_slice_reviewed(loop_viewer, loop,
     viewer.layers.selection.active = prediction
     assert inference.mark_reviewed()
     assert session.reviewed(prediction)[2].all() and not session.reviewed(prediction)[1].any()
+    # Unlabelled pixels (never predicted, or erased) are not accepted: a later Run must fill them.
+    erased = (1, slice(0, 4), slice(0, 4))
+    prediction.data[erased] = 0
+    viewer.dims.set_current_step(0, 1)
+    assert inference.mark_reviewed()
+    assert not session.reviewed(prediction)[erased].any() and session.reviewed(prediction)[1].sum() == prediction.data[1].size - 16
+    prediction.data[1] = 0
+    session.reviewed(prediction)[1] = False
+    assert not inference.mark_reviewed(), "a slice without labels has nothing to review"
+    assert not session.reviewed(prediction)[1].any()
     labels = training.prepare(retrain=True).labels
     assert np.array_equal(labels[2], np.where(prediction.data[2] == MEMBRANE, 0, 255))
 

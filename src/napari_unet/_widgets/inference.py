@@ -224,9 +224,12 @@ class InferenceWidget(QWidget):
             return False
         layer = (selected or layers)[-1]
         z = current_slice(self.viewer, layer)
-        self.session.mark_reviewed(layer, (slice(None),) * layer.ndim if z is None else (z,))
+        marked = self.session.mark_reviewed(layer, (slice(None),) * layer.ndim if z is None else (z,))
         where = f"slice {z}" if z is not None else "the image"
-        self.progress.set_status(f"{where} of {layer.name!r} marked reviewed: it counts as annotations for Retrain")
+        if not marked:
+            show_warning(f"napari-unet: {where} of {layer.name!r} has no labels to review; Run on it first")
+            return False
+        self.progress.set_status(f"{where} of {layer.name!r} marked reviewed: its labelled pixels count as annotations for Retrain")
         return True
 
     def closeEvent(self, event) -> None:

@@ -192,10 +192,18 @@ class Session:
         finally:
             record.muted = previous
 
-    def mark_reviewed(self, layer, region) -> None:
+    def mark_reviewed(self, layer, region) -> int:
+        """Mark the labelled pixels of ``region`` of a tracked layer reviewed; returns how many that region has.
+
+        Label 0 (never predicted, or erased) is not marked: a later prediction with "keep my corrections"
+        would otherwise keep it empty for good.
+        """
         record = self.record(layer)
-        if record is not None:
-            record.reviewed[region] = True
+        if record is None:
+            return 0
+        labelled = np.asarray(record.layer.data[region]) != 0
+        record.reviewed[region] |= labelled
+        return int(labelled.sum())
 
     def _on_paint(self, event) -> None:
         record = self.record(event.source)
