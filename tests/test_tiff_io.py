@@ -376,3 +376,18 @@ def test_write_interrupted_by_keyboard_interrupt_cleans_up(tmp_path, monkeypatch
     with pytest.raises(KeyboardInterrupt):
         write_tiff(tmp_path / "new.tif", np.zeros((4, 4), np.uint8))
     assert os.listdir(tmp_path) == []
+
+
+def test_large_arrays_are_written_as_bigtiff_with_their_metadata(tmp_path, monkeypatch):
+    import napari_unet.tiff_io as tiff_io
+
+    monkeypatch.setattr(tiff_io, "BIGTIFF_BYTES", 1000)  # stands for 4 GiB
+    probabilities = RNG.random((2, 2, 16, 16)).astype(np.float32)
+    path = tmp_path / "probs.tif"
+    write_tiff(path, probabilities, {"axes": "ZCYX", "class_values": [0, 255], "scale": (0.05, 0.004, 0.004), "units": "µm"})
+    with tifffile.TiffFile(path) as tif:
+        assert tif.is_bigtiff and not tif.is_imagej
+    back = read_tiff(path)
+    np.testing.assert_array_equal(back.data, probabilities)
+    assert back.axes == "ZCYX" and back.metadata["class_values"] == [0, 255]
+    assert back.scale[0] == pytest.approx(0.05) and back.scale[-1] == pytest.approx(0.004)

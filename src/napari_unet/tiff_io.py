@@ -634,6 +634,10 @@ def _imagej_compatible(axes: str, dtype) -> bool:
     return positions == sorted(positions) and axes.endswith(("YX", "YXS"))
 
 
+#: Arrays of at least this many bytes are written as BigTIFF (4 GiB minus room for tags and compression overhead).
+BIGTIFF_BYTES = 2**32 - 2**25
+
+
 def write_tiff(path, array, metadata: dict | None = None) -> str:
     """Write ``array`` to ``path`` atomically; returns the path written.
 
@@ -648,7 +652,8 @@ def write_tiff(path, array, metadata: dict | None = None) -> str:
     The data go to a temporary file in the same folder, which then replaces ``path`` in one
     ``os.replace``; on any error the temporary file is removed and an existing ``path`` is left
     untouched. zlib compression; ImageJ hyperstack format when the dtype is uint8, uint16, int16
-    or float32 and the axes are in ImageJ order (TZCYXS), else a tifffile JSON ("shaped") TIFF.
+    or float32 and the axes are in ImageJ order (TZCYXS), else a tifffile JSON ("shaped") TIFF, which
+    is BigTIFF from :data:`BIGTIFF_BYTES` of data on.
     """
     path = Path(os.fspath(path))
     metadata = dict(metadata or {})
@@ -678,7 +683,12 @@ def write_tiff(path, array, metadata: dict | None = None) -> str:
             label_entry[key] = value
 
     kwargs: dict[str, Any] = {"compression": "zlib"}
-    imagej = _imagej_compatible(axes, data.dtype)
+    # Classic TIFF offsets end at 4 GiB, and ImageJ hyperstacks cannot be BigTIFF: large arrays (e.g. the
+    # float32 probabilities of a big stack, which hardly compress) become BigTIFF with tifffile's JSON metadata.
+    big = data.nbytes >= BIGTIFF_BYTES
+    imagej = _imagej_compatible(axes, data.dtype) and not big
+    if big:
+        kwargs["bigtiff"] = True
     sx = scale[axes.index("X")] if "X" in axes else 1.0
     sy = scale[axes.index("Y")] if "Y" in axes else 1.0
     length_unit = next((units[i] for i, a in enumerate(axes) if a in "XYZ" and units[i]), None)
