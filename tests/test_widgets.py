@@ -342,6 +342,17 @@ def test_unexpected_worker_errors_become_one_notification(widgets, qtbot, monkey
     assert inference.run_button.isEnabled()
 
 
+def test_closing_the_training_dock_stops_its_run_and_keeps_the_model(widgets, qtbot, notifications):
+    viewer, training, session = widgets.viewer, widgets.training, widgets.session
+    tiny_settings(training, epochs=500, steps=10)
+    assert training.start()
+    qtbot.waitUntil(lambda: len(training.plot.steps) >= 3, timeout=300_000)
+    viewer.window.remove_dock_widget(training)  # what the dock's close button does
+    qtbot.waitUntil(lambda: training._run is None, timeout=120_000)
+    assert session.model is not None and "stopped" in session.info.description
+    assert "training" not in session.busy and not errors(notifications)
+
+
 def test_removed_widgets_are_disconnected(widgets, qtbot, notifications):
     viewer, session = widgets.viewer, widgets.session
     connected = len(session.model_changed), len(session.notice)

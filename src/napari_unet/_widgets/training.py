@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_warning
+from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import QCheckBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QPushButton, QVBoxLayout, QWidget
 
 from napari_unet.config import ConfigError
@@ -235,6 +236,13 @@ class TrainingWidget(QWidget):
     def closeEvent(self, event) -> None:
         self.stop()
         super().closeEvent(event)
+
+    def event(self, event) -> bool:
+        # napari's close button on a dock (remove_dock_widget) only takes the widget out of its parent; it never
+        # closes it. A run must not go on unseen (and a reopened widget would start a second one).
+        if event.type() == QEvent.Type.ParentChange and self.parent() is None and getattr(self, "_run", None) is not None:
+            self.stop()
+        return super().event(event)
 
 
 def _hbox(*widgets) -> QHBoxLayout:
