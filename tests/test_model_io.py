@@ -124,3 +124,10 @@ def test_only_keras_files_are_loaded(tmp_path):
     renamed.write_bytes(path.read_bytes())
     with pytest.raises(ModelFileError, match="not a .keras model file"):
         load_model(renamed)
+
+
+def test_class_names_are_stored_with_the_model(tmp_path):
+    model = tiny_model()
+    assert load_model(save_model(model, tmp_path / "plain.keras")).class_names is None
+    model.class_names = ["membrane", "cell"]
+    assert load_model(save_model(model, tmp_path / "named.keras")).class_names == ["membrane", "cell"]

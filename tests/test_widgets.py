@@ -190,10 +190,12 @@ def test_save_and_load_model_between_widgets(widgets, qtbot, tmp_path, notificat
     training.save_model(path)
     qtbot.waitUntil(lambda: not session.busy, timeout=60_000)
     assert path.is_file() and read_metadata(path)["class_values"] == [0, 255]
+    assert read_metadata(path)["class_names"] == ["membrane", "cell"]  # the training labels' names
     assert "saved" in training.progress.status.text()
     session.load(path)
     qtbot.waitUntil(lambda: not session.busy, timeout=60_000)
     assert session.model is not trained and session.model.class_values == [0, 255]
+    assert session.info.class_names == ["membrane", "cell"], "a loaded model names its classes as the training labels did"
     assert "model.keras" in inference.model_label.text()
     assert inference.cells.isEnabled()  # two classes: instance labels are offered
     assert not errors(notifications)

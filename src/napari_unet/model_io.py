@@ -32,6 +32,7 @@ class UNetModel:
     ``boundary_value``: the class of thin boundaries that prediction closes (see ``postprocess``).
     ``boundary_rule``: keyword arguments of :func:`napari_unet.postprocess.boundary_mask` chosen on
     the validation slices after training (best ISBI V_rand), or None for plain argmax.
+    ``class_names``: the training labels' name of each class value, if they had names (napari shows them).
     """
 
     keras_model: Any
@@ -42,6 +43,7 @@ class UNetModel:
     history: list = field(default_factory=list)
     boundary_value: Optional[int] = None  # class value of thin boundaries (EM membranes), if any
     boundary_rule: Optional[dict] = None
+    class_names: Optional[list] = None  # one name per class value (e.g. ["membrane", "cell"]), when known
 
     def metadata(self) -> dict:
         return {
@@ -54,6 +56,7 @@ class UNetModel:
             "history": self.history,
             "boundary_value": self.boundary_value,
             "boundary_rule": self.boundary_rule,
+            "class_names": [str(n) for n in self.class_names] if self.class_names else None,
         }
 
 
@@ -136,4 +139,12 @@ def load_model(path) -> UNetModel:
         history=list(meta.get("history") or []),
         boundary_value=meta.get("boundary_value"),
         boundary_rule=meta.get("boundary_rule"),
+        class_names=_class_names(meta.get("class_names"), class_values),
     )
+
+
+def _class_names(names, class_values) -> Optional[list]:
+    """Stored class names if there is one string per class value (files written before they were stored have none)."""
+    if isinstance(names, list) and len(names) == len(class_values) and all(isinstance(n, str) for n in names):
+        return names
+    return None

@@ -87,6 +87,9 @@ class Session:
 
     # ---- model -------------------------------------------------------------------------------
     def set_model(self, model: UNetModel, description: str, class_names=None, colormap=None) -> None:
+        """Make ``model`` the current one; class names given (or stored in a loaded model) go with it into saved files."""
+        class_names = list(class_names) if class_names else model.class_names
+        model.class_names = class_names
         self.model = model
         self.info = ModelInfo(description, list(class_names) if class_names else None, colormap)
         self.model_changed.emit(model)
