@@ -124,9 +124,10 @@ def test_painted_corrections_retrain_the_model(loop_viewer, loop, qtbot, notific
     # Overwritten corrections are predictions again, not ground truth.
     assert not np.any(session.reviewed(prediction) & (after_paint != prediction.data))
 
-    # The update of the existing layer is one undo step: Ctrl+Z brings the painted state back.
+    # The update of the existing layer is one undo step: Ctrl+Z brings the painted state back, corrections included.
     prediction.undo()
     assert np.array_equal(prediction.data, after_paint)
+    assert np.array_equal(session.reviewed(prediction), reviewed), "undone overwrites give the corrections back"
     assert not [m for s, m in notifications if s.lower().endswith("error")]
 
 
@@ -141,6 +142,10 @@ def test_predictions_keep_corrections_and_mark_slice_reviewed(loop_viewer, loop,
     z, rows, cols = SQUARE
     ys, xs = np.mgrid[rows, cols]
     prediction.data_setitem((np.full(ys.size, z), ys.ravel(), xs.ravel()), wrong.ravel())
+    assert session.reviewed(prediction)[SQUARE].all()
+    prediction.undo()  # a wrong correction taken back is not a correction
+    assert not session.reviewed(prediction)[SQUARE].any()
+    prediction.redo()
     assert session.reviewed(prediction)[SQUARE].all()
     # Re-running keeps the corrected pixels (default) and writes into the same layer.
     n_layers = len(viewer.layers)
@@ -158,8 +163,7 @@ def test_predictions_keep_corrections_and_mark_slice_reviewed(loop_viewer, loop,
     viewer.dims.set_current_step(0, 1)
     assert inference.mark_reviewed()
     assert not session.reviewed(prediction)[erased].any() and session.reviewed(prediction)[1].sum() == prediction.data[1].size - 16
-    prediction.data[1] = 0
-    session.reviewed(prediction)[1] = False
+    prediction.data[1] = 0  # no longer the accepted values: not reviewed any more
     assert not inference.mark_reviewed(), "a slice without labels has nothing to review"
     assert not session.reviewed(prediction)[1].any()
     labels = training.prepare(retrain=True).labels

@@ -96,11 +96,9 @@ def write_prediction(viewer, session, image_layer, labels, model, info, z, keep_
         )
         session.track(layer, image_layer)
         return layer, int(display.size)
-    record = session.track(layer, image_layer)
-    with session.muted(layer):
-        changed = write_labels_undoable(layer, z, display, record.reviewed if keep_corrections else None)
-    if not keep_corrections:  # overwritten corrections are predictions again, not ground truth
-        record.reviewed[_region(z, len(shape))] &= ~changed
+    session.track(layer, image_layer)
+    with session.muted(layer):  # overwritten corrections no longer hold their value: predictions again, until undone
+        changed = write_labels_undoable(layer, z, display, session.reviewed(layer) if keep_corrections else None)
     layer.metadata.update(metadata)
     return layer, int(changed.sum())
 

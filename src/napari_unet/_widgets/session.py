@@ -57,12 +57,37 @@ def get_session(viewer) -> "Session":
 
 @dataclass
 class Tracked:
-    """A prediction layer written by the inference widget."""
+    """A prediction layer written by the inference widget, and the pixels the user painted or accepted.
+
+    A pixel counts as reviewed while it still holds the value it had when the user painted or accepted it,
+    so undo, redo and later predictions that overwrite it (or restore it) need no bookkeeping of their own.
+    """
 
     layer: Any
     image: Any  # weakref to the image layer it was predicted from
-    reviewed: np.ndarray
+    marked: np.ndarray  # bool, layer shape: painted or accepted at some point
+    marked_values: np.ndarray  # the value each marked pixel was given or accepted with
     muted: bool = False  # our own writes are no corrections
+
+    @classmethod
+    def new(cls, layer, image_layer) -> "Tracked":
+        shape, dtype = layer.data.shape, np.dtype(layer.data.dtype)
+        return cls(layer, weakref.ref(unwrap(image_layer)), np.zeros(shape, bool), np.zeros(shape, dtype))
+
+    def mark(self, region, where=None, values=None) -> None:
+        """Mark ``region`` (an index into the layer's data), or its pixels ``where`` is True, with ``values``
+        (those pixels' new values: napari announces a paint before it writes it), by default their current values."""
+        if where is None:
+            self.marked[region] = True
+            self.marked_values[region] = np.asarray(self.layer.data[region]) if values is None else values
+            return
+        marked, stored = self.marked[region], self.marked_values[region]  # views: region is a tuple of slices here
+        marked[where] = True
+        stored[where] = np.asarray(self.layer.data[region])[where] if values is None else values
+
+    def reviewed(self) -> np.ndarray:
+        """Bool mask, layer shape: marked pixels that still hold their marked value."""
+        return self.marked & (np.asarray(self.layer.data) == self.marked_values)
 
 
 @dataclass
@@ -154,24 +179,25 @@ class Session:
         """Start tracking paints on prediction ``layer`` (nothing reviewed yet, unless tracked already)."""
         layer = unwrap(layer)
         record = self._tracked.get(id(layer))
-        if record is not None and record.reviewed.shape == layer.data.shape:
+        if record is not None and record.marked.shape == layer.data.shape:
             record.image = weakref.ref(unwrap(image_layer))
             return record
-        record = Tracked(layer, weakref.ref(unwrap(image_layer)), np.zeros(layer.data.shape, bool))
+        record = Tracked.new(layer, image_layer)
         self._tracked[id(layer)] = record
         layer.events.paint.connect(self._on_paint)
         return record
 
     def record(self, layer) -> Optional[Tracked]:
         record = self._tracked.get(id(unwrap(layer)))
-        if record is not None and record.reviewed.shape != record.layer.data.shape:
-            record.reviewed = np.zeros(record.layer.data.shape, bool)  # data replaced: start over
+        if record is not None and record.marked.shape != record.layer.data.shape:  # data replaced: start over
+            fresh = Tracked.new(record.layer, record.image() or record.layer)
+            record.marked, record.marked_values = fresh.marked, fresh.marked_values
         return record
 
     def reviewed(self, layer) -> Optional[np.ndarray]:
-        """The reviewed mask of a tracked prediction layer, or None for any other layer."""
+        """The reviewed mask (a new bool array) of a tracked prediction layer, or None for any other layer."""
         record = self.record(layer)
-        return None if record is None else record.reviewed
+        return None if record is None else record.reviewed()
 
     def tracked_layers(self, image_layer) -> list:
         """Tracked prediction layers of ``image_layer`` (oldest first)."""
@@ -205,7 +231,7 @@ class Session:
         if record is None:
             return 0
         labelled = np.asarray(record.layer.data[region]) != 0
-        record.reviewed[region] |= labelled
+        record.mark(region, labelled)
         return int(labelled.sum())
 
     def _on_paint(self, event) -> None:
@@ -213,14 +239,10 @@ class Session:
         if record is None or record.muted:
             return
         for atom in event.value:
-            if hasattr(atom, "slice_key"):  # napari >= 0.6: bounding box + mask
-                region = record.reviewed[atom.slice_key]
-                if atom.mask is None:
-                    region[...] = True
-                else:
-                    region[np.asarray(atom.mask, bool)] = True
+            if hasattr(atom, "slice_key"):  # napari >= 0.6: bounding box + mask of the changed pixels, one label
+                record.mark(atom.slice_key, None if atom.mask is None else np.asarray(atom.mask, bool), atom.new_value)
             else:  # (indices, old values, new values)
-                record.reviewed[atom[0]] = True
+                record.mark(atom[0], None, atom[2])
 
     def _on_layer_removed(self, event) -> None:
         layer = unwrap(event.value)
