@@ -202,6 +202,17 @@ def test_probabilities_file_has_named_class_axis_and_both_files_or_none_are_writ
     assert sorted(p.name for p in data.iterdir()) == names_before, "no partial file left behind"
 
 
+def test_written_files_replace_old_ones_and_keep_their_permissions(tmp_path):
+    from napari_unet.cli import write_all
+
+    old = tmp_path / "labels.tif"
+    tifffile.imwrite(old, np.zeros((4, 4), np.uint8))
+    old.chmod(0o640)
+    write_all([(old, np.ones((8, 8), np.uint8), {}), (tmp_path / "new.tif", np.ones((8, 8), np.float32), {})])
+    assert tifffile.imread(old).shape == (8, 8) and (old.stat().st_mode & 0o777) == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.tif", "new.tif"]
+
+
 def test_interrupt_after_the_model_is_saved_says_it_was_written(data, capsys, monkeypatch):
     import napari_unet.predict as predict_module
 

@@ -61,6 +61,7 @@ def check_output(path, what: str) -> Path:
 def write_all(files: list) -> None:
     """Write every ``(path, array, metadata)`` TIFF or none: each goes to a temporary file beside its target
     first, and the targets are replaced only once all are complete (an existing file is never half replaced)."""
+    from ._files import fsync_folder, target_mode
     from .tiff_io import write_tiff
 
     pending = []
@@ -69,8 +70,10 @@ def write_all(files: list) -> None:
             partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
             pending.append((partial, path))
             write_tiff(partial, array, metadata)
+            os.chmod(partial, target_mode(path))  # a replaced file keeps its permissions
         for partial, path in pending:
             os.replace(partial, path)
+            fsync_folder(path.parent if str(path.parent) else Path("."))
     finally:
         for partial, _ in pending:
             if partial.exists():
