@@ -48,7 +48,7 @@ def positive_int(text: str) -> int:
 def check_output(path, what: str) -> Path:
     """``path`` as a Path, if a file can be written there; else a :class:`CommandError` (checked before the work)."""
     path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
+    folder = path.parent  # Path("out.tif").parent is Path(".")
     if path.is_dir():
         raise CommandError(f"{what} {str(path)!r} is a folder; give a file name")
     if not folder.is_dir():
@@ -73,7 +73,7 @@ def write_all(files: list) -> None:
             os.chmod(partial, target_mode(path))  # a replaced file keeps its permissions
         for partial, path in pending:
             os.replace(partial, path)
-            fsync_folder(path.parent if str(path.parent) else Path("."))
+            fsync_folder(path.parent)
     finally:
         for partial, _ in pending:
             if partial.exists():
@@ -387,7 +387,7 @@ def main(argv=None) -> int:
         print(f"napari-unet: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (FloatingPointError, OSError, MemoryError) as err:  # diverged training, a full disk, too big a stack
-        print(f"napari-unet: error: {type(err).__name__}: {err}" if isinstance(err, MemoryError) else f"napari-unet: error: {err}", file=sys.stderr)
+        print(f"napari-unet: error: {str(err) or type(err).__name__}", file=sys.stderr)
         return 1
 
 

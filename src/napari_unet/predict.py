@@ -220,13 +220,12 @@ def predict_events(
     an inference copy with batch norm folded in (validation while training: no copy built and traced each epoch).
     """
     shape = tuple(np.shape(image))
-    if len(shape) not in (2, 3):
+    colour = bool(shape) and shape[-1] in (3, 4)  # (Y, X, 3|4) would otherwise pass for a stack of narrow slices
+    if len(shape) not in (2, 3) or (len(shape) == 3 and colour):
         raise InputError(
             f"image has shape {shape}; the model expects one-channel 2-D images or (Z, Y, X) stacks"
-            + (" (this looks like an RGB image; convert it to grayscale)" if shape and shape[-1] in (3, 4) else "")
+            + (" (this looks like an RGB image; convert it to grayscale)" if colour else "")
         )
-    if len(shape) == 3 and shape[-1] in (3, 4):
-        raise InputError(f"image has shape {shape}, which looks like an RGB(A) image (Y, X, colour); convert it to grayscale")
     if model.config.input_channels != 1:
         raise InputError(f"the model expects {model.config.input_channels} channels; napari-unet images have one")
     if tile_size < 1 or batch_size < 1 or overlap < 0:

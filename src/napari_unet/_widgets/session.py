@@ -71,8 +71,12 @@ class Tracked:
 
     @classmethod
     def new(cls, layer, image_layer) -> "Tracked":
-        shape, dtype = layer.data.shape, np.dtype(layer.data.dtype)
-        return cls(layer, weakref.ref(unwrap(image_layer)), np.zeros(shape, bool), np.zeros(shape, dtype))
+        return cls(layer, weakref.ref(unwrap(image_layer)), *cls.no_marks(layer))
+
+    @staticmethod
+    def no_marks(layer) -> tuple:
+        """Empty (marked, marked_values) arrays for ``layer``'s data."""
+        return np.zeros(layer.data.shape, bool), np.zeros(layer.data.shape, layer.data.dtype)
 
     def mark(self, region, where=None, values=None) -> None:
         """Mark ``region`` (an index into the layer's data), or its pixels ``where`` is True, with ``values``
@@ -113,10 +117,9 @@ class Session:
     # ---- model -------------------------------------------------------------------------------
     def set_model(self, model: UNetModel, description: str, class_names=None, colormap=None) -> None:
         """Make ``model`` the current one; class names given (or stored in a loaded model) go with it into saved files."""
-        class_names = list(class_names) if class_names else model.class_names
-        model.class_names = class_names
+        model.class_names = list(class_names) if class_names else model.class_names
         self.model = model
-        self.info = ModelInfo(description, list(class_names) if class_names else None, colormap)
+        self.info = ModelInfo(description, list(model.class_names) if model.class_names else None, colormap)
         self.model_changed.emit(model)
 
     def load(self, path):
@@ -190,8 +193,7 @@ class Session:
     def record(self, layer) -> Optional[Tracked]:
         record = self._tracked.get(id(unwrap(layer)))
         if record is not None and record.marked.shape != record.layer.data.shape:  # data replaced: start over
-            fresh = Tracked.new(record.layer, record.image() or record.layer)
-            record.marked, record.marked_values = fresh.marked, fresh.marked_values
+            record.marked, record.marked_values = Tracked.no_marks(record.layer)
         return record
 
     def reviewed(self, layer) -> Optional[np.ndarray]:
