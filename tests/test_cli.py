@@ -84,6 +84,22 @@ def test_local_contrast_option_is_stored_in_the_model_and_must_match_an_init_mod
     assert not (data / "t.keras").exists()
 
 
+def test_depth_option_is_stored_in_the_model_and_must_match_an_init_model(data, capsys):
+    from napari_unet.model_io import load_model
+
+    code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "m.keras", "--depth", "3", *TINY_TRAINING)
+    assert code == 0, err
+    assert load_model(data / "m.keras").config.depth == 3
+    save_model(tiny_model(), data / "init.keras")  # depth 2
+    code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "t.keras", "--init", data / "init.keras", "--depth", "3", *TINY_TRAINING)
+    assert code == 2 and "--depth 3 differs from the --init model's 2" in err
+    assert not (data / "t.keras").exists()
+    code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "d.keras", "--depth", "7", *TINY_TRAINING)
+    assert code == 2 and "depth must be 1..6" in err
+    with pytest.raises(SystemExit):  # argparse: not a whole number >= 1
+        run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "d.keras", "--depth", "0")
+
+
 def bad_inputs(tmp_path):
     image, labels = stripes(n_slices=2, size=32)
     files = {

@@ -228,7 +228,7 @@ def cmd_train(args) -> int:
     train_config = _train_config_from_args(args, chosen)
     init = load_model(args.init) if args.init else None
     model_config = chosen.model
-    for option, field in (("context_slices", "context_slices"), ("local_contrast", "local_contrast_sigma")):
+    for option, field in (("depth", "depth"), ("context_slices", "context_slices"), ("local_contrast", "local_contrast_sigma")):
         value = getattr(args, option)
         if value is None:
             continue
@@ -326,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--patch-size", type=int)
     train.add_argument("--learning-rate", type=float)
     train.add_argument("--steps-per-epoch", type=int)
+    train.add_argument("--depth", type=positive_int, help="poolings of the U-Net, 1-6 (default: the preset's; 5 in 30-minute runs: BENCHMARKS.md, session 24)")
     train.add_argument("--context-slices", type=int, help="neighbouring slices on each side the network also sees (default: the preset's)")
     train.add_argument("--local-contrast", type=float, metavar="SIGMA", help="standardise the input by its Gaussian neighbourhood of SIGMA pixels; 0 = off (default: the preset's)")
     train.set_defaults(func=cmd_train)
