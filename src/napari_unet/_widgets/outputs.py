@@ -23,7 +23,8 @@ def _region(z: Optional[int], ndim: int) -> tuple:
 
 
 def write_labels_undoable(layer, z: Optional[int], new: np.ndarray, keep: Optional[np.ndarray] = None) -> np.ndarray:
-    """Write ``new`` into slice ``z`` (or all) of ``layer`` as one undoable edit, except where ``keep``.
+    """Write ``new`` into slice ``z`` (or all) of ``layer`` as one undoable edit, except where ``keep`` (a bool
+    mask of ``new``'s shape).
 
     Returns the boolean mask (over the region) of the pixels that changed.
     """
@@ -31,7 +32,7 @@ def write_labels_undoable(layer, z: Optional[int], new: np.ndarray, keep: Option
     old = np.asarray(layer.data[region])
     new = np.asarray(new, dtype=layer.data.dtype)
     if keep is not None:
-        new = np.where(keep[region], old, new)
+        new = np.where(keep, old, new)
     changed = old != new
     where = np.nonzero(changed)
     if where[0].size:
@@ -86,9 +87,10 @@ def write_prediction(viewer, session, image_layer, labels, model, info, z, keep_
         "source": f"napari-unet prediction of {image_layer.name}",
         "napari_unet": {"output": PREDICTION, "image": image_layer.name},
     }
+    region = _region(z, len(shape))
     if layer is None:
         data = np.zeros(shape, display.dtype)
-        data[_region(z, len(shape))] = display
+        data[region] = display
         kwargs = {"colormap": info.colormap} if info.colormap is not None else {}
         layer = viewer.add_labels(
             data, name=name, metadata=metadata, features=label_features(class_values, names),
@@ -98,7 +100,7 @@ def write_prediction(viewer, session, image_layer, labels, model, info, z, keep_
         return layer, int(display.size)
     session.track(layer, image_layer)
     with session.muted(layer):  # overwritten corrections no longer hold their value: predictions again, until undone
-        changed = write_labels_undoable(layer, z, display, session.reviewed(layer) if keep_corrections else None)
+        changed = write_labels_undoable(layer, z, display, session.reviewed(layer, region) if keep_corrections else None)
     layer.metadata.update(metadata)
     return layer, int(changed.sum())
 

@@ -89,9 +89,9 @@ class Tracked:
         marked[where] = True
         stored[where] = np.asarray(self.layer.data[region])[where] if values is None else values
 
-    def reviewed(self) -> np.ndarray:
-        """Bool mask, layer shape: marked pixels that still hold their marked value."""
-        return self.marked & (np.asarray(self.layer.data) == self.marked_values)
+    def reviewed(self, region=...) -> np.ndarray:
+        """Bool mask of ``region`` (default: the whole layer): marked pixels that still hold their marked value."""
+        return self.marked[region] & (np.asarray(self.layer.data[region]) == self.marked_values[region])
 
 
 @dataclass
@@ -196,10 +196,11 @@ class Session:
             record.marked, record.marked_values = Tracked.no_marks(record.layer)
         return record
 
-    def reviewed(self, layer) -> Optional[np.ndarray]:
-        """The reviewed mask (a new bool array) of a tracked prediction layer, or None for any other layer."""
+    def reviewed(self, layer, region=...) -> Optional[np.ndarray]:
+        """The reviewed mask (a new bool array) of ``region`` of a tracked prediction layer (default: all of it),
+        or None for any other layer."""
         record = self.record(layer)
-        return None if record is None else record.reviewed()
+        return None if record is None else record.reviewed(region)
 
     def tracked_layers(self, image_layer) -> list:
         """Tracked prediction layers of ``image_layer`` (oldest first)."""
