@@ -100,6 +100,25 @@ def test_depth_option_is_stored_in_the_model_and_must_match_an_init_model(data, 
         run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "d.keras", "--depth", "0")
 
 
+def test_default_depth_follows_the_budget_and_the_compute(data, capsys, monkeypatch):
+    from napari_unet import hardware
+    from napari_unet.model_io import load_model
+
+    monkeypatch.setattr(hardware, "has_gpu", lambda: False)
+    code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "f.keras", "--max-minutes", "30", "--float32", *TINY_TRAINING)
+    assert code == 0, err
+    assert load_model(data / "f.keras").config.depth == 4 and "depth 5" not in err
+    # on this machine's own compute: 5 with bfloat16 (AMX / AVX512-BF16), 4 on an AVX2 CPU
+    code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "m.keras", "--max-minutes", "30", *TINY_TRAINING)
+    assert code == 0, err
+    expected = 5 if hardware.cpu_has_fast_bfloat16() else 4
+    assert load_model(data / "m.keras").config.depth == expected
+    assert ("depth 5: a budget of 30 minutes" in err) == (expected == 5)
+    code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "e.keras", "--max-minutes", "30", "--depth", "3", *TINY_TRAINING)
+    assert code == 0, err
+    assert load_model(data / "e.keras").config.depth == 3
+
+
 def bad_inputs(tmp_path):
     image, labels = stripes(n_slices=2, size=32)
     files = {

@@ -137,3 +137,39 @@ def test_bfloat16_prediction_matches_float32_labels():
     assert not np.array_equal(half.probabilities, plain.probabilities), "bfloat16 rounding must show"
     assert np.abs(half.probabilities - plain.probabilities).max() < 0.05
     assert np.mean(half.labels != plain.labels) < 0.01
+
+
+def test_auto_depth_is_five_only_for_long_budgets_on_fast_compute(cpu, monkeypatch):
+    cpu(AMX_CPU)
+    assert hardware.resolve_depth(hardware.AUTO, 30, mixed_precision=True) == 5
+    assert hardware.resolve_depth(hardware.AUTO, 120, mixed_precision=True) == 5
+    assert hardware.resolve_depth(hardware.AUTO, 29.5, mixed_precision=True) == 4  # measured: no gain at 10 min
+    assert hardware.resolve_depth(hardware.AUTO, None, mixed_precision=True) == 4  # epochs only: no budget to judge
+    assert hardware.resolve_depth(hardware.AUTO, 30, mixed_precision=False) == 4  # float32: ~1.7x fewer steps
+    cpu(AVX2_CPU)
+    assert hardware.resolve_depth(hardware.AUTO, 60, mixed_precision=False) == 4
+    monkeypatch.setattr(hardware, "has_gpu", lambda: True)
+    assert hardware.resolve_depth(hardware.AUTO, 30, mixed_precision=False) == 5
+
+
+def test_explicit_depth_passes_and_nonsense_is_refused(cpu):
+    cpu(AMX_CPU)
+    assert hardware.resolve_depth(3, 30, mixed_precision=True) == 3
+    assert hardware.resolve_depth(np.int64(6), None, mixed_precision=False) == 6
+    for bad in ("deep", True, 2.5, None):
+        with pytest.raises(ValueError, match="depth must be an int or 'auto'"):
+            hardware.resolve_depth(bad, 30, mixed_precision=True)
+
+
+def test_training_without_a_model_config_takes_the_auto_depth(cpu):
+    from _helpers import stripes
+    from napari_unet.train import TrainingStarted, train_events
+
+    image, labels = stripes(n_slices=2, size=64)
+    cpu(AMX_CPU)
+    for minutes, mixed, depth in ((30, True, 5), (30, False, 4), (None, True, 4)):
+        config = TrainConfig(epochs=1, steps_per_epoch=1, patch_size=64, batch_size=1, max_minutes=minutes, mixed_precision=mixed)
+        events = train_events(image, labels, None, config)
+        started = next(events)  # the model is built; no step has run
+        events.close()
+        assert isinstance(started, TrainingStarted) and started.model.config.depth == depth

@@ -49,6 +49,26 @@ def test_widgets_build_dock_and_offer_compatible_layers(widgets):
     assert "not annotated" in training.zero_unannotated.toolTip()
 
 
+def test_depth_box_is_auto_for_the_default_preset_as_in_the_cli(qtbot, monkeypatch):
+    from napari_unet import hardware
+    from napari_unet._widgets.settings import TrainSettings
+
+    monkeypatch.setattr(hardware, "has_gpu", lambda: False)
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}))
+    settings = TrainSettings()
+    qtbot.addWidget(settings)
+    assert settings.depth.text() == "auto"
+    assert settings.configs()[0].depth == 4  # no time budget: epochs only
+    settings.minutes.setValue(30)
+    assert settings.configs()[0].depth == 5
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    assert settings.configs()[0].depth == 4  # float32 CPU: too few steps for depth 5 to pay
+    settings.depth.setValue(3)
+    assert settings.configs()[0].depth == 3
+    settings.preset.setCurrentText("classic")
+    assert settings.depth.value() == 4 and settings.configs()[0].depth == 4
+
+
 def test_plugin_manifest_opens_both_widgets(make_napari_viewer):
     npe2 = pytest.importorskip("npe2")
     viewer = make_napari_viewer()  # discovers the installed plugins

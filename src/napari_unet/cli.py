@@ -151,6 +151,16 @@ def _train_config_from_args(args, preset):
     return preset.train.replace(**overrides)
 
 
+def auto_depth(train_config) -> int:
+    """The default preset's depth for this budget and machine (:func:`napari_unet.hardware.resolve_depth`)."""
+    from .hardware import AUTO, resolve_depth, resolve_mixed_precision
+
+    depth = resolve_depth(AUTO, train_config.max_minutes, resolve_mixed_precision(train_config.mixed_precision))
+    if depth != 4:
+        print(f"depth {depth}: a budget of {train_config.max_minutes:g} minutes with bfloat16 or a GPU (--depth to choose)", file=sys.stderr)
+    return depth
+
+
 def run_training(image, labels, model_config, train_config, init=None, quiet=False):
     """Drain training events with a terminal progress line; returns the start and finish events."""
     from .train import EpochEnd, TrainingFinished, TrainingStarted, TrainingStep, train_events
@@ -236,6 +246,8 @@ def cmd_train(args) -> int:
             flag = "--" + option.replace("_", "-")
             raise CommandError(f"{flag} {value:g} differs from the --init model's {getattr(init.config, field):g}")
         model_config = replace(model_config, **{field: value})
+    if args.depth is None and init is None and args.preset == "default":
+        model_config = replace(model_config, depth=auto_depth(train_config))
     started, final = run_training(image, labels, model_config, train_config, init=init)
     save_model(final.model, output)
     args.written.append(output)
@@ -326,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--patch-size", type=int)
     train.add_argument("--learning-rate", type=float)
     train.add_argument("--steps-per-epoch", type=int)
-    train.add_argument("--depth", type=positive_int, help="poolings of the U-Net, 1-6 (default: the preset's; 5 in 30-minute runs: BENCHMARKS.md, session 24)")
+    train.add_argument("--depth", type=positive_int, help="poolings of the U-Net, 1-6 (default: the preset's; the default preset takes 5 "
+                       "for --max-minutes 30 or more on a GPU or with bfloat16 compute, else 4: BENCHMARKS.md, session 25)")
     train.add_argument("--context-slices", type=int, help="neighbouring slices on each side the network also sees (default: the preset's)")
     train.add_argument("--local-contrast", type=float, metavar="SIGMA", help="standardise the input by its Gaussian neighbourhood of SIGMA pixels; 0 = off (default: the preset's)")
     train.set_defaults(func=cmd_train)

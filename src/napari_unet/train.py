@@ -158,10 +158,16 @@ def validation_column(width: int, val_fraction: float, size_multiple: int) -> in
     return max(cut - cut % size_multiple, 0)
 
 
-def _resolve_model_config(model_config: Optional[ModelConfig], n_classes: int, init: Optional[UNetModel]) -> ModelConfig:
+def _resolve_model_config(
+    model_config: Optional[ModelConfig], n_classes: int, init: Optional[UNetModel], train_config: TrainConfig
+) -> ModelConfig:
     if init is not None:
         return init.config
-    config = model_config or preset("default").model
+    if model_config is None:  # the default preset at the depth its budget and this machine call for
+        mixed = hardware.resolve_mixed_precision(train_config.mixed_precision)
+        depth = hardware.resolve_depth(hardware.AUTO, train_config.max_minutes, mixed)
+        model_config = replace(preset("default").model, depth=depth)
+    config = model_config
     if config.n_classes != n_classes:
         if config.head == "sigmoid" and n_classes != 2:
             raise ConfigError(
@@ -331,7 +337,9 @@ def train_events(
 
     ``labels`` hold class values (e.g. 0/255); pixels equal to ``train_config.ignore_value`` are not
     annotated. ``init`` fine-tunes an existing model (its architecture, classes and normalisation are
-    kept). ``stop()`` returning True, or the time budget, ends training cleanly. The last event is
+    kept); without ``model_config`` and ``init`` the default preset's network is used, at depth 5 for budgets of
+    30 minutes or more with bfloat16 or a GPU (:func:`napari_unet.hardware.resolve_depth`), else 4.
+    ``stop()`` returning True, or the time budget, ends training cleanly. The last event is
     :class:`TrainingFinished` carrying the model: the mean of the epoch-end weights after
     ``train_config.average_weights_from`` of the run, or, with fewer than two such epochs, the best validation epoch.
     """
@@ -339,7 +347,7 @@ def train_events(
     image_stack, label_stack = check_pair(image, labels)
     ignore = train_config.ignore_value
     class_values = check_trainable(label_stack, ignore, init.class_values if init else None)
-    model_config = _resolve_model_config(model_config, len(class_values), init)
+    model_config = _resolve_model_config(model_config, len(class_values), init, train_config)
     percentiles = init.percentiles if init else train_config.percentiles
     indices = to_indices(label_stack, class_values, ignore)
     images = normalize(image_stack, percentiles, model_config.local_contrast_sigma)

@@ -6,7 +6,10 @@ import dataclasses
 
 from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QSpinBox, QWidget
 
+from napari_unet import hardware
 from napari_unet.config import PRESETS, ConfigError, ModelConfig, TrainConfig, preset
+
+AUTO_DEPTH = 0  # the depth box's "auto" (its minimum, shown as text)
 
 
 def spin(low, high, value, step=1, tip="", decimals=None, suffix=""):
@@ -30,7 +33,12 @@ class TrainSettings(QWidget):
         self.preset = QComboBox()
         self.preset.addItems(list(PRESETS))
         self.preset.setToolTip("\n".join(f"{name}: {p.description}" for name, p in PRESETS.items()))
-        self.depth = spin(1, 6, 4, tip="poolings of the U-Net (patch sizes must be multiples of 2**depth)")
+        self.depth = spin(
+            AUTO_DEPTH, 6, 4,
+            tip="poolings of the U-Net (patch sizes must be multiples of 2**depth); auto: 5 for time budgets of "
+            "30 min or more on a GPU or a CPU with bfloat16 instructions, else 4",
+        )
+        self.depth.setSpecialValueText("auto")
         self.filters = spin(4, 128, 32, 4, "filters of the first level (doubled at each level)")
         self.epochs = spin(1, 10000, 40, tip="epochs (training stops at the epochs or the time budget, whichever comes first)")
         self.steps = spin(1, 100000, 50, 10, "training steps (batches) per epoch")
@@ -62,7 +70,7 @@ class TrainSettings(QWidget):
 
     def apply_preset(self, name: str) -> None:
         p = preset(name)
-        self.depth.setValue(p.model.depth)
+        self.depth.setValue(AUTO_DEPTH if name == "default" else p.model.depth)  # auto: as `napari-unet train`
         self.filters.setValue(p.model.base_filters)
         t = p.train
         self.epochs.setValue(t.epochs)
@@ -78,7 +86,6 @@ class TrainSettings(QWidget):
     def configs(self) -> tuple[ModelConfig, TrainConfig]:
         """The preset's configs with the form's values; :class:`ConfigError` if they do not fit."""
         p = preset(self.preset.currentText())
-        model = dataclasses.replace(p.model, depth=self.depth.value(), base_filters=self.filters.value())
         train = p.train.replace(
             epochs=self.epochs.value(),
             steps_per_epoch=self.steps.value(),
@@ -92,8 +99,15 @@ class TrainSettings(QWidget):
             augment_intensity=self.intensity.isChecked(),
             val_fraction=self.validation.value(),
         )
+        model = dataclasses.replace(p.model, depth=self.chosen_depth(train), base_filters=self.filters.value())
         check_patch(train.patch_size, model)
         return model, train
+
+    def chosen_depth(self, train: TrainConfig) -> int:
+        if self.depth.value() != AUTO_DEPTH:
+            return self.depth.value()
+        mixed = hardware.resolve_mixed_precision(train.mixed_precision)
+        return hardware.resolve_depth(hardware.AUTO, train.max_minutes, mixed)
 
     def retrain_config(self, model_config: ModelConfig, seed: int) -> TrainConfig:
         """One short epoch from the current weights: all steps train (no validation split)."""
