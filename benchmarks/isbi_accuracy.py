@@ -89,8 +89,8 @@ def main(argv=None) -> int:
     else:
         train_config = train_config.replace(epochs=100_000, max_minutes=args.minutes)
     if args.preset == "default" and "depth" not in model_over:  # as `napari-unet train` picks it
-        mixed = hardware.resolve_mixed_precision(train_config.mixed_precision)
-        model_config = dataclasses.replace(model_config, depth=hardware.resolve_depth(hardware.AUTO, train_config.max_minutes, mixed))
+        depth = hardware.resolve_depth(hardware.AUTO, train_config.max_minutes, train_config.mixed_precision)
+        model_config = dataclasses.replace(model_config, depth=depth)
 
     def budget_fraction(elapsed: float, n_steps: int) -> float:
         """Share of the training budget (steps or minutes) used after ``elapsed`` seconds and ``n_steps`` steps."""

@@ -150,6 +150,12 @@ def test_auto_depth_is_five_only_for_long_budgets_on_fast_compute(cpu, monkeypat
     assert hardware.resolve_depth(hardware.AUTO, 60, mixed_precision=False) == 4
     monkeypatch.setattr(hardware, "has_gpu", lambda: True)
     assert hardware.resolve_depth(hardware.AUTO, 30, mixed_precision=False) == 5
+    cpu(AMX_CPU)
+    assert hardware.resolve_depth(hardware.AUTO, 30) == 5  # the training's "auto" precision: bfloat16 here
+    cpu(AVX2_CPU)
+    assert hardware.resolve_depth(hardware.AUTO, 30) == 4
+    monkeypatch.setattr(hardware, "has_gpu", lambda: pytest.fail("asked TensorFlow for a GPU"))
+    assert hardware.resolve_depth(hardware.AUTO, 10) == hardware.resolve_depth(hardware.AUTO, None) == 4  # a GUI before TF
 
 
 def test_explicit_depth_passes_and_nonsense_is_refused(cpu):

@@ -153,9 +153,9 @@ def _train_config_from_args(args, preset):
 
 def auto_depth(train_config) -> int:
     """The default preset's depth for this budget and machine (:func:`napari_unet.hardware.resolve_depth`)."""
-    from .hardware import AUTO, resolve_depth, resolve_mixed_precision
+    from .hardware import AUTO, resolve_depth
 
-    depth = resolve_depth(AUTO, train_config.max_minutes, resolve_mixed_precision(train_config.mixed_precision))
+    depth = resolve_depth(AUTO, train_config.max_minutes, train_config.mixed_precision)
     if depth != 4:
         print(f"depth {depth}: a budget of {train_config.max_minutes:g} minutes with bfloat16 or a GPU (--depth to choose)", file=sys.stderr)
     return depth

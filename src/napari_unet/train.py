@@ -164,8 +164,7 @@ def _resolve_model_config(
     if init is not None:
         return init.config
     if model_config is None:  # the default preset at the depth its budget and this machine call for
-        mixed = hardware.resolve_mixed_precision(train_config.mixed_precision)
-        depth = hardware.resolve_depth(hardware.AUTO, train_config.max_minutes, mixed)
+        depth = hardware.resolve_depth(hardware.AUTO, train_config.max_minutes, train_config.mixed_precision)
         model_config = replace(preset("default").model, depth=depth)
     config = model_config
     if config.n_classes != n_classes:

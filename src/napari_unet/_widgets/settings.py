@@ -106,8 +106,7 @@ class TrainSettings(QWidget):
     def chosen_depth(self, train: TrainConfig) -> int:
         if self.depth.value() != AUTO_DEPTH:
             return self.depth.value()
-        mixed = hardware.resolve_mixed_precision(train.mixed_precision)
-        return hardware.resolve_depth(hardware.AUTO, train.max_minutes, mixed)
+        return hardware.resolve_depth(hardware.AUTO, train.max_minutes, train.mixed_precision)
 
     def retrain_config(self, model_config: ModelConfig, seed: int) -> TrainConfig:
         """One short epoch from the current weights: all steps train (no validation split)."""
