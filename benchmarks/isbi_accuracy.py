@@ -82,15 +82,12 @@ def main(argv=None) -> int:
         key, value = item.split("=", 1)
         target, config = (model_over, chosen.model) if key in model_fields else (train_over, chosen.train)
         target[key] = parse_value(value, getattr(config, key, None))
-    model_config = dataclasses.replace(chosen.model, **model_over)
     train_config = chosen.train.replace(**train_over)
     if args.steps:
         train_config = train_config.replace(epochs=-(-args.steps // train_config.steps_per_epoch), max_minutes=None)
     else:
         train_config = train_config.replace(epochs=100_000, max_minutes=args.minutes)
-    if args.preset == "default" and "depth" not in model_over:  # as `napari-unet train` picks it
-        depth = hardware.resolve_depth(hardware.AUTO, train_config.max_minutes, train_config.mixed_precision)
-        model_config = dataclasses.replace(model_config, depth=depth)
+    model_config = dataclasses.replace(chosen.model_for(train_config), **model_over)  # depth as `napari-unet train` picks it
 
     def budget_fraction(elapsed: float, n_steps: int) -> float:
         """Share of the training budget (steps or minutes) used after ``elapsed`` seconds and ``n_steps`` steps."""

@@ -151,16 +151,6 @@ def _train_config_from_args(args, preset):
     return preset.train.replace(**overrides)
 
 
-def auto_depth(train_config) -> int:
-    """The default preset's depth for this budget and machine (:func:`napari_unet.hardware.resolve_depth`)."""
-    from .hardware import AUTO, resolve_depth
-
-    depth = resolve_depth(AUTO, train_config.max_minutes, train_config.mixed_precision)
-    if depth != 4:
-        print(f"depth {depth}: a budget of {train_config.max_minutes:g} minutes with bfloat16 or a GPU (--depth to choose)", file=sys.stderr)
-    return depth
-
-
 def run_training(image, labels, model_config, train_config, init=None, quiet=False):
     """Drain training events with a terminal progress line; returns the start and finish events."""
     from .train import EpochEnd, TrainingFinished, TrainingStarted, TrainingStep, train_events
@@ -237,7 +227,9 @@ def cmd_train(args) -> int:
     chosen = get_preset(args.preset)
     train_config = _train_config_from_args(args, chosen)
     init = load_model(args.init) if args.init else None
-    model_config = chosen.model
+    model_config = chosen.model_for(train_config)
+    if args.depth is None and init is None and model_config.depth != chosen.model.depth:
+        print(f"depth {model_config.depth}: a budget of {train_config.max_minutes:g} minutes with bfloat16 or a GPU (--depth to choose)", file=sys.stderr)
     for option, field in (("depth", "depth"), ("context_slices", "context_slices"), ("local_contrast", "local_contrast_sigma")):
         value = getattr(args, option)
         if value is None:
@@ -246,8 +238,6 @@ def cmd_train(args) -> int:
             flag = "--" + option.replace("_", "-")
             raise CommandError(f"{flag} {value:g} differs from the --init model's {getattr(init.config, field):g}")
         model_config = replace(model_config, **{field: value})
-    if args.depth is None and init is None and args.preset == "default":
-        model_config = replace(model_config, depth=auto_depth(train_config))
     started, final = run_training(image, labels, model_config, train_config, init=init)
     save_model(final.model, output)
     args.written.append(output)

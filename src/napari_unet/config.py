@@ -159,6 +159,15 @@ class Preset:
     model: ModelConfig
     train: TrainConfig
     description: str = ""
+    auto_depth: bool = False  # the depth follows the time budget and the machine (hardware.resolve_depth)
+
+    def model_for(self, train: TrainConfig) -> ModelConfig:
+        """The preset's network for a run with ``train``: with ``auto_depth``, at the depth its budget calls for."""
+        if not self.auto_depth:
+            return self.model
+        from .hardware import AUTO, resolve_depth
+
+        return dataclasses.replace(self.model, depth=resolve_depth(AUTO, train.max_minutes, train.mixed_precision))
 
 
 PRESETS: dict[str, Preset] = {
@@ -166,9 +175,10 @@ PRESETS: dict[str, Preset] = {
         # local contrast: on ISBI (4 seeds, 10 min) mean V_rand +0.013, weak seeds +0.03 (BENCHMARKS.md, session 13)
         ModelConfig(depth=4, base_filters=16, batch_norm=True, local_contrast_sigma=24.0),
         TrainConfig(),
-        "fast CPU U-Net: 16->256 filters (depth 4; the CLI and widget take depth 5 for budgets of 30 min or more "
-        "with bfloat16 or a GPU), batch norm, softmax, cross-entropy + Dice, elastic augmentation, "
+        "fast CPU U-Net: 16->256 filters (depth 4; depth 5 for budgets of 30 min or more with bfloat16 or a GPU), "
+        "batch norm, softmax, cross-entropy + Dice, elastic augmentation, "
         "inputs standardised by their neighbourhood (local contrast, sigma 24 px)",
+        auto_depth=True,
     ),
     "classic": Preset(
         ModelConfig(

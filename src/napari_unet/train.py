@@ -163,10 +163,7 @@ def _resolve_model_config(
 ) -> ModelConfig:
     if init is not None:
         return init.config
-    if model_config is None:  # the default preset at the depth its budget and this machine call for
-        depth = hardware.resolve_depth(hardware.AUTO, train_config.max_minutes, train_config.mixed_precision)
-        model_config = replace(preset("default").model, depth=depth)
-    config = model_config
+    config = model_config or preset("default").model_for(train_config)
     if config.n_classes != n_classes:
         if config.head == "sigmoid" and n_classes != 2:
             raise ConfigError(

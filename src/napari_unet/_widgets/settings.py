@@ -6,7 +6,6 @@ import dataclasses
 
 from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QSpinBox, QWidget
 
-from napari_unet import hardware
 from napari_unet.config import PRESETS, ConfigError, ModelConfig, TrainConfig, preset
 
 AUTO_DEPTH = 0  # the depth box's "auto" (its minimum, shown as text)
@@ -70,7 +69,7 @@ class TrainSettings(QWidget):
 
     def apply_preset(self, name: str) -> None:
         p = preset(name)
-        self.depth.setValue(AUTO_DEPTH if name == "default" else p.model.depth)  # auto: as `napari-unet train`
+        self.depth.setValue(AUTO_DEPTH if p.auto_depth else p.model.depth)  # auto: as `napari-unet train`
         self.filters.setValue(p.model.base_filters)
         t = p.train
         self.epochs.setValue(t.epochs)
@@ -99,14 +98,10 @@ class TrainSettings(QWidget):
             augment_intensity=self.intensity.isChecked(),
             val_fraction=self.validation.value(),
         )
-        model = dataclasses.replace(p.model, depth=self.chosen_depth(train), base_filters=self.filters.value())
+        depth = p.model_for(train).depth if self.depth.value() == AUTO_DEPTH else self.depth.value()
+        model = dataclasses.replace(p.model, depth=depth, base_filters=self.filters.value())
         check_patch(train.patch_size, model)
         return model, train
-
-    def chosen_depth(self, train: TrainConfig) -> int:
-        if self.depth.value() != AUTO_DEPTH:
-            return self.depth.value()
-        return hardware.resolve_depth(hardware.AUTO, train.max_minutes, train.mixed_precision)
 
     def retrain_config(self, model_config: ModelConfig, seed: int) -> TrainConfig:
         """One short epoch from the current weights: all steps train (no validation split)."""
