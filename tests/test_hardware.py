@@ -9,6 +9,7 @@ from napari_unet import hardware
 from napari_unet.config import ConfigError, TrainConfig
 
 AMX_CPU = frozenset({"avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"})
+AVX512_BF16_CPU = frozenset({"avx2", "fma", "avx512f", "avx512_bf16"})  # AMD Zen 4: bfloat16 dot products, no AMX
 AVX512_CPU = frozenset({"avx2", "fma", "avx512f"})
 AVX2_CPU = frozenset({"avx2", "fma"})
 
@@ -25,14 +26,19 @@ def cpu(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "flags, mixed, jit",
-    [(AMX_CPU, True, False), (AVX512_CPU, False, False), (AVX2_CPU, False, True)],
+    "flags, mixed, jit, tta",
+    [
+        (AMX_CPU, True, False, True),
+        (AVX512_BF16_CPU, True, False, False),
+        (AVX512_CPU, False, False, False),
+        (AVX2_CPU, False, True, False),
+    ],
 )
-def test_auto_picks_bfloat16_on_bf16_cpus_and_xla_only_without_avx512(cpu, flags, mixed, jit):
+def test_auto_picks_bfloat16_on_bf16_cpus_and_xla_only_without_avx512(cpu, flags, mixed, jit, tta):
     cpu(flags)
     assert hardware.resolve_mixed_precision("auto") is mixed
     assert hardware.resolve_jit_compile("auto", mixed) is jit
-    assert hardware.describe() == f"mixed_precision={mixed}, jit_compile={jit}, tta={mixed}"  # tta where bf16 is fast
+    assert hardware.describe() == f"mixed_precision={mixed}, jit_compile={jit}, tta={tta}"
 
 
 def test_explicit_settings_are_kept_whatever_the_cpu(cpu):
@@ -45,7 +51,9 @@ def test_explicit_settings_are_kept_whatever_the_cpu(cpu):
     assert hardware.has_fast_bfloat16()
 
 
-@pytest.mark.parametrize("flags, tta", [(AMX_CPU, True), (AVX512_CPU, False), (AVX2_CPU, False)])
+@pytest.mark.parametrize(
+    "flags, tta", [(AMX_CPU, True), (AVX512_BF16_CPU, False), (AVX512_CPU, False), (AVX2_CPU, False)]
+)
 def test_auto_tta_only_where_the_network_is_cheap(cpu, flags, tta):
     cpu(flags)
     assert hardware.resolve_tta("auto") is tta
@@ -61,10 +69,10 @@ def test_auto_tta_only_where_the_network_is_cheap(cpu, flags, tta):
 def test_auto_tta_is_explained_as_it_resolves(cpu, monkeypatch):
     cpu(AMX_CPU)
     assert hardware.explain_auto_tta().startswith("on:")
-    cpu(AVX2_CPU)
+    cpu(AVX512_BF16_CPU)
     monkeypatch.delitem(sys.modules, "tensorflow", raising=False)  # before any model: no GPU query
     monkeypatch.setattr(hardware, "has_gpu", lambda: pytest.fail("asked TensorFlow for a GPU"))
-    assert hardware.explain_auto_tta() == "off: this CPU has no bfloat16 instructions (on with a GPU)"
+    assert hardware.explain_auto_tta() == "off: this CPU has no AMX matrix units (on with a GPU)"
     monkeypatch.setitem(sys.modules, "tensorflow", object())  # a model imported TensorFlow: ask it
     for gpu in (False, True):
         monkeypatch.setattr(hardware, "has_gpu", lambda: gpu)

@@ -1,9 +1,9 @@
 """What this machine computes fast, and the compute settings that ``"auto"`` resolves to.
 
-Measured (BENCHMARKS.md): on a CPU with AMX / AVX512-BF16, bfloat16 mixed precision without XLA trains the
-default U-Net 1.7x faster than float32 with XLA, and XLA is slower than TensorFlow's oneDNN kernels once
-the CPU has AVX-512; on a CPU with AVX2 only, bfloat16 is 8-12x slower and XLA is 6-14 % faster.
-TensorFlow is imported only to ask for a GPU.
+Measured (BENCHMARKS.md): bfloat16 mixed precision without XLA trains the default U-Net 1.7x faster than
+float32 with XLA on a CPU with AMX, 1.5x on one with AVX512-BF16 but no AMX (AMD Zen 4), and XLA is slower
+than TensorFlow's oneDNN kernels once the CPU has AVX-512; on a CPU with AVX2 only, bfloat16 is 8-12x slower
+and XLA is 6-14 % faster. TensorFlow is imported only to ask for a GPU.
 """
 
 from __future__ import annotations
@@ -42,6 +42,11 @@ def cpu_has_fast_bfloat16() -> bool:
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
+def cpu_has_amx() -> bool:
+    """True when the CPU has AMX bfloat16 matrix units (Intel Sapphire Rapids and later)."""
+    return "amx_bf16" in cpu_flags()
+
+
 def has_fast_bfloat16() -> bool:
     """True on a GPU or a CPU with bfloat16 instructions; also True when the CPU is unknown (no warning then)."""
     return has_gpu() or cpu_has_fast_bfloat16() or not cpu_flags()
@@ -71,14 +76,14 @@ def resolve_jit_compile(value: Union[bool, str], mixed_precision: bool) -> bool:
 
 
 def resolve_tta(value: Union[bool, str]) -> bool:
-    """``"auto"``: test-time augmentation where the network is cheap, on a CPU with bfloat16 instructions or a GPU.
+    """``"auto"``: test-time augmentation where the network is cheap, on a CPU with AMX or a GPU.
 
     On ISBI it lowered the pixel error of 8 of 8 models and raised V_rand and V_info on 7 of 8 (BENCHMARKS.md),
-    for four network passes per tile: 1.5x the time of ``napari-unet predict`` with AMX; 2.3x on a CPU with
-    AVX2 only, where it stays off.
+    for four network passes per tile: 1.5x the time of ``napari-unet predict`` with AMX (30 test slices in 12 s);
+    1.7x with AVX512-BF16 but no AMX (24 s instead of 14 s) and 2.3x with AVX2 only, where it stays off.
     """
     explicit = _explicit("tta", value)
-    return (cpu_has_fast_bfloat16() or has_gpu()) if explicit is None else explicit
+    return (cpu_has_amx() or has_gpu()) if explicit is None else explicit
 
 
 DEEP_BUDGET_MINUTES = 30.0
@@ -105,17 +110,17 @@ def resolve_depth(value: Union[int, str], max_minutes: Optional[float], mixed_pr
 
 
 def explain_auto_tta() -> str:
-    """What ``tta="auto"`` does on this machine and why, e.g. "off: this CPU has no bfloat16 instructions".
+    """What ``tta="auto"`` does on this machine and why, e.g. "off: this CPU has no AMX matrix units".
 
     Asks TensorFlow for a GPU only when it is already imported, so a GUI can call this at start-up.
     """
-    if cpu_has_fast_bfloat16():
-        return "on: this CPU has bfloat16 instructions"
+    if cpu_has_amx():
+        return "on: this CPU has AMX matrix units"
     if "tensorflow" not in sys.modules:
-        return "off: this CPU has no bfloat16 instructions (on with a GPU)"
+        return "off: this CPU has no AMX matrix units (on with a GPU)"
     if has_gpu():
         return "on: TensorFlow uses a GPU"
-    return "off: this CPU has no bfloat16 instructions and TensorFlow sees no GPU"
+    return "off: this CPU has no AMX matrix units and TensorFlow sees no GPU"
 
 
 def describe() -> str:
@@ -129,6 +134,7 @@ __all__ = [
     "cpu_flags",
     "has_gpu",
     "cpu_has_fast_bfloat16",
+    "cpu_has_amx",
     "has_fast_bfloat16",
     "resolve_mixed_precision",
     "resolve_jit_compile",

@@ -210,7 +210,7 @@ def predict_events(
     gives plain argmax labels. ``tta``: test-time augmentation, the mean over the four quarter turns of
     each tile (True or 4) or over the tile and its half turn (2, half the network time of 4; see
     :func:`_transforms`); ``"auto"`` (default) is True where the network is cheap, on a GPU or a CPU
-    with bfloat16 instructions (:func:`napari_unet.hardware.resolve_tta`). ``mixed_precision``: run the network in bfloat16; None (default) does so
+    with AMX (:func:`napari_unet.hardware.resolve_tta`). ``mixed_precision``: run the network in bfloat16; None (default) does so
     on CPUs with bfloat16 instructions (:mod:`napari_unet.hardware`). ``jit_compile``: XLA-compile the
     network; None (default) does so for inputs of at least :data:`XLA_MIN_PIXELS` network pixels, where the
     faster tiles repay the compile time, on float32 CPUs without AVX-512.

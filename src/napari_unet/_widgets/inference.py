@@ -57,7 +57,7 @@ class InferenceWidget(QWidget):
         self.tta.setToolTip(
             "test-time augmentation: average the network over the four 90-degree rotations of each tile "
             "(4 network passes, better membranes); 2 views = the tile and its half turn (2 passes, most of the "
-            "gain); auto = on with a GPU or a CPU with bfloat16 instructions, where the network is cheap"
+            "gain); auto = on with a GPU or a CPU with AMX, where the network is cheap"
         )
         self.probabilities = QCheckBox("probability map")
         self.cells = QCheckBox("cell instances (2 classes: cells split by membranes)")
