@@ -95,10 +95,12 @@ def resolve_depth(value: Union[int, str], max_minutes: Optional[float], mixed_pr
     ``mixed_precision`` is the training's setting (``"auto"`` or a bool). Budgets under 30 minutes give 4 without
     asking TensorFlow for a GPU, so a GUI can call this before TensorFlow is loaded.
 
-    5 when the budget is at least 30 minutes on a GPU or with bfloat16 compute (about 3700 steps or more), else 4.
+    5 when the budget is at least 30 minutes on a GPU or with bfloat16 compute (about 2500 steps or more), else 4.
     On ISBI with an AMX CPU, 30 minutes at depth 5 gave V_rand 0.977 / 0.971 / 0.957 on three seeds against
     0.957 / 0.962 / 0.962 at depth 4; 10 minutes (about 1200 steps, also what an AVX2 CPU makes in 30) scored
-    V_rand 0.955 at depth 5 against 0.956, V_info 0.978 against 0.980 (BENCHMARKS.md, session 25).
+    V_rand 0.955 at depth 5 against 0.956, V_info 0.978 against 0.980 (BENCHMARKS.md, session 25). On an AVX512-BF16
+    CPU without AMX (about 2500 steps in 30 minutes) one seed scored V_rand 0.968 at depth 5 against 0.949 as
+    ``predict`` runs there (no TTA), 0.955 against 0.956 with TTA (session 26).
     """
     if value != AUTO:
         if isinstance(value, bool) or not hasattr(value, "__index__"):
