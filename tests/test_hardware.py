@@ -162,7 +162,6 @@ def test_auto_depth_is_five_only_for_long_budgets_on_fast_compute(cpu, monkeypat
     assert hardware.resolve_depth(hardware.AUTO, 30) == 5  # the training's "auto" precision: bfloat16 here
     cpu(AVX512_BF16_CPU)
     assert hardware.resolve_depth(hardware.AUTO, 30) == 5  # Zen 4: bfloat16 without AMX; measured in session 26
-    cpu(AMX_CPU)
     cpu(AVX2_CPU)
     assert hardware.resolve_depth(hardware.AUTO, 30) == 4
     monkeypatch.setattr(hardware, "has_gpu", lambda: pytest.fail("asked TensorFlow for a GPU"))
