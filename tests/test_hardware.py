@@ -166,6 +166,9 @@ def test_auto_depth_is_five_only_for_long_budgets_on_fast_compute(cpu, monkeypat
     assert hardware.resolve_depth(hardware.AUTO, 30) == 4
     monkeypatch.setattr(hardware, "has_gpu", lambda: pytest.fail("asked TensorFlow for a GPU"))
     assert hardware.resolve_depth(hardware.AUTO, 10) == hardware.resolve_depth(hardware.AUTO, None) == 4  # a GUI before TF
+    for flags in (AMX_CPU, AVX512_BF16_CPU):  # bfloat16 CPUs: 5 at 30 minutes, with or without a GPU, so TF is not asked
+        monkeypatch.setattr(hardware, "cpu_flags", lambda: flags)
+        assert hardware.resolve_depth(hardware.AUTO, 30) == hardware.resolve_depth(hardware.AUTO, 30, True) == 5
 
 
 def test_explicit_depth_passes_and_nonsense_is_refused(cpu):
