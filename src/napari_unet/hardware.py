@@ -100,8 +100,8 @@ def resolve_depth(value: Union[int, str], max_minutes: Optional[float], mixed_pr
     On ISBI with an AMX CPU, 30 minutes at depth 5 gave V_rand 0.977 / 0.971 / 0.957 on three seeds against
     0.957 / 0.962 / 0.962 at depth 4; 10 minutes (about 1200 steps, also what an AVX2 CPU makes in 30) scored
     V_rand 0.955 at depth 5 against 0.956, V_info 0.978 against 0.980 (BENCHMARKS.md, session 25). On an AVX512-BF16
-    CPU without AMX (about 2500 steps in 30 minutes) one seed scored V_rand 0.968 at depth 5 against 0.949 as
-    ``predict`` runs there (no TTA), 0.955 against 0.956 with TTA (session 26).
+    CPU without AMX (about 2600 steps in 30 minutes) three seeds tied: V_rand 0.953 at depth 5 against 0.9545,
+    V_info 0.977 both, as ``predict`` runs there (no TTA; sessions 26-27).
     """
     if value != AUTO:
         if isinstance(value, bool) or not hasattr(value, "__index__"):
