@@ -93,8 +93,8 @@ def resolve_depth(value: Union[int, str], max_minutes: Optional[float], mixed_pr
     """``"auto"``: the default preset's poolings for a time budget; an int passes through.
 
     ``mixed_precision`` is the training's setting (``"auto"`` or a bool). Budgets under 30 minutes, and any budget
-    on a CPU with bfloat16 instructions, resolve without asking TensorFlow for a GPU, so a GUI can call this before
-    TensorFlow is loaded (importing it takes seconds).
+    with ``"auto"`` or bfloat16 precision on a CPU with bfloat16 instructions, resolve without asking TensorFlow for
+    a GPU, so a GUI can call this before TensorFlow is loaded (importing it takes seconds).
 
     5 when the budget is at least 30 minutes on a GPU or with bfloat16 compute (about 2500 steps or more), else 4.
     On ISBI with an AMX CPU, 30 minutes at depth 5 gave V_rand 0.977 / 0.971 / 0.957 on three seeds against
