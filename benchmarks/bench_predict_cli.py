@@ -19,12 +19,16 @@ over minutes, so only alternated medians compare):
   (the membrane rule now imports it in its thread, beside the network);
 - ``two-rule-threads``: ``current`` with the membrane rule of finished slices in two threads instead of one
   (``predict.RULE_WORKERS``);
+- ``full-import``: ``current`` with TensorFlow and Keras imported with all of Keras' optional packages (IPython,
+  pandas, matplotlib), as before session 28 (the command now imports Keras without them,
+  ``napari_unet._tensorflow.KERAS_OPTIONAL_PACKAGES``);
 - ``no-tta``, ``tta``, ``tta2``: ``current`` with ``--no-tta``, ``--tta`` (four quarter turns per tile) or
   ``--tta-views 2`` (the tile and its half turn).
 
     python benchmarks/bench_predict_cli.py --model m.keras            # 5 rounds
     python benchmarks/bench_predict_cli.py --model m.keras --rounds 2 # quick
     python benchmarks/bench_predict_cli.py --model m.keras --variants current,one-shot-merging --name predict-cli-merging
+    python benchmarks/bench_predict_cli.py --model m.keras --variants current,full-import,tta2 --name predict-cli-import
 
 ``m.keras``: a default-preset model (``napari-unet train .../train-volume.tif .../train-labels.tif -o m.keras``);
 the membrane rule's run time depends on trained probabilities, so random weights would not do.
@@ -60,6 +64,10 @@ DRIVERS = {
     "one-shot-merging": (
         "import napari_unet.postprocess as pp; merge = pp.merge_regions; "
         "pp.merge_regions = lambda p, m, h, s, hierarchical=True: merge(p, m, h, s, hierarchical=False); "
+        "from napari_unet.cli import run; run()"
+    ),
+    "full-import": (
+        "from napari_unet._tensorflow import load_tensorflow; load_tensorflow(); import keras; "
         "from napari_unet.cli import run; run()"
     ),
     "eager-graph-import": "from skimage.graph import rag_boundary; from napari_unet.cli import run; run()",

@@ -310,6 +310,21 @@ def test_console_script_is_run_which_exits_at_once_once_tensorflow_is_loaded(mon
     assert normal.value.code == 3
 
 
+def test_commands_import_keras_without_its_notebook_pandas_and_plot_extras():
+    # ~1 s of every command's start-up; the packages must stay importable for whatever runs later
+    code = (
+        "import json, sys; from napari_unet.cli import load_tensorflow_for_command; load_tensorflow_for_command(); "
+        "import keras; from keras.src.trainers.data_adapters import array_slicing; "
+        "loaded = [m for m in ('IPython', 'pandas', 'matplotlib') if m in sys.modules]; "
+        "import pandas, matplotlib.pyplot; "
+        "print(json.dumps({'loaded': loaded, 'keras_pandas': array_slicing.pandas is not None, 'keras': keras.__version__}))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["loaded"] == [] and report["keras_pandas"] is False
+
+
 def test_importing_the_package_loads_neither_tensorflow_nor_qt():
     code = (
         "import sys, napari_unet, napari_unet.config, napari_unet.labels, napari_unet.data, napari_unet.metrics, "

@@ -14,6 +14,7 @@ avoids both. :func:`load_tensorflow` does that once, before anything else import
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -22,12 +23,21 @@ import types
 _LOCK = threading.Lock()
 _GLOBAL_FLAGS = "tensorflow.python.pywrap_dlopen_global_flags"
 
+#: Packages Keras imports at start-up only to detect notebooks (IPython), accept pandas inputs and offer
+#: plotting helpers (matplotlib): about 1.1 s of the ~5 s TensorFlow + Keras import on a 2-core CPU
+#: (BENCHMARKS.md, session 28). Each import is guarded in Keras, which then goes without.
+KERAS_OPTIONAL_PACKAGES = ("IPython", "pandas", "matplotlib")
 
-def load_tensorflow():
+
+def load_tensorflow(skip_optional: bool = False):
     """Import TensorFlow isolated from other LLVM copies (no-op if it is imported already).
 
     The import runs in a short-lived thread of its own: TensorFlow imported inside a Qt
     thread-pool worker crashed (segfault) when a later worker built a second model.
+    ``skip_optional=True`` also imports Keras, without the packages of :data:`KERAS_OPTIONAL_PACKAGES`
+    that are not imported yet; they stay importable afterwards, but Keras will not use them. For
+    processes that give Keras numpy arrays only (the command line), not for napari, where other
+    plugins may share Keras.
     """
     with _LOCK:
         if "tensorflow" not in sys.modules:
@@ -36,7 +46,12 @@ def load_tensorflow():
             def run():
                 lower_thread_priority()
                 try:
-                    _import_isolated()
+                    if skip_optional:
+                        with _unimportable(KERAS_OPTIONAL_PACKAGES):
+                            _import_isolated()
+                            import keras  # noqa: F401  (binds its optional imports now, while they fail)
+                    else:
+                        _import_isolated()
                 except BaseException as err:  # re-raised in the caller's thread
                     errors.append(err)
 
@@ -61,6 +76,20 @@ def lower_thread_priority(niceness: int = 10) -> None:
             os.setpriority(os.PRIO_PROCESS, tid, niceness)
     except (AttributeError, OSError):
         pass
+
+
+@contextlib.contextmanager
+def _unimportable(names):
+    """Within the block, ``import name`` raises ImportError for each of ``names`` not imported yet."""
+    blocked = [name for name in names if name not in sys.modules]
+    for name in blocked:
+        sys.modules[name] = None  # the import system's "not available" marker
+    try:
+        yield
+    finally:
+        for name in blocked:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
 
 
 def _import_isolated() -> None:
