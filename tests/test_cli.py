@@ -111,7 +111,7 @@ def test_default_depth_follows_the_budget_and_the_compute(data, capsys, monkeypa
     assert load_model(data / "f.keras").config.depth == 4 and "depth 5" not in err
     code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "m.keras", "--max-minutes", "30", *TINY_TRAINING)
     assert code == 0, err  # bfloat16 on this (faked) CPU: depth 5, and the command says so
-    assert load_model(data / "m.keras").config.depth == 5 and "depth 5: a budget of 30 minutes" in err
+    assert load_model(data / "m.keras").config.depth == 5 and "depth 5: a budget of 30 minutes with AMX" in err
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
     code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "a.keras", "--max-minutes", "30", *TINY_TRAINING)
     assert code == 0, err  # float32 CPU: depth 4

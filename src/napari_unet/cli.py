@@ -240,7 +240,7 @@ def cmd_train(args) -> int:
     init = load_model(args.init) if args.init else None
     model_config = chosen.model_for(train_config)
     if args.depth is None and init is None and model_config.depth != chosen.model.depth:
-        print(f"depth {model_config.depth}: a budget of {train_config.max_minutes:g} minutes with bfloat16 or a GPU (--depth to choose)", file=sys.stderr)
+        print(f"depth {model_config.depth}: a budget of {train_config.max_minutes:g} minutes with AMX bfloat16 or a GPU (--depth to choose)", file=sys.stderr)
     for option, field in (("depth", "depth"), ("context_slices", "context_slices"), ("local_contrast", "local_contrast_sigma")):
         value = getattr(args, option)
         if value is None:

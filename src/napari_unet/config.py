@@ -175,7 +175,7 @@ PRESETS: dict[str, Preset] = {
         # local contrast: on ISBI (4 seeds, 10 min) mean V_rand +0.013, weak seeds +0.03 (BENCHMARKS.md, session 13)
         ModelConfig(depth=4, base_filters=16, batch_norm=True, local_contrast_sigma=24.0),
         TrainConfig(),
-        "fast CPU U-Net: 16->256 filters (depth 4; depth 5 for budgets of 30 min or more with bfloat16 or a GPU), "
+        "fast CPU U-Net: 16->256 filters (depth 4; depth 5 for budgets of 30 min or more with AMX bfloat16 or a GPU), "
         "batch norm, softmax, cross-entropy + Dice, elastic augmentation, "
         "inputs standardised by their neighbourhood (local contrast, sigma 24 px)",
         auto_depth=True,

@@ -31,10 +31,14 @@ def cpu_flags() -> frozenset:
 
 @functools.lru_cache(maxsize=1)
 def has_gpu() -> bool:
-    """True when TensorFlow sees a GPU (asked once per process)."""
-    import tensorflow as tf
+    """True when TensorFlow sees a GPU (asked once per process).
 
-    return bool(tf.config.list_physical_devices("GPU"))
+    Loads TensorFlow through :func:`napari_unet._tensorflow.load_tensorflow` if nothing has yet: a plain
+    ``import tensorflow`` after napari's OpenGL canvas can crash (the training widget asks on the GUI thread).
+    """
+    from ._tensorflow import load_tensorflow
+
+    return bool(load_tensorflow().config.list_physical_devices("GPU"))
 
 
 def cpu_has_fast_bfloat16() -> bool:
@@ -93,15 +97,14 @@ def resolve_depth(value: Union[int, str], max_minutes: Optional[float], mixed_pr
     """``"auto"``: the default preset's poolings for a time budget; an int passes through.
 
     ``mixed_precision`` is the training's setting (``"auto"`` or a bool). Budgets under 30 minutes, and any budget
-    with ``"auto"`` or bfloat16 precision on a CPU with bfloat16 instructions, resolve without asking TensorFlow for
-    a GPU, so a GUI can call this before TensorFlow is loaded (importing it takes seconds).
+    with ``"auto"`` or bfloat16 precision on a CPU with AMX, resolve without asking TensorFlow for a GPU.
 
-    5 when the budget is at least 30 minutes on a GPU or with bfloat16 compute (about 2500 steps or more), else 4.
+    5 when the budget is at least 30 minutes on a GPU or with bfloat16 on AMX (about 3700 steps), else 4.
     On ISBI with an AMX CPU, 30 minutes at depth 5 gave V_rand 0.977 / 0.971 / 0.957 on three seeds against
     0.957 / 0.962 / 0.962 at depth 4; 10 minutes (about 1200 steps, also what an AVX2 CPU makes in 30) scored
     V_rand 0.955 at depth 5 against 0.956, V_info 0.978 against 0.980 (BENCHMARKS.md, session 25). On an AVX512-BF16
-    CPU without AMX (about 2600 steps in 30 minutes) three seeds tied: V_rand 0.953 at depth 5 against 0.9545,
-    V_info 0.977 both, as ``predict`` runs there (no TTA; sessions 26-27).
+    CPU without AMX (about 2600 steps in 30 minutes) four paired seeds gave depth 4 the better means, V_rand 0.946
+    against 0.936 and V_info 0.975 against 0.973, as ``predict`` runs there (no TTA; sessions 26-28).
     """
     if value != AUTO:
         if isinstance(value, bool) or not hasattr(value, "__index__"):
@@ -109,9 +112,9 @@ def resolve_depth(value: Union[int, str], max_minutes: Optional[float], mixed_pr
         return operator.index(value)
     if max_minutes is None or max_minutes < DEEP_BUDGET_MINUTES:
         return 4
-    if mixed_precision == AUTO and cpu_has_fast_bfloat16():
-        return 5  # "auto" computes in bfloat16 here unless there is a GPU, and a GPU gets 5 too
-    return 5 if resolve_mixed_precision(mixed_precision) or has_gpu() else 4
+    if cpu_has_amx() and (mixed_precision == AUTO or mixed_precision is True):
+        return 5  # bfloat16 on AMX matrix units ("auto" computes so here unless there is a GPU, which gets 5 too)
+    return 5 if has_gpu() else 4
 
 
 def explain_auto_tta() -> str:

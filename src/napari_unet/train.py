@@ -334,7 +334,7 @@ def train_events(
     ``labels`` hold class values (e.g. 0/255); pixels equal to ``train_config.ignore_value`` are not
     annotated. ``init`` fine-tunes an existing model (its architecture, classes and normalisation are
     kept); without ``model_config`` and ``init`` the default preset's network is used, at depth 5 for budgets of
-    30 minutes or more with bfloat16 or a GPU (:func:`napari_unet.hardware.resolve_depth`), else 4.
+    30 minutes or more with bfloat16 on AMX or a GPU (:func:`napari_unet.hardware.resolve_depth`), else 4.
     ``stop()`` returning True, or the time budget, ends training cleanly. The last event is
     :class:`TrainingFinished` carrying the model: the mean of the epoch-end weights after
     ``train_config.average_weights_from`` of the run, or, with fewer than two such epochs, the best validation epoch.

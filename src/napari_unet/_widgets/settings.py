@@ -35,7 +35,7 @@ class TrainSettings(QWidget):
         self.depth = spin(
             AUTO_DEPTH, 6, 4,
             tip="poolings of the U-Net (patch sizes must be multiples of 2**depth); auto: 5 for time budgets of "
-            "30 min or more on a GPU or a CPU with bfloat16 instructions, else 4",
+            "30 min or more on a GPU or a CPU with AMX (bfloat16 matrix units), else 4",
         )
         self.depth.setSpecialValueText("auto")
         self.filters = spin(4, 128, 32, 4, "filters of the first level (doubled at each level)")
