@@ -16,7 +16,6 @@ over the first slices' probabilities), and finally the whole ``predict_events`` 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -97,12 +96,9 @@ def main(argv=None) -> int:
     stages["predict_loop_per_slice_s"] = stages["predict_loop_s"] / len(image)
     for name, seconds in stages.items():
         print(f"{name:28s} {seconds:7.3f}")
-    report = {"machine": C.machine_info(), "model": str(args.model), "image": str(args.image), "slices": len(image),
-              "bfloat16": bf16, "full_import": args.full_import, "stages": stages}
-    C.RESULTS_DIR.mkdir(exist_ok=True)
-    out = C.RESULTS_DIR / f"{args.name}.json"
-    out.write_text(json.dumps(report, indent=1))
-    print(f"wrote {out}")
+    fields = {"model": str(args.model), "image": str(args.image), "slices": len(image), "bfloat16": bf16,
+              "full_import": args.full_import, "stages": stages}
+    C.write_report(C.RESULTS_DIR / f"{args.name}.json", fields)
     return 0
 
 
