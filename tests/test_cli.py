@@ -146,6 +146,7 @@ def bad_inputs(tmp_path):
         (["train", "image.tif", "one_value.tif", "-o", "m.keras"], "only the value 255"),
         (["train", "nan_image.tif", "labels.tif", "-o", "m.keras"], "NaN"),
         (["train", "image.tif", "labels.tif", "-o", "m.keras", "--ignore-value", "0", "--val-fraction", "0"], "two classes"),
+        (["train", "image.tif", "labels.tif", "-o", "m.keras", "--patch-size", "40"], "not a multiple of 16"),
         (["predict", "model.keras", "rgb.tif", "-o", "p.tif"], "channels"),
         (["predict", "notes.tif", "image.tif", "-o", "p.tif"], "not a .keras"),
         (["evaluate", "image.tif", "short_labels.tif"], "differ"),

@@ -53,6 +53,7 @@ def test_model_config_rejects_bad_values_with_a_clear_message(kwargs, words):
         ({"percentiles": (50, 10)}, "percentiles"),
         ({"max_minutes": 0}, "max_minutes"),
         ({"average_weights_from": 1.0}, "average_weights_from"),
+        ({"augment_noise": -0.1}, "augment_noise"),
     ],
 )
 def test_train_config_rejects_bad_values(kwargs, words):

@@ -98,6 +98,28 @@ def test_augment_keeps_image_and_labels_aligned():
         assert set(np.unique(out_indices)) <= {-1, 0, 1}
 
 
+def test_noise_augmentation_adds_pixel_noise_of_a_random_strength_and_keeps_labels():
+    # ISBI's slices 15-19 and test volume carry ~1.5x the pixel noise of slices 0-14 (BENCHMARKS.md, session 29)
+    rng = np.random.default_rng(0)
+    image = np.full((64, 64), 0.5, np.float32)
+    indices = (np.arange(64)[:, None] > 31).repeat(64, 1).astype(np.int32)
+    plain = Augmentation(flips=False, rotations=False, elastic=False, intensity=False)
+    out, out_indices = augment(image, indices, rng, plain)
+    assert np.array_equal(out, image)  # off by default
+    noisy = Augmentation(flips=False, rotations=False, elastic=False, intensity=False, noise=0.1)
+    stds = []
+    for _ in range(50):
+        out, out_indices = augment(image, indices, rng, noisy)
+        assert out.dtype == np.float32 and np.array_equal(out_indices, indices)
+        assert abs(float(out.mean()) - 0.5) < 0.01
+        stds.append(float(out.std()))
+    assert 0 <= min(stds) < 0.03 and 0.08 < max(stds) < 0.105  # std drawn per patch from [0, 0.1)
+    assert np.all(image == 0.5)  # input untouched
+    context = np.full((64, 64, 3), 0.5, np.float32)  # context slices: each channel gets its own noise
+    out, _ = augment(context, indices, np.random.default_rng(1), noisy)
+    assert not np.array_equal(out[..., 0], out[..., 1])
+
+
 def test_elastic_deformation_moves_pixels_but_keeps_label_values():
     rng = np.random.default_rng(1)
     indices = (np.indices((48, 48)).sum(0) // 8 % 2).astype(np.int32)

@@ -173,6 +173,17 @@ def test_auto_depth_is_five_only_for_long_budgets_on_fast_compute(cpu, monkeypat
     assert hardware.resolve_depth(hardware.AUTO, 30) == hardware.resolve_depth(hardware.AUTO, 30, True) == 5
 
 
+def test_auto_depth_says_when_only_a_gpu_can_decide(cpu, monkeypatch):
+    cpu(AMX_CPU)
+    monkeypatch.setattr(hardware, "has_gpu", lambda: pytest.fail("asked TensorFlow for a GPU"))
+    assert hardware.auto_depth_without_gpu_query(30) == 5
+    assert hardware.auto_depth_without_gpu_query(10) == hardware.auto_depth_without_gpu_query(None) == 4
+    assert hardware.auto_depth_without_gpu_query(30, mixed_precision=False) is None  # float32: 5 only on a GPU
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: AVX512_BF16_CPU)
+    assert hardware.auto_depth_without_gpu_query(30) is None
+    assert hardware.auto_depth_without_gpu_query(29) == 4
+
+
 def test_the_gpu_question_loads_tensorflow_isolated(monkeypatch):
     # has_gpu runs on napari's GUI thread (the training widget's auto depth): a plain import could crash there
     import types

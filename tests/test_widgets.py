@@ -62,11 +62,39 @@ def test_depth_box_is_auto_for_the_default_preset_as_in_the_cli(qtbot, monkeypat
     settings.minutes.setValue(30)
     assert settings.configs()[0].depth == 5
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
-    assert settings.configs()[0].depth == 4  # float32 CPU: too few steps for depth 5 to pay
+    assert settings.configs()[0].depth == 4  # float32 CPU: too few steps for depth 5 to pay ...
+    assert settings.depth_waits_for_gpu_query()  # ... unless a GPU trains, which the worker asks, not the GUI thread
+    monkeypatch.setattr(hardware, "has_gpu", lambda: pytest.fail("asked TensorFlow for a GPU on the GUI thread"))
+    assert settings.configs()[0].depth == 4
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_bf16"}))  # Zen 4
+    assert settings.configs()[0].depth == 4 and settings.depth_waits_for_gpu_query()
+    settings.minutes.setValue(10)
+    assert not settings.depth_waits_for_gpu_query()
     settings.depth.setValue(3)
-    assert settings.configs()[0].depth == 3
+    assert settings.configs()[0].depth == 3 and not settings.depth_waits_for_gpu_query()
     settings.preset.setCurrentText("classic")
     assert settings.depth.value() == 4 and settings.configs()[0].depth == 4
+
+
+def test_training_worker_settles_a_deferred_auto_depth(monkeypatch):
+    import dataclasses
+
+    import napari_unet.train
+    from napari_unet import hardware
+    from napari_unet._widgets import jobs
+    from napari_unet.config import preset
+
+    seen = []
+    monkeypatch.setattr(jobs, "load_tensorflow", lambda: None)
+    monkeypatch.setattr(napari_unet.train, "train_events", lambda image, labels, model_config, *a, **k: iter([seen.append(model_config)]))
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_bf16"}))
+    model_config, train_config = preset("default").model, preset("default").train.replace(max_minutes=30)
+    for gpu, depth in ((True, 5), (False, 4)):
+        monkeypatch.setattr(hardware, "has_gpu", lambda: gpu)
+        list(jobs.train_job(None, None, model_config, train_config, auto_depth=True))
+        assert seen[-1].depth == depth and seen[-1].base_filters == model_config.base_filters
+    list(jobs.train_job(None, None, dataclasses.replace(model_config, depth=3), train_config))
+    assert seen[-1].depth == 3  # without auto_depth the config passes as it is
 
 
 def test_plugin_manifest_opens_both_widgets(make_napari_viewer):

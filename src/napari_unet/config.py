@@ -115,6 +115,9 @@ class TrainConfig:
     augment_intensity: bool = True
     elastic_alpha: float = 10.0  # displacement (pixels) of the coarse elastic grid
     elastic_grid: int = 3  # 3x3 control points per patch, as in the U-Net paper
+    # > 0: add Gaussian pixel noise to each patch, its std drawn from [0, augment_noise) in units of the normalised
+    # range (local contrast: 1/6 = one local standard deviation), so the network copes with noisier sections
+    augment_noise: float = 0.0
     annotated_center_fraction: float = 0.9  # share of patches centred on an annotated pixel
     val_fraction: float = 0.2
     val_every: int = 1  # validate every N epochs
@@ -141,6 +144,7 @@ class TrainConfig:
         _check(self.loss in ("ce", "ce+dice"), f"loss must be 'ce' or 'ce+dice', got {self.loss!r}")
         _check(self.class_weighting in ("none", "balanced"), f"unknown class_weighting {self.class_weighting!r}")
         _check(self.border_weight >= 0 and self.border_sigma > 0, "border_weight must be >= 0 and border_sigma > 0")
+        _check(0 <= self.augment_noise <= 1, f"augment_noise must be in [0, 1], got {self.augment_noise}")
         _check(0 <= self.val_fraction < 1, f"val_fraction must be in [0, 1), got {self.val_fraction}")
         _check(self.max_minutes is None or self.max_minutes > 0, "max_minutes must be positive")
         _check(0 <= self.annotated_center_fraction <= 1, "annotated_center_fraction must be in [0, 1]")
@@ -203,6 +207,15 @@ PRESETS: dict[str, Preset] = {
         "the seed's U-Net: 64->1024 filters, 4 poolings, dropout 0.5, sigmoid head, Adam 1e-4, binary cross-entropy",
     ),
 }
+
+
+def check_patch_size(patch_size: int, model_config: ModelConfig) -> None:
+    """:class:`ConfigError` unless ``patch_size`` fits the network (a multiple of ``2 ** depth``)."""
+    if patch_size % model_config.size_multiple:
+        raise ConfigError(
+            f"patch size {patch_size} is not a multiple of {model_config.size_multiple} "
+            f"(2**depth for depth {model_config.depth})"
+        )
 
 
 def preset(name: str) -> Preset:

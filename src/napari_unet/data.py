@@ -185,6 +185,7 @@ class Augmentation:
     intensity: bool = True
     elastic_alpha: float = 10.0
     elastic_grid: int = 3
+    noise: float = 0.0  # > 0: Gaussian pixel noise, its std drawn per patch from [0, noise) (normalised units)
 
 
 def border_weights(indices, boundary_index: int, weight: float = 10.0, sigma: float = 5.0) -> np.ndarray:
@@ -292,6 +293,8 @@ def augment(image, indices, rng: np.random.Generator, aug: Augmentation, extra=N
         contrast = float(rng.uniform(0.8, 1.2))
         brightness = float(rng.uniform(-0.1, 0.1))
         image = np.clip(image, 0, None) ** gamma * contrast + brightness
+    if aug.noise > 0:
+        image = image + np.float32(rng.uniform(0.0, aug.noise)) * rng.standard_normal(image.shape, dtype=np.float32)
     image, indices = image.astype(np.float32, copy=False), np.ascontiguousarray(indices, dtype=np.int32)
     if extra is None:
         return image, indices

@@ -110,11 +110,21 @@ def resolve_depth(value: Union[int, str], max_minutes: Optional[float], mixed_pr
         if isinstance(value, bool) or not hasattr(value, "__index__"):
             raise ValueError(f"depth must be an int or 'auto', got {value!r}")
         return operator.index(value)
+    depth = auto_depth_without_gpu_query(max_minutes, mixed_precision)
+    return depth if depth is not None else (5 if has_gpu() else 4)
+
+
+def auto_depth_without_gpu_query(max_minutes: Optional[float], mixed_precision: Union[bool, str] = AUTO) -> Optional[int]:
+    """The auto depth of :func:`resolve_depth` when it does not hang on a GPU, else None (nothing imported).
+
+    A GUI resolves the depth with this on its own thread and leaves the None case to its worker: asking for a GPU
+    imports TensorFlow (seconds).
+    """
     if max_minutes is None or max_minutes < DEEP_BUDGET_MINUTES:
         return 4
     if cpu_has_amx() and (mixed_precision == AUTO or mixed_precision is True):
         return 5  # bfloat16 on AMX matrix units ("auto" computes so here unless there is a GPU, which gets 5 too)
-    return 5 if has_gpu() else 4
+    return None
 
 
 def explain_auto_tta() -> str:

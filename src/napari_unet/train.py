@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator, Optional, Union
 import numpy as np
 
 from . import hardware
-from .config import ConfigError, ModelConfig, TrainConfig, preset, to_json
+from .config import ConfigError, ModelConfig, TrainConfig, check_patch_size, preset, to_json
 from .data import (
     Augmentation,
     InputError,
@@ -344,6 +344,7 @@ def train_events(
     ignore = train_config.ignore_value
     class_values = check_trainable(label_stack, ignore, init.class_values if init else None)
     model_config = _resolve_model_config(model_config, len(class_values), init, train_config)
+    check_patch_size(train_config.patch_size, model_config)
     percentiles = init.percentiles if init else train_config.percentiles
     indices = to_indices(label_stack, class_values, ignore)
     images = normalize(image_stack, percentiles, model_config.local_contrast_sigma)
@@ -389,6 +390,7 @@ def train_events(
         intensity=train_config.augment_intensity,
         elastic_alpha=train_config.elastic_alpha,
         elastic_grid=train_config.elastic_grid,
+        noise=train_config.augment_noise,
     )
     sampler = PatchSampler(
         net_images,

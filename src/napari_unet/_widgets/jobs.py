@@ -9,7 +9,7 @@ message instead of an exception, so the widget shows one notification and nothin
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional, Union
 
 import numpy as np
@@ -45,13 +45,21 @@ class PredictionResult:
     stopped: bool
 
 
-def train_job(image, labels, model_config, train_config, init=None, stop=None):
-    """The core's training events; ends with ``TrainingFinished`` or :class:`Failed`."""
+def train_job(image, labels, model_config, train_config, init=None, stop=None, auto_depth: bool = False):
+    """The core's training events; ends with ``TrainingFinished`` or :class:`Failed`.
+
+    ``auto_depth``: the depth of ``model_config`` is settled here, as ``napari-unet train`` settles it
+    (:func:`napari_unet.hardware.resolve_depth` may import TensorFlow to ask for a GPU, seconds on a GUI thread).
+    """
+    from napari_unet.hardware import AUTO, resolve_depth
     from napari_unet.train import train_events
 
     lower_thread_priority()
     load_tensorflow()
     try:
+        if auto_depth and model_config is not None:
+            depth = resolve_depth(AUTO, train_config.max_minutes, train_config.mixed_precision)
+            model_config = replace(model_config, depth=depth)
         yield from train_events(image, labels, model_config, train_config, init=init, stop=stop)
     except EXPECTED as err:
         yield Failed(str(err))

@@ -31,6 +31,7 @@ class TrainJob:
     names: Optional[dict]  # class value -> name, when known
     colormap: Any = None  # (class values, colormap) of the labels layer, when it has custom colours
     note: str = ""  # what the job trains on, for the status line
+    auto_depth: bool = False  # the worker settles model_config's depth (it may ask TensorFlow for a GPU)
 
 
 def _image(image_layer, labels_layer):

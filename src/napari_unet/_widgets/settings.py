@@ -6,7 +6,8 @@ import dataclasses
 
 from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QSpinBox, QWidget
 
-from napari_unet.config import PRESETS, ConfigError, ModelConfig, TrainConfig, preset
+from napari_unet import hardware
+from napari_unet.config import PRESETS, ModelConfig, TrainConfig, check_patch_size, preset
 
 AUTO_DEPTH = 0  # the depth box's "auto" (its minimum, shown as text)
 
@@ -98,10 +99,22 @@ class TrainSettings(QWidget):
             augment_intensity=self.intensity.isChecked(),
             val_fraction=self.validation.value(),
         )
-        depth = p.model_for(train).depth if self.depth.value() == AUTO_DEPTH else self.depth.value()
+        depth = self.depth.value()
+        if depth == AUTO_DEPTH:
+            depth = p.model.depth
+            if p.auto_depth:  # where only a GPU would decide, the worker does (TrainJob.auto_depth)
+                depth = hardware.auto_depth_without_gpu_query(train.max_minutes, train.mixed_precision) or depth
         model = dataclasses.replace(p.model, depth=depth, base_filters=self.filters.value())
-        check_patch(train.patch_size, model)
+        check_patch_size(train.patch_size, model)
         return model, train
+
+    def depth_waits_for_gpu_query(self) -> bool:
+        """True when the auto depth of :meth:`configs` depends on a GPU, which the training worker asks for."""
+        p = preset(self.preset.currentText())
+        if self.depth.value() != AUTO_DEPTH or not p.auto_depth:
+            return False
+        minutes = self.minutes.value() or None
+        return hardware.auto_depth_without_gpu_query(minutes, p.train.mixed_precision) is None
 
     def retrain_config(self, model_config: ModelConfig, seed: int) -> TrainConfig:
         """One short epoch from the current weights: all steps train (no validation split)."""
@@ -115,7 +128,7 @@ class TrainSettings(QWidget):
             max_minutes=None,
             seed=seed,
         )
-        check_patch(train.patch_size, model_config)
+        check_patch_size(train.patch_size, model_config)
         return train
 
     def configs_unchecked(self) -> tuple[ModelConfig, TrainConfig]:
@@ -126,13 +139,6 @@ class TrainSettings(QWidget):
             augment_rotations=self.rotations.isChecked(),
             augment_elastic=self.elastic.isChecked(),
             augment_intensity=self.intensity.isChecked(),
-        )
-
-
-def check_patch(patch_size: int, model: ModelConfig) -> None:
-    if patch_size % model.size_multiple:
-        raise ConfigError(
-            f"patch size {patch_size} is not a multiple of {model.size_multiple} (2**depth for depth {model.depth})"
         )
 
 

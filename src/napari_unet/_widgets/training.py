@@ -122,7 +122,9 @@ class TrainingWidget(QWidget):
             self.progress.set_status(f"Not started: {err}")
             return False
         stop = threading.Event()
-        worker = create_worker(train_job, job.image, job.labels, job.model_config, job.train_config, init=job.init, stop=stop.is_set)
+        worker = create_worker(
+            train_job, job.image, job.labels, job.model_config, job.train_config, init=job.init, stop=stop.is_set, auto_depth=job.auto_depth
+        )
         budget = job.train_config.max_minutes * 60 if job.train_config.max_minutes else None
         kind = "retraining" if retrain else "training"
         self._run = _Run(kind, worker, stop, budget, job.names, job.colormap, job.note, started=time.perf_counter())
@@ -143,7 +145,9 @@ class TrainingWidget(QWidget):
         if not retrain:
             configs = self.settings.configs()
             continue_ = self.continue_box.isChecked()
-            return prepare_train(self.viewer, self.session, self.image.layer(), self.labels.layer(), zero, configs, continue_)
+            job = prepare_train(self.viewer, self.session, self.image.layer(), self.labels.layer(), zero, configs, continue_)
+            job.auto_depth = job.init is None and self.settings.depth_waits_for_gpu_query()
+            return job
         self._retrains += 1
         seed = self._retrains
 
