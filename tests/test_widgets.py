@@ -76,6 +76,22 @@ def test_depth_box_is_auto_for_the_default_preset_as_in_the_cli(qtbot, monkeypat
     assert settings.depth.value() == 4 and settings.configs()[0].depth == 4
 
 
+def test_noise_box_switches_noise_augmentation(qtbot):
+    from napari_unet._widgets.settings import TrainSettings
+    from napari_unet.config import NOISE_AUGMENTATION, preset
+
+    settings = TrainSettings()
+    qtbot.addWidget(settings)
+    for name in ("default", "classic"):
+        settings.preset.setCurrentText(name)
+        assert settings.noise.isChecked() == (preset(name).train.augment_noise > 0)
+        settings.noise.setChecked(True)
+        assert settings.configs()[1].augment_noise == (preset(name).train.augment_noise or NOISE_AUGMENTATION) > 0
+        settings.noise.setChecked(False)
+        assert settings.configs()[1].augment_noise == 0
+        assert settings.configs_unchecked()[1].augment_noise == 0  # Retrain follows the box too
+
+
 def test_training_worker_settles_a_deferred_auto_depth(monkeypatch):
     import dataclasses
 

@@ -86,6 +86,10 @@ class ModelConfig:
         return 1 if self.head == "sigmoid" else self.n_classes
 
 
+#: Noise augmentation's strength when it is switched on where a preset has none (TrainConfig.augment_noise).
+NOISE_AUGMENTATION = 0.1
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How to train: sampling, augmentation, loss, optimisation and budget."""

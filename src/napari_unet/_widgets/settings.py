@@ -7,7 +7,7 @@ import dataclasses
 from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QSpinBox, QWidget
 
 from napari_unet import hardware
-from napari_unet.config import PRESETS, ModelConfig, TrainConfig, check_patch_size, preset
+from napari_unet.config import NOISE_AUGMENTATION, PRESETS, ModelConfig, TrainConfig, check_patch_size, preset
 
 AUTO_DEPTH = 0  # the depth box's "auto" (its minimum, shown as text)
 
@@ -48,6 +48,9 @@ class TrainSettings(QWidget):
         self.lr = spin(1e-5, 0.1, 1e-3, 1e-4, "initial learning rate (Adam)", decimals=5)
         self.flips, self.rotations = QCheckBox("flips"), QCheckBox("rotations")
         self.elastic, self.intensity = QCheckBox("elastic"), QCheckBox("intensity")
+        self.noise = QCheckBox("noise")
+        self.noise.setToolTip(f"add Gaussian pixel noise to the patches (std up to {NOISE_AUGMENTATION:g} of the normalised range), "
+                              "for images noisier than the annotated ones")
         self.validation = spin(0.0, 0.9, 0.2, 0.05, "share of annotated slices kept for validation (one 2-D image: its last columns)", decimals=2)
         self.retrain_steps = spin(1, 10000, 20, 5, "training steps of one Retrain (fine-tuning from the current weights)")
         self.retrain_patch = spin(16, 1024, 128, 16, "patch side for Retrain (small = fast)")
@@ -61,7 +64,8 @@ class TrainSettings(QWidget):
         form.addRow("time budget", self.minutes)
         form.addRow("patch / batch", _row(self.patch, self.batch))
         form.addRow("learning rate", self.lr)
-        form.addRow("augment", _row(self.flips, self.rotations, self.elastic, self.intensity))
+        form.addRow("augment", _row(self.flips, self.rotations, self.elastic))
+        form.addRow("", _row(self.intensity, self.noise))
         form.addRow("validation", self.validation)
         self.retrain_row = _row(self.retrain_steps, self.retrain_patch, self.retrain_batch)
         self.retrain_row.setToolTip("Retrain: steps, patch size, batch size")
@@ -81,6 +85,7 @@ class TrainSettings(QWidget):
         self.lr.setValue(t.learning_rate)
         for box, on in ((self.flips, t.augment_flips), (self.rotations, t.augment_rotations), (self.elastic, t.augment_elastic), (self.intensity, t.augment_intensity)):
             box.setChecked(on)
+        self.noise.setChecked(t.augment_noise > 0)
         self.validation.setValue(t.val_fraction)
 
     def configs(self) -> tuple[ModelConfig, TrainConfig]:
@@ -97,6 +102,7 @@ class TrainSettings(QWidget):
             augment_rotations=self.rotations.isChecked(),
             augment_elastic=self.elastic.isChecked(),
             augment_intensity=self.intensity.isChecked(),
+            augment_noise=self._noise(p.train),
             val_fraction=self.validation.value(),
         )
         depth = self.depth.value()
@@ -107,6 +113,9 @@ class TrainSettings(QWidget):
         model = dataclasses.replace(p.model, depth=depth, base_filters=self.filters.value())
         check_patch_size(train.patch_size, model)
         return model, train
+
+    def _noise(self, train: TrainConfig) -> float:
+        return (train.augment_noise or NOISE_AUGMENTATION) if self.noise.isChecked() else 0.0
 
     def depth_waits_for_gpu_query(self) -> bool:
         """True when the auto depth of :meth:`configs` depends on a GPU, which the training worker asks for."""
@@ -139,6 +148,7 @@ class TrainSettings(QWidget):
             augment_rotations=self.rotations.isChecked(),
             augment_elastic=self.elastic.isChecked(),
             augment_intensity=self.intensity.isChecked(),
+            augment_noise=self._noise(p.train),
         )
 
 
