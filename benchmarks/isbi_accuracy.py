@@ -25,7 +25,7 @@ TRAIN_SLICES, JUDGE_SLICES = slice(0, 15), slice(15, 20)
 
 def parse_value(text: str, current=None):
     """A --set value: text for string fields (so class_weighting=none stays "none"), else number, bool or None."""
-    if isinstance(current, str):
+    if isinstance(current, str) and current != "auto":  # "auto" fields also take numbers and booleans
         return text
     for cast in (int, float):
         try:

@@ -116,9 +116,10 @@ def test_default_depth_follows_the_budget_and_the_compute(data, capsys, monkeypa
     code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "a.keras", "--max-minutes", "30", *TINY_TRAINING)
     assert code == 0, err  # float32 CPU: depth 4
     assert load_model(data / "a.keras").config.depth == 4 and "depth 5" not in err
-    code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "e.keras", "--max-minutes", "30", "--depth", "3", *TINY_TRAINING)
+    code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "e.keras", "--max-minutes", "30", "--depth", "3", "--augment-noise", "0.05", *TINY_TRAINING)
     assert code == 0, err
-    assert load_model(data / "e.keras").config.depth == 3
+    explicit = load_model(data / "e.keras")
+    assert explicit.config.depth == 3 and explicit.train_config.augment_noise == 0.05
 
 
 def bad_inputs(tmp_path):

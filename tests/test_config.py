@@ -54,6 +54,7 @@ def test_model_config_rejects_bad_values_with_a_clear_message(kwargs, words):
         ({"max_minutes": 0}, "max_minutes"),
         ({"average_weights_from": 1.0}, "average_weights_from"),
         ({"augment_noise": -0.1}, "augment_noise"),
+        ({"augment_noise": "loud"}, "augment_noise"),
     ],
 )
 def test_train_config_rejects_bad_values(kwargs, words):
@@ -77,3 +78,13 @@ def test_model_configs_saved_before_local_contrast_load_without_it():
     saved = to_dict(ModelConfig())
     del saved["local_contrast_sigma"]
     assert from_dict(ModelConfig, saved).local_contrast_sigma == 0.0
+
+
+def test_auto_noise_augmentation_is_on_for_long_budgets_only():
+    from napari_unet.config import NOISE_AUGMENTATION, resolve_augment_noise
+
+    assert TrainConfig().augment_noise == "auto"
+    assert resolve_augment_noise("auto", 30) == resolve_augment_noise("auto", 120) == NOISE_AUGMENTATION
+    assert resolve_augment_noise("auto", 10) == resolve_augment_noise("auto", None) == 0.0  # no budget: epochs only
+    assert resolve_augment_noise(0.05, None) == 0.05 and resolve_augment_noise(0, 60) == 0.0
+    assert TrainConfig(augment_noise=0.2).augment_noise == 0.2

@@ -221,3 +221,4 @@ def test_training_without_a_model_config_takes_the_auto_depth(cpu):
         started = next(events)  # the model is built; no step has run
         events.close()
         assert isinstance(started, TrainingStarted) and started.model.config.depth == depth
+        assert started.model.train_config.augment_noise == (0.1 if minutes else 0.0)  # "auto" resolved and recorded

@@ -82,14 +82,20 @@ def test_noise_box_switches_noise_augmentation(qtbot):
 
     settings = TrainSettings()
     qtbot.addWidget(settings)
+    from qtpy.QtCore import Qt
+
+    settings.preset.setCurrentText("default")  # "auto": partly checked
+    assert settings.noise.checkState() == Qt.CheckState.PartiallyChecked and settings.configs()[1].augment_noise == "auto"
+    settings.preset.setCurrentText("classic")  # the seed's way: none
+    assert settings.noise.checkState() == Qt.CheckState.Unchecked and settings.configs()[1].augment_noise == 0
     for name in ("default", "classic"):
         settings.preset.setCurrentText(name)
-        assert settings.noise.isChecked() == (preset(name).train.augment_noise > 0)
-        settings.noise.setChecked(True)
-        assert settings.configs()[1].augment_noise == (preset(name).train.augment_noise or NOISE_AUGMENTATION) > 0
-        settings.noise.setChecked(False)
+        settings.noise.setCheckState(Qt.CheckState.Checked)
+        assert settings.configs()[1].augment_noise == NOISE_AUGMENTATION
+        settings.noise.setCheckState(Qt.CheckState.Unchecked)
         assert settings.configs()[1].augment_noise == 0
         assert settings.configs_unchecked()[1].augment_noise == 0  # Retrain follows the box too
+    assert preset("default").train.augment_noise == "auto"
 
 
 def test_training_worker_settles_a_deferred_auto_depth(monkeypatch):

@@ -136,7 +136,7 @@ def _train_config_from_args(args, preset):
         "seed": args.seed,
         "ignore_value": args.ignore_value,
     }
-    for name in ("val_fraction", "batch_size", "patch_size", "learning_rate", "steps_per_epoch"):
+    for name in ("val_fraction", "batch_size", "patch_size", "learning_rate", "steps_per_epoch", "augment_noise"):
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value
@@ -340,8 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--patch-size", type=int)
     train.add_argument("--learning-rate", type=float)
     train.add_argument("--steps-per-epoch", type=int)
+    train.add_argument("--augment-noise", type=float, metavar="STD", help="Gaussian pixel noise added to each training patch, its std "
+                       "drawn from [0, STD) in units of the normalised range; 0 = off (default: the preset's)")
     train.add_argument("--depth", type=positive_int, help="poolings of the U-Net, 1-6 (default: the preset's; the default preset takes 5 "
-                       "for --max-minutes 30 or more on a GPU or with bfloat16 compute, else 4: BENCHMARKS.md, session 25)")
+                       "for --max-minutes 30 or more on a GPU or with AMX bfloat16, else 4: BENCHMARKS.md, sessions 25 and 28)")
     train.add_argument("--context-slices", type=int, help="neighbouring slices on each side the network also sees (default: the preset's)")
     train.add_argument("--local-contrast", type=float, metavar="SIGMA", help="standardise the input by its Gaussian neighbourhood of SIGMA pixels; 0 = off (default: the preset's)")
     train.set_defaults(func=cmd_train)

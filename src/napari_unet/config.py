@@ -86,8 +86,22 @@ class ModelConfig:
         return 1 if self.head == "sigmoid" else self.n_classes
 
 
-#: Noise augmentation's strength when it is switched on where a preset has none (TrainConfig.augment_noise).
+#: Noise augmentation's strength when it is on (TrainConfig.augment_noise "auto" with a long budget, or switched on).
 NOISE_AUGMENTATION = 0.1
+#: "auto" noise augmentation from this time budget on (ISBI, Zen 4: it paid at 30 minutes, not at 10; session 29).
+NOISE_BUDGET_MINUTES = 30.0
+
+
+def resolve_augment_noise(value: Union[float, str], max_minutes: Optional[float]) -> float:
+    """``"auto"``: :data:`NOISE_AUGMENTATION` for time budgets of 30 minutes or more, else 0; numbers pass.
+
+    On ISBI (AMD Zen 4, two seeds) noise augmentation raised V_rand on the unseen, noisier slices 15-19 from 0.920 /
+    0.951 to 0.966 / 0.962 in 30 minutes and kept the late epochs from degrading there, but in 10 minutes it scored
+    0.938 against 0.946 on a same-day pair (BENCHMARKS.md, session 29).
+    """
+    if value == "auto":
+        return NOISE_AUGMENTATION if max_minutes is not None and max_minutes >= NOISE_BUDGET_MINUTES else 0.0
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -120,8 +134,9 @@ class TrainConfig:
     elastic_alpha: float = 10.0  # displacement (pixels) of the coarse elastic grid
     elastic_grid: int = 3  # 3x3 control points per patch, as in the U-Net paper
     # > 0: add Gaussian pixel noise to each patch, its std drawn from [0, augment_noise) in units of the normalised
-    # range (local contrast: 1/6 = one local standard deviation), so the network copes with noisier sections
-    augment_noise: float = 0.0
+    # range (local contrast: 1/6 = one local standard deviation), so the network copes with noisier sections;
+    # "auto": on (0.1) for budgets of 30 minutes or more (resolve_augment_noise); model files record the number
+    augment_noise: Union[float, str] = "auto"
     annotated_center_fraction: float = 0.9  # share of patches centred on an annotated pixel
     val_fraction: float = 0.2
     val_every: int = 1  # validate every N epochs
@@ -148,7 +163,11 @@ class TrainConfig:
         _check(self.loss in ("ce", "ce+dice"), f"loss must be 'ce' or 'ce+dice', got {self.loss!r}")
         _check(self.class_weighting in ("none", "balanced"), f"unknown class_weighting {self.class_weighting!r}")
         _check(self.border_weight >= 0 and self.border_sigma > 0, "border_weight must be >= 0 and border_sigma > 0")
-        _check(0 <= self.augment_noise <= 1, f"augment_noise must be in [0, 1], got {self.augment_noise}")
+        noise = self.augment_noise
+        _check(
+            noise == "auto" or (not isinstance(noise, (bool, str)) and 0 <= noise <= 1),
+            f"augment_noise must be in [0, 1] or 'auto', got {noise!r}",
+        )
         _check(0 <= self.val_fraction < 1, f"val_fraction must be in [0, 1), got {self.val_fraction}")
         _check(self.max_minutes is None or self.max_minutes > 0, "max_minutes must be positive")
         _check(0 <= self.annotated_center_fraction <= 1, "annotated_center_fraction must be in [0, 1]")
@@ -206,6 +225,7 @@ PRESETS: dict[str, Preset] = {
             class_weighting="none",
             border_weight=0.0,
             augment_elastic=False,
+            augment_noise=0.0,
             average_weights_from=0.0,
         ),
         "the seed's U-Net: 64->1024 filters, 4 poolings, dropout 0.5, sigmoid head, Adam 1e-4, binary cross-entropy",

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator, Optional, Union
 import numpy as np
 
 from . import hardware
-from .config import ConfigError, ModelConfig, TrainConfig, check_patch_size, preset, to_json
+from .config import ConfigError, ModelConfig, TrainConfig, check_patch_size, preset, resolve_augment_noise, to_json
 from .data import (
     Augmentation,
     InputError,
@@ -340,6 +340,8 @@ def train_events(
     ``train_config.average_weights_from`` of the run, or, with fewer than two such epochs, the best validation epoch.
     """
     train_config = train_config or preset("default").train
+    # The model file records what ran, not "auto".
+    train_config = train_config.replace(augment_noise=resolve_augment_noise(train_config.augment_noise, train_config.max_minutes))
     image_stack, label_stack = check_pair(image, labels)
     ignore = train_config.ignore_value
     class_values = check_trainable(label_stack, ignore, init.class_values if init else None)

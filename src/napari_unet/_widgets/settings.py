@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QSpinBox, QWidget
 
 from napari_unet import hardware
@@ -49,8 +50,11 @@ class TrainSettings(QWidget):
         self.flips, self.rotations = QCheckBox("flips"), QCheckBox("rotations")
         self.elastic, self.intensity = QCheckBox("elastic"), QCheckBox("intensity")
         self.noise = QCheckBox("noise")
-        self.noise.setToolTip(f"add Gaussian pixel noise to the patches (std up to {NOISE_AUGMENTATION:g} of the normalised range), "
-                              "for images noisier than the annotated ones")
+        self.noise.setTristate(True)  # partly checked = "auto"
+        self.noise.setToolTip(
+            f"add Gaussian pixel noise to the patches (std up to {NOISE_AUGMENTATION:g} of the normalised range), for images "
+            "noisier than the annotated ones; partly checked (auto): on for time budgets of 30 min or more"
+        )
         self.validation = spin(0.0, 0.9, 0.2, 0.05, "share of annotated slices kept for validation (one 2-D image: its last columns)", decimals=2)
         self.retrain_steps = spin(1, 10000, 20, 5, "training steps of one Retrain (fine-tuning from the current weights)")
         self.retrain_patch = spin(16, 1024, 128, 16, "patch side for Retrain (small = fast)")
@@ -85,7 +89,7 @@ class TrainSettings(QWidget):
         self.lr.setValue(t.learning_rate)
         for box, on in ((self.flips, t.augment_flips), (self.rotations, t.augment_rotations), (self.elastic, t.augment_elastic), (self.intensity, t.augment_intensity)):
             box.setChecked(on)
-        self.noise.setChecked(t.augment_noise > 0)
+        self.noise.setCheckState(_noise_state(t.augment_noise))
         self.validation.setValue(t.val_fraction)
 
     def configs(self) -> tuple[ModelConfig, TrainConfig]:
@@ -114,8 +118,13 @@ class TrainSettings(QWidget):
         check_patch_size(train.patch_size, model)
         return model, train
 
-    def _noise(self, train: TrainConfig) -> float:
-        return (train.augment_noise or NOISE_AUGMENTATION) if self.noise.isChecked() else 0.0
+    def _noise(self, train: TrainConfig):
+        state = self.noise.checkState()
+        if state == Qt.CheckState.PartiallyChecked:
+            return "auto"
+        if state == Qt.CheckState.Checked:
+            return train.augment_noise if train.augment_noise not in ("auto", 0) else NOISE_AUGMENTATION
+        return 0.0
 
     def depth_waits_for_gpu_query(self) -> bool:
         """True when the auto depth of :meth:`configs` depends on a GPU, which the training worker asks for."""
@@ -150,6 +159,12 @@ class TrainSettings(QWidget):
             augment_intensity=self.intensity.isChecked(),
             augment_noise=self._noise(p.train),
         )
+
+
+def _noise_state(augment_noise) -> Qt.CheckState:
+    if augment_noise == "auto":
+        return Qt.CheckState.PartiallyChecked
+    return Qt.CheckState.Checked if augment_noise > 0 else Qt.CheckState.Unchecked
 
 
 def _row(*widgets) -> QWidget:
