@@ -80,6 +80,21 @@ def test_model_configs_saved_before_local_contrast_load_without_it():
     assert from_dict(ModelConfig, saved).local_contrast_sigma == 0.0
 
 
+def test_models_saved_before_noise_augmentation_load_as_trained_without_it(tmp_path):
+    from _helpers import tiny_model
+    from napari_unet.model_io import load_model, save_model
+
+    model = tiny_model()
+    model.train_config = TrainConfig(augment_noise=0.1)
+    save_model(model, tmp_path / "new.keras")
+    assert load_model(tmp_path / "new.keras").train_config.augment_noise == 0.1
+    older = model.metadata()
+    del older["train_config"]["augment_noise"]  # as napari-unet wrote it before session 29
+    model.metadata = lambda: older
+    save_model(model, tmp_path / "old.keras")
+    assert load_model(tmp_path / "old.keras").train_config.augment_noise == 0.0  # not today's "auto"
+
+
 def test_auto_noise_augmentation_is_on_for_long_budgets_only():
     from napari_unet.config import NOISE_AUGMENTATION, resolve_augment_noise
 
@@ -88,3 +103,6 @@ def test_auto_noise_augmentation_is_on_for_long_budgets_only():
     assert resolve_augment_noise("auto", 10) == resolve_augment_noise("auto", None) == 0.0  # no budget: epochs only
     assert resolve_augment_noise(0.05, None) == 0.05 and resolve_augment_noise(0, 60) == 0.0
     assert TrainConfig(augment_noise=0.2).augment_noise == 0.2
+    for bad in (None, True, "loud", 1.5):
+        with pytest.raises(ConfigError, match="augment_noise"):
+            TrainConfig(augment_noise=bad)

@@ -185,7 +185,7 @@ def test_auto_depth_says_when_only_a_gpu_can_decide(cpu, monkeypatch):
 
 
 def test_the_gpu_question_loads_tensorflow_isolated(monkeypatch):
-    # has_gpu runs on napari's GUI thread (the training widget's auto depth): a plain import could crash there
+    # has_gpu may run on napari's GUI thread (or a worker beside the canvas): a plain import could crash there
     import types
 
     from napari_unet import _tensorflow
@@ -209,12 +209,17 @@ def test_explicit_depth_passes_and_nonsense_is_refused(cpu):
             hardware.resolve_depth(bad, 30, mixed_precision=True)
 
 
-def test_training_without_a_model_config_takes_the_auto_depth(cpu):
+def test_training_without_a_model_config_takes_the_auto_depth(cpu, monkeypatch):
     from _helpers import stripes
     from napari_unet.train import TrainingStarted, train_events
 
+    import napari_unet.train
+
     image, labels = stripes(n_slices=2, size=64)
     cpu(AMX_CPU)
+    noise = []
+    sampler = napari_unet.train.PatchSampler
+    monkeypatch.setattr(napari_unet.train, "PatchSampler", lambda *a, **k: noise.append(a[4].noise) or sampler(*a, **k))
     for minutes, mixed, depth in ((30, True, 5), (30, False, 4), (None, True, 4)):
         config = TrainConfig(epochs=1, steps_per_epoch=1, patch_size=64, batch_size=1, max_minutes=minutes, mixed_precision=mixed)
         events = train_events(image, labels, None, config)
@@ -222,3 +227,4 @@ def test_training_without_a_model_config_takes_the_auto_depth(cpu):
         events.close()
         assert isinstance(started, TrainingStarted) and started.model.config.depth == depth
         assert started.model.train_config.augment_noise == (0.1 if minutes else 0.0)  # "auto" resolved and recorded
+        assert noise[-1] == started.model.train_config.augment_noise  # ... and what the patches get

@@ -98,6 +98,20 @@ def test_noise_box_switches_noise_augmentation(qtbot):
     assert preset("default").train.augment_noise == "auto"
 
 
+def test_train_job_leaves_the_gpu_question_to_the_worker(widgets, monkeypatch):
+    from napari_unet import hardware
+
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_bf16"}))  # Zen 4
+    monkeypatch.setattr(hardware, "has_gpu", lambda: pytest.fail("asked TensorFlow for a GPU on the GUI thread"))
+    settings = widgets.training.settings
+    settings.preset.setCurrentText("default")
+    settings.minutes.setValue(30)
+    job = widgets.training.prepare()
+    assert job.auto_depth and job.model_config.depth == 4 and job.train_config.augment_noise == "auto"
+    settings.minutes.setValue(10)
+    assert not widgets.training.prepare().auto_depth
+
+
 def test_training_worker_settles_a_deferred_auto_depth(monkeypatch):
     import dataclasses
 
@@ -115,6 +129,8 @@ def test_training_worker_settles_a_deferred_auto_depth(monkeypatch):
         monkeypatch.setattr(hardware, "has_gpu", lambda: gpu)
         list(jobs.train_job(None, None, model_config, train_config, auto_depth=True))
         assert seen[-1].depth == depth and seen[-1].base_filters == model_config.base_filters
+    list(jobs.train_job(None, None, model_config, train_config.replace(patch_size=240), auto_depth=True))
+    assert seen[-1].depth == 4  # a GPU, but 240 is no multiple of 32: the depth the form checked
     list(jobs.train_job(None, None, dataclasses.replace(model_config, depth=3), train_config))
     assert seen[-1].depth == 3  # without auto_depth the config passes as it is
 

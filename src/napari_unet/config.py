@@ -165,7 +165,7 @@ class TrainConfig:
         _check(self.border_weight >= 0 and self.border_sigma > 0, "border_weight must be >= 0 and border_sigma > 0")
         noise = self.augment_noise
         _check(
-            noise == "auto" or (not isinstance(noise, (bool, str)) and 0 <= noise <= 1),
+            noise == "auto" or (isinstance(noise, (int, float)) and not isinstance(noise, bool) and 0 <= noise <= 1),
             f"augment_noise must be in [0, 1] or 'auto', got {noise!r}",
         )
         _check(0 <= self.val_fraction < 1, f"val_fraction must be in [0, 1), got {self.val_fraction}")
@@ -286,6 +286,9 @@ __all__ = [
     "Preset",
     "PRESETS",
     "preset",
+    "check_patch_size",
+    "resolve_augment_noise",
+    "NOISE_AUGMENTATION",
     "to_dict",
     "from_dict",
     "to_json",

@@ -34,7 +34,7 @@ def has_gpu() -> bool:
     """True when TensorFlow sees a GPU (asked once per process).
 
     Loads TensorFlow through :func:`napari_unet._tensorflow.load_tensorflow` if nothing has yet: a plain
-    ``import tensorflow`` after napari's OpenGL canvas can crash (the training widget asks on the GUI thread).
+    ``import tensorflow`` after napari's OpenGL canvas can crash (a GUI may ask on its own thread).
     """
     from ._tensorflow import load_tensorflow
 
@@ -158,6 +158,7 @@ __all__ = [
     "resolve_jit_compile",
     "resolve_tta",
     "resolve_depth",
+    "auto_depth_without_gpu_query",
     "explain_auto_tta",
     "describe",
 ]

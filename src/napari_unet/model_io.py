@@ -113,7 +113,10 @@ def load_model(path) -> UNetModel:
         raise ModelFileError(f"{path.name} was written by a newer napari-unet; upgrade napari-unet")
     try:
         config = from_dict(ModelConfig, meta["model_config"])
-        train_config = from_dict(TrainConfig, meta["train_config"]) if meta.get("train_config") else None
+        train_config = None
+        if meta.get("train_config"):
+            # files written before noise augmentation existed trained without it (not with today's "auto")
+            train_config = from_dict(TrainConfig, {"augment_noise": 0.0, **meta["train_config"]})
         class_values = [int(v) for v in meta["class_values"]]
     except (KeyError, ValueError, TypeError) as err:
         raise ModelFileError(f"{path.name} has an invalid configuration: {type(err).__name__} {err}") from None

@@ -59,7 +59,8 @@ def train_job(image, labels, model_config, train_config, init=None, stop=None, a
     try:
         if auto_depth and model_config is not None:
             depth = resolve_depth(AUTO, train_config.max_minutes, train_config.mixed_precision)
-            model_config = replace(model_config, depth=depth)
+            if train_config.patch_size % 2**depth == 0:  # else keep the depth the form checked the patch against
+                model_config = replace(model_config, depth=depth)
         yield from train_events(image, labels, model_config, train_config, init=init, stop=stop)
     except EXPECTED as err:
         yield Failed(str(err))

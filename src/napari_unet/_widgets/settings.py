@@ -53,7 +53,7 @@ class TrainSettings(QWidget):
         self.noise.setTristate(True)  # partly checked = "auto"
         self.noise.setToolTip(
             f"add Gaussian pixel noise to the patches (std up to {NOISE_AUGMENTATION:g} of the normalised range), for images "
-            "noisier than the annotated ones; partly checked (auto): on for time budgets of 30 min or more"
+            "noisier than the annotated ones; partly checked (auto): on for time budgets of 30 min or more (so not for Retrain)"
         )
         self.validation = spin(0.0, 0.9, 0.2, 0.05, "share of annotated slices kept for validation (one 2-D image: its last columns)", decimals=2)
         self.retrain_steps = spin(1, 10000, 20, 5, "training steps of one Retrain (fine-tuning from the current weights)")
