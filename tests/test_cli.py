@@ -112,6 +112,7 @@ def test_default_depth_follows_the_budget_and_the_compute(data, capsys, monkeypa
     code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "m.keras", "--max-minutes", "30", *TINY_TRAINING)
     assert code == 0, err  # bfloat16 on this (faked) CPU: depth 5, and the command says so
     assert load_model(data / "m.keras").config.depth == 5 and "depth 5: a budget of 30 minutes with AMX" in err
+    assert "noise augmentation: on" in err and load_model(data / "m.keras").train_config.augment_noise == 0.1
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
     code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "a.keras", "--max-minutes", "30", *TINY_TRAINING)
     assert code == 0, err  # float32 CPU: depth 4
@@ -119,7 +120,7 @@ def test_default_depth_follows_the_budget_and_the_compute(data, capsys, monkeypa
     code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "e.keras", "--max-minutes", "30", "--depth", "3", "--augment-noise", "0.05", *TINY_TRAINING)
     assert code == 0, err
     explicit = load_model(data / "e.keras")
-    assert explicit.config.depth == 3 and explicit.train_config.augment_noise == 0.05
+    assert explicit.config.depth == 3 and explicit.train_config.augment_noise == 0.05 and "noise augmentation" not in err
 
 
 def bad_inputs(tmp_path):

@@ -223,7 +223,7 @@ def score(prediction, truth, class_values, ignore_value=None) -> dict:
 def cmd_train(args) -> int:
     from dataclasses import replace
 
-    from .config import preset as get_preset
+    from .config import preset as get_preset, resolve_augment_noise
     from .model_io import load_model, save_model
     from .predict import predict
 
@@ -241,6 +241,8 @@ def cmd_train(args) -> int:
     model_config = chosen.model_for(train_config)
     if args.depth is None and init is None and model_config.depth != chosen.model.depth:
         print(f"depth {model_config.depth}: a budget of {train_config.max_minutes:g} minutes with AMX bfloat16 or a GPU (--depth to choose)", file=sys.stderr)
+    if train_config.augment_noise == "auto" and resolve_augment_noise("auto", train_config.max_minutes):
+        print(f"noise augmentation: on for a budget of {train_config.max_minutes:g} minutes (--augment-noise 0 to switch off)", file=sys.stderr)
     for option, field in (("depth", "depth"), ("context_slices", "context_slices"), ("local_contrast", "local_contrast_sigma")):
         value = getattr(args, option)
         if value is None:
