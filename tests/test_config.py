@@ -84,7 +84,9 @@ def test_models_saved_before_noise_augmentation_load_as_trained_without_it(tmp_p
     from _helpers import tiny_model
     from napari_unet.model_io import load_model, save_model
 
-    model = tiny_model()
+    import copy
+
+    model = copy.copy(tiny_model())  # tiny_model() is shared by tests: change a copy
     model.train_config = TrainConfig(augment_noise=0.1)
     save_model(model, tmp_path / "new.keras")
     assert load_model(tmp_path / "new.keras").train_config.augment_noise == 0.1
