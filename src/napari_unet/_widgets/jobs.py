@@ -58,9 +58,9 @@ def train_job(image, labels, model_config, train_config, init=None, stop=None, a
     load_tensorflow()
     try:
         if auto_depth and model_config is not None:
-            depth = resolve_depth(AUTO, train_config.max_minutes, train_config.mixed_precision)
-            if train_config.patch_size % 2**depth == 0:  # else keep the depth the form checked the patch against
-                model_config = replace(model_config, depth=depth)
+            settled = replace(model_config, depth=resolve_depth(AUTO, train_config.max_minutes, train_config.mixed_precision))
+            if train_config.patch_size % settled.size_multiple == 0:  # else keep the depth the form checked the patch against
+                model_config = settled
         yield from train_events(image, labels, model_config, train_config, init=init, stop=stop)
     except EXPECTED as err:
         yield Failed(str(err))

@@ -106,33 +106,30 @@ class TrainSettings(QWidget):
             augment_rotations=self.rotations.isChecked(),
             augment_elastic=self.elastic.isChecked(),
             augment_intensity=self.intensity.isChecked(),
-            augment_noise=self._noise(p.train),
+            augment_noise=self._noise(),
             val_fraction=self.validation.value(),
         )
         depth = self.depth.value()
-        if depth == AUTO_DEPTH:
-            depth = p.model.depth
-            if p.auto_depth:  # where only a GPU would decide, the worker does (TrainJob.auto_depth)
-                depth = hardware.auto_depth_without_gpu_query(train.max_minutes, train.mixed_precision) or depth
+        if depth == AUTO_DEPTH:  # where only a GPU would decide, the worker does (TrainJob.auto_depth)
+            depth = (self._auto_depth_without_gpu(p) if p.auto_depth else None) or p.model.depth
         model = dataclasses.replace(p.model, depth=depth, base_filters=self.filters.value())
         check_patch_size(train.patch_size, model)
         return model, train
 
-    def _noise(self, train: TrainConfig):
+    def _noise(self):
         state = self.noise.checkState()
         if state == Qt.CheckState.PartiallyChecked:
             return "auto"
-        if state == Qt.CheckState.Checked:
-            return train.augment_noise if train.augment_noise not in ("auto", 0) else NOISE_AUGMENTATION
-        return 0.0
+        return NOISE_AUGMENTATION if state == Qt.CheckState.Checked else 0.0
+
+    def _auto_depth_without_gpu(self, p):
+        """The auto depth for the form's budget, or None when only a GPU decides it."""
+        return hardware.auto_depth_without_gpu_query(self.minutes.value() or None, p.train.mixed_precision)
 
     def depth_waits_for_gpu_query(self) -> bool:
         """True when the auto depth of :meth:`configs` depends on a GPU, which the training worker asks for."""
         p = preset(self.preset.currentText())
-        if self.depth.value() != AUTO_DEPTH or not p.auto_depth:
-            return False
-        minutes = self.minutes.value() or None
-        return hardware.auto_depth_without_gpu_query(minutes, p.train.mixed_precision) is None
+        return self.depth.value() == AUTO_DEPTH and p.auto_depth and self._auto_depth_without_gpu(p) is None
 
     def retrain_config(self, model_config: ModelConfig, seed: int) -> TrainConfig:
         """One short epoch from the current weights: all steps train (no validation split)."""
@@ -157,7 +154,7 @@ class TrainSettings(QWidget):
             augment_rotations=self.rotations.isChecked(),
             augment_elastic=self.elastic.isChecked(),
             augment_intensity=self.intensity.isChecked(),
-            augment_noise=self._noise(p.train),
+            augment_noise=self._noise(),
         )
 
 
