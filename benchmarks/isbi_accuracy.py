@@ -27,6 +27,8 @@ def parse_value(text: str, current=None):
     """A --set value: text for string fields (so class_weighting=none stays "none"), else number, bool or None."""
     if isinstance(current, str) and current != "auto":  # "auto" fields also take numbers and booleans
         return text
+    if "," in text:  # tuples, e.g. merge_levels=0.5,0.6
+        return tuple(parse_value(part) for part in text.split(","))
     for cast in (int, float):
         try:
             return cast(text)
@@ -67,9 +69,9 @@ def main(argv=None) -> int:
     import tifffile
 
     from napari_unet import hardware
-    from napari_unet.config import preset
+    from napari_unet.config import preset, resolve_merge_levels
     from napari_unet.metrics import evaluate, isbi_pixel_error, isbi_scores
-    from napari_unet.postprocess import tune_boundary_rule
+    from napari_unet.postprocess import candidate_closings, tune_boundary_rule
     from napari_unet.predict import predict
     from napari_unet.train import EpochEnd, TrainingFinished, TrainingStarted, TrainingStep, WeightAverage, recompute_batch_norm, train_events
 
@@ -132,6 +134,7 @@ def main(argv=None) -> int:
             entries.append((f"average of {late_epochs.count} epochs from {fraction:g}", wall, steps, late_epochs.mean(delivered_weights)))
     train_image, train_labels = image[TRAIN_SLICES], labels[TRAIN_SLICES]
     final_rule = final.model.boundary_rule
+    closings = candidate_closings(resolve_merge_levels(train_config.merge_levels, train_config.max_minutes))  # as training tunes
     mode = "recomputed" if train_config.recompute_batch_norm else "training"
     variants = []  # (minute, elapsed, steps, weights, batch-norm statistics)
     for minute, elapsed, n_steps, weights in entries:
@@ -150,7 +153,7 @@ def main(argv=None) -> int:
             # as if training had stopped here: tune the boundary rule on the training's validation slices
             b = model.class_values.index(model.boundary_value)
             val_probs = predict(model, train_image, slices=val_slices, close_boundaries=False, tta=False).probabilities[..., b]
-            model.boundary_rule, val_v_rand = tune_boundary_rule(val_probs, train_labels[val_slices] != model.boundary_value)
+            model.boundary_rule, val_v_rand = tune_boundary_rule(val_probs, train_labels[val_slices] != model.boundary_value, closings=closings)
             if args.save_probabilities is not None and batch_norm == "recomputed":
                 np.save(args.save_probabilities / f"validation-membrane-{minute}.npy", val_probs.astype(np.float16))
         result = predict(model, image, slices=range(20)[JUDGE_SLICES], tta=args.tta)  # context slices (if any) from the volume

@@ -113,6 +113,7 @@ def test_default_depth_follows_the_budget_and_the_compute(data, capsys, monkeypa
     assert code == 0, err  # bfloat16 on this (faked) CPU: depth 5, and the command says so
     assert load_model(data / "m.keras").config.depth == 5 and "depth 5: a budget of 30 minutes with AMX" in err
     assert "noise augmentation: on" in err and load_model(data / "m.keras").train_config.augment_noise == 0.1
+    assert "merge levels up to 0.7" in err and load_model(data / "m.keras").train_config.merge_levels == (0.5, 0.6, 0.7)
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
     code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "a.keras", "--max-minutes", "30", *TINY_TRAINING)
     assert code == 0, err  # float32 CPU: depth 4
@@ -121,6 +122,12 @@ def test_default_depth_follows_the_budget_and_the_compute(data, capsys, monkeypa
     assert code == 0, err
     explicit = load_model(data / "e.keras")
     assert explicit.config.depth == 3 and explicit.train_config.augment_noise == 0.05 and "noise augmentation" not in err
+    code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "l.keras", "--max-minutes", "30", "--merge-levels", "0.5,0.6", *TINY_TRAINING)
+    assert code == 0, err
+    assert load_model(data / "l.keras").train_config.merge_levels == (0.5, 0.6) and "merge levels" not in err
+    with pytest.raises(SystemExit) as exited:  # argparse
+        run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "x.keras", "--merge-levels", "0.5,1.5")
+    assert exited.value.code == 2 and "between 0 and 1" in capsys.readouterr().err and not (data / "x.keras").exists()
 
 
 def bad_inputs(tmp_path):

@@ -92,9 +92,11 @@ def test_models_saved_before_noise_augmentation_load_as_trained_without_it(tmp_p
     assert load_model(tmp_path / "new.keras").train_config.augment_noise == 0.1
     older = model.metadata()
     del older["train_config"]["augment_noise"]  # as napari-unet wrote it before session 29
+    del older["train_config"]["merge_levels"]  # ... and before session 30
     model.metadata = lambda: older
     save_model(model, tmp_path / "old.keras")
-    assert load_model(tmp_path / "old.keras").train_config.augment_noise == 0.0  # not today's "auto"
+    old = load_model(tmp_path / "old.keras").train_config
+    assert old.augment_noise == 0.0 and old.merge_levels == (0.5, 0.6)  # not today's "auto"
 
 
 def test_auto_noise_augmentation_is_on_for_long_budgets_only():
@@ -108,3 +110,17 @@ def test_auto_noise_augmentation_is_on_for_long_budgets_only():
     for bad in (None, True, "loud", 1.5):
         with pytest.raises(ConfigError, match="augment_noise"):
             TrainConfig(augment_noise=bad)
+
+
+def test_auto_merge_levels_reach_0_7_for_long_budgets_only():
+    from napari_unet.config import resolve_merge_levels
+
+    assert TrainConfig().merge_levels == "auto"
+    assert resolve_merge_levels("auto", 30) == resolve_merge_levels("auto", 90) == (0.5, 0.6, 0.7)
+    assert resolve_merge_levels("auto", 10) == resolve_merge_levels("auto", None) == (0.5, 0.6)  # Retrain: no budget
+    assert resolve_merge_levels((0.4, 0.6), 60) == (0.4, 0.6)
+    assert TrainConfig(merge_levels=[0.5, 0.7]).merge_levels == (0.5, 0.7)  # as JSON gives it back
+    assert from_dict(TrainConfig, {"merge_levels": [0.6]}).merge_levels == (0.6,)
+    for bad in (None, "wide", (), (0.5, 1.0), (True,), 0.6):
+        with pytest.raises(ConfigError, match="merge_levels"):
+            TrainConfig(merge_levels=bad)

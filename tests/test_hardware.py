@@ -228,3 +228,4 @@ def test_training_without_a_model_config_takes_the_auto_depth(cpu, monkeypatch):
         assert isinstance(started, TrainingStarted) and started.model.config.depth == depth
         assert started.model.train_config.augment_noise == (0.1 if minutes else 0.0)  # "auto" resolved and recorded
         assert noise[-1] == started.model.train_config.augment_noise  # ... and what the patches get
+        assert started.model.train_config.merge_levels == ((0.5, 0.6, 0.7) if minutes else (0.5, 0.6))

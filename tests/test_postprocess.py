@@ -4,6 +4,7 @@ import pytest
 from napari_unet.postprocess import (
     MERGE_SIGMA,
     boundary_mask,
+    candidate_closings,
     close_boundaries,
     find_boundary_class,
     merge_regions,
@@ -185,3 +186,17 @@ def test_importing_prediction_leaves_the_region_graph_library_for_the_rule():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+def test_a_wider_set_of_merge_levels_can_merge_a_stronger_false_split():
+    truth_cells = np.ones((1, 40, 40), bool)
+    truth_cells[:, :, 19:21] = False
+    probability = two_cells_with_a_gap()[None]
+    probability[:, :, 8:11] = 0.65  # a false line across the left cell, stronger than the short-run levels
+    original = probability.copy()
+    short, short_score = tune_boundary_rule(probability, truth_cells)  # candidate levels 0.5, 0.6
+    wide, wide_score = tune_boundary_rule(probability, truth_cells, closings=candidate_closings((0.5, 0.6, 0.7)))
+    assert wide["merge_below"] == 0.7 and wide_score > 0.99 > short_score
+    assert wide["threshold"] == short["threshold"] == 0.7, "the line is no membrane at the threshold"
+    np.testing.assert_array_equal(probability, original)
+    assert [c["merge_below"] for c in candidate_closings((0.5, 0.6))] == [0.5, 0.6]

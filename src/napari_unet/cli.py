@@ -45,6 +45,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def merge_levels(text: str) -> tuple:
+    """argparse type: comma-separated merge levels in (0, 1), e.g. ``0.5,0.6,0.7``."""
+    try:
+        levels = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not all(0 < level < 1 for level in levels):
+        raise argparse.ArgumentTypeError(f"merge levels must lie between 0 and 1, got {text!r}")
+    return levels
+
+
 def check_output(path, what: str) -> Path:
     """``path`` as a Path, if a file can be written there; else a :class:`CommandError` (checked before the work)."""
     path = Path(path)
@@ -136,7 +147,7 @@ def _train_config_from_args(args, preset):
         "seed": args.seed,
         "ignore_value": args.ignore_value,
     }
-    for name in ("val_fraction", "batch_size", "patch_size", "learning_rate", "steps_per_epoch", "augment_noise"):
+    for name in ("val_fraction", "batch_size", "patch_size", "learning_rate", "steps_per_epoch", "augment_noise", "merge_levels"):
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value
@@ -223,7 +234,7 @@ def score(prediction, truth, class_values, ignore_value=None) -> dict:
 def cmd_train(args) -> int:
     from dataclasses import replace
 
-    from .config import preset as get_preset, resolve_augment_noise
+    from .config import MERGE_LEVELS, preset as get_preset, resolve_augment_noise, resolve_merge_levels
     from .model_io import load_model, save_model
     from .predict import predict
 
@@ -243,6 +254,10 @@ def cmd_train(args) -> int:
         print(f"depth {model_config.depth}: a budget of {train_config.max_minutes:g} minutes with AMX bfloat16 or a GPU (--depth to choose)", file=sys.stderr)
     if train_config.augment_noise == "auto" and resolve_augment_noise("auto", train_config.max_minutes):
         print(f"noise augmentation: on for a budget of {train_config.max_minutes:g} minutes (--augment-noise 0 to switch off)", file=sys.stderr)
+    long_levels = resolve_merge_levels(train_config.merge_levels, train_config.max_minutes)
+    if train_config.merge_levels == "auto" and long_levels != MERGE_LEVELS:
+        print(f"membrane rule: merge levels up to {max(long_levels):g} for a budget of {train_config.max_minutes:g} minutes "
+              "(--merge-levels 0.5,0.6 to keep the short-run set)", file=sys.stderr)
     for option, field in (("depth", "depth"), ("context_slices", "context_slices"), ("local_contrast", "local_contrast_sigma")):
         value = getattr(args, option)
         if value is None:
@@ -344,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps-per-epoch", type=int)
     train.add_argument("--augment-noise", type=float, metavar="STD", help="Gaussian pixel noise added to each training patch, its std "
                        "drawn from [0, STD) in units of the normalised range; 0 = off (default: the preset's)")
+    train.add_argument("--merge-levels", type=merge_levels, metavar="L1,L2,...", help="levels at which the membrane rule may "
+                       "merge regions across faint boundaries, picked on the validation slices (default: 0.5,0.6, and "
+                       "0.5,0.6,0.7 for --max-minutes 30 or more: BENCHMARKS.md, session 30)")
     train.add_argument("--depth", type=positive_int, help="poolings of the U-Net, 1-6 (default: the preset's; the default preset takes 5 "
                        "for --max-minutes 30 or more on a GPU or with AMX bfloat16, else 4: BENCHMARKS.md, sessions 25 and 28)")
     train.add_argument("--context-slices", type=int, help="neighbouring slices on each side the network also sees (default: the preset's)")

@@ -104,6 +104,26 @@ def resolve_augment_noise(value: Union[float, str], max_minutes: Optional[float]
     return float(value)
 
 
+#: Merge levels the membrane rule picks from (on the validation slices) after a short run, and after a long one.
+MERGE_LEVELS = (0.5, 0.6)
+MERGE_LEVELS_LONG = (0.5, 0.6, 0.7)
+#: "auto" merge levels: the long set from this time budget on (ISBI: BENCHMARKS.md, session 30).
+MERGE_LEVELS_BUDGET_MINUTES = 30.0
+
+
+def resolve_merge_levels(value: Union[tuple, str], max_minutes: Optional[float]) -> tuple:
+    """``"auto"``: :data:`MERGE_LEVELS_LONG` for time budgets of 30 minutes or more, else :data:`MERGE_LEVELS`.
+
+    ISBI's three validation slices always pick the highest level offered. On the unseen slices 0.7 was better than
+    the level picked from (0.5, 0.6) for 10 of 11 networks trained 30 minutes (bfloat16 and float32; mean V_rand
+    +0.006), but worse for 16 of 19 float32 networks trained 10 minutes (BENCHMARKS.md, sessions 19 and 30).
+    Tuples pass, as floats.
+    """
+    if value == "auto":
+        return MERGE_LEVELS_LONG if max_minutes is not None and max_minutes >= MERGE_LEVELS_BUDGET_MINUTES else MERGE_LEVELS
+    return tuple(float(level) for level in value)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How to train: sampling, augmentation, loss, optimisation and budget."""
@@ -137,6 +157,9 @@ class TrainConfig:
     # range (local contrast: 1/6 = one local standard deviation), so the network copes with noisier sections;
     # "auto": on (0.1) for budgets of 30 minutes or more (resolve_augment_noise); model files record the number
     augment_noise: Union[float, str] = "auto"
+    # levels at which the membrane rule may merge regions (postprocess.merge_regions), picked by V_rand on the
+    # validation slices; "auto": up to 0.7 for budgets of 30 minutes or more (resolve_merge_levels)
+    merge_levels: Union[tuple, str] = "auto"
     annotated_center_fraction: float = 0.9  # share of patches centred on an annotated pixel
     val_fraction: float = 0.2
     val_every: int = 1  # validate every N epochs
@@ -168,6 +191,14 @@ class TrainConfig:
             noise == "auto" or (isinstance(noise, (int, float)) and not isinstance(noise, bool) and 0 <= noise <= 1),
             f"augment_noise must be in [0, 1] or 'auto', got {noise!r}",
         )
+        levels = self.merge_levels
+        _check(
+            levels == "auto" or (isinstance(levels, (tuple, list)) and len(levels) > 0
+                                 and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1 for v in levels)),
+            f"merge_levels must be 'auto' or levels in (0, 1), got {levels!r}",
+        )
+        if isinstance(levels, list):
+            object.__setattr__(self, "merge_levels", tuple(levels))
         _check(0 <= self.val_fraction < 1, f"val_fraction must be in [0, 1), got {self.val_fraction}")
         _check(self.max_minutes is None or self.max_minutes > 0, "max_minutes must be positive")
         _check(0 <= self.annotated_center_fraction <= 1, "annotated_center_fraction must be in [0, 1]")
@@ -288,6 +319,7 @@ __all__ = [
     "preset",
     "check_patch_size",
     "resolve_augment_noise",
+    "resolve_merge_levels",
     "NOISE_AUGMENTATION",
     "to_dict",
     "from_dict",

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from . import __version__
 from ._files import fsync_folder, fsync_path, target_mode
-from .config import ModelConfig, TrainConfig, from_dict, to_dict
+from .config import MERGE_LEVELS, ModelConfig, TrainConfig, from_dict, to_dict
 from .model import import_keras
 
 METADATA_ENTRY = "napari_unet.json"
@@ -115,8 +115,10 @@ def load_model(path) -> UNetModel:
         config = from_dict(ModelConfig, meta["model_config"])
         train_config = None
         if meta.get("train_config"):
-            # files written before noise augmentation existed trained without it (not with today's "auto")
-            train_config = from_dict(TrainConfig, {"augment_noise": 0.0, **meta["train_config"]})
+            # files written before noise augmentation and merge levels existed trained without noise and tuned
+            # their rule from (0.5, 0.6), not with today's "auto"
+            old_defaults = {"augment_noise": 0.0, "merge_levels": MERGE_LEVELS}
+            train_config = from_dict(TrainConfig, {**old_defaults, **meta["train_config"]})
         class_values = [int(v) for v in meta["class_values"]]
     except (KeyError, ValueError, TypeError) as err:
         raise ModelFileError(f"{path.name} has an invalid configuration: {type(err).__name__} {err}") from None

@@ -13,7 +13,9 @@ from typing import Any, Callable, Iterator, Optional, Union
 import numpy as np
 
 from . import hardware
-from .config import ConfigError, ModelConfig, TrainConfig, check_patch_size, preset, resolve_augment_noise, to_json
+from .config import (
+    ConfigError, ModelConfig, TrainConfig, check_patch_size, preset, resolve_augment_noise, resolve_merge_levels, to_json,
+)
 from .data import (
     Augmentation,
     InputError,
@@ -31,7 +33,7 @@ from .labels import check_trainable, to_indices
 from .model import BatchNormStatistics, build_unet, import_keras, masked_loss, recompute_batch_norm_statistics
 from .metrics import dice_per_class, pixel_error
 from .model_io import UNetModel
-from .postprocess import find_boundary_class, tune_boundary_rule
+from .postprocess import candidate_closings, find_boundary_class, tune_boundary_rule
 from .predict import predict
 
 
@@ -341,7 +343,10 @@ def train_events(
     """
     train_config = train_config or preset("default").train
     # The model file records what ran, not "auto".
-    train_config = train_config.replace(augment_noise=resolve_augment_noise(train_config.augment_noise, train_config.max_minutes))
+    train_config = train_config.replace(
+        augment_noise=resolve_augment_noise(train_config.augment_noise, train_config.max_minutes),
+        merge_levels=resolve_merge_levels(train_config.merge_levels, train_config.max_minutes),
+    )
     image_stack, label_stack = check_pair(image, labels)
     ignore = train_config.ignore_value
     class_values = check_trainable(label_stack, ignore, init.class_values if init else None)
@@ -522,7 +527,9 @@ def train_events(
         # file does not depend on the machine (on ISBI both chose the same rule for all 8 models measured).
         probabilities = predict(result, val_images, close_boundaries=False, slices=val_planes, tta=False).probabilities
         probabilities = probabilities[..., boundary_index]
-        result.boundary_rule, boundary_v_rand = tune_boundary_rule(probabilities, val_indices != boundary_index)
+        result.boundary_rule, boundary_v_rand = tune_boundary_rule(
+            probabilities, val_indices != boundary_index, closings=candidate_closings(train_config.merge_levels)
+        )
     yield TrainingFinished(result, reason, best_epoch, history, boundary_v_rand, averaged_epochs)
 
 
