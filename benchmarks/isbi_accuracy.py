@@ -27,8 +27,8 @@ def parse_value(text: str, current=None):
     """A --set value: text for string fields (so class_weighting=none stays "none"), else number, bool or None."""
     if isinstance(current, str) and current != "auto":  # "auto" fields also take numbers and booleans
         return text
-    if "," in text:  # tuples, e.g. merge_levels=0.5,0.6
-        return tuple(parse_value(part) for part in text.split(","))
+    if "," in text:  # tuples, e.g. merge_levels=0.5,0.6 (or 0.7, for one level)
+        return tuple(parse_value(part) for part in text.split(",") if part)
     for cast in (int, float):
         try:
             return cast(text)

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from napari_unet.config import (
@@ -120,7 +121,9 @@ def test_auto_merge_levels_reach_0_7_for_long_budgets_only():
     assert resolve_merge_levels("auto", 10) == resolve_merge_levels("auto", None) == (0.5, 0.6)  # Retrain: no budget
     assert resolve_merge_levels((0.4, 0.6), 60) == (0.4, 0.6)
     assert TrainConfig(merge_levels=[0.5, 0.7]).merge_levels == (0.5, 0.7)  # as JSON gives it back
+    assert TrainConfig(merge_levels=(0.7, 0.5, 0.5)).merge_levels == (0.5, 0.7)  # sorted: a tie keeps the lower level
+    assert TrainConfig(merge_levels=(np.float64(0.6),)).merge_levels == (0.6,) and from_json(TrainConfig, to_json(TrainConfig(merge_levels=(0.55,)))).merge_levels == (0.55,)
     assert from_dict(TrainConfig, {"merge_levels": [0.6]}).merge_levels == (0.6,)
-    for bad in (None, "wide", (), (0.5, 1.0), (True,), 0.6):
+    for bad in (None, "wide", (), (0.5, 1.0), (True,), (float("nan"),), 0.6, np.array([0.5, 0.6])):
         with pytest.raises(ConfigError, match="merge_levels"):
             TrainConfig(merge_levels=bad)

@@ -409,3 +409,18 @@ def test_local_contrast_model_learns_a_pale_region_and_validates_on_raw_images(m
     assert seen and all(array.dtype == np.uint8 and np.array_equal(array, image) for array in seen)
     result = predict(final.model, image[4], tta=False)
     assert dice_per_class(result.labels[:, 48:], labels[4, :, 48:], [0, 255])[0] > 0.6
+
+
+def test_the_membrane_rule_is_tuned_from_the_runs_merge_levels(monkeypatch):
+    import napari_unet.train
+
+    offered = []
+    tune = napari_unet.train.tune_boundary_rule
+    monkeypatch.setattr(napari_unet.train, "tune_boundary_rule",
+                        lambda *a, closings, **k: offered.append([c["merge_below"] for c in closings]) or tune(*a, closings=closings, **k))
+    image, labels = stripes()
+    for minutes, levels in ((30, "auto"), (None, "auto"), (None, (0.55, 0.45))):
+        model_config, train_config = tiny_configs(epochs=1, steps_per_epoch=2, max_minutes=minutes, merge_levels=levels)
+        model = train(image, labels, model_config, train_config).model
+        assert model.boundary_rule["merge_below"] in offered[-1]
+    assert offered == [[0.5, 0.6, 0.7], [0.5, 0.6], [0.45, 0.55]]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 from dataclasses import dataclass, fields
 from typing import Any, Optional, Union
 
@@ -117,11 +118,19 @@ def resolve_merge_levels(value: Union[tuple, str], max_minutes: Optional[float])
     ISBI's three validation slices always pick the highest level offered. On the unseen slices 0.7 was better than
     the level picked from (0.5, 0.6) for 10 of 11 networks trained 30 minutes (bfloat16 and float32; mean V_rand
     +0.006), but worse for 16 of 19 float32 networks trained 10 minutes (BENCHMARKS.md, sessions 19 and 30).
-    Tuples pass, as floats.
+    Tuples pass, as sorted floats.
     """
     if value == "auto":
         return MERGE_LEVELS_LONG if max_minutes is not None and max_minutes >= MERGE_LEVELS_BUDGET_MINUTES else MERGE_LEVELS
-    return tuple(float(level) for level in value)
+    return _merge_levels(value)
+
+
+def _merge_levels(levels) -> tuple:
+    """``levels`` as sorted distinct floats in (0, 1) (ties in tuning keep the lower level); else :class:`ConfigError`."""
+    message = f"merge_levels must be 'auto' or levels in (0, 1), got {levels!r}"
+    _check(isinstance(levels, (tuple, list)) and len(levels) > 0, message)
+    _check(all(isinstance(v, numbers.Real) and not isinstance(v, bool) and 0 < v < 1 for v in levels), message)
+    return tuple(sorted({float(v) for v in levels}))
 
 
 @dataclass(frozen=True)
@@ -191,14 +200,8 @@ class TrainConfig:
             noise == "auto" or (isinstance(noise, (int, float)) and not isinstance(noise, bool) and 0 <= noise <= 1),
             f"augment_noise must be in [0, 1] or 'auto', got {noise!r}",
         )
-        levels = self.merge_levels
-        _check(
-            levels == "auto" or (isinstance(levels, (tuple, list)) and len(levels) > 0
-                                 and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1 for v in levels)),
-            f"merge_levels must be 'auto' or levels in (0, 1), got {levels!r}",
-        )
-        if isinstance(levels, list):
-            object.__setattr__(self, "merge_levels", tuple(levels))
+        if not (isinstance(self.merge_levels, str) and self.merge_levels == "auto"):
+            object.__setattr__(self, "merge_levels", _merge_levels(self.merge_levels))
         _check(0 <= self.val_fraction < 1, f"val_fraction must be in [0, 1), got {self.val_fraction}")
         _check(self.max_minutes is None or self.max_minutes > 0, "max_minutes must be positive")
         _check(0 <= self.annotated_center_fraction <= 1, "annotated_center_fraction must be in [0, 1]")

@@ -8,6 +8,7 @@ from skimage.measure import label
 from skimage.morphology import h_minima, remove_small_objects
 from skimage.segmentation import find_boundaries, watershed
 
+from .config import MERGE_LEVELS
 from .metrics import isbi_scores
 
 
@@ -109,7 +110,7 @@ CANDIDATE_THRESHOLDS: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)
 MERGE_SIGMA = 3.0
 
 
-def candidate_closings(merge_levels=(0.5, 0.6)) -> tuple[dict, ...]:
+def candidate_closings(merge_levels=MERGE_LEVELS) -> tuple[dict, ...]:
     """Gap closings (keyword arguments of :func:`boundary_mask` but the threshold) for each merge level."""
     return tuple(
         {"seed_level": None, "merge_below": float(m), "minima_depth": 0.02, "sigma": MERGE_SIGMA, "hierarchical": True}
@@ -117,17 +118,18 @@ def candidate_closings(merge_levels=(0.5, 0.6)) -> tuple[dict, ...]:
     )
 
 
-#: Gap closings tried by :func:`tune_boundary_rule`: watershed regions merged hierarchically across
-#: faint boundaries (:func:`merge_regions`). On unseen ISBI slices (15-19, four 10- and 30-minute models)
+#: Gap closings tried by :func:`tune_boundary_rule` by default (training offers the levels of
+#: ``TrainConfig.merge_levels``): watershed regions merged hierarchically across faint boundaries
+#: (:func:`merge_regions`). On unseen ISBI slices (15-19, four 10- and 30-minute models)
 #: merging beat every plain threshold by 0.03-0.08 V_rand and the seeded watershed lines of
-#: :func:`close_boundaries` by 0.01-0.05; ``merge_below`` 0.7 merged real cells there (networks of 10-minute
-#: float32 runs; after 30-minute runs it split fewer cells, and is a candidate: ``TrainConfig.merge_levels``). Minima depth 0.02
+#: :func:`close_boundaries` by 0.01-0.05. Level 0.7 merged real cells in float32 networks of 10-minute runs
+#: (15 of 18) and split fewer cells in networks of 30-minute runs (10 of 11; BENCHMARKS.md, sessions 19, 30). Minima depth 0.02
 #: only: a pale cell whose lowest gap is less than the depth above its interior gets no marker, and the
 #: watershed floods it from its neighbour without any boundary being judged. The three
 #: validation slices cannot see it (0.05 scored the same or higher there on all 11 models measured and
 #: was picked); on the unseen slices 0.02 was ahead on 9 and level on 2, by 0.021 V_rand on average
 #: (BENCHMARKS.md, "Minima depth").
-CANDIDATE_CLOSINGS: tuple[dict, ...] = candidate_closings((0.5, 0.6))
+CANDIDATE_CLOSINGS: tuple[dict, ...] = candidate_closings(MERGE_LEVELS)
 
 
 def region_borders(
