@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     import tifffile
 
     from napari_unet import hardware
-    from napari_unet.config import preset, resolve_merge_levels
+    from napari_unet.config import preset
     from napari_unet.metrics import evaluate, isbi_pixel_error, isbi_scores
     from napari_unet.postprocess import candidate_closings, tune_boundary_rule
     from napari_unet.predict import predict
@@ -134,7 +134,7 @@ def main(argv=None) -> int:
             entries.append((f"average of {late_epochs.count} epochs from {fraction:g}", wall, steps, late_epochs.mean(delivered_weights)))
     train_image, train_labels = image[TRAIN_SLICES], labels[TRAIN_SLICES]
     final_rule = final.model.boundary_rule
-    closings = candidate_closings(resolve_merge_levels(train_config.merge_levels, train_config.max_minutes))  # as training tunes
+    closings = candidate_closings(final.model.train_config.merge_levels)  # the levels training resolved and tuned from
     mode = "recomputed" if train_config.recompute_batch_norm else "training"
     variants = []  # (minute, elapsed, steps, weights, batch-norm statistics)
     for minute, elapsed, n_steps, weights in entries:

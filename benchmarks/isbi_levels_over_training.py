@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     args = parse_saved_models(argv, __doc__.splitlines()[0], "isbi-levels-over-training", add_arguments)
     if args is None:
         return 0
-    from napari_unet.postprocess import CANDIDATE_THRESHOLDS, boundary_mask, candidate_closings
+    from napari_unet.postprocess import boundary_mask, candidate_closings, tune_boundary_rule
 
     levels = [float(level) for level in args.levels.split(",")]
     _, cells = read_isbi_volume()  # (8, Y, X): slices 12-19
@@ -44,8 +44,7 @@ def main(argv=None) -> int:
         for minute in checkpoint_minutes(directory):
             val = np.load(directory / f"validation-membrane-{minute}.npy").astype(np.float32)
             unseen = np.load(directory / f"membrane-{minute}.npy").astype(np.float32)
-            errors = [np.mean((val <= t) != cells[:N_VAL]) for t in CANDIDATE_THRESHOLDS]
-            threshold = float(CANDIDATE_THRESHOLDS[int(np.argmin(errors))])
+            threshold = tune_boundary_rule(val, cells[:N_VAL], closings=())[0]["threshold"]  # as training picks it
             scores = {}
             for closing in candidate_closings(levels):
                 rule = {**closing, "threshold": threshold}

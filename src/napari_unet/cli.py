@@ -234,7 +234,7 @@ def score(prediction, truth, class_values, ignore_value=None) -> dict:
 def cmd_train(args) -> int:
     from dataclasses import replace
 
-    from .config import MERGE_LEVELS, preset as get_preset, resolve_augment_noise, resolve_merge_levels
+    from .config import MERGE_LEVELS_LONG, is_long_budget, preset as get_preset
     from .model_io import load_model, save_model
     from .predict import predict
 
@@ -252,12 +252,12 @@ def cmd_train(args) -> int:
     model_config = chosen.model_for(train_config)
     if args.depth is None and init is None and model_config.depth != chosen.model.depth:
         print(f"depth {model_config.depth}: a budget of {train_config.max_minutes:g} minutes with AMX bfloat16 or a GPU (--depth to choose)", file=sys.stderr)
-    if train_config.augment_noise == "auto" and resolve_augment_noise("auto", train_config.max_minutes):
-        print(f"noise augmentation: on for a budget of {train_config.max_minutes:g} minutes (--augment-noise 0 to switch off)", file=sys.stderr)
-    long_levels = resolve_merge_levels(train_config.merge_levels, train_config.max_minutes)
-    if train_config.merge_levels == "auto" and long_levels != MERGE_LEVELS:
-        print(f"membrane rule: merge levels up to {max(long_levels):g} for a budget of {train_config.max_minutes:g} minutes "
-              "(--merge-levels 0.5,0.6 to keep the short-run set)", file=sys.stderr)
+    if is_long_budget(train_config.max_minutes):  # what "auto" switches on for such budgets
+        minutes = f"{train_config.max_minutes:g} minutes"
+        if train_config.augment_noise == "auto":
+            print(f"noise augmentation: on for a budget of {minutes} (--augment-noise 0 to switch off)", file=sys.stderr)
+        if train_config.merge_levels == "auto":
+            print(f"membrane rule: merge levels up to {max(MERGE_LEVELS_LONG):g} for a budget of {minutes} (--merge-levels 0.5,0.6 to keep the short-run set)", file=sys.stderr)
     for option, field in (("depth", "depth"), ("context_slices", "context_slices"), ("local_contrast", "local_contrast_sigma")):
         value = getattr(args, option)
         if value is None:

@@ -87,10 +87,18 @@ class ModelConfig:
         return 1 if self.head == "sigmoid" else self.n_classes
 
 
+#: Time budgets from which the "auto" training settings that pay only in long runs switch on (noise augmentation,
+#: session 29; merge level 0.7, session 30): on ISBI both paid at 30 minutes and not at 10.
+LONG_BUDGET_MINUTES = 30.0
+
+
+def is_long_budget(max_minutes: Optional[float]) -> bool:
+    """True for time budgets of :data:`LONG_BUDGET_MINUTES` or more (no budget: False)."""
+    return max_minutes is not None and max_minutes >= LONG_BUDGET_MINUTES
+
+
 #: Noise augmentation's strength when it is on (TrainConfig.augment_noise "auto" with a long budget, or switched on).
 NOISE_AUGMENTATION = 0.1
-#: "auto" noise augmentation from this time budget on (ISBI, Zen 4: it paid at 30 minutes, not at 10; session 29).
-NOISE_BUDGET_MINUTES = 30.0
 
 
 def resolve_augment_noise(value: Union[float, str], max_minutes: Optional[float]) -> float:
@@ -101,15 +109,13 @@ def resolve_augment_noise(value: Union[float, str], max_minutes: Optional[float]
     0.938 against 0.946 on a same-day pair (BENCHMARKS.md, session 29).
     """
     if value == "auto":
-        return NOISE_AUGMENTATION if max_minutes is not None and max_minutes >= NOISE_BUDGET_MINUTES else 0.0
+        return NOISE_AUGMENTATION if is_long_budget(max_minutes) else 0.0
     return float(value)
 
 
 #: Merge levels the membrane rule picks from (on the validation slices) after a short run, and after a long one.
 MERGE_LEVELS = (0.5, 0.6)
 MERGE_LEVELS_LONG = (0.5, 0.6, 0.7)
-#: "auto" merge levels: the long set from this time budget on (ISBI: BENCHMARKS.md, session 30).
-MERGE_LEVELS_BUDGET_MINUTES = 30.0
 
 
 def resolve_merge_levels(value: Union[tuple, str], max_minutes: Optional[float]) -> tuple:
@@ -121,7 +127,7 @@ def resolve_merge_levels(value: Union[tuple, str], max_minutes: Optional[float])
     Tuples pass, as sorted floats.
     """
     if value == "auto":
-        return MERGE_LEVELS_LONG if max_minutes is not None and max_minutes >= MERGE_LEVELS_BUDGET_MINUTES else MERGE_LEVELS
+        return MERGE_LEVELS_LONG if is_long_budget(max_minutes) else MERGE_LEVELS
     return _merge_levels(value)
 
 
@@ -321,6 +327,7 @@ __all__ = [
     "PRESETS",
     "preset",
     "check_patch_size",
+    "is_long_budget",
     "resolve_augment_noise",
     "resolve_merge_levels",
     "NOISE_AUGMENTATION",
