@@ -200,3 +200,32 @@ def test_a_wider_set_of_merge_levels_can_merge_a_stronger_false_split():
     assert wide["threshold"] == short["threshold"] == 0.7, "the line is no membrane at the threshold"
     np.testing.assert_array_equal(probability, original)
     assert [c["merge_below"] for c in candidate_closings((0.5, 0.6))] == [0.5, 0.6]
+
+
+def two_cells_and_a_dark_speck():
+    """(40, 40) float32: two cells apart by a membrane (0.9) and, inside the left cell, a speck the network is sure
+    of (0.8, 3x3 pixels, e.g. a vesicle) that no region border runs through."""
+    probability = np.full((40, 40), 0.05, np.float32)
+    probability[:, 19:21] = 0.9
+    probability[19:22, 7:10] = 0.8
+    return probability
+
+
+def test_border_reach_keeps_the_membrane_and_drops_what_the_merge_left_inside_a_cell():
+    probability = two_cells_and_a_dark_speck()
+    original = probability.copy()
+    rule = {"threshold": 0.5, "merge_below": 0.6, "sigma": MERGE_SIGMA}
+    plain = boundary_mask(probability, **rule)
+    reached = boundary_mask(probability, **rule, border_reach=4.0)
+    assert plain[19:22, 7:10].all() and not reached[19:22, 7:10].any(), "the speck is 10 pixels from any border"
+    np.testing.assert_array_equal(reached[:, 12:], plain[:, 12:])
+    assert reached[:, 19:21].all(), "the real membrane lies on the border"
+    np.testing.assert_array_equal(probability, original)
+    flat = np.full((40, 40), 0.05, np.float32)
+    flat[19:22, 7:10] = 0.8
+    assert not boundary_mask(flat, **rule, border_reach=4.0).any(), "one region, no border: nothing is membrane"
+
+
+def test_candidate_closings_carry_a_border_reach_only_when_given():
+    assert all("border_reach" not in closing for closing in candidate_closings((0.5, 0.6), None))
+    assert [c["border_reach"] for c in candidate_closings((0.5, 0.6), 4)] == [4.0, 4.0]

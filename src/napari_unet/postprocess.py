@@ -110,12 +110,17 @@ CANDIDATE_THRESHOLDS: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)
 MERGE_SIGMA = 3.0
 
 
-def candidate_closings(merge_levels=MERGE_LEVELS) -> tuple[dict, ...]:
+#: Pixels above the threshold count as membrane only this close (pixels) to a border of the merged regions, in
+#: tuned rules (:func:`boundary_mask`'s ``border_reach``). None keeps every pixel above the threshold.
+BORDER_REACH = None
+
+
+def candidate_closings(merge_levels=MERGE_LEVELS, border_reach=BORDER_REACH) -> tuple[dict, ...]:
     """Gap closings (keyword arguments of :func:`boundary_mask` but the threshold) for each merge level."""
-    return tuple(
-        {"seed_level": None, "merge_below": float(m), "minima_depth": 0.02, "sigma": MERGE_SIGMA, "hierarchical": True}
-        for m in merge_levels
-    )
+    closing = {"seed_level": None, "minima_depth": 0.02, "sigma": MERGE_SIGMA, "hierarchical": True}
+    if border_reach is not None:
+        closing["border_reach"] = float(border_reach)
+    return tuple({**closing, "merge_below": float(m)} for m in merge_levels)
 
 
 #: Gap closings tried by :func:`tune_boundary_rule` by default (training offers the levels of
@@ -149,17 +154,25 @@ def boundary_mask(
     merge_below=None,
     minima_depth: float = 0.02,
     hierarchical: bool = True,
+    border_reach=None,
 ):
     """Boolean (Y, X) boundary mask from a (Y, X) boundary probability by a boundary rule.
 
     ``probability > threshold``; with a ``seed_level``, also the watershed lines between cell
     cores (:func:`close_boundaries`); with ``merge_below``, also the borders between the merged
     watershed regions of :func:`merge_regions`. Both keep a faint gap in a membrane from merging
-    two cells. Rules stored before ``hierarchical`` existed merge hierarchically too.
+    two cells. With ``merge_below`` and a ``border_reach`` (pixels), pixels above the threshold
+    count only within that distance of a border: what the merge judged to be inside a cell stays
+    cell. Rules stored before ``hierarchical`` existed merge hierarchically too.
     """
     probability = np.asarray(membrane_probability, dtype=np.float32)
     if merge_below is not None:
-        return (probability > threshold) | region_borders(probability, merge_below, minima_depth, sigma, hierarchical)
+        borders = region_borders(probability, merge_below, minima_depth, sigma, hierarchical)
+        membrane = probability > threshold
+        if border_reach is not None:
+            near = ndimage.distance_transform_edt(~borders) <= border_reach if borders.any() else False
+            membrane &= near
+        return membrane | borders
     if seed_level is None:
         return probability > threshold
     return close_boundaries(probability, threshold, seed_level=seed_level, sigma=sigma, min_seed_size=min_seed_size)
