@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from napari_unet.postprocess import (
+    BORDER_REACH,
     MERGE_SIGMA,
     boundary_mask,
     candidate_closings,
@@ -226,6 +227,14 @@ def test_border_reach_keeps_the_membrane_and_drops_what_the_merge_left_inside_a_
     assert not boundary_mask(flat, **rule, border_reach=4.0).any(), "one region, no border: nothing is membrane"
 
 
-def test_candidate_closings_carry_a_border_reach_only_when_given():
+def test_tuned_rules_reach_four_pixels_and_rules_stored_without_a_reach_keep_their_labels():
     assert all("border_reach" not in closing for closing in candidate_closings((0.5, 0.6), None))
-    assert [c["border_reach"] for c in candidate_closings((0.5, 0.6), 4)] == [4.0, 4.0]
+    assert [c["border_reach"] for c in candidate_closings((0.5, 0.6))] == [BORDER_REACH, BORDER_REACH] == [4.0, 4.0]
+    truth_cells = np.ones((1, 40, 40), bool)
+    truth_cells[:, :, 19:21] = False
+    probability = two_cells_and_a_dark_speck()[None]
+    rule, score = tune_boundary_rule(probability, truth_cells)
+    assert rule["border_reach"] == 4.0 and score > 0.99
+    stored = {key: value for key, value in rule.items() if key != "border_reach"}  # a rule saved before session 31
+    assert boundary_mask(probability[0], **stored)[19:22, 7:10].all(), "the old rule keeps the speck"
+    assert not boundary_mask(probability[0], **rule)[19:22, 7:10].any()

@@ -250,13 +250,14 @@ def test_stack_labels_follow_the_boundary_rule_slice_by_slice():
 
 
 def test_forced_gap_closing_smooths_like_tuned_rules_and_stored_rules_are_kept():
-    from napari_unet.postprocess import MERGE_SIGMA
+    from napari_unet.postprocess import BORDER_REACH, MERGE_SIGMA
     from napari_unet.predict import _boundary_rule
 
     model = tiny_model()
     model.boundary_rule = {"threshold": 0.6, "seed_level": None, "merge_below": None}
     forced = _boundary_rule(model, True)
     assert forced["merge_below"] is not None and forced["sigma"] == MERGE_SIGMA and forced["threshold"] == 0.6
+    assert forced["border_reach"] == BORDER_REACH
     assert _boundary_rule(model, None) == model.boundary_rule
     stored = {"threshold": 0.5, "seed_level": None, "merge_below": 0.6, "minima_depth": 0.02, "hierarchical": True}
     model.boundary_rule = stored

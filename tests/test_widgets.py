@@ -302,11 +302,16 @@ def test_options_probabilities_instances_and_current_slice(widgets, qtbot):
     assert probabilities.data.shape == (3, 128, 128)
     p = probabilities.data[1]
     assert 0 <= p.min() and p.max() <= 1 and not probabilities.data[0].any()
-    # The labels follow the model's membrane rule: membrane where P(membrane) > its threshold, plus
-    # boundary pixels closed by the core's watershed.
+    # The labels follow the model's membrane rule: membrane where P(membrane) > its threshold or, for a gap-closing
+    # rule, the core's boundary_mask (borders of merged regions added, specks far from them dropped).
     rule = widgets.session.model.boundary_rule or {"threshold": 0.5}
     cell = prediction.data[1] == 2
-    assert not np.any(cell & (p < 1 - rule["threshold"] - 1e-6))
+    if rule.get("merge_below") is None and rule.get("seed_level") is None:
+        assert not np.any(cell & (p < 1 - rule["threshold"] - 1e-6))
+    else:
+        from napari_unet.postprocess import boundary_mask
+
+        assert np.mean(cell == ~boundary_mask(1 - p, **rule)) > 0.995  # P(membrane) recomputed from P(cell)
     assert np.mean(cell[p > 0.5]) > 0.95
     cells = viewer.layers["EM cells"]
     assert cells.data.dtype == np.int32 and not cells.data[0].any() and not cells.data[2].any()

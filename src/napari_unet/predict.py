@@ -14,7 +14,7 @@ from .data import InputError, check_image, downscale_image, neighbour_slices, no
 from .labels import from_indices
 from .model import fold_batch_norm
 from .model_io import UNetModel
-from .postprocess import MERGE_SIGMA, boundary_mask
+from .postprocess import BORDER_REACH, MERGE_SIGMA, boundary_mask
 
 
 @dataclass(frozen=True)
@@ -164,7 +164,7 @@ def _run_model(
 
 
 #: Gap closing used when ``close_boundaries=True`` and the model's own rule does not close gaps.
-FORCED_CLOSING = {"merge_below": 0.6, "minima_depth": 0.02, "sigma": MERGE_SIGMA}
+FORCED_CLOSING = {"merge_below": 0.6, "minima_depth": 0.02, "sigma": MERGE_SIGMA, "border_reach": BORDER_REACH}
 
 
 def _boundary_rule(model: UNetModel, close_boundaries: Optional[bool]) -> Optional[dict]:
