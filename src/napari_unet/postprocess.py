@@ -114,7 +114,7 @@ MERGE_SIGMA = 3.0
 #: tuned rules (:func:`boundary_mask`'s ``border_reach``; None keeps every pixel above the threshold). A membrane
 #: is ~5 pixels wide around its border; what lies farther out is a speck or a stretch of false membrane that the
 #: merge already judged to be inside a cell. On unseen ISBI slices (15-19) reach 4 was better in V_rand and V_info
-#: on each of 17 saved Zen 4 networks (+0.0016 / +0.0019) at the same pixel error, and on two fresh ones
+#: on each of 17 saved Zen 4 networks (+0.0016 / +0.0017) at the same pixel error, and on two fresh ones
 #: (BENCHMARKS.md, session 31); 2 and 3 thin the membranes (pixel error +0.006 / +0.001), 6 gains less.
 BORDER_REACH = 4.0
 
