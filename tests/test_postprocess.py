@@ -206,8 +206,8 @@ def test_a_wider_set_of_merge_levels_can_merge_a_stronger_false_split():
 def two_cells_and_a_dark_speck():
     """(40, 40) float32: two cells apart by a membrane (0.9) and, inside the left cell, a speck the network is sure
     of (0.8, 3x3 pixels, e.g. a vesicle) that no region border runs through."""
-    probability = np.full((40, 40), 0.05, np.float32)
-    probability[:, 19:21] = 0.9
+    probability = two_cells_with_a_gap()
+    probability[:, 19:21] = 0.9  # no gap
     probability[19:22, 7:10] = 0.8
     return probability
 
