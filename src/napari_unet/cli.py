@@ -387,7 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument(
         "--close-boundaries", action="store_true",
         help="always close gaps in thin boundaries (EM membranes): watershed regions merged across faint "
-        "boundaries keep their borders; by default the model's boundary rule (chosen on its validation "
+        "boundaries keep their borders, membrane specks far from them become cell; by default the model's boundary rule (chosen on its validation "
         "slices after training) is used",
     )
     pred.add_argument("--argmax", action="store_true", help="plain most-probable-class labels, no boundary rule")

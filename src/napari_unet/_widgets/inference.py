@@ -63,7 +63,7 @@ class InferenceWidget(QWidget):
         self.cells = QCheckBox("cell instances (2 classes: cells split by membranes)")
         self.cells.setToolTip("one label per cell region of the predicted labels, membranes shared out to the cells beside them (as the ISBI scores see them); the membrane is the model's boundary class, else the class named 'membrane', else the first class (value 0 in ISBI masks)")
         self.close_gaps = QCheckBox("close membrane gaps (watershed + merging)")
-        self.close_gaps.setToolTip("for models with a thin boundary class (EM membranes): always close gaps in predicted membranes: watershed regions of the membrane probability, merged across faint boundaries, keep their borders. Unchecked, the model's own rule applies (chosen on its validation slices after training)")
+        self.close_gaps.setToolTip("for models with a thin boundary class (EM membranes): always close gaps in predicted membranes: watershed regions of the membrane probability, merged across faint boundaries, keep their borders; membrane specks far from them become cell. Unchecked, the model's own rule applies (chosen on its validation slices after training)")
         self.keep = QCheckBox("keep my corrections")
         self.keep.setChecked(True)
         self.keep.setToolTip("when updating a prediction layer, leave the pixels you painted (or marked reviewed) as they are")
