@@ -21,15 +21,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from isbi_merging import N_VAL, cell_scores, membrane_probabilities, parse_saved_models, read_isbi_volume, write_results  # noqa: E402
+from isbi_merging import N_VAL, add_merge_levels_argument, cell_scores, membrane_probabilities, merge_levels_for, parse_saved_models, read_isbi_volume, write_results  # noqa: E402
 from isbi_rule_smoothing import METRICS, PARTS, better  # noqa: E402
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--reaches", default="none,2,3,4,6",
                         help="comma-separated reaches in pixels, 'none' for no limit; the first is the reference")
-    parser.add_argument("--merge-levels", default=None,
-                        help="comma-separated merge levels training may pick (default: the levels each model recorded)")
+    add_merge_levels_argument(parser)
 
 
 def parse_reach(text: str):
@@ -41,7 +40,6 @@ def main(argv=None) -> int:
     if args is None:
         return 0
 
-    from napari_unet.model_io import load_model
     from napari_unet.postprocess import boundary_mask, candidate_closings, tune_boundary_rule
 
     reaches = [parse_reach(text) for text in args.reaches.split(",")]
@@ -50,10 +48,7 @@ def main(argv=None) -> int:
     per_model = {}
     for path in args.models:
         probability = membrane_probabilities(path, image)
-        if args.merge_levels:
-            levels = tuple(float(level) for level in args.merge_levels.split(","))
-        else:
-            levels = load_model(path).train_config.merge_levels
+        levels = merge_levels_for(path, args.merge_levels)
         rows = {}
         for name, reach in zip(names, reaches):
             rule, _ = tune_boundary_rule(probability[:N_VAL], cells[:N_VAL], closings=candidate_closings(levels, reach))

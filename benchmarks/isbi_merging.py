@@ -55,6 +55,20 @@ def parse_saved_models(argv, description: str, default_name: str, add_arguments=
     return args
 
 
+def add_merge_levels_argument(parser) -> None:
+    parser.add_argument("--merge-levels", default=None,
+                        help="comma-separated merge levels training may pick (default: the levels each model recorded)")
+
+
+def merge_levels_for(path: Path, text) -> tuple:
+    """The merge levels ``text`` lists (comma-separated), else those the training of the model at ``path`` recorded."""
+    if text:
+        return tuple(float(level) for level in text.split(","))
+    from napari_unet.model_io import load_model
+
+    return load_model(path).train_config.merge_levels  # files written before session 30 load as (0.5, 0.6)
+
+
 def read_isbi_volume() -> tuple[np.ndarray, np.ndarray]:
     """The (20, 512, 512) uint8 training volume and the (8, 512, 512) bool cell mask of slices 12-19."""
     import tifffile

@@ -21,12 +21,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from isbi_merging import N_VAL, membrane_probabilities, parse_saved_models, read_isbi_volume, write_results  # noqa: E402
+from isbi_merging import N_VAL, add_merge_levels_argument, membrane_probabilities, merge_levels_for, parse_saved_models, read_isbi_volume, write_results  # noqa: E402
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--merge-levels", default=None,
-                        help="comma-separated merge levels training may pick (default: the levels each model recorded)")
+    add_merge_levels_argument(parser)
     parser.add_argument("--top", type=int, default=10, help="errors listed per model")
     parser.add_argument("--png", type=Path, default=None, help="draw the first model's largest splits here")
 
@@ -87,17 +86,13 @@ def main(argv=None) -> int:
         return 0
 
     from napari_unet.metrics import segment_cells, truth_segments
-    from napari_unet.model_io import load_model
     from napari_unet.postprocess import boundary_mask, candidate_closings, tune_boundary_rule
 
     image, cells = read_isbi_volume()
     per_model = {}
     for index, path in enumerate(args.models):
         probability = membrane_probabilities(path, image)
-        if args.merge_levels:
-            levels = tuple(float(level) for level in args.merge_levels.split(","))
-        else:
-            levels = load_model(path).train_config.merge_levels
+        levels = merge_levels_for(path, args.merge_levels)
         rule, _ = tune_boundary_rule(probability[:N_VAL], cells[:N_VAL], closings=candidate_closings(levels))
         labels, errors = {}, []
         for k in range(N_VAL, len(probability)):
@@ -113,7 +108,7 @@ def main(argv=None) -> int:
         print(f"{path.stem}: split pairs {totals['split']:.4f} (largest cell {shares['split']['largest_1']:.0%}, "
               f"three largest {shares['split']['largest_3']:.0%}), merge pairs {totals['merge']:.4f}", flush=True)
         for e in errors[:args.top]:
-            print(f"  {e['kind']:5} slice {e['slice']} {e['kind'] == 'split' and 'cell' or 'segment'} {e['label']}: "
+            print(f"  {e['kind']:5} slice {e['slice']} {'cell' if e['kind'] == 'split' else 'segment'} {e['label']}: "
                   f"{e['pairs']:.4f} of the pairs, {e['pixels']} px in {e['pieces']} pieces")
         if index == 0 and args.png is not None:
             splits = [e for e in errors if e["kind"] == "split"][:4]

@@ -14,7 +14,7 @@ from .data import InputError, check_image, downscale_image, neighbour_slices, no
 from .labels import from_indices
 from .model import fold_batch_norm
 from .model_io import UNetModel
-from .postprocess import BORDER_REACH, MERGE_SIGMA, boundary_mask
+from .postprocess import boundary_mask, candidate_closings
 
 
 @dataclass(frozen=True)
@@ -163,8 +163,9 @@ def _run_model(
     return probs
 
 
-#: Gap closing used when ``close_boundaries=True`` and the model's own rule does not close gaps.
-FORCED_CLOSING = {"merge_below": 0.6, "minima_depth": 0.02, "sigma": MERGE_SIGMA, "border_reach": BORDER_REACH}
+#: Gap closing used when ``close_boundaries=True`` and the model's own rule does not close gaps: a tuned rule's
+#: closing at merge level 0.6.
+FORCED_CLOSING = candidate_closings((0.6,))[0]
 
 
 def _boundary_rule(model: UNetModel, close_boundaries: Optional[bool]) -> Optional[dict]:
@@ -173,7 +174,7 @@ def _boundary_rule(model: UNetModel, close_boundaries: Optional[bool]) -> Option
     rule = model.boundary_rule
     closes_gaps = rule is not None and (rule.get("seed_level") is not None or rule.get("merge_below") is not None)
     if close_boundaries and not closes_gaps:
-        rule = {"threshold": (rule or {}).get("threshold", 0.5), "seed_level": None, **FORCED_CLOSING}
+        rule = {"threshold": (rule or {}).get("threshold", 0.5), **FORCED_CLOSING}
     return rule
 
 
