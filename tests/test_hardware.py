@@ -14,13 +14,17 @@ AVX512_CPU = frozenset({"avx2", "fma", "avx512f"})
 AVX2_CPU = frozenset({"avx2", "fma"})
 
 
+SLOW_CONV, FAST_CONV = 350.0, 780.0  # bfloat16 convolutions, GFLOP/s: AMD Zen 4 (estimated) and Zen 5 (measured)
+
+
 @pytest.fixture
 def cpu(monkeypatch):
-    """Pretend to run on a CPU with the given flags and no GPU."""
+    """Pretend to run on a CPU with the given flags, bfloat16 convolution rate and no GPU."""
 
-    def use(flags):
+    def use(flags, conv_gflops=SLOW_CONV):
         monkeypatch.setattr(hardware, "cpu_flags", lambda: flags)
         monkeypatch.setattr(hardware, "has_gpu", lambda: False)
+        monkeypatch.setattr(hardware, "bfloat16_conv_gflops", lambda: conv_gflops)
 
     return use
 
@@ -52,10 +56,17 @@ def test_explicit_settings_are_kept_whatever_the_cpu(cpu):
 
 
 @pytest.mark.parametrize(
-    "flags, tta", [(AMX_CPU, True), (AVX512_BF16_CPU, False), (AVX512_CPU, False), (AVX2_CPU, False)]
+    "flags, conv_gflops, tta",
+    [
+        (AMX_CPU, SLOW_CONV, True),
+        (AVX512_BF16_CPU, FAST_CONV, True),  # AMD Zen 5: the same flags as Zen 4, twice the speed
+        (AVX512_BF16_CPU, SLOW_CONV, False),
+        (AVX512_CPU, FAST_CONV, False),
+        (AVX2_CPU, FAST_CONV, False),
+    ],
 )
-def test_auto_tta_only_where_the_network_is_cheap(cpu, flags, tta):
-    cpu(flags)
+def test_auto_tta_only_where_the_network_is_cheap(cpu, flags, conv_gflops, tta):
+    cpu(flags, conv_gflops)
     assert hardware.resolve_tta("auto") is tta
     assert hardware.resolve_tta(True) is True and hardware.resolve_tta(np.False_) is False
     with pytest.raises(ValueError, match="tta"):
@@ -72,12 +83,30 @@ def test_auto_tta_is_explained_as_it_resolves(cpu, monkeypatch):
     cpu(AVX512_BF16_CPU)
     monkeypatch.delitem(sys.modules, "tensorflow", raising=False)  # before any model: no GPU query
     monkeypatch.setattr(hardware, "has_gpu", lambda: pytest.fail("asked TensorFlow for a GPU"))
+    monkeypatch.setattr(hardware, "bfloat16_conv_gflops", lambda: pytest.fail("timed convolutions before a model"))
+    assert hardware.explain_auto_tta() == "on with a GPU or where bfloat16 convolutions reach 500 GFLOP/s (timed when a model runs)"
+    cpu(AVX2_CPU)
+    monkeypatch.delitem(sys.modules, "tensorflow", raising=False)
+    monkeypatch.setattr(hardware, "has_gpu", lambda: pytest.fail("asked TensorFlow for a GPU"))
     assert hardware.explain_auto_tta() == "off: this CPU has no AMX matrix units (on with a GPU)"
     monkeypatch.setitem(sys.modules, "tensorflow", object())  # a model imported TensorFlow: ask it
-    for gpu in (False, True):
-        monkeypatch.setattr(hardware, "has_gpu", lambda: gpu)
-        assert hardware.explain_auto_tta().startswith("on:" if gpu else "off:")
-        assert hardware.explain_auto_tta().startswith("on:") is hardware.resolve_tta("auto")
+    for flags in (AVX2_CPU, AVX512_BF16_CPU):
+        for conv_gflops in (SLOW_CONV, FAST_CONV):
+            for gpu in (False, True):
+                cpu(flags, conv_gflops)
+                monkeypatch.setattr(hardware, "has_gpu", lambda: gpu)
+                on = gpu or (flags is AVX512_BF16_CPU and conv_gflops == FAST_CONV)
+                assert hardware.explain_auto_tta().startswith("on:" if on else "off:")
+                assert hardware.explain_auto_tta().startswith("on:") is hardware.resolve_tta("auto")
+    cpu(AVX512_BF16_CPU, FAST_CONV)
+    assert hardware.explain_auto_tta() == "on: bfloat16 convolutions at 780 GFLOP/s here (>= 500)"
+
+
+def test_bfloat16_convolutions_are_timed_once_per_process():
+    hardware.bfloat16_conv_gflops.cache_clear()
+    rate = hardware.bfloat16_conv_gflops()
+    assert 1.0 < rate < 1e6  # GFLOP/s of a real measurement, whatever the CPU
+    assert hardware.bfloat16_conv_gflops() == rate  # cached: a second call costs nothing
 
 
 def test_gpu_keeps_float32_with_xla(monkeypatch):

@@ -376,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument(
         "--tta", action=argparse.BooleanOptionalAction, default="auto",
         help="test-time augmentation: average the network over the four 90-degree rotations of each tile "
-        "(default: on with a GPU or a CPU with AMX, where it costs ~1.5x the time; off elsewhere)",
+        "(default: on with a GPU, a CPU with AMX or one whose bfloat16 convolutions are as fast (AMD Zen 5), where it costs ~1.5x the time; off elsewhere)",
     )
     pred.add_argument(
         "--tta-views", type=int, choices=(1, 2, 4),

@@ -1,9 +1,11 @@
 """What this machine computes fast, and the compute settings that ``"auto"`` resolves to.
 
 Measured (BENCHMARKS.md): bfloat16 mixed precision without XLA trains the default U-Net 1.7x faster than
-float32 with XLA on a CPU with AMX, 1.5x on one with AVX512-BF16 but no AMX (AMD Zen 4), and XLA is slower
-than TensorFlow's oneDNN kernels once the CPU has AVX-512; on a CPU with AVX2 only, bfloat16 is 8-12x slower
-and XLA is 6-14 % faster. TensorFlow is imported only to ask for a GPU.
+float32 with XLA on a CPU with AMX, 1.5-1.6x on one with AVX512-BF16 but no AMX (AMD Zen 4 and Zen 5), and XLA is
+slower than TensorFlow's oneDNN kernels once the CPU has AVX-512; on a CPU with AVX2 only, bfloat16 is 8-12x slower
+and XLA is 6-14 % faster. TensorFlow is imported only to ask for a GPU or, on an AVX512-BF16 CPU without AMX, to
+time its bfloat16 convolutions (:func:`bfloat16_conv_gflops`): the network is 2.2x faster on AMD Zen 5 than on
+Zen 4, which the flags do not tell apart.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import functools
 import operator
 import sys
+import time
 from typing import Optional, Union
 
 AUTO = "auto"
@@ -51,6 +54,48 @@ def cpu_has_amx() -> bool:
     return "amx_bf16" in cpu_flags()
 
 
+#: bfloat16 3x3 convolutions at or above this rate (:func:`bfloat16_conv_gflops`) make the network cheap enough
+#: for test-time augmentation by default, as with AMX. Measured on 2 cores: AMD Zen 5 760-800 (430 with the other
+#: core busy); AMD Zen 4 runs the whole network 2.2x slower than Zen 5 (about 350; BENCHMARKS.md, session 32).
+FAST_CONV_GFLOPS = 500.0
+
+
+@functools.lru_cache(maxsize=1)
+def bfloat16_conv_gflops() -> float:
+    """Measured rate of a bfloat16 3x3 convolution (64 -> 64 channels, 2 x 128 x 128) in TensorFlow, GFLOP/s.
+
+    About 0.3 s, once per process (imports TensorFlow if nothing has); the best of five timings, so that a
+    moment of load elsewhere does not count.
+    """
+    from ._tensorflow import load_tensorflow
+
+    tf = load_tensorflow()
+    with tf.device("/CPU:0"):
+        images = tf.cast(tf.random.stateless_uniform((2, 128, 128, 64), seed=(1, 2)), tf.bfloat16)
+        kernel = tf.cast(tf.random.stateless_uniform((3, 3, 64, 64), seed=(3, 4)), tf.bfloat16)
+        flop = 2.0 * 9 * 64 * 64 * 128 * 128 * 2
+        repeats = 4
+        best = float("inf")
+        for round_ in range(6):  # the first round warms oneDNN's kernel cache up
+            start = time.perf_counter()
+            for _ in range(repeats):
+                output = tf.nn.conv2d(images, kernel, strides=1, padding="SAME")
+            output.numpy()
+            if round_:
+                best = min(best, time.perf_counter() - start)
+    return flop * repeats / best / 1e9
+
+
+def cpu_has_fast_matrix_units() -> bool:
+    """True on a CPU with AMX, or with AVX512-BF16 whose bfloat16 convolutions reach :data:`FAST_CONV_GFLOPS`.
+
+    Only the second case imports TensorFlow (to time them).
+    """
+    if cpu_has_amx():
+        return True
+    return "avx512_bf16" in cpu_flags() and bfloat16_conv_gflops() >= FAST_CONV_GFLOPS
+
+
 def has_fast_bfloat16() -> bool:
     """True on a GPU or a CPU with bfloat16 instructions; also True when the CPU is unknown (no warning then)."""
     return has_gpu() or cpu_has_fast_bfloat16() or not cpu_flags()
@@ -80,14 +125,15 @@ def resolve_jit_compile(value: Union[bool, str], mixed_precision: bool) -> bool:
 
 
 def resolve_tta(value: Union[bool, str]) -> bool:
-    """``"auto"``: test-time augmentation where the network is cheap, on a CPU with AMX or a GPU.
+    """``"auto"``: test-time augmentation where the network is cheap: on a GPU or a CPU with fast matrix units.
 
-    On ISBI it lowered the pixel error of 8 of 8 models and raised V_rand and V_info on 7 of 8 (BENCHMARKS.md),
-    for four network passes per tile: 1.5x the time of ``napari-unet predict`` with AMX (30 test slices in 12 s);
-    1.7x with AVX512-BF16 but no AMX (24 s instead of 14 s) and 2.3x with AVX2 only, where it stays off.
+    See :func:`cpu_has_fast_matrix_units` (AMX, or AVX512-BF16 as fast as AMD Zen 5's). On ISBI it lowered the pixel error of 8 of 8 models and raised V_rand and V_info on 7 of 8 (BENCHMARKS.md),
+    for four network passes per tile: 1.5x the time of ``napari-unet predict`` with AMX (30 test slices in 12 s) and
+    1.6x on AMD Zen 5 (11 s; V_rand +0.006 and V_info +0.002 on three models there); 1.7x on AMD Zen 4 (24 s instead of 14 s) and 2.3x
+    with AVX2 only, where it stays off.
     """
     explicit = _explicit("tta", value)
-    return (cpu_has_amx() or has_gpu()) if explicit is None else explicit
+    return (cpu_has_amx() or has_gpu() or cpu_has_fast_matrix_units()) if explicit is None else explicit
 
 
 DEEP_BUDGET_MINUTES = 30.0
@@ -130,14 +176,23 @@ def auto_depth_without_gpu_query(max_minutes: Optional[float], mixed_precision: 
 def explain_auto_tta() -> str:
     """What ``tta="auto"`` does on this machine and why, e.g. "off: this CPU has no AMX matrix units".
 
-    Asks TensorFlow for a GPU only when it is already imported, so a GUI can call this at start-up.
+    Asks TensorFlow for a GPU, or times bfloat16 convolutions, only when it is already imported, so a GUI can
+    call this at start-up.
     """
     if cpu_has_amx():
         return "on: this CPU has AMX matrix units"
+    bf16 = "avx512_bf16" in cpu_flags()
     if "tensorflow" not in sys.modules:
+        if bf16:
+            return f"on with a GPU or where bfloat16 convolutions reach {FAST_CONV_GFLOPS:g} GFLOP/s (timed when a model runs)"
         return "off: this CPU has no AMX matrix units (on with a GPU)"
     if has_gpu():
         return "on: TensorFlow uses a GPU"
+    if bf16:
+        rate = bfloat16_conv_gflops()
+        verdict = "on" if rate >= FAST_CONV_GFLOPS else "off"
+        relation = ">=" if rate >= FAST_CONV_GFLOPS else "<"
+        return f"{verdict}: bfloat16 convolutions at {rate:.0f} GFLOP/s here ({relation} {FAST_CONV_GFLOPS:g})"
     return "off: this CPU has no AMX matrix units and TensorFlow sees no GPU"
 
 
@@ -153,6 +208,9 @@ __all__ = [
     "has_gpu",
     "cpu_has_fast_bfloat16",
     "cpu_has_amx",
+    "bfloat16_conv_gflops",
+    "cpu_has_fast_matrix_units",
+    "FAST_CONV_GFLOPS",
     "has_fast_bfloat16",
     "resolve_mixed_precision",
     "resolve_jit_compile",
