@@ -91,9 +91,7 @@ def cpu_has_fast_matrix_units() -> bool:
 
     Only the second case imports TensorFlow (to time them).
     """
-    if cpu_has_amx():
-        return True
-    return "avx512_bf16" in cpu_flags() and bfloat16_conv_gflops() >= FAST_CONV_GFLOPS
+    return cpu_has_amx() or (cpu_has_fast_bfloat16() and bfloat16_conv_gflops() >= FAST_CONV_GFLOPS)
 
 
 def has_fast_bfloat16() -> bool:
@@ -127,12 +125,14 @@ def resolve_jit_compile(value: Union[bool, str], mixed_precision: bool) -> bool:
 def resolve_tta(value: Union[bool, str]) -> bool:
     """``"auto"``: test-time augmentation where the network is cheap: on a GPU or a CPU with fast matrix units.
 
-    See :func:`cpu_has_fast_matrix_units` (AMX, or AVX512-BF16 as fast as AMD Zen 5's). On ISBI it lowered the pixel error of 8 of 8 models and raised V_rand and V_info on 7 of 8 (BENCHMARKS.md),
-    for four network passes per tile: 1.5x the time of ``napari-unet predict`` with AMX (30 test slices in 12 s) and
-    1.6x on AMD Zen 5 (11 s; V_rand +0.006 and V_info +0.002 on three models there); 1.7x on AMD Zen 4 (24 s instead of 14 s) and 2.3x
-    with AVX2 only, where it stays off.
+    See :func:`cpu_has_fast_matrix_units` (AMX, or AVX512-BF16 as fast as AMD Zen 5's). On ISBI it lowered the
+    pixel error of 8 of 8 models and raised V_rand and V_info on 7 of 8 (BENCHMARKS.md), for four network passes
+    per tile: 1.5x the time of ``napari-unet predict`` with AMX (30 test slices in 12 s) and 1.6x on AMD Zen 5
+    (11 s; V_rand +0.006 and V_info +0.002 on three models there); 1.7x on AMD Zen 4 (24 s instead of 14 s) and
+    2.3x with AVX2 only, where it stays off.
     """
     explicit = _explicit("tta", value)
+    # AMX first (no TensorFlow needed), then a GPU (no convolutions timed on a CPU that will not run the network)
     return (cpu_has_amx() or has_gpu() or cpu_has_fast_matrix_units()) if explicit is None else explicit
 
 
@@ -181,18 +181,17 @@ def explain_auto_tta() -> str:
     """
     if cpu_has_amx():
         return "on: this CPU has AMX matrix units"
-    bf16 = "avx512_bf16" in cpu_flags()
+    timed = cpu_has_fast_bfloat16()  # no AMX: cpu_has_fast_matrix_units times the convolutions
     if "tensorflow" not in sys.modules:
-        if bf16:
+        if timed:
             return f"on with a GPU or where bfloat16 convolutions reach {FAST_CONV_GFLOPS:g} GFLOP/s (timed when a model runs)"
         return "off: this CPU has no AMX matrix units (on with a GPU)"
     if has_gpu():
         return "on: TensorFlow uses a GPU"
-    if bf16:
-        rate = bfloat16_conv_gflops()
-        verdict = "on" if rate >= FAST_CONV_GFLOPS else "off"
-        relation = ">=" if rate >= FAST_CONV_GFLOPS else "<"
-        return f"{verdict}: bfloat16 convolutions at {rate:.0f} GFLOP/s here ({relation} {FAST_CONV_GFLOPS:g})"
+    if timed:
+        fast = cpu_has_fast_matrix_units()
+        rate = f"{bfloat16_conv_gflops():.0f} GFLOP/s here ({'>=' if fast else '<'} {FAST_CONV_GFLOPS:g})"
+        return f"{'on' if fast else 'off'}: bfloat16 convolutions at {rate}"
     return "off: this CPU has no AMX matrix units and TensorFlow sees no GPU"
 
 
