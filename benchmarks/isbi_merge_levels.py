@@ -2,14 +2,15 @@
 """Merge level of the membrane rule on saved ISBI models: each level, and the level tuned from candidate sets.
 
     python benchmarks/isbi_merge_levels.py A.keras [B.keras ...] [--levels 0.5,0.55,0.6,0.65,0.7,0.75]
-        [--candidates 0.5,0.6 0.5,0.6,0.7 ...] [--name isbi-merge-levels]
+        [--candidates 0.5,0.6 0.5,0.6,0.7 ...] [--tta] [--name isbi-merge-levels]
 
 For models saved by ``isbi_accuracy.py --save-model`` (trained on slices 0-11, validation 12-14), with the
 probabilities of slices 12-19 that ``isbi_merging.py`` caches beside each model. With the model's threshold as
 training tunes it and the tuned rules' smoothing (``postprocess.MERGE_SIGMA``), every merge level is scored on
 the validation slices 12-14 and the unseen slices 15-19. Then, for each candidate set, the level training would
 pick from it (best V_rand on 12-14, ties to the earlier level, as ``tune_boundary_rule``) is judged on 15-19;
-the first set is the reference whose wins are counted.
+the first set is the reference whose wins are counted. ``--tta`` does all of this on the probabilities of
+test-time augmentation (the four quarter turns, cached apart), which ``predict`` writes where TTA is on.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--levels", default="0.5,0.55,0.6,0.65,0.7,0.75", help="comma-separated merge levels to score")
     parser.add_argument("--candidates", nargs="+", default=["0.5,0.6", "0.5,0.6,0.7", "0.5,0.55,0.6,0.65,0.7", "0.6,0.65,0.7"],
                         help="candidate sets (comma-separated levels, each in --levels); the first is the reference")
+    parser.add_argument("--tta", action="store_true", help="score the probabilities of test-time augmentation")
 
 
 def pick_level(rows: dict, candidates: list[str]) -> str:
@@ -51,7 +53,7 @@ def main(argv=None) -> int:
     image, cells = read_isbi_volume()
     per_model = {}
     for path in args.models:
-        probability = membrane_probabilities(path, image)
+        probability = membrane_probabilities(path, image, tta=args.tta)
         threshold = tune_boundary_rule(probability[:N_VAL], cells[:N_VAL], closings=())[0]["threshold"]
         rows = {}
         for level in levels:
@@ -81,7 +83,7 @@ def main(argv=None) -> int:
     print(f"tuned from   validation 12-14  unseen 15-19  better / worse than {reference}")
     for name, row in tuned.items():
         print(name, *(" ".join(f"{row[p][m]:.4f}" for m in METRICS) for p in PARTS), row["better_than_reference"], row["worse_than_reference"])
-    write_results(args.name, {"models": list(per_model), "sigma": MERGE_SIGMA, "fixed": fixed, "tuned": tuned,
+    write_results(args.name, {"models": list(per_model), "tta": args.tta, "sigma": MERGE_SIGMA, "fixed": fixed, "tuned": tuned,
                                "per_model": per_model})
     return 0
 

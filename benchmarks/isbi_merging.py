@@ -25,16 +25,17 @@ N_VAL = 3  # slices 12-14 of the 12-19 block; 15-19 are judged
 DEPTHS, LEVELS = (0.02, 0.05), (0.4, 0.5, 0.6, 0.7)
 
 
-def membrane_probabilities(model_path: Path, image) -> np.ndarray:
-    """(8, Y, X) float32 membrane probability of slices 12-19, cached as float16 beside the model."""
-    cache = model_path.with_suffix(".p12-19.npy")
+def membrane_probabilities(model_path: Path, image, tta: bool = False) -> np.ndarray:
+    """(8, Y, X) float32 membrane probability of slices 12-19, cached as float16 beside the model; ``tta``: the mean
+    over the four quarter turns, as ``predict(..., tta=True)`` writes it."""
+    cache = model_path.with_suffix(".tta-p12-19.npy" if tta else ".p12-19.npy")
     if cache.exists():
         return np.load(cache).astype(np.float32)
     from napari_unet.model_io import load_model
     from napari_unet.predict import predict
 
     model = load_model(model_path)
-    result = predict(model, image, close_boundaries=False, slices=range(12, 20), tta=False)  # as train chooses rules
+    result = predict(model, image, close_boundaries=False, slices=range(12, 20), tta=tta)
     probability = result.probabilities[..., model.class_values.index(0)]
     np.save(cache, probability.astype(np.float16))
     return probability.astype(np.float32)

@@ -10,8 +10,11 @@ For models saved by ``isbi_accuracy.py --save-model`` (trained on slices 0-11, v
 half turn and the two flips, ``flip2`` = identity and one flip, ``half2`` = identity and the half turn, which is
 also ``predict(..., tta=2)``), in the precision ``predict`` picks for this CPU. For each, the membrane rule is
 chosen on 12-14 as training chooses it (``tune_boundary_rule`` over ``CANDIDATE_CLOSINGS``) and the labels of
-15-19 are scored. ``tta_with_plain_rule`` is what ships: training chooses the rule on the plain probabilities,
-prediction applies it to the TTA ones.
+15-19 are scored. ``tta_with_plain_rule`` applies the rule chosen here on the plain probabilities to the TTA
+ones. ``model_rule`` and ``tta_with_model_rule`` apply the rule saved in the model file, which training chose from
+its own candidates (merge levels up to 0.7 after 30-minute budgets); ``tta_as_predicted`` applies the rule that
+``predict`` derives from it for TTA (``predict.effective_boundary_rule``: merge level at most 0.6). ``model_rule``
+and ``tta_as_predicted`` are what ``napari-unet predict`` writes without and with TTA.
 Also reports the network seconds per slice.
 """
 
@@ -57,7 +60,7 @@ def main(argv=None) -> int:
 
     from napari_unet.model_io import load_model
     from napari_unet.postprocess import CANDIDATE_CLOSINGS, boundary_mask, tune_boundary_rule
-    from napari_unet.predict import predict
+    from napari_unet.predict import effective_boundary_rule, predict
 
     image, cells = read_isbi_volume()
 
@@ -83,10 +86,18 @@ def main(argv=None) -> int:
                          "network_seconds_per_slice": round(seconds, 3)}
             if tta:
                 row["tta_with_plain_rule"] = scores(judge, cells[N_VAL:], rules[False])
+            if model.boundary_rule:
+                row["tta_with_model_rule" if tta else "model_rule"] = scores(judge, cells[N_VAL:], model.boundary_rule)
+            if model.boundary_rule and tta:
+                predicted_rule = effective_boundary_rule(model, tta_views=len(TRANSFORMS[args.transforms]))
+                row["tta_as_predicted"] = scores(judge, cells[N_VAL:], predicted_rule)
         rows.append(row)
         print(json.dumps(row), flush=True)
     judged = {key: [r[key]["judge"] for r in rows] for key in ("plain", "tta")}
     judged["tta_with_plain_rule"] = [r["tta_with_plain_rule"] for r in rows]
+    for key in ("model_rule", "tta_with_model_rule", "tta_as_predicted"):
+        if all(key in r for r in rows):
+            judged[key] = [r[key] for r in rows]
     mean = {key: {m: round(float(np.mean([j[m] for j in scores_])), 4) for m in ("pixel_error", "isbi_pixel_error", "v_rand", "v_info")}
             for key, scores_ in judged.items()}
     print("mean", json.dumps(mean))

@@ -237,12 +237,12 @@ def test_close_boundaries_only_adds_boundary_pixels():
 
 def test_stack_labels_follow_the_boundary_rule_slice_by_slice():
     from napari_unet.postprocess import boundary_mask
-    from napari_unet.predict import _boundary_rule
+    from napari_unet.predict import effective_boundary_rule
 
     model = tiny_model()
     image = stripes(n_slices=4, size=64, seed=9)[0]
     result = predict(model, image, close_boundaries=True)
-    rule = _boundary_rule(model, True)
+    rule = effective_boundary_rule(model, True)
     assert rule["merge_below"] is not None or rule["seed_level"] is not None
     for z in range(4):
         membrane = boundary_mask(result.probabilities[z, ..., 0], **rule)
@@ -251,17 +251,54 @@ def test_stack_labels_follow_the_boundary_rule_slice_by_slice():
 
 def test_forced_gap_closing_smooths_like_tuned_rules_and_stored_rules_are_kept():
     from napari_unet.postprocess import BORDER_REACH, MERGE_SIGMA
-    from napari_unet.predict import _boundary_rule
+    from napari_unet.predict import effective_boundary_rule
 
     model = tiny_model()
     model.boundary_rule = {"threshold": 0.6, "seed_level": None, "merge_below": None}
-    forced = _boundary_rule(model, True)
+    forced = effective_boundary_rule(model, True)
     assert forced["merge_below"] is not None and forced["sigma"] == MERGE_SIGMA and forced["threshold"] == 0.6
     assert forced["border_reach"] == BORDER_REACH
-    assert _boundary_rule(model, None) == model.boundary_rule
+    assert effective_boundary_rule(model, None) == model.boundary_rule
     stored = {"threshold": 0.5, "seed_level": None, "merge_below": 0.6, "minima_depth": 0.02, "hierarchical": True}
     model.boundary_rule = stored
-    assert _boundary_rule(model, True) == stored, "a stored gap-closing rule is applied as saved (no sigma: 1)"
+    assert effective_boundary_rule(model, True) == stored, "a stored gap-closing rule is applied as saved (no sigma: 1)"
+
+
+def test_rules_applied_to_tta_probabilities_merge_at_most_at_0_6():
+    from napari_unet.predict import TTA_MAX_MERGE_LEVEL, effective_boundary_rule
+
+    model = tiny_model()
+    long_budget = {"threshold": 0.7, "seed_level": None, "merge_below": 0.7, "minima_depth": 0.02, "sigma": 3.0,
+                   "hierarchical": True, "border_reach": 4.0}
+    model.boundary_rule = dict(long_budget)
+    assert effective_boundary_rule(model, None, 1) == long_budget, "plain probabilities keep the trained level"
+    for views in (2, 4):
+        capped = effective_boundary_rule(model, None, views)
+        assert capped == {**long_budget, "merge_below": TTA_MAX_MERGE_LEVEL} == {**long_budget, "merge_below": 0.6}
+    assert model.boundary_rule == long_budget, "the model's own rule is not modified"
+    short_budget = {**long_budget, "merge_below": 0.5}
+    model.boundary_rule = short_budget
+    assert effective_boundary_rule(model, None, 4) == short_budget, "levels up to 0.6 stay as trained"
+    model.boundary_rule = {"threshold": 0.6, "seed_level": None, "merge_below": None}
+    assert effective_boundary_rule(model, None, 4) == model.boundary_rule, "a plain threshold stays plain"
+    assert effective_boundary_rule(model, False, 4) is None
+
+
+def test_predict_applies_the_capped_rule_with_tta_and_the_trained_one_without(monkeypatch):
+    import napari_unet.predict as predict_module
+
+    applied = []
+    original = predict_module.boundary_mask
+    monkeypatch.setattr(predict_module, "boundary_mask", lambda plane, **rule: applied.append(rule) or original(plane, **rule))
+    model = tiny_model()
+    model.boundary_rule = {"threshold": 0.5, "seed_level": None, "merge_below": 0.7, "minima_depth": 0.02,
+                           "sigma": 3.0, "hierarchical": True, "border_reach": 4.0}
+    image = stripes(n_slices=2, size=64, seed=9)[0]
+    predict(model, image, tta=True)
+    assert [rule["merge_below"] for rule in applied] == [0.6, 0.6]
+    applied.clear()
+    predict(model, image, tta=False)
+    assert [rule["merge_below"] for rule in applied] == [0.7, 0.7]
 
 
 def test_a_prediction_closed_early_leaves_no_thread_behind():

@@ -168,13 +168,24 @@ def _run_model(
 FORCED_CLOSING = candidate_closings((0.6,))[0]
 
 
-def _boundary_rule(model: UNetModel, close_boundaries: Optional[bool]) -> Optional[dict]:
+#: Highest merge level of a rule applied to test-time-augmented probabilities. Training chooses the rule on
+#: plain probabilities; on the averaged ones the level 0.7 that long budgets may choose merged real cells (four 30-minute networks with TTA: V_rand 0.961 / 0.962 / 0.962 /
+#: 0.975 at 0.7 against 0.974 / 0.973 / 0.962 / 0.972 at 0.6, mean 0.9651 against 0.9702; BENCHMARKS.md, "Session 33").
+TTA_MAX_MERGE_LEVEL = 0.6
+
+
+def effective_boundary_rule(model: UNetModel, close_boundaries: Optional[bool] = None, tta_views: int = 1) -> Optional[dict]:
+    """The keyword arguments of :func:`boundary_mask` that prediction applies to ``model``'s membrane probability,
+    or None for argmax labels. ``tta_views`` > 1: probabilities averaged over that many views (merge level capped
+    at :data:`TTA_MAX_MERGE_LEVEL`)."""
     if close_boundaries is False or model.boundary_value not in model.class_values:
         return None
     rule = model.boundary_rule
     closes_gaps = rule is not None and (rule.get("seed_level") is not None or rule.get("merge_below") is not None)
     if close_boundaries and not closes_gaps:
         rule = {"threshold": (rule or {}).get("threshold", 0.5), **FORCED_CLOSING}
+    if rule is not None and tta_views > 1 and (rule.get("merge_below") or 0) > TTA_MAX_MERGE_LEVEL:
+        rule = {**rule, "merge_below": TTA_MAX_MERGE_LEVEL}
     return rule
 
 
@@ -259,7 +270,7 @@ def predict_events(
     tiles_per_batch = max(1, batch_size // n_transforms)
     network_batch = min(batch_size, len(starts) * n_transforms)
     forward = _forward_pass(model, jit_compile, network_batch, mixed_precision, folded)
-    rule = _boundary_rule(model, close_boundaries)
+    rule = effective_boundary_rule(model, close_boundaries, n_transforms)
     boundary_index = model.class_values.index(model.boundary_value) if rule is not None else None
 
     label_dtype = from_indices(np.zeros(1, np.int64), model.class_values).dtype
