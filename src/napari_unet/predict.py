@@ -169,8 +169,9 @@ FORCED_CLOSING = candidate_closings((0.6,))[0]
 
 
 #: Highest merge level of a rule applied to test-time-augmented probabilities. Training chooses the rule on
-#: plain probabilities; on the averaged ones the level 0.7 that long budgets may choose merged real cells (four 30-minute networks with TTA: V_rand 0.961 / 0.962 / 0.962 /
-#: 0.975 at 0.7 against 0.974 / 0.973 / 0.962 / 0.972 at 0.6, mean 0.9651 against 0.9702; BENCHMARKS.md, "Session 33").
+#: plain probabilities; on the averaged ones the level 0.7 that long budgets may choose merged real cells
+#: (five Zen 5 30-minute networks with TTA: mean V_rand 0.9647 at 0.7 against 0.9702 at 0.6, lower on 3 of 5;
+#: BENCHMARKS.md, "Session 33").
 TTA_MAX_MERGE_LEVEL = 0.6
 
 
