@@ -86,9 +86,10 @@ def main(argv=None) -> int:
                          "network_seconds_per_slice": round(seconds, 3)}
             if tta:
                 row["tta_with_plain_rule"] = scores(judge, cells[N_VAL:], rules[False])
-            if model.boundary_rule:
-                row["tta_with_model_rule" if tta else "model_rule"] = scores(judge, cells[N_VAL:], model.boundary_rule)
-            if model.boundary_rule and tta:
+            if model.boundary_rule and not tta:
+                row["model_rule"] = scores(judge, cells[N_VAL:], model.boundary_rule)
+            elif model.boundary_rule:
+                row["tta_with_model_rule"] = scores(judge, cells[N_VAL:], model.boundary_rule)
                 predicted_rule = effective_boundary_rule(model, tta_views=len(TRANSFORMS[args.transforms]))
                 row["tta_as_predicted"] = scores(judge, cells[N_VAL:], predicted_rule)
         rows.append(row)
