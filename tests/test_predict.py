@@ -264,7 +264,7 @@ def test_forced_gap_closing_smooths_like_tuned_rules_and_stored_rules_are_kept()
     assert effective_boundary_rule(model, True) == stored, "a stored gap-closing rule is applied as saved (no sigma: 1)"
 
 
-def test_rules_applied_to_tta_probabilities_merge_at_most_at_0_6():
+def test_rules_applied_to_tta_probabilities_merge_at_most_at_0_65():
     from napari_unet.predict import TTA_MAX_MERGE_LEVEL, effective_boundary_rule
 
     model = tiny_model()
@@ -274,11 +274,11 @@ def test_rules_applied_to_tta_probabilities_merge_at_most_at_0_6():
     assert effective_boundary_rule(model, None, 1) == long_budget, "plain probabilities keep the trained level"
     for views in (2, 4):
         capped = effective_boundary_rule(model, None, views)
-        assert capped == {**long_budget, "merge_below": TTA_MAX_MERGE_LEVEL} == {**long_budget, "merge_below": 0.6}
+        assert capped == {**long_budget, "merge_below": TTA_MAX_MERGE_LEVEL} == {**long_budget, "merge_below": 0.65}
     assert model.boundary_rule == long_budget, "the model's own rule is not modified"
     short_budget = {**long_budget, "merge_below": 0.5}
     model.boundary_rule = short_budget
-    assert effective_boundary_rule(model, None, 4) == short_budget, "levels up to 0.6 stay as trained"
+    assert effective_boundary_rule(model, None, 4) == short_budget, "levels up to 0.65 stay as trained"
     model.boundary_rule = {"threshold": 0.6, "seed_level": None, "merge_below": None}
     assert effective_boundary_rule(model, None, 4) == model.boundary_rule, "a plain threshold stays plain"
     assert effective_boundary_rule(model, False, 4) is None
@@ -295,7 +295,7 @@ def test_predict_applies_the_capped_rule_with_tta_and_the_trained_one_without(mo
                            "sigma": 3.0, "hierarchical": True, "border_reach": 4.0}
     image = stripes(n_slices=2, size=64, seed=9)[0]
     predict(model, image, tta=True)
-    assert [rule["merge_below"] for rule in applied] == [0.6, 0.6]
+    assert [rule["merge_below"] for rule in applied] == [0.65, 0.65]
     applied.clear()
     predict(model, image, tta=False)
     assert [rule["merge_below"] for rule in applied] == [0.7, 0.7]

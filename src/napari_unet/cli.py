@@ -362,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--merge-levels", type=merge_levels, metavar="L1,L2,...", help="levels at which the membrane rule may "
                        "merge regions across faint boundaries, picked on the validation slices (default: 0.5,0.6, and "
                        "0.5,0.6,0.7 for --max-minutes 30 or more: BENCHMARKS.md, session 30; predict with test-time augmentation merges "
-                       "at 0.6 at most: session 33)")
+                       "at 0.65 at most: sessions 33-34)")
     train.add_argument("--depth", type=positive_int, help="poolings of the U-Net, 1-6 (default: the preset's; the default preset takes 5 "
                        "for --max-minutes 30 or more on a GPU or with AMX bfloat16, else 4: BENCHMARKS.md, sessions 25 and 28)")
     train.add_argument("--context-slices", type=int, help="neighbouring slices on each side the network also sees (default: the preset's)")

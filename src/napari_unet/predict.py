@@ -10,7 +10,6 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from . import hardware
-from .config import MERGE_LEVELS
 from .data import InputError, check_image, downscale_image, neighbour_slices, normalize, upscale_probabilities
 from .labels import from_indices
 from .model import fold_batch_norm
@@ -169,11 +168,11 @@ def _run_model(
 FORCED_CLOSING = candidate_closings((0.6,))[0]
 
 
-#: Highest merge level of a rule applied to test-time-augmented probabilities: the top of the short budgets' set.
-#: Training chooses the rule on plain probabilities; on the averaged ones the level 0.7 that long budgets may
-#: choose merged real cells (five Zen 5 30-minute networks with TTA: mean V_rand 0.9647 at 0.7 against 0.9702
-#: at 0.6, lower on 3 of 5; BENCHMARKS.md, "Session 33").
-TTA_MAX_MERGE_LEVEL = max(MERGE_LEVELS)
+#: Highest merge level of a rule applied to test-time-augmented probabilities. Training chooses the rule on plain
+#: probabilities; on the averaged ones the level 0.7 that long budgets may choose merged real cells, and 0.65
+#: scored at least as well as 0.6 on every Zen 5 network measured (six networks in session 33, two fresh
+#: 30-minute networks in session 34; BENCHMARKS.md, "Session 34").
+TTA_MAX_MERGE_LEVEL = 0.65
 
 
 def effective_boundary_rule(model: UNetModel, close_boundaries: Optional[bool] = None, tta_views: int = 1) -> Optional[dict]:
