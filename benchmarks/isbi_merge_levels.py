@@ -2,7 +2,7 @@
 """Merge level of the membrane rule on saved ISBI models: each level, and the level tuned from candidate sets.
 
     python benchmarks/isbi_merge_levels.py A.keras [B.keras ...] [--levels 0.5,0.55,0.6,0.65,0.7,0.75]
-        [--candidates 0.5,0.6 0.5,0.6,0.7 ...] [--tta] [--name isbi-merge-levels]
+        [--candidates 0.5,0.6 --candidates 0.5,0.6,0.7 ...] [--tta] [--name isbi-merge-levels]
 
 For models saved by ``isbi_accuracy.py --save-model`` (trained on slices 0-11, validation 12-14), with the
 probabilities of slices 12-19 that ``isbi_merging.py`` caches beside each model. With the model's threshold as
@@ -25,10 +25,15 @@ from isbi_merging import N_VAL, cell_scores, membrane_probabilities, parse_saved
 from isbi_rule_smoothing import METRICS, PARTS, better  # noqa: E402
 
 
+DEFAULT_CANDIDATES = ("0.5,0.6", "0.5,0.6,0.7", "0.5,0.55,0.6,0.65,0.7", "0.6,0.65,0.7")
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("--levels", default="0.5,0.55,0.6,0.65,0.7,0.75", help="comma-separated merge levels to score")
-    parser.add_argument("--candidates", nargs="+", default=["0.5,0.6", "0.5,0.6,0.7", "0.5,0.55,0.6,0.65,0.7", "0.6,0.65,0.7"],
-                        help="candidate sets (comma-separated levels, each in --levels); the first is the reference")
+    # One set per flag: a list-valued option would swallow the model paths that follow it.
+    parser.add_argument("--candidates", action="append", default=None, metavar="LEVELS",
+                        help="a candidate set (comma-separated levels, each in --levels), repeat the flag for more; "
+                             f"the first is the reference (default: {' '.join(DEFAULT_CANDIDATES)})")
     parser.add_argument("--tta", action="store_true", help="score the probabilities of test-time augmentation")
 
 
@@ -45,7 +50,7 @@ def main(argv=None) -> int:
     from napari_unet.postprocess import CANDIDATE_CLOSINGS, MERGE_SIGMA, boundary_mask, tune_boundary_rule
 
     levels = [str(float(level)) for level in args.levels.split(",")]
-    candidate_sets = {text: [str(float(level)) for level in text.split(",")] for text in args.candidates}
+    candidate_sets = {text: [str(float(level)) for level in text.split(",")] for text in args.candidates or DEFAULT_CANDIDATES}
     unknown = {level for levels_ in candidate_sets.values() for level in levels_} - set(levels)
     if unknown:
         raise SystemExit(f"candidate levels {sorted(unknown)} are not in --levels")
