@@ -170,8 +170,8 @@ FORCED_CLOSING = candidate_closings((0.6,))[0]
 
 #: Highest merge level of a rule applied to test-time-augmented probabilities. Training chooses the rule on plain
 #: probabilities; on the averaged ones the level 0.7 that long budgets may choose merged real cells, and 0.65
-#: scored at least as well as 0.6 on every Zen 5 network measured (six networks in session 33, two fresh
-#: 30-minute networks in session 34; BENCHMARKS.md, "Session 34").
+#: scored at least as well as 0.6 on all nine Zen 5 networks measured (six in session 33, three fresh 30-minute
+#: networks in session 34; BENCHMARKS.md, "Session 34").
 TTA_MAX_MERGE_LEVEL = 0.65
 
 
