@@ -13,8 +13,9 @@ chosen on 12-14 as training chooses it (``tune_boundary_rule`` over ``CANDIDATE_
 15-19 are scored. ``tta_with_plain_rule`` applies the rule chosen here on the plain probabilities to the TTA
 ones. ``model_rule`` and ``tta_with_model_rule`` apply the rule saved in the model file, which training chose from
 its own candidates (merge levels up to 0.7 after 30-minute budgets); ``tta_as_predicted`` applies the rule that
-``predict`` derives from it for TTA (``predict.effective_boundary_rule``: merge level at most ``TTA_MAX_MERGE_LEVEL``, 0.65). ``model_rule``
-and ``tta_as_predicted`` are what ``napari-unet predict`` writes without and with TTA.
+``predict`` derives from it for TTA (``predict.effective_boundary_rule``: merge level at most
+``TTA_MAX_MERGE_LEVEL``, 0.65). ``model_rule`` and ``tta_as_predicted`` are what ``napari-unet predict`` writes
+without and with TTA.
 Also reports the network seconds per slice.
 """
 
