@@ -257,11 +257,44 @@ def test_downscale_and_upscale_round_trip_shapes_and_values():
     np.testing.assert_array_equal(downscale_image(image, 1), image)
     labels = np.zeros((5, 7), np.int32)
     labels[::2, ::2] = 1
-    assert downscale_labels(labels, 2).shape == (3, 4) and np.all(downscale_labels(labels, 2) == 1)
+    small_labels = downscale_labels(labels, 2)
+    assert small_labels.shape == (3, 4) and small_labels.dtype == np.int32
+    assert small_labels[0, 0] == 0 and small_labels[2, 3] == 1  # 3 of 4 zeros; the padded corner block has one pixel
     probabilities = np.random.default_rng(0).random((3, 4, 2)).astype(np.float32)
     full = upscale_probabilities(probabilities, 2, (5, 7))
     assert full.shape == (5, 7, 2) and full.dtype == np.float32
     assert probabilities.min() - 1e-6 <= full.min() and full.max() <= probabilities.max() + 1e-6
+
+
+@pytest.mark.parametrize("factor", [2, 3, 4])
+def test_downscaled_labels_stay_centred_on_the_downscaled_image(factor):
+    """A disc's downscaled label and its downscaled image have the same centre; upsampled back, it has not moved."""
+    from napari_unet.data import downscale_image, downscale_labels, upscale_probabilities
+
+    yy, xx = np.mgrid[:96, :96]
+    disc = ((yy - 47.5) ** 2 + (xx - 47.5) ** 2 < 20**2).astype(np.int32)
+    before = disc.copy()
+    small_labels = downscale_labels(disc, factor)
+    small_image = downscale_image(disc, factor)
+    np.testing.assert_array_equal(disc, before)
+    label_centre = np.argwhere(small_labels == 1).mean(axis=0)
+    image_centre = (np.argwhere(small_image > 0) * small_image[small_image > 0][:, None]).sum(0) / small_image.sum()
+    np.testing.assert_allclose(label_centre, image_centre, atol=0.05)
+    one_hot = np.stack([small_labels == 0, small_labels == 1], axis=-1).astype(np.float32)
+    back = upscale_probabilities(one_hot, factor, disc.shape).argmax(-1)
+    np.testing.assert_allclose(np.argwhere(back == 1).mean(axis=0), [47.5, 47.5], atol=0.25)
+
+
+def test_downscaled_labels_keep_sparse_annotations_and_unannotated_blocks():
+    from napari_unet.data import downscale_labels
+
+    indices = np.full((8, 8), -1, np.int32)
+    indices[3, :] = 1  # a one-pixel scribble: every block it crosses keeps it
+    indices[6, 6] = 0
+    small = downscale_labels(indices, 2)
+    assert np.all(small[1] == 1) and small[3, 3] == 0
+    assert np.all(small[0] == -1) and small[2, 0] == -1
+    assert np.all(downscale_labels(np.full((4, 4), -1, np.int32), 2) == -1)
 
 
 def test_centre_tiles_cut_the_middle_of_evenly_chosen_slices():

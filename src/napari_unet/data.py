@@ -145,9 +145,25 @@ def downscale_image(image, factor: int) -> np.ndarray:
 
 
 def downscale_labels(indices, factor: int) -> np.ndarray:
-    """Nearest-neighbour subsampling of (..., Y, X) class indices to :func:`downscale_image`'s shape."""
+    """Majority class of each ``factor`` x ``factor`` block of (..., Y, X) class indices (-1 = unannotated).
+
+    Returns :func:`downscale_image`'s shape, same dtype. Only annotated pixels vote (a block is -1 only if none of
+    its pixels is annotated); ties go to the lower class index. A block's vote sits at the block centre, as the
+    block mean of :func:`downscale_image` and the upsampling of :func:`upscale_probabilities` do: sampling the block
+    corner instead shifted every predicted label by (factor - 1) / 2 pixels.
+    """
     array = np.asarray(indices)
-    return array if factor == 1 else np.ascontiguousarray(array[..., ::factor, ::factor])
+    if factor == 1:
+        return array
+    pad_y, pad_x = -array.shape[-2] % factor, -array.shape[-1] % factor
+    widths = [(0, 0)] * (array.ndim - 2) + [(0, pad_y), (0, pad_x)]
+    padded = np.pad(array, widths, constant_values=-1) if pad_y or pad_x else array
+    y, x = padded.shape[-2] // factor, padded.shape[-1] // factor
+    blocks = padded.reshape(padded.shape[:-2] + (y, factor, x, factor))
+    n_classes = int(array.max(initial=-1)) + 1
+    votes = np.stack([(blocks == c).sum(axis=(-3, -1), dtype=np.int32) for c in range(max(n_classes, 1))])
+    majority = votes.argmax(axis=0).astype(array.dtype)
+    return np.where(votes.max(axis=0) > 0, majority, np.asarray(-1, array.dtype))
 
 
 def upscale_probabilities(probabilities, factor: int, shape: tuple[int, int]) -> np.ndarray:
