@@ -131,3 +131,14 @@ def test_class_names_are_stored_with_the_model(tmp_path):
     assert load_model(save_model(model, tmp_path / "plain.keras")).class_names is None
     model.class_names = ["membrane", "cell"]
     assert load_model(save_model(model, tmp_path / "named.keras")).class_names == ["membrane", "cell"]
+
+
+def test_class_colours_are_stored_with_the_model_and_bad_ones_are_dropped(tmp_path):
+    model = tiny_model()
+    assert load_model(save_model(model, tmp_path / "plain.keras")).class_colors is None
+    model.class_colors = [[1.0, 0.0, 0.0, 1.0], [0.0, 0.5, 1.0, 1.0]]
+    assert load_model(save_model(model, tmp_path / "coloured.keras")).class_colors == model.class_colors
+    meta = json.loads(zipfile.ZipFile(tmp_path / "coloured.keras").read("napari_unet.json"))
+    for bad in ([[1, 0, 0, 1]], [[1, 0, 0], [0, 0.5, 1]], [[2, 0, 0, 1], [0, 0, 0, 1]], [["red"], [0, 0, 0, 1]], "red"):
+        path = _with_metadata(tmp_path, "bad.keras", json.dumps({**meta, "class_colors": bad}))
+        assert load_model(path).class_colors is None  # a hand-edited entry: the model still loads, without colours

@@ -268,7 +268,11 @@ def test_time_budget_continue_and_a_model_that_does_not_fit(widgets, qtbot, noti
 def test_save_and_load_model_between_widgets(widgets, qtbot, tmp_path, notifications):
     from napari_unet.model_io import read_metadata
 
+    from napari.utils.colormaps import DirectLabelColormap
+
     training, inference, session = widgets.training, widgets.inference, widgets.session
+    membrane, cell = [1.0, 0.0, 1.0, 1.0], [0.0, 0.5, 0.0, 1.0]
+    widgets.viewer.layers["EM labels"].colormap = DirectLabelColormap(color_dict={None: "transparent", 1: membrane, 2: cell})
     tiny_settings(training, epochs=1, steps=3)
     run_and_wait(qtbot, training.start, lambda: training._run is not None)
     trained = session.model
@@ -282,6 +286,11 @@ def test_save_and_load_model_between_widgets(widgets, qtbot, tmp_path, notificat
     qtbot.waitUntil(lambda: not session.busy, timeout=60_000)
     assert session.model is not trained and session.model.class_values == [0, 255]
     assert session.info.class_names == ["membrane", "cell"], "a loaded model names its classes as the training labels did"
+    assert read_metadata(path)["class_colors"] == [membrane, cell]
+    assert np.allclose(session.info.colormap.map(np.array([1, 2])), [membrane, cell]), "and colours them as they did"
+    run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
+    prediction = widgets.viewer.layers["EM prediction"]
+    assert np.allclose(prediction.colormap.map(np.array([1, 2])), [membrane, cell])
     assert "model.keras" in inference.model_label.text()
     assert inference.cells.isEnabled()  # two classes: instance labels are offered
     assert not errors(notifications)

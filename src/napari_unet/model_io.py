@@ -33,6 +33,8 @@ class UNetModel:
     ``boundary_rule``: keyword arguments of :func:`napari_unet.postprocess.boundary_mask` chosen on
     the validation slices after training (best ISBI V_rand), or None for plain argmax.
     ``class_names``: the training labels' name of each class value, if they had names (napari shows them).
+    ``class_colors``: the training labels' RGBA colour (4 floats in 0..1) of each class value, if they had
+    custom colours; prediction layers of a reloaded model show them again.
     """
 
     keras_model: Any
@@ -44,6 +46,7 @@ class UNetModel:
     boundary_value: Optional[int] = None  # class value of thin boundaries (EM membranes), if any
     boundary_rule: Optional[dict] = None
     class_names: Optional[list] = None  # one name per class value (e.g. ["membrane", "cell"]), when known
+    class_colors: Optional[list] = None  # one [r, g, b, a] per class value, when the labels had custom colours
 
     def metadata(self) -> dict:
         return {
@@ -57,6 +60,7 @@ class UNetModel:
             "boundary_value": self.boundary_value,
             "boundary_rule": self.boundary_rule,
             "class_names": [str(n) for n in self.class_names] if self.class_names else None,
+            "class_colors": [[float(c) for c in rgba] for rgba in self.class_colors] if self.class_colors else None,
         }
 
 
@@ -145,6 +149,7 @@ def load_model(path) -> UNetModel:
         boundary_value=meta.get("boundary_value"),
         boundary_rule=meta.get("boundary_rule"),
         class_names=_class_names(meta.get("class_names"), class_values),
+        class_colors=_class_colors(meta.get("class_colors"), class_values),
     )
 
 
@@ -152,4 +157,14 @@ def _class_names(names, class_values) -> Optional[list]:
     """Stored class names if there is one string per class value (files written before they were stored have none)."""
     if isinstance(names, list) and len(names) == len(class_values) and all(isinstance(n, str) for n in names):
         return names
+    return None
+
+
+def _class_colors(colors, class_values) -> Optional[list]:
+    """Stored colours if there is one RGBA of 4 numbers in 0..1 per class value (older files have none)."""
+    def is_rgba(color) -> bool:
+        return isinstance(color, list) and len(color) == 4 and all(isinstance(c, (int, float)) and 0 <= c <= 1 for c in color)
+
+    if isinstance(colors, list) and len(colors) == len(class_values) and all(is_rgba(c) for c in colors):
+        return [[float(c) for c in rgba] for rgba in colors]
     return None

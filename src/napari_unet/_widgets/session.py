@@ -94,6 +94,19 @@ class Tracked:
         return self.marked[region] & (np.asarray(self.layer.data[region]) == self.marked_values[region])
 
 
+def class_colors_of(colormap, n_classes: int) -> list:
+    """RGBA of each class index (display values 1..n_classes) of a display-convention labels colormap."""
+    return np.asarray(colormap.map(np.arange(1, n_classes + 1)), np.float64).tolist()
+
+
+def colormap_of(class_colors) -> Any:
+    """A display-convention DirectLabelColormap (0 = no label) from one RGBA per class index."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    colors = {None: "transparent", 0: "transparent", **{k + 1: rgba for k, rgba in enumerate(class_colors)}}
+    return DirectLabelColormap(color_dict=colors)
+
+
 @dataclass
 class ModelInfo:
     description: str = ""
@@ -116,8 +129,13 @@ class Session:
 
     # ---- model -------------------------------------------------------------------------------
     def set_model(self, model: UNetModel, description: str, class_names=None, colormap=None) -> None:
-        """Make ``model`` the current one; class names given (or stored in a loaded model) go with it into saved files."""
+        """Make ``model`` the current one; class names and colours given (or stored in a loaded model) go with it
+        into saved files."""
         model.class_names = list(class_names) if class_names else model.class_names
+        if colormap is not None:
+            model.class_colors = class_colors_of(colormap, len(model.class_values))
+        elif model.class_colors:
+            colormap = colormap_of(model.class_colors)
         self.model = model
         self.info = ModelInfo(description, list(model.class_names) if model.class_names else None, colormap)
         self.model_changed.emit(model)
