@@ -266,9 +266,9 @@ def test_time_budget_continue_and_a_model_that_does_not_fit(widgets, qtbot, noti
 
 
 def test_save_and_load_model_between_widgets(widgets, qtbot, tmp_path, notifications):
-    from napari_unet.model_io import read_metadata
-
     from napari.utils.colormaps import DirectLabelColormap
+
+    from napari_unet.model_io import read_metadata
 
     training, inference, session = widgets.training, widgets.inference, widgets.session
     membrane, cell = [1.0, 0.0, 1.0, 1.0], [0.0, 0.5, 0.0, 1.0]

@@ -136,12 +136,17 @@ def downscale_image(image, factor: int) -> np.ndarray:
     array = np.asarray(image, dtype=np.float32)
     if factor == 1:
         return array
+    return _blocks(array, factor, mode="edge").mean(axis=(-3, -1), dtype=np.float32)
+
+
+def _blocks(array: np.ndarray, factor: int, **pad) -> np.ndarray:
+    """(..., Y, X) -> (..., ceil(Y / factor), factor, ceil(X / factor), factor) view of ``factor`` x ``factor``
+    blocks; the bottom/right edges are padded to whole blocks with ``np.pad(**pad)``."""
     pad_y, pad_x = -array.shape[-2] % factor, -array.shape[-1] % factor
     widths = [(0, 0)] * (array.ndim - 2) + [(0, pad_y), (0, pad_x)]
-    padded = np.pad(array, widths, mode="edge") if pad_y or pad_x else array
+    padded = np.pad(array, widths, **pad) if pad_y or pad_x else array
     y, x = padded.shape[-2] // factor, padded.shape[-1] // factor
-    blocks = padded.reshape(padded.shape[:-2] + (y, factor, x, factor))
-    return blocks.mean(axis=(-3, -1), dtype=np.float32)
+    return padded.reshape(padded.shape[:-2] + (y, factor, x, factor))
 
 
 def downscale_labels(indices, factor: int) -> np.ndarray:
@@ -155,11 +160,7 @@ def downscale_labels(indices, factor: int) -> np.ndarray:
     array = np.asarray(indices)
     if factor == 1:
         return array
-    pad_y, pad_x = -array.shape[-2] % factor, -array.shape[-1] % factor
-    widths = [(0, 0)] * (array.ndim - 2) + [(0, pad_y), (0, pad_x)]
-    padded = np.pad(array, widths, constant_values=-1) if pad_y or pad_x else array
-    y, x = padded.shape[-2] // factor, padded.shape[-1] // factor
-    blocks = padded.reshape(padded.shape[:-2] + (y, factor, x, factor))
+    blocks = _blocks(array, factor, constant_values=-1)
     n_classes = int(array.max(initial=-1)) + 1
     votes = np.stack([(blocks == c).sum(axis=(-3, -1), dtype=np.int32) for c in range(max(n_classes, 1))])
     majority = votes.argmax(axis=0).astype(array.dtype)

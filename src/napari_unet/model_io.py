@@ -162,9 +162,10 @@ def _class_names(names, class_values) -> Optional[list]:
 
 def _class_colors(colors, class_values) -> Optional[list]:
     """Stored colours if there is one RGBA of 4 numbers in 0..1 per class value (older files have none)."""
-    def is_rgba(color) -> bool:
-        return isinstance(color, list) and len(color) == 4 and all(isinstance(c, (int, float)) and 0 <= c <= 1 for c in color)
-
-    if isinstance(colors, list) and len(colors) == len(class_values) and all(is_rgba(c) for c in colors):
+    if isinstance(colors, list) and len(colors) == len(class_values) and all(_is_rgba(c) for c in colors):
         return [[float(c) for c in rgba] for rgba in colors]
     return None
+
+
+def _is_rgba(color) -> bool:
+    return isinstance(color, list) and len(color) == 4 and all(isinstance(c, (int, float)) and 0 <= c <= 1 for c in color)
