@@ -180,6 +180,42 @@ def test_bad_input_exits_2_with_one_clear_line_and_no_output(tmp_path, capsys, m
     assert set(p.name for p in tmp_path.iterdir()) == before, "no output file written"
 
 
+def test_labels_saved_from_napari_keep_their_unannotated_pixels_and_corrections(tmp_path, capsys):
+    """The CLI reads what the napari-unet writer records: the value of unannotated pixels, and for a saved
+    prediction layer which pixels were painted or reviewed (only those count, as in napari)."""
+    from napari_unet._writer import write_labels
+    from napari_unet.cli import read_label_stack
+    from napari_unet.labels import to_display
+
+    image, labels = stripes(n_slices=2, size=32)
+    tifffile.imwrite(tmp_path / "image.tif", image, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "truth.tif", labels, photometric="minisblack")
+    display = to_display(labels, [0, 255])
+    sparse = display.copy()
+    sparse[0, :8] = 0  # not annotated
+    write_labels(str(tmp_path / "sparse.tif"), sparse, {"metadata": {"class_values": [0, 255]}})
+    values, ignore, notes = read_label_stack(tmp_path / "sparse.tif", "labels")
+    assert ignore not in (0, 255) and len(notes) == 1 and f"value {ignore} = not annotated" in notes[0]
+    np.testing.assert_array_equal(values == ignore, sparse == 0)
+    assert read_label_stack(tmp_path / "sparse.tif", "labels", ignore_value=7)[1] == 7  # the option wins
+    code, out, err = run(capsys, "evaluate", tmp_path / "truth.tif", tmp_path / "sparse.tif")
+    assert code == 0, err
+    assert json.loads(out)["annotated_pixels"] == int((sparse > 0).sum()) and json.loads(out)["pixel_error"] == 0
+
+    reviewed = np.zeros(labels.shape, bool)
+    reviewed[1, 4:20, 4:20] = True
+    tracking = {"output": "prediction", "image": "image", "reviewed": reviewed}
+    write_labels(str(tmp_path / "corrected.tif"), display, {"metadata": {"class_values": [0, 255], "napari_unet": tracking}})
+    values, ignore, notes = read_label_stack(tmp_path / "corrected.tif", "labels")
+    np.testing.assert_array_equal(values, np.where(reviewed, labels, ignore))
+    assert ignore not in (0, 255) and "only its 256 painted or reviewed pixels count" in notes[-1]
+
+    write_labels(str(tmp_path / "uncorrected.tif"), display, {"metadata": {"class_values": [0, 255], "napari_unet": {"output": "prediction", "image": "image"}}})
+    code, _, err = run(capsys, "train", tmp_path / "image.tif", tmp_path / "uncorrected.tif", "-o", tmp_path / "m.keras")
+    assert code == 2 and "no painted or reviewed pixel" in err and "Traceback" not in err
+    assert not (tmp_path / "m.keras").exists()
+
+
 def test_interrupted_training_writes_no_model(data, capsys, monkeypatch):
     import napari_unet.cli as cli
 

@@ -199,3 +199,46 @@ def test_first_retrain_on_the_default_preset_is_quick(loop_viewer, loop, qtbot):
     )
     assert "retrained" in session.info.description
     assert time.perf_counter() - t0 < 60
+
+
+def test_saved_prediction_reopens_with_its_corrections(loop_viewer, loop, qtbot, tmp_path):
+    """Paint, save the prediction layer (napari-unet writer), close it, open the file again: the painted
+    pixels still count for Retrain and are still kept by a new prediction."""
+    viewer = loop_viewer
+    training, inference, session = loop
+    tiny_settings(training, epochs=1, steps=5)
+    run_and_wait(qtbot, training.start, lambda: training._run is not None)
+    run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
+    prediction = viewer.layers["EM prediction"]
+    wrong = np.where(prediction.data[SQUARE] == MEMBRANE, CELL, MEMBRANE)
+    z, rows, cols = SQUARE
+    ys, xs = np.mgrid[rows, cols]
+    prediction.data_setitem((np.full(ys.size, z), ys.ravel(), xs.ravel()), wrong.ravel())
+    reviewed = session.reviewed(prediction)
+    assert reviewed.sum() == wrong.size
+    path = tmp_path / "EM prediction.tif"
+    assert prediction.save(str(path), plugin="napari-unet") == [str(path)]
+    viewer.layers.remove(prediction)
+    assert session.corrected_layers(viewer.layers["EM"]) == []
+
+    [reopened] = viewer.open(str(path), plugin="napari-unet")
+    assert reopened.name == "EM prediction"
+    np.testing.assert_array_equal(session.reviewed(reopened), reviewed)
+    assert session.corrected_layers(viewer.layers["EM"]) == [reopened]
+    reopened.paint((1, 5, 5), CELL if reopened.data[1, 5, 5] == MEMBRANE else MEMBRANE, refresh=False)  # corrections too
+    assert session.reviewed(reopened)[1, 5, 5]
+
+    n_layers = len(viewer.layers)
+    run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
+    assert len(viewer.layers) == n_layers, "the new prediction goes into the reopened layer"
+    np.testing.assert_array_equal(reopened.data[SQUARE], wrong)
+    labels = training.prepare(retrain=True).labels
+    np.testing.assert_array_equal(labels[SQUARE], np.where(wrong == MEMBRANE, 0, 255))
+    # A duplicate (Layers > Duplicate: a shallow copy of the metadata) is tracked on its own.
+    from napari.layers import Layer
+
+    data, state, kind = reopened.as_layer_data_tuple()
+    copy = viewer.add_layer(Layer.create(data.copy(), {**state, "name": "EM prediction copy"}, kind))
+    np.testing.assert_array_equal(session.reviewed(copy), session.reviewed(reopened))
+    copy.paint((2, 60, 60), CELL if copy.data[2, 60, 60] == MEMBRANE else MEMBRANE, refresh=False)
+    assert session.reviewed(copy)[2, 60, 60] and not session.reviewed(reopened)[2, 60, 60]

@@ -310,6 +310,39 @@ def test_writer_failure_leaves_previous_file(tmp_path, monkeypatch):
     assert out.read_bytes() == before and os.listdir(tmp_path) == ["labels.tif"]
 
 
+def test_writer_saves_reviewed_pixels_of_a_prediction_layer_and_reader_restores_them(tmp_path):
+    display = to_display(isbi_like_labels(), [0, 255])
+    marked = np.zeros(display.shape, bool)
+    marked[0, 2:10, 3:12] = True
+    marked_values = np.where(marked, display, 0).astype(display.dtype)
+    display[0, 2, 3] = 3 - display[0, 2, 3]  # changed after marking (e.g. undone): no longer reviewed
+    tracking = {"output": "prediction", "image": "EM", "marked": marked, "marked_values": marked_values}
+    meta = {"metadata": {"class_values": [0, 255], "napari_unet": tracking}}
+    out = tmp_path / "EM prediction.tif"
+    write_labels(str(out), display, meta)
+    expected = marked.copy()
+    expected[0, 2, 3] = False
+    back = read_tiff(out)
+    assert back.metadata["predicted_from"] == "EM"
+    np.testing.assert_array_equal(back.metadata["reviewed"], expected)
+    np.testing.assert_array_equal(back.data, from_display(display, [0, 255]))  # file values as before
+    [(display_again, kwargs, kind)] = read(out)
+    assert kind == "labels"
+    np.testing.assert_array_equal(display_again, display)
+    assert kwargs["metadata"]["napari_unet"]["output"] == "prediction"
+    assert kwargs["metadata"]["napari_unet"]["image"] == "EM"
+    np.testing.assert_array_equal(kwargs["metadata"]["napari_unet"]["reviewed"], expected)
+    add_to_viewer_model([(display_again, kwargs, kind)])
+    # Saved again without being tracked: the reopened mask is written as it came.
+    again = tmp_path / "again.tif"
+    write_labels(str(again), display_again, kwargs)
+    np.testing.assert_array_equal(read_tiff(again).metadata["reviewed"], expected)
+    # Labels that are no prediction layer carry neither.
+    plain = tmp_path / "plain.tif"
+    write_labels(str(plain), display, {"metadata": {"class_values": [0, 255]}})
+    assert "predicted_from" not in read_tiff(plain).metadata and "reviewed" not in read_tiff(plain).metadata
+
+
 def test_writer_module_api():
     values, meta = _writer.labels_to_file_values(np.array([[1, 2, 0]], np.uint8), {"class_values": [0, 9]})
     assert meta["ignore_value"] not in (0, 9)

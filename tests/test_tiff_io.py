@@ -321,6 +321,32 @@ def test_write_read_non_imagej_dtype(tmp_path):
     assert back.units == ("nm", "nm", "nm")
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32])  # ImageJ description / tifffile JSON description
+def test_write_read_prediction_with_reviewed_mask(tmp_path, dtype):
+    reviewed = np.zeros((3, 40, 50), bool)
+    reviewed[1, 5:9, 7:30] = True
+    reviewed[2, -1, -1] = True
+    path = write_tiff(tmp_path / "pred.tif", np.ones((3, 40, 50), dtype), {"class_values": [1], "predicted_from": "EM", "reviewed": reviewed})
+    back = read_tiff(path)
+    assert back.metadata["predicted_from"] == "EM"
+    np.testing.assert_array_equal(back.metadata["reviewed"], reviewed)
+    assert back.metadata["reviewed"].dtype == bool
+    with pytest.raises(ValueError, match="reviewed mask"):
+        write_tiff(tmp_path / "bad.tif", np.ones((3, 40, 50), dtype), {"predicted_from": "EM", "reviewed": reviewed[0]})
+    assert not (tmp_path / "bad.tif").exists()
+
+
+def test_damaged_reviewed_mask_is_dropped():
+    mask = np.arange(77).reshape(7, 11) % 3 == 0
+    entry = tiff_io.encode_mask(mask)
+    np.testing.assert_array_equal(tiff_io.decode_mask(entry, (7, 11)), mask)
+    assert tiff_io.decode_mask(entry, (11, 7)) is None  # another shape
+    assert tiff_io.decode_mask({**entry, "zlib_bits": entry["zlib_bits"][:-8]}, (7, 11)) is None  # truncated
+    assert tiff_io.decode_mask({**entry, "zlib_bits": "not base64!"}, (7, 11)) is None
+    assert tiff_io.decode_mask({"shape": [7, 11]}, (7, 11)) is None
+    assert tiff_io.decode_mask("text", (7, 11)) is None
+
+
 def test_write_image_without_metadata_roundtrip(tmp_path):
     data = RNG.random((2, 3, 8, 8)).astype(np.float32)
     path = tmp_path / "probabilities.tiff"

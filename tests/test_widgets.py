@@ -171,6 +171,32 @@ def test_bad_training_input_notifies_and_changes_nothing(make_napari_viewer, not
     assert_layers_unchanged(viewer, before)
 
 
+def test_reopened_prediction_without_corrections_says_why_nothing_counts(make_napari_viewer, notifications, tmp_path):
+    """A saved prediction layer is tracked again when opened (also before any widget exists); with nothing
+    painted on it, training on it says that only corrections count."""
+    from conftest import em_data, em_labels_layer_data
+    from napari_unet._widgets import TrainingWidget, get_session
+    from napari_unet._writer import write_labels
+
+    image, labels = em_data()
+    display, meta = em_labels_layer_data(labels)
+    path = tmp_path / "EM prediction.tif"
+    write_labels(str(path), display, {"metadata": {**meta, "napari_unet": {"output": "prediction", "image": "EM"}}})
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="EM")
+    [layer] = viewer.open(str(path), plugin="napari-unet")
+    training = TrainingWidget(viewer)
+    viewer.window.add_dock_widget(training)
+    session = get_session(viewer)
+    assert session.tracked_layers(viewer.layers["EM"]) == [layer]
+    assert not session.reviewed(layer).any()
+    training.labels.set_layer(layer)
+    before = layers_snapshot(viewer)
+    assert training.start() is False
+    assert any("only the pixels painted or marked reviewed on it count" in m for m in errors(notifications)), notifications
+    assert_layers_unchanged(viewer, before)
+
+
 def test_bad_input_found_by_the_core_notifies_once(widgets, qtbot, notifications):
     """Labels with a single class pass the widget checks; the core's message comes back cleanly."""
     viewer, training = widgets.viewer, widgets.training

@@ -247,6 +247,11 @@ def _labels_layer(tiff: TiffData) -> LayerDataTuple | None:
     layer_meta.update(class_values=[int(v) for v in class_values], ignore_value=ignore_value)
     if class_names:
         layer_meta["class_names"] = class_names
+    if isinstance(meta.get("predicted_from"), str):  # a saved prediction layer: tracked again, corrections kept
+        layer_meta["napari_unet"] = {"output": "prediction", "image": meta["predicted_from"]}
+        reviewed = meta.get("reviewed")
+        if isinstance(reviewed, np.ndarray) and reviewed.shape == display.shape:
+            layer_meta["napari_unet"]["reviewed"] = reviewed
     kwargs = _spatial_kwargs(tiff.axes, tiff.scale, tiff.units, drop="S")
     kwargs["name"] = tiff.name
     kwargs["metadata"] = layer_meta

@@ -8,6 +8,10 @@ or, if there is none, a value that is no class (:func:`napari_unet.labels.choose
 ``class_values`` (painted from scratch in napari) is written as is, with 0 recorded as the
 ignore value when present. The layer's scale and units go into the TIFF resolution / ImageJ
 spacing, and the write is atomic (:func:`napari_unet.tiff_io.write_tiff`).
+
+A prediction layer of the inference widget (``metadata["napari_unet"]["output"] == "prediction"``)
+also stores the image it was predicted from and its reviewed pixels (see :func:`napari_unet.labels.reviewed_pixels`),
+so that the napari-unet reader reopens it with the user's corrections still counting.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from .labels import reviewed_pixels
 from .tiff_io import write_tiff
 
 _UNIT_NAMES = {
@@ -101,6 +106,12 @@ def write_labels(path: str, data: Any, meta: dict) -> list[str]:
     units = meta.get("units")
     unit_list = [_unit_text(u) for u in units] if units is not None else None
     tiff_meta: dict[str, Any] = dict(label_meta)
+    tracking = layer_meta.get("napari_unet")
+    if isinstance(tracking, dict) and tracking.get("output") == "prediction" and isinstance(tracking.get("image"), str):
+        tiff_meta["predicted_from"] = tracking["image"]
+        reviewed = reviewed_pixels(display, tracking)
+        if reviewed is not None and reviewed.any():
+            tiff_meta["reviewed"] = reviewed
     if axes:
         tiff_meta["axes"] = axes
     if meta.get("scale") is not None:

@@ -93,6 +93,10 @@ def write_all(files: list) -> None:
 
 def read_stack(path, what: str) -> np.ndarray:
     """A one-channel (Y, X) or (Z, Y, X) array from a TIFF file or a folder of TIFF slices."""
+    return _read_stack_and_metadata(path, what)[0]
+
+
+def _read_stack_and_metadata(path, what: str) -> tuple[np.ndarray, dict]:
     from .tiff_io import read_folder, read_tiff
 
     path = Path(path)
@@ -110,7 +114,42 @@ def read_stack(path, what: str) -> np.ndarray:
     squeezed = np.squeeze(data)
     if squeezed.ndim not in (2, 3):
         raise CommandError(f"{what} {path.name} has shape {data.shape} (axes {axes}); expected (Y, X) or (Z, Y, X)")
-    return squeezed
+    metadata = dict(tiff.metadata)
+    if isinstance(metadata.get("reviewed"), np.ndarray):
+        metadata["reviewed"] = metadata["reviewed"].reshape(squeezed.shape)
+    return squeezed, metadata
+
+
+def read_label_stack(path, what: str, ignore_value=None) -> tuple[np.ndarray, int | None, list]:
+    """Labels (Y, X) or (Z, Y, X) in file values, the value of their unannotated pixels, and notes to print.
+
+    ``ignore_value`` given wins over the one the file records (the napari-unet Labels writer records it
+    for sparse labels). A prediction layer saved from napari counts, as it does in napari, only the pixels
+    painted or marked reviewed on it: the others get the ignore value.
+    """
+    from .labels import choose_ignore_value
+
+    labels, metadata = _read_stack_and_metadata(path, what)
+    name, notes = Path(path).name, []
+    if ignore_value is None and metadata.get("ignore_value") is not None:
+        ignore_value = int(metadata["ignore_value"])
+        if np.any(labels == ignore_value):
+            notes.append(f"{what} {name}: value {ignore_value} = not annotated, as the file records (--ignore-value to choose)")
+    if isinstance(metadata.get("predicted_from"), str):
+        reviewed = metadata.get("reviewed")
+        if reviewed is None or not reviewed.any():
+            raise CommandError(
+                f"{what} {name} is a prediction of {metadata['predicted_from']!r} saved from napari with no painted or "
+                "reviewed pixel; only those count as annotations: paint corrections or mark slices reviewed first"
+            )
+        if ignore_value is None:
+            ignore_value = choose_ignore_value(metadata.get("class_values") or np.unique(labels).tolist())
+        labels = np.where(reviewed, labels, np.asarray(ignore_value).astype(labels.dtype))
+        notes.append(
+            f"{what} {name}: a prediction of {metadata['predicted_from']!r} saved from napari; only its "
+            f"{int(reviewed.sum())} painted or reviewed pixels count as annotations"
+        )
+    return labels, ignore_value, notes
 
 
 def _format_seconds(seconds: float) -> str:
@@ -242,11 +281,13 @@ def cmd_train(args) -> int:
     if output.suffix != ".keras":
         raise CommandError(f"the model file must end in .keras, got {output.name!r}")
     image = read_stack(args.image, "image")
-    labels = read_stack(args.labels, "labels")
+    labels, ignore_value, notes = read_label_stack(args.labels, "labels", args.ignore_value)
     if image.shape != labels.shape:
         raise CommandError(f"image shape {image.shape} and labels shape {labels.shape} differ; they must be identical")
+    for note in notes:
+        print(note, file=sys.stderr)
     chosen = get_preset(args.preset)
-    train_config = _train_config_from_args(args, chosen)
+    train_config = _train_config_from_args(args, chosen).replace(ignore_value=ignore_value)
     load_tensorflow_for_command()
     init = load_model(args.init) if args.init else None
     model_config = chosen.model_for(train_config)
@@ -320,13 +361,15 @@ def cmd_evaluate(args) -> int:
     from .labels import find_class_values
 
     prediction = read_stack(args.prediction, "prediction")
-    truth = read_stack(args.truth, "truth")
+    truth, ignore_value, notes = read_label_stack(args.truth, "truth", args.ignore_value)
     if prediction.shape != truth.shape:
         raise CommandError(f"prediction shape {prediction.shape} and truth shape {truth.shape} differ")
-    if args.ignore_value is not None and np.all(truth == args.ignore_value):
-        raise CommandError(f"truth {Path(args.truth).name} has no annotated pixel (all are --ignore-value {args.ignore_value})")
-    class_values = find_class_values(truth, args.ignore_value)
-    scores = score(prediction, truth, class_values, args.ignore_value)
+    for note in notes:
+        print(note, file=sys.stderr)
+    if ignore_value is not None and np.all(truth == ignore_value):
+        raise CommandError(f"truth {Path(args.truth).name} has no annotated pixel (all are the ignore value {ignore_value})")
+    class_values = find_class_values(truth, ignore_value)
+    scores = score(prediction, truth, class_values, ignore_value)
     print(json.dumps(scores, indent=1))
     return 0
 
@@ -348,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--preset", default="default", choices=["default", "classic"])
     train.add_argument("--epochs", type=int, help="epochs (default: the preset's, or unlimited with --max-minutes)")
     train.add_argument("--max-minutes", type=float, help="wall-clock budget; the learning-rate schedule follows it")
-    train.add_argument("--ignore-value", type=int, help="label value of unannotated pixels (sparse labels)")
+    train.add_argument("--ignore-value", type=int, help="label value of unannotated pixels (sparse labels; default: the value the file records, as napari-unet saves it)")
     train.add_argument("--val-fraction", type=float, help="share of slices held out for validation (default 0.2)")
     train.add_argument("--init", help="fine-tune this model file instead of starting from scratch")
     train.add_argument("--seed", type=int, default=0)
@@ -399,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="score predicted labels against ground truth (prints JSON)")
     ev.add_argument("prediction")
     ev.add_argument("truth")
-    ev.add_argument("--ignore-value", type=int, help="truth value of unannotated pixels")
+    ev.add_argument("--ignore-value", type=int, help="truth value of unannotated pixels (default: the value the file records)")
     ev.set_defaults(func=cmd_evaluate)
 
     demo = sub.add_parser("demo", help="train and predict on embedded synthetic EM data, write a figure")

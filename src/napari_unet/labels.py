@@ -137,3 +137,21 @@ def choose_ignore_value(class_values) -> int:
     if candidate <= 255:
         return candidate
     return next(v for v in range(1, 65536) if v not in taken)
+
+
+def reviewed_pixels(display, tracking: dict) -> np.ndarray | None:
+    """Bool mask (``display``'s shape) of the pixels of a prediction layer the user painted or accepted.
+
+    ``tracking`` is the layer's ``metadata["napari_unet"]``: either the live ``marked`` (bool) and
+    ``marked_values`` (display values) arrays of a tracked layer, where a pixel counts while it still
+    holds the value it was marked with, or the ``reviewed`` mask a reopened file brought along.
+    None if ``tracking`` holds neither for this shape.
+    """
+    display = np.asarray(display)
+    marked, marked_values = tracking.get("marked"), tracking.get("marked_values")
+    if isinstance(marked, np.ndarray) and isinstance(marked_values, np.ndarray) and marked.shape == marked_values.shape == display.shape:
+        return marked & (display == marked_values)
+    reviewed = tracking.get("reviewed")
+    if isinstance(reviewed, np.ndarray) and reviewed.shape == display.shape:
+        return reviewed.astype(bool)
+    return None

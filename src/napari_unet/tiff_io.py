@@ -11,13 +11,17 @@
 Label metadata (``class_values``, ``ignore_value``, ``class_names``) is stored as one JSON entry
 ``napari_unet={...}``: a line of the ImageJ description, or a key of tifffile's JSON description
 for dtypes ImageJ cannot hold. :func:`read_tiff` returns these keys at the top level of
-``TiffData.metadata``.
+``TiffData.metadata``. A prediction layer saved from napari also stores the name of the image it was
+predicted from (``predicted_from``) and the pixels the user painted or accepted (``reviewed``, a bool
+mask of the array's shape, stored as zlib-compressed bits), so that its corrections still count after
+the file is reopened.
 
 Every failure to read raises :class:`TiffReadError` (a ``ValueError``) with a one-line message.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
@@ -27,6 +31,7 @@ import re
 import tempfile
 import warnings
 import xml.etree.ElementTree as ET
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -43,8 +48,10 @@ __all__ = [
     "TIFF_SUFFIXES",
     "TiffData",
     "TiffReadError",
+    "decode_mask",
     "detect_labels",
     "distinct_values",
+    "encode_mask",
     "is_tiff_path",
     "name_suggests_labels",
     "natural_sort_key",
@@ -436,6 +443,11 @@ def _series_info(tif: tifffile.TiffFile, series, data: np.ndarray) -> dict:
     for key in _LABEL_KEYS:
         if key in label_meta:
             metadata[key] = label_meta[key]
+    if isinstance(label_meta.get("predicted_from"), str):
+        metadata["predicted_from"] = label_meta["predicted_from"]
+        reviewed = decode_mask(label_meta.get("reviewed"), data.shape)
+        if reviewed is not None:
+            metadata["reviewed"] = reviewed
     if isinstance(metadata.get("class_values"), list):
         values = [int(v) for v in metadata["class_values"]]
         names = metadata.get("class_names")
@@ -470,6 +482,27 @@ def _resolution(page) -> tuple[float | None, float | None, int]:
     if not x or not y or x <= 0 or y <= 0 or not math.isfinite(x) or not math.isfinite(y):
         return None, None, unit
     return x, y, unit
+
+
+def encode_mask(mask: np.ndarray) -> dict:
+    """A bool array as JSON-able text: ``{"shape": [...], "zlib_bits": base64 of zlib of packed bits}``."""
+    mask = np.asarray(mask, bool)
+    packed = zlib.compress(np.packbits(mask, axis=None).tobytes(), 6)
+    return {"shape": list(mask.shape), "zlib_bits": base64.b64encode(packed).decode("ascii")}
+
+
+def decode_mask(entry, shape) -> np.ndarray | None:
+    """The bool array of an :func:`encode_mask` entry, or None if it is missing, damaged or not of ``shape``."""
+    if not isinstance(entry, dict) or list(entry.get("shape") or []) != list(shape):
+        return None
+    try:
+        bits = np.frombuffer(zlib.decompress(base64.b64decode(entry["zlib_bits"], validate=True)), np.uint8)
+    except (KeyError, TypeError, ValueError, zlib.error):
+        return None
+    size = math.prod(shape)
+    if bits.size != (size + 7) // 8:
+        return None
+    return np.unpackbits(bits, count=size).astype(bool).reshape(shape)
 
 
 def _parse_json_entry(text: str) -> dict:
@@ -647,7 +680,9 @@ def write_tiff(path, array, metadata: dict | None = None) -> str:
     * ``scale``: pixel size per axis (or per spatial axis ``Y, X`` / ``Z, Y, X``);
     * ``units`` (or ``unit``): one unit for all lengths or one per axis ("µm", "nm"...);
     * ``class_values``, ``ignore_value``, ``class_names``: label metadata, stored as the JSON
-      entry ``napari_unet`` and returned by :func:`read_tiff`.
+      entry ``napari_unet`` and returned by :func:`read_tiff`;
+    * ``predicted_from`` (an image name) and ``reviewed`` (a bool mask of ``array``'s shape): the
+      same, for prediction layers; ``reviewed`` is stored only with ``predicted_from``.
 
     The data go to a temporary file in the same folder, which then replaces ``path`` in one
     ``os.replace``; on any error the temporary file is removed and an existing ``path`` is left
@@ -681,6 +716,13 @@ def write_tiff(path, array, metadata: dict | None = None) -> str:
             elif key == "class_names":
                 value = [str(v) for v in value]
             label_entry[key] = value
+    if metadata.get("predicted_from") is not None:
+        label_entry["predicted_from"] = str(metadata["predicted_from"])
+        reviewed = metadata.get("reviewed")
+        if reviewed is not None:
+            if np.shape(reviewed) != data.shape:
+                raise ValueError(f"reviewed mask of shape {np.shape(reviewed)} does not match the array's {data.shape}")
+            label_entry["reviewed"] = encode_mask(reviewed)
 
     kwargs: dict[str, Any] = {"compression": "zlib"}
     # Classic TIFF offsets end at 4 GiB, and ImageJ hyperstacks cannot be BigTIFF: large arrays (e.g. the

@@ -46,8 +46,12 @@ def prepare_train(viewer, session, image_layer, labels_layer, zero_is_unannotate
     image, labels_layer = _image(image_layer, labels_layer)
     if labels_layer is None:
         raise InputError(no_labels_message(viewer, image_layer))
-    values, annotated, class_values = read_annotations(labels_layer, zero_is_unannotated, session.reviewed(labels_layer))
-    labels, ignore = training_labels(values, annotated, f"labels layer {labels_layer.name!r}")
+    reviewed = session.reviewed(labels_layer)
+    values, annotated, class_values = read_annotations(labels_layer, zero_is_unannotated, reviewed)
+    what = f"labels layer {labels_layer.name!r}"
+    if reviewed is not None:
+        what = f"prediction layer {labels_layer.name!r} (only the pixels painted or marked reviewed on it count)"
+    labels, ignore = training_labels(values, annotated, what)
     model_config, train_config = configs
     init = None
     if continue_from_model:

@@ -4,7 +4,9 @@
 on the viewer), so a model trained in the training widget is used by the inference widget
 without a file round trip. The session also tracks the prediction layers it wrote: for each,
 a boolean *reviewed* mask of the pixels the user painted (from ``Labels.events.paint``) or
-marked as reviewed. Only reviewed pixels of a prediction layer count as ground truth.
+marked as reviewed. Only reviewed pixels of a prediction layer count as ground truth. The marks live
+in the layer's ``metadata["napari_unet"]``, so the Labels writer saves the reviewed pixels with the
+prediction, and a saved prediction layer opened again (it names its image) is tracked again with them.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any, Optional
 import numpy as np
 from psygnal import Signal
 
+from napari_unet.labels import reviewed_pixels
 from napari_unet.model_io import UNetModel
 
 _SESSIONS: "weakref.WeakKeyDictionary[Any, Session]" = weakref.WeakKeyDictionary()
@@ -52,6 +55,9 @@ def get_session(viewer) -> "Session":
     if session is None:
         session = _SESSIONS[viewer] = Session()
         viewer.layers.events.removed.connect(session._on_layer_removed)
+        viewer.layers.events.inserted.connect(lambda event: session.adopt(event.value))
+        for layer in viewer.layers:
+            session.adopt(layer)
     return session
 
 
@@ -61,22 +67,53 @@ class Tracked:
 
     A pixel counts as reviewed while it still holds the value it had when the user painted or accepted it,
     so undo, redo and later predictions that overwrite it (or restore it) need no bookkeeping of their own.
+    The two arrays are also published in ``layer.metadata["napari_unet"]`` for the Labels writer.
     """
 
     layer: Any
-    image: Any  # weakref to the image layer it was predicted from
+    image: Any  # weakref to the image layer it was predicted from, or None while only its name is known
+    image_name: str
     marked: np.ndarray  # bool, layer shape: painted or accepted at some point
     marked_values: np.ndarray  # the value each marked pixel was given or accepted with
     muted: bool = False  # our own writes are no corrections
 
     @classmethod
-    def new(cls, layer, image_layer) -> "Tracked":
-        return cls(layer, weakref.ref(unwrap(image_layer)), *cls.no_marks(layer))
+    def new(cls, layer, image_layer=None) -> "Tracked":
+        """Track ``layer``; marks it already carries (a reopened file, a duplicated layer) count as reviewed."""
+        meta = layer.metadata.get("napari_unet")
+        reviewed = reviewed_pixels(layer.data, meta) if isinstance(meta, dict) else None
+        if reviewed is None:
+            marked, marked_values = cls.no_marks(layer)
+        else:
+            marked, marked_values = reviewed, np.where(reviewed, np.asarray(layer.data), 0).astype(layer.data.dtype)
+        if image_layer is None:
+            image, image_name = None, str(meta.get("image") or "") if isinstance(meta, dict) else ""
+        else:
+            image, image_name = weakref.ref(unwrap(image_layer)), image_layer.name
+        record = cls(layer, image, image_name, marked, marked_values)
+        record.publish()
+        return record
 
     @staticmethod
     def no_marks(layer) -> tuple:
         """Empty (marked, marked_values) arrays for ``layer``'s data."""
         return np.zeros(layer.data.shape, bool), np.zeros(layer.data.shape, layer.data.dtype)
+
+    def publish(self) -> None:
+        """Put the prediction marker and the live mark arrays into the layer's metadata (replacing a reopened
+        file's ``reviewed`` mask): what the Labels writer saves."""
+        meta = self.layer.metadata.get("napari_unet")
+        meta = {k: v for k, v in meta.items() if k != "reviewed"} if isinstance(meta, dict) else {}
+        marks = {"marked": self.marked, "marked_values": self.marked_values}
+        self.layer.metadata["napari_unet"] = {**meta, "output": "prediction", "image": self.image_name, **marks}
+
+    def belongs_to(self, image_layer) -> bool:
+        """Whether this layer was predicted from ``image_layer``: by identity, or by name once that layer is gone
+        (or for a reopened file)."""
+        image = self.image() if self.image is not None else None
+        if image is not None:
+            return image is unwrap(image_layer)
+        return bool(self.image_name) and self.image_name == image_layer.name
 
     def mark(self, region, where=None, values=None) -> None:
         """Mark ``region`` (an index into the layer's data), or its pixels ``where`` is True, with ``values``
@@ -201,10 +238,27 @@ class Session:
         layer = unwrap(layer)
         record = self._tracked.get(id(layer))
         if record is not None and record.marked.shape == layer.data.shape:
-            record.image = weakref.ref(unwrap(image_layer))
+            record.image, record.image_name = weakref.ref(unwrap(image_layer)), image_layer.name
+            record.publish()
             return record
+        if record is None:
+            layer.events.paint.connect(self._on_paint)
         record = Tracked.new(layer, image_layer)
         self._tracked[id(layer)] = record
+        return record
+
+    def adopt(self, layer) -> Optional[Tracked]:
+        """Track a prediction layer that came back (a saved prediction reopened, a duplicate) with its marks.
+
+        Layers without the inference widget's prediction marker, or tracked already, are left alone.
+        """
+        layer = unwrap(layer)
+        meta = layer.metadata.get("napari_unet") if isinstance(getattr(layer, "metadata", None), dict) else None
+        if id(layer) in self._tracked or not isinstance(meta, dict) or meta.get("output") != "prediction":
+            return None
+        if not (isinstance(meta.get("image"), str) and hasattr(getattr(layer, "events", None), "paint")):
+            return None
+        record = self._tracked[id(layer)] = Tracked.new(layer)
         layer.events.paint.connect(self._on_paint)
         return record
 
@@ -212,6 +266,7 @@ class Session:
         record = self._tracked.get(id(unwrap(layer)))
         if record is not None and record.marked.shape != record.layer.data.shape:  # data replaced: start over
             record.marked, record.marked_values = Tracked.no_marks(record.layer)
+            record.publish()
         return record
 
     def reviewed(self, layer, region=...) -> Optional[np.ndarray]:
@@ -222,8 +277,7 @@ class Session:
 
     def tracked_layers(self, image_layer) -> list:
         """Tracked prediction layers of ``image_layer`` (oldest first)."""
-        image_layer = unwrap(image_layer)
-        return [r.layer for r in list(self._tracked.values()) if r.image() is image_layer and self.record(r.layer) is not None]
+        return [r.layer for r in list(self._tracked.values()) if r.belongs_to(image_layer) and self.record(r.layer) is not None]
 
     def corrected_layers(self, image_layer) -> list:
         """Tracked prediction layers of ``image_layer`` with at least one reviewed pixel."""
