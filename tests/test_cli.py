@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -322,12 +323,27 @@ def test_console_script_writes_its_output_before_its_fast_exit(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "wrote" in result.stderr
+    # TensorFlow's start-up notes from C++ ("oneDNN custom operations are on", no CUDA driver) stay out of the way
+    assert "absl::InitializeLog" not in result.stderr and "I0000" not in result.stderr, result.stderr
+    assert "cuInit" not in result.stderr or os.path.exists("/dev/nvidiactl"), result.stderr
     labels = tifffile.imread(tmp_path / "out.tif")
     assert labels.shape == image.shape and set(np.unique(labels)) <= {0, 255}
     # an error found after TensorFlow is loaded still reaches stderr and the exit status
     tifffile.imwrite(tmp_path / "small.tif", image[0, :2, :2], photometric="minisblack")
     bad = subprocess.run(command[:5] + [tmp_path / "small.tif", "-o", tmp_path / "x.tif"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "too small" in bad.stderr and not (tmp_path / "x.tif").exists()
+
+
+def test_native_stderr_lines_are_filtered_not_lost(capfd):
+    from napari_unet._tensorflow import native_lines_dropped
+
+    with native_lines_dropped():
+        os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n")
+        os.write(2, b"I0000 00:00:1796402639.093787   12862 port.cc:153] oneDNN custom operations are on.\n")
+        os.write(2, b"F0000 00:00:1796402639.093787   12862 port.cc:9] something real\n")
+        print("from python", file=sys.stderr)
+    lines = capfd.readouterr().err.splitlines()
+    assert sorted(lines) == ["F0000 00:00:1796402639.093787   12862 port.cc:9] something real", "from python"]
 
 
 def test_console_script_is_run_which_exits_at_once_once_tensorflow_is_loaded(monkeypatch):

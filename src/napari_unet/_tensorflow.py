@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
+import tempfile
 import threading
 import types
 
@@ -28,8 +30,15 @@ _GLOBAL_FLAGS = "tensorflow.python.pywrap_dlopen_global_flags"
 #: (BENCHMARKS.md, session 28). Each import is guarded in Keras, which then goes without.
 KERAS_OPTIONAL_PACKAGES = ("IPython", "pandas", "matplotlib")
 
+#: Informational lines TensorFlow's C++ code writes to stderr while it loads, before absl logging starts
+#: (so TF_CPP_MIN_LOG_LEVEL cannot silence them): "oneDNN custom operations are on", "Could not find cuda
+#: drivers", and absl's notice about them.
+_NATIVE_INFO = re.compile(r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$|I\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] ")
+#: ... and its complaint when it first looks for a GPU on a machine without an NVIDIA driver.
+_NO_DRIVER = re.compile(r"E\d{4} [\d:.]+ +\d+ cuda_platform\.cc:\d+\] failed call to cuInit")
 
-def load_tensorflow(skip_optional: bool = False):
+
+def load_tensorflow(skip_optional: bool = False, quiet: bool = False):
     """Import TensorFlow isolated from other LLVM copies (no-op if it is imported already).
 
     The import runs in a short-lived thread of its own: TensorFlow imported inside a Qt
@@ -37,7 +46,9 @@ def load_tensorflow(skip_optional: bool = False):
     ``skip_optional=True`` also imports Keras, without the packages of :data:`KERAS_OPTIONAL_PACKAGES`
     that are not imported yet; they stay importable afterwards, but Keras will not use them. For
     processes that give Keras numpy arrays only (the command line), not for napari, where other
-    plugins may share Keras.
+    plugins may share Keras. ``quiet=True`` drops the informational lines TensorFlow's C++ code prints while
+    loading (:data:`_NATIVE_INFO`; anything else it prints is passed on) and, looking for a GPU right away, its
+    cuInit error where there is no NVIDIA driver: for a command's terminal output.
     """
     with _LOCK:
         if "tensorflow" not in sys.modules:
@@ -56,8 +67,11 @@ def load_tensorflow(skip_optional: bool = False):
                     errors.append(err)
 
             thread = threading.Thread(target=run, name="napari-unet-import-tensorflow")
-            thread.start()
-            thread.join()
+            with native_lines_dropped(_quiet_pattern()) if quiet else contextlib.nullcontext():
+                thread.start()
+                thread.join()
+                if quiet and not errors:
+                    sys.modules["tensorflow"].config.list_physical_devices("GPU")
             if errors:
                 raise errors[0]
         return sys.modules["tensorflow"]
@@ -76,6 +90,39 @@ def lower_thread_priority(niceness: int = 10) -> None:
             os.setpriority(os.PRIO_PROCESS, tid, niceness)
     except (AttributeError, OSError):
         pass
+
+
+def _quiet_pattern() -> "re.Pattern":
+    if os.path.exists("/dev/nvidiactl") or not sys.platform.startswith("linux"):
+        return _NATIVE_INFO
+    return re.compile(f"{_NATIVE_INFO.pattern}|{_NO_DRIVER.pattern}")
+
+
+@contextlib.contextmanager
+def native_lines_dropped(pattern: "re.Pattern" = _NATIVE_INFO):
+    """Within the block, file descriptor 2 goes to a temporary file; afterwards its lines are written to stderr,
+    except those ``pattern`` matches. A no-op where stderr has no file descriptor."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (AttributeError, OSError, ValueError):
+        yield
+        return
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(AttributeError, OSError, ValueError):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            lines = capture.read().decode(errors="replace").splitlines(keepends=True)
+            kept = "".join(line for line in lines if not pattern.match(line))
+            if kept:
+                sys.stderr.write(kept)
+                sys.stderr.flush()
 
 
 @contextlib.contextmanager

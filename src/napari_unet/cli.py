@@ -208,7 +208,7 @@ def load_tensorflow_for_command() -> None:
     """
     from ._tensorflow import load_tensorflow
 
-    load_tensorflow(skip_optional=True)
+    load_tensorflow(skip_optional=True, quiet=True)
 
 
 def run_training(image, labels, model_config, train_config, init=None, quiet=False):
