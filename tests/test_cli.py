@@ -210,6 +210,9 @@ def test_labels_saved_from_napari_keep_their_unannotated_pixels_and_corrections(
     values, ignore, notes = read_label_stack(tmp_path / "corrected.tif", "labels")
     np.testing.assert_array_equal(values, np.where(reviewed, labels, ignore))
     assert ignore not in (0, 255) and "only its 256 painted or reviewed pixels count" in notes[-1]
+    values, ignore, _ = read_label_stack(tmp_path / "corrected.tif", "labels", ignore_value=300)  # beyond uint8
+    assert ignore == 300 and values.dtype == np.uint16
+    np.testing.assert_array_equal(values, np.where(reviewed, labels.astype(np.uint16), 300))
 
     write_labels(str(tmp_path / "uncorrected.tif"), display, {"metadata": {"class_values": [0, 255], "napari_unet": {"output": "prediction", "image": "image"}}})
     code, _, err = run(capsys, "train", tmp_path / "image.tif", tmp_path / "uncorrected.tif", "-o", tmp_path / "m.keras")

@@ -144,7 +144,8 @@ def read_label_stack(path, what: str, ignore_value=None) -> tuple[np.ndarray, in
             )
         if ignore_value is None:
             ignore_value = choose_ignore_value(metadata.get("class_values") or np.unique(labels).tolist())
-        labels = np.where(reviewed, labels, np.asarray(ignore_value).astype(labels.dtype))
+        dtype = np.result_type(labels.dtype, np.min_scalar_type(ignore_value))  # room for any --ignore-value
+        labels = np.where(reviewed, labels, np.asarray(ignore_value, dtype)).astype(dtype, copy=False)
         notes.append(
             f"{what} {name}: a prediction of {metadata['predicted_from']!r} saved from napari; only its "
             f"{int(reviewed.sum())} painted or reviewed pixels count as annotations"
