@@ -132,9 +132,11 @@ def test_painted_corrections_retrain_the_model(loop_viewer, loop, qtbot, notific
     assert not [m for s, m in notifications if s.lower().endswith("error")]
 
 
-def test_predictions_keep_corrections_and_mark_slice_reviewed(loop_viewer, loop, qtbot):
-    viewer = loop_viewer
-    training, inference, session = loop
+def predict_and_paint_the_square_wrong(viewer, training, inference, qtbot):
+    """Train a tiny model, predict, then set SQUARE to the opposite class (one data_setitem edit).
+
+    Returns the prediction layer and the values written into SQUARE.
+    """
     tiny_settings(training, epochs=1, steps=5)
     run_and_wait(qtbot, training.start, lambda: training._run is not None)
     run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
@@ -143,6 +145,13 @@ def test_predictions_keep_corrections_and_mark_slice_reviewed(loop_viewer, loop,
     z, rows, cols = SQUARE
     ys, xs = np.mgrid[rows, cols]
     prediction.data_setitem((np.full(ys.size, z), ys.ravel(), xs.ravel()), wrong.ravel())
+    return prediction, wrong
+
+
+def test_predictions_keep_corrections_and_mark_slice_reviewed(loop_viewer, loop, qtbot):
+    viewer = loop_viewer
+    training, inference, session = loop
+    prediction, wrong = predict_and_paint_the_square_wrong(viewer, training, inference, qtbot)
     assert session.reviewed(prediction)[SQUARE].all()
     prediction.undo()  # a wrong correction taken back is not a correction
     assert not session.reviewed(prediction)[SQUARE].any()
@@ -206,14 +215,7 @@ def test_saved_prediction_reopens_with_its_corrections(loop_viewer, loop, qtbot,
     pixels still count for Retrain and are still kept by a new prediction."""
     viewer = loop_viewer
     training, inference, session = loop
-    tiny_settings(training, epochs=1, steps=5)
-    run_and_wait(qtbot, training.start, lambda: training._run is not None)
-    run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
-    prediction = viewer.layers["EM prediction"]
-    wrong = np.where(prediction.data[SQUARE] == MEMBRANE, CELL, MEMBRANE)
-    z, rows, cols = SQUARE
-    ys, xs = np.mgrid[rows, cols]
-    prediction.data_setitem((np.full(ys.size, z), ys.ravel(), xs.ravel()), wrong.ravel())
+    prediction, wrong = predict_and_paint_the_square_wrong(viewer, training, inference, qtbot)
     reviewed = session.reviewed(prediction)
     assert reviewed.sum() == wrong.size
     path = tmp_path / "EM prediction.tif"
