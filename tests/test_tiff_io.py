@@ -216,6 +216,38 @@ def test_truncated_tiff(tmp_path, fraction):
     _assert_one_line_error(path, "corrupt")
 
 
+def test_a_read_in_another_thread_does_not_leak_its_errors_into_this_one(tmp_path, monkeypatch):
+    """tifffile logs (not raises) some decoding errors on a logger shared by all threads."""
+    import logging
+    import threading
+
+    for name in ("good.tif", "bad.tif"):
+        tifffile.imwrite(tmp_path / name, em_like((2, 32, 32)))
+    original = tifffile.TiffPageSeries.asarray
+    outcome = {}
+
+    def other_read():
+        try:
+            read_tiff(tmp_path / "bad.tif")
+            outcome["bad"] = "read"
+        except TiffReadError as exc:
+            outcome["bad"] = str(exc)
+
+    def asarray(series, *args, **kwargs):
+        if threading.current_thread().name == "other":
+            logging.getLogger("tifffile").error("TiffPage 0: decoding failed")  # what a damaged strip logs
+        elif "other" not in outcome:  # the good read, half way: another thread reads a damaged file
+            outcome["other"] = threading.Thread(target=other_read, name="other")
+            outcome["other"].start()
+            outcome["other"].join(timeout=1.0)
+        return original(series, *args, **kwargs)
+
+    monkeypatch.setattr(tifffile.TiffPageSeries, "asarray", asarray)
+    assert read_tiff(tmp_path / "good.tif").data.shape == (2, 32, 32)
+    outcome["other"].join(timeout=10)
+    assert "corrupt" in outcome["bad"] and "decoding failed" in outcome["bad"]
+
+
 def test_garbage_after_tiff_signature(tmp_path):
     path = tmp_path / "garbage.tif"
     path.write_bytes(b"II*\x00" + bytes(RNG.integers(0, 256, size=600, dtype=np.uint8)))

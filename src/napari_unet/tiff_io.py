@@ -29,6 +29,7 @@ import math
 import os
 import re
 import tempfile
+import threading
 import warnings
 import xml.etree.ElementTree as ET
 import zlib
@@ -297,6 +298,7 @@ def read_tiff(path) -> TiffData:
     _check_file(path)
     tiff_logger = logging.getLogger("tifffile")
     errors = _CollectErrors()
+    _TIFFFILE_LOG_LOCK.acquire()  # the logger is shared: another read's errors must not land in this one's handler
     tiff_logger.addHandler(errors)
     try:
         with warnings.catch_warnings():
@@ -318,6 +320,7 @@ def read_tiff(path) -> TiffData:
         raise TiffReadError(f"{path}: corrupt or unsupported TIFF ({type(exc).__name__}: {_one_line(exc)})") from exc
     finally:
         tiff_logger.removeHandler(errors)
+        _TIFFFILE_LOG_LOCK.release()
 
     axes, data, axis_units, scale = info["axes"], info["data"], info["units"], info["scale"]
     metadata = info["metadata"]
@@ -330,6 +333,10 @@ def read_tiff(path) -> TiffData:
         metadata=metadata,
         is_labels_hint=detect_labels(data, path.name, metadata),
     )
+
+
+#: Held by :func:`read_tiff` while it listens to tifffile's logger (reads in other threads wait).
+_TIFFFILE_LOG_LOCK = threading.Lock()
 
 
 class _CollectErrors(logging.Handler):
