@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+import tifffile
 
 from conftest import em_data, em_labels_layer_data, run_and_wait, tiny_settings
 
@@ -210,16 +211,20 @@ def test_first_retrain_on_the_default_preset_is_quick(loop_viewer, loop, qtbot):
     assert time.perf_counter() - t0 < 60
 
 
-def test_saved_prediction_reopens_with_its_corrections(loop_viewer, loop, qtbot, tmp_path):
-    """Paint, save the prediction layer (napari-unet writer), close it, open the file again: the painted
-    pixels still count for Retrain and are still kept by a new prediction."""
+def test_saved_prediction_reopens_with_its_corrections(loop_viewer, loop, qtbot, tmp_path, notifications):
+    """Paint, save the prediction layer (Save prediction: the napari-unet writer), close it, open the file
+    again: the painted pixels still count for Retrain and are still kept by a new prediction."""
     viewer = loop_viewer
     training, inference, session = loop
     prediction, wrong = predict_and_paint_the_square_wrong(viewer, training, inference, qtbot)
     reviewed = session.reviewed(prediction)
     assert reviewed.sum() == wrong.size
+    assert inference.save_prediction(tmp_path / "missing folder" / "x.tif") is None
+    assert any("could not save" in message for _, message in notifications), notifications
     path = tmp_path / "EM prediction.tif"
-    assert prediction.save(str(path), plugin="napari-unet") == [str(path)]
+    assert inference.save_prediction(path) == str(path)
+    assert "Saved 'EM prediction'" in inference.progress.status.text()
+    np.testing.assert_array_equal(tifffile.imread(path)[SQUARE], np.where(wrong == MEMBRANE, 0, 255))  # file values
     viewer.layers.remove(prediction)
     assert session.corrected_layers(viewer.layers["EM"]) == []
 

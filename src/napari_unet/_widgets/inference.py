@@ -11,6 +11,7 @@ from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
+from napari_unet._writer import write_labels
 from napari_unet.data import InputError
 from napari_unet.hardware import explain_auto_tta
 from napari_unet.predict import PredictionProgress
@@ -70,6 +71,12 @@ class InferenceWidget(QWidget):
         self.run_button, self.stop_button = QPushButton("Run"), QPushButton("Stop")
         self.review_button = QPushButton("Mark slice reviewed")
         self.review_button.setToolTip("accept the current slice of the prediction layer as correct: its pixels count as annotations for Retrain")
+        self.save_button = QPushButton("Save prediction...")
+        self.save_button.setToolTip(
+            "write the prediction layer to TIFF in the training labels' values (e.g. 0/255), with the pixels you painted "
+            "or reviewed, so that they still count when you open the file again (File > Save uses napari's own writer "
+            "unless you pick the napari-unet file type)"
+        )
         self.progress = ProgressRow()
 
         form = QFormLayout()
@@ -88,13 +95,17 @@ class InferenceWidget(QWidget):
         buttons.addWidget(self.stop_button)
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
-        layout.addWidget(self.review_button)
+        review = QHBoxLayout()
+        review.addWidget(self.review_button)
+        review.addWidget(self.save_button)
+        layout.addLayout(review)
         layout.addStretch(1)
 
         self.run_button.clicked.connect(self.run)
         self.stop_button.clicked.connect(self.stop)
         self.load_button.clicked.connect(self._ask_load)
         self.review_button.clicked.connect(self.mark_reviewed)
+        self.save_button.clicked.connect(lambda: self.save_prediction())
         self.session.model_changed.connect(self._on_model_changed)
         self.session.notice.connect(self.progress.set_status)
         disconnect_when_destroyed(
@@ -215,15 +226,21 @@ class InferenceWidget(QWidget):
         self._update_buttons()
 
     # ---- review ------------------------------------------------------------------------------
-    def mark_reviewed(self) -> bool:
-        """Mark the current slice of the image's prediction layer (or the selected one) as reviewed."""
+    def _prediction_layer(self):
+        """The image's prediction layer (the selected one if several), or None after a warning."""
         image_layer = self.image.layer()
         layers = self.session.tracked_layers(image_layer) if image_layer is not None else []
         selected = [x for x in layers if x in self.viewer.layers.selection]
         if not layers:
             show_warning("napari-unet: no prediction layer for this image yet; Run first")
+            return None
+        return (selected or layers)[-1]
+
+    def mark_reviewed(self) -> bool:
+        """Mark the current slice of the image's prediction layer (or the selected one) as reviewed."""
+        layer = self._prediction_layer()
+        if layer is None:
             return False
-        layer = (selected or layers)[-1]
         z = current_slice(self.viewer, layer)
         marked = self.session.mark_reviewed(layer, (slice(None),) * layer.ndim if z is None else (z,))
         where = f"slice {z}" if z is not None else "the image"
@@ -232,6 +249,29 @@ class InferenceWidget(QWidget):
             return False
         self.progress.set_status(f"{where} of {layer.name!r} marked reviewed: its labelled pixels count as annotations for Retrain")
         return True
+
+    def save_prediction(self, path=None) -> Optional[str]:
+        """Write the image's prediction layer with the napari-unet writer (asks for ``path`` if not given).
+
+        Returns the path written, or None (cancelled, or a notification says why not).
+        """
+        layer = self._prediction_layer()
+        if layer is None:
+            return None
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, "Save prediction", f"{layer.name}.tif", "TIFF (*.tif *.tiff)")
+            if not path:
+                return None
+        data, state, _ = layer.as_layer_data_tuple()
+        try:
+            [written] = write_labels(str(path), data, state)
+        except (OSError, ValueError) as err:  # the write is atomic: an existing file is left as it was
+            show_error(f"napari-unet: could not save {layer.name!r} to {path}: {err}")
+            self.progress.set_status(f"Not saved: {err}")
+            return None
+        reviewed = self.session.reviewed(layer)
+        self.progress.set_status(f"Saved {layer.name!r} to {written} ({int(reviewed.sum())} painted or reviewed pixels kept with it).")
+        return written
 
     def closeEvent(self, event) -> None:
         self.stop()
