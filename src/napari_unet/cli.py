@@ -376,8 +376,10 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    from ._tensorflow import load_tensorflow
     from .demo import run_demo
 
+    load_tensorflow(quiet=True)  # with Keras' optional packages: the demo may open napari afterwards
     return run_demo(Path(args.output_dir), minutes=args.minutes, headless=args.headless, seed=args.seed)
 
 
