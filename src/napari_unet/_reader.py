@@ -204,7 +204,7 @@ def _image_layers(tiff: TiffData) -> list[LayerDataTuple]:
 
 
 def _labels_layer(tiff: TiffData) -> LayerDataTuple | None:
-    from .labels import LabelError, find_class_values, to_display
+    from .labels import PREDICTION_OUTPUT, LabelError, find_class_values, to_display
 
     data = tiff.data
     if not (np.issubdtype(data.dtype, np.integer) or data.dtype == bool):
@@ -248,7 +248,7 @@ def _labels_layer(tiff: TiffData) -> LayerDataTuple | None:
     if class_names:
         layer_meta["class_names"] = class_names
     if isinstance(meta.get("predicted_from"), str):  # a saved prediction layer: tracked again, corrections kept
-        layer_meta["napari_unet"] = {"output": "prediction", "image": meta["predicted_from"]}
+        layer_meta["napari_unet"] = {"output": PREDICTION_OUTPUT, "image": meta["predicted_from"]}
         reviewed = meta.get("reviewed")
         if isinstance(reviewed, np.ndarray) and reviewed.shape == display.shape:
             layer_meta["napari_unet"]["reviewed"] = reviewed

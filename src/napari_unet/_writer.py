@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .labels import reviewed_pixels
+from .labels import PREDICTION_OUTPUT, reviewed_pixels
 from .tiff_io import write_tiff
 
 _UNIT_NAMES = {
@@ -107,7 +107,7 @@ def write_labels(path: str, data: Any, meta: dict) -> list[str]:
     unit_list = [_unit_text(u) for u in units] if units is not None else None
     tiff_meta: dict[str, Any] = dict(label_meta)
     tracking = layer_meta.get("napari_unet")
-    if isinstance(tracking, dict) and tracking.get("output") == "prediction" and isinstance(tracking.get("image"), str):
+    if isinstance(tracking, dict) and tracking.get("output") == PREDICTION_OUTPUT and isinstance(tracking.get("image"), str):
         tiff_meta["predicted_from"] = tracking["image"]
         reviewed = reviewed_pixels(display, tracking)
         if reviewed is not None and reviewed.any():

@@ -12,6 +12,8 @@ import numpy as np
 
 #: Index used for pixels that carry no annotation (they do not contribute to the loss).
 IGNORE_INDEX = -1
+#: ``layer.metadata["napari_unet"]["output"]`` of a prediction layer written by the inference widget.
+PREDICTION_OUTPUT = "prediction"
 
 
 class LabelError(ValueError):

@@ -13,9 +13,9 @@ import numpy as np
 from napari.layers import Image, Labels
 
 from napari_unet._reader import label_features
-from napari_unet.labels import to_display
+from napari_unet.labels import PREDICTION_OUTPUT, to_display
 
-PREDICTION, PROBABILITIES, CELLS = "prediction", "probabilities", "cells"
+PREDICTION, PROBABILITIES, CELLS = PREDICTION_OUTPUT, "probabilities", "cells"
 
 
 def _region(z: Optional[int], ndim: int) -> tuple:

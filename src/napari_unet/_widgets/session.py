@@ -20,7 +20,7 @@ from typing import Any, Optional
 import numpy as np
 from psygnal import Signal
 
-from napari_unet.labels import reviewed_pixels
+from napari_unet.labels import PREDICTION_OUTPUT, reviewed_pixels
 from napari_unet.model_io import UNetModel
 
 _SESSIONS: "weakref.WeakKeyDictionary[Any, Session]" = weakref.WeakKeyDictionary()
@@ -105,7 +105,7 @@ class Tracked:
         meta = self.layer.metadata.get("napari_unet")
         meta = {k: v for k, v in meta.items() if k != "reviewed"} if isinstance(meta, dict) else {}
         marks = {"marked": self.marked, "marked_values": self.marked_values}
-        self.layer.metadata["napari_unet"] = {**meta, "output": "prediction", "image": self.image_name, **marks}
+        self.layer.metadata["napari_unet"] = {**meta, "output": PREDICTION_OUTPUT, "image": self.image_name, **marks}
 
     def belongs_to(self, image_layer) -> bool:
         """Whether this layer was predicted from ``image_layer``: by identity, or by name once that layer is gone
@@ -254,7 +254,7 @@ class Session:
         """
         layer = unwrap(layer)
         meta = layer.metadata.get("napari_unet") if isinstance(getattr(layer, "metadata", None), dict) else None
-        if id(layer) in self._tracked or not isinstance(meta, dict) or meta.get("output") != "prediction":
+        if id(layer) in self._tracked or not isinstance(meta, dict) or meta.get("output") != PREDICTION_OUTPUT:
             return None
         if not (isinstance(meta.get("image"), str) and hasattr(getattr(layer, "events", None), "paint")):
             return None
