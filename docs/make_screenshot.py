@@ -20,6 +20,9 @@ from napari_unet.labels import from_display
 from napari_unet.train import train
 
 
+STEPS_PER_EPOCH = 10
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--minutes", type=float, default=1.0)
@@ -35,11 +38,16 @@ def main():
     labels = from_display(np.asarray(labels_layer.data), class_values, ignore_value=None)
     chosen = preset("default")
     finished = train(np.asarray(image_layer.data), labels, chosen.model,
-                     chosen.train.replace(epochs=100_000, steps_per_epoch=10, max_minutes=args.minutes))
-    get_session(viewer).set_model(finished.model, "trained on the synthetic EM sample")
+                     chosen.train.replace(epochs=100_000, steps_per_epoch=STEPS_PER_EPOCH, max_minutes=args.minutes))
+    get_session(viewer).set_model(finished.model, "trained on the synthetic EM sample", labels_layer.metadata.get("class_names"))
     _, training = viewer.window.add_plugin_dock_widget("napari-unet", "U-Net training")
     _, inference = viewer.window.add_plugin_dock_widget("napari-unet", "U-Net inference")
-    training.plot.update_history(finished.history) if hasattr(training.plot, "update_history") else None
+    for record in finished.history:  # the loss plot as the widget draws it during training (one point per epoch)
+        step = record["epoch"] * STEPS_PER_EPOCH
+        training.plot.add_step(step, record["loss"])
+        metrics = {key[4:]: value for key, value in record.items() if key.startswith("val_") and key != "val_loss"}
+        training.plot.add_epoch(step, record["val_loss"], metrics)
+    training.plot.redraw()
     inference.run()
     app = QApplication.instance()
     for _ in range(600):  # wait for the prediction worker (up to ~60 s)
