@@ -298,29 +298,28 @@ def read_tiff(path) -> TiffData:
     _check_file(path)
     tiff_logger = logging.getLogger("tifffile")
     errors = _CollectErrors()
-    _TIFFFILE_LOG_LOCK.acquire()  # the logger is shared: another read's errors must not land in this one's handler
-    tiff_logger.addHandler(errors)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with tifffile.TiffFile(path) as tif:
-                if not tif.series:
-                    raise TiffReadError(f"{path}: corrupt TIFF (no readable image in the file)")
-                series = tif.series[0]
-                data = np.asarray(series.asarray())
-                if errors.messages:
-                    # tifffile logs (rather than raises) some decoding failures and fills zeros.
-                    raise TiffReadError(f"{path}: corrupt TIFF ({errors.messages[0]})")
-                info = _series_info(tif, series, data)
-    except TiffReadError:
-        raise
-    except MemoryError as exc:
-        raise TiffReadError(f"{path}: not enough memory to read the image") from exc
-    except Exception as exc:  # tifffile, zlib, imagecodecs, struct... anything means "corrupt"
-        raise TiffReadError(f"{path}: corrupt or unsupported TIFF ({type(exc).__name__}: {_one_line(exc)})") from exc
-    finally:
-        tiff_logger.removeHandler(errors)
-        _TIFFFILE_LOG_LOCK.release()
+    with _TIFFFILE_LOG_LOCK:  # the logger is shared: another read's errors must not land in this one's handler
+        tiff_logger.addHandler(errors)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with tifffile.TiffFile(path) as tif:
+                    if not tif.series:
+                        raise TiffReadError(f"{path}: corrupt TIFF (no readable image in the file)")
+                    series = tif.series[0]
+                    data = np.asarray(series.asarray())
+                    if errors.messages:
+                        # tifffile logs (rather than raises) some decoding failures and fills zeros.
+                        raise TiffReadError(f"{path}: corrupt TIFF ({errors.messages[0]})")
+                    info = _series_info(tif, series, data)
+        except TiffReadError:
+            raise
+        except MemoryError as exc:
+            raise TiffReadError(f"{path}: not enough memory to read the image") from exc
+        except Exception as exc:  # tifffile, zlib, imagecodecs, struct... anything means "corrupt"
+            raise TiffReadError(f"{path}: corrupt or unsupported TIFF ({type(exc).__name__}: {_one_line(exc)})") from exc
+        finally:
+            tiff_logger.removeHandler(errors)
 
     axes, data, axis_units, scale = info["axes"], info["data"], info["units"], info["scale"]
     metadata = info["metadata"]

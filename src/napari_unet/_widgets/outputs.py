@@ -98,13 +98,10 @@ def write_prediction(viewer, session, image_layer, labels, model, info, z, keep_
         )
         session.track(layer, image_layer)
         return layer, int(display.size)
-    session.track(layer, image_layer)
+    layer.metadata.update(metadata)
+    session.track(layer, image_layer)  # (re)publishes its marks into the metadata just replaced
     with session.muted(layer):  # overwritten corrections no longer hold their value: predictions again, until undone
         changed = write_labels_undoable(layer, z, display, session.reviewed(layer, region) if keep_corrections else None)
-    previous = layer.metadata.get("napari_unet")
-    if isinstance(previous, dict):  # keep the published marks (session.Tracked.publish)
-        metadata["napari_unet"] = {**previous, **metadata["napari_unet"]}
-    layer.metadata.update(metadata)
     return layer, int(changed.sum())
 
 

@@ -234,17 +234,18 @@ class Session:
 
     # ---- reviewed pixels ---------------------------------------------------------------------
     def track(self, layer, image_layer) -> Tracked:
-        """Start tracking paints on prediction ``layer`` (nothing reviewed yet, unless tracked already)."""
-        layer = unwrap(layer)
-        record = self._tracked.get(id(layer))
-        if record is not None and record.marked.shape == layer.data.shape:
-            record.image, record.image_name = weakref.ref(unwrap(image_layer)), image_layer.name
-            record.publish()
-            return record
+        """Track paints on prediction ``layer`` of ``image_layer`` (keeping its marks if it is tracked already, or
+        taking those its metadata carries)."""
+        record = self.record(layer)
         if record is None:
-            layer.events.paint.connect(self._on_paint)
-        record = Tracked.new(layer, image_layer)
-        self._tracked[id(layer)] = record
+            return self._start(unwrap(layer), image_layer)
+        record.image, record.image_name = weakref.ref(unwrap(image_layer)), image_layer.name
+        record.publish()
+        return record
+
+    def _start(self, layer, image_layer=None) -> Tracked:
+        record = self._tracked[id(layer)] = Tracked.new(layer, image_layer)
+        layer.events.paint.connect(self._on_paint)
         return record
 
     def adopt(self, layer) -> Optional[Tracked]:
@@ -258,9 +259,7 @@ class Session:
             return None
         if not (isinstance(meta.get("image"), str) and hasattr(getattr(layer, "events", None), "paint")):
             return None
-        record = self._tracked[id(layer)] = Tracked.new(layer)
-        layer.events.paint.connect(self._on_paint)
-        return record
+        return self._start(layer)
 
     def record(self, layer) -> Optional[Tracked]:
         record = self._tracked.get(id(unwrap(layer)))
