@@ -49,3 +49,17 @@ def record_tta(monkeypatch) -> list:
     run_model = predict_module._run_model
     monkeypatch.setattr(predict_module, "_run_model", lambda m, tiles, views, *rest: seen.append(views) or run_model(m, tiles, views, *rest))
     return seen
+
+
+class PlanesOnly:
+    """An array-like that hands out planes (or pixels) but refuses to be read whole, and records what was read."""
+
+    def __init__(self, array):
+        self.array, self.shape, self.dtype, self.ndim, self.reads = array, array.shape, array.dtype, array.ndim, []
+
+    def __getitem__(self, index):
+        self.reads.append(index)
+        return self.array[index]
+
+    def __array__(self, *args, **kwargs):
+        raise AssertionError("the whole array was read")

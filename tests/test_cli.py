@@ -289,6 +289,41 @@ def test_probabilities_file_has_named_class_axis_and_both_files_or_none_are_writ
     assert sorted(p.name for p in data.iterdir()) == names_before, "no partial file left behind"
 
 
+def test_predict_reads_and_writes_a_stack_a_slice_at_a_time(data, capsys, monkeypatch):
+    """Stacks larger than memory: slices read when predicted, results in scratch files written out page by page."""
+    import napari_unet.tiff_io as tiff_io
+    from napari_unet.model_io import load_model
+    from napari_unet.predict import predict
+
+    save_model(tiny_model(), data / "m.keras")
+    image = tifffile.imread(data / "image.tif")
+    tifffile.imwrite(data / "zlib.tif", image, compression="zlib", photometric="minisblack")
+    pages_read = []
+    real_read_page = tiff_io._read_page
+    monkeypatch.setattr(tiff_io, "_read_page", lambda path, index: pages_read.append(index) or real_read_page(path, index))
+    written = []
+    real_write = tiff_io.write_tiff
+    monkeypatch.setattr(tiff_io, "write_tiff", lambda path, array, metadata=None: written.append(type(array)) or real_write(path, array, metadata))
+    before = sorted(p.name for p in data.iterdir())
+    code, _, err = run(capsys, "predict", data / "m.keras", data / "zlib.tif", "-o", data / "p.tif", "--probabilities", data / "q.tif", "--no-tta")
+    assert code == 0, err
+    assert sorted(pages_read) == [0, 0, 1, 2, 3], "each page read on its own (page 0 also to tell image from labels)"
+    assert written == [np.memmap, np.memmap]
+    assert sorted(p.name for p in data.iterdir()) == sorted(before + ["p.tif", "q.tif"]), "no scratch file left"
+    expected = predict(load_model(data / "m.keras"), image, tta=False)
+    np.testing.assert_array_equal(tifffile.imread(data / "p.tif"), expected.labels)
+    np.testing.assert_allclose(tifffile.imread(data / "q.tif"), np.moveaxis(expected.probabilities, -1, -3), atol=1e-6)
+
+    with tifffile.TiffFile(data / "zlib.tif") as tif:
+        offset, count = tif.pages[2].dataoffsets[0], tif.pages[2].databytecounts[0]
+    raw = bytearray((data / "zlib.tif").read_bytes())
+    raw[offset : offset + count] = bytes(count)
+    (data / "zlib.tif").write_bytes(bytes(raw))
+    code, _, err = run(capsys, "predict", data / "m.keras", data / "zlib.tif", "-o", data / "p2.tif", "--no-tta")
+    assert code == 2 and "corrupt" in err and "zlib.tif" in err and "Traceback" not in err
+    assert sorted(p.name for p in data.iterdir()) == sorted(before + ["p.tif", "q.tif"])
+
+
 def test_written_files_replace_old_ones_and_keep_their_permissions(tmp_path):
     from napari_unet.cli import write_all
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from _helpers import record_tta, stripes, tiny_model
+from _helpers import PlanesOnly, record_tta, stripes, tiny_model
 from napari_unet.data import InputError
 from napari_unet.predict import Prediction, PredictionProgress, blend_window, predict, predict_events, tile_starts
 
@@ -223,6 +223,28 @@ def test_dask_input_is_predicted_slice_by_slice():
     image = stripes(n_slices=2, size=64)[0]
     lazy = da.from_array(image, chunks=(1, 64, 64))
     np.testing.assert_array_equal(predict(tiny_model(), lazy).labels, predict(tiny_model(), image).labels)
+
+
+def test_predictions_go_into_given_arrays_and_read_the_image_a_slice_at_a_time(tmp_path):
+    from napari_unet.predict import labels_dtype
+
+    model = tiny_model()
+    image = stripes(n_slices=3, size=64)[0]
+    expected = predict(model, image, tta=False)
+    source = PlanesOnly(image)
+    labels = np.lib.format.open_memmap(tmp_path / "l.npy", mode="w+", dtype=labels_dtype(model), shape=image.shape)
+    probabilities = np.lib.format.open_memmap(tmp_path / "p.npy", mode="w+", dtype=np.float32, shape=(*image.shape, 2))
+    result = predict(model, source, tta=False, labels_out=labels, probabilities_out=probabilities, return_probabilities=False)
+    assert result.labels is labels and result.probabilities is probabilities
+    assert sorted(source.reads) == [0, 1, 2], "each slice read once, on its own"
+    np.testing.assert_array_equal(labels, expected.labels)
+    np.testing.assert_allclose(probabilities, expected.probabilities, atol=1e-6)
+    plane = np.zeros(image.shape[1:], labels.dtype)
+    assert predict(model, image[0], tta=False, labels_out=plane).labels is plane
+    np.testing.assert_array_equal(plane, expected.labels[0])
+    for wrong in (np.zeros(image.shape, np.int32), np.zeros((2, 64, 64), labels.dtype)):
+        with pytest.raises(ValueError, match="labels_out must have shape"):
+            predict(model, image, labels_out=wrong)
 
 
 def test_close_boundaries_only_adds_boundary_pixels():

@@ -181,6 +181,34 @@ def test_reader_folder_and_list_of_slices(tmp_path):
     np.testing.assert_array_equal(data, np.stack([slices[2], slices[0]]))
 
 
+def test_large_images_open_lazily_and_labels_in_memory(tmp_path, monkeypatch):
+    monkeypatch.setattr(_reader, "LAZY_IMAGE_BYTES", 5 * 32 * 32)
+    image = RNG.integers(0, 256, size=(5, 32, 32), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "plain.tif", image, imagej=True, metadata={"axes": "ZYX"})
+    tifffile.imwrite(tmp_path / "zlib.tif", image, compression="zlib", photometric="minisblack")
+    tifffile.imwrite(tmp_path / "small.tif", image[:4], compression="zlib", photometric="minisblack")
+    tifffile.imwrite(tmp_path / "labels.tif", isbi_like_labels((5, 32, 32)), compression="zlib", photometric="minisblack")
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    for z in range(5):
+        tifffile.imwrite(folder / f"z{z}.tif", image[z], compression="zlib")
+    kinds = {}
+    for name in ("plain.tif", "zlib.tif", "small.tif", "labels.tif", "slices"):
+        [(data, kwargs, layer_type)] = read(tmp_path / name)
+        kinds[name] = (type(data).__name__, layer_type)
+        if layer_type == "image":
+            np.testing.assert_array_equal(np.asarray(data[2]), image[2])
+    assert kinds == {
+        "plain.tif": ("memmap", "image"),
+        "zlib.tif": ("Array", "image"),  # dask
+        "small.tif": ("ndarray", "image"),
+        "labels.tif": ("ndarray", "labels"),
+        "slices": ("Array", "image"),
+    }
+    _, [layer] = add_to_viewer_model(read(tmp_path / "zlib.tif"))
+    assert layer.data.shape == (5, 32, 32)
+
+
 def test_reader_corrupt_file_notifies_and_declines(tmp_path, errors):
     full = tmp_path / "full.tif"
     tifffile.imwrite(full, RNG.integers(0, 256, size=(4, 64, 64), dtype=np.uint8), imagej=True, compression="zlib")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from _helpers import PlanesOnly
 from napari_unet import tiff_io
 from napari_unet.tiff_io import (
     TiffReadError,
@@ -449,3 +450,76 @@ def test_large_arrays_are_written_as_bigtiff_with_their_metadata(tmp_path, monke
     np.testing.assert_array_equal(back.data, probabilities)
     assert back.axes == "ZCYX" and back.metadata["class_values"] == [0, 255]
     assert back.scale[0] == pytest.approx(0.05) and back.scale[-1] == pytest.approx(0.004)
+
+
+# ----------------------------------------------------------------------------------- data larger than memory
+
+
+@pytest.mark.parametrize(
+    "kwargs, kind",
+    [({}, np.memmap), ({"imagej": True, "metadata": {"axes": "ZYX", "spacing": 2.0}, "resolution": (4.0, 4.0)}, np.memmap), ({"compression": "zlib"}, "dask")],
+)
+def test_lazy_reads_give_the_pixels_and_metadata_of_eager_reads(tmp_path, kwargs, kind):
+    image = em_like((5, 48, 40))
+    tifffile.imwrite(tmp_path / "stack.tif", image, photometric="minisblack", **kwargs)
+    eager, lazy = read_tiff(tmp_path / "stack.tif"), read_tiff(tmp_path / "stack.tif", lazy=True)
+    if kind == "dask":
+        assert type(lazy.data).__module__.startswith("dask") and lazy.data.chunksize == (1, 48, 40)
+    else:
+        assert isinstance(lazy.data, kind)
+    np.testing.assert_array_equal(np.asarray(lazy.data[3]), image[3])
+    np.testing.assert_array_equal(np.asarray(lazy.data), image)
+    assert (lazy.axes, lazy.scale, lazy.units, lazy.is_labels_hint) == (eager.axes, eager.scale, eager.units, eager.is_labels_hint)
+    assert lazy.metadata == eager.metadata
+
+
+def test_lazy_folder_reads_each_slice_when_it_is_indexed(tmp_path):
+    image = em_like((3, 32, 32))
+    for z in range(3):
+        tifffile.imwrite(tmp_path / f"s{z}.tif", image[z], compression="zlib")
+    lazy = read_folder(tmp_path, lazy=True)
+    assert type(lazy.data).__module__.startswith("dask") and lazy.axes == "ZYX"
+    np.testing.assert_array_equal(np.asarray(lazy.data[1]), image[1])
+    assert lazy.is_labels_hint is False and read_folder(tmp_path).is_labels_hint is False
+
+
+def test_a_damaged_page_of_a_lazy_read_is_reported_when_it_is_read(tmp_path):
+    image = em_like((4, 64, 64))
+    tifffile.imwrite(tmp_path / "stack.tif", image, compression="zlib", photometric="minisblack")
+    with tifffile.TiffFile(tmp_path / "stack.tif") as tif:
+        offset, count = tif.pages[2].dataoffsets[0], tif.pages[2].databytecounts[0]
+    raw = bytearray((tmp_path / "stack.tif").read_bytes())
+    raw[offset : offset + count] = bytes(count)  # zeros are not a zlib stream
+    (tmp_path / "stack.tif").write_bytes(bytes(raw))
+    lazy = read_tiff(tmp_path / "stack.tif", lazy=True)
+    np.testing.assert_array_equal(np.asarray(lazy.data[1]), image[1])
+    with pytest.raises(TiffReadError, match="corrupt"):
+        np.asarray(lazy.data[2])
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.6, 0.9])
+def test_truncated_tiff_read_lazily_fails_clearly_when_opened_or_read(tmp_path, fraction):
+    full = tmp_path / "full.tif"
+    tifffile.imwrite(full, em_like((4, 64, 64)), imagej=True, compression="zlib")
+    path = tmp_path / "truncated.tif"
+    path.write_bytes(full.read_bytes()[: int(full.stat().st_size * fraction)])
+    with pytest.raises(TiffReadError, match="corrupt"):
+        np.asarray(read_tiff(path, lazy=True).data)
+
+
+def test_arrays_larger_than_memory_are_written_a_page_at_a_time(tmp_path):
+    labels = RNG.choice(np.array([0, 255], np.uint8), size=(4, 32, 24))
+    source = PlanesOnly(labels)
+    write_tiff(tmp_path / "labels.tif", source, {"class_values": [0, 255], "scale": (2.0, 0.5, 0.5), "unit": "µm"})
+    assert len(source.reads) == 4
+    back = read_tiff(tmp_path / "labels.tif")
+    np.testing.assert_array_equal(back.data, labels)
+    assert back.metadata["class_values"] == [0, 255] and back.scale == (2.0, 0.5, 0.5)
+
+    probabilities = np.lib.format.open_memmap(tmp_path / "p.npy", mode="w+", dtype=np.float32, shape=(3, 16, 8, 2))
+    probabilities[:] = RNG.random((3, 16, 8, 2))
+    write_tiff(tmp_path / "p.tif", np.moveaxis(probabilities, -1, -3), {"axes": "ZCYX"})  # a strided view
+    np.testing.assert_array_equal(read_tiff(tmp_path / "p.tif").data, np.moveaxis(np.asarray(probabilities), -1, -3))
+    colour = RNG.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    write_tiff(tmp_path / "rgb.tif", PlanesOnly(colour), {"axes": "ZYXS"})
+    np.testing.assert_array_equal(read_tiff(tmp_path / "rgb.tif").data, colour)

@@ -13,6 +13,7 @@ declines it (``get_reader`` returns ``None``).
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -87,15 +88,27 @@ def _claims(path) -> bool:
     return is_tiff_path(p)
 
 
+#: Images of at least this many bytes of pixels open lazily: napari reads the slices it shows (labels are
+#: read whole: painting needs them in memory).
+LAZY_IMAGE_BYTES = 2**32
+
+
 def read_path(path) -> TiffData:
-    """Read a TIFF file, a folder of TIFF slices, or a list of TIFF slices (stacked along Z)."""
+    """Read a TIFF file, a folder of TIFF slices, or a list of TIFF slices (stacked along Z); images of
+    :data:`LAZY_IMAGE_BYTES` or more as a memory map or dask array (see :func:`~napari_unet.tiff_io.read_tiff`)."""
     if isinstance(path, (list, tuple)):
         if len(path) == 1:
             return read_path(path[0])
-        return read_slices(path, source=Path(os.fspath(path[0])).parent)
+        source = Path(os.fspath(path[0])).parent
+        return _eager_unless_large(read_slices(path, source=source, lazy=True), lambda: read_slices(path, source=source))
     if Path(os.fspath(path)).is_dir():
-        return read_folder(path)
-    return read_tiff(path)
+        return _eager_unless_large(read_folder(path, lazy=True), lambda: read_folder(path))
+    return _eager_unless_large(read_tiff(path, lazy=True), lambda: read_tiff(path))
+
+
+def _eager_unless_large(lazy: TiffData, read_eagerly: Callable[[], TiffData]) -> TiffData:
+    n_bytes = math.prod(lazy.data.shape) * lazy.data.dtype.itemsize
+    return lazy if n_bytes >= LAZY_IMAGE_BYTES and not lazy.is_labels_hint else read_eagerly()
 
 
 def get_reader(path) -> ReaderFunction | None:

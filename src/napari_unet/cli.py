@@ -8,9 +8,11 @@ except ``train``, whose model file is finished before the validation scores are 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -91,18 +93,26 @@ def write_all(files: list) -> None:
                 partial.unlink()
 
 
-def read_stack(path, what: str) -> np.ndarray:
-    """A one-channel (Y, X) or (Z, Y, X) array from a TIFF file or a folder of TIFF slices."""
-    return _read_stack_and_metadata(path, what)[0]
+def scratch_array(stack: contextlib.ExitStack, folder: Path, shape: tuple, dtype) -> np.memmap:
+    """Zeros of ``shape`` and ``dtype`` in an unlinked temporary file in ``folder``, open until ``stack`` closes."""
+    handle = stack.enter_context(tempfile.TemporaryFile(dir=folder, prefix=".napari-unet-scratch-"))
+    handle.truncate(max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize))  # sparse: no disk written yet
+    return np.memmap(handle, dtype=dtype, mode="r+", shape=shape)
 
 
-def _read_stack_and_metadata(path, what: str) -> tuple[np.ndarray, dict]:
+def read_stack(path, what: str, lazy: bool = False) -> np.ndarray:
+    """A one-channel (Y, X) or (Z, Y, X) array from a TIFF file or a folder of TIFF slices
+    (``lazy``: read when indexed, see :func:`napari_unet.tiff_io.read_tiff`)."""
+    return _read_stack_and_metadata(path, what, lazy)[0]
+
+
+def _read_stack_and_metadata(path, what: str, lazy: bool = False) -> tuple[np.ndarray, dict]:
     from .tiff_io import read_folder, read_tiff
 
     path = Path(path)
     if not path.exists():
         raise CommandError(f"{what} {str(path)!r} does not exist")
-    tiff = read_folder(path) if path.is_dir() else read_tiff(path)
+    tiff = read_folder(path, lazy=lazy) if path.is_dir() else read_tiff(path, lazy=lazy)
     data, axes = tiff.data, tiff.axes
     for axis in "CS":
         if axis in axes and data.shape[axes.index(axis)] > 1:
@@ -111,7 +121,7 @@ def _read_stack_and_metadata(path, what: str) -> tuple[np.ndarray, dict]:
                 f"{what} {path.name} has {n} channels (axes {axes}); napari-unet works on one-channel images: "
                 "convert it to grayscale or extract one channel"
             )
-    squeezed = np.squeeze(data)
+    squeezed = data.reshape([n for n in data.shape if n != 1])  # np.squeeze would read a lazy array
     if squeezed.ndim not in (2, 3):
         raise CommandError(f"{what} {path.name} has shape {data.shape} (axes {axes}); expected (Y, X) or (Z, Y, X)")
     metadata = dict(tiff.metadata)
@@ -325,33 +335,41 @@ def cmd_train(args) -> int:
 
 def cmd_predict(args) -> int:
     from .model_io import load_model
-    from .predict import predict_events
+    from .predict import labels_dtype, predict_events
 
     output = check_output(args.output, "labels file")
     probabilities_file = check_output(args.probabilities, "probabilities file") if args.probabilities else None
     if probabilities_file is not None and probabilities_file.resolve() == output.resolve():
         raise CommandError("--probabilities must name another file than -o")
-    image = read_stack(args.image, "image")
+    image = read_stack(args.image, "image", lazy=True)  # slices are read as the prediction reaches them
     load_tensorflow_for_command()
     model = load_model(args.model)
     progress = ProgressLine()
     result = None
-    for event in predict_events(
-        model, image, tile_size=args.tile_size, batch_size=args.batch_size, tta=args.tta if args.tta_views is None else args.tta_views,
-        return_probabilities=args.probabilities is not None, close_boundaries=False if args.argmax else (True if args.close_boundaries else None),
-        mixed_precision=False if args.float32 else None,
-    ):
-        if hasattr(event, "done"):
-            progress.show(event.done / event.total, f"tile {event.done}/{event.total} ETA {_format_seconds(event.eta)}")
-        else:
-            result = event
-    progress.done()
-    files = [(output, result.labels, {"class_values": list(model.class_values)})]
-    if probabilities_file is not None:
-        probs = np.moveaxis(result.probabilities, -1, -3).astype(np.float32)  # one plane per class
-        axes = "CYX" if probs.ndim == 3 else "ZCYX"
-        files.append((probabilities_file, probs, {"class_values": list(model.class_values), "axes": axes}))
-    write_all(files)
+    with contextlib.ExitStack() as scratch:
+        # The results live in unlinked scratch files beside the output, so a stack larger than memory predicts
+        # in memory bounded by a slice; they vanish when closed, also after a crash.
+        labels_out = scratch_array(scratch, output.parent, image.shape, labels_dtype(model))
+        probabilities_out = None
+        if probabilities_file is not None:
+            probabilities_out = scratch_array(scratch, probabilities_file.parent, (*image.shape, model.config.n_classes), np.float32)
+        for event in predict_events(
+            model, image, tile_size=args.tile_size, batch_size=args.batch_size, tta=args.tta if args.tta_views is None else args.tta_views,
+            close_boundaries=False if args.argmax else (True if args.close_boundaries else None),
+            mixed_precision=False if args.float32 else None, labels_out=labels_out, probabilities_out=probabilities_out,
+            return_probabilities=False,
+        ):
+            if hasattr(event, "done"):
+                progress.show(event.done / event.total, f"tile {event.done}/{event.total} ETA {_format_seconds(event.eta)}")
+            else:
+                result = event
+        progress.done()
+        files = [(output, result.labels, {"class_values": list(model.class_values)})]
+        if probabilities_file is not None:
+            probs = np.moveaxis(result.probabilities, -1, -3)  # one plane per class, a view: written page by page
+            axes = "CYX" if probs.ndim == 3 else "ZCYX"
+            files.append((probabilities_file, probs, {"class_values": list(model.class_values), "axes": axes}))
+        write_all(files)
     for path, array, metadata in files:
         args.written.append(path)
         print(f"wrote {path} {array.shape} {array.dtype}" + (f" (axes {metadata['axes']})" if "axes" in metadata else ""), file=sys.stderr)

@@ -209,6 +209,8 @@ def predict_events(
     slices: Optional[Sequence[int]] = None,
     mixed_precision: Optional[bool] = None,
     folded: bool = True,
+    labels_out: Optional[np.ndarray] = None,
+    probabilities_out: Optional[np.ndarray] = None,
 ) -> Iterator[Union[PredictionProgress, Prediction]]:
     """Predict ``image`` ((Y, X) or (Z, Y, X), any real dtype, numpy or dask) tile by tile.
 
@@ -231,6 +233,9 @@ def predict_events(
     model with ``context_slices`` still sees their neighbours in the whole stack.
     ``folded=False`` runs ``model.keras_model`` as it is, in its own precision and compilation, instead of
     an inference copy with batch norm folded in (validation while training: no copy built and traced each epoch).
+    ``labels_out`` / ``probabilities_out``: arrays of the result's shapes (dtype :func:`labels_dtype` / float32) to
+    write into instead of new ones, e.g. ``np.memmap`` files for stacks larger than memory; the
+    :class:`Prediction` then holds them. ``probabilities_out`` implies ``return_probabilities``.
     """
     shape = tuple(np.shape(image))
     colour = bool(shape) and shape[-1] in (3, 4)  # (Y, X, 3|4) would otherwise pass for a stack of narrow slices
@@ -274,9 +279,12 @@ def predict_events(
     rule = effective_boundary_rule(model, close_boundaries, n_transforms)
     boundary_index = model.class_values.index(model.boundary_value) if rule is not None else None
 
-    label_dtype = from_indices(np.zeros(1, np.int64), model.class_values).dtype
-    labels = np.zeros((len(selected), height, width), label_dtype)
-    probabilities = np.zeros((len(selected), height, width, n_classes), np.float32) if return_probabilities else None
+    label_dtype = labels_dtype(model)
+    labels_shape = (len(selected), height, width)
+    labels = _output_array(labels_out, labels_shape, label_dtype, len(shape) == 2, "labels_out")
+    probabilities = None
+    if return_probabilities or probabilities_out is not None:
+        probabilities = _output_array(probabilities_out, (*labels_shape, n_classes), np.float32, len(shape) == 2, "probabilities_out")
 
     def network_plane(z: int) -> np.ndarray:
         """Slice z normalised, downscaled and padded to (padded_h, padded_w) float32."""
@@ -334,7 +342,24 @@ def predict_events(
     if len(shape) == 2:
         labels = labels[0]
         probabilities = None if probabilities is None else probabilities[0]
+    labels = labels if labels_out is None else labels_out
+    probabilities = probabilities if probabilities_out is None else probabilities_out
     yield Prediction(labels=labels, probabilities=probabilities, stopped=stopped)
+
+
+def labels_dtype(model: UNetModel) -> np.dtype:
+    """The dtype of the labels :func:`predict_events` returns: the smallest holding the model's class values."""
+    return from_indices(np.zeros(1, np.int64), model.class_values).dtype
+
+
+def _output_array(out, shape: tuple, dtype, is_2d: bool, name: str) -> np.ndarray:
+    """``out`` viewed as ``shape`` (a 2-D result gets a leading axis of 1), or new zeros when ``out`` is None."""
+    if out is None:
+        return np.zeros(shape, dtype)
+    expected = shape[1:] if is_2d else shape
+    if tuple(out.shape) != expected or out.dtype != np.dtype(dtype):
+        raise ValueError(f"{name} must have shape {expected} and dtype {np.dtype(dtype)}, got {tuple(out.shape)} {out.dtype}")
+    return out[np.newaxis] if is_2d else out
 
 
 def predict(model: UNetModel, image, **kwargs) -> Prediction:

@@ -35,7 +35,7 @@ import xml.etree.ElementTree as ET
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import tifffile
@@ -234,7 +234,14 @@ def detect_labels(data, name: str = "", metadata: dict | None = None) -> bool:
         return False
     if name and name_suggests_labels(name):
         return True
+    if is_lazy(array) and array.ndim > 2:  # judged on the first plane: reading all of a big file takes long
+        array = array[(0,) * (array.ndim - 2)]
     return distinct_values(array, MAX_LABEL_CLASSES) is not None
+
+
+def is_lazy(array) -> bool:
+    """Whether ``array`` reads its pixels only when indexed (a ``np.memmap`` or a dask array)."""
+    return isinstance(array, np.memmap) or not isinstance(array, np.ndarray) and hasattr(array, "dtype") and hasattr(array, "shape")
 
 
 def _stem(path: str) -> str:
@@ -289,37 +296,26 @@ def _check_file(path: Path) -> None:
         raise TiffReadError(f"{path}: not a TIFF file (no TIFF signature at the start)")
 
 
-def read_tiff(path) -> TiffData:
+def read_tiff(path, lazy: bool = False) -> TiffData:
     """Read the first image series of a TIFF file.
 
+    ``lazy=True``: for data larger than memory, ``data`` reads pixels only when indexed: a read-only
+    ``np.memmap`` of uncompressed contiguous data, else a dask array with one chunk per TIFF page (a corrupt
+    page raises :class:`TiffReadError` when it is read); a series stored in one page is read at once.
     Raises :class:`TiffReadError` for a missing, unreadable, non-TIFF or corrupt file.
     """
     path = Path(os.fspath(path))
     _check_file(path)
-    tiff_logger = logging.getLogger("tifffile")
-    errors = _CollectErrors()
-    with _TIFFFILE_LOG_LOCK:  # the logger is shared: another read's errors must not land in this one's handler
-        tiff_logger.addHandler(errors)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                with tifffile.TiffFile(path) as tif:
-                    if not tif.series:
-                        raise TiffReadError(f"{path}: corrupt TIFF (no readable image in the file)")
-                    series = tif.series[0]
-                    data = np.asarray(series.asarray())
-                    if errors.messages:
-                        # tifffile logs (rather than raises) some decoding failures and fills zeros.
-                        raise TiffReadError(f"{path}: corrupt TIFF ({errors.messages[0]})")
-                    info = _series_info(tif, series, data)
-        except TiffReadError:
-            raise
-        except MemoryError as exc:
-            raise TiffReadError(f"{path}: not enough memory to read the image") from exc
-        except Exception as exc:  # tifffile, zlib, imagecodecs, struct... anything means "corrupt"
-            raise TiffReadError(f"{path}: corrupt or unsupported TIFF ({type(exc).__name__}: {_one_line(exc)})") from exc
-        finally:
-            tiff_logger.removeHandler(errors)
+    with _tifffile_errors(path) as errors:
+        with tifffile.TiffFile(path) as tif:
+            if not tif.series:
+                raise TiffReadError(f"{path}: corrupt TIFF (no readable image in the file)")
+            series = tif.series[0]
+            data = _lazy_series(path, series) if lazy else None
+            if data is None:
+                data = np.asarray(series.asarray())
+            errors.raise_any()
+            info = _series_info(tif, series, data)
 
     axes, data, axis_units, scale = info["axes"], info["data"], info["units"], info["scale"]
     metadata = info["metadata"]
@@ -339,12 +335,65 @@ _TIFFFILE_LOG_LOCK = threading.Lock()
 
 
 class _CollectErrors(logging.Handler):
-    def __init__(self):
+    def __init__(self, path: Path):
         super().__init__(level=logging.ERROR)
+        self.path = path
         self.messages: list[str] = []
 
     def emit(self, record):
         self.messages.append(" ".join(record.getMessage().split())[:200])
+
+    def raise_any(self) -> None:
+        """tifffile logs (rather than raises) some decoding failures and fills zeros: those mean "corrupt"."""
+        if self.messages:
+            raise TiffReadError(f"{self.path}: corrupt TIFF ({self.messages[0]})")
+
+
+@contextlib.contextmanager
+def _tifffile_errors(path: Path):
+    """Collect what tifffile logs while reading ``path``; any exception inside becomes a :class:`TiffReadError`."""
+    tiff_logger = logging.getLogger("tifffile")
+    errors = _CollectErrors(path)
+    with _TIFFFILE_LOG_LOCK:  # the logger is shared: another read's errors must not land in this one's handler
+        tiff_logger.addHandler(errors)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                yield errors
+        except TiffReadError:
+            raise
+        except MemoryError as exc:
+            raise TiffReadError(f"{path}: not enough memory to read the image") from exc
+        except Exception as exc:  # tifffile, zlib, imagecodecs, struct... anything means "corrupt"
+            raise TiffReadError(f"{path}: corrupt or unsupported TIFF ({type(exc).__name__}: {_one_line(exc)})") from exc
+        finally:
+            tiff_logger.removeHandler(errors)
+
+
+def _lazy_series(path: Path, series):
+    """``series`` as a read-only memory map or a dask array of one chunk per page; None if neither fits."""
+    if series.dataoffset is not None:  # uncompressed and contiguous in the file
+        with contextlib.suppress(ValueError, OSError):
+            return tifffile.memmap(path, series=0, mode="r")
+    page_shape = tuple(series.keyframe.shape)
+    n_pages = len(series.pages)
+    if n_pages * math.prod(page_shape) != math.prod(series.shape):
+        return None
+    import dask
+    import dask.array as da
+
+    read = dask.delayed(_read_page, pure=True)
+    planes = [da.from_delayed(read(path, i), page_shape, series.dtype) for i in range(n_pages)]
+    return da.stack(planes).reshape(series.shape)
+
+
+def _read_page(path: Path, index: int) -> np.ndarray:
+    """Page ``index`` of the first series of ``path`` (a chunk of :func:`_lazy_series`)."""
+    with _tifffile_errors(path) as errors:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.asarray(key=index, series=0)
+        errors.raise_any()
+    return page
 
 
 def _series_info(tif: tifffile.TiffFile, series, data: np.ndarray) -> dict:
@@ -555,20 +604,21 @@ def _normalise_axes(tiff_axes: str, shape, dtype) -> str:
     return "".join(axes)
 
 
-def read_slices(paths: Sequence, source=None) -> TiffData:
+def read_slices(paths: Sequence, source=None, lazy: bool = False) -> TiffData:
     """Stack 2-D TIFF files (one slice each, same shape) in the given order along a new Z axis.
 
     A slice with an extra leading axis of length 1 is accepted. Raises :class:`TiffReadError`
-    naming the first slice whose shape differs.
+    naming the first slice whose shape differs. ``lazy=True``: a dask array that reads a file when
+    its slice is indexed (see :func:`read_tiff`).
     """
     paths = [Path(os.fspath(p)) for p in paths]
     if not paths:
         raise TiffReadError(f"{source or 'slices'}: no TIFF files to stack")
-    first = read_tiff(paths[0])
+    first = read_tiff(paths[0], lazy=lazy)
     first_data, first_axes = _squeeze_slice(first)
     arrays = [first_data]
     for p in paths[1:]:
-        item = read_tiff(p)
+        item = read_tiff(p, lazy=lazy)
         data, _ = _squeeze_slice(item)
         if data.shape != first_data.shape:
             raise TiffReadError(
@@ -577,7 +627,12 @@ def read_slices(paths: Sequence, source=None) -> TiffData:
             )
         arrays.append(data)
     dtype = np.result_type(*[a.dtype for a in arrays])
-    stack = np.stack([a.astype(dtype, copy=False) for a in arrays])
+    if lazy:
+        import dask.array as da
+
+        stack = da.stack([da.asarray(a).astype(dtype, copy=False) for a in arrays])
+    else:
+        stack = np.stack([a.astype(dtype, copy=False) for a in arrays])
     new_axis = "Z" if "Z" not in first_axes else "T" if "T" not in first_axes else "Q"
     axes = new_axis + first_axes
     kept = [i for i, letter in enumerate(first.axes) if letter in first_axes]
@@ -628,8 +683,9 @@ def tiff_files_in(folder) -> list[Path]:
     return sorted(files, key=lambda p: natural_sort_key(p.name))
 
 
-def read_folder(path) -> TiffData:
-    """Stack the 2-D TIFF slices of a folder in natural sort order (``z2`` before ``z10``).
+def read_folder(path, lazy: bool = False) -> TiffData:
+    """Stack the 2-D TIFF slices of a folder in natural sort order (``z2`` before ``z10``); ``lazy`` as in
+    :func:`read_slices`.
 
     Raises :class:`TiffReadError` if the folder is missing, has no TIFF, or slices differ in size.
     """
@@ -644,7 +700,7 @@ def read_folder(path) -> TiffData:
         raise TiffReadError(f"{folder}: cannot list the folder ({_one_line(exc)})") from exc
     if not files:
         raise TiffReadError(f"{folder}: no .tif/.tiff files in the folder")
-    return read_slices(files, source=folder)
+    return read_slices(files, source=folder, lazy=lazy)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -690,6 +746,7 @@ def write_tiff(path, array, metadata: dict | None = None) -> str:
     * ``predicted_from`` (an image name) and ``reviewed`` (a bool mask of ``array``'s shape): the
       same, for prediction layers; ``reviewed`` is stored only with ``predicted_from``.
 
+    A ``np.memmap`` or dask array is written page by page (memory stays at one page).
     The data go to a temporary file in the same folder, which then replaces ``path`` in one
     ``os.replace``; on any error the temporary file is removed and an existing ``path`` is left
     untouched. zlib compression; ImageJ hyperstack format when the dtype is uint8, uint16, int16
@@ -698,8 +755,9 @@ def write_tiff(path, array, metadata: dict | None = None) -> str:
     """
     path = Path(os.fspath(path))
     metadata = dict(metadata or {})
-    data = np.asarray(array)
-    if data.dtype == bool:
+    streamed = is_lazy(array)
+    data = array if streamed else np.asarray(array)
+    if data.dtype == bool and not streamed:
         data = data.astype(np.uint8)
     if data.dtype == object or data.dtype.kind not in "uif" or data.ndim < 2:
         raise ValueError(
@@ -733,7 +791,7 @@ def write_tiff(path, array, metadata: dict | None = None) -> str:
     kwargs: dict[str, Any] = {"compression": "zlib"}
     # Classic TIFF offsets end at 4 GiB, and ImageJ hyperstacks cannot be BigTIFF: large arrays (e.g. the
     # float32 probabilities of a big stack, which hardly compress) become BigTIFF with tifffile's JSON metadata.
-    big = data.nbytes >= BIGTIFF_BYTES
+    big = math.prod(data.shape) * np.dtype(data.dtype).itemsize >= BIGTIFF_BYTES
     imagej = _imagej_compatible(axes, data.dtype) and not big
     if big:
         kwargs["bigtiff"] = True
@@ -778,7 +836,12 @@ def write_tiff(path, array, metadata: dict | None = None) -> str:
     try:
         os.close(fd)
         with open(tmp_name, "r+b") as fh:
-            tifffile.imwrite(fh, data, **kwargs)
+            if streamed:
+                page_ndim = 3 if "S" in axes else 2
+                dtype = np.uint8 if data.dtype == bool else data.dtype
+                tifffile.imwrite(fh, _pages(data, page_ndim, dtype), shape=data.shape, dtype=dtype, **kwargs)
+            else:
+                tifffile.imwrite(fh, data, **kwargs)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp_name, mode)
@@ -789,6 +852,12 @@ def write_tiff(path, array, metadata: dict | None = None) -> str:
         raise
     fsync_folder(folder)
     return str(path)
+
+
+def _pages(array, page_ndim: int, dtype) -> Iterator[np.ndarray]:
+    """The pages of ``array`` (its last ``page_ndim`` axes) in file order, each read into memory on its own."""
+    for index in np.ndindex(*array.shape[:-page_ndim]):
+        yield np.ascontiguousarray(array[index], dtype=dtype)
 
 
 def _axis_scale_units(axes: str, metadata: dict) -> tuple[list[float], list[str | None]]:
