@@ -158,7 +158,7 @@ def test_stop_request_yields_a_usable_model():
         if isinstance(event, TrainingStep):
             steps.append(event)
         final = event
-    assert final.reason == "stopped" and len(steps) == 3
+    assert final.reason == "stopped" and len(steps) == 3 and final.steps == 3
     assert final.best_epoch == 1 and final.history[0]["val_loss"] is not None
     assert predict(final.model, image[0]).labels.shape == image.shape[1:]
 
@@ -240,6 +240,25 @@ def test_sparse_labels_and_fine_tuning_keep_classes():
     assert not all(np.array_equal(a, b) for a, b in zip(first.keras_model.get_weights(), tuned.keras_model.get_weights()))
     with pytest.raises(LabelError, match="does not know"):
         train(image, np.where(labels == 0, 3, labels), None, train_config.replace(ignore_value=None), init=first)
+
+
+def test_fine_tuning_keeps_the_membrane_rule_it_cannot_tune_again_and_reports_steps():
+    """Retrain has no validation: its model must keep the rule the first training chose (else plain argmax)."""
+    image, labels = stripes()
+    model_config, train_config = tiny_configs(epochs=1, steps_per_epoch=3)
+    first = train(image, labels, model_config, train_config).model
+    first.boundary_rule = {"threshold": 0.7, "seed_level": None, "merge_below": 0.6}  # as tuned on real data
+    tuned = train(image, labels, None, train_config.replace(val_fraction=0.0), init=first)
+    assert tuned.model.boundary_rule == first.boundary_rule and tuned.steps == 3
+    untouched = train(image, labels, None, train_config, init=first, stop=lambda: True)
+    assert untouched.reason == "stopped" and untouched.steps == 0
+
+
+def test_instance_labels_are_refused_as_classes():
+    image, _ = stripes()
+    objects = np.arange(image.size, dtype=np.int32).reshape(image.shape) // 50  # one id per 50 pixels
+    with pytest.raises(LabelError, match="distinct values; a U-Net learns at most 64 classes"):
+        train(image, objects, *tiny_configs(epochs=1, steps_per_epoch=1))
 
 
 def test_single_image_validates_on_held_out_columns():

@@ -499,3 +499,71 @@ def _left_button():
     from qtpy.QtCore import Qt
 
     return Qt.MouseButton.LeftButton
+
+
+def test_stop_before_the_first_step_keeps_the_model_and_no_model_loads_during_a_run(widgets, qtbot, notifications, tmp_path):
+    training, session = widgets.training, widgets.session
+    tiny_settings(training, epochs=1, steps=3)
+    run_and_wait(qtbot, training.start, lambda: training._run is not None)
+    trained, description = session.model, session.info.description
+    session.save(tmp_path / "m.keras")
+    qtbot.waitUntil(lambda: (tmp_path / "m.keras").exists() and "saving" not in session.busy, timeout=60_000)
+    tiny_settings(training, epochs=500, steps=10)
+    assert training.start()
+    assert not training.load_button.isEnabled()
+    assert session.load(tmp_path / "m.keras") is None  # it would be replaced when the run ends
+    assert any("while a training runs" in message for _, message in notifications)
+    training.stop()  # at once: "wrong settings", before TensorFlow made a step
+    qtbot.waitUntil(lambda: training._run is None, timeout=120_000)
+    assert session.model is trained and session.info.description == description
+    assert "before its first step; the current model is unchanged" in training.progress.status.text()
+    assert training.load_button.isEnabled() and not errors(notifications)
+
+
+def test_instance_labels_are_refused_before_training(widgets, notifications):
+    viewer, training = widgets.viewer, widgets.training
+    objects = (np.arange(3 * 128 * 128, dtype=np.int32).reshape(3, 128, 128) // 97) % 300 + 1
+    viewer.add_labels(objects, name="instances")
+    training.labels.set_layer(viewer.layers["instances"])
+    before = layers_snapshot(viewer)
+    assert not training.start()
+    assert any("300 distinct values" in m and "instance labels" in m for m in errors(notifications)), notifications
+    assert_layers_unchanged(viewer, before)
+
+
+def test_a_lazy_image_is_read_by_the_training_worker_not_the_gui_thread(widgets, qtbot):
+    import threading
+
+    import dask
+    import dask.array as da
+
+    viewer, training = widgets.viewer, widgets.training
+    image = np.asarray(viewer.layers["EM"].data)
+    main_thread_reads = []
+
+    def read(block):
+        main_thread_reads.append(threading.current_thread() is threading.main_thread())
+        return block
+
+    viewer.layers["EM"].data = da.from_array(image, chunks=(1, 128, 128)).map_blocks(read, dtype=image.dtype)
+    tiny_settings(training, epochs=1, steps=2)
+    main_thread_reads.clear()
+    with dask.config.set(scheduler="synchronous"):  # chunks are read by the thread that asks for them
+        assert training.start()
+        assert not any(main_thread_reads), "Train read the lazy image on the GUI thread"
+        qtbot.waitUntil(lambda: training._run is None, timeout=300_000)
+    assert widgets.session.model is not None and main_thread_reads.count(False) >= 3
+
+
+def test_closing_the_viewer_during_training_raises_nothing(em_viewer, qtbot):
+    from napari_unet._widgets import TrainingWidget
+
+    training = TrainingWidget(em_viewer)
+    em_viewer.window.add_dock_widget(training, name="U-Net training", area="right")
+    tiny_settings(training, epochs=500, steps=10)
+    assert training.start()
+    worker = training._run.worker
+    qtbot.waitUntil(lambda: len(training.plot.steps) >= 3, timeout=300_000)
+    em_viewer.close()  # napari quits the worker; its "aborted" signal must not reach the deleted widget
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=120_000)
+    qtbot.wait(200)  # pytest-qt fails the test on an exception in a Qt slot

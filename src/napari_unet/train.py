@@ -29,7 +29,7 @@ from .data import (
     normalize,
     prefetch,
 )
-from .labels import check_trainable, to_indices
+from .labels import LabelError, check_trainable, to_indices
 from .model import BatchNormStatistics, build_unet, import_keras, masked_loss, recompute_batch_norm_statistics
 from .metrics import dice_per_class, pixel_error
 from .model_io import UNetModel
@@ -128,6 +128,7 @@ class TrainingFinished:
     history: list = field(default_factory=list)
     boundary_v_rand: Optional[float] = None  # validation V_rand of model.boundary_rule, if one was tuned
     averaged_epochs: int = 0  # > 0: the model holds the mean weights of this many last epochs
+    steps: int = 0  # training steps run; 0: stopped before the first, the model is untrained (or ``init``'s weights)
 
     @property
     def kept(self) -> str:
@@ -317,6 +318,19 @@ def _trainer_key(model_config: ModelConfig, train_config: TrainConfig, loss_sett
     return (to_json(model_config), train_config.mixed_precision, train_config.jit_compile, tuple(loss_settings.items()))
 
 
+#: More distinct label values than this are object ids (instance labels, e.g. from cellpose), not classes.
+MAX_CLASSES = 64
+
+
+def check_class_count(n_classes: int, what: str) -> None:
+    """:class:`LabelError` if ``n_classes`` is more than :data:`MAX_CLASSES` (each class costs a network output)."""
+    if n_classes > MAX_CLASSES:
+        raise LabelError(
+            f"{what}: {n_classes} distinct values; a U-Net learns at most {MAX_CLASSES} classes. One value per "
+            "object (instance labels) is not a class: make classes first, e.g. object boundaries vs interiors"
+        )
+
+
 def _learning_rate(base: float, schedule: str, progress: float) -> float:
     if schedule == "constant":
         return base
@@ -350,6 +364,7 @@ def train_events(
     image_stack, label_stack = check_pair(image, labels)
     ignore = train_config.ignore_value
     class_values = check_trainable(label_stack, ignore, init.class_values if init else None)
+    check_class_count(len(class_values), "the labels")
     model_config = _resolve_model_config(model_config, len(class_values), init, train_config)
     check_patch_size(train_config.patch_size, model_config)
     percentiles = init.percentiles if init else train_config.percentiles
@@ -438,6 +453,8 @@ def train_events(
     # While training runs the result holds the trainer's network (live weights, used by validation); at the end
     # it holds its own network with the final weights.
     result = UNetModel(keras_model, model_config, class_values, percentiles, train_config, boundary_value=boundary_value)
+    if init is not None:  # kept unless validation tunes it again below (Retrain has no validation)
+        result.boundary_rule = init.boundary_rule
 
     epochs, steps_per_epoch = train_config.epochs, train_config.steps_per_epoch
     total_steps = epochs * steps_per_epoch
@@ -530,7 +547,7 @@ def train_events(
         result.boundary_rule, boundary_v_rand = tune_boundary_rule(
             probabilities, val_indices != boundary_index, closings=candidate_closings(train_config.merge_levels)
         )
-    yield TrainingFinished(result, reason, best_epoch, history, boundary_v_rand, averaged_epochs)
+    yield TrainingFinished(result, reason, best_epoch, history, boundary_v_rand, averaged_epochs, step)
 
 
 def train(image, labels, model_config=None, train_config=None, init=None, stop=None) -> TrainingFinished:

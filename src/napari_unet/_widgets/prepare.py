@@ -16,6 +16,7 @@ from napari_unet.config import ModelConfig, TrainConfig
 from napari_unet.data import InputError
 from napari_unet.labels import LabelError
 from napari_unet.model_io import UNetModel
+from napari_unet.train import check_class_count
 
 from .layers import class_names_of, image_array, no_labels_message, read_annotations, training_labels
 from .retrain import retrain_data
@@ -35,8 +36,8 @@ class TrainJob:
 
 
 def _image(image_layer, labels_layer):
-    image = np.asarray(image_array(image_layer))
-    if labels_layer is not None and tuple(labels_layer.data.shape) != image.shape:
+    image = image_array(image_layer)  # a lazy (dask) image stays lazy: the worker reads it, not the GUI thread
+    if labels_layer is not None and tuple(labels_layer.data.shape) != tuple(image.shape):
         labels_layer = None  # its data changed shape since it was picked
     return image, labels_layer
 
@@ -52,6 +53,7 @@ def prepare_train(viewer, session, image_layer, labels_layer, zero_is_unannotate
     if reviewed is not None:
         what = f"prediction layer {labels_layer.name!r} (only the pixels painted or marked reviewed on it count)"
     labels, ignore = training_labels(values, annotated, what)
+    check_class_count(len(class_values) if class_values is not None else len(np.unique(labels[annotated])), what)
     model_config, train_config = configs
     init = None
     if continue_from_model:
@@ -92,7 +94,7 @@ def prepare_retrain(viewer, session, image_layer, labels_layer, zero_is_unannota
         values = np.where(corrected, values, base)
         annotated |= base_annotated
     train_config = retrain_config(model.config)
-    data = retrain_data(image, values, annotated, corrected, train_config.patch_size, name=f"prediction layer {prediction.name!r}")
+    data = retrain_data(np.asarray(image), values, annotated, corrected, train_config.patch_size, name=f"prediction layer {prediction.name!r}")
     info = session.info
     names = dict(zip(model.class_values, info.class_names)) if info.class_names else None
     colormap = (list(model.class_values), info.colormap) if info.colormap is not None else None

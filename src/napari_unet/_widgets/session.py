@@ -180,14 +180,19 @@ class Session:
     def load(self, path):
         """Load a ``.keras`` model in a worker; it becomes the current model (or a notification says why not).
 
-        Returns the worker, or None while another load runs.
+        Returns the worker, or None while another load or a training runs.
         """
         from napari.qt.threading import create_worker
+        from napari.utils.notifications import show_warning
 
         from .jobs import load_job
 
         if "loading" in self.busy:  # two loads would race for the current model, the last one to finish winning
             self.notice.emit(f"Not loading {Path(path).name}: another model is still loading.")
+            return None
+        if "training" in self.busy:  # the training's model would replace it when the run ends
+            show_warning(f"napari-unet: not loading {Path(path).name} while a training runs; its model becomes the current one when it ends (Stop it first)")
+            self.notice.emit(f"Not loading {Path(path).name}: a training is running.")
             return None
         self.set_busy("loading", True)
         self.notice.emit(f"Loading {Path(path).name}...")

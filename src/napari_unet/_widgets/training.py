@@ -129,7 +129,7 @@ class TrainingWidget(QWidget):
         kind = "retraining" if retrain else "training"
         self._run = _Run(kind, worker, stop, budget, job.names, job.colormap, job.note, started=time.perf_counter())
         worker.yielded.connect(self._on_event)
-        worker.aborted.connect(lambda: self.progress.set_status(f"{kind.capitalize()} cancelled; the current model is unchanged."))
+        worker.aborted.connect(self._on_aborted)  # a bound method: disconnected when the widget is deleted
         worker.finished.connect(self._on_finished)
         self.plot.clear()
         self.progress.start(f"U-Net {kind}")
@@ -192,6 +192,10 @@ class TrainingWidget(QWidget):
 
     def _finished_model(self, run: _Run, event: TrainingFinished) -> None:
         seconds = time.perf_counter() - run.started
+        if event.steps == 0:  # stopped while TensorFlow started: the network is untrained (or init's, without news)
+            self.progress.finish(f"{run.kind} {event.reason}", complete=False)
+            self.progress.set_status(f"{run.kind.capitalize()} {event.reason} before its first step; the current model is unchanged.")
+            return
         when = time.strftime("%H:%M:%S")
         best = f", {event.kept}" if event.kept else ""
         description = f"{run.kind.replace('ing', 'ed')} at {when} ({event.reason}{best}); classes {list(event.model.class_values)}"
@@ -202,6 +206,10 @@ class TrainingWidget(QWidget):
         self.plot.redraw()
         self.progress.finish(f"{run.kind} {event.reason}", complete=event.reason == "completed")
         self.progress.set_status(f"Model {description}, in {format_seconds(seconds)}. It is now used by the inference widget.")
+
+    def _on_aborted(self) -> None:
+        kind = self._run.kind if self._run is not None else "training"
+        self.progress.set_status(f"{kind.capitalize()} cancelled; the current model is unchanged.")
 
     def _on_finished(self) -> None:
         if self._run is not None and self.progress.active:
@@ -216,6 +224,7 @@ class TrainingWidget(QWidget):
         self.retrain_button.setEnabled(not running and self.session.model is not None)
         self.stop_button.setEnabled(running)
         self.save_button.setEnabled(self.session.model is not None)
+        self.load_button.setEnabled(not running)  # a loaded model would be replaced when the run ends
 
     def _on_model_changed(self, model) -> None:
         self._update_buttons()
