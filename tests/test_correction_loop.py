@@ -221,17 +221,18 @@ def test_saved_prediction_reopens_with_its_corrections(loop_viewer, loop, qtbot,
     assert reviewed.sum() == wrong.size
     assert inference.save_prediction(tmp_path / "missing folder" / "x.tif") is None
     assert any("could not save" in message for _, message in notifications), notifications
+    viewer.layers["EM"].name = "EM stack"  # after predicting: the file must name the image as it is called now
     path = tmp_path / "EM prediction.tif"
     assert inference.save_prediction(path) == str(path)
     assert "Saved 'EM prediction'" in inference.progress.status.text()
     np.testing.assert_array_equal(tifffile.imread(path)[SQUARE], np.where(wrong == MEMBRANE, 0, 255))  # file values
     viewer.layers.remove(prediction)
-    assert session.corrected_layers(viewer.layers["EM"]) == []
+    assert session.corrected_layers(viewer.layers["EM stack"]) == []
 
     [reopened] = viewer.open(str(path), plugin="napari-unet")
     assert reopened.name == "EM prediction"
     np.testing.assert_array_equal(session.reviewed(reopened), reviewed)
-    assert session.corrected_layers(viewer.layers["EM"]) == [reopened]
+    assert session.corrected_layers(viewer.layers["EM stack"]) == [reopened]
     reopened.paint((1, 5, 5), CELL if reopened.data[1, 5, 5] == MEMBRANE else MEMBRANE, refresh=False)  # corrections too
     assert session.reviewed(reopened)[1, 5, 5]
 

@@ -241,12 +241,20 @@ class Session:
     def track(self, layer, image_layer) -> Tracked:
         """Track paints on prediction ``layer`` of ``image_layer`` (keeping its marks if it is tracked already, or
         taking those its metadata carries)."""
+        unwrap(image_layer).events.name.connect(self._on_image_renamed)  # the saved file names the image
         record = self.record(layer)
         if record is None:
             return self._start(unwrap(layer), image_layer)
         record.image, record.image_name = weakref.ref(unwrap(image_layer)), image_layer.name
         record.publish()
         return record
+
+    def _on_image_renamed(self, event) -> None:
+        image = unwrap(event.source)
+        for record in list(self._tracked.values()):
+            if record.image is not None and record.image() is image:
+                record.image_name = image.name
+                record.publish()
 
     def _start(self, layer, image_layer=None) -> Tracked:
         record = self._tracked[id(layer)] = Tracked.new(layer, image_layer)
