@@ -30,6 +30,7 @@ class _Job:
     worker: Any
     stop: threading.Event
     image_layer: Any
+    shape: tuple  # the image's shape when the job started: the shape the prediction has
     z: Optional[int]
     model: Any
     info: Any  # the session's ModelInfo (class names, colours) when the job started
@@ -161,9 +162,11 @@ class InferenceWidget(QWidget):
         stop = threading.Event()
         close = self.close_gaps.isChecked() and self.close_gaps.isEnabled()
         worker = create_worker(predict_job, model, image, TTA_CHOICES[self.tta.currentText()], self.probabilities.isChecked(), membrane, close, stop=stop.is_set)
-        self._job = _Job(worker, stop, image_layer, z, model, self.session.info)
+        self._job = _Job(worker, stop, image_layer, tuple(image_layer.data.shape), z, model, self.session.info)
         worker.yielded.connect(self._on_event)
         worker.finished.connect(self._on_finished)
+        session = self.session  # not through self: a closed, deleted dock gets no finished signal
+        worker.finished.connect(lambda: session.set_busy("prediction", False))
         where = f"slice {z} of " if z is not None else ""
         self.progress.start("U-Net prediction")
         self.progress.set_status(f"Predicting {where}{image_layer.name!r}...")
@@ -202,19 +205,32 @@ class InferenceWidget(QWidget):
                 return
             self._show(job, event)
 
-    def _show(self, job: _Job, result: PredictionResult) -> None:
+    def _not_writable(self, job: _Job) -> Optional[str]:
+        """Why the prediction no longer fits its image layer, or None."""
         if job.image_layer not in self.viewer.layers:
-            show_warning("napari-unet: the image layer was removed during prediction; nothing written")
+            return "the image layer was removed during prediction"
+        if tuple(job.image_layer.data.shape) != job.shape:
+            return f"the image changed shape while predicting (from {job.shape} to {tuple(job.image_layer.data.shape)})"
+        return None
+
+    def _show(self, job: _Job, result: PredictionResult) -> None:
+        problem = self._not_writable(job)
+        if problem is not None:
+            show_warning(f"napari-unet: {problem}; nothing was written")
+            self.progress.finish("prediction not written")
+            self.progress.set_status(f"Prediction not written: {problem}.")
             return
         keep = self.keep.isChecked()
         layer, changed = write_prediction(self.viewer, self.session, job.image_layer, result.labels, job.model, job.info, job.z, keep)
+        others = []
         if result.probabilities is not None:
-            write_probabilities(self.viewer, job.image_layer, result.probabilities, job.model, job.info.class_names, job.z)
+            others.append(write_probabilities(self.viewer, job.image_layer, result.probabilities, job.model, job.info.class_names, job.z))
         if result.instances is not None:
-            write_cells(self.viewer, self.session, job.image_layer, result.instances, job.z)
+            others.append(write_cells(self.viewer, self.session, job.image_layer, result.instances, job.z))
+        also = f" Also written: {', '.join(repr(x.name) for x in others)}." if others else ""
         self.progress.finish("prediction done", complete=True)
         self.progress.set_status(
-            f"{layer.name!r}: {changed} pixels updated (Ctrl+Z on the layer undoes it). Paint corrections "
+            f"{layer.name!r}: {changed} pixels updated (Ctrl+Z on the layer undoes it).{also} Paint corrections "
             "on it, then Retrain in the training widget."
         )
 
@@ -222,7 +238,6 @@ class InferenceWidget(QWidget):
         if self.progress.active:
             self.progress.finish("prediction ended")
         self._job = None
-        self.session.set_busy("prediction", False)
         self._update_buttons()
 
     # ---- review ------------------------------------------------------------------------------

@@ -2,11 +2,14 @@
 
 Labels outputs are written into an existing layer with ``Labels.data_setitem`` inside
 ``Labels.block_history()``: one undo step (Ctrl+Z) restores the previous contents. Pixels the
-user corrected on a prediction layer are kept unless asked otherwise.
+user corrected on a prediction layer are kept unless asked otherwise. Probability and cell outputs are
+written again only into the layer this plugin added, while it keeps the name it was given: a renamed or
+duplicated copy (or a user's layer of that name) is the user's, and is left alone.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Optional
 
 import numpy as np
@@ -16,6 +19,8 @@ from napari_unet._reader import label_features
 from napari_unet.labels import PREDICTION_OUTPUT, to_display
 
 PREDICTION, PROBABILITIES, CELLS = PREDICTION_OUTPUT, "probabilities", "cells"
+
+_ADDED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # output layers we added -> (output name, name given)
 
 
 def _region(z: Optional[int], ndim: int) -> tuple:
@@ -42,17 +47,29 @@ def write_labels_undoable(layer, z: Optional[int], new: np.ndarray, keep: Option
     return changed
 
 
-def _find(viewer, name: str, kind: str, shape: tuple, accept=lambda layer: True, by_name: bool = True):
-    """A layer to write ``kind`` output into: one we made (metadata marker), or named ``name``.
-
-    ``by_name=False`` for outputs written without undo (images): only layers we made qualify.
-    """
+def _find(viewer, name: str, kind: str, shape: tuple, accept=lambda layer: True):
+    """A layer to write ``kind`` output into: one we made (metadata marker), or named ``name``."""
     for layer in viewer.layers:
         meta = layer.metadata.get("napari_unet", {})
         ours = isinstance(meta, dict) and meta.get("output") == kind and layer.name.startswith(name)
-        if (ours or by_name and layer.name == name) and tuple(layer.data.shape) == shape and accept(layer):
+        if (ours or layer.name == name) and tuple(layer.data.shape) == shape and accept(layer):
             return layer
     return None
+
+
+def _added_output(viewer, name: str, shape: tuple, accept):
+    """The layer we added as output ``name`` if it still has the name napari gave it (e.g. ``name [1]`` beside a
+    user's layer ``name``), or None: never a renamed or duplicated copy, nor a layer of the user's."""
+    for layer in viewer.layers:
+        if _ADDED.get(layer) == (name, layer.name) and tuple(layer.data.shape) == shape and accept(layer):
+            return layer
+    return None
+
+
+def _remember(layer, name: str):
+    """Note ``layer`` as the output ``name`` we added."""
+    _ADDED[layer] = (name, layer.name)
+    return layer
 
 
 def _spatial(image_layer, extra_axes: int = 0) -> dict:
@@ -114,12 +131,13 @@ def write_probabilities(viewer, image_layer, probabilities, model, names, z):
     else:
         data, extra, name = np.moveaxis(probabilities, -1, 0), 1, f"{image_layer.name} {PROBABILITIES}"
     full_shape = (model.config.n_classes,) * extra + shape
-    layer = _find(viewer, name, PROBABILITIES, full_shape, lambda x: isinstance(x, Image), by_name=False)
+    layer = _added_output(viewer, name, full_shape, lambda x: isinstance(x, Image))
     if layer is None:
         full = np.zeros(full_shape, np.float32)
         full[(slice(None),) * extra + _region(z, len(shape))] = data
         meta = {"napari_unet": {"output": PROBABILITIES, "image": image_layer.name}}
-        return viewer.add_image(full, name=name, metadata=meta, colormap="magma", contrast_limits=(0, 1), blending="additive", visible=False, **_spatial(image_layer, extra))
+        layer = viewer.add_image(full, name=name, metadata=meta, colormap="magma", contrast_limits=(0, 1), blending="additive", visible=False, **_spatial(image_layer, extra))
+        return _remember(layer, name)
     if z is None:
         layer.data = np.asarray(data, np.float32)
     else:
@@ -132,12 +150,13 @@ def write_cells(viewer, session, image_layer, instances, z):
     """Cell instance labels ``<image> cells`` (undoable when written into an existing layer)."""
     shape = tuple(image_layer.data.shape)
     name = f"{image_layer.name} {CELLS}"
-    layer = _find(viewer, name, CELLS, shape, lambda x: isinstance(x, Labels) and x.data.dtype == np.int32)
+    layer = _added_output(viewer, name, shape, lambda x: isinstance(x, Labels) and x.data.dtype == np.int32)
     if layer is None:
         data = np.zeros(shape, np.int32)
         data[_region(z, len(shape))] = instances
         meta = {"napari_unet": {"output": CELLS, "image": image_layer.name}}
-        return viewer.add_labels(data, name=name, metadata=meta, opacity=0.4, **_spatial(image_layer))
+        layer = viewer.add_labels(data, name=name, metadata=meta, opacity=0.4, **_spatial(image_layer))
+        return _remember(layer, name)
     if z is not None:  # keep ids unique over the stack
         others = np.asarray(layer.data).copy()
         others[z] = 0

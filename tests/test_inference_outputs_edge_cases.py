@@ -1,0 +1,130 @@
+"""Inference widget edge cases: output layers the user kept, and layers that change while a prediction runs."""
+
+from __future__ import annotations
+
+import copy
+import gc
+
+import numpy as np
+import pytest
+
+from conftest import assert_layers_unchanged, layers_snapshot, run_and_wait
+
+pytestmark = pytest.mark.gui
+
+
+def warnings_of(notifications):
+    return [message for severity, message in notifications if severity.lower().endswith("warning")]
+
+
+@pytest.fixture
+def inference(em_viewer, qtbot):
+    """The inference widget docked in ``em_viewer``, with the shared tiny model (no training per test)."""
+    from _helpers import tiny_model
+
+    from napari_unet._widgets import InferenceWidget, get_session
+
+    session = get_session(em_viewer)
+    session.set_model(tiny_model(), "tiny test model")
+    widget = InferenceWidget(em_viewer)
+    em_viewer.window.add_dock_widget(widget, name="U-Net inference", area="right")
+    yield widget
+    widget.stop()
+    qtbot.waitUntil(lambda: widget._job is None and not session.busy, timeout=120_000)
+
+
+def duplicate(viewer, layer):
+    """What Layers > Duplicate does: a deep copy named ``<name> copy``, with the same metadata."""
+    from napari.layers import Layer
+
+    data, state, kind = layer.as_layer_data_tuple()
+    state["name"] = f"{layer.name} copy"
+    return viewer.add_layer(Layer.create(copy.deepcopy(data), copy.deepcopy(state), kind))
+
+
+def predict(qtbot, inference):
+    run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
+
+
+def probability_layer_name(viewer):
+    [name] = [x.name for x in viewer.layers if " P(" in x.name]  # "EM P(<class>)"
+    return name
+
+
+def test_renamed_or_duplicated_probability_maps_are_never_overwritten(em_viewer, inference, qtbot):
+    viewer = em_viewer
+    inference.probabilities.setChecked(True)
+    predict(qtbot, inference)
+    name = probability_layer_name(viewer)
+    ours = viewer.layers[name]
+    predict(qtbot, inference)  # our own output layer is updated in place
+    assert viewer.layers[name] is ours and len(viewer.layers) == 4
+    # Renamed to keep this run's map: the next Run makes a new one.
+    ours.name = f"{name} before retrain"
+    ours.data = np.full(ours.data.shape, 0.25, np.float32)  # (as an older model's map would differ)
+    predict(qtbot, inference)
+    assert np.all(ours.data == 0.25) and viewer.layers[name] is not ours
+    # Duplicated, the original deleted and the copy (same metadata) given its name: the copy is the user's.
+    kept = duplicate(viewer, viewer.layers[name])
+    kept.data = np.full(kept.data.shape, 0.5, np.float32)
+    viewer.layers.remove(name)
+    kept.name = name
+    predict(qtbot, inference)
+    assert np.all(kept.data == 0.5)
+    [new] = [x for x in viewer.layers if x.name.startswith(name) and x not in (ours, kept)]
+    assert new.data.max() > 0.5
+
+
+def test_a_users_cells_layer_is_left_alone_and_the_status_names_the_outputs(em_viewer, inference, qtbot):
+    viewer = em_viewer
+    mine = viewer.add_labels(np.ones((3, 128, 128), np.int32), name="EM cells")  # the user's own instance labels
+    inference.probabilities.setChecked(True)
+    inference.cells.setChecked(True)
+    predict(qtbot, inference)
+    name = probability_layer_name(viewer)
+    assert np.all(mine.data == 1)
+    [cells] = [x for x in viewer.layers if x.name.startswith("EM cells") and x is not mine]
+    assert cells.data.max() > 1
+    status = inference.progress.status.text()
+    assert f"Also written: {name!r}, {cells.name!r}" in status, status
+    predict(qtbot, inference)  # our "EM cells [1]" is ours to update; no third cells layer
+    assert [x.name for x in viewer.layers].count(cells.name) == 1
+    assert len([x for x in viewer.layers if x.name.startswith("EM cells")]) == 2 and np.all(mine.data == 1)
+
+
+@pytest.mark.parametrize("change", ["crop", "remove"])
+def test_image_changed_during_prediction_writes_nothing_and_says_so(em_viewer, inference, qtbot, notifications, change):
+    viewer = em_viewer
+    image = viewer.layers["EM"]
+    assert inference.run()
+    if change == "crop":  # e.g. by another plugin or the console, while the worker runs
+        image.data = image.data[:, :100, :100]
+    else:
+        viewer.layers.remove(image)
+    before = layers_snapshot(viewer)
+    qtbot.waitUntil(lambda: inference._job is None, timeout=120_000)
+    assert_layers_unchanged(viewer, before)  # no prediction layer either
+    expected = "the image changed shape while predicting" if change == "crop" else "the image layer was removed"
+    status = inference.progress.status.text()
+    assert "Predicting" not in status and expected in status and "not written" in status, status
+    assert any(expected in m and "nothing was written" in m for m in warnings_of(notifications)), notifications
+    assert inference.run_button.isEnabled() and not inference.progress.active
+
+
+def test_closing_and_deleting_the_inference_dock_mid_run_clears_the_busy_flag(em_viewer, qtbot):
+    from _helpers import tiny_model
+    from qtpy.QtCore import QThreadPool
+
+    from napari_unet._widgets import InferenceWidget, get_session
+
+    session = get_session(em_viewer)
+    session.set_model(tiny_model(), "tiny test model")
+    widget = InferenceWidget(em_viewer)
+    em_viewer.window.add_dock_widget(widget, name="U-Net inference", area="right")
+    assert widget.run() and session.busy == {"prediction"}
+    em_viewer.window.remove_dock_widget(widget)  # the dock's close button: the run stops
+    del widget
+    gc.collect()  # nothing holds the widget any more
+    qtbot.waitUntil(lambda: QThreadPool.globalInstance().activeThreadCount() == 0, timeout=120_000)
+    qtbot.wait(200)  # the worker's queued finished signal
+    assert not session.busy
