@@ -321,3 +321,10 @@ def test_elastic_displacements_are_the_cubic_zoom_of_the_coarse_grid():
         expected = ndimage.zoom(coarse, (shape[0] / 3, shape[1] / 3), order=3, mode="nearest")[: shape[0], : shape[1]]
         separable = _cubic_zoom_matrix(shape[0], 3) @ coarse @ _cubic_zoom_matrix(shape[1], 3).T
         np.testing.assert_allclose(separable, expected, atol=1e-9)
+
+
+def test_nan_image_message_fits_prediction_as_well_as_training():
+    from napari_unet.data import check_image
+
+    with pytest.raises(InputError, match="before training or predicting"):
+        check_image(np.full((8, 8), np.nan, np.float32))

@@ -142,3 +142,37 @@ def test_class_colours_are_stored_with_the_model_and_bad_ones_are_dropped(tmp_pa
     for bad in ([[1, 0, 0, 1]], [[1, 0, 0], [0, 0.5, 1]], [[2, 0, 0, 1], [0, 0, 0, 1]], [["red"], [0, 0, 0, 1]], "red"):
         path = _with_metadata(tmp_path, "bad.keras", json.dumps({**meta, "class_colors": bad}))
         assert load_model(path).class_colors is None  # a hand-edited entry: the model still loads, without colours
+
+
+def test_plain_keras_file_and_folder_are_named_for_what_they_are(tmp_path):
+    keras = import_keras()
+    plain = tmp_path / "plain.keras"
+    inputs = keras.Input((8, 8, 1))
+    keras.Model(inputs, keras.layers.Conv2D(1, 1)(inputs)).save(plain)
+    with pytest.raises(ModelFileError) as info:
+        load_model(plain)
+    assert str(info.value) == "plain.keras is a Keras file but not a napari-unet model (no napari_unet.json)"
+    with pytest.raises(ModelFileError, match="is a folder, not a model file"):
+        load_model(tmp_path)
+
+
+@pytest.mark.parametrize("change", ["plain network", "more filters"])
+def test_network_that_does_not_match_its_configuration_is_refused_at_load(tmp_path, change):
+    """Prediction copies weights by layer name into the network the configuration describes: refuse at load, not at Run."""
+    good = save_model(tiny_model(), tmp_path / "good.keras")
+    meta = read_metadata(good)
+    if change == "plain network":
+        keras = import_keras()
+        inputs = keras.Input((None, None, 1))
+        path = tmp_path / "mismatch.keras"
+        keras.Model(inputs, keras.layers.Conv2D(2, 3, padding="same")(inputs)).save(path)
+        with zipfile.ZipFile(path, "a") as archive:
+            archive.writestr("napari_unet.json", json.dumps(meta))
+        words = "(it has no layer 'down0_conv1')"
+    else:
+        meta["model_config"]["base_filters"] = 16
+        path = _with_metadata(tmp_path, "mismatch.keras", json.dumps(meta))
+        words = "(its layer 'down0_conv1' has weights of shapes [(3, 3, 1, 8)"
+    with pytest.raises(ModelFileError, match="the network does not match the napari-unet configuration stored with it") as info:
+        load_model(path)
+    assert words in str(info.value), str(info.value)

@@ -416,3 +416,61 @@ def test_real_oct_layers_are_labels():
     assert display.shape == (496, 768)
     np.testing.assert_array_equal(from_display(display, list(range(10))), tifffile.imread(path))
     assert np.all(display[0] == 1)  # top row: vitreous (file 0) -> display 1, visible
+
+
+# ----------------------------------------------------------------------- writer errors (D6, D9)
+
+
+def test_writer_into_a_missing_folder_names_the_file_and_the_folder(tmp_path):
+    missing = tmp_path / "no" / "such"
+    with pytest.raises(FileNotFoundError, match=r"cannot write labels.tif: folder .*such' does not exist") as info:
+        write_labels(str(missing / "labels.tif"), np.array([[1, 2]], np.uint8), {"metadata": {"class_values": [0, 255]}})
+    assert ".tmp" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "display, metadata, words",
+    [
+        ([[1, 3]], {"class_values": [0, 255]}, "display label 3, which is no class: it has 2 classes [0, 255]"),
+        ([[1, -1]], {"class_values": [0, 255]}, "display label -1, which is no class"),
+        ([[1, 2]], {"class_values": "0,255"}, "class_values metadata '0,255' that is not a list of distinct integers"),
+        ([[1, 2]], {"class_values": [0, "a"]}, "not a list of distinct integers"),
+        ([[1, 2]], {"class_values": [3, 3]}, "not a list of distinct integers"),
+        ([[1, 2]], {"class_values": 7}, "not a list of distinct integers"),
+        ([[0, 2]], {"class_values": [0, 255], "ignore_value": "none"}, "ignore_value metadata 'none' that is not an integer"),
+    ],
+)
+def test_writer_refuses_labels_it_cannot_write_with_a_clear_os_error_and_writes_nothing(tmp_path, display, metadata, words):
+    """Not a ValueError: npe2 would take it for "writer not applicable" and napari would drop the message."""
+    out = tmp_path / "labels.tif"
+    meta = {"name": "EM labels", "metadata": metadata}
+    with pytest.raises(_writer.LabelsWriteError) as info:
+        write_labels(str(out), np.array(display, np.int32), meta)
+    assert isinstance(info.value, OSError) and not isinstance(info.value, ValueError)
+    message = str(info.value)
+    assert message.startswith("cannot save labels.tif: labels layer 'EM labels' ") and words in message, message
+    assert os.listdir(tmp_path) == []
+
+
+def test_layer_save_with_the_plugin_raises_the_writer_error_instead_of_a_warning(tmp_path):
+    """``layer.save(path, plugin="napari-unet")`` goes through npe2, which drops a writer's ValueError."""
+    import warnings
+
+    from napari.layers import Labels
+    from npe2 import PluginManager
+
+    PluginManager.instance().discover()  # what a napari viewer does at start: napari-unet's writer is offered
+    layer = Labels(np.array([[1, 2], [3, 0]], np.uint8), name="EM labels", metadata={"class_values": [0, 255]})
+    out = tmp_path / "labels.tif"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no "not a valid writer" warning in its place
+        with pytest.raises(_writer.LabelsWriteError, match="display label 3, which is no class"):
+            layer.save(str(out), plugin="napari-unet")
+    assert os.listdir(tmp_path) == []
+    layer.metadata = {"class_values": "0,255"}
+    with pytest.raises(_writer.LabelsWriteError, match="class_values metadata '0,255'"):
+        layer.save(str(out), plugin="napari-unet")
+    layer.metadata = {"class_values": np.array([0.0, 255.0, 9.0]), "ignore_value": np.int64(7)}  # integers all the same
+    assert layer.save(str(out), plugin="napari-unet") == [str(out)]
+    back = read_tiff(out)
+    assert back.data.tolist() == [[0, 255], [9, 7]] and back.metadata["class_values"] == [0, 9, 255]

@@ -523,3 +523,46 @@ def test_arrays_larger_than_memory_are_written_a_page_at_a_time(tmp_path):
     colour = RNG.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
     write_tiff(tmp_path / "rgb.tif", PlanesOnly(colour), {"axes": "ZYXS"})
     np.testing.assert_array_equal(read_tiff(tmp_path / "rgb.tif").data, colour)
+
+
+def test_write_into_a_missing_folder_names_the_file_and_the_folder(tmp_path):
+    missing = tmp_path / "no" / "such"
+    with pytest.raises(FileNotFoundError) as info:
+        write_tiff(missing / "labels.tif", np.zeros((8, 8), np.uint8))
+    message = str(info.value)
+    assert message == f"cannot write labels.tif: folder {str(missing)!r} does not exist"
+    assert ".tmp" not in message and not (tmp_path / "no").exists()
+    not_a_folder = tmp_path / "file.txt"
+    not_a_folder.write_text("x")
+    with pytest.raises(NotADirectoryError, match=r"cannot write labels.tif: .*file.txt' is not a folder"):
+        write_tiff(not_a_folder / "labels.tif", np.zeros((8, 8), np.uint8))
+
+
+def test_write_into_an_unwritable_folder_names_the_file_not_the_temporary_file(tmp_path, monkeypatch):
+    def refuse(prefix, suffix, dir):
+        raise PermissionError(13, "Permission denied", os.path.join(dir, f"{prefix}abc{suffix}"))
+
+    monkeypatch.setattr(tiff_io.tempfile, "mkstemp", refuse)
+    with pytest.raises(PermissionError) as info:
+        write_tiff(tmp_path / "labels.tif", np.zeros((8, 8), np.uint8))
+    assert str(info.value) == f"[Errno 13] cannot write labels.tif in folder {str(tmp_path)!r}: Permission denied"
+    assert os.listdir(tmp_path) == []
+
+
+def test_writes_follow_symbolic_links_and_never_replace_devices_or_pipes(tmp_path):
+    (tmp_path / "results").mkdir()
+    (tmp_path / "link.tif").symlink_to(tmp_path / "results" / "real.tif")
+    write_tiff(tmp_path / "link.tif", np.ones((4, 4), np.uint8))
+    assert (tmp_path / "link.tif").is_symlink() and read_tiff(tmp_path / "results" / "real.tif").data.sum() == 16
+    os.mkfifo(tmp_path / "pipe.tif")
+    with pytest.raises(OSError, match="not a regular file"):
+        write_tiff(tmp_path / "pipe.tif", np.ones((4, 4), np.uint8))
+    assert not (tmp_path / "pipe.tif").is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["link.tif", "pipe.tif", "results"]
+
+
+def test_a_lazy_bool_mask_is_written_as_bytes(tmp_path):
+    import dask.array as da
+
+    mask = RNG.random((3, 8, 8)) > 0.5
+    write_tiff(tmp_path / "m.tif", da.from_array(mask, chunks=(1, 8, 8)))
+    np.testing.assert_array_equal(read_tiff(tmp_path / "m.tif").data, mask.astype(np.uint8))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 from pathlib import Path
@@ -19,6 +20,20 @@ def _current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def write_target(path) -> Path:
+    """The file an atomic write to ``path`` replaces: ``path``, or the target of a symbolic link (the link stays).
+
+    Raises OSError if that exists and is not a regular file: renaming a temporary file over a device or a pipe
+    (``/dev/null`` for root) would replace it.
+    """
+    path = Path(os.fspath(path))
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
+    if path.exists() and not path.is_file():
+        raise OSError(errno.EEXIST, f"cannot write {str(path)!r}: it exists and is not a regular file")
+    return path
 
 
 def target_mode(path: Path) -> int:

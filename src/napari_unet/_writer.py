@@ -24,6 +24,15 @@ import numpy as np
 from .labels import PREDICTION_OUTPUT, reviewed_pixels
 from .tiff_io import write_tiff
 
+
+class LabelsWriteError(OSError):
+    """A labels layer that cannot be written as it is (a display label beyond its classes, bad metadata...).
+
+    Not a ValueError: npe2 takes a writer's ValueError for "this writer does not apply", so napari would
+    drop the message and only warn that the plugin is no valid writer. napari shows this error's message
+    as an error notification (File > Save), and ``layer.save`` raises it.
+    """
+
 _UNIT_NAMES = {
     "micrometer": "µm",
     "micron": "µm",
@@ -47,17 +56,25 @@ def _unit_text(unit) -> str | None:
     return _UNIT_NAMES.get(text, text)
 
 
-def labels_to_file_values(display, metadata: dict) -> tuple[np.ndarray, dict[str, Any]]:
+def labels_to_file_values(display, metadata: dict, what: str = "the labels layer") -> tuple[np.ndarray, dict[str, Any]]:
     """File label values and the label metadata to store, from display values and layer metadata.
 
     Returns ``(values, label_meta)`` with ``label_meta`` holding ``class_values``, ``ignore_value``
     (``None`` if every pixel is annotated and none was set) and ``class_names`` when known.
+    Display values that are no class, or label metadata that are not integers, raise
+    :class:`~napari_unet.labels.LabelError` naming ``what``.
     """
-    from .labels import choose_ignore_value, find_class_values, from_display
+    from .labels import (
+        LabelError,
+        choose_ignore_value,
+        find_class_values,
+        from_display,
+        metadata_class_values,
+        metadata_ignore_value,
+    )
 
     display = np.asarray(display)
-    class_values = metadata.get("class_values")
-    ignore_value = metadata.get("ignore_value")
+    class_values = metadata_class_values(metadata, what)
     unannotated = bool((display == 0).any())
     if class_values is None:
         # A plain napari labels layer: its values are the file values, 0 = unpainted.
@@ -68,8 +85,15 @@ def labels_to_file_values(display, metadata: dict) -> tuple[np.ndarray, dict[str
             values = values.astype(np.uint8)
         return values, label_meta
 
-    class_values = [int(v) for v in class_values]
-    if ignore_value is not None and int(ignore_value) in class_values:
+    ignore_value = metadata_ignore_value(metadata, what)
+    n = len(class_values)
+    if display.size and (int(display.max()) > n or int(display.min()) < 0):
+        bad = int(display.max()) if int(display.max()) > n else int(display.min())
+        raise LabelError(
+            f"{what} holds display label {bad}, which is no class: it has {n} classes {class_values}, "
+            f"shown as labels 1..{n} (0 = not annotated); paint those pixels with one of them or erase them"
+        )
+    if ignore_value is not None and ignore_value in class_values:
         ignore_value = None  # stale: an ignore value that is also a class would lose annotations
     if unannotated and ignore_value is None:
         ignore_value = choose_ignore_value(class_values)
@@ -83,22 +107,34 @@ def labels_to_file_values(display, metadata: dict) -> tuple[np.ndarray, dict[str
                 used = [*class_values, *([int(ignore_value)] if unannotated else [])]
                 if info.min <= min(used) and max(used) <= info.max:
                     values = values.astype(dtype, copy=False)
-        except TypeError:
+        except (TypeError, ValueError):
             pass
     label_meta = {"class_values": class_values, "ignore_value": None if ignore_value is None else int(ignore_value)}
     names = metadata.get("class_names")
-    if names is not None and len(names) == len(class_values):
+    if isinstance(names, (list, tuple)) and len(names) == len(class_values):
         label_meta["class_names"] = [str(n) for n in names]
     return values, label_meta
 
 
 def write_labels(path: str, data: Any, meta: dict) -> list[str]:
-    """npe2 single-layer writer for Labels layers; returns ``[path]``."""
+    """npe2 single-layer writer for Labels layers; returns ``[path]``.
+
+    Labels that cannot be written raise :class:`LabelsWriteError` before anything is written; a folder
+    that does not exist raises FileNotFoundError (see :func:`~napari_unet.tiff_io.write_tiff`).
+    """
+    try:
+        return [_write_labels(path, data, meta)]
+    except ValueError as err:  # e.g. LabelError: raised as an OSError, which npe2 does not drop
+        raise LabelsWriteError(f"cannot save {os.path.basename(os.fspath(path))}: {err}") from err
+
+
+def _write_labels(path: str, data: Any, meta: dict) -> str:
     if isinstance(data, (list, tuple)):  # multiscale: write the full-resolution level
         data = data[0]
     display = np.asarray(data)
     layer_meta = dict(meta.get("metadata") or {})
-    values, label_meta = labels_to_file_values(display, layer_meta)
+    what = f"labels layer {meta['name']!r}" if isinstance(meta.get("name"), str) else "the labels layer"
+    values, label_meta = labels_to_file_values(display, layer_meta, what)
 
     axes = layer_meta.get("axes")
     if not (isinstance(axes, str) and len(axes) == values.ndim and "S" not in axes):
@@ -118,8 +154,7 @@ def write_labels(path: str, data: Any, meta: dict) -> list[str]:
         tiff_meta["scale"] = [float(s) for s in meta["scale"]]
     if unit_list is not None and any(unit_list):
         tiff_meta["units"] = unit_list
-    written = write_tiff(os.fspath(path), values, tiff_meta)
-    return [written]
+    return write_tiff(os.fspath(path), values, tiff_meta)
 
 
-__all__ = ["labels_to_file_values", "write_labels"]
+__all__ = ["LabelsWriteError", "labels_to_file_values", "write_labels"]

@@ -37,7 +37,7 @@ def check_image(image, name: str = "image") -> np.ndarray:
     if not (np.issubdtype(stack.dtype, np.number) or stack.dtype == bool) or np.iscomplexobj(stack):
         raise InputError(f"{name} has dtype {stack.dtype}; expected real numbers")
     if np.issubdtype(stack.dtype, np.floating) and not np.all(np.isfinite(stack)):
-        raise InputError(f"{name} contains NaN or Inf values; replace them (e.g. with 0) before training")
+        raise InputError(f"{name} contains NaN or Inf values; replace them (e.g. with 0) before training or predicting")
     if stack.shape[-1] < 4 or stack.shape[-2] < 4:
         raise InputError(f"{name} of shape {stack.shape} is too small; need at least 4x4 pixels")
     return stack

@@ -8,6 +8,9 @@ eraser) and ``k + 1`` is class ``class_values[k]``.
 
 from __future__ import annotations
 
+import numbers
+import reprlib
+
 import numpy as np
 
 #: Index used for pixels that carry no annotation (they do not contribute to the loss).
@@ -139,6 +142,50 @@ def choose_ignore_value(class_values) -> int:
     if candidate <= 255:
         return candidate
     return next(v for v in range(1, 65536) if v not in taken)
+
+
+def _integer(value) -> int | None:
+    """``value`` as an int if it is an integer (or a float with an integer value), else None."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real) and float(value).is_integer():
+        return int(value)
+    return None
+
+
+def metadata_class_values(metadata: dict, what: str) -> list[int] | None:
+    """``metadata["class_values"]`` of a labels layer as a list of ints, None if there is none.
+
+    Layer metadata can come from other plugins or scripts: anything but a list of distinct integers
+    raises :class:`LabelError`, naming ``what`` (e.g. "labels layer 'EM labels'").
+    """
+    raw = metadata.get("class_values")
+    if raw is None:
+        return None
+    values = [_integer(v) for v in raw] if isinstance(raw, (list, tuple, np.ndarray)) and np.ndim(raw) == 1 else None
+    if values is None or None in values or len(set(values)) != len(values):
+        raise LabelError(
+            f"{what} has class_values metadata {reprlib.repr(raw)} that is not a list of distinct integers; "
+            "remove it from the layer's metadata to use the painted values as the classes, or set it to the "
+            "class value of display labels 1, 2, ..."
+        )
+    return values
+
+
+def metadata_ignore_value(metadata: dict, what: str) -> int | None:
+    """``metadata["ignore_value"]`` of a labels layer as an int, None if there is none; else :class:`LabelError`."""
+    raw = metadata.get("ignore_value")
+    if raw is None:
+        return None
+    value = _integer(raw)
+    if value is None:
+        raise LabelError(
+            f"{what} has ignore_value metadata {reprlib.repr(raw)} that is not an integer; "
+            "remove it from the layer's metadata or set it to the value of unannotated pixels"
+        )
+    return value
 
 
 def reviewed_pixels(display, tracking: dict) -> np.ndarray | None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from . import __version__
-from ._files import fsync_folder, fsync_path, target_mode
+from ._files import fsync_folder, fsync_path, target_mode, write_target
 from .config import MERGE_LEVELS, ModelConfig, TrainConfig, from_dict, to_dict
 from .model import import_keras
 
@@ -69,6 +69,7 @@ def save_model(model: UNetModel, path) -> Path:
     path = Path(path)
     if path.suffix != ".keras":
         raise ModelFileError(f"model files end in .keras, got {path.name!r}")
+    path = write_target(path)  # a symbolic link's target; never a device or pipe
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = target_mode(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".keras", dir=path.parent)
@@ -91,6 +92,8 @@ def save_model(model: UNetModel, path) -> Path:
 def read_metadata(path) -> dict:
     """The napari-unet metadata stored in a model file, without loading TensorFlow."""
     path = Path(path)
+    if path.is_dir():
+        raise ModelFileError(f"{str(path)!r} is a folder, not a model file; choose a .keras file")
     if not path.is_file():
         raise ModelFileError(f"model file {str(path)!r} does not exist")
     if path.suffix != ".keras":  # Keras would hand other suffixes (.h5) to loaders outside its safe mode
@@ -102,6 +105,8 @@ def read_metadata(path) -> dict:
             meta = json.loads(archive.read(METADATA_ENTRY))
     except zipfile.BadZipFile:
         raise ModelFileError(f"{path.name} is not a .keras model file (not a zip archive)") from None
+    except ModelFileError:
+        raise
     except (ValueError, OSError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ModelFileError(f"{path.name} has damaged napari-unet metadata: {err}") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("format_version", 0), int):
@@ -139,6 +144,7 @@ def load_model(path) -> UNetModel:
         raise ModelFileError(f"{path.name} could not be loaded: {str(err).splitlines()[0]}") from None
     except (OSError, TypeError, KeyError) as err:
         raise ModelFileError(f"{path.name} could not be loaded: {str(err).splitlines()[0]}") from None
+    _check_network(keras_model, config, path.name)
     return UNetModel(
         keras_model=keras_model,
         config=config,
@@ -150,6 +156,42 @@ def load_model(path) -> UNetModel:
         boundary_rule=meta.get("boundary_rule"),
         class_names=_class_names(meta.get("class_names"), class_values),
         class_colors=_class_colors(meta.get("class_colors"), class_values),
+    )
+
+
+def _check_network(keras_model, config: ModelConfig, name: str) -> None:
+    """:class:`ModelFileError` unless ``keras_model`` has the layers and weight shapes ``build_unet(config)`` makes.
+
+    Prediction rebuilds the network from the stored configuration and copies the weights over by layer name,
+    so a file whose network and ``napari_unet.json`` disagree must be refused when it is loaded, not at Run.
+    """
+    import dataclasses
+
+    from .model import build_unet
+
+    def shapes(model) -> dict:
+        return {layer.name: [tuple(w.shape) for w in layer.weights] for layer in model.layers if layer.weights}
+
+    # zeros: no random weights drawn for a network that is only looked at
+    want = shapes(build_unet(dataclasses.replace(config, kernel_initializer="zeros")))
+    try:
+        have = shapes(keras_model)
+    except (AttributeError, TypeError):
+        have = {}
+    if have == want:
+        return
+    missing = [n for n in want if n not in have]
+    extra = [n for n in have if n not in want]
+    if missing:
+        detail = f"it has no layer {missing[0]!r}"
+    elif extra:
+        detail = f"it has an extra layer {extra[0]!r}"
+    else:
+        layer = next(n for n in want if want[n] != have[n])
+        detail = f"its layer {layer!r} has weights of shapes {have[layer]}, not {want[layer]}"
+    raise ModelFileError(
+        f"{name}: the network does not match the napari-unet configuration stored with it ({detail}); "
+        "the file was modified or damaged"
     )
 
 

@@ -40,7 +40,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import tifffile
 
-from ._files import fsync_folder, target_mode
+from ._files import fsync_folder, target_mode, write_target
 
 __all__ = [
     "LABEL_NAME_HINTS",
@@ -753,12 +753,12 @@ def write_tiff(path, array, metadata: dict | None = None) -> str:
     or float32 and the axes are in ImageJ order (TZCYXS), else a tifffile JSON ("shaped") TIFF, which
     is BigTIFF from :data:`BIGTIFF_BYTES` of data on.
     """
-    path = Path(os.fspath(path))
+    path = write_target(path)  # a symbolic link's target; never a device or pipe
     metadata = dict(metadata or {})
     streamed = is_lazy(array)
     data = array if streamed else np.asarray(array)
-    if data.dtype == bool and not streamed:
-        data = data.astype(np.uint8)
+    if data.dtype == bool:  # 0/1 bytes; a view or a lazy conversion keeps a large array out of memory
+        data = data.view(np.uint8) if isinstance(data, np.ndarray) else data.astype(np.uint8)
     if data.dtype == object or data.dtype.kind not in "uif" or data.ndim < 2:
         raise ValueError(
             f"cannot write an array of dtype {data.dtype} and shape {data.shape} to TIFF; "
@@ -831,15 +831,22 @@ def write_tiff(path, array, metadata: dict | None = None) -> str:
         kwargs.update(metadata=shaped)
 
     folder = path.parent if str(path.parent) else Path(".")
+    # Name the file asked for, not the hidden temporary file an OSError of mkstemp would name.
+    if not folder.is_dir():
+        if folder.exists():
+            raise NotADirectoryError(f"cannot write {path.name}: {str(folder)!r} is not a folder")
+        raise FileNotFoundError(f"cannot write {path.name}: folder {str(folder)!r} does not exist")
     mode = target_mode(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    except OSError as err:  # e.g. a read-only folder
+        raise OSError(err.errno, f"cannot write {path.name} in folder {str(folder)!r}: {err.strerror}") from None
     try:
         os.close(fd)
         with open(tmp_name, "r+b") as fh:
             if streamed:
                 page_ndim = 3 if "S" in axes else 2
-                dtype = np.uint8 if data.dtype == bool else data.dtype
-                tifffile.imwrite(fh, _pages(data, page_ndim, dtype), shape=data.shape, dtype=dtype, **kwargs)
+                tifffile.imwrite(fh, _pages(data, page_ndim, data.dtype), shape=data.shape, dtype=data.dtype, **kwargs)
             else:
                 tifffile.imwrite(fh, data, **kwargs)
             fh.flush()

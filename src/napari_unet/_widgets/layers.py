@@ -9,7 +9,7 @@ from napari.layers import Image, Labels
 from qtpy.QtWidgets import QComboBox
 
 from napari_unet.data import InputError
-from napari_unet.labels import LabelError, choose_ignore_value
+from napari_unet.labels import LabelError, choose_ignore_value, metadata_class_values
 
 from .session import disconnect_when_destroyed, unwrap
 
@@ -101,12 +101,13 @@ def read_annotations(layer, zero_is_unannotated: bool, reviewed: Optional[np.nda
     data = np.asarray(layer.data)
     if data.dtype.kind not in "iub":
         raise LabelError(f"labels layer {layer.name!r} has dtype {data.dtype}; labels must be integers")
-    class_values = layer.metadata.get("class_values")
+    class_values = metadata_class_values(layer.metadata, f"labels layer {layer.name!r}")
     if class_values is not None:
         lookup = np.asarray([0, *class_values], np.int64)
-        if data.size and int(data.max()) >= len(lookup):
+        if data.size and (int(data.max()) >= len(lookup) or int(data.min()) < 0):
+            bad = int(data.max()) if int(data.max()) >= len(lookup) else int(data.min())
             raise LabelError(
-                f"labels layer {layer.name!r} holds display value {int(data.max())} but has only "
+                f"labels layer {layer.name!r} holds display value {bad} but has only "
                 f"{len(class_values)} classes {list(class_values)}; paint with labels 1..{len(class_values)}"
             )
         annotated = data > 0
@@ -132,8 +133,12 @@ def training_labels(values: np.ndarray, annotated: np.ndarray, name: str):
 
 def class_names_of(layer) -> Optional[dict]:
     """``{class value: name}`` from a labels layer's metadata, if it has names."""
-    values, names = layer.metadata.get("class_values"), layer.metadata.get("class_names")
-    if not values or not names or len(values) != len(names):
+    try:
+        values = metadata_class_values(layer.metadata, f"labels layer {layer.name!r}")
+    except LabelError:
+        return None
+    names = layer.metadata.get("class_names")
+    if not values or not isinstance(names, (list, tuple)) or len(values) != len(names):
         return None
     return {int(v): str(n) for v, n in zip(values, names)}
 
