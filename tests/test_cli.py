@@ -141,9 +141,14 @@ def bad_inputs(tmp_path):
         "nan_image": (np.where(image > 100, np.nan, 1.0).astype(np.float32), None),
         "rgb": (np.zeros((32, 32, 3), np.uint8), {"photometric": "rgb"}),
     }
+    files["probabilities"] = (np.linspace(0, 1, image.size, dtype=np.float32).reshape(image.shape), None)
     for name, (array, kwargs) in files.items():
         tifffile.imwrite(tmp_path / f"{name}.tif", array, **(kwargs or {"photometric": "minisblack"}))
     (tmp_path / "notes.tif").write_text("not a tiff")
+    (tmp_path / "slices").mkdir()
+    for z in range(2):
+        tifffile.imwrite(tmp_path / "slices" / f"z{z}.tif", image[z])
+    os.mkfifo(tmp_path / "pipe.tif")
     return tmp_path
 
 
@@ -166,6 +171,13 @@ def bad_inputs(tmp_path):
         (["predict", "model.keras", "image.tif", "-o", "missing_folder/p.tif"], "does not exist"),
         (["predict", "model.keras", "image.tif", "-o", "p.tif", "--probabilities", "missing_folder/q.tif"], "does not exist"),
         (["predict", "model.keras", "image.tif", "-o", "p.tif", "--probabilities", "p.tif"], "another file"),
+        (["predict", "model.keras", "image.tif", "-o", "image.tif"], "would overwrite the input"),
+        (["predict", "model.keras", "slices", "-o", "p.tif", "--probabilities", "slices/z0.tif"], "would overwrite the input 'slices' (its folder)"),
+        (["predict", "model.keras", "image.tif", "-o", "model.keras"], "must end in .tif or .tiff"),
+        (["predict", "model.keras", "image.tif", "-o", "pipe.tif"], "not a regular file"),
+        (["train", "image.tif", "labels.tif", "-o", "model.keras", "--init", "model.keras"], "would overwrite the input"),
+        (["train", "image.tif", "labels.tif", "-o", "/proc/m.keras"], "is not writable"),
+        (["evaluate", "probabilities.tif", "labels.tif"], "a probability map?"),
     ],
 )
 def test_bad_input_exits_2_with_one_clear_line_and_no_output(tmp_path, capsys, monkeypatch, argv, words):
@@ -239,7 +251,10 @@ def test_output_folders_are_checked_before_any_training(data, capsys, monkeypatc
         raise AssertionError("trained although the model file cannot be written")
 
     monkeypatch.setattr(cli, "run_training", fail)
-    monkeypatch.setattr(cli.os, "access", lambda path, mode: False)  # a read-only folder (root could write anywhere)
+    def read_only(*args, **kwargs):  # a read-only mount, where os.access still says yes to root
+        raise PermissionError(13, "Read-only file system")
+
+    monkeypatch.setattr(cli.tempfile, "TemporaryFile", read_only)
     code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "m.keras")
     assert code == 2 and "is not writable" in err and not (data / "m.keras").exists()
 
@@ -322,6 +337,46 @@ def test_predict_reads_and_writes_a_stack_a_slice_at_a_time(data, capsys, monkey
     code, _, err = run(capsys, "predict", data / "m.keras", data / "zlib.tif", "-o", data / "p2.tif", "--no-tta")
     assert code == 2 and "corrupt" in err and "zlib.tif" in err and "Traceback" not in err
     assert sorted(p.name for p in data.iterdir()) == sorted(before + ["p.tif", "q.tif"])
+
+
+def test_predict_reserves_its_scratch_space_and_says_when_the_disk_is_full(data, capsys, monkeypatch):
+    """A memory map of a sparse file on a full disk kills the process (SIGBUS) instead of raising."""
+    import errno
+
+    save_model(tiny_model(), data / "m.keras")
+    reserved = []
+
+    def full_disk(fd, offset, length):
+        reserved.append(length)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full_disk)
+    before = sorted(p.name for p in data.iterdir())
+    code, _, err = run(capsys, "predict", data / "m.keras", data / "image.tif", "-o", data / "p.tif")
+    assert code == 2 and "not enough free disk space" in err and "Traceback" not in err
+    assert reserved == [4 * 64 * 64] and sorted(p.name for p in data.iterdir()) == before
+
+
+def test_options_that_contradict_or_do_not_fit_the_data(data, capsys):
+    save_model(tiny_model(), data / "m.keras")
+    for argv in (["predict", data / "m.keras", data / "image.tif", "-o", data / "p.tif", "--argmax", "--close-boundaries"],
+                 ["train", data / "image.tif", data / "labels.tif", "-o", data / "s.keras", "--seed", "-1"]):
+        with pytest.raises(SystemExit) as exited:  # argparse
+            run(capsys, *argv)
+        assert exited.value.code == 2 and ("not allowed with" in capsys.readouterr().err or argv[-1] == "-1")
+    image, labels = tifffile.imread(data / "image.tif"), tifffile.imread(data / "labels.tif")
+    tifffile.imwrite(data / "one.tif", image[0], photometric="minisblack")
+    tifffile.imwrite(data / "one_labels.tif", labels[0], photometric="minisblack")
+    code, _, err = run(capsys, "train", data / "one.tif", data / "one_labels.tif", "-o", data / "m1.keras", "--ignore-value", "7", *TINY_TRAINING)
+    assert code == 0, err
+    assert "no pixel has the ignore value 7" in err and "validating on columns 48 and up" in err
+    code, _, err = run(capsys, "train", data / "one.tif", data / "one_labels.tif", "-o", data / "m2.keras", "--val-fraction", "0", *TINY_TRAINING)
+    assert code == 0 and "no validation" in err, err
+    code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "0.keras", "--max-minutes", "1e-9")
+    assert code == 2 and "before its first step; no model written" in err and not (data / "0.keras").exists()
+    tifffile.imwrite(data / "rows.tif", image[:, :1, :], photometric="minisblack")  # (Z, 1, X): a stack of one-row slices
+    code, _, err = run(capsys, "predict", data / "m.keras", data / "rows.tif", "-o", data / "r.tif")
+    assert code == 2 and "too small" in err, err
 
 
 def test_written_files_replace_old_ones_and_keep_their_permissions(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import sys
@@ -36,15 +37,20 @@ def _bad_input_errors() -> tuple:
     return (CommandError, ConfigError, InputError, LabelError, ModelFileError, TiffReadError)
 
 
-def positive_int(text: str) -> int:
+def positive_int(text: str, minimum: int = 1) -> int:
     """argparse type: an integer >= 1."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
     return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return positive_int(text, minimum=0)
 
 
 def merge_levels(text: str) -> tuple:
@@ -58,16 +64,36 @@ def merge_levels(text: str) -> tuple:
     return levels
 
 
-def check_output(path, what: str) -> Path:
-    """``path`` as a Path, if a file can be written there; else a :class:`CommandError` (checked before the work)."""
+def check_output(path, what: str, inputs=(), suffixes=()) -> Path:
+    """``path`` as a Path, if a file can be written there; else a :class:`CommandError` (checked before the work).
+
+    Refused: folders, existing files that are not regular files (devices, pipes), a path that is one of
+    ``inputs`` or lies in an input folder, and names not ending in one of ``suffixes``. A symbolic link is
+    followed: its target is the file written.
+    """
     path = Path(path)
-    folder = path.parent  # Path("out.tif").parent is Path(".")
+    if suffixes and not path.name.lower().endswith(suffixes):
+        raise CommandError(f"{what} {path.name!r} must end in {' or '.join(suffixes)}")
     if path.is_dir():
         raise CommandError(f"{what} {str(path)!r} is a folder; give a file name")
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
+    if path.exists() and not path.is_file():
+        raise CommandError(f"{what} {str(path)!r} exists and is not a regular file (a device or pipe?); give a file name")
+    folder = path.parent  # Path("out.tif").parent is Path(".")
     if not folder.is_dir():
         raise CommandError(f"cannot write {what} {str(path)!r}: folder {str(folder)!r} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise CommandError(f"cannot write {what} {str(path)!r}: folder {str(folder)!r} is not writable")
+    for source in inputs:
+        source = Path(source)
+        same = path.exists() and source.exists() and os.path.samefile(path, source)
+        inside = source.is_dir() and os.path.samefile(folder, source)
+        if same or inside:
+            raise CommandError(f"{what} {str(path)!r} would overwrite the input {str(source)!r}{' (its folder)' if inside else ''}; give another file name")
+    try:  # os.access says yes to root everywhere, also in /proc or on a read-only mount
+        with tempfile.TemporaryFile(dir=folder, prefix=".napari-unet-probe-"):
+            pass
+    except OSError as err:
+        raise CommandError(f"cannot write {what} {str(path)!r}: folder {str(folder)!r} is not writable ({err.strerror or err})") from err
     return path
 
 
@@ -94,9 +120,18 @@ def write_all(files: list) -> None:
 
 
 def scratch_array(stack: contextlib.ExitStack, folder: Path, shape: tuple, dtype) -> np.memmap:
-    """Zeros of ``shape`` and ``dtype`` in an unlinked temporary file in ``folder``, open until ``stack`` closes."""
+    """Zeros of ``shape`` and ``dtype`` in an unlinked temporary file in ``folder``, open until ``stack`` closes.
+
+    The disk space is reserved first: a memory map of a sparse file on a full disk kills the process (SIGBUS).
+    """
     handle = stack.enter_context(tempfile.TemporaryFile(dir=folder, prefix=".napari-unet-scratch-"))
-    handle.truncate(max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize))  # sparse: no disk written yet
+    size = max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize)
+    try:
+        os.posix_fallocate(handle.fileno(), 0, size)
+    except OSError as err:
+        if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # file systems without fallocate: sparse after all
+            raise CommandError(f"not enough free disk space in {str(folder)!r} for the prediction ({size / 2**20:.0f} MB of scratch space; {err.strerror})") from err
+        handle.truncate(size)
     return np.memmap(handle, dtype=dtype, mode="r+", shape=shape)
 
 
@@ -121,7 +156,8 @@ def _read_stack_and_metadata(path, what: str, lazy: bool = False) -> tuple[np.nd
                 f"{what} {path.name} has {n} channels (axes {axes}); napari-unet works on one-channel images: "
                 "convert it to grayscale or extract one channel"
             )
-    squeezed = data.reshape([n for n in data.shape if n != 1])  # np.squeeze would read a lazy array
+    # Length-1 axes other than Y and X go (np.squeeze would also read a lazy array whole).
+    squeezed = data.reshape([n for n, axis in zip(data.shape, axes) if n != 1 or axis in "YX"])
     if squeezed.ndim not in (2, 3):
         raise CommandError(f"{what} {path.name} has shape {data.shape} (axes {axes}); expected (Y, X) or (Z, Y, X)")
     metadata = dict(tiff.metadata)
@@ -141,6 +177,8 @@ def read_label_stack(path, what: str, ignore_value=None) -> tuple[np.ndarray, in
 
     labels, metadata = _read_stack_and_metadata(path, what)
     name, notes = Path(path).name, []
+    if ignore_value is not None and not np.any(labels == ignore_value):
+        notes.append(f"{what} {name}: no pixel has the ignore value {ignore_value}; every pixel counts as annotated")
     if ignore_value is None and metadata.get("ignore_value") is not None:
         ignore_value = int(metadata["ignore_value"])
         if np.any(labels == ignore_value):
@@ -235,11 +273,13 @@ def run_training(image, labels, model_config, train_config, init=None, quiet=Fal
             started = event
             if quiet:
                 continue
-            print(
-                f"training on slices {event.train_slices}, validating on {event.val_slices or 'held-out columns'}; "
-                f"classes {event.class_values}",
-                file=sys.stderr,
-            )
+            if event.val_slices:
+                validation = f"validating on slices {event.val_slices}"
+            elif event.val_column is not None:
+                validation = f"validating on columns {event.val_column} and up"
+            else:
+                validation = "no validation"
+            print(f"training on slices {event.train_slices}, {validation}; classes {event.class_values}", file=sys.stderr)
         elif isinstance(event, TrainingStep) and not quiet:
             fraction = event.step / event.total_steps
             if budget:
@@ -288,7 +328,7 @@ def cmd_train(args) -> int:
     from .model_io import load_model, save_model
     from .predict import predict
 
-    output = check_output(args.output, "model file")
+    output = check_output(args.output, "model file", inputs=[p for p in (args.image, args.labels, args.init) if p])
     if output.suffix != ".keras":
         raise CommandError(f"the model file must end in .keras, got {output.name!r}")
     image = read_stack(args.image, "image")
@@ -319,6 +359,8 @@ def cmd_train(args) -> int:
             raise CommandError(f"{flag} {value:g} differs from the --init model's {getattr(init.config, field):g}")
         model_config = replace(model_config, **{field: value})
     started, final = run_training(image, labels, model_config, train_config, init=init)
+    if final.steps == 0:
+        raise CommandError(f"training ended ({final.reason}) before its first step; no model written (a larger --max-minutes?)")
     save_model(final.model, output)
     args.written.append(output)
     print(f"wrote {output}", file=sys.stderr)
@@ -337,8 +379,9 @@ def cmd_predict(args) -> int:
     from .model_io import load_model
     from .predict import labels_dtype, predict_events
 
-    output = check_output(args.output, "labels file")
-    probabilities_file = check_output(args.probabilities, "probabilities file") if args.probabilities else None
+    inputs, suffixes = (args.model, args.image), (".tif", ".tiff")
+    output = check_output(args.output, "labels file", inputs, suffixes)
+    probabilities_file = check_output(args.probabilities, "probabilities file", inputs, suffixes) if args.probabilities else None
     if probabilities_file is not None and probabilities_file.resolve() == output.resolve():
         raise CommandError("--probabilities must name another file than -o")
     image = read_stack(args.image, "image", lazy=True)  # slices are read as the prediction reaches them
@@ -377,7 +420,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .labels import find_class_values
+    from .labels import LabelError, find_class_values
 
     prediction = read_stack(args.prediction, "prediction")
     truth, ignore_value, notes = read_label_stack(args.truth, "truth", args.ignore_value)
@@ -388,6 +431,13 @@ def cmd_evaluate(args) -> int:
     if ignore_value is not None and np.all(truth == ignore_value):
         raise CommandError(f"truth {Path(args.truth).name} has no annotated pixel (all are the ignore value {ignore_value})")
     class_values = find_class_values(truth, ignore_value)
+    try:
+        predicted_values = find_class_values(prediction)
+    except LabelError as err:
+        raise CommandError(f"prediction {Path(args.prediction).name}: {err} (a probability map? evaluate takes the labels file of predict)") from err
+    unknown = sorted(set(predicted_values) - set(class_values))
+    if unknown:
+        print(f"prediction {Path(args.prediction).name} holds values {unknown[:5]}{' ...' if len(unknown) > 5 else ''} that are no class of the truth {class_values}; scored as wrong", file=sys.stderr)
     scores = score(prediction, truth, class_values, ignore_value)
     print(json.dumps(scores, indent=1))
     return 0
@@ -415,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--ignore-value", type=int, help="label value of unannotated pixels (sparse labels; default: the value the file records, as napari-unet saves it)")
     train.add_argument("--val-fraction", type=float, help="share of slices held out for validation (default 0.2)")
     train.add_argument("--init", help="fine-tune this model file instead of starting from scratch")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=non_negative_int, default=0)
     train.add_argument("--float32", action="store_true", help="compute in float32 also on CPUs with bfloat16 instructions (default: bfloat16 there)")
     train.add_argument("--batch-size", type=int)
     train.add_argument("--patch-size", type=int)
@@ -449,13 +499,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(on ISBI two thirds of the accuracy gain of 4 for about half their time), 1 = no test-time augmentation",
     )
     pred.add_argument("--float32", action="store_true", help="compute in float32 also on CPUs with bfloat16 instructions (default: bfloat16 there)")
-    pred.add_argument(
+    rule = pred.add_mutually_exclusive_group()
+    rule.add_argument(
         "--close-boundaries", action="store_true",
         help="always close gaps in thin boundaries (EM membranes): watershed regions merged across faint "
         "boundaries keep their borders, membrane specks far from them become cell; by default the model's boundary rule (chosen on its validation "
         "slices after training) is used",
     )
-    pred.add_argument("--argmax", action="store_true", help="plain most-probable-class labels, no boundary rule")
+    rule.add_argument("--argmax", action="store_true", help="plain most-probable-class labels, no boundary rule")
     pred.add_argument("--tile-size", type=positive_int, default=512, help="tile side in pixels (default 512)")
     pred.add_argument("--batch-size", type=positive_int, default=2, help="images per network call (default 2)")
     pred.set_defaults(func=cmd_predict)

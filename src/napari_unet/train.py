@@ -95,6 +95,7 @@ class TrainingStarted:
     train_slices: list
     val_slices: list
     class_values: list
+    val_column: Optional[int] = None  # one image: validation on its columns from this one on (None: no such validation)
 
 
 @dataclass(frozen=True)
@@ -378,14 +379,16 @@ def train_events(
     # the raw images: predict normalises as it does for users (normalising twice is not the identity once
     # local contrast is on).
     val_images, val_planes, val_indices = image_stack, list(val_slices), indices[val_slices]
+    val_column = None
     if not val_slices and train_config.val_fraction > 0 and images.shape[2] >= 64:
         # One annotated image: validate on its last columns, train on the rest.
         cut = validation_column(images.shape[2], train_config.val_fraction, model_config.size_multiple)
         val_images, val_planes, val_indices = image_stack[:, :, cut:], list(train_slices), indices[train_slices, :, cut:]
         train_indices = indices[train_slices].copy()
         train_indices[:, :, cut:] = -1
+        val_column = cut
         if not (train_indices >= 0).any() or not (val_indices >= 0).any():
-            val_images, val_indices, train_indices = None, None, indices[train_slices]
+            val_images, val_indices, train_indices, val_column = None, None, indices[train_slices], None
     has_validation = val_indices is not None and len(val_indices) and (val_indices >= 0).any()
 
     weights = class_weights(train_indices, model_config.n_classes, train_config.class_weighting)
@@ -466,7 +469,7 @@ def train_events(
     step = 0
     batches = prefetch(lambda: sampler.batch(train_config.batch_size), total_steps)
     try:
-        yield TrainingStarted(result, total_steps, epochs, steps_per_epoch, train_slices, val_slices, class_values)
+        yield TrainingStarted(result, total_steps, epochs, steps_per_epoch, train_slices, val_slices, class_values, val_column)
         start = time.perf_counter()
         for epoch in range(1, epochs + 1):
             losses = []
