@@ -118,6 +118,29 @@ def test_damaged_metadata_is_a_clear_model_file_error(tmp_path, text, words):
         load_model(_with_metadata(tmp_path, "damaged.keras", text))
 
 
+@pytest.mark.parametrize(
+    "key, value, words",
+    [
+        ("percentiles", "ab", "invalid normalisation percentiles"),
+        ("percentiles", [-5, 500], "invalid normalisation percentiles"),
+        ("boundary_rule", "x", "invalid membrane rule"),
+        ("boundary_rule", {"foo": 1}, "invalid membrane rule"),
+        ("boundary_value", 7, "boundary class 7 that is not one of its classes"),
+    ],
+)
+def test_malformed_normalisation_and_membrane_rule_are_refused_at_load(tmp_path, key, value, words):
+    meta = read_metadata(save_model(tiny_model(), tmp_path / "m.keras"))
+    meta[key] = value
+    with pytest.raises(ModelFileError, match=words):
+        load_model(_with_metadata(tmp_path, "edited.keras", json.dumps(meta)))
+
+
+def test_a_malformed_history_is_dropped_not_fatal(tmp_path):
+    meta = read_metadata(save_model(tiny_model(), tmp_path / "m.keras"))
+    meta["history"] = 5
+    assert load_model(_with_metadata(tmp_path, "edited.keras", json.dumps(meta))).history == []
+
+
 def test_only_keras_files_are_loaded(tmp_path):
     path = save_model(tiny_model(), tmp_path / "m.keras")
     renamed = tmp_path / "m.h5"

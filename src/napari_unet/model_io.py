@@ -133,6 +133,7 @@ def load_model(path) -> UNetModel:
         raise ModelFileError(f"{path.name} has an invalid configuration: {type(err).__name__} {err}") from None
     if len(class_values) != config.n_classes or class_values != sorted(set(class_values)):
         raise ModelFileError(f"{path.name} has invalid class values {class_values} for {config.n_classes} classes")
+    percentiles, boundary_value, boundary_rule = _checked_normalisation_and_rule(meta, class_values, path.name)
     keras = import_keras()
     try:
         keras_model = keras.saving.load_model(path, compile=False, safe_mode=True)
@@ -149,14 +150,36 @@ def load_model(path) -> UNetModel:
         keras_model=keras_model,
         config=config,
         class_values=class_values,
-        percentiles=tuple(meta.get("percentiles", (1.0, 99.8))),
+        percentiles=percentiles,
         train_config=train_config,
-        history=list(meta.get("history") or []),
-        boundary_value=meta.get("boundary_value"),
-        boundary_rule=meta.get("boundary_rule"),
+        history=[record for record in meta.get("history") or [] if isinstance(record, dict)] if isinstance(meta.get("history"), list) else [],
+        boundary_value=boundary_value,
+        boundary_rule=boundary_rule,
         class_names=_class_names(meta.get("class_names"), class_values),
         class_colors=_class_colors(meta.get("class_colors"), class_values),
     )
+
+
+def _checked_normalisation_and_rule(meta: dict, class_values: list, name: str) -> tuple:
+    """(percentiles, boundary_value, boundary_rule) of the metadata, or :class:`ModelFileError` if they are malformed."""
+    import inspect
+
+    from .postprocess import boundary_mask
+
+    percentiles = meta.get("percentiles", (1.0, 99.8))
+    try:
+        low, high = (float(p) for p in percentiles)
+        if not 0 <= low < high <= 100:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ModelFileError(f"{name} has invalid normalisation percentiles {percentiles!r} (two numbers 0 <= low < high <= 100)") from None
+    boundary_value, rule = meta.get("boundary_value"), meta.get("boundary_rule")
+    if boundary_value is not None and boundary_value not in class_values:
+        raise ModelFileError(f"{name} has a boundary class {boundary_value!r} that is not one of its classes {class_values}")
+    known = set(inspect.signature(boundary_mask).parameters) - {"membrane_probability"}
+    if rule is not None and not (isinstance(rule, dict) and set(rule) <= known):
+        raise ModelFileError(f"{name} has an invalid membrane rule {rule!r}; the file was modified or damaged")
+    return (low, high), boundary_value, rule
 
 
 def _check_network(keras_model, config: ModelConfig, name: str) -> None:
