@@ -377,6 +377,18 @@ def test_options_probabilities_instances_and_current_slice(widgets, qtbot):
         maps[choice] = viewer.layers["EM P(cell)"].data[1].copy()
     assert np.abs(maps["on"] - maps["off"]).max() > 1e-3
     assert np.abs(maps["2 views"] - maps["off"]).max() > 1e-3 and np.abs(maps["2 views"] - maps["on"]).max() > 1e-4
+    # "current slice" means the Y-X slice on screen: a transposed or 3-D view shows none.
+    before = layers_snapshot(viewer)
+    for view in ("transposed", "3-D"):
+        if view == "transposed":
+            viewer.dims.order = (1, 0, 2)  # the Z-X plane at one Y
+        else:
+            viewer.dims.order, viewer.dims.ndisplay = (0, 1, 2), 3
+        assert not inference.run() and "does not show one Y-X slice" in inference.progress.status.text()
+        viewer.layers.selection.active = prediction
+        assert not inference.mark_reviewed()
+    assert_layers_unchanged(viewer, before)
+    viewer.dims.ndisplay = 2
 
 
 def test_multiclass_oct_prediction_and_probabilities(make_napari_viewer, qtbot):

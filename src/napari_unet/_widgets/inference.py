@@ -152,11 +152,11 @@ class InferenceWidget(QWidget):
             data = image_array(image_layer)
             if model.config.input_channels != 1:
                 raise InputError(f"this model expects {model.config.input_channels} input channels; napari-unet images have one")
+            z = current_slice(self.viewer, image_layer) if self.scope.currentText() == CURRENT else None
         except InputError as err:
             show_error(f"napari-unet: {err}")
             self.progress.set_status(f"Not started: {err}")
             return False
-        z = current_slice(self.viewer, image_layer) if self.scope.currentText() == CURRENT else None
         image = data[z] if z is not None else data
         membrane = self._membrane_value(model) if self.cells.isChecked() and self.cells.isEnabled() else None
         stop = threading.Event()
@@ -256,7 +256,11 @@ class InferenceWidget(QWidget):
         layer = self._prediction_layer()
         if layer is None:
             return False
-        z = current_slice(self.viewer, layer)
+        try:
+            z = current_slice(self.viewer, layer)
+        except InputError as err:
+            show_warning(f"napari-unet: {err}")
+            return False
         marked = self.session.mark_reviewed(layer, (slice(None),) * layer.ndim if z is None else (z,))
         where = f"slice {z}" if z is not None else "the image"
         if not marked:

@@ -144,10 +144,19 @@ def class_names_of(layer) -> Optional[dict]:
 
 
 def current_slice(viewer, layer) -> Optional[int]:
-    """Index of the slice of 3-D ``layer`` shown in the viewer (None for a 2-D layer)."""
+    """Index of the slice of 3-D ``layer`` shown in the viewer (None for a 2-D layer).
+
+    :class:`InputError` unless the viewer shows a Y-X plane in 2-D (a transposed or 3-D view shows no one slice).
+    """
     if layer.ndim < 3:
         return None
-    z = layer.world_to_data(unwrap(viewer).dims.point)[-3]
+    dims = unwrap(viewer).dims
+    if dims.ndisplay != 2 or list(dims.displayed) != [dims.ndim - 2, dims.ndim - 1]:
+        raise InputError(
+            f"the viewer does not show one Y-X slice of {layer.name!r} (3-D display or transposed axes); "
+            "switch to the 2-D view of its Y-X plane, or choose the whole stack"
+        )
+    z = layer.world_to_data(dims.point)[-3]
     return int(np.clip(np.round(z), 0, layer.data.shape[-3] - 1))
 
 
