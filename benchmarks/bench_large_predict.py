@@ -16,7 +16,7 @@ output). Each variant runs in a fresh process:
 
 The labels files of both variants are compared (they must be identical).
 
-    python benchmarks/bench_large_predict.py                      # 48 x 2048 x 2048, limit 2 GB (~10 min)
+    python benchmarks/bench_large_predict.py                      # 64 x 2048 x 2048, limit 2 GB (~8 min)
     python benchmarks/bench_large_predict.py --slices 4 --size 512 --limit-gb 0   # smoke test, no limit
 """
 
@@ -163,7 +163,7 @@ class MemoryCgroup:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--slices", type=int, default=48)
+    ap.add_argument("--slices", type=int, default=64)
     ap.add_argument("--size", type=int, default=2048)
     ap.add_argument("--limit-gb", type=float, default=2.0, help="memory cgroup limit of the second round; 0 = skip it")
     ap.add_argument("--workdir", type=Path, help="folder for the volume and outputs (default: a temporary folder, removed)")

@@ -22,6 +22,8 @@ over minutes, so only alternated medians compare):
 - ``full-import``: ``current`` with TensorFlow and Keras imported with all of Keras' optional packages (IPython,
   pandas, matplotlib), as before session 28 (the command now imports Keras without them,
   ``napari_unet._tensorflow.KERAS_OPTIONAL_PACKAGES``);
+- ``in-memory``: ``current`` with the image read whole and the results held in memory, as before session 37 (the
+  command now reads a slice when it predicts it and keeps its results in scratch files: stacks larger than memory);
 - ``no-tta``, ``tta``, ``tta2``: ``current`` with ``--no-tta``, ``--tta`` (four quarter turns per tile) or
   ``--tta-views 2`` (the tile and its half turn).
 
@@ -75,6 +77,12 @@ DRIVERS = {
     "merge-sigma-1": (
         "import napari_unet.predict as p; mask = p.boundary_mask; "
         "p.boundary_mask = lambda probability, **rule: mask(probability, **{**rule, 'sigma': 1.0}); "
+        "from napari_unet.cli import run; run()"
+    ),
+    "in-memory": (
+        "import numpy as np, napari_unet.cli as c; read = c.read_stack; "
+        "c.read_stack = lambda path, what, lazy=False: read(path, what); "
+        "c.scratch_array = lambda stack, folder, shape, dtype: np.zeros(shape, dtype); "
         "from napari_unet.cli import run; run()"
     ),
 }

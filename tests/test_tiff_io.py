@@ -459,7 +459,8 @@ def test_large_arrays_are_written_as_bigtiff_with_their_metadata(tmp_path, monke
     "kwargs, kind",
     [({}, np.memmap), ({"imagej": True, "metadata": {"axes": "ZYX", "spacing": 2.0}, "resolution": (4.0, 4.0)}, np.memmap), ({"compression": "zlib"}, "dask")],
 )
-def test_lazy_reads_give_the_pixels_and_metadata_of_eager_reads(tmp_path, kwargs, kind):
+def test_lazy_reads_give_the_pixels_and_metadata_of_eager_reads(tmp_path, monkeypatch, kwargs, kind):
+    monkeypatch.setattr(tiff_io, "LAZY_READ_BYTES", 0)  # these files are small
     image = em_like((5, 48, 40))
     tifffile.imwrite(tmp_path / "stack.tif", image, photometric="minisblack", **kwargs)
     eager, lazy = read_tiff(tmp_path / "stack.tif"), read_tiff(tmp_path / "stack.tif", lazy=True)
@@ -469,21 +470,27 @@ def test_lazy_reads_give_the_pixels_and_metadata_of_eager_reads(tmp_path, kwargs
         assert isinstance(lazy.data, kind)
     np.testing.assert_array_equal(np.asarray(lazy.data[3]), image[3])
     np.testing.assert_array_equal(np.asarray(lazy.data), image)
+    monkeypatch.setattr(tiff_io, "LAZY_READ_BYTES", image.nbytes + 1)  # smaller data are read at once
+    assert type(read_tiff(tmp_path / "stack.tif", lazy=True).data) is np.ndarray
     assert (lazy.axes, lazy.scale, lazy.units, lazy.is_labels_hint) == (eager.axes, eager.scale, eager.units, eager.is_labels_hint)
     assert lazy.metadata == eager.metadata
 
 
-def test_lazy_folder_reads_each_slice_when_it_is_indexed(tmp_path):
+def test_lazy_folder_reads_each_slice_when_it_is_indexed(tmp_path, monkeypatch):
+    monkeypatch.setattr(tiff_io, "LAZY_READ_BYTES", 0)  # these files are small
     image = em_like((3, 32, 32))
     for z in range(3):
         tifffile.imwrite(tmp_path / f"s{z}.tif", image[z], compression="zlib")
     lazy = read_folder(tmp_path, lazy=True)
     assert type(lazy.data).__module__.startswith("dask") and lazy.axes == "ZYX"
+    monkeypatch.setattr(tiff_io, "LAZY_READ_BYTES", image.nbytes + 1)
+    assert type(read_folder(tmp_path, lazy=True).data) is np.ndarray
     np.testing.assert_array_equal(np.asarray(lazy.data[1]), image[1])
     assert lazy.is_labels_hint is False and read_folder(tmp_path).is_labels_hint is False
 
 
-def test_a_damaged_page_of_a_lazy_read_is_reported_when_it_is_read(tmp_path):
+def test_a_damaged_page_of_a_lazy_read_is_reported_when_it_is_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(tiff_io, "LAZY_READ_BYTES", 0)  # these files are small
     image = em_like((4, 64, 64))
     tifffile.imwrite(tmp_path / "stack.tif", image, compression="zlib", photometric="minisblack")
     with tifffile.TiffFile(tmp_path / "stack.tif") as tif:
@@ -498,7 +505,8 @@ def test_a_damaged_page_of_a_lazy_read_is_reported_when_it_is_read(tmp_path):
 
 
 @pytest.mark.parametrize("fraction", [0.3, 0.6, 0.9])
-def test_truncated_tiff_read_lazily_fails_clearly_when_opened_or_read(tmp_path, fraction):
+def test_truncated_tiff_read_lazily_fails_clearly_when_opened_or_read(tmp_path, monkeypatch, fraction):
+    monkeypatch.setattr(tiff_io, "LAZY_READ_BYTES", 0)  # these files are small
     full = tmp_path / "full.tif"
     tifffile.imwrite(full, em_like((4, 64, 64)), imagej=True, compression="zlib")
     path = tmp_path / "truncated.tif"

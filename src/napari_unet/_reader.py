@@ -24,6 +24,7 @@ from .tiff_io import (
     MAX_LABEL_CLASSES,
     TiffData,
     TiffReadError,
+    is_lazy,
     is_tiff_path,
     read_folder,
     read_slices,
@@ -106,9 +107,11 @@ def read_path(path) -> TiffData:
     return _eager_unless_large(read_tiff(path, lazy=True), lambda: read_tiff(path))
 
 
-def _eager_unless_large(lazy: TiffData, read_eagerly: Callable[[], TiffData]) -> TiffData:
-    n_bytes = math.prod(lazy.data.shape) * lazy.data.dtype.itemsize
-    return lazy if n_bytes >= LAZY_IMAGE_BYTES and not lazy.is_labels_hint else read_eagerly()
+def _eager_unless_large(tiff: TiffData, read_eagerly: Callable[[], TiffData]) -> TiffData:
+    if not is_lazy(tiff.data):  # small enough to have been read at once
+        return tiff
+    n_bytes = math.prod(tiff.data.shape) * tiff.data.dtype.itemsize
+    return tiff if n_bytes >= LAZY_IMAGE_BYTES and not tiff.is_labels_hint else read_eagerly()
 
 
 def get_reader(path) -> ReaderFunction | None:

@@ -296,14 +296,22 @@ def _check_file(path: Path) -> None:
         raise TiffReadError(f"{path}: not a TIFF file (no TIFF signature at the start)")
 
 
+#: Lazy reads leave data of at least this many bytes on disk; smaller data are read at once (faster, and no dask).
+LAZY_READ_BYTES = 2**28
+
+
 def read_tiff(path, lazy: bool = False) -> TiffData:
     """Read the first image series of a TIFF file.
 
-    ``lazy=True``: for data larger than memory, ``data`` reads pixels only when indexed: a read-only
-    ``np.memmap`` of uncompressed contiguous data, else a dask array with one chunk per TIFF page (a corrupt
-    page raises :class:`TiffReadError` when it is read); a series stored in one page is read at once.
-    Raises :class:`TiffReadError` for a missing, unreadable, non-TIFF or corrupt file.
+    ``lazy=True``: for data larger than memory, ``data`` of :data:`LAZY_READ_BYTES` or more reads pixels only
+    when indexed: a read-only ``np.memmap`` of uncompressed contiguous data, else a dask array with one chunk
+    per TIFF page (a corrupt page raises :class:`TiffReadError` when it is read); a series stored in one page
+    is read at once. Raises :class:`TiffReadError` for a missing, unreadable, non-TIFF or corrupt file.
     """
+    return _read_tiff(path, LAZY_READ_BYTES if lazy else None)
+
+
+def _read_tiff(path, lazy_from_bytes: int | None) -> TiffData:
     path = Path(os.fspath(path))
     _check_file(path)
     with _tifffile_errors(path) as errors:
@@ -311,7 +319,8 @@ def read_tiff(path, lazy: bool = False) -> TiffData:
             if not tif.series:
                 raise TiffReadError(f"{path}: corrupt TIFF (no readable image in the file)")
             series = tif.series[0]
-            data = _lazy_series(path, series) if lazy else None
+            n_bytes = math.prod(series.shape) * np.dtype(series.dtype).itemsize
+            data = _lazy_series(path, series) if lazy_from_bytes is not None and n_bytes >= lazy_from_bytes else None
             if data is None:
                 data = np.asarray(series.asarray())
             errors.raise_any()
@@ -608,17 +617,20 @@ def read_slices(paths: Sequence, source=None, lazy: bool = False) -> TiffData:
     """Stack 2-D TIFF files (one slice each, same shape) in the given order along a new Z axis.
 
     A slice with an extra leading axis of length 1 is accepted. Raises :class:`TiffReadError`
-    naming the first slice whose shape differs. ``lazy=True``: a dask array that reads a file when
-    its slice is indexed (see :func:`read_tiff`).
+    naming the first slice whose shape differs. ``lazy=True``: from :data:`LAZY_READ_BYTES` of data on, a
+    dask array that reads a file when its slice is indexed (see :func:`read_tiff`).
     """
     paths = [Path(os.fspath(p)) for p in paths]
     if not paths:
         raise TiffReadError(f"{source or 'slices'}: no TIFF files to stack")
-    first = read_tiff(paths[0], lazy=lazy)
+    first = _read_tiff(paths[0], 0 if lazy else None)
+    lazy = lazy and len(paths) * math.prod(first.data.shape) * first.data.dtype.itemsize >= LAZY_READ_BYTES
+    if not lazy and is_lazy(first.data):
+        first = read_tiff(paths[0])
     first_data, first_axes = _squeeze_slice(first)
     arrays = [first_data]
     for p in paths[1:]:
-        item = read_tiff(p, lazy=lazy)
+        item = _read_tiff(p, 0 if lazy else None)
         data, _ = _squeeze_slice(item)
         if data.shape != first_data.shape:
             raise TiffReadError(
