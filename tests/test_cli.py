@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -378,6 +379,25 @@ def test_options_that_contradict_or_do_not_fit_the_data(data, capsys):
     tifffile.imwrite(data / "rows.tif", image[:, :1, :], photometric="minisblack")  # (Z, 1, X): a stack of one-row slices
     code, _, err = run(capsys, "predict", data / "m.keras", data / "rows.tif", "-o", data / "r.tif")
     assert code == 2 and "too small" in err, err
+
+
+def test_an_interrupt_between_two_replacements_names_the_file_already_replaced(data, capsys, monkeypatch):
+    import napari_unet.cli as cli
+
+    save_model(tiny_model(), data / "m.keras")
+    real_replace, calls = os.replace, []
+
+    def second_replace_interrupted(source, target):  # os is shared: write_tiff's own replacements pass too
+        calls.append(target)
+        if Path(target).name == "q.tif":
+            raise KeyboardInterrupt
+        return real_replace(source, target)
+
+    monkeypatch.setattr(cli.os, "replace", second_replace_interrupted)
+    code, _, err = run(capsys, "predict", data / "m.keras", data / "image.tif", "-o", data / "p.tif", "--probabilities", data / "q.tif")
+    assert code == 130 and f"{data / 'p.tif'} was written before" in err, err
+    assert (data / "p.tif").exists() and not (data / "q.tif").exists()
+    assert not [p.name for p in data.iterdir() if p.name.endswith(".partial")], "no partial file left behind"
 
 
 def test_written_files_replace_old_ones_and_keep_their_permissions(tmp_path):

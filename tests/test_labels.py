@@ -49,6 +49,9 @@ def test_unannotated_display_pixels_need_an_ignore_value():
     assert ignore not in (0, 255)
     np.testing.assert_array_equal(from_display(display, [0, 255], ignore), [ignore, 0, 255])
     assert choose_ignore_value([1, 2, 3]) == 0
+    assert choose_ignore_value(range(65536)) == 65536  # every 16-bit value a class: the next one
+    with pytest.raises(LabelError, match="no class values"):
+        to_indices(display, [])
 
 
 def test_oct_layers_keep_their_values():

@@ -97,9 +97,10 @@ def check_output(path, what: str, inputs=(), suffixes=()) -> Path:
     return path
 
 
-def write_all(files: list) -> None:
+def write_all(files: list, replaced: list | None = None) -> None:
     """Write every ``(path, array, metadata)`` TIFF or none: each goes to a temporary file beside its target
-    first, and the targets are replaced only once all are complete (an existing file is never half replaced)."""
+    first, and the targets are replaced only once all are complete (an existing file is never half replaced).
+    Each target replaced is appended to ``replaced`` at once (an interrupt between two replacements names it)."""
     from ._files import fsync_folder, target_mode
     from .tiff_io import write_tiff
 
@@ -112,6 +113,8 @@ def write_all(files: list) -> None:
             os.chmod(partial, target_mode(path))  # a replaced file keeps its permissions
         for partial, path in pending:
             os.replace(partial, path)
+            if replaced is not None:
+                replaced.append(path)
             fsync_folder(path.parent)
     finally:
         for partial, _ in pending:
@@ -412,9 +415,8 @@ def cmd_predict(args) -> int:
             probs = np.moveaxis(result.probabilities, -1, -3)  # one plane per class, a view: written page by page
             axes = "CYX" if probs.ndim == 3 else "ZCYX"
             files.append((probabilities_file, probs, {"class_values": list(model.class_values), "axes": axes}))
-        write_all(files)
+        write_all(files, args.written)
     for path, array, metadata in files:
-        args.written.append(path)
         print(f"wrote {path} {array.shape} {array.dtype}" + (f" (axes {metadata['axes']})" if "axes" in metadata else ""), file=sys.stderr)
     return 0
 

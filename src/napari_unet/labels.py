@@ -71,6 +71,8 @@ def to_indices(labels, class_values, ignore_value=None) -> np.ndarray:
     """
     labels = np.asarray(labels)
     class_values = np.asarray(class_values, dtype=np.int64)
+    if class_values.size == 0:
+        raise LabelError("there are no class values to map labels to")
     flat = labels.astype(np.int64, copy=False).ravel()
     pos = np.searchsorted(class_values, flat)
     pos_clipped = np.minimum(pos, len(class_values) - 1)
@@ -141,7 +143,7 @@ def choose_ignore_value(class_values) -> int:
     candidate = max(taken) + 1
     if candidate <= 255:
         return candidate
-    return next(v for v in range(1, 65536) if v not in taken)
+    return next(v for v in range(1, len(taken) + 2) if v not in taken)  # one of these is free
 
 
 def _integer(value) -> int | None:
