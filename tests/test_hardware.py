@@ -258,3 +258,10 @@ def test_training_without_a_model_config_takes_the_auto_depth(cpu, monkeypatch):
         assert started.model.train_config.augment_noise == (0.1 if minutes else 0.0)  # "auto" resolved and recorded
         assert noise[-1] == started.model.train_config.augment_noise  # ... and what the patches get
         assert started.model.train_config.merge_levels == ((0.5, 0.6, 0.7) if minutes else (0.5, 0.6))
+
+
+def test_available_memory_is_a_plausible_number_of_bytes():
+    from napari_unet.hardware import available_memory_bytes
+
+    available = available_memory_bytes()
+    assert available is None or 2**24 < available < 2**50

@@ -128,3 +128,19 @@ def test_closing_and_deleting_the_inference_dock_mid_run_clears_the_busy_flag(em
     qtbot.waitUntil(lambda: QThreadPool.globalInstance().activeThreadCount() == 0, timeout=120_000)
     qtbot.wait(200)  # the worker's queued finished signal
     assert not session.busy
+
+
+def test_outputs_that_would_not_fit_in_memory_are_refused_before_the_run(em_viewer, inference, qtbot, notifications, monkeypatch):
+    import napari_unet._widgets.inference as module
+
+    viewer = em_viewer
+    labels_bytes = 3 * 128 * 128  # uint8 class values 0/255
+    monkeypatch.setattr(module, "available_memory_bytes", lambda: 4 * labels_bytes)  # the labels and their copy fit
+    inference.probabilities.setChecked(True)  # 2 classes x float32: 8 bytes a pixel, twice
+    before = layers_snapshot(viewer)
+    assert not inference.run()
+    assert "needs about" in inference.progress.status.text() and "napari-unet predict" in inference.progress.status.text()
+    assert_layers_unchanged(viewer, before)
+    inference.probabilities.setChecked(False)
+    predict(qtbot, inference)
+    assert "EM prediction" in [layer.name for layer in viewer.layers]

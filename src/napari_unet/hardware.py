@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import operator
+import os
 import sys
 import time
 from typing import Optional, Union
@@ -195,6 +196,21 @@ def explain_auto_tta() -> str:
     return "off: this CPU has no AMX matrix units and TensorFlow sees no GPU"
 
 
+def available_memory_bytes() -> Optional[int]:
+    """Memory the system can give this process now (Linux ``MemAvailable``, else free physical pages), or None."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def describe() -> str:
     """One line naming what the auto settings pick on this machine, for logs and benchmark records."""
     mixed = resolve_mixed_precision(AUTO)
@@ -214,6 +230,7 @@ __all__ = [
     "resolve_mixed_precision",
     "resolve_jit_compile",
     "resolve_tta",
+    "available_memory_bytes",
     "resolve_depth",
     "auto_depth_without_gpu_query",
     "explain_auto_tta",
