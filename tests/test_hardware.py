@@ -265,3 +265,21 @@ def test_available_memory_is_a_plausible_number_of_bytes():
 
     available = available_memory_bytes()
     assert available is None or 2**24 < available < 2**50
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_a_containers_memory_limit_lowers_the_available_memory(tmp_path, version):
+    from napari_unet.hardware import _cgroup_memory_left
+
+    if version == "v2":
+        (tmp_path / "app").mkdir()
+        (tmp_path / "app" / "memory.max").write_text("1000000\n")
+        (tmp_path / "app" / "memory.current").write_text("400000\n")
+        (tmp_path / "cgroup").write_text("0::/app\n")
+    else:
+        (tmp_path / "memory" / "app").mkdir(parents=True)
+        (tmp_path / "memory" / "app" / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # no limit
+        (tmp_path / "memory" / "app" / "memory.usage_in_bytes").write_text("400000\n")
+        (tmp_path / "cgroup").write_text("4:memory:/app\n")
+    left = _cgroup_memory_left(str(tmp_path / "cgroup"), str(tmp_path))
+    assert left == (600000 if version == "v2" else None)

@@ -476,16 +476,22 @@ def test_lazy_reads_give_the_pixels_and_metadata_of_eager_reads(tmp_path, monkey
     assert lazy.metadata == eager.metadata
 
 
-def test_lazy_folder_reads_each_slice_when_it_is_indexed(tmp_path, monkeypatch):
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_lazy_folder_reads_each_slice_when_it_is_indexed(tmp_path, monkeypatch, compression):
     monkeypatch.setattr(tiff_io, "LAZY_READ_BYTES", 0)  # these files are small
     image = em_like((3, 32, 32))
     for z in range(3):
-        tifffile.imwrite(tmp_path / f"s{z}.tif", image[z], compression="zlib")
+        tifffile.imwrite(tmp_path / f"s{z}.tif", image[z], compression=compression)
+    real_read, reads = tiff_io.read_tiff, []
+    monkeypatch.setattr(tiff_io, "read_tiff", lambda path, lazy=False: reads.append(path.name) or real_read(path, lazy))
     lazy = read_folder(tmp_path, lazy=True)
     assert type(lazy.data).__module__.startswith("dask") and lazy.axes == "ZYX"
+    assert reads == ["s0.tif"], "only the first slice is read when the folder is opened"
+    np.testing.assert_array_equal(np.asarray(lazy.data[1]), image[1])
+    assert reads == ["s0.tif", "s1.tif"]
+    np.testing.assert_array_equal(np.asarray(lazy.data), image)
     monkeypatch.setattr(tiff_io, "LAZY_READ_BYTES", image.nbytes + 1)
     assert type(read_folder(tmp_path, lazy=True).data) is np.ndarray
-    np.testing.assert_array_equal(np.asarray(lazy.data[1]), image[1])
     assert lazy.is_labels_hint is False and read_folder(tmp_path).is_labels_hint is False
 
 
@@ -557,6 +563,7 @@ def test_write_into_an_unwritable_folder_names_the_file_not_the_temporary_file(t
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
 def test_writes_follow_symbolic_links_and_never_replace_devices_or_pipes(tmp_path):
     (tmp_path / "results").mkdir()
     (tmp_path / "link.tif").symlink_to(tmp_path / "results" / "real.tif")

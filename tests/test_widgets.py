@@ -579,3 +579,24 @@ def test_closing_the_viewer_during_training_raises_nothing(em_viewer, qtbot):
     em_viewer.close()  # napari quits the worker; its "aborted" signal must not reach the deleted widget
     qtbot.waitUntil(lambda: not worker.is_running, timeout=120_000)
     qtbot.wait(200)  # pytest-qt fails the test on an exception in a Qt slot
+
+
+def test_deleting_the_training_dock_mid_run_clears_the_busy_flag(em_viewer, qtbot):
+    """Else every later model load in that viewer would be refused as "a training is running"."""
+    import gc
+
+    from qtpy.QtCore import QThreadPool
+
+    from napari_unet._widgets import TrainingWidget, get_session
+
+    session = get_session(em_viewer)
+    widget = TrainingWidget(em_viewer)
+    em_viewer.window.add_dock_widget(widget, name="U-Net training", area="right")
+    tiny_settings(widget, epochs=500, steps=10)
+    assert widget.start() and "training" in session.busy
+    em_viewer.window.remove_dock_widget(widget)  # the dock's close button: the run stops
+    del widget
+    gc.collect()
+    qtbot.waitUntil(lambda: QThreadPool.globalInstance().activeThreadCount() == 0, timeout=120_000)
+    qtbot.wait(200)  # the worker's queued finished signal
+    assert "training" not in session.busy

@@ -71,15 +71,17 @@ def check_output(path, what: str, inputs=(), suffixes=()) -> Path:
     ``inputs`` or lies in an input folder, and names not ending in one of ``suffixes``. A symbolic link is
     followed: its target is the file written.
     """
+    from ._files import write_target
+
     path = Path(path)
     if suffixes and not path.name.lower().endswith(suffixes):
         raise CommandError(f"{what} {path.name!r} must end in {' or '.join(suffixes)}")
     if path.is_dir():
         raise CommandError(f"{what} {str(path)!r} is a folder; give a file name")
-    if path.is_symlink():
-        path = Path(os.path.realpath(path))
-    if path.exists() and not path.is_file():
-        raise CommandError(f"{what} {str(path)!r} exists and is not a regular file (a device or pipe?); give a file name")
+    try:
+        path = write_target(path)
+    except OSError as err:
+        raise CommandError(f"{what}: {err.strerror} (a device or pipe?); give a file name") from err
     folder = path.parent  # Path("out.tif").parent is Path(".")
     if not folder.is_dir():
         raise CommandError(f"cannot write {what} {str(path)!r}: folder {str(folder)!r} does not exist")
@@ -130,6 +132,8 @@ def scratch_array(stack: contextlib.ExitStack, folder: Path, shape: tuple, dtype
     handle = stack.enter_context(tempfile.TemporaryFile(dir=folder, prefix=".napari-unet-scratch-"))
     size = max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize)
     try:
+        if not hasattr(os, "posix_fallocate"):  # macOS, Windows: sparse after all
+            raise OSError(errno.EOPNOTSUPP, "no posix_fallocate")
         os.posix_fallocate(handle.fileno(), 0, size)
     except OSError as err:
         if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # file systems without fallocate: sparse after all

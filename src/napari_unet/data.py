@@ -47,9 +47,9 @@ def check_pair(image, labels) -> tuple[np.ndarray, np.ndarray]:
     """Image and labels as (Z, Y, X) stacks of identical shape, or :class:`InputError`."""
     image_stack = check_image(image)
     labels_array = np.asarray(labels)
-    if labels_array.shape != np.asarray(image).shape:
+    if labels_array.shape != tuple(np.shape(image)):  # np.shape: a lazy image is not read again
         raise InputError(
-            f"image shape {np.asarray(image).shape} and labels shape {labels_array.shape} differ; "
+            f"image shape {tuple(np.shape(image))} and labels shape {labels_array.shape} differ; "
             "labels must have exactly the image's shape"
         )
     return image_stack, as_stack(labels_array, "labels")

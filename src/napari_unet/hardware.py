@@ -197,18 +197,40 @@ def explain_auto_tta() -> str:
 
 
 def available_memory_bytes() -> Optional[int]:
-    """Memory the system can give this process now (Linux ``MemAvailable``, else free physical pages), or None."""
+    """Memory the system can give this process now, or None if unknown: Linux ``MemAvailable``, lowered to what
+    the process's memory cgroup (a container's limit) has left."""
     try:
         with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
+            available = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("MemAvailable:"))
+    except (OSError, ValueError, IndexError, StopIteration):
         return None
+    left = _cgroup_memory_left()
+    return available if left is None else min(available, left)
+
+
+def _cgroup_memory_left(proc_cgroup: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> Optional[int]:
+    """Limit minus usage of this process's memory cgroup (v2, else v1), or None without a limit."""
+    try:
+        with open(proc_cgroup) as fh:
+            entries = dict(line.rstrip("\n").split(":", 2)[1:] for line in fh if line.count(":") >= 2)
+    except OSError:
+        return None
+    candidates = []
+    if "" in entries:
+        candidates.append((f"{root}{entries['']}", "memory.max", "memory.current"))
+    if "memory" in entries:
+        candidates.append((f"{root}/memory{entries['memory']}", "memory.limit_in_bytes", "memory.usage_in_bytes"))
+    for folder, limit_file, usage_file in candidates:
+        try:
+            with open(f"{folder.rstrip('/')}/{limit_file}") as fh:
+                limit = fh.read().strip()
+            with open(f"{folder.rstrip('/')}/{usage_file}") as fh:
+                usage = int(fh.read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit != "max" and int(limit) < 2**60:
+            return max(0, int(limit) - usage)
+    return None
 
 
 def describe() -> str:

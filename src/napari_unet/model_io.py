@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import zipfile
@@ -168,6 +169,8 @@ def _checked_normalisation_and_rule(meta: dict, class_values: list, name: str) -
 
     percentiles = meta.get("percentiles", (1.0, 99.8))
     try:
+        if not isinstance(percentiles, (list, tuple)):
+            raise TypeError
         low, high = (float(p) for p in percentiles)
         if not 0 <= low < high <= 100:
             raise ValueError
@@ -177,7 +180,10 @@ def _checked_normalisation_and_rule(meta: dict, class_values: list, name: str) -
     if boundary_value is not None and boundary_value not in class_values:
         raise ModelFileError(f"{name} has a boundary class {boundary_value!r} that is not one of its classes {class_values}")
     known = set(inspect.signature(boundary_mask).parameters) - {"membrane_probability"}
-    if rule is not None and not (isinstance(rule, dict) and set(rule) <= known):
+    def number_or_none(value) -> bool:
+        return value is None or isinstance(value, (int, float)) and math.isfinite(value)
+
+    if rule is not None and not (isinstance(rule, dict) and set(rule) <= known and all(map(number_or_none, rule.values()))):
         raise ModelFileError(f"{name} has an invalid membrane rule {rule!r}; the file was modified or damaged")
     return (low, high), boundary_value, rule
 

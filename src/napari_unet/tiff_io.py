@@ -201,12 +201,14 @@ def distinct_values(data, limit: int | None = None) -> list[int] | None:
         return None
     if array.size == 0:
         return []
-    if array.dtype in (np.uint8, np.uint16):
-        counts = np.bincount(array.ravel(), minlength=1)
-        values = np.flatnonzero(counts)
-    elif array.dtype in (np.int8, np.int16):
-        counts = np.bincount((array.ravel().astype(np.int32) + 32768))
-        values = np.flatnonzero(counts) - 32768
+    if array.dtype in (np.uint8, np.uint16, np.int8, np.int16):
+        # plane by plane: bincount copies its input as int64, 8x an 8-bit image
+        offset = 32768 if array.dtype.kind == "i" else 0
+        planes = array.reshape(-1, *array.shape[-2:]) if array.ndim > 2 else array.reshape(1, -1)
+        seen = np.zeros(65536, bool)
+        for plane in planes:
+            seen[np.flatnonzero(np.bincount(plane.ravel().astype(np.int32) + offset if offset else plane.ravel()))] = True
+        values = np.flatnonzero(seen) - offset
     else:
         if limit is not None and array.size > 100_000:
             sample = np.unique(array.ravel()[:: max(1, array.size // 100_000)])
@@ -623,15 +625,12 @@ def read_slices(paths: Sequence, source=None, lazy: bool = False) -> TiffData:
     paths = [Path(os.fspath(p)) for p in paths]
     if not paths:
         raise TiffReadError(f"{source or 'slices'}: no TIFF files to stack")
-    first = _read_tiff(paths[0], 0 if lazy else None)
-    lazy = lazy and len(paths) * math.prod(first.data.shape) * first.data.dtype.itemsize >= LAZY_READ_BYTES
-    if not lazy and is_lazy(first.data):
-        first = read_tiff(paths[0])
+    first = read_tiff(paths[0])
     first_data, first_axes = _squeeze_slice(first)
+    lazy = lazy and len(paths) * first_data.nbytes >= LAZY_READ_BYTES
     arrays = [first_data]
-    for p in paths[1:]:
-        item = _read_tiff(p, 0 if lazy else None)
-        data, _ = _squeeze_slice(item)
+    for p in paths[1:]:  # lazily: only the headers now (shape, dtype), each file's pixels when its slice is indexed
+        data = _slice_header(p) if lazy else _squeeze_slice(read_tiff(p))[0]
         if data.shape != first_data.shape:
             raise TiffReadError(
                 f"{p}: shape {data.shape} differs from {paths[0].name} {first_data.shape}; "
@@ -640,9 +639,13 @@ def read_slices(paths: Sequence, source=None, lazy: bool = False) -> TiffData:
         arrays.append(data)
     dtype = np.result_type(*[a.dtype for a in arrays])
     if lazy:
+        import dask
         import dask.array as da
 
-        stack = da.stack([da.asarray(a).astype(dtype, copy=False) for a in arrays])
+        read = dask.delayed(_read_slice, pure=True)
+        planes = [da.from_array(first_data.astype(dtype, copy=False), chunks=first_data.shape)]
+        planes += [da.from_delayed(read(p, dtype), first_data.shape, dtype) for p in paths[1:]]
+        stack = da.stack(planes)
     else:
         stack = np.stack([a.astype(dtype, copy=False) for a in arrays])
     new_axis = "Z" if "Z" not in first_axes else "T" if "T" not in first_axes else "Q"
@@ -675,6 +678,24 @@ def read_slices(paths: Sequence, source=None, lazy: bool = False) -> TiffData:
         is_labels_hint=detect_labels(stack, name, metadata)
         or all(name_suggests_labels(p.name) for p in paths),
     )
+
+
+def _slice_header(path: Path) -> np.ndarray:
+    """A zero-strided stand-in with the shape (leading length-1 axes dropped) and dtype of ``path``'s first series."""
+    _check_file(path)
+    with _tifffile_errors(path):
+        with tifffile.TiffFile(path) as tif:
+            if not tif.series:
+                raise TiffReadError(f"{path}: corrupt TIFF (no readable image in the file)")
+            shape, dtype = tuple(tif.series[0].shape), tif.series[0].dtype
+    while len(shape) > 2 and shape[0] == 1:
+        shape = shape[1:]
+    return np.broadcast_to(np.zeros((), dtype), shape)
+
+
+def _read_slice(path: Path, dtype) -> np.ndarray:
+    """The pixels of one slice file (a chunk of a lazy :func:`read_slices`)."""
+    return _squeeze_slice(read_tiff(path))[0].astype(dtype, copy=False)
 
 
 def _squeeze_slice(item: TiffData) -> tuple[np.ndarray, str]:

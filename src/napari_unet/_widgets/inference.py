@@ -126,7 +126,7 @@ class InferenceWidget(QWidget):
         if available is not None and needed > available:
             raise InputError(
                 f"predicting {name!r} {shape} needs about {needed / 2**30:.1f} GB for its output layers, more than the "
-                f"{available / 2**30:.1f} GB free: predict the current slice, leave out the probabilities, or use "
+                f"{available / 2**30:.1f} GB free: leave out the probabilities or cell instances, or use "
                 "`napari-unet predict`, which streams a stack of any size to disk"
             )
 
@@ -168,7 +168,7 @@ class InferenceWidget(QWidget):
             if model.config.input_channels != 1:
                 raise InputError(f"this model expects {model.config.input_channels} input channels; napari-unet images have one")
             z = current_slice(self.viewer, image_layer) if self.scope.currentText() == CURRENT else None
-            self._check_memory(model, data.shape if z is None else data.shape[1:], image_layer.name)
+            self._check_memory(model, data.shape, image_layer.name)  # output layers span the stack, also for one slice
         except InputError as err:
             show_error(f"napari-unet: {err}")
             self.progress.set_status(f"Not started: {err}")

@@ -131,6 +131,8 @@ class TrainingWidget(QWidget):
         worker.yielded.connect(self._on_event)
         worker.aborted.connect(self._on_aborted)  # a bound method: disconnected when the widget is deleted
         worker.finished.connect(self._on_finished)
+        session = self.session  # not through self: a deleted dock gets no finished signal, the session must
+        worker.finished.connect(lambda: session.set_busy("training", False))
         self.plot.clear()
         self.progress.start(f"U-Net {kind}")
         self.progress.set_status(f"Preparing {kind} on {job.note} (the first run also loads TensorFlow)...")
@@ -215,7 +217,6 @@ class TrainingWidget(QWidget):
         if self._run is not None and self.progress.active:
             self.progress.finish(f"{self._run.kind} ended")
         self._run = None
-        self.session.set_busy("training", False)
         self._update_buttons()
 
     def _update_buttons(self, *_) -> None:
