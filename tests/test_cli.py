@@ -320,7 +320,7 @@ def test_predict_reads_and_writes_a_stack_a_slice_at_a_time(data, capsys, monkey
     monkeypatch.setattr(tiff_io, "LAZY_READ_BYTES", 0)  # the test stack is small
     pages_read = []
     real_read_page = tiff_io._read_page
-    monkeypatch.setattr(tiff_io, "_read_page", lambda path, index: pages_read.append(index) or real_read_page(path, index))
+    monkeypatch.setattr(tiff_io, "_read_page", lambda path, index, offset: pages_read.append(index) or real_read_page(path, index, offset))
     written = []
     real_write = tiff_io.write_tiff
     monkeypatch.setattr(tiff_io, "write_tiff", lambda path, array, metadata=None: written.append(type(array)) or real_write(path, array, metadata))

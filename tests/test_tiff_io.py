@@ -581,3 +581,13 @@ def test_a_lazy_bool_mask_is_written_as_bytes(tmp_path):
     mask = RNG.random((3, 8, 8)) > 0.5
     write_tiff(tmp_path / "m.tif", da.from_array(mask, chunks=(1, 8, 8)))
     np.testing.assert_array_equal(read_tiff(tmp_path / "m.tif").data, mask.astype(np.uint8))
+
+
+def test_lazy_pages_are_read_from_their_own_headers_in_any_layout(tmp_path, monkeypatch):
+    monkeypatch.setattr(tiff_io, "LAZY_READ_BYTES", 0)
+    image = em_like((2, 3, 24, 20))  # ImageJ hyperstack: pages in Z-then-C order
+    tifffile.imwrite(tmp_path / "hyper.tif", image, imagej=True, compression="zlib", metadata={"axes": "ZCYX"})
+    lazy = read_tiff(tmp_path / "hyper.tif", lazy=True)
+    assert lazy.axes == "ZCYX" and type(lazy.data).__module__.startswith("dask")
+    np.testing.assert_array_equal(np.asarray(lazy.data[1, 2]), image[1, 2])
+    np.testing.assert_array_equal(np.asarray(lazy.data), image)

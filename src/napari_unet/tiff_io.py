@@ -394,15 +394,17 @@ def _lazy_series(path: Path, series):
     import dask.array as da
 
     read = dask.delayed(_read_page, pure=True)
-    planes = [da.from_delayed(read(path, i), page_shape, series.dtype) for i in range(n_pages)]
+    offsets = [page.offset for page in series.pages]  # where each page's header is: no re-parse of the file per read
+    planes = [da.from_delayed(read(path, i, offset), page_shape, series.dtype) for i, offset in enumerate(offsets)]
     return da.stack(planes).reshape(series.shape)
 
 
-def _read_page(path: Path, index: int) -> np.ndarray:
-    """Page ``index`` of the first series of ``path`` (a chunk of :func:`_lazy_series`)."""
+def _read_page(path: Path, index: int, offset: int) -> np.ndarray:
+    """Page ``index`` of the first series of ``path``, its header at byte ``offset`` (a chunk of :func:`_lazy_series`)."""
     with _tifffile_errors(path) as errors:
         with tifffile.TiffFile(path) as tif:
-            page = tif.asarray(key=index, series=0)
+            tif.filehandle.seek(offset)
+            page = tifffile.TiffPage(tif, index=index).asarray()
         errors.raise_any()
     return page
 
