@@ -66,6 +66,7 @@ def labels_to_file_values(display, metadata: dict, what: str = "the labels layer
     """
     from .labels import (
         LabelError,
+        check_display_values,
         choose_ignore_value,
         find_class_values,
         from_display,
@@ -86,13 +87,7 @@ def labels_to_file_values(display, metadata: dict, what: str = "the labels layer
         return values, label_meta
 
     ignore_value = metadata_ignore_value(metadata, what)
-    n = len(class_values)
-    if display.size and (int(display.max()) > n or int(display.min()) < 0):
-        bad = int(display.max()) if int(display.max()) > n else int(display.min())
-        raise LabelError(
-            f"{what} holds display label {bad}, which is no class: it has {n} classes {class_values}, "
-            f"shown as labels 1..{n} (0 = not annotated); paint those pixels with one of them or erase them"
-        )
+    check_display_values(display, class_values, what)
     if ignore_value is not None and ignore_value in class_values:
         ignore_value = None  # stale: an ignore value that is also a class would lose annotations
     if unannotated and ignore_value is None:

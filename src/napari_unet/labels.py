@@ -112,6 +112,17 @@ def to_display(labels, class_values, ignore_value=None) -> np.ndarray:
     return (indices + 1).astype(dtype)
 
 
+def check_display_values(display: np.ndarray, class_values, what: str) -> None:
+    """:class:`LabelError` unless every display value of ``display`` is 0 (not annotated) or a class, 1..K."""
+    n = len(class_values)
+    if display.size and (int(display.max()) > n or int(display.min()) < 0):
+        bad = int(display.max()) if int(display.max()) > n else int(display.min())
+        raise LabelError(
+            f"{what} holds display label {bad}, which is no class: it has {n} classes {list(class_values)}, "
+            f"shown as labels 1..{n} (0 = not annotated); paint those pixels with one of them or erase them"
+        )
+
+
 def from_display(display, class_values, ignore_value=None) -> np.ndarray:
     """File label values from napari display values (inverse of :func:`to_display`).
 
@@ -119,10 +130,7 @@ def from_display(display, class_values, ignore_value=None) -> np.ndarray:
     ``ignore_value`` is given, :class:`LabelError` is raised (use :func:`choose_ignore_value`).
     """
     display = np.asarray(display)
-    n = len(class_values)
-    if display.size and int(display.max()) > n:
-        bad = int(display.max())
-        raise LabelError(f"display label {bad} has no class (there are {n} classes: {list(class_values)})")
+    check_display_values(display, class_values, "the labels")
     unannotated = display == 0
     values = list(class_values)
     if unannotated.any():

@@ -9,7 +9,7 @@ from napari.layers import Image, Labels
 from qtpy.QtWidgets import QComboBox
 
 from napari_unet.data import InputError
-from napari_unet.labels import LabelError, choose_ignore_value, metadata_class_values
+from napari_unet.labels import LabelError, check_display_values, choose_ignore_value, metadata_class_values
 
 from .session import disconnect_when_destroyed, unwrap
 
@@ -103,13 +103,8 @@ def read_annotations(layer, zero_is_unannotated: bool, reviewed: Optional[np.nda
         raise LabelError(f"labels layer {layer.name!r} has dtype {data.dtype}; labels must be integers")
     class_values = metadata_class_values(layer.metadata, f"labels layer {layer.name!r}")
     if class_values is not None:
+        check_display_values(data, class_values, f"labels layer {layer.name!r}")
         lookup = np.asarray([0, *class_values], np.int64)
-        if data.size and (int(data.max()) >= len(lookup) or int(data.min()) < 0):
-            bad = int(data.max()) if int(data.max()) >= len(lookup) else int(data.min())
-            raise LabelError(
-                f"labels layer {layer.name!r} holds display value {bad} but has only "
-                f"{len(class_values)} classes {list(class_values)}; paint with labels 1..{len(class_values)}"
-            )
         annotated = data > 0
         values = lookup[data.astype(np.intp, copy=False)]
     else:
