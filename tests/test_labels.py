@@ -52,6 +52,9 @@ def test_unannotated_display_pixels_need_an_ignore_value():
     assert choose_ignore_value(range(65536)) == 65536  # every 16-bit value a class: the next one
     with pytest.raises(LabelError, match="no class values"):
         to_indices(display, [])
+    for bad in (3, -1):  # beyond the classes, or negative (it wrapped round to the last class)
+        with pytest.raises(LabelError, match=f"holds display label {bad}, which is no class"):
+            from_display(np.array([1, bad], np.int16), [0, 255])
 
 
 def test_oct_layers_keep_their_values():
