@@ -247,6 +247,13 @@ def test_predictions_go_into_given_arrays_and_read_the_image_a_slice_at_a_time(t
             predict(model, image, labels_out=wrong)
 
 
+def test_slices_must_be_whole_numbers():
+    image = stripes(n_slices=3, size=64)[0]
+    with pytest.raises(InputError, match="must be whole numbers"):
+        predict(tiny_model(), image, slices=[1.7])
+    assert predict(tiny_model(), image, slices=[np.int64(1)], tta=False).labels.shape == (1, 64, 64)
+
+
 def test_close_boundaries_only_adds_boundary_pixels():
     model = tiny_model()
     assert model.boundary_value == 0  # the stripes are thin lines of class 0

@@ -58,11 +58,11 @@ def run_demo(output_dir: Path, minutes: float = 1.0, headless: bool = False, see
     from .synthetic import make_em_stack
     from .tiff_io import write_tiff
 
+    chosen = preset("default")
+    train_config = chosen.train.replace(epochs=100_000, steps_per_epoch=20, max_minutes=minutes, seed=seed)  # checks the budget
     output_dir.mkdir(parents=True, exist_ok=True)
     image, labels = make_em_stack(n_slices=10, shape=(256, 256), seed=seed)
     print(f"synthetic EM stack {image.shape} {image.dtype}; labels 0 = membrane, 255 = cell", file=sys.stderr)
-    chosen = preset("default")
-    train_config = chosen.train.replace(epochs=100_000, steps_per_epoch=20, max_minutes=minutes, seed=seed)
     started = time.perf_counter()
     _, final = run_training(image, labels, chosen.model, train_config)
     train_seconds = time.perf_counter() - started

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -249,7 +250,10 @@ def predict_events(
     if tile_size < 1 or batch_size < 1 or overlap < 0:
         raise ValueError(f"tile_size and batch_size must be at least 1 and overlap at least 0, got {tile_size}, {batch_size}, {overlap}")
     n_slices = 1 if len(shape) == 2 else shape[0]
-    selected = list(range(n_slices)) if slices is None else [int(z) for z in slices]
+    try:
+        selected = list(range(n_slices)) if slices is None else [operator.index(z) for z in slices]
+    except TypeError:
+        raise InputError(f"slices {list(slices)} must be whole numbers") from None
     if any(not 0 <= z < n_slices for z in selected):
         raise InputError(f"slices {selected} are not all within the stack's {n_slices} slices")
     context = model.config.context_slices
