@@ -183,7 +183,6 @@ def test_reader_folder_and_list_of_slices(tmp_path):
 
 def test_large_images_open_lazily_and_labels_in_memory(tmp_path, monkeypatch):
     monkeypatch.setattr(_reader, "LAZY_IMAGE_BYTES", 5 * 32 * 32)
-    monkeypatch.setattr("napari_unet.tiff_io.LAZY_READ_BYTES", 0)
     image = RNG.integers(0, 256, size=(5, 32, 32), dtype=np.uint8)
     tifffile.imwrite(tmp_path / "plain.tif", image, imagej=True, metadata={"axes": "ZYX"})
     tifffile.imwrite(tmp_path / "zlib.tif", image, compression="zlib", photometric="minisblack")

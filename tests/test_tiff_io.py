@@ -482,8 +482,9 @@ def test_lazy_folder_reads_each_slice_when_it_is_indexed(tmp_path, monkeypatch, 
     image = em_like((3, 32, 32))
     for z in range(3):
         tifffile.imwrite(tmp_path / f"s{z}.tif", image[z], compression=compression)
-    real_read, reads = tiff_io.read_tiff, []
-    monkeypatch.setattr(tiff_io, "read_tiff", lambda path, lazy=False: reads.append(path.name) or real_read(path, lazy))
+    real_read, real_read_slice, reads = tiff_io.read_tiff, tiff_io._read_slice, []
+    monkeypatch.setattr(tiff_io, "read_tiff", lambda path, **kwargs: reads.append(path.name) or real_read(path, **kwargs))
+    monkeypatch.setattr(tiff_io, "_read_slice", lambda path, dtype: reads.append(path.name) or real_read_slice(path, dtype))
     lazy = read_folder(tmp_path, lazy=True)
     assert type(lazy.data).__module__.startswith("dask") and lazy.axes == "ZYX"
     assert reads == ["s0.tif"], "only the first slice is read when the folder is opened"

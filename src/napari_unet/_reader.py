@@ -13,7 +13,6 @@ declines it (``get_reader`` returns ``None``).
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -101,17 +100,15 @@ def read_path(path) -> TiffData:
         if len(path) == 1:
             return read_path(path[0])
         source = Path(os.fspath(path[0])).parent
-        return _eager_unless_large(read_slices(path, source=source, lazy=True), lambda: read_slices(path, source=source))
+        return _labels_in_memory(read_slices(path, source=source, lazy=True, lazy_from_bytes=LAZY_IMAGE_BYTES), lambda: read_slices(path, source=source))
     if Path(os.fspath(path)).is_dir():
-        return _eager_unless_large(read_folder(path, lazy=True), lambda: read_folder(path))
-    return _eager_unless_large(read_tiff(path, lazy=True), lambda: read_tiff(path))
+        return _labels_in_memory(read_folder(path, lazy=True, lazy_from_bytes=LAZY_IMAGE_BYTES), lambda: read_folder(path))
+    return _labels_in_memory(read_tiff(path, lazy=True, lazy_from_bytes=LAZY_IMAGE_BYTES), lambda: read_tiff(path))
 
 
-def _eager_unless_large(tiff: TiffData, read_eagerly: Callable[[], TiffData]) -> TiffData:
-    if not is_lazy(tiff.data):  # small enough to have been read at once
-        return tiff
-    n_bytes = math.prod(tiff.data.shape) * tiff.data.dtype.itemsize
-    return tiff if n_bytes >= LAZY_IMAGE_BYTES and not tiff.is_labels_hint else read_eagerly()
+def _labels_in_memory(tiff: TiffData, read_eagerly: Callable[[], TiffData]) -> TiffData:
+    """``tiff``, read again at once if it is a lazy label image (painting needs labels in memory)."""
+    return read_eagerly() if is_lazy(tiff.data) and tiff.is_labels_hint else tiff
 
 
 def get_reader(path) -> ReaderFunction | None:

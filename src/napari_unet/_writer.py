@@ -66,7 +66,6 @@ def labels_to_file_values(display, metadata: dict, what: str = "the labels layer
     """
     from .labels import (
         LabelError,
-        check_display_values,
         choose_ignore_value,
         find_class_values,
         from_display,
@@ -87,12 +86,11 @@ def labels_to_file_values(display, metadata: dict, what: str = "the labels layer
         return values, label_meta
 
     ignore_value = metadata_ignore_value(metadata, what)
-    check_display_values(display, class_values, what)
     if ignore_value is not None and ignore_value in class_values:
         ignore_value = None  # stale: an ignore value that is also a class would lose annotations
     if unannotated and ignore_value is None:
         ignore_value = choose_ignore_value(class_values)
-    values = from_display(display, class_values, ignore_value if unannotated else None)
+    values = from_display(display, class_values, ignore_value if unannotated else None, what)
     file_dtype = metadata.get("file_dtype")
     if file_dtype:
         try:

@@ -38,7 +38,7 @@ def _bad_input_errors() -> tuple:
 
 
 def positive_int(text: str, minimum: int = 1) -> int:
-    """argparse type: an integer >= 1."""
+    """argparse type: an integer >= ``minimum`` (1)."""
     try:
         value = int(text)
     except ValueError:
@@ -129,8 +129,10 @@ def scratch_array(stack: contextlib.ExitStack, folder: Path, shape: tuple, dtype
 
     The disk space is reserved first: a memory map of a sparse file on a full disk kills the process (SIGBUS).
     """
+    from .tiff_io import n_bytes
+
     handle = stack.enter_context(tempfile.TemporaryFile(dir=folder, prefix=".napari-unet-scratch-"))
-    size = max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize)
+    size = max(1, n_bytes(shape, dtype))
     try:
         if not hasattr(os, "posix_fallocate"):  # macOS, Windows: sparse after all
             raise OSError(errno.EOPNOTSUPP, "no posix_fallocate")

@@ -115,22 +115,25 @@ def to_display(labels, class_values, ignore_value=None) -> np.ndarray:
 def check_display_values(display: np.ndarray, class_values, what: str) -> None:
     """:class:`LabelError` unless every display value of ``display`` is 0 (not annotated) or a class, 1..K."""
     n = len(class_values)
-    if display.size and (int(display.max()) > n or int(display.min()) < 0):
-        bad = int(display.max()) if int(display.max()) > n else int(display.min())
+    if not display.size:
+        return
+    highest, lowest = int(display.max()), int(display.min())
+    if highest > n or lowest < 0:
+        bad = highest if highest > n else lowest
         raise LabelError(
             f"{what} holds display label {bad}, which is no class: it has {n} classes {list(class_values)}, "
             f"shown as labels 1..{n} (0 = not annotated); paint those pixels with one of them or erase them"
         )
 
 
-def from_display(display, class_values, ignore_value=None) -> np.ndarray:
+def from_display(display, class_values, ignore_value=None, what: str = "the labels") -> np.ndarray:
     """File label values from napari display values (inverse of :func:`to_display`).
 
     Display 0 (not annotated) becomes ``ignore_value``; if there are unannotated pixels and no
     ``ignore_value`` is given, :class:`LabelError` is raised (use :func:`choose_ignore_value`).
     """
     display = np.asarray(display)
-    check_display_values(display, class_values, "the labels")
+    check_display_values(display, class_values, what)
     unannotated = display == 0
     values = list(class_values)
     if unannotated.any():

@@ -302,18 +302,20 @@ def _check_file(path: Path) -> None:
 LAZY_READ_BYTES = 2**28
 
 
-def read_tiff(path, lazy: bool = False) -> TiffData:
+def n_bytes(shape, dtype) -> int:
+    """Bytes of an array of ``shape`` and ``dtype`` (also for lazy arrays, which have no ``nbytes`` of their own)."""
+    return math.prod(shape) * np.dtype(dtype).itemsize
+
+
+def read_tiff(path, lazy: bool = False, lazy_from_bytes: int | None = None) -> TiffData:
     """Read the first image series of a TIFF file.
 
-    ``lazy=True``: for data larger than memory, ``data`` of :data:`LAZY_READ_BYTES` or more reads pixels only
-    when indexed: a read-only ``np.memmap`` of uncompressed contiguous data, else a dask array with one chunk
-    per TIFF page (a corrupt page raises :class:`TiffReadError` when it is read); a series stored in one page
-    is read at once. Raises :class:`TiffReadError` for a missing, unreadable, non-TIFF or corrupt file.
+    ``lazy=True``: for data larger than memory, ``data`` of ``lazy_from_bytes`` (default :data:`LAZY_READ_BYTES`)
+    or more reads pixels only when indexed: a read-only ``np.memmap`` of uncompressed contiguous data, else a dask
+    array with one chunk per TIFF page (a corrupt page raises :class:`TiffReadError` when it is read); a series
+    stored in one page is read at once. Raises :class:`TiffReadError` for a missing, unreadable, non-TIFF or
+    corrupt file.
     """
-    return _read_tiff(path, LAZY_READ_BYTES if lazy else None)
-
-
-def _read_tiff(path, lazy_from_bytes: int | None) -> TiffData:
     path = Path(os.fspath(path))
     _check_file(path)
     with _tifffile_errors(path) as errors:
@@ -321,8 +323,8 @@ def _read_tiff(path, lazy_from_bytes: int | None) -> TiffData:
             if not tif.series:
                 raise TiffReadError(f"{path}: corrupt TIFF (no readable image in the file)")
             series = tif.series[0]
-            n_bytes = math.prod(series.shape) * np.dtype(series.dtype).itemsize
-            data = _lazy_series(path, series) if lazy_from_bytes is not None and n_bytes >= lazy_from_bytes else None
+            lazy = lazy and n_bytes(series.shape, series.dtype) >= (LAZY_READ_BYTES if lazy_from_bytes is None else lazy_from_bytes)
+            data = _lazy_series(path, series) if lazy else None
             if data is None:
                 data = np.asarray(series.asarray())
             errors.raise_any()
@@ -617,19 +619,19 @@ def _normalise_axes(tiff_axes: str, shape, dtype) -> str:
     return "".join(axes)
 
 
-def read_slices(paths: Sequence, source=None, lazy: bool = False) -> TiffData:
+def read_slices(paths: Sequence, source=None, lazy: bool = False, lazy_from_bytes: int | None = None) -> TiffData:
     """Stack 2-D TIFF files (one slice each, same shape) in the given order along a new Z axis.
 
     A slice with an extra leading axis of length 1 is accepted. Raises :class:`TiffReadError`
-    naming the first slice whose shape differs. ``lazy=True``: from :data:`LAZY_READ_BYTES` of data on, a
-    dask array that reads a file when its slice is indexed (see :func:`read_tiff`).
+    naming the first slice whose shape differs. ``lazy=True``: from ``lazy_from_bytes`` (default
+    :data:`LAZY_READ_BYTES`) of data on, a dask array that reads a file when its slice is indexed (see :func:`read_tiff`).
     """
     paths = [Path(os.fspath(p)) for p in paths]
     if not paths:
         raise TiffReadError(f"{source or 'slices'}: no TIFF files to stack")
     first = read_tiff(paths[0])
     first_data, first_axes = _squeeze_slice(first)
-    lazy = lazy and len(paths) * first_data.nbytes >= LAZY_READ_BYTES
+    lazy = lazy and len(paths) * first_data.nbytes >= (LAZY_READ_BYTES if lazy_from_bytes is None else lazy_from_bytes)
     arrays = [first_data]
     for p in paths[1:]:  # lazily: only the headers now (shape, dtype), each file's pixels when its slice is indexed
         data = _slice_header(p) if lazy else _squeeze_slice(read_tiff(p))[0]
@@ -690,14 +692,24 @@ def _slice_header(path: Path) -> np.ndarray:
             if not tif.series:
                 raise TiffReadError(f"{path}: corrupt TIFF (no readable image in the file)")
             shape, dtype = tuple(tif.series[0].shape), tif.series[0].dtype
-    while len(shape) > 2 and shape[0] == 1:
-        shape = shape[1:]
-    return np.broadcast_to(np.zeros((), dtype), shape)
+    return np.broadcast_to(np.zeros((), dtype), _without_leading_ones(shape))
 
 
 def _read_slice(path: Path, dtype) -> np.ndarray:
-    """The pixels of one slice file (a chunk of a lazy :func:`read_slices`)."""
-    return _squeeze_slice(read_tiff(path))[0].astype(dtype, copy=False)
+    """The pixels of one slice file (a chunk of a lazy :func:`read_slices`): no metadata, no label detection."""
+    with _tifffile_errors(path) as errors:
+        with tifffile.TiffFile(path) as tif:
+            data = tif.series[0].asarray()
+        errors.raise_any()
+    return data.reshape(_without_leading_ones(data.shape)).astype(dtype, copy=False)
+
+
+def _without_leading_ones(shape: tuple) -> tuple:
+    """``shape`` without the length-1 axes in front of a slice's last two (as :func:`_squeeze_slice` drops them)."""
+    shape = tuple(shape)
+    while len(shape) > 2 and shape[0] == 1:
+        shape = shape[1:]
+    return shape
 
 
 def _squeeze_slice(item: TiffData) -> tuple[np.ndarray, str]:
@@ -718,7 +730,7 @@ def tiff_files_in(folder) -> list[Path]:
     return sorted(files, key=lambda p: natural_sort_key(p.name))
 
 
-def read_folder(path, lazy: bool = False) -> TiffData:
+def read_folder(path, lazy: bool = False, lazy_from_bytes: int | None = None) -> TiffData:
     """Stack the 2-D TIFF slices of a folder in natural sort order (``z2`` before ``z10``); ``lazy`` as in
     :func:`read_slices`.
 
@@ -735,7 +747,7 @@ def read_folder(path, lazy: bool = False) -> TiffData:
         raise TiffReadError(f"{folder}: cannot list the folder ({_one_line(exc)})") from exc
     if not files:
         raise TiffReadError(f"{folder}: no .tif/.tiff files in the folder")
-    return read_slices(files, source=folder, lazy=lazy)
+    return read_slices(files, source=folder, lazy=lazy, lazy_from_bytes=lazy_from_bytes)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -826,7 +838,7 @@ def write_tiff(path, array, metadata: dict | None = None) -> str:
     kwargs: dict[str, Any] = {"compression": "zlib"}
     # Classic TIFF offsets end at 4 GiB, and ImageJ hyperstacks cannot be BigTIFF: large arrays (e.g. the
     # float32 probabilities of a big stack, which hardly compress) become BigTIFF with tifffile's JSON metadata.
-    big = math.prod(data.shape) * np.dtype(data.dtype).itemsize >= BIGTIFF_BYTES
+    big = n_bytes(data.shape, data.dtype) >= BIGTIFF_BYTES
     imagej = _imagej_compatible(axes, data.dtype) and not big
     if big:
         kwargs["bigtiff"] = True
@@ -881,7 +893,7 @@ def write_tiff(path, array, metadata: dict | None = None) -> str:
         with open(tmp_name, "r+b") as fh:
             if streamed:
                 page_ndim = 3 if "S" in axes else 2
-                tifffile.imwrite(fh, _pages(data, page_ndim, data.dtype), shape=data.shape, dtype=data.dtype, **kwargs)
+                tifffile.imwrite(fh, _pages(data, page_ndim), shape=data.shape, dtype=data.dtype, **kwargs)
             else:
                 tifffile.imwrite(fh, data, **kwargs)
             fh.flush()
@@ -896,10 +908,10 @@ def write_tiff(path, array, metadata: dict | None = None) -> str:
     return str(path)
 
 
-def _pages(array, page_ndim: int, dtype) -> Iterator[np.ndarray]:
+def _pages(array, page_ndim: int) -> Iterator[np.ndarray]:
     """The pages of ``array`` (its last ``page_ndim`` axes) in file order, each read into memory on its own."""
     for index in np.ndindex(*array.shape[:-page_ndim]):
-        yield np.ascontiguousarray(array[index], dtype=dtype)
+        yield np.ascontiguousarray(array[index])
 
 
 def _axis_scale_units(axes: str, metadata: dict) -> tuple[list[float], list[str | None]]:

@@ -10,6 +10,7 @@ from qtpy.QtWidgets import QComboBox
 
 from napari_unet.data import InputError
 from napari_unet.labels import LabelError, check_display_values, choose_ignore_value, metadata_class_values
+from napari_unet.train import check_class_count
 
 from .session import disconnect_when_destroyed, unwrap
 
@@ -120,6 +121,7 @@ def training_labels(values: np.ndarray, annotated: np.ndarray, name: str):
     if not annotated.any():
         raise LabelError(f"{name} has no annotated pixel; paint some pixels of each class first")
     classes = np.unique(values[annotated])
+    check_class_count(len(classes), name)  # before the worker: instance labels would build a huge network
     ignore = choose_ignore_value(classes.tolist()) if not annotated.all() else None
     labels = np.where(annotated, values, ignore if ignore is not None else 0)
     dtype = np.uint8 if labels.max() <= 255 and labels.min() >= 0 else np.int32

@@ -16,7 +16,6 @@ from napari_unet.config import ModelConfig, TrainConfig
 from napari_unet.data import InputError
 from napari_unet.labels import LabelError
 from napari_unet.model_io import UNetModel
-from napari_unet.train import check_class_count
 
 from .layers import class_names_of, image_array, no_labels_message, read_annotations, training_labels
 from .retrain import retrain_data
@@ -53,7 +52,6 @@ def prepare_train(viewer, session, image_layer, labels_layer, zero_is_unannotate
     if reviewed is not None:
         what = f"prediction layer {labels_layer.name!r} (only the pixels painted or marked reviewed on it count)"
     labels, ignore = training_labels(values, annotated, what)
-    check_class_count(len(class_values) if class_values is not None else len(np.unique(labels[annotated])), what)
     model_config, train_config = configs
     init = None
     if continue_from_model:
