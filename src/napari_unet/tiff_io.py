@@ -207,7 +207,7 @@ def distinct_values(data, limit: int | None = None) -> list[int] | None:
         planes = array.reshape(-1, *array.shape[-2:]) if array.ndim > 2 else array.reshape(1, -1)
         seen = np.zeros(65536, bool)
         for plane in planes:
-            seen[np.flatnonzero(np.bincount(plane.ravel().astype(np.int32) + offset if offset else plane.ravel()))] = True
+            seen[np.flatnonzero(np.bincount(plane.ravel().astype(np.int32) + offset))] = True
         values = np.flatnonzero(seen) - offset
     else:
         if limit is not None and array.size > 100_000:
