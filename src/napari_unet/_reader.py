@@ -1,4 +1,4 @@
-"""npe2 reader for TIFF files, lists of TIFF slices and folders of TIFF slices.
+"""npe2 reader for TIFF files, lists of TIFF slices, folders of TIFF slices and zarr stores.
 
 Over napari's built-in TIFF reader it adds: normalised axes (T/Z/C/Y/X) as ``axis_labels``,
 the physical pixel size as ``scale`` and ``units``, a ``channel_axis`` for multi-channel data,
@@ -30,6 +30,7 @@ from .tiff_io import (
     read_tiff,
     tiff_files_in,
 )
+from .zarr_io import ZarrReadError, is_zarr_path, read_zarr
 
 LayerDataTuple = tuple  # (data, kwargs, layer_type)
 ReaderFunction = Callable[[Any], list]
@@ -74,12 +75,14 @@ def _notify_warning(message: str) -> None:
 
 
 def _claims(path) -> bool:
-    """Whether this reader is meant for ``path`` (a TIFF file, a folder of TIFFs, a list of TIFFs)."""
+    """Whether this reader is meant for ``path`` (a TIFF file, a folder of TIFFs, a list of TIFFs, a zarr store)."""
     if isinstance(path, (list, tuple)):
         return len(path) > 0 and all(isinstance(p, (str, os.PathLike)) and is_tiff_path(p) for p in path)
     if not isinstance(path, (str, os.PathLike)):
         return False
     p = Path(os.fspath(path))
+    if is_zarr_path(p):
+        return p.is_dir()
     if p.is_dir():
         try:
             return bool(tiff_files_in(p))
@@ -101,6 +104,8 @@ def read_path(path) -> TiffData:
             return read_path(path[0])
         source = Path(os.fspath(path[0])).parent
         return _labels_in_memory(read_slices(path, source=source, lazy=True, lazy_from_bytes=LAZY_IMAGE_BYTES), lambda: read_slices(path, source=source))
+    if is_zarr_path(path):  # always lazy: napari reads the chunks it shows
+        return _labels_in_memory(read_zarr(path), lambda: _in_memory(read_zarr(path)))
     if Path(os.fspath(path)).is_dir():
         return _labels_in_memory(read_folder(path, lazy=True, lazy_from_bytes=LAZY_IMAGE_BYTES), lambda: read_folder(path))
     return _labels_in_memory(read_tiff(path, lazy=True, lazy_from_bytes=LAZY_IMAGE_BYTES), lambda: read_tiff(path))
@@ -109,6 +114,11 @@ def read_path(path) -> TiffData:
 def _labels_in_memory(tiff: TiffData, read_eagerly: Callable[[], TiffData]) -> TiffData:
     """``tiff``, read again at once if it is a lazy label image (painting needs labels in memory)."""
     return read_eagerly() if is_lazy(tiff.data) and tiff.is_labels_hint else tiff
+
+
+def _in_memory(tiff: TiffData) -> TiffData:
+    tiff.data = np.asarray(tiff.data)
+    return tiff
 
 
 def get_reader(path) -> ReaderFunction | None:
@@ -122,7 +132,7 @@ def get_reader(path) -> ReaderFunction | None:
             return None
         tiff = read_path(path)
         layers = layer_data_from_tiff(tiff)
-    except TiffReadError as exc:
+    except (TiffReadError, ZarrReadError) as exc:
         _notify_error(f"napari-unet: {exc}")
         return None
     except Exception as exc:  # never raise out of the plugin
@@ -153,7 +163,7 @@ def read_layers(path) -> list[LayerDataTuple]:
     """Layer data tuples for ``path``; on error a notification and ``[]`` (never raises)."""
     try:
         return layer_data_from_tiff(read_path(path))
-    except TiffReadError as exc:
+    except (TiffReadError, ZarrReadError) as exc:
         _notify_error(f"napari-unet: {exc}")
     except Exception as exc:
         _notify_error(f"napari-unet: could not read {path}: {type(exc).__name__}: {exc}")

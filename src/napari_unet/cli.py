@@ -33,8 +33,9 @@ def _bad_input_errors() -> tuple:
     from .labels import LabelError
     from .model_io import ModelFileError
     from .tiff_io import TiffReadError
+    from .zarr_io import ZarrReadError
 
-    return (CommandError, ConfigError, InputError, LabelError, ModelFileError, TiffReadError)
+    return (CommandError, ConfigError, InputError, LabelError, ModelFileError, TiffReadError, ZarrReadError)
 
 
 def positive_int(text: str, minimum: int = 1) -> int:
@@ -82,13 +83,37 @@ def check_output(path, what: str, inputs=(), suffixes=()) -> Path:
         path = write_target(path)
     except OSError as err:
         raise CommandError(f"{what}: {err.strerror} (a device or pipe?); give a file name") from err
+    return _check_folder(path, what, inputs)
+
+
+def check_zarr_output(path, what: str, inputs=()) -> Path:
+    """``path`` as a Path, if a zarr store can be written there (see :func:`check_output`); an existing zarr store
+    is replaced when the new one is complete, anything else that exists there is refused."""
+    from .zarr_io import ZARR_SUFFIX, holds_zarr_metadata
+
+    path = Path(path)
+    if not path.name.lower().endswith(ZARR_SUFFIX):
+        raise CommandError(f"{what} {path.name!r} must end in {ZARR_SUFFIX}")
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
+    if path.exists() and not holds_zarr_metadata(path):
+        raise CommandError(f"{what} {str(path)!r} exists and is not a zarr store; give another name")
+    return _check_folder(path, what, inputs)
+
+
+def _check_folder(path: Path, what: str, inputs) -> Path:
+    """``path``, if its folder exists, is writable and ``path`` is not (in) one of ``inputs``."""
+    from .zarr_io import is_zarr_path
+
     folder = path.parent  # Path("out.tif").parent is Path(".")
     if not folder.is_dir():
         raise CommandError(f"cannot write {what} {str(path)!r}: folder {str(folder)!r} does not exist")
     for source in inputs:
         source = Path(source)
         same = path.exists() and source.exists() and os.path.samefile(path, source)
-        inside = source.is_dir() and os.path.samefile(folder, source)
+        # a folder of slices is overwritten by a file in it, a zarr store by a file anywhere inside
+        within = list(path.parents) if is_zarr_path(source) else [folder]
+        inside = source.is_dir() and any(parent.exists() and os.path.samefile(parent, source) for parent in within)
         if same or inside:
             raise CommandError(f"{what} {str(path)!r} would overwrite the input {str(source)!r}{' (its folder)' if inside else ''}; give another file name")
     try:  # os.access says yes to root everywhere, also in /proc or on a read-only mount
@@ -144,19 +169,29 @@ def scratch_array(stack: contextlib.ExitStack, folder: Path, shape: tuple, dtype
     return np.memmap(handle, dtype=dtype, mode="r+", shape=shape)
 
 
-def read_stack(path, what: str, lazy: bool = False) -> np.ndarray:
-    """A one-channel (Y, X) or (Z, Y, X) array from a TIFF file or a folder of TIFF slices
-    (``lazy``: read when indexed, see :func:`napari_unet.tiff_io.read_tiff`)."""
-    return _read_stack_and_metadata(path, what, lazy)[0]
+def read_stack(path, what: str, lazy: bool = False, for_cluster: bool = False) -> np.ndarray:
+    """A one-channel (Y, X) or (Z, Y, X) array from a TIFF file, a folder of TIFF slices or a zarr store
+    (``lazy``: read when indexed, see :func:`napari_unet.tiff_io.read_tiff`; a zarr store always is;
+    ``for_cluster``: a dask array whose chunks other machines read by path, never a memory map)."""
+    return _read_stack_and_metadata(path, what, lazy, for_cluster)[0]
 
 
-def _read_stack_and_metadata(path, what: str, lazy: bool = False) -> tuple[np.ndarray, dict]:
+def _read_stack_and_metadata(path, what: str, lazy: bool = False, for_cluster: bool = False) -> tuple[np.ndarray, dict]:
     from .tiff_io import read_folder, read_tiff
+    from .zarr_io import is_zarr_path, read_zarr
 
     path = Path(path)
     if not path.exists():
         raise CommandError(f"{what} {str(path)!r} does not exist")
-    tiff = read_folder(path, lazy=lazy) if path.is_dir() else read_tiff(path, lazy=lazy)
+    lazy_from = 0 if for_cluster else None
+    if is_zarr_path(path):
+        tiff = read_zarr(path)
+        if not (lazy or for_cluster):
+            tiff.data = np.asarray(tiff.data)
+    elif path.is_dir():
+        tiff = read_folder(path, lazy=lazy or for_cluster, lazy_from_bytes=lazy_from)
+    else:
+        tiff = read_tiff(path, lazy=lazy or for_cluster, lazy_from_bytes=lazy_from, memory_map=not for_cluster)
     data, axes = tiff.data, tiff.axes
     for axis in "CS":
         if axis in axes and data.shape[axes.index(axis)] > 1:
@@ -384,17 +419,33 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _is_zarr_name(path) -> bool:
+    return path is not None and Path(path).name.lower().endswith(".zarr")
+
+
 def cmd_predict(args) -> int:
     from .model_io import load_model
     from .predict import labels_dtype, predict_events
 
     inputs, suffixes = (args.model, args.image), (".tif", ".tiff")
-    output = check_output(args.output, "labels file", inputs, suffixes)
-    probabilities_file = check_output(args.probabilities, "probabilities file", inputs, suffixes) if args.probabilities else None
+    chunked = _is_zarr_name(args.output)
+    if args.probabilities and _is_zarr_name(args.probabilities) != chunked:
+        raise CommandError("-o and --probabilities must both be zarr stores (.zarr) or both TIFF files")
+    if not chunked and (args.scheduler or args.slices_per_chunk):
+        raise CommandError(f"--{'scheduler' if args.scheduler else 'slices-per-chunk'} needs a zarr store as output (-o LABELS.zarr), which the tasks write chunk by chunk")
+    if chunked:
+        output = check_zarr_output(args.output, "labels store", inputs)
+        probabilities_file = check_zarr_output(args.probabilities, "probabilities store", inputs) if args.probabilities else None
+    else:
+        output = check_output(args.output, "labels file", inputs, suffixes + (".zarr",))
+        probabilities_file = check_output(args.probabilities, "probabilities file", inputs, suffixes) if args.probabilities else None
     if probabilities_file is not None and probabilities_file.resolve() == output.resolve():
         raise CommandError("--probabilities must name another file than -o")
-    image = read_stack(args.image, "image", lazy=True)  # slices are read as the prediction reaches them
+    # slices are read as the prediction reaches them; a cluster's workers read them by path
+    image = read_stack(args.image, "image", lazy=True, for_cluster=args.scheduler is not None)
     load_tensorflow_for_command()
+    if chunked:
+        return _predict_chunked(args, image, output, probabilities_file)
     model = load_model(args.model)
     progress = ProgressLine()
     result = None
@@ -425,6 +476,65 @@ def cmd_predict(args) -> int:
     for path, array, metadata in files:
         print(f"wrote {path} {array.shape} {array.dtype}" + (f" (axes {metadata['axes']})" if "axes" in metadata else ""), file=sys.stderr)
     return 0
+
+
+def _predict_chunked(args, image, output: Path, probabilities_file: Path | None) -> int:
+    """``predict`` into zarr stores, chunk by chunk: here, or on the dask cluster of ``--scheduler``."""
+    from .chunked import ModelSource, predict_chunked, store_events
+    from .zarr_io import commit_zarr, create_zarr, discard_zarr
+
+    source = ModelSource(args.model)
+    with contextlib.ExitStack() as stack:
+        client = stack.enter_context(_dask_client(args.scheduler)) if args.scheduler else None
+        prediction = predict_chunked(
+            source, image, slices_per_chunk=args.slices_per_chunk, return_probabilities=probabilities_file is not None,
+            tile_size=args.tile_size, batch_size=args.batch_size, tta=args.tta if args.tta_views is None else args.tta_views,
+            close_boundaries=False if args.argmax else (True if args.close_boundaries else None),
+            mixed_precision=False if args.float32 else None,
+        )
+        k, n_classes = len(range(*prediction.chunks[0])), source.config.n_classes
+        plane = tuple(image.shape[-2:])
+        stores = [(output, prediction.labels.shape, prediction.labels.dtype, ((k,) if image.ndim == 3 else ()) + plane,
+                   {"class_values": source.class_values, "axes": "ZYX" if image.ndim == 3 else "YX"})]
+        if probabilities_file is not None:
+            probs_shape = ((image.shape[0],) if image.ndim == 3 else ()) + (n_classes, *plane)
+            stores.append((probabilities_file, probs_shape, np.float32, ((k,) if image.ndim == 3 else ()) + (n_classes, *plane),
+                           {"class_values": source.class_values, "axes": "ZCYX" if image.ndim == 3 else "CYX"}))
+        partials = []
+        try:
+            for path, shape, dtype, chunks, metadata in stores:
+                partials.append(create_zarr(path, shape, dtype, chunks, metadata))
+            progress = ProgressLine()
+            for event in store_events(prediction, partials[0], partials[1] if len(partials) > 1 else None, client=client):
+                progress.show(event.done / event.total, f"chunk {event.done}/{event.total} ETA {_format_seconds(event.eta)}")
+            progress.done()
+            for partial, (path, *_rest) in zip(partials, stores):
+                commit_zarr(partial, path)
+                args.written.append(path)
+        finally:
+            for partial in partials:
+                discard_zarr(partial)
+    for path, shape, dtype, _chunks, metadata in stores:
+        print(f"wrote {path} {tuple(shape)} {np.dtype(dtype)} (axes {metadata['axes']}, zarr)", file=sys.stderr)
+    return 0
+
+
+SCHEDULER_TIMEOUT = "20s"
+
+
+@contextlib.contextmanager
+def _dask_client(address: str):
+    """A ``dask.distributed`` client of the scheduler at ``address``; a :class:`CommandError` if there is none."""
+    try:
+        from distributed import Client
+    except ImportError:
+        raise CommandError("--scheduler needs dask.distributed: pip install 'napari-unet[distributed]'") from None
+    try:
+        client = Client(address, timeout=SCHEDULER_TIMEOUT)
+    except (OSError, TimeoutError, ValueError) as err:
+        raise CommandError(f"cannot reach a dask scheduler at {address!r}: {err}") from None
+    with client:
+        yield client
 
 
 def cmd_evaluate(args) -> int:
@@ -493,9 +603,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     pred = sub.add_parser("predict", help="predict labels for an image stack")
     pred.add_argument("model", help="model file (.keras) written by napari-unet train")
-    pred.add_argument("image", help="TIFF image or stack, or a folder of TIFF slices")
-    pred.add_argument("-o", "--output", required=True, help="labels TIFF to write (the training labels' values)")
-    pred.add_argument("--probabilities", help="also write per-class probabilities (float32 TIFF, axes ZCYX; CYX for one image)")
+    pred.add_argument("image", help="TIFF image or stack, a folder of TIFF slices, or a zarr store (.zarr)")
+    pred.add_argument("-o", "--output", required=True, help="labels TIFF or zarr store (.zarr, written chunk by chunk) to write (the training labels' values)")
+    pred.add_argument("--probabilities", help="also write per-class probabilities (float32 TIFF or zarr store like -o, axes ZCYX; CYX for one image)")
     pred.add_argument(
         "--tta", action=argparse.BooleanOptionalAction, default="auto",
         help="test-time augmentation: average the network over the four 90-degree rotations of each tile "
@@ -517,6 +627,11 @@ def build_parser() -> argparse.ArgumentParser:
     rule.add_argument("--argmax", action="store_true", help="plain most-probable-class labels, no boundary rule")
     pred.add_argument("--tile-size", type=positive_int, default=512, help="tile side in pixels (default 512)")
     pred.add_argument("--batch-size", type=positive_int, default=2, help="images per network call (default 2)")
+    pred.add_argument("--slices-per-chunk", type=positive_int, help="zarr outputs: slices per task and per chunk of the stores "
+                      "(default: the zarr image's own chunks along Z, else 8)")
+    pred.add_argument("--scheduler", metavar="ADDRESS", help="zarr outputs: compute the chunks on the dask.distributed cluster whose "
+                      "scheduler listens at ADDRESS (e.g. tcp://10.0.0.5:8786); the model, image and outputs must be at paths every "
+                      "worker reads and writes (a shared file system)")
     pred.set_defaults(func=cmd_predict)
 
     ev = sub.add_parser("evaluate", help="score predicted labels against ground truth (prints JSON)")

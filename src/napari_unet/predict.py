@@ -353,7 +353,12 @@ def predict_events(
 
 def labels_dtype(model: UNetModel) -> np.dtype:
     """The dtype of the labels :func:`predict_events` returns: the smallest holding the model's class values."""
-    return from_indices(np.zeros(1, np.int64), model.class_values).dtype
+    return labels_dtype_for(model.class_values)
+
+
+def labels_dtype_for(class_values: Sequence[int]) -> np.dtype:
+    """The smallest dtype holding ``class_values`` (that of predicted labels)."""
+    return from_indices(np.zeros(1, np.int64), list(class_values)).dtype
 
 
 def _output_array(out, shape: tuple, dtype, is_2d: bool, name: str) -> np.ndarray:

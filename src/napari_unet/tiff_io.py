@@ -249,7 +249,7 @@ def is_lazy(array) -> bool:
 def _stem(path: str) -> str:
     name = os.path.basename(os.path.normpath(path))
     lower = name.lower()
-    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif"):
+    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".ome.zarr", ".zarr"):
         if lower.endswith(suffix):
             return name[: -len(suffix)]
     return name
@@ -307,13 +307,13 @@ def n_bytes(shape, dtype) -> int:
     return math.prod(shape) * np.dtype(dtype).itemsize
 
 
-def read_tiff(path, lazy: bool = False, lazy_from_bytes: int | None = None) -> TiffData:
+def read_tiff(path, lazy: bool = False, lazy_from_bytes: int | None = None, memory_map: bool = True) -> TiffData:
     """Read the first image series of a TIFF file.
 
     ``lazy=True``: for data larger than memory, ``data`` of ``lazy_from_bytes`` (default :data:`LAZY_READ_BYTES`)
-    or more reads pixels only when indexed: a read-only ``np.memmap`` of uncompressed contiguous data, else a dask
-    array with one chunk per TIFF page (a corrupt page raises :class:`TiffReadError` when it is read); a series
-    stored in one page is read at once. Raises :class:`TiffReadError` for a missing, unreadable, non-TIFF or
+    or more reads pixels only when indexed: a read-only ``np.memmap`` of uncompressed contiguous data (unless
+    ``memory_map=False``: tasks of a dask cluster read pages by path), else a dask array with one chunk per TIFF
+    page (a corrupt page raises :class:`TiffReadError` when it is read); a series stored in one page is read at once. Raises :class:`TiffReadError` for a missing, unreadable, non-TIFF or
     corrupt file.
     """
     path = Path(os.fspath(path))
@@ -324,7 +324,7 @@ def read_tiff(path, lazy: bool = False, lazy_from_bytes: int | None = None) -> T
                 raise TiffReadError(f"{path}: corrupt TIFF (no readable image in the file)")
             series = tif.series[0]
             lazy = lazy and n_bytes(series.shape, series.dtype) >= (LAZY_READ_BYTES if lazy_from_bytes is None else lazy_from_bytes)
-            data = _lazy_series(path, series) if lazy else None
+            data = _lazy_series(path, series, memory_map) if lazy else None
             if data is None:
                 data = np.asarray(series.asarray())
             errors.raise_any()
@@ -383,9 +383,9 @@ def _tifffile_errors(path: Path):
             tiff_logger.removeHandler(errors)
 
 
-def _lazy_series(path: Path, series):
+def _lazy_series(path: Path, series, memory_map: bool = True):
     """``series`` as a read-only memory map or a dask array of one chunk per page; None if neither fits."""
-    if series.dataoffset is not None:  # uncompressed and contiguous in the file
+    if memory_map and series.dataoffset is not None:  # uncompressed and contiguous in the file
         with contextlib.suppress(ValueError, OSError):
             return tifffile.memmap(path, series=0, mode="r")
     page_shape = tuple(series.keyframe.shape)

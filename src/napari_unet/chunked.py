@@ -1,0 +1,241 @@
+"""Prediction of chunked stacks (dask arrays, zarr stores) in one process or across a dask cluster.
+
+Every task predicts whole (Y, X) slices, because the membrane rule needs a slice entire; a model with
+``context_slices`` gets its neighbouring slices in the task too, so the result equals :func:`~napari_unet.predict.predict`'s.
+Tasks may run in other processes or on other machines: the model travels as its file (a path every worker
+can read, or the file's bytes for a model in memory) and is loaded once per process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional, Union
+
+import numpy as np
+
+from .data import InputError
+from .predict import PredictionProgress
+
+_LOADED: dict = {}  # (model key, mixed precision) -> UNetModel whose network has batch norm folded in
+#: One network runs at a time per process: TensorFlow already spreads one over every core, and tasks of the
+#: threaded scheduler would otherwise compete for them.
+_PROCESS_LOCK = threading.Lock()
+_COUNTER = itertools.count()
+
+
+class ModelSource:
+    """A model that tasks in other processes can load: a ``.keras`` path, or a :class:`UNetModel` in memory.
+
+    Pickling a model in memory sends its file's bytes (written once); a path sends the path, which every worker
+    must be able to read (a shared file system). Each process loads a model once.
+    """
+
+    def __init__(self, model):
+        from .config import ModelConfig, from_dict
+        from .model_io import UNetModel, read_metadata
+
+        self._model = model if isinstance(model, UNetModel) else None
+        self._bytes: Optional[bytes] = None
+        if self._model is not None:
+            self.path = None
+            self.config, self.class_values = model.config, list(model.class_values)
+            self.key = f"memory-{os.getpid()}-{next(_COUNTER)}-{time.time_ns()}"
+        else:
+            path = Path(os.fspath(model)).resolve()
+            meta = read_metadata(path)  # a clear error before any task runs, without TensorFlow
+            self.path = str(path)
+            self.config, self.class_values = from_dict(ModelConfig, meta["model_config"]), [int(v) for v in meta["class_values"]]
+            stat = path.stat()
+            self.key = f"{path}-{stat.st_mtime_ns}-{stat.st_size}"
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        if self._model is not None and self._bytes is None:
+            self._bytes = state["_bytes"] = _model_file_bytes(self._model)
+        state["_model"] = None
+        return state
+
+    def load(self, mixed_precision: bool):
+        """The model with batch norm folded into its convolutions (bfloat16 with ``mixed_precision``), cached per process."""
+        from .model import fold_batch_norm
+
+        key = (self.key, bool(mixed_precision))
+        if key not in _LOADED:
+            model = self._model if self._model is not None else self._load_file()
+            folded = fold_batch_norm(model.keras_model, model.config, mixed_precision)
+            _LOADED[key] = dataclasses.replace(model, keras_model=folded)
+        return _LOADED[key]
+
+    def _load_file(self):
+        from .model_io import load_model
+
+        if self.path is not None:
+            return load_model(self.path)
+        with tempfile.TemporaryDirectory(prefix="napari-unet-model-") as folder:
+            path = Path(folder) / "model.keras"
+            path.write_bytes(self._bytes)
+            return load_model(path)
+
+
+def _model_file_bytes(model) -> bytes:
+    from .model_io import save_model
+
+    with tempfile.TemporaryDirectory(prefix="napari-unet-model-") as folder:
+        return save_model(model, Path(folder) / "model.keras").read_bytes()
+
+
+@dataclass(frozen=True)
+class ChunkedPrediction:
+    """Lazy results of :func:`predict_chunked` for an input of shape S = (Y, X) or (Z, Y, X).
+
+    ``labels``: dask array of shape S in the training labels' values, chunked (k, Y, X) (``k`` slices per task).
+    ``probabilities``: dask array S + (n_classes,) float32, or None. Each task computes both (compute them together).
+    ``chunks``: the (first, stop) slice range of each task.
+    """
+
+    labels: object
+    probabilities: Optional[object]
+    chunks: tuple
+
+
+def predict_chunked(
+    model,
+    image,
+    slices_per_chunk: Optional[int] = None,
+    return_probabilities: bool = False,
+    tile_size: int = 512,
+    overlap: int = 48,
+    batch_size: int = 2,
+    tta: Union[bool, int, str] = "auto",
+    close_boundaries: Optional[bool] = None,
+    mixed_precision: Optional[bool] = None,
+) -> ChunkedPrediction:
+    """Lazily predict ``image`` ((Y, X) or (Z, Y, X), numpy or dask) in tasks of ``slices_per_chunk`` slices.
+
+    ``model``: a ``.keras`` path (read by every worker: keep it on a shared file system), a :class:`UNetModel`
+    or a :class:`ModelSource`. ``slices_per_chunk``: default the image's own chunking along Z (dask), else 8.
+    Nothing runs until the result is computed, with any dask scheduler (``dask.distributed`` too); each task
+    returns what :func:`~napari_unet.predict.predict` gives for its slices. The ``"auto"`` choices (test-time
+    augmentation, bfloat16) are made here, on the calling machine, so every chunk follows the same convention;
+    pass explicit values for a cluster of other machines. The other arguments are those of :func:`predict`.
+    """
+    import dask
+    import dask.array as da
+
+    from .predict import labels_dtype_for, resolve_tta_views
+
+    shape = tuple(np.shape(image))
+    if len(shape) not in (2, 3) or (len(shape) == 3 and shape[-1] in (3, 4)):
+        raise InputError(f"image has shape {shape}; chunked prediction takes one-channel (Y, X) images or (Z, Y, X) stacks")
+    source = model if isinstance(model, ModelSource) else ModelSource(model)
+    if mixed_precision is None:
+        from . import hardware
+
+        mixed_precision = hardware.resolve_mixed_precision(hardware.AUTO)
+    options = dict(
+        tile_size=tile_size, overlap=overlap, batch_size=batch_size, tta=resolve_tta_views(tta),
+        close_boundaries=close_boundaries, mixed_precision=bool(mixed_precision), return_probabilities=return_probabilities,
+    )
+    stack = da.asarray(image if len(shape) == 3 else image[np.newaxis])
+    n_slices, height, width = stack.shape
+    if slices_per_chunk is None:
+        slices_per_chunk = stack.chunks[0][0] if isinstance(image, da.Array) else 8
+    if int(slices_per_chunk) < 1:
+        raise ValueError(f"slices_per_chunk must be at least 1, got {slices_per_chunk}")
+    slices_per_chunk = int(slices_per_chunk)
+    stack = stack.rechunk({1: -1, 2: -1})  # a task needs whole slices
+    context = source.config.context_slices
+    label_dtype = labels_dtype_for(source.class_values)
+    n_classes = source.config.n_classes
+    model_node = dask.delayed(source, pure=True, traverse=False)  # sent to each worker once, not with every task
+    chunks = tuple((z, min(z + slices_per_chunk, n_slices)) for z in range(0, n_slices, slices_per_chunk))
+    labels, probabilities = [], []
+    for first, stop in chunks:
+        lo, hi = max(0, first - context), min(n_slices, stop + context)
+        task = dask.delayed(_predict_block, pure=True)(model_node, stack[lo:hi], first - lo, stop - lo, options)
+        labels.append(da.from_delayed(task[0], (stop - first, height, width), label_dtype))
+        if return_probabilities:
+            probabilities.append(da.from_delayed(task[1], (stop - first, height, width, n_classes), np.float32))
+    labels = da.concatenate(labels)
+    probabilities = da.concatenate(probabilities) if return_probabilities else None
+    if len(shape) == 2:
+        labels = labels[0]
+        probabilities = None if probabilities is None else probabilities[0]
+    return ChunkedPrediction(labels=labels, probabilities=probabilities, chunks=chunks)
+
+
+def _predict_block(source: ModelSource, block: np.ndarray, first: int, stop: int, options: dict) -> tuple:
+    """(labels, probabilities or None) of slices ``first:stop`` of ``block`` (their context slices around them)."""
+    from .predict import predict
+
+    with _PROCESS_LOCK:
+        model = source.load(options["mixed_precision"])
+        result = predict(model, np.asarray(block), slices=range(first, stop), folded=False, **options)
+    return result.labels, result.probabilities
+
+
+def store_events(
+    prediction: ChunkedPrediction, labels_store, probabilities_store=None, client=None
+) -> Iterator[PredictionProgress]:
+    """Compute ``prediction`` chunk by chunk into zarr arrays at the given paths, yielding progress per chunk.
+
+    The stores (see :func:`napari_unet.zarr_io.create_zarr`) must exist with the prediction's shapes; probabilities
+    are stored (Z, C, Y, X), one plane per class. ``client``: a ``dask.distributed`` client whose workers (which
+    must reach the stores' paths) compute the chunks in parallel; None computes them one after the other here
+    (TensorFlow spreads each over the cores). Closing the generator early cancels the chunks not yet done.
+    """
+    import dask
+
+    if (probabilities_store is None) != (prediction.probabilities is None):
+        raise ValueError("give a probabilities store exactly when the prediction has probabilities")
+    labels = prediction.labels if prediction.labels.ndim == 3 else prediction.labels[None]
+    probabilities = prediction.probabilities
+    if probabilities is not None and probabilities.ndim == 3:
+        probabilities = probabilities[None]
+    tasks = []
+    for first, stop in prediction.chunks:
+        probs = None if probabilities is None else probabilities[first:stop]
+        tasks.append(dask.delayed(_store_block, pure=False)(str(labels_store), None if probabilities_store is None else str(probabilities_store), first, labels[first:stop], probs))
+    total, start = len(tasks), time.perf_counter()
+
+    def progress(done: int) -> PredictionProgress:
+        elapsed = time.perf_counter() - start
+        return PredictionProgress(done, total, elapsed, elapsed / done * (total - done))
+
+    if client is None:
+        for done, task in enumerate(tasks, 1):
+            dask.compute(task, scheduler="threads")
+            yield progress(done)
+        return
+    from distributed import as_completed
+
+    futures = client.compute(tasks)
+    try:
+        for done, future in enumerate(as_completed(futures), 1):
+            future.result()  # re-raises a task's error here
+            yield progress(done)
+    finally:
+        client.cancel([f for f in futures if not f.done()])
+
+
+def _store_block(labels_store: str, probabilities_store: Optional[str], first: int, labels: np.ndarray, probabilities) -> int:
+    """Write slices ``first:`` of a chunk into the stores ((Y, X) and (C, Y, X) stores take the chunk's one slice)."""
+    import zarr
+
+    blocks = [(labels_store, labels)]
+    if probabilities_store is not None:
+        blocks.append((probabilities_store, np.moveaxis(probabilities, -1, 1)))
+    for path, block in blocks:
+        store = zarr.open_array(path, mode="r+")
+        if store.ndim == block.ndim:
+            store[first : first + len(block)] = block
+        else:
+            store[...] = block[0]
+    return len(labels)

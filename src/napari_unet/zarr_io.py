@@ -1,0 +1,197 @@
+"""Zarr stores (chunked arrays in a folder, readable from every machine of a cluster) as lazy dask arrays.
+
+Reading gives a :class:`~napari_unet.tiff_io.TiffData` like a TIFF: a plain zarr array, the only array of a
+group, or the full-resolution level of an OME-Zarr image, with axes and pixel sizes from its OME metadata.
+Writing creates the array in a hidden partial folder beside the target, which tasks on any machine fill chunk
+by chunk; :func:`commit_zarr` then renames it into place (a failed write never leaves a half-written store).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .tiff_io import METADATA_KEY, TiffData, _default_axes, _normalise_unit, _one_line, detect_labels
+
+ZARR_SUFFIX = ".zarr"
+_ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")
+_LABEL_KEYS = ("class_values", "ignore_value", "class_names")
+
+
+class ZarrReadError(ValueError):
+    """A zarr store that is missing, unreadable or holds no single image; the message is one line."""
+
+
+def is_zarr_path(path) -> bool:
+    """Whether ``path`` names a zarr store: a name ending in ``.zarr``, or a folder holding zarr metadata."""
+    path = Path(os.fspath(path))
+    if path.name.lower().endswith(ZARR_SUFFIX):
+        return True
+    return holds_zarr_metadata(path)
+
+
+def holds_zarr_metadata(path) -> bool:
+    """Whether ``path`` is a folder with zarr metadata (a store that may be replaced, unlike any other folder)."""
+    path = Path(os.fspath(path))
+    return path.is_dir() and any((path / marker).is_file() for marker in _ZARR_MARKERS)
+
+
+def read_zarr(path) -> TiffData:
+    """Open the image of a zarr store lazily: ``data`` is a dask array with the store's chunks.
+
+    Raises :class:`ZarrReadError` for a missing or unreadable store, a group with no image or several
+    (other than OME-Zarr levels), or damaged OME metadata.
+    """
+    import dask.array as da
+    import zarr
+
+    path = Path(os.fspath(path))
+    if not path.exists():
+        raise ZarrReadError(f"{path}: not found")
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as exc:  # FileNotFoundError, GroupNotFoundError, JSON errors...
+        raise ZarrReadError(f"{path}: not a readable zarr store ({type(exc).__name__}: {_one_line(exc)})") from exc
+    attributes = _attributes(node)
+    ome_axes, ome_scale = None, None
+    if isinstance(node, zarr.Group):
+        array, ome_axes, ome_scale = _image_of_group(path, node, attributes)
+    else:
+        array = node
+    own = dict(_attributes(array).get(METADATA_KEY) or attributes.get(METADATA_KEY) or {})
+    ndim = len(array.shape)
+    if ome_axes is not None:
+        axes = "".join(name for name, _ in ome_axes)
+        units = tuple(unit for _, unit in ome_axes)
+    else:
+        axes = own.get("axes") if isinstance(own.get("axes"), str) and len(own["axes"]) == ndim else _default_axes(ndim)
+        units = (None,) * ndim
+    scale = tuple(float(s) for s in ome_scale) if ome_scale is not None else (1.0,) * ndim
+    data = da.from_zarr(array)
+    metadata: dict[str, Any] = {"source": str(path), "format": "ome-zarr" if ome_axes is not None else "zarr", "dtype": str(data.dtype)}
+    metadata.update({key: own[key] for key in _LABEL_KEYS if own.get(key) is not None})
+    return TiffData(
+        data=data, axes=axes, scale=scale, units=units, metadata=metadata,
+        is_labels_hint=detect_labels(data, path.name, metadata),
+    )
+
+
+def _attributes(node) -> dict:
+    try:
+        return dict(node.attrs)
+    except Exception:  # pragma: no cover - damaged attributes read as none
+        return {}
+
+
+def _image_of_group(path: Path, group, attributes: dict):
+    """(array, OME axes [(letter, unit)] or None, OME scale or None) of a group's image."""
+    multiscales = attributes.get("multiscales") or (attributes.get("ome") or {}).get("multiscales")
+    if multiscales:
+        try:
+            first = multiscales[0]
+            dataset = first["datasets"][0]
+            array = group[dataset["path"]]
+            axes = [_ome_axis(axis) for axis in first.get("axes") or []] or None
+            scales = [t["scale"] for t in dataset.get("coordinateTransformations") or [] if t.get("type") == "scale"]
+            scale = scales[0] if scales else None
+        except (KeyError, IndexError, TypeError, AttributeError) as exc:
+            raise ZarrReadError(f"{path}: damaged OME-Zarr metadata ({type(exc).__name__}: {_one_line(exc)})") from exc
+        ndim = len(array.shape)
+        if axes is not None and (len(axes) != ndim or len({a for a, _ in axes}) != ndim):
+            raise ZarrReadError(f"{path}: OME-Zarr axes {[a for a, _ in axes]} do not fit an array of {ndim} dimensions")
+        if scale is not None and len(scale) != ndim:
+            raise ZarrReadError(f"{path}: OME-Zarr scale {scale} does not fit an array of {ndim} dimensions")
+        return array, axes, scale
+    names = sorted(group.array_keys())
+    if len(names) != 1:
+        found = f"arrays {names[:5]}" if names else "no array"
+        raise ZarrReadError(f"{path}: a zarr group with {found}; give the path of one array inside it")
+    return group[names[0]], None, None
+
+
+def _ome_axis(axis) -> tuple[str, str | None]:
+    """An OME-Zarr axis ({"name": "z", "unit": "micrometer"} or a bare name) as (letter of TZCYX, unit)."""
+    name = axis["name"] if isinstance(axis, dict) else str(axis)
+    letter = {"t": "T", "c": "C", "z": "Z", "y": "Y", "x": "X"}.get(name.lower(), "Q")
+    unit = axis.get("unit") if isinstance(axis, dict) else None
+    return letter, _normalise_unit(unit)
+
+
+# --------------------------------------------------------------------------------------------------
+# writing
+# --------------------------------------------------------------------------------------------------
+
+
+def partial_path(path) -> Path:
+    """The hidden folder beside ``path`` that :func:`create_zarr` fills before :func:`commit_zarr`."""
+    path = Path(os.fspath(path))
+    return path.with_name(f".{path.name}.{os.getpid()}.partial")
+
+
+def create_zarr(path, shape: tuple, dtype, chunks: tuple, metadata: dict | None = None) -> Path:
+    """Create an empty zarr array (zeros) of ``shape``/``dtype``/``chunks`` in :func:`partial_path` of ``path``.
+
+    ``metadata`` (JSON-able: ``class_values``, ``axes``...) is stored under the ``napari_unet`` attribute.
+    Returns the partial folder, which workers fill (``zarr.open_array(partial, mode="r+")``).
+    """
+    import zarr
+
+    partial = partial_path(path)
+    discard_zarr(partial)
+    array = zarr.open_array(  # zarr 2 and 3 alike
+        str(partial), mode="w", shape=tuple(int(n) for n in shape), chunks=tuple(int(c) for c in chunks),
+        dtype=np.dtype(dtype), fill_value=0,
+    )
+    array.attrs[METADATA_KEY] = dict(metadata or {})
+    return partial
+
+
+def commit_zarr(partial: Path, path) -> None:
+    """Move the finished ``partial`` store to ``path``; an existing store there is replaced (not merged)."""
+    path = Path(os.fspath(path))
+    old = None
+    if path.exists():
+        if not holds_zarr_metadata(path):
+            raise FileExistsError(f"{path} exists and is not a zarr store; not replaced")
+        old = path.with_name(f".{path.name}.{os.getpid()}.replaced")
+        discard_zarr(old)
+        os.replace(path, old)
+    try:
+        os.replace(partial, path)
+    except BaseException:
+        if old is not None:
+            os.replace(old, path)
+        raise
+    if old is not None:
+        discard_zarr(old)
+
+
+def discard_zarr(partial: Path) -> None:
+    """Remove a partial (or replaced) store, if there is one."""
+    if Path(partial).exists():
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def write_zarr(path, array, metadata: dict | None = None, chunks: tuple | None = None) -> Path:
+    """Write ``array`` (numpy or dask) to a zarr store at ``path``, atomically (partial folder, then rename).
+
+    ``chunks`` default: one chunk per plane of the leading axes (whole (Y, X) images).
+    """
+    import dask.array as da
+
+    if chunks is None:
+        chunks = (1,) * (array.ndim - 2) + tuple(array.shape[-2:]) if array.ndim > 2 else tuple(array.shape)
+    partial = create_zarr(path, array.shape, array.dtype, chunks, metadata)
+    try:
+        import zarr
+
+        target = zarr.open_array(str(partial), mode="r+")
+        da.store(da.asarray(array).rechunk(chunks), target, lock=False)
+        commit_zarr(partial, path)
+    finally:
+        discard_zarr(partial)
+    return Path(path)

@@ -1,0 +1,279 @@
+"""Chunked prediction (dask, zarr stores, a dask.distributed cluster) and the zarr reader/writer."""
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from _helpers import stripes, tiny_model
+from napari_unet import chunked, zarr_io
+from napari_unet.chunked import ModelSource, predict_chunked, store_events
+from napari_unet.cli import main
+from napari_unet.model_io import save_model
+from napari_unet.predict import predict
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def context_model():
+    """An untrained depth-2 network that also sees one neighbouring slice on each side (argmax labels)."""
+    from napari_unet.config import ModelConfig
+    from napari_unet.model import build_unet
+    from napari_unet.model_io import UNetModel
+
+    config = ModelConfig(depth=2, base_filters=4, context_slices=1)
+    return UNetModel(build_unet(config), config, [0, 255])
+
+
+@pytest.mark.parametrize("per_chunk", [1, 2, 5])
+def test_chunked_prediction_equals_predict_with_context_slices_across_chunk_borders(context_model, per_chunk):
+    image = stripes(n_slices=5, size=64, seed=3)[0]
+    expected = predict(context_model, image, tta=False)
+    result = predict_chunked(context_model, image, slices_per_chunk=per_chunk, tta=False, return_probabilities=True)
+    assert result.labels.chunks[0] == tuple(stop - first for first, stop in result.chunks)
+    labels, probabilities = (np.asarray(a) for a in __import__("dask").compute(result.labels, result.probabilities, scheduler="threads"))
+    np.testing.assert_array_equal(labels, expected.labels)
+    np.testing.assert_allclose(probabilities, expected.probabilities, atol=1e-6)
+    assert image.dtype == np.uint8 and image.shape == (5, 64, 64)  # input untouched
+
+
+def test_chunked_prediction_follows_the_membrane_rule_and_the_dask_chunks(tmp_path):
+    import dask.array as da
+
+    model = tiny_model()
+    assert model.boundary_rule is not None
+    image = stripes(n_slices=4, size=96, seed=5)[0]
+    expected = predict(model, image, tta=False, return_probabilities=False).labels
+    lazy = da.from_array(image, chunks=(3, 32, 32))  # chunks cut through slices: each task still gets whole slices
+    result = predict_chunked(model, lazy, tta=False)
+    assert result.chunks == ((0, 3), (3, 4))
+    np.testing.assert_array_equal(result.labels.compute(), expected)
+    one = predict_chunked(model, image[1], tta=False)  # a 2-D image
+    np.testing.assert_array_equal(one.labels.compute(), predict(model, image[1], tta=False).labels)
+
+
+def test_model_sources_travel_as_a_path_or_as_file_bytes_and_load_once_per_process(tmp_path, monkeypatch):
+    model = tiny_model()
+    path = save_model(model, tmp_path / "m.keras")
+    by_path = pickle.loads(pickle.dumps(ModelSource(path)))
+    assert by_path.path == str(path.resolve()) and by_path._bytes is None and by_path.class_values == [0, 255]
+    in_memory = ModelSource(model)
+    payload = pickle.dumps(in_memory)
+    assert len(payload) > 10_000  # the model file itself
+    copy = pickle.loads(payload)
+    assert copy._model is None and copy.key == in_memory.key
+    monkeypatch.setattr(chunked, "_LOADED", {})
+    loads = []
+    load_model = chunked.ModelSource._load_file
+    monkeypatch.setattr(chunked.ModelSource, "_load_file", lambda self: loads.append(self.key) or load_model(self))
+    image = stripes(n_slices=2, size=64, seed=1)[0]
+    labels = [predict_chunked(copy, image, slices_per_chunk=1, tta=False).labels.compute(scheduler="threads") for _ in range(2)]
+    assert loads == [in_memory.key]  # loaded from its bytes once, then cached
+    np.testing.assert_array_equal(labels[0], predict(model, image, tta=False).labels)
+
+
+def test_bad_model_paths_and_images_are_refused_before_any_task(tmp_path):
+    from napari_unet.data import InputError
+    from napari_unet.model_io import ModelFileError
+
+    with pytest.raises(ModelFileError, match="does not exist"):
+        predict_chunked(tmp_path / "missing.keras", np.zeros((2, 32, 32)))
+    with pytest.raises(InputError, match="RGB|one-channel"):
+        predict_chunked(tiny_model(), np.zeros((2, 32, 32, 3)))
+    with pytest.raises(ValueError, match="at least 1"):
+        predict_chunked(tiny_model(), np.zeros((2, 32, 32)), slices_per_chunk=0)
+
+
+def test_an_error_in_a_task_reaches_the_caller(context_model):
+    from napari_unet.data import InputError
+
+    image = np.zeros((3, 32, 32), np.float32)
+    image[2, 5, 5] = np.nan
+    result = predict_chunked(context_model, image, slices_per_chunk=1, tta=False)
+    with pytest.raises(InputError, match="NaN"):
+        result.labels.compute(scheduler="threads")
+
+
+def test_store_events_fill_zarr_stores_chunk_by_chunk_and_commit_replaces_atomically(tmp_path):
+    model = tiny_model()
+    image = stripes(n_slices=3, size=64, seed=2)[0]
+    expected = predict(model, image, tta=False)
+    result = predict_chunked(model, image, slices_per_chunk=2, tta=False, return_probabilities=True)
+    target = tmp_path / "labels.zarr"
+    zarr_io.write_zarr(target, np.full((1, 8, 8), 7, np.uint8))  # an old store, replaced whole
+    labels = zarr_io.create_zarr(target, image.shape, np.uint8, (2, 64, 64), {"class_values": [0, 255], "axes": "ZYX"})
+    probs = zarr_io.create_zarr(tmp_path / "probs.zarr", (3, 2, 64, 64), np.float32, (2, 2, 64, 64))
+    events = list(store_events(result, labels, probs))
+    assert [(e.done, e.total) for e in events] == [(1, 2), (2, 2)]
+    assert zarr.open_array(str(target), mode="r").shape == (1, 8, 8)  # untouched until committed
+    zarr_io.commit_zarr(labels, target)
+    assert not labels.exists() and not list(tmp_path.glob(".*replaced"))
+    read = zarr_io.read_zarr(target)
+    assert read.axes == "ZYX" and read.metadata["class_values"] == [0, 255] and read.is_labels_hint
+    np.testing.assert_array_equal(np.asarray(read.data), expected.labels)
+    np.testing.assert_allclose(zarr.open_array(str(probs), mode="r")[:], np.moveaxis(expected.probabilities, -1, 1), atol=1e-6)
+
+
+def test_closing_store_events_early_leaves_later_chunks_unwritten(tmp_path):
+    image = stripes(n_slices=3, size=64)[0]
+    result = predict_chunked(tiny_model(), image, slices_per_chunk=1, tta=False)
+    store = zarr_io.create_zarr(tmp_path / "l.zarr", image.shape, np.uint8, (1, 64, 64))
+    events = store_events(result, store)
+    next(events)
+    events.close()
+    written = zarr.open_array(str(store), mode="r")[:]
+    assert written[0].any() and not written[1:].any()
+
+
+def test_commit_refuses_to_replace_what_is_not_a_zarr_store(tmp_path):
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("mine")
+    partial = zarr_io.create_zarr(folder, (4, 4), np.uint8, (4, 4))
+    with pytest.raises(FileExistsError, match="not a zarr store"):
+        zarr_io.commit_zarr(partial, folder)
+    assert (folder / "keep.txt").read_text() == "mine"
+
+
+def test_read_zarr_takes_plain_arrays_single_array_groups_and_ome_zarr_with_pixel_sizes(tmp_path):
+    data = np.arange(2 * 6 * 8, dtype=np.uint16).reshape(2, 6, 8)
+    zarr.open_array(str(tmp_path / "plain.zarr"), mode="w", shape=data.shape, dtype=data.dtype, chunks=(1, 6, 8))[:] = data
+    plain = zarr_io.read_zarr(tmp_path / "plain.zarr")
+    assert plain.axes == "ZYX" and plain.name == "plain" and plain.metadata["format"] == "zarr"
+    np.testing.assert_array_equal(plain.data.compute(), data)
+
+    group = zarr.open_group(str(tmp_path / "image.ome.zarr"), mode="w")
+    group.create_array("0", shape=data.shape, dtype=data.dtype, chunks=(1, 6, 8))[:] = data
+    group.create_array("1", shape=(2, 3, 4), dtype=data.dtype, chunks=(1, 3, 4))
+    group.attrs["multiscales"] = [{
+        "axes": [{"name": "z", "type": "space", "unit": "micrometer"}, {"name": "y", "type": "space", "unit": "nanometer"},
+                 {"name": "x", "type": "space", "unit": "nanometer"}],
+        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [0.05, 4.0, 4.0]}]},
+                     {"path": "1", "coordinateTransformations": [{"type": "scale", "scale": [0.05, 8.0, 8.0]}]}],
+    }]
+    ome = zarr_io.read_zarr(tmp_path / "image.ome.zarr")
+    assert ome.axes == "ZYX" and ome.scale == (0.05, 4.0, 4.0) and ome.units == ("µm", "nm", "nm")
+    assert ome.name == "image" and ome.metadata["format"] == "ome-zarr" and ome.data.shape == data.shape
+
+    single = zarr.open_group(str(tmp_path / "single.zarr"), mode="w")
+    single.create_array("raw", shape=(6, 8), dtype=np.float32, chunks=(6, 8))
+    assert zarr_io.read_zarr(tmp_path / "single.zarr").axes == "YX"
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda p: None, "not found"),
+    (lambda p: p.mkdir(), "not a readable zarr store"),
+    (lambda p: [zarr.open_group(str(p), mode="a").create_array(n, shape=(2, 2), dtype="u1") for n in "ab"], "arrays ['a', 'b']"),
+    (lambda p: zarr.open_group(str(p), mode="w"), "no array"),
+    (lambda p: zarr.open_group(str(p), mode="w").attrs.update({"multiscales": [{"datasets": [{"path": "9"}]}]}), "damaged OME-Zarr"),
+])
+def test_unreadable_zarr_stores_are_one_line_errors(tmp_path, make, words):
+    path = tmp_path / "bad.zarr"
+    make(path)
+    with pytest.raises(zarr_io.ZarrReadError, match=words.replace("[", r"\[").replace("]", r"\]")) as info:
+        zarr_io.read_zarr(path)
+    assert "\n" not in str(info.value)
+
+
+# --------------------------------------------------------------------------------------------------
+# the command line
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def model_and_stack(tmp_path):
+    save_model(tiny_model(), tmp_path / "m.keras")
+    image = stripes(n_slices=5, size=64, seed=4)[0]
+    tifffile.imwrite(tmp_path / "image.tif", image, photometric="minisblack")
+    zarr_io.write_zarr(tmp_path / "image.zarr", image, chunks=(2, 64, 64))
+    return tmp_path
+
+
+def test_predict_writes_zarr_stores_equal_to_its_tiff_files(model_and_stack, capsys):
+    d = model_and_stack
+    code, _, err = run(capsys, "predict", d / "m.keras", d / "image.tif", "-o", d / "p.tif", "--probabilities", d / "q.tif", "--no-tta")
+    assert code == 0, err
+    code, _, err = run(capsys, "predict", d / "m.keras", d / "image.zarr", "-o", d / "p.zarr", "--probabilities", d / "q.zarr", "--no-tta")
+    assert code == 0, err
+    assert "/3 ETA" in err and "axes ZCYX, zarr" in err
+    labels = zarr.open_array(str(d / "p.zarr"), mode="r")
+    assert labels.chunks == (2, 64, 64) and dict(labels.attrs)["napari_unet"]["class_values"] == [0, 255]
+    np.testing.assert_array_equal(labels[:], tifffile.imread(d / "p.tif"))
+    np.testing.assert_allclose(zarr.open_array(str(d / "q.zarr"), mode="r")[:], tifffile.imread(d / "q.tif"), atol=1e-6)
+    assert not [p.name for p in d.iterdir() if p.name.startswith(".")]  # no partial stores left
+    # a zarr image into a TIFF, one slice per chunk from a TIFF, and evaluate reads zarr stores
+    code, _, err = run(capsys, "predict", d / "m.keras", d / "image.zarr", "-o", d / "r.tif", "--no-tta")
+    assert code == 0, err
+    np.testing.assert_array_equal(tifffile.imread(d / "r.tif"), labels[:])
+    code, _, err = run(capsys, "predict", d / "m.keras", d / "image.tif", "-o", d / "p.zarr", "--no-tta", "--slices-per-chunk", "1")
+    assert code == 0 and "/5 ETA" in err, err
+    code, out, err = run(capsys, "evaluate", d / "p.zarr", d / "p.tif")
+    assert code == 0 and json.loads(out)["pixel_error"] == 0, err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["-o", "{d}/p.zarr", "--probabilities", "{d}/q.tif"], "must both be zarr stores (.zarr) or both TIFF"),
+    (["-o", "{d}/p.tif", "--scheduler", "tcp://127.0.0.1:1"], "--scheduler needs a zarr store"),
+    (["-o", "{d}/p.tif", "--slices-per-chunk", "2"], "--slices-per-chunk needs a zarr store"),
+    (["-o", "{d}/image.zarr"], "would overwrite the input"),
+    (["-o", "{d}/image.zarr/labels.zarr"], "would overwrite the input"),
+    (["-o", "{d}/notes.zarr"], "exists and is not a zarr store"),
+    (["-o", "{d}/missing/p.zarr"], "does not exist"),
+])
+def test_bad_zarr_outputs_exit_2_before_any_work(model_and_stack, capsys, argv, words):
+    d = model_and_stack
+    (d / "notes.zarr").mkdir()
+    (d / "notes.zarr" / "keep.txt").write_text("mine")
+    before = sorted(p.name for p in d.rglob("*"))
+    code, _, err = run(capsys, "predict", d / "m.keras", d / "image.zarr", *[a.format(d=d) for a in argv])
+    assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in d.rglob("*")) == before
+
+
+def test_an_unreachable_scheduler_is_a_clear_error(model_and_stack, capsys, monkeypatch):
+    pytest.importorskip("distributed")
+    from napari_unet import cli
+
+    monkeypatch.setattr(cli, "SCHEDULER_TIMEOUT", "1s")
+    d = model_and_stack
+    code, _, err = run(capsys, "predict", d / "m.keras", d / "image.zarr", "-o", d / "p.zarr", "--scheduler", "tcp://127.0.0.1:9")
+    assert code == 2 and "cannot reach a dask scheduler" in err, err
+    assert not (d / "p.zarr").exists()
+
+
+def test_napari_reader_opens_predicted_zarr_labels_in_their_classes(model_and_stack, capsys):
+    from napari_unet._reader import get_reader
+
+    d = model_and_stack
+    assert run(capsys, "predict", d / "m.keras", d / "image.zarr", "-o", d / "pred.zarr", "--no-tta")[0] == 0
+    image_layers = get_reader(str(d / "image.zarr"))()
+    assert [layer_type for *_, layer_type in image_layers] == ["image"]
+    data, kwargs, layer_type = get_reader(str(d / "pred.zarr"))()[0]
+    assert layer_type == "labels" and kwargs["metadata"]["class_values"] == [0, 255]
+    assert isinstance(data, np.ndarray) and set(np.unique(data)) <= {1, 2}  # display values, in memory for painting
+    assert get_reader(str(d / "image.tif")) is not None and get_reader(str(d / "nothing.zarr")) is None
+
+
+@pytest.mark.slow
+def test_a_dask_distributed_cluster_of_processes_predicts_the_same_labels(model_and_stack, capsys):
+    distributed = pytest.importorskip("distributed")
+    d = model_and_stack
+    model = tiny_model()
+    image = tifffile.imread(d / "image.tif")
+    expected = predict(model, image, tta=False, return_probabilities=False).labels
+    single_thread = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, env=single_thread) as cluster:
+        with distributed.Client(cluster) as client:  # a model in memory travels as its file's bytes
+            result = predict_chunked(model, zarr_io.read_zarr(d / "image.zarr").data, slices_per_chunk=1, tta=False)
+            np.testing.assert_array_equal(client.compute(result.labels).result(), expected)
+        code, _, err = run(capsys, "predict", d / "m.keras", d / "image.tif", "-o", d / "c.zarr", "--no-tta", "--scheduler", cluster.scheduler_address)
+    assert code == 0 and "/5 ETA" in err, err  # a TIFF read page by page: one slice per chunk
+    np.testing.assert_array_equal(zarr.open_array(str(d / "c.zarr"), mode="r")[:], expected)
