@@ -122,15 +122,15 @@ def test_store_events_fill_zarr_stores_chunk_by_chunk_and_commit_replaces_atomic
     np.testing.assert_allclose(zarr.open_array(str(probs), mode="r")[:], np.moveaxis(expected.probabilities, -1, 1), atol=1e-6)
 
 
-def test_closing_store_events_early_leaves_later_chunks_unwritten(tmp_path):
-    image = stripes(n_slices=3, size=64)[0]
+def test_closing_store_events_early_leaves_chunks_not_started_unwritten(tmp_path):
+    image = stripes(n_slices=4, size=64)[0]
     result = predict_chunked(tiny_model(), image, slices_per_chunk=1, tta=False)
     store = zarr_io.create_zarr(tmp_path / "l.zarr", image.shape, np.uint8, (1, 64, 64))
     events = store_events(result, store)
     next(events)
     events.close()
     written = zarr.open_array(str(store), mode="r")[:]
-    assert written[0].any() and not written[1:].any()
+    assert written[0].any() and not written[2:].any()  # two chunks in flight at most: the second may finish
 
 
 def test_commit_refuses_to_replace_what_is_not_a_zarr_store(tmp_path):

@@ -24,10 +24,13 @@ from .data import InputError
 from .predict import PredictionProgress
 
 _LOADED: dict = {}  # (model key, mixed precision) -> UNetModel whose network has batch norm folded in
-#: One network runs at a time per process: TensorFlow already spreads one over every core, and tasks of the
-#: threaded scheduler would otherwise compete for them.
-_PROCESS_LOCK = threading.Lock()
+_LOAD_LOCK = threading.Lock()
+#: One network call runs at a time per process: TensorFlow already spreads one over every core. The rest of a
+#: task (reading, normalising, the membrane rule, writing) runs beside the network calls of other tasks.
+_NETWORK_LOCK = threading.Lock()
 _COUNTER = itertools.count()
+#: Chunks computed at once without a cluster: while one chunk's last membrane rule runs, the next chunk's network does.
+LOCAL_CHUNKS_IN_FLIGHT = 2
 
 
 class ModelSource:
@@ -67,10 +70,11 @@ class ModelSource:
         from .model import fold_batch_norm
 
         key = (self.key, bool(mixed_precision))
-        if key not in _LOADED:
-            model = self._model if self._model is not None else self._load_file()
-            folded = fold_batch_norm(model.keras_model, model.config, mixed_precision)
-            _LOADED[key] = dataclasses.replace(model, keras_model=folded)
+        with _LOAD_LOCK:
+            if key not in _LOADED:
+                model = self._model if self._model is not None else self._load_file()
+                folded = fold_batch_norm(model.keras_model, model.config, mixed_precision)
+                _LOADED[key] = dataclasses.replace(model, keras_model=_OneCallAtATime(folded))
         return _LOADED[key]
 
     def _load_file(self):
@@ -82,6 +86,18 @@ class ModelSource:
             path = Path(folder) / "model.keras"
             path.write_bytes(self._bytes)
             return load_model(path)
+
+
+class _OneCallAtATime:
+    """A Keras model's ``predict_on_batch`` (all :func:`~napari_unet.predict.predict` calls with ``folded=False``)
+    under :data:`_NETWORK_LOCK`."""
+
+    def __init__(self, keras_model):
+        self.keras_model = keras_model
+
+    def predict_on_batch(self, batch):
+        with _NETWORK_LOCK:
+            return self.keras_model.predict_on_batch(batch)
 
 
 def _model_file_bytes(model) -> bytes:
@@ -175,9 +191,8 @@ def _predict_block(source: ModelSource, block: np.ndarray, first: int, stop: int
     """(labels, probabilities or None) of slices ``first:stop`` of ``block`` (their context slices around them)."""
     from .predict import predict
 
-    with _PROCESS_LOCK:
-        model = source.load(options["mixed_precision"])
-        result = predict(model, np.asarray(block), slices=range(first, stop), folded=False, **options)
+    model = source.load(options["mixed_precision"])
+    result = predict(model, np.asarray(block), slices=range(first, stop), folded=False, **options)
     return result.labels, result.probabilities
 
 
@@ -188,8 +203,9 @@ def store_events(
 
     The stores (see :func:`napari_unet.zarr_io.create_zarr`) must exist with the prediction's shapes; probabilities
     are stored (Z, C, Y, X), one plane per class. ``client``: a ``dask.distributed`` client whose workers (which
-    must reach the stores' paths) compute the chunks in parallel; None computes them one after the other here
-    (TensorFlow spreads each over the cores). Closing the generator early cancels the chunks not yet done.
+    must reach the stores' paths) compute the chunks in parallel; None computes them here, two at a time (one
+    network call at a time: TensorFlow spreads each over the cores). Closing the generator early cancels the chunks
+    not yet started.
     """
     import dask
 
@@ -210,9 +226,7 @@ def store_events(
         return PredictionProgress(done, total, elapsed, elapsed / done * (total - done))
 
     if client is None:
-        for done, task in enumerate(tasks, 1):
-            dask.compute(task, scheduler="threads")
-            yield progress(done)
+        yield from _compute_here(tasks, progress)
         return
     from distributed import as_completed
 
@@ -223,6 +237,26 @@ def store_events(
             yield progress(done)
     finally:
         client.cancel([f for f in futures if not f.done()])
+
+
+def _compute_here(tasks: list, progress) -> Iterator[PredictionProgress]:
+    """Compute ``tasks`` in this process, :data:`LOCAL_CHUNKS_IN_FLIGHT` at a time (memory stays bounded)."""
+    import dask
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    pool = ThreadPoolExecutor(LOCAL_CHUNKS_IN_FLIGHT, thread_name_prefix="napari-unet-chunk")
+    queue, running, done = list(tasks), set(), 0
+    try:
+        while queue or running:
+            while queue and len(running) < LOCAL_CHUNKS_IN_FLIGHT:
+                running.add(pool.submit(dask.compute, queue.pop(0), scheduler="sync"))
+            finished, running = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                future.result()  # re-raises a task's error here
+                done += 1
+                yield progress(done)
+    finally:  # also when the consumer closes the generator: chunks not started never start
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _store_block(labels_store: str, probabilities_store: Optional[str], first: int, labels: np.ndarray, probabilities) -> int:
