@@ -87,7 +87,7 @@ def library_versions() -> dict:
     from importlib import metadata
 
     out = {"python": platform.python_version()}
-    for name in ("numpy", "tensorflow", "keras", "torch", "psutil", "tifffile"):
+    for name in ("numpy", "tensorflow", "keras", "torch", "psutil", "tifffile", "dask", "distributed", "zarr"):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -14,9 +14,13 @@ output). Each variant runs in a fresh process:
 2. under a memory cgroup limit of ``--limit-gb`` (Linux cgroup v1 or v2, when this process may create one):
    whether the variant finishes or is killed.
 
-The labels files of both variants are compared (they must be identical).
+A third variant, ``zarr`` (session 38), predicts the same stack stored as a zarr store of 8-slice chunks into zarr
+stores (``napari-unet predict volume.zarr -o labels.zarr --probabilities probs.zarr``: chunked tasks, two in flight).
+
+The labels files of all variants are compared (they must be identical).
 
     python benchmarks/bench_large_predict.py                      # 64 x 2048 x 2048, limit 2 GB (~8 min)
+    python benchmarks/bench_large_predict.py --variants streamed,zarr --out benchmarks/results/large-predict-zarr.json
     python benchmarks/bench_large_predict.py --slices 4 --size 512 --limit-gb 0   # smoke test, no limit
 """
 
@@ -64,10 +68,11 @@ def worker(spec: dict) -> None:
     sampler = threading.Thread(target=_sample_peak_anon, args=(peak, stop), daemon=True)
     sampler.start()
     t0 = time.perf_counter()
-    if spec["variant"] == "streamed":
+    if spec["variant"] in ("streamed", "zarr"):
         from napari_unet.cli import main
 
-        code = main(["predict", spec["model"], spec["volume"], "-o", spec["labels"], "--probabilities", spec["probabilities"], "--no-tta"])
+        volume = spec["volume"] if spec["variant"] == "streamed" else spec["volume_zarr"]
+        code = main(["predict", spec["model"], volume, "-o", spec["labels"], "--probabilities", spec["probabilities"], "--no-tta"])
         if code != 0:
             raise SystemExit(code)
     else:  # the whole stack and both results in memory, as `napari-unet predict` did up to session 36
@@ -168,6 +173,7 @@ def main():
     ap.add_argument("--limit-gb", type=float, default=2.0, help="memory cgroup limit of the second round; 0 = skip it")
     ap.add_argument("--workdir", type=Path, help="folder for the volume and outputs (default: a temporary folder, removed)")
     ap.add_argument("--out", type=Path, default=C.RESULTS_DIR / "large-predict.json")
+    ap.add_argument("--variants", default="in-memory,streamed", help="comma-separated: in-memory, streamed, zarr")
     ap.add_argument("--_worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._worker:
@@ -185,6 +191,14 @@ def main():
           f"probabilities {8 * n_bytes / 2**20:.0f} MiB) in {workdir}", flush=True)
     write_volume(volume, args.slices, args.size)
     write_model(model)
+    variants = args.variants.split(",")
+    volume_zarr = workdir / "volume.zarr"
+    if "zarr" in variants:
+        C.use_src()
+        from napari_unet.tiff_io import read_tiff
+        from napari_unet.zarr_io import write_zarr
+
+        write_zarr(volume_zarr, read_tiff(volume, lazy=True, lazy_from_bytes=0).data, chunks=(8, args.size, args.size))
     report = {"machine": C.machine_info(), "versions": C.library_versions(), "volume_shape": [args.slices, args.size, args.size],
               "volume_file_mb": round(volume.stat().st_size / 2**20, 1), "limit_gb": args.limit_gb, "runs": {}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -192,9 +206,10 @@ def main():
     rounds = [("unlimited", None)] + ([("limited", int(args.limit_gb * 2**30))] if args.limit_gb > 0 else [])
     try:
         for round_name, limit in rounds:
-            for variant in ("in-memory", "streamed"):
-                spec = {"variant": variant, "model": str(model), "volume": str(volume),
-                        "labels": str(workdir / f"{variant}-{round_name}-labels.tif"), "probabilities": str(workdir / f"{variant}-{round_name}-probs.tif")}
+            for variant in variants:
+                suffix = ".zarr" if variant == "zarr" else ".tif"
+                spec = {"variant": variant, "model": str(model), "volume": str(volume), "volume_zarr": str(volume_zarr),
+                        "labels": str(workdir / f"{variant}-{round_name}-labels{suffix}"), "probabilities": str(workdir / f"{variant}-{round_name}-probs{suffix}")}
                 group = None
                 if limit is not None:
                     group = MemoryCgroup.create(f"napari-unet-bench-{os.getpid()}", limit)
@@ -214,15 +229,26 @@ def main():
                 print(f"  {variant:9s} {round_name:9s} {status[:60]:60s} wall {seconds:6.0f} s  peak RSS {entry.get('peak_rss_mb', float('nan')):7.0f} MB  "
                       f"peak anonymous {entry.get('peak_anon_mb', float('nan')):7.0f} MB", flush=True)
                 args.out.write_text(json.dumps(report, indent=1, default=float))
-        a, b = workdir / "in-memory-unlimited-labels.tif", workdir / "streamed-unlimited-labels.tif"
-        if a.exists() and b.exists():
-            report["labels_identical"] = bool(np.array_equal(tifffile.imread(a), tifffile.imread(b)))
+        written = [workdir / f"{v}-unlimited-labels{'.zarr' if v == 'zarr' else '.tif'}" for v in variants]
+        written = [path for path in written if path.exists()]
+        if len(written) > 1:
+            import zarr
+
+            def read(path):
+                return zarr.open_array(str(path), mode="r")[:] if path.suffix == ".zarr" else tifffile.imread(path)
+
+            first = read(written[0])
+            report["labels_identical"] = all(bool(np.array_equal(first, read(path))) for path in written[1:])
         runs = report["runs"]
         if "in-memory unlimited" in runs and "streamed unlimited" in runs and "peak_anon_mb" in runs["streamed unlimited"]:
             m, s = runs["in-memory unlimited"], runs["streamed unlimited"]
             report["ratios"] = {"peak_anon_in_memory_over_streamed": m["peak_anon_mb"] / s["peak_anon_mb"],
                                 "peak_rss_in_memory_over_streamed": m["peak_rss_mb"] / s["peak_rss_mb"],
                                 "wall_streamed_over_in_memory": s["seconds"] / m["seconds"]}
+        if "zarr unlimited" in runs and "streamed unlimited" in runs and "peak_anon_mb" in runs["zarr unlimited"]:
+            z, s = runs["zarr unlimited"], runs["streamed unlimited"]
+            report.setdefault("ratios", {}).update({"peak_anon_zarr_over_streamed": z["peak_anon_mb"] / s["peak_anon_mb"],
+                                                    "wall_zarr_over_streamed": z["seconds"] / s["seconds"]})
         args.out.write_text(json.dumps(report, indent=1, default=float))
         print(json.dumps({k: report.get(k) for k in ("labels_identical", "ratios")}, indent=1))
         print(f"JSON: {args.out}")

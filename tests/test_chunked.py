@@ -263,8 +263,11 @@ def test_napari_reader_opens_predicted_zarr_labels_in_their_classes(model_and_st
 
 
 @pytest.mark.slow
-def test_a_dask_distributed_cluster_of_processes_predicts_the_same_labels(model_and_stack, capsys):
+def test_a_dask_distributed_cluster_of_processes_predicts_the_same_labels(model_and_stack, capsys, monkeypatch):
     distributed = pytest.importorskip("distributed")
+    from napari_unet import cli
+
+    monkeypatch.setattr(cli, "load_tensorflow_for_command", lambda: pytest.fail("with --scheduler only the workers need TensorFlow"))
     d = model_and_stack
     model = tiny_model()
     image = tifffile.imread(d / "image.tif")
@@ -272,8 +275,9 @@ def test_a_dask_distributed_cluster_of_processes_predicts_the_same_labels(model_
     single_thread = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": "1"}
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, env=single_thread) as cluster:
         with distributed.Client(cluster) as client:  # a model in memory travels as its file's bytes
-            result = predict_chunked(model, zarr_io.read_zarr(d / "image.zarr").data, slices_per_chunk=1, tta=False)
+            result = predict_chunked(model, zarr_io.read_zarr(d / "image.zarr").data, slices_per_chunk=1, tta=False, client=client)
             np.testing.assert_array_equal(client.compute(result.labels).result(), expected)
+            assert chunked.resolve_auto_choices("auto", None) == client.submit(chunked.resolve_auto_choices, "auto", None).result()
         code, _, err = run(capsys, "predict", d / "m.keras", d / "image.tif", "-o", d / "c.zarr", "--no-tta", "--scheduler", cluster.scheduler_address)
     assert code == 0 and "/5 ETA" in err, err  # a TIFF read page by page: one slice per chunk
     np.testing.assert_array_equal(zarr.open_array(str(d / "c.zarr"), mode="r")[:], expected)

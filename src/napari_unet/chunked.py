@@ -132,6 +132,7 @@ def predict_chunked(
     tta: Union[bool, int, str] = "auto",
     close_boundaries: Optional[bool] = None,
     mixed_precision: Optional[bool] = None,
+    client=None,
 ) -> ChunkedPrediction:
     """Lazily predict ``image`` ((Y, X) or (Z, Y, X), numpy or dask) in tasks of ``slices_per_chunk`` slices.
 
@@ -139,25 +140,26 @@ def predict_chunked(
     or a :class:`ModelSource`. ``slices_per_chunk``: default the image's own chunking along Z (dask), else 8.
     Nothing runs until the result is computed, with any dask scheduler (``dask.distributed`` too); each task
     returns what :func:`~napari_unet.predict.predict` gives for its slices. The ``"auto"`` choices (test-time
-    augmentation, bfloat16) are made here, on the calling machine, so every chunk follows the same convention;
-    pass explicit values for a cluster of other machines. The other arguments are those of :func:`predict`.
+    augmentation, bfloat16) are made once, so every chunk follows the same convention: on a worker of ``client``
+    (a ``dask.distributed`` client whose workers compute the result; this machine need not have TensorFlow's
+    speed, or load it), else here. The other arguments are those of :func:`predict`.
     """
     import dask
     import dask.array as da
 
-    from .predict import labels_dtype_for, resolve_tta_views
+    from .predict import labels_dtype_for
 
     shape = tuple(np.shape(image))
     if len(shape) not in (2, 3) or (len(shape) == 3 and shape[-1] in (3, 4)):
         raise InputError(f"image has shape {shape}; chunked prediction takes one-channel (Y, X) images or (Z, Y, X) stacks")
     source = model if isinstance(model, ModelSource) else ModelSource(model)
-    if mixed_precision is None:
-        from . import hardware
-
-        mixed_precision = hardware.resolve_mixed_precision(hardware.AUTO)
+    if client is None:
+        views, mixed_precision = resolve_auto_choices(tta, mixed_precision)
+    else:
+        views, mixed_precision = client.submit(resolve_auto_choices, tta, mixed_precision, pure=False).result()
     options = dict(
-        tile_size=tile_size, overlap=overlap, batch_size=batch_size, tta=resolve_tta_views(tta),
-        close_boundaries=close_boundaries, mixed_precision=bool(mixed_precision), return_probabilities=return_probabilities,
+        tile_size=tile_size, overlap=overlap, batch_size=batch_size, tta=views,
+        close_boundaries=close_boundaries, mixed_precision=mixed_precision, return_probabilities=return_probabilities,
     )
     stack = da.asarray(image if len(shape) == 3 else image[np.newaxis])
     n_slices, height, width = stack.shape
@@ -185,6 +187,16 @@ def predict_chunked(
         labels = labels[0]
         probabilities = None if probabilities is None else probabilities[0]
     return ChunkedPrediction(labels=labels, probabilities=probabilities, chunks=chunks)
+
+
+def resolve_auto_choices(tta: Union[bool, int, str], mixed_precision: Optional[bool]) -> tuple[int, bool]:
+    """(network passes per tile, bfloat16 or not) that ``tta`` and ``mixed_precision`` (None: auto) mean on this machine."""
+    from . import hardware
+    from .predict import resolve_tta_views
+
+    if mixed_precision is None:
+        mixed_precision = hardware.resolve_mixed_precision(hardware.AUTO)
+    return resolve_tta_views(tta), bool(mixed_precision)
 
 
 def _predict_block(source: ModelSource, block: np.ndarray, first: int, stop: int, options: dict) -> tuple:

@@ -443,7 +443,8 @@ def cmd_predict(args) -> int:
         raise CommandError("--probabilities must name another file than -o")
     # slices are read as the prediction reaches them; a cluster's workers read them by path
     image = read_stack(args.image, "image", lazy=True, for_cluster=args.scheduler is not None)
-    load_tensorflow_for_command()
+    if args.scheduler is None:  # with a cluster, only its workers run the network
+        load_tensorflow_for_command()
     if chunked:
         return _predict_chunked(args, image, output, probabilities_file)
     model = load_model(args.model)
@@ -490,7 +491,7 @@ def _predict_chunked(args, image, output: Path, probabilities_file: Path | None)
             source, image, slices_per_chunk=args.slices_per_chunk, return_probabilities=probabilities_file is not None,
             tile_size=args.tile_size, batch_size=args.batch_size, tta=args.tta if args.tta_views is None else args.tta_views,
             close_boundaries=False if args.argmax else (True if args.close_boundaries else None),
-            mixed_precision=False if args.float32 else None,
+            mixed_precision=False if args.float32 else None, client=client,
         )
         k, n_classes = len(range(*prediction.chunks[0])), source.config.n_classes
         plane = tuple(image.shape[-2:])
