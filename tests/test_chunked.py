@@ -205,7 +205,8 @@ def test_predict_writes_zarr_stores_equal_to_its_tiff_files(model_and_stack, cap
     assert code == 0, err
     assert "/3 ETA" in err and "axes ZCYX, zarr" in err
     labels = zarr.open_array(str(d / "p.zarr"), mode="r")
-    assert labels.chunks == (2, 64, 64) and dict(labels.attrs)["napari_unet"]["class_values"] == [0, 255]
+    assert labels.chunks == (1, 64, 64) and dict(labels.attrs)["napari_unet"]["class_values"] == [0, 255]
+    assert zarr.open_array(str(d / "q.zarr"), mode="r").chunks == (1, 1, 64, 64)
     np.testing.assert_array_equal(labels[:], tifffile.imread(d / "p.tif"))
     np.testing.assert_allclose(zarr.open_array(str(d / "q.zarr"), mode="r")[:], tifffile.imread(d / "q.tif"), atol=1e-6)
     assert not [p.name for p in d.iterdir() if p.name.startswith(".")]  # no partial stores left
@@ -217,6 +218,12 @@ def test_predict_writes_zarr_stores_equal_to_its_tiff_files(model_and_stack, cap
     assert code == 0 and "/5 ETA" in err, err
     code, out, err = run(capsys, "evaluate", d / "p.zarr", d / "p.tif")
     assert code == 0 and json.loads(out)["pixel_error"] == 0, err
+    # a 2-D image: stores without a Z axis
+    tifffile.imwrite(d / "one.tif", tifffile.imread(d / "image.tif")[2])
+    code, _, err = run(capsys, "predict", d / "m.keras", d / "one.tif", "-o", d / "one.zarr", "--probabilities", d / "one-q.zarr", "--no-tta")
+    assert code == 0, err
+    np.testing.assert_array_equal(zarr.open_array(str(d / "one.zarr"), mode="r")[:], labels[2])
+    np.testing.assert_allclose(zarr.open_array(str(d / "one-q.zarr"), mode="r")[:], tifffile.imread(d / "q.tif")[2], atol=1e-6)
 
 
 @pytest.mark.parametrize("argv, words", [

@@ -113,12 +113,16 @@ class ChunkedPrediction:
 
     ``labels``: dask array of shape S in the training labels' values, chunked (k, Y, X) (``k`` slices per task).
     ``probabilities``: dask array S + (n_classes,) float32, or None. Each task computes both (compute them together).
-    ``chunks``: the (first, stop) slice range of each task.
+    ``chunks``: the (first, stop) slice range of each task. The rest is what :func:`store_events` needs to run the
+    same tasks writing into zarr stores slice by slice instead.
     """
 
     labels: object
     probabilities: Optional[object]
     chunks: tuple
+    source: ModelSource
+    stack: object  # the input as a (Z, Y, X) dask array of whole slices
+    options: dict
 
 
 def predict_chunked(
@@ -186,7 +190,7 @@ def predict_chunked(
     if len(shape) == 2:
         labels = labels[0]
         probabilities = None if probabilities is None else probabilities[0]
-    return ChunkedPrediction(labels=labels, probabilities=probabilities, chunks=chunks)
+    return ChunkedPrediction(labels, probabilities, chunks, source, stack, options)
 
 
 def resolve_auto_choices(tta: Union[bool, int, str], mixed_precision: Optional[bool]) -> tuple[int, bool]:
@@ -211,26 +215,27 @@ def _predict_block(source: ModelSource, block: np.ndarray, first: int, stop: int
 def store_events(
     prediction: ChunkedPrediction, labels_store, probabilities_store=None, client=None
 ) -> Iterator[PredictionProgress]:
-    """Compute ``prediction`` chunk by chunk into zarr arrays at the given paths, yielding progress per chunk.
+    """Run the tasks of ``prediction``, each writing its slices into zarr arrays at the given paths as it predicts
+    them (memory bounded by a slice, not a chunk), and yield progress per task.
 
-    The stores (see :func:`napari_unet.zarr_io.create_zarr`) must exist with the prediction's shapes; probabilities
-    are stored (Z, C, Y, X), one plane per class. ``client``: a ``dask.distributed`` client whose workers (which
-    must reach the stores' paths) compute the chunks in parallel; None computes them here, two at a time (one
-    network call at a time: TensorFlow spreads each over the cores). Closing the generator early cancels the chunks
-    not yet started.
+    The stores (see :func:`napari_unet.zarr_io.create_zarr`) must exist with the prediction's shapes, probabilities
+    stored (Z, C, Y, X), one plane per class; chunks of one slice along Z keep tasks from writing to the same chunk.
+    ``client``: a ``dask.distributed`` client whose workers (which must reach the stores' paths) run the tasks in
+    parallel; None runs them here, two at a time (one network call at a time: TensorFlow spreads each over the cores).
+    Closing the generator early cancels the tasks not yet started.
     """
     import dask
 
     if (probabilities_store is None) != (prediction.probabilities is None):
         raise ValueError("give a probabilities store exactly when the prediction has probabilities")
-    labels = prediction.labels if prediction.labels.ndim == 3 else prediction.labels[None]
-    probabilities = prediction.probabilities
-    if probabilities is not None and probabilities.ndim == 3:
-        probabilities = probabilities[None]
+    stores = (str(labels_store), None if probabilities_store is None else str(probabilities_store))
+    model_node = dask.delayed(prediction.source, pure=True, traverse=False)
+    context, n_slices = prediction.source.config.context_slices, prediction.stack.shape[0]
     tasks = []
     for first, stop in prediction.chunks:
-        probs = None if probabilities is None else probabilities[first:stop]
-        tasks.append(dask.delayed(_store_block, pure=False)(str(labels_store), None if probabilities_store is None else str(probabilities_store), first, labels[first:stop], probs))
+        lo, hi = max(0, first - context), min(n_slices, stop + context)
+        block = prediction.stack[lo:hi]
+        tasks.append(dask.delayed(_predict_into_stores, pure=False)(model_node, block, first - lo, stop - lo, first, stores, prediction.options))
     total, start = len(tasks), time.perf_counter()
 
     def progress(done: int) -> PredictionProgress:
@@ -271,17 +276,37 @@ def _compute_here(tasks: list, progress) -> Iterator[PredictionProgress]:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _store_block(labels_store: str, probabilities_store: Optional[str], first: int, labels: np.ndarray, probabilities) -> int:
-    """Write slices ``first:`` of a chunk into the stores ((Y, X) and (C, Y, X) stores take the chunk's one slice)."""
-    import zarr
+def _predict_into_stores(source: ModelSource, block: np.ndarray, first: int, stop: int, z: int, stores: tuple, options: dict) -> int:
+    """Predict slices ``first:stop`` of ``block`` into slices ``z:`` of the zarr stores at ``stores`` (labels, probabilities or None)."""
+    from .predict import predict
 
-    blocks = [(labels_store, labels)]
-    if probabilities_store is not None:
-        blocks.append((probabilities_store, np.moveaxis(probabilities, -1, 1)))
-    for path, block in blocks:
-        store = zarr.open_array(path, mode="r+")
-        if store.ndim == block.ndim:
-            store[first : first + len(block)] = block
+    labels_out = _SliceWriter(stores[0], z, stop - first)
+    probabilities_out = None if stores[1] is None else _SliceWriter(stores[1], z, stop - first, classes_first=True)
+    model = source.load(options["mixed_precision"])
+    options = {**options, "return_probabilities": False}
+    predict(model, np.asarray(block), slices=range(first, stop), folded=False, labels_out=labels_out, probabilities_out=probabilities_out, **options)
+    return stop - first
+
+
+class _SliceWriter:
+    """Slices ``first:first + n`` of a zarr array, as an output array that :func:`~napari_unet.predict.predict_events`
+    fills one slice at a time (each written at once). ``classes_first``: slices arrive (Y, X, C) and are stored
+    (C, Y, X). A store without the Z axis ((Y, X) or (C, Y, X)) takes the one slice of a 2-D image."""
+
+    def __init__(self, path: str, first: int, n: int, classes_first: bool = False):
+        import zarr
+
+        self.store = zarr.open_array(path, mode="r+")
+        self.first, self.classes_first = first, classes_first
+        plane_ndim = 3 if classes_first else 2
+        self.has_z = self.store.ndim > plane_ndim
+        plane = tuple(self.store.shape[-plane_ndim:])
+        self.shape = (n, *plane[1:], plane[0]) if classes_first else (n, *plane)
+        self.dtype = np.dtype(self.store.dtype)
+
+    def __setitem__(self, index: int, value: np.ndarray) -> None:
+        value = np.moveaxis(value, -1, 0) if self.classes_first else value
+        if self.has_z:
+            self.store[self.first + index] = value
         else:
-            store[...] = block[0]
-    return len(labels)
+            self.store[...] = value

@@ -493,14 +493,13 @@ def _predict_chunked(args, image, output: Path, probabilities_file: Path | None)
             close_boundaries=False if args.argmax else (True if args.close_boundaries else None),
             mixed_precision=False if args.float32 else None, client=client,
         )
-        k, n_classes = len(range(*prediction.chunks[0])), source.config.n_classes
-        plane = tuple(image.shape[-2:])
-        stores = [(output, prediction.labels.shape, prediction.labels.dtype, ((k,) if image.ndim == 3 else ()) + plane,
-                   {"class_values": source.class_values, "axes": "ZYX" if image.ndim == 3 else "YX"})]
+        # one store chunk per slice (and class): tasks write whole chunks as they finish slices, never the same one
+        z, plane, n_classes = image.shape[:-2], tuple(image.shape[-2:]), source.config.n_classes
+        stores = [(output, prediction.labels.shape, prediction.labels.dtype, (1,) * len(z) + plane,
+                   {"class_values": source.class_values, "axes": "ZYX" if z else "YX"})]
         if probabilities_file is not None:
-            probs_shape = ((image.shape[0],) if image.ndim == 3 else ()) + (n_classes, *plane)
-            stores.append((probabilities_file, probs_shape, np.float32, ((k,) if image.ndim == 3 else ()) + (n_classes, *plane),
-                           {"class_values": source.class_values, "axes": "ZCYX" if image.ndim == 3 else "CYX"}))
+            stores.append((probabilities_file, (*z, n_classes, *plane), np.float32, (1,) * len(z) + (1, *plane),
+                           {"class_values": source.class_values, "axes": "ZCYX" if z else "CYX"}))
         partials = []
         try:
             for path, shape, dtype, chunks, metadata in stores:
@@ -628,8 +627,8 @@ def build_parser() -> argparse.ArgumentParser:
     rule.add_argument("--argmax", action="store_true", help="plain most-probable-class labels, no boundary rule")
     pred.add_argument("--tile-size", type=positive_int, default=512, help="tile side in pixels (default 512)")
     pred.add_argument("--batch-size", type=positive_int, default=2, help="images per network call (default 2)")
-    pred.add_argument("--slices-per-chunk", type=positive_int, help="zarr outputs: slices per task and per chunk of the stores "
-                      "(default: the zarr image's own chunks along Z, else 8)")
+    pred.add_argument("--slices-per-chunk", type=positive_int, help="zarr outputs: slices per task (default: the zarr image's own "
+                      "chunks along Z, else 8); the stores written have one chunk per slice")
     pred.add_argument("--scheduler", metavar="ADDRESS", help="zarr outputs: compute the chunks on the dask.distributed cluster whose "
                       "scheduler listens at ADDRESS (e.g. tcp://10.0.0.5:8786); the model, image and outputs must be at paths every "
                       "worker reads and writes (a shared file system)")
