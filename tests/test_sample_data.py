@@ -90,7 +90,7 @@ def test_manifest_contributions(manifest):
     assert manifest.name == "napari-unet"
     contributions = manifest.contributions
     [reader] = contributions.readers
-    assert set(reader.filename_patterns) == {"*.tif", "*.tiff"} and reader.accepts_directories
+    assert set(reader.filename_patterns) == {"*.tif", "*.tiff", "*.zarr"} and reader.accepts_directories
     [writer] = contributions.writers
     assert writer.layer_types == ["labels"] and writer.filename_extensions == [".tif", ".tiff"]
     assert {s.key for s in contributions.sample_data} == {"em", "oct"}

@@ -600,3 +600,33 @@ def test_deleting_the_training_dock_mid_run_clears_the_busy_flag(em_viewer, qtbo
     qtbot.waitUntil(lambda: QThreadPool.globalInstance().activeThreadCount() == 0, timeout=120_000)
     qtbot.wait(200)  # the worker's queued finished signal
     assert "training" not in session.busy
+
+
+def test_zarr_stores_open_train_and_predict_in_napari(make_napari_viewer, qtbot, tmp_path):
+    """An EM stack and its labels stored as zarr open through the plugin (image lazily, labels in their classes)
+    and go through Train and Predict like TIFFs."""
+    from conftest import em_data
+    from napari_unet._widgets import InferenceWidget, TrainingWidget
+    from napari_unet.zarr_io import write_zarr
+
+    image, labels = em_data()
+    write_zarr(tmp_path / "em.zarr", image)
+    write_zarr(tmp_path / "em-labels.zarr", labels, {"class_values": [0, 255]})
+    viewer = make_napari_viewer()
+    [image_layer] = viewer.open(str(tmp_path / "em.zarr"), plugin="napari-unet")
+    [labels_layer] = viewer.open(str(tmp_path / "em-labels.zarr"), plugin="napari-unet")
+    assert image_layer._type_string == "image" and not isinstance(image_layer.data, np.ndarray)  # lazy: dask
+    assert labels_layer._type_string == "labels" and labels_layer.metadata["class_values"] == [0, 255]
+    np.testing.assert_array_equal(labels_layer.data == 1, labels == 0)  # membrane (0) shows as display value 1
+    training, inference = TrainingWidget(viewer), InferenceWidget(viewer)
+    viewer.window.add_dock_widget(training)
+    viewer.window.add_dock_widget(inference)
+    training.image.set_layer(image_layer)
+    training.labels.set_layer(labels_layer)
+    tiny_settings(training, epochs=1, steps=5)
+    run_and_wait(qtbot, training.start, lambda: training._run is not None)
+    run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
+    prediction = viewer.layers["em prediction"]
+    assert prediction.data.shape == image.shape and set(np.unique(prediction.data)) <= {1, 2}
+    training.stop()
+    inference.stop()
