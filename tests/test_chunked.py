@@ -1,7 +1,9 @@
 """Chunked prediction (dask, zarr stores, a dask.distributed cluster) and the zarr reader/writer."""
 
 import json
+import os
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,7 +72,7 @@ def test_model_sources_travel_as_a_path_or_as_file_bytes_and_load_once_per_proce
     assert len(payload) > 10_000  # the model file itself
     copy = pickle.loads(payload)
     assert copy._model is None and copy.key == in_memory.key
-    monkeypatch.setattr(chunked, "_LOADED", {})
+    monkeypatch.setattr(chunked, "_LOADED", __import__("collections").OrderedDict())
     loads = []
     load_model = chunked.ModelSource._load_file
     monkeypatch.setattr(chunked.ModelSource, "_load_file", lambda self: loads.append(self.key) or load_model(self))
@@ -78,6 +80,12 @@ def test_model_sources_travel_as_a_path_or_as_file_bytes_and_load_once_per_proce
     labels = [predict_chunked(copy, image, slices_per_chunk=1, tta=False).labels.compute(scheduler="threads") for _ in range(2)]
     assert loads == [in_memory.key]  # loaded from its bytes once, then cached
     np.testing.assert_array_equal(labels[0], predict(model, image, tta=False).labels)
+    fresh = ModelSource(model)
+    predict_chunked(fresh, image, tta=False)
+    assert fresh._bytes is None  # building the task graph does not write the model file (dask tokenises by key)
+    for _ in range(4):
+        predict_chunked(ModelSource(model), image, tta=False).labels.compute(scheduler="threads")
+    assert len(chunked._LOADED) == chunked._LOADED_MAX  # models of earlier calls are let go
 
 
 def test_bad_model_paths_and_images_are_refused_before_any_task(tmp_path):
@@ -133,14 +141,56 @@ def test_closing_store_events_early_leaves_chunks_not_started_unwritten(tmp_path
     assert written[0].any() and not written[2:].any()  # two chunks in flight at most: the second may finish
 
 
-def test_commit_refuses_to_replace_what_is_not_a_zarr_store(tmp_path):
+def test_stores_that_tasks_would_share_or_that_do_not_fit_are_refused(tmp_path):
+    image = stripes(n_slices=4, size=64)[0]
+    result = predict_chunked(tiny_model(), image, slices_per_chunk=1, tta=False)
+    shared = zarr_io.create_zarr(tmp_path / "a.zarr", image.shape, np.uint8, (4, 64, 64))
+    with pytest.raises(ValueError, match="would share"):
+        next(store_events(result, shared))
+    flat = zarr_io.create_zarr(tmp_path / "b.zarr", image.shape[1:], np.uint8, (64, 64))
+    with pytest.raises(ValueError, match="needs"):
+        next(store_events(result, flat))
+    assert not zarr.open_array(str(shared), mode="r")[:].any()
+
+
+def test_closing_store_events_stops_the_running_tasks_and_waits_for_them(tmp_path, monkeypatch):
+    image = stripes(n_slices=6, size=64)[0]
+    result = predict_chunked(tiny_model(), image, slices_per_chunk=1, tta=False)
+    stops = []
+    block = chunked._predict_block
+    monkeypatch.setattr(chunked, "_predict_block", lambda *a, **outputs: stops.append(outputs["stop"]) or block(*a, **outputs))
+    store = zarr_io.create_zarr(tmp_path / "l.zarr", image.shape, np.uint8, (1, 64, 64))
+    events = store_events(result, store)
+    next(events)
+    assert stops and not any(stop() for stop in stops)
+    events.close()
+    assert all(stop() for stop in stops) and len(stops) <= 3  # told to stop; the tasks not started never start
+
+
+def test_commit_replaces_only_a_zarr_array_and_restores_it_when_the_rename_fails(tmp_path, monkeypatch):
     folder = tmp_path / "notes"
     folder.mkdir()
     (folder / "keep.txt").write_text("mine")
-    partial = zarr_io.create_zarr(folder, (4, 4), np.uint8, (4, 4))
-    with pytest.raises(FileExistsError, match="not a zarr store"):
-        zarr_io.commit_zarr(partial, folder)
-    assert (folder / "keep.txt").read_text() == "mine"
+    group = tmp_path / "dataset.zarr"  # a group may hold other data: never replaced whole
+    zarr.open_group(str(group), mode="w").create_array("raw", shape=(4, 4), dtype="u1")
+    for target in (folder, group):
+        partial = zarr_io.create_zarr(target, (4, 4), np.uint8, (4, 4))
+        with pytest.raises(FileExistsError, match="not a zarr array"):
+            zarr_io.commit_zarr(partial, target)
+        zarr_io.discard_zarr(partial)
+    assert (folder / "keep.txt").read_text() == "mine" and (group / "raw").is_dir()
+    old = tmp_path / "old.zarr"
+    zarr_io.write_zarr(old, np.full((4, 4), 7, np.uint8))
+    os.chmod(old, 0o750)
+    partial = zarr_io.create_zarr(old, (4, 4), np.uint8, (4, 4))
+    replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: (_ for _ in ()).throw(OSError(28, "No space left")) if Path(a) == partial else replace(a, b))
+    with pytest.raises(OSError, match="No space"):
+        zarr_io.commit_zarr(partial, old)
+    assert (zarr.open_array(str(old), mode="r")[:] == 7).all()  # the old store is back
+    monkeypatch.setattr(os, "replace", replace)
+    zarr_io.commit_zarr(partial, old)
+    assert not zarr.open_array(str(old), mode="r")[:].any() and (old.stat().st_mode & 0o777) == 0o750
 
 
 def test_read_zarr_takes_plain_arrays_single_array_groups_and_ome_zarr_with_pixel_sizes(tmp_path):
@@ -166,6 +216,34 @@ def test_read_zarr_takes_plain_arrays_single_array_groups_and_ome_zarr_with_pixe
     single = zarr.open_group(str(tmp_path / "single.zarr"), mode="w")
     single.create_array("raw", shape=(6, 8), dtype=np.float32, chunks=(6, 8))
     assert zarr_io.read_zarr(tmp_path / "single.zarr").axes == "YX"
+
+
+def test_ome_zarr_layouts_scales_and_damaged_chunks(tmp_path, capsys):
+    data = np.arange(2 * 6 * 8, dtype=np.uint8).reshape(2, 6, 8)
+    root = zarr.open_group(str(tmp_path / "b2r.zarr"), mode="w")  # bioformats2raw: the image is the group "0"
+    image = root.create_group("0")
+    image.create_array("0", shape=data.shape, dtype=data.dtype, chunks=(1, 6, 8))[:] = data
+    image.attrs["multiscales"] = [{
+        "axes": ["z", "y", "x"],
+        "coordinateTransformations": [{"type": "scale", "scale": [2.0, 1.0, 1.0]}],  # applies to every level
+        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [0.5, "4 nm", -1]}]}],
+    }]
+    read = zarr_io.read_zarr(tmp_path / "b2r.zarr")
+    assert read.scale == (1.0, 1.0, 1.0) and read.axes == "ZYX"  # 0.5 x 2; unusable sizes become 1
+    np.testing.assert_array_equal(read.data.compute(), data)
+    image.attrs["multiscales"] = [{"axes": ["a", "b", "y"], "datasets": [{"path": "0"}]}]
+    with pytest.raises(zarr_io.ZarrReadError, match="t, c, z, y, x and at most one other"):
+        zarr_io.read_zarr(tmp_path / "b2r.zarr")
+
+    zarr_io.write_zarr(tmp_path / "damaged.zarr", np.full((3, 64, 64), 9, np.uint8))
+    chunk = next(p for p in (tmp_path / "damaged.zarr").rglob("*") if p.is_file() and p.parent.name != "damaged.zarr")
+    chunk.write_bytes(b"not a chunk")
+    with pytest.raises(zarr_io.ZarrReadError, match="damaged or unreadable chunk"):
+        zarr_io.read_zarr(tmp_path / "damaged.zarr").data.compute()
+    save_model(tiny_model(), tmp_path / "m.keras")
+    code, _, err = run(capsys, "predict", tmp_path / "m.keras", tmp_path / "damaged.zarr", "-o", tmp_path / "p.zarr", "--no-tta")
+    assert code == 2 and "damaged or unreadable chunk" in err.strip().splitlines()[-1] and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b2r.zarr", "damaged.zarr", "m.keras"]  # no partial store left
 
 
 @pytest.mark.parametrize("make, words", [
@@ -230,19 +308,35 @@ def test_predict_writes_zarr_stores_equal_to_its_tiff_files(model_and_stack, cap
     (["-o", "{d}/p.zarr", "--probabilities", "{d}/q.tif"], "must both be zarr stores (.zarr) or both TIFF"),
     (["-o", "{d}/p.tif", "--scheduler", "tcp://127.0.0.1:1"], "--scheduler needs a zarr store"),
     (["-o", "{d}/p.tif", "--slices-per-chunk", "2"], "--slices-per-chunk needs a zarr store"),
-    (["-o", "{d}/image.zarr"], "would overwrite the input"),
+    (["-o", "{d}/image.zarr"], "holds the input"),
     (["-o", "{d}/image.zarr/labels.zarr"], "would overwrite the input"),
-    (["-o", "{d}/notes.zarr"], "exists and is not a zarr store"),
+    (["-o", "{d}/notes.zarr"], "exists and is not a zarr array"),
+    (["-o", "{d}/dataset.zarr"], "exists and is not a zarr array"),
     (["-o", "{d}/missing/p.zarr"], "does not exist"),
+    (["-o", "{d}/old.zarr", "--probabilities", "{d}/old.zarr/q.zarr"], "must not lie one inside the other"),
+    (["--image", "{d}/dataset.zarr/raw", "-o", "{d}/dataset.zarr"], "holds the input"),  # OME-Zarr style: raw and labels in one store
+    (["--model", "{d}/models.zarr/m.keras", "-o", "{d}/models.zarr"], "holds the input"),
 ])
 def test_bad_zarr_outputs_exit_2_before_any_work(model_and_stack, capsys, argv, words):
     d = model_and_stack
     (d / "notes.zarr").mkdir()
     (d / "notes.zarr" / "keep.txt").write_text("mine")
-    before = sorted(p.name for p in d.rglob("*"))
-    code, _, err = run(capsys, "predict", d / "m.keras", d / "image.zarr", *[a.format(d=d) for a in argv])
+    zarr_io.write_zarr(d / "dataset.zarr" / "raw", tifffile.imread(d / "image.tif"))
+    zarr.open_group(str(d / "dataset.zarr"), mode="a")
+    zarr_io.write_zarr(d / "models.zarr", np.zeros((2, 2), np.uint8))
+    zarr_io.write_zarr(d / "old.zarr", np.zeros((2, 2), np.uint8))
+    (d / "models.zarr" / "m.keras").write_bytes((d / "m.keras").read_bytes())
+    argv = [a.format(d=d) for a in argv]
+    model, image = d / "m.keras", d / "image.zarr"
+    for flag in ("--image", "--model"):
+        if flag in argv:
+            i = argv.index(flag)
+            image, model = (argv[i + 1], model) if flag == "--image" else (image, argv[i + 1])
+            del argv[i : i + 2]
+    before = sorted(str(p) for p in d.rglob("*"))
+    code, _, err = run(capsys, "predict", model, image, *argv)
     assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
-    assert sorted(p.name for p in d.rglob("*")) == before
+    assert sorted(str(p) for p in d.rglob("*")) == before
 
 
 def test_an_unreachable_scheduler_is_a_clear_error(model_and_stack, capsys, monkeypatch):
@@ -267,10 +361,23 @@ def test_napari_reader_opens_predicted_zarr_labels_in_their_classes(model_and_st
     assert layer_type == "labels" and kwargs["metadata"]["class_values"] == [0, 255]
     assert isinstance(data, np.ndarray) and set(np.unique(data)) <= {1, 2}  # display values, in memory for painting
     assert get_reader(str(d / "image.tif")) is not None and get_reader(str(d / "nothing.zarr")) is None
+    assert run(capsys, "predict", d / "m.keras", d / "image.zarr", "-o", d / "p.zarr", "--probabilities", d / "q.zarr", "--no-tta")[0] == 0
+    data, kwargs, layer_type = get_reader(str(d / "q.zarr"))()[0]
+    assert layer_type == "image" and not isinstance(data, np.ndarray)  # probabilities stay lazy
+
+
+def _answer_auto_with(choices) -> None:
+    """On a worker: make ``chunked.resolve_auto_choices`` return ``choices`` (None: its own answer again)."""
+    from napari_unet import chunked as module
+
+    if not hasattr(module, "_real_resolve"):
+        module._real_resolve = module.resolve_auto_choices
+    module.resolve_auto_choices = module._real_resolve if choices is None else (lambda tta, mixed_precision: choices)
 
 
 @pytest.mark.slow
 def test_a_dask_distributed_cluster_of_processes_predicts_the_same_labels(model_and_stack, capsys, monkeypatch):
+    monkeypatch.chdir(model_and_stack)
     distributed = pytest.importorskip("distributed")
     from napari_unet import cli
 
@@ -284,7 +391,15 @@ def test_a_dask_distributed_cluster_of_processes_predicts_the_same_labels(model_
         with distributed.Client(cluster) as client:  # a model in memory travels as its file's bytes
             result = predict_chunked(model, zarr_io.read_zarr(d / "image.zarr").data, slices_per_chunk=1, tta=False, client=client)
             np.testing.assert_array_equal(client.compute(result.labels).result(), expected)
-            assert chunked.resolve_auto_choices("auto", None) == client.submit(chunked.resolve_auto_choices, "auto", None).result()
-        code, _, err = run(capsys, "predict", d / "m.keras", d / "image.tif", "-o", d / "c.zarr", "--no-tta", "--scheduler", cluster.scheduler_address)
-    assert code == 0 and "/5 ETA" in err, err  # a TIFF read page by page: one slice per chunk
+            # "auto" is decided on a worker: make the workers' answer differ from this process's
+            here = chunked.resolve_auto_choices("auto", None)
+            client.run(_answer_auto_with, (1 if here[0] == 4 else 4, not here[1]))
+            decided = predict_chunked(model, image, tta="auto", client=client).options
+            assert (decided["tta"], decided["mixed_precision"]) == (1 if here[0] == 4 else 4, not here[1])
+            client.run(_answer_auto_with, None)
+            client.run(os.chdir, "/")  # workers elsewhere: every path they get must be absolute
+            code, _, err = run(capsys, "predict", "m.keras", "image.tif", "-o", "c.zarr", "--no-tta", "--slices-per-chunk", "2",
+                               "--scheduler", cluster.scheduler_address)
+    assert code == 0 and "/3 ETA" in err, err
+    assert not [p.name for p in d.iterdir() if p.name.startswith(".")]  # no partial stores left
     np.testing.assert_array_equal(zarr.open_array(str(d / "c.zarr"), mode="r")[:], expected)

@@ -105,20 +105,17 @@ def read_path(path) -> TiffData:
         source = Path(os.fspath(path[0])).parent
         return _labels_in_memory(read_slices(path, source=source, lazy=True, lazy_from_bytes=LAZY_IMAGE_BYTES), lambda: read_slices(path, source=source))
     if is_zarr_path(path):  # always lazy: napari reads the chunks it shows
-        return _labels_in_memory(read_zarr(path), lambda: _in_memory(read_zarr(path)))
+        return _labels_in_memory(read_zarr(path), lambda: read_zarr(path, lazy=False))
     if Path(os.fspath(path)).is_dir():
         return _labels_in_memory(read_folder(path, lazy=True, lazy_from_bytes=LAZY_IMAGE_BYTES), lambda: read_folder(path))
     return _labels_in_memory(read_tiff(path, lazy=True, lazy_from_bytes=LAZY_IMAGE_BYTES), lambda: read_tiff(path))
 
 
 def _labels_in_memory(tiff: TiffData, read_eagerly: Callable[[], TiffData]) -> TiffData:
-    """``tiff``, read again at once if it is a lazy label image (painting needs labels in memory)."""
-    return read_eagerly() if is_lazy(tiff.data) and tiff.is_labels_hint else tiff
-
-
-def _in_memory(tiff: TiffData) -> TiffData:
-    tiff.data = np.asarray(tiff.data)
-    return tiff
+    """``tiff``, read again at once if it is a lazy label image (painting needs labels in memory; float data with
+    class values, such as probability maps, open as images and stay lazy)."""
+    integer = np.issubdtype(tiff.data.dtype, np.integer) or tiff.data.dtype == bool
+    return read_eagerly() if is_lazy(tiff.data) and tiff.is_labels_hint and integer else tiff
 
 
 def get_reader(path) -> ReaderFunction | None:

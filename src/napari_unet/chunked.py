@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections import OrderedDict
 import os
 import tempfile
 import threading
@@ -23,7 +24,9 @@ import numpy as np
 from .data import InputError
 from .predict import PredictionProgress
 
-_LOADED: dict = {}  # (model key, mixed precision) -> UNetModel whose network has batch norm folded in
+#: (model key, mixed precision) -> UNetModel whose network has batch norm folded in; the last few only
+_LOADED: "OrderedDict" = OrderedDict()
+_LOADED_MAX = 2
 _LOAD_LOCK = threading.Lock()
 #: One network call runs at a time per process: TensorFlow already spreads one over every core. The rest of a
 #: task (reading, normalising, the membrane rule, writing) runs beside the network calls of other tasks.
@@ -58,6 +61,9 @@ class ModelSource:
             stat = path.stat()
             self.key = f"{path}-{stat.st_mtime_ns}-{stat.st_size}"
 
+    def __dask_tokenize__(self):  # without it dask would pickle the model to name the task graph's node
+        return ("napari-unet-model", self.key)
+
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         if self._model is not None and self._bytes is None:
@@ -75,7 +81,10 @@ class ModelSource:
                 model = self._model if self._model is not None else self._load_file()
                 folded = fold_batch_norm(model.keras_model, model.config, mixed_precision)
                 _LOADED[key] = dataclasses.replace(model, keras_model=_OneCallAtATime(folded))
-        return _LOADED[key]
+                while len(_LOADED) > _LOADED_MAX:
+                    _LOADED.popitem(last=False)
+            _LOADED.move_to_end(key)
+            return _LOADED[key]
 
     def _load_file(self):
         from .model_io import load_model
@@ -141,14 +150,14 @@ def predict_chunked(
     """Lazily predict ``image`` ((Y, X) or (Z, Y, X), numpy or dask) in tasks of ``slices_per_chunk`` slices.
 
     ``model``: a ``.keras`` path (read by every worker: keep it on a shared file system), a :class:`UNetModel`
-    or a :class:`ModelSource`. ``slices_per_chunk``: default the image's own chunking along Z (dask), else 8.
+    or a :class:`ModelSource`. ``slices_per_chunk``: default the image's own chunks along Z (dask; thinner tasks
+    read each input chunk once per task), else 8.
     Nothing runs until the result is computed, with any dask scheduler (``dask.distributed`` too); each task
     returns what :func:`~napari_unet.predict.predict` gives for its slices. The ``"auto"`` choices (test-time
     augmentation, bfloat16) are made once, so every chunk follows the same convention: on a worker of ``client``
     (a ``dask.distributed`` client whose workers compute the result; this machine need not have TensorFlow's
     speed, or load it), else here. The other arguments are those of :func:`predict`.
     """
-    import dask
     import dask.array as da
 
     from .predict import labels_dtype_for
@@ -160,7 +169,7 @@ def predict_chunked(
     if client is None:
         views, mixed_precision = resolve_auto_choices(tta, mixed_precision)
     else:
-        views, mixed_precision = client.submit(resolve_auto_choices, tta, mixed_precision, pure=False).result()
+        views, mixed_precision = client.submit(resolve_auto_choices, tta, mixed_precision, pure=False).result(timeout=STOP_TIMEOUT)
     options = dict(
         tile_size=tile_size, overlap=overlap, batch_size=batch_size, tta=views,
         close_boundaries=close_boundaries, mixed_precision=mixed_precision, return_probabilities=return_probabilities,
@@ -173,15 +182,12 @@ def predict_chunked(
         raise ValueError(f"slices_per_chunk must be at least 1, got {slices_per_chunk}")
     slices_per_chunk = int(slices_per_chunk)
     stack = stack.rechunk({1: -1, 2: -1})  # a task needs whole slices
-    context = source.config.context_slices
     label_dtype = labels_dtype_for(source.class_values)
     n_classes = source.config.n_classes
-    model_node = dask.delayed(source, pure=True, traverse=False)  # sent to each worker once, not with every task
     chunks = tuple((z, min(z + slices_per_chunk, n_slices)) for z in range(0, n_slices, slices_per_chunk))
+    prediction = ChunkedPrediction(None, None, chunks, source, stack, options)
     labels, probabilities = [], []
-    for first, stop in chunks:
-        lo, hi = max(0, first - context), min(n_slices, stop + context)
-        task = dask.delayed(_predict_block, pure=True)(model_node, stack[lo:hi], first - lo, stop - lo, options)
+    for (first, stop), task in zip(chunks, _tasks(prediction, _predict_block, pure=True)):
         labels.append(da.from_delayed(task[0], (stop - first, height, width), label_dtype))
         if return_probabilities:
             probabilities.append(da.from_delayed(task[1], (stop - first, height, width, n_classes), np.float32))
@@ -190,7 +196,22 @@ def predict_chunked(
     if len(shape) == 2:
         labels = labels[0]
         probabilities = None if probabilities is None else probabilities[0]
-    return ChunkedPrediction(labels, probabilities, chunks, source, stack, options)
+    return dataclasses.replace(prediction, labels=labels, probabilities=probabilities)
+
+
+def _tasks(prediction: ChunkedPrediction, function, *extra, pure: bool = False) -> list:
+    """One delayed ``function(model, block, first, stop, z, *extra, options)`` per chunk of ``prediction``: ``block``
+    holds the chunk's slices and their context slices, ``first:stop`` the chunk's within it, ``z`` its first in the stack."""
+    import dask
+
+    model_node = dask.delayed(prediction.source, pure=True, traverse=False)  # sent to each worker once, not with every task
+    context, n_slices = prediction.source.config.context_slices, prediction.stack.shape[0]
+    tasks = []
+    for first, stop in prediction.chunks:
+        lo, hi = max(0, first - context), min(n_slices, stop + context)
+        block = prediction.stack[lo:hi]
+        tasks.append(dask.delayed(function, pure=pure)(model_node, block, first - lo, stop - lo, first, *extra, prediction.options))
+    return tasks
 
 
 def resolve_auto_choices(tta: Union[bool, int, str], mixed_precision: Optional[bool]) -> tuple[int, bool]:
@@ -203,12 +224,13 @@ def resolve_auto_choices(tta: Union[bool, int, str], mixed_precision: Optional[b
     return resolve_tta_views(tta), bool(mixed_precision)
 
 
-def _predict_block(source: ModelSource, block: np.ndarray, first: int, stop: int, options: dict) -> tuple:
-    """(labels, probabilities or None) of slices ``first:stop`` of ``block`` (their context slices around them)."""
+def _predict_block(source: ModelSource, block: np.ndarray, begin: int, end: int, z: int, options: dict, **outputs) -> tuple:
+    """(labels, probabilities or None) of slices ``begin:end`` of ``block`` (their context slices around them);
+    ``outputs``: ``labels_out`` / ``probabilities_out`` / ``stop`` of :func:`~napari_unet.predict.predict_events`."""
     from .predict import predict
 
     model = source.load(options["mixed_precision"])
-    result = predict(model, np.asarray(block), slices=range(first, stop), folded=False, **options)
+    result = predict(model, np.asarray(block), slices=range(begin, end), folded=False, **options, **outputs)
     return result.labels, result.probabilities
 
 
@@ -216,48 +238,87 @@ def store_events(
     prediction: ChunkedPrediction, labels_store, probabilities_store=None, client=None
 ) -> Iterator[PredictionProgress]:
     """Run the tasks of ``prediction``, each writing its slices into zarr arrays at the given paths as it predicts
-    them (memory bounded by a slice, not a chunk), and yield progress per task.
+    them (its outputs held one slice at a time), and yield progress per task.
 
-    The stores (see :func:`napari_unet.zarr_io.create_zarr`) must exist with the prediction's shapes, probabilities
-    stored (Z, C, Y, X), one plane per class; chunks of one slice along Z keep tasks from writing to the same chunk.
-    ``client``: a ``dask.distributed`` client whose workers (which must reach the stores' paths) run the tasks in
-    parallel; None runs them here, two at a time (one network call at a time: TensorFlow spreads each over the cores).
-    Closing the generator early cancels the tasks not yet started.
+    The stores (see :func:`napari_unet.zarr_io.create_zarr`) must exist with the prediction's shapes and dtypes,
+    probabilities stored (Z, C, Y, X), one plane per class, and chunks along Z that no two tasks share (one slice per
+    chunk always works); else ValueError. ``client``: a ``dask.distributed`` client whose workers (which must reach
+    the stores' paths) run the tasks in parallel; None runs them here, two at a time (one network call at a time:
+    TensorFlow spreads each over the cores). Closing the generator early (an error, an interrupt) stops the tasks
+    running at their next tile and returns once none of them writes any more.
     """
-    import dask
-
     if (probabilities_store is None) != (prediction.probabilities is None):
         raise ValueError("give a probabilities store exactly when the prediction has probabilities")
-    stores = (str(labels_store), None if probabilities_store is None else str(probabilities_store))
-    model_node = dask.delayed(prediction.source, pure=True, traverse=False)
-    context, n_slices = prediction.source.config.context_slices, prediction.stack.shape[0]
-    tasks = []
-    for first, stop in prediction.chunks:
-        lo, hi = max(0, first - context), min(n_slices, stop + context)
-        block = prediction.stack[lo:hi]
-        tasks.append(dask.delayed(_predict_into_stores, pure=False)(model_node, block, first - lo, stop - lo, first, stores, prediction.options))
-    total, start = len(tasks), time.perf_counter()
+    stores = (os.path.abspath(labels_store), None if probabilities_store is None else os.path.abspath(probabilities_store))
+    _check_store(stores[0], prediction.labels.shape, prediction.labels.dtype, prediction.chunks)
+    if stores[1] is not None:
+        probabilities_shape = (*prediction.labels.shape[:-2], prediction.probabilities.shape[-1], *prediction.labels.shape[-2:])
+        _check_store(stores[1], probabilities_shape, np.float32, prediction.chunks)
+    start = time.perf_counter()
 
-    def progress(done: int) -> PredictionProgress:
+    def progress(done: int, total: int) -> PredictionProgress:
         elapsed = time.perf_counter() - start
         return PredictionProgress(done, total, elapsed, elapsed / done * (total - done))
 
     if client is None:
-        yield from _compute_here(tasks, progress)
+        stop = threading.Event()
+        yield from _compute_here(_tasks(prediction, _predict_into_stores, stores, stop.is_set), stop, progress)
         return
-    from distributed import as_completed
+    from distributed import Event, as_completed, wait
 
-    futures = client.compute(tasks)
+    stop = Event(f"napari-unet-stop-{os.getpid()}-{next(_COUNTER)}-{time.time_ns()}", client=client)
+    futures = client.compute(_tasks(prediction, _predict_into_stores, stores, _ClusterStop(stop.name)))
     try:
         for done, future in enumerate(as_completed(futures), 1):
             future.result()  # re-raises a task's error here
-            yield progress(done)
+            yield progress(done, len(futures))
     finally:
-        client.cancel([f for f in futures if not f.done()])
+        stop.set()
+        client.cancel([f for f in futures if f.status == "pending"])
+        wait(futures, timeout=STOP_TIMEOUT)  # tasks still running stop at their next tile; then nothing writes any more
 
 
-def _compute_here(tasks: list, progress) -> Iterator[PredictionProgress]:
-    """Compute ``tasks`` in this process, :data:`LOCAL_CHUNKS_IN_FLIGHT` at a time (memory stays bounded)."""
+#: Seconds a stopped run waits for the tasks running on a cluster to stop writing.
+STOP_TIMEOUT = 300
+
+
+class _ClusterStop:
+    """``stop()`` for tasks on a cluster: whether the client set its ``distributed.Event`` (asked at most once a second)."""
+
+    def __init__(self, name: str):
+        self.name, self._event, self._asked, self._set = name, None, 0.0, False
+
+    def __getstate__(self) -> dict:
+        return {"name": self.name}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["name"])
+
+    def __call__(self) -> bool:
+        if not self._set and time.monotonic() - self._asked > 1.0:
+            from distributed import Event
+
+            self._event = self._event or Event(self.name)
+            self._set, self._asked = self._event.is_set(), time.monotonic()
+        return self._set
+
+
+def _check_store(path: str, shape: tuple, dtype, chunks: tuple) -> None:
+    """ValueError unless the zarr array at ``path`` has ``shape`` and ``dtype`` and no Z chunk shared by two tasks."""
+    import zarr
+
+    store = zarr.open_array(path, mode="r")
+    if tuple(store.shape) != tuple(shape) or np.dtype(store.dtype) != np.dtype(dtype):
+        raise ValueError(f"store {path} has shape {tuple(store.shape)} and dtype {store.dtype}; the prediction needs {tuple(shape)} {np.dtype(dtype)}")
+    if len(shape) in (3, 4):  # stores with a Z axis
+        z_chunk = store.chunks[0]
+        if any(first % z_chunk or (stop % z_chunk and stop != shape[0]) for first, stop in chunks):
+            raise ValueError(f"store {path} has chunks of {z_chunk} slices, which tasks of slices {list(chunks)[:3]}... would share (give it one slice per chunk)")
+
+
+def _compute_here(tasks: list, stop: threading.Event, progress) -> Iterator[PredictionProgress]:
+    """Compute ``tasks`` in this process, :data:`LOCAL_CHUNKS_IN_FLIGHT` at a time (memory stays bounded); when the
+    consumer stops early, ``stop`` is set, so running tasks end at their next tile."""
     import dask
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
@@ -271,20 +332,19 @@ def _compute_here(tasks: list, progress) -> Iterator[PredictionProgress]:
             for future in finished:
                 future.result()  # re-raises a task's error here
                 done += 1
-                yield progress(done)
+                yield progress(done, len(tasks))
     finally:  # also when the consumer closes the generator: chunks not started never start
+        stop.set()
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _predict_into_stores(source: ModelSource, block: np.ndarray, first: int, stop: int, z: int, stores: tuple, options: dict) -> int:
-    """Predict slices ``first:stop`` of ``block`` into slices ``z:`` of the zarr stores at ``stores`` (labels, probabilities or None)."""
-    from .predict import predict
-
+def _predict_into_stores(source: ModelSource, block: np.ndarray, first: int, stop: int, z: int, stores: tuple, stopped, options: dict) -> int:
+    """Predict slices ``first:stop`` of ``block`` into slices ``z:`` of the zarr stores at ``stores`` (labels,
+    probabilities or None), until ``stopped()``."""
     labels_out = _SliceWriter(stores[0], z, stop - first)
     probabilities_out = None if stores[1] is None else _SliceWriter(stores[1], z, stop - first, classes_first=True)
-    model = source.load(options["mixed_precision"])
     options = {**options, "return_probabilities": False}
-    predict(model, np.asarray(block), slices=range(first, stop), folded=False, labels_out=labels_out, probabilities_out=probabilities_out, **options)
+    _predict_block(source, block, first, stop, z, options, labels_out=labels_out, probabilities_out=probabilities_out, stop=stopped)
     return stop - first
 
 

@@ -87,17 +87,19 @@ def check_output(path, what: str, inputs=(), suffixes=()) -> Path:
 
 
 def check_zarr_output(path, what: str, inputs=()) -> Path:
-    """``path`` as a Path, if a zarr store can be written there (see :func:`check_output`); an existing zarr store
-    is replaced when the new one is complete, anything else that exists there is refused."""
-    from .zarr_io import ZARR_SUFFIX, holds_zarr_metadata
+    """``path`` as an absolute Path, if a zarr store can be written there (see :func:`check_output`): an existing
+    zarr array is replaced when the new one is complete; anything else there (a group, which may hold other data, a
+    file, a folder) is refused, and so is a path holding an input (replacing it would delete the input)."""
+    from .zarr_io import ZARR_SUFFIX, is_zarr_array_store, is_zarr_name
 
-    path = Path(path)
-    if not path.name.lower().endswith(ZARR_SUFFIX):
+    path = Path(os.path.realpath(path))  # absolute: a cluster's workers write it; a symbolic link's target
+    if not is_zarr_name(path):
         raise CommandError(f"{what} {path.name!r} must end in {ZARR_SUFFIX}")
-    if path.is_symlink():
-        path = Path(os.path.realpath(path))
-    if path.exists() and not holds_zarr_metadata(path):
-        raise CommandError(f"{what} {str(path)!r} exists and is not a zarr store; give another name")
+    for source in inputs:
+        if Path(os.path.realpath(source)).is_relative_to(path):
+            raise CommandError(f"{what} {str(path)!r} holds the input {str(source)!r}, which replacing it would delete; give another name")
+    if path.exists() and not is_zarr_array_store(path):
+        raise CommandError(f"{what} {str(path)!r} exists and is not a zarr array (a group or other data); give another name")
     return _check_folder(path, what, inputs)
 
 
@@ -185,9 +187,7 @@ def _read_stack_and_metadata(path, what: str, lazy: bool = False, for_cluster: b
         raise CommandError(f"{what} {str(path)!r} does not exist")
     lazy_from = 0 if for_cluster else None
     if is_zarr_path(path):
-        tiff = read_zarr(path)
-        if not (lazy or for_cluster):
-            tiff.data = np.asarray(tiff.data)
+        tiff = read_zarr(path, lazy=lazy or for_cluster)
     elif path.is_dir():
         tiff = read_folder(path, lazy=lazy or for_cluster, lazy_from_bytes=lazy_from)
     else:
@@ -419,23 +419,23 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _is_zarr_name(path) -> bool:
-    return path is not None and Path(path).name.lower().endswith(".zarr")
-
-
 def cmd_predict(args) -> int:
     from .model_io import load_model
     from .predict import labels_dtype, predict_events
+    from .zarr_io import is_zarr_name
 
     inputs, suffixes = (args.model, args.image), (".tif", ".tiff")
-    chunked = _is_zarr_name(args.output)
-    if args.probabilities and _is_zarr_name(args.probabilities) != chunked:
+    chunked = is_zarr_name(args.output)
+    if args.probabilities and is_zarr_name(args.probabilities) != chunked:
         raise CommandError("-o and --probabilities must both be zarr stores (.zarr) or both TIFF files")
     if not chunked and (args.scheduler or args.slices_per_chunk):
         raise CommandError(f"--{'scheduler' if args.scheduler else 'slices-per-chunk'} needs a zarr store as output (-o LABELS.zarr), which the tasks write chunk by chunk")
     if chunked:
         output = check_zarr_output(args.output, "labels store", inputs)
         probabilities_file = check_zarr_output(args.probabilities, "probabilities store", inputs) if args.probabilities else None
+        if probabilities_file is not None and (probabilities_file.is_relative_to(output) or output.is_relative_to(probabilities_file)):
+            raise CommandError("-o and --probabilities must not lie one inside the other")
+        args.image = os.path.abspath(args.image)  # workers elsewhere read it
     else:
         output = check_output(args.output, "labels file", inputs, suffixes + (".zarr",))
         probabilities_file = check_output(args.probabilities, "probabilities file", inputs, suffixes) if args.probabilities else None
@@ -484,11 +484,14 @@ def _predict_chunked(args, image, output: Path, probabilities_file: Path | None)
     from .chunked import ModelSource, predict_chunked, store_events
     from .zarr_io import commit_zarr, create_zarr, discard_zarr
 
+    from .zarr_io import is_zarr_path
+
     source = ModelSource(args.model)
+    per_chunk = args.slices_per_chunk or (None if is_zarr_path(args.image) else DEFAULT_SLICES_PER_CHUNK)
     with contextlib.ExitStack() as stack:
         client = stack.enter_context(_dask_client(args.scheduler)) if args.scheduler else None
         prediction = predict_chunked(
-            source, image, slices_per_chunk=args.slices_per_chunk, return_probabilities=probabilities_file is not None,
+            source, image, slices_per_chunk=per_chunk, return_probabilities=probabilities_file is not None,
             tile_size=args.tile_size, batch_size=args.batch_size, tta=args.tta if args.tta_views is None else args.tta_views,
             close_boundaries=False if args.argmax else (True if args.close_boundaries else None),
             mixed_precision=False if args.float32 else None, client=client,
@@ -505,8 +508,12 @@ def _predict_chunked(args, image, output: Path, probabilities_file: Path | None)
             for path, shape, dtype, chunks, metadata in stores:
                 partials.append(create_zarr(path, shape, dtype, chunks, metadata))
             progress = ProgressLine()
-            for event in store_events(prediction, partials[0], partials[1] if len(partials) > 1 else None, client=client):
-                progress.show(event.done / event.total, f"chunk {event.done}/{event.total} ETA {_format_seconds(event.eta)}")
+            try:
+                for event in store_events(prediction, partials[0], partials[1] if len(partials) > 1 else None, client=client):
+                    progress.show(event.done / event.total, f"chunk {event.done}/{event.total} ETA {_format_seconds(event.eta)}")
+            except Exception as err:
+                _raise_cluster_failure(err)
+                raise
             progress.done()
             for partial, (path, *_rest) in zip(partials, stores):
                 commit_zarr(partial, path)
@@ -520,21 +527,40 @@ def _predict_chunked(args, image, output: Path, probabilities_file: Path | None)
 
 
 SCHEDULER_TIMEOUT = "20s"
+#: Slices per task for TIFF and folder images (zarr images: their own chunks along Z).
+DEFAULT_SLICES_PER_CHUNK = 8
 
 
 @contextlib.contextmanager
 def _dask_client(address: str):
-    """A ``dask.distributed`` client of the scheduler at ``address``; a :class:`CommandError` if there is none."""
+    """A ``dask.distributed`` client of the scheduler at ``address`` with at least one worker; else a :class:`CommandError`."""
     try:
         from distributed import Client
     except ImportError:
         raise CommandError("--scheduler needs dask.distributed: pip install 'napari-unet[distributed]'") from None
     try:
         client = Client(address, timeout=SCHEDULER_TIMEOUT)
-    except (OSError, TimeoutError, ValueError) as err:
-        raise CommandError(f"cannot reach a dask scheduler at {address!r}: {err}") from None
+    except (OSError, TimeoutError, ValueError, TypeError) as err:  # TypeError: tls:// without a security context
+        raise CommandError(f"cannot reach a dask scheduler at {address!r}: {_first_line(err)}") from None
     with client:
+        try:
+            client.wait_for_workers(1, timeout=SCHEDULER_TIMEOUT)
+        except TimeoutError:
+            raise CommandError(f"the dask scheduler at {address!r} has no workers (start some: dask worker {address})") from None
         yield client
+
+
+def _raise_cluster_failure(err: Exception) -> None:
+    """A :class:`CommandError` for a cluster's own failures (a worker died, a worker without napari-unet)."""
+    name = type(err).__name__
+    if name == "KilledWorker":
+        raise CommandError(f"a dask worker died while predicting (out of memory? fewer threads per worker or --slices-per-chunk 1 may help): {_first_line(err)}") from None
+    if isinstance(err, ModuleNotFoundError):
+        raise CommandError(f"a dask worker cannot import what the prediction needs (install napari-unet on every worker): {_first_line(err)}") from None
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def cmd_evaluate(args) -> int:
@@ -627,7 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
     rule.add_argument("--argmax", action="store_true", help="plain most-probable-class labels, no boundary rule")
     pred.add_argument("--tile-size", type=positive_int, default=512, help="tile side in pixels (default 512)")
     pred.add_argument("--batch-size", type=positive_int, default=2, help="images per network call (default 2)")
-    pred.add_argument("--slices-per-chunk", type=positive_int, help="zarr outputs: slices per task (default: the zarr image's own "
+    pred.add_argument("--slices-per-chunk", type=positive_int, help="zarr outputs: slices per task (default: a zarr image's own "
                       "chunks along Z, else 8); the stores written have one chunk per slice")
     pred.add_argument("--scheduler", metavar="ADDRESS", help="zarr outputs: compute the chunks on the dask.distributed cluster whose "
                       "scheduler listens at ADDRESS (e.g. tcp://10.0.0.5:8786); the model, image and outputs must be at paths every "

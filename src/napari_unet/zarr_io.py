@@ -8,6 +8,8 @@ by chunk; :func:`commit_zarr` then renames it into place (a failed write never l
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -26,25 +28,39 @@ class ZarrReadError(ValueError):
     """A zarr store that is missing, unreadable or holds no single image; the message is one line."""
 
 
+def is_zarr_name(path) -> bool:
+    """Whether ``path``'s name ends in ``.zarr`` (what outputs must be called to be written as zarr stores)."""
+    return Path(os.fspath(path)).name.lower().endswith(ZARR_SUFFIX)
+
+
 def is_zarr_path(path) -> bool:
     """Whether ``path`` names a zarr store: a name ending in ``.zarr``, or a folder holding zarr metadata."""
-    path = Path(os.fspath(path))
-    if path.name.lower().endswith(ZARR_SUFFIX):
-        return True
-    return holds_zarr_metadata(path)
+    return is_zarr_name(path) or holds_zarr_metadata(path)
 
 
 def holds_zarr_metadata(path) -> bool:
-    """Whether ``path`` is a folder with zarr metadata (a store that may be replaced, unlike any other folder)."""
+    """Whether ``path`` is a folder with zarr metadata (an array or a group)."""
     path = Path(os.fspath(path))
     return path.is_dir() and any((path / marker).is_file() for marker in _ZARR_MARKERS)
 
 
-def read_zarr(path) -> TiffData:
-    """Open the image of a zarr store lazily: ``data`` is a dask array with the store's chunks.
+def is_zarr_array_store(path) -> bool:
+    """Whether ``path`` is a folder holding one zarr array (v2 ``.zarray`` or v3 ``zarr.json`` of an array), not a group."""
+    path = Path(os.fspath(path))
+    if (path / ".zarray").is_file():
+        return True
+    try:
+        return json.loads((path / "zarr.json").read_text()).get("node_type") == "array"
+    except (OSError, ValueError, AttributeError):
+        return False
 
-    Raises :class:`ZarrReadError` for a missing or unreadable store, a group with no image or several
-    (other than OME-Zarr levels), or damaged OME metadata.
+
+def read_zarr(path, lazy: bool = True) -> TiffData:
+    """Open the image of a zarr store: ``data`` is a dask array with the store's chunks (``lazy=False``: numpy).
+
+    A chunk that cannot be read or decoded raises :class:`ZarrReadError` when it is read. Raises
+    :class:`ZarrReadError` for a missing or unreadable store, a group with no image or several (other than
+    OME-Zarr levels), or damaged OME metadata.
     """
     import dask.array as da
     import zarr
@@ -70,14 +86,35 @@ def read_zarr(path) -> TiffData:
     else:
         axes = own.get("axes") if isinstance(own.get("axes"), str) and len(own["axes"]) == ndim else _default_axes(ndim)
         units = (None,) * ndim
-    scale = tuple(float(s) for s in ome_scale) if ome_scale is not None else (1.0,) * ndim
-    data = da.from_zarr(array)
+    scale = tuple(ome_scale) if ome_scale is not None else (1.0,) * ndim
+    data = da.from_array(_CheckedChunks(array, str(path)), chunks=array.chunks, asarray=True, fancy=False)
+    if not lazy:
+        data = np.asarray(data)
     metadata: dict[str, Any] = {"source": str(path), "format": "ome-zarr" if ome_axes is not None else "zarr", "dtype": str(data.dtype)}
     metadata.update({key: own[key] for key in _LABEL_KEYS if own.get(key) is not None})
     return TiffData(
         data=data, axes=axes, scale=scale, units=units, metadata=metadata,
         is_labels_hint=detect_labels(data, path.name, metadata),
     )
+
+
+class _CheckedChunks:
+    """A zarr array for ``dask.array.from_array`` whose read errors (damaged chunks, codecs) are :class:`ZarrReadError`."""
+
+    def __init__(self, array, path: str):
+        self.array, self.path = array, path
+        self.shape, self.dtype, self.ndim = tuple(array.shape), np.dtype(array.dtype), len(array.shape)
+
+    def __dask_tokenize__(self):
+        return ("napari-unet-zarr", self.path, self.shape, str(self.dtype))
+
+    def __getitem__(self, index):
+        try:
+            return self.array[index]
+        except MemoryError as exc:
+            raise ZarrReadError(f"{self.path}: not enough memory to read a chunk") from exc
+        except Exception as exc:  # zarr, numcodecs, the file system: anything means a damaged store
+            raise ZarrReadError(f"{self.path}: damaged or unreadable chunk ({type(exc).__name__}: {_one_line(exc)})") from exc
 
 
 def _attributes(node) -> dict:
@@ -87,30 +124,59 @@ def _attributes(node) -> dict:
         return {}
 
 
+def _multiscales(attributes: dict):
+    return attributes.get("multiscales") or (attributes.get("ome") or {}).get("multiscales")
+
+
 def _image_of_group(path: Path, group, attributes: dict):
     """(array, OME axes [(letter, unit)] or None, OME scale or None) of a group's image."""
-    multiscales = attributes.get("multiscales") or (attributes.get("ome") or {}).get("multiscales")
+    multiscales = _multiscales(attributes)
+    if not multiscales and not list(group.array_keys()):
+        # bioformats2raw layout: the image is the only child group ("0") holding the multiscales
+        children = [name for name, _ in group.groups()]
+        if len(children) == 1 and _multiscales(_attributes(group[children[0]])):
+            group = group[children[0]]
+            multiscales = _multiscales(_attributes(group))
     if multiscales:
         try:
             first = multiscales[0]
             dataset = first["datasets"][0]
             array = group[dataset["path"]]
             axes = [_ome_axis(axis) for axis in first.get("axes") or []] or None
-            scales = [t["scale"] for t in dataset.get("coordinateTransformations") or [] if t.get("type") == "scale"]
-            scale = scales[0] if scales else None
-        except (KeyError, IndexError, TypeError, AttributeError) as exc:
+            scale = _ome_scale(dataset.get("coordinateTransformations"), len(array.shape))
+            overall = _ome_scale(first.get("coordinateTransformations"), len(array.shape))  # applies to every level
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
             raise ZarrReadError(f"{path}: damaged OME-Zarr metadata ({type(exc).__name__}: {_one_line(exc)})") from exc
         ndim = len(array.shape)
-        if axes is not None and (len(axes) != ndim or len({a for a, _ in axes}) != ndim):
-            raise ZarrReadError(f"{path}: OME-Zarr axes {[a for a, _ in axes]} do not fit an array of {ndim} dimensions")
-        if scale is not None and len(scale) != ndim:
-            raise ZarrReadError(f"{path}: OME-Zarr scale {scale} does not fit an array of {ndim} dimensions")
+        if axes is not None and len(axes) != ndim:
+            raise ZarrReadError(f"{path}: OME-Zarr names {len(axes)} axes for an array of {ndim} dimensions")
+        if axes is not None and len({a for a, _ in axes}) != ndim:
+            raise ZarrReadError(f"{path}: OME-Zarr axes {[a for a, _ in axes]}: napari-unet reads axes named t, c, z, y, x and at most one other")
+        if scale is not None or overall is not None:
+            scale = tuple(a * b for a, b in zip(scale or (1.0,) * ndim, overall or (1.0,) * ndim))
         return array, axes, scale
     names = sorted(group.array_keys())
     if len(names) != 1:
         found = f"arrays {names[:5]}" if names else "no array"
         raise ZarrReadError(f"{path}: a zarr group with {found}; give the path of one array inside it")
     return group[names[0]], None, None
+
+
+def _ome_scale(transformations, ndim: int):
+    """The ``scale`` transformation of an OME-Zarr list as floats (unusable sizes become 1.0), or None if there is none."""
+    scales = [t["scale"] for t in transformations or [] if t.get("type") == "scale"]
+    if not scales:
+        return None
+    if len(scales[0]) != ndim:
+        raise ValueError(f"scale {scales[0]} does not fit an array of {ndim} dimensions")
+    sizes = []
+    for value in scales[0]:
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            value = 1.0
+        sizes.append(value if math.isfinite(value) and value > 0 else 1.0)
+    return tuple(sizes)
 
 
 def _ome_axis(axis) -> tuple[str, str | None]:
@@ -127,8 +193,9 @@ def _ome_axis(axis) -> tuple[str, str | None]:
 
 
 def partial_path(path) -> Path:
-    """The hidden folder beside ``path`` that :func:`create_zarr` fills before :func:`commit_zarr`."""
-    path = Path(os.fspath(path))
+    """The hidden folder beside ``path`` (absolute: workers elsewhere write it) that :func:`create_zarr` fills
+    before :func:`commit_zarr`."""
+    path = Path(os.path.abspath(os.fspath(path)))
     return path.with_name(f".{path.name}.{os.getpid()}.partial")
 
 
@@ -151,12 +218,16 @@ def create_zarr(path, shape: tuple, dtype, chunks: tuple, metadata: dict | None 
 
 
 def commit_zarr(partial: Path, path) -> None:
-    """Move the finished ``partial`` store to ``path``; an existing store there is replaced (not merged)."""
+    """Move the finished ``partial`` store to ``path``; an existing zarr array there is replaced (not merged), and
+    anything else there (a group, which may hold other data, a file, another folder) is refused."""
+    from ._files import fsync_folder
+
     path = Path(os.fspath(path))
     old = None
     if path.exists():
-        if not holds_zarr_metadata(path):
-            raise FileExistsError(f"{path} exists and is not a zarr store; not replaced")
+        if not is_zarr_array_store(path):
+            raise FileExistsError(f"{path} exists and is not a zarr array; not replaced")
+        os.chmod(partial, path.stat().st_mode & 0o7777)  # the replaced store's permissions
         old = path.with_name(f".{path.name}.{os.getpid()}.replaced")
         discard_zarr(old)
         os.replace(path, old)
@@ -166,6 +237,7 @@ def commit_zarr(partial: Path, path) -> None:
         if old is not None:
             os.replace(old, path)
         raise
+    fsync_folder(path.parent)
     if old is not None:
         discard_zarr(old)
 
