@@ -122,8 +122,9 @@ def test_store_events_fill_zarr_stores_chunk_by_chunk_and_commit_replaces_atomic
     events = list(store_events(result, labels, probs))
     assert [(e.done, e.total) for e in events] == [(1, 2), (2, 2)]
     assert zarr.open_array(str(target), mode="r").shape == (1, 8, 8)  # untouched until committed
-    zarr_io.commit_zarr(labels, target)
-    assert not labels.exists() and not list(tmp_path.glob(".*replaced"))
+    replaced = zarr_io.commit_zarr(labels, target)
+    assert not labels.exists() and replaced.name.endswith(".replaced")  # the old store moved aside, for the caller to delete
+    zarr_io.discard_zarr(replaced)
     read = zarr_io.read_zarr(target)
     assert read.axes == "ZYX" and read.metadata["class_values"] == [0, 255] and read.is_labels_hint
     np.testing.assert_array_equal(np.asarray(read.data), expected.labels)
@@ -189,7 +190,7 @@ def test_commit_replaces_only_a_zarr_array_and_restores_it_when_the_rename_fails
         zarr_io.commit_zarr(partial, old)
     assert (zarr.open_array(str(old), mode="r")[:] == 7).all()  # the old store is back
     monkeypatch.setattr(os, "replace", replace)
-    zarr_io.commit_zarr(partial, old)
+    zarr_io.discard_zarr(zarr_io.commit_zarr(partial, old))
     assert not zarr.open_array(str(old), mode="r")[:].any() and (old.stat().st_mode & 0o777) == 0o750
 
 
@@ -259,6 +260,26 @@ def test_unreadable_zarr_stores_are_one_line_errors(tmp_path, make, words):
     with pytest.raises(zarr_io.ZarrReadError, match=words.replace("[", r"\[").replace("]", r"\]")) as info:
         zarr_io.read_zarr(path)
     assert "\n" not in str(info.value)
+
+
+def test_a_store_missing_where_it_is_read_is_an_error_not_zeros(tmp_path):
+    zarr_io.write_zarr(tmp_path / "here.zarr", np.full((2, 8, 8), 5, np.uint8))
+    lazy = zarr_io.read_zarr(tmp_path / "here.zarr").data
+    os.rename(tmp_path / "here.zarr", tmp_path / "elsewhere.zarr")  # as on a worker without the shared file system
+    with pytest.raises(zarr_io.ZarrReadError, match="not found on"):
+        lazy.compute()
+
+
+def test_zarr_images_are_labels_only_by_metadata_or_name_and_stay_lazy(tmp_path):
+    from napari_unet._reader import get_reader
+
+    image = np.random.default_rng(0).integers(0, 256, (3, 32, 32), dtype=np.uint8)
+    image[0] = 0  # a blank first slice (padding) has few values, like labels
+    zarr_io.write_zarr(tmp_path / "em.zarr", image)
+    data, _, layer_type = get_reader(str(tmp_path / "em.zarr"))()[0]
+    assert layer_type == "image" and not isinstance(data, np.ndarray)
+    zarr_io.write_zarr(tmp_path / "em-mask.zarr", (image > 128).astype(np.uint8))
+    assert get_reader(str(tmp_path / "em-mask.zarr"))()[0][2] == "labels"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -339,6 +360,31 @@ def test_bad_zarr_outputs_exit_2_before_any_work(model_and_stack, capsys, argv, 
     assert sorted(str(p) for p in d.rglob("*")) == before
 
 
+def test_empty_stacks_and_sigterm_are_clean_exits(model_and_stack, capsys, monkeypatch):
+    import signal
+
+    from napari_unet import cli
+
+    d = model_and_stack
+    zarr.open_array(str(d / "empty.zarr"), mode="w", shape=(0, 64, 64), dtype="u1", chunks=(1, 64, 64))
+    for output in ("e.zarr", "e.tif"):
+        code, _, err = run(capsys, "predict", d / "m.keras", d / "empty.zarr", "-o", d / output)
+        assert code == 2 and "holds no pixels" in err, err
+    code, _, err = run(capsys, "evaluate", d / "empty.zarr", d / "empty.zarr")
+    assert code == 2 and "holds no pixels" in err, err
+    stores = predict_chunked  # SIGTERM (kill, timeout, batch schedulers) interrupts like Ctrl-C and cleans up
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return stores(*args, **kwargs)
+
+    monkeypatch.setattr(chunked, "predict_chunked", terminated)
+    code, _, err = run(capsys, "predict", d / "m.keras", d / "image.zarr", "-o", d / "t.zarr", "--no-tta")
+    assert code == cli.EXIT_INTERRUPTED and "interrupted" in err, err
+    assert not [p.name for p in d.iterdir() if p.name.startswith(".") or p.name == "t.zarr"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+
+
 def test_an_unreachable_scheduler_is_a_clear_error(model_and_stack, capsys, monkeypatch):
     pytest.importorskip("distributed")
     from napari_unet import cli
@@ -400,6 +446,13 @@ def test_a_dask_distributed_cluster_of_processes_predicts_the_same_labels(model_
             client.run(os.chdir, "/")  # workers elsewhere: every path they get must be absolute
             code, _, err = run(capsys, "predict", "m.keras", "image.tif", "-o", "c.zarr", "--no-tta", "--slices-per-chunk", "2",
                                "--scheduler", cluster.scheduler_address)
-    assert code == 0 and "/3 ETA" in err, err
-    assert not [p.name for p in d.iterdir() if p.name.startswith(".")]  # no partial stores left
+        assert code == 0 and "/3 ETA" in err, err
+        # a task's bad input on a worker: one line, exit 2, and no partial store left behind
+        nan = tifffile.imread(d / "image.tif").astype(np.float32)
+        nan[3, 5, 5] = np.nan
+        tifffile.imwrite(d / "nan.tif", nan)
+        code, _, err = run(capsys, "predict", "m.keras", "nan.tif", "-o", "n.zarr", "--no-tta", "--slices-per-chunk", "1",
+                           "--scheduler", cluster.scheduler_address)
+        assert code == 2 and "NaN" in err.strip().splitlines()[-1] and "Traceback" not in err, err
+    assert not [p.name for p in d.iterdir() if p.name.startswith(".") or p.name == "n.zarr"]  # no partial stores left
     np.testing.assert_array_equal(zarr.open_array(str(d / "c.zarr"), mode="r")[:], expected)

@@ -8,6 +8,7 @@ can read, or the file's bytes for a model in memory) and is loaded once per proc
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 from collections import OrderedDict
@@ -32,6 +33,8 @@ _LOAD_LOCK = threading.Lock()
 #: task (reading, normalising, the membrane rule, writing) runs beside the network calls of other tasks.
 _NETWORK_LOCK = threading.Lock()
 _COUNTER = itertools.count()
+#: Default tasks take the image's chunks along Z, cut to at most this much input.
+MAX_TASK_INPUT_BYTES = 2**28
 #: Chunks computed at once without a cluster: while one chunk's last membrane rule runs, the next chunk's network does.
 LOCAL_CHUNKS_IN_FLIGHT = 2
 
@@ -163,8 +166,14 @@ def predict_chunked(
     from .predict import labels_dtype_for
 
     shape = tuple(np.shape(image))
-    if len(shape) not in (2, 3) or (len(shape) == 3 and shape[-1] in (3, 4)):
-        raise InputError(f"image has shape {shape}; chunked prediction takes one-channel (Y, X) images or (Z, Y, X) stacks")
+    colour = len(shape) == 3 and shape[-1] in (3, 4)
+    if len(shape) not in (2, 3) or colour:
+        raise InputError(
+            f"image has shape {shape}; chunked prediction takes one-channel (Y, X) images or (Z, Y, X) stacks"
+            + (" (this looks like an RGB image; convert it to grayscale)" if colour else "")
+        )
+    if 0 in shape:
+        raise InputError(f"image has shape {shape}: it holds no pixels")
     source = model if isinstance(model, ModelSource) else ModelSource(model)
     if client is None:
         views, mixed_precision = resolve_auto_choices(tta, mixed_precision)
@@ -176,8 +185,12 @@ def predict_chunked(
     )
     stack = da.asarray(image if len(shape) == 3 else image[np.newaxis])
     n_slices, height, width = stack.shape
-    if slices_per_chunk is None:
-        slices_per_chunk = stack.chunks[0][0] if isinstance(image, da.Array) else 8
+    if slices_per_chunk is None:  # the image's chunks along Z, as many as fit in MAX_TASK_INPUT_BYTES; else 8
+        slices_per_chunk = 8
+        if isinstance(image, da.Array) and len(shape) == 3:
+            z_chunk = stack.chunks[0][0]
+            fitting = MAX_TASK_INPUT_BYTES // max(1, height * width * stack.dtype.itemsize)
+            slices_per_chunk = z_chunk if z_chunk <= fitting else max(1, fitting)
     if int(slices_per_chunk) < 1:
         raise ValueError(f"slices_per_chunk must be at least 1, got {slices_per_chunk}")
     slices_per_chunk = int(slices_per_chunk)
@@ -273,9 +286,11 @@ def store_events(
             future.result()  # re-raises a task's error here
             yield progress(done, len(futures))
     finally:
+        # Nothing is cancelled (a cancelled running task would go on writing unseen): told to stop, the tasks not
+        # started end at their first tile and the running ones at their next, and the stores are left alone after.
         stop.set()
-        client.cancel([f for f in futures if f.status == "pending"])
-        wait(futures, timeout=STOP_TIMEOUT)  # tasks still running stop at their next tile; then nothing writes any more
+        with contextlib.suppress(Exception):
+            wait(futures, timeout=STOP_TIMEOUT)
 
 
 #: Seconds a stopped run waits for the tasks running on a cluster to stop writing.
@@ -357,7 +372,7 @@ class _SliceWriter:
         import zarr
 
         self.store = zarr.open_array(path, mode="r+")
-        self.first, self.classes_first = first, classes_first
+        self.path, self.first, self.classes_first = path, first, classes_first
         plane_ndim = 3 if classes_first else 2
         self.has_z = self.store.ndim > plane_ndim
         plane = tuple(self.store.shape[-plane_ndim:])
@@ -365,6 +380,8 @@ class _SliceWriter:
         self.dtype = np.dtype(self.store.dtype)
 
     def __setitem__(self, index: int, value: np.ndarray) -> None:
+        if not os.path.isdir(self.path):  # discarded by a stopped run: zarr would create the folder again
+            raise FileNotFoundError(f"{self.path} was removed while the prediction wrote it")
         value = np.moveaxis(value, -1, 0) if self.classes_first else value
         if self.has_z:
             self.store[self.first + index] = value

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -201,6 +202,8 @@ def _read_stack_and_metadata(path, what: str, lazy: bool = False, for_cluster: b
                 "convert it to grayscale or extract one channel"
             )
     # Length-1 axes other than Y and X go (np.squeeze would also read a lazy array whole).
+    if 0 in data.shape:
+        raise CommandError(f"{what} {path.name} has shape {data.shape} (axes {axes}): it holds no pixels")
     squeezed = data.reshape([n for n, axis in zip(data.shape, axes) if n != 1 or axis in "YX"])
     if squeezed.ndim not in (2, 3):
         raise CommandError(f"{what} {path.name} has shape {data.shape} (axes {axes}); expected (Y, X) or (Z, Y, X)")
@@ -428,6 +431,8 @@ def cmd_predict(args) -> int:
     chunked = is_zarr_name(args.output)
     if args.probabilities and is_zarr_name(args.probabilities) != chunked:
         raise CommandError("-o and --probabilities must both be zarr stores (.zarr) or both TIFF files")
+    if args.scheduler is not None and not args.scheduler.strip():
+        raise CommandError("--scheduler needs the address of a dask scheduler, e.g. tcp://10.0.0.5:8786")
     if not chunked and (args.scheduler or args.slices_per_chunk):
         raise CommandError(f"--{'scheduler' if args.scheduler else 'slices-per-chunk'} needs a zarr store as output (-o LABELS.zarr), which the tasks write chunk by chunk")
     if chunked:
@@ -515,9 +520,15 @@ def _predict_chunked(args, image, output: Path, probabilities_file: Path | None)
                 _raise_cluster_failure(err)
                 raise
             progress.done()
-            for partial, (path, *_rest) in zip(partials, stores):
-                commit_zarr(partial, path)
-                args.written.append(path)
+            replaced = []
+            try:  # renames only, so both outputs are in place at once; the replaced stores are deleted after
+                for partial, (path, *_rest) in zip(partials, stores):
+                    replaced.append(commit_zarr(partial, path))
+                    args.written.append(path)
+            finally:
+                for old in replaced:
+                    if old is not None:
+                        discard_zarr(old)
         finally:
             for partial in partials:
                 discard_zarr(partial)
@@ -551,8 +562,11 @@ def _dask_client(address: str):
 
 
 def _raise_cluster_failure(err: Exception) -> None:
-    """A :class:`CommandError` for a cluster's own failures (a worker died, a worker without napari-unet)."""
+    """A :class:`CommandError` for a cluster's own failures (a worker died, a worker without napari-unet, the
+    scheduler gone)."""
     name = type(err).__name__
+    if name in ("FutureCancelledError", "FuturesCancelledError", "CancelledError", "CommClosedError"):
+        raise CommandError(f"lost the dask cluster while predicting ({name}: {_first_line(err)})") from None
     if name == "KilledWorker":
         raise CommandError(f"a dask worker died while predicting (out of memory? fewer threads per worker or --slices-per-chunk 1 may help): {_first_line(err)}") from None
     if isinstance(err, ModuleNotFoundError):
@@ -600,8 +614,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a U-Net on an image stack and its labels")
-    train.add_argument("image", help="TIFF image (Y, X) or stack (Z, Y, X), or a folder of TIFF slices")
-    train.add_argument("labels", help="TIFF labels of the image's shape (class values, e.g. 0/255)")
+    train.add_argument("image", help="TIFF image (Y, X) or stack (Z, Y, X), a folder of TIFF slices, or a zarr store")
+    train.add_argument("labels", help="labels of the image's shape (TIFF, folder or zarr store; class values, e.g. 0/255)")
     train.add_argument("-o", "--output", required=True, help="model file to write (.keras)")
     train.add_argument("--preset", default="default", choices=["default", "classic"])
     train.add_argument("--epochs", type=int, help="epochs (default: the preset's, or unlimited with --max-minutes)")
@@ -661,8 +675,8 @@ def build_parser() -> argparse.ArgumentParser:
     pred.set_defaults(func=cmd_predict)
 
     ev = sub.add_parser("evaluate", help="score predicted labels against ground truth (prints JSON)")
-    ev.add_argument("prediction")
-    ev.add_argument("truth")
+    ev.add_argument("prediction", help="predicted labels (TIFF, folder of slices or zarr store)")
+    ev.add_argument("truth", help="true labels of the same shape (TIFF, folder of slices or zarr store)")
     ev.add_argument("--ignore-value", type=int, help="truth value of unannotated pixels (default: the value the file records)")
     ev.set_defaults(func=cmd_evaluate)
 
@@ -680,6 +694,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     args.written = []  # files a command finished, named if it is interrupted later
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    previous = _stop_on_sigterm()
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -692,6 +707,23 @@ def main(argv=None) -> int:
     except (FloatingPointError, OSError, MemoryError) as err:  # diverged training, a full disk, too big a stack
         print(f"napari-unet: error: {str(err) or type(err).__name__}", file=sys.stderr)
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_on_sigterm():
+    """Make SIGTERM (``kill``, ``timeout``, a batch scheduler's time limit) interrupt like Ctrl-C, so a command cleans
+    up (partial stores) and names what it wrote; returns the previous handler (None off the main thread)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 def run() -> None:

@@ -236,6 +236,8 @@ def detect_labels(data, name: str = "", metadata: dict | None = None) -> bool:
         return False
     if name and name_suggests_labels(name):
         return True
+    if array.size == 0:
+        return False
     if is_lazy(array) and array.ndim > 2:  # judged on the first plane: reading all of a big file takes long
         array = array[(0,) * (array.ndim - 2)]
     return distinct_values(array, MAX_LABEL_CLASSES) is not None

@@ -12,12 +12,13 @@ import json
 import math
 import os
 import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .tiff_io import METADATA_KEY, TiffData, _default_axes, _normalise_unit, _one_line, detect_labels
+from .tiff_io import METADATA_KEY, TiffData, _default_axes, _normalise_unit, _one_line, name_suggests_labels
 
 ZARR_SUFFIX = ".zarr"
 _ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")
@@ -92,10 +93,10 @@ def read_zarr(path, lazy: bool = True) -> TiffData:
         data = np.asarray(data)
     metadata: dict[str, Any] = {"source": str(path), "format": "ome-zarr" if ome_axes is not None else "zarr", "dtype": str(data.dtype)}
     metadata.update({key: own[key] for key in _LABEL_KEYS if own.get(key) is not None})
-    return TiffData(
-        data=data, axes=axes, scale=scale, units=units, metadata=metadata,
-        is_labels_hint=detect_labels(data, path.name, metadata),
-    )
+    # labels only by their metadata or name: a lazy store's values would have to be read (a blank first slice is no label)
+    integer = np.issubdtype(data.dtype, np.integer) or data.dtype == bool
+    labels_hint = "class_values" in metadata or (integer and name_suggests_labels(path.name))
+    return TiffData(data=data, axes=axes, scale=scale, units=units, metadata=metadata, is_labels_hint=labels_hint)
 
 
 class _CheckedChunks:
@@ -109,6 +110,9 @@ class _CheckedChunks:
         return ("napari-unet-zarr", self.path, self.shape, str(self.dtype))
 
     def __getitem__(self, index):
+        # a store missing here (no shared file system on a cluster's machine) would read as zeros without this
+        if not holds_zarr_metadata(self.path):
+            raise ZarrReadError(f"{self.path}: not found on {socket.gethostname()} (on a dask cluster every worker must read the image at this path)")
         try:
             return self.array[index]
         except MemoryError as exc:
@@ -217,9 +221,12 @@ def create_zarr(path, shape: tuple, dtype, chunks: tuple, metadata: dict | None 
     return partial
 
 
-def commit_zarr(partial: Path, path) -> None:
+def commit_zarr(partial: Path, path) -> Path | None:
     """Move the finished ``partial`` store to ``path``; an existing zarr array there is replaced (not merged), and
-    anything else there (a group, which may hold other data, a file, another folder) is refused."""
+    anything else there (a group, which may hold other data, a file, another folder) is refused.
+
+    Returns the replaced store, moved aside to a hidden folder, for the caller to :func:`discard_zarr` once every
+    output is in place (deleting a large store takes long), or None."""
     from ._files import fsync_folder
 
     path = Path(os.fspath(path))
@@ -238,8 +245,7 @@ def commit_zarr(partial: Path, path) -> None:
             os.replace(old, path)
         raise
     fsync_folder(path.parent)
-    if old is not None:
-        discard_zarr(old)
+    return old
 
 
 def discard_zarr(partial: Path) -> None:
@@ -263,7 +269,9 @@ def write_zarr(path, array, metadata: dict | None = None, chunks: tuple | None =
 
         target = zarr.open_array(str(partial), mode="r+")
         da.store(da.asarray(array).rechunk(chunks), target, lock=False)
-        commit_zarr(partial, path)
+        replaced = commit_zarr(partial, path)
+        if replaced is not None:
+            discard_zarr(replaced)
     finally:
         discard_zarr(partial)
     return Path(path)
