@@ -23,7 +23,6 @@ The labels of every variant are compared with ``tiff``'s.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -119,12 +118,8 @@ def main(argv=None) -> int:
         first = f"{row['first_run_s']:.2f} s" if row["first_run_s"] is not None else "-"
         print(f"| {row['variant']} | {row['median_s']:.2f} s | {row['min_s']:.2f} s | {first} | {row['ratio']:.3f} | "
               f"{'yes' if row[f'labels_equal_{variants[0]}'] else 'NO'} |")
-    report = {"machine": C.machine_info(), "versions": C.library_versions(), "model": str(args.model), "image": str(args.image),
-              "shape": list(stack.shape), "rounds": args.rounds, "rows": rows}
-    C.RESULTS_DIR.mkdir(exist_ok=True)
-    out = C.RESULTS_DIR / f"{args.name}.json"
-    out.write_text(json.dumps(report, indent=1))
-    print(f"wrote {out}")
+    C.write_report(C.RESULTS_DIR / f"{args.name}.json", {"model": str(args.model), "image": str(args.image),
+                                                          "shape": list(stack.shape), "rounds": args.rounds, "rows": rows})
     return 0
 
 
