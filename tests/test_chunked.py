@@ -456,3 +456,19 @@ def test_a_dask_distributed_cluster_of_processes_predicts_the_same_labels(model_
         assert code == 2 and "NaN" in err.strip().splitlines()[-1] and "Traceback" not in err, err
     assert not [p.name for p in d.iterdir() if p.name.startswith(".") or p.name == "n.zarr"]  # no partial stores left
     np.testing.assert_array_equal(zarr.open_array(str(d / "c.zarr"), mode="r")[:], expected)
+
+
+def test_predicted_labels_and_probabilities_keep_the_images_pixel_sizes(model_and_stack, capsys):
+    """Labels opened beside their image in napari must line up with it (TIFF and zarr outputs alike)."""
+    from napari_unet.tiff_io import read_tiff, write_tiff
+
+    d = model_and_stack
+    write_tiff(d / "sized.tif", tifffile.imread(d / "image.tif"), {"scale": [0.05, 0.004, 0.004], "units": "µm"})
+    for labels, probabilities in (("s.tif", "sp.tif"), ("s.zarr", "sp.zarr")):
+        code, _, err = run(capsys, "predict", d / "m.keras", d / "sized.tif", "-o", d / labels, "--probabilities", d / probabilities, "--no-tta")
+        assert code == 0, err
+        read = read_tiff if labels.endswith(".tif") else zarr_io.read_zarr
+        out = read(d / labels)
+        assert out.axes == "ZYX" and out.scale == pytest.approx((0.05, 0.004, 0.004)) and out.units == ("µm",) * 3, labels
+        probs = read(d / probabilities)
+        assert probs.axes == "ZCYX" and probs.scale == pytest.approx((0.05, 1.0, 0.004, 0.004)), probabilities

@@ -210,7 +210,21 @@ def _read_stack_and_metadata(path, what: str, lazy: bool = False, for_cluster: b
     metadata = dict(tiff.metadata)
     if isinstance(metadata.get("reviewed"), np.ndarray):
         metadata["reviewed"] = metadata["reviewed"].reshape(squeezed.shape)
+    if tiff.has_physical_size:  # the pixel size of each kept axis, for outputs that must line up with the image
+        kept = [i for i, (n, axis) in enumerate(zip(data.shape, axes)) if n != 1 or axis in "YX"]
+        metadata["pixel_size"] = {"scale": [float(tiff.scale[i]) for i in kept], "units": [tiff.units[i] for i in kept]}
     return squeezed, metadata
+
+
+def _with_pixel_size(metadata: dict, pixel_size: dict | None, class_axis: bool = False) -> dict:
+    """Output ``metadata`` with the image's pixel sizes (``class_axis``: a class axis of size 1 before Y, X)."""
+    if not pixel_size:
+        return metadata
+    scale, units = list(pixel_size["scale"]), list(pixel_size["units"])
+    if class_axis:
+        scale.insert(len(scale) - 2, 1.0)
+        units.insert(len(units) - 2, None)
+    return {**metadata, "scale": scale, "units": units}
 
 
 def read_label_stack(path, what: str, ignore_value=None) -> tuple[np.ndarray, int | None, list]:
@@ -447,11 +461,12 @@ def cmd_predict(args) -> int:
     if probabilities_file is not None and probabilities_file.resolve() == output.resolve():
         raise CommandError("--probabilities must name another file than -o")
     # slices are read as the prediction reaches them; a cluster's workers read them by path
-    image = read_stack(args.image, "image", lazy=True, for_cluster=args.scheduler is not None)
+    image, image_metadata = _read_stack_and_metadata(args.image, "image", lazy=True, for_cluster=args.scheduler is not None)
+    pixel_size = image_metadata.get("pixel_size")
     if args.scheduler is None:  # with a cluster, only its workers run the network
         load_tensorflow_for_command()
     if chunked:
-        return _predict_chunked(args, image, output, probabilities_file)
+        return _predict_chunked(args, image, output, probabilities_file, pixel_size)
     model = load_model(args.model)
     progress = ProgressLine()
     result = None
@@ -473,18 +488,18 @@ def cmd_predict(args) -> int:
             else:
                 result = event
         progress.done()
-        files = [(output, result.labels, {"class_values": list(model.class_values)})]
+        files = [(output, result.labels, _with_pixel_size({"class_values": list(model.class_values)}, pixel_size))]
         if probabilities_file is not None:
             probs = np.moveaxis(result.probabilities, -1, -3)  # one plane per class, a view: written page by page
             axes = "CYX" if probs.ndim == 3 else "ZCYX"
-            files.append((probabilities_file, probs, {"class_values": list(model.class_values), "axes": axes}))
+            files.append((probabilities_file, probs, _with_pixel_size({"class_values": list(model.class_values), "axes": axes}, pixel_size, class_axis=True)))
         write_all(files, args.written)
     for path, array, metadata in files:
         print(f"wrote {path} {array.shape} {array.dtype}" + (f" (axes {metadata['axes']})" if "axes" in metadata else ""), file=sys.stderr)
     return 0
 
 
-def _predict_chunked(args, image, output: Path, probabilities_file: Path | None) -> int:
+def _predict_chunked(args, image, output: Path, probabilities_file: Path | None, pixel_size: dict | None = None) -> int:
     """``predict`` into zarr stores, chunk by chunk: here, or on the dask cluster of ``--scheduler``."""
     from .chunked import ModelSource, predict_chunked, store_events
     from .zarr_io import commit_zarr, create_zarr, discard_zarr
@@ -504,10 +519,10 @@ def _predict_chunked(args, image, output: Path, probabilities_file: Path | None)
         # one store chunk per slice (and class): tasks write whole chunks as they finish slices, never the same one
         z, plane, n_classes = image.shape[:-2], tuple(image.shape[-2:]), source.config.n_classes
         stores = [(output, prediction.labels.shape, prediction.labels.dtype, (1,) * len(z) + plane,
-                   {"class_values": source.class_values, "axes": "ZYX" if z else "YX"})]
+                   _with_pixel_size({"class_values": source.class_values, "axes": "ZYX" if z else "YX"}, pixel_size))]
         if probabilities_file is not None:
             stores.append((probabilities_file, (*z, n_classes, *plane), np.float32, (1,) * len(z) + (1, *plane),
-                           {"class_values": source.class_values, "axes": "ZCYX" if z else "CYX"}))
+                           _with_pixel_size({"class_values": source.class_values, "axes": "ZCYX" if z else "CYX"}, pixel_size, class_axis=True)))
         partials = []
         try:
             for path, shape, dtype, chunks, metadata in stores:

@@ -84,9 +84,12 @@ def read_zarr(path, lazy: bool = True) -> TiffData:
     if ome_axes is not None:
         axes = "".join(name for name, _ in ome_axes)
         units = tuple(unit for _, unit in ome_axes)
-    else:
+    else:  # napari-unet's own outputs record axes and the image's pixel sizes
         axes = own.get("axes") if isinstance(own.get("axes"), str) and len(own["axes"]) == ndim else _default_axes(ndim)
-        units = (None,) * ndim
+        units = tuple(own["units"]) if isinstance(own.get("units"), list) and len(own["units"]) == ndim else (None,) * ndim
+        units = tuple(_normalise_unit(u) for u in units)
+        if isinstance(own.get("scale"), list) and len(own["scale"]) == ndim:
+            ome_scale = _ome_scale([{"type": "scale", "scale": own["scale"]}], ndim)
     scale = tuple(ome_scale) if ome_scale is not None else (1.0,) * ndim
     data = da.from_array(_CheckedChunks(array, str(path)), chunks=array.chunks, asarray=True, fancy=False)
     if not lazy:
