@@ -80,8 +80,8 @@ DRIVERS = {
         "from napari_unet.cli import run; run()"
     ),
     "in-memory": (
-        "import numpy as np, napari_unet.cli as c; read = c.read_stack; "
-        "c.read_stack = lambda path, what, lazy=False: read(path, what); "
+        "import numpy as np, napari_unet.cli as c; read = c._read_stack_and_metadata; "
+        "c._read_stack_and_metadata = lambda path, what, lazy=False, for_cluster=False: read(path, what); "
         "c.scratch_array = lambda stack, folder, shape, dtype: np.zeros(shape, dtype); "
         "from napari_unet.cli import run; run()"
     ),

@@ -11,11 +11,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
-from collections import OrderedDict
 import os
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Union
@@ -33,8 +33,12 @@ _LOAD_LOCK = threading.Lock()
 #: task (reading, normalising, the membrane rule, writing) runs beside the network calls of other tasks.
 _NETWORK_LOCK = threading.Lock()
 _COUNTER = itertools.count()
-#: Default tasks take the image's chunks along Z, cut to at most this much input.
+#: Default tasks take a dask image's chunks along Z, cut to at most this much input; other images this many slices
+#: (also the command line's for TIFF images, whose lazy chunks are single pages).
 MAX_TASK_INPUT_BYTES = 2**28
+DEFAULT_SLICES_PER_CHUNK = 8
+#: Seconds a stopped run waits for the tasks running on a cluster to stop writing (and for a worker's "auto" choice).
+STOP_TIMEOUT = 300
 #: Chunks computed at once without a cluster: while one chunk's last membrane rule runs, the next chunk's network does.
 LOCAL_CHUNKS_IN_FLIGHT = 2
 
@@ -185,8 +189,8 @@ def predict_chunked(
     )
     stack = da.asarray(image if len(shape) == 3 else image[np.newaxis])
     n_slices, height, width = stack.shape
-    if slices_per_chunk is None:  # the image's chunks along Z, as many as fit in MAX_TASK_INPUT_BYTES; else 8
-        slices_per_chunk = 8
+    if slices_per_chunk is None:  # the image's chunks along Z, as many as fit in MAX_TASK_INPUT_BYTES
+        slices_per_chunk = DEFAULT_SLICES_PER_CHUNK
         if isinstance(image, da.Array) and len(shape) == 3:
             z_chunk = stack.chunks[0][0]
             fitting = MAX_TASK_INPUT_BYTES // max(1, height * width * stack.dtype.itemsize)
@@ -291,10 +295,6 @@ def store_events(
         stop.set()
         with contextlib.suppress(Exception):
             wait(futures, timeout=STOP_TIMEOUT)
-
-
-#: Seconds a stopped run waits for the tasks running on a cluster to stop writing.
-STOP_TIMEOUT = 300
 
 
 class _ClusterStop:

@@ -172,14 +172,15 @@ def scratch_array(stack: contextlib.ExitStack, folder: Path, shape: tuple, dtype
     return np.memmap(handle, dtype=dtype, mode="r+", shape=shape)
 
 
-def read_stack(path, what: str, lazy: bool = False, for_cluster: bool = False) -> np.ndarray:
+def read_stack(path, what: str, lazy: bool = False) -> np.ndarray:
     """A one-channel (Y, X) or (Z, Y, X) array from a TIFF file, a folder of TIFF slices or a zarr store
-    (``lazy``: read when indexed, see :func:`napari_unet.tiff_io.read_tiff`; a zarr store always is;
-    ``for_cluster``: a dask array whose chunks other machines read by path, never a memory map)."""
-    return _read_stack_and_metadata(path, what, lazy, for_cluster)[0]
+    (``lazy``: read when indexed, see :func:`napari_unet.tiff_io.read_tiff`)."""
+    return _read_stack_and_metadata(path, what, lazy)[0]
 
 
 def _read_stack_and_metadata(path, what: str, lazy: bool = False, for_cluster: bool = False) -> tuple[np.ndarray, dict]:
+    """:func:`read_stack` and the file's metadata (plus ``pixel_size`` of the kept axes when known);
+    ``for_cluster``: a dask array whose chunks other machines read by path, never a memory map."""
     from .tiff_io import read_folder, read_tiff
     from .zarr_io import is_zarr_path, read_zarr
 
@@ -501,10 +502,8 @@ def cmd_predict(args) -> int:
 
 def _predict_chunked(args, image, output: Path, probabilities_file: Path | None, pixel_size: dict | None = None) -> int:
     """``predict`` into zarr stores, chunk by chunk: here, or on the dask cluster of ``--scheduler``."""
-    from .chunked import ModelSource, predict_chunked, store_events
-    from .zarr_io import commit_zarr, create_zarr, discard_zarr
-
-    from .zarr_io import is_zarr_path
+    from .chunked import DEFAULT_SLICES_PER_CHUNK, ModelSource, predict_chunked, store_events
+    from .zarr_io import commit_zarr, create_zarr, discard_zarr, is_zarr_path
 
     source = ModelSource(args.model)
     per_chunk = args.slices_per_chunk or (None if is_zarr_path(args.image) else DEFAULT_SLICES_PER_CHUNK)
@@ -553,8 +552,6 @@ def _predict_chunked(args, image, output: Path, probabilities_file: Path | None,
 
 
 SCHEDULER_TIMEOUT = "20s"
-#: Slices per task for TIFF and folder images (zarr images: their own chunks along Z).
-DEFAULT_SLICES_PER_CHUNK = 8
 
 
 @contextlib.contextmanager

@@ -8,7 +8,6 @@ by chunk; :func:`commit_zarr` then renames it into place (a failed write never l
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -46,13 +45,14 @@ def holds_zarr_metadata(path) -> bool:
 
 
 def is_zarr_array_store(path) -> bool:
-    """Whether ``path`` is a folder holding one zarr array (v2 ``.zarray`` or v3 ``zarr.json`` of an array), not a group."""
-    path = Path(os.fspath(path))
-    if (path / ".zarray").is_file():
-        return True
+    """Whether ``path`` is a folder holding one zarr array (v2 or v3), not a group."""
+    import zarr
+
+    if not holds_zarr_metadata(path):
+        return False
     try:
-        return json.loads((path / "zarr.json").read_text()).get("node_type") == "array"
-    except (OSError, ValueError, AttributeError):
+        return isinstance(zarr.open(str(path), mode="r"), zarr.Array)
+    except Exception:  # damaged metadata: not an array napari-unet may replace
         return False
 
 
@@ -216,11 +216,10 @@ def create_zarr(path, shape: tuple, dtype, chunks: tuple, metadata: dict | None 
 
     partial = partial_path(path)
     discard_zarr(partial)
-    array = zarr.open_array(  # zarr 2 and 3 alike
-        str(partial), mode="w", shape=tuple(int(n) for n in shape), chunks=tuple(int(c) for c in chunks),
-        dtype=np.dtype(dtype), fill_value=0,
+    zarr.create_array(
+        store=str(partial), shape=tuple(int(n) for n in shape), chunks=tuple(int(c) for c in chunks),
+        dtype=np.dtype(dtype), fill_value=0, attributes={METADATA_KEY: dict(metadata or {})},
     )
-    array.attrs[METADATA_KEY] = dict(metadata or {})
     return partial
 
 
