@@ -264,8 +264,13 @@ def predict_events(
     tile_y = min(_round_up(tile_size, multiple), _round_up(net_h, multiple))
     tile_x = min(_round_up(tile_size, multiple), _round_up(net_w, multiple))
     overlap = min(overlap, tile_y // 4, tile_x // 4)
-    padded_h, padded_w = max(net_h, tile_y), max(net_w, tile_x)
-    starts = [(y, x) for y in tile_starts(padded_h, tile_y, tile_y - overlap) for x in tile_starts(padded_w, tile_x, tile_x - overlap)]
+    # Every tile starts on a multiple of the network's pooling grid (the plane is padded to whole multiples and
+    # the steps are multiples): a tile on a shifted grid is a different network view, and blending it changed
+    # labels far from the seams.
+    padded_h, padded_w = max(_round_up(net_h, multiple), tile_y), max(_round_up(net_w, multiple), tile_x)
+    step_y = max(multiple, (tile_y - overlap) // multiple * multiple)
+    step_x = max(multiple, (tile_x - overlap) // multiple * multiple)
+    starts = [(y, x) for y in tile_starts(padded_h, tile_y, step_y) for x in tile_starts(padded_w, tile_x, step_x)]
     window = blend_window((tile_y, tile_x), overlap)[..., None]
     n_classes = model.config.n_classes
     total = len(selected) * len(starts)
