@@ -328,3 +328,19 @@ def test_nan_image_message_fits_prediction_as_well_as_training():
 
     with pytest.raises(InputError, match="before training or predicting"):
         check_image(np.full((8, 8), np.nan, np.float32))
+
+
+@pytest.mark.parametrize("dtype, offset", [(np.float64, 1e9), (np.int64, 2**30), (np.uint32, 2**30)])
+def test_normalize_keeps_the_contrast_of_wide_types_with_a_large_offset(dtype, offset):
+    # a float32 copy of these values kept 3-5 distinct values of 256, and predictions changed
+    image = np.random.default_rng(0).integers(0, 256, (2, 32, 32)).astype(np.uint8)
+    shifted = image.astype(dtype) + dtype(offset)
+    np.testing.assert_allclose(normalize(shifted), normalize(image), atol=1e-6)
+    assert normalize(shifted).dtype == np.float32
+
+
+def test_normalize_refuses_outliers_beyond_float32_instead_of_returning_inf():
+    image = np.zeros((32, 32), np.float64)
+    image[0, 0] = 1e300  # finite in float64; the percentile range is 0, so it stays 1e300 after scaling
+    with pytest.raises(InputError, match="too far apart"):
+        normalize(image)

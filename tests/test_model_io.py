@@ -199,3 +199,16 @@ def test_network_that_does_not_match_its_configuration_is_refused_at_load(tmp_pa
     with pytest.raises(ModelFileError, match="the network does not match the napari-unet configuration stored with it") as info:
         load_model(path)
     assert words in str(info.value), str(info.value)
+
+
+def test_damaged_weights_are_refused_at_load_and_by_prediction(tmp_path):
+    from napari_unet.predict import PredictionError
+
+    model = load_model(save_model(tiny_model(), tmp_path / "m.keras"))  # a copy: tiny_model's network stays intact
+    bias = model.keras_model.get_layer("head_logits").weights[-1]
+    bias.assign(np.full(bias.shape, np.nan, np.float32))
+    with pytest.raises(PredictionError, match="NaN or Inf probabilities"):  # the process was killed in the rule
+        predict(model, stripes(n_slices=1, seed=3)[0], mixed_precision=False, jit_compile=False)
+    save_model(model, tmp_path / "nan.keras")
+    with pytest.raises(ModelFileError, match="NaN or Inf weights"):
+        load_model(tmp_path / "nan.keras")

@@ -238,3 +238,14 @@ def test_tuned_rules_reach_four_pixels_and_rules_stored_without_a_reach_keep_the
     stored = {key: value for key, value in rule.items() if key != "border_reach"}  # a rule saved before session 31
     assert boundary_mask(probability[0], **stored)[19:22, 7:10].all(), "the old rule keeps the speck"
     assert not boundary_mask(probability[0], **rule)[19:22, 7:10].any()
+
+
+@pytest.mark.parametrize("function", [segment_instances, close_boundaries, watershed_regions, merge_regions, boundary_mask])
+def test_non_finite_probabilities_are_refused_not_segmented(function):
+    # skimage's h_minima corrupted memory on NaN and killed the process (segmentation fault / abort)
+    probability = two_cells_with_a_gap()
+    probability[5, 5] = np.nan
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        function(probability)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        tune_boundary_rule(np.full((40, 40), np.inf, np.float32), probability < 0.5)

@@ -33,10 +33,11 @@ def _bad_input_errors() -> tuple:
     from .data import InputError
     from .labels import LabelError
     from .model_io import ModelFileError
+    from .predict import PredictionError
     from .tiff_io import TiffReadError
     from .zarr_io import ZarrReadError
 
-    return (CommandError, ConfigError, InputError, LabelError, ModelFileError, TiffReadError, ZarrReadError)
+    return (CommandError, ConfigError, InputError, LabelError, ModelFileError, PredictionError, TiffReadError, ZarrReadError)
 
 
 def positive_int(text: str, minimum: int = 1) -> int:

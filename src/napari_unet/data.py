@@ -61,10 +61,18 @@ def normalize(image, percentiles=(1.0, 99.8), local_contrast_sigma: float = 0.0)
     ``local_contrast_sigma`` > 0 then standardises every pixel by its neighbourhood
     (:func:`local_contrast`), so faint membranes in pale regions get the contrast of the rest.
     """
-    stack = as_stack(image).astype(np.float32, copy=False)
+    stack = as_stack(image)
+    # 8- and 16-bit values are exact in float32; wider ones (float64, 32/64-bit integers) are scaled in float64
+    # first: an offset of 1e9 left a float32 copy with a handful of distinct values
+    wide = stack.dtype.itemsize > 2 and stack.dtype != np.float32
+    stack = stack.astype(np.float64 if wide else np.float32, copy=False)
     lo, hi = np.percentile(stack.reshape(len(stack), -1), percentiles, axis=1)
-    scale = np.where(hi > lo, hi - lo, 1.0).astype(np.float32)
-    out = (stack - lo[:, None, None].astype(np.float32)) / scale[:, None, None]
+    scale = np.where(hi > lo, hi - lo, 1.0).astype(stack.dtype)
+    with np.errstate(over="ignore"):  # values beyond float32 become inf, refused below
+        out = ((stack - lo[:, None, None].astype(stack.dtype)) / scale[:, None, None]).astype(np.float32, copy=False)
+    if wide and not np.isfinite(out).all():
+        raise InputError("image values are too far apart to normalise in float32 (outliers beyond 1e38 times the "
+                         "intensity range); clip them first")
     if local_contrast_sigma > 0:
         out = np.stack([local_contrast(plane, local_contrast_sigma) for plane in out])
     return out.reshape(np.shape(image))

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
+
 from . import __version__
 from ._files import fsync_folder, fsync_path, target_mode, write_target
 from .config import MERGE_LEVELS, ModelConfig, TrainConfig, from_dict, to_dict
@@ -147,6 +149,9 @@ def load_model(path) -> UNetModel:
     except (OSError, TypeError, KeyError) as err:
         raise ModelFileError(f"{path.name} could not be loaded: {str(err).splitlines()[0]}") from None
     _check_network(keras_model, config, path.name)
+    damaged = next((w.path for w in keras_model.weights if not np.isfinite(keras.ops.convert_to_numpy(w)).all()), None)
+    if damaged is not None:
+        raise ModelFileError(f"{path.name} has NaN or Inf weights ({damaged}); it cannot predict. Retrain it or use an earlier file")
     return UNetModel(
         keras_model=keras_model,
         config=config,

@@ -12,6 +12,14 @@ from .config import MERGE_LEVELS
 from .metrics import isbi_scores
 
 
+def _as_probability(membrane_probability) -> np.ndarray:
+    """The map as float32, or ValueError if it holds NaN or Inf (skimage's h_minima corrupts memory on NaN)."""
+    probability = np.asarray(membrane_probability, dtype=np.float32)
+    if not np.isfinite(probability).all():
+        raise ValueError("the membrane probability holds NaN or Inf values; expected finite values in [0, 1]")
+    return probability
+
+
 def segment_instances(membrane_probability, seed_level: float = 0.2, sigma: float = 1.0, min_seed_size: int = 16):
     """Cells separated by one-pixel watershed lines, for a (Y, X) membrane probability in [0, 1].
 
@@ -19,7 +27,7 @@ def segment_instances(membrane_probability, seed_level: float = 0.2, sigma: floa
     at least ``min_seed_size`` pixels); a watershed of the smoothed probability grows them until they
     meet. Returns int32 (Y, X) labels, 0 on the watershed lines.
     """
-    probability = np.asarray(membrane_probability, dtype=np.float32)
+    probability = _as_probability(membrane_probability)
     if probability.ndim != 2:
         raise ValueError(f"expected a 2-D probability map, got shape {probability.shape}")
     smooth = ndimage.gaussian_filter(probability, sigma) if sigma > 0 else probability
@@ -38,7 +46,7 @@ def close_boundaries(membrane_probability, threshold: float = 0.5, **kwargs) -> 
     A gap in a predicted membrane merges two cells, which the ISBI Rand score punishes hard; the
     watershed lines between cell cores (see :func:`segment_instances`) close such gaps.
     """
-    probability = np.asarray(membrane_probability, dtype=np.float32)
+    probability = _as_probability(membrane_probability)
     return (probability > threshold) | (segment_instances(probability, **kwargs) == 0)
 
 
@@ -57,7 +65,7 @@ def _keep_node(graph, src, dst) -> None:
 def watershed_regions(membrane_probability, minima_depth: float = 0.02, sigma: float = 1.0) -> np.ndarray:
     """Int32 (Y, X) over-segmentation of a (Y, X) membrane probability: the watershed of the probability smoothed
     by ``sigma`` from its local minima at least ``minima_depth`` deep (no watershed lines)."""
-    probability = np.asarray(membrane_probability, dtype=np.float32)
+    probability = _as_probability(membrane_probability)
     if probability.ndim != 2:
         raise ValueError(f"expected a 2-D probability map, got shape {probability.shape}")
     smooth = ndimage.gaussian_filter(probability, sigma) if sigma > 0 else probability
@@ -83,7 +91,7 @@ def merge_regions(
     # beside the network, instead of before its first tile.
     from skimage.graph import cut_threshold, merge_hierarchical, rag_boundary
 
-    probability = np.asarray(membrane_probability, dtype=np.float32)
+    probability = _as_probability(membrane_probability)
     regions = watershed_regions(probability, minima_depth, sigma)
     if regions.max() < 2:
         return regions
@@ -169,7 +177,7 @@ def boundary_mask(
     count only within that distance of a border: what the merge judged to be inside a cell stays
     cell. Rules stored before ``hierarchical`` existed merge hierarchically too.
     """
-    probability = np.asarray(membrane_probability, dtype=np.float32)
+    probability = _as_probability(membrane_probability)
     if merge_below is not None:
         borders = region_borders(probability, merge_below, minima_depth, sigma, hierarchical)
         membrane = probability > threshold
@@ -192,7 +200,7 @@ def tune_boundary_rule(
     the lowest pixel error; on top of it each of ``closings`` is tried (``closings=()`` tunes a
     plain threshold). Ties keep the earlier rule.
     """
-    probability = np.asarray(membrane_probability, dtype=np.float32)
+    probability = _as_probability(membrane_probability)
     cell_mask = np.asarray(cell_mask, bool)
     pixel_errors = [np.mean((probability <= t) != cell_mask) for t in thresholds]
     threshold = float(thresholds[int(np.argmin(pixel_errors))])

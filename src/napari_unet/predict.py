@@ -41,6 +41,10 @@ class Prediction:
     stopped: bool = False
 
 
+class PredictionError(ValueError):
+    """The network's output cannot be turned into labels (non-finite probabilities)."""
+
+
 def tile_starts(length: int, tile: int, step: int) -> list[int]:
     """Start offsets of tiles of size ``tile`` covering ``length`` with at most ``step`` between starts."""
     if length <= tile:
@@ -336,6 +340,9 @@ def predict_events(
             if stopped:
                 break
             slice_probs = upscale_probabilities(accumulated[:net_h, :net_w] / weights[:net_h, :net_w], factor, (height, width))
+            if not np.isfinite(slice_probs).all():
+                raise PredictionError(f"the network gave NaN or Inf probabilities on slice {z}: its weights are damaged "
+                                      "(NaN or Inf); retrain it or load an earlier model file")
             if boundary_index is None:
                 labels[i] = from_indices(np.argmax(slice_probs, axis=-1), model.class_values, label_dtype)
             else:  # boundary classes exist in two-class models only
