@@ -459,3 +459,25 @@ def test_thinning_matches_fiji_reference_closely():
     # on a thick straight border both put the line in the same place
     cell = _two_cells(3, left=2)
     assert np.array_equal(M.segment_cells(cell) == 0, _fiji_thinning(cell) == 0)
+
+
+def test_evaluate_scores_values_that_are_no_class_as_wrong_in_every_score():
+    # a 0/1 prediction of 0/255 truth: pixel error and Dice called it wrong, the ISBI scores called it perfect
+    truth = np.full((32, 32), 255, np.uint8)
+    truth[:, 15:17] = 0
+    perfect = M.evaluate(truth, truth)
+    for pred in (np.where(truth == 255, 1, 0).astype(np.uint8), truth == 255):
+        scores = M.evaluate(pred, truth)
+        assert scores["dice"]["255"] == 0.0 and scores["pixel_error"] > 0.5
+        assert scores["v_rand"] < perfect["v_rand"] == 1.0 and scores["isbi_pixel_error"] > 0.5
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, 0.5])
+def test_evaluate_refuses_labels_that_are_not_class_values(bad):
+    truth = np.zeros((8, 8), np.float32)
+    truth[:, 4:] = 255
+    broken = truth.copy()
+    broken[0, 0] = bad
+    for pred, ground in ((broken, truth), (truth, broken)):
+        with pytest.raises(ValueError, match="class values"):
+            M.evaluate(pred, ground)

@@ -582,6 +582,14 @@ def _key(value) -> str:
     return str(value)
 
 
+def _class_value_array(labels, name: str) -> np.ndarray:
+    """``labels`` as an array of class values, or ValueError for NaN, Inf or fractional values."""
+    array = np.asarray(labels)
+    if np.issubdtype(array.dtype, np.floating) and not (np.isfinite(array).all() and (np.mod(array, 1) == 0).all()):
+        raise ValueError(f"{name} holds NaN, Inf or fractional values; evaluate takes labels of class values (whole numbers)")
+    return array
+
+
 def evaluate(pred_labels, truth_labels, class_values=None, membrane_value=None) -> dict:
     """Evaluate a class-value prediction against ground truth (JSON-ready).
 
@@ -604,8 +612,8 @@ def evaluate(pred_labels, truth_labels, class_values=None, membrane_value=None) 
     ``v_rand_split``, ``v_rand_merge``, ``v_info``, ``v_info_split``,
     ``v_info_merge``.  Undefined scores (no truth cells) are None.
     """
-    pred = np.asarray(pred_labels)
-    truth = np.asarray(truth_labels)
+    pred = _class_value_array(pred_labels, "pred_labels")
+    truth = _class_value_array(truth_labels, "truth_labels")
     _check_same_shape(pred, truth)
     if class_values is None:
         class_values = np.unique(truth)
@@ -618,10 +626,12 @@ def evaluate(pred_labels, truth_labels, class_values=None, membrane_value=None) 
     if membrane_value is None and len(class_values) == 2:
         membrane_value = min(class_values)
     if membrane_value is not None:
-        result["isbi_pixel_error"] = isbi_pixel_error(
-            pred, truth, membrane_value=membrane_value
-        )
-        scores = isbi_scores(pred, truth, membrane_value=membrane_value)
+        # values that are no class (a 0/1 prediction of 0/255 truth) are wrong here as in the pixel error and
+        # Dice above, not cell: cell = a class other than the membrane
+        pred_cells = np.isin(pred, class_values) & (pred != membrane_value)
+        truth_cells = np.isin(truth, class_values) & (truth != membrane_value)
+        result["isbi_pixel_error"] = isbi_pixel_error(pred_cells, truth_cells)
+        scores = isbi_scores(pred_cells, truth_cells)
         for name in (
             "v_rand",
             "v_rand_split",
