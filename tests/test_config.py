@@ -127,3 +127,33 @@ def test_auto_merge_levels_reach_0_7_for_long_budgets_only():
     for bad in (None, "wide", (), (0.5, 1.0), (True,), (float("nan"),), 0.6, np.array([0.5, 0.6])):
         with pytest.raises(ConfigError, match="merge_levels"):
             TrainConfig(merge_levels=bad)
+
+
+@pytest.mark.parametrize(
+    "cls, changes, words",
+    [
+        (ModelConfig, {"depth": 2.5}, "depth must be a whole number"),
+        (ModelConfig, {"base_filters": "8"}, "base_filters must be a whole number"),
+        (ModelConfig, {"n_classes": True}, "n_classes must be a whole number"),
+        (ModelConfig, {"batch_norm": 1}, "batch_norm must be true or false"),
+        (TrainConfig, {"batch_size": 2.5}, "batch_size must be a whole number"),
+        (TrainConfig, {"ignore_value": 0.5}, "ignore_value must be a whole number"),  # was truncated to 0
+        (TrainConfig, {"learning_rate": "fast"}, "learning_rate must be a number"),
+        (TrainConfig, {"percentiles": (1,)}, "percentiles must be two numbers"),
+    ],
+)
+def test_values_of_the_wrong_type_are_config_errors(cls, changes, words):
+    with pytest.raises(ConfigError, match=words):
+        cls(**changes)
+    with pytest.raises(ConfigError, match=words):  # model files and --set go through from_dict
+        from_dict(cls, {**to_dict(cls()), **changes})
+
+
+def test_numbers_are_stored_as_python_numbers_and_bad_json_is_a_config_error():
+    import numpy as np
+
+    config = TrainConfig(border_weight=10, batch_size=np.int64(2), ignore_value=None)
+    assert type(config.border_weight) is float and type(config.batch_size) is int
+    for text in ("nope", "[]", "null"):
+        with pytest.raises(ConfigError):
+            from_json(ModelConfig, text)

@@ -126,6 +126,9 @@ def test_damaged_metadata_is_a_clear_model_file_error(tmp_path, text, words):
         ("boundary_rule", "x", "invalid membrane rule"),
         ("boundary_rule", {"foo": 1}, "invalid membrane rule"),
         ("boundary_value", 7, "boundary class 7 that is not one of its classes"),
+        ("class_values", [0.5, 255], "not a list of whole numbers"),  # was loaded as [0, 255]
+        ("class_values", [0, 2**70], "not a list of whole numbers"),  # was loaded and overflowed in predict
+        ("model_config", [], "must be a JSON object"),  # a raw AttributeError
     ],
 )
 def test_malformed_normalisation_and_membrane_rule_are_refused_at_load(tmp_path, key, value, words):
@@ -212,3 +215,4 @@ def test_damaged_weights_are_refused_at_load_and_by_prediction(tmp_path):
     save_model(model, tmp_path / "nan.keras")
     with pytest.raises(ModelFileError, match="NaN or Inf weights"):
         load_model(tmp_path / "nan.keras")
+

@@ -18,6 +18,27 @@ def _check(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+_SIMPLE_TYPES = {"int": numbers.Integral, "float": numbers.Real, "bool": bool, "str": str}
+_TYPE_WORDS = {numbers.Integral: "a whole number", numbers.Real: "a number", bool: "true or false", str: "a string"}
+
+
+def _check_field_types(config) -> None:
+    """ConfigError for a field that is not of its annotated type (int, float, bool, str, or Optional of one);
+    numbers are stored as Python int / float. A value of 2.5 for a count failed later with a raw error."""
+    for field in fields(config):
+        optional = field.type.startswith("Optional[")
+        kind = _SIMPLE_TYPES.get(field.type.removeprefix("Optional[").removesuffix("]") if optional else field.type)
+        value = getattr(config, field.name)
+        if kind is None or (optional and value is None):
+            continue
+        _check(
+            isinstance(value, kind) and (kind is bool or not isinstance(value, bool)),
+            f"{field.name} must be {_TYPE_WORDS[kind]}, got {value!r}",
+        )
+        if kind in (numbers.Integral, numbers.Real):
+            object.__setattr__(config, field.name, int(value) if kind is numbers.Integral else float(value))
+
+
 def _bool_or_auto(name: str, value) -> Union[bool, str]:
     """True, False or "auto"; the strings "true" / "false" (command lines) become booleans."""
     text = str(value).lower()
@@ -53,6 +74,7 @@ class ModelConfig:
     local_contrast_sigma: float = 0.0
 
     def __post_init__(self):
+        _check_field_types(self)
         _check(1 <= self.depth <= 6, f"depth must be 1..6, got {self.depth}")
         _check(1 <= self.base_filters <= 256, f"base_filters must be 1..256, got {self.base_filters}")
         _check(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
@@ -188,6 +210,7 @@ class TrainConfig:
     jit_compile: Union[bool, str] = "auto"
 
     def __post_init__(self):
+        _check_field_types(self)
         _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         _check(self.steps_per_epoch >= 1, f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
@@ -213,6 +236,11 @@ class TrainConfig:
         _check(0 <= self.annotated_center_fraction <= 1, "annotated_center_fraction must be in [0, 1]")
         for name in ("mixed_precision", "jit_compile"):
             object.__setattr__(self, name, _bool_or_auto(name, getattr(self, name)))
+        _check(
+            isinstance(self.percentiles, (tuple, list)) and len(self.percentiles) == 2
+            and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in self.percentiles),
+            f"percentiles must be two numbers (low, high), got {self.percentiles!r}",
+        )
         lo, hi = self.percentiles
         _check(0 <= lo < hi <= 100, f"percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}")
         object.__setattr__(self, "percentiles", (float(lo), float(hi)))
@@ -300,6 +328,7 @@ def to_dict(config) -> dict[str, Any]:
 
 def from_dict(cls, data: dict[str, Any]):
     """Config of class ``cls`` from a dict; unknown keys raise :class:`ConfigError`."""
+    _check(isinstance(data, dict), f"a {cls.__name__} must be a JSON object (a dict), got {type(data).__name__}")
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -316,7 +345,11 @@ def to_json(config) -> str:
 
 
 def from_json(cls, text: str):
-    return from_dict(cls, json.loads(text))
+    try:
+        data = json.loads(text)
+    except ValueError as err:
+        raise ConfigError(f"invalid {cls.__name__} JSON: {err}") from None
+    return from_dict(cls, data)
 
 
 __all__ = [

@@ -131,7 +131,11 @@ def load_model(path) -> UNetModel:
             # their rule from (0.5, 0.6), not with today's "auto"
             old_defaults = {"augment_noise": 0.0, "merge_levels": MERGE_LEVELS}
             train_config = from_dict(TrainConfig, {**old_defaults, **meta["train_config"]})
-        class_values = [int(v) for v in meta["class_values"]]
+        class_values = meta["class_values"]
+        if not isinstance(class_values, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and -(2**63) <= v < 2**63 for v in class_values
+        ):
+            raise ValueError(f"class values {class_values!r} are not a list of whole numbers within int64")
     except (KeyError, ValueError, TypeError) as err:
         raise ModelFileError(f"{path.name} has an invalid configuration: {type(err).__name__} {err}") from None
     if len(class_values) != config.n_classes or class_values != sorted(set(class_values)):
