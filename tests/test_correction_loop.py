@@ -259,3 +259,34 @@ def test_saved_prediction_reopens_with_its_corrections(loop_viewer, loop, qtbot,
     np.testing.assert_array_equal(session.reviewed(copy), session.reviewed(reopened))
     copy.paint((2, 60, 60), CELL if copy.data[2, 60, 60] == MEMBRANE else MEMBRANE, refresh=False)
     assert session.reviewed(copy)[2, 60, 60] and not session.reviewed(reopened)[2, 60, 60]
+
+
+def test_undoing_a_stroke_gives_back_the_corrections_and_acceptance_under_it(make_napari_viewer):
+    from napari_unet._widgets import get_session
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((2, 64, 64), np.uint8), name="EM")
+    prediction = viewer.add_labels(np.full((2, 64, 64), CELL, np.uint8), name="EM prediction", metadata={"class_values": [0, 255]})
+    session = get_session(viewer)
+    session.track(prediction, image)
+
+    def stroke(label, y, x):
+        with prediction.block_history():
+            prediction.paint((0, y, x), label, refresh=False)
+
+    prediction.brush_size = 10
+    stroke(MEMBRANE, 20, 20)  # a correction A
+    first = session.reviewed(prediction).copy()
+    assert first[0].sum() > 50
+    stroke(CELL, 24, 24)  # a stroke B over part of A, then taken back
+    prediction.undo()
+    np.testing.assert_array_equal(session.reviewed(prediction), first)  # only B's own pixels were dropped before
+    assert session.mark_reviewed(prediction, (1,)) == 64 * 64
+    stroke(MEMBRANE, 30, 30)  # a wrong stroke on an accepted slice, taken back: the slice is accepted as it was
+    prediction.undo()
+    assert session.reviewed(prediction)[1].all()
+    # erasing is no correction: the erased pixels are predicted again, and undoing the erase restores A
+    stroke(0, 20, 20)
+    assert not session.reviewed(prediction)[0][prediction.data[0] == 0].any()
+    prediction.undo()
+    np.testing.assert_array_equal(session.reviewed(prediction)[0], first[0])

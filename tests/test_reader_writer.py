@@ -16,7 +16,7 @@ import tifffile
 from napari_unet import _reader, _writer
 from napari_unet._reader import get_reader
 from napari_unet._writer import write_labels
-from napari_unet.labels import from_display, to_display
+from napari_unet.labels import from_display, to_display, value_marks
 from napari_unet.tiff_io import read_tiff, write_tiff
 
 RNG = np.random.default_rng(1)
@@ -342,9 +342,9 @@ def test_writer_saves_reviewed_pixels_of_a_prediction_layer_and_reader_restores_
     display = to_display(isbi_like_labels(), [0, 255])
     marked = np.zeros(display.shape, bool)
     marked[0, 2:10, 3:12] = True
-    marked_values = np.where(marked, display, 0).astype(display.dtype)
+    marks = np.where(marked, value_marks(display, np.uint8), 0).astype(np.uint8)
     display[0, 2, 3] = 3 - display[0, 2, 3]  # changed after marking (e.g. undone): no longer reviewed
-    tracking = {"output": "prediction", "image": "EM", "marked": marked, "marked_values": marked_values}
+    tracking = {"output": "prediction", "image": "EM", "marks": marks}
     meta = {"metadata": {"class_values": [0, 255], "napari_unet": tracking}}
     out = tmp_path / "EM prediction.tif"
     write_labels(str(out), display, meta)

@@ -201,18 +201,41 @@ def metadata_ignore_value(metadata: dict, what: str) -> int | None:
     return value
 
 
+def marks_dtype(n_display_values: int) -> np.dtype:
+    """The unsigned dtype of a marks array (see :func:`value_marks`) for display values 1..``n_display_values``."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if n_display_values <= np.iinfo(dtype).bits:
+            return np.dtype(dtype)
+    return np.dtype(np.uint64)
+
+
+def value_marks(display, dtype) -> np.ndarray:
+    """Marks (``dtype`` unsigned) of ``display`` values: bit v - 1 for value v; 0 for 0 (erased, not annotated) and
+    for values wider than ``dtype``."""
+    dtype = np.dtype(dtype)
+    display = np.asarray(display)
+    inside = (display >= 1) & (display <= dtype.itemsize * 8)
+    shifts = np.where(inside, display, 1).astype(dtype) - dtype.type(1)  # in the marks' width: no int64 copies
+    return np.where(inside, np.left_shift(dtype.type(1), shifts), dtype.type(0))
+
+
+def holds_marked_value(display, marks) -> np.ndarray:
+    """Bool mask (``display``'s shape): pixels whose display value is one of the values ``marks`` records there."""
+    return (value_marks(display, marks.dtype) & marks) != 0
+
+
 def reviewed_pixels(display, tracking: dict) -> np.ndarray | None:
     """Bool mask (``display``'s shape) of the pixels of a prediction layer the user painted or accepted.
 
-    ``tracking`` is the layer's ``metadata["napari_unet"]``: either the live ``marked`` (bool) and
-    ``marked_values`` (display values) arrays of a tracked layer, where a pixel counts while it still
-    holds the value it was marked with, or the ``reviewed`` mask a reopened file brought along.
+    ``tracking`` is the layer's ``metadata["napari_unet"]``: either the live ``marks`` of a tracked layer (unsigned
+    ints, one bit per display value the user painted or accepted at that pixel; a pixel counts while it holds one of
+    them, so undo and redo need no bookkeeping), or the ``reviewed`` mask a reopened file brought along.
     None if ``tracking`` holds neither for this shape.
     """
     display = np.asarray(display)
-    marked, marked_values = tracking.get("marked"), tracking.get("marked_values")
-    if isinstance(marked, np.ndarray) and isinstance(marked_values, np.ndarray) and marked.shape == marked_values.shape == display.shape:
-        return marked & (display == marked_values)
+    marks = tracking.get("marks")
+    if isinstance(marks, np.ndarray) and marks.dtype.kind == "u" and marks.shape == display.shape:
+        return holds_marked_value(display, marks)
     reviewed = tracking.get("reviewed")
     if isinstance(reviewed, np.ndarray) and reviewed.shape == display.shape:
         return reviewed.astype(bool)

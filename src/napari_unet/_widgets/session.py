@@ -3,8 +3,8 @@
 :func:`get_session` returns the one :class:`Session` of a viewer (module-level registry, weak
 on the viewer), so a model trained in the training widget is used by the inference widget
 without a file round trip. The session also tracks the prediction layers it wrote: for each,
-a boolean *reviewed* mask of the pixels the user painted (from ``Labels.events.paint``) or
-marked as reviewed. Only reviewed pixels of a prediction layer count as ground truth. The marks live
+the values the user painted at each pixel (from ``Labels.events.paint``) or accepted with
+*Mark slice reviewed*; a pixel holding one of them is *reviewed*. Only reviewed pixels of a prediction layer count as ground truth. The marks live
 in the layer's ``metadata["napari_unet"]``, so the Labels writer saves the reviewed pixels with the
 prediction, and a saved prediction layer opened again (it names its image) is tracked again with them.
 """
@@ -20,7 +20,7 @@ from typing import Any, Optional
 import numpy as np
 from psygnal import Signal
 
-from napari_unet.labels import PREDICTION_OUTPUT, reviewed_pixels
+from napari_unet.labels import PREDICTION_OUTPUT, holds_marked_value, marks_dtype, reviewed_pixels, value_marks
 from napari_unet.model_io import UNetModel
 
 _SESSIONS: "weakref.WeakKeyDictionary[Any, Session]" = weakref.WeakKeyDictionary()
@@ -65,16 +65,16 @@ def get_session(viewer) -> "Session":
 class Tracked:
     """A prediction layer written by the inference widget, and the pixels the user painted or accepted.
 
-    A pixel counts as reviewed while it still holds the value it had when the user painted or accepted it,
-    so undo, redo and later predictions that overwrite it (or restore it) need no bookkeeping of their own.
-    The two arrays are also published in ``layer.metadata["napari_unet"]`` for the Labels writer.
+    A pixel counts as reviewed while it holds one of the values the user painted or accepted there, so undo, redo
+    and later predictions that overwrite it (or restore it) need no bookkeeping of their own: undoing a stroke
+    gives back the correction or acceptance under it. Erasing (label 0) marks nothing, so an erased pixel is
+    predicted again. The marks are also published in ``layer.metadata["napari_unet"]`` for the Labels writer.
     """
 
     layer: Any
     image: Any  # weakref to the image layer it was predicted from, or None while only its name is known
     image_name: str
-    marked: np.ndarray  # bool, layer shape: painted or accepted at some point
-    marked_values: np.ndarray  # the value each marked pixel was given or accepted with
+    marks: np.ndarray  # unsigned, layer shape: bit v - 1 set = display value v was painted or accepted here
     muted: bool = False  # our own writes are no corrections
 
     @classmethod
@@ -82,30 +82,31 @@ class Tracked:
         """Track ``layer``; marks it already carries (a reopened file, a duplicated layer) count as reviewed."""
         meta = layer.metadata.get("napari_unet")
         reviewed = reviewed_pixels(layer.data, meta) if isinstance(meta, dict) else None
-        if reviewed is None:
-            marked, marked_values = cls.no_marks(layer)
-        else:
-            marked, marked_values = reviewed, np.where(reviewed, np.asarray(layer.data), 0).astype(layer.data.dtype)
+        marks = cls.no_marks(layer)
+        if reviewed is not None:
+            marks[reviewed] = value_marks(np.asarray(layer.data)[reviewed], marks.dtype)
         if image_layer is None:
             image, image_name = None, str(meta.get("image") or "") if isinstance(meta, dict) else ""
         else:
             image, image_name = weakref.ref(unwrap(image_layer)), image_layer.name
-        record = cls(layer, image, image_name, marked, marked_values)
+        record = cls(layer, image, image_name, marks)
         record.publish()
         return record
 
     @staticmethod
-    def no_marks(layer) -> tuple:
-        """Empty (marked, marked_values) arrays for ``layer``'s data."""
-        return np.zeros(layer.data.shape, bool), np.zeros(layer.data.shape, layer.data.dtype)
+    def no_marks(layer) -> np.ndarray:
+        """Empty marks for ``layer``'s data, wide enough for its classes' display values."""
+        n_values = len(layer.metadata.get("class_values") or ()) if isinstance(layer.metadata, dict) else 0
+        data = np.asarray(layer.data)
+        n_values = max(n_values, int(data.max()) if data.size else 0)
+        return np.zeros(layer.data.shape, marks_dtype(n_values))
 
     def publish(self) -> None:
         """Put the prediction marker and the live mark arrays into the layer's metadata (replacing a reopened
         file's ``reviewed`` mask): what the Labels writer saves."""
         meta = self.layer.metadata.get("napari_unet")
         meta = {k: v for k, v in meta.items() if k != "reviewed"} if isinstance(meta, dict) else {}
-        marks = {"marked": self.marked, "marked_values": self.marked_values}
-        self.layer.metadata["napari_unet"] = {**meta, "output": PREDICTION_OUTPUT, "image": self.image_name, **marks}
+        self.layer.metadata["napari_unet"] = {**meta, "output": PREDICTION_OUTPUT, "image": self.image_name, "marks": self.marks}
 
     def belongs_to(self, image_layer) -> bool:
         """Whether this layer was predicted from ``image_layer``: by identity, or by name once that layer is gone
@@ -118,17 +119,17 @@ class Tracked:
     def mark(self, region, where=None, values=None) -> None:
         """Mark ``region`` (an index into the layer's data), or its pixels ``where`` is True, with ``values``
         (those pixels' new values: napari announces a paint before it writes it), by default their current values."""
+        if values is None:
+            values = np.asarray(self.layer.data[region])
         if where is None:
-            self.marked[region] = True
-            self.marked_values[region] = np.asarray(self.layer.data[region]) if values is None else values
+            self.marks[region] |= value_marks(values, self.marks.dtype)
             return
-        marked, stored = self.marked[region], self.marked_values[region]  # views: region is a tuple of slices here
-        marked[where] = True
-        stored[where] = np.asarray(self.layer.data[region])[where] if values is None else values
+        marks = self.marks[region]  # a view: region is a tuple of slices here
+        marks[where] |= value_marks(values if np.ndim(values) == 0 else np.asarray(values)[where], marks.dtype)
 
     def reviewed(self, region=...) -> np.ndarray:
-        """Bool mask of ``region`` (default: the whole layer): marked pixels that still hold their marked value."""
-        return self.marked[region] & (np.asarray(self.layer.data[region]) == self.marked_values[region])
+        """Bool mask of ``region`` (default: the whole layer): pixels holding a value they were marked with."""
+        return holds_marked_value(np.asarray(self.layer.data[region]), self.marks[region])
 
 
 def class_colors_of(colormap, n_classes: int) -> list:
@@ -276,8 +277,8 @@ class Session:
 
     def record(self, layer) -> Optional[Tracked]:
         record = self._tracked.get(id(unwrap(layer)))
-        if record is not None and record.marked.shape != record.layer.data.shape:  # data replaced: start over
-            record.marked, record.marked_values = Tracked.no_marks(record.layer)
+        if record is not None and record.marks.shape != record.layer.data.shape:  # data replaced: start over
+            record.marks = Tracked.no_marks(record.layer)
             record.publish()
         return record
 
