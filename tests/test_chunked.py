@@ -408,8 +408,13 @@ def test_napari_reader_opens_predicted_zarr_labels_in_their_classes(model_and_st
     assert isinstance(data, np.ndarray) and set(np.unique(data)) <= {1, 2}  # display values, in memory for painting
     assert get_reader(str(d / "image.tif")) is not None and get_reader(str(d / "nothing.zarr")) is None
     assert run(capsys, "predict", d / "m.keras", d / "image.zarr", "-o", d / "p.zarr", "--probabilities", d / "q.zarr", "--no-tta")[0] == 0
-    data, kwargs, layer_type = get_reader(str(d / "q.zarr"))()[0]
+    from dask.callbacks import Callback
+
+    tasks = []
+    with Callback(pretask=lambda key, dask, state: tasks.append(key)):
+        data, kwargs, layer_type = get_reader(str(d / "q.zarr"))()[0]
     assert layer_type == "image" and not isinstance(data, np.ndarray)  # probabilities stay lazy
+    assert len(tasks) < data.npartitions, "opening the store read all of it (6.4 GB for 1.7 GB of OCT probabilities)"
 
 
 def _answer_auto_with(choices) -> None:

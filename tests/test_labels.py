@@ -81,3 +81,21 @@ def test_untrainable_labels_give_clear_messages(labels, ignore, words):
 def test_labels_must_fit_an_existing_models_classes():
     with pytest.raises(LabelError, match="does not know"):
         check_trainable(np.array([0, 1, 2]), class_values=[0, 1])
+
+
+@pytest.mark.parametrize("dtype, class_values", [(np.uint8, [0, 3, 255]), (np.int16, [-300, 0, 7]), (bool, [0, 1])])
+def test_small_integer_labels_map_through_a_table_without_int64_copies(dtype, class_values):
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    labels = rng.choice(class_values, (32, 512, 512)).astype(dtype)
+    expected = np.searchsorted(class_values, labels.astype(np.int64))
+    tracemalloc.start()
+    try:
+        display = to_display(labels, class_values)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(display, expected + 1)
+    np.testing.assert_array_equal(to_indices(labels, class_values), expected)
+    assert peak < 2 * labels.size + 64 * 2**20, "a uint8 stack took 37 times its size in int64 copies"

@@ -155,6 +155,8 @@ def test_label_detection_rules():
     # ... but integer data named like labels are, even with many values (instance masks)
     assert detect_labels(RNG.integers(0, 500, size=(20, 20)).astype(np.uint16), "nuclei_mask.tif")
     assert detect_labels(em_like(), "x.tif", {"class_values": [0, 255]})
+    assert not detect_labels(em_like(), "scans-for-segmentation.tif")  # an 8-bit image using its whole range
+    assert detect_labels(RNG.integers(0, 100, size=(20, 20)).astype(np.uint8), "cells_seg.tif")
 
 
 @pytest.mark.parametrize(
@@ -169,6 +171,8 @@ def test_label_detection_rules():
         ("train-volume.tif", False),
         ("length.tif", False),  # 'gt' inside a word is no hint
         ("right_eye.tif", False),
+        ("unlabeled-bscans.tif", False),  # opened as labels with 256 "classes"
+        ("duke-dme-unlabelled.tif", False),
     ],
 )
 def test_name_hints(name, expected):

@@ -228,6 +228,8 @@ def _labels_layer(tiff: TiffData) -> LayerDataTuple | None:
 
     data = tiff.data
     if not (np.issubdtype(data.dtype, np.integer) or data.dtype == bool):
+        if is_lazy(data):  # a lazy float store (probabilities carry class values) stays a lazy image, not read whole
+            return None
         rounded = np.rint(data) if np.issubdtype(data.dtype, np.floating) else None
         if rounded is None or not np.all(np.isfinite(data)) or not np.array_equal(rounded, data):
             return None  # float data that are not integer classes: show as an image

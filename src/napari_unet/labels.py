@@ -73,6 +73,9 @@ def to_indices(labels, class_values, ignore_value=None) -> np.ndarray:
     class_values = np.asarray(class_values, dtype=np.int64)
     if class_values.size == 0:
         raise LabelError("there are no class values to map labels to")
+    mapped = _map_through_table(labels, class_values, ignore_value, 0, IGNORE_INDEX, np.int32)
+    if mapped is not None:
+        return mapped
     flat = labels.astype(np.int64, copy=False).ravel()
     pos = np.searchsorted(class_values, flat)
     pos_clipped = np.minimum(pos, len(class_values) - 1)
@@ -86,6 +89,36 @@ def to_indices(labels, class_values, ignore_value=None) -> np.ndarray:
         bad = np.unique(flat[unknown])[:5].tolist()
         raise LabelError(f"label values {bad} are not among the classes {class_values.tolist()}")
     return indices.reshape(labels.shape)
+
+
+_TABLE_BLOCK = 1 << 22  # pixels mapped at a time: bounds the index copies numpy makes
+
+
+def _map_through_table(labels, class_values, ignore_value, first: int, ignored: int, dtype) -> np.ndarray | None:
+    """8/16-bit integer or bool ``labels`` mapped through a lookup table: ``class_values[k]`` -> ``first + k``,
+    ``ignore_value`` -> ``ignored``, in blocks (a uint8 stack took 37 times its size in int64 copies before).
+    None for other dtypes; :class:`LabelError` for values that are neither."""
+    if labels.dtype.kind not in "biu" or labels.dtype.itemsize > 2:
+        return None
+    lowest = int(np.iinfo(labels.dtype).min) if labels.dtype.kind == "i" else 0
+    size = 2 if labels.dtype == bool else 1 << (8 * labels.dtype.itemsize)
+    table, unknown = np.zeros(size, dtype), np.ones(size, bool)
+    for k, value in enumerate(class_values.tolist()):
+        if 0 <= value - lowest < size:
+            table[value - lowest], unknown[value - lowest] = first + k, False
+    if ignore_value is not None and 0 <= int(ignore_value) - lowest < size and unknown[int(ignore_value) - lowest]:
+        table[int(ignore_value) - lowest], unknown[int(ignore_value) - lowest] = ignored, False
+    flat = labels.reshape(-1)
+    out = np.empty(flat.shape, dtype)
+    counts = np.zeros(size, np.int64)
+    for start in range(0, flat.size, _TABLE_BLOCK):
+        positions = flat[start : start + _TABLE_BLOCK].astype(np.intp) - lowest
+        out[start : start + _TABLE_BLOCK] = table[positions]
+        counts += np.bincount(positions, minlength=size)
+    bad = np.flatnonzero(unknown & (counts > 0))
+    if bad.size:
+        raise LabelError(f"label values {(bad[:5] + lowest).tolist()} are not among the classes {class_values.tolist()}")
+    return out.reshape(labels.shape)
 
 
 def from_indices(indices, class_values, dtype=None) -> np.ndarray:
@@ -107,8 +140,13 @@ def smallest_dtype(values) -> np.dtype:
 
 def to_display(labels, class_values, ignore_value=None) -> np.ndarray:
     """napari display values: 0 = not annotated, ``k + 1`` = ``class_values[k]``; uint8 or uint16."""
-    indices = to_indices(labels, class_values, ignore_value)
     dtype = np.uint8 if len(class_values) < 255 else np.uint16
+    labels = np.asarray(labels)
+    if len(class_values):
+        mapped = _map_through_table(labels, np.asarray(class_values, dtype=np.int64), ignore_value, 1, 0, dtype)
+        if mapped is not None:
+            return mapped
+    indices = to_indices(labels, class_values, ignore_value)
     return (indices + 1).astype(dtype)
 
 

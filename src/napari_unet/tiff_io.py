@@ -68,6 +68,8 @@ METADATA_KEY = "napari_unet"
 TIFF_SUFFIXES = (".tif", ".tiff")
 #: Integer images with at most this many distinct values are taken for labels.
 MAX_LABEL_CLASSES = 16
+#: At most this many distinct values in an 8-bit file named like labels (a B-scan or EM slice has ~256).
+MAX_NAMED_8BIT_LABELS = 128
 #: Words in a file name that mark a label image.
 LABEL_NAME_HINTS = ("label", "mask", "seg", "annot", "groundtruth", "ground_truth", "ground-truth")
 
@@ -182,7 +184,7 @@ def natural_sort_key(name) -> list:
 
 def name_suggests_labels(name) -> bool:
     """True for file names like ``train-labels.tif``, ``mask_01.tif``, ``gt.tif``, ``cells_seg.tif``."""
-    stem = _stem(os.fspath(name)).lower()
+    stem = re.sub(r"un-?_?label", "", _stem(os.fspath(name)).lower())  # "unlabeled-bscans" are images
     if any(hint in stem for hint in LABEL_NAME_HINTS):
         return True
     return re.search(r"(^|[^a-z])gt([^a-z]|$)", stem) is not None
@@ -234,12 +236,14 @@ def detect_labels(data, name: str = "", metadata: dict | None = None) -> bool:
     array = np.asarray(data) if not hasattr(data, "dtype") else data
     if not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
         return False
-    if name and name_suggests_labels(name):
-        return True
     if array.size == 0:
-        return False
+        return bool(name) and name_suggests_labels(name)
     if is_lazy(array) and array.ndim > 2:  # judged on the first plane: reading all of a big file takes long
         array = array[(0,) * (array.ndim - 2)]
+    if name and name_suggests_labels(name):
+        # instance masks may have many values, but an 8-bit image using most of its range is an intensity
+        # image whatever its name ("scans-for-segmentation.tif")
+        return array.dtype.itemsize > 1 or distinct_values(array, MAX_NAMED_8BIT_LABELS) is not None
     return distinct_values(array, MAX_LABEL_CLASSES) is not None
 
 
