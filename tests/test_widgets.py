@@ -399,6 +399,8 @@ def test_multiclass_oct_prediction_and_probabilities(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     for data, kwargs, kind in make_oct_sample():
         getattr(viewer, f"add_{kind}")(data[:2, :, :128], **kwargs)  # two narrow B-scans, all layers
+    image = viewer.layers["OCT (synthetic)"]
+    image.scale, image.units = (1.0, 3.87, 14.2), ("micrometer",) * 3  # a calibrated Spectralis scan
     training, inference = TrainingWidget(viewer), InferenceWidget(viewer)
     viewer.window.add_dock_widget(training)
     viewer.window.add_dock_widget(inference)
@@ -415,6 +417,9 @@ def test_multiclass_oct_prediction_and_probabilities(make_napari_viewer, qtbot):
     probabilities = viewer.layers["OCT (synthetic) probabilities"]
     assert probabilities.data.shape == (10, 2, 248, 128)
     np.testing.assert_allclose(probabilities.data.sum(axis=0), 1.0, atol=1e-4)
+    # the outputs line up with the image in its units (they were in "pixel", and saved files lost the µm)
+    assert tuple(prediction.scale) == tuple(image.scale) and prediction.units == image.units
+    assert tuple(probabilities.scale[1:]) == tuple(image.scale) and probabilities.units[1:] == image.units
     training.stop()
     inference.stop()
 

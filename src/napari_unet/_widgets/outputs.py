@@ -73,10 +73,17 @@ def _remember(layer, name: str):
 
 
 def _spatial(image_layer, extra_axes: int = 0) -> dict:
-    return {
+    """Scale, translation, units and axis labels of ``image_layer``, after ``extra_axes`` leading unitless axes
+    (the class axis of probabilities): outputs line up with the image and are saved in its units (µm)."""
+    spatial = {
         "scale": (1.0,) * extra_axes + tuple(image_layer.scale),
         "translate": (0.0,) * extra_axes + tuple(image_layer.translate),
     }
+    units, axis_labels = getattr(image_layer, "units", None), getattr(image_layer, "axis_labels", None)
+    if units is not None and axis_labels is not None:  # napari >= 0.6
+        spatial["units"] = ("pixel",) * extra_axes + tuple(units)
+        spatial["axis_labels"] = tuple(f"class{i or ''}" for i in range(extra_axes)) + tuple(axis_labels)
+    return spatial
 
 
 def write_prediction(viewer, session, image_layer, labels, model, info, z, keep_corrections=True):
