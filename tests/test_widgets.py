@@ -635,3 +635,18 @@ def test_zarr_stores_open_train_and_predict_in_napari(make_napari_viewer, qtbot,
     assert prediction.data.shape == image.shape and set(np.unique(prediction.data)) <= {1, 2}
     training.stop()
     inference.stop()
+
+
+def test_the_current_slice_must_be_one_the_layer_has(make_napari_viewer):
+    # a longer stack beside it moved the slider past the layer's slices, and its last slice was used unseen
+    from napari_unet._widgets.layers import current_slice
+    from napari_unet.data import InputError
+
+    viewer = make_napari_viewer()
+    short = viewer.add_labels(np.ones((3, 16, 16), np.uint8), name="EM prediction")
+    viewer.add_image(np.zeros((20, 16, 16), np.uint8), name="long")
+    viewer.dims.set_current_step(0, 2)
+    assert current_slice(viewer, short) == 2
+    viewer.dims.set_current_step(0, 15)
+    with pytest.raises(InputError, match="outside 'EM prediction'"):
+        current_slice(viewer, short)

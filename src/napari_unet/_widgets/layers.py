@@ -143,7 +143,8 @@ def class_names_of(layer) -> Optional[dict]:
 def current_slice(viewer, layer) -> Optional[int]:
     """Index of the slice of 3-D ``layer`` shown in the viewer (None for a 2-D layer).
 
-    :class:`InputError` unless the viewer shows a Y-X plane in 2-D (a transposed or 3-D view shows no one slice).
+    :class:`InputError` unless the viewer shows a Y-X plane in 2-D (a transposed or 3-D view shows no one slice)
+    within the layer's slices (a longer stack open beside it can move the slider past them).
     """
     if layer.ndim < 3:
         return None
@@ -153,8 +154,14 @@ def current_slice(viewer, layer) -> Optional[int]:
             f"the viewer does not show one Y-X slice of {layer.name!r} (3-D display or transposed axes); "
             "switch to the 2-D view of its Y-X plane, or choose the whole stack"
         )
-    z = layer.world_to_data(dims.point)[-3]
-    return int(np.clip(np.round(z), 0, layer.data.shape[-3] - 1))
+    z = int(np.round(layer.world_to_data(dims.point)[-3]))
+    n_slices = layer.data.shape[-3]
+    if not 0 <= z < n_slices:  # napari shows nothing of the layer here: never act on a slice the user cannot see
+        raise InputError(
+            f"the viewer's slice position lies outside {layer.name!r} (slices 0-{n_slices - 1}), which shows "
+            "nothing there; move the slider onto it"
+        )
+    return z
 
 
 __all__ = [
