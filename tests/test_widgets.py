@@ -570,6 +570,17 @@ def test_a_lazy_image_is_read_by_the_training_worker_not_the_gui_thread(widgets,
         assert not any(main_thread_reads), "Train read the lazy image on the GUI thread"
         qtbot.waitUntil(lambda: training._run is None, timeout=300_000)
     assert widgets.session.model is not None and main_thread_reads.count(False) >= 3
+    # Retrain too: its focus copies of the corrected slices stay lazy (it read the whole stack on the GUI thread)
+    prediction = viewer.add_labels(np.full(image.shape, 2, np.uint8), name="EM prediction", metadata={"class_values": [0, 255]})
+    widgets.session.track(prediction, viewer.layers["EM"])
+    prediction.brush_size = 6
+    prediction.paint((1, 20, 20), 1)
+    main_thread_reads.clear()
+    with dask.config.set(scheduler="synchronous"):
+        assert training.start(retrain=True)
+        assert not any(main_thread_reads), "Retrain read the lazy image on the GUI thread"
+        qtbot.waitUntil(lambda: training._run is None, timeout=300_000)
+    assert main_thread_reads.count(False) >= 3
 
 
 def test_closing_the_viewer_during_training_raises_nothing(em_viewer, qtbot):
@@ -650,3 +661,28 @@ def test_the_current_slice_must_be_one_the_layer_has(make_napari_viewer):
     viewer.dims.set_current_step(0, 15)
     with pytest.raises(InputError, match="outside 'EM prediction'"):
         current_slice(viewer, short)
+
+
+def test_run_writes_into_the_selected_or_first_prediction_layer_never_a_users_layer(make_napari_viewer):
+    # Run wrote into the newest copy (a napari duplicate kept as a snapshot), and into a user's layer of that name
+    import copy
+    from types import SimpleNamespace
+
+    from napari_unet._widgets import get_session
+    from napari_unet._widgets.outputs import write_prediction
+    from napari_unet._widgets.session import ModelInfo
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((1, 32, 32), np.uint8), name="EM")
+    users = viewer.add_labels(np.ones((1, 32, 32), np.uint8), name="EM prediction", metadata={"class_values": [0, 255]})
+    session, model = get_session(viewer), SimpleNamespace(class_values=[0, 255])
+    membrane, cell = np.zeros((1, 32, 32), np.uint8), np.full((1, 32, 32), 255, np.uint8)
+    original, _ = write_prediction(viewer, session, image, membrane, model, ModelInfo(), None)
+    assert original is not users and np.all(users.data == 1), "a user's layer is not a prediction layer"
+    snapshot = viewer.add_labels(original.data.copy(), name=f"{original.name} copy", metadata=copy.deepcopy(original.metadata))
+    assert session.tracked_layers(image) == [original, snapshot]
+    viewer.layers.selection.active = image
+    assert write_prediction(viewer, session, image, cell, model, ModelInfo(), None)[0] is original  # the first
+    viewer.layers.selection.active = snapshot
+    assert write_prediction(viewer, session, image, membrane, model, ModelInfo(), None)[0] is snapshot  # the selected
+    assert np.all(original.data == 2) and np.all(snapshot.data == 1) and np.all(users.data == 1)

@@ -19,7 +19,7 @@ from napari_unet.predict import PredictionProgress, labels_dtype
 
 from .jobs import Failed, PredictionResult, predict_job
 from .layers import Image, LayerCombo, current_slice, image_array
-from .outputs import write_cells, write_prediction, write_probabilities
+from .outputs import prediction_layer_of, write_cells, write_prediction, write_probabilities
 from .progress import ProgressRow
 from .session import disconnect_when_destroyed, get_session, unwrap
 
@@ -260,12 +260,10 @@ class InferenceWidget(QWidget):
     def _prediction_layer(self):
         """The image's prediction layer (the selected one if several), or None after a warning."""
         image_layer = self.image.layer()
-        layers = self.session.tracked_layers(image_layer) if image_layer is not None else []
-        selected = [x for x in layers if x in self.viewer.layers.selection]
-        if not layers:
+        layer = prediction_layer_of(self.viewer, self.session, image_layer) if image_layer is not None else None
+        if layer is None:
             show_warning("napari-unet: no prediction layer for this image yet; Run first")
-            return None
-        return (selected or layers)[-1]
+        return layer
 
     def mark_reviewed(self) -> bool:
         """Mark the current slice of the image's prediction layer (or the selected one) as reviewed."""

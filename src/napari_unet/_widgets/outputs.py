@@ -47,14 +47,16 @@ def write_labels_undoable(layer, z: Optional[int], new: np.ndarray, keep: Option
     return changed
 
 
-def _find(viewer, name: str, kind: str, shape: tuple, accept=lambda layer: True):
-    """A layer to write ``kind`` output into: one we made (metadata marker), or named ``name``."""
-    for layer in viewer.layers:
-        meta = layer.metadata.get("napari_unet", {})
-        ours = isinstance(meta, dict) and meta.get("output") == kind and layer.name.startswith(name)
-        if (ours or layer.name == name) and tuple(layer.data.shape) == shape and accept(layer):
-            return layer
-    return None
+def prediction_layer_of(viewer, session, image_layer, accept=lambda layer: True):
+    """The prediction layer of ``image_layer`` that Run, Mark slice reviewed and Save act on: the selected one of
+    its tracked prediction layers (``accept`` filters them), else the first; None if there is none.
+
+    A napari duplicate (a snapshot the user keeps) is tracked too; it was the target of the next Run as the
+    newest layer, while the selected original was left alone.
+    """
+    layers = [x for x in session.tracked_layers(image_layer) if accept(x)]
+    selected = [x for x in layers if x in viewer.layers.selection]
+    return (selected or layers or [None])[0]
 
 
 def _added_output(viewer, name: str, shape: tuple, accept):
@@ -97,12 +99,10 @@ def write_prediction(viewer, session, image_layer, labels, model, info, z, keep_
     display = to_display(labels, class_values)
     shape = tuple(image_layer.data.shape)
     name = f"{image_layer.name} {PREDICTION}"
-    tracked = [
-        x for x in session.tracked_layers(image_layer)
-        if list(x.metadata.get("class_values") or []) == class_values and tuple(x.data.shape) == shape
-    ]
-    layer = tracked[-1] if tracked else _find(
-        viewer, name, PREDICTION, shape, lambda x: isinstance(x, Labels) and list(x.metadata.get("class_values") or []) == class_values
+    # only a prediction layer (ours, or a saved one reopened): a user's layer that merely has the name is left alone
+    layer = prediction_layer_of(
+        viewer, session, image_layer,
+        lambda x: list(x.metadata.get("class_values") or []) == class_values and tuple(x.data.shape) == shape,
     )
     metadata = {
         "class_values": class_values,

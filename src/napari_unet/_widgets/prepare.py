@@ -69,7 +69,7 @@ def prepare_train(viewer, session, image_layer, labels_layer, zero_is_unannotate
 def prepare_retrain(viewer, session, image_layer, labels_layer, zero_is_unannotated: bool, retrain_config) -> TrainJob:
     """Fine-tune the session model: original annotations overridden by painted corrections.
 
-    The corrections come from the image's prediction layer (the selected one if several); only
+    The corrections come from the image's prediction layer (the selected one if several, else the first); only
     pixels the user painted or marked reviewed count. ``retrain_config(model_config)`` gives the
     TrainConfig of the short fine-tuning.
     """
@@ -84,7 +84,7 @@ def prepare_retrain(viewer, session, image_layer, labels_layer, zero_is_unannota
             "classes on its prediction layer, then Retrain"
         )
     selected = [x for x in candidates if x in viewer.layers.selection]
-    prediction = (selected or candidates)[-1]
+    prediction = (selected or candidates)[0]  # as Run and Mark slice reviewed choose (outputs.prediction_layer_of)
     values, corrected, _ = read_annotations(prediction, True, session.reviewed(prediction))
     annotated = corrected.copy()
     if labels_layer is not None and labels_layer is not prediction:
@@ -92,7 +92,7 @@ def prepare_retrain(viewer, session, image_layer, labels_layer, zero_is_unannota
         values = np.where(corrected, values, base)
         annotated |= base_annotated
     train_config = retrain_config(model.config)
-    data = retrain_data(np.asarray(image), values, annotated, corrected, train_config.patch_size, name=f"prediction layer {prediction.name!r}")
+    data = retrain_data(image, values, annotated, corrected, train_config.patch_size, name=f"prediction layer {prediction.name!r}")
     info = session.info
     names = dict(zip(model.class_values, info.class_names)) if info.class_names else None
     colormap = (list(model.class_values), info.colormap) if info.colormap is not None else None

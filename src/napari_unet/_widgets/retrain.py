@@ -14,12 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from napari_unet.tiff_io import is_lazy
+
 from .layers import training_labels
 
 
 @dataclass(frozen=True)
 class RetrainData:
-    image: np.ndarray  # (Z + extra, Y, X)
+    image: np.ndarray  # (Z + extra, Y, X); a dask array for a lazy image
     labels: np.ndarray  # class values; ``ignore`` where not annotated
     ignore: int | None
     n_corrected: int  # corrected pixels
@@ -30,9 +32,17 @@ class RetrainData:
 def retrain_data(image, values, annotated, corrected, patch_size: int, share: float = 0.5, max_extra: int = 32, name: str = "the labels", context: float = 0.25) -> RetrainData:
     """Merged labels (``values`` where ``annotated``), plus focus copies around ``corrected`` pixels.
 
-    ``image``, ``values``, ``annotated`` and ``corrected`` share the shape (Y, X) or (Z, Y, X).
+    ``image``, ``values``, ``annotated`` and ``corrected`` share the shape (Y, X) or (Z, Y, X). A lazy image
+    (dask, memory map) stays lazy, focus copies included: the training worker reads it, not the GUI thread.
     """
-    image, values = np.asarray(image), np.asarray(values)
+    if is_lazy(image):
+        import dask.array as da
+
+        image = image if isinstance(image, da.Array) else da.from_array(image, chunks=(1,) * (image.ndim - 2) + tuple(image.shape[-2:]))
+        stack, concatenate = da.stack, da.concatenate
+    else:
+        image, stack, concatenate = np.asarray(image), np.stack, np.concatenate
+    values = np.asarray(values)
     flat = image.ndim == 2
     if flat:
         image, values, annotated, corrected = image[None], values[None], annotated[None], corrected[None]
@@ -53,7 +63,7 @@ def retrain_data(image, values, annotated, corrected, patch_size: int, share: fl
         focus = np.where(window, labels[z], ignore).astype(labels.dtype)
         extra_images += [image[z]] * copies
         extra_labels += [focus] * copies
-    image = np.concatenate([image, np.stack(extra_images)])
+    image = concatenate([image, stack(extra_images)])
     labels = np.concatenate([labels, np.stack(extra_labels)])
     return RetrainData(image, labels, ignore, n_corrected, n_annotated, len(extra_images))
 
