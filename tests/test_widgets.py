@@ -153,6 +153,8 @@ def test_plugin_manifest_opens_both_widgets(make_napari_viewer):
         ("RGB image", np.zeros((64, 64, 3), np.uint8), np.ones((64, 64), np.uint8), "RGB"),
         ("multichannel image", np.zeros((2, 3, 64, 64), np.uint8), np.ones((2, 3, 64, 64), np.uint8), "split them"),
         ("nothing annotated", np.zeros((64, 64), np.uint8), np.zeros((64, 64), np.uint8), "no annotated pixel"),
+        # a 0/255 mask opened without its class metadata: 0 dropped, and the worker failed after loading TensorFlow
+        ("raw 0/255 mask", np.zeros((64, 64), np.uint8), np.where(np.eye(64) > 0, 0, 255).astype(np.uint8), "uncheck it if 0 is a class"),
     ],
 )
 def test_bad_training_input_notifies_and_changes_nothing(make_napari_viewer, notifications, case, image, labels, expected):
@@ -686,3 +688,17 @@ def test_run_writes_into_the_selected_or_first_prediction_layer_never_a_users_la
     viewer.layers.selection.active = snapshot
     assert write_prediction(viewer, session, image, membrane, model, ModelInfo(), None)[0] is snapshot  # the selected
     assert np.all(original.data == 2) and np.all(snapshot.data == 1) and np.all(users.data == 1)
+
+
+def test_continuing_a_model_of_other_classes_is_refused_before_the_worker_starts(widgets, notifications):
+    from types import SimpleNamespace
+
+    viewer, training = widgets.viewer, widgets.training
+    widgets.session.model = SimpleNamespace(class_values=list(range(10)))  # an OCT model; the labels are 0/255
+    training.continue_box.setEnabled(True)
+    training.continue_box.setChecked(True)
+    before = layers_snapshot(viewer)
+    assert training.start() is False
+    assert any("[255] that the current model has no class for" in m for m in errors(notifications)), notifications
+    assert training._run is None and not widgets.session.busy
+    assert_layers_unchanged(viewer, before)

@@ -41,6 +41,18 @@ def _image(image_layer, labels_layer):
     return image, labels_layer
 
 
+#: The training widget's check box that makes value 0 of a labels layer without class metadata "not annotated".
+ZERO_BOX = "label 0 = not annotated"
+
+
+def check_model_classes(model: UNetModel, classes, what: str, advice: str) -> None:
+    """:class:`LabelError` (before the worker starts) if ``classes`` holds values ``model`` has no class for."""
+    unknown = sorted(set(int(v) for v in classes) - set(int(v) for v in model.class_values))
+    if unknown:
+        raise LabelError(f"{what} holds values {unknown[:5]} that the current model has no class for (its classes are "
+                         f"{list(model.class_values)}); {advice}")
+
+
 def prepare_train(viewer, session, image_layer, labels_layer, zero_is_unannotated: bool, configs, continue_from_model: bool) -> TrainJob:
     """Train on ``labels_layer``; only reviewed pixels count if it is a tracked prediction layer."""
     image, labels_layer = _image(image_layer, labels_layer)
@@ -51,7 +63,9 @@ def prepare_train(viewer, session, image_layer, labels_layer, zero_is_unannotate
     what = f"labels layer {labels_layer.name!r}"
     if reviewed is not None:
         what = f"prediction layer {labels_layer.name!r} (only the pixels painted or marked reviewed on it count)"
+    zeros_ignored = int(np.count_nonzero(values == 0)) if class_values is None and zero_is_unannotated else 0
     labels, ignore = training_labels(values, annotated, what)
+    classes = np.unique(values[annotated]).tolist()
     model_config, train_config = configs
     init = None
     if continue_from_model:
@@ -59,10 +73,16 @@ def prepare_train(viewer, session, image_layer, labels_layer, zero_is_unannotate
         if init is None:
             raise InputError("there is no current model to continue from; train one or load a .keras file")
         model_config = None
+        check_model_classes(init, classes, what, "uncheck 'continue from the current model' to train a new one")
+    elif len(classes) < 2:  # found here, before the worker loads TensorFlow
+        hint = f"; with '{ZERO_BOX}' checked its {zeros_ignored} pixels of value 0 are ignored: uncheck it if 0 is a class (e.g. a 0/255 mask)" if zeros_ignored else ""
+        raise LabelError(f"{what} has only the class {classes[0]} annotated; a model needs at least two classes{hint}")
     colormap = None
     if class_values is not None and isinstance(labels_layer.colormap, DirectLabelColormap):
         colormap = (list(class_values), labels_layer.colormap)  # custom class colours
     note = f"{int(annotated.sum())} annotated pixels of {labels_layer.name!r}"
+    if zeros_ignored:  # an OCT mask opened without its metadata: vitreous (0) silently left out
+        note += f"; its {zeros_ignored} pixels of value 0 count as not annotated ('{ZERO_BOX}')"
     return TrainJob(image, labels, model_config, train_config.replace(ignore_value=ignore), init, class_names_of(labels_layer), colormap, note)
 
 
@@ -91,6 +111,9 @@ def prepare_retrain(viewer, session, image_layer, labels_layer, zero_is_unannota
         base, base_annotated, _ = read_annotations(labels_layer, zero_is_unannotated, session.reviewed(labels_layer))
         values = np.where(corrected, values, base)
         annotated |= base_annotated
+    check_model_classes(model, np.unique(values[annotated]).tolist(), f"the labels to retrain on ({labels_layer.name!r} and corrections)"
+                        if labels_layer is not None else f"prediction layer {prediction.name!r}",
+                        "choose the labels layer of this model's classes, or Train a new model on them")
     train_config = retrain_config(model.config)
     data = retrain_data(image, values, annotated, corrected, train_config.patch_size, name=f"prediction layer {prediction.name!r}")
     info = session.info

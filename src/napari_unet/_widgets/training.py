@@ -19,7 +19,7 @@ from napari_unet.train import EpochEnd, TrainingFinished, TrainingStarted, Train
 
 from .jobs import Failed, format_seconds, train_job
 from .layers import Image, Labels, LayerCombo
-from .prepare import TrainJob, prepare_retrain, prepare_train
+from .prepare import ZERO_BOX, TrainJob, prepare_retrain, prepare_train
 from .plot import LossPlot
 from .progress import ProgressRow
 from .session import disconnect_when_destroyed, get_session, unwrap
@@ -55,7 +55,7 @@ class TrainingWidget(QWidget):
         self.image = LayerCombo(self.viewer, Image)
         self.labels = LayerCombo(self.viewer, Labels, accept=self._fits_image)
         self.image.currentIndexChanged.connect(lambda *_: self.labels.refresh())
-        self.zero_unannotated = QCheckBox("label 0 = not annotated")
+        self.zero_unannotated = QCheckBox(ZERO_BOX)
         self.zero_unannotated.setChecked(True)
         self.zero_unannotated.setToolTip(ZERO_TIP)
         self.settings = TrainSettings()
