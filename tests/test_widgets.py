@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -199,8 +200,12 @@ def test_reopened_prediction_without_corrections_says_why_nothing_counts(make_na
     assert_layers_unchanged(viewer, before)
 
 
-def test_bad_input_found_by_the_core_notifies_once(widgets, qtbot, notifications):
-    """Labels with a single class pass the widget checks; the core's message comes back cleanly."""
+def test_bad_input_found_by_the_core_notifies_once(widgets, qtbot, notifications, monkeypatch):
+    """One-class labels are refused before the worker (with the check box's part in it); what only the core finds
+    comes back from the worker as one message."""
+    from napari_unet import train as train_module
+    from napari_unet.labels import LabelError
+
     viewer, training = widgets.viewer, widgets.training
     one_class = np.zeros((3, 128, 128), np.uint8)
     one_class[0, :10, :10] = 7
@@ -208,8 +213,18 @@ def test_bad_input_found_by_the_core_notifies_once(widgets, qtbot, notifications
     training.labels.set_layer(viewer.layers["one class"])
     tiny_settings(training)
     before = layers_snapshot(viewer)
+    assert training.start() is False  # before the worker loads TensorFlow
+    assert any("at least two classes" in m and "of value 0 are ignored" in m for m in errors(notifications)), notifications
+    notifications.clear()
+    training.labels.set_layer(viewer.layers["EM labels"])
+
+    def refuse(*args, **kwargs):
+        raise LabelError("the core refuses these labels")
+        yield
+
+    monkeypatch.setattr(train_module, "train_events", refuse)
     run_and_wait(qtbot, training.start, lambda: training._run is not None)
-    assert any("at least two classes" in m for m in errors(notifications)), notifications
+    assert sum("the core refuses these labels" in m for m in errors(notifications)) == 1, notifications
     assert widgets.session.model is None
     assert_layers_unchanged(viewer, before)
 
@@ -287,8 +302,8 @@ def test_time_budget_continue_and_a_model_that_does_not_fit(widgets, qtbot, noti
     viewer.add_labels(three, name="three classes")
     training.labels.set_layer(viewer.layers["three classes"])
     before, model = layers_snapshot(viewer), session.model
-    run_and_wait(qtbot, training.start, lambda: training._run is not None)
-    assert any("does not know" in m for m in errors(notifications)), notifications
+    assert training.start() is False  # found before the worker starts
+    assert any("has no class for" in m for m in errors(notifications)), notifications
     assert session.model is model
     assert_layers_unchanged(viewer, before)
 
