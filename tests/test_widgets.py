@@ -683,7 +683,6 @@ def test_the_current_slice_must_be_one_the_layer_has(make_napari_viewer):
 def test_run_writes_into_the_selected_or_first_prediction_layer_never_a_users_layer(make_napari_viewer):
     # Run wrote into the newest copy (a napari duplicate kept as a snapshot), and into a user's layer of that name
     import copy
-    from types import SimpleNamespace
 
     from napari_unet._widgets import get_session
     from napari_unet._widgets.outputs import write_prediction
@@ -706,8 +705,6 @@ def test_run_writes_into_the_selected_or_first_prediction_layer_never_a_users_la
 
 
 def test_continuing_a_model_of_other_classes_is_refused_before_the_worker_starts(widgets, notifications):
-    from types import SimpleNamespace
-
     viewer, training = widgets.viewer, widgets.training
     widgets.session.model = SimpleNamespace(class_values=list(range(10)))  # an OCT model; the labels are 0/255
     training.continue_box.setEnabled(True)
