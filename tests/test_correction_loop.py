@@ -234,6 +234,7 @@ def test_saved_prediction_reopens_with_its_corrections(loop_viewer, loop, qtbot,
     path = tmp_path / "EM prediction.tif"
     assert inference.save_prediction(path) == str(path)
     assert "Saved 'EM prediction'" in inference.progress.status.text()
+    assert inference.save_prediction(tmp_path / "typed without suffix") == str(tmp_path / "typed without suffix.tif")
     np.testing.assert_array_equal(tifffile.imread(path)[SQUARE], np.where(wrong == MEMBRANE, 0, 255))  # file values
     viewer.layers.remove(prediction)
     assert session.corrected_layers(viewer.layers["EM stack"]) == []

@@ -714,3 +714,57 @@ def test_continuing_a_model_of_other_classes_is_refused_before_the_worker_starts
     assert any("[255] that the current model has no class for" in m for m in errors(notifications)), notifications
     assert training._run is None and not widgets.session.busy
     assert_layers_unchanged(viewer, before)
+
+
+def test_a_second_training_widget_waits_for_the_first(widgets, qtbot, notifications):
+    # two docks trained at once, and the first to end cleared the busy flag the other still needed
+    from napari_unet._widgets import TrainingWidget
+
+    viewer, training = widgets.viewer, widgets.training
+    second = TrainingWidget(viewer)
+    viewer.window.add_dock_widget(second)
+    tiny_settings(training, epochs=500, steps=10)
+    tiny_settings(second)
+    assert training.start()
+    assert second.start() is False and second._run is None
+    assert any("another training of this viewer is running" in m for m in errors(notifications)), notifications
+    training.stop()
+    qtbot.waitUntil(lambda: training._run is None and not widgets.session.busy, timeout=120_000)
+
+
+@pytest.mark.parametrize("case", ["multiscale", "unsorted class values"])
+def test_labels_layers_the_widgets_cannot_read_right_are_refused(make_napari_viewer, notifications, case):
+    from napari_unet._widgets import TrainingWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((2, 64, 64), np.uint8), name="image")
+    labels = np.ones((2, 64, 64), np.uint8)
+    labels[:, :, 32:] = 2
+    if case == "multiscale":  # napari's asarray gave the lowest level: "image and labels shapes differ" in the worker
+        viewer.add_labels([labels, labels[:, ::2, ::2]], name="labels", multiscale=True)
+        expected = "is multiscale"
+    else:  # display 1 meant 255 here but membrane (0) in the predictions
+        viewer.add_labels(labels, name="labels", metadata={"class_values": [255, 0]})
+        expected = "not in increasing order"
+    training = TrainingWidget(viewer)
+    viewer.window.add_dock_widget(training)
+    assert training.start() is False
+    assert any(expected in m for m in errors(notifications)), notifications
+
+
+def test_a_prediction_that_cannot_be_written_is_one_notification(widgets, qtbot, notifications, monkeypatch):
+    from napari_unet._widgets import inference as inference_module
+
+    viewer, training, inference = widgets.viewer, widgets.training, widgets.inference
+    tiny_settings(training, epochs=1, steps=2)
+    run_and_wait(qtbot, training.start, lambda: training._run is not None)
+
+    def refuse(*args, **kwargs):
+        raise ValueError("assignment destination is read-only")
+
+    monkeypatch.setattr(inference_module, "write_prediction", refuse)
+    before = layers_snapshot(viewer)
+    run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
+    assert any("could not be written: assignment destination is read-only" in m for m in errors(notifications))
+    assert "not written" in inference.progress.status.text() and inference.run_button.isEnabled()
+    assert_layers_unchanged(viewer, before)

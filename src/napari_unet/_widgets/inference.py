@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -22,6 +23,8 @@ from .layers import Image, LayerCombo, current_slice, image_array
 from .outputs import prediction_layer_of, write_cells, write_prediction, write_probabilities
 from .progress import ProgressRow
 from .session import disconnect_when_destroyed, get_session, unwrap
+
+_log = logging.getLogger("napari_unet")
 
 CURRENT, STACK = "current slice", "whole stack"
 
@@ -219,7 +222,13 @@ class InferenceWidget(QWidget):
                 self.progress.finish("prediction stopped")
                 self.progress.set_status("Prediction stopped; no layer was changed.")
                 return
-            self._show(job, event)
+            try:
+                self._show(job, event)
+            except Exception as err:  # a layer that refuses the write (read-only data, a plugin's array type...)
+                _log.exception("napari-unet: writing the prediction failed")
+                show_error(f"napari-unet: the prediction could not be written: {err}")
+                self.progress.finish("prediction not written")
+                self.progress.set_status(f"Prediction not written: {err}")
 
     def _not_writable(self, job: _Job) -> Optional[str]:
         """Why the prediction no longer fits its image layer, or None."""
@@ -237,7 +246,9 @@ class InferenceWidget(QWidget):
             self.progress.set_status(f"Prediction not written: {problem}.")
             return
         keep = self.keep.isChecked()
+        before = len(self.viewer.layers)
         layer, changed = write_prediction(self.viewer, self.session, job.image_layer, result.labels, job.model, job.info, job.z, keep)
+        undo = "a new layer" if len(self.viewer.layers) > before else "Ctrl+Z on the layer undoes it"
         others = []
         if result.probabilities is not None:
             others.append(write_probabilities(self.viewer, job.image_layer, result.probabilities, job.model, job.info.class_names, job.z))
@@ -246,7 +257,7 @@ class InferenceWidget(QWidget):
         also = f" Also written: {', '.join(repr(x.name) for x in others)}." if others else ""
         self.progress.finish("prediction done", complete=True)
         self.progress.set_status(
-            f"{layer.name!r}: {changed} pixels updated (Ctrl+Z on the layer undoes it).{also} Paint corrections "
+            f"{layer.name!r}: {changed} pixels updated ({undo}).{also} Paint corrections "
             "on it, then Retrain in the training widget."
         )
 
@@ -258,7 +269,10 @@ class InferenceWidget(QWidget):
 
     # ---- review ------------------------------------------------------------------------------
     def _prediction_layer(self):
-        """The image's prediction layer (the selected one if several), or None after a warning."""
+        """The selected prediction layer, else the image's (the first if several), or None after a warning."""
+        active = self.viewer.layers.selection.active
+        if active is not None and self.session.record(active) is not None:  # whatever image the box shows now
+            return active
         image_layer = self.image.layer()
         layer = prediction_layer_of(self.viewer, self.session, image_layer) if image_layer is not None else None
         if layer is None:
@@ -295,6 +309,8 @@ class InferenceWidget(QWidget):
             path, _ = QFileDialog.getSaveFileName(self, "Save prediction", f"{layer.name}.tif", "TIFF (*.tif *.tiff)")
             if not path:
                 return None
+        if not str(path).lower().endswith((".tif", ".tiff")):  # the reader opens TIFF names only
+            path = f"{path}.tif"
         data, state, _ = layer.as_layer_data_tuple()
         try:
             [written] = write_labels(str(path), data, state)

@@ -99,10 +99,19 @@ def read_annotations(layer, zero_is_unannotated: bool, reviewed: Optional[np.nda
     * ``reviewed`` (a tracked prediction layer): only reviewed pixels count as annotated.
     ``class_values`` is the metadata list, or None when the classes are just the values found.
     """
+    if getattr(layer, "multiscale", False):  # np.asarray gave its lowest resolution
+        raise LabelError(f"labels layer {layer.name!r} is multiscale; open its full-resolution level as a plain labels layer")
     data = np.asarray(layer.data)
     if data.dtype.kind not in "iub":
         raise LabelError(f"labels layer {layer.name!r} has dtype {data.dtype}; labels must be integers")
     class_values = metadata_class_values(layer.metadata, f"labels layer {layer.name!r}")
+    if class_values is not None and class_values != sorted(class_values):
+        # a prediction shows display k + 1 as the k-th smallest class value: the two layers would disagree
+        raise LabelError(
+            f"labels layer {layer.name!r} has class_values metadata {class_values} that is not in increasing order; "
+            "display label k + 1 stands for the k-th smallest class value in napari-unet's layers: save the layer "
+            "(its file keeps the values you painted) and open it again with the napari-unet reader"
+        )
     if class_values is not None:
         check_display_values(data, class_values, f"labels layer {layer.name!r}")
         lookup = np.asarray([0, *class_values], np.int64)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -115,6 +116,10 @@ class TrainingWidget(QWidget):
         """Check the inputs and start (re)training in a worker; False (and a notification) if they are bad."""
         if self._run is not None:
             return False
+        if "training" in self.session.busy:  # another training widget of this viewer (a second dock) runs
+            show_error("napari-unet: another training of this viewer is running; stop it or wait for it to end")
+            self.progress.set_status("Not started: another training of this viewer is running.")
+            return False
         try:
             job = self.prepare(retrain)
         except (InputError, LabelError, ConfigError) as err:
@@ -135,7 +140,8 @@ class TrainingWidget(QWidget):
         worker.finished.connect(lambda: session.set_busy("training", False))
         self.plot.clear()
         self.progress.start(f"U-Net {kind}")
-        self.progress.set_status(f"Preparing {kind} on {job.note} (the first run also loads TensorFlow)...")
+        loading = "" if "tensorflow" in sys.modules else " (the first run also loads TensorFlow)"
+        self.progress.set_status(f"Preparing {kind} on {job.note}{loading}...")
         self.session.set_busy("training", True)
         self._update_buttons()
         worker.start()
