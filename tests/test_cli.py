@@ -47,6 +47,44 @@ def test_train_predict_evaluate_round_trip(data, capsys):
     assert set(json.loads(out)) >= {"pixel_error", "dice", "v_rand", "v_info"}
 
 
+def test_train_on_one_image_prints_the_scores_of_its_held_out_columns(tmp_path, capsys):
+    # one OCT B-scan validates on its last columns; nothing was printed
+    image, labels = stripes(n_slices=1, size=128)
+    tifffile.imwrite(tmp_path / "scan.tif", image[0])
+    tifffile.imwrite(tmp_path / "layers.tif", labels[0])
+    code, out, err = run(capsys, "train", tmp_path / "scan.tif", tmp_path / "layers.tif", "-o", tmp_path / "m.keras", *TINY_TRAINING)
+    assert code == 0, err
+    scores = json.loads(out)
+    column = scores["validation_columns"][0]
+    assert scores["validation_columns"] == [column, 128] and f"validating on columns {column}" in err
+    assert 0 <= scores["pixel_error"] <= 1 and set(scores["dice"]) == {"0", "255"}
+
+
+def test_options_a_model_cannot_honour_are_noted_and_an_image_is_no_truth(data, capsys):
+    import dataclasses
+
+    model = tiny_model()
+    save_model(dataclasses.replace(model, boundary_value=None, boundary_rule=None), data / "layers.keras")  # like OCT
+    code, _, err = run(capsys, "predict", data / "layers.keras", data / "image.tif", "-o", data / "p.tif", "--close-boundaries", "--tile-size", "32")
+    assert code == 0, err
+    assert "--close-boundaries ignored: this model has no thin boundary class" in err  # was a silent no-op
+    assert "--tile-size 32 is smaller than the 64-pixel patches" in err
+    intensities = np.random.default_rng(0).integers(0, 256, (4, 64, 64)).astype(np.uint8)
+    tifffile.imwrite(data / "scan.tif", intensities, photometric="minisblack")
+    code, out, err = run(capsys, "evaluate", data / "p.tif", data / "scan.tif")
+    assert code == 2 and "256 distinct values" in err and not out  # 256 "classes" were scored
+
+
+def test_progress_line_never_passes_100_percent():
+    import io
+
+    from napari_unet.cli import ProgressLine
+
+    stream = io.StringIO()
+    ProgressLine(stream).show(2.117, "epoch 1 step 1", force=True)  # a time budget overrun
+    assert "100.0%" in stream.getvalue() and "211" not in stream.getvalue()
+
+
 def test_predict_tta_flags_force_test_time_augmentation_on_and_off(data, capsys, monkeypatch):
     save_model(tiny_model(), data / "m.keras")
     seen = record_tta(monkeypatch)
@@ -165,6 +203,7 @@ def bad_inputs(tmp_path):
         (["train", "image.tif", "labels.tif", "-o", "m.keras", "--ignore-value", "0", "--val-fraction", "0"], "two classes"),
         (["train", "image.tif", "labels.tif", "-o", "m.keras", "--patch-size", "40"], "not a multiple of 16"),
         (["predict", "model.keras", "rgb.tif", "-o", "p.tif"], "channels"),
+        (["evaluate", "image.tif", "rgb.tif"], "map each colour to its class value"),  # not "convert it to grayscale"
         (["predict", "notes.tif", "image.tif", "-o", "p.tif"], "not a .keras"),
         (["evaluate", "image.tif", "short_labels.tif"], "differ"),
         (["evaluate", "image.tif", "one_value.tif", "--ignore-value", "255"], "no annotated pixel"),

@@ -474,3 +474,12 @@ def test_layer_save_with_the_plugin_raises_the_writer_error_instead_of_a_warning
     assert layer.save(str(out), plugin="napari-unet") == [str(out)]
     back = read_tiff(out)
     assert back.data.tolist() == [[0, 255], [9, 7]] and back.metadata["class_values"] == [0, 9, 255]
+
+
+def test_probability_files_open_one_layer_per_class_named_by_class(tmp_path):
+    # written by napari-unet predict --probabilities: the channels were named ch0..ch9
+    path = tmp_path / "probs.tif"
+    probabilities = RNG.random((2, 3, 8, 8)).astype(np.float32)
+    write_tiff(path, probabilities, {"class_values": [0, 1, 9], "axes": "ZCYX"})
+    [(_, kwargs, kind)] = read(path)  # napari splits the channel axis into one layer per class
+    assert kind == "image" and kwargs["name"] == ["probs [P(0)]", "probs [P(1)]", "probs [P(9)]"]

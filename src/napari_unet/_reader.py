@@ -214,13 +214,22 @@ def _image_layers(tiff: TiffData) -> list[LayerDataTuple]:
     c = tiff.channel_axis
     if c is not None and data.shape[c] > 1:
         n = data.shape[c]
-        names = tiff.metadata.get("channel_names") or [f"ch{i}" for i in range(n)]
+        names = tiff.metadata.get("channel_names") or _class_channel_names(tiff.metadata, n) or [f"ch{i}" for i in range(n)]
         kwargs["channel_axis"] = c
         kwargs["name"] = [f"{tiff.name} [{names[i]}]" for i in range(n)]
         kwargs["metadata"] = [dict(kwargs["metadata"], channel=i) for i in range(n)]
     elif c is not None:  # a single channel: drop the axis
         data = np.take(data, 0, axis=c)
     return [(data, kwargs, "image")]
+
+
+def _class_channel_names(metadata: dict, n_channels: int) -> list[str] | None:
+    """``P(<class>)`` per channel of a probability file (one channel per class value it records), or None."""
+    values, names = metadata.get("class_values"), metadata.get("class_names")
+    if not isinstance(values, (list, tuple)) or len(values) != n_channels:
+        return None
+    labels = names if isinstance(names, (list, tuple)) and len(names) == n_channels else values
+    return [f"P({label})" for label in labels]
 
 
 def _labels_layer(tiff: TiffData) -> LayerDataTuple | None:

@@ -179,9 +179,10 @@ def read_stack(path, what: str, lazy: bool = False) -> np.ndarray:
     return _read_stack_and_metadata(path, what, lazy)[0]
 
 
-def _read_stack_and_metadata(path, what: str, lazy: bool = False, for_cluster: bool = False) -> tuple[np.ndarray, dict]:
+def _read_stack_and_metadata(path, what: str, lazy: bool = False, for_cluster: bool = False, labels: bool = False) -> tuple[np.ndarray, dict]:
     """:func:`read_stack` and the file's metadata (plus ``pixel_size`` of the kept axes when known);
-    ``for_cluster``: a dask array whose chunks other machines read by path, never a memory map."""
+    ``for_cluster``: a dask array whose chunks other machines read by path, never a memory map; ``labels``: the
+    file holds labels (messages say so)."""
     from .tiff_io import read_folder, read_tiff
     from .zarr_io import is_zarr_path, read_zarr
 
@@ -199,10 +200,11 @@ def _read_stack_and_metadata(path, what: str, lazy: bool = False, for_cluster: b
     for axis in "CS":
         if axis in axes and data.shape[axes.index(axis)] > 1:
             n = data.shape[axes.index(axis)]
-            raise CommandError(
-                f"{what} {path.name} has {n} channels (axes {axes}); napari-unet works on one-channel images: "
-                "convert it to grayscale or extract one channel"
+            advice = (  # grey values of colour-coded classes merge or scramble them
+                "labels are one channel of class values: map each colour to its class value"
+                if labels else "convert it to grayscale or extract one channel"
             )
+            raise CommandError(f"{what} {path.name} has {n} channels (axes {axes}); napari-unet works on one-channel images: {advice}")
     # Length-1 axes other than Y and X go (np.squeeze would also read a lazy array whole).
     if 0 in data.shape:
         raise CommandError(f"{what} {path.name} has shape {data.shape} (axes {axes}): it holds no pixels")
@@ -238,7 +240,7 @@ def read_label_stack(path, what: str, ignore_value=None) -> tuple[np.ndarray, in
     """
     from .labels import choose_ignore_value
 
-    labels, metadata = _read_stack_and_metadata(path, what)
+    labels, metadata = _read_stack_and_metadata(path, what, labels=True)
     name, notes = Path(path).name, []
     if ignore_value is not None and not np.any(labels == ignore_value):
         notes.append(f"{what} {name}: no pixel has the ignore value {ignore_value}; every pixel counts as annotated")
@@ -283,7 +285,7 @@ class ProgressLine:
         self.last = now
         width = 24
         filled = int(round(width * min(max(fraction, 0.0), 1.0)))
-        line = f"[{'#' * filled}{'.' * (width - filled)}] {100 * fraction:5.1f}% {text}"
+        line = f"[{'#' * filled}{'.' * (width - filled)}] {100 * min(max(fraction, 0.0), 1.0):5.1f}% {text}"
         self.stream.write(("\r" + line + "\x1b[K") if self.tty else line + "\n")
         self.stream.flush()
 
@@ -428,13 +430,19 @@ def cmd_train(args) -> int:
     args.written.append(output)
     print(f"wrote {output}", file=sys.stderr)
 
+    stack_image = image if image.ndim == 3 else image[None]
+    stack_labels = labels if labels.ndim == 3 else labels[None]
     if started.val_slices:
         val = started.val_slices
-        stack_image = image if image.ndim == 3 else image[None]
-        stack_labels = labels if labels.ndim == 3 else labels[None]
         prediction = predict(final.model, stack_image, slices=val, return_probabilities=False)
         scores = score(prediction.labels, stack_labels[val], final.model.class_values, train_config.ignore_value)
         print(json.dumps({"validation_slices": val, **scores}, indent=1))
+    elif started.val_column is not None:  # one image (an OCT B-scan): validated on its last columns
+        column = started.val_column
+        prediction = predict(final.model, stack_image, return_probabilities=False)
+        held_out = (Ellipsis, slice(column, None))
+        scores = score(prediction.labels[held_out], stack_labels[held_out], final.model.class_values, train_config.ignore_value)
+        print(json.dumps({"validation_columns": [column, int(image.shape[-1])], **scores}, indent=1))
     return 0
 
 
@@ -470,6 +478,7 @@ def cmd_predict(args) -> int:
     if chunked:
         return _predict_chunked(args, image, output, probabilities_file, pixel_size)
     model = load_model(args.model)
+    _note_options_the_model_ignores(args, model)
     progress = ProgressLine()
     result = None
     with contextlib.ExitStack() as scratch:
@@ -499,6 +508,16 @@ def cmd_predict(args) -> int:
     for path, array, metadata in files:
         print(f"wrote {path} {array.shape} {array.dtype}" + (f" (axes {metadata['axes']})" if "axes" in metadata else ""), file=sys.stderr)
     return 0
+
+
+def _note_options_the_model_ignores(args, model) -> None:
+    """Say on stderr when an option cannot do what it says for this model (a silent no-op misleads)."""
+    if args.close_boundaries and model.boundary_value not in model.class_values:
+        print(f"note: --close-boundaries ignored: this model has no thin boundary class (classes {list(model.class_values)})", file=sys.stderr)
+    patch = model.train_config.patch_size if model.train_config is not None else None
+    if patch is not None and args.tile_size < patch:
+        print(f"note: --tile-size {args.tile_size} is smaller than the {patch}-pixel patches the model was trained on: "
+              "tiles see less context, and labels near their edges can change (default 512)", file=sys.stderr)
 
 
 def _predict_chunked(args, image, output: Path, probabilities_file: Path | None, pixel_size: dict | None = None) -> int:
@@ -592,6 +611,7 @@ def _first_line(err: BaseException) -> str:
 
 def cmd_evaluate(args) -> int:
     from .labels import LabelError, find_class_values
+    from .train import check_class_count
 
     prediction = read_stack(args.prediction, "prediction")
     truth, ignore_value, notes = read_label_stack(args.truth, "truth", args.ignore_value)
@@ -602,6 +622,7 @@ def cmd_evaluate(args) -> int:
     if ignore_value is not None and np.all(truth == ignore_value):
         raise CommandError(f"truth {Path(args.truth).name} has no annotated pixel (all are the ignore value {ignore_value})")
     class_values = find_class_values(truth, ignore_value)
+    check_class_count(len(class_values), f"truth {Path(args.truth).name}")  # an intensity image given as truth
     try:
         predicted_values = find_class_values(prediction)
     except LabelError as err:
