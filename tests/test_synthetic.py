@@ -196,3 +196,16 @@ def test_oct_is_fast():
     start = time.perf_counter()
     make_oct_stack()
     assert time.perf_counter() - start < 1.5  # ~0.1 s on one idle core
+
+
+def test_labels_from_the_boundaries_of_one_b_scan():
+    # a manual (9, X) boundaries.npy raised an IndexError
+    from napari_unet.synthetic import oct_labels_from_boundaries
+
+    boundaries = np.array([[2.0, 2.0, 3.0], [5.0, 6.0, 6.0]])  # two boundaries, three columns
+    labels = oct_labels_from_boundaries(boundaries, 8)
+    assert labels.shape == (8, 3) and labels.dtype == np.uint8
+    np.testing.assert_array_equal(labels[:, 0], [0, 0, 1, 1, 1, 2, 2, 2])
+    np.testing.assert_array_equal(oct_labels_from_boundaries(boundaries[None], 8)[0], labels)
+    with pytest.raises(ValueError, match="boundaries must be"):
+        oct_labels_from_boundaries(np.zeros(4), 8)

@@ -297,12 +297,17 @@ def _smooth_curve(rng: np.random.Generator, n: int, amplitude: float, sigma: flo
 
 
 def oct_labels_from_boundaries(boundaries: np.ndarray, n_rows: int) -> np.ndarray:
-    """Layer labels (uint8 ``(Z, n_rows, X)``) from boundaries ``(Z, 9, X)``.
+    """Layer labels (uint8 ``(Z, n_rows, X)``) from boundary rows ``(Z, B, X)``; ``(B, X)`` (one B-scan, e.g. a
+    manual ``boundaries.npy``) gives ``(n_rows, X)``.
 
     A pixel's label is the number of boundaries at or above its row centre: 0 above the first
-    boundary, 9 below the last.
+    boundary, B below the last.
     """
     boundaries = np.asarray(boundaries, dtype=np.float32)
+    if boundaries.ndim == 2:
+        return oct_labels_from_boundaries(boundaries[None], n_rows)[0]
+    if boundaries.ndim != 3:
+        raise ValueError(f"boundaries must be (B, X) or (Z, B, X) rows, got shape {boundaries.shape}")
     rows = np.arange(n_rows, dtype=np.float32)[None, :, None, None]  # (1, Y, 1, 1)
     above = rows >= boundaries[:, None, :, :].transpose(0, 1, 3, 2)  # (Z, 1, X, 9) vs rows
     return above.sum(axis=-1, dtype=np.uint8)
