@@ -98,6 +98,8 @@ def test_bad_model_paths_and_images_are_refused_before_any_task(tmp_path):
         predict_chunked(tiny_model(), np.zeros((2, 32, 32, 3)))
     with pytest.raises(ValueError, match="at least 1"):
         predict_chunked(tiny_model(), np.zeros((2, 32, 32)), slices_per_chunk=0)
+    with pytest.raises(ValueError, match="whole number"):  # 1.5 ran as 1
+        predict_chunked(tiny_model(), np.zeros((2, 32, 32)), slices_per_chunk=1.5)
 
 
 def test_an_error_in_a_task_reaches_the_caller(context_model):

@@ -216,3 +216,9 @@ def test_damaged_weights_are_refused_at_load_and_by_prediction(tmp_path):
     with pytest.raises(ModelFileError, match="NaN or Inf weights"):
         load_model(tmp_path / "nan.keras")
 
+
+
+def test_saving_below_a_file_names_the_file_in_the_way(tmp_path):
+    (tmp_path / "m.keras").write_bytes(b"x")
+    with pytest.raises(FileExistsError, match="m.keras is a file, not a folder"):  # was a bare "File exists: 'm.keras'"
+        save_model(tiny_model(), tmp_path / "m.keras" / "other.keras")

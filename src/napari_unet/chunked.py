@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import numbers
 import os
 import tempfile
 import threading
@@ -174,7 +175,7 @@ def predict_chunked(
     if len(shape) not in (2, 3) or colour:
         raise InputError(
             f"image has shape {shape}; chunked prediction takes one-channel (Y, X) images or (Z, Y, X) stacks"
-            + (" (this looks like an RGB image; convert it to grayscale)" if colour else "")
+            + (" (if it is an RGB image with colours last, convert it to grayscale)" if colour else "")
         )
     if 0 in shape:
         raise InputError(f"image has shape {shape}: it holds no pixels")
@@ -195,8 +196,8 @@ def predict_chunked(
             z_chunk = stack.chunks[0][0]
             fitting = MAX_TASK_INPUT_BYTES // max(1, height * width * stack.dtype.itemsize)
             slices_per_chunk = z_chunk if z_chunk <= fitting else max(1, fitting)
-    if int(slices_per_chunk) < 1:
-        raise ValueError(f"slices_per_chunk must be at least 1, got {slices_per_chunk}")
+    if isinstance(slices_per_chunk, bool) or not isinstance(slices_per_chunk, numbers.Integral) or slices_per_chunk < 1:
+        raise ValueError(f"slices_per_chunk must be a whole number of at least 1, got {slices_per_chunk!r}")
     slices_per_chunk = int(slices_per_chunk)
     stack = stack.rechunk({1: -1, 2: -1})  # a task needs whole slices
     label_dtype = labels_dtype_for(source.class_values)

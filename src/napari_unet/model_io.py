@@ -73,6 +73,9 @@ def save_model(model: UNetModel, path) -> Path:
     if path.suffix != ".keras":
         raise ModelFileError(f"model files end in .keras, got {path.name!r}")
     path = write_target(path)  # a symbolic link's target; never a device or pipe
+    blocking = next((p for p in reversed(path.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise FileExistsError(f"cannot save {path.name}: {blocking} is a file, not a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = target_mode(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".keras", dir=path.parent)

@@ -247,7 +247,7 @@ def predict_events(
     if len(shape) not in (2, 3) or (len(shape) == 3 and colour):
         raise InputError(
             f"image has shape {shape}; the model expects one-channel 2-D images or (Z, Y, X) stacks"
-            + (" (this looks like an RGB image; convert it to grayscale)" if colour else "")
+            + (" (if it is an RGB image with colours last, convert it to grayscale)" if colour else "")
         )
     if model.config.input_channels != 1:
         raise InputError(f"the model expects {model.config.input_channels} channels; napari-unet images have one")
