@@ -72,7 +72,7 @@ def test_options_a_model_cannot_honour_are_noted_and_an_image_is_no_truth(data, 
     intensities = np.random.default_rng(0).integers(0, 256, (4, 64, 64)).astype(np.uint8)
     tifffile.imwrite(data / "scan.tif", intensities, photometric="minisblack")
     code, out, err = run(capsys, "evaluate", data / "p.tif", data / "scan.tif")
-    assert code == 2 and "256 distinct values" in err and not out  # 256 "classes" were scored
+    assert code == 2 and "256 distinct values: an image, not labels?" in err and not out  # 256 "classes" were scored
 
 
 def test_progress_line_never_passes_100_percent():

@@ -235,6 +235,7 @@ def test_saved_prediction_reopens_with_its_corrections(loop_viewer, loop, qtbot,
     assert inference.save_prediction(path) == str(path)
     assert "Saved 'EM prediction'" in inference.progress.status.text()
     assert inference.save_prediction(tmp_path / "typed without suffix") == str(tmp_path / "typed without suffix.tif")
+    assert inference.save_prediction(tmp_path / "typed without suffix") is None  # never replaced unasked
     np.testing.assert_array_equal(tifffile.imread(path)[SQUARE], np.where(wrong == MEMBRANE, 0, 255))  # file values
     viewer.layers.remove(prediction)
     assert session.corrected_layers(viewer.layers["EM stack"]) == []

@@ -173,6 +173,8 @@ def test_label_detection_rules():
         ("right_eye.tif", False),
         ("unlabeled-bscans.tif", False),  # opened as labels with 256 "classes"
         ("duke-dme-unlabelled.tif", False),
+        ("run_labels.tif", True),  # "un" inside a word is no negation
+        ("rerun-labels.tif", True),
     ],
 )
 def test_name_hints(name, expected):

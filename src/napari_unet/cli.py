@@ -437,11 +437,11 @@ def cmd_train(args) -> int:
         prediction = predict(final.model, stack_image, slices=val, return_probabilities=False)
         scores = score(prediction.labels, stack_labels[val], final.model.class_values, train_config.ignore_value)
         print(json.dumps({"validation_slices": val, **scores}, indent=1))
-    elif started.val_column is not None:  # one image (an OCT B-scan): validated on its last columns
-        column = started.val_column
-        prediction = predict(final.model, stack_image, return_probabilities=False)
+    elif started.val_column is not None:  # one annotated image (an OCT B-scan): validated on its last columns
+        column, trained = started.val_column, started.train_slices
+        prediction = predict(final.model, stack_image, slices=trained, return_probabilities=False)
         held_out = (Ellipsis, slice(column, None))
-        scores = score(prediction.labels[held_out], stack_labels[held_out], final.model.class_values, train_config.ignore_value)
+        scores = score(prediction.labels[held_out], stack_labels[trained][held_out], final.model.class_values, train_config.ignore_value)
         print(json.dumps({"validation_columns": [column, int(image.shape[-1])], **scores}, indent=1))
     return 0
 
@@ -611,7 +611,7 @@ def _first_line(err: BaseException) -> str:
 
 def cmd_evaluate(args) -> int:
     from .labels import LabelError, find_class_values
-    from .train import check_class_count
+    from .train import MAX_CLASSES
 
     prediction = read_stack(args.prediction, "prediction")
     truth, ignore_value, notes = read_label_stack(args.truth, "truth", args.ignore_value)
@@ -622,7 +622,9 @@ def cmd_evaluate(args) -> int:
     if ignore_value is not None and np.all(truth == ignore_value):
         raise CommandError(f"truth {Path(args.truth).name} has no annotated pixel (all are the ignore value {ignore_value})")
     class_values = find_class_values(truth, ignore_value)
-    check_class_count(len(class_values), f"truth {Path(args.truth).name}")  # an intensity image given as truth
+    if len(class_values) > MAX_CLASSES:  # an intensity image given as truth
+        raise CommandError(f"truth {Path(args.truth).name} has {len(class_values)} distinct values: an image, not labels? "
+                           f"(labels hold at most {MAX_CLASSES} class values)")
     try:
         predicted_values = find_class_values(prediction)
     except LabelError as err:

@@ -62,20 +62,29 @@ def normalize(image, percentiles=(1.0, 99.8), local_contrast_sigma: float = 0.0)
     (:func:`local_contrast`), so faint membranes in pale regions get the contrast of the rest.
     """
     stack = as_stack(image)
-    # 8- and 16-bit values are exact in float32; wider ones (float64, 32/64-bit integers) are scaled in float64
-    # first: an offset of 1e9 left a float32 copy with a handful of distinct values
-    wide = stack.dtype.itemsize > 2 and stack.dtype != np.float32
-    stack = stack.astype(np.float64 if wide else np.float32, copy=False)
-    lo, hi = np.percentile(stack.reshape(len(stack), -1), percentiles, axis=1)
-    scale = np.where(hi > lo, hi - lo, 1.0).astype(stack.dtype)
-    with np.errstate(over="ignore"):  # values beyond float32 become inf, refused below
-        out = ((stack - lo[:, None, None].astype(stack.dtype)) / scale[:, None, None]).astype(np.float32, copy=False)
-    if wide and not np.isfinite(out).all():
-        raise InputError("image values are too far apart to normalise in float32 (outliers beyond 1e38 times the "
-                         "intensity range); clip them first")
+    if stack.dtype.itemsize > 2 and stack.dtype != np.float32:
+        out = np.stack([_normalize_wide(plane, percentiles) for plane in stack]) if len(stack) else stack.astype(np.float32)
+    else:  # 8- and 16-bit values are exact in float32
+        stack = stack.astype(np.float32, copy=False)
+        lo, hi = np.percentile(stack.reshape(len(stack), -1), percentiles, axis=1)
+        scale = np.where(hi > lo, hi - lo, 1.0).astype(np.float32)
+        out = (stack - lo[:, None, None].astype(np.float32)) / scale[:, None, None]
     if local_contrast_sigma > 0:
         out = np.stack([local_contrast(plane, local_contrast_sigma) for plane in out])
     return out.reshape(np.shape(image))
+
+
+def _normalize_wide(plane: np.ndarray, percentiles) -> np.ndarray:
+    """One (Y, X) plane of float64 or 32/64-bit integers normalised in float64, returned as float32: an offset of 1e9
+    left a float32 copy with a handful of distinct values. One plane at a time bounds the float64 copy."""
+    plane = plane.astype(np.float64)
+    lo, hi = np.percentile(plane, percentiles)
+    with np.errstate(over="ignore"):  # values beyond float32 become inf, refused below
+        out = ((plane - lo) / (hi - lo if hi > lo else 1.0)).astype(np.float32)
+    if not np.isfinite(out).all():
+        raise InputError("image values are too far apart to normalise in float32 (outliers beyond 1e38 times the "
+                         "intensity range); clip them first")
+    return out
 
 
 #: Local standard deviation added before dividing (in units of the percentile range): flat regions stay flat.

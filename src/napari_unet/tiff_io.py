@@ -184,7 +184,7 @@ def natural_sort_key(name) -> list:
 
 def name_suggests_labels(name) -> bool:
     """True for file names like ``train-labels.tif``, ``mask_01.tif``, ``gt.tif``, ``cells_seg.tif``."""
-    stem = re.sub(r"un-?_?label", "", _stem(os.fspath(name)).lower())  # "unlabeled-bscans" are images
+    stem = re.sub(r"(?<![a-z])un[-_]?label", "", _stem(os.fspath(name)).lower())  # "unlabeled-bscans" are images
     if any(hint in stem for hint in LABEL_NAME_HINTS):
         return True
     return re.search(r"(^|[^a-z])gt([^a-z]|$)", stem) is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -311,6 +312,10 @@ class InferenceWidget(QWidget):
                 return None
         if not str(path).lower().endswith((".tif", ".tiff")):  # the reader opens TIFF names only
             path = f"{path}.tif"
+            if os.path.exists(path):  # the dialog asked about the name as typed, not about this one
+                show_warning(f"napari-unet: {path} exists; choose it with its .tif to replace it")
+                self.progress.set_status(f"Not saved: {path} exists.")
+                return None
         data, state, _ = layer.as_layer_data_tuple()
         try:
             [written] = write_labels(str(path), data, state)

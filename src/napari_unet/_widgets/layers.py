@@ -126,7 +126,8 @@ def read_annotations(layer, zero_is_unannotated: bool, reviewed: Optional[np.nda
 
 
 def training_labels(values: np.ndarray, annotated: np.ndarray, name: str):
-    """(labels, ignore_value) for the core: annotated class values, the rest a value that is no class."""
+    """(labels, ignore_value, classes) for the core: annotated class values, the rest a value that is no class;
+    ``classes`` the sorted list of annotated class values."""
     if not annotated.any():
         raise LabelError(f"{name} has no annotated pixel; paint some pixels of each class first")
     classes = np.unique(values[annotated])
@@ -134,7 +135,7 @@ def training_labels(values: np.ndarray, annotated: np.ndarray, name: str):
     ignore = choose_ignore_value(classes.tolist()) if not annotated.all() else None
     labels = np.where(annotated, values, ignore if ignore is not None else 0)
     dtype = np.uint8 if labels.max() <= 255 and labels.min() >= 0 else np.int32
-    return labels.astype(dtype), ignore
+    return labels.astype(dtype), ignore, classes.tolist()
 
 
 def class_names_of(layer) -> Optional[dict]:

@@ -18,6 +18,7 @@ from napari_unet.labels import LabelError
 from napari_unet.model_io import UNetModel
 
 from .layers import class_names_of, image_array, no_labels_message, read_annotations, training_labels
+from .outputs import prediction_layer_of
 from .retrain import retrain_data
 
 
@@ -64,8 +65,7 @@ def prepare_train(viewer, session, image_layer, labels_layer, zero_is_unannotate
     if reviewed is not None:
         what = f"prediction layer {labels_layer.name!r} (only the pixels painted or marked reviewed on it count)"
     zeros_ignored = int(np.count_nonzero(values == 0)) if class_values is None and zero_is_unannotated else 0
-    labels, ignore = training_labels(values, annotated, what)
-    classes = np.unique(values[annotated]).tolist()
+    labels, ignore, classes = training_labels(values, annotated, what)
     model_config, train_config = configs
     init = None
     if continue_from_model:
@@ -97,25 +97,23 @@ def prepare_retrain(viewer, session, image_layer, labels_layer, zero_is_unannota
     if model is None:
         raise InputError("there is no model to retrain; train one or load a .keras file first")
     image, labels_layer = _image(image_layer, labels_layer)
-    candidates = session.corrected_layers(image_layer)
-    if not candidates:
+    prediction = prediction_layer_of(viewer, session, image_layer, lambda x: session.reviewed(x).any())
+    if prediction is None:
         raise LabelError(
             f"no corrections to learn from: run inference on {image_layer.name!r}, paint the right "
             "classes on its prediction layer, then Retrain"
         )
-    selected = [x for x in candidates if x in viewer.layers.selection]
-    prediction = (selected or candidates)[0]  # as Run and Mark slice reviewed choose (outputs.prediction_layer_of)
     values, corrected, _ = read_annotations(prediction, True, session.reviewed(prediction))
     annotated = corrected.copy()
     if labels_layer is not None and labels_layer is not prediction:
         base, base_annotated, _ = read_annotations(labels_layer, zero_is_unannotated, session.reviewed(labels_layer))
         values = np.where(corrected, values, base)
         annotated |= base_annotated
-    check_model_classes(model, np.unique(values[annotated]).tolist(), f"the labels to retrain on ({labels_layer.name!r} and corrections)"
-                        if labels_layer is not None else f"prediction layer {prediction.name!r}",
-                        "choose the labels layer of this model's classes, or Train a new model on them")
     train_config = retrain_config(model.config)
     data = retrain_data(image, values, annotated, corrected, train_config.patch_size, name=f"prediction layer {prediction.name!r}")
+    check_model_classes(model, data.classes, f"the labels to retrain on ({labels_layer.name!r} and corrections)"
+                        if labels_layer is not None else f"prediction layer {prediction.name!r}",
+                        "choose the labels layer of this model's classes, or Train a new model on them")
     info = session.info
     names = dict(zip(model.class_values, info.class_names)) if info.class_names else None
     colormap = (list(model.class_values), info.colormap) if info.colormap is not None else None

@@ -27,6 +27,7 @@ class RetrainData:
     n_corrected: int  # corrected pixels
     n_annotated: int  # annotated pixels in the original stack
     extra_slices: int  # appended focus slices
+    classes: tuple = ()  # the annotated class values, sorted
 
 
 def retrain_data(image, values, annotated, corrected, patch_size: int, share: float = 0.5, max_extra: int = 32, name: str = "the labels", context: float = 0.25) -> RetrainData:
@@ -46,11 +47,11 @@ def retrain_data(image, values, annotated, corrected, patch_size: int, share: fl
     flat = image.ndim == 2
     if flat:
         image, values, annotated, corrected = image[None], values[None], annotated[None], corrected[None]
-    labels, ignore = training_labels(values, annotated, name)
+    labels, ignore, classes = training_labels(values, annotated, name)
     n_annotated, n_corrected = int(annotated.sum()), int(corrected.sum())
     slices = [z for z in range(len(image)) if corrected[z].any()]
     if not slices or n_corrected == n_annotated or max_extra < 1:
-        return RetrainData(image[0] if flat else image, labels[0] if flat else labels, ignore, n_corrected, n_annotated, 0)
+        return RetrainData(image[0] if flat else image, labels[0] if flat else labels, ignore, n_corrected, n_annotated, 0, tuple(classes))
     if ignore is None:  # every pixel annotated: the focus copies need an "unannotated" value
         ignore = _free_value(labels)
     radius = int(patch_size * context)
@@ -65,7 +66,7 @@ def retrain_data(image, values, annotated, corrected, patch_size: int, share: fl
         extra_labels += [focus] * copies
     image = concatenate([image, stack(extra_images)])
     labels = np.concatenate([labels, np.stack(extra_labels)])
-    return RetrainData(image, labels, ignore, n_corrected, n_annotated, len(extra_images))
+    return RetrainData(image, labels, ignore, n_corrected, n_annotated, len(extra_images), tuple(classes))
 
 
 def _free_value(labels: np.ndarray) -> int:
