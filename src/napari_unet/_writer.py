@@ -65,7 +65,6 @@ def labels_to_file_values(display, metadata: dict, what: str = "the labels layer
     :class:`~napari_unet.labels.LabelError` naming ``what``.
     """
     from .labels import (
-        LabelError,
         choose_ignore_value,
         find_class_values,
         from_display,

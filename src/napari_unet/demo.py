@@ -8,8 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 
 def has_display() -> bool:
     """True when a GUI can open (an X/Wayland display on Linux; assumed elsewhere)."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import operator
-import os
 import sys
 import time
 from typing import Optional, Union
