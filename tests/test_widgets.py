@@ -768,3 +768,23 @@ def test_a_prediction_that_cannot_be_written_is_one_notification(widgets, qtbot,
     assert any("could not be written completely: assignment destination is read-only" in m for m in errors(notifications))
     assert "not written" in inference.progress.status.text() and inference.run_button.isEnabled()
     assert_layers_unchanged(viewer, before)
+
+
+def test_the_status_says_what_training_leaves_out_or_pairs_unseen(widgets, qtbot):
+    # a mask without pixel sizes beside a calibrated scan; a second corrected prediction layer Retrain ignores
+    viewer, training, session = widgets.viewer, widgets.training, widgets.session
+    viewer.layers["EM"].scale = (1.0, 3.87, 14.2)
+    job = training.prepare()
+    assert "'EM labels' and 'EM' have different pixel sizes" in job.note
+    session.model = SimpleNamespace(class_values=[0, 255], config=None)
+    layers = []
+    for name in ("EM prediction", "EM prediction copy"):
+        layer = viewer.add_labels(np.full((3, 128, 128), 2, np.uint8), name=name, metadata={"class_values": [0, 255]})
+        session.track(layer, viewer.layers["EM"])
+        layer.paint((0, 20, 20), 1)
+        layers.append(layer)
+    viewer.layers.selection.active = layers[1]
+    from napari_unet._widgets.prepare import prepare_retrain
+
+    job = prepare_retrain(viewer, session, viewer.layers["EM"], viewer.layers["EM labels"], True, lambda config: training.settings.configs()[1])
+    assert "of 'EM prediction copy'" in job.note and "the corrections on 'EM prediction' are not used" in job.note

@@ -83,6 +83,9 @@ def prepare_train(viewer, session, image_layer, labels_layer, zero_is_unannotate
     note = f"{int(annotated.sum())} annotated pixels of {labels_layer.name!r}"
     if zeros_ignored:  # an OCT mask opened without its metadata: vitreous (0) silently left out
         note += f"; its {zeros_ignored} pixels of value 0 count as not annotated ('{ZERO_BOX}')"
+    if not np.allclose(labels_layer.scale, image_layer.scale):  # e.g. a mask file without pixel sizes
+        note += (f"; {labels_layer.name!r} and {image_layer.name!r} have different pixel sizes, so they do not overlay "
+                 "in napari (training pairs them pixel for pixel)")
     return TrainJob(image, labels, model_config, train_config.replace(ignore_value=ignore), init, class_names_of(labels_layer), colormap, note)
 
 
@@ -97,7 +100,8 @@ def prepare_retrain(viewer, session, image_layer, labels_layer, zero_is_unannota
     if model is None:
         raise InputError("there is no model to retrain; train one or load a .keras file first")
     image, labels_layer = _image(image_layer, labels_layer)
-    prediction = prediction_layer_of(viewer, session, image_layer, lambda x: session.reviewed(x).any())
+    corrected_layers = session.corrected_layers(image_layer)
+    prediction = prediction_layer_of(viewer, session, image_layer, lambda x: any(x is y for y in corrected_layers))
     if prediction is None:
         raise LabelError(
             f"no corrections to learn from: run inference on {image_layer.name!r}, paint the right "
@@ -121,4 +125,7 @@ def prepare_retrain(viewer, session, image_layer, labels_layer, zero_is_unannota
         f"{data.n_corrected} corrected pixels of {prediction.name!r} (about half of the patches) "
         f"and {data.n_annotated - data.n_corrected} other annotated pixels"
     )
+    unused = [x.name for x in corrected_layers if x is not prediction]
+    if unused:  # one prediction layer's corrections per Retrain
+        note += f"; the corrections on {', '.join(map(repr, unused))} are not used (select that layer to retrain on it)"
     return TrainJob(data.image, data.labels, None, train_config.replace(ignore_value=data.ignore), model, names, colormap, note)
