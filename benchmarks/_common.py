@@ -292,14 +292,34 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def current_rss_mb() -> float:
+def _proc_status_mb(field: str) -> float:
+    """A memory field of /proc/self/status (kB) in MB, NaN where there is none."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024.0
     except OSError:
         pass
     return float("nan")
+
+
+def current_rss_mb() -> float:
+    return _proc_status_mb("VmRSS")
+
+
+def high_water_rss_mb() -> float:
+    """This process's peak RSS (VmHWM: unlike ru_maxrss it does not carry the parent's peak over a fork and exec)."""
+    return _proc_status_mb("VmHWM")
+
+
+def time_command(command: list, what: str) -> float:
+    """Wall seconds of ``command`` run as a child (benchmark environment); SystemExit naming ``what`` if it fails."""
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, env=child_env({}))
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"{what} failed:\n{result.stderr[-2000:]}")
+    return seconds
 
 
 def emit(payload: dict) -> None:

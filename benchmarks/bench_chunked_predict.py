@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -42,12 +40,7 @@ ONE_THREAD = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "OMP
 
 def run_predict(model: Path, image: Path, output: Path, extra: list[str]) -> float:
     command = [sys.executable, "-c", "from napari_unet.cli import run; run()", "predict", str(model), str(image), "-o", str(output), *extra]
-    start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, env=C.child_env({}))
-    seconds = time.perf_counter() - start
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-2000:]}")
-    return seconds
+    return C.time_command(command, " ".join(command))
 
 
 def read_labels(path: Path) -> np.ndarray:

@@ -66,21 +66,13 @@ def child(kind: str, src: str, folder: str, scans: int) -> dict:
     from napari_unet._reader import get_reader
 
     path = Path(folder) / ("probabilities.zarr" if kind == "reader-probabilities" else "labels.zarr")
-    before = _high_water_mb()
+    before = C.high_water_rss_mb()
     start = time.perf_counter()
     layers = get_reader(str(path))()
     seconds = time.perf_counter() - start
-    peak = _high_water_mb()
+    peak = C.high_water_rss_mb()
     data, _, layer_type = layers[0]
     return {"seconds": seconds, "peak_rss_mb": peak, "rss_before_mb": before, "layer": layer_type, "lazy": not isinstance(data, np.ndarray)}
-
-
-def _high_water_mb() -> float:
-    """This process's peak RSS (VmHWM: unlike ru_maxrss it does not carry the parent's peak over a fork and exec)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def write_stores(folder: Path, scans: int) -> None:

@@ -41,10 +41,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -94,12 +92,7 @@ VARIANT_ARGUMENTS = {"float32": ["--float32"], "no-tta": ["--no-tta"], "tta": ["
 def run_variant(name: str, model: Path, image: Path, output: Path) -> float:
     command = [sys.executable, "-c", DRIVERS.get(name, DRIVERS["current"]), "predict", str(model), str(image), "-o", str(output)]
     command += VARIANT_ARGUMENTS.get(name, [])
-    start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, env=C.child_env({}))
-    seconds = time.perf_counter() - start
-    if result.returncode != 0:
-        raise SystemExit(f"{name} failed:\n{result.stderr[-2000:]}")
-    return seconds
+    return C.time_command(command, name)
 
 
 def main(argv=None) -> int:

@@ -27,7 +27,7 @@ class RetrainData:
     n_corrected: int  # corrected pixels
     n_annotated: int  # annotated pixels in the original stack
     extra_slices: int  # appended focus slices
-    classes: tuple = ()  # the annotated class values, sorted
+    classes: tuple  # the annotated class values, sorted
 
 
 def retrain_data(image, values, annotated, corrected, patch_size: int, share: float = 0.5, max_extra: int = 32, name: str = "the labels", context: float = 0.25) -> RetrainData:

@@ -318,15 +318,14 @@ class Session:
     def mark_reviewed(self, layer, region) -> int:
         """Mark the labelled pixels of ``region`` of a tracked layer reviewed; returns how many that region has.
 
-        Label 0 (never predicted, or erased) is not marked: a later prediction with "keep my corrections"
-        would otherwise keep it empty for good.
+        Label 0 (never predicted, or erased) is not marked (marks have no bit for it): a later prediction with
+        "keep my corrections" would otherwise keep it empty for good.
         """
         record = self.record(layer)
         if record is None:
             return 0
-        labelled = np.asarray(record.layer.data[region]) != 0
-        record.mark(region, labelled)
-        return int(labelled.sum())
+        record.mark(region)
+        return int(np.count_nonzero(record.layer.data[region]))
 
     def _on_paint(self, event) -> None:
         record = self.record(event.source)
