@@ -366,7 +366,8 @@ def test_predict_reads_and_writes_a_stack_a_slice_at_a_time(data, capsys, monkey
     before = sorted(p.name for p in data.iterdir())
     code, _, err = run(capsys, "predict", data / "m.keras", data / "zlib.tif", "-o", data / "p.tif", "--probabilities", data / "q.tif", "--no-tta")
     assert code == 0, err
-    assert sorted(pages_read) == [0, 0, 1, 2, 3], "each page read on its own (page 0 also to tell image from labels)"
+    # each page read on its own: page 0 also to tell image from labels, and the (up to 8) pages the intensity check samples
+    assert sorted(pages_read) == [0, 0, 0, 1, 1, 2, 2, 3, 3]
     assert written == [np.memmap, np.memmap]
     assert sorted(p.name for p in data.iterdir()) == sorted(before + ["p.tif", "q.tif"]), "no scratch file left"
     expected = predict(load_model(data / "m.keras"), image, tta=False)
@@ -567,3 +568,15 @@ def test_demo_runs_headless(tmp_path, capsys):
     assert report["v_rand"] is not None and 0 <= report["pixel_error"] <= 1
     for name in ("demo.png", "demo-model.keras", "demo-prediction.tif"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_predict_notes_an_image_unlike_the_training_images_and_still_writes_it(data, capsys):
+    save_model(tiny_model(), data / "m.keras")
+    tifffile.imwrite(data / "inverted.tif", 255 - tifffile.imread(data / "image.tif"), photometric="minisblack")
+    code, _out, err = run(capsys, "predict", data / "m.keras", data / "image.tif", "-o", data / "p.tif")
+    assert code == 0 and "unlike the training images" not in err
+    for output in ("p.tif", "p.zarr"):  # the ordinary and the chunked (zarr) path
+        code, _out, err = run(capsys, "predict", data / "m.keras", data / "inverted.tif", "-o", data / f"inverted-{output}")
+        assert code == 0, err
+        assert "note: the image's intensities are unlike the training images'" in err
+        assert (data / f"inverted-{output}").exists()

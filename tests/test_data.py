@@ -344,3 +344,24 @@ def test_normalize_refuses_outliers_beyond_float32_instead_of_returning_inf():
     image[0, 0] = 1e300  # finite in float64; the percentile range is 0, so it stays 1e300 after scaling
     with pytest.raises(InputError, match="too far apart"):
         normalize(image)
+
+
+def test_intensity_profile_ignores_linear_rescaling_but_not_inversion_or_log_scaling():
+    from _helpers import PlanesOnly, stripes
+    from napari_unet.data import PROFILE_LEVELS, PROFILE_SHIFT, intensity_profile, profile_distance
+
+    image = stripes(n_slices=12, size=96)[0]
+    profile = intensity_profile(image)
+    assert len(profile) == len(PROFILE_LEVELS) and list(profile) == sorted(profile)
+    rescaled = intensity_profile(image.astype(np.float64) * 7.5 + 1e4)
+    assert profile_distance(profile, rescaled) < 1e-6
+    assert profile_distance(profile, intensity_profile(stripes(n_slices=3, size=96, seed=5)[0])) < PROFILE_SHIFT / 2
+    assert profile_distance(profile, intensity_profile(255 - image)) > PROFILE_SHIFT
+    assert profile_distance(profile, intensity_profile(np.log1p(image.astype(np.float32)))) > PROFILE_SHIFT
+    lazy = PlanesOnly(image)
+    assert intensity_profile(lazy, max_slices=4) == intensity_profile(image, max_slices=4)
+    assert lazy.reads == [0, 4, 7, 11], "a lazy stack is read only at the slices sampled"
+    assert intensity_profile(image[5]) == intensity_profile(image[5:6])
+    with pytest.raises(InputError, match="no pixels|not a"):
+        intensity_profile(np.zeros((0, 4, 4)))
+    assert image.dtype == np.uint8 and image.max() > 1, "the input is not modified"

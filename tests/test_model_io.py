@@ -222,3 +222,19 @@ def test_saving_below_a_file_names_the_file_in_the_way(tmp_path):
     (tmp_path / "m.keras").write_bytes(b"x")
     with pytest.raises(FileExistsError, match="m.keras is a file, not a folder"):  # was a bare "File exists: 'm.keras'"
         save_model(tiny_model(), tmp_path / "m.keras" / "other.keras")
+
+
+def test_the_training_images_intensity_profile_is_stored_and_checked(tmp_path):
+    from napari_unet.data import PROFILE_LEVELS, intensity_profile
+
+    model = tiny_model()
+    assert model.intensity_profile == intensity_profile(stripes()[0])  # the training images of tiny_model
+    path = save_model(model, tmp_path / "m.keras")
+    assert load_model(path).intensity_profile == model.intensity_profile
+    meta = read_metadata(path)
+    del meta["intensity_profile"]  # a file written before profiles were recorded
+    assert load_model(_with_metadata(tmp_path, "old.keras", json.dumps(meta))).intensity_profile is None
+    for damaged in ("x", [0.5] * (len(PROFILE_LEVELS) - 1), [float("nan")] * len(PROFILE_LEVELS), [True] * len(PROFILE_LEVELS)):
+        meta["intensity_profile"] = damaged
+        with pytest.raises(ModelFileError, match="invalid intensity profile"):
+            load_model(_with_metadata(tmp_path, "edited.keras", json.dumps(meta)))

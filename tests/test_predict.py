@@ -382,3 +382,17 @@ def test_predict_normalises_with_the_models_local_contrast(monkeypatch):
     b = predict(local, image, tta=False).probabilities
     assert calls == [0.0, 8.0]
     assert np.abs(a - b).max() > 1e-3  # the network saw locally standardised input
+
+
+def test_intensity_note_names_images_unlike_the_training_images():
+    from napari_unet.predict import intensity_note
+
+    model = tiny_model()
+    image = stripes(n_slices=3, seed=9)[0]
+    assert intensity_note(image, model.intensity_profile, model.percentiles) is None
+    note = intensity_note(255 - image, model.intensity_profile, model.percentiles)
+    assert "unlike the training images" in note and "inverted" in note
+    assert intensity_note(255 - image, None) is None, "older model files record no profile: nothing to say"
+    nan_image = image.astype(np.float32)
+    nan_image[0, 0, 0] = np.nan
+    assert intensity_note(nan_image, model.intensity_profile, model.percentiles) is None  # refused by predict, not here

@@ -788,3 +788,18 @@ def test_the_status_says_what_training_leaves_out_or_pairs_unseen(widgets, qtbot
 
     job = prepare_retrain(viewer, session, viewer.layers["EM"], viewer.layers["EM labels"], True, lambda config: training.settings.configs()[1])
     assert "of 'EM prediction copy'" in job.note and "the corrections on 'EM prediction' are not used" in job.note
+
+
+def test_predicting_an_image_unlike_the_training_images_warns_and_the_status_repeats_it(widgets, qtbot, notifications):
+    viewer, training, inference = widgets.viewer, widgets.training, widgets.inference
+    tiny_settings(training, epochs=1, steps=3)
+    run_and_wait(qtbot, training.start, lambda: training._run is not None)
+    run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
+    assert not [m for _s, m in notifications if "unlike the training images" in m]
+    inverted = viewer.add_image(255 - viewer.layers["EM"].data, name="EM inverted")
+    inference.image.set_layer(inverted)
+    run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
+    warnings = [m for s, m in notifications if s == "warning" and "unlike the training images" in m]
+    assert len(warnings) == 1 and "inverted" in warnings[0]
+    assert "EM inverted prediction" in viewer.layers, "the prediction is still written"
+    assert "Note: the image's intensities are unlike" in inference.progress.status.text()

@@ -53,19 +53,21 @@ class ModelSource:
 
     def __init__(self, model):
         from .config import ModelConfig, from_dict
-        from .model_io import UNetModel, read_metadata
+        from .model_io import UNetModel, checked_intensity_reference, read_metadata
 
         self._model = model if isinstance(model, UNetModel) else None
         self._bytes: Optional[bytes] = None
         if self._model is not None:
             self.path = None
             self.config, self.class_values = model.config, list(model.class_values)
+            self.percentiles, self.intensity_profile = tuple(model.percentiles), model.intensity_profile
             self.key = f"memory-{os.getpid()}-{next(_COUNTER)}-{time.time_ns()}"
         else:
             path = Path(os.fspath(model)).resolve()
             meta = read_metadata(path)  # a clear error before any task runs, without TensorFlow
             self.path = str(path)
             self.config, self.class_values = from_dict(ModelConfig, meta["model_config"]), [int(v) for v in meta["class_values"]]
+            self.percentiles, self.intensity_profile = checked_intensity_reference(meta, path.name)
             stat = path.stat()
             self.key = f"{path}-{stat.st_mtime_ns}-{stat.st_size}"
 

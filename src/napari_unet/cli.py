@@ -479,6 +479,7 @@ def cmd_predict(args) -> int:
         return _predict_chunked(args, image, output, probabilities_file, pixel_size)
     model = load_model(args.model)
     _note_options_the_model_ignores(args, model)
+    _note_intensities(image, model.intensity_profile, model.percentiles)
     progress = ProgressLine()
     result = None
     with contextlib.ExitStack() as scratch:
@@ -520,12 +521,22 @@ def _note_options_the_model_ignores(args, model) -> None:
               "tiles see less context, and labels near their edges can change (default 512)", file=sys.stderr)
 
 
+def _note_intensities(image, training_profile, percentiles) -> None:
+    """Say on stderr when IMAGE looks unlike the model's training images (inverted, log-scaled...)."""
+    from .predict import intensity_note
+
+    note = intensity_note(image, training_profile, percentiles)
+    if note is not None:
+        print(f"note: {note}", file=sys.stderr)
+
+
 def _predict_chunked(args, image, output: Path, probabilities_file: Path | None, pixel_size: dict | None = None) -> int:
     """``predict`` into zarr stores, chunk by chunk: here, or on the dask cluster of ``--scheduler``."""
     from .chunked import DEFAULT_SLICES_PER_CHUNK, ModelSource, predict_chunked, store_events
     from .zarr_io import commit_zarr, create_zarr, discard_zarr, is_zarr_path
 
     source = ModelSource(args.model)
+    _note_intensities(image, source.intensity_profile, source.percentiles)
     per_chunk = args.slices_per_chunk or (None if is_zarr_path(args.image) else DEFAULT_SLICES_PER_CHUNK)
     with contextlib.ExitStack() as stack:
         client = stack.enter_context(_dask_client(args.scheduler)) if args.scheduler else None

@@ -87,6 +87,35 @@ def _normalize_wide(plane: np.ndarray, percentiles) -> np.ndarray:
     return out
 
 
+#: Quantile levels (percent) of an intensity profile: :func:`intensity_profile`.
+PROFILE_LEVELS = tuple(range(5, 100, 5))
+#: Profile distance (:func:`profile_distance`) above which images look unlike a model's training images. Calibrated
+#: on ISBI 2012 and the OCT scans: slices of one acquisition differ by at most 0.03 (ISBI's training and test slices
+#: 0.011-0.014, noise of 8 % of the range added 0.030, later Duke B-scans 0.024); inverted 0.08, gamma 0.7 0.047,
+#: logarithmic (dB) OCT 0.049, log ISBI 0.18.
+PROFILE_SHIFT = 0.04
+
+
+def intensity_profile(image, percentiles=(1.0, 99.8), max_slices: int = 8) -> tuple:
+    """Shape of the intensity distribution of (Y, X) or (Z, Y, X) ``image`` (numpy or dask) after the percentile
+    normalisation: the median over up to ``max_slices`` evenly spaced slices of their quantiles at
+    :data:`PROFILE_LEVELS`, as floats. Linear rescaling leaves it unchanged; inversion, gamma or log scaling do not."""
+    shape = tuple(np.shape(image))
+    if len(shape) not in (2, 3) or 0 in shape:
+        raise InputError(f"image of shape {shape} is not a (Y, X) image or (Z, Y, X) stack with pixels")
+    n_slices = 1 if len(shape) == 2 else shape[0]
+    picks = np.unique(np.linspace(0, n_slices - 1, min(max_slices, n_slices)).round().astype(int))
+    planes = (np.asarray(image if len(shape) == 2 else image[z]) for z in picks)  # a lazy stack reads only these
+    quantiles = [np.percentile(normalize(plane, percentiles), PROFILE_LEVELS) for plane in planes]
+    return tuple(float(q) for q in np.median(quantiles, axis=0))
+
+
+def profile_distance(profile, other) -> float:
+    """Mean absolute difference of two :func:`intensity_profile` results (the 1-Wasserstein distance of the
+    normalised intensities, from their quantiles), in units of the normalised range."""
+    return float(np.mean(np.abs(np.asarray(profile, float) - np.asarray(other, float))))
+
+
 #: Local standard deviation added before dividing (in units of the percentile range): flat regions stay flat.
 LOCAL_CONTRAST_FLOOR = 0.02
 

@@ -50,6 +50,7 @@ class UNetModel:
     boundary_rule: Optional[dict] = None
     class_names: Optional[list] = None  # one name per class value (e.g. ["membrane", "cell"]), when known
     class_colors: Optional[list] = None  # one [r, g, b, a] per class value, when the labels had custom colours
+    intensity_profile: Optional[tuple] = None  # of the training images (data.intensity_profile); None in older files
 
     def metadata(self) -> dict:
         return {
@@ -64,6 +65,7 @@ class UNetModel:
             "boundary_rule": self.boundary_rule,
             "class_names": [str(n) for n in self.class_names] if self.class_names else None,
             "class_colors": [[float(c) for c in rgba] for rgba in self.class_colors] if self.class_colors else None,
+            "intensity_profile": [float(q) for q in self.intensity_profile] if self.intensity_profile else None,
         }
 
 
@@ -143,7 +145,8 @@ def load_model(path) -> UNetModel:
         raise ModelFileError(f"{path.name} has an invalid configuration: {type(err).__name__} {err}") from None
     if len(class_values) != config.n_classes or class_values != sorted(set(class_values)):
         raise ModelFileError(f"{path.name} has invalid class values {class_values} for {config.n_classes} classes")
-    percentiles, boundary_value, boundary_rule = _checked_normalisation_and_rule(meta, class_values, path.name)
+    percentiles, intensity_profile = checked_intensity_reference(meta, path.name)
+    boundary_value, boundary_rule = _checked_rule(meta, class_values, path.name)
     keras = import_keras()
     try:
         keras_model = keras.saving.load_model(path, compile=False, safe_mode=True)
@@ -170,24 +173,16 @@ def load_model(path) -> UNetModel:
         boundary_rule=boundary_rule,
         class_names=_class_names(meta.get("class_names"), class_values),
         class_colors=_class_colors(meta.get("class_colors"), class_values),
+        intensity_profile=intensity_profile,
     )
 
 
-def _checked_normalisation_and_rule(meta: dict, class_values: list, name: str) -> tuple:
-    """(percentiles, boundary_value, boundary_rule) of the metadata, or :class:`ModelFileError` if they are malformed."""
+def _checked_rule(meta: dict, class_values: list, name: str) -> tuple:
+    """(boundary_value, boundary_rule) of the metadata, or :class:`ModelFileError` if they are malformed."""
     import inspect
 
     from .postprocess import boundary_mask
 
-    percentiles = meta.get("percentiles", (1.0, 99.8))
-    try:
-        if not isinstance(percentiles, (list, tuple)):
-            raise TypeError
-        low, high = (float(p) for p in percentiles)
-        if not 0 <= low < high <= 100:
-            raise ValueError
-    except (TypeError, ValueError):
-        raise ModelFileError(f"{name} has invalid normalisation percentiles {percentiles!r} (two numbers 0 <= low < high <= 100)") from None
     boundary_value, rule = meta.get("boundary_value"), meta.get("boundary_rule")
     if boundary_value is not None and boundary_value not in class_values:
         raise ModelFileError(f"{name} has a boundary class {boundary_value!r} that is not one of its classes {class_values}")
@@ -197,7 +192,7 @@ def _checked_normalisation_and_rule(meta: dict, class_values: list, name: str) -
 
     if rule is not None and not (isinstance(rule, dict) and set(rule) <= known and all(map(number_or_none, rule.values()))):
         raise ModelFileError(f"{name} has an invalid membrane rule {rule!r}; the file was modified or damaged")
-    return (low, high), boundary_value, rule
+    return boundary_value, rule
 
 
 def _check_network(keras_model, config: ModelConfig, name: str) -> None:
@@ -234,6 +229,29 @@ def _check_network(keras_model, config: ModelConfig, name: str) -> None:
         f"{name}: the network does not match the napari-unet configuration stored with it ({detail}); "
         "the file was modified or damaged"
     )
+
+
+def checked_intensity_reference(meta: dict, name: str) -> tuple:
+    """(percentiles, intensity profile or None) of a model file's metadata (:func:`read_metadata`), or
+    :class:`ModelFileError` if they are malformed. No TensorFlow needed."""
+    from .data import PROFILE_LEVELS
+
+    percentiles = meta.get("percentiles", (1.0, 99.8))
+    try:
+        if not isinstance(percentiles, (list, tuple)):
+            raise TypeError
+        low, high = (float(p) for p in percentiles)
+        if not 0 <= low < high <= 100:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ModelFileError(f"{name} has invalid normalisation percentiles {percentiles!r} (two numbers 0 <= low < high <= 100)") from None
+    profile = meta.get("intensity_profile")
+    if profile is None:  # older files
+        return (low, high), None
+    if not (isinstance(profile, list) and len(profile) == len(PROFILE_LEVELS)
+            and all(isinstance(q, (int, float)) and not isinstance(q, bool) and math.isfinite(q) for q in profile)):
+        raise ModelFileError(f"{name} has an invalid intensity profile; the file was modified or damaged")
+    return (low, high), tuple(float(q) for q in profile)
 
 
 def _class_names(names, class_values) -> Optional[list]:

@@ -11,7 +11,18 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from . import hardware
-from .data import InputError, check_image, downscale_image, neighbour_slices, normalize, upscale_probabilities
+from .data import (
+    PROFILE_LEVELS,
+    PROFILE_SHIFT,
+    InputError,
+    check_image,
+    downscale_image,
+    intensity_profile,
+    neighbour_slices,
+    normalize,
+    profile_distance,
+    upscale_probabilities,
+)
 from .labels import from_indices
 from .model import fold_batch_norm
 from .model_io import UNetModel
@@ -381,6 +392,30 @@ def _output_array(out, shape: tuple, dtype, is_2d: bool, name: str) -> np.ndarra
     if tuple(out.shape) != expected or out.dtype != np.dtype(dtype):
         raise ValueError(f"{name} must have shape {expected} and dtype {np.dtype(dtype)}, got {tuple(out.shape)} {out.dtype}")
     return out[np.newaxis] if is_2d else out
+
+
+def intensity_note(image, training_profile: Optional[Sequence[float]], percentiles=(1.0, 99.8)) -> Optional[str]:
+    """A warning when ``image`` ((Y, X) or (Z, Y, X), numpy or dask; up to 8 slices are read) has intensities unlike
+    a model's training images (``model.intensity_profile``, normalised with ``model.percentiles``), else None.
+
+    Unlike means :func:`napari_unet.data.profile_distance` above :data:`~napari_unet.data.PROFILE_SHIFT`: e.g. an
+    inverted, gamma- or log-scaled image. The percentile normalisation absorbs linear rescaling only, so the network
+    would see another kind of image, and its labels could be wrong without any error. None for older model files
+    (``training_profile`` None) and images with NaN (refused elsewhere).
+    """
+    if training_profile is None:
+        return None
+    profile = intensity_profile(image, percentiles)
+    distance = profile_distance(profile, training_profile)
+    if not distance > PROFILE_SHIFT:  # also NaN
+        return None
+    median = PROFILE_LEVELS.index(50)
+    return (
+        f"the image's intensities are unlike the training images' (profile distance {distance:.2f}, where slices of one "
+        f"acquisition differ by up to 0.03; median pixel at {profile[median]:.2f} of the intensity range, not "
+        f"{training_profile[median]:.2f}). If it was inverted or log- (dB) or gamma-scaled, predict it as the model "
+        "was trained on it; otherwise check the labels"
+    )
 
 
 def predict(model: UNetModel, image, **kwargs) -> Prediction:

@@ -26,6 +26,7 @@ from .data import (
     class_weights,
     downscale_image,
     downscale_labels,
+    intensity_profile,
     normalize,
     prefetch,
 )
@@ -455,7 +456,8 @@ def train_events(
     use_ema = train_config.ema_momentum > 0
     # While training runs the result holds the trainer's network (live weights, used by validation); at the end
     # it holds its own network with the final weights.
-    result = UNetModel(keras_model, model_config, class_values, percentiles, train_config, boundary_value=boundary_value)
+    result = UNetModel(keras_model, model_config, class_values, percentiles, train_config, boundary_value=boundary_value,
+                       intensity_profile=intensity_profile(image_stack, percentiles))
     if init is not None:  # kept unless validation tunes it again below (Retrain has no validation)
         result.boundary_rule = init.boundary_rule
 

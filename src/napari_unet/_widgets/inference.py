@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import numpy as np
@@ -19,7 +19,7 @@ from napari_unet.data import InputError
 from napari_unet.hardware import available_memory_bytes, explain_auto_tta
 from napari_unet.predict import PredictionProgress, labels_dtype
 
-from .jobs import Failed, PredictionResult, predict_job
+from .jobs import Failed, Note, PredictionResult, predict_job
 from .layers import Image, LayerCombo, current_slice, image_array
 from .outputs import prediction_layer_of, write_cells, write_prediction, write_probabilities
 from .progress import ProgressRow
@@ -39,6 +39,7 @@ class _Job:
     z: Optional[int]
     model: Any
     info: Any  # the session's ModelInfo (class names, colours) when the job started
+    notes: list = field(default_factory=list)  # warnings of the job, repeated in the final status
 
 
 TTA_CHOICES = {"auto": "auto", "on": True, "2 views": 2, "off": False}
@@ -214,6 +215,9 @@ class InferenceWidget(QWidget):
             return
         if isinstance(event, PredictionProgress):
             self.progress.update(event.done / max(event.total, 1), event.eta, f"{event.done}/{event.total} tiles")
+        elif isinstance(event, Note):
+            show_warning(f"napari-unet: {event.message}")
+            job.notes.append(event.message)
         elif isinstance(event, Failed):
             show_error(f"napari-unet: prediction failed: {event.message}")
             self.progress.finish("prediction failed")
@@ -256,6 +260,7 @@ class InferenceWidget(QWidget):
         if result.instances is not None:
             others.append(write_cells(self.viewer, self.session, job.image_layer, result.instances, job.z))
         also = f" Also written: {', '.join(repr(x.name) for x in others)}." if others else ""
+        also += "".join(f" Note: {note}." for note in job.notes)
         self.progress.finish("prediction done", complete=True)
         self.progress.set_status(
             f"{layer.name!r}: {changed} pixels updated ({undo}).{also} Paint corrections "

@@ -39,6 +39,13 @@ class Failed:
 
 
 @dataclass(frozen=True)
+class Note:
+    """Something the user should know before trusting the result; the job goes on."""
+
+    message: str
+
+
+@dataclass(frozen=True)
 class PredictionResult:
     labels: np.ndarray  # class values, shape of the input
     probabilities: Optional[np.ndarray]
@@ -76,11 +83,14 @@ def predict_job(model: UNetModel, image, tta: Union[bool, int, str], probabiliti
     separate are then also labelled (:func:`cell_instances`). None: no instances.
     ``close``: always close gaps in the model's thin boundary class; otherwise the model's boundary rule applies.
     """
-    from napari_unet.predict import Prediction, predict_events
+    from napari_unet.predict import Prediction, intensity_note, predict_events
 
     lower_thread_priority()
     load_tensorflow()
     try:
+        note = intensity_note(image, model.intensity_profile, model.percentiles)
+        if note is not None:
+            yield Note(note)
         events = predict_events(model, image, tta=tta, return_probabilities=probabilities, close_boundaries=True if close else None, stop=stop)
         for event in events:
             if not isinstance(event, Prediction):
@@ -150,6 +160,7 @@ def format_seconds(seconds: float) -> str:
 
 __all__ = [
     "Failed",
+    "Note",
     "PredictionResult",
     "cell_instances",
     "format_seconds",

@@ -1,0 +1,78 @@
+#!/usr/bin/env python
+"""Calibration of ``data.PROFILE_SHIFT``: intensity-profile distances of images of one acquisition and of transformed ones.
+
+    python benchmarks/intensity_profiles.py        # seconds; results/intensity-profiles.json
+
+``predict`` notes an image whose :func:`napari_unet.data.intensity_profile` lies further than ``PROFILE_SHIFT`` from
+the model's training images'. This prints the distances that choose it: the reference is ISBI 2012 slices 0-14 (and
+the OCT circular scan, and the Duke B-scans); "same" rows are other images of the same acquisition (must stay below),
+"changed" rows are the same images inverted, gamma- or log-scaled (should lie above), as a user might have exported
+them. Needs ../shared/data.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from isbi_merging import DATA, write_results  # noqa: E402
+
+OCT = DATA.parent / "oct"
+
+
+def cases():
+    """(reference name, reference image, [(kind, name, image)]) triples."""
+    import tifffile
+
+    volume = tifffile.imread(DATA / "train-volume.tif")
+    test = tifffile.imread(DATA / "test-volume.tif")
+    unseen = volume[15:]
+    scaled = unseen.astype(np.float32) / 255
+    noisy = unseen + np.random.default_rng(0).normal(0, 20, unseen.shape)
+    scan = tifffile.imread(OCT / "circular-scan.tif")
+    duke = tifffile.imread(OCT / "duke-dme-bscans.tif")
+    decibel = lambda x: 20 * np.log10(x.astype(np.float32) + 1)  # noqa: E731
+    return [
+        ("ISBI slices 0-14", volume[:15], [
+            ("same", "ISBI slices 15-19", unseen),
+            ("same", "ISBI test volume", test),
+            ("same", "ISBI 15-19 as float x3 + 7", scaled * 3 + 7),
+            ("same", "ISBI 15-19 + noise of std 20", noisy),
+            ("changed", "ISBI 15-19 inverted", 255 - unseen),
+            ("changed", "ISBI 15-19 gamma 0.7", scaled**0.7),
+            ("changed", "ISBI 15-19 gamma 1.3", scaled**1.3),
+            ("changed", "ISBI 15-19 gamma 2", scaled**2),
+            ("changed", "ISBI 15-19 log", np.log1p(unseen.astype(np.float32))),
+        ]),
+        ("OCT circular scan", scan, [
+            ("changed", "circular scan in dB", decibel(scan)),
+            ("changed", "circular scan square root", np.sqrt(scan.astype(np.float32))),
+            ("changed", "circular scan inverted", 255 - scan),
+            ("other device", "Duke DME B-scans", duke),
+        ]),
+        ("Duke B-scans 0-59", duke[:60], [
+            ("same", "Duke B-scans 60-109", duke[60:]),
+            ("changed", "Duke 60-109 in dB", decibel(duke[60:])),
+        ]),
+    ]
+
+
+def main() -> None:
+    from napari_unet.data import PROFILE_SHIFT, intensity_profile, profile_distance
+
+    rows = []
+    for reference_name, reference, others in cases():
+        profile = intensity_profile(reference)  # as training records it: 8 slices
+        for kind, name, image in others:
+            distance = profile_distance(profile, intensity_profile(image))
+            rows.append({"reference": reference_name, "kind": kind, "image": name, "distance": round(distance, 4),
+                         "noted": distance > PROFILE_SHIFT})
+            print(f"{reference_name:18s} {kind:12s} {name:30s} {distance:.3f}{'  noted' if distance > PROFILE_SHIFT else ''}")
+    write_results("intensity-profiles", {"profile_shift": PROFILE_SHIFT, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
