@@ -580,3 +580,48 @@ def test_predict_notes_an_image_unlike_the_training_images_and_still_writes_it(d
         assert code == 0, err
         assert "note: the image's intensities are unlike the training images'" in err
         assert (data / f"inverted-{output}").exists()
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_a_trained_model_is_saved_elsewhere(data, capsys, monkeypatch):
+    import errno
+    import tempfile
+
+    import napari_unet.model_io as model_io
+    import napari_unet.tiff_io as tiff_io
+
+    real_save = model_io.save_model
+    full = data / "full"
+    full.mkdir()
+
+    def save_or_fill(model, path):
+        if Path(path).parent == full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(model, path)
+
+    monkeypatch.setattr(model_io, "save_model", save_or_fill)
+    (data / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(data / "tmp"))
+    code, _out, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", full / "m.keras", *TINY_TRAINING)
+    assert code == 2 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert f"cannot write {full / 'm.keras'}: No space left on device" in last and "saved to" in last
+    saved = list((data / "tmp").glob("napari-unet-unsaved-m-*.keras"))
+    assert len(saved) == 1 and saved[0].name in last, "the trained model is not lost"
+
+    real_write = tiff_io.write_tiff
+    monkeypatch.setattr(tiff_io, "write_tiff", lambda path, *a, **k: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device"))
+                        if Path(path).parent == full else real_write(path, *a, **k))
+    code, _out, err = run(capsys, "predict", saved[0], data / "image.tif", "-o", full / "p.tif")
+    assert code == 2 and f"cannot write {full / 'p.tif'}: No space left on device" in err and "Traceback" not in err
+    assert list(full.iterdir()) == []
+
+
+def test_auto_can_be_typed_for_the_options_whose_default_is_auto(data, capsys):
+    code, out, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "m.keras", *TINY_TRAINING,
+                         "--augment-noise", "auto", "--merge-levels", "auto")
+    assert code == 0, err
+    assert json.loads(out)["tta_views"] in (1, 2, 4), "the scores say how they were predicted"
+    assert "without test-time augmentation" in err  # the membrane rule's own validation score
+    with pytest.raises(SystemExit) as exited:
+        main(["train", str(data / "image.tif"), str(data / "labels.tif"), "-o", str(data / "m.keras"), "--augment-noise", "loud"])
+    assert exited.value.code == 2 and "expected a number or auto" in capsys.readouterr().err

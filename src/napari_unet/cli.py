@@ -56,8 +56,10 @@ def non_negative_int(text: str) -> int:
     return positive_int(text, minimum=0)
 
 
-def merge_levels(text: str) -> tuple:
-    """argparse type: comma-separated merge levels in (0, 1), e.g. ``0.5,0.6,0.7``."""
+def merge_levels(text: str):
+    """argparse type: comma-separated merge levels in (0, 1), e.g. ``0.5,0.6,0.7``, or ``auto``."""
+    if text.strip().lower() == "auto":
+        return "auto"
     try:
         levels = tuple(float(part) for part in text.split(","))
     except ValueError:
@@ -65,6 +67,16 @@ def merge_levels(text: str) -> tuple:
     if not all(0 < level < 1 for level in levels):
         raise argparse.ArgumentTypeError(f"merge levels must lie between 0 and 1, got {text!r}")
     return levels
+
+
+def noise_std(text: str):
+    """argparse type: a noise std (a number) or ``auto``."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)  # the range is the config's to check
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or auto, got {text!r}") from None
 
 
 def check_output(path, what: str, inputs=(), suffixes=()) -> Path:
@@ -128,6 +140,32 @@ def _check_folder(path: Path, what: str, inputs) -> Path:
     return path
 
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _disk_full(folder: Path, err: OSError) -> str:
+    return f"{err.strerror or 'no space left'} in {str(folder)!r}; free some space there or choose another folder"
+
+
+def save_model_or_elsewhere(model, path: Path) -> Path:
+    """:func:`save_model` to ``path``; if that disk is full, the model is saved to the temporary folder instead and a
+    :class:`CommandError` says where (a trained model is never lost to a full disk)."""
+    from .model_io import save_model
+
+    try:
+        return save_model(model, path)
+    except OSError as err:
+        if err.errno not in DISK_FULL:
+            raise
+        problem = f"cannot write {path}: {_disk_full(path.parent, err)}"
+        fallback = Path(tempfile.gettempdir()) / f"napari-unet-unsaved-{path.stem}-{time.strftime('%Y%m%d-%H%M%S')}.keras"
+        try:
+            save_model(model, fallback)
+        except OSError as second:
+            raise CommandError(f"{problem}. Saving it to {fallback} failed too ({second.strerror or second}): the model is lost") from err
+        raise CommandError(f"{problem}. The trained model was saved to {fallback} instead") from err
+
+
 def write_all(files: list, replaced: list | None = None) -> None:
     """Write every ``(path, array, metadata)`` TIFF or none: each goes to a temporary file beside its target
     first, and the targets are replaced only once all are complete (an existing file is never half replaced).
@@ -140,7 +178,12 @@ def write_all(files: list, replaced: list | None = None) -> None:
         for path, array, metadata in files:
             partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
             pending.append((partial, path))
-            write_tiff(partial, array, metadata)
+            try:
+                write_tiff(partial, array, metadata)
+            except OSError as err:
+                if err.errno in DISK_FULL:
+                    raise CommandError(f"cannot write {path}: {_disk_full(path.parent, err)}") from err
+                raise
             os.chmod(partial, target_mode(path))  # a replaced file keeps its permissions
         for partial, path in pending:
             os.replace(partial, path)
@@ -364,7 +407,7 @@ def run_training(image, labels, model_config, train_config, init=None, quiet=Fal
         print(f"training {final.reason} after {len(final.history)} epochs; kept the {final.kept or 'last weights'}", file=sys.stderr)
         if final.model.boundary_rule is not None:
             print(
-                f"membrane rule {final.model.boundary_rule} (validation V_rand {final.boundary_v_rand:.4f})",
+                f"membrane rule {final.model.boundary_rule} (validation V_rand {final.boundary_v_rand:.4f} without test-time augmentation)",
                 file=sys.stderr,
             )
     return started, final
@@ -390,8 +433,8 @@ def cmd_train(args) -> int:
     from dataclasses import replace
 
     from .config import MERGE_LEVELS_LONG, is_long_budget, preset as get_preset
-    from .model_io import load_model, save_model
-    from .predict import predict
+    from .model_io import load_model
+    from .predict import predict, resolve_tta_views
 
     output = check_output(args.output, "model file", inputs=[p for p in (args.image, args.labels, args.init) if p])
     if output.suffix != ".keras":
@@ -426,23 +469,24 @@ def cmd_train(args) -> int:
     started, final = run_training(image, labels, model_config, train_config, init=init)
     if final.steps == 0:
         raise CommandError(f"training ended ({final.reason}) before its first step; no model written (a larger --max-minutes?)")
-    save_model(final.model, output)
+    save_model_or_elsewhere(final.model, output)
     args.written.append(output)
     print(f"wrote {output}", file=sys.stderr)
 
     stack_image = image if image.ndim == 3 else image[None]
     stack_labels = labels if labels.ndim == 3 else labels[None]
+    views = resolve_tta_views("auto")  # scored as predict writes them: with test-time augmentation where it is on by default
     if started.val_slices:
         val = started.val_slices
         prediction = predict(final.model, stack_image, slices=val, return_probabilities=False)
         scores = score(prediction.labels, stack_labels[val], final.model.class_values, train_config.ignore_value)
-        print(json.dumps({"validation_slices": val, **scores}, indent=1))
+        print(json.dumps({"validation_slices": val, "tta_views": views, **scores}, indent=1))
     elif started.val_column is not None:  # one annotated image (an OCT B-scan): validated on its last columns
         column, trained = started.val_column, started.train_slices
         prediction = predict(final.model, stack_image, slices=trained, return_probabilities=False)
         held_out = (Ellipsis, slice(column, None))
         scores = score(prediction.labels[held_out], stack_labels[trained][held_out], final.model.class_values, train_config.ignore_value)
-        print(json.dumps({"validation_columns": [column, int(image.shape[-1])], **scores}, indent=1))
+        print(json.dumps({"validation_columns": [column, int(image.shape[-1])], "tta_views": views, **scores}, indent=1))
     return 0
 
 
@@ -676,10 +720,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--patch-size", type=int)
     train.add_argument("--learning-rate", type=float)
     train.add_argument("--steps-per-epoch", type=int)
-    train.add_argument("--augment-noise", type=float, metavar="STD", help="Gaussian pixel noise added to each training patch, its std "
-                       "drawn from [0, STD) in units of the normalised range; 0 = off (default: the preset's)")
+    train.add_argument("--augment-noise", type=noise_std, metavar="STD", help="Gaussian pixel noise added to each training patch, its std "
+                       "drawn from [0, STD) in units of the normalised range; 0 = off (default: the preset's; the default preset's "
+                       "auto adds 0.1 for --max-minutes 30 or more)")
     train.add_argument("--merge-levels", type=merge_levels, metavar="L1,L2,...", help="levels at which the membrane rule may "
-                       "merge regions across faint boundaries, picked on the validation slices (default: 0.5,0.6, and "
+                       "merge regions across faint boundaries, picked on the validation slices (default auto: 0.5,0.6, and "
                        "0.5,0.6,0.7 for --max-minutes 30 or more: BENCHMARKS.md, session 30; predict with test-time augmentation merges "
                        "at 0.65 at most: sessions 33-34)")
     train.add_argument("--depth", type=positive_int, help="poolings of the U-Net, 1-6 (default: the preset's; the default preset takes 5 "
@@ -715,7 +760,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--tile-size", type=positive_int, default=512, help="tile side in pixels (default 512)")
     pred.add_argument("--batch-size", type=positive_int, default=2, help="images per network call (default 2)")
     pred.add_argument("--slices-per-chunk", type=positive_int, help="zarr outputs: slices per task (default: a zarr image's own "
-                      "chunks along Z, else 8); the stores written have one chunk per slice")
+                      "chunks along Z, else 8, cut to 256 MiB of input per task); the stores written have one chunk per slice")
     pred.add_argument("--scheduler", metavar="ADDRESS", help="zarr outputs: compute the chunks on the dask.distributed cluster whose "
                       "scheduler listens at ADDRESS (e.g. tcp://10.0.0.5:8786); the model, image and outputs must be at paths every "
                       "worker reads and writes (a shared file system)")
@@ -751,7 +796,14 @@ def main(argv=None) -> int:
     except _bad_input_errors() as err:
         print(f"napari-unet: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (FloatingPointError, OSError, MemoryError) as err:  # diverged training, a full disk, too big a stack
+    except OSError as err:
+        if err.errno not in DISK_FULL:
+            print(f"napari-unet: error: {str(err) or type(err).__name__}", file=sys.stderr)
+            return 1
+        where = Path(err.filename).parent if err.filename else Path.cwd()  # e.g. a zarr chunk
+        print(f"napari-unet: error: cannot write {err.filename or 'an output'}: {_disk_full(where, err)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (FloatingPointError, MemoryError) as err:  # diverged training, too big a stack
         print(f"napari-unet: error: {str(err) or type(err).__name__}", file=sys.stderr)
         return 1
     finally:
