@@ -238,3 +238,12 @@ def test_the_training_images_intensity_profile_is_stored_and_checked(tmp_path):
         meta["intensity_profile"] = damaged
         with pytest.raises(ModelFileError, match="invalid intensity profile"):
             load_model(_with_metadata(tmp_path, "edited.keras", json.dumps(meta)))
+
+
+def test_a_file_with_settings_this_version_does_not_know_asks_for_an_upgrade(tmp_path):
+    meta = read_metadata(save_model(tiny_model(), tmp_path / "m.keras"))
+    for key in ("train_config", "model_config"):
+        edited = json.loads(json.dumps(meta))
+        edited[key]["future_option"] = 1
+        with pytest.raises(ModelFileError, match="written by a newer napari-unet .*future_option.*upgrade"):
+            load_model(_with_metadata(tmp_path, f"newer-{key}.keras", json.dumps(edited)))

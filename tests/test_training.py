@@ -8,6 +8,7 @@ from napari_unet.predict import predict
 from napari_unet.train import (
     EpochEnd,
     TrainingFinished,
+    TrainingFinishing,
     TrainingStarted,
     TrainingStep,
     clear_trainer_cache,
@@ -44,7 +45,14 @@ def test_a_short_training_learns_the_synthetic_task():
     assert isinstance(final, TrainingFinished) and final.reason == "completed"
     assert final.model.train_config.jit_compile is True
     assert len(steps) == 100 and len(epochs) == 4
-    assert steps[-1].eta == pytest.approx(0.0, abs=1e-6) and steps[0].eta > 0
+    assert steps[-1].eta == pytest.approx(0.0, abs=1e-6) and steps[1].eta > 0
+    # the first step traces and XLA-compiles the network: no ETA from it (spread over the run it said hours, not minutes)
+    assert steps[0].eta is None
+    rate = (steps[-1].elapsed - steps[0].elapsed) / 99
+    assert steps[49].eta == pytest.approx(rate * 50, rel=0.5), "the ETA follows the rate of the steps after the first"
+    finishing = events[-2]
+    assert isinstance(finishing, TrainingFinishing) and finishing.reason == "completed" and finishing.steps == 100
+    assert finishing.tunes_rule and final.model.boundary_rule is not None  # membranes: the rule is chosen after it
     assert np.mean([s.loss for s in steps[-10:]]) < np.mean([s.loss for s in steps[:10]])
     test_image, test_labels = stripes(n_slices=2, size=128, seed=99)
     predicted = predict(final.model, test_image).labels

@@ -309,7 +309,9 @@ def read_label_stack(path, what: str, ignore_value=None) -> tuple[np.ndarray, in
     return labels, ignore_value, notes
 
 
-def _format_seconds(seconds: float) -> str:
+def _format_seconds(seconds: float | None) -> str:
+    if seconds is None:  # not known yet (after the first training step)
+        return "?"
     seconds = int(max(seconds, 0))
     return f"{seconds // 60:d}:{seconds % 60:02d}"
 
@@ -370,7 +372,7 @@ def load_tensorflow_for_command() -> None:
 
 def run_training(image, labels, model_config, train_config, init=None, quiet=False):
     """Drain training events with a terminal progress line; returns the start and finish events."""
-    from .train import EpochEnd, TrainingFinished, TrainingStarted, TrainingStep, train_events
+    from .train import EpochEnd, TrainingFinished, TrainingFinishing, TrainingStarted, TrainingStep, train_events
 
     progress = ProgressLine()
     started = final = None
@@ -397,6 +399,9 @@ def run_training(image, labels, model_config, train_config, init=None, quiet=Fal
                 f"epoch {event.epoch} step {event.step} loss {event.loss:.4f}{last_val} "
                 f"elapsed {_format_seconds(event.elapsed)} ETA {_format_seconds(event.eta)}",
             )
+        elif isinstance(event, TrainingFinishing) and not quiet:
+            rule = ", choosing the membrane rule" if event.tunes_rule else ""
+            progress.show(1.0, f"{event.reason} after {event.steps} steps; finishing the model{rule}...")
         elif isinstance(event, EpochEnd):
             if event.val_loss is not None:
                 last_val = f" val_loss {event.val_loss:.4f}" + (" *" if event.is_best else "")

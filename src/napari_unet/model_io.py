@@ -128,6 +128,7 @@ def load_model(path) -> UNetModel:
     meta = read_metadata(path)
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise ModelFileError(f"{path.name} was written by a newer napari-unet; upgrade napari-unet")
+    _refuse_newer_settings(meta, path.name)
     try:
         config = from_dict(ModelConfig, meta["model_config"])
         train_config = None
@@ -175,6 +176,20 @@ def load_model(path) -> UNetModel:
         class_colors=_class_colors(meta.get("class_colors"), class_values),
         intensity_profile=intensity_profile,
     )
+
+
+def _refuse_newer_settings(meta: dict, name: str) -> None:
+    """:class:`ModelFileError` naming the upgrade when the file has settings this version does not know: a newer
+    napari-unet wrote it (new settings do not always bump the format version)."""
+    import dataclasses
+
+    for key, cls in (("model_config", ModelConfig), ("train_config", TrainConfig)):
+        settings = meta.get(key)
+        if isinstance(settings, dict):
+            unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(cls)})
+            if unknown:
+                raise ModelFileError(f"{name} was written by a newer napari-unet (settings {', '.join(unknown)} are "
+                                     f"unknown to version {__version__}); upgrade napari-unet to load it")
 
 
 def _checked_rule(meta: dict, class_values: list, name: str) -> tuple:

@@ -107,7 +107,7 @@ class TrainingStep:
     loss: float
     learning_rate: float
     elapsed: float
-    eta: float
+    eta: Optional[float]  # seconds left; None while unknown (after the first step of a run without a time budget)
 
 
 @dataclass(frozen=True)
@@ -120,6 +120,17 @@ class EpochEnd:
     is_best: bool
     elapsed: float
     eta: float
+
+
+@dataclass(frozen=True)
+class TrainingFinishing:
+    """The training steps are over (``reason`` as in :class:`TrainingFinished`); the model is being finished: weights
+    chosen or averaged, batch-norm statistics recomputed, the membrane rule tuned on the validation slices. Seconds
+    that a stop request does not shorten."""
+
+    reason: str
+    steps: int
+    tunes_rule: bool  # the membrane rule is chosen on the validation slices (predicts them again)
 
 
 @dataclass(frozen=True)
@@ -469,6 +480,7 @@ def train_events(
     history: list = []
     reason = "completed"
     step = 0
+    first_step_seconds = 0.0  # tracing or an XLA compile: not the rate of the steps after it
     batches = prefetch(lambda: sampler.batch(train_config.batch_size), total_steps)
     try:
         yield TrainingStarted(result, total_steps, epochs, steps_per_epoch, train_slices, val_slices, class_values, val_column)
@@ -493,10 +505,9 @@ def train_events(
                 losses.append(loss)
                 step += 1
                 elapsed = time.perf_counter() - start
-                eta = elapsed / step * (total_steps - step)
-                if budget is not None:
-                    eta = min(eta, max(budget - elapsed, 0.0))
-                yield TrainingStep(epoch, step, total_steps, loss, lr, elapsed, eta)
+                if step == 1:
+                    first_step_seconds = elapsed
+                yield TrainingStep(epoch, step, total_steps, loss, lr, elapsed, _eta(elapsed, first_step_seconds, step, total_steps, budget))
             if not losses:
                 break
             run_progress = _run_progress(step, total_steps, elapsed, budget)
@@ -515,9 +526,7 @@ def train_events(
             if 0 < train_config.average_weights_from <= run_progress:
                 late_epochs.add(keras_model.get_weights())
             elapsed = time.perf_counter() - start
-            eta = elapsed / step * (total_steps - step)
-            if budget is not None:
-                eta = min(eta, max(budget - elapsed, 0.0))
+            eta = _eta(elapsed, first_step_seconds, step, total_steps, budget)
             record = {"epoch": epoch, "loss": float(np.mean(losses)), "val_loss": val_loss, "elapsed": elapsed, **{f"val_{k}": v for k, v in val_metrics.items()}}
             history.append(record)
             yield EpochEnd(epoch, epochs, float(np.mean(losses)), val_loss, val_metrics, is_best, elapsed, eta)
@@ -525,6 +534,8 @@ def train_events(
                 keras_model.set_weights(raw_weights)
             if reason != "completed":
                 break
+        tunes_rule = boundary_value is not None and has_validation and step > 0 and bool((val_indices >= 0).all())
+        yield TrainingFinishing(reason, step, tunes_rule)
         averaged_epochs = late_epochs.count if late_epochs.count >= 2 else 0
         if averaged_epochs:  # stochastic weight averaging; its batch-norm statistics are recomputed below
             network.set_weights(late_epochs.mean(keras_model.get_weights()))
@@ -543,7 +554,7 @@ def train_events(
             _keep_trainer(trainer)
     result.history = history
     boundary_v_rand = None
-    if boundary_value is not None and has_validation and step > 0 and (val_indices >= 0).all():
+    if tunes_rule:
         # Membranes: on the (fully annotated) validation slices, the threshold with the lowest pixel
         # error and the gap closing with the best V_rand. Without test-time augmentation, so that the model
         # file does not depend on the machine (on ISBI both chose the same rule for all 8 models measured).
@@ -553,6 +564,18 @@ def train_events(
             probabilities, val_indices != boundary_index, closings=candidate_closings(train_config.merge_levels)
         )
     yield TrainingFinished(result, reason, best_epoch, history, boundary_v_rand, averaged_epochs, step)
+
+
+def _eta(elapsed: float, first_step_seconds: float, step: int, total_steps: int, budget: Optional[float]) -> Optional[float]:
+    """Seconds left, from the rate of the steps after the first (which traces or XLA-compiles the network: spread over
+    the run it showed 19 hours for 6 minutes); within the time budget. None while unknown (after the first step)."""
+    eta = None
+    if step >= 2:
+        eta = (elapsed - first_step_seconds) / (step - 1) * (total_steps - step)
+    if budget is not None:
+        left = max(budget - elapsed, 0.0)
+        eta = left if eta is None else min(eta, left)
+    return eta
 
 
 def train(image, labels, model_config=None, train_config=None, init=None, stop=None) -> TrainingFinished:
@@ -567,6 +590,7 @@ __all__ = [
     "TrainingStarted",
     "TrainingStep",
     "EpochEnd",
+    "TrainingFinishing",
     "TrainingFinished",
     "train_events",
     "train",

@@ -22,7 +22,7 @@ from napari_unet.predict import PredictionProgress, labels_dtype
 from .jobs import Failed, Note, PredictionResult, predict_job
 from .layers import Image, LayerCombo, current_slice, image_array
 from .outputs import prediction_layer_of, write_cells, write_prediction, write_probabilities
-from .progress import ProgressRow
+from .progress import InOrder, ProgressRow
 from .session import disconnect_when_destroyed, get_session, unwrap
 
 _log = logging.getLogger("napari_unet")
@@ -119,6 +119,7 @@ class InferenceWidget(QWidget):
             self, (self.session.model_changed, self._on_model_changed), (self.session.notice, self.progress.set_status)
         )
         self._job: Optional[_Job] = None
+        self._in_order = InOrder()
         self._on_model_changed(self.session.model)
 
     def _check_memory(self, model, shape: tuple, name: str) -> None:
@@ -210,6 +211,10 @@ class InferenceWidget(QWidget):
             self.progress.set_status("Stopping; no layer will be changed.")
 
     def _on_event(self, event) -> None:
+        for queued in self._in_order.drain(event):  # in order, also when a handler pumps Qt events
+            self._handle(queued)
+
+    def _handle(self, event) -> None:
         job = self._job
         if job is None:
             return

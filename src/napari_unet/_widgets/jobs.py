@@ -106,6 +106,13 @@ def predict_job(model: UNetModel, image, tta: Union[bool, int, str], probabiliti
         yield _unexpected("prediction", err)
 
 
+def relay(events):
+    """Yield from ``events``, a job's generator: a worker runs this, and the widget keeps ``events`` to close it when the
+    worker is aborted (napari aborts workers when the viewer closes and never closes their generators: a training
+    left its batch thread, images and network behind)."""
+    yield from events
+
+
 def cell_instances(labels: np.ndarray, membrane_value) -> np.ndarray:
     """int32 cell labels of (Y, X) or (Z, Y, X) predicted class labels, unique over the stack.
 
@@ -166,6 +173,7 @@ __all__ = [
     "format_seconds",
     "load_job",
     "predict_job",
+    "relay",
     "save_job",
     "train_job",
 ]

@@ -34,20 +34,20 @@ class LossPlot(FigureCanvasQTAgg):
         self.ax_dice = self.ax.twinx()
         for ax in (self.ax, self.ax_dice):
             ax.set_facecolor(background)
-            ax.tick_params(colors=text, labelsize=7)
+            ax.tick_params(which="both", colors=text, labelsize=7)  # a log axis labels its minor ticks too
             for spine in ax.spines.values():
                 spine.set_color(text)
         self.ax.set_xlabel("step", color=text, fontsize=8)
         self.ax.set_ylabel("loss", color=text, fontsize=8)
         self.ax_dice.set_ylabel("val Dice", color="#e0a030", fontsize=8)
-        figure.subplots_adjust(left=0.16, right=0.84, bottom=0.2, top=0.95)
+        figure.subplots_adjust(left=0.22, right=0.84, bottom=0.2, top=0.95)  # room for "3x10^-1" and the label
         (self._raw,) = self.ax.plot([], [], color="#5080c0", alpha=0.3, linewidth=0.8)
         (self._smooth,) = self.ax.plot([], [], color="#60a0ff", linewidth=1.5, label="train (smoothed)")
         (self._val,) = self.ax.plot([], [], "o-", color="#ff6060", markersize=3, linewidth=1, label="validation")
         (self._dice,) = self.ax_dice.plot([], [], "s--", color="#e0a030", markersize=3, linewidth=1, label="val Dice")
         self.ax.set_yscale("log")
         self.ax_dice.set_ylim(0, 1)
-        legend = self.ax.legend(loc="upper right", fontsize=7, frameon=False)
+        legend = self.ax.legend(loc="best", fontsize=7, frameon=False)
         for item in legend.get_texts():
             item.set_color(text)
         self.smoothing = smoothing

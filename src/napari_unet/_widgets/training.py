@@ -16,13 +16,13 @@ from qtpy.QtWidgets import QCheckBox, QFileDialog, QFormLayout, QGroupBox, QHBox
 from napari_unet.config import ConfigError
 from napari_unet.data import InputError
 from napari_unet.labels import LabelError
-from napari_unet.train import EpochEnd, TrainingFinished, TrainingStarted, TrainingStep
+from napari_unet.train import EpochEnd, TrainingFinished, TrainingFinishing, TrainingStarted, TrainingStep
 
-from .jobs import Failed, format_seconds, train_job
+from .jobs import Failed, format_seconds, relay, train_job
 from .layers import Image, Labels, LayerCombo
 from .prepare import ZERO_BOX, TrainJob, prepare_retrain, prepare_train
 from .plot import LossPlot
-from .progress import ProgressRow
+from .progress import InOrder, ProgressRow
 from .session import disconnect_when_destroyed, get_session, unwrap
 from .settings import TrainSettings
 
@@ -46,6 +46,8 @@ class _Run:
     note: str = ""
     last_step: int = 0
     started: float = 0.0
+    steps_per_epoch: int = 0
+    finishing: bool = False  # the steps are over; the model is being finished (no Stop)
 
 
 class TrainingWidget(QWidget):
@@ -103,6 +105,7 @@ class TrainingWidget(QWidget):
             self, (self.session.model_changed, self._on_model_changed), (self.session.notice, self.progress.set_status)
         )
         self._run: Optional[_Run] = None
+        self._in_order = InOrder()
         self._retrains = 0
         self._update_buttons()
         self.progress.set_status("Choose an image and its labels, then Train.")
@@ -124,17 +127,21 @@ class TrainingWidget(QWidget):
             job = self.prepare(retrain)
         except (InputError, LabelError, ConfigError) as err:
             show_error(f"napari-unet: {err}")
+            self.progress.reset(f"{'retraining' if retrain else 'training'} not started")
             self.progress.set_status(f"Not started: {err}")
             return False
         stop = threading.Event()
-        worker = create_worker(
-            train_job, job.image, job.labels, job.model_config, job.train_config, init=job.init, stop=stop.is_set, auto_depth=job.auto_depth
+        events = train_job(
+            job.image, job.labels, job.model_config, job.train_config, init=job.init, stop=stop.is_set, auto_depth=job.auto_depth
         )
+        worker = create_worker(relay, events)
         budget = job.train_config.max_minutes * 60 if job.train_config.max_minutes else None
         kind = "retraining" if retrain else "training"
-        self._run = _Run(kind, worker, stop, budget, job.names, job.colormap, job.note, started=time.perf_counter())
+        self._run = _Run(kind, worker, stop, budget, job.names, job.colormap, job.note, started=time.perf_counter(),
+                         steps_per_epoch=job.train_config.steps_per_epoch)
         worker.yielded.connect(self._on_event)
         worker.aborted.connect(self._on_aborted)  # a bound method: disconnected when the widget is deleted
+        worker.aborted.connect(lambda: (stop.set(), events.close()))  # not through self: also after the viewer closed
         worker.finished.connect(self._on_finished)
         session = self.session  # not through self: a deleted dock gets no finished signal, the session must
         worker.finished.connect(lambda: session.set_busy("training", False))
@@ -166,11 +173,24 @@ class TrainingWidget(QWidget):
 
     # ---- running -----------------------------------------------------------------------------
     def stop(self) -> None:
-        if self._run is not None:
-            self._run.stop.set()
+        run = self._run
+        if run is None:
+            return
+        run.stop.set()
+        if run.finishing:
+            self.progress.set_status("Finishing the model; this takes seconds and cannot be stopped...")
+        elif run.last_step < run.steps_per_epoch:
+            first = " (TensorFlow prepares or compiles the network in the first step: up to a minute)" if run.last_step == 0 else ""
+            self.progress.set_status(f"Stopping after the current step{first}; before its first epoch ends a run "
+                                     "does not replace the current model...")
+        else:
             self.progress.set_status("Stopping after the current step (the best weights are kept)...")
 
     def _on_event(self, event) -> None:
+        for queued in self._in_order.drain(event):  # in order, also when a handler pumps Qt events
+            self._handle(queued)
+
+    def _handle(self, event) -> None:
         run = self._run
         if run is None:
             return
@@ -191,6 +211,11 @@ class TrainingWidget(QWidget):
             dice = f", Dice {event.val_metrics['dice']:.3f}" if "dice" in event.val_metrics else ""
             best = " (best)" if event.is_best else ""
             self.progress.set_status(f"Epoch {event.epoch}/{event.epochs}: loss {event.loss:.4f}{val}{dice}{best}")
+        elif isinstance(event, TrainingFinishing):
+            run.finishing = True
+            rule = " and choosing the membrane rule on the validation slices" if event.tunes_rule else ""
+            self.progress.update(1.0, None, f"{run.kind} {event.reason}, finishing")
+            self.progress.set_status(f"Finishing the model after {event.steps} steps: its weights{rule} (seconds)...")
         elif isinstance(event, TrainingFinished):
             self._finished_model(run, event)
         elif isinstance(event, Failed):
@@ -203,6 +228,12 @@ class TrainingWidget(QWidget):
         if event.steps == 0:  # stopped while TensorFlow started: the network is untrained (or init's, without news)
             self.progress.finish(f"{run.kind} {event.reason}", complete=False)
             self.progress.set_status(f"{run.kind.capitalize()} {event.reason} before its first step; the current model is unchanged.")
+            return
+        if event.reason == "stopped" and event.steps < run.steps_per_epoch and self.session.model is not None:
+            # the user cancelled: a network of a few steps would replace a model that took minutes
+            self.progress.finish(f"{run.kind} stopped", complete=False)
+            self.progress.set_status(f"{run.kind.capitalize()} stopped after {event.steps} of the first epoch's "
+                                     f"{run.steps_per_epoch} steps; the current model is unchanged.")
             return
         when = time.strftime("%H:%M:%S")
         best = f", {event.kept}" if event.kept else ""
@@ -234,6 +265,8 @@ class TrainingWidget(QWidget):
         self.load_button.setEnabled(not running)  # a loaded model would be replaced when the run ends
 
     def _on_model_changed(self, model) -> None:
+        if self._run is None:  # loaded (or trained by another dock): the curves shown are not this model's
+            self.plot.clear()
         self._update_buttons()
 
     # ---- files -------------------------------------------------------------------------------
