@@ -625,3 +625,15 @@ def test_auto_can_be_typed_for_the_options_whose_default_is_auto(data, capsys):
     with pytest.raises(SystemExit) as exited:
         main(["train", str(data / "image.tif"), str(data / "labels.tif"), "-o", str(data / "m.keras"), "--augment-noise", "loud"])
     assert exited.value.code == 2 and "expected a number or auto" in capsys.readouterr().err
+
+
+def test_a_stack_stored_as_rgb_planes_and_a_probability_file_given_to_evaluate_are_named(data, capsys):
+    image = tifffile.imread(data / "image.tif")[:3]
+    tifffile.imwrite(data / "three.tif", image)  # tifffile's default for (3, Y, X) uint8: RGB colour planes
+    save_model(tiny_model(), data / "m.keras")
+    code, _out, err = run(capsys, "predict", data / "m.keras", data / "three.tif", "-o", data / "p.tif")
+    assert code == 2 and "save it again as one" in err and "photometric='minisblack'" in err
+    code, _out, err = run(capsys, "predict", data / "m.keras", data / "image.tif", "-o", data / "p.tif", "--probabilities", data / "q.tif")
+    assert code == 0, err
+    code, _out, err = run(capsys, "evaluate", data / "q.tif", data / "labels.tif")
+    assert code == 2 and "a probability map? evaluate takes the labels file of predict" in err

@@ -241,8 +241,11 @@ def test_sparse_labels_and_fine_tuning_keep_classes():
     sparse = np.full_like(labels, 7)
     sparse[:, 20:60, 20:60] = labels[:, 20:60, 20:60]
     model_config, train_config = tiny_configs(epochs=1, steps_per_epoch=5, ignore_value=7)
-    first = train(image, sparse, model_config, train_config).model
+    finished = train(image, sparse, model_config, train_config)
+    first = finished.model
     assert first.class_values == [0, 255]
+    # membranes without fully annotated validation slices: no rule, and the run says so (predictions were argmax unsaid)
+    assert first.boundary_rule is None and "no membrane rule was chosen" in finished.untuned_rule_note
     tuned = train(image, sparse, None, train_config, init=first).model
     assert tuned.config == first.config and tuned.class_values == [0, 255]
     assert not all(np.array_equal(a, b) for a, b in zip(first.keras_model.get_weights(), tuned.keras_model.get_weights()))
@@ -257,7 +260,7 @@ def test_fine_tuning_keeps_the_membrane_rule_it_cannot_tune_again_and_reports_st
     first = train(image, labels, model_config, train_config).model
     first.boundary_rule = {"threshold": 0.7, "seed_level": None, "merge_below": 0.6}  # as tuned on real data
     tuned = train(image, labels, None, train_config.replace(val_fraction=0.0), init=first)
-    assert tuned.model.boundary_rule == first.boundary_rule and tuned.steps == 3
+    assert tuned.model.boundary_rule == first.boundary_rule and tuned.steps == 3 and tuned.untuned_rule_note is None
     untouched = train(image, labels, None, train_config, init=first, stop=lambda: True)
     assert untouched.reason == "stopped" and untouched.steps == 0
 

@@ -886,3 +886,24 @@ def test_train_reads_a_labels_layer_without_int64_copies_or_sorting_every_pixel(
     for array in (np.array([3, -2**40, 7, 3]), np.array([70000, 5, 5]), np.array([True, True])):
         assert _present_values(array).tolist() == np.unique(array).tolist()
     assert display.max() == 2, "the layer's data is not modified"
+
+
+def test_retrain_says_how_many_patches_centre_near_the_corrections():
+    """The status said "about half of the patches"; the sampler put 15-22 % there on ISBI."""
+    from napari_unet._widgets.retrain import retrain_data
+
+    image = np.zeros((3, 64, 64), np.uint8)
+    values = np.where(np.arange(64) % 8 == 0, 0, 255)[None, None, :].repeat(64, 1).repeat(3, 0)
+    annotated = np.zeros(values.shape, bool)
+    annotated[:2] = True  # two labelled slices; the user corrected 16 pixels on the third
+    corrected = np.zeros(values.shape, bool)
+    corrected[2, 30:34, 30:34] = True
+    annotated |= corrected
+    data = retrain_data(image, values, annotated, corrected, patch_size=32)
+    z0 = len(image)
+    kept = data.labels != data.ignore
+    focus_pixels, all_pixels = kept[z0:].sum(), kept.sum()
+    labelled = int(kept.reshape(len(kept), -1).any(axis=1).sum())
+    expected = 0.9 * focus_pixels / all_pixels + 0.1 * (len(kept) - z0) / labelled  # the PatchSampler's choice
+    assert data.extra_slices > 0 and data.focus_share == pytest.approx(expected, rel=1e-6)
+    assert 0 < data.focus_share < 0.5

@@ -222,6 +222,20 @@ def read_stack(path, what: str, lazy: bool = False) -> np.ndarray:
     return _read_stack_and_metadata(path, what, lazy)[0]
 
 
+def _planar_rgb(path: Path) -> bool:
+    """Whether ``path`` is a TIFF of RGB(A) colour planes stored one after the other (planar configuration)."""
+    import tifffile
+
+    if path.is_dir() or path.suffix.lower() not in (".tif", ".tiff"):
+        return False
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            return page.photometric == tifffile.PHOTOMETRIC.RGB and page.planarconfig == tifffile.PLANARCONFIG.SEPARATE
+    except Exception:  # only a better message was at stake
+        return False
+
+
 def _read_stack_and_metadata(path, what: str, lazy: bool = False, for_cluster: bool = False, labels: bool = False) -> tuple[np.ndarray, dict]:
     """:func:`read_stack` and the file's metadata (plus ``pixel_size`` of the kept axes when known);
     ``for_cluster``: a dask array whose chunks other machines read by path, never a memory map; ``labels``: the
@@ -247,6 +261,11 @@ def _read_stack_and_metadata(path, what: str, lazy: bool = False, for_cluster: b
                 "labels are one channel of class values: map each colour to its class value"
                 if labels else "convert it to grayscale or extract one channel"
             )
+            if _planar_rgb(path):  # most likely a 3-slice stack saved with tifffile's defaults
+                advice = (f"it is stored as RGB colour planes; if these are {n} slices of a stack, save it again as one: "
+                          f"tifffile.imwrite stores a ({n}, Y, X) uint8 array as RGB unless given photometric='minisblack'")
+            elif what == "prediction" and axis == "C":
+                advice = "a probability map? evaluate takes the labels file of predict"
             raise CommandError(f"{what} {path.name} has {n} channels (axes {axes}); napari-unet works on one-channel images: {advice}")
     # Length-1 axes other than Y and X go (np.squeeze would also read a lazy array whole).
     if 0 in data.shape:
@@ -415,6 +434,8 @@ def run_training(image, labels, model_config, train_config, init=None, quiet=Fal
                 f"membrane rule {final.model.boundary_rule} (validation V_rand {final.boundary_v_rand:.4f} without test-time augmentation)",
                 file=sys.stderr,
             )
+        elif final.untuned_rule_note:
+            print(f"note: {final.untuned_rule_note} (--close-boundaries)", file=sys.stderr)
     return started, final
 
 

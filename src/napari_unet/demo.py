@@ -30,10 +30,10 @@ def save_figure(path, image, truth, prediction, history) -> Path:
         ax.set_title(title)
         ax.axis("off")
     epochs = [h["epoch"] for h in history]
-    axes[3].plot(epochs, [h["loss"] for h in history], label="training loss")
+    axes[3].plot(epochs, [h["loss"] for h in history], marker="o", markersize=3, label="training loss")  # markers: a one-epoch run is one point
     val = [(h["epoch"], h["val_loss"]) for h in history if h.get("val_loss") is not None]
     if val:
-        axes[3].plot(*zip(*val), label="validation loss")
+        axes[3].plot(*zip(*val), marker="o", markersize=3, label="validation loss")
     axes[3].set_xlabel("epoch")
     axes[3].set_yscale("log")
     axes[3].legend()

@@ -144,6 +144,15 @@ class TrainingFinished:
     steps: int = 0  # training steps run; 0: stopped before the first, the model is untrained (or ``init``'s weights)
 
     @property
+    def untuned_rule_note(self) -> Optional[str]:
+        """Why a model with a thin boundary class (membranes) got no membrane rule, or None."""
+        if self.model.boundary_value is None or self.model.boundary_rule is not None or self.steps == 0:
+            return None
+        return ("no membrane rule was chosen: it is chosen on fully annotated validation slices, and this run had none "
+                "(sparse labels or no validation), so predictions are the most probable class, whose membranes can have "
+                "gaps that merge cells; closing membrane gaps at prediction closes them")
+
+    @property
     def kept(self) -> str:
         """Which weights the model holds, for messages: "best epoch 12", "mean of the last 7 epochs" or ""."""
         if self.averaged_epochs:

@@ -122,7 +122,7 @@ def prepare_retrain(viewer, session, image_layer, labels_layer, zero_is_unannota
     names = dict(zip(model.class_values, info.class_names)) if info.class_names else None
     colormap = (list(model.class_values), info.colormap) if info.colormap is not None else None
     note = (
-        f"{data.n_corrected} corrected pixels of {prediction.name!r} (about half of the patches) "
+        f"{data.n_corrected} corrected pixels of {prediction.name!r} (about {data.focus_share:.0%} of the patches centred near them) "
         f"and {data.n_annotated - data.n_corrected} other annotated pixels"
     )
     unused = [x.name for x in corrected_layers if x is not prediction]

@@ -244,7 +244,8 @@ class TrainingWidget(QWidget):
         self.session.set_model(event.model, description, names if names and None not in names else None, colormap)
         self.plot.redraw()
         self.progress.finish(f"{run.kind} {event.reason}", complete=event.reason == "completed")
-        self.progress.set_status(f"Model {description}, in {format_seconds(seconds)}. It is now used by the inference widget.")
+        note = f" Note: {event.untuned_rule_note} (the inference widget's 'close membrane gaps')." if event.untuned_rule_note else ""
+        self.progress.set_status(f"Model {description}, in {format_seconds(seconds)}. It is now used by the inference widget.{note}")
 
     def _on_aborted(self) -> None:
         kind = self._run.kind if self._run is not None else "training"
