@@ -11,6 +11,8 @@ e.g. a worktree of an older commit), so peak RSS belongs to that measurement alo
 - ``reader-labels``: the reader opening the (S, 496, 768) uint8 labels store beside it;
 - ``reviewed``: which pixels of such a prediction layer hold a value the user painted there
   (``labels.holds_marked_value``, run for every Retrain and kept-corrections Run; versions before it: NaN).
+- ``train-click``: what the training widget does on the GUI thread at Train with such a labels layer (its class values
+  read and the annotated ones found: ``read_annotations`` and ``training_labels``).
 
     python benchmarks/bench_label_memory.py                                   # S = 110, as the Duke DME stack
     git worktree add /tmp/old <commit> && python benchmarks/bench_label_memory.py --baseline-src /tmp/old/src
@@ -63,6 +65,20 @@ def child(kind: str, src: str, folder: str, scans: int) -> dict:
         labels_module.holds_marked_value(display, marks)
         seconds, peak = time.perf_counter() - start, tracemalloc.get_traced_memory()[1]
         return {"seconds": seconds, "peak_mb": peak / 1e6}
+    if kind == "train-click":
+        import tracemalloc
+        from types import SimpleNamespace
+
+        from napari_unet._widgets.layers import read_annotations, training_labels
+
+        display = np.random.default_rng(0).integers(0, N_CLASSES + 1, (scans, *SHAPE)).astype(np.uint8)
+        layer = SimpleNamespace(data=display, metadata={"class_values": list(range(N_CLASSES))}, name="labels", multiscale=False)
+        tracemalloc.start()
+        start = time.perf_counter()
+        values, annotated, _ = read_annotations(layer, True)
+        training_labels(values, annotated, "labels")
+        seconds, peak = time.perf_counter() - start, tracemalloc.get_traced_memory()[1]
+        return {"seconds": seconds, "peak_mb": peak / 1e6}
     from napari_unet._reader import get_reader
 
     path = Path(folder) / ("probabilities.zarr" if kind == "reader-probabilities" else "labels.zarr")
@@ -107,7 +123,7 @@ def main(argv=None) -> int:
     results: dict = {}
     with tempfile.TemporaryDirectory() as folder:
         write_stores(Path(folder), args.scans)
-        for kind in ("to_display", "reviewed", "reader-probabilities", "reader-labels"):
+        for kind in ("to_display", "reviewed", "train-click", "reader-probabilities", "reader-labels"):
             for version, src in sources.items():
                 out = subprocess.run([sys.executable, __file__, "--scans", str(args.scans), "--child", kind, src, folder],
                                      capture_output=True, text=True, env=C.child_env(), check=True).stdout

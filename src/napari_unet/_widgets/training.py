@@ -181,8 +181,8 @@ class TrainingWidget(QWidget):
             self.progress.set_status("Finishing the model; this takes seconds and cannot be stopped...")
         elif run.last_step < run.steps_per_epoch:
             first = " (TensorFlow prepares or compiles the network in the first step: up to a minute)" if run.last_step == 0 else ""
-            self.progress.set_status(f"Stopping after the current step{first}; before its first epoch ends a run "
-                                     "does not replace the current model...")
+            kept = "; the current model stays (a run stopped in its first epoch does not replace it)" if self.session.model is not None else ""
+            self.progress.set_status(f"Stopping after the current step{first}{kept}...")
         else:
             self.progress.set_status("Stopping after the current step (the best weights are kept)...")
 
