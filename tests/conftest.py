@@ -80,6 +80,7 @@ def tiny_settings(training, epochs=2, steps=10, patch=64, depth=2, filters=8, lr
     s.elastic.setChecked(False)
     s.validation.setValue(validation)
     s.retrain_patch.setValue(patch)
+    s.retrain_lr.setValue(lr)  # a tiny network learns in seconds only at its training rate
 
 
 @pytest.fixture

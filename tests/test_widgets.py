@@ -907,3 +907,39 @@ def test_retrain_says_how_many_patches_centre_near_the_corrections():
     expected = 0.9 * focus_pixels / all_pixels + 0.1 * (len(kept) - z0) / labelled  # the PatchSampler's choice
     assert data.extra_slices > 0 and data.focus_share == pytest.approx(expected, rel=1e-6)
     assert 0 < data.focus_share < 0.5
+
+
+def test_retrain_fine_tunes_at_its_own_low_learning_rate(qtbot):
+    """At the training form's 1e-3 one Retrain took ISBI's held-out V_rand from 0.895 to 0.66 (BENCHMARKS.md, session 40)."""
+    from napari_unet._widgets.settings import RETRAIN_LEARNING_RATE, TrainSettings
+    from napari_unet.config import ModelConfig
+
+    settings = TrainSettings()
+    qtbot.addWidget(settings)
+    settings.lr.setValue(1e-3)
+    assert settings.retrain_config(ModelConfig(), seed=1).learning_rate == RETRAIN_LEARNING_RATE == 1e-4
+    settings.retrain_lr.setValue(3e-5)
+    assert settings.retrain_config(ModelConfig(), seed=1).learning_rate == pytest.approx(3e-5)
+
+
+def test_a_job_ends_after_its_last_events_when_handlers_pump_qt_events(widgets, qtbot, monkeypatch):
+    """napari's activity bar runs processEvents() inside a progress update: the worker's result and its "finished"
+    then arrive inside the handler of an earlier event, and "finished" must not be handled before the result
+    (the prediction, or a trained model, was dropped)."""
+    from qtpy.QtWidgets import QApplication
+
+    viewer, training, inference = widgets.viewer, widgets.training, widgets.inference
+    tiny_settings(training, epochs=1, steps=3)
+    for row in (training.progress, inference.progress):
+        update = row.update
+
+        def pumping_update(*args, _update=update, **kwargs):
+            _update(*args, **kwargs)
+            time.sleep(0.3)  # the worker finishes meanwhile
+            QApplication.processEvents()
+
+        monkeypatch.setattr(row, "update", pumping_update)
+    run_and_wait(qtbot, training.start, lambda: training._run is not None)
+    assert widgets.session.model is not None, "the trained model was dropped"
+    run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
+    assert "EM prediction" in viewer.layers, "the prediction was dropped"

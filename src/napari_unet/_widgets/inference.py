@@ -22,7 +22,7 @@ from napari_unet.predict import PredictionProgress, labels_dtype
 from .jobs import Failed, Note, PredictionResult, predict_job
 from .layers import Image, LayerCombo, current_slice, image_array
 from .outputs import prediction_layer_of, write_cells, write_prediction, write_probabilities
-from .progress import InOrder, ProgressRow
+from .progress import WORKER_FINISHED, InOrder, ProgressRow
 from .session import disconnect_when_destroyed, get_session, unwrap
 
 _log = logging.getLogger("napari_unet")
@@ -215,6 +215,9 @@ class InferenceWidget(QWidget):
             self._handle(queued)
 
     def _handle(self, event) -> None:
+        if event is WORKER_FINISHED:
+            self._finish_job()
+            return
         job = self._job
         if job is None:
             return
@@ -273,6 +276,9 @@ class InferenceWidget(QWidget):
         )
 
     def _on_finished(self) -> None:
+        self._on_event(WORKER_FINISHED)
+
+    def _finish_job(self) -> None:
         if self.progress.active:
             self.progress.finish("prediction ended")
         self._job = None

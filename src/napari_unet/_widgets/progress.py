@@ -71,8 +71,13 @@ class ProgressRow(QWidget):
         self.status.setText(text)
 
 
+#: Put through :class:`InOrder` by a worker's ``finished`` signal: the end of a job is handled after its last
+#: events (handled first, it dropped a prediction or a trained model still queued behind it).
+WORKER_FINISHED = object()
+
+
 class InOrder:
-    """Worker events handled one at a time, in the order they arrived.
+    """Worker events handled one at a time, in the order they arrived (the worker's end too: :data:`WORKER_FINISHED`).
 
     Updating napari's activity bar runs ``QApplication.processEvents()``, so a worker's queued ``yielded`` signals were
     handled inside the handler of an earlier event: loss-plot steps went 8, 7 and 21 -> 16. A nested call only queues

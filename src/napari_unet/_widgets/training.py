@@ -22,7 +22,7 @@ from .jobs import Failed, format_seconds, relay, train_job
 from .layers import Image, Labels, LayerCombo
 from .prepare import ZERO_BOX, TrainJob, prepare_retrain, prepare_train
 from .plot import LossPlot
-from .progress import InOrder, ProgressRow
+from .progress import WORKER_FINISHED, InOrder, ProgressRow
 from .session import disconnect_when_destroyed, get_session, unwrap
 from .settings import TrainSettings
 
@@ -79,7 +79,7 @@ class TrainingWidget(QWidget):
         data.addRow("image", self.image)
         data.addRow("labels", self.labels)
         data.addRow("", self.zero_unannotated)
-        retrain = QGroupBox("correction loop: retrain steps / patch / batch")
+        retrain = QGroupBox("correction loop: retrain steps / patch / batch / learning rate")
         retrain_layout = QVBoxLayout(retrain)
         retrain_layout.addWidget(self.settings.retrain_row)
         retrain_layout.addWidget(self.retrain_button)
@@ -191,6 +191,9 @@ class TrainingWidget(QWidget):
             self._handle(queued)
 
     def _handle(self, event) -> None:
+        if event is WORKER_FINISHED:
+            self._finish_run()
+            return
         run = self._run
         if run is None:
             return
@@ -252,6 +255,9 @@ class TrainingWidget(QWidget):
         self.progress.set_status(f"{kind.capitalize()} cancelled; the current model is unchanged.")
 
     def _on_finished(self) -> None:
+        self._on_event(WORKER_FINISHED)
+
+    def _finish_run(self) -> None:
         if self._run is not None and self.progress.active:
             self.progress.finish(f"{self._run.kind} ended")
         self._run = None
