@@ -227,15 +227,27 @@ def test_saving_below_a_file_names_the_file_in_the_way(tmp_path):
 def test_the_training_images_intensity_profile_is_stored_and_checked(tmp_path):
     from napari_unet.data import PROFILE_LEVELS, intensity_profile
 
+    from napari_unet.train import train
+
     model = tiny_model()
     assert model.intensity_profile == intensity_profile(stripes()[0])  # the training images of tiny_model
+    assert 0 < model.intensity_spread < 0.05  # how far its own slices lie from that profile
     path = save_model(model, tmp_path / "m.keras")
-    assert load_model(path).intensity_profile == model.intensity_profile
+    loaded = load_model(path)
+    assert loaded.intensity_profile == model.intensity_profile and loaded.intensity_spread == model.intensity_spread
+    # fine-tuning (Retrain: copies of one slice) keeps the profile of the images the network was first trained on
+    image, labels = stripes()
+    copies = np.concatenate([image, np.repeat(255 - image[:1], 8, axis=0)])
+    tuned = train(copies, np.concatenate([labels, np.repeat(labels[:1], 8, axis=0)]), None,
+                  model.train_config.replace(epochs=1, steps_per_epoch=1, val_fraction=0.0), init=model).model
+    assert tuned.intensity_profile == model.intensity_profile
     meta = read_metadata(path)
     del meta["intensity_profile"]  # a file written before profiles were recorded
     assert load_model(_with_metadata(tmp_path, "old.keras", json.dumps(meta))).intensity_profile is None
-    for damaged in ("x", [0.5] * (len(PROFILE_LEVELS) - 1), [float("nan")] * len(PROFILE_LEVELS), [True] * len(PROFILE_LEVELS)):
-        meta["intensity_profile"] = damaged
+    good = read_metadata(path)["intensity_profile"]
+    for damaged, spread in (("x", 0.0), ([0.5] * (len(PROFILE_LEVELS) - 1), 0.0), ([float("nan")] * len(PROFILE_LEVELS), 0.0),
+                            ([True] * len(PROFILE_LEVELS), 0.0), (good, -1.0), (good, "0.1")):
+        meta["intensity_profile"], meta["intensity_spread"] = damaged, spread
         with pytest.raises(ModelFileError, match="invalid intensity profile"):
             load_model(_with_metadata(tmp_path, "edited.keras", json.dumps(meta)))
 

@@ -385,14 +385,19 @@ def test_predict_normalises_with_the_models_local_contrast(monkeypatch):
 
 
 def test_intensity_note_names_images_unlike_the_training_images():
+    import dataclasses
+
     from napari_unet.predict import intensity_note
 
     model = tiny_model()
     image = stripes(n_slices=3, seed=9)[0]
-    assert intensity_note(image, model.intensity_profile, model.percentiles) is None
-    note = intensity_note(255 - image, model.intensity_profile, model.percentiles)
+    assert intensity_note(image, model) is None
+    assert all(intensity_note(plane, model) is None for plane in image), "single slices of the same kind are not unlike"
+    note = intensity_note(255 - image, model)
     assert "unlike the training images" in note and "inverted" in note
-    assert intensity_note(255 - image, None) is None, "older model files record no profile: nothing to say"
-    nan_image = image.astype(np.float32)
-    nan_image[0, 0, 0] = np.nan
-    assert intensity_note(nan_image, model.intensity_profile, model.percentiles) is None  # refused by predict, not here
+    assert intensity_note(255 - image, dataclasses.replace(model, intensity_profile=None)) is None, "older model files: nothing to say"
+    # the note never fails a prediction: images predict refuses get predict's own message, not the profile's
+    for refused in (image.astype(np.float32), image.astype(np.float64), np.zeros((0, 96, 96))):
+        if refused.size:
+            refused[0, 0, 0] = np.nan
+        assert intensity_note(refused, model) is None

@@ -829,16 +829,24 @@ def test_events_are_handled_in_order_when_a_handler_pumps_qt_events():
 
     in_order, handled = InOrder(), []
 
+    def handle(event):
+        if event == 1:  # as napari's activity bar does: later signals arrive inside this handler
+            on_event(2)
+            on_event(3)
+        if event == 5:
+            raise RuntimeError("a handler failed")
+        handled.append(event)
+
     def on_event(event):
-        for queued in in_order.drain(event):
-            if queued == 1:  # as napari's activity bar does: later signals arrive inside this handler
-                on_event(2)
-                on_event(3)
-            handled.append(queued)
+        in_order.handle(event, handle)
 
     on_event(1)
     on_event(4)
     assert handled == [1, 2, 3, 4]
+    with pytest.raises(RuntimeError):
+        on_event(5)
+    on_event(6)  # a failed handler does not block the events after it
+    assert handled == [1, 2, 3, 4, 6]
 
 
 def test_plot_labels_are_readable_and_a_loaded_model_clears_the_curves(widgets, qtbot, tmp_path, notifications):
@@ -883,8 +891,9 @@ def test_train_reads_a_labels_layer_without_int64_copies_or_sorting_every_pixel(
     values, annotated, _ = read_annotations(raw, False)
     assert values is raw.data, "the layer's own class values are read, not copied"
     assert training_labels(values, annotated, "y")[2] == [-5, 2, 9]
-    for array in (np.array([3, -2**40, 7, 3]), np.array([70000, 5, 5]), np.array([True, True])):
-        assert _present_values(array).tolist() == np.unique(array).tolist()
+    for array in (np.array([3, -2**40, 7, 3]), np.array([70000, 5, 5]), np.array([True, True]),
+                  np.array([2**63 + 5, 2**63 + 1], np.uint64), np.arange(10) % 4):
+        assert _present_values(array, block=3).tolist() == np.unique(array).tolist()
     assert display.max() == 2, "the layer's data is not modified"
 
 
@@ -907,6 +916,8 @@ def test_retrain_says_how_many_patches_centre_near_the_corrections():
     expected = 0.9 * focus_pixels / all_pixels + 0.1 * (len(kept) - z0) / labelled  # the PatchSampler's choice
     assert data.extra_slices > 0 and data.focus_share == pytest.approx(expected, rel=1e-6)
     assert 0 < data.focus_share < 0.5
+    only = retrain_data(image, values, corrected, corrected, patch_size=32)  # the corrections are all the annotations
+    assert only.extra_slices == 0 and only.focus_share == pytest.approx(1.0), "every patch centres on them (it said 0 %)"
 
 
 def test_retrain_fine_tunes_at_its_own_low_learning_rate(qtbot):

@@ -60,14 +60,14 @@ class ModelSource:
         if self._model is not None:
             self.path = None
             self.config, self.class_values = model.config, list(model.class_values)
-            self.percentiles, self.intensity_profile = tuple(model.percentiles), model.intensity_profile
+            self.percentiles, self.intensity_profile, self.intensity_spread = tuple(model.percentiles), model.intensity_profile, model.intensity_spread
             self.key = f"memory-{os.getpid()}-{next(_COUNTER)}-{time.time_ns()}"
         else:
             path = Path(os.fspath(model)).resolve()
             meta = read_metadata(path)  # a clear error before any task runs, without TensorFlow
             self.path = str(path)
             self.config, self.class_values = from_dict(ModelConfig, meta["model_config"]), [int(v) for v in meta["class_values"]]
-            self.percentiles, self.intensity_profile = checked_intensity_reference(meta, path.name)
+            self.percentiles, self.intensity_profile, self.intensity_spread = checked_intensity_reference(meta, path.name)
             stat = path.stat()
             self.key = f"{path}-{stat.st_mtime_ns}-{stat.st_size}"
 

@@ -549,7 +549,7 @@ def cmd_predict(args) -> int:
         return _predict_chunked(args, image, output, probabilities_file, pixel_size)
     model = load_model(args.model)
     _note_options_the_model_ignores(args, model)
-    _note_intensities(image, model.intensity_profile, model.percentiles)
+    _note_intensities(image, model)
     progress = ProgressLine()
     result = None
     with contextlib.ExitStack() as scratch:
@@ -591,11 +591,11 @@ def _note_options_the_model_ignores(args, model) -> None:
               "tiles see less context, and labels near their edges can change (default 512)", file=sys.stderr)
 
 
-def _note_intensities(image, training_profile, percentiles) -> None:
+def _note_intensities(image, model) -> None:
     """Say on stderr when IMAGE looks unlike the model's training images (inverted, log-scaled...)."""
     from .predict import intensity_note
 
-    note = intensity_note(image, training_profile, percentiles)
+    note = intensity_note(image, model)
     if note is not None:
         print(f"note: {note}", file=sys.stderr)
 
@@ -606,7 +606,7 @@ def _predict_chunked(args, image, output: Path, probabilities_file: Path | None,
     from .zarr_io import commit_zarr, create_zarr, discard_zarr, is_zarr_path
 
     source = ModelSource(args.model)
-    _note_intensities(image, source.intensity_profile, source.percentiles)
+    _note_intensities(image, source)
     per_chunk = args.slices_per_chunk or (None if is_zarr_path(args.image) else DEFAULT_SLICES_PER_CHUNK)
     with contextlib.ExitStack() as stack:
         client = stack.enter_context(_dask_client(args.scheduler)) if args.scheduler else None
@@ -826,8 +826,10 @@ def main(argv=None) -> int:
         if err.errno not in DISK_FULL:
             print(f"napari-unet: error: {str(err) or type(err).__name__}", file=sys.stderr)
             return 1
-        where = Path(err.filename).parent if err.filename else Path.cwd()  # e.g. a zarr chunk
-        print(f"napari-unet: error: cannot write {err.filename or 'an output'}: {_disk_full(where, err)}", file=sys.stderr)
+        output = getattr(args, "output", None)  # a zarr chunk's write may name no file
+        target = err.filename or output or "an output"
+        where = Path(err.filename).parent if err.filename else Path(output).parent if output else Path.cwd()
+        print(f"napari-unet: error: cannot write {target}: {_disk_full(where, err)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (FloatingPointError, MemoryError) as err:  # diverged training, too big a stack
         print(f"napari-unet: error: {str(err) or type(err).__name__}", file=sys.stderr)

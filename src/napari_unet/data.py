@@ -89,25 +89,38 @@ def _normalize_wide(plane: np.ndarray, percentiles) -> np.ndarray:
 
 #: Quantile levels (percent) of an intensity profile: :func:`intensity_profile`.
 PROFILE_LEVELS = tuple(range(5, 100, 5))
-#: Profile distance (:func:`profile_distance`) above which images look unlike a model's training images. Calibrated
-#: on ISBI 2012 and the OCT scans: slices of one acquisition differ by at most 0.03 (ISBI's training and test slices
-#: 0.011-0.014, noise of 8 % of the range added 0.030, later Duke B-scans 0.024); inverted 0.08, gamma 0.7 0.047,
-#: logarithmic (dB) OCT 0.049, log ISBI 0.18.
+#: Profile distance (:func:`profile_distance`) above which images look unlike a model's training images, added to the
+#: spread of the training slices themselves (:func:`intensity_reference`: single slices of one acquisition differ more
+#: than medians of 8). Calibrated on ISBI 2012 and the OCT scans (``benchmarks/intensity_profiles.py``): stacks of one
+#: acquisition differ by at most 0.03 (ISBI's training and test slices 0.011-0.014, noise of 8 % of the range added
+#: 0.030); inverted 0.08, gamma 0.7 0.048, logarithmic (dB) OCT 0.049, log ISBI 0.18.
 PROFILE_SHIFT = 0.04
 
 
-def intensity_profile(image, percentiles=(1.0, 99.8), max_slices: int = 8) -> tuple:
-    """Shape of the intensity distribution of (Y, X) or (Z, Y, X) ``image`` (numpy or dask) after the percentile
-    normalisation: the median over up to ``max_slices`` evenly spaced slices of their quantiles at
-    :data:`PROFILE_LEVELS`, as floats. Linear rescaling leaves it unchanged; inversion, gamma or log scaling do not."""
+def _slice_quantiles(image, percentiles, max_slices: int) -> np.ndarray:
+    """(S, len(PROFILE_LEVELS)) quantiles of up to ``max_slices`` evenly spaced, percentile-normalised slices."""
     shape = tuple(np.shape(image))
     if len(shape) not in (2, 3) or 0 in shape:
         raise InputError(f"image of shape {shape} is not a (Y, X) image or (Z, Y, X) stack with pixels")
     n_slices = 1 if len(shape) == 2 else shape[0]
     picks = np.unique(np.linspace(0, n_slices - 1, min(max_slices, n_slices)).round().astype(int))
     planes = (np.asarray(image if len(shape) == 2 else image[z]) for z in picks)  # a lazy stack reads only these
-    quantiles = [np.percentile(normalize(plane, percentiles), PROFILE_LEVELS) for plane in planes]
-    return tuple(float(q) for q in np.median(quantiles, axis=0))
+    return np.array([np.percentile(normalize(plane, percentiles), PROFILE_LEVELS) for plane in planes])
+
+
+def intensity_profile(image, percentiles=(1.0, 99.8), max_slices: int = 8) -> tuple:
+    """Shape of the intensity distribution of (Y, X) or (Z, Y, X) ``image`` (numpy or dask) after the percentile
+    normalisation: the median over up to ``max_slices`` evenly spaced slices of their quantiles at
+    :data:`PROFILE_LEVELS`, as floats. Linear rescaling leaves it unchanged; inversion, gamma or log scaling do not."""
+    return tuple(float(q) for q in np.median(_slice_quantiles(image, percentiles, max_slices), axis=0))
+
+
+def intensity_reference(image, percentiles=(1.0, 99.8), max_slices: int = 8) -> tuple:
+    """(:func:`intensity_profile` of ``image``, the largest :func:`profile_distance` of one of its sampled slices
+    from it): what a model records of its training images, so that one slice of the same kind is not called unlike."""
+    quantiles = _slice_quantiles(image, percentiles, max_slices)
+    profile = tuple(float(q) for q in np.median(quantiles, axis=0))
+    return profile, max(profile_distance(profile, q) for q in quantiles)
 
 
 def profile_distance(profile, other) -> float:
@@ -416,6 +429,10 @@ def centre_tiles(images, slices, tile_size: int, multiple: int, context: int = 0
     return tiles
 
 
+#: Share of training patches centred on an annotated pixel; the rest lie anywhere on a slice with annotations.
+ANNOTATED_FRACTION = 0.9
+
+
 class PatchSampler:
     """Random training patches from normalised slices, favouring annotated pixels.
 
@@ -427,7 +444,8 @@ class PatchSampler:
     """
 
     def __init__(
-        self, images, indices, patch_size, weights, aug: Augmentation, annotated_fraction=0.9, seed=0, pixel_weights=None, context=0
+        self, images, indices, patch_size, weights, aug: Augmentation, annotated_fraction=ANNOTATED_FRACTION, seed=0,
+        pixel_weights=None, context=0
     ):
         pad_y = max(0, patch_size - images.shape[1])
         pad_x = max(0, patch_size - images.shape[2])

@@ -50,7 +50,8 @@ class UNetModel:
     boundary_rule: Optional[dict] = None
     class_names: Optional[list] = None  # one name per class value (e.g. ["membrane", "cell"]), when known
     class_colors: Optional[list] = None  # one [r, g, b, a] per class value, when the labels had custom colours
-    intensity_profile: Optional[tuple] = None  # of the training images (data.intensity_profile); None in older files
+    intensity_profile: Optional[tuple] = None  # of the training images (data.intensity_reference); None in older files
+    intensity_spread: float = 0.0  # the largest profile distance of one training slice from intensity_profile
 
     def metadata(self) -> dict:
         return {
@@ -66,6 +67,7 @@ class UNetModel:
             "class_names": [str(n) for n in self.class_names] if self.class_names else None,
             "class_colors": [[float(c) for c in rgba] for rgba in self.class_colors] if self.class_colors else None,
             "intensity_profile": [float(q) for q in self.intensity_profile] if self.intensity_profile else None,
+            "intensity_spread": float(self.intensity_spread),
         }
 
 
@@ -146,7 +148,7 @@ def load_model(path) -> UNetModel:
         raise ModelFileError(f"{path.name} has an invalid configuration: {type(err).__name__} {err}") from None
     if len(class_values) != config.n_classes or class_values != sorted(set(class_values)):
         raise ModelFileError(f"{path.name} has invalid class values {class_values} for {config.n_classes} classes")
-    percentiles, intensity_profile = checked_intensity_reference(meta, path.name)
+    percentiles, intensity_profile, intensity_spread = checked_intensity_reference(meta, path.name)
     boundary_value, boundary_rule = _checked_rule(meta, class_values, path.name)
     keras = import_keras()
     try:
@@ -175,6 +177,7 @@ def load_model(path) -> UNetModel:
         class_names=_class_names(meta.get("class_names"), class_values),
         class_colors=_class_colors(meta.get("class_colors"), class_values),
         intensity_profile=intensity_profile,
+        intensity_spread=intensity_spread,
     )
 
 
@@ -247,8 +250,8 @@ def _check_network(keras_model, config: ModelConfig, name: str) -> None:
 
 
 def checked_intensity_reference(meta: dict, name: str) -> tuple:
-    """(percentiles, intensity profile or None) of a model file's metadata (:func:`read_metadata`), or
-    :class:`ModelFileError` if they are malformed. No TensorFlow needed."""
+    """(percentiles, intensity profile or None, intensity spread) of a model file's metadata (:func:`read_metadata`),
+    or :class:`ModelFileError` if they are malformed. No TensorFlow needed."""
     from .data import PROFILE_LEVELS
 
     percentiles = meta.get("percentiles", (1.0, 99.8))
@@ -260,13 +263,17 @@ def checked_intensity_reference(meta: dict, name: str) -> tuple:
             raise ValueError
     except (TypeError, ValueError):
         raise ModelFileError(f"{name} has invalid normalisation percentiles {percentiles!r} (two numbers 0 <= low < high <= 100)") from None
-    profile = meta.get("intensity_profile")
+    profile, spread = meta.get("intensity_profile"), meta.get("intensity_spread", 0.0)
     if profile is None:  # older files
-        return (low, high), None
-    if not (isinstance(profile, list) and len(profile) == len(PROFILE_LEVELS)
-            and all(isinstance(q, (int, float)) and not isinstance(q, bool) and math.isfinite(q) for q in profile)):
+        return (low, high), None, 0.0
+    if not (isinstance(profile, list) and len(profile) == len(PROFILE_LEVELS) and all(map(_finite_number, profile))
+            and _finite_number(spread) and spread >= 0):
         raise ModelFileError(f"{name} has an invalid intensity profile; the file was modified or damaged")
-    return (low, high), tuple(float(q) for q in profile)
+    return (low, high), tuple(float(q) for q in profile), float(spread)
+
+
+def _finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _class_names(names, class_values) -> Optional[list]:

@@ -394,27 +394,32 @@ def _output_array(out, shape: tuple, dtype, is_2d: bool, name: str) -> np.ndarra
     return out[np.newaxis] if is_2d else out
 
 
-def intensity_note(image, training_profile: Optional[Sequence[float]], percentiles=(1.0, 99.8)) -> Optional[str]:
+def intensity_note(image, model) -> Optional[str]:
     """A warning when ``image`` ((Y, X) or (Z, Y, X), numpy or dask; up to 8 slices are read) has intensities unlike
-    a model's training images (``model.intensity_profile``, normalised with ``model.percentiles``), else None.
+    ``model``'s training images, else None. ``model``: a :class:`UNetModel` or anything with its ``intensity_profile``,
+    ``intensity_spread`` and ``percentiles`` (:class:`napari_unet.chunked.ModelSource`).
 
-    Unlike means :func:`napari_unet.data.profile_distance` above :data:`~napari_unet.data.PROFILE_SHIFT`: e.g. an
-    inverted, gamma- or log-scaled image. The percentile normalisation absorbs linear rescaling only, so the network
-    would see another kind of image, and its labels could be wrong without any error. None for older model files
-    (``training_profile`` None) and images with NaN (refused elsewhere).
+    Unlike means :func:`napari_unet.data.profile_distance` above :data:`~napari_unet.data.PROFILE_SHIFT` plus the spread
+    of the training slices: e.g. an inverted, gamma- or log-scaled image. The percentile normalisation absorbs linear
+    rescaling only, so the network would see another kind of image, and its labels could be wrong without any error.
+    None for older model files (no profile) and for images the profile cannot describe (NaN, empty: refused later,
+    with their own message): the note never fails a prediction.
     """
-    if training_profile is None:
+    if model.intensity_profile is None:
         return None
-    profile = intensity_profile(image, percentiles)
-    distance = profile_distance(profile, training_profile)
-    if not distance > PROFILE_SHIFT:  # also NaN
+    try:
+        profile = intensity_profile(image, model.percentiles)
+    except InputError:
+        return None
+    distance, allowed = profile_distance(profile, model.intensity_profile), PROFILE_SHIFT + model.intensity_spread
+    if not distance > allowed:  # also NaN
         return None
     median = PROFILE_LEVELS.index(50)
     return (
-        f"the image's intensities are unlike the training images' (profile distance {distance:.2f}, where slices of one "
-        f"acquisition differ by up to 0.03; median pixel at {profile[median]:.2f} of the intensity range, not "
-        f"{training_profile[median]:.2f}). If it was inverted or log- (dB) or gamma-scaled, predict it as the model "
-        "was trained on it; otherwise check the labels"
+        f"the image's intensities are unlike the training images' (profile distance {distance:.2f}; the training "
+        f"slices lay within {model.intensity_spread:.2f} of their profile; median pixel at {profile[median]:.2f} of the "
+        f"intensity range, not {model.intensity_profile[median]:.2f}). If it was inverted or log- (dB) or gamma-scaled, "
+        "predict it as the model was trained on it; otherwise check the labels"
     )
 
 

@@ -26,7 +26,7 @@ from .data import (
     class_weights,
     downscale_image,
     downscale_labels,
-    intensity_profile,
+    intensity_reference,
     normalize,
     prefetch,
 )
@@ -119,7 +119,7 @@ class EpochEnd:
     val_metrics: dict  # pixel_error and dice (mean over classes) on annotated validation pixels
     is_best: bool
     elapsed: float
-    eta: float
+    eta: Optional[float]  # None while unknown (one step, no time budget)
 
 
 @dataclass(frozen=True)
@@ -476,8 +476,13 @@ def train_events(
     use_ema = train_config.ema_momentum > 0
     # While training runs the result holds the trainer's network (live weights, used by validation); at the end
     # it holds its own network with the final weights.
-    result = UNetModel(keras_model, model_config, class_values, percentiles, train_config, boundary_value=boundary_value,
-                       intensity_profile=intensity_profile(image_stack, percentiles))
+    result = UNetModel(keras_model, model_config, class_values, percentiles, train_config, boundary_value=boundary_value)
+    if init is not None and init.intensity_profile is not None:
+        # fine-tuning keeps the images the network was first trained on: a Retrain's focus copies of one slice
+        # would otherwise be most of the slices sampled (the profile of a Duke stack moved by 0.07)
+        result.intensity_profile, result.intensity_spread = init.intensity_profile, init.intensity_spread
+    else:
+        result.intensity_profile, result.intensity_spread = intensity_reference(image_stack, percentiles)
     if init is not None:  # kept unless validation tunes it again below (Retrain has no validation)
         result.boundary_rule = init.boundary_rule
 
@@ -544,7 +549,8 @@ def train_events(
             if reason != "completed":
                 break
         tunes_rule = boundary_value is not None and has_validation and step > 0 and bool((val_indices >= 0).all())
-        yield TrainingFinishing(reason, step, tunes_rule)
+        if step > 0:  # else there is nothing to finish
+            yield TrainingFinishing(reason, step, tunes_rule)
         averaged_epochs = late_epochs.count if late_epochs.count >= 2 else 0
         if averaged_epochs:  # stochastic weight averaging; its batch-norm statistics are recomputed below
             network.set_weights(late_epochs.mean(keras_model.get_weights()))

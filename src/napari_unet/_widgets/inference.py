@@ -19,7 +19,7 @@ from napari_unet.data import InputError
 from napari_unet.hardware import available_memory_bytes, explain_auto_tta
 from napari_unet.predict import PredictionProgress, labels_dtype
 
-from .jobs import Failed, Note, PredictionResult, predict_job
+from .jobs import Failed, Note, PredictionResult, predict_job, relay
 from .layers import Image, LayerCombo, current_slice, image_array
 from .outputs import prediction_layer_of, write_cells, write_prediction, write_probabilities
 from .progress import WORKER_FINISHED, InOrder, ProgressRow
@@ -183,7 +183,9 @@ class InferenceWidget(QWidget):
         membrane = self._membrane_value(model) if self.cells.isChecked() and self.cells.isEnabled() else None
         stop = threading.Event()
         close = self.close_gaps.isChecked() and self.close_gaps.isEnabled()
-        worker = create_worker(predict_job, model, image, TTA_CHOICES[self.tta.currentText()], self.probabilities.isChecked(), membrane, close, stop=stop.is_set)
+        events = predict_job(model, image, TTA_CHOICES[self.tta.currentText()], self.probabilities.isChecked(), membrane, close, stop=stop.is_set)
+        worker = create_worker(relay, events)
+        worker.aborted.connect(lambda: (stop.set(), events.close()))  # napari aborts workers when the viewer closes
         self._job = _Job(worker, stop, image_layer, tuple(image_layer.data.shape), z, model, self.session.info)
         worker.yielded.connect(self._on_event)
         worker.finished.connect(self._on_finished)
@@ -211,8 +213,7 @@ class InferenceWidget(QWidget):
             self.progress.set_status("Stopping; no layer will be changed.")
 
     def _on_event(self, event) -> None:
-        for queued in self._in_order.drain(event):  # in order, also when a handler pumps Qt events
-            self._handle(queued)
+        self._in_order.handle(event, self._handle)  # in order, also when a handler pumps Qt events
 
     def _handle(self, event) -> None:
         if event is WORKER_FINISHED:

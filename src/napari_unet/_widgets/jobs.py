@@ -88,7 +88,7 @@ def predict_job(model: UNetModel, image, tta: Union[bool, int, str], probabiliti
     lower_thread_priority()
     load_tensorflow()
     try:
-        note = intensity_note(image, model.intensity_profile, model.percentiles)
+        note = intensity_note(image, model)
         if note is not None:
             yield Note(note)
         events = predict_events(model, image, tta=tta, return_probabilities=probabilities, close_boundaries=True if close else None, stop=stop)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from typing import Iterator, Optional
+from typing import Optional
 
 from napari.utils import progress
 from qtpy.QtWidgets import QLabel, QProgressBar, QVBoxLayout, QWidget
@@ -81,23 +81,20 @@ class InOrder:
 
     Updating napari's activity bar runs ``QApplication.processEvents()``, so a worker's queued ``yielded`` signals were
     handled inside the handler of an earlier event: loss-plot steps went 8, 7 and 21 -> 16. A nested call only queues
-    its event; the outer call hands them out in order::
-
-        for event in self._in_order.drain(event):
-            self._handle(event)
+    its event; the outer call hands them out in order: ``self._in_order.handle(event, self._handle)``.
     """
 
     def __init__(self):
         self._pending: deque = deque()
-        self._draining = False
+        self._handling = False
 
-    def drain(self, event) -> Iterator:
+    def handle(self, event, handler) -> None:
         self._pending.append(event)
-        if self._draining:
+        if self._handling:
             return
-        self._draining = True
+        self._handling = True
         try:
             while self._pending:
-                yield self._pending.popleft()
-        finally:
-            self._draining = False
+                handler(self._pending.popleft())
+        finally:  # a handler that raised leaves the events behind it to the next call
+            self._handling = False

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from napari_unet.data import ANNOTATED_FRACTION
 from napari_unet.tiff_io import is_lazy
 
 from .layers import training_labels
@@ -51,8 +52,10 @@ def retrain_data(image, values, annotated, corrected, patch_size: int, share: fl
     labels, ignore, classes = training_labels(values, annotated, name)
     n_annotated, n_corrected = int(annotated.sum()), int(corrected.sum())
     slices = [z for z in range(len(image)) if corrected[z].any()]
+    labelled_slices = int(annotated.reshape(len(annotated), -1).any(axis=1).sum())
     if not slices or n_corrected == n_annotated or max_extra < 1:
-        return RetrainData(image[0] if flat else image, labels[0] if flat else labels, ignore, n_corrected, n_annotated, 0, tuple(classes))
+        share = _patch_share(n_corrected, n_annotated, len(slices), labelled_slices)
+        return RetrainData(image[0] if flat else image, labels[0] if flat else labels, ignore, n_corrected, n_annotated, 0, tuple(classes), share)
     if ignore is None:  # every pixel annotated: the focus copies need an "unannotated" value
         ignore = _free_value(labels)
     radius = int(patch_size * context)
@@ -67,11 +70,16 @@ def retrain_data(image, values, annotated, corrected, patch_size: int, share: fl
         extra_labels += [focus] * copies
     image = concatenate([image, stack(extra_images)])
     labels = np.concatenate([labels, np.stack(extra_labels)])
-    # the core's PatchSampler centres 90 % of the patches on annotated pixels and 10 % on annotated slices
     focus_pixels = copies * sum(int(w.sum()) for w in windows[:max_extra])
-    labelled_slices = sum(1 for z in range(len(annotated)) if annotated[z].any())
-    focus_share = 0.9 * focus_pixels / (n_annotated + focus_pixels) + 0.1 * len(extra_images) / (labelled_slices + len(extra_images))
-    return RetrainData(image, labels, ignore, n_corrected, n_annotated, len(extra_images), tuple(classes), focus_share)
+    share = _patch_share(focus_pixels, n_annotated + focus_pixels, len(extra_images), labelled_slices + len(extra_images))
+    return RetrainData(image, labels, ignore, n_corrected, n_annotated, len(extra_images), tuple(classes), share)
+
+
+def _patch_share(pixels: int, all_pixels: int, slices: int, all_slices: int) -> float:
+    """Share of the core's training patches centred on ``pixels`` of ``all_pixels`` annotated ones lying on ``slices``
+    of ``all_slices`` annotated slices (:class:`napari_unet.data.PatchSampler`: most on an annotated pixel, the rest
+    anywhere on an annotated slice)."""
+    return ANNOTATED_FRACTION * pixels / max(all_pixels, 1) + (1 - ANNOTATED_FRACTION) * slices / max(all_slices, 1)
 
 
 def _free_value(labels: np.ndarray) -> int:

@@ -13,8 +13,8 @@ from napari_unet.config import NOISE_AUGMENTATION, PRESETS, ModelConfig, TrainCo
 AUTO_DEPTH = 0  # the depth box's "auto" (its minimum, shown as text)
 #: Retrain's default learning rate (its own box, not the training form's). With the form's 1e-3, one 20-step Retrain on
 #: ISBI took a model's held-out V_rand from 0.895 to 0.66 on average (0.37 after four), with or without corrections;
-#: at 1e-4 fifty Retrains over 7 seeds stayed within the no-correction control's 0.83-0.91 and learned more painted
-#: pixels than it in 23 of 25 pairs (BENCHMARKS.md, "Session 40").
+#: at 1e-4, 25 Retrains over 7 seeds stayed at 0.84-0.91 like their no-correction controls (0.83-0.91) and learned
+#: more painted pixels than them in 23 of 25 pairs (BENCHMARKS.md, "Session 40").
 RETRAIN_LEARNING_RATE = 1e-4
 
 

@@ -187,8 +187,7 @@ class TrainingWidget(QWidget):
             self.progress.set_status("Stopping after the current step (the best weights are kept)...")
 
     def _on_event(self, event) -> None:
-        for queued in self._in_order.drain(event):  # in order, also when a handler pumps Qt events
-            self._handle(queued)
+        self._in_order.handle(event, self._handle)  # in order, also when a handler pumps Qt events
 
     def _handle(self, event) -> None:
         if event is WORKER_FINISHED:
@@ -235,6 +234,7 @@ class TrainingWidget(QWidget):
         if event.reason == "stopped" and event.steps < run.steps_per_epoch and self.session.model is not None:
             # the user cancelled: a network of a few steps would replace a model that took minutes
             self.progress.finish(f"{run.kind} stopped", complete=False)
+            self.plot.clear()  # the curves of a run whose network was discarded
             self.progress.set_status(f"{run.kind.capitalize()} stopped after {event.steps} of the first epoch's "
                                      f"{run.steps_per_epoch} steps; the current model is unchanged.")
             return
