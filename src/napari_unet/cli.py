@@ -56,10 +56,18 @@ def non_negative_int(text: str) -> int:
     return positive_int(text, minimum=0)
 
 
-def merge_levels(text: str):
-    """argparse type: comma-separated merge levels in (0, 1), e.g. ``0.5,0.6,0.7``, or ``auto``."""
-    if text.strip().lower() == "auto":
-        return "auto"
+def or_auto(parse):
+    """The argparse type ``parse`` that also takes ``auto`` (the settings whose default is "auto")."""
+
+    def parse_or_auto(text: str):
+        return "auto" if text.strip().lower() == "auto" else parse(text)
+
+    parse_or_auto.__name__ = parse.__name__  # argparse names the type in its messages
+    return parse_or_auto
+
+
+def merge_levels(text: str) -> tuple:
+    """argparse type: comma-separated merge levels in (0, 1), e.g. ``0.5,0.6,0.7``."""
     try:
         levels = tuple(float(part) for part in text.split(","))
     except ValueError:
@@ -69,12 +77,10 @@ def merge_levels(text: str):
     return levels
 
 
-def noise_std(text: str):
-    """argparse type: a noise std (a number) or ``auto``."""
-    if text.strip().lower() == "auto":
-        return "auto"
+def noise_std(text: str) -> float:
+    """argparse type: a noise std (the range is the config's to check)."""
     try:
-        return float(text)  # the range is the config's to check
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number or auto, got {text!r}") from None
 
@@ -181,8 +187,8 @@ def write_all(files: list, replaced: list | None = None) -> None:
             try:
                 write_tiff(partial, array, metadata)
             except OSError as err:
-                if err.errno in DISK_FULL:
-                    raise CommandError(f"cannot write {path}: {_disk_full(path.parent, err)}") from err
+                if err.errno in DISK_FULL:  # named as the target, not its hidden partial file (main says it)
+                    raise OSError(err.errno, err.strerror, str(path)) from err
                 raise
             os.chmod(partial, target_mode(path))  # a replaced file keeps its permissions
         for partial, path in pending:
@@ -746,10 +752,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--patch-size", type=int)
     train.add_argument("--learning-rate", type=float)
     train.add_argument("--steps-per-epoch", type=int)
-    train.add_argument("--augment-noise", type=noise_std, metavar="STD", help="Gaussian pixel noise added to each training patch, its std "
+    train.add_argument("--augment-noise", type=or_auto(noise_std), metavar="STD", help="Gaussian pixel noise added to each training patch, its std "
                        "drawn from [0, STD) in units of the normalised range; 0 = off (default: the preset's; the default preset's "
                        "auto adds 0.1 for --max-minutes 30 or more)")
-    train.add_argument("--merge-levels", type=merge_levels, metavar="L1,L2,...", help="levels at which the membrane rule may "
+    train.add_argument("--merge-levels", type=or_auto(merge_levels), metavar="L1,L2,...", help="levels at which the membrane rule may "
                        "merge regions across faint boundaries, picked on the validation slices (default auto: 0.5,0.6, and "
                        "0.5,0.6,0.7 for --max-minutes 30 or more: BENCHMARKS.md, session 30; predict with test-time augmentation merges "
                        "at 0.65 at most: sessions 33-34)")

@@ -112,7 +112,7 @@ def intensity_profile(image, percentiles=(1.0, 99.8), max_slices: int = 8) -> tu
     """Shape of the intensity distribution of (Y, X) or (Z, Y, X) ``image`` (numpy or dask) after the percentile
     normalisation: the median over up to ``max_slices`` evenly spaced slices of their quantiles at
     :data:`PROFILE_LEVELS`, as floats. Linear rescaling leaves it unchanged; inversion, gamma or log scaling do not."""
-    return tuple(float(q) for q in np.median(_slice_quantiles(image, percentiles, max_slices), axis=0))
+    return intensity_reference(image, percentiles, max_slices)[0]
 
 
 def intensity_reference(image, percentiles=(1.0, 99.8), max_slices: int = 8) -> tuple:

@@ -29,7 +29,7 @@ class RetrainData:
     n_annotated: int  # annotated pixels in the original stack
     extra_slices: int  # appended focus slices
     classes: tuple  # the annotated class values, sorted
-    focus_share: float = 0.0  # about this fraction of the training patches centre on the focus copies
+    focus_share: float  # about this fraction of the training patches centre on the corrections (their focus copies)
 
 
 def retrain_data(image, values, annotated, corrected, patch_size: int, share: float = 0.5, max_extra: int = 32, name: str = "the labels", context: float = 0.25) -> RetrainData:
