@@ -5,6 +5,7 @@
     python benchmarks/isbi_retrain.py --model benchmarks/results/isbi-retrain-start.keras    # reuse that model
     python benchmarks/isbi_retrain.py --learning-rates 1e-3,1e-4 --seeds 1,2 --rounds 4      # the defaults, spelled out
     python benchmarks/isbi_retrain.py --modes default,s035,s05,control --learning-rates 1e-4 --seeds 1,2,3
+    python benchmarks/isbi_retrain.py --modes w0,w4,w8,w16 --learning-rates 1e-4 --seeds 1,2,3,4,5,6,7 --rounds 2  # weights
     python benchmarks/isbi_retrain.py --minutes 0.3 --rounds 1 --seeds 1 --learning-rates 1e-4 --steps 3 --name smoke-isbi-retrain
 
 Data: ``../shared/data/isbi2012`` (0 = membrane, 255 = cell). Slices 15-19 are held out: no training or Retrain sees
@@ -25,8 +26,10 @@ values, corrected | annotated, corrected, 128)`` (the widget's defaults ``share=
 ``preset("default").train.replace(epochs=1, steps_per_epoch=STEPS, patch_size=128, batch_size=2, val_fraction=0,
 max_minutes=None, seed=100 * SEED + ROUND, learning_rate=LR)``. Modes:
 
-- ``default``  the widget as it is: ``retrain_data`` defaults (the copy cap puts ~0.22 of the patches on corrections);
+- ``default``  the widget as it is: ``retrain_data`` defaults (the copy cap puts ~0.22 of the patches on corrections;
+  corrected pixels weigh ``CORRECTION_WEIGHT`` = 8 more in the loss, passed as ``train_events(pixel_weights=...)``);
 - ``s035``, ``s05``, ``s08``  ``retrain_data(share=0.35 / 0.5 / 0.8, max_extra=1000)`` (more focus copies);
+- ``w0``, ``w4``, ``w8``, ``w16``, ``w64``  ``retrain_data(correction_weight=0 / 4 / 8 / 16 / 64)`` (w0: session 40's Retrain);
 - ``control``  the same fine-tune on the original annotations only (no corrections, no focus copies), same seeds, so
   every (seed, round) of a mode is paired with the control's.
 
@@ -62,6 +65,11 @@ MODES = {  # retrain_data keyword arguments; None = the no-correction control
     "s035": {"share": 0.35, "max_extra": 1000},
     "s05": {"share": 0.5, "max_extra": 1000},
     "s08": {"share": 0.8, "max_extra": 1000},
+    "w0": {"correction_weight": 0.0},
+    "w4": {"correction_weight": 4.0},
+    "w8": {"correction_weight": 8.0},
+    "w16": {"correction_weight": 16.0},
+    "w64": {"correction_weight": 64.0},
     "control": None,
 }
 
@@ -155,15 +163,17 @@ class Experiment:
         if kwargs is None:
             ignore = choose_ignore_value([0, 255])
             image, labels, share, extra = self.image, np.where(self.base_annotated, self.labels, ignore).astype(np.uint8), 0.0, 0
+            weights = None
         else:
             data = retrain_data(self.image, self.values, self.corrected | self.base_annotated, self.corrected, PATCH, **kwargs)
             image, labels, ignore, share, extra = data.image, data.labels, data.ignore, data.focus_share, data.extra_slices
+            weights = data.pixel_weights
         data_s = time.perf_counter() - started
         config = preset("default").train.replace(epochs=1, steps_per_epoch=steps, patch_size=PATCH, batch_size=BATCH,
                                                  val_fraction=0.0, max_minutes=None, seed=seed, learning_rate=learning_rate,
                                                  ignore_value=ignore)
         first = None
-        for event in train_events(image, labels, None, config, init=model):
+        for event in train_events(image, labels, None, config, init=model, pixel_weights=weights):
             if isinstance(event, TrainingStep) and first is None:
                 first = time.perf_counter() - started
             elif isinstance(event, TrainingFinished):
@@ -183,16 +193,18 @@ def _spread(values, digits=3) -> str:
 
 def _diff(values) -> str:
     v = np.asarray(values, float)
-    return f"{v.mean():+.3f} [{v.min():+.3f}, {v.max():+.3f}]"
+    se = v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else float("nan")
+    return f"{v.mean():+.4f} ± {se:.4f} [{v.min():+.3f}, {v.max():+.3f}]"
 
 
 METRICS = (("V_rand", lambda r: r["held"]["v_rand"], 3), ("V_info", lambda r: r["held"]["v_info"], 3),
            ("pixel err", lambda r: r["held"]["pixel_error"], 4), ("painted right rule", lambda r: r["painted_rule"], 3),
-           ("painted right argmax", lambda r: r["painted_argmax"], 3))
+           ("painted right argmax", lambda r: r["painted_argmax"], 3),
+           ("slice 12 unpainted err", lambda r: r["slice12_unpainted_error_rule"], 4))
 
 
-def summarize(rounds: list, start: dict) -> tuple[dict, str]:
-    """Per (mode, lr): spreads over all rounds and paired differences to the control; (JSON summary, markdown)."""
+def summarize(rounds: list, start: dict, reference: str = "control") -> tuple[dict, str]:
+    """Per (mode, lr): spreads over all rounds and paired differences to the ``reference`` mode; (JSON summary, markdown)."""
     groups = {}
     for r in rounds:
         groups.setdefault((r["mode"], r["lr"], r["steps"]), []).append(r)
@@ -215,28 +227,28 @@ def summarize(rounds: list, start: dict) -> tuple[dict, str]:
         lines.append(f"| {key[0]} | {key[1]:g} | {key[2]} | {len(rs)} | {rs[0]['focus_share']:.2f} | "
                      + " | ".join(_spread([f(r) for r in rs], d) for _, f, d in METRICS)
                      + f" | {statistics.median(secs):.1f} ({min(secs):.1f}-{max(secs):.1f}) |")
-    lines += ["", "Paired with the no-correction control (same lr, steps, seed and round): mean [min, max] of mode - control:", "",
-              "| mode | lr | steps | pairs | " + " | ".join(name for name, _, _ in METRICS) + " | pairs with rule-painted > control |",
+    lines += ["", f"Paired with {reference!r} (same lr, steps, seed and round): mean ± standard error [min, max] of mode - {reference}:", "",
+              "| mode | lr | steps | pairs | " + " | ".join(name for name, _, _ in METRICS) + f" | pairs with rule-painted > {reference} |",
               "|---" * (5 + len(METRICS)) + "|"]
     paired_rows = 0
     for key in order:
-        if key[0] == "control":
+        if key[0] == reference:
             continue
-        pairs = [(r, by_key[("control", r["lr"], r["steps"], r["seed"], r["round"])]) for r in groups[key]
-                 if ("control", r["lr"], r["steps"], r["seed"], r["round"]) in by_key]
+        pairs = [(r, by_key[(reference, r["lr"], r["steps"], r["seed"], r["round"])]) for r in groups[key]
+                 if (reference, r["lr"], r["steps"], r["seed"], r["round"]) in by_key]
         if not pairs:
             continue
         paired_rows += 1
         wins = sum(a["painted_rule"] > b["painted_rule"] for a, b in pairs)
         diffs = {name: [f(a) - f(b) for a, b in pairs] for name, f, _ in METRICS}
-        summary[f"{key[0]} lr={key[1]:g} steps={key[2]}"]["paired_vs_control"] = {
-            "pairs": len(pairs), "rule_painted_above_control": wins,
+        summary[f"{key[0]} lr={key[1]:g} steps={key[2]}"][f"paired_vs_{reference}"] = {
+            "pairs": len(pairs), f"rule_painted_above_{reference}": wins,
             **{name: {"mean": round(float(np.mean(v)), 4), "min": round(float(min(v)), 4), "max": round(float(max(v)), 4)}
                for name, v in diffs.items()}}
         lines.append(f"| {key[0]} | {key[1]:g} | {key[2]} | {len(pairs)} | " + " | ".join(_diff(v) for v in diffs.values())
                      + f" | {wins}/{len(pairs)} |")
     if not paired_rows:
-        lines.append("| (no mode with a control of the same lr, steps and seeds) |" + " |" * (4 + len(METRICS)))
+        lines.append(f"| (no mode with a {reference} run of the same lr, steps and seeds) |" + " |" * (4 + len(METRICS)))
     return summary, "\n".join(lines)
 
 
@@ -249,6 +261,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=20, help="training steps of one Retrain (the widget's default)")
     parser.add_argument("--seeds", default="1,2", help="comma-separated chain seeds; Retrain k of seed s uses seed 100*s+k")
     parser.add_argument("--modes", default="default,control", help=f"comma-separated, of {', '.join(MODES)}")
+    parser.add_argument("--reference", default="control", help="the mode every other mode is paired with in the table")
     parser.add_argument("--name", default="isbi-retrain")
     args = parser.parse_args(argv)
     if not DATA.is_dir():
@@ -309,7 +322,7 @@ def main(argv=None) -> int:
                     rounds.append(record)
                     print(json.dumps(record), flush=True)
                     write_results(args.name, payload)  # partial results survive an interrupted run
-    payload["summary"], table = summarize(rounds, payload["start"])
+    payload["summary"], table = summarize(rounds, payload["start"], args.reference)
     write_results(args.name, payload)
     print()
     print(table)

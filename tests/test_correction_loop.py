@@ -177,6 +177,22 @@ def test_predictions_keep_corrections_and_mark_slice_reviewed(loop_viewer, loop,
     viewer.layers.selection.active = prediction
     assert inference.mark_reviewed()
     assert session.reviewed(prediction)[2].all() and not session.reviewed(prediction)[1].any()
+    # Retrain: accepted pixels are annotations; only painted ones are corrections, focused on and weighed more
+    painted = session.painted(prediction)
+    assert painted[0].any() and not painted[2].any()
+    weights = training.prepare(retrain=True).pixel_weights
+    assert (weights[0][painted[0]] > 0).all() and not weights[0][~painted[0]].any() and not weights[1:3].any()
+    # Unmark slice takes the acceptance back (there is no undo for it)...
+    assert inference.unmark_reviewed()
+    assert not session.reviewed(prediction)[2].any()
+    assert not inference.unmark_reviewed(), "nothing left to take back"
+    assert inference.mark_reviewed()
+    # ...and keeps the pixels painted on that slice
+    viewer.dims.set_current_step(0, 0)
+    assert inference.mark_reviewed() and session.reviewed(prediction)[0].all()
+    assert inference.unmark_reviewed()
+    np.testing.assert_array_equal(session.reviewed(prediction)[0], painted[0])
+    viewer.dims.set_current_step(0, 2)
     # Unlabelled pixels (never predicted, or erased) are not accepted: a later Run must fill them.
     erased = (1, slice(0, 4), slice(0, 4))
     prediction.data[erased] = 0

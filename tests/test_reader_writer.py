@@ -344,12 +344,16 @@ def test_writer_saves_reviewed_pixels_of_a_prediction_layer_and_reader_restores_
     marked[0, 2:10, 3:12] = True
     marks = np.where(marked, value_marks(display, np.uint8), 0).astype(np.uint8)
     display[0, 2, 3] = 3 - display[0, 2, 3]  # changed after marking (e.g. undone): no longer reviewed
-    tracking = {"output": "prediction", "image": "EM", "marks": marks}
+    accepted = np.zeros(display.shape, np.uint8)  # Mark slice reviewed on the last slice: saved as reviewed too
+    accepted[-1] = value_marks(display[-1], np.uint8)
+    tracking = {"output": "prediction", "image": "EM", "marks": marks, "accepted": accepted}
     meta = {"metadata": {"class_values": [0, 255], "napari_unet": tracking}}
     out = tmp_path / "EM prediction.tif"
     write_labels(str(out), display, meta)
     expected = marked.copy()
     expected[0, 2, 3] = False
+    expected[-1] = display[-1] > 0
+    assert len(display) > 1 and expected[-1].any()
     back = read_tiff(out)
     assert back.metadata["predicted_from"] == "EM"
     np.testing.assert_array_equal(back.metadata["reviewed"], expected)

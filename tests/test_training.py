@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from _helpers import stripes, tiny_configs
+from napari_unet.data import InputError
 from napari_unet.labels import LabelError
 from napari_unet.metrics import dice_per_class
 from napari_unet.predict import predict
@@ -458,3 +459,44 @@ def test_the_membrane_rule_is_tuned_from_the_runs_merge_levels(monkeypatch):
         model = train(image, labels, model_config, train_config).model
         assert model.boundary_rule["merge_below"] in offered[-1]
     assert offered == [[0.5, 0.6, 0.7], [0.5, 0.6], [0.45, 0.55]]
+
+
+def test_pixel_weights_make_a_fine_tuning_learn_the_weighted_pixels():
+    """Retrain weighs the user's corrections this way (BENCHMARKS.md, session 41); without the weights the same
+    fine-tuning (same seed, same patches) learns them less."""
+    from _helpers import tiny_model
+
+    start = tiny_model()
+    image, labels = stripes(n_slices=2, size=96, seed=5)
+    taught = labels.copy()
+    square = (0, slice(40, 64), slice(40, 64))
+    taught[square] = 0  # a "correction": background inside the square is called line
+    changed = taught != labels
+    _, config = tiny_configs(epochs=1, steps_per_epoch=20, val_fraction=0.0, learning_rate=3e-3, seed=3)
+    weights = np.where(changed, 30.0, 0.0)
+    before = weights.copy()
+
+    def line_probability(pixel_weights):
+        model = train(image, taught, None, config, init=start, pixel_weights=pixel_weights).model
+        probability = predict(model, image[0], tta=False, close_boundaries=False).probabilities[..., 0]
+        return float(probability[changed[0]].mean())
+
+    plain, weighted = line_probability(None), line_probability(weights)
+    assert weighted > plain + 0.1, (plain, weighted)
+    assert np.array_equal(weights, before), "the weights are not modified"
+
+
+@pytest.mark.parametrize(
+    "weights, message",
+    [
+        (np.ones((2, 96, 95)), "shape"),
+        (np.full((2, 96, 96), np.nan), "finite"),
+        (-np.ones((2, 96, 96)), ">= 0"),
+        (np.full((2, 96, 96), "a"), "numbers"),
+    ],
+)
+def test_bad_pixel_weights_are_refused_before_training(weights, message):
+    image, labels = stripes(n_slices=2, size=96)
+    model_config, train_config = tiny_configs()
+    with pytest.raises(InputError, match=f"pixel weights.*{message}"):
+        next(train_events(image, labels, model_config, train_config, pixel_weights=weights))

@@ -923,6 +923,36 @@ def test_retrain_says_how_many_patches_centre_near_the_corrections():
     assert only.extra_slices == 0 and only.focus_share == pytest.approx(1.0), "every patch centres on them (it said 0 %)"
 
 
+def test_retrain_weighs_the_corrected_pixels_in_the_loss():
+    """Weighted corrections: a Retrain learned more of them in 14 of 14 paired ISBI runs (BENCHMARKS.md, session 41)."""
+    from napari_unet._widgets.retrain import CORRECTION_WEIGHT, retrain_data
+
+    image = np.zeros((3, 64, 64), np.uint8)
+    values = np.where(np.arange(64) % 8 == 0, 0, 255)[None, None, :].repeat(64, 1).repeat(3, 0)
+    annotated = np.zeros(values.shape, bool)
+    annotated[:2] = True
+    corrected = np.zeros(values.shape, bool)
+    corrected[2, 30:34, 30:34] = True
+    annotated |= corrected
+    data = retrain_data(image, values, annotated, corrected, patch_size=32)
+    assert data.correction_weight == CORRECTION_WEIGHT == 8
+    assert data.pixel_weights.shape == data.labels.shape and data.pixel_weights.dtype == np.float32
+    focus = data.labels[3:] != data.ignore  # the focus copies weigh their corrected pixels too
+    expected = np.concatenate([corrected, np.repeat(corrected[2:], data.extra_slices, axis=0)])
+    assert np.array_equal(data.pixel_weights, np.where(expected, 8.0, 0.0)) and focus.any()
+    # a slice accepted whole (Mark slice reviewed) weighs at most as much as all other annotations together
+    accepted = np.zeros(values.shape, bool)
+    accepted[2] = True
+    whole = retrain_data(image, values, annotated | accepted, accepted, patch_size=32)
+    assert whole.correction_weight == pytest.approx(2.0) and whole.pixel_weights.max() == pytest.approx(2.0)
+    flat = retrain_data(image[0], values[0], annotated[0], corrected[2], patch_size=32)  # a 2-D image gets focus copies
+    assert flat.pixel_weights.shape == flat.labels.shape and np.array_equal(flat.pixel_weights[0], np.where(corrected[2], 8.0, 0.0))
+    only = retrain_data(image, values, corrected, corrected, patch_size=32)  # nothing else to outweigh
+    assert only.pixel_weights is None and only.correction_weight == 0
+    off = retrain_data(image, values, annotated, corrected, patch_size=32, correction_weight=0)
+    assert off.pixel_weights is None
+
+
 def test_retrain_fine_tunes_at_its_own_low_learning_rate(qtbot):
     """At the training form's 1e-3 one Retrain took ISBI's held-out V_rand from 0.895 to 0.66 (BENCHMARKS.md, session 40)."""
     from napari_unet._widgets.settings import RETRAIN_LEARNING_RATE, TrainSettings

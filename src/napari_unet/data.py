@@ -55,6 +55,19 @@ def check_pair(image, labels) -> tuple[np.ndarray, np.ndarray]:
     return image_stack, as_stack(labels_array, "labels")
 
 
+def check_pixel_weights(weights, labels) -> np.ndarray:
+    """Extra loss weights of ``labels``' shape as a (Z, Y, X) float32 stack (a copy if converted), or :class:`InputError`."""
+    array = np.asarray(weights)
+    if array.shape != tuple(np.shape(labels)):
+        raise InputError(f"pixel weights shape {array.shape} and labels shape {tuple(np.shape(labels))} differ")
+    if array.dtype.kind not in "buif":
+        raise InputError(f"pixel weights must be numbers, got dtype {array.dtype}")
+    array = as_stack(array.astype(np.float32, copy=False), "pixel weights")
+    if not np.isfinite(array).all() or (array < 0).any():
+        raise InputError("pixel weights must be finite and >= 0")
+    return array
+
+
 def normalize(image, percentiles=(1.0, 99.8), local_contrast_sigma: float = 0.0) -> np.ndarray:
     """Per-slice percentile normalisation of (Z, Y, X) or (Y, X) to float32 (low -> 0, high -> 1).
 

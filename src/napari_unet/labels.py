@@ -275,15 +275,21 @@ def reviewed_pixels(display, tracking: dict) -> np.ndarray | None:
     """Bool mask (``display``'s shape) of the pixels of a prediction layer the user painted or accepted.
 
     ``tracking`` is the layer's ``metadata["napari_unet"]``: either the live ``marks`` of a tracked layer (unsigned
-    ints, one bit per display value the user painted or accepted at that pixel; a pixel counts while it holds one of
-    them, so undo and redo need no bookkeeping), or the ``reviewed`` mask a reopened file brought along.
+    ints, one bit per display value the user painted at that pixel; a pixel counts while it holds one of
+    them, so undo and redo need no bookkeeping) and, optionally, the ``accepted`` marks of *Mark slice reviewed*
+    (same form), or the ``reviewed`` mask a reopened file brought along.
     None if ``tracking`` holds neither for this shape.
     """
     display = np.asarray(display)
     marks = tracking.get("marks")
-    if isinstance(marks, np.ndarray) and marks.dtype.kind == "u" and marks.shape == display.shape:
-        return holds_marked_value(display, marks)
+    if _is_marks(marks, display.shape):
+        accepted = tracking.get("accepted")
+        return holds_marked_value(display, marks | accepted if _is_marks(accepted, display.shape) and accepted.dtype == marks.dtype else marks)
     reviewed = tracking.get("reviewed")
     if isinstance(reviewed, np.ndarray) and reviewed.shape == display.shape:
         return reviewed.astype(bool)
     return None
+
+
+def _is_marks(marks, shape: tuple) -> bool:
+    return isinstance(marks, np.ndarray) and marks.dtype.kind == "u" and marks.shape == shape

@@ -23,6 +23,7 @@ from .data import (
     border_weights,
     centre_tiles,
     check_pair,
+    check_pixel_weights,
     class_weights,
     downscale_image,
     downscale_labels,
@@ -366,6 +367,7 @@ def train_events(
     train_config: Optional[TrainConfig] = None,
     init: Optional[UNetModel] = None,
     stop: Optional[Callable[[], bool]] = None,
+    pixel_weights=None,
 ) -> Iterator[TrainingEvent]:
     """Train a U-Net on ``image`` and ``labels`` ((Y, X) or (Z, Y, X), identical shapes), yielding events.
 
@@ -373,6 +375,8 @@ def train_events(
     annotated. ``init`` fine-tunes an existing model (its architecture, classes and normalisation are
     kept); without ``model_config`` and ``init`` the default preset's network is used, at depth 5 for budgets of
     30 minutes or more with bfloat16 on AMX or a GPU (:func:`napari_unet.hardware.resolve_depth`), else 4.
+    ``pixel_weights`` (labels' shape, float >= 0, optional) are added to the loss weight of annotated pixels, whose
+    class weights are about 1 (Retrain weighs the user's corrections this way).
     ``stop()`` returning True, or the time budget, ends training cleanly. The last event is
     :class:`TrainingFinished` carrying the model: the mean of the epoch-end weights after
     ``train_config.average_weights_from`` of the run, or, with fewer than two such epochs, the best validation epoch.
@@ -384,6 +388,7 @@ def train_events(
         merge_levels=resolve_merge_levels(train_config.merge_levels, train_config.max_minutes),
     )
     image_stack, label_stack = check_pair(image, labels)
+    extra_weights = None if pixel_weights is None else check_pixel_weights(pixel_weights, labels)
     ignore = train_config.ignore_value
     class_values = check_trainable(label_stack, ignore, init.class_values if init else None)
     check_class_count(len(class_values), "the labels")
@@ -418,17 +423,20 @@ def train_events(
     else:
         boundary = find_boundary_class(train_indices, model_config.n_classes)
         boundary_value = None if boundary is None else class_values[boundary]
-    pixel_weights = None
     factor = model_config.downscale  # the network trains on shrunk slices; validation runs at full size
     if model_config.context_slices:  # every slice may serve as context; only training slices are sampled
         sampled_images, sampled_indices = images, np.full_like(indices, -1)
         sampled_indices[train_slices] = train_indices
+        sampled_weights = extra_weights
     else:
         sampled_images, sampled_indices = images[train_slices], train_indices
+        sampled_weights = None if extra_weights is None else extra_weights[train_slices]
     net_images, net_indices = downscale_image(sampled_images, factor), downscale_labels(sampled_indices, factor)
+    net_weights = None if sampled_weights is None else downscale_image(sampled_weights, factor)
     if boundary_value is not None and train_config.border_weight > 0:
         boundary_index = class_values.index(boundary_value)
-        pixel_weights = border_weights(net_indices, boundary_index, train_config.border_weight, train_config.border_sigma / factor)
+        borders = border_weights(net_indices, boundary_index, train_config.border_weight, train_config.border_sigma / factor)
+        net_weights = borders if net_weights is None else net_weights + borders
     aug = Augmentation(
         flips=train_config.augment_flips,
         rotations=train_config.augment_rotations,
@@ -446,7 +454,7 @@ def train_events(
         aug,
         train_config.annotated_center_fraction,
         seed=train_config.seed,
-        pixel_weights=pixel_weights,
+        pixel_weights=net_weights,
         context=model_config.context_slices,
     )
 
@@ -593,10 +601,10 @@ def _eta(elapsed: float, first_step_seconds: float, step: int, total_steps: int,
     return eta
 
 
-def train(image, labels, model_config=None, train_config=None, init=None, stop=None) -> TrainingFinished:
+def train(image, labels, model_config=None, train_config=None, init=None, stop=None, pixel_weights=None) -> TrainingFinished:
     """Drain :func:`train_events` (same arguments); returns the final :class:`TrainingFinished`."""
     final = None
-    for event in train_events(image, labels, model_config, train_config, init, stop):
+    for event in train_events(image, labels, model_config, train_config, init, stop, pixel_weights):
         final = event
     return final
 

@@ -78,6 +78,8 @@ class InferenceWidget(QWidget):
         self.run_button, self.stop_button = QPushButton("Run"), QPushButton("Stop")
         self.review_button = QPushButton("Mark slice reviewed")
         self.review_button.setToolTip("accept the current slice of the prediction layer as correct: its pixels count as annotations for Retrain")
+        self.unreview_button = QPushButton("Unmark slice")
+        self.unreview_button.setToolTip("take back Mark slice reviewed on the current slice (the pixels you painted there still count)")
         self.save_button = QPushButton("Save prediction...")
         self.save_button.setToolTip(
             "write the prediction layer to TIFF in the training labels' values (e.g. 0/255), with the pixels you painted "
@@ -104,6 +106,7 @@ class InferenceWidget(QWidget):
         layout.addWidget(self.progress)
         review = QHBoxLayout()
         review.addWidget(self.review_button)
+        review.addWidget(self.unreview_button)
         review.addWidget(self.save_button)
         layout.addLayout(review)
         layout.addStretch(1)
@@ -112,6 +115,7 @@ class InferenceWidget(QWidget):
         self.stop_button.clicked.connect(self.stop)
         self.load_button.clicked.connect(self._ask_load)
         self.review_button.clicked.connect(self.mark_reviewed)
+        self.unreview_button.clicked.connect(self.unmark_reviewed)
         self.save_button.clicked.connect(lambda: self.save_prediction())
         self.session.model_changed.connect(self._on_model_changed)
         self.session.notice.connect(self.progress.set_status)
@@ -299,21 +303,43 @@ class InferenceWidget(QWidget):
 
     def mark_reviewed(self) -> bool:
         """Mark the current slice of the image's prediction layer (or the selected one) as reviewed."""
+        found = self._current_region()
+        if found is None:
+            return False
+        layer, region, where = found
+        if not self.session.mark_reviewed(layer, region):
+            show_warning(f"napari-unet: {where} of {layer.name!r} has no labels to review; Run on it first")
+            return False
+        self.progress.set_status(f"{where} of {layer.name!r} marked reviewed: its labelled pixels count as annotations for "
+                                 "Retrain (Unmark slice takes this back)")
+        return True
+
+    def unmark_reviewed(self) -> bool:
+        """Take back Mark slice reviewed on the current slice (painted pixels stay reviewed)."""
+        found = self._current_region()
+        if found is None:
+            return False
+        layer, region, where = found
+        released = self.session.unmark_reviewed(layer, region)
+        if not released:
+            show_warning(f"napari-unet: {where} of {layer.name!r} is not marked reviewed (pixels you painted count until "
+                         "you undo or erase them)")
+            return False
+        self.progress.set_status(f"{where} of {layer.name!r} no longer marked reviewed: {released} pixels stop counting as "
+                                 "annotations (the ones you painted still count)")
+        return True
+
+    def _current_region(self):
+        """(prediction layer, index of its current slice, "slice z" / "the image"), or None after a warning."""
         layer = self._prediction_layer()
         if layer is None:
-            return False
+            return None
         try:
             z = current_slice(self.viewer, layer)
         except InputError as err:
             show_warning(f"napari-unet: {err}")
-            return False
-        marked = self.session.mark_reviewed(layer, (slice(None),) * layer.ndim if z is None else (z,))
-        where = f"slice {z}" if z is not None else "the image"
-        if not marked:
-            show_warning(f"napari-unet: {where} of {layer.name!r} has no labels to review; Run on it first")
-            return False
-        self.progress.set_status(f"{where} of {layer.name!r} marked reviewed: its labelled pixels count as annotations for Retrain")
-        return True
+            return None
+        return layer, (slice(None),) * layer.ndim if z is None else (z,), f"slice {z}" if z is not None else "the image"
 
     def save_prediction(self, path=None) -> Optional[str]:
         """Write the image's prediction layer with the napari-unet writer (asks for ``path`` if not given).

@@ -53,7 +53,7 @@ class PredictionResult:
     stopped: bool
 
 
-def train_job(image, labels, model_config, train_config, init=None, stop=None, auto_depth: bool = False):
+def train_job(image, labels, model_config, train_config, init=None, stop=None, auto_depth: bool = False, pixel_weights=None):
     """The core's training events; ends with ``TrainingFinished`` or :class:`Failed`.
 
     ``auto_depth``: the depth of ``model_config`` is settled here, as ``napari-unet train`` settles it
@@ -69,7 +69,7 @@ def train_job(image, labels, model_config, train_config, init=None, stop=None, a
             settled = replace(model_config, depth=resolve_depth(AUTO, train_config.max_minutes, train_config.mixed_precision))
             if train_config.patch_size % settled.size_multiple == 0:  # else keep the depth the form checked the patch against
                 model_config = settled
-        yield from train_events(image, labels, model_config, train_config, init=init, stop=stop)
+        yield from train_events(image, labels, model_config, train_config, init=init, stop=stop, pixel_weights=pixel_weights)
     except EXPECTED as err:
         yield Failed(str(err))
     except Exception as err:

@@ -33,6 +33,7 @@ class TrainJob:
     colormap: Any = None  # (class values, colormap) of the labels layer, when it has custom colours
     note: str = ""  # what the job trains on, for the status line
     auto_depth: bool = False  # the worker settles model_config's depth (it may ask TensorFlow for a GPU)
+    pixel_weights: Optional[np.ndarray] = None  # extra loss weights, labels' shape (Retrain's corrections)
 
 
 def _image(image_layer, labels_layer):
@@ -93,8 +94,9 @@ def prepare_retrain(viewer, session, image_layer, labels_layer, zero_is_unannota
     """Fine-tune the session model: original annotations overridden by painted corrections.
 
     The corrections come from the image's prediction layer (the selected one if several, else the first); only
-    pixels the user painted or marked reviewed count. ``retrain_config(model_config)`` gives the
-    TrainConfig of the short fine-tuning.
+    pixels the user painted or marked reviewed count. Painted ones are the corrections that Retrain focuses on and
+    weighs more (:func:`retrain_data`); accepted ones are annotations like the labels layer's.
+    ``retrain_config(model_config)`` gives the TrainConfig of the short fine-tuning.
     """
     model = session.model
     if model is None:
@@ -107,12 +109,13 @@ def prepare_retrain(viewer, session, image_layer, labels_layer, zero_is_unannota
             f"no corrections to learn from: run inference on {image_layer.name!r}, paint the right "
             "classes on its prediction layer, then Retrain"
         )
-    values, corrected, _ = read_annotations(prediction, True, session.reviewed(prediction))
-    annotated = corrected.copy()
+    values, reviewed, _ = read_annotations(prediction, True, session.reviewed(prediction))
+    corrected = reviewed & session.painted(prediction)  # painted; slices accepted with Mark slice reviewed are annotations
+    annotated = reviewed
     if labels_layer is not None and labels_layer is not prediction:
         base, base_annotated, _ = read_annotations(labels_layer, zero_is_unannotated, session.reviewed(labels_layer))
-        values = np.where(corrected, values, base)
-        annotated |= base_annotated
+        values = np.where(reviewed, values, base)
+        annotated = reviewed | base_annotated
     train_config = retrain_config(model.config)
     data = retrain_data(image, values, annotated, corrected, train_config.patch_size, name=f"prediction layer {prediction.name!r}")
     check_model_classes(model, data.classes, f"the labels to retrain on ({labels_layer.name!r} and corrections)"
@@ -122,10 +125,12 @@ def prepare_retrain(viewer, session, image_layer, labels_layer, zero_is_unannota
     names = dict(zip(model.class_values, info.class_names)) if info.class_names else None
     colormap = (list(model.class_values), info.colormap) if info.colormap is not None else None
     note = (
-        f"{data.n_corrected} corrected pixels of {prediction.name!r} (about {data.focus_share:.0%} of the patches centred near them) "
-        f"and {data.n_annotated - data.n_corrected} other annotated pixels"
+        f"{data.n_corrected} corrected pixels of {prediction.name!r} (about {data.focus_share:.0%} of the patches centred near them"
+        + (f", each weighing {1 + data.correction_weight:.3g}x in the loss" if data.correction_weight else "")
+        + f") and {data.n_annotated - data.n_corrected} other annotated pixels"
     )
     unused = [x.name for x in corrected_layers if x is not prediction]
     if unused:  # one prediction layer's corrections per Retrain
         note += f"; the corrections on {', '.join(map(repr, unused))} are not used (select that layer to retrain on it)"
-    return TrainJob(data.image, data.labels, None, train_config.replace(ignore_value=data.ignore), model, names, colormap, note)
+    return TrainJob(data.image, data.labels, None, train_config.replace(ignore_value=data.ignore), model, names, colormap, note,
+                    pixel_weights=data.pixel_weights)

@@ -68,14 +68,17 @@ class Tracked:
     A pixel counts as reviewed while it holds one of the values the user painted or accepted there, so undo, redo
     and later predictions that overwrite it (or restore it) need no bookkeeping of their own: undoing a stroke
     gives back the correction or acceptance under it. Erasing (label 0) marks nothing, so an erased pixel is
-    predicted again. The marks are also published in ``layer.metadata["napari_unet"]`` for the Labels writer.
+    predicted again. Painted values are *corrections* (Retrain weighs them more); accepted ones are kept apart so
+    that *Unmark slice* can take them back. Both are published in ``layer.metadata["napari_unet"]`` for the Labels
+    writer, which saves them as one reviewed mask (a reopened file's reviewed pixels count as painted).
     """
 
     layer: Any
     image: Any  # weakref to the image layer it was predicted from, or None while only its name is known
     image_name: str
-    marks: np.ndarray  # unsigned, layer shape: bit v - 1 set = display value v was painted or accepted here
+    marks: np.ndarray  # unsigned, layer shape: bit v - 1 set = display value v was painted here
     muted: bool = False  # our own writes are no corrections
+    accepted: Optional[np.ndarray] = None  # as marks, for values accepted with Mark slice reviewed (made on first use)
 
     @classmethod
     def new(cls, layer, image_layer=None) -> "Tracked":
@@ -106,7 +109,9 @@ class Tracked:
         file's ``reviewed`` mask): what the Labels writer saves."""
         meta = self.layer.metadata.get("napari_unet")
         meta = {k: v for k, v in meta.items() if k != "reviewed"} if isinstance(meta, dict) else {}
-        self.layer.metadata["napari_unet"] = {**meta, "output": PREDICTION_OUTPUT, "image": self.image_name, "marks": self.marks}
+        meta = {k: v for k, v in meta.items() if k != "accepted"}
+        accepted = {} if self.accepted is None else {"accepted": self.accepted}
+        self.layer.metadata["napari_unet"] = {**meta, "output": PREDICTION_OUTPUT, "image": self.image_name, "marks": self.marks, **accepted}
 
     def belongs_to(self, image_layer) -> bool:
         """Whether this layer was predicted from ``image_layer``: by identity, or by name once that layer is gone
@@ -130,12 +135,37 @@ class Tracked:
     def unmark(self, region, where) -> None:
         """Forget, at the pixels of ``region`` where ``where`` is True, that the user gave them their current values
         (a prediction wrote them: an erased or rejected value must not count again); their other marks stay."""
-        marks = self.marks[region]  # a view: region is a tuple of slices / indices here
-        marks[where] &= ~value_marks(np.asarray(self.layer.data[region])[where], marks.dtype)
+        written = value_marks(np.asarray(self.layer.data[region])[where], self.marks.dtype)
+        for all_marks in (self.marks, self.accepted):
+            if all_marks is not None:
+                marks = all_marks[region]  # a view: region is a tuple of slices / indices here
+                marks[where] &= ~written
+
+    def accept(self, region) -> None:
+        """Accept the current values of ``region`` (Mark slice reviewed)."""
+        if self.accepted is None:
+            self.accepted = np.zeros_like(self.marks)
+            self.publish()
+        self.accepted[region] |= value_marks(np.asarray(self.layer.data[region]), self.marks.dtype)
+
+    def unaccept(self, region) -> int:
+        """Take back what :meth:`accept` accepted in ``region`` (painted values stay); returns how many pixels that
+        still held an accepted value were not painted."""
+        if self.accepted is None:
+            return 0
+        data = np.asarray(self.layer.data[region])
+        count = int(np.count_nonzero(holds_marked_value(data, self.accepted[region]) & ~holds_marked_value(data, self.marks[region])))
+        self.accepted[region] = 0
+        return count
+
+    def painted(self, region=...) -> np.ndarray:
+        """Bool mask of ``region`` (default: the whole layer): pixels holding a value the user painted there."""
+        return holds_marked_value(np.asarray(self.layer.data[region]), self.marks[region])
 
     def reviewed(self, region=...) -> np.ndarray:
-        """Bool mask of ``region`` (default: the whole layer): pixels holding a value they were marked with."""
-        return holds_marked_value(np.asarray(self.layer.data[region]), self.marks[region])
+        """Bool mask of ``region`` (default: the whole layer): pixels holding a value painted or accepted there."""
+        marks = self.marks[region] if self.accepted is None else self.marks[region] | self.accepted[region]
+        return holds_marked_value(np.asarray(self.layer.data[region]), marks)
 
 
 def class_colors_of(colormap, n_classes: int) -> list:
@@ -284,7 +314,7 @@ class Session:
     def record(self, layer) -> Optional[Tracked]:
         record = self._tracked.get(id(unwrap(layer)))
         if record is not None and record.marks.shape != record.layer.data.shape:  # data replaced: start over
-            record.marks = Tracked.no_marks(record.layer)
+            record.marks, record.accepted = Tracked.no_marks(record.layer), None
             record.publish()
         return record
 
@@ -293,6 +323,12 @@ class Session:
         or None for any other layer."""
         record = self.record(layer)
         return None if record is None else record.reviewed(region)
+
+    def painted(self, layer, region=...) -> Optional[np.ndarray]:
+        """The mask of pixels painted (corrected, not only accepted) in ``region`` of a tracked prediction layer, or
+        None for any other layer."""
+        record = self.record(layer)
+        return None if record is None else record.painted(region)
 
     def tracked_layers(self, image_layer) -> list:
         """Tracked prediction layers of ``image_layer`` (oldest first)."""
@@ -324,8 +360,14 @@ class Session:
         record = self.record(layer)
         if record is None:
             return 0
-        record.mark(region)
+        record.accept(region)
         return int(np.count_nonzero(record.layer.data[region]))
+
+    def unmark_reviewed(self, layer, region) -> int:
+        """Take back *Mark slice reviewed* in ``region`` of a tracked layer (its painted pixels stay reviewed);
+        returns how many pixels were reviewed by that mark alone."""
+        record = self.record(layer)
+        return 0 if record is None else record.unaccept(region)
 
     def _on_paint(self, event) -> None:
         record = self.record(event.source)
