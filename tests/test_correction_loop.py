@@ -242,8 +242,12 @@ def test_saved_prediction_reopens_with_its_corrections(loop_viewer, loop, qtbot,
     viewer = loop_viewer
     training, inference, session = loop
     prediction, wrong = predict_and_paint_the_square_wrong(viewer, training, inference, qtbot)
-    reviewed = session.reviewed(prediction)
-    assert reviewed.sum() == wrong.size
+    assert session.reviewed(prediction).sum() == wrong.size
+    viewer.dims.set_current_step(0, 2)
+    viewer.layers.selection.active = prediction
+    assert inference.mark_reviewed()  # accepted, not painted: the file keeps the difference
+    painted, reviewed = session.painted(prediction), session.reviewed(prediction)
+    assert painted.sum() == wrong.size and reviewed[2].all()
     assert inference.save_prediction(tmp_path / "missing folder" / "x.tif") is None
     assert any("could not save" in message for _, message in notifications), notifications
     viewer.layers["EM"].name = "EM stack"  # after predicting: the file must name the image as it is called now
@@ -259,6 +263,9 @@ def test_saved_prediction_reopens_with_its_corrections(loop_viewer, loop, qtbot,
     [reopened] = viewer.open(str(path), plugin="napari-unet")
     assert reopened.name == "EM prediction"
     np.testing.assert_array_equal(session.reviewed(reopened), reviewed)
+    np.testing.assert_array_equal(session.painted(reopened), painted)
+    viewer.layers.selection.active = reopened
+    assert inference.unmark_reviewed() and not session.reviewed(reopened)[2].any()
     assert session.corrected_layers(viewer.layers["EM stack"]) == [reopened]
     reopened.paint((1, 5, 5), CELL if reopened.data[1, 5, 5] == MEMBRANE else MEMBRANE, refresh=False)  # corrections too
     assert session.reviewed(reopened)[1, 5, 5]

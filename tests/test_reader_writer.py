@@ -357,6 +357,10 @@ def test_writer_saves_reviewed_pixels_of_a_prediction_layer_and_reader_restores_
     back = read_tiff(out)
     assert back.metadata["predicted_from"] == "EM"
     np.testing.assert_array_equal(back.metadata["reviewed"], expected)
+    accepted_only = expected.copy()
+    accepted_only[:-1] = False
+    accepted_only[-1] &= ~marked[-1]
+    np.testing.assert_array_equal(back.metadata["accepted"], accepted_only)
     np.testing.assert_array_equal(back.data, from_display(display, [0, 255]))  # file values as before
     [(display_again, kwargs, kind)] = read(out)
     assert kind == "labels"
@@ -364,11 +368,13 @@ def test_writer_saves_reviewed_pixels_of_a_prediction_layer_and_reader_restores_
     assert kwargs["metadata"]["napari_unet"]["output"] == "prediction"
     assert kwargs["metadata"]["napari_unet"]["image"] == "EM"
     np.testing.assert_array_equal(kwargs["metadata"]["napari_unet"]["reviewed"], expected)
+    np.testing.assert_array_equal(kwargs["metadata"]["napari_unet"]["accepted_mask"], accepted_only)
     add_to_viewer_model([(display_again, kwargs, kind)])
     # Saved again without being tracked: the reopened mask is written as it came.
     again = tmp_path / "again.tif"
     write_labels(str(again), display_again, kwargs)
     np.testing.assert_array_equal(read_tiff(again).metadata["reviewed"], expected)
+    np.testing.assert_array_equal(read_tiff(again).metadata["accepted"], accepted_only)
     # Labels that are no prediction layer carry neither.
     plain = tmp_path / "plain.tif"
     write_labels(str(plain), display, {"metadata": {"class_values": [0, 255]}})

@@ -280,9 +280,11 @@ def _labels_layer(tiff: TiffData) -> LayerDataTuple | None:
         layer_meta["class_names"] = class_names
     if isinstance(meta.get("predicted_from"), str):  # a saved prediction layer: tracked again, corrections kept
         layer_meta["napari_unet"] = {"output": PREDICTION_OUTPUT, "image": meta["predicted_from"]}
-        reviewed = meta.get("reviewed")
+        reviewed, accepted = meta.get("reviewed"), meta.get("accepted")
         if isinstance(reviewed, np.ndarray) and reviewed.shape == display.shape:
             layer_meta["napari_unet"]["reviewed"] = reviewed
+            if isinstance(accepted, np.ndarray) and accepted.shape == display.shape:
+                layer_meta["napari_unet"]["accepted_mask"] = accepted
     kwargs = _spatial_kwargs(tiff.axes, tiff.scale, tiff.units, drop="S")
     kwargs["name"] = tiff.name
     kwargs["metadata"] = layer_meta

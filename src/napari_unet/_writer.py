@@ -10,7 +10,8 @@ ignore value when present. The layer's scale and units go into the TIFF resoluti
 spacing, and the write is atomic (:func:`napari_unet.tiff_io.write_tiff`).
 
 A prediction layer of the inference widget (``metadata["napari_unet"]["output"] == "prediction"``)
-also stores the image it was predicted from and its reviewed pixels (see :func:`napari_unet.labels.reviewed_pixels`),
+also stores the image it was predicted from and its reviewed pixels (see :func:`napari_unet.labels.reviewed_pixels`)
+and which of them were only accepted (:func:`napari_unet.labels.accepted_only_pixels`),
 so that the napari-unet reader reopens it with the user's corrections still counting.
 """
 
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .labels import PREDICTION_OUTPUT, reviewed_pixels
+from .labels import PREDICTION_OUTPUT, accepted_only_pixels, reviewed_pixels
 from .tiff_io import write_tiff
 
 
@@ -140,6 +141,9 @@ def _write_labels(path: str, data: Any, meta: dict) -> str:
         reviewed = reviewed_pixels(display, tracking)
         if reviewed is not None and reviewed.any():
             tiff_meta["reviewed"] = reviewed
+            accepted = accepted_only_pixels(display, tracking)
+            if accepted is not None and accepted.any():
+                tiff_meta["accepted"] = accepted
     if axes:
         tiff_meta["axes"] = axes
     if meta.get("scale") is not None:

@@ -291,5 +291,21 @@ def reviewed_pixels(display, tracking: dict) -> np.ndarray | None:
     return None
 
 
+def accepted_only_pixels(display, tracking: dict) -> np.ndarray | None:
+    """Bool mask of the reviewed pixels of a prediction layer that the user accepted (*Mark slice reviewed*) but did
+    not paint: from the live ``marks`` and ``accepted`` of ``tracking``, or the ``accepted_mask`` a reopened file
+    brought along. None if there are none or ``tracking`` does not say."""
+    display = np.asarray(display)
+    marks, accepted = tracking.get("marks"), tracking.get("accepted")
+    if _is_marks(marks, display.shape):
+        if not (_is_marks(accepted, display.shape) and accepted.dtype == marks.dtype):
+            return None
+        return holds_marked_value(display, accepted) & ~holds_marked_value(display, marks)
+    reviewed, mask = tracking.get("reviewed"), tracking.get("accepted_mask")
+    if all(isinstance(m, np.ndarray) and m.shape == display.shape for m in (reviewed, mask)):
+        return reviewed.astype(bool) & mask.astype(bool)
+    return None
+
+
 def _is_marks(marks, shape: tuple) -> bool:
     return isinstance(marks, np.ndarray) and marks.dtype.kind == "u" and marks.shape == shape

@@ -12,9 +12,9 @@ Label metadata (``class_values``, ``ignore_value``, ``class_names``) is stored a
 ``napari_unet={...}``: a line of the ImageJ description, or a key of tifffile's JSON description
 for dtypes ImageJ cannot hold. :func:`read_tiff` returns these keys at the top level of
 ``TiffData.metadata``. A prediction layer saved from napari also stores the name of the image it was
-predicted from (``predicted_from``) and the pixels the user painted or accepted (``reviewed``, a bool
-mask of the array's shape, stored as zlib-compressed bits), so that its corrections still count after
-the file is reopened.
+predicted from (``predicted_from``), the pixels the user painted or accepted (``reviewed``, a bool
+mask of the array's shape, stored as zlib-compressed bits) and those of them only accepted with *Mark slice
+reviewed* (``accepted``, the same form), so that its corrections still count after the file is reopened.
 
 Every failure to read raises :class:`TiffReadError` (a ``ValueError``) with a one-line message.
 """
@@ -521,9 +521,10 @@ def _series_info(tif: tifffile.TiffFile, series, data: np.ndarray) -> dict:
             metadata[key] = label_meta[key]
     if isinstance(label_meta.get("predicted_from"), str):
         metadata["predicted_from"] = label_meta["predicted_from"]
-        reviewed = decode_mask(label_meta.get("reviewed"), data.shape)
-        if reviewed is not None:
-            metadata["reviewed"] = reviewed
+        for key in ("reviewed", "accepted"):
+            mask = decode_mask(label_meta.get(key), data.shape)
+            if mask is not None:
+                metadata[key] = mask
     if isinstance(metadata.get("class_values"), list):
         values = [int(v) for v in metadata["class_values"]]
         names = metadata.get("class_names")
@@ -796,8 +797,9 @@ def write_tiff(path, array, metadata: dict | None = None) -> str:
     * ``units`` (or ``unit``): one unit for all lengths or one per axis ("µm", "nm"...);
     * ``class_values``, ``ignore_value``, ``class_names``: label metadata, stored as the JSON
       entry ``napari_unet`` and returned by :func:`read_tiff`;
-    * ``predicted_from`` (an image name) and ``reviewed`` (a bool mask of ``array``'s shape): the
-      same, for prediction layers; ``reviewed`` is stored only with ``predicted_from``.
+    * ``predicted_from`` (an image name), ``reviewed`` and ``accepted`` (bool masks of ``array``'s shape: the pixels
+      the user painted or accepted, and those of them only accepted): the same, for prediction layers; the masks are
+      stored only with ``predicted_from``.
 
     A ``np.memmap`` or dask array is written page by page (memory stays at one page).
     The data go to a temporary file in the same folder, which then replaces ``path`` in one
@@ -835,11 +837,12 @@ def write_tiff(path, array, metadata: dict | None = None) -> str:
             label_entry[key] = value
     if metadata.get("predicted_from") is not None:
         label_entry["predicted_from"] = str(metadata["predicted_from"])
-        reviewed = metadata.get("reviewed")
-        if reviewed is not None:
-            if np.shape(reviewed) != data.shape:
-                raise ValueError(f"reviewed mask of shape {np.shape(reviewed)} does not match the array's {data.shape}")
-            label_entry["reviewed"] = encode_mask(reviewed)
+        for key in ("reviewed", "accepted"):
+            mask = metadata.get(key)
+            if mask is not None:
+                if np.shape(mask) != data.shape:
+                    raise ValueError(f"{key} mask of shape {np.shape(mask)} does not match the array's {data.shape}")
+                label_entry[key] = encode_mask(mask)
 
     kwargs: dict[str, Any] = {"compression": "zlib"}
     # Classic TIFF offsets end at 4 GiB, and ImageJ hyperstacks cannot be BigTIFF: large arrays (e.g. the

@@ -20,7 +20,14 @@ from typing import Any, Optional
 import numpy as np
 from psygnal import Signal
 
-from napari_unet.labels import PREDICTION_OUTPUT, holds_marked_value, marks_dtype, reviewed_pixels, value_marks
+from napari_unet.labels import (
+    PREDICTION_OUTPUT,
+    accepted_only_pixels,
+    holds_marked_value,
+    marks_dtype,
+    reviewed_pixels,
+    value_marks,
+)
 from napari_unet.model_io import UNetModel
 
 _SESSIONS: "weakref.WeakKeyDictionary[Any, Session]" = weakref.WeakKeyDictionary()
@@ -70,7 +77,7 @@ class Tracked:
     gives back the correction or acceptance under it. Erasing (label 0) marks nothing, so an erased pixel is
     predicted again. Painted values are *corrections* (Retrain weighs them more); accepted ones are kept apart so
     that *Unmark slice* can take them back. Both are published in ``layer.metadata["napari_unet"]`` for the Labels
-    writer, which saves them as one reviewed mask (a reopened file's reviewed pixels count as painted).
+    writer, which saves the reviewed pixels and which of them were only accepted.
     """
 
     layer: Any
@@ -85,14 +92,19 @@ class Tracked:
         """Track ``layer``; marks it already carries (a reopened file, a duplicated layer) count as reviewed."""
         meta = layer.metadata.get("napari_unet")
         reviewed = reviewed_pixels(layer.data, meta) if isinstance(meta, dict) else None
-        marks = cls.no_marks(layer)
+        accepted_only = accepted_only_pixels(layer.data, meta) if reviewed is not None else None
+        marks, accepted = cls.no_marks(layer), None
         if reviewed is not None:
-            marks[reviewed] = value_marks(np.asarray(layer.data)[reviewed], marks.dtype)
+            painted = reviewed if accepted_only is None else reviewed & ~accepted_only
+            marks[painted] = value_marks(np.asarray(layer.data)[painted], marks.dtype)
+        if accepted_only is not None and accepted_only.any():
+            accepted = np.zeros_like(marks)
+            accepted[accepted_only] = value_marks(np.asarray(layer.data)[accepted_only], marks.dtype)
         if image_layer is None:
             image, image_name = None, str(meta.get("image") or "") if isinstance(meta, dict) else ""
         else:
             image, image_name = weakref.ref(unwrap(image_layer)), image_layer.name
-        record = cls(layer, image, image_name, marks)
+        record = cls(layer, image, image_name, marks, accepted=accepted)
         record.publish()
         return record
 
@@ -108,8 +120,7 @@ class Tracked:
         """Put the prediction marker and the live mark arrays into the layer's metadata (replacing a reopened
         file's ``reviewed`` mask): what the Labels writer saves."""
         meta = self.layer.metadata.get("napari_unet")
-        meta = {k: v for k, v in meta.items() if k != "reviewed"} if isinstance(meta, dict) else {}
-        meta = {k: v for k, v in meta.items() if k != "accepted"}
+        meta = {k: v for k, v in meta.items() if k not in ("reviewed", "accepted_mask", "accepted")} if isinstance(meta, dict) else {}
         accepted = {} if self.accepted is None else {"accepted": self.accepted}
         self.layer.metadata["napari_unet"] = {**meta, "output": PREDICTION_OUTPUT, "image": self.image_name, "marks": self.marks, **accepted}
 
