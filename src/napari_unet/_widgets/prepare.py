@@ -126,7 +126,7 @@ def prepare_retrain(viewer, session, image_layer, labels_layer, zero_is_unannota
     colormap = (list(model.class_values), info.colormap) if info.colormap is not None else None
     note = (
         f"{data.n_corrected} corrected pixels of {prediction.name!r} (about {data.focus_share:.0%} of the patches centred near them"
-        + (f", each weighing {1 + data.correction_weight:.3g}x in the loss" if data.correction_weight else "")
+        + (f", each weighing {1 + data.correction_weight:.2g}x in the loss" if data.correction_weight else "")
         + f") and {data.n_annotated - data.n_corrected} other annotated pixels"
     )
     unused = [x.name for x in corrected_layers if x is not prediction]
