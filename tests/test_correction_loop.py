@@ -129,6 +129,16 @@ def test_painted_corrections_retrain_the_model(loop_viewer, loop, qtbot, notific
     print(f"whole disk predicted as cell: {disk_before:.2f} before the correction, {disk_after:.2f} after retraining")
     print(f"agreement with the annotations elsewhere: {agreement_before:.3f} before, {agreement:.3f} after")
     assert follows_plain >= 0.9, "the network's prediction of the painted pixels follows the correction"
+    # the status says how much of the corrections the retrained network learned (before: none, by definition)
+    import re
+
+    # (the rule's share too when it differs: "...; its membrane rule, which the next prediction applies, L%")
+    said = re.search(r"retrained (?:network|model) labels (\d+)% of your (\d+) corrected pixels as you painted them",
+                     training.progress.status.text())
+    assert said, training.progress.status.text()
+    painted_values = np.where(after_paint[reviewed] == CELL, 255, 0)
+    assert int(said.group(2)) == reviewed.sum()
+    assert int(said.group(1)) == pytest.approx(100 * np.mean(plain[reviewed] == painted_values), abs=1.5)
     assert follows >= 0.8, "the labels of the painted pixels follow the correction"
     assert disk_after > disk_before + 0.2
     assert agreement > agreement_before - 0.05  # the original annotations still hold

@@ -429,3 +429,39 @@ def predict(model: UNetModel, image, **kwargs) -> Prediction:
     for event in predict_events(model, image, **kwargs):
         result = event
     return result
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How many of ``pixels`` given pixels on ``slices`` (of ``total`` given pixels) a model labels with their given
+    values: the share in its predicted labels (``labels``, its membrane rule applied) and in its network's most
+    probable class (``network``)."""
+
+    pixels: int
+    total: int
+    slices: tuple
+    labels: float
+    network: float
+
+
+def agreement(model: UNetModel, image, values, where, max_slices: int = 4, stop=None) -> Optional[Agreement]:
+    """Share of the ``where`` pixels (bool) that ``model`` labels with their ``values`` (class values), for an image
+    ``image`` of shape (Y, X) or (Z, Y, X) and masks of that shape, e.g. how much of a user's corrections a Retrain
+    learned. Only the ``max_slices`` slices holding most such pixels are predicted, without test-time augmentation.
+    None when ``where`` is empty or ``stop()`` ended the prediction."""
+    where, values = np.asarray(where, bool), np.asarray(values)
+    flat = where.ndim == 2
+    where_stack, value_stack = (where[None], values[None]) if flat else (where, values)
+    counts = where_stack.reshape(len(where_stack), -1).sum(axis=1)
+    slices = sorted(int(z) for z in np.argsort(-counts, kind="stable")[:max_slices] if counts[z] > 0)
+    if not slices:
+        return None
+    result = predict(model, image, tta=False, stop=stop, **({} if flat else {"slices": slices}))
+    if result.stopped:
+        return None
+    labels = result.labels[None] if flat else result.labels
+    network = from_indices(result.probabilities.argmax(axis=-1), model.class_values)
+    network = network[None] if flat else network
+    mask, given = where_stack[slices], value_stack[slices][where_stack[slices]]
+    pixels = int(mask.sum())
+    return Agreement(pixels, int(counts.sum()), tuple(slices), float(np.mean(labels[mask] == given)), float(np.mean(network[mask] == given)))

@@ -53,14 +53,35 @@ class PredictionResult:
     stopped: bool
 
 
-def train_job(image, labels, model_config, train_config, init=None, stop=None, auto_depth: bool = False, pixel_weights=None):
+@dataclass(frozen=True)
+class CorrectionsLearned:
+    """After a Retrain: how much of the painted corrections the new model labels as painted."""
+
+    agreement: "Agreement"  # napari_unet.predict.Agreement
+    has_rule: bool  # the model's labels follow a membrane rule, not only the most probable class
+
+    def text(self) -> str:
+        learned = self.agreement
+        which = (f"your {learned.total} corrected pixels" if learned.pixels == learned.total else
+                 f"{learned.pixels} of your {learned.total} corrected pixels (the {len(learned.slices)} slices with most of them)")
+        if self.has_rule and abs(learned.labels - learned.network) >= 0.005:
+            return (f"The retrained network labels {learned.network:.0%} of {which} as you painted them; its membrane rule, "
+                    f"which the next prediction applies, {learned.labels:.0%} ('keep my corrections' keeps them all).")
+        return f"The retrained model labels {learned.labels:.0%} of {which} as you painted them."
+
+
+def train_job(image, labels, model_config, train_config, init=None, stop=None, auto_depth: bool = False, pixel_weights=None,
+              check=None):
     """The core's training events; ends with ``TrainingFinished`` or :class:`Failed`.
 
     ``auto_depth``: the depth of ``model_config`` is settled here, as ``napari-unet train`` settles it
     (:func:`napari_unet.hardware.resolve_depth` may import TensorFlow to ask for a GPU, seconds on a GUI thread).
+    ``check``: ``(image, values, where)`` pixels to score the trained model on (a Retrain's corrections); then a
+    :class:`CorrectionsLearned` follows ``TrainingFinished``.
     """
     from napari_unet.hardware import AUTO, resolve_depth
-    from napari_unet.train import train_events
+    from napari_unet.predict import agreement
+    from napari_unet.train import TrainingFinished, train_events
 
     lower_thread_priority()
     load_tensorflow()
@@ -69,7 +90,13 @@ def train_job(image, labels, model_config, train_config, init=None, stop=None, a
             settled = replace(model_config, depth=resolve_depth(AUTO, train_config.max_minutes, train_config.mixed_precision))
             if train_config.patch_size % settled.size_multiple == 0:  # else keep the depth the form checked the patch against
                 model_config = settled
-        yield from train_events(image, labels, model_config, train_config, init=init, stop=stop, pixel_weights=pixel_weights)
+        final = None
+        for final in train_events(image, labels, model_config, train_config, init=init, stop=stop, pixel_weights=pixel_weights):
+            yield final
+        if check is not None and isinstance(final, TrainingFinished) and final.steps > 0:
+            learned = agreement(final.model, *check, stop=stop)
+            if learned is not None:
+                yield CorrectionsLearned(learned, final.model.boundary_rule is not None)
     except EXPECTED as err:
         yield Failed(str(err))
     except Exception as err:

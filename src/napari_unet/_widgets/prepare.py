@@ -34,6 +34,7 @@ class TrainJob:
     note: str = ""  # what the job trains on, for the status line
     auto_depth: bool = False  # the worker settles model_config's depth (it may ask TensorFlow for a GPU)
     pixel_weights: Optional[np.ndarray] = None  # extra loss weights, labels' shape (Retrain's corrections)
+    check: Optional[tuple] = None  # (image, values, corrected): a Retrain's corrections, scored on the new model
 
 
 def _image(image_layer, labels_layer):
@@ -133,4 +134,4 @@ def prepare_retrain(viewer, session, image_layer, labels_layer, zero_is_unannota
     if unused:  # one prediction layer's corrections per Retrain
         note += f"; the corrections on {', '.join(map(repr, unused))} are not used (select that layer to retrain on it)"
     return TrainJob(data.image, data.labels, None, train_config.replace(ignore_value=data.ignore), model, names, colormap, note,
-                    pixel_weights=data.pixel_weights)
+                    pixel_weights=data.pixel_weights, check=(image, values, corrected) if data.n_corrected else None)

@@ -18,7 +18,7 @@ from napari_unet.data import InputError
 from napari_unet.labels import LabelError
 from napari_unet.train import EpochEnd, TrainingFinished, TrainingFinishing, TrainingStarted, TrainingStep
 
-from .jobs import Failed, format_seconds, relay, train_job
+from .jobs import CorrectionsLearned, Failed, format_seconds, relay, train_job
 from .layers import Image, Labels, LayerCombo
 from .prepare import ZERO_BOX, TrainJob, prepare_retrain, prepare_train
 from .plot import LossPlot
@@ -48,6 +48,7 @@ class _Run:
     started: float = 0.0
     steps_per_epoch: int = 0
     finishing: bool = False  # the steps are over; the model is being finished (no Stop)
+    kept_model: bool = False  # its model became the session's
 
 
 class TrainingWidget(QWidget):
@@ -133,7 +134,7 @@ class TrainingWidget(QWidget):
         stop = threading.Event()
         events = train_job(
             job.image, job.labels, job.model_config, job.train_config, init=job.init, stop=stop.is_set, auto_depth=job.auto_depth,
-            pixel_weights=job.pixel_weights,
+            pixel_weights=job.pixel_weights, check=job.check,
         )
         worker = create_worker(relay, events)
         budget = job.train_config.max_minutes * 60 if job.train_config.max_minutes else None
@@ -221,6 +222,8 @@ class TrainingWidget(QWidget):
             self.progress.set_status(f"Finishing the model after {event.steps} steps: its weights{rule} (seconds)...")
         elif isinstance(event, TrainingFinished):
             self._finished_model(run, event)
+        elif isinstance(event, CorrectionsLearned) and run.kept_model:
+            self.progress.set_status(f"{self.progress.status.text()} {event.text()}")
         elif isinstance(event, Failed):
             show_error(f"napari-unet: {run.kind} failed: {event.message}")
             self.progress.finish(f"{run.kind} failed")
@@ -246,6 +249,7 @@ class TrainingWidget(QWidget):
         names = [run.names.get(v) for v in classes] if run.names else None
         colormap = run.colormap[1] if run.colormap and run.colormap[0] == classes else None
         self.session.set_model(event.model, description, names if names and None not in names else None, colormap)
+        run.kept_model = True
         self.plot.redraw()
         self.progress.finish(f"{run.kind} {event.reason}", complete=event.reason == "completed")
         note = f" Note: {event.untuned_rule_note} (the inference widget's 'close membrane gaps')." if event.untuned_rule_note else ""
