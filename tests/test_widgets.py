@@ -377,12 +377,22 @@ def test_options_probabilities_instances_and_current_slice(widgets, qtbot):
     assert np.all(pairs[1] > 0) and len(pairs[0]) == len(np.unique(pairs[0])) == len(np.unique(pairs[1]))
     assert np.all(prediction.data[1][cells.data[1] == 0] == 1)
     # Closing membrane gaps (EM models know their boundary class) only adds membrane pixels.
-    assert inference.close_gaps.isEnabled()
+    assert inference.membranes.isEnabled() and inference.membranes.currentText() == "the model's rule"
     open_membrane = prediction.data[1] == 1
-    inference.close_gaps.setChecked(True)
+    inference.membranes.setCurrentText("always close gaps")
     run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
     closed_membrane = prediction.data[1] == 1
     assert np.all(closed_membrane[open_membrane]) and closed_membrane.sum() >= open_membrane.sum()
+    # The network's own labels, no rule (what a Retrain's status calls the network's share)
+    from napari_unet._widgets.inference import TTA_CHOICES
+    from napari_unet.predict import predict
+
+    inference.membranes.setCurrentText("most probable class")
+    run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
+    plain = predict(widgets.session.model, viewer.layers["EM"].data[1], tta=TTA_CHOICES[inference.tta.currentText()],
+                    close_boundaries=False).labels
+    np.testing.assert_array_equal(prediction.data[1] == 1, plain == 0)
+    inference.membranes.setCurrentText("the model's rule")
     # Test-time augmentation: "auto" follows the machine; "on" and "off" give different probabilities.
     assert inference.tta.currentText() == "auto"
     from napari_unet.hardware import explain_auto_tta

@@ -19,7 +19,7 @@ from napari_unet.data import InputError
 from napari_unet.hardware import available_memory_bytes, explain_auto_tta
 from napari_unet.predict import PredictionProgress, labels_dtype
 
-from .jobs import Failed, Note, PredictionResult, predict_job, relay
+from .jobs import NETWORK_LABELS, Failed, Note, PredictionResult, predict_job, relay
 from .layers import Image, LayerCombo, current_slice, image_array
 from .outputs import prediction_layer_of, write_cells, write_prediction, write_probabilities
 from .progress import WORKER_FINISHED, InOrder, ProgressRow
@@ -43,6 +43,8 @@ class _Job:
 
 
 TTA_CHOICES = {"auto": "auto", "on": True, "2 views": 2, "off": False}
+#: Membranes of models with a thin boundary class -> ``close_boundaries`` of the core's prediction
+MEMBRANE_CHOICES = {"the model's rule": None, "always close gaps": True, NETWORK_LABELS: False}
 
 
 class InferenceWidget(QWidget):
@@ -70,8 +72,14 @@ class InferenceWidget(QWidget):
         self.probabilities = QCheckBox("probability map")
         self.cells = QCheckBox("cell instances (2 classes: cells split by membranes)")
         self.cells.setToolTip("one label per cell region of the predicted labels, membranes shared out to the cells beside them (as the ISBI scores see them); the membrane is the model's boundary class, else the class named 'membrane', else the first class (value 0 in ISBI masks)")
-        self.close_gaps = QCheckBox("close membrane gaps (watershed + merging)")
-        self.close_gaps.setToolTip("for models with a thin boundary class (EM membranes): always close gaps in predicted membranes: watershed regions of the membrane probability, merged across faint boundaries, keep their borders; membrane specks far from them become cell. Unchecked, the model's own rule applies (chosen on its validation slices after training)")
+        self.membranes = QComboBox()
+        self.membranes.addItems(list(MEMBRANE_CHOICES))
+        self.membranes.setToolTip(
+            "for models with a thin boundary class (EM membranes). The model's rule: chosen on its validation slices after "
+            "training (a threshold, and gaps closed where that scored better). Always close gaps: watershed regions of the "
+            "membrane probability, merged across faint boundaries, keep their borders; membrane specks far from them become "
+            f"cell. {NETWORK_LABELS[0].upper() + NETWORK_LABELS[1:]}: the network's own labels, no rule (gaps in membranes merge cells)"
+        )
         self.keep = QCheckBox("keep my corrections")
         self.keep.setChecked(True)
         self.keep.setToolTip("when updating a prediction layer, leave the pixels you painted (or marked reviewed) as they are")
@@ -95,9 +103,10 @@ class InferenceWidget(QWidget):
         form.addRow("apply to", self.scope)
         form.addRow("test-time augmentation", self.tta)
         form.addRow("", self.tta_hint)
+        form.addRow("membranes", self.membranes)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
-        for box in (self.probabilities, self.cells, self.close_gaps, self.keep):
+        for box in (self.probabilities, self.cells, self.keep):
             layout.addWidget(box)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
@@ -151,7 +160,7 @@ class InferenceWidget(QWidget):
         else:
             self.model_label.setText(self.session.info.description or "current model")
         self.cells.setEnabled(model is not None and model.config.n_classes == 2)
-        self.close_gaps.setEnabled(model is not None and getattr(model, "boundary_value", None) is not None)
+        self.membranes.setEnabled(model is not None and getattr(model, "boundary_value", None) is not None)
         self._update_buttons()
 
     def _update_buttons(self) -> None:
@@ -186,7 +195,7 @@ class InferenceWidget(QWidget):
         image = data[z] if z is not None else data
         membrane = self._membrane_value(model) if self.cells.isChecked() and self.cells.isEnabled() else None
         stop = threading.Event()
-        close = self.close_gaps.isChecked() and self.close_gaps.isEnabled()
+        close = MEMBRANE_CHOICES[self.membranes.currentText()] if self.membranes.isEnabled() else None
         events = predict_job(model, image, TTA_CHOICES[self.tta.currentText()], self.probabilities.isChecked(), membrane, close, stop=stop.is_set)
         worker = create_worker(relay, events)
         worker.aborted.connect(lambda: (stop.set(), events.close()))  # napari aborts workers when the viewer closes

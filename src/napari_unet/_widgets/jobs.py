@@ -53,6 +53,10 @@ class PredictionResult:
     stopped: bool
 
 
+#: The inference widget's membrane choice that shows the network's most probable class (no membrane rule).
+NETWORK_LABELS = "most probable class"
+
+
 @dataclass(frozen=True)
 class CorrectionsLearned:
     """After a Retrain: how much of the painted corrections the new model labels as painted."""
@@ -66,7 +70,8 @@ class CorrectionsLearned:
                  f"{learned.pixels} of your {learned.total} corrected pixels (the {len(learned.slices)} slices with most of them)")
         if self.has_rule and abs(learned.labels - learned.network) >= 0.005:
             return (f"The retrained network labels {learned.network:.0%} of {which} as you painted them; its membrane rule, "
-                    f"which the next prediction applies, {learned.labels:.0%} ('keep my corrections' keeps them all).")
+                    f"which the next prediction applies, {learned.labels:.0%} (the inference widget's membranes: '{NETWORK_LABELS}' "
+                    "shows the network's; 'keep my corrections' keeps your pixels either way).")
         return f"The retrained model labels {learned.labels:.0%} of {which} as you painted them."
 
 
@@ -103,12 +108,14 @@ def train_job(image, labels, model_config, train_config, init=None, stop=None, a
         yield _unexpected("training", err)
 
 
-def predict_job(model: UNetModel, image, tta: Union[bool, int, str], probabilities: bool, membrane_value=None, close: bool = False, stop=None):
+def predict_job(model: UNetModel, image, tta: Union[bool, int, str], probabilities: bool, membrane_value=None,
+                close_boundaries: Optional[bool] = None, stop=None):
     """The core's prediction events; the last is :class:`PredictionResult` or :class:`Failed`.
 
     ``membrane_value``: with a 2-class model, the membrane class value; the cells the predicted labels
     separate are then also labelled (:func:`cell_instances`). None: no instances.
-    ``close``: always close gaps in the model's thin boundary class; otherwise the model's boundary rule applies.
+    ``close_boundaries``: True always closes gaps in the model's thin boundary class, False gives the most probable
+    class, None (default) applies the model's boundary rule (:func:`napari_unet.predict.predict_events`).
     """
     from napari_unet.predict import Prediction, intensity_note, predict_events
 
@@ -118,7 +125,7 @@ def predict_job(model: UNetModel, image, tta: Union[bool, int, str], probabiliti
         note = intensity_note(image, model)
         if note is not None:
             yield Note(note)
-        events = predict_events(model, image, tta=tta, return_probabilities=probabilities, close_boundaries=True if close else None, stop=stop)
+        events = predict_events(model, image, tta=tta, return_probabilities=probabilities, close_boundaries=close_boundaries, stop=stop)
         for event in events:
             if not isinstance(event, Prediction):
                 yield event

@@ -252,7 +252,7 @@ class TrainingWidget(QWidget):
         run.kept_model = True
         self.plot.redraw()
         self.progress.finish(f"{run.kind} {event.reason}", complete=event.reason == "completed")
-        note = f" Note: {event.untuned_rule_note} (the inference widget's 'close membrane gaps')." if event.untuned_rule_note else ""
+        note = f" Note: {event.untuned_rule_note} (the inference widget's membranes: 'always close gaps')." if event.untuned_rule_note else ""
         self.progress.set_status(f"Model {description}, in {format_seconds(seconds)}. It is now used by the inference widget.{note}")
 
     def _on_aborted(self) -> None:
