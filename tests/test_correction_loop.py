@@ -202,6 +202,8 @@ def test_predictions_keep_corrections_and_mark_slice_reviewed(loop_viewer, loop,
     assert inference.mark_reviewed() and session.reviewed(prediction)[0].all()
     assert inference.unmark_reviewed()
     np.testing.assert_array_equal(session.reviewed(prediction)[0], painted[0])
+    assert session.mark_reviewed(prediction, (0, SQUARE[1], SQUARE[2]))  # only painted pixels accepted: still unmarkable
+    assert inference.unmark_reviewed() and "no longer marked reviewed: 0 pixels" in inference.progress.status.text()
     viewer.dims.set_current_step(0, 2)
     # Unlabelled pixels (never predicted, or erased) are not accepted: a later Run must fill them.
     erased = (1, slice(0, 4), slice(0, 4))

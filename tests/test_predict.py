@@ -403,25 +403,26 @@ def test_intensity_note_names_images_unlike_the_training_images():
         assert intensity_note(refused, model) is None
 
 
-def test_agreement_scores_given_pixels_on_the_slices_holding_most_of_them():
+def test_agreement_scores_the_given_pixels_with_and_without_the_membrane_rule():
     from napari_unet.predict import agreement
 
     model = tiny_model()
     image, labels = stripes(n_slices=4, size=96, seed=3)
     where = np.zeros(labels.shape, bool)
-    where[1, 10:40, 10:40] = where[3, :20, :20] = where[0, 5, 5] = True
-    learned = agreement(model, image, labels, where, max_slices=2)
-    assert learned.slices == (1, 3) and learned.pixels == 900 + 400 and learned.total == 1301
+    where[1, 10:40, 10:40] = where[3, :20, :20] = True
+    learned = agreement(model, image, labels, where)
+    assert learned.pixels == 900 + 400
     expected = predict(model, image, slices=[1, 3], tta=False)
     mask = where[[1, 3]]
     assert learned.labels == pytest.approx(np.mean(expected.labels[mask] == labels[[1, 3]][mask]))
     network = np.where(expected.probabilities.argmax(-1) == 0, 0, 255)
     assert learned.network == pytest.approx(np.mean(network[mask] == labels[[1, 3]][mask]))
     assert learned.network > 0.8
-    flipped = agreement(model, image, 255 - labels, where, max_slices=2)  # two classes: the shares add up to 1
+    flipped = agreement(model, image, 255 - labels, where)  # two classes: the shares add up to 1
     assert flipped.labels == pytest.approx(1 - learned.labels) and flipped.network == pytest.approx(1 - learned.network)
     flat = agreement(model, image[1], labels[1], where[1])
-    assert flat.slices == (0,) and flat.pixels == flat.total == 900 and flat.network == pytest.approx(
-        np.mean(network[0][where[1]] == labels[1][where[1]]))
+    assert flat.pixels == 900 and flat.network == pytest.approx(np.mean(network[0][where[1]] == labels[1][where[1]]))
+    some = agreement(model, image, labels[[1, 3]], where[[1, 3]], slices=[1, 3])  # slices of the stack
+    assert some == learned
     assert agreement(model, image, labels, np.zeros_like(where)) is None
     assert agreement(model, image, labels, where, stop=lambda: True) is None

@@ -946,15 +946,20 @@ def test_retrain_weighs_the_corrected_pixels_in_the_loss():
     annotated |= corrected
     data = retrain_data(image, values, annotated, corrected, patch_size=32)
     assert data.correction_weight == CORRECTION_WEIGHT == 8
-    assert data.pixel_weights.shape == data.labels.shape and data.pixel_weights.dtype == np.float32
+    assert data.pixel_weights.shape == data.labels.shape and data.pixel_weights.dtype == np.float16
     focus = data.labels[3:] != data.ignore  # the focus copies weigh their corrected pixels too
     expected = np.concatenate([corrected, np.repeat(corrected[2:], data.extra_slices, axis=0)])
     assert np.array_equal(data.pixel_weights, np.where(expected, 8.0, 0.0)) and focus.any()
-    # a slice accepted whole (Mark slice reviewed) weighs at most as much as all other annotations together
-    accepted = np.zeros(values.shape, bool)
-    accepted[2] = True
-    whole = retrain_data(image, values, annotated | accepted, accepted, patch_size=32)
-    assert whole.correction_weight == pytest.approx(2.0) and whole.pixel_weights.max() == pytest.approx(2.0)
+    # many corrections (a whole slice painted over): their extra weight, focus copies included, is at most the count of
+    # the other annotated pixels
+    painted = np.zeros(values.shape, bool)
+    painted[2] = True
+    whole = retrain_data(image, values, annotated | painted, painted, patch_size=32)
+    weighted = whole.pixel_weights > 0
+    others = int(np.count_nonzero(whole.labels != whole.ignore)) - int(weighted.sum())
+    assert 0 < whole.correction_weight < 8 and whole.pixel_weights.max() == pytest.approx(whole.correction_weight, rel=1e-3)
+    assert whole.pixel_weights.astype(np.float64).sum() == pytest.approx(others, rel=1e-3)
+    assert whole.extra_slices > 0 and weighted[3:].any(), "the focus copies' corrections are weighted and counted"
     flat = retrain_data(image[0], values[0], annotated[0], corrected[2], patch_size=32)  # a 2-D image gets focus copies
     assert flat.pixel_weights.shape == flat.labels.shape and np.array_equal(flat.pixel_weights[0], np.where(corrected[2], 8.0, 0.0))
     only = retrain_data(image, values, corrected, corrected, patch_size=32)  # nothing else to outweigh
@@ -997,3 +1002,28 @@ def test_a_job_ends_after_its_last_events_when_handlers_pump_qt_events(widgets, 
     assert widgets.session.model is not None, "the trained model was dropped"
     run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
     assert "EM prediction" in viewer.layers, "the prediction was dropped"
+
+
+def test_a_failed_check_of_the_corrections_does_not_fail_the_retrain(monkeypatch):
+    """The check runs after the retrained model is handed over; its failure (e.g. out of memory) said "retraining
+    failed" while the new model was already in use."""
+    import napari_unet.predict
+    from _helpers import stripes, tiny_configs, tiny_model
+    from napari_unet._widgets.jobs import CorrectionCheck, CorrectionsLearned, Failed, train_job
+    from napari_unet.train import TrainingFinished
+
+    image, labels = stripes(n_slices=2, size=96)
+    where = np.zeros(labels.shape, bool)
+    where[1, :8, :8] = True
+    check = CorrectionCheck(image, labels[[1]], where[[1]], int(where.sum()), (1,))
+    _, config = tiny_configs(epochs=1, steps_per_epoch=2, val_fraction=0.0)
+    events = list(train_job(image, labels, None, config, init=tiny_model(), check=check))
+    assert isinstance(events[-2], TrainingFinished) and isinstance(events[-1], CorrectionsLearned)
+    assert events[-1].agreement.pixels == 64 and "of your 64 corrected pixels" in events[-1].text()
+
+    def fail(*args, **kwargs):
+        raise MemoryError("no room")
+
+    monkeypatch.setattr(napari_unet.predict, "agreement", fail)
+    events = list(train_job(image, labels, None, config, init=tiny_model(), check=check))
+    assert isinstance(events[-1], TrainingFinished) and not any(isinstance(e, Failed) for e in events)

@@ -56,16 +56,15 @@ def check_pair(image, labels) -> tuple[np.ndarray, np.ndarray]:
 
 
 def check_pixel_weights(weights, labels) -> np.ndarray:
-    """Extra loss weights of ``labels``' shape as a (Z, Y, X) float32 stack (a copy if converted), or :class:`InputError`."""
+    """Extra loss weights of ``labels``' shape as a (Z, Y, X) stack (a view, in their own dtype), or :class:`InputError`."""
     array = np.asarray(weights)
     if array.shape != tuple(np.shape(labels)):
         raise InputError(f"pixel weights shape {array.shape} and labels shape {tuple(np.shape(labels))} differ")
     if array.dtype.kind not in "buif":
         raise InputError(f"pixel weights must be numbers, got dtype {array.dtype}")
-    array = as_stack(array.astype(np.float32, copy=False), "pixel weights")
-    if not np.isfinite(array).all() or (array < 0).any():
+    if array.size and ((array.dtype.kind == "f" and not np.isfinite(array).all()) or array.min() < 0):
         raise InputError("pixel weights must be finite and >= 0")
-    return array
+    return as_stack(array, "pixel weights")
 
 
 def normalize(image, percentiles=(1.0, 99.8), local_contrast_sigma: float = 0.0) -> np.ndarray:

@@ -30,6 +30,12 @@ def import_keras():
     return keras
 
 
+#: Moving statistics keep this share of their value per training step (PyTorch's default; Keras's is 0.99). They only
+#: serve validation while training runs (a finished model's are recomputed): at 0.99 they still held mostly their
+#: initial values after a few hundred steps, and validation scored a network that called every pixel one class.
+BATCH_NORM_MOMENTUM = 0.9
+
+
 def build_unet(config: ModelConfig, mixed_precision: bool = False):
     """A Keras U-Net for ``config``: input (None, None, network_channels) float32, output probabilities.
 
@@ -49,7 +55,7 @@ def build_unet(config: ModelConfig, mixed_precision: bool = False):
         for i in (1, 2):
             x = layers.Conv2D(filters, 3, use_bias=not config.batch_norm, name=f"{name}_conv{i}", **conv_kwargs)(x)
             if config.batch_norm:
-                x = layers.BatchNormalization(name=f"{name}_bn{i}", dtype=dtype)(x)
+                x = layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM, name=f"{name}_bn{i}", dtype=dtype)(x)
             x = layers.Activation("relu", name=f"{name}_relu{i}", dtype=dtype)(x)
         return x
 

@@ -433,35 +433,35 @@ def predict(model: UNetModel, image, **kwargs) -> Prediction:
 
 @dataclass(frozen=True)
 class Agreement:
-    """How many of ``pixels`` given pixels on ``slices`` (of ``total`` given pixels) a model labels with their given
-    values: the share in its predicted labels (``labels``, its membrane rule applied) and in its network's most
-    probable class (``network``)."""
+    """How many of ``pixels`` given pixels a model labels with their given values: the share in its predicted labels
+    (``labels``, its membrane rule applied) and in its network's most probable class (``network``)."""
 
     pixels: int
-    total: int
-    slices: tuple
     labels: float
     network: float
 
 
-def agreement(model: UNetModel, image, values, where, max_slices: int = 4, stop=None) -> Optional[Agreement]:
-    """Share of the ``where`` pixels (bool) that ``model`` labels with their ``values`` (class values), for an image
-    ``image`` of shape (Y, X) or (Z, Y, X) and masks of that shape, e.g. how much of a user's corrections a Retrain
-    learned. Only the ``max_slices`` slices holding most such pixels are predicted, without test-time augmentation.
+def agreement(model: UNetModel, image, values, where, slices: Optional[Sequence[int]] = None, stop=None) -> Optional[Agreement]:
+    """Share of the ``where`` pixels (bool) that ``model`` labels with their ``values`` (class values), e.g. how much of
+    a user's corrections a Retrain learned. ``image``: (Y, X) or (Z, Y, X); ``values`` and ``where``: its shape, or
+    (len(slices), Y, X) for the ``slices`` of a stack given (neighbouring slices stay at hand for context models).
+    Only slices holding ``where`` pixels are predicted, without test-time augmentation (memory: their probabilities).
     None when ``where`` is empty or ``stop()`` ended the prediction."""
     where, values = np.asarray(where, bool), np.asarray(values)
     flat = where.ndim == 2
     where_stack, value_stack = (where[None], values[None]) if flat else (where, values)
-    counts = where_stack.reshape(len(where_stack), -1).sum(axis=1)
-    slices = sorted(int(z) for z in np.argsort(-counts, kind="stable")[:max_slices] if counts[z] > 0)
-    if not slices:
+    planes = list(range(len(where_stack))) if slices is None else [int(z) for z in slices]
+    if len(planes) != len(where_stack):
+        raise ValueError(f"{len(planes)} slices given for {len(where_stack)} planes of values")
+    held = [i for i in range(len(where_stack)) if where_stack[i].any()]
+    if not held:
         return None
-    result = predict(model, image, tta=False, stop=stop, **({} if flat else {"slices": slices}))
+    result = predict(model, image, tta=False, stop=stop, **({} if flat else {"slices": [planes[i] for i in held]}))
     if result.stopped:
         return None
     labels = result.labels[None] if flat else result.labels
     network = from_indices(result.probabilities.argmax(axis=-1), model.class_values)
     network = network[None] if flat else network
-    mask, given = where_stack[slices], value_stack[slices][where_stack[slices]]
-    pixels = int(mask.sum())
-    return Agreement(pixels, int(counts.sum()), tuple(slices), float(np.mean(labels[mask] == given)), float(np.mean(network[mask] == given)))
+    mask = where_stack[held]
+    given = value_stack[held][mask]
+    return Agreement(int(mask.sum()), float(np.mean(labels[mask] == given)), float(np.mean(network[mask] == given)))

@@ -432,11 +432,13 @@ def train_events(
         sampled_images, sampled_indices = images[train_slices], train_indices
         sampled_weights = None if extra_weights is None else extra_weights[train_slices]
     net_images, net_indices = downscale_image(sampled_images, factor), downscale_labels(sampled_indices, factor)
-    net_weights = None if sampled_weights is None else downscale_image(sampled_weights, factor)
+    net_weights = None if sampled_weights is None else downscale_image(sampled_weights, factor)  # float32
     if boundary_value is not None and train_config.border_weight > 0:
         boundary_index = class_values.index(boundary_value)
         borders = border_weights(net_indices, boundary_index, train_config.border_weight, train_config.border_sigma / factor)
-        net_weights = borders if net_weights is None else net_weights + borders
+        if net_weights is not None:
+            borders += net_weights  # a new array: the caller's weights stay as they are
+        net_weights = borders
     aug = Augmentation(
         flips=train_config.augment_flips,
         rotations=train_config.augment_rotations,

@@ -330,7 +330,7 @@ class InferenceWidget(QWidget):
             return False
         layer, region, where = found
         released = self.session.unmark_reviewed(layer, region)
-        if not released:
+        if released is None:
             show_warning(f"napari-unet: {where} of {layer.name!r} is not marked reviewed (pixels you painted count until "
                          "you undo or erase them)")
             return False

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -58,20 +58,33 @@ NETWORK_LABELS = "most probable class"
 
 
 @dataclass(frozen=True)
+class CorrectionCheck:
+    """A Retrain's corrections to score the new model on: ``where`` (bool) pixels of ``values`` (class values) on
+    ``slices`` of ``image`` (:func:`napari_unet.predict.agreement`; see :func:`napari_unet._widgets.prepare.correction_check`)."""
+
+    image: Any  # (Y, X) or (Z, Y, X), the whole image (context models see neighbouring slices)
+    values: np.ndarray  # (len(slices), Y, X), or (Y, X) for a 2-D image
+    where: np.ndarray  # like values
+    total: int  # corrected pixels in the whole image
+    slices: Optional[tuple]  # the slices values and where hold; None for a 2-D image
+
+
+@dataclass(frozen=True)
 class CorrectionsLearned:
     """After a Retrain: how much of the painted corrections the new model labels as painted."""
 
     agreement: "Agreement"  # napari_unet.predict.Agreement
+    check: CorrectionCheck
     has_rule: bool  # the model's labels follow a membrane rule, not only the most probable class
 
     def text(self) -> str:
-        learned = self.agreement
-        which = (f"your {learned.total} corrected pixels" if learned.pixels == learned.total else
-                 f"{learned.pixels} of your {learned.total} corrected pixels (the {len(learned.slices)} slices with most of them)")
+        learned, total = self.agreement, self.check.total
+        which = (f"your {total} corrected pixels" if learned.pixels == total or self.check.slices is None else
+                 f"{learned.pixels} of your {total} corrected pixels (on slices {list(self.check.slices)}, which hold most of them)")
         if self.has_rule and abs(learned.labels - learned.network) >= 0.005:
-            return (f"The retrained network labels {learned.network:.0%} of {which} as you painted them; its membrane rule, "
-                    f"which the next prediction applies, {learned.labels:.0%} (the inference widget's membranes: '{NETWORK_LABELS}' "
-                    "shows the network's; 'keep my corrections' keeps your pixels either way).")
+            return (f"The retrained network labels {learned.network:.0%} of {which} as you painted them, its membrane rule "
+                    f"{learned.labels:.0%} (the inference widget's membranes box: 'the model's rule' shows the rule's, "
+                    f"'{NETWORK_LABELS}' the network's; 'keep my corrections' keeps your pixels either way).")
         return f"The retrained model labels {learned.labels:.0%} of {which} as you painted them."
 
 
@@ -81,8 +94,8 @@ def train_job(image, labels, model_config, train_config, init=None, stop=None, a
 
     ``auto_depth``: the depth of ``model_config`` is settled here, as ``napari-unet train`` settles it
     (:func:`napari_unet.hardware.resolve_depth` may import TensorFlow to ask for a GPU, seconds on a GUI thread).
-    ``check``: ``(image, values, where)`` pixels to score the trained model on (a Retrain's corrections); then a
-    :class:`CorrectionsLearned` follows ``TrainingFinished``.
+    ``check``: a :class:`CorrectionCheck` to score the trained model on; then a :class:`CorrectionsLearned` follows
+    ``TrainingFinished`` (nothing if the check fails: the model is kept by then).
     """
     from napari_unet.hardware import AUTO, resolve_depth
     from napari_unet.predict import agreement
@@ -99,9 +112,13 @@ def train_job(image, labels, model_config, train_config, init=None, stop=None, a
         for final in train_events(image, labels, model_config, train_config, init=init, stop=stop, pixel_weights=pixel_weights):
             yield final
         if check is not None and isinstance(final, TrainingFinished) and final.steps > 0:
-            learned = agreement(final.model, *check, stop=stop)
+            try:
+                learned = agreement(final.model, check.image, check.values, check.where, check.slices, stop=stop)
+            except Exception:  # e.g. out of memory: the retrained model is in use already; only the check is lost
+                _log.exception("napari-unet: scoring the corrections on the retrained model failed")
+                learned = None
             if learned is not None:
-                yield CorrectionsLearned(learned, final.model.boundary_rule is not None)
+                yield CorrectionsLearned(learned, check, final.model.boundary_rule is not None)
     except EXPECTED as err:
         yield Failed(str(err))
     except Exception as err:

@@ -5,7 +5,7 @@ among millions of annotated ones would hardly ever be seen in a short fine-tunin
 therefore appends copies of the corrected slices in which only the neighbourhood of the
 corrections is annotated, so that about ``share`` of the patches land on corrections. Labels are
 unchanged (the copies carry the same merged labels). Corrected pixels also weigh more in the loss
-(:data:`CORRECTION_WEIGHT`): on ISBI a Retrain then learned 4-5 points more of the corrected pixels in each of 14
+(:data:`CORRECTION_WEIGHT`): on ISBI a Retrain then learned 3.8 points more of the corrected pixels in each of 14
 paired runs, with held-out slices unchanged within noise (BENCHMARKS.md, session 41).
 """
 
@@ -22,10 +22,11 @@ from napari_unet.tiff_io import is_lazy
 from .layers import training_labels
 
 
-#: Extra loss weight of a corrected pixel (other annotated pixels weigh about 1). All corrections together weigh at
-#: most as much as the other annotated pixels, so a slice accepted whole with *Mark slice reviewed* does not drown them.
-#: Measured 0, 4, 8, 16 (BENCHMARKS.md, session 41): the gain on the corrections and the cost on the corrected slice's
-#: other pixels both grow with it; 8 takes most of 16's gain at two thirds of its cost.
+#: Extra loss weight of a corrected pixel, on top of its class weight (about 1) and border weight (up to 10 on thin
+#: membranes). The extra weight of all corrections (focus copies included) is at most the count of the other annotated
+#: pixels, so that many corrections do not drown the annotations. Measured 0, 4, 8, 16 (BENCHMARKS.md, session 41):
+#: the gain on the corrections and the cost on the corrected slice's other pixels both grow with it; 8 takes three
+#: quarters of 16's gain at three quarters of its cost.
 CORRECTION_WEIGHT = 8.0
 
 
@@ -46,8 +47,9 @@ class RetrainData:
 def retrain_data(image, values, annotated, corrected, patch_size: int, share: float = 0.5, max_extra: int = 32, name: str = "the labels", context: float = 0.25, correction_weight: float = CORRECTION_WEIGHT) -> RetrainData:
     """Merged labels (``values`` where ``annotated``), plus focus copies around ``corrected`` pixels.
 
-    ``correction_weight`` > 0 adds up to that loss weight to every corrected pixel (other pixels weigh about 1): at
-    most the other annotated pixels' count over the corrected ones', none when the corrections are all the annotations.
+    ``correction_weight`` > 0 adds up to that loss weight to every corrected pixel (:data:`CORRECTION_WEIGHT`): at most
+    the other annotated pixels' count over the corrected ones' (focus copies counted), none when the corrections are all
+    the annotations. The weights are float16 (exact for such small values; half the memory of float32).
 
     ``image``, ``values``, ``annotated`` and ``corrected`` share the shape (Y, X) or (Z, Y, X). A lazy image
     (dask, memory map) stays lazy, focus copies included: the training worker reads it, not the GUI thread.
@@ -65,11 +67,11 @@ def retrain_data(image, values, annotated, corrected, patch_size: int, share: fl
         image, values, annotated, corrected = image[None], values[None], annotated[None], corrected[None]
     labels, ignore, classes = training_labels(values, annotated, name)
     n_annotated, n_corrected = int(annotated.sum()), int(corrected.sum())
-    weight = max(min(correction_weight, (n_annotated - n_corrected) / n_corrected), 0.0) if n_corrected else 0.0
     slices = [z for z in range(len(image)) if corrected[z].any()]
     labelled_slices = int(annotated.reshape(len(annotated), -1).any(axis=1).sum())
     if not slices or n_corrected == n_annotated or max_extra < 1:
         share = _patch_share(n_corrected, n_annotated, len(slices), labelled_slices)
+        weight = _capped(correction_weight, n_corrected, n_annotated - n_corrected)
         weights = _correction_weights(corrected, weight)
         return RetrainData(image[0] if flat else image, labels[0] if flat else labels, ignore, n_corrected, n_annotated, 0, tuple(classes), share,
                            None if weights is None else weights[0] if flat else weights, weight)
@@ -87,15 +89,22 @@ def retrain_data(image, values, annotated, corrected, patch_size: int, share: fl
         extra_labels += [focus] * copies
     image = concatenate([image, stack(extra_images)])
     labels = np.concatenate([labels, np.stack(extra_labels)])
-    weights = _correction_weights(np.concatenate([corrected, np.repeat(corrected[slices[:max_extra]], copies, axis=0)]), weight)
     focus_pixels = copies * sum(int(w.sum()) for w in windows[:max_extra])
+    weighted = n_corrected + copies * int(corrected[slices[:max_extra]].sum())  # corrected pixels, focus copies included
+    weight = _capped(correction_weight, weighted, n_annotated + focus_pixels - weighted)
+    weights = _correction_weights(np.concatenate([corrected, np.repeat(corrected[slices[:max_extra]], copies, axis=0)]), weight)
     share = _patch_share(focus_pixels, n_annotated + focus_pixels, len(extra_images), labelled_slices + len(extra_images))
     return RetrainData(image, labels, ignore, n_corrected, n_annotated, len(extra_images), tuple(classes), share, weights, weight)
 
 
+def _capped(weight: float, weighted: int, others: int) -> float:
+    """``weight``, lowered so that ``weighted`` pixels carry at most ``others`` of extra weight (0 without either)."""
+    return max(min(weight, others / weighted), 0.0) if weighted else 0.0
+
+
 def _correction_weights(corrected: np.ndarray, weight: float) -> np.ndarray | None:
-    """float32 ``weight`` on corrected pixels, 0 elsewhere; None when ``weight`` is 0."""
-    return corrected.astype(np.float32) * np.float32(weight) if weight > 0 else None
+    """float16 ``weight`` on corrected pixels, 0 elsewhere; None when ``weight`` is 0."""
+    return np.where(corrected, np.float16(weight), np.float16(0)) if weight > 0 else None
 
 
 def _patch_share(pixels: int, all_pixels: int, slices: int, all_slices: int) -> float:

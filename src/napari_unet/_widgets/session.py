@@ -159,11 +159,11 @@ class Tracked:
             self.publish()
         self.accepted[region] |= value_marks(np.asarray(self.layer.data[region]), self.marks.dtype)
 
-    def unaccept(self, region) -> int:
+    def unaccept(self, region) -> Optional[int]:
         """Take back what :meth:`accept` accepted in ``region`` (painted values stay); returns how many pixels that
-        still held an accepted value were not painted."""
-        if self.accepted is None:
-            return 0
+        still held an accepted value were not painted, or None if nothing there was accepted."""
+        if self.accepted is None or not self.accepted[region].any():
+            return None
         data = np.asarray(self.layer.data[region])
         count = int(np.count_nonzero(holds_marked_value(data, self.accepted[region]) & ~holds_marked_value(data, self.marks[region])))
         self.accepted[region] = 0
@@ -374,11 +374,11 @@ class Session:
         record.accept(region)
         return int(np.count_nonzero(record.layer.data[region]))
 
-    def unmark_reviewed(self, layer, region) -> int:
+    def unmark_reviewed(self, layer, region) -> Optional[int]:
         """Take back *Mark slice reviewed* in ``region`` of a tracked layer (its painted pixels stay reviewed);
-        returns how many pixels were reviewed by that mark alone."""
+        returns how many pixels were reviewed by that mark alone, or None if nothing there was marked."""
         record = self.record(layer)
-        return 0 if record is None else record.unaccept(region)
+        return None if record is None else record.unaccept(region)
 
     def _on_paint(self, event) -> None:
         record = self.record(event.source)

@@ -179,6 +179,8 @@ class TrainingWidget(QWidget):
         if run is None:
             return
         run.stop.set()
+        if run.kept_model:  # only the check of the corrections was left: it ends, the status stays the model's
+            return
         if run.finishing:
             self.progress.set_status("Finishing the model; this takes seconds and cannot be stopped...")
         elif run.last_step < run.steps_per_epoch:
