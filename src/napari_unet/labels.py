@@ -283,8 +283,8 @@ def reviewed_pixels(display, tracking: dict) -> np.ndarray | None:
     display = np.asarray(display)
     marks = tracking.get("marks")
     if _is_marks(marks, display.shape):
-        accepted = tracking.get("accepted")
-        return holds_marked_value(display, marks | accepted if _is_marks(accepted, display.shape) and accepted.dtype == marks.dtype else marks)
+        accepted = _accepted_marks(tracking, marks)
+        return holds_marked_value(display, marks if accepted is None else marks | accepted)
     reviewed = tracking.get("reviewed")
     if isinstance(reviewed, np.ndarray) and reviewed.shape == display.shape:
         return reviewed.astype(bool)
@@ -296,11 +296,10 @@ def accepted_only_pixels(display, tracking: dict) -> np.ndarray | None:
     not paint: from the live ``marks`` and ``accepted`` of ``tracking``, or the ``accepted_mask`` a reopened file
     brought along. None if there are none or ``tracking`` does not say."""
     display = np.asarray(display)
-    marks, accepted = tracking.get("marks"), tracking.get("accepted")
+    marks = tracking.get("marks")
     if _is_marks(marks, display.shape):
-        if not (_is_marks(accepted, display.shape) and accepted.dtype == marks.dtype):
-            return None
-        return holds_marked_value(display, accepted) & ~holds_marked_value(display, marks)
+        accepted = _accepted_marks(tracking, marks)
+        return None if accepted is None else holds_marked_value(display, accepted) & ~holds_marked_value(display, marks)
     reviewed, mask = tracking.get("reviewed"), tracking.get("accepted_mask")
     if all(isinstance(m, np.ndarray) and m.shape == display.shape for m in (reviewed, mask)):
         return reviewed.astype(bool) & mask.astype(bool)
@@ -309,3 +308,9 @@ def accepted_only_pixels(display, tracking: dict) -> np.ndarray | None:
 
 def _is_marks(marks, shape: tuple) -> bool:
     return isinstance(marks, np.ndarray) and marks.dtype.kind == "u" and marks.shape == shape
+
+
+def _accepted_marks(tracking: dict, marks: np.ndarray) -> np.ndarray | None:
+    """The live ``accepted`` marks of ``tracking`` if they match ``marks`` (shape and dtype), else None."""
+    accepted = tracking.get("accepted")
+    return accepted if _is_marks(accepted, marks.shape) and accepted.dtype == marks.dtype else None

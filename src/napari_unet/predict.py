@@ -15,6 +15,7 @@ from .data import (
     PROFILE_LEVELS,
     PROFILE_SHIFT,
     InputError,
+    as_stack,
     check_image,
     downscale_image,
     intensity_profile,
@@ -447,9 +448,8 @@ def agreement(model: UNetModel, image, values, where, slices: Optional[Sequence[
     (len(slices), Y, X) for the ``slices`` of a stack given (neighbouring slices stay at hand for context models).
     Only slices holding ``where`` pixels are predicted, without test-time augmentation (memory: their probabilities).
     None when ``where`` is empty or ``stop()`` ended the prediction."""
-    where, values = np.asarray(where, bool), np.asarray(values)
-    flat = where.ndim == 2
-    where_stack, value_stack = (where[None], values[None]) if flat else (where, values)
+    flat = np.ndim(where) == 2
+    where_stack, value_stack = as_stack(np.asarray(where, bool), "where"), as_stack(values, "values")
     planes = list(range(len(where_stack))) if slices is None else [int(z) for z in slices]
     if len(planes) != len(where_stack):
         raise ValueError(f"{len(planes)} slices given for {len(where_stack)} planes of values")
@@ -459,9 +459,8 @@ def agreement(model: UNetModel, image, values, where, slices: Optional[Sequence[
     result = predict(model, image, tta=False, stop=stop, **({} if flat else {"slices": [planes[i] for i in held]}))
     if result.stopped:
         return None
-    labels = result.labels[None] if flat else result.labels
-    network = from_indices(result.probabilities.argmax(axis=-1), model.class_values)
-    network = network[None] if flat else network
+    labels = as_stack(result.labels)
+    network = as_stack(from_indices(result.probabilities.argmax(axis=-1), model.class_values))
     mask = where_stack[held]
     given = value_stack[held][mask]
     return Agreement(int(mask.sum()), float(np.mean(labels[mask] == given)), float(np.mean(network[mask] == given)))
