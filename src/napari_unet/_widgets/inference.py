@@ -192,11 +192,10 @@ class InferenceWidget(QWidget):
             show_error(f"napari-unet: {err}")
             self.progress.set_status(f"Not started: {err}")
             return False
-        image = data[z] if z is not None else data
         membrane = self._membrane_value(model) if self.cells.isChecked() and self.cells.isEnabled() else None
         stop = threading.Event()
         close = MEMBRANE_CHOICES[self.membranes.currentText()] if self.membranes.isEnabled() else None
-        events = predict_job(model, image, TTA_CHOICES[self.tta.currentText()], self.probabilities.isChecked(), membrane, close, stop=stop.is_set)
+        events = predict_job(model, data, TTA_CHOICES[self.tta.currentText()], self.probabilities.isChecked(), membrane, close, stop=stop.is_set, z=z)
         worker = create_worker(relay, events)
         worker.aborted.connect(lambda: (stop.set(), events.close()))  # napari aborts workers when the viewer closes
         self._job = _Job(worker, stop, image_layer, tuple(image_layer.data.shape), z, model, self.session.info)

@@ -126,8 +126,11 @@ def train_job(image, labels, model_config, train_config, init=None, stop=None, a
 
 
 def predict_job(model: UNetModel, image, tta: Union[bool, int, str], probabilities: bool, membrane_value=None,
-                close_boundaries: Optional[bool] = None, stop=None):
+                close_boundaries: Optional[bool] = None, stop=None, z: Optional[int] = None):
     """The core's prediction events; the last is :class:`PredictionResult` or :class:`Failed`.
+
+    ``z``: predict only slice ``z`` of the (Z, Y, X) ``image``, whose result is then (Y, X) (a model with context slices
+    still sees the slice's neighbours).
 
     ``membrane_value``: with a 2-class model, the membrane class value; the cells the predicted labels
     separate are then also labelled (:func:`cell_instances`). None: no instances.
@@ -139,18 +142,22 @@ def predict_job(model: UNetModel, image, tta: Union[bool, int, str], probabiliti
     lower_thread_priority()
     load_tensorflow()
     try:
-        note = intensity_note(image, model)
+        note = intensity_note(image if z is None else image[z], model)
         if note is not None:
             yield Note(note)
-        events = predict_events(model, image, tta=tta, return_probabilities=probabilities, close_boundaries=close_boundaries, stop=stop)
+        slices = None if z is None else [z]
+        events = predict_events(model, image, tta=tta, return_probabilities=probabilities, close_boundaries=close_boundaries, stop=stop, slices=slices)
         for event in events:
             if not isinstance(event, Prediction):
                 yield event
                 continue
+            labels, probs = event.labels, event.probabilities
+            if z is not None:  # the one plane of slices=[z]
+                labels, probs = labels[0], None if probs is None else probs[0]
             instances = None
             if membrane_value is not None and not event.stopped:
-                instances = cell_instances(event.labels, membrane_value)
-            yield PredictionResult(event.labels, event.probabilities, instances, event.stopped)
+                instances = cell_instances(labels, membrane_value)
+            yield PredictionResult(labels, probs, instances, event.stopped)
     except EXPECTED as err:
         yield Failed(str(err))
     except Exception as err:
