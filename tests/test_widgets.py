@@ -453,6 +453,31 @@ def test_current_slice_of_a_context_model_sees_its_neighbours(make_napari_viewer
     np.testing.assert_allclose(viewer.layers["EM P(255)"].data[1], whole_p[1], atol=1e-6)
 
 
+def test_outputs_overlay_a_rotated_sheared_registered_image_and_misplaced_labels_get_a_note(widgets, qtbot):
+    # only scale and translate were copied: a rotated image (or one a reader placed with an affine) got outputs
+    # drawn elsewhere; and labels shifted against the image trained silently
+    from _helpers import tiny_model
+
+    viewer, training, inference = widgets.viewer, widgets.training, widgets.inference
+    image = viewer.layers["EM"]
+    affine = np.eye(4)
+    affine[1, 3], affine[2, 2] = 7.0, 1.5
+    image.scale, image.translate, image.rotate, image.shear, image.affine = (2.0, 0.5, 0.5), (1.0, 3.0, 4.0), 30, [0.1, 0, 0.2], affine
+    tiny_settings(training)
+    viewer.layers["EM labels"].scale = image.scale
+    assert "shifted, rotated or sheared" in training.prepare().note  # the labels stayed where they were
+    for name in ("translate", "rotate", "shear", "affine"):
+        setattr(viewer.layers["EM labels"], name, getattr(image, name))
+    assert "overlay" not in training.prepare().note
+    widgets.session.set_model(tiny_model(), "tiny")
+    inference.probabilities.setChecked(True)
+    inference.cells.setChecked(True)
+    run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
+    world = image._data_to_world.affine_matrix
+    for name in ("EM prediction", "EM cells", "EM P(255)"):
+        np.testing.assert_allclose(viewer.layers[name]._data_to_world.affine_matrix, world, atol=1e-9)
+
+
 def test_multiclass_oct_prediction_and_probabilities(make_napari_viewer, qtbot):
     from napari_unet._sample_data import make_oct_sample
     from napari_unet._widgets import InferenceWidget, TrainingWidget
@@ -482,6 +507,12 @@ def test_multiclass_oct_prediction_and_probabilities(make_napari_viewer, qtbot):
     # the outputs line up with the image in its units (they were in "pixel", and saved files lost the µm)
     assert tuple(prediction.scale) == tuple(image.scale) and prediction.units == image.units
     assert tuple(probabilities.scale[1:]) == tuple(image.scale) and probabilities.units[1:] == image.units
+    image.rotate = 20  # the class axis keeps its own identity placement in front of the image's
+    viewer.layers.remove(probabilities)
+    run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
+    world = viewer.layers["OCT (synthetic) probabilities"]._data_to_world.affine_matrix
+    np.testing.assert_allclose(world[1:, 1:], image._data_to_world.affine_matrix, atol=1e-9)
+    np.testing.assert_allclose(world[0], [1, 0, 0, 0, 0], atol=1e-9)
     training.stop()
     inference.stop()
 

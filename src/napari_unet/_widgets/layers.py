@@ -166,6 +166,13 @@ def class_names_of(layer) -> Optional[dict]:
     return {int(v): str(n) for v, n in zip(values, names)}
 
 
+def placement(layer) -> np.ndarray:
+    """Where ``layer`` sits in the world apart from its pixel size: its translation, rotation, shear and affine, as one
+    flat float array (equal for layers that overlay when their scales are equal)."""
+    parts = (layer.translate, layer.rotate, layer.shear, layer.affine.affine_matrix)
+    return np.concatenate([np.asarray(part, float).ravel() for part in parts])
+
+
 def current_slice(viewer, layer) -> Optional[int]:
     """Index of the slice of 3-D ``layer`` shown in the viewer (None for a 2-D layer).
 

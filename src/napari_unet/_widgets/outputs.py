@@ -75,11 +75,25 @@ def _remember(layer, name: str):
 
 
 def _spatial(image_layer, extra_axes: int = 0) -> dict:
-    """Scale, translation, units and axis labels of ``image_layer``, after ``extra_axes`` leading unitless axes
-    (the class axis of probabilities): outputs line up with the image and are saved in its units (µm)."""
+    """Placement (scale, translation, rotation, shear, affine), units and axis labels of ``image_layer``, after
+    ``extra_axes`` leading unitless axes (the class axis of probabilities): outputs line up with the image, also a
+    rotated or registered one, and are saved in its units (µm)."""
+
+    def leading_identity(matrix):  # a square matrix of the image's axes, with the extra axes in front
+        out = np.eye(extra_axes + len(matrix))
+        out[extra_axes:, extra_axes:] = matrix
+        return out
+
+    n, shear = image_layer.ndim, np.asarray(image_layer.shear, float)
+    if shear.ndim == 1:  # napari's upper-triangular coefficients
+        shear = np.eye(n)
+        shear[np.triu_indices(n, 1)] = np.asarray(image_layer.shear, float)
     spatial = {
         "scale": (1.0,) * extra_axes + tuple(image_layer.scale),
         "translate": (0.0,) * extra_axes + tuple(image_layer.translate),
+        "rotate": leading_identity(np.asarray(image_layer.rotate, float)),
+        "shear": leading_identity(shear),
+        "affine": leading_identity(np.asarray(image_layer.affine.affine_matrix, float)),
     }
     units, axis_labels = getattr(image_layer, "units", None), getattr(image_layer, "axis_labels", None)
     if units is not None and axis_labels is not None:  # napari >= 0.6

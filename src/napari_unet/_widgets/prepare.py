@@ -18,7 +18,7 @@ from napari_unet.labels import LabelError
 from napari_unet.model_io import UNetModel
 
 from .jobs import CorrectionCheck
-from .layers import class_names_of, image_array, no_labels_message, read_annotations, training_labels
+from .layers import class_names_of, image_array, no_labels_message, placement, read_annotations, training_labels
 from .outputs import prediction_layer_of
 from .retrain import retrain_data
 
@@ -89,6 +89,9 @@ def prepare_train(viewer, session, image_layer, labels_layer, zero_is_unannotate
     if not np.allclose(labels_layer.scale, image_layer.scale):  # e.g. a mask file without pixel sizes
         note += (f"; {labels_layer.name!r} and {image_layer.name!r} have different pixel sizes, so they do not overlay "
                  "in napari (training pairs them pixel for pixel)")
+    elif not np.allclose(placement(labels_layer), placement(image_layer)):
+        note += (f"; {labels_layer.name!r} is shifted, rotated or sheared against {image_layer.name!r}, so they do not "
+                 "overlay in napari (training pairs them pixel for pixel)")
     return TrainJob(image, labels, model_config, train_config.replace(ignore_value=ignore), init, class_names_of(labels_layer), colormap, note)
 
 
