@@ -107,6 +107,24 @@ def test_plain_multipage_tiff(tmp_path):
     assert tif.is_labels_hint is False
 
 
+def test_a_file_of_several_image_series_is_refused_not_cut_to_the_first(tmp_path):
+    # an OME-TIFF of two positions, or a preview stored before the image, was read as its first series only
+    path = tmp_path / "two.tif"
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(em_like((2, 16, 20)))
+        tif.write(em_like((5, 16, 20)))
+    with tifffile.TiffFile(path) as raw:
+        assert len(raw.series) == 2
+    for lazy in (False, True):
+        with pytest.raises(TiffReadError, match=r"holds 2 image series of shapes \(2, 16, 20\), \(5, 16, 20\)"):
+            read_tiff(path, lazy=lazy, lazy_from_bytes=0)
+    folder = tmp_path / "slices"
+    folder.mkdir()
+    os.replace(path, folder / "slice_1.tif")
+    with pytest.raises(TiffReadError, match="2 image series"):
+        read_folder(folder, lazy=True, lazy_from_bytes=0)
+
+
 def test_plain_2d_with_resolution_in_centimetres(tmp_path):
     path = tmp_path / "section.tif"
     # 20000 px/cm = 0.5 µm/px in X, 10000 px/cm = 1 µm/px in Y

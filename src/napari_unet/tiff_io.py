@@ -1,6 +1,6 @@
 """TIFF reading and atomic writing with axes, physical pixel size and label metadata (no napari).
 
-* :func:`read_tiff` reads the first series of a TIFF (ImageJ hyperstack, OME-TIFF, tifffile
+* :func:`read_tiff` reads the one series of a TIFF (ImageJ hyperstack, OME-TIFF, tifffile
   "shaped" or plain multi-page) into a :class:`TiffData` with normalised axes (letters from
   ``TZCYXS``), the physical pixel size per axis and its unit, and any label metadata written by
   :func:`write_tiff`.
@@ -314,7 +314,7 @@ def n_bytes(shape, dtype) -> int:
 
 
 def read_tiff(path, lazy: bool = False, lazy_from_bytes: int | None = None, memory_map: bool = True) -> TiffData:
-    """Read the first image series of a TIFF file.
+    """Read the image series of a TIFF file (files of several series are refused).
 
     ``lazy=True``: for data larger than memory, ``data`` of ``lazy_from_bytes`` (default :data:`LAZY_READ_BYTES`)
     or more reads pixels only when indexed: a read-only ``np.memmap`` of uncompressed contiguous data (unless
@@ -326,9 +326,7 @@ def read_tiff(path, lazy: bool = False, lazy_from_bytes: int | None = None, memo
     _check_file(path)
     with _tifffile_errors(path) as errors:
         with tifffile.TiffFile(path) as tif:
-            if not tif.series:
-                raise TiffReadError(f"{path}: corrupt TIFF (no readable image in the file)")
-            series = tif.series[0]
+            series = _only_series(tif, path)
             lazy = lazy and n_bytes(series.shape, series.dtype) >= (LAZY_READ_BYTES if lazy_from_bytes is None else lazy_from_bytes)
             data = _lazy_series(path, series, memory_map) if lazy else None
             if data is None:
@@ -387,6 +385,18 @@ def _tifffile_errors(path: Path):
             raise TiffReadError(f"{path}: corrupt or unsupported TIFF ({type(exc).__name__}: {_one_line(exc)})") from exc
         finally:
             tiff_logger.removeHandler(errors)
+
+
+def _only_series(tif: tifffile.TiffFile, path: Path):
+    """The one image series of ``tif``; :class:`TiffReadError` for none, or for several (an OME-TIFF of several
+    positions, a preview before the image), of which reading the first one silently dropped the others."""
+    if not tif.series:
+        raise TiffReadError(f"{path}: corrupt TIFF (no readable image in the file)")
+    if len(tif.series) > 1:
+        shapes = ", ".join(str(tuple(series.shape)) for series in tif.series[:4]) + (", ..." if len(tif.series) > 4 else "")
+        raise TiffReadError(f"{path}: holds {len(tif.series)} image series of shapes {shapes}; napari-unet reads one image "
+                            "per file: save the series you want as a file of its own")
+    return tif.series[0]
 
 
 def _lazy_series(path: Path, series, memory_map: bool = True):
@@ -696,9 +706,8 @@ def _slice_header(path: Path) -> np.ndarray:
     _check_file(path)
     with _tifffile_errors(path):
         with tifffile.TiffFile(path) as tif:
-            if not tif.series:
-                raise TiffReadError(f"{path}: corrupt TIFF (no readable image in the file)")
-            shape, dtype = tuple(tif.series[0].shape), tif.series[0].dtype
+            series = _only_series(tif, path)
+            shape, dtype = tuple(series.shape), series.dtype
     return np.broadcast_to(np.zeros((), dtype), _without_leading_ones(shape))
 
 
