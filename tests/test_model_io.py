@@ -103,6 +103,8 @@ def _with_metadata(tmp_path, name, text):
         ('["a list"]', "damaged napari-unet metadata"),
         ('{"format_version": "1"}', "damaged napari-unet metadata"),
         (None, "invalid configuration"),  # class_values missing
+        ('{"format_version": 1}', "invalid configuration"),  # model_config missing
+        ('{"format_version": 1, "model_config": {}, "class_values": ["a", "b"]}', "invalid configuration"),
         ("unsorted", "invalid class values"),
     ],
 )
@@ -114,8 +116,13 @@ def test_damaged_metadata_is_a_clear_model_file_error(tmp_path, text, words):
         else:
             meta["class_values"] = [255, 0]
         text = json.dumps(meta)
+    damaged = _with_metadata(tmp_path, "damaged.keras", text)
     with pytest.raises(ModelFileError, match=words):
-        load_model(_with_metadata(tmp_path, "damaged.keras", text))
+        load_model(damaged)
+    from napari_unet.chunked import ModelSource
+
+    with pytest.raises(ModelFileError, match=words):  # predict -o X.zarr: a traceback from the model's source
+        ModelSource(damaged)
 
 
 @pytest.mark.parametrize(

@@ -52,8 +52,7 @@ class ModelSource:
     """
 
     def __init__(self, model):
-        from .config import ModelConfig, from_dict
-        from .model_io import UNetModel, checked_intensity_reference, read_metadata
+        from .model_io import UNetModel, checked_intensity_reference, checked_settings, read_metadata
 
         self._model = model if isinstance(model, UNetModel) else None
         self._bytes: Optional[bytes] = None
@@ -66,7 +65,8 @@ class ModelSource:
             path = Path(os.fspath(model)).resolve()
             meta = read_metadata(path)  # a clear error before any task runs, without TensorFlow
             self.path = str(path)
-            self.config, self.class_values = from_dict(ModelConfig, meta["model_config"]), [int(v) for v in meta["class_values"]]
+            self.config, _, class_values = checked_settings(meta, path.name)
+            self.class_values = [int(v) for v in class_values]
             self.percentiles, self.intensity_profile, self.intensity_spread = checked_intensity_reference(meta, path.name)
             stat = path.stat()
             self.key = f"{path}-{stat.st_mtime_ns}-{stat.st_size}"

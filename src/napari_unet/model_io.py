@@ -124,20 +124,19 @@ def read_metadata(path) -> dict:
     return meta
 
 
-def load_model(path) -> UNetModel:
-    """Load a model saved by :func:`save_model`, in Keras safe mode (no code from the file runs)."""
-    path = Path(path)
-    meta = read_metadata(path)
+def checked_settings(meta: dict, name: str) -> tuple:
+    """(ModelConfig, TrainConfig or None, class values) of a model file's metadata (:func:`read_metadata`), checked;
+    :class:`ModelFileError` naming the file ``name`` otherwise."""
     if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise ModelFileError(f"{path.name} was written by a newer napari-unet; upgrade napari-unet")
-    _refuse_newer_settings(meta, path.name)
+        raise ModelFileError(f"{name} was written by a newer napari-unet; upgrade napari-unet")
+    _refuse_newer_settings(meta, name)
     try:
         config = from_dict(ModelConfig, meta["model_config"])
         train_config = None
         if meta.get("train_config"):
-            # files written before noise augmentation and merge levels existed trained without noise and tuned
-            # their rule from (0.5, 0.6), not with today's "auto"
-            old_defaults = {"augment_noise": 0.0, "merge_levels": MERGE_LEVELS}
+            # files written before noise augmentation, merge levels and "auto" rotations existed trained without
+            # noise, tuned their rule from (0.5, 0.6) and rotated their patches, not with today's "auto"
+            old_defaults = {"augment_noise": 0.0, "merge_levels": MERGE_LEVELS, "augment_rotations": True}
             train_config = from_dict(TrainConfig, {**old_defaults, **meta["train_config"]})
         class_values = meta["class_values"]
         if not isinstance(class_values, list) or not all(
@@ -145,9 +144,17 @@ def load_model(path) -> UNetModel:
         ):
             raise ValueError(f"class values {class_values!r} are not a list of whole numbers within int64")
     except (KeyError, ValueError, TypeError) as err:
-        raise ModelFileError(f"{path.name} has an invalid configuration: {type(err).__name__} {err}") from None
+        raise ModelFileError(f"{name} has an invalid configuration: {type(err).__name__} {err}") from None
     if len(class_values) != config.n_classes or class_values != sorted(set(class_values)):
-        raise ModelFileError(f"{path.name} has invalid class values {class_values} for {config.n_classes} classes")
+        raise ModelFileError(f"{name} has invalid class values {class_values} for {config.n_classes} classes")
+    return config, train_config, class_values
+
+
+def load_model(path) -> UNetModel:
+    """Load a model saved by :func:`save_model`, in Keras safe mode (no code from the file runs)."""
+    path = Path(path)
+    meta = read_metadata(path)
+    config, train_config, class_values = checked_settings(meta, path.name)
     percentiles, intensity_profile, intensity_spread = checked_intensity_reference(meta, path.name)
     boundary_value, boundary_rule = _checked_rule(meta, class_values, path.name)
     keras = import_keras()
