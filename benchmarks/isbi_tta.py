@@ -47,7 +47,7 @@ def use_transforms(name: str) -> None:
     import napari_unet.predict as predict_module
 
     shipped = predict_module._transforms
-    predict_module._transforms = lambda h, w, views: TRANSFORMS[name] if views > 1 and h == w else shipped(h, w, views)
+    predict_module._transforms = lambda h, w, views, upright=None: TRANSFORMS[name] if views > 1 and h == w and upright is None else shipped(h, w, views, upright)
 
 
 def main(argv=None) -> int:

@@ -6,9 +6,9 @@
     python benchmarks/oct_layers.py oct-lc24.keras oct-lc12.keras --name oct-local-contrast
 
 Training on the single B-scan validates on its last 20 % of columns (rounded down to the network's size
-multiple); this script predicts the whole scan (no TTA) and scores exactly those columns: pixel error and the
-Dice of each of the 10 classes (0 = vitreous, 1-8 retinal layers, 9 = choroid and below) and their mean.
-Writes results/<name>.json.
+multiple); this script predicts the whole scan (no TTA; ``--tta auto`` also as `napari-unet predict` does by default)
+and scores exactly those columns: pixel error and the Dice of each of the 10 classes (0 = vitreous, 1-8 retinal
+layers, 9 = choroid and below) and their mean. Writes results/<name>.json.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="+", type=Path, help="models trained on circular-scan.tif (.keras)")
     parser.add_argument("--name", default="oct-layers", help="results/<name>.json")
+    parser.add_argument("--tta", choices=("off", "auto"), default="off", help="auto: also score predict's default test-time augmentation")
     args = parser.parse_args(argv)
     if not (OCT / "circular-scan.tif").exists():
         print(f"skipped: {OCT} not found (needs ../shared/data beside the repository)")
@@ -38,7 +39,7 @@ def main(argv=None) -> int:
 
     from napari_unet.metrics import dice_per_class, pixel_error
     from napari_unet.model_io import load_model
-    from napari_unet.predict import predict
+    from napari_unet.predict import predict, resolve_tta_views
     from napari_unet.train import validation_column
 
     image = tifffile.imread(OCT / "circular-scan.tif")
@@ -48,16 +49,19 @@ def main(argv=None) -> int:
         model = load_model(path)
         val_fraction = model.train_config.val_fraction if model.train_config else 0.2
         first = validation_column(image.shape[-1], val_fraction, model.config.size_multiple)
-        labels = predict(model, image, tta=False).labels
-        pred, true = labels[:, first:], truth[:, first:]
-        dice = dice_per_class(pred, true, list(range(10)))
-        row = {
-            "model": str(path), "local_contrast_sigma": model.config.local_contrast_sigma, "columns": [first, image.shape[-1]],
-            "pixel_error": round(pixel_error(pred, true), 4), "mean_dice": round(float(np.mean(list(dice.values()))), 4),
-            "dice": {str(k): round(v, 3) for k, v in dice.items()},
-        }
-        rows.append(row)
-        print(row, flush=True)
+        for tta in (False, "auto") if args.tta == "auto" else (False,):
+            labels = predict(model, image, tta=tta, return_probabilities=False).labels
+            pred, true = labels[:, first:], truth[:, first:]
+            dice = dice_per_class(pred, true, list(range(10)))
+            row = {
+                "model": str(path), "local_contrast_sigma": model.config.local_contrast_sigma, "columns": [first, image.shape[-1]],
+                "rotations": model.train_config.augment_rotations if model.train_config else None,
+                "tta_views": resolve_tta_views(tta, model),
+                "pixel_error": round(pixel_error(pred, true), 4), "mean_dice": round(float(np.mean(list(dice.values()))), 4),
+                "dice": {str(k): round(v, 3) for k, v in dice.items()},
+            }
+            rows.append(row)
+            print(row, flush=True)
     C.write_report(C.RESULTS_DIR / f"{args.name}.json", {"rows": rows})
     return 0
 

@@ -60,6 +60,23 @@ def test_train_on_one_image_prints_the_scores_of_its_held_out_columns(tmp_path, 
     assert 0 <= scores["pixel_error"] <= 1 and set(scores["dice"]) == {"0", "255"}
 
 
+def test_oct_layers_train_upright_unless_rotations_are_asked_for(tmp_path, capsys):
+    from napari_unet.model_io import load_model
+    from napari_unet.synthetic import make_oct_stack
+
+    image, labels = make_oct_stack(1, (64, 128), seed=2)
+    tifffile.imwrite(tmp_path / "scan.tif", image[0])
+    tifffile.imwrite(tmp_path / "layers.tif", labels[0])
+    code, out, err = run(capsys, "train", tmp_path / "scan.tif", tmp_path / "layers.tif", "-o", tmp_path / "m.keras", *TINY_TRAINING)
+    assert code == 0, err
+    assert "no 90-degree rotations: the labels are layered top to bottom" in err and "--rotations to choose" in err
+    assert load_model(tmp_path / "m.keras").train_config.augment_rotations is False
+    assert json.loads(out)["tta_views"] in (1, 2)  # scored as predict does: upright views only
+    code, _, err = run(capsys, "train", tmp_path / "scan.tif", tmp_path / "layers.tif", "-o", tmp_path / "r.keras", "--rotations", "on", *TINY_TRAINING)
+    assert code == 0, err
+    assert "90-degree" not in err and load_model(tmp_path / "r.keras").train_config.augment_rotations is True
+
+
 def test_options_a_model_cannot_honour_are_noted_and_an_image_is_no_truth(data, capsys):
     import dataclasses
 

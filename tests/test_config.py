@@ -53,6 +53,8 @@ def test_model_config_rejects_bad_values_with_a_clear_message(kwargs, words):
         ({"loss": "focal"}, "loss"),
         ({"percentiles": (50, 10)}, "percentiles"),
         ({"max_minutes": 0}, "max_minutes"),
+        ({"max_minutes": float("inf")}, "max_minutes must be a positive number"),  # trained, then crashed unsaved
+        ({"augment_rotations": "sometimes"}, "augment_rotations"),
         ({"average_weights_from": 1.0}, "average_weights_from"),
         ({"augment_noise": -0.1}, "augment_noise"),
         ({"augment_noise": "loud"}, "augment_noise"),

@@ -8,6 +8,7 @@ from napari_unet.labels import (
     find_class_values,
     from_display,
     from_indices,
+    layer_order,
     to_display,
     to_indices,
 )
@@ -99,3 +100,26 @@ def test_small_integer_labels_map_through_a_table_without_int64_copies(dtype, cl
     np.testing.assert_array_equal(display, expected + 1)
     np.testing.assert_array_equal(to_indices(labels, class_values), expected)
     assert peak < 2 * labels.size + 64 * 2**20, "a uint8 stack took 37 times its size in int64 copies"
+
+
+def test_layer_order_finds_layers_stacked_top_to_bottom_and_not_membranes():
+    from napari_unet.synthetic import make_em_stack, make_oct_stack
+
+    _, oct_labels = make_oct_stack(2, (96, 64), seed=3)
+    indices = oct_labels.astype(np.int64)
+    assert layer_order(indices) == tuple(range(10))
+    assert layer_order(indices[:, ::-1]) == tuple(range(9, -1, -1))  # upside down: the order reversed
+    assert layer_order(indices[0]) == tuple(range(10))  # one B-scan
+    _, em_labels = make_em_stack(2, (96, 96), seed=1)
+    assert layer_order(to_indices(em_labels, [0, 255])) is None  # membranes alternate with cells down a column
+    assert layer_order(np.swapaxes(indices, 1, 2)) is None  # layers side by side: rotations do not turn them upside down
+    sparse = np.full_like(indices, -1)
+    sparse[:, :, :20] = indices[:, :, :20]  # unannotated columns are not read
+    assert layer_order(sparse) == tuple(range(10))
+    assert layer_order(sparse[:, :, :3]) is None  # too few columns to tell
+    broken = indices.copy()
+    broken[:, 10:14, :] = 9  # a band of "choroid" in the vitreous of every column: not one order
+    assert layer_order(broken) is None
+    inputs = indices.copy()
+    layer_order(inputs)
+    np.testing.assert_array_equal(inputs, indices)

@@ -520,3 +520,31 @@ def test_validation_while_training_scores_the_network_as_it_will_predict():
     finished = np.mean(predict(final.model, image, slices=[4], tta=False, close_boundaries=False).labels[0] != labels[4])
     assert final.kept == f"best epoch {final.best_epoch}"  # its weights, with batch-norm statistics recomputed
     assert logged == pytest.approx(finished, abs=0.03)
+
+
+def test_layered_labels_train_without_rotations_and_say_so():
+    # OCT layers: rotated patches put the vitreous under the choroid (both dark); the real scan's held-out mean Dice
+    # was 0.45 with them (BENCHMARKS.md, "Session 42")
+    from napari_unet.synthetic import make_oct_stack
+    from napari_unet.train import TrainingStarted, train_events
+
+    image, labels = make_oct_stack(2, (64, 64), seed=1)
+    model_config, train_config = tiny_configs(epochs=1, steps_per_epoch=2, val_fraction=0.0)
+    assert train_config.augment_rotations == "auto"
+
+    def run(labels, config, init=None):
+        events = list(train_events(image, labels, model_config, config, init=init))
+        started = next(e for e in events if isinstance(e, TrainingStarted))
+        return started.notes, events[-1].model
+
+    notes, model = run(labels, train_config)
+    assert model.train_config.augment_rotations is False  # recorded in the model file: prediction keeps tiles upright
+    assert len(notes) == 1 and "layered top to bottom" in notes[0]
+    notes, tuned = run(labels, train_config, init=model)  # fine-tuning keeps the model's choice, silently
+    assert tuned.train_config.augment_rotations is False and notes == ()
+    notes, forced = run(labels, train_config.replace(augment_rotations=True))
+    assert forced.train_config.augment_rotations is True and notes == ()
+    em_image, em_labels = stripes(2, 64)
+    events = list(train_events(em_image, em_labels, model_config, train_config))
+    assert events[-1].model.train_config.augment_rotations is True
+    assert next(e for e in events if isinstance(e, TrainingStarted)).notes == ()

@@ -100,6 +100,23 @@ def test_noise_box_switches_noise_augmentation(qtbot):
     assert preset("default").train.augment_noise == "auto"
 
 
+def test_rotations_box_is_auto_on_or_off(qtbot):
+    from qtpy.QtCore import Qt
+
+    from napari_unet._widgets.settings import TrainSettings
+
+    settings = TrainSettings()
+    qtbot.addWidget(settings)
+    for name in ("default", "classic"):  # auto: off for layered labels (OCT), whatever the preset
+        settings.preset.setCurrentText(name)
+        assert settings.rotations.checkState() == Qt.CheckState.PartiallyChecked
+        assert settings.configs()[1].augment_rotations == "auto"
+        for state, value in ((Qt.CheckState.Checked, True), (Qt.CheckState.Unchecked, False)):
+            settings.rotations.setCheckState(state)
+            assert settings.configs()[1].augment_rotations is value
+            assert settings.configs_unchecked()[1].augment_rotations is value  # Retrain follows the box too
+
+
 def test_train_job_leaves_the_gpu_question_to_the_worker(widgets, monkeypatch):
     from napari_unet import hardware
 

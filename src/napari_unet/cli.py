@@ -370,6 +370,8 @@ def _train_config_from_args(args, preset):
         "seed": args.seed,
         "ignore_value": args.ignore_value,
     }
+    if args.rotations is not None:
+        overrides["augment_rotations"] = {"on": True, "off": False}.get(args.rotations, "auto")
     for name in ("val_fraction", "batch_size", "patch_size", "learning_rate", "steps_per_epoch", "augment_noise", "merge_levels"):
         value = getattr(args, name)
         if value is not None:
@@ -415,6 +417,8 @@ def run_training(image, labels, model_config, train_config, init=None, quiet=Fal
             else:
                 validation = "no validation"
             print(f"training on slices {event.train_slices}, {validation}; classes {event.class_values}", file=sys.stderr)
+            for note in event.notes:
+                print(f"{note} (--rotations to choose)", file=sys.stderr)
         elif isinstance(event, TrainingStep) and not quiet:
             fraction = event.step / event.total_steps
             if budget:
@@ -507,7 +511,7 @@ def cmd_train(args) -> int:
 
     stack_image = image if image.ndim == 3 else image[None]
     stack_labels = labels if labels.ndim == 3 else labels[None]
-    views = resolve_tta_views("auto")  # scored as predict writes them: with test-time augmentation where it is on by default
+    views = resolve_tta_views("auto", final.model)  # scored as predict writes them: with test-time augmentation where it is on by default
     if started.val_slices:
         val = started.val_slices
         prediction = predict(final.model, stack_image, slices=val, return_probabilities=False)
@@ -755,6 +759,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--augment-noise", type=or_auto(noise_std), metavar="STD", help="Gaussian pixel noise added to each training patch, its std "
                        "drawn from [0, STD) in units of the normalised range; 0 = off (default: the preset's; the default preset's "
                        "auto adds 0.1 for --max-minutes 30 or more)")
+    train.add_argument("--rotations", choices=("auto", "on", "off"), help="augment with 90-degree turns of the patches (default auto: on, "
+                       "off for labels layered top to bottom such as OCT layers, whose network must learn which way is up; "
+                       "predict's test-time augmentation then keeps tiles upright too)")
     train.add_argument("--merge-levels", type=or_auto(merge_levels), metavar="L1,L2,...", help="levels at which the membrane rule may "
                        "merge regions across faint boundaries, picked on the validation slices (default auto: 0.5,0.6, and "
                        "0.5,0.6,0.7 for --max-minutes 30 or more: BENCHMARKS.md, session 30; predict with test-time augmentation merges "
@@ -773,6 +780,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument(
         "--tta", action=argparse.BooleanOptionalAction, default="auto",
         help="test-time augmentation: average the network over the four 90-degree rotations of each tile "
+        "(a model trained without rotations, e.g. on OCT layers: the tile and its mirror image) "
         "(default: on with a GPU, a CPU with AMX or one whose bfloat16 convolutions are as fast (AMD Zen 5), where it costs ~1.5x the time; off elsewhere)",
     )
     pred.add_argument(

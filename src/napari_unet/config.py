@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import numbers
 from dataclasses import dataclass, fields
 from typing import Any, Optional, Union
@@ -184,8 +185,11 @@ class TrainConfig:
     class_weighting: str = "balanced"  # "none" or "balanced" (inverse sqrt frequency)
     border_weight: float = 10.0  # U-Net paper's w0 on thin boundaries between cells (0 = off)
     border_sigma: float = 5.0  # U-Net paper's sigma (pixels)
-    augment_flips: bool = True
-    augment_rotations: bool = True
+    augment_flips: bool = True  # left-right mirror images
+    # 90-degree turns (square patches); "auto": on unless the labels are layered top to bottom (OCT layers:
+    # labels.layer_order), whose network must know up from down. Model files record the choice, and prediction's
+    # test-time augmentation then keeps tiles upright.
+    augment_rotations: Union[bool, str] = "auto"
     augment_elastic: bool = True
     augment_intensity: bool = True
     elastic_alpha: float = 10.0  # displacement (pixels) of the coarse elastic grid
@@ -232,9 +236,9 @@ class TrainConfig:
         if not (isinstance(self.merge_levels, str) and self.merge_levels == "auto"):
             object.__setattr__(self, "merge_levels", _merge_levels(self.merge_levels))
         _check(0 <= self.val_fraction < 1, f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        _check(self.max_minutes is None or self.max_minutes > 0, "max_minutes must be positive")
+        _check(self.max_minutes is None or 0 < self.max_minutes < math.inf, f"max_minutes must be a positive number of minutes, got {self.max_minutes}")
         _check(0 <= self.annotated_center_fraction <= 1, "annotated_center_fraction must be in [0, 1]")
-        for name in ("mixed_precision", "jit_compile"):
+        for name in ("mixed_precision", "jit_compile", "augment_rotations"):
             object.__setattr__(self, name, _bool_or_auto(name, getattr(self, name)))
         _check(
             isinstance(self.percentiles, (tuple, list)) and len(self.percentiles) == 2

@@ -65,6 +65,52 @@ def check_trainable(labels, ignore_value=None, class_values=None) -> list[int]:
     return list(class_values)
 
 
+#: :func:`layer_order`: share of the fully annotated columns holding two or more classes that must be ordered, and
+#: how many such columns there must be at least.
+LAYERED_SHARE, LAYERED_MIN_COLUMNS = 0.95, 8
+
+
+def layer_order(indices, max_columns: int = 4096, max_classes: int = 64):
+    """The top-to-bottom order of the classes (a tuple of class indices) if ``indices`` are layered, else None.
+
+    ``indices``: (Y, X) or (Z, Y, X) integer class indices, negative where not annotated. Layered (retinal OCT
+    layers, anything stacked along Y) means: down at least :data:`LAYERED_SHARE` of the fully annotated columns
+    holding two or more classes, each class is a single run and the runs follow one order. Such labels depend on
+    which way is up, so a network must not learn them from rotated patches. EM membranes alternate with cells down a
+    column and are not layered. At most ``max_columns`` evenly spaced columns are read; labels of more than
+    ``max_classes`` classes are not called layered.
+    """
+    stack = np.asarray(indices)
+    stack = stack[None] if stack.ndim == 2 else stack
+    columns = np.moveaxis(stack, 1, -1).reshape(-1, stack.shape[1])  # (Z * X, Y)
+    columns = columns[:: max(1, -(-len(columns) // max_columns))]
+    columns = columns[(columns >= 0).all(axis=1)]
+    columns = columns[columns.min(axis=1) != columns.max(axis=1)]
+    n_classes = int(columns.max()) + 1 if len(columns) else 0
+    if len(columns) < LAYERED_MIN_COLUMNS or n_classes > max_classes:
+        return None
+    height = columns.shape[1]
+    first = np.full((len(columns), n_classes), np.inf)
+    single_run = np.ones(len(columns), bool)
+    for c in range(n_classes):
+        where = columns == c
+        count = where.sum(axis=1)
+        present = count > 0
+        top, bottom = where.argmax(axis=1), height - 1 - where[:, ::-1].argmax(axis=1)
+        single_run &= ~present | (bottom - top + 1 == count)
+        first[present, c] = top[present]
+    # the order: classes by how many others they start above (a majority over columns), then checked column by column
+    above = np.array([[np.sum(first[:, a] < first[:, b]) for b in range(n_classes)] for a in range(n_classes)])
+    wins = (above > above.T).sum(axis=1)
+    present = np.flatnonzero(np.isfinite(first).any(axis=0))
+    order = present[np.argsort(-wins[present], kind="stable")]
+    starts = first[:, order]
+    finite = np.isfinite(starts)
+    in_order = np.array([np.all(np.diff(row[ok]) > 0) for row, ok in zip(starts, finite)])
+    ordered = single_run & in_order
+    return tuple(int(c) for c in order) if ordered.mean() >= LAYERED_SHARE else None
+
+
 def to_indices(labels, class_values, ignore_value=None) -> np.ndarray:
     """Map label values to class indices (int32, same shape); unannotated pixels become -1.
 

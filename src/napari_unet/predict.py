@@ -108,25 +108,44 @@ RULE_WORKERS = 1
 TTA_VIEWS = (1, 2, 4)
 
 
-def resolve_tta_views(tta: Union[bool, int, str]) -> int:
+def resolve_tta_views(tta: Union[bool, int, str], model: Optional[UNetModel] = None) -> int:
     """Network passes per tile for a ``tta`` value: False -> 1, True -> 4, 1 / 2 / 4 as given, "auto" by hardware.
 
-    ``"auto"`` is True where the network is cheap (:func:`napari_unet.hardware.resolve_tta`).
+    ``"auto"`` is True where the network is cheap (:func:`napari_unet.hardware.resolve_tta`). With a ``model`` trained
+    upright (:func:`upright_views`), at most the views it has: 2 (the tile and its mirror image) or 1.
     """
     if isinstance(tta, (bool, np.bool_, str)):
-        return 4 if hardware.resolve_tta(tta) else 1
-    if isinstance(tta, (int, np.integer)) and int(tta) in TTA_VIEWS:
-        return int(tta)
-    raise ValueError(f"tta must be True, False, 'auto' or a number of views in {TTA_VIEWS}, got {tta!r}")
+        views = 4 if hardware.resolve_tta(tta) else 1
+    elif isinstance(tta, (int, np.integer)) and int(tta) in TTA_VIEWS:
+        views = int(tta)
+    else:
+        raise ValueError(f"tta must be True, False, 'auto' or a number of views in {TTA_VIEWS}, got {tta!r}")
+    upright = upright_views(model) if model is not None else None
+    return views if upright is None else min(views, len(upright))
 
 
-def _transforms(height: int, width: int, views: int) -> list[tuple[int, bool]]:
+def upright_views(model: UNetModel) -> Optional[list[tuple[int, bool]]]:
+    """The views of a tile that keep it upright, for a model trained without 90-degree rotations (layered labels such
+    as OCT layers, which a half turn puts upside down: it halved the mean Dice of OCT models); None for other models.
+
+    The identity, and the left-right mirror image where training flipped patches too.
+    """
+    config = getattr(model, "train_config", None)
+    if config is None or config.augment_rotations is not False:
+        return None
+    return [(0, False), (0, True)] if config.augment_flips else [(0, False)]
+
+
+def _transforms(height: int, width: int, views: int, upright: Optional[list] = None) -> list[tuple[int, bool]]:
     """(quarter turns, flip) pairs applied to tiles of (height, width) for ``views`` network passes.
 
     4: the four quarter turns of square tiles (on ISBI as accurate as all eight rotations and flips at
     half the cost, BENCHMARKS.md); non-square tiles get the shape-keeping identity, half turn and flips.
     2: identity and half turn (on ISBI about two thirds of the gain of 4 for a third of their extra passes).
+    ``upright``: the model's :func:`upright_views`, which replace all these.
     """
+    if upright is not None:
+        return upright[:views]
     if views == 4 and height == width:
         return [(k, False) for k in range(4)]
     return [(0, False), (2, False), (0, True), (2, True)][:views]  # the shape-keeping ones
@@ -167,7 +186,7 @@ def _run_model(
 
     The transformed copies of the tiles go through the network in batches of ``batch_size`` images.
     """
-    transforms = _transforms(tiles.shape[1], tiles.shape[2], views)
+    transforms = _transforms(tiles.shape[1], tiles.shape[2], views, upright_views(model))
     batch = np.concatenate([_dihedral(tiles, k, flip) for k, flip in transforms])
     out = np.concatenate(
         [forward(np.ascontiguousarray(batch[i : i + batch_size])) for i in range(0, len(batch), batch_size)]
@@ -292,8 +311,8 @@ def predict_events(
     total = len(selected) * len(starts)
     if mixed_precision is None:
         mixed_precision = hardware.resolve_mixed_precision(hardware.AUTO)
-    views = resolve_tta_views(tta)
-    n_transforms = len(_transforms(tile_y, tile_x, views))
+    views = resolve_tta_views(tta, model)
+    n_transforms = len(_transforms(tile_y, tile_x, views, upright_views(model)))
     if jit_compile is None:
         large = total * tile_y * tile_x * n_transforms >= XLA_MIN_PIXELS
         jit_compile = large and hardware.resolve_jit_compile(hardware.AUTO, mixed_precision)

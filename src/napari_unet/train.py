@@ -31,7 +31,7 @@ from .data import (
     normalize,
     prefetch,
 )
-from .labels import LabelError, check_trainable, to_indices
+from .labels import LabelError, check_trainable, layer_order, to_indices
 from .model import BatchNormStatistics, build_unet, import_keras, masked_loss, recompute_batch_norm_statistics
 from .metrics import dice_per_class, pixel_error
 from .model_io import UNetModel
@@ -98,6 +98,7 @@ class TrainingStarted:
     val_slices: list
     class_values: list
     val_column: Optional[int] = None  # one image: validation on its columns from this one on (None: no such validation)
+    notes: tuple = ()  # what the data made "auto" settings choose, as sentences for the user
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,23 @@ class TrainingFinished:
 
 
 TrainingEvent = Union[TrainingStarted, TrainingStep, EpochEnd, TrainingFinished]
+
+
+def _resolve_rotations(value, indices, init) -> tuple[bool, tuple]:
+    """``TrainConfig.augment_rotations`` as a bool, and a note when "auto" turned them off.
+
+    "auto": as the fine-tuned ``init`` model was trained (its invariance stays), else off for layered labels
+    (:func:`napari_unet.labels.layer_order` of the (Z, Y, X) class ``indices``), else on.
+    """
+    if value != "auto":
+        return bool(value), ()
+    recorded = getattr(init.train_config, "augment_rotations", None) if init is not None and init.train_config else None
+    if isinstance(recorded, bool):  # announced when that model was trained
+        return recorded, ()
+    if layer_order(indices) is None:
+        return True, ()
+    return False, ("no 90-degree rotations: the labels are layered top to bottom (as OCT layers), so the network "
+                   "must learn which way is up",)
 
 
 def split_validation(annotated_slices: list, val_fraction: float) -> tuple[list, list]:
@@ -396,6 +414,8 @@ def train_events(
     check_patch_size(train_config.patch_size, model_config)
     percentiles = init.percentiles if init else train_config.percentiles
     indices = to_indices(label_stack, class_values, ignore)
+    rotations, notes = _resolve_rotations(train_config.augment_rotations, indices, init)
+    train_config = train_config.replace(augment_rotations=rotations)
     images = normalize(image_stack, percentiles, model_config.local_contrast_sigma)
 
     annotated_slices = [z for z in range(len(indices)) if (indices[z] >= 0).any()]
@@ -507,7 +527,7 @@ def train_events(
     first_step_seconds = 0.0  # tracing or an XLA compile: not the rate of the steps after it
     batches = prefetch(lambda: sampler.batch(train_config.batch_size), total_steps)
     try:
-        yield TrainingStarted(result, total_steps, epochs, steps_per_epoch, train_slices, val_slices, class_values, val_column)
+        yield TrainingStarted(result, total_steps, epochs, steps_per_epoch, train_slices, val_slices, class_values, val_column, notes)
         start = time.perf_counter()
         for epoch in range(1, epochs + 1):
             losses = []

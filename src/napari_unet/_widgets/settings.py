@@ -54,6 +54,11 @@ class TrainSettings(QWidget):
         self.lr = spin(1e-5, 0.1, 1e-3, 1e-4, "initial learning rate (Adam)", decimals=5)
         self.flips, self.rotations = QCheckBox("flips"), QCheckBox("rotations")
         self.elastic, self.intensity = QCheckBox("elastic"), QCheckBox("intensity")
+        self.rotations.setTristate(True)  # partly checked = "auto"
+        self.rotations.setToolTip(
+            "turn the patches by multiples of 90 degrees; partly checked (auto): on, but off for labels layered top to "
+            "bottom such as OCT layers, whose network must learn which way is up (prediction then keeps tiles upright)"
+        )
         self.noise = QCheckBox("noise")
         self.noise.setTristate(True)  # partly checked = "auto"
         self.noise.setToolTip(
@@ -94,8 +99,9 @@ class TrainSettings(QWidget):
         self.patch.setValue(t.patch_size)
         self.batch.setValue(t.batch_size)
         self.lr.setValue(t.learning_rate)
-        for box, on in ((self.flips, t.augment_flips), (self.rotations, t.augment_rotations), (self.elastic, t.augment_elastic), (self.intensity, t.augment_intensity)):
+        for box, on in ((self.flips, t.augment_flips), (self.elastic, t.augment_elastic), (self.intensity, t.augment_intensity)):
             box.setChecked(on)
+        self.rotations.setCheckState(_auto_state(t.augment_rotations))
         self.noise.setCheckState(_noise_state(t.augment_noise))
         self.validation.setValue(t.val_fraction)
 
@@ -110,7 +116,7 @@ class TrainSettings(QWidget):
             batch_size=self.batch.value(),
             learning_rate=self.lr.value(),
             augment_flips=self.flips.isChecked(),
-            augment_rotations=self.rotations.isChecked(),
+            augment_rotations=_auto_value(self.rotations),
             augment_elastic=self.elastic.isChecked(),
             augment_intensity=self.intensity.isChecked(),
             augment_noise=self._noise(),
@@ -160,11 +166,24 @@ class TrainSettings(QWidget):
         return p.model, p.train.replace(
             learning_rate=self.lr.value(),
             augment_flips=self.flips.isChecked(),
-            augment_rotations=self.rotations.isChecked(),
+            augment_rotations=_auto_value(self.rotations),
             augment_elastic=self.elastic.isChecked(),
             augment_intensity=self.intensity.isChecked(),
             augment_noise=self._noise(),
         )
+
+
+def _auto_state(value) -> Qt.CheckState:
+    """A tri-state box's state for True, False or "auto" (partly checked)."""
+    if value == "auto":
+        return Qt.CheckState.PartiallyChecked
+    return Qt.CheckState.Checked if value else Qt.CheckState.Unchecked
+
+
+def _auto_value(box):
+    """True, False or "auto" (partly checked) from a tri-state box."""
+    state = box.checkState()
+    return "auto" if state == Qt.CheckState.PartiallyChecked else state == Qt.CheckState.Checked
 
 
 def _noise_state(augment_noise) -> Qt.CheckState:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error, show_warning
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import QCheckBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QPushButton, QVBoxLayout, QWidget
 
@@ -203,7 +203,10 @@ class TrainingWidget(QWidget):
         if isinstance(event, TrainingStarted):
             val = f", validating on slices {event.val_slices}" if event.val_slices else ""
             where = f"slices {event.train_slices}{val}" if run.kind == "training" else run.note
-            self.progress.set_status(f"{run.kind.capitalize()} on {where}; classes {event.class_values}")
+            notes = "".join(f" Note: {note} (the rotations box chooses)." for note in event.notes)
+            for note in event.notes:
+                show_info(f"napari-unet: {note}")
+            self.progress.set_status(f"{run.kind.capitalize()} on {where}; classes {event.class_values}.{notes}")
         elif isinstance(event, TrainingStep):
             run.last_step = event.step
             fraction = event.step / event.total_steps
