@@ -329,6 +329,29 @@ def test_undoing_a_stroke_gives_back_the_corrections_and_acceptance_under_it(mak
     np.testing.assert_array_equal(session.reviewed(prediction)[0], first[0])
 
 
+def test_an_image_opened_again_finds_its_prediction_at_once(make_napari_viewer):
+    # the removed image layer lives on in reference cycles until the garbage collector runs; until then its
+    # prediction (and the corrections on it) belonged to the removed layer only: Retrain found no corrections
+    import gc
+
+    from napari_unet._widgets import get_session
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((2, 32, 32), np.uint8), name="EM")
+    prediction = viewer.add_labels(np.full((2, 32, 32), CELL, np.uint8), name="EM prediction", metadata={"class_values": [0, 255]})
+    session = get_session(viewer)
+    session.track(prediction, image)
+    gc.disable()
+    try:
+        viewer.layers.remove(image)
+        again = viewer.add_image(np.zeros((2, 32, 32), np.uint8), name="EM")
+        assert session.tracked_layers(again) == [prediction]
+        other = viewer.add_image(np.zeros((2, 32, 32), np.uint8), name="other")
+        assert session.tracked_layers(other) == []
+    finally:
+        gc.enable()
+
+
 def test_values_a_prediction_writes_are_no_longer_the_users(make_napari_viewer):
     # the marks keep every value the user gave a pixel; a prediction writing one of them back made an erased or
     # rejected value count as reviewed again

@@ -395,6 +395,9 @@ class Session:
         record = self._tracked.pop(id(layer), None)
         if record is not None:
             layer.events.paint.disconnect(self._on_paint)
+        for other in self._tracked.values():  # its predictions now go by its name: the same image opened again
+            if other.image is not None and other.image() is layer:  # (the removed layer lives on until gc runs)
+                other.image = None
 
 
 __all__ = ["Session", "Tracked", "disconnect_when_destroyed", "get_session", "unwrap"]
