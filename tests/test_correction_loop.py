@@ -352,6 +352,47 @@ def test_an_image_opened_again_finds_its_prediction_at_once(make_napari_viewer):
         gc.enable()
 
 
+def test_a_prediction_that_ends_during_a_brush_stroke_waits_for_the_mouse_release(make_napari_viewer, qtbot):
+    # napari groups a drag's edits until the mouse is released; the prediction was written into that group, so the
+    # stroke's first part was overwritten (or, on another slice, committed as the widget's write: no correction)
+    from _helpers import tiny_model
+    from napari_unet._widgets import InferenceWidget, get_session
+
+    viewer = make_napari_viewer()
+    image, _ = em_data(3, 64, seed=2)
+    viewer.add_image(image, name="EM")
+    session = get_session(viewer)
+    session.set_model(tiny_model(), "tiny")
+    inference = InferenceWidget(viewer)
+    viewer.window.add_dock_widget(inference)
+    run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
+    prediction = viewer.layers["EM prediction"]
+    predicted = prediction.data[2].copy()
+    prediction.data[2] = 0  # slice 2 to be predicted again (as if erased)
+    before = prediction.data.copy()
+    viewer.dims.set_current_step(0, 2)
+    inference.scope.setCurrentText("current slice")
+    prediction.brush_size = 5
+    stroke = prediction.block_history()  # the mouse goes down on slice 0 while slice 2 is predicted
+    stroke.__enter__()
+    try:
+        assert inference.run()
+        label = MEMBRANE if prediction.data[0, 20, 20] == CELL else CELL
+        prediction.paint((0, 20, 20), label)
+        qtbot.waitUntil(lambda: inference._job is None, timeout=120_000)
+        qtbot.wait(300)
+        np.testing.assert_array_equal(prediction.data[2], before[2])  # not written while the button is down
+        prediction.paint((0, 20, 30), label)
+    finally:
+        stroke.__exit__(None, None, None)  # released
+    qtbot.waitUntil(lambda: "pixels updated" in inference.progress.status.text(), timeout=10_000)
+    np.testing.assert_array_equal(prediction.data[2], predicted)
+    painted = np.zeros(prediction.data.shape, bool)
+    painted[0, 18:23, 18:33] = True
+    painted &= prediction.data == label
+    assert painted.sum() > 20 and session.reviewed(prediction)[painted].all()  # the whole stroke is a correction
+
+
 def test_values_a_prediction_writes_are_no_longer_the_users(make_napari_viewer):
     # the marks keep every value the user gave a pixel; a prediction writing one of them back made an erased or
     # rejected value count as reviewed again

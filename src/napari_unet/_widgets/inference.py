@@ -11,7 +11,7 @@ from typing import Any, Optional
 import numpy as np
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_warning
-from qtpy.QtCore import QEvent
+from qtpy.QtCore import QEvent, QTimer
 from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from napari_unet._writer import write_labels
@@ -28,6 +28,8 @@ from .session import disconnect_when_destroyed, get_session, unwrap
 _log = logging.getLogger("napari_unet")
 
 CURRENT, STACK = "current slice", "whole stack"
+#: Milliseconds between looks whether the user still holds the mouse on a brush stroke, before a prediction is written.
+STROKE_WAIT_MS = 100
 
 
 @dataclass
@@ -248,13 +250,22 @@ class InferenceWidget(QWidget):
                 self.progress.finish("prediction stopped")
                 self.progress.set_status("Prediction stopped; no layer was changed.")
                 return
-            try:
-                self._show(job, event)
-            except Exception as err:  # a layer that refuses the write (read-only data, a plugin's array type...)
-                _log.exception("napari-unet: writing the prediction failed")
-                show_error(f"napari-unet: the prediction could not be written completely: {err}")
-                self.progress.finish("prediction not written")
-                self.progress.set_status(f"Prediction not written completely (see the layers): {err}")
+            self._write_after_strokes(job, event)
+
+    def _write_after_strokes(self, job: _Job, result: PredictionResult) -> None:
+        """Write ``result`` once no brush stroke is in progress. napari groups a drag's edits until the mouse is
+        released: written during one, the stroke's first part was committed with the prediction as the widget's own
+        write, and counted as no correction."""
+        if any(getattr(layer, "_block_history", False) for layer in self.viewer.layers):
+            QTimer.singleShot(STROKE_WAIT_MS, lambda: self._write_after_strokes(job, result))
+            return
+        try:
+            self._show(job, result)
+        except Exception as err:  # a layer that refuses the write (read-only data, a plugin's array type...)
+            _log.exception("napari-unet: writing the prediction failed")
+            show_error(f"napari-unet: the prediction could not be written completely: {err}")
+            self.progress.finish("prediction not written")
+            self.progress.set_status(f"Prediction not written completely (see the layers): {err}")
 
     def _not_writable(self, job: _Job) -> Optional[str]:
         """Why the prediction no longer fits its image layer, or None."""
