@@ -92,7 +92,11 @@ def test_painted_corrections_retrain_the_model(loop_viewer, loop, qtbot, notific
     painted = before_paint != prediction.data
     reviewed = session.reviewed(prediction)
     assert painted[0][DISK].sum() > 100 and painted[2].any()
-    assert np.array_equal(reviewed, painted), "only pixels the user painted count as reviewed"
+    assert reviewed[painted].all(), "every pixel a stroke changed counts as reviewed"
+    under_brush = np.zeros_like(reviewed)
+    under_brush[0][(_YY - 52) ** 2 + (_XX - 52) ** 2 <= 12**2], under_brush[2, 99:102, 99:102] = True, True
+    assert not reviewed[~under_brush].any(), "only pixels under the user's brush count as reviewed"
+    assert (prediction.data[0][reviewed[0]] == CELL).all()  # also those that were cell already (no paint event)
 
     # Retrain labels: original annotations, overridden by painted pixels; unpainted predictions unused.
     job = training.prepare(retrain=True)
@@ -391,6 +395,51 @@ def test_a_prediction_that_ends_during_a_brush_stroke_waits_for_the_mouse_releas
     painted[0, 18:23, 18:33] = True
     painted &= prediction.data == label
     assert painted.sum() > 20 and session.reviewed(prediction)[painted].all()  # the whole stroke is a correction
+
+
+def test_a_stroke_counts_every_pixel_it_paints_also_those_that_held_its_label(make_napari_viewer):
+    # napari's paint events carry only changed pixels: a membrane line drawn across a gap counted where the gap was,
+    # and the next prediction with "keep my corrections" broke the user's line again
+    from napari_unet._widgets import get_session
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((2, 32, 32), np.uint8), name="EM")
+    data = np.full((2, 32, 32), CELL, np.uint8)
+    data[0, :, :16] = MEMBRANE
+    prediction = viewer.add_labels(data, name="EM prediction", metadata={"class_values": [0, 255]})
+    session = get_session(viewer)
+    session.track(prediction, image)
+    prediction.brush_size = 1
+
+    def stroke(label, y, xs):
+        with prediction.block_history():  # one drag
+            for x in xs:
+                prediction.paint((0, y, x), label, refresh=False)
+
+    stroke(MEMBRANE, 10, range(2, 30))  # across the membrane half and the cell half
+    line = np.zeros((2, 32, 32), bool)
+    line[0, 10, 2:30] = True
+    np.testing.assert_array_equal(session.reviewed(prediction), line)
+    prediction.undo()
+    assert not session.reviewed(prediction).any()  # an undone stroke is no correction, also where nothing changed
+    prediction.redo()
+    np.testing.assert_array_equal(session.reviewed(prediction), line)
+    stroke(MEMBRANE, 20, range(2, 10))  # only over pixels that were membrane: no napari history item, still a correction
+    assert session.reviewed(prediction)[0, 20, 2:10].all()
+    stroke(MEMBRANE, 10, range(0, 32))  # over the first line again, then taken back: the first line still counts
+    prediction.undo()
+    np.testing.assert_array_equal(session.reviewed(prediction)[0, 10], line[0, 10])
+    assert session.reviewed(prediction)[0, 20, 2:10].all()  # not part of the stroke taken back
+    prediction.paint((1, 5, 5), CELL)  # a click outside a drag, over its own label
+    assert session.reviewed(prediction)[1, 5, 5]
+    from types import SimpleNamespace
+
+    from napari_unet._widgets.outputs import write_prediction
+    from napari_unet._widgets.session import ModelInfo
+
+    cell = np.full((2, 32, 32), 255, np.uint8)
+    write_prediction(viewer, session, image, cell, SimpleNamespace(class_values=[0, 255]), ModelInfo(), None, keep_corrections=True)
+    assert (prediction.data[0, 10, 2:30] == MEMBRANE).all()  # the whole line kept, not only the part that was cell
 
 
 def test_values_a_prediction_writes_are_no_longer_the_users(make_napari_viewer):

@@ -256,6 +256,10 @@ class InferenceWidget(QWidget):
         """Write ``result`` once no brush stroke is in progress. napari groups a drag's edits until the mouse is
         released: written during one, the stroke's first part was committed with the prediction as the widget's own
         write, and counted as no correction."""
+        try:
+            self.objectName()
+        except RuntimeError:  # the dock was closed while the stroke went on (its Qt object is deleted)
+            return
         if any(getattr(layer, "_block_history", False) for layer in self.viewer.layers):
             QTimer.singleShot(STROKE_WAIT_MS, lambda: self._write_after_strokes(job, result))
             return

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import weakref
 from pathlib import Path
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import numpy as np
@@ -86,6 +86,10 @@ class Tracked:
     marks: np.ndarray  # unsigned, layer shape: bit v - 1 set = display value v was painted here
     muted: bool = False  # our own writes are no corrections
     accepted: Optional[np.ndarray] = None  # as marks, for values accepted with Mark slice reviewed (made on first use)
+    # pixels a stroke painted with the value they held already (napari's paint events leave them out): marked at once,
+    # then kept per napari history atom of the stroke, so that undo and redo take them back and give them again
+    pending: list = field(default_factory=list)  # (region, pixels, value) not yet tied to an atom
+    confirmed: dict = field(default_factory=dict)  # id(atom) -> (atom, [(region, pixels, value), ...])
 
     @classmethod
     def new(cls, layer, image_layer=None) -> "Tracked":
@@ -151,6 +155,32 @@ class Tracked:
             if all_marks is not None:
                 marks = all_marks[region]  # a view: region is a tuple of slices / indices here
                 marks[where] &= ~written
+
+    def confirm(self, region, where, value) -> None:
+        """Mark the pixels of ``region`` (a tuple of slices) where ``where`` is True, which held ``value`` when a stroke
+        painted it over them; only the marks this sets are kept for :meth:`tie` (earlier ones outlive an undo)."""
+        bit = value_marks(np.asarray(value), self.marks.dtype)
+        marks = self.marks[region]  # a view
+        new = where & ((marks & bit) == 0)
+        if new.any():
+            marks[new] |= bit
+            self.pending.append((region, new, value))
+
+    def tie(self, atom) -> None:
+        """Tie the pending confirmed pixels to napari history ``atom`` (undone and redone with it)."""
+        if self.pending:
+            _, ties = self.confirmed.setdefault(id(atom), (atom, []))
+            ties.extend(self.pending)
+            self.pending = []
+
+    def replay(self, history_item, undoing: bool) -> None:
+        """Take back (``undoing``) or give again the confirmed pixels tied to the atoms of a napari history item."""
+        for atom in history_item:
+            _, ties = self.confirmed.get(id(atom), (None, ()))
+            for region, pixels, value in ties:
+                bit = value_marks(np.asarray(value), self.marks.dtype)
+                marks = self.marks[region]
+                marks[pixels] = (marks[pixels] & ~bit) if undoing else (marks[pixels] | bit)
 
     def accept(self, region) -> None:
         """Accept the current values of ``region`` (Mark slice reviewed)."""
@@ -307,7 +337,67 @@ class Session:
     def _start(self, layer, image_layer=None) -> Tracked:
         record = self._tracked[id(layer)] = Tracked.new(layer, image_layer)
         layer.events.paint.connect(self._on_paint)
+        self._watch_strokes(layer)
         return record
+
+    def _watch_strokes(self, layer) -> None:
+        """Count every pixel a stroke paints, also those that held its value already (napari's paint events carry
+        only changed pixels: a membrane drawn across a gap counted only where it was missing, and a new prediction
+        then overwrote the rest of the user's line).
+
+        Wraps the layer's ``_apply_mask_to_data`` (napari >= 0.6: brush, polygon and fill), ``_commit_staged_history``
+        (a stroke's end), ``undo`` and ``redo``; with another napari, strokes count where they change pixels.
+        """
+        names = ("_apply_mask_to_data", "_commit_staged_history", "undo", "redo", "_undo_history", "_redo_history", "_staged_history", "_block_history")
+        if not all(hasattr(layer, name) for name in names) or getattr(layer._apply_mask_to_data, "_napari_unet", False):
+            return
+        apply_mask, commit, undo, redo = layer._apply_mask_to_data, layer._commit_staged_history, layer.undo, layer.redo
+        session = weakref.ref(self)
+
+        def record():
+            live = session()
+            return None if live is None else live.record(layer)
+
+        def apply_mask_to_data(data, mask, new_label, volume_slice, *args, **kwargs):
+            tracked = record()
+            unchanged = None
+            if tracked is not None and not tracked.muted and new_label:
+                unchanged = np.asarray(mask, bool) & (np.asarray(data) == new_label)
+            staged, last = len(layer._staged_history), (layer._undo_history[-1] if layer._undo_history else None)
+            effective = apply_mask(data, mask, new_label, volume_slice, *args, **kwargs)
+            if unchanged is None or tracked.marks.shape != layer.data.shape:
+                return effective
+            if unchanged.any():
+                tracked.confirm(volume_slice, unchanged, new_label)
+            if len(layer._staged_history) > staged:  # a stroke in progress: the atom this call made
+                tracked.tie(layer._staged_history[-1])
+            elif layer._undo_history and layer._undo_history[-1] is not last:  # a single click: its own history item
+                tracked.tie(layer._undo_history[-1][-1])
+            elif not layer._block_history:  # a click that changed nothing: nothing to undo, the marks stay
+                tracked.pending = []
+            return effective
+
+        def commit_staged_history(*args, **kwargs):
+            commit(*args, **kwargs)  # its paint event ties what is pending to the stroke's history item
+            tracked = record()
+            if tracked is not None:  # a stroke that changed nothing: no history item, the marks stay
+                tracked.pending = []
+
+        def replaying(original, history_name: str, undoing: bool):
+            def run():
+                history = getattr(layer, history_name)
+                item = list(history[-1]) if history else []
+                original()
+                tracked = record()
+                if tracked is not None and tracked.marks.shape == layer.data.shape:
+                    tracked.replay(item, undoing)
+            return run
+
+        apply_mask_to_data._napari_unet = True
+        layer._apply_mask_to_data = apply_mask_to_data
+        layer._commit_staged_history = commit_staged_history
+        layer.undo = replaying(undo, "_undo_history", True)
+        layer.redo = replaying(redo, "_redo_history", False)
 
     def adopt(self, layer) -> Optional[Tracked]:
         """Track a prediction layer that came back (a saved prediction reopened, a duplicate) with its marks.
@@ -326,6 +416,7 @@ class Session:
         record = self._tracked.get(id(unwrap(layer)))
         if record is not None and record.marks.shape != record.layer.data.shape:  # data replaced: start over
             record.marks, record.accepted = Tracked.no_marks(record.layer), None
+            record.pending, record.confirmed = [], {}
             record.publish()
         return record
 
@@ -384,6 +475,8 @@ class Session:
         record = self.record(event.source)
         if record is None or record.muted:
             return
+        if record.pending and event.value:  # a stroke whose last brush positions changed nothing
+            record.tie(event.value[-1])
         for atom in event.value:
             if hasattr(atom, "slice_key"):  # napari >= 0.6: bounding box + mask of the changed pixels, one label
                 record.mark(atom.slice_key, None if atom.mask is None else np.asarray(atom.mask, bool), atom.new_value)
