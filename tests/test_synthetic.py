@@ -209,3 +209,26 @@ def test_labels_from_the_boundaries_of_one_b_scan():
     np.testing.assert_array_equal(oct_labels_from_boundaries(boundaries[None], 8)[0], labels)
     with pytest.raises(ValueError, match="boundaries must be"):
         oct_labels_from_boundaries(np.zeros(4), 8)
+
+
+def test_untraced_boundaries_leave_their_rows_unannotated_instead_of_shifting_the_layers_below():
+    # one NaN boundary moved every layer under it up one class (INL vanished, class 9 never appeared), without a word
+    from napari_unet.synthetic import oct_labels_from_boundaries
+
+    _, labels, boundaries = make_oct_stack(1, (96, 64), seed=1, return_boundaries=True)
+    np.testing.assert_array_equal(oct_labels_from_boundaries(boundaries, 96), labels)
+    traced = boundaries.copy()
+    traced[0, 3, 10] = np.nan  # boundary 3 not traced in column 10
+    traced[0, 8, 20:23] = np.nan  # nor the last one in columns 20-22
+    result = oct_labels_from_boundaries(traced[0], 96)
+    column = result[:, 10]
+    rows = np.arange(96)
+    ambiguous = (rows >= boundaries[0, 2, 10]) & (rows < boundaries[0, 4, 10])
+    assert ambiguous.any() and (column[ambiguous] == 255).all()
+    np.testing.assert_array_equal(column[~ambiguous], labels[0][~ambiguous, 10])  # the rest as traced
+    assert (result[rows >= boundaries[0, 7, 21], 21] == 255).all()  # below the last traced boundary: unknown
+    untouched = np.ones(64, bool)
+    untouched[[10, 20, 21, 22]] = False
+    np.testing.assert_array_equal(result[:, untouched], labels[0][:, untouched])
+    with pytest.raises(ValueError, match="unannotated"):
+        oct_labels_from_boundaries(traced, 96, unannotated=5)

@@ -296,21 +296,38 @@ def _smooth_curve(rng: np.random.Generator, n: int, amplitude: float, sigma: flo
     return amplitude * (curve - curve.mean()) / (std if std > 0 else 1.0)
 
 
-def oct_labels_from_boundaries(boundaries: np.ndarray, n_rows: int) -> np.ndarray:
+def oct_labels_from_boundaries(boundaries: np.ndarray, n_rows: int, unannotated: int = 255) -> np.ndarray:
     """Layer labels (uint8 ``(Z, n_rows, X)``) from boundary rows ``(Z, B, X)``; ``(B, X)`` (one B-scan, e.g. a
     manual ``boundaries.npy``) gives ``(n_rows, X)``.
 
     A pixel's label is the number of boundaries at or above its row centre: 0 above the first
-    boundary, B below the last.
+    boundary, B below the last. Where a boundary is NaN (not traced, as in many manual traces), the rows between the
+    traced boundaries above and below it are ambiguous and get ``unannotated`` (train with ``--ignore-value``).
     """
     boundaries = np.asarray(boundaries, dtype=np.float32)
     if boundaries.ndim == 2:
-        return oct_labels_from_boundaries(boundaries[None], n_rows)[0]
+        return oct_labels_from_boundaries(boundaries[None], n_rows, unannotated)[0]
     if boundaries.ndim != 3:
         raise ValueError(f"boundaries must be (B, X) or (Z, B, X) rows, got shape {boundaries.shape}")
+    if not boundaries.shape[1] < unannotated <= 255:
+        raise ValueError(f"unannotated must be a uint8 value above the {boundaries.shape[1]} layers' labels, got {unannotated}")
+    missing = np.isnan(boundaries)
+    below, above = boundaries.copy(), np.empty_like(boundaries)
+    following = np.full(boundaries[:, 0].shape, np.inf, np.float32)
+    for k in reversed(range(boundaries.shape[1])):  # a missing boundary lies at or above the next traced one
+        following = np.where(missing[:, k], following, boundaries[:, k])
+        below[:, k] = following
+    preceding = np.full(boundaries[:, 0].shape, -np.inf, np.float32)
+    for k in range(boundaries.shape[1]):  # ... and below the previous traced one
+        above[:, k] = preceding
+        preceding = np.where(missing[:, k], preceding, boundaries[:, k])
     rows = np.arange(n_rows, dtype=np.float32)[None, :, None, None]  # (1, Y, 1, 1)
-    above = rows >= boundaries[:, None, :, :].transpose(0, 1, 3, 2)  # (Z, 1, X, 9) vs rows
-    return above.sum(axis=-1, dtype=np.uint8)
+    labels = (rows >= below[:, None, :, :].transpose(0, 1, 3, 2)).sum(axis=-1, dtype=np.uint8)  # (Z, Y, X)
+    if missing.any():
+        lo, hi = above[:, None].transpose(0, 1, 3, 2), below[:, None].transpose(0, 1, 3, 2)  # (Z, 1, X, B)
+        ambiguous = (missing[:, None].transpose(0, 1, 3, 2) & (rows >= lo) & (rows < hi)).any(axis=-1)
+        labels[ambiguous] = unannotated
+    return labels
 
 
 def make_oct_stack(
