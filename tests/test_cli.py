@@ -575,7 +575,7 @@ def test_importing_the_package_loads_neither_tensorflow_nor_qt():
 @pytest.mark.slow
 def test_demo_refuses_a_bad_budget_before_writing_anything(tmp_path, capsys):
     code, _, err = run(capsys, "demo", "--headless", "--minutes", "-1", "--output-dir", tmp_path / "demo")
-    assert code == 2 and "max_minutes must be positive" in err and not (tmp_path / "demo").exists()
+    assert code == 2 and "max_minutes must be a positive number" in err and not (tmp_path / "demo").exists()
 
 
 def test_demo_runs_headless(tmp_path, capsys):

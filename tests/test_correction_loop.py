@@ -383,13 +383,16 @@ def test_a_prediction_that_ends_during_a_brush_stroke_waits_for_the_mouse_releas
         assert inference.run()
         label = MEMBRANE if prediction.data[0, 20, 20] == CELL else CELL
         prediction.paint((0, 20, 20), label)
-        qtbot.waitUntil(lambda: inference._job is None, timeout=120_000)
+        qtbot.waitUntil(lambda: "brush stroke ends" in inference.progress.status.text(), timeout=120_000)
         qtbot.wait(300)
         np.testing.assert_array_equal(prediction.data[2], before[2])  # not written while the button is down
+        assert inference._job is not None and not inference.run_button.isEnabled() and session.busy  # still running
         prediction.paint((0, 20, 30), label)
     finally:
         stroke.__exit__(None, None, None)  # released
     qtbot.waitUntil(lambda: "pixels updated" in inference.progress.status.text(), timeout=10_000)
+    qtbot.waitUntil(lambda: inference._job is None and not session.busy, timeout=10_000)
+    assert inference.run_button.isEnabled()
     np.testing.assert_array_equal(prediction.data[2], predicted)
     painted = np.zeros(prediction.data.shape, bool)
     painted[0, 18:23, 18:33] = True
@@ -401,6 +404,7 @@ def test_a_stroke_counts_every_pixel_it_paints_also_those_that_held_its_label(ma
     # napari's paint events carry only changed pixels: a membrane line drawn across a gap counted where the gap was,
     # and the next prediction with "keep my corrections" broke the user's line again
     from napari_unet._widgets import get_session
+    from napari_unet._widgets.session import CONFIRMED_PRUNE_AT
 
     viewer = make_napari_viewer()
     image = viewer.add_image(np.zeros((2, 32, 32), np.uint8), name="EM")
@@ -432,6 +436,17 @@ def test_a_stroke_counts_every_pixel_it_paints_also_those_that_held_its_label(ma
     assert session.reviewed(prediction)[0, 20, 2:10].all()  # not part of the stroke taken back
     prediction.paint((1, 5, 5), CELL)  # a click outside a drag, over its own label
     assert session.reviewed(prediction)[1, 5, 5]
+    reviewed = session.reviewed(prediction).copy()
+    prediction._begin_stroke()  # a stroke napari 0.9 cancels (Escape during an encircle): no correction
+    for x in range(2, 30):
+        prediction.paint((0, 25, x), MEMBRANE, refresh=False)
+    prediction._abort_stroke()
+    np.testing.assert_array_equal(session.reviewed(prediction), reviewed)
+    record = session.record(prediction)
+    prediction.brush_size = 3
+    for x in range(400):  # each click over the last one's membrane and new cell: ties beyond napari's undo limit go
+        prediction.paint((1, 1 + (x // 30) % 30, 1 + x % 30), MEMBRANE if (x // 30) % 2 else CELL)
+    assert CONFIRMED_PRUNE_AT // 2 < len(record.confirmed) <= CONFIRMED_PRUNE_AT
     from types import SimpleNamespace
 
     from napari_unet._widgets.outputs import write_prediction

@@ -117,6 +117,10 @@ def test_layer_order_finds_layers_stacked_top_to_bottom_and_not_membranes():
     sparse[:, :, :20] = indices[:, :, :20]  # unannotated columns are not read
     assert layer_order(sparse) == tuple(range(10))
     assert layer_order(sparse[:, :, :3]) is None  # too few columns to tell
+    gaps = indices.copy()
+    gaps[indices == 0] = -1  # an OCT mask whose vitreous (0) counts as not annotated (napari's "0 = unannotated")
+    gaps[:, 50:53] = -1  # and an unannotated strip across every column
+    assert layer_order(gaps) == tuple(range(1, 10))
     broken = indices.copy()
     broken[:, 10:14, :] = 9  # a band of "choroid" in the vitreous of every column: not one order
     assert layer_order(broken) is None

@@ -118,6 +118,11 @@ def test_a_file_of_several_image_series_is_refused_not_cut_to_the_first(tmp_path
     for lazy in (False, True):
         with pytest.raises(TiffReadError, match=r"holds 2 image series of shapes \(2, 16, 20\), \(5, 16, 20\)"):
             read_tiff(path, lazy=lazy, lazy_from_bytes=0)
+    thumbnail = tmp_path / "thumbnail.tif"  # a stack and its reduced-resolution preview: one image
+    with tifffile.TiffWriter(thumbnail) as tif:
+        tif.write(em_like((3, 16, 20)), photometric="minisblack")
+        tif.write(em_like((4, 5)), subfiletype=1)
+    assert read_tiff(thumbnail).data.shape == (3, 16, 20)
     folder = tmp_path / "slices"
     folder.mkdir()
     os.replace(path, folder / "slice_1.tif")

@@ -786,7 +786,8 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument(
         "--tta-views", type=int, choices=(1, 2, 4),
         help="network passes per tile, overriding --tta: 4 = the 90-degree rotations, 2 = the tile and its half turn "
-        "(on ISBI two thirds of the accuracy gain of 4 for about half their time), 1 = no test-time augmentation",
+        "(on ISBI two thirds of the accuracy gain of 4 for about half their time), 1 = no test-time augmentation; a model "
+        "trained without rotations (OCT layers) has at most 2: the tile and its mirror image (1 if it was trained without flips)",
     )
     pred.add_argument("--float32", action="store_true", help="compute in float32 also on CPUs with bfloat16 instructions (default: bfloat16 there)")
     rule = pred.add_mutually_exclusive_group()

@@ -65,7 +65,7 @@ def check_trainable(labels, ignore_value=None, class_values=None) -> list[int]:
     return list(class_values)
 
 
-#: :func:`layer_order`: share of the fully annotated columns holding two or more classes that must be ordered, and
+#: :func:`layer_order`: share of the columns whose annotated pixels hold two or more classes that must be ordered, and
 #: how many such columns there must be at least.
 LAYERED_SHARE, LAYERED_MIN_COLUMNS = 0.95, 8
 
@@ -74,17 +74,26 @@ def layer_order(indices, max_columns: int = 4096, max_classes: int = 64):
     """The top-to-bottom order of the classes (a tuple of class indices) if ``indices`` are layered, else None.
 
     ``indices``: (Y, X) or (Z, Y, X) integer class indices, negative where not annotated. Layered (retinal OCT
-    layers, anything stacked along Y) means: down at least :data:`LAYERED_SHARE` of the fully annotated columns
-    holding two or more classes, each class is a single run and the runs follow one order. Such labels depend on
+    layers, anything stacked along Y) means: down at least :data:`LAYERED_SHARE` of the columns whose annotated pixels
+    hold two or more classes, each class is a single run of those pixels and the runs follow one order. Such labels depend on
     which way is up, so a network must not learn them from rotated patches. EM membranes alternate with cells down a
     column and are not layered. At most ``max_columns`` evenly spaced columns are read; labels of more than
     ``max_classes`` classes are not called layered.
     """
     stack = np.asarray(indices)
     stack = stack[None] if stack.ndim == 2 else stack
-    columns = np.moveaxis(stack, 1, -1).reshape(-1, stack.shape[1])  # (Z * X, Y)
-    columns = columns[:: max(1, -(-len(columns) // max_columns))]
-    columns = columns[(columns >= 0).all(axis=1)]
+    n_z, _, n_x = stack.shape
+    x_step = min(n_x, -(-n_z * n_x // max_columns))  # evenly spaced columns, picked before any copy
+    z_step = max(1, -(-n_z * -(-n_x // x_step) // max_columns))
+    columns = np.moveaxis(stack[::z_step, :, ::x_step], 1, -1).reshape(-1, stack.shape[1])  # (columns, Y)
+    annotated = columns >= 0
+    columns, annotated = columns[annotated.any(axis=1)], annotated[annotated.any(axis=1)]
+    # unannotated pixels take the class of the annotated pixel above (at the top: below), so that a column is judged
+    # by its annotated pixels in their order (an OCT mask whose vitreous is unannotated, untraced boundaries)
+    source = np.maximum.accumulate(np.where(annotated, np.arange(columns.shape[1]), 0), axis=1)
+    columns = np.take_along_axis(columns, source, axis=1)
+    first = np.take_along_axis(columns, annotated.argmax(axis=1)[:, None], axis=1)
+    columns = np.where(columns < 0, first, columns)
     columns = columns[columns.min(axis=1) != columns.max(axis=1)]
     n_classes = int(columns.max()) + 1 if len(columns) else 0
     if len(columns) < LAYERED_MIN_COLUMNS or n_classes > max_classes:

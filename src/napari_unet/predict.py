@@ -104,7 +104,7 @@ RULE_WORKERS = 1
 
 
 #: Network passes per tile that test-time augmentation can make (``tta``): 1 = off, 2 = identity and
-#: half turn, 4 = the four quarter turns.
+#: half turn, 4 = the four quarter turns (for models trained upright: :func:`upright_views`, at most 2).
 TTA_VIEWS = (1, 2, 4)
 
 
@@ -260,7 +260,8 @@ def predict_events(
     forces closing of membrane gaps (watershed regions merged across faint boundaries), ``False``
     gives plain argmax labels. ``tta``: test-time augmentation, the mean over the four quarter turns of
     each tile (True or 4) or over the tile and its half turn (2, half the network time of 4; see
-    :func:`_transforms`); ``"auto"`` (default) is True where the network is cheap, on a GPU or a CPU
+    :func:`_transforms`); a model trained without rotations gets at most its :func:`upright_views` (the tile and its
+    mirror image, or the tile alone if it was trained without flips); ``"auto"`` (default) is True where the network is cheap, on a GPU or a CPU
     with AMX (:func:`napari_unet.hardware.resolve_tta`). ``mixed_precision``: run the network in bfloat16; None (default) does so
     on CPUs with bfloat16 instructions (:mod:`napari_unet.hardware`). ``jit_compile``: XLA-compile the
     network; None (default) does so for inputs of at least :data:`XLA_MIN_PIXELS` network pixels, where the

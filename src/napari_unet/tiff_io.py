@@ -388,15 +388,17 @@ def _tifffile_errors(path: Path):
 
 
 def _only_series(tif: tifffile.TiffFile, path: Path):
-    """The one image series of ``tif``; :class:`TiffReadError` for none, or for several (an OME-TIFF of several
-    positions, a preview before the image), of which reading the first one silently dropped the others."""
+    """The one full-resolution image series of ``tif`` (reduced-resolution thumbnails aside); :class:`TiffReadError`
+    for none, or for several (an OME-TIFF of several positions), of which reading the first one silently dropped the
+    others."""
     if not tif.series:
         raise TiffReadError(f"{path}: corrupt TIFF (no readable image in the file)")
-    if len(tif.series) > 1:
-        shapes = ", ".join(str(tuple(series.shape)) for series in tif.series[:4]) + (", ..." if len(tif.series) > 4 else "")
-        raise TiffReadError(f"{path}: holds {len(tif.series)} image series of shapes {shapes}; napari-unet reads one image "
+    full = [series for series in tif.series if not getattr(series.keyframe, "is_reduced", False)]  # not thumbnails
+    if len(full) > 1:
+        shapes = ", ".join(str(tuple(series.shape)) for series in full[:4]) + (", ..." if len(full) > 4 else "")
+        raise TiffReadError(f"{path}: holds {len(full)} image series of shapes {shapes}; napari-unet reads one image "
                             "per file: save the series you want as a file of its own")
-    return tif.series[0]
+    return full[0] if full else tif.series[0]
 
 
 def _lazy_series(path: Path, series, memory_map: bool = True):

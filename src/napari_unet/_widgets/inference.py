@@ -30,6 +30,8 @@ _log = logging.getLogger("napari_unet")
 CURRENT, STACK = "current slice", "whole stack"
 #: Milliseconds between looks whether the user still holds the mouse on a brush stroke, before a prediction is written.
 STROKE_WAIT_MS = 100
+#: The session's busy name while a finished prediction waits for a brush stroke to end.
+WAITING = "prediction waiting for a brush stroke"
 
 
 @dataclass
@@ -42,6 +44,8 @@ class _Job:
     model: Any
     info: Any  # the session's ModelInfo (class names, colours) when the job started
     notes: list = field(default_factory=list)  # warnings of the job, repeated in the final status
+    waiting: bool = False  # its result waits for a brush stroke on a layer it writes to end
+    ended: bool = False  # its worker finished while the result waited
 
 
 TTA_CHOICES = {"auto": "auto", "on": True, "2 views": 2, "off": False}
@@ -69,7 +73,8 @@ class InferenceWidget(QWidget):
         self.tta.setToolTip(
             "test-time augmentation: average the network over the four 90-degree rotations of each tile "
             "(4 network passes, better membranes); 2 views = the tile and its half turn (2 passes, most of the "
-            "gain); auto = on with a GPU or a CPU with AMX, where the network is cheap"
+            "gain); auto = on with a GPU or a CPU with AMX, where the network is cheap. A model trained without rotations "
+            "(OCT layers) keeps tiles upright: the tile and its mirror image (2 passes) at most"
         )
         self.probabilities = QCheckBox("probability map")
         self.cells = QCheckBox("cell instances (2 classes: cells split by membranes)")
@@ -253,16 +258,24 @@ class InferenceWidget(QWidget):
             self._write_after_strokes(job, event)
 
     def _write_after_strokes(self, job: _Job, result: PredictionResult) -> None:
-        """Write ``result`` once no brush stroke is in progress. napari groups a drag's edits until the mouse is
-        released: written during one, the stroke's first part was committed with the prediction as the widget's own
-        write, and counted as no correction."""
+        """Write ``result`` once no brush stroke is in progress on a layer it writes to. napari groups a drag's edits
+        until the mouse is released: written during one, the stroke's first part was committed with the prediction as
+        the widget's own write, and counted as no correction. The job stays running (Run and Retrain wait) meanwhile."""
         try:
             self.objectName()
         except RuntimeError:  # the dock was closed while the stroke went on (its Qt object is deleted)
+            self.session.set_busy(WAITING, False)
             return
-        if any(getattr(layer, "_block_history", False) for layer in self.viewer.layers):
+        if self._stroke_in_progress(job):
+            if not job.waiting:
+                job.waiting = True
+                self.session.set_busy(WAITING, True)
+                self.progress.set_status("Prediction ready; it is written when your brush stroke ends.")
             QTimer.singleShot(STROKE_WAIT_MS, lambda: self._write_after_strokes(job, result))
             return
+        if job.waiting:
+            job.waiting = False
+            self.session.set_busy(WAITING, False)
         try:
             self._show(job, result)
         except Exception as err:  # a layer that refuses the write (read-only data, a plugin's array type...)
@@ -270,6 +283,16 @@ class InferenceWidget(QWidget):
             show_error(f"napari-unet: the prediction could not be written completely: {err}")
             self.progress.finish("prediction not written")
             self.progress.set_status(f"Prediction not written completely (see the layers): {err}")
+        if job.ended and self._job is job:
+            self._finish_job()
+
+    def _stroke_in_progress(self, job: _Job) -> bool:
+        """Whether the user is painting on a layer the prediction may write: a prediction layer or the image's cells."""
+        cells = f"{job.image_layer.name} cells"
+        return any(
+            getattr(layer, "_block_history", False) and (self.session.record(layer) is not None or layer.name == cells)
+            for layer in self.viewer.layers
+        )
 
     def _not_writable(self, job: _Job) -> Optional[str]:
         """Why the prediction no longer fits its image layer, or None."""
@@ -307,6 +330,9 @@ class InferenceWidget(QWidget):
         self._on_event(WORKER_FINISHED)
 
     def _finish_job(self) -> None:
+        if self._job is not None and self._job.waiting:  # the worker ended; its result waits for a stroke to end
+            self._job.ended = True
+            return
         if self.progress.active:
             self.progress.finish("prediction ended")
         self._job = None

@@ -68,6 +68,10 @@ def get_session(viewer) -> "Session":
     return session
 
 
+#: Ties of confirmed stroke pixels to napari history atoms above which those of atoms napari dropped are forgotten.
+CONFIRMED_PRUNE_AT = 256
+
+
 @dataclass
 class Tracked:
     """A prediction layer written by the inference widget, and the pixels the user painted or accepted.
@@ -169,9 +173,26 @@ class Tracked:
     def tie(self, atom) -> None:
         """Tie the pending confirmed pixels to napari history ``atom`` (undone and redone with it)."""
         if self.pending:
-            _, ties = self.confirmed.setdefault(id(atom), (atom, []))
+            _, ties = self.confirmed.setdefault(id(atom), (atom, []))  # the atom is kept: its id is not reused
             ties.extend(self.pending)
             self.pending = []
+            if len(self.confirmed) > CONFIRMED_PRUNE_AT:
+                self._forget_lost_atoms()
+
+    def _forget_lost_atoms(self) -> None:
+        """Drop ties to atoms napari no longer keeps (beyond its undo limit, a discarded redo branch)."""
+        layer = self.layer
+        items = [*getattr(layer, "_undo_history", ()), *getattr(layer, "_redo_history", ()), getattr(layer, "_staged_history", ())]
+        live = {id(atom) for item in items for atom in item}
+        self.confirmed = {key: tie for key, tie in self.confirmed.items() if key in live}
+
+    def drop_pending(self) -> None:
+        """Take back the confirmed pixels not yet tied to an atom (a stroke napari aborted)."""
+        for region, pixels, value in self.pending:
+            bit = value_marks(np.asarray(value), self.marks.dtype)
+            marks = self.marks[region]
+            marks[pixels] &= ~bit
+        self.pending = []
 
     def replay(self, history_item, undoing: bool) -> None:
         """Take back (``undoing``) or give again the confirmed pixels tied to the atoms of a napari history item."""
@@ -346,12 +367,15 @@ class Session:
         then overwrote the rest of the user's line).
 
         Wraps the layer's ``_apply_mask_to_data`` (napari >= 0.6: brush, polygon and fill), ``_commit_staged_history``
-        (a stroke's end), ``undo`` and ``redo``; with another napari, strokes count where they change pixels.
+        (a stroke's end), ``_abort_stroke`` (napari 0.9: a stroke cancelled), ``undo`` and ``redo``; with another
+        napari, strokes count where they change pixels.
         """
-        names = ("_apply_mask_to_data", "_commit_staged_history", "undo", "redo", "_undo_history", "_redo_history", "_staged_history", "_block_history")
+        names = ("_apply_mask_to_data", "_commit_staged_history", "_abort_stroke", "undo", "redo", "_undo_history",
+                 "_redo_history", "_staged_history", "_block_history")
         if not all(hasattr(layer, name) for name in names) or getattr(layer._apply_mask_to_data, "_napari_unet", False):
             return
-        apply_mask, commit, undo, redo = layer._apply_mask_to_data, layer._commit_staged_history, layer.undo, layer.redo
+        apply_mask, commit, abort = layer._apply_mask_to_data, layer._commit_staged_history, layer._abort_stroke
+        undo, redo = layer.undo, layer.redo
         session = weakref.ref(self)
 
         def record():
@@ -377,6 +401,14 @@ class Session:
                 tracked.pending = []
             return effective
 
+        def abort_stroke(*args, **kwargs):  # napari rolls back an unfinished stroke (Escape during an encircle)
+            staged = list(layer._staged_history)
+            abort(*args, **kwargs)
+            tracked = record()
+            if tracked is not None and tracked.marks.shape == layer.data.shape:
+                tracked.replay(staged, undoing=True)
+                tracked.drop_pending()
+
         def commit_staged_history(*args, **kwargs):
             commit(*args, **kwargs)  # its paint event ties what is pending to the stroke's history item
             tracked = record()
@@ -396,6 +428,7 @@ class Session:
         apply_mask_to_data._napari_unet = True
         layer._apply_mask_to_data = apply_mask_to_data
         layer._commit_staged_history = commit_staged_history
+        layer._abort_stroke = abort_stroke
         layer.undo = replaying(undo, "_undo_history", True)
         layer.redo = replaying(redo, "_redo_history", False)
 
