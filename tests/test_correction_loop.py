@@ -62,6 +62,18 @@ def paint_disk(layer, label, brush=6):
     layer.refresh()
 
 
+def tracked_prediction(make_napari_viewer, data):
+    """A viewer with an image "EM" and a tracked prediction layer of display values ``data`` (classes 0/255)."""
+    from napari_unet._widgets import get_session
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros(data.shape, np.uint8), name="EM")
+    prediction = viewer.add_labels(data, name="EM prediction", metadata={"class_values": [0, 255]})
+    session = get_session(viewer)
+    session.track(prediction, image)
+    return viewer, image, prediction, session
+
+
 def test_painted_corrections_retrain_the_model(loop_viewer, loop, qtbot, notifications):
     viewer = loop_viewer
     training, inference, session = loop
@@ -303,13 +315,7 @@ def test_saved_prediction_reopens_with_its_corrections(loop_viewer, loop, qtbot,
 
 
 def test_undoing_a_stroke_gives_back_the_corrections_and_acceptance_under_it(make_napari_viewer):
-    from napari_unet._widgets import get_session
-
-    viewer = make_napari_viewer()
-    image = viewer.add_image(np.zeros((2, 64, 64), np.uint8), name="EM")
-    prediction = viewer.add_labels(np.full((2, 64, 64), CELL, np.uint8), name="EM prediction", metadata={"class_values": [0, 255]})
-    session = get_session(viewer)
-    session.track(prediction, image)
+    _, _, prediction, session = tracked_prediction(make_napari_viewer, np.full((2, 64, 64), CELL, np.uint8))
 
     def stroke(label, y, x):
         with prediction.block_history():
@@ -338,13 +344,7 @@ def test_an_image_opened_again_finds_its_prediction_at_once(make_napari_viewer):
     # prediction (and the corrections on it) belonged to the removed layer only: Retrain found no corrections
     import gc
 
-    from napari_unet._widgets import get_session
-
-    viewer = make_napari_viewer()
-    image = viewer.add_image(np.zeros((2, 32, 32), np.uint8), name="EM")
-    prediction = viewer.add_labels(np.full((2, 32, 32), CELL, np.uint8), name="EM prediction", metadata={"class_values": [0, 255]})
-    session = get_session(viewer)
-    session.track(prediction, image)
+    viewer, image, prediction, session = tracked_prediction(make_napari_viewer, np.full((2, 32, 32), CELL, np.uint8))
     gc.disable()
     try:
         viewer.layers.remove(image)
@@ -403,16 +403,11 @@ def test_a_prediction_that_ends_during_a_brush_stroke_waits_for_the_mouse_releas
 def test_a_stroke_counts_every_pixel_it_paints_also_those_that_held_its_label(make_napari_viewer):
     # napari's paint events carry only changed pixels: a membrane line drawn across a gap counted where the gap was,
     # and the next prediction with "keep my corrections" broke the user's line again
-    from napari_unet._widgets import get_session
     from napari_unet._widgets.session import CONFIRMED_PRUNE_AT
 
-    viewer = make_napari_viewer()
-    image = viewer.add_image(np.zeros((2, 32, 32), np.uint8), name="EM")
     data = np.full((2, 32, 32), CELL, np.uint8)
     data[0, :, :16] = MEMBRANE
-    prediction = viewer.add_labels(data, name="EM prediction", metadata={"class_values": [0, 255]})
-    session = get_session(viewer)
-    session.track(prediction, image)
+    viewer, image, prediction, session = tracked_prediction(make_napari_viewer, data)
     prediction.brush_size = 1
 
     def stroke(label, y, xs):
