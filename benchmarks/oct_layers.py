@@ -30,6 +30,9 @@ def main(argv=None) -> int:
     parser.add_argument("models", nargs="+", type=Path, help="models trained on circular-scan.tif (.keras)")
     parser.add_argument("--name", default="oct-layers", help="results/<name>.json")
     parser.add_argument("--tta", choices=("off", "auto"), default="off", help="auto: also score predict's default test-time augmentation")
+    parser.add_argument("--layers", choices=("model", "both"), default="model", help="both: also score the most probable "
+                        "class per pixel against the labelling that keeps the layers in order (models trained before layer "
+                        "orders were recorded get the order of the scan's labels, as training records it now)")
     args = parser.parse_args(argv)
     if not (OCT / "circular-scan.tif").exists():
         print(f"skipped: {OCT} not found (needs ../shared/data beside the repository)")
@@ -37,6 +40,7 @@ def main(argv=None) -> int:
     C.use_src()
     import tifffile
 
+    from napari_unet.labels import layer_order, to_indices
     from napari_unet.metrics import dice_per_class, pixel_error
     from napari_unet.model_io import load_model
     from napari_unet.predict import predict, resolve_tta_views
@@ -49,14 +53,20 @@ def main(argv=None) -> int:
         model = load_model(path)
         val_fraction = model.train_config.val_fraction if model.train_config else 0.2
         first = validation_column(image.shape[-1], val_fraction, model.config.size_multiple)
-        for tta in (False, "auto") if args.tta == "auto" else (False,):
-            labels = predict(model, image, tta=tta, return_probabilities=False).labels
+        if args.layers == "both" and model.layer_order is None:
+            order = layer_order(to_indices(truth, model.class_values))
+            model.layer_order = None if order is None else [model.class_values[k] for k in order]
+        variants = [(tta, close) for tta in ((False, "auto") if args.tta == "auto" else (False,))
+                    for close in ((None, False) if args.layers == "both" else (None,))]
+        for tta, close in variants:
+            labels = predict(model, image, tta=tta, return_probabilities=False, close_boundaries=close).labels
             pred, true = labels[:, first:], truth[:, first:]
             dice = dice_per_class(pred, true, list(range(10)))
             row = {
                 "model": str(path), "local_contrast_sigma": model.config.local_contrast_sigma, "columns": [first, image.shape[-1]],
                 "rotations": model.train_config.augment_rotations if model.train_config else None,
                 "tta_views": resolve_tta_views(tta, model),
+                "labels": "most probable class" if close is False or not model.layer_order else "layers in order",
                 "pixel_error": round(pixel_error(pred, true), 4), "mean_dice": round(float(np.mean(list(dice.values()))), 4),
                 "dice": {str(k): round(v, 3) for k, v in dice.items()},
             }

@@ -133,6 +133,7 @@ def test_damaged_metadata_is_a_clear_model_file_error(tmp_path, text, words):
         ("boundary_rule", "x", "invalid membrane rule"),
         ("boundary_rule", {"foo": 1}, "invalid membrane rule"),
         ("boundary_value", 7, "boundary class 7 that is not one of its classes"),
+        ("layer_order", [0, 0], "invalid layer order"),
         ("class_values", [0.5, 255], "not a list of whole numbers"),  # was loaded as [0, 255]
         ("class_values", [0, 2**70], "not a list of whole numbers"),  # was loaded and overflowed in predict
         ("model_config", [], "must be a JSON object"),  # a raw AttributeError

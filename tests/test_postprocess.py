@@ -249,3 +249,31 @@ def test_non_finite_probabilities_are_refused_not_segmented(function):
         function(probability)
     with pytest.raises(ValueError, match="NaN or Inf"):
         tune_boundary_rule(np.full((40, 40), np.inf, np.float32), probability < 0.5)
+
+
+def test_order_layers_keeps_the_layers_in_order_with_the_most_likely_labelling():
+    # OCT: the most probable class per pixel left islands (vitreous inside the choroid) and swapped thin layers
+    import itertools
+
+    from napari_unet.postprocess import order_layers
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # each column's labelling is the most likely of all ordered ones (brute force)
+        probabilities = rng.dirichlet(np.ones(3), size=(5, 2)).astype(np.float32)
+        order = [int(c) for c in rng.permutation(3)]
+        rank = {c: i for i, c in enumerate(order)}
+        result = order_layers(probabilities, order)
+        for x in range(2):
+            ordered = [labels for labels in itertools.product(range(3), repeat=5)
+                       if all(rank[a] <= rank[b] for a, b in zip(labels, labels[1:]))]
+            likelihood = [sum(np.log(probabilities[y, x, c]) for y, c in enumerate(labels)) for labels in ordered]
+            assert tuple(result[:, x]) == ordered[int(np.argmax(likelihood))]
+    layered = np.repeat(np.repeat(np.arange(4), 8)[:, None], 6, axis=1)  # rows of classes 0..3, 8 each
+    probabilities = np.full((32, 6, 4), 0.02, np.float32)
+    np.put_along_axis(probabilities, layered[..., None], 0.94, axis=-1)
+    probabilities[28, 2] = [0.9, 0.02, 0.02, 0.06]  # an island of the top class in the bottom layer
+    before = probabilities.copy()
+    result = order_layers(probabilities, [0, 1, 2, 3])
+    np.testing.assert_array_equal(result, layered)
+    np.testing.assert_array_equal(probabilities, before)
+    assert np.argmax(probabilities, axis=-1)[28, 2] == 0  # what the most probable class gave

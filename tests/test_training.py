@@ -548,3 +548,22 @@ def test_layered_labels_train_without_rotations_and_say_so():
     events = list(train_events(em_image, em_labels, model_config, train_config))
     assert events[-1].model.train_config.augment_rotations is True
     assert next(e for e in events if isinstance(e, TrainingStarted)).notes == ()
+
+
+def test_layered_labels_give_a_model_that_predicts_its_layers_in_order(tmp_path):
+    from napari_unet.model_io import load_model, save_model
+    from napari_unet.synthetic import make_oct_stack
+
+    image, labels = make_oct_stack(2, (64, 64), seed=1)
+    model_config, train_config = tiny_configs(epochs=1, steps_per_epoch=2, val_fraction=0.0)
+    model = train(image, labels, model_config, train_config).model
+    assert model.layer_order == list(range(10))
+    assert load_model(save_model(model, tmp_path / "m.keras")).layer_order == list(range(10))
+    assert train(image, labels, model_config, train_config, init=model).model.layer_order == list(range(10))
+    ordered = predict(model, image, tta=False).labels  # a barely trained network: its argmax is not in order
+    rank = np.diff(ordered.astype(np.int64), axis=1)
+    assert (rank >= 0).all()  # down every column the layers keep their order (class values 0..9 top to bottom)
+    plain = predict(model, image, tta=False, close_boundaries=False).labels
+    np.testing.assert_array_equal(plain, np.argmax(predict(model, image, tta=False).probabilities, axis=-1))
+    em_image, em_labels = stripes(2, 64)
+    assert train(em_image, em_labels, model_config, train_config).model.layer_order is None

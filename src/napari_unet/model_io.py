@@ -52,6 +52,7 @@ class UNetModel:
     class_colors: Optional[list] = None  # one [r, g, b, a] per class value, when the labels had custom colours
     intensity_profile: Optional[tuple] = None  # of the training images (data.intensity_reference); None in older files
     intensity_spread: float = 0.0  # the largest profile distance of one training slice from intensity_profile
+    layer_order: Optional[list] = None  # class values top to bottom, for labels layered down every column (OCT)
 
     def metadata(self) -> dict:
         return {
@@ -68,6 +69,7 @@ class UNetModel:
             "class_colors": [[float(c) for c in rgba] for rgba in self.class_colors] if self.class_colors else None,
             "intensity_profile": [float(q) for q in self.intensity_profile] if self.intensity_profile else None,
             "intensity_spread": float(self.intensity_spread),
+            "layer_order": [int(v) for v in self.layer_order] if self.layer_order else None,
         }
 
 
@@ -185,7 +187,17 @@ def load_model(path) -> UNetModel:
         class_colors=_class_colors(meta.get("class_colors"), class_values),
         intensity_profile=intensity_profile,
         intensity_spread=intensity_spread,
+        layer_order=_layer_order(meta.get("layer_order"), class_values, path.name),
     )
+
+
+def _layer_order(order, class_values: list, name: str) -> Optional[list]:
+    """A file's layer order: a permutation of its class values, or None (files without one)."""
+    if order is None:
+        return None
+    if not (isinstance(order, list) and sorted(order) == sorted(class_values) and all(isinstance(v, int) for v in order)):
+        raise ModelFileError(f"{name} has an invalid layer order {order!r} for its classes {class_values}")
+    return order
 
 
 def _refuse_newer_settings(meta: dict, name: str) -> None:

@@ -232,3 +232,30 @@ def find_boundary_class(indices, n_classes: int, max_width: float = 6.0):
     distances = [ndimage.distance_transform_edt(plane == minority)[plane == minority] for plane in indices]
     distances = np.concatenate(distances)
     return minority if np.percentile(distances, 90) <= max_width else None
+
+
+def order_layers(probabilities, order) -> np.ndarray:
+    """Class indices (int64, (Y, X)) of (Y, X, C) class ``probabilities`` with the layers in ``order`` down every column.
+
+    ``order``: the class indices top to bottom (a permutation of 0..C-1). Each column gets the labelling of highest
+    likelihood (sum of log probabilities) in which the classes follow ``order`` downwards, each at most once; a layer
+    may be absent. Stray islands (a patch of vitreous in the choroid) and swapped layers cannot occur. Dynamic
+    programming over the rows: O(Y x X x C).
+    """
+    probabilities = np.asarray(probabilities, np.float32)
+    order = np.asarray(order, np.int64)
+    scores = np.log(np.maximum(probabilities[..., order], 1e-7))  # (Y, X, K) in layer order
+    n_rows, n_cols, n_layers = scores.shape
+    ranks = np.arange(n_layers)
+    best = scores[0].copy()
+    back = np.empty((n_rows, n_cols, n_layers), np.int16)
+    for y in range(1, n_rows):
+        running = np.maximum.accumulate(best, axis=1)  # the best labelling of the rows above ending at a layer <= k
+        back[y] = np.maximum.accumulate(np.where(best == running, ranks, 0), axis=1)
+        best = running + scores[y]
+    ranked = np.empty((n_rows, n_cols), np.int64)
+    ranked[-1] = best.argmax(axis=1)
+    columns = np.arange(n_cols)
+    for y in range(n_rows - 1, 0, -1):
+        ranked[y - 1] = back[y, columns, ranked[y]]
+    return order[ranked]

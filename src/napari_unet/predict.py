@@ -27,7 +27,7 @@ from .data import (
 from .labels import from_indices
 from .model import fold_batch_norm
 from .model_io import UNetModel
-from .postprocess import boundary_mask, candidate_closings
+from .postprocess import boundary_mask, candidate_closings, order_layers
 
 
 @dataclass(frozen=True)
@@ -323,6 +323,9 @@ def predict_events(
     forward = _forward_pass(model, jit_compile, network_batch, mixed_precision, folded)
     rule = effective_boundary_rule(model, close_boundaries, n_transforms)
     boundary_index = model.class_values.index(model.boundary_value) if rule is not None else None
+    layers = None  # layered classes (OCT): the labelling that keeps them in order down each column
+    if getattr(model, "layer_order", None) and close_boundaries is not False and boundary_index is None:
+        layers = [model.class_values.index(v) for v in model.layer_order]
 
     label_dtype = labels_dtype(model)
     labels_shape = (len(selected), height, width)
@@ -375,7 +378,9 @@ def predict_events(
             if not np.isfinite(slice_probs).all():
                 raise PredictionError(f"the network gave NaN or Inf probabilities on slice {z}: its weights are damaged "
                                       "(NaN or Inf); retrain it or load an earlier model file")
-            if boundary_index is None:
+            if layers is not None:
+                labels[i] = from_indices(order_layers(slice_probs, layers), model.class_values, label_dtype)
+            elif boundary_index is None:
                 labels[i] = from_indices(np.argmax(slice_probs, axis=-1), model.class_values, label_dtype)
             else:  # boundary classes exist in two-class models only
                 while len(pending) >= 2:

@@ -165,18 +165,18 @@ class TrainingFinished:
 TrainingEvent = Union[TrainingStarted, TrainingStep, EpochEnd, TrainingFinished]
 
 
-def _resolve_rotations(value, indices, init) -> tuple[bool, tuple]:
+def _resolve_rotations(value, layered: bool, init) -> tuple[bool, tuple]:
     """``TrainConfig.augment_rotations`` as a bool, and a note when "auto" turned them off.
 
-    "auto": as the fine-tuned ``init`` model was trained (its invariance stays), else off for layered labels
-    (:func:`napari_unet.labels.layer_order` of the (Z, Y, X) class ``indices``), else on.
+    "auto": as the fine-tuned ``init`` model was trained (its invariance stays), else off for ``layered`` labels
+    (:func:`napari_unet.labels.layer_order`), else on.
     """
     if value != "auto":
         return bool(value), ()
     recorded = getattr(init.train_config, "augment_rotations", None) if init is not None and init.train_config else None
     if isinstance(recorded, bool):  # announced when that model was trained
         return recorded, ()
-    if layer_order(indices) is None:
+    if not layered:
         return True, ()
     return False, ("no 90-degree rotations: the labels are layered top to bottom (as OCT layers), so the network "
                    "must learn which way is up",)
@@ -414,7 +414,8 @@ def train_events(
     check_patch_size(train_config.patch_size, model_config)
     percentiles = init.percentiles if init else train_config.percentiles
     indices = to_indices(label_stack, class_values, ignore)
-    rotations, notes = _resolve_rotations(train_config.augment_rotations, indices, init)
+    order = layer_order(indices) if init is None else None  # a fine-tuned model keeps its own
+    rotations, notes = _resolve_rotations(train_config.augment_rotations, order is not None, init)
     train_config = train_config.replace(augment_rotations=rotations)
     images = normalize(image_stack, percentiles, model_config.local_contrast_sigma)
 
@@ -515,6 +516,9 @@ def train_events(
         result.intensity_profile, result.intensity_spread = intensity_reference(image_stack, percentiles)
     if init is not None:  # kept unless validation tunes it again below (Retrain has no validation)
         result.boundary_rule = init.boundary_rule
+        result.layer_order = init.layer_order
+    elif order is not None and len(order) == len(class_values):  # prediction keeps the layers in this order
+        result.layer_order = [class_values[k] for k in order]
 
     epochs, steps_per_epoch = train_config.epochs, train_config.steps_per_epoch
     total_steps = epochs * steps_per_epoch
