@@ -560,6 +560,10 @@ def test_layered_labels_give_a_model_that_predicts_its_layers_in_order(tmp_path)
     assert model.layer_order == list(range(10))
     assert load_model(save_model(model, tmp_path / "m.keras")).layer_order == list(range(10))
     assert train(image, labels, model_config, train_config, init=model).model.layer_order == list(range(10))
+    import dataclasses
+
+    older = dataclasses.replace(model, layer_order=None)  # a model file from before layer orders: fine-tuning adds it
+    assert train(image, labels, model_config, train_config, init=older).model.layer_order == list(range(10))
     ordered = predict(model, image, tta=False).labels  # a barely trained network: its argmax is not in order
     rank = np.diff(ordered.astype(np.int64), axis=1)
     assert (rank >= 0).all()  # down every column the layers keep their order (class values 0..9 top to bottom)

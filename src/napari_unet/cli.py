@@ -797,7 +797,7 @@ def build_parser() -> argparse.ArgumentParser:
         "boundaries keep their borders, membrane specks far from them become cell; by default the model's boundary rule (chosen on its validation "
         "slices after training) is used",
     )
-    rule.add_argument("--argmax", action="store_true", help="plain most-probable-class labels, no boundary rule")
+    rule.add_argument("--argmax", action="store_true", help="plain most-probable-class labels, no boundary rule (EM membranes) or layer order (OCT layers)")
     pred.add_argument("--tile-size", type=positive_int, default=512, help="tile side in pixels (default 512)")
     pred.add_argument("--batch-size", type=positive_int, default=2, help="images per network call (default 2)")
     pred.add_argument("--slices-per-chunk", type=positive_int, help="zarr outputs: slices per task (default: a zarr image's own "

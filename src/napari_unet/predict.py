@@ -258,7 +258,8 @@ def predict_events(
     follow ``model.boundary_rule``, the threshold / watershed closing / region merging chosen on
     validation slices after training (:mod:`napari_unet.postprocess`). ``close_boundaries=True``
     forces closing of membrane gaps (watershed regions merged across faint boundaries), ``False``
-    gives plain argmax labels. ``tta``: test-time augmentation, the mean over the four quarter turns of
+    gives plain argmax labels. A model of layered classes (``model.layer_order``, OCT) gets, unless ``False``, the most
+    likely labelling that keeps its layers in order down each column (:func:`napari_unet.postprocess.order_layers`). ``tta``: test-time augmentation, the mean over the four quarter turns of
     each tile (True or 4) or over the tile and its half turn (2, half the network time of 4; see
     :func:`_transforms`); a model trained without rotations gets at most its :func:`upright_views` (the tile and its
     mirror image, or the tile alone if it was trained without flips); ``"auto"`` (default) is True where the network is cheap, on a GPU or a CPU

@@ -222,7 +222,8 @@ def _validation_scores(model: UNetModel, images, slices, indices, loss_weights) 
     """Weighted cross-entropy, pixel error and mean Dice on the annotated pixels of ``slices`` of ``images``."""
     # The training network itself: an inference copy with batch norm folded in would be built and traced anew
     # each epoch (2.0-2.3 s instead of 1.3-1.6 s for 3 ISBI slices on a 2-core CPU, same loss).
-    probabilities = predict(model, images, return_probabilities=True, slices=slices, tta=False, folded=False).probabilities
+    probabilities = predict(model, images, return_probabilities=True, slices=slices, tta=False, folded=False,
+                            close_boundaries=False).probabilities  # no membrane rule or layer order: scored on probabilities
     annotated = indices >= 0
     if not annotated.any():
         return float("nan"), {}
@@ -414,7 +415,7 @@ def train_events(
     check_patch_size(train_config.patch_size, model_config)
     percentiles = init.percentiles if init else train_config.percentiles
     indices = to_indices(label_stack, class_values, ignore)
-    order = layer_order(indices) if init is None else None  # a fine-tuned model keeps its own
+    order = layer_order(indices)
     rotations, notes = _resolve_rotations(train_config.augment_rotations, order is not None, init)
     train_config = train_config.replace(augment_rotations=rotations)
     images = normalize(image_stack, percentiles, model_config.local_contrast_sigma)
@@ -517,8 +518,8 @@ def train_events(
     if init is not None:  # kept unless validation tunes it again below (Retrain has no validation)
         result.boundary_rule = init.boundary_rule
         result.layer_order = init.layer_order
-    elif order is not None and len(order) == len(class_values):  # prediction keeps the layers in this order
-        result.layer_order = [class_values[k] for k in order]
+    if result.layer_order is None and order is not None and len(order) == len(class_values):
+        result.layer_order = [class_values[k] for k in order]  # prediction keeps the layers in this order
 
     epochs, steps_per_epoch = train_config.epochs, train_config.steps_per_epoch
     total_steps = epochs * steps_per_epoch
