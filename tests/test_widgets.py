@@ -285,7 +285,9 @@ def test_train_stop_keeps_a_usable_model_and_viewer_stays_responsive(widgets, qt
     # for single TensorFlow calls (tracing, building): 0.3-0.7 s at worst on a loaded 2-core machine, before and
     # after session 21's changes alike, so the worst gap alone makes a flaky test at 0.5 s.
     assert gaps.max() < 1.5, f"the main thread was blocked for {gaps.max():.2f} s"
-    assert np.percentile(gaps, 99) < 0.15, f"the main thread was often late: 99th percentile gap {np.percentile(gaps, 99):.2f} s"
+    # The 99th percentile was 0.11-0.15 s on an idle 2-core machine with the code of sessions 41 and 42 alike, and
+    # 0.18-0.22 s on a loaded or slowed one (a fresh-clone CI run that took 18 instead of 12 minutes): 0.15 was flaky.
+    assert np.percentile(gaps, 99) < 0.3, f"the main thread was often late: 99th percentile gap {np.percentile(gaps, 99):.2f} s"
     assert not errors(notifications)
     model = session.model
     assert model is not None and model.class_values == [0, 255]
