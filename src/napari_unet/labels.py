@@ -115,7 +115,8 @@ def layer_order(indices, max_columns: int = 4096, max_classes: int = 64):
     order = present[np.argsort(-wins[present], kind="stable")]
     starts = first[:, order]
     finite = np.isfinite(starts)
-    in_order = np.array([np.all(np.diff(row[ok]) > 0) for row, ok in zip(starts, finite)])
+    above = np.maximum.accumulate(np.where(finite, starts, -np.inf), axis=1)  # the lowest start so far, per column
+    in_order = (~finite[:, 1:] | (starts[:, 1:] > above[:, :-1])).all(axis=1)
     ordered = single_run & in_order
     return tuple(int(c) for c in order) if ordered.mean() >= LAYERED_SHARE else None
 

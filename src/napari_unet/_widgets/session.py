@@ -188,20 +188,20 @@ class Tracked:
 
     def drop_pending(self) -> None:
         """Take back the confirmed pixels not yet tied to an atom (a stroke napari aborted)."""
-        for region, pixels, value in self.pending:
-            bit = value_marks(np.asarray(value), self.marks.dtype)
-            marks = self.marks[region]
-            marks[pixels] &= ~bit
+        self._set_marks(self.pending, False)
         self.pending = []
 
     def replay(self, history_item, undoing: bool) -> None:
         """Take back (``undoing``) or give again the confirmed pixels tied to the atoms of a napari history item."""
         for atom in history_item:
-            _, ties = self.confirmed.get(id(atom), (None, ()))
-            for region, pixels, value in ties:
-                bit = value_marks(np.asarray(value), self.marks.dtype)
-                marks = self.marks[region]
-                marks[pixels] = (marks[pixels] & ~bit) if undoing else (marks[pixels] | bit)
+            self._set_marks(self.confirmed.get(id(atom), (None, ()))[1], not undoing)
+
+    def _set_marks(self, ties, on: bool) -> None:
+        """Set (``on``) or clear the mark of ``value`` at ``pixels`` of ``region`` for each (region, pixels, value)."""
+        for region, pixels, value in ties:
+            bit = value_marks(np.asarray(value), self.marks.dtype)
+            marks = self.marks[region]  # a view: region is a tuple of slices
+            marks[pixels] = (marks[pixels] | bit) if on else (marks[pixels] & ~bit)
 
     def accept(self, region) -> None:
         """Accept the current values of ``region`` (Mark slice reviewed)."""

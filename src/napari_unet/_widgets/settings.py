@@ -187,9 +187,7 @@ def _auto_value(box):
 
 
 def _noise_state(augment_noise) -> Qt.CheckState:
-    if augment_noise == "auto":
-        return Qt.CheckState.PartiallyChecked
-    return Qt.CheckState.Checked if augment_noise > 0 else Qt.CheckState.Unchecked
+    return _auto_state(augment_noise if augment_noise == "auto" else augment_noise > 0)
 
 
 def _row(*widgets) -> QWidget:
