@@ -72,9 +72,35 @@ def test_oct_layers_train_upright_unless_rotations_are_asked_for(tmp_path, capsy
     assert "no 90-degree rotations: the labels are layered top to bottom" in err and "--rotations to choose" in err
     assert load_model(tmp_path / "m.keras").train_config.augment_rotations is False
     assert json.loads(out)["tta_views"] in (1, 2)  # scored as predict does: upright views only
+    assert set(json.loads(out)["boundary_error_px"]) == {f"{k}|{k + 1}" for k in range(labels.max())} | {"mean"}
     code, _, err = run(capsys, "train", tmp_path / "scan.tif", tmp_path / "layers.tif", "-o", tmp_path / "r.keras", "--rotations", "on", *TINY_TRAINING)
     assert code == 0, err
     assert "90-degree" not in err and load_model(tmp_path / "r.keras").train_config.augment_rotations is True
+
+
+def test_evaluate_gives_layer_boundary_errors_in_microns_of_the_prediction_files_pixel_height(tmp_path, capsys):
+    from napari_unet.synthetic import make_oct_stack
+    from napari_unet.tiff_io import write_tiff
+
+    _, labels = make_oct_stack(1, (64, 128), seed=2)
+    truth = labels[0]
+    deeper = np.concatenate([truth[:2], truth[:-2]])  # every boundary 2 rows deeper
+    tifffile.imwrite(tmp_path / "layers.tif", truth)
+    write_tiff(tmp_path / "p.tif", deeper, {"scale": [3.5, 10.0], "units": ["µm", "µm"]})
+    code, out, err = run(capsys, "evaluate", tmp_path / "p.tif", tmp_path / "layers.tif")
+    assert code == 0, err
+    scores = json.loads(out)
+    assert scores["layer_order"] == sorted(np.unique(truth).tolist())
+    assert scores["boundary_error_px"]["mean"] == 2.0 and scores["boundary_error_um"]["mean"] == 7.0
+    assert scores["pixel_height_um"] == 3.5
+    code, out, err = run(capsys, "evaluate", tmp_path / "p.tif", tmp_path / "layers.tif", "--pixel-height", "2")
+    assert code == 0 and json.loads(out)["boundary_error_um"]["mean"] == 4.0
+    tifffile.imwrite(tmp_path / "plain.tif", deeper)  # no pixel size recorded: rows only
+    code, out, err = run(capsys, "evaluate", tmp_path / "plain.tif", tmp_path / "layers.tif")
+    assert code == 0 and "boundary_error_um" not in json.loads(out) and json.loads(out)["boundary_error_px"]["mean"] == 2.0
+    with pytest.raises(SystemExit):
+        main(["evaluate", str(tmp_path / "p.tif"), str(tmp_path / "layers.tif"), "--pixel-height", "0"])
+    assert "must be a finite number above 0" in capsys.readouterr().err
 
 
 def test_options_a_model_cannot_honour_are_noted_and_an_image_is_no_truth(data, capsys):

@@ -481,3 +481,94 @@ def test_evaluate_refuses_labels_that_are_not_class_values(bad):
     for pred, ground in ((broken, truth), (truth, broken)):
         with pytest.raises(ValueError, match="class values"):
             M.evaluate(pred, ground)
+
+
+# ---------------------------------------------------------------------------
+# Layer boundaries (retinal OCT)
+# ---------------------------------------------------------------------------
+
+
+def _layered_scan(n_rows=60, n_cols=40, seed=0):
+    """(boundaries (3, X) float rows, labels (Y, X) uint8 0..3) of four wavy layers."""
+    from napari_unet.synthetic import oct_labels_from_boundaries
+
+    x = np.arange(n_cols)
+    rng = np.random.default_rng(seed)
+    base = np.array([12.0, 25.0, 40.0])[:, None] + 3 * np.sin(x / 7.0)[None] + rng.uniform(-0.4, 0.4, (3, n_cols))
+    return base, oct_labels_from_boundaries(base, n_rows)
+
+
+def test_layer_boundary_rows_are_the_first_row_below_each_traced_boundary():
+    boundaries, labels = _layered_scan()
+    rows = M.layer_boundary_rows(labels, [0, 1, 2, 3])
+    assert rows.shape == (3, labels.shape[1]) and rows.dtype == np.float64
+    assert np.array_equal(rows, np.ceil(boundaries))  # the first row at or below the boundary
+    stack_rows = M.layer_boundary_rows(np.stack([labels, labels[:, ::-1]]), [0, 1, 2, 3])
+    assert stack_rows.shape == (2, 3, labels.shape[1]) and np.array_equal(stack_rows[1], rows[:, ::-1])
+
+
+def test_a_boundary_next_to_unannotated_rows_is_not_shown_by_the_truth():
+    _, labels = _layered_scan()
+    sparse = labels.copy()
+    sparse[:, :10][sparse[:, :10] == 0] = 255  # vitreous not annotated in the first 10 columns
+    rows = M.layer_boundary_rows(sparse, [0, 1, 2, 3])
+    assert np.isnan(rows[0, :10]).all() and np.isfinite(rows[0, 10:]).all() and np.isfinite(rows[1:]).all()
+    errors = M.layer_boundary_errors(labels, sparse, [0, 1, 2, 3])
+    assert np.array_equal(errors, [0.0, 0.0, 0.0])
+
+
+def test_layer_boundary_errors_are_mean_absolute_row_shifts_and_count_islands():
+    _, truth = _layered_scan()
+    n_cols = truth.shape[1]
+    shifted = truth.copy()
+    for x in range(n_cols // 2):  # the second boundary 3 rows deeper in half the columns
+        column = shifted[:, x]
+        start = int(np.argmax(column >= 2))
+        column[start : start + 3] = 1
+    errors = M.layer_boundary_errors(shifted, truth, [0, 1, 2, 3])
+    assert errors == pytest.approx([0.0, 1.5, 0.0])
+    island = truth.copy()
+    island[2, 5] = 3  # a speck of the lowest layer in the vitreous of one column
+    errors = M.layer_boundary_errors(island, truth, [0, 1, 2, 3])
+    true_rows = M.layer_boundary_rows(truth, [0, 1, 2, 3])[:, 5]
+    assert errors == pytest.approx((true_rows - 2) / n_cols)
+
+
+def test_layer_boundary_functions_refuse_bad_orders_and_nan():
+    _, labels = _layered_scan()
+    for order in ([0], [0, 0, 1], [[0, 1]]):
+        with pytest.raises(ValueError, match="layer_order"):
+            M.layer_boundary_rows(labels, order)
+    with pytest.raises(ValueError, match="NaN"):
+        M.layer_boundary_rows(np.where(labels == 1, np.nan, labels), [0, 1, 2, 3])
+    with pytest.raises(ValueError, match="shape"):
+        M.layer_boundary_errors(labels[:-1], labels, [0, 1, 2, 3])
+
+
+def test_evaluate_gives_layered_truths_boundary_errors_in_rows_and_microns():
+    _, truth = _layered_scan()
+    pred = np.concatenate([truth[:2], truth[:-2]])  # every boundary 2 rows deeper
+    pred_before = pred.copy()
+    result = M.evaluate(pred, truth, pixel_height=3.5)
+    assert np.array_equal(pred, pred_before)
+    assert result["layer_order"] == [0, 1, 2, 3]
+    assert result["boundary_error_px"] == {"0|1": 2.0, "1|2": 2.0, "2|3": 2.0, "mean": 2.0}
+    assert result["boundary_error_um"] == {"0|1": 7.0, "1|2": 7.0, "2|3": 7.0, "mean": 7.0}
+    json.dumps(result)
+    assert "boundary_error_um" not in M.evaluate(pred, truth)
+    rng = np.random.default_rng(0)
+    cells = np.where(rng.random((64, 64)) < 0.2, 0, 255).astype(np.uint8)  # not layered: no boundary errors
+    assert "layer_order" not in M.evaluate(cells, cells) and "v_rand" in M.evaluate(cells, cells)
+
+
+def test_evaluate_scores_only_annotated_pixels_of_a_sparse_truth():
+    _, truth = _layered_scan()
+    sparse = truth.copy()
+    sparse[:, 20:] = 255
+    pred = truth.copy()
+    pred[:, 20:] = 3 - pred[:, 20:]  # wrong only where the truth is not annotated
+    result = M.evaluate(pred, sparse, ignore_value=255)
+    assert result["pixel_error"] == 0.0 and result["annotated_pixels"] == 20 * truth.shape[0]
+    assert result["boundary_error_px"]["mean"] == 0.0 and set(result["dice"]) == {"0", "1", "2", "3"}
+    with pytest.raises(ValueError, match="no annotated pixel"):
+        M.evaluate(pred, np.full_like(sparse, 255), ignore_value=255)

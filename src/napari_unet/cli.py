@@ -56,6 +56,17 @@ def non_negative_int(text: str) -> int:
     return positive_int(text, minimum=0)
 
 
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (0 < value < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
+    return value
+
+
 def or_auto(parse):
     """The argparse type ``parse`` that also takes ``auto`` (the settings whose default is "auto")."""
 
@@ -449,20 +460,12 @@ def run_training(image, labels, model_config, train_config, init=None, quiet=Fal
     return started, final
 
 
-def score(prediction, truth, class_values, ignore_value=None) -> dict:
-    """Metrics of ``prediction`` against ``truth`` (class values); sparse truth skips the ISBI scores."""
-    from .metrics import dice_per_class, evaluate, iou_per_class, pixel_error
+def score(prediction, truth, class_values, ignore_value=None, pixel_height=None) -> dict:
+    """Metrics of ``prediction`` against ``truth`` (class values, :func:`napari_unet.metrics.evaluate`); sparse truth
+    skips the ISBI scores."""
+    from .metrics import evaluate
 
-    if ignore_value is None or not np.any(truth == ignore_value):
-        return evaluate(prediction, truth, class_values)
-    annotated = truth != ignore_value
-    pred, true = prediction[annotated], truth[annotated]
-    return {
-        "pixel_error": pixel_error(pred, true),
-        "dice": {str(k): v for k, v in dice_per_class(pred, true, class_values).items()},
-        "iou": {str(k): v for k, v in iou_per_class(pred, true, class_values).items()},
-        "annotated_pixels": int(annotated.sum()),
-    }
+    return evaluate(prediction, truth, class_values, ignore_value=ignore_value, pixel_height=pixel_height)
 
 
 def cmd_train(args) -> int:
@@ -700,12 +703,20 @@ def _first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
+def _pixel_height(metadata: dict) -> float | None:
+    """The Y pixel size in µm a file records (``pixel_size`` of :func:`_read_stack_and_metadata`), else None."""
+    pixel_size = metadata.get("pixel_size") or {}
+    scale, units = pixel_size.get("scale") or [], pixel_size.get("units") or []
+    return float(scale[-2]) if len(scale) >= 2 and len(units) >= 2 and units[-2] == "µm" else None
+
+
 def cmd_evaluate(args) -> int:
     from .labels import LabelError, find_class_values
     from .train import MAX_CLASSES
 
-    prediction = read_stack(args.prediction, "prediction")
+    prediction, prediction_metadata = _read_stack_and_metadata(args.prediction, "prediction")
     truth, ignore_value, notes = read_label_stack(args.truth, "truth", args.ignore_value)
+    pixel_height = args.pixel_height if args.pixel_height is not None else _pixel_height(prediction_metadata)
     if prediction.shape != truth.shape:
         raise CommandError(f"prediction shape {prediction.shape} and truth shape {truth.shape} differ")
     for note in notes:
@@ -723,7 +734,9 @@ def cmd_evaluate(args) -> int:
     unknown = sorted(set(predicted_values) - set(class_values))
     if unknown:
         print(f"prediction {Path(args.prediction).name} holds values {unknown[:5]}{' ...' if len(unknown) > 5 else ''} that are no class of the truth {class_values}; scored as wrong", file=sys.stderr)
-    scores = score(prediction, truth, class_values, ignore_value)
+    scores = score(prediction, truth, class_values, ignore_value, pixel_height)
+    if "boundary_error_um" in scores:
+        scores["pixel_height_um"] = pixel_height
     print(json.dumps(scores, indent=1))
     return 0
 
@@ -811,6 +824,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("prediction", help="predicted labels (TIFF, folder of slices or zarr store)")
     ev.add_argument("truth", help="true labels of the same shape (TIFF, folder of slices or zarr store)")
     ev.add_argument("--ignore-value", type=int, help="truth value of unannotated pixels (default: the value the file records)")
+    ev.add_argument("--pixel-height", type=positive_float, metavar="MICRONS", help="pixel size along Y in µm: layered labels "
+                    "(retinal OCT layers) also get their boundary errors in µm (default: the Y pixel size the prediction file "
+                    "records in µm, as predict copies it from the image; without one, boundary errors are in pixels only)")
     ev.set_defaults(func=cmd_evaluate)
 
     demo = sub.add_parser("demo", help="train and predict on embedded synthetic EM data, write a figure")

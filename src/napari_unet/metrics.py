@@ -57,6 +57,8 @@ from scipy import sparse
 from skimage.measure import label
 from skimage.segmentation import watershed
 
+from .labels import layer_order, to_indices
+
 __all__ = [
     "DEFAULT_THRESHOLDS",
     "InfoScores",
@@ -66,6 +68,8 @@ __all__ = [
     "info_scores",
     "iou_per_class",
     "isbi_pixel_error",
+    "layer_boundary_errors",
+    "layer_boundary_rows",
     "isbi_scores",
     "pixel_error",
     "rand_scores",
@@ -590,42 +594,142 @@ def _class_value_array(labels, name: str) -> np.ndarray:
     return array
 
 
-def evaluate(pred_labels, truth_labels, class_values=None, membrane_value=None) -> dict:
+# ---------------------------------------------------------------------------
+# Layered labels (retinal OCT layers)
+# ---------------------------------------------------------------------------
+
+
+def _layer_ranks(labels: np.ndarray, layer_order) -> np.ndarray:
+    """int16 rank of each pixel's layer in ``layer_order`` (0 = top), -1 for values that are no layer."""
+    order = np.asarray(layer_order)
+    if order.ndim != 1 or len(order) < 2 or len(np.unique(order)) != len(order):
+        raise ValueError(f"layer_order must list two or more distinct class values, got {order.tolist()}")
+    if np.issubdtype(labels.dtype, np.floating) and not np.isfinite(labels).all():
+        raise ValueError("labels hold NaN or Inf; layer boundaries need class values")
+    sorter = np.argsort(order, kind="stable")
+    sorted_values = order[sorter]
+    position = np.minimum(np.searchsorted(sorted_values, labels), len(order) - 1)
+    return np.where(sorted_values[position] == labels, sorter[position], -1).astype(np.int16)
+
+
+def layer_boundary_rows(labels, layer_order) -> np.ndarray:
+    """Row of each boundary between consecutive layers, in every column.
+
+    Parameters
+    ----------
+    labels : (Y, X) or (Z, Y, X) array of class values, layers stacked down Y (retinal OCT B-scans).
+    layer_order : sequence of the N layers' class values, top to bottom.
+
+    Returns
+    -------
+    float64 (N-1, X) or (Z, N-1, X): for boundary k, between ``layer_order[k]`` and ``layer_order[k+1]``, the
+    first row of a layer below layer k (Y when there is none: the lower layers are absent there). NaN where the pixel
+    above that row holds no layer (unannotated), so a truth with untraced gaps is not read as a boundary.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim not in (2, 3) or labels.size == 0:
+        raise ValueError(f"labels must be a non-empty (Y, X) or (Z, Y, X) array, got shape {labels.shape}")
+    ranks = _layer_ranks(labels[None] if labels.ndim == 2 else labels, layer_order)
+    n_z, height, width = ranks.shape
+    rows = np.empty((n_z, len(layer_order) - 1, width))
+    for k in range(len(layer_order) - 1):
+        below = ranks > k
+        row = np.where(below.any(axis=1), below.argmax(axis=1), height)
+        above = np.take_along_axis(ranks, np.maximum(row - 1, 0)[:, None, :], axis=1)[:, 0]
+        rows[:, k] = np.where((row == 0) | (above >= 0), row, np.nan)
+    return rows[0] if labels.ndim == 2 else rows
+
+
+def layer_boundary_errors(pred_labels, truth_labels, layer_order) -> np.ndarray:
+    """Mean absolute boundary position error of each layer boundary, in rows (pixels along Y).
+
+    Parameters
+    ----------
+    pred_labels, truth_labels : (Y, X) or (Z, Y, X) arrays of class values (equal shapes).
+    layer_order : sequence of the N layers' class values, top to bottom.
+
+    Returns
+    -------
+    float64 (N-1,): for each boundary (see :func:`layer_boundary_rows`) the mean of |predicted row - true row| over
+    the columns where the truth shows it (NaN if none). A predicted island of a lower layer above the true boundary
+    moves that column's predicted boundary up to it: the error counts disorder too.
+    """
+    pred = np.asarray(pred_labels)
+    truth = np.asarray(truth_labels)
+    _check_same_shape(pred, truth)
+    true_rows = layer_boundary_rows(truth, layer_order)
+    ranks = _layer_ranks(pred[None] if pred.ndim == 2 else pred, layer_order)
+    errors = np.full(len(layer_order) - 1, np.nan)
+    for k in range(len(errors)):
+        below = ranks > k
+        pred_row = np.where(below.any(axis=1), below.argmax(axis=1), ranks.shape[1])
+        true_row = true_rows[..., k, :].reshape(pred_row.shape)
+        shown = np.isfinite(true_row)
+        if shown.any():
+            errors[k] = float(np.abs(pred_row[shown] - true_row[shown]).mean())
+    return errors
+
+
+def evaluate(pred_labels, truth_labels, class_values=None, membrane_value=None, ignore_value=None,
+             pixel_height=None) -> dict:
     """Evaluate a class-value prediction against ground truth (JSON-ready).
 
     Parameters
     ----------
     pred_labels, truth_labels : (Y, X) or (Z, Y, X) arrays of class values.
     class_values : sequence, optional
-        Classes for Dice/IoU; default: values present in ``truth_labels``.
+        Classes for Dice/IoU; default: values present in ``truth_labels`` (except ``ignore_value``).
     membrane_value : scalar, optional
         Membrane class.  ISBI scores are computed when it is given or when
         there are exactly two class values (then the smaller one is the
-        membrane, as in ISBI: 0 = membrane, 255 = cell).  Multi-class data
-        (e.g. OCT layers) only get pixel error, Dice and IoU.
+        membrane, as in ISBI: 0 = membrane, 255 = cell), and every truth pixel is annotated.
+    ignore_value : scalar, optional
+        Truth value of unannotated pixels (sparse truth): only the other pixels are scored.
+    pixel_height : float, optional
+        Pixel size along Y in µm: layer boundary errors also in µm.
 
     Returns
     -------
     dict: ``pixel_error`` (fraction of mismatched pixels), ``dice`` and
-    ``iou`` ({str(value): float}) and, for membrane problems,
+    ``iou`` ({str(value): float}); with ``ignore_value`` in the truth, ``annotated_pixels``; for membrane problems,
     ``isbi_pixel_error`` (:func:`isbi_pixel_error`), ``v_rand``,
     ``v_rand_split``, ``v_rand_merge``, ``v_info``, ``v_info_split``,
-    ``v_info_merge``.  Undefined scores (no truth cells) are None.
+    ``v_info_merge``; for truths of layers stacked down Y (retinal OCT, :func:`napari_unet.labels.layer_order`),
+    ``layer_order`` (class values, top to bottom) and ``boundary_error_px`` (and ``boundary_error_um``):
+    {"upper|lower": mean absolute row error of that boundary (:func:`layer_boundary_errors`), "mean": their mean}.
+    Undefined scores (no truth cells, a boundary the truth never shows) are None.
     """
     pred = _class_value_array(pred_labels, "pred_labels")
     truth = _class_value_array(truth_labels, "truth_labels")
     _check_same_shape(pred, truth)
+    annotated = None if ignore_value is None or not np.any(truth == ignore_value) else truth != ignore_value
     if class_values is None:
-        class_values = np.unique(truth)
+        class_values = np.unique(truth if annotated is None else truth[annotated])
     class_values = list(class_values)
+    scored_pred, scored_truth = (pred, truth) if annotated is None else (pred[annotated], truth[annotated])
+    if scored_truth.size == 0:
+        raise ValueError(f"truth_labels has no annotated pixel (all are the ignore value {ignore_value})")
     result = {
-        "pixel_error": pixel_error(pred, truth),
-        "dice": {_key(v): float(d) for v, d in dice_per_class(pred, truth, class_values).items()},
-        "iou": {_key(v): float(d) for v, d in iou_per_class(pred, truth, class_values).items()},
+        "pixel_error": pixel_error(scored_pred, scored_truth),
+        "dice": {_key(v): float(d) for v, d in dice_per_class(scored_pred, scored_truth, class_values).items()},
+        "iou": {_key(v): float(d) for v, d in iou_per_class(scored_pred, scored_truth, class_values).items()},
     }
+    if annotated is not None:
+        result["annotated_pixels"] = int(annotated.sum())
+    order = layer_order(to_indices(truth, class_values, ignore_value)) if 2 <= len(class_values) else None
+    if order is not None:
+        layers = [class_values[k] for k in order]
+        errors = layer_boundary_errors(pred, truth, layers)
+        names = [f"{_key(upper)}|{_key(lower)}" for upper, lower in zip(layers, layers[1:])]
+        result["layer_order"] = [int(_key(v)) for v in layers]
+        for unit, factor in (("px", 1.0), ("um", pixel_height)):
+            if factor is not None:
+                scaled = errors * float(factor)
+                mean = np.nanmean(scaled) if np.isfinite(scaled).any() else np.nan
+                result[f"boundary_error_{unit}"] = {**{n: _json_float(e) for n, e in zip(names, scaled)}, "mean": _json_float(mean)}
     if membrane_value is None and len(class_values) == 2:
         membrane_value = min(class_values)
-    if membrane_value is not None:
+    if membrane_value is not None and annotated is None:
         # values that are no class (a 0/1 prediction of 0/255 truth) are wrong here as in the pixel error and
         # Dice above, not cell: cell = a class other than the membrane
         pred_cells = np.isin(pred, class_values) & (pred != membrane_value)
