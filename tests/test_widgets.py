@@ -515,6 +515,17 @@ def test_multiclass_oct_prediction_and_probabilities(make_napari_viewer, qtbot):
     run_and_wait(qtbot, training.start, lambda: training._run is not None)
     assert widgets_session(viewer).info.class_names == list(OCT_CLASS_NAMES)
     assert not inference.cells.isEnabled()  # instances are for two-class (membrane) models
+    model = widgets_session(viewer).model
+    assert model.layer_order == list(range(10)) and not inference.membranes.isEnabled() and inference.layers.isEnabled()
+    from napari_unet.predict import predict
+
+    scans = viewer.layers["OCT (synthetic)"].data
+    inference.tta.setCurrentText("off")
+    for choice, close in (("most probable class", False), ("kept in order", None)):
+        inference.layers.setCurrentText(choice)
+        run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
+        expected = predict(model, scans, tta=False, return_probabilities=False, close_boundaries=close).labels
+        np.testing.assert_array_equal(viewer.layers["OCT (synthetic) prediction"].data, expected + 1)  # display = index + 1
     inference.probabilities.setChecked(True)
     run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
     prediction = viewer.layers["OCT (synthetic) prediction"]

@@ -51,6 +51,8 @@ class _Job:
 TTA_CHOICES = {"auto": "auto", "on": True, "2 views": 2, "off": False}
 #: Membranes of models with a thin boundary class -> ``close_boundaries`` of the core's prediction
 MEMBRANE_CHOICES = {"the model's rule": None, "always close gaps": True, NETWORK_LABELS: False}
+#: Layers of models trained on layered labels (retinal OCT) -> ``close_boundaries`` of the core's prediction
+LAYER_CHOICES = {"kept in order": None, NETWORK_LABELS: False}
 
 
 class InferenceWidget(QWidget):
@@ -87,6 +89,13 @@ class InferenceWidget(QWidget):
             "membrane probability, merged across faint boundaries, keep their borders; membrane specks far from them become "
             f"cell. {NETWORK_LABELS[0].upper() + NETWORK_LABELS[1:]}: the network's own labels, no rule (gaps in membranes merge cells)"
         )
+        self.layers = QComboBox()
+        self.layers.addItems(list(LAYER_CHOICES))
+        self.layers.setToolTip(
+            "for models trained on layers stacked top to bottom (retinal OCT). Kept in order: each column gets the most "
+            "likely labelling that keeps the layers in the order of the training labels, each layer once (no islands, no "
+            f"swapped thin layers). {NETWORK_LABELS[0].upper() + NETWORK_LABELS[1:]}: the network's own label per pixel"
+        )
         self.keep = QCheckBox("keep my corrections")
         self.keep.setChecked(True)
         self.keep.setToolTip("when updating a prediction layer, leave the pixels you painted (or marked reviewed) as they are")
@@ -111,6 +120,7 @@ class InferenceWidget(QWidget):
         form.addRow("test-time augmentation", self.tta)
         form.addRow("", self.tta_hint)
         form.addRow("membranes", self.membranes)
+        form.addRow("layers", self.layers)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         for box in (self.probabilities, self.cells, self.keep):
@@ -168,6 +178,7 @@ class InferenceWidget(QWidget):
             self.model_label.setText(self.session.info.description or "current model")
         self.cells.setEnabled(model is not None and model.config.n_classes == 2)
         self.membranes.setEnabled(model is not None and getattr(model, "boundary_value", None) is not None)
+        self.layers.setEnabled(model is not None and bool(getattr(model, "layer_order", None)))
         self._update_buttons()
 
     def _update_buttons(self) -> None:
@@ -201,7 +212,8 @@ class InferenceWidget(QWidget):
             return False
         membrane = self._membrane_value(model) if self.cells.isChecked() and self.cells.isEnabled() else None
         stop = threading.Event()
-        close = MEMBRANE_CHOICES[self.membranes.currentText()] if self.membranes.isEnabled() else None
+        close = (MEMBRANE_CHOICES[self.membranes.currentText()] if self.membranes.isEnabled()
+                 else LAYER_CHOICES[self.layers.currentText()] if self.layers.isEnabled() else None)
         events = predict_job(model, data, TTA_CHOICES[self.tta.currentText()], self.probabilities.isChecked(), membrane, close, stop=stop.is_set, z=z)
         worker = create_worker(relay, events)
         worker.aborted.connect(lambda: (stop.set(), events.close()))  # napari aborts workers when the viewer closes
