@@ -479,3 +479,20 @@ def test_values_a_prediction_writes_are_no_longer_the_users(make_napari_viewer):
     assert session.reviewed(prediction)[0][~(erased | corrected)].all()  # the accepted rest is untouched
     prediction.undo()  # the overwrite taken back: the correction counts again
     assert session.reviewed(prediction)[0][corrected].all()
+
+
+def test_retrain_names_a_painted_display_label_beyond_the_classes(make_napari_viewer):
+    # Labels above 8 leave no correction mark (the marks of a 2-class layer are 8 bits wide), so Retrain said "no
+    # corrections to learn from ... paint the right classes", not which label is wrong.
+    from _helpers import tiny_model
+    from napari_unet._widgets.prepare import prepare_retrain
+    from napari_unet.labels import LabelError
+
+    viewer, image, prediction, session = tracked_prediction(make_napari_viewer, np.ones((2, 32, 32), np.uint8))
+    session.set_model(tiny_model(), "tiny")
+    prediction.paint((0, 10, 10), 9, refresh=False)
+    with pytest.raises(LabelError, match="holds display label 9, which is no class: it has 2 classes"):
+        prepare_retrain(viewer, session, image, None, False, lambda config: None)
+    prediction.paint((0, 10, 10), 0, refresh=False)  # erased: back to the plain message
+    with pytest.raises(LabelError, match="no corrections to learn from"):
+        prepare_retrain(viewer, session, image, None, False, lambda config: None)

@@ -14,7 +14,7 @@ from napari.utils.colormaps import DirectLabelColormap
 
 from napari_unet.config import ModelConfig, TrainConfig
 from napari_unet.data import InputError
-from napari_unet.labels import LabelError
+from napari_unet.labels import LabelError, check_display_values
 from napari_unet.model_io import UNetModel
 
 from .jobs import CorrectionCheck
@@ -110,6 +110,10 @@ def prepare_retrain(viewer, session, image_layer, labels_layer, zero_is_unannota
     corrected_layers = session.corrected_layers(image_layer)
     prediction = prediction_layer_of(viewer, session, image_layer, lambda x: any(x is y for y in corrected_layers))
     if prediction is None:
+        for layer in session.tracked_layers(image_layer):  # painted display labels beyond the classes leave no mark
+            classes = layer.metadata.get("class_values") if isinstance(layer.metadata, dict) else None
+            if classes:
+                check_display_values(np.asarray(layer.data), classes, f"prediction layer {layer.name!r}")
         raise LabelError(
             f"no corrections to learn from: run inference on {image_layer.name!r}, paint the right "
             "classes on its prediction layer, then Retrain"
