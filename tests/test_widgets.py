@@ -1123,3 +1123,16 @@ def test_a_failed_check_of_the_corrections_does_not_fail_the_retrain(monkeypatch
     monkeypatch.setattr(napari_unet.predict, "agreement", fail)
     events = list(train_job(image, labels, None, config, init=tiny_model(), check=check))
     assert isinstance(events[-1], TrainingFinished) and not any(isinstance(e, Failed) for e in events)
+
+
+def test_setting_the_current_model_with_class_names_leaves_the_given_model_unchanged(make_napari_viewer):
+    # set_model wrote the names into the model it was given: tests sharing one cached model saw each other's names
+    from _helpers import tiny_model
+
+    model = tiny_model()
+    names_before, colors_before = model.class_names, model.class_colors
+    session = widgets_session(make_napari_viewer())
+    session.set_model(model, "named", class_names=["membrane", "cell"])
+    assert model.class_names == names_before and model.class_colors == colors_before
+    assert session.model.class_names == ["membrane", "cell"] and session.info.class_names == ["membrane", "cell"]
+    assert session.model.keras_model is model.keras_model  # the same network, not a copy of its weights

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import weakref
 from pathlib import Path
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 import numpy as np
@@ -266,11 +266,13 @@ class Session:
     # ---- model -------------------------------------------------------------------------------
     def set_model(self, model: UNetModel, description: str, class_names=None, colormap=None) -> None:
         """Make ``model`` the current one; class names and colours given (or stored in a loaded model) go with it
-        into saved files."""
-        model.class_names = list(class_names) if class_names else model.class_names
+        into saved files. The current model is then a copy of ``model`` with them (sharing its network): ``model``
+        itself is not changed."""
+        changes = {"class_names": list(class_names)} if class_names else {}
         if colormap is not None:
-            model.class_colors = class_colors_of(colormap, len(model.class_values))
-        elif model.class_colors:
+            changes["class_colors"] = class_colors_of(colormap, len(model.class_values))
+        model = replace(model, **changes) if changes else model
+        if colormap is None and model.class_colors:
             colormap = colormap_of(model.class_colors)
         self.model = model
         self.info = ModelInfo(description, list(model.class_names) if model.class_names else None, colormap)
