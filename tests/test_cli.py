@@ -103,6 +103,30 @@ def test_evaluate_gives_layer_boundary_errors_in_microns_of_the_prediction_files
     assert "must be a finite number above 0" in capsys.readouterr().err
 
 
+def test_evaluate_refuses_an_image_as_prediction_and_notes_only_scored_values(data, capsys):
+    truth = tifffile.imread(data / "labels.tif")
+    intensities = np.random.default_rng(0).integers(0, 256, truth.shape).astype(np.uint8)
+    tifffile.imwrite(data / "intensities.tif", intensities, photometric="minisblack")
+    code, out, err = run(capsys, "evaluate", data / "intensities.tif", data / "labels.tif")  # arguments swapped
+    assert code == 2 and not out and "prediction intensities.tif has 256 distinct values: an image, not labels?" in err
+    sparse = truth.copy()
+    sparse[:, :, :8] = 7  # not annotated
+    prediction = truth.copy()
+    prediction[:, :, :8] = 3  # no class, but only where the truth is not annotated: not scored
+    tifffile.imwrite(data / "sparse.tif", sparse, photometric="minisblack")
+    tifffile.imwrite(data / "p.tif", prediction, photometric="minisblack")
+    code, out, err = run(capsys, "evaluate", data / "p.tif", data / "sparse.tif", "--ignore-value", "7")
+    assert code == 0 and "no class of the truth" not in err and json.loads(out)["pixel_error"] == 0.0
+
+
+def test_a_complex_image_is_refused_without_a_python_warning(data, capsys, recwarn):
+    save_model(tiny_model(), data / "m.keras")
+    tifffile.imwrite(data / "complex.tif", np.ones((2, 64, 64), np.complex64))
+    code, out, err = run(capsys, "predict", data / "m.keras", data / "complex.tif", "-o", data / "p.tif")
+    assert code == 2 and "dtype complex64; expected real numbers" in err
+    assert "ComplexWarning" not in err and not [w for w in recwarn if "complex" in str(w.message).lower()]
+
+
 def test_options_a_model_cannot_honour_are_noted_and_an_image_is_no_truth(data, capsys):
     import dataclasses
 

@@ -72,6 +72,7 @@ def test_oct_layers_keep_their_values():
         (np.full((4, 4), 9, np.uint8), 9, "no annotated pixel"),
         (np.array([[0.5, 1.0]]), None, "fractional"),
         (np.array([[np.nan, 1.0]]), None, "NaN"),
+        (np.array([[0, 2**63 + 5]], np.uint64), None, "above 2\\*\\*63 - 1"),  # it wrapped to a negative class value
     ],
 )
 def test_untrainable_labels_give_clear_messages(labels, ignore, words):

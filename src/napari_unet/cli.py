@@ -728,9 +728,12 @@ def cmd_evaluate(args) -> int:
         raise CommandError(f"truth {Path(args.truth).name} has {len(class_values)} distinct values: an image, not labels? "
                            f"(labels hold at most {MAX_CLASSES} class values)")
     try:
-        predicted_values = find_class_values(prediction)
+        predicted_values = find_class_values(prediction if ignore_value is None else prediction[truth != ignore_value])
     except LabelError as err:
         raise CommandError(f"prediction {Path(args.prediction).name}: {err} (a probability map? evaluate takes the labels file of predict)") from err
+    if len(predicted_values) > MAX_CLASSES:  # an intensity image given as the prediction (arguments swapped?)
+        raise CommandError(f"prediction {Path(args.prediction).name} has {len(predicted_values)} distinct values: an image, "
+                           f"not labels? (evaluate takes the labels file of predict first, then the truth)")
     unknown = sorted(set(predicted_values) - set(class_values))
     if unknown:
         print(f"prediction {Path(args.prediction).name} holds values {unknown[:5]}{' ...' if len(unknown) > 5 else ''} that are no class of the truth {class_values}; scored as wrong", file=sys.stderr)

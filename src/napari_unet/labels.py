@@ -35,7 +35,11 @@ def find_class_values(labels, ignore_value=None) -> list[int]:
                 raise LabelError("labels are fractional floats; labels must be integer class values")
         else:
             raise LabelError(f"labels have dtype {labels.dtype}; labels must be integer class values")
-    values = np.unique(labels).astype(np.int64)
+    values = np.unique(labels)
+    if values.dtype == np.uint64 and values.size and values[-1] > np.iinfo(np.int64).max:
+        raise LabelError(f"label value {int(values[-1])} is above 2**63 - 1, the largest class value napari-unet "
+                         "supports; number the classes with smaller values")
+    values = values.astype(np.int64)
     if ignore_value is not None:
         values = values[values != int(ignore_value)]
     return [int(v) for v in values]

@@ -432,7 +432,7 @@ def intensity_note(image, model) -> Optional[str]:
     None for older model files (no profile) and for images the profile cannot describe (NaN, empty: refused later,
     with their own message): the note never fails a prediction.
     """
-    if model.intensity_profile is None:
+    if model.intensity_profile is None or np.dtype(image.dtype).kind not in "biuf":  # complex: refused later
         return None
     try:
         profile = intensity_profile(image, model.percentiles)
