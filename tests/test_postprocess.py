@@ -277,3 +277,19 @@ def test_order_layers_keeps_the_layers_in_order_with_the_most_likely_labelling()
     np.testing.assert_array_equal(result, layered)
     np.testing.assert_array_equal(probabilities, before)
     assert np.argmax(probabilities, axis=-1)[28, 2] == 0  # what the most probable class gave
+
+
+def test_order_layers_refuses_nan_and_bad_orders():
+    from napari_unet.postprocess import order_layers
+
+    probabilities = np.full((6, 4, 3), 1 / 3, np.float32)
+    nan = probabilities.copy()
+    nan[2, 1, 0] = np.nan  # NaN compares false: the labelling of that column was arbitrary
+    with pytest.raises(ValueError, match="NaN"):
+        order_layers(nan, [0, 1, 2])
+    for order in ([0, 0, 1], [0, 3], []):
+        with pytest.raises(ValueError, match="distinct class indices of 0..2"):
+            order_layers(probabilities, order)
+    with pytest.raises(ValueError, match="non-empty"):
+        order_layers(probabilities[0], [0, 1, 2])
+    assert set(np.unique(order_layers(probabilities, [2, 0]))) <= {0, 2}  # a class left out is never given

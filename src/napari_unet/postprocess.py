@@ -237,13 +237,19 @@ def find_boundary_class(indices, n_classes: int, max_width: float = 6.0):
 def order_layers(probabilities, order) -> np.ndarray:
     """Class indices (int64, (Y, X)) of (Y, X, C) class ``probabilities`` with the layers in ``order`` down every column.
 
-    ``order``: the class indices top to bottom (a permutation of 0..C-1). Each column gets the labelling of highest
+    ``order``: the class indices top to bottom (distinct; classes left out are never given). Each column gets the labelling of highest
     likelihood (sum of log probabilities) in which the classes follow ``order`` downwards, each at most once; a layer
     may be absent. Stray islands (a patch of vitreous in the choroid) and swapped layers cannot occur. Dynamic
     programming over the rows: O(Y x X x C).
     """
     probabilities = np.asarray(probabilities, np.float32)
     order = np.asarray(order, np.int64)
+    if probabilities.ndim != 3 or probabilities.shape[0] == 0 or probabilities.shape[1] == 0:
+        raise ValueError(f"probabilities must be a non-empty (Y, X, C) array, got shape {probabilities.shape}")
+    if order.ndim != 1 or not order.size or len(set(order.tolist())) != order.size or not (0 <= order.min() and order.max() < probabilities.shape[-1]):
+        raise ValueError(f"order must list distinct class indices of 0..{probabilities.shape[-1] - 1}, got {order.tolist()}")
+    if not np.isfinite(probabilities).all():  # NaN compares false: the back pointers would be arbitrary
+        raise ValueError("probabilities hold NaN or Inf")
     scores = np.log(np.maximum(probabilities[..., order], 1e-7))  # (Y, X, K) in layer order
     n_rows, n_cols, n_layers = scores.shape
     ranks = np.arange(n_layers)
