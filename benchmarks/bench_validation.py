@@ -38,6 +38,7 @@ def main() -> int:
 
     import napari_unet.train as T
     from napari_unet.config import preset
+    from napari_unet.model import build_unet
     from napari_unet.model_io import UNetModel, load_model
     from napari_unet.predict import predict
 
@@ -53,7 +54,7 @@ def main() -> int:
     start = load_model(args.model) if args.model else None
     model_config = start.config if start else default.model
     train_config = (start.train_config if start else default.train).replace(jit_compile=args.jit, mixed_precision=False)
-    network = start.keras_model if start else T._seeded_build(model_config, False, 0)
+    network = start.keras_model if start else build_unet(model_config, seed=0)
     trainer = T._new_trainer(None, model_config, train_config, False, T._loss_settings(train_config, 0))
     trainer.start_from(network)
     live = UNetModel(trainer.keras_model, model_config, [0, 255], start.percentiles if start else train_config.percentiles, train_config, boundary_value=0)

@@ -183,3 +183,29 @@ def test_cldice_term_penalises_a_gap_in_a_membrane():
     # the true skeleton loses 8 of its 32 pixels of cover: sensitivity ~0.75, clDice ~0.86
     assert gap_cost_cldice - gap_cost_plain == pytest.approx(0.14, abs=0.03)
     assert value(masked_loss(config, 0.5, cldice_weight=1.0, cldice_class=None), gapped) == pytest.approx(value(plain, gapped))
+
+
+def test_the_same_seed_builds_the_same_network_also_when_it_first_imports_tensorflow():
+    # The first build of a process imported TensorFlow after seeding, and the import drew from Python's random: the
+    # first training of a process got other initial weights than every later one with the same seed.
+    import subprocess
+    import sys
+
+    script = """
+import random
+import numpy as np
+from napari_unet.config import ModelConfig
+from napari_unet.model import build_unet
+config = ModelConfig(depth=2, base_filters=4)
+random.seed(123)
+first = build_unet(config, seed=1).get_weights()
+after_import_and_build = random.random()
+random.seed(123)
+assert after_import_and_build == random.random(), "importing TensorFlow or building moved the caller's random stream"
+second = build_unet(config, seed=1).get_weights()
+assert all(np.array_equal(a, b) for a, b in zip(first, second)), "the first build of the process differs"
+assert not all(np.array_equal(a, b) for a, b in zip(first, build_unet(config, seed=2).get_weights()))
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 
 from .config import ModelConfig
 
@@ -21,9 +22,12 @@ def import_keras():
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         from ._tensorflow import load_tensorflow
 
-        load_tensorflow()
-        from . import _layers  # noqa: F401  (registers napari-unet's layers for loading)
-
+        state = random.getstate()  # importing TensorFlow draws from Python's random: a caller's stream stays as it was
+        try:
+            load_tensorflow()
+            from . import _layers  # noqa: F401  (registers napari-unet's layers for loading)
+        finally:
+            random.setstate(state)
         _BACKEND_READY = True
     import keras
 
@@ -36,13 +40,28 @@ def import_keras():
 BATCH_NORM_MOMENTUM = 0.9
 
 
-def build_unet(config: ModelConfig, mixed_precision: bool = False):
+def build_unet(config: ModelConfig, mixed_precision: bool = False, seed: int | None = None):
     """A Keras U-Net for ``config``: input (None, None, network_channels) float32, output probabilities.
 
     Layers are Keras layers and napari-unet's registered :class:`~napari_unet._layers.UpConv2D`, so the
     saved file loads in Keras safe mode.
     With ``mixed_precision`` the convolutions compute in bfloat16 and the head stays float32.
+    ``seed``: initial weights and dropout seeds drawn from it (the same network for the same seed). Keras draws them
+    from Python's global ``random``, whose state is restored either way: building never moves a caller's stream.
+    Not ``keras.utils.set_random_seed``: its ``tf.random.set_seed`` empties TensorFlow's kernel cache, so a kept
+    trainer's step would be instantiated again (~2 s).
     """
+    import_keras()  # before seeding: the first import of TensorFlow draws from Python's random
+    state = random.getstate()
+    if seed is not None:
+        random.seed(seed)
+    try:
+        return _build_unet(config, mixed_precision)
+    finally:
+        random.setstate(state)
+
+
+def _build_unet(config: ModelConfig, mixed_precision: bool):
     keras = import_keras()
     from keras import layers
 

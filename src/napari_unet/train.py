@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import random
 import threading
 import time
 import warnings
@@ -22,6 +21,7 @@ from .data import (
     PatchSampler,
     border_weights,
     centre_tiles,
+    check_image,
     check_pair,
     check_pixel_weights,
     class_weights,
@@ -78,7 +78,12 @@ def recompute_batch_norm(model: UNetModel, image, slices, max_tiles: Optional[in
     model normalises, then downscaled and given context slices as the network sees it. Changes the model's
     moving statistics only; ``image`` is not modified.
     """
-    images = normalize(image, model.percentiles, model.config.local_contrast_sigma)
+    stack = check_image(image)  # NaN would become the statistics: every pixel one class, and a file load_model refuses
+    planes = [int(z) for z in slices]
+    if not planes or min(planes) < 0 or max(planes) >= len(stack):
+        raise InputError(f"slices must be a non-empty list of slice indices of the {len(stack)}-slice image, got {planes}")
+    images = normalize(stack, model.percentiles, model.config.local_contrast_sigma)
+    slices = planes
     recompute_batch_norm_statistics(model.keras_model, _batch_norm_tiles(model.config, images, slices, max_tiles))
 
 
@@ -340,18 +345,6 @@ def _new_trainer(key, model_config: ModelConfig, train_config: TrainConfig, mixe
     return _Trainer(key, keras_model, optimizer, BatchNormStatistics(keras_model))
 
 
-def _seeded_build(model_config: ModelConfig, mixed_precision: bool, seed: int):
-    """``build_unet`` with initial weights and dropout seeds from ``seed`` (Keras draws them from Python's ``random``,
-    whose state is restored). Not ``keras.utils.set_random_seed``: its ``tf.random.set_seed`` empties TensorFlow's
-    kernel cache, so a kept trainer's step would be instantiated again (~2 s)."""
-    state = random.getstate()
-    random.seed(seed)
-    try:
-        return build_unet(model_config, mixed_precision=mixed_precision)
-    finally:
-        random.setstate(state)
-
-
 def _trainer_key(model_config: ModelConfig, train_config: TrainConfig, loss_settings: dict) -> Optional[tuple]:
     """What a traced training step depends on; None where a kept trainer cannot be reset exactly (weight
     averaging by the optimizer: its averages start from the weights)."""
@@ -412,6 +405,8 @@ def train_events(
     class_values = check_trainable(label_stack, ignore, init.class_values if init else None)
     check_class_count(len(class_values), "the labels")
     model_config = _resolve_model_config(model_config, len(class_values), init, train_config)
+    if model_config.input_channels != 1:  # as predict says it: Keras failed on the first step with a shape error
+        raise InputError(f"the model expects {model_config.input_channels} channels; napari-unet images have one")
     check_patch_size(train_config.patch_size, model_config)
     percentiles = init.percentiles if init else train_config.percentiles
     indices = to_indices(label_stack, class_values, ignore)
@@ -496,7 +491,7 @@ def train_events(
         jit_compile=resolve_training_jit_compile(train_config, mixed_precision),
     )
     # The network handed out is never compiled; a kept (or new) trainer learns from its weights (_Trainer).
-    network = _seeded_build(model_config, mixed_precision, train_config.seed)
+    network = build_unet(model_config, mixed_precision=mixed_precision, seed=train_config.seed)
     if init is not None:
         network.set_weights(init.keras_model.get_weights())
     boundary_index = None if boundary_value is None else class_values.index(boundary_value)
