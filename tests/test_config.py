@@ -38,6 +38,7 @@ def test_classic_preset_is_the_seed_architecture():
         ({"dropout": 1.0}, "dropout"),
         ({"upsampling": "bilinear"}, "upsampling"),
         ({"local_contrast_sigma": -1}, "local_contrast_sigma"),
+        ({"kernel_initializer": "foo"}, "kernel_initializer must be one of"),  # failed later inside Keras
     ],
 )
 def test_model_config_rejects_bad_values_with_a_clear_message(kwargs, words):
@@ -58,6 +59,16 @@ def test_model_config_rejects_bad_values_with_a_clear_message(kwargs, words):
         ({"average_weights_from": 1.0}, "average_weights_from"),
         ({"augment_noise": -0.1}, "augment_noise"),
         ({"augment_noise": "loud"}, "augment_noise"),
+        # each was accepted, then failed deep in numpy or Keras, or trained on garbage
+        ({"val_every": 0}, "val_every must be >= 1"),
+        ({"elastic_grid": 1}, "elastic_grid must be >= 2"),
+        ({"seed": -1}, "seed must be >= 0"),
+        ({"border_sigma": float("inf")}, "border_sigma must be a finite number"),
+        ({"border_weight": float("inf")}, "border_weight must be a finite number"),
+        ({"cldice_weight": float("inf")}, "cldice_weight must be a finite number"),
+        ({"dice_weight": float("nan")}, "dice_weight must be a finite number"),
+        ({"dice_weight": -1.0}, "dice_weight must be a finite number >= 0"),
+        ({"elastic_alpha": float("inf")}, "elastic_alpha must be a finite number"),
     ],
 )
 def test_train_config_rejects_bad_values(kwargs, words):

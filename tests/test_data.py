@@ -377,3 +377,18 @@ def test_intensity_profile_ignores_linear_rescaling_but_not_inversion_or_log_sca
     with pytest.raises(InputError, match="no pixels|not a"):
         intensity_profile(np.zeros((0, 4, 4)))
     assert image.dtype == np.uint8 and image.max() > 1, "the input is not modified"
+
+
+def test_normalisation_helpers_refuse_empty_images_wrong_dimensions_and_bad_factors():
+    from napari_unet.data import downscale_image, normalize
+
+    for empty in (np.zeros((0, 4, 4), np.float32), np.zeros((4, 0), np.uint8)):
+        with pytest.raises(InputError, match="holds no pixels"):
+            normalize(empty)
+    plane = np.random.default_rng(0).random((16, 16)).astype(np.float32)
+    for bad, sigma in ((plane[None], 24.0), (plane, -1.0)):  # sigma -1 was accepted
+        with pytest.raises(ValueError, match=r"local_contrast takes a \(Y, X\) plane and sigma > 0"):
+            local_contrast(bad, sigma)
+    for factor in (0, 1.5):
+        with pytest.raises(ValueError, match="factor must be a whole number >= 1"):
+            downscale_image(plane, factor)

@@ -128,3 +128,20 @@ def test_layer_order_finds_layers_stacked_top_to_bottom_and_not_membranes():
     inputs = indices.copy()
     layer_order(inputs)
     np.testing.assert_array_equal(inputs, indices)
+
+
+def test_label_mappings_refuse_fractions_nan_and_unannotated_indices_and_take_class_values_in_any_order():
+    from napari_unet.labels import IGNORE_INDEX, from_indices
+
+    for labels, words in (([0.5, 1.7], "fractional"), ([np.nan, 1.0], "NaN"), (["a", "b"], "dtype")):
+        with pytest.raises(LabelError, match=words):  # 0.5 and 1.7 became classes 0 and 1
+            to_indices(np.array(labels), [0, 1])
+    with pytest.raises(LabelError, match="fractional"):
+        to_display(np.array([0.9, 255.0]), [0, 255])
+    for dtype in (np.uint8, np.int64):  # the table (8/16 bits) and the search (wider) agree
+        np.testing.assert_array_equal(to_indices(np.array([0, 255, 7], dtype), [255, 0], ignore_value=7), [1, 0, IGNORE_INDEX])
+    with pytest.raises(LabelError, match="-1 marks unannotated pixels"):  # it became the last class
+        from_indices(to_indices(np.array([0, 7, 255]), [0, 255], ignore_value=7), [0, 255])
+    with pytest.raises(LabelError, match="class index 2 is not one of the 2 classes"):
+        from_indices(np.array([0, 2]), [0, 255])
+    np.testing.assert_array_equal(from_indices(np.array([[1, 0]]), [0, 255]), [[255, 0]])

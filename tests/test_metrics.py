@@ -572,3 +572,22 @@ def test_evaluate_scores_only_annotated_pixels_of_a_sparse_truth():
     assert result["boundary_error_px"]["mean"] == 0.0 and set(result["dice"]) == {"0", "1", "2", "3"}
     with pytest.raises(ValueError, match="no annotated pixel"):
         M.evaluate(pred, np.full_like(sparse, 255), ignore_value=255)
+
+
+def test_metrics_refuse_nan_maps_empty_stacks_wrong_dimensions_and_a_membrane_value_that_is_no_class():
+    rng = np.random.default_rng(0)
+    truth = np.where(rng.random((2, 32, 32)) < 0.2, 0, 255).astype(np.uint8)
+    wrong = truth.copy()
+    wrong[:, :10] = 255 - wrong[:, :10]
+    # every pixel counted as cell in both: V_rand 1.0 and pixel error 0.0 for a prediction with 30 % wrong pixels
+    with pytest.raises(ValueError, match="membrane_value 7 is not one of the class values"):
+        M.evaluate(wrong, truth, membrane_value=7)
+    nan_map = np.full(truth.shape, np.nan, np.float32)
+    for score in (M.isbi_scores, M.isbi_pixel_error):
+        with pytest.raises(ValueError, match="NaN"):
+            score(nan_map, truth, probability="membrane")
+        with pytest.raises(ValueError, match="empty"):
+            score(truth[:0], truth[:0])
+    for shape in ((32,), (1, 2, 8, 8)):
+        with pytest.raises(ValueError, match=r"\(Y, X\) or \(Z, Y, X\)"):
+            M.evaluate(np.zeros(shape, np.uint8), np.zeros(shape, np.uint8))

@@ -125,7 +125,7 @@ def test_watershed_regions_are_what_merging_starts_from():
     assert len(np.unique(regions)) >= 3  # both cells and the false split's two halves
     unmerged = merge_regions(probability, merge_below=0.0, sigma=1.0)  # same partition, labels from 0
     assert len(np.unique(regions)) == len(np.unique(unmerged)) == len(np.unique(regions * 1000 + unmerged))
-    with pytest.raises(ValueError, match="2-D"):
+    with pytest.raises(ValueError, match=r"non-empty \(Y, X\) probability map"):
         watershed_regions(probability[None])
 
 
@@ -248,7 +248,7 @@ def test_non_finite_probabilities_are_refused_not_segmented(function):
     with pytest.raises(ValueError, match="NaN or Inf"):
         function(probability)
     with pytest.raises(ValueError, match="NaN or Inf"):
-        tune_boundary_rule(np.full((40, 40), np.inf, np.float32), probability < 0.5)
+        tune_boundary_rule(np.full((1, 40, 40), np.inf, np.float32), (probability < 0.5)[None])
 
 
 def test_order_layers_keeps_the_layers_in_order_with_the_most_likely_labelling():
@@ -293,3 +293,16 @@ def test_order_layers_refuses_nan_and_bad_orders():
     with pytest.raises(ValueError, match="non-empty"):
         order_layers(probabilities[0], [0, 1, 2])
     assert set(np.unique(order_layers(probabilities, [2, 0]))) <= {0, 2}  # a class left out is never given
+
+
+def test_postprocessing_refuses_empty_maps_wrong_dimensions_and_mismatched_truth():
+    probability = two_cells_with_a_gap()
+    for function in (segment_instances, boundary_mask, watershed_regions):
+        with pytest.raises(ValueError, match=r"non-empty \(Y, X\) probability map"):
+            function(np.zeros((0, 5), np.float32))
+    with pytest.raises(ValueError, match=r"non-empty \(Z, Y, X\)"):  # it segmented the rows as 1-D planes
+        tune_boundary_rule(probability, probability < 0.5)
+    with pytest.raises(ValueError, match="shapes differ"):
+        tune_boundary_rule(probability[None], (probability < 0.5)[None, :10])
+    with pytest.raises(ValueError, match="thresholds is empty"):
+        tune_boundary_rule(probability[None], (probability < 0.5)[None], thresholds=())

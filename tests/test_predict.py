@@ -449,3 +449,25 @@ def test_agreement_scores_the_given_pixels_with_and_without_the_membrane_rule():
     assert some == learned
     assert agreement(model, image, labels, np.zeros_like(where)) is None
     assert agreement(model, image, labels, where, stop=lambda: True) is None
+
+
+def test_agreement_and_batch_norm_recomputation_check_their_inputs_before_any_work():
+    from napari_unet.data import InputError
+    from napari_unet.predict import agreement
+    from napari_unet.train import recompute_batch_norm
+
+    model = tiny_model()
+    image, labels = stripes(n_slices=3, size=64)
+    cropped = labels[:, :, :32]  # predicted the whole stack, then a raw numpy IndexError
+    with pytest.raises(ValueError, match="must have the image's shape"):
+        agreement(model, image, cropped, np.ones(cropped.shape, bool))
+    with pytest.raises(ValueError, match="must have the image's shape"):
+        agreement(model, image, labels[0], np.ones(labels[0].shape, bool))
+    weights = [w.copy() for w in model.keras_model.get_weights()]
+    nan_image = image.astype(np.float32)
+    nan_image[0, 5, 5] = np.nan  # became NaN statistics: every pixel one class, and a file load_model refused
+    with pytest.raises(InputError, match="NaN"):
+        recompute_batch_norm(model, nan_image, [0])
+    with pytest.raises(InputError, match="slice indices of the 3-slice image"):  # slice 7 became slice 2
+        recompute_batch_norm(model, image, [7])
+    assert all(np.array_equal(a, b) for a, b in zip(weights, model.keras_model.get_weights()))

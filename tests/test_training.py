@@ -571,3 +571,15 @@ def test_layered_labels_give_a_model_that_predicts_its_layers_in_order(tmp_path)
     np.testing.assert_array_equal(plain, np.argmax(predict(model, image, tta=False).probabilities, axis=-1))
     em_image, em_labels = stripes(2, 64)
     assert train(em_image, em_labels, model_config, train_config).model.layer_order is None
+
+
+def test_a_network_of_several_channels_and_a_colour_like_stack_are_refused_before_training():
+    from dataclasses import replace
+
+    image, labels = stripes(n_slices=2, size=64)
+    model_config, train_config = tiny_configs()
+    with pytest.raises(InputError, match="the model expects 3 channels; napari-unet images have one"):  # a Keras error
+        next(train_events(image, labels, replace(model_config, input_channels=3), train_config))
+    narrow = np.zeros((3, 64, 4), np.uint8)  # trained an epoch, then its validation refused it as RGB
+    with pytest.raises(InputError, match="RGB image with colours last"):
+        next(train_events(narrow, narrow, model_config, train_config))

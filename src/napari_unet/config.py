@@ -49,6 +49,10 @@ def _bool_or_auto(name: str, value) -> Union[bool, str]:
     return "auto"
 
 
+#: Keras initializer names a ModelConfig may give its convolutions ("zeros": inference copies whose weights are set).
+KERNEL_INITIALIZERS = ("he_normal", "he_uniform", "glorot_normal", "glorot_uniform", "lecun_normal", "lecun_uniform", "zeros")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of a 2-D U-Net; the network is a pure function of this config.
@@ -90,6 +94,10 @@ class ModelConfig:
         _check(1 <= self.downscale <= 8, f"downscale must be 1..8, got {self.downscale}")
         _check(0 <= self.context_slices <= 3, f"context_slices must be 0..3, got {self.context_slices}")
         _check(0 <= self.local_contrast_sigma <= 1000, f"local_contrast_sigma must be 0..1000 pixels, got {self.local_contrast_sigma}")
+        _check(
+            self.kernel_initializer in KERNEL_INITIALIZERS,
+            f"kernel_initializer must be one of {list(KERNEL_INITIALIZERS)}, got {self.kernel_initializer!r}",
+        )
         _check(
             self.upsampling in ("upsample_conv", "transpose"),
             f"upsampling must be 'upsample_conv' or 'transpose', got {self.upsampling!r}",
@@ -228,6 +236,12 @@ class TrainConfig:
         _check(self.loss in ("ce", "ce+dice"), f"loss must be 'ce' or 'ce+dice', got {self.loss!r}")
         _check(self.class_weighting in ("none", "balanced"), f"unknown class_weighting {self.class_weighting!r}")
         _check(self.border_weight >= 0 and self.border_sigma > 0, "border_weight must be >= 0 and border_sigma > 0")
+        for name in ("dice_weight", "cldice_weight", "border_weight", "border_sigma", "elastic_alpha"):
+            value = getattr(self, name)
+            _check(0 <= value < math.inf, f"{name} must be a finite number >= 0, got {value}")
+        _check(self.elastic_grid >= 2, f"elastic_grid must be >= 2 control points per side, got {self.elastic_grid}")
+        _check(self.val_every >= 1, f"val_every must be >= 1 (validate every N epochs), got {self.val_every}")
+        _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
         noise = self.augment_noise
         _check(
             noise == "auto" or (isinstance(noise, (int, float)) and not isinstance(noise, bool) and 0 <= noise <= 1),

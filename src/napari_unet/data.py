@@ -38,6 +38,9 @@ def check_image(image, name: str = "image") -> np.ndarray:
         raise InputError(f"{name} has dtype {stack.dtype}; expected real numbers")
     if np.issubdtype(stack.dtype, np.floating) and not np.all(np.isfinite(stack)):
         raise InputError(f"{name} contains NaN or Inf values; replace them (e.g. with 0) before training or predicting")
+    if np.ndim(image) == 3 and stack.shape[-1] in (3, 4):  # as predict refuses it: not a stack of 4-pixel-wide slices
+        raise InputError(f"{name} has shape {stack.shape}; napari-unet takes one-channel 2-D images or (Z, Y, X) stacks "
+                         "(if it is an RGB image with colours last, convert it to grayscale)")
     if stack.shape[-1] < 4 or stack.shape[-2] < 4:
         raise InputError(f"{name} of shape {stack.shape} is too small; need at least 4x4 pixels")
     return stack
@@ -81,6 +84,8 @@ def normalize(image, percentiles=(1.0, 99.8), local_contrast_sigma: float = 0.0)
     (:func:`local_contrast`), so faint membranes in pale regions get the contrast of the rest.
     """
     stack = as_stack(image)
+    if stack.size == 0:
+        raise InputError(f"image of shape {np.shape(image)} holds no pixels")
     if stack.dtype.itemsize > 2 and stack.dtype != np.float32:
         out = np.stack([_normalize_wide(plane, percentiles) for plane in stack]) if len(stack) else stack.astype(np.float32)
     else:  # 8- and 16-bit values are exact in float32
@@ -199,6 +204,8 @@ def local_contrast(plane, sigma: float) -> np.ndarray:
     obliquely cut cells) with faint membranes; this gives every region the same contrast.
     """
     plane = np.asarray(plane, dtype=np.float32)
+    if plane.ndim != 2 or not sigma > 0:
+        raise ValueError(f"local_contrast takes a (Y, X) plane and sigma > 0, got shape {plane.shape} and sigma {sigma}")
     centred = plane - _gaussian_mean(plane, sigma)
     std = np.sqrt(np.maximum(_gaussian_mean(centred * centred, sigma), 0.0)) + LOCAL_CONTRAST_FLOOR
     return np.clip(0.5 + centred / (6.0 * std), 0.0, 1.0).astype(np.float32, copy=False)
@@ -210,6 +217,8 @@ def downscale_image(image, factor: int) -> np.ndarray:
     (..., Y, X) -> (..., ceil(Y / factor), ceil(X / factor)) float32; ``factor`` 1 returns float32 as is.
     """
     array = np.asarray(image, dtype=np.float32)
+    if not (isinstance(factor, (int, np.integer)) and factor >= 1):
+        raise ValueError(f"factor must be a whole number >= 1, got {factor!r}")
     if factor == 1:
         return array
     return _blocks(array, factor, mode="edge").mean(axis=(-3, -1), dtype=np.float32)

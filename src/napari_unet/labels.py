@@ -26,16 +26,7 @@ class LabelError(ValueError):
 
 def find_class_values(labels, ignore_value=None) -> list[int]:
     """Sorted distinct values of ``labels`` (any shape, integer dtype) except ``ignore_value``."""
-    labels = np.asarray(labels)
-    if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
-        if np.issubdtype(labels.dtype, np.floating):
-            if not np.all(np.isfinite(labels)):
-                raise LabelError("labels contain NaN or Inf; labels must be integer class values")
-            if not np.all(labels == np.round(labels)):
-                raise LabelError("labels are fractional floats; labels must be integer class values")
-        else:
-            raise LabelError(f"labels have dtype {labels.dtype}; labels must be integer class values")
-    values = np.unique(labels)
+    values = np.unique(_whole_numbers(labels))
     if values.dtype == np.uint64 and values.size and values[-1] > np.iinfo(np.int64).max:
         raise LabelError(f"label value {int(values[-1])} is above 2**63 - 1, the largest class value napari-unet "
                          "supports; number the classes with smaller values")
@@ -130,7 +121,7 @@ def to_indices(labels, class_values, ignore_value=None) -> np.ndarray:
 
     Values that are neither a class nor ``ignore_value`` raise :class:`LabelError`.
     """
-    labels = np.asarray(labels)
+    labels = _whole_numbers(labels)
     class_values = np.asarray(class_values, dtype=np.int64)
     if class_values.size == 0:
         raise LabelError("there are no class values to map labels to")
@@ -138,10 +129,10 @@ def to_indices(labels, class_values, ignore_value=None) -> np.ndarray:
     if mapped is not None:
         return mapped
     flat = labels.astype(np.int64, copy=False).ravel()
-    pos = np.searchsorted(class_values, flat)
-    pos_clipped = np.minimum(pos, len(class_values) - 1)
-    known = class_values[pos_clipped] == flat
-    indices = np.where(known, pos_clipped, IGNORE_INDEX).astype(np.int32)
+    sorter = np.argsort(class_values, kind="stable")  # class values in any order, as the lookup table takes them
+    pos_clipped = np.minimum(np.searchsorted(class_values[sorter], flat), len(class_values) - 1)
+    known = class_values[sorter][pos_clipped] == flat
+    indices = np.where(known, sorter[pos_clipped], IGNORE_INDEX).astype(np.int32)
     if ignore_value is not None:
         unknown = ~known & (flat != int(ignore_value))
     else:
@@ -185,12 +176,31 @@ def _map_through_table(labels, class_values, ignore_value, first: int, ignored: 
 def from_indices(indices, class_values, dtype=None) -> np.ndarray:
     """Map class indices (any int array, values 0..K-1) back to label values.
 
-    The dtype is the smallest unsigned type holding ``class_values`` unless given.
+    The dtype is the smallest unsigned type holding ``class_values`` unless given. Indices outside 0..K-1 (such as
+    :data:`IGNORE_INDEX`, which has no label value) raise :class:`LabelError`.
     """
     class_values = np.asarray(class_values, dtype=np.int64)
+    indices = np.asarray(indices)
     if dtype is None:
         dtype = smallest_dtype(class_values)
-    return class_values.astype(dtype)[np.asarray(indices)]
+    if indices.size and (indices.min() < 0 or indices.max() >= len(class_values)):
+        bad = int(indices.min()) if indices.min() < 0 else int(indices.max())
+        raise LabelError(f"class index {bad} is not one of the {len(class_values)} classes' indices 0..{len(class_values) - 1}"
+                         + (" (-1 marks unannotated pixels, which have no class value)" if bad == IGNORE_INDEX else ""))
+    return class_values.astype(dtype)[indices]
+
+
+def _whole_numbers(labels) -> np.ndarray:
+    """``labels`` as an array, or :class:`LabelError` for NaN, Inf, fractional or non-numeric values."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind == "f":
+        if not np.isfinite(labels).all():
+            raise LabelError("labels contain NaN or Inf; labels must be integer class values")
+        if not np.all(labels == np.round(labels)):
+            raise LabelError("labels are fractional floats; labels must be integer class values")
+    elif labels.dtype.kind not in "biu":
+        raise LabelError(f"labels have dtype {labels.dtype}; labels must be integer class values")
+    return labels
 
 
 def smallest_dtype(values) -> np.dtype:

@@ -383,11 +383,11 @@ def info_scores(proposal_cells, truth_cells) -> InfoScores:
 
 
 def _as_stack(a: np.ndarray, name: str) -> np.ndarray:
-    if a.ndim == 2:
-        return a[np.newaxis]
-    if a.ndim == 3:
-        return a
-    raise ValueError(f"{name} must be (Y, X) or (Z, Y, X), got shape {a.shape}")
+    if a.ndim not in (2, 3):
+        raise ValueError(f"{name} must be (Y, X) or (Z, Y, X), got shape {a.shape}")
+    if a.size == 0:
+        raise ValueError(f"{name} is empty (shape {a.shape})")
+    return a[np.newaxis] if a.ndim == 2 else a
 
 
 def _cell_mask(a: np.ndarray, membrane_value) -> np.ndarray:
@@ -410,6 +410,8 @@ def _proposal_masks(proposal, membrane_value, probability, thresholds):
         return
     if probability not in ("cell", "membrane"):
         raise ValueError("probability must be None, 'cell' or 'membrane'")
+    if not np.isfinite(proposal).all():  # NaN compares false: it would count as membrane (or cell) at every threshold
+        raise ValueError("the probability map holds NaN or Inf")
     for t in DEFAULT_THRESHOLDS if thresholds is None else thresholds:
         t = float(t)
         yield t, (proposal > t) if probability == "cell" else (proposal < t)
@@ -702,6 +704,8 @@ def evaluate(pred_labels, truth_labels, class_values=None, membrane_value=None, 
     pred = _class_value_array(pred_labels, "pred_labels")
     truth = _class_value_array(truth_labels, "truth_labels")
     _check_same_shape(pred, truth)
+    if truth.ndim not in (2, 3):
+        raise ValueError(f"labels must be (Y, X) or (Z, Y, X), got shape {truth.shape}")
     annotated = None if ignore_value is None or not np.any(truth == ignore_value) else truth != ignore_value
     if class_values is None:
         class_values = np.unique(truth if annotated is None else truth[annotated])
@@ -729,6 +733,8 @@ def evaluate(pred_labels, truth_labels, class_values=None, membrane_value=None, 
                 result[f"boundary_error_{unit}"] = {**{n: _json_float(e) for n, e in zip(names, scaled)}, "mean": _json_float(mean)}
     if membrane_value is None and len(class_values) == 2:
         membrane_value = min(class_values)
+    elif membrane_value is not None and membrane_value not in class_values:  # every pixel would be cell: perfect scores
+        raise ValueError(f"membrane_value {membrane_value} is not one of the class values {class_values}")
     if membrane_value is not None and annotated is None:
         # values that are no class (a 0/1 prediction of 0/255 truth) are wrong here as in the pixel error and
         # Dice above, not cell: cell = a class other than the membrane

@@ -12,9 +12,13 @@ from .config import MERGE_LEVELS
 from .metrics import isbi_scores
 
 
-def _as_probability(membrane_probability) -> np.ndarray:
-    """The map as float32, or ValueError if it holds NaN or Inf (skimage's h_minima corrupts memory on NaN)."""
+def _as_probability(membrane_probability, ndim: int = 2) -> np.ndarray:
+    """The map as float32, or ValueError if it is not a non-empty ``ndim``-D array ((Y, X) for 2, (Z, Y, X) for 3)
+    or holds NaN or Inf (skimage's h_minima corrupts memory on NaN)."""
     probability = np.asarray(membrane_probability, dtype=np.float32)
+    if probability.ndim != ndim or probability.size == 0:
+        axes = "(Y, X)" if ndim == 2 else "(Z, Y, X)"
+        raise ValueError(f"expected a non-empty {axes} probability map, got shape {probability.shape}")
     if not np.isfinite(probability).all():
         raise ValueError("the membrane probability holds NaN or Inf values; expected finite values in [0, 1]")
     return probability
@@ -28,8 +32,6 @@ def segment_instances(membrane_probability, seed_level: float = 0.2, sigma: floa
     meet. Returns int32 (Y, X) labels, 0 on the watershed lines.
     """
     probability = _as_probability(membrane_probability)
-    if probability.ndim != 2:
-        raise ValueError(f"expected a 2-D probability map, got shape {probability.shape}")
     smooth = ndimage.gaussian_filter(probability, sigma) if sigma > 0 else probability
     cores = smooth < seed_level
     if min_seed_size > 1:
@@ -66,8 +68,6 @@ def watershed_regions(membrane_probability, minima_depth: float = 0.02, sigma: f
     """Int32 (Y, X) over-segmentation of a (Y, X) membrane probability: the watershed of the probability smoothed
     by ``sigma`` from its local minima at least ``minima_depth`` deep (no watershed lines)."""
     probability = _as_probability(membrane_probability)
-    if probability.ndim != 2:
-        raise ValueError(f"expected a 2-D probability map, got shape {probability.shape}")
     smooth = ndimage.gaussian_filter(probability, sigma) if sigma > 0 else probability
     markers = label(h_minima(smooth, minima_depth), connectivity=1)
     return watershed(smooth, markers, connectivity=1).astype(np.int32)
@@ -200,8 +200,12 @@ def tune_boundary_rule(
     the lowest pixel error; on top of it each of ``closings`` is tried (``closings=()`` tunes a
     plain threshold). Ties keep the earlier rule.
     """
-    probability = _as_probability(membrane_probability)
+    probability = _as_probability(membrane_probability, ndim=3)
     cell_mask = np.asarray(cell_mask, bool)
+    if cell_mask.shape != probability.shape:
+        raise ValueError(f"cell_mask {cell_mask.shape} and membrane_probability {probability.shape} shapes differ")
+    if not len(thresholds):
+        raise ValueError("thresholds is empty; give at least one")
     pixel_errors = [np.mean((probability <= t) != cell_mask) for t in thresholds]
     threshold = float(thresholds[int(np.argmin(pixel_errors))])
     candidates = [{"threshold": threshold, **closing} for closing in closings]

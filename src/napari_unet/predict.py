@@ -479,6 +479,10 @@ def agreement(model: UNetModel, image, values, where, slices: Optional[Sequence[
     planes = list(range(len(where_stack))) if slices is None else [int(z) for z in slices]
     if len(planes) != len(where_stack):
         raise ValueError(f"{len(planes)} slices given for {len(where_stack)} planes of values")
+    plane_shape = tuple(np.shape(image))[-2:]
+    if value_stack.shape != where_stack.shape or where_stack.shape[1:] != plane_shape or (flat and np.ndim(image) != 2):
+        raise ValueError(f"values {tuple(np.shape(values))} and where {tuple(np.shape(where))} must have the image's shape "
+                         f"{tuple(np.shape(image))}, or ({len(planes)}, Y, X) for the slices given")
     held = [i for i in range(len(where_stack)) if where_stack[i].any()]
     if not held:
         return None
