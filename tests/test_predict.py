@@ -260,6 +260,8 @@ def test_input_is_not_modified_and_rgb_is_refused():
     for sizes in ({"tile_size": 0}, {"batch_size": 0}, {"batch_size": -1}, {"overlap": -1}):
         with pytest.raises(ValueError, match="at least"):
             predict(tiny_model(), image, **sizes)
+    with pytest.raises(InputError, match=r"image of shape \(4, 1, 128\) is too small"):  # it named a slice, (1, 1, 128)
+        predict(tiny_model(), np.zeros((4, 1, 128), np.uint8))
     for wrong_rank in (np.float32(1.0), np.zeros(32, np.float32)):  # a scalar or a line is not an image either
         with pytest.raises(InputError, match="one-channel 2-D images"):
             predict(tiny_model(), wrong_rank)

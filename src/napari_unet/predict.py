@@ -284,6 +284,8 @@ def predict_events(
         )
     if model.config.input_channels != 1:
         raise InputError(f"the model expects {model.config.input_channels} channels; napari-unet images have one")
+    if min(shape[-2:]) < 4:  # said of the whole image, not of the slice that would fail (a (4, 1, 128) stack)
+        raise InputError(f"image of shape {shape} is too small; need at least 4x4 pixels")
     if tile_size < 1 or batch_size < 1 or overlap < 0:
         raise ValueError(f"tile_size and batch_size must be at least 1 and overlap at least 0, got {tile_size}, {batch_size}, {overlap}")
     n_slices = 1 if len(shape) == 2 else shape[0]
