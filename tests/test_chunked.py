@@ -479,3 +479,32 @@ def test_predicted_labels_and_probabilities_keep_the_images_pixel_sizes(model_an
         assert out.axes == "ZYX" and out.scale == pytest.approx((0.05, 0.004, 0.004)) and out.units == ("µm",) * 3, labels
         probs = read(d / probabilities)
         assert probs.axes == "ZCYX" and probs.scale == pytest.approx((0.05, 1.0, 0.004, 0.004)), probabilities
+
+
+def test_two_processes_committing_the_same_zarr_output_take_turns(tmp_path):
+    # the loser of an interleaved commit failed with a raw OSError and left the old store hidden beside the output
+    import subprocess
+    import sys
+
+    script = """
+import sys, numpy as np
+from napari_unet.zarr_io import commit_zarr, create_zarr, discard_zarr
+target, failures = sys.argv[1], 0
+for _ in range(150):
+    partial = create_zarr(target, (2, 8, 8), np.uint8, (1, 8, 8), {})
+    try:
+        old = commit_zarr(partial, target)
+        if old is not None:
+            discard_zarr(old)
+    except OSError as err:
+        failures += 1
+        print(err)
+    finally:
+        discard_zarr(partial)
+print("failures", failures)
+"""
+    target = str(tmp_path / "out.zarr")
+    runs = [subprocess.Popen([sys.executable, "-c", script, target], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [run.communicate(timeout=300)[0] for run in runs]
+    assert all(output.strip().endswith("failures 0") for output in outputs), outputs
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr"]

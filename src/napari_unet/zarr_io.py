@@ -8,6 +8,7 @@ by chunk; :func:`commit_zarr` then renames it into place (a failed write never l
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -233,21 +234,39 @@ def commit_zarr(partial: Path, path) -> Path | None:
 
     path = Path(os.fspath(path))
     old = None
-    if path.exists():
-        if not is_zarr_array_store(path):
-            raise FileExistsError(f"{path} exists and is not a zarr array; not replaced")
-        os.chmod(partial, path.stat().st_mode & 0o7777)  # the replaced store's permissions
-        old = path.with_name(f".{path.name}.{os.getpid()}.replaced")
-        discard_zarr(old)
-        os.replace(path, old)
-    try:
-        os.replace(partial, path)
-    except BaseException:
-        if old is not None:
-            os.replace(old, path)
-        raise
+    with _folder_lock(path.parent):  # two commits to one path interleaved: a raw OSError and a hidden old store
+        if path.exists():
+            if not is_zarr_array_store(path):
+                raise FileExistsError(f"{path} exists and is not a zarr array; not replaced")
+            os.chmod(partial, path.stat().st_mode & 0o7777)  # the replaced store's permissions
+            old = path.with_name(f".{path.name}.{os.getpid()}.replaced")
+            discard_zarr(old)
+            os.replace(path, old)
+        try:
+            os.replace(partial, path)
+        except BaseException:
+            if old is not None:
+                os.replace(old, path)
+            raise
     fsync_folder(path.parent)
     return old
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path):
+    """Hold an exclusive advisory lock on ``folder`` (flock on the folder itself: no lock file left behind) while
+    renaming stores in it, so that commits from several processes take turns. No lock where flock is missing."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def discard_zarr(partial: Path) -> None:
