@@ -508,3 +508,26 @@ print("failures", failures)
     outputs = [run.communicate(timeout=300)[0] for run in runs]
     assert all(output.strip().endswith("failures 0") for output in outputs), outputs
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr"]
+
+
+def test_writing_an_output_removes_what_killed_writers_of_this_machine_left_beside_it(tmp_path):
+    # a SIGKILLed or out-of-memory-killed predict left its hidden partial store (as large as the output) for good
+    import socket
+    import subprocess
+    import sys
+
+    from napari_unet.cli import write_all
+    from napari_unet.zarr_io import create_zarr, discard_zarr
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    host, alive = socket.gethostname(), os.getppid()
+    for name in ("out.zarr", "out.tif"):
+        for pid, machine, kind in ((dead, host, "partial"), (dead, host, "replaced"), (alive, host, "partial"), (dead, "other-node", "partial")):
+            stale = tmp_path / f".{name}.{machine}.{pid}.{kind}"
+            (stale.mkdir() if name.endswith(".zarr") else stale.write_bytes(b"half written"))
+    discard_zarr(create_zarr(tmp_path / "out.zarr", (2, 8, 8), np.uint8, (1, 8, 8)))
+    write_all([(tmp_path / "out.tif", np.zeros((8, 8), np.uint8), {})])
+    for name in ("out.zarr", "out.tif"):
+        left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(f".{name}."))
+        # a running process's store, and another machine's (its process cannot be checked from here), stay
+        assert left == sorted([f".{name}.{host}.{alive}.partial", f".{name}.other-node.{dead}.partial"]), left

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
+import socket
 import stat
 from pathlib import Path
 
@@ -64,3 +66,43 @@ def fsync_folder(folder: Path) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def hidden_sibling(path, kind: str) -> Path:
+    """The hidden file or folder ``.NAME.HOST.PID.KIND`` beside ``path`` where this process prepares (``partial``) or
+    keeps aside (``replaced``) what replaces ``path``. The host: a process of another machine of a cluster writing
+    beside the same target is never taken for a dead one of this machine (:func:`discard_stale_siblings`)."""
+    path = Path(os.fspath(path))
+    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{kind}")
+
+
+def discard_stale_siblings(path) -> list:
+    """Remove the :func:`hidden_sibling` files and folders of ``path`` that processes of this machine left when they
+    were killed (SIGKILL, out of memory, power loss: no clean-up ran), i.e. those whose process no longer runs.
+    Returns the paths removed."""
+    path = Path(os.path.abspath(os.fspath(path)))
+    prefix, removed = f".{path.name}.{socket.gethostname()}.", []
+    with contextlib.suppress(OSError):
+        for entry in path.parent.iterdir():
+            name = entry.name
+            if not name.startswith(prefix) or not name.endswith((".partial", ".replaced")):
+                continue
+            pid = name[len(prefix):].rsplit(".", 1)[0]
+            if pid.isdigit() and int(pid) != os.getpid() and not _process_runs(int(pid)):
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        entry.unlink()
+                removed.append(entry)
+    return removed
+
+
+def _process_runs(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process
+        return True
+    return True

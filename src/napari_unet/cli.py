@@ -187,13 +187,14 @@ def write_all(files: list, replaced: list | None = None) -> None:
     """Write every ``(path, array, metadata)`` TIFF or none: each goes to a temporary file beside its target
     first, and the targets are replaced only once all are complete (an existing file is never half replaced).
     Each target replaced is appended to ``replaced`` at once (an interrupt between two replacements names it)."""
-    from ._files import fsync_folder, target_mode
+    from ._files import discard_stale_siblings, fsync_folder, hidden_sibling, target_mode
     from .tiff_io import write_tiff
 
     pending = []
     try:
         for path, array, metadata in files:
-            partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+            discard_stale_siblings(path)
+            partial = hidden_sibling(path, "partial")
             pending.append((partial, path))
             try:
                 write_tiff(partial, array, metadata)

@@ -203,8 +203,9 @@ def _ome_axis(axis) -> tuple[str, str | None]:
 def partial_path(path) -> Path:
     """The hidden folder beside ``path`` (absolute: workers elsewhere write it) that :func:`create_zarr` fills
     before :func:`commit_zarr`."""
-    path = Path(os.path.abspath(os.fspath(path)))
-    return path.with_name(f".{path.name}.{os.getpid()}.partial")
+    from ._files import hidden_sibling
+
+    return hidden_sibling(os.path.abspath(os.fspath(path)), "partial")
 
 
 def create_zarr(path, shape: tuple, dtype, chunks: tuple, metadata: dict | None = None) -> Path:
@@ -215,8 +216,11 @@ def create_zarr(path, shape: tuple, dtype, chunks: tuple, metadata: dict | None 
     """
     import zarr
 
+    from ._files import discard_stale_siblings
+
     partial = partial_path(path)
     discard_zarr(partial)
+    discard_stale_siblings(path)
     zarr.create_array(
         store=str(partial), shape=tuple(int(n) for n in shape), chunks=tuple(int(c) for c in chunks),
         dtype=np.dtype(dtype), fill_value=0, attributes={METADATA_KEY: dict(metadata or {})},
@@ -230,7 +234,7 @@ def commit_zarr(partial: Path, path) -> Path | None:
 
     Returns the replaced store, moved aside to a hidden folder, for the caller to :func:`discard_zarr` once every
     output is in place (deleting a large store takes long), or None."""
-    from ._files import fsync_folder
+    from ._files import fsync_folder, hidden_sibling
 
     path = Path(os.fspath(path))
     old = None
@@ -239,7 +243,7 @@ def commit_zarr(partial: Path, path) -> Path | None:
             if not is_zarr_array_store(path):
                 raise FileExistsError(f"{path} exists and is not a zarr array; not replaced")
             os.chmod(partial, path.stat().st_mode & 0o7777)  # the replaced store's permissions
-            old = path.with_name(f".{path.name}.{os.getpid()}.replaced")
+            old = hidden_sibling(path, "replaced")
             discard_zarr(old)
             os.replace(path, old)
         try:
