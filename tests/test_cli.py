@@ -92,7 +92,7 @@ def test_evaluate_gives_layer_boundary_errors_in_microns_of_the_prediction_files
     scores = json.loads(out)
     assert scores["layer_order"] == sorted(np.unique(truth).tolist())
     assert scores["boundary_error_px"]["mean"] == 2.0 and scores["boundary_error_um"]["mean"] == 7.0
-    assert scores["pixel_height_um"] == 3.5
+    assert scores["pixel_height_um"] == 3.5 and "at 3.5 µm per row, the pixel height p.tif records" in err
     code, out, err = run(capsys, "evaluate", tmp_path / "p.tif", tmp_path / "layers.tif", "--pixel-height", "2")
     assert code == 0 and json.loads(out)["boundary_error_um"]["mean"] == 4.0
     tifffile.imwrite(tmp_path / "plain.tif", deeper)  # no pixel size recorded: rows only

@@ -591,3 +591,13 @@ def test_metrics_refuse_nan_maps_empty_stacks_wrong_dimensions_and_a_membrane_va
     for shape in ((32,), (1, 2, 8, 8)):
         with pytest.raises(ValueError, match=r"\(Y, X\) or \(Z, Y, X\)"):
             M.evaluate(np.zeros(shape, np.uint8), np.zeros(shape, np.uint8))
+
+
+def test_evaluate_of_some_classes_and_of_boolean_layers():
+    _, truth = _layered_scan()
+    some = M.evaluate(truth, truth, class_values=[1, 2])  # a LabelError from the layer check, which has all classes
+    assert set(some["dice"]) == {"1", "2"} and "layer_order" not in some
+    mask = np.zeros((40, 30), bool)
+    mask[25:] = True  # below, in every column: a layered boolean mask
+    result = M.evaluate(np.concatenate([mask[:2], mask[:-2]]), mask)  # the boundary 2 rows deeper
+    assert result["layer_order"] == [0, 1] and result["boundary_error_px"]["mean"] == 2.0  # int("False") failed

@@ -205,6 +205,8 @@ assert after_import_and_build == random.random(), "importing TensorFlow or build
 second = build_unet(config, seed=1).get_weights()
 assert all(np.array_equal(a, b) for a, b in zip(first, second)), "the first build of the process differs"
 assert not all(np.array_equal(a, b) for a, b in zip(first, build_unet(config, seed=2).get_weights()))
+unseeded = [build_unet(config).get_weights() for _ in range(2)]  # drawn from the caller's stream, as in Keras
+assert not all(np.array_equal(a, b) for a, b in zip(*unseeded))
 print("ok")
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)

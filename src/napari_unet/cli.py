@@ -741,6 +741,9 @@ def cmd_evaluate(args) -> int:
     scores = score(prediction, truth, class_values, ignore_value, pixel_height)
     if "boundary_error_um" in scores:
         scores["pixel_height_um"] = pixel_height
+        if args.pixel_height is None:  # a file's tag can be wrong (circular-scan.tif says inches where it means mm)
+            print(f"boundary errors in µm at {pixel_height:g} µm per row, the pixel height {Path(args.prediction).name} "
+                  "records (--pixel-height to give the scan's own)", file=sys.stderr)
     print(json.dumps(scores, indent=1))
     return 0
 

@@ -57,7 +57,7 @@ from scipy import sparse
 from skimage.measure import label
 from skimage.segmentation import watershed
 
-from .labels import layer_order, to_indices
+from .labels import LabelError, layer_order, to_indices
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
@@ -720,12 +720,17 @@ def evaluate(pred_labels, truth_labels, class_values=None, membrane_value=None, 
     }
     if annotated is not None:
         result["annotated_pixels"] = int(annotated.sum())
-    order = layer_order(to_indices(truth, class_values, ignore_value)) if 2 <= len(class_values) else None
+    order = None
+    if len(class_values) >= 2:
+        try:
+            order = layer_order(to_indices(truth, class_values, ignore_value))
+        except LabelError:  # scores of some of the truth's classes only (class_values given): no layer boundaries
+            order = None
     if order is not None:
         layers = [class_values[k] for k in order]
         errors = layer_boundary_errors(pred, truth, layers)
         names = [f"{_key(upper)}|{_key(lower)}" for upper, lower in zip(layers, layers[1:])]
-        result["layer_order"] = [int(_key(v)) for v in layers]
+        result["layer_order"] = [int(v) for v in layers]
         for unit, factor in (("px", 1.0), ("um", pixel_height)):
             if factor is not None:
                 scaled = errors * float(factor)

@@ -46,15 +46,15 @@ def build_unet(config: ModelConfig, mixed_precision: bool = False, seed: int | N
     Layers are Keras layers and napari-unet's registered :class:`~napari_unet._layers.UpConv2D`, so the
     saved file loads in Keras safe mode.
     With ``mixed_precision`` the convolutions compute in bfloat16 and the head stays float32.
-    ``seed``: initial weights and dropout seeds drawn from it (the same network for the same seed). Keras draws them
-    from Python's global ``random``, whose state is restored either way: building never moves a caller's stream.
-    Not ``keras.utils.set_random_seed``: its ``tf.random.set_seed`` empties TensorFlow's kernel cache, so a kept
-    trainer's step would be instantiated again (~2 s).
+    ``seed``: initial weights and dropout seeds drawn from it (the same network for the same seed), and Python's
+    global ``random`` (where Keras draws them) restored afterwards, so that a seeded build never moves a caller's
+    stream; without a seed they come from that stream, as in Keras. Not ``keras.utils.set_random_seed``: its
+    ``tf.random.set_seed`` empties TensorFlow's kernel cache, so a kept trainer's step would be instantiated again (~2 s).
     """
-    import_keras()  # before seeding: the first import of TensorFlow draws from Python's random
+    if seed is None:
+        return _build_unet(config, mixed_precision)
     state = random.getstate()
-    if seed is not None:
-        random.seed(seed)
+    random.seed(seed)
     try:
         return _build_unet(config, mixed_precision)
     finally:
@@ -123,7 +123,7 @@ def fold_batch_norm(keras_model, config: ModelConfig, mixed_precision: bool = Fa
         return keras_model
     # every weight is set from keras_model below; zeros skip drawing random ones (0.1-0.2 s of each prediction start)
     inference_config = dataclasses.replace(config, batch_norm=False, kernel_initializer="zeros")
-    folded = build_unet(inference_config, mixed_precision=mixed_precision)
+    folded = build_unet(inference_config, mixed_precision=mixed_precision, seed=0)  # seeded: the caller's random stream stays
     originals = {layer.name: layer for layer in keras_model.layers}
     for layer in folded.layers:
         if not layer.weights:

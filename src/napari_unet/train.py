@@ -333,7 +333,7 @@ def _loss_settings(train_config: TrainConfig, boundary_index) -> dict:
 
 def _new_trainer(key, model_config: ModelConfig, train_config: TrainConfig, mixed_precision: bool, loss_settings: dict) -> _Trainer:
     keras = import_keras()
-    keras_model = build_unet(model_config, mixed_precision=mixed_precision)
+    keras_model = build_unet(model_config, mixed_precision=mixed_precision, seed=0)  # its weights are set before each run
     use_ema = train_config.ema_momentum > 0
     optimizer = keras.optimizers.Adam(
         learning_rate=train_config.learning_rate, use_ema=use_ema, ema_momentum=train_config.ema_momentum or 0.99

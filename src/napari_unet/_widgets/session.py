@@ -266,8 +266,8 @@ class Session:
     # ---- model -------------------------------------------------------------------------------
     def set_model(self, model: UNetModel, description: str, class_names=None, colormap=None) -> None:
         """Make ``model`` the current one; class names and colours given (or stored in a loaded model) go with it
-        into saved files. The current model is then a copy of ``model`` with them (sharing its network): ``model``
-        itself is not changed."""
+        into saved files. ``model`` itself is not changed: given names or colours, the current model is a copy of it
+        that carries them (sharing its network); else ``model`` itself."""
         changes = {"class_names": list(class_names)} if class_names else {}
         if colormap is not None:
             changes["class_colors"] = class_colors_of(colormap, len(model.class_values))
