@@ -254,15 +254,18 @@ def order_layers(probabilities, order) -> np.ndarray:
         raise ValueError(f"order must list distinct class indices of 0..{probabilities.shape[-1] - 1}, got {order.tolist()}")
     if not np.isfinite(probabilities).all():  # NaN compares false: the back pointers would be arbitrary
         raise ValueError("probabilities hold NaN or Inf")
-    scores = np.log(np.maximum(probabilities[..., order], 1e-7))  # (Y, X, K) in layer order
-    n_rows, n_cols, n_layers = scores.shape
+    n_rows, n_cols, n_layers = probabilities.shape[0], probabilities.shape[1], len(order)
+
+    def row_scores(y):  # log probabilities of row y in layer order, (X, K): one row at a time bounds the memory
+        return np.log(np.maximum(probabilities[y][:, order], 1e-7))
+
     ranks = np.arange(n_layers)
-    best = scores[0].copy()
-    back = np.empty((n_rows, n_cols, n_layers), np.int16)
+    best = row_scores(0)
+    back = np.empty((n_rows, n_cols, n_layers), np.int8 if n_layers <= 127 else np.int16)
     for y in range(1, n_rows):
         running = np.maximum.accumulate(best, axis=1)  # the best labelling of the rows above ending at a layer <= k
         back[y] = np.maximum.accumulate(np.where(best == running, ranks, 0), axis=1)
-        best = running + scores[y]
+        best = running + row_scores(y)
     ranked = np.empty((n_rows, n_cols), np.int64)
     ranked[-1] = best.argmax(axis=1)
     columns = np.arange(n_cols)
