@@ -210,6 +210,8 @@ def distinct_values(data, limit: int | None = None) -> list[int] | None:
         seen = np.zeros(65536, bool)
         for plane in planes:
             seen[np.flatnonzero(np.bincount(plane.ravel().astype(np.int32) + offset))] = True
+            if limit is not None and np.count_nonzero(seen) > limit:  # an intensity stack: its first plane says so
+                return None
         values = np.flatnonzero(seen) - offset
     else:
         if limit is not None and array.size > 100_000:
