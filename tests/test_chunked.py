@@ -531,3 +531,21 @@ def test_writing_an_output_removes_what_killed_writers_of_this_machine_left_besi
         left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(f".{name}."))
         # a running process's store, and another machine's (its process cannot be checked from here), stay
         assert left == sorted([f".{name}.{host}.{alive}.partial", f".{name}.other-node.{dead}.partial"]), left
+
+
+def test_tasks_of_a_tiff_or_numpy_stack_are_cut_to_the_task_input_limit(tmp_path, monkeypatch, capsys):
+    # tasks of a TIFF input were always 8 slices: 1,099 MiB of input each for 12000² slices, two tasks at once
+    monkeypatch.setattr(chunked, "MAX_TASK_INPUT_BYTES", 3 * 64 * 64)  # three 64² uint8 slices per task
+    image = stripes(n_slices=10, size=64)[0].astype(np.uint8)
+    assert chunked.default_slices_per_chunk(image.shape, image.dtype) == 3
+    assert chunked.default_slices_per_chunk(image.shape, image.dtype, z_chunk=2) == 2  # a zarr image's own chunks
+    assert predict_chunked(tiny_model(), image).chunks == ((0, 3), (3, 6), (6, 9), (9, 10))
+    tifffile.imwrite(tmp_path / "image.tif", image, photometric="minisblack")
+    from napari_unet.model_io import save_model
+
+    save_model(tiny_model(), tmp_path / "m.keras")
+    seen = []
+    original = chunked.predict_chunked
+    monkeypatch.setattr(chunked, "predict_chunked", lambda *a, **k: seen.append(k["slices_per_chunk"]) or original(*a, **k))
+    assert main(["predict", str(tmp_path / "m.keras"), str(tmp_path / "image.tif"), "-o", str(tmp_path / "p.zarr")]) == 0
+    assert seen == [3]

@@ -144,6 +144,13 @@ class ChunkedPrediction:
     options: dict
 
 
+def default_slices_per_chunk(shape, dtype, z_chunk: Optional[int] = None) -> int:
+    """Slices per task for a (Z, Y, X) image of ``dtype``: its own chunks along Z (``z_chunk``, a zarr store's) or
+    :data:`DEFAULT_SLICES_PER_CHUNK`, cut to as many as fit in :data:`MAX_TASK_INPUT_BYTES` (at least 1)."""
+    fitting = MAX_TASK_INPUT_BYTES // max(1, int(shape[-2]) * int(shape[-1]) * np.dtype(dtype).itemsize)
+    return max(1, min(z_chunk or DEFAULT_SLICES_PER_CHUNK, fitting))
+
+
 def predict_chunked(
     model,
     image,
@@ -161,7 +168,7 @@ def predict_chunked(
 
     ``model``: a ``.keras`` path (read by every worker: keep it on a shared file system), a :class:`UNetModel`
     or a :class:`ModelSource`. ``slices_per_chunk``: default the image's own chunks along Z (dask; thinner tasks
-    read each input chunk once per task), else 8.
+    read each input chunk once per task), else 8; either cut to 256 MiB of input (:func:`default_slices_per_chunk`).
     Nothing runs until the result is computed, with any dask scheduler (``dask.distributed`` too); each task
     returns what :func:`~napari_unet.predict.predict` gives for its slices. The ``"auto"`` choices (test-time
     augmentation, bfloat16) are made once, so every chunk follows the same convention: on a worker of ``client``
@@ -192,12 +199,9 @@ def predict_chunked(
     )
     stack = da.asarray(image if len(shape) == 3 else image[np.newaxis])
     n_slices, height, width = stack.shape
-    if slices_per_chunk is None:  # the image's chunks along Z, as many as fit in MAX_TASK_INPUT_BYTES
-        slices_per_chunk = DEFAULT_SLICES_PER_CHUNK
-        if isinstance(image, da.Array) and len(shape) == 3:
-            z_chunk = stack.chunks[0][0]
-            fitting = MAX_TASK_INPUT_BYTES // max(1, height * width * stack.dtype.itemsize)
-            slices_per_chunk = z_chunk if z_chunk <= fitting else max(1, fitting)
+    if slices_per_chunk is None:
+        z_chunk = stack.chunks[0][0] if isinstance(image, da.Array) and len(shape) == 3 else None
+        slices_per_chunk = default_slices_per_chunk(stack.shape, stack.dtype, z_chunk)
     if isinstance(slices_per_chunk, bool) or not isinstance(slices_per_chunk, numbers.Integral) or slices_per_chunk < 1:
         raise ValueError(f"slices_per_chunk must be a whole number of at least 1, got {slices_per_chunk!r}")
     slices_per_chunk = int(slices_per_chunk)

@@ -616,12 +616,13 @@ def _note_intensities(image, model) -> None:
 
 def _predict_chunked(args, image, output: Path, probabilities_file: Path | None, pixel_size: dict | None = None) -> int:
     """``predict`` into zarr stores, chunk by chunk: here, or on the dask cluster of ``--scheduler``."""
-    from .chunked import DEFAULT_SLICES_PER_CHUNK, ModelSource, predict_chunked, store_events
+    from .chunked import ModelSource, default_slices_per_chunk, predict_chunked, store_events
     from .zarr_io import commit_zarr, create_zarr, discard_zarr, is_zarr_path
 
     source = ModelSource(args.model)
     _note_intensities(image, source)
-    per_chunk = args.slices_per_chunk or (None if is_zarr_path(args.image) else DEFAULT_SLICES_PER_CHUNK)
+    # a zarr image's own chunks along Z; a TIFF's or folder's pages are no chunks to follow (tasks of one slice)
+    per_chunk = args.slices_per_chunk or (None if is_zarr_path(args.image) else default_slices_per_chunk(np.shape(image), image.dtype))
     with contextlib.ExitStack() as stack:
         client = stack.enter_context(_dask_client(args.scheduler)) if args.scheduler else None
         prediction = predict_chunked(
