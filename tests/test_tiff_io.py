@@ -130,6 +130,23 @@ def test_a_file_of_several_image_series_is_refused_not_cut_to_the_first(tmp_path
         read_folder(folder, lazy=True, lazy_from_bytes=0)
 
 
+def test_a_stack_written_one_slice_at_a_time_is_read_as_a_stack(tmp_path):
+    # tifffile.imwrite(..., append=True) per slice makes one series per slice: it was refused as "5 image series"
+    stack = em_like((5, 16, 20))
+    for compression in (None, "zlib"):
+        path = tmp_path / f"appended-{compression}.tif"
+        for plane in stack:
+            tifffile.imwrite(path, plane, append=True, compression=compression)
+        for lazy in (False, True):
+            read = read_tiff(path, lazy=lazy, lazy_from_bytes=0)
+            assert read.axes == "ZYX" and np.array_equal(np.asarray(read.data), stack)
+    mixed = tmp_path / "mixed.tif"  # slices of different shapes are still several images
+    tifffile.imwrite(mixed, stack[0], append=True)
+    tifffile.imwrite(mixed, stack[0, :8], append=True)
+    with pytest.raises(TiffReadError, match="2 image series"):
+        read_tiff(mixed)
+
+
 def test_plain_2d_with_resolution_in_centimetres(tmp_path):
     path = tmp_path / "section.tif"
     # 20000 px/cm = 0.5 µm/px in X, 10000 px/cm = 1 µm/px in Y

@@ -327,10 +327,10 @@ def read_tiff(path, lazy: bool = False, lazy_from_bytes: int | None = None, memo
     path = Path(os.fspath(path))
     _check_file(path)
     with _tifffile_errors(path) as errors:
-        with tifffile.TiffFile(path) as tif:
+        with tifffile.TiffFile(path, **({"is_shaped": False} if _slices_appended(path) else {})) as tif:
             series = _only_series(tif, path)
             lazy = lazy and n_bytes(series.shape, series.dtype) >= (LAZY_READ_BYTES if lazy_from_bytes is None else lazy_from_bytes)
-            data = _lazy_series(path, series, memory_map) if lazy else None
+            data = _lazy_series(path, series, memory_map and series.kind != "generic") if lazy else None
             if data is None:
                 data = np.asarray(series.asarray())
             errors.raise_any()
@@ -387,6 +387,18 @@ def _tifffile_errors(path: Path):
             raise TiffReadError(f"{path}: corrupt or unsupported TIFF ({type(exc).__name__}: {_one_line(exc)})") from exc
         finally:
             tiff_logger.removeHandler(errors)
+
+
+def _slices_appended(path: Path) -> bool:
+    """Whether ``path`` holds a stack written one slice at a time (``tifffile.imwrite(..., append=True)`` per slice):
+    several series of one 2-D page each, all of one shape and dtype. Read with ``is_shaped=False``, tifffile gives
+    them as one (Z, Y, X) series, as a folder of those slices would be read."""
+    with contextlib.suppress(Exception):  # a damaged file is left to the normal read and its message
+        with tifffile.TiffFile(path) as tif:
+            full = [series for series in tif.series if not getattr(series.keyframe, "is_reduced", False)]
+            return (len(full) > 1 and tif.is_shaped and all(len(series.pages) == 1 and len(series.shape) == 2 for series in full)
+                    and len({(tuple(series.shape), series.dtype) for series in full}) == 1)
+    return False
 
 
 def _only_series(tif: tifffile.TiffFile, path: Path):
