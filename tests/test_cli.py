@@ -704,3 +704,15 @@ def test_a_stack_stored_as_rgb_planes_and_a_probability_file_given_to_evaluate_a
     assert code == 0, err
     code, _out, err = run(capsys, "evaluate", data / "q.tif", data / "labels.tif")
     assert code == 2 and "a probability map? evaluate takes the labels file of predict" in err
+
+
+def test_running_out_of_memory_says_so_and_what_to_do(data, capsys, monkeypatch):
+    # a 50 x 2048² stack ended after minutes with numpy's bare "Unable to allocate 1.25 GiB for an array ..."
+    from napari_unet import cli
+
+    def too_big(*args, **kwargs):
+        raise MemoryError("Unable to allocate 1.25 GiB for an array with shape (167772160,) and data type int64")
+
+    monkeypatch.setattr(cli, "run_training", too_big)
+    code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "m.keras", *TINY_TRAINING)
+    assert code == 1 and "not enough memory (Unable to allocate 1.25 GiB" in err and "train on a crop or on fewer slices" in err

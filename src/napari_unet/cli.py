@@ -870,7 +870,17 @@ def main(argv=None) -> int:
         where = Path(err.filename).parent if err.filename else Path(output).parent if output else Path.cwd()
         print(f"napari-unet: error: cannot write {target}: {_disk_full(where, err)}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (FloatingPointError, MemoryError) as err:  # diverged training, too big a stack
+    except MemoryError as err:  # too big a stack
+        advice = {
+            "train": "training holds the whole stack in memory, several float32 copies of it: train on a crop or on "
+                     "fewer slices (the model then predicts the whole stack)",
+            "predict": "predict holds one slice and its class probabilities at a time: a smaller --tile-size or "
+                       "--batch-size, or a machine with more memory",
+        }.get(args.command, "")
+        print(f"napari-unet: error: not enough memory ({str(err) or type(err).__name__}){'; ' + advice if advice else ''}",
+              file=sys.stderr)
+        return 1
+    except FloatingPointError as err:  # diverged training
         print(f"napari-unet: error: {str(err) or type(err).__name__}", file=sys.stderr)
         return 1
     finally:

@@ -459,6 +459,11 @@ def centre_tiles(images, slices, tile_size: int, multiple: int, context: int = 0
 ANNOTATED_FRACTION = 0.9
 
 
+#: From this share of annotated pixels on, :class:`PatchSampler` draws annotated positions by rejection (at most 4 draws
+#: per patch on average) instead of keeping their list.
+DENSE_ANNOTATION_SHARE = 0.25
+
+
 class PatchSampler:
     """Random training patches from normalised slices, favouring annotated pixels.
 
@@ -488,10 +493,14 @@ class PatchSampler:
         self.annotated_fraction = annotated_fraction
         self.rng = np.random.default_rng(seed)
         annotated = indices >= 0
-        # flat positions, not argwhere's (N, 3) coordinates: a third of the memory and time on large stacks
-        self.annotated_positions = np.flatnonzero(annotated)
-        if len(self.annotated_positions) == 0:
+        n_annotated = int(np.count_nonzero(annotated))
+        if n_annotated == 0:
             raise InputError("no annotated pixel to train on")
+        # Sparse annotations keep their flat positions (not argwhere's (N, 3) coordinates: a third of the memory);
+        # dense ones are drawn by rejection from all pixels, the same draws where every pixel is annotated: an int64
+        # position per pixel was 8 bytes per pixel of the stack, the largest array of a training (1.25 GiB for 40 x 2048²).
+        sparse = n_annotated < DENSE_ANNOTATION_SHARE * annotated.size
+        self.annotated_positions = np.flatnonzero(annotated) if sparse else None
         self.slices_with_labels = np.flatnonzero(annotated.reshape(len(annotated), -1).any(axis=1))
 
     def patch(self) -> tuple[np.ndarray, np.ndarray]:
@@ -499,7 +508,12 @@ class PatchSampler:
         rng, p = self.rng, self.patch_size
         _, height, width = self.images.shape
         if rng.random() < self.annotated_fraction:
-            position = self.annotated_positions[rng.integers(len(self.annotated_positions))]
+            if self.annotated_positions is not None:
+                position = self.annotated_positions[rng.integers(len(self.annotated_positions))]
+            else:
+                position = rng.integers(self.indices.size)
+                while self.indices.flat[position] < 0:
+                    position = rng.integers(self.indices.size)
             z, cy, cx = np.unravel_index(position, self.indices.shape)
             y0 = int(np.clip(cy - rng.integers(p), 0, height - p))
             x0 = int(np.clip(cx - rng.integers(p), 0, width - p))
