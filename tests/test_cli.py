@@ -70,6 +70,7 @@ def test_oct_layers_train_upright_unless_rotations_are_asked_for(tmp_path, capsy
     code, out, err = run(capsys, "train", tmp_path / "scan.tif", tmp_path / "layers.tif", "-o", tmp_path / "m.keras", *TINY_TRAINING)
     assert code == 0, err
     assert "no 90-degree rotations: the labels are layered top to bottom" in err and "--rotations to choose" in err
+    assert "preparing" not in err  # a small image: its first line is about the training
     assert load_model(tmp_path / "m.keras").train_config.augment_rotations is False
     assert json.loads(out)["tta_views"] in (1, 2)  # scored as predict does: upright views only
     assert set(json.loads(out)["boundary_error_px"]) == {f"{k}|{k + 1}" for k in range(labels.max())} | {"mean"}
@@ -716,3 +717,12 @@ def test_running_out_of_memory_says_so_and_what_to_do(data, capsys, monkeypatch)
     monkeypatch.setattr(cli, "run_training", too_big)
     code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "m.keras", *TINY_TRAINING)
     assert code == 1 and "not enough memory (Unable to allocate 1.25 GiB" in err and "train on a crop or on fewer slices" in err
+
+
+def test_a_large_training_stack_says_at_once_that_it_is_being_prepared(data, capsys, monkeypatch):
+    # 20 x 2048² slices printed nothing for minutes before their first step
+    from napari_unet import cli
+
+    monkeypatch.setattr(cli, "PREPARING_NOTE_PIXELS", 4 * 64 * 64)
+    code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "m.keras", *TINY_TRAINING)
+    assert code == 0 and err.startswith("preparing 4 slices of 64 x 64 pixels (normalising, border weights)..."), err

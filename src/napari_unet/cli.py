@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import errno
 import json
+import math
 import os
 import signal
 import sys
@@ -409,6 +410,11 @@ def load_tensorflow_for_command() -> None:
     load_tensorflow(skip_optional=True, quiet=True)
 
 
+#: Training stacks of this many pixels or more get a line saying they are being prepared (about 3 s per 2048² slice
+#: before the first step; 4 such slices reach it), smaller ones go straight to their first line.
+PREPARING_NOTE_PIXELS = 1 << 24
+
+
 def run_training(image, labels, model_config, train_config, init=None, quiet=False):
     """Drain training events with a terminal progress line; returns the start and finish events."""
     from .train import EpochEnd, TrainingFinished, TrainingFinishing, TrainingStarted, TrainingStep, train_events
@@ -417,6 +423,10 @@ def run_training(image, labels, model_config, train_config, init=None, quiet=Fal
     started = final = None
     budget = train_config.max_minutes * 60 if train_config.max_minutes else None
     last_val = ""
+    shape = np.shape(image)
+    if not quiet and math.prod(shape) >= PREPARING_NOTE_PIXELS:  # minutes before the first event: say what happens
+        slices = f"{shape[0]} slices" if len(shape) == 3 else "1 image"
+        print(f"preparing {slices} of {shape[-2]} x {shape[-1]} pixels (normalising, border weights)...", file=sys.stderr)
     for event in train_events(image, labels, model_config, train_config, init=init):
         if isinstance(event, TrainingStarted):
             started = event
