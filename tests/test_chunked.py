@@ -510,27 +510,33 @@ print("failures", failures)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr"]
 
 
-def test_writing_an_output_removes_what_killed_writers_of_this_machine_left_beside_it(tmp_path):
-    # a SIGKILLed or out-of-memory-killed predict left its hidden partial store (as large as the output) for good
+def test_predict_names_what_killed_runs_of_this_host_left_beside_its_outputs_and_removes_nothing(tmp_path, capsys):
+    # a SIGKILLed or out-of-memory-killed predict leaves its hidden partial store (as large as the output) for good;
+    # removing it would be wrong where a container of the same host name is still writing it
     import socket
     import subprocess
     import sys
 
-    from napari_unet.cli import write_all
-    from napari_unet.zarr_io import create_zarr, discard_zarr
+    from napari_unet._files import stale_siblings
+    from napari_unet.model_io import save_model
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
     host, alive = socket.gethostname(), os.getppid()
-    for name in ("out.zarr", "out.tif"):
-        for pid, machine, kind in ((dead, host, "partial"), (dead, host, "replaced"), (alive, host, "partial"), (dead, "other-node", "partial")):
-            stale = tmp_path / f".{name}.{machine}.{pid}.{kind}"
-            (stale.mkdir() if name.endswith(".zarr") else stale.write_bytes(b"half written"))
-    discard_zarr(create_zarr(tmp_path / "out.zarr", (2, 8, 8), np.uint8, (1, 8, 8)))
-    write_all([(tmp_path / "out.tif", np.zeros((8, 8), np.uint8), {})])
-    for name in ("out.zarr", "out.tif"):
-        left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(f".{name}."))
-        # a running process's store, and another machine's (its process cannot be checked from here), stay
-        assert left == sorted([f".{name}.{host}.{alive}.partial", f".{name}.other-node.{dead}.partial"]), left
+    made = []
+    for pid, machine, kind in ((dead, host, "partial"), (dead, host, "replaced"), (alive, host, "partial"),
+                               (dead, "other-node", "partial"), ("١٢", host, "partial"), ("9" * 30, host, "partial")):
+        made.append(tmp_path / f".out.zarr.{machine}.{pid}.{kind}")
+        made[-1].mkdir()
+    stale = [tmp_path / f".out.zarr.{host}.{dead}.partial", tmp_path / f".out.zarr.{host}.{dead}.replaced"]
+    assert stale_siblings(tmp_path / "out.zarr") == sorted(stale)  # not a live process's, another host's or odd names
+    image = stripes(n_slices=2, size=64)[0].astype(np.uint8)
+    tifffile.imwrite(tmp_path / "image.tif", image, photometric="minisblack")
+    save_model(tiny_model(), tmp_path / "m.keras")
+    assert main(["predict", str(tmp_path / "m.keras"), str(tmp_path / "image.tif"), "-o", str(tmp_path / "out.zarr")]) == 0
+    err = capsys.readouterr().err
+    assert f"note: {stale[0]} is an unfinished out.zarr that a killed run (process {dead}, no longer running)" in err
+    assert f"note: {stale[1]} is an earlier version of out.zarr" in err
+    assert all(path.exists() for path in made)
 
 
 def test_tasks_of_a_tiff_or_numpy_stack_are_cut_to_the_task_input_limit(tmp_path, monkeypatch, capsys):

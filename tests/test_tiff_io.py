@@ -140,11 +140,15 @@ def test_a_stack_written_one_slice_at_a_time_is_read_as_a_stack(tmp_path):
         for lazy in (False, True):
             read = read_tiff(path, lazy=lazy, lazy_from_bytes=0)
             assert read.axes == "ZYX" and np.array_equal(np.asarray(read.data), stack)
-    mixed = tmp_path / "mixed.tif"  # slices of different shapes are still several images
-    tifffile.imwrite(mixed, stack[0], append=True)
-    tifffile.imwrite(mixed, stack[0, :8], append=True)
-    with pytest.raises(TiffReadError, match="2 image series"):
-        read_tiff(mixed)
+    for name, second in (("shapes", stack[0, :8]), ("dtypes", stack[0].astype(np.uint16))):  # still several images
+        mixed = tmp_path / f"mixed-{name}.tif"
+        tifffile.imwrite(mixed, stack[0], append=True)
+        tifffile.imwrite(mixed, second, append=True)
+        with pytest.raises(TiffReadError, match="2 image series"):
+            read_tiff(mixed)
+    plain = tmp_path / "plain.tif"  # a plain multi-page TIFF (no shape metadata) stays memory-mapped when lazy
+    tifffile.imwrite(plain, stack[:3], metadata=None, photometric="minisblack")
+    assert isinstance(read_tiff(plain, lazy=True, lazy_from_bytes=0).data, np.memmap)
 
 
 def test_plain_2d_with_resolution_in_centimetres(tmp_path):

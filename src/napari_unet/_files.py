@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shutil
 import socket
 import stat
 from pathlib import Path
@@ -70,32 +69,27 @@ def fsync_folder(folder: Path) -> None:
 
 def hidden_sibling(path, kind: str) -> Path:
     """The hidden file or folder ``.NAME.HOST.PID.KIND`` beside ``path`` where this process prepares (``partial``) or
-    keeps aside (``replaced``) what replaces ``path``. The host: a process of another machine of a cluster writing
-    beside the same target is never taken for a dead one of this machine (:func:`discard_stale_siblings`)."""
+    keeps aside (``replaced``) what replaces ``path`` (:func:`stale_siblings` finds those of killed runs)."""
     path = Path(os.fspath(path))
     return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{kind}")
 
 
-def discard_stale_siblings(path) -> list:
-    """Remove the :func:`hidden_sibling` files and folders of ``path`` that processes of this machine left when they
-    were killed (SIGKILL, out of memory, power loss: no clean-up ran), i.e. those whose process no longer runs.
-    Returns the paths removed."""
+def stale_siblings(path) -> list:
+    """The :func:`hidden_sibling` files and folders of ``path`` that runs of this host left when they were killed
+    (SIGKILL, out of memory, power loss: no clean-up ran), i.e. whose process no longer runs here. Only listed, never
+    removed: a container or a second machine of the same host name may be writing one, and a ``replaced`` one may be
+    the only copy of an output whose replacement was cut short."""
     path = Path(os.path.abspath(os.fspath(path)))
-    prefix, removed = f".{path.name}.{socket.gethostname()}.", []
+    prefix, found = f".{path.name}.{socket.gethostname()}.", []
     with contextlib.suppress(OSError):
         for entry in path.parent.iterdir():
             name = entry.name
             if not name.startswith(prefix) or not name.endswith((".partial", ".replaced")):
                 continue
             pid = name[len(prefix):].rsplit(".", 1)[0]
-            if pid.isdigit() and int(pid) != os.getpid() and not _process_runs(int(pid)):
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry, ignore_errors=True)
-                else:
-                    with contextlib.suppress(OSError):
-                        entry.unlink()
-                removed.append(entry)
-    return removed
+            if pid.isascii() and pid.isdigit() and len(pid) <= 9 and int(pid) != os.getpid() and not _process_runs(int(pid)):
+                found.append(entry)
+    return sorted(found)
 
 
 def _process_runs(pid: int) -> bool:
@@ -103,6 +97,6 @@ def _process_runs(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except OSError:  # e.g. another user's process
+    except (OSError, OverflowError):  # e.g. another user's process
         return True
     return True

@@ -184,17 +184,27 @@ def save_model_or_elsewhere(model, path: Path) -> Path:
         raise CommandError(f"{problem}. The trained model was saved to {fallback} instead") from err
 
 
+def _note_stale_siblings(outputs) -> None:
+    """Name the hidden partial or replaced outputs that killed runs left beside ``outputs`` (they can be large)."""
+    from ._files import stale_siblings
+
+    for output in outputs:
+        for entry in stale_siblings(output) if output is not None else ():
+            what = "an earlier version of" if entry.name.endswith(".replaced") else "an unfinished"
+            print(f"note: {entry} is {what} {output.name} that a killed run (process {entry.name.split('.')[-2]}, no longer "
+                  "running) left behind; remove it to free its space", file=sys.stderr)
+
+
 def write_all(files: list, replaced: list | None = None) -> None:
     """Write every ``(path, array, metadata)`` TIFF or none: each goes to a temporary file beside its target
     first, and the targets are replaced only once all are complete (an existing file is never half replaced).
     Each target replaced is appended to ``replaced`` at once (an interrupt between two replacements names it)."""
-    from ._files import discard_stale_siblings, fsync_folder, hidden_sibling, target_mode
+    from ._files import fsync_folder, hidden_sibling, target_mode
     from .tiff_io import write_tiff
 
     pending = []
     try:
         for path, array, metadata in files:
-            discard_stale_siblings(path)
             partial = hidden_sibling(path, "partial")
             pending.append((partial, path))
             try:
@@ -564,6 +574,7 @@ def cmd_predict(args) -> int:
         probabilities_file = check_output(args.probabilities, "probabilities file", inputs, suffixes) if args.probabilities else None
     if probabilities_file is not None and probabilities_file.resolve() == output.resolve():
         raise CommandError("--probabilities must name another file than -o")
+    _note_stale_siblings([output, probabilities_file])
     # slices are read as the prediction reaches them; a cluster's workers read them by path
     image, image_metadata = _read_stack_and_metadata(args.image, "image", lazy=True, for_cluster=args.scheduler is not None)
     pixel_size = image_metadata.get("pixel_size")
@@ -777,7 +788,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("-o", "--output", required=True, help="model file to write (.keras)")
     train.add_argument("--preset", default="default", choices=["default", "classic"])
     train.add_argument("--epochs", type=int, help="epochs (default: the preset's, or unlimited with --max-minutes)")
-    train.add_argument("--max-minutes", type=float, help="wall-clock budget; the learning-rate schedule follows it")
+    train.add_argument("--max-minutes", type=float, help="time budget of the training steps (preparing the data before them and "
+                       "finishing the model after them come on top); the learning-rate schedule follows it")
     train.add_argument("--ignore-value", type=int, help="label value of unannotated pixels (sparse labels; default: the value the file records, as napari-unet saves it)")
     train.add_argument("--val-fraction", type=float, help="share of slices held out for validation (default 0.2)")
     train.add_argument("--init", help="fine-tune this model file instead of starting from scratch")
@@ -884,8 +896,8 @@ def main(argv=None) -> int:
         advice = {
             "train": "training holds the whole stack in memory, several float32 copies of it: train on a crop or on "
                      "fewer slices (the model then predicts the whole stack)",
-            "predict": "predict holds one slice and its class probabilities at a time: a smaller --tile-size or "
-                       "--batch-size, or a machine with more memory",
+            "predict": "predict holds a whole slice, several float32 copies of it (probabilities, the membrane rule): "
+                       "cut very large sections into smaller images, or --argmax (no membrane rule)",
         }.get(args.command, "")
         print(f"napari-unet: error: not enough memory ({str(err) or type(err).__name__}){'; ' + advice if advice else ''}",
               file=sys.stderr)

@@ -497,7 +497,8 @@ class PatchSampler:
         if n_annotated == 0:
             raise InputError("no annotated pixel to train on")
         # Sparse annotations keep their flat positions (not argwhere's (N, 3) coordinates: a third of the memory);
-        # dense ones are drawn by rejection from all pixels, the same draws where every pixel is annotated: an int64
+        # dense ones are drawn by rejection from all pixels (the same draws as before where every pixel of slices at
+        # least a patch large is annotated, as in ISBI): an int64
         # position per pixel was 8 bytes per pixel of the stack, the largest array of a training (1.25 GiB for 40 x 2048²).
         sparse = n_annotated < DENSE_ANNOTATION_SHARE * annotated.size
         self.annotated_positions = np.flatnonzero(annotated) if sparse else None

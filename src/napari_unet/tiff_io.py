@@ -327,10 +327,12 @@ def read_tiff(path, lazy: bool = False, lazy_from_bytes: int | None = None, memo
     path = Path(os.fspath(path))
     _check_file(path)
     with _tifffile_errors(path) as errors:
-        with tifffile.TiffFile(path, **({"is_shaped": False} if _slices_appended(path) else {})) as tif:
+        appended = _slices_appended(path)
+        with tifffile.TiffFile(path, **({"is_shaped": False} if appended else {})) as tif:
             series = _only_series(tif, path)
             lazy = lazy and n_bytes(series.shape, series.dtype) >= (LAZY_READ_BYTES if lazy_from_bytes is None else lazy_from_bytes)
-            data = _lazy_series(path, series, memory_map and series.kind != "generic") if lazy else None
+            # tifffile.memmap would map the first slice's series of an appended stack: its pages are read one by one
+            data = _lazy_series(path, series, memory_map and not appended) if lazy else None
             if data is None:
                 data = np.asarray(series.asarray())
             errors.raise_any()

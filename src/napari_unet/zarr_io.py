@@ -216,11 +216,8 @@ def create_zarr(path, shape: tuple, dtype, chunks: tuple, metadata: dict | None 
     """
     import zarr
 
-    from ._files import discard_stale_siblings
-
     partial = partial_path(path)
     discard_zarr(partial)
-    discard_stale_siblings(path)
     zarr.create_array(
         store=str(partial), shape=tuple(int(n) for n in shape), chunks=tuple(int(c) for c in chunks),
         dtype=np.dtype(dtype), fill_value=0, attributes={METADATA_KEY: dict(metadata or {})},
@@ -265,9 +262,16 @@ def _folder_lock(folder: Path):
     except ImportError:  # Windows
         yield
         return
-    fd = os.open(folder, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # a folder one may write but not read (mode 333): commit unlocked, as before locking
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a file system without flock
+            pass
         yield
     finally:
         os.close(fd)  # releases the lock
