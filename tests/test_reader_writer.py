@@ -493,3 +493,18 @@ def test_probability_files_open_one_layer_per_class_named_by_class(tmp_path):
     write_tiff(path, probabilities, {"class_values": [0, 1, 9], "axes": "ZCYX"})
     [(_, kwargs, kind)] = read(path)  # napari splits the channel axis into one layer per class
     assert kind == "image" and kwargs["name"] == ["probs [P(0)]", "probs [P(1)]", "probs [P(9)]"]
+
+
+@pytest.mark.parametrize("class_values", [[0, 255], [0, 70000]])  # an ImageJ file and a tifffile JSON ("shaped") one
+def test_a_saved_labels_layer_keeps_its_translate(tmp_path, class_values):
+    # Save prediction kept the scale but dropped the offset of a layer placed on a shifted (registered) image
+    display = np.zeros((2, 16, 16), np.uint8)
+    display[:, 4:8], display[:, 8:] = 1, 2
+    meta = {"name": "EM prediction", "metadata": {"class_values": class_values}, "scale": (1.0, 0.5, 0.5),
+            "translate": (3.0, 10.0, -3.5), "units": ("µm",) * 3}
+    [written] = write_labels(str(tmp_path / "p.tif"), display, meta)
+    [(data, kwargs, kind)] = get_reader(written)(written)
+    assert kind == "labels" and np.array_equal(data, display)
+    assert kwargs["translate"] == (3.0, 10.0, -3.5) and kwargs["scale"] == (1.0, 0.5, 0.5)
+    [unshifted] = write_labels(str(tmp_path / "q.tif"), display, {**meta, "translate": (0.0, 0.0, 0.0)})
+    assert "translate" not in get_reader(unshifted)(unshifted)[0][1]  # nothing recorded for the default

@@ -181,12 +181,14 @@ def layer_data_from_tiff(tiff: TiffData) -> list[LayerDataTuple]:
     return _image_layers(tiff)
 
 
-def _spatial_kwargs(axes: str, scale, units, drop: str) -> dict[str, Any]:
+def _spatial_kwargs(axes: str, scale, units, drop: str, translate=None) -> dict[str, Any]:
     keep = [i for i, a in enumerate(axes) if a not in drop]
     kwargs: dict[str, Any] = {
         "scale": tuple(float(scale[i]) for i in keep),
         "axis_labels": tuple(axes[i].lower() for i in keep),
     }
+    if isinstance(translate, (list, tuple)) and len(translate) == len(axes):  # as the napari-unet writer records it
+        kwargs["translate"] = tuple(float(translate[i]) for i in keep)
     if any(units[i] is not None for i in keep):
         kwargs["units"] = tuple(_PINT_UNITS.get(units[i], "pixel") if units[i] else "pixel" for i in keep)
     return kwargs
@@ -285,7 +287,7 @@ def _labels_layer(tiff: TiffData) -> LayerDataTuple | None:
             layer_meta["napari_unet"]["reviewed"] = reviewed
             if isinstance(accepted, np.ndarray) and accepted.shape == display.shape:
                 layer_meta["napari_unet"]["accepted_mask"] = accepted
-    kwargs = _spatial_kwargs(tiff.axes, tiff.scale, tiff.units, drop="S")
+    kwargs = _spatial_kwargs(tiff.axes, tiff.scale, tiff.units, drop="S", translate=meta.get("translate"))
     kwargs["name"] = tiff.name
     kwargs["metadata"] = layer_meta
     kwargs["features"] = label_features(class_values, class_names, ignore_value)

@@ -6,7 +6,7 @@ A labels layer in the napari_unet display convention (display 0 = not annotated,
 or, if there is none, a value that is no class (:func:`napari_unet.labels.choose_ignore_value`:
 0 if free, else an unused value), which is recorded in the file. A layer without
 ``class_values`` (painted from scratch in napari) is written as is, with 0 recorded as the
-ignore value when present. The layer's scale and units go into the TIFF resolution / ImageJ
+ignore value when present. The layer's translate is recorded too. The layer's scale and units go into the TIFF resolution / ImageJ
 spacing, and the write is atomic (:func:`napari_unet.tiff_io.write_tiff`).
 
 A prediction layer of the inference widget (``metadata["napari_unet"]["output"] == "prediction"``)
@@ -148,6 +148,8 @@ def _write_labels(path: str, data: Any, meta: dict) -> str:
         tiff_meta["axes"] = axes
     if meta.get("scale") is not None:
         tiff_meta["scale"] = [float(s) for s in meta["scale"]]
+    if meta.get("translate") is not None:  # the layer's offset (e.g. of an image registered elsewhere)
+        tiff_meta["translate"] = [float(t) for t in meta["translate"]]
     if unit_list is not None and any(unit_list):
         tiff_meta["units"] = unit_list
     return write_tiff(os.fspath(path), values, tiff_meta)

@@ -547,6 +547,9 @@ def _series_info(tif: tifffile.TiffFile, series, data: np.ndarray) -> dict:
     for key in _LABEL_KEYS:
         if key in label_meta:
             metadata[key] = label_meta[key]
+    translate = label_meta.get("translate")
+    if isinstance(translate, list) and len(translate) == len(axes) and all(isinstance(t, (int, float)) for t in translate):
+        metadata["translate"] = [float(t) for t in translate]
     if isinstance(label_meta.get("predicted_from"), str):
         metadata["predicted_from"] = label_meta["predicted_from"]
         for key in ("reviewed", "accepted"):
@@ -822,6 +825,7 @@ def write_tiff(path, array, metadata: dict | None = None) -> str:
     * ``axes``: letters per axis (default YX / ZYX / TZYX / TZCYX by ndim);
     * ``scale``: pixel size per axis (or per spatial axis ``Y, X`` / ``Z, Y, X``);
     * ``units`` (or ``unit``): one unit for all lengths or one per axis ("µm", "nm"...);
+    * ``translate``: offset per axis in world units (napari's layer translate), returned by :func:`read_tiff`;
     * ``class_values``, ``ignore_value``, ``class_names``: label metadata, stored as the JSON
       entry ``napari_unet`` and returned by :func:`read_tiff`;
     * ``predicted_from`` (an image name), ``reviewed`` and ``accepted`` (bool masks of ``array``'s shape: the pixels
@@ -862,6 +866,9 @@ def write_tiff(path, array, metadata: dict | None = None) -> str:
             elif key == "class_names":
                 value = [str(v) for v in value]
             label_entry[key] = value
+    translate = metadata.get("translate")
+    if translate is not None and len(translate) == data.ndim and any(float(t) != 0.0 for t in translate):
+        label_entry["translate"] = [float(t) for t in translate]  # the layer's offset in world units (napari's translate)
     if metadata.get("predicted_from") is not None:
         label_entry["predicted_from"] = str(metadata["predicted_from"])
         for key in ("reviewed", "accepted"):
