@@ -145,3 +145,15 @@ def test_label_mappings_refuse_fractions_nan_and_unannotated_indices_and_take_cl
     with pytest.raises(LabelError, match="class index 2 is not one of the 2 classes"):
         from_indices(np.array([0, 2]), [0, 255])
     np.testing.assert_array_equal(from_indices(np.array([[1, 0]]), [0, 255]), [[255, 0]])
+
+
+def test_predicted_labels_take_the_smallest_dtype_of_their_class_values():
+    from napari_unet.labels import smallest_dtype
+
+    # numpy's promotion of int8 and uint16 made labels of classes -5 and 1000 int32
+    cases = {(0, 255): np.uint8, (0, 256): np.uint16, (-5, 1000): np.int16, (-5, 100): np.int8, (0, 70000): np.uint32,
+             (-1, 2**31): np.int64}
+    for values, dtype in cases.items():
+        assert smallest_dtype(values) == dtype, values
+    np.testing.assert_array_equal(from_indices(np.array([1, 0]), [-5, 1000]), np.array([1000, -5], np.int16))
+    assert from_indices(np.array([1, 0]), [-5, 1000]).dtype == np.int16

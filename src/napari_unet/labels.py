@@ -204,9 +204,14 @@ def _whole_numbers(labels) -> np.ndarray:
 
 
 def smallest_dtype(values) -> np.dtype:
-    """Smallest integer dtype holding every value in ``values``."""
+    """Smallest integer dtype holding every value in ``values``: unsigned for non-negative values, else signed
+    (numpy's promotion of int8 and uint16 gave int32 for [-5, 1000], which int16 holds)."""
     values = np.asarray(values, dtype=np.int64)
-    return np.result_type(np.min_scalar_type(int(values.min())), np.min_scalar_type(int(values.max())))
+    lowest, highest = int(values.min()), int(values.max())
+    if lowest >= 0:
+        return np.min_scalar_type(highest)
+    return next(np.dtype(t) for t in (np.int8, np.int16, np.int32, np.int64)
+                if np.iinfo(t).min <= lowest and highest <= np.iinfo(t).max)
 
 
 def to_display(labels, class_values, ignore_value=None) -> np.ndarray:
