@@ -481,19 +481,12 @@ def run_training(image, labels, model_config, train_config, init=None, quiet=Fal
     return started, final
 
 
-def score(prediction, truth, class_values, ignore_value=None, pixel_height=None) -> dict:
-    """Metrics of ``prediction`` against ``truth`` (class values, :func:`napari_unet.metrics.evaluate`); sparse truth
-    skips the ISBI scores."""
-    from .metrics import evaluate
-
-    return evaluate(prediction, truth, class_values, ignore_value=ignore_value, pixel_height=pixel_height)
-
-
 def cmd_train(args) -> int:
     from dataclasses import replace
 
     from .config import MERGE_LEVELS_LONG, is_long_budget, preset as get_preset
     from .model_io import load_model
+    from .metrics import evaluate
     from .predict import predict, resolve_tta_views
 
     output = check_output(args.output, "model file", inputs=[p for p in (args.image, args.labels, args.init) if p])
@@ -539,13 +532,14 @@ def cmd_train(args) -> int:
     if started.val_slices:
         val = started.val_slices
         prediction = predict(final.model, stack_image, slices=val, return_probabilities=False)
-        scores = score(prediction.labels, stack_labels[val], final.model.class_values, train_config.ignore_value)
+        scores = evaluate(prediction.labels, stack_labels[val], final.model.class_values, ignore_value=train_config.ignore_value)
         print(json.dumps({"validation_slices": val, "tta_views": views, **scores}, indent=1))
     elif started.val_column is not None:  # one annotated image (an OCT B-scan): validated on its last columns
         column, trained = started.val_column, started.train_slices
         prediction = predict(final.model, stack_image, slices=trained, return_probabilities=False)
         held_out = (Ellipsis, slice(column, None))
-        scores = score(prediction.labels[held_out], stack_labels[trained][held_out], final.model.class_values, train_config.ignore_value)
+        scores = evaluate(prediction.labels[held_out], stack_labels[trained][held_out], final.model.class_values,
+                          ignore_value=train_config.ignore_value)
         print(json.dumps({"validation_columns": [column, int(image.shape[-1])], "tta_views": views, **scores}, indent=1))
     return 0
 
@@ -735,6 +729,7 @@ def _pixel_height(metadata: dict) -> float | None:
 
 def cmd_evaluate(args) -> int:
     from .labels import LabelError, find_class_values
+    from .metrics import evaluate
     from .train import MAX_CLASSES
 
     prediction, prediction_metadata = _read_stack_and_metadata(args.prediction, "prediction")
@@ -760,7 +755,7 @@ def cmd_evaluate(args) -> int:
     unknown = sorted(set(predicted_values) - set(class_values))
     if unknown:
         print(f"prediction {Path(args.prediction).name} holds values {unknown[:5]}{' ...' if len(unknown) > 5 else ''} that are no class of the truth {class_values}; scored as wrong", file=sys.stderr)
-    scores = score(prediction, truth, class_values, ignore_value, pixel_height)
+    scores = evaluate(prediction, truth, class_values, ignore_value=ignore_value, pixel_height=pixel_height)
     if "boundary_error_um" in scores:
         scores["pixel_height_um"] = pixel_height
         if args.pixel_height is None:  # a file's tag can be wrong (circular-scan.tif says inches where it means mm)

@@ -129,10 +129,8 @@ def to_indices(labels, class_values, ignore_value=None) -> np.ndarray:
     if mapped is not None:
         return mapped
     flat = labels.astype(np.int64, copy=False).ravel()
-    sorter = np.argsort(class_values, kind="stable")  # class values in any order, as the lookup table takes them
-    pos_clipped = np.minimum(np.searchsorted(class_values[sorter], flat), len(class_values) - 1)
-    known = class_values[sorter][pos_clipped] == flat
-    indices = np.where(known, sorter[pos_clipped], IGNORE_INDEX).astype(np.int32)
+    indices = positions_in(class_values, flat)
+    known = indices != IGNORE_INDEX
     if ignore_value is not None:
         unknown = ~known & (flat != int(ignore_value))
     else:
@@ -171,6 +169,15 @@ def _map_through_table(labels, class_values, ignore_value, first: int, ignored: 
     if bad.size:
         raise LabelError(f"label values {(bad[:5] + lowest).tolist()} are not among the classes {class_values.tolist()}")
     return out.reshape(labels.shape)
+
+
+def positions_in(values, labels) -> np.ndarray:
+    """int32 array of ``labels``' shape: the position of each label in ``values`` (any order, distinct), or
+    :data:`IGNORE_INDEX` for labels that are none of them."""
+    values = np.asarray(values)
+    sorter = np.argsort(values, kind="stable")  # values in any order, as the lookup table of to_indices takes them
+    position = np.minimum(np.searchsorted(values[sorter], labels), len(values) - 1)
+    return np.where(values[sorter][position] == labels, sorter[position], IGNORE_INDEX).astype(np.int32)
 
 
 def from_indices(indices, class_values, dtype=None) -> np.ndarray:

@@ -57,7 +57,7 @@ from scipy import sparse
 from skimage.measure import label
 from skimage.segmentation import watershed
 
-from .labels import LabelError, layer_order, to_indices
+from .labels import LabelError, layer_order, positions_in, to_indices
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
@@ -602,16 +602,19 @@ def _class_value_array(labels, name: str) -> np.ndarray:
 
 
 def _layer_ranks(labels: np.ndarray, layer_order) -> np.ndarray:
-    """int16 rank of each pixel's layer in ``layer_order`` (0 = top), -1 for values that are no layer."""
+    """(Z, Y, X) int32 rank of each pixel's layer in ``layer_order`` (0 = top), -1 for values that are no layer."""
     order = np.asarray(layer_order)
     if order.ndim != 1 or len(order) < 2 or len(np.unique(order)) != len(order):
         raise ValueError(f"layer_order must list two or more distinct class values, got {order.tolist()}")
     if np.issubdtype(labels.dtype, np.floating) and not np.isfinite(labels).all():
         raise ValueError("labels hold NaN or Inf; layer boundaries need class values")
-    sorter = np.argsort(order, kind="stable")
-    sorted_values = order[sorter]
-    position = np.minimum(np.searchsorted(sorted_values, labels), len(order) - 1)
-    return np.where(sorted_values[position] == labels, sorter[position], -1).astype(np.int16)
+    return positions_in(order, labels[None] if labels.ndim == 2 else labels)
+
+
+def _first_rows_below(ranks: np.ndarray, k: int) -> np.ndarray:
+    """(Z, X): in each column of (Z, Y, X) ``ranks``, the first row of a layer below layer k (Y if there is none)."""
+    below = ranks > k
+    return np.where(below.any(axis=1), below.argmax(axis=1), ranks.shape[1])
 
 
 def layer_boundary_rows(labels, layer_order) -> np.ndarray:
@@ -631,12 +634,10 @@ def layer_boundary_rows(labels, layer_order) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.ndim not in (2, 3) or labels.size == 0:
         raise ValueError(f"labels must be a non-empty (Y, X) or (Z, Y, X) array, got shape {labels.shape}")
-    ranks = _layer_ranks(labels[None] if labels.ndim == 2 else labels, layer_order)
-    n_z, height, width = ranks.shape
-    rows = np.empty((n_z, len(layer_order) - 1, width))
+    ranks = _layer_ranks(labels, layer_order)
+    rows = np.empty((len(ranks), len(layer_order) - 1, ranks.shape[2]))
     for k in range(len(layer_order) - 1):
-        below = ranks > k
-        row = np.where(below.any(axis=1), below.argmax(axis=1), height)
+        row = _first_rows_below(ranks, k)
         above = np.take_along_axis(ranks, np.maximum(row - 1, 0)[:, None, :], axis=1)[:, 0]
         rows[:, k] = np.where((row == 0) | (above >= 0), row, np.nan)
     return rows[0] if labels.ndim == 2 else rows
@@ -660,11 +661,10 @@ def layer_boundary_errors(pred_labels, truth_labels, layer_order) -> np.ndarray:
     truth = np.asarray(truth_labels)
     _check_same_shape(pred, truth)
     true_rows = layer_boundary_rows(truth, layer_order)
-    ranks = _layer_ranks(pred[None] if pred.ndim == 2 else pred, layer_order)
+    ranks = _layer_ranks(pred, layer_order)
     errors = np.full(len(layer_order) - 1, np.nan)
     for k in range(len(errors)):
-        below = ranks > k
-        pred_row = np.where(below.any(axis=1), below.argmax(axis=1), ranks.shape[1])
+        pred_row = _first_rows_below(ranks, k)
         true_row = true_rows[..., k, :].reshape(pred_row.shape)
         shown = np.isfinite(true_row)
         if shown.any():

@@ -327,8 +327,7 @@ def read_tiff(path, lazy: bool = False, lazy_from_bytes: int | None = None, memo
     path = Path(os.fspath(path))
     _check_file(path)
     with _tifffile_errors(path) as errors:
-        appended = _slices_appended(path)
-        with tifffile.TiffFile(path, **({"is_shaped": False} if appended else {})) as tif:
+        with _open_tiff(path) as (tif, appended):
             series = _only_series(tif, path)
             lazy = lazy and n_bytes(series.shape, series.dtype) >= (LAZY_READ_BYTES if lazy_from_bytes is None else lazy_from_bytes)
             # tifffile.memmap would map the first slice's series of an appended stack: its pages are read one by one
@@ -391,16 +390,21 @@ def _tifffile_errors(path: Path):
             tiff_logger.removeHandler(errors)
 
 
-def _slices_appended(path: Path) -> bool:
-    """Whether ``path`` holds a stack written one slice at a time (``tifffile.imwrite(..., append=True)`` per slice):
-    several series of one 2-D page each, all of one shape and dtype. Read with ``is_shaped=False``, tifffile gives
-    them as one (Z, Y, X) series, as a folder of those slices would be read."""
-    with contextlib.suppress(Exception):  # a damaged file is left to the normal read and its message
-        with tifffile.TiffFile(path) as tif:
-            full = [series for series in tif.series if not getattr(series.keyframe, "is_reduced", False)]
-            return (len(full) > 1 and tif.is_shaped and all(len(series.pages) == 1 and len(series.shape) == 2 for series in full)
+@contextlib.contextmanager
+def _open_tiff(path: Path):
+    """Yield ``(TiffFile, appended)``. ``appended``: the file holds a stack written one slice at a time
+    (``tifffile.imwrite(..., append=True)`` per slice: several series of one 2-D page each, all of one shape and
+    dtype); it is then opened again with ``is_shaped=False``, which gives them as one (Z, Y, X) series, as a folder of
+    those slices would be read. Other files are opened once."""
+    with tifffile.TiffFile(path) as tif:
+        full = [series for series in tif.series if not getattr(series.keyframe, "is_reduced", False)]
+        appended = (len(full) > 1 and tif.is_shaped and all(len(series.pages) == 1 and len(series.shape) == 2 for series in full)
                     and len({(tuple(series.shape), series.dtype) for series in full}) == 1)
-    return False
+        if not appended:
+            yield tif, False
+            return
+    with tifffile.TiffFile(path, is_shaped=False) as tif:
+        yield tif, True
 
 
 def _only_series(tif: tifffile.TiffFile, path: Path):
