@@ -47,6 +47,30 @@ def test_train_predict_evaluate_round_trip(data, capsys):
     assert set(json.loads(out)) >= {"pixel_error", "dice", "v_rand", "v_info"}
 
 
+def test_train_scores_large_slices_on_the_window_validation_scored(data, capsys, monkeypatch):
+    # the scores of 4 x 2048² validation slices took a third prediction of whole slices, with test-time augmentation
+    from napari_unet import predict as predict_module, train as train_module
+
+    monkeypatch.setattr(train_module, "VALIDATION_PIXELS", 32 * 32)
+    monkeypatch.setattr(train_module, "VALIDATION_MIN_SIDE", 16)
+    shapes = []
+    real_predict = predict_module.predict
+    monkeypatch.setattr(predict_module, "predict", lambda model, image, **k: shapes.append(np.shape(image)) or real_predict(model, image, **k))
+    code, out, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "m.keras", *TINY_TRAINING)
+    assert code == 0, err
+    scores = json.loads(out)
+    assert scores["validation_slices"] == [3] and scores["validation_window"] == [16, 48, 16, 48]
+    assert "validating on slices [3] (a window of 32 x 32 pixels, rows 16-47 and columns 16-47" in err
+    assert shapes == [(4, 32, 32)]  # the command's own prediction for the scores
+    from napari_unet.metrics import evaluate
+    from napari_unet.model_io import load_model
+
+    window = (slice(None), slice(16, 48), slice(16, 48))
+    predicted = real_predict(load_model(data / "m.keras"), tifffile.imread(data / "image.tif")[window], slices=[3]).labels
+    expected = evaluate(predicted, tifffile.imread(data / "labels.tif")[3:][window], [0, 255])
+    assert scores["pixel_error"] == pytest.approx(expected["pixel_error"]) and scores["v_rand"] == pytest.approx(expected["v_rand"])
+
+
 def test_train_on_one_image_prints_the_scores_of_its_held_out_columns(tmp_path, capsys):
     # one OCT B-scan validates on its last columns; nothing was printed
     image, labels = stripes(n_slices=1, size=128)

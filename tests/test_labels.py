@@ -157,3 +157,20 @@ def test_predicted_labels_take_the_smallest_dtype_of_their_class_values():
         assert smallest_dtype(values) == dtype, values
     np.testing.assert_array_equal(from_indices(np.array([1, 0]), [-5, 1000]), np.array([1000, -5], np.int16))
     assert from_indices(np.array([1, 0]), [-5, 1000]).dtype == np.int16
+
+
+def test_indices_take_the_dtype_asked_for_and_the_same_values():
+    from napari_unet.labels import count_classes
+
+    labels = np.array([[[0, 255, 7], [255, 255, 0]]], np.uint8)
+    for source in (labels, labels.astype(np.int64)):  # lookup table and sorted search
+        small = to_indices(source, [0, 255], ignore_value=7, dtype=np.int8)
+        assert small.dtype == np.int8
+        np.testing.assert_array_equal(small, to_indices(source, [0, 255], ignore_value=7))
+    with pytest.raises(ValueError, match="cannot hold"):
+        to_indices(labels, list(range(200)) + [255], dtype=np.int8)
+    with pytest.raises(ValueError, match="cannot hold"):
+        to_indices(labels, [0, 255], dtype=np.uint8)  # -1 marks unannotated pixels
+    indices = to_indices(labels, [0, 255], ignore_value=7, dtype=np.int8)
+    np.testing.assert_array_equal(count_classes(indices, 2), [2, 3])
+    np.testing.assert_array_equal(count_classes(indices[0, 0], 3), [1, 1, 0])

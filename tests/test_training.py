@@ -17,6 +17,7 @@ from napari_unet.train import (
     train,
     train_events,
     validation_column,
+    validation_window,
 )
 
 
@@ -24,6 +25,24 @@ def test_split_validation_holds_out_whole_trailing_slices():
     assert split_validation(list(range(20)), 0.25) == (list(range(15)), [15, 16, 17, 18, 19])
     assert split_validation([3], 0.2) == ([3], [])
     assert split_validation([0, 1], 0.0) == ([0, 1], [])
+
+
+def test_split_validation_keeps_at_most_the_slices_validation_needs():
+    # 200 slices: 40 validated before, 16 now; the other 24 train
+    assert split_validation(list(range(200)), 0.2, max_val_slices=16) == (list(range(184)), list(range(184, 200)))
+    assert split_validation(list(range(20)), 0.2, max_val_slices=16) == (list(range(16)), [16, 17, 18, 19])
+    assert split_validation(list(range(5)), 0.5, max_val_slices=0) == (list(range(4)), [4])  # at least one
+
+
+def test_the_validation_window_bounds_the_pixels_and_sits_on_the_annotations():
+    assert validation_window(np.ones((4, 512, 512), bool)) is None  # ISBI: whole slices
+    assert validation_window(np.ones((4, 2048, 2048), bool)) == (512, 1536, 512, 1536)  # 4 x 1024², centred
+    assert validation_window(np.ones((1, 16384, 300), bool)) == (1202, 15183, 0, 300)  # narrow: the rows get the rest
+    assert validation_window(np.ones((64, 600, 600), bool)) == (44, 556, 44, 556)  # never narrower than 512
+    sparse = np.zeros((2, 4096, 4096), bool)
+    sparse[:, 3000:3100, 100:300] = True  # annotations off centre stay inside the window
+    y0, y1, x0, x1 = validation_window(sparse)
+    assert (y0, y1, x0, x1) == (2326, 3774, 0, 1448) and y0 <= 3000 and 3100 <= y1
 
 
 def test_one_image_validates_on_its_last_columns_at_a_network_size_multiple():
@@ -279,6 +298,62 @@ def test_single_image_validates_on_held_out_columns():
     events = list(train_events(image[0], labels[0], model_config, train_config))
     assert events[0].val_slices == []
     assert events[-1].history[0]["val_loss"] is not None
+
+
+def test_large_slices_validate_on_a_window_and_the_membrane_rule_is_tuned_there(monkeypatch):
+    # 20 x 2048² slices: every epoch's validation predicted whole slices (22 s, 1.5 GB), the rule 68 s more
+    import napari_unet.train as train_module
+
+    monkeypatch.setattr(train_module, "VALIDATION_PIXELS", 4 * 48 * 48)
+    monkeypatch.setattr(train_module, "VALIDATION_MIN_SIDE", 48)
+    scored = []
+    real_scores = train_module._validation_scores
+    monkeypatch.setattr(train_module, "_validation_scores", lambda m, images, planes, indices, w: scored.append(
+        (images.shape, list(planes), indices.shape)) or real_scores(m, images, planes, indices, w))
+    image, labels = stripes(n_slices=8, size=96)
+    model_config, train_config = tiny_configs(epochs=1, steps_per_epoch=2, val_fraction=0.75)
+    events = list(train_events(image, labels, model_config, train_config))
+    started, final = events[0], events[-1]
+    # at most VALIDATION_PIXELS // 48² = 4 slices (not the 6 asked for), each a 48 x 48 window of the 96² slice
+    assert started.val_slices == [4, 5, 6, 7] and started.train_slices == [0, 1, 2, 3]
+    assert started.val_window == (24, 72, 24, 72) and "a window of 48 x 48 pixels, rows 24-71" in started.validation
+    assert scored == [((8, 48, 48), [4, 5, 6, 7], (4, 48, 48))]
+    assert final.model.boundary_rule is not None  # tuned on the window, which is fully annotated
+
+
+def test_one_large_image_validates_on_a_window_of_its_last_columns(monkeypatch):
+    import napari_unet.train as train_module
+
+    monkeypatch.setattr(train_module, "VALIDATION_PIXELS", 48 * 24)
+    monkeypatch.setattr(train_module, "VALIDATION_MIN_SIDE", 16)
+    image, labels = stripes(n_slices=1, size=128)
+    model_config, train_config = tiny_configs(epochs=1, steps_per_epoch=2)
+    started = next(iter(train_events(image[0], labels[0], model_config, train_config)))
+    y0, y1, x0, x1 = started.val_window
+    assert started.val_column == 96 and (x0, x1) == (96, 128) and (y1 - y0) * (x1 - x0) <= 48 * 24
+    assert started.validation.startswith("validating on columns 96 and up (a window of 36 x 32 pixels")
+
+
+def test_preparing_a_training_holds_no_int32_indices_nor_two_normalised_copies():
+    # 20 x 2048² slices took 2.2 GB before the first step (int32 indices, copies of them and of the normalised stack)
+    import tracemalloc
+
+    from napari_unet import data
+
+    image, labels = stripes(n_slices=8, size=512)
+    model_config, train_config = tiny_configs(epochs=1, steps_per_epoch=1)
+    data._BORDER_WEIGHTS.clear()
+    events = train_events(image, labels, model_config, train_config)
+    tracemalloc.start()
+    try:
+        assert isinstance(next(events), TrainingStarted)
+        held, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        events.close()
+    # now: indices 1 byte, training and validation copies of them 1, normalised training slices 3, border weights 3
+    # (and their cache 3) per pixel of the stack: 12 measured, 19 at the peak; it was 22, and 25 at the peak
+    assert held / image.size < 14 and peak / image.size < 22, (held / image.size, peak / image.size)
 
 
 def test_multiclass_labels_train_a_softmax_model():

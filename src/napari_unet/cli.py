@@ -442,13 +442,7 @@ def run_training(image, labels, model_config, train_config, init=None, quiet=Fal
             started = event
             if quiet:
                 continue
-            if event.val_slices:
-                validation = f"validating on slices {event.val_slices}"
-            elif event.val_column is not None:
-                validation = f"validating on columns {event.val_column} and up"
-            else:
-                validation = "no validation"
-            print(f"training on slices {event.train_slices}, {validation}; classes {event.class_values}", file=sys.stderr)
+            print(f"training on slices {event.train_slices}, {event.validation}; classes {event.class_values}", file=sys.stderr)
             for note in event.notes:
                 print(f"{note} (--rotations to choose)", file=sys.stderr)
         elif isinstance(event, TrainingStep) and not quiet:
@@ -529,11 +523,22 @@ def cmd_train(args) -> int:
     stack_image = image if image.ndim == 3 else image[None]
     stack_labels = labels if labels.ndim == 3 else labels[None]
     views = resolve_tta_views("auto", final.model)  # scored as predict writes them: with test-time augmentation where it is on by default
+    window = started.val_window  # large slices: validation scored this window of them, and so does this score
+    if window is not None:
+        y0, y1, x0, x1 = window
+        stack_image, stack_labels = stack_image[:, y0:y1, x0:x1], stack_labels[:, y0:y1, x0:x1]
+    in_window = {"validation_window": list(window)} if window is not None else {}
     if started.val_slices:
         val = started.val_slices
         prediction = predict(final.model, stack_image, slices=val, return_probabilities=False)
         scores = evaluate(prediction.labels, stack_labels[val], final.model.class_values, ignore_value=train_config.ignore_value)
-        print(json.dumps({"validation_slices": val, "tta_views": views, **scores}, indent=1))
+        print(json.dumps({"validation_slices": val, **in_window, "tta_views": views, **scores}, indent=1))
+    elif window is not None:  # one large image: validated on a window of its last columns
+        trained = started.train_slices
+        prediction = predict(final.model, stack_image, slices=trained, return_probabilities=False)
+        scores = evaluate(prediction.labels, stack_labels[trained], final.model.class_values, ignore_value=train_config.ignore_value)
+        print(json.dumps({"validation_columns": [started.val_column, int(image.shape[-1])], **in_window, "tta_views": views,
+                          **scores}, indent=1))
     elif started.val_column is not None:  # one annotated image (an OCT B-scan): validated on its last columns
         column, trained = started.val_column, started.train_slices
         prediction = predict(final.model, stack_image, slices=trained, return_probabilities=False)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .labels import IGNORE_INDEX
+from .labels import IGNORE_INDEX, count_classes
 
 
 class InputError(ValueError):
@@ -86,18 +86,25 @@ def normalize(image, percentiles=(1.0, 99.8), local_contrast_sigma: float = 0.0)
     stack = as_stack(image)
     if stack.size == 0:
         raise InputError(f"image of shape {np.shape(image)} holds no pixels")
-    if stack.dtype.itemsize > 2 and stack.dtype != np.float32:
-        out = np.stack([_normalize_wide(plane, percentiles) for plane in stack]) if len(stack) else stack.astype(np.float32)
-    else:  # 8- and 16-bit values are exact in float32
-        stack = stack.astype(np.float32, copy=False)
-        lo, hi = np.percentile(stack.reshape(len(stack), -1), percentiles, axis=1)
-        scale = np.where(hi > lo, hi - lo, 1.0).astype(np.float32)
-        with np.errstate(over="ignore"):  # float32 outliers beyond its range: inf, clipped below
-            out = (stack - lo[:, None, None].astype(np.float32)) / scale[:, None, None]
-        np.clip(out, *NORMALIZED_RANGE, out=out)
-    if local_contrast_sigma > 0:
-        out = np.stack([local_contrast(plane, local_contrast_sigma) for plane in out])
+    out = np.empty(stack.shape, np.float32)
+    for z, plane in enumerate(stack):  # one plane at a time: the temporaries of a whole stack took 4 times its float32 size
+        if stack.dtype.itemsize > 2 and stack.dtype != np.float32:
+            out[z] = _normalize_wide(plane, percentiles)
+        else:
+            out[z] = _normalize_narrow(plane, percentiles)
+        if local_contrast_sigma > 0:
+            out[z] = local_contrast(out[z], local_contrast_sigma)
     return out.reshape(np.shape(image))
+
+
+def _normalize_narrow(plane: np.ndarray, percentiles) -> np.ndarray:
+    """One (Y, X) plane of float32 or of at most 16-bit values (exact in float32) normalised and clipped in float32."""
+    plane = plane.astype(np.float32, copy=False)
+    lo, hi = np.percentile(plane, percentiles)
+    scale = np.float32(hi - lo if hi > lo else 1.0)
+    with np.errstate(over="ignore"):  # float32 outliers beyond its range: inf, clipped below
+        out = (plane - np.float32(lo)) / scale
+    return np.clip(out, *NORMALIZED_RANGE, out=out)
 
 
 def _normalize_wide(plane: np.ndarray, percentiles) -> np.ndarray:
@@ -270,7 +277,7 @@ def neighbour_slices(z: int, n_slices: int, context: int) -> list[int]:
 
 def class_weights(indices: np.ndarray, n_classes: int, mode: str = "balanced") -> np.ndarray:
     """Per-class loss weights (float32, mean 1 over annotated pixels): inverse sqrt frequency."""
-    counts = np.bincount(indices[indices >= 0].ravel(), minlength=n_classes).astype(np.float64)
+    counts = count_classes(indices, n_classes).astype(np.float64)
     if mode == "none" or counts.sum() == 0:
         return np.ones(n_classes, np.float32)
     freq = np.maximum(counts / counts.sum(), 1e-4)
@@ -297,18 +304,22 @@ def border_weights(indices, boundary_index: int, weight: float = 10.0, sigma: fl
     ``weight * exp(-(d1 + d2)**2 / (2 sigma**2))`` with d1, d2 its distances to the nearest and the
     second-nearest cell, so thin membranes between touching cells weigh most (others get 0).
     Returns float32 of the input's shape, to be added to the class weights. Planes seen before (same
-    indices and settings) come from a cache: a Retrain after painting on one slice recomputes only that one.
+    indices and settings) come from a cache: a Retrain after painting on one slice recomputes only that one. The
+    planes of a stack whose weights outgrow the cache are not cached (each would push out one the next run needs
+    first, while holding a second copy of the weights).
     """
     stack = np.asarray(indices)
     planes = stack[None] if stack.ndim == 2 else stack
     out = np.zeros(planes.shape, np.float32)
+    cached_run = out.nbytes <= _BORDER_WEIGHTS.max_bytes
     for z, plane in enumerate(planes):
         key = (hashlib.blake2b(np.ascontiguousarray(plane).view(np.uint8), digest_size=16).digest(), plane.shape,
                plane.dtype.str, int(boundary_index), float(weight), float(sigma))
         cached = _BORDER_WEIGHTS.get(key)
         if cached is None:
             cached = _plane_border_weights(plane, boundary_index, weight, sigma)
-            _BORDER_WEIGHTS.put(key, cached)
+            if cached_run:
+                _BORDER_WEIGHTS.put(key, cached)
         out[z] = cached
     return out.reshape(stack.shape)
 

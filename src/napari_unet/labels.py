@@ -116,16 +116,21 @@ def layer_order(indices, max_columns: int = 4096, max_classes: int = 64):
     return tuple(int(c) for c in order) if ordered.mean() >= LAYERED_SHARE else None
 
 
-def to_indices(labels, class_values, ignore_value=None) -> np.ndarray:
-    """Map label values to class indices (int32, same shape); unannotated pixels become -1.
+def to_indices(labels, class_values, ignore_value=None, dtype=np.int32) -> np.ndarray:
+    """Map label values to class indices (``dtype``, int32 by default; same shape); unannotated pixels become -1.
 
-    Values that are neither a class nor ``ignore_value`` raise :class:`LabelError`.
+    ``dtype``: a signed integer type holding every class index (int8 for up to 127 classes: training keeps the indices
+    of a whole stack, a quarter of int32's memory). Values that are neither a class nor ``ignore_value`` raise
+    :class:`LabelError`.
     """
     labels = _whole_numbers(labels)
     class_values = np.asarray(class_values, dtype=np.int64)
     if class_values.size == 0:
         raise LabelError("there are no class values to map labels to")
-    mapped = _map_through_table(labels, class_values, ignore_value, 0, IGNORE_INDEX, np.int32)
+    dtype = np.dtype(dtype)
+    if dtype.kind != "i" or len(class_values) - 1 > np.iinfo(dtype).max:
+        raise ValueError(f"dtype {dtype} cannot hold the class indices -1..{len(class_values) - 1}")
+    mapped = _map_through_table(labels, class_values, ignore_value, 0, IGNORE_INDEX, dtype)
     if mapped is not None:
         return mapped
     flat = labels.astype(np.int64, copy=False).ravel()
@@ -138,7 +143,18 @@ def to_indices(labels, class_values, ignore_value=None) -> np.ndarray:
     if unknown.any():
         bad = np.unique(flat[unknown])[:5].tolist()
         raise LabelError(f"label values {bad} are not among the classes {class_values.tolist()}")
-    return indices.reshape(labels.shape)
+    return indices.reshape(labels.shape).astype(dtype, copy=False)
+
+
+def count_classes(indices, n_classes: int) -> np.ndarray:
+    """int64 (n_classes,) pixel count of each class index in (..., Y, X) integer ``indices`` (negative: not counted).
+
+    Plane by plane: ``np.bincount`` of a whole stack made an 8-byte copy of every annotated pixel."""
+    indices = np.asarray(indices)
+    counts = np.zeros(n_classes, np.int64)
+    for plane in indices.reshape((-1,) + indices.shape[-2:]) if indices.ndim >= 2 else [indices]:
+        counts += np.bincount(plane[plane >= 0].ravel(), minlength=n_classes)[:n_classes]
+    return counts
 
 
 _TABLE_BLOCK = 1 << 22  # pixels mapped at a time: bounds the index copies numpy makes

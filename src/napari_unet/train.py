@@ -103,7 +103,23 @@ class TrainingStarted:
     val_slices: list
     class_values: list
     val_column: Optional[int] = None  # one image: validation on its columns from this one on (None: no such validation)
+    val_window: Optional[tuple] = None  # (y0, y1, x0, x1): validation scores this window of its slices (None: all of them)
     notes: tuple = ()  # what the data made "auto" settings choose, as sentences for the user
+
+    @property
+    def validation(self) -> str:
+        """Where validation scores, for messages: "validating on slices [16, 17, 18, 19]", "no validation"."""
+        if self.val_slices:
+            where = f"validating on slices {self.val_slices}"
+        elif self.val_column is not None:
+            where = f"validating on columns {self.val_column} and up"
+        else:
+            return "no validation"
+        if self.val_window is None:
+            return where
+        y0, y1, x0, x1 = self.val_window
+        return (f"{where} (a window of {y1 - y0} x {x1 - x0} pixels, rows {y0}-{y1 - 1} and columns {x0}-{x1 - 1}: "
+                f"validation scores at most {VALIDATION_PIXELS / 2**20:g} million pixels)")
 
 
 @dataclass(frozen=True)
@@ -187,15 +203,49 @@ def _resolve_rotations(value, layered: bool, init) -> tuple[bool, tuple]:
                    "must learn which way is up",)
 
 
-def split_validation(annotated_slices: list, val_fraction: float) -> tuple[list, list]:
-    """Whole-slice split: the last ``val_fraction`` of annotated slices validate, the rest train.
+#: Validation (every epoch, the membrane rule, the command's scores) predicts at most this many pixels: at most
+#: ``VALIDATION_PIXELS // VALIDATION_MIN_SIDE²`` slices (the others train), and of larger slices a window
+#: (:func:`validation_window`). Four times ISBI's validation (4 x 512²); on 20 x 2048² slices, validating whole
+#: slices took 22 s an epoch and 68 s for the membrane rule, and 1.5 GB of memory.
+VALIDATION_PIXELS = 4 * 2**20
+#: A validation window is no narrower than this (or its slice), so that membranes and layers keep their context.
+VALIDATION_MIN_SIDE = 512
+
+
+def split_validation(annotated_slices: list, val_fraction: float, max_val_slices: Optional[int] = None) -> tuple[list, list]:
+    """Whole-slice split: the last ``val_fraction`` of annotated slices (at most ``max_val_slices``) validate, the
+    rest train.
 
     With one annotated slice (a single 2-D image), both lists hold it and the caller splits by columns.
     """
     if val_fraction <= 0 or len(annotated_slices) < 2:
         return list(annotated_slices), []
     n_val = min(max(1, round(len(annotated_slices) * val_fraction)), len(annotated_slices) - 1)
+    if max_val_slices is not None:
+        n_val = min(n_val, max(1, max_val_slices))
     return list(annotated_slices[:-n_val]), list(annotated_slices[-n_val:])
+
+
+def validation_window(annotated, max_pixels: int = VALIDATION_PIXELS, min_side: int = VALIDATION_MIN_SIDE) -> Optional[tuple]:
+    """``(y0, y1, x0, x1)``: the window of (Z, Y, X) bool ``annotated`` (validation pixels) that validation scores,
+    or None for whole planes, which hold at most ``max_pixels``.
+
+    The window holds at most ``max_pixels`` over all planes, each side at least ``min_side`` (or the plane's), and is
+    centred on the annotated pixels' bounding box (the plane's centre for dense labels).
+    """
+    n_planes, height, width = annotated.shape
+    if n_planes * height * width <= max_pixels:
+        return None
+    area = max(1, max_pixels // n_planes)
+    window_y = min(height, max(math.isqrt(area), min_side))
+    window_x = min(width, max(area // window_y, min_side))
+    window_y = min(height, max(area // window_x, min_side))  # a narrow plane gives its rows the rest
+    rows, columns = np.flatnonzero(annotated.any(axis=(0, 2))), np.flatnonzero(annotated.any(axis=(0, 1)))
+    centre_y = (rows[0] + rows[-1] + 1) // 2 if rows.size else height // 2
+    centre_x = (columns[0] + columns[-1] + 1) // 2 if columns.size else width // 2
+    y0 = int(np.clip(centre_y - window_y // 2, 0, height - window_y))
+    x0 = int(np.clip(centre_x - window_x // 2, 0, width - window_x))
+    return y0, y0 + window_y, x0, x0 + window_x
 
 
 def validation_column(width: int, val_fraction: float, size_multiple: int) -> int:
@@ -221,6 +271,14 @@ def _resolve_model_config(
             )
         config = replace(config, n_classes=n_classes)
     return config
+
+
+def _normalize_slices(image, slices, percentiles, local_contrast_sigma: float) -> np.ndarray:
+    """(len(slices), Y, X) float32: :func:`normalize` of ``slices`` of the (Z, Y, X) ``image``, without copying the rest."""
+    out = np.empty((len(slices),) + image.shape[1:], np.float32)
+    for k, z in enumerate(slices):
+        out[k] = normalize(image[z], percentiles, local_contrast_sigma)
+    return out
 
 
 def _validation_scores(model: UNetModel, images, slices, indices, loss_weights) -> tuple[float, dict]:
@@ -409,29 +467,38 @@ def train_events(
         raise InputError(f"the model expects {model_config.input_channels} channels; napari-unet images have one")
     check_patch_size(train_config.patch_size, model_config)
     percentiles = init.percentiles if init else train_config.percentiles
-    indices = to_indices(label_stack, class_values, ignore)
+    indices = to_indices(label_stack, class_values, ignore, dtype=np.int8)  # at most MAX_CLASSES classes: a byte a pixel
     order = layer_order(indices)
     rotations, notes = _resolve_rotations(train_config.augment_rotations, order is not None, init)
     train_config = train_config.replace(augment_rotations=rotations)
-    images = normalize(image_stack, percentiles, model_config.local_contrast_sigma)
 
     annotated_slices = [z for z in range(len(indices)) if (indices[z] >= 0).any()]
-    train_slices, val_slices = split_validation(annotated_slices, train_config.val_fraction)
+    height, width = image_stack.shape[1:]
+    max_val_slices = VALIDATION_PIXELS // (min(height, VALIDATION_MIN_SIDE) * min(width, VALIDATION_MIN_SIDE))
+    train_slices, val_slices = split_validation(annotated_slices, train_config.val_fraction, max_val_slices)
     train_indices = indices[train_slices]
     # Validation predicts the val_planes of val_images (all slices, so that context slices are at hand). They are
     # the raw images: predict normalises as it does for users (normalising twice is not the identity once
     # local contrast is on).
     val_images, val_planes, val_indices = image_stack, list(val_slices), indices[val_slices]
-    val_column = None
-    if not val_slices and train_config.val_fraction > 0 and images.shape[2] >= 64:
+    val_column, val_window = None, None
+    if not val_slices and train_config.val_fraction > 0 and width >= 64:
         # One annotated image: validate on its last columns, train on the rest.
-        cut = validation_column(images.shape[2], train_config.val_fraction, model_config.size_multiple)
+        cut = validation_column(width, train_config.val_fraction, model_config.size_multiple)
         val_images, val_planes, val_indices = image_stack[:, :, cut:], list(train_slices), indices[train_slices, :, cut:]
         train_indices = indices[train_slices].copy()
         train_indices[:, :, cut:] = -1
         val_column = cut
         if not (train_indices >= 0).any() or not (val_indices >= 0).any():
             val_images, val_indices, train_indices, val_column = None, None, indices[train_slices], None
+    window = None
+    if val_indices is not None and len(val_indices):
+        window = validation_window(val_indices >= 0, VALIDATION_PIXELS, VALIDATION_MIN_SIDE)
+    if window is not None:  # validation time and memory do not grow with the slices' size
+        y0, y1, x0, x1 = window
+        val_images, val_indices = val_images[:, y0:y1, x0:x1], val_indices[:, y0:y1, x0:x1]
+        offset = val_column or 0
+        val_window = (y0, y1, x0 + offset, x1 + offset)
     has_validation = val_indices is not None and len(val_indices) and (val_indices >= 0).any()
 
     weights = class_weights(train_indices, model_config.n_classes, train_config.class_weighting)
@@ -441,13 +508,16 @@ def train_events(
         boundary = find_boundary_class(train_indices, model_config.n_classes)
         boundary_value = None if boundary is None else class_values[boundary]
     factor = model_config.downscale  # the network trains on shrunk slices; validation runs at full size
+    sigma = model_config.local_contrast_sigma
     if model_config.context_slices:  # every slice may serve as context; only training slices are sampled
-        sampled_images, sampled_indices = images, np.full_like(indices, -1)
+        sampled_images, sampled_indices = normalize(image_stack, percentiles, sigma), np.full_like(indices, -1)
         sampled_indices[train_slices] = train_indices
         sampled_weights = extra_weights
-    else:
-        sampled_images, sampled_indices = images[train_slices], train_indices
+        batch_norm_slices = train_slices
+    else:  # only the training slices are normalised (per slice: the same values as in the whole stack)
+        sampled_images, sampled_indices = _normalize_slices(image_stack, train_slices, percentiles, sigma), train_indices
         sampled_weights = None if extra_weights is None else extra_weights[train_slices]
+        batch_norm_slices = list(range(len(train_slices)))
     net_images, net_indices = downscale_image(sampled_images, factor), downscale_labels(sampled_indices, factor)
     net_weights = None if sampled_weights is None else downscale_image(sampled_weights, factor)  # float32
     if boundary_value is not None and train_config.border_weight > 0:
@@ -527,7 +597,8 @@ def train_events(
     first_step_seconds = 0.0  # tracing or an XLA compile: not the rate of the steps after it
     batches = prefetch(lambda: sampler.batch(train_config.batch_size), total_steps)
     try:
-        yield TrainingStarted(result, total_steps, epochs, steps_per_epoch, train_slices, val_slices, class_values, val_column, notes)
+        yield TrainingStarted(result, total_steps, epochs, steps_per_epoch, train_slices, val_slices, class_values, val_column,
+                              val_window, notes)
         start = time.perf_counter()
         for epoch in range(1, epochs + 1):
             losses = []
@@ -589,7 +660,8 @@ def train_events(
         else:
             network.set_weights(keras_model.get_weights())
         if (train_config.recompute_batch_norm or averaged_epochs) and step > 0:
-            trainer.recompute_batch_norm(network, _batch_norm_tiles(model_config, images, train_slices))  # normalised as the model does
+            tiles = _batch_norm_tiles(model_config, sampled_images, batch_norm_slices)  # normalised as the model does
+            trainer.recompute_batch_norm(network, tiles)
     finally:
         batches.close()
         # Also when training failed or its consumer left early: the result never holds the trainer, which waits

@@ -201,7 +201,7 @@ class TrainingWidget(QWidget):
         if run is None:
             return
         if isinstance(event, TrainingStarted):
-            val = f", validating on slices {event.val_slices}" if event.val_slices else ""
+            val = f", {event.validation}" if event.val_slices or event.val_column is not None else ""
             where = f"slices {event.train_slices}{val}" if run.kind == "training" else run.note
             notes = "".join(f" Note: {note} (the rotations box chooses)." for note in event.notes)
             for note in event.notes:
