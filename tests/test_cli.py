@@ -71,6 +71,14 @@ def test_train_scores_large_slices_on_the_window_validation_scored(data, capsys,
     assert scores["pixel_error"] == pytest.approx(expected["pixel_error"]) and scores["v_rand"] == pytest.approx(expected["v_rand"])
 
 
+def test_train_says_when_it_finishes_the_model_even_right_after_a_step(data, capsys):
+    # in a log (stderr not a terminal: a progress line per 10 s) the message followed the last step too soon and was
+    # dropped, leaving the finishing (minutes for large slices) unexplained
+    code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "m.keras", *TINY_TRAINING)
+    assert code == 0, err
+    assert "completed after 10 steps; finishing the model, choosing the membrane rule..." in err, err
+
+
 def test_train_on_one_image_prints_the_scores_of_its_held_out_columns(tmp_path, capsys):
     # one OCT B-scan validates on its last columns; nothing was printed
     image, labels = stripes(n_slices=1, size=128)

@@ -456,7 +456,9 @@ def run_training(image, labels, model_config, train_config, init=None, quiet=Fal
             )
         elif isinstance(event, TrainingFinishing) and not quiet:
             rule = ", choosing the membrane rule" if event.tunes_rule else ""
-            progress.show(1.0, f"{event.reason} after {event.steps} steps; finishing the model{rule}...")
+            # always shown: in a log (one line per 10 s) it followed the last step too soon and was dropped, leaving
+            # minutes of finishing unexplained
+            progress.show(1.0, f"{event.reason} after {event.steps} steps; finishing the model{rule}...", force=True)
         elif isinstance(event, EpochEnd):
             if event.val_loss is not None:
                 last_val = f" val_loss {event.val_loss:.4f}" + (" *" if event.is_best else "")
