@@ -412,3 +412,16 @@ def test_normalisation_helpers_refuse_empty_images_wrong_dimensions_and_bad_fact
     for factor in (0, 1.5):
         with pytest.raises(ValueError, match="factor must be a whole number >= 1"):
             downscale_image(plane, factor)
+
+
+def test_normalising_float32_values_near_its_limit_gives_no_nan():
+    # a float32 image spanning ±3e38 (finite, so accepted) came out NaN: its percentile range overflowed float32
+    from napari_unet.data import normalize
+
+    rng = np.random.default_rng(0)
+    image = np.clip(rng.normal(0, 1, (2, 50, 50)) * 1e38, -3e38, 3e38).astype(np.float32)
+    for sigma in (0.0, 20.0):
+        out = normalize(image, (1.0, 99.8), sigma)
+        assert out.dtype == np.float32 and np.isfinite(out).all()
+    scaled = normalize(image, (1.0, 99.8))
+    np.testing.assert_allclose(scaled, normalize(image.astype(np.float64) / 1e38, (1.0, 99.8)), atol=1e-5)

@@ -899,6 +899,22 @@ def test_the_status_says_what_training_leaves_out_or_pairs_unseen(widgets, qtbot
     assert "of 'EM prediction copy'" in job.note and "the corrections on 'EM prediction' are not used" in job.note
 
 
+def test_the_status_names_the_window_validation_scores_on_large_slices(widgets, qtbot, monkeypatch, notifications):
+    # validation of large slices scores a window of them, which the command line names and the widget did not
+    import napari_unet.train as train_module
+
+    monkeypatch.setattr(train_module, "VALIDATION_PIXELS", 64 * 64)
+    monkeypatch.setattr(train_module, "VALIDATION_MIN_SIDE", 32)
+    training = widgets.training
+    tiny_settings(training, epochs=1, steps=2)
+    statuses = []
+    set_status = training.progress.set_status
+    monkeypatch.setattr(training.progress, "set_status", lambda text, *a, **k: statuses.append(text) or set_status(text, *a, **k))
+    run_and_wait(qtbot, training.start, lambda: training._run is not None)
+    assert any("validating on slices [2] (a window of 64 x 64 pixels, rows 32-95 and columns 32-95" in s for s in statuses), statuses
+    assert not errors(notifications)
+
+
 def test_predicting_an_image_unlike_the_training_images_warns_and_the_status_repeats_it(widgets, qtbot, notifications):
     viewer, training, inference = widgets.viewer, widgets.training, widgets.inference
     tiny_settings(training, epochs=1, steps=3)

@@ -101,6 +101,8 @@ def _normalize_narrow(plane: np.ndarray, percentiles) -> np.ndarray:
     """One (Y, X) plane of float32 or of at most 16-bit values (exact in float32) normalised and clipped in float32."""
     plane = plane.astype(np.float32, copy=False)
     lo, hi = np.percentile(plane, percentiles)
+    if hi - lo > np.finfo(np.float32).max:  # float32 values near its limit (±1e38): the range overflowed, NaN came out
+        return _normalize_wide(plane, percentiles)
     scale = np.float32(hi - lo if hi > lo else 1.0)
     with np.errstate(over="ignore"):  # float32 outliers beyond its range: inf, clipped below
         out = (plane - np.float32(lo)) / scale
