@@ -366,8 +366,8 @@ def test_predict_applies_the_capped_rule_with_tta_and_the_trained_one_without(mo
     import napari_unet.predict as predict_module
 
     applied = []
-    original = predict_module.boundary_mask
-    monkeypatch.setattr(predict_module, "boundary_mask", lambda plane, **rule: applied.append(rule) or original(plane, **rule))
+    original = predict_module.tiled_boundary_mask
+    monkeypatch.setattr(predict_module, "tiled_boundary_mask", lambda plane, **rule: applied.append(rule) or original(plane, **rule))
     model = tiny_model()
     model.boundary_rule = {"threshold": 0.5, "seed_level": None, "merge_below": 0.7, "minima_depth": 0.02,
                            "sigma": 3.0, "hierarchical": True, "border_reach": 4.0}

@@ -37,12 +37,27 @@ def test_split_validation_keeps_at_most_the_slices_validation_needs():
 def test_the_validation_window_bounds_the_pixels_and_sits_on_the_annotations():
     assert validation_window(np.ones((4, 512, 512), bool)) is None  # ISBI: whole slices
     assert validation_window(np.ones((4, 2048, 2048), bool)) == (512, 1536, 512, 1536)  # 4 x 1024², centred
-    assert validation_window(np.ones((1, 16384, 300), bool)) == (1202, 15183, 0, 300)  # narrow: the rows get the rest
-    assert validation_window(np.ones((64, 600, 600), bool)) == (44, 556, 44, 556)  # never narrower than 512
+    assert validation_window(np.ones((1, 16384, 300), bool)) == (1200, 15181, 0, 300)  # narrow: the rows get the rest
+    assert validation_window(np.ones((64, 600, 600), bool), min_side=512) == (48, 560, 48, 560)  # never narrower
+    assert validation_window(np.ones((64, 600, 600), bool)) == (0, 600, 0, 600)  # than VALIDATION_MIN_SIDE or the slice
     sparse = np.zeros((2, 4096, 4096), bool)
     sparse[:, 3000:3100, 100:300] = True  # annotations off centre stay inside the window
     y0, y1, x0, x1 = validation_window(sparse)
-    assert (y0, y1, x0, x1) == (2326, 3774, 0, 1448) and y0 <= 3000 and 3100 <= y1
+    assert (y0, y1, x0, x1) == (1664, 3112, 96, 1544) and sparse[:, y0:y1, x0:x1].sum() == sparse.sum()
+    corners = np.zeros((1, 4096, 4096), bool)
+    corners[0, :40, :40] = corners[0, -40:, -40:] = True  # a window centred on both held none of them
+    y0, y1, x0, x1 = validation_window(corners)
+    assert corners[:, y0:y1, x0:x1].sum() == 1600
+    rng = np.random.default_rng(0)
+    for _ in range(100):  # scattered scribbles: the window holds some, and lies inside the slice
+        shape = (int(rng.integers(1, 5)), int(rng.integers(100, 3000)), int(rng.integers(100, 3000)))
+        scribbles = np.zeros(shape, bool)
+        for z, y, x in zip(rng.integers(0, shape[0], 3), rng.integers(0, shape[1], 3), rng.integers(0, shape[2], 3)):
+            scribbles[z, y : y + 20, x : x + 20] = True
+        window = validation_window(scribbles, 200_000, 64)
+        if window is not None:
+            y0, y1, x0, x1 = window
+            assert 0 <= y0 < y1 <= shape[1] and 0 <= x0 < x1 <= shape[2] and scribbles[:, y0:y1, x0:x1].any()
 
 
 def test_one_image_validates_on_its_last_columns_at_a_network_size_multiple():
@@ -316,7 +331,7 @@ def test_large_slices_validate_on_a_window_and_the_membrane_rule_is_tuned_there(
     started, final = events[0], events[-1]
     # at most VALIDATION_PIXELS // 48² = 4 slices (not the 6 asked for), each a 48 x 48 window of the 96² slice
     assert started.val_slices == [4, 5, 6, 7] and started.train_slices == [0, 1, 2, 3]
-    assert started.val_window == (24, 72, 24, 72) and "a window of 48 x 48 pixels, rows 24-71" in started.validation
+    assert started.val_window == (16, 64, 16, 64) and "a window of 48 x 48 pixels, rows 16-63" in started.validation
     assert scored == [((8, 48, 48), [4, 5, 6, 7], (4, 48, 48))]
     assert final.model.boundary_rule is not None  # tuned on the window, which is fully annotated
 

@@ -27,7 +27,7 @@ from .data import (
 from .labels import from_indices
 from .model import fold_batch_norm
 from .model_io import UNetModel
-from .postprocess import boundary_mask, candidate_closings, order_layers
+from .postprocess import candidate_closings, order_layers, tiled_boundary_mask
 
 
 @dataclass(frozen=True)
@@ -388,7 +388,7 @@ def predict_events(
             else:  # boundary classes exist in two-class models only
                 while len(pending) >= 2:
                     _store_boundary_labels(labels, *pending.pop(0), boundary_index, model.class_values)
-                pending.append((i, pool.submit(boundary_mask, slice_probs[..., boundary_index], **rule)))
+                pending.append((i, pool.submit(tiled_boundary_mask, slice_probs[..., boundary_index], **rule)))
             if probabilities is not None:
                 probabilities[i] = slice_probs
         for i, future in pending:

@@ -103,8 +103,8 @@ class TrainingStarted:
     val_slices: list
     class_values: list
     val_column: Optional[int] = None  # one image: validation on its columns from this one on (None: no such validation)
-    val_window: Optional[tuple] = None  # (y0, y1, x0, x1): validation scores this window of its slices (None: all of them)
     notes: tuple = ()  # what the data made "auto" settings choose, as sentences for the user
+    val_window: Optional[tuple] = None  # (y0, y1, x0, x1): validation scores this window of its slices (None: all of them)
 
     @property
     def validation(self) -> str:
@@ -119,7 +119,7 @@ class TrainingStarted:
             return where
         y0, y1, x0, x1 = self.val_window
         return (f"{where} (a window of {y1 - y0} x {x1 - x0} pixels, rows {y0}-{y1 - 1} and columns {x0}-{x1 - 1}: "
-                f"validation scores at most {VALIDATION_PIXELS / 2**20:g} million pixels)")
+                f"validation scores about {VALIDATION_PIXELS / 1e6:.1f} million pixels at most)")
 
 
 @dataclass(frozen=True)
@@ -203,13 +203,17 @@ def _resolve_rotations(value, layered: bool, init) -> tuple[bool, tuple]:
                    "must learn which way is up",)
 
 
-#: Validation (every epoch, the membrane rule, the command's scores) predicts at most this many pixels: at most
-#: ``VALIDATION_PIXELS // VALIDATION_MIN_SIDE²`` slices (the others train), and of larger slices a window
-#: (:func:`validation_window`). Four times ISBI's validation (4 x 512²); on 20 x 2048² slices, validating whole
-#: slices took 22 s an epoch and 68 s for the membrane rule, and 1.5 GB of memory.
+#: Validation (every epoch, the membrane rule, the command's scores) predicts at most about this many pixels: at most
+#: ``VALIDATION_PIXELS // VALIDATION_MIN_SIDE²`` slices of large slices (16 of ISBI's 512²; the others train), and of
+#: larger slices a window (:func:`validation_window`). Four times ISBI's validation (4 x 512²); on 20 x 2048² slices,
+#: validating whole slices took 22 s an epoch and 68 s for the membrane rule, and 1.5 GB of memory.
 VALIDATION_PIXELS = 4 * 2**20
-#: A validation window is no narrower than this (or its slice), so that membranes and layers keep their context.
-VALIDATION_MIN_SIDE = 512
+#: A validation window is no narrower than this (or its slice), so that membranes and layers keep their context and
+#: few validation slices of large slices lie unused outside their windows (4 slices of 2048² or more).
+VALIDATION_MIN_SIDE = 1024
+
+#: Windows are placed on this grid (pixels) when searching for the one holding the most annotated pixels.
+_WINDOW_STEP = 16
 
 
 def split_validation(annotated_slices: list, val_fraction: float, max_val_slices: Optional[int] = None) -> tuple[list, list]:
@@ -230,8 +234,10 @@ def validation_window(annotated, max_pixels: int = VALIDATION_PIXELS, min_side: 
     """``(y0, y1, x0, x1)``: the window of (Z, Y, X) bool ``annotated`` (validation pixels) that validation scores,
     or None for whole planes, which hold at most ``max_pixels``.
 
-    The window holds at most ``max_pixels`` over all planes, each side at least ``min_side`` (or the plane's), and is
-    centred on the annotated pixels' bounding box (the plane's centre for dense labels).
+    The window holds at most ``max_pixels`` over all planes unless its sides would be less than ``min_side`` (or the
+    plane's), which they never are. Of the windows of that size (starting on a grid of 16 pixels) it is the one
+    wholly holding the most 16 x 16 blocks' annotated pixels, the most central of those: about the plane's centre for
+    dense labels.
     """
     n_planes, height, width = annotated.shape
     if n_planes * height * width <= max_pixels:
@@ -240,11 +246,28 @@ def validation_window(annotated, max_pixels: int = VALIDATION_PIXELS, min_side: 
     window_y = min(height, max(math.isqrt(area), min_side))
     window_x = min(width, max(area // window_y, min_side))
     window_y = min(height, max(area // window_x, min_side))  # a narrow plane gives its rows the rest
-    rows, columns = np.flatnonzero(annotated.any(axis=(0, 2))), np.flatnonzero(annotated.any(axis=(0, 1)))
-    centre_y = (rows[0] + rows[-1] + 1) // 2 if rows.size else height // 2
-    centre_x = (columns[0] + columns[-1] + 1) // 2 if columns.size else width // 2
-    y0 = int(np.clip(centre_y - window_y // 2, 0, height - window_y))
-    x0 = int(np.clip(centre_x - window_x // 2, 0, width - window_x))
+    step = _WINDOW_STEP  # annotated pixels counted in blocks of step x step: a table of a 16384² image stays small
+    rows, columns = -(-height // step), -(-width // step)
+    blocks = np.zeros((rows + 1, columns + 1), np.int64)  # summed-area table of the blocks' annotated pixels
+    for plane in annotated:
+        padded = np.zeros((rows * step, columns * step), bool)
+        padded[:height, :width] = plane
+        blocks[1:, 1:] += padded.reshape(rows, step, columns, step).sum(axis=(1, 3))
+    blocks = blocks.cumsum(axis=0).cumsum(axis=1)
+    y_starts = np.unique(np.r_[np.arange(0, height - window_y + 1, step), height - window_y, (height - window_y) // 2])
+    x_starts = np.unique(np.r_[np.arange(0, width - window_x + 1, step), width - window_x, (width - window_x) // 2])
+    top, left = -(-y_starts[:, None] // step), -(-x_starts[None, :] // step)  # blocks wholly inside the window
+    bottom, right = (y_starts[:, None] + window_y) // step, (x_starts[None, :] + window_x) // step
+    if window_y == height:
+        bottom = np.full_like(bottom, rows)  # the last, partial block too
+    if window_x == width:
+        right = np.full_like(right, columns)
+    inside = blocks[bottom, right] - blocks[top, right] - blocks[bottom, left] + blocks[top, left]
+    y, x = y_starts[:, None], x_starts[None, :]
+    off_centre = np.abs(y - (height - window_y) // 2) + np.abs(x - (width - window_x) // 2)
+    best = np.flatnonzero(inside.ravel() == inside.max())
+    pick = best[np.argmin(off_centre.ravel()[best])]
+    y0, x0 = int(y_starts[pick // len(x_starts)]), int(x_starts[pick % len(x_starts)])
     return y0, y0 + window_y, x0, x0 + window_x
 
 
@@ -598,7 +621,7 @@ def train_events(
     batches = prefetch(lambda: sampler.batch(train_config.batch_size), total_steps)
     try:
         yield TrainingStarted(result, total_steps, epochs, steps_per_epoch, train_slices, val_slices, class_values, val_column,
-                              val_window, notes)
+                              notes, val_window)
         start = time.perf_counter()
         for epoch in range(1, epochs + 1):
             losses = []

@@ -65,7 +65,8 @@ class TrainSettings(QWidget):
             f"add Gaussian pixel noise to the patches (std up to {NOISE_AUGMENTATION:g} of the normalised range), for images "
             "noisier than the annotated ones; partly checked (auto): on for time budgets of 30 min or more (so not for Retrain)"
         )
-        self.validation = spin(0.0, 0.9, 0.2, 0.05, "share of annotated slices kept for validation (one 2-D image: its last columns)", decimals=2)
+        self.validation = spin(0.0, 0.9, 0.2, 0.05, "share of annotated slices kept for validation (one 2-D image: its last columns; at most about 4.2 million "
+                             "pixels: 16 slices of 512², 4 of 2048², a window of larger ones)", decimals=2)
         self.retrain_steps = spin(1, 10000, 20, 5, "training steps of one Retrain (fine-tuning from the current weights)")
         self.retrain_patch = spin(16, 1024, 128, 16, "patch side for Retrain (small = fast)")
         self.retrain_batch = spin(1, 64, 2, tip="patches per Retrain step")
