@@ -292,15 +292,20 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _proc_status_mb(field: str) -> float:
-    """A memory field of /proc/self/status (kB) in MB, NaN where there is none."""
+def _proc_status_mb(field: str, pid="self") -> float:
+    """A memory field of /proc/PID/status (kB) in MB, NaN where there is none."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024.0
     except OSError:
         pass
     return float("nan")
+
+
+def anon_rss_mib(pid) -> float:
+    """Anonymous resident memory of process ``pid`` (what the kernel cannot reclaim without swap) in MiB, NaN if gone."""
+    return _proc_status_mb("RssAnon", pid)
 
 
 def current_rss_mb() -> float:

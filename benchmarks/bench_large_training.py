@@ -64,16 +64,6 @@ def make_stack(folder: Path, n_slices: int, size: int) -> tuple[Path, Path, str]
     return paths[0], paths[1], source
 
 
-def _anon_mib(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
 def run_variant(src: Path, image: Path, labels: Path, minutes: float, workdir: Path, name: str) -> dict:
     """One ``napari-unet train`` run with ``src`` first on PYTHONPATH: phase times, peak anonymous MiB, scores."""
     env = dict(os.environ, PYTHONPATH=str(src), PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
@@ -86,7 +76,7 @@ def run_variant(src: Path, image: Path, labels: Path, minutes: float, workdir: P
 
     def sample():
         while not done.is_set():
-            peak["mib"] = max(peak["mib"], _anon_mib(process.pid))
+            peak["mib"] = max(peak["mib"], C.anon_rss_mib(process.pid))
             done.wait(0.05)
 
     def read_stderr():

@@ -174,3 +174,27 @@ def test_indices_take_the_dtype_asked_for_and_the_same_values():
     indices = to_indices(labels, [0, 255], ignore_value=7, dtype=np.int8)
     np.testing.assert_array_equal(count_classes(indices, 2), [2, 3])
     np.testing.assert_array_equal(count_classes(indices[0, 0], 3), [1, 1, 0])
+
+
+def test_wide_integer_and_float_labels_map_in_blocks(monkeypatch):
+    # int32 or float label files took 33 bytes a pixel of int64 copies (the 8/16-bit lookup table already went by blocks)
+    import tracemalloc
+
+    from napari_unet import labels as labels_module
+
+    monkeypatch.setattr(labels_module, "_TABLE_BLOCK", 1 << 16)
+    rng = np.random.default_rng(0)
+    wide = rng.choice(np.array([0, 255, 70000], np.int32), size=(4, 512, 512))
+    tracemalloc.start()
+    try:
+        indices = to_indices(wide, [0, 255, 70000], dtype=np.int8)
+        peak = tracemalloc.get_traced_memory()[1] / wide.size
+    finally:
+        tracemalloc.stop()
+    assert peak < 4, peak  # the int8 result and one block's copies
+    np.testing.assert_array_equal(indices, np.select([wide == 0, wide == 255], [0, 1], 2))
+    floats = wide.astype(np.float64)
+    floats[0, 0, 0], floats[3, 511, 511], floats[2, 7, 7] = 12, 9, -3  # bad values in the first and last blocks
+    with pytest.raises(LabelError, match=r"label values \[-3, 9\] are not among"):
+        to_indices(floats, [0, 255, 70000], ignore_value=12)
+    assert to_indices(floats[:1, :1, :1], [0, 255, 70000], ignore_value=12).tolist() == [[[-1]]]  # the ignore value

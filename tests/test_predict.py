@@ -473,3 +473,32 @@ def test_agreement_and_batch_norm_recomputation_check_their_inputs_before_any_wo
     with pytest.raises(InputError, match="slice indices of the 3-slice image"):  # slice 7 became slice 2
         recompute_batch_norm(model, image, [7])
     assert all(np.array_equal(a, b) for a, b in zip(weights, model.keras_model.get_weights()))
+
+
+def test_a_large_slice_is_predicted_in_bounded_memory_with_the_rule_window_by_window(monkeypatch):
+    # one 16384² section peaked at 25x its size, and its membrane rule needed 120 bytes a pixel of the whole slice
+    import tracemalloc
+
+    import napari_unet.postprocess as postprocess
+    from napari_unet.postprocess import boundary_mask
+
+    model = tiny_model()
+    monkeypatch.setattr(model, "boundary_rule", {"threshold": 0.5, "seed_level": None, "merge_below": 0.7,
+                                                 "minima_depth": 0.02, "sigma": 3.0, "hierarchical": True, "border_reach": 4.0})
+    image = stripes(n_slices=1, size=1536, seed=9)[0][0]
+    predict(model, image[:256, :256], tta=False)  # traced before measuring
+    monkeypatch.setattr(postprocess, "RULE_TILE", 256)
+    monkeypatch.setattr(postprocess, "RULE_MARGIN", 64)
+    windows = []
+    monkeypatch.setattr(postprocess, "boundary_mask", lambda p, **rule: windows.append(p.shape) or boundary_mask(p, **rule))
+    tracemalloc.start()
+    try:
+        result = predict(model, image, tta=False)
+        peak = tracemalloc.get_traced_memory()[1] / image.size
+    finally:
+        tracemalloc.stop()
+    assert len(windows) == 36 and max(max(shape) for shape in windows) <= 256 + 2 * 64
+    # probabilities returned (8 bytes a pixel) and labels: 32 bytes a pixel at the peak measured, 126 before
+    assert peak < 60, peak
+    whole = np.where(boundary_mask(result.probabilities[..., 0], **model.boundary_rule), 0, 255)
+    assert np.mean(result.labels != whole) < 1e-3

@@ -133,17 +133,21 @@ def to_indices(labels, class_values, ignore_value=None, dtype=np.int32) -> np.nd
     mapped = _map_through_table(labels, class_values, ignore_value, 0, IGNORE_INDEX, dtype)
     if mapped is not None:
         return mapped
-    flat = labels.astype(np.int64, copy=False).ravel()
-    indices = positions_in(class_values, flat)
-    known = indices != IGNORE_INDEX
-    if ignore_value is not None:
-        unknown = ~known & (flat != int(ignore_value))
-    else:
-        unknown = ~known
-    if unknown.any():
-        bad = np.unique(flat[unknown])[:5].tolist()
-        raise LabelError(f"label values {bad} are not among the classes {class_values.tolist()}")
-    return indices.reshape(labels.shape).astype(dtype, copy=False)
+    flat = labels.reshape(-1)
+    out = np.empty(flat.shape, dtype)
+    bad: set = set()
+    for start in range(0, flat.size, _TABLE_BLOCK):  # in blocks: int64 copies of a whole int32 stack took 33 bytes a pixel
+        block = flat[start : start + _TABLE_BLOCK].astype(np.int64, copy=False)
+        indices = positions_in(class_values, block)
+        unknown = indices == IGNORE_INDEX
+        if ignore_value is not None:
+            unknown &= block != int(ignore_value)
+        if unknown.any():
+            bad.update(np.unique(block[unknown])[:5].tolist())
+        out[start : start + _TABLE_BLOCK] = indices
+    if bad:
+        raise LabelError(f"label values {sorted(bad)[:5]} are not among the classes {class_values.tolist()}")
+    return out.reshape(labels.shape)
 
 
 def count_classes(indices, n_classes: int) -> np.ndarray:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 from scipy import ndimage
 from skimage.measure import label
@@ -199,12 +201,15 @@ RULE_TILE = 2048
 RULE_MARGIN = 256
 
 
-def tiled_boundary_mask(membrane_probability, tile: int = RULE_TILE, margin: int = RULE_MARGIN, **rule) -> np.ndarray:
+def tiled_boundary_mask(membrane_probability, tile: Optional[int] = None, margin: Optional[int] = None, **rule) -> np.ndarray:
     """:func:`boundary_mask` (same keyword ``rule``) of a (Y, X) probability, computed on windows of ``tile``² plus
-    ``margin`` on each side, each keeping its core; slices of at most ``tile + 2 * margin`` on both sides are computed
-    whole (the same result as :func:`boundary_mask`). Memory is bounded by one window instead of the slice."""
+    ``margin`` on each side (default :data:`RULE_TILE`, :data:`RULE_MARGIN`), each keeping its core; slices of at most
+    ``tile + 2 * margin`` on both sides are computed whole (the same result as :func:`boundary_mask`). Memory is
+    bounded by one window instead of the slice."""
     probability = _as_probability(membrane_probability)
     height, width = probability.shape
+    tile = RULE_TILE if tile is None else tile
+    margin = RULE_MARGIN if margin is None else margin
     if tile < 1 or margin < 0:
         raise ValueError(f"tile must be >= 1 and margin >= 0, got {tile} and {margin}")
     if height <= tile + 2 * margin and width <= tile + 2 * margin:
