@@ -194,7 +194,9 @@ def test_wide_integer_and_float_labels_map_in_blocks(monkeypatch):
     assert peak < 4, peak  # the int8 result and one block's copies
     np.testing.assert_array_equal(indices, np.select([wide == 0, wide == 255], [0, 1], 2))
     floats = wide.astype(np.float64)
-    floats[0, 0, 0], floats[3, 511, 511], floats[2, 7, 7] = 12, 9, -3  # bad values in the first and last blocks
-    with pytest.raises(LabelError, match=r"label values \[-3, 9\] are not among"):
+    floats[0, 0, 0] = 12  # the ignore value
+    floats[0, 0, 1:8] = [50, 51, 52, 53, 54, 55, 56]  # more than 5 bad values in the first block
+    floats[3, 511, 511], floats[2, 7, 7] = 9, -3  # and smaller ones in later blocks: the message names the 5 smallest
+    with pytest.raises(LabelError, match=r"label values \[-3, 9, 50, 51, 52\] are not among"):
         to_indices(floats, [0, 255, 70000], ignore_value=12)
     assert to_indices(floats[:1, :1, :1], [0, 255, 70000], ignore_value=12).tolist() == [[[-1]]]  # the ignore value

@@ -48,6 +48,11 @@ def test_the_validation_window_bounds_the_pixels_and_sits_on_the_annotations():
     corners[0, :40, :40] = corners[0, -40:, -40:] = True  # a window centred on both held none of them
     y0, y1, x0, x1 = validation_window(corners)
     assert corners[:, y0:y1, x0:x1].sum() == 1600
+    for height, width in ((4100, 4100), (4100, 2048), (2048, 4111)):  # annotated only in the last, partial 16-pixel block
+        edge = np.zeros((1, height, width), bool)
+        edge[0, -3:, -3:] = True
+        y0, y1, x0, x1 = validation_window(edge)
+        assert edge[:, y0:y1, x0:x1].sum() == 9, (height, width)
     rng = np.random.default_rng(0)
     for _ in range(100):  # scattered scribbles: the window holds some, and lies inside the slice
         shape = (int(rng.integers(1, 5)), int(rng.integers(100, 3000)), int(rng.integers(100, 3000)))

@@ -196,7 +196,8 @@ def boundary_mask(
 #: Slices larger than this side plus :data:`RULE_MARGIN` on each side get the membrane rule window by window
 #: (:func:`tiled_boundary_mask`): its watershed and region graph took 120 bytes per pixel of a slice, 1.9 GB for a 4096²
 #: section, 30 GB for 16384². The margin is several cells wide (ISBI cells: 30-150 pixels), so regions at a window's
-#: core see their neighbours as on the whole slice.
+#: core see their neighbours nearly as on the whole slice: 0-94 pixels of 4-45 million differed in the review's checks
+#: (V_rand 1.00000 between them); a long membrane strong in one window and faint in the next can open at the seam.
 RULE_TILE = 2048
 RULE_MARGIN = 256
 
@@ -215,13 +216,22 @@ def tiled_boundary_mask(membrane_probability, tile: Optional[int] = None, margin
     if height <= tile + 2 * margin and width <= tile + 2 * margin:
         return boundary_mask(probability, **rule)
     out = np.zeros((height, width), bool)
-    for y0 in range(0, height, tile):
-        for x0 in range(0, width, tile):
-            y1, x1 = min(y0 + tile, height), min(x0 + tile, width)
+    for y0, y1 in _cores(height, tile, margin):
+        for x0, x1 in _cores(width, tile, margin):
             top, left = max(y0 - margin, 0), max(x0 - margin, 0)
             window = probability[top : min(y1 + margin, height), left : min(x1 + margin, width)]
             out[y0:y1, x0:x1] = boundary_mask(window, **rule)[y0 - top : y1 - top, x0 - left : x1 - left]
     return out
+
+
+def _cores(length: int, tile: int, margin: int) -> list[tuple[int, int]]:
+    """(start, stop) of the window cores along an axis of ``length``: the whole axis when it fits one window, else
+    equal cores of at most ``tile`` (no sliver of a core at the end)."""
+    if length <= tile + 2 * margin:
+        return [(0, length)]
+    n_cores = -(-length // tile)
+    bounds = np.linspace(0, length, n_cores + 1).round().astype(int)
+    return list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
 
 
 def tune_boundary_rule(

@@ -258,16 +258,16 @@ def validation_window(annotated, max_pixels: int = VALIDATION_PIXELS, min_side: 
     x_starts = np.unique(np.r_[np.arange(0, width - window_x + 1, step), width - window_x, (width - window_x) // 2])
     top, left = -(-y_starts[:, None] // step), -(-x_starts[None, :] // step)  # blocks wholly inside the window
     bottom, right = (y_starts[:, None] + window_y) // step, (x_starts[None, :] + window_x) // step
-    if window_y == height:
-        bottom = np.full_like(bottom, rows)  # the last, partial block too
-    if window_x == width:
-        right = np.full_like(right, columns)
+    bottom = np.where(y_starts[:, None] + window_y >= height, rows, bottom)  # a window at the edge: the partial block too
+    right = np.where(x_starts[None, :] + window_x >= width, columns, right)
     inside = blocks[bottom, right] - blocks[top, right] - blocks[bottom, left] + blocks[top, left]
     y, x = y_starts[:, None], x_starts[None, :]
     off_centre = np.abs(y - (height - window_y) // 2) + np.abs(x - (width - window_x) // 2)
     best = np.flatnonzero(inside.ravel() == inside.max())
     pick = best[np.argmin(off_centre.ravel()[best])]
     y0, x0 = int(y_starts[pick // len(x_starts)]), int(x_starts[pick % len(x_starts)])
+    if annotated.any() and not annotated[:, y0 : y0 + window_y, x0 : x0 + window_x].any():
+        return None  # not expected (the counts say otherwise), but validation must never lose its annotations
     return y0, y0 + window_y, x0, x0 + window_x
 
 
