@@ -151,7 +151,8 @@ def to_indices(labels, class_values, ignore_value=None, dtype=np.int32) -> np.nd
 
 
 def count_classes(indices, n_classes: int) -> np.ndarray:
-    """int64 (n_classes,) pixel count of each class index in (..., Y, X) integer ``indices`` (negative: not counted).
+    """int64 (n_classes,) pixel count of each class index in (..., Y, X) integer ``indices`` (negative ones and those of
+    ``n_classes`` or more are not counted).
 
     Plane by plane: ``np.bincount`` of a whole stack made an 8-byte copy of every annotated pixel."""
     indices = np.asarray(indices)

@@ -204,9 +204,9 @@ RULE_MARGIN = 256
 
 def tiled_boundary_mask(membrane_probability, tile: Optional[int] = None, margin: Optional[int] = None, **rule) -> np.ndarray:
     """:func:`boundary_mask` (same keyword ``rule``) of a (Y, X) probability, computed on windows of ``tile``² plus
-    ``margin`` on each side (default :data:`RULE_TILE`, :data:`RULE_MARGIN`), each keeping its core; slices of at most
-    ``tile + 2 * margin`` on both sides are computed whole (the same result as :func:`boundary_mask`). Memory is
-    bounded by one window instead of the slice."""
+    ``margin`` on each side (default :data:`RULE_TILE`, :data:`RULE_MARGIN`), each keeping its core. Only an axis
+    longer than ``tile + 2 * margin`` is split (into equal cores); a slice short enough on both is computed whole, the
+    same result as :func:`boundary_mask`. Memory is bounded by one window instead of the slice."""
     probability = _as_probability(membrane_probability)
     height, width = probability.shape
     tile = RULE_TILE if tile is None else tile
@@ -263,8 +263,8 @@ def tune_boundary_rule(
     return best_rule, best_score
 
 
-#: :func:`find_boundary_class` measures widths on evenly chosen planes holding at most this many pixels (at least one
-#: plane): 16 of ISBI's 512² slices, 4 of 2048² (whose 16 training slices took 11 s).
+#: :func:`find_boundary_class` measures widths on evenly chosen inner planes holding at most this many pixels (at least
+#: one plane): 16 of ISBI's 512² slices, 4 of 2048² (whose 16 training slices took 11 s).
 BOUNDARY_CHECK_PIXELS = 16 * 512 * 512
 
 
@@ -273,7 +273,7 @@ def find_boundary_class(indices, n_classes: int, max_width: float = 6.0):
 
     Only two-class problems qualify: the minority class (over all planes) is a boundary class when 90 % of its
     annotated pixels lie within ``max_width`` pixels of the other class (thin lines, not blobs;
-    ISBI 2012 membranes: 5 pixels), measured on up to :data:`BOUNDARY_CHECK_PIXELS` of evenly chosen planes.
+    ISBI 2012 membranes: 5 pixels), measured on up to :data:`BOUNDARY_CHECK_PIXELS` of evenly chosen planes holding it.
     """
     if n_classes != 2:
         return None

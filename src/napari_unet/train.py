@@ -234,10 +234,10 @@ def validation_window(annotated, max_pixels: int = VALIDATION_PIXELS, min_side: 
     """``(y0, y1, x0, x1)``: the window of (Z, Y, X) bool ``annotated`` (validation pixels) that validation scores,
     or None for whole planes, which hold at most ``max_pixels``.
 
-    The window holds at most ``max_pixels`` over all planes unless its sides would be less than ``min_side`` (or the
-    plane's), which they never are. Of the windows of that size (starting on a grid of 16 pixels) it is the one
-    wholly holding the most 16 x 16 blocks' annotated pixels, the most central of those: about the plane's centre for
-    dense labels.
+    The window holds at most ``max_pixels`` over all planes, unless that would make a side shorter than ``min_side``
+    (each side is at least ``min_side`` or the plane's own). Of the windows of that size (starting on a grid of 16
+    pixels) it is the one wholly holding the most 16 x 16 blocks' annotated pixels (blocks at the plane's edge count
+    for windows reaching the edge), the most central of those: about the plane's centre for dense labels.
     """
     n_planes, height, width = annotated.shape
     if n_planes * height * width <= max_pixels:
