@@ -71,6 +71,22 @@ def test_train_scores_large_slices_on_the_window_validation_scored(data, capsys,
     assert scores["pixel_error"] == pytest.approx(expected["pixel_error"]) and scores["v_rand"] == pytest.approx(expected["v_rand"])
 
 
+def test_train_scores_one_large_image_on_the_window_of_its_held_out_columns(tmp_path, capsys, monkeypatch):
+    from napari_unet import train as train_module
+
+    monkeypatch.setattr(train_module, "VALIDATION_PIXELS", 48 * 24)
+    monkeypatch.setattr(train_module, "VALIDATION_MIN_SIDE", 16)
+    image, labels = stripes(n_slices=1, size=128)
+    tifffile.imwrite(tmp_path / "scan.tif", image[0])
+    tifffile.imwrite(tmp_path / "layers.tif", labels[0])
+    code, out, err = run(capsys, "train", tmp_path / "scan.tif", tmp_path / "layers.tif", "-o", tmp_path / "m.keras", *TINY_TRAINING)
+    assert code == 0, err
+    scores = json.loads(out)
+    y0, y1, x0, x1 = scores["validation_window"]
+    assert scores["validation_columns"] == [96, 128] and (x0, x1) == (96, 128) and (y1 - y0) * (x1 - x0) <= 48 * 24
+    assert 0 <= scores["pixel_error"] <= 1
+
+
 def test_train_says_when_it_finishes_the_model_even_right_after_a_step(data, capsys):
     # in a log (stderr not a terminal: a progress line per 10 s) the message followed the last step too soon and was
     # dropped, leaving the finishing (minutes for large slices) unexplained

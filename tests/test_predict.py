@@ -498,7 +498,8 @@ def test_a_large_slice_is_predicted_in_bounded_memory_with_the_rule_window_by_wi
     finally:
         tracemalloc.stop()
     assert len(windows) == 36 and max(max(shape) for shape in windows) <= 256 + 2 * 64
-    # probabilities returned (8 bytes a pixel) and labels: 32 bytes a pixel at the peak measured, 126 before
-    assert peak < 60, peak
+    # probabilities returned (8 bytes a pixel) and labels: 40 bytes a pixel at the peak measured, 52 with a copied network
+    # input and blended probabilities divided into a new array, 126 with the rule on the whole slice
+    assert peak < 46, peak
     whole = np.where(boundary_mask(result.probabilities[..., 0], **model.boundary_rule), 0, 255)
     assert np.mean(result.labels != whole) < 1e-3

@@ -535,19 +535,13 @@ def cmd_train(args) -> int:
         prediction = predict(final.model, stack_image, slices=val, return_probabilities=False)
         scores = evaluate(prediction.labels, stack_labels[val], final.model.class_values, ignore_value=train_config.ignore_value)
         print(json.dumps({"validation_slices": val, **in_window, "tta_views": views, **scores}, indent=1))
-    elif window is not None:  # one large image: validated on a window of its last columns
-        trained = started.train_slices
-        prediction = predict(final.model, stack_image, slices=trained, return_probabilities=False)
-        scores = evaluate(prediction.labels, stack_labels[trained], final.model.class_values, ignore_value=train_config.ignore_value)
-        print(json.dumps({"validation_columns": [started.val_column, int(image.shape[-1])], **in_window, "tta_views": views,
-                          **scores}, indent=1))
     elif started.val_column is not None:  # one annotated image (an OCT B-scan): validated on its last columns
         column, trained = started.val_column, started.train_slices
         prediction = predict(final.model, stack_image, slices=trained, return_probabilities=False)
-        held_out = (Ellipsis, slice(column, None))
+        held_out = (Ellipsis,) if window is not None else (Ellipsis, slice(column, None))  # a window lies in those columns
         scores = evaluate(prediction.labels[held_out], stack_labels[trained][held_out], final.model.class_values,
                           ignore_value=train_config.ignore_value)
-        print(json.dumps({"validation_columns": [column, int(image.shape[-1])], "tta_views": views, **scores}, indent=1))
+        print(json.dumps({"validation_columns": [column, int(image.shape[-1])], **in_window, "tta_views": views, **scores}, indent=1))
     return 0
 
 

@@ -246,14 +246,12 @@ def validation_window(annotated, max_pixels: int = VALIDATION_PIXELS, min_side: 
     window_y = min(height, max(math.isqrt(area), min_side))
     window_x = min(width, max(area // window_y, min_side))
     window_y = min(height, max(area // window_x, min_side))  # a narrow plane gives its rows the rest
+    from skimage.measure import block_reduce
+
     step = _WINDOW_STEP  # annotated pixels counted in blocks of step x step: a table of a 16384² image stays small
-    rows, columns = -(-height // step), -(-width // step)
-    blocks = np.zeros((rows + 1, columns + 1), np.int64)  # summed-area table of the blocks' annotated pixels
-    for plane in annotated:
-        padded = np.zeros((rows * step, columns * step), bool)
-        padded[:height, :width] = plane
-        blocks[1:, 1:] += padded.reshape(rows, step, columns, step).sum(axis=(1, 3))
-    blocks = blocks.cumsum(axis=0).cumsum(axis=1)
+    per_block = block_reduce(annotated, (1, step, step), np.sum).sum(axis=0)  # (rows, columns), edge blocks padded
+    rows, columns = per_block.shape
+    blocks = np.pad(per_block, ((1, 0), (1, 0))).cumsum(axis=0).cumsum(axis=1)  # summed-area table of the blocks
     y_starts = np.unique(np.r_[np.arange(0, height - window_y + 1, step), height - window_y, (height - window_y) // 2])
     x_starts = np.unique(np.r_[np.arange(0, width - window_x + 1, step), width - window_x, (width - window_x) // 2])
     top, left = -(-y_starts[:, None] // step), -(-x_starts[None, :] // step)  # blocks wholly inside the window
