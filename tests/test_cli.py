@@ -71,15 +71,20 @@ def test_train_scores_large_slices_on_the_window_validation_scored(data, capsys,
     assert scores["pixel_error"] == pytest.approx(expected["pixel_error"]) and scores["v_rand"] == pytest.approx(expected["v_rand"])
 
 
+def train_on_one_image(tmp_path, capsys):
+    """``napari-unet train`` on one 128² image (an OCT B-scan's case): its exit code, stdout and stderr."""
+    image, labels = stripes(n_slices=1, size=128)
+    tifffile.imwrite(tmp_path / "scan.tif", image[0])
+    tifffile.imwrite(tmp_path / "layers.tif", labels[0])
+    return run(capsys, "train", tmp_path / "scan.tif", tmp_path / "layers.tif", "-o", tmp_path / "m.keras", *TINY_TRAINING)
+
+
 def test_train_scores_one_large_image_on_the_window_of_its_held_out_columns(tmp_path, capsys, monkeypatch):
     from napari_unet import train as train_module
 
     monkeypatch.setattr(train_module, "VALIDATION_PIXELS", 48 * 24)
     monkeypatch.setattr(train_module, "VALIDATION_MIN_SIDE", 16)
-    image, labels = stripes(n_slices=1, size=128)
-    tifffile.imwrite(tmp_path / "scan.tif", image[0])
-    tifffile.imwrite(tmp_path / "layers.tif", labels[0])
-    code, out, err = run(capsys, "train", tmp_path / "scan.tif", tmp_path / "layers.tif", "-o", tmp_path / "m.keras", *TINY_TRAINING)
+    code, out, err = train_on_one_image(tmp_path, capsys)
     assert code == 0, err
     scores = json.loads(out)
     y0, y1, x0, x1 = scores["validation_window"]
@@ -97,10 +102,7 @@ def test_train_says_when_it_finishes_the_model_even_right_after_a_step(data, cap
 
 def test_train_on_one_image_prints_the_scores_of_its_held_out_columns(tmp_path, capsys):
     # one OCT B-scan validates on its last columns; nothing was printed
-    image, labels = stripes(n_slices=1, size=128)
-    tifffile.imwrite(tmp_path / "scan.tif", image[0])
-    tifffile.imwrite(tmp_path / "layers.tif", labels[0])
-    code, out, err = run(capsys, "train", tmp_path / "scan.tif", tmp_path / "layers.tif", "-o", tmp_path / "m.keras", *TINY_TRAINING)
+    code, out, err = train_on_one_image(tmp_path, capsys)
     assert code == 0, err
     scores = json.loads(out)
     column = scores["validation_columns"][0]
