@@ -69,7 +69,8 @@ def child(kind: str, src: str, folder: str, scans: int) -> dict:
         import tracemalloc
         from types import SimpleNamespace
 
-        from napari_unet._widgets.layers import read_annotations, training_labels
+        from napari_unet._widgets.layers import read_annotations
+        from napari_unet.labels import training_labels
 
         display = np.random.default_rng(0).integers(0, N_CLASSES + 1, (scans, *SHAPE)).astype(np.uint8)
         layer = SimpleNamespace(data=display, metadata={"class_values": list(range(N_CLASSES))}, name="labels", multiscale=False)

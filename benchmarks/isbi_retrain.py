@@ -22,9 +22,9 @@ wrong pixels of the 4 worst 48 x 48 windows (mean error, windows not overlapping
 Chains: for every mode x learning rate x seed, ``--rounds`` successive Retrains (each starts from the model the
 previous one made, with the same corrections). A Retrain is the training widget's path: ``retrain_data(image,
 values, corrected | annotated, corrected, 128)`` (the widget's defaults ``share=0.5, max_extra=32``), then
-``train_events(..., init=model)`` with ``TrainSettings.retrain_config``'s TrainConfig:
-``preset("default").train.replace(epochs=1, steps_per_epoch=STEPS, patch_size=128, batch_size=2, val_fraction=0,
-max_minutes=None, seed=100 * SEED + ROUND, learning_rate=LR)``. Modes:
+``train_events(..., init=model)`` with ``napari_unet.retrain.retrain_config``'s TrainConfig as the widget makes it:
+``preset("default").train`` as one epoch of STEPS steps, 128² patches, batch 2, no validation, ``seed=100 * SEED + ROUND``,
+``learning_rate=LR``. Modes:
 
 - ``default``  the widget as it is: ``retrain_data`` defaults (the copy cap puts ~0.22 of the patches on corrections;
   corrected pixels weigh ``CORRECTION_WEIGHT`` = 8 more in the loss, passed as ``train_events(pixel_weights=...)``);
@@ -153,7 +153,7 @@ class Experiment:
 
     def retrain(self, model, mode: str, learning_rate: float, steps: int, seed: int):
         """One Retrain as the widget does it; (new model, facts)."""
-        from napari_unet._widgets.retrain import retrain_data
+        from napari_unet.retrain import retrain_config, retrain_data
         from napari_unet.config import preset
         from napari_unet.labels import choose_ignore_value
         from napari_unet.train import TrainingFinished, TrainingStep, train_events
@@ -169,9 +169,8 @@ class Experiment:
             image, labels, ignore, share, extra = data.image, data.labels, data.ignore, data.focus_share, data.extra_slices
             weights = data.pixel_weights
         data_s = time.perf_counter() - started
-        config = preset("default").train.replace(epochs=1, steps_per_epoch=steps, patch_size=PATCH, batch_size=BATCH,
-                                                 val_fraction=0.0, max_minutes=None, seed=seed, learning_rate=learning_rate,
-                                                 ignore_value=ignore)
+        config = retrain_config(preset("default").train, model.config, steps=steps, patch_size=PATCH, batch_size=BATCH, seed=seed,
+                                learning_rate=learning_rate).replace(ignore_value=ignore)
         first = None
         for event in train_events(image, labels, None, config, init=model, pixel_weights=weights):
             if isinstance(event, TrainingStep) and first is None:

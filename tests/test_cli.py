@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -663,10 +664,14 @@ def test_commands_import_keras_without_its_notebook_pandas_and_plot_extras():
 
 
 def test_importing_the_package_loads_neither_tensorflow_nor_qt():
+    """Retrain's data and recipe lived in the widget package, whose __init__ imported Qt: no script could use them."""
+    modules = ["napari_unet." + name for name in (
+        "chunked", "cli", "config", "data", "demo", "hardware", "labels", "metrics", "model", "model_io", "postprocess",
+        "predict", "retrain", "synthetic", "tiff_io", "train", "zarr_io", "_reader", "_writer", "_sample_data",
+        "_widgets.jobs")]
     code = (
-        "import sys, napari_unet, napari_unet.config, napari_unet.labels, napari_unet.data, napari_unet.metrics, "
-        "napari_unet.synthetic, napari_unet.tiff_io, napari_unet.cli, napari_unet.predict, napari_unet.train; "
-        "heavy = [m for m in ('tensorflow', 'keras', 'qtpy', 'PyQt6', 'napari', 'magicgui') if m in sys.modules]; "
+        f"import sys, importlib; [importlib.import_module(m) for m in {modules!r}]; "
+        "heavy = [m for m in ('tensorflow', 'keras', 'qtpy', 'PyQt6', 'PyQt5', 'PySide6', 'napari', 'magicgui', 'vispy') if m in sys.modules]; "
         "print(heavy); sys.exit(1 if heavy else 0)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -677,6 +682,20 @@ def test_importing_the_package_loads_neither_tensorflow_nor_qt():
 def test_demo_refuses_a_bad_budget_before_writing_anything(tmp_path, capsys):
     code, _, err = run(capsys, "demo", "--headless", "--minutes", "-1", "--output-dir", tmp_path / "demo")
     assert code == 2 and "max_minutes must be a positive number" in err and not (tmp_path / "demo").exists()
+
+
+def test_demo_checks_its_outputs_before_training_and_writes_no_untrained_model(tmp_path, capsys):
+    """A folder in the figure's place failed after the minute of training (the model lost); a budget ending before the
+    first step saved and scored the untrained network as if trained."""
+    (tmp_path / "blocked").mkdir()
+    (tmp_path / "blocked" / "demo.png").mkdir()
+    started = time.perf_counter()
+    code, _, err = run(capsys, "demo", "--headless", "--minutes", "1", "--output-dir", tmp_path / "blocked")
+    assert code == 2 and "is a folder" in err and time.perf_counter() - started < 30
+    assert sorted(p.name for p in (tmp_path / "blocked").iterdir()) == ["demo.png"]
+    code, out, err = run(capsys, "demo", "--headless", "--minutes", "1e-9", "--output-dir", tmp_path / "short")
+    assert code == 2 and "before its first step" in err and out == ""
+    assert list((tmp_path / "short").iterdir()) == []
 
 
 def test_demo_runs_headless(tmp_path, capsys):

@@ -200,3 +200,20 @@ def test_wide_integer_and_float_labels_map_in_blocks(monkeypatch):
     with pytest.raises(LabelError, match=r"label values \[-3, 9, 50, 51, 52\] are not among"):
         to_indices(floats, [0, 255, 70000], ignore_value=12)
     assert to_indices(floats[:1, :1, :1], [0, 255, 70000], ignore_value=12).tolist() == [[[-1]]]  # the ignore value
+
+
+def test_training_labels_keep_class_values_beyond_int32():
+    """0xFFFFFFFF masks were cast to int32: the model learnt a class -1 that the labels layer did not have."""
+    from napari_unet.labels import training_labels
+
+    values = np.array([[0, 0xFFFFFFFF], [0xFFFFFFFF, 0]], np.uint32)
+    annotated = np.array([[True, True], [False, True]])
+    labels, ignore, classes = training_labels(values, annotated, "mask")
+    assert classes == [0, 0xFFFFFFFF] and ignore not in classes
+    assert labels[0, 1] == 0xFFFFFFFF and labels[1, 0] == ignore and labels.dtype == np.int64
+    small, _, _ = training_labels(np.array([[0, 255]], np.uint16), np.ones((1, 2), bool), "isbi")
+    assert small.dtype == np.uint8
+    wide, _, _ = training_labels(np.array([[-5, 70000]], np.int64), np.ones((1, 2), bool), "codes")
+    assert wide.dtype == np.int32 and wide.tolist() == [[-5, 70000]]
+    with pytest.raises(LabelError, match="no annotated pixel"):
+        training_labels(values, np.zeros(values.shape, bool), "mask")

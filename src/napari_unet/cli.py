@@ -731,7 +731,7 @@ def _pixel_height(metadata: dict) -> float | None:
 def cmd_evaluate(args) -> int:
     from .labels import LabelError, find_class_values
     from .metrics import evaluate
-    from .train import MAX_CLASSES
+    from .labels import MAX_CLASSES
 
     prediction, prediction_metadata = _read_stack_and_metadata(args.prediction, "prediction")
     truth, ignore_value, notes = read_label_stack(args.truth, "truth", args.ignore_value)
@@ -787,8 +787,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-minutes", type=float, help="time budget of the training steps (preparing the data before them and "
                        "finishing the model after them come on top); the learning-rate schedule follows it")
     train.add_argument("--ignore-value", type=int, help="label value of unannotated pixels (sparse labels; default: the value the file records, as napari-unet saves it)")
-    train.add_argument("--val-fraction", type=float, help="share of slices held out for validation (default 0.2; at most 16 slices of 512², 4 of 2048², "
-                       "and a window of larger slices: validation predicts about 4.2 million pixels at most)")
+    train.add_argument("--val-fraction", type=float, help="share of slices held out for validation (default 0.2; at most 16 slices of 512², 4 of 1024² or larger, "
+                       "and a window of at least 1024² of slices larger than 1024²: validation predicts about 4.2 million pixels at most)")
     train.add_argument("--init", help="fine-tune this model file instead of starting from scratch")
     train.add_argument("--seed", type=non_negative_int, default=0)
     train.add_argument("--float32", action="store_true", help="compute in float32 also on CPUs with bfloat16 instructions (default: bfloat16 there)")
@@ -820,7 +820,8 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument(
         "--tta", action=argparse.BooleanOptionalAction, default="auto",
         help="test-time augmentation: average the network over the four 90-degree rotations of each tile "
-        "(a model trained without rotations, e.g. on OCT layers: the tile and its mirror image) "
+        "(a tile that is not square: the tile, its half turn and their mirror images; a model trained without rotations, "
+        "e.g. on OCT layers: the tile and its mirror image) "
         "(default: on with a GPU, a CPU with AMX or one whose bfloat16 convolutions are as fast (AMD Zen 5), where it costs ~1.5x the time; off elsewhere)",
     )
     pred.add_argument(

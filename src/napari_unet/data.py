@@ -388,7 +388,9 @@ def _plane_border_weights(plane: np.ndarray, boundary_index: int, weight: float,
 
 
 def augment(image, indices, rng: np.random.Generator, aug: Augmentation, extra=None):
-    """Randomly augmented copies of a (Y, X) or (Y, X, C) float32 patch and its (Y, X) int32 class indices.
+    """A randomly augmented (Y, X) or (Y, X, C) float32 patch and its (Y, X) int32 class indices, from a patch and its
+    signed integer class indices (int8 in training). The inputs are never modified; when no augmentation applies and
+    they have these dtypes already, they may be returned themselves.
 
     ``extra``: an optional (Y, X) float32 map (e.g. pixel weights) moved with the labels; it is
     returned as a third array when given.
@@ -480,8 +482,8 @@ DENSE_ANNOTATION_SHARE = 0.25
 class PatchSampler:
     """Random training patches from normalised slices, favouring annotated pixels.
 
-    ``images``: (Z, Y, X) float32 normalised; ``indices``: (Z, Y, X) int32 class indices, -1 = not
-    annotated. Slices with no annotated pixel are never sampled. Smaller slices are reflect-padded
+    ``images``: (Z, Y, X) float32 normalised; ``indices``: (Z, Y, X) signed integer class indices (int8 in
+    training), -1 = not annotated. Slices with no annotated pixel are never sampled. Smaller slices are reflect-padded
     (labels padded as not annotated). ``pixel_weights``: optional (Z, Y, X) float32 weights added to
     the class weights of annotated pixels (see :func:`border_weights`). ``context``: neighbouring
     slices on each side given as extra channels (any slice may serve as context, annotated or not).

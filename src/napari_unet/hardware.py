@@ -64,7 +64,7 @@ FAST_CONV_GFLOPS = 500.0
 def bfloat16_conv_gflops() -> float:
     """Measured rate of a bfloat16 3x3 convolution (64 -> 64 channels, 2 x 128 x 128) in TensorFlow, GFLOP/s.
 
-    About 0.3 s, once per process (imports TensorFlow if nothing has); the best of five timings, so that a
+    About 0.2-0.3 s, once per process (imports TensorFlow if nothing has); the best of five timings, so that a
     moment of load elsewhere does not count.
     """
     from ._tensorflow import load_tensorflow

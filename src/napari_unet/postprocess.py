@@ -12,7 +12,7 @@ from skimage.segmentation import find_boundaries, watershed
 
 from .config import MERGE_LEVELS
 from .labels import count_classes
-from .metrics import isbi_scores
+from .metrics import isbi_scores, segment_cells
 
 
 def _as_probability(membrane_probability, ndim: int = 2) -> np.ndarray:
@@ -326,3 +326,20 @@ def order_layers(probabilities, order) -> np.ndarray:
     for y in range(n_rows - 1, 0, -1):
         ranked[y - 1] = back[y, columns, ranked[y]]
     return order[ranked]
+
+
+def cell_instances(labels: np.ndarray, membrane_value) -> np.ndarray:
+    """int32 cell labels of (Y, X) or (Z, Y, X) predicted class labels, unique over the stack.
+
+    Per slice: :func:`napari_unet.metrics.segment_cells` of the non-membrane pixels, i.e. the cells the
+    ISBI scores see in these labels: each connected cell region is one cell, membranes are shared out
+    to the cells beside them, with 0 on the one-pixel lines between cells.
+    """
+    stack = labels[None] if labels.ndim == 2 else labels
+    out = np.zeros(stack.shape, np.int32)
+    offset = 0
+    for z, plane in enumerate(stack):
+        cells = segment_cells(plane != membrane_value)
+        out[z] = np.where(cells > 0, cells + offset, 0)
+        offset = int(out[z].max(initial=offset))
+    return out[0] if labels.ndim == 2 else out

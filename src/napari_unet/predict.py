@@ -24,7 +24,7 @@ from .data import (
     profile_distance,
     upscale_probabilities,
 )
-from .labels import from_indices
+from .labels import from_indices, smallest_dtype
 from .model import fold_batch_norm
 from .model_io import UNetModel
 from .postprocess import candidate_closings, order_layers, tiled_boundary_mask
@@ -42,7 +42,7 @@ class PredictionProgress:
 
 @dataclass(frozen=True)
 class Prediction:
-    """Result for an input of shape S = (Y, X) or (Z, Y, X).
+    """Result for an input of shape S = (Y, X) or (Z, Y, X); with ``slices=``, S = (len(slices), Y, X).
 
     ``labels``: shape S, class values of the training labels (e.g. 0/255), smallest fitting dtype.
     ``probabilities``: S + (n_classes,) float32, or None when not requested.
@@ -262,8 +262,9 @@ def predict_events(
     likely labelling that keeps its layers in order down each column (:func:`napari_unet.postprocess.order_layers`). ``tta``: test-time augmentation, the mean over the four quarter turns of
     each tile (True or 4) or over the tile and its half turn (2, half the network time of 4; see
     :func:`_transforms`); a model trained without rotations gets at most its :func:`upright_views` (the tile and its
-    mirror image, or the tile alone if it was trained without flips); ``"auto"`` (default) is True where the network is cheap, on a GPU or a CPU
-    with AMX (:func:`napari_unet.hardware.resolve_tta`). ``mixed_precision``: run the network in bfloat16; None (default) does so
+    mirror image, or the tile alone if it was trained without flips); ``"auto"`` (default) is True where the network is cheap: on a GPU, a CPU
+    with AMX, or one whose bfloat16 convolutions reach :data:`napari_unet.hardware.FAST_CONV_GFLOPS`
+    (:func:`napari_unet.hardware.resolve_tta`). ``mixed_precision``: run the network in bfloat16; None (default) does so
     on CPUs with bfloat16 instructions (:mod:`napari_unet.hardware`). ``jit_compile``: XLA-compile the
     network; None (default) does so for inputs of at least :data:`XLA_MIN_PIXELS` network pixels, where the
     faster tiles repay the compile time, on float32 CPUs without AVX-512.
@@ -412,7 +413,7 @@ def labels_dtype(model: UNetModel) -> np.dtype:
 
 def labels_dtype_for(class_values: Sequence[int]) -> np.dtype:
     """The smallest dtype holding ``class_values`` (that of predicted labels)."""
-    return from_indices(np.zeros(1, np.int64), list(class_values)).dtype
+    return smallest_dtype(list(class_values))
 
 
 def _output_array(out, shape: tuple, dtype, is_2d: bool, name: str) -> np.ndarray:

@@ -31,7 +31,7 @@ from .data import (
     normalize,
     prefetch,
 )
-from .labels import LabelError, check_trainable, layer_order, to_indices
+from .labels import MAX_CLASSES, LabelError, check_class_count, check_trainable, layer_order, to_indices
 from .model import BatchNormStatistics, build_unet, import_keras, masked_loss, recompute_batch_norm_statistics
 from .metrics import dice_per_class, pixel_error
 from .model_io import UNetModel
@@ -183,7 +183,7 @@ class TrainingFinished:
         return f"best epoch {self.best_epoch}" if self.best_epoch else ""
 
 
-TrainingEvent = Union[TrainingStarted, TrainingStep, EpochEnd, TrainingFinished]
+TrainingEvent = Union[TrainingStarted, TrainingStep, EpochEnd, TrainingFinishing, TrainingFinished]
 
 
 def _resolve_rotations(value, layered: bool, init) -> tuple[bool, tuple]:
@@ -430,19 +430,6 @@ def _trainer_key(model_config: ModelConfig, train_config: TrainConfig, loss_sett
     if train_config.ema_momentum > 0:
         return None
     return (to_json(model_config), train_config.mixed_precision, train_config.jit_compile, tuple(loss_settings.items()))
-
-
-#: More distinct label values than this are object ids (instance labels, e.g. from cellpose), not classes.
-MAX_CLASSES = 64
-
-
-def check_class_count(n_classes: int, what: str) -> None:
-    """:class:`LabelError` if ``n_classes`` is more than :data:`MAX_CLASSES` (each class costs a network output)."""
-    if n_classes > MAX_CLASSES:
-        raise LabelError(
-            f"{what}: {n_classes} distinct values; a U-Net learns at most {MAX_CLASSES} classes. One value per "
-            "object (instance labels) is not a class: make classes first, e.g. object boundaries vs interiors"
-        )
 
 
 def _learning_rate(base: float, schedule: str, progress: float) -> float:

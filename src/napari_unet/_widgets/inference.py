@@ -16,7 +16,7 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBox
 
 from napari_unet._writer import write_labels
 from napari_unet.data import InputError
-from napari_unet.hardware import available_memory_bytes, explain_auto_tta
+from napari_unet.hardware import FAST_CONV_GFLOPS, available_memory_bytes, explain_auto_tta
 from napari_unet.predict import PredictionProgress, labels_dtype
 
 from .jobs import NETWORK_LABELS, Failed, Note, PredictionResult, predict_job, relay
@@ -75,7 +75,9 @@ class InferenceWidget(QWidget):
         self.tta.setToolTip(
             "test-time augmentation: average the network over the four 90-degree rotations of each tile "
             "(4 network passes, better membranes); 2 views = the tile and its half turn (2 passes, most of the "
-            "gain); auto = on with a GPU or a CPU with AMX, where the network is cheap. A model trained without rotations "
+            "gain); auto = on where the network is cheap: with a GPU, a CPU with AMX, or one whose bfloat16 convolutions reach "
+            f"{FAST_CONV_GFLOPS:g} GFLOP/s. Tiles that are not square: the tile, its half turn and their mirror images. "
+            "A model trained without rotations "
             "(OCT layers) keeps tiles upright: the tile and its mirror image (2 passes) at most"
         )
         self.probabilities = QCheckBox("probability map")

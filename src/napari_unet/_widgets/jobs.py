@@ -19,6 +19,7 @@ from napari_unet.data import InputError
 from napari_unet.labels import LabelError
 from napari_unet.model_io import ModelFileError, UNetModel
 from napari_unet.predict import PredictionError
+from napari_unet.retrain import CorrectionCheck
 
 from .._tensorflow import load_tensorflow, lower_thread_priority
 
@@ -47,7 +48,7 @@ class Note:
 
 @dataclass(frozen=True)
 class PredictionResult:
-    labels: np.ndarray  # class values, shape of the input
+    labels: np.ndarray  # class values: the input's shape, or (Y, X) for one slice z
     probabilities: Optional[np.ndarray]
     instances: Optional[np.ndarray]  # int32 cell labels (2-class models), or None
     stopped: bool
@@ -55,18 +56,6 @@ class PredictionResult:
 
 #: The inference widget's membrane choice that shows the network's most probable class (no membrane rule).
 NETWORK_LABELS = "most probable class"
-
-
-@dataclass(frozen=True)
-class CorrectionCheck:
-    """A Retrain's corrections to score the new model on: ``where`` (bool) pixels of ``values`` (class values) on
-    ``slices`` of ``image`` (:func:`napari_unet.predict.agreement`; see :func:`napari_unet._widgets.prepare.correction_check`)."""
-
-    image: Any  # (Y, X) or (Z, Y, X), the whole image (context models see neighbouring slices)
-    values: np.ndarray  # (len(slices), Y, X), or (Y, X) for a 2-D image
-    where: np.ndarray  # like values
-    total: int  # corrected pixels in the whole image
-    slices: Optional[tuple]  # the slices values and where hold; None for a 2-D image
 
 
 @dataclass(frozen=True)
@@ -133,10 +122,11 @@ def predict_job(model: UNetModel, image, tta: Union[bool, int, str], probabiliti
     still sees the slice's neighbours).
 
     ``membrane_value``: with a 2-class model, the membrane class value; the cells the predicted labels
-    separate are then also labelled (:func:`cell_instances`). None: no instances.
+    separate are then also labelled (:func:`napari_unet.postprocess.cell_instances`). None: no instances.
     ``close_boundaries``: True always closes gaps in the model's thin boundary class, False gives the most probable
     class, None (default) applies the model's boundary rule (:func:`napari_unet.predict.predict_events`).
     """
+    from napari_unet.postprocess import cell_instances
     from napari_unet.predict import Prediction, intensity_note, predict_events
 
     lower_thread_priority()
@@ -169,25 +159,6 @@ def relay(events):
     worker is aborted (napari aborts workers when the viewer closes and never closes their generators: a training
     left its batch thread, images and network behind)."""
     yield from events
-
-
-def cell_instances(labels: np.ndarray, membrane_value) -> np.ndarray:
-    """int32 cell labels of (Y, X) or (Z, Y, X) predicted class labels, unique over the stack.
-
-    Per slice: :func:`napari_unet.metrics.segment_cells` of the non-membrane pixels, i.e. the cells the
-    ISBI scores see in these labels: each connected cell region is one cell, membranes are shared out
-    to the cells beside them, with 0 on the one-pixel lines between cells.
-    """
-    from napari_unet.metrics import segment_cells
-
-    stack = labels[None] if labels.ndim == 2 else labels
-    out = np.zeros(stack.shape, np.int32)
-    offset = 0
-    for z, plane in enumerate(stack):
-        cells = segment_cells(plane != membrane_value)
-        out[z] = np.where(cells > 0, cells + offset, 0)
-        offset = int(out[z].max(initial=offset))
-    return out[0] if labels.ndim == 2 else out
 
 
 def load_job(path) -> "UNetModel | Failed":
@@ -227,7 +198,6 @@ __all__ = [
     "Failed",
     "Note",
     "PredictionResult",
-    "cell_instances",
     "format_seconds",
     "load_job",
     "predict_job",

@@ -9,8 +9,7 @@ from napari.layers import Image, Labels
 from qtpy.QtWidgets import QComboBox
 
 from napari_unet.data import InputError
-from napari_unet.labels import LabelError, check_display_values, choose_ignore_value, metadata_class_values
-from napari_unet.train import check_class_count
+from napari_unet.labels import LabelError, check_display_values, metadata_class_values, smallest_dtype
 
 from .session import disconnect_when_destroyed, unwrap
 
@@ -117,8 +116,7 @@ def read_annotations(layer, zero_is_unannotated: bool, reviewed: Optional[np.nda
         check_display_values(data, class_values, f"labels layer {layer.name!r}")
         # the smallest dtype of the class values: a uint8 stack of 0/255 classes stays 1 byte per pixel (int64 copies
         # of 32 x 512^2 kept the GUI thread 0.4 s at Train)
-        lookup = np.asarray([0, *class_values], np.int64)
-        lookup = lookup.astype(np.promote_types(np.min_scalar_type(int(lookup.min())), np.min_scalar_type(int(lookup.max()))))
+        lookup = np.asarray([0, *class_values], smallest_dtype([0, *class_values]))
         annotated = data > 0
         values = lookup[data]
     else:
@@ -127,31 +125,6 @@ def read_annotations(layer, zero_is_unannotated: bool, reviewed: Optional[np.nda
     if reviewed is not None:
         annotated &= reviewed
     return values, annotated, (list(class_values) if class_values is not None else None)
-
-
-def training_labels(values: np.ndarray, annotated: np.ndarray, name: str):
-    """(labels, ignore_value, classes) for the core: annotated class values, the rest a value that is no class;
-    ``classes`` the sorted list of annotated class values."""
-    if not annotated.any():
-        raise LabelError(f"{name} has no annotated pixel; paint some pixels of each class first")
-    classes = _present_values(values[annotated])
-    check_class_count(len(classes), name)  # before the worker: instance labels would build a huge network
-    ignore = choose_ignore_value(classes.tolist()) if not annotated.all() else None
-    labels = np.where(annotated, values, ignore if ignore is not None else 0)
-    dtype = np.uint8 if labels.max() <= 255 and labels.min() >= 0 else np.int32
-    return labels.astype(dtype), ignore, classes.tolist()
-
-
-def _present_values(values: np.ndarray, block: int = 1 << 20) -> np.ndarray:
-    """Sorted distinct values of an integer array: counted block by block when they span less than 2**16 (np.unique
-    sorts every pixel: 0.2-0.5 s on the GUI thread for 8 Mpx), else np.unique."""
-    low, high = int(values.min()), int(values.max())
-    if high - low >= 1 << 16 or high >= 1 << 63:  # wide, or beyond int64 (uint64)
-        return np.unique(values)
-    flat, counts = values.reshape(-1), np.zeros(high - low + 1, np.int64)
-    for start in range(0, flat.size, block):  # bounded int64 copies
-        counts += np.bincount(flat[start : start + block].astype(np.int64) - low, minlength=len(counts))
-    return np.flatnonzero(counts) + low
 
 
 def class_names_of(layer) -> Optional[dict]:
@@ -206,5 +179,4 @@ __all__ = [
     "image_array",
     "no_labels_message",
     "read_annotations",
-    "training_labels",
 ]

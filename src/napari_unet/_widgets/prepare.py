@@ -14,13 +14,12 @@ from napari.utils.colormaps import DirectLabelColormap
 
 from napari_unet.config import ModelConfig, TrainConfig
 from napari_unet.data import InputError
-from napari_unet.labels import LabelError, check_display_values
+from napari_unet.labels import LabelError, check_display_values, training_labels
 from napari_unet.model_io import UNetModel
+from napari_unet.retrain import CorrectionCheck, correction_check, retrain_data
 
-from .jobs import CorrectionCheck
-from .layers import class_names_of, image_array, no_labels_message, placement, read_annotations, training_labels
+from .layers import class_names_of, image_array, no_labels_message, placement, read_annotations
 from .outputs import prediction_layer_of
-from .retrain import retrain_data
 
 
 @dataclass
@@ -101,14 +100,24 @@ def prepare_retrain(viewer, session, image_layer, labels_layer, zero_is_unannota
     The corrections come from the image's prediction layer (the selected one if several, else the first); only
     pixels the user painted or marked reviewed count. Painted ones are the corrections that Retrain focuses on and
     weighs more (:func:`retrain_data`); accepted ones are annotations like the labels layer's.
-    ``retrain_config(model_config)`` gives the TrainConfig of the short fine-tuning.
+    ``retrain_config(model_config, previous_train_config)`` gives the TrainConfig of the short fine-tuning
+    (:func:`napari_unet.retrain.retrain_config`).
     """
     model = session.model
     if model is None:
         raise InputError("there is no model to retrain; train one or load a .keras file first")
     image, labels_layer = _image(image_layer, labels_layer)
     corrected_layers = session.corrected_layers(image_layer)
+    # a reopened prediction is matched to its image by name: one of another image of that name has another shape
+    misfits = [x for x in corrected_layers if tuple(x.data.shape) != tuple(image.shape)]
+    corrected_layers = [x for x in corrected_layers if not any(x is y for y in misfits)]
     prediction = prediction_layer_of(viewer, session, image_layer, lambda x: any(x is y for y in corrected_layers))
+    if prediction is None and misfits:
+        raise InputError(
+            f"prediction layer {misfits[0].name!r} has the shape {tuple(misfits[0].data.shape)}, not the shape "
+            f"{tuple(image.shape)} of {image_layer.name!r}: it was predicted from another image; run inference on "
+            f"{image_layer.name!r} and paint the corrections on that prediction"
+        )
     if prediction is None:
         for layer in session.tracked_layers(image_layer):  # painted display labels beyond the classes leave no mark
             classes = layer.metadata.get("class_values") if isinstance(layer.metadata, dict) else None
@@ -125,8 +134,9 @@ def prepare_retrain(viewer, session, image_layer, labels_layer, zero_is_unannota
         base, base_annotated, _ = read_annotations(labels_layer, zero_is_unannotated, session.reviewed(labels_layer))
         values = np.where(reviewed, values, base)
         annotated = reviewed | base_annotated
-    train_config = retrain_config(model.config)
-    data = retrain_data(image, values, annotated, corrected, train_config.patch_size, name=f"prediction layer {prediction.name!r}")
+    train_config = retrain_config(model.config, model.train_config)
+    data = retrain_data(image, values, annotated, corrected, train_config.patch_size, name=f"prediction layer {prediction.name!r}",
+                        annotated_fraction=train_config.annotated_center_fraction)
     check_model_classes(model, data.classes, f"the labels to retrain on ({labels_layer.name!r} and corrections)"
                         if labels_layer is not None else f"prediction layer {prediction.name!r}",
                         "choose the labels layer of this model's classes, or Train a new model on them")
@@ -144,22 +154,3 @@ def prepare_retrain(viewer, session, image_layer, labels_layer, zero_is_unannota
     return TrainJob(data.image, data.labels, None, train_config.replace(ignore_value=data.ignore), model, names, colormap, note,
                     pixel_weights=data.pixel_weights, check=correction_check(image, values, corrected))
 
-
-#: After a Retrain, the corrections are scored on the new model on at most this many slices and pixels (the slices
-#: holding most of them): about a second for 4 slices of 512² on 2 cores, and bounded memory for large slices.
-CHECK_SLICES, CHECK_PIXELS = 4, 1 << 23
-
-
-def correction_check(image, values, corrected) -> Optional[CorrectionCheck]:
-    """The corrections to score after a Retrain: the :data:`CHECK_SLICES` slices holding most of them, at most
-    :data:`CHECK_PIXELS` pixels (None without corrections, or for one slice larger than that)."""
-    flat = corrected.ndim == 2
-    stack = corrected[None] if flat else corrected
-    counts = stack.reshape(len(stack), -1).sum(axis=1)
-    fits = min(CHECK_SLICES, CHECK_PIXELS // (stack.shape[1] * stack.shape[2]))
-    chosen = sorted(int(z) for z in np.argsort(-counts, kind="stable")[:fits] if counts[z] > 0)
-    if not chosen:
-        return None
-    if flat:
-        return CorrectionCheck(image, values, corrected, int(counts.sum()), None)
-    return CorrectionCheck(image, values[chosen], corrected[chosen], int(counts.sum()), tuple(chosen))

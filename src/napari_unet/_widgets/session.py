@@ -261,7 +261,7 @@ class Session:
         self.model: Optional[UNetModel] = None
         self.info = ModelInfo()
         self._tracked: dict[int, Tracked] = {}
-        self.busy: set = set()  # names of running jobs ("training", "prediction")
+        self.busy: set = set()  # names of running jobs ("training", "prediction", "loading", "saving", inference.WAITING)
 
     # ---- model -------------------------------------------------------------------------------
     def set_model(self, model: UNetModel, description: str, class_names=None, colormap=None) -> None:

@@ -9,13 +9,9 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QH
 
 from napari_unet import hardware
 from napari_unet.config import NOISE_AUGMENTATION, PRESETS, ModelConfig, TrainConfig, check_patch_size, preset
+from napari_unet.retrain import RETRAIN_BATCH_SIZE, RETRAIN_LEARNING_RATE, RETRAIN_PATCH_SIZE, RETRAIN_STEPS, retrain_config
 
 AUTO_DEPTH = 0  # the depth box's "auto" (its minimum, shown as text)
-#: Retrain's default learning rate (its own box, not the training form's). With the form's 1e-3, one 20-step Retrain on
-#: ISBI took a model's held-out V_rand from 0.895 to 0.66 on average (0.37 after four), with or without corrections;
-#: at 1e-4, 25 Retrains over 7 seeds stayed at 0.84-0.91 like their no-correction controls (0.83-0.91) and learned
-#: more painted pixels than them in 23 of 25 pairs (BENCHMARKS.md, "Session 40").
-RETRAIN_LEARNING_RATE = 1e-4
 
 
 def spin(low, high, value, step=1, tip="", decimals=None, suffix=""):
@@ -66,10 +62,10 @@ class TrainSettings(QWidget):
             "noisier than the annotated ones; partly checked (auto): on for time budgets of 30 min or more (so not for Retrain)"
         )
         self.validation = spin(0.0, 0.9, 0.2, 0.05, "share of annotated slices kept for validation (one 2-D image: its last columns; at most about 4.2 million "
-                             "pixels: 16 slices of 512², 4 of 2048², a window of larger ones)", decimals=2)
-        self.retrain_steps = spin(1, 10000, 20, 5, "training steps of one Retrain (fine-tuning from the current weights)")
-        self.retrain_patch = spin(16, 1024, 128, 16, "patch side for Retrain (small = fast)")
-        self.retrain_batch = spin(1, 64, 2, tip="patches per Retrain step")
+                             "pixels: 16 slices of 512², 4 of 1024² or larger, a window of at least 1024² of larger ones)", decimals=2)
+        self.retrain_steps = spin(1, 10000, RETRAIN_STEPS, 5, "training steps of one Retrain (fine-tuning from the current weights)")
+        self.retrain_patch = spin(16, 1024, RETRAIN_PATCH_SIZE, 16, "patch side for Retrain (small = fast)")
+        self.retrain_batch = spin(1, 64, RETRAIN_BATCH_SIZE, tip="patches per Retrain step")
         self.retrain_lr = spin(1e-6, 0.1, RETRAIN_LEARNING_RATE, 1e-5, "learning rate of Retrain (Adam); a tenth of the default "
                                "training rate: at 1e-3 a Retrain made an ISBI model worse, with or without corrections", decimals=6)
 
@@ -145,22 +141,12 @@ class TrainSettings(QWidget):
         p = preset(self.preset.currentText())
         return self.depth.value() == AUTO_DEPTH and p.auto_depth and self._auto_depth_without_gpu(p) is None
 
-    def retrain_config(self, model_config: ModelConfig, seed: int) -> TrainConfig:
-        """One short epoch from the current weights at Retrain's own learning rate (default
-        :data:`RETRAIN_LEARNING_RATE`): all steps train (no validation split)."""
+    def retrain_config(self, model_config: ModelConfig, previous: TrainConfig | None = None) -> TrainConfig:
+        """:func:`napari_unet.retrain.retrain_config` with the form's training settings and Retrain boxes; ``previous``:
+        the model's own training config (its seed + 1 is the Retrain's)."""
         _, train = self.configs_unchecked()
-        train = train.replace(
-            learning_rate=self.retrain_lr.value(),
-            epochs=1,
-            steps_per_epoch=self.retrain_steps.value(),
-            patch_size=self.retrain_patch.value(),
-            batch_size=self.retrain_batch.value(),
-            val_fraction=0.0,
-            max_minutes=None,
-            seed=seed,
-        )
-        check_patch_size(train.patch_size, model_config)
-        return train
+        return retrain_config(train, model_config, previous, learning_rate=self.retrain_lr.value(), steps=self.retrain_steps.value(),
+                              patch_size=self.retrain_patch.value(), batch_size=self.retrain_batch.value())
 
     def configs_unchecked(self) -> tuple[ModelConfig, TrainConfig]:
         p = preset(self.preset.currentText())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -107,7 +108,6 @@ class TrainingWidget(QWidget):
         )
         self._run: Optional[_Run] = None
         self._in_order = InOrder()
-        self._retrains = 0
         self._update_buttons()
         self.progress.set_status("Choose an image and its labels, then Train.")
 
@@ -165,13 +165,7 @@ class TrainingWidget(QWidget):
             job = prepare_train(self.viewer, self.session, self.image.layer(), self.labels.layer(), zero, configs, continue_)
             job.auto_depth = job.init is None and self.settings.depth_waits_for_gpu_query()
             return job
-        self._retrains += 1
-        seed = self._retrains
-
-        def config(model_config):
-            return self.settings.retrain_config(model_config, seed=seed)
-
-        return prepare_retrain(self.viewer, self.session, self.image.layer(), self.labels.layer(), zero, config)
+        return prepare_retrain(self.viewer, self.session, self.image.layer(), self.labels.layer(), zero, self.settings.retrain_config)
 
     # ---- running -----------------------------------------------------------------------------
     def stop(self) -> None:
@@ -289,8 +283,15 @@ class TrainingWidget(QWidget):
     # ---- files -------------------------------------------------------------------------------
     def _ask_save(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save U-Net model", "unet.keras", "Keras model (*.keras)")
-        if path:
-            self.save_model(path if path.endswith(".keras") else path + ".keras")
+        if not path:
+            return
+        if not path.endswith(".keras"):  # the loader opens .keras names only
+            path += ".keras"
+            if os.path.exists(path):  # the dialog asked about the name as typed, not about this one
+                show_warning(f"napari-unet: {path} exists; choose it with its .keras to replace it")
+                self.progress.set_status(f"Not saved: {path} exists.")
+                return
+        self.save_model(path)
 
     def _ask_load(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Load U-Net model", "", "Keras model (*.keras)")
