@@ -264,6 +264,19 @@ def test_unreadable_zarr_stores_are_one_line_errors(tmp_path, make, words):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("attribute, words", [
+    ("a note", "attribute is str, not an object"),  # dict("a note"): a raw ValueError in train and evaluate
+    ([1, 2], "attribute is list, not an object"),
+    ({"ignore_value": "none"}, "ignore_value 'none' is not a whole number"),  # int("none") in read_label_stack
+    ({"class_values": [0, 255.7]}, "class_values .* is not a list of distinct whole numbers"),  # truncated to 255
+])
+def test_napari_unet_attributes_another_tool_wrote_are_one_line_errors(tmp_path, attribute, words):
+    zarr_io.write_zarr(tmp_path / "labels.zarr", np.zeros((2, 8, 8), np.uint8))
+    zarr.open_array(str(tmp_path / "labels.zarr"), mode="a").attrs["napari_unet"] = attribute
+    with pytest.raises(zarr_io.ZarrReadError, match=words):
+        zarr_io.read_zarr(tmp_path / "labels.zarr")
+
+
 def test_a_store_missing_where_it_is_read_is_an_error_not_zeros(tmp_path):
     zarr_io.write_zarr(tmp_path / "here.zarr", np.full((2, 8, 8), 5, np.uint8))
     lazy = zarr_io.read_zarr(tmp_path / "here.zarr").data

@@ -132,6 +132,11 @@ def test_damaged_metadata_is_a_clear_model_file_error(tmp_path, text, words):
         ("percentiles", [-5, 500], "invalid normalisation percentiles"),
         ("boundary_rule", "x", "invalid membrane rule"),
         ("boundary_rule", {"foo": 1}, "invalid membrane rule"),
+        ("boundary_rule", {"threshold": 0.5, "merge_below": 0.6, "minima_depth": 0}, "minima_depth=0 out of range"),  # h_minima failed at Run
+        ("boundary_rule", {"threshold": 1.5}, "threshold=1.5 out of range"),  # no membrane at all, silently
+        ("boundary_rule", {"threshold": 0.5, "merge_below": 0.6, "border_reach": -2}, "border_reach=-2 out of range"),
+        ("model_config", {"input_channels": 10**9}, "input_channels must be 1..64"),  # the load check built a huge network
+        ("model_config", {"pre_head_filters": 10**8}, "pre_head_filters must be 0..1024"),
         ("boundary_value", 7, "boundary class 7 that is not one of its classes"),
         ("layer_order", [0, 0], "invalid layer order"),
         ("class_values", [0.5, 255], "not a list of whole numbers"),  # was loaded as [0, 255]
@@ -141,9 +146,39 @@ def test_damaged_metadata_is_a_clear_model_file_error(tmp_path, text, words):
 )
 def test_malformed_normalisation_and_membrane_rule_are_refused_at_load(tmp_path, key, value, words):
     meta = read_metadata(save_model(tiny_model(), tmp_path / "m.keras"))
-    meta[key] = value
+    meta[key] = {**meta[key], **value} if key == "model_config" and isinstance(value, dict) else value
     with pytest.raises(ModelFileError, match=words):
         load_model(_with_metadata(tmp_path, "edited.keras", json.dumps(meta)))
+
+
+def _damaged_entry(path, entry: str, out):
+    """A copy of zip ``path`` with one byte of ``entry``'s stored data changed (its CRC then fails), as a bad copy does."""
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(entry)
+    assert info.compress_type == zipfile.ZIP_STORED, "the byte flipped must be the entry's own data"
+    name_length, extra_length = int.from_bytes(data[info.header_offset + 26 : info.header_offset + 28], "little"), int.from_bytes(
+        data[info.header_offset + 28 : info.header_offset + 30], "little")
+    start = info.header_offset + 30 + name_length + extra_length
+    data[start + info.file_size // 2] ^= 0x01
+    out.write_bytes(bytes(data))
+    return out
+
+
+def test_a_model_file_with_damaged_bytes_is_a_clear_model_file_error(tmp_path, capsys):
+    """A flipped byte in Keras' config.json gave zipfile.BadZipFile: a traceback from predict and train --init."""
+    from napari_unet.cli import main
+
+    saved = save_model(tiny_model(), tmp_path / "m.keras")
+    damaged = _damaged_entry(saved, "config.json", tmp_path / "damaged.keras")
+    with pytest.raises(ModelFileError, match="damaged.keras is damaged .*CRC"):
+        load_model(damaged)
+    image = tmp_path / "image.tif"
+    import tifffile
+
+    tifffile.imwrite(image, stripes(n_slices=1, size=64)[0])
+    assert main(["predict", str(damaged), str(image), "-o", str(tmp_path / "p.tif")]) == 2
+    assert "is damaged" in capsys.readouterr().err and not (tmp_path / "p.tif").exists()
 
 
 def test_a_malformed_history_is_dropped_not_fatal(tmp_path):

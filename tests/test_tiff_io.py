@@ -363,6 +363,17 @@ def test_read_slices_of_labels(tmp_path):
     assert tif.data.shape == (3, 10, 10) and tif.is_labels_hint
 
 
+@pytest.mark.parametrize("spacing", [0.0, -2.0, "n/a"])
+def test_read_slices_ignores_an_imagej_spacing_that_is_no_size(tmp_path, spacing):
+    """A single file ignores such a spacing; a folder of its slices gave napari a Z scale of 0 or a raw ValueError."""
+    paths = []
+    for i in range(2):
+        paths.append(tmp_path / f"s{i}.tif")
+        tifffile.imwrite(paths[-1], np.full((8, 8), i, np.uint8), imagej=True, metadata={"spacing": spacing, "unit": "um"})
+    tif = read_slices(paths)
+    assert tif.data.shape == (2, 8, 8) and tif.scale[0] == 1.0
+
+
 # ---------------------------------------------------------------------------------- writing
 
 

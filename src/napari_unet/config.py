@@ -84,13 +84,13 @@ class ModelConfig:
         _check(1 <= self.base_filters <= 256, f"base_filters must be 1..256, got {self.base_filters}")
         _check(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
         _check(self.n_classes >= 2, f"n_classes must be at least 2, got {self.n_classes}")
-        _check(self.input_channels >= 1, f"input_channels must be at least 1, got {self.input_channels}")
+        _check(1 <= self.input_channels <= 64, f"input_channels must be 1..64, got {self.input_channels}")
         _check(self.head in ("softmax", "sigmoid"), f"head must be 'softmax' or 'sigmoid', got {self.head!r}")
         _check(
             self.head != "sigmoid" or self.n_classes == 2,
             f"a sigmoid head needs exactly 2 classes, got {self.n_classes}",
         )
-        _check(self.pre_head_filters >= 0, "pre_head_filters must be >= 0")
+        _check(0 <= self.pre_head_filters <= 1024, f"pre_head_filters must be 0..1024, got {self.pre_head_filters}")
         _check(1 <= self.downscale <= 8, f"downscale must be 1..8, got {self.downscale}")
         _check(0 <= self.context_slices <= 3, f"context_slices must be 0..3, got {self.context_slices}")
         _check(0 <= self.local_contrast_sigma <= 1000, f"local_contrast_sigma must be 0..1000 pixels, got {self.local_contrast_sigma}")

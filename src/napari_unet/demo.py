@@ -41,14 +41,17 @@ def save_figure(path, image, truth, prediction, history) -> Path:
     figure.tight_layout()
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(tmp)
-    os.replace(tmp, path)
+    try:
+        figure.savefig(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # left only when saving failed
     return path
 
 
 def run_demo(output_dir: Path, minutes: float = 1.0, headless: bool = False, seed: int = 0) -> int:
     """Generate data, train for ``minutes``, predict, score, write model, prediction and figure."""
-    from .cli import run_training
+    from .cli import CommandError, check_output, run_training
     from .config import preset
     from .metrics import evaluate
     from .model_io import save_model
@@ -59,21 +62,25 @@ def run_demo(output_dir: Path, minutes: float = 1.0, headless: bool = False, see
     chosen = preset("default")
     train_config = chosen.train.replace(epochs=100_000, steps_per_epoch=20, max_minutes=minutes, seed=seed)  # checks the budget
     output_dir.mkdir(parents=True, exist_ok=True)
+    outputs = {name: check_output(output_dir / name, f"the demo's {kind}")  # before a minute of training, not after
+               for name, kind in (("demo-model.keras", "model"), ("demo-prediction.tif", "prediction"), ("demo.png", "figure"))}
     image, labels = make_em_stack(n_slices=10, shape=(256, 256), seed=seed)
     print(f"synthetic EM stack {image.shape} {image.dtype}; labels 0 = membrane, 255 = cell", file=sys.stderr)
     started = time.perf_counter()
     _, final = run_training(image, labels, chosen.model, train_config)
     train_seconds = time.perf_counter() - started
-    model_path = save_model(final.model, output_dir / "demo-model.keras")
+    if final.steps == 0:  # its untrained weights would be scored as if trained
+        raise CommandError(f"training ended ({final.reason}) before its first step; nothing written (a larger --minutes?)")
+    model_path = save_model(final.model, outputs["demo-model.keras"])
 
     val = [8, 9]
     result = predict(final.model, image, slices=val, return_probabilities=False)
     scores = evaluate(result.labels, labels[val], final.model.class_values)
-    write_tiff(output_dir / "demo-prediction.tif", result.labels, metadata={"class_values": final.model.class_values})
-    figure = save_figure(output_dir / "demo.png", image[val[0]], labels[val[0]], result.labels[0], final.history)
+    write_tiff(outputs["demo-prediction.tif"], result.labels, metadata={"class_values": final.model.class_values})
+    figure = save_figure(outputs["demo.png"], image[val[0]], labels[val[0]], result.labels[0], final.history)
     report = {"train_seconds": round(train_seconds, 1), "held_out_slices": val, **scores}
     print(json.dumps(report, indent=1))
-    print(f"wrote {model_path}, {output_dir / 'demo-prediction.tif'} and {figure}", file=sys.stderr)
+    print(f"wrote {model_path}, {outputs['demo-prediction.tif']} and {figure}", file=sys.stderr)
 
     if headless or not has_display():
         if not headless:

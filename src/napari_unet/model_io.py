@@ -7,6 +7,7 @@ import math
 import os
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -115,12 +116,16 @@ def read_metadata(path) -> dict:
             if METADATA_ENTRY not in archive.namelist():
                 raise ModelFileError(f"{path.name} is a Keras file but not a napari-unet model (no {METADATA_ENTRY})")
             meta = json.loads(archive.read(METADATA_ENTRY))
-    except zipfile.BadZipFile:
+    except zipfile.BadZipFile as err:
+        if "CRC" in str(err):  # the archive opens, an entry's bytes are damaged
+            raise ModelFileError(f"{path.name} is damaged ({err}); use an earlier copy of the model") from None
         raise ModelFileError(f"{path.name} is not a .keras model file (not a zip archive)") from None
     except ModelFileError:
         raise
-    except (ValueError, OSError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    except (ValueError, OSError, EOFError, zlib.error) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ModelFileError(f"{path.name} has damaged napari-unet metadata: {err}") from None
+    except (RuntimeError, NotImplementedError) as err:  # an encrypted entry, or a compression zipfile cannot read
+        raise ModelFileError(f"{path.name} is not a .keras file napari-unet can read ({err})") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("format_version", 0), int):
         raise ModelFileError(f"{path.name} has damaged napari-unet metadata (not a format-versioned JSON object)")
     return meta
@@ -168,8 +173,12 @@ def load_model(path) -> UNetModel:
                 f"{path.name} contains a Lambda layer (arbitrary code); refused by Keras safe mode"
             ) from None
         raise ModelFileError(f"{path.name} could not be loaded: {str(err).splitlines()[0]}") from None
-    except (OSError, TypeError, KeyError) as err:
+    except (OSError, TypeError, KeyError, EOFError, zlib.error) as err:
         raise ModelFileError(f"{path.name} could not be loaded: {str(err).splitlines()[0]}") from None
+    except zipfile.BadZipFile as err:  # bytes of Keras' own entries damaged (a bad copy or disk)
+        raise ModelFileError(f"{path.name} is damaged ({err}); use an earlier copy of the model") from None
+    except (RuntimeError, NotImplementedError) as err:  # an encrypted entry, or a compression zipfile cannot read
+        raise ModelFileError(f"{path.name} could not be loaded: {err}") from None
     _check_network(keras_model, config, path.name)
     damaged = next((w.path for w in keras_model.weights if not np.isfinite(keras.ops.convert_to_numpy(w)).all()), None)
     if damaged is not None:
@@ -229,7 +238,25 @@ def _checked_rule(meta: dict, class_values: list, name: str) -> tuple:
 
     if rule is not None and not (isinstance(rule, dict) and set(rule) <= known and all(map(number_or_none, rule.values()))):
         raise ModelFileError(f"{name} has an invalid membrane rule {rule!r}; the file was modified or damaged")
+    if rule is not None:
+        out_of_range = [key for key, value in rule.items() if value is not None and not _RULE_RANGES.get(key, lambda v: True)(value)]
+        if out_of_range:  # scikit-image failed at Run (h_minima of depth 0), or the labels came out all membrane or none
+            raise ModelFileError(f"{name} has a membrane rule with {', '.join(f'{k}={rule[k]!r}' for k in out_of_range)} out of "
+                                 "range; the file was modified or damaged")
     return boundary_value, rule
+
+
+#: The values :func:`napari_unet.postprocess.boundary_mask` can take: probabilities within 0..1, a positive minima
+#: depth, smoothing and distances of at most thousands of pixels.
+_RULE_RANGES = {
+    "threshold": lambda v: 0 <= v <= 1,
+    "seed_level": lambda v: 0 <= v <= 1,
+    "merge_below": lambda v: 0 <= v <= 1,
+    "minima_depth": lambda v: 0 < v <= 1,
+    "sigma": lambda v: 0 <= v <= 1000,
+    "min_seed_size": lambda v: 0 <= v <= 1e9,
+    "border_reach": lambda v: 0 <= v <= 1e4,
+}
 
 
 def _check_network(keras_model, config: ModelConfig, name: str) -> None:

@@ -661,6 +661,15 @@ def _normalise_axes(tiff_axes: str, shape, dtype) -> str:
     return "".join(axes)
 
 
+def _positive_number(value) -> float | None:
+    """``value`` as a float if it is a finite number above 0 (e.g. an ImageJ ``spacing``), else None."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
 def read_slices(paths: Sequence, source=None, lazy: bool = False, lazy_from_bytes: int | None = None) -> TiffData:
     """Stack 2-D TIFF files (one slice each, same shape) in the given order along a new Z axis.
 
@@ -700,9 +709,10 @@ def read_slices(paths: Sequence, source=None, lazy: bool = False, lazy_from_byte
     scale = (1.0, *[first.scale[i] for i in kept])
     units = (None, *[first.units[i] for i in kept])
     metadata = {k: v for k, v in first.metadata.items() if k in _LABEL_KEYS or k == "imagej"}
-    if new_axis == "Z" and first.metadata.get("imagej", {}).get("spacing"):
+    spacing = _positive_number(first.metadata.get("imagej", {}).get("spacing"))  # as set_axis takes it for one file
+    if new_axis == "Z" and spacing is not None:
         z_unit = _normalise_unit(first.metadata["imagej"].get("unit"))
-        scale = (float(first.metadata["imagej"]["spacing"]), *scale[1:])
+        scale = (spacing, *scale[1:])
         units = (_to_micrometres(scale[0], z_unit)[1] if z_unit else None, *units[1:])
         if z_unit:
             scale = (_to_micrometres(scale[0], z_unit)[0], *scale[1:])

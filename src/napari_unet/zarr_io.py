@@ -80,7 +80,9 @@ def read_zarr(path, lazy: bool = True) -> TiffData:
         array, ome_axes, ome_scale = _image_of_group(path, node, attributes)
     else:
         array = node
-    own = dict(_attributes(array).get(METADATA_KEY) or attributes.get(METADATA_KEY) or {})
+    own = _attributes(array).get(METADATA_KEY) or attributes.get(METADATA_KEY) or {}
+    if not isinstance(own, dict):  # another tool's attribute of that name
+        raise ZarrReadError(f"{path}: its {METADATA_KEY!r} attribute is {type(own).__name__}, not an object; remove or rename it")
     ndim = len(array.shape)
     if ome_axes is not None:
         axes = "".join(name for name, _ in ome_axes)
@@ -97,6 +99,7 @@ def read_zarr(path, lazy: bool = True) -> TiffData:
         data = np.asarray(data)
     metadata: dict[str, Any] = {"source": str(path), "format": "ome-zarr" if ome_axes is not None else "zarr", "dtype": str(data.dtype)}
     metadata.update({key: own[key] for key in _LABEL_KEYS if own.get(key) is not None})
+    _check_label_metadata(metadata, path)
     # labels only by their metadata or name: a lazy store's values would have to be read (a blank first slice is no label)
     integer = np.issubdtype(data.dtype, np.integer) or data.dtype == bool
     labels_hint = "class_values" in metadata or (integer and name_suggests_labels(path.name))
@@ -123,6 +126,18 @@ class _CheckedChunks:
             raise ZarrReadError(f"{self.path}: not enough memory to read a chunk") from exc
         except Exception as exc:  # zarr, numcodecs, the file system: anything means a damaged store
             raise ZarrReadError(f"{self.path}: damaged or unreadable chunk ({type(exc).__name__}: {_one_line(exc)})") from exc
+
+
+def _check_label_metadata(metadata: dict, path) -> None:
+    """:class:`ZarrReadError` unless the store's class values are distinct whole numbers and its ignore value one."""
+    from .labels import _integer
+
+    raw = metadata.get("class_values")
+    values = [_integer(v) for v in raw] if isinstance(raw, list) else None
+    if raw is not None and (values is None or None in values or len(set(values)) != len(values)):
+        raise ZarrReadError(f"{path}: its {METADATA_KEY}.class_values {raw!r:.80} is not a list of distinct whole numbers")
+    if metadata.get("ignore_value") is not None and _integer(metadata["ignore_value"]) is None:
+        raise ZarrReadError(f"{path}: its {METADATA_KEY}.ignore_value {metadata['ignore_value']!r:.40} is not a whole number")
 
 
 def _attributes(node) -> dict:
