@@ -684,6 +684,14 @@ def test_demo_refuses_a_bad_budget_before_writing_anything(tmp_path, capsys):
     assert code == 2 and "max_minutes must be a positive number" in err and not (tmp_path / "demo").exists()
 
 
+def test_an_image_whose_last_axes_are_not_y_and_x_is_refused(tmp_path, capsys):
+    """A (Y, X, Z) volume recorded as such was read as Y slices of X x Z pixels, trained on and predicted silently."""
+    tifffile.imwrite(tmp_path / "yxz.tif", np.zeros((20, 24, 5), np.uint8), metadata={"axes": "YXZ"})
+    save_model(tiny_model(), tmp_path / "m.keras")
+    code, _, err = run(capsys, "predict", tmp_path / "m.keras", tmp_path / "yxz.tif", "-o", tmp_path / "p.tif")
+    assert code == 2 and "has axes YXZ" in err and "last two axes" in err and not (tmp_path / "p.tif").exists()
+
+
 def test_demo_checks_its_outputs_before_training_and_writes_no_untrained_model(tmp_path, capsys):
     """A folder in the figure's place failed after the minute of training (the model lost); a budget ending before the
     first step saved and scored the untrained network as if trained."""

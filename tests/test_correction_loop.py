@@ -403,7 +403,7 @@ def test_a_prediction_that_ends_during_a_brush_stroke_waits_for_the_mouse_releas
 def test_a_stroke_counts_every_pixel_it_paints_also_those_that_held_its_label(make_napari_viewer):
     # napari's paint events carry only changed pixels: a membrane line drawn across a gap counted where the gap was,
     # and the next prediction with "keep my corrections" broke the user's line again
-    from napari_unet._widgets.session import CONFIRMED_PRUNE_AT
+    from napari_unet._widgets.tracked import CONFIRMED_PRUNE_AT
 
     data = np.full((2, 32, 32), CELL, np.uint8)
     data[0, :, :16] = MEMBRANE

@@ -173,6 +173,20 @@ def test_a_model_file_with_damaged_bytes_is_a_clear_model_file_error(tmp_path, c
     damaged = _damaged_entry(saved, "config.json", tmp_path / "damaged.keras")
     with pytest.raises(ModelFileError, match="damaged.keras is damaged .*CRC"):
         load_model(damaged)
+    # its own entry damaged: the file was called "not a zip archive"
+    with pytest.raises(ModelFileError, match="metadata.keras is damaged .*CRC"):
+        read_metadata(_damaged_entry(saved, "napari_unet.json", tmp_path / "metadata.keras"))
+    # an entry another program encrypted: Keras raised a RuntimeError after TensorFlow started
+    data = bytearray(saved.read_bytes())
+    with zipfile.ZipFile(saved) as archive:
+        info = archive.getinfo("config.json")
+    data[info.header_offset + 6] |= 0x1  # the local header's "encrypted" flag, and the central directory's:
+    for start in range(len(data) - 46):
+        if data[start : start + 4] == b"PK\x01\x02" and int.from_bytes(data[start + 42 : start + 46], "little") == info.header_offset:
+            data[start + 8] |= 0x1
+    (tmp_path / "encrypted.keras").write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="entry config.json is encrypted"):
+        read_metadata(tmp_path / "encrypted.keras")
     image = tmp_path / "image.tif"
     import tifffile
 

@@ -363,7 +363,7 @@ def test_read_slices_of_labels(tmp_path):
     assert tif.data.shape == (3, 10, 10) and tif.is_labels_hint
 
 
-@pytest.mark.parametrize("spacing", [0.0, -2.0, "n/a"])
+@pytest.mark.parametrize("spacing", [0.0, -2.0, "n/a"])  # 0.0 was skipped before too (falsy): kept as a guard
 def test_read_slices_ignores_an_imagej_spacing_that_is_no_size(tmp_path, spacing):
     """A single file ignores such a spacing; a folder of its slices gave napari a Z scale of 0 or a raw ValueError."""
     paths = []

@@ -163,6 +163,9 @@ def test_a_retrain_reuses_the_traced_step_and_leaves_the_previous_model_intact(m
     assert second.keras_model is not first.keras_model
     assert all(np.array_equal(a, b) for a, b in zip(before, first.keras_model.get_weights()))
     assert any(not np.array_equal(a, b) for a, b in zip(before, second.keras_model.get_weights()))
+    # a fine-tuning normalises as its model does; its file recorded the caller's percentiles beside the model's own
+    tuned = train(image, labels, train_config=train_config.replace(seed=2, percentiles=(5.0, 95.0)), init=first).model
+    assert tuple(tuned.percentiles) == tuple(first.percentiles) == tuple(tuned.train_config.percentiles)
     assert getattr(second.keras_model, "optimizer", None) is None  # no optimizer handed out (smaller model files)
     # A failing run leaves its start model intact too, and the kept network serves the next run.
     calls = []

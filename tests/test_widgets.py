@@ -51,6 +51,22 @@ def test_widgets_build_dock_and_offer_compatible_layers(widgets):
     assert "not annotated" in training.zero_unannotated.toolTip()
 
 
+def test_loading_a_model_times_the_bfloat16_convolutions_in_the_worker(tmp_path, monkeypatch):
+    """The inference widget's "auto = ..." hint timed them on the GUI thread (0.2-0.3 s) when a model arrived."""
+    from _helpers import tiny_model
+    from napari_unet import hardware
+    from napari_unet._widgets import jobs
+    from napari_unet.model_io import UNetModel, save_model
+
+    monkeypatch.setattr(hardware, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(hardware, "cpu_has_fast_bfloat16", lambda: True)
+    monkeypatch.setattr(hardware, "has_gpu", lambda: False)
+    path = save_model(tiny_model(), tmp_path / "m.keras")
+    hardware.bfloat16_conv_gflops.cache_clear()
+    assert isinstance(jobs.load_job(path), UNetModel)
+    assert hardware.bfloat16_conv_gflops.cache_info().currsize == 1, "timed in the worker: the GUI thread reads the cache"
+
+
 def test_depth_box_is_auto_for_the_default_preset_as_in_the_cli(qtbot, monkeypatch):
     from napari_unet import hardware
     from napari_unet._widgets.settings import TrainSettings
@@ -913,6 +929,16 @@ def test_retrain_refuses_corrections_on_a_prediction_of_another_shape(widgets, q
     for labels_layer in (viewer.layers["EM labels"], None):
         with pytest.raises(InputError, match=r"has the shape \(2, 128, 128\), not the shape \(3, 128, 128\) of 'EM'"):
             prepare_retrain(viewer, session, viewer.layers["EM"], labels_layer, True, lambda config, previous: training.settings.configs()[1])
+    # beside a prediction of the image itself, which is used (the seed following the model's: 6 + 1), the other is named
+    session.model = SimpleNamespace(class_values=[0, 255], config=None, train_config=SimpleNamespace(seed=6))
+    own = viewer.add_labels(np.full((3, 128, 128), 2, np.uint8), name="EM prediction [1]", metadata={"class_values": [0, 255]})
+    session.track(own, viewer.layers["EM"])
+    own.paint((1, 20, 20), 1)
+    seeds = []
+    job = prepare_retrain(viewer, session, viewer.layers["EM"], viewer.layers["EM labels"], True,
+                          lambda config, previous: seeds.append(previous.seed + 1) or training.settings.configs()[1])
+    assert seeds == [7] and "of 'EM prediction [1]'" in job.note
+    assert "'EM prediction' (2, 128, 128) is another image's prediction and is not used" in job.note
 
 
 def test_saving_a_model_under_a_name_without_its_suffix_never_replaces_a_file_unasked(widgets, tmp_path, monkeypatch, notifications):

@@ -300,6 +300,10 @@ def _read_stack_and_metadata(path, what: str, lazy: bool = False, for_cluster: b
     if 0 in data.shape:
         raise CommandError(f"{what} {path.name} has shape {data.shape} (axes {axes}): it holds no pixels")
     squeezed = data.reshape([n for n, axis in zip(data.shape, axes) if n != 1 or axis in "YX"])
+    kept_axes = "".join(axis for n, axis in zip(data.shape, axes) if n != 1 or axis in "YX")
+    if "Y" in kept_axes and "X" in kept_axes and not kept_axes.endswith("YX"):  # it would be read as slices of other axes
+        raise CommandError(f"{what} {path.name} has axes {axes} (shape {data.shape}); napari-unet needs Y and X as the last "
+                           "two axes: save it again as (Z, Y, X) or (Y, X), e.g. with numpy.moveaxis")
     if squeezed.ndim not in (2, 3):
         raise CommandError(f"{what} {path.name} has shape {data.shape} (axes {axes}); expected (Y, X) or (Z, Y, X)")
     metadata = dict(tiff.metadata)

@@ -248,7 +248,7 @@ def _distinct(values: np.ndarray, block: int = 1 << 20) -> np.ndarray:
 def training_labels(values: np.ndarray, annotated: np.ndarray, name: str = "the labels"):
     """(labels, ignore_value, classes) for training from painted class ``values`` and a bool ``annotated`` mask of the
     same shape: annotated pixels keep their value, the others get ``ignore_value``, a value that is no class (None when
-    every pixel is annotated). ``labels`` is uint8 when the values fit, else int32; ``classes`` the sorted annotated
+    every pixel is annotated). ``labels`` is uint8 when the values fit, else int32 (int64 beyond); ``classes`` the sorted annotated
     class values. :class:`LabelError` with nothing annotated or more than :data:`MAX_CLASSES` classes."""
     if not annotated.any():
         raise LabelError(f"{name} has no annotated pixel; paint some pixels of each class first")

@@ -102,6 +102,10 @@ def save_model(model: UNetModel, path) -> Path:
     return path
 
 
+#: Compression methods Python's zipfile reads without extra packages.
+_ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
+
+
 def read_metadata(path) -> dict:
     """The napari-unet metadata stored in a model file, without loading TensorFlow."""
     path = Path(path)
@@ -112,20 +116,25 @@ def read_metadata(path) -> dict:
     if path.suffix != ".keras":  # Keras would hand other suffixes (.h5) to loaders outside its safe mode
         raise ModelFileError(f"{path.name} is not a .keras model file (napari-unet writes .keras files)")
     try:
-        with zipfile.ZipFile(path) as archive:
-            if METADATA_ENTRY not in archive.namelist():
-                raise ModelFileError(f"{path.name} is a Keras file but not a napari-unet model (no {METADATA_ENTRY})")
-            meta = json.loads(archive.read(METADATA_ENTRY))
-    except zipfile.BadZipFile as err:
-        if "CRC" in str(err):  # the archive opens, an entry's bytes are damaged
-            raise ModelFileError(f"{path.name} is damaged ({err}); use an earlier copy of the model") from None
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
         raise ModelFileError(f"{path.name} is not a .keras model file (not a zip archive)") from None
-    except ModelFileError:
-        raise
-    except (ValueError, OSError, EOFError, zlib.error) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise ModelFileError(f"{path.name} has damaged napari-unet metadata: {err}") from None
-    except (RuntimeError, NotImplementedError) as err:  # an encrypted entry, or a compression zipfile cannot read
-        raise ModelFileError(f"{path.name} is not a .keras file napari-unet can read ({err})") from None
+    except OSError as err:
+        raise ModelFileError(f"{path.name} could not be read: {err}") from None
+    with archive:
+        if METADATA_ENTRY not in archive.namelist():
+            raise ModelFileError(f"{path.name} is a Keras file but not a napari-unet model (no {METADATA_ENTRY})")
+        # Keras would meet these only after TensorFlow started, as errors that do not name the file's fault
+        odd = next((info for info in archive.infolist() if info.flag_bits & 0x1 or info.compress_type not in _ZIP_METHODS), None)
+        if odd is not None:
+            raise ModelFileError(f"{path.name} was not written by Keras: its entry {odd.filename} is encrypted or compressed "
+                                 "in a way napari-unet does not read")
+        try:
+            meta = json.loads(archive.read(METADATA_ENTRY))
+        except (zipfile.BadZipFile, EOFError, zlib.error) as err:  # the archive opens, an entry's bytes are damaged
+            raise ModelFileError(f"{path.name} is damaged ({err}); use an earlier copy of the model") from None
+        except (ValueError, OSError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise ModelFileError(f"{path.name} has damaged napari-unet metadata: {err}") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("format_version", 0), int):
         raise ModelFileError(f"{path.name} has damaged napari-unet metadata (not a format-versioned JSON object)")
     return meta
@@ -177,8 +186,6 @@ def load_model(path) -> UNetModel:
         raise ModelFileError(f"{path.name} could not be loaded: {str(err).splitlines()[0]}") from None
     except zipfile.BadZipFile as err:  # bytes of Keras' own entries damaged (a bad copy or disk)
         raise ModelFileError(f"{path.name} is damaged ({err}); use an earlier copy of the model") from None
-    except (RuntimeError, NotImplementedError) as err:  # an encrypted entry, or a compression zipfile cannot read
-        raise ModelFileError(f"{path.name} could not be loaded: {err}") from None
     _check_network(keras_model, config, path.name)
     damaged = next((w.path for w in keras_model.weights if not np.isfinite(keras.ops.convert_to_numpy(w)).all()), None)
     if damaged is not None:

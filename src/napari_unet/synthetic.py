@@ -119,6 +119,8 @@ def make_em_stack(
     image : uint8 (Z, Y, X); dark membranes on a lighter, textured cytoplasm.
     labels : uint8 (Z, Y, X); 0 = membrane, 255 = cell interior.
     """
+    from skimage import segmentation  # here: importing the module stays light for napari's sample menu
+
     n_slices = int(n_slices)
     if n_slices < 1:
         raise ValueError(f"n_slices must be at least 1, got {n_slices}")
@@ -179,13 +181,7 @@ def make_em_stack(
         cell_id[z] = cell
         # Both pixels of every differing neighbour pair: the wall line runs between them, so a
         # pixel at distance d from the marks is ~d + 0.5 from the wall.
-        wall = np.zeros((ny, nx), bool)
-        step_x = cell[:, 1:] != cell[:, :-1]
-        step_y = cell[1:, :] != cell[:-1, :]
-        wall[:, 1:] |= step_x
-        wall[:, :-1] |= step_x
-        wall[1:, :] |= step_y
-        wall[:-1, :] |= step_y
+        wall = segmentation.find_boundaries(cell, connectivity=1, mode="thick")
         wall_dist[z] = ndimage.distance_transform_edt(~wall) + 0.5 if wall.any() else np.inf
     membrane = wall_dist < width / 2.0
     labels = np.where(membrane, np.uint8(0), np.uint8(255))

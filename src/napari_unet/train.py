@@ -31,7 +31,7 @@ from .data import (
     normalize,
     prefetch,
 )
-from .labels import MAX_CLASSES, LabelError, check_class_count, check_trainable, layer_order, to_indices
+from .labels import check_class_count, check_trainable, layer_order, to_indices
 from .model import BatchNormStatistics, build_unet, import_keras, masked_loss, recompute_batch_norm_statistics
 from .metrics import dice_per_class, pixel_error
 from .model_io import UNetModel
@@ -581,7 +581,9 @@ def train_events(
     use_ema = train_config.ema_momentum > 0
     # While training runs the result holds the trainer's network (live weights, used by validation); at the end
     # it holds its own network with the final weights.
-    result = UNetModel(keras_model, model_config, class_values, percentiles, train_config, boundary_value=boundary_value)
+    # a fine-tuned model keeps its own normalisation: its file must not record the caller's percentiles beside it
+    result = UNetModel(keras_model, model_config, class_values, percentiles, train_config.replace(percentiles=percentiles),
+                       boundary_value=boundary_value)
     if init is not None and init.intensity_profile is not None:
         # fine-tuning keeps the images the network was first trained on: a Retrain's focus copies of one slice
         # would otherwise be most of the slices sampled (the profile of a Duke stack moved by 0.07)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
 import numpy as np
 
@@ -88,7 +88,7 @@ def train_job(image, labels, model_config, train_config, init=None, stop=None, a
     """
     from napari_unet.hardware import AUTO, resolve_depth
     from napari_unet.predict import agreement
-    from napari_unet.train import TrainingFinished, train_events
+    from napari_unet.train import TrainingFinished, TrainingFinishing, train_events
 
     lower_thread_priority()
     load_tensorflow()
@@ -99,6 +99,8 @@ def train_job(image, labels, model_config, train_config, init=None, stop=None, a
                 model_config = settled
         final = None
         for final in train_events(image, labels, model_config, train_config, init=init, stop=stop, pixel_weights=pixel_weights):
+            if isinstance(final, TrainingFinishing):
+                _answer_hardware_questions()
             yield final
         if check is not None and isinstance(final, TrainingFinished) and final.steps > 0:
             try:
@@ -161,13 +163,27 @@ def relay(events):
     yield from events
 
 
+def _answer_hardware_questions() -> None:
+    """Ask for a GPU and time bfloat16 convolutions here, once per process (cached), so that the inference widget's
+    "auto = ..." hint, shown when the model arrives, does not spend 0.2-0.3 s of the GUI thread on them. Best effort:
+    a failure leaves the question to the hint."""
+    from napari_unet.hardware import explain_auto_tta
+
+    try:
+        explain_auto_tta()
+    except Exception:
+        _log.exception("napari-unet: timing bfloat16 convolutions failed")
+
+
 def load_job(path) -> "UNetModel | Failed":
     from napari_unet.model_io import load_model
 
     lower_thread_priority()
     load_tensorflow()
     try:
-        return load_model(path)
+        model = load_model(path)
+        _answer_hardware_questions()
+        return model
     except EXPECTED as err:
         return Failed(str(err))
     except Exception as err:  # any unreadable file: a message, never a crash

@@ -151,6 +151,8 @@ def prepare_retrain(viewer, session, image_layer, labels_layer, zero_is_unannota
     unused = [x.name for x in corrected_layers if x is not prediction]
     if unused:  # one prediction layer's corrections per Retrain
         note += f"; the corrections on {', '.join(map(repr, unused))} are not used (select that layer to retrain on it)"
+    for misfit in misfits:
+        note += f"; {misfit.name!r} {tuple(misfit.data.shape)} is another image's prediction and is not used"
     return TrainJob(data.image, data.labels, None, train_config.replace(ignore_value=data.ignore), model, names, colormap, note,
                     pixel_weights=data.pixel_weights, check=correction_check(image, values, corrected))
 
