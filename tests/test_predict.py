@@ -85,8 +85,9 @@ def test_tiles_start_on_the_pooling_grid_whatever_the_image_size(monkeypatch, he
     assert all(start % multiple == 0 for axis in starts for start in axis) and len(starts[0]) > 1
     inner = (slice(None), slice(16, -16), slice(16, -16))  # away from the image's own borders
     # old code, same sizes: 0.992-0.995 of the labels equal, probabilities up to 0.18-0.33 apart; now 0.9975 and 0.12
+    # (AMX Xeon, Zen 5); the tiny network trains to other weights on AMD Zen 4: 0.9978 and 0.153 there (session 45)
     assert np.mean(whole.labels[inner] == tiled.labels[inner]) > 0.9965
-    assert np.abs(whole.probabilities[inner] - tiled.probabilities[inner]).max() < 0.15
+    assert np.abs(whole.probabilities[inner] - tiled.probabilities[inner]).max() < 0.17
 
 
 def test_odd_sizes_and_tta():

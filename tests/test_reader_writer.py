@@ -508,3 +508,21 @@ def test_a_saved_labels_layer_keeps_its_translate(tmp_path, class_values):
     assert kwargs["translate"] == (3.0, 10.0, -3.5) and kwargs["scale"] == (1.0, 0.5, 0.5)
     [unshifted] = write_labels(str(tmp_path / "q.tif"), display, {**meta, "translate": (0.0, 0.0, 0.0)})
     assert "translate" not in get_reader(unshifted)(unshifted)[0][1]  # nothing recorded for the default
+
+
+def test_every_manifest_command_resolves_through_npe2():
+    """The widget package's __init__ became lazy (PEP 562): its classes must still resolve as npe2 imports them."""
+    from npe2 import PluginManager
+    from npe2.manifest.utils import import_python_name
+
+    manager = PluginManager.instance()
+    manager.discover()
+    manifest = manager.get_manifest("napari-unet")
+    names = {command.id: command.python_name for command in manifest.contributions.commands}
+    assert {"napari-unet.training_widget", "napari-unet.inference_widget"} <= set(names)
+    for command_id, python_name in names.items():
+        assert callable(import_python_name(python_name)), command_id
+    from napari_unet._widgets import InferenceWidget, TrainingWidget
+
+    assert import_python_name(names["napari-unet.training_widget"]) is TrainingWidget
+    assert import_python_name(names["napari-unet.inference_widget"]) is InferenceWidget
