@@ -957,6 +957,15 @@ def test_saving_a_model_under_a_name_without_its_suffix_never_replaces_a_file_un
     monkeypatch.setattr(training_module.QFileDialog, "getSaveFileName", lambda *a, **k: (str(tmp_path / "new"), ""))
     training._ask_save()
     assert saved == [str(tmp_path / "new.keras")]
+    # the prediction's Save shares the rule (TIFF names in any case)
+    from napari_unet._widgets.outputs import name_with_suffix
+
+    (tmp_path / "pred.tif").write_bytes(b"a prediction")
+    statuses = []
+    status = SimpleNamespace(set_status=statuses.append)
+    assert name_with_suffix(tmp_path / "pred", (".tif", ".tiff"), status, ignore_case=True) is None and statuses
+    assert name_with_suffix(tmp_path / "P.TIF", (".tif", ".tiff"), status, ignore_case=True) == str(tmp_path / "P.TIF")
+    assert name_with_suffix(tmp_path / "other", (".tif", ".tiff"), status, ignore_case=True) == str(tmp_path / "other.tif")
 
 
 def test_the_status_names_the_window_validation_scores_on_large_slices(widgets, qtbot, monkeypatch, notifications):

@@ -469,13 +469,8 @@ def _series_info(tif: tifffile.TiffFile, series, data: np.ndarray) -> dict:
     units: list[str | None] = [None] * len(axes)
 
     def set_axis(letter: str, value, unit) -> None:
+        value = _positive_number(value)
         if letter not in axes or value is None:
-            return
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            return
-        if not math.isfinite(value) or value <= 0:
             return
         unit = _normalise_unit(unit)
         value, unit = _to_micrometres(value, unit)
@@ -709,7 +704,7 @@ def read_slices(paths: Sequence, source=None, lazy: bool = False, lazy_from_byte
     scale = (1.0, *[first.scale[i] for i in kept])
     units = (None, *[first.units[i] for i in kept])
     metadata = {k: v for k, v in first.metadata.items() if k in _LABEL_KEYS or k == "imagej"}
-    spacing = _positive_number(first.metadata.get("imagej", {}).get("spacing"))  # as set_axis takes it for one file
+    spacing = _positive_number(first.metadata.get("imagej", {}).get("spacing"))  # as set_axis takes one file's
     if new_axis == "Z" and spacing is not None:
         z_unit = _normalise_unit(first.metadata["imagej"].get("unit"))
         scale = (spacing, *scale[1:])

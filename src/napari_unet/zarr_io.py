@@ -129,15 +129,16 @@ class _CheckedChunks:
 
 
 def _check_label_metadata(metadata: dict, path) -> None:
-    """:class:`ZarrReadError` unless the store's class values are distinct whole numbers and its ignore value one."""
-    from .labels import _integer
+    """:class:`ZarrReadError` unless the store's class values are distinct whole numbers and its ignore value one
+    (checked as napari layers' metadata are)."""
+    from .labels import LabelError, metadata_class_values, metadata_ignore_value
 
-    raw = metadata.get("class_values")
-    values = [_integer(v) for v in raw] if isinstance(raw, list) else None
-    if raw is not None and (values is None or None in values or len(set(values)) != len(values)):
-        raise ZarrReadError(f"{path}: its {METADATA_KEY}.class_values {raw!r:.80} is not a list of distinct whole numbers")
-    if metadata.get("ignore_value") is not None and _integer(metadata["ignore_value"]) is None:
-        raise ZarrReadError(f"{path}: its {METADATA_KEY}.ignore_value {metadata['ignore_value']!r:.40} is not a whole number")
+    for key, check, what in (("class_values", metadata_class_values, "a list of distinct whole numbers"),
+                              ("ignore_value", metadata_ignore_value, "a whole number")):
+        try:
+            check(metadata, str(path))
+        except LabelError:
+            raise ZarrReadError(f"{path}: its {METADATA_KEY}.{key} {metadata[key]!r:.80} is not {what}") from None
 
 
 def _attributes(node) -> dict:

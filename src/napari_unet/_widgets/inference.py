@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -21,7 +20,7 @@ from napari_unet.predict import PredictionProgress, labels_dtype
 
 from .jobs import NETWORK_LABELS, Failed, Note, PredictionResult, predict_job, relay
 from .layers import Image, LayerCombo, current_slice, image_array
-from .outputs import prediction_layer_of, write_cells, write_prediction, write_probabilities
+from .outputs import name_with_suffix, prediction_layer_of, write_cells, write_prediction, write_probabilities
 from .progress import WORKER_FINISHED, InOrder, ProgressRow
 from .session import disconnect_when_destroyed, get_session, unwrap
 
@@ -416,12 +415,9 @@ class InferenceWidget(QWidget):
             path, _ = QFileDialog.getSaveFileName(self, "Save prediction", f"{layer.name}.tif", "TIFF (*.tif *.tiff)")
             if not path:
                 return None
-        if not str(path).lower().endswith((".tif", ".tiff")):  # the reader opens TIFF names only
-            path = f"{path}.tif"
-            if os.path.exists(path):  # the dialog asked about the name as typed, not about this one
-                show_warning(f"napari-unet: {path} exists; choose it with its .tif to replace it")
-                self.progress.set_status(f"Not saved: {path} exists.")
-                return None
+        path = name_with_suffix(path, (".tif", ".tiff"), self.progress, ignore_case=True)  # the reader opens TIFF names only
+        if path is None:
+            return None
         data, state, _ = layer.as_layer_data_tuple()
         try:
             [written] = write_labels(str(path), data, state)

@@ -9,11 +9,13 @@ duplicated copy (or a user's layer of that name) is the user's, and is left alon
 
 from __future__ import annotations
 
+import os
 import weakref
 from typing import Optional
 
 import numpy as np
 from napari.layers import Image, Labels
+from napari.utils.notifications import show_warning
 
 from napari_unet._reader import label_features
 from napari_unet.labels import PREDICTION_OUTPUT, to_display
@@ -45,6 +47,21 @@ def write_labels_undoable(layer, z: Optional[int], new: np.ndarray, keep: Option
         with layer.block_history():
             layer.data_setitem(indices, new[where])
     return changed
+
+
+def name_with_suffix(path, suffixes: tuple, progress, ignore_case: bool = False) -> Optional[str]:
+    """``path`` from a save dialog, with ``suffixes[0]`` added unless it ends in one of ``suffixes``; None (with a
+    warning and a status line) when the name with the added suffix exists: the dialog asked about replacing the name
+    as typed, not that file."""
+    path = str(path)
+    if (path.lower() if ignore_case else path).endswith(suffixes):
+        return path
+    named = path + suffixes[0]
+    if os.path.exists(named):
+        show_warning(f"napari-unet: {named} exists; choose it with its {suffixes[0]} to replace it")
+        progress.set_status(f"Not saved: {named} exists.")
+        return None
+    return named
 
 
 def prediction_layer_of(viewer, session, image_layer, accept=lambda layer: True):

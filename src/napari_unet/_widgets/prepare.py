@@ -107,10 +107,10 @@ def prepare_retrain(viewer, session, image_layer, labels_layer, zero_is_unannota
     if model is None:
         raise InputError("there is no model to retrain; train one or load a .keras file first")
     image, labels_layer = _image(image_layer, labels_layer)
-    corrected_layers = session.corrected_layers(image_layer)
     # a reopened prediction is matched to its image by name: one of another image of that name has another shape
-    misfits = [x for x in corrected_layers if tuple(x.data.shape) != tuple(image.shape)]
-    corrected_layers = [x for x in corrected_layers if not any(x is y for y in misfits)]
+    corrected_layers, misfits = [], []
+    for layer in session.corrected_layers(image_layer):
+        (corrected_layers if tuple(layer.data.shape) == tuple(image.shape) else misfits).append(layer)
     prediction = prediction_layer_of(viewer, session, image_layer, lambda x: any(x is y for y in corrected_layers))
     if prediction is None and misfits:
         raise InputError(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -21,6 +20,7 @@ from napari_unet.train import EpochEnd, TrainingFinished, TrainingFinishing, Tra
 
 from .jobs import CorrectionsLearned, Failed, format_seconds, relay, train_job
 from .layers import Image, Labels, LayerCombo
+from .outputs import name_with_suffix
 from .prepare import ZERO_BOX, TrainJob, prepare_retrain, prepare_train
 from .plot import LossPlot
 from .progress import WORKER_FINISHED, InOrder, ProgressRow
@@ -283,15 +283,9 @@ class TrainingWidget(QWidget):
     # ---- files -------------------------------------------------------------------------------
     def _ask_save(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save U-Net model", "unet.keras", "Keras model (*.keras)")
-        if not path:
-            return
-        if not path.endswith(".keras"):  # the loader opens .keras names only
-            path += ".keras"
-            if os.path.exists(path):  # the dialog asked about the name as typed, not about this one
-                show_warning(f"napari-unet: {path} exists; choose it with its .keras to replace it")
-                self.progress.set_status(f"Not saved: {path} exists.")
-                return
-        self.save_model(path)
+        path = name_with_suffix(path, (".keras",), self.progress) if path else None  # the loader opens .keras names only
+        if path is not None:
+            self.save_model(path)
 
     def _ask_load(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Load U-Net model", "", "Keras model (*.keras)")
