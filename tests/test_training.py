@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from _helpers import stripes, tiny_configs
-from napari_unet.data import InputError
+from napari_unet.data import InputError, normalize
 from napari_unet.labels import LabelError
 from napari_unet.metrics import dice_per_class
 from napari_unet.predict import predict
@@ -323,6 +323,30 @@ def test_single_image_validates_on_held_out_columns():
     assert events[-1].history[0]["val_loss"] is not None
 
 
+def test_one_image_validates_on_its_last_columns_normalised_with_the_whole_image(monkeypatch):
+    # The last columns were normalised on their own: the OCT scan's last fifth has its 99.8th percentile at 149 where
+    # the scan's is at 200, so validation (and the membrane rule tuned there) saw another contrast than predict gives.
+    import napari_unet.train as train_module
+
+    image, labels = stripes(n_slices=1, size=128)
+    image = image[0].astype(np.float32)
+    image[:, :40] *= 3.0  # bright left columns: percentiles of the whole image, not of the last columns
+    seen = []
+
+    def spy(model, images, **kwargs):
+        seen.append((np.array(images), kwargs.get("normalized"), list(kwargs.get("slices"))))
+        return predict(model, images, **kwargs)
+
+    monkeypatch.setattr(train_module, "predict", spy)
+    model_config, train_config = tiny_configs(epochs=2, steps_per_epoch=2)
+    events = list(train_events(image, labels[0], model_config, train_config))
+    cut = events[0].val_column
+    whole = normalize(image, events[-1].model.percentiles)
+    assert cut == 96 and len(seen) >= 2  # each epoch, and the membrane rule
+    assert all(normalized and slices == [0] and np.array_equal(array, whole[None, :, cut:]) for array, normalized, slices in seen)
+    assert not np.allclose(whole[:, cut:], normalize(image[:, cut:], events[-1].model.percentiles), atol=0.05)
+
+
 def test_large_slices_validate_on_a_window_and_the_membrane_rule_is_tuned_there(monkeypatch):
     # 20 x 2048² slices: every epoch's validation predicted whole slices (22 s, 1.5 GB), the rule 68 s more
     import napari_unet.train as train_module
@@ -340,7 +364,7 @@ def test_large_slices_validate_on_a_window_and_the_membrane_rule_is_tuned_there(
     # at most VALIDATION_PIXELS // 48² = 4 slices (not the 6 asked for), each a 48 x 48 window of the 96² slice
     assert started.val_slices == [4, 5, 6, 7] and started.train_slices == [0, 1, 2, 3]
     assert started.val_window == (16, 64, 16, 64) and "a window of 48 x 48 pixels, rows 16-63" in started.validation
-    assert scored == [((8, 48, 48), [4, 5, 6, 7], (4, 48, 48))]
+    assert scored == [((4, 48, 48), [0, 1, 2, 3], (4, 48, 48))]  # the windows of the 4 validation slices
     assert final.model.boundary_rule is not None  # tuned on the window, which is fully annotated
 
 
@@ -520,7 +544,7 @@ def test_context_model_learns_from_the_neighbouring_slice():
     assert dice_per_class(result.labels[0], labels[held_out], [0, 255])[0] > 0.6
 
 
-def test_local_contrast_model_learns_a_pale_region_and_validates_on_raw_images(monkeypatch):
+def test_local_contrast_model_learns_a_pale_region_and_validates_on_whole_normalised_slices(monkeypatch):
     from dataclasses import replace
 
     import napari_unet.train as train_module
@@ -531,15 +555,16 @@ def test_local_contrast_model_learns_a_pale_region_and_validates_on_raw_images(m
     seen = []
 
     def spy(model, images, **kwargs):
-        seen.append(np.asarray(images))
+        seen.append((np.array(images), kwargs.get("normalized"), list(kwargs.get("slices"))))
         return predict(model, images, **kwargs)
 
     monkeypatch.setattr(train_module, "predict", spy)
     model_config, train_config = tiny_configs(epochs=4, steps_per_epoch=15, val_fraction=0.2)
     final = train(image, labels, replace(model_config, local_contrast_sigma=8.0), train_config)
     assert final.model.config.local_contrast_sigma == 8.0
-    # validation and the membrane rule see the images as a user's predict does: raw, normalised once by predict
-    assert seen and all(array.dtype == np.uint8 and np.array_equal(array, image) for array in seen)
+    # validation and the membrane rule see slice 4 as a user's predict does: normalised once, local contrast included
+    once = normalize(image[4], final.model.percentiles, 8.0)
+    assert seen and all(normalized and slices == [0] and np.array_equal(array, once[None]) for array, normalized, slices in seen)
     result = predict(final.model, image[4], tta=False)
     assert dice_per_class(result.labels[:, 48:], labels[4, :, 48:], [0, 255])[0] > 0.6
 

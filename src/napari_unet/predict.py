@@ -247,6 +247,7 @@ def predict_events(
     folded: bool = True,
     labels_out: Optional[np.ndarray] = None,
     probabilities_out: Optional[np.ndarray] = None,
+    normalized: bool = False,
 ) -> Iterator[Union[PredictionProgress, Prediction]]:
     """Predict ``image`` ((Y, X) or (Z, Y, X), any real dtype, numpy or dask) tile by tile.
 
@@ -275,6 +276,8 @@ def predict_events(
     ``labels_out`` / ``probabilities_out``: arrays of the result's shapes (dtype :func:`labels_dtype` / float32) to
     write into instead of new ones, e.g. ``np.memmap`` files for stacks larger than memory; the
     :class:`Prediction` then holds them. ``probabilities_out`` implies ``return_probabilities``.
+    ``normalized=True``: ``image`` is float32 already normalised as the model normalises it (:func:`napari_unet.data.normalize`
+    of whole planes with ``model.percentiles`` and its local contrast), e.g. validation windows cut from whole slices.
     """
     shape = tuple(np.shape(image))
     colour = bool(shape) and shape[-1] in (3, 4)  # (Y, X, 3|4) would otherwise pass for a stack of narrow slices
@@ -342,7 +345,9 @@ def predict_events(
         """Slice z normalised, downscaled and padded to (padded_h, padded_w) float32."""
         plane = np.asarray(image if len(shape) == 2 else image[z])
         plane = check_image(plane)[0]
-        plane = downscale_image(normalize(plane, model.percentiles, model.config.local_contrast_sigma), factor)
+        if not normalized:
+            plane = normalize(plane, model.percentiles, model.config.local_contrast_sigma)
+        plane = downscale_image(plane, factor)
         if padded_h > net_h or padded_w > net_w:
             mode = "reflect" if min(net_h, net_w) > 1 else "edge"
             plane = np.pad(plane, ((0, padded_h - net_h), (0, padded_w - net_w)), mode=mode)

@@ -307,7 +307,7 @@ def _validation_scores(model: UNetModel, images, slices, indices, loss_weights) 
     # The training network itself: an inference copy with batch norm folded in would be built and traced anew
     # each epoch (2.0-2.3 s instead of 1.3-1.6 s for 3 ISBI slices on a 2-core CPU, same loss).
     probabilities = predict(model, images, return_probabilities=True, slices=slices, tta=False, folded=False,
-                            close_boundaries=False).probabilities  # no membrane rule or layer order: scored on probabilities
+                            close_boundaries=False, normalized=True).probabilities  # no membrane rule or layer order: scored on probabilities
     annotated = indices >= 0
     if not annotated.any():
         return float("nan"), {}
@@ -485,28 +485,28 @@ def train_events(
     max_val_slices = VALIDATION_PIXELS // (min(height, VALIDATION_MIN_SIDE) * min(width, VALIDATION_MIN_SIDE))
     train_slices, val_slices = split_validation(annotated_slices, train_config.val_fraction, max_val_slices)
     train_indices = indices[train_slices]
-    # Validation predicts the val_planes of val_images (all slices, so that context slices are at hand). They are
-    # the raw images: predict normalises as it does for users (normalising twice is not the identity once
-    # local contrast is on).
-    val_images, val_planes, val_indices = image_stack, list(val_slices), indices[val_slices]
+    # Validation scores val_indices: the val_rows x val_columns of val_slices (the annotated ones) or, for one
+    # annotated image, of its last columns.
+    val_indices, val_rows, val_columns = indices[val_slices], slice(None), slice(None)
     val_column, val_window = None, None
     if not val_slices and train_config.val_fraction > 0 and width >= 64:
         # One annotated image: validate on its last columns, train on the rest.
         cut = validation_column(width, train_config.val_fraction, model_config.size_multiple)
-        val_images, val_planes, val_indices = image_stack[:, :, cut:], list(train_slices), indices[train_slices, :, cut:]
+        val_indices, val_columns = indices[train_slices, :, cut:], slice(cut, None)
         train_indices = indices[train_slices].copy()
         train_indices[:, :, cut:] = -1
         val_column = cut
         if not (train_indices >= 0).any() or not (val_indices >= 0).any():
-            val_images, val_indices, train_indices, val_column = None, None, indices[train_slices], None
+            val_indices, train_indices, val_column, val_columns = None, indices[train_slices], None, slice(None)
     window = None
     if val_indices is not None and len(val_indices):
         window = validation_window(val_indices >= 0, VALIDATION_PIXELS, VALIDATION_MIN_SIDE)
     if window is not None:  # validation time and memory do not grow with the slices' size
         y0, y1, x0, x1 = window
-        val_images, val_indices = val_images[:, y0:y1, x0:x1], val_indices[:, y0:y1, x0:x1]
+        val_indices = val_indices[:, y0:y1, x0:x1]
         offset = val_column or 0
         val_window = (y0, y1, x0 + offset, x1 + offset)
+        val_rows, val_columns = slice(y0, y1), slice(x0 + offset, x1 + offset)
     has_validation = val_indices is not None and len(val_indices) and (val_indices >= 0).any()
 
     weights = class_weights(train_indices, model_config.n_classes, train_config.class_weighting)
@@ -526,6 +526,18 @@ def train_events(
         sampled_images, sampled_indices = _normalize_slices(image_stack, train_slices, percentiles, sigma), train_indices
         sampled_weights = None if extra_weights is None else extra_weights[train_slices]
         batch_norm_slices = list(range(len(train_slices)))
+    # Validation predicts the val_planes of val_images: windows of whole planes normalised as predict normalises
+    # them for users (a window or the last columns normalised on their own had other percentiles: an OCT scan's
+    # last fifth 149 where the scan's is 200), with neighbouring slices at hand for context models.
+    val_images, val_planes = None, []
+    if has_validation:
+        if model_config.context_slices:  # sampled_images: every slice normalised
+            val_images, val_planes = sampled_images[:, val_rows, val_columns], list(val_slices or train_slices)
+        elif val_column is not None:  # sampled_images: the training slices normalised, which also validate
+            val_images, val_planes = sampled_images[:, val_rows, val_columns], list(range(len(train_slices)))
+        else:
+            val_images = np.stack([normalize(image_stack[z], percentiles, sigma)[val_rows, val_columns] for z in val_slices])
+            val_planes = list(range(len(val_slices)))
     net_images, net_indices = downscale_image(sampled_images, factor), downscale_labels(sampled_indices, factor)
     net_weights = None if sampled_weights is None else downscale_image(sampled_weights, factor)  # float32
     if boundary_value is not None and train_config.border_weight > 0:
@@ -685,7 +697,7 @@ def train_events(
         # Membranes: on the (fully annotated) validation slices, the threshold with the lowest pixel
         # error and the gap closing with the best V_rand. Without test-time augmentation, so that the model
         # file does not depend on the machine (on ISBI both chose the same rule for all 8 models measured).
-        probabilities = predict(result, val_images, close_boundaries=False, slices=val_planes, tta=False).probabilities
+        probabilities = predict(result, val_images, close_boundaries=False, slices=val_planes, tta=False, normalized=True).probabilities
         probabilities = probabilities[..., boundary_index]
         result.boundary_rule, boundary_v_rand = tune_boundary_rule(
             probabilities, val_indices != boundary_index, closings=candidate_closings(train_config.merge_levels)
