@@ -211,3 +211,27 @@ print("ok")
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("config", [
+    ModelConfig(depth=2, base_filters=8),
+    ModelConfig(depth=3, base_filters=8, batch_norm=False, pre_head_filters=2, upsampling="transpose", context_slices=1, n_classes=3),
+    ModelConfig(depth=2, base_filters=4, head="sigmoid"),
+], ids=["small", "every-option", "sigmoid"])
+def test_parameter_count_is_the_built_networks_without_building_it(config):
+    from napari_unet.model import parameter_count
+
+    assert parameter_count(config) == build_unet(config).count_params()
+
+
+def test_training_memory_grows_with_the_network_and_the_batch():
+    from napari_unet.model import parameter_count, training_memory_bytes
+
+    default, huge = ModelConfig(depth=4, base_filters=32), ModelConfig(depth=6, base_filters=128)
+    assert parameter_count(preset("classic").model) == 31_031_685  # the seed's, as model.summary() gives it
+    assert parameter_count(huge) > 1.9e9  # the configuration that took all 24 GB of a machine
+    small = training_memory_bytes(default, batch_size=4, patch_size=256)
+    assert 1e9 < small < 4e9
+    assert training_memory_bytes(default, batch_size=4, patch_size=256, mixed_precision=True) < small  # bfloat16 activations
+    assert training_memory_bytes(default, batch_size=8, patch_size=256) > small
+    assert training_memory_bytes(huge, batch_size=4, patch_size=256) > 60e9  # 2 billion weights, 31 bytes each

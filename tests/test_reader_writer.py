@@ -526,3 +526,31 @@ def test_every_manifest_command_resolves_through_npe2():
 
     assert import_python_name(names["napari-unet.training_widget"]) is TrainingWidget
     assert import_python_name(names["napari-unet.inference_widget"]) is InferenceWidget
+
+
+def test_a_damaged_record_of_reviewed_pixels_is_named_not_read_as_nothing_painted(tmp_path, monkeypatch):
+    # it read as "no painted pixel": the CLI told the user to paint corrections that were in the file, and napari
+    # reopened the layer with the corrections silently counted as unreviewed predictions
+    from napari_unet import _reader, tiff_io
+    from napari_unet.cli import CommandError, read_label_stack
+
+    display = to_display(isbi_like_labels(), [0, 255])
+    reviewed = np.zeros(display.shape, bool)
+    reviewed[0, 2:10, 3:12] = True
+    meta = {"metadata": {"class_values": [0, 255], "napari_unet": {"output": "prediction", "image": "EM", "reviewed": reviewed}}}
+    with monkeypatch.context() as patch:
+        patch.setattr(tiff_io, "encode_mask", lambda mask: {"shape": list(mask.shape), "zlib_bits": "bm90IHpsaWI="})
+        write_labels(str(tmp_path / "damaged.tif"), display, meta)
+    back = read_tiff(tmp_path / "damaged.tif")
+    assert back.metadata["damaged_masks"] == ["reviewed"] and "reviewed" not in back.metadata
+    with pytest.raises(CommandError, match="record of the painted and reviewed pixels is damaged"):
+        read_label_stack(tmp_path / "damaged.tif", "labels")
+    warned = []
+    monkeypatch.setattr(_reader, "_notify_warning", warned.append)
+    [(display_again, kwargs, kind)] = read(tmp_path / "damaged.tif")
+    assert kind == "labels" and np.array_equal(display_again, display)
+    assert len(warned) == 1 and "damaged: the record of the pixels painted or marked reviewed" in warned[0]
+    write_labels(str(tmp_path / "intact.tif"), display, meta)  # an intact record: no name, no warning
+    assert "damaged_masks" not in read_tiff(tmp_path / "intact.tif").metadata
+    read(tmp_path / "intact.tif")
+    assert len(warned) == 1

@@ -706,3 +706,30 @@ def test_a_network_of_several_channels_and_a_colour_like_stack_are_refused_befor
     narrow = np.zeros((3, 64, 4), np.uint8)  # trained an epoch, then its validation refused it as RGB
     with pytest.raises(InputError, match="RGB image with colours last"):
         next(train_events(narrow, narrow, model_config, train_config))
+
+
+def test_a_network_too_large_for_the_memory_left_is_refused_before_it_is_built(monkeypatch):
+    # depth 6 with 128 filters (2 billion weights) grew to 24 GB, and the system killed the process: in napari, the
+    # viewer with the user's unsaved layers
+    from dataclasses import replace
+
+    import napari_unet.model
+    import napari_unet.train as train_module
+    from napari_unet.config import ConfigError
+
+    built = []
+    monkeypatch.setattr(train_module, "build_unet", lambda *a, **k: built.append(a) or napari_unet.model.build_unet(*a, **k))
+    monkeypatch.setattr(train_module.hardware, "available_memory_bytes", lambda: 8 * 2**30)
+    image, labels = stripes(n_slices=2, size=128)
+    model_config, train_config = tiny_configs(epochs=1, steps_per_epoch=1, patch_size=128)
+    with pytest.raises(ConfigError, match=r"depth 6, 128 filters: 1,991 million weights.*more than the 8.0 GB free"):
+        train(image, labels, replace(model_config, depth=6, base_filters=128), train_config)
+    assert built == []
+    assert train(image, labels, model_config, train_config).model is not None  # a small network fits
+
+
+def test_durations_read_the_same_in_the_command_line_and_the_widgets():
+    from napari_unet.train import format_seconds
+
+    # the command line truncated (0:59 for 59.6 s) and had no hours (61:40), the widgets rounded and had them
+    assert [format_seconds(s) for s in (None, -3, 0.4, 59.6, 61, 3700, 36000)] == ["?", "0:00", "0:00", "1:00", "1:01", "1:01:40", "10:00:00"]

@@ -287,6 +287,11 @@ def _labels_layer(tiff: TiffData) -> LayerDataTuple | None:
             layer_meta["napari_unet"]["reviewed"] = reviewed
             if isinstance(accepted, np.ndarray) and accepted.shape == display.shape:
                 layer_meta["napari_unet"]["accepted_mask"] = accepted
+        if "reviewed" in meta.get("damaged_masks", ()):
+            _notify_warning(
+                f"napari-unet: {tiff.name}: the record of the pixels painted or marked reviewed before it was saved is "
+                "damaged; they count as unreviewed predictions until painted or marked reviewed again"
+            )
     kwargs = _spatial_kwargs(tiff.axes, tiff.scale, tiff.units, drop="S", translate=meta.get("translate"))
     kwargs["name"] = tiff.name
     kwargs["metadata"] = layer_meta

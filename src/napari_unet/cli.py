@@ -345,6 +345,12 @@ def read_label_stack(path, what: str, ignore_value=None) -> tuple[np.ndarray, in
             notes.append(f"{what} {name}: value {ignore_value} = not annotated, as the file records (--ignore-value to choose)")
     if isinstance(metadata.get("predicted_from"), str):
         reviewed = metadata.get("reviewed")
+        if "reviewed" in metadata.get("damaged_masks", ()):
+            raise CommandError(
+                f"{what} {name} is a prediction of {metadata['predicted_from']!r} saved from napari whose record of the "
+                "painted and reviewed pixels is damaged, so its corrections cannot be told from the prediction; to "
+                "train on every pixel as it is, save its labels again as a plain TIFF (e.g. tifffile.imwrite)"
+            )
         if reviewed is None or not reviewed.any():
             raise CommandError(
                 f"{what} {name} is a prediction of {metadata['predicted_from']!r} saved from napari with no painted or "
@@ -359,13 +365,6 @@ def read_label_stack(path, what: str, ignore_value=None) -> tuple[np.ndarray, in
             f"{int(reviewed.sum())} painted or reviewed pixels count as annotations"
         )
     return labels, ignore_value, notes
-
-
-def _format_seconds(seconds: float | None) -> str:
-    if seconds is None:  # not known yet (after the first training step)
-        return "?"
-    seconds = int(max(seconds, 0))
-    return f"{seconds // 60:d}:{seconds % 60:02d}"
 
 
 class ProgressLine:
@@ -431,7 +430,7 @@ PREPARING_NOTE_PIXELS = 1 << 24
 
 def run_training(image, labels, model_config, train_config, init=None, quiet=False):
     """Drain training events with a terminal progress line; returns the start and finish events."""
-    from .train import EpochEnd, TrainingFinished, TrainingFinishing, TrainingStarted, TrainingStep, train_events
+    from .train import EpochEnd, TrainingFinished, TrainingFinishing, TrainingStarted, TrainingStep, format_seconds, train_events
 
     progress = ProgressLine()
     started = final = None
@@ -456,7 +455,7 @@ def run_training(image, labels, model_config, train_config, init=None, quiet=Fal
             progress.show(
                 fraction,
                 f"epoch {event.epoch} step {event.step} loss {event.loss:.4f}{last_val} "
-                f"elapsed {_format_seconds(event.elapsed)} ETA {_format_seconds(event.eta)}",
+                f"elapsed {format_seconds(event.elapsed)} ETA {format_seconds(event.eta)}",
             )
         elif isinstance(event, TrainingFinishing) and not quiet:
             rule = ", choosing the membrane rule" if event.tunes_rule else ""
@@ -552,6 +551,7 @@ def cmd_train(args) -> int:
 def cmd_predict(args) -> int:
     from .model_io import load_model
     from .predict import labels_dtype, predict_events
+    from .train import format_seconds
     from .zarr_io import is_zarr_name
 
     inputs, suffixes = (args.model, args.image), (".tif", ".tiff")
@@ -600,7 +600,7 @@ def cmd_predict(args) -> int:
             return_probabilities=False,
         ):
             if hasattr(event, "done"):
-                progress.show(event.done / event.total, f"tile {event.done}/{event.total} ETA {_format_seconds(event.eta)}")
+                progress.show(event.done / event.total, f"tile {event.done}/{event.total} ETA {format_seconds(event.eta)}")
             else:
                 result = event
         progress.done()
@@ -637,6 +637,7 @@ def _note_intensities(image, model) -> None:
 def _predict_chunked(args, image, output: Path, probabilities_file: Path | None, pixel_size: dict | None = None) -> int:
     """``predict`` into zarr stores, chunk by chunk: here, or on the dask cluster of ``--scheduler``."""
     from .chunked import ModelSource, default_slices_per_chunk, predict_chunked, store_events
+    from .train import format_seconds
     from .zarr_io import commit_zarr, create_zarr, discard_zarr, is_zarr_path
 
     source = ModelSource(args.model)
@@ -665,7 +666,7 @@ def _predict_chunked(args, image, output: Path, probabilities_file: Path | None,
             progress = ProgressLine()
             try:
                 for event in store_events(prediction, partials[0], partials[1] if len(partials) > 1 else None, client=client):
-                    progress.show(event.done / event.total, f"chunk {event.done}/{event.total} ETA {_format_seconds(event.eta)}")
+                    progress.show(event.done / event.total, f"chunk {event.done}/{event.total} ETA {format_seconds(event.eta)}")
             except Exception as err:
                 _raise_cluster_failure(err)
                 raise

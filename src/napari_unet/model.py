@@ -40,6 +40,57 @@ def import_keras():
 BATCH_NORM_MOMENTUM = 0.9
 
 
+def parameter_count(config: ModelConfig) -> int:
+    """Weights of :func:`build_unet`'s network for ``config`` (trainable and batch-norm statistics), without building it."""
+
+    def conv(c_in, c_out, k, bias=True):
+        return k * k * c_in * c_out + (c_out if bias else 0)
+
+    def block(c_in, filters):
+        extra = 4 * filters if config.batch_norm else 0  # gamma, beta, moving mean and variance
+        return conv(c_in, filters, 3, not config.batch_norm) + conv(filters, filters, 3, not config.batch_norm) + 2 * extra
+
+    filters = [config.base_filters * 2**level for level in range(config.depth + 1)]
+    total, channels = 0, config.network_channels
+    for level in range(config.depth):
+        total, channels = total + block(channels, filters[level]), filters[level]
+    total += block(channels, filters[-1])
+    for level in reversed(range(config.depth)):
+        total += conv(filters[level + 1], filters[level], 2) + block(2 * filters[level], filters[level])
+    last = filters[0]
+    if config.pre_head_filters:
+        total, last = total + conv(last, config.pre_head_filters, 3), config.pre_head_filters
+    return total + conv(last, config.output_channels, 1)
+
+
+def activation_count(config: ModelConfig, patch_size: int) -> int:
+    """Values the convolution blocks of :func:`build_unet` output for one ``patch_size``² patch: pixels times filters
+    summed over the blocks (the down and up block of each level, and the bottom one)."""
+    total = 0
+    for level in range(config.depth + 1):
+        pixels = (patch_size // 2**level) ** 2
+        total += pixels * config.base_filters * 2**level * (1 if level == config.depth else 2)
+    return total
+
+
+#: :func:`training_memory_bytes`'s terms, fitted to the peak resident memory of 3-step trainings of 30 thousand to 124
+#: million weights at 256² and 512² (``benchmarks/bench_training_memory.py``, BENCHMARKS.md "Session 46": 0.96-1.09 times
+#: the measured peaks).
+TRAINING_BASE_BYTES = 0.8e9  # TensorFlow, Keras and the process itself
+TRAINING_BYTES_PER_PARAMETER = 31  # weights, gradients, Adam's two moments, oneDNN's reordered copies, kept copies
+TRAINING_BYTES_PER_ACTIVATION = {True: 27, False: 36}  # bfloat16 / float32 convolutions; per block output value
+
+
+def training_memory_bytes(config: ModelConfig, batch_size: int, patch_size: int, mixed_precision: bool = False) -> int:
+    """Estimated peak memory (bytes) of training ``config``'s network on batches of ``batch_size`` patches of
+    ``patch_size``²: TensorFlow itself, the weights with their gradients, optimizer moments and kept copies
+    (the best and averaged epochs, the delivered network), and the activations a step keeps for its gradients
+    (``mixed_precision``: bfloat16 convolutions). The images and labels are not counted."""
+    activations = batch_size * activation_count(config, patch_size)
+    return int(TRAINING_BASE_BYTES + TRAINING_BYTES_PER_PARAMETER * parameter_count(config)
+               + TRAINING_BYTES_PER_ACTIVATION[bool(mixed_precision)] * activations)
+
+
 def build_unet(config: ModelConfig, mixed_precision: bool = False, seed: int | None = None):
     """A Keras U-Net for ``config``: input (None, None, network_channels) float32, output probabilities.
 

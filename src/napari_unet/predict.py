@@ -431,6 +431,21 @@ def _output_array(out, shape: tuple, dtype, is_2d: bool, name: str) -> np.ndarra
     return out[np.newaxis] if is_2d else out
 
 
+def check_layer_memory(model: UNetModel, shape: tuple, name: str, probabilities: bool, instances: bool,
+                       available: Optional[int]) -> None:
+    """:class:`InputError` if the in-memory outputs of predicting an image of ``shape`` (labels; ``probabilities``,
+    float32 per class; cell ``instances``, int32), twice over for the viewer's copies, need more than ``available``
+    bytes (None: unknown, no check): better a message than a viewer the system kills with the user's layers."""
+    per_pixel = labels_dtype(model).itemsize + (4 * model.config.n_classes if probabilities else 0) + (4 if instances else 0)
+    needed = 2 * int(np.prod(shape)) * per_pixel
+    if available is not None and needed > available:
+        raise InputError(
+            f"predicting {name!r} {tuple(shape)} needs about {needed / 2**30:.1f} GB for its output layers, more than the "
+            f"{available / 2**30:.1f} GB free: leave out the probabilities or cell instances, or use "
+            "`napari-unet predict`, which streams a stack of any size to disk"
+        )
+
+
 def intensity_note(image, model) -> Optional[str]:
     """A warning when ``image`` ((Y, X) or (Z, Y, X), numpy or dask; up to 8 slices are read) has intensities unlike
     ``model``'s training images, else None. ``model``: a :class:`UNetModel` or anything with its ``intensity_profile``,

@@ -14,7 +14,8 @@ for dtypes ImageJ cannot hold. :func:`read_tiff` returns these keys at the top l
 ``TiffData.metadata``. A prediction layer saved from napari also stores the name of the image it was
 predicted from (``predicted_from``), the pixels the user painted or accepted (``reviewed``, a bool
 mask of the array's shape, stored as zlib-compressed bits) and those of them only accepted with *Mark slice
-reviewed* (``accepted``, the same form), so that its corrections still count after the file is reopened.
+reviewed* (``accepted``, the same form), so that its corrections still count after the file is reopened. A mask
+recorded but unreadable (damaged, or of another shape) is named in ``damaged_masks`` instead.
 
 Every failure to read raises :class:`TiffReadError` (a ``ValueError``) with a one-line message.
 """
@@ -555,6 +556,8 @@ def _series_info(tif: tifffile.TiffFile, series, data: np.ndarray) -> dict:
             mask = decode_mask(label_meta.get(key), data.shape)
             if mask is not None:
                 metadata[key] = mask
+            elif key in label_meta:  # recorded but unreadable: not the same as "nothing painted"
+                metadata.setdefault("damaged_masks", []).append(key)
     if isinstance(metadata.get("class_values"), list):
         values = [int(v) for v in metadata["class_values"]]
         names = metadata.get("class_names")

@@ -32,7 +32,10 @@ from .data import (
     prefetch,
 )
 from .labels import check_class_count, check_trainable, layer_order, to_indices
-from .model import BatchNormStatistics, build_unet, import_keras, masked_loss, recompute_batch_norm_statistics
+from .model import (
+    BatchNormStatistics, build_unet, import_keras, masked_loss, parameter_count, recompute_batch_norm_statistics,
+    training_memory_bytes,
+)
 from .metrics import dice_per_class, pixel_error
 from .model_io import UNetModel
 from .postprocess import candidate_closings, find_boundary_class, tune_boundary_rule
@@ -432,6 +435,24 @@ def _trainer_key(model_config: ModelConfig, train_config: TrainConfig, loss_sett
     return (to_json(model_config), train_config.mixed_precision, train_config.jit_compile, tuple(loss_settings.items()))
 
 
+def check_training_memory(model_config: ModelConfig, batch_size: int, patch_size: int, mixed_precision: bool,
+                          available: Optional[int]) -> None:
+    """:class:`ConfigError` if training ``model_config``'s network on batches of ``batch_size`` patches of ``patch_size``²
+    needs more than ``available`` bytes (None: unknown, no check) by :func:`napari_unet.model.training_memory_bytes`:
+    depth 6 with 128 filters (2 billion weights) grew to 24 GB and the system killed the process, in napari the viewer
+    with its unsaved layers."""
+    needed = training_memory_bytes(model_config, batch_size, patch_size, mixed_precision)
+    if available is None or needed <= available:
+        return
+    weights = parameter_count(model_config)
+    raise ConfigError(
+        f"training this network (depth {model_config.depth}, {model_config.base_filters} filters: "
+        f"{weights / 1e6:,.0f} million weights) on batches of {batch_size} patches of {patch_size}² needs about "
+        f"{needed / 2**30:.1f} GB of memory, more than the {available / 2**30:.1f} GB free; each level of depth or doubling "
+        "of the filters needs about 4 times the weights: lower them, or the patch size or batch size"
+    )
+
+
 def _learning_rate(base: float, schedule: str, progress: float) -> float:
     if schedule == "constant":
         return base
@@ -580,13 +601,18 @@ def train_events(
         mixed_precision=mixed_precision,
         jit_compile=resolve_training_jit_compile(train_config, mixed_precision),
     )
+    boundary_index = None if boundary_value is None else class_values.index(boundary_value)
+    loss_settings = _loss_settings(train_config, boundary_index)
+    key = _trainer_key(model_config, train_config, loss_settings)
+    with _idle_trainer_lock:
+        kept = _idle_trainer is not None and _idle_trainer.key == key
+    if not kept:  # a kept trainer for these settings trained in this process already, in memory it holds
+        check_training_memory(model_config, train_config.batch_size, train_config.patch_size, mixed_precision,
+                              hardware.available_memory_bytes())
     # The network handed out is never compiled; a kept (or new) trainer learns from its weights (_Trainer).
     network = build_unet(model_config, mixed_precision=mixed_precision, seed=train_config.seed)
     if init is not None:
         network.set_weights(init.keras_model.get_weights())
-    boundary_index = None if boundary_value is None else class_values.index(boundary_value)
-    loss_settings = _loss_settings(train_config, boundary_index)
-    key = _trainer_key(model_config, train_config, loss_settings)
     trainer = (key is not None and _take_trainer(key)) or _new_trainer(key, model_config, train_config, mixed_precision, loss_settings)
     trainer.start_from(network)
     keras_model, optimizer = trainer.keras_model, trainer.optimizer
@@ -703,6 +729,15 @@ def train_events(
             probabilities, val_indices != boundary_index, closings=candidate_closings(train_config.merge_levels)
         )
     yield TrainingFinished(result, reason, best_epoch, history, boundary_v_rand, averaged_epochs, step)
+
+
+def format_seconds(seconds: Optional[float]) -> str:
+    """``seconds`` as M:SS, or H:MM:SS from an hour on; "?" for None (an ETA not known yet, before the second step)."""
+    if seconds is None:
+        return "?"
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
 def _eta(elapsed: float, first_step_seconds: float, step: int, total_steps: int, budget: Optional[float]) -> Optional[float]:

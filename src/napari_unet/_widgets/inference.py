@@ -7,7 +7,6 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-import numpy as np
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import QEvent, QTimer
@@ -16,7 +15,7 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBox
 from napari_unet._writer import write_labels
 from napari_unet.data import InputError
 from napari_unet.hardware import FAST_CONV_GFLOPS, available_memory_bytes, explain_auto_tta
-from napari_unet.predict import PredictionProgress, labels_dtype
+from napari_unet.predict import PredictionProgress, check_layer_memory
 
 from .jobs import NETWORK_LABELS, Failed, Note, PredictionResult, predict_job, relay
 from .layers import Image, LayerCombo, current_slice, image_array
@@ -153,20 +152,6 @@ class InferenceWidget(QWidget):
         self._in_order = InOrder()
         self._on_model_changed(self.session.model)
 
-    def _check_memory(self, model, shape: tuple, name: str) -> None:
-        """:class:`InputError` if the outputs of predicting ``shape`` (and the layers' copies of them) would not fit
-        in the memory available now: better a message than a viewer killed by the system."""
-        pixels = int(np.prod(shape))
-        per_pixel = labels_dtype(model).itemsize + (4 * model.config.n_classes if self.probabilities.isChecked() else 0)
-        per_pixel += 4 if self.cells.isChecked() and self.cells.isEnabled() else 0
-        needed, available = 2 * pixels * per_pixel, available_memory_bytes()
-        if available is not None and needed > available:
-            raise InputError(
-                f"predicting {name!r} {shape} needs about {needed / 2**30:.1f} GB for its output layers, more than the "
-                f"{available / 2**30:.1f} GB free: leave out the probabilities or cell instances, or use "
-                "`napari-unet predict`, which streams a stack of any size to disk"
-            )
-
     def _explain_auto_tta(self) -> None:
         """Say what "auto" resolves to here (TensorFlow is asked for a GPU only once a model imported it)."""
         self.tta_hint.setText(f"auto = {explain_auto_tta()}")
@@ -206,7 +191,9 @@ class InferenceWidget(QWidget):
             if model.config.input_channels != 1:
                 raise InputError(f"this model expects {model.config.input_channels} input channels; napari-unet images have one")
             z = current_slice(self.viewer, image_layer) if self.scope.currentText() == CURRENT else None
-            self._check_memory(model, data.shape, image_layer.name)  # output layers span the stack, also for one slice
+            # output layers span the stack, also for one slice
+            check_layer_memory(model, data.shape, image_layer.name, self.probabilities.isChecked(),
+                               self.cells.isChecked() and self.cells.isEnabled(), available_memory_bytes())
         except InputError as err:
             show_error(f"napari-unet: {err}")
             self.progress.set_status(f"Not started: {err}")

@@ -203,18 +203,10 @@ def save_job(model: UNetModel, path) -> "str | Failed":
         return Failed(f"could not save the model to {path}: {_unexpected('saving', err).message}")
 
 
-def format_seconds(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
-
-
-
 __all__ = [
     "Failed",
     "Note",
     "PredictionResult",
-    "format_seconds",
     "load_job",
     "predict_job",
     "relay",

@@ -8,7 +8,7 @@ from typing import Optional
 from napari.utils import progress
 from qtpy.QtWidgets import QLabel, QProgressBar, QVBoxLayout, QWidget
 
-from .jobs import format_seconds
+from napari_unet.train import format_seconds
 
 _SCALE = 1000
 

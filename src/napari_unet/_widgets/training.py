@@ -16,9 +16,9 @@ from qtpy.QtWidgets import QCheckBox, QFileDialog, QFormLayout, QGroupBox, QHBox
 from napari_unet.config import ConfigError
 from napari_unet.data import InputError
 from napari_unet.labels import LabelError
-from napari_unet.train import EpochEnd, TrainingFinished, TrainingFinishing, TrainingStarted, TrainingStep
+from napari_unet.train import EpochEnd, TrainingFinished, TrainingFinishing, TrainingStarted, TrainingStep, format_seconds
 
-from .jobs import CorrectionsLearned, Failed, format_seconds, relay, train_job
+from .jobs import CorrectionsLearned, Failed, relay, train_job
 from .layers import Image, Labels, LayerCombo
 from .outputs import name_with_suffix
 from .prepare import ZERO_BOX, TrainJob, prepare_retrain, prepare_train
