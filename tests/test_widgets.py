@@ -1162,3 +1162,19 @@ def test_setting_the_current_model_with_class_names_leaves_the_given_model_uncha
     assert model.class_names == names_before and model.class_colors == colors_before
     assert session.model.class_names == ["membrane", "cell"] and session.info.class_names == ["membrane", "cell"]
     assert session.model.keras_model is model.keras_model  # the same network, not a copy of its weights
+
+
+def test_a_network_too_large_for_the_memory_left_is_refused_and_the_viewer_stays(widgets, qtbot, notifications, monkeypatch):
+    # depth 6 with 128 filters, both offered by the form, grew to 24 GB: the system killed the viewer with its layers
+    import napari_unet.train as train_module
+
+    viewer, training, session = widgets.viewer, widgets.training, widgets.session
+    monkeypatch.setattr(train_module.hardware, "available_memory_bytes", lambda: 16 * 2**30)
+    tiny_settings(training, epochs=1, steps=1, patch=64, depth=6, filters=128)
+    before, model = layers_snapshot(viewer), session.model
+    run_and_wait(qtbot, training.start, lambda: training._run is not None)
+    status = training.progress.status.text()
+    assert "1,991 million weights" in status and "more than the 16.0 GB free" in status, status
+    assert any("more than the 16.0 GB free" in m for m in errors(notifications)), notifications
+    assert session.model is model and training.train_button.isEnabled()
+    assert_layers_unchanged(viewer, before)
