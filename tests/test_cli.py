@@ -62,12 +62,16 @@ def test_train_scores_large_slices_on_the_window_validation_scored(data, capsys,
     scores = json.loads(out)
     assert scores["validation_slices"] == [3] and scores["validation_window"] == [16, 48, 16, 48]
     assert "validating on slices [3] (a window of 32 x 32 pixels, rows 16-47 and columns 16-47" in err
-    assert shapes == [(4, 32, 32)]  # the command's own prediction for the scores
+    assert shapes == [(1, 32, 32)]  # the command's own prediction for the scores: the window of slice 3
+    from napari_unet.data import normalize
     from napari_unet.metrics import evaluate
     from napari_unet.model_io import load_model
 
-    window = (slice(None), slice(16, 48), slice(16, 48))
-    predicted = real_predict(load_model(data / "m.keras"), tifffile.imread(data / "image.tif")[window], slices=[3]).labels
+    # the window of the whole slice normalised, as validation saw it (the window normalised on its own had other
+    # percentiles)
+    model, window = load_model(data / "m.keras"), (slice(None), slice(16, 48), slice(16, 48))
+    whole = normalize(tifffile.imread(data / "image.tif"), model.percentiles, model.config.local_contrast_sigma)[window]
+    predicted = real_predict(model, whole[3:], normalized=True).labels
     expected = evaluate(predicted, tifffile.imread(data / "labels.tif")[3:][window], [0, 255])
     assert scores["pixel_error"] == pytest.approx(expected["pixel_error"]) and scores["v_rand"] == pytest.approx(expected["v_rand"])
 

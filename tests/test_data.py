@@ -425,3 +425,20 @@ def test_normalising_float32_values_near_its_limit_gives_no_nan():
         assert out.dtype == np.float32 and np.isfinite(out).all()
     scaled = normalize(image, (1.0, 99.8))
     np.testing.assert_allclose(scaled, normalize(image.astype(np.float64) / 1e38, (1.0, 99.8)), atol=1e-5)
+
+
+def test_a_window_is_normalised_as_part_of_its_whole_plane_with_its_context_slices():
+    from napari_unet.data import normalize, normalize_window
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 100, (5, 40, 60)).astype(np.uint16)
+    image[:, :, :20] += 900  # bright left columns: a window of the right ones normalised alone looks otherwise
+    before = image.copy()
+    out, planes = normalize_window(image, [2], (10, 30, 30, 60), (1.0, 99.8), 4.0, context=1)
+    assert out.shape == (5, 20, 30) and out.dtype == np.float32 and planes == [2] and np.array_equal(image, before)
+    for z in (1, 2, 3):  # the slice and its neighbours
+        np.testing.assert_array_equal(out[z], normalize(image[z], (1.0, 99.8), 4.0)[10:30, 30:60])
+    assert not out[[0, 4]].any()
+    assert not np.allclose(out[2], normalize(image[2, 10:30, 30:60], (1.0, 99.8), 4.0), atol=0.05)
+    compact, planes = normalize_window(image, [4, 1], (10, 30, 30, 60), (1.0, 99.8), 4.0)  # no context: those slices only
+    assert planes == [0, 1] and np.array_equal(compact, out[[4, 1]] * 0 + normalize(image[[4, 1]], (1.0, 99.8), 4.0)[:, 10:30, 30:60])

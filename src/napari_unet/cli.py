@@ -484,6 +484,7 @@ def cmd_train(args) -> int:
     from dataclasses import replace
 
     from .config import MERGE_LEVELS_LONG, is_long_budget, preset as get_preset
+    from .data import normalize_window
     from .model_io import load_model
     from .metrics import evaluate
     from .predict import predict, resolve_tta_views
@@ -529,18 +530,24 @@ def cmd_train(args) -> int:
     stack_labels = labels if labels.ndim == 3 else labels[None]
     views = resolve_tta_views("auto", final.model)  # scored as predict writes them: with test-time augmentation where it is on by default
     window = started.val_window  # large slices: validation scored this window of them, and so does this score
+    normalized = window is not None  # the window of whole normalised slices, as validation saw it
     if window is not None:
         y0, y1, x0, x1 = window
-        stack_image, stack_labels = stack_image[:, y0:y1, x0:x1], stack_labels[:, y0:y1, x0:x1]
+        model = final.model
+        stack_image, planes = normalize_window(stack_image, started.val_slices or started.train_slices, window,
+                                               model.percentiles, model.config.local_contrast_sigma, model.config.context_slices)
+        stack_labels = stack_labels[:, y0:y1, x0:x1]
     in_window = {"validation_window": list(window)} if window is not None else {}
     if started.val_slices:
         val = started.val_slices
-        prediction = predict(final.model, stack_image, slices=val, return_probabilities=False)
+        prediction = predict(final.model, stack_image, slices=planes if normalized else val, return_probabilities=False,
+                             normalized=normalized)
         scores = evaluate(prediction.labels, stack_labels[val], final.model.class_values, ignore_value=train_config.ignore_value)
         print(json.dumps({"validation_slices": val, **in_window, "tta_views": views, **scores}, indent=1))
     elif started.val_column is not None:  # one annotated image (an OCT B-scan): validated on its last columns
         column, trained = started.val_column, started.train_slices
-        prediction = predict(final.model, stack_image, slices=trained, return_probabilities=False)
+        prediction = predict(final.model, stack_image, slices=planes if normalized else trained, return_probabilities=False,
+                             normalized=normalized)
         held_out = (Ellipsis,) if window is not None else (Ellipsis, slice(column, None))  # a window lies in those columns
         scores = evaluate(prediction.labels[held_out], stack_labels[trained][held_out], final.model.class_values,
                           ignore_value=train_config.ignore_value)

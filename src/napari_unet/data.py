@@ -97,6 +97,23 @@ def normalize(image, percentiles=(1.0, 99.8), local_contrast_sigma: float = 0.0)
     return out.reshape(np.shape(image))
 
 
+def normalize_window(image, slices, window, percentiles=(1.0, 99.8), local_contrast_sigma: float = 0.0,
+                     context: int = 0) -> tuple[np.ndarray, list[int]]:
+    """``(stack, planes)`` for ``predict(model, stack, slices=planes, normalized=True)``: the ``window``
+    ``(y0, y1, x0, x1)`` of ``slices`` of the (Z, Y, X) ``image``, each :func:`normalize`\ d as a whole plane, as
+    ``predict`` normalises slices (a window normalised on its own had other percentiles). ``stack`` is float32,
+    (len(slices), y1 - y0, x1 - x0) with ``planes`` 0, 1, ...; with ``context`` > 0 it is (Z, ...), holding the slices and
+    their neighbours, ``planes`` = ``slices`` (the other planes stay zero, their memory uncommitted by np.zeros)."""
+    stack = as_stack(image) if isinstance(image, np.ndarray) else image
+    y0, y1, x0, x1 = window
+    slices = [int(z) for z in slices]
+    needed = sorted({n for z in slices for n in neighbour_slices(z, len(stack), context)}) if context else slices
+    out = np.zeros((len(stack) if context else len(slices), y1 - y0, x1 - x0), np.float32)
+    for k, z in enumerate(needed):
+        out[z if context else k] = normalize(np.asarray(stack[z]), percentiles, local_contrast_sigma)[y0:y1, x0:x1]
+    return out, (slices if context else list(range(len(slices))))
+
+
 def _normalize_narrow(plane: np.ndarray, percentiles) -> np.ndarray:
     """One (Y, X) plane of float32 or of at most 16-bit values (exact in float32) normalised and clipped in float32."""
     plane = plane.astype(np.float32, copy=False)

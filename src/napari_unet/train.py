@@ -29,6 +29,7 @@ from .data import (
     downscale_labels,
     intensity_reference,
     normalize,
+    normalize_window,
     prefetch,
 )
 from .labels import check_class_count, check_trainable, layer_order, to_indices
@@ -552,13 +553,9 @@ def train_events(
     # last fifth 149 where the scan's is 200), with neighbouring slices at hand for context models.
     val_images, val_planes = None, []
     if has_validation:
-        if model_config.context_slices:  # sampled_images: every slice normalised
-            val_images, val_planes = sampled_images[:, val_rows, val_columns], list(val_slices or train_slices)
-        elif val_column is not None:  # sampled_images: the training slices normalised, which also validate
-            val_images, val_planes = sampled_images[:, val_rows, val_columns], list(range(len(train_slices)))
-        else:
-            val_images = np.stack([normalize(image_stack[z], percentiles, sigma)[val_rows, val_columns] for z in val_slices])
-            val_planes = list(range(len(val_slices)))
+        rows, columns = val_rows.indices(height), val_columns.indices(width)
+        val_images, val_planes = normalize_window(image_stack, val_slices or train_slices, (rows[0], rows[1], columns[0], columns[1]),
+                                                  percentiles, sigma, model_config.context_slices)
     net_images, net_indices = downscale_image(sampled_images, factor), downscale_labels(sampled_indices, factor)
     net_weights = None if sampled_weights is None else downscale_image(sampled_weights, factor)  # float32
     if boundary_value is not None and train_config.border_weight > 0:
