@@ -157,6 +157,11 @@ def test_evaluate_gives_layer_boundary_errors_in_microns_of_the_prediction_files
     with pytest.raises(SystemExit):
         main(["evaluate", str(tmp_path / "p.tif"), str(tmp_path / "layers.tif"), "--pixel-height", "0"])
     assert "must be a finite number above 0" in capsys.readouterr().err
+    code, out, err = run(capsys, "evaluate", tmp_path / "p.tif", tmp_path / "layers.tif", "--pixel-height", "1e308")
+    assert code == 2 and not out and "beyond 1e+06 µm" in err  # its errors in µm were Infinity, which is not JSON
+    write_tiff(tmp_path / "far.tif", deeper, {"scale": [2e6, 10.0], "units": ["µm", "µm"]})  # a tag from another unit
+    code, out, err = run(capsys, "evaluate", tmp_path / "far.tif", tmp_path / "layers.tif")
+    assert code == 0 and "boundary_error_um" not in json.loads(out) and "a pixel height of 2e+06 µm" in err
 
 
 def test_evaluate_refuses_an_image_as_prediction_and_notes_only_scored_values(data, capsys):

@@ -442,3 +442,18 @@ def test_a_window_is_normalised_as_part_of_its_whole_plane_with_its_context_slic
     assert not np.allclose(out[2], normalize(image[2, 10:30, 30:60], (1.0, 99.8), 4.0), atol=0.05)
     compact, planes = normalize_window(image, [4, 1], (10, 30, 30, 60), (1.0, 99.8), 4.0)  # no context: those slices only
     assert planes == [0, 1] and np.array_equal(compact, out[[4, 1]] * 0 + normalize(image[[4, 1]], (1.0, 99.8), 4.0)[:, 10:30, 30:60])
+
+
+def test_normalising_float64_values_beyond_half_its_range_gives_no_nan():
+    # rows of -1.7e308 and +1.7e308 ("no data" markers, finite) overflowed to inf - inf = NaN in the normalisation:
+    # training said "diverged ... lower the learning rate", predict wrote labels computed from NaN
+    from napari_unet.data import normalize
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (2, 64, 64)).astype(np.float64)
+    image[:, :4], image[:, -4:] = -1.7e308, 1.7e308
+    before = image.copy()
+    out = normalize(image, (1.0, 99.8))
+    assert np.isfinite(out).all() and np.array_equal(image, before)
+    assert (out[:, :4] == 0).all() and (out[:, -4:] == 1).all()  # the markers at the ends of the range
+    np.testing.assert_allclose(out, normalize(image / 4, (1.0, 99.8)), atol=1e-6)  # the same as at a quarter of the scale

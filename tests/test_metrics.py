@@ -601,3 +601,19 @@ def test_evaluate_of_some_classes_and_of_boolean_layers():
     mask[25:] = True  # below, in every column: a layered boolean mask
     result = M.evaluate(np.concatenate([mask[:2], mask[:-2]]), mask)  # the boundary 2 rows deeper
     assert result["layer_order"] == [0, 1] and result["boundary_error_px"]["mean"] == 2.0  # int("False") failed
+
+
+def test_evaluate_refuses_class_values_the_truth_does_not_hold_and_pixel_heights_that_are_no_size():
+    # class values [7, 8] of 0..3 labels scored Dice 1.0 and ISBI pixel error 0.0 for a prediction 77 % wrong; a negative
+    # pixel height gave negative errors in µm, 1e308 gave Infinity (not JSON)
+    rng = np.random.default_rng(0)
+    truth, pred = rng.integers(0, 4, (2, 32, 32)), rng.integers(0, 4, (2, 32, 32))
+    with pytest.raises(ValueError, match=r"none of the class values \['7', '8'\] occurs in the truth"):
+        M.evaluate(pred, truth, class_values=[7, 8])
+    for bad in (-1.0, 0.0, float("nan"), float("inf"), 1e308, "1"):
+        with pytest.raises(ValueError, match="pixel_height must be a size in µm"):
+            M.evaluate(pred, truth, pixel_height=bad)
+    some = M.evaluate(pred, truth, class_values=[0, 1])  # two of the four classes: their Dice, no membrane reading
+    assert set(some["dice"]) == {"0", "1"} and "isbi_pixel_error" not in some and "v_rand" not in some
+    two = M.evaluate(np.where(pred > 1, 255, 0), np.where(truth > 1, 255, 0))  # a membrane truth still gets the ISBI scores
+    assert "isbi_pixel_error" in two and two["v_rand"] is not None

@@ -619,6 +619,7 @@ def test_pixel_weights_make_a_fine_tuning_learn_the_weighted_pixels():
         (np.full((2, 96, 96), np.nan), "finite"),
         (-np.ones((2, 96, 96)), ">= 0"),
         (np.full((2, 96, 96), "a"), "numbers"),
+        (np.full((2, 96, 96), 1e300), "at most 1e\\+06"),  # inf in float32: "training diverged ... lower the learning rate"
     ],
 )
 def test_bad_pixel_weights_are_refused_before_training(weights, message):

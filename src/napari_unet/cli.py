@@ -742,12 +742,18 @@ def _pixel_height(metadata: dict) -> float | None:
 
 def cmd_evaluate(args) -> int:
     from .labels import LabelError, find_class_values
-    from .metrics import evaluate
+    from .metrics import MAX_PIXEL_HEIGHT_UM, evaluate
     from .labels import MAX_CLASSES
 
+    if args.pixel_height is not None and args.pixel_height > MAX_PIXEL_HEIGHT_UM:  # its errors in µm overflowed to Infinity
+        raise CommandError(f"--pixel-height {args.pixel_height:g} µm is beyond {MAX_PIXEL_HEIGHT_UM:g} µm (a metre)")
     prediction, prediction_metadata = _read_stack_and_metadata(args.prediction, "prediction")
     truth, ignore_value, notes = read_label_stack(args.truth, "truth", args.ignore_value)
     pixel_height = args.pixel_height if args.pixel_height is not None else _pixel_height(prediction_metadata)
+    if pixel_height is not None and not 0 < pixel_height <= MAX_PIXEL_HEIGHT_UM:  # a file's tag: boundary errors in pixels only
+        print(f"prediction {Path(args.prediction).name} records a pixel height of {pixel_height:g} µm; boundary errors in "
+              "pixels only (--pixel-height to give the scan's own)", file=sys.stderr)
+        pixel_height = None
     if prediction.shape != truth.shape:
         raise CommandError(f"prediction shape {prediction.shape} and truth shape {truth.shape} differ")
     for note in notes:

@@ -67,7 +67,14 @@ def check_pixel_weights(weights, labels) -> np.ndarray:
         raise InputError(f"pixel weights must be numbers, got dtype {array.dtype}")
     if array.size and ((array.dtype.kind == "f" and not np.isfinite(array).all()) or array.min() < 0):
         raise InputError("pixel weights must be finite and >= 0")
+    if array.size and array.max() > MAX_PIXEL_WEIGHT:  # 1e300 became inf in float32: "training diverged" at step 1
+        raise InputError(f"pixel weights must be at most {MAX_PIXEL_WEIGHT:g} (the class weights are about 1; Retrain "
+                         f"weighs corrections 8), got {float(array.max()):g}")
     return as_stack(array, "pixel weights")
+
+
+#: Largest extra loss weight of a pixel: far above any useful one, and far from float32's overflow in the loss.
+MAX_PIXEL_WEIGHT = 1e6
 
 
 #: Normalised values are clipped to this range: a few outlier pixels (a hot pixel of 65535 in a 10-bit stack, a
@@ -130,6 +137,10 @@ def _normalize_wide(plane: np.ndarray, percentiles) -> np.ndarray:
     """One (Y, X) plane of float64 or 32/64-bit integers normalised and clipped in float64, returned as float32: an
     offset of 1e9 left a float32 copy with a handful of distinct values. One plane at a time bounds the float64 copy."""
     plane = plane.astype(np.float64)
+    with np.errstate(over="ignore"):
+        spans_too_far = not np.isfinite(plane.max() - plane.min())
+    if spans_too_far:  # finite values beyond ±9e307 ("no data" markers): their differences overflowed to inf, then NaN
+        plane *= 0.25  # exact (a power of two), and normalising does not depend on the scale
     lo, hi = np.percentile(plane, percentiles)
     out = np.clip((plane - lo) / (hi - lo if hi > lo else 1.0), *NORMALIZED_RANGE)
     return out.astype(np.float32)

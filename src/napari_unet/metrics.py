@@ -672,6 +672,10 @@ def layer_boundary_errors(pred_labels, truth_labels, layer_order) -> np.ndarray:
     return errors
 
 
+#: Largest pixel height :func:`evaluate` takes (µm): a metre; 1e308 overflowed the errors in µm to inf (not JSON).
+MAX_PIXEL_HEIGHT_UM = 1e6
+
+
 def evaluate(pred_labels, truth_labels, class_values=None, membrane_value=None, ignore_value=None,
              pixel_height=None) -> dict:
     """Evaluate a class-value prediction against ground truth (JSON-ready).
@@ -706,13 +710,19 @@ def evaluate(pred_labels, truth_labels, class_values=None, membrane_value=None, 
     _check_same_shape(pred, truth)
     if truth.ndim not in (2, 3):
         raise ValueError(f"labels must be (Y, X) or (Z, Y, X), got shape {truth.shape}")
+    if pixel_height is not None and not (isinstance(pixel_height, (int, float, np.number)) and 0 < pixel_height <= MAX_PIXEL_HEIGHT_UM):
+        raise ValueError(f"pixel_height must be a size in µm above 0 and at most {MAX_PIXEL_HEIGHT_UM:g}, got {pixel_height!r}")
     annotated = None if ignore_value is None or not np.any(truth == ignore_value) else truth != ignore_value
-    if class_values is None:
-        class_values = np.unique(truth if annotated is None else truth[annotated])
-    class_values = list(class_values)
     scored_pred, scored_truth = (pred, truth) if annotated is None else (pred[annotated], truth[annotated])
     if scored_truth.size == 0:
         raise ValueError(f"truth_labels has no annotated pixel (all are the ignore value {ignore_value})")
+    truth_values = np.unique(scored_truth)
+    if class_values is None:
+        class_values = truth_values
+    class_values = list(class_values)
+    if not np.isin(class_values, truth_values).any():  # Dice 1.0 and ISBI pixel error 0 for a prediction 77 % wrong
+        raise ValueError(f"none of the class values {[_key(v) for v in class_values]} occurs in the truth, whose values are "
+                         f"{[_key(v) for v in truth_values[:10]]}{' ...' if len(truth_values) > 10 else ''}")
     result = {
         "pixel_error": pixel_error(scored_pred, scored_truth),
         "dice": {_key(v): float(d) for v, d in dice_per_class(scored_pred, scored_truth, class_values).items()},
@@ -740,7 +750,8 @@ def evaluate(pred_labels, truth_labels, class_values=None, membrane_value=None, 
         membrane_value = min(class_values)
     elif membrane_value is not None and membrane_value not in class_values:  # every pixel would be cell: perfect scores
         raise ValueError(f"membrane_value {membrane_value} is not one of the class values {class_values}")
-    if membrane_value is not None and annotated is None:
+    if membrane_value is not None and annotated is None and np.isin(truth_values, class_values).all():
+        # (a truth with other classes too has no membrane-and-cell reading: they would all count as membrane)
         # values that are no class (a 0/1 prediction of 0/255 truth) are wrong here as in the pixel error and
         # Dice above, not cell: cell = a class other than the membrane
         pred_cells = np.isin(pred, class_values) & (pred != membrane_value)
