@@ -667,3 +667,15 @@ def test_label_detection_stops_at_the_first_plane_of_an_intensity_stack(monkeypa
     assert not tiff_io.detect_labels(stack, "stack.tif")
     counted.clear()
     assert tiff_io.distinct_values(stack > 128, 16) == [0, 1] and len(counted) == 50  # labels: every plane is read
+
+
+@pytest.mark.parametrize("scale, units", [
+    ([1.0, 1.0, 3.0], [None, None, "µm"]),  # an OME file with PhysicalSizeX only: Y was read back at 1 µm per row
+    ([1.0, 2.0, 3.0], [None, "µm", "µm"]),  # no Z spacing: it was written as 1 µm
+    ([0.5, 2.0, 2.0], ["nm", "µm", "µm"]),  # ImageJ has one unit for X, Y and Z
+    ([5.0, 2.0, 3.0], ["µm", "µm", "µm"]),
+])
+def test_an_axis_keeps_its_own_pixel_size_and_unit_or_none(tmp_path, scale, units):
+    write_tiff(tmp_path / "x.tif", np.zeros((3, 16, 16), np.uint8), {"axes": "ZYX", "scale": scale, "units": units})
+    back = read_tiff(tmp_path / "x.tif")
+    assert list(back.scale) == scale and list(back.units) == units

@@ -894,7 +894,12 @@ def write_tiff(path, array, metadata: dict | None = None) -> str:
     # Classic TIFF offsets end at 4 GiB, and ImageJ hyperstacks cannot be BigTIFF: large arrays (e.g. the
     # float32 probabilities of a big stack, which hardly compress) become BigTIFF with tifffile's JSON metadata.
     big = n_bytes(data.shape, data.dtype) >= BIGTIFF_BYTES
-    imagej = _imagej_compatible(axes, data.dtype) and not big
+    # ImageJ has one length unit for X, Y and Z: an axis without a size (an OME file with PhysicalSizeX only) would be
+    # written with the others' and read back at 1 µm, so such arrays take the JSON metadata, which keeps each axis's
+    xy_units = {units[i] for i, a in enumerate(axes) if a in "XY"}
+    z_unit = units[axes.index("Z")] if "Z" in axes else None
+    one_unit = len(xy_units) <= 1 and (z_unit is None or xy_units == {z_unit})
+    imagej = _imagej_compatible(axes, data.dtype) and not big and one_unit
     if big:
         kwargs["bigtiff"] = True
     sx = scale[axes.index("X")] if "X" in axes else 1.0
@@ -906,7 +911,7 @@ def write_tiff(path, array, metadata: dict | None = None) -> str:
             kwargs["resolution"] = (1.0 / sx, 1.0 / sy)
         if length_unit:
             ij_meta["unit"] = _IMAGEJ_UNIT.get(length_unit, length_unit)
-        if "Z" in axes and (scale[axes.index("Z")] != 1.0 or length_unit):
+        if "Z" in axes and (scale[axes.index("Z")] != 1.0 or z_unit):  # an unknown spacing stays unwritten
             ij_meta["spacing"] = scale[axes.index("Z")]
         if "T" in axes and units[axes.index("T")]:
             ij_meta["finterval"] = scale[axes.index("T")]
