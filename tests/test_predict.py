@@ -515,3 +515,18 @@ def test_output_layers_that_would_not_fit_in_memory_are_refused_before_predictin
         check_layer_memory(model, shape, "EM", True, True, available=2**30)
     check_layer_memory(model, shape, "EM", False, False, available=2**30)  # labels alone: 0.1 GB
     check_layer_memory(model, shape, "EM", True, True, available=None)  # unknown: never refused
+
+
+def test_a_model_file_path_is_loaded_and_anything_else_named(tmp_path):
+    # predict("m.keras", image) and train(..., init="m.keras") failed with AttributeError: 'str' object has no attribute
+    from napari_unet.model_io import save_model
+    from napari_unet.train import train_events
+
+    image, labels = stripes(n_slices=1, size=64)
+    save_model(tiny_model(), tmp_path / "m.keras")
+    from_path = predict(str(tmp_path / "m.keras"), image[0], tta=False)
+    np.testing.assert_array_equal(from_path.labels, predict(tiny_model(), image[0], tta=False).labels)
+    started = next(train_events(image, labels, None, tiny_model().train_config.replace(epochs=1, steps_per_epoch=1), init=tmp_path / "m.keras"))
+    assert started.class_values == tiny_model().class_values
+    with pytest.raises(TypeError, match="model must be a UNetModel or the path of a .keras model file"):
+        predict(None, image[0])

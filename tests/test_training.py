@@ -723,8 +723,10 @@ def test_a_network_too_large_for_the_memory_left_is_refused_before_it_is_built(m
     monkeypatch.setattr(train_module.hardware, "available_memory_bytes", lambda: 8 * 2**30)
     image, labels = stripes(n_slices=2, size=128)
     model_config, train_config = tiny_configs(epochs=1, steps_per_epoch=1, patch_size=128)
-    with pytest.raises(ConfigError, match=r"depth 6, 128 filters: 1,991 million weights.*more than the 8.0 GB free"):
+    with pytest.raises(ConfigError, match=r"depth 6, 128 filters: 1,990.8 million weights.*more than the 8.0 GB free.*depth"):
         train(image, labels, replace(model_config, depth=6, base_filters=128), train_config)
+    with pytest.raises(ConfigError, match=r"8 filters: 29,810 weights\) on batches of 100000 .*lower the batch size"):
+        train(image, labels, model_config, train_config.replace(batch_size=100_000))  # was killed at 19 GB
     assert built == []
     assert train(image, labels, model_config, train_config).model is not None  # a small network fits
 

@@ -1174,7 +1174,7 @@ def test_a_network_too_large_for_the_memory_left_is_refused_and_the_viewer_stays
     before, model = layers_snapshot(viewer), session.model
     run_and_wait(qtbot, training.start, lambda: training._run is not None)
     status = training.progress.status.text()
-    assert "1,991 million weights" in status and "more than the 16.0 GB free" in status, status
+    assert "1,990.8 million weights" in status and "more than the 16.0 GB free" in status, status
     assert any("more than the 16.0 GB free" in m for m in errors(notifications)), notifications
     assert session.model is model and training.train_button.isEnabled()
     assert_layers_unchanged(viewer, before)

@@ -166,6 +166,16 @@ def checked_settings(meta: dict, name: str) -> tuple:
     return config, train_config, class_values
 
 
+def as_model(model) -> UNetModel:
+    """``model`` itself if it is a :class:`UNetModel`, the model file at ``model`` (a str or os.PathLike) loaded by
+    :func:`load_model`, else a TypeError saying what is expected."""
+    if isinstance(model, UNetModel):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        return load_model(model)
+    raise TypeError(f"model must be a UNetModel or the path of a .keras model file (load_model), got {type(model).__name__}")
+
+
 def load_model(path) -> UNetModel:
     """Load a model saved by :func:`save_model`, in Keras safe mode (no code from the file runs)."""
     path = Path(path)

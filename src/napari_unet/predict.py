@@ -26,7 +26,7 @@ from .data import (
 )
 from .labels import from_indices, smallest_dtype
 from .model import fold_batch_norm
-from .model_io import UNetModel
+from .model_io import UNetModel, as_model
 from .postprocess import candidate_closings, order_layers, tiled_boundary_mask
 
 
@@ -249,7 +249,8 @@ def predict_events(
     probabilities_out: Optional[np.ndarray] = None,
     normalized: bool = False,
 ) -> Iterator[Union[PredictionProgress, Prediction]]:
-    """Predict ``image`` ((Y, X) or (Z, Y, X), any real dtype, numpy or dask) tile by tile.
+    """Predict ``image`` ((Y, X) or (Z, Y, X), any real dtype, numpy or dask) tile by tile with ``model`` (a
+    :class:`UNetModel` or the path of its file).
 
     Yields :class:`PredictionProgress` after each batch of tiles and finally one :class:`Prediction`.
     Tiles of ``tile_size`` overlap by ``overlap`` pixels and are blended with a raised-cosine window;
@@ -279,6 +280,7 @@ def predict_events(
     ``normalized=True``: ``image`` is float32 already normalised as the model normalises it (:func:`napari_unet.data.normalize`
     of whole planes with ``model.percentiles`` and its local contrast), e.g. validation windows cut from whole slices.
     """
+    model = as_model(model)
     shape = tuple(np.shape(image))
     colour = bool(shape) and shape[-1] in (3, 4)  # (Y, X, 3|4) would otherwise pass for a stack of narrow slices
     if len(shape) not in (2, 3) or (len(shape) == 3 and colour):

@@ -38,7 +38,7 @@ from .model import (
     training_memory_bytes,
 )
 from .metrics import dice_per_class, pixel_error
-from .model_io import UNetModel
+from .model_io import UNetModel, as_model
 from .postprocess import candidate_closings, find_boundary_class, tune_boundary_rule
 from .predict import predict
 
@@ -446,11 +446,17 @@ def check_training_memory(model_config: ModelConfig, batch_size: int, patch_size
     if available is None or needed <= available:
         return
     weights = parameter_count(model_config)
+    size = f"{weights / 1e6:,.1f} million" if weights >= 1e6 else f"{weights:,}"
+    activations = training_memory_bytes(model_config, batch_size, patch_size, mixed_precision) - training_memory_bytes(
+        model_config, 0, patch_size, mixed_precision)
+    if activations > needed / 2:  # mostly the batch's activations
+        advice = "lower the batch size or the patch size (memory grows with both), or the filters"
+    else:
+        advice = "each level of depth or doubling of the filters needs about 4 times the weights: lower them"
     raise ConfigError(
-        f"training this network (depth {model_config.depth}, {model_config.base_filters} filters: "
-        f"{weights / 1e6:,.0f} million weights) on batches of {batch_size} patches of {patch_size}² needs about "
-        f"{needed / 2**30:.1f} GB of memory, more than the {available / 2**30:.1f} GB free; each level of depth or doubling "
-        "of the filters needs about 4 times the weights: lower them, or the patch size or batch size"
+        f"training this network (depth {model_config.depth}, {model_config.base_filters} filters: {size} weights) on "
+        f"batches of {batch_size} patches of {patch_size}² needs about {needed / 2**30:.1f} GB of memory, more than the "
+        f"{available / 2**30:.1f} GB free; {advice}"
     )
 
 
@@ -472,7 +478,7 @@ def train_events(
     """Train a U-Net on ``image`` and ``labels`` ((Y, X) or (Z, Y, X), identical shapes), yielding events.
 
     ``labels`` hold class values (e.g. 0/255); pixels equal to ``train_config.ignore_value`` are not
-    annotated. ``init`` fine-tunes an existing model (its architecture, classes and normalisation are
+    annotated. ``init`` (a :class:`UNetModel` or the path of its file) fine-tunes an existing model (its architecture, classes and normalisation are
     kept); without ``model_config`` and ``init`` the default preset's network is used, at depth 5 for budgets of
     30 minutes or more with bfloat16 on AMX or a GPU (:func:`napari_unet.hardware.resolve_depth`), else 4.
     ``pixel_weights`` (labels' shape, float >= 0, optional) are added to the loss weight of annotated pixels, whose
@@ -482,6 +488,7 @@ def train_events(
     ``train_config.average_weights_from`` of the run, or, with fewer than two such epochs, the best validation epoch.
     """
     train_config = train_config or preset("default").train
+    init = None if init is None else as_model(init)
     # The model file records what ran, not "auto".
     train_config = train_config.replace(
         augment_noise=resolve_augment_noise(train_config.augment_noise, train_config.max_minutes),
