@@ -713,6 +713,13 @@ def test_demo_checks_its_outputs_before_training_and_writes_no_untrained_model(t
     code, out, err = run(capsys, "demo", "--headless", "--minutes", "1e-9", "--output-dir", tmp_path / "short")
     assert code == 2 and "before its first step" in err and out == ""
     assert list((tmp_path / "short").iterdir()) == []
+    # an empty name wrote into the current folder unannounced; a file or an impossible folder gave a raw OSError, exit 1
+    (tmp_path / "a file").write_text("kept")
+    for folder, message in (("", "--output-dir is empty"), (tmp_path / "a file", "is a file, not a folder"),
+                            (tmp_path / "a file" / "sub", "cannot create the folder")):
+        code, out, err = run(capsys, "demo", "--headless", "--minutes", "1", "--output-dir", folder)
+        assert code == 2 and message in err and out == "", err
+    assert (tmp_path / "a file").read_text() == "kept"
 
 
 def test_demo_runs_headless(tmp_path, capsys):

@@ -788,6 +788,8 @@ def cmd_demo(args) -> int:
     from ._tensorflow import load_tensorflow
     from .demo import run_demo
 
+    if not str(args.output_dir).strip():  # Path("") is the current folder: the outputs landed there unannounced
+        raise CommandError("--output-dir is empty; give a folder (it is created if it does not exist)")
     load_tensorflow(quiet=True)  # with Keras' optional packages: the demo may open napari afterwards
     return run_demo(Path(args.output_dir), minutes=args.minutes, headless=args.headless, seed=args.seed)
 

@@ -61,7 +61,12 @@ def run_demo(output_dir: Path, minutes: float = 1.0, headless: bool = False, see
 
     chosen = preset("default")
     train_config = chosen.train.replace(epochs=100_000, steps_per_epoch=20, max_minutes=minutes, seed=seed)  # checks the budget
-    output_dir.mkdir(parents=True, exist_ok=True)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise CommandError(f"--output-dir {str(output_dir)!r} is a file, not a folder")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CommandError(f"cannot create the folder {str(output_dir)!r}: {err.strerror or err}") from None
     outputs = {name: check_output(output_dir / name, f"the demo's {kind}")  # before a minute of training, not after
                for name, kind in (("demo-model.keras", "model"), ("demo-prediction.tif", "prediction"), ("demo.png", "figure"))}
     image, labels = make_em_stack(n_slices=10, shape=(256, 256), seed=seed)
