@@ -679,3 +679,24 @@ def test_an_axis_keeps_its_own_pixel_size_and_unit_or_none(tmp_path, scale, unit
     write_tiff(tmp_path / "x.tif", np.zeros((3, 16, 16), np.uint8), {"axes": "ZYX", "scale": scale, "units": units})
     back = read_tiff(tmp_path / "x.tif")
     assert list(back.scale) == scale and list(back.units) == units
+
+
+def test_write_tiff_refuses_what_it_could_not_read_back_as_written(tmp_path):
+    # a zero-size array was written and then read as "corrupt TIFF"; class values [0.5, 255] were stored as [0, 255];
+    # an ignore value of 2**70 made napari's reader refuse the file
+    image = np.zeros((4, 4), np.uint8)
+    cases = [
+        (np.zeros((5, 0), np.uint8), {}, "holding pixels"),
+        (np.zeros((0, 5, 5), np.uint8), {}, "holding pixels"),
+        (image, {"class_values": [0.5, 255]}, "not a list of distinct integers"),
+        (image, {"class_values": [0, 0]}, "not a list of distinct integers"),
+        (image, {"ignore_value": "a"}, "not an integer"),
+        (image, {"ignore_value": float("nan")}, "not an integer"),
+        (image, {"ignore_value": 2**70}, "within int64"),
+    ]
+    for array, metadata, message in cases:
+        with pytest.raises(ValueError, match=message):
+            write_tiff(tmp_path / "x.tif", array, metadata)
+        assert not list(tmp_path.iterdir())
+    write_tiff(tmp_path / "x.tif", image, {"class_values": [0.0, 255], "ignore_value": np.int64(7)})  # whole numbers pass
+    assert read_tiff(tmp_path / "x.tif").metadata["class_values"] == [0, 255]

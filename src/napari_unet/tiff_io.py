@@ -857,10 +857,10 @@ def write_tiff(path, array, metadata: dict | None = None) -> str:
     data = array if streamed else np.asarray(array)
     if data.dtype == bool:  # 0/1 bytes; a view or a lazy conversion keeps a large array out of memory
         data = data.view(np.uint8) if isinstance(data, np.ndarray) else data.astype(np.uint8)
-    if data.dtype == object or data.dtype.kind not in "uif" or data.ndim < 2:
-        raise ValueError(
+    if data.dtype == object or data.dtype.kind not in "uif" or data.ndim < 2 or 0 in data.shape:
+        raise ValueError(  # a zero-size array was written as a TIFF that read_tiff called corrupt
             f"cannot write an array of dtype {data.dtype} and shape {data.shape} to TIFF; "
-            "need a 2-D or larger array of integers or floats"
+            "need a 2-D or larger array of integers or floats, holding pixels"
         )
     axes = str(metadata.get("axes") or _default_axes(data.ndim)).upper()
     if len(axes) != data.ndim:
@@ -868,16 +868,18 @@ def write_tiff(path, array, metadata: dict | None = None) -> str:
 
     scale, units = _axis_scale_units(axes, metadata)
     label_entry: dict[str, Any] = {}
+    # checked as napari's reader checks them: [0.5, 255] was stored as [0, 255], an ignore value of 2**70 made the
+    # file unreadable as labels
+    from .labels import metadata_class_values, metadata_ignore_value
+
+    numbers = {"class_values": metadata_class_values(metadata, "the metadata"), "ignore_value": metadata_ignore_value(metadata, "the metadata")}
+    limits = np.iinfo(np.int64)
+    if any(not limits.min <= v <= limits.max for v in [*(numbers["class_values"] or []), numbers["ignore_value"] or 0]):
+        raise ValueError(f"label values must lie within int64, got class_values {numbers['class_values']} and ignore_value "
+                         f"{numbers['ignore_value']}")
     for key in _LABEL_KEYS:
         if metadata.get(key) is not None:
-            value = metadata[key]
-            if key == "class_values":
-                value = [int(v) for v in value]
-            elif key == "ignore_value":
-                value = int(value)
-            elif key == "class_names":
-                value = [str(v) for v in value]
-            label_entry[key] = value
+            label_entry[key] = numbers[key] if key in numbers else [str(v) for v in metadata[key]]
     translate = metadata.get("translate")
     if translate is not None and len(translate) == data.ndim and any(float(t) != 0.0 for t in translate):
         label_entry["translate"] = [float(t) for t in translate]  # the layer's offset in world units (napari's translate)
