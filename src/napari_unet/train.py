@@ -34,8 +34,8 @@ from .data import (
 )
 from .labels import check_class_count, check_trainable, layer_order, to_indices
 from .model import (
-    BatchNormStatistics, build_unet, import_keras, masked_loss, parameter_count, recompute_batch_norm_statistics,
-    training_memory_bytes,
+    TRAINING_BYTES_PER_PARAMETER, BatchNormStatistics, build_unet, import_keras, masked_loss, parameter_count,
+    recompute_batch_norm_statistics, training_memory_bytes,
 )
 from .metrics import dice_per_class, pixel_error
 from .model_io import UNetModel, as_model
@@ -610,9 +610,10 @@ def train_events(
     key = _trainer_key(model_config, train_config, loss_settings)
     with _idle_trainer_lock:
         kept = _idle_trainer is not None and _idle_trainer.key == key
-    if not kept:  # a kept trainer for these settings trained in this process already, in memory it holds
-        check_training_memory(model_config, train_config.batch_size, train_config.patch_size, mixed_precision,
-                              hardware.available_memory_bytes())
+    available = hardware.available_memory_bytes()
+    if kept and available is not None:  # the kept trainer's weights and optimizer are in use already, and reused
+        available += TRAINING_BYTES_PER_PARAMETER * parameter_count(model_config)
+    check_training_memory(model_config, train_config.batch_size, train_config.patch_size, mixed_precision, available)
     # The network handed out is never compiled; a kept (or new) trainer learns from its weights (_Trainer).
     network = build_unet(model_config, mixed_precision=mixed_precision, seed=train_config.seed)
     if init is not None:
