@@ -4,6 +4,7 @@ and peak anonymous memory, for this checkout and, side by side in the same run, 
 
     git worktree add /tmp/s43 cb34543
     python benchmarks/bench_large_training.py --baseline-src /tmp/s43/src --name s44-large-training
+    python benchmarks/bench_large_training.py --slices 64 --annotated 3 --baseline-src /work/s46/old/src --name s46-sparse-training
 
 The stack is ``--slices`` x ``--size``² uint8, tiled from ISBI 2012 training slices (4 x 4 tiles of 512²; image and
 labels) when ``../shared/data/isbi2012`` exists, else the synthetic EM stack of :mod:`napari_unet.synthetic`. Each
@@ -33,8 +34,13 @@ ISBI = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012"
 COMMAND = "import sys; from napari_unet.cli import main; sys.exit(main())"
 
 
-def make_stack(folder: Path, n_slices: int, size: int) -> tuple[Path, Path, str]:
-    """Write image.tif and labels.tif (uint8, page by page) into ``folder``; returns their paths and the data's name."""
+#: Label value of the slices left unannotated with ``--annotated``.
+IGNORE = 7
+
+
+def make_stack(folder: Path, n_slices: int, size: int, annotated: int = 0) -> tuple[Path, Path, str]:
+    """Write image.tif and labels.tif (uint8, page by page) into ``folder``; returns their paths and the data's name.
+    ``annotated`` > 0: only that many evenly spaced slices keep their labels, the others hold :data:`IGNORE`."""
     import numpy as np
     import tifffile
 
@@ -56,19 +62,23 @@ def make_stack(folder: Path, n_slices: int, size: int) -> tuple[Path, Path, str]
             return stack[z]
 
         source = "synthetic EM (napari_unet.synthetic.make_em_stack)"
+    kept = set(np.linspace(0, n_slices - 1, annotated).round().astype(int).tolist()) if annotated else set(range(n_slices))
     paths = folder / "image.tif", folder / "labels.tif"
     for path, stack in zip(paths, (volume, truth)):
         with tifffile.TiffWriter(path, bigtiff=True) as writer:
             for z in range(n_slices):
-                writer.write(plane(stack, z), contiguous=True, photometric="minisblack")
-    return paths[0], paths[1], source
+                data = plane(stack, z)
+                if stack is truth and z not in kept:
+                    data = np.full_like(data, IGNORE)
+                writer.write(data, contiguous=True, photometric="minisblack")
+    return paths[0], paths[1], source + (f", labels on {len(kept)} slices {sorted(kept)}" if annotated else "")
 
 
-def run_variant(src: Path, image: Path, labels: Path, minutes: float, workdir: Path, name: str) -> dict:
+def run_variant(src: Path, image: Path, labels: Path, minutes: float, workdir: Path, name: str, extra=()) -> dict:
     """One ``napari-unet train`` run with ``src`` first on PYTHONPATH: phase times, peak anonymous MiB, scores."""
     env = dict(os.environ, PYTHONPATH=str(src), PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2")
     output = workdir / f"{name}.keras"
-    command = [sys.executable, "-c", COMMAND, "train", str(image), str(labels), "-o", str(output), "--max-minutes", str(minutes)]
+    command = [sys.executable, "-c", COMMAND, "train", str(image), str(labels), "-o", str(output), "--max-minutes", str(minutes), *extra]
     start = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     marks, lines, peak = {}, [], {"mib": 0.0}
@@ -134,18 +144,21 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=1.0, help="--max-minutes of each training")
     parser.add_argument("--baseline-src", type=Path, help="the src folder of another checkout, run first")
     parser.add_argument("--workdir", type=Path, help="where the stack and models go (default: a temporary folder)")
+    parser.add_argument("--annotated", type=int, default=0, help="label only this many evenly spaced slices (the others: "
+                        f"{IGNORE}, given as --ignore-value); default: all")
     parser.add_argument("--name", default="large-training")
     args = parser.parse_args()
     current = Path(__file__).resolve().parents[1] / "src"
     with tempfile.TemporaryDirectory(dir=args.workdir) as scratch:
         folder = Path(scratch)
-        image, labels, source = make_stack(folder, args.slices, args.size)
+        image, labels, source = make_stack(folder, args.slices, args.size, args.annotated)
+        extra = ("--ignore-value", str(IGNORE)) if args.annotated else ()
         megabytes = args.slices * args.size**2 / 2**20
         print(f"{args.slices} x {args.size}² uint8 ({megabytes:.0f} MiB image, as much again of labels), {source}")
         variants = ([("baseline", args.baseline_src.resolve())] if args.baseline_src else []) + [("current", current)]
         results = {}
         for name, src in variants:
-            results[name] = run_variant(src, image, labels, args.minutes, folder, name)
+            results[name] = run_variant(src, image, labels, args.minutes, folder, name, extra)
             r = results[name]
             print(f"{name:9s} exit {r['exit']}  wall {r['wall_s']:6.1f} s  preparing {r['preparing_s'] or float('nan'):6.1f}  "
                   f"training {r['training_s'] or float('nan'):6.1f}  finishing {r['finishing_s'] or float('nan'):6.1f}  "
@@ -156,7 +169,8 @@ def main() -> int:
         print(f"current / baseline: wall {c['wall_s'] / b['wall_s']:.2f}x, peak anonymous memory "
               f"{c['peak_anon_mib'] / b['peak_anon_mib']:.2f}x")
     C.write_report(Path(__file__).resolve().parent / "results" / f"{args.name}.json",
-                   {"slices": args.slices, "size": args.size, "minutes": args.minutes, "data": source, "variants": results})
+                   {"slices": args.slices, "size": args.size, "minutes": args.minutes, "annotated": args.annotated, "data": source,
+                    "variants": results})
     return 0
 
 

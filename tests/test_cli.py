@@ -819,3 +819,24 @@ def test_a_large_training_stack_says_at_once_that_it_is_being_prepared(data, cap
     monkeypatch.setattr(cli, "PREPARING_NOTE_PIXELS", 4 * 64 * 64)
     code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "m.keras", *TINY_TRAINING)
     assert code == 0 and err.startswith("preparing 4 slices of 64 x 64 pixels (normalising, border weights)..."), err
+
+
+def test_train_reads_large_files_when_indexed_and_only_their_annotated_slices(tmp_path, capsys, monkeypatch):
+    # image and labels were read whole: a stack larger than memory could not train, even annotated on a few slices
+    import napari_unet.train as train_module
+    from napari_unet import tiff_io
+
+    monkeypatch.setattr(tiff_io, "LAZY_READ_BYTES", 0)  # these small files count as large: memory-mapped
+    read = []
+    real = train_module.read_annotated_slices
+    monkeypatch.setattr(train_module, "read_annotated_slices", lambda image, labels, *a: read.append((type(image), type(labels))) or real(image, labels, *a))
+    image, labels = stripes(n_slices=8, size=64)
+    sparse = np.full(labels.shape, 7, np.uint8)
+    sparse[[2, 5, 6]] = labels[[2, 5, 6]]
+    tifffile.imwrite(tmp_path / "image.tif", image, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "labels.tif", sparse, photometric="minisblack")
+    code, out, err = run(capsys, "train", tmp_path / "image.tif", tmp_path / "labels.tif", "-o", tmp_path / "m.keras",
+                         "--ignore-value", "7", "--val-fraction", "0.34", *TINY_TRAINING)
+    assert code == 0, err
+    assert read == [(np.memmap, np.memmap)]
+    assert "training on slices [2, 5], validating on slices [6]" in err and json.loads(out)["validation_slices"] == [6]

@@ -457,3 +457,30 @@ def test_normalising_float64_values_beyond_half_its_range_gives_no_nan():
     assert np.isfinite(out).all() and np.array_equal(image, before)
     assert (out[:, :4] == 0).all() and (out[:, -4:] == 1).all()  # the markers at the ends of the range
     np.testing.assert_allclose(out, normalize(image / 4, (1.0, 99.8)), atol=1e-6)  # the same as at a quarter of the scale
+
+
+def test_only_the_annotated_slices_are_read_for_training():
+    # a stack larger than memory annotated on a few slices was read whole (and its labels twice over as indices)
+    from _helpers import PlanesOnly
+    from napari_unet.data import read_annotated_slices
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (6, 32, 32)).astype(np.uint8)
+    labels = np.full(image.shape, 7, np.uint8)
+    labels[1, :4], labels[4, 10:12] = 0, 255
+    weights = rng.random(image.shape).astype(np.float32)
+    lazy_image, lazy_labels, lazy_weights = PlanesOnly(image), PlanesOnly(labels), PlanesOnly(weights)
+    image_stack, label_stack, weight_stack, slices = read_annotated_slices(lazy_image, lazy_labels, 7, lazy_weights)
+    assert slices == [1, 4]
+    np.testing.assert_array_equal(image_stack, image[[1, 4]])
+    np.testing.assert_array_equal(label_stack, labels[[1, 4]])
+    np.testing.assert_array_equal(weight_stack, weights[[1, 4]])
+    assert set(lazy_image.reads) == {1, 4} and set(lazy_weights.reads) == {1, 4}  # the labels: every slice, once
+    # every slice, or none, annotated; no ignore value; context slices: the whole checked stacks
+    for ignore, every in ((None, False), (7, True), (9, False)):
+        stacks = read_annotated_slices(image, labels, ignore, every_slice=every)
+        assert stacks[3] == list(range(6)) and stacks[0].shape == image.shape
+    with pytest.raises(InputError, match="differ"):
+        read_annotated_slices(image, labels[:5], 7)
+    with pytest.raises(InputError, match="pixel weights shape"):
+        read_annotated_slices(image, labels, 7, weights[:, :31])

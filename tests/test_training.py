@@ -739,3 +739,18 @@ def test_durations_read_the_same_in_the_command_line_and_the_widgets():
 
     # the command line truncated (0:59 for 59.6 s) and had no hours (61:40), the widgets rounded and had them
     assert [format_seconds(s) for s in (None, -3, 0.4, 59.6, 61, 3700, 36000)] == ["?", "0:00", "0:00", "1:00", "1:01", "1:01:40", "10:00:00"]
+
+
+def test_a_stack_annotated_on_a_few_slices_trains_on_those_read_alone():
+    from _helpers import PlanesOnly
+
+    image, labels = stripes(n_slices=8, size=96)
+    sparse = np.full(labels.shape, 7, np.uint8)
+    sparse[[2, 5, 6]] = labels[[2, 5, 6]]
+    lazy_image, lazy_labels = PlanesOnly(image), PlanesOnly(sparse)
+    model_config, train_config = tiny_configs(epochs=2, steps_per_epoch=10, ignore_value=7, val_fraction=0.34)
+    events = list(train_events(lazy_image, lazy_labels, model_config, train_config))
+    started, final = events[0], events[-1]
+    assert started.train_slices == [2, 5] and started.val_slices == [6]  # the stack's slice numbers
+    assert {index for index in lazy_image.reads if not isinstance(index, tuple)} == {2, 5, 6}
+    assert final.steps == 20 and all(np.isfinite(h["val_loss"]) for h in final.history) and final.model.class_values == [0, 255]

@@ -326,8 +326,18 @@ def _with_pixel_size(metadata: dict, pixel_size: dict | None, class_axis: bool =
     return {**metadata, "scale": scale, "units": units}
 
 
-def read_label_stack(path, what: str, ignore_value=None) -> tuple[np.ndarray, int | None, list]:
-    """Labels (Y, X) or (Z, Y, X) in file values, the value of their unannotated pixels, and notes to print.
+def _holds_value(array, value) -> bool:
+    """Whether ``array`` has a pixel equal to ``value``; a lazy (Z, Y, X) array is read a slice at a time."""
+    from .tiff_io import is_lazy
+
+    if not is_lazy(array) or array.ndim < 3:
+        return bool(np.any(array == value))
+    return any(np.any(np.asarray(array[z]) == value) for z in range(array.shape[0]))
+
+
+def read_label_stack(path, what: str, ignore_value=None, lazy: bool = False) -> tuple[np.ndarray, int | None, list]:
+    """Labels (Y, X) or (Z, Y, X) in file values, the value of their unannotated pixels, and notes to print
+    (``lazy``: a large file is read when indexed, as :func:`read_stack`; not a prediction saved from napari).
 
     ``ignore_value`` given wins over the one the file records (the napari-unet Labels writer records it
     for sparse labels). A prediction layer saved from napari counts, as it does in napari, only the pixels
@@ -335,13 +345,13 @@ def read_label_stack(path, what: str, ignore_value=None) -> tuple[np.ndarray, in
     """
     from .labels import choose_ignore_value
 
-    labels, metadata = _read_stack_and_metadata(path, what, labels=True)
+    labels, metadata = _read_stack_and_metadata(path, what, lazy=lazy, labels=True)
     name, notes = Path(path).name, []
-    if ignore_value is not None and not np.any(labels == ignore_value):
+    if ignore_value is not None and not _holds_value(labels, ignore_value):
         notes.append(f"{what} {name}: no pixel has the ignore value {ignore_value}; every pixel counts as annotated")
     if ignore_value is None and metadata.get("ignore_value") is not None:
         ignore_value = int(metadata["ignore_value"])
-        if np.any(labels == ignore_value):
+        if _holds_value(labels, ignore_value):
             notes.append(f"{what} {name}: value {ignore_value} = not annotated, as the file records (--ignore-value to choose)")
     if isinstance(metadata.get("predicted_from"), str):
         reviewed = metadata.get("reviewed")
@@ -359,7 +369,7 @@ def read_label_stack(path, what: str, ignore_value=None) -> tuple[np.ndarray, in
         if ignore_value is None:
             ignore_value = choose_ignore_value(metadata.get("class_values") or np.unique(labels).tolist())
         dtype = np.result_type(labels.dtype, np.min_scalar_type(ignore_value))  # room for any --ignore-value
-        labels = np.where(reviewed, labels, np.asarray(ignore_value, dtype)).astype(dtype, copy=False)
+        labels = np.where(reviewed, np.asarray(labels), np.asarray(ignore_value, dtype)).astype(dtype, copy=False)
         notes.append(
             f"{what} {name}: a prediction of {metadata['predicted_from']!r} saved from napari; only its "
             f"{int(reviewed.sum())} painted or reviewed pixels count as annotations"
@@ -492,8 +502,9 @@ def cmd_train(args) -> int:
     output = check_output(args.output, "model file", inputs=[p for p in (args.image, args.labels, args.init) if p])
     if output.suffix != ".keras":
         raise CommandError(f"the model file must end in .keras, got {output.name!r}")
-    image = read_stack(args.image, "image")
-    labels, ignore_value, notes = read_label_stack(args.labels, "labels", args.ignore_value)
+    # read when indexed (large files): training reads only the slices that hold annotations
+    image = read_stack(args.image, "image", lazy=True)
+    labels, ignore_value, notes = read_label_stack(args.labels, "labels", args.ignore_value, lazy=True)
     if image.shape != labels.shape:
         raise CommandError(f"image shape {image.shape} and labels shape {labels.shape} differ; they must be identical")
     for note in notes:

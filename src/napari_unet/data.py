@@ -58,6 +58,32 @@ def check_pair(image, labels) -> tuple[np.ndarray, np.ndarray]:
     return image_stack, as_stack(labels_array, "labels")
 
 
+def read_annotated_slices(image, labels, ignore_value=None, pixel_weights=None, every_slice: bool = False):
+    """``(image, labels, pixel_weights, slices)``: (Z', Y, X) stacks of the ``slices`` of (Z, Y, X) ``image`` and
+    ``labels`` (numpy, memory-mapped or dask: read slice by slice) that hold a pixel other than ``ignore_value``, and
+    their numbers in the stack; the whole checked stacks (:func:`check_pair`) when every slice or none holds one, with
+    ``every_slice`` (context slices need their neighbours) or without an ignore value. A stack larger than memory whose
+    annotations lie on a few slices thus trains in the memory of those. ``pixel_weights``: the labels' shape, or None."""
+    shape = tuple(np.shape(image))
+    if tuple(np.shape(labels)) != shape:
+        raise InputError(f"image shape {shape} and labels shape {tuple(np.shape(labels))} differ; labels must have exactly the image's shape")
+    slices = []
+    if len(shape) == 3 and ignore_value is not None and not every_slice:
+        slices = [z for z in range(shape[0]) if np.any(np.asarray(labels[z]) != ignore_value)]
+    if not slices or len(slices) == shape[0]:
+        image_stack, label_stack = check_pair(image, labels)
+        weights = None if pixel_weights is None else check_pixel_weights(pixel_weights, labels)
+        return image_stack, label_stack, weights, list(range(len(label_stack)))
+    image_stack = check_image(np.stack([np.asarray(image[z]) for z in slices]))
+    label_stack = np.stack([np.asarray(labels[z]) for z in slices])
+    weights = None
+    if pixel_weights is not None:
+        if tuple(np.shape(pixel_weights)) != shape:
+            raise InputError(f"pixel weights shape {tuple(np.shape(pixel_weights))} and labels shape {shape} differ")
+        weights = check_pixel_weights(np.stack([np.asarray(pixel_weights[z]) for z in slices]), label_stack)
+    return image_stack, label_stack, weights, slices
+
+
 def check_pixel_weights(weights, labels) -> np.ndarray:
     """Extra loss weights of ``labels``' shape as a (Z, Y, X) stack (a view, in their own dtype), or :class:`InputError`."""
     array = np.asarray(weights)

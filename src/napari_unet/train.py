@@ -22,8 +22,6 @@ from .data import (
     border_weights,
     centre_tiles,
     check_image,
-    check_pair,
-    check_pixel_weights,
     class_weights,
     downscale_image,
     downscale_labels,
@@ -31,6 +29,7 @@ from .data import (
     normalize,
     normalize_window,
     prefetch,
+    read_annotated_slices,
 )
 from .labels import check_class_count, check_trainable, layer_order, to_indices
 from .model import (
@@ -494,9 +493,11 @@ def train_events(
         augment_noise=resolve_augment_noise(train_config.augment_noise, train_config.max_minutes),
         merge_levels=resolve_merge_levels(train_config.merge_levels, train_config.max_minutes),
     )
-    image_stack, label_stack = check_pair(image, labels)
-    extra_weights = None if pixel_weights is None else check_pixel_weights(pixel_weights, labels)
     ignore = train_config.ignore_value
+    # Only the annotated slices are read (a stack larger than memory, annotated on a few slices, trains in the memory
+    # of those); slice_numbers maps their positions back to the stack's. Context slices need their neighbours.
+    context = (init.config if init is not None else model_config or preset("default").model).context_slices
+    image_stack, label_stack, extra_weights, slice_numbers = read_annotated_slices(image, labels, ignore, pixel_weights, context > 0)
     class_values = check_trainable(label_stack, ignore, init.class_values if init else None)
     check_class_count(len(class_values), "the labels")
     model_config = _resolve_model_config(model_config, len(class_values), init, train_config)
@@ -650,8 +651,8 @@ def train_events(
     first_step_seconds = 0.0  # tracing or an XLA compile: not the rate of the steps after it
     batches = prefetch(lambda: sampler.batch(train_config.batch_size), total_steps)
     try:
-        yield TrainingStarted(result, total_steps, epochs, steps_per_epoch, train_slices, val_slices, class_values, val_column,
-                              notes, val_window)
+        yield TrainingStarted(result, total_steps, epochs, steps_per_epoch, [slice_numbers[k] for k in train_slices],
+                              [slice_numbers[k] for k in val_slices], class_values, val_column, notes, val_window)
         start = time.perf_counter()
         for epoch in range(1, epochs + 1):
             losses = []
