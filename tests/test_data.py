@@ -484,3 +484,16 @@ def test_only_the_annotated_slices_are_read_for_training():
         read_annotated_slices(image, labels[:5], 7)
     with pytest.raises(InputError, match="pixel weights shape"):
         read_annotated_slices(image, labels, 7, weights[:, :31])
+
+
+def test_normalize_refuses_reversed_percentiles_and_a_negative_sigma():
+    # (99, 1) inverted the image without a word; a negative sigma was taken
+    from napari_unet.data import normalize
+
+    image = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    for percentiles in ((99.0, 1.0), (5.0, 5.0), (-1.0, 50.0), (1.0, 101.0)):
+        with pytest.raises(ValueError, match="percentiles must be"):
+            normalize(image, percentiles)
+    for sigma in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="local_contrast_sigma must be >= 0"):
+            normalize(image, (1.0, 99.0), sigma)

@@ -530,3 +530,14 @@ def test_a_model_file_path_is_loaded_and_anything_else_named(tmp_path):
     assert started.class_values == tiny_model().class_values
     with pytest.raises(TypeError, match="model must be a UNetModel or the path of a .keras model file"):
         predict(None, image[0])
+
+
+def test_tile_settings_must_be_whole_numbers_and_outputs_writeable():
+    # tile_size 7.5 failed deep in tile_starts; a read-only labels_out failed after the network had run
+    image = stripes(n_slices=1, size=64)[0][0]
+    with pytest.raises(ValueError, match="must be whole numbers"):
+        predict(tiny_model(), image, tile_size=7.5)
+    read_only = np.zeros(image.shape, np.uint8)
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match="labels_out is read-only"):
+        predict(tiny_model(), image, labels_out=read_only, tta=False)

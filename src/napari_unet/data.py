@@ -116,6 +116,11 @@ def normalize(image, percentiles=(1.0, 99.8), local_contrast_sigma: float = 0.0)
     ``local_contrast_sigma`` > 0 then standardises every pixel by its neighbourhood
     (:func:`local_contrast`), so faint membranes in pale regions get the contrast of the rest.
     """
+    low, high = (float(p) for p in percentiles)
+    if not 0 <= low < high <= 100:  # (99, 1) inverted the image without a word
+        raise ValueError(f"percentiles must be (low, high) with 0 <= low < high <= 100, got {tuple(percentiles)}")
+    if not local_contrast_sigma >= 0:
+        raise ValueError(f"local_contrast_sigma must be >= 0, got {local_contrast_sigma}")
     stack = as_stack(image)
     if stack.size == 0:
         raise InputError(f"image of shape {np.shape(image)} holds no pixels")

@@ -292,6 +292,8 @@ def predict_events(
         raise InputError(f"the model expects {model.config.input_channels} channels; napari-unet images have one")
     if min(shape[-2:]) < 4:  # said of the whole image, not of the slice that would fail (a (4, 1, 128) stack)
         raise InputError(f"image of shape {shape} is too small; need at least 4x4 pixels")
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (tile_size, batch_size, overlap)):
+        raise ValueError(f"tile_size, batch_size and overlap must be whole numbers, got {tile_size!r}, {batch_size!r}, {overlap!r}")
     if tile_size < 1 or batch_size < 1 or overlap < 0:
         raise ValueError(f"tile_size and batch_size must be at least 1 and overlap at least 0, got {tile_size}, {batch_size}, {overlap}")
     n_slices = 1 if len(shape) == 2 else shape[0]
@@ -430,6 +432,8 @@ def _output_array(out, shape: tuple, dtype, is_2d: bool, name: str) -> np.ndarra
     expected = shape[1:] if is_2d else shape
     if tuple(out.shape) != expected or out.dtype != np.dtype(dtype):
         raise ValueError(f"{name} must have shape {expected} and dtype {np.dtype(dtype)}, got {tuple(out.shape)} {out.dtype}")
+    if not getattr(getattr(out, "flags", None), "writeable", True):  # found only after the network had run
+        raise ValueError(f"{name} is read-only; give a writeable array (e.g. np.memmap mode 'w+' or 'r+')")
     return out[np.newaxis] if is_2d else out
 
 
