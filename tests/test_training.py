@@ -754,3 +754,22 @@ def test_a_stack_annotated_on_a_few_slices_trains_on_those_read_alone():
     assert started.train_slices == [2, 5] and started.val_slices == [6]  # the stack's slice numbers
     assert {index for index in lazy_image.reads if not isinstance(index, tuple)} == {2, 5, 6}
     assert final.steps == 20 and all(np.isfinite(h["val_loss"]) for h in final.history) and final.model.class_values == [0, 255]
+
+
+def test_the_memory_check_counts_what_the_process_holds_already_and_a_gpus_activations_apart():
+    # the estimate includes TensorFlow's 0.8 GB, which a process training in napari holds already: compared with the
+    # memory still free, it refused trainings that fit
+    from napari_unet.config import ConfigError, ModelConfig
+    from napari_unet.model import TRAINING_BASE_BYTES, training_memory_bytes
+    from napari_unet.train import check_training_memory
+
+    config = ModelConfig(depth=4, base_filters=16)
+    needed = training_memory_bytes(config, 4, 256, True)
+    check_training_memory(config, 4, 256, True, needed - int(TRAINING_BASE_BYTES) + 1, int(TRAINING_BASE_BYTES))  # fits
+    with pytest.raises(ConfigError, match=r"0.7 GB of it in use already, more than the"):  # 0.8e9 bytes
+        check_training_memory(config, 4, 256, True, needed - int(TRAINING_BASE_BYTES) - 2**20, int(TRAINING_BASE_BYTES))
+    huge_batch = training_memory_bytes(config, 400, 256, True)
+    check_training_memory(config, 400, 256, True, needed, activations_here=False)  # the activations on a GPU
+    with pytest.raises(ConfigError, match="lower the batch size"):
+        check_training_memory(config, 400, 256, True, huge_batch - 2**30)
+    check_training_memory(config, 400, 256, True, None)  # unknown: never refused

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import threading
 import time
 import warnings
@@ -33,7 +34,7 @@ from .data import (
 )
 from .labels import check_class_count, check_trainable, layer_order, to_indices
 from .model import (
-    TRAINING_BYTES_PER_PARAMETER, BatchNormStatistics, build_unet, import_keras, masked_loss, parameter_count,
+    TRAINING_BASE_BYTES, TRAINING_BYTES_PER_PARAMETER, BatchNormStatistics, build_unet, import_keras, masked_loss, parameter_count,
     recompute_batch_norm_statistics, training_memory_bytes,
 )
 from .metrics import dice_per_class, pixel_error
@@ -436,26 +437,28 @@ def _trainer_key(model_config: ModelConfig, train_config: TrainConfig, loss_sett
 
 
 def check_training_memory(model_config: ModelConfig, batch_size: int, patch_size: int, mixed_precision: bool,
-                          available: Optional[int]) -> None:
+                          available: Optional[int], in_use: int = 0, activations_here: bool = True) -> None:
     """:class:`ConfigError` if training ``model_config``'s network on batches of ``batch_size`` patches of ``patch_size``²
     needs more than ``available`` bytes (None: unknown, no check) by :func:`napari_unet.model.training_memory_bytes`:
     depth 6 with 128 filters (2 billion weights) grew to 24 GB and the system killed the process, in napari the viewer
-    with its unsaved layers."""
-    needed = training_memory_bytes(model_config, batch_size, patch_size, mixed_precision)
-    if available is None or needed <= available:
+    with its unsaved layers. ``in_use``: bytes of the estimate the process holds already (TensorFlow loaded, a kept
+    trainer's weights); ``activations_here=False``: the batch's activations live elsewhere (a GPU) or are not counted
+    yet (the check before the data are prepared)."""
+    needed = training_memory_bytes(model_config, batch_size if activations_here else 0, patch_size, mixed_precision)
+    if available is None or needed - in_use <= available:
         return
     weights = parameter_count(model_config)
     size = f"{weights / 1e6:,.1f} million" if weights >= 1e6 else f"{weights:,}"
-    activations = training_memory_bytes(model_config, batch_size, patch_size, mixed_precision) - training_memory_bytes(
-        model_config, 0, patch_size, mixed_precision)
+    activations = needed - training_memory_bytes(model_config, 0, patch_size, mixed_precision)
     if activations > needed / 2:  # mostly the batch's activations
         advice = "lower the batch size or the patch size (memory grows with both), or the filters"
     else:
         advice = "each level of depth or doubling of the filters needs about 4 times the weights: lower them"
+    held = f", {in_use / 2**30:.1f} GB of it in use already" if in_use else ""
     raise ConfigError(
         f"training this network (depth {model_config.depth}, {model_config.base_filters} filters: {size} weights) on "
-        f"batches of {batch_size} patches of {patch_size}² needs about {needed / 2**30:.1f} GB of memory, more than the "
-        f"{available / 2**30:.1f} GB free; {advice}"
+        f"batches of {batch_size} patches of {patch_size}² needs about {needed / 2**30:.1f} GB of memory{held}, more than "
+        f"the {available / 2**30:.1f} GB free; {advice}"
     )
 
 
@@ -504,6 +507,13 @@ def train_events(
     if model_config.input_channels != 1:  # as predict says it: Keras failed on the first step with a shape error
         raise InputError(f"the model expects {model_config.input_channels} channels; napari-unet images have one")
     check_patch_size(train_config.patch_size, model_config)
+    if init is None:  # the weights alone, before minutes of preparing large data (the batch is checked below)
+        with _idle_trainer_lock:
+            same_network = _idle_trainer is not None and _idle_trainer.key[0] == to_json(model_config)
+        held = (TRAINING_BASE_BYTES if "tensorflow" in sys.modules else 0) + (
+            TRAINING_BYTES_PER_PARAMETER * parameter_count(model_config) if same_network else 0)
+        check_training_memory(model_config, train_config.batch_size, train_config.patch_size, True,
+                              hardware.available_memory_bytes(), int(held), activations_here=False)
     percentiles = init.percentiles if init else train_config.percentiles
     indices = to_indices(label_stack, class_values, ignore, dtype=np.int8)  # at most MAX_CLASSES classes: a byte a pixel
     order = layer_order(indices)
@@ -611,10 +621,11 @@ def train_events(
     key = _trainer_key(model_config, train_config, loss_settings)
     with _idle_trainer_lock:
         kept = _idle_trainer is not None and _idle_trainer.key == key
-    available = hardware.available_memory_bytes()
-    if kept and available is not None:  # the kept trainer's weights and optimizer are in use already, and reused
-        available += TRAINING_BYTES_PER_PARAMETER * parameter_count(model_config)
-    check_training_memory(model_config, train_config.batch_size, train_config.patch_size, mixed_precision, available)
+    on_gpu = hardware.has_gpu()  # loads TensorFlow (the estimate's base) if nothing has yet
+    # what the process holds of the estimate already: TensorFlow, and a kept trainer's weights and optimizer (reused)
+    in_use = TRAINING_BASE_BYTES + (TRAINING_BYTES_PER_PARAMETER * parameter_count(model_config) if kept else 0)
+    check_training_memory(model_config, train_config.batch_size, train_config.patch_size, mixed_precision,
+                          hardware.available_memory_bytes(), int(in_use), activations_here=not on_gpu)
     # The network handed out is never compiled; a kept (or new) trainer learns from its weights (_Trainer).
     network = build_unet(model_config, mixed_precision=mixed_precision, seed=train_config.seed)
     if init is not None:
