@@ -497,3 +497,24 @@ def test_normalize_refuses_reversed_percentiles_and_a_negative_sigma():
     for sigma in (-1.0, float("nan")):
         with pytest.raises(ValueError, match="local_contrast_sigma must be >= 0"):
             normalize(image, (1.0, 99.0), sigma)
+
+
+def test_annotated_slices_of_in_memory_dask_and_unannotated_stacks():
+    import dask.array as da
+
+    from _helpers import PlanesOnly
+    from napari_unet.data import read_annotated_slices
+
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 255, (6, 16, 16)).astype(np.uint8)
+    labels = np.full(image.shape, 7, np.uint8)
+    labels[[0, 1, 2, 4], :2] = 255
+    # in memory, most slices annotated: the stacks as they are (a copy of 4 of 6 slices would be a second stack)
+    image_stack, label_stack, _, slices = read_annotated_slices(image, labels, 7)
+    assert slices == list(range(6)) and np.shares_memory(image_stack, image) and np.shares_memory(label_stack, labels)
+    # dask (zarr) labels are reduced chunk by chunk, each chunk decoded once, not once per slice
+    chunked = da.from_array(labels, chunks=(3, 16, 16))
+    assert read_annotated_slices(da.from_array(image, chunks=(3, 16, 16)), chunked, 7)[3] == [0, 1, 2, 4]
+    # a lazy stack without an annotated pixel is refused before anything is read whole
+    with pytest.raises(InputError, match="no annotated pixel .*ignore value 7"):
+        read_annotated_slices(PlanesOnly(image), PlanesOnly(np.full(image.shape, 7, np.uint8)), 7)

@@ -554,3 +554,20 @@ def test_a_damaged_record_of_reviewed_pixels_is_named_not_read_as_nothing_painte
     assert "damaged_masks" not in read_tiff(tmp_path / "intact.tif").metadata
     read(tmp_path / "intact.tif")
     assert len(warned) == 1
+
+
+def test_the_corrections_of_a_single_slice_prediction_come_back(tmp_path):
+    # a (1, Y, X) prediction layer is read back as (Y, X): its record of reviewed pixels, of the written shape, was
+    # dropped (the corrections lost), and then called damaged
+    from napari_unet.cli import read_label_stack
+
+    display = to_display(isbi_like_labels()[:1], [0, 255])
+    reviewed = np.zeros(display.shape, bool)
+    reviewed[0, 2:10, 3:12] = True
+    meta = {"metadata": {"class_values": [0, 255], "napari_unet": {"output": "prediction", "image": "EM", "reviewed": reviewed}}}
+    write_labels(str(tmp_path / "one.tif"), display, meta)
+    back = read_tiff(tmp_path / "one.tif")
+    assert "damaged_masks" not in back.metadata
+    np.testing.assert_array_equal(back.metadata["reviewed"].reshape(reviewed.shape), reviewed)
+    values, ignore, notes = read_label_stack(tmp_path / "one.tif", "labels")
+    assert int((values != ignore).sum()) == int(reviewed.sum()) and "only its 72 painted or reviewed pixels count" in notes[-1]

@@ -672,6 +672,7 @@ def test_label_detection_stops_at_the_first_plane_of_an_intensity_stack(monkeypa
 @pytest.mark.parametrize("scale, units", [
     ([1.0, 1.0, 3.0], [None, None, "µm"]),  # an OME file with PhysicalSizeX only: Y was read back at 1 µm per row
     ([1.0, 2.0, 3.0], [None, "µm", "µm"]),  # no Z spacing: it was written as 1 µm
+    ([2.0, 0.5, 0.5], [None, "µm", "µm"]),  # a Z spacing without a unit: it came back as 2 µm
     ([0.5, 2.0, 2.0], ["nm", "µm", "µm"]),  # ImageJ has one unit for X, Y and Z
     ([5.0, 2.0, 3.0], ["µm", "µm", "µm"]),
 ])

@@ -330,6 +330,8 @@ def _holds_value(array, value) -> bool:
     """Whether ``array`` has a pixel equal to ``value``; a lazy (Z, Y, X) array is read a slice at a time."""
     from .tiff_io import is_lazy
 
+    if hasattr(array, "dask"):  # chunk by chunk, each decoded once
+        return bool((array == value).any().compute())
     if not is_lazy(array) or array.ndim < 3:
         return bool(np.any(array == value))
     return any(np.any(np.asarray(array[z]) == value) for z in range(array.shape[0]))

@@ -60,21 +60,27 @@ def check_pair(image, labels) -> tuple[np.ndarray, np.ndarray]:
 
 def read_annotated_slices(image, labels, ignore_value=None, pixel_weights=None, every_slice: bool = False):
     """``(image, labels, pixel_weights, slices)``: (Z', Y, X) stacks of the ``slices`` of (Z, Y, X) ``image`` and
-    ``labels`` (numpy, memory-mapped or dask: read slice by slice) that hold a pixel other than ``ignore_value``, and
-    their numbers in the stack; the whole checked stacks (:func:`check_pair`) when every slice or none holds one, with
-    ``every_slice`` (context slices need their neighbours) or without an ignore value. A stack larger than memory whose
-    annotations lie on a few slices thus trains in the memory of those. ``pixel_weights``: the labels' shape, or None."""
+    ``labels`` that hold a pixel other than ``ignore_value``, and their numbers in the stack. Memory-mapped and dask
+    arrays are read only there (a stack larger than memory, annotated on a few slices, trains in the memory of those);
+    in-memory arrays are taken whole unless at most half of their slices hold annotations (a copy of those is then
+    smaller). The whole checked stacks (:func:`check_pair`) with every or no slice annotated, ``every_slice`` (context
+    slices need their neighbours) or no ignore value; a lazy stack with no annotated pixel is refused without being
+    read whole. ``pixel_weights``: the labels' shape, or None."""
     shape = tuple(np.shape(image))
     if tuple(np.shape(labels)) != shape:
         raise InputError(f"image shape {shape} and labels shape {tuple(np.shape(labels))} differ; labels must have exactly the image's shape")
+    in_memory = all(isinstance(a, np.ndarray) and not isinstance(a, np.memmap) for a in (image, labels))
     slices = []
     if len(shape) == 3 and ignore_value is not None and not every_slice:
-        slices = [z for z in range(shape[0]) if np.any(np.asarray(labels[z]) != ignore_value)]
-    if not slices or len(slices) == shape[0]:
+        slices = [int(z) for z in np.flatnonzero(_slices_holding_other_than(labels, ignore_value))]
+        if not slices and not in_memory:
+            raise InputError(f"the labels contain no annotated pixel (every pixel has the ignore value {ignore_value}); "
+                             "paint at least two classes")
+    if not slices or len(slices) == shape[0] or in_memory and len(slices) > shape[0] / 2:
         image_stack, label_stack = check_pair(image, labels)
         weights = None if pixel_weights is None else check_pixel_weights(pixel_weights, labels)
         return image_stack, label_stack, weights, list(range(len(label_stack)))
-    image_stack = check_image(np.stack([np.asarray(image[z]) for z in slices]))
+    image_stack = check_image(np.stack([np.asarray(image[z]) for z in slices]), f"image (slices {slices} of {shape})")
     label_stack = np.stack([np.asarray(labels[z]) for z in slices])
     weights = None
     if pixel_weights is not None:
@@ -82,6 +88,14 @@ def read_annotated_slices(image, labels, ignore_value=None, pixel_weights=None, 
             raise InputError(f"pixel weights shape {tuple(np.shape(pixel_weights))} and labels shape {shape} differ")
         weights = check_pixel_weights(np.stack([np.asarray(pixel_weights[z]) for z in slices]), label_stack)
     return image_stack, label_stack, weights, slices
+
+
+def _slices_holding_other_than(labels, value) -> np.ndarray:
+    """(Z,) bool: which slices of (Z, Y, X) ``labels`` hold a pixel other than ``value``; a dask array is reduced chunk
+    by chunk (each chunk decoded once), anything else read a slice at a time."""
+    if hasattr(labels, "dask"):
+        return np.asarray((labels != value).any(axis=(1, 2)).compute())
+    return np.array([np.any(np.asarray(labels[z]) != value) for z in range(np.shape(labels)[0])], bool)
 
 
 def check_pixel_weights(weights, labels) -> np.ndarray:
@@ -138,7 +152,7 @@ def normalize(image, percentiles=(1.0, 99.8), local_contrast_sigma: float = 0.0)
 def normalize_window(image, slices, window, percentiles=(1.0, 99.8), local_contrast_sigma: float = 0.0,
                      context: int = 0) -> tuple[np.ndarray, list[int]]:
     """``(stack, planes)`` for ``predict(model, stack, slices=planes, normalized=True)``: the ``window``
-    ``(y0, y1, x0, x1)`` of ``slices`` of the (Z, Y, X) ``image``, each :func:`normalize`\ d as a whole plane, as
+    ``(y0, y1, x0, x1)`` of ``slices`` of the (Z, Y, X) ``image``, each normalised as a whole plane (:func:`normalize`), as
     ``predict`` normalises slices (a window normalised on its own had other percentiles). ``stack`` is float32,
     (len(slices), y1 - y0, x1 - x0) with ``planes`` 0, 1, ...; with ``context`` > 0 it is (Z, ...), holding the slices and
     their neighbours, ``planes`` = ``slices`` (the other planes stay zero, their memory uncommitted by np.zeros)."""

@@ -688,7 +688,8 @@ def evaluate(pred_labels, truth_labels, class_values=None, membrane_value=None, 
     membrane_value : scalar, optional
         Membrane class.  ISBI scores are computed when it is given or when
         there are exactly two class values (then the smaller one is the
-        membrane, as in ISBI: 0 = membrane, 255 = cell), and every truth pixel is annotated.
+        membrane, as in ISBI: 0 = membrane, 255 = cell), every truth pixel is annotated and holds one of the
+        class values.
     ignore_value : scalar, optional
         Truth value of unannotated pixels (sparse truth): only the other pixels are scored.
     pixel_height : float, optional
@@ -703,7 +704,8 @@ def evaluate(pred_labels, truth_labels, class_values=None, membrane_value=None, 
     ``v_info_merge``; for truths of layers stacked down Y (retinal OCT, :func:`napari_unet.labels.layer_order`),
     ``layer_order`` (class values, top to bottom) and ``boundary_error_px`` (and ``boundary_error_um``):
     {"upper|lower": mean absolute row error of that boundary (:func:`layer_boundary_errors`), "mean": their mean}.
-    Undefined scores (no truth cells, a boundary the truth never shows) are None.
+    Undefined scores (no truth cells, a boundary the truth never shows) are None. ValueError when no class value
+    occurs in the scored truth, or ``pixel_height`` is no size in µm (above 0, at most :data:`MAX_PIXEL_HEIGHT_UM`).
     """
     pred = _class_value_array(pred_labels, "pred_labels")
     truth = _class_value_array(truth_labels, "truth_labels")
@@ -716,13 +718,13 @@ def evaluate(pred_labels, truth_labels, class_values=None, membrane_value=None, 
     scored_pred, scored_truth = (pred, truth) if annotated is None else (pred[annotated], truth[annotated])
     if scored_truth.size == 0:
         raise ValueError(f"truth_labels has no annotated pixel (all are the ignore value {ignore_value})")
-    truth_values = np.unique(scored_truth)
     if class_values is None:
-        class_values = truth_values
+        class_values = np.unique(scored_truth)
     class_values = list(class_values)
-    if not np.isin(class_values, truth_values).any():  # Dice 1.0 and ISBI pixel error 0 for a prediction 77 % wrong
+    if not any(np.any(scored_truth == v) for v in class_values):  # Dice 1.0 and ISBI pixel error 0 for a prediction 77 % wrong
+        found = np.unique(scored_truth)
         raise ValueError(f"none of the class values {[_key(v) for v in class_values]} occurs in the truth, whose values are "
-                         f"{[_key(v) for v in truth_values[:10]]}{' ...' if len(truth_values) > 10 else ''}")
+                         f"{[_key(v) for v in found[:10]]}{' ...' if len(found) > 10 else ''}")
     result = {
         "pixel_error": pixel_error(scored_pred, scored_truth),
         "dice": {_key(v): float(d) for v, d in dice_per_class(scored_pred, scored_truth, class_values).items()},
@@ -750,7 +752,7 @@ def evaluate(pred_labels, truth_labels, class_values=None, membrane_value=None, 
         membrane_value = min(class_values)
     elif membrane_value is not None and membrane_value not in class_values:  # every pixel would be cell: perfect scores
         raise ValueError(f"membrane_value {membrane_value} is not one of the class values {class_values}")
-    if membrane_value is not None and annotated is None and np.isin(truth_values, class_values).all():
+    if membrane_value is not None and annotated is None and np.isin(truth, class_values).all():
         # (a truth with other classes too has no membrane-and-cell reading: they would all count as membrane)
         # values that are no class (a 0/1 prediction of 0/255 truth) are wrong here as in the pixel error and
         # Dice above, not cell: cell = a class other than the membrane

@@ -602,8 +602,13 @@ def encode_mask(mask: np.ndarray) -> dict:
 
 
 def decode_mask(entry, shape) -> np.ndarray | None:
-    """The bool array of an :func:`encode_mask` entry, or None if it is missing, damaged or not of ``shape``."""
-    if not isinstance(entry, dict) or list(entry.get("shape") or []) != list(shape):
+    """The bool array of an :func:`encode_mask` entry, or None if it is missing, damaged or not of ``shape``
+    (length-1 axes aside: a (1, Y, X) prediction is read back as (Y, X))."""
+    try:
+        recorded = [int(n) for n in entry["shape"]]
+    except (KeyError, TypeError, ValueError):
+        return None
+    if [n for n in recorded if n != 1] != [n for n in shape if n != 1]:
         return None
     try:
         bits = np.frombuffer(zlib.decompress(base64.b64decode(entry["zlib_bits"], validate=True)), np.uint8)
@@ -872,7 +877,8 @@ def write_tiff(path, array, metadata: dict | None = None) -> str:
     # file unreadable as labels
     from .labels import metadata_class_values, metadata_ignore_value
 
-    numbers = {"class_values": metadata_class_values(metadata, "the metadata"), "ignore_value": metadata_ignore_value(metadata, "the metadata")}
+    numbers = {"class_values": metadata_class_values(metadata, "write_tiff's metadata"),
+               "ignore_value": metadata_ignore_value(metadata, "write_tiff's metadata")}
     limits = np.iinfo(np.int64)
     if any(not limits.min <= v <= limits.max for v in [*(numbers["class_values"] or []), numbers["ignore_value"] or 0]):
         raise ValueError(f"label values must lie within int64, got class_values {numbers['class_values']} and ignore_value "
@@ -900,7 +906,8 @@ def write_tiff(path, array, metadata: dict | None = None) -> str:
     # written with the others' and read back at 1 µm, so such arrays take the JSON metadata, which keeps each axis's
     xy_units = {units[i] for i, a in enumerate(axes) if a in "XY"}
     z_unit = units[axes.index("Z")] if "Z" in axes else None
-    one_unit = len(xy_units) <= 1 and (z_unit is None or xy_units == {z_unit})
+    z_scale = scale[axes.index("Z")] if "Z" in axes else 1.0
+    one_unit = len(xy_units) <= 1 and (xy_units == {z_unit} or z_unit is None and (z_scale == 1.0 or xy_units == {None}))
     imagej = _imagej_compatible(axes, data.dtype) and not big and one_unit
     if big:
         kwargs["bigtiff"] = True

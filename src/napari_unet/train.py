@@ -306,6 +306,18 @@ def _normalize_slices(image, slices, percentiles, local_contrast_sigma: float) -
     return out
 
 
+def _intensity_reference(image, read, percentiles) -> tuple:
+    """:func:`intensity_reference` of the whole (Z, Y, X) ``image`` (up to 8 evenly spaced slices are read), as for a
+    stack training read whole, so that reading only its annotated slices (``read``, checked) leaves the model file as
+    it was; of ``read`` when those slices give no finite profile (NaN in a slice training never read)."""
+    if len(read) != (np.shape(image)[0] if np.ndim(image) == 3 else 1):
+        with np.errstate(invalid="ignore"):
+            profile, spread = intensity_reference(image, percentiles)
+        if np.all(np.isfinite(profile)) and np.isfinite(spread):
+            return profile, spread
+    return intensity_reference(read, percentiles)
+
+
 def _validation_scores(model: UNetModel, images, slices, indices, loss_weights) -> tuple[float, dict]:
     """Weighted cross-entropy, pixel error and mean Dice on the annotated pixels of ``slices`` of ``images``."""
     # The training network itself: an inference copy with batch norm folded in would be built and traced anew
@@ -644,7 +656,7 @@ def train_events(
         # would otherwise be most of the slices sampled (the profile of a Duke stack moved by 0.07)
         result.intensity_profile, result.intensity_spread = init.intensity_profile, init.intensity_spread
     else:
-        result.intensity_profile, result.intensity_spread = intensity_reference(image_stack, percentiles)
+        result.intensity_profile, result.intensity_spread = _intensity_reference(image, image_stack, percentiles)
     if init is not None:  # kept unless validation tunes it again below (Retrain has no validation)
         result.boundary_rule = init.boundary_rule
         result.layer_order = init.layer_order
