@@ -818,7 +818,7 @@ def test_a_large_training_stack_says_at_once_that_it_is_being_prepared(data, cap
 
     monkeypatch.setattr(cli, "PREPARING_NOTE_PIXELS", 4 * 64 * 64)
     code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "m.keras", *TINY_TRAINING)
-    assert code == 0 and err.startswith("preparing 4 slices of 64 x 64 pixels (normalising, border weights)..."), err
+    assert code == 0 and err.startswith("preparing the annotated slices of 4 slices of 64 x 64 pixels (normalising, border weights)..."), err
 
 
 def test_train_reads_large_files_when_indexed_and_only_their_annotated_slices(tmp_path, capsys, monkeypatch):

@@ -537,6 +537,8 @@ def test_tile_settings_must_be_whole_numbers_and_outputs_writeable():
     image = stripes(n_slices=1, size=64)[0][0]
     with pytest.raises(ValueError, match="must be whole numbers"):
         predict(tiny_model(), image, tile_size=7.5)
+    with pytest.raises(ValueError, match="normalized=True takes float32 planes"):
+        predict(tiny_model(), image, normalized=True)  # uint8: it would skip the normalisation the network needs
     read_only = np.zeros(image.shape, np.uint8)
     read_only.flags.writeable = False
     with pytest.raises(ValueError, match="labels_out is read-only"):

@@ -355,8 +355,10 @@ def test_large_slices_validate_on_a_window_and_the_membrane_rule_is_tuned_there(
     monkeypatch.setattr(train_module, "VALIDATION_MIN_SIDE", 48)
     scored = []
     real_scores = train_module._validation_scores
+    windows = []
     monkeypatch.setattr(train_module, "_validation_scores", lambda m, images, planes, indices, w: scored.append(
-        (images.shape, list(planes), indices.shape)) or real_scores(m, images, planes, indices, w))
+        (images.shape, list(planes), indices.shape)) or windows.append((np.array(images), m.percentiles))
+        or real_scores(m, images, planes, indices, w))
     image, labels = stripes(n_slices=8, size=96)
     model_config, train_config = tiny_configs(epochs=1, steps_per_epoch=2, val_fraction=0.75)
     events = list(train_events(image, labels, model_config, train_config))
@@ -365,6 +367,8 @@ def test_large_slices_validate_on_a_window_and_the_membrane_rule_is_tuned_there(
     assert started.val_slices == [4, 5, 6, 7] and started.train_slices == [0, 1, 2, 3]
     assert started.val_window == (16, 64, 16, 64) and "a window of 48 x 48 pixels, rows 16-63" in started.validation
     assert scored == [((4, 48, 48), [0, 1, 2, 3], (4, 48, 48))]  # the windows of the 4 validation slices
+    seen, percentiles = windows[0]  # cut from the whole normalised slices, not normalised on their own
+    np.testing.assert_array_equal(seen, normalize(image[4:], percentiles)[:, 16:64, 16:64])
     assert final.model.boundary_rule is not None  # tuned on the window, which is fully annotated
 
 

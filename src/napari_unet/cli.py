@@ -450,7 +450,7 @@ def run_training(image, labels, model_config, train_config, init=None, quiet=Fal
     last_val = ""
     shape = np.shape(image)
     if not quiet and math.prod(shape) >= PREPARING_NOTE_PIXELS:  # minutes before the first event: say what happens
-        slices = f"{shape[0]} slices" if len(shape) == 3 else "1 image"
+        slices = f"the annotated slices of {shape[0]} slices" if len(shape) == 3 else "1 image"
         print(f"preparing {slices} of {shape[-2]} x {shape[-1]} pixels (normalising, border weights)...", file=sys.stderr)
     for event in train_events(image, labels, model_config, train_config, init=init):
         if isinstance(event, TrainingStarted):

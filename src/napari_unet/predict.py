@@ -296,6 +296,8 @@ def predict_events(
         raise ValueError(f"tile_size, batch_size and overlap must be whole numbers, got {tile_size!r}, {batch_size!r}, {overlap!r}")
     if tile_size < 1 or batch_size < 1 or overlap < 0:
         raise ValueError(f"tile_size and batch_size must be at least 1 and overlap at least 0, got {tile_size}, {batch_size}, {overlap}")
+    if normalized and np.dtype(image.dtype) != np.float32:  # a raw image would be predicted without its normalisation
+        raise ValueError(f"normalized=True takes float32 planes normalised as the model does, got dtype {image.dtype}")
     n_slices = 1 if len(shape) == 2 else shape[0]
     try:
         selected = list(range(n_slices)) if slices is None else [operator.index(z) for z in slices]
