@@ -53,6 +53,8 @@ CONFIGS = [  # depth, filters, batch, patch, bfloat16
     (4, 128, 4, 256, 0),
     (6, 32, 2, 256, 1),
     (3, 64, 4, 512, 1),
+    (4, 16, 4, 256, 1),  # the default preset's network (session 46's second run: --only 10 11)
+    (4, 16, 4, 256, 0),
 ]
 
 
