@@ -829,7 +829,8 @@ def test_train_reads_large_files_when_indexed_and_only_their_annotated_slices(tm
     monkeypatch.setattr(tiff_io, "LAZY_READ_BYTES", 0)  # these small files count as large: memory-mapped
     read = []
     real = train_module.read_annotated_slices
-    monkeypatch.setattr(train_module, "read_annotated_slices", lambda image, labels, *a: read.append((type(image), type(labels))) or real(image, labels, *a))
+    monkeypatch.setattr(train_module, "read_annotated_slices",
+                        lambda image, labels, *a, **k: read.append((type(image), type(labels))) or real(image, labels, *a, **k))
     image, labels = stripes(n_slices=8, size=64)
     sparse = np.full(labels.shape, 7, np.uint8)
     sparse[[2, 5, 6]] = labels[[2, 5, 6]]

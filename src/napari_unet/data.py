@@ -68,7 +68,8 @@ def read_annotated_slices(image, labels, ignore_value=None, pixel_weights=None, 
     read whole. ``pixel_weights``: the labels' shape, or None."""
     shape = tuple(np.shape(image))
     if tuple(np.shape(labels)) != shape:
-        raise InputError(f"image shape {shape} and labels shape {tuple(np.shape(labels))} differ; labels must have exactly the image's shape")
+        raise InputError(f"image shape {shape} and labels shape {tuple(np.shape(labels))} differ; "
+                         "labels must have exactly the image's shape")
     in_memory = all(isinstance(a, np.ndarray) and not isinstance(a, np.memmap) for a in (image, labels))
     slices = []
     if len(shape) == 3 and ignore_value is not None and not every_slice:

@@ -712,7 +712,8 @@ def evaluate(pred_labels, truth_labels, class_values=None, membrane_value=None, 
     _check_same_shape(pred, truth)
     if truth.ndim not in (2, 3):
         raise ValueError(f"labels must be (Y, X) or (Z, Y, X), got shape {truth.shape}")
-    if pixel_height is not None and not (isinstance(pixel_height, (int, float, np.number)) and 0 < pixel_height <= MAX_PIXEL_HEIGHT_UM):
+    is_size = isinstance(pixel_height, (int, float, np.number)) and 0 < pixel_height <= MAX_PIXEL_HEIGHT_UM
+    if pixel_height is not None and not is_size:
         raise ValueError(f"pixel_height must be a size in µm above 0 and at most {MAX_PIXEL_HEIGHT_UM:g}, got {pixel_height!r}")
     annotated = None if ignore_value is None or not np.any(truth == ignore_value) else truth != ignore_value
     scored_pred, scored_truth = (pred, truth) if annotated is None else (pred[annotated], truth[annotated])

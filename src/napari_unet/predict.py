@@ -293,7 +293,8 @@ def predict_events(
     if min(shape[-2:]) < 4:  # said of the whole image, not of the slice that would fail (a (4, 1, 128) stack)
         raise InputError(f"image of shape {shape} is too small; need at least 4x4 pixels")
     if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (tile_size, batch_size, overlap)):
-        raise ValueError(f"tile_size, batch_size and overlap must be whole numbers, got {tile_size!r}, {batch_size!r}, {overlap!r}")
+        raise ValueError(f"tile_size, batch_size and overlap must be whole numbers, "
+                         f"got {tile_size!r}, {batch_size!r}, {overlap!r}")
     if tile_size < 1 or batch_size < 1 or overlap < 0:
         raise ValueError(f"tile_size and batch_size must be at least 1 and overlap at least 0, got {tile_size}, {batch_size}, {overlap}")
     if normalized and np.dtype(image.dtype) != np.float32:  # a raw image would be predicted without its normalisation

@@ -34,8 +34,15 @@ from .data import (
 )
 from .labels import check_class_count, check_trainable, layer_order, to_indices
 from .model import (
-    TRAINING_BASE_BYTES, TRAINING_BYTES_PER_PARAMETER, BatchNormStatistics, build_unet, import_keras, masked_loss, parameter_count,
-    recompute_batch_norm_statistics, training_memory_bytes,
+    TRAINING_BASE_BYTES,
+    TRAINING_BYTES_PER_PARAMETER,
+    BatchNormStatistics,
+    build_unet,
+    import_keras,
+    masked_loss,
+    parameter_count,
+    recompute_batch_norm_statistics,
+    training_memory_bytes,
 )
 from .metrics import dice_per_class, pixel_error
 from .model_io import UNetModel, as_model
@@ -322,8 +329,9 @@ def _validation_scores(model: UNetModel, images, slices, indices, loss_weights) 
     """Weighted cross-entropy, pixel error and mean Dice on the annotated pixels of ``slices`` of ``images``."""
     # The training network itself: an inference copy with batch norm folded in would be built and traced anew
     # each epoch (2.0-2.3 s instead of 1.3-1.6 s for 3 ISBI slices on a 2-core CPU, same loss).
+    # no membrane rule or layer order: scored on probabilities; images are windows of whole normalised planes
     probabilities = predict(model, images, return_probabilities=True, slices=slices, tta=False, folded=False,
-                            close_boundaries=False, normalized=True).probabilities  # no membrane rule or layer order: scored on probabilities
+                            close_boundaries=False, normalized=True).probabilities
     annotated = indices >= 0
     if not annotated.any():
         return float("nan"), {}
@@ -492,8 +500,8 @@ def train_events(
     """Train a U-Net on ``image`` and ``labels`` ((Y, X) or (Z, Y, X), identical shapes), yielding events.
 
     ``labels`` hold class values (e.g. 0/255); pixels equal to ``train_config.ignore_value`` are not
-    annotated. ``init`` (a :class:`UNetModel` or the path of its file) fine-tunes an existing model (its architecture, classes and normalisation are
-    kept); without ``model_config`` and ``init`` the default preset's network is used, at depth 5 for budgets of
+    annotated. ``init`` (a :class:`UNetModel` or the path of its file) fine-tunes an existing model (its
+    architecture, classes and normalisation are kept); without ``model_config`` and ``init`` the default preset's network is used, at depth 5 for budgets of
     30 minutes or more with bfloat16 on AMX or a GPU (:func:`napari_unet.hardware.resolve_depth`), else 4.
     ``pixel_weights`` (labels' shape, float >= 0, optional) are added to the loss weight of annotated pixels, whose
     class weights are about 1 (Retrain weighs the user's corrections this way).
@@ -512,7 +520,9 @@ def train_events(
     # Only the annotated slices are read (a stack larger than memory, annotated on a few slices, trains in the memory
     # of those); slice_numbers maps their positions back to the stack's. Context slices need their neighbours.
     context = (init.config if init is not None else model_config or preset("default").model).context_slices
-    image_stack, label_stack, extra_weights, slice_numbers = read_annotated_slices(image, labels, ignore, pixel_weights, context > 0)
+    image_stack, label_stack, extra_weights, slice_numbers = read_annotated_slices(
+        image, labels, ignore, pixel_weights, every_slice=context > 0
+    )
     class_values = check_trainable(label_stack, ignore, init.class_values if init else None)
     check_class_count(len(class_values), "the labels")
     model_config = _resolve_model_config(model_config, len(class_values), init, train_config)
@@ -584,8 +594,9 @@ def train_events(
     val_images, val_planes = None, []
     if has_validation:
         rows, columns = val_rows.indices(height), val_columns.indices(width)
-        val_images, val_planes = normalize_window(image_stack, val_slices or train_slices, (rows[0], rows[1], columns[0], columns[1]),
-                                                  percentiles, sigma, model_config.context_slices)
+        window_bounds = (rows[0], rows[1], columns[0], columns[1])
+        val_images, val_planes = normalize_window(image_stack, val_slices or train_slices, window_bounds, percentiles, sigma,
+                                                  model_config.context_slices)
     net_images, net_indices = downscale_image(sampled_images, factor), downscale_labels(sampled_indices, factor)
     net_weights = None if sampled_weights is None else downscale_image(sampled_weights, factor)  # float32
     if boundary_value is not None and train_config.border_weight > 0:
@@ -752,7 +763,8 @@ def train_events(
         # Membranes: on the (fully annotated) validation slices, the threshold with the lowest pixel
         # error and the gap closing with the best V_rand. Without test-time augmentation, so that the model
         # file does not depend on the machine (on ISBI both chose the same rule for all 8 models measured).
-        probabilities = predict(result, val_images, close_boundaries=False, slices=val_planes, tta=False, normalized=True).probabilities
+        probabilities = predict(result, val_images, close_boundaries=False, slices=val_planes, tta=False,
+                                normalized=True).probabilities
         probabilities = probabilities[..., boundary_index]
         result.boundary_rule, boundary_v_rand = tune_boundary_rule(
             probabilities, val_indices != boundary_index, closings=candidate_closings(train_config.merge_levels)
