@@ -4,7 +4,8 @@ and peak anonymous memory, for this checkout and, side by side in the same run, 
 
     git worktree add /tmp/s43 cb34543
     python benchmarks/bench_large_training.py --baseline-src /tmp/s43/src --name s44-large-training
-    python benchmarks/bench_large_training.py --slices 64 --annotated 3 --baseline-src /work/s46/old/src --name s46-sparse-training
+    git worktree add /work/s46/old 61540b0
+    python benchmarks/bench_large_training.py --slices 64 --annotated 3 --minutes 0.5 --baseline-src /work/s46/old/src --name s46-sparse-training-64
 
 The stack is ``--slices`` x ``--size``² uint8, tiled from ISBI 2012 training slices (4 x 4 tiles of 512²; image and
 labels) when ``../shared/data/isbi2012`` exists, else the synthetic EM stack of :mod:`napari_unet.synthetic`. Each
