@@ -102,3 +102,21 @@ def test_class_values_are_counted_without_sorting_every_pixel():
                   np.array([2**63 + 5, 2**63 + 1], np.uint64), np.arange(10) % 4, np.zeros(0, np.uint8)):
         assert _distinct(array, block=3).tolist() == np.unique(array).tolist()
     assert find_class_values(np.array([[255, 0], [0, 7]], np.uint8), ignore_value=7) == [0, 255]
+
+
+def test_retrain_data_refuses_misfit_inputs_with_a_message():
+    # values of another shape gave an IndexError in the focus copies; share NaN "cannot convert float NaN to integer";
+    # patch size 0 was taken
+    from napari_unet.data import InputError
+    from napari_unet.retrain import retrain_data
+
+    image = np.zeros((2, 32, 32), np.uint8)
+    values = np.where(np.arange(32) % 8 == 0, 0, 255)[None, None, :].repeat(32, 1).repeat(2, 0)
+    annotated, corrected = np.ones(values.shape, bool), np.zeros(values.shape, bool)
+    corrected[1, :4, :4] = True
+    with pytest.raises(InputError, match="must share one shape"):
+        retrain_data(image, values[:, :, :31], annotated, corrected, patch_size=16)
+    for patch_size, share in ((0, 0.5), (16.5, 0.5), (16, float("nan")), (16, 1.5)):
+        with pytest.raises(ValueError, match="patch_size must be a whole number >= 1 and share within 0..1"):
+            retrain_data(image, values, annotated, corrected, patch_size=patch_size, share=share)
+    assert retrain_data(image, values, annotated, corrected, patch_size=16).n_corrected == 16

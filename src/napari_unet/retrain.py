@@ -22,7 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from .config import ModelConfig, TrainConfig, check_patch_size
-from .data import ANNOTATED_FRACTION
+from .data import ANNOTATED_FRACTION, InputError
 from .labels import choose_ignore_value, find_class_values, training_labels
 from .tiff_io import is_lazy
 
@@ -87,6 +87,11 @@ def retrain_data(image, values, annotated, corrected, patch_size: int, share: fl
     (dask, memory map) stays lazy, focus copies included: the training worker reads it, not the GUI thread.
     ``annotated_fraction``: the training config's ``annotated_center_fraction``, for the share of patches estimated.
     """
+    shapes = {tuple(np.shape(a)) for a in (image, values, annotated, corrected)}
+    if len(shapes) != 1:  # an IndexError deep in the focus copies
+        raise InputError(f"image, values, annotated and corrected must share one shape, got {sorted(shapes)}")
+    if not (isinstance(patch_size, (int, np.integer)) and patch_size >= 1) or not 0 <= share <= 1:  # also NaN
+        raise ValueError(f"patch_size must be a whole number >= 1 and share within 0..1, got {patch_size!r}, {share!r}")
     if is_lazy(image):
         import dask.array as da
 

@@ -305,14 +305,6 @@ def _resolve_model_config(
     return config
 
 
-def _normalize_slices(image, slices, percentiles, local_contrast_sigma: float) -> np.ndarray:
-    """(len(slices), Y, X) float32: :func:`normalize` of ``slices`` of the (Z, Y, X) ``image``, without copying the rest."""
-    out = np.empty((len(slices),) + image.shape[1:], np.float32)
-    for k, z in enumerate(slices):
-        out[k] = normalize(image[z], percentiles, local_contrast_sigma)
-    return out
-
-
 def _intensity_reference(image, read, percentiles) -> tuple:
     """:func:`intensity_reference` of the whole (Z, Y, X) ``image`` (up to 8 evenly spaced slices are read), as for a
     stack training read whole, so that reading only its annotated slices (``read``, checked) leaves the model file as
@@ -585,7 +577,8 @@ def train_events(
         sampled_weights = extra_weights
         batch_norm_slices = train_slices
     else:  # only the training slices are normalised (per slice: the same values as in the whole stack)
-        sampled_images, sampled_indices = _normalize_slices(image_stack, train_slices, percentiles, sigma), train_indices
+        sampled_images = normalize_window(image_stack, train_slices, (0, height, 0, width), percentiles, sigma)[0]
+        sampled_indices = train_indices
         sampled_weights = None if extra_weights is None else extra_weights[train_slices]
         batch_norm_slices = list(range(len(train_slices)))
     # Validation predicts the val_planes of val_images: windows of whole planes normalised as predict normalises
