@@ -327,14 +327,13 @@ def _with_pixel_size(metadata: dict, pixel_size: dict | None, class_axis: bool =
 
 
 def _holds_value(array, value) -> bool:
-    """Whether ``array`` has a pixel equal to ``value``; a lazy (Z, Y, X) array is read a slice at a time."""
+    """Whether ``array`` has a pixel equal to ``value``; a lazy (Z, Y, X) array is read a slice (or chunk) at a time."""
+    from .data import slices_holding
     from .tiff_io import is_lazy
 
-    if hasattr(array, "dask"):  # chunk by chunk, each decoded once
-        return bool((array == value).any().compute())
     if not is_lazy(array) or array.ndim < 3:
         return bool(np.any(array == value))
-    return any(np.any(np.asarray(array[z]) == value) for z in range(array.shape[0]))
+    return any(slices_holding(array, value))
 
 
 def read_label_stack(path, what: str, ignore_value=None, lazy: bool = False) -> tuple[np.ndarray, int | None, list]:

@@ -8,6 +8,7 @@ import queue
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 from scipy import ndimage
@@ -73,7 +74,7 @@ def read_annotated_slices(image, labels, ignore_value=None, pixel_weights=None, 
     in_memory = all(isinstance(a, np.ndarray) and not isinstance(a, np.memmap) for a in (image, labels))
     slices = []
     if len(shape) == 3 and ignore_value is not None and not every_slice:
-        slices = [int(z) for z in np.flatnonzero(_slices_holding_other_than(labels, ignore_value))]
+        slices = [z for z, annotated in enumerate(slices_holding(labels, ignore_value, other=True)) if annotated]
         if not slices and not in_memory:
             raise InputError(f"the labels contain no annotated pixel (every pixel has the ignore value {ignore_value}); "
                              "paint at least two classes")
@@ -91,12 +92,15 @@ def read_annotated_slices(image, labels, ignore_value=None, pixel_weights=None, 
     return image_stack, label_stack, weights, slices
 
 
-def _slices_holding_other_than(labels, value) -> np.ndarray:
-    """(Z,) bool: which slices of (Z, Y, X) ``labels`` hold a pixel other than ``value``; a dask array is reduced chunk
-    by chunk (each chunk decoded once), anything else read a slice at a time."""
+def slices_holding(labels, value, other: bool = False) -> Iterator[bool]:
+    """Per slice of (Z, Y, X) ``labels``: whether it holds a pixel equal to ``value`` (``other``: a pixel other than
+    it). Read a slice at a time, a dask array chunk by chunk (each decoded once); lazy, so ``any()`` stops early."""
+    compare = np.not_equal if other else np.equal
     if hasattr(labels, "dask"):
-        return np.asarray((labels != value).any(axis=(1, 2)).compute())
-    return np.array([np.any(np.asarray(labels[z]) != value) for z in range(np.shape(labels)[0])], bool)
+        yield from (bool(b) for b in compare(labels, value).any(axis=(1, 2)).compute())
+        return
+    for z in range(np.shape(labels)[0]):
+        yield bool(compare(np.asarray(labels[z]), value).any())
 
 
 def check_pixel_weights(weights, labels) -> np.ndarray:

@@ -474,6 +474,17 @@ def check_training_memory(model_config: ModelConfig, batch_size: int, patch_size
     )
 
 
+def _memory_held(model_config: ModelConfig, reused: Callable[[tuple], bool]) -> int:
+    """Bytes of :func:`napari_unet.model.training_memory_bytes` the process holds already: TensorFlow once loaded,
+    and the weights and optimizer of the kept trainer if ``reused(its key)`` (the run takes it over)."""
+    with _idle_trainer_lock:
+        trainer = _idle_trainer
+    held = TRAINING_BASE_BYTES if "tensorflow" in sys.modules else 0
+    if trainer is not None and reused(trainer.key):
+        held += TRAINING_BYTES_PER_PARAMETER * parameter_count(model_config)
+    return int(held)
+
+
 def _learning_rate(base: float, schedule: str, progress: float) -> float:
     if schedule == "constant":
         return base
@@ -493,8 +504,8 @@ def train_events(
 
     ``labels`` hold class values (e.g. 0/255); pixels equal to ``train_config.ignore_value`` are not
     annotated. ``init`` (a :class:`UNetModel` or the path of its file) fine-tunes an existing model (its
-    architecture, classes and normalisation are kept); without ``model_config`` and ``init`` the default preset's network is used, at depth 5 for budgets of
-    30 minutes or more with bfloat16 on AMX or a GPU (:func:`napari_unet.hardware.resolve_depth`), else 4.
+    architecture, classes and normalisation are kept); without ``model_config`` and ``init`` the default preset's
+    network is used, at depth 5 for budgets of 30 minutes or more with bfloat16 on AMX or a GPU (:func:`napari_unet.hardware.resolve_depth`), else 4.
     ``pixel_weights`` (labels' shape, float >= 0, optional) are added to the loss weight of annotated pixels, whose
     class weights are about 1 (Retrain weighs the user's corrections this way).
     ``stop()`` returning True, or the time budget, ends training cleanly. The last event is
@@ -522,12 +533,9 @@ def train_events(
         raise InputError(f"the model expects {model_config.input_channels} channels; napari-unet images have one")
     check_patch_size(train_config.patch_size, model_config)
     if init is None:  # the weights alone, before minutes of preparing large data (the batch is checked below)
-        with _idle_trainer_lock:
-            same_network = _idle_trainer is not None and _idle_trainer.key[0] == to_json(model_config)
-        held = (TRAINING_BASE_BYTES if "tensorflow" in sys.modules else 0) + (
-            TRAINING_BYTES_PER_PARAMETER * parameter_count(model_config) if same_network else 0)
+        held = _memory_held(model_config, lambda kept: kept[0] == to_json(model_config))  # the same network, kept
         check_training_memory(model_config, train_config.batch_size, train_config.patch_size, True,
-                              hardware.available_memory_bytes(), int(held), activations_here=False)
+                              hardware.available_memory_bytes(), held, activations_here=False)
     percentiles = init.percentiles if init else train_config.percentiles
     indices = to_indices(label_stack, class_values, ignore, dtype=np.int8)  # at most MAX_CLASSES classes: a byte a pixel
     order = layer_order(indices)
@@ -635,13 +643,10 @@ def train_events(
     boundary_index = None if boundary_value is None else class_values.index(boundary_value)
     loss_settings = _loss_settings(train_config, boundary_index)
     key = _trainer_key(model_config, train_config, loss_settings)
-    with _idle_trainer_lock:
-        kept = _idle_trainer is not None and _idle_trainer.key == key
     on_gpu = hardware.has_gpu()  # loads TensorFlow (the estimate's base) if nothing has yet
-    # what the process holds of the estimate already: TensorFlow, and a kept trainer's weights and optimizer (reused)
-    in_use = TRAINING_BASE_BYTES + (TRAINING_BYTES_PER_PARAMETER * parameter_count(model_config) if kept else 0)
     check_training_memory(model_config, train_config.batch_size, train_config.patch_size, mixed_precision,
-                          hardware.available_memory_bytes(), int(in_use), activations_here=not on_gpu)
+                          hardware.available_memory_bytes(), _memory_held(model_config, lambda kept: kept == key),
+                          activations_here=not on_gpu)
     # The network handed out is never compiled; a kept (or new) trainer learns from its weights (_Trainer).
     network = build_unet(model_config, mixed_precision=mixed_precision, seed=train_config.seed)
     if init is not None:
