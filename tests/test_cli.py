@@ -619,6 +619,26 @@ def test_console_script_writes_its_output_before_its_fast_exit(tmp_path):
     assert bad.returncode == 2 and "too small" in bad.stderr and not (tmp_path / "x.tif").exists()
 
 
+def test_a_reader_that_exits_first_neither_stops_a_training_nor_gets_a_broken_pipe_message(data):
+    # `napari-unet train ... 2>&1 | head -1`: head exits before the training's lines come; the model is still written
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write to the pipe now fails with EPIPE
+    command = [sys.executable, "-m", "napari_unet.cli", "train", data / "image.tif", data / "labels.tif", "-o", data / "m.keras", *TINY_TRAINING]
+    try:
+        result = subprocess.run(command, stdout=write_end, stderr=write_end, timeout=300)
+    finally:
+        os.close(write_end)
+    assert result.returncode == 0 and (data / "m.keras").exists()
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run([sys.executable, "-m", "napari_unet.cli", "evaluate", data / "labels.tif", data / "labels.tif"],
+                                stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write_end)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
 def test_native_stderr_lines_are_filtered_not_lost(capfd):
     from napari_unet._tensorflow import native_lines_dropped
 

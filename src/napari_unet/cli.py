@@ -904,6 +904,8 @@ def main(argv=None) -> int:
     args.written = []  # files a command finished, named if it is interrupted later
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     previous = _stop_on_sigterm()
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _ReaderMayLeave(sys.stdout), _ReaderMayLeave(sys.stderr)
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -936,8 +938,45 @@ def main(argv=None) -> int:
         print(f"napari-unet: error: {str(err) or type(err).__name__}", file=sys.stderr)
         return 1
     finally:
+        sys.stdout, sys.stderr = streams
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+class _ReaderMayLeave:
+    """A command's stdout or stderr whose reader may exit first (``napari-unet evaluate ... | head -3``): the rest of the
+    output is dropped and the command goes on, so a training still writes its model, instead of failing with "Broken
+    pipe"."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.reader_left = False
+
+    def write(self, text: str) -> int:
+        if not self.reader_left:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._drop_the_rest()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.reader_left:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._drop_the_rest()
+
+    def _drop_the_rest(self) -> None:
+        self.reader_left = True
+        # Text still buffered would raise again when Python flushes the stream at exit: its descriptor now writes nowhere.
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # no descriptor (a test's captured stdout)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
 
 
 def _stop_on_sigterm():
