@@ -9,6 +9,7 @@ from napari_unet.labels import (
     from_display,
     from_indices,
     layer_order,
+    smallest_dtype,
     to_display,
     to_indices,
 )
@@ -217,3 +218,9 @@ def test_training_labels_keep_class_values_beyond_int32():
     assert wide.dtype == np.int32 and wide.tolist() == [[-5, 70000]]
     with pytest.raises(LabelError, match="no annotated pixel"):
         training_labels(values, np.zeros(values.shape, bool), "mask")
+
+
+@pytest.mark.parametrize("shape", [(0, 5, 5), (3, 0, 5), (2, 4, 0), (0, 0)])
+def test_labels_without_pixels_are_not_layered_and_no_values_fit_uint8(shape):
+    assert layer_order(np.zeros(shape, np.int64)) is None
+    assert smallest_dtype([]) == np.uint8 and smallest_dtype(np.zeros(shape, np.int64)) == np.uint8

@@ -356,3 +356,8 @@ def test_the_membrane_rule_of_a_large_slice_runs_window_by_window_with_the_same_
     assert windows == [(300, 340)]
     with pytest.raises(ValueError, match="tile must be"):
         tiled_boundary_mask(probability, tile=0, **rule)
+
+
+@pytest.mark.parametrize("shape", [(0, 5, 5), (3, 0, 5), (0, 0)])
+def test_labels_without_pixels_have_no_boundary_class(shape):
+    assert find_boundary_class(np.zeros(shape, np.int64), 2) is None

@@ -120,3 +120,10 @@ def test_retrain_data_refuses_misfit_inputs_with_a_message():
         with pytest.raises(ValueError, match="patch_size must be a whole number >= 1 and share within 0..1"):
             retrain_data(image, values, annotated, corrected, patch_size=patch_size, share=share)
     assert retrain_data(image, values, annotated, corrected, patch_size=16).n_corrected == 16
+
+
+@pytest.mark.parametrize("shape", [(0, 5, 5), (3, 0, 5), (0, 0)])
+def test_a_stack_without_pixels_has_no_corrections_to_check(shape):
+    from napari_unet.retrain import correction_check
+
+    assert correction_check(np.zeros(shape, np.float32), np.zeros(shape, np.uint8), np.zeros(shape, bool)) is None

@@ -91,6 +91,8 @@ def layer_order(indices, max_columns: int = 4096, max_classes: int = 64):
     stack = np.asarray(indices)
     stack = stack[None] if stack.ndim == 2 else stack
     n_z, _, n_x = stack.shape
+    if stack.size == 0:
+        return None
     x_step = min(n_x, -(-n_z * n_x // max_columns))  # evenly spaced columns, picked before any copy
     z_step = max(1, -(-n_z * -(-n_x // x_step) // max_columns))
     columns = np.moveaxis(stack[::z_step, :, ::x_step], 1, -1).reshape(-1, stack.shape[1])  # (columns, Y)
@@ -277,8 +279,10 @@ def _whole_numbers(labels) -> np.ndarray:
 
 def smallest_dtype(values) -> np.dtype:
     """Smallest integer dtype holding every value in ``values``: unsigned for non-negative values, else signed
-    (numpy's promotion of int8 and uint16 gave int32 for [-5, 1000], which int16 holds)."""
+    (numpy's promotion of int8 and uint16 gave int32 for [-5, 1000], which int16 holds); uint8 for no values."""
     values = np.asarray(values, dtype=np.int64)
+    if values.size == 0:
+        return np.dtype(np.uint8)
     lowest, highest = int(values.min()), int(values.max())
     if lowest >= 0:
         return np.min_scalar_type(highest)

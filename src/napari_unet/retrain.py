@@ -179,6 +179,8 @@ def correction_check(image, values, corrected) -> Optional[CorrectionCheck]:
     or for one slice larger than that)."""
     flat = corrected.ndim == 2
     stack = corrected[None] if flat else corrected
+    if stack.size == 0:
+        return None
     counts = stack.reshape(len(stack), -1).sum(axis=1)
     fits = min(CHECK_SLICES, CHECK_PIXELS // (stack.shape[1] * stack.shape[2]))
     chosen = sorted(int(z) for z in np.argsort(-counts, kind="stable")[:fits] if counts[z] > 0)
