@@ -861,3 +861,13 @@ def test_train_reads_large_files_when_indexed_and_only_their_annotated_slices(tm
     assert code == 0, err
     assert read == [(np.memmap, np.memmap)]
     assert "training on slices [2, 5], validating on slices [6]" in err and json.loads(out)["validation_slices"] == [6]
+
+
+def test_a_stack_of_single_pixels_is_refused_by_its_own_shape_and_without_an_intensity_note(tmp_path, capsys):
+    # tifffile reads a (4, 1, 1) file with axes "YQX"; it was named a (4, 1) image, after a note on its intensities
+    save_model(tiny_model(), tmp_path / "m.keras")
+    tifffile.imwrite(tmp_path / "dots.tif", np.arange(4, dtype=np.uint8).reshape(4, 1, 1), photometric="minisblack")
+    code, out, err = run(capsys, "predict", tmp_path / "m.keras", tmp_path / "dots.tif", "-o", tmp_path / "p.tif")
+    assert code == 2 and "(4, 1, 1) is too small" in err and "note" not in err, err
+    assert not (tmp_path / "p.tif").exists()
+

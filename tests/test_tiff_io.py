@@ -701,3 +701,11 @@ def test_write_tiff_refuses_what_it_could_not_read_back_as_written(tmp_path):
         assert not list(tmp_path.iterdir())
     write_tiff(tmp_path / "x.tif", image, {"class_values": [0.0, 255], "ignore_value": np.int64(7)})  # whole numbers pass
     assert read_tiff(tmp_path / "x.tif").metadata["class_values"] == [0, 255]
+
+
+@pytest.mark.parametrize("shape, axes", [((4, 1, 1), "ZYX"), ((4, 1, 5), "ZYX"), ((2, 3, 1, 5), "TZYX"), ((4, 1), "YX")])
+def test_a_stack_with_single_pixel_rows_keeps_y_and_x_last(tmp_path, shape, axes):
+    tifffile.imwrite(tmp_path / "s.tif", np.zeros(shape, np.uint8), photometric="minisblack")  # tifffile: "YQX" for (4, 1, 1)
+    read = read_tiff(tmp_path / "s.tif")
+    assert read.data.shape == shape and read.axes == axes
+

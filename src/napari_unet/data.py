@@ -32,6 +32,10 @@ def as_stack(image, name: str = "image") -> np.ndarray:
     )
 
 
+#: Images narrower or lower than this (pixels) are refused for training and prediction.
+MIN_IMAGE_SIZE = 4
+
+
 def check_image(image, name: str = "image") -> np.ndarray:
     """The image as a (Z, Y, X) stack after checking dtype and finiteness."""
     stack = as_stack(image, name)
@@ -42,8 +46,8 @@ def check_image(image, name: str = "image") -> np.ndarray:
     if np.ndim(image) == 3 and stack.shape[-1] in (3, 4):  # as predict refuses it: not a stack of 4-pixel-wide slices
         raise InputError(f"{name} has shape {stack.shape}; napari-unet takes one-channel 2-D images or (Z, Y, X) stacks "
                          "(if it is an RGB image with colours last, convert it to grayscale)")
-    if stack.shape[-1] < 4 or stack.shape[-2] < 4:
-        raise InputError(f"{name} of shape {stack.shape} is too small; need at least 4x4 pixels")
+    if min(stack.shape[-2:]) < MIN_IMAGE_SIZE:
+        raise InputError(f"{name} of shape {stack.shape} is too small; need at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE} pixels")
     return stack
 
 

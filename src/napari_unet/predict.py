@@ -12,6 +12,7 @@ import numpy as np
 
 from . import hardware
 from .data import (
+    MIN_IMAGE_SIZE,
     PROFILE_LEVELS,
     PROFILE_SHIFT,
     InputError,
@@ -290,8 +291,8 @@ def predict_events(
         )
     if model.config.input_channels != 1:
         raise InputError(f"the model expects {model.config.input_channels} channels; napari-unet images have one")
-    if min(shape[-2:]) < 4:  # said of the whole image, not of the slice that would fail (a (4, 1, 128) stack)
-        raise InputError(f"image of shape {shape} is too small; need at least 4x4 pixels")
+    if min(shape[-2:]) < MIN_IMAGE_SIZE:  # said of the whole image, not of the slice that would fail (a (4, 1, 128) stack)
+        raise InputError(f"image of shape {shape} is too small; need at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE} pixels")
     if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (tile_size, batch_size, overlap)):
         raise ValueError(f"tile_size, batch_size and overlap must be whole numbers, "
                          f"got {tile_size!r}, {batch_size!r}, {overlap!r}")
@@ -466,7 +467,9 @@ def intensity_note(image, model) -> Optional[str]:
     None for older model files (no profile) and for images the profile cannot describe (NaN, empty: refused later,
     with their own message): the note never fails a prediction.
     """
-    if model.intensity_profile is None or np.dtype(image.dtype).kind not in "biuf":  # complex: refused later
+    shape = tuple(np.shape(image))
+    too_small = len(shape) < 2 or min(shape[-2:]) < MIN_IMAGE_SIZE
+    if model.intensity_profile is None or np.dtype(image.dtype).kind not in "biuf" or too_small:  # refused later
         return None
     try:
         profile = intensity_profile(image, model.percentiles)

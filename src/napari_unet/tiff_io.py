@@ -453,7 +453,8 @@ def _read_page(path: Path, index: int, offset: int) -> np.ndarray:
 def _series_info(tif: tifffile.TiffFile, series, data: np.ndarray) -> dict:
     page = series.keyframe if hasattr(series, "keyframe") else tif.pages.first
     tiff_axes = series.axes
-    if data.ndim != len(tiff_axes):  # should not happen; stay safe
+    between = tiff_axes[tiff_axes.find("Y") + 1:tiff_axes.find("X")] if "Y" in tiff_axes and "X" in tiff_axes else ""
+    if data.ndim != len(tiff_axes) or set(between) == {"Q"}:  # tifffile's "YQX" for a (Z, 1, 1) stack: (Z, Y, X)
         tiff_axes = "Q" * (data.ndim - 2) + "YX"
     axes = _normalise_axes(tiff_axes, data.shape, data.dtype)
     metadata: dict[str, Any] = {
