@@ -196,8 +196,13 @@ def test_label_detection_rules():
     assert detect_labels(RNG.random((8, 8)) > 0.5)  # a boolean mask
     # float data are never labels by value count ...
     assert not detect_labels(np.array([[0.0, 1.0], [1.0, 0.0]], np.float32))
-    # ... but integer data named like labels are, even with many values (instance masks)
-    assert detect_labels(RNG.integers(0, 500, size=(20, 20)).astype(np.uint16), "nuclei_mask.tif")
+    # ... but integer data named like labels are, even with many values (instance masks: regions of one value)
+    instances = np.kron(np.arange(400, dtype=np.uint16).reshape(20, 20), np.ones((6, 6), np.uint16))
+    assert detect_labels(instances, "nuclei_mask.tif") and detect_labels(instances[None], "nuclei_mask.tif")
+    # a 16-bit intensity image of hundreds of grey levels is no mask, whatever its name
+    em16 = em_like().astype(np.uint16) * 3
+    for name in ("em_for_segmentation.tif", "masked_em.tif", "oct_segmentation_input.tif"):
+        assert not detect_labels(em16, name) and not detect_labels(em16[None], name)
     assert detect_labels(em_like(), "x.tif", {"class_values": [0, 255]})
     assert not detect_labels(em_like(), "scans-for-segmentation.tif")  # an 8-bit image using its whole range
     assert detect_labels(RNG.integers(0, 100, size=(20, 20)).astype(np.uint8), "cells_seg.tif")
