@@ -234,6 +234,28 @@ def test_reopened_prediction_without_corrections_says_why_nothing_counts(make_na
     assert_layers_unchanged(viewer, before)
 
 
+def test_a_dense_mask_whose_zeros_are_left_out_gets_a_warning_that_stays_in_the_status(widgets, qtbot, notifications):
+    """An OCT mask opened without its metadata: with the box checked its vitreous (0) was left out, said only in the
+    transient "Preparing..." line. Scribbles, which leave most pixels at 0, get no warning."""
+    viewer, training = widgets.viewer, widgets.training
+    mask = np.zeros((3, 128, 128), np.uint8)
+    mask[:, 40:80] = 1
+    mask[:, 80:] = 2  # 0 = "vitreous" above row 40: a third of every slice
+    viewer.add_labels(mask, name="layers mask")
+    training.labels.set_layer(viewer.layers["layers mask"])
+    tiny_settings(training)
+    job = training.prepare()
+    assert "15360 pixels of value 0" in job.warning and "uncheck the box" in job.warning
+    run_and_wait(qtbot, training.start, lambda: training._run is not None)
+    assert any(severity.lower().endswith("warning") and "15360 pixels of value 0" in message for severity, message in notifications)
+    assert "Model trained" in training.progress.status.text() and "15360 pixels of value 0" in training.progress.status.text()
+    scribbles = np.zeros((3, 128, 128), np.uint8)
+    scribbles[0, 10:14, 10:60], scribbles[0, 30:34, 10:60] = 1, 2
+    viewer.add_labels(scribbles, name="scribbles")
+    training.labels.set_layer(viewer.layers["scribbles"])
+    assert training.prepare().warning == ""
+
+
 def test_bad_input_found_by_the_core_notifies_once(widgets, qtbot, notifications, monkeypatch):
     """One-class labels are refused before the worker (with the check box's part in it); what only the core finds
     comes back from the worker as one message."""

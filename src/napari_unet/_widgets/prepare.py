@@ -35,6 +35,7 @@ class TrainJob:
     auto_depth: bool = False  # the worker settles model_config's depth (it may ask TensorFlow for a GPU)
     pixel_weights: Optional[np.ndarray] = None  # extra loss weights, labels' shape (Retrain's corrections)
     check: Optional[CorrectionCheck] = None  # a Retrain's corrections, scored on the new model
+    warning: str = ""  # shown as a notification at the start and kept in the final status
 
 
 def _image(image_layer, labels_layer):
@@ -68,6 +69,9 @@ def prepare_train(viewer, session, image_layer, labels_layer, zero_is_unannotate
         what = f"prediction layer {labels_layer.name!r} (only the pixels painted or marked reviewed on it count)"
     zeros_ignored = int(np.count_nonzero(values == 0)) if class_values is None and zero_is_unannotated else 0
     labels, ignore, classes = training_labels(values, annotated, what)
+    # Dense labels whose zeros are left out may be a mask whose 0 is a class (an OCT mask's vitreous, a 0/255 mask's
+    # membranes) opened without its metadata; scribbles leave most of their slices at 0, as they should.
+    zeros_form_a_class = zeros_ignored > 0 and _annotated_share(annotated) >= DENSE_SHARE
     model_config, train_config = configs
     init = None
     if continue_from_model:
@@ -77,13 +81,18 @@ def prepare_train(viewer, session, image_layer, labels_layer, zero_is_unannotate
         model_config = None
         check_model_classes(init, classes, what, "uncheck 'continue from the current model' to train a new one")
     elif len(classes) < 2:  # found here, before the worker loads TensorFlow
-        hint = f"; with '{ZERO_BOX}' checked its {zeros_ignored} pixels of value 0 are ignored: uncheck it if 0 is a class (e.g. a 0/255 mask)" if zeros_ignored else ""
+        hint = (f"; with '{ZERO_BOX}' checked its {zeros_ignored} pixels of value 0 are ignored: uncheck it if 0 is a class "
+                "(e.g. a 0/255 mask), else paint pixels of a second class" if zeros_ignored else "")
         raise LabelError(f"{what} has only the class {classes[0]} annotated; a model needs at least two classes{hint}")
     colormap = None
     if class_values is not None and isinstance(labels_layer.colormap, DirectLabelColormap):
         colormap = (list(class_values), labels_layer.colormap)  # custom class colours
     note = f"{int(annotated.sum())} annotated pixels of {labels_layer.name!r}"
-    if zeros_ignored:  # an OCT mask opened without its metadata: vitreous (0) silently left out
+    warning = ""
+    if zeros_form_a_class:
+        warning = (f"{zeros_ignored} pixels of value 0 in {labels_layer.name!r} count as not annotated ('{ZERO_BOX}' is "
+                   "checked); if 0 is a class there (an OCT mask's vitreous, a 0/255 mask's membranes), uncheck the box")
+    elif zeros_ignored:
         note += f"; its {zeros_ignored} pixels of value 0 count as not annotated ('{ZERO_BOX}')"
     if not np.allclose(labels_layer.scale, image_layer.scale):  # e.g. a mask file without pixel sizes
         note += (f"; {labels_layer.name!r} and {image_layer.name!r} have different pixel sizes, so they do not overlay "
@@ -91,7 +100,20 @@ def prepare_train(viewer, session, image_layer, labels_layer, zero_is_unannotate
     elif not np.allclose(placement(labels_layer), placement(image_layer)):
         note += (f"; {labels_layer.name!r} is shifted, rotated or sheared against {image_layer.name!r}, so they do not "
                  "overlay in napari (training pairs them pixel for pixel)")
-    return TrainJob(image, labels, model_config, train_config.replace(ignore_value=ignore), init, class_names_of(labels_layer), colormap, note)
+    return TrainJob(image, labels, model_config, train_config.replace(ignore_value=ignore), init, class_names_of(labels_layer),
+                    colormap, note, warning=warning)
+
+
+#: Labels annotating at least this share of the slices they annotate are dense (masks), not scribbles.
+DENSE_SHARE = 0.5
+
+
+def _annotated_share(annotated: np.ndarray) -> float:
+    """Share of annotated pixels in the (Y, X) planes of ``annotated`` (bool, (Y, X) or (Z, Y, X)) that hold any."""
+    planes = annotated.reshape(-1, *annotated.shape[-2:])
+    counts = planes.reshape(len(planes), -1).sum(axis=1)
+    held = counts > 0
+    return float(counts[held].sum() / (held.sum() * planes[0].size)) if held.any() else 0.0
 
 
 def prepare_retrain(viewer, session, image_layer, labels_layer, zero_is_unannotated: bool, retrain_config) -> TrainJob:

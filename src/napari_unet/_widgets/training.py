@@ -45,6 +45,7 @@ class _Run:
     names: Optional[dict]  # class value -> name, when known
     colormap: Any  # (class values, colormap) of the labels layer, when known
     note: str = ""
+    warning: str = ""  # said again in the final status
     last_step: int = 0
     started: float = 0.0
     steps_per_epoch: int = 0
@@ -139,8 +140,10 @@ class TrainingWidget(QWidget):
         worker = create_worker(relay, events)
         budget = job.train_config.max_minutes * 60 if job.train_config.max_minutes else None
         kind = "retraining" if retrain else "training"
-        self._run = _Run(kind, worker, stop, budget, job.names, job.colormap, job.note, started=time.perf_counter(),
+        self._run = _Run(kind, worker, stop, budget, job.names, job.colormap, job.note, job.warning, started=time.perf_counter(),
                          steps_per_epoch=job.train_config.steps_per_epoch)
+        if job.warning:
+            show_warning(f"napari-unet: {job.warning}")
         worker.yielded.connect(self._on_event)
         worker.aborted.connect(self._on_aborted)  # a bound method: disconnected when the widget is deleted
         worker.aborted.connect(lambda: (stop.set(), events.close()))  # not through self: also after the viewer closed
@@ -252,6 +255,7 @@ class TrainingWidget(QWidget):
         self.plot.redraw()
         self.progress.finish(f"{run.kind} {event.reason}", complete=event.reason == "completed")
         note = f" Note: {event.untuned_rule_note} (the inference widget's membranes: 'always close gaps')." if event.untuned_rule_note else ""
+        note += f" Note: {run.warning}." if run.warning else ""
         self.progress.set_status(f"Model {description}, in {format_seconds(seconds)}. It is now used by the inference widget.{note}")
 
     def _on_aborted(self) -> None:
