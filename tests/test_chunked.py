@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -521,6 +522,79 @@ print("failures", failures)
     outputs = [run.communicate(timeout=300)[0] for run in runs]
     assert all(output.strip().endswith("failures 0") for output in outputs), outputs
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr"]
+
+
+def test_a_pair_of_stores_is_committed_all_or_none(tmp_path, monkeypatch):
+    from napari_unet.zarr_io import commit_zarr_stores, create_zarr, write_zarr
+
+    labels, probs = tmp_path / "labels.zarr", tmp_path / "probs.zarr"
+    write_zarr(labels, np.full((2, 8, 8), 1, np.uint8))
+    write_zarr(probs, np.full((2, 8, 8), 1, np.uint8))
+
+    def partials(value):
+        made = [create_zarr(path, (2, 8, 8), np.uint8, (1, 8, 8), {}) for path in (labels, probs)]
+        for partial in made:
+            zarr.open_array(str(partial), mode="r+")[:] = value
+        return made
+
+    def values():
+        return [int(zarr.open_array(str(path), mode="r")[0, 0, 0]) for path in (labels, probs)]
+
+    new_labels, new_probs = partials(2)
+    shutil.rmtree(probs)
+    probs.mkdir()  # another program put a plain folder there meanwhile
+    with pytest.raises(FileExistsError, match="not a zarr array"):
+        commit_zarr_stores([(new_labels, labels), (new_probs, probs)])
+    assert int(zarr.open_array(str(labels), mode="r")[0, 0, 0]) == 1 and new_labels.exists()  # checked before the first rename
+    probs.rmdir()
+    write_zarr(probs, np.full((2, 8, 8), 1, np.uint8))  # through a partial store of the same hidden name: made anew
+    new_labels, new_probs = partials(2)
+    calls = []
+
+    def fail_on_the_second(partial, path, original=zarr_io._replace_store):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError("disk gone")
+        return original(partial, path)
+
+    monkeypatch.setattr(zarr_io, "_replace_store", fail_on_the_second)
+    with pytest.raises(OSError, match="disk gone"):
+        commit_zarr_stores([(new_labels, labels), (new_probs, probs)])
+    assert values() == [1, 1] and new_labels.exists() and new_probs.exists()  # the first rename was undone
+    monkeypatch.undo()
+    replaced = commit_zarr_stores([(new_labels, labels), (new_probs, probs)])
+    assert values() == [2, 2] and all(old is not None and old.exists() for old in replaced)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".replaced")) == ["labels.zarr", "probs.zarr"]
+
+
+def test_two_runs_committing_the_same_pair_of_stores_never_mix_them(tmp_path):
+    # run A's labels beside run B's probabilities: each store was committed under its own lock
+    import subprocess
+    import sys
+
+    script = """
+import sys, numpy as np, zarr
+from pathlib import Path
+from napari_unet import zarr_io
+from napari_unet.zarr_io import commit_zarr_stores, create_zarr, discard_zarr
+folder, me, mixed = Path(sys.argv[1]), int(sys.argv[2]), 0
+pair = [folder / "labels.zarr", folder / "probs.zarr"]
+for _ in range(60):
+    partials = [create_zarr(path, (1, 4, 4), np.uint8, (1, 4, 4), {}) for path in pair]
+    for partial in partials:
+        zarr.open_array(str(partial), mode="r+")[:] = me
+    for old in commit_zarr_stores(list(zip(partials, pair))):
+        if old is not None:
+            discard_zarr(old)
+    with zarr_io._folder_lock(folder.resolve()):
+        seen = {int(zarr.open_array(str(path), mode="r")[0, 0, 0]) for path in pair}
+    mixed += len(seen) > 1
+print("mixed", mixed)
+"""
+    runs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path), str(me)], stdout=subprocess.PIPE, text=True)
+            for me in (1, 2)]
+    outputs = [run.communicate(timeout=300)[0] for run in runs]
+    assert all(output.strip().endswith("mixed 0") for output in outputs), outputs
 
 
 def test_predict_names_what_killed_runs_of_this_host_left_beside_its_outputs_and_removes_nothing(tmp_path, capsys):

@@ -458,7 +458,8 @@ def run_training(image, labels, model_config, train_config, init=None, quiet=Fal
                 continue
             print(f"training on slices {event.train_slices}, {event.validation}; classes {event.class_values}", file=sys.stderr)
             for note in event.notes:
-                print(f"{note} (--rotations to choose)", file=sys.stderr)
+                option = {"augment_rotations": "--rotations", "patch_size": "--patch-size"}.get(note.setting, note.setting)
+                print(f"{note} ({option} to choose)", file=sys.stderr)
         elif isinstance(event, TrainingStep) and not quiet:
             fraction = event.step / event.total_steps
             if budget:
@@ -657,7 +658,7 @@ def _predict_chunked(args, image, output: Path, probabilities_file: Path | None,
     """``predict`` into zarr stores, chunk by chunk: here, or on the dask cluster of ``--scheduler``."""
     from .chunked import ModelSource, default_slices_per_chunk, predict_chunked, store_events
     from .train import format_seconds
-    from .zarr_io import commit_zarr, create_zarr, discard_zarr, is_zarr_path
+    from .zarr_io import commit_zarr_stores, create_zarr, discard_zarr, is_zarr_path
 
     source = ModelSource(args.model)
     _note_intensities(image, source)
@@ -690,15 +691,14 @@ def _predict_chunked(args, image, output: Path, probabilities_file: Path | None,
                 _raise_cluster_failure(err)
                 raise
             progress.done()
-            replaced = []
-            try:  # renames only, so both outputs are in place at once; the replaced stores are deleted after
-                for partial, (path, *_rest) in zip(partials, stores):
-                    replaced.append(commit_zarr(partial, path))
-                    args.written.append(path)
-            finally:
-                for old in replaced:
-                    if old is not None:
-                        discard_zarr(old)
+            try:  # renames only, so both outputs are in place at once
+                replaced = commit_zarr_stores([(partial, path) for partial, (path, *_rest) in zip(partials, stores)])
+            except FileExistsError as err:  # put there by another program while this one ran
+                raise CommandError(str(err)) from None
+            args.written.extend(path for path, *_rest in stores)
+            for old in replaced:  # deleting a large store takes long: after both are in place
+                if old is not None:
+                    discard_zarr(old)
         finally:
             for partial in partials:
                 discard_zarr(partial)

@@ -247,25 +247,54 @@ def commit_zarr(partial: Path, path) -> Path | None:
 
     Returns the replaced store, moved aside to a hidden folder, for the caller to :func:`discard_zarr` once every
     output is in place (deleting a large store takes long), or None."""
-    from ._files import fsync_folder, hidden_sibling
+    return commit_zarr_stores([(partial, path)])[0]
 
-    path = Path(os.fspath(path))
-    old = None
-    with _folder_lock(path.parent):  # two commits to one path interleaved: a raw OSError and a hidden old store
-        if path.exists():
-            if not is_zarr_array_store(path):
+
+def commit_zarr_stores(commits) -> list[Path | None]:
+    """:func:`commit_zarr` for each ``(partial, path)`` of ``commits``, all or none: every path is checked before the
+    first rename, a failed rename puts the earlier ones back, and the folders stay locked meanwhile, so that two runs
+    writing the same stores (labels and probabilities) never leave one run's labels beside the other's probabilities."""
+    from ._files import fsync_folder
+
+    commits = [(Path(os.fspath(partial)), Path(os.fspath(path))) for partial, path in commits]
+    folders = sorted({path.parent.resolve() for _, path in commits}, key=str)  # one lock per folder, in a fixed order
+    done: list[tuple[Path, Path, Path | None]] = []
+    with contextlib.ExitStack() as locks:  # two commits to one path interleaved: a raw OSError and a hidden old store
+        for folder in folders:
+            locks.enter_context(_folder_lock(folder))
+        for _, path in commits:
+            if path.exists() and not is_zarr_array_store(path):
                 raise FileExistsError(f"{path} exists and is not a zarr array; not replaced")
-            os.chmod(partial, path.stat().st_mode & 0o7777)  # the replaced store's permissions
-            old = hidden_sibling(path, "replaced")
-            discard_zarr(old)
-            os.replace(path, old)
         try:
-            os.replace(partial, path)
+            for partial, path in commits:
+                done.append((partial, path, _replace_store(partial, path)))
         except BaseException:
-            if old is not None:
-                os.replace(old, path)
+            for partial, path, old in reversed(done):
+                os.replace(path, partial)
+                if old is not None:
+                    os.replace(old, path)
             raise
-    fsync_folder(path.parent)
+    for folder in folders:
+        fsync_folder(folder)
+    return [old for _, _, old in done]
+
+
+def _replace_store(partial: Path, path: Path) -> Path | None:
+    """Rename ``partial`` to ``path``, moving a zarr array there aside first (returned, else None)."""
+    from ._files import hidden_sibling
+
+    old = None
+    if path.exists():
+        os.chmod(partial, path.stat().st_mode & 0o7777)  # the replaced store's permissions
+        old = hidden_sibling(path, "replaced")
+        discard_zarr(old)
+        os.replace(path, old)
+    try:
+        os.replace(partial, path)
+    except BaseException:
+        if old is not None:
+            os.replace(old, path)
+        raise
     return old
 
 
