@@ -667,7 +667,7 @@ def test_layered_labels_train_without_rotations_and_say_so():
 
     notes, model = run(labels, train_config)
     assert model.train_config.augment_rotations is False  # recorded in the model file: prediction keeps tiles upright
-    assert len(notes) == 1 and "layered top to bottom" in notes[0]
+    assert len(notes) == 1 and notes[0].setting == "augment_rotations" and "layered top to bottom" in str(notes[0])
     notes, tuned = run(labels, train_config, init=model)  # fine-tuning keeps the model's choice, silently
     assert tuned.train_config.augment_rotations is False and notes == ()
     notes, forced = run(labels, train_config.replace(augment_rotations=True))
@@ -795,3 +795,23 @@ def test_reading_only_the_annotated_slices_leaves_the_models_intensity_reference
     nan_image[6] = np.nan  # a slice training never reads: the annotated slices give the reference
     model = train(nan_image, sparse, model_config, train_config).model
     assert (model.intensity_profile, model.intensity_spread) == intensity_reference(nan_image[[1, 3]], model.percentiles)
+
+
+def test_patches_larger_than_the_slices_shrink_to_cover_them_and_say_so():
+    # a 1024-pixel patch of a 128-pixel slice was a mirror mosaic of it, at 64 times the compute
+    from napari_unet.config import ModelConfig
+    from napari_unet.train import TrainingStarted, fit_patch_size, train_events
+
+    config = ModelConfig(depth=2, base_filters=8)  # size multiple 4
+    assert fit_patch_size(1024, (40, 30), config) == 40 and fit_patch_size(1024, (38, 30), config) == 40
+    assert fit_patch_size(256, (248, 384), config) == 256  # the OCT sample: its columns are wider than a patch
+    assert fit_patch_size(256, (100, 90), ModelConfig(depth=2, base_filters=8, downscale=2)) == 52  # network pixels
+    image, labels = stripes(3, 40)
+    model_config, train_config = tiny_configs(epochs=1, steps_per_epoch=2, patch_size=256)
+    events = list(train_events(image, labels, model_config, train_config))
+    notes = next(e for e in events if isinstance(e, TrainingStarted)).notes
+    assert [n.setting for n in notes] == ["patch_size"] and "patches of 40 pixels" in str(notes[0])
+    assert events[-1].model.train_config.patch_size == 40  # the model file records the patches that ran
+    events = list(train_events(image, labels, model_config, train_config.replace(patch_size=40)))
+    assert next(e for e in events if isinstance(e, TrainingStarted)).notes == ()
+

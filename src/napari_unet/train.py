@@ -105,6 +105,17 @@ def _batch_norm_tiles(config: ModelConfig, images, slices, max_tiles: Optional[i
 
 
 @dataclass(frozen=True)
+class SettingNote:
+    """A sentence for the user on what the data made a setting (a :class:`TrainConfig` field) choose."""
+
+    setting: str
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True)
 class TrainingStarted:
     model: UNetModel  # the model being trained (weights change while training runs; at the end it holds the final ones)
     total_steps: int
@@ -114,7 +125,7 @@ class TrainingStarted:
     val_slices: list
     class_values: list
     val_column: Optional[int] = None  # one image: validation on its columns from this one on (None: no such validation)
-    notes: tuple = ()  # what the data made "auto" settings choose, as sentences for the user
+    notes: tuple = ()  # SettingNote: what the data made settings choose ("auto" rotations, a patch fitted to the slices)
     val_window: Optional[tuple] = None  # (y0, y1, x0, x1): validation scores this window of its slices (None: all of them)
 
     @property
@@ -210,8 +221,17 @@ def _resolve_rotations(value, layered: bool, init) -> tuple[bool, tuple]:
         return recorded, ()
     if not layered:
         return True, ()
-    return False, ("no 90-degree rotations: the labels are layered top to bottom (as OCT layers), so the network "
-                   "must learn which way is up",)
+    return False, (SettingNote("augment_rotations", "no 90-degree rotations: the labels are layered top to bottom (as OCT "
+                               "layers), so the network must learn which way is up"),)
+
+
+def fit_patch_size(patch_size: int, shape: tuple, model_config: ModelConfig) -> int:
+    """``patch_size`` (network pixels), or less for (Y, X) slices of ``shape`` (image pixels) smaller than a patch: the
+    smallest multiple of ``model_config.size_multiple`` that covers them (a larger patch only mirrors them, at many times
+    the compute)."""
+    side = max(-(-int(n) // model_config.downscale) for n in shape)
+    multiple = model_config.size_multiple
+    return min(patch_size, -(-side // multiple) * multiple)
 
 
 #: Validation (every epoch, the membrane rule, the command's scores) predicts at most about this many pixels: at most
@@ -532,6 +552,12 @@ def train_events(
     if model_config.input_channels != 1:  # as predict says it: Keras failed on the first step with a shape error
         raise InputError(f"the model expects {model_config.input_channels} channels; napari-unet images have one")
     check_patch_size(train_config.patch_size, model_config)
+    patch_size = fit_patch_size(train_config.patch_size, image_stack.shape[1:], model_config)
+    patch_notes = ()
+    if patch_size < train_config.patch_size:  # the model file records the patches that ran
+        patch_notes = (SettingNote("patch_size", f"patches of {patch_size} pixels: the slices ({image_stack.shape[1]} x "
+                                   f"{image_stack.shape[2]}) are smaller than patches of {train_config.patch_size}"),)
+        train_config = train_config.replace(patch_size=patch_size)
     if init is None:  # the weights alone, before minutes of preparing large data (the batch is checked below)
         held = _memory_held(model_config, lambda kept: kept[0] == to_json(model_config))  # the same network, kept
         check_training_memory(model_config, train_config.batch_size, train_config.patch_size, True,
@@ -540,6 +566,7 @@ def train_events(
     indices = to_indices(label_stack, class_values, ignore, dtype=np.int8)  # at most MAX_CLASSES classes: a byte a pixel
     order = layer_order(indices)
     rotations, notes = _resolve_rotations(train_config.augment_rotations, order is not None, init)
+    notes += patch_notes
     train_config = train_config.replace(augment_rotations=rotations)
 
     annotated_slices = [z for z in range(len(indices)) if (indices[z] >= 0).any()]
@@ -800,6 +827,8 @@ def train(image, labels, model_config=None, train_config=None, init=None, stop=N
 
 
 __all__ = [
+    "fit_patch_size",
+    "SettingNote",
     "TrainingStarted",
     "TrainingStep",
     "EpochEnd",
