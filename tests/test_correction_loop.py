@@ -491,8 +491,26 @@ def test_retrain_names_a_painted_display_label_beyond_the_classes(make_napari_vi
     viewer, image, prediction, session = tracked_prediction(make_napari_viewer, np.ones((2, 32, 32), np.uint8))
     session.set_model(tiny_model(), "tiny")
     prediction.paint((0, 10, 10), 9, refresh=False)
-    with pytest.raises(LabelError, match="holds display label 9, which is no class: it has 2 classes"):
+    with pytest.raises(LabelError, match="prediction layer .* holds display label 9, which is no class: it has 2 classes"):
+        prepare_retrain(viewer, session, image, None, False, lambda config: None)
+    prediction.paint((0, 10, 10), 3, refresh=False)  # within the marks: read as a correction, named the same way
+    with pytest.raises(LabelError, match="prediction layer .* holds display label 3, which is no class"):
         prepare_retrain(viewer, session, image, None, False, lambda config: None)
     prediction.paint((0, 10, 10), 0, refresh=False)  # erased: back to the plain message
     with pytest.raises(LabelError, match="no corrections to learn from"):
         prepare_retrain(viewer, session, image, None, False, lambda config: None)
+
+
+def test_a_3d_view_is_refused_with_advice_that_fits_the_action(make_napari_viewer):
+    # Mark slice reviewed advised "or choose the whole stack", a choice only Run has
+    from napari_unet._widgets.layers import current_slice
+    from napari_unet.data import InputError
+
+    viewer = make_napari_viewer()
+    layer = viewer.add_labels(np.zeros((3, 16, 16), np.uint8))
+    assert current_slice(viewer, layer) == 1  # napari opens a stack at its middle slice
+    viewer.dims.ndisplay = 3
+    with pytest.raises(InputError, match="Y-X plane$"):
+        current_slice(viewer, layer)
+    with pytest.raises(InputError, match="Y-X plane, or choose the whole stack$"):
+        current_slice(viewer, layer, ", or choose the whole stack")

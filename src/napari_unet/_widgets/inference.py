@@ -190,7 +190,7 @@ class InferenceWidget(QWidget):
             data = image_array(image_layer)
             if model.config.input_channels != 1:
                 raise InputError(f"this model expects {model.config.input_channels} input channels; napari-unet images have one")
-            z = current_slice(self.viewer, image_layer) if self.scope.currentText() == CURRENT else None
+            z = current_slice(self.viewer, image_layer, f", or choose the {STACK}") if self.scope.currentText() == CURRENT else None
             # output layers span the stack, also for one slice
             check_layer_memory(model, data.shape, image_layer.name, self.probabilities.isChecked(),
                                self.cells.isChecked() and self.cells.isEnabled(), available_memory_bytes())

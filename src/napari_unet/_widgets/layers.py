@@ -99,21 +99,22 @@ def read_annotations(layer, zero_is_unannotated: bool, reviewed: Optional[np.nda
     * ``reviewed`` (a tracked prediction layer): only reviewed pixels count as annotated.
     ``class_values`` is the metadata list, or None when the classes are just the values found.
     """
+    what = f"{'prediction' if reviewed is not None else 'labels'} layer {layer.name!r}"
     if getattr(layer, "multiscale", False):  # np.asarray gave its lowest resolution
-        raise LabelError(f"labels layer {layer.name!r} is multiscale; open its full-resolution level as a plain labels layer")
+        raise LabelError(f"{what} is multiscale; open its full-resolution level as a plain labels layer")
     data = np.asarray(layer.data)
     if data.dtype.kind not in "iub":
-        raise LabelError(f"labels layer {layer.name!r} has dtype {data.dtype}; labels must be integers")
-    class_values = metadata_class_values(layer.metadata, f"labels layer {layer.name!r}")
+        raise LabelError(f"{what} has dtype {data.dtype}; labels must be integers")
+    class_values = metadata_class_values(layer.metadata, what)
     if class_values is not None and class_values != sorted(class_values):
         # a prediction shows display k + 1 as the k-th smallest class value: the two layers would disagree
         raise LabelError(
-            f"labels layer {layer.name!r} has class_values metadata {class_values} that is not in increasing order; "
+            f"{what} has class_values metadata {class_values} that is not in increasing order; "
             "display label k + 1 stands for the k-th smallest class value in napari-unet's layers: save the layer "
             "(its file keeps the values you painted) and open it again with the napari-unet reader"
         )
     if class_values is not None:
-        check_display_values(data, class_values, f"labels layer {layer.name!r}")
+        check_display_values(data, class_values, what)
         # the smallest dtype of the class values: a uint8 stack of 0/255 classes stays 1 byte per pixel (int64 copies
         # of 32 x 512^2 kept the GUI thread 0.4 s at Train)
         lookup = np.asarray([0, *class_values], smallest_dtype([0, *class_values]))
@@ -146,11 +147,12 @@ def placement(layer) -> np.ndarray:
     return np.concatenate([np.asarray(part, float).ravel() for part in parts])
 
 
-def current_slice(viewer, layer) -> Optional[int]:
+def current_slice(viewer, layer, or_else: str = "") -> Optional[int]:
     """Index of the slice of 3-D ``layer`` shown in the viewer (None for a 2-D layer).
 
     :class:`InputError` unless the viewer shows a Y-X plane in 2-D (a transposed or 3-D view shows no one slice)
-    within the layer's slices (a longer stack open beside it can move the slider past them).
+    within the layer's slices (a longer stack open beside it can move the slider past them); ``or_else`` ends its
+    advice (", or choose the whole stack").
     """
     if layer.ndim < 3:
         return None
@@ -158,7 +160,7 @@ def current_slice(viewer, layer) -> Optional[int]:
     if dims.ndisplay != 2 or list(dims.displayed) != [dims.ndim - 2, dims.ndim - 1]:
         raise InputError(
             f"the viewer does not show one Y-X slice of {layer.name!r} (3-D display or transposed axes); "
-            "switch to the 2-D view of its Y-X plane, or choose the whole stack"
+            f"switch to the 2-D view of its Y-X plane{or_else}"
         )
     z = int(np.round(layer.world_to_data(dims.point)[-3]))
     n_slices = layer.data.shape[-3]
