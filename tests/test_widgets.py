@@ -51,6 +51,21 @@ def test_widgets_build_dock_and_offer_compatible_layers(widgets):
     assert "not annotated" in training.zero_unannotated.toolTip()
 
 
+def test_wrapped_texts_and_the_retrain_learning_rate_are_shown_whole(widgets, qtbot):
+    """The TTA hint and the model description were cut to fewer lines than they wrap to; the Retrain learning
+    rate's box, fourth in one row, showed 1e-4 as "0.00(" (a black-box hunt's screenshots)."""
+    viewer, training, inference = widgets.viewer, widgets.training, widgets.inference
+    viewer.window._qt_window.resize(1280, 900)
+    viewer.window._qt_window.show()
+    inference.tta_hint.setText("auto = off: bfloat16 convolutions at 221 GFLOP/s here (< 500), " * 2)
+    inference.model_label.setText("trained at 12:00:00 (completed, best validation loss at epoch 7); classes [0, 255] " * 2)
+    qtbot.wait(300)
+    for label in (inference.tta_hint, inference.model_label, training.progress.status):
+        assert label.height() >= label.heightForWidth(label.width()) > 0
+    lr = training.settings.retrain_lr
+    assert lr.width() >= lr.minimumSizeHint().width() and lr.text() == "0.000100"
+
+
 def test_loading_a_model_times_the_bfloat16_convolutions_in_the_worker(tmp_path, monkeypatch):
     """The inference widget's "auto = ..." hint timed them on the GUI thread (0.2-0.3 s) when a model arrived."""
     from _helpers import tiny_model

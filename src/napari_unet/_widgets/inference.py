@@ -10,7 +10,7 @@ from typing import Any, Optional
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import QEvent, QTimer
-from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QPushButton, QVBoxLayout, QWidget
 
 from napari_unet._writer import write_labels
 from napari_unet.data import InputError
@@ -20,7 +20,7 @@ from napari_unet.predict import PredictionProgress, check_layer_memory
 from .jobs import NETWORK_LABELS, Failed, Note, PredictionResult, predict_job, relay
 from .layers import Image, LayerCombo, current_slice, image_array
 from .outputs import name_with_suffix, prediction_layer_of, write_cells, write_prediction, write_probabilities
-from .progress import WORKER_FINISHED, InOrder, ProgressRow
+from .progress import WORKER_FINISHED, InOrder, ProgressRow, WrappingLabel
 from .session import disconnect_when_destroyed, get_session, unwrap
 
 _log = logging.getLogger("napari_unet")
@@ -58,8 +58,7 @@ class InferenceWidget(QWidget):
         super().__init__(parent)
         self.viewer = unwrap(napari_viewer)
         self.session = get_session(self.viewer)
-        self.model_label = QLabel()
-        self.model_label.setWordWrap(True)
+        self.model_label = WrappingLabel()
         self.load_button = QPushButton("Load .keras...")
         self.load_button.setToolTip("use a model file instead of the last trained model")
         self.image = LayerCombo(self.viewer, Image)
@@ -68,8 +67,7 @@ class InferenceWidget(QWidget):
         self.scope.setCurrentText(STACK)
         self.tta = QComboBox()
         self.tta.addItems(list(TTA_CHOICES))
-        self.tta_hint = QLabel()
-        self.tta_hint.setWordWrap(True)
+        self.tta_hint = WrappingLabel()
         self.tta.setToolTip(
             "test-time augmentation: average the network over the four 90-degree rotations of each tile "
             "(4 network passes, better membranes); 2 views = the tile and its half turn (2 passes, most of the "

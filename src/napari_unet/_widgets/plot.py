@@ -47,7 +47,7 @@ class LossPlot(FigureCanvasQTAgg):
         (self._dice,) = self.ax_dice.plot([], [], "s--", color="#e0a030", markersize=3, linewidth=1, label="val Dice")
         self.ax.set_yscale("log")
         self.ax_dice.set_ylim(0, 1)
-        legend = self.ax.legend(loc="best", fontsize=7, frameon=False)
+        legend = self.ax.legend(loc="upper right", fontsize=7, frameon=False)  # "best" of no curves: over the first steps
         for item in legend.get_texts():
             item.set_color(text)
         self.smoothing = smoothing
@@ -101,5 +101,7 @@ class LossPlot(FigureCanvasQTAgg):
             low, high = min(values), max(values)
             self.ax.set_ylim(low / 1.3, high * 1.3 if high > low else low * 2)
             self.ax.set_xlim(0, max(self.steps + self.val_steps + [1]) * 1.02)
+        else:  # no steps yet: a step axis from 0, not matplotlib's -0.04..0.04 around nothing
+            self.ax.set_xlim(0, 1)
         self.draw_idle()
         self.draws += 1

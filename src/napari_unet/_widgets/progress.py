@@ -13,6 +13,28 @@ from napari_unet.train import format_seconds
 _SCALE = 1000
 
 
+class WrappingLabel(QLabel):
+    """A word-wrapped label as tall as its wrapped text: in a form layout Qt gave such a label the height of fewer
+    lines, cutting off its first and last ones (the inference widget's model description and TTA hint)."""
+
+    def __init__(self, text: str = "", parent=None):
+        super().__init__(text, parent)
+        self.setWordWrap(True)
+
+    def setText(self, text: str) -> None:
+        super().setText(text)
+        self._fit()
+
+    def resizeEvent(self, event) -> None:
+        super().resizeEvent(event)
+        self._fit()
+
+    def _fit(self) -> None:
+        height = self.heightForWidth(self.width())
+        if height > 0 and height != self.minimumHeight():
+            self.setMinimumHeight(height)
+
+
 class ProgressRow(QWidget):
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -21,8 +43,7 @@ class ProgressRow(QWidget):
         self.bar.setValue(0)
         self.bar.setFormat("idle")
         self.bar.setTextVisible(True)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self.status = WrappingLabel()
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.bar)

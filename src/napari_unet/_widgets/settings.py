@@ -80,8 +80,12 @@ class TrainSettings(QWidget):
         form.addRow("augment", _row(self.flips, self.rotations, self.elastic))
         form.addRow("", _row(self.intensity, self.noise))
         form.addRow("validation", self.validation)
-        self.retrain_row = _row(self.retrain_steps, self.retrain_patch, self.retrain_batch, self.retrain_lr)
-        self.retrain_row.setToolTip("Retrain: steps, patch size, batch size, learning rate")
+        # two rows: in one, the learning rate's box was too narrow to show 0.000100
+        self.retrain_form = QWidget()
+        retrain_form = QFormLayout(self.retrain_form)
+        retrain_form.setContentsMargins(0, 0, 0, 0)
+        retrain_form.addRow("steps / patch / batch", _row(self.retrain_steps, self.retrain_patch, self.retrain_batch))
+        retrain_form.addRow("learning rate", self.retrain_lr)
         self.preset.currentTextChanged.connect(self.apply_preset)
         self.apply_preset(self.preset.currentText())
 
