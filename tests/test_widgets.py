@@ -66,6 +66,20 @@ def test_wrapped_texts_and_the_retrain_learning_rate_are_shown_whole(widgets, qt
     assert lr.width() >= lr.minimumSizeHint().width() and lr.text() == "0.000100"
 
 
+def test_a_run_that_fails_before_its_first_step_says_so_on_the_bar(qtbot):
+    # after an earlier run the indeterminate start left the bar at -1, below its minimum, where Qt draws no text
+    from napari_unet._widgets.progress import ProgressRow
+
+    row = ProgressRow()
+    qtbot.addWidget(row)
+    row.start("U-Net training")
+    row.update(1.0, 0.0)
+    row.finish("training completed", complete=True)
+    row.start("U-Net training")
+    row.finish("training failed")
+    assert row.bar.text() == "training failed" and row.bar.value() == 0
+
+
 def test_loading_a_model_times_the_bfloat16_convolutions_in_the_worker(tmp_path, monkeypatch):
     """The inference widget's "auto = ..." hint timed them on the GUI thread (0.2-0.3 s) when a model arrived."""
     from _helpers import tiny_model
@@ -294,9 +308,11 @@ def test_bad_input_found_by_the_core_notifies_once(widgets, qtbot, notifications
         yield
 
     monkeypatch.setattr(train_module, "train_events", refuse)
+    training.plot.add_step(1, 0.5)  # the curves of an earlier run: a run that never started leaves them
     run_and_wait(qtbot, training.start, lambda: training._run is not None)
     assert sum("the core refuses these labels" in m for m in errors(notifications)) == 1, notifications
-    assert widgets.session.model is None
+    assert widgets.session.model is None and training.plot.steps == [1]
+    assert training.progress.bar.text() == "training failed"
     assert_layers_unchanged(viewer, before)
 
 

@@ -73,6 +73,8 @@ class ProgressRow(QWidget):
             self._activity = None
         if self.bar.maximum() == 0:
             self.bar.setRange(0, _SCALE)
+        if self.bar.value() < 0:  # reset by the indeterminate range: Qt draws no text on a bar below its minimum
+            self.bar.setValue(0)
         if complete:
             self.bar.setValue(_SCALE)
         if text is not None:

@@ -150,7 +150,6 @@ class TrainingWidget(QWidget):
         worker.finished.connect(self._on_finished)
         session = self.session  # not through self: a deleted dock gets no finished signal, the session must
         worker.finished.connect(lambda: session.set_busy("training", False))
-        self.plot.clear()
         self.progress.start(f"U-Net {kind}")
         loading = "" if "tensorflow" in sys.modules else " (the first run also loads TensorFlow)"
         self.progress.set_status(f"Preparing {kind} on {job.note}{loading}...")
@@ -198,6 +197,7 @@ class TrainingWidget(QWidget):
         if run is None:
             return
         if isinstance(event, TrainingStarted):
+            self.plot.clear()  # here, not at the click: a run refused by the core leaves the current model's curves
             val = f", {event.validation}" if event.val_slices or event.val_column is not None else ""
             where = f"slices {event.train_slices}{val}" if run.kind == "training" else run.note
             boxes = {"augment_rotations": "the rotations box", "patch_size": "the patch box"}
