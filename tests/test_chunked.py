@@ -642,3 +642,13 @@ def test_tasks_of_a_tiff_or_numpy_stack_are_cut_to_the_task_input_limit(tmp_path
     monkeypatch.setattr(chunked, "predict_chunked", lambda *a, **k: seen.append(k["slices_per_chunk"]) or original(*a, **k))
     assert main(["predict", str(tmp_path / "m.keras"), str(tmp_path / "image.tif"), "-o", str(tmp_path / "p.zarr")]) == 0
     assert seen == [3]
+
+
+@pytest.mark.parametrize("output", ["out.tif", "out.zarr"])
+def test_predict_notes_options_the_model_cannot_honour_into_zarr_as_into_tiff(tmp_path, capsys, output):
+    # -o X.zarr skipped the note that a tile smaller than the training patches sees less context (tile 8: all cell)
+    save_model(tiny_model(), tmp_path / "m.keras")
+    tifffile.imwrite(tmp_path / "image.tif", stripes(n_slices=2, size=64)[0], photometric="minisblack")
+    code = main(["predict", str(tmp_path / "m.keras"), str(tmp_path / "image.tif"), "-o", str(tmp_path / output), "--tile-size", "32"])
+    err = capsys.readouterr().err
+    assert code == 0 and "note: --tile-size 32 is smaller than the 64-pixel patches" in err, err

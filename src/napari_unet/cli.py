@@ -636,7 +636,8 @@ def cmd_predict(args) -> int:
 
 
 def _note_options_the_model_ignores(args, model) -> None:
-    """Say on stderr when an option cannot do what it says for this model (a silent no-op misleads)."""
+    """Say on stderr when an option cannot do what it says for ``model`` (a :class:`UNetModel` or
+    :class:`napari_unet.chunked.ModelSource`): a silent no-op misleads."""
     if args.close_boundaries and model.boundary_value not in model.class_values:
         print(f"note: --close-boundaries ignored: this model has no thin boundary class (classes {list(model.class_values)})", file=sys.stderr)
     patch = model.train_config.patch_size if model.train_config is not None else None
@@ -661,6 +662,7 @@ def _predict_chunked(args, image, output: Path, probabilities_file: Path | None,
     from .zarr_io import commit_zarr_stores, create_zarr, discard_zarr, is_zarr_path
 
     source = ModelSource(args.model)
+    _note_options_the_model_ignores(args, source)
     _note_intensities(image, source)
     # a zarr image's own chunks along Z; a TIFF's or folder's pages are no chunks to follow (tasks of one slice)
     per_chunk = args.slices_per_chunk or (None if is_zarr_path(args.image) else default_slices_per_chunk(np.shape(image), image.dtype))

@@ -182,7 +182,7 @@ def load_model(path) -> UNetModel:
     meta = read_metadata(path)
     config, train_config, class_values = checked_settings(meta, path.name)
     percentiles, intensity_profile, intensity_spread = checked_intensity_reference(meta, path.name)
-    boundary_value, boundary_rule = _checked_rule(meta, class_values, path.name)
+    boundary_value, boundary_rule = checked_rule(meta, class_values, path.name)
     keras = import_keras()
     try:
         keras_model = keras.saving.load_model(path, compile=False, safe_mode=True)
@@ -240,7 +240,7 @@ def _refuse_newer_settings(meta: dict, name: str) -> None:
                                      f"unknown to version {__version__}); upgrade napari-unet to load it")
 
 
-def _checked_rule(meta: dict, class_values: list, name: str) -> tuple:
+def checked_rule(meta: dict, class_values: list, name: str) -> tuple:
     """(boundary_value, boundary_rule) of the metadata, or :class:`ModelFileError` if they are malformed."""
     import inspect
 
