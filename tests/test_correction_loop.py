@@ -514,3 +514,32 @@ def test_a_3d_view_is_refused_with_advice_that_fits_the_action(make_napari_viewe
         current_slice(viewer, layer)
     with pytest.raises(InputError, match="Y-X plane, or choose the whole stack$"):
         current_slice(viewer, layer, ", or choose the whole stack")
+
+
+def test_a_reopened_prediction_of_an_image_now_named_otherwise_is_used_once_selected(make_napari_viewer, tmp_path):
+    # Day 2, the stack open as "EM_v2": Retrain said "no corrections to learn from: run inference..." also with the
+    # reopened prediction selected, and never named it or the name it records
+    from _helpers import tiny_model
+    from napari_unet._widgets.prepare import prepare_retrain
+    from napari_unet.config import TrainConfig
+    from napari_unet.labels import LabelError
+
+    data = np.full((2, 64, 64), CELL, np.uint8)
+    viewer, image, prediction, session = tracked_prediction(make_napari_viewer, data)
+    with prediction.block_history():
+        prediction.paint((0, 20, 20), MEMBRANE, refresh=False)
+    painted = session.painted(prediction).sum()
+    path = tmp_path / "pred.tif"
+    viewer.layers.selection = {prediction}
+    viewer.layers.save(str(path), selected=True, plugin="napari-unet")
+    viewer.layers.remove(prediction)
+    image.name = "EM_v2"
+    [reopened] = viewer.open(str(path), plugin="napari-unet")
+    session.set_model(tiny_model(), "tiny")
+    viewer.layers.selection = {image}
+    with pytest.raises(LabelError, match="prediction layer 'pred' were made on image 'EM'.*select 'pred'"):
+        prepare_retrain(viewer, session, image, None, False, lambda config: None)
+    viewer.layers.selection = {reopened}
+    job = prepare_retrain(viewer, session, image, None, False, lambda model_config, previous: TrainConfig(patch_size=32))
+    assert f"{painted} corrected pixels of 'pred'" in job.note
+    assert session.corrected_layers(image) == [reopened]  # paired with "EM_v2" from now on

@@ -140,6 +140,18 @@ def prepare_retrain(viewer, session, image_layer, labels_layer, zero_is_unannota
             f"{tuple(image.shape)} of {image_layer.name!r}: it was predicted from another image; run inference on "
             f"{image_layer.name!r} and paint the corrections on that prediction"
         )
+    if prediction is None:  # a reopened prediction whose image is open under another name: used when selected
+        unpaired = [(x, name) for x, name in session.unpaired_corrected_layers(viewer) if tuple(x.data.shape) == tuple(image.shape)]
+        chosen = [x for x, _ in unpaired if x in viewer.layers.selection]
+        if chosen:
+            session.track(chosen[0], image_layer)  # from now on it is this image's prediction (and saved as such)
+            corrected_layers, prediction = [chosen[0]], chosen[0]
+        elif unpaired:
+            layer, name = unpaired[0]
+            raise LabelError(
+                f"the corrections on prediction layer {layer.name!r} were made on image {name!r}, which is not open "
+                f"under that name; select {layer.name!r} and Retrain to use them on {image_layer.name!r}"
+            )
     if prediction is None:
         for layer in session.tracked_layers(image_layer):  # painted display labels beyond the classes leave no mark
             classes = layer.metadata.get("class_values") if isinstance(layer.metadata, dict) else None

@@ -191,11 +191,11 @@ class Session:
         layer.events.paint.connect(self._on_paint)
         session = weakref.ref(self)
 
-        def record():
+        def live_record():
             live = session()
             return None if live is None else live.record(layer)
 
-        watch_strokes(layer, record)
+        watch_strokes(layer, live_record)
         return record
 
     def adopt(self, layer) -> Optional[Tracked]:
@@ -238,6 +238,18 @@ class Session:
     def corrected_layers(self, image_layer) -> list:
         """Tracked prediction layers of ``image_layer`` with at least one reviewed pixel."""
         return [layer for layer in self.tracked_layers(image_layer) if self.reviewed(layer).any()]
+
+    def unpaired_corrected_layers(self, viewer) -> list:
+        """``(layer, image name)`` of reopened prediction layers with reviewed pixels whose image is not open under
+        the name they record (renamed, or opened from another file name)."""
+        names = {layer.name for layer in unwrap(viewer).layers}
+        unpaired = []
+        for record in list(self._tracked.values()):
+            live_image = record.image() if record.image is not None else None
+            if live_image is None and record.image_name not in names and self.record(record.layer) is not None:
+                if self.reviewed(record.layer).any():
+                    unpaired.append((record.layer, record.image_name))
+        return unpaired
 
     @contextlib.contextmanager
     def muted(self, layer):
