@@ -571,3 +571,13 @@ def test_the_corrections_of_a_single_slice_prediction_come_back(tmp_path):
     np.testing.assert_array_equal(back.metadata["reviewed"].reshape(reviewed.shape), reviewed)
     values, ignore, notes = read_label_stack(tmp_path / "one.tif", "labels")
     assert int((values != ignore).sum()) == int(reviewed.sum()) and "only its 72 painted or reviewed pixels count" in notes[-1]
+
+
+def test_a_plain_layer_whose_0_was_trained_as_a_class_is_written_with_0_as_a_class():
+    from napari_unet.labels import ZERO_IS_CLASS
+
+    mask = np.array([[0, 255, 255], [0, 0, 255]], np.uint8)
+    values, meta = _writer.labels_to_file_values(mask, {ZERO_IS_CLASS: True})
+    assert meta == {"class_values": [0, 255], "ignore_value": None} and np.array_equal(values, mask)
+    values, meta = _writer.labels_to_file_values(mask, {})  # painted from scratch: 0 = not painted
+    assert meta == {"class_values": [255], "ignore_value": 0}

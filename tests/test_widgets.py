@@ -397,6 +397,37 @@ def test_time_budget_continue_and_a_model_that_does_not_fit(widgets, qtbot, noti
     assert_layers_unchanged(viewer, before)
 
 
+def test_a_raw_mask_trained_with_0_as_a_class_keeps_it_in_its_file_and_its_colours_in_the_prediction(widgets, qtbot, tmp_path):
+    """A plain layer holding a 0/255 mask ("Convert to Labels"), trained with 'label 0 = not annotated' unchecked:
+    the writer recorded 0 as "not annotated", so the reopened file lost every membrane; the prediction drew 255 in
+    another colour than the mask (and renumbered, as display label 2)."""
+    from conftest import em_data
+    from napari_unet._widgets.prepare import remember_zero_convention
+    from napari_unet.labels import ZERO_IS_CLASS
+
+    viewer, training, inference = widgets.viewer, widgets.training, widgets.inference
+    raw = viewer.add_labels(em_data()[1], name="raw mask")  # 0 = membrane, 255 = cell, no metadata
+    training.labels.set_layer(raw)
+    training.zero_unannotated.setChecked(False)
+    tiny_settings(training, epochs=1, steps=3)
+    run_and_wait(qtbot, training.start, lambda: training._run is not None)
+    assert widgets.session.model.class_values == [0, 255] and raw.metadata[ZERO_IS_CLASS] is True
+    path = tmp_path / "mask.tif"
+    viewer.layers.selection = {raw}
+    viewer.layers.save(str(path), selected=True, plugin="napari-unet")
+    [back] = viewer.open(str(path), plugin="napari-unet")
+    assert back.metadata["class_values"] == [0, 255] and back.metadata["ignore_value"] is None
+    assert not (np.asarray(back.data) == 0).any(), "the membranes came back as 'not annotated'"
+    run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
+    prediction = viewer.layers["EM prediction"]
+    membrane, cell = prediction.colormap.map(np.array([1, 2]))
+    assert np.allclose(cell, raw.colormap.map(np.array([255]))[0]) and membrane[3] > 0  # 0 is transparent in the mask
+    remember_zero_convention(raw, True)  # trained with 0 unpainted: its file says so again
+    assert raw.metadata[ZERO_IS_CLASS] is False
+    remember_zero_convention(viewer.layers["EM labels"], False)  # class metadata: the display convention says it all
+    assert ZERO_IS_CLASS not in viewer.layers["EM labels"].metadata
+
+
 def test_save_and_load_model_between_widgets(widgets, qtbot, tmp_path, notifications):
     from napari.utils.colormaps import DirectLabelColormap
 

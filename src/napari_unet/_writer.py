@@ -6,7 +6,7 @@ A labels layer in the napari_unet display convention (display 0 = not annotated,
 or, if there is none, a value that is no class (:func:`napari_unet.labels.choose_ignore_value`:
 0 if free, else an unused value), which is recorded in the file. A layer without
 ``class_values`` (painted from scratch in napari) is written as is, with 0 recorded as the
-ignore value when present. The layer's translate is recorded too. The layer's scale and units go into the TIFF resolution / ImageJ
+ignore value when present, unless the training widget recorded that 0 is a class there (``ZERO_IS_CLASS``). The layer's translate is recorded too. The layer's scale and units go into the TIFF resolution / ImageJ
 spacing, and the write is atomic (:func:`napari_unet.tiff_io.write_tiff`).
 
 A prediction layer of the inference widget (``metadata["napari_unet"]["output"] == "prediction"``)
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .labels import PREDICTION_OUTPUT, accepted_only_pixels, reviewed_pixels
+from .labels import PREDICTION_OUTPUT, ZERO_IS_CLASS, accepted_only_pixels, reviewed_pixels
 from .tiff_io import write_tiff
 
 
@@ -77,10 +77,11 @@ def labels_to_file_values(display, metadata: dict, what: str = "the labels layer
     class_values = metadata_class_values(metadata, what)
     unannotated = bool((display == 0).any())
     if class_values is None:
-        # A plain napari labels layer: its values are the file values, 0 = unpainted.
+        # A plain napari labels layer: its values are the file values, 0 = unpainted unless trained as a class.
         values = display
-        found = find_class_values(values, 0 if unannotated else None)
-        label_meta: dict[str, Any] = {"class_values": found, "ignore_value": 0 if unannotated else None}
+        ignore = 0 if unannotated and metadata.get(ZERO_IS_CLASS) is not True else None
+        found = find_class_values(values, ignore)
+        label_meta: dict[str, Any] = {"class_values": found, "ignore_value": ignore}
         if values.dtype == bool:
             values = values.astype(np.uint8)
         return values, label_meta

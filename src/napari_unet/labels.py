@@ -18,6 +18,10 @@ import numpy as np
 IGNORE_INDEX = -1
 #: ``layer.metadata["napari_unet"]["output"]`` of a prediction layer written by the inference widget.
 PREDICTION_OUTPUT = "prediction"
+#: ``layer.metadata`` key of a plain labels layer (no ``class_values``: its values are the classes): True when its value
+#: 0 is a class too (a raw 0/255 mask trained with "label 0 = not annotated" unchecked); its file then records 0 as a
+#: class, not as "not annotated".
+ZERO_IS_CLASS = "zero_is_class"
 
 
 class LabelError(ValueError):

@@ -10,16 +10,16 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
-from napari.utils.colormaps import DirectLabelColormap
 
 from napari_unet.config import ModelConfig, TrainConfig
 from napari_unet.data import InputError
-from napari_unet.labels import LabelError, check_display_values, training_labels
+from napari_unet.labels import ZERO_IS_CLASS, LabelError, check_display_values, metadata_class_values, training_labels
 from napari_unet.model_io import UNetModel
 from napari_unet.retrain import CorrectionCheck, correction_check, retrain_data
 
 from .layers import class_names_of, image_array, no_labels_message, placement, read_annotations
 from .outputs import prediction_layer_of
+from .session import colormap_of
 
 
 @dataclass
@@ -84,9 +84,7 @@ def prepare_train(viewer, session, image_layer, labels_layer, zero_is_unannotate
         hint = (f"; with '{ZERO_BOX}' checked its {zeros_ignored} pixels of value 0 are ignored: uncheck it if 0 is a class "
                 "(e.g. a 0/255 mask), else paint pixels of a second class" if zeros_ignored else "")
         raise LabelError(f"{what} has only the class {classes[0]} annotated; a model needs at least two classes{hint}")
-    colormap = None
-    if class_values is not None and isinstance(labels_layer.colormap, DirectLabelColormap):
-        colormap = (list(class_values), labels_layer.colormap)  # custom class colours
+    colormap = _class_colormap(labels_layer, class_values or classes, display=class_values is not None)
     note = f"{int(annotated.sum())} annotated pixels of {labels_layer.name!r}"
     warning = ""
     if zeros_form_a_class:
@@ -102,6 +100,31 @@ def prepare_train(viewer, session, image_layer, labels_layer, zero_is_unannotate
                  "overlay in napari (training pairs them pixel for pixel)")
     return TrainJob(image, labels, model_config, train_config.replace(ignore_value=ignore), init, class_names_of(labels_layer),
                     colormap, note, warning=warning)
+
+
+def _class_colormap(labels_layer, class_values, display: bool):
+    """``(class values, display-convention colormap)`` that colours each class as ``labels_layer`` does (its display
+    values 1..K if ``display``, else the class values themselves), so that the prediction shows them alike; None where
+    those are the colours a new labels layer has anyway. A class the layer draws transparent (value 0 of a plain
+    layer) keeps the prediction's own colour."""
+    from napari.layers import Labels
+
+    n = len(class_values)
+    try:
+        rgba = np.asarray(labels_layer.colormap.map(np.arange(1, n + 1) if display else np.asarray(class_values)), np.float64)
+    except (TypeError, ValueError, OverflowError):  # values the colormap cannot map: the prediction's own colours
+        return None
+    default = np.asarray(Labels(np.zeros((1, 1), np.uint8)).colormap.map(np.arange(1, n + 1)), np.float64)
+    hidden = rgba[:, 3] == 0
+    rgba[hidden] = default[hidden]
+    return None if np.allclose(rgba, default) else (list(class_values), colormap_of(rgba.tolist()))
+
+
+def remember_zero_convention(labels_layer, zero_is_unannotated: bool) -> None:
+    """Record in a plain labels layer's metadata whether its value 0 was trained as a class, so that the napari-unet
+    writer saves its 0s as that class, not as "not annotated" (layers with class metadata need no record)."""
+    if metadata_class_values(labels_layer.metadata, f"labels layer {labels_layer.name!r}") is None:
+        labels_layer.metadata[ZERO_IS_CLASS] = not zero_is_unannotated
 
 
 #: Labels annotating at least this share of the slices they annotate are dense (masks), not scribbles.

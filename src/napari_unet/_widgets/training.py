@@ -21,7 +21,7 @@ from napari_unet.train import EpochEnd, TrainingFinished, TrainingFinishing, Tra
 from .jobs import CorrectionsLearned, Failed, relay, train_job
 from .layers import Image, Labels, LayerCombo
 from .outputs import name_with_suffix
-from .prepare import ZERO_BOX, TrainJob, prepare_retrain, prepare_train
+from .prepare import ZERO_BOX, TrainJob, prepare_retrain, prepare_train, remember_zero_convention
 from .plot import LossPlot
 from .progress import WORKER_FINISHED, InOrder, ProgressRow
 from .session import disconnect_when_destroyed, get_session, unwrap
@@ -32,7 +32,8 @@ ZERO_TIP = (
     "napari's own reader). Checked: value 0 means not annotated (ignored by the loss) and every "
     "nonzero value is a class. Unchecked: 0 is a class too (e.g. a raw 0/255 mask) and every pixel "
     "is annotated. Layers from the napari-unet reader, sample data or predictions always use "
-    "0 = not annotated; on prediction layers only pixels you painted count."
+    "0 = not annotated; on prediction layers only pixels you painted count. The napari-unet writer saves the "
+    "layer's 0s as Train last took them."
 )
 
 
@@ -132,6 +133,8 @@ class TrainingWidget(QWidget):
             self.progress.reset(f"{'retraining' if retrain else 'training'} not started")
             self.progress.set_status(f"Not started: {err}")
             return False
+        if not retrain and self.labels.layer() is not None:  # its file keeps 0 as trained: a class or "not annotated"
+            remember_zero_convention(self.labels.layer(), self.zero_unannotated.isChecked())
         stop = threading.Event()
         events = train_job(
             job.image, job.labels, job.model_config, job.train_config, init=job.init, stop=stop.is_set, auto_depth=job.auto_depth,
