@@ -204,6 +204,7 @@ def prepare_retrain(viewer, session, image_layer, labels_layer, zero_is_unannota
         f"{data.n_corrected} corrected pixels of {prediction.name!r} (about {data.focus_share:.0%} of the patches centred near them"
         + (f", each with an extra loss weight of {data.correction_weight:.2g}" if data.correction_weight else "")
         + f") and {data.n_annotated - data.n_corrected} other annotated pixels"
+        + (f" (of it and {labels_layer.name!r})" if labels_layer is not None and labels_layer is not prediction else "")
     )
     unused = [x.name for x in corrected_layers if x is not prediction]
     if unused:  # one prediction layer's corrections per Retrain
