@@ -176,6 +176,13 @@ def test_a_model_file_with_damaged_bytes_is_a_clear_model_file_error(tmp_path, c
     # its own entry damaged: the file was called "not a zip archive"
     with pytest.raises(ModelFileError, match="metadata.keras is damaged .*CRC"):
         read_metadata(_damaged_entry(saved, "napari_unet.json", tmp_path / "metadata.keras"))
+    # cut short (a copy or download stopped): its zip directory is gone; it was called "not a zip archive"
+    (tmp_path / "cut.keras").write_bytes(saved.read_bytes()[:-30])
+    with pytest.raises(ModelFileError, match="cut.keras is damaged \\(cut short"):
+        read_metadata(tmp_path / "cut.keras")
+    (tmp_path / "text.keras").write_text("hello")
+    with pytest.raises(ModelFileError, match="not a zip archive"):
+        read_metadata(tmp_path / "text.keras")
     # an entry another program encrypted: Keras raised a RuntimeError after TensorFlow started
     data = bytearray(saved.read_bytes())
     with zipfile.ZipFile(saved) as archive:

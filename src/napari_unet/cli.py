@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM (kill, timeout, a batch scheduler's time limit)
 
 
 class CommandError(Exception):
@@ -910,10 +911,11 @@ def main(argv=None) -> int:
     sys.stdout, sys.stderr = _ReaderMayLeave(sys.stdout), _ReaderMayLeave(sys.stderr)
     try:
         return args.func(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         done = ", ".join(str(p) for p in args.written)
-        print(f"napari-unet: interrupted; {f'{done} was written before' if done else 'no output file was written'}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        how = "terminated" if isinstance(stop, _Terminated) else "interrupted"
+        print(f"napari-unet: {how}; {f'{done} was written before' if done else 'no output file was written'}", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(stop, _Terminated) else EXIT_INTERRUPTED
     except _bad_input_errors() as err:
         print(f"napari-unet: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -981,16 +983,21 @@ class _ReaderMayLeave:
         return getattr(self._stream, name)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be: the same clean-up, its own exit status."""
+
+
 def _stop_on_sigterm():
     """Make SIGTERM (``kill``, ``timeout``, a batch scheduler's time limit) interrupt like Ctrl-C, so a command cleans
-    up (partial stores) and names what it wrote; returns the previous handler (None off the main thread)."""
+    up (partial stores) and names what it wrote, exiting with 143; returns the previous handler (None off the main
+    thread)."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         return None
 
     def interrupt(signum, frame):
-        raise KeyboardInterrupt
+        raise _Terminated
 
     return signal.signal(signal.SIGTERM, interrupt)
 

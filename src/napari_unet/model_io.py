@@ -118,6 +118,11 @@ def read_metadata(path) -> dict:
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile:
+        with open(path, "rb") as file:
+            starts_as_zip = file.read(4) == b"PK\x03\x04"
+        if starts_as_zip:  # its directory, at the end of the archive, is gone: a copy or download cut short
+            raise ModelFileError(f"{path.name} is damaged (cut short: its zip directory is missing); use a complete copy "
+                                 "of the model") from None
         raise ModelFileError(f"{path.name} is not a .keras model file (not a zip archive)") from None
     except OSError as err:
         raise ModelFileError(f"{path.name} could not be read: {err}") from None
