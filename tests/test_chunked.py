@@ -652,3 +652,16 @@ def test_predict_notes_options_the_model_cannot_honour_into_zarr_as_into_tiff(tm
     code = main(["predict", str(tmp_path / "m.keras"), str(tmp_path / "image.tif"), "-o", str(tmp_path / output), "--tile-size", "32"])
     err = capsys.readouterr().err
     assert code == 0 and "note: --tile-size 32 is smaller than the 64-pixel patches" in err, err
+
+
+def test_a_zarr_stack_with_a_trailing_channel_axis_of_one_predicts_as_its_tiff_does(tmp_path, capsys):
+    # (Z, Y, X, 1), as numpy and Keras keep one-channel stacks, was refused as "axes TZYX"
+    save_model(tiny_model(), tmp_path / "m.keras")
+    image = stripes(n_slices=3, size=64)[0]
+    zarr.create_array(str(tmp_path / "zyx1.zarr"), data=image[..., None])
+    tifffile.imwrite(tmp_path / "zyx1.tif", image[..., None], photometric="minisblack")
+    assert zarr_io.read_zarr(tmp_path / "zyx1.zarr").axes == "ZYXC"
+    for name in ("zyx1.zarr", "zyx1.tif"):
+        code = main(["predict", str(tmp_path / "m.keras"), str(tmp_path / name), "-o", str(tmp_path / f"{name}.out.tif"), "--no-tta"])
+        assert code == 0, capsys.readouterr().err
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "zyx1.zarr.out.tif"), tifffile.imread(tmp_path / "zyx1.tif.out.tif"))

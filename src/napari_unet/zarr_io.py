@@ -88,7 +88,7 @@ def read_zarr(path, lazy: bool = True) -> TiffData:
         axes = "".join(name for name, _ in ome_axes)
         units = tuple(unit for _, unit in ome_axes)
     else:  # napari-unet's own outputs record axes and the image's pixel sizes
-        axes = own.get("axes") if isinstance(own.get("axes"), str) and len(own["axes"]) == ndim else _default_axes(ndim)
+        axes = own.get("axes") if isinstance(own.get("axes"), str) and len(own["axes"]) == ndim else _guess_axes(array.shape)
         units = tuple(own["units"]) if isinstance(own.get("units"), list) and len(own["units"]) == ndim else (None,) * ndim
         units = tuple(_normalise_unit(u) for u in units)
         if isinstance(own.get("scale"), list) and len(own["scale"]) == ndim:
@@ -320,6 +320,14 @@ def _folder_lock(folder: Path):
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def _guess_axes(shape) -> str:
+    """Axes of an array that records none: a trailing length-1 axis of 3 or more is a channel, as numpy and Keras keep
+    one-channel stacks ((Z, Y, X, 1)); else the TIFF defaults ("ZYX", "TZYX"...)."""
+    if len(shape) >= 3 and shape[-1] == 1:
+        return _default_axes(len(shape) - 1) + "C"
+    return _default_axes(len(shape))
 
 
 def discard_zarr(partial: Path) -> None:
