@@ -256,7 +256,8 @@ def predict_events(
     Yields :class:`PredictionProgress` after each batch of tiles and finally one :class:`Prediction`.
     Tiles of ``tile_size`` overlap by ``overlap`` pixels and are blended with a raised-cosine window;
     memory for the network stays bounded by ``batch_size`` images per call (tiles or their TTA copies).
-    ``stop()`` returning True ends early with ``Prediction.stopped`` set (slices not reached hold 0, a class value or not; in ``labels_out`` / ``probabilities_out`` they keep what those arrays held).
+    ``stop()`` returning True ends early with ``Prediction.stopped`` set (slices not reached hold 0, a class value or
+    not; in ``labels_out`` / ``probabilities_out`` they keep what those arrays held).
     For a model with a thin boundary class (``model.boundary_value``, e.g. EM membranes) the labels
     follow ``model.boundary_rule``, the threshold / watershed closing / region merging chosen on
     validation slices after training (:mod:`napari_unet.postprocess`). ``close_boundaries=True``
