@@ -346,7 +346,8 @@ def test_predict_writes_zarr_stores_equal_to_its_tiff_files(model_and_stack, cap
     (["-o", "{d}/p.tif", "--scheduler", "tcp://127.0.0.1:1"], "--scheduler needs a zarr store"),
     (["-o", "{d}/p.tif", "--slices-per-chunk", "2"], "--slices-per-chunk needs a zarr store"),
     (["-o", "{d}/image.zarr"], "holds the input"),
-    (["-o", "{d}/image.zarr/labels.zarr"], "would overwrite the input"),
+    (["-o", "{d}/image.zarr/labels.zarr"], "lies inside the zarr store"),  # was "would overwrite the input (its folder)"
+    (["--image", "{d}/dataset.zarr/raw", "-o", "{d}/dataset.zarr/pred.zarr"], "lies inside the zarr store"),  # was written
     (["-o", "{d}/notes.zarr"], "exists and is not a zarr array"),
     (["-o", "{d}/dataset.zarr"], "exists and is not a zarr array"),
     (["-o", "{d}/missing/p.zarr"], "does not exist"),

@@ -123,14 +123,20 @@ def check_zarr_output(path, what: str, inputs=()) -> Path:
     """``path`` as an absolute Path, if a zarr store can be written there (see :func:`check_output`): an existing
     zarr array is replaced when the new one is complete; anything else there (a group, which may hold other data, a
     file, a folder) is refused, and so is a path holding an input (replacing it would delete the input)."""
-    from .zarr_io import ZARR_SUFFIX, is_zarr_array_store, is_zarr_name
+    from .zarr_io import ZARR_SUFFIX, is_zarr_array_store, is_zarr_name, is_zarr_path
 
     path = Path(os.path.realpath(path))  # absolute: a cluster's workers write it; a symbolic link's target
     if not is_zarr_name(path):
         raise CommandError(f"{what} {path.name!r} must end in {ZARR_SUFFIX}")
     for source in inputs:
-        if Path(os.path.realpath(source)).is_relative_to(path):
+        source_path = Path(os.path.realpath(source))
+        if source_path.is_relative_to(path):
             raise CommandError(f"{what} {str(path)!r} holds the input {str(source)!r}, which replacing it would delete; give another name")
+        # a store inside the input's (ds.zarr/pred.zarr beside ds.zarr/raw): that store would hold two images
+        store = next((p for p in reversed([source_path, *source_path.parents]) if is_zarr_name(p)), None) if is_zarr_path(source) else None
+        if store is not None and path.is_relative_to(store):
+            raise CommandError(f"{what} {str(path)!r} lies inside the zarr store {str(store)!r} of the input {str(source)!r}, "
+                               "which would then hold two images; write it outside that store")
     if path.exists() and not is_zarr_array_store(path):
         raise CommandError(f"{what} {str(path)!r} exists and is not a zarr array (a group or other data); give another name")
     return _check_folder(path, what, inputs)
