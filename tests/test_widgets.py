@@ -80,6 +80,20 @@ def test_a_run_that_fails_before_its_first_step_says_so_on_the_bar(qtbot):
     assert row.bar.text() == "training failed" and row.bar.value() == 0
 
 
+def test_a_model_saved_during_a_run_is_a_notification_not_the_runs_status_line(widgets, notifications):
+    training, session = widgets.training, widgets.session
+    session.notice.emit("Model saved to a.keras.")
+    assert training.progress.status.text() == "Model saved to a.keras."
+    training.progress.set_status("Epoch 3/40: loss 0.2")
+    training._run = SimpleNamespace()  # a run reports in the status line until its next epoch
+    try:
+        session.notice.emit("Model saved to b.keras.")
+    finally:
+        training._run = None
+    assert training.progress.status.text() == "Epoch 3/40: loss 0.2"
+    assert any("Model saved to b.keras." in message for _, message in notifications)
+
+
 def test_loading_a_model_times_the_bfloat16_convolutions_in_the_worker(tmp_path, monkeypatch):
     """The inference widget's "auto = ..." hint timed them on the GUI thread (0.2-0.3 s) when a model arrived."""
     from _helpers import tiny_model

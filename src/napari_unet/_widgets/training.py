@@ -104,10 +104,8 @@ class TrainingWidget(QWidget):
         self.save_button.clicked.connect(self._ask_save)
         self.load_button.clicked.connect(self._ask_load)
         self.session.model_changed.connect(self._on_model_changed)
-        self.session.notice.connect(self.progress.set_status)
-        disconnect_when_destroyed(
-            self, (self.session.model_changed, self._on_model_changed), (self.session.notice, self.progress.set_status)
-        )
+        self.session.notice.connect(self._on_notice)
+        disconnect_when_destroyed(self, (self.session.model_changed, self._on_model_changed), (self.session.notice, self._on_notice))
         self._run: Optional[_Run] = None
         self._in_order = InOrder()
         self._update_buttons()
@@ -282,6 +280,13 @@ class TrainingWidget(QWidget):
         self.stop_button.setEnabled(running)
         self.save_button.setEnabled(self.session.model is not None)
         self.load_button.setEnabled(not running)  # a loaded model would be replaced when the run ends
+
+    def _on_notice(self, text: str) -> None:
+        """A session message (model saved, loaded...): in the status line, or, while a run reports there, a notification."""
+        if self._run is None:
+            self.progress.set_status(text)
+        else:
+            show_info(f"napari-unet: {text}")
 
     def _on_model_changed(self, model) -> None:
         if self._run is None:  # loaded (or trained by another dock): the curves shown are not this model's
