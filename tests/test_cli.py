@@ -871,3 +871,17 @@ def test_a_stack_of_single_pixels_is_refused_by_its_own_shape_and_without_an_int
     assert code == 2 and "(4, 1, 1) is too small" in err and "note" not in err, err
     assert not (tmp_path / "p.tif").exists()
 
+
+
+def test_a_class_that_looks_like_an_unannotated_marker_gets_a_note(tmp_path, capsys):
+    # uint16 labels whose unannotated pixels hold 65535 trained silently as a third class
+    image, labels = stripes(n_slices=4, size=64)
+    labels = labels.astype(np.uint16)
+    labels[:, :, 40:] = 65535
+    tifffile.imwrite(tmp_path / "image.tif", image, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "labels.tif", labels, photometric="minisblack")
+    args = ["train", tmp_path / "image.tif", tmp_path / "labels.tif", "-o", tmp_path / "m.keras", *TINY_TRAINING]
+    code, _, err = run(capsys, *args)
+    assert code == 0 and "note: class 65535 is the largest uint16 value" in err and "--ignore-value 65535" in err, err
+    code, _, err = run(capsys, *args, "--ignore-value", "65535")
+    assert code == 0 and "note: class" not in err, err

@@ -446,6 +446,13 @@ def load_tensorflow_for_command() -> None:
 PREPARING_NOTE_PIXELS = 1 << 24
 
 
+def _unannotated_marker(class_values, dtype: np.dtype):
+    """The class value among ``class_values`` that is -1 or the largest value of a 16-bit or wider integer ``dtype``
+    (65535: values that mark unannotated pixels rather than a class), or None. 8-bit 255 is ISBI's cell class."""
+    wide_max = np.iinfo(dtype).max if dtype.kind in "iu" and dtype.itemsize >= 2 else None
+    return next((int(v) for v in class_values if v == -1 or v == wide_max), None)
+
+
 def run_training(image, labels, model_config, train_config, init=None, quiet=False):
     """Drain training events with a terminal progress line; returns the start and finish events."""
     from .train import EpochEnd, TrainingFinished, TrainingFinishing, TrainingStarted, TrainingStep, format_seconds, train_events
@@ -464,6 +471,10 @@ def run_training(image, labels, model_config, train_config, init=None, quiet=Fal
             if quiet:
                 continue
             print(f"training on slices {event.train_slices}, {event.validation}; classes {event.class_values}", file=sys.stderr)
+            marker = _unannotated_marker(event.class_values, np.dtype(labels.dtype)) if train_config.ignore_value is None else None
+            if marker is not None:
+                print(f"note: class {marker} is {'-1' if marker == -1 else f'the largest {np.dtype(labels.dtype)} value'}, a common "
+                      f"marker of unannotated pixels; if it marks them here, train with --ignore-value {marker}", file=sys.stderr)
             for note in event.notes:
                 option = {"augment_rotations": "--rotations", "patch_size": "--patch-size"}.get(note.setting, note.setting)
                 print(f"{note} ({option} to choose)", file=sys.stderr)
