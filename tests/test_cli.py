@@ -624,8 +624,9 @@ def test_a_reader_that_exits_first_neither_stops_a_training_nor_gets_a_broken_pi
     read_end, write_end = os.pipe()
     os.close(read_end)  # every write to the pipe now fails with EPIPE
     command = [sys.executable, "-m", "napari_unet.cli", "train", data / "image.tif", data / "labels.tif", "-o", data / "m.keras", *TINY_TRAINING]
+    environment = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # buffered, as a pipe is by default
     try:
-        result = subprocess.run(command, stdout=write_end, stderr=write_end, timeout=300)
+        result = subprocess.run(command, stdout=write_end, stderr=write_end, timeout=300, env=environment)
     finally:
         os.close(write_end)
     assert result.returncode == 0 and (data / "m.keras").exists()
@@ -633,7 +634,7 @@ def test_a_reader_that_exits_first_neither_stops_a_training_nor_gets_a_broken_pi
     os.close(read_end)
     try:
         result = subprocess.run([sys.executable, "-m", "napari_unet.cli", "evaluate", data / "labels.tif", data / "labels.tif"],
-                                stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=300)
+                                stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=300, env=environment)
     finally:
         os.close(write_end)
     assert result.returncode == 0 and result.stderr == "", result.stderr

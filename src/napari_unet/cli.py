@@ -959,6 +959,8 @@ def main(argv=None) -> int:
         print(f"napari-unet: error: {str(err) or type(err).__name__}", file=sys.stderr)
         return 1
     finally:
+        for stream in (sys.stdout, sys.stderr):  # text still buffered for a pipe meets a closed one here, if at all
+            stream.flush()
         sys.stdout, sys.stderr = streams
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
