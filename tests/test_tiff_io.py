@@ -199,6 +199,10 @@ def test_label_detection_rules():
     # ... but integer data named like labels are, even with many values (instance masks: regions of one value)
     instances = np.kron(np.arange(400, dtype=np.uint16).reshape(20, 20), np.ones((6, 6), np.uint16))
     assert detect_labels(instances, "nuclei_mask.tif") and detect_labels(instances[None], "nuclei_mask.tif")
+    assert detect_labels(np.stack([np.zeros_like(instances), instances, instances]), "nuclei_mask.tif")  # empty first slice
+    seeds = np.zeros((120, 120), np.uint16)
+    seeds.flat[::97] = np.arange(1, seeds.size // 97 + 2)[: seeds.flat[::97].size]  # 149 one-pixel seeds
+    assert detect_labels(seeds, "seeds_mask.tif")
     # a 16-bit intensity image of hundreds of grey levels is no mask, whatever its name
     em16 = em_like().astype(np.uint16) * 3
     for name in ("em_for_segmentation.tif", "masked_em.tif", "oct_segmentation_input.tif"):

@@ -230,8 +230,10 @@ def detect_labels(data, name: str = "", metadata: dict | None = None) -> bool:
 
     Labels if the metadata carries ``class_values`` (or ``labels: true``), or the data are
     integers and either the name says so (:func:`name_suggests_labels`) or there are at most
-    :data:`MAX_LABEL_CLASSES` distinct values. An 8-bit EM image has ~256 values: not labels.
-    Float data are labels only through metadata.
+    :data:`MAX_LABEL_CLASSES` distinct values. An 8-bit EM image has ~256 values: not labels. Named like labels,
+    an 8-bit file is labels with at most :data:`MAX_NAMED_8BIT_LABELS` values, a wider one (instance masks) with more
+    values only if up to 4 of its planes hold them in regions or sparsely (an intensity image's values change from
+    pixel to pixel). Float data are labels only through metadata.
     """
     metadata = metadata or {}
     if metadata.get("class_values") is not None or metadata.get("labels") is True:
@@ -249,23 +251,33 @@ def detect_labels(data, name: str = "", metadata: dict | None = None) -> bool:
         # grey levels named "em_for_segmentation.tif" does not.
         if distinct_values(array, MAX_NAMED_8BIT_LABELS) is not None:
             return True
-        return array.dtype.itemsize > 1 and _in_regions(array if array.ndim == 2 else array[(0,) * (array.ndim - 2)])
+        if array.dtype.itemsize == 1:
+            return False
+        planes = array.reshape(-1, *array.shape[-2:]) if array.ndim > 2 else array[None]
+        picks = np.unique(np.linspace(0, len(planes) - 1, min(4, len(planes))).round().astype(int))
+        return all(_in_regions(planes[z]) for z in picks)
     return distinct_values(array, MAX_LABEL_CLASSES) is not None
 
 
 #: Share of a label image's pixels, outside its most common value, whose right neighbour has the same value: at least
 #: this. ISBI and OCT label images 0.78-0.99, cellpose-like instance masks ~0.9; EM and OCT intensity images 0.02-0.12.
 MIN_LABEL_REGION_SHARE = 0.5
+#: Planes with fewer pixels outside their most common value than this share are sparse annotations (seeds, traced
+#: lines) or empty, never judged as images: intensity images have 25 % (an OCT scan's saturated background) to 99 %.
+SPARSE_LABEL_SHARE = 0.05
 
 
 def _in_regions(plane) -> bool:
-    """Whether the (Y, X) integer ``plane`` holds its values in regions, as label images do (:data:`MIN_LABEL_REGION_SHARE`)."""
+    """Whether the (Y, X) integer ``plane`` may be a label image: sparse (:data:`SPARSE_LABEL_SHARE`), or holding its
+    values in regions (:data:`MIN_LABEL_REGION_SHARE`); an intensity image's values change from pixel to pixel."""
     rows, columns = (max(0, (n - 1024) // 2) for n in plane.shape)
     plane = np.asarray(plane[rows:rows + 1024, columns:columns + 1024])  # a large plane judged on its centre
     values, counts = np.unique(plane, return_counts=True)
     left, right = plane[:, :-1], plane[:, 1:]
     counted = left != values[counts.argmax()]  # the background of instance masks would count for any image
-    return bool(counted.any()) and float((left == right)[counted].mean()) >= MIN_LABEL_REGION_SHARE
+    if counted.mean() < SPARSE_LABEL_SHARE:
+        return True
+    return float((left == right)[counted].mean()) >= MIN_LABEL_REGION_SHARE
 
 
 def is_lazy(array) -> bool:
