@@ -552,11 +552,11 @@ def test_a_pair_of_stores_is_committed_all_or_none(tmp_path, monkeypatch):
     new_labels, new_probs = partials(2)
     calls = []
 
-    def fail_on_the_second(partial, path, original=zarr_io._replace_store):
+    def fail_on_the_second(partial, path, steps, original=zarr_io._replace_store):
         calls.append(path)
         if len(calls) == 2:
             raise OSError("disk gone")
-        return original(partial, path)
+        return original(partial, path, steps)
 
     monkeypatch.setattr(zarr_io, "_replace_store", fail_on_the_second)
     with pytest.raises(OSError, match="disk gone"):
@@ -566,6 +566,29 @@ def test_a_pair_of_stores_is_committed_all_or_none(tmp_path, monkeypatch):
     replaced = commit_zarr_stores([(new_labels, labels), (new_probs, probs)])
     assert values() == [2, 2] and all(old is not None and old.exists() for old in replaced)
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".replaced")) == ["labels.zarr", "probs.zarr"]
+
+
+def test_an_interrupt_during_the_renames_of_a_pair_comes_after_both(tmp_path, monkeypatch):
+    # Ctrl-C or SIGTERM between the labels' and the probabilities' renames left a mixed pair
+    import signal
+
+    from napari_unet.zarr_io import commit_zarr_stores, create_zarr
+
+    pair = [tmp_path / "labels.zarr", tmp_path / "probs.zarr"]
+    partials = [create_zarr(path, (1, 4, 4), np.uint8, (1, 4, 4), {}) for path in pair]
+    original = zarr_io._replace_store
+
+    def interrupted_after_the_first(partial, path, steps):
+        old = original(partial, path, steps)
+        if path == pair[0]:
+            signal.raise_signal(signal.SIGINT)
+        return old
+
+    monkeypatch.setattr(zarr_io, "_replace_store", interrupted_after_the_first)
+    with pytest.raises(KeyboardInterrupt):
+        commit_zarr_stores(list(zip(partials, pair)))
+    assert all(path.exists() for path in pair) and not any(partial.exists() for partial in partials)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_two_runs_committing_the_same_pair_of_stores_never_mix_them(tmp_path):

@@ -252,35 +252,39 @@ def commit_zarr(partial: Path, path) -> Path | None:
 
 def commit_zarr_stores(commits) -> list[Path | None]:
     """:func:`commit_zarr` for each ``(partial, path)`` of ``commits``, all or none: every path is checked before the
-    first rename, a failed rename puts the earlier ones back, and the folders stay locked meanwhile, so that two runs
-    writing the same stores (labels and probabilities) never leave one run's labels beside the other's probabilities."""
+    first rename, a failed rename puts the earlier ones back, Ctrl-C and SIGTERM wait until the renames are done, and
+    the folders stay locked meanwhile, so that two runs writing the same stores (labels and probabilities) never leave
+    one run's labels beside the other's probabilities."""
     from ._files import fsync_folder
 
     commits = [(Path(os.fspath(partial)), Path(os.fspath(path))) for partial, path in commits]
-    folders = sorted({path.parent.resolve() for _, path in commits}, key=str)  # one lock per folder, in a fixed order
-    done: list[tuple[Path, Path, Path | None]] = []
+    folders = {}  # one lock per folder (two paths to one folder, e.g. a bind mount, would wait on each other)
+    for _, path in commits:
+        info = path.parent.stat()
+        folders.setdefault((info.st_dev, info.st_ino), path.parent.resolve())
+    steps: list[tuple[Path, Path]] = []  # renames done (source, destination), undone in reverse on failure
+    olds: list[Path | None] = []
     with contextlib.ExitStack() as locks:  # two commits to one path interleaved: a raw OSError and a hidden old store
-        for folder in folders:
-            locks.enter_context(_folder_lock(folder))
+        for key in sorted(folders):  # in a fixed order: two runs never hold one lock each, waiting for the other's
+            locks.enter_context(_folder_lock(folders[key]))
         for _, path in commits:
             if path.exists() and not is_zarr_array_store(path):
                 raise FileExistsError(f"{path} exists and is not a zarr array; not replaced")
-        try:
-            for partial, path in commits:
-                done.append((partial, path, _replace_store(partial, path)))
-        except BaseException:
-            for partial, path, old in reversed(done):
-                os.replace(path, partial)
-                if old is not None:
-                    os.replace(old, path)
-            raise
-    for folder in folders:
+        with interrupts_deferred():
+            try:
+                for partial, path in commits:
+                    olds.append(_replace_store(partial, path, steps))
+            except BaseException:
+                _undo_renames(steps)
+                raise
+    for folder in folders.values():
         fsync_folder(folder)
-    return [old for _, _, old in done]
+    return olds
 
 
-def _replace_store(partial: Path, path: Path) -> Path | None:
-    """Rename ``partial`` to ``path``, moving a zarr array there aside first (returned, else None)."""
+def _replace_store(partial: Path, path: Path, steps: list) -> Path | None:
+    """Rename ``partial`` to ``path``, moving a zarr array there aside first (returned, else None); each rename is
+    appended to ``steps`` as ``(source, destination)``."""
     from ._files import hidden_sibling
 
     old = None
@@ -289,13 +293,43 @@ def _replace_store(partial: Path, path: Path) -> Path | None:
         old = hidden_sibling(path, "replaced")
         discard_zarr(old)
         os.replace(path, old)
-    try:
-        os.replace(partial, path)
-    except BaseException:
-        if old is not None:
-            os.replace(old, path)
-        raise
+        steps.append((path, old))
+    os.replace(partial, path)
+    steps.append((partial, path))
     return old
+
+
+def _undo_renames(steps: list) -> None:
+    """Rename each ``(source, destination)`` of ``steps`` back, the last first, as far as each can be."""
+    for source, destination in reversed(steps):
+        with contextlib.suppress(OSError):  # the others are still put back; the caller raises the first error
+            os.replace(destination, source)
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Within the block, SIGINT and SIGTERM are held back, then delivered (renames that belong together, and the
+    record that they were done, are never cut between; blocks nest). Only on the main thread, where Python runs signal
+    handlers; elsewhere a no-op."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = {}
+    for number in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(number)
+        if handler is not None:  # None: a handler not installed from Python, left as it is
+            previous[number] = signal.signal(number, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        if received:
+            signal.raise_signal(received[0])  # under the handlers put back: an interrupt, SIGTERM's clean exit
 
 
 @contextlib.contextmanager
