@@ -542,7 +542,10 @@ def test_a_reopened_prediction_of_an_image_now_named_otherwise_is_used_once_sele
     viewer.layers.selection = {reopened}
     job = prepare_retrain(viewer, session, image, None, False, lambda model_config, previous: TrainConfig(patch_size=32))
     assert f"{painted} corrected pixels of 'pred'" in job.note and "(of it and" not in job.note
+    assert job.pairs is reopened and session.corrected_layers(image) == []  # paired when the Retrain starts:
+    session.track(job.pairs, image)  # as TrainingWidget.start does
+    assert session.corrected_layers(image) == [reopened]  # paired with "EM_v2" from now on
     labels = viewer.add_labels(np.full(data.shape, 2, np.uint8), name="EM labels", metadata={"class_values": [0, 255]})
     job = prepare_retrain(viewer, session, image, labels, False, lambda model_config, previous: TrainConfig(patch_size=32))
     assert "other annotated pixels (of it and 'EM labels')" in job.note  # Retrain names the labels it pairs the image with
-    assert session.corrected_layers(image) == [reopened]  # paired with "EM_v2" from now on
+    assert job.pairs is None

@@ -717,4 +717,3 @@ def test_a_stack_with_single_pixel_rows_keeps_y_and_x_last(tmp_path, shape, axes
     tifffile.imwrite(tmp_path / "s.tif", np.zeros(shape, np.uint8), photometric="minisblack")  # tifffile: "YQX" for (4, 1, 1)
     read = read_tiff(tmp_path / "s.tif")
     assert read.data.shape == shape and read.axes == axes
-

@@ -814,4 +814,3 @@ def test_patches_larger_than_the_slices_shrink_to_cover_them_and_say_so():
     assert events[-1].model.train_config.patch_size == 40  # the model file records the patches that ran
     events = list(train_events(image, labels, model_config, train_config.replace(patch_size=40)))
     assert next(e for e in events if isinstance(e, TrainingStarted)).notes == ()
-

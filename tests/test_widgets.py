@@ -297,6 +297,11 @@ def test_a_dense_mask_whose_zeros_are_left_out_gets_a_warning_that_stays_in_the_
     viewer.add_labels(scribbles, name="scribbles")
     training.labels.set_layer(viewer.layers["scribbles"])
     assert training.prepare().warning == ""
+    band = np.zeros((3, 128, 128), np.uint8)  # an OCT mask whose 0 is above and below a band of layers: 75 % zeros
+    band[:, 48:64], band[:, 64:80] = 1, 2
+    viewer.add_labels(band, name="band of layers")
+    training.labels.set_layer(viewer.layers["band of layers"])
+    assert "pixels of value 0" in training.prepare().warning
 
 
 def test_bad_input_found_by_the_core_notifies_once(widgets, qtbot, notifications, monkeypatch):

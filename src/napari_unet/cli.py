@@ -984,6 +984,10 @@ class _ReaderMayLeave:
                 self._drop_the_rest()
         return len(text)
 
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
     def flush(self) -> None:
         if not self.reader_left:
             try:
@@ -1000,6 +1004,8 @@ class _ReaderMayLeave:
             os.close(devnull)
 
     def __getattr__(self, name):
+        if name == "_stream":  # not set yet (a copy being made): no recursion through __getattr__
+            raise AttributeError(name)
         return getattr(self._stream, name)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -118,7 +119,8 @@ def read_metadata(path) -> dict:
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile:
-        with open(path, "rb") as file:
+        starts_as_zip = False
+        with contextlib.suppress(OSError), open(path, "rb") as file:
             starts_as_zip = file.read(4) == b"PK\x03\x04"
         if starts_as_zip:  # its directory, at the end of the archive, is gone: a copy or download cut short
             raise ModelFileError(f"{path.name} is damaged (cut short: its zip directory is missing); use a complete copy "

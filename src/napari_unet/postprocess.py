@@ -279,7 +279,9 @@ def find_boundary_class(indices, n_classes: int, max_width: float = 6.0):
         return None
     indices = np.asarray(indices)
     indices = indices[None] if indices.ndim == 2 else indices
-    counts = count_classes(indices, 2) if indices.size else np.zeros(2)
+    if indices.size == 0:
+        return None
+    counts = count_classes(indices, 2)
     if counts.min() == 0:
         return None
     minority = int(np.argmin(counts))

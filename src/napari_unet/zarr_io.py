@@ -57,6 +57,14 @@ def is_zarr_array_store(path) -> bool:
         return False
 
 
+def _guess_axes(shape) -> str:
+    """Axes of an array that records none: a trailing length-1 axis of 3 or more is a channel, as numpy and Keras keep
+    one-channel stacks ((Z, Y, X, 1)); else the TIFF defaults ("ZYX", "TZYX"...)."""
+    if len(shape) >= 3 and shape[-1] == 1:
+        return _default_axes(len(shape) - 1) + "C"
+    return _default_axes(len(shape))
+
+
 def read_zarr(path, lazy: bool = True) -> TiffData:
     """Open the image of a zarr store: ``data`` is a dask array with the store's chunks (``lazy=False``: numpy).
 
@@ -354,14 +362,6 @@ def _folder_lock(folder: Path):
         yield
     finally:
         os.close(fd)  # releases the lock
-
-
-def _guess_axes(shape) -> str:
-    """Axes of an array that records none: a trailing length-1 axis of 3 or more is a channel, as numpy and Keras keep
-    one-channel stacks ((Z, Y, X, 1)); else the TIFF defaults ("ZYX", "TZYX"...)."""
-    if len(shape) >= 3 and shape[-1] == 1:
-        return _default_axes(len(shape) - 1) + "C"
-    return _default_axes(len(shape))
 
 
 def discard_zarr(partial: Path) -> None:

@@ -13,7 +13,15 @@ import numpy as np
 
 from napari_unet.config import ModelConfig, TrainConfig
 from napari_unet.data import InputError
-from napari_unet.labels import ZERO_IS_CLASS, LabelError, check_display_values, metadata_class_values, training_labels
+from napari_unet.labels import (
+    ZERO_IS_CLASS,
+    LabelError,
+    check_display_values,
+    layer_order,
+    metadata_class_values,
+    to_indices,
+    training_labels,
+)
 from napari_unet.model_io import UNetModel
 from napari_unet.retrain import CorrectionCheck, correction_check, retrain_data
 
@@ -35,6 +43,7 @@ class TrainJob:
     auto_depth: bool = False  # the worker settles model_config's depth (it may ask TensorFlow for a GPU)
     pixel_weights: Optional[np.ndarray] = None  # extra loss weights, labels' shape (Retrain's corrections)
     check: Optional[CorrectionCheck] = None  # a Retrain's corrections, scored on the new model
+    pairs: Any = None  # a reopened prediction to pair with the image once the run starts (its image was renamed)
     warning: str = ""  # shown as a notification at the start and kept in the final status
 
 
@@ -71,7 +80,7 @@ def prepare_train(viewer, session, image_layer, labels_layer, zero_is_unannotate
     labels, ignore, classes = training_labels(values, annotated, what)
     # Dense labels whose zeros are left out may be a mask whose 0 is a class (an OCT mask's vitreous, a 0/255 mask's
     # membranes) opened without its metadata; scribbles leave most of their slices at 0, as they should.
-    zeros_form_a_class = zeros_ignored > 0 and _annotated_share(annotated) >= DENSE_SHARE
+    zeros_form_a_class = zeros_ignored > 0 and (_annotated_share(annotated) >= DENSE_SHARE or _layered(labels, classes, ignore))
     model_config, train_config = configs
     init = None
     if continue_from_model:
@@ -131,6 +140,23 @@ def remember_zero_convention(labels_layer, zero_is_unannotated: bool) -> None:
 DENSE_SHARE = 0.5
 
 
+def _layered(labels: np.ndarray, classes, ignore) -> bool:
+    """Whether class-value ``labels`` ((Y, X) or (Z, Y, X), ``ignore`` where not annotated) are a band of layers
+    stacked down Y (:func:`napari_unet.labels.layer_order`) with nothing unannotated inside it, judged on up to 4 slices:
+    an OCT mask whose 0 (vitreous above, choroid below) covers most of each B-scan. Scribbles leave gaps."""
+    stack = labels.reshape(-1, *labels.shape[-2:])
+    picks = np.unique(np.linspace(0, len(stack) - 1, min(4, len(stack))).round().astype(int))
+    indices = to_indices(stack[picks], classes, ignore)
+    columns = np.moveaxis(indices >= 0, 1, -1).reshape(-1, indices.shape[1])  # (columns, Y): annotated
+    counts = columns.sum(axis=1)
+    columns, counts = columns[counts > 1], counts[counts > 1]
+    if not len(columns):
+        return False
+    first, last = columns.argmax(axis=1), columns.shape[1] - 1 - columns[:, ::-1].argmax(axis=1)
+    in_one_band = np.mean(last - first + 1 == counts)
+    return in_one_band >= 0.9 and layer_order(indices) is not None
+
+
 def _annotated_share(annotated: np.ndarray) -> float:
     """Share of annotated pixels in the (Y, X) planes of ``annotated`` (bool, (Y, X) or (Z, Y, X)) that hold any."""
     planes = annotated.reshape(-1, *annotated.shape[-2:])
@@ -166,8 +192,7 @@ def prepare_retrain(viewer, session, image_layer, labels_layer, zero_is_unannota
     if prediction is None:  # a reopened prediction whose image is open under another name: used when selected
         unpaired = [(x, name) for x, name in session.unpaired_corrected_layers(viewer) if tuple(x.data.shape) == tuple(image.shape)]
         chosen = [x for x, _ in unpaired if x in viewer.layers.selection]
-        if chosen:
-            session.track(chosen[0], image_layer)  # from now on it is this image's prediction (and saved as such)
+        if chosen:  # paired with the image (and saved as its prediction) once the Retrain starts: TrainJob.pairs
             corrected_layers, prediction = [chosen[0]], chosen[0]
         elif unpaired:
             layer, name = unpaired[0]
@@ -211,6 +236,7 @@ def prepare_retrain(viewer, session, image_layer, labels_layer, zero_is_unannota
         note += f"; the corrections on {', '.join(map(repr, unused))} are not used (select that layer to retrain on it)"
     for misfit in misfits:
         note += f"; {misfit.name!r} {tuple(misfit.data.shape)} is another image's prediction and is not used"
+    pairs = prediction if not any(prediction is x for x in session.tracked_layers(image_layer)) else None
     return TrainJob(data.image, data.labels, None, train_config.replace(ignore_value=data.ignore), model, names, colormap, note,
-                    pixel_weights=data.pixel_weights, check=correction_check(image, values, corrected))
+                    pixel_weights=data.pixel_weights, check=correction_check(image, values, corrected), pairs=pairs)
 

@@ -133,6 +133,8 @@ class TrainingWidget(QWidget):
             return False
         if not retrain and self.labels.layer() is not None:  # its file keeps 0 as trained: a class or "not annotated"
             remember_zero_convention(self.labels.layer(), self.zero_unannotated.isChecked())
+        if job.pairs is not None:  # a reopened prediction of this image under its former name: its image from now on
+            self.session.track(job.pairs, self.image.layer())
         stop = threading.Event()
         events = train_job(
             job.image, job.labels, job.model_config, job.train_config, init=job.init, stop=stop.is_set, auto_depth=job.auto_depth,
@@ -201,7 +203,7 @@ class TrainingWidget(QWidget):
             self.plot.clear()  # here, not at the click: a run refused by the core leaves the current model's curves
             val = f", {event.validation}" if event.val_slices or event.val_column is not None else ""
             where = f"slices {event.train_slices}{val}" if run.kind == "training" else run.note
-            boxes = {"augment_rotations": "the rotations box", "patch_size": "the patch box"}
+            boxes = {"augment_rotations": "the rotations box", "patch_size": "the patch box" if run.kind == "training" else "Retrain's patch box"}
             notes = "".join(f" Note: {note} ({boxes.get(note.setting, note.setting)} chooses)." for note in event.notes)
             for note in event.notes:
                 show_info(f"napari-unet: {note}")
@@ -285,7 +287,7 @@ class TrainingWidget(QWidget):
         """A session message (model saved, loaded...): in the status line, or, while a run reports there, a notification."""
         if self._run is None:
             self.progress.set_status(text)
-        else:
+        elif not text.startswith("Not "):  # a refusal ("Not loading...") comes with its own warning
             show_info(f"napari-unet: {text}")
 
     def _on_model_changed(self, model) -> None:
