@@ -886,3 +886,22 @@ def test_a_class_that_looks_like_an_unannotated_marker_gets_a_note(tmp_path, cap
     assert code == 0 and "note: class 65535 is the largest uint16 value" in err and "--ignore-value 65535" in err, err
     code, _, err = run(capsys, *args, "--ignore-value", "65535")
     assert code == 0 and "note: class" not in err, err
+
+
+def test_sigterm_ends_a_training_with_status_143_and_no_model(data):
+    # kill, timeout and batch schedulers send SIGTERM; it exited 130, Ctrl-C's status
+    import signal
+
+    command = [sys.executable, "-m", "napari_unet.cli", "train", data / "image.tif", data / "labels.tif", "-o", data / "m.keras",
+               "--epochs", "100", "--steps-per-epoch", "50", "--patch-size", "64", "--batch-size", "2"]
+    run = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        for line in run.stderr:
+            if line.startswith("training on slices"):  # its handler is in place
+                run.send_signal(signal.SIGTERM)
+                break
+        err = run.stderr.read()
+        assert run.wait(timeout=120) == 143 and "terminated; no output file was written" in err, err
+    finally:
+        run.kill()
+    assert not (data / "m.keras").exists()
