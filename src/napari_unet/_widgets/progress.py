@@ -1,11 +1,10 @@
-"""A progress bar with ETA in the widget, mirrored in napari's activity dock, plus a status line."""
+"""A progress bar with ETA in the widget, plus a status line."""
 
 from __future__ import annotations
 
 from collections import deque
 from typing import Optional
 
-from napari.utils import progress
 from qtpy.QtWidgets import QLabel, QProgressBar, QVBoxLayout, QWidget
 
 from napari_unet.train import format_seconds
@@ -36,6 +35,13 @@ class WrappingLabel(QLabel):
 
 
 class ProgressRow(QWidget):
+    """A progress bar with ETA and a status line.
+
+    Never animated and not mirrored in napari's activity dock: under software OpenGL (VMs, remote desktops, Xvfb) an
+    indeterminate bar took 68 % of a core and napari's animated activity indicator 40 %, which it kept after the run,
+    repainting the window beside the training (BENCHMARKS.md, "Session 47").
+    """
+
     def __init__(self, parent=None):
         super().__init__(parent)
         self.bar = QProgressBar()
@@ -48,33 +54,24 @@ class ProgressRow(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.bar)
         layout.addWidget(self.status)
-        self._activity: Optional[progress] = None
+        self._running = False
 
     def start(self, description: str) -> None:
-        """Indeterminate until the first :meth:`update`; also shown in napari's activity dock."""
+        """An empty bar saying ``description`` until the first :meth:`update`."""
         self.finish()
-        self.bar.setRange(0, 0)
+        self.bar.setValue(0)
         self.bar.setFormat(description)
-        self._activity = progress(total=_SCALE, desc=description)
+        self._running = True
 
     def update(self, fraction: float, eta: Optional[float], text: str = "") -> None:
         value = int(round(_SCALE * min(max(fraction, 0.0), 1.0)))
-        self.bar.setRange(0, _SCALE)
         self.bar.setValue(value)
         eta_text = f" - ETA {format_seconds(eta)}" if eta is not None else ""
         self.bar.setFormat(f"{text}{' ' if text else ''}%p%{eta_text}")
-        if self._activity is not None and value > self._activity.n:
-            self._activity.update(value - self._activity.n)
 
     def finish(self, text: Optional[str] = None, complete: bool = False) -> None:
-        """Close the activity entry; ``complete`` fills the bar, else it keeps its value."""
-        if self._activity is not None:
-            self._activity.close()
-            self._activity = None
-        if self.bar.maximum() == 0:
-            self.bar.setRange(0, _SCALE)
-        if self.bar.value() < 0:  # reset by the indeterminate range: Qt draws no text on a bar below its minimum
-            self.bar.setValue(0)
+        """End the run's display; ``complete`` fills the bar, else it keeps its value."""
+        self._running = False
         if complete:
             self.bar.setValue(_SCALE)
         if text is not None:
@@ -88,7 +85,7 @@ class ProgressRow(QWidget):
 
     @property
     def active(self) -> bool:
-        return self._activity is not None
+        return self._running
 
     def set_status(self, text: str) -> None:
         self.status.setText(text)
