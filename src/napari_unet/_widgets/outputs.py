@@ -172,8 +172,13 @@ def write_probabilities(viewer, image_layer, probabilities, model, names, z):
     full_shape = (model.config.n_classes,) * extra + shape
     layer = _added_output(viewer, name, full_shape, lambda x: isinstance(x, Image))
     if layer is None:
-        full = np.zeros(full_shape, np.float32)
-        full[(slice(None),) * extra + _region(z, len(shape))] = data
+        if z is None and extra:  # the prediction's own maps, a view: copying 110 OCT B-scans' took the GUI 3.7 s
+            full = data if data.dtype == np.float32 else data.astype(np.float32)
+        elif z is None:  # one class's map of two: a copy, so that the other's is freed
+            full = np.ascontiguousarray(data, np.float32)
+        else:
+            full = np.zeros(full_shape, np.float32)
+            full[(slice(None),) * extra + _region(z, len(shape))] = data
         meta = {"napari_unet": {"output": PROBABILITIES, "image": image_layer.name}}
         layer = viewer.add_image(full, name=name, metadata=meta, colormap="magma", contrast_limits=(0, 1), blending="additive", visible=False, **_spatial(image_layer, extra))
         return _remember(layer, name)
