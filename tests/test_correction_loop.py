@@ -549,3 +549,19 @@ def test_a_reopened_prediction_of_an_image_now_named_otherwise_is_used_once_sele
     job = prepare_retrain(viewer, session, image, labels, False, lambda model_config, previous: TrainConfig(patch_size=32))
     assert "other annotated pixels (of it and 'EM labels')" in job.note  # Retrain names the labels it pairs the image with
     assert job.pairs is None
+
+
+def test_corrections_on_another_images_prediction_are_named_when_retrain_finds_none(make_napari_viewer):
+    # painted on the test volume's prediction with the training widget still on the training volume: "run inference
+    # on 'train-volume', paint..." sent the user to make a new prediction
+    from _helpers import tiny_model
+    from napari_unet._widgets.prepare import prepare_retrain
+    from napari_unet.labels import LabelError
+
+    viewer, image, prediction, session = tracked_prediction(make_napari_viewer, np.full((2, 64, 64), CELL, np.uint8))
+    with prediction.block_history():
+        prediction.paint((0, 20, 20), MEMBRANE, refresh=False)
+    other = viewer.add_image(np.zeros((2, 64, 64), np.uint8), name="train-volume")
+    session.set_model(tiny_model(), "tiny")
+    with pytest.raises(LabelError, match="the corrections on 'EM prediction' belong to image 'EM': choose 'EM'"):
+        prepare_retrain(viewer, session, other, None, False, lambda config: None)

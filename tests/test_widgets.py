@@ -292,6 +292,7 @@ def test_a_dense_mask_whose_zeros_are_left_out_gets_a_warning_that_stays_in_the_
     run_and_wait(qtbot, training.start, lambda: training._run is not None)
     assert any(severity.lower().endswith("warning") and "15360 pixels of value 0" in message for severity, message in notifications)
     assert "Model trained" in training.progress.status.text() and "15360 pixels of value 0" in training.progress.status.text()
+    assert "(20 steps, completed" in training.progress.status.text()  # tiny_settings: 2 epochs of 10 steps
     scribbles = np.zeros((3, 128, 128), np.uint8)
     scribbles[0, 10:14, 10:60], scribbles[0, 30:34, 10:60] = 1, 2
     viewer.add_labels(scribbles, name="scribbles")

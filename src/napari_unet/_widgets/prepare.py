@@ -205,6 +205,13 @@ def prepare_retrain(viewer, session, image_layer, labels_layer, zero_is_unannota
             classes = layer.metadata.get("class_values") if isinstance(layer.metadata, dict) else None
             if classes:
                 check_display_values(np.asarray(layer.data), classes, f"prediction layer {layer.name!r}")
+        elsewhere = session.corrected_layers_of_other_images(image_layer)
+        if elsewhere:  # painted on another image's prediction: the widget's image decides which one Retrain reads
+            layer, name = elsewhere[0]
+            raise LabelError(
+                f"no corrections on a prediction of {image_layer.name!r}; the corrections on {layer.name!r} belong to "
+                f"image {name!r}: choose {name!r} as the training widget's image (and its labels, if any) to retrain on them"
+            )
         raise LabelError(
             f"no corrections to learn from: run inference on {image_layer.name!r}, paint the right "
             "classes on its prediction layer, then Retrain"

@@ -239,6 +239,17 @@ class Session:
         """Tracked prediction layers of ``image_layer`` with at least one reviewed pixel."""
         return [layer for layer in self.tracked_layers(image_layer) if self.reviewed(layer).any()]
 
+    def corrected_layers_of_other_images(self, image_layer) -> list:
+        """``(layer, image name)`` of tracked prediction layers with reviewed pixels that belong to another open image."""
+        image_layer = unwrap(image_layer)
+        found = []
+        for record in list(self._tracked.values()):
+            image = record.image() if record.image is not None else None
+            if image is not None and image is not image_layer and self.record(record.layer) is not None:
+                if self.reviewed(record.layer).any():
+                    found.append((record.layer, image.name))
+        return found
+
     def unpaired_corrected_layers(self, viewer) -> list:
         """``(layer, image name)`` of reopened prediction layers with reviewed pixels whose image is not open under
         the name they record (renamed, or opened from another file name)."""

@@ -250,7 +250,8 @@ class TrainingWidget(QWidget):
             return
         when = time.strftime("%H:%M:%S")
         best = f", {event.kept}" if event.kept else ""
-        description = f"{run.kind.replace('ing', 'ed')} at {when} ({event.reason}{best}); classes {list(event.model.class_values)}"
+        # the steps say how much a time budget gave (a busy machine gives fewer; the model is then weaker)
+        description = f"{run.kind.replace('ing', 'ed')} at {when} ({event.steps} steps, {event.reason}{best}); classes {list(event.model.class_values)}"
         classes = list(event.model.class_values)
         names = [run.names.get(v) for v in classes] if run.names else None
         colormap = run.colormap[1] if run.colormap and run.colormap[0] == classes else None
