@@ -575,6 +575,8 @@ def test_an_interrupt_during_the_renames_of_a_pair_comes_after_both(tmp_path, mo
     from napari_unet.zarr_io import commit_zarr_stores, create_zarr
 
     pair = [tmp_path / "labels.zarr", tmp_path / "probs.zarr"]
+    for path in pair:  # earlier versions, replaced
+        zarr_io.write_zarr(path, np.zeros((1, 4, 4), np.uint8))
     partials = [create_zarr(path, (1, 4, 4), np.uint8, (1, 4, 4), {}) for path in pair]
     original = zarr_io._replace_store
 
@@ -585,10 +587,33 @@ def test_an_interrupt_during_the_renames_of_a_pair_comes_after_both(tmp_path, mo
         return old
 
     monkeypatch.setattr(zarr_io, "_replace_store", interrupted_after_the_first)
+    written = []
     with pytest.raises(KeyboardInterrupt):
-        commit_zarr_stores(list(zip(partials, pair)))
+        commit_zarr_stores(list(zip(partials, pair)), written)
     assert all(path.exists() for path in pair) and not any(partial.exists() for partial in partials)
+    assert written == pair  # the caller can say they were written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.zarr", "probs.zarr"]  # no replaced stores left
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_deferred_interrupts_keep_ignored_signals_ignored_and_deliver_sigterm_first(monkeypatch):
+    import signal
+
+    from napari_unet.zarr_io import interrupts_deferred
+
+    terminated = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: terminated.append(signum))
+    ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a background job of a script
+    try:
+        with interrupts_deferred() as received:
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGTERM)
+            assert received == [signal.SIGTERM] and not terminated  # SIGINT stays ignored, SIGTERM waits
+        assert terminated == [signal.SIGTERM]
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, ignored)
 
 
 def test_two_runs_committing_the_same_pair_of_stores_never_mix_them(tmp_path):

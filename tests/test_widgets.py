@@ -303,6 +303,12 @@ def test_a_dense_mask_whose_zeros_are_left_out_gets_a_warning_that_stays_in_the_
     viewer.add_labels(band, name="band of layers")
     training.labels.set_layer(viewer.layers["band of layers"])
     assert "pixels of value 0" in training.prepare().warning
+    strips = np.zeros((3, 128, 128), np.uint8)  # layered scribbles: a few short column strips, the box is right
+    strips[1, 40:60, 10:14], strips[1, 60:80, 10:14] = 1, 2
+    strips[1, 40:60, 90:94], strips[1, 60:80, 90:94] = 1, 2
+    viewer.add_labels(strips, name="strips")
+    training.labels.set_layer(viewer.layers["strips"])
+    assert training.prepare().warning == ""
 
 
 def test_bad_input_found_by_the_core_notifies_once(widgets, qtbot, notifications, monkeypatch):

@@ -677,7 +677,7 @@ def _predict_chunked(args, image, output: Path, probabilities_file: Path | None,
     """``predict`` into zarr stores, chunk by chunk: here, or on the dask cluster of ``--scheduler``."""
     from .chunked import ModelSource, default_slices_per_chunk, predict_chunked, store_events
     from .train import format_seconds
-    from .zarr_io import commit_zarr_stores, create_zarr, discard_zarr, interrupts_deferred, is_zarr_path
+    from .zarr_io import commit_zarr_stores, create_zarr, discard_zarr, is_zarr_path
 
     source = ModelSource(args.model)
     _note_options_the_model_ignores(args, source)
@@ -711,12 +711,10 @@ def _predict_chunked(args, image, output: Path, probabilities_file: Path | None,
                 _raise_cluster_failure(err)
                 raise
             progress.done()
-            with interrupts_deferred():  # an interrupt now comes after the stores are in place and named as written
-                try:  # renames only, so both outputs are in place at once
-                    replaced = commit_zarr_stores([(partial, path) for partial, (path, *_rest) in zip(partials, stores)])
-                except FileExistsError as err:  # put there by another program while this one ran
-                    raise CommandError(str(err)) from None
-                args.written.extend(path for path, *_rest in stores)
+            try:  # renames only, so both outputs are in place at once (and named as written before any interrupt)
+                replaced = commit_zarr_stores([(partial, path) for partial, (path, *_rest) in zip(partials, stores)], args.written)
+            except FileExistsError as err:  # put there by another program while this one ran
+                raise CommandError(str(err)) from None
             for old in replaced:  # deleting a large store takes long: after both are in place
                 if old is not None:
                     discard_zarr(old)

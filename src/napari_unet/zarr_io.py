@@ -258,11 +258,13 @@ def commit_zarr(partial: Path, path) -> Path | None:
     return commit_zarr_stores([(partial, path)])[0]
 
 
-def commit_zarr_stores(commits) -> list[Path | None]:
+def commit_zarr_stores(commits, written: list | None = None) -> list[Path | None]:
     """:func:`commit_zarr` for each ``(partial, path)`` of ``commits``, all or none: every path is checked before the
     first rename, a failed rename puts the earlier ones back, Ctrl-C and SIGTERM wait until the renames are done, and
     the folders stay locked meanwhile, so that two runs writing the same stores (labels and probabilities) never leave
-    one run's labels beside the other's probabilities."""
+    one run's labels beside the other's probabilities. The paths are appended to ``written`` once all are in place.
+    An interrupt that came during the renames is delivered after them, the replaced stores then deleted first (a caller
+    interrupted never sees them)."""
     from ._files import fsync_folder
 
     commits = [(Path(os.fspath(partial)), Path(os.fspath(path))) for partial, path in commits]
@@ -278,13 +280,19 @@ def commit_zarr_stores(commits) -> list[Path | None]:
         for _, path in commits:
             if path.exists() and not is_zarr_array_store(path):
                 raise FileExistsError(f"{path} exists and is not a zarr array; not replaced")
-        with interrupts_deferred():
+        with interrupts_deferred() as received:
             try:
                 for partial, path in commits:
                     olds.append(_replace_store(partial, path, steps))
             except BaseException:
                 _undo_renames(steps)
                 raise
+            if written is not None:
+                written.extend(path for _, path in commits)
+            if received:  # the interrupt comes next: the replaced stores would be left behind
+                for old in olds:
+                    if old is not None:
+                        discard_zarr(old)
     for folder in folders.values():
         fsync_folder(folder)
     return olds
@@ -317,27 +325,27 @@ def _undo_renames(steps: list) -> None:
 @contextlib.contextmanager
 def interrupts_deferred():
     """Within the block, SIGINT and SIGTERM are held back, then delivered (renames that belong together, and the
-    record that they were done, are never cut between; blocks nest). Only on the main thread, where Python runs signal
-    handlers; elsewhere a no-op."""
+    record that they were done, are never cut between; blocks nest). Yields the list of the signals received so far.
+    Ignored signals stay ignored. Only on the main thread, where Python runs signal handlers; elsewhere a no-op."""
     import signal
     import threading
 
+    received: list = []
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield received
         return
-    received = []
     previous = {}
     for number in (signal.SIGINT, signal.SIGTERM):
         handler = signal.getsignal(number)
-        if handler is not None:  # None: a handler not installed from Python, left as it is
+        if handler is not None and handler is not signal.SIG_IGN:  # None: installed outside Python, left as it is
             previous[number] = signal.signal(number, lambda signum, frame: received.append(signum))
     try:
-        yield
+        yield received
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
-        if received:
-            signal.raise_signal(received[0])  # under the handlers put back: an interrupt, SIGTERM's clean exit
+        if received:  # under the handlers put back; SIGTERM's (exit 143) before Ctrl-C's if both came
+            signal.raise_signal(signal.SIGTERM if signal.SIGTERM in received else received[0])
 
 
 @contextlib.contextmanager

@@ -142,19 +142,26 @@ DENSE_SHARE = 0.5
 
 def _layered(labels: np.ndarray, classes, ignore) -> bool:
     """Whether class-value ``labels`` ((Y, X) or (Z, Y, X), ``ignore`` where not annotated) are a band of layers
-    stacked down Y (:func:`napari_unet.labels.layer_order`) with nothing unannotated inside it, judged on up to 4 slices:
-    an OCT mask whose 0 (vitreous above, choroid below) covers most of each B-scan. Scribbles leave gaps."""
+    stacked down Y (:func:`napari_unet.labels.layer_order`) across almost every column, with nothing unannotated inside
+    it, judged on up to 4 annotated slices: an OCT mask whose 0 (vitreous above, choroid below) covers most of each
+    B-scan. Scribbles leave gaps, and strips of a few columns are no band."""
     stack = labels.reshape(-1, *labels.shape[-2:])
-    picks = np.unique(np.linspace(0, len(stack) - 1, min(4, len(stack))).round().astype(int))
+    held = np.flatnonzero((stack != ignore).reshape(len(stack), -1).any(axis=1)) if ignore is not None else np.arange(len(stack))
+    if not len(held):
+        return False
+    picks = held[np.unique(np.linspace(0, len(held) - 1, min(4, len(held))).round().astype(int))]
     indices = to_indices(stack[picks], classes, ignore)
     columns = np.moveaxis(indices >= 0, 1, -1).reshape(-1, indices.shape[1])  # (columns, Y): annotated
     counts = columns.sum(axis=1)
-    columns, counts = columns[counts > 1], counts[counts > 1]
-    if not len(columns):
+    if np.mean(counts > 1) < BAND_SHARE:
         return False
+    columns, counts = columns[counts > 1], counts[counts > 1]
     first, last = columns.argmax(axis=1), columns.shape[1] - 1 - columns[:, ::-1].argmax(axis=1)
-    in_one_band = np.mean(last - first + 1 == counts)
-    return in_one_band >= 0.9 and layer_order(indices) is not None
+    return np.mean(last - first + 1 == counts) >= BAND_SHARE and layer_order(indices) is not None
+
+
+#: A band of layers (:func:`_layered`) spans at least this share of the columns, and as many hold it unbroken.
+BAND_SHARE = 0.9
 
 
 def _annotated_share(annotated: np.ndarray) -> float:
