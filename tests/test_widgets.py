@@ -88,10 +88,12 @@ def test_a_model_saved_during_a_run_is_a_notification_not_the_runs_status_line(w
     training._run = SimpleNamespace()  # a run reports in the status line until its next epoch
     try:
         session.notice.emit("Model saved to b.keras.")
+        session.notice.emit("Model not loaded: damaged.", True)  # the session notified it already
     finally:
         training._run = None
     assert training.progress.status.text() == "Epoch 3/40: loss 0.2"
     assert any("Model saved to b.keras." in message for _, message in notifications)
+    assert not any("Model not loaded" in message for _, message in notifications)
 
 
 def test_loading_a_model_times_the_bfloat16_convolutions_in_the_worker(tmp_path, monkeypatch):

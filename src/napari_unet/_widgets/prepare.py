@@ -80,7 +80,7 @@ def prepare_train(viewer, session, image_layer, labels_layer, zero_is_unannotate
     labels, ignore, classes = training_labels(values, annotated, what)
     # Dense labels whose zeros are left out may be a mask whose 0 is a class (an OCT mask's vitreous, a 0/255 mask's
     # membranes) opened without its metadata; scribbles leave most of their slices at 0, as they should.
-    zeros_form_a_class = zeros_ignored > 0 and (_annotated_share(annotated) >= DENSE_SHARE or _layered(labels, classes, ignore))
+    zeros_form_a_class = zeros_ignored > 0 and (_annotated_share(annotated) >= DENSE_SHARE or _layered(labels, annotated, classes, ignore))
     model_config, train_config = configs
     init = None
     if continue_from_model:
@@ -140,13 +140,13 @@ def remember_zero_convention(labels_layer, zero_is_unannotated: bool) -> None:
 DENSE_SHARE = 0.5
 
 
-def _layered(labels: np.ndarray, classes, ignore) -> bool:
-    """Whether class-value ``labels`` ((Y, X) or (Z, Y, X), ``ignore`` where not annotated) are a band of layers
+def _layered(labels: np.ndarray, annotated: np.ndarray, classes, ignore) -> bool:
+    """Whether class-value ``labels`` ((Y, X) or (Z, Y, X), ``ignore`` where not ``annotated``) are a band of layers
     stacked down Y (:func:`napari_unet.labels.layer_order`) across almost every column, with nothing unannotated inside
     it, judged on up to 4 annotated slices: an OCT mask whose 0 (vitreous above, choroid below) covers most of each
     B-scan. Scribbles leave gaps, and strips of a few columns are no band."""
     stack = labels.reshape(-1, *labels.shape[-2:])
-    held = np.flatnonzero((stack != ignore).reshape(len(stack), -1).any(axis=1)) if ignore is not None else np.arange(len(stack))
+    held = np.flatnonzero(annotated.reshape(len(stack), -1).any(axis=1))
     if not len(held):
         return False
     picks = held[np.unique(np.linspace(0, len(held) - 1, min(4, len(held))).round().astype(int))]
@@ -196,11 +196,12 @@ def prepare_retrain(viewer, session, image_layer, labels_layer, zero_is_unannota
             f"{tuple(image.shape)} of {image_layer.name!r}: it was predicted from another image; run inference on "
             f"{image_layer.name!r} and paint the corrections on that prediction"
         )
+    pairs = None
     if prediction is None:  # a reopened prediction whose image is open under another name: used when selected
         unpaired = [(x, name) for x, name in session.unpaired_corrected_layers(viewer) if tuple(x.data.shape) == tuple(image.shape)]
         chosen = [x for x, _ in unpaired if x in viewer.layers.selection]
         if chosen:  # paired with the image (and saved as its prediction) once the Retrain starts: TrainJob.pairs
-            corrected_layers, prediction = [chosen[0]], chosen[0]
+            corrected_layers, prediction, pairs = [chosen[0]], chosen[0], chosen[0]
         elif unpaired:
             layer, name = unpaired[0]
             raise LabelError(
@@ -250,7 +251,6 @@ def prepare_retrain(viewer, session, image_layer, labels_layer, zero_is_unannota
         note += f"; the corrections on {', '.join(map(repr, unused))} are not used (select that layer to retrain on it)"
     for misfit in misfits:
         note += f"; {misfit.name!r} {tuple(misfit.data.shape)} is another image's prediction and is not used"
-    pairs = prediction if not any(prediction is x for x in session.tracked_layers(image_layer)) else None
     return TrainJob(data.image, data.labels, None, train_config.replace(ignore_value=data.ignore), model, names, colormap, note,
                     pixel_weights=data.pixel_weights, check=correction_check(image, values, corrected), pairs=pairs)
 

@@ -84,7 +84,7 @@ class Session:
 
     model_changed = Signal(object)  # the new UNetModel (or None)
     busy_changed = Signal()
-    notice = Signal(str)  # a status message for the widgets (model loaded/saved, ...)
+    notice = Signal(str, bool)  # a status message for the widgets (model loaded/saved, ...); True: notified already
 
     def __init__(self):
         self.model: Optional[UNetModel] = None
@@ -122,7 +122,7 @@ class Session:
             return None
         if "training" in self.busy:  # the training's model would replace it when the run ends
             show_warning(f"napari-unet: not loading {Path(path).name} while a training runs; its model becomes the current one when it ends (Stop it first)")
-            self.notice.emit(f"Not loading {Path(path).name}: a training is running.")
+            self.notice.emit(f"Not loading {Path(path).name}: a training is running.", True)
             return None
         self.set_busy("loading", True)
         self.notice.emit(f"Loading {Path(path).name}...")
@@ -140,7 +140,7 @@ class Session:
             self.notice.emit(f"Model loaded from {path}; classes {list(result.class_values)}.")
         else:
             show_error(f"napari-unet: {result.message}")
-            self.notice.emit(f"Model not loaded: {result.message}")
+            self.notice.emit(f"Model not loaded: {result.message}", True)
 
     def save(self, path):
         """Save the current model in a worker (atomic write)."""
@@ -152,7 +152,7 @@ class Session:
         def saved(result):
             if isinstance(result, Failed):
                 show_error(f"napari-unet: {result.message}")
-                self.notice.emit(f"Not saved: {result.message}")
+                self.notice.emit(f"Not saved: {result.message}", True)
             else:
                 self.notice.emit(f"Model saved to {result}.")
 
@@ -239,28 +239,22 @@ class Session:
         """Tracked prediction layers of ``image_layer`` with at least one reviewed pixel."""
         return [layer for layer in self.tracked_layers(image_layer) if self.reviewed(layer).any()]
 
+    def _corrected_records(self):
+        """``(record, its live image layer or None)`` of the tracked prediction layers with a reviewed pixel."""
+        for record in list(self._tracked.values()):
+            if self.record(record.layer) is not None and self.reviewed(record.layer).any():
+                yield record, (record.image() if record.image is not None else None)
+
     def corrected_layers_of_other_images(self, image_layer) -> list:
         """``(layer, image name)`` of tracked prediction layers with reviewed pixels that belong to another open image."""
         image_layer = unwrap(image_layer)
-        found = []
-        for record in list(self._tracked.values()):
-            image = record.image() if record.image is not None else None
-            if image is not None and image is not image_layer and self.record(record.layer) is not None:
-                if self.reviewed(record.layer).any():
-                    found.append((record.layer, image.name))
-        return found
+        return [(r.layer, image.name) for r, image in self._corrected_records() if image is not None and image is not image_layer]
 
     def unpaired_corrected_layers(self, viewer) -> list:
         """``(layer, image name)`` of reopened prediction layers with reviewed pixels whose image is not open under
         the name they record (renamed, or opened from another file name)."""
         names = {layer.name for layer in unwrap(viewer).layers}
-        unpaired = []
-        for record in list(self._tracked.values()):
-            live_image = record.image() if record.image is not None else None
-            if live_image is None and record.image_name not in names and self.record(record.layer) is not None:
-                if self.reviewed(record.layer).any():
-                    unpaired.append((record.layer, record.image_name))
-        return unpaired
+        return [(r.layer, r.image_name) for r, image in self._corrected_records() if image is None and r.image_name not in names]
 
     @contextlib.contextmanager
     def muted(self, layer):

@@ -284,11 +284,12 @@ class TrainingWidget(QWidget):
         self.save_button.setEnabled(self.session.model is not None)
         self.load_button.setEnabled(not running)  # a loaded model would be replaced when the run ends
 
-    def _on_notice(self, text: str) -> None:
-        """A session message (model saved, loaded...): in the status line, or, while a run reports there, a notification."""
+    def _on_notice(self, text: str, notified: bool = False) -> None:
+        """A session message (model saved, loaded...): in the status line, or, while a run reports there, a notification
+        (unless the session ``notified`` it already)."""
         if self._run is None:
             self.progress.set_status(text)
-        elif not text.startswith("Not "):  # a refusal ("Not loading...") comes with its own warning
+        elif not notified:
             show_info(f"napari-unet: {text}")
 
     def _on_model_changed(self, model) -> None:
