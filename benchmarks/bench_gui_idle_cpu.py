@@ -12,12 +12,12 @@ Prints the process's CPU (cores) over 5-second windows; results go to ``benchmar
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
 
 
 def main() -> int:
@@ -59,7 +59,7 @@ def main() -> int:
     viewer.close()
     for name, value in rows.items():
         print(f"| {name} | {value:.3f} |")
-    (HERE / "results" / f"{args.name}.json").write_text(json.dumps({"seconds": args.seconds, "cores": rows}, indent=1))
+    C.write_report(C.RESULTS_DIR / f"{args.name}.json", {"seconds": args.seconds, "cores": rows})
     return 0
 
 

@@ -5,7 +5,8 @@ OpenGL, as on VMs, remote desktops and Xvfb, every repaint is CPU work). This be
 synthetic EM stack for the same budget (1) through ``train_events`` in a plain process and (2) through the training
 widget of a shown napari window, for this checkout and, side by side in the same run, for another one
 (``--baseline-src``), and reports the steps each made, their ratio to the plain run, and the CPU seconds the GUI's main
-thread used meanwhile. Each variant runs in a fresh process (``PYTHONPATH`` = its ``src``), one after the other::
+thread used meanwhile. Each variant runs in a fresh process (``PYTHONPATH`` = its ``src``; the environment of
+``_common.child_env``, without thread-count variables), one after the other::
 
     xvfb-run -a python benchmarks/bench_gui_training.py --minutes 1 --baseline-src /work/s47/old/src --name gui-training-s47
 
@@ -16,14 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-SRC = HERE.parent / "src"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
 
 
 def _data():
@@ -88,13 +87,12 @@ def child_gui(minutes: float) -> dict:
 
 
 def run_variant(kind: str, src: Path, minutes: float) -> dict:
-    env = dict(os.environ, PYTHONPATH=str(src), TF_CPP_MIN_LOG_LEVEL="2")
-    command = [sys.executable, __file__, "--child", kind, "--minutes", str(minutes)]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=int(minutes * 60) + 600)
-    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
-    if result.returncode != 0 or not lines:
-        raise RuntimeError(f"{kind} with {src} failed:\n{result.stderr[-3000:]}")
-    return json.loads(lines[-1])
+    """One child process (``src`` first on PYTHONPATH, the benchmark environment of :mod:`_common`)."""
+    payloads, status, _ = C.run_child(Path(__file__), {"kind": kind, "minutes": minutes}, {"PYTHONPATH": str(src)},
+                                      timeout=minutes * 60 + 600)
+    if status != "ok" or not payloads:
+        raise RuntimeError(f"{kind} with {src}: {status}")
+    return payloads[-1]
 
 
 def main() -> int:
@@ -102,16 +100,17 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=1.0)
     parser.add_argument("--baseline-src", type=Path, help="the src folder of another checkout, its GUI run first")
     parser.add_argument("--name", default="gui-training")
-    parser.add_argument("--child", choices=["core", "gui"], help=argparse.SUPPRESS)
+    parser.add_argument("--_worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        print(json.dumps(child_core(args.minutes) if args.child == "core" else child_gui(args.minutes)))
+    if args._worker:
+        spec = json.loads(args._worker)
+        C.emit((child_core if spec["kind"] == "core" else child_gui)(spec["minutes"]))
         return 0
     rows = []
     if args.baseline_src:
         rows.append({"variant": f"napari training widget ({args.baseline_src})", **run_variant("gui", args.baseline_src, args.minutes)})
-    rows.append({"variant": "napari training widget (this checkout)", **run_variant("gui", SRC, args.minutes)})
-    rows.append({"variant": "train_events, no GUI (this checkout)", **run_variant("core", SRC, args.minutes)})
+    rows.append({"variant": "napari training widget (this checkout)", **run_variant("gui", C.SRC, args.minutes)})
+    rows.append({"variant": "train_events, no GUI (this checkout)", **run_variant("core", C.SRC, args.minutes)})
     plain = rows[-1]["steps"]
     print(f"| variant | steps in {args.minutes:g} min | vs no GUI | GUI main thread CPU s |")
     print("|---|---|---|---|")
@@ -119,9 +118,7 @@ def main() -> int:
         row["vs_no_gui"] = row["steps"] / plain if plain else None
         cpu = row.get("main_thread_cpu_s")
         print(f"| {row['variant']} | {row['steps']} | {row['vs_no_gui']:.2f} | {'' if cpu is None else f'{cpu:.1f}'} |")
-    out = HERE / "results" / f"{args.name}.json"
-    out.write_text(json.dumps({"minutes": args.minutes, "rows": rows}, indent=1))
-    print(f"wrote {out}")
+    C.write_report(C.RESULTS_DIR / f"{args.name}.json", {"minutes": args.minutes, "rows": rows})
     return 0
 
 

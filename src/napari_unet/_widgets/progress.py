@@ -38,7 +38,7 @@ class ProgressRow(QWidget):
     """A progress bar with ETA and a status line.
 
     Never animated and not mirrored in napari's activity dock: under software OpenGL (VMs, remote desktops, Xvfb) an
-    indeterminate bar took 0.46 of a core and napari's animated activity indicator 0.41, which it kept after the run,
+    indeterminate bar took 0.47 of a core and napari's animated activity indicator 0.42-0.47, which it kept after the run,
     repainting the window beside the training (BENCHMARKS.md, "Session 47").
     """
 
