@@ -611,6 +611,13 @@ def test_deferred_interrupts_keep_ignored_signals_ignored_and_deliver_sigterm_fi
             assert received == [signal.SIGTERM] and not terminated  # SIGINT stays ignored, SIGTERM waits
         assert terminated == [signal.SIGTERM]
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        interrupted = []
+        signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
+        with interrupts_deferred() as received:  # Ctrl-C, then SIGTERM: SIGTERM's handler runs (exit 143)
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGTERM)
+            assert received == [signal.SIGINT, signal.SIGTERM]
+        assert terminated == [signal.SIGTERM] * 2 and interrupted == []
     finally:
         signal.signal(signal.SIGTERM, previous)
         signal.signal(signal.SIGINT, ignored)

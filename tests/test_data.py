@@ -475,7 +475,9 @@ def test_only_the_annotated_slices_are_read_for_training():
     np.testing.assert_array_equal(image_stack, image[[1, 4]])
     np.testing.assert_array_equal(label_stack, labels[[1, 4]])
     np.testing.assert_array_equal(weight_stack, weights[[1, 4]])
-    assert set(lazy_image.reads) == {1, 4} and set(lazy_weights.reads) == {1, 4}  # the labels: every slice, once
+    assert set(lazy_image.reads) == {1, 4} and set(lazy_weights.reads) == {1, 4}
+    # the labels: every slice scanned once, the annotated ones read again for the stack
+    assert sorted(z for z in lazy_labels.reads if not isinstance(z, tuple)) == [0, 1, 1, 2, 3, 4, 4, 5]
     # every slice, or none, annotated; no ignore value; context slices: the whole checked stacks
     for ignore, every in ((None, False), (7, True), (9, False)):
         stacks = read_annotated_slices(image, labels, ignore, every_slice=every)
@@ -513,8 +515,11 @@ def test_annotated_slices_of_in_memory_dask_and_unannotated_stacks():
     image_stack, label_stack, _, slices = read_annotated_slices(image, labels, 7)
     assert slices == list(range(6)) and np.shares_memory(image_stack, image) and np.shares_memory(label_stack, labels)
     # dask (zarr) labels are reduced chunk by chunk, each chunk decoded once, not once per slice
-    chunked = da.from_array(labels, chunks=(3, 16, 16))
+    source = PlanesOnly(labels)
+    chunked = da.from_array(source, chunks=(3, 16, 16), asarray=False)
     assert read_annotated_slices(da.from_array(image, chunks=(3, 16, 16)), chunked, 7)[3] == [0, 1, 2, 4]
+    chunk_reads = [r for r in source.reads if isinstance(r[0], slice) and r[0].stop - r[0].start == 3]
+    assert sorted(r[0].start for r in chunk_reads) == [0, 3]  # the scan: each of its 2 chunks decoded once
     # a lazy stack without an annotated pixel is refused before anything is read whole
     with pytest.raises(InputError, match="no annotated pixel .*ignore value 7"):
         read_annotated_slices(PlanesOnly(image), PlanesOnly(np.full(image.shape, 7, np.uint8)), 7)

@@ -528,6 +528,7 @@ def test_a_model_file_path_is_loaded_and_anything_else_named(tmp_path):
     np.testing.assert_array_equal(from_path.labels, predict(tiny_model(), image[0], tta=False).labels)
     started = next(train_events(image, labels, None, tiny_model().train_config.replace(epochs=1, steps_per_epoch=1), init=tmp_path / "m.keras"))
     assert started.class_values == tiny_model().class_values
+    assert started.model.config == tiny_model().config  # the file's network (without init: the default preset's)
     with pytest.raises(TypeError, match="model must be a UNetModel or the path of a .keras model file"):
         predict(None, image[0])
 

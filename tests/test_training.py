@@ -733,6 +733,7 @@ def test_a_network_too_large_for_the_memory_left_is_refused_before_it_is_built(m
         train(image, labels, model_config, train_config.replace(batch_size=100_000))  # was killed at 19 GB
     assert built == []
     assert train(image, labels, model_config, train_config).model is not None  # a small network fits
+    assert built, "the spy on build_unet saw no build: 'built == []' above proved nothing"
     # a kept trainer of the same network (its step traced for these settings) does not exempt a larger batch
     with pytest.raises(ConfigError, match=r"on batches of 100000 .*lower the batch size"):
         train(image, labels, model_config, train_config.replace(batch_size=100_000))
