@@ -230,7 +230,9 @@ def detect_labels(data, name: str = "", metadata: dict | None = None) -> bool:
 
     Labels if the metadata carries ``class_values`` (or ``labels: true``), or the data are
     integers and either the name says so (:func:`name_suggests_labels`) or there are at most
-    :data:`MAX_LABEL_CLASSES` distinct values. An 8-bit EM image has ~256 values: not labels. Named like labels,
+    :data:`MAX_LABEL_CLASSES` distinct values in regions or sparsely (:func:`_in_regions`, up to 4 planes of at least
+    :data:`MIN_JUDGED_PIXELS`). An 8-bit EM image has ~256 values, a quantised one few that change from pixel to
+    pixel: not labels. Named like labels,
     an 8-bit file is labels with at most :data:`MAX_NAMED_8BIT_LABELS` values, a wider one (instance masks) with more
     values only if up to 4 of its planes hold them in regions or sparsely (an intensity image's values change from
     pixel to pixel). Float data are labels only through metadata.
@@ -245,6 +247,8 @@ def detect_labels(data, name: str = "", metadata: dict | None = None) -> bool:
         return bool(name) and name_suggests_labels(name)
     if is_lazy(array) and array.ndim > 2:  # judged on the first plane: reading all of a big file takes long
         array = array[(0,) * (array.ndim - 2)]
+    planes = array.reshape(-1, *array.shape[-2:]) if array.ndim > 2 else array[None]
+    picks = np.unique(np.linspace(0, len(planes) - 1, min(4, len(planes))).round().astype(int))
     if name and name_suggests_labels(name):
         # An 8-bit image using most of its range is an intensity image whatever its name ("scans-for-segmentation.tif").
         # Wider instance masks may have many values, but come in regions of one value: a 16-bit image of hundreds of
@@ -253,12 +257,18 @@ def detect_labels(data, name: str = "", metadata: dict | None = None) -> bool:
             return True
         if array.dtype.itemsize == 1:
             return False
-        planes = array.reshape(-1, *array.shape[-2:]) if array.ndim > 2 else array[None]
-        picks = np.unique(np.linspace(0, len(planes) - 1, min(4, len(planes))).round().astype(int))
         return all(_in_regions(planes[z]) for z in picks)
-    return distinct_values(array, MAX_LABEL_CLASSES) is not None
+    if distinct_values(array, MAX_LABEL_CLASSES) is None:
+        return False
+    # a quantised intensity image (a 4-bit scan, a posterised picture) has few values too, changing pixel to pixel;
+    # a bool image is a mask, and a plane under 64 x 64 pixels is too small to judge
+    if array.dtype == bool or planes.shape[-1] * planes.shape[-2] < MIN_JUDGED_PIXELS:
+        return True
+    return all(_in_regions(planes[z]) for z in picks)
 
 
+#: Planes with fewer pixels are labels by their value count alone (:func:`detect_labels`).
+MIN_JUDGED_PIXELS = 64 * 64
 #: Share of a label image's pixels, outside its most common value, whose right neighbour has the same value: at least
 #: this. ISBI and OCT label images 0.78-0.99, cellpose-like instance masks ~0.9; EM and OCT intensity images 0.02-0.12.
 MIN_LABEL_REGION_SHARE = 0.5
