@@ -617,3 +617,74 @@ def test_evaluate_refuses_class_values_the_truth_does_not_hold_and_pixel_heights
     assert set(some["dice"]) == {"0", "1"} and "isbi_pixel_error" not in some and "v_rand" not in some
     two = M.evaluate(np.where(pred > 1, 255, 0), np.where(truth > 1, 255, 0))  # a membrane truth still gets the ISBI scores
     assert "isbi_pixel_error" in two and two["v_rand"] is not None
+
+
+# ---------------------------------------------------------------------------
+# evaluate, a block of slices at a time
+# ---------------------------------------------------------------------------
+
+
+class _CountingStack:
+    """A (Z, Y, X) array read when indexed, like a zarr store or a memory map: records how many pixels each read took."""
+
+    def __init__(self, array):
+        self.array, self.reads = array, []
+        self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
+
+    def __getitem__(self, key):
+        out = np.asarray(self.array[key])
+        self.reads.append(out.size)
+        return out
+
+
+def _evaluation_cases():
+    from napari_unet.synthetic import make_em_stack, make_oct_stack
+
+    _, em = make_em_stack(n_slices=5, shape=(96, 96), seed=3)
+    em = em.astype(np.uint8)
+    em_pred = em.copy()
+    em_pred[::2] = np.roll(em_pred[::2], 2, axis=1)
+    _, layers = make_oct_stack(n_scans=4, shape=(96, 128), seed=1)
+    layers_pred = np.roll(layers, 3, axis=1)
+    sparse = em.copy()
+    sparse[:, 30:60] = 7
+    sparse[1] = 7  # a slice with nothing annotated
+    return [
+        (em_pred, em, {}),
+        (layers_pred, layers, {"pixel_height": 3.87}),
+        (em_pred, sparse, {"ignore_value": 7}),
+        (layers_pred, layers, {"class_values": [1, 2, 3]}),
+    ]
+
+
+def _flat(scores: dict, prefix="") -> dict:
+    """{"dice/0": 0.9, ...}: nested score dicts as one level (pytest.approx compares no nested dicts)."""
+    out = {}
+    for key, value in scores.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}/"))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def test_evaluate_block_by_block_equals_whole_stack(monkeypatch):
+    whole = [M.evaluate(pred, truth, **kwargs) for pred, truth, kwargs in _evaluation_cases()]
+    assert "v_rand" in whole[0] and "boundary_error_um" in whole[1] and whole[2]["annotated_pixels"] > 0
+    monkeypatch.setattr(M, "EVALUATE_BLOCK_PIXELS", 1)  # one slice at a time
+    for (pred, truth, kwargs), expected in zip(_evaluation_cases(), whole):
+        assert _flat(M.evaluate(pred, truth, **kwargs)) == pytest.approx(_flat(expected), rel=1e-12)
+
+
+def test_evaluate_reads_a_lazy_stack_a_block_at_a_time(monkeypatch):
+    pred, truth, _ = _evaluation_cases()[1]
+    expected = M.evaluate(pred, truth)
+    monkeypatch.setattr(M, "EVALUATE_BLOCK_PIXELS", 2 * truth[0].size)
+    lazy_pred, lazy_truth = _CountingStack(pred), _CountingStack(truth)
+    before = (pred.copy(), truth.copy())
+    assert _flat(M.evaluate(lazy_pred, lazy_truth)) == pytest.approx(_flat(expected), rel=1e-12)
+    assert max(lazy_pred.reads) == 2 * truth[0].size  # never more than a block (two slices)
+    # the truth also gives the columns its layer order is judged on: a strided sample, at most the whole stack once
+    assert sorted(lazy_truth.reads)[-2] <= 2 * truth[0].size and sum(lazy_truth.reads) <= 3 * truth.size
+    np.testing.assert_array_equal(before[0], pred)
+    np.testing.assert_array_equal(before[1], truth)

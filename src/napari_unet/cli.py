@@ -773,13 +773,14 @@ def _pixel_height(metadata: dict) -> float | None:
 
 def cmd_evaluate(args) -> int:
     from .labels import LabelError, find_class_values
-    from .metrics import MAX_PIXEL_HEIGHT_UM, evaluate
+    from .metrics import MAX_PIXEL_HEIGHT_UM, evaluate, slice_blocks, stack_view
     from .labels import MAX_CLASSES
 
     if args.pixel_height is not None and args.pixel_height > MAX_PIXEL_HEIGHT_UM:  # its errors in µm overflowed to Infinity
         raise CommandError(f"--pixel-height {args.pixel_height:g} µm is beyond {MAX_PIXEL_HEIGHT_UM:g} µm (a metre)")
-    prediction, prediction_metadata = _read_stack_and_metadata(args.prediction, "prediction")
-    truth, ignore_value, notes = read_label_stack(args.truth, "truth", args.ignore_value)
+    # read when indexed (large files): evaluate scores a block of slices at a time
+    prediction, prediction_metadata = _read_stack_and_metadata(args.prediction, "prediction", lazy=True)
+    truth, ignore_value, notes = read_label_stack(args.truth, "truth", args.ignore_value, lazy=True)
     pixel_height = args.pixel_height if args.pixel_height is not None else _pixel_height(prediction_metadata)
     if pixel_height is not None and not 0 < pixel_height <= MAX_PIXEL_HEIGHT_UM:  # a file's tag: boundary errors in pixels only
         print(f"prediction {Path(args.prediction).name} records a pixel height of {pixel_height:g} µm; boundary errors in "
@@ -789,16 +790,22 @@ def cmd_evaluate(args) -> int:
         raise CommandError(f"prediction shape {prediction.shape} and truth shape {truth.shape} differ")
     for note in notes:
         print(note, file=sys.stderr)
-    if ignore_value is not None and np.all(truth == ignore_value):
+    class_values, predicted_values = set(), set()
+    stack_prediction, stack_truth = stack_view(prediction), stack_view(truth)
+    for block in slice_blocks(stack_truth.shape[0], stack_truth.shape[1] * stack_truth.shape[2]):
+        truth_block, prediction_block = np.asarray(stack_truth[block]), np.asarray(stack_prediction[block])
+        class_values.update(find_class_values(truth_block, ignore_value))
+        try:
+            predicted_values.update(find_class_values(prediction_block if ignore_value is None else
+                                                      prediction_block[truth_block != ignore_value]))
+        except LabelError as err:
+            raise CommandError(f"prediction {Path(args.prediction).name}: {err} (a probability map? evaluate takes the labels file of predict)") from err
+    class_values, predicted_values = sorted(class_values), sorted(predicted_values)
+    if ignore_value is not None and not class_values:
         raise CommandError(f"truth {Path(args.truth).name} has no annotated pixel (all are the ignore value {ignore_value})")
-    class_values = find_class_values(truth, ignore_value)
     if len(class_values) > MAX_CLASSES:  # an intensity image given as truth
         raise CommandError(f"truth {Path(args.truth).name} has {len(class_values)} distinct values: an image, not labels? "
                            f"(labels hold at most {MAX_CLASSES} class values)")
-    try:
-        predicted_values = find_class_values(prediction if ignore_value is None else prediction[truth != ignore_value])
-    except LabelError as err:
-        raise CommandError(f"prediction {Path(args.prediction).name}: {err} (a probability map? evaluate takes the labels file of predict)") from err
     if len(predicted_values) > MAX_CLASSES:  # an intensity image given as the prediction (arguments swapped?)
         raise CommandError(f"prediction {Path(args.prediction).name} has {len(predicted_values)} distinct values: an image, "
                            f"not labels? (evaluate takes the labels file of predict first, then the truth)")

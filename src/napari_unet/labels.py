@@ -82,6 +82,14 @@ def check_trainable(labels, ignore_value=None, class_values=None) -> list[int]:
 LAYERED_SHARE, LAYERED_MIN_COLUMNS = 0.95, 8
 
 
+def layer_order_steps(shape, max_columns: int = 4096) -> tuple[int, int]:
+    """(z_step, x_step): the strides over slices and columns of a (Z, Y, X) ``shape`` at which :func:`layer_order`
+    reads at most ``max_columns`` columns (``stack[::z_step, :, ::x_step]``, which it then reads whole)."""
+    n_z, _, n_x = shape
+    x_step = max(1, min(n_x, -(-n_z * n_x // max_columns)))
+    return max(1, -(-n_z * -(-n_x // x_step) // max_columns)), x_step
+
+
 def layer_order(indices, max_columns: int = 4096, max_classes: int = 64):
     """The top-to-bottom order of the classes (a tuple of class indices) if ``indices`` are layered, else None.
 
@@ -94,11 +102,9 @@ def layer_order(indices, max_columns: int = 4096, max_classes: int = 64):
     """
     stack = np.asarray(indices)
     stack = stack[None] if stack.ndim == 2 else stack
-    n_z, _, n_x = stack.shape
     if stack.size == 0:
         return None
-    x_step = min(n_x, -(-n_z * n_x // max_columns))  # evenly spaced columns, picked before any copy
-    z_step = max(1, -(-n_z * -(-n_x // x_step) // max_columns))
+    z_step, x_step = layer_order_steps(stack.shape, max_columns)  # evenly spaced columns, picked before any copy
     columns = np.moveaxis(stack[::z_step, :, ::x_step], 1, -1).reshape(-1, stack.shape[1])  # (columns, Y)
     annotated = columns >= 0
     columns, annotated = columns[annotated.any(axis=1)], annotated[annotated.any(axis=1)]

@@ -57,7 +57,7 @@ from scipy import sparse
 from skimage.measure import label
 from skimage.segmentation import watershed
 
-from .labels import LabelError, layer_order, positions_in, to_indices
+from .labels import find_class_values, layer_order, layer_order_steps, positions_in, to_indices
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
@@ -423,6 +423,12 @@ def _score_slice(args):
     return _rand(c), _info(c)
 
 
+def _score_cells(args):
+    """_score_slice of (proposal cell mask, truth cell mask): a slice's truth segments only while it is scored."""
+    cell_mask, truth_cells = args
+    return _score_slice((cell_mask, truth_segments(truth_cells)))
+
+
 def _nanmean(values: Sequence[float]) -> float:
     arr = np.asarray(values, dtype=np.float64)
     arr = arr[~np.isnan(arr)]
@@ -657,23 +663,51 @@ def layer_boundary_errors(pred_labels, truth_labels, layer_order) -> np.ndarray:
     the columns where the truth shows it (NaN if none). A predicted island of a lower layer above the true boundary
     moves that column's predicted boundary up to it: the error counts disorder too.
     """
+    sums, counts = _boundary_error_sums(pred_labels, truth_labels, layer_order)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def _boundary_error_sums(pred_labels, truth_labels, layer_order) -> tuple[np.ndarray, np.ndarray]:
+    """(sums, counts), float64 and int64 (N-1,): per boundary, the summed |predicted row - true row| and the number of
+    columns where the truth shows it (:func:`layer_boundary_errors` = sums / counts; slices add up)."""
     pred = np.asarray(pred_labels)
     truth = np.asarray(truth_labels)
     _check_same_shape(pred, truth)
     true_rows = layer_boundary_rows(truth, layer_order)
     ranks = _layer_ranks(pred, layer_order)
-    errors = np.full(len(layer_order) - 1, np.nan)
-    for k in range(len(errors)):
+    sums, counts = np.zeros(len(layer_order) - 1), np.zeros(len(layer_order) - 1, np.int64)
+    for k in range(len(sums)):
         pred_row = _first_rows_below(ranks, k)
         true_row = true_rows[..., k, :].reshape(pred_row.shape)
         shown = np.isfinite(true_row)
-        if shown.any():
-            errors[k] = float(np.abs(pred_row[shown] - true_row[shown]).mean())
-    return errors
+        sums[k] = float(np.abs(pred_row[shown] - true_row[shown]).sum())
+        counts[k] = int(shown.sum())
+    return sums, counts
 
 
 #: Largest pixel height :func:`evaluate` takes (µm): a metre; 1e308 overflowed the errors in µm to inf (not JSON).
 MAX_PIXEL_HEIGHT_UM = 1e6
+
+
+#: Pixels :func:`evaluate` reads at a time (whole slices, at least one): stacks larger than memory (memory-mapped
+#: TIFFs, zarr, dask) are scored a block of slices at a time, with temporaries of about 40 MB.
+EVALUATE_BLOCK_PIXELS = 1 << 22
+
+
+def slice_blocks(n_slices: int, slice_pixels: int, block_pixels: int = EVALUATE_BLOCK_PIXELS) -> list[slice]:
+    """Slices of at most ``block_pixels`` pixels (at least one slice each) covering ``range(n_slices)``."""
+    per_block = max(1, block_pixels // max(1, slice_pixels))
+    return [slice(start, min(start + per_block, n_slices)) for start in range(0, n_slices, per_block)]
+
+
+def stack_view(labels):
+    """``labels`` as (Z, Y, X), read when indexed if it is lazy (zarr, dask, memory map); a (Y, X) image is read."""
+    if not hasattr(labels, "shape") or not hasattr(labels, "dtype") or not hasattr(labels, "__getitem__"):
+        labels = np.asarray(labels)
+    if len(labels.shape) == 2:
+        return np.asarray(labels)[np.newaxis]
+    return labels
 
 
 def evaluate(pred_labels, truth_labels, class_values=None, membrane_value=None, ignore_value=None,
@@ -682,7 +716,8 @@ def evaluate(pred_labels, truth_labels, class_values=None, membrane_value=None, 
 
     Parameters
     ----------
-    pred_labels, truth_labels : (Y, X) or (Z, Y, X) arrays of class values.
+    pred_labels, truth_labels : (Y, X) or (Z, Y, X) arrays of class values; numpy, or read when indexed (zarr, dask,
+        memory maps): stacks are read :data:`EVALUATE_BLOCK_PIXELS` at a time, twice (class values, then scores).
     class_values : sequence, optional
         Classes for Dice/IoU; default: values present in ``truth_labels`` (except ``ignore_value``).
     membrane_value : scalar, optional
@@ -707,41 +742,88 @@ def evaluate(pred_labels, truth_labels, class_values=None, membrane_value=None, 
     Undefined scores (no truth cells, a boundary the truth never shows) are None. ValueError when no class value
     occurs in the scored truth, or ``pixel_height`` is no size in µm (above 0, at most :data:`MAX_PIXEL_HEIGHT_UM`).
     """
-    pred = _class_value_array(pred_labels, "pred_labels")
-    truth = _class_value_array(truth_labels, "truth_labels")
-    _check_same_shape(pred, truth)
-    if truth.ndim not in (2, 3):
-        raise ValueError(f"labels must be (Y, X) or (Z, Y, X), got shape {truth.shape}")
+    pred, truth = stack_view(pred_labels), stack_view(truth_labels)
+    if tuple(pred.shape) != tuple(truth.shape):
+        raise ValueError(f"shape mismatch: pred {tuple(np.shape(pred_labels))} vs truth {tuple(np.shape(truth_labels))}")
+    if len(np.shape(truth_labels)) not in (2, 3):
+        raise ValueError(f"labels must be (Y, X) or (Z, Y, X), got shape {tuple(np.shape(truth_labels))}")
+    if math.prod(truth.shape) == 0:
+        raise ValueError("empty arrays")
     is_size = isinstance(pixel_height, (int, float, np.number)) and 0 < pixel_height <= MAX_PIXEL_HEIGHT_UM
     if pixel_height is not None and not is_size:
         raise ValueError(f"pixel_height must be a size in µm above 0 and at most {MAX_PIXEL_HEIGHT_UM:g}, got {pixel_height!r}")
-    annotated = None if ignore_value is None or not np.any(truth == ignore_value) else truth != ignore_value
-    scored_pred, scored_truth = (pred, truth) if annotated is None else (pred[annotated], truth[annotated])
-    if scored_truth.size == 0:
+    blocks = slice_blocks(truth.shape[0], truth.shape[1] * truth.shape[2], EVALUATE_BLOCK_PIXELS)
+
+    # pass 1: the truth's values (and the NaN / fraction checks of both arrays)
+    truth_values: set = set()
+    for block in blocks:
+        _class_value_array(pred[block], "pred_labels")
+        truth_values.update(find_class_values(_class_value_array(truth[block], "truth_labels")))
+    has_ignored = ignore_value is not None and ignore_value in truth_values
+    scored_values = sorted(v for v in truth_values if not (has_ignored and v == ignore_value))
+    if not scored_values:
         raise ValueError(f"truth_labels has no annotated pixel (all are the ignore value {ignore_value})")
-    if class_values is None:
-        class_values = np.unique(scored_truth)
-    class_values = list(class_values)
-    if not any(np.any(scored_truth == v) for v in class_values):  # Dice 1.0 and ISBI pixel error 0 for a prediction 77 % wrong
-        found = np.unique(scored_truth)
+    class_values = list(scored_values if class_values is None else class_values)
+    if not any(v in truth_values and not (has_ignored and v == ignore_value) for v in class_values):
+        # Dice 1.0 and ISBI pixel error 0 for a prediction 77 % wrong
         raise ValueError(f"none of the class values {[_key(v) for v in class_values]} occurs in the truth, whose values are "
-                         f"{[_key(v) for v in found[:10]]}{' ...' if len(found) > 10 else ''}")
-    result = {
-        "pixel_error": pixel_error(scored_pred, scored_truth),
-        "dice": {_key(v): float(d) for v, d in dice_per_class(scored_pred, scored_truth, class_values).items()},
-        "iou": {_key(v): float(d) for v, d in iou_per_class(scored_pred, scored_truth, class_values).items()},
-    }
-    if annotated is not None:
-        result["annotated_pixels"] = int(annotated.sum())
+                         f"{[_key(v) for v in scored_values[:10]]}{' ...' if len(scored_values) > 10 else ''}")
     order = None
-    if len(class_values) >= 2:
-        try:
-            order = layer_order(to_indices(truth, class_values, ignore_value))
-        except LabelError:  # scores of some of the truth's classes only (class_values given): no layer boundaries
-            order = None
-    if order is not None:
-        layers = [class_values[k] for k in order]
-        errors = layer_boundary_errors(pred, truth, layers)
+    known = set(class_values) | ({ignore_value} if ignore_value is not None else set())
+    if len(class_values) >= 2 and truth_values <= known:  # else: scores of some of the truth's classes only
+        z_step, x_step = layer_order_steps(truth.shape)
+        sample = to_indices(np.asarray(truth[::z_step, :, ::x_step]), class_values, ignore_value)
+        order = layer_order(sample, max_columns=sample.shape[0] * sample.shape[2])  # the columns a whole stack gives
+    layers = None if order is None else [class_values[k] for k in order]
+    if membrane_value is None and len(class_values) == 2:
+        membrane_value = min(class_values)
+    elif membrane_value is not None and membrane_value not in class_values:  # every pixel would be cell: perfect scores
+        raise ValueError(f"membrane_value {membrane_value} is not one of the class values {class_values}")
+    # (a truth with other classes too has no membrane-and-cell reading: they would all count as membrane)
+    membrane_problem = membrane_value is not None and not has_ignored and truth_values <= set(class_values)
+
+    # pass 2: counts that add up over slices
+    n_scored = n_wrong = 0
+    overlaps = {v: np.zeros(3, np.int64) for v in class_values}  # |P & T|, |P|, |T|
+    boundary_sums = boundary_counts = None
+    cells_true_positive = cells_proposed = cells_true = 0
+    slice_scores = []
+    with ThreadPoolExecutor(max_workers=max(1, min(os.cpu_count() or 1, truth.shape[0]))) as pool:
+        for block in blocks:
+            pred_block, truth_block = np.asarray(pred[block]), np.asarray(truth[block])
+            if has_ignored:
+                annotated = truth_block != ignore_value
+                scored_pred, scored_truth = pred_block[annotated], truth_block[annotated]
+            else:
+                scored_pred, scored_truth = pred_block, truth_block
+            if scored_truth.size:
+                n_scored += scored_truth.size
+                n_wrong += int(np.count_nonzero(scored_pred != scored_truth))
+                for value, (inter, n_pred, n_true) in _overlap_counts(scored_pred, scored_truth, class_values).items():
+                    overlaps[value] += (inter, n_pred, n_true)
+            if layers is not None:
+                sums, counts = _boundary_error_sums(pred_block, truth_block, layers)
+                boundary_sums = sums if boundary_sums is None else boundary_sums + sums
+                boundary_counts = counts if boundary_counts is None else boundary_counts + counts
+            if membrane_problem:
+                # values that are no class (a 0/1 prediction of 0/255 truth) are wrong here as in the pixel error and
+                # Dice above, not cell: cell = a class other than the membrane
+                pred_cells = np.isin(pred_block, class_values) & (pred_block != membrane_value)
+                truth_cells = truth_block != membrane_value
+                cells_true_positive += int(np.count_nonzero(pred_cells & truth_cells))
+                cells_proposed += int(np.count_nonzero(pred_cells))
+                cells_true += int(np.count_nonzero(truth_cells))
+                slice_scores += list(pool.map(_score_cells, zip(pred_cells, truth_cells)))
+    result = {
+        "pixel_error": n_wrong / n_scored,
+        "dice": {_key(v): float(2.0 * i / (p + t) if p + t else 1.0) for v, (i, p, t) in overlaps.items()},
+        "iou": {_key(v): float(i / (p + t - i) if p + t else 1.0) for v, (i, p, t) in overlaps.items()},
+    }
+    if has_ignored:
+        result["annotated_pixels"] = int(n_scored)
+    if layers is not None:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            errors = np.where(boundary_counts > 0, boundary_sums / np.maximum(boundary_counts, 1), np.nan)
         names = [f"{_key(upper)}|{_key(lower)}" for upper, lower in zip(layers, layers[1:])]
         result["layer_order"] = [int(v) for v in layers]
         for unit, factor in (("px", 1.0), ("um", pixel_height)):
@@ -749,25 +831,12 @@ def evaluate(pred_labels, truth_labels, class_values=None, membrane_value=None, 
                 scaled = errors * float(factor)
                 mean = np.nanmean(scaled) if np.isfinite(scaled).any() else np.nan
                 result[f"boundary_error_{unit}"] = {**{n: _json_float(e) for n, e in zip(names, scaled)}, "mean": _json_float(mean)}
-    if membrane_value is None and len(class_values) == 2:
-        membrane_value = min(class_values)
-    elif membrane_value is not None and membrane_value not in class_values:  # every pixel would be cell: perfect scores
-        raise ValueError(f"membrane_value {membrane_value} is not one of the class values {class_values}")
-    if membrane_value is not None and annotated is None and np.isin(truth, class_values).all():
-        # (a truth with other classes too has no membrane-and-cell reading: they would all count as membrane)
-        # values that are no class (a 0/1 prediction of 0/255 truth) are wrong here as in the pixel error and
-        # Dice above, not cell: cell = a class other than the membrane
-        pred_cells = np.isin(pred, class_values) & (pred != membrane_value)
-        truth_cells = np.isin(truth, class_values) & (truth != membrane_value)
-        result["isbi_pixel_error"] = isbi_pixel_error(pred_cells, truth_cells)
-        scores = isbi_scores(pred_cells, truth_cells)
-        for name in (
-            "v_rand",
-            "v_rand_split",
-            "v_rand_merge",
-            "v_info",
-            "v_info_split",
-            "v_info_merge",
-        ):
-            result[name] = _json_float(scores[name])
+    if membrane_problem:
+        denominator = cells_proposed + cells_true  # 2 TP + FP + FN (isbi_pixel_error)
+        result["isbi_pixel_error"] = 1.0 - (1.0 if denominator == 0 else 2 * cells_true_positive / denominator)
+        rand = RandScores(*map(_nanmean, zip(*(r for r, _ in slice_scores))))
+        info = InfoScores(*map(_nanmean, zip(*(i for _, i in slice_scores))))
+        for name, value in (("v_rand", rand.v_rand), ("v_rand_split", rand.split), ("v_rand_merge", rand.merge),
+                            ("v_info", info.v_info), ("v_info_split", info.split), ("v_info_merge", info.merge)):
+            result[name] = _json_float(value)
     return result
