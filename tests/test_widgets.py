@@ -312,6 +312,16 @@ def test_a_dense_mask_whose_zeros_are_left_out_gets_a_warning_that_stays_in_the_
     viewer.add_labels(strips, name="strips")
     training.labels.set_layer(viewer.layers["strips"])
     assert training.prepare().warning == ""
+    # one slice painted whole, its neighbours left unpainted: their zeros are not annotated, no class to warn about
+    one_slice = np.zeros((3, 128, 128), np.uint8)
+    one_slice[1, :64], one_slice[1, 64:] = 1, 2
+    viewer.add_labels(one_slice, name="one slice")
+    training.labels.set_layer(viewer.layers["one slice"])
+    job = training.prepare()
+    assert job.warning == "" and "its 32768 pixels of value 0 count as not annotated" in job.note
+    one_slice[1, :16] = 0  # zeros on the painted slice still are a class to warn about, and only those are counted
+    viewer.layers["one slice"].data = one_slice
+    assert "2048 pixels of value 0 on its annotated slices" in training.prepare().warning
 
 
 def test_bad_input_found_by_the_core_notifies_once(widgets, qtbot, notifications, monkeypatch):
@@ -613,10 +623,10 @@ def test_outputs_overlay_a_rotated_sheared_registered_image_and_misplaced_labels
     image.scale, image.translate, image.rotate, image.shear, image.affine = (2.0, 0.5, 0.5), (1.0, 3.0, 4.0), 30, [0.1, 0, 0.2], affine
     tiny_settings(training)
     viewer.layers["EM labels"].scale = image.scale
-    assert "shifted, rotated or sheared" in training.prepare().note  # the labels stayed where they were
+    assert "are shifted, rotated or sheared against each other" in training.prepare().warning  # the labels stayed put
     for name in ("translate", "rotate", "shear", "affine"):
         setattr(viewer.layers["EM labels"], name, getattr(image, name))
-    assert "overlay" not in training.prepare().note
+    assert "overlay" not in training.prepare().warning + training.prepare().note
     widgets.session.set_model(tiny_model(), "tiny")
     inference.probabilities.setChecked(True)
     inference.cells.setChecked(True)
@@ -1008,12 +1018,36 @@ def test_a_prediction_that_cannot_be_written_is_one_notification(widgets, qtbot,
     assert_layers_unchanged(viewer, before)
 
 
+def test_labels_that_do_not_overlay_the_image_get_a_warning_judged_by_where_they_land(widgets, qtbot, notifications):
+    """The note lived in the transient "Preparing" line; scales were compared with np.allclose's 1e-8 absolute
+    tolerance (pixel sizes in metres all looked equal), and an affine placing the labels as scale + translate place
+    the image was called a mismatch."""
+    from napari.layers import Image, Labels
+
+    from napari_unet._widgets.layers import misplacement
+
+    data = np.zeros((4, 32, 32), np.uint8)
+    # metres (napari layers from OME-Zarr): the labels span twice the image
+    assert misplacement(Labels(data, scale=(1e-7, 1e-8, 1e-8)), Image(data, scale=(1e-7, 5e-9, 5e-9))) == "have different pixel sizes"
+    assert misplacement(Labels(data, scale=(1e-7, 5e-9, 5e-9)), Image(data, scale=(1e-7, 5e-9, 5e-9))) == ""
+    placed = Image(data, scale=(1.0, 0.5, 0.5), translate=(0.0, 10.0, 20.0))
+    as_affine = Labels(data, affine=[[1, 0, 0, 0], [0, 0.5, 0, 10], [0, 0, 0.5, 20], [0, 0, 0, 1]])  # the same placement
+    assert misplacement(as_affine, placed) == ""
+    assert misplacement(Labels(data, scale=(1.0, 0.5, 0.5), translate=(0.0, 10.0, 21.0)), placed) == "are shifted, rotated or sheared against each other"
+    viewer, training = widgets.viewer, widgets.training
+    tiny_settings(training, epochs=1, steps=2)
+    viewer.layers["EM"].scale = (1.0, 0.5, 0.5)  # a calibrated image beside a mask file without pixel sizes
+    run_and_wait(qtbot, training.start, lambda: training._run is not None)
+    assert any(severity.lower().endswith("warning") and "do not overlay in napari" in message for severity, message in notifications)
+    assert "Model trained" in training.progress.status.text() and "do not overlay in napari" in training.progress.status.text()
+
+
 def test_the_status_says_what_training_leaves_out_or_pairs_unseen(widgets, qtbot):
     # a mask without pixel sizes beside a calibrated scan; a second corrected prediction layer Retrain ignores
     viewer, training, session = widgets.viewer, widgets.training, widgets.session
     viewer.layers["EM"].scale = (1.0, 3.87, 14.2)
     job = training.prepare()
-    assert "'EM labels' and 'EM' have different pixel sizes" in job.note
+    assert "'EM labels' and 'EM' have different pixel sizes" in job.warning
     session.model = SimpleNamespace(class_values=[0, 255], config=None, train_config=None)
     layers = []
     for name in ("EM prediction", "EM prediction copy"):

@@ -140,11 +140,25 @@ def class_names_of(layer) -> Optional[dict]:
     return {int(v): str(n) for v, n in zip(values, names)}
 
 
-def placement(layer) -> np.ndarray:
-    """Where ``layer`` sits in the world apart from its pixel size: its translation, rotation, shear and affine, as one
-    flat float array (equal for layers that overlay when their scales are equal)."""
-    parts = (layer.translate, layer.rotate, layer.shear, layer.affine.affine_matrix)
-    return np.concatenate([np.asarray(part, float).ravel() for part in parts])
+def _world_corners(layer) -> np.ndarray:
+    """(ndim + 1, ndim) world positions of the data origin and of the far end of each data axis of ``layer``."""
+    shape = np.asarray(layer.data.shape[-layer.ndim:], float)
+    points = np.vstack([np.zeros(layer.ndim), np.diag(shape)])
+    return np.array([layer.data_to_world(point) for point in points], float)
+
+
+def misplacement(layer, reference) -> str:
+    """How ``layer`` sits in the world apart from ``reference`` of the same data shape ("" if they overlay): "have
+    different pixel sizes", or "are shifted, rotated or sheared against each other". Judged by where the data's
+    corners land, to a millionth of the layers' extent: a placement given as an affine equals the same one given as
+    scale and translate, and pixel sizes in metres (5e-9) are told apart."""
+    ours, theirs = _world_corners(layer), _world_corners(reference)
+    extent = max(float(np.abs(ours[1:] - ours[0]).max()), float(np.abs(theirs[1:] - theirs[0]).max()), 1e-300)
+    if np.allclose(ours, theirs, rtol=0, atol=1e-6 * extent):
+        return ""
+    if not np.allclose(layer.scale, reference.scale, rtol=1e-6, atol=0):
+        return "have different pixel sizes"
+    return "are shifted, rotated or sheared against each other"
 
 
 def current_slice(viewer, layer, or_else: str = "") -> Optional[int]:

@@ -25,7 +25,7 @@ from napari_unet.labels import (
 from napari_unet.model_io import UNetModel
 from napari_unet.retrain import CorrectionCheck, correction_check, retrain_data
 
-from .layers import class_names_of, image_array, no_labels_message, placement, read_annotations
+from .layers import class_names_of, image_array, misplacement, no_labels_message, read_annotations
 from .outputs import prediction_layer_of
 from .session import colormap_of
 
@@ -80,7 +80,9 @@ def prepare_train(viewer, session, image_layer, labels_layer, zero_is_unannotate
     labels, ignore, classes = training_labels(values, annotated, what)
     # Dense labels whose zeros are left out may be a mask whose 0 is a class (an OCT mask's vitreous, a 0/255 mask's
     # membranes) opened without its metadata; scribbles leave most of their slices at 0, as they should.
-    zeros_form_a_class = zeros_ignored > 0 and (_annotated_share(annotated) >= DENSE_SHARE or _layered(labels, annotated, classes, ignore))
+    # zeros on slices left unpainted are plainly not annotated (one painted slice of a stack); those on painted ones count
+    zeros_painted = _zeros_on_annotated_planes(values, annotated) if zeros_ignored else 0
+    zeros_form_a_class = zeros_painted > 0 and (_annotated_share(annotated) >= DENSE_SHARE or _layered(labels, annotated, classes, ignore))
     model_config, train_config = configs
     init = None
     if continue_from_model:
@@ -95,18 +97,18 @@ def prepare_train(viewer, session, image_layer, labels_layer, zero_is_unannotate
         raise LabelError(f"{what} has only the class {classes[0]} annotated; a model needs at least two classes{hint}")
     colormap = _class_colormap(labels_layer, class_values or classes, display=class_values is not None)
     note = f"{int(annotated.sum())} annotated pixels of {labels_layer.name!r}"
-    warning = ""
+    warnings = []
     if zeros_form_a_class:
-        warning = (f"{zeros_ignored} pixels of value 0 in {labels_layer.name!r} count as not annotated ('{ZERO_BOX}' is "
-                   "checked); if 0 is a class there (an OCT mask's vitreous, a 0/255 mask's membranes), uncheck the box")
+        on = " on its annotated slices" if zeros_painted < zeros_ignored else ""
+        warnings.append(f"{zeros_painted} pixels of value 0{on} in {labels_layer.name!r} count as not annotated ('{ZERO_BOX}' "
+                        "is checked); if 0 is a class there (an OCT mask's vitreous, a 0/255 mask's membranes), uncheck the box")
     elif zeros_ignored:
         note += f"; its {zeros_ignored} pixels of value 0 count as not annotated ('{ZERO_BOX}')"
-    if not np.allclose(labels_layer.scale, image_layer.scale):  # e.g. a mask file without pixel sizes
-        note += (f"; {labels_layer.name!r} and {image_layer.name!r} have different pixel sizes, so they do not overlay "
-                 "in napari (training pairs them pixel for pixel)")
-    elif not np.allclose(placement(labels_layer), placement(image_layer)):
-        note += (f"; {labels_layer.name!r} is shifted, rotated or sheared against {image_layer.name!r}, so they do not "
-                 "overlay in napari (training pairs them pixel for pixel)")
+    misplaced = misplacement(labels_layer, image_layer)
+    if misplaced:  # e.g. a mask file without pixel sizes beside an image with them: the user sees them apart
+        warnings.append(f"{labels_layer.name!r} and {image_layer.name!r} {misplaced}, so they do not overlay in napari "
+                        "(training pairs them pixel for pixel)")
+    warning = "; ".join(warnings)
     return TrainJob(image, labels, model_config, train_config.replace(ignore_value=ignore), init, class_names_of(labels_layer),
                     colormap, note, warning=warning)
 
@@ -162,6 +164,12 @@ def _layered(labels: np.ndarray, annotated: np.ndarray, classes, ignore) -> bool
 
 #: A band of layers (:func:`_layered`) spans at least this share of the columns, and as many hold it unbroken.
 BAND_SHARE = 0.9
+
+
+def _zeros_on_annotated_planes(values: np.ndarray, annotated: np.ndarray) -> int:
+    """Pixels of value 0 in the (Y, X) planes of ``values`` where ``annotated`` (bool, same shape) holds any pixel."""
+    planes, marks = values.reshape(-1, *values.shape[-2:]), annotated.reshape(-1, *annotated.shape[-2:])
+    return sum(int(np.count_nonzero(plane == 0)) for plane, mark in zip(planes, marks) if mark.any())
 
 
 def _annotated_share(annotated: np.ndarray) -> float:
