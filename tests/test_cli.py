@@ -822,6 +822,11 @@ def test_a_stack_stored_as_rgb_planes_and_a_probability_file_given_to_evaluate_a
     tifffile.imwrite(data / "three.tif", image)  # tifffile's default for (3, Y, X) uint8: RGB colour planes
     save_model(tiny_model(), data / "m.keras")
     code, _out, err = run(capsys, "predict", data / "m.keras", data / "three.tif", "-o", data / "p.tif")
+    assert code == 0, err  # a shaped description without axes: a stack, as napari's own reader reads it
+    assert tifffile.imread(data / "p.tif").shape == image.shape
+    # RGB planes written by another program (no tifffile description) are colour: named, with what to do
+    tifffile.imwrite(data / "planes.tif", image, photometric="rgb", planarconfig="separate", metadata=None)
+    code, _out, err = run(capsys, "predict", data / "m.keras", data / "planes.tif", "-o", data / "p2.tif")
     assert code == 2 and "save it again as one" in err and "photometric='minisblack'" in err
     code, _out, err = run(capsys, "predict", data / "m.keras", data / "image.tif", "-o", data / "p.tif", "--probabilities", data / "q.tif")
     assert code == 0, err

@@ -14,7 +14,7 @@ import pytest
 import tifffile
 
 from napari_unet import _reader, _writer
-from napari_unet._reader import get_reader
+from napari_unet._reader import get_reader, read_layers
 from napari_unet._writer import write_labels
 from napari_unet.labels import from_display, to_display, value_marks
 from napari_unet.tiff_io import read_tiff, write_tiff
@@ -581,3 +581,20 @@ def test_a_plain_layer_whose_0_was_trained_as_a_class_is_written_with_0_as_a_cla
     assert meta == {"class_values": [0, 255], "ignore_value": None} and np.array_equal(values, mask)
     values, meta = _writer.labels_to_file_values(mask, {})  # painted from scratch: 0 = not painted
     assert meta == {"class_values": [255], "ignore_value": 0}
+
+
+def test_a_stack_of_three_or_four_slices_saved_with_tifffile_defaults_opens_as_a_stack(tmp_path):
+    """tifffile.imwrite (and so napari's own writer) stores a (3 or 4, Y, X) uint8 array as RGB colour planes: it
+    opened as 3 or 4 channel layers while its labels opened as one stack, so the two no longer paired."""
+    rng = np.random.default_rng(0)
+    for n in (3, 4):
+        image = rng.integers(0, 256, (n, 48, 64), dtype=np.uint8)
+        tifffile.imwrite(tmp_path / f"scans{n}.tif", image)
+        layers = read_layers(str(tmp_path / f"scans{n}.tif"))
+        assert len(layers) == 1 and layers[0][2] == "image" and layers[0][1].get("channel_axis") is None
+        np.testing.assert_array_equal(layers[0][0], image)
+    # RGB written as such (colour last) stays one RGB layer
+    colour = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "photo.tif", colour, photometric="rgb")
+    layers = read_layers(str(tmp_path / "photo.tif"))
+    assert len(layers) == 1 and layers[0][1].get("rgb") is True

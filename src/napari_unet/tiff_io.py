@@ -496,6 +496,8 @@ def _series_info(tif: tifffile.TiffFile, series, data: np.ndarray) -> dict:
     between = tiff_axes[tiff_axes.find("Y") + 1:tiff_axes.find("X")] if "Y" in tiff_axes and "X" in tiff_axes else ""
     if data.ndim != len(tiff_axes) or set(between) == {"Q"}:  # tifffile's "YQX" for a (Z, 1, 1) stack: (Z, Y, X)
         tiff_axes = "Q" * (data.ndim - 2) + "YX"
+    if tiff_axes == "SYX" and _stack_as_colour_planes(tif, page):
+        tiff_axes = "QYX"
     axes = _normalise_axes(tiff_axes, data.shape, data.dtype)
     metadata: dict[str, Any] = {
         "dtype": str(data.dtype),
@@ -686,6 +688,17 @@ def _apply_ome(xml: str, axes: str, shape, set_axis, metadata: dict) -> None:
     names = [ch.get("Name") for ch in pixels if ch.tag.rsplit("}", 1)[-1] == "Channel"]
     if "C" in axes and names and all(names) and len(names) == shape[axes.index("C")]:
         metadata["channel_names"] = [str(n) for n in names]
+
+
+def _stack_as_colour_planes(tif: tifffile.TiffFile, page) -> bool:
+    """Whether a (3 or 4, Y, X) RGB(A) page of separate colour planes is a stack of slices as ``tifffile.imwrite`` (and
+    so napari's own writer) stores a (3, Y, X) or (4, Y, X) uint8 array by default: a shaped description without
+    axes. napari's own reader gives such a file as one stack, and its labels saved beside it are one."""
+    if not (tif.is_shaped and page.photometric == tifffile.PHOTOMETRIC.RGB
+            and page.planarconfig == tifffile.PLANARCONFIG.SEPARATE):
+        return False
+    shaped = tif.shaped_metadata
+    return bool(shaped) and isinstance(shaped[0], dict) and "axes" not in shaped[0]
 
 
 def _normalise_axes(tiff_axes: str, shape, dtype) -> str:
