@@ -12,6 +12,7 @@ import tifffile
 from _helpers import record_tta, stripes, tiny_model
 from napari_unet.cli import main
 from napari_unet.model_io import save_model
+from napari_unet.tiff_io import read_tiff
 
 TINY_TRAINING = ["--epochs", "2", "--steps-per-epoch", "5", "--patch-size", "64", "--batch-size", "2"]
 
@@ -918,3 +919,20 @@ def test_sigterm_ends_a_training_with_status_143_and_no_model(data):
     finally:
         run.kill()
     assert not (data / "m.keras").exists()
+
+
+def test_predict_outputs_keep_a_pixel_size_recorded_without_a_unit(data, capsys):
+    """An ImageJ TIFF with a resolution of 250 per (no) unit opens in napari at 0.004 per pixel; predict wrote its
+    outputs at 1, so they were drawn 250 times the image's size beside it."""
+    from napari_unet._reader import read_layers
+
+    image = tifffile.imread(data / "image.tif")
+    tifffile.imwrite(data / "unitless.tif", image, imagej=True, metadata={"axes": "ZYX"}, resolution=(250, 250))
+    save_model(tiny_model(), data / "m.keras")
+    code, _out, err = run(capsys, "predict", data / "m.keras", data / "unitless.tif", "-o", data / "p.tif",
+                          "--probabilities", data / "q.tif")
+    assert code == 0, err
+    image_scale = read_layers(str(data / "unitless.tif"))[0][1]["scale"]
+    assert np.allclose(image_scale[-2:], 0.004)
+    assert np.allclose(read_layers(str(data / "p.tif"))[0][1]["scale"], image_scale)
+    assert np.allclose(read_tiff(data / "q.tif").scale[-2:], image_scale[-2:])

@@ -316,7 +316,9 @@ def _read_stack_and_metadata(path, what: str, lazy: bool = False, for_cluster: b
     metadata = dict(tiff.metadata)
     if isinstance(metadata.get("reviewed"), np.ndarray):
         metadata["reviewed"] = metadata["reviewed"].reshape(squeezed.shape)
-    if tiff.has_physical_size:  # the pixel size of each kept axis, for outputs that must line up with the image
+    # the pixel size of each kept axis, for outputs that must line up with the image in napari, where the reader gives
+    # it also without a unit (a resolution of 250 per unit: 0.004)
+    if tiff.has_physical_size or any(float(s) != 1.0 for s in tiff.scale):
         kept = [i for i, (n, axis) in enumerate(zip(data.shape, axes)) if n != 1 or axis in "YX"]
         metadata["pixel_size"] = {"scale": [float(tiff.scale[i]) for i in kept], "units": [tiff.units[i] for i in kept]}
     return squeezed, metadata
