@@ -598,3 +598,17 @@ def test_a_stack_of_three_or_four_slices_saved_with_tifffile_defaults_opens_as_a
     tifffile.imwrite(tmp_path / "photo.tif", colour, photometric="rgb")
     layers = read_layers(str(tmp_path / "photo.tif"))
     assert len(layers) == 1 and layers[0][1].get("rgb") is True
+
+
+def test_writer_adds_tif_to_a_name_without_extension_and_refuses_other_extensions(tmp_path):
+    """napari's save dialog passes the name as typed: 'noext' was written without a suffix and 'labels.png' as a TIFF
+    named .png, which no reader opened."""
+    labels = np.zeros((16, 16), np.uint8)
+    labels[4:8] = 1
+    written = write_labels(str(tmp_path / "noext"), labels, {"name": "labels"})
+    assert written == [str(tmp_path / "noext.tif")] and not (tmp_path / "noext").exists()
+    np.testing.assert_array_equal(read_tiff(tmp_path / "noext.tif").data, labels)
+    with pytest.raises(_writer.LabelsWriteError, match="give a name ending in .tif"):
+        write_labels(str(tmp_path / "labels.png"), labels, {"name": "labels"})
+    assert not (tmp_path / "labels.png").exists()
+    assert write_labels(str(tmp_path / "upper.TIFF"), labels, {"name": "labels"}) == [str(tmp_path / "upper.TIFF")]

@@ -111,15 +111,23 @@ def labels_to_file_values(display, metadata: dict, what: str = "the labels layer
 
 
 def write_labels(path: str, data: Any, meta: dict) -> list[str]:
-    """npe2 single-layer writer for Labels layers; returns ``[path]``.
+    """npe2 single-layer writer for Labels layers; returns ``[path]`` (``.tif`` added to a name without extension).
 
+    Another extension than .tif / .tiff raises :class:`LabelsWriteError`.
     Labels that cannot be written raise :class:`LabelsWriteError` before anything is written; a folder
     that does not exist raises FileNotFoundError (see :func:`~napari_unet.tiff_io.write_tiff`).
     """
+    path = os.fspath(path)
+    extension = os.path.splitext(path)[1]
+    if not extension:  # napari's save dialog passes the name as typed: add ours, as napari's own writer does
+        path += ".tif"
+    elif extension.lower() not in (".tif", ".tiff"):  # a TIFF named .png opened with nothing
+        raise LabelsWriteError(f"cannot save {os.path.basename(path)}: napari-unet saves labels as TIFF files; "
+                               "give a name ending in .tif")
     try:
         return [_write_labels(path, data, meta)]
     except ValueError as err:  # e.g. LabelError: raised as an OSError, which npe2 does not drop
-        raise LabelsWriteError(f"cannot save {os.path.basename(os.fspath(path))}: {err}") from err
+        raise LabelsWriteError(f"cannot save {os.path.basename(path)}: {err}") from err
 
 
 def _write_labels(path: str, data: Any, meta: dict) -> str:
