@@ -635,6 +635,13 @@ def test_outputs_overlay_a_rotated_sheared_registered_image_and_misplaced_labels
     probability = next(layer.name for layer in viewer.layers if layer.name.startswith("EM P("))  # P(cell) or P(255)
     for name in ("EM prediction", "EM cells", probability):
         np.testing.assert_allclose(viewer.layers[name]._data_to_world.affine_matrix, world, atol=1e-9)
+    # the image's pixel size fixed and moved since: Run again re-places the outputs it writes into (they stayed put)
+    image.scale, image.translate, image.rotate = (1.0, 0.25, 0.25), (0.0, 100.0, 50.0), 0
+    run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
+    world = image._data_to_world.affine_matrix
+    for name in ("EM prediction", "EM cells", probability):
+        np.testing.assert_allclose(viewer.layers[name]._data_to_world.affine_matrix, world, atol=1e-9)
+    assert len([layer for layer in viewer.layers if layer.name.startswith("EM prediction")]) == 1
 
 
 def test_multiclass_oct_prediction_and_probabilities(make_napari_viewer, qtbot):

@@ -119,6 +119,16 @@ def _spatial(image_layer, extra_axes: int = 0) -> dict:
     return spatial
 
 
+def _place_like(layer, image_layer, extra_axes: int = 0) -> None:
+    """Give an existing output ``layer`` the image's current placement (:func:`_spatial`): a pixel size fixed or a
+    registration applied since the last run would leave it drawn apart from the image, and saved so."""
+    for name, value in _spatial(image_layer, extra_axes).items():
+        current = getattr(layer, name)
+        current = current.affine_matrix if name == "affine" else current
+        if np.shape(current) != np.shape(value) or not np.array_equal(np.asarray(current), np.asarray(value)):
+            setattr(layer, name, value)
+
+
 def write_prediction(viewer, session, image_layer, labels, model, info, z, keep_corrections=True):
     """Show class-value ``labels`` as a display-convention Labels layer ``<image> prediction``.
 
@@ -154,6 +164,7 @@ def write_prediction(viewer, session, image_layer, labels, model, info, z, keep_
         session.track(layer, image_layer)
         return layer, int(display.size)
     layer.metadata.update(metadata)
+    _place_like(layer, image_layer)
     session.track(layer, image_layer)  # (re)publishes its marks into the metadata just replaced
     with session.muted(layer):  # overwritten corrections no longer hold their value: predictions again, until undone
         changed = write_labels_undoable(layer, z, display, session.reviewed(layer, region) if keep_corrections else None)
@@ -182,6 +193,7 @@ def write_probabilities(viewer, image_layer, probabilities, model, names, z):
         meta = {"napari_unet": {"output": PROBABILITIES, "image": image_layer.name}}
         layer = viewer.add_image(full, name=name, metadata=meta, colormap="magma", contrast_limits=(0, 1), blending="additive", visible=False, **_spatial(image_layer, extra))
         return _remember(layer, name)
+    _place_like(layer, image_layer, extra)
     if z is None:
         layer.data = np.asarray(data, np.float32)
     else:
@@ -201,6 +213,7 @@ def write_cells(viewer, session, image_layer, instances, z):
         meta = {"napari_unet": {"output": CELLS, "image": image_layer.name}}
         layer = viewer.add_labels(data, name=name, metadata=meta, opacity=0.4, **_spatial(image_layer))
         return _remember(layer, name)
+    _place_like(layer, image_layer)
     if z is not None:  # keep ids unique over the stack
         others = np.asarray(layer.data).copy()
         others[z] = 0
