@@ -448,6 +448,12 @@ def test_a_raw_mask_trained_with_0_as_a_class_keeps_it_in_its_file_and_its_colou
     raw = viewer.add_labels(em_data()[1], name="raw mask")  # 0 = membrane, 255 = cell, no metadata
     training.labels.set_layer(raw)
     training.zero_unannotated.setChecked(False)
+    assert raw.metadata[ZERO_IS_CLASS] is True  # saved before any training, its file keeps 0 as the box says
+    viewer.layers.selection = {raw}
+    viewer.layers.save(str(tmp_path / "before.tif"), selected=True, plugin="napari-unet")
+    [before] = viewer.open(str(tmp_path / "before.tif"), plugin="napari-unet")
+    assert before.metadata["class_values"] == [0, 255] and before.metadata["ignore_value"] is None
+    viewer.layers.remove(before)
     tiny_settings(training, epochs=1, steps=3)
     run_and_wait(qtbot, training.start, lambda: training._run is not None)
     assert widgets.session.model.class_values == [0, 255] and raw.metadata[ZERO_IS_CLASS] is True

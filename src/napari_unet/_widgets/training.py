@@ -65,6 +65,7 @@ class TrainingWidget(QWidget):
         self.zero_unannotated = QCheckBox(ZERO_BOX)
         self.zero_unannotated.setChecked(True)
         self.zero_unannotated.setToolTip(ZERO_TIP)
+        self.zero_unannotated.toggled.connect(self._zero_box_toggled)
         self.settings = TrainSettings()
         self.continue_box = QCheckBox("continue from the current model")
         self.continue_box.setToolTip("fine-tune the current model (its architecture and classes) instead of starting anew")
@@ -160,6 +161,12 @@ class TrainingWidget(QWidget):
         self._update_buttons()
         worker.start()
         return True
+
+    def _zero_box_toggled(self, checked: bool) -> None:
+        """The box says what 0 is in the chosen labels layer: recorded there, so that saving it before any training
+        writes its 0s as the box says (the writer follows the record)."""
+        if self.labels.layer() is not None:
+            remember_zero_convention(self.labels.layer(), checked)
 
     def prepare(self, retrain: bool = False) -> TrainJob:
         """The job the widget's current layers and settings describe (raises on bad input)."""
