@@ -939,6 +939,18 @@ def test_the_current_slice_must_be_one_the_layer_has(make_napari_viewer):
     viewer.dims.set_current_step(0, 15)
     with pytest.raises(InputError, match="outside 'EM prediction'"):
         current_slice(viewer, short)
+    # a stack sheared or rotated across its slices (a deskewed light sheet): napari draws no one slice of it, and
+    # the slice found from the slider's world point was one the user did not see
+    viewer.dims.set_current_step(0, 1)
+    for placement in ({"shear": (0.3, 0, 0)}, {"rotate": (20, 0, 0)}):
+        oblique = viewer.add_labels(np.ones((4, 16, 16), np.uint8), name="oblique", **placement)
+        with pytest.raises(InputError, match="sheared or rotated across its slices"):
+            current_slice(viewer, oblique, ", or choose the whole stack")
+        viewer.layers.remove(oblique)
+    # scaled, shifted, flipped and turned within the plane: slices face the view
+    upright = viewer.add_labels(np.ones((4, 16, 16), np.uint8), scale=(-2, 0.5, 0.5), translate=(8, 3, 4), rotate=30)
+    viewer.dims.set_point(0, 4.0)  # world z 4 = data slice (4 - 8) / -2
+    assert current_slice(viewer, upright) == 2
 
 
 def test_run_writes_into_the_selected_or_first_prediction_layer_never_a_users_layer(make_napari_viewer):

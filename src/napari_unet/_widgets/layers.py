@@ -161,6 +161,16 @@ def misplacement(layer, reference) -> str:
     return "are shifted, rotated or sheared against each other"
 
 
+def _slices_face_the_view(layer) -> bool:
+    """Whether the slices of 3-D ``layer`` are Y-X planes in the world: its slice axis moves along world Z only and
+    its rows and columns stay within one Z (no shear or rotation across the slices, as of deskewed light sheets)."""
+    corners = _world_corners(layer)
+    steps = (corners[1:] - corners[0]) / np.maximum(np.asarray(layer.data.shape[-layer.ndim:], float), 1)[:, None]
+    size = float(np.abs(steps).max()) or 1.0
+    across = np.abs(np.concatenate([steps[-3, -2:], steps[-2:, -3]]))  # slice axis into Y, X; rows and columns into Z
+    return bool((across <= 1e-9 * size).all())
+
+
 def current_slice(viewer, layer, or_else: str = "") -> Optional[int]:
     """Index of the slice of 3-D ``layer`` shown in the viewer (None for a 2-D layer).
 
@@ -175,6 +185,11 @@ def current_slice(viewer, layer, or_else: str = "") -> Optional[int]:
         raise InputError(
             f"the viewer does not show one Y-X slice of {layer.name!r} (3-D display or transposed axes); "
             f"switch to the 2-D view of its Y-X plane{or_else}"
+        )
+    if not _slices_face_the_view(layer):
+        raise InputError(
+            f"{layer.name!r} is sheared or rotated across its slices, so napari draws no one slice of it at a slider "
+            f"position{'; choose the whole stack instead' if or_else else ''}"
         )
     z = int(np.round(layer.world_to_data(dims.point)[-3]))
     n_slices = layer.data.shape[-3]
