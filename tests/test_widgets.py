@@ -1350,3 +1350,27 @@ def test_a_network_too_large_for_the_memory_left_is_refused_and_the_viewer_stays
     assert any("more than the 16.0 GB free" in m for m in errors(notifications)), notifications
     assert session.model is model and training.train_button.isEnabled()
     assert_layers_unchanged(viewer, before)
+
+
+def test_shape_messages_name_channels_last_time_series_and_a_missing_axis_of_length_1(make_napari_viewer):
+    """A (64, 64, 2) image was "too small (needs at least 16 x 16 pixels)", a (T, Z, Y, X) series got a hint about
+    channels only, and a (64, 64) mask beside a (1, 64, 64) image was said not to match pixel for pixel."""
+    from napari.layers import Image
+
+    from napari_unet._widgets.layers import image_array, no_labels_message
+    from napari_unet.data import InputError
+
+    with pytest.raises(InputError, match=r"looks like 2 channels last \(Y, X, C\).*Split Stack"):
+        image_array(Image(np.zeros((64, 64, 2), np.uint8), rgb=False, name="yxc"))
+    with pytest.raises(InputError, match="looks like 1 channel last"):
+        image_array(Image(np.zeros((64, 64, 1), np.uint8), rgb=False, name="yx1"))
+    with pytest.raises(InputError, match="too small"):
+        image_array(Image(np.zeros((3, 8, 64), np.uint8), name="thin"))
+    with pytest.raises(InputError, match="a time series, or several channels.*one layer per time point"):
+        image_array(Image(np.zeros((2, 3, 32, 32), np.uint8), name="tzyx"))
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((1, 64, 64), np.uint8), name="one page")
+    viewer.add_labels(np.zeros((64, 64), np.uint8), name="mask_yx")
+    viewer.add_labels(np.zeros((32, 32), np.uint8), name="other")
+    message = no_labels_message(viewer, image)
+    assert "('mask_yx' holds its pixels, with or without an axis of length 1" in message and "'other' holds" not in message

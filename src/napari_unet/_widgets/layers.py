@@ -75,8 +75,13 @@ def image_array(layer, what: str = "the image"):
         raise InputError(f"image {layer.name!r} is multiscale; open its full-resolution level as a plain image")
     shape = tuple(layer.data.shape)
     if len(shape) not in (2, 3):
-        hint = " (several channels? split them into one layer each)" if len(shape) == 4 else ""
+        hint = (" (a time series, or several channels? split it into one layer per time point or channel: layer "
+                "context menu > Split Stack)" if len(shape) == 4 else "")
         raise InputError(f"image {layer.name!r} has shape {shape}; napari-unet needs a 2-D image (Y, X) or a stack (Z, Y, X){hint}")
+    if len(shape) == 3 and shape[-1] <= 4 and min(shape[:2]) >= 16:  # (Y, X, C) from a channels-last file or loader
+        raise InputError(f"image {layer.name!r} of shape {shape} looks like {shape[-1]} channel{'s' * (shape[-1] > 1)} last "
+                         "(Y, X, C); napari-unet needs one channel: split it into one layer per channel (layer context "
+                         "menu > Split Stack, on its last axis) or open it as a one-channel image")
     if shape[-1] < 16 or shape[-2] < 16:
         raise InputError(f"image {layer.name!r} of shape {shape} is too small (needs at least 16 x 16 pixels)")
     return layer.data
@@ -86,7 +91,13 @@ def no_labels_message(viewer, image_layer) -> str:
     shape = tuple(image_layer.data.shape)
     others = [f"{x.name!r} {tuple(x.data.shape)}" for x in unwrap(viewer).layers if isinstance(x, Labels)]
     found = f"; the labels layers have shapes {', '.join(others)}" if others else "; there is no labels layer"
-    return f"no labels layer has the shape {shape} of image {image_layer.name!r}{found}. Labels must match the image pixel for pixel"
+    squeezed = tuple(n for n in shape if n != 1)
+    alike = [x.name for x in unwrap(viewer).layers if isinstance(x, Labels)
+             and tuple(n for n in x.data.shape if n != 1) == squeezed and tuple(x.data.shape) != shape]
+    same_pixels = (f" ({', '.join(map(repr, alike))} {'holds' if len(alike) == 1 else 'hold'} its pixels, with or without an "
+                   "axis of length 1: open image and labels with the same reader so that their shapes match)") if alike else ""
+    return (f"no labels layer has the shape {shape} of image {image_layer.name!r}{found}. Labels must match the image "
+            f"pixel for pixel{same_pixels}")
 
 
 def read_annotations(layer, zero_is_unannotated: bool, reviewed: Optional[np.ndarray] = None):
