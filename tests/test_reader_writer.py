@@ -612,3 +612,22 @@ def test_writer_adds_tif_to_a_name_without_extension_and_refuses_other_extension
         write_labels(str(tmp_path / "labels.png"), labels, {"name": "labels"})
     assert not (tmp_path / "labels.png").exists()
     assert write_labels(str(tmp_path / "upper.TIFF"), labels, {"name": "labels"}) == [str(tmp_path / "upper.TIFF")]
+
+
+def test_a_rotated_sheared_affine_placed_labels_layer_reopens_where_it_was(tmp_path):
+    """The writer kept scale and translate only: a rotated image's saved prediction reopened 30 degrees off it."""
+    from napari.layers import Labels
+
+    data = np.zeros((3, 24, 32), np.uint8)
+    data[:, 4:12] = 1
+    affine = np.eye(4)
+    affine[1, 3], affine[2, 2] = 5.0, 1.5
+    for kind, placement in (("stack", {"rotate": 30, "shear": [0.1, 0.0, 0.2], "affine": affine}),
+                            ("plain", {})):
+        layer = Labels(data, name="placed", scale=(2.0, 0.5, 0.25), translate=(1.0, 3.0, 4.0), **placement)
+        meta = layer.as_layer_data_tuple()[1]
+        [path] = write_labels(str(tmp_path / f"{kind}.tif"), layer.data, meta)
+        [(back_data, kwargs, kind_read)] = read_layers(path)
+        back = Labels(back_data, **kwargs)
+        np.testing.assert_allclose(back._data_to_world.affine_matrix, layer._data_to_world.affine_matrix, atol=1e-9)
+        assert ("placement" in read_tiff(path).metadata) == bool(placement)  # the identity is not stored

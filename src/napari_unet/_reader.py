@@ -293,6 +293,8 @@ def _labels_layer(tiff: TiffData) -> LayerDataTuple | None:
                 "damaged; they count as unreviewed predictions until painted or marked reviewed again"
             )
     kwargs = _spatial_kwargs(tiff.axes, tiff.scale, tiff.units, drop="S", translate=meta.get("translate"))
+    if "S" not in tiff.axes:  # a rotated, sheared or affine-placed layer as the napari-unet writer records it
+        kwargs.update(meta.get("placement") or {})
     kwargs["name"] = tiff.name
     kwargs["metadata"] = layer_meta
     kwargs["features"] = label_features(class_values, class_names, ignore_value)

@@ -6,7 +6,7 @@ A labels layer in the napari_unet display convention (display 0 = not annotated,
 or, if there is none, a value that is no class (:func:`napari_unet.labels.choose_ignore_value`:
 0 if free, else an unused value), which is recorded in the file. A layer without
 ``class_values`` (painted from scratch in napari) is written as is, with 0 recorded as the
-ignore value when present, unless the training widget recorded that 0 is a class there (``ZERO_IS_CLASS``). The layer's translate is recorded too. The layer's scale and units go into the TIFF resolution / ImageJ
+ignore value when present, unless the training widget recorded that 0 is a class there (``ZERO_IS_CLASS``). The layer's translate is recorded too, and its rotate, shear and affine when they are not the identity. The layer's scale and units go into the TIFF resolution / ImageJ
 spacing, and the write is atomic (:func:`napari_unet.tiff_io.write_tiff`).
 
 A prediction layer of the inference widget (``metadata["napari_unet"]["output"] == "prediction"``)
@@ -110,6 +110,16 @@ def labels_to_file_values(display, metadata: dict, what: str = "the labels layer
     return values, label_meta
 
 
+def _full_shear(shear, ndim: int):
+    """napari's shear as an (ndim, ndim) matrix: its upper-triangular coefficients, or the matrix itself."""
+    shear = np.asarray(shear, dtype=np.float64)
+    if shear.ndim == 1 and len(shear) == ndim * (ndim - 1) // 2:
+        matrix = np.eye(ndim)
+        matrix[np.triu_indices(ndim, 1)] = shear
+        return matrix
+    return shear
+
+
 def write_labels(path: str, data: Any, meta: dict) -> list[str]:
     """npe2 single-layer writer for Labels layers; returns ``[path]`` (``.tif`` added to a name without extension).
 
@@ -159,6 +169,10 @@ def _write_labels(path: str, data: Any, meta: dict) -> str:
         tiff_meta["scale"] = [float(s) for s in meta["scale"]]
     if meta.get("translate") is not None:  # the layer's offset (e.g. of an image registered elsewhere)
         tiff_meta["translate"] = [float(t) for t in meta["translate"]]
+    placement = {key: _full_shear(meta[key], values.ndim) if key == "shear" else meta[key]
+                 for key in ("rotate", "shear", "affine") if meta.get(key) is not None}
+    if placement:  # a rotated or registered image's prediction reopens over it (only the non-identity ones are kept)
+        tiff_meta["placement"] = placement
     if unit_list is not None and any(unit_list):
         tiff_meta["units"] = unit_list
     return write_tiff(os.fspath(path), values, tiff_meta)

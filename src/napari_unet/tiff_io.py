@@ -593,6 +593,9 @@ def _series_info(tif: tifffile.TiffFile, series, data: np.ndarray) -> dict:
     translate = label_meta.get("translate")
     if isinstance(translate, list) and len(translate) == len(axes) and all(isinstance(t, (int, float)) for t in translate):
         metadata["translate"] = [float(t) for t in translate]
+    placement = _placement_entry(label_meta.get("placement"), len(axes))
+    if placement:
+        metadata["placement"] = placement
     if isinstance(label_meta.get("predicted_from"), str):
         metadata["predicted_from"] = label_meta["predicted_from"]
         for key in ("reviewed", "accepted"):
@@ -699,6 +702,22 @@ def _stack_as_colour_planes(tif: tifffile.TiffFile, page) -> bool:
         return False
     shaped = tif.shaped_metadata
     return bool(shaped) and isinstance(shaped[0], dict) and "axes" not in shaped[0]
+
+
+def _placement_entry(placement, ndim: int) -> dict:
+    """napari's ``rotate`` (ndim x ndim), ``shear`` (ndim x ndim) and ``affine`` ((ndim + 1) x (ndim + 1)) matrices of
+    ``placement`` that are finite, of those shapes and not the identity, as lists ({} for none)."""
+    out = {}
+    if not isinstance(placement, dict):
+        return out
+    for key, size in (("rotate", ndim), ("shear", ndim), ("affine", ndim + 1)):
+        try:
+            matrix = np.asarray(placement.get(key), dtype=np.float64)
+        except (TypeError, ValueError):
+            continue
+        if matrix.shape == (size, size) and np.isfinite(matrix).all() and not np.array_equal(matrix, np.eye(size)):
+            out[key] = matrix.tolist()
+    return out
 
 
 def _normalise_axes(tiff_axes: str, shape, dtype) -> str:
@@ -897,6 +916,8 @@ def write_tiff(path, array, metadata: dict | None = None) -> str:
     * ``scale``: pixel size per axis (or per spatial axis ``Y, X`` / ``Z, Y, X``);
     * ``units`` (or ``unit``): one unit for all lengths or one per axis ("µm", "nm"...);
     * ``translate``: offset per axis in world units (napari's layer translate), returned by :func:`read_tiff`;
+    * ``placement``: {"rotate", "shear", "affine"}: napari's matrices of a rotated, sheared or affine-placed layer,
+      returned by :func:`read_tiff` (the identity is not stored);
     * ``class_values``, ``ignore_value``, ``class_names``: label metadata, stored as the JSON
       entry ``napari_unet`` and returned by :func:`read_tiff`;
     * ``predicted_from`` (an image name), ``reviewed`` and ``accepted`` (bool masks of ``array``'s shape: the pixels
@@ -943,6 +964,9 @@ def write_tiff(path, array, metadata: dict | None = None) -> str:
     translate = metadata.get("translate")
     if translate is not None and len(translate) == data.ndim and any(float(t) != 0.0 for t in translate):
         label_entry["translate"] = [float(t) for t in translate]  # the layer's offset in world units (napari's translate)
+    placement = _placement_entry(metadata.get("placement"), data.ndim)
+    if placement:
+        label_entry["placement"] = placement
     if metadata.get("predicted_from") is not None:
         label_entry["predicted_from"] = str(metadata["predicted_from"])
         for key in ("reviewed", "accepted"):
