@@ -631,3 +631,18 @@ def test_a_rotated_sheared_affine_placed_labels_layer_reopens_where_it_was(tmp_p
         back = Labels(back_data, **kwargs)
         np.testing.assert_allclose(back._data_to_world.affine_matrix, layer._data_to_world.affine_matrix, atol=1e-9)
         assert ("placement" in read_tiff(path).metadata) == bool(placement)  # the identity is not stored
+
+
+def test_angstrom_calibrations_are_read_and_written_as_nanometres(tmp_path):
+    """ImageJ's Å (written as the literal escape \\u00C5) opened as 'pixel', and Labels in angstrom saved as 'pixel'."""
+    from napari.layers import Labels
+
+    data = np.zeros((3, 32, 32), np.uint8)
+    tifffile.imwrite(tmp_path / "em.tif", data, imagej=True, resolution=(2, 2),
+                     metadata={"axes": "ZYX", "unit": "\\u00C5", "spacing": 2.0})
+    [(_, kwargs, _)] = read_layers(str(tmp_path / "em.tif"))
+    assert kwargs["units"] == ("nanometer",) * 3 and np.allclose(kwargs["scale"], (0.2, 0.05, 0.05))
+    layer = Labels(data, scale=(2.0, 0.5, 0.5), units=("angstrom",) * 3)
+    [path] = write_labels(str(tmp_path / "labels.tif"), layer.data, layer.as_layer_data_tuple()[1])
+    [(_, kwargs, _)] = read_layers(path)
+    assert kwargs["units"] == ("nanometer",) * 3 and np.allclose(kwargs["scale"], (0.2, 0.05, 0.05))

@@ -38,6 +38,7 @@ _UNIT_NAMES = {
     "micrometer": "µm",
     "micron": "µm",
     "nanometer": "nm",
+    "angstrom": "Å",
     "millimeter": "mm",
     "centimeter": "cm",
     "meter": "m",

@@ -87,6 +87,11 @@ _UNIT_ALIASES = {
     "micrometre": "µm",
     "nm": "nm",
     "nanometer": "nm",
+    "å": "Å",  # ångström (EM calibrations), kept as nm: napari's pint units and ImageJ's
+    "\u212b": "Å",
+    "\\u00c5": "Å",  # ImageJ writes the escape sequence literally
+    "angstrom": "Å",
+    "angstroms": "Å",
     "nanometre": "nm",
     "mm": "mm",
     "millimeter": "mm",
@@ -319,10 +324,12 @@ def _normalise_unit(unit) -> str | None:
 
 
 def _to_micrometres(value: float, unit: str | None) -> tuple[float, str | None]:
-    """Convert inch/cm/mm/m lengths to µm so every length in a file shares one unit."""
+    """Convert inch/cm/mm/m lengths to µm so every length in a file shares one unit (ångström to nm)."""
     factors = {"in": 25400.0, "cm": 10000.0, "mm": 1000.0, "m": 1e6}
     if unit in factors:
         return value * factors[unit], "µm"
+    if unit == "Å":
+        return value * 0.1, "nm"
     return value, unit
 
 
@@ -1093,6 +1100,9 @@ def _axis_scale_units(axes: str, metadata: dict) -> tuple[list[float], list[str 
         for i, a in enumerate(axes):
             if a in "XYZ":
                 units[i] = unit
+    for i, unit in enumerate(units):
+        if unit == "Å":  # written as nm, a unit ImageJ and napari know
+            scale[i], units[i] = _to_micrometres(scale[i], unit)
     for i in range(n):
         if axes[i] in "CS":
             units[i] = None
