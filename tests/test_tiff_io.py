@@ -741,3 +741,16 @@ def test_a_stack_with_single_pixel_rows_keeps_y_and_x_last(tmp_path, shape, axes
     tifffile.imwrite(tmp_path / "s.tif", np.zeros(shape, np.uint8), photometric="minisblack")  # tifffile: "YQX" for (4, 1, 1)
     read = read_tiff(tmp_path / "s.tif")
     assert read.data.shape == shape and read.axes == axes
+
+
+def test_a_folder_of_stacks_is_refused_and_a_folder_of_one_stack_is_that_stack(tmp_path):
+    """An image stack and its labels stack in one folder opened as one 4-D image, intensities and labels mixed."""
+    folder = tmp_path / "pair"
+    folder.mkdir()
+    image = em_like((5, 32, 40))
+    tifffile.imwrite(folder / "train-volume.tif", image, photometric="minisblack")
+    tifffile.imwrite(folder / "train-labels.tif", (image > 128).astype(np.uint8) * 255, photometric="minisblack")
+    with pytest.raises(TiffReadError, match=r"its files are stacks, not slices .*shape \(5, 32, 40\).*open its 2 files one by one"):
+        read_folder(folder)
+    (folder / "train-labels.tif").unlink()
+    np.testing.assert_array_equal(read_folder(folder).data, image)

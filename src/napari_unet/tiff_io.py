@@ -868,7 +868,8 @@ def read_folder(path, lazy: bool = False, lazy_from_bytes: int | None = None) ->
     """Stack the 2-D TIFF slices of a folder in natural sort order (``z2`` before ``z10``); ``lazy`` as in
     :func:`read_slices`.
 
-    Raises :class:`TiffReadError` if the folder is missing, has no TIFF, or slices differ in size.
+    Raises :class:`TiffReadError` if the folder is missing, has no TIFF, slices differ in size, or its files are
+    stacks (a folder of one stack is that stack).
     """
     folder = Path(os.fspath(path))
     if not folder.exists():
@@ -881,6 +882,12 @@ def read_folder(path, lazy: bool = False, lazy_from_bytes: int | None = None) ->
         raise TiffReadError(f"{folder}: cannot list the folder ({_one_line(exc)})") from exc
     if not files:
         raise TiffReadError(f"{folder}: no .tif/.tiff files in the folder")
+    shape = _slice_header(files[0]).shape  # the header only
+    if len(shape) > 3 or len(shape) == 3 and shape[-1] not in (3, 4):  # stacks (an RGB slice is Y, X, 3 or 4)
+        if len(files) == 1:
+            return read_tiff(files[0], lazy=lazy, lazy_from_bytes=lazy_from_bytes)
+        raise TiffReadError(f"{folder}: its files are stacks, not slices ({files[0].name} has shape {shape}); "
+                            f"a folder is read as the slices of one stack: open its {len(files)} files one by one")
     return read_slices(files, source=folder, lazy=lazy, lazy_from_bytes=lazy_from_bytes)
 
 
