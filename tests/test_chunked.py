@@ -216,6 +216,13 @@ def test_read_zarr_takes_plain_arrays_single_array_groups_and_ome_zarr_with_pixe
     ome = zarr_io.read_zarr(tmp_path / "image.ome.zarr")
     assert ome.axes == "ZYX" and ome.scale == (0.05, 4.0, 4.0) and ome.units == ("µm", "nm", "nm")
     assert ome.name == "image" and ome.metadata["format"] == "ome-zarr" and ome.data.shape == data.shape
+    assert not ome.is_labels_hint
+    # an OME-Zarr label image (image.ome.zarr/labels/cells, marked "image-label"): labels whatever its name
+    cells = group.create_group("labels").create_group("cells")
+    cells.create_array("0", shape=data.shape, dtype=np.uint8, chunks=(1, 6, 8))[:] = data % 2
+    cells.attrs.update(multiscales=[{"axes": group.attrs["multiscales"][0]["axes"], "datasets": [{"path": "0"}]}],
+                       **{"image-label": {"version": "0.4"}})
+    assert zarr_io.read_zarr(tmp_path / "image.ome.zarr" / "labels" / "cells").is_labels_hint
 
     single = zarr.open_group(str(tmp_path / "single.zarr"), mode="w")
     single.create_array("raw", shape=(6, 8), dtype=np.float32, chunks=(6, 8))

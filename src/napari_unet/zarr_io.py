@@ -108,9 +108,11 @@ def read_zarr(path, lazy: bool = True) -> TiffData:
     metadata: dict[str, Any] = {"source": str(path), "format": "ome-zarr" if ome_axes is not None else "zarr", "dtype": str(data.dtype)}
     metadata.update({key: own[key] for key in _LABEL_KEYS if own.get(key) is not None})
     _check_label_metadata(metadata, path)
-    # labels only by their metadata or name: a lazy store's values would have to be read (a blank first slice is no label)
+    # labels only by their metadata, OME mark or name: a lazy store's values would have to be read (a blank first slice is no label)
     integer = np.issubdtype(data.dtype, np.integer) or data.dtype == bool
-    labels_hint = "class_values" in metadata or (integer and name_suggests_labels(path.name))
+    # OME-Zarr's own mark of a label image (a "labels/<name>" group): napari-ome-zarr opens it as Labels too
+    image_label = "image-label" in attributes or "image-label" in (attributes.get("ome") or {})
+    labels_hint = "class_values" in metadata or (integer and (name_suggests_labels(path.name) or image_label))
     return TiffData(data=data, axes=axes, scale=scale, units=units, metadata=metadata, is_labels_hint=labels_hint)
 
 
