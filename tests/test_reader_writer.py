@@ -646,3 +646,12 @@ def test_angstrom_calibrations_are_read_and_written_as_nanometres(tmp_path):
     [path] = write_labels(str(tmp_path / "labels.tif"), layer.data, layer.as_layer_data_tuple()[1])
     [(_, kwargs, _)] = read_layers(path)
     assert kwargs["units"] == ("nanometer",) * 3 and np.allclose(kwargs["scale"], (0.2, 0.05, 0.05))
+
+
+def test_the_time_step_of_a_time_series_of_labels_without_a_unit_comes_back(tmp_path):
+    """ImageJ files keep a time step only with a unit: a (T, Z, Y, X) labels layer of scale (5, 2, 1, 1) came back (1, 2, 1, 1)."""
+    from napari.layers import Labels
+
+    layer = Labels(np.zeros((2, 3, 16, 16), np.uint8), scale=(5.0, 2.0, 1.0, 1.0))
+    [path] = write_labels(str(tmp_path / "series.tif"), layer.data, layer.as_layer_data_tuple()[1])
+    assert read_layers(path)[0][1]["scale"] == (5.0, 2.0, 1.0, 1.0)

@@ -1017,6 +1017,8 @@ def write_tiff(path, array, metadata: dict | None = None) -> str:
         if "T" in axes and units[axes.index("T")]:
             ij_meta["finterval"] = scale[axes.index("T")]
             ij_meta["tunit"] = units[axes.index("T")]
+        elif "T" in axes and scale[axes.index("T")] != 1.0:  # a time step without a unit: ImageJ has no place for it
+            label_entry = {**label_entry, "axes": axes, "scale": list(scale), "units": list(units)}
         if label_entry:
             ij_meta[METADATA_KEY] = json.dumps(label_entry, separators=(",", ":"))
         kwargs.update(imagej=True, metadata=ij_meta)
