@@ -380,6 +380,12 @@ def median(values):
     return values[n // 2] if n % 2 else 0.5 * (values[n // 2 - 1] + values[n // 2])
 
 
+def run_header(settings: dict) -> dict:
+    """The start of a results payload: command line, start time, machine, library versions and ``settings``."""
+    return {"command": " ".join(["python"] + sys.argv), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "machine": machine_info(), "versions": library_versions(), "settings": settings}
+
+
 def write_report(path: Path, fields: dict) -> None:
     """Write ``fields`` as JSON to ``path``, after the command line, start time, machine and library versions."""
     report = {

@@ -32,18 +32,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 from isbi_merging import DATA, ROOT, write_results  # noqa: E402
+from isbi_retrain import read_volume  # noqa: E402
 
 HELD = list(range(15, 20))  # never trained on
 START_SLICES = list(range(0, 5))
 FINETUNE_SLICES = list(range(0, 15))
 STEPS_PER_EPOCH = 25  # the default preset's
-
-
-def read_volume() -> tuple[np.ndarray, np.ndarray]:
-    """(20, 512, 512) uint8 image and labels (0 membrane, 255 cell)."""
-    import tifffile
-
-    return tifffile.imread(DATA / "train-volume.tif"), tifffile.imread(DATA / "train-labels.tif")
 
 
 def train(image, labels, steps: int, seed: int, learning_rate: float, init=None):
@@ -123,10 +117,8 @@ def main(argv=None) -> int:
     from napari_unet.model_io import load_model, save_model
 
     image, labels = read_volume()
-    payload = {"command": " ".join(["python"] + sys.argv), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-               "machine": C.machine_info(), "versions": C.library_versions(),
-               "settings": {"start_steps": args.start_steps, "steps": args.steps, "learning_rates": learning_rates,
-                            "seeds": seeds, "held_out": HELD, "start_slices": START_SLICES, "finetune_slices": FINETUNE_SLICES}}
+    payload = C.run_header({"start_steps": args.start_steps, "steps": args.steps, "learning_rates": learning_rates,
+                            "seeds": seeds, "held_out": HELD, "start_slices": START_SLICES, "finetune_slices": FINETUNE_SLICES})
     start_path = ROOT / "benchmarks" / "results" / f"{args.name}-start.keras"
     if start_path.exists():
         print(f"start model: reusing {start_path} (delete it to train a new one)", flush=True)

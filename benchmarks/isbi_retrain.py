@@ -277,11 +277,9 @@ def main(argv=None) -> int:
     from napari_unet.model_io import load_model, save_model
 
     image, labels = read_volume()
-    payload = {"command": " ".join(["python"] + sys.argv), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-               "machine": C.machine_info(), "versions": C.library_versions(),
-               "settings": {"rounds": args.rounds, "learning_rates": learning_rates, "steps": args.steps, "seeds": seeds,
+    payload = C.run_header({"rounds": args.rounds, "learning_rates": learning_rates, "steps": args.steps, "seeds": seeds,
                             "modes": modes, "patch_size": PATCH, "batch_size": BATCH, "held_out": HELD,
-                            "base_slices": BASE, "corrected_slice": CORRECTED_SLICE}}
+                            "base_slices": BASE, "corrected_slice": CORRECTED_SLICE})
     start_path = args.model
     if start_path is None:
         start_path = ROOT / "benchmarks" / "results" / f"{args.name}-start.keras"
