@@ -232,7 +232,7 @@ def test_plugin_manifest_opens_both_widgets(make_napari_viewer):
         ("mismatched shapes", np.zeros((3, 64, 64), np.uint8), np.ones((3, 64, 48), np.uint8), "no labels layer has the shape"),
         ("2-D image, 3-D labels", np.zeros((64, 64), np.uint8), np.ones((3, 64, 64), np.uint8), "no labels layer has the shape"),
         ("RGB image", np.zeros((64, 64, 3), np.uint8), np.ones((64, 64), np.uint8), "RGB"),
-        ("multichannel image", np.zeros((2, 3, 64, 64), np.uint8), np.ones((2, 3, 64, 64), np.uint8), "split them"),
+        ("multichannel image", np.zeros((2, 3, 64, 64), np.uint8), np.ones((2, 3, 64, 64), np.uint8), "split it into one layer per time point or channel"),
         ("nothing annotated", np.zeros((64, 64), np.uint8), np.zeros((64, 64), np.uint8), "no annotated pixel"),
         # a 0/255 mask opened without its class metadata: 0 dropped, and the worker failed after loading TensorFlow
         ("raw 0/255 mask", np.zeros((64, 64), np.uint8), np.where(np.eye(64) > 0, 0, 255).astype(np.uint8), "uncheck it if 0 is a class"),
