@@ -668,9 +668,21 @@ def _flat(scores: dict, prefix="") -> dict:
     return out
 
 
+#: Scores of :func:`_evaluation_cases` from evaluate as it was before it read blocks of slices (cac1301).
+WHOLE_STACK_SCORES = [
+    {"v_rand": 0.926258676030059, "v_info": 0.9379921731918908, "pixel_error": 0.11323784722222222},
+    {"pixel_error": 0.2559407552083333, "boundary_error_px/mean": 45.31141493055556, "boundary_error_um/mean": 175.35517578125,
+     "dice/1": 0.15731785944551901},
+    {"pixel_error": 0.14543876262626262, "annotated_pixels": 25344},
+    {"pixel_error": 0.2559407552083333, "dice/1": 0.15731785944551901},
+]
+
+
 def test_evaluate_block_by_block_equals_whole_stack(monkeypatch):
     whole = [M.evaluate(pred, truth, **kwargs) for pred, truth, kwargs in _evaluation_cases()]
-    assert "v_rand" in whole[0] and "boundary_error_um" in whole[1] and whole[2]["annotated_pixels"] > 0
+    for scores, pinned in zip(whole, WHOLE_STACK_SCORES):
+        assert {key: _flat(scores)[key] for key in pinned} == pytest.approx(pinned, rel=1e-12)
+    assert "v_rand" not in whole[2] and "boundary_error_px" not in whole[3]  # sparse truth; classes of the truth only
     monkeypatch.setattr(M, "EVALUATE_BLOCK_PIXELS", 1)  # one slice at a time
     for (pred, truth, kwargs), expected in zip(_evaluation_cases(), whole):
         assert _flat(M.evaluate(pred, truth, **kwargs)) == pytest.approx(_flat(expected), rel=1e-12)
@@ -688,3 +700,16 @@ def test_evaluate_reads_a_lazy_stack_a_block_at_a_time(monkeypatch):
     assert sorted(lazy_truth.reads)[-2] <= 2 * truth[0].size and sum(lazy_truth.reads) <= 3 * truth.size
     np.testing.assert_array_equal(before[0], pred)
     np.testing.assert_array_equal(before[1], truth)
+
+
+def test_evaluate_keeps_its_answers_on_edge_inputs():
+    """As before the block-by-block rewrite: bool classes keep their names, a (1, Y, X) prediction of a (Y, X) truth
+    is a shape mismatch; float labels beyond int64 are refused (they raised OverflowError)."""
+    truth = np.zeros((20, 20), bool)
+    truth[:, 10:] = True
+    assert set(M.evaluate(truth, truth)["dice"]) == {"False", "True"}
+    with pytest.raises(ValueError, match="shape mismatch"):
+        M.evaluate(truth[None], truth)
+    big = np.where(truth, 2.0**70, 0.0)
+    with pytest.raises(ValueError, match="beyond the 64-bit integers"):
+        M.evaluate(big, big)

@@ -96,11 +96,11 @@ def test_correction_check_takes_the_slices_holding_most_corrections():
 
 
 def test_class_values_are_counted_without_sorting_every_pixel():
-    from napari_unet.labels import _distinct, find_class_values
+    from napari_unet.labels import find_class_values, unique_values
 
     for array in (np.array([3, -2**40, 7, 3]), np.array([70000, 5, 5]), np.array([True, True]), np.array([2.0, 7.0, 2.0]),
                   np.array([2**63 + 5, 2**63 + 1], np.uint64), np.arange(10) % 4, np.zeros(0, np.uint8)):
-        assert _distinct(array, block=3).tolist() == np.unique(array).tolist()
+        assert unique_values(array, block=3).tolist() == np.unique(array).tolist()
     assert find_class_values(np.array([[255, 0], [0, 7]], np.uint8), ignore_value=7) == [0, 255]
 
 

@@ -43,7 +43,7 @@ def check_class_count(n_classes: int, what: str) -> None:
 
 def find_class_values(labels, ignore_value=None) -> list[int]:
     """Sorted distinct values of ``labels`` (any shape, integer dtype) except ``ignore_value``."""
-    values = _distinct(_whole_numbers(labels))
+    values = unique_values(_whole_numbers(labels))
     if values.dtype == np.uint64 and values.size and values[-1] > np.iinfo(np.int64).max:
         raise LabelError(f"label value {int(values[-1])} is above 2**63 - 1, the largest class value napari-unet "
                          "supports; number the classes with smaller values")
@@ -243,7 +243,7 @@ def from_indices(indices, class_values, dtype=None) -> np.ndarray:
     return class_values.astype(dtype)[indices]
 
 
-def _distinct(values: np.ndarray, block: int = 1 << 20) -> np.ndarray:
+def unique_values(values: np.ndarray, block: int = 1 << 20) -> np.ndarray:
     """Sorted distinct values of an array: for integers spanning less than 2**16, counted block by block (np.unique sorts
     every pixel: 0.2-0.5 s on napari's GUI thread for 8 Mpx), else np.unique."""
     if values.dtype.kind not in "biu" or values.size == 0:

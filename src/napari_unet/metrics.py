@@ -57,7 +57,7 @@ from scipy import sparse
 from skimage.measure import label
 from skimage.segmentation import watershed
 
-from .labels import find_class_values, layer_order, layer_order_steps, positions_in, to_indices
+from .labels import layer_order, layer_order_steps, positions_in, to_indices, unique_values
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
@@ -599,6 +599,8 @@ def _class_value_array(labels, name: str) -> np.ndarray:
     array = np.asarray(labels)
     if np.issubdtype(array.dtype, np.floating) and not (np.isfinite(array).all() and (np.mod(array, 1) == 0).all()):
         raise ValueError(f"{name} holds NaN, Inf or fractional values; evaluate takes labels of class values (whole numbers)")
+    if np.issubdtype(array.dtype, np.floating) and array.size and np.abs(array).max() >= 2.0**63:
+        raise ValueError(f"{name} holds values beyond the 64-bit integers; evaluate takes labels of class values")
     return array
 
 
@@ -742,9 +744,9 @@ def evaluate(pred_labels, truth_labels, class_values=None, membrane_value=None, 
     Undefined scores (no truth cells, a boundary the truth never shows) are None. ValueError when no class value
     occurs in the scored truth, or ``pixel_height`` is no size in µm (above 0, at most :data:`MAX_PIXEL_HEIGHT_UM`).
     """
-    pred, truth = stack_view(pred_labels), stack_view(truth_labels)
-    if tuple(pred.shape) != tuple(truth.shape):
+    if tuple(np.shape(pred_labels)) != tuple(np.shape(truth_labels)):
         raise ValueError(f"shape mismatch: pred {tuple(np.shape(pred_labels))} vs truth {tuple(np.shape(truth_labels))}")
+    pred, truth = stack_view(pred_labels), stack_view(truth_labels)
     if len(np.shape(truth_labels)) not in (2, 3):
         raise ValueError(f"labels must be (Y, X) or (Z, Y, X), got shape {tuple(np.shape(truth_labels))}")
     if math.prod(truth.shape) == 0:
@@ -757,8 +759,11 @@ def evaluate(pred_labels, truth_labels, class_values=None, membrane_value=None, 
     # pass 1: the truth's values (and the NaN / fraction checks of both arrays)
     truth_values: set = set()
     for block in blocks:
-        _class_value_array(pred[block], "pred_labels")
-        truth_values.update(find_class_values(_class_value_array(truth[block], "truth_labels")))
+        if np.dtype(pred.dtype).kind == "f":  # integer predictions hold class values by their type: not read here
+            _class_value_array(pred[block], "pred_labels")
+        plane = _class_value_array(truth[block], "truth_labels")
+        # the values as np.unique gives them (bool stays bool: Dice keys "False"/"True"), integers counted fast
+        truth_values.update((np.unique(plane) if plane.dtype == bool else unique_values(plane)).tolist())
     has_ignored = ignore_value is not None and ignore_value in truth_values
     scored_values = sorted(v for v in truth_values if not (has_ignored and v == ignore_value))
     if not scored_values:
