@@ -231,9 +231,15 @@ def test_label_detection_few_grey_levels():
     seeds = np.zeros((256, 256), np.uint8)
     seeds[::40, ::40] = 3
     assert detect_labels(seeds)
-    # planes under 64 x 64 are judged by their value count (too few pixels for the region test), bool is a mask
+    # planes under 64 x 64 are judged by their value count (too few pixels for the region test); two values are a
+    # mask, also of thin traced membranes (a skeleton: few runs of one value) and bool noise
     assert detect_labels((scan[0, :32, :32] // 32).astype(np.uint8))
     assert detect_labels(RNG.random((256, 256)) > 0.5)
+    from skimage.morphology import skeletonize
+
+    membranes = skeletonize(ndimage.gaussian_filter(RNG.random((256, 256)), 3) > 0.5) | skeletonize(
+        ndimage.gaussian_filter(RNG.random((256, 256)), 3) < 0.5)
+    assert detect_labels(np.where(membranes, 0, 255).astype(np.uint8))
 
 
 @pytest.mark.parametrize(

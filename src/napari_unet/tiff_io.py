@@ -235,8 +235,8 @@ def detect_labels(data, name: str = "", metadata: dict | None = None) -> bool:
 
     Labels if the metadata carries ``class_values`` (or ``labels: true``), or the data are
     integers and either the name says so (:func:`name_suggests_labels`) or there are at most
-    :data:`MAX_LABEL_CLASSES` distinct values in regions or sparsely (:func:`_in_regions`, up to 4 planes of at least
-    :data:`MIN_JUDGED_PIXELS`). An 8-bit EM image has ~256 values, a quantised one few that change from pixel to
+    :data:`MAX_LABEL_CLASSES` distinct values, in regions or sparsely when more than two (:func:`_in_regions`, up to 4
+    planes of at least :data:`MIN_JUDGED_PIXELS`). An 8-bit EM image has ~256 values, a quantised one few that change from pixel to
     pixel: not labels. Named like labels,
     an 8-bit file is labels with at most :data:`MAX_NAMED_8BIT_LABELS` values, a wider one (instance masks) with more
     values only if up to 4 of its planes hold them in regions or sparsely (an intensity image's values change from
@@ -263,11 +263,12 @@ def detect_labels(data, name: str = "", metadata: dict | None = None) -> bool:
         if array.dtype.itemsize == 1:
             return False
         return all(_in_regions(planes[z]) for z in picks)
-    if distinct_values(array, MAX_LABEL_CLASSES) is None:
+    values = distinct_values(array, MAX_LABEL_CLASSES)
+    if values is None:
         return False
     # a quantised intensity image (a 4-bit scan, a posterised picture) has few values too, changing pixel to pixel;
-    # a bool image is a mask, and a plane under 64 x 64 pixels is too small to judge
-    if array.dtype == bool or planes.shape[-1] * planes.shape[-2] < MIN_JUDGED_PIXELS:
+    # two values are a mask (thin traced membranes hold few runs), and a plane under 64 x 64 pixels is too small to judge
+    if len(values) <= 2 or planes.shape[-1] * planes.shape[-2] < MIN_JUDGED_PIXELS:
         return True
     return all(_in_regions(planes[z]) for z in picks)
 
