@@ -646,6 +646,15 @@ def test_angstrom_calibrations_are_read_and_written_as_nanometres(tmp_path):
     [path] = write_labels(str(tmp_path / "labels.tif"), layer.data, layer.as_layer_data_tuple()[1])
     [(_, kwargs, _)] = read_layers(path)
     assert kwargs["units"] == ("nanometer",) * 3 and np.allclose(kwargs["scale"], (0.2, 0.05, 0.05))
+    # offsets and an affine's translation convert with the pixel size: every point stays where it was (in nm now)
+    for unit, factor in (("angstrom", 0.1), ("millimeter", 1000.0)):
+        layer = Labels(data, scale=(2.0, 0.5, 0.5), translate=(1.0, 100.0, 200.0), rotate=15, units=(unit,) * 3,
+                       affine=[[1, 0, 0, 3], [0, 1, 0, 5], [0, 0, 1, 7], [0, 0, 0, 1]])
+        [path] = write_labels(str(tmp_path / f"placed-{unit}.tif"), layer.data, layer.as_layer_data_tuple()[1])
+        [(back_data, kwargs, _)] = read_layers(path)
+        back = Labels(back_data, **kwargs)
+        for corner in ((0, 0, 0), (3, 32, 32), (0, 32, 0)):
+            np.testing.assert_allclose(back.data_to_world(corner), factor * np.asarray(layer.data_to_world(corner)), rtol=1e-9)
 
 
 def test_the_time_step_of_a_time_series_of_labels_without_a_unit_comes_back(tmp_path):

@@ -961,7 +961,7 @@ def write_tiff(path, array, metadata: dict | None = None) -> str:
     if len(axes) != data.ndim:
         raise ValueError(f"axes {axes!r} do not match the array's {data.ndim} dimensions {data.shape}")
 
-    scale, units = _axis_scale_units(axes, metadata)
+    scale, units, factors = _axis_scale_units(axes, metadata)
     label_entry: dict[str, Any] = {}
     # checked as napari's reader checks them: [0.5, 255] was stored as [0, 255], an ignore value of 2**70 made the
     # file unreadable as labels
@@ -978,8 +978,13 @@ def write_tiff(path, array, metadata: dict | None = None) -> str:
             label_entry[key] = numbers[key] if key in numbers else [str(v) for v in metadata[key]]
     translate = metadata.get("translate")
     if translate is not None and len(translate) == data.ndim and any(float(t) != 0.0 for t in translate):
-        label_entry["translate"] = [float(t) for t in translate]  # the layer's offset in world units (napari's translate)
+        # the layer's offset in world units (napari's translate), in the units the scale is written in
+        label_entry["translate"] = [float(t) * f for t, f in zip(translate, factors)]
     placement = _placement_entry(metadata.get("placement"), data.ndim)
+    if "affine" in placement:  # its translation is in world units too
+        affine = np.asarray(placement["affine"])
+        affine[:-1, -1] *= factors
+        placement["affine"] = affine.tolist()
     if placement:
         label_entry["placement"] = placement
     if metadata.get("predicted_from") is not None:
@@ -1078,7 +1083,9 @@ def _pages(array, page_ndim: int) -> Iterator[np.ndarray]:
         yield np.ascontiguousarray(array[index])
 
 
-def _axis_scale_units(axes: str, metadata: dict) -> tuple[list[float], list[str | None]]:
+def _axis_scale_units(axes: str, metadata: dict) -> tuple[list[float], list[str | None], list[float]]:
+    """(scale, units, factors) of each axis from ``metadata``: lengths converted to µm (ångström to nm), ``factors``
+    what each axis's numbers were multiplied by (world positions along it convert alike: translate, affine)."""
     n = len(axes)
     scale = [1.0] * n
     raw_scale = metadata.get("scale")
@@ -1110,12 +1117,11 @@ def _axis_scale_units(axes: str, metadata: dict) -> tuple[list[float], list[str 
         for i, a in enumerate(axes):
             if a in "XYZ":
                 units[i] = unit
-    for i, unit in enumerate(units):
-        if unit == "Å":  # written as nm, a unit ImageJ and napari know
-            scale[i], units[i] = _to_micrometres(scale[i], unit)
+    factors = [1.0] * n
     for i in range(n):
         if axes[i] in "CS":
             units[i] = None
-        elif units[i] is not None and axes[i] in "XYZ":
-            scale[i], units[i] = _to_micrometres(scale[i], units[i])
-    return scale, units
+        elif units[i] is not None and (axes[i] in "XYZ" or units[i] == "Å"):  # lengths in µm (Å in nm: ImageJ and napari know it)
+            converted, units[i] = _to_micrometres(scale[i], units[i])
+            factors[i], scale[i] = converted / scale[i], converted
+    return scale, units, factors
