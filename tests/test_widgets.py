@@ -449,6 +449,15 @@ def test_a_raw_mask_trained_with_0_as_a_class_keeps_it_in_its_file_and_its_colou
     training.labels.set_layer(raw)
     training.zero_unannotated.setChecked(False)
     assert raw.metadata[ZERO_IS_CLASS] is True  # saved before any training, its file keeps 0 as the box says
+    other = viewer.add_labels(em_data()[1], name="other mask")  # chosen after the box was unchecked: recorded too
+    training.labels.set_layer(other)
+    assert other.metadata[ZERO_IS_CLASS] is True
+    odd = viewer.add_labels(em_data()[1], name="odd", metadata={"class_values": "not a list"})  # another plugin's
+    training.labels.set_layer(odd)
+    training.zero_unannotated.setChecked(True)  # no exception out of the slot: Train names the bad metadata
+    training.zero_unannotated.setChecked(False)
+    assert ZERO_IS_CLASS not in odd.metadata
+    training.labels.set_layer(raw)
     viewer.layers.selection = {raw}
     viewer.layers.save(str(tmp_path / "before.tif"), selected=True, plugin="napari-unet")
     [before] = viewer.open(str(tmp_path / "before.tif"), plugin="napari-unet")

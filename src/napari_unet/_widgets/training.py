@@ -15,7 +15,7 @@ from qtpy.QtWidgets import QCheckBox, QFileDialog, QFormLayout, QGroupBox, QHBox
 
 from napari_unet.config import ConfigError
 from napari_unet.data import InputError
-from napari_unet.labels import LabelError
+from napari_unet.labels import ZERO_IS_CLASS, LabelError
 from napari_unet.train import EpochEnd, TrainingFinished, TrainingFinishing, TrainingStarted, TrainingStep, format_seconds
 
 from .jobs import CorrectionsLearned, Failed, relay, train_job
@@ -66,6 +66,7 @@ class TrainingWidget(QWidget):
         self.zero_unannotated.setChecked(True)
         self.zero_unannotated.setToolTip(ZERO_TIP)
         self.zero_unannotated.toggled.connect(self._zero_box_toggled)
+        self.labels.currentIndexChanged.connect(lambda *_: self._labels_chosen())
         self.settings = TrainSettings()
         self.continue_box = QCheckBox("continue from the current model")
         self.continue_box.setToolTip("fine-tune the current model (its architecture and classes) instead of starting anew")
@@ -165,8 +166,23 @@ class TrainingWidget(QWidget):
     def _zero_box_toggled(self, checked: bool) -> None:
         """The box says what 0 is in the chosen labels layer: recorded there, so that saving it before any training
         writes its 0s as the box says (the writer follows the record)."""
-        if self.labels.layer() is not None:
-            remember_zero_convention(self.labels.layer(), checked)
+        self._record_zero_box(self.labels.layer(), checked)
+
+    def _labels_chosen(self) -> None:
+        """A layer chosen while the box says 0 is a class (or one that has a record) gets the box's record too."""
+        layer = self.labels.layer()
+        checked = self.zero_unannotated.isChecked()
+        if layer is not None and (not checked or ZERO_IS_CLASS in layer.metadata):
+            self._record_zero_box(layer, checked)
+
+    @staticmethod
+    def _record_zero_box(layer, checked: bool) -> None:
+        if layer is None:
+            return
+        try:
+            remember_zero_convention(layer, checked)
+        except LabelError:  # malformed class metadata (another plugin's): Train names it, no record needed here
+            pass
 
     def prepare(self, retrain: bool = False) -> TrainJob:
         """The job the widget's current layers and settings describe (raises on bad input)."""
