@@ -612,6 +612,12 @@ def test_writer_adds_tif_to_a_name_without_extension_and_refuses_other_extension
         write_labels(str(tmp_path / "labels.png"), labels, {"name": "labels"})
     assert not (tmp_path / "labels.png").exists()
     assert write_labels(str(tmp_path / "upper.TIFF"), labels, {"name": "labels"}) == [str(tmp_path / "upper.TIFF")]
+    # a dot in the name is no extension; the name with .tif added is never replaced unasked
+    assert write_labels(str(tmp_path / "cells_1.5um"), labels, {"name": "labels"}) == [str(tmp_path / "cells_1.5um.tif")]
+    before = (tmp_path / "noext.tif").read_bytes()
+    with pytest.raises(_writer.LabelsWriteError, match="noext.tif exists; give its full name to replace it"):
+        write_labels(str(tmp_path / "noext"), labels + 1, {"name": "labels"})
+    assert (tmp_path / "noext.tif").read_bytes() == before
 
 
 def test_a_rotated_sheared_affine_placed_labels_layer_reopens_where_it_was(tmp_path):

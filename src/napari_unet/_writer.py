@@ -18,6 +18,7 @@ so that the napari-unet reader reopens it with the user's corrections still coun
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import numpy as np
@@ -122,19 +123,23 @@ def _full_shear(shear, ndim: int):
 
 
 def write_labels(path: str, data: Any, meta: dict) -> list[str]:
-    """npe2 single-layer writer for Labels layers; returns ``[path]`` (``.tif`` added to a name without extension).
+    """npe2 single-layer writer for Labels layers; returns ``[path]`` (``.tif`` added to a name without one, unless
+    that file exists).
 
-    Another extension than .tif / .tiff raises :class:`LabelsWriteError`.
+    Another file extension (``.png``) raises :class:`LabelsWriteError`.
     Labels that cannot be written raise :class:`LabelsWriteError` before anything is written; a folder
     that does not exist raises FileNotFoundError (see :func:`~napari_unet.tiff_io.write_tiff`).
     """
     path = os.fspath(path)
     extension = os.path.splitext(path)[1]
-    if not extension:  # napari's save dialog passes the name as typed: add ours, as napari's own writer does
-        path += ".tif"
-    elif extension.lower() not in (".tif", ".tiff"):  # a TIFF named .png opened with nothing
+    if re.fullmatch(r"\.[A-Za-z][A-Za-z0-9]{0,4}", extension) and extension.lower() not in (".tif", ".tiff"):
         raise LabelsWriteError(f"cannot save {os.path.basename(path)}: napari-unet saves labels as TIFF files; "
-                               "give a name ending in .tif")
+                               "give a name ending in .tif")  # a TIFF named .png opened with nothing
+    if extension.lower() not in (".tif", ".tiff"):  # napari's save dialog passes the name as typed ("cells_1.5um")
+        if os.path.exists(path + ".tif"):  # the dialog asked about replacing the name typed, not this one
+            raise LabelsWriteError(f"cannot save {os.path.basename(path)}: {os.path.basename(path)}.tif exists; give "
+                                   "its full name to replace it")
+        path += ".tif"
     try:
         return [_write_labels(path, data, meta)]
     except ValueError as err:  # e.g. LabelError: raised as an OSError, which npe2 does not drop
