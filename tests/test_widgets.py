@@ -657,6 +657,12 @@ def test_outputs_overlay_a_rotated_sheared_registered_image_and_misplaced_labels
     for name in ("EM prediction", "EM cells", probability):
         np.testing.assert_allclose(viewer.layers[name]._data_to_world.affine_matrix, world, atol=1e-9)
     assert len([layer for layer in viewer.layers if layer.name.startswith("EM prediction")]) == 1
+    moved = []  # a Run with the image where it was sets no placement again (the shear was compared as a vector)
+    for name in ("EM prediction", "EM cells", probability):
+        for event in ("scale", "translate", "rotate", "shear", "affine"):
+            getattr(viewer.layers[name].events, event).connect(lambda e, n=name, k=event: moved.append((n, k)))
+    run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
+    assert moved == []
 
 
 def test_multiclass_oct_prediction_and_probabilities(make_napari_viewer, qtbot):

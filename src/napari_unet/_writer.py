@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .labels import PREDICTION_OUTPUT, ZERO_IS_CLASS, accepted_only_pixels, reviewed_pixels
-from .tiff_io import write_tiff
+from .tiff_io import shear_matrix, write_tiff
 
 
 class LabelsWriteError(OSError):
@@ -112,16 +112,6 @@ def labels_to_file_values(display, metadata: dict, what: str = "the labels layer
     return values, label_meta
 
 
-def _full_shear(shear, ndim: int):
-    """napari's shear as an (ndim, ndim) matrix: its upper-triangular coefficients, or the matrix itself."""
-    shear = np.asarray(shear, dtype=np.float64)
-    if shear.ndim == 1 and len(shear) == ndim * (ndim - 1) // 2:
-        matrix = np.eye(ndim)
-        matrix[np.triu_indices(ndim, 1)] = shear
-        return matrix
-    return shear
-
-
 def write_labels(path: str, data: Any, meta: dict) -> list[str]:
     """npe2 single-layer writer for Labels layers; returns ``[path]`` (``.tif`` added to a name without one, unless
     that file exists).
@@ -175,7 +165,7 @@ def _write_labels(path: str, data: Any, meta: dict) -> str:
         tiff_meta["scale"] = [float(s) for s in meta["scale"]]
     if meta.get("translate") is not None:  # the layer's offset (e.g. of an image registered elsewhere)
         tiff_meta["translate"] = [float(t) for t in meta["translate"]]
-    placement = {key: _full_shear(meta[key], values.ndim) if key == "shear" else meta[key]
+    placement = {key: shear_matrix(meta[key], values.ndim) if key == "shear" else meta[key]
                  for key in ("rotate", "shear", "affine") if meta.get(key) is not None}
     if placement:  # a rotated or registered image's prediction reopens over it (only the non-identity ones are kept)
         tiff_meta["placement"] = placement

@@ -53,6 +53,7 @@ __all__ = [
     "decode_mask",
     "detect_labels",
     "distinct_values",
+    "shear_matrix",
     "encode_mask",
     "is_tiff_path",
     "name_suggests_labels",
@@ -710,6 +711,17 @@ def _stack_as_colour_planes(tif: tifffile.TiffFile, page) -> bool:
         return False
     shaped = tif.shaped_metadata
     return bool(shaped) and isinstance(shaped[0], dict) and "axes" not in shaped[0]
+
+
+def shear_matrix(shear, ndim: int) -> np.ndarray:
+    """napari's layer ``shear`` as an (ndim, ndim) float64 matrix: its upper-triangular coefficients (ndim (ndim - 1) / 2
+    of them), or the matrix itself."""
+    shear = np.asarray(shear, dtype=np.float64)
+    if shear.ndim == 1 and len(shear) == ndim * (ndim - 1) // 2:
+        matrix = np.eye(ndim)
+        matrix[np.triu_indices(ndim, 1)] = shear
+        return matrix
+    return shear
 
 
 def _placement_entry(placement, ndim: int) -> dict:

@@ -19,6 +19,7 @@ from napari.utils.notifications import show_warning
 
 from napari_unet._reader import label_features
 from napari_unet.labels import PREDICTION_OUTPUT, to_display
+from napari_unet.tiff_io import shear_matrix
 
 PREDICTION, PROBABILITIES, CELLS = PREDICTION_OUTPUT, "probabilities", "cells"
 
@@ -101,10 +102,7 @@ def _spatial(image_layer, extra_axes: int = 0) -> dict:
         out[extra_axes:, extra_axes:] = matrix
         return out
 
-    n, shear = image_layer.ndim, np.asarray(image_layer.shear, float)
-    if shear.ndim == 1:  # napari's upper-triangular coefficients
-        shear = np.eye(n)
-        shear[np.triu_indices(n, 1)] = np.asarray(image_layer.shear, float)
+    shear = shear_matrix(image_layer.shear, image_layer.ndim)
     spatial = {
         "scale": (1.0,) * extra_axes + tuple(image_layer.scale),
         "translate": (0.0,) * extra_axes + tuple(image_layer.translate),
@@ -124,7 +122,7 @@ def _place_like(layer, image_layer, extra_axes: int = 0) -> None:
     registration applied since the last run would leave it drawn apart from the image, and saved so."""
     for name, value in _spatial(image_layer, extra_axes).items():
         current = getattr(layer, name)
-        current = current.affine_matrix if name == "affine" else current
+        current = current.affine_matrix if name == "affine" else shear_matrix(current, layer.ndim) if name == "shear" else current
         if np.shape(current) != np.shape(value) or not np.array_equal(np.asarray(current), np.asarray(value)):
             setattr(layer, name, value)
 
