@@ -600,8 +600,8 @@ def _series_info(tif: tifffile.TiffFile, series, data: np.ndarray) -> dict:
         if key in label_meta:
             metadata[key] = label_meta[key]
     translate = label_meta.get("translate")
-    if isinstance(translate, list) and len(translate) == len(axes) and all(isinstance(t, (int, float)) for t in translate):
-        metadata["translate"] = [float(t) for t in translate]
+    if isinstance(translate, list) and len(translate) >= len(axes) and all(isinstance(t, (int, float)) for t in translate):
+        metadata["translate"] = [float(t) for t in translate[len(translate) - len(axes):]]  # (a one-slice stack: Y, X)
     placement = _placement_entry(label_meta.get("placement"), len(axes))
     if placement:
         metadata["placement"] = placement
@@ -735,6 +735,9 @@ def _placement_entry(placement, ndim: int) -> dict:
             matrix = np.asarray(placement.get(key), dtype=np.float64)
         except (TypeError, ValueError):
             continue
+        extra = matrix.shape[0] - size if matrix.ndim == 2 and matrix.shape[0] == matrix.shape[1] else -1
+        if extra > 0 and not (matrix[:extra, extra:].any() or matrix[extra:, :extra].any()):
+            matrix = matrix[extra:, extra:]  # leading axes of length 1 read away (a one-slice stack), not mixed in
         if matrix.shape == (size, size) and np.isfinite(matrix).all() and not np.array_equal(matrix, np.eye(size)):
             out[key] = matrix.tolist()
     return out
