@@ -959,8 +959,10 @@ def test_the_current_slice_must_be_one_the_layer_has(make_napari_viewer):
     viewer.dims.set_current_step(0, 1)
     for placement in ({"shear": (0.3, 0, 0)}, {"rotate": (20, 0, 0)}):
         oblique = viewer.add_labels(np.ones((4, 16, 16), np.uint8), name="oblique", **placement)
-        with pytest.raises(InputError, match="sheared or rotated across its slices"):
+        with pytest.raises(InputError, match="sheared or rotated across its slices.*choose the whole stack instead"):
             current_slice(viewer, oblique, ", or choose the whole stack")
+        with pytest.raises(InputError, match="cannot be marked reviewed there: paint the corrections instead"):
+            current_slice(viewer, oblique)  # Mark slice reviewed: no whole stack to choose
         viewer.layers.remove(oblique)
     # scaled, shifted, flipped and turned within the plane: slices face the view
     upright = viewer.add_labels(np.ones((4, 16, 16), np.uint8), scale=(-2, 0.5, 0.5), translate=(8, 3, 4), rotate=30)

@@ -902,8 +902,9 @@ def read_folder(path, lazy: bool = False, lazy_from_bytes: int | None = None) ->
     if len(shape) > 3 or len(shape) == 3 and shape[-1] not in (3, 4):  # stacks (an RGB slice is Y, X, 3 or 4)
         if len(files) == 1:
             return read_tiff(files[0], lazy=lazy, lazy_from_bytes=lazy_from_bytes)
-        raise TiffReadError(f"{folder}: its files are stacks, not slices ({files[0].name} has shape {shape}); "
-                            f"a folder is read as the slices of one stack: open its {len(files)} files one by one")
+        kind = "stacks, not slices" if len(shape) > 3 or shape[0] > 4 else "stacks or colour planes, not slices of one channel"
+        raise TiffReadError(f"{folder}: its files are {kind} ({files[0].name} has shape {shape}); a folder is read as "
+                            f"the slices of one stack: open its {len(files)} files one by one")
     return read_slices(files, source=folder, lazy=lazy, lazy_from_bytes=lazy_from_bytes)
 
 

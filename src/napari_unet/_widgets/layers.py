@@ -200,7 +200,8 @@ def current_slice(viewer, layer, or_else: str = "") -> Optional[int]:
     if not _slices_face_the_view(layer):
         raise InputError(
             f"{layer.name!r} is sheared or rotated across its slices, so napari draws no one slice of it at a slider "
-            f"position{'; choose the whole stack instead' if or_else else ''}"
+            "position; " + ("choose the whole stack instead" if or_else else
+                            "slices cannot be marked reviewed there: paint the corrections instead")
         )
     z = int(np.round(layer.world_to_data(dims.point)[-3]))
     n_slices = layer.data.shape[-3]
