@@ -614,6 +614,7 @@ def test_writer_adds_tif_to_a_name_without_extension_and_refuses_other_extension
     assert write_labels(str(tmp_path / "upper.TIFF"), labels, {"name": "labels"}) == [str(tmp_path / "upper.TIFF")]
     # a dot in the name is no extension; the name with .tif added is never replaced unasked
     assert write_labels(str(tmp_path / "cells_1.5um"), labels, {"name": "labels"}) == [str(tmp_path / "cells_1.5um.tif")]
+    assert write_labels(str(tmp_path / "embryo.seg"), labels, {"name": "labels"}) == [str(tmp_path / "embryo.seg.tif")]
     before = (tmp_path / "noext.tif").read_bytes()
     with pytest.raises(_writer.LabelsWriteError, match="noext.tif exists; give its full name to replace it"):
         write_labels(str(tmp_path / "noext"), labels + 1, {"name": "labels"})
@@ -637,13 +638,17 @@ def test_a_rotated_sheared_affine_placed_labels_layer_reopens_where_it_was(tmp_p
         back = Labels(back_data, **kwargs)
         np.testing.assert_allclose(back._data_to_world.affine_matrix, layer._data_to_world.affine_matrix, atol=1e-9)
         assert ("placement" in read_tiff(path).metadata) == bool(placement)  # the identity is not stored
-    # a one-slice stack reopens as (Y, X): its offset and turn in the plane come back on those axes
-    layer = Labels(data[:1], scale=(2.0, 0.5, 0.25), translate=(1.0, 3.0, 4.0), rotate=30)
-    [path] = write_labels(str(tmp_path / "one.tif"), layer.data, layer.as_layer_data_tuple()[1])
-    [(back_data, kwargs, _)] = read_layers(path)
-    back = Labels(back_data, **kwargs)
-    for corner in ((0, 0), (24, 32), (0, 32)):
-        np.testing.assert_allclose(back.data_to_world(corner), layer.data_to_world((0, *corner))[1:], atol=1e-9)
+    # a one-slice stack reopens as (Y, X): its offset and turn in the plane come back on those axes, also with an
+    # affine that moves it along Z (slice k of a registered volume)
+    affine = np.eye(4)
+    affine[:3, 3] = (12.0, 5.0, 7.0)
+    for name, extra in (("one", {}), ("one-affine", {"affine": affine})):
+        layer = Labels(data[:1], scale=(2.0, 0.5, 0.25), translate=(1.0, 3.0, 4.0), rotate=30, **extra)
+        [path] = write_labels(str(tmp_path / f"{name}.tif"), layer.data, layer.as_layer_data_tuple()[1])
+        [(back_data, kwargs, _)] = read_layers(path)
+        back = Labels(back_data, **kwargs)
+        for corner in ((0, 0), (24, 32), (0, 32)):
+            np.testing.assert_allclose(back.data_to_world(corner), layer.data_to_world((0, *corner))[1:], atol=1e-9)
 
 
 def test_angstrom_calibrations_are_read_and_written_as_nanometres(tmp_path):

@@ -449,13 +449,18 @@ def test_a_raw_mask_trained_with_0_as_a_class_keeps_it_in_its_file_and_its_colou
     training.labels.set_layer(raw)
     training.zero_unannotated.setChecked(False)
     assert raw.metadata[ZERO_IS_CLASS] is True  # saved before any training, its file keeps 0 as the box says
-    other = viewer.add_labels(em_data()[1], name="other mask")  # chosen after the box was unchecked: recorded too
+    other = viewer.add_labels(em_data()[1], name="other mask")  # only chosen: nothing written into it
     training.labels.set_layer(other)
-    assert other.metadata[ZERO_IS_CLASS] is True
+    assert ZERO_IS_CLASS not in other.metadata and not training.zero_unannotated.isChecked()
+    training.zero_unannotated.setChecked(True)  # toggled on it: its record
+    assert other.metadata[ZERO_IS_CLASS] is False
+    training.labels.set_layer(raw)  # a layer with a record sets the box, and keeps its record
+    assert not training.zero_unannotated.isChecked() and raw.metadata[ZERO_IS_CLASS] is True
+    training.labels.set_layer(other)
+    assert training.zero_unannotated.isChecked() and raw.metadata[ZERO_IS_CLASS] is True
     odd = viewer.add_labels(em_data()[1], name="odd", metadata={"class_values": "not a list"})  # another plugin's
     training.labels.set_layer(odd)
-    training.zero_unannotated.setChecked(True)  # no exception out of the slot: Train names the bad metadata
-    training.zero_unannotated.setChecked(False)
+    training.zero_unannotated.setChecked(False)  # no exception out of the slot: Train names the bad metadata
     assert ZERO_IS_CLASS not in odd.metadata
     training.labels.set_layer(raw)
     viewer.layers.selection = {raw}

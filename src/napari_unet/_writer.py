@@ -18,7 +18,6 @@ so that the napari-unet reader reopens it with the user's corrections still coun
 from __future__ import annotations
 
 import os
-import re
 from typing import Any
 
 import numpy as np
@@ -112,6 +111,11 @@ def labels_to_file_values(display, metadata: dict, what: str = "the labels layer
     return values, label_meta
 
 
+#: Extensions of other formats, refused by :func:`write_labels` (any other name gets .tif: "cells_v1.2", "E12.5").
+OTHER_FORMATS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".npy", ".npz", ".zarr", ".h5", ".hdf5", ".n5",
+                 ".csv", ".json", ".txt", ".mrc", ".nii", ".gz", ".czi", ".lif", ".nd2", ".svg", ".pdf", ".keras")
+
+
 def write_labels(path: str, data: Any, meta: dict) -> list[str]:
     """npe2 single-layer writer for Labels layers; returns ``[path]`` (``.tif`` added to a name without one, unless
     that file exists).
@@ -121,11 +125,11 @@ def write_labels(path: str, data: Any, meta: dict) -> list[str]:
     that does not exist raises FileNotFoundError (see :func:`~napari_unet.tiff_io.write_tiff`).
     """
     path = os.fspath(path)
-    extension = os.path.splitext(path)[1]
-    if re.fullmatch(r"\.[A-Za-z][A-Za-z0-9]{0,4}", extension) and extension.lower() not in (".tif", ".tiff"):
+    extension = os.path.splitext(path)[1].lower()
+    if extension in OTHER_FORMATS:  # a TIFF named .png opened with nothing
         raise LabelsWriteError(f"cannot save {os.path.basename(path)}: napari-unet saves labels as TIFF files; "
-                               "give a name ending in .tif")  # a TIFF named .png opened with nothing
-    if extension.lower() not in (".tif", ".tiff"):  # napari's save dialog passes the name as typed ("cells_1.5um")
+                               "give a name ending in .tif")
+    if extension not in (".tif", ".tiff"):  # napari's save dialog passes the name as typed ("cells_1.5um", "E12.5")
         if os.path.exists(path + ".tif"):  # the dialog asked about replacing the name typed, not this one
             raise LabelsWriteError(f"cannot save {os.path.basename(path)}: {os.path.basename(path)}.tif exists; give "
                                    "its full name to replace it")

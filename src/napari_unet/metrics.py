@@ -719,7 +719,8 @@ def evaluate(pred_labels, truth_labels, class_values=None, membrane_value=None, 
     Parameters
     ----------
     pred_labels, truth_labels : (Y, X) or (Z, Y, X) arrays of class values; numpy, or read when indexed (zarr, dask,
-        memory maps): stacks are read :data:`EVALUATE_BLOCK_PIXELS` at a time, twice (class values, then scores).
+        memory maps): stacks are read :data:`EVALUATE_BLOCK_PIXELS` at a time: the truth twice (class values, then
+        scores), an integer prediction once (a float one is checked for whole numbers first).
     class_values : sequence, optional
         Classes for Dice/IoU; default: values present in ``truth_labels`` (except ``ignore_value``).
     membrane_value : scalar, optional

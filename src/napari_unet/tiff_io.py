@@ -736,7 +736,8 @@ def _placement_entry(placement, ndim: int) -> dict:
         except (TypeError, ValueError):
             continue
         extra = matrix.shape[0] - size if matrix.ndim == 2 and matrix.shape[0] == matrix.shape[1] else -1
-        if extra > 0 and not (matrix[:extra, extra:].any() or matrix[extra:, :extra].any()):
+        linear = matrix[:-1, :-1] if key == "affine" and extra > 0 else matrix  # an affine's offset column may move Z
+        if extra > 0 and not (linear[:extra, extra:].any() or linear[extra:, :extra].any()):
             matrix = matrix[extra:, extra:]  # leading axes of length 1 read away (a one-slice stack), not mixed in
         if matrix.shape == (size, size) and np.isfinite(matrix).all() and not np.array_equal(matrix, np.eye(size)):
             out[key] = matrix.tolist()
@@ -1138,6 +1139,6 @@ def _axis_scale_units(axes: str, metadata: dict) -> tuple[list[float], list[str 
         if axes[i] in "CS":
             units[i] = None
         elif units[i] is not None and (axes[i] in "XYZ" or units[i] == "Å"):  # lengths in µm (Å in nm: ImageJ and napari know it)
-            converted, units[i] = _to_micrometres(scale[i], units[i])
-            factors[i], scale[i] = converted / scale[i], converted
+            factors[i] = _to_micrometres(1.0, units[i])[0]
+            scale[i], units[i] = _to_micrometres(scale[i], units[i])
     return scale, units, factors

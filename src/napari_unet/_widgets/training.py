@@ -169,11 +169,13 @@ class TrainingWidget(QWidget):
         self._record_zero_box(self.labels.layer(), checked)
 
     def _labels_chosen(self) -> None:
-        """A layer chosen while the box says 0 is a class (or one that has a record) gets the box's record too."""
+        """A chosen layer that records what its 0 is (trained, or the box toggled on it) sets the box; choosing
+        writes nothing (a layer only looked at keeps its record)."""
         layer = self.labels.layer()
-        checked = self.zero_unannotated.isChecked()
-        if layer is not None and (not checked or ZERO_IS_CLASS in layer.metadata):
-            self._record_zero_box(layer, checked)
+        if layer is not None and isinstance(layer.metadata.get(ZERO_IS_CLASS), bool):
+            self.zero_unannotated.blockSignals(True)
+            self.zero_unannotated.setChecked(not layer.metadata[ZERO_IS_CLASS])
+            self.zero_unannotated.blockSignals(False)
 
     @staticmethod
     def _record_zero_box(layer, checked: bool) -> None:
