@@ -284,6 +284,9 @@ def test_saved_prediction_reopens_with_its_corrections(loop_viewer, loop, qtbot,
     assert "Saved 'EM prediction'" in inference.progress.status.text()
     assert inference.save_prediction(tmp_path / "typed without suffix") == str(tmp_path / "typed without suffix.tif")
     assert inference.save_prediction(tmp_path / "typed without suffix") is None  # never replaced unasked
+    assert any("typed without suffix.tif exists" in message for _, message in notifications)
+    assert inference.save_prediction(tmp_path / "x.png") is None and not (tmp_path / "x.png.tif").exists()  # as napari's dialog
+    assert "give a name ending in .tif" in inference.progress.status.text()
     np.testing.assert_array_equal(tifffile.imread(path)[SQUARE], np.where(wrong == MEMBRANE, 0, 255))  # file values
     viewer.layers.remove(prediction)
     assert session.corrected_layers(viewer.layers["EM stack"]) == []

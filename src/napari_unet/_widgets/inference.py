@@ -19,7 +19,7 @@ from napari_unet.predict import PredictionProgress, check_layer_memory
 
 from .jobs import NETWORK_LABELS, Failed, Note, PredictionResult, predict_job, relay
 from .layers import Image, LayerCombo, current_slice, image_array
-from .outputs import name_with_suffix, prediction_layer_of, write_cells, write_prediction, write_probabilities
+from .outputs import prediction_layer_of, write_cells, write_prediction, write_probabilities
 from .progress import WORKER_FINISHED, InOrder, ProgressRow, WrappingLabel
 from .session import disconnect_when_destroyed, get_session, unwrap
 
@@ -400,9 +400,8 @@ class InferenceWidget(QWidget):
             path, _ = QFileDialog.getSaveFileName(self, "Save prediction", f"{layer.name}.tif", "TIFF (*.tif *.tiff)")
             if not path:
                 return None
-        path = name_with_suffix(path, (".tif", ".tiff"), self.progress, ignore_case=True)  # the reader opens TIFF names only
-        if path is None:
-            return None
+        # the Labels writer's own rule, as napari's save dialog gets it: .tif added (never replacing a file unasked),
+        # other formats' names (x.png) refused
         data, state, _ = layer.as_layer_data_tuple()
         try:
             [written] = write_labels(str(path), data, state)
