@@ -700,6 +700,14 @@ def test_evaluate_reads_a_lazy_stack_a_block_at_a_time(monkeypatch):
     assert sorted(lazy_truth.reads)[-2] <= 2 * truth[0].size and sum(lazy_truth.reads) <= 3 * truth.size
     np.testing.assert_array_equal(before[0], pred)
     np.testing.assert_array_equal(before[1], truth)
+    # the truth's values given (the command line reads them for its own checks): its blocks are read once, to score
+    block = 2 * truth[0].size
+    blocks_read = sum(1 for size in lazy_truth.reads if size == block)
+    assert blocks_read == 2 * -(-len(truth) // 2)  # class values, then scores
+    lazy_truth.reads.clear()
+    given = M.evaluate(_CountingStack(pred), lazy_truth, truth_values=np.unique(truth).tolist())
+    assert _flat(given) == pytest.approx(_flat(expected), rel=1e-12)
+    assert sum(1 for size in lazy_truth.reads if size == block) == blocks_read // 2
 
 
 def test_evaluate_keeps_its_answers_on_edge_inputs():

@@ -792,17 +792,18 @@ def cmd_evaluate(args) -> int:
         raise CommandError(f"prediction shape {prediction.shape} and truth shape {truth.shape} differ")
     for note in notes:
         print(note, file=sys.stderr)
-    class_values, predicted_values = set(), set()
+    truth_values, predicted_values = set(), set()
     stack_prediction, stack_truth = stack_view(prediction), stack_view(truth)
     for block in slice_blocks(stack_truth.shape[0], stack_truth.shape[1] * stack_truth.shape[2]):
         truth_block, prediction_block = np.asarray(stack_truth[block]), np.asarray(stack_prediction[block])
-        class_values.update(find_class_values(truth_block, ignore_value))
+        truth_values.update(find_class_values(truth_block))
         try:
             predicted_values.update(find_class_values(prediction_block if ignore_value is None else
                                                       prediction_block[truth_block != ignore_value]))
         except LabelError as err:
             raise CommandError(f"prediction {Path(args.prediction).name}: {err} (a probability map? evaluate takes the labels file of predict)") from err
-    class_values, predicted_values = sorted(class_values), sorted(predicted_values)
+    class_values = sorted(v for v in truth_values if ignore_value is None or v != int(ignore_value))
+    predicted_values = sorted(predicted_values)
     if ignore_value is not None and not class_values:
         raise CommandError(f"truth {Path(args.truth).name} has no annotated pixel (all are the ignore value {ignore_value})")
     if len(class_values) > MAX_CLASSES:  # an intensity image given as truth
@@ -814,7 +815,8 @@ def cmd_evaluate(args) -> int:
     unknown = sorted(set(predicted_values) - set(class_values))
     if unknown:
         print(f"prediction {Path(args.prediction).name} holds values {unknown[:5]}{' ...' if len(unknown) > 5 else ''} that are no class of the truth {class_values}; scored as wrong", file=sys.stderr)
-    scores = evaluate(prediction, truth, class_values, ignore_value=ignore_value, pixel_height=pixel_height)
+    scores = evaluate(prediction, truth, class_values, ignore_value=ignore_value, pixel_height=pixel_height,
+                      truth_values=truth_values)  # read above: evaluate reads the truth once more, for its scores
     if "boundary_error_um" in scores:
         scores["pixel_height_um"] = pixel_height
         if args.pixel_height is None:  # a file's tag can be wrong (circular-scan.tif says inches where it means mm)

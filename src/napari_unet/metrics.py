@@ -713,14 +713,14 @@ def stack_view(labels):
 
 
 def evaluate(pred_labels, truth_labels, class_values=None, membrane_value=None, ignore_value=None,
-             pixel_height=None) -> dict:
+             pixel_height=None, truth_values=None) -> dict:
     """Evaluate a class-value prediction against ground truth (JSON-ready).
 
     Parameters
     ----------
     pred_labels, truth_labels : (Y, X) or (Z, Y, X) arrays of class values; numpy, or read when indexed (zarr, dask,
         memory maps): stacks are read :data:`EVALUATE_BLOCK_PIXELS` at a time: the truth twice (class values, then
-        scores), an integer prediction once (a float one is checked for whole numbers first).
+        scores; once with ``truth_values``), an integer prediction once (a float one is checked for whole numbers first).
     class_values : sequence, optional
         Classes for Dice/IoU; default: values present in ``truth_labels`` (except ``ignore_value``).
     membrane_value : scalar, optional
@@ -732,6 +732,9 @@ def evaluate(pred_labels, truth_labels, class_values=None, membrane_value=None, 
         Truth value of unannotated pixels (sparse truth): only the other pixels are scored.
     pixel_height : float, optional
         Pixel size along Y in µm: layer boundary errors also in µm.
+    truth_values : iterable, optional
+        The distinct values of ``truth_labels`` (``ignore_value`` included), when the caller has read them already
+        (the command line, which checks them first): the truth is then read once.
 
     Returns
     -------
@@ -757,14 +760,16 @@ def evaluate(pred_labels, truth_labels, class_values=None, membrane_value=None, 
         raise ValueError(f"pixel_height must be a size in µm above 0 and at most {MAX_PIXEL_HEIGHT_UM:g}, got {pixel_height!r}")
     blocks = slice_blocks(truth.shape[0], truth.shape[1] * truth.shape[2], EVALUATE_BLOCK_PIXELS)
 
-    # pass 1: the truth's values (and the NaN / fraction checks of both arrays)
-    truth_values: set = set()
-    for block in blocks:
-        if np.dtype(pred.dtype).kind == "f":  # integer predictions hold class values by their type: not read here
+    # pass 1: the truth's values (and the NaN / fraction checks of both arrays), unless given
+    scan_truth, scan_pred = truth_values is None, np.dtype(pred.dtype).kind == "f"  # integer predictions: not read here
+    truth_values = set() if scan_truth else set(truth_values)
+    for block in blocks if scan_truth or scan_pred else ():
+        if scan_pred:
             _class_value_array(pred[block], "pred_labels")
-        plane = _class_value_array(truth[block], "truth_labels")
-        # the values as np.unique gives them (bool stays bool: Dice keys "False"/"True"), integers counted fast
-        truth_values.update((np.unique(plane) if plane.dtype == bool else unique_values(plane)).tolist())
+        if scan_truth:
+            plane = _class_value_array(truth[block], "truth_labels")
+            # the values as np.unique gives them (bool stays bool: Dice keys "False"/"True"), integers counted fast
+            truth_values.update((np.unique(plane) if plane.dtype == bool else unique_values(plane)).tolist())
     has_ignored = ignore_value is not None and ignore_value in truth_values
     scored_values = sorted(v for v in truth_values if not (has_ignored and v == ignore_value))
     if not scored_values:
