@@ -665,9 +665,12 @@ def layer_boundary_errors(pred_labels, truth_labels, layer_order) -> np.ndarray:
     the columns where the truth shows it (NaN if none). A predicted island of a lower layer above the true boundary
     moves that column's predicted boundary up to it: the error counts disorder too.
     """
-    sums, counts = _boundary_error_sums(pred_labels, truth_labels, layer_order)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    return _boundary_means(*_boundary_error_sums(pred_labels, truth_labels, layer_order))
+
+
+def _boundary_means(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """sums / counts of :func:`_boundary_error_sums`, NaN for boundaries never shown."""
+    return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
 
 def _boundary_error_sums(pred_labels, truth_labels, layer_order) -> tuple[np.ndarray, np.ndarray]:
@@ -833,8 +836,7 @@ def evaluate(pred_labels, truth_labels, class_values=None, membrane_value=None, 
     if has_ignored:
         result["annotated_pixels"] = int(n_scored)
     if layers is not None:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            errors = np.where(boundary_counts > 0, boundary_sums / np.maximum(boundary_counts, 1), np.nan)
+        errors = _boundary_means(boundary_sums, boundary_counts)
         names = [f"{_key(upper)}|{_key(lower)}" for upper, lower in zip(layers, layers[1:])]
         result["layer_order"] = [int(v) for v in layers]
         for unit, factor in (("px", 1.0), ("um", pixel_height)):

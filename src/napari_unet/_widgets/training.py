@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
@@ -166,7 +167,10 @@ class TrainingWidget(QWidget):
     def _zero_box_toggled(self, checked: bool) -> None:
         """The box says what 0 is in the chosen labels layer: recorded there, so that saving it before any training
         writes its 0s as the box says (the writer follows the record)."""
-        self._record_zero_box(self.labels.layer(), checked)
+        if self.labels.layer() is not None:
+            # (a layer with malformed class metadata, another plugin's, gets none: Train names the metadata)
+            with contextlib.suppress(LabelError):
+                remember_zero_convention(self.labels.layer(), checked)
 
     def _labels_chosen(self) -> None:
         """A chosen layer that records what its 0 is (trained, or the box toggled on it) sets the box; choosing
@@ -176,15 +180,6 @@ class TrainingWidget(QWidget):
             self.zero_unannotated.blockSignals(True)
             self.zero_unannotated.setChecked(not layer.metadata[ZERO_IS_CLASS])
             self.zero_unannotated.blockSignals(False)
-
-    @staticmethod
-    def _record_zero_box(layer, checked: bool) -> None:
-        if layer is None:
-            return
-        try:
-            remember_zero_convention(layer, checked)
-        except LabelError:  # malformed class metadata (another plugin's): Train names it, no record needed here
-            pass
 
     def prepare(self, retrain: bool = False) -> TrainJob:
         """The job the widget's current layers and settings describe (raises on bad input)."""
