@@ -815,3 +815,59 @@ def test_patches_larger_than_the_slices_shrink_to_cover_them_and_say_so():
     assert events[-1].model.train_config.patch_size == 40  # the model file records the patches that ran
     events = list(train_events(image, labels, model_config, train_config.replace(patch_size=40)))
     assert next(e for e in events if isinstance(e, TrainingStarted)).notes == ()
+
+
+def _weights_equal(a, b) -> bool:
+    return all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("leave", ["break", "interrupt"])
+def test_leaving_the_events_early_keeps_the_weights_reached_not_the_untrained_network(leave):
+    # a notebook user breaks out of the loop (or interrupts it): the model in hand held the untrained network again
+    from napari_unet.model import build_unet
+
+    image, labels = stripes()
+    model_config, train_config = tiny_configs(epochs=3, steps_per_epoch=4)
+    untrained = build_unet(model_config, seed=train_config.seed).get_weights()
+    events = train_events(image, labels, model_config, train_config)
+    started, ends = next(events), []
+    try:
+        for event in events:
+            if isinstance(event, EpochEnd):
+                ends.append(started.model.keras_model.get_weights())
+            if isinstance(event, TrainingStep) and event.step == 6:
+                if leave == "break":
+                    break
+                raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        pass
+    events.close()
+    kept = started.model.keras_model.get_weights()
+    assert not _weights_equal(kept, untrained)
+    assert len(ends) == 1 and _weights_equal(kept, ends[0])  # the best (only) validated epoch
+    assert len(started.model.history) == 1
+
+
+def test_leaving_before_the_first_epoch_ends_keeps_the_last_steps_weights():
+    from napari_unet.model import build_unet
+
+    image, labels = stripes()
+    model_config, train_config = tiny_configs(epochs=2, steps_per_epoch=10)
+    untrained = build_unet(model_config, seed=train_config.seed).get_weights()
+    events = train_events(image, labels, model_config, train_config)
+    started = next(events)
+    for event in events:
+        if isinstance(event, TrainingStep) and event.step == 3:
+            live = started.model.keras_model.get_weights()
+            break
+    events.close()
+    kept = started.model.keras_model.get_weights()
+    assert _weights_equal(kept, live) and not _weights_equal(kept, untrained)
+
+
+def test_settings_given_as_a_dict_are_refused_with_the_class_to_use():
+    image, labels = stripes()
+    with pytest.raises(TypeError, match="train_config must be a TrainConfig"):
+        train(image, labels, None, {"epochs": 1})
+    with pytest.raises(TypeError, match="model_config must be a ModelConfig"):
+        train(image, labels, {"depth": 2}, None)

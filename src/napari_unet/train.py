@@ -531,7 +531,13 @@ def train_events(
     ``stop()`` returning True, or the time budget, ends training cleanly. The last event is
     :class:`TrainingFinished` carrying the model: the mean of the epoch-end weights after
     ``train_config.average_weights_from`` of the run, or, with fewer than two such epochs, the best validation epoch.
+    A consumer that leaves early (``break``, ``close()``, an interrupt) finds in :class:`TrainingStarted`'s model the
+    weights reached: the best validation epoch's, else the last step's.
     """
+    for name, value, cls in (("model_config", model_config, ModelConfig), ("train_config", train_config, TrainConfig)):
+        if value is not None and not isinstance(value, cls):  # a dict gave "AttributeError: 'dict' object has no attribute 'replace'"
+            raise TypeError(f"{name} must be a {cls.__name__} (e.g. {cls.__name__}(**settings) or preset('default')), "
+                            f"got {type(value).__name__}")
     train_config = train_config or preset("default").train
     init = None if init is None else as_model(init)
     # The model file records what ran, not "auto".
@@ -709,6 +715,7 @@ def train_events(
     step = 0
     first_step_seconds = 0.0  # tracing or an XLA compile: not the rate of the steps after it
     batches = prefetch(lambda: sampler.batch(train_config.batch_size), total_steps)
+    finished = False
     try:
         yield TrainingStarted(result, total_steps, epochs, steps_per_epoch, [slice_numbers[k] for k in train_slices],
                               [slice_numbers[k] for k in val_slices], class_values, val_column, notes, val_window)
@@ -775,14 +782,21 @@ def train_events(
         if (train_config.recompute_batch_norm or averaged_epochs) and step > 0:
             tiles = _batch_norm_tiles(model_config, sampled_images, batch_norm_slices)  # normalised as the model does
             trainer.recompute_batch_norm(network, tiles)
+        finished = True
     finally:
         batches.close()
+        if not finished and step > 0:
+            # the consumer left early (break, close(), an interrupt) or training failed: keep the weights reached
+            # (the best epoch's, else the last step's when finite), not the untrained network
+            reached = best_weights if best_weights is not None else keras_model.get_weights()
+            if all(np.isfinite(w).all() for w in reached):
+                network.set_weights(reached)
         # Also when training failed or its consumer left early: the result never holds the trainer, which waits
         # for the next run with the same settings (start_from resets all it holds).
         result.keras_model = network
+        result.history = history
         if key is not None:
             _keep_trainer(trainer)
-    result.history = history
     boundary_v_rand = None
     if tunes_rule:
         # Membranes: on the (fully annotated) validation slices, the threshold with the lowest pixel
