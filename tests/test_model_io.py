@@ -323,3 +323,30 @@ def test_a_file_with_settings_this_version_does_not_know_asks_for_an_upgrade(tmp
         edited[key]["future_option"] = 1
         with pytest.raises(ModelFileError, match="written by a newer napari-unet .*future_option.*upgrade"):
             load_model(_with_metadata(tmp_path, f"newer-{key}.keras", json.dumps(edited)))
+
+
+def test_loading_a_model_leaves_pythons_random_stream_as_it_was(tmp_path):
+    # Keras draws initializer seeds from Python's random while it rebuilds the layers: a user's
+    # random.seed(0); load_model(p); random.shuffle(files) shuffled otherwise than without the load
+    import random
+
+    path = tmp_path / "m.keras"
+    save_model(tiny_model(), path)
+    random.seed(0)
+    state = random.getstate()
+    load_model(path)
+    assert random.getstate() == state
+
+
+def test_the_first_tensorflow_import_leaves_pythons_random_stream_as_it_was():
+    # in a fresh process train() and predict() import TensorFlow through hardware.has_gpu()
+    import subprocess
+    import sys
+
+    code = (
+        "import random; random.seed(0); state = random.getstate()\n"
+        "from napari_unet import hardware; hardware.has_gpu()\n"
+        "print(random.getstate() == state)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip().splitlines()[-1] == "True", out.stderr[-2000:]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import sys
 import tempfile
@@ -50,7 +51,7 @@ def load_tensorflow(skip_optional: bool = False, quiet: bool = False):
     loading (:data:`_NATIVE_INFO`; anything else it prints is passed on) and, looking for a GPU right away, its
     cuInit error where there is no NVIDIA driver: for a command's terminal output.
     """
-    with _LOCK:
+    with _LOCK, python_random_kept():  # importing TensorFlow draws from Python's random: a caller's stream stays
         if "tensorflow" not in sys.modules:
             errors = []
 
@@ -75,6 +76,17 @@ def load_tensorflow(skip_optional: bool = False, quiet: bool = False):
             if errors:
                 raise errors[0]
         return sys.modules["tensorflow"]
+
+
+@contextlib.contextmanager
+def python_random_kept():
+    """Python's global ``random`` stream as it was after the block (TensorFlow's import and Keras' layer building draw
+    from it: ``random.seed(0); load_model(p); random.shuffle(files)`` must shuffle as without the load)."""
+    state = random.getstate()
+    try:
+        yield
+    finally:
+        random.setstate(state)
 
 
 def lower_thread_priority(niceness: int = 10) -> None:

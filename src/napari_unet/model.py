@@ -20,14 +20,11 @@ def import_keras():
     if not _BACKEND_READY:
         os.environ.setdefault("KERAS_BACKEND", "tensorflow")
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        from ._tensorflow import load_tensorflow
+        from ._tensorflow import load_tensorflow, python_random_kept
 
-        state = random.getstate()  # importing TensorFlow draws from Python's random: a caller's stream stays as it was
-        try:
+        with python_random_kept():  # load_tensorflow keeps it too; registering the layers imports Keras
             load_tensorflow()
             from . import _layers  # noqa: F401  (registers napari-unet's layers for loading)
-        finally:
-            random.setstate(state)
         _BACKEND_READY = True
     import keras
 
@@ -104,12 +101,11 @@ def build_unet(config: ModelConfig, mixed_precision: bool = False, seed: int | N
     """
     if seed is None:
         return _build_unet(config, mixed_precision)
-    state = random.getstate()
-    random.seed(seed)
-    try:
+    from ._tensorflow import python_random_kept
+
+    with python_random_kept():
+        random.seed(seed)
         return _build_unet(config, mixed_precision)
-    finally:
-        random.setstate(state)
 
 
 def _build_unet(config: ModelConfig, mixed_precision: bool):

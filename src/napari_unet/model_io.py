@@ -17,6 +17,7 @@ import numpy as np
 
 from . import __version__
 from ._files import fsync_folder, fsync_path, target_mode, write_target
+from ._tensorflow import python_random_kept
 from .config import MERGE_LEVELS, ModelConfig, TrainConfig, from_dict, to_dict
 from .model import import_keras
 
@@ -192,7 +193,8 @@ def load_model(path) -> UNetModel:
     boundary_value, boundary_rule = checked_rule(meta, class_values, path.name)
     keras = import_keras()
     try:
-        keras_model = keras.saving.load_model(path, compile=False, safe_mode=True)
+        with python_random_kept():  # Keras draws initializer seeds while it rebuilds the layers
+            keras_model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except ValueError as err:
         if "lambda" in str(err).lower() or "safe_mode" in str(err):
             raise ModelFileError(
