@@ -523,3 +523,15 @@ def test_annotated_slices_of_in_memory_dask_and_unannotated_stacks():
     # a lazy stack without an annotated pixel is refused before anything is read whole
     with pytest.raises(InputError, match="no annotated pixel .*ignore value 7"):
         read_annotated_slices(PlanesOnly(image), PlanesOnly(np.full(image.shape, 7, np.uint8)), 7)
+
+
+def test_float16_pixel_weights_pass_without_an_overflow_warning():
+    # retrain_data returns float16 weights; comparing their max with 1e6 overflowed in NumPy 2 (RuntimeWarning)
+    import warnings
+
+    from napari_unet.data import check_pixel_weights
+
+    weights = np.full((2, 8, 8), 8.0, np.float16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check_pixel_weights(weights, np.zeros((2, 8, 8), np.uint8)).dtype == np.float16

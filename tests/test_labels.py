@@ -224,3 +224,13 @@ def test_training_labels_keep_class_values_beyond_int32():
 def test_labels_without_pixels_are_not_layered_and_no_values_fit_uint8(shape):
     assert layer_order(np.zeros(shape, np.int64)) is None
     assert smallest_dtype([]) == np.uint8 and smallest_dtype(np.zeros(shape, np.int64)) == np.uint8
+
+
+def test_fractional_display_values_are_refused_not_truncated():
+    from napari_unet.labels import LabelError, from_display
+
+    with pytest.raises(LabelError, match="no whole numbers"):
+        from_display(np.array([[0.5, 1.0], [2.0, 1.5]]), [0, 255], ignore_value=7)
+    with pytest.raises(LabelError, match="no whole numbers"):
+        from_display(np.array([[np.nan, 1.0]]), [0, 255], ignore_value=7)
+    assert from_display(np.array([[0.0, 1.0], [2.0, 1.0]]), [0, 255], ignore_value=7).tolist() == [[7, 0], [255, 0]]

@@ -350,3 +350,11 @@ def test_the_first_tensorflow_import_leaves_pythons_random_stream_as_it_was():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.stdout.strip().splitlines()[-1] == "True", out.stderr[-2000:]
+
+
+def test_a_rule_holding_numpy_numbers_saves_as_plain_json(tmp_path):
+    import dataclasses
+
+    model = dataclasses.replace(tiny_model(), boundary_rule={"threshold": np.float32(0.6), "merge_below": np.float64(0.5)})
+    path = save_model(model, tmp_path / "m.keras")
+    assert read_metadata(path)["boundary_rule"] == {"threshold": pytest.approx(0.6), "merge_below": 0.5}

@@ -317,6 +317,10 @@ def check_display_values(display: np.ndarray, class_values, what: str) -> None:
     n = len(class_values)
     if not display.size:
         return
+    if display.dtype.kind not in "biu" and not (display.dtype.kind == "f" and (np.mod(display, 1) == 0).all()):
+        # 0.5 was truncated to display 0 or 1: a class, or no annotation, the user never gave
+        raise LabelError(f"{what} hold display values that are no whole numbers (dtype {display.dtype}); napari labels "
+                         "are integers: 0 = not annotated, 1..K the classes")
     highest, lowest = int(display.max()), int(display.min())
     if highest > n or lowest < 0:
         bad = highest if highest > n else lowest

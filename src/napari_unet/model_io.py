@@ -67,13 +67,20 @@ class UNetModel:
             "train_config": to_dict(self.train_config) if self.train_config else None,
             "history": self.history,
             "boundary_value": self.boundary_value,
-            "boundary_rule": self.boundary_rule,
+            "boundary_rule": _plain_numbers(self.boundary_rule),
             "class_names": [str(n) for n in self.class_names] if self.class_names else None,
             "class_colors": [[float(c) for c in rgba] for rgba in self.class_colors] if self.class_colors else None,
             "intensity_profile": [float(q) for q in self.intensity_profile] if self.intensity_profile else None,
             "intensity_spread": float(self.intensity_spread),
             "layer_order": [int(v) for v in self.layer_order] if self.layer_order else None,
         }
+
+
+def _plain_numbers(rule: Optional[dict]) -> Optional[dict]:
+    """``rule`` with NumPy scalars as Python numbers (json refused np.float32 values)."""
+    if rule is None:
+        return None
+    return {key: value.item() if isinstance(value, np.generic) else value for key, value in rule.items()}
 
 
 def save_model(model: UNetModel, path) -> Path:
