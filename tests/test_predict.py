@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from _helpers import PlanesOnly, record_tta, stripes, tiny_model
-from napari_unet.data import InputError
+from napari_unet.data import InputError, normalize
 from napari_unet.predict import Prediction, PredictionProgress, blend_window, predict, predict_events, tile_starts
 
 
@@ -544,3 +544,20 @@ def test_tile_settings_must_be_whole_numbers_and_outputs_writeable():
     read_only.flags.writeable = False
     with pytest.raises(ValueError, match="labels_out is read-only"):
         predict(tiny_model(), image, labels_out=read_only, tta=False)
+
+
+def test_nested_lists_are_taken_as_arrays_everywhere():
+    from napari_unet.chunked import predict_chunked
+    from napari_unet.labels import training_labels
+    from napari_unet.postprocess import cell_instances
+
+    model = tiny_model()
+    image, labels = stripes(n_slices=1, size=64)
+    plane = image[0].tolist()
+    expected = predict(model, image[0]).labels
+    assert np.array_equal(np.asarray(predict_chunked(model, plane).labels), expected)
+    normalised = normalize(image[0], model.percentiles, model.config.local_contrast_sigma).tolist()
+    with pytest.raises(ValueError, match="float32"):  # it said "'list' object has no attribute 'dtype'"
+        predict(model, normalised, normalized=True)
+    assert cell_instances(labels[0].tolist(), 0).shape == (64, 64)
+    assert training_labels(labels[0], (labels[0] > 0).tolist())[2] == [255]

@@ -181,6 +181,8 @@ def predict_chunked(
 
     from .predict import labels_dtype_for
 
+    if not hasattr(image, "shape"):  # nested lists
+        image = np.asarray(image)
     shape = tuple(np.shape(image))
     colour = len(shape) == 3 and shape[-1] in (3, 4)
     if len(shape) not in (2, 3) or colour:

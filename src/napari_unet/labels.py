@@ -262,6 +262,7 @@ def training_labels(values: np.ndarray, annotated: np.ndarray, name: str = "the 
     same shape: annotated pixels keep their value, the others get ``ignore_value``, a value that is no class (None when
     every pixel is annotated). ``labels`` is uint8 when the values fit, else int32 (int64 beyond); ``classes`` the sorted annotated
     class values. :class:`LabelError` with nothing annotated or more than :data:`MAX_CLASSES` classes."""
+    values, annotated = np.asarray(values), np.asarray(annotated, bool)
     if not annotated.any():
         raise LabelError(f"{name} has no annotated pixel; paint some pixels of each class first")
     classes = find_class_values(values[annotated])

@@ -337,6 +337,7 @@ def cell_instances(labels: np.ndarray, membrane_value) -> np.ndarray:
     ISBI scores see in these labels: each connected cell region is one cell, membranes are shared out
     to the cells beside them, with 0 on the one-pixel lines between cells.
     """
+    labels = np.asarray(labels)
     stack = labels[None] if labels.ndim == 2 else labels
     out = np.zeros(stack.shape, np.int32)
     offset = 0

@@ -283,6 +283,8 @@ def predict_events(
     of whole planes with ``model.percentiles`` and its local contrast), e.g. validation windows cut from whole slices.
     """
     model = as_model(model)
+    if not hasattr(image, "shape"):  # nested lists
+        image = np.asarray(image)
     shape = tuple(np.shape(image))
     colour = bool(shape) and shape[-1] in (3, 4)  # (Y, X, 3|4) would otherwise pass for a stack of narrow slices
     if len(shape) not in (2, 3) or (len(shape) == 3 and colour):
