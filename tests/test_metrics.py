@@ -721,3 +721,15 @@ def test_evaluate_keeps_its_answers_on_edge_inputs():
     big = np.where(truth, 2.0**70, 0.0)
     with pytest.raises(ValueError, match="beyond the 64-bit integers"):
         M.evaluate(big, big)
+
+
+def test_evaluate_of_layers_with_a_pocket_gives_the_layers_boundaries():
+    # a fluid pocket (class 9) inside layer 2: a boundary "3|9" below the choroid was scored, or none at all
+    _, truth = _layered_scan()
+    truth = truth.copy()
+    truth[33:36, 5:9] = np.where(truth[33:36, 5:9] == 2, 9, truth[33:36, 5:9])
+    assert (truth == 9).any()
+    pred = np.concatenate([truth[:1], truth[:-1]])  # every boundary 1 row deeper
+    result = M.evaluate(pred, truth)
+    assert result["layer_order"] == [0, 1, 2, 3]
+    assert result["boundary_error_px"]["mean"] == 1.0

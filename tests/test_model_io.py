@@ -139,6 +139,8 @@ def test_damaged_metadata_is_a_clear_model_file_error(tmp_path, text, words):
         ("model_config", {"pre_head_filters": 10**8}, "pre_head_filters must be 0..1024"),
         ("boundary_value", 7, "boundary class 7 that is not one of its classes"),
         ("layer_order", [0, 0], "invalid layer order"),
+        ("layer_order", [0, 7], "invalid layer order"),
+        ("layer_order", [0], "invalid layer order"),
         ("class_values", [0.5, 255], "not a list of whole numbers"),  # was loaded as [0, 255]
         ("class_values", [0, 2**70], "not a list of whole numbers"),  # was loaded and overflowed in predict
         ("model_config", [], "must be a JSON object"),  # a raw AttributeError

@@ -293,7 +293,22 @@ def test_order_layers_refuses_nan_and_bad_orders():
             order_layers(probabilities, order)
     with pytest.raises(ValueError, match="non-empty"):
         order_layers(probabilities[0], [0, 1, 2])
-    assert set(np.unique(order_layers(probabilities, [2, 0]))) <= {0, 2}  # a class left out is never given
+    assert set(np.unique(order_layers(probabilities, [2, 0]))) <= {0, 2}  # a class left out is given only where most probable
+
+
+def test_order_layers_gives_a_pocket_left_out_of_the_order_where_it_is_most_probable():
+    # DME fluid inside a layer: recorded as a layer below the choroid, the ordered labelling could never give it
+    from napari_unet.postprocess import order_layers
+
+    layered = np.repeat(np.repeat(np.arange(4), 8)[:, None], 6, axis=1)  # rows of classes 0..3, 8 each
+    truth = layered.copy()
+    truth[10:14, 2:4] = 4  # a pocket of class 4 inside layer 1
+    probabilities = np.full((32, 6, 5), 0.1 / 4, np.float32)
+    np.put_along_axis(probabilities, truth[..., None], 0.9, axis=-1)
+    np.testing.assert_array_equal(order_layers(probabilities, [0, 1, 2, 3]), truth)
+    assert not (order_layers(probabilities, [0, 1, 2, 3, 4]) == 4).any()  # in the order, below layer 3: never
+    probabilities[30, 0] = [0.02, 0.02, 0.02, 0.04, 0.9]  # a pocket below the layers stays where it is most probable
+    assert order_layers(probabilities, [0, 1, 2, 3])[30, 0] == 4
 
 
 def test_postprocessing_refuses_empty_maps_wrong_dimensions_and_mismatched_truth():

@@ -701,6 +701,27 @@ def test_layered_labels_give_a_model_that_predicts_its_layers_in_order(tmp_path)
     assert train(em_image, em_labels, model_config, train_config).model.layer_order is None
 
 
+def test_a_fluid_pocket_class_stays_out_of_the_layer_order_and_is_predicted_where_most_probable(tmp_path):
+    # DME fluid (a class inside a layer) was recorded below the choroid: the ordered prediction erased it
+    from napari_unet.model_io import load_model, save_model
+    from napari_unet.synthetic import make_oct_stack
+
+    image, labels = make_oct_stack(2, (64, 64), seed=1)
+    labels = labels.copy()
+    thick = labels == 9
+    labels[:, 50:54, 10:14] = np.where(thick[:, 50:54, 10:14], 12, labels[:, 50:54, 10:14])  # fluid in the choroid
+    image = image.copy()
+    image[labels == 12] = 0
+    model_config, train_config = tiny_configs(epochs=1, steps_per_epoch=2, val_fraction=0.0)
+    model = train(image, labels, model_config, train_config).model
+    assert model.class_values == [*range(10), 12] and model.layer_order == list(range(10))
+    assert model.train_config.augment_rotations is False
+    assert load_model(save_model(model, tmp_path / "m.keras")).layer_order == list(range(10))
+    prediction = predict(model, image, tta=False)
+    most_probable = np.asarray(model.class_values)[prediction.probabilities.argmax(axis=-1)]
+    np.testing.assert_array_equal(prediction.labels == 12, most_probable == 12)
+
+
 def test_a_network_of_several_channels_and_a_colour_like_stack_are_refused_before_training():
     from dataclasses import replace
 

@@ -81,6 +81,10 @@ def check_trainable(labels, ignore_value=None, class_values=None) -> list[int]:
 #: how many such columns there must be at least.
 LAYERED_SHARE, LAYERED_MIN_COLUMNS = 0.95, 8
 
+#: :func:`layer_order`: a class in fewer than this share of those columns (fluid, drusen, a detachment inside the
+#: retina) is a pocket, no layer: it is kept out of the order and its pixels are judged as the layer around them.
+POCKET_SHARE = 0.5
+
 
 def layer_order_steps(shape, max_columns: int = 4096) -> tuple[int, int]:
     """(z_step, x_step): the strides over slices and columns of a (Z, Y, X) ``shape`` at which :func:`layer_order`
@@ -90,6 +94,19 @@ def layer_order_steps(shape, max_columns: int = 4096) -> tuple[int, int]:
     return max(1, -(-n_z * -(-n_x // x_step) // max_columns)), x_step
 
 
+def _judged_columns(columns: np.ndarray) -> np.ndarray:
+    """The (N, Y) class-index ``columns`` (negative = not annotated) that hold two or more classes, their unannotated
+    pixels given the class of the annotated pixel above (at the top: below), so that a column is judged by its annotated
+    pixels in their order (an OCT mask whose vitreous is unannotated, untraced boundaries)."""
+    annotated = columns >= 0
+    columns, annotated = columns[annotated.any(axis=1)], annotated[annotated.any(axis=1)]
+    source = np.maximum.accumulate(np.where(annotated, np.arange(columns.shape[1]), 0), axis=1)
+    columns = np.take_along_axis(columns, source, axis=1)
+    first = np.take_along_axis(columns, annotated.argmax(axis=1)[:, None], axis=1)
+    columns = np.where(columns < 0, first, columns)
+    return columns[columns.min(axis=1) != columns.max(axis=1)]
+
+
 def layer_order(indices, max_columns: int = 4096, max_classes: int = 64):
     """The top-to-bottom order of the classes (a tuple of class indices) if ``indices`` are layered, else None.
 
@@ -97,27 +114,36 @@ def layer_order(indices, max_columns: int = 4096, max_classes: int = 64):
     layers, anything stacked along Y) means: down at least :data:`LAYERED_SHARE` of the columns whose annotated pixels
     hold two or more classes, each class is a single run of those pixels and the runs follow one order. Such labels depend on
     which way is up, so a network must not learn them from rotated patches. EM membranes alternate with cells down a
-    column and are not layered. At most ``max_columns`` evenly spaced columns are read; labels of more than
-    ``max_classes`` classes are not called layered.
+    column and are not layered. Classes in fewer than :data:`POCKET_SHARE` of those columns (fluid inside a layer) are
+    pockets: they are left out of the order, and their pixels count as the layer above them; so are, while the labels
+    are not layered, the next rarest classes that do not span the columns (a wide pocket). At most ``max_columns``
+    evenly spaced columns are read; labels of more than ``max_classes`` classes are not called layered.
     """
     stack = np.asarray(indices)
     stack = stack[None] if stack.ndim == 2 else stack
     if stack.size == 0:
         return None
     z_step, x_step = layer_order_steps(stack.shape, max_columns)  # evenly spaced columns, picked before any copy
-    columns = np.moveaxis(stack[::z_step, :, ::x_step], 1, -1).reshape(-1, stack.shape[1])  # (columns, Y)
-    annotated = columns >= 0
-    columns, annotated = columns[annotated.any(axis=1)], annotated[annotated.any(axis=1)]
-    # unannotated pixels take the class of the annotated pixel above (at the top: below), so that a column is judged
-    # by its annotated pixels in their order (an OCT mask whose vitreous is unannotated, untraced boundaries)
-    source = np.maximum.accumulate(np.where(annotated, np.arange(columns.shape[1]), 0), axis=1)
-    columns = np.take_along_axis(columns, source, axis=1)
-    first = np.take_along_axis(columns, annotated.argmax(axis=1)[:, None], axis=1)
-    columns = np.where(columns < 0, first, columns)
-    columns = columns[columns.min(axis=1) != columns.max(axis=1)]
+    columns = _judged_columns(np.moveaxis(stack[::z_step, :, ::x_step], 1, -1).reshape(-1, stack.shape[1]))  # (columns, Y)
     n_classes = int(columns.max()) + 1 if len(columns) else 0
     if len(columns) < LAYERED_MIN_COLUMNS or n_classes > max_classes:
         return None
+    shares = np.array([(columns == c).any(axis=1).mean() for c in range(n_classes)])
+    # pockets: the classes of few columns, then, while the labels are not layered, the next rarest classes that do
+    # not span the columns (a wide pocket splits its layer in too many columns)
+    rarest = [int(c) for c in np.argsort(shares, kind="stable") if 0 < shares[c] < LAYERED_SHARE]
+    n_pockets, n_present = sum(shares[c] < POCKET_SHARE for c in rarest), int(np.count_nonzero(shares))
+    while True:
+        pockets = rarest[:n_pockets]
+        judged = _judged_columns(np.where(np.isin(columns, pockets), -1, columns)) if pockets else columns
+        order = _column_order(judged, n_classes) if len(judged) >= LAYERED_MIN_COLUMNS else None
+        if order is not None or n_pockets >= len(rarest) or n_present - n_pockets <= 2:  # two layers at least
+            return order
+        n_pockets += 1
+
+
+def _column_order(columns: np.ndarray, n_classes: int) -> tuple | None:
+    """:func:`layer_order` of filled (N, Y) ``columns`` (:func:`_judged_columns`): the order, or None."""
     height = columns.shape[1]
     first = np.full((len(columns), n_classes), np.inf)
     single_run = np.ones(len(columns), bool)

@@ -234,10 +234,11 @@ def load_model(path) -> UNetModel:
 
 
 def _layer_order(order, class_values: list, name: str) -> Optional[list]:
-    """A file's layer order: a permutation of its class values, or None (files without one)."""
+    """A file's layer order: two or more distinct class values (the others are pockets), or None (files without one)."""
     if order is None:
         return None
-    if not (isinstance(order, list) and sorted(order) == sorted(class_values) and all(isinstance(v, int) for v in order)):
+    if not (isinstance(order, list) and len(order) >= 2 and all(isinstance(v, int) and v in class_values for v in order)
+            and len(set(order)) == len(order)):
         raise ModelFileError(f"{name} has an invalid layer order {order!r} for its classes {class_values}")
     return order
 

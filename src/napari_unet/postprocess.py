@@ -297,10 +297,12 @@ def find_boundary_class(indices, n_classes: int, max_width: float = 6.0):
 def order_layers(probabilities, order) -> np.ndarray:
     """Class indices (int64, (Y, X)) of (Y, X, C) class ``probabilities`` with the layers in ``order`` down every column.
 
-    ``order``: the class indices top to bottom (distinct; classes left out are never given). Each column gets the labelling of highest
+    ``order``: the class indices top to bottom (distinct). Each column gets the labelling of highest
     likelihood (sum of log probabilities) in which the classes follow ``order`` downwards, each at most once; a layer
-    may be absent. Stray islands (a patch of vitreous in the choroid) and swapped layers cannot occur. Dynamic
-    programming over the rows: O(Y x X x C).
+    may be absent. Stray islands (a patch of vitreous in the choroid) and swapped layers cannot occur. Classes left out
+    of ``order`` are pockets (fluid, :func:`napari_unet.labels.layer_order`): the layers are ordered as if a pocket's
+    probability belonged to whichever layer holds it, then each pixel where a pocket is the most probable class gets it.
+    Dynamic programming over the rows: O(Y x X x C).
     """
     probabilities = np.asarray(probabilities, np.float32)
     order = np.asarray(order, np.int64)
@@ -311,9 +313,13 @@ def order_layers(probabilities, order) -> np.ndarray:
     if not np.isfinite(probabilities).all():  # NaN compares false: the back pointers would be arbitrary
         raise ValueError("probabilities hold NaN or Inf")
     n_rows, n_cols, n_layers = probabilities.shape[0], probabilities.shape[1], len(order)
+    pockets = np.setdiff1d(np.arange(probabilities.shape[-1]), order)
 
     def row_scores(y):  # log probabilities of row y in layer order, (X, K): one row at a time bounds the memory
-        return np.log(np.maximum(probabilities[y][:, order], 1e-7))
+        layers = probabilities[y][:, order]
+        if len(pockets):
+            layers = layers + probabilities[y][:, pockets].sum(axis=1, keepdims=True)
+        return np.log(np.maximum(layers, 1e-7))
 
     ranks = np.arange(n_layers)
     best = row_scores(0)
@@ -327,7 +333,11 @@ def order_layers(probabilities, order) -> np.ndarray:
     columns = np.arange(n_cols)
     for y in range(n_rows - 1, 0, -1):
         ranked[y - 1] = back[y, columns, ranked[y]]
-    return order[ranked]
+    labels = order[ranked]
+    if len(pockets):
+        most_probable = probabilities.argmax(axis=-1)
+        labels = np.where(np.isin(most_probable, pockets), most_probable, labels)
+    return labels
 
 
 def cell_instances(labels: np.ndarray, membrane_value) -> np.ndarray:

@@ -702,8 +702,8 @@ def train_events(
     if init is not None:  # kept unless validation tunes it again below (Retrain has no validation)
         result.boundary_rule = init.boundary_rule
         result.layer_order = init.layer_order
-    if result.layer_order is None and order is not None and len(order) == len(class_values):
-        result.layer_order = [class_values[k] for k in order]  # prediction keeps the layers in this order
+    if result.layer_order is None and order is not None:
+        result.layer_order = [class_values[k] for k in order]  # prediction keeps the layers in this order (pockets aside)
 
     epochs, steps_per_epoch = train_config.epochs, train_config.steps_per_epoch
     total_steps = epochs * steps_per_epoch
