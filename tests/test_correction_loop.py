@@ -568,3 +568,28 @@ def test_corrections_on_another_images_prediction_are_named_when_retrain_finds_n
     session.set_model(tiny_model(), "tiny")
     with pytest.raises(LabelError, match="the corrections on 'EM prediction' belong to image 'EM': choose 'EM'"):
         prepare_retrain(viewer, session, other, None, False, lambda config: None)
+
+
+def test_undoing_a_stroke_and_then_an_earlier_prediction_run_leaves_no_correction(make_napari_viewer):
+    # the stroke's mark outlived its undo: undoing the run before it gave the value back, and Retrain weighed the
+    # pixels as corrections the user had taken back
+    from napari_unet._widgets.outputs import write_labels_undoable
+
+    _, _, prediction, session = tracked_prediction(make_napari_viewer, np.full((2, 64, 64), CELL, np.uint8))
+    second_run = prediction.data.copy()
+    second_run[1, 10:50, 10:50] = MEMBRANE
+    with session.muted(prediction):  # a second prediction run, without keeping corrections, as write_prediction does
+        changed = write_labels_undoable(prediction, None, second_run)
+    session.record(prediction).unmark(..., changed)
+    prediction.brush_size = 10
+    with prediction.block_history():  # a stroke giving back the first run's value
+        prediction.paint((1, 30, 30), CELL, refresh=False)
+    assert session.reviewed(prediction)[1].sum() > 50
+    prediction.undo()  # the stroke
+    assert not session.reviewed(prediction).any()
+    prediction.undo()  # the second run
+    np.testing.assert_array_equal(prediction.data, np.full((2, 64, 64), CELL, np.uint8))
+    assert not session.reviewed(prediction).any()
+    prediction.redo()
+    prediction.redo()  # the stroke again: its correction again
+    assert session.reviewed(prediction)[1].sum() > 50

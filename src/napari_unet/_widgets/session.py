@@ -295,7 +295,11 @@ class Session:
             record.tie(event.value[-1])
         for atom in event.value:
             if hasattr(atom, "slice_key"):  # napari >= 0.6: bounding box + mask of the changed pixels, one label
-                record.mark(atom.slice_key, None if atom.mask is None else np.asarray(atom.mask, bool), atom.new_value)
+                changed = np.ones(record.marks[atom.slice_key].shape, bool) if atom.mask is None else np.asarray(atom.mask, bool)
+                # tied to the atom: undoing the stroke takes back the marks it set (kept, a later undo of an earlier
+                # prediction run gave the value back and the undone stroke counted as a correction again)
+                record.confirm(atom.slice_key, changed, atom.new_value)
+                record.tie(atom)
             else:  # (indices, old values, new values)
                 record.mark(atom[0], None, atom[2])
 

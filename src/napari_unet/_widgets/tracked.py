@@ -121,8 +121,9 @@ class Tracked:
                 marks[where] &= ~written
 
     def confirm(self, region, where, value) -> None:
-        """Mark the pixels of ``region`` (a tuple of slices) where ``where`` is True, which held ``value`` when a stroke
-        painted it over them; only the marks this sets are kept for :meth:`tie` (earlier ones outlive an undo)."""
+        """Mark the pixels of ``region`` (a tuple of slices) where ``where`` is True, which a stroke painted ``value``
+        (changing them, or over that value); only the marks this sets are kept for :meth:`tie` (earlier ones outlive an
+        undo)."""
         bit = value_marks(np.asarray(value), self.marks.dtype)
         marks = self.marks[region]  # a view
         new = where & ((marks & bit) == 0)
