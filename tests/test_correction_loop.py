@@ -593,3 +593,28 @@ def test_undoing_a_stroke_and_then_an_earlier_prediction_run_leaves_no_correctio
     prediction.redo()
     prediction.redo()  # the stroke again: its correction again
     assert session.reviewed(prediction)[1].sum() > 50
+
+
+def test_another_image_of_the_same_name_gets_no_old_prediction_or_corrections(make_napari_viewer, tmp_path):
+    # sampleB/image.tif opened after sampleA/image.tif was closed took A's prediction layer and its corrections:
+    # Retrain trained B on A's painted labels
+    viewer, image, prediction, session = tracked_prediction(make_napari_viewer, np.full((2, 32, 32), CELL, np.uint8))
+    prediction.paint((0, 5, 5), MEMBRANE, refresh=False)
+    viewer.layers.remove(image)
+    other = viewer.add_image(np.ones((2, 32, 32), np.uint8), name="EM")  # other pixels, the same name
+    assert session.tracked_layers(other) == []
+    viewer.layers.remove(other)
+    same = viewer.add_image(np.zeros((2, 32, 32), np.uint8), name="EM")  # the same pixels again: its prediction
+    assert session.tracked_layers(same) == [prediction]
+    # images opened from files: told apart by their files
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        tifffile.imwrite(tmp_path / folder / "image.tif", np.zeros((2, 32, 32), np.uint8))
+    first = viewer.open(str(tmp_path / "a" / "image.tif"), plugin="napari-unet")[0]
+    session.track(prediction, first)
+    viewer.layers.remove(first)
+    second = viewer.open(str(tmp_path / "b" / "image.tif"), plugin="napari-unet")[0]
+    assert second.name == first.name and session.tracked_layers(second) == []
+    viewer.layers.remove(second)
+    again = viewer.open(str(tmp_path / "a" / "image.tif"), plugin="napari-unet")[0]
+    assert session.tracked_layers(again) == [prediction]

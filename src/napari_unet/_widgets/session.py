@@ -24,7 +24,7 @@ from psygnal import Signal
 from napari_unet.labels import PREDICTION_OUTPUT
 from napari_unet.model_io import UNetModel
 
-from .tracked import Tracked, unwrap, watch_strokes
+from .tracked import Tracked, image_identity, unwrap, watch_strokes
 
 _SESSIONS: "weakref.WeakKeyDictionary[Any, Session]" = weakref.WeakKeyDictionary()
 
@@ -176,6 +176,7 @@ class Session:
         if record is None:
             return self._start(unwrap(layer), image_layer)
         record.image, record.image_name = weakref.ref(unwrap(image_layer)), image_layer.name
+        record.image_key = image_identity(image_layer)
         record.publish()
         return record
 

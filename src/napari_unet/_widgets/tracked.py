@@ -31,6 +31,25 @@ def unwrap(obj):
 #: Ties of confirmed stroke pixels to napari history atoms above which those of atoms napari dropped are forgotten.
 CONFIRMED_PRUNE_AT = 256
 
+#: Pixels of an in-memory image :func:`image_identity` reads (evenly spaced): a few microseconds.
+IDENTITY_SAMPLES = 4096
+
+
+def image_identity(image_layer) -> tuple:
+    """What tells an image layer from another of the same name: its shape, and the file it was opened from or, for
+    in-memory data, a hash of :data:`IDENTITY_SAMPLES` evenly spaced pixels (lazy data without a file: shape only)."""
+    import zlib
+
+    data = image_layer.data[0] if getattr(image_layer, "multiscale", False) else image_layer.data
+    shape = tuple(int(n) for n in data.shape)
+    path = getattr(getattr(image_layer, "source", None), "path", None)
+    if path:
+        return shape, str(path)
+    if not isinstance(data, np.ndarray) or not data.size:
+        return shape, None
+    picks = np.unique(np.linspace(0, data.size - 1, min(IDENTITY_SAMPLES, data.size)).astype(np.int64))
+    return shape, zlib.crc32(np.ascontiguousarray(data[np.unravel_index(picks, shape)]).tobytes())  # no copy of a view
+
 
 @dataclass
 class Tracked:
@@ -54,6 +73,7 @@ class Tracked:
     # then kept per napari history atom of the stroke, so that undo and redo take them back and give them again
     pending: list = field(default_factory=list)  # (region, pixels, value) not yet tied to an atom
     confirmed: dict = field(default_factory=dict)  # id(atom) -> (atom, [(region, pixels, value), ...])
+    image_key: Optional[tuple] = None  # image_identity of that image layer, when known
 
     @classmethod
     def new(cls, layer, image_layer=None) -> "Tracked":
@@ -69,10 +89,10 @@ class Tracked:
             accepted = np.zeros_like(marks)
             accepted[accepted_only] = value_marks(np.asarray(layer.data)[accepted_only], marks.dtype)
         if image_layer is None:
-            image, image_name = None, str(meta.get("image") or "") if isinstance(meta, dict) else ""
+            image, image_name, image_key = None, str(meta.get("image") or "") if isinstance(meta, dict) else "", None
         else:
-            image, image_name = weakref.ref(unwrap(image_layer)), image_layer.name
-        record = cls(layer, image, image_name, marks, accepted=accepted)
+            image, image_name, image_key = weakref.ref(unwrap(image_layer)), image_layer.name, image_identity(image_layer)
+        record = cls(layer, image, image_name, marks, accepted=accepted, image_key=image_key)
         record.publish()
         return record
 
@@ -93,12 +113,15 @@ class Tracked:
         self.layer.metadata["napari_unet"] = {**meta, "output": PREDICTION_OUTPUT, "image": self.image_name, "marks": self.marks, **accepted}
 
     def belongs_to(self, image_layer) -> bool:
-        """Whether this layer was predicted from ``image_layer``: by identity, or by name once that layer is gone
-        (or for a reopened file)."""
+        """Whether this layer was predicted from ``image_layer``: by identity, or once that layer is gone (or for a
+        reopened file) by name and, when known, :func:`image_identity`: another file or other pixels of the same name
+        (``a/image.tif`` after ``b/image.tif``) got the old image's prediction and its corrections."""
         image = self.image() if self.image is not None else None
         if image is not None:
             return image is unwrap(image_layer)
-        return bool(self.image_name) and self.image_name == image_layer.name
+        if not (self.image_name and self.image_name == image_layer.name):
+            return False
+        return self.image_key is None or self.image_key == image_identity(image_layer)
 
     def mark(self, region, where=None, values=None) -> None:
         """Mark ``region`` (an index into the layer's data), or its pixels ``where`` is True, with ``values``
@@ -259,4 +282,4 @@ def watch_strokes(layer, record: Callable[[], Optional[Tracked]]) -> None:
     layer.redo = replaying(redo, "_redo_history", False)
 
 
-__all__ = ["CONFIRMED_PRUNE_AT", "Tracked", "unwrap", "watch_strokes"]
+__all__ = ["CONFIRMED_PRUNE_AT", "IDENTITY_SAMPLES", "Tracked", "image_identity", "unwrap", "watch_strokes"]
