@@ -1396,3 +1396,21 @@ def test_shape_messages_name_channels_last_time_series_and_a_missing_axis_of_len
     viewer.add_labels(np.zeros((32, 32), np.uint8), name="other")
     message = no_labels_message(viewer, image)
     assert "('mask_yx' holds its pixels, with or without an axis of length 1" in message and "'other' holds" not in message
+
+
+def test_no_model_loads_while_a_prediction_runs(widgets, qtbot, notifications, tmp_path):
+    # the layer was written by the model before the load, while the widget named only the loaded one
+    from _helpers import tiny_model
+    from napari_unet.model_io import save_model
+
+    inference, session = widgets.inference, widgets.session
+    session.set_model(tiny_model(), "tiny")
+    path = save_model(tiny_model(), tmp_path / "other.keras")
+    assert inference.run()
+    assert session.load(path) is None
+    assert any("while a prediction runs" in message for _, message in notifications)
+    qtbot.waitUntil(lambda: inference._job is None, timeout=120_000)
+    assert session.info.description == "tiny"
+    assert session.load(path) is not None  # once it ended
+    qtbot.waitUntil(lambda: "loading" not in session.busy, timeout=60_000)
+    assert "other.keras" in session.info.description

@@ -21,7 +21,7 @@ from .jobs import NETWORK_LABELS, Failed, Note, PredictionResult, predict_job, r
 from .layers import Image, LayerCombo, current_slice, image_array
 from .outputs import prediction_layer_of, write_cells, write_prediction, write_probabilities
 from .progress import WORKER_FINISHED, InOrder, ProgressRow, WrappingLabel
-from .session import disconnect_when_destroyed, get_session, unwrap
+from .session import WAITING_FOR_STROKE, disconnect_when_destroyed, get_session, unwrap
 
 _log = logging.getLogger("napari_unet")
 
@@ -29,7 +29,7 @@ CURRENT, STACK = "current slice", "whole stack"
 #: Milliseconds between looks whether the user still holds the mouse on a brush stroke, before a prediction is written.
 STROKE_WAIT_MS = 100
 #: The session's busy name while a finished prediction waits for a brush stroke to end.
-WAITING = "prediction waiting for a brush stroke"
+WAITING = WAITING_FOR_STROKE
 
 
 @dataclass

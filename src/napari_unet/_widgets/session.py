@@ -72,6 +72,10 @@ def colormap_of(class_colors) -> Any:
     return DirectLabelColormap(color_dict=colors)
 
 
+#: The busy name of a prediction whose result waits for a brush stroke to end before it is written.
+WAITING_FOR_STROKE = "prediction waiting for a brush stroke"
+
+
 @dataclass
 class ModelInfo:
     description: str = ""
@@ -90,7 +94,7 @@ class Session:
         self.model: Optional[UNetModel] = None
         self.info = ModelInfo()
         self._tracked: dict[int, Tracked] = {}
-        self.busy: set = set()  # names of running jobs ("training", "prediction", "loading", "saving", inference.WAITING)
+        self.busy: set = set()  # names of running jobs ("training", "prediction", "loading", "saving", WAITING_FOR_STROKE)
 
     # ---- model -------------------------------------------------------------------------------
     def set_model(self, model: UNetModel, description: str, class_names=None, colormap=None) -> None:
@@ -110,7 +114,7 @@ class Session:
     def load(self, path):
         """Load a ``.keras`` model in a worker; it becomes the current model (or a notification says why not).
 
-        Returns the worker, or None while another load or a training runs.
+        Returns the worker, or None while another load, a training or a prediction runs.
         """
         from napari.qt.threading import create_worker
         from napari.utils.notifications import show_warning
@@ -123,6 +127,11 @@ class Session:
         if "training" in self.busy:  # the training's model would replace it when the run ends
             show_warning(f"napari-unet: not loading {Path(path).name} while a training runs; its model becomes the current one when it ends (Stop it first)")
             self.notice.emit(f"Not loading {Path(path).name}: a training is running.", True)
+            return None
+        if self.busy & {"prediction", WAITING_FOR_STROKE}:  # the layer would be the old model's, the widget naming the new
+            show_warning(f"napari-unet: not loading {Path(path).name} while a prediction runs; load it when the prediction "
+                         "ends (or Stop it first)")
+            self.notice.emit(f"Not loading {Path(path).name}: a prediction is running.", True)
             return None
         self.set_busy("loading", True)
         self.notice.emit(f"Loading {Path(path).name}...")
@@ -314,4 +323,4 @@ class Session:
                 other.image = None
 
 
-__all__ = ["Session", "Tracked", "disconnect_when_destroyed", "get_session", "unwrap"]
+__all__ = ["WAITING_FOR_STROKE", "Session", "Tracked", "disconnect_when_destroyed", "get_session", "unwrap"]
