@@ -1414,3 +1414,19 @@ def test_no_model_loads_while_a_prediction_runs(widgets, qtbot, notifications, t
     assert session.load(path) is not None  # once it ended
     qtbot.waitUntil(lambda: "loading" not in session.busy, timeout=60_000)
     assert "other.keras" in session.info.description
+
+
+def test_a_dock_refused_during_another_docks_run_names_the_model_that_run_gave(widgets):
+    # its status kept "Not started: another training of this viewer is running" after that run ended
+    from _helpers import tiny_model
+    from napari_unet._widgets import TrainingWidget
+
+    second = TrainingWidget(widgets.viewer)
+    widgets.session.set_busy("training", True)
+    try:
+        assert not second.start()
+        assert "another training of this viewer is running" in second.progress.status.text()
+    finally:
+        widgets.session.set_busy("training", False)
+    widgets.session.set_model(tiny_model(), "trained at 10:00:00 (12 steps, stopped)")
+    assert second.progress.status.text() == "Current model: trained at 10:00:00 (12 steps, stopped)."

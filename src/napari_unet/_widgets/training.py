@@ -315,6 +315,8 @@ class TrainingWidget(QWidget):
     def _on_model_changed(self, model) -> None:
         if self._run is None:  # loaded (or trained by another dock): the curves shown are not this model's
             self.plot.clear()
+            if model is not None:  # "Not started: another training ... is running" outlived that run (a load says more)
+                self.progress.set_status(f"Current model: {self.session.info.description}.")
         self._update_buttons()
 
     # ---- files -------------------------------------------------------------------------------
