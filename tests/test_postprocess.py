@@ -376,3 +376,23 @@ def test_the_membrane_rule_of_a_large_slice_runs_window_by_window_with_the_same_
 @pytest.mark.parametrize("shape", [(0, 5, 5), (3, 0, 5), (0, 0)])
 def test_labels_without_pixels_have_no_boundary_class(shape):
     assert find_boundary_class(np.zeros(shape, np.int64), 2) is None
+
+
+def test_order_layers_keeps_the_kept_pixels_and_the_order_around_them():
+    # corrections put back over an ordered labelling left layer 1 inside layer 3 (37 columns out of order)
+    from napari_unet.postprocess import order_layers
+
+    layered = np.repeat(np.repeat(np.arange(4), 8)[:, None], 6, axis=1)  # rows of classes 0..3, 8 each
+    probabilities = np.full((32, 6, 4), 0.02, np.float32)
+    np.put_along_axis(probabilities, layered[..., None], 0.94, axis=-1)
+    kept = np.full((32, 6), -1, np.int16)
+    kept[18:21, 2] = 1  # the user grew layer 1 down over layer 2 in column 2
+    result = order_layers(probabilities, [0, 1, 2, 3], kept)
+    assert (result[18:21, 2] == 1).all() and (np.diff(result, axis=0) >= 0).all()
+    np.testing.assert_array_equal(np.delete(result, 2, axis=1), np.delete(layered, 2, axis=1))
+    kept[:] = -1
+    kept[28, 4] = 0  # vitreous painted into the choroid: no order holds it, its column is not relabelled for it
+    kept[29, 4] = 5  # and a class index no layer has is free
+    np.testing.assert_array_equal(order_layers(probabilities, [0, 1, 2, 3], kept)[:, 4], layered[:, 4])
+    with pytest.raises(ValueError, match="kept must have"):
+        order_layers(probabilities, [0, 1, 2, 3], kept[:10])

@@ -561,3 +561,9 @@ def test_nested_lists_are_taken_as_arrays_everywhere():
         predict(model, normalised, normalized=True)
     assert cell_instances(labels[0].tolist(), 0).shape == (64, 64)
     assert training_labels(labels[0], (labels[0] > 0).tolist())[2] == [255]
+
+
+def test_kept_pixels_must_have_the_images_shape():
+    image, _ = stripes(n_slices=2, size=64)
+    with pytest.raises(ValueError, match="kept must have the image's shape"):
+        predict(tiny_model(), image, kept=np.full((64, 64), -1))

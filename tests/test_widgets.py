@@ -716,6 +716,32 @@ def test_multiclass_oct_prediction_and_probabilities(make_napari_viewer, qtbot):
     world = viewer.layers["OCT (synthetic) probabilities"]._data_to_world.affine_matrix
     np.testing.assert_allclose(world[1:, 1:], image._data_to_world.affine_matrix, atol=1e-9)
     np.testing.assert_allclose(world[0], [1, 0, 0, 0, 0], atol=1e-9)
+    # the corrections kept over a new prediction go into its layer ordering (pasted over the ordered labelling
+    # afterwards, they left layers out of order)
+    import napari_unet.predict as predict_module
+
+    seen = []
+    order_layers = predict_module.order_layers
+
+    def recording(probabilities, order, kept=None):
+        seen.append(None if kept is None else kept.copy())
+        return order_layers(probabilities, order, kept)
+
+    predict_module.order_layers = recording
+    try:
+        prediction.brush_size = 1
+        with prediction.block_history():
+            for y in range(240, 244):
+                prediction.paint((1, y, 40), 10, refresh=False)  # the bottom layer (class 9) at the bottom: in order
+        run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
+    finally:
+        predict_module.order_layers = order_layers
+    assert len(seen) == 2 and (seen[0] == -1).all()  # slice 0: nothing kept
+    expected = np.full((248, 128), -1)
+    expected[240:244, 40] = 9
+    np.testing.assert_array_equal(seen[1], expected)
+    assert (prediction.data[1, 240:244, 40] == 10).all()
+    assert (np.diff(prediction.data.astype(np.int64), axis=1) >= 0).all()
     training.stop()
     inference.stop()
 

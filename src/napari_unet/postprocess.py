@@ -294,7 +294,13 @@ def find_boundary_class(indices, n_classes: int, max_width: float = 6.0):
     return minority if np.percentile(distances, 90) <= max_width else None
 
 
-def order_layers(probabilities, order) -> np.ndarray:
+#: :func:`order_layers`: the log-likelihood cost of giving a kept pixel another class than the one kept: as if the
+#: network were certain of it (probabilities are floored at 1e-7). A correction in order is kept at the cost of a few
+#: rows around it; one that no order can hold (vitreous painted into the choroid) does not relabel its whole column.
+KEPT_PENALTY = float(np.log(1e-7))
+
+
+def order_layers(probabilities, order, kept=None) -> np.ndarray:
     """Class indices (int64, (Y, X)) of (Y, X, C) class ``probabilities`` with the layers in ``order`` down every column.
 
     ``order``: the class indices top to bottom (distinct). Each column gets the labelling of highest
@@ -302,7 +308,10 @@ def order_layers(probabilities, order) -> np.ndarray:
     may be absent. Stray islands (a patch of vitreous in the choroid) and swapped layers cannot occur. Classes left out
     of ``order`` are pockets (fluid, :func:`napari_unet.labels.layer_order`): the layers are ordered as if a pocket's
     probability belonged to whichever layer holds it, then each pixel where a pocket is the most probable class gets it.
-    Dynamic programming over the rows: O(Y x X x C).
+    ``kept`` ((Y, X) int class indices, negative = free): pixels whose class is given (a user's kept corrections),
+    scored as if the network were certain of them (:data:`KEPT_PENALTY`), so that corrections put back over the
+    labelling leave no layer out of order. Dynamic programming over the rows:
+    O(Y x X x C).
     """
     probabilities = np.asarray(probabilities, np.float32)
     order = np.asarray(order, np.int64)
@@ -314,12 +323,25 @@ def order_layers(probabilities, order) -> np.ndarray:
         raise ValueError("probabilities hold NaN or Inf")
     n_rows, n_cols, n_layers = probabilities.shape[0], probabilities.shape[1], len(order)
     pockets = np.setdiff1d(np.arange(probabilities.shape[-1]), order)
+    if kept is not None:
+        kept = np.asarray(kept)
+        if kept.shape != probabilities.shape[:2]:
+            raise ValueError(f"kept must have the probabilities' (Y, X) shape {probabilities.shape[:2]}, got {kept.shape}")
+        rank_of = np.full(probabilities.shape[-1] + 1, -1, np.int64)  # class index -> rank in order; -1: free
+        rank_of[order] = np.arange(n_layers)
+        kept_ranks = rank_of[np.where((kept >= 0) & (kept < probabilities.shape[-1]), kept, -1)]  # pockets: free
 
     def row_scores(y):  # log probabilities of row y in layer order, (X, K): one row at a time bounds the memory
         layers = probabilities[y][:, order]
         if len(pockets):
             layers = layers + probabilities[y][:, pockets].sum(axis=1, keepdims=True)
-        return np.log(np.maximum(layers, 1e-7))
+        scores = np.log(np.maximum(layers, 1e-7))
+        if kept is not None:
+            given = np.flatnonzero(kept_ranks[y] >= 0)
+            if given.size:
+                scores[given] = KEPT_PENALTY
+                scores[given, kept_ranks[y, given]] = 0.0
+        return scores
 
     ranks = np.arange(n_layers)
     best = row_scores(0)

@@ -249,6 +249,7 @@ def predict_events(
     labels_out: Optional[np.ndarray] = None,
     probabilities_out: Optional[np.ndarray] = None,
     normalized: bool = False,
+    kept=None,
 ) -> Iterator[Union[PredictionProgress, Prediction]]:
     """Predict ``image`` ((Y, X) or (Z, Y, X), any real dtype, numpy or dask) tile by tile with ``model`` (a
     :class:`UNetModel` or the path of its file).
@@ -263,7 +264,9 @@ def predict_events(
     validation slices after training (:mod:`napari_unet.postprocess`). ``close_boundaries=True``
     forces closing of membrane gaps (watershed regions merged across faint boundaries), ``False``
     gives plain argmax labels. A model of layered classes (``model.layer_order``, OCT) gets, unless ``False``, the most
-    likely labelling that keeps its layers in order down each column (:func:`napari_unet.postprocess.order_layers`). ``tta``: test-time augmentation, the mean over the four quarter turns of
+    likely labelling that keeps its layers in order down each column (:func:`napari_unet.postprocess.order_layers`),
+    and ``kept`` (int class indices of the image's shape, negative = free; None: all free) the pixels whose class a user
+    gave (corrections put back over the prediction): the ordered labelling keeps them where they are in order. ``tta``: test-time augmentation, the mean over the four quarter turns of
     each tile (True or 4) or over the tile and its half turn (2, half the network time of 4; see
     :func:`_transforms`); a model trained without rotations gets at most its :func:`upright_views` (the tile and its
     mirror image, or the tile alone if it was trained without flips); ``"auto"`` (default) is True where the network is cheap: on a GPU, a CPU
@@ -301,6 +304,8 @@ def predict_events(
                          f"got {tile_size!r}, {batch_size!r}, {overlap!r}")
     if tile_size < 1 or batch_size < 1 or overlap < 0:
         raise ValueError(f"tile_size and batch_size must be at least 1 and overlap at least 0, got {tile_size}, {batch_size}, {overlap}")
+    if kept is not None and tuple(np.shape(kept)) != shape:
+        raise ValueError(f"kept must have the image's shape {shape}, got {tuple(np.shape(kept))}")
     if normalized and np.dtype(image.dtype) != np.float32:  # a raw image would be predicted without its normalisation
         raise ValueError(f"normalized=True takes float32 planes normalised as the model does, got dtype {image.dtype}")
     n_slices = 1 if len(shape) == 2 else shape[0]
@@ -401,7 +406,8 @@ def predict_events(
                 raise PredictionError(f"the network gave NaN or Inf probabilities on slice {z}: its weights are damaged "
                                       "(NaN or Inf); retrain it or load an earlier model file")
             if layers is not None:
-                labels[i] = from_indices(order_layers(slice_probs, layers), model.class_values, label_dtype)
+                kept_here = None if kept is None else np.asarray(kept if len(shape) == 2 else kept[z])
+                labels[i] = from_indices(order_layers(slice_probs, layers, kept_here), model.class_values, label_dtype)
             elif boundary_index is None:
                 labels[i] = from_indices(np.argmax(slice_probs, axis=-1), model.class_values, label_dtype)
             else:  # boundary classes exist in two-class models only

@@ -19,7 +19,7 @@ from napari_unet.predict import PredictionProgress, check_layer_memory
 
 from .jobs import NETWORK_LABELS, Failed, Note, PredictionResult, predict_job, relay
 from .layers import Image, LayerCombo, current_slice, image_array
-from .outputs import prediction_layer_of, write_cells, write_prediction, write_probabilities
+from .outputs import kept_indices, prediction_layer_of, write_cells, write_prediction, write_probabilities
 from .progress import WORKER_FINISHED, InOrder, ProgressRow, WrappingLabel
 from .session import WAITING_FOR_STROKE, disconnect_when_destroyed, get_session, unwrap
 
@@ -92,7 +92,8 @@ class InferenceWidget(QWidget):
         self.layers.setToolTip(
             "for models trained on layers stacked top to bottom (retinal OCT). Kept in order: each column gets the most "
             "likely labelling that keeps the layers in the order of the training labels, each layer once (no islands, no "
-            f"swapped thin layers). {NETWORK_LABELS[0].upper() + NETWORK_LABELS[1:]}: the network's own label per pixel"
+            "swapped thin layers), around your kept corrections; a pocket class (fluid inside a layer) where it is most "
+            f"probable. {NETWORK_LABELS[0].upper() + NETWORK_LABELS[1:]}: the network's own label per pixel"
         )
         self.keep = QCheckBox("keep my corrections")
         self.keep.setChecked(True)
@@ -200,7 +201,10 @@ class InferenceWidget(QWidget):
         stop = threading.Event()
         close = (MEMBRANE_CHOICES[self.membranes.currentText()] if self.membranes.isEnabled()
                  else LAYER_CHOICES[self.layers.currentText()] if self.layers.isEnabled() else None)
-        events = predict_job(model, data, TTA_CHOICES[self.tta.currentText()], self.probabilities.isChecked(), membrane, close, stop=stop.is_set, z=z)
+        ordered = bool(model.layer_order) and self.layers.isEnabled() and close is not False
+        kept = kept_indices(self.viewer, self.session, image_layer, model) if ordered and self.keep.isChecked() else None
+        events = predict_job(model, data, TTA_CHOICES[self.tta.currentText()], self.probabilities.isChecked(), membrane, close,
+                             stop=stop.is_set, z=z, kept=kept)
         worker = create_worker(relay, events)
         worker.aborted.connect(lambda: (stop.set(), events.close()))  # napari aborts workers when the viewer closes
         self._job = _Job(worker, stop, image_layer, tuple(image_layer.data.shape), z, model, self.session.info)

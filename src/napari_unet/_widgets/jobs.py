@@ -117,7 +117,7 @@ def train_job(image, labels, model_config, train_config, init=None, stop=None, a
 
 
 def predict_job(model: UNetModel, image, tta: Union[bool, int, str], probabilities: bool, membrane_value=None,
-                close_boundaries: Optional[bool] = None, stop=None, z: Optional[int] = None):
+                close_boundaries: Optional[bool] = None, stop=None, z: Optional[int] = None, kept=None):
     """The core's prediction events; the last is :class:`PredictionResult` or :class:`Failed`.
 
     ``z``: predict only slice ``z`` of the (Z, Y, X) ``image``, whose result is then (Y, X) (a model with context slices
@@ -127,6 +127,8 @@ def predict_job(model: UNetModel, image, tta: Union[bool, int, str], probabiliti
     separate are then also labelled (:func:`napari_unet.postprocess.cell_instances`). None: no instances.
     ``close_boundaries``: True always closes gaps in the model's thin boundary class, False gives the most probable
     class, None (default) applies the model's boundary rule (:func:`napari_unet.predict.predict_events`).
+    ``kept``: class indices of the pixels the user's corrections keep (``image``'s shape, -1 elsewhere), for the layer
+    ordering (:func:`napari_unet.predict.predict_events`).
     """
     from napari_unet.postprocess import cell_instances
     from napari_unet.predict import Prediction, intensity_note, predict_events
@@ -138,7 +140,7 @@ def predict_job(model: UNetModel, image, tta: Union[bool, int, str], probabiliti
         if note is not None:
             yield Note(note)
         slices = None if z is None else [z]
-        events = predict_events(model, image, tta=tta, return_probabilities=probabilities, close_boundaries=close_boundaries, stop=stop, slices=slices)
+        events = predict_events(model, image, tta=tta, return_probabilities=probabilities, close_boundaries=close_boundaries, stop=stop, slices=slices, kept=kept)
         for event in events:
             if not isinstance(event, Prediction):
                 yield event

@@ -127,6 +127,25 @@ def _place_like(layer, image_layer, extra_axes: int = 0) -> None:
             setattr(layer, name, value)
 
 
+def _prediction_layer_for(viewer, session, image_layer, class_values: list):
+    """The prediction layer :func:`write_prediction` writes into, or None (it adds one)."""
+    shape = tuple(image_layer.data.shape)
+    return prediction_layer_of(
+        viewer, session, image_layer,
+        lambda x: list(x.metadata.get("class_values") or []) == class_values and tuple(x.data.shape) == shape,
+    )
+
+
+def kept_indices(viewer, session, image_layer, model) -> Optional[np.ndarray]:
+    """int16 class indices (image shape, -1 elsewhere) of the pixels :func:`write_prediction` keeps with
+    ``keep_corrections``, or None if it keeps none: a layer ordering told them keeps its layers in order around them."""
+    layer = _prediction_layer_for(viewer, session, image_layer, [int(v) for v in model.class_values])
+    reviewed = None if layer is None else session.reviewed(layer)
+    if reviewed is None or not reviewed.any():
+        return None
+    return np.where(reviewed, np.asarray(layer.data).astype(np.int16) - 1, -1).astype(np.int16)  # display k + 1: class k
+
+
 def write_prediction(viewer, session, image_layer, labels, model, info, z, keep_corrections=True):
     """Show class-value ``labels`` as a display-convention Labels layer ``<image> prediction``.
 
@@ -139,10 +158,7 @@ def write_prediction(viewer, session, image_layer, labels, model, info, z, keep_
     shape = tuple(image_layer.data.shape)
     name = f"{image_layer.name} {PREDICTION}"
     # only a prediction layer (ours, or a saved one reopened): a user's layer that merely has the name is left alone
-    layer = prediction_layer_of(
-        viewer, session, image_layer,
-        lambda x: list(x.metadata.get("class_values") or []) == class_values and tuple(x.data.shape) == shape,
-    )
+    layer = _prediction_layer_for(viewer, session, image_layer, class_values)
     metadata = {
         "class_values": class_values,
         "class_names": names or [str(v) for v in class_values],
