@@ -11,7 +11,7 @@ import tifffile
 
 from _helpers import record_tta, stripes, tiny_model
 from napari_unet.cli import main
-from napari_unet.model_io import save_model
+from napari_unet.model_io import read_metadata, save_model
 from napari_unet.tiff_io import read_tiff
 
 TINY_TRAINING = ["--epochs", "2", "--steps-per-epoch", "5", "--patch-size", "64", "--batch-size", "2"]
@@ -936,3 +936,24 @@ def test_predict_outputs_keep_a_pixel_size_recorded_without_a_unit(data, capsys)
     assert np.allclose(image_scale[-2:], 0.004)
     assert np.allclose(read_layers(str(data / "p.tif"))[0][1]["scale"], image_scale)
     assert np.allclose(read_tiff(data / "q.tif").scale[-2:], image_scale[-2:])
+
+
+def test_train_records_the_images_pixel_size_and_predict_notes_a_scan_of_another(data, capsys):
+    """An OCT B-scan from another scanner (axial pixels of 1.936 µm, not 3.872) was predicted without a word, with
+    boundary errors 4 times worse (oct-hunt REPORT.md, section 3)."""
+    image = tifffile.imread(data / "image.tif")
+    for name, y_um in (("scan.tif", 3.872), ("other.tif", 1.936)):
+        tifffile.imwrite(data / name, image, imagej=True, metadata={"axes": "ZYX", "unit": "um"}, resolution=(1 / 11.29, 1 / y_um))
+    code, _out, err = run(capsys, "train", data / "scan.tif", data / "labels.tif", "-o", data / "m.keras", *TINY_TRAINING)
+    assert code == 0, err
+    assert read_metadata(data / "m.keras")["pixel_size"] == pytest.approx([3.872, 11.29])
+    code, _out, err = run(capsys, "predict", data / "m.keras", data / "scan.tif", "-o", data / "p.tif")
+    assert code == 0 and "image's pixels" not in err, err
+    code, _out, err = run(capsys, "predict", data / "m.keras", data / "image.tif", "-o", data / "p.tif")  # no pixel size: no note
+    assert code == 0 and "image's pixels" not in err, err
+    for output in ("other.tif", "other.zarr"):  # the ordinary and the chunked (zarr) path
+        code, _out, err = run(capsys, "predict", data / "m.keras", data / "other.tif", "-o", data / f"p-{output}")
+        assert code == 0, err
+        assert ("note: the image's pixels are 1.936 x 11.29 µm (Y x X), the model was trained on pixels of 3.872 x 11.29 µm"
+                in err and "zoom Y by 0.5 and X by 1" in err), err
+        assert (data / f"p-{output}").exists()

@@ -360,3 +360,34 @@ def test_a_rule_holding_numpy_numbers_saves_as_plain_json(tmp_path):
     model = dataclasses.replace(tiny_model(), boundary_rule={"threshold": np.float32(0.6), "merge_below": np.float64(0.5)})
     path = save_model(model, tmp_path / "m.keras")
     assert read_metadata(path)["boundary_rule"] == {"threshold": pytest.approx(0.6), "merge_below": 0.5}
+
+
+def test_the_training_pixel_size_is_stored_and_checked(tmp_path):
+    """An OCT scan from another scanner was predicted without a word: the model did not know its own pixel size."""
+    from dataclasses import replace
+
+    from napari_unet.chunked import ModelSource
+    from napari_unet.train import train
+
+    assert load_model(save_model(tiny_model(), tmp_path / "plain.keras")).pixel_size is None  # trained on bare arrays
+    model = replace(tiny_model(), pixel_size=[3.872, 11.29])
+    path = save_model(model, tmp_path / "m.keras")
+    assert read_metadata(path)["pixel_size"] == [3.872, 11.29]
+    assert load_model(path).pixel_size == [3.872, 11.29] and ModelSource(path).pixel_size == [3.872, 11.29]
+    meta = read_metadata(path)
+    del meta["pixel_size"]  # a file written before pixel sizes were recorded
+    assert load_model(_with_metadata(tmp_path, "old.keras", json.dumps(meta))).pixel_size is None
+    for damaged in ("3.872", [3.872], [3.872, 11.29, 1.0], [3.872, 0], [-3.872, 11.29], [3.872, float("inf")],
+                    [True, 11.29], ["3.872", "11.29"]):
+        meta["pixel_size"] = damaged
+        edited = _with_metadata(tmp_path, "edited.keras", json.dumps(meta))
+        for load in (load_model, ModelSource):
+            with pytest.raises(ModelFileError, match="invalid pixel size"):
+                load(edited)
+    # training records the pixel size it is given; fine-tuning keeps the model's unless the new data has one
+    image, labels = stripes()
+    short = model.train_config.replace(epochs=1, steps_per_epoch=1, val_fraction=0.0)
+    assert train(image, labels, None, short, init=model).model.pixel_size == [3.872, 11.29]
+    assert train(image, labels, None, short, init=model, pixel_size=(1.936, 11.29)).model.pixel_size == [1.936, 11.29]
+    with pytest.raises(ValueError, match="pixel_size must be"):
+        train(image, labels, None, short, pixel_size=[0.0, 11.29])

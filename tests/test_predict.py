@@ -567,3 +567,30 @@ def test_kept_pixels_must_have_the_images_shape():
     image, _ = stripes(n_slices=2, size=64)
     with pytest.raises(ValueError, match="kept must have the image's shape"):
         predict(tiny_model(), image, kept=np.full((64, 64), -1))
+
+
+def test_a_pixel_size_unlike_the_training_images_gets_a_note_unless_either_is_unknown():
+    """An OCT B-scan of axial pixels of 1.936 µm predicted by a model trained at 3.872 µm: boundary errors 4x worse,
+    without a word (oct-hunt REPORT.md, section 3)."""
+    from types import SimpleNamespace
+
+    from napari_unet.predict import pixel_size_note, pixel_size_um
+
+    trained = SimpleNamespace(pixel_size=[3.872, 11.29])
+    assert pixel_size_note(trained, [3.872, 11.29]) is None
+    assert pixel_size_note(trained, [3.872 * 1.2, 11.29 / 1.2]) is None  # within 25 % on each axis
+    note = pixel_size_note(trained, [1.936, 11.29])
+    assert note == ("the image's pixels are 1.936 x 11.29 µm (Y x X), the model was trained on pixels of 3.872 x 11.29 µm: "
+                    "along Y the network sees structures at another size than it learned, and its labels can be wrong "
+                    "without any error. Resample the image to the training pixel size (zoom Y by 0.5 and X by 1) and "
+                    "predict that")
+    assert "along Y and X" in pixel_size_note(trained, [1.936, 22.58]) and "along X " in pixel_size_note(trained, [3.872, 5.0])
+    assert pixel_size_note(trained, None) is None  # an image without a physical pixel size
+    assert pixel_size_note(SimpleNamespace(pixel_size=None), [1.936, 11.29]) is None  # a model trained on one without
+    # lengths in any unit, as files and napari layers name them, in µm; "pixel" or a time is no pixel size
+    assert pixel_size_um([1.0, 3.872, 11.29], [None, "µm", "µm"]) == [3.872, 11.29]
+    assert pixel_size_um((0.003872, 0.01129), ("millimeter", "millimeter")) == pytest.approx([3.872, 11.29])
+    assert pixel_size_um([5.0, 5.0], ["nm", "nanometer"]) == pytest.approx([0.005, 0.005])
+    for scale, units in (([1.0, 1.0], ["pixel", "pixel"]), ([3.872, 11.29], [None, "µm"]), ([0.5, 3.0], ["s", "µm"]),
+                         ([0.0, 3.0], ["µm", "µm"]), ([3.0], ["µm"]), (None, None)):
+        assert pixel_size_um(scale, units) is None

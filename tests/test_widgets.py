@@ -1456,3 +1456,22 @@ def test_a_dock_refused_during_another_docks_run_names_the_model_that_run_gave(w
         widgets.session.set_busy("training", False)
     widgets.session.set_model(tiny_model(), "trained at 10:00:00 (12 steps, stopped)")
     assert second.progress.status.text() == "Current model: trained at 10:00:00 (12 steps, stopped)."
+
+
+def test_training_records_the_image_layers_pixel_size_and_inference_notes_another(widgets, qtbot, notifications):
+    """An OCT scan from another scanner was predicted without a word: the model did not know its own pixel size."""
+    viewer, training, inference = widgets.viewer, widgets.training, widgets.inference
+    tiny_settings(training, epochs=1, steps=3)
+    for name in ("EM", "EM labels"):  # as the reader opens a calibrated file: lengths in napari's (pint) units
+        viewer.layers[name].scale, viewer.layers[name].units = (1.0, 0.003872, 0.01129), ("pixel", "millimeter", "millimeter")
+    run_and_wait(qtbot, training.start, lambda: training._run is not None)
+    assert widgets.session.model.pixel_size == pytest.approx([3.872, 11.29])
+    run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
+    assert not [m for _s, m in notifications if "image's pixels" in m]
+    finer = viewer.add_image(viewer.layers["EM"].data, name="EM finer", scale=(1.0, 1.936, 11.29), units=("pixel", "µm", "µm"))
+    inference.image.set_layer(finer)
+    run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
+    warnings = [m for s, m in notifications if s == "warning" and "image's pixels" in m]
+    assert len(warnings) == 1 and "1.936 x 11.29 µm" in warnings[0] and "3.872 x 11.29 µm" in warnings[0]
+    assert "EM finer prediction" in viewer.layers, "the prediction is still written"
+    assert "Note: the image's pixels are 1.936 x 11.29 µm" in inference.progress.status.text()

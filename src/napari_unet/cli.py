@@ -455,8 +455,9 @@ def _unannotated_marker(class_values, dtype: np.dtype):
     return next((int(v) for v in class_values if v == -1 or v == wide_max), None)
 
 
-def run_training(image, labels, model_config, train_config, init=None, quiet=False):
-    """Drain training events with a terminal progress line; returns the start and finish events."""
+def run_training(image, labels, model_config, train_config, init=None, quiet=False, pixel_size=None):
+    """Drain training events with a terminal progress line; returns the start and finish events.
+    ``pixel_size``: [Y, X] µm of the image's pixels, if known (recorded in the model)."""
     from .train import EpochEnd, TrainingFinished, TrainingFinishing, TrainingStarted, TrainingStep, format_seconds, train_events
 
     progress = ProgressLine()
@@ -467,7 +468,7 @@ def run_training(image, labels, model_config, train_config, init=None, quiet=Fal
     if not quiet and math.prod(shape) >= PREPARING_NOTE_PIXELS:  # minutes before the first event: say what happens
         slices = f"the annotated slices of {shape[0]} slices" if len(shape) == 3 else "1 image"
         print(f"preparing {slices} of {shape[-2]} x {shape[-1]} pixels (normalising, border weights)...", file=sys.stderr)
-    for event in train_events(image, labels, model_config, train_config, init=init):
+    for event in train_events(image, labels, model_config, train_config, init=init, pixel_size=pixel_size):
         if isinstance(event, TrainingStarted):
             started = event
             if quiet:
@@ -525,7 +526,7 @@ def cmd_train(args) -> int:
     if output.suffix != ".keras":
         raise CommandError(f"the model file must end in .keras, got {output.name!r}")
     # read when indexed (large files): training reads only the slices that hold annotations
-    image = read_stack(args.image, "image", lazy=True)
+    image, image_metadata = _read_stack_and_metadata(args.image, "image", lazy=True)
     labels, ignore_value, notes = read_label_stack(args.labels, "labels", args.ignore_value, lazy=True)
     if image.shape != labels.shape:
         raise CommandError(f"image shape {image.shape} and labels shape {labels.shape} differ; they must be identical")
@@ -552,7 +553,8 @@ def cmd_train(args) -> int:
             flag = "--" + option.replace("_", "-")
             raise CommandError(f"{flag} {value:g} differs from the --init model's {getattr(init.config, field):g}")
         model_config = replace(model_config, **{field: value})
-    started, final = run_training(image, labels, model_config, train_config, init=init)
+    started, final = run_training(image, labels, model_config, train_config, init=init,
+                                  pixel_size=_micrometres(image_metadata.get("pixel_size")))
     if final.steps == 0:
         raise CommandError(f"training ended ({final.reason}) before its first step; no model written (a larger --max-minutes?)")
     save_model_or_elsewhere(final.model, output)
@@ -624,6 +626,7 @@ def cmd_predict(args) -> int:
     model = load_model(args.model)
     _note_options_the_model_ignores(args, model)
     _note_intensities(image, model)
+    _note_pixel_size(model, pixel_size)
     progress = ProgressLine()
     result = None
     with contextlib.ExitStack() as scratch:
@@ -675,6 +678,22 @@ def _note_intensities(image, model) -> None:
         print(f"note: {note}", file=sys.stderr)
 
 
+def _micrometres(pixel_size: dict | None) -> list | None:
+    """[Y, X] µm of a file's ``pixel_size`` (:func:`_read_stack_and_metadata`) when both are lengths, else None."""
+    from .predict import pixel_size_um
+
+    return pixel_size_um(pixel_size["scale"], pixel_size["units"]) if pixel_size else None
+
+
+def _note_pixel_size(model, pixel_size: dict | None) -> None:
+    """Say on stderr when the image's pixels (``pixel_size`` of its file) differ in size from the training image's."""
+    from .predict import pixel_size_note
+
+    note = pixel_size_note(model, _micrometres(pixel_size))
+    if note is not None:
+        print(f"note: {note}", file=sys.stderr)
+
+
 def _predict_chunked(args, image, output: Path, probabilities_file: Path | None, pixel_size: dict | None = None) -> int:
     """``predict`` into zarr stores, chunk by chunk: here, or on the dask cluster of ``--scheduler``."""
     from .chunked import ModelSource, default_slices_per_chunk, predict_chunked, store_events
@@ -684,6 +703,7 @@ def _predict_chunked(args, image, output: Path, probabilities_file: Path | None,
     source = ModelSource(args.model)
     _note_options_the_model_ignores(args, source)
     _note_intensities(image, source)
+    _note_pixel_size(source, pixel_size)
     # a zarr image's own chunks along Z; a TIFF's or folder's pages are no chunks to follow (tasks of one slice)
     per_chunk = args.slices_per_chunk or (None if is_zarr_path(args.image) else default_slices_per_chunk(np.shape(image), image.dtype))
     with contextlib.ExitStack() as stack:

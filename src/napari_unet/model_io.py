@@ -41,6 +41,8 @@ class UNetModel:
     ``class_names``: the training labels' name of each class value, if they had names (napari shows them).
     ``class_colors``: the training labels' RGBA colour (4 floats in 0..1) of each class value, if they had
     custom colours; prediction layers of a reloaded model show them again.
+    ``pixel_size``: [Y, X] size in µm of the training image's pixels, or None when it had no physical pixel size;
+    prediction notes images of other pixel sizes (:func:`napari_unet.predict.pixel_size_note`).
     """
 
     keras_model: Any
@@ -56,6 +58,7 @@ class UNetModel:
     intensity_profile: Optional[tuple] = None  # of the training images (data.intensity_reference); None in older files
     intensity_spread: float = 0.0  # the largest profile distance of one training slice from intensity_profile
     layer_order: Optional[list] = None  # class values top to bottom, for labels layered down every column (OCT)
+    pixel_size: Optional[list] = None  # [Y, X] µm of the training image's pixels, when known; None in older files
 
     def metadata(self) -> dict:
         return {
@@ -73,6 +76,7 @@ class UNetModel:
             "intensity_profile": [float(q) for q in self.intensity_profile] if self.intensity_profile else None,
             "intensity_spread": float(self.intensity_spread),
             "layer_order": [int(v) for v in self.layer_order] if self.layer_order else None,
+            "pixel_size": [float(s) for s in self.pixel_size] if self.pixel_size else None,
         }
 
 
@@ -198,6 +202,7 @@ def load_model(path) -> UNetModel:
     config, train_config, class_values = checked_settings(meta, path.name)
     percentiles, intensity_profile, intensity_spread = checked_intensity_reference(meta, path.name)
     boundary_value, boundary_rule = checked_rule(meta, class_values, path.name)
+    pixel_size = checked_pixel_size(meta, path.name)
     keras = import_keras()
     try:
         with python_random_kept():  # Keras draws initializer seeds while it rebuilds the layers
@@ -230,6 +235,7 @@ def load_model(path) -> UNetModel:
         intensity_profile=intensity_profile,
         intensity_spread=intensity_spread,
         layer_order=_layer_order(meta.get("layer_order"), class_values, path.name),
+        pixel_size=pixel_size,
     )
 
 
@@ -350,6 +356,18 @@ def checked_intensity_reference(meta: dict, name: str) -> tuple:
             and _finite_number(spread) and spread >= 0):
         raise ModelFileError(f"{name} has an invalid intensity profile; the file was modified or damaged")
     return (low, high), tuple(float(q) for q in profile), float(spread)
+
+
+def checked_pixel_size(meta: dict, name: str) -> Optional[list]:
+    """[Y, X] training pixel size in µm of a model file's metadata, None if it records none (older files), or
+    :class:`ModelFileError` if it is malformed. No TensorFlow needed."""
+    pixel_size = meta.get("pixel_size")
+    if pixel_size is None:
+        return None
+    if not (isinstance(pixel_size, list) and len(pixel_size) == 2 and all(_finite_number(s) and s > 0 for s in pixel_size)):
+        raise ModelFileError(f"{name} has an invalid pixel size {pixel_size!r} (two sizes above 0 in µm, Y and X); the file "
+                             "was modified or damaged")
+    return [float(s) for s in pixel_size]
 
 
 def _finite_number(value) -> bool:

@@ -496,6 +496,50 @@ def intensity_note(image, model) -> Optional[str]:
     )
 
 
+#: How many times larger or smaller than the training image's an image's pixels may be along an axis before
+#: :func:`pixel_size_note` speaks: the network learned structures (layer thicknesses, cell sizes) in pixels.
+PIXEL_SIZE_RATIO = 1.25
+
+
+def pixel_size_um(scale, units) -> Optional[list]:
+    """[Y, X] pixel size in µm from the last two axes' ``scale`` and ``units`` (tiff_io's names such as "µm" or
+    napari's such as "micrometer"), or None unless both are lengths of a size above 0 ("pixel", None: unknown)."""
+    from .tiff_io import _normalise_unit, _to_micrometres
+
+    if scale is None or units is None or len(scale) < 2 or len(units) < 2:
+        return None
+    sizes = []
+    for value, unit in zip(list(scale)[-2:], list(units)[-2:]):
+        value, unit = _to_micrometres(float(value), _normalise_unit(None if unit is None else str(unit)))
+        if unit == "nm":
+            value, unit = value / 1000, "µm"
+        if unit != "µm" or not (np.isfinite(value) and value > 0):
+            return None
+        sizes.append(value)
+    return sizes
+
+
+def pixel_size_note(model, pixel_size) -> Optional[str]:
+    """A warning when ``pixel_size`` ([Y, X] µm of the image's pixels, None if unknown) differs from ``model``'s training
+    pixel size by more than :data:`PIXEL_SIZE_RATIO` along an axis (a scan from another device), else None; also None
+    when either is unknown. ``model``: a :class:`UNetModel` or anything with its ``pixel_size``
+    (:class:`napari_unet.chunked.ModelSource`). Prediction still runs: the note never fails it.
+    """
+    trained = getattr(model, "pixel_size", None)
+    if trained is None or pixel_size is None:
+        return None
+    ratios = [float(size) / float(base) for size, base in zip(pixel_size, trained)]
+    differing = [axis for axis, ratio in zip("YX", ratios) if not 1 / PIXEL_SIZE_RATIO <= ratio <= PIXEL_SIZE_RATIO]
+    if not differing:
+        return None
+    return (
+        f"the image's pixels are {pixel_size[0]:.4g} x {pixel_size[1]:.4g} µm (Y x X), the model was trained on pixels of "
+        f"{trained[0]:.4g} x {trained[1]:.4g} µm: along {' and '.join(differing)} the network sees structures at another "
+        f"size than it learned, and its labels can be wrong without any error. Resample the image to the training pixel "
+        f"size (zoom Y by {ratios[0]:.3g} and X by {ratios[1]:.3g}) and predict that"
+    )
+
+
 def predict(model: UNetModel, image, **kwargs) -> Prediction:
     """Drain :func:`predict_events` and return the :class:`Prediction` (same keyword arguments)."""
     result = None

@@ -519,6 +519,7 @@ def train_events(
     init: Optional[UNetModel] = None,
     stop: Optional[Callable[[], bool]] = None,
     pixel_weights=None,
+    pixel_size=None,
 ) -> Iterator[TrainingEvent]:
     """Train a U-Net on ``image`` and ``labels`` ((Y, X) or (Z, Y, X), identical shapes), yielding events.
 
@@ -528,6 +529,8 @@ def train_events(
     network is used, at depth 5 for budgets of 30 minutes or more with bfloat16 on AMX or a GPU (:func:`napari_unet.hardware.resolve_depth`), else 4.
     ``pixel_weights`` (labels' shape, float >= 0, optional) are added to the loss weight of annotated pixels, whose
     class weights are about 1 (Retrain weighs the user's corrections this way).
+    ``pixel_size``: [Y, X] size in µm of the image's pixels, if known; the model records it (``init``'s is kept without
+    one), and prediction notes images of other pixel sizes (:func:`napari_unet.predict.pixel_size_note`).
     ``stop()`` returning True, or the time budget, ends training cleanly. The last event is
     :class:`TrainingFinished` carrying the model: the mean of the epoch-end weights after
     ``train_config.average_weights_from`` of the run, or, with fewer than two such epochs, the best validation epoch.
@@ -540,6 +543,10 @@ def train_events(
                             f"got {type(value).__name__}")
     train_config = train_config or preset("default").train
     init = None if init is None else as_model(init)
+    if pixel_size is not None:
+        pixel_size = [float(s) for s in pixel_size]
+        if len(pixel_size) != 2 or not all(math.isfinite(s) and s > 0 for s in pixel_size):
+            raise ValueError(f"pixel_size must be the [Y, X] size of a pixel in µm (two numbers above 0), got {pixel_size!r}")
     # The model file records what ran, not "auto".
     train_config = train_config.replace(
         augment_noise=resolve_augment_noise(train_config.augment_noise, train_config.max_minutes),
@@ -704,6 +711,7 @@ def train_events(
         result.layer_order = init.layer_order
     if result.layer_order is None and order is not None:
         result.layer_order = [class_values[k] for k in order]  # prediction keeps the layers in this order (pockets aside)
+    result.pixel_size = pixel_size or (init.pixel_size if init is not None else None)
 
     epochs, steps_per_epoch = train_config.epochs, train_config.steps_per_epoch
     total_steps = epochs * steps_per_epoch
@@ -832,10 +840,11 @@ def _eta(elapsed: float, first_step_seconds: float, step: int, total_steps: int,
     return eta
 
 
-def train(image, labels, model_config=None, train_config=None, init=None, stop=None, pixel_weights=None) -> TrainingFinished:
+def train(image, labels, model_config=None, train_config=None, init=None, stop=None, pixel_weights=None,
+          pixel_size=None) -> TrainingFinished:
     """Drain :func:`train_events` (same arguments); returns the final :class:`TrainingFinished`."""
     final = None
-    for event in train_events(image, labels, model_config, train_config, init, stop, pixel_weights):
+    for event in train_events(image, labels, model_config, train_config, init, stop, pixel_weights, pixel_size):
         final = event
     return final
 

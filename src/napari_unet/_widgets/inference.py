@@ -18,7 +18,7 @@ from napari_unet.hardware import FAST_CONV_GFLOPS, available_memory_bytes, expla
 from napari_unet.predict import PredictionProgress, check_layer_memory
 
 from .jobs import NETWORK_LABELS, Failed, Note, PredictionResult, predict_job, relay
-from .layers import Image, LayerCombo, current_slice, image_array
+from .layers import Image, LayerCombo, current_slice, image_array, pixel_size_of
 from .outputs import kept_indices, prediction_layer_of, write_cells, write_prediction, write_probabilities
 from .progress import WORKER_FINISHED, InOrder, ProgressRow, WrappingLabel
 from .session import WAITING_FOR_STROKE, disconnect_when_destroyed, get_session, unwrap
@@ -204,7 +204,7 @@ class InferenceWidget(QWidget):
         ordered = bool(model.layer_order) and self.layers.isEnabled() and close is not False
         kept = kept_indices(self.viewer, self.session, image_layer, model) if ordered and self.keep.isChecked() else None
         events = predict_job(model, data, TTA_CHOICES[self.tta.currentText()], self.probabilities.isChecked(), membrane, close,
-                             stop=stop.is_set, z=z, kept=kept)
+                             stop=stop.is_set, z=z, kept=kept, pixel_size=pixel_size_of(image_layer))
         worker = create_worker(relay, events)
         worker.aborted.connect(lambda: (stop.set(), events.close()))  # napari aborts workers when the viewer closes
         self._job = _Job(worker, stop, image_layer, tuple(image_layer.data.shape), z, model, self.session.info)

@@ -78,13 +78,14 @@ class CorrectionsLearned:
 
 
 def train_job(image, labels, model_config, train_config, init=None, stop=None, auto_depth: bool = False, pixel_weights=None,
-              check=None):
+              check=None, pixel_size=None):
     """The core's training events; ends with ``TrainingFinished`` or :class:`Failed`.
 
     ``auto_depth``: the depth of ``model_config`` is settled here, as ``napari-unet train`` settles it
     (:func:`napari_unet.hardware.resolve_depth` may import TensorFlow to ask for a GPU, seconds on a GUI thread).
     ``check``: a :class:`CorrectionCheck` to score the trained model on; then a :class:`CorrectionsLearned` follows
     ``TrainingFinished`` (nothing if the check fails: the model is kept by then).
+    ``pixel_size``: [Y, X] µm of the image's pixels, if known (the model records it).
     """
     from napari_unet.hardware import AUTO, resolve_depth
     from napari_unet.predict import agreement
@@ -98,7 +99,8 @@ def train_job(image, labels, model_config, train_config, init=None, stop=None, a
             if train_config.patch_size % settled.size_multiple == 0:  # else keep the depth the form checked the patch against
                 model_config = settled
         final = None
-        for final in train_events(image, labels, model_config, train_config, init=init, stop=stop, pixel_weights=pixel_weights):
+        for final in train_events(image, labels, model_config, train_config, init=init, stop=stop, pixel_weights=pixel_weights,
+                                  pixel_size=pixel_size):
             if isinstance(final, TrainingFinishing):
                 _answer_hardware_questions()
             yield final
@@ -117,7 +119,7 @@ def train_job(image, labels, model_config, train_config, init=None, stop=None, a
 
 
 def predict_job(model: UNetModel, image, tta: Union[bool, int, str], probabilities: bool, membrane_value=None,
-                close_boundaries: Optional[bool] = None, stop=None, z: Optional[int] = None, kept=None):
+                close_boundaries: Optional[bool] = None, stop=None, z: Optional[int] = None, kept=None, pixel_size=None):
     """The core's prediction events; the last is :class:`PredictionResult` or :class:`Failed`.
 
     ``z``: predict only slice ``z`` of the (Z, Y, X) ``image``, whose result is then (Y, X) (a model with context slices
@@ -129,16 +131,17 @@ def predict_job(model: UNetModel, image, tta: Union[bool, int, str], probabiliti
     class, None (default) applies the model's boundary rule (:func:`napari_unet.predict.predict_events`).
     ``kept``: class indices of the pixels the user's corrections keep (``image``'s shape, -1 elsewhere), for the layer
     ordering (:func:`napari_unet.predict.predict_events`).
+    ``pixel_size``: [Y, X] µm of the image's pixels, if known: a :class:`Note` when the model was trained on others.
     """
     from napari_unet.postprocess import cell_instances
-    from napari_unet.predict import Prediction, intensity_note, predict_events
+    from napari_unet.predict import Prediction, intensity_note, pixel_size_note, predict_events
 
     lower_thread_priority()
     load_tensorflow()
     try:
-        note = intensity_note(image if z is None else image[z], model)
-        if note is not None:
-            yield Note(note)
+        for note in (intensity_note(image if z is None else image[z], model), pixel_size_note(model, pixel_size)):
+            if note is not None:
+                yield Note(note)
         slices = None if z is None else [z]
         events = predict_events(model, image, tta=tta, return_probabilities=probabilities, close_boundaries=close_boundaries, stop=stop, slices=slices, kept=kept)
         for event in events:

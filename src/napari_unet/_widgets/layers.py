@@ -10,6 +10,7 @@ from qtpy.QtWidgets import QComboBox
 
 from napari_unet.data import InputError
 from napari_unet.labels import LabelError, check_display_values, metadata_class_values, smallest_dtype
+from napari_unet.predict import pixel_size_um
 
 from .session import disconnect_when_destroyed, unwrap
 
@@ -85,6 +86,11 @@ def image_array(layer, what: str = "the image"):
     if shape[-1] < 16 or shape[-2] < 16:
         raise InputError(f"image {layer.name!r} of shape {shape} is too small (needs at least 16 x 16 pixels)")
     return layer.data
+
+
+def pixel_size_of(layer) -> Optional[list]:
+    """[Y, X] size in µm of the layer's pixels when its units are lengths (a calibrated file), else None ("pixel")."""
+    return pixel_size_um(layer.scale, getattr(layer, "units", None))
 
 
 def no_labels_message(viewer, image_layer) -> str:

@@ -25,7 +25,7 @@ from napari_unet.labels import (
 from napari_unet.model_io import UNetModel
 from napari_unet.retrain import CorrectionCheck, correction_check, retrain_data
 
-from .layers import class_names_of, image_array, misplacement, no_labels_message, read_annotations
+from .layers import class_names_of, image_array, misplacement, no_labels_message, pixel_size_of, read_annotations
 from .outputs import prediction_layer_of
 from .session import colormap_of
 
@@ -45,6 +45,7 @@ class TrainJob:
     check: Optional[CorrectionCheck] = None  # a Retrain's corrections, scored on the new model
     pairs: Any = None  # a reopened prediction to pair with the image once the run starts (its image was renamed)
     warning: str = ""  # shown as a notification at the start and kept in the final status
+    pixel_size: Optional[list] = None  # [Y, X] µm of the image's pixels, when its layer has length units
 
 
 def _image(image_layer, labels_layer):
@@ -110,7 +111,7 @@ def prepare_train(viewer, session, image_layer, labels_layer, zero_is_unannotate
                         "(training pairs them pixel for pixel)")
     warning = "; ".join(warnings)
     return TrainJob(image, labels, model_config, train_config.replace(ignore_value=ignore), init, class_names_of(labels_layer),
-                    colormap, note, warning=warning)
+                    colormap, note, warning=warning, pixel_size=pixel_size_of(image_layer))
 
 
 def _class_colormap(labels_layer, class_values, display: bool):
@@ -260,5 +261,6 @@ def prepare_retrain(viewer, session, image_layer, labels_layer, zero_is_unannota
     for misfit in misfits:
         note += f"; {misfit.name!r} {tuple(misfit.data.shape)} is another image's prediction and is not used"
     return TrainJob(data.image, data.labels, None, train_config.replace(ignore_value=data.ignore), model, names, colormap, note,
-                    pixel_weights=data.pixel_weights, check=correction_check(image, values, corrected), pairs=pairs)
+                    pixel_weights=data.pixel_weights, check=correction_check(image, values, corrected), pairs=pairs,
+                    pixel_size=pixel_size_of(image_layer))
 

@@ -141,7 +141,7 @@ class TrainingWidget(QWidget):
         stop = threading.Event()
         events = train_job(
             job.image, job.labels, job.model_config, job.train_config, init=job.init, stop=stop.is_set, auto_depth=job.auto_depth,
-            pixel_weights=job.pixel_weights, check=job.check,
+            pixel_weights=job.pixel_weights, check=job.check, pixel_size=job.pixel_size,
         )
         worker = create_worker(relay, events)
         budget = job.train_config.max_minutes * 60 if job.train_config.max_minutes else None
