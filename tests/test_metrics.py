@@ -733,3 +733,11 @@ def test_evaluate_of_layers_with_a_pocket_gives_the_layers_boundaries():
     result = M.evaluate(pred, truth)
     assert result["layer_order"] == [0, 1, 2, 3]
     assert result["boundary_error_px"]["mean"] == 1.0
+
+
+def test_evaluate_without_a_membrane_class_gives_no_isbi_scores():
+    rng = np.random.default_rng(0)
+    cells = np.where(rng.random((64, 64)) < 0.2, 0, 255).astype(np.uint8)
+    assert "v_rand" in M.evaluate(cells, cells)
+    plain = M.evaluate(cells, cells, membrane_value=False)
+    assert "v_rand" not in plain and "isbi_pixel_error" not in plain and plain["dice"] == {"0": 1.0, "255": 1.0}

@@ -43,6 +43,15 @@ def test_segment_instances_labels_each_cell_once():
     assert set(np.unique(instances)) == {0, left, right}
 
 
+def test_find_boundary_class_calls_a_band_across_the_image_no_boundary():
+    from napari_unet.synthetic import make_oct_stack
+
+    _, layers = make_oct_stack(2, (96, 128), seed=3)
+    band = (layers == 8).astype(np.int64)  # one thin layer down every column: no cells to close
+    assert find_boundary_class(band, 2) is None
+    assert find_boundary_class(np.swapaxes(band, 1, 2), 2) == 1  # side by side: thin lines crossing every row
+
+
 def test_find_boundary_class_tells_thin_lines_from_blobs():
     membranes = np.ones((1, 64, 64), np.int32)
     membranes[:, ::16, :] = 0

@@ -577,7 +577,8 @@ def cmd_train(args) -> int:
         val = started.val_slices
         prediction = predict(final.model, stack_image, slices=planes if normalized else val, return_probabilities=False,
                              normalized=normalized)
-        scores = evaluate(prediction.labels, stack_labels[val], final.model.class_values, ignore_value=train_config.ignore_value)
+        scores = evaluate(prediction.labels, stack_labels[val], final.model.class_values, _membrane_of(final.model),
+                          ignore_value=train_config.ignore_value)
         print(json.dumps({"validation_slices": val, **in_window, "tta_views": views, **scores}, indent=1))
     elif started.val_column is not None:  # one annotated image (an OCT B-scan): validated on its last columns
         column, trained = started.val_column, started.train_slices
@@ -585,9 +586,15 @@ def cmd_train(args) -> int:
                              normalized=normalized)
         held_out = (Ellipsis,) if window is not None else (Ellipsis, slice(column, None))  # a window lies in those columns
         scores = evaluate(prediction.labels[held_out], stack_labels[trained][held_out], final.model.class_values,
-                          ignore_value=train_config.ignore_value)
+                          _membrane_of(final.model), ignore_value=train_config.ignore_value)
         print(json.dumps({"validation_columns": [column, int(image.shape[-1])], **in_window, "tta_views": views, **scores}, indent=1))
     return 0
+
+
+def _membrane_of(model):
+    """``evaluate``'s membrane_value for a model's validation: its boundary class, or False (no ISBI scores) when it
+    has none; the smaller of two values was taken, and an OCT band's vitreous and choroid were scored as membrane."""
+    return model.boundary_value if model.boundary_value is not None else False
 
 
 def cmd_predict(args) -> int:

@@ -726,11 +726,11 @@ def evaluate(pred_labels, truth_labels, class_values=None, membrane_value=None, 
         scores; once with ``truth_values``), an integer prediction once (a float one is checked for whole numbers first).
     class_values : sequence, optional
         Classes for Dice/IoU; default: values present in ``truth_labels`` (except ``ignore_value``).
-    membrane_value : scalar, optional
+    membrane_value : scalar or False, optional
         Membrane class.  ISBI scores are computed when it is given or when
         there are exactly two class values (then the smaller one is the
         membrane, as in ISBI: 0 = membrane, 255 = cell), every truth pixel is annotated and holds one of the
-        class values.
+        class values. False: no membrane class (no ISBI scores), e.g. for a model that has none.
     ignore_value : scalar, optional
         Truth value of unannotated pixels (sparse truth): only the other pixels are scored.
     pixel_height : float, optional
@@ -789,7 +789,9 @@ def evaluate(pred_labels, truth_labels, class_values=None, membrane_value=None, 
         sample = to_indices(np.asarray(truth[::z_step, :, ::x_step]), class_values, ignore_value)
         order = layer_order(sample, max_columns=sample.shape[0] * sample.shape[2])  # the columns a whole stack gives
     layers = None if order is None else [class_values[k] for k in order]
-    if membrane_value is None and len(class_values) == 2:
+    if membrane_value is False:
+        membrane_value = None
+    elif membrane_value is None and len(class_values) == 2:
         membrane_value = min(class_values)
     elif membrane_value is not None and membrane_value not in class_values:  # every pixel would be cell: perfect scores
         raise ValueError(f"membrane_value {membrane_value} is not one of the class values {class_values}")

@@ -268,12 +268,19 @@ def tune_boundary_rule(
 BOUNDARY_CHECK_PIXELS = 16 * 512 * 512
 
 
+#: :func:`find_boundary_class`: a thin minority class forming one run down at least this share of the columns is a
+#: band (an OCT layer), not a boundary network (ISBI membranes: about 4 runs a column of 512 rows).
+BAND_COLUMNS = 0.9
+
+
 def find_boundary_class(indices, n_classes: int, max_width: float = 6.0):
     """Index of a thin boundary class (e.g. EM membranes) in (Z, Y, X) int class indices, or None.
 
     Only two-class problems qualify: the minority class (over all planes) is a boundary class when 90 % of its
     annotated pixels lie within ``max_width`` pixels of the other class (thin lines, not blobs;
-    ISBI 2012 membranes: 5 pixels), measured on up to :data:`BOUNDARY_CHECK_PIXELS` of evenly chosen planes holding it.
+    ISBI 2012 membranes: 5 pixels), measured on up to :data:`BOUNDARY_CHECK_PIXELS` of evenly chosen planes holding it,
+    and it is no band across the image (one run down nearly every column: an OCT layer such as the RPE, which has
+    no cells to close).
     """
     if n_classes != 2:
         return None
@@ -291,7 +298,13 @@ def find_boundary_class(indices, n_classes: int, max_width: float = 6.0):
         holding = [holding[i] for i in np.linspace(0, len(holding) - 1, n_planes + 2)[1:-1].round().astype(int)]  # inner planes
     distances = [ndimage.distance_transform_edt(indices[z] == minority)[indices[z] == minority] for z in holding]
     distances = np.concatenate(distances)
-    return minority if np.percentile(distances, 90) <= max_width else None
+    if np.percentile(distances, 90) > max_width:
+        return None
+    columns = np.moveaxis(indices[holding] == minority, 1, -1).reshape(-1, indices.shape[1])  # (columns, Y)
+    starts = np.count_nonzero(columns[:, 1:] & ~columns[:, :-1], axis=1) + columns[:, 0]  # runs per column
+    band = np.mean(starts == 1) >= BAND_COLUMNS
+    return None if band else minority
+
 
 
 #: :func:`order_layers`: the log-likelihood cost of giving a kept pixel another class than the one kept: as if the
