@@ -147,6 +147,12 @@ def test_oct_layers_train_upright_unless_rotations_are_asked_for(tmp_path, capsy
     assert load_model(tmp_path / "m.keras").train_config.augment_rotations is False
     assert json.loads(out)["tta_views"] in (1, 2)  # scored as predict does: upright views only
     assert set(json.loads(out)["boundary_error_px"]) == {f"{k}|{k + 1}" for k in range(labels.max())} | {"mean"}
+    assert "boundary_error_um" not in json.loads(out)  # no pixel size
+    tifffile.imwrite(tmp_path / "scan-um.tif", image[0], imagej=True, metadata={"unit": "um"}, resolution=(1 / 14.2, 1 / 3.87))
+    code, out, err = run(capsys, "train", tmp_path / "scan-um.tif", tmp_path / "layers.tif", "-o", tmp_path / "u.keras", *TINY_TRAINING)
+    assert code == 0, err
+    scores = json.loads(out)  # a calibrated B-scan: its boundary errors in µm too (they were in rows only)
+    assert scores["boundary_error_um"]["mean"] == pytest.approx(scores["boundary_error_px"]["mean"] * 3.87)
     code, _, err = run(capsys, "train", tmp_path / "scan.tif", tmp_path / "layers.tif", "-o", tmp_path / "r.keras", "--rotations", "on", *TINY_TRAINING)
     assert code == 0, err
     assert "90-degree" not in err and load_model(tmp_path / "r.keras").train_config.augment_rotations is True

@@ -466,7 +466,7 @@ def test_evaluate_scores_values_that_are_no_class_as_wrong_in_every_score():
     truth = np.full((32, 32), 255, np.uint8)
     truth[:, 15:17] = 0
     perfect = M.evaluate(truth, truth)
-    for pred in (np.where(truth == 255, 1, 0).astype(np.uint8), truth == 255):
+    for pred in (np.where(truth == 255, 1, 0).astype(np.uint8),):  # (a bool mask is refused: see below)
         scores = M.evaluate(pred, truth)
         assert scores["dice"]["255"] == 0.0 and scores["pixel_error"] > 0.5
         assert scores["v_rand"] < perfect["v_rand"] == 1.0 and scores["isbi_pixel_error"] > 0.5
@@ -741,3 +741,11 @@ def test_evaluate_without_a_membrane_class_gives_no_isbi_scores():
     assert "v_rand" in M.evaluate(cells, cells)
     plain = M.evaluate(cells, cells, membrane_value=False)
     assert "v_rand" not in plain and "isbi_pixel_error" not in plain and plain["dice"] == {"0": 1.0, "255": 1.0}
+
+
+def test_evaluate_refuses_a_bool_prediction_of_other_classes():
+    # a perfect cell mask scored V_rand 0.22 and ISBI pixel error 1.0 against its 0/255 truth, without a word
+    truth = np.where(np.random.default_rng(0).random((64, 64)) < 0.2, 0, 255).astype(np.uint8)
+    with pytest.raises(ValueError, match="bool mask"):
+        M.evaluate(truth != 0, truth)
+    assert M.evaluate(truth != 0, truth != 0)["pixel_error"] == 0.0  # a bool truth: bool classes

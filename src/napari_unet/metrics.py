@@ -778,6 +778,9 @@ def evaluate(pred_labels, truth_labels, class_values=None, membrane_value=None, 
     if not scored_values:
         raise ValueError(f"truth_labels has no annotated pixel (all are the ignore value {ignore_value})")
     class_values = list(scored_values if class_values is None else class_values)
+    if np.dtype(pred.dtype) == bool and not set(class_values) <= {0, 1}:  # True/False scored as classes 1/0: all wrong
+        raise ValueError(f"pred_labels is a bool mask and the classes are {[_key(v) for v in class_values[:10]]}: give the "
+                         "prediction in class values (e.g. np.where(mask, 255, 0)); isbi_scores and v_rand take a cell mask")
     if not any(v in truth_values and not (has_ignored and v == ignore_value) for v in class_values):
         # Dice 1.0 and ISBI pixel error 0 for a prediction 77 % wrong
         raise ValueError(f"none of the class values {[_key(v) for v in class_values]} occurs in the truth, whose values are "
