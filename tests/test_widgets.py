@@ -1475,3 +1475,24 @@ def test_training_records_the_image_layers_pixel_size_and_inference_notes_anothe
     assert len(warnings) == 1 and "1.936 x 11.29 µm" in warnings[0] and "3.872 x 11.29 µm" in warnings[0]
     assert "EM finer prediction" in viewer.layers, "the prediction is still written"
     assert "Note: the image's pixels are 1.936 x 11.29 µm" in inference.progress.status.text()
+
+
+def test_closing_another_viewer_leaves_this_viewers_training_alone(make_napari_viewer, qtbot):
+    # napari registered the worker with the last activated window: closing viewer B cancelled A's training and its
+    # model was lost
+    from conftest import em_data, em_labels_layer_data
+    from napari_unet._widgets import TrainingWidget, get_session
+
+    first = make_napari_viewer()
+    image, labels = em_data()
+    display, meta = em_labels_layer_data(labels)
+    first.add_image(image, name="EM")
+    first.add_labels(display, name="EM labels", metadata=meta)
+    training = TrainingWidget(first)
+    first.window.add_dock_widget(training)
+    second = make_napari_viewer()  # the current viewer now
+    tiny_settings(training, epochs=3, steps=4)
+    assert training.start()
+    second.close()
+    qtbot.waitUntil(lambda: training._run is None, timeout=120_000)
+    assert get_session(first).model is not None, training.progress.status.text()

@@ -7,7 +7,6 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import QEvent, QTimer
 from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QPushButton, QVBoxLayout, QWidget
@@ -22,6 +21,7 @@ from .layers import Image, LayerCombo, current_slice, image_array, pixel_size_of
 from .outputs import kept_indices, prediction_layer_of, write_cells, write_prediction, write_probabilities
 from .progress import WORKER_FINISHED, InOrder, ProgressRow, WrappingLabel
 from .session import WAITING_FOR_STROKE, disconnect_when_destroyed, get_session, unwrap
+from .workers import create_worker_of
 
 _log = logging.getLogger("napari_unet")
 
@@ -205,7 +205,7 @@ class InferenceWidget(QWidget):
         kept = kept_indices(self.viewer, self.session, image_layer, model) if ordered and self.keep.isChecked() else None
         events = predict_job(model, data, TTA_CHOICES[self.tta.currentText()], self.probabilities.isChecked(), membrane, close,
                              stop=stop.is_set, z=z, kept=kept, pixel_size=pixel_size_of(image_layer))
-        worker = create_worker(relay, events)
+        worker = create_worker_of(self.viewer, relay, events)
         worker.aborted.connect(lambda: (stop.set(), events.close()))  # napari aborts workers when the viewer closes
         self._job = _Job(worker, stop, image_layer, tuple(image_layer.data.shape), z, model, self.session.info)
         worker.yielded.connect(self._on_event)

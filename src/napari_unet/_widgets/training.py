@@ -9,7 +9,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import QCheckBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QPushButton, QVBoxLayout, QWidget
@@ -27,6 +26,7 @@ from .plot import LossPlot
 from .progress import WORKER_FINISHED, InOrder, ProgressRow
 from .session import disconnect_when_destroyed, get_session, unwrap
 from .settings import TrainSettings
+from .workers import create_worker_of
 
 ZERO_TIP = (
     "Only for labels layers WITHOUT napari-unet class metadata (painted from scratch or opened by "
@@ -143,7 +143,7 @@ class TrainingWidget(QWidget):
             job.image, job.labels, job.model_config, job.train_config, init=job.init, stop=stop.is_set, auto_depth=job.auto_depth,
             pixel_weights=job.pixel_weights, check=job.check, pixel_size=job.pixel_size,
         )
-        worker = create_worker(relay, events)
+        worker = create_worker_of(self.viewer, relay, events)
         budget = job.train_config.max_minutes * 60 if job.train_config.max_minutes else None
         kind = "retraining" if retrain else "training"
         self._run = _Run(kind, worker, stop, budget, job.names, job.colormap, job.note, job.warning, started=time.perf_counter(),
