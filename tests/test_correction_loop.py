@@ -618,3 +618,21 @@ def test_another_image_of_the_same_name_gets_no_old_prediction_or_corrections(ma
     viewer.layers.remove(second)
     again = viewer.open(str(tmp_path / "a" / "image.tif"), plugin="napari-unet")[0]
     assert session.tracked_layers(again) == [prediction]
+
+
+def test_long_strokes_prune_their_history_ties_rarely(make_napari_viewer, monkeypatch):
+    # every atom of a stroke is tied to napari's history; pruning at a fixed count then scanned the whole history at
+    # each tie once the live atoms passed it: a stroke's end froze the GUI for seconds
+    from napari_unet._widgets.tracked import Tracked
+
+    _, _, prediction, session = tracked_prediction(make_napari_viewer, np.full((1, 256, 256), CELL, np.uint8))
+    prunes = []
+    forget = Tracked._forget_lost_atoms
+    monkeypatch.setattr(Tracked, "_forget_lost_atoms", lambda self: (prunes.append(1), forget(self))[1])
+    prediction.brush_size = 1
+    for stroke in range(4):
+        with prediction.block_history():
+            for x in range(200):
+                prediction.paint((0, 10 + stroke * 20 + x % 7, x), MEMBRANE if stroke % 2 == 0 else CELL, refresh=False)
+    assert len(session.record(prediction).confirmed) > 256 and len(prunes) <= 4, len(prunes)
+    assert session.reviewed(prediction).sum() > 500

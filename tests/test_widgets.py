@@ -1496,3 +1496,18 @@ def test_closing_another_viewer_leaves_this_viewers_training_alone(make_napari_v
     second.close()
     qtbot.waitUntil(lambda: training._run is None, timeout=120_000)
     assert get_session(first).model is not None, training.progress.status.text()
+
+
+def test_closing_another_viewer_leaves_this_viewers_model_load_alone(make_napari_viewer, qtbot, tmp_path):
+    from _helpers import tiny_model
+    from napari_unet._widgets import get_session
+    from napari_unet.model_io import save_model
+
+    path = save_model(tiny_model(), tmp_path / "m.keras")
+    first = make_napari_viewer()
+    session = get_session(first)
+    second = make_napari_viewer()  # the current viewer now
+    assert session.load(path) is not None
+    second.close()
+    qtbot.waitUntil(lambda: "loading" not in session.busy, timeout=60_000)
+    assert session.model is not None and "m.keras" in session.info.description

@@ -52,6 +52,7 @@ def get_session(viewer) -> "Session":
     session = _SESSIONS.get(viewer)
     if session is None:
         session = _SESSIONS[viewer] = Session()
+        session.viewer = weakref.ref(viewer)  # its load and save workers belong to this viewer's window
         viewer.layers.events.removed.connect(session._on_layer_removed)
         viewer.layers.events.inserted.connect(lambda event: session.adopt(event.value))
         for layer in viewer.layers:
@@ -91,6 +92,7 @@ class Session:
     notice = Signal(str, bool)  # a status message for the widgets (model loaded/saved, ...); True: notified already
 
     def __init__(self):
+        self.viewer: Optional[weakref.ref] = None  # set by get_session
         self.model: Optional[UNetModel] = None
         self.info = ModelInfo()
         self._tracked: dict[int, Tracked] = {}
@@ -116,7 +118,6 @@ class Session:
 
         Returns the worker, or None while another load, a training or a prediction runs.
         """
-        from napari.qt.threading import create_worker
         from napari.utils.notifications import show_warning
 
         from .jobs import load_job
@@ -135,7 +136,7 @@ class Session:
             return None
         self.set_busy("loading", True)
         self.notice.emit(f"Loading {Path(path).name}...")
-        worker = create_worker(load_job, str(path))
+        worker = self._create_worker(load_job, str(path))
         worker.returned.connect(lambda result: self._loaded(Path(path), result))
         worker.finished.connect(lambda: self.set_busy("loading", False))
         worker.start()
@@ -153,7 +154,6 @@ class Session:
 
     def save(self, path):
         """Save the current model in a worker (atomic write)."""
-        from napari.qt.threading import create_worker
         from napari.utils.notifications import show_error
 
         from .jobs import Failed, save_job
@@ -166,11 +166,17 @@ class Session:
                 self.notice.emit(f"Model saved to {result}.")
 
         self.set_busy("saving", True)
-        worker = create_worker(save_job, self.model, str(path))
+        worker = self._create_worker(save_job, self.model, str(path))
         worker.returned.connect(saved)
         worker.finished.connect(lambda: self.set_busy("saving", False))
         worker.start()
         return worker
+
+    def _create_worker(self, func, *args):
+        """A worker of the session's viewer (closing another viewer dropped a load: no model, no message)."""
+        from .workers import create_worker_of
+
+        return create_worker_of(self.viewer() if self.viewer is not None else None, func, *args)
 
     def set_busy(self, name: str, busy: bool) -> None:
         (self.busy.add if busy else self.busy.discard)(name)

@@ -74,6 +74,7 @@ class Tracked:
     pending: list = field(default_factory=list)  # (region, pixels, value) not yet tied to an atom
     confirmed: dict = field(default_factory=dict)  # id(atom) -> (atom, [(region, pixels, value), ...])
     image_key: Optional[tuple] = None  # image_identity of that image layer, when known
+    prune_at: int = CONFIRMED_PRUNE_AT  # ties above which the lost atoms' are dropped (doubling: amortised pruning)
 
     @classmethod
     def new(cls, layer, image_layer=None) -> "Tracked":
@@ -160,8 +161,11 @@ class Tracked:
             _, ties = self.confirmed.setdefault(id(atom), (atom, []))  # the atom is kept: its id is not reused
             ties.extend(self.pending)
             self.pending = []
-            if len(self.confirmed) > CONFIRMED_PRUNE_AT:
+            if len(self.confirmed) > self.prune_at:
+                # every atom of a stroke is tied: pruning at a fixed count scanned the whole history at each tie
+                # once the live atoms passed it (a 4.6 s freeze at a stroke's end)
                 self._forget_lost_atoms()
+                self.prune_at = max(CONFIRMED_PRUNE_AT, 2 * len(self.confirmed))
 
     def _forget_lost_atoms(self) -> None:
         """Drop ties to atoms napari no longer keeps (beyond its undo limit, a discarded redo branch)."""

@@ -25,7 +25,7 @@ def _current(viewer):
     try:
         from napari._qt.qt_main_window import _QtMainWindow
 
-        window = unwrap(viewer).window._qt_window
+        window = unwrap(viewer).window._qt_window  # (None, a closed viewer: AttributeError)
         instances = _QtMainWindow._instances
         index = instances.index(window)
     except (ImportError, AttributeError, ValueError):
