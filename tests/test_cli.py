@@ -153,6 +153,10 @@ def test_oct_layers_train_upright_unless_rotations_are_asked_for(tmp_path, capsy
     assert code == 0, err
     scores = json.loads(out)  # a calibrated B-scan: its boundary errors in µm too (they were in rows only)
     assert scores["boundary_error_um"]["mean"] == pytest.approx(scores["boundary_error_px"]["mean"] * 3.87)
+    code, out, err = run(capsys, "train", tmp_path / "scan.tif", tmp_path / "layers.tif", "-o", tmp_path / "f.keras",
+                         "--init", tmp_path / "u.keras", *TINY_TRAINING)
+    assert code == 0, err
+    assert "boundary_error_um" not in json.loads(out)  # an uncalibrated scan: not in the init model's µm
     code, _, err = run(capsys, "train", tmp_path / "scan.tif", tmp_path / "layers.tif", "-o", tmp_path / "r.keras", "--rotations", "on", *TINY_TRAINING)
     assert code == 0, err
     assert "90-degree" not in err and load_model(tmp_path / "r.keras").train_config.augment_rotations is True
@@ -980,3 +984,12 @@ def test_train_records_the_images_pixel_size_and_predict_notes_a_scan_of_another
         assert ("note: the image's pixels are 1.936 x 11.29 µm (Y x X), the model was trained on pixels of 3.872 x 11.29 µm"
                 in err and "zoom Y by 0.5 and X by 1" in err), err
         assert (data / f"p-{output}").exists()
+
+
+def test_the_pixel_height_of_a_file_is_read_in_micrometres_also_without_an_x_calibration():
+    from napari_unet.cli import _pixel_height
+
+    assert _pixel_height({"pixel_size": {"scale": [3.872, 1.0], "units": ["µm", "pixel"]}}) == pytest.approx(3.872)
+    assert _pixel_height({"pixel_size": {"scale": [3872.0, 11290.0], "units": ["nm", "nm"]}}) == pytest.approx(3.872)
+    assert _pixel_height({"pixel_size": {"scale": [1.0, 1.0], "units": ["pixel", "pixel"]}}) is None
+    assert _pixel_height({}) is None

@@ -141,6 +141,7 @@ def test_damaged_metadata_is_a_clear_model_file_error(tmp_path, text, words):
         ("layer_order", [0, 0], "invalid layer order"),
         ("layer_order", [0, 7], "invalid layer order"),
         ("layer_order", [0], "invalid layer order"),
+        ("layer_pockets", [0], "invalid layer pockets"),  # no layer order: pockets of nothing
         ("class_values", [0.5, 255], "not a list of whole numbers"),  # was loaded as [0, 255]
         ("class_values", [0, 2**70], "not a list of whole numbers"),  # was loaded and overflowed in predict
         ("model_config", [], "must be a JSON object"),  # a raw AttributeError

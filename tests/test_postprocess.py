@@ -49,6 +49,9 @@ def test_find_boundary_class_calls_a_band_across_the_image_no_boundary():
     _, layers = make_oct_stack(2, (96, 128), seed=3)
     band = (layers == 8).astype(np.int64)  # one thin layer down every column: no cells to close
     assert find_boundary_class(band, 2) is None
+    edges = band.copy()
+    edges[:, :, :40] = -1  # manual OCT annotations often leave the edge columns out
+    assert find_boundary_class(edges, 2) is None
     assert find_boundary_class(np.swapaxes(band, 1, 2), 2) == 1  # side by side: thin lines crossing every row
 
 
@@ -403,5 +406,23 @@ def test_order_layers_keeps_the_kept_pixels_and_the_order_around_them():
     kept[28, 4] = 0  # vitreous painted into the choroid: no order holds it, its column is not relabelled for it
     kept[29, 4] = 5  # and a class index no layer has is free
     np.testing.assert_array_equal(order_layers(probabilities, [0, 1, 2, 3], kept)[:, 4], layered[:, 4])
-    with pytest.raises(ValueError, match="kept must have"):
+    with pytest.raises(ValueError, match="kept must be integer class indices"):
         order_layers(probabilities, [0, 1, 2, 3], kept[:10])
+    with pytest.raises(ValueError, match="kept must be integer class indices"):
+        order_layers(probabilities, [0, 1, 2, 3], kept.astype(float))
+
+
+def test_order_layers_keeps_kept_pixels_against_pockets_and_kept_pockets():
+    from napari_unet.postprocess import order_layers
+
+    layered = np.repeat(np.repeat(np.arange(4), 8)[:, None], 6, axis=1)
+    truth = layered.copy()
+    truth[10:14, 2] = 4  # the network sees a pocket (class 4) inside layer 1
+    probabilities = np.full((32, 6, 5), 0.1 / 4, np.float32)
+    np.put_along_axis(probabilities, truth[..., None], 0.9, axis=-1)
+    kept = np.full((32, 6), -1, np.int16)
+    kept[10:14, 2] = 1  # the user erased that false fluid: layer 1 kept
+    kept[18:20, 5] = 4  # and painted fluid into layer 2 elsewhere
+    result = order_layers(probabilities, [0, 1, 2, 3], kept)
+    assert (result[10:14, 2] == 1).all() and (result[18:20, 5] == 4).all()
+    np.testing.assert_array_equal(np.delete(result, [2, 5], axis=1), np.delete(layered, [2, 5], axis=1))

@@ -565,8 +565,10 @@ def test_nested_lists_are_taken_as_arrays_everywhere():
 
 def test_kept_pixels_must_have_the_images_shape():
     image, _ = stripes(n_slices=2, size=64)
-    with pytest.raises(ValueError, match="kept must have the image's shape"):
+    with pytest.raises(ValueError, match="kept must be integer class indices of the image's shape"):
         predict(tiny_model(), image, kept=np.full((64, 64), -1))
+    with pytest.raises(ValueError, match="kept must be integer class indices"):
+        predict(tiny_model(), image, kept=np.zeros(image.shape, bool))  # a mask: every pixel kept as class 0 or 1
 
 
 def test_a_pixel_size_unlike_the_training_images_gets_a_note_unless_either_is_unknown():

@@ -717,6 +717,10 @@ def test_a_fluid_pocket_class_stays_out_of_the_layer_order_and_is_predicted_wher
     assert model.class_values == [*range(10), 12] and model.layer_order == list(range(10))
     assert model.train_config.augment_rotations is False
     assert load_model(save_model(model, tmp_path / "m.keras")).layer_order == list(range(10))
+    from napari_unet.model_io import read_metadata
+
+    meta = read_metadata(tmp_path / "m.keras")  # the pocket at the end: older versions read it as a layer, not damage
+    assert meta["layer_order"] == [*range(10), 12] and meta["layer_pockets"] == [12]
     prediction = predict(model, image, tta=False)
     most_probable = np.asarray(model.class_values)[prediction.probabilities.argmax(axis=-1)]
     np.testing.assert_array_equal(prediction.labels == 12, most_probable == 12)

@@ -740,6 +740,11 @@ def test_multiclass_oct_prediction_and_probabilities(make_napari_viewer, qtbot):
     expected = np.full((248, 128), -1)
     expected[240:244, 40] = 9
     np.testing.assert_array_equal(seen[1], expected)
+    from napari_unet._widgets.outputs import kept_indices
+
+    session = widgets_session(viewer)
+    assert kept_indices(viewer, session, image, model, 0) is None  # one slice's run: that slice's corrections only
+    np.testing.assert_array_equal(kept_indices(viewer, session, image, model, 1)[1], expected)
     assert (prediction.data[1, 240:244, 40] == 10).all()
     assert (np.diff(prediction.data.astype(np.int64), axis=1) >= 0).all()
     training.stop()

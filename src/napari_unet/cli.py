@@ -553,8 +553,8 @@ def cmd_train(args) -> int:
             flag = "--" + option.replace("_", "-")
             raise CommandError(f"{flag} {value:g} differs from the --init model's {getattr(init.config, field):g}")
         model_config = replace(model_config, **{field: value})
-    started, final = run_training(image, labels, model_config, train_config, init=init,
-                                  pixel_size=_micrometres(image_metadata.get("pixel_size")))
+    image_um = _micrometres(image_metadata.get("pixel_size"))
+    started, final = run_training(image, labels, model_config, train_config, init=init, pixel_size=image_um)
     if final.steps == 0:
         raise CommandError(f"training ended ({final.reason}) before its first step; no model written (a larger --max-minutes?)")
     save_model_or_elsewhere(final.model, output)
@@ -578,7 +578,7 @@ def cmd_train(args) -> int:
         prediction = predict(final.model, stack_image, slices=planes if normalized else val, return_probabilities=False,
                              normalized=normalized)
         scores = evaluate(prediction.labels, stack_labels[val], final.model.class_values, _membrane_of(final.model),
-                          ignore_value=train_config.ignore_value, pixel_height=_height_of(final.model))
+                          ignore_value=train_config.ignore_value, pixel_height=image_um[0] if image_um else None)
         print(json.dumps({"validation_slices": val, **in_window, "tta_views": views, **scores}, indent=1))
     elif started.val_column is not None:  # one annotated image (an OCT B-scan): validated on its last columns
         column, trained = started.val_column, started.train_slices
@@ -586,7 +586,7 @@ def cmd_train(args) -> int:
                              normalized=normalized)
         held_out = (Ellipsis,) if window is not None else (Ellipsis, slice(column, None))  # a window lies in those columns
         scores = evaluate(prediction.labels[held_out], stack_labels[trained][held_out], final.model.class_values,
-                          _membrane_of(final.model), ignore_value=train_config.ignore_value, pixel_height=_height_of(final.model))
+                          _membrane_of(final.model), ignore_value=train_config.ignore_value, pixel_height=image_um[0] if image_um else None)
         print(json.dumps({"validation_columns": [column, int(image.shape[-1])], **in_window, "tta_views": views, **scores}, indent=1))
     return 0
 
@@ -595,11 +595,6 @@ def _membrane_of(model):
     """``evaluate``'s membrane_value for a model's validation: its boundary class, or False (no ISBI scores) when it
     has none; the smaller of two values was taken, and an OCT band's vitreous and choroid were scored as membrane."""
     return model.boundary_value if model.boundary_value is not None else False
-
-
-def _height_of(model):
-    """The training image's pixel height in µm (``evaluate``'s ``pixel_height``: boundary errors in µm too), or None."""
-    return model.pixel_size[0] if model.pixel_size else None
 
 
 def cmd_predict(args) -> int:
@@ -801,7 +796,13 @@ def _first_line(err: BaseException) -> str:
 def _pixel_height(metadata: dict) -> float | None:
     """The Y pixel size in µm a file records (``pixel_size`` of :func:`_read_stack_and_metadata`; nm and mm converted),
     else None."""
-    sizes = _micrometres(metadata.get("pixel_size"))
+    from .predict import pixel_size_um
+
+    pixel_size = metadata.get("pixel_size") or {}
+    scale, units = pixel_size.get("scale") or [], pixel_size.get("units") or []
+    if len(scale) < 2 or len(units) < 2:
+        return None
+    sizes = pixel_size_um([scale[-2]] * 2, [units[-2]] * 2)  # Y alone: X may be uncalibrated
     return sizes[0] if sizes else None
 
 

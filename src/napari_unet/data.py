@@ -116,7 +116,8 @@ def check_pixel_weights(weights, labels) -> np.ndarray:
         raise InputError(f"pixel weights must be numbers, got dtype {array.dtype}")
     if array.size and ((array.dtype.kind == "f" and not np.isfinite(array).all()) or array.min() < 0):
         raise InputError("pixel weights must be finite and >= 0")
-    if array.size and float(array.max()) > MAX_PIXEL_WEIGHT:  # float16 max vs 1e6: NumPy 2 warned of an overflow  # 1e300 became inf in float32: "training diverged" at step 1
+    # 1e300 became inf in float32: "training diverged" at step 1 (float(): float16's max against 1e6 warned of an overflow)
+    if array.size and float(array.max()) > MAX_PIXEL_WEIGHT:
         raise InputError(f"pixel weights must be at most {MAX_PIXEL_WEIGHT:g} (the class weights are about 1; Retrain "
                          f"weighs corrections 8), got {float(array.max()):g}")
     return as_stack(array, "pixel weights")

@@ -85,6 +85,10 @@ LAYERED_SHARE, LAYERED_MIN_COLUMNS = 0.95, 8
 #: retina) is a pocket, no layer: it is kept out of the order and its pixels are judged as the layer around them.
 POCKET_SHARE = 0.5
 
+#: :func:`layer_order`: pockets lie beside at least this many layers (retinal OCT has 10 classes; tissue under a
+#: background strip with nuclei in it is no layered OCT mask), and at most this many wider ones are tried.
+MIN_LAYERS_BESIDE_POCKETS, MAX_WIDE_POCKETS = 3, 2
+
 
 def layer_order_steps(shape, max_columns: int = 4096) -> tuple[int, int]:
     """(z_step, x_step): the strides over slices and columns of a (Z, Y, X) ``shape`` at which :func:`layer_order`
@@ -116,7 +120,8 @@ def layer_order(indices, max_columns: int = 4096, max_classes: int = 64):
     which way is up, so a network must not learn them from rotated patches. EM membranes alternate with cells down a
     column and are not layered. Classes in fewer than :data:`POCKET_SHARE` of those columns (fluid inside a layer) are
     pockets: they are left out of the order, and their pixels count as the layer above them; so are, while the labels
-    are not layered, the next rarest classes that do not span the columns (a wide pocket). At most ``max_columns``
+    are not layered, up to :data:`MAX_WIDE_POCKETS` next rarest classes that do not span the columns (a wide pocket).
+    Pockets lie beside at least :data:`MIN_LAYERS_BESIDE_POCKETS` layers. At most ``max_columns``
     evenly spaced columns are read; labels of more than ``max_classes`` classes are not called layered.
     """
     stack = np.asarray(indices)
@@ -133,11 +138,14 @@ def layer_order(indices, max_columns: int = 4096, max_classes: int = 64):
     # not span the columns (a wide pocket splits its layer in too many columns)
     rarest = [int(c) for c in np.argsort(shares, kind="stable") if 0 < shares[c] < LAYERED_SHARE]
     n_pockets, n_present = sum(shares[c] < POCKET_SHARE for c in rarest), int(np.count_nonzero(shares))
+    if n_present - n_pockets < MIN_LAYERS_BESIDE_POCKETS:
+        n_pockets = 0
+    most = min(len(rarest), n_pockets + MAX_WIDE_POCKETS, n_present - MIN_LAYERS_BESIDE_POCKETS)
     while True:
         pockets = rarest[:n_pockets]
         judged = _judged_columns(np.where(np.isin(columns, pockets), -1, columns)) if pockets else columns
         order = _column_order(judged, n_classes) if len(judged) >= LAYERED_MIN_COLUMNS else None
-        if order is not None or n_pockets >= len(rarest) or n_present - n_pockets <= 2:  # two layers at least
+        if order is not None or n_pockets >= most:
             return order
         n_pockets += 1
 

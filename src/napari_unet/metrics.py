@@ -792,7 +792,7 @@ def evaluate(pred_labels, truth_labels, class_values=None, membrane_value=None, 
         sample = to_indices(np.asarray(truth[::z_step, :, ::x_step]), class_values, ignore_value)
         order = layer_order(sample, max_columns=sample.shape[0] * sample.shape[2])  # the columns a whole stack gives
     layers = None if order is None else [class_values[k] for k in order]
-    if membrane_value is False:
+    if membrane_value is False or membrane_value is np.False_:
         membrane_value = None
     elif membrane_value is None and len(class_values) == 2:
         membrane_value = min(class_values)

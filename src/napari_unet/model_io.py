@@ -57,8 +57,12 @@ class UNetModel:
     class_colors: Optional[list] = None  # one [r, g, b, a] per class value, when the labels had custom colours
     intensity_profile: Optional[tuple] = None  # of the training images (data.intensity_reference); None in older files
     intensity_spread: float = 0.0  # the largest profile distance of one training slice from intensity_profile
-    layer_order: Optional[list] = None  # class values top to bottom, for labels layered down every column (OCT)
+    layer_order: Optional[list] = None  # class values top to bottom, for labels layered down every column (OCT); pockets left out
     pixel_size: Optional[list] = None  # [Y, X] µm of the training image's pixels, when known; None in older files
+
+    def layer_pockets(self) -> list:
+        """The class values left out of ``layer_order`` (pockets such as fluid inside a layer); [] without an order."""
+        return [v for v in self.class_values if v not in self.layer_order] if self.layer_order else []
 
     def metadata(self) -> dict:
         return {
@@ -75,7 +79,8 @@ class UNetModel:
             "class_colors": [[float(c) for c in rgba] for rgba in self.class_colors] if self.class_colors else None,
             "intensity_profile": [float(q) for q in self.intensity_profile] if self.intensity_profile else None,
             "intensity_spread": float(self.intensity_spread),
-            "layer_order": [int(v) for v in self.layer_order] if self.layer_order else None,
+            "layer_order": [int(v) for v in [*self.layer_order, *self.layer_pockets()]] if self.layer_order else None,
+            "layer_pockets": [int(v) for v in self.layer_pockets()] or None,
             "pixel_size": [float(s) for s in self.pixel_size] if self.pixel_size else None,
         }
 
@@ -234,19 +239,25 @@ def load_model(path) -> UNetModel:
         class_colors=_class_colors(meta.get("class_colors"), class_values),
         intensity_profile=intensity_profile,
         intensity_spread=intensity_spread,
-        layer_order=_layer_order(meta.get("layer_order"), class_values, path.name),
+        layer_order=_layer_order(meta.get("layer_order"), meta.get("layer_pockets"), class_values, path.name),
         pixel_size=pixel_size,
     )
 
 
-def _layer_order(order, class_values: list, name: str) -> Optional[list]:
-    """A file's layer order: two or more distinct class values (the others are pockets), or None (files without one)."""
+def _layer_order(order, pockets, class_values: list, name: str) -> Optional[list]:
+    """A file's layer order (class values, top to bottom), or None (files without one). The file's ``layer_order`` is a
+    permutation of the class values that ends with its ``layer_pockets`` (classes kept out of the order, e.g. fluid),
+    which napari-unet before pockets reads as layers at the bottom instead of refusing the file."""
     if order is None:
+        if pockets is not None:
+            raise ModelFileError(f"{name} has invalid layer pockets {pockets!r} without a layer order")
         return None
-    if not (isinstance(order, list) and len(order) >= 2 and all(isinstance(v, int) and v in class_values for v in order)
-            and len(set(order)) == len(order)):
+    if not (isinstance(order, list) and sorted(order) == sorted(class_values) and all(isinstance(v, int) for v in order)):
         raise ModelFileError(f"{name} has an invalid layer order {order!r} for its classes {class_values}")
-    return order
+    pockets = [] if pockets is None else pockets
+    if not (isinstance(pockets, list) and len(pockets) <= len(order) - 2 and order[len(order) - len(pockets):] == pockets):
+        raise ModelFileError(f"{name} has invalid layer pockets {pockets!r} for its layer order {order}")
+    return order[: len(order) - len(pockets)]
 
 
 def _refuse_newer_settings(meta: dict, name: str) -> None:

@@ -301,10 +301,10 @@ def find_boundary_class(indices, n_classes: int, max_width: float = 6.0):
     if np.percentile(distances, 90) > max_width:
         return None
     columns = np.moveaxis(indices[holding] == minority, 1, -1).reshape(-1, indices.shape[1])  # (columns, Y)
+    annotated = np.moveaxis(indices[holding] >= 0, 1, -1).reshape(-1, indices.shape[1]).any(axis=1)  # (edges left out)
     starts = np.count_nonzero(columns[:, 1:] & ~columns[:, :-1], axis=1) + columns[:, 0]  # runs per column
-    band = np.mean(starts == 1) >= BAND_COLUMNS
+    band = np.mean(starts[annotated] == 1) >= BAND_COLUMNS
     return None if band else minority
-
 
 
 #: :func:`order_layers`: the log-likelihood cost of giving a kept pixel another class than the one kept: as if the
@@ -338,11 +338,13 @@ def order_layers(probabilities, order, kept=None) -> np.ndarray:
     pockets = np.setdiff1d(np.arange(probabilities.shape[-1]), order)
     if kept is not None:
         kept = np.asarray(kept)
-        if kept.shape != probabilities.shape[:2]:
-            raise ValueError(f"kept must have the probabilities' (Y, X) shape {probabilities.shape[:2]}, got {kept.shape}")
+        if kept.shape != probabilities.shape[:2] or kept.dtype == bool or not np.issubdtype(kept.dtype, np.integer):
+            raise ValueError(f"kept must be integer class indices of the probabilities' (Y, X) shape {probabilities.shape[:2]}, "
+                             f"got {kept.dtype} {kept.shape}")
+        kept = np.where((kept >= 0) & (kept < probabilities.shape[-1]), kept, -1)  # -1: free
         rank_of = np.full(probabilities.shape[-1] + 1, -1, np.int64)  # class index -> rank in order; -1: free
         rank_of[order] = np.arange(n_layers)
-        kept_ranks = rank_of[np.where((kept >= 0) & (kept < probabilities.shape[-1]), kept, -1)]  # pockets: free
+        kept_ranks = rank_of[kept]  # a kept pocket is free here: any layer may hold it
 
     def row_scores(y):  # log probabilities of row y in layer order, (X, K): one row at a time bounds the memory
         layers = probabilities[y][:, order]
@@ -371,7 +373,10 @@ def order_layers(probabilities, order, kept=None) -> np.ndarray:
     labels = order[ranked]
     if len(pockets):
         most_probable = probabilities.argmax(axis=-1)
-        labels = np.where(np.isin(most_probable, pockets), most_probable, labels)
+        pocket = np.isin(most_probable, pockets) if kept is None else np.isin(most_probable, pockets) & (kept < 0)
+        labels = np.where(pocket, most_probable, labels)
+        if kept is not None:
+            labels = np.where(np.isin(kept, pockets), kept, labels)  # a kept pocket (fluid the user painted) stays
     return labels
 
 

@@ -304,8 +304,9 @@ def predict_events(
                          f"got {tile_size!r}, {batch_size!r}, {overlap!r}")
     if tile_size < 1 or batch_size < 1 or overlap < 0:
         raise ValueError(f"tile_size and batch_size must be at least 1 and overlap at least 0, got {tile_size}, {batch_size}, {overlap}")
-    if kept is not None and tuple(np.shape(kept)) != shape:
-        raise ValueError(f"kept must have the image's shape {shape}, got {tuple(np.shape(kept))}")
+    if kept is not None and (tuple(np.shape(kept)) != shape or np.asarray(kept[:0]).dtype.kind not in "iu"):
+        raise ValueError(f"kept must be integer class indices of the image's shape {shape}, got "
+                         f"{np.asarray(kept[:0]).dtype} {tuple(np.shape(kept))}")
     if normalized and np.dtype(image.dtype) != np.float32:  # a raw image would be predicted without its normalisation
         raise ValueError(f"normalized=True takes float32 planes normalised as the model does, got dtype {image.dtype}")
     n_slices = 1 if len(shape) == 2 else shape[0]

@@ -202,7 +202,7 @@ class InferenceWidget(QWidget):
         close = (MEMBRANE_CHOICES[self.membranes.currentText()] if self.membranes.isEnabled()
                  else LAYER_CHOICES[self.layers.currentText()] if self.layers.isEnabled() else None)
         ordered = bool(model.layer_order) and self.layers.isEnabled() and close is not False
-        kept = kept_indices(self.viewer, self.session, image_layer, model) if ordered and self.keep.isChecked() else None
+        kept = kept_indices(self.viewer, self.session, image_layer, model, z) if ordered and self.keep.isChecked() else None
         events = predict_job(model, data, TTA_CHOICES[self.tta.currentText()], self.probabilities.isChecked(), membrane, close,
                              stop=stop.is_set, z=z, kept=kept, pixel_size=pixel_size_of(image_layer))
         worker = create_worker_of(self.viewer, relay, events)
