@@ -606,6 +606,10 @@ def test_another_image_of_the_same_name_gets_no_old_prediction_or_corrections(ma
     viewer.layers.remove(other)
     same = viewer.add_image(np.zeros((2, 32, 32), np.uint8), name="EM")  # the same pixels again: its prediction
     assert session.tracked_layers(same) == [prediction]
+    session.track(prediction, same)
+    same.data[0, :4] = 9  # edited in place (a filter, the console) before it is closed and opened again
+    viewer.layers.remove(same)
+    assert session.tracked_layers(viewer.add_image(same.data, name="EM")) == [prediction]
     # images opened from files: told apart by their files
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()

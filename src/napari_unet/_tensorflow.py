@@ -81,7 +81,8 @@ def load_tensorflow(skip_optional: bool = False, quiet: bool = False):
 @contextlib.contextmanager
 def python_random_kept():
     """Python's global ``random`` stream as it was after the block (TensorFlow's import and Keras' layer building draw
-    from it: ``random.seed(0); load_model(p); random.shuffle(files)`` must shuffle as without the load)."""
+    from it: ``random.seed(0); load_model(p); random.shuffle(files)`` must shuffle as without the load). Draws another
+    thread makes meanwhile are rewound too (the stream is one per process)."""
     state = random.getstate()
     try:
         yield

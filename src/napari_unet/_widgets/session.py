@@ -327,6 +327,7 @@ class Session:
         for other in self._tracked.values():  # its predictions now go by its name: the same image opened again
             if other.image is not None and other.image() is layer:  # (the removed layer lives on until gc runs)
                 other.image = None
+                other.image_key = image_identity(layer)  # as it is now: its data may have been edited in place
 
 
 __all__ = ["WAITING_FOR_STROKE", "Session", "Tracked", "disconnect_when_destroyed", "get_session", "unwrap"]
