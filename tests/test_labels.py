@@ -148,6 +148,9 @@ def test_a_pocket_inside_a_layer_is_left_out_of_the_layer_order(columns):
     above = fluid.copy()
     above[:, 10:12, :] = 10  # the same class also across the vitreous of every column: no pocket, no one order
     assert layer_order(above) is None
+    few = np.where(indices < 5, 0, 1)  # two layers and a pocket: not layered (the pocket went below them before)
+    few[:, 40:42, 10:10 + columns] = 2
+    assert layer_order(few) is None
 
 
 def test_label_mappings_refuse_fractions_nan_and_unannotated_indices_and_take_class_values_in_any_order():

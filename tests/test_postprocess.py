@@ -410,6 +410,8 @@ def test_order_layers_keeps_the_kept_pixels_and_the_order_around_them():
         order_layers(probabilities, [0, 1, 2, 3], kept[:10])
     with pytest.raises(ValueError, match="kept must be integer class indices"):
         order_layers(probabilities, [0, 1, 2, 3], kept.astype(float))
+    unsigned = np.full((32, 6), 255, np.uint8)  # 255 for "none" in a uint8 mask: free, not an IndexError
+    np.testing.assert_array_equal(order_layers(probabilities, [0, 1, 2, 3], unsigned), layered)
 
 
 def test_order_layers_keeps_kept_pixels_against_pockets_and_kept_pockets():

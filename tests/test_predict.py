@@ -569,6 +569,8 @@ def test_kept_pixels_must_have_the_images_shape():
         predict(tiny_model(), image, kept=np.full((64, 64), -1))
     with pytest.raises(ValueError, match="kept must be integer class indices"):
         predict(tiny_model(), image, kept=np.zeros(image.shape, bool))  # a mask: every pixel kept as class 0 or 1
+    assert predict(tiny_model(), image, kept=np.full(image.shape, -1).tolist()).labels.shape == image.shape  # lists
+    assert predict(tiny_model(), image, slices=[1], kept=np.full((1, 64, 64), -1)).labels.shape == (1, 64, 64)
 
 
 def test_a_pixel_size_unlike_the_training_images_gets_a_note_unless_either_is_unknown():

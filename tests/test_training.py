@@ -721,6 +721,7 @@ def test_a_fluid_pocket_class_stays_out_of_the_layer_order_and_is_predicted_wher
 
     meta = read_metadata(tmp_path / "m.keras")  # the pocket at the end: older versions read it as a layer, not damage
     assert meta["layer_order"] == [*range(10), 12] and meta["layer_pockets"] == [12]
+    assert meta["format_version"] == 2  # older versions ask to upgrade (they read the pocket as a layer: never predicted)
     prediction = predict(model, image, tta=False)
     most_probable = np.asarray(model.class_values)[prediction.probabilities.argmax(axis=-1)]
     np.testing.assert_array_equal(prediction.labels == 12, most_probable == 12)

@@ -553,8 +553,9 @@ def cmd_train(args) -> int:
             flag = "--" + option.replace("_", "-")
             raise CommandError(f"{flag} {value:g} differs from the --init model's {getattr(init.config, field):g}")
         model_config = replace(model_config, **{field: value})
-    image_um = _micrometres(image_metadata.get("pixel_size"))
-    started, final = run_training(image, labels, model_config, train_config, init=init, pixel_size=image_um)
+    started, final = run_training(image, labels, model_config, train_config, init=init,
+                                  pixel_size=_micrometres(image_metadata.get("pixel_size")))
+    image_height = _pixel_height(image_metadata)  # boundary errors in µm too (Y alone may be calibrated)
     if final.steps == 0:
         raise CommandError(f"training ended ({final.reason}) before its first step; no model written (a larger --max-minutes?)")
     save_model_or_elsewhere(final.model, output)
@@ -578,7 +579,7 @@ def cmd_train(args) -> int:
         prediction = predict(final.model, stack_image, slices=planes if normalized else val, return_probabilities=False,
                              normalized=normalized)
         scores = evaluate(prediction.labels, stack_labels[val], final.model.class_values, _membrane_of(final.model),
-                          ignore_value=train_config.ignore_value, pixel_height=image_um[0] if image_um else None)
+                          ignore_value=train_config.ignore_value, pixel_height=image_height)
         print(json.dumps({"validation_slices": val, **in_window, "tta_views": views, **scores}, indent=1))
     elif started.val_column is not None:  # one annotated image (an OCT B-scan): validated on its last columns
         column, trained = started.val_column, started.train_slices
@@ -586,7 +587,7 @@ def cmd_train(args) -> int:
                              normalized=normalized)
         held_out = (Ellipsis,) if window is not None else (Ellipsis, slice(column, None))  # a window lies in those columns
         scores = evaluate(prediction.labels[held_out], stack_labels[trained][held_out], final.model.class_values,
-                          _membrane_of(final.model), ignore_value=train_config.ignore_value, pixel_height=image_um[0] if image_um else None)
+                          _membrane_of(final.model), ignore_value=train_config.ignore_value, pixel_height=image_height)
         print(json.dumps({"validation_columns": [column, int(image.shape[-1])], **in_window, "tta_views": views, **scores}, indent=1))
     return 0
 

@@ -138,8 +138,8 @@ def layer_order(indices, max_columns: int = 4096, max_classes: int = 64):
     # not span the columns (a wide pocket splits its layer in too many columns)
     rarest = [int(c) for c in np.argsort(shares, kind="stable") if 0 < shares[c] < LAYERED_SHARE]
     n_pockets, n_present = sum(shares[c] < POCKET_SHARE for c in rarest), int(np.count_nonzero(shares))
-    if n_present - n_pockets < MIN_LAYERS_BESIDE_POCKETS:
-        n_pockets = 0
+    if n_pockets and n_present - n_pockets < MIN_LAYERS_BESIDE_POCKETS:
+        return None  # ordered with the others, a rare class went below them and was never predicted
     most = min(len(rarest), n_pockets + MAX_WIDE_POCKETS, n_present - MIN_LAYERS_BESIDE_POCKETS)
     while True:
         pockets = rarest[:n_pockets]

@@ -22,7 +22,9 @@ from .config import MERGE_LEVELS, ModelConfig, TrainConfig, from_dict, to_dict
 from .model import import_keras
 
 METADATA_ENTRY = "napari_unet.json"
-FORMAT_VERSION = 1
+#: The newest format this version reads and writes. 2: a layer order with pockets (its files are 1 otherwise, so that
+#: older versions read them): older versions read pockets as layers and never predicted them, now they ask to upgrade.
+FORMAT_VERSION = 2
 
 
 class ModelFileError(ValueError):
@@ -66,7 +68,7 @@ class UNetModel:
 
     def metadata(self) -> dict:
         return {
-            "format_version": FORMAT_VERSION,
+            "format_version": 2 if self.layer_pockets() else 1,
             "napari_unet_version": __version__,
             "model_config": to_dict(self.config),
             "class_values": [int(v) for v in self.class_values],

@@ -341,6 +341,7 @@ def order_layers(probabilities, order, kept=None) -> np.ndarray:
         if kept.shape != probabilities.shape[:2] or kept.dtype == bool or not np.issubdtype(kept.dtype, np.integer):
             raise ValueError(f"kept must be integer class indices of the probabilities' (Y, X) shape {probabilities.shape[:2]}, "
                              f"got {kept.dtype} {kept.shape}")
+        kept = kept.astype(np.int64)  # (uint8's 255 for "none": -1 wrapped around in its own dtype)
         kept = np.where((kept >= 0) & (kept < probabilities.shape[-1]), kept, -1)  # -1: free
         rank_of = np.full(probabilities.shape[-1] + 1, -1, np.int64)  # class index -> rank in order; -1: free
         rank_of[order] = np.arange(n_layers)

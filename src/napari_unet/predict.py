@@ -265,8 +265,9 @@ def predict_events(
     forces closing of membrane gaps (watershed regions merged across faint boundaries), ``False``
     gives plain argmax labels. A model of layered classes (``model.layer_order``, OCT) gets, unless ``False``, the most
     likely labelling that keeps its layers in order down each column (:func:`napari_unet.postprocess.order_layers`),
-    and ``kept`` (int class indices of the image's shape, negative = free; None: all free) the pixels whose class a user
-    gave (corrections put back over the prediction): the ordered labelling keeps them where they are in order. ``tta``: test-time augmentation, the mean over the four quarter turns of
+    and ``kept`` (int class indices of the image's shape, or one plane per entry of ``slices``; negative = free; None: all
+    free) the pixels whose class a user gave (corrections put back over the prediction): the ordered labelling keeps them
+    where they are in order. ``tta``: test-time augmentation, the mean over the four quarter turns of
     each tile (True or 4) or over the tile and its half turn (2, half the network time of 4; see
     :func:`_transforms`); a model trained without rotations gets at most its :func:`upright_views` (the tile and its
     mirror image, or the tile alone if it was trained without flips); ``"auto"`` (default) is True where the network is cheap: on a GPU, a CPU
@@ -304,9 +305,6 @@ def predict_events(
                          f"got {tile_size!r}, {batch_size!r}, {overlap!r}")
     if tile_size < 1 or batch_size < 1 or overlap < 0:
         raise ValueError(f"tile_size and batch_size must be at least 1 and overlap at least 0, got {tile_size}, {batch_size}, {overlap}")
-    if kept is not None and (tuple(np.shape(kept)) != shape or np.asarray(kept[:0]).dtype.kind not in "iu"):
-        raise ValueError(f"kept must be integer class indices of the image's shape {shape}, got "
-                         f"{np.asarray(kept[:0]).dtype} {tuple(np.shape(kept))}")
     if normalized and np.dtype(image.dtype) != np.float32:  # a raw image would be predicted without its normalisation
         raise ValueError(f"normalized=True takes float32 planes normalised as the model does, got dtype {image.dtype}")
     n_slices = 1 if len(shape) == 2 else shape[0]
@@ -316,6 +314,12 @@ def predict_events(
         raise InputError(f"slices {list(slices)} must be whole numbers") from None
     if any(not 0 <= z < n_slices for z in selected):
         raise InputError(f"slices {selected} are not all within the stack's {n_slices} slices")
+    planes_shape = (len(selected), *shape[-2:]) if slices is not None and len(shape) == 3 else None
+    if kept is not None and not hasattr(kept, "shape"):  # nested lists
+        kept = np.asarray(kept)
+    if kept is not None and (tuple(kept.shape) not in (shape, planes_shape) or np.dtype(kept.dtype).kind not in "iu"):
+        raise ValueError(f"kept must be integer class indices of the image's shape {shape} (or one plane per entry of "
+                         f"slices), got {np.dtype(kept.dtype)} {tuple(kept.shape)}")
     context = model.config.context_slices
     height, width = shape[-2:]
     factor = model.config.downscale
@@ -407,7 +411,7 @@ def predict_events(
                 raise PredictionError(f"the network gave NaN or Inf probabilities on slice {z}: its weights are damaged "
                                       "(NaN or Inf); retrain it or load an earlier model file")
             if layers is not None:
-                kept_here = None if kept is None else np.asarray(kept if len(shape) == 2 else kept[z])
+                kept_here = None if kept is None else np.asarray(kept if len(shape) == 2 else kept[z] if kept.shape == shape else kept[i])
                 labels[i] = from_indices(order_layers(slice_probs, layers, kept_here), model.class_values, label_dtype)
             elif boundary_index is None:
                 labels[i] = from_indices(np.argmax(slice_probs, axis=-1), model.class_values, label_dtype)

@@ -137,17 +137,17 @@ def _prediction_layer_for(viewer, session, image_layer, class_values: list):
 
 
 def kept_indices(viewer, session, image_layer, model, z: Optional[int] = None) -> Optional[np.ndarray]:
-    """int16 class indices (image shape, -1 elsewhere) of the pixels of slice ``z`` (or all) that :func:`write_prediction`
-    keeps with ``keep_corrections``, or None if it keeps none: a layer ordering told them keeps its layers in order
-    around them."""
+    """int16 class indices (-1 elsewhere) of the pixels :func:`write_prediction` keeps with ``keep_corrections``: of the
+    image's shape, or (1, Y, X) for slice ``z`` (``predict(kept=...)`` with ``slices=[z]``); None if it keeps none. A
+    layer ordering told them keeps its layers in order around them."""
     layer = _prediction_layer_for(viewer, session, image_layer, [int(v) for v in model.class_values])
     region = _region(z, len(image_layer.data.shape))
     reviewed = None if layer is None else session.reviewed(layer, region)
     if reviewed is None or not reviewed.any():
         return None
-    kept = np.full(tuple(image_layer.data.shape), -1, np.int16)
-    kept[region][reviewed] = np.asarray(layer.data[region])[reviewed].astype(np.int16) - 1  # display k + 1: class k
-    return kept
+    kept = np.full(reviewed.shape, -1, np.int16)
+    kept[reviewed] = np.asarray(layer.data[region])[reviewed].astype(np.int16) - 1  # display k + 1: class k
+    return kept if z is None else kept[None]
 
 
 def write_prediction(viewer, session, image_layer, labels, model, info, z, keep_corrections=True):

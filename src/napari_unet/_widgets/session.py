@@ -24,7 +24,7 @@ from psygnal import Signal
 from napari_unet.labels import PREDICTION_OUTPUT
 from napari_unet.model_io import UNetModel
 
-from .tracked import Tracked, image_identity, unwrap, watch_strokes
+from .tracked import CONFIRMED_PRUNE_AT, Tracked, image_identity, unwrap, watch_strokes
 
 _SESSIONS: "weakref.WeakKeyDictionary[Any, Session]" = weakref.WeakKeyDictionary()
 
@@ -231,7 +231,7 @@ class Session:
         record = self._tracked.get(id(unwrap(layer)))
         if record is not None and record.marks.shape != record.layer.data.shape:  # data replaced: start over
             record.marks, record.accepted = Tracked.no_marks(record.layer), None
-            record.pending, record.confirmed = [], {}
+            record.pending, record.confirmed, record.prune_at = [], {}, CONFIRMED_PRUNE_AT
             record.publish()
         return record
 
