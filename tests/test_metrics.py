@@ -467,7 +467,8 @@ def test_evaluate_scores_values_that_are_no_class_as_wrong_in_every_score():
     truth[:, 15:17] = 0
     perfect = M.evaluate(truth, truth)
     for pred in (np.where(truth == 255, 1, 0).astype(np.uint8),):  # (a bool mask is refused: see below)
-        scores = M.evaluate(pred, truth)
+        with pytest.warns(M.UnknownValuesWarning, match="values that are no class of the truth"):  # it said nothing
+            scores = M.evaluate(pred, truth)
         assert scores["dice"]["255"] == 0.0 and scores["pixel_error"] > 0.5
         assert scores["v_rand"] < perfect["v_rand"] == 1.0 and scores["isbi_pixel_error"] > 0.5
 

@@ -17,6 +17,7 @@ import signal
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -809,7 +810,7 @@ def _pixel_height(metadata: dict) -> float | None:
 
 def cmd_evaluate(args) -> int:
     from .labels import LabelError, find_class_values
-    from .metrics import MAX_PIXEL_HEIGHT_UM, evaluate, slice_blocks, stack_view
+    from .metrics import MAX_PIXEL_HEIGHT_UM, UnknownValuesWarning, evaluate, slice_blocks, stack_view
     from .labels import MAX_CLASSES
 
     if args.pixel_height is not None and args.pixel_height > MAX_PIXEL_HEIGHT_UM:  # its errors in µm overflowed to Infinity
@@ -849,8 +850,10 @@ def cmd_evaluate(args) -> int:
     unknown = sorted(set(predicted_values) - set(class_values))
     if unknown:
         print(f"prediction {Path(args.prediction).name} holds values {unknown[:5]}{' ...' if len(unknown) > 5 else ''} that are no class of the truth {class_values}; scored as wrong", file=sys.stderr)
-    scores = evaluate(prediction, truth, class_values, ignore_value=ignore_value, pixel_height=pixel_height,
-                      truth_values=truth_values)  # read above: evaluate reads the truth once more, for its scores
+    with warnings.catch_warnings():  # said above, with the values
+        warnings.simplefilter("ignore", UnknownValuesWarning)
+        scores = evaluate(prediction, truth, class_values, ignore_value=ignore_value, pixel_height=pixel_height,
+                          truth_values=truth_values)  # read above: evaluate reads the truth once more, for its scores
     if "boundary_error_um" in scores:
         scores["pixel_height_um"] = pixel_height
         if args.pixel_height is None:  # a file's tag can be wrong (circular-scan.tif says inches where it means mm)

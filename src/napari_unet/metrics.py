@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
@@ -63,6 +64,7 @@ __all__ = [
     "DEFAULT_THRESHOLDS",
     "InfoScores",
     "RandScores",
+    "UnknownValuesWarning",
     "dice_per_class",
     "evaluate",
     "info_scores",
@@ -691,6 +693,10 @@ def _boundary_error_sums(pred_labels, truth_labels, layer_order) -> tuple[np.nda
     return sums, counts
 
 
+class UnknownValuesWarning(UserWarning):
+    """:func:`evaluate`: the prediction holds values that are no class of the truth (scored as wrong)."""
+
+
 #: Largest pixel height :func:`evaluate` takes (µm): a metre; 1e308 overflowed the errors in µm to inf (not JSON).
 MAX_PIXEL_HEIGHT_UM = 1e6
 
@@ -833,6 +839,11 @@ def evaluate(pred_labels, truth_labels, class_values=None, membrane_value=None, 
                 cells_proposed += int(np.count_nonzero(pred_cells))
                 cells_true += int(np.count_nonzero(truth_cells))
                 slice_scores += list(pool.map(_score_cells, zip(pred_cells, truth_cells)))
+    unknown = n_scored - sum(int(n_pred) for _, n_pred, _ in overlaps.values())
+    if unknown and set(scored_values) <= set(class_values):  # (a subset of the classes scored: the others are known)
+        warnings.warn(f"pred_labels holds {unknown} pixels ({unknown / n_scored:.1%}) of values that are no class of the "
+                      f"truth {[_key(v) for v in class_values[:10]]}: scored as wrong (a 0/1 mask of 0/255 truth?)",
+                      UnknownValuesWarning, stacklevel=2)
     result = {
         "pixel_error": n_wrong / n_scored,
         "dice": {_key(v): float(2.0 * i / (p + t) if p + t else 1.0) for v, (i, p, t) in overlaps.items()},
