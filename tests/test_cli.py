@@ -993,3 +993,16 @@ def test_the_pixel_height_of_a_file_is_read_in_micrometres_also_without_an_x_cal
     assert _pixel_height({"pixel_size": {"scale": [3872.0, 11290.0], "units": ["nm", "nm"]}}) == pytest.approx(3.872)
     assert _pixel_height({"pixel_size": {"scale": [1.0, 1.0], "units": ["pixel", "pixel"]}}) is None
     assert _pixel_height({}) is None
+
+
+def test_evaluate_takes_the_membrane_class_or_none(data, capsys):
+    # a band mask of one OCT layer scored V_rand 1.0 for a Dice of 0.036: its background taken as the membrane
+    labels = tifffile.imread(data / "labels.tif")
+    tifffile.imwrite(data / "wrong.tif", np.where(labels == 0, 255, 0).astype(np.uint8))
+    code, out, err = run(capsys, "evaluate", data / "wrong.tif", data / "labels.tif", "--membrane", "none")
+    assert code == 0, err
+    assert "v_rand" not in json.loads(out) and json.loads(out)["pixel_error"] == 1.0
+    code, out, err = run(capsys, "evaluate", data / "labels.tif", data / "labels.tif", "--membrane", "255")
+    assert code == 0 and json.loads(out)["v_rand"] == 1.0, err
+    code, out, err = run(capsys, "evaluate", data / "labels.tif", data / "labels.tif", "--membrane", "7")
+    assert code != 0 and "--membrane 7 is no class of the truth [0, 255]" in err

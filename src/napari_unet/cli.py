@@ -808,6 +808,16 @@ def _pixel_height(metadata: dict) -> float | None:
     return sizes[0] if sizes else None
 
 
+def _membrane_choice(text: str):
+    """``--membrane``: a whole number, or False for 'none'."""
+    if text.strip().lower() == "none":
+        return False
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a class value or 'none', got {text!r}") from None
+
+
 def cmd_evaluate(args) -> int:
     from .labels import LabelError, find_class_values
     from .metrics import MAX_PIXEL_HEIGHT_UM, UnknownValuesWarning, evaluate, slice_blocks, stack_view
@@ -852,7 +862,9 @@ def cmd_evaluate(args) -> int:
         print(f"prediction {Path(args.prediction).name} holds values {unknown[:5]}{' ...' if len(unknown) > 5 else ''} that are no class of the truth {class_values}; scored as wrong", file=sys.stderr)
     with warnings.catch_warnings():  # said above, with the values
         warnings.simplefilter("ignore", UnknownValuesWarning)
-        scores = evaluate(prediction, truth, class_values, ignore_value=ignore_value, pixel_height=pixel_height,
+        if args.membrane is not None and args.membrane is not False and args.membrane not in class_values:
+            raise CommandError(f"--membrane {args.membrane} is no class of the truth {class_values}")
+        scores = evaluate(prediction, truth, class_values, args.membrane, ignore_value=ignore_value, pixel_height=pixel_height,
                           truth_values=truth_values)  # read above: evaluate reads the truth once more, for its scores
     if "boundary_error_um" in scores:
         scores["pixel_height_um"] = pixel_height
@@ -954,6 +966,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--pixel-height", type=positive_float, metavar="MICRONS", help="pixel size along Y in µm: layered labels "
                     "(retinal OCT layers) also get their boundary errors in µm (default: the Y pixel size the prediction file "
                     "records in µm, as predict copies it from the image; without one, boundary errors are in pixels only)")
+    ev.add_argument("--membrane", type=_membrane_choice, metavar="VALUE|none", help="the truth's membrane class for the ISBI "
+                    "scores (V_rand, V_info): default the smaller of two class values (ISBI: 0); 'none' for masks that "
+                    "have no membranes (a band of one OCT layer, blobs): no ISBI scores")
     ev.set_defaults(func=cmd_evaluate)
 
     demo = sub.add_parser("demo", help="train and predict on embedded synthetic EM data, write a figure")
