@@ -713,8 +713,10 @@ def test_a_fluid_pocket_class_stays_out_of_the_layer_order_and_is_predicted_wher
     image = image.copy()
     image[labels == 12] = 0
     model_config, train_config = tiny_configs(epochs=1, steps_per_epoch=2, val_fraction=0.0)
-    model = train(image, labels, model_config, train_config).model
+    events = list(train_events(image, labels, model_config, train_config))
+    model = events[-1].model
     assert model.class_values == [*range(10), 12] and model.layer_order == list(range(10))
+    assert "12 is a pocket inside them" in str(events[0].notes[0])  # the user sees which class the order leaves out
     assert model.train_config.augment_rotations is False
     assert load_model(save_model(model, tmp_path / "m.keras")).layer_order == list(range(10))
     from napari_unet.model_io import read_metadata

@@ -208,8 +208,9 @@ class TrainingFinished:
 TrainingEvent = Union[TrainingStarted, TrainingStep, EpochEnd, TrainingFinishing, TrainingFinished]
 
 
-def _resolve_rotations(value, layered: bool, init) -> tuple[bool, tuple]:
-    """``TrainConfig.augment_rotations`` as a bool, and a note when "auto" turned them off.
+def _resolve_rotations(value, layered: bool, init, pockets=()) -> tuple[bool, tuple]:
+    """``TrainConfig.augment_rotations`` as a bool, and a note when "auto" turned them off (naming the ``pockets``,
+    class values left out of the layer order).
 
     "auto": as the fine-tuned ``init`` model was trained (its invariance stays), else off for ``layered`` labels
     (:func:`napari_unet.labels.layer_order`), else on.
@@ -221,8 +222,10 @@ def _resolve_rotations(value, layered: bool, init) -> tuple[bool, tuple]:
         return recorded, ()
     if not layered:
         return True, ()
-    return False, (SettingNote("augment_rotations", "no 90-degree rotations: the labels are layered top to bottom (as OCT "
-                               "layers), so the network must learn which way is up"),)
+    inside = (f"; {', '.join(map(str, pockets))} {'is a pocket' if len(pockets) == 1 else 'are pockets'} inside them (in "
+              "few columns: left out of the layer order, labelled where most probable)") if pockets else ""
+    return False, (SettingNote("augment_rotations", f"no 90-degree rotations: the labels are layered top to bottom (as OCT "
+                               f"layers{inside}), so the network must learn which way is up"),)
 
 
 def fit_patch_size(patch_size: int, shape: tuple, model_config: ModelConfig) -> int:
@@ -578,7 +581,8 @@ def train_events(
     percentiles = init.percentiles if init else train_config.percentiles
     indices = to_indices(label_stack, class_values, ignore, dtype=np.int8)  # at most MAX_CLASSES classes: a byte a pixel
     order = layer_order(indices)
-    rotations, notes = _resolve_rotations(train_config.augment_rotations, order is not None, init)
+    pockets = [class_values[k] for k in range(len(class_values)) if k not in order] if order is not None else []
+    rotations, notes = _resolve_rotations(train_config.augment_rotations, order is not None, init, pockets)
     notes += patch_notes
     train_config = train_config.replace(augment_rotations=rotations)
 
