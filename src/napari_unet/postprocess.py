@@ -323,8 +323,7 @@ def order_layers(probabilities, order, kept=None) -> np.ndarray:
     probability belonged to whichever layer holds it, then each pixel where a pocket is the most probable class gets it.
     ``kept`` ((Y, X) int class indices, negative = free): pixels whose class is given (a user's kept corrections),
     scored as if the network were certain of them (:data:`KEPT_PENALTY`), so that corrections put back over the
-    labelling leave no layer out of order. Dynamic programming over the rows:
-    O(Y x X x C).
+    labelling leave no layer out of order. Dynamic programming over the rows: O(Y x X x C).
     """
     probabilities = np.asarray(probabilities, np.float32)
     order = np.asarray(order, np.int64)
