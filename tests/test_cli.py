@@ -1006,3 +1006,13 @@ def test_evaluate_takes_the_membrane_class_or_none(data, capsys):
     assert code == 0 and json.loads(out)["v_rand"] == 1.0, err
     code, out, err = run(capsys, "evaluate", data / "labels.tif", data / "labels.tif", "--membrane", "7")
     assert code != 0 and "--membrane 7 is no class of the truth [0, 255]" in err
+
+
+def test_predict_names_blank_slices(data, capsys):
+    image = tifffile.imread(data / "image.tif").copy()
+    image[2] = 0
+    tifffile.imwrite(data / "blank.tif", image, photometric="minisblack")
+    code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "m.keras", *TINY_TRAINING)
+    assert code == 0, err
+    code, _, err = run(capsys, "predict", data / "m.keras", data / "blank.tif", "-o", data / "p.tif")
+    assert code == 0 and "note: 1 predicted slice is blank (one value; slice 2)" in err, err

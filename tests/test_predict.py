@@ -598,3 +598,17 @@ def test_a_pixel_size_unlike_the_training_images_gets_a_note_unless_either_is_un
     for scale, units in (([1.0, 1.0], ["pixel", "pixel"]), ([3.872, 11.29], [None, "µm"]), ([0.5, 3.0], ["s", "µm"]),
                          ([0.0, 3.0], ["µm", "µm"]), ([3.0], ["µm"]), (None, None)):
         assert pixel_size_um(scale, units) is None
+
+
+def test_blank_slices_are_named():
+    # a blank B-scan in a Duke stack got retinal layers without a word
+    from napari_unet.predict import blank_slices_note
+
+    image, _ = stripes(n_slices=3, size=64)
+    image = image.copy()
+    image[1] = 7
+    result = predict(tiny_model(), image, tta=False)
+    assert result.blank_slices == (1,)
+    assert predict(tiny_model(), image, slices=[0, 2], tta=False).blank_slices == ()
+    assert blank_slices_note(result.blank_slices) == "1 predicted slice is blank (one value; slice 1): its labels mean nothing"
+    assert blank_slices_note(()) is None

@@ -1516,3 +1516,14 @@ def test_closing_another_viewer_leaves_this_viewers_model_load_alone(make_napari
     second.close()
     qtbot.waitUntil(lambda: "loading" not in session.busy, timeout=60_000)
     assert session.model is not None and "m.keras" in session.info.description
+
+
+def test_the_inference_widget_names_blank_slices(widgets, qtbot, notifications):
+    from _helpers import tiny_model
+
+    inference, session = widgets.inference, widgets.session
+    session.set_model(tiny_model(), "tiny")
+    widgets.viewer.layers["EM"].data[1] = 100  # a blank frame
+    run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
+    assert any("1 predicted slice is blank (one value; slice 1)" in message for _, message in notifications)
+    assert "blank" in inference.progress.status.text()

@@ -601,7 +601,7 @@ def _membrane_of(model):
 
 def cmd_predict(args) -> int:
     from .model_io import load_model
-    from .predict import labels_dtype, predict_events
+    from .predict import blank_slices_note, labels_dtype, predict_events
     from .train import format_seconds
     from .zarr_io import is_zarr_name
 
@@ -656,6 +656,8 @@ def cmd_predict(args) -> int:
             else:
                 result = event
         progress.done()
+        if result.blank_slices:
+            print(f"note: {blank_slices_note(result.blank_slices)}", file=sys.stderr)
         files = [(output, result.labels, _with_pixel_size({"class_values": list(model.class_values)}, pixel_size))]
         if probabilities_file is not None:
             probs = np.moveaxis(result.probabilities, -1, -3)  # one plane per class, a view: written page by page

@@ -47,11 +47,22 @@ class Prediction:
 
     ``labels``: shape S, class values of the training labels (e.g. 0/255), smallest fitting dtype.
     ``probabilities``: S + (n_classes,) float32, or None when not requested.
+    ``blank_slices``: the predicted slices (stack indices) of one value only (a blank frame): their labels mean nothing.
     """
 
     labels: np.ndarray
     probabilities: Optional[np.ndarray]
     stopped: bool = False
+    blank_slices: tuple = ()
+
+
+def blank_slices_note(blank_slices) -> Optional[str]:
+    """A note naming :attr:`Prediction.blank_slices`, or None when there are none."""
+    if not blank_slices:
+        return None
+    shown = ", ".join(str(z) for z in blank_slices[:10]) + (" ..." if len(blank_slices) > 10 else "")
+    return (f"{len(blank_slices)} predicted slice{'s are' if len(blank_slices) > 1 else ' is'} blank (one value; slice "
+            f"{shown}): {'their' if len(blank_slices) > 1 else 'its'} labels mean nothing")
 
 
 class PredictionError(ValueError):
@@ -366,6 +377,8 @@ def predict_events(
         """Slice z normalised, downscaled and padded to (padded_h, padded_w) float32."""
         plane = np.asarray(image if len(shape) == 2 else image[z])
         plane = check_image(plane)[0]
+        if z in selected_set and plane.size and plane.min() == plane.max():  # a blank frame (Duke stacks hold some)
+            blank.add(z)
         if not normalized:
             plane = normalize(plane, model.percentiles, model.config.local_contrast_sigma)
         plane = downscale_image(plane, factor)
@@ -377,6 +390,7 @@ def predict_events(
     start_time = time.perf_counter()
     done = 0
     stopped = False
+    selected_set, blank = set(selected), set()
     # The membrane rule of slice z runs in a thread while the network (which releases the GIL) predicts
     # slice z + 1; at most two slices wait, so memory stays bounded.
     pool = ThreadPoolExecutor(max_workers=RULE_WORKERS, thread_name_prefix="napari-unet-boundary-rule")
@@ -430,7 +444,7 @@ def predict_events(
         probabilities = None if probabilities is None else probabilities[0]
     labels = labels if labels_out is None else labels_out
     probabilities = probabilities if probabilities_out is None else probabilities_out
-    yield Prediction(labels=labels, probabilities=probabilities, stopped=stopped)
+    yield Prediction(labels=labels, probabilities=probabilities, stopped=stopped, blank_slices=tuple(sorted(blank)))
 
 
 def labels_dtype(model: UNetModel) -> np.dtype:

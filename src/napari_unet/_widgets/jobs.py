@@ -134,7 +134,7 @@ def predict_job(model: UNetModel, image, tta: Union[bool, int, str], probabiliti
     ``pixel_size``: [Y, X] µm of the image's pixels, if known: a :class:`Note` when the model was trained on others.
     """
     from napari_unet.postprocess import cell_instances
-    from napari_unet.predict import Prediction, intensity_note, pixel_size_note, predict_events
+    from napari_unet.predict import Prediction, blank_slices_note, intensity_note, pixel_size_note, predict_events
 
     lower_thread_priority()
     load_tensorflow()
@@ -148,6 +148,9 @@ def predict_job(model: UNetModel, image, tta: Union[bool, int, str], probabiliti
             if not isinstance(event, Prediction):
                 yield event
                 continue
+            note = blank_slices_note(event.blank_slices)
+            if note is not None:
+                yield Note(note)
             labels, probs = event.labels, event.probabilities
             if z is not None:  # the one plane of slices=[z]
                 labels, probs = labels[0], None if probs is None else probs[0]
