@@ -578,7 +578,8 @@ def test_a_pixel_size_unlike_the_training_images_gets_a_note_unless_either_is_un
     without a word (oct-hunt REPORT.md, section 3)."""
     from types import SimpleNamespace
 
-    from napari_unet.predict import pixel_size_note, pixel_size_um
+    from napari_unet.predict import pixel_size_note
+    from napari_unet.tiff_io import pixel_size_um
 
     trained = SimpleNamespace(pixel_size=[3.872, 11.29])
     assert pixel_size_note(trained, [3.872, 11.29]) is None

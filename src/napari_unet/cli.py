@@ -691,7 +691,7 @@ def _note_intensities(image, model) -> None:
 
 def _micrometres(pixel_size: dict | None) -> list | None:
     """[Y, X] µm of a file's ``pixel_size`` (:func:`_read_stack_and_metadata`) when both are lengths, else None."""
-    from .predict import pixel_size_um
+    from .tiff_io import pixel_size_um
 
     return pixel_size_um(pixel_size["scale"], pixel_size["units"]) if pixel_size else None
 
@@ -800,14 +800,11 @@ def _first_line(err: BaseException) -> str:
 def _pixel_height(metadata: dict) -> float | None:
     """The Y pixel size in µm a file records (``pixel_size`` of :func:`_read_stack_and_metadata`; nm and mm converted),
     else None."""
-    from .predict import pixel_size_um
+    from .tiff_io import length_um
 
     pixel_size = metadata.get("pixel_size") or {}
     scale, units = pixel_size.get("scale") or [], pixel_size.get("units") or []
-    if len(scale) < 2 or len(units) < 2:
-        return None
-    sizes = pixel_size_um([scale[-2]] * 2, [units[-2]] * 2)  # Y alone: X may be uncalibrated
-    return sizes[0] if sizes else None
+    return length_um(scale[-2], units[-2]) if len(scale) >= 2 and len(units) >= 2 else None  # X may be uncalibrated
 
 
 def _membrane_choice(text: str):

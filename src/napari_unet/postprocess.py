@@ -373,10 +373,11 @@ def order_layers(probabilities, order, kept=None) -> np.ndarray:
     labels = order[ranked]
     if len(pockets):
         most_probable = probabilities.argmax(axis=-1)
-        pocket = np.isin(most_probable, pockets) if kept is None else np.isin(most_probable, pockets) & (kept < 0)
-        labels = np.where(pocket, most_probable, labels)
+        pocket = np.isin(most_probable, pockets)
         if kept is not None:
-            labels = np.where(np.isin(kept, pockets), kept, labels)  # a kept pocket (fluid the user painted) stays
+            pocket &= kept < 0  # a kept pixel holds against the pockets; a kept pocket (fluid the user painted) stays
+            labels = np.where(np.isin(kept, pockets), kept, labels)
+        labels = np.where(pocket, most_probable, labels)
     return labels
 
 

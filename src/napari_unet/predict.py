@@ -520,24 +520,6 @@ def intensity_note(image, model) -> Optional[str]:
 PIXEL_SIZE_RATIO = 1.25
 
 
-def pixel_size_um(scale, units) -> Optional[list]:
-    """[Y, X] pixel size in µm from the last two axes' ``scale`` and ``units`` (tiff_io's names such as "µm" or
-    napari's such as "micrometer"), or None unless both are lengths of a size above 0 ("pixel", None: unknown)."""
-    from .tiff_io import _normalise_unit, _to_micrometres
-
-    if scale is None or units is None or len(scale) < 2 or len(units) < 2:
-        return None
-    sizes = []
-    for value, unit in zip(list(scale)[-2:], list(units)[-2:]):
-        value, unit = _to_micrometres(float(value), _normalise_unit(None if unit is None else str(unit)))
-        if unit == "nm":
-            value, unit = value / 1000, "µm"
-        if unit != "µm" or not (np.isfinite(value) and value > 0):
-            return None
-        sizes.append(value)
-    return sizes
-
-
 def pixel_size_note(model, pixel_size) -> Optional[str]:
     """A warning when ``pixel_size`` ([Y, X] µm of the image's pixels, None if unknown) differs from ``model``'s training
     pixel size by more than :data:`PIXEL_SIZE_RATIO` along an axis (a scan from another device), else None; also None

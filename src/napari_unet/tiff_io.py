@@ -56,8 +56,10 @@ __all__ = [
     "shear_matrix",
     "encode_mask",
     "is_tiff_path",
+    "length_um",
     "name_suggests_labels",
     "natural_sort_key",
+    "pixel_size_um",
     "read_folder",
     "read_slices",
     "read_tiff",
@@ -333,6 +335,24 @@ def _to_micrometres(value: float, unit: str | None) -> tuple[float, str | None]:
     if unit == "Å":
         return value * 0.1, "nm"
     return value, unit
+
+
+def length_um(value, unit) -> float | None:
+    """``value`` in ``unit`` as µm (units as files name them, "µm", "mm", or as napari does, "micrometer"), or None when
+    ``unit`` is no length ("pixel", None, "s") or the size is not above 0."""
+    value, unit = _to_micrometres(float(value), _normalise_unit(unit))
+    if unit == "nm":
+        value, unit = value / 1000, "µm"
+    return value if unit == "µm" and np.isfinite(value) and value > 0 else None
+
+
+def pixel_size_um(scale, units) -> list | None:
+    """[Y, X] pixel size in µm from the last two axes' ``scale`` and ``units`` (:func:`length_um`), or None unless both
+    are lengths."""
+    if scale is None or units is None or len(scale) < 2 or len(units) < 2:
+        return None
+    sizes = [length_um(value, unit) for value, unit in zip(list(scale)[-2:], list(units)[-2:])]
+    return None if None in sizes else sizes
 
 
 # --------------------------------------------------------------------------------------------------

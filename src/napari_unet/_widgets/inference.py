@@ -28,8 +28,6 @@ _log = logging.getLogger("napari_unet")
 CURRENT, STACK = "current slice", "whole stack"
 #: Milliseconds between looks whether the user still holds the mouse on a brush stroke, before a prediction is written.
 STROKE_WAIT_MS = 100
-#: The session's busy name while a finished prediction waits for a brush stroke to end.
-WAITING = WAITING_FOR_STROKE
 
 
 @dataclass
@@ -266,18 +264,18 @@ class InferenceWidget(QWidget):
         try:
             self.objectName()
         except RuntimeError:  # the dock was closed while the stroke went on (its Qt object is deleted)
-            self.session.set_busy(WAITING, False)
+            self.session.set_busy(WAITING_FOR_STROKE, False)
             return
         if self._stroke_in_progress(job):
             if not job.waiting:
                 job.waiting = True
-                self.session.set_busy(WAITING, True)
+                self.session.set_busy(WAITING_FOR_STROKE, True)
                 self.progress.set_status("Prediction ready; it is written when your brush stroke ends.")
             QTimer.singleShot(STROKE_WAIT_MS, lambda: self._write_after_strokes(job, result))
             return
         if job.waiting:
             job.waiting = False
-            self.session.set_busy(WAITING, False)
+            self.session.set_busy(WAITING_FOR_STROKE, False)
         try:
             self._show(job, result)
         except Exception as err:  # a layer that refuses the write (read-only data, a plugin's array type...)

@@ -10,7 +10,7 @@ from qtpy.QtWidgets import QComboBox
 
 from napari_unet.data import InputError
 from napari_unet.labels import LabelError, check_display_values, metadata_class_values, smallest_dtype
-from napari_unet.predict import pixel_size_um
+from napari_unet.tiff_io import pixel_size_um
 
 from .session import disconnect_when_destroyed, unwrap
 
