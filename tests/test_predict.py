@@ -208,10 +208,11 @@ def test_xla_compiled_prediction_equals_the_plain_one_and_pads_partial_batches(m
     np.testing.assert_allclose(compiled.probabilities, plain.probabilities, atol=1e-5)
     np.testing.assert_array_equal(compiled.labels, plain.labels)
 
-    # with test-time augmentation the four rotations of a tile fill the network's batch of 4
+    # with test-time augmentation the four rotations of a tile fill the network's batch of 4: the function compiled
+    # for the first call is reused and not traced again (any other batch shape would have traced it)
     compiled_batches.clear()
     compiled = predict(model, image, jit_compile=True, **{**settings, "tta": True})
-    assert compiled_batches == [(4, 64, 64, 1)]
+    assert compiled_batches == []
     np.testing.assert_allclose(compiled.probabilities, plain_tta.probabilities, atol=1e-5)
 
 
@@ -613,3 +614,48 @@ def test_blank_slices_are_named():
     assert predict(tiny_model(), image, slices=[0, 2], tta=False).blank_slices == ()
     assert blank_slices_note(result.blank_slices) == "1 predicted slice is blank (one value; slice 1): its labels mean nothing"
     assert blank_slices_note(()) is None
+
+
+def test_the_folded_network_is_built_once_per_model_and_settings_while_the_weights_stay(monkeypatch):
+    import dataclasses
+    import gc
+    import weakref
+
+    from napari_unet import predict as predict_module
+    from napari_unet.model import build_unet
+
+    shared = tiny_model()  # with batch norm: prediction runs a folded copy; the test changes weights of its own copy
+    network = build_unet(shared.config)
+    network.set_weights(shared.keras_model.get_weights())
+    model = dataclasses.replace(shared, keras_model=network)
+    image = stripes(n_slices=1, seed=3)[0][0]
+    folds = []
+    real_fold = predict_module.fold_batch_norm
+    monkeypatch.setattr(predict_module, "fold_batch_norm", lambda *args: folds.append(args[2]) or real_fold(*args))
+    settings = dict(tta=False, mixed_precision=False)
+    first = predict(model, image, **settings)
+    again = predict(model, image, **settings)  # a script predicting image by image: no second copy, no retracing
+    assert folds == [False]
+    np.testing.assert_array_equal(again.probabilities, first.probabilities)
+    predict(model, image, tta=False, mixed_precision=True)  # other settings: another copy
+    assert folds == [False, True]
+
+    # changed weights are never predicted with the old copy: a trainable weight, then a batch-norm statistic only
+    kernel = next(v for v in network.weights if "kernel" in v.path)
+    kernel.assign(kernel.numpy() * 1.5)
+    changed = predict(model, image, **settings)
+    assert len(folds) == 3 and not np.allclose(changed.probabilities, first.probabilities)
+    mean = next(v for v in network.weights if "moving_mean" in v.path)
+    edited = mean.numpy()
+    edited.flat[0] += 0.5
+    mean.assign(edited)
+    predict(model, image, **settings)
+    assert len(folds) == 4
+
+    # the kept copy goes with its network
+    assert network in predict_module._FORWARD_CACHE
+    entries = len(predict_module._FORWARD_CACHE)
+    alive = weakref.ref(network)
+    del model, network, kernel, mean
+    gc.collect()
+    assert alive() is None and len(predict_module._FORWARD_CACHE) <= entries - 1  # (other tests' networks may go too)

@@ -165,8 +165,7 @@ def fold_batch_norm(keras_model, config: ModelConfig, mixed_precision: bool = Fa
 
     import numpy as np
 
-    policy = "mixed_bfloat16" if mixed_precision else "float32"
-    if not config.batch_norm and _compute_policy(keras_model) == policy:
+    if not folds_to_copy(keras_model, config, mixed_precision):
         return keras_model
     # every weight is set from keras_model below; zeros skip drawing random ones (0.1-0.2 s of each prediction start)
     inference_config = dataclasses.replace(config, batch_norm=False, kernel_initializer="zeros")
@@ -185,6 +184,11 @@ def fold_batch_norm(keras_model, config: ModelConfig, mixed_precision: bool = Fa
         scale = gamma / np.sqrt(variance + norm.epsilon)
         layer.set_weights([(kernel * scale).astype(np.float32), (beta - mean * scale).astype(np.float32)])
     return folded
+
+
+def folds_to_copy(keras_model, config: ModelConfig, mixed_precision: bool = False) -> bool:
+    """Whether :func:`fold_batch_norm` builds a copy (batch norm to fold, or another precision) or returns the network."""
+    return config.batch_norm or _compute_policy(keras_model) != ("mixed_bfloat16" if mixed_precision else "float32")
 
 
 def _compute_policy(keras_model) -> str:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import operator
+import threading
 import time
+import weakref
+import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Sequence, Union
@@ -26,7 +29,7 @@ from .data import (
     upscale_probabilities,
 )
 from .labels import from_indices, smallest_dtype
-from .model import fold_batch_norm
+from .model import fold_batch_norm, folds_to_copy
 from .model_io import UNetModel, as_model
 from .postprocess import candidate_closings, order_layers, tiled_boundary_mask
 
@@ -169,13 +172,47 @@ def _forward_pass(
     """The network as a function of a (B, T, T, C) float32 batch; with ``jit_compile`` an XLA-compiled one.
 
     Batch normalisation is folded into the convolutions first (:func:`~napari_unet.model.fold_batch_norm`),
-    which computes in bfloat16 with ``mixed_precision``. The compiled function pads smaller batches to
+    which computes in bfloat16 with ``mixed_precision``; the folded copy is kept with the network for later calls
+    with the same settings while its weights stay the same (:func:`weights_checksum`). The compiled function pads smaller batches to
     ``batch_size``, so a stack compiles once. ``folded=False``: the network itself, its own ``predict_on_batch``
     (as compiled: Keras keeps that traced function with the network, so later calls do not trace again).
     """
     if not folded:
         return lambda batch: np.asarray(model.keras_model.predict_on_batch(batch))
-    keras_model = fold_batch_norm(model.keras_model, model.config, mixed_precision)
+    if not folds_to_copy(model.keras_model, model.config, mixed_precision):
+        return _compiled_forward(model.keras_model, jit_compile, batch_size)
+    key = (model.config, jit_compile, batch_size if jit_compile else None, mixed_precision)
+    checksum = weights_checksum(model.keras_model)
+    with _FORWARD_CACHE_LOCK:
+        cached = _FORWARD_CACHE.get(model.keras_model)
+    if cached is not None and cached[:2] == (key, checksum):
+        return cached[2]
+    forward = _compiled_forward(fold_batch_norm(model.keras_model, model.config, mixed_precision), jit_compile, batch_size)
+    with _FORWARD_CACHE_LOCK:
+        _FORWARD_CACHE[model.keras_model] = (key, checksum, forward)
+    return forward
+
+
+#: The latest inference function of each network (WeakKeyDictionary: forgotten with the network), with the settings
+#: and the :func:`weights_checksum` it was built for. Building the folded copy and tracing it took 0.3 s of each call
+#: on a 128² image against 0.05 s for the network (BENCHMARKS.md, session 50): scripts predict image by image.
+_FORWARD_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_FORWARD_CACHE_LOCK = threading.Lock()
+
+
+def weights_checksum(keras_model) -> int:
+    """CRC-32 of the bytes of every weight of ``keras_model`` (trainable or not, e.g. batch-norm statistics).
+
+    Any change of a weight (training, ``set_weights``, ``load_weights``, an edited element) changes it.
+    """
+    checksum = 0
+    for variable in keras_model.weights:
+        checksum = zlib.crc32(np.ascontiguousarray(variable.numpy()), checksum)
+    return checksum
+
+
+def _compiled_forward(keras_model, jit_compile: bool, batch_size: int) -> Callable[[np.ndarray], np.ndarray]:
+    """``keras_model`` as a function of a (B, T, T, C) float32 batch (see :func:`_forward_pass`)."""
     if not jit_compile:
         return lambda batch: np.asarray(keras_model.predict_on_batch(batch))
     import tensorflow as tf
