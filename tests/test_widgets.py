@@ -689,6 +689,17 @@ def test_multiclass_oct_prediction_and_probabilities(make_napari_viewer, qtbot):
     assert not inference.cells.isEnabled()  # instances are for two-class (membrane) models
     model = widgets_session(viewer).model
     assert model.layer_order == list(range(10)) and not inference.membranes.isEnabled() and inference.layers.isEnabled()
+    import dataclasses
+
+    from _helpers import tiny_model
+
+    info = widgets_session(viewer).info
+    two_layers = dataclasses.replace(tiny_model(), boundary_value=None, layer_order=[255, 0])  # retina above choroid
+    widgets_session(viewer).set_model(two_layers, "two layers")
+    assert not inference.cells.isEnabled()  # layered regions are no cells split by membranes
+    widgets_session(viewer).set_model(tiny_model(), "tiny")
+    assert inference.cells.isEnabled()
+    widgets_session(viewer).set_model(model, info.description, info.class_names, info.colormap)
     from napari_unet.predict import predict
 
     scans = viewer.layers["OCT (synthetic)"].data

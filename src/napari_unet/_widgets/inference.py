@@ -76,7 +76,7 @@ class InferenceWidget(QWidget):
         )
         self.probabilities = QCheckBox("probability map")
         self.cells = QCheckBox("cell instances (2 classes: cells split by membranes)")
-        self.cells.setToolTip("one label per cell region of the predicted labels, membranes shared out to the cells beside them (as the ISBI scores see them); the membrane is the model's boundary class, else the class named 'membrane', else the first class (value 0 in ISBI masks)")
+        self.cells.setToolTip("one label per cell region of the predicted labels, membranes shared out to the cells beside them (as the ISBI scores see them); the membrane is the model's boundary class, else the class named 'membrane', else the first class (value 0 in ISBI masks); not offered for layered (OCT) models")
         self.membranes = QComboBox()
         self.membranes.addItems(list(MEMBRANE_CHOICES))
         self.membranes.setToolTip(
@@ -159,7 +159,8 @@ class InferenceWidget(QWidget):
             self.model_label.setText("none yet: train one or load a .keras file")
         else:
             self.model_label.setText(self.session.info.description or "current model")
-        self.cells.setEnabled(model is not None and model.config.n_classes == 2)
+        # a layered model's (an OCT band's) regions are no cells between membranes
+        self.cells.setEnabled(model is not None and model.config.n_classes == 2 and not getattr(model, "layer_order", None))
         self.membranes.setEnabled(model is not None and getattr(model, "boundary_value", None) is not None)
         self.layers.setEnabled(model is not None and bool(getattr(model, "layer_order", None)))
         self._update_buttons()
