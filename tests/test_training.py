@@ -1,7 +1,10 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from _helpers import stripes, tiny_configs
+from napari_unet.config import ConfigError
 from napari_unet.data import InputError, normalize
 from napari_unet.labels import LabelError
 from napari_unet.metrics import dice_per_class
@@ -181,6 +184,10 @@ def test_a_retrain_reuses_the_traced_step_and_leaves_the_previous_model_intact(m
     assert all(np.array_equal(a, b) for a, b in zip(before, first.keras_model.get_weights()))
     train(image, labels, train_config=train_config, init=first)
     assert len(traces) == 1
+    # a network given beside init was ignored without a word; its own network is accepted
+    with pytest.raises(ConfigError, match=r"model_config differs from the network of init \(base_filters 16 vs 8\)"):
+        train(image, labels, replace(model_config, base_filters=16), train_config, init=first)
+    train(image, labels, first.config, train_config.replace(epochs=1, steps_per_epoch=1), init=first)
 
 
 def test_a_kept_trainer_starts_as_a_new_one(monkeypatch):

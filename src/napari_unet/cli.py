@@ -554,7 +554,7 @@ def cmd_train(args) -> int:
             flag = "--" + option.replace("_", "-")
             raise CommandError(f"{flag} {value:g} differs from the --init model's {getattr(init.config, field):g}")
         model_config = replace(model_config, **{field: value})
-    started, final = run_training(image, labels, model_config, train_config, init=init,
+    started, final = run_training(image, labels, None if init is not None else model_config, train_config, init=init,
                                   pixel_size=_micrometres(image_metadata.get("pixel_size")))
     image_height = _pixel_height(image_metadata)  # boundary errors in µm too (Y alone may be calibrated)
     if final.steps == 0:

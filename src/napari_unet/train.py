@@ -7,7 +7,7 @@ import sys
 import threading
 import time
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Iterator, Optional, Union
 
 import numpy as np
@@ -528,7 +528,7 @@ def train_events(
 
     ``labels`` hold class values (e.g. 0/255); pixels equal to ``train_config.ignore_value`` are not
     annotated. ``init`` (a :class:`UNetModel` or the path of its file) fine-tunes an existing model (its
-    architecture, classes and normalisation are kept); without ``model_config`` and ``init`` the default preset's
+    architecture, classes and normalisation are kept; a ``model_config`` that differs is refused); without ``model_config`` and ``init`` the default preset's
     network is used, at depth 5 for budgets of 30 minutes or more with bfloat16 on AMX or a GPU (:func:`napari_unet.hardware.resolve_depth`), else 4.
     ``pixel_weights`` (labels' shape, float >= 0, optional) are added to the loss weight of annotated pixels, whose
     class weights are about 1 (Retrain weighs the user's corrections this way).
@@ -546,6 +546,11 @@ def train_events(
                             f"got {type(value).__name__}")
     train_config = train_config or preset("default").train
     init = None if init is None else as_model(init)
+    if init is not None and model_config is not None and model_config != init.config:  # it was ignored without a word
+        differ = [f"{f.name} {getattr(model_config, f.name)!r} vs {getattr(init.config, f.name)!r}"
+                  for f in fields(ModelConfig) if getattr(model_config, f.name) != getattr(init.config, f.name)]
+        raise ConfigError(f"model_config differs from the network of init ({'; '.join(differ)}): fine-tuning keeps "
+                          "init's network; leave model_config out (None)")
     if pixel_size is not None:
         pixel_size = [float(s) for s in pixel_size]
         if len(pixel_size) != 2 or not all(math.isfinite(s) and s > 0 for s in pixel_size):
