@@ -597,6 +597,30 @@ def test_options_probabilities_instances_and_current_slice(widgets, qtbot):
     viewer.dims.ndisplay = 2
 
 
+def test_cells_follow_the_corrections_a_prediction_keeps(widgets, qtbot):
+    from _helpers import tiny_model
+
+    viewer, inference = widgets.viewer, widgets.inference
+    widgets.session.set_model(tiny_model(), "tiny")
+    viewer.dims.set_current_step(0, 1)
+    inference.scope.setCurrentText("current slice")
+    inference.cells.setChecked(True)
+    run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
+    prediction, cells = viewer.layers["EM prediction"], viewer.layers["EM cells"]
+    row = 64
+    assert (np.unique(cells.data[1, row - 1][cells.data[1, row - 1] > 0])).size  # cells cross the row
+    # a membrane painted across the slice splits every cell it crosses, in the prediction layer and so in the cells
+    prediction.brush_size = 1
+    with prediction.block_history():
+        for x in range(prediction.data.shape[-1]):
+            prediction.paint((1, row, x), 1, refresh=False)  # display 1: the membrane (class 0)
+    assert inference.keep.isChecked()
+    run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
+    assert (prediction.data[1, row] == 1).all()  # kept
+    above, below = cells.data[1, :row], cells.data[1, row + 1 :]
+    assert not set(np.unique(above[above > 0])) & set(np.unique(below[below > 0]))  # one id on both sides before
+
+
 def test_current_slice_of_a_context_model_sees_its_neighbours(make_napari_viewer, qtbot):
     # 'current slice' handed the model the slice alone (a 2-D image is its own context), so a model trained with
     # context slices labelled it unlike 'whole stack' (found: 1280 of 9216 pixels differed)

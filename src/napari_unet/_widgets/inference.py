@@ -201,7 +201,9 @@ class InferenceWidget(QWidget):
         close = (MEMBRANE_CHOICES[self.membranes.currentText()] if self.membranes.isEnabled()
                  else LAYER_CHOICES[self.layers.currentText()] if self.layers.isEnabled() else None)
         ordered = bool(model.layer_order) and self.layers.isEnabled() and close is not False
-        kept = kept_indices(self.viewer, self.session, image_layer, model, z) if ordered and self.keep.isChecked() else None
+        # the kept corrections go into the layer ordering and into the cells (a painted membrane splits a cell)
+        wanted = (ordered or membrane is not None) and self.keep.isChecked()
+        kept = kept_indices(self.viewer, self.session, image_layer, model, z) if wanted else None
         events = predict_job(model, data, TTA_CHOICES[self.tta.currentText()], self.probabilities.isChecked(), membrane, close,
                              stop=stop.is_set, z=z, kept=kept, pixel_size=pixel_size_of(image_layer))
         worker = create_worker_of(self.viewer, relay, events)

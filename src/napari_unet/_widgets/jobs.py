@@ -118,6 +118,16 @@ def train_job(image, labels, model_config, train_config, init=None, stop=None, a
         yield _unexpected("training", err)
 
 
+def with_kept(labels: np.ndarray, kept: Optional[np.ndarray], class_values) -> np.ndarray:
+    """Class-value ``labels`` with the ``kept`` pixels' classes (int class indices of ``labels``' size, -1 or a
+    number of no class: not kept) put back, as :func:`~.outputs.write_prediction` puts the corrections back."""
+    if kept is None:
+        return labels
+    kept = np.asarray(kept).reshape(labels.shape)
+    known = (kept >= 0) & (kept < len(class_values))
+    return np.where(known, np.asarray(class_values, labels.dtype)[np.where(known, kept, 0)], labels)
+
+
 def predict_job(model: UNetModel, image, tta: Union[bool, int, str], probabilities: bool, membrane_value=None,
                 close_boundaries: Optional[bool] = None, stop=None, z: Optional[int] = None, kept=None, pixel_size=None):
     """The core's prediction events; the last is :class:`PredictionResult` or :class:`Failed`.
@@ -130,7 +140,7 @@ def predict_job(model: UNetModel, image, tta: Union[bool, int, str], probabiliti
     ``close_boundaries``: True always closes gaps in the model's thin boundary class, False gives the most probable
     class, None (default) applies the model's boundary rule (:func:`napari_unet.predict.predict_events`).
     ``kept``: class indices of the pixels the user's corrections keep (``image``'s shape, -1 elsewhere), for the layer
-    ordering (:func:`napari_unet.predict.predict_events`).
+    ordering (:func:`napari_unet.predict.predict_events`) and the cells (they split cells as the layer shows them).
     ``pixel_size``: [Y, X] µm of the image's pixels, if known: a :class:`Note` when the model was trained on others.
     """
     from napari_unet.postprocess import cell_instances
@@ -156,7 +166,7 @@ def predict_job(model: UNetModel, image, tta: Union[bool, int, str], probabiliti
                 labels, probs = labels[0], None if probs is None else probs[0]
             instances = None
             if membrane_value is not None and not event.stopped:
-                instances = cell_instances(labels, membrane_value)
+                instances = cell_instances(with_kept(labels, kept, model.class_values), membrane_value)
             yield PredictionResult(labels, probs, instances, event.stopped)
     except EXPECTED as err:
         yield Failed(str(err))
