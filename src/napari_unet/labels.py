@@ -62,12 +62,13 @@ def check_trainable(labels, ignore_value=None, class_values=None) -> list[int]:
             + (f" (every pixel has the ignore value {ignore_value})" if ignore_value is not None else "")
             + "; paint at least two classes"
         )
+    if len(found) < 2:  # fine-tuning on one class too: the model learns to give it everywhere
+        raise LabelError(
+            f"the labels contain only the value {found[0]}; "
+            + ("a model needs at least two classes (e.g. membrane and cell)" if class_values is None else
+               "fine-tuning on one class teaches the model to predict it everywhere: annotate pixels of another class too")
+        )
     if class_values is None:
-        if len(found) < 2:
-            raise LabelError(
-                f"the labels contain only the value {found[0]}; a model needs at least two classes "
-                "(e.g. membrane and cell)"
-            )
         return found
     unknown = sorted(set(found) - set(class_values))
     if unknown:

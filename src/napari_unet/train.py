@@ -546,9 +546,10 @@ def train_events(
                             f"got {type(value).__name__}")
     train_config = train_config or preset("default").train
     init = None if init is None else as_model(init)
-    if init is not None and model_config is not None and model_config != init.config:  # it was ignored without a word
-        differ = [f"{f.name} {getattr(model_config, f.name)!r} vs {getattr(init.config, f.name)!r}"
-                  for f in fields(ModelConfig) if getattr(model_config, f.name) != getattr(init.config, f.name)]
+    # a network given beside init was ignored without a word (n_classes follows the labels anyway)
+    if init is not None and model_config is not None and replace(model_config, n_classes=init.config.n_classes) != init.config:
+        differ = [f"{f.name} {getattr(model_config, f.name)!r} vs {getattr(init.config, f.name)!r}" for f in fields(ModelConfig)
+                  if f.name != "n_classes" and getattr(model_config, f.name) != getattr(init.config, f.name)]
         raise ConfigError(f"model_config differs from the network of init ({'; '.join(differ)}): fine-tuning keeps "
                           "init's network; leave model_config out (None)")
     if pixel_size is not None:

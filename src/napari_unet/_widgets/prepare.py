@@ -243,6 +243,13 @@ def prepare_retrain(viewer, session, image_layer, labels_layer, zero_is_unannota
     train_config = retrain_config(model.config, model.train_config)
     data = retrain_data(image, values, annotated, corrected, train_config.patch_size, name=f"prediction layer {prediction.name!r}",
                         annotated_fraction=train_config.annotated_center_fraction)
+    if len(data.classes) < 2:  # the model drifted toward the one class painted (membrane share 0.26 -> 0.37)
+        name = dict(zip(model.class_values, session.info.class_names or [])).get(data.classes[0])
+        raise LabelError(
+            f"the corrections and annotations hold only the class {data.classes[0]}{f' ({name})' if name else ''}: a Retrain on one class teaches the "
+            "model to predict it everywhere; paint some pixels of another class too, or accept a well-predicted slice "
+            "with Mark slice reviewed"
+        )
     check_model_classes(model, data.classes, f"the labels to retrain on ({labels_layer.name!r} and corrections)"
                         if labels_layer is not None else f"prediction layer {prediction.name!r}",
                         "choose the labels layer of this model's classes, or Train a new model on them")
