@@ -1006,6 +1006,12 @@ def test_evaluate_takes_the_membrane_class_or_none(data, capsys):
     assert code == 0 and json.loads(out)["v_rand"] == 1.0, err
     code, out, err = run(capsys, "evaluate", data / "labels.tif", data / "labels.tif", "--membrane", "7")
     assert code != 0 and "--membrane 7 is no class of the truth [0, 255]" in err
+    # a 1-bit mask of 0/255 truth: a traceback (exit 1) after a note that its values are scored as wrong
+    tifffile.imwrite(data / "bool.tif", labels > 0)
+    assert tifffile.imread(data / "bool.tif").dtype == bool
+    code, out, err = run(capsys, "evaluate", data / "bool.tif", data / "labels.tif")
+    assert code == 2 and not out and "Traceback" not in err and "scored as wrong" not in err
+    assert "prediction bool.tif is a yes/no (1-bit) mask, but the truth's classes are [0, 255]" in err
 
 
 def test_predict_names_blank_slices(data, capsys):

@@ -856,6 +856,9 @@ def cmd_evaluate(args) -> int:
     if len(predicted_values) > MAX_CLASSES:  # an intensity image given as the prediction (arguments swapped?)
         raise CommandError(f"prediction {Path(args.prediction).name} has {len(predicted_values)} distinct values: an image, "
                            f"not labels? (evaluate takes the labels file of predict first, then the truth)")
+    if np.dtype(prediction.dtype) == bool and not set(class_values) <= {0, 1}:  # a traceback before
+        raise CommandError(f"prediction {Path(args.prediction).name} is a yes/no (1-bit) mask, but the truth's classes are "
+                           f"{class_values}: save the prediction in the truth's values (as predict writes it)")
     unknown = sorted(set(predicted_values) - set(class_values))
     if unknown:
         print(f"prediction {Path(args.prediction).name} holds values {unknown[:5]}{' ...' if len(unknown) > 5 else ''} that are no class of the truth {class_values}; scored as wrong", file=sys.stderr)
@@ -966,7 +969,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(retinal OCT layers) also get their boundary errors in µm (default: the Y pixel size the prediction file "
                     "records in µm, as predict copies it from the image; without one, boundary errors are in pixels only)")
     ev.add_argument("--membrane", type=_membrane_choice, metavar="VALUE|none", help="the truth's membrane class for the ISBI "
-                    "scores (V_rand, V_info): default the smaller of two class values (ISBI: 0); 'none' for masks that "
+                    "scores (V_rand, V_info): default the rarer of two classes (ISBI: 0, membranes); 'none' for masks that "
                     "have no membranes (a band of one OCT layer, blobs): no ISBI scores")
     ev.set_defaults(func=cmd_evaluate)
 
