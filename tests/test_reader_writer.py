@@ -146,6 +146,30 @@ def test_reader_labels_by_name_hint(tmp_path):
     np.testing.assert_array_equal(from_display(display, class_values), labels)
 
 
+def test_instance_masks_open_as_they_are_with_0_as_background_and_round_trip(tmp_path):
+    # a cellpose-style mask (0 = background, ids 1..N) showed its background as label 1 and every id one higher;
+    # napari's own writer then rewrote every pixel
+    from skimage.segmentation import expand_labels
+
+    seeds = np.zeros((64, 64), np.uint16)
+    seeds.flat[RNG.choice(64 * 64, 100, replace=False)] = np.arange(1, 101)
+    masks = np.where(RNG.random((64, 64)) < 0.1, 0, expand_labels(seeds, 10)).astype(np.uint16)  # 100 ids and background
+    tifffile.imwrite(tmp_path / "cp_masks.tif", masks)
+    [(data, kwargs, layer_type)] = read(tmp_path / "cp_masks.tif")
+    assert layer_type == "labels" and "class_values" not in kwargs["metadata"]
+    np.testing.assert_array_equal(data, masks)  # background 0 is napari's no label; id 7 shows as 7
+    _, [layer] = add_to_viewer_model([(data, kwargs, layer_type)])
+    out = tmp_path / "saved.tif"
+    write_labels(str(out), layer.data, {"name": layer.name, "metadata": layer.metadata})
+    np.testing.assert_array_equal(tifffile.imread(out), masks)
+    [(again, _, _)] = read(out)  # napari-unet's writer records the ids as classes, 0 as not annotated: ids again
+    np.testing.assert_array_equal(again, masks)
+    few = np.where(masks <= 40, masks, 0)  # up to 64 values could be classes (an OCT mask's 0 is the vitreous)
+    tifffile.imwrite(tmp_path / "few_masks.tif", few)
+    [(data, kwargs, _)] = read(tmp_path / "few_masks.tif")
+    assert kwargs["metadata"]["class_values"][0] == 0 and data.min() == 1
+
+
 def test_reader_labels_with_names_and_ignore_value_from_metadata(tmp_path):
     labels = RNG.choice(np.array([0, 1, 255], np.uint8), size=(2, 10, 10))
     path = tmp_path / "annotation.tif"

@@ -234,8 +234,18 @@ def _class_channel_names(metadata: dict, n_channels: int) -> list[str] | None:
     return [f"P({label})" for label in labels]
 
 
+def _instance_labels_layer(tiff: TiffData, data) -> LayerDataTuple:
+    """Object ids (more than :data:`~napari_unet.labels.MAX_CLASSES` values: cellpose or stardist masks, napari-unet's
+    cells) as they are in the file: 0 = background shows as napari's no label. Read as classes,
+    the background was label 1 and every id was shown one higher."""
+    kwargs = _spatial_kwargs(tiff.axes, tiff.scale, tiff.units, drop="S", translate=tiff.metadata.get("translate"))
+    kwargs["name"] = tiff.name
+    kwargs["metadata"] = _base_metadata(tiff)
+    return (data, kwargs, "labels")
+
+
 def _labels_layer(tiff: TiffData) -> LayerDataTuple | None:
-    from .labels import PREDICTION_OUTPUT, LabelError, find_class_values, to_display
+    from .labels import MAX_CLASSES, PREDICTION_OUTPUT, LabelError, find_class_values, to_display
 
     data = tiff.data
     if not (np.issubdtype(data.dtype, np.integer) or data.dtype == bool):
@@ -256,6 +266,8 @@ def _labels_layer(tiff: TiffData) -> LayerDataTuple | None:
     except LabelError:
         return None
     class_values = meta.get("class_values")
+    if len(found) > MAX_CLASSES and found[0] >= 0 and ignore_value in (None, 0):  # as napari-unet's writer saves them too
+        return _instance_labels_layer(tiff, data)
     class_values = sorted(set(int(v) for v in class_values) | set(found)) if class_values else found
     if len(class_values) > _MAX_DISPLAY_CLASSES:
         _notify_warning(
