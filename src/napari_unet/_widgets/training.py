@@ -224,7 +224,8 @@ class TrainingWidget(QWidget):
             val = f", {event.validation}" if event.val_slices or event.val_column is not None else ""
             where = f"slices {event.train_slices}{val}" if run.kind == "training" else run.note
             boxes = {"augment_rotations": "the rotations box", "patch_size": "the patch box" if run.kind == "training" else "Retrain's patch box"}
-            notes = "".join(f" Note: {note} ({boxes.get(note.setting, note.setting)} chooses)." for note in event.notes)
+            notes = "".join(f" Note: {note}" + (f" ({boxes[note.setting]} chooses)." if note.setting in boxes else ".")
+                            for note in event.notes)
             for note in event.notes:
                 show_info(f"napari-unet: {note}")
             self.progress.set_status(f"{run.kind.capitalize()} on {where}; classes {event.class_values}.{notes}")
