@@ -373,7 +373,8 @@ def bad_inputs(tmp_path):
         (["predict", "model.keras", "image.tif", "-o", "model.keras"], "must end in .tif or .tiff"),
         (["predict", "model.keras", "image.tif", "-o", "pipe.tif"], "not a regular file"),
         (["train", "image.tif", "labels.tif", "-o", "model.keras", "--init", "model.keras"], "would overwrite the input"),
-        (["train", "image.tif", "labels.tif", "-o", "/proc/m.keras"], "is not writable"),
+        (["train", "image.tif", "labels.tif", "-o", "/proc/m.keras"], "folder '/proc' is not writable (it takes no new files)"),
+        (["train", "image.tif", "labels.tif", "-o", ".keras"], "must be a name ending in .keras"),  # "got '.keras'"
         (["evaluate", "probabilities.tif", "labels.tif"], "a probability map?"),
     ],
 )

@@ -162,7 +162,10 @@ def _check_folder(path: Path, what: str, inputs) -> Path:
         with tempfile.TemporaryFile(dir=folder, prefix=".napari-unet-probe-"):
             pass
     except OSError as err:
-        raise CommandError(f"cannot write {what} {str(path)!r}: folder {str(folder)!r} is not writable ({err.strerror or err})") from err
+        # /proc and similar take no new files: "No such file or directory" of a folder that exists
+        reason = "it takes no new files" if err.errno == errno.ENOENT else err.strerror or err
+        raise CommandError(f"cannot write {what} {str(path)!r}: folder {str(folder)!r} is not writable ({reason}); "
+                           "choose another folder") from err
     return path
 
 
@@ -456,9 +459,19 @@ def _unannotated_marker(class_values, dtype: np.dtype):
     return next((int(v) for v in class_values if v == -1 or v == wide_max), None)
 
 
+def _reason_text(reason: str) -> str:
+    """Why training ended, as a verb: "completed", "stopped", "reached its time budget"."""
+    return "reached its time budget" if reason == "time budget" else reason
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def run_training(image, labels, model_config, train_config, init=None, quiet=False, pixel_size=None):
     """Drain training events with a terminal progress line; returns the start and finish events.
     ``pixel_size``: [Y, X] µm of the image's pixels, if known (recorded in the model)."""
+    from .postprocess import describe_rule
     from .train import EpochEnd, TrainingFinished, TrainingFinishing, TrainingStarted, TrainingStep, format_seconds, train_events
 
     progress = ProgressLine()
@@ -496,7 +509,7 @@ def run_training(image, labels, model_config, train_config, init=None, quiet=Fal
             rule = ", choosing the membrane rule" if event.tunes_rule else ""
             # always shown: in a log (one line per 10 s) it followed the last step too soon and was dropped, leaving
             # minutes of finishing unexplained
-            progress.show(1.0, f"{event.reason} after {event.steps} steps; finishing the model{rule}...", force=True)
+            progress.show(1.0, f"{_reason_text(event.reason)} after {_count(event.steps, 'step')}; finishing the model{rule}...", force=True)
         elif isinstance(event, EpochEnd):
             if event.val_loss is not None:
                 last_val = f" val_loss {event.val_loss:.4f}" + (" *" if event.is_best else "")
@@ -504,12 +517,11 @@ def run_training(image, labels, model_config, train_config, init=None, quiet=Fal
             final = event
     if not quiet:
         progress.done()
-        print(f"training {final.reason} after {len(final.history)} epochs; kept the {final.kept or 'last weights'}", file=sys.stderr)
+        print(f"training {_reason_text(final.reason)} after {_count(len(final.history), 'epoch')} "
+              f"({_count(final.steps, 'step')}); kept the {final.kept or 'last weights'}", file=sys.stderr)
         if final.model.boundary_rule is not None:
-            print(
-                f"membrane rule {final.model.boundary_rule} (validation V_rand {final.boundary_v_rand:.4f} without test-time augmentation)",
-                file=sys.stderr,
-            )
+            print(f"membrane rule: {describe_rule(final.model.boundary_rule)} (validation V_rand {final.boundary_v_rand:.4f} "
+                  "without test-time augmentation; the model file holds it)", file=sys.stderr)
         elif final.untuned_rule_note:
             print(f"note: {final.untuned_rule_note} (--close-boundaries)", file=sys.stderr)
     return started, final
@@ -525,8 +537,8 @@ def cmd_train(args) -> int:
     from .predict import predict, resolve_tta_views
 
     output = check_output(args.output, "model file", inputs=[p for p in (args.image, args.labels, args.init) if p])
-    if output.suffix != ".keras":
-        raise CommandError(f"the model file must end in .keras, got {output.name!r}")
+    if output.suffix != ".keras" or output.name.startswith("."):  # Path(".keras").suffix is ""
+        raise CommandError(f"the model file must be a name ending in .keras (e.g. model.keras), got {output.name!r}")
     # read when indexed (large files): training reads only the slices that hold annotations
     image, image_metadata = _read_stack_and_metadata(args.image, "image", lazy=True)
     labels, ignore_value, notes = read_label_stack(args.labels, "labels", args.ignore_value, lazy=True)

@@ -324,7 +324,8 @@ def check_patch_size(patch_size: int, model_config: ModelConfig) -> None:
     if patch_size % model_config.size_multiple:
         raise ConfigError(
             f"patch size {patch_size} is not a multiple of {model_config.size_multiple} "
-            f"(2**depth for depth {model_config.depth})"
+            f"(a depth-{model_config.depth} U-Net halves it {model_config.depth} times), e.g. "
+            f"{max(model_config.size_multiple, patch_size // model_config.size_multiple * model_config.size_multiple)}"
         )
 
 

@@ -160,6 +160,22 @@ def region_borders(
     return find_boundaries(regions, connectivity=1, mode="inner")
 
 
+def describe_rule(rule: Optional[dict]) -> str:
+    """A boundary rule (:func:`boundary_mask`'s keyword arguments) in words for messages, e.g. "membrane where its
+    probability is above 0.7, and between cell regions whose shared border averages 0.6 or more (gaps closed)"."""
+    if not rule:
+        return "the most probable class"
+    text = f"membrane where its probability is above {rule.get('threshold', 0.5):g}"
+    if rule.get("merge_below") is not None:
+        text += (f", and between cell regions whose shared border averages {rule['merge_below']:g} or more "
+                 "(gaps closed)")
+        if rule.get("border_reach") is not None:
+            text += f"; above the threshold only within {rule['border_reach']:g} px of such a border"
+    elif rule.get("seed_level") is not None:
+        text += f", and on the watershed lines between cell cores below {rule['seed_level']:g} (gaps closed)"
+    return text
+
+
 def boundary_mask(
     membrane_probability,
     threshold: float = 0.5,

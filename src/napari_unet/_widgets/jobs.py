@@ -92,7 +92,7 @@ def train_job(image, labels, model_config, train_config, init=None, stop=None, a
     from napari_unet.train import TrainingFinished, TrainingFinishing, train_events
 
     lower_thread_priority()
-    load_tensorflow()
+    load_tensorflow(quiet=True)  # no C++ info lines or cuInit "error" in the terminal napari runs in
     try:
         if auto_depth and model_config is not None:
             settled = replace(model_config, depth=resolve_depth(AUTO, train_config.max_minutes, train_config.mixed_precision))
@@ -147,7 +147,7 @@ def predict_job(model: UNetModel, image, tta: Union[bool, int, str], probabiliti
     from napari_unet.predict import Prediction, blank_slices_note, intensity_note, pixel_size_note, predict_events
 
     lower_thread_priority()
-    load_tensorflow()
+    load_tensorflow(quiet=True)
     try:
         for note in (intensity_note(image if z is None else image[z], model), pixel_size_note(model, pixel_size)):
             if note is not None:
@@ -197,7 +197,7 @@ def load_job(path) -> "UNetModel | Failed":
     from napari_unet.model_io import load_model
 
     lower_thread_priority()
-    load_tensorflow()
+    load_tensorflow(quiet=True)
     try:
         model = load_model(path)
         _answer_hardware_questions()
@@ -212,7 +212,7 @@ def save_job(model: UNetModel, path) -> "str | Failed":
     from napari_unet.model_io import save_model
 
     lower_thread_priority()
-    load_tensorflow()
+    load_tensorflow(quiet=True)
     try:
         return str(save_model(model, path))
     except (OSError, ModelFileError) as err:

@@ -37,7 +37,7 @@ class TrainSettings(QWidget):
         self.preset.setToolTip("\n".join(f"{name}: {p.description}" for name, p in PRESETS.items()))
         self.depth = spin(
             AUTO_DEPTH, 6, 4,
-            tip="poolings of the U-Net (patch sizes must be multiples of 2**depth); auto: 5 for time budgets of "
+            tip="poolings of the U-Net (patch sizes must be multiples of 2 to the power depth: 16 for depth 4); auto: 5 for time budgets of "
             "30 min or more on a GPU or a CPU with AMX (bfloat16 matrix units), else 4",
         )
         self.depth.setSpecialValueText("auto")
