@@ -509,10 +509,12 @@ def _output_array(out, shape: tuple, dtype, is_2d: bool, name: str) -> np.ndarra
 def check_layer_memory(model: UNetModel, shape: tuple, name: str, probabilities: bool, instances: bool,
                        available: Optional[int]) -> None:
     """:class:`InputError` if the in-memory outputs of predicting an image of ``shape`` (labels; ``probabilities``,
-    float32 per class; cell ``instances``, int32), twice over for the viewer's copies, need more than ``available``
+    float32 per class; cell ``instances``, int32), twice over for the viewer's copies, with the undo record of a layer
+    written again (old and new labels), need more than ``available``
     bytes (None: unknown, no check): better a message than a viewer the system kills with the user's layers."""
-    per_pixel = labels_dtype(model).itemsize + (4 * model.config.n_classes if probabilities else 0) + (4 if instances else 0)
-    needed = 2 * int(np.prod(shape)) * per_pixel
+    labels = labels_dtype(model).itemsize + (4 if instances else 0)
+    per_pixel = labels + (4 * model.config.n_classes if probabilities else 0)
+    needed = int(np.prod(shape)) * (2 * per_pixel + 2 * labels)  # and a rewrite's undo record: old and new values
     if available is not None and needed > available:
         raise InputError(
             f"predicting {name!r} {tuple(shape)} needs about {needed / 2**30:.1f} GB for its output layers, more than the "
