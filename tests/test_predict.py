@@ -249,6 +249,22 @@ def test_stop_ends_prediction_early():
     assert result.stopped
 
 
+def test_a_stopped_prediction_does_not_wait_for_the_membrane_rules_still_running(monkeypatch):
+    # the rule of up to two slices ran on (7 s a 2048² slice): Stop took 18-40 s in the widget and the chunked command
+    import time
+
+    import napari_unet.predict as predict_module
+
+    model = tiny_model()
+    assert model.boundary_rule is not None
+    monkeypatch.setattr(predict_module, "tiled_boundary_mask", lambda probability, **rule: time.sleep(3) or probability > 0.5)
+    image = stripes(n_slices=3, size=64)[0]
+    tiles = []
+    start = time.perf_counter()
+    result = predict(model, image, tta=False, stop=lambda: tiles.append(1) or len(tiles) > 2)  # in slice 2's tile
+    assert result.stopped and time.perf_counter() - start < 2.5
+
+
 def test_input_is_not_modified_and_rgb_is_refused():
     image = stripes(n_slices=1, size=64)[0][0]
     before = image.copy()

@@ -268,7 +268,8 @@ def store_events(
     prediction: ChunkedPrediction, labels_store, probabilities_store=None, client=None
 ) -> Iterator[PredictionProgress]:
     """Run the tasks of ``prediction``, each writing its slices into zarr arrays at the given paths as it predicts
-    them (its outputs held one slice at a time), and yield progress per task.
+    them (its outputs held one slice at a time), and yield progress in slices written (here: every second it grew;
+    on a cluster: per finished task).
 
     The stores (see :func:`napari_unet.zarr_io.create_zarr`) must exist with the prediction's shapes and dtypes,
     probabilities stored (Z, C, Y, X), one plane per class, and chunks along Z that no two tasks share (one slice per
@@ -286,22 +287,28 @@ def store_events(
         _check_store(stores[1], probabilities_shape, np.float32, prediction.chunks)
     start = time.perf_counter()
 
-    def progress(done: int, total: int) -> PredictionProgress:
+    total = sum(stop - first for first, stop in prediction.chunks)
+
+    def progress(done: int) -> PredictionProgress:
         elapsed = time.perf_counter() - start
-        return PredictionProgress(done, total, elapsed, elapsed / done * (total - done))
+        return PredictionProgress(done, total, elapsed, elapsed / max(done, 1) * (total - done))
 
     if client is None:
-        stop = threading.Event()
-        yield from _compute_here(_tasks(prediction, _predict_into_stores, stores, stop.is_set), stop, progress)
+        stop, written = threading.Event(), _SliceCount()
+        tasks = _tasks(prediction, _predict_into_stores, stores, stop.is_set, written.add)
+        yield from _compute_here(tasks, stop, written, progress)
         return
     from distributed import Event, as_completed, wait
 
     stop = Event(f"napari-unet-stop-{os.getpid()}-{next(_COUNTER)}-{time.time_ns()}", client=client)
-    futures = client.compute(_tasks(prediction, _predict_into_stores, stores, _ClusterStop(stop.name)))
+    futures = client.compute(_tasks(prediction, _predict_into_stores, stores, _ClusterStop(stop.name), None))
+    sizes = {future.key: stop - first for future, (first, stop) in zip(futures, prediction.chunks)}
+    done = 0
     try:
-        for done, future in enumerate(as_completed(futures), 1):
+        for future in as_completed(futures):
             future.result()  # re-raises a task's error here
-            yield progress(done, len(futures))
+            done += sizes[future.key]
+            yield progress(done)
     finally:
         # Nothing is cancelled (a cancelled running task would go on writing unseen): told to stop, the tasks not
         # started end at their first tile and the running ones at their next, and the stores are left alone after.
@@ -344,32 +351,46 @@ def _check_store(path: str, shape: tuple, dtype, chunks: tuple) -> None:
             raise ValueError(f"store {path} has chunks of {z_chunk} slices, which tasks of slices {list(chunks)[:3]}... would share (give it one slice per chunk)")
 
 
-def _compute_here(tasks: list, stop: threading.Event, progress) -> Iterator[PredictionProgress]:
-    """Compute ``tasks`` in this process, :data:`LOCAL_CHUNKS_IN_FLIGHT` at a time (memory stays bounded); when the
-    consumer stops early, ``stop`` is set, so running tasks end at their next tile."""
+class _SliceCount:
+    """Slices written by the tasks running in this process (a task of 64 slices was minutes without progress)."""
+
+    def __init__(self):
+        self.value, self._lock = 0, threading.Lock()
+
+    def add(self) -> None:
+        with self._lock:
+            self.value += 1
+
+
+def _compute_here(tasks: list, stop: threading.Event, written: _SliceCount, progress) -> Iterator[PredictionProgress]:
+    """Compute ``tasks`` in this process, :data:`LOCAL_CHUNKS_IN_FLIGHT` at a time (memory stays bounded), yielding
+    ``progress(slices written)`` when it grew (looked at every second); when the consumer stops early, ``stop`` is
+    set, so running tasks end at their next tile."""
     import dask
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     pool = ThreadPoolExecutor(LOCAL_CHUNKS_IN_FLIGHT, thread_name_prefix="napari-unet-chunk")
-    queue, running, done = list(tasks), set(), 0
+    queue, running, shown = list(tasks), set(), 0
     try:
         while queue or running:
             while queue and len(running) < LOCAL_CHUNKS_IN_FLIGHT:
                 running.add(pool.submit(dask.compute, queue.pop(0), scheduler="sync"))
-            finished, running = wait(running, return_when=FIRST_COMPLETED)
+            finished, running = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
             for future in finished:
                 future.result()  # re-raises a task's error here
-                done += 1
-                yield progress(done, len(tasks))
+            if written.value > shown:
+                shown = written.value
+                yield progress(shown)
     finally:  # also when the consumer closes the generator: chunks not started never start
         stop.set()
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _predict_into_stores(source: ModelSource, block: np.ndarray, first: int, stop: int, z: int, stores: tuple, stopped, options: dict) -> int:
+def _predict_into_stores(source: ModelSource, block: np.ndarray, first: int, stop: int, z: int, stores: tuple, stopped,
+                         written, options: dict) -> int:
     """Predict slices ``first:stop`` of ``block`` into slices ``z:`` of the zarr stores at ``stores`` (labels,
-    probabilities or None), until ``stopped()``."""
-    labels_out = _SliceWriter(stores[0], z, stop - first)
+    probabilities or None), until ``stopped()``; ``written()``, if given, after each slice's labels are written."""
+    labels_out = _SliceWriter(stores[0], z, stop - first, written=written)
     probabilities_out = None if stores[1] is None else _SliceWriter(stores[1], z, stop - first, classes_first=True)
     options = {**options, "return_probabilities": False}
     _predict_block(source, block, first, stop, z, options, labels_out=labels_out, probabilities_out=probabilities_out, stop=stopped)
@@ -381,8 +402,10 @@ class _SliceWriter:
     fills one slice at a time (each written at once). ``classes_first``: slices arrive (Y, X, C) and are stored
     (C, Y, X). A store without the Z axis ((Y, X) or (C, Y, X)) takes the one slice of a 2-D image."""
 
-    def __init__(self, path: str, first: int, n: int, classes_first: bool = False):
+    def __init__(self, path: str, first: int, n: int, classes_first: bool = False, written=None):
         import zarr
+
+        self.written = written
 
         self.store = zarr.open_array(path, mode="r+")
         self.path, self.first, self.classes_first = path, first, classes_first
@@ -400,3 +423,5 @@ class _SliceWriter:
             self.store[self.first + index] = value
         else:
             self.store[...] = value
+        if self.written is not None:
+            self.written()

@@ -752,7 +752,8 @@ def _predict_chunked(args, image, output: Path, probabilities_file: Path | None,
             progress = ProgressLine()
             try:
                 for event in store_events(prediction, partials[0], partials[1] if len(partials) > 1 else None, client=client):
-                    progress.show(event.done / event.total, f"chunk {event.done}/{event.total} ETA {format_seconds(event.eta)}")
+                    progress.show(event.done / event.total, f"slice {event.done}/{event.total} ETA {format_seconds(event.eta)}",
+                                  force=event.done == event.total)
             except Exception as err:
                 _raise_cluster_failure(err)
                 raise

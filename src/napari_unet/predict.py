@@ -305,8 +305,9 @@ def predict_events(
     Yields :class:`PredictionProgress` after each batch of tiles and finally one :class:`Prediction`.
     Tiles of ``tile_size`` overlap by ``overlap`` pixels and are blended with a raised-cosine window;
     memory for the network stays bounded by ``batch_size`` images per call (tiles or their TTA copies).
-    ``stop()`` returning True ends early with ``Prediction.stopped`` set (slices not reached hold 0, a class value or
-    not; in ``labels_out`` / ``probabilities_out`` they keep what those arrays held).
+    ``stop()`` returning True ends early with ``Prediction.stopped`` set (slices not reached, and up to two whose membrane
+    rule was still running, hold 0, a class value or not; in ``labels_out`` / ``probabilities_out`` they keep what those
+    arrays held).
     For a model with a thin boundary class (``model.boundary_value``, e.g. EM membranes) the labels
     follow ``model.boundary_rule``, the threshold / watershed closing / region merging chosen on
     validation slices after training (:mod:`napari_unet.postprocess`). ``close_boundaries=True``
@@ -472,7 +473,7 @@ def predict_events(
                 pending.append((i, pool.submit(tiled_boundary_mask, slice_probs[..., boundary_index], **rule)))
             if probabilities is not None:
                 probabilities[i] = slice_probs
-        for i, future in pending:
+        for i, future in [] if stopped else pending:  # stopped: not waited for (7 s a 2048² slice; ended "at the next tile")
             _store_boundary_labels(labels, i, future, boundary_index, model.class_values)
     finally:  # also when the consumer closes this generator early
         pool.shutdown(wait=False, cancel_futures=True)
