@@ -244,6 +244,19 @@ def test_ome_zarr_layouts_scales_and_damaged_chunks(tmp_path, capsys):
     read = zarr_io.read_zarr(tmp_path / "b2r.zarr")
     assert read.scale == (1.0, 1.0, 1.0) and read.axes == "ZYX"  # 0.5 x 2; unusable sizes become 1
     np.testing.assert_array_equal(read.data.compute(), data)
+    # where the volume lies: the reader dropped OME's translation (opened at 0, 0, 0 instead of 10, 2, 3 µm)
+    image.attrs["multiscales"] = [{
+        "axes": ["z", "y", "x"],
+        "coordinateTransformations": [{"type": "scale", "scale": [2.0, 1.0, 1.0]}, {"type": "translation", "translation": [10.0, 2.0, 3.0]}],
+        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [0.5, 1.0, 1.0]},
+                                                                 {"type": "translation", "translation": [1.0, 0.0, "x"]}]}],
+    }]
+    read = zarr_io.read_zarr(tmp_path / "b2r.zarr")
+    assert read.scale == (1.0, 1.0, 1.0) and read.metadata["translate"] == [12.0, 2.0, 3.0]  # (1 * 2 + 10); unusable: 0
+    from napari_unet._reader import read_layers
+
+    [(_, kwargs, kind)] = read_layers(str(tmp_path / "b2r.zarr"))
+    assert kind == "image" and kwargs["translate"] == (12.0, 2.0, 3.0)
     image.attrs["multiscales"] = [{"axes": ["a", "b", "y"], "datasets": [{"path": "0"}]}]
     with pytest.raises(zarr_io.ZarrReadError, match="t, c, z, y, x and at most one other"):
         zarr_io.read_zarr(tmp_path / "b2r.zarr")
@@ -319,6 +332,30 @@ def model_and_stack(tmp_path):
     tifffile.imwrite(tmp_path / "image.tif", image, photometric="minisblack")
     zarr_io.write_zarr(tmp_path / "image.zarr", image, chunks=(2, 64, 64))
     return tmp_path
+
+
+def test_predictions_of_an_ome_zarr_lie_where_its_image_lies(model_and_stack, capsys):
+    from napari_unet._reader import read_layers
+
+    d = model_and_stack
+    image = tifffile.imread(d / "image.tif")
+    group = zarr.open_group(str(d / "placed.ome.zarr"), mode="w")
+    group.create_array("0", shape=image.shape, dtype=image.dtype, chunks=(2, 64, 64))[:] = image
+    group.attrs["multiscales"] = [{
+        "axes": [{"name": n, "type": "space", "unit": "micrometer"} for n in "zyx"],
+        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [0.05, 0.004, 0.004]},
+                                                                 {"type": "translation", "translation": [10.0, 2.0, 3.0]}]}],
+    }]
+    [(_, kwargs, _)] = read_layers(str(d / "placed.ome.zarr"))
+    assert kwargs["translate"] == (10.0, 2.0, 3.0)
+    for output, probabilities in (("p.zarr", "q.zarr"), ("p.tif", "q.tif")):
+        code, _, err = run(capsys, "predict", d / "m.keras", d / "placed.ome.zarr", "-o", d / output, "--probabilities", d / probabilities, "--no-tta")
+        assert code == 0, err
+        [(_, kwargs, kind)] = read_layers(str(d / output))
+        assert kind == "labels" and kwargs["translate"] == pytest.approx((10.0, 2.0, 3.0)), output
+        assert kwargs["scale"] == pytest.approx((0.05, 0.004, 0.004)), output
+        layers = read_layers(str(d / probabilities))
+        assert all(k["translate"] == pytest.approx((10.0, 2.0, 3.0)) for _, k, _ in layers), probabilities
 
 
 def test_predict_writes_zarr_stores_equal_to_its_tiff_files(model_and_stack, capsys):

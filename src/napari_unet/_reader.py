@@ -208,7 +208,7 @@ def _base_metadata(tiff: TiffData) -> dict[str, Any]:
 
 def _image_layers(tiff: TiffData) -> list[LayerDataTuple]:
     data, axes = tiff.data, tiff.axes
-    kwargs = _spatial_kwargs(axes, tiff.scale, tiff.units, drop="CS")
+    kwargs = _spatial_kwargs(axes, tiff.scale, tiff.units, drop="CS", translate=tiff.metadata.get("translate"))
     kwargs["name"] = tiff.name
     kwargs["metadata"] = _base_metadata(tiff)
     if tiff.rgb:

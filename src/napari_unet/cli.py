@@ -322,21 +322,28 @@ def _read_stack_and_metadata(path, what: str, lazy: bool = False, for_cluster: b
         metadata["reviewed"] = metadata["reviewed"].reshape(squeezed.shape)
     # the pixel size of each kept axis, for outputs that must line up with the image in napari, where the reader gives
     # it also without a unit (a resolution of 250 per unit: 0.004)
+    kept = [i for i, (n, axis) in enumerate(zip(data.shape, axes)) if n != 1 or axis in "YX"]
     if tiff.has_physical_size or any(float(s) != 1.0 for s in tiff.scale):
-        kept = [i for i, (n, axis) in enumerate(zip(data.shape, axes)) if n != 1 or axis in "YX"]
         metadata["pixel_size"] = {"scale": [float(tiff.scale[i]) for i in kept], "units": [tiff.units[i] for i in kept]}
+    translate = tiff.metadata.get("translate")
+    if isinstance(translate, list) and len(translate) == len(axes) and any(translate):  # where the image lies (OME-Zarr)
+        metadata.setdefault("pixel_size", {"scale": [1.0] * len(kept), "units": [None] * len(kept)})
+        metadata["pixel_size"]["translate"] = [float(translate[i]) for i in kept]
     return squeezed, metadata
 
 
 def _with_pixel_size(metadata: dict, pixel_size: dict | None, class_axis: bool = False) -> dict:
-    """Output ``metadata`` with the image's pixel sizes (``class_axis``: a class axis of size 1 before Y, X)."""
+    """Output ``metadata`` with the image's pixel sizes and offset (``class_axis``: a class axis of size 1 before Y, X)."""
     if not pixel_size:
         return metadata
     scale, units = list(pixel_size["scale"]), list(pixel_size["units"])
+    translate = list(pixel_size.get("translate") or [])
     if class_axis:
         scale.insert(len(scale) - 2, 1.0)
         units.insert(len(units) - 2, None)
-    return {**metadata, "scale": scale, "units": units}
+        if translate:
+            translate.insert(len(translate) - 2, 0.0)
+    return {**metadata, "scale": scale, "units": units, **({"translate": translate} if translate else {})}
 
 
 def _holds_value(array, value) -> bool:

@@ -83,9 +83,9 @@ def read_zarr(path, lazy: bool = True) -> TiffData:
     except Exception as exc:  # FileNotFoundError, GroupNotFoundError, JSON errors...
         raise ZarrReadError(f"{path}: not a readable zarr store ({type(exc).__name__}: {_one_line(exc)})") from exc
     attributes = _attributes(node)
-    ome_axes, ome_scale = None, None
+    ome_axes, ome_scale, ome_translate = None, None, None
     if isinstance(node, zarr.Group):
-        array, ome_axes, ome_scale = _image_of_group(path, node, attributes)
+        array, ome_axes, ome_scale, ome_translate = _image_of_group(path, node, attributes)
     else:
         array = node
     own = _attributes(array).get(METADATA_KEY) or attributes.get(METADATA_KEY) or {}
@@ -107,6 +107,11 @@ def read_zarr(path, lazy: bool = True) -> TiffData:
         data = np.asarray(data)
     metadata: dict[str, Any] = {"source": str(path), "format": "ome-zarr" if ome_axes is not None else "zarr", "dtype": str(data.dtype)}
     metadata.update({key: own[key] for key in _LABEL_KEYS if own.get(key) is not None})
+    own_translate = own.get("translate")  # napari-unet's outputs of an image that lies elsewhere
+    if isinstance(own_translate, list) and len(own_translate) == ndim and all(isinstance(t, (int, float)) for t in own_translate):
+        metadata["translate"] = [float(t) for t in own_translate]
+    elif ome_translate is not None and any(ome_translate):  # where the volume lies
+        metadata["translate"] = list(ome_translate)
     _check_label_metadata(metadata, path)
     # labels only by their metadata, OME mark or name: a lazy store's values would have to be read (a blank first slice is no label)
     integer = np.issubdtype(data.dtype, np.integer) or data.dtype == bool
@@ -179,6 +184,8 @@ def _image_of_group(path: Path, group, attributes: dict):
             axes = [_ome_axis(axis) for axis in first.get("axes") or []] or None
             scale = _ome_scale(dataset.get("coordinateTransformations"), len(array.shape))
             overall = _ome_scale(first.get("coordinateTransformations"), len(array.shape))  # applies to every level
+            shift = _ome_translation(dataset.get("coordinateTransformations"), len(array.shape))
+            overall_shift = _ome_translation(first.get("coordinateTransformations"), len(array.shape))
         except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
             raise ZarrReadError(f"{path}: damaged OME-Zarr metadata ({type(exc).__name__}: {_one_line(exc)})") from exc
         ndim = len(array.shape)
@@ -186,14 +193,17 @@ def _image_of_group(path: Path, group, attributes: dict):
             raise ZarrReadError(f"{path}: OME-Zarr names {len(axes)} axes for an array of {ndim} dimensions")
         if axes is not None and len({a for a, _ in axes}) != ndim:
             raise ZarrReadError(f"{path}: OME-Zarr axes {[a for a, _ in axes]}: napari-unet reads axes named t, c, z, y, x and at most one other")
+        translate = None
+        if shift is not None or overall_shift is not None:  # x = (i * s + t) * S + T: the level's offset scaled too
+            translate = tuple(t * f + u for t, f, u in zip(shift or (0.0,) * ndim, overall or (1.0,) * ndim, overall_shift or (0.0,) * ndim))
         if scale is not None or overall is not None:
             scale = tuple(a * b for a, b in zip(scale or (1.0,) * ndim, overall or (1.0,) * ndim))
-        return array, axes, scale
+        return array, axes, scale, translate
     names = sorted(group.array_keys())
     if len(names) != 1:
         found = f"arrays {names[:5]}" if names else "no array"
         raise ZarrReadError(f"{path}: a zarr group with {found}; give the path of one array inside it")
-    return group[names[0]], None, None
+    return group[names[0]], None, None, None
 
 
 def _ome_scale(transformations, ndim: int):
@@ -211,6 +221,23 @@ def _ome_scale(transformations, ndim: int):
             value = 1.0
         sizes.append(value if math.isfinite(value) and value > 0 else 1.0)
     return tuple(sizes)
+
+
+def _ome_translation(transformations, ndim: int):
+    """The ``translation`` of an OME-Zarr transformation list as floats (unusable values become 0.0), or None."""
+    shifts = [t["translation"] for t in transformations or [] if t.get("type") == "translation"]
+    if not shifts:
+        return None
+    if len(shifts[0]) != ndim:
+        raise ValueError(f"translation {shifts[0]} does not fit an array of {ndim} dimensions")
+    values = []
+    for value in shifts[0]:
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            value = 0.0
+        values.append(value if math.isfinite(value) else 0.0)
+    return tuple(values)
 
 
 def _ome_axis(axis) -> tuple[str, str | None]:
