@@ -283,6 +283,12 @@ def test_input_is_not_modified_and_rgb_is_refused():
     for wrong_rank in (np.float32(1.0), np.zeros(32, np.float32)):  # a scalar or a line is not an image either
         with pytest.raises(InputError, match="one-channel 2-D images"):
             predict(tiny_model(), wrong_rank)
+    with pytest.raises(InputError, match=r"a channel axis last: give image\[\.\.\., 0\]"):  # was "too small"
+        predict(tiny_model(), np.zeros((32, 32, 1), np.uint8))
+    stack = np.zeros((3, 32, 32), np.float32)
+    stack[2, 5, 5] = np.nan  # found an hour into a large stack, without the slice
+    with pytest.raises(InputError, match="slice 2: .*NaN"):
+        predict(tiny_model(), stack)
 
 
 def test_dask_input_is_predicted_slice_by_slice():

@@ -400,6 +400,7 @@ def test_train_stop_keeps_a_usable_model_and_viewer_stays_responsive(widgets, qt
     model = session.model
     assert model is not None and model.class_values == [0, 255]
     assert "stopped" in session.info.description and "stopped" in training.progress.bar.format()
+    assert training.progress.bar.value() < training.progress.bar.maximum()  # at 25 of 2000 steps, not 100 %
     assert training.plot.draws < len(training.plot.steps)  # redraws are rate-limited
     assert training.save_button.isEnabled() and training.retrain_button.isEnabled()
     # The stopped model is usable: predict the stack.

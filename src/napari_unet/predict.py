@@ -340,10 +340,12 @@ def predict_events(
         image = np.asarray(image)
     shape = tuple(np.shape(image))
     colour = bool(shape) and shape[-1] in (3, 4)  # (Y, X, 3|4) would otherwise pass for a stack of narrow slices
-    if len(shape) not in (2, 3) or (len(shape) == 3 and colour):
+    channel = len(shape) == 3 and shape[-1] == 1 and min(shape[:2]) >= MIN_IMAGE_SIZE  # (Y, X, 1): "too small" before
+    if len(shape) not in (2, 3) or (len(shape) == 3 and (colour or channel)):
         raise InputError(
             f"image has shape {shape}; the model expects one-channel 2-D images or (Z, Y, X) stacks"
             + (" (if it is an RGB image with colours last, convert it to grayscale)" if colour else "")
+            + (" (a channel axis last: give image[..., 0])" if channel else "")
         )
     if model.config.input_channels != 1:
         raise InputError(f"the model expects {model.config.input_channels} channels; napari-unet images have one")
@@ -414,7 +416,10 @@ def predict_events(
     def network_plane(z: int) -> np.ndarray:
         """Slice z normalised, downscaled and padded to (padded_h, padded_w) float32."""
         plane = np.asarray(image if len(shape) == 2 else image[z])
-        plane = check_image(plane)[0]
+        try:
+            plane = check_image(plane)[0]
+        except InputError as err:  # found when the slice is reached: an hour into a large stack, say which one
+            raise InputError(f"slice {z}: {err}" if len(shape) == 3 else str(err)) from None
         if z in selected_set and plane.size and plane.min() == plane.max():  # a blank frame (Duke stacks hold some)
             blank.add(z)
         if not normalized:

@@ -245,7 +245,9 @@ class TrainingWidget(QWidget):
         elif isinstance(event, TrainingFinishing):
             run.finishing = True
             rule = " and choosing the membrane rule on the validation slices" if event.tunes_rule else ""
-            self.progress.update(1.0, None, f"{run.kind} {event.reason}, finishing")
+            # a stopped run's bar stays where it stopped (it jumped to 100 %)
+            done = 1.0 if event.reason != "stopped" else self.progress.bar.value() / self.progress.bar.maximum()
+            self.progress.update(done, None, f"{run.kind} {event.reason}, finishing")
             self.progress.set_status(f"Finishing the model after {event.steps} steps: its weights{rule} (seconds)...")
         elif isinstance(event, TrainingFinished):
             self._finished_model(run, event)
