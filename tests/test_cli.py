@@ -747,8 +747,11 @@ def test_importing_the_package_loads_neither_tensorflow_nor_qt():
 
 @pytest.mark.slow
 def test_demo_refuses_a_bad_budget_before_writing_anything(tmp_path, capsys):
-    code, _, err = run(capsys, "demo", "--headless", "--minutes", "-1", "--output-dir", tmp_path / "demo")
-    assert code == 2 and "max_minutes must be a positive number" in err and not (tmp_path / "demo").exists()
+    with pytest.raises(SystemExit) as exit:  # told with the option typed: it named the setting max_minutes
+        run(capsys, "demo", "--headless", "--minutes", "-1", "--output-dir", tmp_path / "demo")
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and "argument --minutes: must be a finite number above 0, got -1" in err
+    assert not (tmp_path / "demo").exists()
 
 
 def test_an_image_whose_last_axes_are_not_y_and_x_is_refused(tmp_path, capsys):
@@ -785,8 +788,15 @@ def test_demo_runs_headless(tmp_path, capsys):
     assert code == 0, err
     report = json.loads(out)
     assert report["v_rand"] is not None and 0 <= report["pixel_error"] <= 1
-    for name in ("demo.png", "demo-model.keras", "demo-prediction.tif"):
+    for name in ("demo.png", "demo-model.keras", "demo-prediction.tif", "demo-image.tif", "demo-labels.tif"):
         assert (tmp_path / name).stat().st_size > 0
+    assert "(1 = every cell separated as in the truth)" in err
+    # the data it wrote take the command line's train and evaluate, as the README shows a newcomer
+    code, _, err = run(capsys, "evaluate", tmp_path / "demo-labels.tif", tmp_path / "demo-labels.tif")
+    assert code == 0, err
+    code, _, err = run(capsys, "train", tmp_path / "demo-image.tif", tmp_path / "demo-labels.tif", "-o", tmp_path / "m.keras",
+                       "--epochs", "1", "--steps-per-epoch", "2", "--patch-size", "64", "--batch-size", "2")
+    assert code == 0 and "classes [0, 255]" in err, err
 
 
 def test_predict_notes_an_image_unlike_the_training_images_and_still_writes_it(data, capsys):

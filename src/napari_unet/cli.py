@@ -70,6 +70,14 @@ def positive_float(text: str) -> float:
     return value
 
 
+def learning_rate(text: str) -> float:
+    """argparse type: a number between 0 and 1."""
+    value = positive_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
 def or_auto(parse):
     """The argparse type ``parse`` that also takes ``auto`` (the settings whose default is "auto")."""
 
@@ -909,27 +917,35 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="napari-unet", description=__doc__.splitlines()[0])
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="napari-unet", description="Train, apply and score U-Nets for EM and OCT segmentation. New here? Start with: "
+        "napari-unet demo")
+    parser.add_argument("--version", action="version", version=f"napari-unet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train a U-Net on an image stack and its labels")
     train.add_argument("image", help="TIFF image (Y, X) or stack (Z, Y, X), a folder of TIFF slices, or a zarr store")
     train.add_argument("labels", help="labels of the image's shape (TIFF, folder or zarr store; class values, e.g. 0/255)")
     train.add_argument("-o", "--output", required=True, help="model file to write (.keras)")
-    train.add_argument("--preset", default="default", choices=["default", "classic"])
+    train.add_argument("--preset", default="default", choices=["default", "classic"], help="network and training settings: "
+                       "default (fast CPU U-Net) or classic (the original 64-filter U-Net); default: %(default)s")
     train.add_argument("--epochs", type=int, help="epochs (default: the preset's, or unlimited with --max-minutes)")
-    train.add_argument("--max-minutes", type=float, help="time budget of the training steps (preparing the data before them and "
+    train.add_argument("--max-minutes", type=positive_float, help="time budget of the training steps (preparing the data before them and "
                        "finishing the model after them come on top); the learning-rate schedule follows it")
     train.add_argument("--ignore-value", type=int, help="label value of unannotated pixels (sparse labels; default: the value the file records, as napari-unet saves it)")
     train.add_argument("--val-fraction", type=float, help="share of slices held out for validation (default 0.2; at most 16 slices of 512², 4 of 1024² or larger, "
                        "and a window of at least 1024² of slices larger than 1024²: validation predicts about 4.2 million pixels at most)")
     train.add_argument("--init", help="fine-tune this model file instead of starting from scratch")
-    train.add_argument("--seed", type=non_negative_int, default=0)
+    train.add_argument("--seed", type=non_negative_int, default=0, help="random seed of weights, patches and augmentation "
+                       "(the same seed and settings train the same model on the same machine); default: %(default)s")
     train.add_argument("--float32", action="store_true", help="compute in float32 also on CPUs with bfloat16 instructions (default: bfloat16 there)")
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--patch-size", type=int)
-    train.add_argument("--learning-rate", type=float)
-    train.add_argument("--steps-per-epoch", type=int)
+    train.add_argument("--batch-size", type=positive_int, help="patches per training step (default: the preset's)")
+    train.add_argument("--patch-size", type=positive_int, help="side in pixels of the square training patches, a multiple of "
+                       "2 to the power depth (default: the preset's)")
+    train.add_argument("--learning-rate", type=learning_rate, help="Adam's learning rate, between 0 and 1 (default: the preset's)")
+    train.add_argument("--steps-per-epoch", type=positive_int, help="training steps between two validations (default: the preset's)")
     train.add_argument("--augment-noise", type=or_auto(noise_std), metavar="STD", help="Gaussian pixel noise added to each training patch, its std "
                        "drawn from [0, STD) in units of the normalised range; 0 = off (default: the preset's; the default preset's "
                        "auto adds 0.1 for --max-minutes 30 or more)")
@@ -995,10 +1011,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=cmd_evaluate)
 
     demo = sub.add_parser("demo", help="train and predict on embedded synthetic EM data, write a figure")
-    demo.add_argument("--output-dir", default="napari-unet-demo")
-    demo.add_argument("--minutes", type=float, default=1.0, help="training budget")
+    demo.add_argument("--output-dir", default="napari-unet-demo", help="folder for the demo's files; default: %(default)s")
+    demo.add_argument("--minutes", type=positive_float, default=1.0, help="training budget in minutes; default: %(default)s")
     demo.add_argument("--headless", action="store_true", help="do not open napari")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=non_negative_int, default=0, help="random seed of the synthetic data and the training")
     demo.set_defaults(func=cmd_demo)
     return parser
 

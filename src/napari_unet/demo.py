@@ -68,15 +68,20 @@ def run_demo(output_dir: Path, minutes: float = 1.0, headless: bool = False, see
     except OSError as err:
         raise CommandError(f"cannot create the folder {str(output_dir)!r}: {err.strerror or err}") from None
     outputs = {name: check_output(output_dir / name, f"the demo's {kind}")  # before a minute of training, not after
-               for name, kind in (("demo-model.keras", "model"), ("demo-prediction.tif", "prediction"), ("demo.png", "figure"))}
+               for name, kind in (("demo-model.keras", "model"), ("demo-prediction.tif", "prediction"), ("demo.png", "figure"),
+                                  ("demo-image.tif", "image"), ("demo-labels.tif", "labels"))}
     image, labels = make_em_stack(n_slices=10, shape=(256, 256), seed=seed)
     print(f"synthetic EM stack {image.shape} {image.dtype}; labels 0 = membrane, 255 = cell", file=sys.stderr)
+
     started = time.perf_counter()
     _, final = run_training(image, labels, chosen.model, train_config)
     train_seconds = time.perf_counter() - started
     if final.steps == 0:  # its untrained weights would be scored as if trained
         raise CommandError(f"training ended ({final.reason}) before its first step; nothing written (a larger --minutes?)")
     model_path = save_model(final.model, outputs["demo-model.keras"])
+    # the data too: a newcomer without data of their own can run train, predict and evaluate on them
+    write_tiff(outputs["demo-image.tif"], image, metadata={"axes": "ZYX"})
+    write_tiff(outputs["demo-labels.tif"], labels, metadata={"class_values": [0, 255], "class_names": ["membrane", "cell"]})
 
     val = [8, 9]
     result = predict(final.model, image, slices=val, return_probabilities=False)
@@ -85,7 +90,11 @@ def run_demo(output_dir: Path, minutes: float = 1.0, headless: bool = False, see
     figure = save_figure(outputs["demo.png"], image[val[0]], labels[val[0]], result.labels[0], final.history)
     report = {"train_seconds": round(train_seconds, 1), "held_out_slices": val, **scores}
     print(json.dumps(report, indent=1))
-    print(f"wrote {model_path}, {outputs['demo-prediction.tif']} and {figure}", file=sys.stderr)
+    if scores.get("v_rand") is not None:
+        print(f"held-out slices {val[0]}-{val[-1]}: V_rand {scores['v_rand']:.3f} and V_info {scores['v_info']:.3f} (1 = every "
+              f"cell separated as in the truth), pixel error {scores['pixel_error']:.3f} (0 = every pixel right)", file=sys.stderr)
+    print(f"wrote {model_path}, {outputs['demo-prediction.tif']} and {figure}, and the data: {outputs['demo-image.tif']}, "
+          f"{outputs['demo-labels.tif']}", file=sys.stderr)
 
     if headless or not has_display():
         if not headless:
