@@ -354,7 +354,7 @@ def bad_inputs(tmp_path):
         (["train", "missing.tif", "labels.tif", "-o", "m.keras"], "does not exist"),
         (["train", "notes.tif", "labels.tif", "-o", "m.keras"], "notes.tif"),
         (["train", "image.tif", "short_labels.tif", "-o", "m.keras"], "differ"),
-        (["train", "image.tif", "one_value.tif", "-o", "m.keras"], "only the value 255"),
+        (["train", "image.tif", "one_value.tif", "-o", "m.keras"], "labels one_value.tif contain only the value 255"),
         (["train", "nan_image.tif", "labels.tif", "-o", "m.keras"], "NaN"),
         (["train", "image.tif", "labels.tif", "-o", "m.keras", "--ignore-value", "0", "--val-fraction", "0"], "two classes"),
         (["train", "image.tif", "labels.tif", "-o", "m.keras", "--patch-size", "40"], "not a multiple of 16"),

@@ -542,7 +542,25 @@ def run_training(image, labels, model_config, train_config, init=None, quiet=Fal
     return started, final
 
 
+def _labels_named(err: Exception, what: str, path) -> str:
+    """A core label error's message about "the labels" naming the file (the command's other errors name theirs)."""
+    text, name = str(err), Path(path).name
+    for lead in ("the labels", "labels"):
+        if text.startswith(lead):
+            return f"{what} {name}{text[len(lead):]}"
+    return f"{what} {name}: {text}"
+
+
 def cmd_train(args) -> int:
+    from .labels import LabelError
+
+    try:
+        return _train(args)
+    except LabelError as err:
+        raise CommandError(_labels_named(err, "labels", args.labels)) from None
+
+
+def _train(args) -> int:
     from dataclasses import replace
 
     from .config import MERGE_LEVELS_LONG, is_long_budget, preset as get_preset
@@ -855,7 +873,10 @@ def cmd_evaluate(args) -> int:
         raise CommandError(f"--pixel-height {args.pixel_height:g} µm is beyond {MAX_PIXEL_HEIGHT_UM:g} µm (a metre)")
     # read when indexed (large files): evaluate scores a block of slices at a time
     prediction, prediction_metadata = _read_stack_and_metadata(args.prediction, "prediction", lazy=True)
-    truth, ignore_value, notes = read_label_stack(args.truth, "truth", args.ignore_value, lazy=True)
+    try:
+        truth, ignore_value, notes = read_label_stack(args.truth, "truth", args.ignore_value, lazy=True)
+    except LabelError as err:
+        raise CommandError(_labels_named(err, "truth labels", args.truth)) from None
     pixel_height = args.pixel_height if args.pixel_height is not None else _pixel_height(prediction_metadata)
     if pixel_height is not None and not 0 < pixel_height <= MAX_PIXEL_HEIGHT_UM:  # a file's tag: boundary errors in pixels only
         print(f"prediction {Path(args.prediction).name} records a pixel height of {pixel_height:g} µm; boundary errors in "
@@ -869,7 +890,10 @@ def cmd_evaluate(args) -> int:
     stack_prediction, stack_truth = stack_view(prediction), stack_view(truth)
     for block in slice_blocks(stack_truth.shape[0], stack_truth.shape[1] * stack_truth.shape[2]):
         truth_block, prediction_block = np.asarray(stack_truth[block]), np.asarray(stack_prediction[block])
-        truth_values.update(find_class_values(truth_block))
+        try:
+            truth_values.update(find_class_values(truth_block))
+        except LabelError as err:
+            raise CommandError(_labels_named(err, "truth labels", args.truth)) from err
         try:
             predicted_values.update(find_class_values(prediction_block if ignore_value is None else
                                                       prediction_block[truth_block != ignore_value]))

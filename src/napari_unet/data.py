@@ -81,7 +81,7 @@ def read_annotated_slices(image, labels, ignore_value=None, pixel_weights=None, 
         slices = [z for z, annotated in enumerate(slices_holding(labels, ignore_value, other=True)) if annotated]
         if not slices and not in_memory:
             raise InputError(f"the labels contain no annotated pixel (every pixel has the ignore value {ignore_value}); "
-                             "paint at least two classes")
+                             "annotate at least two classes")
     if not slices or len(slices) == shape[0] or in_memory and len(slices) > shape[0] / 2:
         image_stack, label_stack = check_pair(image, labels)
         weights = None if pixel_weights is None else check_pixel_weights(pixel_weights, labels)

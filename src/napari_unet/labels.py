@@ -60,7 +60,7 @@ def check_trainable(labels, ignore_value=None, class_values=None) -> list[int]:
         raise LabelError(
             "the labels contain no annotated pixel"
             + (f" (every pixel has the ignore value {ignore_value})" if ignore_value is not None else "")
-            + "; paint at least two classes"
+            + "; annotate at least two classes"
         )
     if len(found) < 2:  # fine-tuning on one class too: the model learns to give it everywhere
         raise LabelError(
