@@ -239,6 +239,14 @@ def test_progress_line_never_passes_100_percent():
     stream = io.StringIO()
     ProgressLine(stream).show(2.117, "epoch 1 step 1", force=True)  # a time budget overrun
     assert "100.0%" in stream.getvalue() and "211" not in stream.getvalue()
+    # the last progress a throttled line skipped is shown at the end (a log's last line stayed at 98.6 %)
+    stream = io.StringIO()
+    progress = ProgressLine(stream)
+    for tile in range(1, 217):
+        progress.show(tile / 216, f"tile {tile}/216")
+    assert "tile 216/216" not in stream.getvalue()
+    progress.done()
+    assert stream.getvalue().splitlines()[-1].endswith("100.0% tile 216/216")
 
 
 def test_predict_tta_flags_force_test_time_augmentation_on_and_off(data, capsys, monkeypatch):

@@ -412,12 +412,14 @@ class ProgressLine:
     def __init__(self, stream=None, every: float = 0.5):
         self.stream, self.every, self.last = stream or sys.stderr, every, -1e9
         self.tty = self.stream.isatty()
+        self.unshown = None  # the latest (fraction, text) not shown yet: done() shows it (the log ended at 98.6 %)
 
     def show(self, fraction: float, text: str, force: bool = False):
         now = time.perf_counter()
         if not force and now - self.last < (self.every if self.tty else 10.0):
+            self.unshown = (fraction, text)
             return
-        self.last = now
+        self.last, self.unshown = now, None
         width = 24
         filled = int(round(width * min(max(fraction, 0.0), 1.0)))
         line = f"[{'#' * filled}{'.' * (width - filled)}] {100 * min(max(fraction, 0.0), 1.0):5.1f}% {text}"
@@ -425,6 +427,8 @@ class ProgressLine:
         self.stream.flush()
 
     def done(self):
+        if self.unshown is not None:
+            self.show(*self.unshown, force=True)
         if self.tty:
             self.stream.write("\n")
             self.stream.flush()
@@ -709,6 +713,8 @@ def cmd_predict(args) -> int:
             probs = np.moveaxis(result.probabilities, -1, -3)  # one plane per class, a view: written page by page
             axes = "CYX" if probs.ndim == 3 else "ZCYX"
             files.append((probabilities_file, probs, _with_pixel_size({"class_values": list(model.class_values), "axes": axes}, pixel_size, class_axis=True)))
+        if sum(array.nbytes for _, array, _ in files) > 2**26:  # compressing a large stack takes minutes: not silently
+            print(f"writing {', '.join(str(path) for path, _, _ in files)}...", file=sys.stderr)
         write_all(files, args.written)
     for path, array, metadata in files:
         print(f"wrote {path} {array.shape} {array.dtype}" + (f" (axes {metadata['axes']})" if "axes" in metadata else ""), file=sys.stderr)
