@@ -1463,6 +1463,11 @@ def test_shape_messages_name_channels_last_time_series_and_a_missing_axis_of_len
     viewer.add_labels(np.zeros((32, 32), np.uint8), name="other")
     message = no_labels_message(viewer, image)
     assert "('mask_yx' holds its pixels, with or without an axis of length 1" in message and "'other' holds" not in message
+    for name in ("mask_yx", "other"):  # no labels layer at all: the next step, not the same thing said twice
+        viewer.layers.remove(name)
+    message = no_labels_message(viewer, image)
+    assert message.startswith("there is no labels layer to train on: open the labels of 'one page' (a mask of its shape 1 x 64 x 64)")
+    assert "no labels layer has the shape" not in message
 
 
 def test_no_model_loads_while_a_prediction_runs(widgets, qtbot, notifications, tmp_path):

@@ -553,10 +553,10 @@ def intensity_note(image, model) -> Optional[str]:
         return None
     median = PROFILE_LEVELS.index(50)
     return (
-        f"the image's intensities are unlike the training images' (profile distance {distance:.2f}; the training "
-        f"slices lay within {model.intensity_spread:.2f} of their profile; median pixel at {profile[median]:.2f} of the "
-        f"intensity range, not {model.intensity_profile[median]:.2f}). If it was inverted or log- (dB) or gamma-scaled, "
-        "predict it as the model was trained on it; otherwise check the labels"
+        f"the image's intensities are unlike the training images' (its median grey lies at {profile[median]:.2f} of its "
+        f"range, the training images' at {model.intensity_profile[median]:.2f}; profile distance {distance:.2f}, the "
+        f"training slices within {model.intensity_spread:.2f}): if it is inverted or on another brightness scale (log, dB, "
+        "gamma), convert it to look like the training images; else check the predicted labels carefully"
     )
 
 

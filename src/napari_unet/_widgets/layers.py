@@ -96,7 +96,10 @@ def pixel_size_of(layer) -> Optional[list]:
 def no_labels_message(viewer, image_layer) -> str:
     shape = tuple(image_layer.data.shape)
     others = [f"{x.name!r} {tuple(x.data.shape)}" for x in unwrap(viewer).layers if isinstance(x, Labels)]
-    found = f"; the labels layers have shapes {', '.join(others)}" if others else "; there is no labels layer"
+    if not others:  # it said "no labels layer has the shape ...; there is no labels layer", with no next step
+        return (f"there is no labels layer to train on: open the labels of {image_layer.name!r} (a mask of its shape "
+                f"{' x '.join(map(str, shape))}), or add an empty one (the layer list's new labels button) and paint some pixels of each class")
+    found = f"; the labels layers have shapes {', '.join(others)}"
     squeezed = tuple(n for n in shape if n != 1)
     alike = [x.name for x in unwrap(viewer).layers if isinstance(x, Labels)
              and tuple(n for n in x.data.shape if n != 1) == squeezed and tuple(x.data.shape) != shape]
