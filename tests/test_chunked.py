@@ -257,6 +257,9 @@ def test_ome_zarr_layouts_scales_and_damaged_chunks(tmp_path, capsys):
 
     [(_, kwargs, kind)] = read_layers(str(tmp_path / "b2r.zarr"))
     assert kind == "image" and kwargs["translate"] == (12.0, 2.0, 3.0)
+    image.attrs["multiscales"] = [{"axes": ["z", "y", "x"], "datasets": [{"path": "0", "coordinateTransformations": [
+        {"type": "scale", "scale": [1.0, 1.0, 1.0]}, {"type": "translation", "path": "shift.json"}]}]}]  # (in a file of its own)
+    assert "translate" not in zarr_io.read_zarr(tmp_path / "b2r.zarr").metadata  # opened unshifted, not refused as damaged
     image.attrs["multiscales"] = [{"axes": ["a", "b", "y"], "datasets": [{"path": "0"}]}]
     with pytest.raises(zarr_io.ZarrReadError, match="t, c, z, y, x and at most one other"):
         zarr_io.read_zarr(tmp_path / "b2r.zarr")

@@ -86,6 +86,8 @@ def test_labels_must_fit_an_existing_models_classes():
         check_trainable(np.array([0, 1, 2]), class_values=[0, 1])
     with pytest.raises(LabelError, match="fine-tuning on one class teaches the model to predict it everywhere"):
         check_trainable(np.array([1, 1, 1]), class_values=[0, 1])
+    with pytest.raises(LabelError, match="does not know"):  # one unknown value: named as unknown first
+        check_trainable(np.array([7, 7]), class_values=[0, 1])
 
 
 @pytest.mark.parametrize("dtype, class_values", [(np.uint8, [0, 3, 255]), (np.int16, [-300, 0, 7]), (bool, [0, 1])])

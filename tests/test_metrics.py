@@ -767,3 +767,7 @@ def test_evaluate_takes_the_rarer_of_two_classes_as_the_membrane_whichever_value
         assert inverted[name] == pytest.approx(isbi[name]), name
     assert isbi["v_rand"] < 1.0
     assert M.evaluate(pred, truth, membrane_value=255)["membrane_value"] == 255  # named: as named
+    # a grid of membranes in step with a column stride: counted on every n-th column, its membranes were the majority
+    grid = np.full((16, 128, 1024), 255, np.uint8)
+    grid[:, :, ::8], grid[:, ::8] = 0, 0
+    assert M._rarer_class(grid, [0, 255]) == 0

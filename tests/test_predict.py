@@ -263,6 +263,11 @@ def test_a_stopped_prediction_does_not_wait_for_the_membrane_rules_still_running
     start = time.perf_counter()
     result = predict(model, image, tta=False, stop=lambda: tiles.append(1) or len(tiles) > 2)  # in slice 2's tile
     assert result.stopped and time.perf_counter() - start < 2.5
+    # Stop pressed while the last slices' rules run (a one-slice run is all last slice): it waited for them
+    asked = []
+    start = time.perf_counter()
+    result = predict(model, image[0], tta=False, stop=lambda: asked.append(1) or len(asked) > 1)  # after the one tile
+    assert result.stopped and time.perf_counter() - start < 2.0
 
 
 def test_input_is_not_modified_and_rgb_is_refused():

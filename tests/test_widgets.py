@@ -616,6 +616,10 @@ def test_cells_follow_the_corrections_a_prediction_keeps(widgets, qtbot):
         for x in range(prediction.data.shape[-1]):
             prediction.paint((1, row, x), 1, refresh=False)  # display 1: the membrane (class 0)
     assert inference.keep.isChecked()
+    from napari_unet._widgets.outputs import kept_pixels
+
+    where, classes = kept_pixels(viewer, widgets.session, viewer.layers["EM"], widgets.session.model, 1)
+    assert len(where) == 128 and set(classes.tolist()) == {0}  # the painted row, sparsely (not a stack of indices)
     run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
     assert (prediction.data[1, row] == 1).all()  # kept
     above, below = cells.data[1, :row], cells.data[1, row + 1 :]

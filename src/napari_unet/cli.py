@@ -574,7 +574,7 @@ def _train(args) -> int:
     from .predict import predict, resolve_tta_views
 
     output = check_output(args.output, "model file", inputs=[p for p in (args.image, args.labels, args.init) if p])
-    if output.suffix != ".keras" or output.name.startswith("."):  # Path(".keras").suffix is ""
+    if output.suffix != ".keras":  # Path(".keras").suffix is "": a name is needed before it
         raise CommandError(f"the model file must be a name ending in .keras (e.g. model.keras), got {output.name!r}")
     # read when indexed (large files): training reads only the slices that hold annotations
     image, image_metadata = _read_stack_and_metadata(args.image, "image", lazy=True)

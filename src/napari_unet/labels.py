@@ -62,20 +62,18 @@ def check_trainable(labels, ignore_value=None, class_values=None) -> list[int]:
             + (f" (every pixel has the ignore value {ignore_value})" if ignore_value is not None else "")
             + "; annotate at least two classes"
         )
+    unknown = sorted(set(found) - set(class_values)) if class_values is not None else []
+    if unknown:
+        raise LabelError(
+            f"the labels contain values {unknown} that the model does not know (its classes are {list(class_values)})"
+        )
     if len(found) < 2:  # fine-tuning on one class too: the model learns to give it everywhere
         raise LabelError(
             f"the labels contain only the value {found[0]}; "
             + ("a model needs at least two classes (e.g. membrane and cell)" if class_values is None else
                "fine-tuning on one class teaches the model to predict it everywhere: annotate pixels of another class too")
         )
-    if class_values is None:
-        return found
-    unknown = sorted(set(found) - set(class_values))
-    if unknown:
-        raise LabelError(
-            f"the labels contain values {unknown} that the model does not know (its classes are {list(class_values)})"
-        )
-    return list(class_values)
+    return found if class_values is None else list(class_values)
 
 
 #: :func:`layer_order`: share of the columns whose annotated pixels hold two or more classes that must be ordered, and

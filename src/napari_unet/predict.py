@@ -275,6 +275,17 @@ def effective_boundary_rule(model: UNetModel, close_boundaries: Optional[bool] =
     return rule
 
 
+def _finished_unless_stopped(future: Future, stop: Optional[Callable[[], bool]]) -> bool:
+    """Wait for ``future`` (its error raised here); False as soon as ``stop()`` is True (asked 5 times a second)."""
+    while True:
+        try:
+            future.result(timeout=0.2)
+            return True
+        except TimeoutError:
+            if stop is not None and stop():
+                return False
+
+
 def _store_boundary_labels(labels: np.ndarray, z: int, membrane: Future, boundary_index: int, class_values) -> None:
     indices = np.where(membrane.result(), boundary_index, 1 - boundary_index)
     labels[z] = from_indices(indices, class_values, labels.dtype)
@@ -473,12 +484,20 @@ def predict_events(
             elif boundary_index is None:
                 labels[i] = from_indices(np.argmax(slice_probs, axis=-1), model.class_values, label_dtype)
             else:  # boundary classes exist in two-class models only
-                while len(pending) >= 2:
-                    _store_boundary_labels(labels, *pending.pop(0), boundary_index, model.class_values)
+                while len(pending) >= 2 and not stopped:
+                    stopped = not _finished_unless_stopped(pending[0][1], stop)
+                    if not stopped:
+                        _store_boundary_labels(labels, *pending.pop(0), boundary_index, model.class_values)
+                if stopped:
+                    break
                 pending.append((i, pool.submit(tiled_boundary_mask, slice_probs[..., boundary_index], **rule)))
             if probabilities is not None:
                 probabilities[i] = slice_probs
-        for i, future in [] if stopped else pending:  # stopped: not waited for (7 s a 2048² slice; ended "at the next tile")
+        # stopped: the rules still running are not waited for (7 s a 2048² slice; Stop ends "at the next tile")
+        for i, future in [] if stopped else pending:
+            stopped = not _finished_unless_stopped(future, stop)
+            if stopped:
+                break
             _store_boundary_labels(labels, i, future, boundary_index, model.class_values)
     finally:  # also when the consumer closes this generator early
         pool.shutdown(wait=False, cancel_futures=True)

@@ -225,7 +225,8 @@ def _ome_scale(transformations, ndim: int):
 
 def _ome_translation(transformations, ndim: int):
     """The ``translation`` of an OME-Zarr transformation list as floats (unusable values become 0.0), or None."""
-    shifts = [t["translation"] for t in transformations or [] if t.get("type") == "translation"]
+    # (a translation given by "path", in a file of its own, is not read: the image opens unshifted)
+    shifts = [t["translation"] for t in transformations or [] if t.get("type") == "translation" and "translation" in t]
     if not shifts:
         return None
     if len(shifts[0]) != ndim:

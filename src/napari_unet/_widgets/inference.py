@@ -18,7 +18,7 @@ from napari_unet.predict import PredictionProgress, check_layer_memory
 
 from .jobs import NETWORK_LABELS, Failed, Note, PredictionResult, predict_job, relay
 from .layers import Image, LayerCombo, current_slice, image_array, pixel_size_of
-from .outputs import kept_indices, prediction_layer_of, write_cells, write_prediction, write_probabilities
+from .outputs import kept_indices, kept_pixels, prediction_layer_of, write_cells, write_prediction, write_probabilities
 from .progress import WORKER_FINISHED, InOrder, ProgressRow, WrappingLabel
 from .session import WAITING_FOR_STROKE, disconnect_when_destroyed, get_session, unwrap
 from .workers import create_worker_of
@@ -201,11 +201,12 @@ class InferenceWidget(QWidget):
         close = (MEMBRANE_CHOICES[self.membranes.currentText()] if self.membranes.isEnabled()
                  else LAYER_CHOICES[self.layers.currentText()] if self.layers.isEnabled() else None)
         ordered = bool(model.layer_order) and self.layers.isEnabled() and close is not False
-        # the kept corrections go into the layer ordering and into the cells (a painted membrane splits a cell)
-        wanted = (ordered or membrane is not None) and self.keep.isChecked()
-        kept = kept_indices(self.viewer, self.session, image_layer, model, z) if wanted else None
+        # the kept corrections go into the layer ordering, and into the cells (a painted membrane splits a cell)
+        keep = self.keep.isChecked()
+        kept = kept_indices(self.viewer, self.session, image_layer, model, z) if ordered and keep else None
+        kept_cells = kept_pixels(self.viewer, self.session, image_layer, model, z) if membrane is not None and keep else None
         events = predict_job(model, data, TTA_CHOICES[self.tta.currentText()], self.probabilities.isChecked(), membrane, close,
-                             stop=stop.is_set, z=z, kept=kept, pixel_size=pixel_size_of(image_layer))
+                             stop=stop.is_set, z=z, kept=kept, pixel_size=pixel_size_of(image_layer), kept_cells=kept_cells)
         worker = create_worker_of(self.viewer, relay, events)
         worker.aborted.connect(lambda: (stop.set(), events.close()))  # napari aborts workers when the viewer closes
         self._job = _Job(worker, stop, image_layer, tuple(image_layer.data.shape), z, model, self.session.info)

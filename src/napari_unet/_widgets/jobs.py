@@ -118,18 +118,22 @@ def train_job(image, labels, model_config, train_config, init=None, stop=None, a
         yield _unexpected("training", err)
 
 
-def with_kept(labels: np.ndarray, kept: Optional[np.ndarray], class_values) -> np.ndarray:
-    """Class-value ``labels`` with the ``kept`` pixels' classes (int class indices of ``labels``' size, -1 or a
-    number of no class: not kept) put back, as :func:`~.outputs.write_prediction` puts the corrections back."""
+def with_kept(labels: np.ndarray, kept: Optional[tuple], class_values) -> np.ndarray:
+    """Class-value ``labels`` with the kept pixels' classes put back, as :func:`~.outputs.write_prediction` puts the
+    corrections back; ``kept``: (flat indices into ``labels``, their class indices; a number of no class: not kept),
+    :func:`~.outputs.kept_pixels`. ``labels`` itself is not changed."""
     if kept is None:
         return labels
-    kept = np.asarray(kept).reshape(labels.shape)
-    known = (kept >= 0) & (kept < len(class_values))
-    return np.where(known, np.asarray(class_values, labels.dtype)[np.where(known, kept, 0)], labels)
+    where, indices = kept
+    known = (indices >= 0) & (indices < len(class_values))
+    out = labels.copy()
+    out.reshape(-1)[where[known]] = np.asarray(class_values, labels.dtype)[indices[known]]
+    return out
 
 
 def predict_job(model: UNetModel, image, tta: Union[bool, int, str], probabilities: bool, membrane_value=None,
-                close_boundaries: Optional[bool] = None, stop=None, z: Optional[int] = None, kept=None, pixel_size=None):
+                close_boundaries: Optional[bool] = None, stop=None, z: Optional[int] = None, kept=None, pixel_size=None,
+                kept_cells=None):
     """The core's prediction events; the last is :class:`PredictionResult` or :class:`Failed`.
 
     ``z``: predict only slice ``z`` of the (Z, Y, X) ``image``, whose result is then (Y, X) (a model with context slices
@@ -140,7 +144,8 @@ def predict_job(model: UNetModel, image, tta: Union[bool, int, str], probabiliti
     ``close_boundaries``: True always closes gaps in the model's thin boundary class, False gives the most probable
     class, None (default) applies the model's boundary rule (:func:`napari_unet.predict.predict_events`).
     ``kept``: class indices of the pixels the user's corrections keep (``image``'s shape, -1 elsewhere), for the layer
-    ordering (:func:`napari_unet.predict.predict_events`) and the cells (they split cells as the layer shows them).
+    ordering (:func:`napari_unet.predict.predict_events`). ``kept_cells``: the same pixels sparsely
+    (:func:`~.outputs.kept_pixels`), put back before the cells are labelled (a kept membrane splits a cell).
     ``pixel_size``: [Y, X] µm of the image's pixels, if known: a :class:`Note` when the model was trained on others.
     """
     from napari_unet.postprocess import cell_instances
@@ -166,7 +171,7 @@ def predict_job(model: UNetModel, image, tta: Union[bool, int, str], probabiliti
                 labels, probs = labels[0], None if probs is None else probs[0]
             instances = None
             if membrane_value is not None and not event.stopped:
-                instances = cell_instances(with_kept(labels, kept, model.class_values), membrane_value)
+                instances = cell_instances(with_kept(labels, kept_cells, model.class_values), membrane_value)
             yield PredictionResult(labels, probs, instances, event.stopped)
     except EXPECTED as err:
         yield Failed(str(err))

@@ -168,6 +168,19 @@ def kept_indices(viewer, session, image_layer, model, z: Optional[int] = None) -
     return kept if z is None else kept[None]
 
 
+def kept_pixels(viewer, session, image_layer, model, z: Optional[int] = None) -> Optional[tuple]:
+    """The pixels :func:`write_prediction` keeps with ``keep_corrections``, sparsely: (int64 flat indices into the image's
+    shape, or into slice ``z``'s; their int16 class indices), or None if it keeps none. For the cells, which must split
+    where a kept membrane splits (a dense stack of indices held 2 bytes a pixel for the whole run)."""
+    layer = _prediction_layer_for(viewer, session, image_layer, [int(v) for v in model.class_values])
+    region = _region(z, len(image_layer.data.shape))
+    reviewed = None if layer is None else session.reviewed(layer, region)
+    if reviewed is None or not reviewed.any():
+        return None
+    where = np.flatnonzero(reviewed)
+    return where, (np.asarray(layer.data[region]).reshape(-1)[where].astype(np.int16) - 1)  # display k + 1: class k
+
+
 def write_prediction(viewer, session, image_layer, labels, model, info, z, keep_corrections=True):
     """Show class-value ``labels`` as a display-convention Labels layer ``<image> prediction``.
 
