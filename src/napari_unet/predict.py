@@ -173,8 +173,8 @@ def _forward_pass(
 
     Batch normalisation is folded into the convolutions first (:func:`~napari_unet.model.fold_batch_norm`),
     which computes in bfloat16 with ``mixed_precision``; the folded copy is kept with the network for later calls
-    with the same settings while its weights stay the same (:func:`weights_checksum`). The compiled function pads smaller batches to
-    ``batch_size``, so a stack compiles once. ``folded=False``: the network itself, its own ``predict_on_batch``
+    with the same settings while its weights stay the same (:func:`weights_checksum`). The compiled function pads
+    smaller batches to ``batch_size``, so a stack compiles once. ``folded=False``: the network itself, its own ``predict_on_batch``
     (as compiled: Keras keeps that traced function with the network, so later calls do not trace again).
     """
     if not folded:

@@ -546,8 +546,8 @@ def train_events(
 
     ``labels`` hold class values (e.g. 0/255); pixels equal to ``train_config.ignore_value`` are not
     annotated. ``init`` (a :class:`UNetModel` or the path of its file) fine-tunes an existing model (its
-    architecture, classes and normalisation are kept; a ``model_config`` that differs is refused); without ``model_config`` and ``init`` the default preset's
-    network is used, at depth 5 for budgets of 30 minutes or more with bfloat16 on AMX or a GPU (:func:`napari_unet.hardware.resolve_depth`), else 4.
+    architecture, classes and normalisation are kept; a ``model_config`` that differs is refused); without
+    ``model_config`` and ``init`` the default preset's network is used, at depth 5 for budgets of 30 minutes or more with bfloat16 on AMX or a GPU (:func:`napari_unet.hardware.resolve_depth`), else 4.
     ``pixel_weights`` (labels' shape, float >= 0, optional) are added to the loss weight of annotated pixels, whose
     class weights are about 1 (Retrain weighs the user's corrections this way).
     ``pixel_size``: [Y, X] size in µm of the image's pixels, if known; the model records it (``init``'s is kept without
