@@ -79,6 +79,11 @@ class TrainingWidget(QWidget):
             "by the pixels you painted on the image's prediction layer; unpainted predictions are not used"
         )
         self.save_button, self.load_button = QPushButton("Save model..."), QPushButton("Load model...")
+        for button, tip in ((self.train_button, "train a new model on the image and labels above, in the background"),
+                            (self.stop_button, "stop the run; the model keeps its best weights so far"),
+                            (self.save_button, "write the current model to a .keras file (weights, classes, settings)"),
+                            (self.load_button, "make a .keras model file the current model (to predict or retrain)")):
+            button.setToolTip(tip)
         self.progress = ProgressRow()
         self.plot = LossPlot(self.viewer)
 
