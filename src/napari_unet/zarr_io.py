@@ -208,36 +208,30 @@ def _image_of_group(path: Path, group, attributes: dict):
 
 def _ome_scale(transformations, ndim: int):
     """The ``scale`` transformation of an OME-Zarr list as floats (unusable sizes become 1.0), or None if there is none."""
-    scales = [t["scale"] for t in transformations or [] if t.get("type") == "scale"]
-    if not scales:
-        return None
-    if len(scales[0]) != ndim:
-        raise ValueError(f"scale {scales[0]} does not fit an array of {ndim} dimensions")
-    sizes = []
-    for value in scales[0]:
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            value = 1.0
-        sizes.append(value if math.isfinite(value) and value > 0 else 1.0)
-    return tuple(sizes)
+    return _ome_values(transformations, ndim, "scale", 1.0, lambda size: size > 0)
 
 
 def _ome_translation(transformations, ndim: int):
-    """The ``translation`` of an OME-Zarr transformation list as floats (unusable values become 0.0), or None."""
-    # (a translation given by "path", in a file of its own, is not read: the image opens unshifted)
-    shifts = [t["translation"] for t in transformations or [] if t.get("type") == "translation" and "translation" in t]
-    if not shifts:
+    """The ``translation`` of an OME-Zarr transformation list as floats (unusable values become 0.0), or None. One given
+    by "path" (in a file of its own) is not read: the image opens unshifted."""
+    return _ome_values(transformations, ndim, "translation", 0.0, lambda shift: True)
+
+
+def _ome_values(transformations, ndim: int, kind: str, fallback: float, usable):
+    """The numbers of the first ``kind`` transformation of an OME-Zarr list, each a finite ``usable`` float or else
+    ``fallback``; None if there is none. ValueError if there are not ``ndim`` of them."""
+    found = [t[kind] for t in transformations or [] if t.get("type") == kind and kind in t]
+    if not found:
         return None
-    if len(shifts[0]) != ndim:
-        raise ValueError(f"translation {shifts[0]} does not fit an array of {ndim} dimensions")
+    if len(found[0]) != ndim:
+        raise ValueError(f"{kind} {found[0]} does not fit an array of {ndim} dimensions")
     values = []
-    for value in shifts[0]:
+    for value in found[0]:
         try:
             value = float(value)
         except (TypeError, ValueError):
-            value = 0.0
-        values.append(value if math.isfinite(value) else 0.0)
+            value = fallback
+        values.append(value if math.isfinite(value) and usable(value) else fallback)
     return tuple(values)
 
 
