@@ -759,7 +759,25 @@ def test_demo_refuses_a_bad_budget_before_writing_anything(tmp_path, capsys):
         run(capsys, "demo", "--headless", "--minutes", "-1", "--output-dir", tmp_path / "demo")
     err = capsys.readouterr().err
     assert exit.value.code == 2 and "argument --minutes: must be a finite number above 0, got -1" in err
+    assert len(err.strip().splitlines()) == 1 and "(see napari-unet demo --help)" in err  # one line, no usage block
     assert not (tmp_path / "demo").exists()
+
+
+def test_setting_errors_name_the_options_typed(data, capsys):
+    # "val_fraction must be in [0, 1)", "local_contrast_sigma must be 0..1000 pixels": settings, not the options
+    args = ["train", data / "image.tif", data / "labels.tif", "-o", data / "m.keras"]
+    for option, value, words in (("--val-fraction", "1.5", "--val-fraction must be in [0, 1), got 1.5"),
+                                 ("--local-contrast", "-3", "--local-contrast must be 0..1000 pixels")):
+        code, _, err = run(capsys, *args, option, value)
+        assert code == 2 and words in err and "_" not in err.split("error:")[1].split(",")[0], err
+
+
+def test_python_dash_m_gives_the_demos_errors_in_one_line(tmp_path):
+    # run as __main__, cli.py was a second module: demo.py raised the package's CommandError, which it did not catch
+    (tmp_path / "a file").write_text("kept")
+    done = subprocess.run([sys.executable, "-m", "napari_unet.cli", "demo", "--headless", "--output-dir", str(tmp_path / "a file")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "is a file, not a folder" in done.stderr, done.stderr
 
 
 def test_an_image_whose_last_axes_are_not_y_and_x_is_refused(tmp_path, capsys):

@@ -520,7 +520,7 @@ def test_retrain_on_corrections_of_one_class_alone_is_refused(make_napari_viewer
     with prediction.block_history():
         for x in range(10, 60):
             prediction.paint((0, 30, x), 1, refresh=False)
-    with pytest.raises(LabelError, match=r"hold only the class 0 \(membrane\): a Retrain on one class .* Mark slice reviewed"):
+    with pytest.raises(LabelError, match=r"hold only the class 0 \(membrane, label 1 in napari\): a Retrain on one class .* Mark slice reviewed"):
         prepare_retrain(viewer, session, image, None, False, lambda config, previous: retrain_config(TrainConfig(), config, previous))
     with prediction.block_history():
         prediction.paint((0, 60, 60), 2, refresh=False)  # a cell pixel painted too: two classes

@@ -555,13 +555,26 @@ def _labels_named(err: Exception, what: str, path) -> str:
     return f"{what} {name}: {text}"
 
 
+#: Settings that ``train`` takes from options, by the option's name: a setting's error names the option typed.
+_TRAIN_OPTIONS = {"val_fraction": "--val-fraction", "local_contrast_sigma": "--local-contrast", "augment_noise": "--augment-noise",
+                  "epochs": "--epochs", "max_minutes": "--max-minutes", "batch_size": "--batch-size", "patch_size": "--patch-size",
+                  "learning_rate": "--learning-rate", "steps_per_epoch": "--steps-per-epoch", "merge_levels": "--merge-levels",
+                  "context_slices": "--context-slices"}
+
+
 def cmd_train(args) -> int:
+    import re
+
+    from .config import ConfigError
     from .labels import LabelError
 
     try:
         return _train(args)
     except LabelError as err:
         raise CommandError(_labels_named(err, "labels", args.labels)) from None
+    except ConfigError as err:  # "val_fraction must be in [0, 1)": the setting, not the option typed
+        text = re.sub(r"\b(" + "|".join(_TRAIN_OPTIONS) + r")\b", lambda m: _TRAIN_OPTIONS[m.group(1)], str(err))
+        raise CommandError(text) from None
 
 
 def _train(args) -> int:
@@ -946,10 +959,17 @@ def cmd_demo(args) -> int:
     return run_demo(Path(args.output_dir), minutes=args.minutes, headless=args.headless, seed=args.seed)
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """argparse's parser whose errors are one line, as the commands' own (a 15-line usage block came first)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _OneLineErrors(
         prog="napari-unet", description="Train, apply and score U-Nets for EM and OCT segmentation. New here? Start with: "
         "napari-unet demo")
     parser.add_argument("--version", action="version", version=f"napari-unet {__version__}")
@@ -1172,5 +1192,7 @@ def run() -> None:
     os._exit(code)
 
 
-if __name__ == "__main__":
-    run()
+if __name__ == "__main__":  # python -m napari_unet.cli: the package's module, whose errors demo.py raises (a traceback)
+    from napari_unet.cli import run as run_package_cli
+
+    run_package_cli()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -66,7 +67,8 @@ def run_demo(output_dir: Path, minutes: float = 1.0, headless: bool = False, see
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise CommandError(f"cannot create the folder {str(output_dir)!r}: {err.strerror or err}") from None
+        reason = "its folder takes no new folders" if err.errno == errno.ENOENT and output_dir.parent.is_dir() else err.strerror or err
+        raise CommandError(f"cannot create the folder {str(output_dir)!r}: {reason}") from None
     outputs = {name: check_output(output_dir / name, f"the demo's {kind}")  # before a minute of training, not after
                for name, kind in (("demo-model.keras", "model"), ("demo-prediction.tif", "prediction"), ("demo.png", "figure"),
                                   ("demo-image.tif", "image"), ("demo-labels.tif", "labels"))}

@@ -244,9 +244,12 @@ def prepare_retrain(viewer, session, image_layer, labels_layer, zero_is_unannota
     data = retrain_data(image, values, annotated, corrected, train_config.patch_size, name=f"prediction layer {prediction.name!r}",
                         annotated_fraction=train_config.annotated_center_fraction)
     if len(data.classes) < 2:  # the model drifted toward the one class painted (membrane share 0.26 -> 0.37)
-        name = dict(zip(model.class_values, session.info.class_names or [])).get(data.classes[0])
+        value = data.classes[0]
+        name = dict(zip(model.class_values, session.info.class_names or [])).get(value)
+        display = f"label {list(model.class_values).index(value) + 1} in napari" if value in model.class_values else None
+        said = ", ".join(x for x in (name, display) if x)
         raise LabelError(
-            f"the corrections and annotations hold only the class {data.classes[0]}{f' ({name})' if name else ''}: a Retrain on one class teaches the "
+            f"the corrections and annotations hold only the class {value}{f' ({said})' if said else ''}: a Retrain on one class teaches the "
             "model to predict it everywhere; paint some pixels of another class too, or accept a well-predicted slice "
             "with Mark slice reviewed"
         )
