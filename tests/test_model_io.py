@@ -390,5 +390,15 @@ def test_the_training_pixel_size_is_stored_and_checked(tmp_path):
     short = model.train_config.replace(epochs=1, steps_per_epoch=1, val_fraction=0.0)
     assert train(image, labels, None, short, init=model).model.pixel_size == [3.872, 11.29]
     assert train(image, labels, None, short, init=model, pixel_size=(1.936, 11.29)).model.pixel_size == [1.936, 11.29]
+    # a fine-tuning on other pixels says so when it starts (it recorded the new size without a word)
+    from napari_unet.train import TrainingStarted, train_events
+
+    def notes(pixel_size):
+        return [str(n) for e in train_events(image, labels, None, short, init=model, pixel_size=pixel_size)
+                if isinstance(e, TrainingStarted) for n in e.notes]
+
+    assert any("the model was trained on 3.872 x 11.29 µm: the fine-tuned model records the new size" in n
+               for n in notes((1.936, 11.29)))
+    assert not any("µm" in n for n in notes((3.9, 11.0)))  # within 1.25x: the same scanner
     with pytest.raises(ValueError, match="pixel_size must be"):
         train(image, labels, None, short, pixel_size=[0.0, 11.29])

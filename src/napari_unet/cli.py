@@ -513,8 +513,8 @@ def run_training(image, labels, model_config, train_config, init=None, quiet=Fal
                       f"marker of unannotated pixels; if it marks them here, train with --ignore-value {marker}", file=sys.stderr)
             for note in event.notes:
                 option = {"augment_rotations": "--rotations", "patch_size": "--patch-size",
-                          "ignore_value": "--ignore-value"}.get(note.setting, note.setting)
-                print(f"{note} ({option} to choose)", file=sys.stderr)
+                          "ignore_value": "--ignore-value"}.get(note.setting)
+                print(f"note: {note}" + (f" ({option} to choose)" if option else ""), file=sys.stderr)
         elif isinstance(event, TrainingStep) and not quiet:
             fraction = event.step / event.total_steps
             if budget:

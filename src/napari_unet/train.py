@@ -226,6 +226,22 @@ def _rare_class_notes(indices: np.ndarray, class_values: list) -> tuple:
     )
 
 
+def _pixel_size_notes(init: UNetModel, pixel_size) -> tuple:
+    """A :class:`SettingNote` (setting ``pixel_size``) when a fine-tuning's image has other pixels than ``init``'s
+    training image (by more than :data:`napari_unet.predict.PIXEL_SIZE_RATIO` along an axis): the model then records
+    the new size, and notes the images of its first training."""
+    from .predict import PIXEL_SIZE_RATIO
+
+    if init.pixel_size is None or pixel_size is None:
+        return ()
+    ratios = [float(size) / float(base) for size, base in zip(pixel_size, init.pixel_size)]
+    if all(1 / PIXEL_SIZE_RATIO <= ratio <= PIXEL_SIZE_RATIO for ratio in ratios):
+        return ()
+    return (SettingNote("pixel_size", f"the image's pixels are {pixel_size[0]:.4g} x {pixel_size[1]:.4g} µm (Y x X), the "
+                        f"model was trained on {init.pixel_size[0]:.4g} x {init.pixel_size[1]:.4g} µm: the fine-tuned "
+                        "model records the new size, and predicting images of the old size will say so"),)
+
+
 def _resolve_rotations(value, layered: bool, init, pockets=()) -> tuple[bool, tuple]:
     """``TrainConfig.augment_rotations`` as a bool, and a note when "auto" turned them off (naming the ``pockets``,
     class values left out of the layer order).
@@ -607,7 +623,7 @@ def train_events(
     order = layer_order(indices)
     pockets = [class_values[k] for k in range(len(class_values)) if k not in order] if order is not None else []
     rotations, notes = _resolve_rotations(train_config.augment_rotations, order is not None, init, pockets)
-    notes += patch_notes + (_rare_class_notes(indices, class_values) if init is None else ())
+    notes += patch_notes + (_rare_class_notes(indices, class_values) if init is None else _pixel_size_notes(init, pixel_size))
     train_config = train_config.replace(augment_rotations=rotations)
 
     annotated_slices = [z for z in range(len(indices)) if (indices[z] >= 0).any()]
