@@ -70,14 +70,6 @@ def positive_float(text: str) -> float:
     return value
 
 
-def learning_rate(text: str) -> float:
-    """argparse type: a number between 0 and 1."""
-    value = positive_float(text)
-    if value >= 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
-
-
 def or_auto(parse):
     """The argparse type ``parse`` that also takes ``auto`` (the settings whose default is "auto")."""
 
@@ -170,11 +162,15 @@ def _check_folder(path: Path, what: str, inputs) -> Path:
         with tempfile.TemporaryFile(dir=folder, prefix=".napari-unet-probe-"):
             pass
     except OSError as err:
-        # /proc and similar take no new files: "No such file or directory" of a folder that exists
-        reason = "it takes no new files" if err.errno == errno.ENOENT else err.strerror or err
-        raise CommandError(f"cannot write {what} {str(path)!r}: folder {str(folder)!r} is not writable ({reason}); "
-                           "choose another folder") from err
+        raise CommandError(f"cannot write {what} {str(path)!r}: folder {str(folder)!r} is not writable "
+                           f"({os_reason(err)}); choose another folder") from err
     return path
+
+
+def os_reason(err: OSError) -> str:
+    """Why a file or folder could not be made, for a message: /proc and the like take none, and said "No such file or
+    directory" of a folder that exists."""
+    return "it takes no new files" if err.errno == errno.ENOENT else err.strerror or str(err)
 
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -512,9 +508,8 @@ def run_training(image, labels, model_config, train_config, init=None, quiet=Fal
                 print(f"note: class {marker} is {'-1' if marker == -1 else f'the largest {np.dtype(labels.dtype)} value'}, a common "
                       f"marker of unannotated pixels; if it marks them here, train with --ignore-value {marker}", file=sys.stderr)
             for note in event.notes:
-                option = {"augment_rotations": "--rotations", "patch_size": "--patch-size",
-                          "ignore_value": "--ignore-value"}.get(note.setting)
-                print(f"note: {note}" + (f" ({option} to choose)" if option else ""), file=sys.stderr)
+                choose = f" ({_option_of(note.setting)} to choose)" if note.setting in _TRAIN_SETTINGS else ""
+                print(f"note: {note}{choose}", file=sys.stderr)
         elif isinstance(event, TrainingStep) and not quiet:
             fraction = event.step / event.total_steps
             if budget:
@@ -555,11 +550,14 @@ def _labels_named(err: Exception, what: str, path) -> str:
     return f"{what} {name}: {text}"
 
 
-#: Settings that ``train`` takes from options, by the option's name: a setting's error names the option typed.
-_TRAIN_OPTIONS = {"val_fraction": "--val-fraction", "local_contrast_sigma": "--local-contrast", "augment_noise": "--augment-noise",
-                  "epochs": "--epochs", "max_minutes": "--max-minutes", "batch_size": "--batch-size", "patch_size": "--patch-size",
-                  "learning_rate": "--learning-rate", "steps_per_epoch": "--steps-per-epoch", "merge_levels": "--merge-levels",
-                  "context_slices": "--context-slices"}
+#: The settings ``train`` takes from its options: a setting's message names the option typed (:func:`_option_of`).
+_TRAIN_SETTINGS = ("val_fraction", "local_contrast_sigma", "augment_noise", "epochs", "max_minutes", "batch_size", "patch_size",
+                   "learning_rate", "steps_per_epoch", "merge_levels", "context_slices", "augment_rotations", "ignore_value")
+
+
+def _option_of(setting: str) -> str:
+    """The ``train`` option of a setting: ``--`` and its name with hyphens, but for two."""
+    return {"augment_rotations": "--rotations", "local_contrast_sigma": "--local-contrast"}.get(setting, "--" + setting.replace("_", "-"))
 
 
 def cmd_train(args) -> int:
@@ -573,7 +571,7 @@ def cmd_train(args) -> int:
     except LabelError as err:
         raise CommandError(_labels_named(err, "labels", args.labels)) from None
     except ConfigError as err:  # "val_fraction must be in [0, 1)": the setting, not the option typed
-        text = re.sub(r"\b(" + "|".join(_TRAIN_OPTIONS) + r")\b", lambda m: _TRAIN_OPTIONS[m.group(1)], str(err))
+        text = re.sub(r"\b(" + "|".join(_TRAIN_SETTINGS) + r")\b", lambda m: _option_of(m.group(1)), str(err))
         raise CommandError(text) from None
 
 
@@ -856,7 +854,7 @@ def _raise_cluster_failure(err: Exception) -> None:
     if name == "KilledWorker":
         raise CommandError(f"a dask worker died while predicting (out of memory? fewer threads per worker or --slices-per-chunk 1 may help): {_first_line(err)}") from None
     if isinstance(err, ModuleNotFoundError):
-        raise CommandError(f"a dask worker cannot import what the prediction needs (install napari-unet on every worker): {_first_line(err)}") from None
+        raise CommandError(f"a dask worker cannot load what the prediction needs (install napari-unet on every worker): {_first_line(err)}") from None
 
 
 def _first_line(err: BaseException) -> str:
@@ -994,7 +992,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=positive_int, help="patches per training step (default: the preset's)")
     train.add_argument("--patch-size", type=positive_int, help="side in pixels of the square training patches, a multiple of "
                        "2 to the power depth (default: the preset's)")
-    train.add_argument("--learning-rate", type=learning_rate, help="Adam's learning rate, between 0 and 1 (default: the preset's)")
+    train.add_argument("--learning-rate", type=float, help="Adam's learning rate, between 0 and 1 (default: the preset's)")
     train.add_argument("--steps-per-epoch", type=positive_int, help="training steps between two validations (default: the preset's)")
     train.add_argument("--augment-noise", type=or_auto(noise_std), metavar="STD", help="Gaussian pixel noise added to each training patch, its std "
                        "drawn from [0, STD) in units of the normalised range; 0 = off (default: the preset's; the default preset's "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import sys
@@ -52,7 +51,7 @@ def save_figure(path, image, truth, prediction, history) -> Path:
 
 def run_demo(output_dir: Path, minutes: float = 1.0, headless: bool = False, seed: int = 0) -> int:
     """Generate data, train for ``minutes``, predict, score, write model, prediction and figure."""
-    from .cli import CommandError, check_output, run_training
+    from .cli import CommandError, check_output, os_reason, run_training
     from .config import preset
     from .metrics import evaluate
     from .model_io import save_model
@@ -67,8 +66,7 @@ def run_demo(output_dir: Path, minutes: float = 1.0, headless: bool = False, see
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        reason = "its folder takes no new folders" if err.errno == errno.ENOENT and output_dir.parent.is_dir() else err.strerror or err
-        raise CommandError(f"cannot create the folder {str(output_dir)!r}: {reason}") from None
+        raise CommandError(f"cannot create the folder {str(output_dir)!r}: {os_reason(err)}") from None
     outputs = {name: check_output(output_dir / name, f"the demo's {kind}")  # before a minute of training, not after
                for name, kind in (("demo-model.keras", "model"), ("demo-prediction.tif", "prediction"), ("demo.png", "figure"),
                                   ("demo-image.tif", "image"), ("demo-labels.tif", "labels"))}

@@ -230,12 +230,9 @@ def _pixel_size_notes(init: UNetModel, pixel_size) -> tuple:
     """A :class:`SettingNote` (setting ``pixel_size``) when a fine-tuning's image has other pixels than ``init``'s
     training image (by more than :data:`napari_unet.predict.PIXEL_SIZE_RATIO` along an axis): the model then records
     the new size, and notes the images of its first training."""
-    from .predict import PIXEL_SIZE_RATIO
+    from .predict import pixel_size_note
 
-    if init.pixel_size is None or pixel_size is None:
-        return ()
-    ratios = [float(size) / float(base) for size, base in zip(pixel_size, init.pixel_size)]
-    if all(1 / PIXEL_SIZE_RATIO <= ratio <= PIXEL_SIZE_RATIO for ratio in ratios):
+    if pixel_size_note(init, pixel_size) is None:  # the sizes agree, or one is unknown
         return ()
     return (SettingNote("pixel_size", f"the image's pixels are {pixel_size[0]:.4g} x {pixel_size[1]:.4g} µm (Y x X), the "
                         f"model was trained on {init.pixel_size[0]:.4g} x {init.pixel_size[1]:.4g} µm: the fine-tuned "
@@ -581,9 +578,10 @@ def train_events(
     train_config = train_config or preset("default").train
     init = None if init is None else as_model(init)
     # a network given beside init was ignored without a word (n_classes follows the labels anyway)
-    if init is not None and model_config is not None and replace(model_config, n_classes=init.config.n_classes) != init.config:
-        differ = [f"{f.name} {getattr(model_config, f.name)!r} vs {getattr(init.config, f.name)!r}" for f in fields(ModelConfig)
-                  if f.name != "n_classes" and getattr(model_config, f.name) != getattr(init.config, f.name)]
+    differ = [] if init is None or model_config is None else [
+        f"{f.name} {getattr(model_config, f.name)!r} vs {getattr(init.config, f.name)!r}" for f in fields(ModelConfig)
+        if f.name != "n_classes" and getattr(model_config, f.name) != getattr(init.config, f.name)]
+    if differ:
         raise ConfigError(f"model_config differs from the network of init ({'; '.join(differ)}): fine-tuning keeps "
                           "init's network; leave model_config out (None)")
     if pixel_size is not None:

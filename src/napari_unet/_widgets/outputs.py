@@ -158,13 +158,12 @@ def kept_indices(viewer, session, image_layer, model, z: Optional[int] = None) -
     """int16 class indices (-1 elsewhere) of the pixels :func:`write_prediction` keeps with ``keep_corrections``: of the
     image's shape, or (1, Y, X) for slice ``z`` (``predict(kept=...)`` with ``slices=[z]``); None if it keeps none. A
     layer ordering told them keeps its layers in order around them."""
-    layer = _prediction_layer_for(viewer, session, image_layer, [int(v) for v in model.class_values])
-    region = _region(z, len(image_layer.data.shape))
-    reviewed = None if layer is None else session.reviewed(layer, region)
-    if reviewed is None or not reviewed.any():
+    pixels = kept_pixels(viewer, session, image_layer, model, z)
+    if pixels is None:
         return None
-    kept = np.full(reviewed.shape, -1, np.int16)
-    kept[reviewed] = np.asarray(layer.data[region])[reviewed].astype(np.int16) - 1  # display k + 1: class k
+    shape = tuple(image_layer.data.shape)
+    kept = np.full(shape if z is None else shape[1:], -1, np.int16)
+    kept.reshape(-1)[pixels[0]] = pixels[1]
     return kept if z is None else kept[None]
 
 
