@@ -648,7 +648,7 @@ def test_an_interrupt_during_the_renames_of_a_pair_comes_after_both(tmp_path, mo
 def test_deferred_interrupts_keep_ignored_signals_ignored_and_deliver_sigterm_first(monkeypatch):
     import signal
 
-    from napari_unet.zarr_io import interrupts_deferred
+    from napari_unet._interrupts import interrupts_deferred
 
     terminated = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: terminated.append(signum))

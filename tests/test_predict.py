@@ -249,6 +249,33 @@ def test_stop_ends_prediction_early():
     assert result.stopped
 
 
+def test_ctrl_c_during_a_network_call_comes_after_the_call(monkeypatch):
+    """A KeyboardInterrupt raised inside TensorFlow's Python code (a graph being traced) left it broken."""
+    import signal
+
+    import napari_unet.predict as predict_module
+
+    original = predict_module._compiled_forward
+    calls_finished = []
+
+    def interrupted_inside(*args, **kwargs):
+        forward = original(*args, **kwargs)
+
+        def call(batch):
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C while the network runs (its first call traces it)
+            out = forward(batch)
+            calls_finished.append(True)
+            return out
+
+        return call
+
+    monkeypatch.setattr(predict_module, "_compiled_forward", interrupted_inside)
+    with pytest.raises(KeyboardInterrupt):
+        predict(tiny_model(), stripes(n_slices=2, size=64)[0], tile_size=32, batch_size=1)
+    assert calls_finished == [True]  # that call ran to its end, then the interrupt came
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_a_stopped_prediction_does_not_wait_for_the_membrane_rules_still_running(monkeypatch):
     # the rule of up to two slices ran on (7 s a 2048² slice): Stop took 18-40 s in the widget and the chunked command
     import time

@@ -906,3 +906,32 @@ def test_settings_given_as_a_dict_are_refused_with_the_class_to_use():
         train(image, labels, None, {"epochs": 1})
     with pytest.raises(TypeError, match="model_config must be a ModelConfig"):
         train(image, labels, {"depth": 2}, None)
+
+
+def test_ctrl_c_during_a_training_step_comes_after_the_step(monkeypatch):
+    """A KeyboardInterrupt raised inside TensorFlow's Python code (the first step's graph being traced) left it broken:
+    a SystemError instead of the interrupt, or a segmentation fault at exit (1 SIGTERM in 50 in session 51)."""
+    import signal
+
+    import keras
+
+    image, labels = stripes()
+    model_config, train_config = tiny_configs(epochs=1, steps_per_epoch=4)
+    original = keras.Model.train_on_batch
+    steps_finished = []
+
+    def interrupted_inside(self, *args, **kwargs):
+        signal.raise_signal(signal.SIGINT)  # Ctrl-C while the step runs
+        result = original(self, *args, **kwargs)
+        steps_finished.append(True)
+        return result
+
+    monkeypatch.setattr(keras.Model, "train_on_batch", interrupted_inside)
+    events = train_events(image, labels, model_config, train_config)
+    started = next(events)
+    with pytest.raises(KeyboardInterrupt):
+        for _event in events:
+            pass
+    assert steps_finished == [True]  # the step ran to its end, then the interrupt came
+    assert not any(np.isnan(w).any() for w in started.model.keras_model.get_weights())
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -14,6 +14,7 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 import numpy as np
 
 from . import hardware
+from ._interrupts import interrupts_deferred
 from .data import (
     MIN_IMAGE_SIZE,
     PROFILE_LEVELS,
@@ -187,7 +188,8 @@ def _forward_pass(
         cached = _FORWARD_CACHE.get(model.keras_model)
     if cached is not None and cached[:2] == (key, checksum):
         return cached[2]
-    forward = _compiled_forward(fold_batch_norm(model.keras_model, model.config, mixed_precision), jit_compile, batch_size)
+    with interrupts_deferred():  # Ctrl-C or SIGTERM comes after the copy is built
+        forward = _compiled_forward(fold_batch_norm(model.keras_model, model.config, mixed_precision), jit_compile, batch_size)
     with _FORWARD_CACHE_LOCK:
         _FORWARD_CACHE[model.keras_model] = (key, checksum, forward)
     return forward
@@ -237,9 +239,11 @@ def _run_model(
     """
     transforms = _transforms(tiles.shape[1], tiles.shape[2], views, upright_views(model))
     batch = np.concatenate([_dihedral(tiles, k, flip) for k, flip in transforms])
-    out = np.concatenate(
-        [forward(np.ascontiguousarray(batch[i : i + batch_size])) for i in range(0, len(batch), batch_size)]
-    ).astype(np.float32, copy=False)
+    outputs = []
+    for i in range(0, len(batch), batch_size):
+        with interrupts_deferred():  # Ctrl-C or SIGTERM comes after the network call (the first one traces it)
+            outputs.append(forward(np.ascontiguousarray(batch[i : i + batch_size])))
+    out = np.concatenate(outputs).astype(np.float32, copy=False)
     n = len(tiles)
     probs = sum(_undo_dihedral(out[i * n : (i + 1) * n], k, flip) for i, (k, flip) in enumerate(transforms))
     probs = probs / len(transforms)

@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator, Optional, Union
 import numpy as np
 
 from . import hardware
+from ._interrupts import interrupts_deferred
 from .config import (
     ConfigError, ModelConfig, TrainConfig, check_patch_size, preset, resolve_augment_noise, resolve_merge_levels, to_json,
 )
@@ -784,7 +785,8 @@ def train_events(
                 lr = _learning_rate(train_config.learning_rate, train_config.lr_schedule, progress)
                 optimizer.learning_rate.assign(lr)
                 x, y = next(batches)
-                loss = float(keras_model.train_on_batch(x, y))
+                with interrupts_deferred():  # Ctrl-C or SIGTERM comes after the step
+                    loss = float(keras_model.train_on_batch(x, y))
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"training diverged at step {step + 1} (loss {loss}); lower the learning rate")
                 losses.append(loss)

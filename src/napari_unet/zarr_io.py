@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ._interrupts import interrupts_deferred
 from .tiff_io import METADATA_KEY, TiffData, _default_axes, _normalise_unit, _one_line, name_suggests_labels
 
 ZARR_SUFFIX = ".zarr"
@@ -344,32 +345,6 @@ def _undo_renames(steps: list) -> None:
     for source, destination in reversed(steps):
         with contextlib.suppress(OSError):  # the others are still put back; the caller raises the first error
             os.replace(destination, source)
-
-
-@contextlib.contextmanager
-def interrupts_deferred():
-    """Within the block, SIGINT and SIGTERM are held back, then delivered (renames that belong together, and the
-    record that they were done, are never cut between; blocks nest). Yields the list of the signals received so far.
-    Ignored signals stay ignored. Only on the main thread, where Python runs signal handlers; elsewhere a no-op."""
-    import signal
-    import threading
-
-    received: list = []
-    if threading.current_thread() is not threading.main_thread():
-        yield received
-        return
-    previous = {}
-    for number in (signal.SIGINT, signal.SIGTERM):
-        handler = signal.getsignal(number)
-        if handler is not None and handler is not signal.SIG_IGN:  # None: installed outside Python, left as it is
-            previous[number] = signal.signal(number, lambda signum, frame: received.append(signum))
-    try:
-        yield received
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-        if received:  # under the handlers put back; SIGTERM's (exit 143) before Ctrl-C's if both came
-            signal.raise_signal(signal.SIGTERM if signal.SIGTERM in received else received[0])
 
 
 @contextlib.contextmanager
