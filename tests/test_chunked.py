@@ -645,33 +645,6 @@ def test_an_interrupt_during_the_renames_of_a_pair_comes_after_both(tmp_path, mo
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_deferred_interrupts_keep_ignored_signals_ignored_and_deliver_sigterm_first(monkeypatch):
-    import signal
-
-    from napari_unet._interrupts import interrupts_deferred
-
-    terminated = []
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: terminated.append(signum))
-    ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a background job of a script
-    try:
-        with interrupts_deferred() as received:
-            signal.raise_signal(signal.SIGINT)
-            signal.raise_signal(signal.SIGTERM)
-            assert received == [signal.SIGTERM] and not terminated  # SIGINT stays ignored, SIGTERM waits
-        assert terminated == [signal.SIGTERM]
-        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-        interrupted = []
-        signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
-        with interrupts_deferred() as received:  # Ctrl-C, then SIGTERM: SIGTERM's handler runs (exit 143)
-            signal.raise_signal(signal.SIGINT)
-            signal.raise_signal(signal.SIGTERM)
-            assert received == [signal.SIGINT, signal.SIGTERM]
-        assert terminated == [signal.SIGTERM] * 2 and interrupted == []
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        signal.signal(signal.SIGINT, ignored)
-
-
 def test_two_runs_committing_the_same_pair_of_stores_never_mix_them(tmp_path):
     # run A's labels beside run B's probabilities: each store was committed under its own lock
     import subprocess

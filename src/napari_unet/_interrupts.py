@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+from typing import Iterator, TypeVar
+
+Event = TypeVar("Event")
 
 
 @contextlib.contextmanager
-def interrupts_deferred():
+def interrupts_deferred(second_at_once: bool = False):
     """Within the block, SIGINT and SIGTERM are held back, then delivered: renames that belong together, and the
     record that they were done, are never cut between; a KeyboardInterrupt raised inside TensorFlow's Python code
-    (a graph being traced) left it broken (a SystemError instead of the interrupt, or a segmentation fault at exit).
-    Blocks nest. Yields the list of the signals received so far.
-    Ignored signals stay ignored. Only on the main thread, where Python runs signal handlers; elsewhere a no-op."""
+    (a graph being traced) or inside ``threading`` (a thread starting) left them broken: a SystemError or "release
+    unlocked lock" instead of the interrupt, or a segmentation fault at exit. Blocks nest.
+
+    ``second_at_once``: a second signal is delivered at once (a user who presses Ctrl-C again does not wait).
+    Yields the list of the signals received so far. Ignored signals stay ignored. Only on the main thread, where
+    Python runs signal handlers; elsewhere a no-op.
+    """
     import signal
     import threading
 
@@ -20,14 +27,40 @@ def interrupts_deferred():
         yield received
         return
     previous = {}
+
+    def put_back():
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        previous.clear()
+
+    def hold(signum, frame):
+        received.append(signum)
+        if second_at_once and len(received) > 1:
+            put_back()
+            signal.raise_signal(signum)  # its own handler, as soon as this one returns
+
     for number in (signal.SIGINT, signal.SIGTERM):
         handler = signal.getsignal(number)
         if handler is not None and handler is not signal.SIG_IGN:  # None: installed outside Python, left as it is
-            previous[number] = signal.signal(number, lambda signum, frame: received.append(signum))
+            previous[number] = signal.signal(number, hold)
     try:
         yield received
     finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-        if received:  # under the handlers put back; SIGTERM's (exit 143) before Ctrl-C's if both came
-            signal.raise_signal(signal.SIGTERM if signal.SIGTERM in received else received[0])
+        if previous:  # not put back by a second signal, which was delivered then
+            put_back()
+            if received:  # under the handlers put back; SIGTERM's (exit 143) before Ctrl-C's if both came
+                signal.raise_signal(signal.SIGTERM if signal.SIGTERM in received else received[0])
+
+
+def events_held(events: Iterator[Event]) -> Iterator[Event]:
+    """The events of ``events`` (a generator of :mod:`train` or :mod:`predict`), with Ctrl-C and SIGTERM held back
+    while each one is computed and delivered when it comes (see :func:`interrupts_deferred`); a second signal is
+    delivered at once. Leaving the loop closes ``events``."""
+    with contextlib.closing(events):
+        while True:
+            with interrupts_deferred(second_at_once=True):
+                try:
+                    event = next(events)
+                except StopIteration:
+                    return
+            yield event

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._interrupts import events_held
+
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 EXIT_TERMINATED = 143  # 128 + SIGTERM (kill, timeout, a batch scheduler's time limit)
@@ -497,7 +499,7 @@ def run_training(image, labels, model_config, train_config, init=None, quiet=Fal
     if not quiet and math.prod(shape) >= PREPARING_NOTE_PIXELS:  # minutes before the first event: say what happens
         slices = f"the annotated slices of {shape[0]} slices" if len(shape) == 3 else "1 image"
         print(f"preparing {slices} of {shape[-2]} x {shape[-1]} pixels (normalising, border weights)...", file=sys.stderr)
-    for event in train_events(image, labels, model_config, train_config, init=init, pixel_size=pixel_size):
+    for event in events_held(train_events(image, labels, model_config, train_config, init=init, pixel_size=pixel_size)):
         if isinstance(event, TrainingStarted):
             started = event
             if quiet:
@@ -706,12 +708,12 @@ def cmd_predict(args) -> int:
         probabilities_out = None
         if probabilities_file is not None:
             probabilities_out = scratch_array(scratch, probabilities_file.parent, (*image.shape, model.config.n_classes), np.float32)
-        for event in predict_events(
+        for event in events_held(predict_events(
             model, image, tile_size=args.tile_size, batch_size=args.batch_size, tta=args.tta if args.tta_views is None else args.tta_views,
             close_boundaries=False if args.argmax else (True if args.close_boundaries else None),
             mixed_precision=False if args.float32 else None, labels_out=labels_out, probabilities_out=probabilities_out,
             return_probabilities=False,
-        ):
+        )):
             if hasattr(event, "done"):
                 progress.show(event.done / event.total, f"tile {event.done}/{event.total} ETA {format_seconds(event.eta)}")
             else:
@@ -801,7 +803,7 @@ def _predict_chunked(args, image, output: Path, probabilities_file: Path | None,
                 partials.append(create_zarr(path, shape, dtype, chunks, metadata))
             progress = ProgressLine()
             try:
-                for event in store_events(prediction, partials[0], partials[1] if len(partials) > 1 else None, client=client):
+                for event in events_held(store_events(prediction, partials[0], partials[1] if len(partials) > 1 else None, client=client)):
                     progress.show(event.done / event.total, f"slice {event.done}/{event.total} ETA {format_seconds(event.eta)}",
                                   force=event.done == event.total)
             except Exception as err:

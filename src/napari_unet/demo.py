@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from ._interrupts import interrupts_deferred
+
 
 def has_display() -> bool:
     """True when a GUI can open (an X/Wayland display on Linux; assumed elsewhere)."""
@@ -84,7 +86,8 @@ def run_demo(output_dir: Path, minutes: float = 1.0, headless: bool = False, see
     write_tiff(outputs["demo-labels.tif"], labels, metadata={"class_values": [0, 255], "class_names": ["membrane", "cell"]})
 
     val = [8, 9]
-    result = predict(final.model, image, slices=val, return_probabilities=False)
+    with interrupts_deferred(second_at_once=True):  # Ctrl-C comes after the prediction (a few seconds)
+        result = predict(final.model, image, slices=val, return_probabilities=False)
     scores = evaluate(result.labels, labels[val], final.model.class_values)
     write_tiff(outputs["demo-prediction.tif"], result.labels, metadata={"class_values": final.model.class_values})
     figure = save_figure(outputs["demo.png"], image[val[0]], labels[val[0]], result.labels[0], final.history)

@@ -784,8 +784,8 @@ def train_events(
                 progress = _run_progress(step, total_steps, elapsed, budget)
                 lr = _learning_rate(train_config.learning_rate, train_config.lr_schedule, progress)
                 optimizer.learning_rate.assign(lr)
-                x, y = next(batches)
-                with interrupts_deferred():  # Ctrl-C or SIGTERM comes after the step
+                with interrupts_deferred():  # Ctrl-C or SIGTERM comes after the step (see interrupts_deferred)
+                    x, y = next(batches)
                     loss = float(keras_model.train_on_batch(x, y))
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"training diverged at step {step + 1} (loss {loss}); lower the learning rate")

@@ -1,0 +1,77 @@
+import signal
+
+import pytest
+
+from napari_unet._interrupts import events_held, interrupts_deferred
+
+
+def test_a_second_signal_is_delivered_at_once_and_not_again_at_the_end():
+    reached = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_deferred(second_at_once=True) as received:
+            signal.raise_signal(signal.SIGINT)
+            reached.append("held")
+            signal.raise_signal(signal.SIGINT)  # the user presses Ctrl-C again
+            reached.append("not reached")
+    assert reached == ["held"] and received == [signal.SIGINT, signal.SIGINT]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_events_held_delivers_an_interrupt_after_the_event_it_came_in():
+    """Ctrl-C or SIGTERM inside a generator's TensorFlow or threading code left it broken (SystemError, "release
+    unlocked lock", a segmentation fault at exit): it now comes when the event is computed."""
+    finished, closed = [], []
+
+    def events():
+        try:
+            for i in range(3):
+                signal.raise_signal(signal.SIGINT) if i == 1 else None
+                finished.append(i)  # the rest of the step, after the signal came
+                yield i
+        finally:
+            closed.append(True)
+
+    seen = []
+    with pytest.raises(KeyboardInterrupt):
+        for event in events_held(events()):
+            seen.append(event)
+    assert finished == [0, 1] and seen == [0] and closed == [True]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_events_held_passes_every_event_and_closes_a_generator_left_early():
+    closed = []
+
+    def events():
+        try:
+            yield from range(5)
+        finally:
+            closed.append(True)
+
+    assert list(events_held(events())) == list(range(5)) and closed == [True]
+    for event in events_held(events()):
+        break
+    assert closed == [True, True]
+
+
+def test_deferred_interrupts_keep_ignored_signals_ignored_and_deliver_sigterm_first(monkeypatch):
+    terminated = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: terminated.append(signum))
+    ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a background job of a script
+    try:
+        with interrupts_deferred() as received:
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGTERM)
+            assert received == [signal.SIGTERM] and not terminated  # SIGINT stays ignored, SIGTERM waits
+        assert terminated == [signal.SIGTERM]
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        interrupted = []
+        signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
+        with interrupts_deferred() as received:  # Ctrl-C, then SIGTERM: SIGTERM's handler runs (exit 143)
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGTERM)
+            assert received == [signal.SIGINT, signal.SIGTERM]
+        assert terminated == [signal.SIGTERM] * 2 and interrupted == []
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, ignored)
