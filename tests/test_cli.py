@@ -1074,3 +1074,52 @@ def test_predict_names_blank_slices(data, capsys):
     assert code == 0, err
     code, _, err = run(capsys, "predict", data / "m.keras", data / "blank.tif", "-o", data / "p.tif")
     assert code == 0 and "note: 1 predicted slice is blank (one value; slice 2)" in err, err
+
+
+def test_a_trained_model_is_saved_elsewhere_when_any_write_fails_and_never_over_another(data, capsys, monkeypatch):
+    """A share remounted read-only (or gone stale) at the end of a training lost the model: only a full disk was
+    rescued. Two rescued models of one name saved in the same second replaced each other."""
+    import errno
+    import tempfile
+
+    import napari_unet.model_io as model_io
+    from napari_unet.cli import CommandError, save_model_or_elsewhere
+    from napari_unet.model_io import load_model
+
+    real_replace = os.replace
+    share = data / "share"
+    share.mkdir()
+
+    def read_only_share(source, target):
+        if share in Path(target).parents:
+            raise OSError(errno.EROFS, "Read-only file system", str(source))
+        return real_replace(source, target)
+
+    monkeypatch.setattr(model_io.os, "replace", read_only_share)
+    (data / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(data / "tmp"))
+    code, _out, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", share / "m.keras", *TINY_TRAINING)
+    assert code == 2 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert f"cannot write {share / 'm.keras'}: Read-only file system" in last and ".partial" not in last
+    saved = list((data / "tmp").glob("napari-unet-unsaved-m-*.keras"))
+    assert len(saved) == 1 and str(saved[0]) in last and load_model(saved[0]).class_values == [0, 255]
+    assert list(share.iterdir()) == [], "no temporary file left in the share"
+
+    model = load_model(saved[0])
+    for run_folder in ("run_a", "run_b"):  # two jobs' model.keras, rescued in the same second
+        (share / run_folder).mkdir()
+        with pytest.raises(CommandError):
+            save_model_or_elsewhere(model, share / run_folder / "m.keras")
+    assert len(list((data / "tmp").glob("napari-unet-unsaved-m-*.keras"))) == 3
+
+
+def test_train_names_the_model_file_a_killed_save_left(data, capsys):
+    import socket
+
+    dead = 4194303  # above Linux's largest process ID
+    left = data / f".m.keras.{socket.gethostname()}.{dead}.partial.keras"
+    left.write_bytes(b"PK")
+    code, _out, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "m.keras", *TINY_TRAINING)
+    assert code == 0, err
+    assert f"note: {left} is an unfinished m.keras that a killed run (process {dead}, no longer running)" in err

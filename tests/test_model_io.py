@@ -402,3 +402,84 @@ def test_the_training_pixel_size_is_stored_and_checked(tmp_path):
     assert not any("µm" in n for n in notes((3.9, 11.0)))  # within 1.25x: the same scanner
     with pytest.raises(ValueError, match="pixel_size must be"):
         train(image, labels, None, short, pixel_size=[0.0, 11.29])
+
+
+def test_a_name_as_long_as_the_file_system_takes_saves_and_loads(tmp_path):
+    """The temporary file was 16 bytes longer than the name: a valid 245-byte name failed only after the training."""
+    from napari_unet._files import hidden_sibling, stale_siblings
+
+    model = tiny_model()
+    for name in ("u" * 245 + ".keras", "模型" * 41 + ".keras"):  # 251 and 252 bytes
+        path = save_model(model, tmp_path / name)
+        assert load_model(path).class_values == [0, 255]
+        sibling = hidden_sibling(path, "partial.keras")
+        assert len(os.fsencode(sibling.name)) <= 255
+        sibling.write_bytes(b"")
+        assert stale_siblings(path) == []  # this process's own
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == sorted(
+        ("u" * 245 + ".keras", "模型" * 41 + ".keras"))
+
+
+def test_a_save_writes_a_hidden_sibling_that_the_next_run_can_name(tmp_path, monkeypatch):
+    """A save killed outright left an unnamed .NAME-xxxxxxxx.keras (up to 124 MB) that nothing ever reported."""
+    import napari_unet.model_io as model_io
+    from napari_unet._files import hidden_sibling
+
+    renamed = []
+    real_replace = os.replace
+    monkeypatch.setattr(model_io.os, "replace", lambda source, target: renamed.append(source) or real_replace(source, target))
+    save_model(tiny_model(), tmp_path / "m.keras")
+    assert renamed == [hidden_sibling(tmp_path / "m.keras", "partial.keras")]
+
+
+def test_a_model_file_replaced_while_it_loads_gives_one_files_settings_and_network(tmp_path, monkeypatch):
+    """load_model read the settings, then (8 s later, the first time: TensorFlow's import) the network: a colleague's
+    save in between gave the old file's class values and membrane rule with the new file's weights."""
+    import napari_unet.model_io as model_io
+
+    model = tiny_model()
+    shared, newer = tmp_path / "shared.keras", tmp_path / "newer.keras"
+    save_model(model, shared)
+    model.class_values, model.boundary_value = [1, 2], 1
+    model.keras_model.set_weights([w * 0.5 for w in model.keras_model.get_weights()])
+    save_model(model, newer)
+    real_import = model_io.import_keras
+    replaced = []
+
+    def replaced_meanwhile():
+        if not replaced:
+            os.replace(newer, shared)
+            replaced.append(True)
+        return real_import()
+
+    monkeypatch.setattr(model_io, "import_keras", replaced_meanwhile)
+    loaded = load_model(shared)
+    assert replaced and loaded.class_values == [1, 2]
+    for got, want in zip(loaded.keras_model.get_weights(), model.keras_model.get_weights()):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_an_entry_cut_short_is_named_damaged(tmp_path, monkeypatch):
+    """Keras raises EOFError() without a message for an entry that ends early: building the message raised IndexError."""
+    path = save_model(tiny_model(), tmp_path / "m.keras")
+    keras = import_keras()
+
+    def cut_short(*args, **kwargs):
+        raise EOFError()
+
+    monkeypatch.setattr(keras.saving, "load_model", cut_short)
+    with pytest.raises(ModelFileError, match=r"m.keras is damaged \(an entry ends early\); use an earlier copy"):
+        load_model(path)
+
+
+def test_empty_pipe_and_upper_case_files_are_named_for_what_they_are(tmp_path):
+    (tmp_path / "empty.keras").write_bytes(b"")
+    with pytest.raises(ModelFileError, match=r"empty.keras is empty \(0 bytes\)"):
+        read_metadata(tmp_path / "empty.keras")
+    os.mkfifo(tmp_path / "fifo.keras")
+    with pytest.raises(ModelFileError, match="is not a regular file"):
+        read_metadata(tmp_path / "fifo.keras")
+    save_model(tiny_model(), tmp_path / "m.keras")
+    os.replace(tmp_path / "m.keras", tmp_path / "M.KERAS")
+    with pytest.raises(ModelFileError, match=r"rename it to end in \.keras"):
+        read_metadata(tmp_path / "M.KERAS")

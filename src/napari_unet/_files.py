@@ -7,6 +7,7 @@ import errno
 import os
 import socket
 import stat
+import zlib
 from pathlib import Path
 
 
@@ -67,11 +68,34 @@ def fsync_folder(folder: Path) -> None:
             os.close(dir_fd)
 
 
+#: The kinds of :func:`hidden_sibling`: prepared outputs, kept-aside outputs, models being saved (Keras wants .keras).
+SIBLING_KINDS = ("partial", "replaced", "partial.keras")
+
+#: Longest file name in bytes on the file systems in use (ext4, XFS, btrfs, NTFS, APFS, NFS).
+NAME_MAX = 255
+
+
 def hidden_sibling(path, kind: str) -> Path:
-    """The hidden file or folder ``.NAME.HOST.PID.KIND`` beside ``path`` where this process prepares (``partial``) or
-    keeps aside (``replaced``) what replaces ``path`` (:func:`stale_siblings` finds those of killed runs)."""
+    """The hidden file or folder ``.NAME.HOST.PID.KIND`` beside ``path`` where this process prepares (``partial``,
+    ``partial.keras``) or keeps aside (``replaced``) what replaces ``path`` (:func:`stale_siblings` finds those of
+    killed runs). A NAME too long to fit is cut, with a CRC-32 of the whole name (a 245-byte name was refused only
+    when the finished output was written)."""
+    if kind not in SIBLING_KINDS:
+        raise ValueError(f"kind must be one of {SIBLING_KINDS}, got {kind!r}")
     path = Path(os.fspath(path))
-    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{kind}")
+    return path.with_name(f"{_sibling_prefix(path.name)}{os.getpid()}.{kind}")
+
+
+def _sibling_prefix(name: str) -> str:
+    """``.NAME.HOST.`` of the hidden siblings of the file ``name``, NAME cut so that any PID and kind fit NAME_MAX."""
+    host = socket.gethostname()
+    room = NAME_MAX - len(os.fsencode(f"..{host}.")) - len("4294967295.") - max(map(len, SIBLING_KINDS))
+    if len(os.fsencode(name)) > room:
+        tag = f"~{zlib.crc32(os.fsencode(name)):08x}"
+        while len(os.fsencode(name + tag)) > room:
+            name = name[:-1]
+        name += tag
+    return f".{name}.{host}."
 
 
 def stale_siblings(path) -> list:
@@ -80,16 +104,21 @@ def stale_siblings(path) -> list:
     removed: a container or a second machine of the same host name may be writing one, and a ``replaced`` one may be
     the only copy of an output whose replacement was cut short."""
     path = Path(os.path.abspath(os.fspath(path)))
-    prefix, found = f".{path.name}.{socket.gethostname()}.", []
+    prefix, found = _sibling_prefix(path.name), []
     with contextlib.suppress(OSError):
         for entry in path.parent.iterdir():
-            name = entry.name
-            if not name.startswith(prefix) or not name.endswith((".partial", ".replaced")):
+            if not entry.name.startswith(prefix):
                 continue
-            pid = name[len(prefix):].rsplit(".", 1)[0]
-            if pid.isascii() and pid.isdigit() and len(pid) <= 9 and int(pid) != os.getpid() and not _process_runs(int(pid)):
+            pid, _, kind = entry.name[len(prefix):].partition(".")
+            if kind in SIBLING_KINDS and pid.isascii() and pid.isdigit() and len(pid) <= 9 and int(pid) != os.getpid() \
+                    and not _process_runs(int(pid)):
                 found.append(entry)
     return sorted(found)
+
+
+def sibling_pid(path, sibling) -> str:
+    """The process ID in the name of ``sibling``, a :func:`hidden_sibling` of ``path`` (as :func:`stale_siblings` gives)."""
+    return Path(sibling).name[len(_sibling_prefix(Path(os.fspath(path)).name)):].partition(".")[0]
 
 
 def _process_runs(pid: int) -> bool:

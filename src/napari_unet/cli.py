@@ -183,32 +183,41 @@ def _disk_full(folder: Path, err: OSError) -> str:
 
 
 def save_model_or_elsewhere(model, path: Path) -> Path:
-    """:func:`save_model` to ``path``; if that disk is full, the model is saved to the temporary folder instead and a
-    :class:`CommandError` says where (a trained model is never lost to a full disk)."""
+    """:func:`save_model` to ``path``; if that fails (a full disk, a share gone read-only or stale, a name too long),
+    the model is saved to the temporary folder instead and a :class:`CommandError` says where: a trained model is
+    never lost to a failed write."""
+    from ._files import NAME_MAX
     from .model_io import save_model
 
     try:
         return save_model(model, path)
     except OSError as err:
-        if err.errno not in DISK_FULL:
-            raise
-        problem = f"cannot write {path}: {_disk_full(path.parent, err)}"
-        fallback = Path(tempfile.gettempdir()) / f"napari-unet-unsaved-{path.stem}-{time.strftime('%Y%m%d-%H%M%S')}.keras"
+        reason = _disk_full(path.parent, err) if err.errno in DISK_FULL else f"{os_reason(err)}; choose another folder or name"
+        problem = f"cannot write {path}: {reason}"
+        stem = path.stem
+        while len(os.fsencode(stem)) > NAME_MAX // 2:
+            stem = stem[:-1]
+        fd, name = tempfile.mkstemp(prefix=f"napari-unet-unsaved-{stem}-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".keras",
+                                    dir=tempfile.gettempdir())
+        os.close(fd)  # a name of its own: two runs saving model.keras in one second do not replace each other's
+        fallback = Path(name)
         try:
             save_model(model, fallback)
         except OSError as second:
+            with contextlib.suppress(OSError):
+                fallback.unlink()
             raise CommandError(f"{problem}. Saving it to {fallback} failed too ({second.strerror or second}): the model is lost") from err
         raise CommandError(f"{problem}. The trained model was saved to {fallback} instead") from err
 
 
 def _note_stale_siblings(outputs) -> None:
     """Name the hidden partial or replaced outputs that killed runs left beside ``outputs`` (they can be large)."""
-    from ._files import stale_siblings
+    from ._files import sibling_pid, stale_siblings
 
     for output in outputs:
         for entry in stale_siblings(output) if output is not None else ():
             what = "an earlier version of" if entry.name.endswith(".replaced") else "an unfinished"
-            print(f"note: {entry} is {what} {output.name} that a killed run (process {entry.name.split('.')[-2]}, no longer "
+            print(f"note: {entry} is {what} {output.name} that a killed run (process {sibling_pid(output, entry)}, no longer "
                   "running) left behind; remove it to free its space", file=sys.stderr)
 
 
@@ -589,6 +598,7 @@ def _train(args) -> int:
     output = check_output(args.output, "model file", inputs=[p for p in (args.image, args.labels, args.init) if p])
     if output.suffix != ".keras":  # Path(".keras").suffix is "": a name is needed before it
         raise CommandError(f"the model file must be a name ending in .keras (e.g. model.keras), got {output.name!r}")
+    _note_stale_siblings([output])
     # read when indexed (large files): training reads only the slices that hold annotations
     image, image_metadata = _read_stack_and_metadata(args.image, "image", lazy=True)
     labels, ignore_value, notes = read_label_stack(args.labels, "labels", args.ignore_value, lazy=True)
@@ -600,6 +610,9 @@ def _train(args) -> int:
     train_config = _train_config_from_args(args, chosen).replace(ignore_value=ignore_value)
     load_tensorflow_for_command()
     init = load_model(args.init) if args.init else None
+    if init is not None and args.preset != "default":
+        print(f"note: --init's network is trained on; --preset {args.preset} chooses only the training settings (learning rate, "
+              "loss, class weights)", file=sys.stderr)
     model_config = chosen.model_for(train_config)
     if args.depth is None and init is None and model_config.depth != chosen.model.depth:
         print(f"depth {model_config.depth}: a budget of {train_config.max_minutes:g} minutes with AMX bfloat16 or a GPU (--depth to choose)", file=sys.stderr)

@@ -6,7 +6,7 @@ import contextlib
 import json
 import math
 import os
-import tempfile
+import threading
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -16,7 +16,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import __version__
-from ._files import fsync_folder, fsync_path, target_mode, write_target
+from ._files import fsync_folder, fsync_path, hidden_sibling, target_mode, write_target
 from ._tensorflow import python_random_kept
 from .config import MERGE_LEVELS, ModelConfig, TrainConfig, from_dict, to_dict
 from .model import import_keras
@@ -105,8 +105,20 @@ def save_model(model: UNetModel, path) -> Path:
         raise FileExistsError(f"cannot save {path.name}: {blocking} is a file, not a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = target_mode(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".keras", dir=path.parent)
-    os.close(fd)
+    # A hidden sibling named after this process: a save killed outright leaves it to be named by the next run
+    # (stale_siblings); the lock keeps two threads of this process off the same one.
+    tmp = hidden_sibling(path, "partial.keras")
+    with _SAVING:
+        _write_model(model, tmp, mode, path)
+    fsync_folder(path.parent)
+    return path
+
+
+_SAVING = threading.Lock()
+
+
+def _write_model(model: UNetModel, tmp: Path, mode: int, path: Path) -> None:
+    """Write ``model`` to ``tmp``, give it ``mode`` and rename it to ``path``; ``tmp`` is removed if that fails."""
     try:
         model.keras_model.save(tmp)
         with zipfile.ZipFile(tmp, "a") as archive:
@@ -115,11 +127,9 @@ def save_model(model: UNetModel, path) -> Path:
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        with contextlib.suppress(OSError):  # a read-only folder now: its error is the one to name
             os.remove(tmp)
         raise
-    fsync_folder(path.parent)
-    return path
 
 
 #: Compression methods Python's zipfile reads without extra packages.
@@ -131,10 +141,17 @@ def read_metadata(path) -> dict:
     path = Path(path)
     if path.is_dir():
         raise ModelFileError(f"{str(path)!r} is a folder, not a model file; choose a .keras file")
-    if not path.is_file():
+    if not path.exists():
         raise ModelFileError(f"model file {str(path)!r} does not exist")
+    if not path.is_file():
+        raise ModelFileError(f"{str(path)!r} is not a regular file (a pipe or a device); choose a .keras file")
+    if path.suffix.lower() == ".keras" and path.suffix != ".keras":  # Keras reads only the lower-case suffix
+        raise ModelFileError(f"{path.name}: rename it to end in .keras (lower case), as Keras reads only those")
     if path.suffix != ".keras":  # Keras would hand other suffixes (.h5) to loaders outside its safe mode
         raise ModelFileError(f"{path.name} is not a .keras model file (napari-unet writes .keras files)")
+    with contextlib.suppress(OSError):
+        if path.stat().st_size == 0:
+            raise ModelFileError(f"{path.name} is empty (0 bytes): a copy or a save that did not finish; use a complete copy")
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile:
@@ -205,27 +222,28 @@ def as_model(model) -> UNetModel:
 def load_model(path) -> UNetModel:
     """Load a model saved by :func:`save_model`, in Keras safe mode (no code from the file runs)."""
     path = Path(path)
-    meta = read_metadata(path)
-    config, train_config, class_values = checked_settings(meta, path.name)
-    percentiles, intensity_profile, intensity_spread = checked_intensity_reference(meta, path.name)
-    boundary_value, boundary_rule = checked_rule(meta, class_values, path.name)
-    pixel_size = checked_pixel_size(meta, path.name)
-    keras = import_keras()
-    try:
-        with python_random_kept():  # Keras draws initializer seeds while it rebuilds the layers
-            keras_model = keras.saving.load_model(path, compile=False, safe_mode=True)
-    except ValueError as err:
-        if "lambda" in str(err).lower() or "safe_mode" in str(err):
-            raise ModelFileError(
-                f"{path.name} contains a Lambda layer (arbitrary code); refused by Keras safe mode"
-            ) from None
-        raise ModelFileError(f"{path.name} could not be loaded: {str(err).splitlines()[0]}") from None
-    except (OSError, TypeError, KeyError, EOFError, zlib.error) as err:
-        raise ModelFileError(f"{path.name} could not be loaded: {str(err).splitlines()[0]}") from None
-    except zipfile.BadZipFile as err:  # bytes of Keras' own entries damaged (a bad copy or disk)
-        raise ModelFileError(f"{path.name} is damaged ({err}); use an earlier copy of the model") from None
+    for _attempt in range(_LOAD_ATTEMPTS):
+        # The settings and the network are read apart (the network by Keras): both must come from one version of
+        # the file, which a colleague's save may replace meanwhile (8 s apart while TensorFlow is first imported).
+        before = _file_version(path)
+        try:
+            meta = read_metadata(path)
+            config, train_config, class_values = checked_settings(meta, path.name)
+            percentiles, intensity_profile, intensity_spread = checked_intensity_reference(meta, path.name)
+            boundary_value, boundary_rule = checked_rule(meta, class_values, path.name)
+            pixel_size = checked_pixel_size(meta, path.name)
+            keras_model = _load_network(path)
+        except ModelFileError:
+            if _file_version(path) == before:
+                raise
+            continue  # written while it was read (a copy under way): read it again
+        if _file_version(path) == before:
+            break
+    else:
+        raise ModelFileError(f"{path.name} changed each time it was read ({_LOAD_ATTEMPTS} times): another program is "
+                             "writing it; load it once that is done")
     _check_network(keras_model, config, path.name)
-    damaged = next((w.path for w in keras_model.weights if not np.isfinite(keras.ops.convert_to_numpy(w)).all()), None)
+    damaged = next((w.path for w in keras_model.weights if not np.isfinite(import_keras().ops.convert_to_numpy(w)).all()), None)
     if damaged is not None:
         raise ModelFileError(f"{path.name} has NaN or Inf weights ({damaged}); it cannot predict. Retrain it or use an earlier file")
     return UNetModel(
@@ -244,6 +262,43 @@ def load_model(path) -> UNetModel:
         layer_order=_layer_order(meta.get("layer_order"), meta.get("layer_pockets"), class_values, path.name),
         pixel_size=pixel_size,
     )
+
+
+#: Reads of a model file that another program replaced meanwhile, before :func:`load_model` gives up.
+_LOAD_ATTEMPTS = 3
+
+
+def _file_version(path: Path) -> Optional[tuple]:
+    """What changes when a file is replaced or rewritten: its inode, size and modification time (None if gone)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
+
+
+def _load_network(path: Path):
+    """The Keras network of the model file ``path``, loaded in safe mode; :class:`ModelFileError` if it cannot be."""
+    keras = import_keras()
+    try:
+        with python_random_kept():  # Keras draws initializer seeds while it rebuilds the layers
+            return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except ValueError as err:
+        if "lambda" in str(err).lower() or "safe_mode" in str(err):
+            raise ModelFileError(
+                f"{path.name} contains a Lambda layer (arbitrary code); refused by Keras safe mode"
+            ) from None
+        raise ModelFileError(f"{path.name} could not be loaded: {_first_line(err)}") from None
+    except (zipfile.BadZipFile, EOFError, zlib.error) as err:  # bytes of Keras' own entries damaged (a bad copy or disk)
+        raise ModelFileError(f"{path.name} is damaged ({_first_line(err)}); use an earlier copy of the model") from None
+    except (OSError, TypeError, KeyError) as err:
+        raise ModelFileError(f"{path.name} could not be loaded: {_first_line(err)}") from None
+
+
+def _first_line(err: BaseException) -> str:
+    """The first line of an error's message, or its type's name (EOFError() of an entry cut short has none)."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else {"EOFError": "an entry ends early"}.get(type(err).__name__, type(err).__name__)
 
 
 def _layer_order(order, pockets, class_values: list, name: str) -> Optional[list]:
