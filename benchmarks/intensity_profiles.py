@@ -5,7 +5,8 @@
 
 ``predict`` notes an image whose :func:`napari_unet.data.intensity_profile` lies further than ``PROFILE_SHIFT`` plus
 the spread of the training slices (:func:`napari_unet.data.intensity_reference`) from the model's training images'.
-Each image is checked as a stack and slice by slice (the inference widget's "current slice", a 2-D file). This prints the distances that choose it: the reference is ISBI 2012 slices 0-14 (and
+Each image is checked as a stack and slice by slice (the inference widget's "current slice", a 2-D file), with
+the profile of the pixels above each slice's floor (model files since session 51) and of all pixels (before). This prints the distances that choose it: the reference is ISBI 2012 slices 0-14 (and
 the OCT circular scan, and the Duke B-scans); "same" rows are other images of the same acquisition (must stay below),
 "changed" rows are the same images inverted, gamma- or log-scaled (should lie above), as a user might have exported
 them. Needs ../shared/data.
@@ -49,8 +50,12 @@ def cases():
             ("changed", "ISBI 15-19 log", np.log1p(unseen.astype(np.float32))),
         ]),
         ("OCT circular scan", scan, [
+            ("same", "circular scan mirrored", scan[:, ::-1]),
+            ("same", "circular scan crop, no vitreous", scan[150:470, 100:612]),
             ("changed", "circular scan in dB", decibel(scan)),
             ("changed", "circular scan square root", np.sqrt(scan.astype(np.float32))),
+            ("changed", "circular scan gamma 0.7", (scan / 255) ** 0.7),
+            ("changed", "circular scan linear (x^4)", (scan / 255) ** 4),
             ("changed", "circular scan inverted", 255 - scan),
             ("other device", "Duke DME B-scans", duke),
         ]),
@@ -65,21 +70,24 @@ def main() -> None:
     from napari_unet.data import PROFILE_SHIFT, intensity_profile, intensity_reference, profile_distance
 
     rows = []
-    print(f"{'reference':18s} {'spread':>6s} {'kind':12s} {'image':30s} {'stack':>6s} {'1 slice, max':>12s} noted (stack / slices)")
-    for reference_name, reference, others in cases():
-        profile, spread = intensity_reference(reference)  # as training records it: 8 slices
-        allowed = PROFILE_SHIFT + spread
-        for kind, name, image in others:
-            distance = profile_distance(profile, intensity_profile(image))
-            stack = image if image.ndim == 3 else image[None]
-            picks = np.unique(np.linspace(0, len(stack) - 1, min(8, len(stack))).round().astype(int))
-            singles = [profile_distance(profile, intensity_profile(stack[z])) for z in picks]
-            rows.append({"reference": reference_name, "spread": round(spread, 4), "kind": kind, "image": name,
-                         "distance": round(distance, 4), "single_slice_max": round(max(singles), 4),
-                         "single_slices_noted": int(sum(d > allowed for d in singles)), "slices_checked": len(singles),
-                         "noted": distance > allowed})
-            print(f"{reference_name:18s} {spread:6.3f} {kind:12s} {name:30s} {distance:6.3f} {max(singles):12.3f} "
-                  f"{'yes' if distance > allowed else 'no'} / {sum(d > allowed for d in singles)} of {len(singles)}")
+    print(f"{'profile of':11s} {'reference':18s} {'spread':>6s} {'kind':12s} {'image':32s} {'stack':>6s} {'1 slice, max':>12s} "
+          "noted (stack / slices)")
+    for above_floor in (True, False):  # the profile of model files since session 51, and before
+        of = "above floor" if above_floor else "all pixels"
+        for reference_name, reference, others in cases():
+            profile, spread = intensity_reference(reference, above_floor=above_floor)  # as training records it: 8 slices
+            allowed = PROFILE_SHIFT + spread
+            for kind, name, image in others:
+                distance = profile_distance(profile, intensity_profile(image, above_floor=above_floor))
+                stack = image if image.ndim == 3 else image[None]
+                picks = np.unique(np.linspace(0, len(stack) - 1, min(8, len(stack))).round().astype(int))
+                singles = [profile_distance(profile, intensity_profile(stack[z], above_floor=above_floor)) for z in picks]
+                rows.append({"profile_of": of, "reference": reference_name, "spread": round(spread, 4), "kind": kind,
+                             "image": name, "distance": round(distance, 4), "single_slice_max": round(max(singles), 4),
+                             "single_slices_noted": int(sum(d > allowed for d in singles)), "slices_checked": len(singles),
+                             "noted": distance > allowed})
+                print(f"{of:11s} {reference_name:18s} {spread:6.3f} {kind:12s} {name:32s} {distance:6.3f} {max(singles):12.3f} "
+                      f"{'yes' if distance > allowed else 'no'} / {sum(d > allowed for d in singles)} of {len(singles)}")
     write_results("intensity-profiles", {"profile_shift": PROFILE_SHIFT, "rows": rows})
 
 

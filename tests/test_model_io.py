@@ -302,19 +302,27 @@ def test_the_training_images_intensity_profile_is_stored_and_checked(tmp_path):
     path = save_model(model, tmp_path / "m.keras")
     loaded = load_model(path)
     assert loaded.intensity_profile == model.intensity_profile and loaded.intensity_spread == model.intensity_spread
+    assert model.profile_above_floor and loaded.profile_above_floor
     # fine-tuning (Retrain: copies of one slice) keeps the profile of the images the network was first trained on
     image, labels = stripes()
     copies = np.concatenate([image, np.repeat(255 - image[:1], 8, axis=0)])
     tuned = train(copies, np.concatenate([labels, np.repeat(labels[:1], 8, axis=0)]), None,
                   model.train_config.replace(epochs=1, steps_per_epoch=1, val_fraction=0.0), init=model).model
     assert tuned.intensity_profile == model.intensity_profile
+    old_kind = read_metadata(path)
+    del old_kind["intensity_profile_above_floor"]  # a file written before session 51: its profile is of all pixels
+    assert load_model(_with_metadata(tmp_path, "all-pixels.keras", json.dumps(old_kind))).profile_above_floor is False
+    model.profile_above_floor = False
+    assert train(copies, np.concatenate([labels, np.repeat(labels[:1], 8, axis=0)]), None,
+                 model.train_config.replace(epochs=1, steps_per_epoch=1, val_fraction=0.0), init=model).model.profile_above_floor is False
     meta = read_metadata(path)
     del meta["intensity_profile"]  # a file written before profiles were recorded
     assert load_model(_with_metadata(tmp_path, "old.keras", json.dumps(meta))).intensity_profile is None
     good = read_metadata(path)["intensity_profile"]
     for damaged, spread in (("x", 0.0), ([0.5] * (len(PROFILE_LEVELS) - 1), 0.0), ([float("nan")] * len(PROFILE_LEVELS), 0.0),
-                            ([True] * len(PROFILE_LEVELS), 0.0), (good, -1.0), (good, "0.1")):
-        meta["intensity_profile"], meta["intensity_spread"] = damaged, spread
+                            ([True] * len(PROFILE_LEVELS), 0.0), (good, -1.0), (good, "0.1"), (good, "yes")):
+        meta["intensity_profile"], meta["intensity_spread"] = damaged, 0.0 if spread == "yes" else spread
+        meta["intensity_profile_above_floor"] = "yes" if spread == "yes" else True
         with pytest.raises(ModelFileError, match="invalid intensity profile"):
             load_model(_with_metadata(tmp_path, "edited.keras", json.dumps(meta)))
 

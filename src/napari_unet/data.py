@@ -211,28 +211,44 @@ PROFILE_LEVELS = tuple(range(5, 100, 5))
 PROFILE_SHIFT = 0.04
 
 
-def _slice_quantiles(image, percentiles, max_slices: int) -> np.ndarray:
+#: Share of a slice's pixels above its floor (its low normalisation percentile: its darkest 1 %, or the black
+#: background of an OCT scan) from which :func:`intensity_profile` describes those pixels alone.
+PROFILE_ABOVE_FLOOR_SHARE = 0.05
+
+
+def _slice_quantiles(image, percentiles, max_slices: int, above_floor: bool) -> np.ndarray:
     """(S, len(PROFILE_LEVELS)) quantiles of up to ``max_slices`` evenly spaced, percentile-normalised slices."""
     shape = tuple(np.shape(image))
     if len(shape) not in (2, 3) or 0 in shape:
         raise InputError(f"image of shape {shape} is not a (Y, X) image or (Z, Y, X) stack with pixels")
     n_slices = 1 if len(shape) == 2 else shape[0]
     picks = np.unique(np.linspace(0, n_slices - 1, min(max_slices, n_slices)).round().astype(int))
-    planes = (np.asarray(image if len(shape) == 2 else image[z]) for z in picks)  # a lazy stack reads only these
-    return np.array([np.percentile(normalize(plane, percentiles), PROFILE_LEVELS) for plane in planes])
+    quantiles = []
+    for z in picks:  # a lazy stack reads only these
+        plane = normalize(np.asarray(image if len(shape) == 2 else image[z]), percentiles)
+        if above_floor:
+            above = plane[plane > 0]  # above the low percentile, which normalises to 0
+            plane = above if above.size >= PROFILE_ABOVE_FLOOR_SHARE * plane.size else plane
+        quantiles.append(np.percentile(plane, PROFILE_LEVELS))
+    return np.array(quantiles)
 
 
-def intensity_profile(image, percentiles=(1.0, 99.8), max_slices: int = 8) -> tuple:
+def intensity_profile(image, percentiles=(1.0, 99.8), max_slices: int = 8, above_floor: bool = True) -> tuple:
     """Shape of the intensity distribution of (Y, X) or (Z, Y, X) ``image`` (numpy or dask) after the percentile
     normalisation: the median over up to ``max_slices`` evenly spaced slices of their quantiles at
-    :data:`PROFILE_LEVELS`, as floats. Linear rescaling leaves it unchanged; inversion, gamma or log scaling do not."""
-    return intensity_reference(image, percentiles, max_slices)[0]
+    :data:`PROFILE_LEVELS`, as floats. Linear rescaling leaves it unchanged; inversion, gamma or log scaling do not.
+
+    ``above_floor``: of the pixels above each slice's normalised floor (model files before session 51: all pixels).
+    75 % of an OCT scan is black background, which left 15 of the 19 quantiles at 0 for any brightness scale that
+    keeps black black: a linear-intensity export of the training scan lay at 0.005, now 0.048 (BENCHMARKS.md).
+    """
+    return intensity_reference(image, percentiles, max_slices, above_floor)[0]
 
 
-def intensity_reference(image, percentiles=(1.0, 99.8), max_slices: int = 8) -> tuple:
+def intensity_reference(image, percentiles=(1.0, 99.8), max_slices: int = 8, above_floor: bool = True) -> tuple:
     """(:func:`intensity_profile` of ``image``, the largest :func:`profile_distance` of one of its sampled slices
     from it): what a model records of its training images, so that one slice of the same kind is not called unlike."""
-    quantiles = _slice_quantiles(image, percentiles, max_slices)
+    quantiles = _slice_quantiles(image, percentiles, max_slices, above_floor)
     profile = tuple(float(q) for q in np.median(quantiles, axis=0))
     return profile, max(profile_distance(profile, q) for q in quantiles)
 

@@ -568,7 +568,7 @@ def intensity_note(image, model) -> Optional[str]:
     if model.intensity_profile is None or np.dtype(image.dtype).kind not in "biuf" or too_small:  # refused later
         return None
     try:
-        profile = intensity_profile(image, model.percentiles)
+        profile = intensity_profile(image, model.percentiles, above_floor=getattr(model, "profile_above_floor", False))
     except InputError:
         return None
     distance, allowed = profile_distance(profile, model.intensity_profile), PROFILE_SHIFT + model.intensity_spread

@@ -747,8 +747,10 @@ def train_events(
         # fine-tuning keeps the images the network was first trained on: a Retrain's focus copies of one slice
         # would otherwise be most of the slices sampled (the profile of a Duke stack moved by 0.07)
         result.intensity_profile, result.intensity_spread = init.intensity_profile, init.intensity_spread
+        result.profile_above_floor = init.profile_above_floor
     else:
         result.intensity_profile, result.intensity_spread = _intensity_reference(image, image_stack, percentiles)
+        result.profile_above_floor = True
     if init is not None:  # kept unless validation tunes it again below (Retrain has no validation)
         result.boundary_rule = init.boundary_rule
         result.layer_order = init.layer_order
