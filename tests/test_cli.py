@@ -1123,3 +1123,25 @@ def test_train_names_the_model_file_a_killed_save_left(data, capsys):
     code, _out, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "m.keras", *TINY_TRAINING)
     assert code == 0, err
     assert f"note: {left} is an unfinished m.keras that a killed run (process {dead}, no longer running)" in err
+
+
+def test_train_names_the_pixel_size_it_records_and_pixel_size_gives_the_right_one(data, capsys):
+    """circular-scan.tif's tag says inches where it means mm: train recorded 98.35 x 361.7 µm without a word, and
+    predict then told the user to shrink the same scan, saved with its true size, 25 times (OCT scale hunt, defect 2)."""
+    from napari_unet._reader import read_layers
+
+    image = tifffile.imread(data / "image.tif")
+    tifffile.imwrite(data / "inches.tif", image, resolution=(1 / 0.014239, 1 / 0.003872), resolutionunit="INCH")
+    tifffile.imwrite(data / "true.tif", image, imagej=True, metadata={"axes": "ZYX", "unit": "um"}, resolution=(1 / 14.239, 1 / 3.872))
+    code, _out, err = run(capsys, "train", data / "inches.tif", data / "labels.tif", "-o", data / "m.keras", *TINY_TRAINING)
+    assert code == 0, err
+    assert "note: the model records pixels of 98.35 x 361.7 µm (Y x X), as inches.tif records them" in err and "--pixel-size" in err
+    code, _out, err = run(capsys, "train", data / "inches.tif", data / "labels.tif", "-o", data / "m.keras", *TINY_TRAINING,
+                          "--pixel-size", "3.872", "14.239")
+    assert code == 0 and "the model records pixels" not in err, err
+    assert read_metadata(data / "m.keras")["pixel_size"] == pytest.approx([3.872, 14.239])
+    code, _out, err = run(capsys, "predict", data / "m.keras", data / "true.tif", "-o", data / "p.tif")
+    assert code == 0 and "image's pixels" not in err, err
+    code, _out, err = run(capsys, "predict", data / "m.keras", data / "inches.tif", "-o", data / "p.tif", "--pixel-size", "3.872", "14.239")
+    assert code == 0 and "image's pixels" not in err, err
+    assert np.allclose(read_layers(str(data / "p.tif"))[0][1]["scale"][-2:], [3.872, 14.239])  # the outputs lie at the size given

@@ -601,6 +601,7 @@ def _train(args) -> int:
     _note_stale_siblings([output])
     # read when indexed (large files): training reads only the slices that hold annotations
     image, image_metadata = _read_stack_and_metadata(args.image, "image", lazy=True)
+    image_metadata = _given_pixel_size(image_metadata, args.pixel_size, image.ndim)
     labels, ignore_value, notes = read_label_stack(args.labels, "labels", args.ignore_value, lazy=True)
     if image.shape != labels.shape:
         raise CommandError(f"image shape {image.shape} and labels shape {labels.shape} differ; they must be identical")
@@ -630,8 +631,12 @@ def _train(args) -> int:
             flag = "--" + option.replace("_", "-")
             raise CommandError(f"{flag} {value:g} differs from the --init model's {getattr(init.config, field):g}")
         model_config = replace(model_config, **{field: value})
+    pixel_size = _micrometres(image_metadata.get("pixel_size"))
+    if pixel_size is not None and not args.pixel_size:  # a file's tag can be wrong (circular-scan.tif: inches for mm)
+        print(f"note: the model records pixels of {pixel_size[0]:.4g} x {pixel_size[1]:.4g} µm (Y x X), as {Path(args.image).name} "
+              "records them; predict compares images' pixel sizes with it (--pixel-size Y X to give the right one)", file=sys.stderr)
     started, final = run_training(image, labels, None if init is not None else model_config, train_config, init=init,
-                                  pixel_size=_micrometres(image_metadata.get("pixel_size")))
+                                  pixel_size=pixel_size)
     image_height = _pixel_height(image_metadata)  # boundary errors in µm too (Y alone may be calibrated)
     if final.steps == 0:
         raise CommandError(f"training ended ({final.reason}) before its first step; no model written (a larger --max-minutes?)")
@@ -703,7 +708,7 @@ def cmd_predict(args) -> int:
     _note_stale_siblings([output, probabilities_file])
     # slices are read as the prediction reaches them; a cluster's workers read them by path
     image, image_metadata = _read_stack_and_metadata(args.image, "image", lazy=True, for_cluster=args.scheduler is not None)
-    pixel_size = image_metadata.get("pixel_size")
+    pixel_size = _given_pixel_size(image_metadata, args.pixel_size, image.ndim).get("pixel_size")
     if args.scheduler is None:  # with a cluster, only its workers run the network
         load_tensorflow_for_command()
     if chunked:
@@ -765,6 +770,16 @@ def _note_intensities(image, model) -> None:
     note = intensity_note(image, model)
     if note is not None:
         print(f"note: {note}", file=sys.stderr)
+
+
+def _given_pixel_size(metadata: dict, given, ndim: int) -> dict:
+    """``metadata`` (of :func:`_read_stack_and_metadata`) with ``--pixel-size`` (Y, X µm) in place of the file's."""
+    if not given:
+        return metadata
+    pixel_size = dict(metadata.get("pixel_size") or {"scale": [1.0] * ndim, "units": [None] * ndim})
+    pixel_size["scale"] = [*pixel_size["scale"][:-2], float(given[0]), float(given[1])]
+    pixel_size["units"] = [*pixel_size["units"][:-2], "µm", "µm"]
+    return {**metadata, "pixel_size": pixel_size}
 
 
 def _micrometres(pixel_size: dict | None) -> list | None:
@@ -1001,6 +1016,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--val-fraction", type=float, help="share of slices held out for validation (default 0.2; at most 16 slices of 512², 4 of 1024² or larger, "
                        "and a window of at least 1024² of slices larger than 1024²: validation predicts about 4.2 million pixels at most)")
     train.add_argument("--init", help="fine-tune this model file instead of starting from scratch")
+    train.add_argument("--pixel-size", type=positive_float, nargs=2, metavar=("Y_UM", "X_UM"), help="pixel size in µm (Y, X) recorded in the model, for its notes on images of another pixel size (default: the size the image file records, if any)")
     train.add_argument("--seed", type=non_negative_int, default=0, help="random seed of weights, patches and augmentation "
                        "(the same seed and settings train the same model on the same machine); default: %(default)s")
     train.add_argument("--float32", action="store_true", help="compute in float32 also on CPUs with bfloat16 instructions (default: bfloat16 there)")
@@ -1043,6 +1059,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(on ISBI two thirds of the accuracy gain of 4 for about half their time), 1 = no test-time augmentation; a model "
         "trained without rotations (OCT layers) has at most 2: the tile and its mirror image (1 if it was trained without flips)",
     )
+    pred.add_argument("--pixel-size", type=positive_float, nargs=2, metavar=("Y_UM", "X_UM"), help="the image's pixel size in µm (Y, X), compared with the model's and written to the outputs (default: the size the image file records, if any)")
     pred.add_argument("--float32", action="store_true", help="compute in float32 also on CPUs with bfloat16 instructions (default: bfloat16 there)")
     rule = pred.add_mutually_exclusive_group()
     rule.add_argument(
