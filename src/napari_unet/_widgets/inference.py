@@ -19,7 +19,7 @@ from napari_unet.predict import PredictionProgress, check_layer_memory
 from .jobs import NETWORK_LABELS, Failed, Note, PredictionResult, predict_job, relay
 from .layers import Image, LayerCombo, current_slice, image_array, pixel_size_of
 from .outputs import kept_indices, kept_pixels, prediction_layer_of, write_cells, write_prediction, write_probabilities
-from .progress import WORKER_FINISHED, InOrder, ProgressRow, WrappingLabel
+from .progress import WORKER_FINISHED, InOrder, ProgressRow, WrappingLabel, swap_buttons
 from .session import WAITING_FOR_STROKE, disconnect_when_destroyed, get_session, unwrap
 from .workers import create_worker_of
 
@@ -39,6 +39,8 @@ class _Job:
     z: Optional[int]
     model: Any
     info: Any  # the session's ModelInfo (class names, colours) when the job started
+    data: Any = None  # the image layer's data when the job started: the data predicted
+    keep: bool = True  # "keep my corrections" when the job started (unticked during a run: for the next run)
     notes: list = field(default_factory=list)  # warnings of the job, repeated in the final status
     waiting: bool = False  # its result waits for a brush stroke on a layer it writes to end
     ended: bool = False  # its worker finished while the result waited
@@ -145,8 +147,10 @@ class InferenceWidget(QWidget):
         self.save_button.clicked.connect(lambda: self.save_prediction())
         self.session.model_changed.connect(self._on_model_changed)
         self.session.notice.connect(self.progress.set_status)
+        self.session.busy_changed.connect(self._update_buttons)
         disconnect_when_destroyed(
-            self, (self.session.model_changed, self._on_model_changed), (self.session.notice, self.progress.set_status)
+            self, (self.session.model_changed, self._on_model_changed), (self.session.notice, self.progress.set_status),
+            (self.session.busy_changed, self._update_buttons),
         )
         self._job: Optional[_Job] = None
         self._in_order = InOrder()
@@ -169,9 +173,9 @@ class InferenceWidget(QWidget):
         self._update_buttons()
 
     def _update_buttons(self) -> None:
-        running = self._job is not None
-        self.run_button.setEnabled(not running)
-        self.stop_button.setEnabled(running)
+        running = getattr(self, "_job", None) is not None  # (busy_changed may come before __init__ ends)
+        swap_buttons(self.run_button, self.stop_button, running)
+        self.load_button.setEnabled(self.session.can_load())  # a click would only be refused
 
     def _ask_load(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Load U-Net model", "", "Keras model (*.keras)")
@@ -212,7 +216,8 @@ class InferenceWidget(QWidget):
                              stop=stop.is_set, z=z, kept=kept, pixel_size=pixel_size_of(image_layer), kept_cells=kept_cells)
         worker = create_worker_of(self.viewer, relay, events)
         worker.aborted.connect(lambda: (stop.set(), events.close()))  # napari aborts workers when the viewer closes
-        self._job = _Job(worker, stop, image_layer, tuple(image_layer.data.shape), z, model, self.session.info)
+        self._job = _Job(worker, stop, image_layer, tuple(image_layer.data.shape), z, model, self.session.info,
+                         data=image_layer.data, keep=keep)
         worker.yielded.connect(self._on_event)
         worker.finished.connect(self._on_finished)
         session = self.session  # not through self: a closed, deleted dock gets no finished signal
@@ -307,6 +312,8 @@ class InferenceWidget(QWidget):
             return "the image layer was removed during prediction"
         if tuple(job.image_layer.data.shape) != job.shape:
             return f"the image changed shape while predicting (from {job.shape} to {tuple(job.image_layer.data.shape)})"
+        if job.image_layer.data is not job.data:  # a filter or a script gave the layer new pixels of the same shape
+            return "the image's data was replaced while predicting (Run again to predict the new one)"
         return None
 
     def _show(self, job: _Job, result: PredictionResult) -> None:
@@ -316,9 +323,9 @@ class InferenceWidget(QWidget):
             self.progress.finish("prediction not written")
             self.progress.set_status(f"Prediction not written: {problem}.")
             return
-        keep = self.keep.isChecked()
         before = len(self.viewer.layers)
-        layer, changed = write_prediction(self.viewer, self.session, job.image_layer, result.labels, job.model, job.info, job.z, keep)
+        layer, changed = write_prediction(self.viewer, self.session, job.image_layer, result.labels, job.model, job.info, job.z,
+                                          job.keep)
         undo = "a new layer" if len(self.viewer.layers) > before else "Ctrl+Z on the layer undoes it"
         others = []
         if result.probabilities is not None:
@@ -327,6 +334,8 @@ class InferenceWidget(QWidget):
             others.append(write_cells(self.viewer, self.session, job.image_layer, result.instances, job.z))
         also = f" Also written: {', '.join(repr(x.name) for x in others)}." if others else ""
         also += "".join(f" Note: {note}." for note in job.notes)
+        if self.session.model is not job.model:  # a training ended (or a model was loaded) while this one predicted
+            also += f" Predicted with the model current at Run ({job.info.description or 'an earlier model'}); Run again for the current one."
         self.progress.finish("prediction done", complete=True)
         self.progress.set_status(
             f"{layer.name!r}: {changed} pixels updated ({undo}).{also} Paint corrections "

@@ -118,3 +118,15 @@ class InOrder:
                 handler(self._pending.popleft())
         finally:  # a handler that raised leaves the events behind it to the next call
             self._handling = False
+
+
+def swap_buttons(start, stop, running: bool) -> None:
+    """Enable ``stop`` and disable ``start`` while ``running``, else the reverse, and move the keyboard focus with
+    them: Qt gives the focus of a button being disabled to the next control, so a second Space on Run marked a slice
+    reviewed (and one on Retrain opened the save dialog)."""
+    had_focus = start.hasFocus() or stop.hasFocus()
+    enabled, disabled = (stop, start) if running else (start, stop)
+    enabled.setEnabled(True)
+    if had_focus:
+        enabled.setFocus()
+    disabled.setEnabled(False)

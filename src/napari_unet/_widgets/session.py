@@ -97,6 +97,7 @@ class Session:
         self.info = ModelInfo()
         self._tracked: dict[int, Tracked] = {}
         self.busy: set = set()  # names of running jobs ("training", "prediction", "loading", "saving", WAITING_FOR_STROKE)
+        self._running: dict = {}  # how many jobs of each name run (two inference docks predict at once)
 
     # ---- model -------------------------------------------------------------------------------
     def set_model(self, model: UNetModel, description: str, class_names=None, colormap=None) -> None:
@@ -112,6 +113,10 @@ class Session:
         self.model = model
         self.info = ModelInfo(description, list(model.class_names) if model.class_names else None, colormap)
         self.model_changed.emit(model)
+
+    def can_load(self) -> bool:
+        """Whether :meth:`load` would start now: no load, training or prediction runs (the Load buttons follow it)."""
+        return not self.busy & {"loading", "training", "prediction", WAITING_FOR_STROKE}
 
     def load(self, path):
         """Load a ``.keras`` model in a worker; it becomes the current model (or a notification says why not).
@@ -179,7 +184,10 @@ class Session:
         return create_worker_of(self.viewer() if self.viewer is not None else None, func, *args)
 
     def set_busy(self, name: str, busy: bool) -> None:
-        (self.busy.add if busy else self.busy.discard)(name)
+        """One job of ``name`` starts (``busy``) or ends; ``name`` stays in :attr:`busy` until the last one ends."""
+        count = max(self._running.get(name, 0) + (1 if busy else -1), 0)
+        self._running[name] = count
+        (self.busy.add if count else self.busy.discard)(name)
         self.busy_changed.emit()
 
     # ---- reviewed pixels ---------------------------------------------------------------------

@@ -23,7 +23,7 @@ from .layers import Image, Labels, LayerCombo
 from .outputs import name_with_suffix
 from .prepare import ZERO_BOX, TrainJob, prepare_retrain, prepare_train, remember_zero_convention
 from .plot import LossPlot
-from .progress import WORKER_FINISHED, InOrder, ProgressRow
+from .progress import WORKER_FINISHED, InOrder, ProgressRow, swap_buttons
 from .session import disconnect_when_destroyed, get_session, unwrap
 from .settings import TrainSettings
 from .workers import create_worker_of
@@ -113,7 +113,9 @@ class TrainingWidget(QWidget):
         self.load_button.clicked.connect(self._ask_load)
         self.session.model_changed.connect(self._on_model_changed)
         self.session.notice.connect(self._on_notice)
-        disconnect_when_destroyed(self, (self.session.model_changed, self._on_model_changed), (self.session.notice, self._on_notice))
+        self.session.busy_changed.connect(self._update_buttons)
+        disconnect_when_destroyed(self, (self.session.model_changed, self._on_model_changed), (self.session.notice, self._on_notice),
+                                  (self.session.busy_changed, self._update_buttons))
         self._run: Optional[_Run] = None
         self._in_order = InOrder()
         self._update_buttons()
@@ -306,11 +308,12 @@ class TrainingWidget(QWidget):
 
     def _update_buttons(self, *_) -> None:
         running = self._run is not None
+        started_by = self.retrain_button if self.retrain_button.hasFocus() else self.train_button
+        swap_buttons(started_by, self.stop_button, running)
         self.train_button.setEnabled(not running)
         self.retrain_button.setEnabled(not running and self.session.model is not None)
-        self.stop_button.setEnabled(running)
         self.save_button.setEnabled(self.session.model is not None)
-        self.load_button.setEnabled(not running)  # a loaded model would be replaced when the run ends
+        self.load_button.setEnabled(not running and self.session.can_load())  # a click would only be refused
 
     def _on_notice(self, text: str, notified: bool = False) -> None:
         """A session message (model saved, loaded...): in the status line, or, while a run reports there, a notification

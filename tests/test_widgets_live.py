@@ -1,0 +1,150 @@
+"""The docks used live: keys, layers and models that change while a prediction runs (session 51's GUI hunt)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from conftest import run_and_wait
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def gated(widgets, monkeypatch):
+    """Predictions of ``widgets.inference`` wait for ``gate.set()`` before they start: the test acts while one runs."""
+    import napari_unet._widgets.inference as inference_module
+
+    from _helpers import tiny_model
+
+    gate = threading.Event()
+    original = inference_module.predict_job
+
+    def waiting(*args, **kwargs):
+        gate.wait(60)
+        yield from original(*args, **kwargs)
+
+    monkeypatch.setattr(inference_module, "predict_job", waiting)
+    widgets.session.set_model(tiny_model(), "tiny A")
+    yield gate
+    gate.set()
+
+
+def test_space_twice_on_run_stops_the_run_instead_of_marking_a_slice_reviewed(widgets, qtbot, gated):
+    """Run was disabled before Stop was enabled: the focus went to Mark slice reviewed, and a second Space accepted the
+    old prediction's whole slice as annotations, which the running prediction then kept."""
+    from qtpy.QtCore import Qt
+
+    inference = widgets.inference
+    gated.set()
+    run_and_wait(qtbot, inference.run, lambda: inference._job is not None)  # a prediction layer to review
+    gated.clear()
+    window = widgets.viewer.window._qt_window  # keys go to the active window
+    window.show()
+    window.activateWindow()
+    qtbot.waitUntil(window.isActiveWindow, timeout=5000)
+    inference.run_button.setFocus()
+    qtbot.keyClick(inference.run_button, Qt.Key.Key_Space)
+    assert inference._job is not None and inference.stop_button.hasFocus()
+    qtbot.keyClick(inference.stop_button, Qt.Key.Key_Space)  # the second press stops the run
+    gated.set()
+    qtbot.waitUntil(lambda: inference._job is None, timeout=60_000)
+    assert widgets.session.reviewed(widgets.viewer.layers["EM prediction"]).sum() == 0
+    assert "no layer was changed" in inference.progress.status.text() and inference.run_button.hasFocus()
+
+
+def test_a_run_keeps_the_corrections_as_keep_was_when_it_started(widgets, qtbot, gated):
+    """Unticking "keep my corrections" during a run (meant for the next one) overwrote the painted corrections."""
+    viewer, inference = widgets.viewer, widgets.inference
+    gated.set()
+    run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
+    prediction = viewer.layers["EM prediction"]
+    prediction.brush_size = 1
+    with prediction.block_history():  # one stroke: a membrane (display 1) across slice 1
+        for x in range(prediction.data.shape[-1]):
+            prediction.paint((1, 15, x), 1, refresh=False)
+    painted = prediction.data[1, 15].copy()
+    assert (painted == 1).all() and widgets.session.reviewed(prediction)[1, 15].all()
+    gated.clear()
+    assert inference.keep.isChecked() and inference.run()
+    inference.keep.setChecked(False)  # for the next run
+    gated.set()
+    qtbot.waitUntil(lambda: inference._job is None, timeout=60_000)
+    np.testing.assert_array_equal(prediction.data[1, 15], painted)
+    assert widgets.session.reviewed(prediction)[1, 15].all()
+
+
+def test_a_prediction_of_replaced_image_data_is_not_written(widgets, qtbot, gated, notifications):
+    viewer, inference = widgets.viewer, widgets.inference
+    image = viewer.layers["EM"]
+    assert inference.run()
+    image.data = 255 - image.data  # a filter of another plugin: new pixels, the same shape
+    gated.set()
+    qtbot.waitUntil(lambda: inference._job is None, timeout=60_000)
+    assert "EM prediction" not in viewer.layers
+    assert any("the image's data was replaced while predicting" in message for _, message in notifications)
+
+
+def test_a_prediction_written_after_the_model_changed_names_the_model_that_made_it(widgets, qtbot, gated):
+    import dataclasses
+
+    from _helpers import tiny_model
+
+    inference = widgets.inference
+    assert inference.run()
+    widgets.session.set_model(dataclasses.replace(tiny_model()), "tiny B")  # a training that ended meanwhile
+    gated.set()
+    qtbot.waitUntil(lambda: inference._job is None, timeout=60_000)
+    assert "Predicted with the model current at Run (tiny A); Run again for the current one." in inference.progress.status.text()
+
+
+def test_load_buttons_are_off_while_a_load_would_be_refused_and_busy_counts_every_job(widgets, qtbot, gated):
+    training, inference, session = widgets.training, widgets.inference, widgets.session
+    assert inference.load_button.isEnabled() and training.load_button.isEnabled()
+    assert inference.run()
+    assert not inference.load_button.isEnabled() and not training.load_button.isEnabled()
+    session.set_busy("prediction", True)  # a second inference dock's run
+    gated.set()
+    qtbot.waitUntil(lambda: inference._job is None, timeout=60_000)
+    assert "prediction" in session.busy and not session.can_load(), "the other dock still predicts"
+    session.set_busy("prediction", False)
+    assert session.can_load() and inference.load_button.isEnabled() and training.load_button.isEnabled()
+
+
+def test_the_cells_layer_keeps_only_its_latest_run_undoable_unless_the_user_edited_it(widgets):
+    """Each run numbers the cells anew: every run's undo step kept 8 bytes a pixel of the stack (up to 100 steps)."""
+    from napari_unet._widgets.outputs import write_cells
+
+    viewer, session = widgets.viewer, widgets.session
+    image = viewer.layers["EM"]
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        write_cells(viewer, session, image, rng.integers(0, 50, image.data.shape).astype(np.int32), None)
+    cells = viewer.layers["EM cells"]
+    assert len(cells._undo_history) == 1  # the first write made the layer, three runs wrote into it: the latest stays
+    cells.paint((0, 5, 5), 7)  # the user's edit
+    write_cells(viewer, session, image, rng.integers(0, 50, image.data.shape).astype(np.int32), None)
+    assert len(cells._undo_history) == 3  # the run before, the user's edit, the new run
+    write_cells(viewer, session, image, rng.integers(0, 50, image.data.shape).astype(np.int32), None)
+    assert len(cells._undo_history) == 1
+
+
+def test_space_on_train_gives_the_focus_to_stop(widgets, qtbot):
+    """After Space on Retrain the focus went to Save model..., whose dialog a second Space opened during the run."""
+    from qtpy.QtCore import Qt
+
+    from conftest import tiny_settings
+
+    training = widgets.training
+    tiny_settings(training, epochs=1, steps=3)
+    window = widgets.viewer.window._qt_window
+    window.show()
+    window.activateWindow()
+    qtbot.waitUntil(window.isActiveWindow, timeout=5000)
+    training.train_button.setFocus()
+    qtbot.keyClick(training.train_button, Qt.Key.Key_Space)
+    assert training._run is not None and training.stop_button.hasFocus()
+    qtbot.waitUntil(lambda: training._run is None, timeout=120_000)
+    assert training.train_button.hasFocus()
