@@ -1073,7 +1073,7 @@ def test_predict_names_blank_slices(data, capsys):
     code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "m.keras", *TINY_TRAINING)
     assert code == 0, err
     code, _, err = run(capsys, "predict", data / "m.keras", data / "blank.tif", "-o", data / "p.tif")
-    assert code == 0 and "note: 1 predicted slice is blank (one value; slice 2)" in err, err
+    assert code == 0 and "note: 1 slice of the image is blank (one grey value: slice 2)" in err, err
 
 
 def test_a_trained_model_is_saved_elsewhere_when_any_write_fails_and_never_over_another(data, capsys, monkeypatch):
@@ -1145,3 +1145,16 @@ def test_train_names_the_pixel_size_it_records_and_pixel_size_gives_the_right_on
     code, _out, err = run(capsys, "predict", data / "m.keras", data / "inches.tif", "-o", data / "p.tif", "--pixel-size", "3.872", "14.239")
     assert code == 0 and "image's pixels" not in err, err
     assert np.allclose(read_layers(str(data / "p.tif"))[0][1]["scale"][-2:], [3.872, 14.239])  # the outputs lie at the size given
+
+
+def test_a_stack_of_narrow_slices_without_recorded_axes_gets_a_note(data, capsys):
+    """20 B-scans saved as (Y, X, N) = (496, 768, 20) were predicted as 496 slices of 768 x 20 pixels without a word."""
+    save_model(tiny_model(), data / "m.keras")
+    image = tifffile.imread(data / "image.tif")
+    image = np.concatenate([image, image[:1]])  # 5 slices of 64 x 64 (3 or 4 would be colour samples)
+    tifffile.imwrite(data / "yxn.tif", np.moveaxis(image, 0, -1).copy())  # (64, 64, 5), no axes recorded
+    code, _out, err = run(capsys, "predict", data / "m.keras", data / "yxn.tif", "-o", data / "p.tif")
+    assert code == 0 and ("note: image yxn.tif is read as 64 slices of 64 x 5 pixels; if it holds 5 images of 64 x 64 pixels "
+                          "(axes Y, X, N), save it again as (N, Y, X)") in err, err
+    code, _out, err = run(capsys, "predict", data / "m.keras", data / "image.tif", "-o", data / "p.tif")
+    assert code == 0 and "is read as" not in err, err

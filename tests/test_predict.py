@@ -667,7 +667,7 @@ def test_blank_slices_are_named():
     result = predict(tiny_model(), image, tta=False)
     assert result.blank_slices == (1,)
     assert predict(tiny_model(), image, slices=[0, 2], tta=False).blank_slices == ()
-    assert blank_slices_note(result.blank_slices) == "1 predicted slice is blank (one value; slice 1): its labels mean nothing"
+    assert blank_slices_note(result.blank_slices) == "1 slice of the image is blank (one grey value: slice 1): its predicted labels mean nothing"
     assert blank_slices_note(()) is None
 
 

@@ -706,3 +706,21 @@ def test_the_time_step_of_a_time_series_of_labels_without_a_unit_comes_back(tmp_
     layer = Labels(np.zeros((2, 3, 16, 16), np.uint8), scale=(5.0, 2.0, 1.0, 1.0))
     [path] = write_labels(str(tmp_path / "series.tif"), layer.data, layer.as_layer_data_tuple()[1])
     assert read_layers(path)[0][1]["scale"] == (5.0, 2.0, 1.0, 1.0)
+
+
+def test_a_stack_recorded_as_yxz_opens_with_its_slices_as_images(tmp_path, monkeypatch):
+    """B-scans saved side by side as (Y, X, N) with their axes recorded opened as N-pixel-wide images, which the
+    inference widget predicted (the command line refuses them); their labels too."""
+    warnings = []
+    monkeypatch.setattr(_reader, "_notify_warning", warnings.append)
+    rng = np.random.default_rng(0)
+    scans = rng.integers(0, 255, (5, 40, 60), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "scans.tif", np.moveaxis(scans, 0, -1).copy(), metadata={"axes": "YXZ"})
+    [(data, kwargs, kind)] = read_layers(str(tmp_path / "scans.tif"))
+    assert kind == "image" and kwargs["axis_labels"] == ("z", "y", "x")
+    np.testing.assert_array_equal(np.asarray(data), scans)
+    assert "records its axes as YXZ" in warnings[0] and "opened as ZYX" in warnings[0]
+    layers = (scans > 128).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "scans-labels.tif", np.moveaxis(layers, 0, -1).copy(), metadata={"axes": "YXZ"})
+    [(data, kwargs, kind)] = read_layers(str(tmp_path / "scans-labels.tif"))
+    assert kind == "labels" and np.asarray(data).shape == (5, 40, 60)

@@ -1572,5 +1572,5 @@ def test_the_inference_widget_names_blank_slices(widgets, qtbot, notifications):
     session.set_model(tiny_model(), "tiny")
     widgets.viewer.layers["EM"].data[1] = 100  # a blank frame
     run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
-    assert any("1 predicted slice is blank (one value; slice 1)" in message for _, message in notifications)
+    assert any("1 slice of the image is blank (one grey value: slice 1)" in message for _, message in notifications)
     assert "blank" in inference.progress.status.text()

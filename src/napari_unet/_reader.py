@@ -174,11 +174,35 @@ def read_layers(path) -> list[LayerDataTuple]:
 
 def layer_data_from_tiff(tiff: TiffData) -> list[LayerDataTuple]:
     """napari layer data tuples for a :class:`~napari_unet.tiff_io.TiffData`."""
+    tiff = _with_yx_last(tiff)
     if tiff.is_labels_hint:
         labels = _labels_layer(tiff)
         if labels is not None:
             return [labels]
     return _image_layers(tiff)
+
+
+def _with_yx_last(tiff: TiffData) -> TiffData:
+    """``tiff`` with Y and X as its last axes (before RGB samples) when its file records them before another: B-scans
+    stored side by side as YXZ opened as 496 images of 768 x N pixels, which the inference widget predicted (the
+    command line refuses such files, naming the fix)."""
+    import dataclasses
+
+    samples = len(tiff.axes) - len(tiff.axes.rstrip("S"))
+    core = tiff.axes[: len(tiff.axes) - samples]
+    if "Y" not in core or "X" not in core or core.endswith("YX"):
+        return tiff
+    order = [i for i, axis in enumerate(core) if axis not in "YX"] + [core.index("Y"), core.index("X")]
+    order += list(range(len(core), len(tiff.axes)))
+    metadata = dict(tiff.metadata)
+    translate = metadata.get("translate")
+    if isinstance(translate, (list, tuple)) and len(translate) == len(order):
+        metadata["translate"] = [translate[i] for i in order]
+    axes = "".join(tiff.axes[i] for i in order)
+    _notify_warning(f"napari-unet: {tiff.name} records its axes as {tiff.axes} (shape {tuple(tiff.data.shape)}); opened as "
+                    f"{axes}, with Y and X last, so that its slices are images")
+    return dataclasses.replace(tiff, data=np.transpose(tiff.data, order), axes=axes, metadata=metadata,
+                               scale=tuple(tiff.scale[i] for i in order), units=tuple(tiff.units[i] for i in order))
 
 
 def _spatial_kwargs(axes: str, scale, units, drop: str, translate=None) -> dict[str, Any]:

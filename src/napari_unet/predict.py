@@ -51,7 +51,8 @@ class Prediction:
 
     ``labels``: shape S, class values of the training labels (e.g. 0/255), smallest fitting dtype.
     ``probabilities``: S + (n_classes,) float32, or None when not requested.
-    ``blank_slices``: the predicted slices (stack indices) of one value only (a blank frame): their labels mean nothing.
+    ``blank_slices``: the predicted slices (stack indices) whose image holds one value only (a blank frame): their
+    labels mean nothing.
     """
 
     labels: np.ndarray
@@ -65,8 +66,9 @@ def blank_slices_note(blank_slices) -> Optional[str]:
     if not blank_slices:
         return None
     shown = ", ".join(str(z) for z in blank_slices[:10]) + (" ..." if len(blank_slices) > 10 else "")
-    return (f"{len(blank_slices)} predicted slice{'s are' if len(blank_slices) > 1 else ' is'} blank (one value; slice "
-            f"{shown}): {'their' if len(blank_slices) > 1 else 'its'} labels mean nothing")
+    many = len(blank_slices) > 1
+    return (f"{len(blank_slices)} slice{'s' if many else ''} of the image {'are' if many else 'is'} blank (one grey value: "
+            f"slice{'s' if many else ''} {shown}): {'their' if many else 'its'} predicted labels mean nothing")
 
 
 class PredictionError(ValueError):
