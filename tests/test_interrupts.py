@@ -75,3 +75,22 @@ def test_deferred_interrupts_keep_ignored_signals_ignored_and_deliver_sigterm_fi
     finally:
         signal.signal(signal.SIGTERM, previous)
         signal.signal(signal.SIGINT, ignored)
+
+
+def test_a_second_signal_inside_a_nested_block_is_delivered_at_once_through_both():
+    """A training step's block inside the command line's event block: the second Ctrl-C of a long first step (XLA
+    compiling) waited for the step's end."""
+    reached = []
+
+    def events():
+        with interrupts_deferred(second_at_once=True):  # the step
+            signal.raise_signal(signal.SIGINT)
+            reached.append("held")
+            signal.raise_signal(signal.SIGINT)
+            reached.append("not reached")
+        yield 1
+
+    with pytest.raises(KeyboardInterrupt):
+        list(events_held(events()))
+    assert reached == ["held"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

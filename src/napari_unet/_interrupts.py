@@ -15,7 +15,8 @@ def interrupts_deferred(second_at_once: bool = False):
     (a graph being traced) or inside ``threading`` (a thread starting) left them broken: a SystemError or "release
     unlocked lock" instead of the interrupt, or a segmentation fault at exit. Blocks nest.
 
-    ``second_at_once``: a second signal is delivered at once (a user who presses Ctrl-C again does not wait).
+    ``second_at_once``: a second signal is delivered at once (a user who presses Ctrl-C again does not wait), also
+    through the blocks this one is nested in.
     Yields the list of the signals received so far. Ignored signals stay ignored. Only on the main thread, where
     Python runs signal handlers; elsewhere a no-op.
     """
@@ -37,7 +38,8 @@ def interrupts_deferred(second_at_once: bool = False):
         received.append(signum)
         if second_at_once and len(received) > 1:
             put_back()
-            signal.raise_signal(signum)  # its own handler, as soon as this one returns
+            for number in sorted(received, key=lambda n: n != signal.SIGTERM):  # each to the handler put back: an
+                signal.raise_signal(number)  # outer block counts them too, so its second comes at once as well
 
     for number in (signal.SIGINT, signal.SIGTERM):
         handler = signal.getsignal(number)

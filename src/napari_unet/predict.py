@@ -190,7 +190,7 @@ def _forward_pass(
         cached = _FORWARD_CACHE.get(model.keras_model)
     if cached is not None and cached[:2] == (key, checksum):
         return cached[2]
-    with interrupts_deferred():  # Ctrl-C or SIGTERM comes after the copy is built
+    with interrupts_deferred(second_at_once=True):  # Ctrl-C or SIGTERM comes after the copy is built
         forward = _compiled_forward(fold_batch_norm(model.keras_model, model.config, mixed_precision), jit_compile, batch_size)
     with _FORWARD_CACHE_LOCK:
         _FORWARD_CACHE[model.keras_model] = (key, checksum, forward)
@@ -243,7 +243,7 @@ def _run_model(
     batch = np.concatenate([_dihedral(tiles, k, flip) for k, flip in transforms])
     outputs = []
     for i in range(0, len(batch), batch_size):
-        with interrupts_deferred():  # Ctrl-C or SIGTERM comes after the network call (the first one traces it)
+        with interrupts_deferred(second_at_once=True):  # Ctrl-C or SIGTERM comes after the network call (the first traces it)
             outputs.append(forward(np.ascontiguousarray(batch[i : i + batch_size])))
     out = np.concatenate(outputs).astype(np.float32, copy=False)
     n = len(tiles)

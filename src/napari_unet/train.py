@@ -786,7 +786,7 @@ def train_events(
                 progress = _run_progress(step, total_steps, elapsed, budget)
                 lr = _learning_rate(train_config.learning_rate, train_config.lr_schedule, progress)
                 optimizer.learning_rate.assign(lr)
-                with interrupts_deferred():  # Ctrl-C or SIGTERM comes after the step (see interrupts_deferred)
+                with interrupts_deferred(second_at_once=True):  # Ctrl-C or SIGTERM comes after the step
                     x, y = next(batches)
                     loss = float(keras_model.train_on_batch(x, y))
                 if not math.isfinite(loss):
