@@ -835,7 +835,8 @@ def _predict_chunked(args, image, output: Path, probabilities_file: Path | None,
                 partials.append(create_zarr(path, shape, dtype, chunks, metadata))
             progress = ProgressLine()
             try:
-                for event in events_held(store_events(prediction, partials[0], partials[1] if len(partials) > 1 else None, client=client)):
+                # not events_held: TensorFlow runs in the tasks' threads, and a task may run minutes without an event
+                for event in store_events(prediction, partials[0], partials[1] if len(partials) > 1 else None, client=client):
                     progress.show(event.done / event.total, f"slice {event.done}/{event.total} ETA {format_seconds(event.eta)}",
                                   force=event.done == event.total)
             except Exception as err:
