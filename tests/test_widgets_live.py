@@ -148,3 +148,30 @@ def test_space_on_train_gives_the_focus_to_stop(widgets, qtbot):
     assert training._run is not None and training.stop_button.hasFocus()
     qtbot.waitUntil(lambda: training._run is None, timeout=120_000)
     assert training.train_button.hasFocus()
+
+
+def test_previous_model_brings_back_the_model_a_retrain_replaced_and_swaps_back(widgets, qtbot):
+    """A Retrain that made the model worse could not be undone without a saved file."""
+    import dataclasses
+
+    from _helpers import tiny_model
+
+    training, inference, session = widgets.training, widgets.inference, widgets.session
+    assert not training.previous_button.isEnabled()
+    first, second = tiny_model(), dataclasses.replace(tiny_model())
+    session.set_model(first, "model A")
+    session.set_model(second, "model B (retrained)")
+    assert training.previous_button.isEnabled()
+    qtbot.mouseClick(training.previous_button, _left())
+    assert session.model is first and "model A" in inference.model_label.text()
+    qtbot.mouseClick(training.previous_button, _left())
+    assert session.model is second and session.previous[0] is first
+    session.set_busy("training", True)  # a run would replace the model when it ends
+    assert not training.previous_button.isEnabled() and not session.use_previous()
+    session.set_busy("training", False)
+
+
+def _left():
+    from qtpy.QtCore import Qt
+
+    return Qt.MouseButton.LeftButton

@@ -95,6 +95,7 @@ class Session:
         self.viewer: Optional[weakref.ref] = None  # set by get_session
         self.model: Optional[UNetModel] = None
         self.info = ModelInfo()
+        self.previous: Optional[tuple] = None  # (model, info) that the current model replaced: use_previous
         self._tracked: dict[int, Tracked] = {}
         self.busy: set = set()  # names of running jobs ("training", "prediction", "loading", "saving", WAITING_FOR_STROKE)
         self._running: dict = {}  # how many jobs of each name run (two inference docks predict at once)
@@ -110,9 +111,23 @@ class Session:
         model = replace(model, **changes) if changes else model
         if colormap is None and model.class_colors:
             colormap = colormap_of(model.class_colors)
+        if self.model is not None and self.model is not model:
+            self.previous = (self.model, self.info)
         self.model = model
         self.info = ModelInfo(description, list(model.class_names) if model.class_names else None, colormap)
         self.model_changed.emit(model)
+
+    def use_previous(self) -> bool:
+        """Make the model that the current one replaced (the one before the last Train, Retrain or Load) current again;
+        the current one becomes the previous (a second call swaps back). False when there is none, or while a job
+        would use or replace the model."""
+        if self.previous is None or not self.can_load():
+            return False
+        (model, info), self.previous = self.previous, (self.model, self.info)
+        self.model, self.info = model, info
+        self.model_changed.emit(model)
+        self.notice.emit(f"Current model: {info.description or 'the previous model'} (the previous one; Previous model swaps back).")
+        return True
 
     def can_load(self) -> bool:
         """Whether :meth:`load` would start now: no load, training or prediction runs (the Load buttons follow it)."""

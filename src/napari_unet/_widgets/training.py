@@ -79,10 +79,13 @@ class TrainingWidget(QWidget):
             "by the pixels you painted on the image's prediction layer; unpainted predictions are not used"
         )
         self.save_button, self.load_button = QPushButton("Save model..."), QPushButton("Load model...")
+        self.previous_button = QPushButton("Previous model")
         for button, tip in ((self.train_button, "train a new model on the image and labels above, in the background"),
                             (self.stop_button, "stop the run; the model keeps its best weights so far"),
                             (self.save_button, "write the current model to a .keras file (weights, classes, settings)"),
-                            (self.load_button, "make a .keras model file the current model (to predict or retrain)")):
+                            (self.load_button, "make a .keras model file the current model (to predict or retrain)"),
+                            (self.previous_button, "make the model before the last Train, Retrain or Load current again "
+                                                   "(press again to swap back)")):
             button.setToolTip(tip)
         self.progress = ProgressRow()
         self.plot = LossPlot(self.viewer)
@@ -103,7 +106,7 @@ class TrainingWidget(QWidget):
         layout.addWidget(self.progress)
         layout.addWidget(self.plot)
         layout.addWidget(retrain)
-        layout.addLayout(_hbox(self.save_button, self.load_button))
+        layout.addLayout(_hbox(self.save_button, self.load_button, self.previous_button))
         layout.addStretch(1)
 
         self.train_button.clicked.connect(lambda: self.start(retrain=False))
@@ -111,6 +114,7 @@ class TrainingWidget(QWidget):
         self.stop_button.clicked.connect(self.stop)
         self.save_button.clicked.connect(self._ask_save)
         self.load_button.clicked.connect(self._ask_load)
+        self.previous_button.clicked.connect(self.session.use_previous)
         self.session.model_changed.connect(self._on_model_changed)
         self.session.notice.connect(self._on_notice)
         self.session.busy_changed.connect(self._update_buttons)
@@ -314,6 +318,7 @@ class TrainingWidget(QWidget):
         self.retrain_button.setEnabled(not running and self.session.model is not None)
         self.save_button.setEnabled(self.session.model is not None)
         self.load_button.setEnabled(not running and self.session.can_load())  # a click would only be refused
+        self.previous_button.setEnabled(not running and self.session.can_load() and self.session.previous is not None)
 
     def _on_notice(self, text: str, notified: bool = False) -> None:
         """A session message (model saved, loaded...): in the status line, or, while a run reports there, a notification
