@@ -41,12 +41,7 @@ def test_space_twice_on_run_stops_the_run_instead_of_marking_a_slice_reviewed(wi
     gated.set()
     run_and_wait(qtbot, inference.run, lambda: inference._job is not None)  # a prediction layer to review
     gated.clear()
-    window = widgets.viewer.window._qt_window  # keys go to the active window
-    window.show()
-    window.activateWindow()
-    qtbot.waitUntil(window.isActiveWindow, timeout=5000)
-    inference.run_button.setFocus()
-    qtbot.keyClick(inference.run_button, Qt.Key.Key_Space)
+    _press_space(widgets, qtbot, inference.run_button)
     assert inference._job is not None and inference.stop_button.hasFocus()
     qtbot.keyClick(inference.stop_button, Qt.Key.Key_Space)  # the second press stops the run
     gated.set()
@@ -133,18 +128,11 @@ def test_the_cells_layer_keeps_only_its_latest_run_undoable_unless_the_user_edit
 
 def test_space_on_train_gives_the_focus_to_stop(widgets, qtbot):
     """After Space on Retrain the focus went to Save model..., whose dialog a second Space opened during the run."""
-    from qtpy.QtCore import Qt
-
     from conftest import tiny_settings
 
     training = widgets.training
     tiny_settings(training, epochs=1, steps=3)
-    window = widgets.viewer.window._qt_window
-    window.show()
-    window.activateWindow()
-    qtbot.waitUntil(window.isActiveWindow, timeout=5000)
-    training.train_button.setFocus()
-    qtbot.keyClick(training.train_button, Qt.Key.Key_Space)
+    _press_space(widgets, qtbot, training.train_button)
     assert training._run is not None and training.stop_button.hasFocus()
     qtbot.waitUntil(lambda: training._run is None, timeout=120_000)
     assert training.train_button.hasFocus()
@@ -175,3 +163,15 @@ def _left():
     from qtpy.QtCore import Qt
 
     return Qt.MouseButton.LeftButton
+
+
+def _press_space(widgets, qtbot, button) -> None:
+    """Space on ``button``, focused in the viewer's window made active (keys go to the active window)."""
+    from qtpy.QtCore import Qt
+
+    window = widgets.viewer.window._qt_window
+    window.show()
+    window.activateWindow()
+    qtbot.waitUntil(window.isActiveWindow, timeout=5000)
+    button.setFocus()
+    qtbot.keyClick(button, Qt.Key.Key_Space)
