@@ -62,6 +62,9 @@ def cases():
         ("Duke B-scans 0-59", duke[:60], [
             ("same", "Duke B-scans 60-109", duke[60:]),
             ("changed", "Duke 60-109 in dB", decibel(duke[60:])),
+            ("changed", "Duke 60-109 square root", np.sqrt(duke[60:].astype(np.float32))),
+            ("changed", "Duke 60-109 gamma 0.7", (duke[60:] / 255) ** 0.7),
+            ("changed", "Duke 60-109 linear (x^4)", (duke[60:] / 255) ** 4),
         ]),
     ]
 

@@ -297,34 +297,34 @@ def test_the_training_images_intensity_profile_is_stored_and_checked(tmp_path):
     from napari_unet.train import train
 
     model = tiny_model()
-    assert model.intensity_profile == intensity_profile(stripes()[0])  # the training images of tiny_model
-    assert 0 < model.intensity_spread < 0.05  # how far its own slices lie from that profile
+    # the training images of tiny_model: of all pixels (as earlier versions read it) and above each slice's floor
+    assert model.intensity_profile == intensity_profile(stripes()[0], above_floor=False)
+    assert model.profile_above_floor == intensity_profile(stripes()[0])
+    assert 0 < model.intensity_spread < 0.05 and 0 < model.spread_above_floor < 0.05  # its own slices from the profile
     path = save_model(model, tmp_path / "m.keras")
     loaded = load_model(path)
-    assert loaded.intensity_profile == model.intensity_profile and loaded.intensity_spread == model.intensity_spread
-    assert model.profile_above_floor and loaded.profile_above_floor
-    # fine-tuning (Retrain: copies of one slice) keeps the profile of the images the network was first trained on
+    for name in ("intensity_profile", "intensity_spread", "profile_above_floor", "spread_above_floor"):
+        assert getattr(loaded, name) == getattr(model, name), name
+    # fine-tuning (Retrain: copies of one slice) keeps the profiles of the images the network was first trained on
     image, labels = stripes()
     copies = np.concatenate([image, np.repeat(255 - image[:1], 8, axis=0)])
     tuned = train(copies, np.concatenate([labels, np.repeat(labels[:1], 8, axis=0)]), None,
                   model.train_config.replace(epochs=1, steps_per_epoch=1, val_fraction=0.0), init=model).model
-    assert tuned.intensity_profile == model.intensity_profile
-    old_kind = read_metadata(path)
-    del old_kind["intensity_profile_above_floor"]  # a file written before session 51: its profile is of all pixels
-    assert load_model(_with_metadata(tmp_path, "all-pixels.keras", json.dumps(old_kind))).profile_above_floor is False
-    model.profile_above_floor = False
-    assert train(copies, np.concatenate([labels, np.repeat(labels[:1], 8, axis=0)]), None,
-                 model.train_config.replace(epochs=1, steps_per_epoch=1, val_fraction=0.0), init=model).model.profile_above_floor is False
+    assert tuned.intensity_profile == model.intensity_profile and tuned.profile_above_floor == model.profile_above_floor
     meta = read_metadata(path)
+    del meta["intensity_profile_above_floor"], meta["intensity_spread_above_floor"]  # a file before session 51
+    before_51 = load_model(_with_metadata(tmp_path, "all-pixels.keras", json.dumps(meta)))
+    assert before_51.profile_above_floor is None and before_51.intensity_profile == model.intensity_profile
     del meta["intensity_profile"]  # a file written before profiles were recorded
     assert load_model(_with_metadata(tmp_path, "old.keras", json.dumps(meta))).intensity_profile is None
     good = read_metadata(path)["intensity_profile"]
-    for damaged, spread in (("x", 0.0), ([0.5] * (len(PROFILE_LEVELS) - 1), 0.0), ([float("nan")] * len(PROFILE_LEVELS), 0.0),
-                            ([True] * len(PROFILE_LEVELS), 0.0), (good, -1.0), (good, "0.1"), (good, "yes")):
-        meta["intensity_profile"], meta["intensity_spread"] = damaged, 0.0 if spread == "yes" else spread
-        meta["intensity_profile_above_floor"] = "yes" if spread == "yes" else True
-        with pytest.raises(ModelFileError, match="invalid intensity profile"):
-            load_model(_with_metadata(tmp_path, "edited.keras", json.dumps(meta)))
+    for suffix in ("", "_above_floor"):
+        for damaged, spread in (("x", 0.0), ([0.5] * (len(PROFILE_LEVELS) - 1), 0.0), ([float("nan")] * len(PROFILE_LEVELS), 0.0),
+                                ([True] * len(PROFILE_LEVELS), 0.0), (good, -1.0), (good, "0.1")):
+            meta = read_metadata(path)
+            meta["intensity_profile" + suffix], meta["intensity_spread" + suffix] = damaged, spread
+            with pytest.raises(ModelFileError, match="invalid intensity profile"):
+                load_model(_with_metadata(tmp_path, "edited.keras", json.dumps(meta)))
 
 
 def test_a_file_with_settings_this_version_does_not_know_asks_for_an_upgrade(tmp_path):

@@ -476,7 +476,10 @@ def test_intensity_note_names_images_unlike_the_training_images():
     assert all(intensity_note(plane, model) is None for plane in image), "single slices of the same kind are not unlike"
     note = intensity_note(255 - image, model)
     assert "unlike the training images" in note and "inverted" in note
-    assert intensity_note(255 - image, dataclasses.replace(model, intensity_profile=None)) is None, "older model files: nothing to say"
+    before_51 = dataclasses.replace(model, profile_above_floor=None)  # files before session 51: the profile of all pixels
+    assert "unlike the training images" in intensity_note(255 - image, before_51) and intensity_note(image, before_51) is None
+    older = dataclasses.replace(before_51, intensity_profile=None)
+    assert intensity_note(255 - image, older) is None, "older model files: nothing to say"
     # the note never fails a prediction: images predict refuses get predict's own message, not the profile's
     for refused in (image.astype(np.float32), image.astype(np.float64), np.zeros((0, 96, 96))):
         if refused.size:

@@ -61,7 +61,7 @@ class ModelSource:
             self.config, self.class_values = model.config, list(model.class_values)
             self.train_config, self.boundary_value = model.train_config, model.boundary_value
             self.percentiles, self.intensity_profile, self.intensity_spread = tuple(model.percentiles), model.intensity_profile, model.intensity_spread
-            self.profile_above_floor = model.profile_above_floor
+            self.profile_above_floor, self.spread_above_floor = model.profile_above_floor, model.spread_above_floor
             self.pixel_size = model.pixel_size
             self.key = f"memory-{os.getpid()}-{next(_COUNTER)}-{time.time_ns()}"
         else:
@@ -71,8 +71,8 @@ class ModelSource:
             self.config, self.train_config, class_values = checked_settings(meta, path.name)
             self.class_values = [int(v) for v in class_values]
             self.boundary_value = checked_rule(meta, self.class_values, path.name)[0]
-            self.percentiles, self.intensity_profile, self.intensity_spread, self.profile_above_floor = checked_intensity_reference(
-                meta, path.name)
+            (self.percentiles, self.intensity_profile, self.intensity_spread, self.profile_above_floor,
+             self.spread_above_floor) = checked_intensity_reference(meta, path.name)
             self.pixel_size = checked_pixel_size(meta, path.name)
             stat = path.stat()
             self.key = f"{path}-{stat.st_mtime_ns}-{stat.st_size}"

@@ -59,7 +59,10 @@ class UNetModel:
     class_colors: Optional[list] = None  # one [r, g, b, a] per class value, when the labels had custom colours
     intensity_profile: Optional[tuple] = None  # of the training images (data.intensity_reference); None in older files
     intensity_spread: float = 0.0  # the largest profile distance of one training slice from intensity_profile
-    profile_above_floor: bool = False  # intensity_profile of the pixels above the floor (data.intensity_profile); older files: all
+    # of the pixels above each slice's floor (data.intensity_profile), which predict compares; None in files before
+    # session 51. intensity_profile (of all pixels) stays beside it for earlier versions reading the file.
+    profile_above_floor: Optional[tuple] = None
+    spread_above_floor: float = 0.0
     layer_order: Optional[list] = None  # class values top to bottom, for labels layered down every column (OCT); pockets left out
     pixel_size: Optional[list] = None  # [Y, X] µm of the training image's pixels, when known; None in older files
 
@@ -82,7 +85,8 @@ class UNetModel:
             "class_colors": [[float(c) for c in rgba] for rgba in self.class_colors] if self.class_colors else None,
             "intensity_profile": [float(q) for q in self.intensity_profile] if self.intensity_profile else None,
             "intensity_spread": float(self.intensity_spread),
-            "intensity_profile_above_floor": bool(self.profile_above_floor),
+            "intensity_profile_above_floor": [float(q) for q in self.profile_above_floor] if self.profile_above_floor else None,
+            "intensity_spread_above_floor": float(self.spread_above_floor),
             "layer_order": [int(v) for v in [*self.layer_order, *self.layer_pockets()]] if self.layer_order else None,
             "layer_pockets": [int(v) for v in self.layer_pockets()] or None,
             "pixel_size": [float(s) for s in self.pixel_size] if self.pixel_size else None,
@@ -231,7 +235,8 @@ def load_model(path) -> UNetModel:
         try:
             meta = read_metadata(path)
             config, train_config, class_values = checked_settings(meta, path.name)
-            percentiles, intensity_profile, intensity_spread, profile_above_floor = checked_intensity_reference(meta, path.name)
+            percentiles, intensity_profile, intensity_spread, profile_above_floor, spread_above_floor = checked_intensity_reference(
+                meta, path.name)
             boundary_value, boundary_rule = checked_rule(meta, class_values, path.name)
             pixel_size = checked_pixel_size(meta, path.name)
             keras_model = _load_network(path)
@@ -262,6 +267,7 @@ def load_model(path) -> UNetModel:
         intensity_profile=intensity_profile,
         intensity_spread=intensity_spread,
         profile_above_floor=profile_above_floor,
+        spread_above_floor=spread_above_floor,
         layer_order=_layer_order(meta.get("layer_order"), meta.get("layer_pockets"), class_values, path.name),
         pixel_size=pixel_size,
     )
@@ -407,9 +413,9 @@ def _check_network(keras_model, config: ModelConfig, name: str) -> None:
 
 
 def checked_intensity_reference(meta: dict, name: str) -> tuple:
-    """(percentiles, intensity profile or None, intensity spread, whether the profile is of the pixels above the floor)
-    of a model file's metadata (:func:`read_metadata`), or :class:`ModelFileError` if they are malformed. No TensorFlow
-    needed."""
+    """(percentiles, intensity profile or None, its spread, the profile of the pixels above the floor or None, its
+    spread) of a model file's metadata (:func:`read_metadata`), or :class:`ModelFileError` if they are malformed. No
+    TensorFlow needed."""
     from .data import PROFILE_LEVELS
 
     percentiles = meta.get("percentiles", (1.0, 99.8))
@@ -421,14 +427,17 @@ def checked_intensity_reference(meta: dict, name: str) -> tuple:
             raise ValueError
     except (TypeError, ValueError):
         raise ModelFileError(f"{name} has invalid normalisation percentiles {percentiles!r} (two numbers 0 <= low < high <= 100)") from None
-    profile, spread = meta.get("intensity_profile"), meta.get("intensity_spread", 0.0)
-    above_floor = meta.get("intensity_profile_above_floor", False)  # files before session 51: of all pixels
-    if profile is None:  # older files
-        return (low, high), None, 0.0, False
-    if not (isinstance(profile, list) and len(profile) == len(PROFILE_LEVELS) and all(map(_finite_number, profile))
-            and _finite_number(spread) and spread >= 0 and isinstance(above_floor, bool)):
-        raise ModelFileError(f"{name} has an invalid intensity profile; the file was modified or damaged")
-    return (low, high), tuple(float(q) for q in profile), float(spread), above_floor
+    profiles = []
+    for suffix in ("", "_above_floor"):  # files before session 51 record only the first; older ones neither
+        profile, spread = meta.get("intensity_profile" + suffix), meta.get("intensity_spread" + suffix, 0.0)
+        if profile is None:
+            profiles += [None, 0.0]
+            continue
+        if not (isinstance(profile, list) and len(profile) == len(PROFILE_LEVELS) and all(map(_finite_number, profile))
+                and _finite_number(spread) and spread >= 0):
+            raise ModelFileError(f"{name} has an invalid intensity profile; the file was modified or damaged")
+        profiles += [tuple(float(q) for q in profile), float(spread)]
+    return ((low, high), *profiles)
 
 
 def checked_pixel_size(meta: dict, name: str) -> Optional[list]:

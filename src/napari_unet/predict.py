@@ -567,20 +567,24 @@ def intensity_note(image, model) -> Optional[str]:
     """
     shape = tuple(np.shape(image))
     too_small = len(shape) < 2 or min(shape[-2:]) < MIN_IMAGE_SIZE
-    if model.intensity_profile is None or np.dtype(image.dtype).kind not in "biuf" or too_small:  # refused later
+    reference, spread = getattr(model, "profile_above_floor", None), getattr(model, "spread_above_floor", 0.0)
+    above_floor = reference is not None  # files before session 51: the profile of all pixels
+    if not above_floor:
+        reference, spread = model.intensity_profile, model.intensity_spread
+    if reference is None or np.dtype(image.dtype).kind not in "biuf" or too_small:  # refused later
         return None
     try:
-        profile = intensity_profile(image, model.percentiles, above_floor=getattr(model, "profile_above_floor", False))
+        profile = intensity_profile(image, model.percentiles, above_floor=above_floor)
     except InputError:
         return None
-    distance, allowed = profile_distance(profile, model.intensity_profile), PROFILE_SHIFT + model.intensity_spread
+    distance, allowed = profile_distance(profile, reference), PROFILE_SHIFT + spread
     if not distance > allowed:  # also NaN
         return None
     median = PROFILE_LEVELS.index(50)
     return (
         f"the image's intensities are unlike the training images' (its median grey lies at {profile[median]:.2f} of its "
-        f"range, the training images' at {model.intensity_profile[median]:.2f}; profile distance {distance:.2f}, the "
-        f"training slices within {model.intensity_spread:.2f}): if it is inverted or on another brightness scale (log, dB, "
+        f"range, the training images' at {reference[median]:.2f}; profile distance {distance:.2f}, the "
+        f"training slices within {spread:.2f}): if it is inverted or on another brightness scale (log, dB, "
         "gamma), convert it to look like the training images; else check the predicted labels carefully"
     )
 

@@ -360,16 +360,16 @@ def _resolve_model_config(
     return config
 
 
-def _intensity_reference(image, read, percentiles) -> tuple:
+def _intensity_reference(image, read, percentiles, above_floor: bool) -> tuple:
     """:func:`intensity_reference` of the whole (Z, Y, X) ``image`` (up to 8 evenly spaced slices are read), as for a
     stack training read whole, so that reading only its annotated slices (``read``, checked) leaves the model file as
     it was; of ``read`` when those slices give no finite profile (NaN in a slice training never read)."""
     if len(read) != (np.shape(image)[0] if np.ndim(image) == 3 else 1):
         with np.errstate(invalid="ignore"):
-            profile, spread = intensity_reference(image, percentiles)
+            profile, spread = intensity_reference(image, percentiles, above_floor=above_floor)
         if np.all(np.isfinite(profile)) and np.isfinite(spread):
             return profile, spread
-    return intensity_reference(read, percentiles)
+    return intensity_reference(read, percentiles, above_floor=above_floor)
 
 
 def _validation_scores(model: UNetModel, images, slices, indices, loss_weights) -> tuple[float, dict]:
@@ -747,10 +747,10 @@ def train_events(
         # fine-tuning keeps the images the network was first trained on: a Retrain's focus copies of one slice
         # would otherwise be most of the slices sampled (the profile of a Duke stack moved by 0.07)
         result.intensity_profile, result.intensity_spread = init.intensity_profile, init.intensity_spread
-        result.profile_above_floor = init.profile_above_floor
+        result.profile_above_floor, result.spread_above_floor = init.profile_above_floor, init.spread_above_floor
     else:
-        result.intensity_profile, result.intensity_spread = _intensity_reference(image, image_stack, percentiles)
-        result.profile_above_floor = True
+        result.intensity_profile, result.intensity_spread = _intensity_reference(image, image_stack, percentiles, False)
+        result.profile_above_floor, result.spread_above_floor = _intensity_reference(image, image_stack, percentiles, True)
     if init is not None:  # kept unless validation tunes it again below (Retrain has no validation)
         result.boundary_rule = init.boundary_rule
         result.layer_order = init.layer_order
