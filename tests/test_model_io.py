@@ -445,9 +445,9 @@ def test_a_model_file_replaced_while_it_loads_gives_one_files_settings_and_netwo
     save in between gave the old file's class values and membrane rule with the new file's weights."""
     import napari_unet.model_io as model_io
 
-    model = tiny_model()
     shared, newer = tmp_path / "shared.keras", tmp_path / "newer.keras"
-    save_model(model, shared)
+    save_model(tiny_model(), shared)
+    model = load_model(shared)  # a copy of its own: tiny_model() is shared by the tests
     model.class_values, model.boundary_value = [1, 2], 1
     model.keras_model.set_weights([w * 0.5 for w in model.keras_model.get_weights()])
     save_model(model, newer)
