@@ -94,3 +94,21 @@ def test_a_second_signal_inside_a_nested_block_is_delivered_at_once_through_both
         list(events_held(events()))
     assert reached == ["held"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_the_first_held_signal_is_announced_once_also_from_a_nested_block():
+    """Preparing a large stack runs minutes without an event: a held Ctrl-C said nothing meanwhile."""
+    said, order = [], []
+
+    def events():
+        with interrupts_deferred(second_at_once=True):  # a training step
+            signal.raise_signal(signal.SIGINT)
+            order.append("step goes on")
+        yield 1
+
+    with pytest.raises(KeyboardInterrupt):
+        for _ in events_held(events(), lambda signum: said.append(signum) or order.append("said")):
+            pass
+    assert said == [signal.SIGINT] and order == ["said", "step goes on"]
+    assert list(events_held((x for x in [1, 2]), said.append)) == [1, 2]  # no signal: nothing said
+    assert said == [signal.SIGINT]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, TypeVar
+from typing import Callable, Generator, Iterator, Optional, TypeVar
 
 Event = TypeVar("Event")
 
@@ -36,6 +36,8 @@ def interrupts_deferred(second_at_once: bool = False):
 
     def hold(signum, frame):
         received.append(signum)
+        if _NOTICES:
+            _NOTICES[-1](signum)
         if second_at_once and len(received) > 1:
             put_back()
             for number in sorted(received, key=lambda n: n != signal.SIGTERM):  # each to the handler put back: an
@@ -54,15 +56,31 @@ def interrupts_deferred(second_at_once: bool = False):
                 signal.raise_signal(signal.SIGTERM if signal.SIGTERM in received else received[0])
 
 
-def events_held(events: Iterator[Event]) -> Iterator[Event]:
+def events_held(events: Generator[Event, None, None], notice: Optional[Callable[[int], None]] = None) -> Iterator[Event]:
     """The events of ``events`` (a generator of :mod:`train` or :mod:`predict`), with Ctrl-C and SIGTERM held back
     while each one is computed and delivered when it comes (see :func:`interrupts_deferred`); a second signal is
-    delivered at once. Leaving the loop closes ``events``."""
+    delivered at once. ``notice(signal number)`` is called once, at the first signal held (say that the run stops at
+    the next event: preparing a large stack takes minutes without one). Leaving the loop closes ``events``."""
+    said = []
+
+    def once(signum: int) -> None:
+        if not said and notice is not None:
+            said.append(signum)
+            notice(signum)
+
     with contextlib.closing(events):
-        while True:
-            with interrupts_deferred(second_at_once=True):
-                try:
-                    event = next(events)
-                except StopIteration:
-                    return
-            yield event
+        _NOTICES.append(once)
+        try:
+            while True:
+                with interrupts_deferred(second_at_once=True):
+                    try:
+                        event = next(events)
+                    except StopIteration:
+                        return
+                yield event
+        finally:
+            _NOTICES.remove(once)
+
+
+#: The notices of the :func:`events_held` loops running (the innermost last): a signal held by any block says so.
+_NOTICES: list = []

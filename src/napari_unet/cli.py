@@ -512,7 +512,8 @@ def run_training(image, labels, model_config, train_config, init=None, quiet=Fal
     if not quiet and math.prod(shape) >= PREPARING_NOTE_PIXELS:  # minutes before the first event: say what happens
         slices = f"the annotated slices of {shape[0]} slices" if len(shape) == 3 else "1 image"
         print(f"preparing {slices} of {shape[-2]} x {shape[-1]} pixels (normalising, border weights)...", file=sys.stderr)
-    for event in events_held(train_events(image, labels, model_config, train_config, init=init, pixel_size=pixel_size)):
+    for event in events_held(train_events(image, labels, model_config, train_config, init=init, pixel_size=pixel_size),
+                             _say_stopping):
         if isinstance(event, TrainingStarted):
             started = event
             if quiet:
@@ -735,7 +736,7 @@ def cmd_predict(args) -> int:
             close_boundaries=False if args.argmax else (True if args.close_boundaries else None),
             mixed_precision=False if args.float32 else None, labels_out=labels_out, probabilities_out=probabilities_out,
             return_probabilities=False,
-        )):
+        ), _say_stopping):
             if hasattr(event, "done"):
                 progress.show(event.done / event.total, f"tile {event.done}/{event.total} ETA {format_seconds(event.eta)}")
             else:
@@ -1192,6 +1193,13 @@ class _ReaderMayLeave:
         if name == "_stream":  # not set yet (a copy being made): no recursion through __getattr__
             raise AttributeError(name)
         return getattr(self._stream, name)
+
+
+def _say_stopping(signum: int) -> None:
+    """Say that an interrupt takes effect at the end of the current step (written to the descriptor: a handler may
+    run while the progress line is being written)."""
+    with contextlib.suppress(OSError):
+        os.write(2, b"\nnapari-unet: stopping at the end of the current step; press Ctrl-C again to stop at once\n")
 
 
 class _Terminated(KeyboardInterrupt):
