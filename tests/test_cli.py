@@ -1104,6 +1104,9 @@ def test_a_trained_model_is_saved_elsewhere_when_any_write_fails_and_never_over_
     assert f"cannot write {share / 'm.keras'}: Read-only file system" in last and ".partial" not in last
     saved = list((data / "tmp").glob("napari-unet-unsaved-m-*.keras"))
     assert len(saved) == 1 and str(saved[0]) in last and load_model(saved[0]).class_values == [0, 255]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert saved[0].stat().st_mode & 0o777 == 0o666 & ~umask, "readable as a file open() makes (mkstemp's were 0600)"
     assert list(share.iterdir()) == [], "no temporary file left in the share"
 
     model = load_model(saved[0])
@@ -1117,8 +1120,8 @@ def test_a_trained_model_is_saved_elsewhere_when_any_write_fails_and_never_over_
 def test_train_names_the_model_file_a_killed_save_left(data, capsys):
     import socket
 
-    dead = 4194303  # above Linux's largest process ID
-    left = data / f".m.keras.{socket.gethostname()}.{dead}.partial.keras"
+    dead = 999999999  # above Linux's largest process ID (4194304)
+    left = data / f".m.keras.{socket.gethostname()}.{dead}~0123abcd.partial.keras"
     left.write_bytes(b"PK")
     code, _out, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "m.keras", *TINY_TRAINING)
     assert code == 0, err

@@ -175,3 +175,35 @@ def _press_space(widgets, qtbot, button) -> None:
     qtbot.waitUntil(window.isActiveWindow, timeout=5000)
     button.setFocus()
     qtbot.keyClick(button, Qt.Key.Key_Space)
+
+
+def test_after_a_retrain_started_with_space_the_focus_goes_back_to_retrain(widgets, qtbot, gated):
+    """It went to Train: a second Space trained a model from scratch."""
+    from conftest import tiny_settings
+
+    training, inference = widgets.training, widgets.inference
+    gated.set()
+    run_and_wait(qtbot, inference.run, lambda: inference._job is not None)  # a prediction to retrain on
+    viewer = widgets.viewer
+    viewer.dims.set_current_step(0, 1)
+    assert inference.mark_reviewed()  # its slice 1 accepted: corrections to learn from
+    tiny_settings(training, epochs=1, steps=3)
+    _press_space(widgets, qtbot, training.retrain_button)
+    assert training._run is not None and training.stop_button.hasFocus(), training.progress.status.text()
+    qtbot.waitUntil(lambda: training._run is None, timeout=120_000)
+    assert training.retrain_button.hasFocus()
+
+
+def test_a_cells_run_that_changes_nothing_keeps_the_users_last_edit_undoable(widgets):
+    from napari_unet._widgets.outputs import write_cells
+
+    viewer, session = widgets.viewer, widgets.session
+    image = viewer.layers["EM"]
+    cells_of_run = np.random.default_rng(0).integers(1, 50, image.data.shape).astype(np.int32)
+    write_cells(viewer, session, image, cells_of_run, None)
+    cells = viewer.layers["EM cells"]
+    cells.paint((0, 5, 5), 77)  # the user's edit
+    write_cells(viewer, session, image, np.asarray(cells.data).copy(), None)  # a run giving the same cells: no step
+    write_cells(viewer, session, image, cells_of_run, None)  # the next run: the user's edit stays undoable
+    cells.undo()
+    assert cells.data[0, 5, 5] == 77

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import secrets
 import socket
 import stat
 import zlib
@@ -75,24 +76,26 @@ SIBLING_KINDS = ("partial", "replaced", "partial.keras")
 NAME_MAX = 255
 
 
-def hidden_sibling(path, kind: str) -> Path:
+def hidden_sibling(path, kind: str, unique: bool = False) -> Path:
     """The hidden file or folder ``.NAME.HOST.PID.KIND`` beside ``path`` where this process prepares (``partial``,
     ``partial.keras``) or keeps aside (``replaced``) what replaces ``path`` (:func:`stale_siblings` finds those of
-    killed runs). A NAME too long to fit is cut, with a CRC-32 of the whole name (a 245-byte name was refused only
-    when the finished output was written)."""
+    killed runs). ``unique``: ``.NAME.HOST.PID~TOKEN.KIND``, a random token, for writers that may share a host name and
+    a process ID (two containers on one host network, each command PID 1). A NAME too long to fit is cut, with a CRC-32
+    of the whole name (a 245-byte name was refused only when the finished output was written)."""
     if kind not in SIBLING_KINDS:
         raise ValueError(f"kind must be one of {SIBLING_KINDS}, got {kind!r}")
     path = Path(os.fspath(path))
-    return path.with_name(f"{_sibling_prefix(path.name)}{os.getpid()}.{kind}")
+    token = f"~{secrets.token_hex(4)}" if unique else ""
+    return path.with_name(f"{_sibling_prefix(path.name)}{os.getpid()}{token}.{kind}")
 
 
 def _sibling_prefix(name: str) -> str:
-    """``.NAME.HOST.`` of the hidden siblings of the file ``name``, NAME cut so that any PID and kind fit NAME_MAX."""
+    """``.NAME.HOST.`` of the hidden siblings of the file ``name``, NAME cut so that any PID, token and kind fit NAME_MAX."""
     host = socket.gethostname()
-    room = NAME_MAX - len(os.fsencode(f"..{host}.")) - len("4294967295.") - max(map(len, SIBLING_KINDS))
+    room = NAME_MAX - len(os.fsencode(f"..{host}.")) - len("4294967295~01234567.") - max(map(len, SIBLING_KINDS))
     if len(os.fsencode(name)) > room:
         tag = f"~{zlib.crc32(os.fsencode(name)):08x}"
-        while len(os.fsencode(name + tag)) > room:
+        while name and len(os.fsencode(name + tag)) > room:  # a host name too long for any NAME leaves the tag alone
             name = name[:-1]
         name += tag
     return f".{name}.{host}."
@@ -109,7 +112,8 @@ def stale_siblings(path) -> list:
         for entry in path.parent.iterdir():
             if not entry.name.startswith(prefix):
                 continue
-            pid, _, kind = entry.name[len(prefix):].partition(".")
+            owner, _, kind = entry.name[len(prefix):].partition(".")
+            pid = owner.split("~")[0]
             if kind in SIBLING_KINDS and pid.isascii() and pid.isdigit() and len(pid) <= 9 and int(pid) != os.getpid() \
                     and not _process_runs(int(pid)):
                 found.append(entry)
@@ -118,7 +122,7 @@ def stale_siblings(path) -> list:
 
 def sibling_pid(path, sibling) -> str:
     """The process ID in the name of ``sibling``, a :func:`hidden_sibling` of ``path`` (as :func:`stale_siblings` gives)."""
-    return Path(sibling).name[len(_sibling_prefix(Path(os.fspath(path)).name)):].partition(".")[0]
+    return Path(sibling).name[len(_sibling_prefix(Path(os.fspath(path)).name)):].partition(".")[0].split("~")[0]
 
 
 def _process_runs(pid: int) -> bool:

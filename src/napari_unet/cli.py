@@ -201,6 +201,8 @@ def save_model_or_elsewhere(model, path: Path) -> Path:
                                     dir=tempfile.gettempdir())
         os.close(fd)  # a name of its own: two runs saving model.keras in one second do not replace each other's
         fallback = Path(name)
+        with contextlib.suppress(OSError):  # mkstemp's file is its owner's only; the model gets what open would give
+            fallback.unlink()
         try:
             save_model(model, fallback)
         except OSError as second:
@@ -344,7 +346,8 @@ def _read_stack_and_metadata(path, what: str, lazy: bool = False, for_cluster: b
     if isinstance(translate, list) and len(translate) == len(axes) and any(translate):  # where the image lies (OME-Zarr)
         metadata.setdefault("pixel_size", {"scale": [1.0] * len(kept), "units": [None] * len(kept)})
         metadata["pixel_size"]["translate"] = [float(translate[i]) for i in kept]
-    if squeezed.ndim == 3 and 8 * squeezed.shape[2] <= min(squeezed.shape[:2]) and tiff.metadata.get("format") in ("tiff", "shaped"):
+    if what == "image" and squeezed.ndim == 3 and 8 * squeezed.shape[2] <= min(squeezed.shape[:2]) and \
+            tiff.metadata.get("format") in ("tiff", "shaped"):
         z, y, x = squeezed.shape  # no axes recorded: (Y, X, N) images (B-scans side by side) would be read across
         print(f"note: {what} {path.name} is read as {z} slices of {y} x {x} pixels; if it holds {x} images of {z} x {y} "
               f"pixels (axes Y, X, N), save it again as (N, Y, X), e.g. with numpy.moveaxis(array, -1, 0)", file=sys.stderr)

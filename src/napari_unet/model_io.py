@@ -6,7 +6,6 @@ import contextlib
 import json
 import math
 import os
-import threading
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -111,16 +110,11 @@ def save_model(model: UNetModel, path) -> Path:
         raise FileExistsError(f"cannot save {path.name}: {blocking} is a file, not a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = target_mode(path)
-    # A hidden sibling named after this process: a save killed outright leaves it to be named by the next run
-    # (stale_siblings); the lock keeps two threads of this process off the same one.
-    tmp = hidden_sibling(path, "partial.keras")
-    with _SAVING:
-        _write_model(model, tmp, mode, path)
+    # A hidden sibling named after this process (and a token of its own: threads, containers sharing a host name and
+    # a PID): a save killed outright leaves it to be named by the next run (stale_siblings).
+    _write_model(model, hidden_sibling(path, "partial.keras", unique=True), mode, path)
     fsync_folder(path.parent)
     return path
-
-
-_SAVING = threading.Lock()
 
 
 def _write_model(model: UNetModel, tmp: Path, mode: int, path: Path) -> None:

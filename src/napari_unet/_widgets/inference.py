@@ -276,7 +276,9 @@ class InferenceWidget(QWidget):
         try:
             self.objectName()
         except RuntimeError:  # the dock was closed while the stroke went on (its Qt object is deleted)
-            self.session.set_busy(WAITING_FOR_STROKE, False)
+            if job.waiting:  # only its own wait: busy counts the waits of every dock
+                job.waiting = False
+                self.session.set_busy(WAITING_FOR_STROKE, False)
             return
         if self._stroke_in_progress(job):
             if not job.waiting:

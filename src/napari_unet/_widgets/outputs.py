@@ -24,6 +24,7 @@ from napari_unet.tiff_io import shear_matrix
 PREDICTION, PROBABILITIES, CELLS = PREDICTION_OUTPUT, "probabilities", "cells"
 
 _ADDED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # output layers we added -> (output name, name given)
+_LAST_CELLS_STEP: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # cells layer -> the undo step of its latest run
 
 
 def _region(z: Optional[int], ndim: int) -> tuple:
@@ -273,11 +274,8 @@ def write_cells(viewer, session, image_layer, instances, z):
     if history and history[-1] is _LAST_CELLS_STEP.get(layer) and hasattr(layer, "_reset_history"):
         layer._reset_history()
     with session.muted(layer):
-        write_labels_undoable(layer, z, instances)
+        changed = write_labels_undoable(layer, z, instances)
     history = getattr(layer, "_undo_history", None)
-    if history:
+    if changed.any() and history:  # a run that changed nothing left the user's last step last
         _LAST_CELLS_STEP[layer] = history[-1]
     return layer
-
-
-_LAST_CELLS_STEP: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # cells layer -> the undo step of its latest run

@@ -121,6 +121,7 @@ class TrainingWidget(QWidget):
         disconnect_when_destroyed(self, (self.session.model_changed, self._on_model_changed), (self.session.notice, self._on_notice),
                                   (self.session.busy_changed, self._update_buttons))
         self._run: Optional[_Run] = None
+        self._retraining = False  # what the latest run was: the focus goes back to its button
         self._in_order = InOrder()
         self._update_buttons()
         self.progress.set_status("Choose an image and its labels, then Train.")
@@ -134,6 +135,7 @@ class TrainingWidget(QWidget):
         """Check the inputs and start (re)training in a worker; False (and a notification) if they are bad."""
         if self._run is not None:
             return False
+        self._retraining = retrain
         if "training" in self.session.busy:  # another training widget of this viewer (a second dock) runs
             show_error("napari-unet: another training of this viewer is running; stop it or wait for it to end")
             self.progress.set_status("Not started: another training of this viewer is running.")
@@ -311,9 +313,9 @@ class TrainingWidget(QWidget):
         self._update_buttons()
 
     def _update_buttons(self, *_) -> None:
-        running = self._run is not None
-        started_by = self.retrain_button if self.retrain_button.hasFocus() else self.train_button
-        swap_buttons(started_by, self.stop_button, running)
+        running = getattr(self, "_run", None) is not None  # (busy_changed may come before __init__ ends)
+        # the focus goes back to the button that started the run: after a Retrain, a second Space on Train trained anew
+        swap_buttons(self.retrain_button if getattr(self, "_retraining", False) else self.train_button, self.stop_button, running)
         self.train_button.setEnabled(not running)
         self.retrain_button.setEnabled(not running and self.session.model is not None)
         self.save_button.setEnabled(self.session.model is not None)
