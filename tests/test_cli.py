@@ -1161,3 +1161,11 @@ def test_a_stack_of_narrow_slices_without_recorded_axes_gets_a_note(data, capsys
                           "(axes Y, X, N), save it again as (N, Y, X)") in err, err
     code, _out, err = run(capsys, "predict", data / "m.keras", data / "image.tif", "-o", data / "p.tif")
     assert code == 0 and "is read as" not in err, err
+
+
+def test_predict_writes_an_output_whose_name_is_as_long_as_the_file_system_takes(data, capsys):
+    """Its temporary files were longer than the name: a 230-byte name failed after the whole prediction."""
+    save_model(tiny_model(), data / "m.keras")
+    for name in ("p" * 240 + ".tif", "p" * 245 + ".zarr"):
+        code, _out, err = run(capsys, "predict", data / "m.keras", data / "image.tif", "-o", data / name)
+        assert code == 0 and (data / name).exists(), err

@@ -252,6 +252,7 @@ def test_stop_ends_prediction_early():
 def test_ctrl_c_during_a_network_call_comes_after_the_call(monkeypatch):
     """A KeyboardInterrupt raised inside TensorFlow's Python code (a graph being traced) left it broken."""
     import signal
+    import weakref
 
     import napari_unet.predict as predict_module
 
@@ -270,6 +271,7 @@ def test_ctrl_c_during_a_network_call_comes_after_the_call(monkeypatch):
         return call
 
     monkeypatch.setattr(predict_module, "_compiled_forward", interrupted_inside)
+    monkeypatch.setattr(predict_module, "_FORWARD_CACHE", weakref.WeakKeyDictionary())  # not an earlier test's copy
     with pytest.raises(KeyboardInterrupt):
         predict(tiny_model(), stripes(n_slices=2, size=64)[0], tile_size=32, batch_size=1)
     assert calls_finished == [True]  # that call ran to its end, then the interrupt came

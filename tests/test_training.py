@@ -818,7 +818,7 @@ def test_the_memory_check_counts_what_the_process_holds_already_and_a_gpus_activ
 
 
 def test_reading_only_the_annotated_slices_leaves_the_models_intensity_reference_as_it_was():
-    from napari_unet.data import intensity_reference
+    from napari_unet.data import intensity_references
 
     image, labels = stripes(n_slices=8, size=64)
     image[5:] = (image[5:] * 0.5).astype(np.uint8)  # darker unannotated slices: the whole stack's profile differs
@@ -826,11 +826,13 @@ def test_reading_only_the_annotated_slices_leaves_the_models_intensity_reference
     sparse[[1, 3]] = labels[[1, 3]]
     model_config, train_config = tiny_configs(epochs=1, steps_per_epoch=1, ignore_value=7, val_fraction=0.0)
     model = train(image, sparse, model_config, train_config).model
-    assert (model.intensity_profile, model.intensity_spread) == intensity_reference(image, model.percentiles)
+    assert [(model.intensity_profile, model.intensity_spread), (model.profile_above_floor, model.spread_above_floor)] == \
+        intensity_references(image, model.percentiles)
     nan_image = image.astype(np.float32)
     nan_image[6] = np.nan  # a slice training never reads: the annotated slices give the reference
     model = train(nan_image, sparse, model_config, train_config).model
-    assert (model.intensity_profile, model.intensity_spread) == intensity_reference(nan_image[[1, 3]], model.percentiles)
+    assert [(model.intensity_profile, model.intensity_spread), (model.profile_above_floor, model.spread_above_floor)] == \
+        intensity_references(nan_image[[1, 3]], model.percentiles)
 
 
 def test_patches_larger_than_the_slices_shrink_to_cover_them_and_say_so():

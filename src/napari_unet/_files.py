@@ -93,12 +93,17 @@ def _sibling_prefix(name: str) -> str:
     """``.NAME.HOST.`` of the hidden siblings of the file ``name``, NAME cut so that any PID, token and kind fit NAME_MAX."""
     host = socket.gethostname()
     room = NAME_MAX - len(os.fsencode(f"..{host}.")) - len("4294967295~01234567.") - max(map(len, SIBLING_KINDS))
-    if len(os.fsencode(name)) > room:
-        tag = f"~{zlib.crc32(os.fsencode(name)):08x}"
-        while name and len(os.fsencode(name + tag)) > room:  # a host name too long for any NAME leaves the tag alone
-            name = name[:-1]
-        name += tag
-    return f".{name}.{host}."
+    return f".{fitted_name(name, room)}.{host}."
+
+
+def fitted_name(name: str, room: int) -> str:
+    """``name`` if its bytes fit ``room``, else cut to fit, ending in a CRC-32 of the whole name (names stay apart)."""
+    if len(os.fsencode(name)) <= room:
+        return name
+    tag = f"~{zlib.crc32(os.fsencode(name)):08x}"
+    while name and len(os.fsencode(name + tag)) > room:  # no room even for the tag (a very long host name): the tag
+        name = name[:-1]
+    return name + tag
 
 
 def stale_siblings(path) -> list:

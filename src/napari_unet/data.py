@@ -216,21 +216,24 @@ PROFILE_SHIFT = 0.04
 PROFILE_ABOVE_FLOOR_SHARE = 0.05
 
 
-def _slice_quantiles(image, percentiles, max_slices: int, above_floor: bool) -> np.ndarray:
-    """(S, len(PROFILE_LEVELS)) quantiles of up to ``max_slices`` evenly spaced, percentile-normalised slices."""
+def _slice_quantiles(image, percentiles, max_slices: int, kinds: tuple) -> list:
+    """For each ``above_floor`` flag of ``kinds``, the (S, len(PROFILE_LEVELS)) quantiles of up to ``max_slices`` evenly
+    spaced, percentile-normalised slices (each slice read once)."""
     shape = tuple(np.shape(image))
     if len(shape) not in (2, 3) or 0 in shape:
         raise InputError(f"image of shape {shape} is not a (Y, X) image or (Z, Y, X) stack with pixels")
     n_slices = 1 if len(shape) == 2 else shape[0]
     picks = np.unique(np.linspace(0, n_slices - 1, min(max_slices, n_slices)).round().astype(int))
-    quantiles = []
+    quantiles = [[] for _ in kinds]
     for z in picks:  # a lazy stack reads only these
         plane = normalize(np.asarray(image if len(shape) == 2 else image[z]), percentiles)
-        if above_floor:
-            above = plane[plane > 0]  # above the low percentile, which normalises to 0
-            plane = above if above.size >= PROFILE_ABOVE_FLOOR_SHARE * plane.size else plane
-        quantiles.append(np.percentile(plane, PROFILE_LEVELS))
-    return np.array(quantiles)
+        for above_floor, found in zip(kinds, quantiles):
+            values = plane
+            if above_floor:
+                above = plane[plane > 0]  # above the low percentile, which normalises to 0
+                values = above if above.size >= PROFILE_ABOVE_FLOOR_SHARE * plane.size else plane
+            found.append(np.percentile(values, PROFILE_LEVELS))
+    return [np.array(found) for found in quantiles]
 
 
 def intensity_profile(image, percentiles=(1.0, 99.8), max_slices: int = 8, above_floor: bool = True) -> tuple:
@@ -248,9 +251,16 @@ def intensity_profile(image, percentiles=(1.0, 99.8), max_slices: int = 8, above
 def intensity_reference(image, percentiles=(1.0, 99.8), max_slices: int = 8, above_floor: bool = True) -> tuple:
     """(:func:`intensity_profile` of ``image``, the largest :func:`profile_distance` of one of its sampled slices
     from it): what a model records of its training images, so that one slice of the same kind is not called unlike."""
-    quantiles = _slice_quantiles(image, percentiles, max_slices, above_floor)
-    profile = tuple(float(q) for q in np.median(quantiles, axis=0))
-    return profile, max(profile_distance(profile, q) for q in quantiles)
+    return intensity_references(image, percentiles, max_slices, (above_floor,))[0]
+
+
+def intensity_references(image, percentiles=(1.0, 99.8), max_slices: int = 8, kinds: tuple = (False, True)) -> list:
+    """:func:`intensity_reference` for each ``above_floor`` flag of ``kinds``, the sampled slices read once."""
+    references = []
+    for quantiles in _slice_quantiles(image, percentiles, max_slices, kinds):
+        profile = tuple(float(q) for q in np.median(quantiles, axis=0))
+        references.append((profile, max(profile_distance(profile, q) for q in quantiles)))
+    return references
 
 
 def profile_distance(profile, other) -> float:

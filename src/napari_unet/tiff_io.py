@@ -41,7 +41,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import tifffile
 
-from ._files import fsync_folder, target_mode, write_target
+from ._files import NAME_MAX, fitted_name, fsync_folder, target_mode, write_target
 
 __all__ = [
     "LABEL_NAME_HINTS",
@@ -1091,7 +1091,8 @@ def write_tiff(path, array, metadata: dict | None = None) -> str:
         raise FileNotFoundError(f"cannot write {path.name}: folder {str(folder)!r} does not exist")
     mode = target_mode(path)
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        # ".NAME.XXXXXXXX.tmp" must fit a file name too: a name near the limit failed after a whole prediction
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{fitted_name(path.name, NAME_MAX - len('..XXXXXXXX.tmp'))}.", suffix=".tmp", dir=folder)
     except OSError as err:  # e.g. a read-only folder
         raise OSError(err.errno, f"cannot write {path.name} in folder {str(folder)!r}: {err.strerror}") from None
     try:

@@ -27,7 +27,7 @@ from .data import (
     class_weights,
     downscale_image,
     downscale_labels,
-    intensity_reference,
+    intensity_references,
     normalize,
     normalize_window,
     prefetch,
@@ -360,16 +360,17 @@ def _resolve_model_config(
     return config
 
 
-def _intensity_reference(image, read, percentiles, above_floor: bool) -> tuple:
-    """:func:`intensity_reference` of the whole (Z, Y, X) ``image`` (up to 8 evenly spaced slices are read), as for a
-    stack training read whole, so that reading only its annotated slices (``read``, checked) leaves the model file as
-    it was; of ``read`` when those slices give no finite profile (NaN in a slice training never read)."""
+def _intensity_references(image, read, percentiles) -> list:
+    """:func:`intensity_references` (of all pixels, above the floor) of the whole (Z, Y, X) ``image`` (up to 8 evenly
+    spaced slices are read), as for a stack training read whole, so that reading only its annotated slices (``read``,
+    checked) leaves the model file as it was; of ``read`` when those slices give no finite profile (NaN in a slice
+    training never read)."""
     if len(read) != (np.shape(image)[0] if np.ndim(image) == 3 else 1):
         with np.errstate(invalid="ignore"):
-            profile, spread = intensity_reference(image, percentiles, above_floor=above_floor)
-        if np.all(np.isfinite(profile)) and np.isfinite(spread):
-            return profile, spread
-    return intensity_reference(read, percentiles, above_floor=above_floor)
+            references = intensity_references(image, percentiles)
+        if all(np.all(np.isfinite(profile)) and np.isfinite(spread) for profile, spread in references):
+            return references
+    return intensity_references(read, percentiles)
 
 
 def _validation_scores(model: UNetModel, images, slices, indices, loss_weights) -> tuple[float, dict]:
@@ -749,8 +750,8 @@ def train_events(
         result.intensity_profile, result.intensity_spread = init.intensity_profile, init.intensity_spread
         result.profile_above_floor, result.spread_above_floor = init.profile_above_floor, init.spread_above_floor
     else:
-        result.intensity_profile, result.intensity_spread = _intensity_reference(image, image_stack, percentiles, False)
-        result.profile_above_floor, result.spread_above_floor = _intensity_reference(image, image_stack, percentiles, True)
+        ((result.intensity_profile, result.intensity_spread),
+         (result.profile_above_floor, result.spread_above_floor)) = _intensity_references(image, image_stack, percentiles)
     if init is not None:  # kept unless validation tunes it again below (Retrain has no validation)
         result.boundary_rule = init.boundary_rule
         result.layer_order = init.layer_order
