@@ -451,10 +451,11 @@ def test_a_model_file_replaced_while_it_loads_gives_one_files_settings_and_netwo
 
     shared, newer = tmp_path / "shared.keras", tmp_path / "newer.keras"
     save_model(tiny_model(), shared)
-    model = load_model(shared)  # a copy of its own: tiny_model() is shared by the tests
-    model.class_values, model.boundary_value = [1, 2], 1
-    model.keras_model.set_weights([w * 0.5 for w in model.keras_model.get_weights()])
-    save_model(model, newer)
+    first = load_model(shared)
+    second = load_model(shared)  # a copy of its own: tiny_model() is shared by the tests
+    second.class_values, second.boundary_value = [1, 2], 1
+    second.keras_model.set_weights([w * 0.5 for w in second.keras_model.get_weights()])
+    save_model(second, newer)
     real_import = model_io.import_keras
     replaced = []
 
@@ -466,9 +467,44 @@ def test_a_model_file_replaced_while_it_loads_gives_one_files_settings_and_netwo
 
     monkeypatch.setattr(model_io, "import_keras", replaced_meanwhile)
     loaded = load_model(shared)
-    assert replaced and loaded.class_values == [1, 2]
-    for got, want in zip(loaded.keras_model.get_weights(), model.keras_model.get_weights()):
+    assert replaced
+    # the file as it was when the load began (Linux), or the new one read again: never a mix
+    expected = first if loaded.class_values == [0, 255] else second
+    assert loaded.class_values == expected.class_values
+    for got, want in zip(loaded.keras_model.get_weights(), expected.keras_model.get_weights()):
         np.testing.assert_array_equal(got, want)
+    assert expected is first and not list(tmp_path.glob("napari-unet-model-*")), "on Linux: the version opened"
+
+
+def test_a_model_file_replaced_without_pause_still_loads(tmp_path):
+    """With the settings and the network read apart, a file replaced again and again could not be loaded (0 of 45 loads
+    while a colleague's script replaced it without pause): a load reads the version it opened."""
+    import threading
+
+    import napari_unet.model_io as model_io
+
+    shared = tmp_path / "shared.keras"
+    save_model(tiny_model(), shared)
+    versions = [tmp_path / f"v{i}.keras" for i in range(2)]
+    for version in versions:
+        save_model(tiny_model(), version)
+    done = threading.Event()
+
+    def replace_without_pause():
+        k = 0
+        while not done.is_set():
+            (tmp_path / "next.keras").write_bytes(versions[k % 2].read_bytes())
+            os.replace(tmp_path / "next.keras", shared)
+            k += 1
+
+    writer = threading.Thread(target=replace_without_pause)
+    writer.start()
+    try:
+        loads = [model_io.load_model(shared).class_values for _ in range(5)]
+    finally:
+        done.set()
+        writer.join()
+    assert loads == [[0, 255]] * 5
 
 
 def test_an_entry_cut_short_is_named_damaged(tmp_path, monkeypatch):

@@ -6,6 +6,8 @@ import contextlib
 import json
 import math
 import os
+import shutil
+import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -222,24 +224,26 @@ def as_model(model) -> UNetModel:
 def load_model(path) -> UNetModel:
     """Load a model saved by :func:`save_model`, in Keras safe mode (no code from the file runs)."""
     path = Path(path)
+    read_metadata(path)  # what the file is, named as given (a folder, a pipe, not a .keras file...)
     for _attempt in range(_LOAD_ATTEMPTS):
         # The settings and the network are read apart (the network by Keras): both must come from one version of
         # the file, which a colleague's save may replace meanwhile (8 s apart while TensorFlow is first imported).
-        before = _file_version(path)
-        try:
-            meta = read_metadata(path)
-            config, train_config, class_values = checked_settings(meta, path.name)
-            percentiles, intensity_profile, intensity_spread, profile_above_floor, spread_above_floor = checked_intensity_reference(
-                meta, path.name)
-            boundary_value, boundary_rule = checked_rule(meta, class_values, path.name)
-            pixel_size = checked_pixel_size(meta, path.name)
-            keras_model = _load_network(path)
-        except ModelFileError:
-            if _file_version(path) == before:
-                raise
-            continue  # written while it was read (a copy under way): read it again
-        if _file_version(path) == before:
-            break
+        with _one_version(path) as (snapshot, version):
+            before = version()
+            try:
+                meta = read_metadata(snapshot)
+                config, train_config, class_values = checked_settings(meta, path.name)
+                percentiles, intensity_profile, intensity_spread, profile_above_floor, spread_above_floor = \
+                    checked_intensity_reference(meta, path.name)
+                boundary_value, boundary_rule = checked_rule(meta, class_values, path.name)
+                pixel_size = checked_pixel_size(meta, path.name)
+                keras_model = _load_network(snapshot)
+            except ModelFileError:
+                if version() == before:
+                    raise
+                continue  # written while it was read (a copy under way): read it again
+            if version() == before:
+                break
     else:
         raise ModelFileError(f"{path.name} changed each time it was read ({_LOAD_ATTEMPTS} times): another program is "
                              "writing it; load it once that is done")
@@ -271,13 +275,40 @@ def load_model(path) -> UNetModel:
 _LOAD_ATTEMPTS = 3
 
 
-def _file_version(path: Path) -> Optional[tuple]:
-    """What changes when a file is replaced or rewritten: its inode, size and modification time (None if gone)."""
+def _file_version(path) -> Optional[tuple]:
+    """What changes when a file is replaced or rewritten: its inode, size and modification time (None if gone).
+    ``path``: a path or an open file descriptor."""
     try:
         info = os.stat(path)
     except OSError:
         return None
     return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
+
+
+@contextlib.contextmanager
+def _one_version(path: Path):
+    """(a path that reads ``path`` as it was when opened here, a function giving that file's version): on Linux a
+    symbolic link, named like ``path``, to this process's descriptor of the file, which a replacement of ``path``
+    (a colleague's save: a rename) leaves as it was; elsewhere ``path`` itself and its version."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        yield path, lambda: _file_version(path)
+        return
+    folder = None
+    try:
+        if os.path.isdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                folder = tempfile.mkdtemp(prefix="napari-unet-model-")
+                os.symlink(f"/proc/self/fd/{fd}", os.path.join(folder, path.name))
+        if folder is not None and os.path.lexists(os.path.join(folder, path.name)):
+            yield Path(folder) / path.name, lambda: _file_version(fd)  # a rewrite in place still shows
+        else:
+            yield path, lambda: _file_version(path)
+    finally:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        os.close(fd)
 
 
 def _load_network(path: Path):
