@@ -112,3 +112,30 @@ def test_the_first_held_signal_is_announced_once_also_from_a_nested_block():
     assert said == [signal.SIGINT] and order == ["said", "step goes on"]
     assert list(events_held((x for x in [1, 2]), said.append)) == [1, 2]  # no signal: nothing said
     assert said == [signal.SIGINT]
+
+
+def test_a_second_signal_comes_at_once_when_the_first_was_held_before_the_current_block():
+    """Ctrl-C while predict normalised a slice, again while the network compiled: the second waited for the call."""
+    reached = []
+
+    def events():
+        signal.raise_signal(signal.SIGINT)  # held by the event's block (a slice being normalised)
+        with interrupts_deferred(second_at_once=True):  # the network call begins
+            signal.raise_signal(signal.SIGINT)
+            reached.append("not reached")
+        yield 1
+
+    with pytest.raises(KeyboardInterrupt):
+        list(events_held(events()))
+    assert reached == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_blocks_with_equal_signal_lists_each_remove_their_own():
+    from napari_unet import _interrupts
+
+    with interrupts_deferred() as outer:
+        with interrupts_deferred() as inner:
+            assert _interrupts._HELD[-1] is inner and _interrupts._HELD[-2] is outer
+        assert _interrupts._HELD[-1] is outer
+    assert outer not in _interrupts._HELD or all(held is not outer for held in _interrupts._HELD)

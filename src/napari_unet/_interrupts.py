@@ -38,7 +38,9 @@ def interrupts_deferred(second_at_once: bool = False):
         received.append(signum)
         if _NOTICES:
             _NOTICES[-1](signum)
-        if second_at_once and len(received) > 1:
+        # the first may be held by a block around this one (Ctrl-C while a slice is normalised, again while the
+        # network compiles): a second press counts all the signals held
+        if second_at_once and sum(map(len, _HELD)) > 1:
             put_back()
             for number in sorted(received, key=lambda n: n != signal.SIGTERM):  # each to the handler put back: an
                 signal.raise_signal(number)  # outer block counts them too, so its second comes at once as well
@@ -47,9 +49,11 @@ def interrupts_deferred(second_at_once: bool = False):
         handler = signal.getsignal(number)
         if handler is not None and handler is not signal.SIG_IGN:  # None: installed outside Python, left as it is
             previous[number] = signal.signal(number, hold)
+    _HELD.append(received)
     try:
         yield received
     finally:
+        del _HELD[next(i for i in range(len(_HELD) - 1, -1, -1) if _HELD[i] is received)]  # this block's (lists compare equal)
         if previous:  # not put back by a second signal, which was delivered then
             put_back()
             if received:  # under the handlers put back; SIGTERM's (exit 143) before Ctrl-C's if both came
@@ -84,3 +88,6 @@ def events_held(events: Generator[Event, None, None], notice: Optional[Callable[
 
 #: The notices of the :func:`events_held` loops running (the innermost last): a signal held by any block says so.
 _NOTICES: list = []
+
+#: The signals each active :func:`interrupts_deferred` block holds (main thread only), the innermost last.
+_HELD: list = []

@@ -193,7 +193,7 @@ def save_model_or_elsewhere(model, path: Path) -> Path:
         return save_model(model, path)
     except OSError as err:
         reason = _disk_full(path.parent, err) if err.errno in DISK_FULL else f"{os_reason(err)}; choose another folder or name"
-        problem = f"cannot write {path}: {reason}"
+        problem = f"cannot write {path}: {reason}" if err.errno is not None else f"{reason}"  # save_model's own message
         stem = path.stem
         while len(os.fsencode(stem)) > NAME_MAX // 2:
             stem = stem[:-1]
@@ -233,7 +233,7 @@ def write_all(files: list, replaced: list | None = None) -> None:
     pending = []
     try:
         for path, array, metadata in files:
-            partial = hidden_sibling(path, "partial")
+            partial = hidden_sibling(path, "partial", unique=True)
             pending.append((partial, path))
             try:
                 write_tiff(partial, array, metadata)
@@ -1199,10 +1199,12 @@ class _ReaderMayLeave:
 
 
 def _say_stopping(signum: int) -> None:
-    """Say that an interrupt takes effect at the end of the current step (written to the descriptor: a handler may
-    run while the progress line is being written)."""
+    """Say that an interrupt takes effect at the end of the current step or tile (written to the descriptor: a handler
+    may run while the progress line is being written)."""
+    text = ("terminating at the end of the current step or tile" if signum == signal.SIGTERM else
+            "stopping at the end of the current step or tile; press Ctrl-C again to stop at once")
     with contextlib.suppress(OSError):
-        os.write(2, b"\nnapari-unet: stopping at the end of the current step; press Ctrl-C again to stop at once\n")
+        os.write(2, f"\nnapari-unet: {text}\n".encode())
 
 
 class _Terminated(KeyboardInterrupt):

@@ -297,7 +297,8 @@ def _one_version(path: Path):
         return
     folder = None
     try:
-        if os.path.isdir("/proc/self/fd"):
+        if os.path.isdir("/proc/self/fd"):  # Keras opens the link it is given (3.15); os.path.realpath of it would
+            # name the replaced file "... (deleted)"
             with contextlib.suppress(OSError):
                 folder = tempfile.mkdtemp(prefix="napari-unet-model-")
                 os.symlink(f"/proc/self/fd/{fd}", os.path.join(folder, path.name))
@@ -452,6 +453,12 @@ def checked_intensity_reference(meta: dict, name: str) -> tuple:
             raise ValueError
     except (TypeError, ValueError):
         raise ModelFileError(f"{name} has invalid normalisation percentiles {percentiles!r} (two numbers 0 <= low < high <= 100)") from None
+    flag = meta.get("intensity_profile_above_floor")
+    if isinstance(flag, bool):  # files of a development build of session 51: one profile, of the kind the flag says
+        meta = {**meta, "intensity_profile_above_floor": meta.get("intensity_profile") if flag else None,
+                "intensity_spread_above_floor": meta.get("intensity_spread", 0.0) if flag else 0.0}
+        if flag:
+            meta["intensity_profile"], meta["intensity_spread"] = None, 0.0
     profiles = []
     for suffix in ("", "_above_floor"):  # files before session 51 record only the first; older ones neither
         profile, spread = meta.get("intensity_profile" + suffix), meta.get("intensity_spread" + suffix, 0.0)

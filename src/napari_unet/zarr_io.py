@@ -254,7 +254,7 @@ def partial_path(path) -> Path:
     before :func:`commit_zarr`."""
     from ._files import hidden_sibling
 
-    return hidden_sibling(os.path.abspath(os.fspath(path)), "partial")
+    return hidden_sibling(os.path.abspath(os.fspath(path)), "partial", unique=True)
 
 
 def create_zarr(path, shape: tuple, dtype, chunks: tuple, metadata: dict | None = None) -> Path:
