@@ -193,7 +193,7 @@ def save_model_or_elsewhere(model, path: Path) -> Path:
         return save_model(model, path)
     except OSError as err:
         reason = _disk_full(path.parent, err) if err.errno in DISK_FULL else f"{os_reason(err)}; choose another folder or name"
-        problem = f"cannot write {path}: {reason}" if err.errno is not None else f"{reason}"  # save_model's own message
+        problem = f"cannot write {path}: {reason}" if err.errno is not None else reason  # save_model's own message names it
         stem = path.stem
         while len(os.fsencode(stem)) > NAME_MAX // 2:
             stem = stem[:-1]
