@@ -186,7 +186,9 @@ def save_model_or_elsewhere(model, path: Path) -> Path:
     """:func:`save_model` to ``path``; if that fails (a full disk, a share gone read-only or stale, a name too long),
     the model is saved to the temporary folder instead and a :class:`CommandError` says where: a trained model is
     never lost to a failed write."""
-    from ._files import NAME_MAX
+    import secrets
+
+    from ._files import NAME_MAX, fitted_name
     from .model_io import save_model
 
     try:
@@ -194,15 +196,9 @@ def save_model_or_elsewhere(model, path: Path) -> Path:
     except OSError as err:
         reason = _disk_full(path.parent, err) if err.errno in DISK_FULL else f"{os_reason(err)}; choose another folder or name"
         problem = f"cannot write {path}: {reason}" if err.errno is not None else reason  # save_model's own message names it
-        stem = path.stem
-        while len(os.fsencode(stem)) > NAME_MAX // 2:
-            stem = stem[:-1]
-        fd, name = tempfile.mkstemp(prefix=f"napari-unet-unsaved-{stem}-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".keras",
-                                    dir=tempfile.gettempdir())
-        os.close(fd)  # a name of its own: two runs saving model.keras in one second do not replace each other's
-        fallback = Path(name)
-        with contextlib.suppress(OSError):  # mkstemp's file is its owner's only; the model gets what open would give
-            fallback.unlink()
+        # a name of its own: two runs saving model.keras in one second do not replace each other's
+        fallback = Path(tempfile.gettempdir()) / (f"napari-unet-unsaved-{fitted_name(path.stem, NAME_MAX // 2)}-"
+                                                  f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}.keras")
         try:
             save_model(model, fallback)
         except OSError as second:
@@ -1241,6 +1237,6 @@ def run() -> None:
 
 
 if __name__ == "__main__":  # python -m napari_unet.cli: the package's module, whose errors demo.py raises (a traceback)
-    from napari_unet.cli import run as run_package_cli
+    from . import cli as package_cli
 
-    run_package_cli()
+    package_cli.run()

@@ -141,6 +141,12 @@ _ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zip
 def read_metadata(path) -> dict:
     """The napari-unet metadata stored in a model file, without loading TensorFlow."""
     path = Path(path)
+    check_model_path(path)
+    return _read_archive_metadata(path)
+
+
+def check_model_path(path: Path) -> None:
+    """:class:`ModelFileError` unless ``path`` is a non-empty regular file named ``*.keras`` (no content read)."""
     if path.is_dir():
         raise ModelFileError(f"{str(path)!r} is a folder, not a model file; choose a .keras file")
     if not path.exists():
@@ -154,6 +160,10 @@ def read_metadata(path) -> dict:
     with contextlib.suppress(OSError):
         if path.stat().st_size == 0:
             raise ModelFileError(f"{path.name} is empty (0 bytes): a copy or a save that did not finish; use a complete copy")
+
+
+def _read_archive_metadata(path: Path) -> dict:
+    """The napari-unet metadata entry of the model archive ``path``, checked (see :func:`read_metadata`)."""
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile:
@@ -224,14 +234,14 @@ def as_model(model) -> UNetModel:
 def load_model(path) -> UNetModel:
     """Load a model saved by :func:`save_model`, in Keras safe mode (no code from the file runs)."""
     path = Path(path)
-    read_metadata(path)  # what the file is, named as given (a folder, a pipe, not a .keras file...)
+    check_model_path(path)  # what the file is, named as given (a folder, a pipe, not a .keras file...)
     for _attempt in range(_LOAD_ATTEMPTS):
         # The settings and the network are read apart (the network by Keras): both must come from one version of
         # the file, which a colleague's save may replace meanwhile (8 s apart while TensorFlow is first imported).
         with _one_version(path) as (snapshot, version):
             before = version()
             try:
-                meta = read_metadata(snapshot)
+                meta = _read_archive_metadata(snapshot)
                 config, train_config, class_values = checked_settings(meta, path.name)
                 percentiles, intensity_profile, intensity_spread, profile_above_floor, spread_above_floor = \
                     checked_intensity_reference(meta, path.name)

@@ -97,7 +97,6 @@ class Session:
         self.info = ModelInfo()
         self.previous: Optional[tuple] = None  # (model, info) that the current model replaced: use_previous
         self._tracked: dict[int, Tracked] = {}
-        self.busy: set = set()  # names of running jobs ("training", "prediction", "loading", "saving", WAITING_FOR_STROKE)
         self._running: dict = {}  # how many jobs of each name run (two inference docks predict at once)
 
     # ---- model -------------------------------------------------------------------------------
@@ -198,11 +197,14 @@ class Session:
 
         return create_worker_of(self.viewer() if self.viewer is not None else None, func, *args)
 
+    @property
+    def busy(self) -> set:
+        """Names of running jobs ("training", "prediction", "loading", "saving", WAITING_FOR_STROKE)."""
+        return {name for name, count in self._running.items() if count}
+
     def set_busy(self, name: str, busy: bool) -> None:
         """One job of ``name`` starts (``busy``) or ends; ``name`` stays in :attr:`busy` until the last one ends."""
-        count = max(self._running.get(name, 0) + (1 if busy else -1), 0)
-        self._running[name] = count
-        (self.busy.add if count else self.busy.discard)(name)
+        self._running[name] = max(self._running.get(name, 0) + (1 if busy else -1), 0)
         self.busy_changed.emit()
 
     # ---- reviewed pixels ---------------------------------------------------------------------
