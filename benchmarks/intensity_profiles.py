@@ -36,6 +36,7 @@ def cases():
     noisy = unseen + np.random.default_rng(0).normal(0, 20, unseen.shape)
     scan = tifffile.imread(OCT / "circular-scan.tif")
     duke = tifffile.imread(OCT / "duke-dme-bscans.tif")
+    noisy_scan = [np.clip(scan + np.random.default_rng(0).normal(0, std, scan.shape), 0, 255) for std in (10, 20)]
     decibel = lambda x: 20 * np.log10(x.astype(np.float32) + 1)  # noqa: E731
     return [
         ("ISBI slices 0-14", volume[:15], [
@@ -52,9 +53,13 @@ def cases():
         ("OCT circular scan", scan, [
             ("same", "circular scan mirrored", scan[:, ::-1]),
             ("same", "circular scan crop, no vitreous", scan[150:470, 100:612]),
+            ("same", "circular scan + noise of std 10", noisy_scan[0]),
+            ("same", "circular scan + noise of std 20", noisy_scan[1]),
             ("changed", "circular scan in dB", decibel(scan)),
             ("changed", "circular scan square root", np.sqrt(scan.astype(np.float32))),
             ("changed", "circular scan gamma 0.7", (scan / 255) ** 0.7),
+            ("changed", "circular scan gamma 1.3", (scan / 255) ** 1.3),
+            ("changed", "circular scan gamma 2", (scan / 255) ** 2),
             ("changed", "circular scan linear (x^4)", (scan / 255) ** 4),
             ("changed", "circular scan inverted", 255 - scan),
             ("other device", "Duke DME B-scans", duke),
