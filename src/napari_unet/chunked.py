@@ -427,3 +427,17 @@ class _SliceWriter:
             self.store[...] = value
         if self.written is not None:
             self.written()
+
+
+__all__ = [
+    "MAX_TASK_INPUT_BYTES",
+    "DEFAULT_SLICES_PER_CHUNK",
+    "STOP_TIMEOUT",
+    "LOCAL_CHUNKS_IN_FLIGHT",
+    "ModelSource",
+    "ChunkedPrediction",
+    "default_slices_per_chunk",
+    "predict_chunked",
+    "resolve_auto_choices",
+    "store_events",
+]

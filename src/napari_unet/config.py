@@ -387,4 +387,8 @@ __all__ = [
     "from_dict",
     "to_json",
     "from_json",
+    "KERNEL_INITIALIZERS",
+    "LONG_BUDGET_MINUTES",
+    "MERGE_LEVELS",
+    "MERGE_LEVELS_LONG",
 ]

@@ -694,3 +694,42 @@ def prefetch(make_batch, n_batches: int, depth: int = 4):
                 results.get_nowait()
             except queue.Empty:
                 thread.join(0.05)
+
+
+__all__ = [
+    "InputError",
+    "as_stack",
+    "MIN_IMAGE_SIZE",
+    "check_image",
+    "check_pair",
+    "read_annotated_slices",
+    "slices_holding",
+    "check_pixel_weights",
+    "MAX_PIXEL_WEIGHT",
+    "NORMALIZED_RANGE",
+    "normalize",
+    "normalize_window",
+    "PROFILE_LEVELS",
+    "PROFILE_SHIFT",
+    "PROFILE_ABOVE_FLOOR_SHARE",
+    "intensity_profile",
+    "intensity_reference",
+    "intensity_references",
+    "profile_distance",
+    "LOCAL_CONTRAST_FLOOR",
+    "local_contrast",
+    "downscale_image",
+    "downscale_labels",
+    "upscale_probabilities",
+    "neighbour_slices",
+    "class_weights",
+    "Augmentation",
+    "border_weights",
+    "augment",
+    "elastic_deform",
+    "centre_tiles",
+    "ANNOTATED_FRACTION",
+    "DENSE_ANNOTATION_SHARE",
+    "PatchSampler",
+    "prefetch",
+]

@@ -256,4 +256,5 @@ __all__ = [
     "auto_depth_without_gpu_query",
     "explain_auto_tta",
     "describe",
+    "DEEP_BUDGET_MINUTES",
 ]

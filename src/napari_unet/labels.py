@@ -513,3 +513,36 @@ def _accepted_marks(tracking: dict, marks: np.ndarray) -> np.ndarray | None:
     """The live ``accepted`` marks of ``tracking`` if they match ``marks`` (shape and dtype), else None."""
     accepted = tracking.get("accepted")
     return accepted if _is_marks(accepted, marks.shape) and accepted.dtype == marks.dtype else None
+
+
+__all__ = [
+    "IGNORE_INDEX",
+    "PREDICTION_OUTPUT",
+    "ZERO_IS_CLASS",
+    "LabelError",
+    "MAX_CLASSES",
+    "check_class_count",
+    "find_class_values",
+    "check_trainable",
+    "POCKET_SHARE",
+    "layer_order_steps",
+    "layer_order",
+    "to_indices",
+    "count_classes",
+    "positions_in",
+    "from_indices",
+    "unique_values",
+    "training_labels",
+    "smallest_dtype",
+    "to_display",
+    "check_display_values",
+    "from_display",
+    "choose_ignore_value",
+    "metadata_class_values",
+    "metadata_ignore_value",
+    "marks_dtype",
+    "value_marks",
+    "holds_marked_value",
+    "reviewed_pixels",
+    "accepted_only_pixels",
+]

@@ -79,6 +79,11 @@ __all__ = [
     "truth_segments",
     "v_info",
     "v_rand",
+    "EVALUATE_BLOCK_PIXELS",
+    "MAX_PIXEL_HEIGHT_UM",
+    "RARER_CLASS_PIXELS",
+    "slice_blocks",
+    "stack_view",
 ]
 
 #: Default binarization thresholds of the probability sweep (0.1, ..., 0.9).

@@ -318,3 +318,21 @@ def masked_loss(
         return total
 
     return loss
+
+
+__all__ = [
+    "BATCH_NORM_MOMENTUM",
+    "parameter_count",
+    "activation_count",
+    "TRAINING_BASE_BYTES",
+    "TRAINING_BYTES_PER_PARAMETER",
+    "TRAINING_BYTES_PER_ACTIVATION",
+    "training_memory_bytes",
+    "build_unet",
+    "fold_batch_norm",
+    "folds_to_copy",
+    "recompute_batch_norm_statistics",
+    "BatchNormStatistics",
+    "soft_skeleton",
+    "masked_loss",
+]

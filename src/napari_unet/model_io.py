@@ -514,3 +514,20 @@ def _class_colors(colors, class_values) -> Optional[list]:
 
 def _is_rgba(color) -> bool:
     return isinstance(color, list) and len(color) == 4 and all(isinstance(c, (int, float)) and 0 <= c <= 1 for c in color)
+
+
+__all__ = [
+    "METADATA_ENTRY",
+    "FORMAT_VERSION",
+    "ModelFileError",
+    "UNetModel",
+    "save_model",
+    "read_metadata",
+    "check_model_path",
+    "checked_settings",
+    "as_model",
+    "load_model",
+    "checked_rule",
+    "checked_intensity_reference",
+    "checked_pixel_size",
+]

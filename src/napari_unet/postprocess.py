@@ -413,3 +413,29 @@ def cell_instances(labels: np.ndarray, membrane_value) -> np.ndarray:
         out[z] = np.where(cells > 0, cells + offset, 0)
         offset = int(out[z].max(initial=offset))
     return out[0] if labels.ndim == 2 else out
+
+
+__all__ = [
+    "segment_instances",
+    "close_boundaries",
+    "watershed_regions",
+    "merge_regions",
+    "CANDIDATE_THRESHOLDS",
+    "MERGE_SIGMA",
+    "BORDER_REACH",
+    "candidate_closings",
+    "CANDIDATE_CLOSINGS",
+    "region_borders",
+    "describe_rule",
+    "boundary_mask",
+    "RULE_TILE",
+    "RULE_MARGIN",
+    "tiled_boundary_mask",
+    "tune_boundary_rule",
+    "BOUNDARY_CHECK_PIXELS",
+    "BAND_COLUMNS",
+    "find_boundary_class",
+    "KEPT_PENALTY",
+    "order_layers",
+    "cell_instances",
+]

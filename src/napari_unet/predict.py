@@ -659,3 +659,32 @@ def agreement(model: UNetModel, image, values, where, slices: Optional[Sequence[
     mask = where_stack[held]
     given = value_stack[held][mask]
     return Agreement(int(mask.sum()), float(np.mean(labels[mask] == given)), float(np.mean(network[mask] == given)))
+
+
+__all__ = [
+    "PredictionProgress",
+    "Prediction",
+    "blank_slices_note",
+    "PredictionError",
+    "tile_starts",
+    "blend_window",
+    "XLA_MIN_PIXELS",
+    "RULE_WORKERS",
+    "TTA_VIEWS",
+    "resolve_tta_views",
+    "upright_views",
+    "weights_checksum",
+    "FORCED_CLOSING",
+    "TTA_MAX_MERGE_LEVEL",
+    "effective_boundary_rule",
+    "predict_events",
+    "labels_dtype",
+    "labels_dtype_for",
+    "check_layer_memory",
+    "intensity_note",
+    "PIXEL_SIZE_RATIO",
+    "pixel_size_note",
+    "predict",
+    "Agreement",
+    "agreement",
+]

@@ -64,6 +64,15 @@ __all__ = [
     "read_slices",
     "read_tiff",
     "write_tiff",
+    "BIGTIFF_BYTES",
+    "LAZY_READ_BYTES",
+    "MAX_NAMED_8BIT_LABELS",
+    "MIN_JUDGED_PIXELS",
+    "MIN_LABEL_REGION_SHARE",
+    "SPARSE_LABEL_SHARE",
+    "is_lazy",
+    "n_bytes",
+    "tiff_files_in",
 ]
 
 #: Key of the JSON entry holding label metadata in files written by :func:`write_tiff`.

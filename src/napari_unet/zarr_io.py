@@ -398,3 +398,20 @@ def write_zarr(path, array, metadata: dict | None = None, chunks: tuple | None =
     finally:
         discard_zarr(partial)
     return Path(path)
+
+
+__all__ = [
+    "ZARR_SUFFIX",
+    "ZarrReadError",
+    "is_zarr_name",
+    "is_zarr_path",
+    "holds_zarr_metadata",
+    "is_zarr_array_store",
+    "read_zarr",
+    "partial_path",
+    "create_zarr",
+    "commit_zarr",
+    "commit_zarr_stores",
+    "discard_zarr",
+    "write_zarr",
+]
