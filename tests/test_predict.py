@@ -489,6 +489,28 @@ def test_intensity_note_names_images_unlike_the_training_images():
         assert intensity_note(refused, model) is None
 
 
+def test_intensity_note_names_the_grey_level_where_the_images_differ_most():
+    """A mostly black OCT-like scan trained alone: the note said "median grey 0.00 ... the training images' at 0.01, the
+    training slices within 0.00", which told the user nothing."""
+    import dataclasses
+    import types
+
+    from napari_unet.data import intensity_references
+    from napari_unet.predict import intensity_note
+
+    rows = np.arange(256, dtype=np.float64)[:, None] * np.ones((1, 192))
+    scan = np.where((rows > 96) & (rows < 160), 40 + (rows - 96) * 3, 0).astype(np.uint8)  # 75 % black, a bright band
+    (profile, spread), (above, above_spread) = intensity_references(scan)
+    model = types.SimpleNamespace(intensity_profile=profile, intensity_spread=spread, profile_above_floor=above,
+                                  spread_above_floor=above_spread, percentiles=(1.0, 99.8))
+    assert above_spread == 0 and intensity_note(scan, model) is None
+    linear = (scan / 255.0) ** 4  # an export in linear intensity
+    note = intensity_note(linear, model)
+    level = note.split("(its ")[1].split("th percentile grey")[0]
+    assert int(level) > 50 and "median" not in note and "training slices within" not in note, note
+    assert "training slices within" in intensity_note(255 - stripes(n_slices=3, seed=9)[0], tiny_model())
+
+
 def test_agreement_scores_the_given_pixels_with_and_without_the_membrane_rule():
     from napari_unet.predict import agreement
 

@@ -580,12 +580,14 @@ def intensity_note(image, model) -> Optional[str]:
     distance, allowed = profile_distance(profile, reference), PROFILE_SHIFT + spread
     if not distance > allowed:  # also NaN
         return None
-    median = PROFILE_LEVELS.index(50)
+    # the level where they differ most: an OCT scan's median above its black background says little (0.01 of the range)
+    level = int(np.argmax(np.abs(np.asarray(profile) - np.asarray(reference))))  # (levels 5, 10, ... 95: all "th")
+    within = f", the training slices within {spread:.2f}" if spread > 0 else ""  # (one training slice: none)
     return (
-        f"the image's intensities are unlike the training images' (its median grey lies at {profile[median]:.2f} of its "
-        f"range, the training images' at {reference[median]:.2f}; profile distance {distance:.2f}, the "
-        f"training slices within {spread:.2f}): if it is inverted or on another brightness scale (log, dB, "
-        "gamma), convert it to look like the training images; else check the predicted labels carefully"
+        f"the image's intensities are unlike the training images' (its {PROFILE_LEVELS[level]}th percentile grey "
+        f"lies at {profile[level]:.2f} of its range, the training images' at {reference[level]:.2f}; profile distance "
+        f"{distance:.2f}{within}): if it is inverted or on another brightness scale (log, dB, gamma), convert it to look "
+        "like the training images; else check the predicted labels carefully"
     )
 
 
