@@ -165,8 +165,8 @@ def _left():
     return Qt.MouseButton.LeftButton
 
 
-def _press_space(widgets, qtbot, button) -> None:
-    """Space on ``button``, focused in the viewer's window made active (keys go to the active window)."""
+def _press_space(widgets, qtbot, button, key=None) -> None:
+    """Space (or ``key``) on ``button``, focused in the viewer's window made active (keys go to the active window)."""
     from qtpy.QtCore import Qt
 
     window = widgets.viewer.window._qt_window
@@ -174,7 +174,21 @@ def _press_space(widgets, qtbot, button) -> None:
     window.activateWindow()
     qtbot.waitUntil(window.isActiveWindow, timeout=5000)
     button.setFocus()
-    qtbot.keyClick(button, Qt.Key.Key_Space)
+    qtbot.keyClick(button, Qt.Key.Key_Space if key is None else key)
+
+
+def test_return_and_enter_press_the_focused_button_as_space_does(widgets, qtbot, gated):
+    """Outside a dialog Qt gives a push button Space only: Return on a focused Run did nothing."""
+    from qtpy.QtCore import Qt
+
+    inference, training = widgets.inference, widgets.training
+    _press_space(widgets, qtbot, inference.run_button, Qt.Key.Key_Return)
+    assert inference._job is not None and inference.stop_button.hasFocus()
+    qtbot.keyClick(inference.stop_button, Qt.Key.Key_Enter)  # the keypad's
+    gated.set()
+    qtbot.waitUntil(lambda: inference._job is None, timeout=60_000)
+    assert "no layer was changed" in inference.progress.status.text()
+    assert all(button.autoDefault() for button in (training.train_button, training.previous_button, inference.save_button))
 
 
 def test_after_a_retrain_started_with_space_the_focus_goes_back_to_retrain(widgets, qtbot, gated):

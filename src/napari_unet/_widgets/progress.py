@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Optional
 
-from qtpy.QtWidgets import QLabel, QProgressBar, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from napari_unet.train import format_seconds
 
@@ -130,3 +130,10 @@ def swap_buttons(start, stop, running: bool) -> None:
     if had_focus:
         enabled.setFocus()
     disabled.setEnabled(False)
+
+
+def press_on_return(widget) -> None:
+    """Let Return and Enter press ``widget``'s focused push buttons too, as in dialogs (Qt gives a button outside a
+    dialog Space only): a keyboard user who tabbed to Run pressed Return and nothing happened."""
+    for button in widget.findChildren(QPushButton):
+        button.setAutoDefault(True)
