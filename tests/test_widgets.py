@@ -383,6 +383,10 @@ def test_train_stop_keeps_a_usable_model_and_viewer_stays_responsive(widgets, qt
     timer.start(20)
     assert training.start()
     assert not training.train_button.isEnabled() and training.stop_button.isEnabled()
+    # the run keeps the settings and layers it started with: they cannot be edited as if it used them
+    choices = (training.image, training.labels, training.zero_unannotated, training.settings, training.settings.retrain_form,
+               training.continue_box)
+    assert not any(choice.isEnabled() for choice in choices) and not training.settings.preset.isEnabled()
     qtbot.waitUntil(lambda: len(training.plot.steps) >= 25, timeout=300_000)  # past compilation, well into training
     qtbot.mouseClick(training.stop_button, _left_button())
     qtbot.waitUntil(lambda: training._run is None, timeout=120_000)
@@ -403,6 +407,7 @@ def test_train_stop_keeps_a_usable_model_and_viewer_stays_responsive(widgets, qt
     assert training.progress.bar.value() < training.progress.bar.maximum()  # at 25 of 2000 steps, not 100 %
     assert training.plot.draws < len(training.plot.steps)  # redraws are rate-limited
     assert training.save_button.isEnabled() and training.retrain_button.isEnabled()
+    assert all(choice.isEnabled() for choice in choices) and training.settings.preset.isEnabled()
     # The stopped model is usable: predict the stack.
     run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
     prediction = viewer.layers["EM prediction"]
@@ -425,6 +430,7 @@ def test_time_budget_continue_and_a_model_that_does_not_fit(widgets, qtbot, noti
     assert not training.settings.filters.isEnabled()
     run_and_wait(qtbot, training.start, lambda: training._run is not None)
     assert session.model is not first and session.model.config == first.config
+    assert not training.settings.filters.isEnabled() and training.settings.batch.isEnabled()  # the box's, after the run's
     # Labels with classes the model does not know: a clear message, the model stays.
     three = np.zeros((3, 128, 128), np.uint8)
     three[0, :40], three[0, 40:80], three[0, 80:] = 1, 2, 3

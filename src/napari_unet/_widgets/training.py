@@ -318,6 +318,9 @@ class TrainingWidget(QWidget):
         # the focus goes back to the button that started the run: after a Retrain, a second Space on Train trained anew
         swap_buttons(self.retrain_button if getattr(self, "_retraining", False) else self.train_button, self.stop_button, running)
         self.train_button.setEnabled(not running)
+        # a run keeps the layers and settings it started with: edits during it would look as if it used them
+        for choice in (self.image, self.labels, self.zero_unannotated, self.settings, self.settings.retrain_form, self.continue_box):
+            choice.setEnabled(not running)
         self.retrain_button.setEnabled(not running and self.session.model is not None)
         self.save_button.setEnabled(self.session.model is not None)
         self.load_button.setEnabled(not running and self.session.can_load())  # a click would only be refused
