@@ -435,6 +435,40 @@ def test_a_name_as_long_as_the_file_system_takes_saves_and_loads(tmp_path):
         ("u" * 245 + ".keras", "模型" * 41 + ".keras"))
 
 
+def test_a_save_flushes_its_file_through_a_handle_that_may_write(tmp_path, monkeypatch):
+    """Windows flushes only a handle with write access: fsync of a read-only one failed every save there (train -o,
+    its rescue to the temporary folder, the dock's Save model..., demo)."""
+    import fcntl
+
+    real_fsync = os.fsync
+
+    def windows_fsync(fd):
+        if stat.S_ISREG(os.fstat(fd).st_mode) and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+            raise OSError(9, "Bad file descriptor")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", windows_fsync)
+    path = save_model(tiny_model(), tmp_path / "m.keras")
+    assert load_model(path).class_values == [0, 255]
+
+
+def test_leftovers_are_not_checked_with_a_signal_on_windows(tmp_path, monkeypatch):
+    """os.kill(pid, 0) is Ctrl-C there: a reused PID in the same console interrupted the command itself."""
+    import sys
+
+    from napari_unet._files import hidden_sibling, stale_siblings
+
+    path = tmp_path / "m.keras"
+    sibling = hidden_sibling(path, "partial.keras")
+    dead = tmp_path / sibling.name.replace(f".{os.getpid()}.", ".999999999.")
+    dead.write_bytes(b"")
+    assert stale_siblings(path) == [dead]  # no process 999999999 here
+    sent = []
+    monkeypatch.setattr(os, "kill", lambda pid, signal: sent.append((pid, signal)))
+    monkeypatch.setattr(sys, "platform", "win32")
+    assert stale_siblings(path) == [] and sent == []
+
+
 def test_a_save_writes_a_hidden_sibling_that_the_next_run_can_name(tmp_path, monkeypatch):
     """A save killed outright left an unnamed .NAME-xxxxxxxx.keras (up to 124 MB) that nothing ever reported."""
     import napari_unet.model_io as model_io

@@ -8,6 +8,7 @@ import os
 import secrets
 import socket
 import stat
+import sys
 import zlib
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def target_mode(path: Path) -> int:
 
 def fsync_path(path) -> None:
     """Flush a finished temporary file to disk before it replaces its target."""
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDWR)  # Windows flushes only a handle with write access (every save failed there)
     try:
         os.fsync(fd)
     finally:
@@ -131,6 +132,8 @@ def sibling_pid(path, sibling) -> str:
 
 
 def _process_runs(pid: int) -> bool:
+    if sys.platform == "win32":  # os.kill(pid, 0) sends Ctrl-C there (to a whole console for a reused PID): assume it runs
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
