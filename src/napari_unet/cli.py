@@ -133,16 +133,30 @@ def check_zarr_output(path, what: str, inputs=()) -> Path:
         raise CommandError(f"{what} {path.name!r} must end in {ZARR_SUFFIX}")
     for source in inputs:
         source_path = Path(os.path.realpath(source))
-        if source_path.is_relative_to(path):
+        if _within(source_path, path):
             raise CommandError(f"{what} {str(path)!r} holds the input {str(source)!r}, which replacing it would delete; give another name")
         # a store inside the input's (ds.zarr/pred.zarr beside ds.zarr/raw): that store would hold two images
         store = next((p for p in reversed([source_path, *source_path.parents]) if is_zarr_name(p)), None) if is_zarr_path(source) else None
-        if store is not None and path.is_relative_to(store):
+        if store is not None and _within(path, store):
             raise CommandError(f"{what} {str(path)!r} lies inside the zarr store {str(store)!r} of the input {str(source)!r}, "
                                "which would then hold two images; write it outside that store")
     if path.exists() and not is_zarr_array_store(path):
         raise CommandError(f"{what} {str(path)!r} exists and is not a zarr array (a group or other data); give another name")
     return _check_folder(path, what, inputs)
+
+
+def _within(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it, as the file system sees them: on a case-insensitive one (macOS,
+    Windows) DS.zarr/pred.zarr lies inside ds.zarr, which string comparisons missed."""
+    if path.is_relative_to(folder):
+        return True
+    return folder.exists() and any(p.exists() and os.path.samefile(p, folder) for p in (path, *path.parents))
+
+
+def _same_output(a: Path, b: Path) -> bool:
+    """Whether the outputs ``a`` and ``b`` (whose folders exist) would be one file: names differing only in case are one
+    on macOS and Windows (pred.tif and PRED.tif: the probabilities replaced the labels, exit 0)."""
+    return a.name.casefold() == b.name.casefold() and os.path.samefile(a.parent, b.parent)
 
 
 def _check_folder(path: Path, what: str, inputs) -> Path:
@@ -701,14 +715,15 @@ def cmd_predict(args) -> int:
     if chunked:
         output = check_zarr_output(args.output, "labels store", inputs)
         probabilities_file = check_zarr_output(args.probabilities, "probabilities store", inputs) if args.probabilities else None
-        if probabilities_file is not None and (probabilities_file.is_relative_to(output) or output.is_relative_to(probabilities_file)):
+        if probabilities_file is not None and (_within(probabilities_file, output) or _within(output, probabilities_file)):
             raise CommandError("-o and --probabilities must not lie one inside the other")
         args.image = os.path.abspath(args.image)  # workers elsewhere read it
     else:
         output = check_output(args.output, "labels file", inputs, suffixes + (".zarr",))
         probabilities_file = check_output(args.probabilities, "probabilities file", inputs, suffixes) if args.probabilities else None
-    if probabilities_file is not None and probabilities_file.resolve() == output.resolve():
-        raise CommandError("--probabilities must name another file than -o")
+    if probabilities_file is not None and _same_output(probabilities_file.resolve(), output.resolve()):
+        raise CommandError("--probabilities must name another file than -o (names differing only in case are one file on "
+                           "macOS and Windows)")
     _note_stale_siblings([output, probabilities_file])
     # slices are read as the prediction reaches them; a cluster's workers read them by path
     image, image_metadata = _read_stack_and_metadata(args.image, "image", lazy=True, for_cluster=args.scheduler is not None)
