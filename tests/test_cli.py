@@ -567,6 +567,34 @@ def test_predict_reserves_its_scratch_space_and_says_when_the_disk_is_full(data,
     assert reserved == [4 * 64 * 64] and sorted(p.name for p in data.iterdir()) == before
 
 
+
+def test_predict_checks_free_space_without_fallocate_and_names_a_file_size_limit(data, capsys, monkeypatch):
+    """macOS has no posix_fallocate: the sparse scratch file on a full disk gave a bus error (exit 135, no message).
+    A FAT32 disk's 4 GiB limit a file (EFBIG) was called a full disk."""
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    save_model(tiny_model(), data / "m.keras")
+    before = sorted(p.name for p in data.iterdir())
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.delattr(os, "posix_fallocate", raising=False)
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: usage(10**9, 10**9 - 1000, 1000))
+    code, _, err = run(capsys, "predict", data / "m.keras", data / "image.tif", "-o", data / "p.tif")
+    assert code == 2 and "not enough free disk space" in err and "0 MB free" in err, err
+    assert sorted(p.name for p in data.iterdir()) == before
+
+    def too_large(fd, offset, length):
+        raise OSError(errno.EFBIG, "File too large")
+
+    monkeypatch.setattr(os, "posix_fallocate", too_large, raising=False)
+    code, _, err = run(capsys, "predict", data / "m.keras", data / "image.tif", "-o", data / "p.tif")
+    assert code == 2 and "takes no file of" in err and "another disk" in err and "free disk space" not in err, err
+    monkeypatch.undo()
+    code, _, err = run(capsys, "predict", data / "m.keras", data / "image.tif", "-o", data / "p.tif", "--no-tta")
+    assert code == 0, err
+
+
 def test_options_that_contradict_or_do_not_fit_the_data(data, capsys):
     save_model(tiny_model(), data / "m.keras")
     for argv in (["predict", data / "m.keras", data / "image.tif", "-o", data / "p.tif", "--argmax", "--close-boundaries"],

@@ -13,6 +13,7 @@ import errno
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -277,8 +278,17 @@ def scratch_array(stack: contextlib.ExitStack, folder: Path, shape: tuple, dtype
             raise OSError(errno.EOPNOTSUPP, "no posix_fallocate")
         os.posix_fallocate(handle.fileno(), 0, size)
     except OSError as err:
-        if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # file systems without fallocate: sparse after all
+        if err.errno == errno.EFBIG:  # e.g. FAT32's 4 GiB a file: free space would not help
+            raise CommandError(f"the file system of {str(folder)!r} takes no file of {size / 2**20:.0f} MB, the scratch "
+                               f"space of the prediction ({err.strerror}): write the outputs to another disk") from err
+        if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
             raise CommandError(f"not enough free disk space in {str(folder)!r} for the prediction ({size / 2**20:.0f} MB of scratch space; {err.strerror})") from err
+        # file systems without fallocate: sparse after all, where a full disk would kill the process (SIGBUS) on the
+        # page it cannot back, so at least what is free now must suffice
+        free = shutil.disk_usage(folder).free
+        if free < size:
+            raise CommandError(f"not enough free disk space in {str(folder)!r} for the prediction ({size / 2**20:.0f} MB "
+                               f"of scratch space, {free / 2**20:.0f} MB free)") from None
         handle.truncate(size)
     return np.memmap(handle, dtype=dtype, mode="r+", shape=shape)
 
