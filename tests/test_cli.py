@@ -568,6 +568,35 @@ def test_predict_reserves_its_scratch_space_and_says_when_the_disk_is_full(data,
 
 
 
+def test_a_write_error_without_a_file_name_names_the_output(data, capsys, monkeypatch):
+    """A network share's write-back error at fsync printed only "[Errno 5] Input/output error"."""
+    import errno
+    import stat
+
+    save_model(tiny_model(), data / "m.keras")
+    real_fsync = os.fsync
+
+    def failing(fd):
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", failing)
+    before = sorted(p.name for p in data.iterdir())
+    code, _, err = run(capsys, "predict", data / "m.keras", data / "image.tif", "-o", data / "p.tif", "--no-tta")
+    assert code == 1 and "Input/output error" in err and str(data / "p.tif") in err and "partial" not in err, err
+    assert sorted(p.name for p in data.iterdir()) == before
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "cp932"])
+def test_help_prints_where_stdout_cannot_encode_micrometres(encoding):
+    """µm and 512² in the help crashed it with UnicodeEncodeError (a Japanese Windows console, a pipe there)."""
+    for command in ("train", "predict", "evaluate"):
+        result = subprocess.run([sys.executable, "-m", "napari_unet.cli", command, "--help"], capture_output=True, timeout=120,
+                                env={**os.environ, "PYTHONIOENCODING": encoding})
+        assert result.returncode == 0 and b"Traceback" not in result.stderr and b"usage:" in result.stdout, result.stderr
+
+
 def test_predict_checks_free_space_without_fallocate_and_names_a_file_size_limit(data, capsys, monkeypatch):
     """macOS has no posix_fallocate: the sparse scratch file on a full disk gave a bus error (exit 135, no message).
     A FAT32 disk's 4 GiB limit a file (EFBIG) was called a full disk."""

@@ -248,10 +248,10 @@ def write_all(files: list, replaced: list | None = None) -> None:
             pending.append((partial, path))
             try:
                 write_tiff(partial, array, metadata)
-            except OSError as err:
-                if err.errno in DISK_FULL:  # named as the target, not its hidden partial file (main says it)
-                    raise OSError(err.errno, err.strerror, str(path)) from err
-                raise
+            except OSError as err:  # named as the target, not its hidden partial file or no file (an error of fsync)
+                if err.errno is None:
+                    raise OSError(f"cannot write {path}: {err}") from err
+                raise OSError(err.errno, err.strerror, str(path)) from err
             os.chmod(partial, target_mode(path))  # a replaced file keeps its permissions
         for partial, path in pending:
             os.replace(partial, path)
@@ -1129,7 +1129,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _encodes(stream, text: str) -> bool:
+    """Whether ``stream`` can write ``text`` (True for streams that do not say their encoding)."""
+    try:
+        text.encode(getattr(stream, "encoding", None) or "utf-8")
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
+
+
 def main(argv=None) -> int:
+    if not _encodes(sys.stdout, "µ²"):  # the help's µm and 512²: a cp932 console or a pipe on Windows crashed on them
+        with contextlib.suppress(AttributeError, ValueError):
+            sys.stdout.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
     args.written = []  # files a command finished, named if it is interrupted later
