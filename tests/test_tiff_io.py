@@ -338,6 +338,30 @@ def test_a_read_in_another_thread_does_not_leak_its_errors_into_this_one(tmp_pat
     assert "corrupt" in outcome["bad"] and "decoding failed" in outcome["bad"]
 
 
+def test_a_read_hears_only_its_own_thread_and_leaves_the_warning_filters_alone(tmp_path, monkeypatch):
+    """Another plugin's plain tifffile read of a damaged file, logged while napari-unet read a good one, made the good
+    one "corrupt" (13 of 40 reads); each read muted every warning of every thread, and left them muted for good."""
+    import logging
+    import threading
+    import warnings
+
+    tifffile.imwrite(tmp_path / "good.tif", em_like((2, 32, 32)))
+    original = tifffile.TiffPageSeries.asarray
+    filters = []
+
+    def asarray(series, *args, **kwargs):
+        filters.append(list(warnings.filters))
+        neighbour = threading.Thread(target=lambda: logging.getLogger("tifffile").error("invalid page offset 8748"))
+        neighbour.start()
+        neighbour.join()
+        return original(series, *args, **kwargs)
+
+    monkeypatch.setattr(tifffile.TiffPageSeries, "asarray", asarray)
+    before = list(warnings.filters)
+    assert read_tiff(tmp_path / "good.tif").data.shape == (2, 32, 32)
+    assert filters == [before] and list(warnings.filters) == before
+
+
 def test_garbage_after_tiff_signature(tmp_path):
     path = tmp_path / "garbage.tif"
     path.write_bytes(b"II*\x00" + bytes(RNG.integers(0, 256, size=600, dtype=np.uint8)))

@@ -31,7 +31,6 @@ import os
 import re
 import tempfile
 import threading
-import warnings
 import xml.etree.ElementTree as ET
 import zlib
 from dataclasses import dataclass, field
@@ -438,9 +437,11 @@ class _CollectErrors(logging.Handler):
         super().__init__(level=logging.ERROR)
         self.path = path
         self.messages: list[str] = []
+        self.thread = threading.get_ident()
 
     def emit(self, record):
-        self.messages.append(" ".join(record.getMessage().split())[:200])
+        if record.thread == self.thread:  # another plugin's or the user's read of a damaged file is not this one's error
+            self.messages.append(" ".join(record.getMessage().split())[:200])
 
     def raise_any(self) -> None:
         """tifffile logs (rather than raises) some decoding failures and fills zeros: those mean "corrupt"."""
@@ -455,10 +456,8 @@ def _tifffile_errors(path: Path):
     errors = _CollectErrors(path)
     with _TIFFFILE_LOG_LOCK:  # the logger is shared: another read's errors must not land in this one's handler
         tiff_logger.addHandler(errors)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                yield errors
+        try:  # (no warnings.catch_warnings: it changes the filters of every thread, and left them muted for good)
+            yield errors
         except TiffReadError:
             raise
         except MemoryError as exc:
