@@ -1246,3 +1246,15 @@ def test_predict_writes_an_output_whose_name_is_as_long_as_the_file_system_takes
     for name in ("p" * 240 + ".tif", "p" * 245 + ".zarr"):
         code, _out, err = run(capsys, "predict", data / "m.keras", data / "image.tif", "-o", data / name)
         assert code == 0 and (data / name).exists(), err
+
+
+def test_the_demo_figure_leaves_the_callers_matplotlib_backend_alone(tmp_path):
+    """save_figure switched pyplot to Agg: a notebook's or a script's figure windows stopped showing."""
+    code = (
+        "import sys, matplotlib, numpy as np; matplotlib.use('pdf'); from napari_unet.demo import save_figure; "
+        f"save_figure({str(tmp_path / 'f.png')!r}, *[np.zeros((8, 8))] * 3, [{{'epoch': 1, 'loss': 0.5}}]); "
+        "print(matplotlib.get_backend())"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "pdf", result.stderr
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"

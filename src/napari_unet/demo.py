@@ -19,10 +19,8 @@ def has_display() -> bool:
 
 
 def save_figure(path, image, truth, prediction, history) -> Path:
-    """PNG with one slice of image, truth, prediction and the loss curves; written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
+    """PNG with one slice of image, truth, prediction and the loss curves; written atomically. A Figure of its own:
+    the caller's pyplot backend stays as it is (matplotlib.use("Agg") switched it, and the user's windows stopped showing)."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(13, 3.6), dpi=100)
