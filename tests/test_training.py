@@ -937,3 +937,30 @@ def test_ctrl_c_during_a_training_step_comes_after_the_step(monkeypatch):
     assert steps_finished == [True]  # the step ran to its end, then the interrupt came
     assert not any(np.isnan(w).any() for w in started.model.keras_model.get_weights())
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize("floatx", ["float64", "float16"])
+def test_keras_global_settings_of_a_neighbour_change_nothing(tmp_path, floatx):
+    """Another plugin (or ~/.keras/keras.json) setting channels_first stopped every build and load; floatx float64
+    failed the first training step, float16 rounded the images of every prediction (0.026 in probabilities)."""
+    from _helpers import tiny_model
+    from napari_unet.model import import_keras
+    from napari_unet.model_io import load_model, save_model
+
+    keras = import_keras()
+    image, labels = stripes(n_slices=2, size=64, seed=5)
+    path = save_model(tiny_model(), tmp_path / "m.keras")
+    expected = predict(load_model(path), image, tta=False, mixed_precision=False).probabilities
+    clear_trainer_cache()
+    before = keras.config.image_data_format(), keras.config.floatx()
+    keras.config.set_image_data_format("channels_first")
+    keras.config.set_floatx(floatx)
+    try:
+        loaded = load_model(path)
+        np.testing.assert_allclose(predict(loaded, image, tta=False, mixed_precision=False).probabilities, expected, atol=1e-6)
+        finished = train(image, labels, *tiny_configs(epochs=1, steps_per_epoch=2, val_fraction=0.0), init=loaded)
+        assert finished.steps == 2 and np.isfinite(finished.history[-1]["loss"]), finished.history
+    finally:
+        keras.config.set_image_data_format(before[0])
+        keras.config.set_floatx(before[1])
+        clear_trainer_cache()

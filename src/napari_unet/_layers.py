@@ -35,10 +35,10 @@ class UpConv2D(keras.layers.Layer):
     def call(self, x):
         w = ops.cast(self.kernel, x.dtype)
         padded = ops.pad(x, [[0, 0], [0, 1], [0, 1], [0, 0]])
-        y00 = ops.conv(x, ops.sum(w, axis=(0, 1), keepdims=True))
-        y01 = ops.conv(padded[:, :-1], ops.sum(w, axis=0, keepdims=True))
-        y10 = ops.conv(padded[:, :, :-1], ops.sum(w, axis=1, keepdims=True))
-        y11 = ops.conv(padded, w)
+        y00 = ops.conv(x, ops.sum(w, axis=(0, 1), keepdims=True), data_format="channels_last")
+        y01 = ops.conv(padded[:, :-1], ops.sum(w, axis=0, keepdims=True), data_format="channels_last")
+        y10 = ops.conv(padded[:, :, :-1], ops.sum(w, axis=1, keepdims=True), data_format="channels_last")
+        y11 = ops.conv(padded, w, data_format="channels_last")
         batch, height, width = ops.shape(x)[0], ops.shape(x)[1], ops.shape(x)[2]
         y = ops.stack([ops.stack([y00, y01], axis=3), ops.stack([y10, y11], axis=3)], axis=2)  # (B, H, 2, W, 2, F)
         y = ops.reshape(y, (batch, 2 * height, 2 * width, self.filters))

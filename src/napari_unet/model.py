@@ -115,7 +115,9 @@ def _build_unet(config: ModelConfig, mixed_precision: bool):
     from ._layers import UpConv2D
 
     dtype = "mixed_bfloat16" if mixed_precision else "float32"
-    conv_kwargs = dict(padding="same", kernel_initializer=config.kernel_initializer, dtype=dtype)
+    # channels last and float32 inputs whatever Keras' global settings say (another plugin's, ~/.keras/keras.json):
+    # channels_first failed to build any network, floatx float16 rounded the images
+    conv_kwargs = dict(padding="same", kernel_initializer=config.kernel_initializer, dtype=dtype, data_format="channels_last")
 
     def conv_block(x, filters, name):
         for i in (1, 2):
@@ -125,7 +127,7 @@ def _build_unet(config: ModelConfig, mixed_precision: bool):
             x = layers.Activation("relu", name=f"{name}_relu{i}", dtype=dtype)(x)
         return x
 
-    inputs = keras.Input(shape=(None, None, config.network_channels), name="image")
+    inputs = keras.Input(shape=(None, None, config.network_channels), name="image", dtype="float32")
     x = inputs
     skips = []
     for level in range(config.depth):
@@ -133,7 +135,7 @@ def _build_unet(config: ModelConfig, mixed_precision: bool):
         if config.dropout and level == config.depth - 1:
             x = layers.Dropout(config.dropout, name=f"down{level}_dropout", dtype=dtype)(x)
         skips.append(x)
-        x = layers.MaxPooling2D(2, name=f"down{level}_pool", dtype=dtype)(x)
+        x = layers.MaxPooling2D(2, name=f"down{level}_pool", dtype=dtype, data_format="channels_last")(x)
     x = conv_block(x, config.base_filters * 2**config.depth, "bottom")
     if config.dropout:
         x = layers.Dropout(config.dropout, name="bottom_dropout", dtype=dtype)(x)
@@ -148,7 +150,7 @@ def _build_unet(config: ModelConfig, mixed_precision: bool):
     if config.pre_head_filters:
         x = layers.Conv2D(config.pre_head_filters, 3, activation="relu", name="pre_head", **conv_kwargs)(x)
     activation = "sigmoid" if config.head == "sigmoid" else "softmax"
-    outputs = layers.Conv2D(config.output_channels, 1, name="head_logits", dtype=dtype)(x)
+    outputs = layers.Conv2D(config.output_channels, 1, name="head_logits", dtype=dtype, data_format="channels_last")(x)
     outputs = layers.Activation(activation, name="probabilities", dtype="float32")(outputs)
     return keras.Model(inputs, outputs, name="unet")
 
@@ -258,10 +260,10 @@ def soft_skeleton(x, iterations: int):
     ops = import_keras().ops
 
     def erode(v):  # cross-shaped minimum, as the clDice reference code
-        return ops.minimum(-ops.max_pool(-v, (3, 1), 1, "same"), -ops.max_pool(-v, (1, 3), 1, "same"))
+        return ops.minimum(-ops.max_pool(-v, (3, 1), 1, "same", "channels_last"), -ops.max_pool(-v, (1, 3), 1, "same", "channels_last"))
 
     def open_(v):
-        return ops.max_pool(erode(v), (3, 3), 1, "same")
+        return ops.max_pool(erode(v), (3, 3), 1, "same", "channels_last")
 
     skeleton = ops.relu(x - open_(x))
     for _ in range(iterations):
@@ -299,7 +301,7 @@ def masked_loss(
             probs = ops.stack([1 - p1, p1], axis=-1)
         else:
             probs = ops.clip(y_pred, eps, 1.0)
-        onehot = ops.one_hot(index, n_classes)
+        onehot = ops.one_hot(index, n_classes, dtype="float32")  # (floatx may be another: float64 failed the step)
         ce = -ops.sum(onehot * ops.log(probs), axis=-1)
         total = ops.sum(weight * ce) / ops.maximum(ops.sum(weight), eps)
         if dice_weight:
@@ -320,6 +322,19 @@ def masked_loss(
     return loss
 
 
+def float32_loss(loss):
+    """``loss`` (a function of y_true, y_pred) as a Keras loss that computes in float32: a function given to ``compile``
+    gets its inputs cast to Keras' global floatx, which another plugin or ~/.keras/keras.json may set to float64 (the
+    first step failed) or float16 (the loss rounded)."""
+    keras = import_keras()
+
+    class Float32Loss(keras.losses.Loss):
+        def call(self, y_true, y_pred):
+            return loss(y_true, y_pred)
+
+    return Float32Loss(name="loss", dtype="float32")
+
+
 __all__ = [
     "BATCH_NORM_MOMENTUM",
     "parameter_count",
@@ -335,4 +350,5 @@ __all__ = [
     "BatchNormStatistics",
     "soft_skeleton",
     "masked_loss",
+    "float32_loss",
 ]

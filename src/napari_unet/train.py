@@ -39,6 +39,7 @@ from .model import (
     TRAINING_BYTES_PER_PARAMETER,
     BatchNormStatistics,
     build_unet,
+    float32_loss,
     import_keras,
     masked_loss,
     parameter_count,
@@ -489,7 +490,7 @@ def _new_trainer(key, model_config: ModelConfig, train_config: TrainConfig, mixe
     optimizer = keras.optimizers.Adam(
         learning_rate=train_config.learning_rate, use_ema=use_ema, ema_momentum=train_config.ema_momentum or 0.99
     )
-    keras_model.compile(optimizer=optimizer, loss=masked_loss(model_config, **loss_settings), jit_compile=train_config.jit_compile)
+    keras_model.compile(optimizer=optimizer, loss=float32_loss(masked_loss(model_config, **loss_settings)), jit_compile=train_config.jit_compile)
     # Optimizer variables made before the first step: made inside it, they make TensorFlow trace the training
     # step twice, which doubled the time to the first step (BENCHMARKS.md, session 20).
     optimizer.build(keras_model.trainable_variables)
