@@ -1258,3 +1258,13 @@ def test_the_demo_figure_leaves_the_callers_matplotlib_backend_alone(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "pdf", result.stderr
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_keras_backend_other_than_tensorflow_is_named(data):
+    """KERAS_BACKEND=jax (a user's setting for other work) gave a traceback ending in "No module named 'jax'"."""
+    save_model(tiny_model(), data / "m.keras")
+    result = subprocess.run([sys.executable, "-m", "napari_unet.cli", "predict", str(data / "m.keras"), str(data / "image.tif"),
+                             "-o", str(data / "p.tif")], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "KERAS_BACKEND": "jax"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "runs on Keras' TensorFlow backend" in result.stderr and "'jax'" in result.stderr and not (data / "p.tif").exists()

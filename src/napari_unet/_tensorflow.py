@@ -52,6 +52,7 @@ def load_tensorflow(skip_optional: bool = False, quiet: bool = False):
     cuInit error where there is no NVIDIA driver: for a command's terminal output.
     """
     with _LOCK, python_random_kept():  # importing TensorFlow draws from Python's random: a caller's stream stays
+        check_keras_backend()
         if "tensorflow" not in sys.modules:
             errors = []
 
@@ -76,6 +77,21 @@ def load_tensorflow(skip_optional: bool = False, quiet: bool = False):
             if errors:
                 raise errors[0]
         return sys.modules["tensorflow"]
+
+
+def check_keras_backend() -> None:
+    """:class:`~napari_unet.config.ConfigError` if Keras is, or will be, on another backend than TensorFlow in this
+    process (``KERAS_BACKEND=jax``, or Keras imported on one): a user's setting gave a traceback about a missing jax or
+    torch. Keras chooses its backend once per process, at its import."""
+    keras = sys.modules.get("keras")
+    backend = getattr(keras, "backend", None)
+    chosen = backend.backend() if backend is not None else os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    if chosen != "tensorflow":
+        from .config import ConfigError
+
+        raise ConfigError(f"napari-unet runs on Keras' TensorFlow backend, and this process has chosen {chosen!r} "
+                          "(KERAS_BACKEND, or the backend of ~/.keras/keras.json when Keras was imported): start it with "
+                          "KERAS_BACKEND=tensorflow")
 
 
 @contextlib.contextmanager
