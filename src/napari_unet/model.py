@@ -94,34 +94,39 @@ def build_unet(config: ModelConfig, mixed_precision: bool = False, seed: int | N
     Layers are Keras layers and napari-unet's registered :class:`~napari_unet._layers.UpConv2D`, so the
     saved file loads in Keras safe mode.
     With ``mixed_precision`` the convolutions compute in bfloat16 and the head stays float32.
-    ``seed``: initial weights and dropout seeds drawn from it (the same network for the same seed), and Python's
-    global ``random`` (where Keras draws them) restored afterwards, so that a seeded build never moves a caller's
-    stream; without a seed they come from that stream, as in Keras. Not ``keras.utils.set_random_seed``: its
+    ``seed``: initial weights and dropout seeds drawn from it (the same network for the same seed), without touching
+    Python's global ``random`` (where Keras draws them) of any thread; without a seed they come from that stream, as in
+    Keras. Not ``keras.utils.set_random_seed``: its
     ``tf.random.set_seed`` empties TensorFlow's kernel cache, so a kept trainer's step would be instantiated again (~2 s).
     """
-    if seed is None:
-        return _build_unet(config, mixed_precision)
-    from ._tensorflow import python_random_kept
-
-    with python_random_kept():
-        random.seed(seed)
-        return _build_unet(config, mixed_precision)
-
-
-def _build_unet(config: ModelConfig, mixed_precision: bool):
     keras = import_keras()
     from keras import layers
 
     from ._layers import UpConv2D
 
+    # Each layer gets its own seed drawn from a generator of ``seed``: Keras would draw them from Python's global
+    # stream, which a seeded build had to set and restore, rewinding other threads' draws (napari's GUI thread got
+    # repeated numbers, and its draws changed the seeded network).
+    seeds = random.Random(seed) if seed is not None else None
+
+    def layer_seed():
+        return None if seeds is None else seeds.randint(1, 10**9)
+
+    def initializer(name=config.kernel_initializer):
+        if seeds is None or name == "zeros":
+            return name
+        class_name = "".join(part.capitalize() for part in name.split("_"))  # he_normal -> HeNormal
+        return keras.initializers.get({"class_name": class_name, "config": {"seed": layer_seed()}})
+
     dtype = "mixed_bfloat16" if mixed_precision else "float32"
     # channels last and float32 inputs whatever Keras' global settings say (another plugin's, ~/.keras/keras.json):
     # channels_first failed to build any network, floatx float16 rounded the images
-    conv_kwargs = dict(padding="same", kernel_initializer=config.kernel_initializer, dtype=dtype, data_format="channels_last")
+    conv_kwargs = dict(padding="same", dtype=dtype, data_format="channels_last")
 
     def conv_block(x, filters, name):
         for i in (1, 2):
-            x = layers.Conv2D(filters, 3, use_bias=not config.batch_norm, name=f"{name}_conv{i}", **conv_kwargs)(x)
+            x = layers.Conv2D(filters, 3, use_bias=not config.batch_norm, name=f"{name}_conv{i}", kernel_initializer=initializer(),
+                              **conv_kwargs)(x)
             if config.batch_norm:
                 x = layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM, name=f"{name}_bn{i}", dtype=dtype)(x)
             x = layers.Activation("relu", name=f"{name}_relu{i}", dtype=dtype)(x)
@@ -133,24 +138,27 @@ def _build_unet(config: ModelConfig, mixed_precision: bool):
     for level in range(config.depth):
         x = conv_block(x, config.base_filters * 2**level, f"down{level}")
         if config.dropout and level == config.depth - 1:
-            x = layers.Dropout(config.dropout, name=f"down{level}_dropout", dtype=dtype)(x)
+            x = layers.Dropout(config.dropout, name=f"down{level}_dropout", dtype=dtype, seed=layer_seed())(x)
         skips.append(x)
         x = layers.MaxPooling2D(2, name=f"down{level}_pool", dtype=dtype, data_format="channels_last")(x)
     x = conv_block(x, config.base_filters * 2**config.depth, "bottom")
     if config.dropout:
-        x = layers.Dropout(config.dropout, name="bottom_dropout", dtype=dtype)(x)
+        x = layers.Dropout(config.dropout, name="bottom_dropout", dtype=dtype, seed=layer_seed())(x)
     for level in reversed(range(config.depth)):
         filters = config.base_filters * 2**level
         if config.upsampling == "transpose":
-            x = layers.Conv2DTranspose(filters, 2, strides=2, name=f"up{level}_transpose", **conv_kwargs)(x)
+            x = layers.Conv2DTranspose(filters, 2, strides=2, name=f"up{level}_transpose", kernel_initializer=initializer(),
+                                       **conv_kwargs)(x)
         else:  # UpSampling2D(2) + Conv2D(filters, 2, relu), computed on the low-resolution grid
-            x = UpConv2D(filters, kernel_initializer=config.kernel_initializer, name=f"up{level}_conv", dtype=dtype)(x)
+            x = UpConv2D(filters, kernel_initializer=initializer(), name=f"up{level}_conv", dtype=dtype)(x)
         x = layers.Concatenate(name=f"up{level}_concat", dtype=dtype)([skips[level], x])
         x = conv_block(x, filters, f"up{level}")
     if config.pre_head_filters:
-        x = layers.Conv2D(config.pre_head_filters, 3, activation="relu", name="pre_head", **conv_kwargs)(x)
+        x = layers.Conv2D(config.pre_head_filters, 3, activation="relu", name="pre_head", kernel_initializer=initializer(),
+                          **conv_kwargs)(x)
     activation = "sigmoid" if config.head == "sigmoid" else "softmax"
-    outputs = layers.Conv2D(config.output_channels, 1, name="head_logits", dtype=dtype, data_format="channels_last")(x)
+    outputs = layers.Conv2D(config.output_channels, 1, name="head_logits", kernel_initializer=initializer("glorot_uniform"),
+                            **conv_kwargs)(x)
     outputs = layers.Activation(activation, name="probabilities", dtype="float32")(outputs)
     return keras.Model(inputs, outputs, name="unet")
 
