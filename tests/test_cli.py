@@ -11,7 +11,7 @@ import tifffile
 
 from _helpers import record_tta, stripes, tiny_model
 from napari_unet.cli import main
-from napari_unet.model_io import read_metadata, save_model
+from napari_unet.model_io import load_model, read_metadata, save_model
 from napari_unet.tiff_io import read_tiff
 
 TINY_TRAINING = ["--epochs", "2", "--steps-per-epoch", "5", "--patch-size", "64", "--batch-size", "2"]
@@ -1268,3 +1268,17 @@ def test_a_keras_backend_other_than_tensorflow_is_named(data):
                             env={**os.environ, "KERAS_BACKEND": "jax"})
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert "runs on Keras' TensorFlow backend" in result.stderr and "'jax'" in result.stderr and not (data / "p.tif").exists()
+
+
+def test_a_log_that_cannot_be_written_does_not_cost_the_model(data):
+    """A log on a full disk (stderr) ended the training with exit 1, no model and no message; a closed stdout (a daemon,
+    `>&-`) gave a traceback after the model was written; stdout on a full disk blamed the model file."""
+    command = [sys.executable, "-m", "napari_unet.cli", "train", "image.tif", "labels.tif", "-o", "m.keras", *TINY_TRAINING]
+    result = subprocess.run(["bash", "-c", " ".join(command) + " >&- 2>/dev/full"], cwd=data, capture_output=True, timeout=300)
+    assert result.returncode == 0 and load_model(data / "m.keras").class_values == [0, 255]
+    scores = [sys.executable, "-m", "napari_unet.cli", "evaluate", "labels.tif", "labels.tif"]
+    result = subprocess.run(scores, cwd=data, stdout=open("/dev/full", "w"), stderr=subprocess.PIPE, text=True, timeout=120)
+    assert result.returncode == 1 and "could not write the scores to standard output (No space left on device)" in result.stderr
+    assert "Traceback" not in result.stderr and "labels.tif" not in result.stderr, result.stderr
+    result = subprocess.run(["bash", "-c", " ".join(scores) + " >&-"], cwd=data, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr

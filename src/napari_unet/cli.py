@@ -1148,9 +1148,19 @@ def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     previous = _stop_on_sigterm()
     streams = sys.stdout, sys.stderr
+    _standard_descriptors_open()
     sys.stdout, sys.stderr = _ReaderMayLeave(sys.stdout), _ReaderMayLeave(sys.stderr)
     try:
-        return args.func(args)
+        code = args.func(args)
+        lost = sys.stdout.failed  # (stderr's progress lines are dropped: the run goes on, and nothing could say it)
+        if lost is not None:
+            what = "the scores" if args.command == "evaluate" else "the last lines"
+            print(f"napari-unet: {'error' if args.command == 'evaluate' else 'note'}: could not write {what} to standard "
+                  f"output ({lost.strerror or lost})" + (f"; {', '.join(map(str, args.written))} written" if args.written else ""),
+                  file=sys.stderr)
+            if args.command == "evaluate":  # its output is its result
+                return 1
+        return code
     except KeyboardInterrupt as stop:
         done = ", ".join(str(p) for p in args.written)
         how = "terminated" if isinstance(stop, _Terminated) else "interrupted"
@@ -1184,25 +1194,46 @@ def main(argv=None) -> int:
     finally:
         for stream in (sys.stdout, sys.stderr):  # text still buffered for a pipe meets a closed one here, if at all
             stream.flush()
+            stream.close_own()
         sys.stdout, sys.stderr = streams
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
 
+def _standard_descriptors_open() -> None:
+    """Point closed descriptors 0-2 (``2>&-``, a daemon) at /dev/null: else the next file opened gets one of them, and
+    TensorFlow's log lines or a print would be written into it (a model or an image)."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                null = os.open(os.devnull, os.O_RDWR)
+                if null != fd:
+                    os.dup2(null, fd)
+                    os.close(null)
+
+
 class _ReaderMayLeave:
-    """A command's stdout or stderr whose reader may exit first (``napari-unet evaluate ... | head -3``): the rest of the
-    output is dropped and the command goes on, so a training still writes its model, instead of failing with "Broken
-    pipe"."""
+    """A command's stdout or stderr whose reader may exit first (``napari-unet evaluate ... | head -3``), or that cannot
+    be written (a log on a full disk, a closed stream): the rest of the output is dropped and the command goes on, so a
+    training still writes its model, instead of failing with "Broken pipe" or no message. ``failed``: the error of a
+    stream that could not be written (not a reader that left), else None."""
 
     def __init__(self, stream):
-        self._stream = stream
+        self._own = stream is None  # closed: written nowhere, as Python's print does
+        self._stream = open(os.devnull, "w", encoding="utf-8") if self._own else stream
         self.reader_left = False
+        self.failed = None
 
     def write(self, text: str) -> int:
         if not self.reader_left:
             try:
                 return self._stream.write(text)
             except BrokenPipeError:
+                self._drop_the_rest()
+            except OSError as err:
+                self.failed = err
                 self._drop_the_rest()
         return len(text)
 
@@ -1216,6 +1247,14 @@ class _ReaderMayLeave:
                 self._stream.flush()
             except BrokenPipeError:
                 self._drop_the_rest()
+            except OSError as err:
+                self.failed = err
+                self._drop_the_rest()
+
+    def close_own(self) -> None:
+        """Close the stream made for a closed one."""
+        if self._own:
+            self._stream.close()
 
     def _drop_the_rest(self) -> None:
         self.reader_left = True
@@ -1268,8 +1307,9 @@ def run() -> None:
     code = main()
     if "tensorflow" not in sys.modules:
         sys.exit(code)
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, OSError, ValueError):  # closed (None), or a full disk: told already
+            stream.flush()
     os._exit(code)
 
 
