@@ -1282,3 +1282,60 @@ def test_a_log_that_cannot_be_written_does_not_cost_the_model(data):
     assert "Traceback" not in result.stderr and "labels.tif" not in result.stderr, result.stderr
     result = subprocess.run(["bash", "-c", " ".join(scores) + " >&-"], cwd=data, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+
+
+def test_sigterm_during_the_finishing_keeps_the_finished_model(data, capsys, monkeypatch):
+    """A scheduler's time limit that came while the model was being finished held the signal for the whole finishing,
+    then threw the finished model away ("no output file was written")."""
+    import signal
+
+    import napari_unet.train as train_module
+    from napari_unet.train import TrainingFinishing
+
+    real = train_module.train_events
+
+    def terminated_while_finishing(*args, **kwargs):
+        for event in real(*args, **kwargs):
+            yield event
+            if isinstance(event, TrainingFinishing):
+                os.kill(os.getpid(), signal.SIGTERM)  # computing the finished model comes next
+
+    monkeypatch.setattr(train_module, "train_events", terminated_while_finishing)
+    code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "m.keras", *TINY_TRAINING)
+    assert code == 143 and "membrane rule:" in err, err  # the finishing ran to its end (its notice goes to descriptor 2)
+    assert f"terminated; {data / 'm.keras'} was written before" in err and load_model(data / "m.keras").class_values == [0, 255]
+
+
+def test_an_interrupt_during_the_renames_replaces_both_outputs_and_names_them(data, capsys, monkeypatch):
+    """SIGTERM right after the labels replaced an older file: the probabilities stayed the older model's, and the
+    command said no output file was written."""
+    import signal
+
+    save_model(tiny_model(), data / "m.keras")
+    args = ["predict", data / "m.keras", data / "image.tif", "-o", data / "p.tif", "--probabilities", data / "q.tif", "--no-tta"]
+    assert run(capsys, *args)[0] == 0
+    (data / "p.tif").write_bytes(b"old")
+    (data / "q.tif").write_bytes(b"old")
+    real_replace = os.replace
+
+    def replace_then_terminated(source, target):
+        real_replace(source, target)
+        if Path(target).name == "p.tif":  # the labels in place (not a temporary file becoming the partial one)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(os, "replace", replace_then_terminated)
+    code, _, err = run(capsys, *args)
+    assert code == 143 and f"{data / 'p.tif'}, {data / 'q.tif'} was written before" in err, err
+    assert (data / "p.tif").read_bytes() != b"old" and (data / "q.tif").read_bytes() != b"old"
+
+
+def test_the_demo_does_not_open_a_display_it_cannot_reach(monkeypatch):
+    """A DISPLAY left by an ended ssh session: Qt aborted the demo after its work (exit 134, "reinstalling the
+    application may fix this problem")."""
+    from napari_unet.demo import display_unreachable
+
+    monkeypatch.setenv("DISPLAY", ":987")
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.delenv("QT_QPA_PLATFORM", raising=False)
+    reason = display_unreachable()
+    assert reason is not None and "987" in reason, reason

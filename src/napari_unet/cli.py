@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._interrupts import events_held
+from ._interrupts import events_held, interrupts_deferred
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
@@ -113,7 +113,7 @@ def check_output(path, what: str, inputs=(), suffixes=()) -> Path:
 
     path = Path(path)
     if suffixes and not path.name.lower().endswith(suffixes):
-        raise CommandError(f"{what} {path.name!r} must end in {' or '.join(suffixes)}")
+        raise CommandError(f"{what} {str(path)!r} must end in {' or '.join(suffixes)}")
     if path.is_dir():
         raise CommandError(f"{what} {str(path)!r} is a folder; give a file name")
     try:
@@ -236,8 +236,8 @@ def _note_stale_siblings(outputs) -> None:
 
 def write_all(files: list, replaced: list | None = None) -> None:
     """Write every ``(path, array, metadata)`` TIFF or none: each goes to a temporary file beside its target
-    first, and the targets are replaced only once all are complete (an existing file is never half replaced).
-    Each target replaced is appended to ``replaced`` at once (an interrupt between two replacements names it)."""
+    first, and the targets are replaced only once all are complete (an existing file is never half replaced), with
+    Ctrl-C and SIGTERM held until all are replaced and appended to ``replaced`` (which the interrupted command names)."""
     from ._files import fsync_folder, hidden_sibling, target_mode
     from .tiff_io import write_tiff
 
@@ -253,11 +253,13 @@ def write_all(files: list, replaced: list | None = None) -> None:
                     raise OSError(f"cannot write {path}: {err}") from err
                 raise OSError(err.errno, err.strerror, str(path)) from err
             os.chmod(partial, target_mode(path))  # a replaced file keeps its permissions
-        for partial, path in pending:
-            os.replace(partial, path)
-            if replaced is not None:
-                replaced.append(path)
-            fsync_folder(path.parent)
+        with interrupts_deferred():  # all replaced and recorded, or (an interrupt before) none: "both or neither"
+            for partial, path in pending:
+                os.replace(partial, path)
+                if replaced is not None:
+                    replaced.append(path)
+            for folder in {path.parent for _, path in pending}:
+                fsync_folder(folder)
     finally:
         for partial, _ in pending:
             if partial.exists():
@@ -521,9 +523,11 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def run_training(image, labels, model_config, train_config, init=None, quiet=False, pixel_size=None):
+def run_training(image, labels, model_config, train_config, init=None, quiet=False, pixel_size=None, finishing=None):
     """Drain training events with a terminal progress line; returns the start and finish events.
-    ``pixel_size``: [Y, X] µm of the image's pixels, if known (recorded in the model)."""
+    ``pixel_size``: [Y, X] µm of the image's pixels, if known (recorded in the model). ``finishing``: an ExitStack
+    that, from the finishing of the model on, holds Ctrl-C and SIGTERM until the caller closes it (once the model is
+    saved): a scheduler's time limit that came during the finishing threw the finished model away."""
     from .postprocess import describe_rule
     from .train import EpochEnd, TrainingFinished, TrainingFinishing, TrainingStarted, TrainingStep, format_seconds, train_events
 
@@ -535,8 +539,16 @@ def run_training(image, labels, model_config, train_config, init=None, quiet=Fal
     if not quiet and math.prod(shape) >= PREPARING_NOTE_PIXELS:  # minutes before the first event: say what happens
         slices = f"the annotated slices of {shape[0]} slices" if len(shape) == 3 else "1 image"
         print(f"preparing {slices} of {shape[-2]} x {shape[-1]} pixels (normalising, border weights)...", file=sys.stderr)
+    stage = []  # "finishing" once the steps are done
+
+    def say_stopping(signum: int) -> None:
+        _say_stopping(signum, saving=bool(stage) and finishing is not None)
+
     for event in events_held(train_events(image, labels, model_config, train_config, init=init, pixel_size=pixel_size),
-                             _say_stopping):
+                             say_stopping):
+        if isinstance(event, TrainingFinishing) and finishing is not None:
+            stage.append("finishing")
+            finishing.enter_context(interrupts_deferred(second_at_once=True))
         if isinstance(event, TrainingStarted):
             started = event
             if quiet:
@@ -663,14 +675,16 @@ def _train(args) -> int:
     if pixel_size is not None and not args.pixel_size:  # a file's tag can be wrong (circular-scan.tif: inches for mm)
         print(f"note: the model records pixels of {pixel_size[0]:.4g} x {pixel_size[1]:.4g} µm (Y x X), as {Path(args.image).name} "
               "records them; predict compares images' pixel sizes with it (--pixel-size Y X to give the right one)", file=sys.stderr)
-    started, final = run_training(image, labels, None if init is not None else model_config, train_config, init=init,
-                                  pixel_size=pixel_size)
+    with contextlib.ExitStack() as finishing:  # an interrupt during the finishing comes once the model is saved
+        started, final = run_training(image, labels, None if init is not None else model_config, train_config, init=init,
+                                      pixel_size=pixel_size, finishing=finishing)
+        if final.steps == 0:
+            raise CommandError(f"training ended ({final.reason}) before its first step; no model written (a larger --max-minutes?)")
+        with interrupts_deferred():  # the file replaced and its record, never one without the other
+            save_model_or_elsewhere(final.model, output)
+            args.written.append(output)
+        print(f"wrote {output}", file=sys.stderr)
     image_height = _pixel_height(image_metadata)  # boundary errors in µm too (Y alone may be calibrated)
-    if final.steps == 0:
-        raise CommandError(f"training ended ({final.reason}) before its first step; no model written (a larger --max-minutes?)")
-    save_model_or_elsewhere(final.model, output)
-    args.written.append(output)
-    print(f"wrote {output}", file=sys.stderr)
 
     stack_image = image if image.ndim == 3 else image[None]
     stack_labels = labels if labels.ndim == 3 else labels[None]
@@ -1014,7 +1028,7 @@ def cmd_demo(args) -> int:
     if not str(args.output_dir).strip():  # Path("") is the current folder: the outputs landed there unannounced
         raise CommandError("--output-dir is empty; give a folder (it is created if it does not exist)")
     load_tensorflow(quiet=True)  # with Keras' optional packages: the demo may open napari afterwards
-    return run_demo(Path(args.output_dir), minutes=args.minutes, headless=args.headless, seed=args.seed)
+    return run_demo(Path(args.output_dir), minutes=args.minutes, headless=args.headless, seed=args.seed, written=args.written)
 
 
 class _OneLineErrors(argparse.ArgumentParser):
@@ -1055,19 +1069,19 @@ def build_parser() -> argparse.ArgumentParser:
                        "2 to the power depth (default: the preset's)")
     train.add_argument("--learning-rate", type=float, help="Adam's learning rate, between 0 and 1 (default: the preset's)")
     train.add_argument("--steps-per-epoch", type=positive_int, help="training steps between two validations (default: the preset's)")
-    train.add_argument("--augment-noise", type=or_auto(noise_std), metavar="STD", help="Gaussian pixel noise added to each training patch, its std "
+    train.add_argument("--augment-noise", type=or_auto(noise_std), metavar="STD|auto", help="Gaussian pixel noise added to each training patch, its std "
                        "drawn from [0, STD) in units of the normalised range; 0 = off (default: the preset's; the default preset's "
                        "auto adds 0.1 for --max-minutes 30 or more)")
     train.add_argument("--rotations", choices=("auto", "on", "off"), help="augment with 90-degree turns of the patches (default auto: on, "
                        "off for labels layered top to bottom such as OCT layers, whose network must learn which way is up; "
                        "predict's test-time augmentation then keeps tiles upright too)")
-    train.add_argument("--merge-levels", type=or_auto(merge_levels), metavar="L1,L2,...", help="levels at which the membrane rule may "
+    train.add_argument("--merge-levels", type=or_auto(merge_levels), metavar="L1,L2,...|auto", help="levels at which the membrane rule may "
                        "merge regions across faint boundaries, picked on the validation slices (default auto: 0.5,0.6, and "
                        "0.5,0.6,0.7 for --max-minutes 30 or more: BENCHMARKS.md, session 30; predict with test-time augmentation merges "
                        "at 0.65 at most: sessions 33-34)")
     train.add_argument("--depth", type=positive_int, help="poolings of the U-Net, 1-6 (default: the preset's; the default preset takes 5 "
                        "for --max-minutes 30 or more on a GPU or with AMX bfloat16, else 4: BENCHMARKS.md, sessions 25 and 28)")
-    train.add_argument("--context-slices", type=int, help="neighbouring slices on each side the network also sees (default: the preset's)")
+    train.add_argument("--context-slices", type=int, help="neighbouring slices on each side the network also sees, 0..3 (default: the preset's)")
     train.add_argument("--local-contrast", type=float, metavar="SIGMA", help="standardise the input by its Gaussian neighbourhood of SIGMA pixels; 0 = off (default: the preset's)")
     train.set_defaults(func=cmd_train)
 
@@ -1124,7 +1138,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output-dir", default="napari-unet-demo", help="folder for the demo's files; default: %(default)s")
     demo.add_argument("--minutes", type=positive_float, default=1.0, help="training budget in minutes; default: %(default)s")
     demo.add_argument("--headless", action="store_true", help="do not open napari")
-    demo.add_argument("--seed", type=non_negative_int, default=0, help="random seed of the synthetic data and the training")
+    demo.add_argument("--seed", type=non_negative_int, default=0, help="random seed of the synthetic data and the training; default: %(default)s")
     demo.set_defaults(func=cmd_demo)
     return parser
 
@@ -1270,11 +1284,12 @@ class _ReaderMayLeave:
         return getattr(self._stream, name)
 
 
-def _say_stopping(signum: int) -> None:
-    """Say that an interrupt takes effect at the end of the current step or tile (written to the descriptor: a handler
-    may run while the progress line is being written)."""
-    text = ("terminating at the end of the current step or tile" if signum == signal.SIGTERM else
-            "stopping at the end of the current step or tile; press Ctrl-C again to stop at once")
+def _say_stopping(signum: int, saving: bool = False) -> None:
+    """Say that an interrupt takes effect at the end of the current step or tile, or (``saving``) once the finished
+    model is saved (written to the descriptor: a handler may run while the progress line is being written)."""
+    when = "once the finished model is saved" if saving else "at the end of the current step or tile"
+    text = (f"terminating {when}" if signum == signal.SIGTERM else
+            f"stopping {when}; press Ctrl-C again to stop at once")
     with contextlib.suppress(OSError):
         os.write(2, f"\nnapari-unet: {text}\n".encode())
 

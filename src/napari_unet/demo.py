@@ -18,6 +18,22 @@ def has_display() -> bool:
     return True
 
 
+def display_unreachable() -> str | None:
+    """Why Qt cannot open the display (a DISPLAY of an ssh session that ended), else None: Qt aborts the process that
+    tries (exit 134, "reinstalling the application may fix this problem"), so a child process tries first."""
+    import subprocess
+
+    probe = "from qtpy.QtWidgets import QApplication; QApplication([])"
+    try:
+        result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return str(err)
+    if result.returncode == 0:
+        return None
+    lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+    return lines[0] if lines else f"exit status {result.returncode}"
+
+
 def save_figure(path, image, truth, prediction, history) -> Path:
     """PNG with one slice of image, truth, prediction and the loss curves; written atomically. A Figure of its own:
     the caller's pyplot backend stays as it is (matplotlib.use("Agg") switched it, and the user's windows stopped showing)."""
@@ -49,8 +65,10 @@ def save_figure(path, image, truth, prediction, history) -> Path:
     return path
 
 
-def run_demo(output_dir: Path, minutes: float = 1.0, headless: bool = False, seed: int = 0) -> int:
-    """Generate data, train for ``minutes``, predict, score, write model, prediction and figure."""
+def run_demo(output_dir: Path, minutes: float = 1.0, headless: bool = False, seed: int = 0, written: list | None = None) -> int:
+    """Generate data, train for ``minutes``, predict, score, write model, prediction and figure. Each file written is
+    appended to ``written`` (an interrupted command names them)."""
+    written = [] if written is None else written
     from .cli import CommandError, check_output, os_reason, run_training
     from .config import preset
     from .metrics import evaluate
@@ -78,17 +96,26 @@ def run_demo(output_dir: Path, minutes: float = 1.0, headless: bool = False, see
     train_seconds = time.perf_counter() - started
     if final.steps == 0:  # its untrained weights would be scored as if trained
         raise CommandError(f"training ended ({final.reason}) before its first step; nothing written (a larger --minutes?)")
-    model_path = save_model(final.model, outputs["demo-model.keras"])
+    def write(path, save):
+        with interrupts_deferred():  # the file and its record
+            save()
+            written.append(path)
+        return path
+
+    model_path = write(outputs["demo-model.keras"], lambda: save_model(final.model, outputs["demo-model.keras"]))
     # the data too: a newcomer without data of their own can run train, predict and evaluate on them
-    write_tiff(outputs["demo-image.tif"], image, metadata={"axes": "ZYX"})
-    write_tiff(outputs["demo-labels.tif"], labels, metadata={"class_values": [0, 255], "class_names": ["membrane", "cell"]})
+    write(outputs["demo-image.tif"], lambda: write_tiff(outputs["demo-image.tif"], image, metadata={"axes": "ZYX"}))
+    write(outputs["demo-labels.tif"], lambda: write_tiff(outputs["demo-labels.tif"], labels,
+                                                         metadata={"class_values": [0, 255], "class_names": ["membrane", "cell"]}))
 
     val = [8, 9]
     with interrupts_deferred(second_at_once=True):  # Ctrl-C comes after the prediction (a few seconds)
         result = predict(final.model, image, slices=val, return_probabilities=False)
     scores = evaluate(result.labels, labels[val], final.model.class_values)
-    write_tiff(outputs["demo-prediction.tif"], result.labels, metadata={"class_values": final.model.class_values})
-    figure = save_figure(outputs["demo.png"], image[val[0]], labels[val[0]], result.labels[0], final.history)
+    write(outputs["demo-prediction.tif"], lambda: write_tiff(outputs["demo-prediction.tif"], result.labels,
+                                                             metadata={"class_values": final.model.class_values}))
+    figure = write(outputs["demo.png"], lambda: save_figure(outputs["demo.png"], image[val[0]], labels[val[0]], result.labels[0],
+                                                            final.history))
     report = {"train_seconds": round(train_seconds, 1), "held_out_slices": val, **scores}
     print(json.dumps(report, indent=1))
     if scores.get("v_rand") is not None:
@@ -100,6 +127,10 @@ def run_demo(output_dir: Path, minutes: float = 1.0, headless: bool = False, see
     if headless or not has_display():
         if not headless:
             print("no display: skipped opening napari (pass --headless to silence this)", file=sys.stderr)
+        return 0
+    unreachable = display_unreachable()
+    if unreachable:
+        print(f"cannot open the display ({unreachable}): skipped opening napari (pass --headless to silence this)", file=sys.stderr)
         return 0
     from ._napari_demo import show_in_napari
 
