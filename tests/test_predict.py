@@ -741,3 +741,32 @@ def test_the_folded_network_is_built_once_per_model_and_settings_while_the_weigh
     del model, network, kernel, mean
     gc.collect()
     assert alive() is None and len(predict_module._FORWARD_CACHE) <= entries - 1  # (other tests' networks may go too)
+
+
+def test_a_tiff_data_object_is_named_not_called_an_image_of_shape_nothing(tmp_path):
+    """The README's read_tiff(path, lazy=True) given to predict as it is: "image has shape ()"."""
+    import tifffile
+
+    from napari_unet.data import InputError
+    from napari_unet.tiff_io import read_tiff
+    from napari_unet.train import train
+
+    image, labels = stripes(n_slices=2, size=64, seed=2)
+    tifffile.imwrite(tmp_path / "image.tif", image)
+    for call in (lambda: predict(tiny_model(), read_tiff(tmp_path / "image.tif", lazy=True)),
+                 lambda: train(read_tiff(tmp_path / "image.tif"), labels)):
+        with pytest.raises(InputError, match="image is a TiffData, not an array: give its .data"):
+            call()
+    assert predict(tiny_model(), read_tiff(tmp_path / "image.tif", lazy=True).data, tta=False).labels.shape == image.shape
+
+
+def test_a_blank_slice_does_not_make_a_stack_unlike_the_training_images():
+    """One blank frame of a short stack: the note on the blank slice, and a false "intensities unlike the training
+    images'" (one of 2 slices: profile distance 0.28)."""
+    from napari_unet.predict import intensity_note
+
+    image = stripes(n_slices=2, seed=9)[0].copy()
+    image[1] = 7
+    assert intensity_note(image, tiny_model()) is None
+    assert "unlike the training images" in intensity_note(255 - image, tiny_model())
+    intensity_note(np.full((2, 64, 64), 7, np.uint8), tiny_model())  # all blank: no failure (predict names them)

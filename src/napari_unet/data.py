@@ -20,8 +20,16 @@ class InputError(ValueError):
     """Image or labels that cannot be used; the message says what is wrong and what to do."""
 
 
+def check_is_array(image, name: str = "image") -> None:
+    """:class:`InputError` for an object that holds an array without being one (``read_tiff``'s TiffData: numpy made it
+    an array of shape (), and the message said the image had shape ())."""
+    if not hasattr(image, "shape") and hasattr(getattr(image, "data", None), "shape"):
+        raise InputError(f"{name} is a {type(image).__name__}, not an array: give its .data")
+
+
 def as_stack(image, name: str = "image") -> np.ndarray:
     """View a (Y, X) or (Z, Y, X) array as (Z, Y, X); other shapes raise :class:`InputError`."""
+    check_is_array(image, name)
     array = np.asarray(image)
     if array.ndim == 2:
         return array[None]
@@ -71,6 +79,8 @@ def read_annotated_slices(image, labels, ignore_value=None, pixel_weights=None, 
     smaller). The whole checked stacks (:func:`check_pair`) with every or no slice annotated, ``every_slice`` (context
     slices need their neighbours) or no ignore value; a lazy stack with no annotated pixel is refused without being
     read whole. ``pixel_weights``: the labels' shape, or None."""
+    check_is_array(image)
+    check_is_array(labels, "labels")
     shape = tuple(np.shape(image))
     if tuple(np.shape(labels)) != shape:
         raise InputError(f"image shape {shape} and labels shape {tuple(np.shape(labels))} differ; "
@@ -218,22 +228,26 @@ PROFILE_ABOVE_FLOOR_SHARE = 0.05
 
 def _slice_quantiles(image, percentiles, max_slices: int, kinds: tuple) -> list:
     """For each ``above_floor`` flag of ``kinds``, the (S, len(PROFILE_LEVELS)) quantiles of up to ``max_slices`` evenly
-    spaced, percentile-normalised slices (each slice read once)."""
+    spaced, percentile-normalised slices (each slice read once), blank ones (one grey value: a missing frame, which
+    prediction names) left out unless all are: one of 3 slices made a stack "unlike the training images"."""
     shape = tuple(np.shape(image))
     if len(shape) not in (2, 3) or 0 in shape:
         raise InputError(f"image of shape {shape} is not a (Y, X) image or (Z, Y, X) stack with pixels")
     n_slices = 1 if len(shape) == 2 else shape[0]
     picks = np.unique(np.linspace(0, n_slices - 1, min(max_slices, n_slices)).round().astype(int))
-    quantiles = [[] for _ in kinds]
+    quantiles, blank = [[] for _ in kinds], [[] for _ in kinds]
     for z in picks:  # a lazy stack reads only these
-        plane = normalize(np.asarray(image if len(shape) == 2 else image[z]), percentiles)
-        for above_floor, found in zip(kinds, quantiles):
+        raw = np.asarray(image if len(shape) == 2 else image[z])
+        plane = normalize(raw, percentiles)
+        with np.errstate(invalid="ignore"):
+            is_blank = bool(raw.min() == raw.max())  # (NaN: not blank; refused elsewhere)
+        for above_floor, found in zip(kinds, blank if is_blank else quantiles):
             values = plane
             if above_floor:
                 above = plane[plane > 0]  # above the low percentile, which normalises to 0
                 values = above if above.size >= PROFILE_ABOVE_FLOOR_SHARE * plane.size else plane
             found.append(np.percentile(values, PROFILE_LEVELS))
-    return [np.array(found) for found in quantiles]
+    return [np.array(found if found else blanks) for found, blanks in zip(quantiles, blank)]
 
 
 def intensity_profile(image, percentiles=(1.0, 99.8), max_slices: int = 8, above_floor: bool = True) -> tuple:
@@ -698,6 +712,7 @@ def prefetch(make_batch, n_batches: int, depth: int = 4):
 
 __all__ = [
     "InputError",
+    "check_is_array",
     "as_stack",
     "MIN_IMAGE_SIZE",
     "check_image",

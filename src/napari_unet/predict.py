@@ -22,6 +22,7 @@ from .data import (
     InputError,
     as_stack,
     check_image,
+    check_is_array,
     downscale_image,
     intensity_profile,
     neighbour_slices,
@@ -353,6 +354,7 @@ def predict_events(
     of whole planes with ``model.percentiles`` and its local contrast), e.g. validation windows cut from whole slices.
     """
     model = as_model(model)
+    check_is_array(image)
     if not hasattr(image, "shape"):  # nested lists
         image = np.asarray(image)
     shape = tuple(np.shape(image))
