@@ -33,8 +33,8 @@ ZERO_TIP = (
     "napari's own reader). Checked: value 0 means not annotated (ignored by the loss) and every "
     "nonzero value is a class. Unchecked: 0 is a class too (e.g. a raw 0/255 mask) and every pixel "
     "is annotated. Layers from the napari-unet reader, sample data or predictions always use "
-    "0 = not annotated; on prediction layers only pixels you painted count. The napari-unet writer saves the "
-    "layer's 0s as Train last took them."
+    "0 = not annotated; on prediction layers only pixels you painted count. Ticking or unticking records the choice in "
+    "the layer at once, and the napari-unet writer saves its 0s as it says."
 )
 
 
