@@ -249,6 +249,37 @@ def test_progress_line_never_passes_100_percent():
     assert stream.getvalue().splitlines()[-1].endswith("100.0% tile 216/216")
 
 
+def test_progress_line_fits_one_terminal_row_and_speaks_plainly_to_a_dumb_terminal(monkeypatch):
+    """105-120 characters in an 80-column terminal: each update left a wrapped row behind (two a second) and the ETA at
+    its end was cut off; TERM=dumb consoles (Emacs' shell) showed ESC[K as text."""
+    import io
+
+    import napari_unet.cli as cli
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    text = "epoch 9 step 83 loss 0.4847 val_loss 0.2348 * elapsed 12:07 ETA 0:02"
+    monkeypatch.setattr(cli, "_columns", lambda stream: 80)
+    monkeypatch.setenv("TERM", "xterm")
+    stream = Terminal()
+    cli.ProgressLine(stream).show(0.856, text, force=True)
+    line = stream.getvalue().removeprefix("\r").removesuffix("\x1b[K")
+    assert len(line) <= 79 and line.endswith("ETA 0:02") and "85.6%" in line, line
+    monkeypatch.setattr(cli, "_columns", lambda stream: 200)
+    stream = Terminal()
+    cli.ProgressLine(stream).show(0.5, text, force=True)
+    assert stream.getvalue().startswith("\r[" + "#" * 12 + "." * 12 + "]")  # room: the whole bar
+    monkeypatch.setenv("TERM", "dumb")
+    stream = Terminal()
+    progress = cli.ProgressLine(stream)
+    progress.show(0.5, text, force=True)
+    progress.show(0.6, "tile 1/2", force=True)
+    assert "\x1b" not in stream.getvalue() and stream.getvalue().split("\r")[-1].rstrip().endswith("tile 1/2")
+    assert len(stream.getvalue().split("\r")[-1]) == len(stream.getvalue().split("\r")[-2])  # the longer line blanked
+
+
 def test_predict_tta_flags_force_test_time_augmentation_on_and_off(data, capsys, monkeypatch):
     save_model(tiny_model(), data / "m.keras")
     seen = record_tta(monkeypatch)

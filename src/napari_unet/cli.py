@@ -448,6 +448,7 @@ class ProgressLine:
     def __init__(self, stream=None, every: float = 0.5):
         self.stream, self.every, self.last = stream or sys.stderr, every, -1e9
         self.tty = self.stream.isatty()
+        self.shown = 0  # length of the line on the terminal
         self.unshown = None  # the latest (fraction, text) not shown yet: done() shows it (the log ended at 98.6 %)
 
     def show(self, fraction: float, text: str, force: bool = False):
@@ -456,10 +457,21 @@ class ProgressLine:
             self.unshown = (fraction, text)
             return
         self.last, self.unshown = now, None
-        width = 24
-        filled = int(round(width * min(max(fraction, 0.0), 1.0)))
-        line = f"[{'#' * filled}{'.' * (width - filled)}] {100 * min(max(fraction, 0.0), 1.0):5.1f}% {text}"
-        self.stream.write(("\r" + line + "\x1b[K") if self.tty else line + "\n")
+        fraction = min(max(fraction, 0.0), 1.0)
+        percent = f"{100 * fraction:5.1f}% {text}"
+        if not self.tty:
+            self.stream.write(f"[{_bar(fraction, 24)}] {percent}\n")
+            self.stream.flush()
+            return
+        # one terminal row: a wrapped line left a row behind at every update, and the ETA at its end was cut off
+        columns = _columns(self.stream) - 1
+        width = min(24, columns - len(percent) - 3)
+        line = (f"[{_bar(fraction, width)}] {percent}" if width >= 8 else percent)[:columns]
+        if os.environ.get("TERM") == "dumb":  # a console that shows escape codes as text (Emacs' shell)
+            self.stream.write("\r" + line.ljust(self.shown))
+        else:
+            self.stream.write("\r" + line + "\x1b[K")
+        self.shown = len(line)
         self.stream.flush()
 
     def done(self):
@@ -468,6 +480,19 @@ class ProgressLine:
         if self.tty:
             self.stream.write("\n")
             self.stream.flush()
+
+
+def _bar(fraction: float, width: int) -> str:
+    filled = int(round(width * fraction))
+    return "#" * filled + "." * (width - filled)
+
+
+def _columns(stream) -> int:
+    """Columns of the terminal ``stream`` writes to (80 if unknown)."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns or 80
+    except (AttributeError, OSError, ValueError):
+        return 80
 
 
 def _train_config_from_args(args, preset):
