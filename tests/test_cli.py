@@ -1370,3 +1370,32 @@ def test_the_demo_does_not_open_a_display_it_cannot_reach(monkeypatch):
     monkeypatch.delenv("QT_QPA_PLATFORM", raising=False)
     reason = display_unreachable()
     assert reason is not None and "987" in reason, reason
+
+
+def test_a_hangup_cleans_up_like_sigterm_and_nohup_keeps_it_ignored(data, capsys, monkeypatch):
+    """Closing the terminal (SIGHUP) killed a command without clean-up: a zarr run left its partial store."""
+    import signal
+
+    import napari_unet.predict as predict_module
+
+    save_model(tiny_model(), data / "m.keras")
+    real = predict_module.predict_events
+
+    def hung_up(*args, **kwargs):
+        events = real(*args, **kwargs)
+        yield next(events)
+        os.kill(os.getpid(), signal.SIGHUP)
+        yield from events
+
+    monkeypatch.setattr(predict_module, "predict_events", hung_up)
+    code, _, err = run(capsys, "predict", data / "m.keras", data / "image.tif", "-o", data / "p.tif", "--no-tta")
+    assert code == 129 and "terminated; no output file was written" in err, err
+    assert not [p.name for p in data.iterdir() if p.name.startswith(".") or p.name == "p.tif"]
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL  # restored
+    monkeypatch.setattr(predict_module, "predict_events", real)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # nohup
+    try:
+        code, _, err = run(capsys, "predict", data / "m.keras", data / "image.tif", "-o", data / "p.tif", "--no-tta")
+        assert code == 0 and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN, err
+    finally:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)

@@ -10,7 +10,7 @@ Event = TypeVar("Event")
 
 @contextlib.contextmanager
 def interrupts_deferred(second_at_once: bool = False):
-    """Within the block, SIGINT and SIGTERM are held back, then delivered: renames that belong together, and the
+    """Within the block, SIGINT, SIGTERM and SIGHUP are held back, then delivered: renames that belong together, and the
     record that they were done, are never cut between; a KeyboardInterrupt raised inside TensorFlow's Python code
     (a graph being traced) or inside ``threading`` (a thread starting) left them broken: a SystemError or "release
     unlocked lock" instead of the interrupt, or a segmentation fault at exit. Blocks nest.
@@ -45,7 +45,8 @@ def interrupts_deferred(second_at_once: bool = False):
             for number in sorted(received, key=lambda n: n != signal.SIGTERM):  # each to the handler put back: an
                 signal.raise_signal(number)  # outer block counts them too, so its second comes at once as well
 
-    for number in (signal.SIGINT, signal.SIGTERM):
+    hangup = [signal.SIGHUP] if hasattr(signal, "SIGHUP") else []  # (not on Windows)
+    for number in (signal.SIGINT, signal.SIGTERM, *hangup):
         handler = signal.getsignal(number)
         if handler is not None and handler is not signal.SIG_IGN:  # None: installed outside Python, left as it is
             previous[number] = signal.signal(number, hold)

@@ -1204,7 +1204,7 @@ def main(argv=None) -> int:
         done = ", ".join(str(p) for p in args.written)
         how = "terminated" if isinstance(stop, _Terminated) else "interrupted"
         print(f"napari-unet: {how}; {f'{done} was written before' if done else 'no output file was written'}", file=sys.stderr)
-        return EXIT_TERMINATED if isinstance(stop, _Terminated) else EXIT_INTERRUPTED
+        return 128 + stop.signum if isinstance(stop, _Terminated) else EXIT_INTERRUPTED
     except _bad_input_errors() as err:
         print(f"napari-unet: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -1235,8 +1235,8 @@ def main(argv=None) -> int:
             stream.flush()
             stream.close_own()
         sys.stdout, sys.stderr = streams
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _standard_descriptors_open() -> None:
@@ -1313,29 +1313,37 @@ def _say_stopping(signum: int, saving: bool = False) -> None:
     """Say that an interrupt takes effect at the end of the current step or tile, or (``saving``) once the finished
     model is saved (written to the descriptor: a handler may run while the progress line is being written)."""
     when = "once the finished model is saved" if saving else "at the end of the current step or tile"
-    text = (f"terminating {when}" if signum == signal.SIGTERM else
+    text = (f"terminating {when}" if signum != signal.SIGINT else
             f"stopping {when}; press Ctrl-C again to stop at once")
     with contextlib.suppress(OSError):
         os.write(2, f"\nnapari-unet: {text}\n".encode())
 
 
 class _Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where Ctrl-C would be: the same clean-up, its own exit status."""
+    """SIGTERM or SIGHUP, raised where Ctrl-C would be: the same clean-up, its own exit status (128 + ``signum``)."""
+
+    def __init__(self, signum: int = signal.SIGTERM):
+        super().__init__(signum)
+        self.signum = signum
 
 
-def _stop_on_sigterm():
-    """Make SIGTERM (``kill``, ``timeout``, a batch scheduler's time limit) interrupt like Ctrl-C, so a command cleans
-    up (partial stores) and names what it wrote, exiting with 143; returns the previous handler (None off the main
-    thread)."""
+def _stop_on_sigterm() -> dict:
+    """Make SIGTERM (``kill``, ``timeout``, a batch scheduler's time limit) and SIGHUP (the terminal closed; not where
+    ignored, as under ``nohup``) interrupt like Ctrl-C, so a command cleans up (partial stores) and names what it wrote,
+    exiting with 128 + the signal's number (143, 129); returns the previous handlers (none off the main thread)."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():
-        return None
+        return {}
 
     def interrupt(signum, frame):
-        raise _Terminated
+        raise _Terminated(signum)
 
-    return signal.signal(signal.SIGTERM, interrupt)
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, interrupt)}
+    hangup = getattr(signal, "SIGHUP", None)  # (not on Windows)
+    if hangup is not None and signal.getsignal(hangup) is signal.SIG_DFL:
+        previous[hangup] = signal.signal(hangup, interrupt)
+    return previous
 
 
 def run() -> None:
