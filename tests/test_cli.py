@@ -785,6 +785,22 @@ def test_native_stderr_lines_are_filtered_not_lost(capfd):
     assert sorted(lines) == ["F0000 00:00:1796402639.093787   12862 port.cc:9] something real", "from python"]
 
 
+
+def test_no_temporary_folder_only_leaves_the_native_lines_unfiltered(capfd, monkeypatch):
+    """A read-only container without a writable temporary folder: every command failed at its start (exit 1)."""
+    import tempfile
+
+    from napari_unet._tensorflow import native_lines_dropped
+
+    def no_folder(*args, **kwargs):
+        raise FileNotFoundError(2, "No usable temporary directory found")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", no_folder)
+    with native_lines_dropped():
+        os.write(2, b"I0000 00:00:1796402639.093787   12862 port.cc:153] oneDNN custom operations are on.\n")
+    assert "oneDNN" in capfd.readouterr().err
+
+
 def test_console_script_is_run_which_exits_at_once_once_tensorflow_is_loaded(monkeypatch):
     from importlib.metadata import entry_points
 

@@ -130,14 +130,21 @@ def _quiet_pattern() -> "re.Pattern":
 @contextlib.contextmanager
 def native_lines_dropped(pattern: "re.Pattern" = _NATIVE_INFO):
     """Within the block, file descriptor 2 goes to a temporary file; afterwards its lines are written to stderr,
-    except those ``pattern`` matches. A no-op where stderr has no file descriptor."""
+    except those ``pattern`` matches. A no-op where stderr has no file descriptor or no temporary file can be made (a
+    read-only container: every command failed at its start for a filter of log lines)."""
     try:
         sys.stderr.flush()
-        saved = os.dup(2)
+        capture = tempfile.TemporaryFile()
     except (AttributeError, OSError, ValueError):
         yield
         return
-    with tempfile.TemporaryFile() as capture:
+    try:
+        saved = os.dup(2)
+    except OSError:
+        capture.close()
+        yield
+        return
+    with capture:
         os.dup2(capture.fileno(), 2)
         try:
             yield
