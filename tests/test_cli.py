@@ -1415,3 +1415,24 @@ def test_a_hangup_cleans_up_like_sigterm_and_nohup_keeps_it_ignored(data, capsys
         assert code == 0 and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN, err
     finally:
         signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
+def test_output_names_the_file_system_refuses_are_bad_input_before_the_work(data, capsys, monkeypatch):
+    """A 300-byte name gave exit 1 and the raw errno text (the whole name); a file named as a folder "did not exist";
+    a file-size limit (ulimit -f) was told as if another folder or name would help."""
+    import errno
+
+    import napari_unet.model_io as model_io
+
+    save_model(tiny_model(), data / "m.keras")
+    code, _, err = run(capsys, "predict", data / "m.keras", data / "image.tif", "-o", data / ("p" * 300 + ".tif"))
+    assert code == 2 and "File name too long; give another name" in err and "p" * 200 not in err, err
+    code, _, err = run(capsys, "predict", data / "m.keras", data / "image.tif", "-o", data / "image.tif" / "p.tif")
+    assert code == 2 and "folder" in err and "is a file, not a folder" in err, err
+
+    def too_large(model, path):
+        raise OSError(errno.EFBIG, "File too large")
+
+    monkeypatch.setattr(model_io, "save_model", too_large)
+    code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "n.keras", *TINY_TRAINING)
+    assert code == 2 and "file-size limit of the file system or of the process (ulimit -f)" in err, err

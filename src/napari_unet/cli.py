@@ -114,6 +114,14 @@ def check_output(path, what: str, inputs=(), suffixes=()) -> Path:
     path = Path(path)
     if suffixes and not path.name.lower().endswith(suffixes):
         raise CommandError(f"{what} {str(path)!r} must end in {' or '.join(suffixes)}")
+    try:
+        os.stat(path)  # a name too long for the file system: bad input before the work, not an error after it
+    except FileNotFoundError:
+        pass
+    except NotADirectoryError:
+        pass  # a file where a folder is named: _check_folder says so
+    except OSError as err:
+        raise CommandError(f"cannot write {what} {_shown(path)}: {os_reason(err)}; give another name") from None
     if path.is_dir():
         raise CommandError(f"{what} {str(path)!r} is a folder; give a file name")
     try:
@@ -121,6 +129,12 @@ def check_output(path, what: str, inputs=(), suffixes=()) -> Path:
     except OSError as err:
         raise CommandError(f"{what}: {err.strerror} (a device or pipe?); give a file name") from err
     return _check_folder(path, what, inputs)
+
+
+def _shown(path: Path, limit: int = 120) -> str:
+    """``path`` quoted for a message, its middle cut when it is longer than ``limit`` characters."""
+    text = str(path)
+    return repr(text if len(text) <= limit else f"{text[: limit // 2]}...{text[-limit // 2:]}")
 
 
 def check_zarr_output(path, what: str, inputs=()) -> Path:
@@ -166,7 +180,8 @@ def _check_folder(path: Path, what: str, inputs) -> Path:
 
     folder = path.parent  # Path("out.tif").parent is Path(".")
     if not folder.is_dir():
-        raise CommandError(f"cannot write {what} {str(path)!r}: folder {str(folder)!r} does not exist")
+        kind = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise CommandError(f"cannot write {what} {str(path)!r}: folder {str(folder)!r} {kind}")
     for source in inputs:
         source = Path(source)
         same = path.exists() and source.exists() and os.path.samefile(path, source)
@@ -187,6 +202,8 @@ def _check_folder(path: Path, what: str, inputs) -> Path:
 def os_reason(err: OSError) -> str:
     """Why a file or folder could not be made, for a message: /proc and the like take none, and said "No such file or
     directory" of a folder that exists."""
+    if err.errno == errno.EFBIG:  # another folder on the same disk, or another name, would not help
+        return f"{err.strerror}: beyond the file-size limit of the file system or of the process (ulimit -f)"
     return "it takes no new files" if err.errno == errno.ENOENT else err.strerror or str(err)
 
 
