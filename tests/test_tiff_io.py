@@ -784,3 +784,17 @@ def test_a_folder_of_stacks_is_refused_and_a_folder_of_one_stack_is_that_stack(t
         read_folder(folder)
     (folder / "train-labels.tif").unlink()
     np.testing.assert_array_equal(read_folder(folder).data, image)
+
+
+def test_a_file_system_error_while_reading_is_not_called_a_corrupt_tiff(tmp_path, monkeypatch):
+    """An I/O error of a network share in the middle of a read (or a path too long) was "corrupt or unsupported TIFF"."""
+    import errno
+
+    tifffile.imwrite(tmp_path / "good.tif", em_like((2, 32, 32)))
+
+    def share_gone(series, *args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(tifffile.TiffPageSeries, "asarray", share_gone)
+    with pytest.raises(TiffReadError, match="good.tif: cannot read it \\(Input/output error\\)"):
+        read_tiff(tmp_path / "good.tif")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import json
 import logging
 import math
@@ -462,6 +463,11 @@ def _tifffile_errors(path: Path):
             raise
         except MemoryError as exc:
             raise TiffReadError(f"{path}: not enough memory to read the image") from exc
+        except OSError as exc:
+            if exc.errno is None or exc.errno == errno.EINVAL:  # (a seek beyond a damaged file's end)
+                raise TiffReadError(f"{path}: corrupt or unsupported TIFF ({type(exc).__name__}: {_one_line(exc)})") from exc
+            # the file system's error (a network share's I/O error, a path too long), not the file's
+            raise TiffReadError(f"{path}: cannot read it ({exc.strerror or exc})") from exc
         except Exception as exc:  # tifffile, zlib, imagecodecs, struct... anything means "corrupt"
             raise TiffReadError(f"{path}: corrupt or unsupported TIFF ({type(exc).__name__}: {_one_line(exc)})") from exc
         finally:
