@@ -658,7 +658,7 @@ def test_two_runs_committing_the_same_pair_of_stores_never_mix_them(tmp_path):
     script = """
 import sys, numpy as np, zarr
 from pathlib import Path
-from napari_unet import zarr_io
+from napari_unet._files import folder_lock
 from napari_unet.zarr_io import commit_zarr_stores, create_zarr, discard_zarr
 folder, me, mixed = Path(sys.argv[1]), int(sys.argv[2]), 0
 pair = [folder / "labels.zarr", folder / "probs.zarr"]
@@ -669,7 +669,7 @@ for _ in range(60):
     for old in commit_zarr_stores(list(zip(partials, pair))):
         if old is not None:
             discard_zarr(old)
-    with zarr_io._folder_lock(folder.resolve()):
+    with folder_lock(folder.resolve()):
         seen = {int(zarr.open_array(str(path), mode="r")[0, 0, 0]) for path in pair}
     mixed += len(seen) > 1
 print("mixed", mixed)

@@ -1436,3 +1436,26 @@ def test_output_names_the_file_system_refuses_are_bad_input_before_the_work(data
     monkeypatch.setattr(model_io, "save_model", too_large)
     code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "n.keras", *TINY_TRAINING)
     assert code == 2 and "file-size limit of the file system or of the process (ulimit -f)" in err, err
+
+
+def test_two_runs_writing_the_same_tiff_pair_never_mix_them(tmp_path):
+    """Job arrays writing one -o/--probabilities pair: labels of one model beside probabilities of another (zarr stores
+    took turns under a lock, TIFF pairs did not)."""
+    script = """
+import sys, numpy as np, tifffile
+from pathlib import Path
+from napari_unet._files import folder_lock
+from napari_unet.cli import write_all
+folder, me, mixed = Path(sys.argv[1]), int(sys.argv[2]), 0
+pair = [folder / "labels.tif", folder / "probs.tif"]
+for _ in range(60):
+    write_all([(path, np.full((2, 8, 8), me, np.uint8), {}) for path in pair])
+    with folder_lock(folder.resolve()):
+        seen = {int(tifffile.imread(path)[0, 0, 0]) for path in pair}
+    mixed += len(seen) > 1
+print("mixed", mixed)
+"""
+    runs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path), str(me)], stdout=subprocess.PIPE, text=True)
+            for me in (1, 2)]
+    outputs = [run.communicate(timeout=300)[0] for run in runs]
+    assert all(output.strip().endswith("mixed 0") for output in outputs), outputs

@@ -141,3 +141,28 @@ def _process_runs(pid: int) -> bool:
     except (OSError, OverflowError):  # e.g. another user's process
         return True
     return True
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path):
+    """Hold an exclusive advisory lock on ``folder`` (flock on the folder itself: no lock file left behind) while
+    renaming outputs in it (zarr stores, TIFF pairs), so that commits from several processes take turns. No lock where
+    flock is missing."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # a folder one may write but not read (mode 333): commit unlocked, as before locking
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a file system without flock
+            pass
+        yield
+    finally:
+        os.close(fd)  # releases the lock

@@ -255,7 +255,7 @@ def write_all(files: list, replaced: list | None = None) -> None:
     """Write every ``(path, array, metadata)`` TIFF or none: each goes to a temporary file beside its target
     first, and the targets are replaced only once all are complete (an existing file is never half replaced), with
     Ctrl-C and SIGTERM held until all are replaced and appended to ``replaced`` (which the interrupted command names)."""
-    from ._files import fsync_folder, hidden_sibling, target_mode
+    from ._files import folder_lock, fsync_folder, hidden_sibling, target_mode
     from .tiff_io import write_tiff
 
     pending = []
@@ -270,13 +270,17 @@ def write_all(files: list, replaced: list | None = None) -> None:
                     raise OSError(f"cannot write {path}: {err}") from err
                 raise OSError(err.errno, err.strerror, str(path)) from err
             os.chmod(partial, target_mode(path))  # a replaced file keeps its permissions
-        with interrupts_deferred():  # all replaced and recorded, or (an interrupt before) none: "both or neither"
-            for partial, path in pending:
-                os.replace(partial, path)
-                if replaced is not None:
-                    replaced.append(path)
-            for folder in {path.parent for _, path in pending}:
-                fsync_folder(folder)
+        folders = sorted({str(path.parent.resolve()) for _, path in pending})
+        with contextlib.ExitStack() as locks:  # two runs writing one pair take turns: one run's labels and probabilities
+            for folder in folders:  # (in a fixed order: two runs never hold one lock each, waiting for the other's)
+                locks.enter_context(folder_lock(Path(folder)))
+            with interrupts_deferred():  # all replaced and recorded, or (an interrupt before) none: "both or neither"
+                for partial, path in pending:
+                    os.replace(partial, path)
+                    if replaced is not None:
+                        replaced.append(path)
+        for folder in folders:
+            fsync_folder(Path(folder))
     finally:
         for partial, _ in pending:
             if partial.exists():

@@ -290,7 +290,7 @@ def commit_zarr_stores(commits, written: list | None = None) -> list[Path | None
     one run's labels beside the other's probabilities. The paths are appended to ``written`` once all are in place.
     An interrupt that came during the renames is delivered after them, the replaced stores then deleted first (a caller
     interrupted never sees them)."""
-    from ._files import fsync_folder
+    from ._files import folder_lock, fsync_folder
 
     commits = [(Path(os.fspath(partial)), Path(os.fspath(path))) for partial, path in commits]
     folders = {}  # one lock per folder (two paths to one folder, e.g. a bind mount, would wait on each other)
@@ -301,7 +301,7 @@ def commit_zarr_stores(commits, written: list | None = None) -> list[Path | None
     olds: list[Path | None] = []
     with contextlib.ExitStack() as locks:  # two commits to one path interleaved: a raw OSError and a hidden old store
         for key in sorted(folders):  # in a fixed order: two runs never hold one lock each, waiting for the other's
-            locks.enter_context(_folder_lock(folders[key]))
+            locks.enter_context(folder_lock(folders[key]))
         for _, path in commits:
             if path.exists() and not is_zarr_array_store(path):
                 raise FileExistsError(f"{path} exists and is not a zarr array; not replaced")
@@ -345,30 +345,6 @@ def _undo_renames(steps: list) -> None:
     for source, destination in reversed(steps):
         with contextlib.suppress(OSError):  # the others are still put back; the caller raises the first error
             os.replace(destination, source)
-
-
-@contextlib.contextmanager
-def _folder_lock(folder: Path):
-    """Hold an exclusive advisory lock on ``folder`` (flock on the folder itself: no lock file left behind) while
-    renaming stores in it, so that commits from several processes take turns. No lock where flock is missing."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        yield
-        return
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # a folder one may write but not read (mode 333): commit unlocked, as before locking
-        yield
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError:  # a file system without flock
-            pass
-        yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def discard_zarr(partial: Path) -> None:
