@@ -180,11 +180,19 @@ def main():
         worker(json.loads(args._worker))
         return
 
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="napari-unet-large-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:  # from here: an interrupt while the volume is written leaves no 246 MB file in /tmp
+        _measure(args, workdir)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _measure(args, workdir: Path) -> None:
     import numpy as np
     import tifffile
 
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="napari-unet-large-"))
-    workdir.mkdir(parents=True, exist_ok=True)
     volume, model = workdir / "volume.tif", workdir / "model.keras"
     n_bytes = args.slices * args.size**2
     print(f"volume {args.slices} x {args.size} x {args.size} uint8 ({n_bytes / 2**20:.0f} MiB of pixels; "
@@ -204,57 +212,53 @@ def main():
     args.out.parent.mkdir(parents=True, exist_ok=True)
     log = open(args.out.with_suffix(".log"), "w")
     rounds = [("unlimited", None)] + ([("limited", int(args.limit_gb * 2**30))] if args.limit_gb > 0 else [])
-    try:
-        for round_name, limit in rounds:
-            for variant in variants:
-                suffix = ".zarr" if variant == "zarr" else ".tif"
-                spec = {"variant": variant, "model": str(model), "volume": str(volume), "volume_zarr": str(volume_zarr),
-                        "labels": str(workdir / f"{variant}-{round_name}-labels{suffix}"), "probabilities": str(workdir / f"{variant}-{round_name}-probs{suffix}")}
-                group = None
-                if limit is not None:
-                    group = MemoryCgroup.create(f"napari-unet-bench-{os.getpid()}", limit)
-                    if group is None:
-                        print("  no memory cgroup can be created here: the limited round is skipped", flush=True)
-                        report["limit_gb"] = None
-                        break
-                    spec["cgroup_procs"] = str(group.folder / "cgroup.procs")
-                payloads, status, seconds = C.run_child(SCRIPT, spec, None, 3 * 3600, log)
-                entry = {"status": status, "wall_seconds": round(seconds, 1)}
-                for p in payloads:
-                    entry.update(p)
-                if group is not None:
-                    entry["cgroup_peak_mb"] = round(group.peak_mb(), 1)
-                    group.remove()
-                report["runs"][f"{variant} {round_name}"] = entry
-                print(f"  {variant:9s} {round_name:9s} {status[:60]:60s} wall {seconds:6.0f} s  peak RSS {entry.get('peak_rss_mb', float('nan')):7.0f} MB  "
-                      f"peak anonymous {entry.get('peak_anon_mb', float('nan')):7.0f} MB", flush=True)
-                args.out.write_text(json.dumps(report, indent=1, default=float))
-        written = [workdir / f"{v}-unlimited-labels{'.zarr' if v == 'zarr' else '.tif'}" for v in variants]
-        written = [path for path in written if path.exists()]
-        if len(written) > 1:
-            import zarr
+    for round_name, limit in rounds:
+        for variant in variants:
+            suffix = ".zarr" if variant == "zarr" else ".tif"
+            spec = {"variant": variant, "model": str(model), "volume": str(volume), "volume_zarr": str(volume_zarr),
+                    "labels": str(workdir / f"{variant}-{round_name}-labels{suffix}"), "probabilities": str(workdir / f"{variant}-{round_name}-probs{suffix}")}
+            group = None
+            if limit is not None:
+                group = MemoryCgroup.create(f"napari-unet-bench-{os.getpid()}", limit)
+                if group is None:
+                    print("  no memory cgroup can be created here: the limited round is skipped", flush=True)
+                    report["limit_gb"] = None
+                    break
+                spec["cgroup_procs"] = str(group.folder / "cgroup.procs")
+            payloads, status, seconds = C.run_child(SCRIPT, spec, None, 3 * 3600, log)
+            entry = {"status": status, "wall_seconds": round(seconds, 1)}
+            for p in payloads:
+                entry.update(p)
+            if group is not None:
+                entry["cgroup_peak_mb"] = round(group.peak_mb(), 1)
+                group.remove()
+            report["runs"][f"{variant} {round_name}"] = entry
+            print(f"  {variant:9s} {round_name:9s} {status[:60]:60s} wall {seconds:6.0f} s  peak RSS {entry.get('peak_rss_mb', float('nan')):7.0f} MB  "
+                  f"peak anonymous {entry.get('peak_anon_mb', float('nan')):7.0f} MB", flush=True)
+            args.out.write_text(json.dumps(report, indent=1, default=float))
+    written = [workdir / f"{v}-unlimited-labels{'.zarr' if v == 'zarr' else '.tif'}" for v in variants]
+    written = [path for path in written if path.exists()]
+    if len(written) > 1:
+        import zarr
 
-            def read(path):
-                return zarr.open_array(str(path), mode="r")[:] if path.suffix == ".zarr" else tifffile.imread(path)
+        def read(path):
+            return zarr.open_array(str(path), mode="r")[:] if path.suffix == ".zarr" else tifffile.imread(path)
 
-            first = read(written[0])
-            report["labels_identical"] = all(bool(np.array_equal(first, read(path))) for path in written[1:])
-        runs = report["runs"]
-        if "in-memory unlimited" in runs and "streamed unlimited" in runs and "peak_anon_mb" in runs["streamed unlimited"]:
-            m, s = runs["in-memory unlimited"], runs["streamed unlimited"]
-            report["ratios"] = {"peak_anon_in_memory_over_streamed": m["peak_anon_mb"] / s["peak_anon_mb"],
-                                "peak_rss_in_memory_over_streamed": m["peak_rss_mb"] / s["peak_rss_mb"],
-                                "wall_streamed_over_in_memory": s["seconds"] / m["seconds"]}
-        if "zarr unlimited" in runs and "streamed unlimited" in runs and "peak_anon_mb" in runs["zarr unlimited"]:
-            z, s = runs["zarr unlimited"], runs["streamed unlimited"]
-            report.setdefault("ratios", {}).update({"peak_anon_zarr_over_streamed": z["peak_anon_mb"] / s["peak_anon_mb"],
-                                                    "wall_zarr_over_streamed": z["seconds"] / s["seconds"]})
-        args.out.write_text(json.dumps(report, indent=1, default=float))
-        print(json.dumps({k: report.get(k) for k in ("labels_identical", "ratios")}, indent=1))
-        print(f"JSON: {args.out}")
-    finally:
-        if args.workdir is None:
-            shutil.rmtree(workdir, ignore_errors=True)
+        first = read(written[0])
+        report["labels_identical"] = all(bool(np.array_equal(first, read(path))) for path in written[1:])
+    runs = report["runs"]
+    if "in-memory unlimited" in runs and "streamed unlimited" in runs and "peak_anon_mb" in runs["streamed unlimited"]:
+        m, s = runs["in-memory unlimited"], runs["streamed unlimited"]
+        report["ratios"] = {"peak_anon_in_memory_over_streamed": m["peak_anon_mb"] / s["peak_anon_mb"],
+                            "peak_rss_in_memory_over_streamed": m["peak_rss_mb"] / s["peak_rss_mb"],
+                            "wall_streamed_over_in_memory": s["seconds"] / m["seconds"]}
+    if "zarr unlimited" in runs and "streamed unlimited" in runs and "peak_anon_mb" in runs["zarr unlimited"]:
+        z, s = runs["zarr unlimited"], runs["streamed unlimited"]
+        report.setdefault("ratios", {}).update({"peak_anon_zarr_over_streamed": z["peak_anon_mb"] / s["peak_anon_mb"],
+                                                "wall_zarr_over_streamed": z["seconds"] / s["seconds"]})
+    args.out.write_text(json.dumps(report, indent=1, default=float))
+    print(json.dumps({k: report.get(k) for k in ("labels_identical", "ratios")}, indent=1))
+    print(f"JSON: {args.out}")
 
 
 if __name__ == "__main__":

@@ -75,6 +75,12 @@ def cases():
 
 
 def main() -> None:
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args()  # --help (the benchmark has no options)
+    missing = [str(path) for path in (DATA / "train-volume.tif", OCT / "circular-scan.tif") if not path.exists()]
+    if missing:
+        sys.exit(f"intensity_profiles.py needs ../shared/data beside the repository: {', '.join(missing)} not found")
     from napari_unet.data import PROFILE_SHIFT, intensity_profile, intensity_reference, profile_distance
 
     rows = []
