@@ -1459,3 +1459,21 @@ print("mixed", mixed)
             for me in (1, 2)]
     outputs = [run.communicate(timeout=300)[0] for run in runs]
     assert all(output.strip().endswith("mixed 0") for output in outputs), outputs
+
+
+def test_an_output_path_without_room_for_its_temporary_names_is_refused_before_the_work(data, capsys):
+    """The hidden temporary files beside an output have longer names: an output path that fit passed the checks and
+    failed after the whole prediction (Windows' 259 characters; here Linux' 4095)."""
+    from napari_unet._files import hidden_sibling
+
+    save_model(tiny_model(), data / "m.keras")
+    folder = data
+    while len(str(folder)) < 4095 - 20 - 200:
+        folder = folder / ("f" * 200)
+    folder = folder / ("g" * (4095 - 20 - len(str(folder)) - 1))
+    folder.mkdir(parents=True)
+    output = folder / "p.tif"  # 4095 - 14 characters: room for it, not for ".p.tif.HOST.PID~TOKEN.partial..."
+    assert len(str(output)) < 4095 < len(str(hidden_sibling(output, "partial", unique=True)))
+    code, _, err = run(capsys, "predict", data / "m.keras", data / "image.tif", "-o", output, "--no-tta")
+    assert code == 2 and "its temporary files beside it would have names" in err and "tile" not in err, err
+    assert list(folder.iterdir()) == []

@@ -196,7 +196,30 @@ def _check_folder(path: Path, what: str, inputs) -> Path:
     except OSError as err:
         raise CommandError(f"cannot write {what} {str(path)!r}: folder {str(folder)!r} is not writable "
                            f"({os_reason(err)}); choose another folder") from err
+    if len(os.path.abspath(path)) > LONG_PATH:
+        _check_temporary_names(path, what)
     return path
+
+
+#: Outputs whose absolute path is longer than this many characters are checked for room for their temporary files'
+#: longer names: Windows takes 259 without long paths enabled, Linux 4095.
+LONG_PATH = 200
+
+
+def _check_temporary_names(path: Path, what: str) -> None:
+    """:class:`CommandError` if a file named as the longest temporary file of ``path`` cannot be made beside it (the
+    path would be too long): a 229-character output path passed the checks and failed after the whole prediction."""
+    from ._files import NAME_MAX, fitted_name, hidden_sibling
+
+    partial = hidden_sibling(path, "partial.keras", unique=True)  # the longest kind; a TIFF's temporary file inside it
+    prefix = f".{fitted_name(partial.name, NAME_MAX - len('..XXXXXXXX.tmp'))}."
+    try:
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=prefix, suffix=".tmp"):
+            pass
+    except OSError as err:
+        raise CommandError(f"cannot write {what} {_shown(path)}: its temporary files beside it would have names "
+                           f"{len(os.path.abspath(path.parent / prefix)) + 12} characters long ({os_reason(err)}); "
+                           "choose a shorter folder or name") from None
 
 
 def os_reason(err: OSError) -> str:
