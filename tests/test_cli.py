@@ -983,7 +983,7 @@ def test_a_full_disk_is_one_line_naming_the_file_and_a_trained_model_is_saved_el
     code, _out, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", full / "m.keras", *TINY_TRAINING)
     assert code == 2 and "Traceback" not in err, err
     last = err.strip().splitlines()[-1]
-    assert f"cannot write {full / 'm.keras'}: No space left on device" in last and "saved to" in last
+    assert f"cannot write {full / 'm.keras'}: No space left on device" in last and "saved to" in last and "copy it elsewhere now" in last
     saved = list((data / "tmp").glob("napari-unet-unsaved-m-*.keras"))
     assert len(saved) == 1 and saved[0].name in last, "the trained model is not lost"
 

@@ -260,7 +260,8 @@ def save_model_or_elsewhere(model, path: Path) -> Path:
             with contextlib.suppress(OSError):
                 fallback.unlink()
             raise CommandError(f"{problem}. Saving it to {fallback} failed too ({second.strerror or second}): the model is lost") from err
-        raise CommandError(f"{problem}. The trained model was saved to {fallback} instead") from err
+        raise CommandError(f"{problem}. The trained model was saved to {fallback} instead (copy it elsewhere now: a "
+                           "cluster job's temporary folder is often removed when the job ends)") from err
 
 
 def _note_stale_siblings(outputs) -> None:
