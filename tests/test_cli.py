@@ -1477,3 +1477,26 @@ def test_an_output_path_without_room_for_its_temporary_names_is_refused_before_t
     code, _, err = run(capsys, "predict", data / "m.keras", data / "image.tif", "-o", output, "--no-tta")
     assert code == 2 and "its temporary files beside it would have names" in err and "tile" not in err, err
     assert list(folder.iterdir()) == []
+
+
+def test_sigusr1_stops_a_training_after_its_step_and_keeps_the_model(data, capsys, monkeypatch):
+    """A cluster job about to reach its time limit (sbatch --signal=USR1@300) could only lose its training: every
+    signal discarded the run, and only the widget's Stop kept the weights."""
+    import signal
+
+    import napari_unet.train as train_module
+    from napari_unet.train import TrainingStep
+
+    real = train_module.train_events
+
+    def signalled_at_the_first_step(*args, **kwargs):
+        for event in real(*args, **kwargs):
+            yield event
+            if isinstance(event, TrainingStep) and event.step == 1:
+                os.kill(os.getpid(), signal.SIGUSR1)
+
+    monkeypatch.setattr(train_module, "train_events", signalled_at_the_first_step)
+    code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "m.keras", "--epochs", "50",
+                       "--steps-per-epoch", "5", "--patch-size", "64", "--batch-size", "2")
+    assert code == 0 and "training stopped after 1 epoch (1 step)" in err, err
+    assert load_model(data / "m.keras").class_values == [0, 255] and signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL

@@ -584,6 +584,32 @@ def _unannotated_marker(class_values, dtype: np.dtype):
     return next((int(v) for v in class_values if v == -1 or v == wide_max), None)
 
 
+@contextlib.contextmanager
+def _stop_on_usr1():
+    """Within the block, SIGUSR1 (``sbatch --signal=USR1@300``, ``kill -USR1``) asks the training to stop after its current
+    step and finish its model, as the widget's Stop does: a job about to reach its time limit keeps what it learned.
+    Yields the list the signals are appended to. Not where SIGUSR1 is missing (Windows), handled by someone else, or
+    off the main thread."""
+    import threading
+
+    requested: list = []
+    number = getattr(signal, "SIGUSR1", None)
+    if number is None or threading.current_thread() is not threading.main_thread() or signal.getsignal(number) is not signal.SIG_DFL:
+        yield requested
+        return
+
+    def stop_after_this_step(signum, frame):
+        requested.append(signum)
+        with contextlib.suppress(OSError):
+            os.write(2, b"\nnapari-unet: SIGUSR1: stopping after the current step; the model is finished and saved\n")
+
+    previous = signal.signal(number, stop_after_this_step)
+    try:
+        yield requested
+    finally:
+        signal.signal(number, previous)
+
+
 def _reason_text(reason: str) -> str:
     """Why training ended, as a verb: "completed", "stopped", "reached its time budget"."""
     return "reached its time budget" if reason == "time budget" else reason
@@ -614,42 +640,43 @@ def run_training(image, labels, model_config, train_config, init=None, quiet=Fal
     def say_stopping(signum: int) -> None:
         _say_stopping(signum, saving=bool(stage) and finishing is not None)
 
-    for event in events_held(train_events(image, labels, model_config, train_config, init=init, pixel_size=pixel_size),
-                             say_stopping):
-        if isinstance(event, TrainingFinishing) and finishing is not None:
-            stage.append("finishing")
-            finishing.enter_context(interrupts_deferred(second_at_once=True))
-        if isinstance(event, TrainingStarted):
-            started = event
-            if quiet:
-                continue
-            print(f"training on slices {event.train_slices}, {event.validation}; classes {event.class_values}", file=sys.stderr)
-            marker = _unannotated_marker(event.class_values, np.dtype(labels.dtype)) if train_config.ignore_value is None else None
-            if marker is not None:
-                print(f"note: class {marker} is {'-1' if marker == -1 else f'the largest {np.dtype(labels.dtype)} value'}, a common "
-                      f"marker of unannotated pixels; if it marks them here, train with --ignore-value {marker}", file=sys.stderr)
-            for note in event.notes:
-                choose = f" ({_option_of(note.setting)} to choose)" if note.setting in _TRAIN_SETTINGS else ""
-                print(f"note: {note}{choose}", file=sys.stderr)
-        elif isinstance(event, TrainingStep) and not quiet:
-            fraction = event.step / event.total_steps
-            if budget:
-                fraction = max(fraction, event.elapsed / budget)
-            progress.show(
-                fraction,
-                f"epoch {event.epoch} step {event.step} loss {event.loss:.4f}{last_val} "
-                f"elapsed {format_seconds(event.elapsed)} ETA {format_seconds(event.eta)}",
-            )
-        elif isinstance(event, TrainingFinishing) and not quiet:
-            rule = ", choosing the membrane rule" if event.tunes_rule else ""
-            # always shown: in a log (one line per 10 s) it followed the last step too soon and was dropped, leaving
-            # minutes of finishing unexplained
-            progress.show(1.0, f"{_reason_text(event.reason)} after {_count(event.steps, 'step')}; finishing the model{rule}...", force=True)
-        elif isinstance(event, EpochEnd):
-            if event.val_loss is not None:
-                last_val = f" val_loss {event.val_loss:.4f}" + (" *" if event.is_best else "")
-        elif isinstance(event, TrainingFinished):
-            final = event
+    with _stop_on_usr1() as stop_requested:
+        for event in events_held(train_events(image, labels, model_config, train_config, init=init, pixel_size=pixel_size,
+                                              stop=lambda: bool(stop_requested)), say_stopping):
+            if isinstance(event, TrainingFinishing) and finishing is not None:
+                stage.append("finishing")
+                finishing.enter_context(interrupts_deferred(second_at_once=True))
+            if isinstance(event, TrainingStarted):
+                started = event
+                if quiet:
+                    continue
+                print(f"training on slices {event.train_slices}, {event.validation}; classes {event.class_values}", file=sys.stderr)
+                marker = _unannotated_marker(event.class_values, np.dtype(labels.dtype)) if train_config.ignore_value is None else None
+                if marker is not None:
+                    print(f"note: class {marker} is {'-1' if marker == -1 else f'the largest {np.dtype(labels.dtype)} value'}, a common "
+                          f"marker of unannotated pixels; if it marks them here, train with --ignore-value {marker}", file=sys.stderr)
+                for note in event.notes:
+                    choose = f" ({_option_of(note.setting)} to choose)" if note.setting in _TRAIN_SETTINGS else ""
+                    print(f"note: {note}{choose}", file=sys.stderr)
+            elif isinstance(event, TrainingStep) and not quiet:
+                fraction = event.step / event.total_steps
+                if budget:
+                    fraction = max(fraction, event.elapsed / budget)
+                progress.show(
+                    fraction,
+                    f"epoch {event.epoch} step {event.step} loss {event.loss:.4f}{last_val} "
+                    f"elapsed {format_seconds(event.elapsed)} ETA {format_seconds(event.eta)}",
+                )
+            elif isinstance(event, TrainingFinishing) and not quiet:
+                rule = ", choosing the membrane rule" if event.tunes_rule else ""
+                # always shown: in a log (one line per 10 s) it followed the last step too soon and was dropped, leaving
+                # minutes of finishing unexplained
+                progress.show(1.0, f"{_reason_text(event.reason)} after {_count(event.steps, 'step')}; finishing the model{rule}...", force=True)
+            elif isinstance(event, EpochEnd):
+                if event.val_loss is not None:
+                    last_val = f" val_loss {event.val_loss:.4f}" + (" *" if event.is_best else "")
+            elif isinstance(event, TrainingFinished):
+                final = event
     if not quiet:
         progress.done()
         print(f"training {_reason_text(final.reason)} after {_count(len(final.history), 'epoch')} "
