@@ -1324,7 +1324,9 @@ def test_a_log_that_cannot_be_written_does_not_cost_the_model(data):
     result = subprocess.run(["bash", "-c", " ".join(command) + " >&- 2>/dev/full"], cwd=data, capture_output=True, timeout=300)
     assert result.returncode == 0 and load_model(data / "m.keras").class_values == [0, 255]
     scores = [sys.executable, "-m", "napari_unet.cli", "evaluate", "labels.tif", "labels.tif"]
-    result = subprocess.run(scores, cwd=data, stdout=open("/dev/full", "w"), stderr=subprocess.PIPE, text=True, timeout=120)
+    buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # a file's stdout fails at the last flush
+    result = subprocess.run(scores, cwd=data, stdout=open("/dev/full", "w"), stderr=subprocess.PIPE, text=True, timeout=120,
+                            env=buffered)
     assert result.returncode == 1 and "could not write the scores to standard output (No space left on device)" in result.stderr
     assert "Traceback" not in result.stderr and "labels.tif" not in result.stderr, result.stderr
     result = subprocess.run(["bash", "-c", " ".join(scores) + " >&-"], cwd=data, capture_output=True, text=True, timeout=120)
@@ -1500,3 +1502,22 @@ def test_sigusr1_stops_a_training_after_its_step_and_keeps_the_model(data, capsy
                        "--steps-per-epoch", "5", "--patch-size", "64", "--batch-size", "2")
     assert code == 0 and "training stopped after 1 epoch (1 step)" in err, err
     assert load_model(data / "m.keras").class_values == [0, 255] and signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL
+
+
+def test_one_folder_reached_two_ways_is_locked_once(tmp_path):
+    """-o and --probabilities in one folder reached through a bind mount: write_all locked it twice and hung for good."""
+    import shutil
+
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare (util-linux) for a private bind mount")
+    (tmp_path / "real").mkdir()
+    (tmp_path / "alias").mkdir()
+    code = ("import numpy as np; from pathlib import Path; from napari_unet.cli import write_all; "
+            "write_all([(Path('real/l.tif'), np.zeros((2, 8, 8), np.uint8), {}), (Path('alias/p.tif'), np.ones((2, 8, 8), np.uint8), {})]); "
+            "print('written')")
+    script = f"mount --bind real alias || exit 77; {sys.executable} -c \"{code}\""
+    result = subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    if result.returncode == 77 or "unshare failed" in result.stderr or "Operation not permitted" in result.stderr:
+        pytest.skip(f"no private bind mount here: {result.stderr.strip()[:200]}")
+    assert result.returncode == 0 and "written" in result.stdout, result.stderr
+    assert sorted(p.name for p in (tmp_path / "real").iterdir()) == ["l.tif", "p.tif"]

@@ -166,3 +166,19 @@ def folder_lock(folder: Path):
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
+def folder_locks(paths):
+    """:func:`folder_lock` on the folder of each of ``paths`` (files or stores to be put in place), each folder once
+    (two paths to one folder, e.g. through a bind mount, would wait on each other forever) and all in one order, by
+    device and inode (two runs never hold one lock each, waiting for the other's). Yields the folders."""
+    folders = {}
+    for path in paths:
+        parent = Path(os.fspath(path)).parent
+        info = parent.stat()
+        folders.setdefault((info.st_dev, info.st_ino), parent.resolve())
+    with contextlib.ExitStack() as locks:
+        for key in sorted(folders):
+            locks.enter_context(folder_lock(folders[key]))
+        yield list(folders.values())

@@ -279,7 +279,7 @@ def write_all(files: list, replaced: list | None = None) -> None:
     """Write every ``(path, array, metadata)`` TIFF or none: each goes to a temporary file beside its target
     first, and the targets are replaced only once all are complete (an existing file is never half replaced), with
     Ctrl-C and SIGTERM held until all are replaced and appended to ``replaced`` (which the interrupted command names)."""
-    from ._files import folder_lock, fsync_folder, hidden_sibling, target_mode
+    from ._files import folder_locks, fsync_folder, hidden_sibling, target_mode
     from .tiff_io import write_tiff
 
     pending = []
@@ -294,17 +294,15 @@ def write_all(files: list, replaced: list | None = None) -> None:
                     raise OSError(f"cannot write {path}: {err}") from err
                 raise OSError(err.errno, err.strerror, str(path)) from err
             os.chmod(partial, target_mode(path))  # a replaced file keeps its permissions
-        folders = sorted({str(path.parent.resolve()) for _, path in pending})
-        with contextlib.ExitStack() as locks:  # two runs writing one pair take turns: one run's labels and probabilities
-            for folder in folders:  # (in a fixed order: two runs never hold one lock each, waiting for the other's)
-                locks.enter_context(folder_lock(Path(folder)))
+        # two runs writing one pair take turns (the zarr commit's locks): one run's labels and probabilities
+        with folder_locks(path for _, path in pending) as folders:
             with interrupts_deferred():  # all replaced and recorded, or (an interrupt before) none: "both or neither"
                 for partial, path in pending:
                     os.replace(partial, path)
                     if replaced is not None:
                         replaced.append(path)
         for folder in folders:
-            fsync_folder(Path(folder))
+            fsync_folder(folder)
     finally:
         for partial, _ in pending:
             if partial.exists():
@@ -1263,6 +1261,7 @@ def main(argv=None) -> int:
     sys.stdout, sys.stderr = _ReaderMayLeave(sys.stdout), _ReaderMayLeave(sys.stderr)
     try:
         code = args.func(args)
+        sys.stdout.flush()  # a buffered stdout (a file, a pipe) fails here, if at all
         lost = sys.stdout.failed  # (stderr's progress lines are dropped: the run goes on, and nothing could say it)
         if lost is not None:
             what = "the scores" if args.command == "evaluate" else "the last lines"

@@ -290,18 +290,13 @@ def commit_zarr_stores(commits, written: list | None = None) -> list[Path | None
     one run's labels beside the other's probabilities. The paths are appended to ``written`` once all are in place.
     An interrupt that came during the renames is delivered after them, the replaced stores then deleted first (a caller
     interrupted never sees them)."""
-    from ._files import folder_lock, fsync_folder
+    from ._files import folder_locks, fsync_folder
 
     commits = [(Path(os.fspath(partial)), Path(os.fspath(path))) for partial, path in commits]
-    folders = {}  # one lock per folder (two paths to one folder, e.g. a bind mount, would wait on each other)
-    for _, path in commits:
-        info = path.parent.stat()
-        folders.setdefault((info.st_dev, info.st_ino), path.parent.resolve())
     steps: list[tuple[Path, Path]] = []  # renames done (source, destination), undone in reverse on failure
     olds: list[Path | None] = []
-    with contextlib.ExitStack() as locks:  # two commits to one path interleaved: a raw OSError and a hidden old store
-        for key in sorted(folders):  # in a fixed order: two runs never hold one lock each, waiting for the other's
-            locks.enter_context(folder_lock(folders[key]))
+    # locked: two commits to one path interleaved gave a raw OSError and a hidden old store
+    with folder_locks(path for _, path in commits) as folders:
         for _, path in commits:
             if path.exists() and not is_zarr_array_store(path):
                 raise FileExistsError(f"{path} exists and is not a zarr array; not replaced")
@@ -318,7 +313,7 @@ def commit_zarr_stores(commits, written: list | None = None) -> list[Path | None
                 for old in olds:
                     if old is not None:
                         discard_zarr(old)
-    for folder in folders.values():
+    for folder in folders:
         fsync_folder(folder)
     return olds
 
