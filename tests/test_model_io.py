@@ -575,3 +575,23 @@ def test_empty_pipe_and_upper_case_files_are_named_for_what_they_are(tmp_path):
     os.replace(tmp_path / "m.keras", tmp_path / "M.KERAS")
     with pytest.raises(ModelFileError, match=r"rename it to end in \.keras"):
         read_metadata(tmp_path / "M.KERAS")
+
+
+def test_loading_an_older_file_draws_its_layer_seeds_without_pythons_global_stream(tmp_path, monkeypatch):
+    """Loading set Python's one random stream back afterwards: draws another thread made meanwhile (napari's GUI thread
+    while a model loaded in a worker) were rewound into repeats."""
+    import dataclasses
+    import random
+
+    from napari_unet.model import build_unet
+
+    model = tiny_model()
+    older = dataclasses.replace(model, keras_model=build_unet(model.config))  # no seeds in its layers, as before session 52
+    older.keras_model.set_weights(model.keras_model.get_weights())
+    path = save_model(older, tmp_path / "older.keras")
+    calls = []
+    for name in ("seed", "setstate", "getstate", "randint", "random"):
+        original = getattr(random, name)
+        monkeypatch.setattr(random, name, lambda *a, _name=name, _original=original, **k: calls.append(_name) or _original(*a, **k))
+    loaded = load_model(path)
+    assert calls == [] and all(np.array_equal(a, b) for a, b in zip(loaded.keras_model.get_weights(), model.keras_model.get_weights()))

@@ -106,6 +106,29 @@ def python_random_kept():
         random.setstate(state)
 
 
+_KERAS_SEEDS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def keras_seeds_private():
+    """Within the block, the seeds Keras draws for initializers and seed generators made without one (the layers of a
+    model file of earlier versions, being loaded) come from a random stream of their own, not from Python's global one:
+    setting that one back afterwards (:func:`python_random_kept`) rewound other threads' draws (napari's GUI thread got
+    repeats while a model loaded in a worker). Blocks of several threads take turns. Where Keras keeps its stream
+    elsewhere than this version does, Python's global stream is kept as it was instead."""
+    module = sys.modules.get("keras.src.random.seed_generator")
+    if module is None or getattr(module, "python_random", None) is not random:
+        with python_random_kept():
+            yield
+        return
+    with _KERAS_SEEDS_LOCK:
+        module.python_random = random.Random()
+        try:
+            yield
+        finally:
+            module.python_random = random
+
+
 def lower_thread_priority(niceness: int = 10) -> None:
     """Run the calling worker thread (and the TensorFlow threads it starts) below the GUI thread.
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import __version__
 from ._files import fsync_folder, fsync_path, hidden_sibling, target_mode, write_target
-from ._tensorflow import python_random_kept
+from ._tensorflow import keras_seeds_private
 from .config import MERGE_LEVELS, ModelConfig, TrainConfig, from_dict, to_dict
 from .model import import_keras
 
@@ -326,7 +326,7 @@ def _load_network(path: Path):
     """The Keras network of the model file ``path``, loaded in safe mode; :class:`ModelFileError` if it cannot be."""
     keras = import_keras()
     try:
-        with python_random_kept():  # Keras draws initializer seeds while it rebuilds the layers
+        with keras_seeds_private():  # Keras draws initializer seeds while it rebuilds the layers of older files
             return keras.saving.load_model(path, compile=False, safe_mode=True)
     except ValueError as err:
         if "lambda" in str(err).lower() or "safe_mode" in str(err):
