@@ -691,7 +691,7 @@ def test_an_interrupt_between_two_replacements_names_the_file_already_replaced(d
 
     monkeypatch.setattr(cli.os, "replace", second_replace_interrupted)
     code, _, err = run(capsys, "predict", data / "m.keras", data / "image.tif", "-o", data / "p.tif", "--probabilities", data / "q.tif")
-    assert code == 130 and f"{data / 'p.tif'} was written before" in err, err
+    assert code == 130 and f"{data / 'p.tif'} was written" in err, err
     assert (data / "p.tif").exists() and not (data / "q.tif").exists()
     assert not [p.name for p in data.iterdir() if p.name.endswith(".partial")], "no partial file left behind"
 
@@ -709,13 +709,14 @@ def test_written_files_replace_old_ones_and_keep_their_permissions(tmp_path):
 
 def test_interrupt_after_the_model_is_saved_says_it_was_written(data, capsys, monkeypatch):
     import napari_unet.predict as predict_module
+    import napari_unet.train  # noqa: F401  (training's validation binds the real predict before the patch, run alone too)
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(predict_module, "predict", interrupted)  # the validation scores after saving
     code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "m.keras", *TINY_TRAINING)
-    assert code == 130 and f"{data / 'm.keras'} was written before" in err
+    assert code == 130 and f"{data / 'm.keras'} was written" in err
     assert (data / "m.keras").exists()
 
 
@@ -1352,7 +1353,7 @@ def test_sigterm_during_the_finishing_keeps_the_finished_model(data, capsys, mon
     monkeypatch.setattr(train_module, "train_events", terminated_while_finishing)
     code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "m.keras", *TINY_TRAINING)
     assert code == 143 and "membrane rule:" in err, err  # the finishing ran to its end (its notice goes to descriptor 2)
-    assert f"terminated; {data / 'm.keras'} was written before" in err and load_model(data / "m.keras").class_values == [0, 255]
+    assert f"terminated; {data / 'm.keras'} was written" in err and load_model(data / "m.keras").class_values == [0, 255]
 
 
 def test_an_interrupt_during_the_renames_replaces_both_outputs_and_names_them(data, capsys, monkeypatch):
@@ -1374,7 +1375,7 @@ def test_an_interrupt_during_the_renames_replaces_both_outputs_and_names_them(da
 
     monkeypatch.setattr(os, "replace", replace_then_terminated)
     code, _, err = run(capsys, *args)
-    assert code == 143 and f"{data / 'p.tif'}, {data / 'q.tif'} was written before" in err, err
+    assert code == 143 and f"{data / 'p.tif'}, {data / 'q.tif'} were written" in err, err
     assert (data / "p.tif").read_bytes() != b"old" and (data / "q.tif").read_bytes() != b"old"
 
 
@@ -1438,6 +1439,7 @@ def test_output_names_the_file_system_refuses_are_bad_input_before_the_work(data
     monkeypatch.setattr(model_io, "save_model", too_large)
     code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "n.keras", *TINY_TRAINING)
     assert code == 2 and "file-size limit of the file system or of the process (ulimit -f)" in err, err
+    assert "choose another folder" not in err  # (another folder or name would not help)
 
 
 def test_two_runs_writing_the_same_tiff_pair_never_mix_them(tmp_path):
@@ -1521,3 +1523,59 @@ def test_one_folder_reached_two_ways_is_locked_once(tmp_path):
         pytest.skip(f"no private bind mount here: {result.stderr.strip()[:200]}")
     assert result.returncode == 0 and "written" in result.stdout, result.stderr
     assert sorted(p.name for p in (tmp_path / "real").iterdir()) == ["l.tif", "p.tif"]
+
+
+def test_a_signal_held_while_the_model_is_rescued_still_names_where_it_went(data, capsys, monkeypatch):
+    """SIGTERM during the finishing, and -o's share gone read-only: the held signal replaced the message naming the
+    rescued model, and the command said no output file was written."""
+    import errno
+    import signal
+    import tempfile
+
+    import napari_unet.model_io as model_io
+    import napari_unet.train as train_module
+    from napari_unet.train import TrainingFinishing
+
+    real_events, real_save = train_module.train_events, model_io.save_model
+
+    def terminated_while_finishing(*args, **kwargs):
+        for event in real_events(*args, **kwargs):
+            yield event
+            if isinstance(event, TrainingFinishing):
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    def read_only(model, path):
+        if Path(path).parent == data:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_save(model, path)
+
+    (data / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(data / "tmp"))
+    monkeypatch.setattr(train_module, "train_events", terminated_while_finishing)
+    monkeypatch.setattr(model_io, "save_model", read_only)
+    code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "m.keras", *TINY_TRAINING)
+    rescued = list((data / "tmp").glob("napari-unet-unsaved-m-*.keras"))
+    assert code == 143 and len(rescued) == 1 and f"terminated; {rescued[0]} was written" in err, err
+
+
+def test_no_writable_temporary_folder_is_one_line_before_tensorflow(data, capsys, monkeypatch):
+    """A read-only container: TensorFlow's import failed with "No usable temporary directory found" and exit 1."""
+    import tempfile
+
+    def none_usable():
+        raise FileNotFoundError(2, "No usable temporary directory found in ['/tmp']")
+
+    monkeypatch.setattr(tempfile, "gettempdir", none_usable)
+    code, _, err = run(capsys, "predict", data / "m.keras", data / "image.tif", "-o", data / "p.tif")
+    assert code == 2 and "no writable temporary folder" in err and "set TMPDIR" in err, err
+
+
+def test_the_display_check_names_a_python_error_by_its_last_line(monkeypatch):
+    """No Qt binding: the reason shown was "Traceback (most recent call last):"."""
+    import subprocess as subprocess_module
+
+    from napari_unet.demo import display_unreachable
+
+    failed = subprocess_module.CompletedProcess([], 1, "", "Traceback (most recent call last):\n  File x\nImportError: no Qt binding\n")
+    monkeypatch.setattr(subprocess_module, "run", lambda *a, **k: failed)
+    assert display_unreachable() == "ImportError: no Qt binding"

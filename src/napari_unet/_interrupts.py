@@ -1,4 +1,4 @@
-"""Ctrl-C and SIGTERM held back where an exception raised at any line would do harm."""
+"""Ctrl-C, SIGTERM and SIGHUP held back where an exception raised at any line would do harm."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ Event = TypeVar("Event")
 
 
 @contextlib.contextmanager
-def interrupts_deferred(second_at_once: bool = False):
+def interrupts_deferred(second_at_once: bool = False, notice: Optional[Callable[[int], None]] = None):
     """Within the block, SIGINT, SIGTERM and SIGHUP are held back, then delivered: renames that belong together, and the
     record that they were done, are never cut between; a KeyboardInterrupt raised inside TensorFlow's Python code
     (a graph being traced) or inside ``threading`` (a thread starting) left them broken: a SystemError or "release
@@ -17,6 +17,7 @@ def interrupts_deferred(second_at_once: bool = False):
 
     ``second_at_once``: a second signal is delivered at once (a user who presses Ctrl-C again does not wait), also
     through the blocks this one is nested in.
+    ``notice(signal number)``: called at each signal held (say when it takes effect), in place of any around.
     Yields the list of the signals received so far. Ignored signals stay ignored. Only on the main thread, where
     Python runs signal handlers; elsewhere a no-op.
     """
@@ -51,9 +52,13 @@ def interrupts_deferred(second_at_once: bool = False):
         if handler is not None and handler is not signal.SIG_IGN:  # None: installed outside Python, left as it is
             previous[number] = signal.signal(number, hold)
     _HELD.append(received)
+    if notice is not None:
+        _NOTICES.append(notice)
     try:
         yield received
     finally:
+        if notice is not None:
+            _NOTICES.remove(notice)
         del _HELD[next(i for i in range(len(_HELD) - 1, -1, -1) if _HELD[i] is received)]  # this block's (lists compare equal)
         if previous:  # not put back by a second signal, which was delivered then
             put_back()
@@ -62,7 +67,7 @@ def interrupts_deferred(second_at_once: bool = False):
 
 
 def events_held(events: Generator[Event, None, None], notice: Optional[Callable[[int], None]] = None) -> Iterator[Event]:
-    """The events of ``events`` (a generator of :mod:`train` or :mod:`predict`), with Ctrl-C and SIGTERM held back
+    """The events of ``events`` (a generator of :mod:`train` or :mod:`predict`), with Ctrl-C, SIGTERM and SIGHUP held back
     while each one is computed and delivered when it comes (see :func:`interrupts_deferred`); a second signal is
     delivered at once. ``notice(signal number)`` is called once, at the first signal held (say that the run stops at
     the next event: preparing a large stack takes minutes without one). Leaving the loop closes ``events``."""

@@ -121,7 +121,8 @@ def check_output(path, what: str, inputs=(), suffixes=()) -> Path:
     except NotADirectoryError:
         pass  # a file where a folder is named: _check_folder says so
     except OSError as err:
-        raise CommandError(f"cannot write {what} {_shown(path)}: {os_reason(err)}; give another name") from None
+        advice = "; give another name" if err.errno == errno.ENAMETOOLONG else ""
+        raise CommandError(f"cannot write {what} {_shown(path)}: {os_reason(err)}{advice}") from None
     if path.is_dir():
         raise CommandError(f"{what} {str(path)!r} is a folder; give a file name")
     try:
@@ -237,10 +238,10 @@ def _disk_full(folder: Path, err: OSError) -> str:
     return f"{err.strerror or 'no space left'} in {str(folder)!r}; free some space there or choose another folder"
 
 
-def save_model_or_elsewhere(model, path: Path) -> Path:
+def save_model_or_elsewhere(model, path: Path, written: list | None = None) -> Path:
     """:func:`save_model` to ``path``; if that fails (a full disk, a share gone read-only or stale, a name too long),
-    the model is saved to the temporary folder instead and a :class:`CommandError` says where: a trained model is
-    never lost to a failed write."""
+    the model is saved to the temporary folder instead, appended to ``written``, and a :class:`CommandError` says where:
+    a trained model is never lost to a failed write (an interrupt held meanwhile still names it)."""
     import secrets
 
     from ._files import NAME_MAX, fitted_name
@@ -249,7 +250,8 @@ def save_model_or_elsewhere(model, path: Path) -> Path:
     try:
         return save_model(model, path)
     except OSError as err:
-        reason = _disk_full(path.parent, err) if err.errno in DISK_FULL else f"{os_reason(err)}; choose another folder or name"
+        advice = "" if err.errno == errno.EFBIG else "; choose another folder or name"  # (a limit of every file)
+        reason = _disk_full(path.parent, err) if err.errno in DISK_FULL else f"{os_reason(err)}{advice}"
         problem = f"cannot write {path}: {reason}" if err.errno is not None else reason  # save_model's own message names it
         # a name of its own: two runs saving model.keras in one second do not replace each other's
         fallback = Path(tempfile.gettempdir()) / (f"napari-unet-unsaved-{fitted_name(path.stem, NAME_MAX // 2)}-"
@@ -260,6 +262,8 @@ def save_model_or_elsewhere(model, path: Path) -> Path:
             with contextlib.suppress(OSError):
                 fallback.unlink()
             raise CommandError(f"{problem}. Saving it to {fallback} failed too ({second.strerror or second}): the model is lost") from err
+        if written is not None:
+            written.append(fallback)
         raise CommandError(f"{problem}. The trained model was saved to {fallback} instead (copy it elsewhere now: a "
                            "cluster job's temporary folder is often removed when the job ends)") from err
 
@@ -278,7 +282,8 @@ def _note_stale_siblings(outputs) -> None:
 def write_all(files: list, replaced: list | None = None) -> None:
     """Write every ``(path, array, metadata)`` TIFF or none: each goes to a temporary file beside its target
     first, and the targets are replaced only once all are complete (an existing file is never half replaced), with
-    Ctrl-C and SIGTERM held until all are replaced and appended to ``replaced`` (which the interrupted command names)."""
+    Ctrl-C, SIGTERM and SIGHUP held until all are replaced and appended to ``replaced`` (which the interrupted command
+    names)."""
     from ._files import folder_locks, fsync_folder, hidden_sibling, target_mode
     from .tiff_io import write_tiff
 
@@ -292,7 +297,7 @@ def write_all(files: list, replaced: list | None = None) -> None:
             except OSError as err:  # named as the target, not its hidden partial file or no file (an error of fsync)
                 if err.errno is None:
                     raise OSError(f"cannot write {path}: {err}") from err
-                raise OSError(err.errno, err.strerror, str(path)) from err
+                raise OSError(err.errno, os.strerror(err.errno), str(path)) from err  # (strerror may name the partial)
             os.chmod(partial, target_mode(path))  # a replaced file keeps its permissions
         # two runs writing one pair take turns (the zarr commit's locks): one run's labels and probabilities
         with folder_locks(path for _, path in pending) as folders:
@@ -323,9 +328,9 @@ def scratch_array(stack: contextlib.ExitStack, folder: Path, shape: tuple, dtype
             raise OSError(errno.EOPNOTSUPP, "no posix_fallocate")
         os.posix_fallocate(handle.fileno(), 0, size)
     except OSError as err:
-        if err.errno == errno.EFBIG:  # e.g. FAT32's 4 GiB a file: free space would not help
-            raise CommandError(f"the file system of {str(folder)!r} takes no file of {size / 2**20:.0f} MB, the scratch "
-                               f"space of the prediction ({err.strerror}): write the outputs to another disk") from err
+        if err.errno == errno.EFBIG:  # FAT32's 4 GiB a file, or ulimit -f: free space would not help
+            raise CommandError(f"cannot reserve the {size / 2**20:.0f} MB of scratch space of the prediction in "
+                               f"{str(folder)!r}: {os_reason(err)}") from err
         if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
             raise CommandError(f"not enough free disk space in {str(folder)!r} for the prediction ({size / 2**20:.0f} MB of scratch space; {err.strerror})") from err
         # file systems without fallocate: sparse after all, where a full disk would kill the process (SIGBUS) on the
@@ -620,7 +625,7 @@ def _count(n: int, noun: str) -> str:
 def run_training(image, labels, model_config, train_config, init=None, quiet=False, pixel_size=None, finishing=None):
     """Drain training events with a terminal progress line; returns the start and finish events.
     ``pixel_size``: [Y, X] µm of the image's pixels, if known (recorded in the model). ``finishing``: an ExitStack
-    that, from the finishing of the model on, holds Ctrl-C and SIGTERM until the caller closes it (once the model is
+    that, from the finishing of the model on, holds Ctrl-C, SIGTERM and SIGHUP until the caller closes it (once the model is
     saved): a scheduler's time limit that came during the finishing threw the finished model away."""
     from .postprocess import describe_rule
     from .train import EpochEnd, TrainingFinished, TrainingFinishing, TrainingStarted, TrainingStep, format_seconds, train_events
@@ -775,8 +780,9 @@ def _train(args) -> int:
                                       pixel_size=pixel_size, finishing=finishing)
         if final.steps == 0:
             raise CommandError(f"training ended ({final.reason}) before its first step; no model written (a larger --max-minutes?)")
-        with interrupts_deferred():  # the file replaced and its record, never one without the other
-            save_model_or_elsewhere(final.model, output)
+        # the file replaced and its record, never one without the other; a second signal stops at once
+        with interrupts_deferred(second_at_once=True, notice=lambda signum: _say_stopping(signum, saving=True)):
+            save_model_or_elsewhere(final.model, output, args.written)
             args.written.append(output)
         print(f"wrote {output}", file=sys.stderr)
     image_height = _pixel_height(image_metadata)  # boundary errors in µm too (Y alone may be calibrated)
@@ -1260,6 +1266,8 @@ def main(argv=None) -> int:
     _standard_descriptors_open()
     sys.stdout, sys.stderr = _ReaderMayLeave(sys.stdout), _ReaderMayLeave(sys.stderr)
     try:
+        if args.command in ("train", "predict", "demo"):
+            _check_temporary_folder()
         code = args.func(args)
         sys.stdout.flush()  # a buffered stdout (a file, a pipe) fails here, if at all
         lost = sys.stdout.failed  # (stderr's progress lines are dropped: the run goes on, and nothing could say it)
@@ -1274,7 +1282,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt as stop:
         done = ", ".join(str(p) for p in args.written)
         how = "terminated" if isinstance(stop, _Terminated) else "interrupted"
-        print(f"napari-unet: {how}; {f'{done} was written before' if done else 'no output file was written'}", file=sys.stderr)
+        wrote = f"{done} {'were' if len(args.written) > 1 else 'was'} written" if done else "no output file was written"
+        print(f"napari-unet: {how}; {wrote}", file=sys.stderr)
         return 128 + stop.signum if isinstance(stop, _Terminated) else EXIT_INTERRUPTED
     except _bad_input_errors() as err:
         print(f"napari-unet: error: {err}", file=sys.stderr)
@@ -1310,6 +1319,16 @@ def main(argv=None) -> int:
             signal.signal(number, handler)
 
 
+def _check_temporary_folder() -> None:
+    """:class:`CommandError` when no temporary folder can be written (a read-only container): TensorFlow's import needs
+    one, and failed with "No usable temporary directory found" and exit 1."""
+    try:
+        tempfile.gettempdir()
+    except FileNotFoundError as err:
+        raise CommandError(f"no writable temporary folder ({err.strerror or err}): set TMPDIR to a writable folder, "
+                           "e.g. TMPDIR=$PWD") from None
+
+
 def _standard_descriptors_open() -> None:
     """Point closed descriptors 0-2 (``2>&-``, a daemon) at /dev/null: else the next file opened gets one of them, and
     TensorFlow's log lines or a print would be written into it (a model or an image)."""
@@ -1340,11 +1359,8 @@ class _ReaderMayLeave:
         if not self.reader_left:
             try:
                 return self._stream.write(text)
-            except BrokenPipeError:
-                self._drop_the_rest()
             except OSError as err:
-                self.failed = err
-                self._drop_the_rest()
+                self._failed(err)
         return len(text)
 
     def writelines(self, lines) -> None:
@@ -1355,11 +1371,13 @@ class _ReaderMayLeave:
         if not self.reader_left:
             try:
                 self._stream.flush()
-            except BrokenPipeError:
-                self._drop_the_rest()
             except OSError as err:
-                self.failed = err
-                self._drop_the_rest()
+                self._failed(err)
+
+    def _failed(self, err: OSError) -> None:
+        if not isinstance(err, BrokenPipeError):  # (a reader that left is no failure)
+            self.failed = err
+        self._drop_the_rest()
 
     def close_own(self) -> None:
         """Close the stream made for a closed one."""

@@ -26,11 +26,15 @@ def display_unreachable() -> str | None:
     probe = "from qtpy.QtWidgets import QApplication; QApplication([])"
     try:
         result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as err:
+    except subprocess.TimeoutExpired:
+        return "no answer within 60 s"
+    except OSError as err:
         return str(err)
     if result.returncode == 0:
         return None
     lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+    if lines and lines[0].startswith("Traceback"):  # a Python error (no Qt binding): its last line says which
+        return lines[-1]
     return lines[0] if lines else f"exit status {result.returncode}"
 
 
@@ -96,6 +100,7 @@ def run_demo(output_dir: Path, minutes: float = 1.0, headless: bool = False, see
     train_seconds = time.perf_counter() - started
     if final.steps == 0:  # its untrained weights would be scored as if trained
         raise CommandError(f"training ended ({final.reason}) before its first step; nothing written (a larger --minutes?)")
+
     def write(path, save):
         with interrupts_deferred():  # the file and its record
             save()

@@ -11,7 +11,8 @@ _BACKEND_READY = False
 
 
 def import_keras():
-    """Import Keras on the TensorFlow backend with quiet logs; returns the ``keras`` module.
+    """Import Keras on the TensorFlow backend; returns the ``keras`` module (TensorFlow's C++ start-up lines are
+    filtered by the command line only).
 
     TensorFlow is loaded isolated from other LLVM copies (see :mod:`napari_unet._tensorflow`), so a
     process that also shows napari's OpenGL canvas neither segfaults nor aborts at exit.
@@ -96,8 +97,8 @@ def build_unet(config: ModelConfig, mixed_precision: bool = False, seed: int | N
     With ``mixed_precision`` the convolutions compute in bfloat16 and the head stays float32.
     ``seed``: initial weights and dropout seeds drawn from it (the same network for the same seed), without touching
     Python's global ``random`` (where Keras draws them) of any thread; without a seed they come from that stream, as in
-    Keras. Not ``keras.utils.set_random_seed``: its
-    ``tf.random.set_seed`` empties TensorFlow's kernel cache, so a kept trainer's step would be instantiated again (~2 s).
+    Keras. Not ``keras.utils.set_random_seed``: its ``tf.random.set_seed`` empties TensorFlow's kernel cache, so a kept
+    trainer's step would be instantiated again (~2 s).
     """
     keras = import_keras()
     from keras import layers
