@@ -189,6 +189,19 @@ def test_return_and_enter_press_the_focused_button_as_space_does(widgets, qtbot,
     qtbot.waitUntil(lambda: inference._job is None, timeout=60_000)
     assert "no layer was changed" in inference.progress.status.text()
     assert all(button.autoDefault() for button in (training.train_button, training.previous_button, inference.save_button))
+    # a held key presses once: its repeats pressed Stop, which had taken the focus
+    from qtpy.QtCore import QEvent
+    from qtpy.QtGui import QKeyEvent
+    from qtpy.QtWidgets import QApplication
+
+    gated.clear()
+    _press_space(widgets, qtbot, inference.run_button, Qt.Key.Key_Return)
+    assert inference._job is not None and inference.stop_button.hasFocus()
+    repeat = QKeyEvent(QEvent.Type.KeyPress, Qt.Key.Key_Return, Qt.KeyboardModifier.NoModifier, "\r", True)
+    QApplication.sendEvent(inference.stop_button, repeat)
+    assert inference._job is not None and not inference._job.stop.is_set()
+    gated.set()
+    qtbot.waitUntil(lambda: inference._job is None, timeout=60_000)
 
 
 def test_after_a_retrain_started_with_space_the_focus_goes_back_to_retrain(widgets, qtbot, gated):

@@ -584,7 +584,7 @@ def intensity_note(image, model) -> Optional[str]:
         return None
     # the level where they differ most: an OCT scan's median above its black background says little (0.01 of the range)
     level = int(np.argmax(np.abs(np.asarray(profile) - np.asarray(reference))))  # (levels 5, 10, ... 95: all "th")
-    within = f", the training slices within {spread:.2f}" if spread > 0 else ""  # (one training slice: none)
+    within = f", the training slices within {spread:.2f}" if spread >= 0.005 else ""  # (one training slice: none)
     return (
         f"the image's intensities are unlike the training images' (its {PROFILE_LEVELS[level]}th percentile grey "
         f"lies at {profile[level]:.2f} of its range, the training images' at {reference[level]:.2f}; profile distance "

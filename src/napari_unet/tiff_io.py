@@ -429,10 +429,6 @@ def read_tiff(path, lazy: bool = False, lazy_from_bytes: int | None = None, memo
     )
 
 
-#: Held by :func:`read_tiff` while it listens to tifffile's logger (reads in other threads wait).
-_TIFFFILE_LOG_LOCK = threading.Lock()
-
-
 class _CollectErrors(logging.Handler):
     def __init__(self, path: Path):
         super().__init__(level=logging.ERROR)
@@ -455,23 +451,22 @@ def _tifffile_errors(path: Path):
     """Collect what tifffile logs while reading ``path``; any exception inside becomes a :class:`TiffReadError`."""
     tiff_logger = logging.getLogger("tifffile")
     errors = _CollectErrors(path)
-    with _TIFFFILE_LOG_LOCK:  # the logger is shared: another read's errors must not land in this one's handler
-        tiff_logger.addHandler(errors)
-        try:  # (no warnings.catch_warnings: it changes the filters of every thread, and left them muted for good)
-            yield errors
-        except TiffReadError:
-            raise
-        except MemoryError as exc:
-            raise TiffReadError(f"{path}: not enough memory to read the image") from exc
-        except OSError as exc:
-            if exc.errno is None or exc.errno == errno.EINVAL:  # (a seek beyond a damaged file's end)
-                raise TiffReadError(f"{path}: corrupt or unsupported TIFF ({type(exc).__name__}: {_one_line(exc)})") from exc
-            # the file system's error (a network share's I/O error, a path too long), not the file's
-            raise TiffReadError(f"{path}: cannot read it ({exc.strerror or exc})") from exc
-        except Exception as exc:  # tifffile, zlib, imagecodecs, struct... anything means "corrupt"
+    tiff_logger.addHandler(errors)  # (the logger is shared: the handler hears only this thread)
+    try:  # (no warnings.catch_warnings: it changes the filters of every thread, and left them muted for good)
+        yield errors
+    except TiffReadError:
+        raise
+    except MemoryError as exc:
+        raise TiffReadError(f"{path}: not enough memory to read the image") from exc
+    except OSError as exc:
+        if exc.errno is None or exc.errno == errno.EINVAL:  # (a seek beyond a damaged file's end)
             raise TiffReadError(f"{path}: corrupt or unsupported TIFF ({type(exc).__name__}: {_one_line(exc)})") from exc
-        finally:
-            tiff_logger.removeHandler(errors)
+        # the file system's error (a network share's I/O error, a path too long), not the file's
+        raise TiffReadError(f"{path}: cannot read it ({exc.strerror or exc})") from exc
+    except Exception as exc:  # tifffile, zlib, imagecodecs, struct... anything means "corrupt"
+        raise TiffReadError(f"{path}: corrupt or unsupported TIFF ({type(exc).__name__}: {_one_line(exc)})") from exc
+    finally:
+        tiff_logger.removeHandler(errors)
 
 
 @contextlib.contextmanager

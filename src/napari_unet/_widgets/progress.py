@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Optional
 
+from qtpy.QtCore import QEvent, QObject, Qt
 from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from napari_unet.train import format_seconds
@@ -134,6 +135,15 @@ def swap_buttons(start, stop, running: bool) -> None:
 
 def press_on_return(widget) -> None:
     """Let Return and Enter press ``widget``'s focused push buttons too, as in dialogs (Qt gives a button outside a
-    dialog Space only): a keyboard user who tabbed to Run pressed Return and nothing happened."""
+    dialog Space only): a keyboard user who tabbed to Run pressed Return and nothing happened. A held key presses once
+    (Qt clicks at each repeated press: Run, then Stop, which took the focus)."""
+    repeats = _ReturnRepeatsIgnored(widget)
     for button in widget.findChildren(QPushButton):
         button.setAutoDefault(True)
+        button.installEventFilter(repeats)
+
+
+class _ReturnRepeatsIgnored(QObject):
+    def eventFilter(self, watched, event) -> bool:
+        return (event.type() == QEvent.Type.KeyPress and event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter)
+                and event.isAutoRepeat())
