@@ -63,3 +63,15 @@ class PlanesOnly:
 
     def __array__(self, *args, **kwargs):
         raise AssertionError("the whole array was read")
+
+
+def assert_two_runs_never_mix(script: str, folder) -> None:
+    """Run the Python ``script`` in two processes at once (its arguments: ``folder`` and 1 or 2); each prints
+    "mixed N", the times it saw one run's output beside the other's, which must be 0."""
+    import subprocess
+    import sys
+
+    runs = [subprocess.Popen([sys.executable, "-c", script, str(folder), str(me)], stdout=subprocess.PIPE, text=True)
+            for me in (1, 2)]
+    outputs = [run.communicate(timeout=300)[0] for run in runs]
+    assert all(output.strip().endswith("mixed 0") for output in outputs), outputs

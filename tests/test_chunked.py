@@ -652,9 +652,6 @@ def test_an_interrupt_during_the_renames_of_a_pair_comes_after_both(tmp_path, mo
 
 def test_two_runs_committing_the_same_pair_of_stores_never_mix_them(tmp_path):
     # run A's labels beside run B's probabilities: each store was committed under its own lock
-    import subprocess
-    import sys
-
     script = """
 import sys, numpy as np, zarr
 from pathlib import Path
@@ -674,10 +671,9 @@ for _ in range(60):
     mixed += len(seen) > 1
 print("mixed", mixed)
 """
-    runs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path), str(me)], stdout=subprocess.PIPE, text=True)
-            for me in (1, 2)]
-    outputs = [run.communicate(timeout=300)[0] for run in runs]
-    assert all(output.strip().endswith("mixed 0") for output in outputs), outputs
+    from _helpers import assert_two_runs_never_mix
+
+    assert_two_runs_never_mix(script, tmp_path)
 
 
 def test_predict_names_what_killed_runs_of_this_host_left_beside_its_outputs_and_removes_nothing(tmp_path, capsys):

@@ -1459,10 +1459,9 @@ for _ in range(60):
     mixed += len(seen) > 1
 print("mixed", mixed)
 """
-    runs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path), str(me)], stdout=subprocess.PIPE, text=True)
-            for me in (1, 2)]
-    outputs = [run.communicate(timeout=300)[0] for run in runs]
-    assert all(output.strip().endswith("mixed 0") for output in outputs), outputs
+    from _helpers import assert_two_runs_never_mix
+
+    assert_two_runs_never_mix(script, tmp_path)
 
 
 def test_an_output_path_without_room_for_its_temporary_names_is_refused_before_the_work(data, capsys):
