@@ -649,7 +649,7 @@ def test_predict_checks_free_space_without_fallocate_and_names_a_file_size_limit
 
     monkeypatch.setattr(os, "posix_fallocate", too_large, raising=False)
     code, _, err = run(capsys, "predict", data / "m.keras", data / "image.tif", "-o", data / "p.tif")
-    assert code == 2 and "takes no file of" in err and "another disk" in err and "free disk space" not in err, err
+    assert code == 2 and "cannot reserve the" in err and "(ulimit -f)" in err and "free disk space" not in err, err
     monkeypatch.undo()
     code, _, err = run(capsys, "predict", data / "m.keras", data / "image.tif", "-o", data / "p.tif", "--no-tta")
     assert code == 0, err
