@@ -72,7 +72,6 @@ def save_figure(path, image, truth, prediction, history) -> Path:
 def run_demo(output_dir: Path, minutes: float = 1.0, headless: bool = False, seed: int = 0, written: list | None = None) -> int:
     """Generate data, train for ``minutes``, predict, score, write model, prediction and figure. Each file written is
     appended to ``written`` (an interrupted command names them)."""
-    written = [] if written is None else written
     from .cli import CommandError, check_output, os_reason, run_training
     from .config import preset
     from .metrics import evaluate
@@ -81,6 +80,7 @@ def run_demo(output_dir: Path, minutes: float = 1.0, headless: bool = False, see
     from .synthetic import make_em_stack
     from .tiff_io import write_tiff
 
+    written = [] if written is None else written
     chosen = preset("default")
     train_config = chosen.train.replace(epochs=100_000, steps_per_epoch=20, max_minutes=minutes, seed=seed)  # checks the budget
     if output_dir.exists() and not output_dir.is_dir():
