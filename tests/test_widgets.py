@@ -46,6 +46,7 @@ def test_widgets_build_dock_and_offer_compatible_layers(widgets):
     # Without a model: Stop, Retrain and Save are off, inference says so.
     assert training.train_button.isEnabled() and not training.stop_button.isEnabled()
     assert not training.retrain_button.isEnabled() and not training.save_button.isEnabled()
+    assert not training.continue_box.isEnabled()  # no model to continue from yet
     assert "none yet" in inference.model_label.text()
     assert inference.image.layer().name == "EM"
     assert "not annotated" in training.zero_unannotated.toolTip()

@@ -319,8 +319,9 @@ class TrainingWidget(QWidget):
         swap_buttons(self.retrain_button if getattr(self, "_retraining", False) else self.train_button, self.stop_button, running)
         self.train_button.setEnabled(not running)
         # a run keeps the layers and settings it started with: edits during it would look as if it used them
-        for choice in (self.image, self.labels, self.zero_unannotated, self.settings, self.settings.retrain_form, self.continue_box):
+        for choice in (self.image, self.labels, self.zero_unannotated, self.settings, self.settings.retrain_form):
             choice.setEnabled(not running)
+        self.continue_box.setEnabled(not running and self.session.model is not None)  # (nothing to continue from)
         self.retrain_button.setEnabled(not running and self.session.model is not None)
         self.save_button.setEnabled(self.session.model is not None)
         self.load_button.setEnabled(not running and self.session.can_load())  # a click would only be refused
