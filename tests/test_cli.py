@@ -1578,3 +1578,24 @@ def test_the_display_check_names_a_python_error_by_its_last_line(monkeypatch):
     failed = subprocess_module.CompletedProcess([], 1, "", "Traceback (most recent call last):\n  File x\nImportError: no Qt binding\n")
     monkeypatch.setattr(subprocess_module, "run", lambda *a, **k: failed)
     assert display_unreachable() == "ImportError: no Qt binding"
+
+
+def test_sigterm_during_the_demos_finishing_keeps_its_model(tmp_path, capsys, monkeypatch):
+    """The demo trains through the same runner as train: a signal during its finishing threw its model away."""
+    import signal
+
+    import napari_unet.train as train_module
+    from napari_unet.train import TrainingFinishing
+
+    real = train_module.train_events
+
+    def terminated_while_finishing(*args, **kwargs):
+        for event in real(*args, **kwargs):
+            yield event
+            if isinstance(event, TrainingFinishing):
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(train_module, "train_events", terminated_while_finishing)
+    code, _, err = run(capsys, "demo", "--headless", "--minutes", "0.05", "--output-dir", tmp_path / "demo")
+    assert code == 143 and f"terminated; {tmp_path / 'demo' / 'demo-model.keras'} was written" in err, err
+    assert load_model(tmp_path / "demo" / "demo-model.keras").class_values == [0, 255]

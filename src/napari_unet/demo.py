@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -95,19 +96,19 @@ def run_demo(output_dir: Path, minutes: float = 1.0, headless: bool = False, see
     image, labels = make_em_stack(n_slices=10, shape=(256, 256), seed=seed)
     print(f"synthetic EM stack {image.shape} {image.dtype}; labels 0 = membrane, 255 = cell", file=sys.stderr)
 
-    started = time.perf_counter()
-    _, final = run_training(image, labels, chosen.model, train_config)
-    train_seconds = time.perf_counter() - started
-    if final.steps == 0:  # its untrained weights would be scored as if trained
-        raise CommandError(f"training ended ({final.reason}) before its first step; nothing written (a larger --minutes?)")
-
     def write(path, save):
         with interrupts_deferred():  # the file and its record
             save()
             written.append(path)
         return path
 
-    model_path = write(outputs["demo-model.keras"], lambda: save_model(final.model, outputs["demo-model.keras"]))
+    started = time.perf_counter()
+    with contextlib.ExitStack() as finishing:  # an interrupt during the finishing comes once the model is saved, as in train
+        _, final = run_training(image, labels, chosen.model, train_config, finishing=finishing)
+        train_seconds = time.perf_counter() - started
+        if final.steps == 0:  # its untrained weights would be scored as if trained
+            raise CommandError(f"training ended ({final.reason}) before its first step; nothing written (a larger --minutes?)")
+        model_path = write(outputs["demo-model.keras"], lambda: save_model(final.model, outputs["demo-model.keras"]))
     # the data too: a newcomer without data of their own can run train, predict and evaluate on them
     write(outputs["demo-image.tif"], lambda: write_tiff(outputs["demo-image.tif"], image, metadata={"axes": "ZYX"}))
     write(outputs["demo-labels.tif"], lambda: write_tiff(outputs["demo-labels.tif"], labels,
