@@ -1599,3 +1599,20 @@ def test_sigterm_during_the_demos_finishing_keeps_its_model(tmp_path, capsys, mo
     code, _, err = run(capsys, "demo", "--headless", "--minutes", "0.05", "--output-dir", tmp_path / "demo")
     assert code == 143 and f"terminated; {tmp_path / 'demo' / 'demo-model.keras'} was written" in err, err
     assert load_model(tmp_path / "demo" / "demo-model.keras").class_values == [0, 255]
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".zarr"])
+def test_outputs_differing_only_in_case_are_one_file_only_where_the_disk_says_so(data, capsys, monkeypatch, suffix):
+    """On macOS' and Windows' disks pred.tif and PRED.tif are one file: the probabilities replaced the labels, exit 0;
+    on Linux they are two, and both are written."""
+    import napari_unet.cli as cli
+
+    save_model(tiny_model(), data / "m.keras")
+    args = ["predict", data / "m.keras", data / "image.tif", "-o", data / f"p{suffix}", "--probabilities",
+            data / f"P{suffix.upper()}", "--no-tta"]
+    assert not cli._case_insensitive(data)  # this test's disk
+    code, _, err = run(capsys, *args)
+    assert code == 0 and (data / f"p{suffix}").exists() and (data / f"P{suffix.upper()}").exists(), err
+    monkeypatch.setattr(cli, "_case_insensitive", lambda folder: True)
+    code, _, err = run(capsys, *args)
+    assert code == 2 and "--probabilities must name another file than -o" in err, err

@@ -171,8 +171,21 @@ def _within(path: Path, folder: Path) -> bool:
 
 def _same_output(a: Path, b: Path) -> bool:
     """Whether the outputs ``a`` and ``b`` (whose folders exist) would be one file: names differing only in case are one
-    on macOS and Windows (pred.tif and PRED.tif: the probabilities replaced the labels, exit 0)."""
-    return a.name.casefold() == b.name.casefold() and os.path.samefile(a.parent, b.parent)
+    on the disks of macOS and Windows (pred.tif and PRED.tif: the probabilities replaced the labels, exit 0)."""
+    if a.name.casefold() != b.name.casefold() or not os.path.samefile(a.parent, b.parent):
+        return False
+    return a.name == b.name or _case_insensitive(a.parent)
+
+
+def _case_insensitive(folder: Path) -> bool:
+    """Whether names in ``folder`` that differ only in case name one file (a probe file, looked up in the other case);
+    True where no probe can be made (the safe answer)."""
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".napari-unet-case-") as probe:
+            name = os.path.basename(probe.name)
+            return os.path.exists(os.path.join(folder, name.swapcase()))
+    except OSError:
+        return True
 
 
 def _check_folder(path: Path, what: str, inputs) -> Path:
