@@ -41,7 +41,7 @@ def test_space_twice_on_run_stops_the_run_instead_of_marking_a_slice_reviewed(wi
     gated.set()
     run_and_wait(qtbot, inference.run, lambda: inference._job is not None)  # a prediction layer to review
     gated.clear()
-    _press_space(widgets, qtbot, inference.run_button)
+    _press(widgets, qtbot, inference.run_button)
     assert inference._job is not None and inference.stop_button.hasFocus()
     qtbot.keyClick(inference.stop_button, Qt.Key.Key_Space)  # the second press stops the run
     gated.set()
@@ -132,7 +132,7 @@ def test_space_on_train_gives_the_focus_to_stop(widgets, qtbot):
 
     training = widgets.training
     tiny_settings(training, epochs=1, steps=3)
-    _press_space(widgets, qtbot, training.train_button)
+    _press(widgets, qtbot, training.train_button)
     assert training._run is not None and training.stop_button.hasFocus()
     qtbot.waitUntil(lambda: training._run is None, timeout=120_000)
     assert training.train_button.hasFocus()
@@ -165,8 +165,8 @@ def _left():
     return Qt.MouseButton.LeftButton
 
 
-def _press_space(widgets, qtbot, button, key=None) -> None:
-    """Space (or ``key``) on ``button``, focused in the viewer's window made active (keys go to the active window)."""
+def _press(widgets, qtbot, button, key=None) -> None:
+    """``key`` (default Space) on ``button``, focused in the viewer's window made active (keys go to the active window)."""
     from qtpy.QtCore import Qt
 
     window = widgets.viewer.window._qt_window
@@ -182,7 +182,7 @@ def test_return_and_enter_press_the_focused_button_as_space_does(widgets, qtbot,
     from qtpy.QtCore import Qt
 
     inference, training = widgets.inference, widgets.training
-    _press_space(widgets, qtbot, inference.run_button, Qt.Key.Key_Return)
+    _press(widgets, qtbot, inference.run_button, Qt.Key.Key_Return)
     assert inference._job is not None and inference.stop_button.hasFocus()
     qtbot.keyClick(inference.stop_button, Qt.Key.Key_Enter)  # the keypad's
     gated.set()
@@ -195,7 +195,7 @@ def test_return_and_enter_press_the_focused_button_as_space_does(widgets, qtbot,
     from qtpy.QtWidgets import QApplication
 
     gated.clear()
-    _press_space(widgets, qtbot, inference.run_button, Qt.Key.Key_Return)
+    _press(widgets, qtbot, inference.run_button, Qt.Key.Key_Return)
     assert inference._job is not None and inference.stop_button.hasFocus()
     repeat = QKeyEvent(QEvent.Type.KeyPress, Qt.Key.Key_Return, Qt.KeyboardModifier.NoModifier, "\r", True)
     QApplication.sendEvent(inference.stop_button, repeat)
@@ -215,7 +215,7 @@ def test_after_a_retrain_started_with_space_the_focus_goes_back_to_retrain(widge
     viewer.dims.set_current_step(0, 1)
     assert inference.mark_reviewed()  # its slice 1 accepted: corrections to learn from
     tiny_settings(training, epochs=1, steps=3)
-    _press_space(widgets, qtbot, training.retrain_button)
+    _press(widgets, qtbot, training.retrain_button)
     assert training._run is not None and training.stop_button.hasFocus(), training.progress.status.text()
     qtbot.waitUntil(lambda: training._run is None, timeout=120_000)
     assert training.retrain_button.hasFocus()

@@ -107,6 +107,13 @@ def fitted_name(name: str, room: int) -> str:
     return name + tag
 
 
+def temporary_prefix(name: str) -> str:
+    """The prefix ``.NAME.`` of a ``tempfile.mkstemp(prefix=..., suffix=".tmp")`` file made beside the file ``name``, NAME
+    cut so that the whole ``.NAME.XXXXXXXX.tmp`` fits a file name (a name near the limit failed after a whole
+    prediction)."""
+    return f".{fitted_name(name, NAME_MAX - len('..XXXXXXXX.tmp'))}."
+
+
 def stale_siblings(path) -> list:
     """The :func:`hidden_sibling` files and folders of ``path`` that runs of this host left when they were killed
     (SIGKILL, out of memory, power loss: no clean-up ran), i.e. whose process no longer runs here. Only listed, never

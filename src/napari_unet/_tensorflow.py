@@ -85,7 +85,7 @@ def check_keras_backend() -> None:
     torch. Keras chooses its backend once per process, at its import."""
     keras = sys.modules.get("keras")
     backend = getattr(keras, "backend", None)
-    chosen = backend.backend() if backend is not None else os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    chosen = backend.backend() if backend is not None else os.environ.get("KERAS_BACKEND", "tensorflow")
     if chosen != "tensorflow":
         from .config import ConfigError
 

@@ -116,10 +116,8 @@ def check_output(path, what: str, inputs=(), suffixes=()) -> Path:
         raise CommandError(f"{what} {str(path)!r} must end in {' or '.join(suffixes)}")
     try:
         os.stat(path)  # a name too long for the file system: bad input before the work, not an error after it
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # (a file where a folder is named: _check_folder says so)
         pass
-    except NotADirectoryError:
-        pass  # a file where a folder is named: _check_folder says so
     except OSError as err:
         advice = "; give another name" if err.errno == errno.ENAMETOOLONG else ""
         raise CommandError(f"cannot write {what} {_shown(path)}: {os_reason(err)}{advice}") from None
@@ -223,17 +221,16 @@ LONG_PATH = 200
 def _check_temporary_names(path: Path, what: str) -> None:
     """:class:`CommandError` if a file named as the longest temporary file of ``path`` cannot be made beside it (the
     path would be too long): a 229-character output path passed the checks and failed after the whole prediction."""
-    from ._files import NAME_MAX, fitted_name, hidden_sibling
+    from ._files import hidden_sibling, temporary_prefix
 
     partial = hidden_sibling(path, "partial.keras", unique=True)  # the longest kind; a TIFF's temporary file inside it
-    prefix = f".{fitted_name(partial.name, NAME_MAX - len('..XXXXXXXX.tmp'))}."
     try:
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=prefix, suffix=".tmp"):
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=temporary_prefix(partial.name), suffix=".tmp"):
             pass
     except OSError as err:
+        longest = len(os.path.abspath(path.parent / temporary_prefix(partial.name))) + len("XXXXXXXX.tmp")
         raise CommandError(f"cannot write {what} {_shown(path)}: its temporary files beside it would have names "
-                           f"{len(os.path.abspath(path.parent / prefix)) + 12} characters long ({os_reason(err)}); "
-                           "choose a shorter folder or name") from None
+                           f"{longest} characters long ({os_reason(err)}); choose a shorter folder or name") from None
 
 
 def os_reason(err: OSError) -> str:

@@ -41,7 +41,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import tifffile
 
-from ._files import NAME_MAX, fitted_name, fsync_folder, target_mode, write_target
+from ._files import fsync_folder, target_mode, temporary_prefix, write_target
 
 __all__ = [
     "LABEL_NAME_HINTS",
@@ -458,12 +458,10 @@ def _tifffile_errors(path: Path):
         raise
     except MemoryError as exc:
         raise TiffReadError(f"{path}: not enough memory to read the image") from exc
-    except OSError as exc:
-        if exc.errno is None or exc.errno == errno.EINVAL:  # (a seek beyond a damaged file's end)
-            raise TiffReadError(f"{path}: corrupt or unsupported TIFF ({type(exc).__name__}: {_one_line(exc)})") from exc
-        # the file system's error (a network share's I/O error, a path too long), not the file's
-        raise TiffReadError(f"{path}: cannot read it ({exc.strerror or exc})") from exc
     except Exception as exc:  # tifffile, zlib, imagecodecs, struct... anything means "corrupt"
+        if isinstance(exc, OSError) and exc.errno not in (None, errno.EINVAL):  # (EINVAL: a seek past a damaged end)
+            # the file system's error (a network share's I/O error, a path too long), not the file's
+            raise TiffReadError(f"{path}: cannot read it ({exc.strerror or exc})") from exc
         raise TiffReadError(f"{path}: corrupt or unsupported TIFF ({type(exc).__name__}: {_one_line(exc)})") from exc
     finally:
         tiff_logger.removeHandler(errors)
@@ -1100,8 +1098,7 @@ def write_tiff(path, array, metadata: dict | None = None) -> str:
         raise FileNotFoundError(f"cannot write {path.name}: folder {str(folder)!r} does not exist")
     mode = target_mode(path)
     try:
-        # ".NAME.XXXXXXXX.tmp" must fit a file name too: a name near the limit failed after a whole prediction
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{fitted_name(path.name, NAME_MAX - len('..XXXXXXXX.tmp'))}.", suffix=".tmp", dir=folder)
+        fd, tmp_name = tempfile.mkstemp(prefix=temporary_prefix(path.name), suffix=".tmp", dir=folder)
     except OSError as err:  # e.g. a read-only folder
         raise OSError(err.errno, f"cannot write {path.name} in folder {str(folder)!r}: {err.strerror}") from None
     try:
