@@ -72,7 +72,7 @@ def test_a_run_that_fails_before_its_first_step_says_so_on_the_bar(qtbot):
     # after an earlier run the indeterminate start left the bar at -1, below its minimum, where Qt draws no text
     from napari_unet._widgets.progress import ProgressRow
 
-    row = ProgressRow()
+    row = ProgressRow("training")
     qtbot.addWidget(row)
     row.start("U-Net training")
     row.update(1.0, 0.0)

@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import QEvent, QTimer
-from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QPushButton, QWidget
 
 from napari_unet._writer import write_labels
 from napari_unet.data import InputError
@@ -19,7 +19,7 @@ from napari_unet.predict import PredictionProgress, check_layer_memory
 from .jobs import NETWORK_LABELS, Failed, Note, PredictionResult, predict_job, relay
 from .layers import Image, LayerCombo, current_slice, image_array, pixel_size_of
 from .outputs import kept_indices, kept_pixels, prediction_layer_of, write_cells, write_prediction, write_probabilities
-from .progress import WORKER_FINISHED, InOrder, ProgressRow, WrappingLabel, press_on_return, swap_buttons
+from .progress import WORKER_FINISHED, InOrder, ProgressRow, WrappingLabel, press_on_return, scrolling_layout, show_keyboard_focus, swap_buttons
 from .session import WAITING_FOR_STROKE, disconnect_when_destroyed, get_session, unwrap
 from .workers import create_worker_of
 
@@ -65,6 +65,8 @@ class InferenceWidget(QWidget):
         self.scope = QComboBox()
         self.scope.addItems([CURRENT, STACK])
         self.scope.setCurrentText(STACK)
+        self.scope.setToolTip("predict only the slice shown in the viewer (quick to check) or every slice of the stack")
+        self.image.setToolTip("the image layer to predict")
         self.tta = QComboBox()
         self.tta.addItems(list(TTA_CHOICES))
         self.tta_hint = WrappingLabel()
@@ -112,7 +114,7 @@ class InferenceWidget(QWidget):
             "or reviewed, so that they still count when you open the file again (File > Save uses napari's own writer "
             "unless you pick the napari-unet file type)"
         )
-        self.progress = ProgressRow()
+        self.progress = ProgressRow("prediction")
 
         form = QFormLayout()
         form.addRow("model", self.model_label)
@@ -123,7 +125,7 @@ class InferenceWidget(QWidget):
         form.addRow("", self.tta_hint)
         form.addRow("membranes", self.membranes)
         form.addRow("layers", self.layers)
-        layout = QVBoxLayout(self)
+        layout = scrolling_layout(self)
         layout.addLayout(form)
         for box in (self.probabilities, self.cells, self.keep):
             layout.addWidget(box)
@@ -139,6 +141,7 @@ class InferenceWidget(QWidget):
         layout.addLayout(review)
         layout.addStretch(1)
         press_on_return(self)
+        show_keyboard_focus(self, self.viewer)
 
         self.run_button.clicked.connect(self.run)
         self.stop_button.clicked.connect(self.stop)

@@ -12,53 +12,80 @@ import math
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from qtpy.QtCore import QTimer
+from qtpy.QtGui import QFontInfo
+
+from .progress import theme_colors
+from .session import disconnect_when_destroyed
 
 
-def _theme_colors(viewer):
-    try:
-        from napari.utils.theme import get_theme
-
-        theme = get_theme(viewer.theme)
-        return theme.canvas.as_hex(), theme.text.as_hex()
-    except Exception:  # unknown theme or API: matplotlib defaults stay readable
-        return "#262930", "#f0f1f2"
+#: Curve colours on a dark and on a light background (each at least 4.5:1 against it, as WCAG asks of small text:
+#: the Dice axis's label shares its curve's colour, and the light theme's orange was 2.3:1).
+_CURVES = {
+    "dark": {"raw": "#5080c0", "train": "#60a0ff", "validation": "#ff6060", "dice": "#e0a030"},
+    "light": {"raw": "#7090c0", "train": "#1f5fbf", "validation": "#c02020", "dice": "#8a5a00"},
+}
+_DPI = 90
 
 
 class LossPlot(FigureCanvasQTAgg):
+    """Follows the viewer's theme (``viewer.events.theme``) and the widget's font size."""
+
     def __init__(self, viewer=None, min_interval_ms: int = 400, smoothing: float = 0.9):
-        figure = Figure(figsize=(4.0, 2.4), dpi=90)
+        figure = Figure(figsize=(4.0, 2.4), dpi=_DPI, layout="constrained")  # margins follow the text's size
         super().__init__(figure)
-        background, text = _theme_colors(viewer)
-        figure.patch.set_facecolor(background)
         self.ax = figure.add_subplot(111)
         self.ax_dice = self.ax.twinx()
-        for ax in (self.ax, self.ax_dice):
-            ax.set_facecolor(background)
-            ax.tick_params(which="both", colors=text, labelsize=7)  # a log axis labels its minor ticks too
-            for spine in ax.spines.values():
-                spine.set_color(text)
-        self.ax.set_xlabel("step", color=text, fontsize=8)
-        self.ax.set_ylabel("loss", color=text, fontsize=8)
-        self.ax_dice.set_ylabel("val Dice", color="#e0a030", fontsize=8)
-        figure.subplots_adjust(left=0.22, right=0.84, bottom=0.2, top=0.95)  # room for "3x10^-1" and the label
-        (self._raw,) = self.ax.plot([], [], color="#5080c0", alpha=0.3, linewidth=0.8)
-        (self._smooth,) = self.ax.plot([], [], color="#60a0ff", linewidth=1.5, label="train (smoothed)")
-        (self._val,) = self.ax.plot([], [], "o-", color="#ff6060", markersize=3, linewidth=1, label="validation")
-        (self._dice,) = self.ax_dice.plot([], [], "s--", color="#e0a030", markersize=3, linewidth=1, label="val Dice")
+        self.ax.set_xlabel("step")
+        self.ax.set_ylabel("loss")
+        self.ax_dice.set_ylabel("val Dice")
+        (self._raw,) = self.ax.plot([], [], alpha=0.3, linewidth=0.8)
+        (self._smooth,) = self.ax.plot([], [], linewidth=1.5, label="train (smoothed)")
+        (self._val,) = self.ax.plot([], [], "o-", markersize=3, linewidth=1, label="validation")
+        (self._dice,) = self.ax_dice.plot([], [], "s--", markersize=3, linewidth=1, label="val Dice")
         self.ax.set_yscale("log")
         self.ax_dice.set_ylim(0, 1)
-        legend = self.ax.legend(loc="upper right", fontsize=7, frameon=False)  # "best" of no curves: over the first steps
-        for item in legend.get_texts():
-            item.set_color(text)
+        # Above the axes, in one row: inside them it covered the curves (the Dice curve ends near 1.0 at the right).
+        self._legend = figure.legend(handles=[self._smooth, self._val, self._dice], loc="outside upper center",
+                                     ncols=3, frameon=False, handlelength=1.5, columnspacing=1.0)
         self.smoothing = smoothing
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setInterval(min_interval_ms)
         self._timer.timeout.connect(self.redraw)
         self.draws = 0
+        self.theme = None
+        self.apply_theme(getattr(viewer, "theme", "dark"))
+        if viewer is not None:
+            viewer.events.theme.connect(self._on_theme)
+            disconnect_when_destroyed(self, (viewer.events.theme, self._on_theme))
         self.clear()
         self.draw()  # the first draw is slow (fonts, layout): do it now, not during training
         self.setMinimumHeight(160)
+
+    def _on_theme(self, event) -> None:
+        self.apply_theme(event.value)
+
+    def apply_theme(self, theme_name: str) -> None:
+        """Colour the figure as napari's ``theme_name`` and size its text as the widget's font."""
+        background, text, dark = theme_colors(theme_name)
+        curves = _CURVES["dark" if dark else "light"]
+        size = QFontInfo(self.font()).pixelSize() * 72 / _DPI  # figure points whose pixels match the widget's text
+        self.figure.patch.set_facecolor(background)
+        for ax in (self.ax, self.ax_dice):
+            ax.set_facecolor(background)
+            ax.tick_params(which="both", colors=text, labelsize=0.85 * size)  # a log axis labels its minor ticks too
+            for spine in ax.spines.values():
+                spine.set_color(text)
+        self.ax.xaxis.label.set(color=text, fontsize=size)
+        self.ax.yaxis.label.set(color=text, fontsize=size)
+        self.ax_dice.yaxis.label.set(color=curves["dice"], fontsize=size)
+        self.ax_dice.tick_params(axis="y", colors=curves["dice"])
+        for line, name in ((self._raw, "raw"), (self._smooth, "train"), (self._val, "validation"), (self._dice, "dice")):
+            line.set_color(curves[name])
+        for item in self._legend.get_texts():
+            item.set(color=text, fontsize=0.9 * size)
+        self.theme = theme_name
+        self.draw_idle()
 
     def clear(self) -> None:
         self._timer.stop()

@@ -50,6 +50,11 @@ class TrainSettings(QWidget):
         self.lr = spin(1e-5, 0.1, 1e-3, 1e-4, "initial learning rate (Adam)", decimals=5)
         self.flips, self.rotations = QCheckBox("flips"), QCheckBox("rotations")
         self.elastic, self.intensity = QCheckBox("elastic"), QCheckBox("intensity")
+        self.flips.setToolTip("mirror the patches left-right at random")
+        self.elastic.setToolTip("deform the patches smoothly at random (a 3x3 grid of displacements of up to about 10 pixels), "
+                                "as in the U-Net paper")
+        self.intensity.setToolTip("vary the patches' brightness, contrast and gamma at random (gamma 0.74-1.35, contrast "
+                                  "0.8-1.2, brightness +-0.1 of the normalised range)")
         self.rotations.setTristate(True)  # partly checked = "auto"
         self.rotations.setToolTip(
             "turn the patches by multiples of 90 degrees; partly checked (auto): on, but off for labels layered top to "
@@ -77,8 +82,8 @@ class TrainSettings(QWidget):
         form.addRow("time budget", self.minutes)
         form.addRow("patch / batch", _row(self.patch, self.batch))
         form.addRow("learning rate", self.lr)
-        form.addRow("augment", _row(self.flips, self.rotations, self.elastic))
-        form.addRow("", _row(self.intensity, self.noise))
+        form.addRow("augment", _row(self.flips, self.elastic, self.intensity))
+        form.addRow("", _row(self.rotations, self.noise))  # the two that may read "(auto)"
         form.addRow("validation", self.validation)
         # two rows: in one, the learning rate's box was too narrow to show 0.000100
         self.retrain_form = QWidget()
@@ -86,8 +91,19 @@ class TrainSettings(QWidget):
         retrain_form.setContentsMargins(0, 0, 0, 0)
         retrain_form.addRow("steps / patch / batch", _row(self.retrain_steps, self.retrain_patch, self.retrain_batch))
         retrain_form.addRow("learning rate", self.retrain_lr)
+        for box in (self.rotations, self.noise):  # a dash alone did not say "auto" (nor did a screen reader)
+            box.stateChanged.connect(lambda _state, box=box: _say_auto(box))
+        # Qt names a box after its form row's label, which a row of several boxes has only for the row
+        for box, name in ((self.depth, "depth"), (self.filters, "filters"), (self.epochs, "epochs"),
+                          (self.steps, "steps per epoch"), (self.patch, "patch size"), (self.batch, "batch size"),
+                          (self.lr, "learning rate"), (self.retrain_steps, "Retrain steps"),
+                          (self.retrain_patch, "Retrain patch size"), (self.retrain_batch, "Retrain batch size"),
+                          (self.retrain_lr, "Retrain learning rate")):
+            box.setAccessibleName(name)
         self.preset.currentTextChanged.connect(self.apply_preset)
         self.apply_preset(self.preset.currentText())
+        for box in (self.rotations, self.noise):
+            _say_auto(box)
 
     def apply_preset(self, name: str) -> None:
         p = preset(name)
@@ -179,6 +195,12 @@ def _auto_value(box):
 
 def _noise_state(augment_noise) -> Qt.CheckState:
     return _auto_state(augment_noise if augment_noise == "auto" else augment_noise > 0)
+
+
+def _say_auto(box: QCheckBox) -> None:
+    """Name a tri-state box "NAME (auto)" while it is partly checked."""
+    name = box.text().removesuffix(" (auto)")
+    box.setText(f"{name} (auto)" if box.checkState() == Qt.CheckState.PartiallyChecked else name)
 
 
 def _row(*widgets) -> QWidget:

@@ -23,7 +23,7 @@ from .layers import Image, Labels, LayerCombo
 from .outputs import name_with_suffix
 from .prepare import ZERO_BOX, TrainJob, prepare_retrain, prepare_train, remember_zero_convention
 from .plot import LossPlot
-from .progress import WORKER_FINISHED, InOrder, ProgressRow, press_on_return, swap_buttons
+from .progress import WORKER_FINISHED, InOrder, ProgressRow, press_on_return, scrolling_layout, show_keyboard_focus, swap_buttons
 from .session import disconnect_when_destroyed, get_session, unwrap
 from .settings import TrainSettings
 from .workers import create_worker_of
@@ -62,6 +62,8 @@ class TrainingWidget(QWidget):
         self.session = get_session(self.viewer)
         self.image = LayerCombo(self.viewer, Image)
         self.labels = LayerCombo(self.viewer, Labels, accept=self._fits_image)
+        self.image.setToolTip("the image layer to train on")
+        self.labels.setToolTip("the labels layer of the classes to learn: only labels layers of the image's shape are offered")
         self.image.currentIndexChanged.connect(lambda *_: self.labels.refresh())
         self.zero_unannotated = QCheckBox(ZERO_BOX)
         self.zero_unannotated.setChecked(True)
@@ -81,13 +83,14 @@ class TrainingWidget(QWidget):
         self.save_button, self.load_button = QPushButton("Save model..."), QPushButton("Load model...")
         self.previous_button = QPushButton("Previous model")
         for button, tip in ((self.train_button, "train a new model on the image and labels above, in the background"),
-                            (self.stop_button, "stop the run; the model keeps its best weights so far"),
+                            (self.stop_button, "stop the run after its current step and finish the model from what it learned so far "
+                                              "(a run stopped in its first epoch keeps no model)"),
                             (self.save_button, "write the current model to a .keras file (weights, classes, settings)"),
                             (self.load_button, "make a .keras model file the current model (to predict or retrain)"),
                             (self.previous_button, "make the model before the last Train, Retrain or Load current again "
                                                    "(press again to swap back)")):
             button.setToolTip(tip)
-        self.progress = ProgressRow()
+        self.progress = ProgressRow("training")
         self.plot = LossPlot(self.viewer)
 
         data = QFormLayout()
@@ -98,7 +101,7 @@ class TrainingWidget(QWidget):
         retrain_layout = QVBoxLayout(retrain)
         retrain_layout.addWidget(self.settings.retrain_form)
         retrain_layout.addWidget(self.retrain_button)
-        layout = QVBoxLayout(self)
+        layout = scrolling_layout(self)
         layout.addLayout(data)
         layout.addWidget(self.settings)
         layout.addWidget(self.continue_box)
@@ -109,6 +112,7 @@ class TrainingWidget(QWidget):
         layout.addLayout(_hbox(self.save_button, self.load_button, self.previous_button))
         layout.addStretch(1)
         press_on_return(self)
+        show_keyboard_focus(self, self.viewer)
 
         self.train_button.clicked.connect(lambda: self.start(retrain=False))
         self.retrain_button.clicked.connect(lambda: self.start(retrain=True))

@@ -1,0 +1,107 @@
+"""The docks on small screens, with other themes and fonts, and to screen readers and keyboard users."""
+
+import pytest
+
+pytest.importorskip("napari")
+
+
+def _docks(widgets):
+    return (widgets.training, widgets.inference)
+
+
+def test_docks_scroll_instead_of_making_the_window_taller_than_the_screen(widgets):
+    # both docks' controls stacked made the main window at least 1286 px tall: on a 1366x768 screen the inference
+    # dock's Run and the training dock's Save model were below its bottom edge, with no scroll bar to reach them
+    from qtpy.QtWidgets import QScrollArea
+
+    window = widgets.viewer.window._qt_window
+    assert window.minimumSizeHint().height() < 700
+    for dock, button in ((widgets.training, widgets.training.save_button), (widgets.inference, widgets.inference.run_button)):
+        area = dock.findChild(QScrollArea)
+        assert area is not None and area.isAncestorOf(button)
+        # never narrower than the controls (no horizontal scroll bar: they would be cut off instead)
+        assert area.minimumSizeHint().width() >= area.widget().minimumSizeHint().width()
+        # where the screen has room the dock asks for all of its controls, not Qt's 24 lines of a scroll area
+        assert area.sizeHint().height() >= area.widget().sizeHint().height()
+
+
+def test_loss_plot_and_focus_border_follow_the_viewer_theme(widgets):
+    from matplotlib.colors import to_rgb
+
+    from napari_unet._widgets.progress import FOCUS_COLORS
+
+    plot = widgets.training.plot
+
+    def brightness(color):
+        return sum(to_rgb(color)) / 3
+
+    assert brightness(plot.figure.get_facecolor()) < 0.5  # napari's default dark theme
+    widgets.viewer.theme = "light"  # the plot stayed black in a light window, and white in a dark one the other way
+    assert brightness(plot.figure.get_facecolor()) > 0.5
+    assert brightness(plot.ax.xaxis.label.get_color()) < 0.5
+    for dock in _docks(widgets):
+        assert f":focus {{ border: 1px solid {FOCUS_COLORS['light']}" in dock.styleSheet()
+    widgets.viewer.theme = "dark"
+    assert brightness(plot.figure.get_facecolor()) < 0.5 and brightness(plot.ax.xaxis.label.get_color()) > 0.5
+    for dock in _docks(widgets):
+        assert f"QPushButton:focus {{ border: 1px solid {FOCUS_COLORS['dark']}" in dock.styleSheet()
+
+
+def test_the_loss_plot_names_every_curve_and_sizes_its_text_as_the_widget_font(widgets):
+    from qtpy.QtGui import QFont
+
+    plot = widgets.training.plot
+    labels = [text.get_text() for text in plot._legend.get_texts()]
+    assert labels == ["train (smoothed)", "validation", "val Dice"]  # the Dice curve had only its axis label's colour
+    small = plot.ax.xaxis.label.get_fontsize()
+    font = QFont(plot.font())
+    font.setPointSizeF(2 * font.pointSizeF())
+    plot.setFont(font)
+    plot.apply_theme(widgets.viewer.theme)
+    assert plot.ax.xaxis.label.get_fontsize() == pytest.approx(2 * small, rel=0.2)  # stayed at 8 points
+
+
+def test_every_setting_and_progress_bar_has_a_name_for_screen_readers(widgets):
+    # Qt names a control after its form row's label; a row of several boxes named none of them ("spin box, 40")
+    from qtpy.QtWidgets import QAbstractSpinBox, QComboBox, QLabel, QProgressBar
+
+    for dock in _docks(widgets):
+        buddies = {id(label.buddy()) for label in dock.findChildren(QLabel) if label.buddy() is not None}
+        controls = dock.findChildren(QAbstractSpinBox) + dock.findChildren(QProgressBar) + dock.findChildren(QComboBox)
+        unnamed = [c for c in controls if not c.accessibleName() and id(c) not in buddies]
+        assert not unnamed, [type(c).__name__ for c in unnamed]
+    assert widgets.training.progress.bar.accessibleName() == "training progress"
+    assert widgets.training.settings.retrain_lr.accessibleName() != widgets.training.settings.lr.accessibleName()
+
+
+def test_every_control_explains_itself_in_a_tooltip(widgets):
+    from qtpy.QtWidgets import QAbstractSpinBox, QCheckBox, QComboBox, QPushButton
+
+    for dock in _docks(widgets):
+        controls = (dock.findChildren(QCheckBox) + dock.findChildren(QComboBox) + dock.findChildren(QAbstractSpinBox)
+                    + dock.findChildren(QPushButton))
+        silent = [getattr(c, "text", lambda: type(c).__name__)() for c in controls if not c.toolTip()]
+        assert not silent  # flips, elastic, intensity, "apply to" and the layer pickers had none
+
+
+def test_auto_check_boxes_say_auto_in_their_text(qtbot):
+    from qtpy.QtCore import Qt
+
+    from napari_unet._widgets.settings import TrainSettings
+
+    settings = TrainSettings()
+    qtbot.addWidget(settings)
+    for box, name in ((settings.rotations, "rotations"), (settings.noise, "noise")):
+        assert box.checkState() == Qt.CheckState.PartiallyChecked and box.text() == f"{name} (auto)"  # was a dash only
+        box.setCheckState(Qt.CheckState.Checked)
+        assert box.text() == name
+        box.setCheckState(Qt.CheckState.PartiallyChecked)
+        assert box.text() == f"{name} (auto)"
+
+
+def test_status_text_can_be_selected_to_copy_a_path(widgets):
+    from qtpy.QtCore import Qt
+
+    for dock in _docks(widgets):
+        flags = dock.progress.status.textInteractionFlags()
+        assert flags & Qt.TextInteractionFlag.TextSelectableByMouse
