@@ -964,3 +964,59 @@ def test_keras_global_settings_of_a_neighbour_change_nothing(tmp_path, floatx):
         keras.config.set_image_data_format(before[0])
         keras.config.set_floatx(before[1])
         clear_trainer_cache()
+
+
+def _note_texts(labels, values):
+    from napari_unet.labels import to_indices
+    from napari_unet.train import _class_notes
+
+    return [str(note) for note in _class_notes(to_indices(labels, values, None), values)]
+
+
+def test_near_copies_of_a_large_class_are_named_as_a_lossy_export():
+    # 2 % of a 0/255 mask off by 1-3 (a JPEG or resampled export) trained an 8-class model without a word
+    from napari_unet.synthetic import make_em_stack
+
+    _, mask = make_em_stack(2, (128, 128), seed=0)
+    lossy = mask.copy()
+    rng = np.random.default_rng(0)
+    hit = rng.random(mask.shape) < 0.02
+    lossy[hit] = np.where(mask[hit] == 0, rng.integers(1, 4, hit.sum()), 255 - rng.integers(1, 4, hit.sum()))
+    values = sorted(np.unique(lossy).tolist())
+    notes = _note_texts(lossy, values)
+    assert len(notes) == 1 and notes[0].startswith("classes 1, 2, 3, 252, 253, 254 (0.02 of the annotated pixels)")
+    assert "large classes 0 and 255" in notes[0] and "lossy export" in notes[0]
+    assert mask is not lossy and set(np.unique(mask)) == {0, 255}  # inputs untouched
+    assert _note_texts(mask, [0, 255]) == []
+
+
+@pytest.mark.parametrize("case", ["oct layers 0-9", "rare foreground 0/1", "rare third class 0/1/2", "instances 1-40"])
+def test_legitimate_small_or_adjacent_classes_are_not_called_lossy(case):
+    from napari_unet.synthetic import make_oct_stack
+
+    rng = np.random.default_rng(1)
+    if case == "oct layers 0-9":
+        _, labels = make_oct_stack(2, (248, 384), seed=0)
+    elif case == "rare foreground 0/1":
+        labels = (rng.random((2, 128, 128)) < 0.003).astype(np.uint8)
+    elif case == "rare third class 0/1/2":
+        labels = np.where(rng.random((2, 128, 128)) < 0.5, 0, 1).astype(np.uint8)
+        labels[0, :5, :5] = 2
+    else:
+        labels = rng.integers(1, 41, (2, 128, 128)).astype(np.uint8)
+        labels[:, :, :100] = 1  # one large instance beside small ones
+    values = sorted(np.unique(labels).tolist())
+    assert not [text for text in _note_texts(labels, values) if "lossy" in text]
+
+
+def test_real_oct_layers_are_not_called_lossy():
+    from _helpers import SHARED_DATA
+
+    path = SHARED_DATA / "oct" / "circular-scan-layers.tif"
+    if not path.exists():
+        pytest.skip(f"needs ../shared/data ({path} not found)")
+    import tifffile
+
+    labels = tifffile.imread(path)[None]
+    values = sorted(np.unique(labels).tolist())
+    assert not [text for text in _note_texts(labels, values) if "lossy" in text]
