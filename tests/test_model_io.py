@@ -131,7 +131,7 @@ def test_damaged_metadata_is_a_clear_model_file_error(tmp_path, text, words):
         ("percentiles", "ab", "invalid normalisation percentiles"),
         ("percentiles", [-5, 500], "invalid normalisation percentiles"),
         ("boundary_rule", "x", "invalid membrane rule"),
-        ("boundary_rule", {"foo": 1}, "invalid membrane rule"),
+        ("boundary_rule", {"foo": 1}, "written by a newer napari-unet .membrane rule settings foo"),  # grown before
         ("boundary_rule", {"threshold": 0.5, "merge_below": 0.6, "minima_depth": 0}, "minima_depth=0 out of range"),  # h_minima failed at Run
         ("boundary_rule", {"threshold": 1.5}, "threshold=1.5 out of range"),  # no membrane at all, silently
         ("boundary_rule", {"threshold": 0.5, "merge_below": 0.6, "border_reach": -2}, "border_reach=-2 out of range"),
@@ -341,6 +341,60 @@ def test_a_file_with_settings_this_version_does_not_know_asks_for_an_upgrade(tmp
         edited[key]["future_option"] = 1
         with pytest.raises(ModelFileError, match="written by a newer napari-unet .*future_option.*upgrade"):
             load_model(_with_metadata(tmp_path, f"newer-{key}.keras", json.dumps(edited)))
+
+
+def _with_network_config(tmp_path, name, edit):
+    """A copy of a saved tiny model whose Keras config.json has its first Conv2D layer's entry changed by ``edit``."""
+    path = save_model(tiny_model(), tmp_path / "good.keras")
+    edited = tmp_path / name
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(edited, "w") as target:
+        for item in source.namelist():
+            data = source.read(item)
+            if item == "config.json":
+                config = json.loads(data)
+                edit(next(layer for layer in config["config"]["layers"] if layer["class_name"] == "Conv2D"))
+                data = json.dumps(config)
+            target.writestr(item, data)
+    return edited
+
+
+def _python_lambda_activation(layer):
+    import codecs
+    import marshal
+
+    code = codecs.encode(marshal.dumps((lambda x: x).__code__), "base64").decode("ascii")
+    layer["config"]["activation"] = {"module": "builtins", "class_name": "__lambda__", "config": {"value": [code, None, None]},
+                                     "registered_name": None}
+
+
+def _custom_layer_class(layer):
+    layer.update(module="mypackage.layers", class_name="FancyConv", registered_name="mypackage>FancyConv")
+
+
+@pytest.mark.parametrize("edit, words", [
+    (_python_lambda_activation, "contains code .a Lambda layer or a Python function.; refused by Keras safe mode"),
+    (_custom_layer_class, "uses a layer 'FancyConv' that Keras and napari-unet do not have"),
+    (lambda layer: layer["config"].update(future_option=True),
+     r"gives its Conv2D layers options that Keras \S+ does not know .*future_option.*newer Keras; upgrade Keras"),
+])
+def test_a_network_keras_refuses_is_named_for_its_cause(tmp_path, edit, words):
+    # all three said "<class 'keras...Functional'> could not be deserialized properly. Please ensure that components
+    # ... are explicitly deserialized in the model's from_config() method": Keras' first line, not its cause
+    with pytest.raises(ModelFileError, match=words) as info:
+        load_model(_with_network_config(tmp_path, "edited.keras", edit))
+    assert "from_config" not in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_membrane_rule_setting_this_version_does_not_know_asks_for_an_upgrade(tmp_path):
+    # "has an invalid membrane rule {...}; the file was modified or damaged": rules grew settings without a new format
+    meta = read_metadata(save_model(tiny_model(), tmp_path / "m.keras"))
+    meta["boundary_rule"]["gap_bridge"] = 2.0
+    with pytest.raises(ModelFileError, match=r"written by a newer napari-unet \(membrane rule settings gap_bridge are "
+                                             r"unknown to version .*\); upgrade napari-unet"):
+        load_model(_with_metadata(tmp_path, "newer-rule.keras", json.dumps(meta)))
+    meta["boundary_rule"]["gap_bridge"] = "wide"  # not a number: damaged, whatever wrote it
+    with pytest.raises(ModelFileError, match="invalid membrane rule"):
+        load_model(_with_metadata(tmp_path, "damaged-rule.keras", json.dumps(meta)))
 
 
 def test_loading_a_model_leaves_pythons_random_stream_as_it_was(tmp_path):

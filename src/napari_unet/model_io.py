@@ -6,6 +6,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import zipfile
@@ -328,16 +329,35 @@ def _load_network(path: Path):
     try:
         with keras_seeds_private():  # Keras draws initializer seeds while it rebuilds the layers of older files
             return keras.saving.load_model(path, compile=False, safe_mode=True)
-    except ValueError as err:
-        if "lambda" in str(err).lower() or "safe_mode" in str(err):
-            raise ModelFileError(
-                f"{path.name} contains a Lambda layer (arbitrary code); refused by Keras safe mode"
-            ) from None
-        raise ModelFileError(f"{path.name} could not be loaded: {_first_line(err)}") from None
+    except (ValueError, TypeError) as err:
+        raise ModelFileError(_keras_refusal(err, path.name, keras.__version__)) from None
     except (zipfile.BadZipFile, EOFError, zlib.error) as err:  # bytes of Keras' own entries damaged (a bad copy or disk)
         raise ModelFileError(f"{path.name} is damaged ({_first_line(err)}); use an earlier copy of the model") from None
-    except (OSError, TypeError, KeyError) as err:
+    except (OSError, KeyError) as err:
         raise ModelFileError(f"{path.name} could not be loaded: {_first_line(err)}") from None
+
+
+def _keras_refusal(err: BaseException, name: str, keras_version: str) -> str:
+    """One line on why Keras refused the network of model file ``name``.
+
+    Keras 3 wraps a layer's error in a generic first line ("could not be deserialized properly. Please ensure that
+    components ... are explicitly deserialized in the model's from_config() method") and gives the cause after
+    "Exception encountered:": code refused by safe mode, a layer class it does not have, options of a newer Keras.
+    """
+    text = str(err)
+    cause = text.rsplit("Exception encountered:", 1)[-1].strip()
+    reason = cause.splitlines()[0] if cause else _first_line(err)
+    if "lambda" in cause.lower() or "safe_mode" in cause:
+        return f"{name} contains code (a Lambda layer or a Python function); refused by Keras safe mode"
+    unknown_class = re.search(r"Could not locate class '([^']+)'", cause)
+    if unknown_class:
+        return (f"{name} uses a layer {unknown_class.group(1)!r} that Keras and napari-unet do not have (a model of another "
+                "program, or of a newer napari-unet); it was not loaded")
+    unknown_options = re.search(r"Unrecognized keyword arguments passed to (\w+): (.*)", cause)
+    if unknown_options:
+        return (f"{name} gives its {unknown_options.group(1)} layers options that Keras {keras_version} does not know "
+                f"({unknown_options.group(2)}): it was written with a newer Keras; upgrade Keras (pip install -U keras)")
+    return f"{name} could not be loaded: {reason}"
 
 
 def _first_line(err: BaseException) -> str:
@@ -389,7 +409,12 @@ def checked_rule(meta: dict, class_values: list, name: str) -> tuple:
     def number_or_none(value) -> bool:
         return value is None or isinstance(value, (int, float)) and math.isfinite(value)
 
-    if rule is not None and not (isinstance(rule, dict) and set(rule) <= known and all(map(number_or_none, rule.values()))):
+    if isinstance(rule, dict) and all(map(number_or_none, rule.values())) and set(rule) - known:
+        # the rule has grown settings before without a new format version (border_reach)
+        raise ModelFileError(f"{name} was written by a newer napari-unet (membrane rule settings "
+                             f"{', '.join(sorted(set(rule) - known))} are unknown to version {__version__}); upgrade "
+                             "napari-unet to load it")
+    if rule is not None and not (isinstance(rule, dict) and all(map(number_or_none, rule.values()))):
         raise ModelFileError(f"{name} has an invalid membrane rule {rule!r}; the file was modified or damaged")
     if rule is not None:
         out_of_range = [key for key, value in rule.items() if value is not None and not _RULE_RANGES.get(key, lambda v: True)(value)]
