@@ -30,7 +30,7 @@ def main():
     args = parser.parse_args()
 
     viewer = napari.Viewer(title="napari-unet")
-    viewer.window._qt_window.resize(1500, 900)
+    viewer.window._qt_window.resize(1500, 1450)  # both docks whole (they scroll in a shorter window)
     for data, kwargs, kind in make_em_sample():
         getattr(viewer, f"add_{kind}")(data, **kwargs)
     image_layer, labels_layer = viewer.layers[0], viewer.layers[1]

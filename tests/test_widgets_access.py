@@ -14,11 +14,16 @@ def test_docks_scroll_instead_of_making_the_window_taller_than_the_screen(widget
     # dock's Run and the training dock's Save model were below its bottom edge, with no scroll bar to reach them
     from qtpy.QtWidgets import QScrollArea
 
+    from napari_unet._widgets.progress import SCREEN_SHARE
+
     window = widgets.viewer.window._qt_window
-    assert window.minimumSizeHint().height() < 700
+    screen = window.screen().availableGeometry().height()
+    assert window.minimumSizeHint().height() < screen  # 1286 px whatever the screen
     for dock, button in ((widgets.training, widgets.training.save_button), (widgets.inference, widgets.inference.run_button)):
         area = dock.findChild(QScrollArea)
         assert area is not None and area.isAncestorOf(button)
+        # a share of the screen at least, so that a dock docked below another is not a scroll bar's height
+        assert min(SCREEN_SHARE * screen - 1, 150) <= area.minimumSizeHint().height() <= SCREEN_SHARE * screen
         # never narrower than the controls (no horizontal scroll bar: they would be cut off instead)
         assert area.minimumSizeHint().width() >= area.widget().minimumSizeHint().width()
         # where the screen has room the dock asks for all of its controls, not Qt's 24 lines of a scroll area
@@ -40,11 +45,11 @@ def test_loss_plot_and_focus_border_follow_the_viewer_theme(widgets):
     assert brightness(plot.figure.get_facecolor()) > 0.5
     assert brightness(plot.ax.xaxis.label.get_color()) < 0.5
     for dock in _docks(widgets):
-        assert f":focus {{ border: 1px solid {FOCUS_COLORS['light']}" in dock.styleSheet()
+        assert f":enabled:focus {{ border: 1px solid {FOCUS_COLORS['light']}" in dock.styleSheet()
     widgets.viewer.theme = "dark"
     assert brightness(plot.figure.get_facecolor()) < 0.5 and brightness(plot.ax.xaxis.label.get_color()) > 0.5
     for dock in _docks(widgets):
-        assert f"QPushButton:focus {{ border: 1px solid {FOCUS_COLORS['dark']}" in dock.styleSheet()
+        assert f"QPushButton:enabled:focus {{ border: 1px solid {FOCUS_COLORS['dark']}" in dock.styleSheet()
 
 
 def test_the_loss_plot_names_every_curve_and_sizes_its_text_as_the_widget_font(widgets):
@@ -53,6 +58,10 @@ def test_the_loss_plot_names_every_curve_and_sizes_its_text_as_the_widget_font(w
     plot = widgets.training.plot
     labels = [text.get_text() for text in plot._legend.get_texts()]
     assert labels == ["train (smoothed)", "validation", "val Dice"]  # the Dice curve had only its axis label's colour
+    for theme in ("light", "dark"):
+        widgets.viewer.theme = theme
+        assert [handle.get_color() for handle in plot._legend.legend_handles] == [
+            line.get_color() for line in (plot._smooth, plot._val, plot._dice)]  # not matplotlib's first colours
     small = plot.ax.xaxis.label.get_fontsize()
     font = QFont(plot.font())
     font.setPointSizeF(2 * font.pointSizeF())

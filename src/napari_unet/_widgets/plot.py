@@ -82,6 +82,8 @@ class LossPlot(FigureCanvasQTAgg):
         self.ax_dice.tick_params(axis="y", colors=curves["dice"])
         for line, name in ((self._raw, "raw"), (self._smooth, "train"), (self._val, "validation"), (self._dice, "dice")):
             line.set_color(curves[name])
+        for handle, line in zip(self._legend.legend_handles, (self._smooth, self._val, self._dice)):
+            handle.set_color(line.get_color())  # the legend drew copies of the curves as they were when it was made
         for item in self._legend.get_texts():
             item.set(color=text, fontsize=0.9 * size)
         self.theme = theme_name

@@ -150,6 +150,10 @@ def scrolling_layout(widget: QWidget) -> QVBoxLayout:
     return QVBoxLayout(contents)
 
 
+#: The share of the screen's height a dock keeps at least (when its controls need that much).
+SCREEN_SHARE = 0.4
+
+
 class _VerticalScrollArea(QScrollArea):
     """Scrolls its controls up and down only; asks for their full size where the screen has room and is never
     narrower than they are (Qt's scroll area caps its size hint at 24 lines of text and shrinks to a scroll bar)."""
@@ -167,9 +171,15 @@ class _VerticalScrollArea(QScrollArea):
         return super().sizeHint() if self.widget() is None else self._around(self.widget().sizeHint())
 
     def minimumSizeHint(self) -> QSize:
+        """As wide as the controls, and as tall as they are up to :data:`SCREEN_SHARE` of the screen: a dock docked
+        below another got only a scroll bar's height otherwise, and two docks still fit a 720-pixel screen."""
         hint = super().minimumSizeHint()
         if self.widget() is not None:
-            hint.setWidth(self._around(self.widget().minimumSizeHint()).width())
+            needed = self.widget().minimumSizeHint()
+            screen = self.screen()
+            share = int(SCREEN_SHARE * screen.availableGeometry().height()) if screen is not None else 0
+            hint.setWidth(self._around(needed).width())
+            hint.setHeight(max(hint.height(), min(needed.height(), share)))
         return hint
 
 
@@ -197,9 +207,10 @@ def show_keyboard_focus(widget: QWidget, viewer) -> None:
 
     def style(theme_name: str) -> None:
         color = FOCUS_COLORS["dark" if theme_colors(theme_name)[2] else "light"]
-        # the unfocused border is transparent so that the focus does not move the text by a pixel
-        widget.setStyleSheet("\n".join(f"{kind} {{ border: 1px solid transparent; }} {kind}:focus {{ border: 1px solid {color}; }}"
-                                        for kind in _FOCUSABLE))
+        # the unfocused border is transparent so that the focus does not move the text by a pixel; disabled controls
+        # keep napari's own style (a rule without a state took their outline away)
+        widget.setStyleSheet("\n".join(f"{kind}:enabled:!focus {{ border: 1px solid transparent; }} "
+                                        f"{kind}:enabled:focus {{ border: 1px solid {color}; }}" for kind in _FOCUSABLE))
 
     def follow(event) -> None:  # a plain function: disconnected when the widget is deleted
         style(event.value)
