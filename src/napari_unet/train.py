@@ -215,12 +215,30 @@ TrainingEvent = Union[TrainingStarted, TrainingStep, EpochEnd, TrainingFinishing
 RARE_CLASS_SHARE = 1e-4
 
 
-#: A class is named as a likely artefact of a lossy export (JPEG, scaling, smoothing of a mask) when its value lies
-#: within :data:`NEAR_COPY_STEP` of a class with :data:`NEAR_COPY_RATIO` times its pixels, it holds under
-#: :data:`NEAR_COPY_SHARE` of the annotated pixels, and the classes spread over a range much wider than they are many
-#: (0/255 with 1-3 and 252-254, not layers 0-9 or instances 1-64): 2 % of a 0/255 mask off by 1-3 trained an
-#: 8-class model, pixel error 0.86 instead of 0.11, without a word.
-NEAR_COPY_STEP, NEAR_COPY_RATIO, NEAR_COPY_SHARE = 3, 20, 0.03
+#: A class is named as a likely artefact of a lossy or resampled export of a mask (JPEG, scaling with interpolation)
+#: when it holds under :data:`FRINGE_CLASS_SHARE` of the annotated pixels, at least :data:`FRINGE_TOUCHING` of its
+#: pixels touch another class (no interior of its own: 1.00 for such artefacts, 0.19-0.64 for small real classes; a
+#: JPEG's 254 held 9 % of a synthetic EM mask), its value lies between the lowest and highest class, and the classes
+#: spread over a range much wider than they are many (0/255 masks, not layers 0-9 or instances 1-64). 2 % of a 0/255
+#: mask off by 1-3 trained an 8-class model, pixel error 0.86 instead of 0.11, without a word. A thin real class
+#: valued between two others (0 / 128 boundaries / 255) gets the note too; it says "if so".
+FRINGE_CLASS_SHARE, FRINGE_TOUCHING = 0.1, 0.95
+
+
+def _touching_fractions(indices: np.ndarray, n_classes: int) -> np.ndarray:
+    """float64 (n_classes,): the share of each class's pixels in (..., Y, X) ``indices`` that have a 4-neighbour of
+    another annotated class (negative indices are not annotated), plane by plane."""
+    touching, counts = np.zeros(n_classes, np.int64), np.zeros(n_classes, np.int64)
+    for plane in indices.reshape((-1,) + indices.shape[-2:]):
+        annotated = plane >= 0
+        border = np.zeros(plane.shape, bool)
+        for first, second in ((np.s_[1:], np.s_[:-1]), (np.s_[:, 1:], np.s_[:, :-1])):  # below, right of each pixel
+            differ = (plane[first] != plane[second]) & annotated[first] & annotated[second]
+            border[first] |= differ
+            border[second] |= differ
+        counts += np.bincount(plane[annotated], minlength=n_classes)[:n_classes]
+        touching += np.bincount(plane[border], minlength=n_classes)[:n_classes]
+    return touching / np.maximum(counts, 1)
 
 
 def _and(words: list) -> str:
@@ -229,29 +247,33 @@ def _and(words: list) -> str:
 
 
 def _class_notes(indices: np.ndarray, class_values: list) -> tuple:
-    """:class:`SettingNote` objects on the classes of (Z, Y, X) ``indices``: near copies of a large class (:data:`NEAR_COPY_STEP`),
-    and classes that hold fewer than :data:`RARE_CLASS_SHARE` of the annotated pixels."""
+    """:class:`SettingNote` objects on the classes of (Z, Y, X) ``indices``: fringes of a lossy or resampled mask
+    (:data:`FRINGE_CLASS_SHARE`), and classes that hold fewer than :data:`RARE_CLASS_SHARE` of the annotated pixels."""
     counts = count_classes(indices, len(class_values))
     total = int(counts.sum())
     values = [float(v) for v in class_values]
-    spread = len(values) >= 3 and max(values) - min(values) > NEAR_COPY_STEP * len(values)
-    near = [k for k, n in enumerate(counts) if spread and 0 < n < NEAR_COPY_SHARE * total and any(
-        j != k and abs(values[j] - values[k]) <= NEAR_COPY_STEP and counts[j] >= NEAR_COPY_RATIO * n for j in range(len(values)))]
-    large = sorted({class_values[j] for k in near for j in range(len(values))
-                    if j not in near and abs(values[j] - values[k]) <= NEAR_COPY_STEP})
+    fringe = []
+    if len(values) >= 3 and max(values) - min(values) > 3 * len(values):
+        touching = _touching_fractions(indices, len(values))
+        present = [k for k, n in enumerate(counts) if n > 0]
+        lowest, highest = min(values[k] for k in present), max(values[k] for k in present)
+        # the lowest and highest classes are real ones (a mask's thin membranes of 0 touch the cells all along too)
+        fringe = [k for k in present if counts[k] < FRINGE_CLASS_SHARE * total and touching[k] >= FRINGE_TOUCHING
+                  and lowest < values[k] < highest]
     notes = ()
-    if near and large:
-        share = counts[near].sum() / total
-        notes = (SettingNote("labels", f"classes {', '.join(str(class_values[k]) for k in near)} ({share:.2g} of the annotated "
-                             f"pixels) differ by at most {NEAR_COPY_STEP} from the large class{'es' if len(large) > 1 else ''} "
-                             f"{_and([str(v) for v in large])}, as a lossy export (JPEG, scaling, smoothing) leaves a mask; "
-                             "each is learnt as a class of its own: if so, give those pixels their large class's value "
-                             "(or save the mask without loss) and train again"),)
+    if fringe:
+        shown = [str(class_values[k]) for k in fringe[:8]] + ([f"{len(fringe) - 8} more"] if len(fringe) > 8 else [])
+        large = [str(v) for j, v in enumerate(class_values) if j not in fringe and counts[j] > 0]
+        notes = (SettingNote("labels", f"classes {_and(shown)} ({counts[fringe].sum() / total:.2g} of the annotated pixels) "
+                             f"lie only along the borders of the classes {_and(large)}, with values between theirs, as a "
+                             "JPEG or a resized (interpolated) mask leaves them; each is learnt as a class of its own: if "
+                             "so, give those pixels the value of the class they border (or save the mask without "
+                             "compression or interpolation) and train again"),)
     return notes + tuple(
         SettingNote("ignore_value", f"class {class_values[k]} holds only {int(n)} of the {total} annotated pixels "
                     f"({n / total:.2g} of them); if it marks pixels that are not annotated (napari's own writer saves "
                     "erased pixels as 0), train with it as not annotated")
-        for k, n in enumerate(counts) if 0 < n < RARE_CLASS_SHARE * total and k not in near
+        for k, n in enumerate(counts) if 0 < n < RARE_CLASS_SHARE * total and k not in fringe
     )
 
 
@@ -942,9 +964,8 @@ __all__ = [
     "InputError",
     "BATCH_NORM_TILE",
     "BATCH_NORM_TILES",
-    "NEAR_COPY_RATIO",
-    "NEAR_COPY_SHARE",
-    "NEAR_COPY_STEP",
+    "FRINGE_CLASS_SHARE",
+    "FRINGE_TOUCHING",
     "RARE_CLASS_SHARE",
     "TrainingEvent",
     "VALIDATION_MIN_SIDE",
