@@ -372,10 +372,16 @@ def _custom_layer_class(layer):
 
 
 @pytest.mark.parametrize("edit, words", [
-    (_python_lambda_activation, "contains code .a Lambda layer or a Python function.; refused by Keras safe mode"),
+    (_python_lambda_activation, "contains code .a Lambda layer, a Python function or a call Keras does not allow.; "
+                                "refused by Keras safe mode"),
+    (lambda layer: layer["config"].update(activation={"module": "keras.config", "class_name": "function", "registered_name": None,
+                                                      "config": "enable_unsafe_deserialization"}), "refused by Keras safe mode"),
     (_custom_layer_class, "uses a layer 'FancyConv' that Keras and napari-unet do not have"),
+    (lambda layer: layer["config"].update(activation={"module": "os", "class_name": "function", "config": "getcwd",
+                                                      "registered_name": "getcwd"}),
+     "uses a function 'getcwd' that Keras and napari-unet do not have"),
     (lambda layer: layer["config"].update(future_option=True),
-     r"gives its Conv2D layers options that Keras \S+ does not know .*future_option.*newer Keras; upgrade Keras"),
+     r"gives its Conv2D layers options that Keras \S+ does not know .*future_option.*; the file was modified or damaged"),
 ])
 def test_a_network_keras_refuses_is_named_for_its_cause(tmp_path, edit, words):
     # all three said "<class 'keras...Functional'> could not be deserialized properly. Please ensure that components
@@ -383,6 +389,19 @@ def test_a_network_keras_refuses_is_named_for_its_cause(tmp_path, edit, words):
     with pytest.raises(ModelFileError, match=words) as info:
         load_model(_with_network_config(tmp_path, "edited.keras", edit))
     assert "from_config" not in str(info.value) and "\n" not in str(info.value)
+
+
+def test_layer_options_of_a_newer_keras_ask_for_an_upgrade(tmp_path):
+    path = _with_network_config(tmp_path, "future.keras", lambda layer: layer["config"].update(future_option=True))
+    newer = tmp_path / "newer.keras"
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(newer, "w") as target:
+        for item in source.namelist():
+            data = source.read(item)
+            if item == "metadata.json":
+                data = json.dumps(dict(json.loads(data), keras_version="99.0.0"))
+            target.writestr(item, data)
+    with pytest.raises(ModelFileError, match=r"does not know .*future_option.*; it was written with Keras 99.0.0: upgrade Keras"):
+        load_model(newer)
 
 
 def test_a_membrane_rule_setting_this_version_does_not_know_asks_for_an_upgrade(tmp_path):

@@ -330,34 +330,57 @@ def _load_network(path: Path):
         with keras_seeds_private():  # Keras draws initializer seeds while it rebuilds the layers of older files
             return keras.saving.load_model(path, compile=False, safe_mode=True)
     except (ValueError, TypeError) as err:
-        raise ModelFileError(_keras_refusal(err, path.name, keras.__version__)) from None
+        raise ModelFileError(_keras_refusal(err, path, keras.__version__)) from None
     except (zipfile.BadZipFile, EOFError, zlib.error) as err:  # bytes of Keras' own entries damaged (a bad copy or disk)
         raise ModelFileError(f"{path.name} is damaged ({_first_line(err)}); use an earlier copy of the model") from None
     except (OSError, KeyError) as err:
         raise ModelFileError(f"{path.name} could not be loaded: {_first_line(err)}") from None
 
 
-def _keras_refusal(err: BaseException, name: str, keras_version: str) -> str:
-    """One line on why Keras refused the network of model file ``name``.
+def _keras_refusal(err: BaseException, path: Path, keras_version: str) -> str:
+    """One line on why Keras refused the network of model file ``path``.
 
     Keras 3 wraps a layer's error in a generic first line ("could not be deserialized properly. Please ensure that
     components ... are explicitly deserialized in the model's from_config() method") and gives the cause after
-    "Exception encountered:": code refused by safe mode, a layer class it does not have, options of a newer Keras.
+    "Exception encountered:": code refused by safe mode, a class or function it does not have, options of another Keras.
     """
-    text = str(err)
-    cause = text.rsplit("Exception encountered:", 1)[-1].strip()
-    reason = cause.splitlines()[0] if cause else _first_line(err)
-    if "lambda" in cause.lower() or "safe_mode" in cause:
-        return f"{name} contains code (a Lambda layer or a Python function); refused by Keras safe mode"
-    unknown_class = re.search(r"Could not locate class '([^']+)'", cause)
-    if unknown_class:
-        return (f"{name} uses a layer {unknown_class.group(1)!r} that Keras and napari-unet do not have (a model of another "
+    name = path.name
+    cause = str(err).rsplit("Exception encountered:", 1)[-1].strip()
+    if "safe_mode" in cause or "for security" in cause:
+        return f"{name} contains code (a Lambda layer, a Python function or a call Keras does not allow); refused by Keras safe mode"
+    missing = re.search(r"Could not locate (class|function) '([^']+)'", cause)
+    if missing:
+        kind = "layer" if missing.group(1) == "class" else "function"
+        return (f"{name} uses a {kind} {missing.group(2)!r} that Keras and napari-unet do not have (a model of another "
                 "program, or of a newer napari-unet); it was not loaded")
     unknown_options = re.search(r"Unrecognized keyword arguments passed to (\w+): (.*)", cause)
     if unknown_options:
+        written = _keras_version_of(path)
+        newer = written is not None and _version_tuple(written) > _version_tuple(keras_version)
         return (f"{name} gives its {unknown_options.group(1)} layers options that Keras {keras_version} does not know "
-                f"({unknown_options.group(2)}): it was written with a newer Keras; upgrade Keras (pip install -U keras)")
-    return f"{name} could not be loaded: {reason}"
+                f"({unknown_options.group(2)}); " + (f"it was written with Keras {written}: upgrade Keras (pip install -U "
+                "keras)" if newer else "the file was modified or damaged"))
+    return f"{name} could not be loaded: {cause.splitlines()[0] if cause else _first_line(err)}"
+
+
+def _keras_version_of(path: Path) -> Optional[str]:
+    """The Keras version recorded in the model file (its metadata.json), or None."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            version = json.loads(archive.read("metadata.json")).get("keras_version")
+    except Exception:  # any unreadable record: unknown
+        return None
+    return version if isinstance(version, str) else None
+
+
+def _version_tuple(version: str) -> tuple:
+    """(3, 15, 1) of "3.15.1"; a part that is not a number ends it ("3.16.0.dev1" -> (3, 16, 0))."""
+    numbers = []
+    for part in version.split("."):
+        if not part.isdigit():
+            break
+        numbers.append(int(part))
+    return tuple(numbers)
 
 
 def _first_line(err: BaseException) -> str:
