@@ -11,7 +11,8 @@ from pathlib import Path
 
 import napari
 import numpy as np
-from qtpy.QtWidgets import QApplication
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QApplication, QScrollArea
 
 from napari_unet._sample_data import make_em_sample
 from napari_unet._widgets.session import get_session
@@ -23,6 +24,11 @@ from napari_unet.train import train
 STEPS_PER_EPOCH = 10
 
 
+def controls_height(dock_widget) -> int:
+    """The height of a napari-unet dock's controls, whole (its scroll area asks for less on a small screen)."""
+    return dock_widget.findChild(QScrollArea).widget().sizeHint().height()
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--minutes", type=float, default=1.0)
@@ -30,7 +36,7 @@ def main():
     args = parser.parse_args()
 
     viewer = napari.Viewer(title="napari-unet")
-    viewer.window._qt_window.resize(1500, 1450)  # both docks whole (they scroll in a shorter window)
+    viewer.window._qt_window.resize(1500, 1450)  # both docks whole offscreen (a real screen clamps a window to itself)
     for data, kwargs, kind in make_em_sample():
         getattr(viewer, f"add_{kind}")(data, **kwargs)
     image_layer, labels_layer = viewer.layers[0], viewer.layers[1]
@@ -40,8 +46,11 @@ def main():
     finished = train(np.asarray(image_layer.data), labels, chosen.model,
                      chosen.train.replace(epochs=100_000, steps_per_epoch=STEPS_PER_EPOCH, max_minutes=args.minutes))
     get_session(viewer).set_model(finished.model, "trained on the synthetic EM sample", labels_layer.metadata.get("class_names"))
-    _, training = viewer.window.add_plugin_dock_widget("napari-unet", "U-Net training")
-    _, inference = viewer.window.add_plugin_dock_widget("napari-unet", "U-Net inference")
+    training_dock, training = viewer.window.add_plugin_dock_widget("napari-unet", "U-Net training")
+    inference_dock, inference = viewer.window.add_plugin_dock_widget("napari-unet", "U-Net inference")
+    # each dock its controls' height (napari gave the first dock the window's height, the second a sliver)
+    heights = [controls_height(training) + 40, controls_height(inference) + 40]
+    viewer.window._qt_window.resizeDocks([training_dock, inference_dock], heights, Qt.Orientation.Vertical)
     for record in finished.history:  # the loss plot as the widget draws it during training (one point per epoch)
         step = record["epoch"] * STEPS_PER_EPOCH
         training.plot.add_step(step, record["loss"])

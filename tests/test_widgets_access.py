@@ -12,28 +12,32 @@ def _docks(widgets):
 def test_docks_scroll_instead_of_making_the_window_taller_than_the_screen(widgets):
     # both docks' controls stacked made the main window at least 1286 px tall: on a 1366x768 screen the inference
     # dock's Run and the training dock's Save model were below its bottom edge, with no scroll bar to reach them
-    from qtpy.QtWidgets import QScrollArea
+    from qtpy.QtWidgets import QLabel, QScrollArea
 
-    from napari_unet._widgets.progress import SCREEN_SHARE
+    from napari_unet._widgets.style import MINIMUM_LINES, SCREEN_SHARE
 
     window = widgets.viewer.window._qt_window
     screen = window.screen().availableGeometry().height()
-    assert window.minimumSizeHint().height() < screen  # 1286 px whatever the screen
     for dock, button in ((widgets.training, widgets.training.save_button), (widgets.inference, widgets.inference.run_button)):
         area = dock.findChild(QScrollArea)
         assert area is not None and area.isAncestorOf(button)
-        # a share of the screen at least, so that a dock docked below another is not a scroll bar's height
-        assert min(SCREEN_SHARE * screen - 1, 150) <= area.minimumSizeHint().height() <= SCREEN_SHARE * screen
+        lines = MINIMUM_LINES * area.fontMetrics().lineSpacing()
+        assert lines <= area.minimumSizeHint().height() <= lines + 2  # a few lines, not the controls' 433-759 px
+        # docks in one column start with a share of the screen each (a dock docked below another got a scroll bar's
+        # height when the first asked for its whole height)
+        assert area.sizeHint().height() == min(area.widget().sizeHint().height(), int(SCREEN_SHARE * screen))
         # never narrower than the controls (no horizontal scroll bar: they would be cut off instead)
         assert area.minimumSizeHint().width() >= area.widget().minimumSizeHint().width()
-        # where the screen has room the dock asks for all of its controls, not Qt's 24 lines of a scroll area
-        assert area.sizeHint().height() >= area.widget().sizeHint().height()
+    third = QLabel("another plugin's dock")
+    third.setMinimumHeight(150)
+    widgets.viewer.window.add_dock_widget(third, name="another dock", area="right")  # stacked below ours
+    assert window.minimumSizeHint().height() < screen
 
 
 def test_loss_plot_and_focus_border_follow_the_viewer_theme(widgets):
     from matplotlib.colors import to_rgb
 
-    from napari_unet._widgets.progress import FOCUS_COLORS
+    from napari_unet._widgets.style import FOCUS_COLORS
 
     plot = widgets.training.plot
 
@@ -50,6 +54,9 @@ def test_loss_plot_and_focus_border_follow_the_viewer_theme(widgets):
     assert brightness(plot.figure.get_facecolor()) < 0.5 and brightness(plot.ax.xaxis.label.get_color()) > 0.5
     for dock in _docks(widgets):
         assert f"QPushButton:enabled:focus {{ border: 1px solid {FOCUS_COLORS['dark']}" in dock.styleSheet()
+        # every rule names the enabled state: a rule without one replaced napari's outline of disabled controls
+        rules = [rule.split("{")[0].strip() for rule in dock.styleSheet().split("}") if "{" in rule]
+        assert rules and all(":enabled" in rule for rule in rules), rules
 
 
 def test_the_loss_plot_names_every_curve_and_sizes_its_text_as_the_widget_font(widgets):

@@ -19,8 +19,9 @@ from napari_unet.predict import PredictionProgress, check_layer_memory
 from .jobs import NETWORK_LABELS, Failed, Note, PredictionResult, predict_job, relay
 from .layers import Image, LayerCombo, current_slice, image_array, pixel_size_of
 from .outputs import kept_indices, kept_pixels, prediction_layer_of, write_cells, write_prediction, write_probabilities
-from .progress import WORKER_FINISHED, InOrder, ProgressRow, WrappingLabel, press_on_return, scrolling_layout, show_keyboard_focus, swap_buttons
+from .progress import WORKER_FINISHED, InOrder, ProgressRow, WrappingLabel, press_on_return, swap_buttons
 from .session import WAITING_FOR_STROKE, disconnect_when_destroyed, get_session, unwrap
+from .style import scrolling_layout, show_keyboard_focus
 from .workers import create_worker_of
 
 _log = logging.getLogger("napari_unet")

@@ -14,8 +14,8 @@ from matplotlib.figure import Figure
 from qtpy.QtCore import QTimer
 from qtpy.QtGui import QFontInfo
 
-from .progress import theme_colors
 from .session import disconnect_when_destroyed
+from .style import theme_colors
 
 
 #: Curve colours on a dark and on a light background (each at least 4.5:1 against it, as WCAG asks of small text:
@@ -45,7 +45,8 @@ class LossPlot(FigureCanvasQTAgg):
         self.ax.set_yscale("log")
         self.ax_dice.set_ylim(0, 1)
         # Above the axes, in one row: inside them it covered the curves (the Dice curve ends near 1.0 at the right).
-        self._legend = figure.legend(handles=[self._smooth, self._val, self._dice], loc="outside upper center",
+        self._legend_lines = (self._smooth, self._val, self._dice)
+        self._legend = figure.legend(handles=list(self._legend_lines), loc="outside upper center",
                                      ncols=3, frameon=False, handlelength=1.5, columnspacing=1.0)
         self.smoothing = smoothing
         self._timer = QTimer(self)
@@ -82,7 +83,7 @@ class LossPlot(FigureCanvasQTAgg):
         self.ax_dice.tick_params(axis="y", colors=curves["dice"])
         for line, name in ((self._raw, "raw"), (self._smooth, "train"), (self._val, "validation"), (self._dice, "dice")):
             line.set_color(curves[name])
-        for handle, line in zip(self._legend.legend_handles, (self._smooth, self._val, self._dice)):
+        for handle, line in zip(self._legend.legend_handles, self._legend_lines):
             handle.set_color(line.get_color())  # the legend drew copies of the curves as they were when it was made
         for item in self._legend.get_texts():
             item.set(color=text, fontsize=0.9 * size)

@@ -1,16 +1,14 @@
-"""A progress bar with ETA in the widget, plus a status line; the docks' shared layout, keyboard and theme helpers."""
+"""A progress bar with ETA in the widget, plus a status line; the docks' button helpers."""
 
 from __future__ import annotations
 
 from collections import deque
 from typing import Optional
 
-from qtpy.QtCore import QEvent, QObject, QSize, Qt
-from qtpy.QtWidgets import QFrame, QLabel, QProgressBar, QPushButton, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtCore import QEvent, QObject, Qt
+from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from napari_unet.train import format_seconds
-
-from .session import disconnect_when_destroyed
 
 _SCALE = 1000
 
@@ -135,90 +133,6 @@ def swap_buttons(start, stop, running: bool) -> None:
     if had_focus:
         enabled.setFocus()
     disabled.setEnabled(False)
-
-
-def scrolling_layout(widget: QWidget) -> QVBoxLayout:
-    """A vertical layout for ``widget``'s controls inside a scroll area that fills ``widget``: napari docks a widget
-    without one, so a dock taller than the screen made the main window taller than the screen too (the training
-    dock's Save model and the inference dock's Run were below its bottom edge on a 1366x768 screen)."""
-    area = _VerticalScrollArea(widget)
-    contents = QWidget()
-    area.setWidget(contents)
-    outer = QVBoxLayout(widget)
-    outer.setContentsMargins(0, 0, 0, 0)
-    outer.addWidget(area)
-    return QVBoxLayout(contents)
-
-
-#: The share of the screen's height a dock keeps at least (when its controls need that much).
-SCREEN_SHARE = 0.4
-
-
-class _VerticalScrollArea(QScrollArea):
-    """Scrolls its controls up and down only; asks for their full size where the screen has room and is never
-    narrower than they are (Qt's scroll area caps its size hint at 24 lines of text and shrinks to a scroll bar)."""
-
-    def __init__(self, parent: QWidget):
-        super().__init__(parent)
-        self.setWidgetResizable(True)
-        self.setFrameShape(QFrame.Shape.NoFrame)
-        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-
-    def _around(self, size: QSize) -> QSize:
-        return QSize(size.width() + self.verticalScrollBar().sizeHint().width(), size.height())
-
-    def sizeHint(self) -> QSize:
-        return super().sizeHint() if self.widget() is None else self._around(self.widget().sizeHint())
-
-    def minimumSizeHint(self) -> QSize:
-        """As wide as the controls, and as tall as they are up to :data:`SCREEN_SHARE` of the screen: a dock docked
-        below another got only a scroll bar's height otherwise, and two docks still fit a 720-pixel screen."""
-        hint = super().minimumSizeHint()
-        if self.widget() is not None:
-            needed = self.widget().minimumSizeHint()
-            screen = self.screen()
-            share = int(SCREEN_SHARE * screen.availableGeometry().height()) if screen is not None else 0
-            hint.setWidth(self._around(needed).width())
-            hint.setHeight(max(hint.height(), min(needed.height(), share)))
-        return hint
-
-
-#: Border of the control with the keyboard focus, on a dark and on a light theme: napari's style sheet marks the focus
-#: of none of the docks' buttons, check boxes and combo boxes, so a keyboard user pressed Return on an unseen button.
-FOCUS_COLORS = {"dark": "#8fb0ff", "light": "#1f4fbf"}
-_FOCUSABLE = ("QPushButton", "QCheckBox", "QComboBox")
-
-
-def theme_colors(theme_name: str) -> tuple:
-    """(background, text, dark) of napari's theme ``theme_name``: two hex strings and whether the background is dark."""
-    try:
-        from napari.utils.theme import get_theme
-
-        theme = get_theme(theme_name)
-        background, text = theme.canvas.as_hex(), theme.text.as_hex()
-        red, green, blue = (value / 255 for value in theme.canvas.as_rgb_tuple()[:3])
-    except Exception:  # unknown theme or API: napari's dark theme
-        background, text, (red, green, blue) = "#262930", "#f0f1f2", (0.15, 0.16, 0.19)
-    return background, text, 0.2126 * red + 0.7152 * green + 0.0722 * blue < 0.5
-
-
-def show_keyboard_focus(widget: QWidget, viewer) -> None:
-    """Draw a border around the control of ``widget`` that has the keyboard focus, in a colour for ``viewer``'s theme."""
-
-    def style(theme_name: str) -> None:
-        color = FOCUS_COLORS["dark" if theme_colors(theme_name)[2] else "light"]
-        # the unfocused border is transparent so that the focus does not move the text by a pixel; disabled controls
-        # keep napari's own style (a rule without a state took their outline away)
-        widget.setStyleSheet("\n".join(f"{kind}:enabled:!focus {{ border: 1px solid transparent; }} "
-                                        f"{kind}:enabled:focus {{ border: 1px solid {color}; }}" for kind in _FOCUSABLE))
-
-    def follow(event) -> None:  # a plain function: disconnected when the widget is deleted
-        style(event.value)
-
-    style(getattr(viewer, "theme", "dark"))
-    if viewer is not None:
-        viewer.events.theme.connect(follow)
-        disconnect_when_destroyed(widget, (viewer.events.theme, follow))
 
 
 def press_on_return(widget) -> None:

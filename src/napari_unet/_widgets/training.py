@@ -23,9 +23,10 @@ from .layers import Image, Labels, LayerCombo
 from .outputs import name_with_suffix
 from .prepare import ZERO_BOX, TrainJob, prepare_retrain, prepare_train, remember_zero_convention
 from .plot import LossPlot
-from .progress import WORKER_FINISHED, InOrder, ProgressRow, press_on_return, scrolling_layout, show_keyboard_focus, swap_buttons
+from .progress import WORKER_FINISHED, InOrder, ProgressRow, press_on_return, swap_buttons
 from .session import disconnect_when_destroyed, get_session, unwrap
 from .settings import TrainSettings
+from .style import scrolling_layout, show_keyboard_focus
 from .workers import create_worker_of
 
 ZERO_TIP = (
