@@ -1407,17 +1407,18 @@ def test_a_hangup_cleans_up_like_sigterm_and_nohup_keeps_it_ignored(data, capsys
         yield from events
 
     monkeypatch.setattr(predict_module, "predict_events", hung_up)
-    code, _, err = run(capsys, "predict", data / "m.keras", data / "image.tif", "-o", data / "p.tif", "--no-tta")
-    assert code == 129 and "terminated; no output file was written" in err, err
-    assert not [p.name for p in data.iterdir() if p.name.startswith(".") or p.name == "p.tif"]
-    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL  # restored
-    monkeypatch.setattr(predict_module, "predict_events", real)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # nohup
+    inherited = signal.signal(signal.SIGHUP, signal.SIG_DFL)  # the tests may run under nohup themselves
     try:
+        code, _, err = run(capsys, "predict", data / "m.keras", data / "image.tif", "-o", data / "p.tif", "--no-tta")
+        assert code == 129 and "terminated; no output file was written" in err, err
+        assert not [p.name for p in data.iterdir() if p.name.startswith(".") or p.name == "p.tif"]
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL  # restored
+        monkeypatch.setattr(predict_module, "predict_events", real)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # nohup
         code, _, err = run(capsys, "predict", data / "m.keras", data / "image.tif", "-o", data / "p.tif", "--no-tta")
         assert code == 0 and signal.getsignal(signal.SIGHUP) is signal.SIG_IGN, err
     finally:
-        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, inherited)
 
 
 def test_output_names_the_file_system_refuses_are_bad_input_before_the_work(data, capsys, monkeypatch):

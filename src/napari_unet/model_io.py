@@ -348,19 +348,23 @@ def _keras_refusal(err: BaseException, path: Path, keras_version: str) -> str:
     cause = str(err).rsplit("Exception encountered:", 1)[-1].strip()
     if "safe_mode" in cause or "for security" in cause:
         return f"{name} contains code (a Lambda layer, a Python function or a call Keras does not allow); refused by Keras safe mode"
-    missing = re.search(r"Could not locate (class|function) '([^']+)'", cause)
+    missing = (re.search(r"Could not locate (class|function) '([^']+)'", cause)
+               or re.search(r"Could not deserialize (class|function) '([^']+)' because its parent module (\S+) cannot", cause))
     if missing:
         kind = "layer" if missing.group(1) == "class" else "function"
-        return (f"{name} uses a {kind} {missing.group(2)!r} that Keras and napari-unet do not have (a model of another "
-                "program, or of a newer napari-unet); it was not loaded")
+        where = f" (from {missing.group(3)})" if missing.lastindex == 3 else ""
+        return (f"{name} uses a {kind} {missing.group(2)!r}{where} that Keras and napari-unet do not have (a model of another "
+                "program, or of a newer napari-unet or Keras); it was not loaded")
     unknown_options = re.search(r"Unrecognized keyword arguments passed to (\w+): (.*)", cause)
     if unknown_options:
         written = _keras_version_of(path)
         newer = written is not None and _version_tuple(written) > _version_tuple(keras_version)
+        origin = (f"it was written with Keras {written}: upgrade Keras (pip install -U keras)" if newer
+                  else f"it was written with Keras {written}" if written else "it was modified or written by another program")
         return (f"{name} gives its {unknown_options.group(1)} layers options that Keras {keras_version} does not know "
-                f"({unknown_options.group(2)}); " + (f"it was written with Keras {written}: upgrade Keras (pip install -U "
-                "keras)" if newer else "the file was modified or damaged"))
-    return f"{name} could not be loaded: {cause.splitlines()[0] if cause else _first_line(err)}"
+                f"({unknown_options.group(2)}); {origin}")
+    reason = cause.splitlines()[0].split(" Full object config:")[0] if cause else _first_line(err)  # not Keras' dump
+    return f"{name} could not be loaded: {reason}"
 
 
 def _keras_version_of(path: Path) -> Optional[str]:
@@ -368,7 +372,7 @@ def _keras_version_of(path: Path) -> Optional[str]:
     try:
         with zipfile.ZipFile(path) as archive:
             version = json.loads(archive.read("metadata.json")).get("keras_version")
-    except Exception:  # any unreadable record: unknown
+    except (OSError, KeyError, ValueError, AttributeError, zipfile.BadZipFile):  # no readable record: unknown
         return None
     return version if isinstance(version, str) else None
 
@@ -432,8 +436,9 @@ def checked_rule(meta: dict, class_values: list, name: str) -> tuple:
     def number_or_none(value) -> bool:
         return value is None or isinstance(value, (int, float)) and math.isfinite(value)
 
-    if isinstance(rule, dict) and all(map(number_or_none, rule.values())) and set(rule) - known:
-        # the rule has grown settings before without a new format version (border_reach)
+    if isinstance(rule, dict) and set(rule) - known:
+        # the rule has grown settings before without a new format version (border_reach); values of settings this
+        # version does not know are not its to judge
         raise ModelFileError(f"{name} was written by a newer napari-unet (membrane rule settings "
                              f"{', '.join(sorted(set(rule) - known))} are unknown to version {__version__}); upgrade "
                              "napari-unet to load it")
