@@ -218,7 +218,7 @@ RARE_CLASS_SHARE = 1e-4
 #: A class is named as a likely artefact of a lossy or resampled export of a mask (JPEG, scaling with interpolation)
 #: when it holds under :data:`FRINGE_CLASS_SHARE` of the annotated pixels, at least :data:`FRINGE_TOUCHING` of its
 #: pixels touch another class (no interior of its own: 1.00 for such artefacts, 0.19-0.64 for small real classes; a
-#: JPEG's 254 held 9 % of a synthetic EM mask), its value lies between the lowest and highest class, and the classes
+#: JPEG's 254 held 9 % of a synthetic EM mask), its value lies between those of the other classes, and the classes
 #: spread over a range much wider than they are many (0/255 masks, not layers 0-9 or instances 1-64). 2 % of a 0/255
 #: mask off by 1-3 trained an 8-class model, pixel error 0.86 instead of 0.11, without a word. Such exports leave
 #: several of these classes; one alone is a mask's thin boundary class (0 / 128 boundaries / 255), not named.
