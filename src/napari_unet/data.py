@@ -510,6 +510,11 @@ def _plane_border_weights(plane: np.ndarray, boundary_index: int, weight: float,
     return np.where(boundary & np.isfinite(total), weight * np.exp(-(total**2) / (2 * sigma**2)), 0.0).astype(np.float32)
 
 
+#: Intensity jitter of :func:`augment`: gamma exp(U(-a, a)), contrast U(low, high), brightness U(-b, b) in units of the
+#: normalised range.
+INTENSITY_LOG_GAMMA, INTENSITY_CONTRAST, INTENSITY_BRIGHTNESS = 0.3, (0.8, 1.2), 0.1
+
+
 def augment(image, indices, rng: np.random.Generator, aug: Augmentation, extra=None):
     """A randomly augmented (Y, X) or (Y, X, C) float32 patch and its (Y, X) int32 class indices, from a patch and its
     signed integer class indices (int8 in training). The inputs are never modified; when no augmentation applies and
@@ -529,9 +534,9 @@ def augment(image, indices, rng: np.random.Generator, aug: Augmentation, extra=N
         image, indices, extra = elastic_deform(image, indices, rng, aug.elastic_alpha, aug.elastic_grid, extra)
     image = np.ascontiguousarray(image, dtype=np.float32)
     if aug.intensity:
-        gamma = float(np.exp(rng.uniform(-0.3, 0.3)))
-        contrast = float(rng.uniform(0.8, 1.2))
-        brightness = float(rng.uniform(-0.1, 0.1))
+        gamma = float(np.exp(rng.uniform(-INTENSITY_LOG_GAMMA, INTENSITY_LOG_GAMMA)))
+        contrast = float(rng.uniform(*INTENSITY_CONTRAST))
+        brightness = float(rng.uniform(-INTENSITY_BRIGHTNESS, INTENSITY_BRIGHTNESS))
         image = np.clip(image, 0, None) ** gamma * contrast + brightness
     if aug.noise > 0:
         # float64 draws and a cast: numpy's float32 normal draws take ~5x as long (1 vs 5 ms per 256² patch)
@@ -711,6 +716,9 @@ def prefetch(make_batch, n_batches: int, depth: int = 4):
 
 
 __all__ = [
+    "INTENSITY_BRIGHTNESS",
+    "INTENSITY_CONTRAST",
+    "INTENSITY_LOG_GAMMA",
     "InputError",
     "check_is_array",
     "as_stack",

@@ -226,10 +226,11 @@ RARE_CLASS_SHARE = 1e-4
 FRINGE_CLASS_SHARE, FRINGE_TOUCHING, FRINGE_SPREAD = 0.1, 0.95, 3
 
 
-def _touching_fractions(indices: np.ndarray, n_classes: int) -> np.ndarray:
+def _touching_fractions(indices: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """float64 (n_classes,): the share of each class's pixels in (..., Y, X) ``indices`` that have a 4-neighbour of
-    another annotated class (negative indices are not annotated), plane by plane."""
-    touching, counts = np.zeros(n_classes, np.int64), np.zeros(n_classes, np.int64)
+    another annotated class (negative indices are not annotated), plane by plane; ``counts``: each class's pixels
+    (:func:`napari_unet.labels.count_classes`)."""
+    touching = np.zeros(len(counts), np.int64)
     for plane in indices.reshape((-1,) + indices.shape[-2:]):
         annotated = plane >= 0
         border = np.zeros(plane.shape, bool)
@@ -237,8 +238,7 @@ def _touching_fractions(indices: np.ndarray, n_classes: int) -> np.ndarray:
             differ = (plane[first] != plane[second]) & annotated[first] & annotated[second]
             border[first] |= differ
             border[second] |= differ
-        counts += np.bincount(plane[annotated], minlength=n_classes)[:n_classes]
-        touching += np.bincount(plane[border], minlength=n_classes)[:n_classes]
+        touching += np.bincount(plane[border], minlength=len(counts))[:len(counts)]
     return touching / np.maximum(counts, 1)
 
 
@@ -255,7 +255,7 @@ def _class_notes(indices: np.ndarray, class_values: list) -> tuple:
     values = [float(v) for v in class_values]
     fringe = []
     if len(values) >= 3 and max(values) - min(values) > FRINGE_SPREAD * len(values):
-        touching = _touching_fractions(indices, len(values))
+        touching = _touching_fractions(indices, counts)
         present = [k for k, n in enumerate(counts) if n > 0]
         thin = [k for k in present if counts[k] < FRINGE_CLASS_SHARE * total and touching[k] >= FRINGE_TOUCHING]
         # between the classes with an interior or many pixels, and the lowest and highest class (a mask's thin

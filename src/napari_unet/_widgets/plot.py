@@ -54,7 +54,6 @@ class LossPlot(FigureCanvasQTAgg):
         self._timer.setInterval(min_interval_ms)
         self._timer.timeout.connect(self.redraw)
         self.draws = 0
-        self.theme = None
         self.apply_theme(getattr(viewer, "theme", "dark"))
         if viewer is not None:
             viewer.events.theme.connect(self._on_theme)
@@ -87,7 +86,6 @@ class LossPlot(FigureCanvasQTAgg):
             handle.set_color(line.get_color())  # the legend drew copies of the curves as they were when it was made
         for item in self._legend.get_texts():
             item.set(color=text, fontsize=0.9 * size)
-        self.theme = theme_name
         self.draw_idle()
 
     def clear(self) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QSpinBox, QWidget
 
 from napari_unet import hardware
 from napari_unet.config import NOISE_AUGMENTATION, PRESETS, ModelConfig, TrainConfig, check_patch_size, preset
+from napari_unet.data import INTENSITY_BRIGHTNESS, INTENSITY_CONTRAST, INTENSITY_LOG_GAMMA
 from napari_unet.retrain import RETRAIN_BATCH_SIZE, RETRAIN_LEARNING_RATE, RETRAIN_PATCH_SIZE, RETRAIN_STEPS, retrain_config
 
 AUTO_DEPTH = 0  # the depth box's "auto" (its minimum, shown as text)
@@ -51,10 +53,13 @@ class TrainSettings(QWidget):
         self.flips, self.rotations = QCheckBox("flips"), QCheckBox("rotations")
         self.elastic, self.intensity = QCheckBox("elastic"), QCheckBox("intensity")
         self.flips.setToolTip("mirror the patches left-right at random")
-        self.elastic.setToolTip("deform the patches smoothly at random (a 3x3 grid of displacements of up to about 10 pixels), "
-                                "as in the U-Net paper")
-        self.intensity.setToolTip("vary the patches' brightness, contrast and gamma at random (gamma 0.74-1.35, contrast "
-                                  "0.8-1.2, brightness +-0.1 of the normalised range)")
+        defaults = TrainConfig()
+        self.elastic.setToolTip(f"deform the patches smoothly at random (a {defaults.elastic_grid}x{defaults.elastic_grid} grid "
+                                f"of displacements of about {defaults.elastic_alpha:g} pixels), as in the U-Net paper")
+        self.intensity.setToolTip(
+            "vary the patches' brightness, contrast and gamma at random (gamma "
+            f"{math.exp(-INTENSITY_LOG_GAMMA):.2f}-{math.exp(INTENSITY_LOG_GAMMA):.2f}, contrast {INTENSITY_CONTRAST[0]:g}-"
+            f"{INTENSITY_CONTRAST[1]:g}, brightness +-{INTENSITY_BRIGHTNESS:g} of the normalised range)")
         self.rotations.setTristate(True)  # partly checked = "auto"
         self.rotations.setToolTip(
             "turn the patches by multiples of 90 degrees; partly checked (auto): on, but off for labels layered top to "
@@ -101,9 +106,7 @@ class TrainSettings(QWidget):
                           (self.retrain_lr, "Retrain learning rate")):
             box.setAccessibleName(name)
         self.preset.currentTextChanged.connect(self.apply_preset)
-        self.apply_preset(self.preset.currentText())
-        for box in (self.rotations, self.noise):
-            _say_auto(box)
+        self.apply_preset(self.preset.currentText())  # from unchecked: an "auto" box says so through stateChanged
 
     def apply_preset(self, name: str) -> None:
         p = preset(name)
