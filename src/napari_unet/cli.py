@@ -426,12 +426,30 @@ def _read_stack_and_metadata(path, what: str, lazy: bool = False, for_cluster: b
     if isinstance(translate, list) and len(translate) == len(axes) and any(translate):  # where the image lies (OME-Zarr)
         metadata.setdefault("pixel_size", {"scale": [1.0] * len(kept), "units": [None] * len(kept)})
         metadata["pixel_size"]["translate"] = [float(translate[i]) for i in kept]
-    if what == "image" and squeezed.ndim == 3 and 8 * squeezed.shape[2] <= min(squeezed.shape[:2]) and \
-            tiff.metadata.get("format") in ("tiff", "shaped"):
-        z, y, x = squeezed.shape  # no axes recorded: (Y, X, N) images (B-scans side by side) would be read across
-        print(f"note: {what} {path.name} is read as {z} slices of {y} x {x} pixels; if it holds {x} images of {z} x {y} "
-              f"pixels (axes Y, X, N), save it again as (N, Y, X), e.g. with numpy.moveaxis(array, -1, 0)", file=sys.stderr)
+    if what == "image":
+        _check_slice_size(squeezed, path, tiff.metadata.get("format") in ("tiff", "shaped"))
     return squeezed, metadata
+
+
+def _check_slice_size(image, path: Path, axes_unrecorded: bool) -> None:
+    """Refuse an image file whose slices are too small or narrow (the file's own reading, not a Python array's).
+
+    The core reads a last axis of 3 or 4 as colours and a last axis of 1 as a channel, and would say so (with a
+    Python hint) of a stack read from a grayscale file. Note (Y, X, N) files that are read across their images.
+    """
+    from .data import MIN_IMAGE_SIZE
+
+    y, x = image.shape[-2:]
+    across = image.ndim == 3 and axes_unrecorded and 8 * x <= min(image.shape[:2])  # no axes recorded: (Y, X, N)?
+    read_as = (f"{image.shape[0]} slices of {y} x {x} pixels" if image.ndim == 3 else f"one image of {y} x {x} pixels")
+    hint = (f"; if it holds {x} images of {image.shape[0]} x {y} pixels (axes Y, X, N), save it again as (N, Y, X), "
+            f"e.g. with numpy.moveaxis(array, -1, 0)") if across else ""
+    min_width = 5 if image.ndim == 3 else MIN_IMAGE_SIZE  # as the core takes them
+    if y < MIN_IMAGE_SIZE or x < min_width:
+        raise CommandError(f"image {path.name} is read as {read_as}: too small to segment (napari-unet needs slices at "
+                           f"least {MIN_IMAGE_SIZE} pixels high and {min_width} wide){hint}")
+    if across:  # (Y, X, N) images (B-scans side by side) would be read across
+        print(f"note: image {path.name} is read as {read_as}{hint}", file=sys.stderr)
 
 
 def _with_pixel_size(metadata: dict, pixel_size: dict | None, class_axis: bool = False) -> dict:
