@@ -1072,7 +1072,7 @@ def test_a_stack_of_single_pixels_is_refused_by_its_own_shape_and_without_an_int
     save_model(tiny_model(), tmp_path / "m.keras")
     tifffile.imwrite(tmp_path / "dots.tif", np.arange(4, dtype=np.uint8).reshape(4, 1, 1), photometric="minisblack")
     code, out, err = run(capsys, "predict", tmp_path / "m.keras", tmp_path / "dots.tif", "-o", tmp_path / "p.tif")
-    assert code == 2 and "(4, 1, 1) is too small" in err and "note" not in err, err
+    assert code == 2 and "image dots.tif is read as 4 slices of 1 x 1 pixels: too small" in err and "note" not in err, err
     assert not (tmp_path / "p.tif").exists()
 
 
