@@ -234,3 +234,30 @@ def test_a_cells_run_that_changes_nothing_keeps_the_users_last_edit_undoable(wid
     write_cells(viewer, session, image, cells_of_run, None)  # the next run: the user's edit stays undoable
     cells.undo()
     assert cells.data[0, 5, 5] == 77
+
+
+def test_closing_napari_while_a_model_loads_ends_the_process_cleanly(tmp_path):
+    """A script that closed its viewer while a model loaded aborted at exit (SIGABRT, "wrapped C/C++ object of type
+    WorkerBaseSignals has been deleted"): the load's thread outlived the Qt objects of its signals; waiting for it, h5py
+    (imported by the load during the exit) then crashed the exit (SIGSEGV)."""
+    import os
+    import subprocess
+    import sys
+
+    script = f"""
+import time
+import napari
+from qtpy.QtWidgets import QApplication
+viewer = napari.Viewer(show=False)
+_dock, widget = viewer.window.add_plugin_dock_widget("napari-unet", "U-Net training")
+assert widget.session.load({str(tmp_path / "missing.keras")!r}) is not None
+for _ in range(10):
+    QApplication.processEvents()
+    time.sleep(0.02)
+viewer.close()
+print("closed", flush=True)
+"""
+    environment = dict(os.environ, NAPARI_CONFIG=str(tmp_path / "settings.yaml"))  # no confirmation dialog of the user's
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=environment)
+    assert result.returncode == 0 and "closed" in result.stdout, (result.returncode, result.stderr[-3000:])
+    assert "has been deleted" not in result.stderr, result.stderr[-3000:]
