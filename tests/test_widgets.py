@@ -1481,6 +1481,15 @@ def test_shape_messages_name_channels_last_time_series_and_a_missing_axis_of_len
     message = no_labels_message(viewer, image)
     assert message.startswith("there is no labels layer to train on: open the labels of 'one page' (a mask of its shape 1 x 64 x 64)")
     assert "no labels layer has the shape" not in message
+    assert "Convert to Labels" not in message
+    # a float32 mask opens as an image (the reader's rule for floats): the training dock could not offer it
+    viewer.add_image(np.zeros((64, 64), np.float32), name="mask float32")
+    viewer.add_image(np.zeros((64, 64, 3), np.uint8), name="photo", rgb=True)
+    message = no_labels_message(viewer, image)
+    assert message.endswith("If image layer 'mask float32' holds the labels (a mask saved as floating-point numbers opens "
+                            "as an image), convert it: select it, then the layer context menu > Convert to Labels"), message
+    viewer.add_labels(np.zeros((32, 32), np.uint8), name="other")
+    assert "'mask float32' holds the labels" in no_labels_message(viewer, image)
 
 
 def test_no_model_loads_while_a_prediction_runs(widgets, qtbot, notifications, tmp_path):

@@ -95,18 +95,25 @@ def pixel_size_of(layer) -> Optional[list]:
 
 def no_labels_message(viewer, image_layer) -> str:
     shape = tuple(image_layer.data.shape)
+    squeezed = tuple(n for n in shape if n != 1)
     others = [f"{x.name!r} {tuple(x.data.shape)}" for x in unwrap(viewer).layers if isinstance(x, Labels)]
+    # a mask saved as floating point (ImageJ's 32-bit) opens as an image: napari converts it in one step
+    as_images = [x.name for x in unwrap(viewer).layers if isinstance(x, Image) and x is not image_layer
+                 and not x.rgb and tuple(n for n in x.data.shape if n != 1) == squeezed]
+    convert = (f". If image layer{'s' * (len(as_images) > 1)} {', '.join(map(repr, as_images))} "
+               f"{'hold' if len(as_images) > 1 else 'holds'} the labels (a mask saved as floating-point numbers opens as "
+               "an image), convert it: select it, then the layer context menu > Convert to Labels") if as_images else ""
     if not others:  # it said "no labels layer has the shape ...; there is no labels layer", with no next step
         return (f"there is no labels layer to train on: open the labels of {image_layer.name!r} (a mask of its shape "
-                f"{' x '.join(map(str, shape))}), or add an empty one (the layer list's new labels button) and paint some pixels of each class")
+                f"{' x '.join(map(str, shape))}), or add an empty one (the layer list's new labels button) and paint some "
+                f"pixels of each class{convert}")
     found = f"; the labels layers have shapes {', '.join(others)}"
-    squeezed = tuple(n for n in shape if n != 1)
     alike = [x.name for x in unwrap(viewer).layers if isinstance(x, Labels)
              and tuple(n for n in x.data.shape if n != 1) == squeezed and tuple(x.data.shape) != shape]
     same_pixels = (f" ({', '.join(map(repr, alike))} {'holds' if len(alike) == 1 else 'hold'} its pixels, with or without an "
                    "axis of length 1: open image and labels with the same reader so that their shapes match)") if alike else ""
     return (f"no labels layer has the shape {shape} of image {image_layer.name!r}{found}. Labels must match the image "
-            f"pixel for pixel{same_pixels}")
+            f"pixel for pixel{same_pixels}{convert}")
 
 
 def read_annotations(layer, zero_is_unannotated: bool, reviewed: Optional[np.ndarray] = None):
