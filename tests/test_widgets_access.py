@@ -34,6 +34,26 @@ def test_docks_scroll_instead_of_making_the_window_taller_than_the_screen(widget
     assert window.minimumSizeHint().height() < screen
 
 
+def test_a_tall_training_dock_gives_its_height_to_the_loss_plot(em_viewer, qtbot):
+    # in a tall window the dock kept the extra height as a blank below its buttons, the plot at its smallest
+    from qtpy.QtWidgets import QApplication, QScrollArea
+
+    from napari_unet._widgets import TrainingWidget
+
+    training = TrainingWidget(em_viewer)
+    qtbot.addWidget(training)
+    controls = training.findChild(QScrollArea).widget().sizeHint().height()
+    training.resize(560, controls)
+    training.show()
+    QApplication.processEvents()
+    small = training.plot.height()
+    training.resize(560, controls + 400)
+    QApplication.processEvents()
+    assert training.plot.height() >= small + 390
+    buttons = training.save_button.mapTo(training, training.save_button.rect().bottomLeft()).y()
+    assert training.height() - buttons < 30  # no blank below the last row
+
+
 def test_loss_plot_and_focus_border_follow_the_viewer_theme(widgets):
     from matplotlib.colors import to_rgb
 

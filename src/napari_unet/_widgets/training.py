@@ -108,10 +108,9 @@ class TrainingWidget(QWidget):
         layout.addWidget(self.continue_box)
         layout.addLayout(_hbox(self.train_button, self.stop_button))
         layout.addWidget(self.progress)
-        layout.addWidget(self.plot)
+        layout.addWidget(self.plot, 1)  # a dock taller than its controls draws a larger plot, not a blank below them
         layout.addWidget(retrain)
         layout.addLayout(_hbox(self.save_button, self.load_button, self.previous_button))
-        layout.addStretch(1)
         press_on_return(self)
         show_keyboard_focus(self, self.viewer)
 
