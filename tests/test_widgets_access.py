@@ -79,6 +79,30 @@ def test_loss_plot_and_focus_border_follow_the_viewer_theme(widgets):
         assert rules and all(":enabled" in rule for rule in rules), rules
 
 
+def test_a_check_box_focus_border_is_as_wide_as_its_text_and_the_box_stays_in_place(em_viewer, qtbot):
+    # the border of a focused check box spanned its whole form cell (151 px around "flips", 54 px wide)
+    from qtpy.QtWidgets import QApplication, QCheckBox
+
+    from napari_unet._widgets import InferenceWidget, TrainingWidget
+
+    for dock in (TrainingWidget(em_viewer), InferenceWidget(em_viewer)):
+        qtbot.addWidget(dock)
+        dock.resize(640, 1000)
+        dock.show()
+        QApplication.processEvents()
+        boxes = [box for box in dock.findChildren(QCheckBox) if box.isVisible()]
+        assert len(boxes) >= 3
+        for box in boxes:
+            assert box.width() == box.sizeHint().width(), box.text()
+        if isinstance(dock, TrainingWidget):  # at the left of their cells, as before (a narrower box was centred in it)
+            settings = dock.settings
+
+            def left(widget):
+                return widget.mapTo(dock, widget.rect().topLeft()).x()
+
+            assert left(settings.flips) == left(settings.rotations) == left(settings.depth)
+
+
 def test_the_loss_plot_names_every_curve_and_sizes_its_text_as_the_widget_font(widgets):
     from qtpy.QtGui import QFont
 

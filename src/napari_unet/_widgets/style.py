@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from qtpy.QtCore import QSize, Qt
-from qtpy.QtWidgets import QApplication, QFrame, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QApplication, QCheckBox, QFrame, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
 
 from .session import disconnect_when_destroyed
 
@@ -84,8 +84,23 @@ def theme_colors(theme_name: str) -> tuple:
     return background, text, 0.2126 * red + 0.7152 * green + 0.0722 * blue < 0.5
 
 
+def _layout_holding(layout, widget: QWidget):
+    """The layout, ``layout`` or one nested in it, that holds ``widget`` itself; None if none does."""
+    if layout is None:
+        return None
+    for index in range(layout.count()):
+        item = layout.itemAt(index)
+        if item.widget() is widget:
+            return layout
+        found = _layout_holding(item.layout(), widget)
+        if found is not None:
+            return found
+    return None
+
+
 def show_keyboard_focus(widget: QWidget, viewer) -> None:
-    """Draw a border around the control of ``widget`` that has the keyboard focus, in a colour for ``viewer``'s theme."""
+    """Draw a border around the control of ``widget`` that has the keyboard focus, in a colour for ``viewer``'s theme
+    (around a check box and its text, not the form cell it stands in)."""
 
     def style(theme_name: str) -> None:
         color = FOCUS_COLORS["dark" if theme_colors(theme_name)[2] else "light"]
@@ -97,6 +112,11 @@ def show_keyboard_focus(widget: QWidget, viewer) -> None:
     def follow(event) -> None:  # a plain function: disconnected when the widget is deleted
         style(event.value)
 
+    for box in widget.findChildren(QCheckBox):  # as wide as its text (the border spanned the form cell), where it stood
+        box.setSizePolicy(QSizePolicy.Policy.Maximum, box.sizePolicy().verticalPolicy())
+        holder = _layout_holding(box.parentWidget().layout(), box) if box.parentWidget() is not None else None
+        if holder is not None:
+            holder.setAlignment(box, Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
     style(getattr(viewer, "theme", "dark"))
     if viewer is not None:
         viewer.events.theme.connect(follow)
