@@ -1288,29 +1288,44 @@ def test_a_stack_of_narrow_slices_without_recorded_axes_gets_a_note(data, capsys
     assert code == 0 and "is read as" not in err, err
 
 
+_RANDOM = np.random.default_rng(0)
+_NARROW_FILES = {  # name: (array, imwrite options, what the message must say after "error: image NAME is ")
+    "yxn4.tif": ((_RANDOM.random((128, 128, 4)) * 255).astype(np.uint8), {"photometric": "minisblack"},
+                 "read as 128 slices of 128 x 4 pixels: too small to segment (napari-unet needs slices at least 4 pixels "
+                 "high and 5 wide: a last axis of 3 or 4 would be read as colours); if it holds 4 images of 128 x 128 "
+                 "pixels (axes Y, X, N)"),
+    "strips3.tif": ((_RANDOM.random((4, 128, 3)) * 255).astype(np.uint8), {"photometric": "minisblack"},
+                    "read as 4 slices of 128 x 3 pixels: too small"),
+    "column.tif": (np.full((4, 128, 1), 7, np.uint8), {"photometric": "rgb", "planarconfig": "separate"},  # tifffile's default for it
+                   "read as 4 slices of 128 x 1 pixels: too small"),
+    "thin.tif": ((_RANDOM.random((64, 3)) * 255).astype(np.uint8), {"photometric": "minisblack"},
+                 "read as one image of 64 x 3 pixels: too small to segment (napari-unet needs images of at least 4 x 4 pixels)"),
+    # the smallest that are taken: a 2-D image 4 wide, stacks 4 high or 5 wide
+    "yx4.tif": ((_RANDOM.random((64, 4)) * 255).astype(np.uint8), {"photometric": "minisblack"}, None),
+    "zyx5.tif": ((_RANDOM.random((3, 64, 5)) * 255).astype(np.uint8), {"photometric": "minisblack"}, None),
+    "z4yx.tif": ((_RANDOM.random((3, 4, 64)) * 255).astype(np.uint8), {"photometric": "minisblack"}, None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_NARROW_FILES))
 @pytest.mark.parametrize("command", ["train", "predict"])
-def test_a_grayscale_file_of_narrow_slices_gets_one_message_for_the_command_line(data, capsys, command):
+def test_a_grayscale_file_of_narrow_slices_gets_one_message_for_the_command_line(data, capsys, command, name):
     """A (128, 128, 4) grayscale TIFF got a note "read as 128 slices of 128 x 4 pixels" and then an error calling it
     RGB; tifffile's default (4, 128, 1) file got a Python hint (``image[..., 0]``) from predict, "too small" from train."""
-    save_model(tiny_model(), data / "m.keras")
-    rng = np.random.default_rng(0)
-    files = {  # name: (array, imwrite options, what the message must say besides "too small to segment")
-        "yxn4.tif": ((rng.random((128, 128, 4)) * 255).astype(np.uint8), {"photometric": "minisblack"},
-                     "read as 128 slices of 128 x 4 pixels: too small to segment (napari-unet needs slices at least 4 "
-                     "pixels high and 5 wide); if it holds 4 images of 128 x 128 pixels (axes Y, X, N)"),
-        "strips3.tif": ((rng.random((4, 128, 3)) * 255).astype(np.uint8), {"photometric": "minisblack"},
-                        "read as 4 slices of 128 x 3 pixels: too small"),
-        "column.tif": (np.full((4, 128, 1), 7, np.uint8), {"photometric": "rgb", "planarconfig": "separate"},  # tifffile's default for it
-                       "read as 4 slices of 128 x 1 pixels: too small"),
-    }
-    for name, (array, options, expected) in files.items():
-        tifffile.imwrite(data / name, array, **options)
-        tifffile.imwrite(data / f"labels-{name}", (array > 127).astype(np.uint8) * 255, **options)
-        arguments = [data / name, data / f"labels-{name}", "-o", data / "n.keras"] if command == "train" else \
-            [data / "m.keras", data / name, "-o", data / "p.tif"]
-        code, _out, err = run(capsys, command, *arguments)
-        assert code == 2 and f"error: image {name} is {expected}" in err, err
-        assert "RGB" not in err and "image[..., 0]" not in err and "note:" not in err, err  # one message, for files
+    array, options, expected = _NARROW_FILES[name]
+    tifffile.imwrite(data / name, array, **options)
+    tifffile.imwrite(data / f"labels-{name}", (array > 127).astype(np.uint8) * 255, **options)
+    if command == "train":
+        arguments = [data / name, data / f"labels-{name}", "-o", data / "n.keras", *TINY_TRAINING[:4], "--patch-size", "16"]
+    else:
+        save_model(tiny_model(), data / "m.keras")
+        arguments = [data / "m.keras", data / name, "-o", data / "p.tif"]
+    code, _out, err = run(capsys, command, *arguments)
+    if expected is None:
+        assert code == 0 and "too small" not in err and "RGB" not in err, err
+        return
+    assert code == 2 and f"error: image {name} is {expected}" in err, err
+    assert "RGB" not in err and "image[..., 0]" not in err and "note:" not in err, err  # one message, for files
 
 
 def test_predict_writes_an_output_whose_name_is_as_long_as_the_file_system_takes(data, capsys):

@@ -1483,11 +1483,12 @@ def test_shape_messages_name_channels_last_time_series_and_a_missing_axis_of_len
     assert "no labels layer has the shape" not in message
     assert "Convert to Labels" not in message
     # a float32 mask opens as an image (the reader's rule for floats): the training dock could not offer it
-    viewer.add_image(np.zeros((64, 64), np.float32), name="mask float32")
-    viewer.add_image(np.zeros((64, 64, 3), np.uint8), name="photo", rgb=True)
+    viewer.add_image(np.zeros((1, 64, 64), np.float32), name="mask float32")
+    viewer.add_image(np.zeros((64, 64), np.float32), name="squeezed")  # converted, the dock would not offer it either
     message = no_labels_message(viewer, image)
     assert message.endswith("If image layer 'mask float32' holds the labels (a mask saved as floating-point numbers opens "
-                            "as an image), convert it: select it, then the layer context menu > Convert to Labels"), message
+                            "as an image), convert it: right-click it in the layer list > Convert to Labels"), message
+    assert "squeezed" not in message
     viewer.add_labels(np.zeros((32, 32), np.uint8), name="other")
     assert "'mask float32' holds the labels" in no_labels_message(viewer, image)
 

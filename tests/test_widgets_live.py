@@ -243,6 +243,9 @@ def test_closing_napari_while_a_model_loads_ends_the_process_cleanly(tmp_path):
     import os
     import subprocess
     import sys
+    import time
+
+    from napari_unet._widgets.workers import EXIT_WAIT_SECONDS
 
     script = f"""
 import time
@@ -258,6 +261,8 @@ viewer.close()
 print("closed", flush=True)
 """
     environment = dict(os.environ, NAPARI_CONFIG=str(tmp_path / "settings.yaml"))  # no confirmation dialog of the user's
+    started = time.monotonic()
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=environment)
     assert result.returncode == 0 and "closed" in result.stdout, (result.returncode, result.stderr[-3000:])
+    assert time.monotonic() - started < EXIT_WAIT_SECONDS / 2  # the load ended; no wait for the bound
     assert "has been deleted" not in result.stderr, result.stderr[-3000:]

@@ -444,10 +444,15 @@ def _check_slice_size(image, path: Path, axes_unrecorded: bool) -> None:
     read_as = (f"{image.shape[0]} slices of {y} x {x} pixels" if image.ndim == 3 else f"one image of {y} x {x} pixels")
     hint = (f"; if it holds {x} images of {image.shape[0]} x {y} pixels (axes Y, X, N), save it again as (N, Y, X), "
             f"e.g. with numpy.moveaxis(array, -1, 0)") if across else ""
-    min_width = 5 if image.ndim == 3 else MIN_IMAGE_SIZE  # as the core takes them
-    if y < MIN_IMAGE_SIZE or x < min_width:
-        raise CommandError(f"image {path.name} is read as {read_as}: too small to segment (napari-unet needs slices at "
-                           f"least {MIN_IMAGE_SIZE} pixels high and {min_width} wide){hint}")
+    if image.ndim == 2 and min(y, x) < MIN_IMAGE_SIZE:  # as the core takes them
+        needs = f"images of at least {MIN_IMAGE_SIZE} x {MIN_IMAGE_SIZE} pixels"
+    elif image.ndim == 3 and (y < MIN_IMAGE_SIZE or x <= 4):
+        needs = (f"slices at least {MIN_IMAGE_SIZE} pixels high and 5 wide: a last axis of 3 or 4 would be read as "
+                 "colours")
+    else:
+        needs = None
+    if needs:
+        raise CommandError(f"image {path.name} is read as {read_as}: too small to segment (napari-unet needs {needs}){hint}")
     if across:  # (Y, X, N) images (B-scans side by side) would be read across
         print(f"note: image {path.name} is read as {read_as}{hint}", file=sys.stderr)
 

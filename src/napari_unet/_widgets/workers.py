@@ -29,38 +29,45 @@ _exit_wait_registered = False
 
 
 def _wait_for_workers_at_exit() -> None:
-    """Make the process wait at exit for the workers still running, up to :data:`EXIT_WAIT_SECONDS`.
+    """Make the process stop and wait for the workers still running at exit, up to :data:`EXIT_WAIT_SECONDS`.
 
     A script (or an IPython session) that closed its viewer while a model loaded ended with SIGABRT at exit: the
-    worker's thread outlived the Qt objects its signals belong to. napari's close has already asked the workers to
-    stop; a worker that cannot (a load) finishes with nobody to tell. (napari closed from its window, its event
-    loop ending, exited cleanly already.)
+    worker's thread outlived the Qt objects its signals belong to. (napari closed from its window, its event loop
+    ending, exited cleanly already.)
     """
     global _exit_wait_registered
-    if not _exit_wait_registered:
-        atexit.register(_wait_for_workers_then_clean_up)  # registered after Qt's exit handlers: runs before them
-        _exit_wait_registered = True
+    if _exit_wait_registered:
+        return
+    try:  # here, not by Keras in a load during the exit: Python runs no exit hook registered while it runs them, and
+        import h5py  # noqa: F401  h5py's C library then called into the finished interpreter (SIGSEGV)
+    except ImportError:
+        pass
+    atexit.register(_stop_and_wait_for_workers)  # registered after Qt's and h5py's exit hooks: runs before them
+    _exit_wait_registered = True
 
 
-def _wait_for_workers(seconds: float) -> None:
+def _stop_and_wait_for_workers() -> None:
+    """Ask the running workers to stop (as napari's close does; a viewer left open had not), then wait for them."""
     from qtpy.QtCore import QThreadPool
 
     pool = QThreadPool.globalInstance()
-    deadline = time.monotonic() + seconds
-    while pool is not None and pool.activeThreadCount() and time.monotonic() < deadline:
+    if pool is None or not pool.activeThreadCount():
+        return
+    try:
+        from superqt.utils._qthreading import WorkerBase
+
+        for worker in list(WorkerBase._worker_set):
+            worker.quit()
+    except (ImportError, AttributeError, RuntimeError):  # superqt's internals moved, or a worker already deleted
+        pass
+    deadline = time.monotonic() + EXIT_WAIT_SECONDS
+    said = False
+    while pool.activeThreadCount() and time.monotonic() < deadline:
+        if not said and time.monotonic() > deadline - EXIT_WAIT_SECONDS + 1:
+            print(f"napari-unet: waiting for {pool.activeThreadCount()} background task(s) to end "
+                  f"(at most {EXIT_WAIT_SECONDS:g} s)", file=sys.stderr, flush=True)
+            said = True
         time.sleep(0.05)  # not waitForDone: a worker's Python needs the interpreter lock this thread would keep
-
-
-def _wait_for_workers_then_clean_up() -> None:
-    """:func:`_wait_for_workers` at exit (a script closed its viewer), then the exit hook of h5py if a worker imported
-    it meanwhile: Python runs no exit hook registered while it runs them, and h5py's C library then called into the
-    finished interpreter (SIGSEGV)."""
-    had_h5py = "h5py" in sys.modules
-    _wait_for_workers(EXIT_WAIT_SECONDS)
-    if not had_h5py and "h5py" in sys.modules:  # imported by Keras in a worker's load
-        unregister = getattr(sys.modules["h5py"], "_unregister_converters", None)
-        if callable(unregister):
-            unregister()
 
 
 @contextlib.contextmanager
