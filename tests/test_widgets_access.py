@@ -34,6 +34,27 @@ def test_docks_scroll_instead_of_making_the_window_taller_than_the_screen(widget
     assert window.minimumSizeHint().height() < screen
 
 
+def test_docks_stacked_in_a_column_share_it_as_they_ask(widgets, qtbot):
+    # the dock docked second got most of the column: training 166 px of the 506 it asked for, inference 830 of its 389
+    from qtpy.QtWidgets import QApplication, QDockWidget
+
+    def dock_of(widget):
+        while not isinstance(widget, QDockWidget):
+            widget = widget.parentWidget()
+        return widget
+
+    window = widgets.viewer.window._qt_window
+    window.showNormal()
+    window.resize(1200, min(1000, window.screen().availableGeometry().height()))
+    docks = [dock_of(widget) for widget in (widgets.training, widgets.inference)]
+    qtbot.waitUntil(lambda: all(dock.isVisible() for dock in docks), timeout=10_000)
+    QApplication.processEvents()
+    qtbot.wait(50)
+    heights = [dock.height() for dock in docks]
+    asked = [dock.sizeHint().height() for dock in docks]
+    assert heights[0] / heights[1] == pytest.approx(asked[0] / asked[1], rel=0.15), (heights, asked)
+
+
 def test_a_tall_training_dock_gives_its_height_to_the_loss_plot(em_viewer, qtbot):
     # in a tall window the dock kept the extra height as a blank below its buttons, the plot at its smallest
     from qtpy.QtWidgets import QApplication, QScrollArea

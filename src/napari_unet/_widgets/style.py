@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from qtpy.QtCore import QSize, Qt
-from qtpy.QtWidgets import QApplication, QCheckBox, QFrame, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
+from qtpy.QtCore import QSize, Qt, QTimer
+from qtpy.QtWidgets import (QApplication, QCheckBox, QDockWidget, QFrame, QMainWindow, QScrollArea, QSizePolicy,
+                            QVBoxLayout, QWidget)
 
 from .session import disconnect_when_destroyed
 
@@ -45,6 +46,12 @@ class _VerticalScrollArea(QScrollArea):
         self.setFrameShape(QFrame.Shape.NoFrame)
         self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
 
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
+        if not getattr(self, "_shown", False):  # once: a height the user gave a dock afterwards stays
+            self._shown = True
+            QTimer.singleShot(0, lambda: _share_the_column(self))
+
     def _scroll_bar_width(self) -> int:
         return self.verticalScrollBar().sizeHint().width()
 
@@ -63,6 +70,24 @@ class _VerticalScrollArea(QScrollArea):
             hint.setWidth(needed.width() + self._scroll_bar_width())
             hint.setHeight(max(hint.height(), min(needed.height(), MINIMUM_LINES * self.fontMetrics().lineSpacing())))
         return hint
+
+
+def _share_the_column(area: QWidget) -> None:
+    """Give the docks of scrolling controls that are stacked in ``area``'s dock column heights in proportion to what
+    they ask for: Qt gave a dock docked below another most of the column (training 166 px of its 506, inference 830
+    of its 389, 300 of them blank)."""
+    dock = area.parentWidget()
+    while dock is not None and not isinstance(dock, QDockWidget):
+        dock = dock.parentWidget()
+    window = dock.parentWidget() if dock is not None else None
+    if not isinstance(window, QMainWindow) or dock.isFloating():
+        return
+    column = [other for other in window.findChildren(QDockWidget)
+              if other.isVisible() and not other.isFloating() and other.x() == dock.x()
+              and window.dockWidgetArea(other) == window.dockWidgetArea(dock) and not window.tabifiedDockWidgets(other)
+              and other.findChild(_VerticalScrollArea) is not None]
+    if len(column) >= 2:
+        window.resizeDocks(column, [other.sizeHint().height() for other in column], Qt.Orientation.Vertical)
 
 
 #: Border of the control with the keyboard focus, on a dark and on a light theme: napari's style sheet marks the focus
