@@ -48,7 +48,8 @@ def main():
     get_session(viewer).set_model(finished.model, "trained on the synthetic EM sample", labels_layer.metadata.get("class_names"))
     training_dock, training = viewer.window.add_plugin_dock_widget("napari-unet", "U-Net training")
     inference_dock, inference = viewer.window.add_plugin_dock_widget("napari-unet", "U-Net inference")
-    # each dock its controls' height (napari gave the first dock the window's height, the second a sliver)
+    # each dock its controls' height, after the docks' own first sharing of the column (a zero-time timer)
+    QApplication.processEvents()
     heights = [controls_height(training) + 40, controls_height(inference) + 40]
     viewer.window._qt_window.resizeDocks([training_dock, inference_dock], heights, Qt.Orientation.Vertical)
     for record in finished.history:  # the loss plot as the widget draws it during training (one point per epoch)

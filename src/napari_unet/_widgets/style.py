@@ -45,10 +45,11 @@ class _VerticalScrollArea(QScrollArea):
         self.setWidgetResizable(True)
         self.setFrameShape(QFrame.Shape.NoFrame)
         self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self._shown = False
 
     def showEvent(self, event) -> None:
         super().showEvent(event)
-        if not getattr(self, "_shown", False):  # once: a height the user gave a dock afterwards stays
+        if not self._shown:  # once: a height the user gave a dock afterwards stays
             self._shown = True
             QTimer.singleShot(0, lambda: _share_the_column(self))
 

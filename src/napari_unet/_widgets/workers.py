@@ -60,10 +60,9 @@ def _stop_and_wait_for_workers() -> None:
             worker.quit()
     except (ImportError, AttributeError, RuntimeError):  # superqt's internals moved, or a worker already deleted
         pass
-    deadline = time.monotonic() + EXIT_WAIT_SECONDS
-    said = False
-    while pool.activeThreadCount() and time.monotonic() < deadline:
-        if not said and time.monotonic() > deadline - EXIT_WAIT_SECONDS + 1:
+    started, said = time.monotonic(), False
+    while pool.activeThreadCount() and time.monotonic() - started < EXIT_WAIT_SECONDS:
+        if not said and time.monotonic() - started > 1:
             print(f"napari-unet: waiting for {pool.activeThreadCount()} background task(s) to end "
                   f"(at most {EXIT_WAIT_SECONDS:g} s)", file=sys.stderr, flush=True)
             said = True
