@@ -266,3 +266,19 @@ print("closed", flush=True)
     assert result.returncode == 0 and "closed" in result.stdout, (result.returncode, result.stderr[-3000:])
     assert time.monotonic() - started < EXIT_WAIT_SECONDS / 2  # the load ended; no wait for the bound
     assert "has been deleted" not in result.stderr, result.stderr[-3000:]
+
+
+def test_the_exit_wait_names_the_tasks_it_waits_for_after_a_second(qapp, capsys):
+    """The line said "1 background task(s)"; the tasks are napari's thread pool's (another plugin's count too)."""
+    import time
+
+    from napari.qt.threading import create_worker
+
+    from napari_unet._widgets.workers import _stop_and_wait_for_workers
+
+    worker = create_worker(time.sleep, 1.5)  # a plain function: asking it to stop does not end it
+    worker.start()
+    started = time.monotonic()
+    _stop_and_wait_for_workers()
+    assert 1.4 < time.monotonic() - started < 30
+    assert "napari-unet: waiting for 1 napari background task to end (at most 60 s)" in capsys.readouterr().err

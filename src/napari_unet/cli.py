@@ -446,9 +446,10 @@ def _check_slice_size(image, path: Path, axes_unrecorded: bool) -> None:
             f"e.g. with numpy.moveaxis(array, -1, 0)") if across else ""
     if image.ndim == 2 and min(y, x) < MIN_IMAGE_SIZE:  # as the core takes them
         needs = f"images of at least {MIN_IMAGE_SIZE} x {MIN_IMAGE_SIZE} pixels"
-    elif image.ndim == 3 and (y < MIN_IMAGE_SIZE or x <= 4):
-        needs = (f"slices at least {MIN_IMAGE_SIZE} pixels high and 5 wide: a last axis of 3 or 4 would be read as "
-                 "colours")
+    elif image.ndim == 3 and y >= MIN_IMAGE_SIZE and x in (3, 4):
+        needs = "slices at least 5 pixels wide: a last axis of 3 or 4 would be read as colours"
+    elif image.ndim == 3 and min(y, x) < MIN_IMAGE_SIZE:
+        needs = f"slices of at least {MIN_IMAGE_SIZE} x {MIN_IMAGE_SIZE} pixels"
     else:
         needs = None
     if needs:

@@ -63,7 +63,8 @@ def _stop_and_wait_for_workers() -> None:
     started, said = time.monotonic(), False
     while pool.activeThreadCount() and time.monotonic() - started < EXIT_WAIT_SECONDS:
         if not said and time.monotonic() - started > 1:
-            print(f"napari-unet: waiting for {pool.activeThreadCount()} background task(s) to end "
+            count = pool.activeThreadCount()  # napari's pool: other plugins' tasks too, which the exit would crash alike
+            print(f"napari-unet: waiting for {count} napari background task{'s' if count != 1 else ''} to end "
                   f"(at most {EXIT_WAIT_SECONDS:g} s)", file=sys.stderr, flush=True)
             said = True
         time.sleep(0.05)  # not waitForDone: a worker's Python needs the interpreter lock this thread would keep
