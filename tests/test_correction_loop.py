@@ -704,3 +704,50 @@ def test_long_strokes_prune_their_history_ties_rarely(make_napari_viewer, monkey
                 prediction.paint((0, 10 + stroke * 20 + x % 7, x), MEMBRANE if stroke % 2 == 0 else CELL, refresh=False)
     assert len(session.record(prediction).confirmed) > 256 and len(prunes) <= 4, len(prunes)
     assert session.reviewed(prediction).sum() > 500
+
+
+def test_a_run_that_changes_no_pixel_does_not_offer_ctrl_z(make_napari_viewer, qtbot):
+    """The status said "0 pixels updated (Ctrl+Z on the layer undoes it)" of a run that made no undo step: Ctrl+Z then
+    undid the user's last correction stroke, whose pixels stopped counting as corrections."""
+    from _helpers import tiny_model
+    from napari_unet._widgets import InferenceWidget, get_session
+
+    viewer = make_napari_viewer()
+    image, _ = em_data(2, 64, seed=2)
+    viewer.add_image(image, name="EM")
+    get_session(viewer).set_model(tiny_model(), "tiny")
+    inference = InferenceWidget(viewer)
+    viewer.window.add_dock_widget(inference)
+    run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
+    assert "pixels updated (a new layer)" in inference.progress.status.text()
+    prediction = viewer.layers["EM prediction"]
+    prediction.data[1, :4, :4] = 0  # as if erased: the next run changes these 16 pixels back
+    run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
+    assert "'EM prediction': 16 pixels updated (Ctrl+Z on the layer undoes it)." in inference.progress.status.text()
+    run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
+    status = inference.progress.status.text()
+    assert "'EM prediction': no pixel changed (it held this prediction already)." in status and "Ctrl+Z" not in status
+
+
+def test_the_undo_steps_of_runs_into_a_layer_are_bounded_in_bytes_and_the_latest_stays_undoable(make_napari_viewer, monkeypatch):
+    """Each run into a retrained stack kept 2 bytes a changed pixel of undo (+10 MB a run on ISBI, 800 MB on a
+    100 x 2048² stack), bounded by napari's 100 steps alone: an afternoon's loop on a large stack ran out of memory."""
+    from napari_unet._widgets import outputs
+
+    rng = np.random.default_rng(0)
+    first = rng.integers(1, 3, (2, 64, 64)).astype(np.uint8)
+    _, _, prediction, session = tracked_prediction(make_napari_viewer, first.copy())
+    monkeypatch.setattr(outputs, "UNDO_BYTES", 3 * 2 * first.nbytes)  # three whole-stack runs besides the latest
+    runs = [first]
+    for _ in range(6):
+        runs.append((3 - runs[-1]).astype(np.uint8))  # every pixel changes: 2 bytes a pixel of undo
+        with session.muted(prediction):
+            outputs.write_labels_undoable(prediction, None, runs[-1])
+        prediction.paint((0, 5, 5), MEMBRANE)  # a stroke between runs (a few bytes)
+    assert 4 <= len(prediction._undo_history) <= 8
+    assert sum(outputs._atom_bytes(item) for item in prediction._undo_history) <= 4 * 2 * first.nbytes + 4096
+    prediction.undo()  # the stroke, then the latest run: still undoable
+    prediction.undo()
+    np.testing.assert_array_equal(prediction.data[1], runs[-2][1])  # (slice 0 holds the stroke before it)
+    steps = len(prediction._undo_history)
+    assert outputs.bound_undo_memory(prediction, limit=0) == steps - 1 and len(prediction._undo_history) == 1

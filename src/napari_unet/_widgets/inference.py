@@ -333,7 +333,12 @@ class InferenceWidget(QWidget):
         before = len(self.viewer.layers)
         layer, changed = write_prediction(self.viewer, self.session, job.image_layer, result.labels, job.model, job.info, job.z,
                                           job.keep)
-        undo = "a new layer" if len(self.viewer.layers) > before else "Ctrl+Z on the layer undoes it"
+        if len(self.viewer.layers) > before:
+            updated = f"{changed} pixels updated (a new layer)"
+        elif changed:
+            updated = f"{changed} pixel{'s' if changed != 1 else ''} updated (Ctrl+Z on the layer undoes it)"
+        else:  # no undo step was made: Ctrl+Z would undo the user's last stroke
+            updated = "no pixel changed (it held this prediction already)"
         others = []
         if result.probabilities is not None:
             others.append(write_probabilities(self.viewer, job.image_layer, result.probabilities, job.model, job.info.class_names, job.z))
@@ -345,7 +350,7 @@ class InferenceWidget(QWidget):
             also += f" Predicted with the model current at Run ({job.info.description or 'an earlier model'}); Run again for the current one."
         self.progress.finish("prediction done", complete=True)
         self.progress.set_status(
-            f"{layer.name!r}: {changed} pixels updated ({undo}).{also} Paint corrections "
+            f"{layer.name!r}: {updated}.{also} Paint corrections "
             "on it, then Retrain in the training widget."
         )
 
