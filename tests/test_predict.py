@@ -673,6 +673,14 @@ def test_a_pixel_size_unlike_the_training_images_gets_a_note_unless_either_is_un
                     "without any error. Resample the image to the training pixel size (zoom Y by 0.5 and X by 1) and "
                     "predict that")
     assert "along Y and X" in pixel_size_note(trained, [1.936, 22.58]) and "along X " in pixel_size_note(trained, [3.872, 5.0])
+    # both axes off by a ratio of length units: a wrong unit tag (circular-scan.tif's says inches for mm), which the
+    # note had answered by telling the user to zoom the model's own training image 25.4 times
+    assert pixel_size_note(trained, [3.872 * 25.4, 11.29 * 25.4]) == (
+        "the image's pixels are 98.35 x 286.8 µm (Y x X), the model was trained on pixels of 3.872 x 11.29 µm: 25.4 times "
+        "larger on both axes, a ratio of length units, so the image's unit tag is probably wrong; if so, give the image "
+        "its right pixel size and predict again, else resample it to the training pixel size")
+    assert "1000 times smaller on both axes" in pixel_size_note(trained, [0.003872, 0.01129])
+    assert "zoom Y by 25 and X by 25" in pixel_size_note(trained, [3.872 * 25, 11.29 * 25])  # no ratio of units
     assert pixel_size_note(trained, None) is None  # an image without a physical pixel size
     assert pixel_size_note(SimpleNamespace(pixel_size=None), [1.936, 11.29]) is None  # a model trained on one without
     # lengths in any unit, as files and napari layers name them, in µm; "pixel" or a time is no pixel size

@@ -84,8 +84,8 @@ def test_ome_tiff_physical_size_and_channel_names(tmp_path):
     tif = read_tiff(path)
     np.testing.assert_array_equal(tif.data, data)
     assert tif.axes == "ZCYX"
-    assert tif.scale == pytest.approx((1.5, 1.0, 0.2, 0.1))
-    assert tif.units == ("nm", None, "µm", "µm")
+    assert tif.scale == pytest.approx((0.0015, 1.0, 0.2, 0.1))  # nm beside µm in µm: napari draws the numbers alone
+    assert tif.units == ("µm", None, "µm", "µm")
     assert tif.metadata["format"] == "ome"
     assert tif.metadata["channel_names"] == ["DAPI", "GFP"]
     assert tif.name == "cells"
@@ -736,13 +736,36 @@ def test_label_detection_stops_at_the_first_plane_of_an_intensity_stack(monkeypa
     ([1.0, 1.0, 3.0], [None, None, "µm"]),  # an OME file with PhysicalSizeX only: Y was read back at 1 µm per row
     ([1.0, 2.0, 3.0], [None, "µm", "µm"]),  # no Z spacing: it was written as 1 µm
     ([2.0, 0.5, 0.5], [None, "µm", "µm"]),  # a Z spacing without a unit: it came back as 2 µm
-    ([0.5, 2.0, 2.0], ["nm", "µm", "µm"]),  # ImageJ has one unit for X, Y and Z
+    ([0.5, 2.0, 2.0], ["nm", "nm", "nm"]),
     ([5.0, 2.0, 3.0], ["µm", "µm", "µm"]),
 ])
 def test_an_axis_keeps_its_own_pixel_size_and_unit_or_none(tmp_path, scale, units):
     write_tiff(tmp_path / "x.tif", np.zeros((3, 16, 16), np.uint8), {"axes": "ZYX", "scale": scale, "units": units})
     back = read_tiff(tmp_path / "x.tif")
     assert list(back.scale) == scale and list(back.units) == units
+
+
+def test_lengths_of_one_file_in_nm_and_um_are_all_read_in_um(tmp_path):
+    """napari draws a layer from its scale's numbers alone: an OME-TIFF of 0.05 µm slices of 4 nm pixels opened as
+    scale (0.05, 4, 4), Z 1000 times too thin beside Y and X; ImageJ's zunit / yunit (another unit than X's) were
+    ignored: 50 nm slices were read, and written back by predict, as 50 µm."""
+    stack = np.zeros((3, 16, 16), np.uint8)
+    tifffile.imwrite(tmp_path / "mixed.ome.tif", stack, ome=True, metadata={
+        "axes": "ZYX", "PhysicalSizeZ": 0.05, "PhysicalSizeZUnit": "µm", "PhysicalSizeY": 4, "PhysicalSizeYUnit": "nm",
+        "PhysicalSizeX": 4, "PhysicalSizeXUnit": "nm"})
+    tif = read_tiff(tmp_path / "mixed.ome.tif")
+    assert tif.scale == pytest.approx((0.05, 0.004, 0.004)) and tif.units == ("µm", "µm", "µm")
+    tifffile.imwrite(tmp_path / "zunit.tif", stack, imagej=True, resolution=(1 / 0.004, 1 / 0.004),
+                     metadata={"axes": "ZYX", "spacing": 50, "unit": "um", "zunit": "nm"})
+    tif = read_tiff(tmp_path / "zunit.tif")
+    assert tif.scale == pytest.approx((0.05, 0.004, 0.004)) and tif.units == ("µm", "µm", "µm")
+    tifffile.imwrite(tmp_path / "yunit.tif", stack, imagej=True, resolution=(1 / 0.004, 1 / 8),
+                     metadata={"axes": "ZYX", "spacing": 0.05, "unit": "um", "yunit": "nm"})
+    tif = read_tiff(tmp_path / "yunit.tif")
+    assert tif.scale == pytest.approx((0.05, 0.008, 0.004)) and tif.units == ("µm", "µm", "µm")
+    write_tiff(tmp_path / "written.tif", stack, {"axes": "ZYX", "scale": [0.5, 2.0, 2.0], "units": ["nm", "µm", "µm"]})
+    tif = read_tiff(tmp_path / "written.tif")  # (a napari layer of mixed units, saved)
+    assert tif.scale == pytest.approx((0.0005, 2.0, 2.0)) and tif.units == ("µm", "µm", "µm")
 
 
 def test_write_tiff_refuses_what_it_could_not_read_back_as_written(tmp_path):

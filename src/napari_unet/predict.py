@@ -611,12 +611,32 @@ def pixel_size_note(model, pixel_size) -> Optional[str]:
     differing = [axis for axis, ratio in zip("YX", ratios) if not 1 / PIXEL_SIZE_RATIO <= ratio <= PIXEL_SIZE_RATIO]
     if not differing:
         return None
+    sizes = (f"the image's pixels are {pixel_size[0]:.4g} x {pixel_size[1]:.4g} µm (Y x X), the model was trained on "
+             f"pixels of {trained[0]:.4g} x {trained[1]:.4g} µm")
+    factor = _unit_factor(ratios)
+    if factor is not None:  # circular-scan.tif's tag says inches for mm: its own training image was told to zoom 25.4x
+        return (f"{sizes}: {factor:g} times {'larger' if ratios[0] > 1 else 'smaller'} on both axes, a ratio of length "
+                "units, so the image's unit tag is probably wrong; if so, give the image its right pixel size and predict "
+                "again, else resample it to the training pixel size")
     return (
-        f"the image's pixels are {pixel_size[0]:.4g} x {pixel_size[1]:.4g} µm (Y x X), the model was trained on pixels of "
-        f"{trained[0]:.4g} x {trained[1]:.4g} µm: along {' and '.join(differing)} the network sees structures at another "
+        f"{sizes}: along {' and '.join(differing)} the network sees structures at another "
         f"size than it learned, and its labels can be wrong without any error. Resample the image to the training pixel "
         f"size (zoom Y by {ratios[0]:.3g} and X by {ratios[1]:.3g}) and predict that"
     )
+
+
+#: Ratios of length units (inch : mm, inch : cm, cm : mm, mm : µm and µm : nm) that a wrong unit tag gives both axes.
+UNIT_FACTORS = (25.4, 2.54, 10.0, 1000.0)
+
+
+def _unit_factor(ratios) -> Optional[float]:
+    """The factor of :data:`UNIT_FACTORS` that both ``ratios`` (image / training pixel size per axis) equal, or its
+    inverse, within 1 %; None if none does."""
+    for factor in UNIT_FACTORS:
+        for target in (factor, 1 / factor):
+            if all(abs(ratio / target - 1) <= 0.01 for ratio in ratios):
+                return factor
+    return None
 
 
 def predict(model: UNetModel, image, **kwargs) -> Prediction:

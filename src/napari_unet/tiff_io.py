@@ -346,6 +346,15 @@ def _to_micrometres(value: float, unit: str | None) -> tuple[float, str | None]:
     return value, unit
 
 
+def _one_length_unit(scale: list, units: list) -> None:
+    """Lengths in nm beside lengths in µm (an OME-TIFF's 50 nm slices of 4 µm pixels) all in µm, in place: napari draws
+    from the numbers alone, and Z was drawn 1000 times too thin beside Y and X."""
+    if "µm" in units and "nm" in units:
+        for i, unit in enumerate(units):
+            if unit == "nm":
+                scale[i], units[i] = scale[i] / 1000.0, "µm"
+
+
 def length_um(value, unit) -> float | None:
     """``value`` in ``unit`` as µm (units as files name them, "µm", "mm", or as napari does, "micrometer"), or None when
     ``unit`` is no length ("pixel", None, "s") or the size is not above 0."""
@@ -577,15 +586,17 @@ def _series_info(tif: tifffile.TiffFile, series, data: np.ndarray) -> dict:
     if ij:
         metadata["imagej"] = {k: v for k, v in ij.items() if isinstance(v, (str, int, float, bool))}
         ij_unit = _normalise_unit(ij.get("unit"))
+        # ImageJ writes yunit / zunit when Y or Z is calibrated in another unit than X (50 nm slices of 4 µm pixels)
+        y_unit, z_unit = (_normalise_unit(ij.get(key)) or ij_unit for key in ("yunit", "zunit"))
         if ij_unit is not None and x_res and y_res:
             set_axis("X", 1.0 / x_res, ij_unit)
-            set_axis("Y", 1.0 / y_res, ij_unit)
+            set_axis("Y", 1.0 / y_res, y_unit)
         if "spacing" in ij:
-            if ij_unit is None:
+            if z_unit is None:
                 if "Z" in axes:
                     scale[axes.index("Z")] = float(ij["spacing"]) if float(ij["spacing"]) > 0 else 1.0
             else:
-                set_axis("Z", ij["spacing"], ij_unit)
+                set_axis("Z", ij["spacing"], z_unit)
         if "finterval" in ij:
             set_axis("T", ij["finterval"], ij.get("tunit", "s"))
         if isinstance(ij.get(METADATA_KEY), str):
@@ -623,6 +634,7 @@ def _series_info(tif: tifffile.TiffFile, series, data: np.ndarray) -> dict:
                 continue
             scale[i], units[i] = float(value), None
             set_axis(letter, value, json_units[i])
+    _one_length_unit(scale, units)
     for key in _LABEL_KEYS:
         if key in label_meta:
             metadata[key] = label_meta[key]
