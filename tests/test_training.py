@@ -1077,3 +1077,34 @@ def test_real_oct_layers_are_not_called_lossy():
     from napari_unet.train import _class_notes
 
     assert not [note for note in _class_notes(to_indices(labels, values, None), values) if note.setting == "labels"]
+
+
+def test_slices_filled_with_one_value_are_named_and_validation_of_one_class_tunes_no_rule():
+    """Slices left blank in a mask (0 in a 0/255 mask; napari's own writer's 0) were learnt, and validated on, as all
+    of one class without a word; a validation slice all cell tuned the membrane rule (validation V_rand 0.02) and one
+    all membrane kept none with a note saying the run had no fully annotated validation."""
+    from napari_unet.train import TrainingFinishing, TrainingStarted, train_events
+
+    image, labels = stripes(6, 64)
+    labels[[1, 2, 5]] = 255
+    model_config, train_config = tiny_configs(epochs=1, steps_per_epoch=2, val_fraction=0.1)
+    events = list(train_events(image, labels, model_config, train_config))
+    started = next(e for e in events if isinstance(e, TrainingStarted))
+    assert started.val_slices == [5] and [n.setting for n in started.notes] == ["ignore_value"]
+    assert str(started.notes[0]) == ("slices 1-2 and 5 of the labels hold only the value 255, on every pixel: each is "
+                                     "learnt as all class 255; if the value marks slices that are not annotated, train "
+                                     "with it as not annotated")
+    finished = events[-1]
+    assert finished.model.boundary_value == 0 and finished.model.boundary_rule is None  # validation: all cell
+    assert not next(e for e in events if isinstance(e, TrainingFinishing)).tunes_rule
+    assert "validation of one class" in finished.untuned_rule_note
+    labels[5] = 0  # validation all membrane
+    events = list(train_events(image, labels, model_config, train_config))
+    notes = next(e for e in events if isinstance(e, TrainingStarted)).notes
+    assert [str(n).split(",")[0] for n in notes] == ["slice 5 of the labels holds only the value 0",
+                                                     "slices 1-2 of the labels hold only the value 255"]
+    assert events[-1].model.boundary_rule is None and "validation of one class" in events[-1].untuned_rule_note
+    image, labels = stripes(6, 64)
+    events = list(train_events(image, labels, model_config, train_config))  # both classes on every slice
+    assert next(e for e in events if isinstance(e, TrainingStarted)).notes == ()
+    assert events[-1].model.boundary_rule is not None

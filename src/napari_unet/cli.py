@@ -973,7 +973,7 @@ def _note_pixel_size(model, pixel_size: dict | None) -> None:
 
     note = pixel_size_note(model, _micrometres(pixel_size))
     if note is not None:
-        print(f"note: {note}", file=sys.stderr)
+        print(f"note: {note} (--pixel-size Y_UM X_UM gives the image's pixel size)", file=sys.stderr)
 
 
 def _predict_chunked(args, image, output: Path, probabilities_file: Path | None, pixel_size: dict | None = None) -> int:

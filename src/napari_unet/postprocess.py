@@ -293,10 +293,12 @@ def find_boundary_class(indices, n_classes: int, max_width: float = 6.0):
     """Index of a thin boundary class (e.g. EM membranes) in (Z, Y, X) int class indices, or None.
 
     Only two-class problems qualify: the minority class (over all planes) is a boundary class when 90 % of its
-    annotated pixels lie within ``max_width`` pixels of the other class (thin lines, not blobs;
+    annotated pixels lie within ``max_width`` pixels of the other class's (thin lines, not blobs;
     ISBI 2012 membranes: 5 pixels), measured on up to :data:`BOUNDARY_CHECK_PIXELS` of evenly chosen planes holding it,
     and it is no band across the image (one run down nearly every column: an OCT layer such as the RPE, which has
-    no cells to close).
+    no cells to close). Where the planes have unannotated pixels (negative), the other class must also have an
+    interior (90 % of its pixels no closer than that to the minority): scribbles of both classes are thin, and small
+    cell blobs beside longer membrane strokes made the cells the "boundary".
     """
     if n_classes != 2:
         return None
@@ -312,15 +314,27 @@ def find_boundary_class(indices, n_classes: int, max_width: float = 6.0):
     n_planes = max(1, BOUNDARY_CHECK_PIXELS // (indices.shape[1] * indices.shape[2]))
     if len(holding) > n_planes:
         holding = [holding[i] for i in np.linspace(0, len(holding) - 1, n_planes + 2)[1:-1].round().astype(int)]  # inner planes
-    distances = [ndimage.distance_transform_edt(indices[z] == minority)[indices[z] == minority] for z in holding]
-    distances = np.concatenate(distances)
-    if np.percentile(distances, 90) > max_width:
+    if _width(indices[holding], minority, 1 - minority) > max_width:
         return None
+    if (indices[holding] < 0).any() and _width(indices[holding], 1 - minority, minority) <= max_width:
+        return None  # sparse labels whose classes are both thin: which one bounds the other cannot be told
     columns = np.moveaxis(indices[holding] == minority, 1, -1).reshape(-1, indices.shape[1])  # (columns, Y)
     annotated = np.moveaxis(indices[holding] >= 0, 1, -1).reshape(-1, indices.shape[1]).any(axis=1)  # (edges left out)
     starts = np.count_nonzero(columns[:, 1:] & ~columns[:, :-1], axis=1) + columns[:, 0]  # runs per column
     band = np.mean(starts[annotated] == 1) >= BAND_COLUMNS
     return None if band else minority
+
+
+def _width(planes: np.ndarray, inner: int, outer: int) -> float:
+    """90th percentile of the distances (pixels) from the pixels of class ``inner`` to the nearest pixel of class
+    ``outer`` in (Z, Y, X) class indices, plane by plane (inf for a plane holding no ``outer``)."""
+    distances = []
+    for plane in planes:
+        pixels = plane == inner
+        if pixels.any():
+            far = np.full(np.count_nonzero(pixels), np.inf)
+            distances.append(ndimage.distance_transform_edt(plane != outer)[pixels] if (plane == outer).any() else far)
+    return float(np.percentile(np.concatenate(distances), 90)) if distances else float("inf")
 
 
 #: :func:`order_layers`: the log-likelihood cost of giving a kept pixel another class than the one kept: as if the

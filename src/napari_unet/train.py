@@ -195,8 +195,8 @@ class TrainingFinished:
         """Why a model with a thin boundary class (membranes) got no membrane rule, or None."""
         if self.model.boundary_value is None or self.model.boundary_rule is not None or self.steps == 0:
             return None
-        return ("no membrane rule was chosen: it is chosen on fully annotated validation slices, and this run had none "
-                "(sparse labels or no validation), so predictions are the most probable class, whose membranes can have "
+        return ("no membrane rule was chosen: it is chosen on fully annotated validation slices that hold both membranes "
+                "and cells, and this run had none (sparse labels, no validation, or validation of one class), so predictions are the most probable class, whose membranes can have "
                 "gaps that merge cells; closing membrane gaps at prediction closes them")
 
     @property
@@ -279,6 +279,37 @@ def _class_notes(indices: np.ndarray, class_values: list) -> tuple:
                     f"({n / total:.2g} of them); if it marks pixels that are not annotated (napari's own writer saves "
                     "erased pixels as 0), train with it as not annotated")
         for k, n in enumerate(counts) if 0 < n < RARE_CLASS_SHARE * total and k not in fringe
+    )
+
+
+def _spans(numbers: list) -> str:
+    """[0, 1, 2, 4, 6, 7] as "0-2, 4 and 6-7"."""
+    spans, start = [], None
+    for k, n in enumerate(numbers):
+        start = n if start is None else start
+        if k + 1 == len(numbers) or numbers[k + 1] != n + 1:
+            spans.append(f"{start}-{n}" if n > start else f"{n}")
+            start = None
+    return _and(spans)
+
+
+def _uniform_slice_notes(indices: np.ndarray, class_values: list, slice_numbers: list) -> tuple:
+    """A :class:`SettingNote` per class that fills whole slices of (Z, Y, X) ``indices`` (every pixel annotated, all
+    this class) in a stack of several slices: slices left blank in a mask (0 in a 0/255 mask, napari's own writer's 0
+    in a 0/1/2 one) were learnt, and validated on, as all of one class without a word."""
+    if len(indices) < 2:
+        return ()
+    filled = {}
+    for z, plane in enumerate(indices):
+        low, high = plane.min(), plane.max()
+        if low == high and low >= 0:
+            filled.setdefault(int(low), []).append(slice_numbers[z])
+    return tuple(
+        SettingNote("ignore_value", f"{'slice' if len(numbers) == 1 else 'slices'} {_spans(numbers)} of the labels "
+                    f"{'holds' if len(numbers) == 1 else 'hold'} only the value {class_values[k]}, on every pixel: "
+                    f"{'it is' if len(numbers) == 1 else 'each is'} learnt as all class {class_values[k]}; if the value "
+                    "marks slices that are not annotated, train with it as not annotated")
+        for k, numbers in sorted(filled.items())
     )
 
 
@@ -679,6 +710,7 @@ def train_events(
     pockets = [class_values[k] for k in range(len(class_values)) if k not in order] if order is not None else []
     rotations, notes = _resolve_rotations(train_config.augment_rotations, order is not None, init, pockets)
     notes += patch_notes + (_class_notes(indices, class_values) if init is None else _pixel_size_notes(init, pixel_size))
+    notes += _uniform_slice_notes(indices, class_values, slice_numbers)
     train_config = train_config.replace(augment_rotations=rotations)
 
     annotated_slices = [z for z in range(len(indices)) if (indices[z] >= 0).any()]
@@ -879,7 +911,9 @@ def train_events(
                 keras_model.set_weights(raw_weights)
             if reason != "completed":
                 break
-        tunes_rule = boundary_value is not None and has_validation and step > 0 and bool((val_indices >= 0).all())
+        # fully annotated, with both classes: a slice all cell or all membrane has no cells for V_rand to judge
+        tunes_rule = (boundary_value is not None and has_validation and step > 0 and bool((val_indices >= 0).all())
+                      and bool((val_indices == boundary_index).any()) and not bool((val_indices == boundary_index).all()))
         if step > 0:  # else there is nothing to finish
             yield TrainingFinishing(reason, step, tunes_rule)
         averaged_epochs = late_epochs.count if late_epochs.count >= 2 else 0
