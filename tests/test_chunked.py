@@ -216,7 +216,8 @@ def test_read_zarr_takes_plain_arrays_single_array_groups_and_ome_zarr_with_pixe
                      {"path": "1", "coordinateTransformations": [{"type": "scale", "scale": [0.05, 8.0, 8.0]}]}],
     }]
     ome = zarr_io.read_zarr(tmp_path / "image.ome.zarr")
-    assert ome.axes == "ZYX" and ome.scale == (0.05, 4.0, 4.0) and ome.units == ("µm", "nm", "nm")
+    # nm beside µm, all in µm as TIFFs are read (napari draws a layer from its scale's numbers alone)
+    assert ome.axes == "ZYX" and ome.scale == pytest.approx((0.05, 0.004, 0.004)) and ome.units == ("µm", "µm", "µm")
     assert ome.name == "image" and ome.metadata["format"] == "ome-zarr" and ome.data.shape == data.shape
     assert not ome.is_labels_hint
     # an OME-Zarr label image (image.ome.zarr/labels/cells, marked "image-label"): labels whatever its name

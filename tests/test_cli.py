@@ -1176,8 +1176,10 @@ def test_train_records_the_images_pixel_size_and_predict_notes_a_scan_of_another
         assert code == 0, err
         assert ("note: the image's pixels are 1.936 x 11.29 µm (Y x X), the model was trained on pixels of 3.872 x 11.29 µm"
                 in err and "zoom Y by 0.5 and X by 1" in err), err
-        assert "predict that (--pixel-size Y_UM X_UM gives the image's pixel size)" in err, err  # the way out of a wrong tag
+        assert "predict that (the size the file records; --pixel-size Y_UM X_UM gives another)" in err, err
         assert (data / f"p-{output}").exists()
+    code, _out, err = run(capsys, "predict", data / "m.keras", data / "image.tif", "-o", data / "p.tif", "--pixel-size", "1.936", "11.29")
+    assert code == 0 and "zoom Y by 0.5 and X by 1 and predict that\n" in err, err  # the size typed: no word of the file's
 
 
 def test_the_pixel_height_of_a_file_is_read_in_micrometres_also_without_an_x_calibration():
@@ -1319,6 +1321,9 @@ _NARROW_FILES = {  # name: (array, imwrite options, what the message must say af
                    "read as 4 slices of 128 x 1 pixels: too small to segment (napari-unet needs slices of at least 4 x 4 pixels)"),
     "strips2.tif": ((_RANDOM.random((4, 128, 2)) * 255).astype(np.uint8), {"photometric": "minisblack"},
                     "read as 4 slices of 128 x 2 pixels: too small to segment (napari-unet needs slices of at least 4 x 4 pixels)"),
+    "low4.tif": ((_RANDOM.random((3, 2, 4)) * 255).astype(np.uint8), {"photometric": "minisblack"},
+                 "read as 3 slices of 2 x 4 pixels: too small to segment (napari-unet needs slices at least 4 pixels high "
+                 "and 5 pixels wide: a last axis of 3 or 4 would be read as colours)"),
     "low.tif": ((_RANDOM.random((3, 3, 64)) * 255).astype(np.uint8), {"photometric": "minisblack"},
                 "read as 3 slices of 3 x 64 pixels: too small to segment (napari-unet needs slices of at least 4 x 4 pixels)"),
     "thin.tif": ((_RANDOM.random((64, 3)) * 255).astype(np.uint8), {"photometric": "minisblack"},

@@ -73,7 +73,9 @@ def test_find_boundary_class_of_scribbles_needs_a_thin_class_between_thicker_one
     blobs = np.full((1, 128, 128), -1, np.int8)
     for y, x in ((30, 30), (90, 30), (60, 100)):
         blobs[0][(yy - y) ** 2 + (xx - x) ** 2 <= 25] = 1  # small cell blobs, 243 pixels
-    blobs[0, 10:120, 60:64] = 0  # a longer membrane stroke, 440 pixels
+    blobs[0, 10:120, 60:64] = 0  # a longer membrane stroke, 440 pixels, half as wide as the blobs
+    assert find_boundary_class(blobs, 2) == 0
+    blobs[0, 10:120, 58:66] = 0  # a stroke as wide as the blobs: which class bounds the other cannot be told
     assert find_boundary_class(blobs, 2) is None
     between = np.full((1, 128, 128), -1, np.int8)
     between[0, 30:90, 40:60] = between[0, 30:90, 64:84] = 1  # cell strokes on both sides of a membrane stroke
@@ -83,6 +85,25 @@ def test_find_boundary_class_of_scribbles_needs_a_thin_class_between_thicker_one
     thin_cells = between.copy()
     thin_cells[0, 30:90, 40:56] = thin_cells[0, 30:90, 68:84] = -1  # cell strokes as thin as the membrane's
     assert find_boundary_class(thin_cells, 2) is None
+
+
+def test_dense_labels_of_small_cells_with_some_pixels_left_out_keep_their_boundary_class():
+    """The scribbles' rules are for mostly unannotated planes: one dense image of small cells, whose validation columns
+    training leaves out, or a stack with an erased box, lost its membranes (no border weights, no membrane rule)."""
+    from napari_unet.synthetic import make_em_stack
+
+    _, labels = make_em_stack(2, (256, 256), n_cells=200)
+    cells = (labels == 255).astype(np.int8)
+    one = cells[:1].copy()
+    one[:, :, 230:] = -1  # one image's validation columns
+    erased = cells.copy()
+    erased[:, 100:140, 100:140] = -1
+    assert find_boundary_class(cells, 2) == find_boundary_class(one, 2) == find_boundary_class(erased, 2) == 0
+    empty = np.full((2, 64, 64), -1, np.int8)  # a plane with no pixel of the other class is no thin one
+    empty[0, 10:40, 10:40] = 0
+    empty[1, :, :] = 1
+    empty[1, 20:50, 20:50] = -1
+    assert find_boundary_class(empty, 2) is None
 
 
 def test_boundary_mask_thresholds_or_closes():

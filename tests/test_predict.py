@@ -677,10 +677,11 @@ def test_a_pixel_size_unlike_the_training_images_gets_a_note_unless_either_is_un
     # note had answered by telling the user to zoom the model's own training image 25.4 times
     assert pixel_size_note(trained, [3.872 * 25.4, 11.29 * 25.4]) == (
         "the image's pixels are 98.35 x 286.8 µm (Y x X), the model was trained on pixels of 3.872 x 11.29 µm: 25.4 times "
-        "larger on both axes, a ratio of length units, so the image's unit tag is probably wrong; if so, give the image "
-        "its right pixel size and predict again, else resample it to the training pixel size")
+        "larger on both axes, a ratio of length units, so the image's pixel size is probably in the wrong unit; if so, "
+        "give the image its right pixel size and predict again, else resample it to the training pixel size")
     assert "1000 times smaller on both axes" in pixel_size_note(trained, [0.003872, 0.01129])
     assert "zoom Y by 25 and X by 25" in pixel_size_note(trained, [3.872 * 25, 11.29 * 25])  # no ratio of units
+    assert "zoom Y by 10 and X by 10" in pixel_size_note(trained, [38.72, 112.9])  # 10x: an objective can give it
     assert pixel_size_note(trained, None) is None  # an image without a physical pixel size
     assert pixel_size_note(SimpleNamespace(pixel_size=None), [1.936, 11.29]) is None  # a model trained on one without
     # lengths in any unit, as files and napari layers name them, in µm; "pixel" or a time is no pixel size

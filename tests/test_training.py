@@ -1108,3 +1108,18 @@ def test_slices_filled_with_one_value_are_named_and_validation_of_one_class_tune
     events = list(train_events(image, labels, model_config, train_config))  # both classes on every slice
     assert next(e for e in events if isinstance(e, TrainingStarted)).notes == ()
     assert events[-1].model.boundary_rule is not None
+
+
+def test_holding_out_a_third_or_more_of_the_annotated_slices_is_named():
+    """Two annotated slices held one out (half the annotations) with no word of the trade-off."""
+    from napari_unet.train import TrainingStarted, train_events
+
+    image, labels = stripes(2, 64)
+    model_config, train_config = tiny_configs(epochs=1, steps_per_epoch=2, val_fraction=0.2)
+    started = next(e for e in train_events(image, labels, model_config, train_config) if isinstance(e, TrainingStarted))
+    assert started.val_slices == [1] and [str(n) for n in started.notes if n.setting == "val_fraction"] == [
+        "1 of the 2 annotated slices is held out for validation, not trained on; a validation share of 0 trains on all 2, "
+        "without validation (no best epoch, no membrane rule)"]
+    image, labels = stripes(4, 64)
+    started = next(e for e in train_events(image, labels, model_config, train_config) if isinstance(e, TrainingStarted))
+    assert started.val_slices == [3] and started.notes == ()  # a quarter

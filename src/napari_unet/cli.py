@@ -446,8 +446,9 @@ def _check_slice_size(image, path: Path, axes_unrecorded: bool) -> None:
             f"e.g. with numpy.moveaxis(array, -1, 0)") if across else ""
     if image.ndim == 2 and min(y, x) < MIN_IMAGE_SIZE:  # as the core takes them
         needs = f"images of at least {MIN_IMAGE_SIZE} x {MIN_IMAGE_SIZE} pixels"
-    elif image.ndim == 3 and y >= MIN_IMAGE_SIZE and x in (3, 4):
-        needs = "slices at least 5 pixels wide: a last axis of 3 or 4 would be read as colours"
+    elif image.ndim == 3 and x in (3, 4):
+        high = f"{MIN_IMAGE_SIZE} pixels high and " if y < MIN_IMAGE_SIZE else ""
+        needs = f"slices at least {high}5 pixels wide: a last axis of 3 or 4 would be read as colours"
     elif image.ndim == 3 and min(y, x) < MIN_IMAGE_SIZE:
         needs = f"slices of at least {MIN_IMAGE_SIZE} x {MIN_IMAGE_SIZE} pixels"
     else:
@@ -894,7 +895,7 @@ def cmd_predict(args) -> int:
     model = load_model(args.model)
     _note_options_the_model_ignores(args, model)
     _note_intensities(image, model)
-    _note_pixel_size(model, pixel_size)
+    _note_pixel_size(model, pixel_size, bool(args.pixel_size))
     progress = ProgressLine()
     result = None
     with contextlib.ExitStack() as scratch:
@@ -967,13 +968,15 @@ def _micrometres(pixel_size: dict | None) -> list | None:
     return pixel_size_um(pixel_size["scale"], pixel_size["units"]) if pixel_size else None
 
 
-def _note_pixel_size(model, pixel_size: dict | None) -> None:
-    """Say on stderr when the image's pixels (``pixel_size`` of its file) differ in size from the training image's."""
+def _note_pixel_size(model, pixel_size: dict | None, given: bool = False) -> None:
+    """Say on stderr when the image's pixels (``pixel_size`` of its file, or ``given`` by --pixel-size) differ in size
+    from the training image's."""
     from .predict import pixel_size_note
 
     note = pixel_size_note(model, _micrometres(pixel_size))
     if note is not None:
-        print(f"note: {note} (--pixel-size Y_UM X_UM gives the image's pixel size)", file=sys.stderr)
+        how = "" if given else " (the size the file records; --pixel-size Y_UM X_UM gives another)"
+        print(f"note: {note}{how}", file=sys.stderr)
 
 
 def _predict_chunked(args, image, output: Path, probabilities_file: Path | None, pixel_size: dict | None = None) -> int:
@@ -985,7 +988,7 @@ def _predict_chunked(args, image, output: Path, probabilities_file: Path | None,
     source = ModelSource(args.model)
     _note_options_the_model_ignores(args, source)
     _note_intensities(image, source)
-    _note_pixel_size(source, pixel_size)
+    _note_pixel_size(source, pixel_size, bool(args.pixel_size))
     # a zarr image's own chunks along Z; a TIFF's or folder's pages are no chunks to follow (tasks of one slice)
     per_chunk = args.slices_per_chunk or (None if is_zarr_path(args.image) else default_slices_per_chunk(np.shape(image), image.dtype))
     with contextlib.ExitStack() as stack:

@@ -296,9 +296,10 @@ def find_boundary_class(indices, n_classes: int, max_width: float = 6.0):
     annotated pixels lie within ``max_width`` pixels of the other class's (thin lines, not blobs;
     ISBI 2012 membranes: 5 pixels), measured on up to :data:`BOUNDARY_CHECK_PIXELS` of evenly chosen planes holding it,
     and it is no band across the image (one run down nearly every column: an OCT layer such as the RPE, which has
-    no cells to close). Where the planes have unannotated pixels (negative), the other class must also have an
-    interior (90 % of its pixels no closer than that to the minority): scribbles of both classes are thin, and small
-    cell blobs beside longer membrane strokes made the cells the "boundary".
+    no cells to close). Where most pixels of those planes are not annotated (negative: scribbles), the other class
+    must also have an interior (90 % of its pixels no closer than that to the minority), or, for strokes that lie
+    apart, the boundary is the class whose strokes are :data:`SCRIBBLE_WIDTH_RATIO` times thinner than the other's:
+    small cell blobs beside longer membrane strokes made the cells the "boundary".
     """
     if n_classes != 2:
         return None
@@ -314,26 +315,46 @@ def find_boundary_class(indices, n_classes: int, max_width: float = 6.0):
     n_planes = max(1, BOUNDARY_CHECK_PIXELS // (indices.shape[1] * indices.shape[2]))
     if len(holding) > n_planes:
         holding = [holding[i] for i in np.linspace(0, len(holding) - 1, n_planes + 2)[1:-1].round().astype(int)]  # inner planes
-    if _width(indices[holding], minority, 1 - minority) > max_width:
+    planes = indices[holding]
+    boundary = minority if _width(planes, minority, 1 - minority) <= max_width else None
+    if np.mean(planes >= 0) < 0.5:  # scribbles: most pixels not annotated
+        if boundary is not None and _width(planes, 1 - minority, minority) <= max_width:
+            boundary = None  # the other class is as thin against it
+        if boundary is None:  # strokes apart: the class whose own strokes are clearly thinner
+            own = [_width(planes, k) for k in (0, 1)]
+            thinner = int(np.argmin(own))
+            if own[thinner] <= max_width and own[1 - thinner] >= SCRIBBLE_WIDTH_RATIO * own[thinner]:
+                boundary = thinner
+    if boundary is None:
         return None
-    if (indices[holding] < 0).any() and _width(indices[holding], 1 - minority, minority) <= max_width:
-        return None  # sparse labels whose classes are both thin: which one bounds the other cannot be told
-    columns = np.moveaxis(indices[holding] == minority, 1, -1).reshape(-1, indices.shape[1])  # (columns, Y)
-    annotated = np.moveaxis(indices[holding] >= 0, 1, -1).reshape(-1, indices.shape[1]).any(axis=1)  # (edges left out)
+    columns = np.moveaxis(planes == boundary, 1, -1).reshape(-1, indices.shape[1])  # (columns, Y)
+    annotated = np.moveaxis(planes >= 0, 1, -1).reshape(-1, indices.shape[1]).any(axis=1)  # (edges left out)
     starts = np.count_nonzero(columns[:, 1:] & ~columns[:, :-1], axis=1) + columns[:, 0]  # runs per column
     band = np.mean(starts[annotated] == 1) >= BAND_COLUMNS
-    return None if band else minority
+    return None if band else boundary
 
 
-def _width(planes: np.ndarray, inner: int, outer: int) -> float:
+#: :func:`find_boundary_class` on scribbles whose strokes of the two classes lie apart: a class is the boundary when
+#: its strokes are at most ``max_width`` wide and the other class's at least this many times wider (traced membranes
+#: beside cell disks of radius 10: 2.2x; equally thin strokes, or disks of radius 5 beside strokes: none).
+SCRIBBLE_WIDTH_RATIO = 2.0
+
+
+def _width(planes: np.ndarray, inner: int, outer: Optional[int] = None) -> float:
     """90th percentile of the distances (pixels) from the pixels of class ``inner`` to the nearest pixel of class
-    ``outer`` in (Z, Y, X) class indices, plane by plane (inf for a plane holding no ``outer``)."""
+    ``outer`` (None: any other pixel, annotated or not) in (Z, Y, X) class indices, plane by plane (the plane's
+    diagonal where it holds no ``outer``)."""
     distances = []
     for plane in planes:
         pixels = plane == inner
-        if pixels.any():
-            far = np.full(np.count_nonzero(pixels), np.inf)
-            distances.append(ndimage.distance_transform_edt(plane != outer)[pixels] if (plane == outer).any() else far)
+        if not pixels.any():
+            continue
+        if outer is None:
+            distances.append(ndimage.distance_transform_edt(pixels)[pixels])
+        elif (plane == outer).any():
+            distances.append(ndimage.distance_transform_edt(plane != outer)[pixels])
+        else:
+            distances.append(np.full(np.count_nonzero(pixels), float(np.hypot(*plane.shape))))  # (inf: a NaN percentile)
     return float(np.percentile(np.concatenate(distances), 90)) if distances else float("inf")
 
 

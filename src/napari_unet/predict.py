@@ -616,8 +616,8 @@ def pixel_size_note(model, pixel_size) -> Optional[str]:
     factor = _unit_factor(ratios)
     if factor is not None:  # circular-scan.tif's tag says inches for mm: its own training image was told to zoom 25.4x
         return (f"{sizes}: {factor:g} times {'larger' if ratios[0] > 1 else 'smaller'} on both axes, a ratio of length "
-                "units, so the image's unit tag is probably wrong; if so, give the image its right pixel size and predict "
-                "again, else resample it to the training pixel size")
+                "units, so the image's pixel size is probably in the wrong unit; if so, give the image its right pixel "
+                "size and predict again, else resample it to the training pixel size")
     return (
         f"{sizes}: along {' and '.join(differing)} the network sees structures at another "
         f"size than it learned, and its labels can be wrong without any error. Resample the image to the training pixel "
@@ -625,8 +625,9 @@ def pixel_size_note(model, pixel_size) -> Optional[str]:
     )
 
 
-#: Ratios of length units (inch : mm, inch : cm, cm : mm, mm : µm and µm : nm) that a wrong unit tag gives both axes.
-UNIT_FACTORS = (25.4, 2.54, 10.0, 1000.0)
+#: Ratios of length units (inch : mm; mm : µm and µm : nm) that a wrong unit gives both axes; 10 and 2.54 (cm : mm,
+#: inch : cm) are left out: an objective or a scanner setting can give them.
+UNIT_FACTORS = (25.4, 1000.0)
 
 
 def _unit_factor(ratios) -> Optional[float]:
@@ -707,6 +708,7 @@ __all__ = [
     "check_layer_memory",
     "intensity_note",
     "PIXEL_SIZE_RATIO",
+    "UNIT_FACTORS",
     "pixel_size_note",
     "predict",
     "Agreement",

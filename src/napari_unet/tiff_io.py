@@ -57,6 +57,7 @@ __all__ = [
     "encode_mask",
     "is_tiff_path",
     "length_um",
+    "lengths_in_one_unit",
     "name_suggests_labels",
     "natural_sort_key",
     "pixel_size_um",
@@ -353,6 +354,14 @@ def _one_length_unit(scale: list, units: list) -> None:
         for i, unit in enumerate(units):
             if unit == "nm":
                 scale[i], units[i] = scale[i] / 1000.0, "µm"
+
+
+def lengths_in_one_unit(scale, units) -> tuple[tuple, tuple]:
+    """(scale, units) of a file's axes with inch/cm/mm/m in µm, Å in nm, and nm in µm beside µm (as TIFFs are read)."""
+    pairs = [_to_micrometres(value, unit) for value, unit in zip(scale, units)]
+    scale, units = [value for value, _ in pairs], [unit for _, unit in pairs]
+    _one_length_unit(scale, units)
+    return tuple(scale), tuple(units)
 
 
 def length_um(value, unit) -> float | None:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ._interrupts import interrupts_deferred
-from .tiff_io import METADATA_KEY, TiffData, _default_axes, _normalise_unit, _one_line, name_suggests_labels
+from .tiff_io import METADATA_KEY, TiffData, _default_axes, _normalise_unit, _one_line, lengths_in_one_unit, name_suggests_labels
 
 ZARR_SUFFIX = ".zarr"
 _ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")
@@ -103,6 +103,7 @@ def read_zarr(path, lazy: bool = True) -> TiffData:
         if isinstance(own.get("scale"), list) and len(own["scale"]) == ndim:
             ome_scale = _ome_scale([{"type": "scale", "scale": own["scale"]}], ndim)
     scale = tuple(ome_scale) if ome_scale is not None else (1.0,) * ndim
+    scale, units = lengths_in_one_unit(scale, units)  # as TIFFs are read: an OME-Zarr's nm beside µm drew Z 1000x thin
     data = da.from_array(_CheckedChunks(array, str(path)), chunks=array.chunks, asarray=True, fancy=False)
     if not lazy:
         data = np.asarray(data)

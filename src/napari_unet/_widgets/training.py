@@ -241,7 +241,8 @@ class TrainingWidget(QWidget):
             self.plot.clear()  # here, not at the click: a run refused by the core leaves the current model's curves
             val = f", {event.validation}" if event.val_slices or event.val_column is not None else ""
             where = f"slices {event.train_slices}{val}" if run.kind == "training" else run.note
-            boxes = {"augment_rotations": "the rotations box", "patch_size": "the patch box" if run.kind == "training" else "Retrain's patch box"}
+            boxes = {"augment_rotations": "the rotations box", "patch_size": "the patch box" if run.kind == "training" else "Retrain's patch box",
+                     "val_fraction": "the validation box"}
             notes = "".join(f" Note: {note}" + (f" ({boxes[note.setting]} chooses)." if note.setting in boxes else ".")
                             for note in event.notes)
             for note in event.notes:
