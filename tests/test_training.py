@@ -844,7 +844,7 @@ def test_patches_larger_than_the_slices_shrink_to_cover_them_and_say_so():
     assert fit_patch_size(1024, (40, 30), config) == 40 and fit_patch_size(1024, (38, 30), config) == 40
     assert fit_patch_size(256, (248, 384), config) == 256  # the OCT sample: its columns are wider than a patch
     assert fit_patch_size(256, (100, 90), ModelConfig(depth=2, base_filters=8, downscale=2)) == 52  # network pixels
-    image, labels = stripes(3, 40)
+    image, labels = stripes(4, 40)  # (a quarter held out for validation: no note of it)
     model_config, train_config = tiny_configs(epochs=1, steps_per_epoch=2, patch_size=256)
     events = list(train_events(image, labels, model_config, train_config))
     notes = next(e for e in events if isinstance(e, TrainingStarted)).notes

@@ -469,6 +469,7 @@ __all__ = [
     "tune_boundary_rule",
     "BOUNDARY_CHECK_PIXELS",
     "BAND_COLUMNS",
+    "SCRIBBLE_WIDTH_RATIO",
     "find_boundary_class",
     "KEPT_PENALTY",
     "order_layers",

@@ -717,11 +717,6 @@ def train_events(
     height, width = image_stack.shape[1:]
     max_val_slices = VALIDATION_PIXELS // (min(height, VALIDATION_MIN_SIDE) * min(width, VALIDATION_MIN_SIDE))
     train_slices, val_slices = split_validation(annotated_slices, train_config.val_fraction, max_val_slices)
-    if val_slices and 3 * len(val_slices) >= len(annotated_slices):  # whole slices: 1 of 2 is half the annotations
-        held, n = len(val_slices), len(annotated_slices)
-        notes += (SettingNote("val_fraction", f"{held} of the {n} annotated slices {'is' if held == 1 else 'are'} held out "
-                              f"for validation, not trained on; a validation share of 0 trains on all {n}, without "
-                              "validation (no best epoch, no membrane rule)"),)
     train_indices = indices[train_slices]
     # Validation scores val_indices: the val_rows x val_columns of val_slices (the annotated ones) or, for one
     # annotated image, of its last columns.
@@ -754,6 +749,12 @@ def train_events(
         # the training slices before one image's validation columns are cut off (dense labels, not sparse ones)
         boundary = find_boundary_class(indices[train_slices], model_config.n_classes)
         boundary_value = None if boundary is None else class_values[boundary]
+    if val_slices and 3 * len(val_slices) >= len(annotated_slices):  # whole slices: 1 of 2 is half the annotations
+        held, n = len(val_slices), len(annotated_slices)
+        without = "no best epoch" + (", no membrane rule" if boundary_value is not None else "")
+        notes += (SettingNote("val_fraction", f"{held} of the {n} annotated slices {'is' if held == 1 else 'are'} held out "
+                              f"for validation, not trained on; a validation share of 0 trains on all {n}, without "
+                              f"validation ({without})"),)
     factor = model_config.downscale  # the network trains on shrunk slices; validation runs at full size
     sigma = model_config.local_contrast_sigma
     if model_config.context_slices:  # every slice may serve as context; only training slices are sampled
