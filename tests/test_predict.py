@@ -492,7 +492,6 @@ def test_intensity_note_names_images_unlike_the_training_images():
 def test_intensity_note_names_the_grey_level_where_the_images_differ_most():
     """A mostly black OCT-like scan trained alone: the note said "median grey 0.00 ... the training images' at 0.01, the
     training slices within 0.00", which told the user nothing."""
-    import dataclasses
     import types
 
     from napari_unet.data import intensity_references
