@@ -347,8 +347,6 @@ def test_slices_left_blank_in_a_mask_are_named_with_the_option_that_leaves_them_
     assert code == 0, err
     assert ("note: slices 1-2 and 4-5 of the labels hold only the value 0, on every pixel: each is learnt as all class 0; "
             "if the value marks slices that are not annotated, train with it as not annotated (--ignore-value to choose)") in err
-    code, _, err = run(capsys, "train", data / "wide.tif", data / "painted.tif", "-o", data / "m.keras", "--ignore-value", "0", *TINY_TRAINING)
-    assert code == 0 and "on every pixel" not in err and "training on slices [0], validating on slices [3]" in err, err
 
 
 def test_default_depth_follows_the_budget_and_the_compute(data, capsys, monkeypatch):
@@ -1179,7 +1177,7 @@ def test_train_records_the_images_pixel_size_and_predict_notes_a_scan_of_another
         assert "predict that (the size the file records; --pixel-size Y_UM X_UM gives another)" in err, err
         assert (data / f"p-{output}").exists()
     code, _out, err = run(capsys, "predict", data / "m.keras", data / "image.tif", "-o", data / "p.tif", "--pixel-size", "1.936", "11.29")
-    assert code == 0 and "zoom Y by 0.5 and X by 1 and predict that\n" in err, err  # the size typed: no word of the file's
+    assert code == 0 and "zoom Y by 0.5 and X by 1" in err and "the size the file records" not in err, err  # typed: no word of the file's
 
 
 def test_the_pixel_height_of_a_file_is_read_in_micrometres_also_without_an_x_calibration():

@@ -1104,10 +1104,6 @@ def test_slices_filled_with_one_value_are_named_and_validation_of_one_class_tune
     assert [str(n).split(",")[0] for n in notes] == ["slice 5 of the labels holds only the value 0",
                                                      "slices 1-2 of the labels hold only the value 255"]
     assert events[-1].model.boundary_rule is None and "validation of one class" in events[-1].untuned_rule_note
-    image, labels = stripes(6, 64)
-    events = list(train_events(image, labels, model_config, train_config))  # both classes on every slice
-    assert next(e for e in events if isinstance(e, TrainingStarted)).notes == ()
-    assert events[-1].model.boundary_rule is not None
 
 
 def test_holding_out_a_third_or_more_of_the_annotated_slices_is_named():

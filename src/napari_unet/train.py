@@ -196,8 +196,9 @@ class TrainingFinished:
         if self.model.boundary_value is None or self.model.boundary_rule is not None or self.steps == 0:
             return None
         return ("no membrane rule was chosen: it is chosen on fully annotated validation slices that hold both membranes "
-                "and cells, and this run had none (sparse labels, no validation, or validation of one class), so predictions are the most probable class, whose membranes can have "
-                "gaps that merge cells; closing membrane gaps at prediction closes them")
+                "and cells, and this run had none (sparse labels, no validation, or validation of one class), so "
+                "predictions are the most probable class, whose membranes can have gaps that merge cells; closing "
+                "membrane gaps at prediction closes them")
 
     @property
     def kept(self) -> str:
@@ -747,7 +748,7 @@ def train_events(
         boundary_value = init.boundary_value
     else:
         # the training slices before one image's validation columns are cut off (dense labels, not sparse ones)
-        boundary = find_boundary_class(indices[train_slices], model_config.n_classes)
+        boundary = find_boundary_class(train_indices if val_column is None else indices[train_slices], model_config.n_classes)
         boundary_value = None if boundary is None else class_values[boundary]
     if val_slices and 3 * len(val_slices) >= len(annotated_slices):  # whole slices: 1 of 2 is half the annotations
         held, n = len(val_slices), len(annotated_slices)
