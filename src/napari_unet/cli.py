@@ -653,17 +653,13 @@ def _reason_text(reason: str) -> str:
     return "reached its time budget" if reason == "time budget" else reason
 
 
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
 def run_training(image, labels, model_config, train_config, init=None, quiet=False, pixel_size=None, finishing=None):
     """Drain training events with a terminal progress line; returns the start and finish events.
     ``pixel_size``: [Y, X] µm of the image's pixels, if known (recorded in the model). ``finishing``: an ExitStack
     that, from the finishing of the model on, holds Ctrl-C, SIGTERM and SIGHUP until the caller closes it (once the model is
     saved): a scheduler's time limit that came during the finishing threw the finished model away."""
     from .postprocess import describe_rule
-    from .train import EpochEnd, TrainingFinished, TrainingFinishing, TrainingStarted, TrainingStep, format_seconds, train_events
+    from .train import EpochEnd, TrainingFinished, TrainingFinishing, TrainingStarted, TrainingStep, format_count, format_seconds, train_events
 
     progress = ProgressLine()
     started = final = None
@@ -709,7 +705,7 @@ def run_training(image, labels, model_config, train_config, init=None, quiet=Fal
                 rule = ", choosing the membrane rule" if event.tunes_rule else ""
                 # always shown: in a log (one line per 10 s) it followed the last step too soon and was dropped, leaving
                 # minutes of finishing unexplained
-                progress.show(1.0, f"{_reason_text(event.reason)} after {_count(event.steps, 'step')}; finishing the model{rule}...", force=True)
+                progress.show(1.0, f"{_reason_text(event.reason)} after {format_count(event.steps, 'step')}; finishing the model{rule}...", force=True)
             elif isinstance(event, EpochEnd):
                 if event.val_loss is not None:
                     last_val = f" val_loss {event.val_loss:.4f}" + (" *" if event.is_best else "")
@@ -717,8 +713,8 @@ def run_training(image, labels, model_config, train_config, init=None, quiet=Fal
                 final = event
     if not quiet:
         progress.done()
-        print(f"training {_reason_text(final.reason)} after {_count(len(final.history), 'epoch')} "
-              f"({_count(final.steps, 'step')}); kept the {final.kept or 'last weights'}", file=sys.stderr)
+        print(f"training {_reason_text(final.reason)} after {format_count(len(final.history), 'epoch')} "
+              f"({format_count(final.steps, 'step')}); kept the {final.kept or 'last weights'}", file=sys.stderr)
         if final.model.boundary_rule is not None:
             print(f"membrane rule: {describe_rule(final.model.boundary_rule)} (validation V_rand {final.boundary_v_rand:.4f} "
                   "without test-time augmentation; the model file holds it)", file=sys.stderr)

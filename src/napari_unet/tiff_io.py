@@ -347,21 +347,13 @@ def _to_micrometres(value: float, unit: str | None) -> tuple[float, str | None]:
     return value, unit
 
 
-def _one_length_unit(scale: list, units: list) -> None:
-    """Lengths in nm beside lengths in µm (an OME-TIFF's 50 nm slices of 4 µm pixels) all in µm, in place: napari draws
-    from the numbers alone, and Z was drawn 1000 times too thin beside Y and X."""
-    if "µm" in units and "nm" in units:
-        for i, unit in enumerate(units):
-            if unit == "nm":
-                scale[i], units[i] = scale[i] / 1000.0, "µm"
-
-
 def lengths_in_one_unit(scale, units) -> tuple[tuple, tuple]:
-    """(scale, units) of a file's axes with inch/cm/mm/m in µm, Å in nm, and nm in µm beside µm (as TIFFs are read)."""
+    """(scale, units) of a file's axes with inch/cm/mm/m in µm, Å in nm, and nm in µm where µm lengths are beside them
+    (an OME-TIFF's 0.05 µm slices of 4 nm pixels): napari draws from the numbers alone, and drew Z 1000 times too thin."""
     pairs = [_to_micrometres(value, unit) for value, unit in zip(scale, units)]
-    scale, units = [value for value, _ in pairs], [unit for _, unit in pairs]
-    _one_length_unit(scale, units)
-    return tuple(scale), tuple(units)
+    if any(unit == "µm" for _, unit in pairs):
+        pairs = [(value / 1000.0, "µm") if unit == "nm" else (value, unit) for value, unit in pairs]
+    return tuple(value for value, _ in pairs), tuple(unit for _, unit in pairs)
 
 
 def length_um(value, unit) -> float | None:
@@ -643,7 +635,7 @@ def _series_info(tif: tifffile.TiffFile, series, data: np.ndarray) -> dict:
                 continue
             scale[i], units[i] = float(value), None
             set_axis(letter, value, json_units[i])
-    _one_length_unit(scale, units)
+    scale, units = map(list, lengths_in_one_unit(scale, units))
     for key in _LABEL_KEYS:
         if key in label_meta:
             metadata[key] = label_meta[key]

@@ -920,8 +920,10 @@ def train_events(
             if reason != "completed":
                 break
         # fully annotated, with both classes: a slice all cell or all membrane has no cells for V_rand to judge
-        tunes_rule = (boundary_value is not None and has_validation and step > 0 and bool((val_indices >= 0).all())
-                      and bool((val_indices == boundary_index).any()) and not bool((val_indices == boundary_index).all()))
+        tunes_rule = boundary_value is not None and has_validation and step > 0 and bool((val_indices >= 0).all())
+        if tunes_rule:
+            membrane = val_indices == boundary_index
+            tunes_rule = bool(membrane.any()) and not bool(membrane.all())
         if step > 0:  # else there is nothing to finish
             yield TrainingFinishing(reason, step, tunes_rule)
         averaged_epochs = late_epochs.count if late_epochs.count >= 2 else 0
@@ -961,6 +963,11 @@ def train_events(
             probabilities, val_indices != boundary_index, closings=candidate_closings(train_config.merge_levels)
         )
     yield TrainingFinished(result, reason, best_epoch, history, boundary_v_rand, averaged_epochs, step)
+
+
+def format_count(n: int, noun: str) -> str:
+    """"1 step", "2 steps": ``n`` and ``noun``, plural unless ``n`` is 1 (for messages)."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def format_seconds(seconds: Optional[float]) -> str:
@@ -1021,6 +1028,7 @@ __all__ = [
     "XLA_MIN_TRAINING_MINUTES",
     "XLA_MIN_TRAINING_PIXELS",
     "check_training_memory",
+    "format_count",
     "format_seconds",
     "validation_column",
     "validation_window",

@@ -15,6 +15,7 @@ from napari_unet._writer import write_labels
 from napari_unet.data import InputError
 from napari_unet.hardware import FAST_CONV_GFLOPS, available_memory_bytes, explain_auto_tta
 from napari_unet.predict import PredictionProgress, check_layer_memory
+from napari_unet.train import format_count
 
 from .jobs import NETWORK_LABELS, Failed, Note, PredictionResult, predict_job, relay
 from .layers import Image, LayerCombo, current_slice, image_array, pixel_size_of
@@ -336,7 +337,7 @@ class InferenceWidget(QWidget):
         if len(self.viewer.layers) > before:
             updated = f"{changed} pixels updated (a new layer)"
         elif changed:
-            updated = f"{changed} pixel{'s' if changed != 1 else ''} updated (Ctrl+Z on the layer undoes it)"
+            updated = f"{format_count(changed, 'pixel')} updated (Ctrl+Z on the layer undoes it)"
         else:  # no undo step was made: Ctrl+Z would undo the user's last stroke
             updated = "no pixel changed (it held this prediction already)"
         others = []

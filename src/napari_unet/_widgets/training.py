@@ -16,7 +16,7 @@ from qtpy.QtWidgets import QCheckBox, QFileDialog, QFormLayout, QGroupBox, QHBox
 from napari_unet.config import ConfigError
 from napari_unet.data import InputError
 from napari_unet.labels import ZERO_IS_CLASS, LabelError
-from napari_unet.train import EpochEnd, TrainingFinished, TrainingFinishing, TrainingStarted, TrainingStep, format_seconds
+from napari_unet.train import EpochEnd, TrainingFinished, TrainingFinishing, TrainingStarted, TrainingStep, format_count, format_seconds
 
 from .jobs import CorrectionsLearned, Failed, relay, train_job
 from .layers import Image, Labels, LayerCombo
@@ -267,7 +267,7 @@ class TrainingWidget(QWidget):
             # a stopped run's bar stays where it stopped (it jumped to 100 %)
             done = 1.0 if event.reason != "stopped" else self.progress.bar.value() / self.progress.bar.maximum()
             self.progress.update(done, None, f"{run.kind} {event.reason}, finishing")
-            self.progress.set_status(f"Finishing the model after {event.steps} step{'' if event.steps == 1 else 's'}: its weights{rule} (seconds)...")
+            self.progress.set_status(f"Finishing the model after {format_count(event.steps, 'step')}: its weights{rule} (seconds)...")
         elif isinstance(event, TrainingFinished):
             self._finished_model(run, event)
         elif isinstance(event, CorrectionsLearned) and run.kept_model:
@@ -293,7 +293,7 @@ class TrainingWidget(QWidget):
         when = time.strftime("%H:%M:%S")
         best = f", {event.kept}" if event.kept else ""
         # the steps say how much a time budget gave (a busy machine gives fewer; the model is then weaker)
-        description = f"{run.kind.replace('ing', 'ed')} at {when} ({event.steps} step{'' if event.steps == 1 else 's'}, {event.reason}{best}); classes {list(event.model.class_values)}"
+        description = f"{run.kind.replace('ing', 'ed')} at {when} ({format_count(event.steps, 'step')}, {event.reason}{best}); classes {list(event.model.class_values)}"
         classes = list(event.model.class_values)
         names = [run.names.get(v) for v in classes] if run.names else None
         colormap = run.colormap[1] if run.colormap and run.colormap[0] == classes else None
