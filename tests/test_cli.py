@@ -686,6 +686,11 @@ def test_options_that_contradict_or_do_not_fit_the_data(data, capsys):
     assert code == 0 and "no validation" in err, err
     code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "0.keras", "--max-minutes", "1e-9")
     assert code == 2 and "before its first step; no model written" in err and not (data / "0.keras").exists()
+    # a budget that TensorFlow's start-up mostly used: the model is written, and the run says how little it learnt
+    code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "b.keras", "--max-minutes", "0.002",
+                       "--epochs", "2", "--steps-per-epoch", "100000", "--patch-size", "64", "--batch-size", "2")
+    assert code == 0 and (data / "b.keras").exists(), err
+    assert "the time budget ended after" in err and "of the first epoch's 100000 steps" in err and "barely learnt" in err
     tifffile.imwrite(data / "rows.tif", image[:, :1, :], photometric="minisblack")  # (Z, 1, X): a stack of one-row slices
     code, _, err = run(capsys, "predict", data / "m.keras", data / "rows.tif", "-o", data / "r.tif")
     assert code == 2 and "too small" in err, err

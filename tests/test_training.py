@@ -1119,3 +1119,24 @@ def test_holding_out_a_third_or_more_of_the_annotated_slices_is_named():
     image, labels = stripes(4, 64)
     started = next(e for e in train_events(image, labels, model_config, train_config) if isinstance(e, TrainingStarted))
     assert started.val_slices == [3] and started.notes == ()  # a quarter
+
+
+def test_few_annotated_pixels_and_one_image_annotated_on_one_side_only_are_named():
+    """100 painted pixels trained without a word; one image annotated only left of its validation columns trained
+    with no validation, and nothing said why."""
+    from napari_unet.train import TrainingStarted, train_events
+
+    image, labels = stripes(1, 96)
+    sparse = np.full_like(labels, 7)
+    sparse[:, 10:20, 10:20] = labels[:, 10:20, 10:20]  # 100 pixels, both classes, left of the validation columns
+    sparse[:, 40, 10:20], sparse[:, 41, 10:20] = 0, 255  # (both classes surely)
+    model_config, train_config = tiny_configs(epochs=1, steps_per_epoch=1, ignore_value=7, val_fraction=0.2)
+    started = next(e for e in train_events(image[0], sparse[0], model_config, train_config) if isinstance(e, TrainingStarted))
+    texts = [str(n) for n in started.notes]
+    assert started.validation == "no validation"
+    assert any(t.startswith("only 120 pixels are annotated (") and "of class 0 and" in t for t in texts), texts
+    assert any(t.startswith("no validation: one annotated image validates on its columns ") and "they hold no annotations" in t
+               for t in texts), texts
+    # dense labels: neither note
+    started = next(e for e in train_events(image[0], labels[0], model_config, train_config) if isinstance(e, TrainingStarted))
+    assert started.val_column is not None and not [n for n in started.notes if "only" in str(n) or "no validation" in str(n)]

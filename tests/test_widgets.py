@@ -1289,6 +1289,22 @@ def test_stop_in_the_first_epoch_keeps_the_current_model(widgets, qtbot, notific
     assert not errors(notifications)
 
 
+def test_a_time_budget_ending_in_the_first_epoch_keeps_the_current_model(widgets, qtbot, notifications):
+    # a 0.3-minute Train gave a 1-step network that replaced a model refined by four Retrains
+    training, session = widgets.training, widgets.session
+    tiny_settings(training, epochs=1, steps=3)
+    run_and_wait(qtbot, training.start, lambda: training._run is not None)
+    trained = session.model
+    tiny_settings(training, epochs=2, steps=100000)
+    training.settings.minutes.setValue(0.1)  # its smallest: 6 s
+    run_and_wait(qtbot, training.start, lambda: training._run is not None)
+    assert session.model is trained, "a network of a few steps replaced the model the user had"
+    status = training.progress.status.text()
+    assert "reached its time budget after" in status and "of the first epoch's 100000 steps" in status, status
+    assert "the current model is unchanged (a larger time budget trains one)" in status
+    assert not errors(notifications)
+
+
 def test_events_are_handled_in_order_when_a_handler_pumps_qt_events():
     from napari_unet._widgets.progress import InOrder
 

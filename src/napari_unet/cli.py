@@ -715,6 +715,10 @@ def run_training(image, labels, model_config, train_config, init=None, quiet=Fal
         progress.done()
         print(f"training {_reason_text(final.reason)} after {format_count(len(final.history), 'epoch')} "
               f"({format_count(final.steps, 'step')}); kept the {final.kept or 'last weights'}", file=sys.stderr)
+        if final.reason == "time budget" and 0 < final.steps < started.steps_per_epoch:
+            print(f"note: the time budget ended after {final.steps} of the first epoch's {started.steps_per_epoch} steps "
+                  "(TensorFlow's start-up takes up to a minute): the model has barely learnt (a larger --max-minutes)",
+                  file=sys.stderr)
         if final.model.boundary_rule is not None:
             print(f"membrane rule: {describe_rule(final.model.boundary_rule)} (validation V_rand {final.boundary_v_rand:.4f} "
                   "without test-time augmentation; the model file holds it)", file=sys.stderr)

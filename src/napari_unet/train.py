@@ -216,6 +216,11 @@ TrainingEvent = Union[TrainingStarted, TrainingStep, EpochEnd, TrainingFinishing
 RARE_CLASS_SHARE = 1e-4
 
 
+#: Fewer annotated pixels than this (a 32 x 32 square) are named when training starts: 32-100 painted pixels trained
+#: a model without a word.
+FEW_ANNOTATED_PIXELS = 1024
+
+
 #: A class is named as a likely artefact of a lossy or resampled export of a mask (JPEG, scaling with interpolation)
 #: when it holds under :data:`FRINGE_CLASS_SHARE` of the annotated pixels, at least :data:`FRINGE_TOUCHING` of its
 #: pixels touch another class (no interior of its own: 1.00 for such artefacts, 0.19-0.64 for small real classes; a
@@ -250,7 +255,8 @@ def _and(words: list) -> str:
 
 def _class_notes(indices: np.ndarray, class_values: list) -> tuple:
     """:class:`SettingNote` objects on the classes of (Z, Y, X) ``indices``: fringes of a lossy or resampled mask
-    (:data:`FRINGE_CLASS_SHARE`), and classes that hold fewer than :data:`RARE_CLASS_SHARE` of the annotated pixels."""
+    (:data:`FRINGE_CLASS_SHARE`), fewer annotated pixels than :data:`FEW_ANNOTATED_PIXELS`, and classes that hold fewer
+    than :data:`RARE_CLASS_SHARE` of the annotated pixels."""
     counts = count_classes(indices, len(class_values))
     total = int(counts.sum())
     values = [float(v) for v in class_values]
@@ -275,6 +281,10 @@ def _class_notes(indices: np.ndarray, class_values: list) -> tuple:
                              "JPEG or a resized (interpolated) mask leaves them; each is learnt as a class of its own: if "
                              "so, give those pixels the value of the class they border (or save the mask without "
                              "compression or interpolation) and train again"),)
+    if 0 < total < FEW_ANNOTATED_PIXELS:
+        each = _and([f"{int(n)} of class {class_values[k]}" for k, n in enumerate(counts) if n > 0])
+        notes += (SettingNote("labels", f"only {total} pixels are annotated ({each}): the network learns from these "
+                              "alone; strokes over more objects of each class teach it more"),)
     return notes + tuple(
         SettingNote("ignore_value", f"class {class_values[k]} holds only {int(n)} of the {total} annotated pixels "
                     f"({n / total:.2g} of them); if it marks pixels that are not annotated (napari's own writer saves "
@@ -731,6 +741,9 @@ def train_events(
         train_indices[:, :, cut:] = -1
         val_column = cut
         if not (train_indices >= 0).any() or not (val_indices >= 0).any():
+            empty = "they hold" if not (val_indices >= 0).any() else f"the columns before {cut} hold"
+            notes += (SettingNote("val_fraction", f"no validation: one annotated image validates on its columns {cut} "
+                                  f"and up, and {empty} no annotations; annotations on both sides give one"),)
             val_indices, train_indices, val_column, val_columns = None, indices[train_slices], None, slice(None)
     window = None
     if val_indices is not None and len(val_indices):
@@ -1021,6 +1034,7 @@ __all__ = [
     "FRINGE_CLASS_SHARE",
     "FRINGE_SPREAD",
     "FRINGE_TOUCHING",
+    "FEW_ANNOTATED_PIXELS",
     "RARE_CLASS_SHARE",
     "TrainingEvent",
     "VALIDATION_MIN_SIDE",

@@ -239,8 +239,7 @@ class TrainingWidget(QWidget):
             return
         if isinstance(event, TrainingStarted):
             self.plot.clear()  # here, not at the click: a run refused by the core leaves the current model's curves
-            val = f", {event.validation}" if event.val_slices or event.val_column is not None else ""
-            where = f"slices {event.train_slices}{val}" if run.kind == "training" else run.note
+            where = f"slices {event.train_slices}, {event.validation}" if run.kind == "training" else run.note
             boxes = {"augment_rotations": "the rotations box", "patch_size": "the patch box" if run.kind == "training" else "Retrain's patch box",
                      "val_fraction": "the validation box"}
             notes = "".join(f" Note: {note}" + (f" ({boxes[note.setting]} chooses)." if note.setting in boxes else ".")
@@ -283,12 +282,16 @@ class TrainingWidget(QWidget):
             self.progress.finish(f"{run.kind} {event.reason}", complete=False)
             self.progress.set_status(f"{run.kind.capitalize()} {event.reason} before its first step; the current model is unchanged.")
             return
-        if event.reason == "stopped" and event.steps < run.steps_per_epoch and self.session.model is not None:
-            # the user cancelled: a network of a few steps would replace a model that took minutes
-            self.progress.finish(f"{run.kind} stopped", complete=False)
+        first_epoch = event.steps < run.steps_per_epoch
+        if event.reason in ("stopped", "time budget") and first_epoch and self.session.model is not None:
+            # cancelled, or a budget that TensorFlow's start-up mostly used: a network of a few steps would replace
+            # a model that took minutes
+            self.progress.finish(f"{run.kind} {event.reason}", complete=False)
             self.plot.clear()  # the curves of a run whose network was discarded
-            self.progress.set_status(f"{run.kind.capitalize()} stopped after {event.steps} of the first epoch's "
-                                     f"{run.steps_per_epoch} steps; the current model is unchanged.")
+            ended = "stopped" if event.reason == "stopped" else "reached its time budget"
+            more = "" if event.reason == "stopped" else " (a larger time budget trains one)"
+            self.progress.set_status(f"{run.kind.capitalize()} {ended} after {event.steps} of the first epoch's "
+                                     f"{run.steps_per_epoch} steps; the current model is unchanged{more}.")
             return
         when = time.strftime("%H:%M:%S")
         best = f", {event.kept}" if event.kept else ""
@@ -302,6 +305,9 @@ class TrainingWidget(QWidget):
         self.plot.redraw()
         self.progress.finish(f"{run.kind} {event.reason}", complete=event.reason == "completed")
         note = f" Note: {event.untuned_rule_note} (the inference widget's membranes: 'always close gaps')." if event.untuned_rule_note else ""
+        if event.reason == "time budget" and first_epoch:
+            note += (f" Note: the time budget ended after {event.steps} of the first epoch's {run.steps_per_epoch} steps "
+                     "(TensorFlow's start-up takes up to a minute); the model has barely learnt.")
         note += f" Note: {run.warning}." if run.warning else ""
         self.progress.set_status(f"Model {description}, in {format_seconds(seconds)}. It is now used by the inference widget.{note}")
 
