@@ -115,3 +115,14 @@ def assert_layers_unchanged(viewer, before):
     assert [(n, t) for n, t, _ in after] == [(n, t) for n, t, _ in before]
     for (name, _, old), (_, _, new) in zip(before, after):
         assert old.shape == new.shape and np.array_equal(old, new), f"layer {name!r} was modified"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _keep_more_trainers():
+    """Tests alternate between small networks: each kept compiled trainer spares a new one's tracing (3-6 s here)."""
+    import os
+
+    import napari_unet.train as train_module
+
+    train_module.KEPT_TRAINERS = int(os.environ.get("NAPARI_UNET_TEST_KEPT_TRAINERS", "8"))
+    yield

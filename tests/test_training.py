@@ -259,9 +259,9 @@ def test_batch_norm_statistics_are_recomputed_on_unaugmented_training_tiles():
     np.testing.assert_allclose(model.get_layer("down0_bn1").moving_mean.numpy(), expected, rtol=1e-4, atol=1e-5)
     import napari_unet.train as train_module
 
-    forward = train_module._idle_trainer.batch_norm._forward
+    forward = train_module._idle_trainers[-1].batch_norm._forward
     again = train(image, labels, model_config, train_config.replace(seed=3)).model  # kept trainer, kept recomputation
-    assert train_module._idle_trainer.batch_norm._forward is forward and forward.experimental_get_tracing_count() == 1
+    assert train_module._idle_trainers[-1].batch_norm._forward is forward and forward.experimental_get_tracing_count() == 1
     np.testing.assert_allclose(
         again.keras_model.get_layer("down0_bn1").moving_mean.numpy(),
         _first_batch_norm_mean_on_training_tiles(again, image), rtol=1e-4, atol=1e-5,

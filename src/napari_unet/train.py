@@ -542,30 +542,32 @@ class _Trainer:
             variable.assign(np.zeros(variable.shape, variable.dtype))
 
 
-_idle_trainer: Optional[_Trainer] = None  # not used by a running training; the last one to finish
+#: Compiled training networks kept for the next runs with the same settings. napari and the command line keep one
+#: (a trainer holds its network's weights and optimizer state: 0.06 GB for the default preset, 1 GB for the classic
+#: one); the tests, which alternate between small networks, keep more (a new one's tracing took 3-6 s on 2 cores).
+KEPT_TRAINERS = 1
+_idle_trainers: list = []  # not used by a running training; the one to finish last is last
 _idle_trainer_lock = threading.Lock()
 
 
 def _take_trainer(key: tuple) -> Optional[_Trainer]:
-    global _idle_trainer
     with _idle_trainer_lock:
-        trainer = _idle_trainer if _idle_trainer is not None and _idle_trainer.key == key else None
-        if trainer is not None:
-            _idle_trainer = None
-        return trainer
+        for k, trainer in enumerate(_idle_trainers):
+            if trainer.key == key:
+                return _idle_trainers.pop(k)
+        return None
 
 
 def _keep_trainer(trainer: _Trainer) -> None:
-    global _idle_trainer
     with _idle_trainer_lock:
-        _idle_trainer = trainer
+        _idle_trainers.append(trainer)
+        del _idle_trainers[: max(len(_idle_trainers) - KEPT_TRAINERS, 0)]
 
 
 def clear_trainer_cache() -> None:
-    """Forget the compiled training network kept for the next run with the same settings (frees its memory)."""
-    global _idle_trainer
+    """Forget the compiled training networks kept for the next runs with the same settings (frees their memory)."""
     with _idle_trainer_lock:
-        _idle_trainer = None
+        _idle_trainers.clear()
 
 
 def _loss_settings(train_config: TrainConfig, boundary_index) -> dict:
@@ -631,9 +633,9 @@ def _memory_held(model_config: ModelConfig, reused: Callable[[tuple], bool]) -> 
     """Bytes of :func:`napari_unet.model.training_memory_bytes` the process holds already: TensorFlow once loaded,
     and the weights and optimizer of the kept trainer if ``reused(its key)`` (the run takes it over)."""
     with _idle_trainer_lock:
-        trainer = _idle_trainer
+        trainer = next((kept for kept in _idle_trainers if reused(kept.key)), None)
     held = TRAINING_BASE_BYTES if "tensorflow" in sys.modules else 0
-    if trainer is not None and reused(trainer.key):
+    if trainer is not None:
         held += TRAINING_BYTES_PER_PARAMETER * parameter_count(model_config)
     return int(held)
 
@@ -1039,6 +1041,7 @@ __all__ = [
     "TrainingEvent",
     "VALIDATION_MIN_SIDE",
     "VALIDATION_PIXELS",
+    "KEPT_TRAINERS",
     "XLA_MIN_TRAINING_MINUTES",
     "XLA_MIN_TRAINING_PIXELS",
     "check_training_memory",
