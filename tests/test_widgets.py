@@ -868,10 +868,23 @@ def test_closing_the_training_dock_stops_its_run_and_keeps_the_model(widgets, qt
     tiny_settings(training, epochs=500, steps=10)
     assert training.start()
     qtbot.waitUntil(lambda: len(training.plot.steps) >= 3, timeout=300_000)
+    from qtpy.QtCore import Qt
+
+    training.settings.noise.setCheckState(Qt.CheckState.Unchecked)
+    training.settings.rotations.setCheckState(Qt.CheckState.PartiallyChecked)
+    form = training.settings.values()
     viewer.window.remove_dock_widget(training)  # what the dock's close button does
     qtbot.waitUntil(lambda: training._run is None, timeout=120_000)
     assert session.model is not None and "stopped" in session.info.description
     assert "training" not in session.busy and not errors(notifications)
+    # opened again, the dock has the settings it was closed with (it had the preset's defaults)
+    from napari_unet._widgets import TrainingWidget
+
+    again = TrainingWidget(viewer)
+    assert again.settings.values() == form and form["epochs"] == 500 and form["noise"] is False and form["rotations"] == "auto"
+    assert again.settings.rotations.text() == "rotations (auto)"
+    again.settings.preset.setCurrentText("classic")
+    assert TrainingWidget(viewer).settings.values() == again.settings.values() != form
 
 
 def test_removed_widgets_are_disconnected(widgets, qtbot, notifications):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout, QSpinBox, QWidget
 
 from napari_unet import hardware
@@ -31,6 +31,8 @@ def spin(low, high, value, step=1, tip="", decimals=None, suffix=""):
 
 class TrainSettings(QWidget):
     """Form whose values, on top of the chosen preset, give a ModelConfig and a TrainConfig."""
+
+    changed = Signal()  # a value of the form changed (by the user or a preset)
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -107,6 +109,45 @@ class TrainSettings(QWidget):
             box.setAccessibleName(name)
         self.preset.currentTextChanged.connect(self.apply_preset)
         self.apply_preset(self.preset.currentText())  # from unchecked: an "auto" box says so through stateChanged
+        self.preset.currentTextChanged.connect(self.changed)
+        for box in self._boxes().values():
+            if isinstance(box, QCheckBox):
+                box.stateChanged.connect(self.changed)
+            elif box is not self.preset:
+                box.valueChanged.connect(self.changed)
+
+    def _boxes(self) -> dict:
+        return {"preset": self.preset, "depth": self.depth, "filters": self.filters, "epochs": self.epochs, "steps": self.steps,
+                "minutes": self.minutes, "patch": self.patch, "batch": self.batch, "lr": self.lr, "flips": self.flips,
+                "elastic": self.elastic, "intensity": self.intensity, "rotations": self.rotations, "noise": self.noise,
+                "validation": self.validation, "retrain_steps": self.retrain_steps, "retrain_patch": self.retrain_patch,
+                "retrain_batch": self.retrain_batch, "retrain_lr": self.retrain_lr}
+
+    def values(self) -> dict:
+        """The form's values by box name (preset name, numbers; True, False or "auto" for boxes), for :meth:`restore`."""
+        values = {}
+        for name, box in self._boxes().items():
+            if box is self.preset:
+                values[name] = box.currentText()
+            elif isinstance(box, QCheckBox):
+                values[name] = _auto_value(box)  # True, False or "auto"
+            else:
+                values[name] = box.value()
+        return values
+
+    def restore(self, values: dict) -> None:
+        """Fill the form with :meth:`values` of another (a dock closed and opened again starts where it was)."""
+        boxes = self._boxes()
+        if values.get("preset") in PRESETS:
+            self.preset.setCurrentText(values["preset"])  # first: a preset sets the other boxes
+        for name, value in values.items():
+            box = boxes.get(name)
+            if box is None or box is self.preset:
+                continue
+            if isinstance(box, QCheckBox):
+                box.setCheckState(_auto_state(value))
+            else:
+                box.setValue(value)
 
     def apply_preset(self, name: str) -> None:
         p = preset(name)
