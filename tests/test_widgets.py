@@ -1620,3 +1620,20 @@ def test_the_inference_widget_names_blank_slices(widgets, qtbot, notifications):
     run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
     assert any("1 slice of the image is blank (one grey value: slice 1)" in message for _, message in notifications)
     assert "blank" in inference.progress.status.text()
+
+
+def test_an_inference_dock_opened_again_has_the_options_it_was_closed_with(widgets, qtbot):
+    from napari_unet._widgets import InferenceWidget
+    from napari_unet._widgets.inference import CURRENT, TTA_CHOICES
+
+    viewer, inference = widgets.viewer, widgets.inference
+    fresh = InferenceWidget(viewer)
+    inference.scope.setCurrentText(CURRENT)
+    inference.tta.setCurrentText(list(TTA_CHOICES)[-1])
+    inference.probabilities.setChecked(True)
+    inference.keep.setChecked(False)
+    viewer.window.remove_dock_widget(inference)
+    again = InferenceWidget(viewer)
+    assert again.scope.currentText() == CURRENT and again.tta.currentText() == list(TTA_CHOICES)[-1]
+    assert again.probabilities.isChecked() and not again.keep.isChecked()
+    assert fresh.tta.currentText() != again.tta.currentText() and not fresh.probabilities.isChecked()

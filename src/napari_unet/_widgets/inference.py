@@ -22,6 +22,7 @@ from .layers import Image, LayerCombo, current_slice, image_array, pixel_size_of
 from .outputs import kept_indices, kept_pixels, prediction_layer_of, write_cells, write_prediction, write_probabilities
 from .progress import WORKER_FINISHED, InOrder, ProgressRow, WrappingLabel, press_on_return, swap_buttons
 from .session import WAITING_FOR_STROKE, disconnect_when_destroyed, get_session, unwrap
+from .settings import form_values, on_form_change, restore_form
 from .style import scrolling_layout, show_keyboard_focus
 from .workers import create_worker_of
 
@@ -117,6 +118,10 @@ class InferenceWidget(QWidget):
             "unless you pick the napari-unet file type)"
         )
         self.progress = ProgressRow("prediction")
+        options = {"scope": self.scope, "tta": self.tta, "membranes": self.membranes, "layers": self.layers,
+                   "probabilities": self.probabilities, "cells": self.cells, "keep": self.keep}
+        restore_form(options, self.session.inference_form)  # a dock closed and opened again starts where it was
+        on_form_change(options, lambda: setattr(self.session, "inference_form", form_values(options)))
 
         form = QFormLayout()
         form.addRow("model", self.model_label)

@@ -98,7 +98,9 @@ class Session:
         self.previous: Optional[tuple] = None  # (model, info) that the current model replaced: use_previous
         self._tracked: dict[int, Tracked] = {}
         self._running: dict = {}  # how many jobs of each name run (two inference docks predict at once)
-        self.training_form: dict = {}  # the training dock's settings (TrainSettings.values): a dock opened again has them
+        # the docks' settings (settings.form_values): a dock closed and opened again has them
+        self.training_form: dict = {}
+        self.inference_form: dict = {}
 
     # ---- model -------------------------------------------------------------------------------
     def set_model(self, model: UNetModel, description: str, class_names=None, colormap=None) -> None:

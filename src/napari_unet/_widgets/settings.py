@@ -109,12 +109,7 @@ class TrainSettings(QWidget):
             box.setAccessibleName(name)
         self.preset.currentTextChanged.connect(self.apply_preset)
         self.apply_preset(self.preset.currentText())  # from unchecked: an "auto" box says so through stateChanged
-        self.preset.currentTextChanged.connect(self.changed)
-        for box in self._boxes().values():
-            if isinstance(box, QCheckBox):
-                box.stateChanged.connect(self.changed)
-            elif box is not self.preset:
-                box.valueChanged.connect(self.changed)
+        on_form_change(self._boxes(), self.changed.emit)
 
     def _boxes(self) -> dict:
         return {"preset": self.preset, "depth": self.depth, "filters": self.filters, "epochs": self.epochs, "steps": self.steps,
@@ -124,30 +119,12 @@ class TrainSettings(QWidget):
                 "retrain_batch": self.retrain_batch, "retrain_lr": self.retrain_lr}
 
     def values(self) -> dict:
-        """The form's values by box name (preset name, numbers; True, False or "auto" for boxes), for :meth:`restore`."""
-        values = {}
-        for name, box in self._boxes().items():
-            if box is self.preset:
-                values[name] = box.currentText()
-            elif isinstance(box, QCheckBox):
-                values[name] = _auto_value(box)  # True, False or "auto"
-            else:
-                values[name] = box.value()
-        return values
+        """The form's values by box name, for :meth:`restore` (:func:`form_values`)."""
+        return form_values(self._boxes())
 
     def restore(self, values: dict) -> None:
         """Fill the form with :meth:`values` of another (a dock closed and opened again starts where it was)."""
-        boxes = self._boxes()
-        if values.get("preset") in PRESETS:
-            self.preset.setCurrentText(values["preset"])  # first: a preset sets the other boxes
-        for name, value in values.items():
-            box = boxes.get(name)
-            if box is None or box is self.preset:
-                continue
-            if isinstance(box, QCheckBox):
-                box.setCheckState(_auto_state(value))
-            else:
-                box.setValue(value)
+        restore_form(self._boxes(), values)
 
     def apply_preset(self, name: str) -> None:
         p = preset(name)
@@ -222,6 +199,47 @@ class TrainSettings(QWidget):
             augment_intensity=self.intensity.isChecked(),
             augment_noise=self._noise(),
         )
+
+
+def form_values(boxes: dict) -> dict:
+    """The values of a form's ``boxes`` (name -> combo, check or spin box): texts, True / False / "auto" (partly
+    checked), numbers."""
+    values = {}
+    for name, box in boxes.items():
+        if isinstance(box, QComboBox):
+            values[name] = box.currentText()
+        elif isinstance(box, QCheckBox):
+            values[name] = _auto_value(box)
+        else:
+            values[name] = box.value()
+    return values
+
+
+def restore_form(boxes: dict, values: dict) -> None:
+    """Set ``boxes`` (name -> box) to :func:`form_values` ``values``, in the boxes' order (a preset first: it sets the
+    others); names or texts the form no longer has are left out."""
+    for name, box in boxes.items():
+        if name not in values:
+            continue
+        value = values[name]
+        if isinstance(box, QComboBox):
+            if box.findText(value) >= 0:
+                box.setCurrentText(value)
+        elif isinstance(box, QCheckBox):
+            box.setCheckState(_auto_state(value))
+        else:
+            box.setValue(value)
+
+
+def on_form_change(boxes: dict, callback) -> None:
+    """Call ``callback()`` whenever a value of ``boxes`` (name -> box) changes."""
+    for box in boxes.values():
+        if isinstance(box, QComboBox):
+            box.currentTextChanged.connect(lambda *_: callback())
+        elif isinstance(box, QCheckBox):
+            box.stateChanged.connect(lambda *_: callback())
+        else:
+            box.valueChanged.connect(lambda *_: callback())
 
 
 def _auto_state(value) -> Qt.CheckState:
