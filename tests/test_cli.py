@@ -331,8 +331,9 @@ def test_depth_option_is_stored_in_the_model_and_must_match_an_init_model(data, 
     code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "t.keras", "--init", data / "init.keras", "--depth", "3", *TINY_STEPS)
     assert code == 2 and "--depth 3 differs from the --init model's 2" in err
     assert not (data / "t.keras").exists()
-    code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "d.keras", "--depth", "7", *TINY_STEPS)
-    assert code == 2 and "depth must be 1..6" in err
+    with pytest.raises(SystemExit):  # argparse: not 1..6
+        run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "d.keras", "--depth", "7", *TINY_STEPS)
+    assert "--depth: must be 1..6" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse: not a whole number >= 1
         run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "d.keras", "--depth", "0")
 
@@ -904,7 +905,7 @@ def test_demo_refuses_a_bad_budget_before_writing_anything(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit:  # told with the option typed: it named the setting max_minutes
         run(capsys, "demo", "--headless", "--minutes", "-1", "--output-dir", tmp_path / "demo")
     err = capsys.readouterr().err
-    assert exit.value.code == 2 and "argument --minutes: must be a finite number above 0, got -1" in err
+    assert exit.value.code == 2 and "argument --minutes/--max-minutes: must be a finite number above 0, got -1" in err
     assert len(err.strip().splitlines()) == 1 and "(see napari-unet demo --help)" in err  # one line, no usage block
     assert not (tmp_path / "demo").exists()
 
@@ -912,10 +913,12 @@ def test_demo_refuses_a_bad_budget_before_writing_anything(tmp_path, capsys):
 def test_setting_errors_name_the_options_typed(data, capsys):
     # "val_fraction must be in [0, 1)", "local_contrast_sigma must be 0..1000 pixels": settings, not the options
     args = ["train", data / "image.tif", data / "labels.tif", "-o", data / "m.keras"]
-    for option, value, words in (("--val-fraction", "1.5", "--val-fraction must be in [0, 1), got 1.5"),
-                                 ("--local-contrast", "-3", "--local-contrast must be 0..1000 pixels")):
-        code, _, err = run(capsys, *args, option, value)
-        assert code == 2 and words in err and "_" not in err.split("error:")[1].split(",")[0], err
+    for option, value, words in (("--val-fraction", "1.5", "--val-fraction: must be in [0, 1), got 1.5"),
+                                 ("--local-contrast", "-3", "--local-contrast: must be in [0, 1000], got -3")):
+        with pytest.raises(SystemExit) as exited:  # argparse, before the files are read
+            run(capsys, *args, option, value)
+        err = capsys.readouterr().err
+        assert exited.value.code == 2 and words in err and "_" not in err.split("error:")[1].split(",")[0], err
 
 
 def test_python_dash_m_gives_the_demos_errors_in_one_line(tmp_path):
@@ -1690,3 +1693,111 @@ def test_outputs_differing_only_in_case_are_one_file_only_where_the_disk_says_so
     monkeypatch.setattr(cli, "_case_insensitive", lambda folder: True)
     code, _, err = run(capsys, *args)
     assert code == 2 and "--probabilities must name another file than -o" in err, err
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["train", "image.tif", "labels.tif", "-o", "m.keras", "--max-minuts", "1"],  # the top-level help lists no option
+         "napari-unet train: error: unrecognized arguments: --max-minuts 1; did you mean --max-minutes? (see napari-unet train --help)"),
+        (["evaluate", "p.tif", "labels.tif", "--pixel-size", "3.8", "14"],
+         "napari-unet evaluate: error: unrecognized arguments: --pixel-size 3.8 14; did you mean --pixel-height?"),
+        (["predict", "m.keras", "image.tif", "-o", "p.tif", "--no-argmax"],  # not "did you mean --argmax", its opposite
+         "napari-unet predict: error: unrecognized arguments: --no-argmax (see napari-unet predict --help)"),
+        ([], "the following arguments are required: {train,predict,evaluate,demo}"),  # "required: command"
+        # checked before the files are read, as --patch-size is (--depth 7 came after TensorFlow's import, without --)
+        (["train", "image.tif", "labels.tif", "-o", "m.keras", "--depth", "7"], "argument --depth: must be 1..6, got 7"),
+        (["train", "image.tif", "labels.tif", "-o", "m.keras", "--epochs", "0"], "argument --epochs: must be at least 1, got 0"),
+        (["train", "image.tif", "labels.tif", "-o", "m.keras", "--learning-rate", "5"], "argument --learning-rate: must be in (0, 1), got 5"),
+        (["train", "image.tif", "labels.tif", "-o", "m.keras", "--context-slices", "5"], "argument --context-slices: must be 0..3, got 5"),
+    ],
+)
+def test_usage_errors_are_told_by_the_command_before_any_file_is_read(tmp_path, capsys, monkeypatch, argv, words):
+    monkeypatch.chdir(tmp_path)  # no file: none is read
+    with pytest.raises(SystemExit) as exited:
+        run(capsys, *argv)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and words in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_help_pages_say_membrane_rule_and_tiles_and_the_demo_takes_max_minutes(capsys):
+    from napari_unet.cli import build_parser
+
+    pages = {}
+    for command in ("train", "predict", "evaluate"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        pages[command] = " ".join(capsys.readouterr().out.split())
+    assert "boundary rule" not in pages["predict"] and pages["predict"].count("membrane rule") == 2  # as train and README say
+    assert "--batch-size BATCH_SIZE tiles (or their TTA copies) per network call" in pages["predict"]  # not "images"
+    assert "session" not in pages["train"].lower()  # BENCHMARKS.md's sessions: README cites them
+    assert "train and predict take --pixel-size Y_UM X_UM" in pages["evaluate"]
+    assert build_parser().parse_args(["demo", "--max-minutes", "0.5"]).minutes == 0.5  # train's name of the budget
+
+
+def _wrong_inputs(folder: Path) -> None:
+    image, labels = stripes(n_slices=2, size=32)
+    tifffile.imwrite(folder / "image.tif", image, photometric="minisblack")
+    tifffile.imwrite(folder / "labels.tif", labels, photometric="minisblack")
+    tifffile.imwrite(folder / "one_slice.tif", labels[:1], photometric="minisblack")
+    (folder / "img.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    (folder / "m.keras").write_bytes(b"not a model")
+    (folder / "empty").mkdir()
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["train", "img.png", "labels.tif", "-o", "n.keras"],
+         "image img.png is not a TIFF file: napari-unet reads TIFF files, folders of TIFF slices and zarr stores; save it as TIFF"),
+        (["train", "image.tif", "empty", "-o", "n.keras"], "labels empty: no .tif/.tiff files in the folder"),
+        (["evaluate", "m.keras", "labels.tif"], "prediction m.keras is a model file, not a TIFF: check the order of the arguments"),
+        (["predict", "image.tif", "m.keras", "-o", "p.tif"],  # swapped: told of the model, before the image is read
+         "image.tif is not a .keras model file (napari-unet writes .keras files); predict takes MODEL.keras first, then IMAGE"),
+        (["predict", "m.keras", "missing.tif", "-o", "p.tif"], "m.keras is not a .keras model file (not a zip archive)"),
+        (["train", "image.tif", "labels.tif", "-o", "n.keras", "--init", "nope.keras"], "--init: model file 'nope.keras' does not exist"),
+        (["evaluate", "one_slice.tif", "labels.tif"],  # the demo's prediction of its 2 held-out slices against its 10
+         "differ; they must be identical (evaluate scores a prediction of the truth's whole stack)"),
+    ],
+)
+def test_inputs_of_the_wrong_kind_or_order_are_named_by_their_role_before_tensorflow(tmp_path, capsys, monkeypatch, argv, words):
+    import napari_unet.cli as cli
+
+    def no_tensorflow():
+        raise AssertionError("TensorFlow imported before the inputs were checked")
+
+    _wrong_inputs(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "load_tensorflow_for_command", no_tensorflow)
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and not out and words in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_image_and_labels_swapped_in_train_are_named_as_such(data, capsys):
+    # "make classes first, e.g. object boundaries vs interiors" sent the user after instance labels
+    code, out, err = run(capsys, "train", data / "labels.tif", data / "image.tif", "-o", data / "m.keras")
+    assert code == 2 and not out and "distinct values" in err, err
+    assert err.rstrip().endswith("(an intensity image given as labels? train takes IMAGE then LABELS)") and not (data / "m.keras").exists()
+
+
+def test_predict_notes_views_a_model_lacks_and_the_demo_names_its_metric_and_its_predictions_slices(data, capsys, monkeypatch):
+    import dataclasses
+    from types import SimpleNamespace
+
+    import napari_unet.cli as cli
+
+    model = tiny_model()
+    upright = dataclasses.replace(model, train_config=model.train_config.replace(augment_rotations=False))  # as OCT layers
+    save_model(upright, data / "upright.keras")
+    code, _, err = run(capsys, "predict", data / "upright.keras", data / "image.tif", "-o", data / "p.tif", "--tta-views", "4")
+    assert code == 0 and "note: --tta-views 4: this model (trained without rotations) has 2 views" in err, err  # was silent
+    # the demo's lines, not its training: the tiny model stands in for the minute of training
+    finished = SimpleNamespace(model=model, steps=10, reason="completed", history=[{"epoch": 1, "loss": 0.5, "val_loss": 0.4}])
+    monkeypatch.setattr(cli, "run_training", lambda *args, **kwargs: (None, finished))
+    code, out, err = run(capsys, "demo", "--headless", "--output-dir", data / "demo")
+    assert code == 0, err
+    report = json.loads(out)
+    # README quotes the ISBI pixel error; the line said "pixel error" of the mismatch fraction, 1.5x larger
+    assert f"ISBI pixel error {report['isbi_pixel_error']:.3f} (0 = every pixel right)" in err and ", pixel error" not in err, err
+    # evaluate of it against demo-labels.tif (10 slices) told of differing shapes only
+    assert f"{data / 'demo' / 'demo-prediction.tif'} (held-out slices 8-9)" in err, err

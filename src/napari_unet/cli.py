@@ -62,6 +62,38 @@ def non_negative_int(text: str) -> int:
     return positive_int(text, minimum=0)
 
 
+def whole_number_in(low: int, high: int):
+    """argparse type: an integer ``low``..``high``."""
+
+    def whole_number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {low}..{high}, got {value}")
+        return value
+
+    return whole_number
+
+
+def number_in(low: float, high: float, ends: str = "[]"):
+    """argparse type: a number from ``low`` to ``high``, ``ends`` saying which are included ("[)": ``low`` only)."""
+
+    def number(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        above = value >= low if ends[0] == "[" else value > low
+        below = value <= high if ends[1] == "]" else value < high
+        if not (above and below):  # (NaN too)
+            raise argparse.ArgumentTypeError(f"must be in {ends[0]}{low:g}, {high:g}{ends[1]}, got {text}")
+        return value
+
+    return number
+
+
 def positive_float(text: str) -> float:
     """argparse type: a finite number > 0."""
     try:
@@ -377,19 +409,22 @@ def _read_stack_and_metadata(path, what: str, lazy: bool = False, for_cluster: b
     """:func:`read_stack` and the file's metadata (plus ``pixel_size`` of the kept axes when known);
     ``for_cluster``: a dask array whose chunks other machines read by path, never a memory map; ``labels``: the
     file holds labels (messages say so)."""
-    from .tiff_io import read_folder, read_tiff
+    from .tiff_io import TiffReadError, read_folder, read_tiff
     from .zarr_io import is_zarr_path, read_zarr
 
     path = Path(path)
     if not path.exists():
         raise CommandError(f"{what} {str(path)!r} does not exist")
     lazy_from = 0 if for_cluster else None
-    if is_zarr_path(path):
-        tiff = read_zarr(path, lazy=lazy or for_cluster)
-    elif path.is_dir():
-        tiff = read_folder(path, lazy=lazy or for_cluster, lazy_from_bytes=lazy_from)
-    else:
-        tiff = read_tiff(path, lazy=lazy or for_cluster, lazy_from_bytes=lazy_from, memory_map=not for_cluster)
+    try:
+        if is_zarr_path(path):
+            tiff = read_zarr(path, lazy=lazy or for_cluster)
+        elif path.is_dir():
+            tiff = read_folder(path, lazy=lazy or for_cluster, lazy_from_bytes=lazy_from)
+        else:
+            tiff = read_tiff(path, lazy=lazy or for_cluster, lazy_from_bytes=lazy_from, memory_map=not for_cluster)
+    except TiffReadError as err:  # its message names the file, not its role, nor what is read instead
+        raise CommandError(_tiff_error_named(err, what, path)) from None
     data, axes = tiff.data, tiff.axes
     for axis in "CS":
         if axis in axes and data.shape[axes.index(axis)] > 1:
@@ -429,6 +464,17 @@ def _read_stack_and_metadata(path, what: str, lazy: bool = False, for_cluster: b
     if what == "image":
         _check_slice_size(squeezed, path, tiff.metadata.get("format") in ("tiff", "shaped"))
     return squeezed, metadata
+
+
+def _tiff_error_named(err: Exception, what: str, path: Path) -> str:
+    """A TIFF reader's message about ``path`` naming its role (``what``); a file that is no TIFF gets what to do."""
+    text = str(err).removeprefix(f"{path}: ")
+    if not text.startswith("not a TIFF file"):
+        return f"{what} {path.name}: {text}"
+    if path.suffix.lower() == ".keras":  # arguments swapped
+        return f"{what} {path.name} is a model file, not a TIFF: check the order of the arguments"
+    return (f"{what} {path.name} is not a TIFF file: napari-unet reads TIFF files, folders of TIFF slices and zarr stores; "
+            "save it as TIFF")
 
 
 def _check_slice_size(image, path: Path, axes_unrecorded: bool) -> None:
@@ -755,7 +801,8 @@ def cmd_train(args) -> int:
     try:
         return _train(args)
     except LabelError as err:
-        raise CommandError(_labels_named(err, "labels", args.labels)) from None
+        swapped = " (an intensity image given as labels? train takes IMAGE then LABELS)" if "distinct values" in str(err) else ""
+        raise CommandError(_labels_named(err, "labels", args.labels) + swapped) from None
     except ConfigError as err:  # "val_fraction must be in [0, 1)": the setting, not the option typed
         text = re.sub(r"\b(" + "|".join(_TRAIN_SETTINGS) + r")\b", lambda m: _option_of(m.group(1)), str(err))
         raise CommandError(text) from None
@@ -766,13 +813,18 @@ def _train(args) -> int:
 
     from .config import MERGE_LEVELS_LONG, is_long_budget, preset as get_preset
     from .data import normalize_window
-    from .model_io import load_model
+    from .model_io import ModelFileError, load_model, read_metadata
     from .metrics import evaluate
     from .predict import predict, resolve_tta_views
 
     output = check_output(args.output, "model file", inputs=[p for p in (args.image, args.labels, args.init) if p])
     if output.suffix != ".keras":  # Path(".keras").suffix is "": a name is needed before it
         raise CommandError(f"the model file must be a name ending in .keras (e.g. model.keras), got {output.name!r}")
+    try:
+        if args.init:
+            read_metadata(args.init)  # checked without TensorFlow, before the image is read
+    except ModelFileError as err:
+        raise CommandError(f"--init: {err}") from None
     _note_stale_siblings([output])
     # read when indexed (large files): training reads only the slices that hold annotations
     image, image_metadata = _read_stack_and_metadata(args.image, "image", lazy=True)
@@ -785,7 +837,10 @@ def _train(args) -> int:
     chosen = get_preset(args.preset)
     train_config = _train_config_from_args(args, chosen).replace(ignore_value=ignore_value)
     load_tensorflow_for_command()
-    init = load_model(args.init) if args.init else None
+    try:
+        init = load_model(args.init) if args.init else None
+    except ModelFileError as err:
+        raise CommandError(f"--init: {err}") from None
     if init is not None and args.preset != "default":
         print(f"note: --init's network is trained on; --preset {args.preset} chooses only the training settings (learning rate, "
               "loss, class weights)", file=sys.stderr)
@@ -859,11 +914,16 @@ def _membrane_of(model):
 
 
 def cmd_predict(args) -> int:
-    from .model_io import load_model
+    from .model_io import ModelFileError, load_model, read_metadata
     from .predict import blank_slices_note, labels_dtype, predict_events
     from .train import format_seconds
     from .zarr_io import is_zarr_name
 
+    try:
+        read_metadata(args.model)  # checked without TensorFlow, before the image is read
+    except ModelFileError as err:
+        swapped = Path(args.image).suffix == ".keras" and Path(args.model).suffix != ".keras"
+        raise CommandError(f"{err}{'; predict takes MODEL.keras first, then IMAGE' if swapped else ''}") from None
     inputs, suffixes = (args.model, args.image), (".tif", ".tiff")
     chunked = is_zarr_name(args.output)
     if args.probabilities and is_zarr_name(args.probabilities) != chunked:
@@ -934,8 +994,15 @@ def cmd_predict(args) -> int:
 def _note_options_the_model_ignores(args, model) -> None:
     """Say on stderr when an option cannot do what it says for ``model`` (a :class:`UNetModel` or
     :class:`napari_unet.chunked.ModelSource`): a silent no-op misleads."""
+    from .predict import upright_views
+    from .train import format_count
+
     if args.close_boundaries and model.boundary_value not in model.class_values:
         print(f"note: --close-boundaries ignored: this model has no thin boundary class (classes {list(model.class_values)})", file=sys.stderr)
+    upright = upright_views(model)
+    if args.tta_views is not None and upright is not None and args.tta_views > len(upright):
+        print(f"note: --tta-views {args.tta_views}: this model (trained without rotations{' or flips' if len(upright) == 1 else ''}) "
+              f"has {format_count(len(upright), 'view')}", file=sys.stderr)
     patch = model.train_config.patch_size if model.train_config is not None else None
     if patch is not None and args.tile_size < patch:
         print(f"note: --tile-size {args.tile_size} is smaller than the {patch}-pixel patches the model was trained on: "
@@ -1112,7 +1179,8 @@ def cmd_evaluate(args) -> int:
               "pixels only (--pixel-height to give the scan's own)", file=sys.stderr)
         pixel_height = None
     if prediction.shape != truth.shape:
-        raise CommandError(f"prediction shape {prediction.shape} and truth shape {truth.shape} differ")
+        raise CommandError(f"prediction shape {prediction.shape} and truth shape {truth.shape} differ; they must be identical "
+                           "(evaluate scores a prediction of the truth's whole stack)")
     for note in notes:
         print(note, file=sys.stderr)
     truth_values, predicted_values = set(), set()
@@ -1191,11 +1259,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("-o", "--output", required=True, help="model file to write (.keras)")
     train.add_argument("--preset", default="default", choices=["default", "classic"], help="network and training settings: "
                        "default (fast CPU U-Net) or classic (the original 64-filter U-Net); default: %(default)s")
-    train.add_argument("--epochs", type=int, help="epochs (default: the preset's, or unlimited with --max-minutes)")
+    train.add_argument("--epochs", type=positive_int, help="epochs (default: the preset's, or unlimited with --max-minutes)")
     train.add_argument("--max-minutes", type=positive_float, help="time budget of the training steps (preparing the data before them and "
                        "finishing the model after them come on top); the learning-rate schedule follows it")
     train.add_argument("--ignore-value", type=int, help="label value of unannotated pixels (sparse labels; default: the value the file records, as napari-unet saves it)")
-    train.add_argument("--val-fraction", type=float, help="share of slices held out for validation (default 0.2; at most 16 slices of 512², 4 of 1024² or larger, "
+    train.add_argument("--val-fraction", type=number_in(0, 1, "[)"), help="share of slices held out for validation (default 0.2; at most 16 slices of 512², 4 of 1024² or larger, "
                        "and a window of at least 1024² of slices larger than 1024²: validation predicts about 4.2 million pixels at most)")
     train.add_argument("--init", help="fine-tune this model file instead of starting from scratch")
     train.add_argument("--pixel-size", type=positive_float, nargs=2, metavar=("Y_UM", "X_UM"), help="pixel size in µm (Y, X) recorded in the model, for its notes on images of another pixel size (default: the size the image file records, if any)")
@@ -1205,7 +1273,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=positive_int, help="patches per training step (default: the preset's)")
     train.add_argument("--patch-size", type=positive_int, help="side in pixels of the square training patches, a multiple of "
                        "2 to the power depth (default: the preset's)")
-    train.add_argument("--learning-rate", type=float, help="Adam's learning rate, between 0 and 1 (default: the preset's)")
+    train.add_argument("--learning-rate", type=number_in(0, 1, "()"), help="Adam's learning rate, between 0 and 1 (default: the preset's)")
     train.add_argument("--steps-per-epoch", type=positive_int, help="training steps between two validations (default: the preset's)")
     train.add_argument("--augment-noise", type=or_auto(noise_std), metavar="STD|auto", help="Gaussian pixel noise added to each training patch, its std "
                        "drawn from [0, STD) in units of the normalised range; 0 = off (default: the preset's; the default preset's "
@@ -1215,12 +1283,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "predict's test-time augmentation then keeps tiles upright too)")
     train.add_argument("--merge-levels", type=or_auto(merge_levels), metavar="L1,L2,...|auto", help="levels at which the membrane rule may "
                        "merge regions across faint boundaries, picked on the validation slices (default auto: 0.5,0.6, and "
-                       "0.5,0.6,0.7 for --max-minutes 30 or more: BENCHMARKS.md, session 30; predict with test-time augmentation merges "
-                       "at 0.65 at most: sessions 33-34)")
-    train.add_argument("--depth", type=positive_int, help="poolings of the U-Net, 1-6 (default: the preset's; the default preset takes 5 "
-                       "for --max-minutes 30 or more on a GPU or with AMX bfloat16, else 4: BENCHMARKS.md, sessions 25 and 28)")
-    train.add_argument("--context-slices", type=int, help="neighbouring slices on each side the network also sees, 0..3 (default: the preset's)")
-    train.add_argument("--local-contrast", type=float, metavar="SIGMA", help="standardise the input by its Gaussian neighbourhood of SIGMA pixels; 0 = off (default: the preset's)")
+                       "0.5,0.6,0.7 for --max-minutes 30 or more; predict with test-time augmentation merges at 0.65 at most)")
+    train.add_argument("--depth", type=whole_number_in(1, 6), help="poolings of the U-Net, 1-6 (default: the preset's; the default preset takes 5 "
+                       "for --max-minutes 30 or more on a GPU or with AMX bfloat16, else 4)")
+    train.add_argument("--context-slices", type=whole_number_in(0, 3), help="neighbouring slices on each side the network also sees, 0..3 (default: the preset's)")
+    train.add_argument("--local-contrast", type=number_in(0, 1000), metavar="SIGMA", help="standardise the input by its Gaussian neighbourhood of SIGMA pixels; 0 = off (default: the preset's)")
     train.set_defaults(func=cmd_train)
 
     pred = sub.add_parser("predict", help="predict labels for an image stack")
@@ -1247,12 +1314,12 @@ def build_parser() -> argparse.ArgumentParser:
     rule.add_argument(
         "--close-boundaries", action="store_true",
         help="always close gaps in thin boundaries (EM membranes): watershed regions merged across faint "
-        "boundaries keep their borders, membrane specks far from them become cell; by default the model's boundary rule (chosen on its validation "
+        "boundaries keep their borders, membrane specks far from them become cell; by default the model's membrane rule (chosen on its validation "
         "slices after training) is used",
     )
-    rule.add_argument("--argmax", action="store_true", help="plain most-probable-class labels, no boundary rule (EM membranes) or layer order (OCT layers)")
+    rule.add_argument("--argmax", action="store_true", help="plain most-probable-class labels, no membrane rule (EM membranes) or layer order (OCT layers)")
     pred.add_argument("--tile-size", type=positive_int, default=512, help="tile side in pixels (default 512)")
-    pred.add_argument("--batch-size", type=positive_int, default=2, help="images per network call (default 2)")
+    pred.add_argument("--batch-size", type=positive_int, default=2, help="tiles (or their TTA copies) per network call (default 2)")
     pred.add_argument("--slices-per-chunk", type=positive_int, help="zarr outputs: slices per task (default: a zarr image's own "
                       "chunks along Z, else 8, cut to 256 MiB of input per task); the stores written have one chunk per slice")
     pred.add_argument("--scheduler", metavar="ADDRESS", help="zarr outputs: compute the chunks on the dask.distributed cluster whose "
@@ -1266,7 +1333,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--ignore-value", type=int, help="truth value of unannotated pixels (default: the value the file records)")
     ev.add_argument("--pixel-height", type=positive_float, metavar="MICRONS", help="pixel size along Y in µm: layered labels "
                     "(retinal OCT layers) also get their boundary errors in µm (default: the Y pixel size the prediction file "
-                    "records in µm, as predict copies it from the image; without one, boundary errors are in pixels only)")
+                    "records in µm, as predict copies it from the image; without one, boundary errors are in pixels only; train and "
+                    "predict take --pixel-size Y_UM X_UM)")
     ev.add_argument("--membrane", type=_membrane_choice, metavar="VALUE|none", help="the truth's membrane class for the ISBI "
                     "scores (V_rand, V_info): default the rarer of two classes (ISBI: 0, membranes); 'none' for masks that "
                     "have no membranes (a band of one OCT layer, blobs): no ISBI scores")
@@ -1274,11 +1342,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="train and predict on embedded synthetic EM data, write a figure")
     demo.add_argument("--output-dir", default="napari-unet-demo", help="folder for the demo's files; default: %(default)s")
-    demo.add_argument("--minutes", type=positive_float, default=1.0, help="training budget in minutes; default: %(default)s")
+    demo.add_argument("--minutes", "--max-minutes", dest="minutes", type=positive_float, default=1.0, help="training budget in minutes (as train's --max-minutes); default: %(default)s")
     demo.add_argument("--headless", action="store_true", help="do not open napari")
     demo.add_argument("--seed", type=non_negative_int, default=0, help="random seed of the synthetic data and the training; default: %(default)s")
     demo.set_defaults(func=cmd_demo)
+    sub.metavar = "{" + ",".join(sub.choices) + "}"  # "required: command" named none of them
+    parser.commands = sub.choices  # the commands' parsers, which tell their unrecognized arguments
     return parser
+
+
+def _unrecognized(command: argparse.ArgumentParser, extra: list) -> None:
+    """The usage error of ``command`` for the arguments ``extra`` it does not take, with the option closest to the first
+    one typed (not --argmax for --no-argmax)."""
+    import difflib
+
+    typed = next((word.split("=")[0] for word in extra if word.startswith("-")), None)
+    close = difflib.get_close_matches(typed, [o for a in command._actions for o in a.option_strings], n=1) if typed else []
+    hint = f"; did you mean {close[0]}?" if close and typed != "--no-" + close[0].lstrip("-") else ""
+    command.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
 
 
 def _encodes(stream, text: str) -> bool:
@@ -1295,7 +1376,9 @@ def main(argv=None) -> int:
         with contextlib.suppress(AttributeError, ValueError):
             sys.stdout.reconfigure(errors="backslashreplace")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # told by the command's parser: the top-level help lists none of its options
+        _unrecognized(parser.commands[args.command], extra)
     args.written = []  # files a command finished, named if it is interrupted later
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     previous = _stop_on_sigterm()

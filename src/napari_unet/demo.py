@@ -126,9 +126,10 @@ def run_demo(output_dir: Path, minutes: float = 1.0, headless: bool = False, see
     print(json.dumps(report, indent=1))
     if scores.get("v_rand") is not None:
         print(f"held-out slices {val[0]}-{val[-1]}: V_rand {scores['v_rand']:.3f} and V_info {scores['v_info']:.3f} (1 = every "
-              f"cell separated as in the truth), pixel error {scores['pixel_error']:.3f} (0 = every pixel right)", file=sys.stderr)
-    print(f"wrote {model_path}, {outputs['demo-prediction.tif']} and {figure}, and the data: {outputs['demo-image.tif']}, "
-          f"{outputs['demo-labels.tif']}", file=sys.stderr)
+              f"cell separated as in the truth), ISBI pixel error {scores['isbi_pixel_error']:.3f} (0 = every pixel right)",
+              file=sys.stderr)
+    print(f"wrote {model_path}, {outputs['demo-prediction.tif']} (held-out slices {val[0]}-{val[-1]}) and {figure}, and the "
+          f"data: {outputs['demo-image.tif']}, {outputs['demo-labels.tif']}", file=sys.stderr)
 
     if headless or not has_display():
         if not headless:
