@@ -730,7 +730,9 @@ def run_training(image, labels, model_config, train_config, init=None, quiet=Fal
                 started = event
                 if quiet:
                     continue
-                print(f"training on slices {event.train_slices}, {event.validation}; classes {event.class_values}", file=sys.stderr)
+                sparse = event.annotated_pixels is not None and event.annotated_pixels < labels.size
+                annotated = f"; {event.annotated_pixels} annotated pixels ({event.annotated_pixels / labels.size:.2g} of the labels)" if sparse else ""
+                print(f"training on slices {event.train_slices}, {event.validation}; classes {event.class_values}{annotated}", file=sys.stderr)
                 marker = _unannotated_marker(event.class_values, np.dtype(labels.dtype)) if train_config.ignore_value is None else None
                 if marker is not None:
                     print(f"note: class {marker} is {'-1' if marker == -1 else f'the largest {np.dtype(labels.dtype)} value'}, a common "

@@ -129,6 +129,7 @@ class TrainingStarted:
     val_column: Optional[int] = None  # one image: validation on its columns from this one on (None: no such validation)
     notes: tuple = ()  # SettingNote: what the data made settings choose ("auto" rotations, a patch fitted to the slices)
     val_window: Optional[tuple] = None  # (y0, y1, x0, x1): validation scores this window of its slices (None: all of them)
+    annotated_pixels: Optional[int] = None  # of the labels, training and validation (None: not counted)
 
     @property
     def validation(self) -> str:
@@ -727,6 +728,7 @@ def train_events(
     train_config = train_config.replace(augment_rotations=rotations)
 
     annotated_slices = [z for z in range(len(indices)) if (indices[z] >= 0).any()]
+    annotated_pixels = sum(int(np.count_nonzero(indices[z] >= 0)) for z in annotated_slices)
     height, width = image_stack.shape[1:]
     max_val_slices = VALIDATION_PIXELS // (min(height, VALIDATION_MIN_SIDE) * min(width, VALIDATION_MIN_SIDE))
     train_slices, val_slices = split_validation(annotated_slices, train_config.val_fraction, max_val_slices)
@@ -882,7 +884,8 @@ def train_events(
     finished = False
     try:
         yield TrainingStarted(result, total_steps, epochs, steps_per_epoch, [slice_numbers[k] for k in train_slices],
-                              [slice_numbers[k] for k in val_slices], class_values, val_column, notes, val_window)
+                              [slice_numbers[k] for k in val_slices], class_values, val_column, notes, val_window,
+                              annotated_pixels)
         start = time.perf_counter()
         for epoch in range(1, epochs + 1):
             losses = []
