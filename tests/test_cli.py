@@ -1178,8 +1178,10 @@ def test_train_records_the_images_pixel_size_and_predict_notes_a_scan_of_another
     assert read_metadata(data / "m.keras")["pixel_size"] == pytest.approx([3.872, 11.29])
     code, _out, err = run(capsys, "predict", data / "m.keras", data / "scan.tif", "-o", data / "p.tif")
     assert code == 0 and "image's pixels" not in err, err
-    code, _out, err = run(capsys, "predict", data / "m.keras", data / "image.tif", "-o", data / "p.tif")  # no pixel size: no note
+    code, _out, err = run(capsys, "predict", data / "m.keras", data / "image.tif", "-o", data / "p.tif")  # no pixel size: said
     assert code == 0 and "image's pixels" not in err, err
+    assert ("note: the model was trained on pixels of 3.872 x 11.29 µm (Y x X); the image records no pixel size, so they "
+            "were not compared (--pixel-size Y_UM X_UM gives it)") in err, err
     for output in ("other.tif", "other.zarr"):  # the ordinary and the chunked (zarr) path
         code, _out, err = run(capsys, "predict", data / "m.keras", data / "other.tif", "-o", data / f"p-{output}")
         assert code == 0, err

@@ -1042,7 +1042,13 @@ def _note_pixel_size(model, pixel_size: dict | None, given: bool = False) -> Non
     from the training image's."""
     from .predict import pixel_size_note
 
-    note = pixel_size_note(model, _micrometres(pixel_size))
+    size = _micrometres(pixel_size)
+    trained = getattr(model, "pixel_size", None)
+    if size is None and trained is not None:  # a scan of another device would pass without a word (Duke's B-scans)
+        print(f"note: the model was trained on pixels of {trained[0]:.4g} x {trained[1]:.4g} µm (Y x X); the image records "
+              "no pixel size, so they were not compared (--pixel-size Y_UM X_UM gives it)", file=sys.stderr)
+        return
+    note = pixel_size_note(model, size)
     if note is not None:
         how = "" if given else " (the size the file records; --pixel-size Y_UM X_UM gives another)"
         print(f"note: {note}{how}", file=sys.stderr)
