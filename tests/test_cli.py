@@ -352,8 +352,12 @@ def test_slices_left_blank_in_a_mask_are_named_with_the_option_that_leaves_them_
             "if the value marks slices that are not annotated, train with it as not annotated (--ignore-value to choose)") in err
 
 
+class _Recorded(Exception):
+    """Raised by a stand-in of the CLI's training: the configs it was given are what the test checks."""
+
+
 def test_default_depth_follows_the_budget_and_the_compute(data, capsys, monkeypatch):
-    from napari_unet import hardware
+    from napari_unet import cli, hardware
     from napari_unet.model_io import load_model
 
     monkeypatch.setattr(hardware, "has_gpu", lambda: False)
@@ -361,22 +365,33 @@ def test_default_depth_follows_the_budget_and_the_compute(data, capsys, monkeypa
     code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "f.keras", "--max-minutes", "30", "--float32", *TINY_STEPS)
     assert code == 0, err
     assert load_model(data / "f.keras").config.depth == 4 and "depth 5" not in err
-    code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "m.keras", "--max-minutes", "30", *TINY_STEPS)
-    assert code == 0, err  # bfloat16 on this (faked) CPU: depth 5, and the command says so
-    assert load_model(data / "m.keras").config.depth == 5 and "depth 5: a budget of 30 minutes with AMX" in err
-    assert "noise augmentation: on" in err and load_model(data / "m.keras").train_config.augment_noise == 0.1
-    assert "merge levels up to 0.7" in err and load_model(data / "m.keras").train_config.merge_levels == (0.5, 0.6, 0.7)
+    # the settings below are chosen before training, which they would make a minute long here (bfloat16 and depth 5
+    # on a CPU without either); the model file records the configs it is given (test_depth_option_is_stored_...)
+    configs = []
+
+    def recorded(image, labels, model_config, train_config, **kwargs):
+        configs.append((model_config, train_config))
+        raise _Recorded
+
+    monkeypatch.setattr(cli, "run_training", recorded)
+    with pytest.raises(_Recorded):  # bfloat16 on this (faked) CPU: depth 5, and the command says so
+        run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "m.keras", "--max-minutes", "30", *TINY_STEPS)
+    err = capsys.readouterr().err
+    assert configs[-1][0].depth == 5 and "depth 5: a budget of 30 minutes with AMX" in err
+    assert "noise augmentation: on" in err and configs[-1][1].augment_noise == "auto"  # resolved by the core (test_config)
+    assert "merge levels up to 0.7" in err and configs[-1][1].merge_levels == "auto"
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
-    # float32 CPU: depth 4; each setting given is kept and not announced (one run: the trainings take most of the test)
-    code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "a.keras", "--max-minutes", "30", "--augment-noise", "0.05", "--merge-levels", "0.5,0.6", *TINY_STEPS)
-    assert code == 0, err
-    given = load_model(data / "a.keras")
-    assert given.config.depth == 4 and "depth 5" not in err
-    assert given.train_config.augment_noise == 0.05 and "noise augmentation" not in err
-    assert given.train_config.merge_levels == (0.5, 0.6) and "merge levels" not in err
-    code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "e.keras", "--max-minutes", "30", "--depth", "3", *TINY_STEPS)
-    assert code == 0, err
-    assert load_model(data / "e.keras").config.depth == 3 and "noise augmentation: on" in err  # depth given, noise still auto
+    # float32 CPU: depth 4; each setting given is kept and not announced
+    with pytest.raises(_Recorded):
+        run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "a.keras", "--max-minutes", "30", "--augment-noise", "0.05", "--merge-levels", "0.5,0.6", *TINY_STEPS)
+    err = capsys.readouterr().err
+    model_config, train_config = configs[-1]
+    assert model_config.depth == 4 and "depth 5" not in err
+    assert train_config.augment_noise == 0.05 and "noise augmentation" not in err
+    assert train_config.merge_levels == (0.5, 0.6) and "merge levels" not in err
+    with pytest.raises(_Recorded):
+        run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "e.keras", "--max-minutes", "30", "--depth", "3", *TINY_STEPS)
+    assert configs[-1][0].depth == 3 and "noise augmentation: on" in capsys.readouterr().err  # depth given, noise still auto
     with pytest.raises(SystemExit) as exited:  # argparse
         run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "x.keras", "--merge-levels", "0.5,1.5")
     assert exited.value.code == 2 and "between 0 and 1" in capsys.readouterr().err and not (data / "x.keras").exists()
