@@ -974,7 +974,7 @@ def test_demo_checks_its_outputs_before_training_and_writes_no_untrained_model(t
 
 
 def test_demo_runs_headless(tmp_path, capsys):
-    code, out, err = run(capsys, "demo", "--headless", "--minutes", "0.3", "--output-dir", tmp_path)
+    code, out, err = run(capsys, "demo", "--headless", "--minutes", "0.1", "--output-dir", tmp_path)  # a step or a few
     assert code == 0, err
     report = json.loads(out)
     assert report["v_rand"] is not None and 0 <= report["pixel_error"] <= 1
