@@ -1151,7 +1151,7 @@ def test_sigterm_ends_a_training_with_status_143_and_no_model(data):
     import signal
 
     command = [sys.executable, "-m", "napari_unet.cli", "train", data / "image.tif", data / "labels.tif", "-o", data / "m.keras",
-               "--epochs", "100", "--steps-per-epoch", "50", "--patch-size", "64", "--batch-size", "2"]
+               "--epochs", "100", "--steps-per-epoch", "50", "--patch-size", "64", "--batch-size", "2", "--depth", "2"]
     run = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         for line in run.stderr:
