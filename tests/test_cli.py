@@ -156,7 +156,7 @@ def test_oct_layers_train_upright_unless_rotations_are_asked_for(tmp_path, capsy
     scores = json.loads(out)  # a calibrated B-scan: its boundary errors in µm too (they were in rows only)
     assert scores["boundary_error_um"]["mean"] == pytest.approx(scores["boundary_error_px"]["mean"] * 3.87)
     code, out, err = run(capsys, "train", tmp_path / "scan.tif", tmp_path / "layers.tif", "-o", tmp_path / "f.keras",
-                         "--init", tmp_path / "u.keras", *TINY_TRAINING)
+                         "--init", tmp_path / "u.keras", *TINY_STEPS)
     assert code == 0, err
     assert "boundary_error_um" not in json.loads(out)  # an uncalibrated scan: not in the init model's µm
     code, _, err = run(capsys, "train", tmp_path / "scan.tif", tmp_path / "layers.tif", "-o", tmp_path / "r.keras", "--rotations", "on", *TINY_TRAINING)
@@ -304,7 +304,7 @@ def test_predict_tta_flags_force_test_time_augmentation_on_and_off(data, capsys,
 
 def test_fine_tuning_from_a_model_file(data, capsys):
     save_model(tiny_model(), data / "init.keras")
-    code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "tuned.keras", "--init", data / "init.keras", *TINY_TRAINING)
+    code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "tuned.keras", "--init", data / "init.keras", *TINY_STEPS)
     assert code == 0, err
     assert (data / "tuned.keras").exists()
 
@@ -316,7 +316,7 @@ def test_local_contrast_option_is_stored_in_the_model_and_must_match_an_init_mod
     assert code == 0, err
     assert load_model(data / "m.keras").config.local_contrast_sigma == 6.0
     save_model(tiny_model(), data / "init.keras")  # trained without local contrast
-    code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "t.keras", "--init", data / "init.keras", "--local-contrast", "6", *TINY_TRAINING)
+    code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "t.keras", "--init", data / "init.keras", "--local-contrast", "6", *TINY_STEPS)
     assert code == 2 and "--local-contrast 6 differs from the --init model's 0" in err
     assert not (data / "t.keras").exists()
 
@@ -1723,6 +1723,8 @@ def test_outputs_differing_only_in_case_are_one_file_only_where_the_disk_says_so
         (["predict", "m.keras", "image.tif", "-o", "p.tif", "--no-argmax"],  # not "did you mean --argmax", its opposite
          "napari-unet predict: error: unrecognized arguments: --no-argmax (see napari-unet predict --help)"),
         ([], "the following arguments are required: {train,predict,evaluate,demo}"),  # "required: command"
+        (["--headless", "demo"], "napari-unet demo: error: unrecognized arguments: --headless; --headless goes after the command "
+                                 "(napari-unet demo ... --headless)"),  # not "did you mean --headless?"
         # checked before the files are read, as --patch-size is (--depth 7 came after TensorFlow's import, without --)
         (["train", "image.tif", "labels.tif", "-o", "m.keras", "--depth", "7"], "argument --depth: must be 1..6, got 7"),
         (["train", "image.tif", "labels.tif", "-o", "m.keras", "--epochs", "0"], "argument --epochs: must be at least 1, got 0"),
@@ -1795,7 +1797,7 @@ def test_image_and_labels_swapped_in_train_are_named_as_such(data, capsys):
     # "make classes first, e.g. object boundaries vs interiors" sent the user after instance labels
     code, out, err = run(capsys, "train", data / "labels.tif", data / "image.tif", "-o", data / "m.keras")
     assert code == 2 and not out and "distinct values" in err, err
-    assert err.rstrip().endswith("(an intensity image given as labels? train takes IMAGE then LABELS)") and not (data / "m.keras").exists()
+    assert err.rstrip().endswith("(if this file is the image: train takes IMAGE then LABELS)") and not (data / "m.keras").exists()
 
 
 def test_predict_notes_views_a_model_lacks_and_the_demo_names_its_metric_and_its_predictions_slices(data, capsys, monkeypatch):

@@ -884,7 +884,11 @@ def test_closing_the_training_dock_stops_its_run_and_keeps_the_model(widgets, qt
     assert again.settings.values() == form and form["epochs"] == 500 and form["noise"] is False and form["rotations"] == "auto"
     assert again.settings.rotations.text() == "rotations (auto)"
     again.settings.preset.setCurrentText("classic")
-    assert TrainingWidget(viewer).settings.values() == again.settings.values() != form
+    again.settings.epochs.setValue(7)  # after the preset: restored after it too
+    again.settings.rotations.setCheckState(Qt.CheckState.Checked)
+    third = TrainingWidget(viewer).settings
+    assert third.values() == again.settings.values() != form
+    assert third.preset.currentText() == "classic" and third.epochs.value() == 7 and third.rotations.checkState() == Qt.CheckState.Checked
 
 
 def test_removed_widgets_are_disconnected(widgets, qtbot, notifications):
@@ -1307,7 +1311,7 @@ def test_stop_or_a_time_budget_in_the_first_epoch_keeps_the_current_model(widget
     assert session.model is trained, "a network of a few steps replaced the model the user had"
     status = training.progress.status.text()
     assert "reached its time budget after" in status and "of the first epoch's 100000 steps" in status, status
-    assert "the current model is unchanged (a larger time budget trains one)" in status
+    assert "the current model is unchanged; a larger time budget trains a new one" in status
     assert not errors(notifications)
 
 

@@ -764,8 +764,8 @@ def run_training(image, labels, model_config, train_config, init=None, quiet=Fal
         print(f"training {_reason_text(final.reason)} after {format_count(len(final.history), 'epoch')} "
               f"({format_count(final.steps, 'step')}); kept the {final.kept or 'last weights'}", file=sys.stderr)
         if final.reason == "time budget" and 0 < final.steps < started.steps_per_epoch:
-            print(f"note: the time budget ended after {final.steps} of the first epoch's {started.steps_per_epoch} steps "
-                  "(TensorFlow's start-up takes up to a minute): the model has barely learnt (a larger --max-minutes)",
+            print(f"note: the time budget ended after {final.steps} of the first epoch's {started.steps_per_epoch} steps: "
+                  "the model has barely learnt (a larger --max-minutes; TensorFlow's start-up alone can take a minute)",
                   file=sys.stderr)
         if final.model.boundary_rule is not None:
             print(f"membrane rule: {describe_rule(final.model.boundary_rule)} (validation V_rand {final.boundary_v_rand:.4f} "
@@ -803,7 +803,9 @@ def cmd_train(args) -> int:
     try:
         return _train(args)
     except LabelError as err:
-        swapped = " (an intensity image given as labels? train takes IMAGE then LABELS)" if "distinct values" in str(err) else ""
+        # also a genuine mask of too many classes (instances) says "distinct values": the hint says "if"
+        swapped = (" (if this file is the image: train takes IMAGE then LABELS)"
+                   if "distinct values" in str(err) or "fractional" in str(err) else "")
         raise CommandError(_labels_named(err, "labels", args.labels) + swapped) from None
     except ConfigError as err:  # "val_fraction must be in [0, 1)": the setting, not the option typed
         text = re.sub(r"\b(" + "|".join(_TRAIN_SETTINGS) + r")\b", lambda m: _option_of(m.group(1)), str(err))
@@ -1365,8 +1367,11 @@ def _unrecognized(command: argparse.ArgumentParser, extra: list) -> None:
     import difflib
 
     typed = next((word.split("=")[0] for word in extra if word.startswith("-")), None)
-    close = difflib.get_close_matches(typed, [o for a in command._actions for o in a.option_strings], n=1) if typed else []
+    options = [o for a in command._actions for o in a.option_strings]
+    close = difflib.get_close_matches(typed, options, n=1) if typed else []
     hint = f"; did you mean {close[0]}?" if close and typed != "--no-" + close[0].lstrip("-") else ""
+    if typed in options:  # typed before the command, where only --help is taken
+        hint = f"; {typed} goes after the command ({command.prog} ... {typed})"
     command.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
 
 

@@ -292,7 +292,7 @@ class TrainingWidget(QWidget):
             self.progress.finish(f"{run.kind} {event.reason}", complete=False)
             self.plot.clear()  # the curves of a run whose network was discarded
             ended = "stopped" if event.reason == "stopped" else "reached its time budget"
-            more = "" if event.reason == "stopped" else " (a larger time budget trains one)"
+            more = "" if event.reason == "stopped" else "; a larger time budget trains a new one"
             self.progress.set_status(f"{run.kind.capitalize()} {ended} after {event.steps} of the first epoch's "
                                      f"{run.steps_per_epoch} steps; the current model is unchanged{more}.")
             return
@@ -309,8 +309,8 @@ class TrainingWidget(QWidget):
         self.progress.finish(f"{run.kind} {event.reason}", complete=event.reason == "completed")
         note = f" Note: {event.untuned_rule_note} (the inference widget's membranes: 'always close gaps')." if event.untuned_rule_note else ""
         if event.reason == "time budget" and first_epoch:
-            note += (f" Note: the time budget ended after {event.steps} of the first epoch's {run.steps_per_epoch} steps "
-                     "(TensorFlow's start-up takes up to a minute); the model has barely learnt.")
+            note += (f" Note: the time budget ended after {event.steps} of the first epoch's {run.steps_per_epoch} steps: "
+                     "the model has barely learnt (TensorFlow's start-up alone can take a minute).")
         note += f" Note: {run.warning}." if run.warning else ""
         self.progress.set_status(f"Model {description}, in {format_seconds(seconds)}. It is now used by the inference widget.{note}")
 
