@@ -727,8 +727,8 @@ def train_events(
     notes += _uniform_slice_notes(indices, class_values, slice_numbers)
     train_config = train_config.replace(augment_rotations=rotations)
 
-    annotated_slices = [z for z in range(len(indices)) if (indices[z] >= 0).any()]
-    annotated_pixels = sum(int(np.count_nonzero(indices[z] >= 0)) for z in annotated_slices)
+    per_slice = [int(np.count_nonzero(plane >= 0)) for plane in indices]  # annotated pixels, in one pass
+    annotated_slices, annotated_pixels = [z for z, n in enumerate(per_slice) if n], sum(per_slice)
     height, width = image_stack.shape[1:]
     max_val_slices = VALIDATION_PIXELS // (min(height, VALIDATION_MIN_SIDE) * min(width, VALIDATION_MIN_SIDE))
     train_slices, val_slices = split_validation(annotated_slices, train_config.val_fraction, max_val_slices)

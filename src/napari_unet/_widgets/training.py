@@ -72,8 +72,7 @@ class TrainingWidget(QWidget):
         self.zero_unannotated.toggled.connect(self._zero_box_toggled)
         self.labels.currentIndexChanged.connect(lambda *_: self._labels_chosen())
         self.settings = TrainSettings()
-        if self.session.training_form:  # a dock closed and opened again starts where it was
-            self.settings.restore(self.session.training_form)
+        self.settings.restore(self.session.training_form)  # a dock closed and opened again starts where it was
         self.settings.changed.connect(lambda: setattr(self.session, "training_form", self.settings.values()))
         self.continue_box = QCheckBox("continue from the current model")
         self.continue_box.setToolTip("fine-tune the current model (its architecture and classes) instead of starting anew")
