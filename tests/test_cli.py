@@ -1104,7 +1104,7 @@ def test_train_reads_large_files_when_indexed_and_only_their_annotated_slices(tm
     assert code == 0, err
     assert read == [(np.memmap, np.memmap)]
     assert "training on slices [2, 5], validating on slices [6]" in err and json.loads(out)["validation_slices"] == [6]
-    assert "; classes [0, 255]; 12288 annotated pixels (0.38 of the labels)" in err, err  # as the training dock says them
+    assert "; classes [0, 255]; 12288 annotated pixels (37.5 % of the labels)" in err, err  # as the training dock says them
 
 
 def test_a_stack_of_single_pixels_is_refused_by_its_own_shape_and_without_an_intensity_note(tmp_path, capsys):

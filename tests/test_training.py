@@ -1134,9 +1134,24 @@ def test_few_annotated_pixels_and_one_image_annotated_on_one_side_only_are_named
     started = next(e for e in train_events(image[0], sparse[0], model_config, train_config) if isinstance(e, TrainingStarted))
     texts = [str(n) for n in started.notes]
     assert started.validation == "no validation"
-    assert any(t.startswith("only 120 pixels are annotated (") and "of class 0 and" in t for t in texts), texts
+    assert any(t.startswith("only 120 pixels are annotated (") and "of class 0 and" in t and "strokes over more objects" in t
+               for t in texts), texts
     assert any(t.startswith("no validation: one annotated image validates on its columns ") and "they hold no annotations" in t
                for t in texts), texts
+    right = np.full_like(labels, 7)
+    right[:, 30:40, 80:90], right[:, 50, 80:90], right[:, 51, 80:90] = labels[:, 30:40, 80:90], 0, 255  # right of them only
+    started = next(e for e in train_events(image[0], right[0], model_config, train_config) if isinstance(e, TrainingStarted))
+    texts = [str(n) for n in started.notes]
+    assert started.validation == "no validation"
+    assert any(t.startswith("no validation: one annotated image validates on its columns ") and
+               "and the columns before" in t and "hold no annotations" in t for t in texts), texts
+    # a dense mask of a tiny image: few pixels, but no strokes to add
+    tiny_image, tiny_labels = stripes(1, 24)
+    started = next(e for e in train_events(tiny_image[0], tiny_labels[0], model_config, train_config.replace(ignore_value=None))
+                   if isinstance(e, TrainingStarted))
+    texts = [str(n) for n in started.notes]
+    assert any(t.startswith("only 576 pixels are annotated (") and "more or larger images teach it more" in t for t in texts), texts
+    assert not any("strokes" in t for t in texts), texts
     # dense labels: neither note
     started = next(e for e in train_events(image[0], labels[0], model_config, train_config) if isinstance(e, TrainingStarted))
     assert started.val_column is not None and not [n for n in started.notes if "only" in str(n) or "no validation" in str(n)]

@@ -913,6 +913,12 @@ def _left_button():
 
 def test_stop_before_the_first_step_keeps_the_model_and_no_model_loads_during_a_run(widgets, qtbot, notifications, tmp_path):
     training, session = widgets.training, widgets.session
+    tiny_settings(training, epochs=500, steps=10)
+    assert session.model is None and training.start()
+    training.stop()
+    qtbot.waitUntil(lambda: training._run is None, timeout=120_000)
+    assert session.model is None  # said so, not "the current model is unchanged"
+    assert "Training was stopped before its first step; no model was made." in training.progress.status.text()
     tiny_settings(training, epochs=1, steps=3)
     run_and_wait(qtbot, training.start, lambda: training._run is not None)
     trained, description = session.model, session.info.description
@@ -926,7 +932,7 @@ def test_stop_before_the_first_step_keeps_the_model_and_no_model_loads_during_a_
     training.stop()  # at once: "wrong settings", before TensorFlow made a step
     qtbot.waitUntil(lambda: training._run is None, timeout=120_000)
     assert session.model is trained and session.info.description == description
-    assert "before its first step; the current model is unchanged" in training.progress.status.text()
+    assert "Training was stopped before its first step; the current model is unchanged." in training.progress.status.text()
     assert training.load_button.isEnabled() and not errors(notifications)
 
 

@@ -705,7 +705,7 @@ def run_training(image, labels, model_config, train_config, init=None, quiet=Fal
     that, from the finishing of the model on, holds Ctrl-C, SIGTERM and SIGHUP until the caller closes it (once the model is
     saved): a scheduler's time limit that came during the finishing threw the finished model away."""
     from .postprocess import describe_rule
-    from .train import EpochEnd, TrainingFinished, TrainingFinishing, TrainingStarted, TrainingStep, format_count, format_seconds, train_events
+    from .train import EpochEnd, TrainingFinished, TrainingFinishing, TrainingStarted, TrainingStep, format_count, format_seconds, format_share, train_events
 
     progress = ProgressLine()
     started = final = None
@@ -731,7 +731,7 @@ def run_training(image, labels, model_config, train_config, init=None, quiet=Fal
                 if quiet:
                     continue
                 sparse = event.annotated_pixels is not None and event.annotated_pixels < labels.size
-                annotated = f"; {event.annotated_pixels} annotated pixels ({event.annotated_pixels / labels.size:.2g} of the labels)" if sparse else ""
+                annotated = f"; {event.annotated_pixels} annotated pixels ({format_share(event.annotated_pixels / labels.size)} of the labels)" if sparse else ""
                 print(f"training on slices {event.train_slices}, {event.validation}; classes {event.class_values}{annotated}", file=sys.stderr)
                 marker = _unannotated_marker(event.class_values, np.dtype(labels.dtype)) if train_config.ignore_value is None else None
                 if marker is not None:

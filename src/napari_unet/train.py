@@ -277,18 +277,18 @@ def _class_notes(indices: np.ndarray, class_values: list) -> tuple:
     if fringe:
         shown = [str(class_values[k]) for k in fringe[:8]] + ([f"{len(fringe) - 8} more"] if len(fringe) > 8 else [])
         large = [str(v) for j, v in enumerate(class_values) if j not in fringe and counts[j] > 0]
-        notes = (SettingNote("labels", f"classes {_and(shown)} ({counts[fringe].sum() / total:.2g} of the annotated pixels) "
+        notes = (SettingNote("labels", f"classes {_and(shown)} ({format_share(counts[fringe].sum() / total)} of the annotated pixels) "
                              f"lie only along the borders of the classes {_and(large)}, with values between theirs, as a "
                              "JPEG or a resized (interpolated) mask leaves them; each is learnt as a class of its own: if "
                              "so, give those pixels the value of the class they border (or save the mask without "
                              "compression or interpolation) and train again"),)
     if 0 < total < FEW_ANNOTATED_PIXELS:
         each = _and([f"{int(n)} of class {class_values[k]}" for k, n in enumerate(counts) if n > 0])
-        notes += (SettingNote("labels", f"only {total} pixels are annotated ({each}): the network learns from these "
-                              "alone; strokes over more objects of each class teach it more"),)
+        more = "strokes over more objects of each class teach it more" if total < indices.size else "more or larger images teach it more"
+        notes += (SettingNote("labels", f"only {total} pixels are annotated ({each}): the network learns from these alone; {more}"),)
     return notes + tuple(
         SettingNote("ignore_value", f"class {class_values[k]} holds only {int(n)} of the {total} annotated pixels "
-                    f"({n / total:.2g} of them); if it marks pixels that are not annotated (napari's own writer saves "
+                    f"({format_share(n / total)} of them); if it marks pixels that are not annotated (napari's own writer saves "
                     "erased pixels as 0), train with it as not annotated")
         for k, n in enumerate(counts) if 0 < n < RARE_CLASS_SHARE * total and k not in fringe
     )
@@ -988,6 +988,17 @@ def format_count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
+def format_share(fraction: float) -> str:
+    """A fraction as a percentage for messages: "38.1 %", "99.6 %", "<0.1 %" and ">99.9 %" near the ends (never a
+    rounded "0 %" or "100 %" for a share that is neither)."""
+    percent = 100 * fraction
+    if 0 < percent < 0.1:
+        return "<0.1 %"
+    if 99.9 < percent < 100:
+        return ">99.9 %"
+    return f"{percent:.1f} %".replace(".0 %", " %")
+
+
 def format_seconds(seconds: Optional[float]) -> str:
     """``seconds`` as M:SS, or H:MM:SS from an hour on; "?" for None (an ETA not known yet, before the second step)."""
     if seconds is None:
@@ -1019,37 +1030,38 @@ def train(image, labels, model_config=None, train_config=None, init=None, stop=N
 
 
 __all__ = [
-    "fit_patch_size",
-    "SettingNote",
-    "TrainingStarted",
-    "TrainingStep",
-    "EpochEnd",
-    "TrainingFinishing",
-    "TrainingFinished",
-    "train_events",
-    "train",
-    "split_validation",
-    "recompute_batch_norm",
-    "resolve_training_jit_compile",
-    "clear_trainer_cache",
-    "WeightAverage",
-    "InputError",
     "BATCH_NORM_TILE",
     "BATCH_NORM_TILES",
+    "check_training_memory",
+    "clear_trainer_cache",
+    "EpochEnd",
+    "FEW_ANNOTATED_PIXELS",
+    "fit_patch_size",
+    "format_count",
+    "format_seconds",
+    "format_share",
     "FRINGE_CLASS_SHARE",
     "FRINGE_SPREAD",
     "FRINGE_TOUCHING",
-    "FEW_ANNOTATED_PIXELS",
+    "InputError",
+    "KEPT_TRAINERS",
     "RARE_CLASS_SHARE",
+    "recompute_batch_norm",
+    "resolve_training_jit_compile",
+    "SettingNote",
+    "split_validation",
+    "train",
+    "train_events",
     "TrainingEvent",
+    "TrainingFinished",
+    "TrainingFinishing",
+    "TrainingStarted",
+    "TrainingStep",
+    "validation_column",
     "VALIDATION_MIN_SIDE",
     "VALIDATION_PIXELS",
-    "KEPT_TRAINERS",
+    "validation_window",
+    "WeightAverage",
     "XLA_MIN_TRAINING_MINUTES",
     "XLA_MIN_TRAINING_PIXELS",
-    "check_training_memory",
-    "format_count",
-    "format_seconds",
-    "validation_column",
-    "validation_window",
 ]

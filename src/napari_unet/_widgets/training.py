@@ -240,6 +240,7 @@ class TrainingWidget(QWidget):
         if run is None:
             return
         if isinstance(event, TrainingStarted):
+            run.steps_per_epoch = event.steps_per_epoch  # the core's (the form's, unless the core chose another)
             self.plot.clear()  # here, not at the click: a run refused by the core leaves the current model's curves
             where = f"slices {event.train_slices}, {event.validation}" if run.kind == "training" else run.note
             boxes = {"augment_rotations": "the rotations box", "patch_size": "the patch box" if run.kind == "training" else "Retrain's patch box",
@@ -280,9 +281,12 @@ class TrainingWidget(QWidget):
 
     def _finished_model(self, run: _Run, event: TrainingFinished) -> None:
         seconds = time.perf_counter() - run.started
+        ended = {"stopped": "was stopped", "time budget": "reached its time budget"}.get(event.reason, f"ended ({event.reason})")
+        unchanged = "the current model is unchanged" if self.session.model is not None else "no model was made"
+        warning = f" Note: {run.warning}." if run.warning else ""
         if event.steps == 0:  # stopped while TensorFlow started: the network is untrained (or init's, without news)
             self.progress.finish(f"{run.kind} {event.reason}", complete=False)
-            self.progress.set_status(f"{run.kind.capitalize()} {event.reason} before its first step; the current model is unchanged.")
+            self.progress.set_status(f"{run.kind.capitalize()} {ended} before its first step; {unchanged}.{warning}")
             return
         first_epoch = event.steps < run.steps_per_epoch
         if event.reason in ("stopped", "time budget") and first_epoch and self.session.model is not None:
@@ -290,10 +294,9 @@ class TrainingWidget(QWidget):
             # a model that took minutes
             self.progress.finish(f"{run.kind} {event.reason}", complete=False)
             self.plot.clear()  # the curves of a run whose network was discarded
-            ended = "stopped" if event.reason == "stopped" else "reached its time budget"
             more = "" if event.reason == "stopped" else "; a larger time budget trains a new one"
-            self.progress.set_status(f"{run.kind.capitalize()} {ended} after {event.steps} of the first epoch's "
-                                     f"{run.steps_per_epoch} steps; the current model is unchanged{more}.")
+            self.progress.set_status(f"{run.kind.capitalize()} {ended.removeprefix('was ')} after {event.steps} of the first "
+                                     f"epoch's {run.steps_per_epoch} steps; the current model is unchanged{more}.{warning}")
             return
         when = time.strftime("%H:%M:%S")
         best = f", {event.kept}" if event.kept else ""
@@ -310,7 +313,7 @@ class TrainingWidget(QWidget):
         if event.reason == "time budget" and first_epoch:
             note += (f" Note: the time budget ended after {event.steps} of the first epoch's {run.steps_per_epoch} steps: "
                      "the model has barely learnt (TensorFlow's start-up alone can take a minute).")
-        note += f" Note: {run.warning}." if run.warning else ""
+        note += warning
         self.progress.set_status(f"Model {description}, in {format_seconds(seconds)}. It is now used by the inference widget.{note}")
 
     def _on_aborted(self) -> None:
