@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import tifffile
 
 from _helpers import record_tta, stripes, tiny_model
 from napari_unet.cli import main
-from napari_unet.model_io import load_model, read_metadata, save_model
+from napari_unet.model_io import FORMAT_VERSION, METADATA_ENTRY, load_model, read_metadata, save_model
 from napari_unet.tiff_io import read_tiff
 
 TINY_STEPS = ["--epochs", "2", "--steps-per-epoch", "5", "--patch-size", "64", "--batch-size", "2"]  # the preset's network
@@ -1762,6 +1763,8 @@ def _wrong_inputs(folder: Path) -> None:
     tifffile.imwrite(folder / "one_slice.tif", labels[:1], photometric="minisblack")
     (folder / "img.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
     (folder / "m.keras").write_bytes(b"not a model")
+    with zipfile.ZipFile(folder / "newer.keras", "w") as archive:  # of a napari-unet to come
+        archive.writestr(METADATA_ENTRY, json.dumps({"format_version": FORMAT_VERSION + 1}))
     (folder / "empty").mkdir()
 
 
@@ -1771,11 +1774,16 @@ def _wrong_inputs(folder: Path) -> None:
         (["train", "img.png", "labels.tif", "-o", "n.keras"],
          "image img.png is not a TIFF file: napari-unet reads TIFF files, folders of TIFF slices and zarr stores; save it as TIFF"),
         (["train", "image.tif", "empty", "-o", "n.keras"], "labels empty: no .tif/.tiff files in the folder"),
-        (["evaluate", "m.keras", "labels.tif"], "prediction m.keras is a model file, not a TIFF: check the order of the arguments"),
+        (["evaluate", "m.keras", "labels.tif"], "prediction m.keras is a model file, not a TIFF: evaluate compares predicted "
+         "labels with true labels; make the prediction first (napari-unet predict IMAGE m.keras -o prediction.tif)"),
+        (["train", "m.keras", "labels.tif", "-o", "n.keras"], "image m.keras is a model file, not a TIFF: check the order of the arguments"),
         (["predict", "image.tif", "m.keras", "-o", "p.tif"],  # swapped: told of the model, before the image is read
          "image.tif is not a .keras model file (napari-unet writes .keras files); predict takes MODEL.keras first, then IMAGE"),
         (["predict", "m.keras", "missing.tif", "-o", "p.tif"], "m.keras is not a .keras model file (not a zip archive)"),
         (["train", "image.tif", "labels.tif", "-o", "n.keras", "--init", "nope.keras"], "--init: model file 'nope.keras' does not exist"),
+        (["train", "image.tif", "labels.tif", "-o", "n.keras", "--init", "newer.keras"],
+         "--init: newer.keras was written by a newer napari-unet; upgrade napari-unet"),
+        (["predict", "newer.keras", "image.tif", "-o", "p.tif"], "newer.keras was written by a newer napari-unet; upgrade napari-unet"),
         (["evaluate", "one_slice.tif", "labels.tif"],  # the demo's prediction of its 2 held-out slices against its 10
          "differ; they must be identical (evaluate scores a prediction of the truth's whole stack)"),
     ],

@@ -471,6 +471,9 @@ def _tiff_error_named(err: Exception, what: str, path: Path) -> str:
     text = str(err).removeprefix(f"{path}: ")
     if not text.startswith("not a TIFF file"):
         return f"{what} {path.name}: {text}"
+    if path.suffix.lower() == ".keras" and what in ("prediction", "truth"):  # evaluate takes no model
+        return (f"{what} {path.name} is a model file, not a TIFF: evaluate compares predicted labels with true labels; "
+                f"make the prediction first (napari-unet predict IMAGE {path.name} -o prediction.tif)")
     if path.suffix.lower() == ".keras":  # arguments swapped
         return f"{what} {path.name} is a model file, not a TIFF: check the order of the arguments"
     return (f"{what} {path.name} is not a TIFF file: napari-unet reads TIFF files, folders of TIFF slices and zarr stores; "
@@ -817,7 +820,7 @@ def _train(args) -> int:
 
     from .config import MERGE_LEVELS_LONG, is_long_budget, preset as get_preset
     from .data import normalize_window
-    from .model_io import ModelFileError, load_model, read_metadata
+    from .model_io import ModelFileError, check_model_file, load_model
     from .metrics import evaluate
     from .predict import predict, resolve_tta_views
 
@@ -826,7 +829,7 @@ def _train(args) -> int:
         raise CommandError(f"the model file must be a name ending in .keras (e.g. model.keras), got {output.name!r}")
     try:
         if args.init:
-            read_metadata(args.init)  # checked without TensorFlow, before the image is read
+            check_model_file(args.init)  # without TensorFlow, before the image is read
     except ModelFileError as err:
         raise CommandError(f"--init: {err}") from None
     _note_stale_siblings([output])
@@ -918,13 +921,13 @@ def _membrane_of(model):
 
 
 def cmd_predict(args) -> int:
-    from .model_io import ModelFileError, load_model, read_metadata
+    from .model_io import ModelFileError, check_model_file, load_model
     from .predict import blank_slices_note, labels_dtype, predict_events
     from .train import format_seconds
     from .zarr_io import is_zarr_name
 
     try:
-        read_metadata(args.model)  # checked without TensorFlow, before the image is read
+        check_model_file(args.model)  # without TensorFlow, before the image is read
     except ModelFileError as err:
         swapped = Path(args.image).suffix == ".keras" and Path(args.model).suffix != ".keras"
         raise CommandError(f"{err}{'; predict takes MODEL.keras first, then IMAGE' if swapped else ''}") from None

@@ -146,6 +146,18 @@ def read_metadata(path) -> dict:
     return _read_archive_metadata(path)
 
 
+def check_model_file(path) -> dict:
+    """:func:`read_metadata` of ``path`` with every check :func:`load_model` makes of it (a model of a newer
+    napari-unet, damaged settings), without TensorFlow: a :class:`ModelFileError` seconds before Keras would load it."""
+    path = Path(path)
+    meta = read_metadata(path)
+    _config, _train_config, class_values = checked_settings(meta, path.name)
+    checked_intensity_reference(meta, path.name)
+    checked_rule(meta, class_values, path.name)
+    checked_pixel_size(meta, path.name)
+    return meta
+
+
 def check_model_path(path: Path) -> None:
     """:class:`ModelFileError` unless ``path`` is a non-empty regular file named ``*.keras`` (no content read)."""
     if path.is_dir():
@@ -576,6 +588,7 @@ __all__ = [
     "UNetModel",
     "save_model",
     "read_metadata",
+    "check_model_file",
     "check_model_path",
     "checked_settings",
     "as_model",
