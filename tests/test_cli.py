@@ -1724,6 +1724,9 @@ def test_outputs_differing_only_in_case_are_one_file_only_where_the_disk_says_so
         (["predict", "m.keras", "image.tif", "-o", "p.tif", "--no-argmax"],  # not "did you mean --argmax", its opposite
          "napari-unet predict: error: unrecognized arguments: --no-argmax (see napari-unet predict --help)"),
         ([], "the following arguments are required: {train,predict,evaluate,demo}"),  # "required: command"
+        (["trian"], "napari-unet: error: invalid command: 'trian' (choose from "),  # the commands were listed twice
+        (["trian"], "did you mean train? (see napari-unet --help)"),
+        (["train", "image.tif", "labels.tif", "-o", "m.keras", "--preset", "clasic"], "did you mean classic?"),
         (["--headless", "demo"], "napari-unet demo: error: unrecognized arguments: --headless; --headless goes after the command "
                                  "(napari-unet demo ... --headless)"),  # not "did you mean --headless?"
         # checked before the files are read, as --patch-size is (--depth 7 came after TensorFlow's import, without --)
@@ -1754,6 +1757,27 @@ def test_help_pages_say_membrane_rule_and_tiles_and_the_demo_takes_max_minutes(c
     assert "session" not in pages["train"].lower()  # BENCHMARKS.md's sessions: README cites them
     assert "train and predict take --pixel-size Y_UM X_UM" in pages["evaluate"]
     assert build_parser().parse_args(["demo", "--max-minutes", "0.5"]).minutes == 0.5  # train's name of the budget
+
+
+def test_readme_usage_block_names_each_commands_options_as_its_help_does():
+    """README's "Command line" block had --pixel-size Y X where the help says Y_UM X_UM."""
+    import re
+
+    from napari_unet.cli import build_parser
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("## Command line", 1)[1].split("```text", 1)[1].split("```", 1)[0]
+    usages = {m[1]: m[2] for m in re.finditer(r"^napari-unet (\w+) (.*?)(?=^napari-unet |\Z)", block, re.M | re.S)}
+    commands = build_parser().commands
+    assert sorted(usages) == sorted(commands)
+    for name, command in commands.items():
+        typed = set(re.findall(r"(?<![\w-])(--?[a-z][\w-]*)", usages[name]))
+        actions = [a for a in command._actions if a.option_strings and a.help != "==SUPPRESS==" and a.dest != "help"]
+        assert typed <= {o for a in actions for o in a.option_strings}, (name, typed)  # none the command lacks
+        assert not [a.option_strings for a in actions if not typed & set(a.option_strings)], name  # none left out
+        for action in command._actions:
+            if isinstance(action.metavar, tuple):  # --pixel-size Y_UM X_UM
+                assert f"{action.option_strings[-1]} {' '.join(action.metavar)}" in usages[name], (name, action.metavar)
 
 
 def _wrong_inputs(folder: Path) -> None:

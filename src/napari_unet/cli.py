@@ -12,6 +12,7 @@ import contextlib
 import errno
 import json
 import math
+import re
 import os
 import shutil
 import signal
@@ -1250,10 +1251,26 @@ def cmd_demo(args) -> int:
     return run_demo(Path(args.output_dir), minutes=args.minutes, headless=args.headless, seed=args.seed, written=args.written)
 
 
+def _preset_summary(name: str) -> str:
+    """One preset's network and training settings for ``train --help``, from :data:`config.PRESETS`."""
+    from .config import PRESETS
+
+    train = PRESETS[name].train
+    return (f"{name} ({PRESETS[name].description}): {train.epochs} epochs of {train.steps_per_epoch} steps of "
+            f"{train.batch_size} patches of {train.patch_size}², learning rate {train.learning_rate:g} ({train.lr_schedule})")
+
+
 class _OneLineErrors(argparse.ArgumentParser):
     """argparse's parser whose errors are one line, as the commands' own (a 15-line usage block came first)."""
 
     def error(self, message: str):
+        import difflib
+
+        wrong = re.search(r"invalid choice: '(.*?)' \(choose from (.*)\)$", message)
+        message = re.sub(r"^argument \{[^}]*\}: invalid choice", "invalid command", message)  # (it listed them twice)
+        if wrong:  # a mistyped command or choice: the closest one (argparse names them all)
+            close = difflib.get_close_matches(wrong[1], [c.strip("'") for c in wrong[2].split(", ")], n=1)
+            message += f"; did you mean {close[0]}?" if close else ""
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
@@ -1264,9 +1281,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="napari-unet", description="Train, apply and score U-Nets for EM and OCT segmentation. New here? Start with: "
         "napari-unet demo")
     parser.add_argument("--version", action="version", version=f"napari-unet {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, title="commands")
 
-    train = sub.add_parser("train", help="train a U-Net on an image stack and its labels")
+    train = sub.add_parser("train", help="train a U-Net on an image stack and its labels", description="Train a U-Net on an "
+                           "image stack and its labels (dense masks or sparse strokes) and write it as one .keras file.",
+                           epilog="presets: " + "; ".join(_preset_summary(name) for name in ("default", "classic")))
     train.add_argument("image", help="TIFF image (Y, X) or stack (Z, Y, X), a folder of TIFF slices, or a zarr store")
     train.add_argument("labels", help="labels of the image's shape (TIFF, folder or zarr store; class values, e.g. 0/255)")
     train.add_argument("-o", "--output", required=True, help="model file to write (.keras)")
@@ -1303,7 +1322,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--local-contrast", type=number_in(0, 1000), metavar="SIGMA", help="standardise the input by its Gaussian neighbourhood of SIGMA pixels; 0 = off (default: the preset's)")
     train.set_defaults(func=cmd_train)
 
-    pred = sub.add_parser("predict", help="predict labels for an image stack")
+    pred = sub.add_parser("predict", help="predict labels for an image stack", description="Predict labels for an image "
+                          "stack with a model file, in the class values of the labels it was trained on, tile by tile (any "
+                          "image size; zarr outputs slice by slice for stacks larger than memory).")
     pred.add_argument("model", help="model file (.keras) written by napari-unet train")
     pred.add_argument("image", help="TIFF image or stack, a folder of TIFF slices, or a zarr store (.zarr)")
     pred.add_argument("-o", "--output", required=True, help="labels TIFF or zarr store (.zarr, written chunk by chunk) to write (the training labels' values)")
@@ -1340,7 +1361,10 @@ def build_parser() -> argparse.ArgumentParser:
                       "worker reads and writes (a shared file system)")
     pred.set_defaults(func=cmd_predict)
 
-    ev = sub.add_parser("evaluate", help="score predicted labels against ground truth (prints JSON)")
+    ev = sub.add_parser("evaluate", help="score predicted labels against ground truth (prints JSON)", description="Score "
+                        "predicted labels against true labels of the same shape and print the scores as JSON: pixel error, "
+                        "Dice and IoU per class, the ISBI 2012 scores (V_rand, V_info) of masks with membranes, and boundary errors "
+                        "of layered labels (retinal OCT).")
     ev.add_argument("prediction", help="predicted labels (TIFF, folder of slices or zarr store)")
     ev.add_argument("truth", help="true labels of the same shape (TIFF, folder of slices or zarr store)")
     ev.add_argument("--ignore-value", type=int, help="truth value of unannotated pixels (default: the value the file records)")
@@ -1353,7 +1377,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "have no membranes (a band of one OCT layer, blobs): no ISBI scores")
     ev.set_defaults(func=cmd_evaluate)
 
-    demo = sub.add_parser("demo", help="train and predict on embedded synthetic EM data, write a figure")
+    demo = sub.add_parser("demo", help="train and predict on embedded synthetic EM data, write a figure", description="Generate "
+                          "a synthetic EM stack, train on it, predict its held-out slices, print the scores and write a figure, "
+                          "the model and the data; with a display, open them in napari.")
     demo.add_argument("--output-dir", default="napari-unet-demo", help="folder for the demo's files; default: %(default)s")
     demo.add_argument("--minutes", "--max-minutes", dest="minutes", type=positive_float, default=1.0, help="training budget in minutes (as train's --max-minutes); default: %(default)s")
     demo.add_argument("--headless", action="store_true", help="do not open napari")
