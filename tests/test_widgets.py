@@ -1516,11 +1516,17 @@ def test_shape_messages_name_channels_last_time_series_and_a_missing_axis_of_len
     assert "Convert to Labels" not in message
     # a float32 mask opens as an image (the reader's rule for floats): the training dock could not offer it
     viewer.add_image(np.zeros((1, 64, 64), np.float32), name="mask float32")
-    viewer.add_image(np.zeros((64, 64), np.float32), name="squeezed")  # converted, the dock would not offer it either
     message = no_labels_message(viewer, image)
     assert message.endswith("If image layer 'mask float32' holds the labels (a mask saved as floating-point numbers opens "
                             "as an image), convert it: right-click it in the layer list > Convert to Labels"), message
-    assert "squeezed" not in message
+    # converted, the dock would not offer it either: both steps are named (it was left out)
+    viewer.add_image(np.zeros((64, 64), np.float32), name="squeezed")
+    message = no_labels_message(viewer, image)
+    assert message.endswith("If image layers 'mask float32', 'squeezed' hold the labels (a mask saved as floating-point "
+                            "numbers opens as an image), convert it: right-click it in the layer list > Convert to Labels; "
+                            "'squeezed' differs from the image by an axis of length 1: open image and labels with the same "
+                            "reader so that their shapes match"), message
+    viewer.layers.remove("squeezed")
     viewer.add_labels(np.zeros((32, 32), np.uint8), name="other")
     assert "'mask float32' holds the labels" in no_labels_message(viewer, image)
 

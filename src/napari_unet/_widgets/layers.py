@@ -100,12 +100,15 @@ def no_labels_message(viewer, image_layer) -> str:
     # a mask saved as floating point (ImageJ's 32-bit) opens as an image: napari converts it in one step (of the
     # image's own shape only: the dock offers no other)
     as_images = [x for x in unwrap(viewer).layers if isinstance(x, Image) and x is not image_layer
-                 and tuple(x.data.shape) == shape]
+                 and tuple(n for n in x.data.shape if n != 1) == squeezed]
     why = (" (a mask saved as floating-point numbers opens as an image)"
            if any(np.dtype(x.data.dtype).kind == "f" for x in as_images) else "")
+    off = [repr(x.name) for x in as_images if tuple(x.data.shape) != shape]
+    axis = (f"; {', '.join(off)} {'differ' if len(off) > 1 else 'differs'} from the image by an axis of length 1: open "
+            "image and labels with the same reader so that their shapes match") if off else ""
     convert = (f". If image layer{'s' * (len(as_images) > 1)} {', '.join(repr(x.name) for x in as_images)} "
                f"{'hold' if len(as_images) > 1 else 'holds'} the labels{why}, convert it: right-click it in the layer "
-               "list > Convert to Labels") if as_images else ""
+               f"list > Convert to Labels{axis}") if as_images else ""
     if not others:  # it said "no labels layer has the shape ...; there is no labels layer", with no next step
         return (f"there is no labels layer to train on: open the labels of {image_layer.name!r} (a mask of its shape "
                 f"{' x '.join(map(str, shape))}), or add an empty one (the layer list's new labels button) and paint some "
