@@ -368,7 +368,7 @@ def test_predict_writes_zarr_stores_equal_to_its_tiff_files(model_and_stack, cap
     assert code == 0, err
     code, _, err = run(capsys, "predict", d / "m.keras", d / "image.zarr", "-o", d / "p.zarr", "--probabilities", d / "q.zarr", "--no-tta")
     assert code == 0, err
-    assert "slice 5/5 ETA" in err and "axes ZCYX, zarr" in err
+    assert "slice 5/5 ETA" in err and "axes ZCYX, zarr" in err and "replaced" not in err
     labels = zarr.open_array(str(d / "p.zarr"), mode="r")
     assert labels.chunks == (1, 64, 64) and dict(labels.attrs)["napari_unet"]["class_values"] == [0, 255]
     assert zarr.open_array(str(d / "q.zarr"), mode="r").chunks == (1, 1, 64, 64)
@@ -381,6 +381,7 @@ def test_predict_writes_zarr_stores_equal_to_its_tiff_files(model_and_stack, cap
     np.testing.assert_array_equal(tifffile.imread(d / "r.tif"), labels[:])
     code, _, err = run(capsys, "predict", d / "m.keras", d / "image.tif", "-o", d / "p.zarr", "--no-tta", "--slices-per-chunk", "1")
     assert code == 0 and "/5 ETA" in err, err
+    assert "(axes ZYX, zarr); it replaced the file of that name" in err  # outputs were replaced without a word
     code, out, err = run(capsys, "evaluate", d / "p.zarr", d / "p.tif")
     assert code == 0 and json.loads(out)["pixel_error"] == 0, err
     # a 2-D image: stores without a Z axis

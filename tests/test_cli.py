@@ -41,7 +41,7 @@ def test_train_predict_evaluate_round_trip(data, capsys):
     assert scores["validation_slices"] == [3] and 0 <= scores["pixel_error"] <= 1
     assert "v_rand" in scores and "ETA" in err
     code, out, err = run(capsys, "predict", data / "m.keras", data / "image.tif", "-o", data / "p.tif", "--probabilities", data / "probs.tif")
-    assert code == 0, err
+    assert code == 0 and "replaced" not in err, err
     predicted = tifffile.imread(data / "p.tif")
     assert predicted.shape == (4, 64, 64) and predicted.dtype == np.uint8
     assert set(np.unique(predicted)) <= {0, 255}
@@ -50,6 +50,9 @@ def test_train_predict_evaluate_round_trip(data, capsys):
     code, out, err = run(capsys, "evaluate", data / "p.tif", data / "labels.tif")
     assert code == 0, err
     assert set(json.loads(out)) >= {"pixel_error", "dice", "v_rand", "v_info"}
+    # outputs were replaced without a word
+    code, out, err = run(capsys, "predict", data / "m.keras", data / "image.tif", "-o", data / "p.tif", "--no-tta")
+    assert code == 0 and f"wrote {data / 'p.tif'} (4, 64, 64) uint8; it replaced the file of that name" in err, err
 
 
 def test_train_scores_large_slices_on_the_window_validation_scored(data, capsys, monkeypatch):

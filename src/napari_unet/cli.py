@@ -872,17 +872,18 @@ def _train(args) -> int:
     pixel_size = _micrometres(image_metadata.get("pixel_size"))
     if pixel_size is not None and not args.pixel_size:  # a file's tag can be wrong (circular-scan.tif: inches for mm)
         print(f"note: the model records pixels of {pixel_size[0]:.4g} x {pixel_size[1]:.4g} µm (Y x X), as {Path(args.image).name} "
-              "records them; predict compares images' pixel sizes with it (--pixel-size Y X to give the right one)", file=sys.stderr)
+              "records them; predict compares images' pixel sizes with it (--pixel-size Y_UM X_UM to give the right one)", file=sys.stderr)
     with contextlib.ExitStack() as finishing:  # an interrupt during the finishing comes once the model is saved
         started, final = run_training(image, labels, None if init is not None else model_config, train_config, init=init,
                                       pixel_size=pixel_size, finishing=finishing)
         if final.steps == 0:
             raise CommandError(f"training ended ({final.reason}) before its first step; no model written (a larger --max-minutes?)")
         # the file replaced and its record, never one without the other; a second signal stops at once
+        replaced = output.exists()
         with interrupts_deferred(second_at_once=True, notice=lambda signum: _say_stopping(signum, saving=True)):
             save_model_or_elsewhere(final.model, output, args.written)
             args.written.append(output)
-        print(f"wrote {output}", file=sys.stderr)
+        print(f"wrote {output}{_REPLACED if replaced else ''}", file=sys.stderr)
     image_height = _pixel_height(image_metadata)  # boundary errors in µm too (Y alone may be calibrated)
 
     stack_image = image if image.ndim == 3 else image[None]
@@ -993,9 +994,11 @@ def cmd_predict(args) -> int:
             files.append((probabilities_file, probs, _with_pixel_size({"class_values": list(model.class_values), "axes": axes}, pixel_size, class_axis=True)))
         if sum(array.nbytes for _, array, _ in files) > 2**26:  # compressing a large stack takes minutes: not silently
             print(f"writing {', '.join(str(path) for path, _, _ in files)}...", file=sys.stderr)
+        existed = {path for path, _, _ in files if Path(path).exists()}
         write_all(files, args.written)
     for path, array, metadata in files:
-        print(f"wrote {path} {array.shape} {array.dtype}" + (f" (axes {metadata['axes']})" if "axes" in metadata else ""), file=sys.stderr)
+        print(f"wrote {path} {array.shape} {array.dtype}" + (f" (axes {metadata['axes']})" if "axes" in metadata else "")
+              + (_REPLACED if path in existed else ""), file=sys.stderr)
     return 0
 
 
@@ -1111,8 +1114,9 @@ def _predict_chunked(args, image, output: Path, probabilities_file: Path | None,
         finally:
             for partial in partials:
                 discard_zarr(partial)
-    for path, shape, dtype, _chunks, metadata in stores:
-        print(f"wrote {path} {tuple(shape)} {np.dtype(dtype)} (axes {metadata['axes']}, zarr)", file=sys.stderr)
+    for (path, shape, dtype, _chunks, metadata), old in zip(stores, replaced):
+        print(f"wrote {path} {tuple(shape)} {np.dtype(dtype)} (axes {metadata['axes']}, zarr)"
+              + (_REPLACED if old is not None else ""), file=sys.stderr)
     return 0
 
 
@@ -1249,6 +1253,9 @@ def cmd_demo(args) -> int:
         raise CommandError("--output-dir is empty; give a folder (it is created if it does not exist)")
     load_tensorflow(quiet=True)  # with Keras' optional packages: the demo may open napari afterwards
     return run_demo(Path(args.output_dir), minutes=args.minutes, headless=args.headless, seed=args.seed, written=args.written)
+
+
+_REPLACED = "; it replaced the file of that name"  # outputs are written whole and atomically, never over an input
 
 
 def _preset_summary(name: str) -> str:
