@@ -212,12 +212,14 @@ def test_read_zarr_takes_plain_arrays_single_array_groups_and_ome_zarr_with_pixe
     group.attrs["multiscales"] = [{
         "axes": [{"name": "z", "type": "space", "unit": "micrometer"}, {"name": "y", "type": "space", "unit": "nanometer"},
                  {"name": "x", "type": "space", "unit": "nanometer"}],
-        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [0.05, 4.0, 4.0]}]},
+        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [0.05, 4.0, 4.0]},
+                                                                 {"type": "translation", "translation": [1.0, 20.0, 8.0]}]},
                      {"path": "1", "coordinateTransformations": [{"type": "scale", "scale": [0.05, 8.0, 8.0]}]}],
     }]
     ome = zarr_io.read_zarr(tmp_path / "image.ome.zarr")
     # nm beside µm, all in µm as TIFFs are read (napari draws a layer from its scale's numbers alone)
     assert ome.axes == "ZYX" and ome.scale == pytest.approx((0.05, 0.004, 0.004)) and ome.units == ("µm", "µm", "µm")
+    assert ome.metadata["translate"] == pytest.approx([1.0, 0.02, 0.008])  # in µm too (it stayed in nm: 1000x off)
     assert ome.name == "image" and ome.metadata["format"] == "ome-zarr" and ome.data.shape == data.shape
     assert not ome.is_labels_hint
     # an OME-Zarr label image (image.ome.zarr/labels/cells, marked "image-label"): labels whatever its name

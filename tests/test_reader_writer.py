@@ -534,6 +534,55 @@ def test_a_saved_labels_layer_keeps_its_translate(tmp_path, class_values):
     assert "translate" not in get_reader(unshifted)(unshifted)[0][1]  # nothing recorded for the default
 
 
+def test_a_labels_layer_in_nm_beside_um_reopens_where_it_lay(tmp_path):
+    # Y and X in nm, Z in µm (EM): the scale was read in µm, the translate and an affine's offset left in nm (1000x off)
+    display = np.zeros((2, 16, 16), np.uint8)
+    display[:, 4:8], display[:, 8:] = 1, 2
+    affine = np.eye(4)
+    affine[1:3, 3] = (500.0, -200.0)  # nm, as the layer's world is
+    meta = {"name": "EM", "metadata": {"class_values": [0, 128, 255]}, "scale": (0.05, 4.0, 4.0), "translate": (1.0, 20.0, 8.0),
+            "units": ("micrometer", "nanometer", "nanometer"), "affine": affine}
+    [written] = write_labels(str(tmp_path / "p.tif"), display, meta)
+    [(_data, kwargs, _kind)] = get_reader(written)(written)
+    assert kwargs["units"] == ("micrometer",) * 3 and kwargs["scale"] == pytest.approx((0.05, 0.004, 0.004))
+    assert kwargs["translate"] == pytest.approx((1.0, 0.02, 0.008))
+    np.testing.assert_allclose(np.asarray(kwargs["affine"])[1:3, 3], (0.5, -0.2))
+    np.testing.assert_allclose(np.asarray(kwargs["affine"])[:3, :3], np.eye(3))
+
+
+@pytest.mark.parametrize("units", [("µm",) * 3, None])
+def test_a_mirrored_labels_layer_reopens_mirrored(tmp_path, units):
+    # napari mirrors an axis by a negative scale: the file reopened unmirrored at 1 pixel per unit on that axis
+    from napari_unet.tiff_io import pixel_size_um
+
+    display = np.zeros((2, 16, 16), np.uint8)
+    display[:, 4:8], display[:, 8:] = 1, 2
+    meta = {"name": "flipped", "metadata": {"class_values": [0, 128, 255]}, "scale": (-2.0, 0.5, -0.5),
+            "translate": (10.0, 0.0, 16.0), "units": units}
+    [written] = write_labels(str(tmp_path / "p.tif"), display, meta)
+    [(data, kwargs, _kind)] = get_reader(written)(written)
+    assert np.array_equal(data, display) and kwargs["scale"] == (-2.0, 0.5, -0.5) and kwargs["translate"] == (10.0, 0.0, 16.0)
+    with tifffile.TiffFile(written) as tif:  # the tags hold sizes
+        assert tif.pages[0].tags["XResolution"].value == (2, 1)
+    assert pixel_size_um((-2.0, 0.5, -0.5), ("micrometer",) * 3) == [0.5, 0.5]  # its pixels' size, mirrored or not
+
+
+def test_a_time_series_of_labels_is_written_with_a_time_axis(tmp_path):
+    # napari's axis_labels ("t", "y", "x") were ignored: written as Z slices 30 s apart
+    display = np.zeros((4, 16, 16), np.uint8)
+    display[:, 4:8], display[:, 8:] = 1, 2
+    meta = {"name": "tracks", "metadata": {}, "scale": (30.0, 0.5, 0.5), "units": ("second", "micrometer", "micrometer"),
+            "axis_labels": ("t", "y", "x")}
+    [written] = write_labels(str(tmp_path / "t.tif"), display, meta)
+    with tifffile.TiffFile(written) as tif:
+        assert tif.series[0].axes == "TYX" and tif.imagej_metadata["finterval"] == 30.0
+    [(data, kwargs, _kind)] = get_reader(written)(written)
+    assert np.array_equal(data, display) and kwargs["axis_labels"] == ("t", "y", "x") and kwargs["scale"] == (30.0, 0.5, 0.5)
+    [plain] = write_labels(str(tmp_path / "z.tif"), display, {**meta, "axis_labels": ("-3", "-2", "-1"), "units": None})
+    with tifffile.TiffFile(plain) as tif:  # napari's default labels: a Z stack, as before
+        assert tif.series[0].axes == "ZYX"
+
+
 def test_every_manifest_command_resolves_through_npe2():
     """The widget package's __init__ became lazy (PEP 562): its classes must still resolve as npe2 imports them."""
     from npe2 import PluginManager

@@ -140,6 +140,17 @@ def write_labels(path: str, data: Any, meta: dict) -> list[str]:
         raise LabelsWriteError(f"cannot save {os.path.basename(path)}: {err}") from err
 
 
+def _axes_of_labels(axis_labels, ndim: int) -> str | None:
+    """TIFF axes ("TYX", "TZYX") of napari's ``axis_labels`` when they name time, z, y and x, ending in y, x (a time
+    series was written as Z slices, its time step as their spacing); None otherwise (napari's "-3", "-2", "-1")."""
+    letters = {"t": "T", "time": "T", "z": "Z", "y": "Y", "x": "X"}
+    names = [str(name).strip().lower() for name in axis_labels or ()]
+    axes = "".join(letters.get(name, "?") for name in names)
+    if len(axes) == ndim and "?" not in axes and len(set(axes)) == ndim and axes.endswith("YX"):
+        return axes
+    return None
+
+
 def _write_labels(path: str, data: Any, meta: dict) -> str:
     if isinstance(data, (list, tuple)):  # multiscale: write the full-resolution level
         data = data[0]
@@ -150,7 +161,7 @@ def _write_labels(path: str, data: Any, meta: dict) -> str:
 
     axes = layer_meta.get("axes")
     if not (isinstance(axes, str) and len(axes) == values.ndim and "S" not in axes):
-        axes = None
+        axes = _axes_of_labels(meta.get("axis_labels"), values.ndim)
     units = meta.get("units")
     unit_list = [_unit_text(u) for u in units] if units is not None else None
     tiff_meta: dict[str, Any] = dict(label_meta)

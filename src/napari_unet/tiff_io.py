@@ -357,9 +357,10 @@ def lengths_in_one_unit(scale, units) -> tuple[tuple, tuple]:
 
 
 def length_um(value, unit) -> float | None:
-    """``value`` in ``unit`` as µm (units as files name them, "µm", "mm", or as napari does, "micrometer"), or None when
-    ``unit`` is no length ("pixel", None, "s") or the size is not above 0."""
-    value, unit = _to_micrometres(float(value), _normalise_unit(unit))
+    """The size ``value`` in ``unit`` as µm (units as files name them, "µm", "mm", or as napari does, "micrometer"; a
+    negative value, napari's mirrored axis, as its size), or None when ``unit`` is no length ("pixel", None, "s") or
+    the size is 0."""
+    value, unit = _to_micrometres(abs(float(value)), _normalise_unit(unit))  # a mirrored axis (negative scale) too
     if unit == "nm":
         value, unit = value / 1000, "µm"
     return value if unit == "µm" and np.isfinite(value) and value > 0 else None
@@ -635,14 +636,24 @@ def _series_info(tif: tifffile.TiffFile, series, data: np.ndarray) -> dict:
                 continue
             scale[i], units[i] = float(value), None
             set_axis(letter, value, json_units[i])
+    recorded = list(scale)
     scale, units = map(list, lengths_in_one_unit(scale, units))
+    # what each axis's numbers were multiplied by (nm beside µm: by 1/1000); world positions convert alike
+    factors = np.array([new / old if old else 1.0 for new, old in zip(scale, recorded)])
+    flipped = label_meta.pop("flipped", None)
+    if isinstance(flipped, list) and len(flipped) == len(axes) and all(isinstance(f, bool) for f in flipped):
+        scale = [-v if f and letter not in "CS" else v for v, f, letter in zip(scale, flipped, axes)]  # napari's mirror
     for key in _LABEL_KEYS:
         if key in label_meta:
             metadata[key] = label_meta[key]
     translate = label_meta.get("translate")
     if isinstance(translate, list) and len(translate) >= len(axes) and all(isinstance(t, (int, float)) for t in translate):
-        metadata["translate"] = [float(t) for t in translate[len(translate) - len(axes):]]  # (a one-slice stack: Y, X)
+        offsets = [float(t) for t in translate[len(translate) - len(axes):]]  # (a one-slice stack: Y, X)
+        metadata["translate"] = [t * f for t, f in zip(offsets, factors)]
     placement = _placement_entry(label_meta.get("placement"), len(axes))
+    if "affine" in placement and not np.all(factors == 1.0):  # in world units as well: D A D^-1
+        outer = np.append(factors, 1.0)
+        placement["affine"] = (outer[:, None] * np.asarray(placement["affine"]) / outer[None, :]).tolist()
     if placement:
         metadata["placement"] = placement
     if isinstance(label_meta.get("predicted_from"), str):
@@ -1018,8 +1029,10 @@ def write_tiff(path, array, metadata: dict | None = None) -> str:
     if len(axes) != data.ndim:
         raise ValueError(f"axes {axes!r} do not match the array's {data.ndim} dimensions {data.shape}")
 
-    scale, units, factors = _axis_scale_units(axes, metadata)
+    scale, units, factors, flipped = _axis_scale_units(axes, metadata)
     label_entry: dict[str, Any] = {}
+    if any(flipped):  # sizes go to the tags (ImageJ and others know no mirrored axis); napari-unet reads the sign here
+        label_entry["flipped"] = flipped
     # checked as napari's reader checks them: [0.5, 255] was stored as [0, 255], an ignore value of 2**70 made the
     # file unreadable as labels
     from .labels import metadata_class_values, metadata_ignore_value
@@ -1140,11 +1153,13 @@ def _pages(array, page_ndim: int) -> Iterator[np.ndarray]:
         yield np.ascontiguousarray(array[index])
 
 
-def _axis_scale_units(axes: str, metadata: dict) -> tuple[list[float], list[str | None], list[float]]:
-    """(scale, units, factors) of each axis from ``metadata``: lengths converted to µm (ångström to nm), ``factors``
-    what each axis's numbers were multiplied by (world positions along it convert alike: translate, affine)."""
+def _axis_scale_units(axes: str, metadata: dict) -> tuple[list[float], list[str | None], list[float], list[bool]]:
+    """(scale, units, factors, flipped) of each axis from ``metadata``: lengths converted to µm (ångström to nm),
+    ``factors`` what each axis's numbers were multiplied by (world positions along it convert alike: translate, affine),
+    ``flipped`` the axes of a negative scale (napari's mirror of an axis), whose ``scale`` is its size."""
     n = len(axes)
     scale = [1.0] * n
+    flipped = [False] * n
     raw_scale = metadata.get("scale")
     if raw_scale is not None:
         values = [float(v) for v in raw_scale]
@@ -1159,8 +1174,8 @@ def _axis_scale_units(axes: str, metadata: dict) -> tuple[list[float], list[str 
             targets = list(range(n))
             values = values[-n:]
         for i, v in zip(targets, values):
-            if axes[i] not in "CS" and math.isfinite(v) and v > 0:
-                scale[i] = v
+            if axes[i] not in "CS" and math.isfinite(v) and v != 0:
+                scale[i], flipped[i] = abs(v), v < 0
     raw_units = metadata.get("units", metadata.get("unit"))
     units: list[str | None] = [None] * n
     if isinstance(raw_units, (list, tuple)):
@@ -1181,4 +1196,4 @@ def _axis_scale_units(axes: str, metadata: dict) -> tuple[list[float], list[str 
         elif units[i] is not None and (axes[i] in "XYZ" or units[i] == "Å"):  # lengths in µm (Å in nm: ImageJ and napari know it)
             factors[i] = _to_micrometres(1.0, units[i])[0]
             scale[i], units[i] = _to_micrometres(scale[i], units[i])
-    return scale, units, factors
+    return scale, units, factors, flipped

@@ -102,8 +102,9 @@ def read_zarr(path, lazy: bool = True) -> TiffData:
         units = tuple(_normalise_unit(u) for u in units)
         if isinstance(own.get("scale"), list) and len(own["scale"]) == ndim:
             ome_scale = _ome_scale([{"type": "scale", "scale": own["scale"]}], ndim)
-    scale = tuple(ome_scale) if ome_scale is not None else (1.0,) * ndim
-    scale, units = lengths_in_one_unit(scale, units)  # as TIFFs are read: an OME-Zarr's nm beside µm drew Z 1000x thin
+    recorded = tuple(ome_scale) if ome_scale is not None else (1.0,) * ndim
+    scale, units = lengths_in_one_unit(recorded, units)  # as TIFFs are read: an OME-Zarr's nm beside µm drew Z 1000x thin
+    factors = [new / old if old else 1.0 for new, old in zip(scale, recorded)]  # world positions convert alike
     data = da.from_array(_CheckedChunks(array, str(path)), chunks=array.chunks, asarray=True, fancy=False)
     if not lazy:
         data = np.asarray(data)
@@ -111,9 +112,9 @@ def read_zarr(path, lazy: bool = True) -> TiffData:
     metadata.update({key: own[key] for key in _LABEL_KEYS if own.get(key) is not None})
     own_translate = own.get("translate")  # napari-unet's outputs of an image that lies elsewhere
     if isinstance(own_translate, list) and len(own_translate) == ndim and all(isinstance(t, (int, float)) for t in own_translate):
-        metadata["translate"] = [float(t) for t in own_translate]
+        metadata["translate"] = [float(t) * f for t, f in zip(own_translate, factors)]
     elif ome_translate is not None and any(ome_translate):  # where the volume lies
-        metadata["translate"] = list(ome_translate)
+        metadata["translate"] = [float(t) * f for t, f in zip(ome_translate, factors)]
     _check_label_metadata(metadata, path)
     # labels only by their metadata, OME mark or name: a lazy store's values would have to be read (a blank first slice is no label)
     integer = np.issubdtype(data.dtype, np.integer) or data.dtype == bool
