@@ -703,8 +703,10 @@ def _reason_text(reason: str) -> str:
     return "reached its time budget" if reason == "time budget" else reason
 
 
-def run_training(image, labels, model_config, train_config, init=None, quiet=False, pixel_size=None, finishing=None):
+def run_training(image, labels, model_config, train_config, init=None, quiet=False, pixel_size=None, finishing=None,
+                 budget_option="--max-minutes"):
     """Drain training events with a terminal progress line; returns the start and finish events.
+    ``budget_option``: the running command's option of the time budget, named when it ended the first epoch.
     ``pixel_size``: [Y, X] µm of the image's pixels, if known (recorded in the model). ``finishing``: an ExitStack
     that, from the finishing of the model on, holds Ctrl-C, SIGTERM and SIGHUP until the caller closes it (once the model is
     saved): a scheduler's time limit that came during the finishing threw the finished model away."""
@@ -765,12 +767,13 @@ def run_training(image, labels, model_config, train_config, init=None, quiet=Fal
                 final = event
     if not quiet:
         progress.done()
-        print(f"training {_reason_text(final.reason)} after {format_count(len(final.history), 'epoch')} "
-              f"({format_count(final.steps, 'step')}); kept the {final.kept or 'last weights'}", file=sys.stderr)
-        if final.reason == "time budget" and 0 < final.steps < started.steps_per_epoch:
-            print(f"note: the time budget ended after {final.steps} of the first epoch's {started.steps_per_epoch} steps: "
-                  "the model has barely learnt (a larger --max-minutes; TensorFlow's start-up alone can take a minute)",
-                  file=sys.stderr)
+        if final.reason == "time budget" and 0 < final.steps < started.steps_per_epoch:  # not "after 1 epoch"
+            print(f"training reached its time budget after {final.steps} of the first epoch's {started.steps_per_epoch} "
+                  f"steps: the model has barely learnt (a larger {budget_option}; TensorFlow's start-up alone can take a "
+                  "minute)", file=sys.stderr)
+        else:
+            print(f"training {_reason_text(final.reason)} after {format_count(len(final.history), 'epoch')} "
+                  f"({format_count(final.steps, 'step')}); kept the {final.kept or 'last weights'}", file=sys.stderr)
         if final.model.boundary_rule is not None:
             print(f"membrane rule: {describe_rule(final.model.boundary_rule)} (validation V_rand {final.boundary_v_rand:.4f} "
                   "without test-time augmentation; the model file holds it)", file=sys.stderr)

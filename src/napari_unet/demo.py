@@ -35,7 +35,8 @@ def display_unreachable() -> str | None:
         return None
     lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
     if lines and lines[0].startswith("Traceback"):  # a Python error (no Qt binding): its last line says which
-        return lines[-1]
+        missing = "QtBindingsNotFoundError" in lines[-1] or "No Qt bindings" in lines[-1]
+        return lines[-1] + ("; napari needs one: pip install PyQt6" if missing else "")
     return lines[0] if lines else f"exit status {result.returncode}"
 
 
@@ -104,7 +105,7 @@ def run_demo(output_dir: Path, minutes: float = 1.0, headless: bool = False, see
 
     started = time.perf_counter()
     with contextlib.ExitStack() as finishing:  # an interrupt during the finishing comes once the model is saved, as in train
-        _, final = run_training(image, labels, chosen.model, train_config, finishing=finishing)
+        _, final = run_training(image, labels, chosen.model, train_config, finishing=finishing, budget_option="--minutes")
         train_seconds = time.perf_counter() - started
         if final.steps == 0:  # its untrained weights would be scored as if trained
             raise CommandError(f"training ended ({final.reason}) before its first step; nothing written (a larger --minutes?)")

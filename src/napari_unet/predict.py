@@ -222,7 +222,7 @@ def _compiled_forward(keras_model, jit_compile: bool, batch_size: int) -> Callab
         return lambda batch: np.asarray(keras_model.predict_on_batch(batch))
     import tensorflow as tf
 
-    compiled = tf.function(lambda batch: keras_model(batch, training=False), jit_compile=True, reduce_retracing=True)
+    compiled = tf.function(lambda batch: keras_model(batch, training=False), jit_compile=True, reduce_retracing=True, autograph=False)
 
     def run(batch: np.ndarray) -> np.ndarray:
         n = len(batch)
