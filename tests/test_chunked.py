@@ -364,6 +364,26 @@ def test_predictions_of_an_ome_zarr_lie_where_its_image_lies(model_and_stack, ca
         assert all(k["translate"] == pytest.approx((10.0, 2.0, 3.0)) for _, k, _ in layers), probabilities
 
 
+def test_predictions_of_a_mirrored_image_are_mirrored_as_it_is(model_and_stack, capsys):
+    # a napari layer mirrored by a negative scale, saved: its zarr prediction reopened unmirrored at 1 unit per pixel
+    from napari_unet._reader import read_layers
+    from napari_unet.tiff_io import write_tiff
+
+    d = model_and_stack
+    write_tiff(str(d / "mirrored.tif"), tifffile.imread(d / "image.tif"), {"scale": (-2.0, 0.5, -0.5), "units": ("µm",) * 3})
+    [(_, kwargs, _)] = read_layers(str(d / "mirrored.tif"))
+    assert kwargs["scale"] == pytest.approx((-2.0, 0.5, -0.5))
+    for output in ("p.zarr", "p.tif"):
+        code, _, err = run(capsys, "predict", d / "m.keras", d / "mirrored.tif", "-o", d / output, "--no-tta")
+        assert code == 0, err
+        [(_, kwargs, kind)] = read_layers(str(d / output))
+        assert kind == "labels" and kwargs["scale"] == pytest.approx((-2.0, 0.5, -0.5)), output
+    # one slice: the file holds Y and X only, its record of mirrored axes all three
+    write_tiff(str(d / "one.tif"), tifffile.imread(d / "image.tif")[:1], {"scale": (-2.0, 0.5, -0.5), "units": ("µm",) * 3})
+    [(_, kwargs, _)] = read_layers(str(d / "one.tif"))
+    assert kwargs["scale"][-2:] == pytest.approx((0.5, -0.5))
+
+
 def test_predict_writes_zarr_stores_equal_to_its_tiff_files(model_and_stack, capsys):
     d = model_and_stack
     code, _, err = run(capsys, "predict", d / "m.keras", d / "image.tif", "-o", d / "p.tif", "--probabilities", d / "q.tif", "--no-tta")
@@ -383,7 +403,7 @@ def test_predict_writes_zarr_stores_equal_to_its_tiff_files(model_and_stack, cap
     np.testing.assert_array_equal(tifffile.imread(d / "r.tif"), labels[:])
     code, _, err = run(capsys, "predict", d / "m.keras", d / "image.tif", "-o", d / "p.zarr", "--no-tta", "--slices-per-chunk", "1")
     assert code == 0 and "/5 ETA" in err, err
-    assert "(axes ZYX, zarr); it replaced the file of that name" in err  # outputs were replaced without a word
+    assert "(axes ZYX, zarr); it replaced the store of that name" in err  # outputs were replaced without a word
     code, out, err = run(capsys, "evaluate", d / "p.zarr", d / "p.tif")
     assert code == 0 and json.loads(out)["pixel_error"] == 0, err
     # a 2-D image: stores without a Z axis

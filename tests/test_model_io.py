@@ -8,7 +8,7 @@ import pytest
 
 from _helpers import stripes, tiny_model
 from napari_unet.model import import_keras
-from napari_unet.model_io import ModelFileError, load_model, read_metadata, save_model
+from napari_unet.model_io import ModelFileError, check_model_file, load_model, read_metadata, save_model
 from napari_unet.predict import predict
 
 
@@ -150,8 +150,11 @@ def test_damaged_metadata_is_a_clear_model_file_error(tmp_path, text, words):
 def test_malformed_normalisation_and_membrane_rule_are_refused_at_load(tmp_path, key, value, words):
     meta = read_metadata(save_model(tiny_model(), tmp_path / "m.keras"))
     meta[key] = {**meta[key], **value} if key == "model_config" and isinstance(value, dict) else value
+    edited = _with_metadata(tmp_path, "edited.keras", json.dumps(meta))
     with pytest.raises(ModelFileError, match=words):
-        load_model(_with_metadata(tmp_path, "edited.keras", json.dumps(meta)))
+        load_model(edited)
+    with pytest.raises(ModelFileError, match=words):  # predict and --init, before TensorFlow (it let layer orders pass)
+        check_model_file(edited)
 
 
 def _damaged_entry(path, entry: str, out):

@@ -534,7 +534,7 @@ def test_a_saved_labels_layer_keeps_its_translate(tmp_path, class_values):
     assert "translate" not in get_reader(unshifted)(unshifted)[0][1]  # nothing recorded for the default
 
 
-def test_a_labels_layer_in_nm_beside_um_reopens_where_it_lay(tmp_path):
+def test_a_labels_layer_in_nm_or_mm_beside_um_reopens_where_it_lay(tmp_path):
     # Y and X in nm, Z in µm (EM): the scale was read in µm, the translate and an affine's offset left in nm (1000x off)
     display = np.zeros((2, 16, 16), np.uint8)
     display[:, 4:8], display[:, 8:] = 1, 2
@@ -548,6 +548,20 @@ def test_a_labels_layer_in_nm_beside_um_reopens_where_it_lay(tmp_path):
     assert kwargs["translate"] == pytest.approx((1.0, 0.02, 0.008))
     np.testing.assert_allclose(np.asarray(kwargs["affine"])[1:3, 3], (0.5, -0.2))
     np.testing.assert_allclose(np.asarray(kwargs["affine"])[:3, :3], np.eye(3))
+    # an affine coupling axes of other units (Y in mm, X in µm): every pixel reopens where it lay, in µm
+    coupling = np.array([[1.0, 0.002, 0.1], [0.0, 1.0, 5.0], [0.0, 0.0, 1.0]])
+    meta = {"name": "sheared", "metadata": {"class_values": [0, 128, 255]}, "scale": (0.001, 2.0), "translate": (0.5, 3.0),
+            "units": ("millimeter", "micrometer"), "affine": coupling}
+    [written] = write_labels(str(tmp_path / "s.tif"), display[0], meta)
+    [(_data, kwargs, _kind)] = get_reader(written)(written)
+    pixels = np.array([[0, 0], [15, 0], [0, 15], [7, 11]], float)
+
+    def world(scale, translate, affine, to_um=(1.0, 1.0)):
+        inner = pixels * np.asarray(scale) + np.asarray(translate)
+        return (np.c_[inner, np.ones(len(inner))] @ np.asarray(affine).T)[:, :2] * np.asarray(to_um)
+
+    np.testing.assert_allclose(world(kwargs["scale"], kwargs["translate"], kwargs["affine"]),
+                               world(meta["scale"], meta["translate"], coupling, to_um=(1000.0, 1.0)), rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("units", [("µm",) * 3, None])

@@ -918,7 +918,7 @@ def test_stop_before_the_first_step_keeps_the_model_and_no_model_loads_during_a_
     training.stop()
     qtbot.waitUntil(lambda: training._run is None, timeout=120_000)
     assert session.model is None  # said so, not "the current model is unchanged"
-    assert "Training was stopped before its first step; no model was made." in training.progress.status.text()
+    assert "Training stopped before its first step; no model was made." in training.progress.status.text()
     tiny_settings(training, epochs=1, steps=3)
     run_and_wait(qtbot, training.start, lambda: training._run is not None)
     trained, description = session.model, session.info.description
@@ -932,7 +932,7 @@ def test_stop_before_the_first_step_keeps_the_model_and_no_model_loads_during_a_
     training.stop()  # at once: "wrong settings", before TensorFlow made a step
     qtbot.waitUntil(lambda: training._run is None, timeout=120_000)
     assert session.model is trained and session.info.description == description
-    assert "Training was stopped before its first step; the current model is unchanged." in training.progress.status.text()
+    assert "Training stopped before its first step; the current model is unchanged." in training.progress.status.text()
     assert training.load_button.isEnabled() and not errors(notifications)
 
 
@@ -1522,7 +1522,7 @@ def test_shape_messages_name_channels_last_time_series_and_a_missing_axis_of_len
     # converted, the dock would not offer it either: both steps are named (it was left out)
     viewer.add_image(np.zeros((64, 64), np.float32), name="squeezed")
     message = no_labels_message(viewer, image)
-    assert message.endswith("If image layers 'mask float32', 'squeezed' hold the labels (a mask saved as floating-point "
+    assert message.endswith("If one of the image layers 'mask float32', 'squeezed' holds the labels (a mask saved as floating-point "
                             "numbers opens as an image), convert it: right-click it in the layer list > Convert to Labels; "
                             "'squeezed' differs from the image by an axis of length 1: open image and labels with the same "
                             "reader so that their shapes match"), message

@@ -52,7 +52,7 @@ class ModelSource:
     """
 
     def __init__(self, model):
-        from .model_io import UNetModel, checked_intensity_reference, checked_pixel_size, checked_rule, checked_settings, read_metadata
+        from .model_io import UNetModel, check_model_file
 
         self._model = model if isinstance(model, UNetModel) else None
         self._bytes: Optional[bytes] = None
@@ -66,14 +66,14 @@ class ModelSource:
             self.key = f"memory-{os.getpid()}-{next(_COUNTER)}-{time.time_ns()}"
         else:
             path = Path(os.fspath(model)).resolve()
-            meta = read_metadata(path)  # a clear error before any task runs, without TensorFlow
+            checked = check_model_file(path)  # a clear error before any task runs, without TensorFlow
             self.path = str(path)
-            self.config, self.train_config, class_values = checked_settings(meta, path.name)
-            self.class_values = [int(v) for v in class_values]
-            self.boundary_value = checked_rule(meta, self.class_values, path.name)[0]
-            (self.percentiles, self.intensity_profile, self.intensity_spread, self.profile_above_floor,
-             self.spread_above_floor) = checked_intensity_reference(meta, path.name)
-            self.pixel_size = checked_pixel_size(meta, path.name)
+            self.config, self.train_config = checked["config"], checked["train_config"]
+            self.class_values = [int(v) for v in checked["class_values"]]
+            self.boundary_value = checked["boundary_value"]
+            self.percentiles, self.intensity_profile = checked["percentiles"], checked["intensity_profile"]
+            self.intensity_spread, self.profile_above_floor = checked["intensity_spread"], checked["profile_above_floor"]
+            self.spread_above_floor, self.pixel_size = checked["spread_above_floor"], checked["pixel_size"]
             stat = path.stat()
             self.key = f"{path}-{stat.st_mtime_ns}-{stat.st_size}"
 

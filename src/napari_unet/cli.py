@@ -12,12 +12,13 @@ import contextlib
 import errno
 import json
 import math
-import re
 import os
+import re
 import shutil
 import signal
 import sys
 import tempfile
+import textwrap
 import time
 import warnings
 from pathlib import Path
@@ -472,9 +473,11 @@ def _tiff_error_named(err: Exception, what: str, path: Path) -> str:
     text = str(err).removeprefix(f"{path}: ")
     if not text.startswith("not a TIFF file"):
         return f"{what} {path.name}: {text}"
-    if path.suffix.lower() == ".keras" and what in ("prediction", "truth"):  # evaluate takes no model
+    if path.suffix.lower() == ".keras" and what == "prediction":  # evaluate takes no model
         return (f"{what} {path.name} is a model file, not a TIFF: evaluate compares predicted labels with true labels; "
-                f"make the prediction first (napari-unet predict IMAGE {path.name} -o prediction.tif)")
+                f"make the prediction first (napari-unet predict {path.name} IMAGE -o prediction.tif)")
+    if path.suffix.lower() == ".keras" and what == "truth":
+        return f"{what} {path.name} is a model file, not a TIFF: evaluate compares predicted labels with true labels (a mask)"
     if path.suffix.lower() == ".keras":  # arguments swapped
         return f"{what} {path.name} is a model file, not a TIFF: check the order of the arguments"
     return (f"{what} {path.name} is not a TIFF file: napari-unet reads TIFF files, folders of TIFF slices and zarr stores; "
@@ -1119,7 +1122,7 @@ def _predict_chunked(args, image, output: Path, probabilities_file: Path | None,
                 discard_zarr(partial)
     for (path, shape, dtype, _chunks, metadata), old in zip(stores, replaced):
         print(f"wrote {path} {tuple(shape)} {np.dtype(dtype)} (axes {metadata['axes']}, zarr)"
-              + (_REPLACED if old is not None else ""), file=sys.stderr)
+              + (_REPLACED_STORE if old is not None else ""), file=sys.stderr)
     return 0
 
 
@@ -1259,6 +1262,7 @@ def cmd_demo(args) -> int:
 
 
 _REPLACED = "; it replaced the file of that name"  # outputs are written whole and atomically, never over an input
+_REPLACED_STORE = "; it replaced the store of that name"
 
 
 def _preset_summary(name: str) -> str:
@@ -1293,9 +1297,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"napari-unet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, title="commands")
 
-    train = sub.add_parser("train", help="train a U-Net on an image stack and its labels", description="Train a U-Net on an "
-                           "image stack and its labels (dense masks or sparse strokes) and write it as one .keras file.",
-                           epilog="presets: " + "; ".join(_preset_summary(name) for name in ("default", "classic")))
+    train = sub.add_parser("train", help="train a U-Net on an image stack and its labels", description=textwrap.fill(
+                           "Train a U-Net on an image stack and its labels (dense masks or sparse strokes) and write it as "
+                           "one .keras file.", 79),
+                           epilog="presets:\n" + "\n".join(textwrap.fill(_preset_summary(name), 79, initial_indent="  ",
+                                                                           subsequent_indent="    ")
+                                                             for name in ("default", "classic")),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)  # one paragraph per preset
     train.add_argument("image", help="TIFF image (Y, X) or stack (Z, Y, X), a folder of TIFF slices, or a zarr store")
     train.add_argument("labels", help="labels of the image's shape (TIFF, folder or zarr store; class values, e.g. 0/255)")
     train.add_argument("-o", "--output", required=True, help="model file to write (.keras)")

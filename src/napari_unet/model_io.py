@@ -147,15 +147,27 @@ def read_metadata(path) -> dict:
 
 
 def check_model_file(path) -> dict:
-    """:func:`read_metadata` of ``path`` with every check :func:`load_model` makes of it (a model of a newer
-    napari-unet, damaged settings), without TensorFlow: a :class:`ModelFileError` seconds before Keras would load it."""
+    """:func:`checked_metadata` of the model file ``path``: every check :func:`load_model` makes of its metadata (a
+    model of a newer napari-unet, damaged settings), without TensorFlow: a :class:`ModelFileError` seconds before Keras
+    would load it."""
     path = Path(path)
-    meta = read_metadata(path)
-    _config, _train_config, class_values = checked_settings(meta, path.name)
-    checked_intensity_reference(meta, path.name)
-    checked_rule(meta, class_values, path.name)
-    checked_pixel_size(meta, path.name)
-    return meta
+    return checked_metadata(read_metadata(path), path.name)
+
+
+def checked_metadata(meta: dict, name: str) -> dict:
+    """The settings of a model file's metadata (:func:`read_metadata`), each checked as :func:`load_model` takes it:
+    ``config``, ``train_config``, ``class_values``, ``percentiles``, ``intensity_profile``, ``intensity_spread``,
+    ``profile_above_floor``, ``spread_above_floor``, ``boundary_value``, ``boundary_rule``, ``pixel_size`` and
+    ``layer_order``; :class:`ModelFileError` naming the file ``name`` otherwise."""
+    config, train_config, class_values = checked_settings(meta, name)
+    percentiles, intensity_profile, intensity_spread, profile_above_floor, spread_above_floor = \
+        checked_intensity_reference(meta, name)
+    boundary_value, boundary_rule = checked_rule(meta, class_values, name)
+    return dict(config=config, train_config=train_config, class_values=class_values, percentiles=percentiles,
+                intensity_profile=intensity_profile, intensity_spread=intensity_spread,
+                profile_above_floor=profile_above_floor, spread_above_floor=spread_above_floor,
+                boundary_value=boundary_value, boundary_rule=boundary_rule, pixel_size=checked_pixel_size(meta, name),
+                layer_order=_layer_order(meta.get("layer_order"), meta.get("layer_pockets"), class_values, name))
 
 
 def check_model_path(path: Path) -> None:
@@ -255,11 +267,7 @@ def load_model(path) -> UNetModel:
             before = version()
             try:
                 meta = _read_archive_metadata(snapshot)
-                config, train_config, class_values = checked_settings(meta, path.name)
-                percentiles, intensity_profile, intensity_spread, profile_above_floor, spread_above_floor = \
-                    checked_intensity_reference(meta, path.name)
-                boundary_value, boundary_rule = checked_rule(meta, class_values, path.name)
-                pixel_size = checked_pixel_size(meta, path.name)
+                checked = checked_metadata(meta, path.name)
                 keras_model = _load_network(snapshot)
             except ModelFileError:
                 if version() == before:
@@ -270,27 +278,16 @@ def load_model(path) -> UNetModel:
     else:
         raise ModelFileError(f"{path.name} changed each time it was read ({_LOAD_ATTEMPTS} times): another program is "
                              "writing it; load it once that is done")
-    _check_network(keras_model, config, path.name)
+    _check_network(keras_model, checked["config"], path.name)
     damaged = next((w.path for w in keras_model.weights if not np.isfinite(import_keras().ops.convert_to_numpy(w)).all()), None)
     if damaged is not None:
         raise ModelFileError(f"{path.name} has NaN or Inf weights ({damaged}); it cannot predict. Retrain it or use an earlier file")
     return UNetModel(
         keras_model=keras_model,
-        config=config,
-        class_values=class_values,
-        percentiles=percentiles,
-        train_config=train_config,
         history=[record for record in meta.get("history") or [] if isinstance(record, dict)] if isinstance(meta.get("history"), list) else [],
-        boundary_value=boundary_value,
-        boundary_rule=boundary_rule,
-        class_names=_class_names(meta.get("class_names"), class_values),
-        class_colors=_class_colors(meta.get("class_colors"), class_values),
-        intensity_profile=intensity_profile,
-        intensity_spread=intensity_spread,
-        profile_above_floor=profile_above_floor,
-        spread_above_floor=spread_above_floor,
-        layer_order=_layer_order(meta.get("layer_order"), meta.get("layer_pockets"), class_values, path.name),
-        pixel_size=pixel_size,
+        class_names=_class_names(meta.get("class_names"), checked["class_values"]),
+        class_colors=_class_colors(meta.get("class_colors"), checked["class_values"]),
+        **checked,
     )
 
 
@@ -590,6 +587,7 @@ __all__ = [
     "read_metadata",
     "check_model_file",
     "check_model_path",
+    "checked_metadata",
     "checked_settings",
     "as_model",
     "load_model",

@@ -641,7 +641,8 @@ def _series_info(tif: tifffile.TiffFile, series, data: np.ndarray) -> dict:
     # what each axis's numbers were multiplied by (nm beside µm: by 1/1000); world positions convert alike
     factors = np.array([new / old if old else 1.0 for new, old in zip(scale, recorded)])
     flipped = label_meta.pop("flipped", None)
-    if isinstance(flipped, list) and len(flipped) == len(axes) and all(isinstance(f, bool) for f in flipped):
+    if isinstance(flipped, list) and len(flipped) >= len(axes) and all(isinstance(f, bool) for f in flipped):
+        flipped = flipped[len(flipped) - len(axes):]  # (a one-slice stack: Y, X, as the translate)
         scale = [-v if f and letter not in "CS" else v for v, f, letter in zip(scale, flipped, axes)]  # napari's mirror
     for key in _LABEL_KEYS:
         if key in label_meta:
@@ -651,9 +652,8 @@ def _series_info(tif: tifffile.TiffFile, series, data: np.ndarray) -> dict:
         offsets = [float(t) for t in translate[len(translate) - len(axes):]]  # (a one-slice stack: Y, X)
         metadata["translate"] = [t * f for t, f in zip(offsets, factors)]
     placement = _placement_entry(label_meta.get("placement"), len(axes))
-    if "affine" in placement and not np.all(factors == 1.0):  # in world units as well: D A D^-1
-        outer = np.append(factors, 1.0)
-        placement["affine"] = (outer[:, None] * np.asarray(placement["affine"]) / outer[None, :]).tolist()
+    if "affine" in placement:  # in world units as well
+        placement["affine"] = _affine_in_units(placement["affine"], factors)
     if placement:
         metadata["placement"] = placement
     if isinstance(label_meta.get("predicted_from"), str):
@@ -773,6 +773,14 @@ def shear_matrix(shear, ndim: int) -> np.ndarray:
         matrix[np.triu_indices(ndim, 1)] = shear
         return matrix
     return shear
+
+
+def _affine_in_units(affine, factors) -> list:
+    """napari's (ndim + 1) x (ndim + 1) world ``affine`` after each world axis was multiplied by its ``factors`` entry
+    (nm to µm: 1/1000): D A D^-1, with D = diag(factors, 1); its offsets alone scaled put a coupling of two axes of other
+    units elsewhere."""
+    outer = np.append(np.asarray(factors, dtype=np.float64), 1.0)
+    return (outer[:, None] * np.asarray(affine, dtype=np.float64) / outer[None, :]).tolist()
 
 
 def _placement_entry(placement, ndim: int) -> dict:
@@ -1051,10 +1059,8 @@ def write_tiff(path, array, metadata: dict | None = None) -> str:
         # the layer's offset in world units (napari's translate), in the units the scale is written in
         label_entry["translate"] = [float(t) * f for t, f in zip(translate, factors)]
     placement = _placement_entry(metadata.get("placement"), data.ndim)
-    if "affine" in placement:  # its translation is in world units too
-        affine = np.asarray(placement["affine"])
-        affine[:-1, -1] *= factors
-        placement["affine"] = affine.tolist()
+    if "affine" in placement:  # in world units too
+        placement["affine"] = _affine_in_units(placement["affine"], factors)
     if placement:
         label_entry["placement"] = placement
     if metadata.get("predicted_from") is not None:

@@ -101,7 +101,8 @@ def read_zarr(path, lazy: bool = True) -> TiffData:
         units = tuple(own["units"]) if isinstance(own.get("units"), list) and len(own["units"]) == ndim else (None,) * ndim
         units = tuple(_normalise_unit(u) for u in units)
         if isinstance(own.get("scale"), list) and len(own["scale"]) == ndim:
-            ome_scale = _ome_scale([{"type": "scale", "scale": own["scale"]}], ndim)
+            # napari-unet's own: a negative size is napari's mirrored axis (of an image read from a mirrored layer's file)
+            ome_scale = _ome_values([{"type": "scale", "scale": own["scale"]}], ndim, "scale", 1.0, lambda size: size != 0)
     recorded = tuple(ome_scale) if ome_scale is not None else (1.0,) * ndim
     scale, units = lengths_in_one_unit(recorded, units)  # as TIFFs are read: an OME-Zarr's nm beside µm drew Z 1000x thin
     factors = [new / old if old else 1.0 for new, old in zip(scale, recorded)]  # world positions convert alike

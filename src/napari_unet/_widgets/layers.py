@@ -97,8 +97,8 @@ def no_labels_message(viewer, image_layer) -> str:
     shape = tuple(image_layer.data.shape)
     squeezed = tuple(n for n in shape if n != 1)
     others = [f"{x.name!r} {tuple(x.data.shape)}" for x in unwrap(viewer).layers if isinstance(x, Labels)]
-    # a mask saved as floating point (ImageJ's 32-bit) opens as an image: napari converts it in one step (of the
-    # image's own shape only: the dock offers no other)
+    # a mask saved as floating point (ImageJ's 32-bit) opens as an image: napari converts it in one step (one of
+    # another shape than the image's by an axis of length 1 also needs the same reader as the image)
     as_images = [x for x in unwrap(viewer).layers if isinstance(x, Image) and x is not image_layer
                  and tuple(n for n in x.data.shape if n != 1) == squeezed]
     why = (" (a mask saved as floating-point numbers opens as an image)"
@@ -106,9 +106,10 @@ def no_labels_message(viewer, image_layer) -> str:
     off = [repr(x.name) for x in as_images if tuple(x.data.shape) != shape]
     axis = (f"; {', '.join(off)} {'differ' if len(off) > 1 else 'differs'} from the image by an axis of length 1: open "
             "image and labels with the same reader so that their shapes match") if off else ""
-    convert = (f". If image layer{'s' * (len(as_images) > 1)} {', '.join(repr(x.name) for x in as_images)} "
-               f"{'hold' if len(as_images) > 1 else 'holds'} the labels{why}, convert it: right-click it in the layer "
-               f"list > Convert to Labels{axis}") if as_images else ""
+    which = f"one of the image layers {', '.join(repr(x.name) for x in as_images)}" if len(as_images) > 1 else \
+        f"image layer {as_images[0].name!r}" if as_images else ""
+    convert = (f". If {which} holds the labels{why}, convert it: right-click it in the layer list > Convert to "
+               f"Labels{axis}") if as_images else ""
     if not others:  # it said "no labels layer has the shape ...; there is no labels layer", with no next step
         return (f"there is no labels layer to train on: open the labels of {image_layer.name!r} (a mask of its shape "
                 f"{' x '.join(map(str, shape))}), or add an empty one (the layer list's new labels button) and paint some "

@@ -281,7 +281,7 @@ class TrainingWidget(QWidget):
 
     def _finished_model(self, run: _Run, event: TrainingFinished) -> None:
         seconds = time.perf_counter() - run.started
-        ended = {"stopped": "was stopped", "time budget": "reached its time budget"}.get(event.reason, f"ended ({event.reason})")
+        ended = {"stopped": "stopped", "time budget": "reached its time budget"}.get(event.reason, f"ended ({event.reason})")
         unchanged = "the current model is unchanged" if self.session.model is not None else "no model was made"
         warning = f" Note: {run.warning}." if run.warning else ""
         if event.steps == 0:  # stopped while TensorFlow started: the network is untrained (or init's, without news)
@@ -295,7 +295,7 @@ class TrainingWidget(QWidget):
             self.progress.finish(f"{run.kind} {event.reason}", complete=False)
             self.plot.clear()  # the curves of a run whose network was discarded
             more = "" if event.reason == "stopped" else "; a larger time budget trains a new one"
-            self.progress.set_status(f"{run.kind.capitalize()} {ended.removeprefix('was ')} after {event.steps} of the first "
+            self.progress.set_status(f"{run.kind.capitalize()} {ended} after {event.steps} of the first "
                                      f"epoch's {run.steps_per_epoch} steps; the current model is unchanged{more}.{warning}")
             return
         when = time.strftime("%H:%M:%S")
