@@ -914,11 +914,15 @@ def _left_button():
 def test_stop_before_the_first_step_keeps_the_model_and_no_model_loads_during_a_run(widgets, qtbot, notifications, tmp_path):
     training, session = widgets.training, widgets.session
     tiny_settings(training, epochs=500, steps=10)
+    labels = training.labels.layer()
+    labels.translate = (0, 5, 5)  # a warning of the run, said again in the final status
     assert session.model is None and training.start()
     training.stop()
     qtbot.waitUntil(lambda: training._run is None, timeout=120_000)
     assert session.model is None  # said so, not "the current model is unchanged"
-    assert "Training stopped before its first step; no model was made." in training.progress.status.text()
+    status = training.progress.status.text()
+    assert "Training stopped before its first step; no model was made. Note: " in status and "do not overlay" in status, status
+    labels.translate = (0, 0, 0)
     tiny_settings(training, epochs=1, steps=3)
     run_and_wait(qtbot, training.start, lambda: training._run is not None)
     trained, description = session.model, session.info.description
