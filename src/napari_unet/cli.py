@@ -884,8 +884,8 @@ def _train(args) -> int:
                                       pixel_size=pixel_size, finishing=finishing)
         if final.steps == 0:
             raise CommandError(f"training ended ({final.reason}) before its first step; no model written (a larger --max-minutes?)")
-        # the file replaced and its record, never one without the other; a second signal stops at once
         replaced = output.exists()
+        # the file replaced and its record, never one without the other; a second signal stops at once
         with interrupts_deferred(second_at_once=True, notice=lambda signum: _say_stopping(signum, saving=True)):
             save_model_or_elsewhere(final.model, output, args.written)
             args.written.append(output)
