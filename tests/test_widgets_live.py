@@ -138,7 +138,22 @@ def test_space_on_train_gives_the_focus_to_stop(widgets, qtbot):
     assert training.train_button.hasFocus()
 
 
-def test_previous_model_brings_back_the_model_a_retrain_replaced_and_swaps_back(widgets, qtbot):
+def test_a_closing_notification_leaves_the_keyboard_focus_on_the_dock(widgets, qtbot):
+    """napari focuses its canvas when a notification closes (4 s after a run's note showed): the next Space, meant
+    for Stop, went to the canvas. A click on the canvas still takes the focus."""
+    from qtpy.QtCore import Qt
+
+    training, inference = widgets.training, widgets.inference
+    canvas = widgets.viewer.window._qt_viewer.canvas.native
+    for button in (training.train_button, inference.run_button):
+        _press(widgets, qtbot, button, key=Qt.Key.Key_Shift)  # focused, nothing pressed
+        assert button.hasFocus()
+        canvas.setFocus()  # what napari's notification does as it closes
+        qtbot.waitUntil(button.hasFocus, timeout=2000)
+    canvas.setFocus(Qt.FocusReason.MouseFocusReason)  # a click
+    qtbot.wait(50)
+    assert canvas.hasFocus() and not inference.run_button.hasFocus()
+
     """A Retrain that made the model worse could not be undone without a saved file."""
     import dataclasses
 

@@ -20,7 +20,7 @@ from napari_unet.train import format_count
 from .jobs import NETWORK_LABELS, Failed, Note, PredictionResult, predict_job, relay
 from .layers import Image, LayerCombo, current_slice, image_array, pixel_size_of
 from .outputs import kept_indices, kept_pixels, prediction_layer_of, write_cells, write_prediction, write_probabilities
-from .progress import WORKER_FINISHED, InOrder, ProgressRow, WrappingLabel, press_on_return, swap_buttons
+from .progress import WORKER_FINISHED, InOrder, ProgressRow, WrappingLabel, keep_focus_from_notifications, press_on_return, swap_buttons
 from .session import WAITING_FOR_STROKE, disconnect_when_destroyed, get_session, unwrap
 from .settings import form_values, on_form_change, restore_form
 from .style import scrolling_layout, show_keyboard_focus
@@ -148,6 +148,7 @@ class InferenceWidget(QWidget):
         layout.addLayout(review)
         layout.addStretch(1)
         press_on_return(self)
+        keep_focus_from_notifications(self)
         show_keyboard_focus(self, self.viewer)
 
         self.run_button.clicked.connect(self.run)

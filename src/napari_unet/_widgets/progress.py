@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import deque
 from typing import Optional
 
-from qtpy.QtCore import QEvent, QObject, Qt
-from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtCore import QEvent, QObject, Qt, QTimer
+from qtpy.QtWidgets import QApplication, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from napari_unet.train import format_seconds
 
@@ -143,6 +143,38 @@ def press_on_return(widget) -> None:
     for button in widget.findChildren(QPushButton):
         button.setAutoDefault(True)
         button.installEventFilter(repeats)
+
+
+def keep_focus_from_notifications(widget) -> None:
+    """Keep the keyboard focus on ``widget``'s push buttons when a program moves it elsewhere in the window: napari
+    gives its canvas the focus when a notification closes (4 s after a note of a run shows), so Space after Space on
+    Train went to the canvas, not to Stop. A click, Tab or another window moves it as ever."""
+    kept = _FocusKept(widget)
+    for button in widget.findChildren(QPushButton):
+        button.installEventFilter(kept)
+
+
+class _FocusKept(QObject):
+    def __init__(self, dock: QWidget):
+        super().__init__(dock)
+        self._dock = dock
+
+    def eventFilter(self, watched, event) -> bool:
+        if event.type() == QEvent.Type.FocusOut and event.reason() == Qt.FocusReason.OtherFocusReason:
+            taken_by = QApplication.focusWidget()
+            if (taken_by is not None and not self._dock.isAncestorOf(taken_by) and taken_by.window() is watched.window()
+                    and QApplication.mouseButtons() == Qt.MouseButton.NoButton):
+                QTimer.singleShot(0, lambda: _focus_again(watched, taken_by))
+        return False
+
+
+def _focus_again(button, taken_by) -> None:
+    """``button`` focused again if it can be and the focus is still where a program put it."""
+    try:
+        if QApplication.focusWidget() is taken_by and button.isEnabled() and button.isVisible():
+            button.setFocus(Qt.FocusReason.OtherFocusReason)
+    except RuntimeError:  # the dock was closed meanwhile
+        pass
 
 
 class _ReturnRepeatsIgnored(QObject):

@@ -23,7 +23,7 @@ from .layers import Image, Labels, LayerCombo
 from .outputs import name_with_suffix
 from .prepare import ZERO_BOX, TrainJob, prepare_retrain, prepare_train, remember_zero_convention
 from .plot import LossPlot
-from .progress import WORKER_FINISHED, InOrder, ProgressRow, press_on_return, swap_buttons
+from .progress import WORKER_FINISHED, InOrder, ProgressRow, keep_focus_from_notifications, press_on_return, swap_buttons
 from .session import disconnect_when_destroyed, get_session, unwrap
 from .settings import TrainSettings
 from .style import scrolling_layout, show_keyboard_focus
@@ -114,6 +114,7 @@ class TrainingWidget(QWidget):
         layout.addWidget(retrain)
         layout.addLayout(_hbox(self.save_button, self.load_button, self.previous_button))
         press_on_return(self)
+        keep_focus_from_notifications(self)
         show_keyboard_focus(self, self.viewer)
 
         self.train_button.clicked.connect(lambda: self.start(retrain=False))
