@@ -401,6 +401,20 @@ def test_a_prediction_that_ends_during_a_brush_stroke_waits_for_the_mouse_releas
     painted[0, 18:23, 18:33] = True
     painted &= prediction.data == label
     assert painted.sum() > 20 and session.reviewed(prediction)[painted].all()  # the whole stroke is a correction
+    # Stop while the result waits: "no layer will be changed" (it was written when the stroke ended)
+    prediction.data[2] = 0
+    before = prediction.data.copy()
+    stroke = prediction.block_history()
+    stroke.__enter__()
+    try:
+        assert inference.run()
+        qtbot.waitUntil(lambda: "brush stroke ends" in inference.progress.status.text(), timeout=120_000)
+        inference.stop()
+    finally:
+        stroke.__exit__(None, None, None)
+    qtbot.waitUntil(lambda: inference._job is None and not session.busy, timeout=10_000)
+    np.testing.assert_array_equal(prediction.data, before)
+    assert inference.progress.status.text() == "Prediction stopped; no layer was changed." and inference.run_button.isEnabled()
 
 
 def test_a_stroke_counts_every_pixel_it_paints_also_those_that_held_its_label(make_napari_viewer):

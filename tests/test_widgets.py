@@ -513,7 +513,15 @@ def test_save_and_load_model_between_widgets(widgets, qtbot, tmp_path, notificat
     assert read_metadata(path)["class_names"] == ["membrane", "cell"]  # the training labels' names
     assert "saved" in training.progress.status.text()
     session.load(path)
+    # a run started during the load began from the model before it, then replaced the loaded one
+    assert "loading" in session.busy
+    assert not (training.train_button.isEnabled() or training.retrain_button.isEnabled() or training.save_button.isEnabled()
+                or inference.run_button.isEnabled())
+    assert not training.start(retrain=True) and "a model file is loading" in training.progress.status.text()
+    assert not inference.run() and "a model file is loading" in inference.progress.status.text()
+    notifications.clear()  # (the two refusals)
     qtbot.waitUntil(lambda: not session.busy, timeout=60_000)
+    assert training.train_button.isEnabled() and training.retrain_button.isEnabled() and inference.run_button.isEnabled()
     assert session.model is not trained and session.model.class_values == [0, 255]
     assert session.info.class_names == ["membrane", "cell"], "a loaded model names its classes as the training labels did"
     assert read_metadata(path)["class_colors"] == [membrane, cell]
@@ -930,6 +938,8 @@ def test_stop_before_the_first_step_keeps_the_model_and_no_model_loads_during_a_
     qtbot.waitUntil(lambda: (tmp_path / "m.keras").exists() and "saving" not in session.busy, timeout=60_000)
     tiny_settings(training, epochs=500, steps=10)
     assert training.start()
+    tasks = widgets.viewer.window._qt_window._window._task_status_manager  # what napari's close confirmation lists
+    assert any("U-Net training" in task for task in tasks.get_status()), tasks.get_status()  # not "<function relay at 0x..>"
     assert not training.load_button.isEnabled()
     assert session.load(tmp_path / "m.keras") is None  # it would be replaced when the run ends
     assert any("while a training runs" in message for _, message in notifications)
@@ -1607,6 +1617,51 @@ def test_closing_another_viewer_leaves_this_viewers_training_alone(make_napari_v
     second.close()
     qtbot.waitUntil(lambda: training._run is None, timeout=120_000)
     assert get_session(first).model is not None, training.progress.status.text()
+
+
+def test_a_finished_workers_callback_does_not_keep_the_session_and_its_models():
+    # napari keeps every worker of a window: a lambda holding the session kept a closed viewer's models for good
+    import gc
+    import weakref
+
+    from _helpers import tiny_model
+    from napari_unet._widgets.session import Session
+
+    session = Session()
+    session.set_model(tiny_model(), "tiny")
+    done = session.when_done("training")
+    session.set_busy("training", True)
+    done()
+    assert "training" not in session.busy
+    session.set_busy("training", True)
+    alive = weakref.ref(session)
+    del session
+    gc.collect()
+    assert alive() is None
+    done()  # a worker that ends after the viewer closed: nothing to tell
+
+
+def test_a_job_cut_short_by_the_exit_is_stopped_and_told_without_a_traceback(caplog, monkeypatch):
+    # a script that ended during a prediction printed "prediction failed" with a traceback from a shut-down thread pool
+    import threading
+
+    from qtpy.QtCore import QThreadPool
+
+    from napari_unet._widgets import workers
+    from napari_unet._widgets.jobs import _unexpected
+
+    failed = _unexpected("prediction", RuntimeError("cannot schedule new futures after interpreter shutdown"))
+    assert failed.message == "prediction ended by Python's exit" and not caplog.records
+    stop = threading.Event()
+    workers._STOP_EVENTS.add(stop)
+
+    class Busy:  # the pool's running tasks end once told to stop
+        def activeThreadCount(self):
+            return 0 if stop.is_set() else 1
+
+    monkeypatch.setattr(QThreadPool, "globalInstance", staticmethod(lambda: Busy()))
+    workers._stop_and_wait_for_workers()
+    assert stop.is_set()
 
 
 def test_closing_another_viewer_leaves_this_viewers_model_load_alone(make_napari_viewer, qtbot, tmp_path):

@@ -187,6 +187,8 @@ class InferenceWidget(QWidget):
     def _update_buttons(self) -> None:
         running = getattr(self, "_job", None) is not None  # (busy_changed may come before __init__ ends)
         swap_buttons(self.run_button, self.stop_button, running)
+        if not running:  # a prediction would be of the model the load replaces
+            self.run_button.setEnabled("loading" not in self.session.busy)
         self.load_button.setEnabled(self.session.can_load())  # a click would only be refused
 
     def _ask_load(self) -> None:
@@ -201,6 +203,8 @@ class InferenceWidget(QWidget):
             return False
         model = self.session.model
         try:
+            if "loading" in self.session.busy:  # (the prediction would be of the model the load replaces)
+                raise InputError("a model file is loading; run once it is loaded (it becomes the current model)")
             if model is None:
                 raise InputError("no model yet: train one in the U-Net training widget or load a .keras file")
             image_layer = self.image.layer()
@@ -226,14 +230,13 @@ class InferenceWidget(QWidget):
         kept_cells = kept_pixels(self.viewer, self.session, image_layer, model, z) if membrane is not None and keep else None
         events = predict_job(model, data, TTA_CHOICES[self.tta.currentText()], self.probabilities.isChecked(), membrane, close,
                              stop=stop.is_set, z=z, kept=kept, pixel_size=pixel_size_of(image_layer), kept_cells=kept_cells)
-        worker = create_worker_of(self.viewer, relay, events)
+        worker = create_worker_of(self.viewer, relay, events, stop=stop, task="U-Net prediction")
         worker.aborted.connect(lambda: (stop.set(), events.close()))  # napari aborts workers when the viewer closes
         self._job = _Job(worker, stop, image_layer, tuple(image_layer.data.shape), z, model, self.session.info,
                          data=image_layer.data, keep=keep)
         worker.yielded.connect(self._on_event)
         worker.finished.connect(self._on_finished)
-        session = self.session  # not through self: a closed, deleted dock gets no finished signal
-        worker.finished.connect(lambda: session.set_busy("prediction", False))
+        worker.finished.connect(self.session.when_done("prediction"))  # not through self: a deleted dock gets no signal
         where = f"slice {z} of " if z is not None else ""
         self.progress.start("U-Net prediction")
         self.progress.set_status(f"Predicting {where}{image_layer.name!r}...")
@@ -291,6 +294,15 @@ class InferenceWidget(QWidget):
             if job.waiting:  # only its own wait: busy counts the waits of every dock
                 job.waiting = False
                 self.session.set_busy(WAITING_FOR_STROKE, False)
+            return
+        if job.stop.is_set():  # Stop (or a closed dock) while the stroke went on: "no layer will be changed"
+            if job.waiting:
+                job.waiting = False
+                self.session.set_busy(WAITING_FOR_STROKE, False)
+            self.progress.finish("prediction stopped")
+            self.progress.set_status("Prediction stopped; no layer was changed.")
+            if job.ended and self._job is job:
+                self._finish_job()
             return
         if self._stroke_in_progress(job):
             if not job.waiting:

@@ -29,7 +29,10 @@ _log = logging.getLogger("napari_unet")
 
 
 def _unexpected(what: str, err: Exception) -> "Failed":
-    """A failure nobody foresaw (e.g. TensorFlow out of memory): its traceback goes to the log, the user gets a message."""
+    """A failure nobody foresaw (e.g. TensorFlow out of memory): its traceback goes to the log, the user gets a message.
+    A job cut short by the interpreter's exit (its thread pools refuse new work) is told as such, without a traceback."""
+    if isinstance(err, RuntimeError) and "interpreter shutdown" in str(err):
+        return Failed(f"{what} ended by Python's exit")
     _log.exception("napari-unet: %s failed", what)
     return Failed(f"{type(err).__name__}: {err}")
 

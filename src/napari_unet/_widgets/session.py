@@ -158,9 +158,10 @@ class Session:
             return None
         self.set_busy("loading", True)
         self.notice.emit(f"Loading {Path(path).name}...")
-        worker = self._create_worker(load_job, str(path))
-        worker.returned.connect(lambda result: self._loaded(Path(path), result))
-        worker.finished.connect(lambda: self.set_busy("loading", False))
+        worker = self._create_worker(load_job, str(path), task=f"loading U-Net model {Path(path).name}")
+        session = weakref.ref(self)  # (see when_done)
+        worker.returned.connect(lambda result: session() is not None and session()._loaded(Path(path), result))
+        worker.finished.connect(self.when_done("loading"))
         worker.start()
         return worker
 
@@ -180,25 +181,29 @@ class Session:
 
         from .jobs import Failed, save_job
 
+        session = weakref.ref(self)  # (see when_done)
+
         def saved(result):
+            alive = session()
             if isinstance(result, Failed):
                 show_error(f"napari-unet: {result.message}")
-                self.notice.emit(f"Not saved: {result.message}", True)
-            else:
-                self.notice.emit(f"Model saved to {result}.")
+                if alive is not None:
+                    alive.notice.emit(f"Not saved: {result.message}", True)
+            elif alive is not None:
+                alive.notice.emit(f"Model saved to {result}.")
 
         self.set_busy("saving", True)
-        worker = self._create_worker(save_job, self.model, str(path))
+        worker = self._create_worker(save_job, self.model, str(path), task=f"saving U-Net model {Path(path).name}")
         worker.returned.connect(saved)
-        worker.finished.connect(lambda: self.set_busy("saving", False))
+        worker.finished.connect(self.when_done("saving"))
         worker.start()
         return worker
 
-    def _create_worker(self, func, *args):
+    def _create_worker(self, func, *args, task: str | None = None):
         """A worker of the session's viewer (closing another viewer dropped a load: no model, no message)."""
         from .workers import create_worker_of
 
-        return create_worker_of(self.viewer() if self.viewer is not None else None, func, *args)
+        return create_worker_of(self.viewer() if self.viewer is not None else None, func, *args, task=task)
 
     @property
     def busy(self) -> set:
@@ -209,6 +214,18 @@ class Session:
         """One job of ``name`` starts (``busy``) or ends; ``name`` stays in :attr:`busy` until the last one ends."""
         self._running[name] = max(self._running.get(name, 0) + (1 if busy else -1), 0)
         self.busy_changed.emit()
+
+    def when_done(self, name: str):
+        """A callback for a worker's ``finished`` that ends one job of ``name``, holding the session weakly: napari
+        keeps every worker of a window, and a strong hold kept a closed viewer's models in memory for good."""
+        session = weakref.ref(self)
+
+        def done(*_) -> None:
+            alive = session()
+            if alive is not None:
+                alive.set_busy(name, False)
+
+        return done
 
     # ---- reviewed pixels ---------------------------------------------------------------------
     def track(self, layer, image_layer) -> Tracked:

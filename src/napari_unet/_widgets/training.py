@@ -148,6 +148,10 @@ class TrainingWidget(QWidget):
             show_error("napari-unet: another training of this viewer is running; stop it or wait for it to end")
             self.progress.set_status("Not started: another training of this viewer is running.")
             return False
+        if "loading" in self.session.busy:  # the run would start from the model before it and then replace it
+            show_error("napari-unet: a model file is loading; train once it is loaded (it becomes the current model)")
+            self.progress.set_status("Not started: a model file is loading; train once it is loaded.")
+            return False
         try:
             job = self.prepare(retrain)
         except (InputError, LabelError, ConfigError) as err:
@@ -164,9 +168,9 @@ class TrainingWidget(QWidget):
             job.image, job.labels, job.model_config, job.train_config, init=job.init, stop=stop.is_set, auto_depth=job.auto_depth,
             pixel_weights=job.pixel_weights, check=job.check, pixel_size=job.pixel_size,
         )
-        worker = create_worker_of(self.viewer, relay, events)
-        budget = job.train_config.max_minutes * 60 if job.train_config.max_minutes else None
         kind = "retraining" if retrain else "training"
+        worker = create_worker_of(self.viewer, relay, events, stop=stop, task=f"U-Net {kind}")
+        budget = job.train_config.max_minutes * 60 if job.train_config.max_minutes else None
         self._run = _Run(kind, worker, stop, budget, job.names, job.colormap, job.note, job.warning, started=time.perf_counter(),
                          steps_per_epoch=job.train_config.steps_per_epoch)
         if job.warning:
@@ -175,8 +179,7 @@ class TrainingWidget(QWidget):
         worker.aborted.connect(self._on_aborted)  # a bound method: disconnected when the widget is deleted
         worker.aborted.connect(lambda: (stop.set(), events.close()))  # not through self: also after the viewer closed
         worker.finished.connect(self._on_finished)
-        session = self.session  # not through self: a deleted dock gets no finished signal, the session must
-        worker.finished.connect(lambda: session.set_busy("training", False))
+        worker.finished.connect(self.session.when_done("training"))  # not through self: a deleted dock gets no signal
         self.progress.start(f"U-Net {kind}")
         loading = "" if "tensorflow" in sys.modules else " (the first run also loads TensorFlow)"
         self.progress.set_status(f"Preparing {kind} on {job.note}{loading}...")
@@ -334,13 +337,14 @@ class TrainingWidget(QWidget):
         running = getattr(self, "_run", None) is not None  # (busy_changed may come before __init__ ends)
         # the focus goes back to the button that started the run: after a Retrain, a second Space on Train trained anew
         swap_buttons(self.retrain_button if getattr(self, "_retraining", False) else self.train_button, self.stop_button, running)
-        self.train_button.setEnabled(not running)
+        loading = "loading" in self.session.busy  # (a run would start from the model the load replaces)
+        self.train_button.setEnabled(not running and not loading)
         # a run keeps the layers and settings it started with: edits during it would look as if it used them
         for choice in (self.image, self.labels, self.zero_unannotated, self.settings, self.settings.retrain_form):
             choice.setEnabled(not running)
         self.continue_box.setEnabled(not running and self.session.model is not None)  # (nothing to continue from)
-        self.retrain_button.setEnabled(not running and self.session.model is not None)
-        self.save_button.setEnabled(self.session.model is not None)
+        self.retrain_button.setEnabled(not running and not loading and self.session.model is not None)
+        self.save_button.setEnabled(self.session.model is not None and not loading)  # (it saved the model before the load)
         self.load_button.setEnabled(not running and self.session.can_load())  # a click would only be refused
         self.previous_button.setEnabled(not running and self.session.can_load() and self.session.previous is not None)
 

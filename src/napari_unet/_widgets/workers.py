@@ -4,23 +4,47 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import sys
+import threading
 import time
+import weakref
 
 from napari.qt.threading import create_worker
 
 from .tracked import unwrap
 
 
-def create_worker_of(viewer, func, *args, **kwargs):
-    """napari's ``create_worker``, its task registered with ``viewer``'s window (closing that window cancels it).
+#: The stop events of running jobs (set at the process's exit: a worker's quit alone does not end a job's generator).
+_STOP_EVENTS: "weakref.WeakSet[threading.Event]" = weakref.WeakSet()
+
+
+def create_worker_of(viewer, func, *args, stop: threading.Event | None = None, task: str | None = None, **kwargs):
+    """napari's ``create_worker``, its task registered with ``viewer``'s window (closing that window cancels it);
+    ``stop``: the job's stop event, set if the process exits while it runs; ``task``: its name in napari's list of
+    running tasks (which the window's close confirmation shows).
 
     napari registers a worker with the last activated window: closing another viewer cancelled a training of this
     one, and its model was lost.
     """
     _wait_for_workers_at_exit()
+    if stop is not None:
+        _STOP_EVENTS.add(stop)
     with _current(viewer):
-        return create_worker(func, *args, **kwargs)
+        return create_worker(func if task is None else _Named(task, func), *args, **kwargs)
+
+
+class _Named(functools.partial):
+    """``func`` under a name napari shows ("Executing U-Net training", not "<function relay at 0x7f27e61d4400>"); a
+    partial, so that a generator function is still told as one."""
+
+    def __new__(cls, name: str, func):
+        named = super().__new__(cls, func)
+        named.name = name
+        return named
+
+    def __str__(self) -> str:
+        return self.name
 
 
 #: Seconds the Python process waits at exit for workers still running (a model load, a training told to stop).
@@ -53,6 +77,8 @@ def _stop_and_wait_for_workers() -> None:
     pool = QThreadPool.globalInstance()
     if pool is None or not pool.activeThreadCount():
         return
+    for stop in list(_STOP_EVENTS):  # the jobs' own stop: a prediction then ends between slices, not in a dead pool
+        stop.set()
     try:
         from superqt.utils._qthreading import WorkerBase
 
