@@ -1138,10 +1138,14 @@ def test_a_second_training_widget_waits_for_the_first(widgets, qtbot, notificati
     tiny_settings(training, epochs=500, steps=10)
     tiny_settings(second)
     assert training.start()
+    assert not second.train_button.isEnabled()  # a click would only be refused (also of a closed dock's run)
     assert second.start() is False and second._run is None
     assert any("another training of this viewer is running" in m for m in errors(notifications)), notifications
-    training.stop()
+    training.stop()  # (before its first step, as a rule: no model, then nothing else says that run ended)
     qtbot.waitUntil(lambda: training._run is None and not widgets.session.busy, timeout=120_000)
+    status = second.progress.status.text()  # not the refusal any more
+    assert second.train_button.isEnabled()
+    assert status == "The other training of this viewer has ended." or status.startswith("Current model:"), status
 
 
 @pytest.mark.parametrize("case", ["multiscale", "unsorted class values"])

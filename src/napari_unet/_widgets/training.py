@@ -29,6 +29,8 @@ from .settings import TrainSettings
 from .style import scrolling_layout, show_keyboard_focus
 from .workers import create_worker_of
 
+_REFUSED_FOR_ANOTHER = "Not started: another training of this viewer is running"
+
 ZERO_TIP = (
     "Only for labels layers WITHOUT napari-unet class metadata (painted from scratch or opened by "
     "napari's own reader). Checked: value 0 means not annotated (ignored by the loss) and every "
@@ -146,7 +148,7 @@ class TrainingWidget(QWidget):
         self._retraining = retrain
         if "training" in self.session.busy:  # another training widget of this viewer (a second dock) runs
             show_error("napari-unet: another training of this viewer is running; stop it or wait for it to end")
-            self.progress.set_status("Not started: another training of this viewer is running.")
+            self.progress.set_status(f"{_REFUSED_FOR_ANOTHER}.")
             return False
         if "loading" in self.session.busy:  # the run would start from the model before it and then replace it
             show_error("napari-unet: a model file is loading; train once it is loaded (it becomes the current model)")
@@ -178,8 +180,9 @@ class TrainingWidget(QWidget):
         worker.yielded.connect(self._on_event)
         worker.aborted.connect(self._on_aborted)  # a bound method: disconnected when the widget is deleted
         worker.aborted.connect(lambda: (stop.set(), events.close()))  # not through self: also after the viewer closed
+        # first (the buttons then see no other training), and not through self: a deleted dock gets no signal
+        worker.finished.connect(self.session.when_done("training"))
         worker.finished.connect(self._on_finished)
-        worker.finished.connect(self.session.when_done("training"))  # not through self: a deleted dock gets no signal
         self.progress.start(f"U-Net {kind}")
         loading = "" if "tensorflow" in sys.modules else " (the first run also loads TensorFlow)"
         self.progress.set_status(f"Preparing {kind} on {job.note}{loading}...")
@@ -338,12 +341,17 @@ class TrainingWidget(QWidget):
         # the focus goes back to the button that started the run: after a Retrain, a second Space on Train trained anew
         swap_buttons(self.retrain_button if getattr(self, "_retraining", False) else self.train_button, self.stop_button, running)
         loading = "loading" in self.session.busy  # (a run would start from the model the load replaces)
-        self.train_button.setEnabled(not running and not loading)
+        # another dock's run (one closed while its run stops, too): a click would only be refused
+        others = not running and "training" in self.session.busy
+        progress = getattr(self, "progress", None)
+        if not others and progress is not None and progress.status.text().startswith(_REFUSED_FOR_ANOTHER):
+            progress.set_status("The other training of this viewer has ended.")
+        self.train_button.setEnabled(not running and not loading and not others)
         # a run keeps the layers and settings it started with: edits during it would look as if it used them
         for choice in (self.image, self.labels, self.zero_unannotated, self.settings, self.settings.retrain_form):
             choice.setEnabled(not running)
         self.continue_box.setEnabled(not running and self.session.model is not None)  # (nothing to continue from)
-        self.retrain_button.setEnabled(not running and not loading and self.session.model is not None)
+        self.retrain_button.setEnabled(not running and not loading and not others and self.session.model is not None)
         self.save_button.setEnabled(self.session.model is not None and not loading)  # (it saved the model before the load)
         self.load_button.setEnabled(not running and self.session.can_load())  # a click would only be refused
         self.previous_button.setEnabled(not running and self.session.can_load() and self.session.previous is not None)
