@@ -473,13 +473,11 @@ def _tiff_error_named(err: Exception, what: str, path: Path) -> str:
     text = str(err).removeprefix(f"{path}: ")
     if not text.startswith("not a TIFF file"):
         return f"{what} {path.name}: {text}"
-    if path.suffix.lower() == ".keras" and what == "prediction":  # evaluate takes no model
-        return (f"{what} {path.name} is a model file, not a TIFF: evaluate compares predicted labels with true labels; "
-                f"make the prediction first (napari-unet predict {path.name} IMAGE -o prediction.tif)")
-    if path.suffix.lower() == ".keras" and what == "truth":
-        return f"{what} {path.name} is a model file, not a TIFF: evaluate compares predicted labels with true labels (a mask)"
-    if path.suffix.lower() == ".keras":  # arguments swapped
-        return f"{what} {path.name} is a model file, not a TIFF: check the order of the arguments"
+    if path.suffix.lower() == ".keras":  # evaluate takes no model; elsewhere, arguments swapped
+        evaluates = "evaluate compares predicted labels with true labels"
+        hint = {"prediction": f"{evaluates}; make the prediction first (napari-unet predict {path.name} IMAGE -o prediction.tif)",
+                "truth": f"{evaluates} (a mask)"}.get(what, "check the order of the arguments")
+        return f"{what} {path.name} is a model file, not a TIFF: {hint}"
     return (f"{what} {path.name} is not a TIFF file: napari-unet reads TIFF files, folders of TIFF slices and zarr stores; "
             "save it as TIFF")
 

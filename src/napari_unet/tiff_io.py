@@ -347,13 +347,17 @@ def _to_micrometres(value: float, unit: str | None) -> tuple[float, str | None]:
     return value, unit
 
 
-def lengths_in_one_unit(scale, units) -> tuple[tuple, tuple]:
-    """(scale, units) of a file's axes with inch/cm/mm/m in µm, Å in nm, and nm in µm where µm lengths are beside them
-    (an OME-TIFF's 0.05 µm slices of 4 nm pixels): napari draws from the numbers alone, and drew Z 1000 times too thin."""
+def lengths_in_one_unit(scale, units) -> tuple[tuple, tuple, tuple]:
+    """(scale, units, factors) of a file's axes with inch/cm/mm/m in µm, Å in nm, and nm in µm where µm lengths are
+    beside them (an OME-TIFF's 0.05 µm slices of 4 nm pixels): napari draws from the numbers alone, and drew Z 1000
+    times too thin. ``factors``: what each axis's numbers were multiplied by; world positions along it (a translate, an
+    affine) convert alike."""
     pairs = [_to_micrometres(value, unit) for value, unit in zip(scale, units)]
+    factors = [_to_micrometres(1.0, unit)[0] for unit in units]
     if any(unit == "µm" for _, unit in pairs):
+        factors = [factor / 1000.0 if unit == "nm" else factor for factor, (_, unit) in zip(factors, pairs)]
         pairs = [(value / 1000.0, "µm") if unit == "nm" else (value, unit) for value, unit in pairs]
-    return tuple(value for value, _ in pairs), tuple(unit for _, unit in pairs)
+    return tuple(value for value, _ in pairs), tuple(unit for _, unit in pairs), tuple(factors)
 
 
 def length_um(value, unit) -> float | None:
@@ -636,10 +640,7 @@ def _series_info(tif: tifffile.TiffFile, series, data: np.ndarray) -> dict:
                 continue
             scale[i], units[i] = float(value), None
             set_axis(letter, value, json_units[i])
-    recorded = list(scale)
-    scale, units = map(list, lengths_in_one_unit(scale, units))
-    # what each axis's numbers were multiplied by (nm beside µm: by 1/1000); world positions convert alike
-    factors = np.array([new / old if old else 1.0 for new, old in zip(scale, recorded)])
+    scale, units, factors = map(list, lengths_in_one_unit(scale, units))
     flipped = label_meta.pop("flipped", None)
     if isinstance(flipped, list) and len(flipped) >= len(axes) and all(isinstance(f, bool) for f in flipped):
         flipped = flipped[len(flipped) - len(axes):]  # (a one-slice stack: Y, X, as the translate)

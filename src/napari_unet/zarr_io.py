@@ -103,9 +103,8 @@ def read_zarr(path, lazy: bool = True) -> TiffData:
         if isinstance(own.get("scale"), list) and len(own["scale"]) == ndim:
             # napari-unet's own: a negative size is napari's mirrored axis (of an image read from a mirrored layer's file)
             ome_scale = _ome_values([{"type": "scale", "scale": own["scale"]}], ndim, "scale", 1.0, lambda size: size != 0)
-    recorded = tuple(ome_scale) if ome_scale is not None else (1.0,) * ndim
-    scale, units = lengths_in_one_unit(recorded, units)  # as TIFFs are read: an OME-Zarr's nm beside µm drew Z 1000x thin
-    factors = [new / old if old else 1.0 for new, old in zip(scale, recorded)]  # world positions convert alike
+    scale = tuple(ome_scale) if ome_scale is not None else (1.0,) * ndim
+    scale, units, factors = lengths_in_one_unit(scale, units)  # as TIFFs are read: an OME-Zarr's nm beside µm drew Z 1000x thin
     data = da.from_array(_CheckedChunks(array, str(path)), chunks=array.chunks, asarray=True, fancy=False)
     if not lazy:
         data = np.asarray(data)

@@ -278,51 +278,46 @@ class InferenceWidget(QWidget):
             self.progress.finish("prediction failed")
             self.progress.set_status(f"Prediction failed: {event.message}")
         elif isinstance(event, PredictionResult):
-            if event.stopped or job.stop.is_set():  # Stop during the last slices' post-processing counts too
-                self.progress.finish("prediction stopped")
-                self.progress.set_status("Prediction stopped; no layer was changed.")
-                return
             self._write_after_strokes(job, event)
 
     def _write_after_strokes(self, job: _Job, result: PredictionResult) -> None:
         """Write ``result`` once no brush stroke is in progress on a layer it writes to. napari groups a drag's edits
         until the mouse is released: written during one, the stroke's first part was committed with the prediction as
-        the widget's own write, and counted as no correction. The job stays running (Run and Retrain wait) meanwhile."""
+        the widget's own write, and counted as no correction. The job stays running (Run and Retrain wait) meanwhile.
+        A stopped job writes nothing: Stop during the last slices' post-processing, or during the stroke."""
         try:
             self.objectName()
         except RuntimeError:  # the dock was closed while the stroke went on (its Qt object is deleted)
-            if job.waiting:  # only its own wait: busy counts the waits of every dock
-                job.waiting = False
-                self.session.set_busy(WAITING_FOR_STROKE, False)
+            self._end_wait(job)
             return
-        if job.stop.is_set():  # Stop (or a closed dock) while the stroke went on: "no layer will be changed"
-            if job.waiting:
-                job.waiting = False
-                self.session.set_busy(WAITING_FOR_STROKE, False)
-            self.progress.finish("prediction stopped")
-            self.progress.set_status("Prediction stopped; no layer was changed.")
-            if job.ended and self._job is job:
-                self._finish_job()
-            return
-        if self._stroke_in_progress(job):
+        stopped = result.stopped or job.stop.is_set()
+        if not stopped and self._stroke_in_progress(job):
             if not job.waiting:
                 job.waiting = True
                 self.session.set_busy(WAITING_FOR_STROKE, True)
                 self.progress.set_status("Prediction ready; it is written when your brush stroke ends.")
             QTimer.singleShot(STROKE_WAIT_MS, lambda: self._write_after_strokes(job, result))
             return
+        self._end_wait(job)
+        if stopped:
+            self.progress.finish("prediction stopped")
+            self.progress.set_status("Prediction stopped; no layer was changed.")
+        else:
+            try:
+                self._show(job, result)
+            except Exception as err:  # a layer that refuses the write (read-only data, a plugin's array type...)
+                _log.exception("napari-unet: writing the prediction failed")
+                show_error(f"napari-unet: the prediction could not be written completely: {err}")
+                self.progress.finish("prediction not written")
+                self.progress.set_status(f"Prediction not written completely (see the layers): {err}")
+        if job.ended and self._job is job:
+            self._finish_job()
+
+    def _end_wait(self, job: _Job) -> None:
+        """The end of ``job``'s wait for a brush stroke, if it waited (busy counts the waits of every dock)."""
         if job.waiting:
             job.waiting = False
             self.session.set_busy(WAITING_FOR_STROKE, False)
-        try:
-            self._show(job, result)
-        except Exception as err:  # a layer that refuses the write (read-only data, a plugin's array type...)
-            _log.exception("napari-unet: writing the prediction failed")
-            show_error(f"napari-unet: the prediction could not be written completely: {err}")
-            self.progress.finish("prediction not written")
-            self.progress.set_status(f"Prediction not written completely (see the layers): {err}")
-        if job.ended and self._job is job:
-            self._finish_job()
 
     def _stroke_in_progress(self, job: _Job) -> bool:
         """Whether the user is painting on a layer the prediction may write: a prediction layer or the image's cells."""
