@@ -1645,6 +1645,27 @@ def test_a_finished_workers_callback_does_not_keep_the_session_and_its_models():
     done()  # a worker that ends after the viewer closed: nothing to tell
 
 
+def test_a_saved_model_is_not_kept_by_its_finished_save_worker(qtbot, tmp_path):
+    # napari keeps every worker of a window with its arguments: each model ever saved stayed in memory
+    import gc
+    import weakref
+
+    from _helpers import tiny_model
+    from napari_unet._widgets.session import Session
+    from napari_unet.model_io import load_model, save_model
+
+    session = Session()
+    session.set_model(load_model(save_model(tiny_model(), tmp_path / "a.keras")), "a copy")
+    saved = weakref.ref(session.model)
+    worker = session.save(tmp_path / "b.keras")  # kept here, as napari's task list keeps it
+    qtbot.waitUntil(lambda: "saving" not in session.busy, timeout=60_000)
+    assert (tmp_path / "b.keras").exists() and worker is not None
+    session.set_model(tiny_model(), "tiny")
+    session.set_model(load_model(tmp_path / "a.keras"), "another copy")  # nor as the previous model
+    gc.collect()
+    assert saved() is None
+
+
 def test_a_job_cut_short_by_the_exit_is_stopped_and_told_without_a_traceback(caplog, monkeypatch):
     # a script that ended during a prediction printed "prediction failed" with a traceback from a shut-down thread pool
     import threading

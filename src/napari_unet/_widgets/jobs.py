@@ -216,9 +216,23 @@ def load_job(path) -> "UNetModel | Failed":
         return Failed(f"{path}: could not be loaded ({type(err).__name__}: {err})")
 
 
-def save_job(model: UNetModel, path) -> "str | Failed":
+class Handoff:
+    """A value a job takes once (:meth:`take`): napari keeps every worker of a window with its arguments, so a model
+    passed as such stayed in memory for good, also after the session replaced it."""
+
+    def __init__(self, value):
+        self._value = value
+
+    def take(self):
+        value, self._value = self._value, None
+        return value
+
+
+def save_job(model: "UNetModel | Handoff", path) -> "str | Failed":
     from napari_unet.model_io import save_model
 
+    if isinstance(model, Handoff):
+        model = model.take()
     lower_thread_priority()
     load_tensorflow(quiet=True)
     try:
@@ -231,6 +245,7 @@ def save_job(model: UNetModel, path) -> "str | Failed":
 
 __all__ = [
     "Failed",
+    "Handoff",
     "Note",
     "PredictionResult",
     "load_job",

@@ -179,7 +179,7 @@ class Session:
         """Save the current model in a worker (atomic write)."""
         from napari.utils.notifications import show_error
 
-        from .jobs import Failed, save_job
+        from .jobs import Failed, Handoff, save_job
 
         session = weakref.ref(self)  # (see when_done)
 
@@ -193,7 +193,7 @@ class Session:
                 alive.notice.emit(f"Model saved to {result}.")
 
         self.set_busy("saving", True)
-        worker = self._create_worker(save_job, self.model, str(path), task=f"saving U-Net model {Path(path).name}")
+        worker = self._create_worker(save_job, Handoff(self.model), str(path), task=f"saving U-Net model {Path(path).name}")
         worker.returned.connect(saved)
         worker.finished.connect(self.when_done("saving"))
         worker.start()
