@@ -170,3 +170,35 @@ def test_outputs_that_would_not_fit_in_memory_are_refused_before_the_run(em_view
     inference.probabilities.setChecked(False)
     predict(qtbot, inference)
     assert "EM prediction" in [layer.name for layer in viewer.layers]
+
+
+def test_a_deleted_prediction_layer_is_said_and_the_next_run_makes_a_new_one(em_viewer, inference, qtbot):
+    """Deleting the prediction layer deleted its painted corrections without a word; a run going on, or the next one,
+    must not write into the deleted layer."""
+    from napari_unet._widgets import get_session
+    from napari_unet._widgets.prepare import prepare_retrain
+    from napari_unet.labels import LabelError
+
+    viewer, session = em_viewer, get_session(em_viewer)
+    image = viewer.layers["EM"]
+    predict(qtbot, inference)
+    prediction = viewer.layers["EM prediction"]
+    with prediction.block_history():
+        prediction.paint((0, 20, 20), 1 if prediction.data[0, 20, 20] != 1 else 2, refresh=False)
+    assert session.reviewed(prediction).sum() > 0
+    assert inference.run()
+    viewer.layers.remove(prediction)  # while a run goes on
+    deleted = prediction.data.copy()
+    status = inference.progress.status.text()
+    assert "Prediction layer 'EM prediction' was deleted with your corrections" in status, status
+    assert "napari cannot undo a layer's deletion" in status and "The next Run makes a new prediction layer" in status, status
+    qtbot.waitUntil(lambda: inference._job is None, timeout=120_000)
+    new = viewer.layers["EM prediction"]
+    assert new is not prediction and np.array_equal(prediction.data, deleted)
+    assert "(a new layer)" in inference.progress.status.text()
+    with pytest.raises(LabelError, match="the corrections on 'EM prediction' went with that layer when it was deleted"):
+        prepare_retrain(viewer, session, image, None, False, lambda *config: None)
+    viewer.layers.remove(new)  # no corrections: said in a few words
+    assert inference.progress.status.text() == "Prediction layer 'EM prediction' was deleted; the next Run makes a new one."
+    predict(qtbot, inference)
+    assert viewer.layers["EM prediction"] is not new

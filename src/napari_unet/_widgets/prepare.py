@@ -229,8 +229,10 @@ def prepare_retrain(viewer, session, image_layer, labels_layer, zero_is_unannota
                 f"no corrections on a prediction of {image_layer.name!r}; the corrections on {layer.name!r} belong to "
                 f"image {name!r}: choose {name!r} as the training widget's image (and its labels, if any) to retrain on them"
             )
+        deleted = session.deleted_corrected_layers(image_layer)
+        gone = f" (the corrections on {deleted[-1]!r} went with that layer when it was deleted)" if deleted else ""
         raise LabelError(
-            f"no corrections to learn from: run inference on {image_layer.name!r}, paint the right "
+            f"no corrections to learn from{gone}: run inference on {image_layer.name!r}, paint the right "
             "classes on its prediction layer, then Retrain"
         )
     values, reviewed, _ = read_annotations(prediction, True, session.reviewed(prediction))

@@ -97,6 +97,7 @@ class Session:
         self.info = ModelInfo()
         self.previous: Optional[tuple] = None  # (model, info) that the current model replaced: use_previous
         self._tracked: dict[int, Tracked] = {}
+        self._deleted: list = []  # (layer name, weakref to its image or None, image name) of deleted corrected layers
         self._running: dict = {}  # how many jobs of each name run (two inference docks predict at once)
         # the docks' settings (settings.form_values): a dock closed and opened again has them
         self.training_form: dict = {}
@@ -311,6 +312,12 @@ class Session:
         image_layer = unwrap(image_layer)
         return [(r.layer, image.name) for r, image in self._corrected_records() if image is not None and image is not image_layer]
 
+    def deleted_corrected_layers(self, image_layer) -> list:
+        """Names of the prediction layers of ``image_layer`` deleted with reviewed pixels (their corrections are gone)."""
+        image_layer = unwrap(image_layer)
+        return [name for name, image, image_name in self._deleted
+                if (image() is image_layer if image is not None and image() is not None else image_name == image_layer.name)]
+
     def unpaired_corrected_layers(self, viewer) -> list:
         """``(layer, image name)`` of reopened prediction layers with reviewed pixels whose image is not open under
         the name they record (renamed, or opened from another file name)."""
@@ -369,10 +376,28 @@ class Session:
         record = self._tracked.pop(id(layer), None)
         if record is not None:
             layer.events.paint.disconnect(self._on_paint)
+            self._say_deleted(record)
         for other in self._tracked.values():  # its predictions now go by its name: the same image opened again
             if other.image is not None and other.image() is layer:  # (the removed layer lives on until gc runs)
                 other.image = None
                 other.image_key = image_identity(layer)  # as it is now: its data may have been edited in place
+
+    def _say_deleted(self, record: Tracked) -> None:
+        """Tell the docks that the prediction layer of ``record`` was deleted, and what went with it."""
+        from napari_unet.train import format_count
+
+        name = record.layer.name
+        reviewed = int(np.count_nonzero(record.reviewed())) if record.marks.shape == record.layer.data.shape else 0
+        if not reviewed:
+            self.notice.emit(f"Prediction layer {name!r} was deleted; the next Run makes a new one.", False)
+            return
+        image = record.image() if record.image is not None else None
+        self._deleted.append((name, None if image is None else weakref.ref(image), record.image_name))
+        # napari undoes edits of a layer's data only, not the deletion of a layer
+        self.notice.emit(
+            f"Prediction layer {name!r} was deleted with your corrections ({format_count(reviewed, 'pixel')} painted or "
+            "marked reviewed): napari cannot undo a layer's deletion, so Retrain no longer has them (unless you saved "
+            "them with Save prediction and open that file again). The next Run makes a new prediction layer.", False)
 
 
 __all__ = ["WAITING_FOR_STROKE", "Session", "Tracked", "disconnect_when_destroyed", "get_session", "unwrap"]
