@@ -1364,6 +1364,50 @@ def test_events_are_handled_in_order_when_a_handler_pumps_qt_events():
     assert handled == [1, 2, 3, 4, 6]
 
 
+def test_retrain_and_continued_training_add_their_curves_after_the_models_own(widgets, qtbot, monkeypatch):
+    # Retrain cleared the loss plot: the model it fine-tuned lost its training curves, a stopped Retrain kept none
+    import napari_unet.train as train_module
+
+    viewer, training, inference, session = widgets.viewer, widgets.training, widgets.inference, widgets.session
+    plot = training.plot
+    tiny_settings(training, epochs=1, steps=3)
+    training.settings.retrain_steps.setValue(4)
+    run_and_wait(qtbot, training.start, lambda: training._run is not None)
+    trained = (list(plot.steps), list(plot.val_steps))
+    assert trained[0] == [1, 2, 3] and trained[1] == [3] and plot.marks == []
+    run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
+    prediction = viewer.layers["EM prediction"]
+    prediction.brush_size = 6
+    prediction.paint((1, 20, 20), 1)
+    run_and_wait(qtbot, lambda: training.start(retrain=True), lambda: training._run is not None)
+    assert plot.steps == [1, 2, 3, 4, 5, 6, 7] and plot.val_steps == [3] and plot.marks == [(3, "Retrain")]
+    assert plot.smoothed[3] == plot.losses[3]  # Retrain's curve is smoothed from its own first step
+    retrained = (list(plot.steps), list(plot.losses))
+    tiny_settings(training, epochs=500, steps=10)
+    assert training.start(retrain=True)
+    training.stop()  # before its first step: its network is discarded, and its mark
+    qtbot.waitUntil(lambda: training._run is None, timeout=120_000)
+    assert (plot.steps, plot.losses) == retrained and plot.marks == [(3, "Retrain")]
+    tiny_settings(training, epochs=1, steps=3)
+    training.continue_box.setChecked(True)
+    run_and_wait(qtbot, training.start, lambda: training._run is not None)
+    assert plot.steps == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10] and plot.val_steps == [3, 10]
+    assert plot.marks == [(3, "Retrain"), (7, "continued")] and len(plot._mark_artists) == 2
+    kept = (list(plot.steps), list(plot.val_steps), list(plot.marks))
+
+    def fail(*args, **kwargs):
+        raise MemoryError("out of memory")
+        yield
+
+    monkeypatch.setattr(train_module, "train_events", fail)  # a run refused by the core leaves the model's curves
+    run_and_wait(qtbot, training.start, lambda: training._run is not None)
+    assert (plot.steps, plot.val_steps, plot.marks) == kept and "failed" in training.progress.bar.format()
+    training.continue_box.setChecked(False)
+    monkeypatch.undo()
+    session.use_previous()  # the curves shown are not that model's
+    assert plot.steps == [] and plot.marks == [] and plot.ax.lines[0] not in plot._mark_artists
+
+
 def test_plot_labels_are_readable_and_a_loaded_model_clears_the_curves(widgets, qtbot, tmp_path, notifications):
     from matplotlib.colors import to_hex
 

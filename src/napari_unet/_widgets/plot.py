@@ -54,6 +54,8 @@ class LossPlot(FigureCanvasQTAgg):
         self._timer.setInterval(min_interval_ms)
         self._timer.timeout.connect(self.redraw)
         self.draws = 0
+        self.marks: list = []  # (step, label) of the dashed lines where a run continued the curves before it
+        self._mark_artists: list = []
         self.apply_theme(getattr(viewer, "theme", "dark"))
         if viewer is not None:
             viewer.events.theme.connect(self._on_theme)
@@ -86,32 +88,87 @@ class LossPlot(FigureCanvasQTAgg):
             handle.set_color(line.get_color())  # the legend drew copies of the curves as they were when it was made
         for item in self._legend.get_texts():
             item.set(color=text, fontsize=0.9 * size)
+        self._text, self._text_size = text, size
+        for line, label in self._mark_artists:
+            line.set_color(text)
+            label.set(color=text, fontsize=0.85 * size)
         self.draw_idle()
 
     def clear(self) -> None:
         self._timer.stop()
         self.steps, self.losses, self.smoothed = [], [], []
         self.val_steps, self.val_losses, self.dice_steps, self.dice = [], [], [], []
+        self._remove_marks(0)
+        self._offset, self._segment_start, self._kept = 0, 0, None
         self.redraw()
 
+    def start_run(self, continues: str = "") -> None:
+        """Curves of a new run: the plot is cleared, or, with ``continues`` (e.g. "Retrain"), the run's steps follow
+        the shown curves after a dashed line with that label (a fine-tuned model's history is its model's before it).
+        :meth:`discard_run` brings back what was shown."""
+        kept = (self._lists(), list(self.marks), self._offset, self._segment_start)
+        if continues and self.steps:
+            self._offset = max(self.steps + self.val_steps)
+            self._segment_start = len(self.losses)
+            self._add_mark(self._offset, continues)
+            self._schedule()
+        else:
+            self.clear()
+        self._kept = kept
+
+    def discard_run(self) -> None:
+        """The curves as they were before the last :meth:`start_run` (the run's network was discarded or it failed)."""
+        if self._kept is None:  # no run started since, or it was discarded already
+            return
+        lists, marks, self._offset, self._segment_start = self._kept
+        (self.steps, self.losses, self.smoothed, self.val_steps, self.val_losses, self.dice_steps, self.dice) = lists
+        self._remove_marks(0)
+        for step, label in marks:
+            self._add_mark(step, label)
+        self._kept = None
+        self.redraw()
+
+    def keep_run(self) -> None:
+        """The run since :meth:`start_run` made the current model: its curves stay (:meth:`discard_run` keeps them)."""
+        self._kept = None
+        self.redraw()
+
+    def _add_mark(self, step: int, label: str) -> None:
+        line = self.ax.axvline(step, color=self._text, linestyle="--", linewidth=1)
+        text = self.ax.annotate(label, (step, 1), xycoords=("data", "axes fraction"), xytext=(3, -3), textcoords="offset points",
+                                va="top", fontsize=0.85 * self._text_size, color=self._text)
+        self.marks.append((step, label))
+        self._mark_artists.append((line, text))
+
+    def _lists(self) -> tuple:
+        return tuple(list(values) for values in (self.steps, self.losses, self.smoothed, self.val_steps, self.val_losses,
+                                                 self.dice_steps, self.dice))
+
+    def _remove_marks(self, keep: int) -> None:
+        for artists in self._mark_artists[keep:]:
+            for artist in artists:
+                artist.remove()
+        del self._mark_artists[keep:], self.marks[keep:]
+
     def add_step(self, step: int, loss: float) -> None:
+        """``step`` of the current run (from 1)."""
         if not math.isfinite(loss) or loss <= 0:
             return
-        previous = self.smoothed[-1] if self.smoothed else loss
+        n = len(self.losses) - self._segment_start + 1  # a continuing run's loss is smoothed from its own first step
+        previous = self.smoothed[-1] if n > 1 else loss
         # Bias-corrected exponential moving average: smooth from the first point on.
-        n = len(self.losses) + 1
         ema = self.smoothing * (previous * (1 - self.smoothing ** (n - 1))) + (1 - self.smoothing) * loss
-        self.steps.append(step)
+        self.steps.append(self._offset + step)
         self.losses.append(loss)
         self.smoothed.append(ema / (1 - self.smoothing**n))
         self._schedule()
 
     def add_epoch(self, step: int, val_loss, val_metrics: dict) -> None:
         if val_loss is not None and math.isfinite(val_loss) and val_loss > 0:
-            self.val_steps.append(step)
+            self.val_steps.append(self._offset + step)
             self.val_losses.append(val_loss)
         if val_metrics.get("dice") is not None:
-            self.dice_steps.append(step)
+            self.dice_steps.append(self._offset + step)
             self.dice.append(val_metrics["dice"])
         self._schedule()
 

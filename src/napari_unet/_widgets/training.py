@@ -56,6 +56,7 @@ class _Run:
     steps_per_epoch: int = 0
     finishing: bool = False  # the steps are over; the model is being finished (no Stop)
     kept_model: bool = False  # its model became the session's
+    continues: str = ""  # the loss plot's label where this run's curves follow the current model's ("" : a new plot)
 
 
 class TrainingWidget(QWidget):
@@ -174,7 +175,8 @@ class TrainingWidget(QWidget):
         worker = create_worker_of(self.viewer, relay, events, stop=stop, task=f"U-Net {kind}")
         budget = job.train_config.max_minutes * 60 if job.train_config.max_minutes else None
         self._run = _Run(kind, worker, stop, budget, job.names, job.colormap, job.note, job.warning, started=time.perf_counter(),
-                         steps_per_epoch=job.train_config.steps_per_epoch)
+                         steps_per_epoch=job.train_config.steps_per_epoch,
+                         continues="Retrain" if retrain else ("continued" if job.init is not None else ""))
         if job.warning:
             show_warning(f"napari-unet: {job.warning}")
         worker.yielded.connect(self._on_event)
@@ -248,7 +250,9 @@ class TrainingWidget(QWidget):
             return
         if isinstance(event, TrainingStarted):
             run.steps_per_epoch = event.steps_per_epoch  # the core's (the form's, unless the core chose another)
-            self.plot.clear()  # here, not at the click: a run refused by the core leaves the current model's curves
+            # here, not at the click: a run refused by the core leaves the current model's curves; a run fine-tuning
+            # the current model adds its curves after that model's
+            self.plot.start_run(run.continues)
             where = f"slices {event.train_slices}, {event.validation}" if run.kind == "training" else run.note
             boxes = {"augment_rotations": "the rotations box", "patch_size": "the patch box" if run.kind == "training" else "Retrain's patch box",
                      "val_fraction": "the validation box"}
@@ -284,6 +288,7 @@ class TrainingWidget(QWidget):
         elif isinstance(event, Failed):
             show_error(f"napari-unet: {run.kind} failed: {event.message}")
             self.progress.finish(f"{run.kind} failed")
+            self.plot.discard_run()  # the model is unchanged: so are its curves
             self.progress.set_status(f"{run.kind.capitalize()} failed: {event.message}")
 
     def _finished_model(self, run: _Run, event: TrainingFinished) -> None:
@@ -293,6 +298,7 @@ class TrainingWidget(QWidget):
         warning = f" Note: {run.warning}." if run.warning else ""
         if event.steps == 0:  # stopped while TensorFlow started: the network is untrained (or init's, without news)
             self.progress.finish(f"{run.kind} {event.reason}", complete=False)
+            self.plot.discard_run()
             self.progress.set_status(f"{run.kind.capitalize()} {ended} before its first step; {unchanged}.{warning}")
             return
         first_epoch = event.steps < run.steps_per_epoch
@@ -300,7 +306,7 @@ class TrainingWidget(QWidget):
             # cancelled, or a budget that TensorFlow's start-up mostly used: a network of a few steps would replace
             # a model that took minutes
             self.progress.finish(f"{run.kind} {event.reason}", complete=False)
-            self.plot.clear()  # the curves of a run whose network was discarded
+            self.plot.discard_run()  # the current model's curves again, not those of a run whose network was discarded
             more = "" if event.reason == "stopped" else "; a larger time budget trains a new one"
             self.progress.set_status(f"{run.kind.capitalize()} {ended} after {event.steps} of the first "
                                      f"epoch's {run.steps_per_epoch} steps; the current model is unchanged{more}.{warning}")
@@ -314,7 +320,7 @@ class TrainingWidget(QWidget):
         colormap = run.colormap[1] if run.colormap and run.colormap[0] == classes else None
         self.session.set_model(event.model, description, names if names and None not in names else None, colormap)
         run.kept_model = True
-        self.plot.redraw()
+        self.plot.keep_run()
         self.progress.finish(f"{run.kind} {event.reason}", complete=event.reason == "completed")
         note = f" Note: {event.untuned_rule_note} (the inference widget's membranes: 'always close gaps')." if event.untuned_rule_note else ""
         if event.reason == "time budget" and first_epoch:
