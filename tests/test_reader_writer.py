@@ -486,6 +486,20 @@ def test_writer_refuses_labels_it_cannot_write_with_a_clear_os_error_and_writes_
     assert os.listdir(tmp_path) == []
 
 
+def test_writer_saves_a_multiscale_labels_layer_at_full_resolution(tmp_path):
+    # napari hands a MultiScaleData (not a list), whose np.asarray is the lowest level: a (4, 32, 32) file was
+    # written for (4, 128, 128) labels (e.g. napari-ome-zarr's), recorded at the full resolution's pixel size
+    from napari.layers import Labels
+
+    full = to_display(isbi_like_labels(), [0, 255])
+    layer = Labels([full, full[:, ::2, ::2], full[:, ::4, ::4]], multiscale=True, scale=(0.05, 0.004, 0.004),
+                   units=("micrometer",) * 3, metadata={"class_values": [0, 255]})
+    data, meta, _ = layer.as_layer_data_tuple()
+    write_labels(str(tmp_path / "multiscale.tif"), data, meta)
+    back = read_tiff(tmp_path / "multiscale.tif")
+    assert np.array_equal(back.data, isbi_like_labels()) and back.scale == pytest.approx((0.05, 0.004, 0.004))
+
+
 def test_layer_save_with_the_plugin_raises_the_writer_error_instead_of_a_warning(tmp_path):
     """``layer.save(path, plugin="napari-unet")`` goes through npe2, which drops a writer's ValueError."""
     import warnings

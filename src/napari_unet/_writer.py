@@ -152,7 +152,8 @@ def _axes_of_labels(axis_labels, ndim: int) -> str | None:
 
 
 def _write_labels(path: str, data: Any, meta: dict) -> str:
-    if isinstance(data, (list, tuple)):  # multiscale: write the full-resolution level
+    # multiscale (napari hands a MultiScaleData, whose np.asarray is its lowest level): write the full resolution
+    if meta.get("multiscale") or isinstance(data, (list, tuple)):
         data = data[0]
     display = np.asarray(data)
     layer_meta = dict(meta.get("metadata") or {})
