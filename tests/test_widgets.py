@@ -1158,7 +1158,7 @@ def test_labels_layers_the_widgets_cannot_read_right_are_refused(make_napari_vie
     labels[:, :, 32:] = 2
     if case == "multiscale":  # napari's asarray gave the lowest level: "image and labels shapes differ" in the worker
         viewer.add_labels([labels, labels[:, ::2, ::2]], name="labels", multiscale=True)
-        expected = "is multiscale"
+        expected = "is multiscale; open its full-resolution level as a plain labels layer (an OME-Zarr store: File > Open"
     else:  # display 1 meant 255 here but membrane (0) in the predictions
         viewer.add_labels(labels, name="labels", metadata={"class_values": [255, 0]})
         expected = "not in increasing order"

@@ -66,6 +66,11 @@ class LayerCombo(QComboBox):
         raise ValueError(f"layer {layer.name!r} is not offered here")
 
 
+#: The way forward from a multiscale layer (napari-ome-zarr's): the napari-unet reader opens a store's full resolution.
+_MULTISCALE_HINT = ("open its full-resolution level as a plain {kind} (an OME-Zarr store: File > Open with the napari U-Net "
+                    "reader opens its level 0, and its labels from <store>/labels/<name>)")
+
+
 def image_array(layer, what: str = "the image"):
     """The layer's data as a (Y, X) or (Z, Y, X) one-channel array, or :class:`InputError`."""
     if layer is None:
@@ -73,7 +78,7 @@ def image_array(layer, what: str = "the image"):
     if getattr(layer, "rgb", False):
         raise InputError(f"image {layer.name!r} is RGB{'A' if layer.data.shape[-1] == 4 else ''}; napari-unet needs one channel: convert it to grayscale or split its channels (layer context menu > Split RGB)")
     if getattr(layer, "multiscale", False):
-        raise InputError(f"image {layer.name!r} is multiscale; open its full-resolution level as a plain image")
+        raise InputError(f"image {layer.name!r} is multiscale; {_MULTISCALE_HINT.format(kind='image')}")
     shape = tuple(layer.data.shape)
     if len(shape) not in (2, 3):
         hint = (" (a time series, or several channels? split it into one layer per time point or channel: layer "
@@ -135,7 +140,7 @@ def read_annotations(layer, zero_is_unannotated: bool, reviewed: Optional[np.nda
     """
     what = f"{'prediction' if reviewed is not None else 'labels'} layer {layer.name!r}"
     if getattr(layer, "multiscale", False):  # np.asarray gave its lowest resolution
-        raise LabelError(f"{what} is multiscale; open its full-resolution level as a plain labels layer")
+        raise LabelError(f"{what} is multiscale; {_MULTISCALE_HINT.format(kind='labels layer')}")
     data = np.asarray(layer.data)
     if data.dtype.kind not in "iub":
         raise LabelError(f"{what} has dtype {data.dtype}; labels must be integers")
