@@ -234,6 +234,30 @@ def test_read_zarr_takes_plain_arrays_single_array_groups_and_ome_zarr_with_pixe
     assert zarr_io.read_zarr(tmp_path / "single.zarr").axes == "YX"
 
 
+def test_an_ome_zarrs_label_images_are_named_when_its_image_opens_and_one_unit_for_all_lengths_is_read(tmp_path, monkeypatch):
+    # the reader opened the image and skipped its labels/ without a word; a units string (as write_tiff takes) was dropped
+    from napari_unet import _reader
+
+    data = np.arange(2 * 6 * 8, dtype=np.uint8).reshape(2, 6, 8)
+    group = zarr.open_group(str(tmp_path / "em.ome.zarr"), mode="w")
+    group.create_array("0", shape=data.shape, dtype=data.dtype, chunks=(1, 6, 8))[:] = data
+    axes = [{"name": name, "type": "space", "unit": "micrometer"} for name in "zyx"]
+    group.attrs["multiscales"] = [{"axes": axes, "datasets": [{"path": "0"}]}]
+    labels = group.create_group("labels")
+    labels.attrs["labels"] = ["membranes", "cells"]
+    said = []
+    monkeypatch.setattr(_reader, "_notify_info", said.append)
+    layers = _reader.read_layers(str(tmp_path / "em.ome.zarr"))
+    assert [kind for _, _, kind in layers] == ["image"]
+    assert said == ["napari-unet: em.ome.zarr also holds the label images membranes, cells: open em.ome.zarr/labels/<name> "
+                    "with the napari U-Net reader to train on one or to correct it"]
+    said.clear()
+    zarr_io.write_zarr(tmp_path / "own.zarr", data, {"axes": "ZYX", "scale": [0.05, 0.004, 0.004], "units": "µm"})
+    own = zarr_io.read_zarr(tmp_path / "own.zarr")
+    assert own.units == ("µm",) * 3 and own.scale == pytest.approx((0.05, 0.004, 0.004))
+    assert _reader.read_layers(str(tmp_path / "own.zarr")) and said == []
+
+
 def test_ome_zarr_layouts_scales_and_damaged_chunks(tmp_path, capsys):
     data = np.arange(2 * 6 * 8, dtype=np.uint8).reshape(2, 6, 8)
     root = zarr.open_group(str(tmp_path / "b2r.zarr"), mode="w")  # bioformats2raw: the image is the group "0"

@@ -63,6 +63,18 @@ def _notify_error(message: str) -> None:
         warnings.warn(message, stacklevel=2)
 
 
+def _notify_info(message: str) -> None:
+    """Show ``message`` as a napari info notification (falls back to a warning)."""
+    try:
+        from napari.utils.notifications import show_info
+
+        show_info(message)
+    except Exception:  # pragma: no cover - napari missing or notification machinery failing
+        import warnings
+
+        warnings.warn(message, stacklevel=2)
+
+
 def _notify_warning(message: str) -> None:
     try:
         from napari.utils.notifications import show_warning
@@ -159,7 +171,13 @@ def _same_path(a, b) -> bool:
 def read_layers(path) -> list[LayerDataTuple]:
     """Layer data tuples for ``path``; on error a notification and ``[]`` (never raises)."""
     try:
-        return layer_data_from_tiff(read_path(path))
+        tiff = read_path(path)
+        if tiff.metadata.get("ome_labels"):  # read only on request: which label image goes with which training?
+            names = tiff.metadata["ome_labels"]
+            _notify_info(f"napari-unet: {Path(os.fspath(path)).name} also holds the label image{'s' if len(names) > 1 else ''} "
+                         f"{', '.join(names)}: open {Path(os.fspath(path)).name}/labels/<name> with the napari U-Net reader "
+                         "to train on one or to correct it")
+        return layer_data_from_tiff(tiff)
     except (TiffReadError, ZarrReadError) as exc:
         _notify_error(f"napari-unet: {exc}")
     except Exception as exc:

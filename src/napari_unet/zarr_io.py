@@ -98,7 +98,10 @@ def read_zarr(path, lazy: bool = True) -> TiffData:
         units = tuple(unit for _, unit in ome_axes)
     else:  # napari-unet's own outputs record axes and the image's pixel sizes
         axes = own.get("axes") if isinstance(own.get("axes"), str) and len(own["axes"]) == ndim else _guess_axes(array.shape)
-        units = tuple(own["units"]) if isinstance(own.get("units"), list) and len(own["units"]) == ndim else (None,) * ndim
+        units = own.get("units", own.get("unit"))
+        if isinstance(units, str):  # one unit for the lengths, as write_tiff takes it
+            units = [units if axis in "XYZ" else None for axis in axes]
+        units = tuple(units) if isinstance(units, list) and len(units) == ndim else (None,) * ndim
         units = tuple(_normalise_unit(u) for u in units)
         if isinstance(own.get("scale"), list) and len(own["scale"]) == ndim:
             # napari-unet's own: a negative size is napari's mirrored axis (of an image read from a mirrored layer's file)
@@ -115,6 +118,8 @@ def read_zarr(path, lazy: bool = True) -> TiffData:
         metadata["translate"] = [float(t) * f for t, f in zip(own_translate, factors)]
     elif ome_translate is not None and any(ome_translate):  # where the volume lies
         metadata["translate"] = [float(t) * f for t, f in zip(ome_translate, factors)]
+    if ome_axes is not None:
+        metadata.update(_ome_label_names(node))
     _check_label_metadata(metadata, path)
     # labels only by their metadata, OME mark or name: a lazy store's values would have to be read (a blank first slice is no label)
     integer = np.issubdtype(data.dtype, np.integer) or data.dtype == bool
@@ -207,6 +212,17 @@ def _image_of_group(path: Path, group, attributes: dict):
         found = f"arrays {names[:5]}" if names else "no array"
         raise ZarrReadError(f"{path}: a zarr group with {found}; give the path of one array inside it")
     return group[names[0]], None, None, None
+
+
+def _ome_label_names(group) -> dict:
+    """``{"ome_labels": [names]}`` of an OME-Zarr image's label images (its ``labels`` group), else ``{}``."""
+    try:
+        labels = group["labels"]
+        attributes = _attributes(labels)
+        names = attributes.get("labels") or (attributes.get("ome") or {}).get("labels") or []
+    except Exception:  # no labels group, or not a group: an image without labels
+        return {}
+    return {"ome_labels": [str(name) for name in names]} if isinstance(names, list) and names else {}
 
 
 def _ome_scale(transformations, ndim: int):
