@@ -52,7 +52,7 @@ def test_train_predict_evaluate_round_trip(data, capsys):
     assert set(json.loads(out)) >= {"pixel_error", "dice", "v_rand", "v_info"}
     # outputs were replaced without a word
     code, out, err = run(capsys, "predict", data / "m.keras", data / "image.tif", "-o", data / "p.tif", "--no-tta")
-    assert code == 0 and f"wrote {data / 'p.tif'} (4, 64, 64) uint8; it replaced the file of that name" in err, err
+    assert code == 0 and f"wrote {data / 'p.tif'} (4, 64, 64) uint8 (axes ZYX); it replaced the file of that name" in err, err
 
 
 def test_train_scores_large_slices_on_the_window_validation_scored(data, capsys, monkeypatch):
@@ -1190,6 +1190,37 @@ def test_predict_outputs_keep_a_pixel_size_recorded_without_a_unit(data, capsys)
     assert np.allclose(image_scale[-2:], 0.004)
     assert np.allclose(read_layers(str(data / "p.tif"))[0][1]["scale"], image_scale)
     assert np.allclose(read_tiff(data / "q.tif").scale[-2:], image_scale[-2:])
+
+
+def test_predict_of_a_time_series_keeps_its_time_axis(data, capsys):
+    """A TYX TIFF (ImageJ frames too) was predicted into ZYX labels and ZCYX probabilities, which napari opened with a
+    z slider beside the image's t; train and evaluate read it as any stack."""
+    from napari_unet._reader import read_layers
+    from napari_unet.zarr_io import read_zarr
+
+    image = tifffile.imread(data / "image.tif")
+    tifffile.imwrite(data / "t.tif", image, photometric="minisblack", metadata={"axes": "TYX"})
+    tifffile.imwrite(data / "frames.tif", image, imagej=True, metadata={"axes": "TYX", "unit": "um", "finterval": 2.5},
+                     resolution=(2, 2))
+    save_model(tiny_model(), data / "m.keras")
+    for name in ("t.tif", "frames.tif"):
+        source = read_tiff(data / name)
+        assert source.axes == "TYX"
+        for kind, read in ((".tif", read_tiff), (".zarr", read_zarr)):
+            code, _out, err = run(capsys, "predict", data / "m.keras", data / name, "-o", data / f"p{kind}",
+                                  "--probabilities", data / f"q{kind}")
+            assert code == 0, err
+            labels, probabilities = read(data / f"p{kind}"), read(data / f"q{kind}")
+            assert (labels.axes, probabilities.axes) == ("TYX", "TCYX"), kind
+            assert "(axes TYX" in err and "(axes TCYX" in err, err
+            assert np.allclose(labels.scale, source.scale) and labels.units == source.units, kind
+            assert np.allclose(probabilities.scale, [*source.scale[:1], 1.0, *source.scale[1:]]), kind
+            assert read_layers(str(data / f"p{kind}"))[0][1]["axis_labels"] == read_layers(str(data / name))[0][1]["axis_labels"]
+    assert read_tiff(data / "frames.tif").units == ("s", "µm", "µm")
+    code, out, err = run(capsys, "train", data / "frames.tif", data / "labels.tif", "-o", data / "t.keras", *TINY_TRAINING)
+    assert code == 0 and json.loads(out)["validation_slices"] == [3], err
+    code, out, err = run(capsys, "evaluate", data / "p.tif", data / "labels.tif")
+    assert code == 0 and "pixel_error" in json.loads(out), err
 
 
 def test_train_records_the_images_pixel_size_and_predict_notes_a_scan_of_another(data, capsys):

@@ -408,7 +408,7 @@ def _planar_rgb(path: Path) -> bool:
 
 
 def _read_stack_and_metadata(path, what: str, lazy: bool = False, for_cluster: bool = False, labels: bool = False) -> tuple[np.ndarray, dict]:
-    """:func:`read_stack` and the file's metadata (plus ``pixel_size`` of the kept axes when known);
+    """:func:`read_stack` and the file's metadata (plus ``axes``, the kept axes' letters, and their ``pixel_size`` when known);
     ``for_cluster``: a dask array whose chunks other machines read by path, never a memory map; ``labels``: the
     file holds labels (messages say so)."""
     from .tiff_io import TiffReadError, read_folder, read_tiff
@@ -451,7 +451,7 @@ def _read_stack_and_metadata(path, what: str, lazy: bool = False, for_cluster: b
                            "two axes: save it again as (Z, Y, X) or (Y, X), e.g. with numpy.moveaxis")
     if squeezed.ndim not in (2, 3):
         raise CommandError(f"{what} {path.name} has shape {data.shape} (axes {axes}); expected (Y, X) or (Z, Y, X)")
-    metadata = dict(tiff.metadata)
+    metadata = {**tiff.metadata, "axes": kept_axes}
     if isinstance(metadata.get("reviewed"), np.ndarray):
         metadata["reviewed"] = metadata["reviewed"].reshape(squeezed.shape)
     # the pixel size of each kept axis, for outputs that must line up with the image in napari, where the reader gives
@@ -508,6 +508,13 @@ def _check_slice_size(image, path: Path, axes_unrecorded: bool) -> None:
         raise CommandError(f"image {path.name} is read as {read_as}: too small to segment (napari-unet needs {needs}){hint}")
     if across:  # (Y, X, N) images (B-scans side by side) would be read across
         print(f"note: image {path.name} is read as {read_as}{hint}", file=sys.stderr)
+
+
+def _output_axes(image_metadata: dict, ndim: int) -> str:
+    """Axes of the labels predicted from a (Y, X) or (Z, Y, X) image read by :func:`_read_stack_and_metadata`: its stack
+    axis keeps its letter (a time series stays T in napari), Z if it is neither T nor Z."""
+    stack = str(image_metadata.get("axes") or "")[:-2]
+    return ((stack if stack in ("Z", "T") else "Z") if ndim == 3 else "") + "YX"
 
 
 def _with_pixel_size(metadata: dict, pixel_size: dict | None, class_axis: bool = False) -> dict:
@@ -961,10 +968,11 @@ def cmd_predict(args) -> int:
     # slices are read as the prediction reaches them; a cluster's workers read them by path
     image, image_metadata = _read_stack_and_metadata(args.image, "image", lazy=True, for_cluster=args.scheduler is not None)
     pixel_size = _given_pixel_size(image_metadata, args.pixel_size, image.ndim).get("pixel_size")
+    axes = _output_axes(image_metadata, image.ndim)
     if args.scheduler is None:  # with a cluster, only its workers run the network
         load_tensorflow_for_command()
     if chunked:
-        return _predict_chunked(args, image, output, probabilities_file, pixel_size)
+        return _predict_chunked(args, image, output, probabilities_file, pixel_size, axes)
     model = load_model(args.model)
     _note_options_the_model_ignores(args, model)
     _note_intensities(image, model)
@@ -991,11 +999,10 @@ def cmd_predict(args) -> int:
         progress.done()
         if result.blank_slices:
             print(f"note: {blank_slices_note(result.blank_slices)}", file=sys.stderr)
-        files = [(output, result.labels, _with_pixel_size({"class_values": list(model.class_values)}, pixel_size))]
+        files = [(output, result.labels, _with_pixel_size({"class_values": list(model.class_values), "axes": axes}, pixel_size))]
         if probabilities_file is not None:
             probs = np.moveaxis(result.probabilities, -1, -3)  # one plane per class, a view: written page by page
-            axes = "CYX" if probs.ndim == 3 else "ZCYX"
-            files.append((probabilities_file, probs, _with_pixel_size({"class_values": list(model.class_values), "axes": axes}, pixel_size, class_axis=True)))
+            files.append((probabilities_file, probs, _with_pixel_size({"class_values": list(model.class_values), "axes": axes[:-2] + "CYX"}, pixel_size, class_axis=True)))
         if sum(array.nbytes for _, array, _ in files) > 2**26:  # compressing a large stack takes minutes: not silently
             print(f"writing {', '.join(str(path) for path, _, _ in files)}...", file=sys.stderr)
         existed = {path for path, _, _ in files if Path(path).exists()}
@@ -1067,8 +1074,10 @@ def _note_pixel_size(model, pixel_size: dict | None, given: bool = False) -> Non
         print(f"note: {note}{how}", file=sys.stderr)
 
 
-def _predict_chunked(args, image, output: Path, probabilities_file: Path | None, pixel_size: dict | None = None) -> int:
-    """``predict`` into zarr stores, chunk by chunk: here, or on the dask cluster of ``--scheduler``."""
+def _predict_chunked(args, image, output: Path, probabilities_file: Path | None, pixel_size: dict | None = None,
+                     axes: str | None = None) -> int:
+    """``predict`` into zarr stores, chunk by chunk: here, or on the dask cluster of ``--scheduler`` (``axes``: the
+    labels', ZYX or YX by default)."""
     from .chunked import ModelSource, default_slices_per_chunk, predict_chunked, store_events
     from .train import format_seconds
     from .zarr_io import commit_zarr_stores, create_zarr, discard_zarr, is_zarr_path
@@ -1089,11 +1098,12 @@ def _predict_chunked(args, image, output: Path, probabilities_file: Path | None,
         )
         # one store chunk per slice (and class): tasks write whole chunks as they finish slices, never the same one
         z, plane, n_classes = image.shape[:-2], tuple(image.shape[-2:]), source.config.n_classes
+        axes = axes or _output_axes({}, image.ndim)
         stores = [(output, prediction.labels.shape, prediction.labels.dtype, (1,) * len(z) + plane,
-                   _with_pixel_size({"class_values": source.class_values, "axes": "ZYX" if z else "YX"}, pixel_size))]
+                   _with_pixel_size({"class_values": source.class_values, "axes": axes}, pixel_size))]
         if probabilities_file is not None:
             stores.append((probabilities_file, (*z, n_classes, *plane), np.float32, (1,) * len(z) + (1, *plane),
-                           _with_pixel_size({"class_values": source.class_values, "axes": "ZCYX" if z else "CYX"}, pixel_size, class_axis=True)))
+                           _with_pixel_size({"class_values": source.class_values, "axes": axes[:-2] + "CYX"}, pixel_size, class_axis=True)))
         partials = []
         try:
             for path, shape, dtype, chunks, metadata in stores:
@@ -1344,7 +1354,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("model", help="model file (.keras) written by napari-unet train")
     pred.add_argument("image", help="TIFF image or stack, a folder of TIFF slices, or a zarr store (.zarr)")
     pred.add_argument("-o", "--output", required=True, help="labels TIFF or zarr store (.zarr, written chunk by chunk) to write (the training labels' values)")
-    pred.add_argument("--probabilities", help="also write per-class probabilities (float32 TIFF or zarr store like -o, axes ZCYX; CYX for one image)")
+    pred.add_argument("--probabilities", help="also write per-class probabilities (float32 TIFF or zarr store like -o, axes ZCYX; TCYX for a time series, CYX for one image)")
     pred.add_argument(
         "--tta", action=argparse.BooleanOptionalAction, default="auto",
         help="test-time augmentation: average the network over the four 90-degree rotations of each tile "
