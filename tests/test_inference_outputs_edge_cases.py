@@ -198,6 +198,10 @@ def test_a_deleted_prediction_layer_is_said_and_the_next_run_makes_a_new_one(em_
     assert "(a new layer)" in inference.progress.status.text()
     with pytest.raises(LabelError, match="the corrections on 'EM prediction' went with that layer when it was deleted"):
         prepare_retrain(viewer, session, image, None, False, lambda *config: None)
+    new.paint((0, 30, 30), 1 if new.data[0, 30, 30] != 1 else 2)
+    new.undo()  # corrections painted anew and taken back: no word of the deleted layer's any more
+    with pytest.raises(LabelError, match="^no corrections to learn from: run inference"):
+        prepare_retrain(viewer, session, image, None, False, lambda *config: None)
     viewer.layers.remove(new)  # no corrections: said in a few words
     assert inference.progress.status.text() == "Prediction layer 'EM prediction' was deleted; the next Run makes a new one."
     predict(qtbot, inference)

@@ -1158,7 +1158,7 @@ def test_labels_layers_the_widgets_cannot_read_right_are_refused(make_napari_vie
     labels[:, :, 32:] = 2
     if case == "multiscale":  # napari's asarray gave the lowest level: "image and labels shapes differ" in the worker
         viewer.add_labels([labels, labels[:, ::2, ::2]], name="labels", multiscale=True)
-        expected = "is multiscale; open its full-resolution level as a plain labels layer (an OME-Zarr store: File > Open"
+        expected = "is multiscale; open its full-resolution level as a plain labels layer (an OME-Zarr store: File > Open with Plugin"
     else:  # display 1 meant 255 here but membrane (0) in the predictions
         viewer.add_labels(labels, name="labels", metadata={"class_values": [255, 0]})
         expected = "not in increasing order"
@@ -1382,17 +1382,20 @@ def test_retrain_and_continued_training_add_their_curves_after_the_models_own(wi
     run_and_wait(qtbot, lambda: training.start(retrain=True), lambda: training._run is not None)
     assert plot.steps == [1, 2, 3, 4, 5, 6, 7] and plot.val_steps == [3] and plot.marks == [(3, "Retrain")]
     assert plot.smoothed[3] == plot.losses[3]  # Retrain's curve is smoothed from its own first step
-    retrained = (list(plot.steps), list(plot.losses))
-    tiny_settings(training, epochs=500, steps=10)
+    retrained = (list(plot.steps), list(plot.losses), list(plot.smoothed))
+    training.settings.retrain_steps.setValue(500)
     assert training.start(retrain=True)
-    training.stop()  # before its first step: its network is discarded, and its mark
+    qtbot.waitUntil(lambda: len(plot.steps) >= len(retrained[0]) + 2, timeout=120_000)
+    assert plot.marks == [(3, "Retrain"), (7, "Retrain")]
+    training.stop()  # in its first (and only) epoch: its network is discarded, so are its curves and its mark
     qtbot.waitUntil(lambda: training._run is None, timeout=120_000)
-    assert (plot.steps, plot.losses) == retrained and plot.marks == [(3, "Retrain")]
+    assert (plot.steps, plot.losses, plot.smoothed) == retrained and plot.marks == [(3, "Retrain")]
+    assert len(plot.ax.lines) == 4 and len(plot.ax.texts) == 1  # the three curves and one mark, labelled
     tiny_settings(training, epochs=1, steps=3)
     training.continue_box.setChecked(True)
     run_and_wait(qtbot, training.start, lambda: training._run is not None)
     assert plot.steps == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10] and plot.val_steps == [3, 10]
-    assert plot.marks == [(3, "Retrain"), (7, "continued")] and len(plot._mark_artists) == 2
+    assert plot.marks == [(3, "Retrain"), (7, "Continued")] and [t.get_text() for t in plot.ax.texts] == ["Continued"]
     kept = (list(plot.steps), list(plot.val_steps), list(plot.marks))
 
     def fail(*args, **kwargs):
@@ -1405,7 +1408,7 @@ def test_retrain_and_continued_training_add_their_curves_after_the_models_own(wi
     training.continue_box.setChecked(False)
     monkeypatch.undo()
     session.use_previous()  # the curves shown are not that model's
-    assert plot.steps == [] and plot.marks == [] and plot.ax.lines[0] not in plot._mark_artists
+    assert plot.steps == [] and plot.marks == [] and len(plot.ax.lines) == 3 and not plot.ax.texts
 
 
 def test_plot_labels_are_readable_and_a_loaded_model_clears_the_curves(widgets, qtbot, tmp_path, notifications):

@@ -67,8 +67,8 @@ class LayerCombo(QComboBox):
 
 
 #: The way forward from a multiscale layer (napari-ome-zarr's): the napari-unet reader opens a store's full resolution.
-_MULTISCALE_HINT = ("open its full-resolution level as a plain {kind} (an OME-Zarr store: File > Open with the napari U-Net "
-                    "reader opens its level 0, and its labels from <store>/labels/<name>)")
+_MULTISCALE_HINT = ("open its full-resolution level as a plain {kind} (an OME-Zarr store: File > Open with Plugin > Open "
+                    "Folder..., napari U-Net, opens its level 0, and its labels from <store>/labels/<name>)")
 
 
 def image_array(layer, what: str = "the image"):

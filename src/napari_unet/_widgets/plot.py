@@ -54,8 +54,9 @@ class LossPlot(FigureCanvasQTAgg):
         self._timer.setInterval(min_interval_ms)
         self._timer.timeout.connect(self.redraw)
         self.draws = 0
-        self.marks: list = []  # (step, label) of the dashed lines where a run continued the curves before it
-        self._mark_artists: list = []
+        self.marks: list = []  # (step, label) of the dotted lines where a run continued the curves before it
+        self._mark_lines: list = []
+        self._mark_label = None  # the latest mark's only: a Retrain's 20 steps after 1000 put labels on top of each other
         self.apply_theme(getattr(viewer, "theme", "dark"))
         if viewer is not None:
             viewer.events.theme.connect(self._on_theme)
@@ -88,23 +89,25 @@ class LossPlot(FigureCanvasQTAgg):
             handle.set_color(line.get_color())  # the legend drew copies of the curves as they were when it was made
         for item in self._legend.get_texts():
             item.set(color=text, fontsize=0.9 * size)
-        self._text, self._text_size = text, size
-        for line, label in self._mark_artists:
+        self._text, self._text_size, self._background = text, size, background
+        for line in self._mark_lines:
             line.set_color(text)
-            label.set(color=text, fontsize=0.85 * size)
+        if self._mark_label is not None:  # (its box hides the curves behind it)
+            self._mark_label.set(color=text, fontsize=0.85 * size)
+            self._mark_label.get_bbox_patch().set_facecolor(background)
         self.draw_idle()
 
     def clear(self) -> None:
         self._timer.stop()
         self.steps, self.losses, self.smoothed = [], [], []
         self.val_steps, self.val_losses, self.dice_steps, self.dice = [], [], [], []
-        self._remove_marks(0)
+        self._remove_marks()
         self._offset, self._segment_start, self._kept = 0, 0, None
         self.redraw()
 
     def start_run(self, continues: str = "") -> None:
         """Curves of a new run: the plot is cleared, or, with ``continues`` (e.g. "Retrain"), the run's steps follow
-        the shown curves after a dashed line with that label (a fine-tuned model's history is its model's before it).
+        the shown curves after a dotted line with that label (a fine-tuned model's history is its model's before it).
         :meth:`discard_run` brings back what was shown."""
         kept = (self._lists(), list(self.marks), self._offset, self._segment_start)
         if continues and self.steps:
@@ -122,7 +125,7 @@ class LossPlot(FigureCanvasQTAgg):
             return
         lists, marks, self._offset, self._segment_start = self._kept
         (self.steps, self.losses, self.smoothed, self.val_steps, self.val_losses, self.dice_steps, self.dice) = lists
-        self._remove_marks(0)
+        self._remove_marks()
         for step, label in marks:
             self._add_mark(step, label)
         self._kept = None
@@ -134,21 +137,26 @@ class LossPlot(FigureCanvasQTAgg):
         self.redraw()
 
     def _add_mark(self, step: int, label: str) -> None:
-        line = self.ax.axvline(step, color=self._text, linestyle="--", linewidth=1)
-        text = self.ax.annotate(label, (step, 1), xycoords=("data", "axes fraction"), xytext=(3, -3), textcoords="offset points",
-                                va="top", fontsize=0.85 * self._text_size, color=self._text)
+        """A dotted line at ``step`` (the Dice curve is dashed), labelled along it on its left, inside the axes."""
         self.marks.append((step, label))
-        self._mark_artists.append((line, text))
+        self._mark_lines.append(self.ax.axvline(step, color=self._text, linestyle=":", linewidth=1.2))
+        if self._mark_label is not None:
+            self._mark_label.remove()
+        self._mark_label = self.ax.annotate(label, (step, 0.5), xycoords=("data", "axes fraction"), xytext=(-3, 0),
+                                            textcoords="offset points", rotation=90, ha="right", va="center",
+                                            fontsize=0.85 * self._text_size, color=self._text,
+                                            bbox={"boxstyle": "square,pad=0.15", "linewidth": 0, "facecolor": self._background})
 
     def _lists(self) -> tuple:
         return tuple(list(values) for values in (self.steps, self.losses, self.smoothed, self.val_steps, self.val_losses,
                                                  self.dice_steps, self.dice))
 
-    def _remove_marks(self, keep: int) -> None:
-        for artists in self._mark_artists[keep:]:
-            for artist in artists:
-                artist.remove()
-        del self._mark_artists[keep:], self.marks[keep:]
+    def _remove_marks(self) -> None:
+        for line in self._mark_lines:
+            line.remove()
+        if self._mark_label is not None:
+            self._mark_label.remove()
+        self._mark_lines, self._mark_label, self.marks = [], None, []
 
     def add_step(self, step: int, loss: float) -> None:
         """``step`` of the current run (from 1)."""

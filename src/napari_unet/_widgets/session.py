@@ -361,6 +361,8 @@ class Session:
             return
         if record.pending and event.value:  # a stroke whose last brush positions changed nothing
             record.tie(event.value[-1])
+        if self._deleted and record.image is not None:  # corrections painted anew: a deleted layer's are old news
+            self._deleted = [entry for entry in self._deleted if entry[1] is None or entry[1]() is not record.image()]
         for atom in event.value:
             if hasattr(atom, "slice_key"):  # napari >= 0.6: bounding box + mask of the changed pixels, one label
                 changed = np.ones(record.marks[atom.slice_key].shape, bool) if atom.mask is None else np.asarray(atom.mask, bool)

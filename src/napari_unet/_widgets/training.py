@@ -176,7 +176,7 @@ class TrainingWidget(QWidget):
         budget = job.train_config.max_minutes * 60 if job.train_config.max_minutes else None
         self._run = _Run(kind, worker, stop, budget, job.names, job.colormap, job.note, job.warning, started=time.perf_counter(),
                          steps_per_epoch=job.train_config.steps_per_epoch,
-                         continues="Retrain" if retrain else ("continued" if job.init is not None else ""))
+                         continues="Retrain" if retrain else ("Continued" if job.init is not None else ""))
         if job.warning:
             show_warning(f"napari-unet: {job.warning}")
         worker.yielded.connect(self._on_event)
