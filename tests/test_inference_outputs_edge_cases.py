@@ -189,6 +189,7 @@ def test_a_deleted_prediction_layer_is_said_and_the_next_run_makes_a_new_one(em_
     assert inference.run()
     viewer.layers.remove(prediction)  # while a run goes on
     deleted = prediction.data.copy()
+    qtbot.waitUntil(lambda: "was deleted" in inference.progress.status.text(), timeout=5_000)
     status = inference.progress.status.text()
     assert "Prediction layer 'EM prediction' was deleted with your corrections" in status, status
     assert "napari cannot undo a layer's deletion" in status and "The next Run makes a new prediction layer" in status, status
@@ -203,6 +204,27 @@ def test_a_deleted_prediction_layer_is_said_and_the_next_run_makes_a_new_one(em_
     with pytest.raises(LabelError, match="^no corrections to learn from: run inference"):
         prepare_retrain(viewer, session, image, None, False, lambda *config: None)
     viewer.layers.remove(new)  # no corrections: said in a few words
-    assert inference.progress.status.text() == "Prediction layer 'EM prediction' was deleted; the next Run makes a new one."
+    qtbot.waitUntil(lambda: inference.progress.status.text() == "Prediction layer 'EM prediction' was deleted; the next Run "
+                    "makes a new one.", timeout=5_000)
     predict(qtbot, inference)
     assert viewer.layers["EM prediction"] is not new
+
+
+def test_closing_the_viewer_tells_no_prediction_layer_deleted(make_napari_viewer, qtbot):
+    # closing removes every layer: each corrected prediction was told as deleted, in a popup while a training ran
+    from napari_unet._widgets import get_session
+    from napari_unet.labels import PREDICTION_OUTPUT
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((2, 64, 64), np.float32), name="EM")
+    layer = viewer.add_labels(np.ones((2, 64, 64), np.uint8), name="EM prediction",
+                              metadata={"napari_unet": {"output": PREDICTION_OUTPUT, "image": "EM"}})
+    session = get_session(viewer)
+    layer.brush_size = 5
+    layer.paint((0, 20, 20), 2)
+    assert session.reviewed(layer).sum() > 0
+    notices = []
+    session.notice.connect(lambda text, notified: notices.append(text))
+    viewer.close()
+    qtbot.wait(50)
+    assert notices == []

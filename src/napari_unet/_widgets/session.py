@@ -391,15 +391,30 @@ class Session:
         name = record.layer.name
         reviewed = int(np.count_nonzero(record.reviewed())) if record.marks.shape == record.layer.data.shape else 0
         if not reviewed:
-            self.notice.emit(f"Prediction layer {name!r} was deleted; the next Run makes a new one.", False)
+            self._tell_unless_closing(f"Prediction layer {name!r} was deleted; the next Run makes a new one.")
             return
         image = record.image() if record.image is not None else None
         self._deleted.append((name, None if image is None else weakref.ref(image), record.image_name))
         # napari undoes edits of a layer's data only, not the deletion of a layer
-        self.notice.emit(
+        self._tell_unless_closing(
             f"Prediction layer {name!r} was deleted with your corrections ({format_count(reviewed, 'pixel')} painted or "
             "marked reviewed): napari cannot undo a layer's deletion, so Retrain no longer has them (unless you saved "
-            "them with Save prediction and open that file again). The next Run makes a new prediction layer.", False)
+            "them with Save prediction and open that file again). The next Run makes a new prediction layer.")
+
+    def _tell_unless_closing(self, text: str) -> None:
+        """Emit ``text`` as a notice once the event loop runs again, unless the viewer was closed meanwhile: closing
+        removes every layer (each corrected one was told as deleted, in a popup while a training ran)."""
+        from qtpy.QtCore import QTimer
+
+        session = weakref.ref(self)
+
+        def tell():
+            alive = session()
+            viewer = alive.viewer() if alive is not None and alive.viewer is not None else None
+            if viewer is not None and getattr(viewer.window, "_qt_window", None) is not None:  # napari deletes it at close
+                alive.notice.emit(text, False)
+
+        QTimer.singleShot(0, tell)
 
 
 __all__ = ["WAITING_FOR_STROKE", "Session", "Tracked", "disconnect_when_destroyed", "get_session", "unwrap"]
