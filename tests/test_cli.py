@@ -1056,6 +1056,7 @@ def test_auto_can_be_typed_for_the_options_whose_default_is_auto(data, capsys):
     assert exited.value.code == 2 and "expected a number or auto" in capsys.readouterr().err
 
 
+@pytest.mark.filterwarnings("ignore:.*stored as RGB with separate component planes:DeprecationWarning")  # on purpose
 def test_a_stack_stored_as_rgb_planes_and_a_probability_file_given_to_evaluate_are_named(data, capsys):
     image = tifffile.imread(data / "image.tif")[:3]
     tifffile.imwrite(data / "three.tif", image)  # tifffile's default for (3, Y, X) uint8: RGB colour planes
@@ -1261,7 +1262,7 @@ def test_the_pixel_height_of_a_file_is_read_in_micrometres_also_without_an_x_cal
 def test_evaluate_takes_the_membrane_class_or_none(data, capsys):
     # a band mask of one OCT layer scored V_rand 1.0 for a Dice of 0.036: its background taken as the membrane
     labels = tifffile.imread(data / "labels.tif")
-    tifffile.imwrite(data / "wrong.tif", np.where(labels == 0, 255, 0).astype(np.uint8))
+    tifffile.imwrite(data / "wrong.tif", np.where(labels == 0, 255, 0).astype(np.uint8), photometric="minisblack")
     code, out, err = run(capsys, "evaluate", data / "wrong.tif", data / "labels.tif", "--membrane", "none")
     assert code == 0, err
     assert "v_rand" not in json.loads(out) and json.loads(out)["pixel_error"] == 1.0
@@ -1345,7 +1346,7 @@ def test_train_names_the_pixel_size_it_records_and_pixel_size_gives_the_right_on
     from napari_unet._reader import read_layers
 
     image = tifffile.imread(data / "image.tif")
-    tifffile.imwrite(data / "inches.tif", image, resolution=(1 / 0.014239, 1 / 0.003872), resolutionunit="INCH")
+    tifffile.imwrite(data / "inches.tif", image, photometric="minisblack", resolution=(1 / 0.014239, 1 / 0.003872), resolutionunit="INCH")
     tifffile.imwrite(data / "true.tif", image, imagej=True, metadata={"axes": "ZYX", "unit": "um"}, resolution=(1 / 14.239, 1 / 3.872))
     code, _out, err = run(capsys, "train", data / "inches.tif", data / "labels.tif", "-o", data / "m.keras", *TINY_TRAINING)
     assert code == 0, err

@@ -684,6 +684,7 @@ def test_a_plain_layer_whose_0_was_trained_as_a_class_is_written_with_0_as_a_cla
     assert meta == {"class_values": [255], "ignore_value": 0}
 
 
+@pytest.mark.filterwarnings("ignore:.*stored as RGB with separate component planes:DeprecationWarning")  # on purpose
 def test_a_stack_of_three_or_four_slices_saved_with_tifffile_defaults_opens_as_a_stack(tmp_path):
     """tifffile.imwrite (and so napari's own writer) stores a (3 or 4, Y, X) uint8 array as RGB colour planes: it
     opened as 3 or 4 channel layers while its labels opened as one stack, so the two no longer paired."""

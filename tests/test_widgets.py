@@ -1063,6 +1063,7 @@ def test_zarr_stores_open_train_and_predict_in_napari(make_napari_viewer, qtbot,
     inference.stop()
 
 
+@pytest.mark.filterwarnings("ignore:Non-orthogonal slicing:UserWarning")  # napari's, for the sheared stack on purpose
 def test_the_current_slice_must_be_one_the_layer_has(make_napari_viewer):
     # a longer stack beside it moved the slider past the layer's slices, and its last slice was used unseen
     from napari_unet._widgets.layers import current_slice
