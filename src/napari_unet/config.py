@@ -209,7 +209,7 @@ class TrainConfig:
     # levels at which the membrane rule may merge regions (postprocess.merge_regions), picked by V_rand on the
     # validation slices; "auto": up to 0.7 for budgets of 30 minutes or more (resolve_merge_levels)
     merge_levels: Union[tuple, str] = "auto"
-    annotated_center_fraction: float = 0.9  # share of patches centred on an annotated pixel
+    annotated_center_fraction: float = 0.9  # share of patches drawn around an annotated pixel (anywhere in them)
     val_fraction: float = 0.2
     val_every: int = 1  # validate every N epochs
     seed: int = 0

@@ -146,7 +146,7 @@ def _correction_weights(corrected: np.ndarray, weight: float) -> np.ndarray | No
 
 
 def _patch_share(pixels: int, all_pixels: int, slices: int, all_slices: int, annotated_fraction: float) -> float:
-    """Share of the training patches centred on ``pixels`` of ``all_pixels`` annotated ones lying on ``slices`` of
+    """Share of the training patches drawn around ``pixels`` of ``all_pixels`` annotated ones lying on ``slices`` of
     ``all_slices`` annotated slices (:class:`napari_unet.data.PatchSampler`: ``annotated_fraction`` on an annotated pixel,
     the rest anywhere on an annotated slice)."""
     return annotated_fraction * pixels / max(all_pixels, 1) + (1 - annotated_fraction) * slices / max(all_slices, 1)
