@@ -683,6 +683,14 @@ def test_layered_labels_train_without_rotations_and_say_so():
     events = list(train_events(em_image, em_labels, model_config, train_config))
     assert events[-1].model.train_config.augment_rotations is True
     assert next(e for e in events if isinstance(e, TrainingStarted)).notes == ()
+    # OCT layers annotated in a few columns: layered or not cannot be told; rotations stay on, and a note says so
+    few = np.full_like(labels, 255)
+    few[..., ::16] = labels[..., ::16]  # 4 columns a scan, 8 in all
+    few[1] = 255
+    notes, sparse = run(few, train_config.replace(ignore_value=255))
+    assert sparse.train_config.augment_rotations is True
+    said = [str(note) for note in notes if note.setting == "augment_rotations"]
+    assert len(said) == 1 and "too few annotated columns" in said[0], notes
 
 
 def test_layered_labels_give_a_model_that_predicts_its_layers_in_order(tmp_path):

@@ -110,6 +110,24 @@ def _judged_columns(columns: np.ndarray) -> np.ndarray:
     return columns[columns.min(axis=1) != columns.max(axis=1)]
 
 
+def _sampled_judged_columns(indices, max_columns: int):
+    """:func:`_judged_columns` of at most ``max_columns`` evenly spaced columns of (Y, X) or (Z, Y, X) ``indices``
+    (an (N, Y) array), None if ``indices`` are empty."""
+    stack = np.asarray(indices)
+    stack = stack[None] if stack.ndim == 2 else stack
+    if stack.size == 0:
+        return None
+    z_step, x_step = layer_order_steps(stack.shape, max_columns)  # evenly spaced columns, picked before any copy
+    return _judged_columns(np.moveaxis(stack[::z_step, :, ::x_step], 1, -1).reshape(-1, stack.shape[1]))
+
+
+def layering_undecided(indices, max_columns: int = 4096) -> bool:
+    """Whether too few columns of ``indices`` (as :func:`layer_order` takes them) hold two or more annotated classes
+    for :func:`layer_order` to judge them: fewer than :data:`LAYERED_MIN_COLUMNS` (a few OCT columns, a scribble)."""
+    columns = _sampled_judged_columns(indices, max_columns)
+    return columns is None or len(columns) < LAYERED_MIN_COLUMNS
+
+
 def layer_order(indices, max_columns: int = 4096, max_classes: int = 64):
     """The top-to-bottom order of the classes (a tuple of class indices) if ``indices`` are layered, else None.
 
@@ -123,12 +141,9 @@ def layer_order(indices, max_columns: int = 4096, max_classes: int = 64):
     Pockets lie beside at least :data:`MIN_LAYERS_BESIDE_POCKETS` layers. At most ``max_columns``
     evenly spaced columns are read; labels of more than ``max_classes`` classes are not called layered.
     """
-    stack = np.asarray(indices)
-    stack = stack[None] if stack.ndim == 2 else stack
-    if stack.size == 0:
+    columns = _sampled_judged_columns(indices, max_columns)
+    if columns is None:
         return None
-    z_step, x_step = layer_order_steps(stack.shape, max_columns)  # evenly spaced columns, picked before any copy
-    columns = _judged_columns(np.moveaxis(stack[::z_step, :, ::x_step], 1, -1).reshape(-1, stack.shape[1]))  # (columns, Y)
     n_classes = int(columns.max()) + 1 if len(columns) else 0
     if len(columns) < LAYERED_MIN_COLUMNS or n_classes > max_classes:
         return None
@@ -527,6 +542,7 @@ __all__ = [
     "POCKET_SHARE",
     "layer_order_steps",
     "layer_order",
+    "layering_undecided",
     "to_indices",
     "count_classes",
     "positions_in",

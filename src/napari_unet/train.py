@@ -33,7 +33,7 @@ from .data import (
     prefetch,
     read_annotated_slices,
 )
-from .labels import check_class_count, check_trainable, count_classes, layer_order, to_indices
+from .labels import LAYERED_MIN_COLUMNS, check_class_count, check_trainable, count_classes, layer_order, layering_undecided, to_indices
 from .model import (
     TRAINING_BASE_BYTES,
     TRAINING_BYTES_PER_PARAMETER,
@@ -338,9 +338,9 @@ def _pixel_size_notes(init: UNetModel, pixel_size) -> tuple:
                         "model records the new size, and predicting images of the old size will say so"),)
 
 
-def _resolve_rotations(value, layered: bool, init, pockets=()) -> tuple[bool, tuple]:
+def _resolve_rotations(value, layered: bool, init, pockets=(), undecided: bool = False) -> tuple[bool, tuple]:
     """``TrainConfig.augment_rotations`` as a bool, and a note when "auto" turned them off (naming the ``pockets``,
-    class values left out of the layer order).
+    class values left out of the layer order) or kept them on for labels whose layering was ``undecided``.
 
     "auto": as the fine-tuned ``init`` model was trained (its invariance stays), else off for ``layered`` labels
     (:func:`napari_unet.labels.layer_order`), else on.
@@ -350,6 +350,10 @@ def _resolve_rotations(value, layered: bool, init, pockets=()) -> tuple[bool, tu
     recorded = getattr(init.train_config, "augment_rotations", None) if init is not None and init.train_config else None
     if isinstance(recorded, bool):  # announced when that model was trained
         return recorded, ()
+    if not layered and undecided:
+        return True, (SettingNote("augment_rotations", "90-degree rotations on: too few annotated columns hold two "
+                                  f"classes or more (fewer than {LAYERED_MIN_COLUMNS}) to tell whether the labels are "
+                                  "layered top to bottom; if they are (as OCT layers), turn rotations off"),)
     if not layered:
         return True, ()
     inside = (f"; {', '.join(map(str, pockets))} {'is a pocket' if len(pockets) == 1 else 'are pockets'} inside them (in "
@@ -722,7 +726,9 @@ def train_events(
     indices = to_indices(label_stack, class_values, ignore, dtype=np.int8)  # at most MAX_CLASSES classes: a byte a pixel
     order = layer_order(indices)
     pockets = [class_values[k] for k in range(len(class_values)) if k not in order] if order is not None else []
-    rotations, notes = _resolve_rotations(train_config.augment_rotations, order is not None, init, pockets)
+    # (three classes or more: the note is no news for two-class labels, EM membranes and cells)
+    undecided = order is None and len(class_values) >= 3 and layering_undecided(indices)
+    rotations, notes = _resolve_rotations(train_config.augment_rotations, order is not None, init, pockets, undecided)
     notes += patch_notes + (_class_notes(indices, class_values) if init is None else _pixel_size_notes(init, pixel_size))
     notes += _uniform_slice_notes(indices, class_values, slice_numbers)
     train_config = train_config.replace(augment_rotations=rotations)
