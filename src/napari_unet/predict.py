@@ -321,7 +321,8 @@ def predict_events(
     :class:`UNetModel` or the path of its file).
 
     Yields :class:`PredictionProgress` after each batch of tiles and finally one :class:`Prediction`.
-    Tiles of ``tile_size`` overlap by ``overlap`` pixels and are blended with a raised-cosine window;
+    Tiles of ``tile_size`` overlap by ``overlap`` pixels (at most a quarter of a tile) and are blended with a
+    raised-cosine window;
     memory for the network stays bounded by ``batch_size`` images per call (tiles or their TTA copies).
     ``stop()`` returning True ends early with ``Prediction.stopped`` set (slices not reached, and up to two whose membrane
     rule was still running, hold 0, a class value or not; in ``labels_out`` / ``probabilities_out`` they keep what those
