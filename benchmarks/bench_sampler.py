@@ -10,7 +10,9 @@ commit's worktree), rounds alternated. On the ISBI training slices 0-11 (the def
 - ``step_s``: the median training step of a ``--steps``-step run of the default settings (4 x 256², XLA as a
   10-minute run compiles it), where the batches are made in the background thread beside TensorFlow on the same
   cores, as in every training;
-- ``sampler_init_s``: making the sampler (annotated positions; border weights are a separate, cached step).
+- ``sampler_init_s``: making the sampler (annotated positions; border weights are a separate, cached step);
+- ``unannotated_share``: pixels of those batches the loss ignores (weight 0) although every pixel of ISBI is annotated:
+  what the augmentation lost (the elastic warp's border).
 
     git worktree add /tmp/old HEAD~1
     python benchmarks/bench_sampler.py --srcs src,/tmp/old/src      # 2 rounds, ~8 min
@@ -60,11 +62,12 @@ def worker(spec: dict) -> None:
     start = time.perf_counter()
     sampler = data.PatchSampler(images, indices, 256, weights, aug, seed=0, pixel_weights=pixel_weights)
     init_s = time.perf_counter() - start
-    cpu = []
+    cpu, ignored = [], []
     for _ in range(spec["batches"]):
         start = time.process_time()
-        sampler.batch(4)
+        _, targets = sampler.batch(4)
         cpu.append(time.process_time() - start)
+        ignored.append(float((targets[..., 1] == 0).mean()))
     config = train_config.replace(epochs=1, steps_per_epoch=spec["steps"], val_fraction=0.0, jit_compile=True)
     steps, last = [], None
     for event in train_events(image, labels, default.model, config):
@@ -79,6 +82,7 @@ def worker(spec: dict) -> None:
         "sampler_init_s": init_s,
         "batch_cpu_ms": 1000 * statistics.median(cpu),
         "step_s": statistics.median(steps[5:]),
+        "unannotated_share": statistics.mean(ignored),
     })
 
 
@@ -104,7 +108,7 @@ def main() -> int:
             result = payloads[-1] if payloads else {}
             runs[src].append({"status": status, "seconds": seconds, **result})
             print(f"round {round_index + 1} {src}: {status} " + ", ".join(f"{k} {v:.3f}" for k, v in result.items() if isinstance(v, float)), flush=True)
-    keys = ("sampler_init_s", "batch_cpu_ms", "step_s")
+    keys = ("sampler_init_s", "batch_cpu_ms", "step_s", "unannotated_share")
     summary = {src: {k: statistics.median(r[k] for r in results if k in r) for k in keys} for src, results in runs.items() if all(k in results[0] for k in keys)}
     if len(summary) == 2:
         first, second = summary.values()
