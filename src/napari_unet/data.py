@@ -682,7 +682,7 @@ class PatchSampler:
             z = int(rng.choice(self.slices_with_labels))
             y0, x0 = int(rng.integers(height - p + 1)), int(rng.integers(width - p + 1))
         planes = neighbour_slices(int(z), len(self.images), self.context)
-        # the elastic warp reads around the patch: cut from the patch alone, its border pulled in "not annotated" (7 %
+        # the elastic warp reads around the patch: cut from the patch alone, its border pulled in "not annotated" (5 %
         # of a 256-px patch, most patches of an annotation at the slice's edge)
         m = int(math.ceil(3 * self.aug.elastic_alpha)) if self.aug.elastic and self.aug.elastic_alpha > 0 else 0
         image = np.moveaxis(_window(self.images, planes, y0 - m, x0 - m, p + 2 * m, None), 0, -1)
