@@ -51,39 +51,29 @@ _PINT_UNITS = {
 _MAX_DISPLAY_CLASSES = 65534
 
 
+def _notify(severity: str, message: str) -> None:
+    """Show ``message`` as a napari notification of ``severity`` ("error", "warning" or "info"); falls back to a
+    Python warning."""
+    try:
+        from napari.utils import notifications
+
+        getattr(notifications, f"show_{severity}")(message)
+    except Exception:  # pragma: no cover - napari missing or notification machinery failing
+        import warnings
+
+        warnings.warn(message, stacklevel=3)
+
+
 def _notify_error(message: str) -> None:
-    """Show ``message`` as a napari error notification (falls back to a warning)."""
-    try:
-        from napari.utils.notifications import show_error
-
-        show_error(message)
-    except Exception:  # pragma: no cover - napari missing or notification machinery failing
-        import warnings
-
-        warnings.warn(message, stacklevel=2)
-
-
-def _notify_info(message: str) -> None:
-    """Show ``message`` as a napari info notification (falls back to a warning)."""
-    try:
-        from napari.utils.notifications import show_info
-
-        show_info(message)
-    except Exception:  # pragma: no cover - napari missing or notification machinery failing
-        import warnings
-
-        warnings.warn(message, stacklevel=2)
+    _notify("error", message)
 
 
 def _notify_warning(message: str) -> None:
-    try:
-        from napari.utils.notifications import show_warning
+    _notify("warning", message)
 
-        show_warning(message)
-    except Exception:  # pragma: no cover
-        import warnings
 
-        warnings.warn(message, stacklevel=2)
+def _notify_info(message: str) -> None:
+    _notify("info", message)
 
 
 def _claims(path) -> bool:
@@ -172,11 +162,11 @@ def read_layers(path) -> list[LayerDataTuple]:
     """Layer data tuples for ``path``; on error a notification and ``[]`` (never raises)."""
     try:
         tiff = read_path(path)
-        if tiff.metadata.get("ome_labels"):  # read only on request: which label image goes with which training?
-            names = tiff.metadata["ome_labels"]
-            _notify_info(f"napari-unet: {Path(os.fspath(path)).name} also holds the label image{'s' if len(names) > 1 else ''} "
-                         f"{', '.join(names)}: open {Path(os.fspath(path)).name}/labels/<name> with the napari U-Net reader "
-                         "to train on one or to correct it")
+        names = tiff.metadata.get("ome_labels")
+        if names:  # read only on request: which label image goes with which training?
+            store = Path(os.fspath(path)).name
+            _notify_info(f"napari-unet: {store} also holds the label image{'s' if len(names) > 1 else ''} {', '.join(names)}: "
+                         f"open {store}/labels/<name> with the napari U-Net reader to train on one or to correct it")
         return layer_data_from_tiff(tiff)
     except (TiffReadError, ZarrReadError) as exc:
         _notify_error(f"napari-unet: {exc}")

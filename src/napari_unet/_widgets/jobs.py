@@ -228,11 +228,11 @@ class Handoff:
         return value
 
 
-def save_job(model: "UNetModel | Handoff", path) -> "str | Failed":
+def save_job(model: Handoff, path) -> "str | Failed":
+    """Save the model ``model`` hands over to ``path``."""
     from napari_unet.model_io import save_model
 
-    if isinstance(model, Handoff):
-        model = model.take()
+    model = model.take()
     lower_thread_priority()
     load_tensorflow(quiet=True)
     try:

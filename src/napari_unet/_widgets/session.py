@@ -16,7 +16,7 @@ import contextlib
 import weakref
 from pathlib import Path
 from dataclasses import dataclass, replace
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 from psygnal import Signal
@@ -84,6 +84,19 @@ class ModelInfo:
     colormap: Any = None
 
 
+class _Deleted(NamedTuple):
+    """A prediction layer deleted with corrections: its name and its image (a weak reference, else the image's name)."""
+
+    name: str
+    image: Optional[weakref.ref]
+    image_name: str
+
+    def of(self, image_layer) -> bool:
+        """Whether it was a prediction of ``image_layer`` (by identity while that image lives, else by name)."""
+        image = self.image() if self.image is not None else None
+        return image is image_layer if image is not None else self.image_name == image_layer.name
+
+
 class Session:
     """The current model and the tracked prediction layers of one viewer."""
 
@@ -97,7 +110,7 @@ class Session:
         self.info = ModelInfo()
         self.previous: Optional[tuple] = None  # (model, info) that the current model replaced: use_previous
         self._tracked: dict[int, Tracked] = {}
-        self._deleted: list = []  # (layer name, weakref to its image or None, image name) of deleted corrected layers
+        self._deleted: list[_Deleted] = []  # the prediction layers deleted with corrections
         self._running: dict = {}  # how many jobs of each name run (two inference docks predict at once)
         # the docks' settings (settings.form_values): a dock closed and opened again has them
         self.training_form: dict = {}
@@ -315,8 +328,7 @@ class Session:
     def deleted_corrected_layers(self, image_layer) -> list:
         """Names of the prediction layers of ``image_layer`` deleted with reviewed pixels (their corrections are gone)."""
         image_layer = unwrap(image_layer)
-        return [name for name, image, image_name in self._deleted
-                if (image() is image_layer if image is not None and image() is not None else image_name == image_layer.name)]
+        return [deleted.name for deleted in self._deleted if deleted.of(image_layer)]
 
     def unpaired_corrected_layers(self, viewer) -> list:
         """``(layer, image name)`` of reopened prediction layers with reviewed pixels whose image is not open under
@@ -361,8 +373,9 @@ class Session:
             return
         if record.pending and event.value:  # a stroke whose last brush positions changed nothing
             record.tie(event.value[-1])
-        if self._deleted and record.image is not None:  # corrections painted anew: a deleted layer's are old news
-            self._deleted = [entry for entry in self._deleted if entry[1] is None or entry[1]() is not record.image()]
+        image = record.image() if record.image is not None else None
+        if self._deleted and image is not None:  # corrections painted anew: a deleted layer's are old news
+            self._deleted = [deleted for deleted in self._deleted if not deleted.of(image)]
         for atom in event.value:
             if hasattr(atom, "slice_key"):  # napari >= 0.6: bounding box + mask of the changed pixels, one label
                 changed = np.ones(record.marks[atom.slice_key].shape, bool) if atom.mask is None else np.asarray(atom.mask, bool)
@@ -394,7 +407,7 @@ class Session:
             self._tell_unless_closing(f"Prediction layer {name!r} was deleted; the next Run makes a new one.")
             return
         image = record.image() if record.image is not None else None
-        self._deleted.append((name, None if image is None else weakref.ref(image), record.image_name))
+        self._deleted.append(_Deleted(name, None if image is None else weakref.ref(image), record.image_name))
         # napari undoes edits of a layer's data only, not the deletion of a layer
         self._tell_unless_closing(
             f"Prediction layer {name!r} was deleted with your corrections ({format_count(reviewed, 'pixel')} painted or "
