@@ -52,12 +52,7 @@ def main():
     QApplication.processEvents()
     heights = [controls_height(training) + 40, controls_height(inference) + 40]
     viewer.window._qt_window.resizeDocks([training_dock, inference_dock], heights, Qt.Orientation.Vertical)
-    for record in finished.history:  # the loss plot as the widget draws it during training (one point per epoch)
-        step = record["epoch"] * STEPS_PER_EPOCH
-        training.plot.add_step(step, record["loss"])
-        metrics = {key[4:]: value for key, value in record.items() if key.startswith("val_") and key != "val_loss"}
-        training.plot.add_epoch(step, record["val_loss"], metrics)
-    training.plot.redraw()
+    assert training.plot.steps, "the training dock draws the current model's curves from its history"
     inference.run()
     app = QApplication.instance()
     for _ in range(600):  # wait for the prediction worker (up to ~60 s)

@@ -190,6 +190,36 @@ def test_a_retrain_reuses_the_traced_step_and_leaves_the_previous_model_intact(m
     train(image, labels, first.config, train_config.replace(epochs=1, steps_per_epoch=1), init=first)
 
 
+def test_a_fine_tuned_models_history_follows_its_start_models_with_steps_across_runs():
+    # a model file kept only its last run's epochs, without steps: a loaded Retrain had one point and no curves before it
+    image, labels = stripes()
+    model_config, train_config = tiny_configs(epochs=2, steps_per_epoch=3, jit_compile=False)
+    first = train(image, labels, model_config, train_config).model
+    assert [(r["epoch"], r["step"], r["run"]) for r in first.history] == [(1, 3, 0), (2, 6, 0)]
+    finished = train(image, labels, train_config=train_config.replace(epochs=1, steps_per_epoch=4, val_fraction=0.0), init=first)
+    assert [(r["epoch"], r["step"], r["run"]) for r in finished.history] == [(1, 4, 1)]  # the run's own epochs
+    tuned = finished.model
+    assert [(r["epoch"], r["step"], r["run"]) for r in tuned.history] == [(1, 3, 0), (2, 6, 0), (1, 4, 1)]
+    assert tuned.history_steps() == [3, 6, 10]
+    assert tuned.history[:2] == first.history and first.history_steps() == [3, 6], "the start model is not modified"
+    again = train(image, labels, train_config=train_config.replace(epochs=1, steps_per_epoch=2, val_fraction=0.0), init=tuned).model
+    assert again.history_steps() == [3, 6, 10, 12] and [r["run"] for r in again.history] == [0, 0, 1, 2]
+
+
+def test_history_steps_of_files_before_steps_were_recorded():
+    from napari_unet.model_io import UNetModel
+
+    _, train_config = tiny_configs(steps_per_epoch=5)
+    old = UNetModel(None, None, [0, 255], train_config=train_config, history=[{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.4}])
+    assert old.history_steps() == [5, 10]
+    odd = UNetModel(None, None, [0, 255], train_config=None, history=[{"epoch": "x", "step": "y"}, {"step": 7.0}, {"epoch": True}])
+    assert odd.history_steps() == [0, 7.0, 0]  # malformed records from a file: no exception
+    first = train(*stripes(), *tiny_configs(epochs=1, steps_per_epoch=2, jit_compile=False, val_fraction=0.0)).model
+    legacy = replace(first, history=[{"epoch": 1, "loss": 0.5}])  # a file written before session 59
+    tuned = train(*stripes(), train_config=first.train_config.replace(steps_per_epoch=3), init=legacy).model
+    assert tuned.history_steps() == [2, 5] and [r["run"] for r in tuned.history] == [0, 1]
+
+
 def test_a_kept_trainer_starts_as_a_new_one(monkeypatch):
     """Same seed and settings: the same weights whether the run builds its trainer or reuses a kept one."""
     traces = _count_traces(monkeypatch)

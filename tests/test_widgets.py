@@ -1408,11 +1408,14 @@ def test_retrain_and_continued_training_add_their_curves_after_the_models_own(wi
     assert (plot.steps, plot.val_steps, plot.marks) == kept and "failed" in training.progress.bar.format()
     training.continue_box.setChecked(False)
     monkeypatch.undo()
-    session.use_previous()  # the curves shown are not that model's
-    assert plot.steps == [] and plot.marks == [] and len(plot.ax.lines) == 3 and not plot.ax.texts
+    session.use_previous()  # the retrained model: its curves from its history, one point an epoch (they were cleared)
+    assert plot.steps == [3, 7] and plot.val_steps == [3] and plot.marks == [(3, "Fine-tuned")]
+    assert len(plot.ax.lines) == 4 and [t.get_text() for t in plot.ax.texts] == ["Fine-tuned"]
+    session.use_previous()  # and back: the continued model's three runs
+    assert plot.steps == [3, 7, 10] and plot.val_steps == [3, 10] and plot.marks == [(3, "Fine-tuned"), (7, "Fine-tuned")]
 
 
-def test_plot_labels_are_readable_and_a_loaded_model_clears_the_curves(widgets, qtbot, tmp_path, notifications):
+def test_plot_labels_are_readable_and_a_loaded_model_shows_its_own_curves(widgets, qtbot, tmp_path, notifications):
     from matplotlib.colors import to_hex
 
     training, session = widgets.training, widgets.session
@@ -1429,9 +1432,16 @@ def test_plot_labels_are_readable_and_a_loaded_model_clears_the_curves(widgets, 
     assert plot.ax.yaxis.label.get_window_extent(renderer).x0 >= 0, "the y label was drawn outside the figure"
     training.save_model(tmp_path / "m.keras")
     qtbot.waitUntil(lambda: not session.busy, timeout=60_000)
+    run = (list(plot.losses), list(plot.val_losses))
+    plot.add_step(4, 9.0)  # curves that are not the loaded model's
     session.load(tmp_path / "m.keras")
     qtbot.waitUntil(lambda: not session.busy, timeout=60_000)
-    assert plot.steps == [] and plot.val_losses == [], "the curves of another run stayed beside a loaded model"
+    # the file's one epoch (the loss plot was cleared: a loaded model showed no curves)
+    assert plot.steps == [3] and plot.losses == [pytest.approx(np.mean(run[0]))] and plot.val_losses == run[1]
+    assert plot._smooth.get_marker() == "o", "a one-epoch model's training loss is one point: a line without markers drew nothing"
+    reopened = type(training)(widgets.viewer)  # a dock opened after the load draws them too
+    assert reopened.plot.steps == [3] and reopened.plot.val_losses == run[1]
+    reopened.close()
     widgets.viewer.layers.remove("EM labels")
     assert not training.start()
     assert training.progress.bar.format() == "training not started"

@@ -45,6 +45,8 @@ class UNetModel:
     ``class_names``: the training labels' name of each class value, if they had names (napari shows them).
     ``class_colors``: the training labels' RGBA colour (4 floats in 0..1) of each class value, if they had
     custom colours; prediction layers of a reloaded model show them again.
+    ``history``: one dict per training epoch (``epoch``, ``step`` and ``run`` (see :meth:`history_steps`), ``loss``,
+    ``val_loss`` (None without validation), ``elapsed`` seconds, validation metrics as ``val_<name>``).
     ``pixel_size``: [Y, X] size in µm of the training image's pixels, or None when it had no physical pixel size;
     prediction notes images of other pixel sizes (:func:`napari_unet.predict.pixel_size_note`).
     """
@@ -67,6 +69,23 @@ class UNetModel:
     spread_above_floor: float = 0.0
     layer_order: Optional[list] = None  # class values top to bottom, for labels layered down every column (OCT); pockets left out
     pixel_size: Optional[list] = None  # [Y, X] µm of the training image's pixels, when known; None in older files
+
+    def history_steps(self) -> list:
+        """The training step at the end of each ``history`` record (an epoch), counted from the first step of the first
+        run that made this model: a fine-tuned model's records follow those of the model it started from, and each
+        record's ``run`` says which run (0 the first) made it. Records without a ``step`` (files before session 59)
+        end at epoch x steps per epoch."""
+        steps_per_epoch = self.train_config.steps_per_epoch if self.train_config else 0
+        steps, offset, run, last = [], 0, None, 0
+        for record in self.history:
+            if record.get("run", 0) != run:
+                offset, run = offset + last, record.get("run", 0)
+            step, epoch = record.get("step"), record.get("epoch")
+            if not isinstance(step, (int, float)) or isinstance(step, bool) or not math.isfinite(step):
+                step = epoch * steps_per_epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else 0
+            last = step
+            steps.append(offset + step)
+        return steps
 
     def layer_pockets(self) -> list:
         """The class values left out of ``layer_order`` (pockets such as fluid inside a layer); [] without an order."""

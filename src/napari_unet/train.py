@@ -325,6 +325,24 @@ def _uniform_slice_notes(indices: np.ndarray, class_values: list, slice_numbers:
     )
 
 
+def _earlier_runs(init: Optional[UNetModel]) -> list:
+    """Copies of ``init``'s history records, each with its ``run`` (0 when it had none) and ``step`` (epoch x ``init``'s
+    steps per epoch in files before they recorded it); [] without ``init``."""
+    if init is None:
+        return []
+    steps_per_epoch = init.train_config.steps_per_epoch if init.train_config else 0
+    records = []
+    for record in init.history:
+        run, step, epoch = record.get("run"), record.get("step"), record.get("epoch")
+        records.append({**record, "run": run if _is_count(run) else 0,
+                        "step": step if _is_count(step) else (epoch * steps_per_epoch if _is_count(epoch) else 0)})
+    return records
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _pixel_size_notes(init: UNetModel, pixel_size) -> tuple:
     """A :class:`SettingNote` (setting ``pixel_size``) when a fine-tuning's image has other pixels than ``init``'s
     training image (by more than :data:`napari_unet.predict.PIXEL_SIZE_RATIO` along an axis): the model then records
@@ -883,6 +901,8 @@ def train_events(
     best_loss, best_epoch, best_weights = math.inf, 0, None
     late_epochs = WeightAverage()
     history: list = []
+    earlier = _earlier_runs(init)  # a fine-tuned model's history starts with that of the model it started from
+    run = max((record["run"] for record in earlier), default=-1) + 1
     reason = "completed"
     step = 0
     first_step_seconds = 0.0  # tracing or an XLA compile: not the rate of the steps after it
@@ -936,7 +956,8 @@ def train_events(
                 late_epochs.add(keras_model.get_weights())
             elapsed = time.perf_counter() - start
             eta = _eta(elapsed, first_step_seconds, step, total_steps, budget)
-            record = {"epoch": epoch, "loss": float(np.mean(losses)), "val_loss": val_loss, "elapsed": elapsed, **{f"val_{k}": v for k, v in val_metrics.items()}}
+            record = {"epoch": epoch, "step": step, "run": run, "loss": float(np.mean(losses)), "val_loss": val_loss, "elapsed": elapsed,
+                      **{f"val_{k}": v for k, v in val_metrics.items()}}
             history.append(record)
             yield EpochEnd(epoch, epochs, float(np.mean(losses)), val_loss, val_metrics, is_best, elapsed, eta)
             if raw_weights is not None:  # the event's consumers saw the averaged weights
@@ -972,7 +993,7 @@ def train_events(
         # Also when training failed or its consumer left early: the result never holds the trainer, which waits
         # for the next run with the same settings (start_from resets all it holds).
         result.keras_model = network
-        result.history = history
+        result.history = earlier + history
         if key is not None:
             _keep_trainer(trainer)
     boundary_v_rand = None

@@ -27,6 +27,13 @@ _CURVES = {
 _DPI = 90
 
 
+def _number(value):
+    """``value`` as a finite float, or None (a model file's history is data from a file)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
 class LossPlot(FigureCanvasQTAgg):
     """Follows the viewer's theme (``viewer.events.theme``) and the widget's font size."""
 
@@ -103,13 +110,36 @@ class LossPlot(FigureCanvasQTAgg):
         self.val_steps, self.val_losses, self.dice_steps, self.dice = [], [], [], []
         self._remove_marks()
         self._offset, self._segment_start, self._kept = 0, 0, None
+        self._smooth.set(marker="", markevery=None)
+        self.redraw()
+
+    def show_history(self, records: list, steps: list, fine_tuned: str = "Fine-tuned") -> None:
+        """The curves of a model's saved per-epoch ``records`` (a loaded or previous model), one point an epoch at
+        ``steps`` (:meth:`napari_unet.model_io.UNetModel.history_steps`): mean training loss, validation loss and
+        Dice; a dotted line labelled ``fine_tuned`` where a record's ``run`` changes (a fine-tune of the model before)."""
+        self.clear()
+        run = None
+        for index, (record, step) in enumerate(zip(records, steps)):
+            if run is not None and record.get("run", 0) != run:
+                self._add_mark(steps[index - 1], fine_tuned)
+            run = record.get("run", 0)
+            loss = _number(record.get("loss"))
+            if loss is not None and loss > 0:
+                self.steps.append(step)
+                self.losses.append(loss)
+                self.smoothed.append(loss)  # an epoch's mean is smooth already
+            dice = _number(record.get("val_dice"))
+            self.add_epoch(step, _number(record.get("val_loss")), {} if dice is None else {"dice": dice})
+        self._segment_start = len(self.losses)
+        # markers on the epochs' points: a one-epoch model is one point, which a line without markers does not draw
+        self._smooth.set(marker="o", markersize=3, markevery=list(range(len(self.losses))))
         self.redraw()
 
     def start_run(self, continues: str = "") -> None:
         """Curves of a new run: the plot is cleared, or, with ``continues`` (e.g. "Retrain"), the run's steps follow
         the shown curves after a dotted line with that label (a fine-tuned model's history is its model's before it).
         :meth:`discard_run` brings back what was shown."""
-        kept = (self._lists(), list(self.marks), self._offset, self._segment_start)
+        kept = (self._lists(), list(self.marks), self._offset, self._segment_start, self._smooth.get_markevery())
         if continues and self.steps:
             self._offset = max(self.steps + self.val_steps)
             self._segment_start = len(self.losses)
@@ -123,7 +153,8 @@ class LossPlot(FigureCanvasQTAgg):
         """The curves as they were before the last :meth:`start_run` (the run's network was discarded or it failed)."""
         if self._kept is None:  # no run started since, or it was discarded already
             return
-        lists, marks, self._offset, self._segment_start = self._kept
+        lists, marks, self._offset, self._segment_start, markevery = self._kept
+        self._smooth.set(marker="o" if markevery else "", markevery=markevery)
         (self.steps, self.losses, self.smoothed, self.val_steps, self.val_losses, self.dice_steps, self.dice) = lists
         self._remove_marks()
         for step, label in marks:

@@ -132,6 +132,7 @@ class TrainingWidget(QWidget):
         disconnect_when_destroyed(self, (self.session.model_changed, self._on_model_changed), (self.session.notice, self._on_notice),
                                   (self.session.busy_changed, self._update_buttons))
         self._run: Optional[_Run] = None
+        self._show_model_curves(self.session.model)  # a dock opened after a training or a load
         self._retraining = False  # what the latest run was: the focus goes back to its button
         self._in_order = InOrder()
         self._update_buttons()
@@ -370,9 +371,15 @@ class TrainingWidget(QWidget):
         elif not notified:
             show_info(f"napari-unet: {text}")
 
-    def _on_model_changed(self, model) -> None:
-        if self._run is None:  # loaded (or trained by another dock): the curves shown are not this model's
+    def _show_model_curves(self, model) -> None:
+        if model is None:
             self.plot.clear()
+        else:
+            self.plot.show_history(model.history, model.history_steps())
+
+    def _on_model_changed(self, model) -> None:
+        if self._run is None:  # loaded, previous (or trained by another dock): its curves from its history
+            self._show_model_curves(model)
             if model is not None:  # "Not started: another training ... is running" outlived that run (a load says more)
                 self.progress.set_status(f"Current model: {self.session.info.description}.")
         self._update_buttons()
