@@ -498,6 +498,9 @@ def test_writer_saves_a_multiscale_labels_layer_at_full_resolution(tmp_path):
     write_labels(str(tmp_path / "multiscale.tif"), data, meta)
     back = read_tiff(tmp_path / "multiscale.tif")
     assert np.array_equal(back.data, isbi_like_labels()) and back.scale == pytest.approx((0.05, 0.004, 0.004))
+    del meta["multiscale"]  # a script's call with the data and a meta of its own
+    write_labels(str(tmp_path / "no-flag.tif"), data, meta)
+    assert np.array_equal(read_tiff(tmp_path / "no-flag.tif").data, isbi_like_labels()), "its lowest level was written"
 
 
 def test_layer_save_with_the_plugin_raises_the_writer_error_instead_of_a_warning(tmp_path):

@@ -18,6 +18,7 @@ so that the napari-unet reader reopens it with the user's corrections still coun
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -152,8 +153,9 @@ def _axes_of_labels(axis_labels, ndim: int) -> str | None:
 
 
 def _write_labels(path: str, data: Any, meta: dict) -> str:
-    # multiscale (napari hands a MultiScaleData, whose np.asarray is its lowest level): write the full resolution
-    if meta.get("multiscale") or isinstance(data, (list, tuple)):
+    # multiscale (napari hands a MultiScaleData, a Sequence whose np.asarray is its lowest level): write the full
+    # resolution, also when a script's call leaves the multiscale flag out of meta (arrays are no Sequence)
+    if meta.get("multiscale") or (isinstance(data, Sequence) and not isinstance(data, (str, bytes))):
         data = data[0]
     display = np.asarray(data)
     layer_meta = dict(meta.get("metadata") or {})
