@@ -129,6 +129,17 @@ def test_elastic_deformation_moves_pixels_but_keeps_label_values():
     assert set(np.unique(warped_indices)) <= {-1, 0, 1}
 
 
+def test_elastic_deformation_keeps_each_pixels_weight_with_its_label():
+    # weights were resampled linearly, labels by nearest neighbour: cell pixels beside a membrane got border weight
+    rng = np.random.default_rng(0)
+    indices = (np.indices((96, 96)).sum(0) // 6 % 2).astype(np.int32)  # class 0 carries the extra weight
+    extra = np.where(indices == 0, 7.0, 0.0).astype(np.float32)
+    for _ in range(5):
+        _, warped_indices, warped_extra = elastic_deform(indices.astype(np.float32), indices, rng, 8.0, 3, extra=extra)
+        inside = warped_indices >= 0
+        assert np.array_equal(warped_extra[inside], np.where(warped_indices[inside] == 0, 7.0, 0.0))
+
+
 def test_elastic_deformation_never_folds_a_small_patch(monkeypatch):
     # 10 px on a 3 x 3 grid folded 45 % of 64-px patches (a fold mirrors pixels: an OCT patch's layers reversed)
     from napari_unet import data

@@ -563,7 +563,7 @@ def elastic_deform(image, indices, rng, alpha: float, grid: int, extra=None, mar
 
     As in the U-Net paper: displacement vectors drawn per control point (std ``alpha`` pixels, at most
     :data:`ELASTIC_MAX_SHARE` of the control points' spacing), interpolated bicubically; image linearly
-    resampled, labels by nearest neighbour. ``margin``: pixels the inputs hold around the patch on each side, which
+    resampled, labels and ``extra`` pixel weights by nearest neighbour. ``margin``: pixels the inputs hold around the patch on each side, which
     the warp may read (else the patch's border is filled from its reflection, its labels "not annotated"); the
     outputs are the patch.
     """
@@ -579,7 +579,9 @@ def elastic_deform(image, indices, rng, alpha: float, grid: int, extra=None, mar
     warped = np.stack([ndimage.map_coordinates(channels[..., c], coords, order=1, mode="reflect") for c in range(channels.shape[2])], -1)
     warped = warped.reshape(shape)
     warped_indices = ndimage.map_coordinates(indices, coords, order=0, mode="constant", cval=IGNORE_INDEX)
-    warped_extra = None if extra is None else ndimage.map_coordinates(extra, coords, order=1, mode="constant")
+    # by nearest neighbour as the labels, so that each pixel keeps its label's weight (linearly, 11 % of the cell pixels
+    # beside a membrane got up to 6.5 of its border weight and the membrane pixels less)
+    warped_extra = None if extra is None else ndimage.map_coordinates(extra, coords, order=0, mode="constant")
     return warped.astype(np.float32), warped_indices.astype(np.int32), warped_extra
 
 
