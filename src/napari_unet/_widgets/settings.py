@@ -152,13 +152,8 @@ class TrainSettings(QWidget):
             max_minutes=self.minutes.value() or None,
             patch_size=self.patch.value(),
             batch_size=self.batch.value(),
-            learning_rate=self.lr.value(),
-            augment_flips=self.flips.isChecked(),
-            augment_rotations=_auto_value(self.rotations),
-            augment_elastic=self.elastic.isChecked(),
-            augment_intensity=self.intensity.isChecked(),
-            augment_noise=self._noise(),
             val_fraction=self.validation.value(),
+            **self._learning_settings(),
         )
         depth = self.depth.value()
         if depth == AUTO_DEPTH:  # where only a GPU would decide, the worker does (TrainJob.auto_depth)
@@ -191,14 +186,12 @@ class TrainSettings(QWidget):
 
     def configs_unchecked(self) -> tuple[ModelConfig, TrainConfig]:
         p = preset(self.preset.currentText())
-        return p.model, p.train.replace(
-            learning_rate=self.lr.value(),
-            augment_flips=self.flips.isChecked(),
-            augment_rotations=_auto_value(self.rotations),
-            augment_elastic=self.elastic.isChecked(),
-            augment_intensity=self.intensity.isChecked(),
-            augment_noise=self._noise(),
-        )
+        return p.model, p.train.replace(**self._learning_settings())
+
+    def _learning_settings(self) -> dict:
+        """The form's learning rate and augmentation boxes (configs and configs_unchecked)."""
+        return dict(learning_rate=self.lr.value(), augment_flips=self.flips.isChecked(), augment_rotations=_auto_value(self.rotations),
+                    augment_elastic=self.elastic.isChecked(), augment_intensity=self.intensity.isChecked(), augment_noise=self._noise())
 
 
 def form_values(boxes: dict) -> dict:
