@@ -1447,6 +1447,26 @@ def test_plot_labels_are_readable_and_a_loaded_model_shows_its_own_curves(widget
     assert training.progress.bar.format() == "training not started"
 
 
+def test_a_models_history_survives_a_discarded_run_and_bad_records_draw_nothing(qtbot):
+    from napari_unet._widgets.plot import LossPlot
+
+    plot = LossPlot()
+    qtbot.addWidget(plot)
+    records = [{"epoch": 1, "run": 0, "loss": 0.5, "val_loss": 0.4, "val_dice": 0.8}, {"epoch": 1, "run": 1, "loss": 0.3},
+               {"epoch": 2, "run": 1, "loss": float("nan"), "val_loss": "x", "val_dice": None}]
+    plot.show_history(records, [25, 45, 65])
+    shown = (list(plot.steps), list(plot.val_steps), list(plot.dice_steps), list(plot.marks))
+    assert shown == ([25, 45], [25], [25], [(25, "Fine-tuned")]) and plot._smooth.get_marker() == "o"
+    plot.start_run()  # a new training: a new plot, lines without markers
+    plot.add_step(1, 0.9)
+    assert plot.steps == [1] and plot._smooth.get_marker() in ("", "None")
+    plot.discard_run()  # stopped in its first epoch: the model's curves again, with their markers
+    assert (plot.steps, plot.val_steps, plot.dice_steps, plot.marks) == shown and plot._smooth.get_marker() == "o"
+    plot.start_run("Retrain")  # its steps follow the model's last epoch
+    plot.add_step(1, 0.2)
+    assert plot.steps == [25, 45, 46] and plot.marks[-1] == (45, "Retrain")
+
+
 def test_train_reads_a_labels_layer_without_int64_copies_or_sorting_every_pixel():
     """Train's click converted the labels on the GUI thread: 0.9 s for 8 Mpx (int64 copies and np.unique's sort)."""
     from types import SimpleNamespace
