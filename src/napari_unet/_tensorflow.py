@@ -15,6 +15,7 @@ avoids both. :func:`load_tensorflow` does that once, before anything else import
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 import re
@@ -24,6 +25,7 @@ import threading
 import types
 
 _LOCK = threading.Lock()
+_log = logging.getLogger("napari_unet")
 _GLOBAL_FLAGS = "tensorflow.python.pywrap_dlopen_global_flags"
 
 #: Packages Keras imports at start-up only to detect notebooks (IPython), accept pandas inputs and offer
@@ -48,35 +50,76 @@ def load_tensorflow(skip_optional: bool = False, quiet: bool = False):
     that are not imported yet; they stay importable afterwards, but Keras will not use them. For
     processes that give Keras numpy arrays only (the command line), not for napari, where other
     plugins may share Keras. ``quiet=True`` drops the informational lines TensorFlow's C++ code prints while
-    loading (:data:`_NATIVE_INFO`; anything else it prints is passed on) and, looking for a GPU right away, its
-    cuInit error where there is no NVIDIA driver: for a command's terminal output.
+    loading (:data:`_NATIVE_INFO`; anything else it prints is passed on) and its cuInit error where there is no
+    NVIDIA driver or ``CUDA_VISIBLE_DEVICES`` hides the GPUs: for a command's terminal output.
+    The first call also lets TensorFlow's GPU memory grow as needed (:func:`allow_gpu_memory_growth`), which
+    lists the GPUs right away.
     """
     with _LOCK, python_random_kept():  # importing TensorFlow draws from Python's random: a caller's stream stays
         check_keras_backend()
-        if "tensorflow" not in sys.modules:
-            errors = []
+        tf = sys.modules.get("tensorflow")
+        if tf is not None and tf is _gpus_configured_in:
+            return tf
+        with native_lines_dropped(_quiet_pattern()) if quiet else contextlib.nullcontext():
+            if tf is None:
+                tf = _import_in_thread(skip_optional)
+            allow_gpu_memory_growth(tf)  # also when another package imported TensorFlow first
+        return tf
 
-            def run():
-                lower_thread_priority()
-                try:
-                    if skip_optional:
-                        with _unimportable(KERAS_OPTIONAL_PACKAGES):
-                            _import_isolated()
-                            import keras  # noqa: F401  (binds its optional imports now, while they fail)
-                    else:
-                        _import_isolated()
-                except BaseException as err:  # re-raised in the caller's thread
-                    errors.append(err)
 
-            thread = threading.Thread(target=run, name="napari-unet-import-tensorflow")
-            with native_lines_dropped(_quiet_pattern()) if quiet else contextlib.nullcontext():
-                thread.start()
-                thread.join()
-                if quiet and not errors:
-                    sys.modules["tensorflow"].config.list_physical_devices("GPU")
-            if errors:
-                raise errors[0]
-        return sys.modules["tensorflow"]
+def _import_in_thread(skip_optional: bool):
+    errors = []
+
+    def run():
+        lower_thread_priority()
+        try:
+            if skip_optional:
+                with _unimportable(KERAS_OPTIONAL_PACKAGES):
+                    _import_isolated()
+                    import keras  # noqa: F401  (binds its optional imports now, while they fail)
+            else:
+                _import_isolated()
+        except BaseException as err:  # re-raised in the caller's thread
+            errors.append(err)
+
+    thread = threading.Thread(target=run, name="napari-unet-import-tensorflow")
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return sys.modules["tensorflow"]
+
+
+#: The TensorFlow module :func:`load_tensorflow` has configured the GPUs of (once per process).
+_gpus_configured_in = None
+
+
+def allow_gpu_memory_growth(tf) -> bool:
+    """Let TensorFlow take GPU memory as it needs it, not nearly all of every GPU at its first use (napari's canvas
+    and the user's other GPU jobs share the GPU). True when set; called by :func:`load_tensorflow`, once.
+
+    Left alone (False): with ``TF_FORCE_GPU_ALLOW_GROWTH=false`` (TensorFlow's own switch), GPUs another package
+    configured already (their memory growth or virtual devices), and once the GPUs are initialised (TensorFlow ran
+    before; it then raises RuntimeError). Lists the GPUs in any case, so TensorFlow's complaint about a missing
+    driver comes now. Never raises.
+    """
+    global _gpus_configured_in
+    _gpus_configured_in = tf
+    try:
+        config = tf.config
+        gpus = config.list_physical_devices("GPU")
+        if not gpus or os.environ.get("TF_FORCE_GPU_ALLOW_GROWTH", "").strip().lower() == "false":
+            return False
+        # memory growth that differs between GPUs makes TensorFlow's start fail: all of them, or none
+        if any(config.experimental.get_memory_growth(gpu) is not None or config.get_logical_device_configuration(gpu)
+               for gpu in gpus):
+            return False
+        for gpu in gpus:
+            config.experimental.set_memory_growth(gpu, True)
+        return True
+    except Exception as err:  # RuntimeError: the GPUs are in use already; the run goes on as TensorFlow set it
+        _log.debug("napari-unet: GPU memory growth not set (%s: %s)", type(err).__name__, err)
+        return False
 
 
 def check_keras_backend() -> None:
@@ -144,8 +187,15 @@ def lower_thread_priority(niceness: int = 10) -> None:
         pass
 
 
+def _gpus_hidden() -> bool:
+    """True when ``CUDA_VISIBLE_DEVICES`` hides every GPU (empty, or a negative first entry such as ``-1``: CUDA
+    stops at an invalid one), the usual way to run TensorFlow on the CPU of a machine with a GPU."""
+    first = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip()
+    return first == "" or (first[:1] == "-" and first[1:].isdigit())
+
+
 def _quiet_pattern() -> "re.Pattern":
-    if os.path.exists("/dev/nvidiactl") or not sys.platform.startswith("linux"):
+    if not _gpus_hidden() and (os.path.exists("/dev/nvidiactl") or not sys.platform.startswith("linux")):
         return _NATIVE_INFO
     return re.compile(f"{_NATIVE_INFO.pattern}|{_NO_DRIVER.pattern}")
 

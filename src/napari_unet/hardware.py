@@ -3,9 +3,9 @@
 Measured (BENCHMARKS.md): bfloat16 mixed precision without XLA trains the default U-Net 1.7x faster than
 float32 with XLA on a CPU with AMX, 1.5-1.6x on one with AVX512-BF16 but no AMX (AMD Zen 4 and Zen 5), and XLA is
 slower than TensorFlow's oneDNN kernels once the CPU has AVX-512; on a CPU with AVX2 only, bfloat16 is 8-12x slower
-and XLA is 6-14 % faster. TensorFlow is imported only to ask for a GPU or, on an AVX512-BF16 CPU without AMX, to
-time its bfloat16 convolutions (:func:`bfloat16_conv_gflops`): the network is 2.2x faster on AMD Zen 5 than on
-Zen 4, which the flags do not tell apart.
+and XLA is 6-14 % faster. TensorFlow is imported only to ask for a GPU (and whether XLA compiles for it) or, on an
+AVX512-BF16 CPU without AMX, to time its bfloat16 convolutions (:func:`bfloat16_conv_gflops`): the network is 2.2x
+faster on AMD Zen 5 than on Zen 4, which the flags do not tell apart.
 """
 
 from __future__ import annotations
@@ -114,12 +114,28 @@ def resolve_mixed_precision(value: Union[bool, str]) -> bool:
     return (cpu_has_fast_bfloat16() and not has_gpu()) if explicit is None else explicit
 
 
+@functools.lru_cache(maxsize=1)
+def gpu_has_xla() -> bool:
+    """True when TensorFlow is built for CUDA or ROCm GPUs, which XLA compiles for (imports TensorFlow).
+
+    A GPU TensorFlow sees otherwise is a plug-in device (Apple's tensorflow-metal, DirectML) without an XLA compiler:
+    ``jit_compile=True`` fails there ("could not find registered compiler for platform"), and Keras' own ``"auto"``
+    leaves XLA off on Apple's GPUs.
+    """
+    from ._tensorflow import load_tensorflow
+
+    return bool(load_tensorflow().test.is_built_with_gpu_support())
+
+
 def resolve_jit_compile(value: Union[bool, str], mixed_precision: bool) -> bool:
-    """``"auto"``: XLA on GPUs and on float32 CPUs without AVX-512 (where it was measured to pay)."""
+    """``"auto"``: XLA on CUDA and ROCm GPUs (:func:`gpu_has_xla`; not on other GPUs, where the network runs too) and
+    on float32 CPUs without AVX-512 (where it was measured to pay)."""
     explicit = _explicit("jit_compile", value)
     if explicit is not None:
         return explicit
-    return has_gpu() or (not mixed_precision and "avx512f" not in cpu_flags())
+    if has_gpu():
+        return gpu_has_xla()
+    return not mixed_precision and "avx512f" not in cpu_flags()
 
 
 def resolve_tta(value: Union[bool, str]) -> bool:
@@ -250,6 +266,7 @@ __all__ = [
     "has_fast_bfloat16",
     "resolve_mixed_precision",
     "resolve_jit_compile",
+    "gpu_has_xla",
     "resolve_tta",
     "available_memory_bytes",
     "resolve_depth",
