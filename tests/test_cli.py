@@ -1086,6 +1086,22 @@ def test_running_out_of_memory_says_so_and_what_to_do(data, capsys, monkeypatch)
     assert code == 1 and "not enough memory (Unable to allocate 1.25 GiB" in err and "train on a crop or on fewer slices" in err
 
 
+def test_running_out_of_gpu_memory_says_so_and_what_to_do(data, capsys, monkeypatch):
+    # TensorFlow's out-of-memory error (a GPU's) ended the command with a traceback and a page of allocator details
+    import tensorflow as tf
+
+    from napari_unet import cli
+
+    def out_of_device_memory(*args, **kwargs):
+        raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape[8,64,512,512]\n" + "allocator details\n" * 50)
+
+    monkeypatch.setattr(cli, "run_training", out_of_device_memory)
+    code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "m.keras", *TINY_TRAINING)
+    assert code == 1 and err.strip().splitlines()[-1] == ("napari-unet: error: not enough device memory (OOM when allocating tensor "
+                                                          "with shape[8,64,512,512]); lower --batch-size or --patch-size"), err
+    assert "Traceback" not in err and not (data / "m.keras").exists()
+
+
 def test_a_large_training_stack_says_at_once_that_it_is_being_prepared(data, capsys, monkeypatch):
     # 20 x 2048² slices printed nothing for minutes before their first step
     from napari_unet import cli

@@ -1498,6 +1498,14 @@ def main(argv=None) -> int:
     except FloatingPointError as err:  # diverged training
         print(f"napari-unet: error: {str(err) or type(err).__name__}", file=sys.stderr)
         return 1
+    except Exception as err:
+        if type(err).__name__ != "ResourceExhaustedError":
+            raise
+        # TensorFlow's out of memory (a GPU's, mostly), whose message is a page of allocator details after its first line
+        advice = {"train": "; lower --batch-size or --patch-size", "predict": "; lower --batch-size or --tile-size"}.get(args.command, "")
+        first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        print(f"napari-unet: error: not enough device memory ({first.strip()[:200]}){advice}", file=sys.stderr)
+        return 1
     finally:
         for stream in (sys.stdout, sys.stderr):  # text still buffered for a pipe meets a closed one here, if at all
             stream.flush()
