@@ -1447,6 +1447,28 @@ def test_plot_labels_are_readable_and_a_loaded_model_shows_its_own_curves(widget
     assert training.progress.bar.format() == "training not started"
 
 
+def test_the_loss_plot_redraws_less_often_when_its_draws_are_slow(qtbot, monkeypatch):
+    # a busy 2-core machine took 0.1-0.3 s a draw, every 0.4 s: the viewer stalled in matplotlib's text layout
+    import time
+
+    from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+
+    from napari_unet._widgets.plot import LossPlot
+
+    plot = LossPlot(min_interval_ms=400)
+    qtbot.addWidget(plot)
+    assert plot._timer.interval() == 400
+    draw = FigureCanvasQTAgg.draw
+    monkeypatch.setattr(FigureCanvasQTAgg, "draw", lambda self: (time.sleep(0.2), draw(self))[1])
+    plot.draw()
+    slow = plot._timer.interval()
+    assert slow >= 1000  # five times the draw
+    monkeypatch.undo()
+    plot.ax.set_xlim(0, 1)
+    plot.draw()  # fast again: a shorter interval, never below the usual one
+    assert 400 <= plot._timer.interval() < slow - 500
+
+
 def test_a_models_history_survives_a_discarded_run_and_bad_records_draw_nothing(qtbot):
     from napari_unet._widgets.plot import LossPlot
 

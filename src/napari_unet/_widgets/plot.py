@@ -1,13 +1,14 @@
 """Live training curves: smoothed training loss (log scale), validation loss and Dice.
 
 Points are appended from worker signals on the main thread; the figure is redrawn at most every
-``min_interval_ms`` (a single-shot QTimer coalesces updates), so a fast training cannot flood
-the event loop with redraws.
+``min_interval_ms``, or five times the last draw's time if longer (a single-shot QTimer coalesces updates), so a fast
+training cannot flood the event loop with redraws.
 """
 
 from __future__ import annotations
 
 import math
+import time
 
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
@@ -59,6 +60,7 @@ class LossPlot(FigureCanvasQTAgg):
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setInterval(min_interval_ms)
+        self._min_interval_ms = min_interval_ms
         self._timer.timeout.connect(self.redraw)
         self.draws = 0
         self.marks: list = []  # (step, label) of the dotted lines where a run continued the curves before it
@@ -70,7 +72,15 @@ class LossPlot(FigureCanvasQTAgg):
             disconnect_when_destroyed(self, (viewer.events.theme, self._on_theme))
         self.clear()
         self.draw()  # the first draw is slow (fonts, layout): do it now, not during training
+        self._timer.setInterval(min_interval_ms)  # (and not a measure of the next ones)
         self.setMinimumHeight(160)
+
+    def draw(self) -> None:
+        start = time.perf_counter()
+        super().draw()
+        # redraws take at most a fifth of the main thread: a slow or busy machine (0.1-0.3 s a draw, half of it the
+        # layout of the tick labels) or a large dock draws the curves less often instead of stalling the viewer
+        self._timer.setInterval(max(self._min_interval_ms, round(5000 * (time.perf_counter() - start))))
 
     def _on_theme(self, event) -> None:
         self.apply_theme(event.value)
