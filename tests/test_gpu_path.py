@@ -74,8 +74,25 @@ def test_loading_tensorflow_lets_the_memory_of_every_gpu_grow(fake_tf):
     tf = fake_tf(config)
     assert _tensorflow.load_tensorflow() is tf
     assert config.growth == {gpu: True for gpu in config.gpus}
-    calls = list(config.set_calls)
+    calls, listed = list(config.set_calls), config.listed
     assert _tensorflow.load_tensorflow(quiet=True) is tf and config.set_calls == calls  # once per process
+    assert config.listed == listed, "the GPUs were listed again"
+
+
+def test_tensorflow_imported_by_napari_unet_itself_lets_gpu_memory_grow(fake_tf, monkeypatch):
+    config = FakeConfig(n_gpus=1)
+    tf = fake_tf(config)
+    monkeypatch.delitem(sys.modules, "tensorflow")  # not imported yet: load_tensorflow imports it (the usual case)
+    imported = []
+
+    def import_tensorflow(skip_optional):
+        imported.append(skip_optional)
+        sys.modules["tensorflow"] = tf
+        return tf
+
+    monkeypatch.setattr(_tensorflow, "_import_in_thread", import_tensorflow)
+    assert _tensorflow.load_tensorflow() is tf and imported == [False]
+    assert config.growth == {config.gpus[0]: True}
 
 
 def test_tf_force_gpu_allow_growth_false_keeps_tensorflows_whole_memory(fake_tf, monkeypatch):

@@ -112,6 +112,7 @@ def test_bfloat16_convolutions_are_timed_once_per_process():
 def test_gpu_keeps_float32_with_xla(monkeypatch):
     monkeypatch.setattr(hardware, "cpu_flags", lambda: AMX_CPU)
     monkeypatch.setattr(hardware, "has_gpu", lambda: True)
+    monkeypatch.setattr(hardware, "gpu_has_xla", lambda: True)  # a CUDA GPU, whatever TensorFlow build runs the test
     assert hardware.resolve_mixed_precision("auto") is False
     assert hardware.resolve_jit_compile("auto", False) is True
     assert hardware.resolve_tta("auto") is True

@@ -212,8 +212,10 @@ def test_history_steps_of_files_before_steps_were_recorded():
     _, train_config = tiny_configs(steps_per_epoch=5)
     old = UNetModel(None, None, [0, 255], train_config=train_config, history=[{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.4}])
     assert old.history_steps() == [5, 10]
-    odd = UNetModel(None, None, [0, 255], train_config=None, history=[{"epoch": "x", "step": "y"}, {"step": 7.0}, {"epoch": True}])
-    assert odd.history_steps() == [0, 7.0, 0]  # malformed records from a file: no exception
+    odd = UNetModel(None, None, [0, 255], train_config=train_config, history=[
+        {"epoch": "x", "step": "y"}, {"step": 7.0, "epoch": 1}, {"epoch": True}, {"step": 10**30, "run": -1}, {"step": 3, "run": 10**30}])
+    assert odd.history_steps() == [0, 5, 0, 0, 3]  # malformed values from a file count as missing: no exception
+    assert [r["run"] for r in odd.history_records()] == [0, 0, 0, 0, 0]
     first = train(*stripes(), *tiny_configs(epochs=1, steps_per_epoch=2, jit_compile=False, val_fraction=0.0)).model
     legacy = replace(first, history=[{"epoch": 1, "loss": 0.5}])  # a file written before session 59
     tuned = train(*stripes(), train_config=first.train_config.replace(steps_per_epoch=3), init=legacy).model

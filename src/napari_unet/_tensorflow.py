@@ -42,7 +42,8 @@ _NO_DRIVER = re.compile(r"E\d{4} [\d:.]+ +\d+ cuda_platform\.cc:\d+\] failed cal
 
 
 def load_tensorflow(skip_optional: bool = False, quiet: bool = False):
-    """Import TensorFlow isolated from other LLVM copies (no-op if it is imported already).
+    """Import TensorFlow isolated from other LLVM copies (not again if it is imported already), once per process
+    letting its GPU memory grow.
 
     The import runs in a short-lived thread of its own: TensorFlow imported inside a Qt
     thread-pool worker crashed (segfault) when a later worker built a second model.

@@ -1501,10 +1501,8 @@ def main(argv=None) -> int:
     except Exception as err:
         if type(err).__name__ != "ResourceExhaustedError":
             raise
-        # TensorFlow's out of memory (a GPU's, mostly), whose message is a page of allocator details after its first line
         advice = {"train": "; lower --batch-size or --patch-size", "predict": "; lower --batch-size or --tile-size"}.get(args.command, "")
-        first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
-        print(f"napari-unet: error: not enough device memory ({first.strip()[:200]}){advice}", file=sys.stderr)
+        print(f"napari-unet: error: not enough memory for TensorFlow ({_out_of_memory_line(err)}){advice}", file=sys.stderr)
         return 1
     finally:
         for stream in (sys.stdout, sys.stderr):  # text still buffered for a pipe meets a closed one here, if at all
@@ -1513,6 +1511,16 @@ def main(argv=None) -> int:
         sys.stdout, sys.stderr = streams
         for number, handler in previous.items():
             signal.signal(number, handler)
+
+
+def _out_of_memory_line(err: BaseException) -> str:
+    """The allocation that failed in TensorFlow's out-of-memory error (a GPU's, mostly): its message starts with "Graph
+    execution error:" and the nodes where it was detected, then a page of allocator details."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    line = next((line for line in lines if re.search(r"OOM when allocating|Out of memory", line)), lines[0] if lines else "")
+    line = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", line)  # eager ops name their kernel first
+    line = re.split(r" by allocator| \[\[| \[Op:|;", line)[0].strip()
+    return line[:160] or type(err).__name__
 
 
 def _check_temporary_folder() -> None:

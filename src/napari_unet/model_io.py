@@ -45,8 +45,9 @@ class UNetModel:
     ``class_names``: the training labels' name of each class value, if they had names (napari shows them).
     ``class_colors``: the training labels' RGBA colour (4 floats in 0..1) of each class value, if they had
     custom colours; prediction layers of a reloaded model show them again.
-    ``history``: one dict per training epoch (``epoch``, ``step`` and ``run`` (see :meth:`history_steps`), ``loss``,
-    ``val_loss`` (None without validation), ``elapsed`` seconds, validation metrics as ``val_<name>``).
+    ``history``: one dict per training epoch of every run that made the model (a fine-tuned model's start with its start
+    model's): ``run`` (0 the first), ``epoch`` and ``step`` counted within the run, ``loss`` (the epoch's mean),
+    ``val_loss`` (None without validation), ``elapsed`` seconds, validation metrics as ``val_<name>``.
     ``pixel_size``: [Y, X] size in µm of the training image's pixels, or None when it had no physical pixel size;
     prediction notes images of other pixel sizes (:func:`napari_unet.predict.pixel_size_note`).
     """
@@ -70,21 +71,28 @@ class UNetModel:
     layer_order: Optional[list] = None  # class values top to bottom, for labels layered down every column (OCT); pockets left out
     pixel_size: Optional[list] = None  # [Y, X] µm of the training image's pixels, when known; None in older files
 
+    def history_records(self) -> list:
+        """Copies of ``history``'s records, each with its ``run`` and ``step`` as whole numbers: records of files before
+        session 59 have neither (run 0; step epoch x steps per epoch), and a malformed value counts as missing."""
+        steps_per_epoch = (_count(self.train_config.steps_per_epoch) or 0) if self.train_config else 0
+        records = []
+        for record in self.history:
+            step, epoch = _count(record.get("step")), _count(record.get("epoch"))
+            if step is None:
+                step = epoch * steps_per_epoch if epoch is not None else 0
+            records.append({**record, "run": _count(record.get("run")) or 0, "step": step})
+        return records
+
     def history_steps(self) -> list:
         """The training step at the end of each ``history`` record (an epoch), counted from the first step of the first
         run that made this model: a fine-tuned model's records follow those of the model it started from, and each
-        record's ``run`` says which run (0 the first) made it. Records without a ``step`` (files before session 59)
-        end at epoch x steps per epoch."""
-        steps_per_epoch = self.train_config.steps_per_epoch if self.train_config else 0
+        record's ``run`` says which run (0 the first) made it (:meth:`history_records`)."""
         steps, offset, run, last = [], 0, None, 0
-        for record in self.history:
-            if record.get("run", 0) != run:
-                offset, run = offset + last, record.get("run", 0)
-            step, epoch = record.get("step"), record.get("epoch")
-            if not isinstance(step, (int, float)) or isinstance(step, bool) or not math.isfinite(step):
-                step = epoch * steps_per_epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else 0
-            last = step
-            steps.append(offset + step)
+        for record in self.history_records():
+            if record["run"] != run:
+                offset, run = offset + last, record["run"]
+            last = record["step"]
+            steps.append(offset + last)
         return steps
 
     def layer_pockets(self) -> list:
@@ -112,6 +120,11 @@ class UNetModel:
             "layer_pockets": [int(v) for v in self.layer_pockets()] or None,
             "pixel_size": [float(s) for s in self.pixel_size] if self.pixel_size else None,
         }
+
+
+def _count(value) -> Optional[int]:
+    """``value`` if it is a whole number from 0 to 2**53 (a count of steps, epochs or runs), else None."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53 else None
 
 
 def _plain_numbers(rule: Optional[dict]) -> Optional[dict]:

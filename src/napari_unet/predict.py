@@ -133,12 +133,6 @@ def axis_blend_ramps(starts: Sequence[int], tile: int) -> list[np.ndarray]:
     return ramps
 
 
-def blend_window(tile_shape: tuple[int, int], overlap: int) -> np.ndarray:
-    """(Y, X) float32 weights of a tile overlapped by neighbours on all four sides by ``overlap`` pixels
-    (:func:`blend_ramp` along each axis): 1 in the middle, none on the outer quarter of each overlap."""
-    return np.outer(blend_ramp(tile_shape[0], overlap, overlap), blend_ramp(tile_shape[1], overlap, overlap))
-
-
 def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
@@ -746,7 +740,6 @@ __all__ = [
     "BLEND_FLOOR",
     "blend_ramp",
     "axis_blend_ramps",
-    "blend_window",
     "XLA_MIN_PIXELS",
     "RULE_WORKERS",
     "TTA_VIEWS",

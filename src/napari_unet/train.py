@@ -325,24 +325,6 @@ def _uniform_slice_notes(indices: np.ndarray, class_values: list, slice_numbers:
     )
 
 
-def _earlier_runs(init: Optional[UNetModel]) -> list:
-    """Copies of ``init``'s history records, each with its ``run`` (0 when it had none) and ``step`` (epoch x ``init``'s
-    steps per epoch in files before they recorded it); [] without ``init``."""
-    if init is None:
-        return []
-    steps_per_epoch = init.train_config.steps_per_epoch if init.train_config else 0
-    records = []
-    for record in init.history:
-        run, step, epoch = record.get("run"), record.get("step"), record.get("epoch")
-        records.append({**record, "run": run if _is_count(run) else 0,
-                        "step": step if _is_count(step) else (epoch * steps_per_epoch if _is_count(epoch) else 0)})
-    return records
-
-
-def _is_count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
 def _pixel_size_notes(init: UNetModel, pixel_size) -> tuple:
     """A :class:`SettingNote` (setting ``pixel_size``) when a fine-tuning's image has other pixels than ``init``'s
     training image (by more than :data:`napari_unet.predict.PIXEL_SIZE_RATIO` along an axis): the model then records
@@ -901,7 +883,7 @@ def train_events(
     best_loss, best_epoch, best_weights = math.inf, 0, None
     late_epochs = WeightAverage()
     history: list = []
-    earlier = _earlier_runs(init)  # a fine-tuned model's history starts with that of the model it started from
+    earlier = init.history_records() if init is not None else []  # a fine-tuned model's history starts with its start model's
     run = max((record["run"] for record in earlier), default=-1) + 1
     reason = "completed"
     step = 0

@@ -30,9 +30,13 @@ _DPI = 90
 
 def _number(value):
     """``value`` as a finite float, or None (a model file's history is data from a file)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an integer beyond floats
+        return None
+    return value if math.isfinite(value) else None
 
 
 class LossPlot(FigureCanvasQTAgg):
@@ -124,9 +128,10 @@ class LossPlot(FigureCanvasQTAgg):
         self.redraw()
 
     def show_history(self, records: list, steps: list, fine_tuned: str = "Fine-tuned") -> None:
-        """The curves of a model's saved per-epoch ``records`` (a loaded or previous model), one point an epoch at
-        ``steps`` (:meth:`napari_unet.model_io.UNetModel.history_steps`): mean training loss, validation loss and
-        Dice; a dotted line labelled ``fine_tuned`` where a record's ``run`` changes (a fine-tune of the model before)."""
+        """The curves of a model's saved per-epoch ``records`` (a loaded or previous model:
+        :meth:`napari_unet.model_io.UNetModel.history_records`), one point an epoch at ``steps`` (its ``history_steps``):
+        mean training loss, validation loss and Dice; a dotted line labelled ``fine_tuned`` where a record's ``run``
+        changes (a fine-tune of the model before)."""
         self.clear()
         run = None
         for index, (record, step) in enumerate(zip(records, steps)):
@@ -141,6 +146,7 @@ class LossPlot(FigureCanvasQTAgg):
             dice = _number(record.get("val_dice"))
             self.add_epoch(step, _number(record.get("val_loss")), {} if dice is None else {"dice": dice})
         self._segment_start = len(self.losses)
+        self._timer.stop()  # (add_epoch scheduled a second draw of the same curves)
         # markers on the epochs' points: a one-epoch model is one point, which a line without markers does not draw
         self._smooth.set(marker="o", markersize=3, markevery=list(range(len(self.losses))))
         self.redraw()

@@ -375,7 +375,7 @@ class TrainingWidget(QWidget):
         if model is None:
             self.plot.clear()
         else:
-            self.plot.show_history(model.history, model.history_steps())
+            self.plot.show_history(model.history_records(), model.history_steps())
 
     def _on_model_changed(self, model) -> None:
         if self._run is None:  # loaded, previous (or trained by another dock): its curves from its history
