@@ -158,7 +158,6 @@ def test_elastic_deformation_never_folds_a_small_patch(monkeypatch):
 
 def test_the_elastic_warp_reads_the_slice_around_a_patch_and_keeps_labels_on_their_pixels():
     # warped after the cut, a patch's border was pulled in "not annotated": 5 % of a 256-px patch, 10 % of a 128-px one
-    rng = np.random.default_rng(0)
     indices = (np.indices((2, 400, 400)).sum(0) // 8 % 2).astype(np.int8)  # every pixel annotated, 8-px blocks
     images = indices.astype(np.float32)
     aug = Augmentation(intensity=False)

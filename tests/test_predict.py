@@ -86,13 +86,9 @@ def test_tiled_prediction_equals_whole_image_prediction():
     assert np.abs(whole - tiled).mean() < 0.01
 
 
-def test_tiled_prediction_takes_each_pixel_from_the_tile_that_sees_most_around_it(monkeypatch):
-    # A stand-in network whose output depends on its tile's zero padding, as a U-Net's does within its receptive
-    # field: a box mean of radius 4 (a trained depth-4 ISBI U-Net's output differs from the whole image's up to ~96 px
-    # from a tile's edge, p99 0.5 within 16 px: benchmarks/bench_tile_seams.py). 200² in 64-px tiles, overlap 16: the
-    # old blend (ramps from each tile's very edge, tiles at 0, 48, 96, 136) strayed up to 0.0093 from the whole image's
-    # output (p99.9 0.0068); evenly spread tiles (0, 44, 92, 136) with no weight on the outer quarter of each overlap
-    # take each pixel of an overlap from the tile that sees all of the box around it: 3e-5 (the 1e-4 weight floor).
+def _box_mean_tiles(monkeypatch, size: int, radius: int, tile_size: int, overlap: int):
+    """(whole, tiled) membrane probabilities of a smooth random ``size``² image from a stand-in network whose output
+    depends on its tile's zero padding, as a U-Net's does within its receptive field: a box mean of ``radius``."""
     from scipy import ndimage
 
     from napari_unet import predict as predict_module
@@ -101,17 +97,26 @@ def test_tiled_prediction_takes_each_pixel_from_the_tile_that_sees_most_around_i
     from napari_unet.model_io import UNetModel
 
     def network(model, tiles, *rest):
-        mean = np.stack([ndimage.uniform_filter(tile[..., 0], 9, mode="constant") for tile in tiles])
+        mean = np.stack([ndimage.uniform_filter(tile[..., 0], 2 * radius + 1, mode="constant") for tile in tiles])
         membrane = 1 / (1 + np.exp(-3 * mean))
         return np.stack([membrane, 1 - membrane], axis=-1).astype(np.float32)
 
     monkeypatch.setattr(predict_module, "_run_model", network)
     config = ModelConfig(depth=2, base_filters=8)
     model = UNetModel(build_unet(config), config, [0, 255])
-    image = ndimage.gaussian_filter(np.random.default_rng(0).normal(size=(200, 200)), 2)
+    image = ndimage.gaussian_filter(np.random.default_rng(0).normal(size=(size, size)), 2)
     settings = dict(tta=False, close_boundaries=False, mixed_precision=False, jit_compile=False)
     whole = predict(model, image, tile_size=256, **settings).probabilities[..., 0]
-    tiled = predict(model, image, tile_size=64, overlap=16, **settings).probabilities[..., 0]
+    return whole, predict(model, image, tile_size=tile_size, overlap=overlap, **settings).probabilities[..., 0]
+
+
+def test_tiled_prediction_takes_each_pixel_from_the_tile_that_sees_most_around_it(monkeypatch):
+    # A trained depth-4 ISBI U-Net's output differs from the whole image's up to ~96 px from a tile's edge, p99 0.5
+    # within 16 px (benchmarks/bench_tile_seams.py); here a box mean of radius 4. 200² in 64-px tiles, overlap 16: the
+    # old blend (ramps from each tile's very edge, tiles at 0, 48, 96, 136) strayed up to 0.0093 from the whole image's
+    # output (p99.9 0.0068); evenly spread tiles (0, 44, 92, 136) with no weight on the outer quarter of each overlap
+    # take each pixel of an overlap from the tile that sees all of the box around it: 3e-5 (the 1e-4 weight floor).
+    whole, tiled = _box_mean_tiles(monkeypatch, 200, 4, 64, 16)
     error = np.abs(whole - tiled)
     assert whole.max() - whole.min() > 0.3 and error.max() < 1e-3, (error.max(), np.percentile(error, 99.9))
 
@@ -119,25 +124,7 @@ def test_tiled_prediction_takes_each_pixel_from_the_tile_that_sees_most_around_i
 def test_tiles_blend_by_their_actual_overlap_not_the_nominal_one(monkeypatch):
     # 160 px in 128-px tiles (overlap 16) start at 0 and 32: a 96-px overlap, whose middle only the weights of the
     # actual overlap take from the tile that sees all around it (a fixed 16-px window took padded pixels there)
-    from scipy import ndimage
-
-    from napari_unet import predict as predict_module
-    from napari_unet.config import ModelConfig
-    from napari_unet.model import build_unet
-    from napari_unet.model_io import UNetModel
-
-    def network(model, tiles, *rest):  # a box mean of radius 8 over the zero-padded tile
-        mean = np.stack([ndimage.uniform_filter(tile[..., 0], 17, mode="constant") for tile in tiles])
-        membrane = 1 / (1 + np.exp(-3 * mean))
-        return np.stack([membrane, 1 - membrane], axis=-1).astype(np.float32)
-
-    monkeypatch.setattr(predict_module, "_run_model", network)
-    config = ModelConfig(depth=2, base_filters=8)
-    model = UNetModel(build_unet(config), config, [0, 255])
-    image = ndimage.gaussian_filter(np.random.default_rng(0).normal(size=(160, 160)), 2)
-    settings = dict(tta=False, close_boundaries=False, mixed_precision=False, jit_compile=False)
-    whole = predict(model, image, tile_size=256, **settings).probabilities[..., 0]
-    tiled = predict(model, image, tile_size=128, overlap=16, **settings).probabilities[..., 0]
+    whole, tiled = _box_mean_tiles(monkeypatch, 160, 8, 128, 16)
     assert np.abs(whole - tiled).max() < 1e-3
 
 
