@@ -56,6 +56,7 @@ def load_tensorflow(skip_optional: bool = False, quiet: bool = False):
     The first call also lets TensorFlow's GPU memory grow as needed (:func:`allow_gpu_memory_growth`), which
     lists the GPUs right away.
     """
+    global _gpus_configured_in
     with _LOCK, python_random_kept():  # importing TensorFlow draws from Python's random: a caller's stream stays
         check_keras_backend()
         tf = sys.modules.get("tensorflow")
@@ -65,6 +66,7 @@ def load_tensorflow(skip_optional: bool = False, quiet: bool = False):
             if tf is None:
                 tf = _import_in_thread(skip_optional)
             allow_gpu_memory_growth(tf)  # also when another package imported TensorFlow first
+        _gpus_configured_in = tf
         return tf
 
 
@@ -97,15 +99,13 @@ _gpus_configured_in = None
 
 def allow_gpu_memory_growth(tf) -> bool:
     """Let TensorFlow take GPU memory as it needs it, not nearly all of every GPU at its first use (napari's canvas
-    and the user's other GPU jobs share the GPU). True when set; called by :func:`load_tensorflow`, once.
+    and the user's other GPU jobs share the GPU). True when set; :func:`load_tensorflow` calls it once per process.
 
     Left alone (False): with ``TF_FORCE_GPU_ALLOW_GROWTH=false`` (TensorFlow's own switch), GPUs another package
     configured already (their memory growth or virtual devices), and once the GPUs are initialised (TensorFlow ran
     before; it then raises RuntimeError). Lists the GPUs in any case, so TensorFlow's complaint about a missing
     driver comes now. Never raises.
     """
-    global _gpus_configured_in
-    _gpus_configured_in = tf
     try:
         config = tf.config
         gpus = config.list_physical_devices("GPU")
