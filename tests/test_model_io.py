@@ -678,3 +678,49 @@ def test_loading_an_older_file_draws_its_layer_seeds_without_pythons_global_stre
         monkeypatch.setattr(random, name, lambda *a, _name=name, _original=original, **k: calls.append(_name) or _original(*a, **k))
     loaded = load_model(path)
     assert calls == [] and all(np.array_equal(a, b) for a, b in zip(loaded.keras_model.get_weights(), model.keras_model.get_weights()))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="loads link the file from a folder of their own on Linux only")
+def test_loading_removes_link_folders_of_processes_killed_while_loading(tmp_path, monkeypatch):
+    """A process killed while it loaded a model left its napari-unet-model-* folder in /tmp for good."""
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    path = save_model(tiny_model(), tmp_path / "m.keras")
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead_pid = int(dead.stdout)
+    old = time.time() - 3600
+    folders = {name: temp / f"napari-unet-model-{name}" for name in
+               [f"{dead_pid}-abc_1234", f"{live.pid}-abc_1234", f"{dead_pid}-fresh123", "abc_1234"]}
+    try:
+        for name, folder in folders.items():
+            folder.mkdir()
+            os.symlink("/proc/self/fd/0", folder / "m.keras")
+            if name != f"{dead_pid}-fresh123":
+                os.utime(folder, (old, old))
+        load_model(path)
+    finally:
+        live.kill()
+        live.wait()
+    kept = {p.name.removeprefix("napari-unet-model-") for p in temp.iterdir()}
+    # a dead process's old folder goes; a live process's, a fresh one and one of an older napari-unet (no PID) stay
+    assert kept == {f"{live.pid}-abc_1234", f"{dead_pid}-fresh123", "abc_1234"}
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="loads link the file from a folder of their own on Linux only")
+def test_the_link_folder_of_a_load_names_its_process(tmp_path, monkeypatch):
+    import tempfile
+
+    import napari_unet.model_io as model_io
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    (tmp_path / "m.keras").write_bytes(b"")
+    with model_io._one_version(tmp_path / "m.keras") as (snapshot, _version):
+        assert snapshot.parent.name.startswith(f"napari-unet-model-{os.getpid()}-")
+    assert not list(tmp_path.glob("napari-unet-model-*"))

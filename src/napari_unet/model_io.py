@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -337,6 +338,39 @@ def _file_version(path) -> Optional[tuple]:
     return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
 
 
+#: The folders of :func:`_one_version`'s links: this prefix, the creating process's PID, "-", mkdtemp's random part.
+_LINK_PREFIX = "napari-unet-model-"
+_LINK_FOLDER = re.compile(re.escape(_LINK_PREFIX) + r"(\d+)-[a-z0-9_]+")
+#: Age in seconds after which the link folder of a process that no longer runs is removed (one killed while it loaded);
+#: longer than a load, since a process of another PID namespace sharing the folder looks dead from here.
+_STALE_LINK_FOLDER_S = 600
+
+
+def _process_runs(pid: int) -> bool:
+    """False only when no process ``pid`` exists (not for one of another user)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):
+        return True
+    return True
+
+
+def _remove_stale_link_folders(parent: str) -> None:
+    """Removes this user's link folders in ``parent`` that processes killed while they loaded a model left; best effort."""
+    with contextlib.suppress(OSError), os.scandir(parent) as entries:
+        for entry in entries:
+            match = _LINK_FOLDER.fullmatch(entry.name)
+            if match is None or int(match.group(1)) == os.getpid():
+                continue
+            with contextlib.suppress(OSError):
+                info = entry.stat(follow_symlinks=False)
+                if (entry.is_dir(follow_symlinks=False) and info.st_uid == os.getuid()
+                        and time.time() - info.st_mtime > _STALE_LINK_FOLDER_S and not _process_runs(int(match.group(1)))):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def _one_version(path: Path):
     """(a path that reads ``path`` as it was when opened here, a function giving that file's version): on Linux a
@@ -352,7 +386,8 @@ def _one_version(path: Path):
         if os.path.isdir("/proc/self/fd"):  # Keras opens the link it is given (3.15); os.path.realpath of it would
             # name the replaced file "... (deleted)"
             with contextlib.suppress(OSError):
-                folder = tempfile.mkdtemp(prefix="napari-unet-model-")
+                _remove_stale_link_folders(tempfile.gettempdir())
+                folder = tempfile.mkdtemp(prefix=f"{_LINK_PREFIX}{os.getpid()}-")
                 os.symlink(f"/proc/self/fd/{fd}", os.path.join(folder, path.name))
         if folder is not None and os.path.lexists(os.path.join(folder, path.name)):
             yield Path(folder) / path.name, lambda: _file_version(fd)  # a rewrite in place still shows
