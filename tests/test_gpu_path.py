@@ -131,7 +131,7 @@ def test_no_gpu_no_configuration(fake_tf):
 
 
 @pytest.mark.parametrize("visible, hidden", [("-1", True), ("", True), (" -1,0", True), ("0", False), ("1,-1", False),
-                                             ("GPU-8f3a", False), (None, False)])
+                                             ("GPU-8f3a", False), (None, False), ("NoDevFiles", True)])
 def test_hiding_the_gpus_also_hides_the_cuinit_error_of_a_quiet_load(monkeypatch, visible, hidden):
     # CUDA_VISIBLE_DEVICES=-1 on a machine with an NVIDIA driver: TensorFlow computes on the CPU and says so as an error
     real_exists = _tensorflow.os.path.exists

@@ -190,9 +190,10 @@ def lower_thread_priority(niceness: int = 10) -> None:
 
 def _gpus_hidden() -> bool:
     """True when ``CUDA_VISIBLE_DEVICES`` hides every GPU (empty, or a negative first entry such as ``-1``: CUDA
-    stops at an invalid one), the usual way to run TensorFlow on the CPU of a machine with a GPU."""
+    stops at an invalid one), the usual way to run TensorFlow on the CPU of a machine with a GPU; SLURM sets
+    ``NoDevFiles`` for a job without GPUs."""
     first = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip()
-    return first == "" or (first[:1] == "-" and first[1:].isdigit())
+    return first == "" or (first[:1] == "-" and first[1:].isdigit()) or first.lower() == "nodevfiles"
 
 
 def _quiet_pattern() -> "re.Pattern":
