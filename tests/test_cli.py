@@ -1803,6 +1803,13 @@ def test_outputs_differing_only_in_case_are_one_file_only_where_the_disk_says_so
         (["train", "image.tif", "labels.tif", "-o", "m.keras", "--epochs", "0"], "argument --epochs: must be at least 1, got 0"),
         (["train", "image.tif", "labels.tif", "-o", "m.keras", "--learning-rate", "5"], "argument --learning-rate: must be in (0, 1), got 5"),
         (["train", "image.tif", "labels.tif", "-o", "m.keras", "--context-slices", "5"], "argument --context-slices: must be 0..3, got 5"),
+        # no abbreviated options: an option added later with the same prefix would change what an old script means
+        (["train", "image.tif", "labels.tif", "-o", "m.keras", "--max-min", "10"],
+         "napari-unet train: error: unrecognized arguments: --max-min 10; did you mean --max-minutes?"),
+        (["predict", "m.keras", "image.tif", "-o", "p.tif", "--tile", "256"], "unrecognized arguments: --tile 256; did you mean --tile-size?"),
+        (["evaluate", "p.tif", "labels.tif", "--ignore", "0"], "unrecognized arguments: --ignore 0; did you mean --ignore-value?"),
+        (["demo", "--head"], "napari-unet demo: error: unrecognized arguments: --head"),
+        (["--vers"], "napari-unet: error: the following arguments are required: {train,predict,evaluate,demo}"),  # not --version
     ],
 )
 def test_usage_errors_are_told_by_the_command_before_any_file_is_read(tmp_path, capsys, monkeypatch, argv, words):
@@ -1811,6 +1818,35 @@ def test_usage_errors_are_told_by_the_command_before_any_file_is_read(tmp_path, 
         run(capsys, *argv)
     err = capsys.readouterr().err
     assert exited.value.code == 2 and words in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_no_parser_takes_abbreviated_options():
+    from napari_unet.cli import build_parser
+
+    parser = build_parser()
+    assert not parser.allow_abbrev and not any(command.allow_abbrev for command in parser.commands.values())
+
+
+def test_no_xla_keeps_train_and_predict_off_xla(data, capsys, monkeypatch):
+    """jit_compile "auto" picks XLA on CUDA and ROCm builds: --no-xla is the way round an XLA that fails there."""
+    import napari_unet.predict as predict_module
+    import napari_unet.train as train_module
+
+    seen = []
+    resolve, events, forward = train_module.resolve_training_jit_compile, predict_module.predict_events, predict_module._forward_pass
+    monkeypatch.setattr(train_module, "resolve_training_jit_compile", lambda config, mixed: seen.append(("train", config.jit_compile)) or resolve(config, mixed))
+    monkeypatch.setattr(predict_module, "predict_events", lambda *a, **k: seen.append(("predict", k.get("jit_compile"))) or events(*a, **k))
+    monkeypatch.setattr(predict_module, "_forward_pass", lambda model, jit, *a: seen.append(("forward", jit)) or forward(model, jit, *a))
+    code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "m.keras", "--no-xla", *TINY_TRAINING)
+    assert code == 0, err
+    assert read_metadata(data / "m.keras")["train_config"]["jit_compile"] is False
+    code, _, err = run(capsys, "predict", data / "m.keras", data / "image.tif", "-o", data / "p.tif", "--no-xla")
+    assert code == 0, err
+    # the command's own predictions (training's validation ones, None, stay below predict.XLA_MIN_PIXELS)
+    assert ("train", False) in seen and ("predict", False) in seen and ("train", "auto") not in seen, seen
+    assert all(jit is False for kind, jit in seen if kind == "forward"), seen
+    code, _, err = run(capsys, "predict", data / "m.keras", data / "image.tif", "-o", data / "p.zarr", "--no-xla")
+    assert code == 2 and "--no-xla needs a TIFF output" in err, err
 
 
 def test_help_pages_say_membrane_rule_and_tiles_and_the_demo_takes_max_minutes(capsys):

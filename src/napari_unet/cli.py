@@ -649,6 +649,8 @@ def _train_config_from_args(args, preset):
             overrides[name] = value
     if args.float32:
         overrides["mixed_precision"] = False
+    if args.no_xla:
+        overrides["jit_compile"] = False
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
     elif args.max_minutes is not None:
@@ -912,14 +914,14 @@ def _train(args) -> int:
     if started.val_slices:
         val = started.val_slices
         prediction = predict(final.model, stack_image, slices=planes if normalized else val, return_probabilities=False,
-                             normalized=normalized)
+                             normalized=normalized, jit_compile=False if args.no_xla else None)
         scores = evaluate(prediction.labels, stack_labels[val], final.model.class_values, _membrane_of(final.model),
                           ignore_value=train_config.ignore_value, pixel_height=image_height)
         print(json.dumps({"validation_slices": val, **in_window, "tta_views": views, **scores}, indent=1))
     elif started.val_column is not None:  # one annotated image (an OCT B-scan): validated on its last columns
         column, trained = started.val_column, started.train_slices
         prediction = predict(final.model, stack_image, slices=planes if normalized else trained, return_probabilities=False,
-                             normalized=normalized)
+                             normalized=normalized, jit_compile=False if args.no_xla else None)
         held_out = (Ellipsis,) if window is not None else (Ellipsis, slice(column, None))  # a window lies in those columns
         scores = evaluate(prediction.labels[held_out], stack_labels[trained][held_out], final.model.class_values,
                           _membrane_of(final.model), ignore_value=train_config.ignore_value, pixel_height=image_height)
@@ -952,6 +954,8 @@ def cmd_predict(args) -> int:
         raise CommandError("--scheduler needs the address of a dask scheduler, e.g. tcp://10.0.0.5:8786")
     if not chunked and (args.scheduler or args.slices_per_chunk):
         raise CommandError(f"--{'scheduler' if args.scheduler else 'slices-per-chunk'} needs a zarr store as output (-o LABELS.zarr), which the tasks write chunk by chunk")
+    if chunked and args.no_xla:  # chunked.predict_chunked takes no jit_compile
+        raise CommandError("--no-xla needs a TIFF output (-o LABELS.tif) for now: zarr outputs' tasks choose XLA themselves")
     if chunked:
         output = check_zarr_output(args.output, "labels store", inputs)
         probabilities_file = check_zarr_output(args.probabilities, "probabilities store", inputs) if args.probabilities else None
@@ -990,6 +994,7 @@ def cmd_predict(args) -> int:
             model, image, tile_size=args.tile_size, batch_size=args.batch_size, tta=args.tta if args.tta_views is None else args.tta_views,
             close_boundaries=False if args.argmax else (True if args.close_boundaries else None),
             mixed_precision=False if args.float32 else None, labels_out=labels_out, probabilities_out=probabilities_out,
+            jit_compile=False if args.no_xla else None,
             return_probabilities=False,
         ), _say_stopping):
             if hasattr(event, "done"):
@@ -1283,7 +1288,12 @@ def _preset_summary(name: str) -> str:
 
 
 class _OneLineErrors(argparse.ArgumentParser):
-    """argparse's parser whose errors are one line, as the commands' own (a 15-line usage block came first)."""
+    """argparse's parser whose errors are one line, as the commands' own (a 15-line usage block came first), and which
+    takes no abbreviated options (a later option sharing the prefix would change what an old script means)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         import difflib
@@ -1328,6 +1338,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=non_negative_int, default=0, help="random seed of weights, patches and augmentation "
                        "(the same seed and settings train the same model on the same machine); default: %(default)s")
     train.add_argument("--float32", action="store_true", help="compute in float32 also on CPUs with bfloat16 instructions (default: bfloat16 there)")
+    train.add_argument("--no-xla", action="store_true", help="do not compile the network with XLA, for a TensorFlow whose XLA fails (default: XLA on CUDA and ROCm "
+                       "GPUs and on float32 CPUs without AVX-512, for runs long enough to repay the compile time)")
     train.add_argument("--batch-size", type=positive_int, help="patches per training step (default: the preset's)")
     train.add_argument("--patch-size", type=positive_int, help="side in pixels of the square training patches, a multiple of "
                        "2 to the power depth (default: the preset's)")
@@ -1370,6 +1382,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pred.add_argument("--pixel-size", type=positive_float, nargs=2, metavar=("Y_UM", "X_UM"), help="the image's pixel size in µm (Y, X), compared with the model's and written to the outputs (default: the size the image file records, if any)")
     pred.add_argument("--float32", action="store_true", help="compute in float32 also on CPUs with bfloat16 instructions (default: bfloat16 there)")
+    pred.add_argument("--no-xla", action="store_true", help="do not compile the network with XLA, for a TensorFlow whose XLA fails (default: XLA on CUDA and ROCm "
+                      "GPUs and on float32 CPUs without AVX-512, for runs long enough to repay the compile time)")
     rule = pred.add_mutually_exclusive_group()
     rule.add_argument(
         "--close-boundaries", action="store_true",
