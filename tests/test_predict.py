@@ -650,6 +650,40 @@ def test_a_large_slice_is_predicted_in_bounded_memory_with_the_rule_window_by_wi
     assert np.mean(result.labels != whole) < 1e-3
 
 
+@pytest.mark.parametrize("downscale", [1, 2])
+def test_a_tall_slice_goes_band_by_band_with_the_labels_and_probabilities_of_the_whole_slice(monkeypatch, downscale):
+    # the network's blended probabilities were held for the whole slice: 12 bytes a pixel, 20 with labels only
+    import napari_unet.postprocess as postprocess
+    from napari_unet import predict as predict_module
+    from napari_unet.config import ModelConfig
+    from napari_unet.model import build_unet
+    from napari_unet.model_io import UNetModel
+
+    if downscale == 1:  # the membrane rule, window by window
+        model = tiny_model()
+        monkeypatch.setattr(model, "boundary_rule", {"threshold": 0.5, "seed_level": None, "merge_below": 0.6,
+                                                     "minima_depth": 0.02, "sigma": 2.0, "hierarchical": True})
+    else:  # upscaled bilinearly from network rows: the rows beside a band count
+        config = ModelConfig(depth=2, base_filters=4, downscale=2)
+        model = UNetModel(build_unet(config), config, [0, 255])
+    image = stripes(n_slices=1, size=704, seed=4)[0][0][:, :400]
+    whole = predict(model, image, tta=False, tile_size=128)
+    monkeypatch.setattr(postprocess, "RULE_TILE", 160)
+    monkeypatch.setattr(postprocess, "RULE_MARGIN", 40)
+    held, original_take = [], predict_module._BlendedRows.take
+    monkeypatch.setattr(predict_module._BlendedRows, "take", lambda rows, *span: held.append(len(rows.rows)) or original_take(rows, *span))
+    events = list(predict_events(model, image, tta=False, tile_size=128))
+    banded = events[-1]
+    assert len(held) == 5 and max(held) < 704 // downscale / 2  # five bands, none holding half the slice
+    assert events[-2].done == events[-2].total  # no tile run twice
+    np.testing.assert_array_equal(banded.probabilities, whole.probabilities)
+    if downscale == 1:
+        expected = postprocess.tiled_boundary_mask(whole.probabilities[..., 0], **model.boundary_rule)
+        np.testing.assert_array_equal(banded.labels, np.where(expected, 0, 255))
+    else:
+        np.testing.assert_array_equal(banded.labels, whole.labels)
+
+
 def test_output_layers_that_would_not_fit_in_memory_are_refused_before_predicting():
     from napari_unet.predict import check_layer_memory
 

@@ -220,34 +220,37 @@ RULE_MARGIN = 256
 
 def tiled_boundary_mask(membrane_probability, tile: Optional[int] = None, margin: Optional[int] = None, **rule) -> np.ndarray:
     """:func:`boundary_mask` (same keyword ``rule``) of a (Y, X) probability, computed on windows of ``tile``² plus
-    ``margin`` on each side (default :data:`RULE_TILE`, :data:`RULE_MARGIN`), each keeping its core. Only an axis
-    longer than ``tile + 2 * margin`` is split (into equal cores); a slice short enough on both is computed whole, the
-    same result as :func:`boundary_mask`. Memory is bounded by one window instead of the slice."""
+    ``margin`` on each side (default :data:`RULE_TILE`, :data:`RULE_MARGIN`), each keeping its core
+    (:func:`rule_windows`). Only an axis longer than ``tile + 2 * margin`` is split (into equal cores); a slice short
+    enough on both is computed whole, the same result as :func:`boundary_mask`. Memory is bounded by one window instead
+    of the slice."""
     probability = _as_probability(membrane_probability)
     height, width = probability.shape
+    rows, columns = rule_windows(height, tile, margin), rule_windows(width, tile, margin)
+    if len(rows) == 1 and len(columns) == 1:
+        return boundary_mask(probability, **rule)
+    out = np.zeros((height, width), bool)
+    for y0, y1, top, bottom in rows:
+        for x0, x1, left, right in columns:
+            out[y0:y1, x0:x1] = boundary_mask(probability[top:bottom, left:right], **rule)[y0 - top : y1 - top, x0 - left : x1 - left]
+    return out
+
+
+def rule_windows(length: int, tile: Optional[int] = None, margin: Optional[int] = None) -> list[tuple[int, int, int, int]]:
+    """``(core start, core stop, window start, window stop)`` along an axis of ``length`` pixels, as
+    :func:`tiled_boundary_mask` splits it: one window of the whole axis when it is at most ``tile + 2 * margin`` long
+    (default :data:`RULE_TILE`, :data:`RULE_MARGIN`), else equal cores of at most ``tile`` (no sliver of a core at the
+    end), each window reaching ``margin`` beyond its core within the axis. A rule applied to a window of rows and kept
+    on its core gives the rows :func:`tiled_boundary_mask` of the whole slice gives."""
     tile = RULE_TILE if tile is None else tile
     margin = RULE_MARGIN if margin is None else margin
     if tile < 1 or margin < 0:
         raise ValueError(f"tile must be >= 1 and margin >= 0, got {tile} and {margin}")
-    if height <= tile + 2 * margin and width <= tile + 2 * margin:
-        return boundary_mask(probability, **rule)
-    out = np.zeros((height, width), bool)
-    for y0, y1 in _cores(height, tile, margin):
-        for x0, x1 in _cores(width, tile, margin):
-            top, left = max(y0 - margin, 0), max(x0 - margin, 0)
-            window = probability[top : min(y1 + margin, height), left : min(x1 + margin, width)]
-            out[y0:y1, x0:x1] = boundary_mask(window, **rule)[y0 - top : y1 - top, x0 - left : x1 - left]
-    return out
-
-
-def _cores(length: int, tile: int, margin: int) -> list[tuple[int, int]]:
-    """(start, stop) of the window cores along an axis of ``length``: the whole axis when it fits one window, else
-    equal cores of at most ``tile`` (no sliver of a core at the end)."""
     if length <= tile + 2 * margin:
-        return [(0, length)]
+        return [(0, length, 0, length)]
     n_cores = -(-length // tile)
-    bounds = np.linspace(0, length, n_cores + 1).round().astype(int)
-    return list(zip(bounds[:-1].tolist(), bounds[1:].tolist()))
+    bounds = np.linspace(0, length, n_cores + 1).round().astype(int).tolist()
+    return [(start, stop, max(start - margin, 0), min(stop + margin, length)) for start, stop in zip(bounds[:-1], bounds[1:])]
 
 
 def tune_boundary_rule(
@@ -466,6 +469,7 @@ __all__ = [
     "RULE_TILE",
     "RULE_MARGIN",
     "tiled_boundary_mask",
+    "rule_windows",
     "tune_boundary_rule",
     "BOUNDARY_CHECK_PIXELS",
     "BAND_COLUMNS",

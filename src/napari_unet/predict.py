@@ -33,7 +33,7 @@ from .data import (
 from .labels import from_indices, smallest_dtype
 from .model import fold_batch_norm, folds_to_copy
 from .model_io import UNetModel, as_model
-from .postprocess import candidate_closings, order_layers, tiled_boundary_mask
+from .postprocess import candidate_closings, order_layers, rule_windows, tiled_boundary_mask
 
 
 @dataclass(frozen=True)
@@ -328,9 +328,66 @@ def _finished_unless_stopped(future: Future, stop: Optional[Callable[[], bool]])
                 return False
 
 
-def _store_boundary_labels(labels: np.ndarray, z: int, membrane: Future, boundary_index: int, class_values) -> None:
-    indices = np.where(membrane.result(), boundary_index, 1 - boundary_index)
-    labels[z] = from_indices(indices, class_values, labels.dtype)
+def _store_boundary_labels(labels: np.ndarray, band: tuple, membrane: Future, boundary_index: int, class_values) -> None:
+    """Labels of the core rows of ``band`` = (plane, core start, core stop, window start) from the rule's window mask."""
+    i, start, stop, top = band
+    indices = np.where(membrane.result()[start - top : stop - top], boundary_index, 1 - boundary_index)
+    labels[i, start:stop] = from_indices(indices, class_values, labels.dtype)
+
+
+class _BlendedRows:
+    """The blended class probabilities of one network plane, produced a few rows at a time: tiles run in batches
+    in row-major order, and the rows no later tile covers are final. Only the rows of unfinished tiles and the final
+    rows not yet forgotten are held, so memory follows the rows of a band, not the plane."""
+
+    def __init__(self, plane: np.ndarray, starts: list, tile: tuple, ramps: tuple, net_shape: tuple, n_classes: int,
+                 run: Callable[[np.ndarray], np.ndarray]):
+        self.plane, self.starts, self.run = plane, starts, run
+        (self.tile_y, self.tile_x), (self.ramps_y, self.ramps_x) = tile, ramps
+        self.net_h, self.net_w = net_shape
+        self.next_tile = 0
+        self.accumulated = np.zeros((0, plane.shape[1], n_classes), np.float32)  # rows from self.top on
+        self.weights = np.zeros((0, plane.shape[1], 1), np.float32)
+        self.top = 0
+        self.rows = np.zeros((0, self.net_w, n_classes), np.float32)  # final rows from self.first on
+        self.first = 0
+
+    @property
+    def final_stop(self) -> int:
+        """Network rows before this one are final."""
+        return self.first + len(self.rows)
+
+    def run_batch(self, count: int) -> int:
+        """Run the next ``count`` tiles through the network and blend them in; returns the number of tiles run."""
+        chunk = self.starts[self.next_tile : self.next_tile + count]
+        out = self.run(np.stack([self.plane[y : y + self.tile_y, x : x + self.tile_x] for y, x in chunk]))
+        grow = max(y for y, _ in chunk) + self.tile_y - self.top - len(self.accumulated)
+        if grow > 0:
+            self.accumulated = np.concatenate([self.accumulated, np.zeros((grow, *self.accumulated.shape[1:]), np.float32)])
+            self.weights = np.concatenate([self.weights, np.zeros((grow, *self.weights.shape[1:]), np.float32)])
+        for (y, x), tile_probs in zip(chunk, out):
+            window = np.outer(self.ramps_y[y], self.ramps_x[x])[..., None]
+            y -= self.top
+            self.accumulated[y : y + self.tile_y, x : x + self.tile_x] += tile_probs * window
+            self.weights[y : y + self.tile_y, x : x + self.tile_x] += window
+        self.next_tile += len(chunk)
+        final = self.net_h if self.next_tile == len(self.starts) else min(self.starts[self.next_tile][0], self.net_h)
+        if final > self.top:
+            done = final - self.top
+            blended = np.divide(self.accumulated[:done, : self.net_w], self.weights[:done, : self.net_w])
+            self.rows = blended if not len(self.rows) else np.concatenate([self.rows, blended])
+            self.accumulated, self.weights = self.accumulated[done:].copy(), self.weights[done:].copy()
+            self.top = final
+        return len(chunk)
+
+    def take(self, start: int, stop: int) -> np.ndarray:
+        """Final rows ``start:stop`` (network rows), (rows, net_w, n_classes) float32."""
+        return self.rows[start - self.first : stop - self.first]
+
+    def forget_before(self, row: int) -> None:
+        if row > self.first:
+            self.rows = self.rows[row - self.first :].copy()
+            self.first = row
 
 
 def predict_events(
@@ -363,8 +420,9 @@ def predict_events(
     overlaps (:func:`blend_ramp`): a tile's outer quarter of each overlap, where its zero-padded edge leaves the network
     less context, gets no weight, the image's own border full weight;
     memory for the network stays bounded by ``batch_size`` images per call (tiles or their TTA copies).
-    ``stop()`` returning True ends early with ``Prediction.stopped`` set (slices not reached, and up to two whose membrane
-    rule was still running, hold 0, a class value or not; in ``labels_out`` / ``probabilities_out`` they keep what those
+    ``stop()`` returning True ends early with ``Prediction.stopped`` set (rows not reached, and those of up to two bands
+    whose membrane rule was still running, hold 0, a class value or not; a slice taller than a rule window,
+    :func:`napari_unet.postprocess.rule_windows`, goes band by band of rows, which bounds its memory; in ``labels_out`` / ``probabilities_out`` they keep what those
     arrays held).
     For a model with a thin boundary class (``model.boundary_value``, e.g. EM membranes) the labels
     follow ``model.boundary_rule``, the threshold / watershed closing / region merging chosen on
@@ -493,14 +551,28 @@ def predict_events(
             plane = np.pad(plane, ((0, padded_h - net_h), (0, padded_w - net_w)), mode=mode)
         return plane
 
+    # A slice goes band by band of rows, as the membrane rule splits it (rule_windows: cores with margins), so the
+    # network's blended probabilities are held for a band's window, not the slice: 20 bytes a pixel of a large
+    # section less. Layered classes are ordered down whole columns: one band.
+    if layers is not None:
+        bands = [(0, height, 0, height)]
+    else:
+        bands = [band if boundary_index is not None else (*band[:2], *band[:2]) for band in rule_windows(height)]
+
+    def network_rows(top: int, bottom: int) -> tuple[int, int]:
+        """The network rows the image rows ``top:bottom`` are upscaled from, with one more each side for the bilinear
+        interpolation (none at factor 1)."""
+        extra = 1 if factor > 1 else 0
+        return max(top // factor - extra, 0), min(-(-bottom // factor) + extra, net_h)
+
     start_time = time.perf_counter()
     done = 0
     stopped = False
     selected_set, blank = set(selected), set()
-    # The membrane rule of slice z runs in a thread while the network (which releases the GIL) predicts
-    # slice z + 1; at most two slices wait, so memory stays bounded.
+    # The membrane rule of a band runs in a thread while the network (which releases the GIL) predicts the next
+    # band or slice; at most two bands wait, so memory stays bounded.
     pool = ThreadPoolExecutor(max_workers=RULE_WORKERS, thread_name_prefix="napari-unet-boundary-rule")
-    pending: list[tuple[int, Future]] = []
+    pending: list[tuple[tuple, Future]] = []  # ((plane, core start, core stop, window start), rule mask)
     prepared: dict[int, np.ndarray] = {}  # the network planes of the current slice and its context
     try:
         for i, z in enumerate(selected):
@@ -508,50 +580,51 @@ def predict_events(
             prepared = {k: prepared[k] if k in prepared else network_plane(k) for k in planes}
             # (padded_h, padded_w, network channels); one channel is a view (a copy was 4 bytes a pixel more)
             plane = prepared[z][..., None] if len(planes) == 1 else np.stack([prepared[k] for k in planes], axis=-1)
-            accumulated = np.zeros((padded_h, padded_w, n_classes), np.float32)
-            weights = np.zeros((padded_h, padded_w, 1), np.float32)
-            for first in range(0, len(starts), tiles_per_batch):
-                if stop is not None and stop():
-                    stopped = True
-                    break
-                chunk = starts[first : first + tiles_per_batch]
-                tiles = np.stack([plane[y : y + tile_y, x : x + tile_x] for y, x in chunk])
-                out = _run_model(model, tiles, views, forward, network_batch)
-                for (y, x), tile_probs in zip(chunk, out):
-                    window = np.outer(ramps_y[y], ramps_x[x])[..., None]
-                    accumulated[y : y + tile_y, x : x + tile_x] += tile_probs * window
-                    weights[y : y + tile_y, x : x + tile_x] += window
-                done += len(chunk)
-                elapsed = time.perf_counter() - start_time
-                yield PredictionProgress(done, total, elapsed, elapsed / done * (total - done))
-            if stopped:
-                break
-            blended = np.divide(accumulated[:net_h, :net_w], weights[:net_h, :net_w], out=accumulated[:net_h, :net_w])  # in place
-            slice_probs = upscale_probabilities(blended, factor, (height, width))
-            if not np.isfinite(slice_probs).all():
-                raise PredictionError(f"the network gave NaN or Inf probabilities on slice {z}: its weights are damaged "
-                                      "(NaN or Inf); retrain it or load an earlier model file")
-            if layers is not None:
-                kept_here = None if kept is None else np.asarray(kept if len(shape) == 2 else kept[z] if kept.shape == shape else kept[i])
-                labels[i] = from_indices(order_layers(slice_probs, layers, kept_here), model.class_values, label_dtype)
-            elif boundary_index is None:
-                labels[i] = from_indices(np.argmax(slice_probs, axis=-1), model.class_values, label_dtype)
-            else:  # boundary classes exist in two-class models only
-                while len(pending) >= 2 and not stopped:
-                    stopped = not _finished_unless_stopped(pending[0][1], stop)
-                    if not stopped:
-                        _store_boundary_labels(labels, *pending.pop(0), boundary_index, model.class_values)
+            rows = _BlendedRows(plane, starts, (tile_y, tile_x), (ramps_y, ramps_x), (net_h, net_w), n_classes,
+                                lambda tiles: _run_model(model, tiles, views, forward, network_batch))
+            for band, (start, stop_row, top, bottom) in enumerate(bands):
+                first_row, end_row = network_rows(top, bottom)
+                while rows.final_stop < end_row:
+                    if stop is not None and stop():
+                        stopped = True
+                        break
+                    done += rows.run_batch(tiles_per_batch)
+                    elapsed = time.perf_counter() - start_time
+                    yield PredictionProgress(done, total, elapsed, elapsed / done * (total - done))
                 if stopped:
                     break
-                pending.append((i, pool.submit(tiled_boundary_mask, slice_probs[..., boundary_index], **rule)))
-            if probabilities is not None:
-                probabilities[i] = slice_probs
+                upscaled = upscale_probabilities(rows.take(first_row, end_row), factor, ((end_row - first_row) * factor, width))
+                window_probs = upscaled[top - first_row * factor : bottom - first_row * factor]
+                if band + 1 < len(bands):
+                    rows.forget_before(network_rows(*bands[band + 1][2:])[0])
+                if not np.isfinite(window_probs).all():
+                    raise PredictionError(f"the network gave NaN or Inf probabilities on slice {z}: its weights are damaged "
+                                          "(NaN or Inf); retrain it or load an earlier model file")
+                core = window_probs[start - top : stop_row - top]
+                if layers is not None:  # one band: the whole slice
+                    kept_here = None if kept is None else np.asarray(kept if len(shape) == 2 else kept[z] if kept.shape == shape else kept[i])
+                    labels[i] = from_indices(order_layers(core, layers, kept_here), model.class_values, label_dtype)
+                elif boundary_index is None:
+                    labels[i, start:stop_row] = from_indices(np.argmax(core, axis=-1), model.class_values, label_dtype)
+                else:  # boundary classes exist in two-class models only
+                    while len(pending) >= 2 and not stopped:
+                        stopped = not _finished_unless_stopped(pending[0][1], stop)
+                        if not stopped:
+                            _store_boundary_labels(labels, *pending.pop(0), boundary_index, model.class_values)
+                    if stopped:
+                        break
+                    membrane = np.ascontiguousarray(window_probs[..., boundary_index])
+                    pending.append(((i, start, stop_row, top), pool.submit(tiled_boundary_mask, membrane, **rule)))
+                if probabilities is not None:
+                    probabilities[i, start:stop_row] = core
+            if stopped:
+                break
         # stopped: the rules still running are not waited for (7 s a 2048² slice; Stop ends "at the next tile")
-        for i, future in [] if stopped else pending:
+        for band, future in [] if stopped else pending:
             stopped = not _finished_unless_stopped(future, stop)
             if stopped:
                 break
-            _store_boundary_labels(labels, i, future, boundary_index, model.class_values)
+            _store_boundary_labels(labels, band, future, boundary_index, model.class_values)
     finally:  # also when the consumer closes this generator early
         pool.shutdown(wait=False, cancel_futures=True)
     if len(shape) == 2:
