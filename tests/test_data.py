@@ -61,6 +61,29 @@ def test_local_contrast_matches_a_full_resolution_gaussian(sigma, shape):
     assert np.abs(local_contrast(plane, sigma) - exact).max() < 0.01
 
 
+def test_a_large_plane_is_normalised_with_one_float32_copy_of_temporaries_and_the_same_values_band_by_band(monkeypatch):
+    # a 4096² section peaked at 20 bytes a pixel (the plane, its float32 copy, four whole-plane temporaries)
+    import tracemalloc
+
+    import napari_unet.data as data
+
+    rng = np.random.default_rng(3)
+    image = (rng.random((1030, 1500)) * 180 + np.linspace(0, 60, 1500)).astype(np.uint8)
+    tracemalloc.start()
+    try:
+        banded = normalize(image, local_contrast_sigma=30)  # bands of 256 rows: five
+        peak = tracemalloc.get_traced_memory()[1] / image.size
+    finally:
+        tracemalloc.stop()
+    assert peak < 13, peak  # result 4 + squares 4 + block sums and a band's temporaries
+    monkeypatch.setattr(data, "LOCAL_CONTRAST_ROWS", 4096)
+    np.testing.assert_array_equal(normalize(image, local_contrast_sigma=30), banded)  # one band: the same values
+    plane = normalize(image)
+    expected = local_contrast(plane, 30)
+    assert local_contrast(plane, 30, out=plane) is plane  # in place, band by band
+    np.testing.assert_array_equal(plane, expected)
+
+
 @pytest.mark.parametrize(
     "image, labels, words",
     [

@@ -9,7 +9,7 @@ import queue
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 from scipy import ndimage
@@ -164,9 +164,9 @@ def normalize(image, percentiles=(1.0, 99.8), local_contrast_sigma: float = 0.0)
         if stack.dtype.itemsize > 2 and stack.dtype != np.float32:
             out[z] = _normalize_wide(plane, percentiles)
         else:
-            out[z] = _normalize_narrow(plane, percentiles)
+            _normalize_narrow(plane, percentiles, out=out[z])
         if local_contrast_sigma > 0:
-            out[z] = local_contrast(out[z], local_contrast_sigma)
+            local_contrast(out[z], local_contrast_sigma, out=out[z])
     return out.reshape(np.shape(image))
 
 
@@ -187,15 +187,24 @@ def normalize_window(image, slices, window, percentiles=(1.0, 99.8), local_contr
     return out, (slices if context else list(range(len(slices))))
 
 
-def _normalize_narrow(plane: np.ndarray, percentiles) -> np.ndarray:
-    """One (Y, X) plane of float32 or of at most 16-bit values (exact in float32) normalised and clipped in float32."""
-    plane = plane.astype(np.float32, copy=False)
-    lo, hi = np.percentile(plane, percentiles)
+def _normalize_narrow(plane: np.ndarray, percentiles, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """One (Y, X) plane of float32 or of at most 16-bit values (exact in float32) normalised and clipped in float32,
+    into ``out`` (a float32 array of its shape) if given: no float32 copy of the plane besides it."""
+    if out is None:
+        out = np.empty(plane.shape, np.float32)
+    if plane.dtype == np.float32:
+        values = plane
+    else:
+        out[...] = plane  # exact: at most 16 bits
+        values = out
+    lo, hi = np.percentile(values, percentiles)
     if hi - lo > np.finfo(np.float32).max:  # float32 values near its limit (±1e38): the range overflowed, NaN came out
-        return _normalize_wide(plane, percentiles)
+        out[...] = _normalize_wide(plane, percentiles)
+        return out
     scale = np.float32(hi - lo if hi > lo else 1.0)
     with np.errstate(over="ignore"):  # float32 outliers beyond its range: inf, clipped below
-        out = (plane - np.float32(lo)) / scale
+        np.subtract(values, np.float32(lo), out=out)
+        np.divide(out, scale, out=out)
     return np.clip(out, *NORMALIZED_RANGE, out=out)
 
 
@@ -288,21 +297,31 @@ def profile_distance(profile, other) -> float:
 LOCAL_CONTRAST_FLOOR = 0.02
 
 
-def _gaussian_mean(plane: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian-weighted local mean of a (Y, X) float32 plane (``scipy.ndimage.gaussian_filter``, edges reflected).
+def _blurred_blocks(plane: np.ndarray, sigma: float) -> np.ndarray:
+    """The Gaussian-weighted local mean of a (Y, X) float32 plane (``scipy.ndimage.gaussian_filter``, edges
+    reflected) for ``sigma`` >= 12, as blurred blocks that :func:`_expanded_rows` turns into rows of pixels.
 
     From sigma 12 on, the Gaussian is smooth on the scale of blocks of sigma // 6 pixels: the plane, reflected by
     the filter's reach, is averaged in blocks, the block means are blurred and interpolated back to the pixels
     (within 1 % of the range of the full-resolution blur, tested), at a fraction of its cost. The averaging and
     the interpolation are sparse matrices along each axis (:func:`_block_operators`).
     """
-    factor = max(1, int(sigma // 6))
-    if factor == 1:
-        return ndimage.gaussian_filter(plane, sigma, mode="reflect")
-    (reduce_rows, expand_rows), (reduce_cols, expand_cols) = (_block_operators(n, factor, float(sigma)) for n in plane.shape)
+    factor = int(sigma // 6)
+    reduce_rows, reduce_cols = (_block_operators(n, factor, float(sigma))[0] for n in plane.shape)
     blocks = (reduce_cols @ (reduce_rows @ plane).T).T
-    blocks = ndimage.gaussian_filter(blocks, sigma / factor, mode="nearest")
-    return np.ascontiguousarray((expand_cols @ (expand_rows @ blocks).T).T, dtype=np.float32)
+    return ndimage.gaussian_filter(blocks, sigma / factor, mode="nearest")
+
+
+def _expanded_rows(blocks: np.ndarray, shape: tuple, sigma: float, start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` of the local mean of a plane of ``shape`` from its :func:`_blurred_blocks`, (rows, X)
+    float32; the same values as those rows of the whole mean (every row is its own sparse product)."""
+    factor = int(sigma // 6)
+    expand_rows, expand_cols = (_block_operators(n, factor, float(sigma))[1] for n in shape)
+    return np.ascontiguousarray((expand_cols @ (expand_rows[start:stop] @ blocks).T).T, dtype=np.float32)
+
+
+#: Rows of a plane :func:`local_contrast` computes at a time (its temporaries are a few rows' worth).
+LOCAL_CONTRAST_ROWS = 256
 
 
 @functools.lru_cache(maxsize=16)
@@ -329,19 +348,37 @@ def _block_operators(length: int, factor: int, sigma: float):
     return reduce, expand
 
 
-def local_contrast(plane, sigma: float) -> np.ndarray:
+def local_contrast(plane, sigma: float, out: Optional[np.ndarray] = None) -> np.ndarray:
     """A (Y, X) float plane standardised by its Gaussian neighbourhood (``sigma`` pixels), as float32 in [0, 1].
 
     ``0.5 + (x - mean) / (std + LOCAL_CONTRAST_FLOOR) / 6``, clipped: 0.5 is the local mean and the ends are
     3 local standard deviations away. The percentile normalisation leaves pale, low-contrast regions (e.g. ISBI's
-    obliquely cut cells) with faint membranes; this gives every region the same contrast.
+    obliquely cut cells) with faint membranes; this gives every region the same contrast. ``out``: a float32 array of
+    the plane's shape to write into, the plane itself included (a large section then needs one more float32 copy of
+    it at the peak, not four).
     """
     plane = np.asarray(plane, dtype=np.float32)
     if plane.ndim != 2 or not sigma > 0:
         raise ValueError(f"local_contrast takes a (Y, X) plane and sigma > 0, got shape {plane.shape} and sigma {sigma}")
-    centred = plane - _gaussian_mean(plane, sigma)
-    std = np.sqrt(np.maximum(_gaussian_mean(centred * centred, sigma), 0.0)) + LOCAL_CONTRAST_FLOOR
-    return np.clip(0.5 + centred / (6.0 * std), 0.0, 1.0).astype(np.float32, copy=False)
+    out = np.empty(plane.shape, np.float32) if out is None else out
+    if sigma < 12:
+        centred = plane - ndimage.gaussian_filter(plane, sigma, mode="reflect")
+        variance = ndimage.gaussian_filter(centred * centred, sigma, mode="reflect")
+        return np.clip(0.5 + centred / (6.0 * (np.sqrt(np.maximum(variance, 0.0)) + LOCAL_CONTRAST_FLOOR)), 0.0, 1.0, out=out)
+    # the local mean and variance are smooth: held as blurred blocks and expanded a band of rows at a time
+    bands = [(start, min(start + LOCAL_CONTRAST_ROWS, len(plane))) for start in range(0, len(plane), LOCAL_CONTRAST_ROWS)]
+    mean = _blurred_blocks(plane, sigma)
+    squares = np.empty(plane.shape, np.float32)
+    for start, stop in bands:
+        centred = plane[start:stop] - _expanded_rows(mean, plane.shape, sigma, start, stop)
+        np.multiply(centred, centred, out=squares[start:stop])
+    variance = _blurred_blocks(squares, sigma)
+    del squares
+    for start, stop in bands:  # each band reads its own rows of the plane before writing them (out may be the plane)
+        centred = plane[start:stop] - _expanded_rows(mean, plane.shape, sigma, start, stop)
+        std = np.sqrt(np.maximum(_expanded_rows(variance, plane.shape, sigma, start, stop), 0.0)) + LOCAL_CONTRAST_FLOOR
+        np.clip(0.5 + centred / (6.0 * std), 0.0, 1.0, out=out[start:stop])
+    return out
 
 
 def downscale_image(image, factor: int) -> np.ndarray:
