@@ -808,3 +808,21 @@ def test_store_events_report_slices_as_they_are_written_within_a_task(tmp_path, 
     monkeypatch.setattr(chunked._SliceWriter, "__setitem__", slow_write)
     events = list(store_events(result, labels))
     assert [(e.done, e.total) for e in events] == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_tall_slices_go_into_zarr_stores_band_by_band_and_count_once_each(tmp_path, monkeypatch):
+    # predict_events writes a slice taller than a membrane-rule window band by band of rows: the stores took whole slices
+    import napari_unet.postprocess as postprocess
+
+    monkeypatch.setattr(postprocess, "RULE_TILE", 40)
+    monkeypatch.setattr(postprocess, "RULE_MARGIN", 8)
+    model = tiny_model()
+    image = stripes(n_slices=3, size=128, seed=5)[0]
+    expected = predict(model, image, tta=False)
+    result = predict_chunked(model, image, slices_per_chunk=2, tta=False, return_probabilities=True)
+    labels = zarr_io.create_zarr(tmp_path / "labels.zarr", image.shape, np.uint8, (1, 128, 128), {"class_values": [0, 255]})
+    probs = zarr_io.create_zarr(tmp_path / "probs.zarr", (3, 2, 128, 128), np.float32, (1, 2, 128, 128))
+    events = list(store_events(result, labels, probs))
+    assert events[-1].done == events[-1].total == 3
+    np.testing.assert_array_equal(zarr.open_array(str(labels), mode="r")[:], expected.labels)
+    np.testing.assert_array_equal(zarr.open_array(str(probs), mode="r")[:], np.moveaxis(expected.probabilities, -1, 1))

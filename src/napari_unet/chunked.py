@@ -87,15 +87,19 @@ class ModelSource:
         state["_model"] = None
         return state
 
-    def load(self, mixed_precision: bool):
-        """The model with batch norm folded into its convolutions (bfloat16 with ``mixed_precision``), cached per process."""
+    def load(self, mixed_precision: bool, jit_compile: Optional[bool] = None):
+        """The model with batch norm folded into its convolutions (bfloat16 with ``mixed_precision``), cached per process;
+        ``jit_compile=False``: never compiled with XLA (None: as Keras chooses, XLA where a GPU is listed)."""
         from .model import fold_batch_norm
+        from .predict import without_xla
 
-        key = (self.key, bool(mixed_precision))
+        key = (self.key, bool(mixed_precision), jit_compile is False)
         with _LOAD_LOCK:
             if key not in _LOADED:
                 model = self._model if self._model is not None else self._load_file()
                 folded = fold_batch_norm(model.keras_model, model.config, mixed_precision)
+                if jit_compile is False:
+                    folded = without_xla(folded)
                 _LOADED[key] = dataclasses.replace(model, keras_model=_OneCallAtATime(folded))
                 while len(_LOADED) > _LOADED_MAX:
                     _LOADED.popitem(last=False)
@@ -169,6 +173,7 @@ def predict_chunked(
     close_boundaries: Optional[bool] = None,
     mixed_precision: Optional[bool] = None,
     client=None,
+    jit_compile: Optional[bool] = None,
 ) -> ChunkedPrediction:
     """Lazily predict ``image`` ((Y, X) or (Z, Y, X), numpy or dask) in tasks of ``slices_per_chunk`` slices.
 
@@ -179,7 +184,8 @@ def predict_chunked(
     returns what :func:`~napari_unet.predict.predict` gives for its slices. The ``"auto"`` choices (test-time
     augmentation, bfloat16) are made once, so every chunk follows the same convention: on a worker of ``client``
     (a ``dask.distributed`` client whose workers compute the result; this machine need not have TensorFlow's
-    speed, or load it), else here. The other arguments are those of :func:`predict`.
+    speed, or load it), else here. ``jit_compile=False``: no XLA (None: as Keras chooses, XLA where a GPU is listed).
+    The other arguments are those of :func:`predict`.
     """
     import dask.array as da
 
@@ -204,6 +210,7 @@ def predict_chunked(
     options = dict(
         tile_size=tile_size, overlap=overlap, batch_size=batch_size, tta=views,
         close_boundaries=close_boundaries, mixed_precision=mixed_precision, return_probabilities=return_probabilities,
+        jit_compile=jit_compile,
     )
     stack = da.asarray(image if len(shape) == 3 else image[np.newaxis])
     n_slices, height, width = stack.shape
@@ -261,7 +268,7 @@ def _predict_block(source: ModelSource, block: np.ndarray, begin: int, end: int,
     ``outputs``: ``labels_out`` / ``probabilities_out`` / ``stop`` of :func:`~napari_unet.predict.predict_events`."""
     from .predict import predict
 
-    model = source.load(options["mixed_precision"])
+    model = source.load(options["mixed_precision"], options.get("jit_compile"))
     result = predict(model, np.asarray(block), slices=range(begin, end), folded=False, **options, **outputs)
     return result.labels, result.probabilities
 
@@ -401,8 +408,10 @@ def _predict_into_stores(source: ModelSource, block: np.ndarray, first: int, sto
 
 class _SliceWriter:
     """Slices ``first:first + n`` of a zarr array, as an output array that :func:`~napari_unet.predict.predict_events`
-    fills one slice at a time (each written at once). ``classes_first``: slices arrive (Y, X, C) and are stored
-    (C, Y, X). A store without the Z axis ((Y, X) or (C, Y, X)) takes the one slice of a 2-D image."""
+    fills one slice, or one band of a slice's rows, at a time (each written at once): ``out[i] = plane`` or
+    ``out[i, start:stop] = rows``. ``classes_first``: slices arrive (Y, X, C) and are stored (C, Y, X). A store without
+    the Z axis ((Y, X) or (C, Y, X)) takes the one slice of a 2-D image. ``written()`` is called when a slice's last
+    rows are written."""
 
     def __init__(self, path: str, first: int, n: int, classes_first: bool = False, written=None):
         import zarr
@@ -417,15 +426,14 @@ class _SliceWriter:
         self.shape = (n, *plane[1:], plane[0]) if classes_first else (n, *plane)
         self.dtype = np.dtype(self.store.dtype)
 
-    def __setitem__(self, index: int, value: np.ndarray) -> None:
+    def __setitem__(self, index, value: np.ndarray) -> None:
         if not os.path.isdir(self.path):  # discarded by a stopped run: zarr would create the folder again
             raise FileNotFoundError(f"{self.path} was removed while the prediction wrote it")
+        plane, rows = index if isinstance(index, tuple) else (index, slice(None))
         value = np.moveaxis(value, -1, 0) if self.classes_first else value
-        if self.has_z:
-            self.store[self.first + index] = value
-        else:
-            self.store[...] = value
-        if self.written is not None:
+        where = ((slice(None),) if self.classes_first else ()) + (rows,)
+        self.store[((self.first + plane,) if self.has_z else ()) + where] = value
+        if self.written is not None and rows.indices(self.shape[1])[1] == self.shape[1]:
             self.written()
 
 

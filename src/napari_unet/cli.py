@@ -954,8 +954,6 @@ def cmd_predict(args) -> int:
         raise CommandError("--scheduler needs the address of a dask scheduler, e.g. tcp://10.0.0.5:8786")
     if not chunked and (args.scheduler or args.slices_per_chunk):
         raise CommandError(f"--{'scheduler' if args.scheduler else 'slices-per-chunk'} needs a zarr store as output (-o LABELS.zarr), which the tasks write chunk by chunk")
-    if chunked and args.no_xla:  # chunked.predict_chunked takes no jit_compile
-        raise CommandError("--no-xla needs a TIFF output (-o LABELS.tif) for now: zarr outputs' tasks choose XLA themselves")
     if chunked:
         output = check_zarr_output(args.output, "labels store", inputs)
         probabilities_file = check_zarr_output(args.probabilities, "probabilities store", inputs) if args.probabilities else None
@@ -1099,7 +1097,7 @@ def _predict_chunked(args, image, output: Path, probabilities_file: Path | None,
             source, image, slices_per_chunk=per_chunk, return_probabilities=probabilities_file is not None,
             tile_size=args.tile_size, batch_size=args.batch_size, tta=args.tta if args.tta_views is None else args.tta_views,
             close_boundaries=False if args.argmax else (True if args.close_boundaries else None),
-            mixed_precision=False if args.float32 else None, client=client,
+            mixed_precision=False if args.float32 else None, client=client, jit_compile=False if args.no_xla else None,
         )
         # one store chunk per slice (and class): tasks write whole chunks as they finish slices, never the same one
         z, plane, n_classes = image.shape[:-2], tuple(image.shape[-2:]), source.config.n_classes

@@ -254,6 +254,7 @@ def weights_checksum(keras_model) -> int:
 def _compiled_forward(keras_model, jit_compile: bool, batch_size: int) -> Callable[[np.ndarray], np.ndarray]:
     """``keras_model`` as a function of a (B, T, T, C) float32 batch (see :func:`_forward_pass`)."""
     if not jit_compile:
+        keras_model = without_xla(keras_model)
         return lambda batch: np.asarray(keras_model.predict_on_batch(batch))
     import tensorflow as tf
 
@@ -266,6 +267,19 @@ def _compiled_forward(keras_model, jit_compile: bool, batch_size: int) -> Callab
         return compiled(tf.constant(batch)).numpy()[:n]
 
     return run
+
+
+def without_xla(keras_model):
+    """``keras_model``, or a model of the same layers (weights shared, nothing copied), whose ``predict_on_batch`` runs
+    without XLA: Keras's own "auto" compiles with XLA wherever TensorFlow lists a GPU, which ``jit_compile=False``
+    (``--no-xla``: an XLA that fails on the machine) must not do. ``keras_model`` is not modified."""
+    if not getattr(keras_model, "jit_compile", False):
+        return keras_model
+    import keras
+
+    view = keras.Model(keras_model.inputs, keras_model.outputs, name=keras_model.name)
+    view.jit_compile = False
+    return view
 
 
 def _run_model(
