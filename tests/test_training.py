@@ -1195,3 +1195,30 @@ def test_few_annotated_pixels_and_one_image_annotated_on_one_side_only_are_named
     # dense labels: neither note
     started = next(e for e in train_events(image[0], labels[0], model_config, train_config) if isinstance(e, TrainingStarted))
     assert started.val_column is not None and not [n for n in started.notes if "only" in str(n) or "no validation" in str(n)]
+
+
+def test_two_trainers_are_kept_unless_their_variables_outgrow_the_budget(monkeypatch):
+    # one was kept: a Train (XLA) and the Retrains after it (no XLA) built theirs in turn, and each replaced one left
+    # 15-66 MB of traced steps in TensorFlow's registries
+    import napari_unet.data as data
+    import napari_unet.train as train_module
+
+    clear_trainer_cache()
+    built = []
+    new_trainer = train_module._new_trainer
+    monkeypatch.setattr(train_module, "_new_trainer", lambda *a: built.append(a[0]) or new_trainer(*a))
+    monkeypatch.setattr(train_module, "KEPT_TRAINERS", 2)
+    image, labels = stripes(n_slices=2, size=64)
+    small, _ = tiny_configs()
+    runs = [replace(small, base_filters=4), replace(small, base_filters=6)] * 2
+    _, train_config = tiny_configs(epochs=1, steps_per_epoch=1, val_fraction=0.0, jit_compile=False)
+    for model_config in runs:
+        train(image, labels, model_config, train_config)
+    assert len(built) == 2 and len(train_module._idle_trainers) == 2
+    monkeypatch.setattr(train_module, "KEPT_TRAINER_BYTES", 1)  # as a classic preset's 0.37 GB against 256 MB
+    for model_config in runs:
+        train(image, labels, model_config, train_config)
+    assert len(built) == 5 and len(train_module._idle_trainers) == 1  # the first reuses its kept one; then only the latest stays
+    assert len(data._BORDER_WEIGHTS._items) > 0
+    clear_trainer_cache()
+    assert not train_module._idle_trainers and len(data._BORDER_WEIGHTS._items) == 0 and data._BORDER_WEIGHTS.nbytes == 0

@@ -525,6 +525,11 @@ class _PlaneCache:
 _BORDER_WEIGHTS = _PlaneCache(256 * 2**20)
 
 
+def clear_border_weights_cache() -> None:
+    """Forget the border weights kept for label planes seen lately (:func:`border_weights`; frees up to 256 MB)."""
+    _BORDER_WEIGHTS.clear()
+
+
 def _plane_border_weights(plane: np.ndarray, boundary_index: int, weight: float, sigma: float) -> np.ndarray:
     """:func:`border_weights` of one (Y, X) plane of class indices."""
     from skimage.measure import label as label_regions
@@ -792,6 +797,7 @@ def prefetch(make_batch, n_batches: int, depth: int = 4):
 
 __all__ = [
     "ELASTIC_MAX_SHARE",
+    "clear_border_weights_cache",
     "INTENSITY_BRIGHTNESS",
     "INTENSITY_CONTRAST",
     "INTENSITY_LOG_GAMMA",

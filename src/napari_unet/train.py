@@ -547,10 +547,15 @@ class _Trainer:
             variable.assign(np.zeros(variable.shape, variable.dtype))
 
 
-#: Compiled training networks kept for the next runs with the same settings. napari and the command line keep one
-#: (a trainer holds its network's weights and optimizer state: 0.06 GB for the default preset, 1 GB for the classic
-#: one); the tests, which alternate between small networks, keep more (a new one's tracing took 3-6 s on 2 cores).
-KEPT_TRAINERS = 1
+#: Compiled training networks kept for the next runs with the same settings: two, so that a Train and the Retrains
+#: after it (without XLA: a short run does not repay its compile time) keep theirs in turn. A replaced one is not all
+#: freed: each left TensorFlow's graph registries 15-66 MB of its traced steps (a known TensorFlow leak), and building
+#: it again took 3-6 s on 2 cores. The tests, which alternate between small networks, keep more.
+KEPT_TRAINERS = 2
+
+#: Bytes of variables (weights and optimizer state) the kept networks may hold besides the latest one: 0.02 GB for the
+#: default preset, 0.37 GB for the classic one, which keeps only its latest.
+KEPT_TRAINER_BYTES = 256 * 2**20
 _idle_trainers: list = []  # not used by a running training; the one to finish last is last
 _idle_trainer_lock = threading.Lock()
 
@@ -567,12 +572,24 @@ def _keep_trainer(trainer: _Trainer) -> None:
     with _idle_trainer_lock:
         _idle_trainers.append(trainer)
         del _idle_trainers[: max(len(_idle_trainers) - KEPT_TRAINERS, 0)]
+        while len(_idle_trainers) > 1 and sum(_variable_bytes(t) for t in _idle_trainers) > KEPT_TRAINER_BYTES:
+            del _idle_trainers[0]
+
+
+def _variable_bytes(trainer: _Trainer) -> int:
+    """Bytes of a trainer's network and optimizer variables."""
+    variables = list(trainer.keras_model.variables) + list(trainer.optimizer.variables)
+    return sum(int(np.prod(v.shape)) * (2 if "16" in str(v.dtype) else 8 if "64" in str(v.dtype) else 4) for v in variables)
 
 
 def clear_trainer_cache() -> None:
-    """Forget the compiled training networks kept for the next runs with the same settings (frees their memory)."""
+    """Forget the compiled training networks kept for the next runs with the same settings, and the border weights
+    of the label planes seen lately (256 MB at most: a Retrain on new corrections adds planes); frees their memory."""
+    from .data import clear_border_weights_cache
+
     with _idle_trainer_lock:
         _idle_trainers.clear()
+    clear_border_weights_cache()
 
 
 def _loss_settings(train_config: TrainConfig, boundary_index) -> dict:
@@ -1054,6 +1071,7 @@ __all__ = [
     "FRINGE_TOUCHING",
     "InputError",
     "KEPT_TRAINERS",
+    "KEPT_TRAINER_BYTES",
     "RARE_CLASS_SHARE",
     "recompute_batch_norm",
     "resolve_training_jit_compile",
