@@ -1836,7 +1836,13 @@ def test_no_xla_keeps_train_and_predict_off_xla(data, capsys, monkeypatch):
     resolve, events, forward = train_module.resolve_training_jit_compile, predict_module.predict_events, predict_module._forward_pass
     monkeypatch.setattr(train_module, "resolve_training_jit_compile", lambda config, mixed: seen.append(("train", config.jit_compile)) or resolve(config, mixed))
     monkeypatch.setattr(predict_module, "predict_events", lambda *a, **k: seen.append(("predict", k.get("jit_compile"))) or events(*a, **k))
-    monkeypatch.setattr(predict_module, "_forward_pass", lambda model, jit, *a: seen.append(("forward", jit)) or forward(model, jit, *a))
+    monkeypatch.setattr(predict_module, "_forward_pass", lambda model, jit, *a: (a[-1] and seen.append(("forward", jit))) or forward(model, jit, *a))
+    # XLA chosen for every prediction the network runs itself (folded), as on a GPU: the rule tuning after training too
+    from napari_unet import hardware
+
+    monkeypatch.setattr(predict_module, "XLA_MIN_PIXELS", 0)
+    auto = hardware.resolve_jit_compile
+    monkeypatch.setattr(hardware, "resolve_jit_compile", lambda value, *a: True if value == hardware.AUTO else auto(value, *a))
     code, _, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "m.keras", "--no-xla", *TINY_TRAINING)
     assert code == 0, err
     assert read_metadata(data / "m.keras")["train_config"]["jit_compile"] is False

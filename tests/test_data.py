@@ -75,7 +75,7 @@ def test_a_large_plane_is_normalised_with_one_float32_copy_of_temporaries_and_th
         peak = tracemalloc.get_traced_memory()[1] / image.size
     finally:
         tracemalloc.stop()
-    assert peak < 13, peak  # result 4 + squares 4 + block sums and a band's temporaries
+    assert peak < 14, peak  # result 4 + squares 4 + block sums and a band's temporaries: 12.1 measured
     monkeypatch.setattr(data, "LOCAL_CONTRAST_ROWS", 4096)
     np.testing.assert_array_equal(normalize(image, local_contrast_sigma=30), banded)  # one band: the same values
     plane = normalize(image)

@@ -1099,7 +1099,8 @@ def _predict_chunked(args, image, output: Path, probabilities_file: Path | None,
             close_boundaries=False if args.argmax else (True if args.close_boundaries else None),
             mixed_precision=False if args.float32 else None, client=client, jit_compile=False if args.no_xla else None,
         )
-        # one store chunk per slice (and class): tasks write whole chunks as they finish slices, never the same one
+        # one store chunk per slice (and class): tasks write whole chunks as they finish slices, never the same one (a slice
+        # taller than a membrane-rule window is written band by band of rows into its chunk: about twice the write time)
         z, plane, n_classes = image.shape[:-2], tuple(image.shape[-2:]), source.config.n_classes
         axes = axes or _output_axes({}, image.ndim)
         stores = [(output, prediction.labels.shape, prediction.labels.dtype, (1,) * len(z) + plane,

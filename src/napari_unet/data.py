@@ -354,8 +354,8 @@ def local_contrast(plane, sigma: float, out: Optional[np.ndarray] = None) -> np.
     ``0.5 + (x - mean) / (std + LOCAL_CONTRAST_FLOOR) / 6``, clipped: 0.5 is the local mean and the ends are
     3 local standard deviations away. The percentile normalisation leaves pale, low-contrast regions (e.g. ISBI's
     obliquely cut cells) with faint membranes; this gives every region the same contrast. ``out``: a float32 array of
-    the plane's shape to write into, the plane itself included (a large section then needs one more float32 copy of
-    it at the peak, not four).
+    the plane's shape to write into, the plane itself included (from ``sigma`` 12 on, a large section then needs one
+    more float32 copy of it at the peak besides small bands of rows, not four).
     """
     plane = np.asarray(plane, dtype=np.float32)
     if plane.ndim != 2 or not sigma > 0:
@@ -822,6 +822,7 @@ __all__ = [
     "intensity_references",
     "profile_distance",
     "LOCAL_CONTRAST_FLOOR",
+    "LOCAL_CONTRAST_ROWS",
     "local_contrast",
     "downscale_image",
     "downscale_labels",

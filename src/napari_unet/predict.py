@@ -270,16 +270,24 @@ def _compiled_forward(keras_model, jit_compile: bool, batch_size: int) -> Callab
 
 
 def without_xla(keras_model):
-    """``keras_model``, or a model of the same layers (weights shared, nothing copied), whose ``predict_on_batch`` runs
-    without XLA: Keras's own "auto" compiles with XLA wherever TensorFlow lists a GPU, which ``jit_compile=False``
-    (``--no-xla``: an XLA that fails on the machine) must not do. ``keras_model`` is not modified."""
+    """``keras_model``, or a model of the same layers (weights shared, nothing copied; one a network, kept while it
+    lives), whose ``predict_on_batch`` runs without XLA: Keras's own "auto" compiles with XLA wherever TensorFlow
+    lists a GPU, which ``jit_compile=False`` (``--no-xla``: an XLA that fails on the machine) must not do."""
     if not getattr(keras_model, "jit_compile", False):
         return keras_model
-    import keras
+    with _FORWARD_CACHE_LOCK:
+        view = _XLA_FREE_VIEWS.get(keras_model)
+    if view is None:
+        import keras
 
-    view = keras.Model(keras_model.inputs, keras_model.outputs, name=keras_model.name)
-    view.jit_compile = False
+        view = keras.Model(keras_model.inputs, keras_model.outputs, name=keras_model.name)
+        view.jit_compile = False
+        with _FORWARD_CACHE_LOCK:
+            view = _XLA_FREE_VIEWS.setdefault(keras_model, view)
     return view
+
+
+_XLA_FREE_VIEWS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _run_model(
@@ -824,6 +832,7 @@ __all__ = [
     "blank_slices_note",
     "PredictionError",
     "tile_starts",
+    "without_xla",
     "BLEND_FLOOR",
     "blend_ramp",
     "axis_blend_ramps",

@@ -1000,8 +1000,8 @@ def train_events(
         # Membranes: on the (fully annotated) validation slices, the threshold with the lowest pixel
         # error and the gap closing with the best V_rand. Without test-time augmentation, so that the model
         # file does not depend on the machine (on ISBI both chose the same rule for all 8 models measured).
-        probabilities = predict(result, val_images, close_boundaries=False, slices=val_planes, tta=False,
-                                normalized=True).probabilities
+        probabilities = predict(result, val_images, close_boundaries=False, slices=val_planes, tta=False, normalized=True,
+                                jit_compile=False if train_config.jit_compile is False else None).probabilities
         probabilities = probabilities[..., boundary_index]
         result.boundary_rule, boundary_v_rand = tune_boundary_rule(
             probabilities, val_indices != boundary_index, closings=candidate_closings(train_config.merge_levels)
