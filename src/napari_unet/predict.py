@@ -574,8 +574,8 @@ def predict_events(
         return plane
 
     # A slice goes band by band of rows, as the membrane rule splits it (rule_windows: cores with margins), so the
-    # network's blended probabilities are held for a band's window, not the slice: 20 bytes a pixel of a large
-    # section less. Layered classes are ordered down whole columns: one band.
+    # network's blended probabilities and their weights are held for a band's window, not the slice: 12 bytes a pixel of a
+    # large section less (20 at downscale > 1). Layered classes are ordered down whole columns: one band.
     if layers is not None:
         bands = [(0, height, 0, height)]
     else:
