@@ -981,10 +981,17 @@ def test_demo_checks_its_outputs_before_training_and_writes_no_untrained_model(t
 def test_demo_runs_headless(tmp_path, capsys, monkeypatch):
     import napari_unet.cli as cli
 
-    options, real_run_training = [], cli.run_training
-    monkeypatch.setattr(cli, "run_training", lambda *a, **k: options.append(k.get("budget_option")) or real_run_training(*a, **k))
-    code, out, err = run(capsys, "demo", "--headless", "--minutes", "0.1", "--output-dir", tmp_path)  # a step or a few
+    import napari_unet.predict as predict_module
+
+    options, real_run_training, real_predict = [], cli.run_training, predict_module.predict
+    monkeypatch.setattr(cli, "run_training", lambda *a, **k: options.append(k.get("budget_option")) or options.append(a[3].jit_compile)
+                        or real_run_training(*a, **k))
+    monkeypatch.setattr(predict_module, "predict", lambda *a, **k: options.append(("predict", k.get("jit_compile"))) or real_predict(*a, **k))
+    # --no-xla: the way round a GPU's failing XLA for the README's first command too
+    code, out, err = run(capsys, "demo", "--headless", "--minutes", "0.1", "--output-dir", tmp_path, "--no-xla")  # a step or a few
     assert code == 0, err
+    assert options[1] is False and ("predict", False) in options, options
+    del options[1:]
     report = json.loads(out)
     assert report["v_rand"] is not None and 0 <= report["pixel_error"] <= 1
     for name in ("demo.png", "demo-model.keras", "demo-prediction.tif", "demo-image.tif", "demo-labels.tif"):

@@ -1270,7 +1270,8 @@ def cmd_demo(args) -> int:
     if not str(args.output_dir).strip():  # Path("") is the current folder: the outputs landed there unannounced
         raise CommandError("--output-dir is empty; give a folder (it is created if it does not exist)")
     load_tensorflow(quiet=True)  # with Keras' optional packages: the demo may open napari afterwards
-    return run_demo(Path(args.output_dir), minutes=args.minutes, headless=args.headless, seed=args.seed, written=args.written)
+    return run_demo(Path(args.output_dir), minutes=args.minutes, headless=args.headless, seed=args.seed, written=args.written,
+                    no_xla=args.no_xla)
 
 
 _REPLACED = "; it replaced the file of that name"  # outputs are written whole and atomically, never over an input
@@ -1423,6 +1424,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--minutes", "--max-minutes", dest="minutes", type=positive_float, default=1.0, help="training budget in minutes (as train's --max-minutes); default: %(default)s")
     demo.add_argument("--headless", action="store_true", help="do not open napari")
     demo.add_argument("--seed", type=non_negative_int, default=0, help="random seed of the synthetic data and the training; default: %(default)s")
+    demo.add_argument("--no-xla", action="store_true", help="train and predict without XLA, as train's and predict's --no-xla")
     demo.set_defaults(func=cmd_demo)
     sub.metavar = "{" + ",".join(sub.choices) + "}"  # "required: command" named none of them
     parser.commands = sub.choices  # the commands' parsers, which tell their unrecognized arguments

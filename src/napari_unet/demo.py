@@ -71,9 +71,10 @@ def save_figure(path, image, truth, prediction, history) -> Path:
     return path
 
 
-def run_demo(output_dir: Path, minutes: float = 1.0, headless: bool = False, seed: int = 0, written: list | None = None) -> int:
+def run_demo(output_dir: Path, minutes: float = 1.0, headless: bool = False, seed: int = 0, written: list | None = None,
+             no_xla: bool = False) -> int:
     """Generate data, train for ``minutes``, predict, score, write model, prediction and figure. Each file written is
-    appended to ``written`` (an interrupted command names them)."""
+    appended to ``written`` (an interrupted command names them). ``no_xla``: train and predict without XLA."""
     from .cli import CommandError, check_output, os_reason, run_training
     from .config import preset
     from .metrics import evaluate
@@ -85,6 +86,8 @@ def run_demo(output_dir: Path, minutes: float = 1.0, headless: bool = False, see
     written = [] if written is None else written
     chosen = preset("default")
     train_config = chosen.train.replace(epochs=100_000, steps_per_epoch=20, max_minutes=minutes, seed=seed)  # checks the budget
+    if no_xla:
+        train_config = train_config.replace(jit_compile=False)
     if output_dir.exists() and not output_dir.is_dir():
         raise CommandError(f"--output-dir {str(output_dir)!r} is a file, not a folder")
     try:
@@ -117,7 +120,7 @@ def run_demo(output_dir: Path, minutes: float = 1.0, headless: bool = False, see
 
     val = [8, 9]
     with interrupts_deferred(second_at_once=True):  # Ctrl-C comes after the prediction (a few seconds)
-        result = predict(final.model, image, slices=val, return_probabilities=False)
+        result = predict(final.model, image, slices=val, return_probabilities=False, jit_compile=False if no_xla else None)
     scores = evaluate(result.labels, labels[val], final.model.class_values)
     write(outputs["demo-prediction.tif"], lambda: write_tiff(outputs["demo-prediction.tif"], result.labels,
                                                              metadata={"class_values": final.model.class_values}))

@@ -272,7 +272,8 @@ def _compiled_forward(keras_model, jit_compile: bool, batch_size: int) -> Callab
 def without_xla(keras_model):
     """``keras_model``, or a model of the same layers (weights shared, nothing copied; one a network, kept while it
     lives), whose ``predict_on_batch`` runs without XLA: Keras's own "auto" compiles with XLA wherever TensorFlow
-    lists a GPU, which ``jit_compile=False`` (``--no-xla``: an XLA that fails on the machine) must not do."""
+    lists a GPU, which ``jit_compile=False`` (``--no-xla``: an XLA that fails on the machine) must not do. The network's
+    layers and weights are not changed (reading its ``jit_compile`` lets Keras record the choice it makes anyway)."""
     if not getattr(keras_model, "jit_compile", False):
         return keras_model
     with _FORWARD_CACHE_LOCK:
