@@ -372,6 +372,11 @@ def run_child(script: Path, spec: dict, env_extra: dict | None, timeout: float, 
     return payloads, status, seconds
 
 
+def src_folders(srcs: str) -> list[str]:
+    """Absolute paths of a ``--srcs`` option's comma-separated ``src/`` folders (relative ones from the repository)."""
+    return [str((REPO / s).resolve()) if not Path(s).is_absolute() else s for s in srcs.split(",")]
+
+
 def median(values):
     values = sorted(values)
     n = len(values)

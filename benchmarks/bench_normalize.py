@@ -65,7 +65,7 @@ def main() -> int:
         return 0
     if args.size < 512 or args.size % 512:
         ap.error("--size must be a multiple of 512")
-    srcs = [str((C.REPO / s).resolve()) if not Path(s).is_absolute() else s for s in args.srcs.split(",")]
+    srcs = C.src_folders(args.srcs)
     spec, runs = {"size": args.size, "sigma": SIGMA}, {}
     for src in srcs:
         payloads, status, seconds = C.run_child(Path(__file__), spec, {"PYTHONPATH": src}, timeout=1800)

@@ -98,7 +98,7 @@ def main() -> int:
     if args._worker:
         worker(json.loads(args._worker))
         return 0
-    srcs = [str((C.REPO / s).resolve()) if not Path(s).is_absolute() else s for s in args.srcs.split(",")]
+    srcs = C.src_folders(args.srcs)
     runs: dict = {src: [] for src in srcs}
     for round_index in range(args.rounds):
         for src in srcs:

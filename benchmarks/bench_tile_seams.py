@@ -131,7 +131,7 @@ def main() -> int:
         ap.error("give a trained ISBI model (.keras)")
     if not (C.SHARED_DATA / "isbi2012" / "train-volume.tif").exists():
         raise SystemExit(f"needs the ISBI 2012 training data in {C.SHARED_DATA / 'isbi2012'}")
-    srcs = [str((C.REPO / s).resolve()) if not Path(s).is_absolute() else s for s in args.srcs.split(",")]
+    srcs = C.src_folders(args.srcs)
     spec = {"model": str(Path(args.model).resolve()), "tiles": [int(t) for t in args.tiles.split(",")], "overlap": args.overlap}
     runs = {}
     for src in srcs:

@@ -579,7 +579,7 @@ def _keep_trainer(trainer: _Trainer) -> None:
 def _variable_bytes(trainer: _Trainer) -> int:
     """Bytes of a trainer's network and optimizer variables."""
     variables = list(trainer.keras_model.variables) + list(trainer.optimizer.variables)
-    return sum(int(np.prod(v.shape)) * (2 if "16" in str(v.dtype) else 8 if "64" in str(v.dtype) else 4) for v in variables)
+    return sum(int(np.prod(v.shape)) * v.value.dtype.size for v in variables)  # TensorFlow's dtype knows its size
 
 
 def clear_trainer_cache() -> None:
