@@ -11,6 +11,7 @@ benchmark stays light and each variant's environment variables take effect in a 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -370,6 +371,12 @@ def run_child(script: Path, spec: dict, env_extra: dict | None, timeout: float, 
         if log is not None:
             log.write(f"--- stderr of {spec}\n{err[-4000:]}\n")
     return payloads, status, seconds
+
+
+def argument_parser(description: str | None = None, **kwargs) -> argparse.ArgumentParser:
+    """A benchmark's command-line parser: argparse's, with the same keywords, taking no abbreviated options as the
+    napari-unet command does (a later option sharing the prefix would change what an old command line means)."""
+    return argparse.ArgumentParser(description=description, allow_abbrev=False, **kwargs)
 
 
 def src_folders(srcs: str) -> list[str]:

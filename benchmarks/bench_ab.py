@@ -141,7 +141,7 @@ def interleave(fns: dict, warmup: int, rounds: int) -> dict:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = C.argument_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--size", type=int, help="training and inference image size (full 256, quick 64)")
     ap.add_argument("--rounds", type=int)

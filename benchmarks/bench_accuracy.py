@@ -120,7 +120,7 @@ def compare(ref, other, labels):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = C.argument_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--model", type=Path, help="a trained napari-unet .keras model (classic or any preset)")
     ap.add_argument("--steps", type=int, help="training steps of the reference model (full 80, quick 3)")

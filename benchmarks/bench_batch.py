@@ -22,7 +22,7 @@ import _common as C  # noqa: E402
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = C.argument_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="default")
     ap.add_argument("--batches", default="2,4,8", help="comma-separated batch sizes")
     ap.add_argument("--patch", type=int, default=256)

@@ -52,7 +52,7 @@ def read_labels(path: Path) -> np.ndarray:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = C.argument_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True, help="default-preset model file (.keras)")
     parser.add_argument("--image", type=Path, default=TEST_VOLUME)
     parser.add_argument("--rounds", type=int, default=3)

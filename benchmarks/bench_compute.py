@@ -35,7 +35,7 @@ def cpu_kind(flags) -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = C.argument_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="default")
     ap.add_argument("--batch", type=int, default=4, help="training patches per step")
     ap.add_argument("--patch", type=int, default=256)

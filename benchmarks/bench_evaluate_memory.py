@@ -14,7 +14,6 @@ its peak is that process's VmHWM (ru_maxrss would carry this script's peak over 
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -74,7 +73,7 @@ def run(src: Path, prediction: Path, truth: Path) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = C.argument_parser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", default="40,160", help="comma-separated stack depths (slices of 1024²)")
     parser.add_argument("--formats", default="zarr,tif", help="comma-separated: zarr, tif")
     parser.add_argument("--baseline-src", type=Path, help="the src folder of another checkout, measured first")

@@ -11,7 +11,6 @@ Prints the process's CPU (cores) over 5-second windows; results go to ``benchmar
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ import _common as C  # noqa: E402
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = C.argument_parser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--name", default="gui-idle-cpu")
     args = parser.parse_args()

@@ -96,7 +96,7 @@ def run_variant(kind: str, src: Path, minutes: float) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = C.argument_parser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=1.0)
     parser.add_argument("--baseline-src", type=Path, help="the src folder of another checkout, its GUI run first")
     parser.add_argument("--name", default="gui-training")

@@ -109,7 +109,7 @@ def write_stores(folder: Path, scans: int) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = C.argument_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scans", type=int, default=110, help="B-scans in the stack (default 110, the Duke DME stack)")
     parser.add_argument("--baseline-src", type=Path, help="another checkout's src/ to compare with")
     parser.add_argument("--name", default="label-memory", help="results/<name>.json")

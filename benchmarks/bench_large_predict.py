@@ -167,7 +167,7 @@ class MemoryCgroup:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = C.argument_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--slices", type=int, default=64)
     ap.add_argument("--size", type=int, default=2048)
     ap.add_argument("--limit-gb", type=float, default=2.0, help="memory cgroup limit of the second round; 0 = skip it")

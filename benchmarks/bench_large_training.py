@@ -139,7 +139,7 @@ def run_variant(src: Path, image: Path, labels: Path, minutes: float, workdir: P
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = C.argument_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--slices", type=int, default=20)
     parser.add_argument("--size", type=int, default=2048)
     parser.add_argument("--minutes", type=float, default=1.0, help="--max-minutes of each training")

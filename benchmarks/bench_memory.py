@@ -82,7 +82,7 @@ def worker(spec):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = C.argument_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--model", type=Path, help="predict with this napari-unet model file instead of random weights")
     ap.add_argument("--tasks", default="train,predict", help="train, predict or both (default)")

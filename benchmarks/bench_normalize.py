@@ -54,7 +54,7 @@ def worker(spec: dict) -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = C.argument_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--srcs", default="src", help="comma-separated src/ folders to import napari_unet from")
     ap.add_argument("--size", type=int, default=4096, help="side of the mosaic plane (a multiple of 512)")
     ap.add_argument("--name", default="default")

@@ -60,7 +60,7 @@ def measure(function, probabilities, order, rounds: int, **kwargs) -> tuple[floa
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = C.argument_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--name", default="order-layers", help="results/<name>.json")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)

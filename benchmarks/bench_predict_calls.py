@@ -29,7 +29,7 @@ def seconds_per_image(run, images) -> float:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = C.argument_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--name", default="predict-calls", help="results/<name>.json")
     parser.add_argument("--images", type=int, default=10)
     parser.add_argument("--size", type=int, default=128)

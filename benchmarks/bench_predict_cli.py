@@ -96,7 +96,7 @@ def run_variant(name: str, model: Path, image: Path, output: Path) -> float:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = C.argument_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True, help="default-preset model file (.keras)")
     parser.add_argument("--image", type=Path, default=TEST_VOLUME)
     parser.add_argument("--rounds", type=int, default=5)

@@ -28,7 +28,7 @@ TEST_VOLUME = C.SHARED_DATA / "isbi2012" / "test-volume.tif"
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = C.argument_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--image", type=Path, default=TEST_VOLUME)
     parser.add_argument("--full-import", action="store_true", help="import Keras with its optional packages (as napari does)")

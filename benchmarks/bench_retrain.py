@@ -53,7 +53,7 @@ def timed_run(image, labels, config, init) -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = C.argument_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--steps", type=int, default=20, help="steps of one Retrain")
     ap.add_argument("--data", choices=("synthetic", "isbi"), default="synthetic")

@@ -87,7 +87,7 @@ def worker(spec: dict) -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = C.argument_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--srcs", default="src", help="comma-separated src/ folders to import napari_unet from")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--batches", type=int, default=30)

@@ -69,7 +69,7 @@ def run_variant(src: Path, model: Path, section: Path, output: Path, tta: bool) 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = C.argument_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True, help="a napari-unet model with a membrane class (.keras)")
     parser.add_argument("--size", type=int, default=8192)
     parser.add_argument("--tta", action="store_true", help="with test-time augmentation (default: without)")

@@ -333,7 +333,7 @@ def merge(payloads: list) -> dict:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = C.argument_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny sizes and repetitions: a smoke test in a minute or two")
     ap.add_argument("--variants", default="*", help="comma-separated names or globs (default: all)")
     ap.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], help="training sizes, e.g. 256,512")

@@ -116,7 +116,7 @@ def worker(spec: dict) -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = C.argument_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", nargs="?", help="a trained ISBI model (.keras)")
     ap.add_argument("--srcs", default="src", help="comma-separated src/ folders to import napari_unet from")
     ap.add_argument("--tiles", default="192,256,320")

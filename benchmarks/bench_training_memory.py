@@ -13,7 +13,6 @@ estimate, the measured peak and the estimate of this checkout, per configuration
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -89,7 +88,7 @@ def table(rows) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = C.argument_parser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--name", default="training-memory")
     parser.add_argument("--only", type=int, nargs="*", help="indices of CONFIGS to run")
     parser.add_argument("--table", type=Path, help="print the table of this saved run instead of measuring")

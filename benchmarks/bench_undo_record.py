@@ -62,7 +62,7 @@ def measure(write, start: np.ndarray, z, new) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = C.argument_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--name", default="undo-record", help="results/<name>.json")
     parser.add_argument("--slices", type=int, default=16)
     parser.add_argument("--size", type=int, default=2048)

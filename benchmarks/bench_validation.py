@@ -24,7 +24,7 @@ import _common as C  # noqa: E402
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = C.argument_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, help="a default-preset model file (else fresh weights)")
     ap.add_argument("--jit", action="store_true", help="the training network compiled with XLA, as 10-minute runs are")
     ap.add_argument("--rounds", type=int, default=4)

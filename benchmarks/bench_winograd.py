@@ -71,7 +71,7 @@ def winograd_conv(x, kernel):
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = C.argument_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="classic")
     ap.add_argument("--batch", type=int, default=2, help="training images per step")
     ap.add_argument("--size", type=int, default=256, help="training patch size")

@@ -88,7 +88,7 @@ def worker(spec: dict) -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = C.argument_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--tasks", default="train,predict")
     ap.add_argument("--rounds", type=int, default=2)

@@ -72,7 +72,7 @@ def worker(spec: dict) -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = C.argument_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", default="retrain,train")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--steps", type=int, default=RUNS["train"]["steps"], help="steps of the 'train' run")

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
 from isbi_merging import DATA, write_results  # noqa: E402
 
 OCT = DATA.parent / "oct"
@@ -75,9 +76,7 @@ def cases():
 
 
 def main() -> None:
-    import argparse
-
-    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args()  # --help (the benchmark has no options)
+    C.argument_parser(description=__doc__.split("\n")[0]).parse_args()  # --help (the benchmark has no options)
     missing = [str(path) for path in (DATA / "train-volume.tif", OCT / "circular-scan.tif") if not path.exists()]
     if missing:
         sys.exit(f"intensity_profiles.py needs ../shared/data beside the repository: {', '.join(missing)} not found")

@@ -18,6 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "isbi2012"
 TRAIN_SLICES, JUDGE_SLICES = slice(0, 15), slice(15, 20)
@@ -38,7 +41,7 @@ def parse_value(text: str, current=None):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = C.argument_parser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--steps", type=int, default=None,
                         help="train this many steps (whole epochs) instead of --minutes: A/B runs that a machine whose "

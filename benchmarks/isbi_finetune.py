@@ -21,7 +21,6 @@ differences to the 1e-3 fine-tune of the same seed.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -99,7 +98,7 @@ def summarize(runs: list, start: dict) -> tuple[dict, str]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = C.argument_parser(description=__doc__.splitlines()[0])
     parser.add_argument("--start-steps", type=int, default=200, help="training steps of the start model (slices 0-4)")
     parser.add_argument("--steps", type=int, default=200, help="training steps of each fine-tune and scratch control")
     parser.add_argument("--learning-rates", default="1e-3,3e-4,1e-4", help="comma-separated fine-tune learning rates")

@@ -11,13 +11,15 @@ model's threshold rule as training chooses it). The comparison is paired: same n
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "isbi2012"
@@ -44,7 +46,7 @@ def membrane_probabilities(model_path: Path, image, tta: bool = False) -> np.nda
 def parse_saved_models(argv, description: str, default_name: str, add_arguments=None):
     """Command-line arguments (``models``, ``name``, and what ``add_arguments(parser)`` adds), or None when the
     shared ISBI data is absent."""
-    parser = argparse.ArgumentParser(description=description)
+    parser = C.argument_parser(description=description)
     parser.add_argument("models", nargs="+", type=Path)
     parser.add_argument("--name", default=default_name)
     if add_arguments is not None:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
 from isbi_merging import DATA, N_VAL, cell_scores, read_isbi_volume, write_results  # noqa: E402
 
 SLICES = range(12, 20)
@@ -87,9 +88,7 @@ def blurred_scores(paths, sigmas) -> list:
 
 
 def main(argv=None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = C.argument_parser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", type=Path)
     parser.add_argument("--sigmas", default="0.5,0.7", help="comma-separated blur sigmas (pixels) for slices 15-19")
     parser.add_argument("--name", default="isbi-noise")

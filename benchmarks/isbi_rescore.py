@@ -11,12 +11,14 @@ scores each network again after recomputing its batch-norm statistics as trainin
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "isbi2012"
@@ -26,7 +28,7 @@ FIXED_RULE = {"threshold": 0.7, "seed_level": None, "merge_below": 0.6, "minima_
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = C.argument_parser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+", type=Path)
     parser.add_argument("--recompute-batch-norm", action="store_true",
                         help="also score each network after recomputing its batch-norm statistics on unaugmented "

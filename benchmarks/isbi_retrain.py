@@ -42,7 +42,6 @@ all rounds and seeds, then the paired differences (mode - control, same seed and
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -252,7 +251,7 @@ def summarize(rounds: list, start: dict, reference: str = "control") -> tuple[di
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = C.argument_parser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None, help="start model (.keras); default: train one (see --minutes)")
     parser.add_argument("--minutes", type=float, default=2.0, help="training time of the start model when --model is not given")
     parser.add_argument("--rounds", type=int, default=4, help="successive Retrains per chain")

@@ -12,7 +12,6 @@ unseen scores are compared with the fixed sigma's, network by network. No networ
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -20,13 +19,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
 from isbi_rule_smoothing import METRICS, better  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = C.argument_parser(description=__doc__.splitlines()[0])
     parser.add_argument("results", nargs="?", type=Path, default=ROOT / "benchmarks" / "results" / "isbi-rule-smoothing.json")
     parser.add_argument("--fixed", type=float, default=3.0)
     parser.add_argument("--candidates", nargs="+", default=["2,3,4", "1,2,3,4,5", "3,4"])

@@ -29,7 +29,7 @@ AXIAL_MICRONS = 3.872  # the B-scan's pixel height (the file's resolution tag sa
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = C.argument_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="+", type=Path, help="models trained on circular-scan.tif (.keras)")
     parser.add_argument("--name", default="oct-layers", help="results/<name>.json")
     parser.add_argument("--tta", choices=("off", "auto"), default="off", help="auto: also score predict's default test-time augmentation")

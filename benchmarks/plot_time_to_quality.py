@@ -11,10 +11,12 @@ mismatched pixels (dotted).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
 
 TARGETS = {"v_rand": [(10, 0.95), (30, 0.97)], "v_info": [(10, 0.975), (30, 0.98)], "pixel_error": [(10, 0.08)]}
 TITLES = {"v_rand": "V_rand (higher is better)", "v_info": "V_info (higher is better)",
@@ -22,7 +24,7 @@ TITLES = {"v_rand": "V_rand (higher is better)", "v_info": "V_info (higher is be
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = C.argument_parser(description=__doc__.splitlines()[0])
     parser.add_argument("results", nargs="+", type=Path)
     parser.add_argument("-o", "--output", type=Path, default=Path("docs/time-to-quality.png"))
     parser.add_argument("--labels", help="comma-separated legend names, one per result (default: each run's name)")
