@@ -13,6 +13,7 @@ import dataclasses
 import itertools
 import numbers
 import os
+import re
 import tempfile
 import threading
 import time
@@ -42,6 +43,10 @@ DEFAULT_SLICES_PER_CHUNK = 8
 STOP_TIMEOUT = 300
 #: Chunks computed at once without a cluster: while one chunk's last membrane rule runs, the next chunk's network does.
 LOCAL_CHUNKS_IN_FLIGHT = 2
+#: Temporary folders of a model file on its way to or from bytes: this prefix, the creating process's PID, "-",
+#: mkdtemp's random part; those a process killed meanwhile left are removed as model loading removes its own.
+_TEMP_PREFIX = "napari-unet-chunks-"
+_TEMP_FOLDER = re.compile(re.escape(_TEMP_PREFIX) + r"(\d+)-[a-z0-9_]+")
 
 
 class ModelSource:
@@ -111,10 +116,20 @@ class ModelSource:
 
         if self.path is not None:
             return load_model(self.path)
-        with tempfile.TemporaryDirectory(prefix="napari-unet-model-") as folder:
+        with _temporary_folder() as folder:
             path = Path(folder) / "model.keras"
             path.write_bytes(self._bytes)
             return load_model(path)
+
+
+@contextlib.contextmanager
+def _temporary_folder():
+    """A temporary folder named for this process (:data:`_TEMP_PREFIX`), once stale ones of dead processes are removed."""
+    from .model_io import _remove_stale_link_folders
+
+    _remove_stale_link_folders(tempfile.gettempdir(), _TEMP_FOLDER)
+    with tempfile.TemporaryDirectory(prefix=f"{_TEMP_PREFIX}{os.getpid()}-") as folder:
+        yield folder
 
 
 class _OneCallAtATime:
@@ -132,7 +147,7 @@ class _OneCallAtATime:
 def _model_file_bytes(model) -> bytes:
     from .model_io import save_model
 
-    with tempfile.TemporaryDirectory(prefix="napari-unet-model-") as folder:
+    with _temporary_folder() as folder:
         return save_model(model, Path(folder) / "model.keras").read_bytes()
 
 

@@ -357,11 +357,13 @@ def _process_runs(pid: int) -> bool:
     return True
 
 
-def _remove_stale_link_folders(parent: str) -> None:
-    """Removes this user's link folders in ``parent`` that processes killed while they loaded a model left; best effort."""
+def _remove_stale_link_folders(parent: str, pattern: "re.Pattern" = _LINK_FOLDER) -> None:
+    """Removes this user's link folders in ``parent`` that processes killed while they loaded a model left; best effort.
+    ``pattern``: the names of the folders, the creating process's PID its first group (chunked.py's temporary folders
+    pass theirs)."""
     with contextlib.suppress(OSError), os.scandir(parent) as entries:
         for entry in entries:
-            match = _LINK_FOLDER.fullmatch(entry.name)
+            match = pattern.fullmatch(entry.name)
             if match is None or int(match.group(1)) == os.getpid():
                 continue
             with contextlib.suppress(OSError):
