@@ -318,10 +318,11 @@ def high_water_rss_mb() -> float:
     return _proc_status_mb("VmHWM")
 
 
-def time_command(command: list, what: str) -> float:
-    """Wall seconds of ``command`` run as a child (benchmark environment); SystemExit naming ``what`` if it fails."""
+def time_command(command: list, what: str, src: str | None = None) -> float:
+    """Wall seconds of ``command`` run as a child (benchmark environment; napari_unet imported from ``src``, default
+    this repository's); SystemExit naming ``what`` if it fails."""
     start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, env=child_env({}))
+    result = subprocess.run(command, capture_output=True, text=True, env=child_env({"PYTHONPATH": src} if src else {}))
     seconds = time.perf_counter() - start
     if result.returncode != 0:
         raise SystemExit(f"{what} failed:\n{result.stderr[-2000:]}")

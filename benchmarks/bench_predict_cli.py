@@ -31,6 +31,10 @@ over minutes, so only alternated medians compare):
     python benchmarks/bench_predict_cli.py --model m.keras --rounds 2 # quick
     python benchmarks/bench_predict_cli.py --model m.keras --variants current,one-shot-merging --name predict-cli-merging
     python benchmarks/bench_predict_cli.py --model m.keras --variants current,full-import,tta2 --name predict-cli-import
+    python benchmarks/bench_predict_cli.py --model m.keras --variants current --srcs /tmp/old/src,src --name predict-cli-code
+
+``--srcs``: each variant runs with napari_unet imported from each of these ``src/`` folders (e.g. an older commit's
+``git worktree``), alternated with the others; the labels each writes are compared with the first's.
 
 ``m.keras``: a default-preset model (``napari-unet train .../train-volume.tif .../train-labels.tif -o m.keras``);
 the membrane rule's run time depends on trained probabilities, so random weights would not do.
@@ -89,10 +93,10 @@ DRIVERS = {
 VARIANT_ARGUMENTS = {"float32": ["--float32"], "no-tta": ["--no-tta"], "tta": ["--tta"], "tta2": ["--tta-views", "2"]}
 
 
-def run_variant(name: str, model: Path, image: Path, output: Path) -> float:
+def run_variant(name: str, model: Path, image: Path, output: Path, src: str | None = None) -> float:
     command = [sys.executable, "-c", DRIVERS.get(name, DRIVERS["current"]), "predict", str(model), str(image), "-o", str(output)]
     command += VARIANT_ARGUMENTS.get(name, [])
-    return C.time_command(command, name)
+    return C.time_command(command, name if src is None else f"{name} ({src})", src)
 
 
 def main(argv=None) -> int:
@@ -102,6 +106,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--variants", default="current,no-fast-exit,no-folding,neither")
     parser.add_argument("--name", default="predict-cli")
+    parser.add_argument("--srcs", default=None, help="comma-separated src/ folders to import napari_unet from, side by "
+                        "side (default: this repository's)")
     args = parser.parse_args(argv)
     if not args.image.exists():
         raise SystemExit(f"{args.image} not found: this benchmark needs ../shared/data beside the repository")
@@ -109,25 +115,43 @@ def main(argv=None) -> int:
     unknown = [name for name in variants if name not in DRIVERS and name not in VARIANT_ARGUMENTS]
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; choose from {sorted(DRIVERS) + sorted(VARIANT_ARGUMENTS)}")
-    times: dict[str, list[float]] = {name: [] for name in variants}
+    srcs = C.src_folders(args.srcs) if args.srcs else [None]
+    # a run: (row label, variant, src); with several srcs a label names its src's position (1 = the first)
+    runs = [(name if len(srcs) == 1 else f"{name}@{k + 1}", name, src) for name in variants for k, src in enumerate(srcs)]
+    times: dict[str, list[float]] = {label: [] for label, _, _ in runs}
+    labels_equal: dict[str, bool] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        run_variant(variants[0], args.model, args.image, Path(tmp) / "warm.tif")  # page cache, .pyc files
+        run_variant(variants[0], args.model, args.image, Path(tmp) / "warm.tif", srcs[0])  # page cache, .pyc files
         for round_index in range(args.rounds):
-            order = variants if round_index % 2 == 0 else variants[::-1]
-            for name in order:
-                times[name].append(run_variant(name, args.model, args.image, Path(tmp) / f"{name}.tif"))
-                print(f"round {round_index + 1} {name:14s} {times[name][-1]:6.2f} s", flush=True)
-    reference = statistics.median(times["current"]) if "current" in times else None
+            for label, name, src in runs if round_index % 2 == 0 else runs[::-1]:
+                times[label].append(run_variant(name, args.model, args.image, Path(tmp) / f"{label}.tif", src))
+                print(f"round {round_index + 1} {label:14s} {times[label][-1]:6.2f} s", flush=True)
+        if len(srcs) > 1:
+            import numpy as np
+            import tifffile
+
+            for name in variants:
+                first = tifffile.imread(Path(tmp) / f"{name}@1.tif")
+                for k in range(2, len(srcs) + 1):
+                    labels_equal[f"{name}@{k}"] = bool(np.array_equal(first, tifffile.imread(Path(tmp) / f"{name}@{k}.tif")))
+    first_label = "current" if len(srcs) == 1 else "current@1"
+    reference = statistics.median(times[first_label]) if first_label in times else None
     rows = []
-    for name in variants:
-        median = statistics.median(times[name])
-        rows.append({"variant": name, "median_s": median, "min_s": min(times[name]), "runs_s": times[name],
-                     "ratio_to_current": median / reference if reference else None})
-    print("\n| variant | median wall | min | ratio to current |\n|---|---|---|---|")
+    for label, name, src in runs:
+        median = statistics.median(times[label])
+        rows.append({"variant": label, "src": src, "median_s": median, "min_s": min(times[label]), "runs_s": times[label],
+                     "ratio_to_current": median / reference if reference else None,
+                     "labels_equal_to_first_src": labels_equal.get(label)})
+    for k, src in enumerate(srcs):
+        if src is not None:
+            print(f"@{k + 1}: {src}")
+    print(f"\n| variant | median wall | min | ratio to {first_label} |\n|---|---|---|---|")
     for row in rows:
         ratio = f"{row['ratio_to_current']:.3f}" if row["ratio_to_current"] else "-"
-        print(f"| {row['variant']} | {row['median_s']:.2f} s | {row['min_s']:.2f} s | {ratio} |")
-    report = {"machine": C.machine_info(), "model": str(args.model), "image": str(args.image), "rounds": args.rounds, "rows": rows}
+        same = {True: ", labels equal", False: ", labels DIFFER", None: ""}[row["labels_equal_to_first_src"]]
+        print(f"| {row['variant']} | {row['median_s']:.2f} s | {row['min_s']:.2f} s | {ratio}{same} |")
+    report = {"machine": C.machine_info(), "model": str(args.model), "image": str(args.image), "rounds": args.rounds,
+              "srcs": srcs, "rows": rows}
     C.RESULTS_DIR.mkdir(exist_ok=True)
     out = C.RESULTS_DIR / f"{args.name}.json"
     out.write_text(json.dumps(report, indent=1))
