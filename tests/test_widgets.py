@@ -1367,6 +1367,7 @@ def test_events_are_handled_in_order_when_a_handler_pumps_qt_events():
 
 def test_retrain_and_continued_training_add_their_curves_after_the_models_own(widgets, qtbot, monkeypatch):
     # Retrain cleared the loss plot: the model it fine-tuned lost its training curves, a stopped Retrain kept none
+    # and its dotted lines read "Retrain" and "Continued" live but "Fine-tuned" in the same model's saved history
     import napari_unet.train as train_module
 
     viewer, training, inference, session = widgets.viewer, widgets.training, widgets.inference, widgets.session
@@ -1396,7 +1397,8 @@ def test_retrain_and_continued_training_add_their_curves_after_the_models_own(wi
     training.continue_box.setChecked(True)
     run_and_wait(qtbot, training.start, lambda: training._run is not None)
     assert plot.steps == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10] and plot.val_steps == [3, 10]
-    assert plot.marks == [(3, "Retrain"), (7, "Continued")] and [t.get_text() for t in plot.ax.texts] == ["Continued"]
+    assert plot.marks == [(3, "Retrain"), (7, "Retrain")] and [t.get_text() for t in plot.ax.texts] == ["Retrain"]
+    live = list(plot.marks)  # one word, the Retrain button's, for either kind of fine-tuning run
     kept = (list(plot.steps), list(plot.val_steps), list(plot.marks))
 
     def fail(*args, **kwargs):
@@ -1409,10 +1411,10 @@ def test_retrain_and_continued_training_add_their_curves_after_the_models_own(wi
     training.continue_box.setChecked(False)
     monkeypatch.undo()
     session.use_previous()  # the retrained model: its curves from its history, one point an epoch (they were cleared)
-    assert plot.steps == [3, 7] and plot.val_steps == [3] and plot.marks == [(3, "Fine-tuned")]
-    assert len(plot.ax.lines) == 4 and [t.get_text() for t in plot.ax.texts] == ["Fine-tuned"]
+    assert plot.steps == [3, 7] and plot.val_steps == [3] and plot.marks == live[:1]
+    assert len(plot.ax.lines) == 4 and [t.get_text() for t in plot.ax.texts] == ["Retrain"]
     session.use_previous()  # and back: the continued model's three runs
-    assert plot.steps == [3, 7, 10] and plot.val_steps == [3, 10] and plot.marks == [(3, "Fine-tuned"), (7, "Fine-tuned")]
+    assert plot.steps == [3, 7, 10] and plot.val_steps == [3, 10] and plot.marks == live
 
 
 def test_plot_labels_are_readable_and_a_loaded_model_shows_its_own_curves(widgets, qtbot, tmp_path, notifications):
@@ -1479,7 +1481,7 @@ def test_a_models_history_survives_a_discarded_run_and_bad_records_draw_nothing(
                {"epoch": 3, "run": 1, "loss": 0.0, "val_loss": True, "val_dice": 10**400}, {"epoch": 4, "run": 1, "loss": True}]
     plot.show_history(records, [25, 45, 65, 85, 105])
     shown = (list(plot.steps), list(plot.val_steps), list(plot.dice_steps), list(plot.marks))
-    assert shown == ([25, 45], [25], [25], [(25, "Fine-tuned")]) and plot._smooth.get_marker() == "o"
+    assert shown == ([25, 45], [25], [25], [(25, "Retrain")]) and plot._smooth.get_marker() == "o"
     plot.start_run()  # a new training: a new plot, lines without markers
     plot.add_step(1, 0.9)
     assert plot.steps == [1] and plot._smooth.get_marker() in ("", "None")

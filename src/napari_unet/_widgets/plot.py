@@ -26,6 +26,10 @@ _CURVES = {
     "light": {"raw": "#7090c0", "train": "#1f5fbf", "validation": "#c02020", "dice": "#8a5a00"},
 }
 _DPI = 90
+#: The label of the dotted line where a run fine-tuned the model before it, live and in a loaded model's history alike:
+#: the Retrain button's word, also for a Train that continues from the current model (a saved history tells runs
+#: apart, not what started them).
+FINE_TUNE_MARK = "Retrain"
 
 
 def _number(value):
@@ -127,7 +131,7 @@ class LossPlot(FigureCanvasQTAgg):
         self._smooth.set(marker="", markevery=None)
         self.redraw()
 
-    def show_history(self, records: list, steps: list, fine_tuned: str = "Fine-tuned") -> None:
+    def show_history(self, records: list, steps: list, fine_tuned: str = FINE_TUNE_MARK) -> None:
         """The curves of a model's saved per-epoch ``records`` (a loaded or previous model:
         :meth:`napari_unet.model_io.UNetModel.history_records`), one point an epoch at ``steps`` (its ``history_steps``):
         mean training loss, validation loss and Dice; a dotted line labelled ``fine_tuned`` where a record's ``run``
@@ -152,8 +156,8 @@ class LossPlot(FigureCanvasQTAgg):
         self.redraw()
 
     def start_run(self, continues: str = "") -> None:
-        """Curves of a new run: the plot is cleared, or, with ``continues`` (e.g. "Retrain"), the run's steps follow
-        the shown curves after a dotted line with that label (a fine-tuned model's history is its model's before it).
+        """Curves of a new run: the plot is cleared, or, with ``continues`` (:data:`FINE_TUNE_MARK`), the run's steps
+        follow the shown curves after a dotted line with that label (a fine-tuned model's history is its model's before it).
         :meth:`discard_run` brings back what was shown."""
         kept = (self._lists(), list(self.marks), self._offset, self._segment_start, self._smooth.get_markevery())
         if continues and self.steps:

@@ -22,7 +22,7 @@ from .jobs import CorrectionsLearned, Failed, relay, train_job
 from .layers import Image, Labels, LayerCombo
 from .outputs import name_with_suffix
 from .prepare import ZERO_BOX, TrainJob, prepare_retrain, prepare_train, remember_zero_convention
-from .plot import LossPlot
+from .plot import FINE_TUNE_MARK, LossPlot
 from .progress import WORKER_FINISHED, InOrder, ProgressRow, keep_focus_from_notifications, press_on_return, swap_buttons
 from .session import disconnect_when_destroyed, get_session, unwrap
 from .settings import TrainSettings
@@ -177,7 +177,7 @@ class TrainingWidget(QWidget):
         budget = job.train_config.max_minutes * 60 if job.train_config.max_minutes else None
         self._run = _Run(kind, worker, stop, budget, job.names, job.colormap, job.note, job.warning, started=time.perf_counter(),
                          steps_per_epoch=job.train_config.steps_per_epoch,
-                         continues="Retrain" if retrain else ("Continued" if job.init is not None else ""))
+                         continues=FINE_TUNE_MARK if retrain or job.init is not None else "")
         if job.warning:
             show_warning(f"napari-unet: {job.warning}")
         worker.yielded.connect(self._on_event)
