@@ -897,6 +897,9 @@ def _train(args) -> int:
             save_model_or_elsewhere(final.model, output, args.written)
             args.written.append(output)
         print(f"wrote {output}{_REPLACED if replaced else ''}", file=sys.stderr)
+    if final.reason == "diverged":  # a failed run (status 1), whose weights from before it are kept, not lost
+        raise FloatingPointError(f"training diverged ({final.divergence}) and stopped; {output} holds the {final.kept} from "
+                                 f"before it; lower the learning rate (--learning-rate, now {train_config.learning_rate:g})")
     image_height = _pixel_height(image_metadata)  # boundary errors in µm too (Y alone may be calibrated)
 
     stack_image = image if image.ndim == 3 else image[None]

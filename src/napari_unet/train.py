@@ -49,7 +49,7 @@ from .model import (
 from .metrics import dice_per_class, pixel_error
 from .model_io import UNetModel, as_model
 from .postprocess import candidate_closings, find_boundary_class, tune_boundary_rule
-from .predict import predict
+from .predict import PredictionError, predict
 
 
 #: Side of the unaugmented training tiles the batch-norm statistics are recomputed on (as predict's tiles).
@@ -184,12 +184,14 @@ class TrainingFinishing:
 @dataclass(frozen=True)
 class TrainingFinished:
     model: UNetModel  # weights of the best validation epoch, or the mean of the last averaged_epochs epochs
-    reason: str  # "completed", "stopped" or "time budget"
+    reason: str  # "completed", "stopped", "time budget" or "diverged" (the model holds weights from before it)
     best_epoch: int
     history: list = field(default_factory=list)
     boundary_v_rand: Optional[float] = None  # validation V_rand of model.boundary_rule, if one was tuned
     averaged_epochs: int = 0  # > 0: the model holds the mean weights of this many last epochs
     steps: int = 0  # training steps run; 0: stopped before the first, the model is untrained (or ``init``'s weights)
+    # reason "diverged": what went wrong and when ("the loss was nan at step 57"); steps counts those before it
+    divergence: str = ""
 
     @property
     def untuned_rule_note(self) -> Optional[str]:
@@ -495,6 +497,11 @@ def _validation_scores(model: UNetModel, images, slices, indices, loss_weights) 
     return val_loss, {"pixel_error": pixel_error(predicted, truth), "dice": float(np.mean(list(dice.values())))}
 
 
+def _finite(weights: list) -> bool:
+    """Whether every array of a weight list (``keras_model.get_weights()``) is finite (integer arrays are)."""
+    return all(np.isfinite(w).all() for w in weights)
+
+
 def _run_progress(step: int, total_steps: int, elapsed: float, budget: Optional[float]) -> float:
     """Share of the run done: by steps, or by the time budget when that is further along."""
     progress = step / total_steps
@@ -688,7 +695,10 @@ def train_events(
     class weights are about 1 (Retrain weighs the user's corrections this way).
     ``pixel_size``: [Y, X] size in µm of the image's pixels, if known; the model records it (``init``'s is kept without
     one), and prediction notes images of other pixel sizes (:func:`napari_unet.predict.pixel_size_note`).
-    ``stop()`` returning True, or the time budget, ends training cleanly. The last event is
+    ``stop()`` returning True, or the time budget, ends training cleanly; so does a loss, weights or validation
+    probabilities that stop being finite (reason "diverged", :attr:`TrainingFinished.divergence` says when): the model
+    then holds the best validation epoch before it, else the mean of the epochs averaged before it (a
+    FloatingPointError when there is neither). The last event is
     :class:`TrainingFinished` carrying the model: the mean of the epoch-end weights after
     ``train_config.average_weights_from`` of the run, or, with fewer than two such epochs, the best validation epoch.
     A consumer that leaves early (``break``, ``close()``, an interrupt) finds in :class:`TrainingStarted`'s model the
@@ -899,6 +909,7 @@ def train_events(
     budget = train_config.max_minutes * 60.0 if train_config.max_minutes else None
     best_loss, best_epoch, best_weights = math.inf, 0, None
     late_epochs = WeightAverage()
+    divergence = ""  # the loss or the weights stopped being finite: training ends, keeping weights from before
     history: list = []
     earlier = init.history_records() if init is not None else []  # a fine-tuned model's history starts with its start model's
     run = max((record["run"] for record in earlier), default=-1) + 1
@@ -928,15 +939,16 @@ def train_events(
                 with interrupts_deferred(second_at_once=True):  # Ctrl-C or SIGTERM comes after the step
                     x, y = next(batches)
                     loss = float(keras_model.train_on_batch(x, y))
-                if not math.isfinite(loss):
-                    raise FloatingPointError(f"training diverged at step {step + 1} (loss {loss}); lower the learning rate")
+                if not math.isfinite(loss):  # the weights this step updated are lost; the epoch's end is not reached
+                    reason, divergence = "diverged", f"the loss was {loss} at step {step + 1}"
+                    break
                 losses.append(loss)
                 step += 1
                 elapsed = time.perf_counter() - start
                 if step == 1:
                     first_step_seconds = elapsed
                 yield TrainingStep(epoch, step, total_steps, loss, lr, elapsed, _eta(elapsed, first_step_seconds, step, total_steps, budget))
-            if not losses:
+            if not losses or divergence:
                 break
             run_progress = _run_progress(step, total_steps, elapsed, budget)
             val_loss, val_metrics = None, {}
@@ -945,14 +957,25 @@ def train_events(
             if use_ema:  # validate (and keep) the averaged weights, then train on from the raw ones
                 raw_weights = keras_model.get_weights()
                 optimizer.finalize_variable_values(keras_model.trainable_variables)
+            epoch_weights = keras_model.get_weights()
+            if not _finite(epoch_weights):  # a last step's update overflowed: its loss, computed before, was finite
+                reason, divergence = "diverged", f"the weights became NaN or infinite at step {step}"
+                break
             if has_validation and (epoch % train_config.val_every == 0 or last_epoch):
-                val_loss, val_metrics = _validation_scores(result, val_images, val_planes, val_indices, weights)
+                try:
+                    val_loss, val_metrics = _validation_scores(result, val_images, val_planes, val_indices, weights)
+                except PredictionError:  # finite weights whose activations overflow: NaN probabilities
+                    val_loss = math.nan
+                if not math.isfinite(val_loss):
+                    reason = "diverged"
+                    divergence = f"the network gave NaN or Inf probabilities in validation after step {step}"
+                    break
             monitored = val_loss if val_loss is not None else (float(np.mean(losses)) if not has_validation else None)
             is_best = monitored is not None and monitored < best_loss
             if is_best:
-                best_loss, best_epoch, best_weights = monitored, epoch, keras_model.get_weights()
+                best_loss, best_epoch, best_weights = monitored, epoch, epoch_weights
             if 0 < train_config.average_weights_from <= run_progress:
-                late_epochs.add(keras_model.get_weights())
+                late_epochs.add(epoch_weights)
             elapsed = time.perf_counter() - start
             eta = _eta(elapsed, first_step_seconds, step, total_steps, budget)
             record = {"epoch": epoch, "step": step, "run": run, "loss": float(np.mean(losses)), "val_loss": val_loss, "elapsed": elapsed,
@@ -963,6 +986,9 @@ def train_events(
                 keras_model.set_weights(raw_weights)
             if reason != "completed":
                 break
+        if divergence and best_weights is None and late_epochs.count < 2:
+            raise FloatingPointError(f"training diverged: {divergence}, before any epoch's weights were kept; lower the "
+                                     "learning rate")
         # fully annotated, with both classes: a slice all cell or all membrane has no cells for V_rand to judge
         tunes_rule = boundary_value is not None and has_validation and step > 0 and bool((val_indices >= 0).all())
         if tunes_rule:
@@ -971,6 +997,8 @@ def train_events(
         if step > 0:  # else there is nothing to finish
             yield TrainingFinishing(reason, step, tunes_rule)
         averaged_epochs = late_epochs.count if late_epochs.count >= 2 else 0
+        if divergence:  # the best epoch before it (validated), else the mean of the epochs before it; never the last
+            averaged_epochs = 0 if best_weights is not None else averaged_epochs
         if averaged_epochs:  # stochastic weight averaging; its batch-norm statistics are recomputed below
             network.set_weights(late_epochs.mean(keras_model.get_weights()))
         elif best_weights is not None:
@@ -1006,7 +1034,7 @@ def train_events(
         result.boundary_rule, boundary_v_rand = tune_boundary_rule(
             probabilities, val_indices != boundary_index, closings=candidate_closings(train_config.merge_levels)
         )
-    yield TrainingFinished(result, reason, best_epoch, history, boundary_v_rand, averaged_epochs, step)
+    yield TrainingFinished(result, reason, best_epoch, history, boundary_v_rand, averaged_epochs, step, divergence)
 
 
 def format_count(n: int, noun: str) -> str:

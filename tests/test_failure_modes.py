@@ -1,0 +1,109 @@
+"""Training failure modes (session 61's hunt): a diverging run."""
+
+import numpy as np
+import pytest
+import tifffile
+
+from _helpers import stripes, tiny_configs
+from napari_unet.cli import main
+from napari_unet.model_io import load_model
+from napari_unet.train import EpochEnd, TrainingFinished, TrainingStarted, TrainingStep, train_events
+
+
+def _finite(model) -> bool:
+    return all(np.isfinite(w).all() for w in model.keras_model.get_weights())
+
+
+def _poison(network) -> None:
+    """Make ``network``'s weights NaN, as an update whose gradient overflowed leaves them."""
+    network.set_weights([np.full_like(w, np.nan) if np.issubdtype(w.dtype, np.floating) else w for w in network.get_weights()])
+
+
+def _train_poisoned(at_step: int, **overrides):
+    """Train the tiny network on stripes, its weights made NaN after step ``at_step``; returns the events."""
+    image, labels = stripes(n_slices=4, size=64)
+    model_config, train_config = tiny_configs(**{"epochs": 3, "steps_per_epoch": 3, **overrides})
+    events, network = [], None
+    for event in train_events(image, labels, model_config, train_config):
+        events.append(event)
+        if isinstance(event, TrainingStarted):
+            network = event.model.keras_model  # the network being trained
+        if isinstance(event, TrainingStep) and event.step == at_step:
+            _poison(network)
+    return events
+
+
+@pytest.mark.slow
+def test_a_run_that_diverges_keeps_its_best_epoch_from_before_and_says_so():
+    # NaN weights after step 4: step 5's loss is NaN. The run ended with a FloatingPointError, its epoch lost.
+    events = _train_poisoned(at_step=4)
+    final = events[-1]
+    assert isinstance(final, TrainingFinished) and final.reason == "diverged"
+    assert final.divergence == "the loss was nan at step 5" and final.steps == 4
+    assert final.best_epoch == 1 and final.kept == "best epoch 1" and len(final.history) == 1
+    assert _finite(final.model)
+    probabilities = final.model.keras_model.predict(np.zeros((1, 64, 64, 1), np.float32), verbose=0)
+    assert np.isfinite(probabilities).all()
+
+
+@pytest.mark.slow
+def test_weights_that_become_nan_on_an_epochs_last_step_are_never_averaged_into_the_model():
+    # The last step's update made the weights NaN, its loss (computed before it) finite: the NaN epoch was averaged
+    # into the model handed out (and saved by train, exit 0: a file load_model refuses).
+    events = _train_poisoned(at_step=6, epochs=2, average_weights_from=0.3)
+    final = events[-1]
+    assert isinstance(final, TrainingFinished) and final.reason == "diverged", final.reason
+    assert final.divergence == "the weights became NaN or infinite at step 6"
+    assert final.best_epoch == 1 and final.averaged_epochs == 0 and _finite(final.model)
+    assert not any(isinstance(e, EpochEnd) and e.epoch == 2 for e in events)  # no NaN validation of it
+
+
+@pytest.mark.slow
+def test_a_run_that_diverges_before_any_epoch_is_kept_is_an_error():
+    with pytest.raises(FloatingPointError, match="the loss was nan at step 2, before any epoch's weights were kept; lower the learning rate"):
+        _train_poisoned(at_step=1)
+
+
+@pytest.mark.slow
+def test_finite_weights_whose_network_gives_nan_are_never_averaged_into_the_model():
+    # Huge finite weights overflow the activations: NaN probabilities, a NaN validation loss. That epoch was averaged
+    # into the model, and choosing the membrane rule on it failed ("its weights are damaged"): the run was lost.
+    image, labels = stripes(n_slices=4, size=64)
+    model_config, train_config = tiny_configs(epochs=2, steps_per_epoch=3, average_weights_from=0.3)
+    events, network = [], None
+    for event in train_events(image, labels, model_config, train_config):
+        events.append(event)
+        if isinstance(event, TrainingStarted):
+            network = event.model.keras_model
+        if isinstance(event, TrainingStep) and event.step == 6:
+            network.set_weights([w * np.float32(1e30) if np.issubdtype(w.dtype, np.floating) else w for w in network.get_weights()])
+    final = events[-1]
+    assert isinstance(final, TrainingFinished) and final.reason == "diverged", final.reason
+    assert final.divergence == "the network gave NaN or Inf probabilities in validation after step 6"
+    assert final.best_epoch == 1 and _finite(final.model)
+
+
+@pytest.mark.slow
+def test_train_writes_the_weights_from_before_a_divergence_and_exits_with_status_1(tmp_path, capsys, monkeypatch):
+    import napari_unet.train as train_module
+
+    image, labels = stripes(n_slices=4, size=64)
+    tifffile.imwrite(tmp_path / "image.tif", image, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "labels.tif", labels, photometric="minisblack")
+    prefetch = train_module.prefetch
+
+    def nan_images_from_step_7(make_batch, n_batches, *args, **kwargs):  # the loss of step 7 on is NaN
+        for k, (x, y) in enumerate(prefetch(make_batch, n_batches, *args, **kwargs)):
+            yield (np.full_like(x, np.nan) if k >= 6 else x), y
+
+    monkeypatch.setattr(train_module, "prefetch", nan_images_from_step_7)
+    model = tmp_path / "m.keras"
+    code = main(["train", str(tmp_path / "image.tif"), str(tmp_path / "labels.tif"), "-o", str(model), "--epochs", "3",
+                 "--steps-per-epoch", "5", "--patch-size", "64", "--batch-size", "2", "--depth", "2"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err, err
+    assert "training diverged after 1 epoch (6 steps); kept the best epoch 1" in err, err
+    assert (f"error: training diverged (the loss was nan at step 7) and stopped; {model} holds the best epoch 1 from "
+            "before it; lower the learning rate (--learning-rate, now 0.001)") in err, err
+    assert _finite(load_model(model))  # (load_model refuses NaN weights)
+
