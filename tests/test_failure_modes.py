@@ -1,4 +1,4 @@
-"""Training failure modes (session 61's hunt): a diverging run."""
+"""Training failure modes (session 61's hunt): a diverging run, classes the training part never sees."""
 
 import numpy as np
 import pytest
@@ -106,4 +106,52 @@ def test_train_writes_the_weights_from_before_a_divergence_and_exits_with_status
     assert (f"error: training diverged (the loss was nan at step 7) and stopped; {model} holds the best epoch 1 from "
             "before it; lower the learning rate (--learning-rate, now 0.001)") in err, err
     assert _finite(load_model(model))  # (load_model refuses NaN weights)
+
+
+def _sparse_stack():
+    """Stripes on 5 slices, annotated sparsely (7 = not annotated): cells on every slice, membranes on the last only."""
+    image, labels = stripes(n_slices=5, size=64)
+    sparse = np.full(labels.shape, 7, np.uint8)
+    sparse[:, 40:50, 40:50] = np.where(labels[:, 40:50, 40:50] == 255, 255, 7)
+    sparse[4][labels[4] == 0] = 0
+    return image, sparse
+
+
+def _started(image, labels, **overrides) -> TrainingStarted:
+    model_config, train_config = tiny_configs(**{"ignore_value": 7, **overrides})
+    events = train_events(image, labels, model_config, train_config)
+    try:
+        return next(event for event in events if isinstance(event, TrainingStarted))
+    finally:
+        events.close()
+
+
+@pytest.mark.slow
+def test_a_class_annotated_only_in_the_validation_slices_is_named():
+    image, labels = _sparse_stack()
+    started = _started(image, labels)
+    assert started.val_slices == [4]
+    notes = [note for note in started.notes if note.setting == "val_fraction"]
+    assert [str(note) for note in notes] == [
+        "class 0 is annotated only in the validation slice 4, which is held out, not trained on: the network never "
+        "learns it; annotate it on other slices too, or train on every slice with a validation share of 0"]
+    # trained on every slice: no such note
+    assert not [note for note in _started(image, labels, val_fraction=0.0).notes if note.setting == "val_fraction"]
+
+
+@pytest.mark.slow
+def test_a_class_annotated_only_in_the_held_out_columns_of_one_image_is_named(tmp_path, capsys):
+    image, labels = stripes(n_slices=1, size=128)
+    labels = labels[0].copy()
+    labels[:, :100] = np.where(labels[:, :100] == 0, 7, labels[:, :100])  # membranes only in the last columns
+    tifffile.imwrite(tmp_path / "image.tif", image[0], photometric="minisblack")
+    tifffile.imwrite(tmp_path / "labels.tif", labels, photometric="minisblack")
+    code = main(["train", str(tmp_path / "image.tif"), str(tmp_path / "labels.tif"), "-o", str(tmp_path / "m.keras"),
+                 "--ignore-value", "7", "--epochs", "1", "--steps-per-epoch", "1", "--patch-size", "64", "--batch-size", "1",
+                 "--depth", "2"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert ("note: class 0 is annotated only in the image's validation columns (100 and up), which are held out, not "
+            "trained on: the network never learns it; annotate it in the columns before 100 too, or train on the whole "
+            "image with a validation share of 0 (--val-fraction to choose)") in err, err
 

@@ -327,6 +327,30 @@ def _uniform_slice_notes(indices: np.ndarray, class_values: list, slice_numbers:
     )
 
 
+def _held_out_class_notes(indices: np.ndarray, train_indices: np.ndarray, class_values: list, val_slices: list,
+                          val_column: Optional[int]) -> tuple:
+    """A :class:`SettingNote` (setting ``val_fraction``) naming the classes of (Z, Y, X) ``indices`` annotated only in
+    the part held out for validation (``val_slices``, the stack's slice numbers, or one image's columns from
+    ``val_column`` on), not in ``train_indices``: the network never learns them. A class painted on the last slice alone
+    trained a model that never predicts it, without a word."""
+    every, trained = count_classes(indices, len(class_values)), count_classes(train_indices, len(class_values))
+    unseen = [class_values[k] for k in range(len(class_values)) if every[k] and not trained[k]]
+    if not unseen:
+        return ()
+    one = len(unseen) == 1
+    them = "it" if one else "them"
+    if val_slices:
+        where = f"the validation {'slice' if len(val_slices) == 1 else 'slices'} {_spans(val_slices)}"
+        remedy = f"annotate {them} on other slices too, or train on every slice with a validation share of 0"
+    else:
+        where = f"the image's validation columns ({val_column} and up)"
+        remedy = (f"annotate {them} in the columns before {val_column} too, or train on the whole image with a validation "
+                  "share of 0")
+    return (SettingNote("val_fraction", f"{'class' if one else 'classes'} {_and([str(v) for v in unseen])} "
+                        f"{'is' if one else 'are'} annotated only in {where}, which {'is' if len(val_slices) == 1 else 'are'} "
+                        f"held out, not trained on: the network never learns {them}; {remedy}"),)
+
+
 def _pixel_size_notes(init: UNetModel, pixel_size) -> tuple:
     """A :class:`SettingNote` (setting ``pixel_size``) when a fine-tuning's image has other pixels than ``init``'s
     training image (by more than :data:`napari_unet.predict.PIXEL_SIZE_RATIO` along an axis): the model then records
@@ -792,6 +816,8 @@ def train_events(
         val_window = (y0, y1, x0 + offset, x1 + offset)
         val_rows, val_columns = slice(y0, y1), slice(x0 + offset, x1 + offset)
     has_validation = val_indices is not None and len(val_indices) and (val_indices >= 0).any()
+    if val_slices or val_column is not None:
+        notes += _held_out_class_notes(indices, train_indices, class_values, [slice_numbers[k] for k in val_slices], val_column)
 
     weights = class_weights(train_indices, model_config.n_classes, train_config.class_weighting)
     if init is not None:
