@@ -1,4 +1,4 @@
-"""Training failure modes (session 61's hunt): a diverging run, classes the training part never sees."""
+"""Training failure modes (session 61's hunt): a diverging run, classes the training part never sees, tiny slices."""
 
 import numpy as np
 import pytest
@@ -154,4 +154,27 @@ def test_a_class_annotated_only_in_the_held_out_columns_of_one_image_is_named(tm
     assert ("note: class 0 is annotated only in the image's validation columns (100 and up), which are held out, not "
             "trained on: the network never learns it; annotate it in the columns before 100 too, or train on the whole "
             "image with a validation share of 0 (--val-fraction to choose)") in err, err
+
+
+def test_slices_smaller_than_the_smallest_patch_get_the_smallest_patch():
+    from napari_unet.config import MIN_PATCH_SIZE, ModelConfig
+    from napari_unet.train import fit_patch_size
+
+    # 5 x 5 slices and a depth-2 network: patches of 8, refused with "--patch-size must be 16..4096, got 8"
+    assert fit_patch_size(64, (5, 5), ModelConfig(depth=2)) == MIN_PATCH_SIZE == 16
+    assert fit_patch_size(256, (5, 300), ModelConfig(depth=1)) == 256
+    assert fit_patch_size(256, (5, 5), ModelConfig(depth=6)) == 64  # (the network's multiple)
+    assert fit_patch_size(64, (40, 40), ModelConfig(depth=2)) == 40
+
+
+@pytest.mark.slow
+def test_train_takes_an_image_of_5_x_5_pixels_with_a_shallow_network(tmp_path, capsys):
+    image, labels = stripes(n_slices=1, size=5)
+    labels[0, 0, :] = 0
+    tifffile.imwrite(tmp_path / "image.tif", image[0], photometric="minisblack")
+    tifffile.imwrite(tmp_path / "labels.tif", labels[0], photometric="minisblack")
+    code = main(["train", str(tmp_path / "image.tif"), str(tmp_path / "labels.tif"), "-o", str(tmp_path / "m.keras"),
+                 "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "1", "--depth", "2"])
+    err = capsys.readouterr().err
+    assert code == 0 and "patches of 16 pixels" in err and (tmp_path / "m.keras").exists(), err
 

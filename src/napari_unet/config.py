@@ -170,6 +170,10 @@ def _merge_levels(levels) -> tuple:
     return tuple(sorted({float(v) for v in levels}))
 
 
+#: The smallest side of a training patch (pixels); smaller slices are mirrored to it.
+MIN_PATCH_SIZE = 16
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """How to train: sampling, augmentation, loss, optimisation and budget."""
@@ -226,7 +230,7 @@ class TrainConfig:
         _check(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         _check(self.steps_per_epoch >= 1, f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        _check(16 <= self.patch_size <= 4096, f"patch_size must be 16..4096, got {self.patch_size}")
+        _check(MIN_PATCH_SIZE <= self.patch_size <= 4096, f"patch_size must be {MIN_PATCH_SIZE}..4096, got {self.patch_size}")
         _check(0 < self.learning_rate < 1, f"learning_rate must be in (0, 1), got {self.learning_rate}")
         _check(0 <= self.ema_momentum < 1, f"ema_momentum must be in [0, 1), got {self.ema_momentum}")
         _check(0 <= self.average_weights_from < 1, f"average_weights_from must be in [0, 1), got {self.average_weights_from}")
@@ -389,6 +393,7 @@ __all__ = [
     "from_json",
     "KERNEL_INITIALIZERS",
     "LONG_BUDGET_MINUTES",
+    "MIN_PATCH_SIZE",
     "MERGE_LEVELS",
     "MERGE_LEVELS_LONG",
 ]

@@ -15,7 +15,8 @@ import numpy as np
 from . import hardware
 from ._interrupts import interrupts_deferred
 from .config import (
-    ConfigError, ModelConfig, TrainConfig, check_patch_size, preset, resolve_augment_noise, resolve_merge_levels, to_json,
+    MIN_PATCH_SIZE, ConfigError, ModelConfig, TrainConfig, check_patch_size, preset, resolve_augment_noise,
+    resolve_merge_levels, to_json,
 )
 from .data import (
     Augmentation,
@@ -391,10 +392,11 @@ def _resolve_rotations(value, layered: bool, init, pockets=(), undecided: bool =
 def fit_patch_size(patch_size: int, shape: tuple, model_config: ModelConfig) -> int:
     """``patch_size`` (network pixels), or less for (Y, X) slices of ``shape`` (image pixels) smaller than a patch: the
     smallest multiple of ``model_config.size_multiple`` that covers them (a larger patch only mirrors them, at many times
-    the compute)."""
+    the compute), and no smaller than :data:`napari_unet.config.MIN_PATCH_SIZE` (5 x 5 slices fitted a depth-2
+    network's patch to 8, which TrainConfig refuses: "--patch-size must be 16..4096, got 8", an option never given)."""
     side = max(-(-int(n) // model_config.downscale) for n in shape)
     multiple = model_config.size_multiple
-    return min(patch_size, -(-side // multiple) * multiple)
+    return min(patch_size, -(-max(side, MIN_PATCH_SIZE) // multiple) * multiple)
 
 
 #: Validation (every epoch, the membrane rule, the command's scores) predicts at most about this many pixels: at most
