@@ -1,4 +1,4 @@
-"""Training failure modes (session 61's hunt): a diverging run, classes the training part never sees, tiny slices."""
+"""Training failure modes (session 61's hunt): a diverging run, classes the training part never sees, tiny slices and budgets."""
 
 import numpy as np
 import pytest
@@ -177,4 +177,16 @@ def test_train_takes_an_image_of_5_x_5_pixels_with_a_shallow_network(tmp_path, c
                  "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "1", "--depth", "2"])
     err = capsys.readouterr().err
     assert code == 0 and "patches of 16 pixels" in err and (tmp_path / "m.keras").exists(), err
+
+
+@pytest.mark.slow
+def test_a_budget_that_ends_before_the_first_step_says_only_that_no_model_is_written(tmp_path, capsys):
+    image, labels = stripes(n_slices=2, size=32)
+    tifffile.imwrite(tmp_path / "image.tif", image, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "labels.tif", labels, photometric="minisblack")
+    code = main(["train", str(tmp_path / "image.tif"), str(tmp_path / "labels.tif"), "-o", str(tmp_path / "m.keras"),
+                 "--max-minutes", "1e-300", "--depth", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "before its first step; no model written" in err and not (tmp_path / "m.keras").exists(), err
+    assert "kept the last weights" not in err, err  # (said before "no model written")
 

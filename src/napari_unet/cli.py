@@ -777,7 +777,9 @@ def run_training(image, labels, model_config, train_config, init=None, quiet=Fal
                 final = event
     if not quiet:
         progress.done()
-        if final.reason == "time budget" and 0 < final.steps < started.steps_per_epoch:  # not "after 1 epoch"
+        if final.steps == 0:  # the command says that no model is written ("kept the last weights" came before that)
+            pass
+        elif final.reason == "time budget" and final.steps < started.steps_per_epoch:  # not "after 1 epoch"
             print(f"training reached its time budget after {final.steps} of the first epoch's {started.steps_per_epoch} "
                   f"steps: the model has barely learnt (a larger {budget_option}; TensorFlow's start-up alone can take a "
                   "minute)", file=sys.stderr)
