@@ -1833,3 +1833,23 @@ def test_an_inference_dock_opened_again_has_the_options_it_was_closed_with(widge
     assert again.scope.currentText() == CURRENT and again.tta.currentText() == list(TTA_CHOICES)[-1]
     assert again.probabilities.isChecked() and not again.keep.isChecked()
     assert fresh.tta.currentText() != again.tta.currentText() and not fresh.probabilities.isChecked()
+
+
+def test_a_diverged_run_says_what_went_wrong_and_which_weights_the_model_holds(widgets, notifications):
+    from _helpers import tiny_model
+
+    from napari_unet._widgets.training import _Run
+    from napari_unet.train import TrainingFinished
+
+    training = widgets.training
+    for kind, setting in (("training", "lower the learning rate"), ("retraining", "lower the Retrain learning rate")):
+        run = _Run(kind=kind, worker=None, stop=threading.Event(), budget=None, names=None, colormap=None,
+                   started=time.perf_counter(), steps_per_epoch=10)
+        event = TrainingFinished(model=tiny_model(), reason="diverged", best_epoch=3, steps=41,
+                                 divergence="the loss was nan at step 42")
+        training._finished_model(run, event)
+        status = training.progress.status.text()
+        assert "diverged (the loss was nan at step 42)" in status and "best epoch 3 from before it" in status, status
+        assert setting in status, status
+        assert widgets.session.model is event.model  # kept: the weights from before the divergence are not lost
+        assert any(severity == "warning" and "diverged" in message and setting in message for severity, message in notifications)

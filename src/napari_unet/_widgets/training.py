@@ -327,6 +327,12 @@ class TrainingWidget(QWidget):
         if event.reason == "time budget" and first_epoch:
             note += (f" Note: the time budget ended after {event.steps} of the first epoch's {run.steps_per_epoch} steps: "
                      "the model has barely learnt (TensorFlow's start-up alone can take a minute).")
+        if event.reason == "diverged":  # the loss or weights stopped being finite: the model is from before that
+            setting = "Retrain learning rate" if run.kind == "retraining" else "learning rate"
+            diverged = (f"{run.kind} diverged ({event.divergence}) and stopped; the model holds the {event.kept or 'weights'} "
+                        f"from before it: lower the {setting} (settings) and train again")
+            show_warning(f"napari-unet: {diverged}")
+            note += f" Note: {diverged}."
         note += warning
         self.progress.set_status(f"Model {description}, in {format_seconds(seconds)}. It is now used by the inference widget.{note}")
 
