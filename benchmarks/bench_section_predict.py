@@ -8,7 +8,9 @@ side in the same run, for another one (``--baseline-src``); the labels of both m
 The section is ``--size``² uint8, tiled from ISBI 2012 training slices (512² each) when ``../shared/data/isbi2012``
 exists, else the synthetic EM image of :mod:`napari_unet.synthetic`. Each variant runs ``predict MODEL section.tif -o
 labels.tif`` (``--no-tta`` unless ``--tta``) in a fresh process with its ``src`` first on PYTHONPATH; its anonymous RSS
-(memory the kernel cannot reclaim without swap) is sampled every 50 ms. Writes results/<name>.json.
+(memory the kernel cannot reclaim without swap) is sampled every 50 ms. ``--zarr``: ``-o labels.zarr`` instead (the
+chunked path, its stores written band by band), ``--probabilities`` also writes the class probabilities (float32, like
+``-o``). Writes results/<name>.json.
 """
 
 from __future__ import annotations
@@ -46,9 +48,10 @@ def make_section(path: Path, size: int) -> str:
     return source
 
 
-def run_variant(src: Path, model: Path, section: Path, output: Path, tta: bool) -> dict:
+def run_variant(src: Path, model: Path, section: Path, output: Path, tta: bool, probabilities: Path | None = None) -> dict:
     env = dict(os.environ, PYTHONPATH=str(src), TF_CPP_MIN_LOG_LEVEL="2")
     command = [sys.executable, "-c", COMMAND, "predict", str(model), str(section), "-o", str(output), "--tta" if tta else "--no-tta"]
+    command += ["--probabilities", str(probabilities)] if probabilities is not None else []
     start = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     peak, done = {"mib": 0.0}, threading.Event()
@@ -73,12 +76,15 @@ def main() -> int:
     parser.add_argument("--model", type=Path, required=True, help="a napari-unet model with a membrane class (.keras)")
     parser.add_argument("--size", type=int, default=8192)
     parser.add_argument("--tta", action="store_true", help="with test-time augmentation (default: without)")
+    parser.add_argument("--zarr", action="store_true", help="write zarr stores (-o labels.zarr), not TIFFs")
+    parser.add_argument("--probabilities", action="store_true", help="also write the class probabilities")
     parser.add_argument("--baseline-src", type=Path, help="the src folder of another checkout, run first")
     parser.add_argument("--workdir", type=Path, help="where the section and labels go (default: a temporary folder)")
     parser.add_argument("--name", default="section-predict")
     args = parser.parse_args()
     import numpy as np
     import tifffile
+    import zarr
 
     current = Path(__file__).resolve().parents[1] / "src"
     variants = ([("baseline", args.baseline_src.resolve())] if args.baseline_src else []) + [("current", current)]
@@ -89,10 +95,14 @@ def main() -> int:
         megabytes = args.size**2 / 2**20
         print(f"one {args.size}² uint8 section ({megabytes:.0f} MiB), {source}; model {args.model}")
         for name, src in variants:
-            output = Path(scratch) / f"{name}.tif"
-            results[name] = r = run_variant(src, args.model.resolve(), section, output, args.tta)
+            suffix = ".zarr" if args.zarr else ".tif"
+            output = Path(scratch) / f"{name}{suffix}"
+            probabilities = Path(scratch) / f"{name}-probabilities{suffix}" if args.probabilities else None
+            results[name] = r = run_variant(src, args.model.resolve(), section, output, args.tta, probabilities)
             if r["exit"] == 0:
-                labels[name] = tifffile.imread(output)
+                labels[name] = np.asarray(zarr.open_array(str(output), mode="r")) if args.zarr else tifffile.imread(output)
+                if args.zarr:
+                    r["chunks"] = list(zarr.open_array(str(output), mode="r").chunks)
             print(f"{name:9s} exit {r['exit']}  wall {r['wall_s']:6.1f} s  peak anon {r['peak_anon_mib']:6.0f} MiB "
                   f"({r['peak_anon_mib'] / megabytes:.1f}x the section)", flush=True)
     if len(labels) == 2:
@@ -102,7 +112,8 @@ def main() -> int:
         print(f"current / baseline: wall {c['wall_s'] / b['wall_s']:.2f}x, peak anonymous memory "
               f"{c['peak_anon_mib'] / b['peak_anon_mib']:.2f}x; labels differ in {differing:.2e} of the pixels")
     C.write_report(Path(__file__).resolve().parent / "results" / f"{args.name}.json",
-                   {"size": args.size, "tta": args.tta, "data": source, "model": str(args.model), "variants": results})
+                   {"size": args.size, "tta": args.tta, "zarr": args.zarr, "probabilities": args.probabilities, "data": source,
+                    "model": str(args.model), "variants": results})
     return 0
 
 

@@ -866,3 +866,147 @@ def test_tall_slices_go_into_zarr_stores_band_by_band_and_count_once_each(tmp_pa
     assert events[-1].done == events[-1].total == 3
     np.testing.assert_array_equal(zarr.open_array(str(labels), mode="r")[:], expected.labels)
     np.testing.assert_array_equal(zarr.open_array(str(probs), mode="r")[:], np.moveaxis(expected.probabilities, -1, 1))
+
+
+@pytest.fixture
+def chunk_io(monkeypatch):
+    """Every chunk that zarr stores read, write or delete from now on: (operation, store folder, chunk key)."""
+    from zarr.storage import LocalStore
+
+    calls = []
+
+    def recorded(operation):
+        original = getattr(LocalStore, operation)
+
+        async def method(self, key, *args, **kwargs):
+            if not key.rsplit("/", 1)[-1] in ("zarr.json", ".zarray", ".zattrs", ".zgroup"):
+                calls.append((operation, str(self.root), key))
+            return await original(self, key, *args, **kwargs)
+
+        monkeypatch.setattr(LocalStore, operation, method)
+
+    for operation in ("get", "set", "delete"):
+        recorded(operation)
+    return calls
+
+
+def _each_chunk_written_once(calls, stores: dict) -> None:
+    """No chunk of the stores (folder -> number of chunks) read, and each written (or deleted, zarr's write of a chunk of
+    fill values) exactly once."""
+    writes = {}
+    for operation, root, key in calls:
+        if os.path.basename(root) in stores:
+            assert operation != "get", f"chunk {key} of {root} read back"
+            writes[(os.path.basename(root), key)] = writes.get((os.path.basename(root), key), 0) + 1
+    assert {k: n for k, n in writes.items() if n != 1} == {}, "chunks written more than once"
+    assert {name: sum(1 for (n, _) in writes if n == name) for name in stores} == stores
+
+
+def _tall_model(downscale: int):
+    if downscale == 1:  # the membrane rule, band by band
+        return tiny_model()
+    from napari_unet.config import ModelConfig
+    from napari_unet.model import build_unet
+    from napari_unet.model_io import UNetModel
+
+    config = ModelConfig(depth=2, base_filters=4, downscale=downscale)  # argmax labels, upscaled bilinearly
+    return UNetModel(build_unet(config), config, [0, 255])
+
+
+@pytest.mark.parametrize("downscale", [1, 2])
+def test_a_tall_slices_bands_write_whole_chunks_of_stores_chunked_by_the_band_rows(tmp_path, monkeypatch, chunk_io, downscale):
+    # stores held one chunk per slice: every band of a tall slice read it back, changed its rows and wrote it again
+    import napari_unet.postprocess as postprocess
+    from napari_unet.predict import row_bands, store_chunk_rows
+
+    monkeypatch.setattr(postprocess, "RULE_TILE", 40)
+    monkeypatch.setattr(postprocess, "RULE_MARGIN", 8)
+    assert store_chunk_rows(56) == 56 and store_chunk_rows(128) == 32  # one window: one chunk; 4 equal bands
+    # 130 rows: bands of 32, 33, 33 and 32 rows, not on the boundaries of chunks of 32 rows (the last of 2 rows)
+    assert [core[:2] for core in row_bands(130)] == [(0, 32), (32, 65), (65, 98), (98, 130)] and store_chunk_rows(130) == 32
+    model = _tall_model(downscale)
+    image = stripes(n_slices=3, size=130, seed=5)[0][:, :, :100]
+    expected = predict(model, image, tta=False)
+    result = predict_chunked(model, image, slices_per_chunk=2, tta=False, return_probabilities=True)
+    labels = zarr_io.create_zarr(tmp_path / "labels.zarr", image.shape, np.uint8, (1, 32, 100), {"class_values": [0, 255]})
+    probs = zarr_io.create_zarr(tmp_path / "probs.zarr", (3, 2, 130, 100), np.float32, (1, 1, 32, 100))
+    chunk_io.clear()
+    events = list(store_events(result, labels, probs))
+    assert events[-1].done == events[-1].total == 3
+    _each_chunk_written_once(chunk_io, {labels.name: 3 * 5, probs.name: 3 * 2 * 5})
+    np.testing.assert_array_equal(zarr.open_array(str(labels), mode="r")[:], expected.labels)
+    np.testing.assert_array_equal(zarr.open_array(str(probs), mode="r")[:], np.moveaxis(expected.probabilities, -1, 1))
+
+
+def test_rows_waiting_for_their_chunks_next_band_are_written_when_another_slice_comes_or_at_the_end(tmp_path):
+    store = zarr_io.create_zarr(tmp_path / "s.zarr", (2, 10, 4), np.uint16, (1, 4, 4))
+    writer = chunked._SliceWriter(str(store), 0, 2)
+    expected = np.arange(80, dtype=np.uint16).reshape(2, 10, 4)
+    writer[0, 0:6] = expected[0, 0:6]  # rows 4-5 wait for rows 6-7
+    assert not zarr.open_array(str(store), mode="r")[0, 4:6].any()
+    writer[1, 0:3] = expected[1, 0:3]  # another slice: they are written as they are
+    np.testing.assert_array_equal(zarr.open_array(str(store), mode="r")[0, :6], expected[0, :6])
+    writer[0, 6:10] = expected[0, 6:10]
+    writer[1, 3:10] = expected[1, 3:10]
+    writer.flush()
+    np.testing.assert_array_equal(zarr.open_array(str(store), mode="r")[:], expected)
+
+
+@pytest.mark.parametrize("source", ["stack.tif", "stack.zarr", "slice.tif"])
+def test_predict_writes_a_tall_slice_into_zarr_stores_chunked_by_its_bands_as_its_tiff(tmp_path, capsys, monkeypatch, chunk_io, source):
+    import napari_unet.postprocess as postprocess
+    from napari_unet._reader import get_reader
+
+    monkeypatch.setattr(postprocess, "RULE_TILE", 40)
+    monkeypatch.setattr(postprocess, "RULE_MARGIN", 8)
+    save_model(tiny_model(), tmp_path / "m.keras")
+    stack = stripes(n_slices=3, size=130, seed=6)[0][:, :, :100]
+    image = stack if source.startswith("stack") else stack[0]
+    tifffile.imwrite(tmp_path / "image.tif", image, photometric="minisblack")
+    if source.endswith(".zarr"):
+        zarr_io.write_zarr(tmp_path / "image.zarr", image, chunks=(2, 130, 100))
+    given = tmp_path / ("image.zarr" if source.endswith(".zarr") else "image.tif")
+    code, _, err = run(capsys, "predict", tmp_path / "m.keras", tmp_path / "image.tif", "-o", tmp_path / "t.tif",
+                       "--probabilities", tmp_path / "tp.tif", "--no-tta")
+    assert code == 0, err
+    chunk_io.clear()
+    code, _, err = run(capsys, "predict", tmp_path / "m.keras", given, "-o", tmp_path / "z.zarr", "--probabilities", tmp_path / "zp.zarr", "--no-tta")
+    assert code == 0, err
+    z = (1,) * (image.ndim - 2)
+    labels, probs = zarr_io.read_zarr(tmp_path / "z.zarr"), zarr_io.read_zarr(tmp_path / "zp.zarr")
+    assert zarr.open_array(str(tmp_path / "z.zarr"), mode="r").chunks == (*z, 32, 100)
+    assert zarr.open_array(str(tmp_path / "zp.zarr"), mode="r").chunks == (*z, 1, 32, 100)
+    assert labels.data.chunks[-2] == (32, 32, 32, 32, 2) and labels.axes == ("ZYX" if z else "YX") and probs.axes == ("ZCYX" if z else "CYX")
+    assert labels.metadata["class_values"] == [0, 255] and labels.is_labels_hint
+    np.testing.assert_array_equal(np.asarray(labels.data), tifffile.imread(tmp_path / "t.tif"))
+    np.testing.assert_array_equal(np.asarray(probs.data), tifffile.imread(tmp_path / "tp.tif"))
+    # the stores were written where the command renamed them from: their partial folders
+    folders = {os.path.basename(root) for _, root, _ in chunk_io}
+    partials = [next(f for f in folders if f.startswith(prefix)) for prefix in (".z.zarr.", ".zp.zarr.")]
+    n_slices = len(stack) if z else 1
+    _each_chunk_written_once(chunk_io, {partials[0]: n_slices * 5, partials[1]: n_slices * 2 * 5})
+    data, kwargs, layer_type = get_reader(str(tmp_path / "z.zarr"))()[0]
+    assert layer_type == "labels" and kwargs["metadata"]["class_values"] == [0, 255] and data.shape == image.shape
+
+
+@pytest.mark.slow
+def test_a_dask_cluster_writes_tall_slices_into_stores_chunked_by_their_bands(tmp_path, capsys):
+    # the membrane rule's own windows (2048 rows and 256 each side): 4097 rows go in bands of 1366, 1365 and 1366 rows
+    distributed = pytest.importorskip("distributed")
+    from napari_unet.predict import row_bands, store_chunk_rows
+
+    assert [core[:2] for core in row_bands(4097)] == [(0, 1366), (1366, 2731), (2731, 4097)] and store_chunk_rows(4097) == 1365
+    model = tiny_model()
+    save_model(model, tmp_path / "m.keras")
+    image = np.tile(stripes(n_slices=2, size=64, seed=8)[0], (1, 65, 1))[:, :4097]
+    tifffile.imwrite(tmp_path / "tall.tif", image, photometric="minisblack")
+    expected = predict(model, image, tta=False)
+    single_thread = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None, env=single_thread) as cluster:
+        code, _, err = run(capsys, "predict", tmp_path / "m.keras", tmp_path / "tall.tif", "-o", tmp_path / "c.zarr", "--probabilities",
+                           tmp_path / "cp.zarr", "--no-tta", "--scheduler", cluster.scheduler_address)
+    assert code == 0, err
+    labels, probs = (zarr.open_array(str(tmp_path / name), mode="r") for name in ("c.zarr", "cp.zarr"))
+    assert labels.chunks == (1, 1365, 64) and probs.chunks == (1, 1, 1365, 64)
+    np.testing.assert_array_equal(labels[:], expected.labels)
+    np.testing.assert_array_equal(probs[:], np.moveaxis(expected.probabilities, -1, 1))

@@ -297,10 +297,12 @@ def store_events(
 
     The stores (see :func:`napari_unet.zarr_io.create_zarr`) must exist with the prediction's shapes and dtypes,
     probabilities stored (Z, C, Y, X), one plane per class, and chunks along Z that no two tasks share (one slice per
-    chunk always works); else ValueError. ``client``: a ``dask.distributed`` client whose workers (which must reach
-    the stores' paths) run the tasks in parallel; None runs them here, two at a time (one network call at a time:
-    TensorFlow spreads each over the cores). Closing the generator early (an error, an interrupt) stops the tasks
-    running at their next tile and returns once none of them writes any more.
+    chunk always works); else ValueError. Chunks of :func:`~napari_unet.predict.store_chunk_rows` rows (of whole
+    width) let the bands of a tall slice each write whole chunks, none read back and written again. ``client``: a
+    ``dask.distributed`` client whose workers (which must reach the stores' paths) run the tasks in parallel; None
+    runs them here, two at a time (one network call at a time: TensorFlow spreads each over the cores). Closing the
+    generator early (an error, an interrupt) stops the tasks running at their next tile and returns once none of them
+    writes any more.
     """
     if (probabilities_store is None) != (prediction.probabilities is None):
         raise ValueError("give a probabilities store exactly when the prediction has probabilities")
@@ -418,15 +420,22 @@ def _predict_into_stores(source: ModelSource, block: np.ndarray, first: int, sto
     probabilities_out = None if stores[1] is None else _SliceWriter(stores[1], z, stop - first, classes_first=True)
     options = {**options, "return_probabilities": False}
     _predict_block(source, block, first, stop, z, options, labels_out=labels_out, probabilities_out=probabilities_out, stop=stopped)
+    for out in (labels_out, probabilities_out):
+        if out is not None:
+            out.flush()
     return stop - first
 
 
 class _SliceWriter:
     """Slices ``first:first + n`` of a zarr array, as an output array that :func:`~napari_unet.predict.predict_events`
-    fills one slice, or one band of a slice's rows, at a time (each written at once): ``out[i] = plane`` or
-    ``out[i, start:stop] = rows``. ``classes_first``: slices arrive (Y, X, C) and are stored (C, Y, X). A store without
-    the Z axis ((Y, X) or (C, Y, X)) takes the one slice of a 2-D image. ``written()`` is called when a slice's last
-    rows are written."""
+    fills one slice, or one band of a slice's rows, at a time: ``out[i] = plane`` or ``out[i, start:stop] = rows``.
+    ``classes_first``: slices arrive (Y, X, C) and are stored (C, Y, X). A store without the Z axis ((Y, X) or
+    (C, Y, X)) takes the one slice of a 2-D image. ``written()`` is called when a slice's last rows are written.
+
+    Rows are written in whole chunks of the store: a band's rows past its last chunk boundary (a few, in stores chunked
+    by :func:`~napari_unet.predict.store_chunk_rows`) wait for the next band of the slice, which completes their chunk,
+    so no chunk is read back, changed and written again; rows that do not continue the waiting ones (another slice)
+    write those first as they are. :meth:`flush` writes what still waits once the prediction is done."""
 
     def __init__(self, path: str, first: int, n: int, classes_first: bool = False, written=None):
         import zarr
@@ -440,15 +449,43 @@ class _SliceWriter:
         plane = tuple(self.store.shape[-plane_ndim:])
         self.shape = (n, *plane[1:], plane[0]) if classes_first else (n, *plane)
         self.dtype = np.dtype(self.store.dtype)
+        self.chunk_rows = int(self.store.chunks[-2])
+        self._waiting: Optional[tuple[int, int, np.ndarray]] = None  # (plane, first row, rows as stored)
 
     def __setitem__(self, index, value: np.ndarray) -> None:
+        plane, rows = index if isinstance(index, tuple) else (index, slice(None))
+        start, stop, step = rows.indices(self.shape[1])
+        if step != 1:
+            raise ValueError(f"rows {rows} are not a contiguous range")
+        value = np.moveaxis(value, -1, 0) if self.classes_first else value
+        if self._waiting is not None:
+            waiting_plane, waiting_start, waiting = self._waiting
+            if waiting_plane == plane and waiting_start + waiting.shape[-2] == start:
+                value, start = np.concatenate([waiting, np.asarray(value, self.dtype)], axis=-2), waiting_start
+            else:
+                self.flush()
+            self._waiting = None
+        height = self.shape[1]
+        # up to the last chunk boundary (or the slice's end); the rest waits for the rows after it
+        end = stop if stop == height else max(start, stop // self.chunk_rows * self.chunk_rows)
+        if end < stop:
+            self._waiting = (plane, end, np.array(value[..., end - start :, :], self.dtype))  # a copy: not a view of a band
+        if end > start:
+            self._write(plane, start, end, value[..., : end - start, :])
+
+    def flush(self) -> None:
+        """Write the rows that wait for the next band of their slice."""
+        if self._waiting is not None:
+            plane, start, rows = self._waiting
+            self._waiting = None
+            self._write(plane, start, start + rows.shape[-2], rows)
+
+    def _write(self, plane: int, start: int, stop: int, value: np.ndarray) -> None:
         if not os.path.isdir(self.path):  # discarded by a stopped run: zarr would create the folder again
             raise FileNotFoundError(f"{self.path} was removed while the prediction wrote it")
-        plane, rows = index if isinstance(index, tuple) else (index, slice(None))
-        value = np.moveaxis(value, -1, 0) if self.classes_first else value
-        where = ((slice(None),) if self.classes_first else ()) + (rows,)
+        where = ((slice(None),) if self.classes_first else ()) + (slice(start, stop),)
         self.store[((self.first + plane,) if self.has_z else ()) + where] = value
-        if self.written is not None and rows.indices(self.shape[1])[1] == self.shape[1]:
+        if self.written is not None and stop == self.shape[1]:
             self.written()
 
 

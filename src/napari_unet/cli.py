@@ -1087,6 +1087,7 @@ def _predict_chunked(args, image, output: Path, probabilities_file: Path | None,
     """``predict`` into zarr stores, chunk by chunk: here, or on the dask cluster of ``--scheduler`` (``axes``: the
     labels', ZYX or YX by default)."""
     from .chunked import ModelSource, default_slices_per_chunk, predict_chunked, store_events
+    from .predict import store_chunk_rows
     from .train import format_seconds
     from .zarr_io import commit_zarr_stores, create_zarr, discard_zarr, is_zarr_path
 
@@ -1104,14 +1105,17 @@ def _predict_chunked(args, image, output: Path, probabilities_file: Path | None,
             close_boundaries=False if args.argmax else (True if args.close_boundaries else None),
             mixed_precision=False if args.float32 else None, client=client, jit_compile=False if args.no_xla else None,
         )
-        # one store chunk per slice (and class): tasks write whole chunks as they finish slices, never the same one (a slice
-        # taller than a membrane-rule window is written band by band of rows into its chunk: about twice the write time)
+        # store chunks of one slice (and class) and the rows of the prediction's bands (the whole slice when it fits one
+        # membrane-rule window): tasks never share a chunk, and a tall slice's bands, written as they are predicted, each
+        # write whole chunks (a whole-slice chunk was read back and written again for every band: 2x the write time of a
+        # 4096² slice, 10x of an 8192² one, and the slice's chunk in memory at each band)
         z, plane, n_classes = image.shape[:-2], tuple(image.shape[-2:]), source.config.n_classes
+        chunk = (store_chunk_rows(plane[0]), plane[1])
         axes = axes or _output_axes({}, image.ndim)
-        stores = [(output, prediction.labels.shape, prediction.labels.dtype, (1,) * len(z) + plane,
+        stores = [(output, prediction.labels.shape, prediction.labels.dtype, (1,) * len(z) + chunk,
                    _with_pixel_size({"class_values": source.class_values, "axes": axes}, pixel_size))]
         if probabilities_file is not None:
-            stores.append((probabilities_file, (*z, n_classes, *plane), np.float32, (1,) * len(z) + (1, *plane),
+            stores.append((probabilities_file, (*z, n_classes, *plane), np.float32, (1,) * len(z) + (1, *chunk),
                            _with_pixel_size({"class_values": source.class_values, "axes": axes[:-2] + "CYX"}, pixel_size, class_axis=True)))
         partials = []
         try:

@@ -340,6 +340,23 @@ def effective_boundary_rule(model: UNetModel, close_boundaries: Optional[bool] =
     return rule
 
 
+def row_bands(height: int) -> list[tuple[int, int, int, int]]:
+    """The bands of rows :func:`predict_events` predicts a slice of ``height`` rows in: ``(core start, core stop, window
+    start, window stop)`` of the membrane rule's windows (:func:`napari_unet.postprocess.rule_windows`), each band's core
+    rows written at once into ``labels_out`` / ``probabilities_out``, in order; one band of all rows for a slice that
+    fits one window. Layered classes (OCT), ordered down whole columns, go in one band of all rows whatever the height."""
+    return rule_windows(height)
+
+
+def store_chunk_rows(height: int) -> int:
+    """Rows per chunk of a store that :func:`predict_events` fills band by band (:func:`row_bands`) for slices of
+    ``height`` rows: the shortest band's, so each band's rows cover whole chunks and at most a few rows (fewer than
+    there are bands) of the next, and no chunk is written twice when those rows wait for the next band (the bands'
+    cores are equal to a row: ``height`` rows in ``n`` bands start at ``round(k * height / n)``); ``height`` for a slice
+    of one band (one chunk per slice)."""
+    return min(stop - start for start, stop, _top, _bottom in row_bands(height))
+
+
 def _finished_unless_stopped(future: Future, stop: Optional[Callable[[], bool]]) -> bool:
     """Wait for ``future`` (its error raised here); False as soon as ``stop()`` is True (asked 5 times a second)."""
     while True:
@@ -580,7 +597,7 @@ def predict_events(
     if layers is not None:
         bands = [(0, height, 0, height)]
     else:
-        bands = [band if boundary_index is not None else (*band[:2], *band[:2]) for band in rule_windows(height)]
+        bands = [band if boundary_index is not None else (*band[:2], *band[:2]) for band in row_bands(height)]
 
     def network_rows(top: int, bottom: int) -> tuple[int, int]:
         """The network rows the image rows ``top:bottom`` are upscaled from, with one more each side for the bilinear
@@ -846,6 +863,8 @@ __all__ = [
     "FORCED_CLOSING",
     "TTA_MAX_MERGE_LEVEL",
     "effective_boundary_rule",
+    "row_bands",
+    "store_chunk_rows",
     "predict_events",
     "labels_dtype",
     "labels_dtype_for",
