@@ -84,7 +84,8 @@ def test_finite_weights_whose_network_gives_nan_are_never_averaged_into_the_mode
 
 
 @pytest.mark.slow
-def test_train_writes_the_weights_from_before_a_divergence_and_exits_with_status_1(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("existing", [False, True])
+def test_train_writes_the_weights_from_before_a_divergence_and_exits_with_status_1(tmp_path, capsys, monkeypatch, existing):
     import napari_unet.train as train_module
 
     image, labels = stripes(n_slices=4, size=64)
@@ -97,10 +98,15 @@ def test_train_writes_the_weights_from_before_a_divergence_and_exits_with_status
             yield (np.full_like(x, np.nan) if k >= 6 else x), y
 
     monkeypatch.setattr(train_module, "prefetch", nan_images_from_step_7)
-    model = tmp_path / "m.keras"
-    code = main(["train", str(tmp_path / "image.tif"), str(tmp_path / "labels.tif"), "-o", str(model), "--epochs", "3",
+    output = model = tmp_path / "m.keras"
+    if existing:  # a failed run (status 1) does not replace the model it was to replace: it writes beside it
+        output.write_bytes(b"the user's earlier model")
+        model = tmp_path / "m.diverged.keras"
+    code = main(["train", str(tmp_path / "image.tif"), str(tmp_path / "labels.tif"), "-o", str(output), "--epochs", "3",
                  "--steps-per-epoch", "5", "--patch-size", "64", "--batch-size", "2", "--depth", "2"])
     err = capsys.readouterr().err
+    if existing:
+        assert output.read_bytes() == b"the user's earlier model"
     assert code == 1 and "Traceback" not in err, err
     assert "training diverged after 1 epoch (6 steps); kept the best epoch 1" in err, err
     assert (f"error: training diverged (the loss was nan at step 7) and stopped; {model} holds the best epoch 1 from "
@@ -190,3 +196,24 @@ def test_a_budget_that_ends_before_the_first_step_says_only_that_no_model_is_wri
     assert code == 2 and "before its first step; no model written" in err and not (tmp_path / "m.keras").exists(), err
     assert "kept the last weights" not in err, err  # (said before "no model written")
 
+
+
+def test_train_init_without_validation_keeps_the_start_models_membrane_rule_and_writes_the_model(tmp_path, capsys):
+    # the rule line formatted the validation V_rand of a rule that was not tuned again (None): a TypeError, no model
+    from _helpers import tiny_model
+
+    from napari_unet.model_io import save_model
+
+    start = tiny_model()
+    assert start.boundary_rule is not None
+    init = save_model(start, tmp_path / "init.keras")
+    image, labels = stripes(n_slices=4, size=64)
+    tifffile.imwrite(tmp_path / "image.tif", image, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "labels.tif", labels, photometric="minisblack")
+    output = tmp_path / "m.keras"
+    code = main(["train", str(tmp_path / "image.tif"), str(tmp_path / "labels.tif"), "-o", str(output), "--init", str(init),
+                 "--val-fraction", "0", "--epochs", "1", "--steps-per-epoch", "2", "--patch-size", "64", "--batch-size", "2"])
+    err = capsys.readouterr().err
+    assert code == 0 and "Traceback" not in err, err
+    assert "the --init model's, not tuned again: no validation slices; the model file holds it" in err, err
+    assert load_model(output).boundary_rule == start.boundary_rule

@@ -786,9 +786,11 @@ def run_training(image, labels, model_config, train_config, init=None, quiet=Fal
         else:
             print(f"training {_reason_text(final.reason)} after {format_count(len(final.history), 'epoch')} "
                   f"({format_count(final.steps, 'step')}); kept the {final.kept or 'last weights'}", file=sys.stderr)
-        if final.model.boundary_rule is not None:
-            print(f"membrane rule: {describe_rule(final.model.boundary_rule)} (validation V_rand {final.boundary_v_rand:.4f} "
-                  "without test-time augmentation; the model file holds it)", file=sys.stderr)
+        if final.steps and final.model.boundary_rule is not None:
+            # an --init model's rule is kept when no validation slices tune it again (no score then)
+            scored = ("the --init model's, not tuned again: no validation slices" if final.boundary_v_rand is None else
+                      f"validation V_rand {final.boundary_v_rand:.4f} without test-time augmentation")
+            print(f"membrane rule: {describe_rule(final.model.boundary_rule)} ({scored}; the model file holds it)", file=sys.stderr)
         elif final.untuned_rule_note:
             print(f"note: {final.untuned_rule_note} (--close-boundaries)", file=sys.stderr)
     return started, final
@@ -829,6 +831,12 @@ def cmd_train(args) -> int:
     except ConfigError as err:  # "val_fraction must be in [0, 1)": the setting, not the option typed
         text = re.sub(r"\b(" + "|".join(_TRAIN_SETTINGS) + r")\b", lambda m: _option_of(m.group(1)), str(err))
         raise CommandError(text) from None
+
+
+def _diverged_path(output: Path) -> Path:
+    """Where a diverged ``train`` writes the weights it kept when ``output`` exists: ``NAME.diverged.keras`` beside it
+    (the run fails, status 1: the model it would replace stays as it was)."""
+    return output.with_name(f"{output.stem}.diverged{output.suffix or '.keras'}")
 
 
 def _train(args) -> int:
@@ -893,6 +901,8 @@ def _train(args) -> int:
                                       pixel_size=pixel_size, finishing=finishing)
         if final.steps == 0:
             raise CommandError(f"training ended ({final.reason}) before its first step; no model written (a larger --max-minutes?)")
+        if final.reason == "diverged" and output.exists():  # a failed run (status 1) keeps the file it would replace
+            output = _diverged_path(output)
         replaced = output.exists()
         # the file replaced and its record, never one without the other; a second signal stops at once
         with interrupts_deferred(second_at_once=True, notice=lambda signum: _say_stopping(signum, saving=True)):
