@@ -724,3 +724,22 @@ def test_the_link_folder_of_a_load_names_its_process(tmp_path, monkeypatch):
     with model_io._one_version(tmp_path / "m.keras") as (snapshot, _version):
         assert snapshot.parent.name.startswith(f"napari-unet-model-{os.getpid()}-")
     assert not list(tmp_path.glob("napari-unet-model-*"))
+
+
+def test_stale_folder_sweep_does_nothing_without_posix_user_ids(tmp_path, monkeypatch):
+    # on Windows os.getuid is missing (an AttributeError escaped) and os.kill(pid, 0) sends Ctrl-C instead of probing
+    import subprocess
+    import sys
+    import time
+
+    from napari_unet import model_io
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout)
+    folder = tmp_path / f"napari-unet-model-{dead}-abc_1234"
+    folder.mkdir()
+    old = time.time() - 3600
+    os.utime(folder, (old, old))
+    monkeypatch.delattr(os, "getuid")
+    monkeypatch.setattr(os, "kill", lambda *args: pytest.fail("os.kill called"))
+    model_io._remove_stale_link_folders(str(tmp_path))
+    assert folder.is_dir()

@@ -360,7 +360,9 @@ def _process_runs(pid: int) -> bool:
 def _remove_stale_link_folders(parent: str, pattern: "re.Pattern" = _LINK_FOLDER) -> None:
     """Removes this user's link folders in ``parent`` that processes killed while they loaded a model left; best effort.
     ``pattern``: the names of the folders, the creating process's PID its first group (chunked.py's temporary folders
-    pass theirs)."""
+    pass theirs). POSIX only: elsewhere there are no user ids to compare, and ``os.kill(pid, 0)`` is no liveness test."""
+    if os.name != "posix" or not hasattr(os, "getuid"):
+        return
     with contextlib.suppress(OSError), os.scandir(parent) as entries:
         for entry in entries:
             match = pattern.fullmatch(entry.name)
