@@ -1367,7 +1367,7 @@ def test_events_are_handled_in_order_when_a_handler_pumps_qt_events():
 
 def test_retrain_and_continued_training_add_their_curves_after_the_models_own(widgets, qtbot, monkeypatch):
     # Retrain cleared the loss plot: the model it fine-tuned lost its training curves, a stopped Retrain kept none
-    # and its dotted lines read "Retrain" and "Continued" live but "Fine-tuned" in the same model's saved history
+    # and its dotted lines read "Retrain" and "Continued" live but "Fine-tuned" in the same model's saved history (now all "Fine-tuned")
     import napari_unet.train as train_module
 
     viewer, training, inference, session = widgets.viewer, widgets.training, widgets.inference, widgets.session
@@ -1382,22 +1382,22 @@ def test_retrain_and_continued_training_add_their_curves_after_the_models_own(wi
     prediction.brush_size = 6
     prediction.paint((1, 20, 20), 1)
     run_and_wait(qtbot, lambda: training.start(retrain=True), lambda: training._run is not None)
-    assert plot.steps == [1, 2, 3, 4, 5, 6, 7] and plot.val_steps == [3] and plot.marks == [(3, "Retrain")]
+    assert plot.steps == [1, 2, 3, 4, 5, 6, 7] and plot.val_steps == [3] and plot.marks == [(3, "Fine-tuned")]
     assert plot.smoothed[3] == plot.losses[3]  # Retrain's curve is smoothed from its own first step
     retrained = (list(plot.steps), list(plot.losses), list(plot.smoothed))
     training.settings.retrain_steps.setValue(500)
     assert training.start(retrain=True)
     qtbot.waitUntil(lambda: len(plot.steps) >= len(retrained[0]) + 2, timeout=120_000)
-    assert plot.marks == [(3, "Retrain"), (7, "Retrain")]
+    assert plot.marks == [(3, "Fine-tuned"), (7, "Fine-tuned")]
     training.stop()  # in its first (and only) epoch: its network is discarded, so are its curves and its mark
     qtbot.waitUntil(lambda: training._run is None, timeout=120_000)
-    assert (plot.steps, plot.losses, plot.smoothed) == retrained and plot.marks == [(3, "Retrain")]
+    assert (plot.steps, plot.losses, plot.smoothed) == retrained and plot.marks == [(3, "Fine-tuned")]
     assert len(plot.ax.lines) == 4 and len(plot.ax.texts) == 1  # the three curves and one mark, labelled
     tiny_settings(training, epochs=1, steps=3)
     training.continue_box.setChecked(True)
     run_and_wait(qtbot, training.start, lambda: training._run is not None)
     assert plot.steps == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10] and plot.val_steps == [3, 10]
-    assert plot.marks == [(3, "Retrain"), (7, "Retrain")] and [t.get_text() for t in plot.ax.texts] == ["Retrain"]
+    assert plot.marks == [(3, "Fine-tuned"), (7, "Fine-tuned")] and [t.get_text() for t in plot.ax.texts] == ["Fine-tuned"]
     live = list(plot.marks)  # one word, the Retrain button's, for either kind of fine-tuning run
     kept = (list(plot.steps), list(plot.val_steps), list(plot.marks))
 
@@ -1412,7 +1412,7 @@ def test_retrain_and_continued_training_add_their_curves_after_the_models_own(wi
     monkeypatch.undo()
     session.use_previous()  # the retrained model: its curves from its history, one point an epoch (they were cleared)
     assert plot.steps == [3, 7] and plot.val_steps == [3] and plot.marks == live[:1]
-    assert len(plot.ax.lines) == 4 and [t.get_text() for t in plot.ax.texts] == ["Retrain"]
+    assert len(plot.ax.lines) == 4 and [t.get_text() for t in plot.ax.texts] == ["Fine-tuned"]
     session.use_previous()  # and back: the continued model's three runs
     assert plot.steps == [3, 7, 10] and plot.val_steps == [3, 10] and plot.marks == live
 
@@ -1481,7 +1481,7 @@ def test_a_models_history_survives_a_discarded_run_and_bad_records_draw_nothing(
                {"epoch": 3, "run": 1, "loss": 0.0, "val_loss": True, "val_dice": 10**400}, {"epoch": 4, "run": 1, "loss": True}]
     plot.show_history(records, [25, 45, 65, 85, 105])
     shown = (list(plot.steps), list(plot.val_steps), list(plot.dice_steps), list(plot.marks))
-    assert shown == ([25, 45], [25], [25], [(25, "Retrain")]) and plot._smooth.get_marker() == "o"
+    assert shown == ([25, 45], [25], [25], [(25, "Fine-tuned")]) and plot._smooth.get_marker() == "o"
     plot.start_run()  # a new training: a new plot, lines without markers
     plot.add_step(1, 0.9)
     assert plot.steps == [1] and plot._smooth.get_marker() in ("", "None")
@@ -1838,18 +1838,27 @@ def test_an_inference_dock_opened_again_has_the_options_it_was_closed_with(widge
 def test_a_diverged_run_says_what_went_wrong_and_which_weights_the_model_holds(widgets, notifications):
     from _helpers import tiny_model
 
+    from napari_unet._widgets.jobs import Failed
     from napari_unet._widgets.training import _Run
     from napari_unet.train import TrainingFinished
 
     training = widgets.training
-    for kind, setting in (("training", "lower the learning rate"), ("retraining", "lower the Retrain learning rate")):
-        run = _Run(kind=kind, worker=None, stop=threading.Event(), budget=None, names=None, colormap=None,
-                   started=time.perf_counter(), steps_per_epoch=10)
-        event = TrainingFinished(model=tiny_model(), reason="diverged", best_epoch=3, steps=41,
-                                 divergence="the loss was nan at step 42")
-        training._finished_model(run, event)
-        status = training.progress.status.text()
-        assert "diverged (the loss was nan at step 42)" in status and "best epoch 3 from before it" in status, status
-        assert setting in status, status
-        assert widgets.session.model is event.model  # kept: the weights from before the divergence are not lost
-        assert any(severity == "warning" and "diverged" in message and setting in message for severity, message in notifications)
+    run = _Run(kind="training", worker=None, stop=threading.Event(), budget=None, names=None, colormap=None,
+               started=time.perf_counter(), steps_per_epoch=10)
+    event = TrainingFinished(model=tiny_model(), reason="diverged", best_epoch=3, steps=41, divergence="the loss was nan at step 42")
+    training._finished_model(run, event)
+    status = training.progress.status.text()
+    assert "diverged (the loss was nan at step 42)" in status and "best epoch 3 from before it" in status, status
+    assert "lower the learning rate" in status, status
+    assert widgets.session.model is event.model  # kept: the weights from before the divergence are not lost
+    assert any(severity == "warning" and "diverged" in message for severity, message in notifications)
+    # a Retrain is one epoch: a divergence keeps no weights of its own (the core raises), and names Retrain's setting
+    training._run = _Run(kind="retraining", worker=None, stop=threading.Event(), budget=None, names=None, colormap=None)
+    try:
+        training._handle(Failed("training diverged: the loss was nan at step 3, before any epoch's weights were kept; "
+                                "lower the learning rate"))
+    finally:
+        training._run = None
+    status = training.progress.status.text()
+    assert "(the Retrain learning rate in the settings); the current model is unchanged" in status, status
+    assert widgets.session.model is event.model

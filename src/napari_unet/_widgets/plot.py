@@ -27,9 +27,9 @@ _CURVES = {
 }
 _DPI = 90
 #: The label of the dotted line where a run fine-tuned the model before it, live and in a loaded model's history alike:
-#: the Retrain button's word, also for a Train that continues from the current model (a saved history tells runs
-#: apart, not what started them).
-FINE_TUNE_MARK = "Retrain"
+#: a Retrain, a Train that continues from the current model or a ``train --init`` (a saved history tells runs apart,
+#: not what started them).
+FINE_TUNE_MARK = "Fine-tuned"
 
 
 def _number(value):

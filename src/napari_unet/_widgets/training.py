@@ -279,7 +279,7 @@ class TrainingWidget(QWidget):
             run.finishing = True
             rule = " and choosing the membrane rule on the validation slices" if event.tunes_rule else ""
             # a stopped run's bar stays where it stopped (it jumped to 100 %)
-            done = 1.0 if event.reason != "stopped" else self.progress.bar.value() / self.progress.bar.maximum()
+            done = 1.0 if event.reason not in ("stopped", "diverged") else self.progress.bar.value() / self.progress.bar.maximum()
             self.progress.update(done, None, f"{run.kind} {event.reason}, finishing")
             self.progress.set_status(f"Finishing the model after {format_count(event.steps, 'step')}: its weights{rule} (seconds)...")
         elif isinstance(event, TrainingFinished):
@@ -287,10 +287,13 @@ class TrainingWidget(QWidget):
         elif isinstance(event, CorrectionsLearned) and run.kept_model:
             self.progress.set_status(f"{self.progress.status.text()} {event.text()}")
         elif isinstance(event, Failed):
-            show_error(f"napari-unet: {run.kind} failed: {event.message}")
+            message = event.message
+            if run.kind == "retraining" and message.endswith("lower the learning rate"):  # a Retrain (one epoch) diverged
+                message += " (the Retrain learning rate in the settings); the current model is unchanged"
+            show_error(f"napari-unet: {run.kind} failed: {message}")
             self.progress.finish(f"{run.kind} failed")
             self.plot.discard_run()  # the model is unchanged: so are its curves
-            self.progress.set_status(f"{run.kind.capitalize()} failed: {event.message}")
+            self.progress.set_status(f"{run.kind.capitalize()} failed: {message}")
 
     def _finished_model(self, run: _Run, event: TrainingFinished) -> None:
         seconds = time.perf_counter() - run.started
