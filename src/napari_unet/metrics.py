@@ -273,12 +273,12 @@ def _fiji_flood(cell_mask: np.ndarray, markers: np.ndarray) -> np.ndarray:
     (x+1, y), (x, y+1): a labelled neighbour gives its label to a pixel still unlabelled (or a line
     pixel made so by a line neighbour, while Fiji's shared ``flag`` says so), a second label makes it a
     line pixel (0), a line neighbour makes an unlabelled pixel a line pixel, and unqueued membrane
-    neighbours join the queue.  The state lives in a column-major padded int64 array (index
+    neighbours join the queue.  The state lives in a column-major padded int32 array (index
     x * (Y + 2) + y), read and written through a memoryview: no Python list of the image.
     """
     height, width = cell_mask.shape
     step = height + 2  # the padded column length: neighbours are at -step, -1, +step, +1
-    state = np.full((width + 2, height + 2), _OUTSIDE, dtype=np.int64)
+    state = np.full((width + 2, height + 2), _OUTSIDE, dtype=np.int32)  # labels and states (fewer than 2**31 cells)
     state[1:-1, 1:-1] = np.where(cell_mask.T, markers.T, _MASK)
     cells = np.zeros(state.shape, dtype=bool)
     cells[1:-1, 1:-1] = cell_mask.T

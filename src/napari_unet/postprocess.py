@@ -440,7 +440,7 @@ def cell_instances(labels: np.ndarray, membrane_value) -> np.ndarray:
 
     Per slice: :func:`napari_unet.metrics.segment_cells` of the non-membrane pixels, i.e. the cells the
     ISBI scores see in these labels: each connected cell region is one cell, membranes are shared out
-    to the cells beside them, with 0 on the one-pixel lines between cells.
+    to the cells beside them, with 0 on the watershed lines between cells (mostly one pixel wide).
     """
     labels = np.asarray(labels)
     stack = labels[None] if labels.ndim == 2 else labels

@@ -191,7 +191,8 @@ class TrainingFinished:
     boundary_v_rand: Optional[float] = None  # validation V_rand of model.boundary_rule, if one was tuned
     averaged_epochs: int = 0  # > 0: the model holds the mean weights of this many last epochs
     steps: int = 0  # training steps run; 0: stopped before the first, the model is untrained (or ``init``'s weights)
-    # reason "diverged": what went wrong and when ("the loss was nan at step 57"); steps counts those before it
+    # reason "diverged": what went wrong and when ("the loss was nan at step 57"); steps counts the steps run (not one
+    # whose loss was not finite; weights or validation probabilities found not finite at an epoch's end count its steps)
     divergence: str = ""
 
     @property
