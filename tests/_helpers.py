@@ -1,6 +1,9 @@
 """Shared test data: small synthetic tasks and one tiny trained model per test session."""
 
+import contextlib
 import functools
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -75,3 +78,15 @@ def assert_two_runs_never_mix(script: str, folder) -> None:
             for me in (1, 2)]
     outputs = [run.communicate(timeout=300)[0] for run in runs]
     assert all(output.strip().endswith("mixed 0") for output in outputs), outputs
+
+
+@contextlib.contextmanager
+def dead_and_live_pids():
+    """(PID of a process that has exited, PID of one that sleeps until the block ends) for stale-folder tests."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        yield int(dead.stdout), live.pid
+    finally:
+        live.kill()
+        live.wait()

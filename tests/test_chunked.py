@@ -93,41 +93,32 @@ def test_model_sources_travel_as_a_path_or_as_file_bytes_and_load_once_per_proce
 def test_a_model_file_to_or_from_bytes_lies_in_a_folder_naming_its_process_and_dead_ones_folders_go(tmp_path, monkeypatch):
     """These folders were napari-unet-model-XXXXXXXX (model loading's prefix, no PID): one that a process killed while
     it wrote or read a model's bytes left in /tmp was never removed."""
-    import subprocess
-    import sys
     import tempfile
 
     import napari_unet.model_io as model_io
+    from _helpers import dead_and_live_pids
 
     temp = tmp_path / "tmp"
     temp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(temp))
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    dead_pid = int(dead.stdout)
     old = time.time() - 3600
-    names = [f"{dead_pid}-abc_1234", f"{live.pid}-abc_1234", f"{dead_pid}-fresh123"]
-    folders = []
     seen = []
     save, load = model_io.save_model, model_io.load_model
     monkeypatch.setattr(model_io, "save_model", lambda model, path: seen.append(Path(path).parent.name) or save(model, path))
     monkeypatch.setattr(model_io, "load_model", lambda path: seen.append(Path(path).parent.name) or load(path))
-    try:
-        for name in names:
-            folders.append(temp / f"napari-unet-chunks-{name}")
-            folders[-1].mkdir()
-            (folders[-1] / "model.keras").write_bytes(b"")
+    with dead_and_live_pids() as (dead_pid, live_pid):
+        for name in [f"{dead_pid}-abc_1234", f"{live_pid}-abc_1234", f"{dead_pid}-fresh123"]:
+            folder = temp / f"napari-unet-chunks-{name}"
+            folder.mkdir()
+            (folder / "model.keras").write_bytes(b"")
             if name != f"{dead_pid}-fresh123":
-                os.utime(folders[-1], (old, old))
+                os.utime(folder, (old, old))
         copy = pickle.loads(pickle.dumps(ModelSource(tiny_model())))  # the file's bytes, written in such a folder
         assert copy._load_file().class_values == [0, 255]  # read back from one
-    finally:
-        live.kill()
-        live.wait()
     assert len(seen) == 2 and all(name.startswith(f"napari-unet-chunks-{os.getpid()}-") for name in seen), seen
     kept = {p.name.removeprefix("napari-unet-chunks-") for p in temp.iterdir()}
     # a dead process's old folder goes; a live process's and a fresh one stay; this process's own are gone
-    assert kept == {f"{live.pid}-abc_1234", f"{dead_pid}-fresh123"}
+    assert kept == {f"{live_pid}-abc_1234", f"{dead_pid}-fresh123"}
 
 
 def test_bad_model_paths_and_images_are_refused_before_any_task(tmp_path):

@@ -683,34 +683,27 @@ def test_loading_an_older_file_draws_its_layer_seeds_without_pythons_global_stre
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="loads link the file from a folder of their own on Linux only")
 def test_loading_removes_link_folders_of_processes_killed_while_loading(tmp_path, monkeypatch):
     """A process killed while it loaded a model left its napari-unet-model-* folder in /tmp for good."""
-    import subprocess
-    import sys
     import tempfile
     import time
+
+    from _helpers import dead_and_live_pids
 
     path = save_model(tiny_model(), tmp_path / "m.keras")
     temp = tmp_path / "tmp"
     temp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(temp))
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    dead_pid = int(dead.stdout)
     old = time.time() - 3600
-    folders = {name: temp / f"napari-unet-model-{name}" for name in
-               [f"{dead_pid}-abc_1234", f"{live.pid}-abc_1234", f"{dead_pid}-fresh123", "abc_1234"]}
-    try:
-        for name, folder in folders.items():
+    with dead_and_live_pids() as (dead_pid, live_pid):
+        for name in [f"{dead_pid}-abc_1234", f"{live_pid}-abc_1234", f"{dead_pid}-fresh123", "abc_1234"]:
+            folder = temp / f"napari-unet-model-{name}"
             folder.mkdir()
             os.symlink("/proc/self/fd/0", folder / "m.keras")
             if name != f"{dead_pid}-fresh123":
                 os.utime(folder, (old, old))
         load_model(path)
-    finally:
-        live.kill()
-        live.wait()
     kept = {p.name.removeprefix("napari-unet-model-") for p in temp.iterdir()}
     # a dead process's old folder goes; a live process's, a fresh one and one of an older napari-unet (no PID) stay
-    assert kept == {f"{live.pid}-abc_1234", f"{dead_pid}-fresh123", "abc_1234"}
+    assert kept == {f"{live_pid}-abc_1234", f"{dead_pid}-fresh123", "abc_1234"}
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="loads link the file from a folder of their own on Linux only")
@@ -728,13 +721,13 @@ def test_the_link_folder_of_a_load_names_its_process(tmp_path, monkeypatch):
 
 def test_stale_folder_sweep_does_nothing_without_posix_user_ids(tmp_path, monkeypatch):
     # on Windows os.getuid is missing (an AttributeError escaped) and os.kill(pid, 0) sends Ctrl-C instead of probing
-    import subprocess
-    import sys
     import time
 
+    from _helpers import dead_and_live_pids
     from napari_unet import model_io
 
-    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout)
+    with dead_and_live_pids() as (dead, _live):
+        pass
     folder = tmp_path / f"napari-unet-model-{dead}-abc_1234"
     folder.mkdir()
     old = time.time() - 3600
