@@ -420,6 +420,7 @@ def _predict_into_stores(source: ModelSource, block: np.ndarray, first: int, sto
     probabilities_out = None if stores[1] is None else _SliceWriter(stores[1], z, stop - first, classes_first=True)
     options = {**options, "return_probabilities": False}
     _predict_block(source, block, first, stop, z, options, labels_out=labels_out, probabilities_out=probabilities_out, stop=stopped)
+    # only after a task that ran to its end: a failed or stopped one's stores are discarded, its waiting rows with them
     for out in (labels_out, probabilities_out):
         if out is not None:
             out.flush()
@@ -458,14 +459,23 @@ class _SliceWriter:
         if step != 1:
             raise ValueError(f"rows {rows} are not a contiguous range")
         value = np.moveaxis(value, -1, 0) if self.classes_first else value
+        height = self.shape[1]
         if self._waiting is not None:
             waiting_plane, waiting_start, waiting = self._waiting
             if waiting_plane == plane and waiting_start + waiting.shape[-2] == start:
-                value, start = np.concatenate([waiting, np.asarray(value, self.dtype)], axis=-2), waiting_start
+                # the waiting rows' chunk, completed by this band's first rows (one chunk copied, not the band)
+                self._waiting = None
+                head = min(waiting_start + self.chunk_rows, height) - start
+                joined = np.concatenate([waiting, np.asarray(value[..., : min(head, stop - start), :], self.dtype)], axis=-2)
+                if stop - start < head and stop < height:  # (a band shorter than the rest of the chunk: wait on)
+                    self._waiting = (plane, waiting_start, joined)
+                    return
+                self._write(plane, waiting_start, waiting_start + joined.shape[-2], joined)
+                value, start = value[..., head:, :], start + head
+                if start >= stop:
+                    return
             else:
                 self.flush()
-            self._waiting = None
-        height = self.shape[1]
         # up to the last chunk boundary (or the slice's end); the rest waits for the rows after it
         end = stop if stop == height else max(start, stop // self.chunk_rows * self.chunk_rows)
         if end < stop:

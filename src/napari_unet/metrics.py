@@ -279,7 +279,9 @@ def _fiji_flood(cell_mask: np.ndarray, markers: np.ndarray) -> np.ndarray:
     height, width = cell_mask.shape
     step = height + 2  # the padded column length: neighbours are at -step, -1, +step, +1
     state = np.full((width + 2, height + 2), _OUTSIDE, dtype=np.int32)  # labels and states (fewer than 2**31 cells)
-    state[1:-1, 1:-1] = np.where(cell_mask.T, markers.T, _MASK)
+    inside = state[1:-1, 1:-1]
+    inside[...] = _MASK
+    np.copyto(inside, markers.T, casting="unsafe", where=cell_mask.T)  # no int64 temporary of the slice
     cells = np.zeros(state.shape, dtype=bool)
     cells[1:-1, 1:-1] = cell_mask.T
     queued = np.flatnonzero((state == _MASK) & ndi.binary_dilation(cells, structure=_CROSS))  # ascending: column-major
