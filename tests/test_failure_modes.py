@@ -60,8 +60,11 @@ def test_weights_that_become_nan_on_an_epochs_last_step_are_never_averaged_into_
 
 @pytest.mark.slow
 def test_a_run_that_diverges_before_any_epoch_is_kept_is_an_error():
-    with pytest.raises(FloatingPointError, match="the loss was nan at step 2, before any epoch's weights were kept; lower the learning rate"):
+    from napari_unet.train import DIVERGED_HINT
+
+    with pytest.raises(FloatingPointError, match="the loss was nan at step 2, before any epoch's weights were kept; lower the learning rate") as raised:
         _train_poisoned(at_step=1)
+    assert str(raised.value).endswith(DIVERGED_HINT)  # the training widget names the setting after it
 
 
 @pytest.mark.slow
@@ -107,6 +110,11 @@ def test_train_writes_the_weights_from_before_a_divergence_and_exits_with_status
     err = capsys.readouterr().err
     if existing:
         assert output.read_bytes() == b"the user's earlier model"
+        # a second diverged run replaces neither file (nor an --init model named so)
+        code = main(["train", str(tmp_path / "image.tif"), str(tmp_path / "labels.tif"), "-o", str(output), "--epochs", "3",
+                     "--steps-per-epoch", "5", "--patch-size", "64", "--batch-size", "2", "--depth", "2"])
+        assert code == 1 and f"{tmp_path / 'm.diverged-2.keras'} holds the best epoch 1" in capsys.readouterr().err
+        assert output.read_bytes() == b"the user's earlier model" and _finite(load_model(model))
     assert code == 1 and "Traceback" not in err, err
     assert "training diverged after 1 epoch (6 steps); kept the best epoch 1" in err, err
     assert (f"error: training diverged (the loss was nan at step 7) and stopped; {model} holds the best epoch 1 from "
@@ -215,5 +223,5 @@ def test_train_init_without_validation_keeps_the_start_models_membrane_rule_and_
                  "--val-fraction", "0", "--epochs", "1", "--steps-per-epoch", "2", "--patch-size", "64", "--batch-size", "2"])
     err = capsys.readouterr().err
     assert code == 0 and "Traceback" not in err, err
-    assert "the --init model's, not tuned again: no validation slices; the model file holds it" in err, err
+    assert "the --init model's, not tuned again: no fully annotated validation slices with both classes; the model file holds it" in err, err
     assert load_model(output).boundary_rule == start.boundary_rule

@@ -1840,7 +1840,7 @@ def test_a_diverged_run_says_what_went_wrong_and_which_weights_the_model_holds(w
 
     from napari_unet._widgets.jobs import Failed
     from napari_unet._widgets.training import _Run
-    from napari_unet.train import TrainingFinished
+    from napari_unet.train import DIVERGED_HINT, TrainingFinished
 
     training = widgets.training
     run = _Run(kind="training", worker=None, stop=threading.Event(), budget=None, names=None, colormap=None,
@@ -1855,8 +1855,7 @@ def test_a_diverged_run_says_what_went_wrong_and_which_weights_the_model_holds(w
     # a Retrain is one epoch: a divergence keeps no weights of its own (the core raises), and names Retrain's setting
     training._run = _Run(kind="retraining", worker=None, stop=threading.Event(), budget=None, names=None, colormap=None)
     try:
-        training._handle(Failed("training diverged: the loss was nan at step 3, before any epoch's weights were kept; "
-                                "lower the learning rate"))
+        training._handle(Failed(f"training diverged: the loss was nan at step 3, before any epoch's weights were kept; {DIVERGED_HINT}"))
     finally:
         training._run = None
     status = training.progress.status.text()

@@ -788,7 +788,8 @@ def run_training(image, labels, model_config, train_config, init=None, quiet=Fal
                   f"({format_count(final.steps, 'step')}); kept the {final.kept or 'last weights'}", file=sys.stderr)
         if final.steps and final.model.boundary_rule is not None:
             # an --init model's rule is kept when no validation slices tune it again (no score then)
-            scored = ("the --init model's, not tuned again: no validation slices" if final.boundary_v_rand is None else
+            scored = ("the --init model's, not tuned again: no fully annotated validation slices with both classes"
+                      if final.boundary_v_rand is None else
                       f"validation V_rand {final.boundary_v_rand:.4f} without test-time augmentation")
             print(f"membrane rule: {describe_rule(final.model.boundary_rule)} ({scored}; the model file holds it)", file=sys.stderr)
         elif final.untuned_rule_note:
@@ -834,9 +835,13 @@ def cmd_train(args) -> int:
 
 
 def _diverged_path(output: Path) -> Path:
-    """Where a diverged ``train`` writes the weights it kept when ``output`` exists: ``NAME.diverged.keras`` beside it
-    (the run fails, status 1: the model it would replace stays as it was)."""
-    return output.with_name(f"{output.stem}.diverged{output.suffix or '.keras'}")
+    """Where a diverged ``train`` writes the weights it kept when ``output`` exists: ``NAME.diverged.keras`` beside it,
+    else ``NAME.diverged-2.keras`` and so on: the run fails (status 1), and replaces no file (the model it was to
+    replace, an earlier run's, an ``--init`` model of that name)."""
+    candidate, number = output.with_name(f"{output.stem}.diverged.keras"), 2
+    while candidate.exists() or candidate.is_symlink():
+        candidate, number = output.with_name(f"{output.stem}.diverged-{number}.keras"), number + 1
+    return candidate
 
 
 def _train(args) -> int:

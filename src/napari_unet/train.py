@@ -216,6 +216,10 @@ class TrainingFinished:
 TrainingEvent = Union[TrainingStarted, TrainingStep, EpochEnd, TrainingFinishing, TrainingFinished]
 
 
+#: The end of the FloatingPointError of a training that diverged before it kept any weights (callers add which setting).
+DIVERGED_HINT = "lower the learning rate"
+
+
 #: A class of fewer than this share of the annotated pixels is named when training starts: napari's own writer saves
 #: erased pixels as 0, a class of 97 pixels beside 5.2 million (a third class: no membrane rule, no cells).
 RARE_CLASS_SHARE = 1e-4
@@ -1016,8 +1020,7 @@ def train_events(
             if reason != "completed":
                 break
         if divergence and best_weights is None and late_epochs.count < 2:
-            raise FloatingPointError(f"training diverged: {divergence}, before any epoch's weights were kept; lower the "
-                                     "learning rate")
+            raise FloatingPointError(f"training diverged: {divergence}, before any epoch's weights were kept; {DIVERGED_HINT}")
         # fully annotated, with both classes: a slice all cell or all membrane has no cells for V_rand to judge
         tunes_rule = boundary_value is not None and has_validation and step > 0 and bool((val_indices >= 0).all())
         if tunes_rule:
@@ -1113,6 +1116,7 @@ def train(image, labels, model_config=None, train_config=None, init=None, stop=N
 
 
 __all__ = [
+    "DIVERGED_HINT",
     "BATCH_NORM_TILE",
     "BATCH_NORM_TILES",
     "check_training_memory",
