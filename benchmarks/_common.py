@@ -380,6 +380,23 @@ def argument_parser(description: str | None = None, **kwargs) -> argparse.Argume
     return argparse.ArgumentParser(description=description, allow_abbrev=False, **kwargs)
 
 
+def side_by_side_parser(description: str | None = None, **kwargs) -> argparse.ArgumentParser:
+    """:func:`argument_parser` of a benchmark that runs each ``--srcs`` folder's napari_unet in a child of its own
+    (the script itself, given the child's JSON spec in the internal ``--_worker``: :func:`ran_worker`)."""
+    parser = argument_parser(description, **kwargs)
+    parser.add_argument("--srcs", default="src", help="comma-separated src/ folders to import napari_unet from")
+    parser.add_argument("--_worker", help=argparse.SUPPRESS)
+    return parser
+
+
+def ran_worker(args: argparse.Namespace, worker) -> bool:
+    """Whether this process is a side-by-side benchmark's child: then ``worker`` has run on its ``--_worker`` spec."""
+    if not args._worker:
+        return False
+    worker(json.loads(args._worker))
+    return True
+
+
 def src_folders(srcs: str) -> list[str]:
     """Absolute paths of a ``--srcs`` option's comma-separated ``src/`` folders (relative ones from the repository)."""
     return [str((REPO / s).resolve()) if not Path(s).is_absolute() else s for s in srcs.split(",")]

@@ -15,7 +15,6 @@ default preset's local contrast (sigma 24). Per case: ``ms`` (median of 5 after 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -54,14 +53,11 @@ def worker(spec: dict) -> None:
 
 
 def main() -> int:
-    ap = C.argument_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--srcs", default="src", help="comma-separated src/ folders to import napari_unet from")
+    ap = C.side_by_side_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=4096, help="side of the mosaic plane (a multiple of 512)")
     ap.add_argument("--name", default="default")
-    ap.add_argument("--_worker")
     args = ap.parse_args()
-    if args._worker:
-        worker(json.loads(args._worker))
+    if C.ran_worker(args, worker):
         return 0
     if args.size < 512 or args.size % 512:
         ap.error("--size must be a multiple of 512")

@@ -87,16 +87,13 @@ def worker(spec: dict) -> None:
 
 
 def main() -> int:
-    ap = C.argument_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--srcs", default="src", help="comma-separated src/ folders to import napari_unet from")
+    ap = C.side_by_side_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--batches", type=int, default=30)
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--out", type=Path, default=C.RESULTS_DIR / "sampler.json")
-    ap.add_argument("--_worker")
     args = ap.parse_args()
-    if args._worker:
-        worker(json.loads(args._worker))
+    if C.ran_worker(args, worker):
         return 0
     srcs = C.src_folders(args.srcs)
     runs: dict = {src: [] for src in srcs}

@@ -23,7 +23,6 @@ trained ISBI ``.keras`` file), no TTA, float32, no XLA:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -116,16 +115,13 @@ def worker(spec: dict) -> None:
 
 
 def main() -> int:
-    ap = C.argument_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = C.side_by_side_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", nargs="?", help="a trained ISBI model (.keras)")
-    ap.add_argument("--srcs", default="src", help="comma-separated src/ folders to import napari_unet from")
     ap.add_argument("--tiles", default="192,256,320")
     ap.add_argument("--overlap", type=int, default=48)
     ap.add_argument("--name", default="default")
-    ap.add_argument("--_worker")
     args = ap.parse_args()
-    if args._worker:
-        worker(json.loads(args._worker))
+    if C.ran_worker(args, worker):
         return 0
     if args.model is None:
         ap.error("give a trained ISBI model (.keras)")

@@ -19,7 +19,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import __version__
-from ._files import fsync_folder, fsync_path, hidden_sibling, target_mode, write_target
+from ._files import _process_runs, fsync_folder, fsync_path, hidden_sibling, target_mode, write_target
 from ._tensorflow import keras_seeds_private
 from .config import MERGE_LEVELS, ModelConfig, TrainConfig, from_dict, to_dict
 from .model import import_keras
@@ -344,17 +344,6 @@ _LINK_FOLDER = re.compile(re.escape(_LINK_PREFIX) + r"(\d+)-[a-z0-9_]+")
 #: Age in seconds after which the link folder of a process that no longer runs is removed (one killed while it loaded);
 #: longer than a load, since a process of another PID namespace sharing the folder looks dead from here.
 _STALE_LINK_FOLDER_S = 600
-
-
-def _process_runs(pid: int) -> bool:
-    """False only when no process ``pid`` exists (not for one of another user)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (OSError, OverflowError):
-        return True
-    return True
 
 
 def _remove_stale_link_folders(parent: str, pattern: "re.Pattern" = _LINK_FOLDER) -> None:
