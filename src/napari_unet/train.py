@@ -728,8 +728,9 @@ def train_events(
     one), and prediction notes images of other pixel sizes (:func:`napari_unet.predict.pixel_size_note`).
     ``stop()`` returning True, or the time budget, ends training cleanly; so does a loss, weights or validation
     probabilities that stop being finite (reason "diverged", :attr:`TrainingFinished.divergence` says when): the model
-    then holds the best validation epoch before it, else the mean of the epochs averaged before it (a
-    FloatingPointError when there is neither). The last event is
+    then holds the best epoch before it (by validation loss; by training loss without validation), else the mean of
+    the epochs averaged before it, else (epochs that validation skipped, ``val_every`` > 1) the one of lowest training
+    loss before it (a FloatingPointError when there is none). The last event is
     :class:`TrainingFinished` carrying the model: the mean of the epoch-end weights after
     ``train_config.average_weights_from`` of the run, or, with fewer than two such epochs, the best validation epoch.
     A consumer that leaves early (``break``, ``close()``, an interrupt) finds in :class:`TrainingStarted`'s model the
@@ -941,6 +942,7 @@ def train_events(
     total_steps = epochs * steps_per_epoch
     budget = train_config.max_minutes * 60.0 if train_config.max_minutes else None
     best_loss, best_epoch, best_weights = math.inf, 0, None
+    unvalidated = (math.inf, 0, None)  # (training loss, epoch, weights) of the best epoch not validated, while none is
     late_epochs = WeightAverage()
     divergence = ""  # the loss or the weights stopped being finite: training ends, keeping weights from before
     history: list = []
@@ -1007,6 +1009,11 @@ def train_events(
             is_best = monitored is not None and monitored < best_loss
             if is_best:
                 best_loss, best_epoch, best_weights = monitored, epoch, epoch_weights
+                unvalidated = (math.inf, 0, None)  # (its copy of the weights is not needed)
+            elif monitored is None and best_weights is None and float(np.mean(losses)) < unvalidated[0]:
+                # val_every > 1, no epoch validated yet: a divergence keeps the best of these by training loss, as
+                # a run without validation does, unless epochs were averaged (it raised, their finite weights lost)
+                unvalidated = (float(np.mean(losses)), epoch, epoch_weights)
             if 0 < train_config.average_weights_from <= run_progress:
                 late_epochs.add(epoch_weights)
             elapsed = time.perf_counter() - start
@@ -1019,6 +1026,8 @@ def train_events(
                 keras_model.set_weights(raw_weights)
             if reason != "completed":
                 break
+        if divergence and best_weights is None and late_epochs.count < 2 and unvalidated[2] is not None:
+            _, best_epoch, best_weights = unvalidated
         if divergence and best_weights is None and late_epochs.count < 2:
             raise FloatingPointError(f"training diverged: {divergence}, before any epoch's weights were kept; {DIVERGED_HINT}")
         # fully annotated, with both classes: a slice all cell or all membrane has no cells for V_rand to judge
