@@ -834,7 +834,7 @@ def cmd_train(args) -> int:
         raise CommandError(text) from None
 
 
-def _diverged_path(output: Path) -> Path:
+def diverged_path(output: Path) -> Path:
     """Where a diverged ``train`` writes the weights it kept when ``output`` exists: ``NAME.diverged.keras`` beside it,
     else ``NAME.diverged-2.keras`` and so on: the run fails (status 1), and replaces no file (the model it was to
     replace, an earlier run's, an ``--init`` model of that name)."""
@@ -902,12 +902,16 @@ def _train(args) -> int:
         print(f"note: the model records pixels of {pixel_size[0]:.4g} x {pixel_size[1]:.4g} µm (Y x X), as {Path(args.image).name} "
               "records them; predict compares images' pixel sizes with it (--pixel-size Y_UM X_UM to give the right one)", file=sys.stderr)
     with contextlib.ExitStack() as finishing:  # an interrupt during the finishing comes once the model is saved
-        started, final = run_training(image, labels, None if init is not None else model_config, train_config, init=init,
-                                      pixel_size=pixel_size, finishing=finishing)
+        try:
+            started, final = run_training(image, labels, None if init is not None else model_config, train_config, init=init,
+                                          pixel_size=pixel_size, finishing=finishing)
+        except FloatingPointError as err:  # diverged before it kept any weights ("...; lower the learning rate")
+            raise FloatingPointError(f"{err} (--learning-rate, now {train_config.learning_rate:g}); no model written"
+                                     + (f"; the --init model {args.init} is unchanged" if init is not None else "")) from None
         if final.steps == 0:
             raise CommandError(f"training ended ({final.reason}) before its first step; no model written (a larger --max-minutes?)")
         if final.reason == "diverged" and output.exists():  # a failed run (status 1) keeps the file it would replace
-            output = _diverged_path(output)
+            output = diverged_path(output)
         replaced = output.exists()
         # the file replaced and its record, never one without the other; a second signal stops at once
         with interrupts_deferred(second_at_once=True, notice=lambda signum: _say_stopping(signum, saving=True)):
@@ -1531,6 +1535,7 @@ def main(argv=None) -> int:
             "predict": "predict holds a whole slice, several float32 copies of it (probabilities, the membrane rule): "
                        "cut very large sections into smaller images, or --argmax (no membrane rule)",
         }.get(args.command, "")
+        advice = _written_before_running_out(args) or advice  # the command's data fitted: not that advice
         print(f"napari-unet: error: not enough memory ({str(err) or type(err).__name__}){'; ' + advice if advice else ''}",
               file=sys.stderr)
         return 1
@@ -1541,6 +1546,7 @@ def main(argv=None) -> int:
         if type(err).__name__ != "ResourceExhaustedError":
             raise
         advice = {"train": "; lower --batch-size or --patch-size", "predict": "; lower --batch-size or --tile-size"}.get(args.command, "")
+        advice = "; " + _written_before_running_out(args) if args.written else advice
         print(f"napari-unet: error: not enough memory for TensorFlow ({_out_of_memory_line(err)}){advice}", file=sys.stderr)
         return 1
     finally:
@@ -1550,6 +1556,18 @@ def main(argv=None) -> int:
         sys.stdout, sys.stderr = streams
         for number, handler in previous.items():
             signal.signal(number, handler)
+
+
+def _written_before_running_out(args) -> str:
+    """The files a command that ran out of memory had written, "" for none: ``train`` runs out after its model file is
+    written only while scoring the validation (predict with test-time augmentation), and said nothing of the file."""
+    if not args.written:
+        return ""
+    text = f"{', '.join(map(str, args.written))} {'was' if len(args.written) == 1 else 'were'} written before it ran out"
+    if args.command == "train":
+        text += (": the model is complete, only scoring its validation needed more (napari-unet predict, with a lower "
+                 "--tile-size or --no-tta, and napari-unet evaluate score it)")
+    return text
 
 
 def _out_of_memory_line(err: BaseException) -> str:

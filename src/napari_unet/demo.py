@@ -75,7 +75,7 @@ def run_demo(output_dir: Path, minutes: float = 1.0, headless: bool = False, see
              no_xla: bool = False) -> int:
     """Generate data, train for ``minutes``, predict, score, write model, prediction and figure. Each file written is
     appended to ``written`` (an interrupted command names them). ``no_xla``: train and predict without XLA."""
-    from .cli import CommandError, check_output, os_reason, run_training
+    from .cli import CommandError, check_output, diverged_path, os_reason, run_training
     from .config import preset
     from .metrics import evaluate
     from .model_io import save_model
@@ -108,11 +108,20 @@ def run_demo(output_dir: Path, minutes: float = 1.0, headless: bool = False, see
 
     started = time.perf_counter()
     with contextlib.ExitStack() as finishing:  # an interrupt during the finishing comes once the model is saved, as in train
-        _, final = run_training(image, labels, chosen.model, train_config, finishing=finishing, budget_option="--minutes")
+        try:
+            _, final = run_training(image, labels, chosen.model, train_config, finishing=finishing, budget_option="--minutes")
+        except FloatingPointError as err:  # diverged before it kept any weights (status 1, as train)
+            raise FloatingPointError(f"{err} (the demo trains the default preset; another --seed?); nothing written") from None
         train_seconds = time.perf_counter() - started
         if final.steps == 0:  # its untrained weights would be scored as if trained
             raise CommandError(f"training ended ({final.reason}) before its first step; nothing written (a larger --minutes?)")
-        model_path = write(outputs["demo-model.keras"], lambda: save_model(final.model, outputs["demo-model.keras"]))
+        model_file = outputs["demo-model.keras"]
+        if final.reason == "diverged" and model_file.exists():  # as train: a failed run replaces no model
+            model_file = diverged_path(model_file)
+        model_path = write(model_file, lambda: save_model(final.model, model_file))
+    if final.reason == "diverged":  # status 1, as train: its weights from before it are kept, the rest not made
+        raise FloatingPointError(f"training diverged ({final.divergence}) and stopped; {model_path} holds the {final.kept} "
+                                 "from before it; the demo wrote nothing else (the demo trains the default preset: another --seed?)")
     # the data too: a newcomer without data of their own can run train, predict and evaluate on them
     write(outputs["demo-image.tif"], lambda: write_tiff(outputs["demo-image.tif"], image, metadata={"axes": "ZYX"}))
     write(outputs["demo-labels.tif"], lambda: write_tiff(outputs["demo-labels.tif"], labels,
