@@ -1,5 +1,8 @@
-"""Training outcomes (session 62): divergences that keep weights end as "diverged" in every front end; running out
-of memory after the model file is written says so."""
+"""Training outcomes (session 62): a model of one class everywhere is flagged; divergences that keep weights end as
+"diverged" in every front end; running out of memory after the model file is written says so."""
+
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -15,6 +18,27 @@ def _finite(model) -> bool:
     return all(np.isfinite(w).all() for w in model.keras_model.get_weights())
 
 
+def _predict_only(network, k: int) -> None:
+    """Make ``network`` give class index ``k`` everywhere (its last convolution's kernel 0, its bias favouring ``k``),
+    as a learning rate of 0.99 left a model of cells everywhere."""
+    layer = [layer for layer in network.layers if layer.get_weights()][-1]
+    kernel, bias = layer.get_weights()
+    favoured = np.full_like(bias, -10.0)
+    favoured[k] = 10.0
+    layer.set_weights([np.zeros_like(kernel), favoured])
+
+
+def _one_class_events(events, at_step: int, k: int = 1):
+    """``events`` of training, the network made to predict class index ``k`` after step ``at_step`` (its last)."""
+    network = None
+    for event in events:
+        if isinstance(event, TrainingStarted):
+            network = event.model.keras_model
+        if isinstance(event, TrainingStep) and event.step == at_step:
+            _predict_only(network, k)
+        yield event
+
+
 def _tiff_pair(folder, image, labels):
     tifffile.imwrite(folder / "image.tif", image, photometric="minisblack")
     tifffile.imwrite(folder / "labels.tif", labels, photometric="minisblack")
@@ -22,6 +46,92 @@ def _tiff_pair(folder, image, labels):
 
 
 TINY = ["--epochs", "1", "--steps-per-epoch", "2", "--patch-size", "64", "--batch-size", "2", "--depth", "2"]
+
+
+# ---- a model of one class everywhere -----------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("val_fraction, where", [(0.25, "the validation slice 3"), (0.0, "the training slices 0-3")])
+def test_a_model_that_predicts_one_class_everywhere_is_flagged(val_fraction, where):
+    # it completed with its validation scores (Dice 0 for membranes) and no other word
+    image, labels = stripes(n_slices=4, size=64)
+    model_config, train_config = tiny_configs(epochs=1, steps_per_epoch=2, val_fraction=val_fraction)
+    final = list(_one_class_events(train_events(image, labels, model_config, train_config), at_step=2))[-1]
+    assert isinstance(final, TrainingFinished) and final.reason == "completed"
+    assert final.one_class == 255
+    assert final.one_class_note == (f"the model predicts class 255 on every pixel of {where}, where classes 0 and 255 are "
+                                    "annotated: it has not learnt to tell them apart, whatever its scores; try a lower "
+                                    "learning rate, more annotations of every class, or longer training")
+
+
+@pytest.mark.slow
+def test_one_class_annotated_where_the_model_is_checked_is_not_flagged():
+    # the validation slice is all cell: a model of cells everywhere may be right there
+    image, labels = stripes(n_slices=4, size=64)
+    labels[3] = 255
+    model_config, train_config = tiny_configs(epochs=1, steps_per_epoch=2)
+    final = list(_one_class_events(train_events(image, labels, model_config, train_config), at_step=2))[-1]
+    assert final.reason == "completed" and final.one_class is None and final.one_class_note == ""
+    # nor is a model that learnt (tiny_model's run)
+    image, labels = stripes()
+    final = list(train_events(image, labels, *tiny_configs()))[-1]
+    assert final.reason == "completed" and final.one_class is None and final.one_class_note == ""
+
+
+def test_the_one_class_check_counts_annotated_classes_and_the_membrane_rule():
+    from napari_unet.train import _only_class
+
+    cells = np.zeros((1, 4, 4, 2), np.float32)
+    cells[..., 1] = 0.9
+    cells[..., 0] = 0.1
+    truth = np.array([[[0, 1, -1, -1]] * 4], np.int8)
+    assert _only_class(cells, truth, None, None) == 1
+    assert _only_class(cells, np.where(truth == 0, -1, truth), None, None) is None  # one class annotated there
+    two = cells.copy()
+    two[0, 0, 0] = [0.8, 0.2]
+    assert _only_class(two, truth, None, None) is None
+    # labelled as predict labels them: membrane (class 0) everywhere by the most probable class, cells by the rule
+    membranes = cells[..., ::-1] * np.float32(0.65 / 0.9)
+    membranes[..., 1] = 1 - membranes[..., 0]
+    assert _only_class(membranes, truth, None, None) == 0
+    assert _only_class(membranes, truth, 0, {"threshold": 0.7}) == 1
+    membranes[0, 0, 0] = [0.9, 0.1]
+    assert _only_class(membranes, truth, 0, {"threshold": 0.7}) is None
+
+
+@pytest.mark.slow
+def test_train_warns_of_a_model_of_one_class_and_still_writes_it(tmp_path, capsys, monkeypatch):
+    import napari_unet.train as train_module
+
+    events = train_module.train_events
+    monkeypatch.setattr(train_module, "train_events", lambda *a, **k: _one_class_events(events(*a, **k), at_step=2))
+    image, labels = _tiff_pair(tmp_path, *stripes(n_slices=4, size=64))
+    code = main(["train", image, labels, "-o", str(tmp_path / "m.keras"), *TINY])
+    err = capsys.readouterr().err
+    assert code == 0 and load_model(tmp_path / "m.keras") is not None, err  # a valid model, if a useless one: status 0
+    assert ("warning: the model predicts class 255 on every pixel of the validation slice 3, where classes 0 and 255 are "
+            "annotated: it has not learnt to tell them apart, whatever its scores; try a lower learning rate, more "
+            "annotations of every class, or longer training (--learning-rate, now 0.001; --epochs or --max-minutes)") in err, err
+
+
+@pytest.mark.gui
+def test_the_training_widget_warns_of_a_model_of_one_class(widgets, notifications):
+    from _helpers import tiny_model
+
+    from napari_unet._widgets.training import _Run
+
+    training = widgets.training
+    note = "the model predicts class 255 on every pixel of the validation slice 3, where classes 0 and 255 are annotated"
+    for kind, settings in (("training", "the learning rate, epochs x steps and time budget"),
+                           ("retraining", "the Retrain learning rate and steps")):
+        run = _Run(kind=kind, worker=None, stop=threading.Event(), budget=None, names=None, colormap=None,
+                   started=time.perf_counter(), steps_per_epoch=2)
+        event = TrainingFinished(model=tiny_model(), reason="completed", best_epoch=1, steps=2, one_class=255, one_class_note=note)
+        training._finished_model(run, event)
+        status = training.progress.status.text()
+        assert f"Warning: {note} ({settings} in the settings)." in status, status
+        assert widgets.session.model is event.model  # kept (Previous model undoes it)
+    assert sum(severity == "warning" and note in message for severity, message in notifications) == 2
 
 
 # ---- divergences -------------------------------------------------------------------------------------------------

@@ -714,9 +714,10 @@ def _reason_text(reason: str) -> str:
 
 
 def run_training(image, labels, model_config, train_config, init=None, quiet=False, pixel_size=None, finishing=None,
-                 budget_option="--max-minutes"):
+                 budget_option="--max-minutes", one_class_options=None):
     """Drain training events with a terminal progress line; returns the start and finish events.
     ``budget_option``: the running command's option of the time budget, named when it ended the first epoch.
+    ``one_class_options``: what to change when the model predicts one class (default: ``train``'s options).
     ``pixel_size``: [Y, X] µm of the image's pixels, if known (recorded in the model). ``finishing``: an ExitStack
     that, from the finishing of the model on, holds Ctrl-C, SIGTERM and SIGHUP until the caller closes it (once the model is
     saved): a scheduler's time limit that came during the finishing threw the finished model away."""
@@ -794,7 +795,19 @@ def run_training(image, labels, model_config, train_config, init=None, quiet=Fal
             print(f"membrane rule: {describe_rule(final.model.boundary_rule)} ({scored}; the model file holds it)", file=sys.stderr)
         elif final.untuned_rule_note:
             print(f"note: {final.untuned_rule_note} (--close-boundaries)", file=sys.stderr)
+        if final.one_class_note:  # the model is still written (status 0): see one_class_options
+            print(f"warning: {final.one_class_note} ({one_class_options or _one_class_options(train_config)})", file=sys.stderr)
     return started, final
+
+
+def _one_class_options(train_config) -> str:
+    """``train``'s options for :data:`napari_unet.train.ONE_CLASS_HINT`, in the order it names them.
+
+    A model that predicts one class is still written and the command exits with status 0: the run did what it was asked
+    (a short or exploratory run may end so), its file is a valid model, and status 1 means a failure with nothing of
+    use to keep (a diverged run keeps weights but its numbers broke); the warning says what happened."""
+    budget = "--max-minutes" if train_config.max_minutes else "--epochs or --max-minutes"
+    return f"--learning-rate, now {train_config.learning_rate:g}; {budget}"
 
 
 def _labels_named(err: Exception, what: str, path) -> str:

@@ -49,8 +49,8 @@ from .model import (
 )
 from .metrics import dice_per_class, pixel_error
 from .model_io import UNetModel, as_model
-from .postprocess import candidate_closings, find_boundary_class, tune_boundary_rule
-from .predict import PredictionError, predict
+from .postprocess import candidate_closings, find_boundary_class, tiled_boundary_mask, tune_boundary_rule
+from .predict import PredictionError, effective_boundary_rule, predict
 
 
 #: Side of the unaugmented training tiles the batch-norm statistics are recomputed on (as predict's tiles).
@@ -194,6 +194,11 @@ class TrainingFinished:
     # reason "diverged": what went wrong and when ("the loss was nan at step 57"); steps counts the steps run (not one
     # whose loss was not finite; weights or validation probabilities found not finite at an epoch's end count its steps)
     divergence: str = ""
+    # The class value the model predicts on every pixel it was checked on (:data:`ONE_CLASS_HINT`) although the
+    # annotations there hold several classes: a useless model, whatever its scores (None: it predicts several, or the
+    # check had one class annotated). one_class_note says so, where, and what to try.
+    one_class: Any = None
+    one_class_note: str = ""
 
     @property
     def untuned_rule_note(self) -> Optional[str]:
@@ -218,6 +223,18 @@ TrainingEvent = Union[TrainingStarted, TrainingStep, EpochEnd, TrainingFinishing
 
 #: The end of the FloatingPointError of a training that diverged before it kept any weights (callers add which setting).
 DIVERGED_HINT = "lower the learning rate"
+
+
+#: The end of :attr:`TrainingFinished.one_class_note` (callers add which settings). The finished model is checked on the
+#: validation pixels it is scored on, else on a window of at most :data:`ONE_CLASS_CHECK_PIXELS` of up to
+#: :data:`BATCH_NORM_TILES` training slices (an untrained-looking model predicts one class on the very pixels it
+#: learnt from; a second of prediction), without test-time augmentation, its membrane rule applied as ``predict`` applies it.
+#: A learning rate of 0.99 trained a model of cells everywhere, exit 0 and a validation Dice of 0 for membranes the
+#: only sign. Pixels annotated with one class alone where it is checked are no sign: no flag then.
+ONE_CLASS_HINT = "try a lower learning rate, more annotations of every class, or longer training"
+
+#: Pixels of training slices (at most) that the one-class check predicts in a run without validation.
+ONE_CLASS_CHECK_PIXELS = BATCH_NORM_TILES * BATCH_NORM_TILE**2
 
 
 #: A class of fewer than this share of the annotated pixels is named when training starts: napari's own writer saves
@@ -528,6 +545,37 @@ def _validation_scores(model: UNetModel, images, slices, indices, loss_weights) 
     return val_loss, {"pixel_error": pixel_error(predicted, truth), "dice": float(np.mean(list(dice.values())))}
 
 
+def _only_class(probabilities: np.ndarray, indices: np.ndarray, boundary_index: Optional[int], rule: Optional[dict]) -> Optional[int]:
+    """The class index of every pixel of the labels that (..., Y, X, n_classes) ``probabilities`` give (the most probable
+    class; with a ``rule``, :func:`napari_unet.postprocess.boundary_mask`'s keywords, membrane class ``boundary_index``
+    where it says so, as ``predict`` labels them), when the annotated pixels of ``indices`` (negative: not annotated)
+    hold two classes or more; None when the labels hold several, or one class is annotated there.
+
+    The rule counts: a model of membrane everywhere by its most probable class (0.63-1.0) was cells everywhere by its
+    rule (threshold 0.7). A plane at a time, ending at the first plane of two classes (a useful model: the first)."""
+    if len(np.unique(indices[indices >= 0])) < 2:  # one class annotated here: predicting it alone may be right
+        return None
+    first = None
+    for plane in probabilities.reshape((-1,) + probabilities.shape[-3:]):
+        if rule is not None and boundary_index is not None:
+            membrane = tiled_boundary_mask(np.ascontiguousarray(plane[..., boundary_index]), **rule)
+            others = plane.copy()
+            others[..., boundary_index] = -np.inf
+            predicted = np.where(membrane, boundary_index, np.argmax(others, axis=-1))
+        else:
+            predicted = np.argmax(plane, axis=-1)
+        first = int(predicted.flat[0]) if first is None else first
+        if (predicted != first).any():
+            return None
+    return first
+
+
+def _one_class_note(value, where: str, annotated: list) -> str:
+    """:attr:`TrainingFinished.one_class_note` for a model that predicts class ``value`` on every pixel of ``where``."""
+    return (f"the model predicts class {value} on every pixel of {where}, where classes {_and([str(v) for v in annotated])} "
+            f"are annotated: it has not learnt to tell them apart, whatever its scores; {ONE_CLASS_HINT}")
+
+
 def _finite(weights: list) -> bool:
     """Whether every array of a weight list (``keras_model.get_weights()``) is finite (integer arrays are)."""
     return all(np.isfinite(w).all() for w in weights)
@@ -732,7 +780,8 @@ def train_events(
     the epochs averaged before it, else (epochs that validation skipped, ``val_every`` > 1) the one of lowest training
     loss before it (a FloatingPointError when there is none). The last event is
     :class:`TrainingFinished` carrying the model: the mean of the epoch-end weights after
-    ``train_config.average_weights_from`` of the run, or, with fewer than two such epochs, the best validation epoch.
+    ``train_config.average_weights_from`` of the run, or, with fewer than two such epochs, the best validation epoch;
+    its ``one_class`` names the class a model predicts everywhere it is checked (:data:`ONE_CLASS_HINT`), if so.
     A consumer that leaves early (``break``, ``close()``, an interrupt) finds in :class:`TrainingStarted`'s model the
     weights reached: the best validation epoch's, else the last step's.
     """
@@ -1064,18 +1113,53 @@ def train_events(
         result.history = earlier + history
         if key is not None:
             _keep_trainer(trainer)
-    boundary_v_rand = None
+    boundary_v_rand, probabilities = None, None
+    jit_compile = False if train_config.jit_compile is False else None
     if tunes_rule:
         # Membranes: on the (fully annotated) validation slices, the threshold with the lowest pixel
         # error and the gap closing with the best V_rand. Without test-time augmentation, so that the model
         # file does not depend on the machine (on ISBI both chose the same rule for all 8 models measured).
         probabilities = predict(result, val_images, close_boundaries=False, slices=val_planes, tta=False, normalized=True,
-                                jit_compile=False if train_config.jit_compile is False else None).probabilities
-        probabilities = probabilities[..., boundary_index]
+                                jit_compile=jit_compile).probabilities
         result.boundary_rule, boundary_v_rand = tune_boundary_rule(
-            probabilities, val_indices != boundary_index, closings=candidate_closings(train_config.merge_levels)
+            probabilities[..., boundary_index], val_indices != boundary_index, closings=candidate_closings(train_config.merge_levels)
         )
-    yield TrainingFinished(result, reason, best_epoch, history, boundary_v_rand, averaged_epochs, step, divergence)
+    one_class, one_class_note = None, ""
+    if step > 0:  # is the finished model of any use? (ONE_CLASS_HINT)
+        if has_validation:
+            numbers = [slice_numbers[k] for k in val_slices]
+            where = (f"the validation {'slice' if len(numbers) == 1 else 'slices'} {_spans(numbers)}" if numbers else
+                     f"the validation columns ({val_column} and up)")
+            check_images, check_planes, truth = val_images, val_planes, val_indices
+        else:  # the slices it trained on: a window of a few of them (as the batch-norm tiles are chosen)
+            chosen = [batch_norm_slices[int(i)] for i in np.unique(np.linspace(0, len(batch_norm_slices) - 1, BATCH_NORM_TILES).round())]
+            numbers = [slice_numbers[train_slices[batch_norm_slices.index(k)]] for k in chosen]
+            where = "the image" if np.ndim(labels) == 2 else f"the training {'slice' if len(numbers) == 1 else 'slices'} {_spans(numbers)}"
+            bounds = validation_window(sampled_indices[chosen] >= 0, ONE_CLASS_CHECK_PIXELS, BATCH_NORM_TILE)
+            y0, y1, x0, x1 = bounds or (0, height, 0, width)
+            if bounds is not None:
+                where += f" (rows {y0}-{y1 - 1} and columns {x0}-{x1 - 1})"
+            truth = sampled_indices[chosen, y0:y1, x0:x1]
+            if model_config.context_slices:  # the whole normalised stack: neighbouring slices are the context
+                check_images, check_planes = sampled_images[:, y0:y1, x0:x1], chosen
+            elif len(chosen) == 1:  # as a 2-D image: a stack of one (64, 4) slice is refused as an RGB image
+                check_images, check_planes = sampled_images[chosen[0], y0:y1, x0:x1], None
+            else:
+                check_images, check_planes = sampled_images[chosen, y0:y1, x0:x1], list(range(len(chosen)))
+            probabilities = None
+        try:
+            if probabilities is None:
+                probabilities = predict(result, check_images, close_boundaries=False, slices=check_planes, tta=False,
+                                        normalized=True, jit_compile=jit_compile).probabilities
+            only = _only_class(probabilities, truth, boundary_index, effective_boundary_rule(result))
+        except (PredictionError, InputError):  # NaN probabilities (the checks before let none through), or slices 3 or 4
+            only = None  # pixels wide that predict takes for RGB colours: no check then
+        if only is not None:
+            one_class = class_values[only]
+            annotated = [class_values[k] for k in np.unique(truth[truth >= 0])]
+            one_class_note = _one_class_note(one_class, where, annotated)
+    yield TrainingFinished(result, reason, best_epoch, history, boundary_v_rand, averaged_epochs, step, divergence,
+                           one_class, one_class_note)
 
 
 def format_count(n: int, noun: str) -> str:
@@ -1126,6 +1210,8 @@ def train(image, labels, model_config=None, train_config=None, init=None, stop=N
 
 __all__ = [
     "DIVERGED_HINT",
+    "ONE_CLASS_CHECK_PIXELS",
+    "ONE_CLASS_HINT",
     "BATCH_NORM_TILE",
     "BATCH_NORM_TILES",
     "check_training_memory",

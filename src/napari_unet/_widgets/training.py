@@ -338,6 +338,12 @@ class TrainingWidget(QWidget):
                         f"from before it: lower the {setting} (settings) and train again")
             show_warning(f"napari-unet: {diverged}")
             note += f" Note: {diverged}."
+        if event.one_class_note:  # a useless model, whatever its validation scores: it is still kept (Previous model undoes it)
+            settings = ("the Retrain learning rate and steps" if run.kind == "retraining" else
+                        "the learning rate, epochs x steps and time budget")
+            useless = f"{event.one_class_note} ({settings} in the settings)"
+            show_warning(f"napari-unet: {useless}")
+            note += f" Warning: {useless}."
         note += warning
         self.progress.set_status(f"Model {description}, in {format_seconds(seconds)}. It is now used by the inference widget.{note}")
 
