@@ -25,6 +25,8 @@ from .tiff_io import (
     TiffReadError,
     is_lazy,
     is_tiff_path,
+    memory_shortfall,
+    n_bytes,
     read_folder,
     read_slices,
     read_tiff,
@@ -100,7 +102,8 @@ LAZY_IMAGE_BYTES = 2**32
 
 def read_path(path) -> TiffData:
     """Read a TIFF file, a folder of TIFF slices, or a list of TIFF slices (stacked along Z); images of
-    :data:`LAZY_IMAGE_BYTES` or more as a memory map or dask array (see :func:`~napari_unet.tiff_io.read_tiff`)."""
+    :data:`LAZY_IMAGE_BYTES` or more as a memory map or dask array (see :func:`~napari_unet.tiff_io.read_tiff`).
+    :class:`~napari_unet.tiff_io.TiffReadError` for data napari cannot show (:func:`check_showable`)."""
     if isinstance(path, (list, tuple)):
         if len(path) == 1:
             return read_path(path[0])
@@ -113,11 +116,45 @@ def read_path(path) -> TiffData:
     return _labels_in_memory(read_tiff(path, lazy=True, lazy_from_bytes=LAZY_IMAGE_BYTES), lambda: read_tiff(path))
 
 
+def check_showable(tiff: TiffData) -> None:
+    """:class:`~napari_unet.tiff_io.TiffReadError` (one line: the file, what is wrong, what to do) for data napari fails
+    on when the layer is added, after the reader has returned: no pixels (an axis of length 0), values that are not
+    numbers (complex, dates, text, records), or slices larger than the memory available (napari reads the slice it
+    shows whole)."""
+    data, where = tiff.data, tiff.path or tiff.name
+    if 0 in data.shape or data.ndim < 2:
+        raise TiffReadError(f"{where}: holds no pixels (shape {tuple(data.shape)}); nothing to show")
+    dtype = np.dtype(data.dtype)
+    if dtype.kind not in "biuf":
+        hint = ", e.g. numpy.abs of the complex values" if dtype.kind == "c" else ""
+        raise TiffReadError(f"{where}: holds values of type {dtype}, which napari cannot show as an image; save it as "
+                            f"integers or floating-point numbers{hint}")
+    if is_lazy(data):
+        plane = tuple(data.shape[-3:] if tiff.rgb and data.ndim >= 3 else data.shape[-2:])
+        shortfall = memory_shortfall(n_bytes(plane, dtype))
+        if shortfall is not None:
+            raise TiffReadError(f"{where}: one slice of {' x '.join(map(str, plane))} {dtype} pixels, which napari reads "
+                                f"whole to show it, {shortfall}; cut it into smaller images")
+
+
 def _labels_in_memory(tiff: TiffData, read_eagerly: Callable[[], TiffData]) -> TiffData:
     """``tiff``, read again at once if it is a lazy label image (painting needs labels in memory; float data with
-    class values, such as probability maps, open as images and stay lazy)."""
+    class values, such as probability maps, open as images and stay lazy). Labels whose pixels and display copy do not
+    fit in the memory available open as an image (lazy if read lazily), with a warning, rather than fill memory."""
+    import dataclasses
+
+    check_showable(tiff)
     integer = np.issubdtype(tiff.data.dtype, np.integer) or tiff.data.dtype == bool
-    return read_eagerly() if is_lazy(tiff.data) and tiff.is_labels_hint and integer else tiff
+    if not (tiff.is_labels_hint and integer):
+        return tiff
+    # the file's values (unless in memory already) and the labels layer's display values (uint8 up to 254 classes)
+    display = n_bytes(tiff.data.shape, np.uint8 if tiff.data.dtype.itemsize == 1 else np.uint16)
+    shortfall = memory_shortfall(display + (n_bytes(tiff.data.shape, tiff.data.dtype) if is_lazy(tiff.data) else 0))
+    if shortfall is not None:
+        _notify_warning(f"napari-unet: {tiff.name} looks like labels, but opening them as a labels layer {shortfall}; "
+                        "opened as an image (crop it to paint on it)")
+        return dataclasses.replace(tiff, is_labels_hint=False)
+    return read_eagerly() if is_lazy(tiff.data) else tiff
 
 
 def get_reader(path) -> ReaderFunction | None:
@@ -134,6 +171,9 @@ def get_reader(path) -> ReaderFunction | None:
     except (TiffReadError, ZarrReadError) as exc:
         _notify_error(f"napari-unet: {exc}")
         return None
+    except MemoryError as exc:  # (estimates aside: memory taken meanwhile, or a limit the system does not report)
+        _notify_error(_out_of_memory(path, exc))
+        return None
     except Exception as exc:  # never raise out of the plugin
         _notify_error(f"napari-unet: could not read {path}: {type(exc).__name__}: {exc}")
         return None
@@ -144,6 +184,12 @@ def get_reader(path) -> ReaderFunction | None:
         return read_layers(path_again)
 
     return reader_function
+
+
+def _out_of_memory(path, exc: MemoryError) -> str:
+    detail = " ".join(str(exc).split())
+    return (f"napari-unet: not enough memory to open {path}{f' ({detail})' if detail else ''}; close other programs, or "
+            "crop it or save it as smaller files")
 
 
 def _same_path(a, b) -> bool:
@@ -170,6 +216,8 @@ def read_layers(path) -> list[LayerDataTuple]:
         return layer_data_from_tiff(tiff)
     except (TiffReadError, ZarrReadError) as exc:
         _notify_error(f"napari-unet: {exc}")
+    except MemoryError as exc:
+        _notify_error(_out_of_memory(path, exc))
     except Exception as exc:
         _notify_error(f"napari-unet: could not read {path}: {type(exc).__name__}: {exc}")
     return []
@@ -362,6 +410,7 @@ def label_features(class_values: Sequence[int], class_names: Sequence[str] | Non
 
 __all__ = [
     "MAX_LABEL_CLASSES",
+    "check_showable",
     "get_reader",
     "label_features",
     "layer_data_from_tiff",

@@ -68,10 +68,12 @@ __all__ = [
     "BIGTIFF_BYTES",
     "LAZY_READ_BYTES",
     "MAX_NAMED_8BIT_LABELS",
+    "MEMORY_SHARE",
     "MIN_JUDGED_PIXELS",
     "MIN_LABEL_REGION_SHARE",
     "SPARSE_LABEL_SHARE",
     "is_lazy",
+    "memory_shortfall",
     "n_bytes",
     "tiff_files_in",
 ]
@@ -134,6 +136,10 @@ _DEFAULT_DPI = (72.0, 96.0, 150.0, 300.0, 600.0)
 
 class TiffReadError(ValueError):
     """A TIFF that is missing, unreadable, not a TIFF or corrupt; the message is one line."""
+
+
+#: What to do with a file tifffile cannot decode (damaged, cut short, or in a compression it does not read).
+_DAMAGED_ADVICE = "save it again from the program that made it, or use an intact copy"
 
 
 @dataclass
@@ -409,6 +415,53 @@ def n_bytes(shape, dtype) -> int:
     return math.prod(shape) * np.dtype(dtype).itemsize
 
 
+#: Share of the memory available (:func:`napari_unet.hardware.available_memory_bytes`) that one array read whole may
+#: take; the rest is for what follows (label detection, napari's display copy, the network) and for other programs.
+#: A header declaring more is refused before anything is allocated: a file of a few KB may declare terabytes
+#: (damaged, or made to exhaust memory), and below the machine's total memory the system does not refuse the
+#: allocation but fills memory until it kills a process.
+MEMORY_SHARE = 0.75
+
+
+def memory_shortfall(n_bytes_needed: int) -> str | None:
+    """None if ``n_bytes_needed`` bytes fit in :data:`MEMORY_SHARE` of the memory available now (or that is unknown),
+    else the text "needs 12.0 GB of memory, and 7.5 GB are available" for a message."""
+    from .hardware import available_memory_bytes
+
+    available = available_memory_bytes()
+    if available is None or n_bytes_needed <= MEMORY_SHARE * available:
+        return None
+    return f"needs {_size_text(n_bytes_needed)} of memory, and {_size_text(available)} {'are' if available != 1 else 'is'} available"
+
+
+def _size_text(n: int) -> str:
+    """``n`` bytes as "3.2 GB", "640 KB", "20.0 TB" (binary multiples, as the memory messages elsewhere)."""
+    for unit, power in (("TB", 40), ("GB", 30), ("MB", 20), ("KB", 10)):
+        if n >= 2**power:
+            return f"{n / 2**power:.1f} {unit}" if n < 2**power * 100 else f"{round(n / 2**power)} {unit}"
+    return f"{n} bytes"
+
+
+def _refuse_if_too_large(path: Path, shape, dtype, whole: bool) -> None:
+    """:class:`TiffReadError` before ``path``'s pixels of ``shape`` are read whole (``whole``), or before one slice (a page)
+    of that ``shape`` is read, when that does not fit in memory (:func:`memory_shortfall`)."""
+    shortfall = memory_shortfall(n_bytes(shape, dtype))
+    if shortfall is None:
+        return
+    dims = " x ".join(str(n) for n in shape)
+    try:
+        on_disk = path.stat().st_size if path.is_file() else None  # (a folder of slices: its files' sizes are not summed)
+    except OSError:
+        on_disk = None
+    # zlib packs a blank slice 1000-fold at best: a header declaring far more pixels than the file could hold is damaged
+    damaged = on_disk is not None and n_bytes(shape, dtype) > 1032 * on_disk
+    held = f" (the file holds {_size_text(on_disk)}{': its header may be damaged or forged' if damaged else ''})" if on_disk is not None else ""
+    advice = "crop it or save it as smaller files" if whole else "cut it into smaller images"
+    advice = f"use an intact copy, or {advice}" if damaged else advice
+    what = f"reading its {dims} {np.dtype(dtype)} pixels whole" if whole else f"one slice of {dims} {np.dtype(dtype)} pixels"
+    raise TiffReadError(f"{path}: {what} {shortfall}{held}; {advice}")
+
+
 def read_tiff(path, lazy: bool = False, lazy_from_bytes: int | None = None, memory_map: bool = True) -> TiffData:
     """Read the image series of a TIFF file (files of several series are refused).
 
@@ -423,11 +476,17 @@ def read_tiff(path, lazy: bool = False, lazy_from_bytes: int | None = None, memo
     with _tifffile_errors(path) as errors:
         with _open_tiff(path) as (tif, appended):
             series = _only_series(tif, path)
-            lazy = lazy and n_bytes(series.shape, series.dtype) >= (LAZY_READ_BYTES if lazy_from_bytes is None else lazy_from_bytes)
+            size = n_bytes(series.shape, series.dtype)
+            # small data are read at once, unless they do not fit in the memory available now
+            lazy = lazy and (size >= (LAZY_READ_BYTES if lazy_from_bytes is None else lazy_from_bytes)
+                             or memory_shortfall(size) is not None)
             # tifffile.memmap would map the first slice's series of an appended stack: its pages are read one by one
             data = _lazy_series(path, series, memory_map and not appended) if lazy else None
-            if data is None:
+            if data is None:  # the header's shape, before numpy takes memory it may not have (or tifffile fills it)
+                _refuse_if_too_large(path, series.shape, series.dtype, whole=True)
                 data = np.asarray(series.asarray())
+            else:  # label detection reads a page now (a dask chunk; a memory map's plane), napari and predict whole ones
+                _refuse_if_too_large(path, tuple(series.keyframe.shape), series.dtype, whole=False)
             errors.raise_any()
             info = _series_info(tif, series, data)
 
@@ -458,7 +517,7 @@ class _CollectErrors(logging.Handler):
     def raise_any(self) -> None:
         """tifffile logs (rather than raises) some decoding failures and fills zeros: those mean "corrupt"."""
         if self.messages:
-            raise TiffReadError(f"{self.path}: corrupt TIFF ({self.messages[0]})")
+            raise TiffReadError(f"{self.path}: corrupt TIFF ({self.messages[0]}); {_DAMAGED_ADVICE}")
 
 
 @contextlib.contextmanager
@@ -472,12 +531,15 @@ def _tifffile_errors(path: Path):
     except TiffReadError:
         raise
     except MemoryError as exc:
-        raise TiffReadError(f"{path}: not enough memory to read the image") from exc
+        detail = f" ({_one_line(exc)})" if str(exc) else ""
+        raise TiffReadError(f"{path}: not enough memory to read the image{detail}; close other programs, or crop it or "
+                            "save it as smaller files") from exc
     except Exception as exc:  # tifffile, zlib, imagecodecs, struct... anything means "corrupt"
         if isinstance(exc, OSError) and exc.errno not in (None, errno.EINVAL):  # (EINVAL: a seek past a damaged end)
             # the file system's error (a network share's I/O error, a path too long), not the file's
             raise TiffReadError(f"{path}: cannot read it ({exc.strerror or exc})") from exc
-        raise TiffReadError(f"{path}: corrupt or unsupported TIFF ({type(exc).__name__}: {_one_line(exc)})") from exc
+        raise TiffReadError(f"{path}: corrupt or unsupported TIFF ({type(exc).__name__}: {_one_line(exc)}); "
+                            f"{_DAMAGED_ADVICE}") from exc
     finally:
         tiff_logger.removeHandler(errors)
 
@@ -504,7 +566,7 @@ def _only_series(tif: tifffile.TiffFile, path: Path):
     for none, or for several (an OME-TIFF of several positions), of which reading the first one silently dropped the
     others."""
     if not tif.series:
-        raise TiffReadError(f"{path}: corrupt TIFF (no readable image in the file)")
+        raise TiffReadError(f"{path}: corrupt TIFF (no readable image in the file); {_DAMAGED_ADVICE}")
     full = [series for series in tif.series if not getattr(series.keyframe, "is_reduced", False)]  # not thumbnails
     if len(full) > 1:
         shapes = ", ".join(str(tuple(series.shape)) for series in full[:4]) + (", ..." if len(full) > 4 else "")
@@ -842,7 +904,11 @@ def read_slices(paths: Sequence, source=None, lazy: bool = False, lazy_from_byte
         raise TiffReadError(f"{source or 'slices'}: no TIFF files to stack")
     first = read_tiff(paths[0])
     first_data, first_axes = _squeeze_slice(first)
-    lazy = lazy and len(paths) * first_data.nbytes >= (LAZY_READ_BYTES if lazy_from_bytes is None else lazy_from_bytes)
+    size = len(paths) * first_data.nbytes
+    lazy = lazy and (size >= (LAZY_READ_BYTES if lazy_from_bytes is None else lazy_from_bytes) or memory_shortfall(size) is not None)
+    if not lazy:  # the stack of them all, before their pixels are read
+        _refuse_if_too_large(Path(os.fspath(source)) if source is not None else paths[0].parent,
+                             (len(paths), *first_data.shape), first_data.dtype, whole=True)
     arrays = [first_data]
     for p in paths[1:]:  # lazily: only the headers now (shape, dtype), each file's pixels when its slice is indexed
         data = _slice_header(p) if lazy else _squeeze_slice(read_tiff(p))[0]

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from ._interrupts import interrupts_deferred
-from .tiff_io import METADATA_KEY, TiffData, _default_axes, _normalise_unit, _one_line, lengths_in_one_unit, name_suggests_labels
+from .tiff_io import (METADATA_KEY, TiffData, _default_axes, _normalise_unit, _one_line, lengths_in_one_unit, memory_shortfall,
+                      n_bytes, name_suggests_labels)
 
 ZARR_SUFFIX = ".zarr"
 _ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")
@@ -93,6 +94,9 @@ def read_zarr(path, lazy: bool = True) -> TiffData:
     if not isinstance(own, dict):  # another tool's attribute of that name
         raise ZarrReadError(f"{path}: its {METADATA_KEY!r} attribute is {type(own).__name__}, not an object; remove or rename it")
     ndim = len(array.shape)
+    if ndim < 2:  # an image has Y and X (a 1-D array was read with axes "YX", and napari's reader failed on it)
+        raise ZarrReadError(f"{path}: holds a {ndim}-D array of shape {tuple(array.shape)}, not an image; images have at "
+                            "least two axes (Y, X)")
     if ome_axes is not None:
         axes = "".join(name for name, _ in ome_axes)
         units = tuple(unit for _, unit in ome_axes)
@@ -110,6 +114,13 @@ def read_zarr(path, lazy: bool = True) -> TiffData:
     scale, units, factors = lengths_in_one_unit(scale, units)  # as TIFFs are read: an OME-Zarr's nm beside µm drew Z 1000x thin
     data = da.from_array(_CheckedChunks(array, str(path)), chunks=array.chunks, asarray=True, fancy=False)
     if not lazy:
+        # the declared shape, before its chunks are read: a store of a few files may declare terabytes (chunks never
+        # written read as the fill value), and the system fills memory below its total before it refuses
+        shortfall = memory_shortfall(n_bytes(array.shape, array.dtype))
+        if shortfall is not None:
+            dims = " x ".join(str(n) for n in array.shape)
+            raise ZarrReadError(f"{path}: reading its {dims} {np.dtype(array.dtype)} pixels whole {shortfall}; crop it "
+                                "or open it lazily")
         data = np.asarray(data)
     metadata: dict[str, Any] = {"source": str(path), "format": "ome-zarr" if ome_axes is not None else "zarr", "dtype": str(data.dtype)}
     metadata.update({key: own[key] for key in _LABEL_KEYS if own.get(key) is not None})
