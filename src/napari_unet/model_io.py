@@ -184,7 +184,9 @@ def check_model_file(path) -> dict:
     model of a newer napari-unet, damaged settings), without TensorFlow: a :class:`ModelFileError` seconds before Keras
     would load it."""
     path = Path(path)
-    return checked_metadata(read_metadata(path), path.name)
+    checked = checked_metadata(read_metadata(path), path.name)
+    _read_network_description(path, path.name)
+    return checked
 
 
 def checked_metadata(meta: dict, name: str) -> dict:
@@ -237,6 +239,7 @@ def _read_archive_metadata(path: Path) -> dict:
     with archive:
         if METADATA_ENTRY not in archive.namelist():
             raise ModelFileError(f"{path.name} is a Keras file but not a napari-unet model (no {METADATA_ENTRY})")
+        _refuse_unpacking_bombs(archive, path.name)
         # Keras would meet these only after TensorFlow started, as errors that do not name the file's fault
         odd = next((info for info in archive.infolist() if info.flag_bits & 0x1 or info.compress_type not in _ZIP_METHODS), None)
         if odd is not None:
@@ -248,9 +251,169 @@ def _read_archive_metadata(path: Path) -> dict:
             raise ModelFileError(f"{path.name} is damaged ({err}); use an earlier copy of the model") from None
         except (ValueError, OSError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise ModelFileError(f"{path.name} has damaged napari-unet metadata: {err}") from None
+        except RecursionError:  # "[[[[...": Python's parser gives up (a traceback)
+            raise ModelFileError(f"{path.name} has damaged napari-unet metadata (nested too deeply to read); the file was "
+                                 "modified or damaged") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("format_version", 0), int):
         raise ModelFileError(f"{path.name} has damaged napari-unet metadata (not a format-versioned JSON object)")
     return meta
+
+
+#: Largest ``napari_unet.json`` read (a model's is KBs; a long history MBs) and largest Keras ``config.json``.
+_MAX_METADATA_BYTES = 2**26
+#: An entry that unpacks to more than this many times its packed size, and to more than _MAX_METADATA_BYTES, is refused
+#: before it is read: weights pack about 1:1, settings 5-20:1; a forged entry of 1 GB of spaces packs 1000:1.
+_MAX_PACKING_RATIO = 100
+#: The Keras entries a model file needs beside its metadata, and the first bytes of its weights (HDF5, or a NumPy .npz).
+_KERAS_CONFIG = "config.json"
+_KERAS_WEIGHTS = {"model.weights.h5": b"\x89HDF\r\n\x1a\n", "model.weights.npz": b"PK"}
+
+
+def _refuse_unpacking_bombs(archive: zipfile.ZipFile, name: str) -> None:
+    """:class:`ModelFileError` for an entry that would unpack to far more than it holds (a "zip bomb": napari-unet read a
+    1 GB metadata entry of 1 MB whole before Keras refused the file), or a metadata entry larger than any model's."""
+    for info in archive.infolist():
+        limit = _MAX_METADATA_BYTES if info.filename in (METADATA_ENTRY, _KERAS_CONFIG) else None
+        bomb = info.file_size > _MAX_METADATA_BYTES and info.file_size > _MAX_PACKING_RATIO * max(info.compress_size, 1)
+        if bomb or (limit is not None and info.file_size > limit):
+            raise ModelFileError(f"{name} is damaged or forged: its entry {info.filename} unpacks to {info.file_size} bytes "
+                                 f"from {info.compress_size}; use an intact copy of the model")
+
+
+def _read_network_description(path: Path, name: str) -> dict:
+    """The Keras description of the network (``config.json``) of the model archive ``path``, after checking that the
+    archive also holds its weights: :class:`ModelFileError` naming what is missing or damaged, without TensorFlow
+    (Keras said "There is no item named 'config.json' in the archive" or h5py "file signature not found", and a
+    description nested too deeply stopped napari-unet with a RecursionError)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            _refuse_unpacking_bombs(archive, name)
+            if _KERAS_CONFIG not in names:
+                raise ModelFileError(f"{name} is damaged or incomplete: it has no network description ({_KERAS_CONFIG}); use "
+                                     "an intact copy of the model")
+            weights = next((entry for entry in _KERAS_WEIGHTS if entry in names), None)
+            if weights is None:
+                raise ModelFileError(f"{name} is damaged or incomplete: it has no weights (model.weights.h5); use an intact "
+                                     "copy of the model")
+            with archive.open(weights) as entry:
+                signature = _KERAS_WEIGHTS[weights]
+                if entry.read(len(signature)) != signature:
+                    raise ModelFileError(f"{name} is damaged: its weights ({weights}) are not in the format Keras writes; "
+                                         "use an intact copy of the model")
+            description = json.loads(archive.read(_KERAS_CONFIG))
+    except ModelFileError:
+        raise
+    except RecursionError:
+        raise ModelFileError(f"{name} is damaged or forged: its network description ({_KERAS_CONFIG}) is nested too deeply "
+                             "to read; use an intact copy of the model") from None
+    except (zipfile.BadZipFile, EOFError, zlib.error) as err:
+        raise ModelFileError(f"{name} is damaged ({_first_line(err)}); use an earlier copy of the model") from None
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        raise ModelFileError(f"{name} is damaged: its network description ({_KERAS_CONFIG}) is no valid JSON ({err}); use "
+                             "an intact copy of the model") from None
+    except OSError as err:
+        raise ModelFileError(f"{name} could not be read: {err}") from None
+    if not isinstance(description, dict) or not isinstance(description.get("config"), dict):
+        raise ModelFileError(f"{name} is damaged: its network description ({_KERAS_CONFIG}) is not a Keras model's; use an "
+                             "intact copy of the model")
+    return description
+
+
+#: Settings of a Keras layer that size its weights (with the channels of its input, which the input layer's last
+#: dimension and the layers before set).
+_WEIGHT_SIZE_KEYS = ("filters", "kernel_size", "units", "input_dim", "output_dim", "depth_multiplier")
+
+
+def _check_network_description(description: dict, expected_layers: dict, name: str, resolves=lambda layer: True) -> None:
+    """:class:`ModelFileError` unless every layer of the file's Keras description (``config.json``) with settings that
+    size weights is the layer of that name of napari-unet's network (``expected_layers``: name -> (class name, config))
+    with the same sizes, its input has the same channels, and it has no Lambda layer. Keras builds the network the file
+    describes, and draws its weights, before :func:`_check_network` can compare them: a description of 30000 filters of
+    300 x 300 pixels asked TensorFlow for 10.8 GB (a file changed this way is refused by that check anyway). Layers of
+    classes Keras cannot find (``resolves(layer)`` false) are left to Keras, which refuses them before building any."""
+    def plain(value):
+        return json.loads(json.dumps(value, default=list))  # tuples as lists, as they are in the file
+
+    def described(node):  # every object of the description that is a layer (or a layer nested in a model)
+        if isinstance(node, dict):
+            if isinstance(node.get("class_name"), str) and isinstance(node.get("config"), dict):
+                yield node
+            for value in node.values():
+                yield from described(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from described(value)
+
+    try:
+        layers = list(described(description))
+    except RecursionError:  # (json reads what nests a little less deeply than this walk can follow)
+        raise ModelFileError(f"{name} is damaged or forged: its network description ({_KERAS_CONFIG}) is nested too deeply "
+                             "to read; use an intact copy of the model") from None
+    code = next((layer for layer in layers if layer["class_name"] == "Lambda"), None)
+    if code is not None:  # napari-unet networks have none (and _check_network compares only layers with weights)
+        raise ModelFileError(f"{name} contains code (a Lambda layer, {code['config'].get('name')!r}), which napari-unet "
+                             "networks never have; refused, as Keras safe mode refuses code from a file")
+    problems = []
+    for layer in layers:
+        settings = layer["config"]
+        sizes = [key for key in _WEIGHT_SIZE_KEYS if key in settings]
+        shape_key = next((key for key in ("batch_shape", "batch_input_shape") if key in settings), None)
+        if not sizes and shape_key is None:
+            continue
+        layer_name = settings.get("name")
+        kind, want = expected_layers.get(layer_name, (None, {})) if isinstance(layer_name, str) else (None, {})
+        if kind != layer["class_name"] and not resolves(layer):
+            continue  # Keras refuses it by name ("uses a layer 'FancyConv' that Keras and napari-unet do not have")
+        if kind != layer["class_name"]:
+            problems.append(f"it has an extra layer {layer_name!r} ({layer['class_name']})")
+            continue
+        # larger than napari-unet's layer (a smaller one takes no memory; _check_network names it after loading)
+        wrong = next((key for key in sizes if _larger(settings[key], want.get(key))), None)
+        if wrong is None and shape_key is not None:
+            have_shape, want_shape = settings[shape_key], want.get("batch_shape", want.get("batch_input_shape"))
+            if not (isinstance(have_shape, list) and have_shape and isinstance(want_shape, (list, tuple)) and want_shape
+                    and not _larger(have_shape[-1], want_shape[-1])):
+                wrong = shape_key
+        if wrong is not None:
+            problems.append(f"its layer {layer_name!r} has {wrong} {settings[wrong]!r}, not {plain(want.get(wrong))!r}")
+    if problems:  # named as _check_network names them: a missing layer first
+        named = {layer["config"].get("name") for layer in layers}
+        missing = [n for n, (_, want) in expected_layers.items() if n not in named and any(k in want for k in _WEIGHT_SIZE_KEYS)]
+        detail = f"it has no layer {missing[0]!r}" if missing else problems[0]
+        raise ModelFileError(f"{name}: the network does not match the napari-unet configuration stored with it ({detail}); "
+                             "the file was modified or damaged")
+
+
+def _larger(value, reference) -> bool:
+    """Whether a layer setting that sizes weights (a number, or a list of them such as a kernel size) asks for more than
+    ``reference``, or is no such setting (what Keras would make of it is unknown)."""
+    def size(setting):
+        numbers = setting if isinstance(setting, (list, tuple)) else [setting]
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers):
+            return None
+        return math.prod(numbers)
+
+    have, want = size(value), size(reference)
+    return have is None or want is None or have > want
+
+
+def _keras_resolves(layer: dict) -> bool:
+    """Whether Keras finds the class of a layer of a network description: one of its own layers, or a registered one."""
+    keras = import_keras()
+    registered, module = layer.get("registered_name"), layer.get("module")
+    if isinstance(registered, str) and keras.saving.get_registered_object(registered) is not None:
+        return True
+    return isinstance(module, str) and module.split(".")[0] == "keras" and hasattr(keras.layers, str(layer["class_name"]))
+
+
+def _expected_network(config: ModelConfig):
+    """The Keras network ``build_unet(config)`` makes, with zero weights (none drawn for a network only looked at)."""
+    import dataclasses
+
+    from .model import build_unet
+
+    return build_unet(dataclasses.replace(config, kernel_initializer="zeros"), seed=0)
 
 
 def checked_settings(meta: dict, name: str) -> tuple:
@@ -301,6 +464,11 @@ def load_model(path) -> UNetModel:
             try:
                 meta = _read_archive_metadata(snapshot)
                 checked = checked_metadata(meta, path.name)
+                description = _read_network_description(snapshot, path.name)
+                expected = _expected_network(checked["config"])
+                _check_network_description(
+                    description, {layer.name: (type(layer).__name__, layer.get_config()) for layer in expected.layers}, path.name,
+                    _keras_resolves)
                 keras_model = _load_network(snapshot)
             except ModelFileError:
                 if version() == before:
@@ -311,7 +479,7 @@ def load_model(path) -> UNetModel:
     else:
         raise ModelFileError(f"{path.name} changed each time it was read ({_LOAD_ATTEMPTS} times): another program is "
                              "writing it; load it once that is done")
-    _check_network(keras_model, checked["config"], path.name)
+    _check_network(keras_model, checked["config"], path.name, expected)
     damaged = next((w.path for w in keras_model.weights if not np.isfinite(import_keras().ops.convert_to_numpy(w)).all()), None)
     if damaged is not None:
         raise ModelFileError(f"{path.name} has NaN or Inf weights ({damaged}); it cannot predict. Retrain it or use an earlier file")
@@ -404,6 +572,9 @@ def _load_network(path: Path):
         raise ModelFileError(f"{path.name} is damaged ({_first_line(err)}); use an earlier copy of the model") from None
     except (OSError, KeyError) as err:
         raise ModelFileError(f"{path.name} could not be loaded: {_first_line(err)}") from None
+    except RecursionError:
+        raise ModelFileError(f"{path.name} could not be loaded: its network is nested too deeply; the file was modified or "
+                             "damaged") from None
 
 
 def _keras_refusal(err: BaseException, path: Path, keras_version: str) -> str:
@@ -534,21 +705,16 @@ _RULE_RANGES = {
 }
 
 
-def _check_network(keras_model, config: ModelConfig, name: str) -> None:
+def _check_network(keras_model, config: ModelConfig, name: str, expected=None) -> None:
     """:class:`ModelFileError` unless ``keras_model`` has the layers and weight shapes ``build_unet(config)`` makes.
 
     Prediction rebuilds the network from the stored configuration and copies the weights over by layer name,
     so a file whose network and ``napari_unet.json`` disagree must be refused when it is loaded, not at Run.
     """
-    import dataclasses
-
-    from .model import build_unet
-
     def shapes(model) -> dict:
         return {layer.name: [tuple(w.shape) for w in layer.weights] for layer in model.layers if layer.weights}
 
-    # zeros: no random weights drawn for a network that is only looked at
-    want = shapes(build_unet(dataclasses.replace(config, kernel_initializer="zeros"), seed=0))
+    want = shapes(expected if expected is not None else _expected_network(config))  # (expected: that network, built)
     try:
         have = shapes(keras_model)
     except (AttributeError, TypeError):
