@@ -682,30 +682,85 @@ def _unannotated_marker(class_values, dtype: np.dtype):
     return next((int(v) for v in class_values if v == -1 or v == wide_max), None)
 
 
+class _Usr1:
+    """What SIGUSR1 (``sbatch --signal=USR1@300``, ``kill -USR1``) does during a command: in ``train`` and ``demo`` it asks
+    the training to stop after its current step and finish its model, as the widget's Stop does (a job about to reach its
+    time limit keeps what it learned); one that comes before the first step (TensorFlow's import, preparing the data)
+    stops it after that step. Once the steps are over (the model being finished, saved, scored), and in commands with
+    nothing to stop early (predict, evaluate), it is noted once on stderr and the command goes on: its default action
+    killed them at once (status 138, no message, no clean-up). ``requested``: the signals that ask for a stop."""
+
+    def __init__(self, trains: bool):
+        self.trains = trains
+        self.stage = "before" if trains else "none"  # "training" in the loop, "after" once its steps are over
+        self.requested: list = []
+        self.said: set = set()
+
+    def handle(self, signum, frame) -> None:
+        if self.trains and self.stage in ("before", "training"):
+            self.requested.append(signum)
+            when = "after the current step" if self.stage == "training" else "after its first step"
+            text = f"SIGUSR1: stopping the training {when}; the model is finished and saved"
+        else:
+            text = ("SIGUSR1 ignored: the training steps are over; the run goes on" if self.trains else
+                    "SIGUSR1 ignored: only train (and demo) stop early on it; the run goes on")
+        if self.stage not in self.said:  # once a stage: a scheduler may send it again
+            self.said.add(self.stage)
+            _notice(text)
+
+
+#: The :class:`_Usr1` of the command running (its handler installed), the innermost last.
+_USR1: list = []
+
+
 @contextlib.contextmanager
-def _stop_on_usr1():
-    """Within the block, SIGUSR1 (``sbatch --signal=USR1@300``, ``kill -USR1``) asks the training to stop after its current
-    step and finish its model, as the widget's Stop does: a job about to reach its time limit keeps what it learned.
-    Yields the list the signals are appended to. Not where SIGUSR1 is missing (Windows), handled by someone else, or
-    off the main thread."""
+def _usr1_handled(trains: bool):
+    """Within the block, SIGUSR1 is handled by a :class:`_Usr1` (yielded); not where SIGUSR1 is missing (Windows), handled
+    by someone else (a program embedding this one) or off the main thread: then its ``requested`` stays empty."""
     import threading
 
-    requested: list = []
+    state = _Usr1(trains)
     number = getattr(signal, "SIGUSR1", None)
     if number is None or threading.current_thread() is not threading.main_thread() or signal.getsignal(number) is not signal.SIG_DFL:
-        yield requested
+        yield state
         return
-
-    def stop_after_this_step(signum, frame):
-        requested.append(signum)
-        with contextlib.suppress(OSError):
-            os.write(2, b"\nnapari-unet: SIGUSR1: stopping after the current step; the model is finished and saved\n")
-
-    previous = signal.signal(number, stop_after_this_step)
+    previous = signal.signal(number, state.handle)
+    _USR1.append(state)
     try:
-        yield requested
+        yield state
     finally:
+        _USR1.remove(state)
         signal.signal(number, previous)
+
+
+@contextlib.contextmanager
+def _stop_on_usr1():
+    """Within the block (the training loop), SIGUSR1 asks the training to stop after its current step (see
+    :class:`_Usr1`); yields the :class:`_Usr1` whose ``requested`` says so: the command's (a request made before the
+    loop counts), else one handling the signal for the block alone (from Python)."""
+    command = next((state for state in reversed(_USR1) if state.trains), None)
+    with contextlib.ExitStack() as stack:
+        state = command or stack.enter_context(_usr1_handled(trains=True))
+        state.stage = "training"
+        try:
+            yield state
+        finally:
+            state.stage = "after"
+
+
+def _notice(text: str) -> None:
+    """``napari-unet: text`` on descriptor 2 (a signal handler may run while the progress line is being written); a
+    terminal gets a newline first, which ends the progress line (a log got a blank line)."""
+    lead = "\n" if _stderr_is_a_terminal() else ""
+    with contextlib.suppress(OSError):
+        os.write(2, f"{lead}napari-unet: {text}\n".encode())
+
+
+def _stderr_is_a_terminal() -> bool:
+    try:
+        return os.isatty(2)
+    except OSError:
+        return False
 
 
 def _reason_text(reason: str) -> str:
@@ -733,13 +788,18 @@ def run_training(image, labels, model_config, train_config, init=None, quiet=Fal
         slices = f"the annotated slices of {shape[0]} slices" if len(shape) == 3 else "1 image"
         print(f"preparing {slices} of {shape[-2]} x {shape[-1]} pixels (normalising, border weights)...", file=sys.stderr)
     stage = []  # "finishing" once the steps are done
+    stepped = []  # a step was made: a SIGUSR1 that came before the first step stops after it (a model to save)
 
     def say_stopping(signum: int) -> None:
         _say_stopping(signum, saving=bool(stage) and finishing is not None)
 
-    with _stop_on_usr1() as stop_requested:
+    with _stop_on_usr1() as usr1:
         for event in events_held(train_events(image, labels, model_config, train_config, init=init, pixel_size=pixel_size,
-                                              stop=lambda: bool(stop_requested)), say_stopping):
+                                              stop=lambda: bool(usr1.requested and stepped)), say_stopping):
+            if isinstance(event, TrainingStep) and not stepped:
+                stepped.append(True)
+            if isinstance(event, TrainingFinishing):
+                usr1.stage = "after"  # the steps are over: nothing left to stop early
             if isinstance(event, TrainingFinishing) and finishing is not None:
                 stage.append("finishing")
                 finishing.enter_context(interrupts_deferred(second_at_once=True))
@@ -1506,6 +1566,8 @@ def main(argv=None) -> int:
     args.written = []  # files a command finished, named if it is interrupted later
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     previous = _stop_on_sigterm()
+    usr1 = contextlib.ExitStack()
+    usr1.enter_context(_usr1_handled(trains=args.command in ("train", "demo")))  # (it killed the commands outside training)
     streams = sys.stdout, sys.stderr
     _standard_descriptors_open()
     sys.stdout, sys.stderr = _ReaderMayLeave(sys.stdout), _ReaderMayLeave(sys.stderr)
@@ -1567,6 +1629,7 @@ def main(argv=None) -> int:
             stream.flush()
             stream.close_own()
         sys.stdout, sys.stderr = streams
+        usr1.close()
         for number, handler in previous.items():
             signal.signal(number, handler)
 
@@ -1678,8 +1741,7 @@ def _say_stopping(signum: int, saving: bool = False) -> None:
     when = "once the finished model is saved" if saving else "at the end of the current step or tile"
     text = (f"terminating {when}" if signum != signal.SIGINT else
             f"stopping {when}; press Ctrl-C again to stop at once")
-    with contextlib.suppress(OSError):
-        os.write(2, f"\nnapari-unet: {text}\n".encode())
+    _notice(text)
 
 
 class _Terminated(KeyboardInterrupt):

@@ -1,0 +1,127 @@
+"""The command line as a scripting contract: what goes to stdout and stderr, exit statuses, and the signals a shell,
+a batch scheduler or a pipeline sends (session 62's hunt, /work/s62/script/REPORT.md D1-D11)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import tifffile
+
+from _helpers import stripes
+from napari_unet.cli import main
+
+TESTS = Path(__file__).resolve().parent
+README = TESTS.parent / "README.md"
+
+
+@pytest.fixture
+def data(tmp_path):
+    image, labels = stripes(n_slices=4, size=64)
+    tifffile.imwrite(tmp_path / "image.tif", image, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "labels.tif", labels, photometric="minisblack")
+    return tmp_path
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def python(script: str, *args, env=None, timeout=180, **kwargs) -> subprocess.CompletedProcess:
+    """``script`` in a Python of its own, with the tests' helpers importable."""
+    code = f"import sys; sys.path.insert(0, {str(TESTS)!r})\n" + textwrap.dedent(script)
+    kwargs.setdefault("capture_output", True)
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], text=True, timeout=timeout, env=env or os.environ.copy(),
+                          **kwargs)
+
+
+def _fake_final(reason="completed"):
+    from _helpers import tiny_model
+    from napari_unet.train import TrainingFinished
+
+    history = [{"epoch": 1, "step": 20, "run": 0, "loss": 0.5, "val_loss": 0.4, "elapsed": 1.0}]
+    return TrainingFinished(model=tiny_model(), reason=reason, best_epoch=1, history=history, steps=25,
+                            divergence="the loss was nan at step 26" if reason == "diverged" else None)
+
+
+# D1: SIGUSR1 ---------------------------------------------------------------------------------------------------------
+
+def test_sigusr1_during_evaluate_is_noted_once_and_the_scores_are_printed(data):
+    """`sbatch --signal=USR1@300` before `srun napari-unet predict/evaluate`: the default action killed the command at
+    once, status 138, no message."""
+    result = python("""
+        import os, signal
+        from napari_unet import cli, metrics
+        real = metrics.evaluate
+        def signalled(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGUSR1)
+            os.kill(os.getpid(), signal.SIGUSR1)  # a scheduler may send it again
+            return real(*args, **kwargs)
+        metrics.evaluate = signalled
+        sys.exit(cli.main(["evaluate", sys.argv[1], sys.argv[1]]))
+    """, data / "labels.tif")
+    assert result.returncode == 0, (result.returncode, result.stderr)
+    assert json.loads(result.stdout)["pixel_error"] == 0
+    assert result.stderr.count("napari-unet: SIGUSR1 ignored: only train (and demo) stop early on it; the run goes on") == 1, result.stderr
+
+
+def test_sigusr1_before_the_first_step_stops_after_it_and_one_after_the_save_is_ignored(data):
+    """SIGUSR1 while TensorFlow loads or the data is prepared killed train (138, no model, empty stderr); so did one
+    while its validation was scored after the model was saved."""
+    result = python("""
+        import os, signal
+        from napari_unet import cli, metrics
+        real_load, real_evaluate = cli.load_tensorflow_for_command, metrics.evaluate
+        def load_then_signal():
+            real_load()
+            os.kill(os.getpid(), signal.SIGUSR1)  # start-up: before the training loop
+        def signalled(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGUSR1)  # scoring the validation: the model is saved
+            return real_evaluate(*args, **kwargs)
+        cli.load_tensorflow_for_command, metrics.evaluate = load_then_signal, signalled
+        folder = sys.argv[1]
+        sys.exit(cli.main(["train", f"{folder}/image.tif", f"{folder}/labels.tif", "-o", f"{folder}/m.keras", "--epochs", "50",
+                           "--steps-per-epoch", "5", "--patch-size", "64", "--batch-size", "2", "--depth", "2"]))
+    """, data)
+    err = result.stderr
+    assert result.returncode == 0, (result.returncode, err[-3000:])
+    assert "napari-unet: SIGUSR1: stopping the training after its first step; the model is finished and saved" in err, err
+    assert "training stopped after 1 epoch (1 step)" in err and (data / "m.keras").exists(), err
+    assert err.count("napari-unet: SIGUSR1 ignored: the training steps are over; the run goes on") == 1, err
+    assert "validation_slices" in json.loads(result.stdout)
+
+
+# D2: Ctrl-C in a shell script or loop ------------------------------------------------------------------------------
+
+SLOW_EVALUATE = """
+    import time
+    from napari_unet import cli
+    def slow(args):
+        print("ready", file=sys.stderr, flush=True)
+        time.sleep(60)
+        return 0
+    cli.cmd_evaluate = slow
+    sys.argv = ["napari-unet", "evaluate", "a.tif", "b.tif"]
+    cli.run()
+"""
+
+
+def _ready(process) -> None:
+    for line in process.stderr:
+        if line.strip() == "ready":
+            return
+    raise AssertionError("the command never started")
+
+
+def test_interrupt_notices_start_a_new_line_only_on_a_terminal(capfd):
+    """A log got a blank line before each notice (the newline ends a terminal's progress line)."""
+    from napari_unet.cli import _say_stopping
+
+    _say_stopping(signal.SIGTERM)
+    assert capfd.readouterr().err == "napari-unet: terminating at the end of the current step or tile\n"
