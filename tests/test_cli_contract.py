@@ -1,6 +1,7 @@
 """The command line as a scripting contract: what goes to stdout and stderr, exit statuses, and the signals a shell,
 a batch scheduler or a pipeline sends (session 62's hunt, /work/s62/script/REPORT.md D1-D11)."""
 
+import contextlib
 import json
 import os
 import signal
@@ -119,9 +120,89 @@ def _ready(process) -> None:
     raise AssertionError("the command never started")
 
 
+def test_ctrl_c_stops_a_shell_loop_and_the_shell_still_sees_status_130(tmp_path):
+    """The command exited 130 after Ctrl-C instead of dying of SIGINT: bash took it as handled by the command and went
+    on with the next one ("wait and cooperative exit"), so `for f in *.tif; do napari-unet predict ...; done` needed one
+    Ctrl-C per file."""
+    code = "import sys; sys.path.insert(0, %r)\n%s" % (str(TESTS), textwrap.dedent(SLOW_EVALUATE))
+    (tmp_path / "slow.py").write_text(code)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    # Ctrl-C to the command alone: the shell (not signalled) reports 130, as before
+    alone = subprocess.Popen(["bash", "-c", f'"{sys.executable}" slow.py; echo "rc=$?"'],
+                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        _ready(alone)
+        subprocess.run(["pkill", "-INT", "-P", str(alone.pid)], check=True)  # bash's one child, the command
+        out, err = alone.communicate(timeout=60)
+    finally:
+        alone.kill()
+    assert out.strip() == "rc=130" and "napari-unet: interrupted; " in err, (out, err)
+    # Ctrl-C at a terminal signals the whole foreground process group: the loop stops
+    loop = subprocess.Popen(["bash", "-c", f'for i in 1 2; do "{sys.executable}" slow.py; echo "iteration $i rc=$?"; done; '
+                             'echo "loop finished"'], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, start_new_session=True)
+    try:
+        _ready(loop)
+        os.killpg(loop.pid, signal.SIGINT)
+        try:
+            out, err = loop.communicate(timeout=30)
+        except subprocess.TimeoutExpired:  # the loop went on to the next iteration
+            os.killpg(loop.pid, signal.SIGKILL)
+            out, err = loop.communicate()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(loop.pid, signal.SIGKILL)
+    assert loop.returncode == -signal.SIGINT and out == "", (loop.returncode, out, err)
+
+
+def test_the_entry_point_dies_of_sigterm_after_its_clean_up(tmp_path):
+    """SIGTERM and SIGHUP as SIGINT: the command cleans up, names what it wrote, then dies of the signal (a shell shows
+    143, 129)."""
+    (tmp_path / "slow.py").write_text("import sys; sys.path.insert(0, %r)\n%s" % (str(TESTS), textwrap.dedent(SLOW_EVALUATE)))
+    process = subprocess.Popen([sys.executable, "slow.py"], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    try:
+        _ready(process)
+        process.send_signal(signal.SIGTERM)
+        err = process.stderr.read()
+        assert process.wait(timeout=60) == -signal.SIGTERM and "napari-unet: terminated; no scores were printed" in err, err
+    finally:
+        process.kill()
+
+
+# D3: a diverged train never writes the -o file ---------------------------------------------------------------------
+
 def test_interrupt_notices_start_a_new_line_only_on_a_terminal(capfd):
     """A log got a blank line before each notice (the newline ends a terminal's progress line)."""
     from napari_unet.cli import _say_stopping
 
     _say_stopping(signal.SIGTERM)
     assert capfd.readouterr().err == "napari-unet: terminating at the end of the current step or tile\n"
+
+
+def test_an_interrupted_evaluate_says_no_scores_were_printed(data, capsys, monkeypatch):
+    import napari_unet.metrics as metrics
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(metrics, "evaluate", interrupted)
+    code, out, err = run(capsys, "evaluate", data / "labels.tif", data / "labels.tif")
+    assert code == 130 and not out and "napari-unet: interrupted; no scores were printed" in err, err
+
+
+def test_the_entry_point_dies_only_of_the_signal_that_ended_its_own_command(monkeypatch):
+    """An interrupted main() earlier in the same process (a test, a notebook) made a later run() kill its process."""
+    from napari_unet import cli
+
+    class Exited(Exception):
+        pass
+
+    def fake_exit(code):
+        raise Exited(code)
+
+    monkeypatch.setattr(cli, "_ENDED_BY", [signal.SIGINT])  # left by an earlier command
+    monkeypatch.setattr(cli, "main", lambda: 0)
+    monkeypatch.delitem(sys.modules, "tensorflow", raising=False)
+    with pytest.raises(SystemExit) as normal:
+        cli.run()
+    assert normal.value.code == 0

@@ -1565,6 +1565,7 @@ def main(argv=None) -> int:
         _unrecognized(parser.commands[args.command], extra)
     args.written = []  # files a command finished, named if it is interrupted later
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    del _ENDED_BY[:]
     previous = _stop_on_sigterm()
     usr1 = contextlib.ExitStack()
     usr1.enter_context(_usr1_handled(trains=args.command in ("train", "demo")))  # (it killed the commands outside training)
@@ -1589,7 +1590,10 @@ def main(argv=None) -> int:
         done = ", ".join(str(p) for p in args.written)
         how = "terminated" if isinstance(stop, _Terminated) else "interrupted"
         wrote = f"{done} {'were' if len(args.written) > 1 else 'was'} written" if done else "no output file was written"
+        if args.command == "evaluate":  # it writes no files
+            wrote = "no scores were printed"
         print(f"napari-unet: {how}; {wrote}", file=sys.stderr)
+        _ENDED_BY.append(stop.signum if isinstance(stop, _Terminated) else signal.SIGINT)  # run() dies of it
         return 128 + stop.signum if isinstance(stop, _Terminated) else EXIT_INTERRUPTED
     except _bad_input_errors() as err:
         print(f"napari-unet: error: {err}", file=sys.stderr)
@@ -1632,6 +1636,10 @@ def main(argv=None) -> int:
         usr1.close()
         for number, handler in previous.items():
             signal.signal(number, handler)
+
+
+#: The signal (SIGINT, SIGTERM, SIGHUP) that ended the last :func:`main`, after its clean-up: :func:`run` dies of it.
+_ENDED_BY: list = []
 
 
 def _written_before_running_out(args) -> str:
@@ -1776,14 +1784,32 @@ def run() -> None:
 
     After a command its files are written (atomically) and closed; the interpreter's teardown of
     TensorFlow's modules and thread pools would only add ~1.4 s to every command (BENCHMARKS.md).
+    A command ended by SIGINT, SIGTERM or SIGHUP dies of that signal after its clean-up (a shell still reports 130, 143,
+    129): a shell running a script or loop stops it only when its command died of Ctrl-C, and went on to the next
+    command after the exit status 130 (bash's "wait and cooperative exit"; Python itself dies of SIGINT after an
+    unhandled KeyboardInterrupt).
     """
+    del _ENDED_BY[:]  # (an earlier main's, in the same process)
     code = main()
-    if "tensorflow" not in sys.modules:
-        sys.exit(code)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(AttributeError, OSError, ValueError):  # closed (None), or a full disk: told already
             stream.flush()
+    # (not on Windows, which has no such deaths: os.kill ends a process with the number as its status)
+    if _ENDED_BY and code == 128 + _ENDED_BY[-1] and os.name == "posix":
+        _die_of(_ENDED_BY[-1])
+    if "tensorflow" not in sys.modules:
+        sys.exit(code)
     os._exit(code)
+
+
+def _die_of(signum: int) -> None:
+    """End the process by the signal ``signum`` with its default action (returns if it is blocked or ignored)."""
+    with contextlib.suppress(OSError, ValueError):
+        signal.signal(signum, signal.SIG_DFL)
+        if hasattr(signal, "pthread_sigmask"):  # (blocked by a parent: as exiting)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
+        os.kill(os.getpid(), signum)
+        time.sleep(1)  # the signal is delivered on the way out of os.kill, at the latest here
 
 
 if __name__ == "__main__":  # python -m napari_unet.cli: the package's module, whose errors demo.py raises (a traceback)
