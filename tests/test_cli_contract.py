@@ -171,6 +171,22 @@ def test_the_entry_point_dies_of_sigterm_after_its_clean_up(tmp_path):
 
 # D3: a diverged train never writes the -o file ---------------------------------------------------------------------
 
+def test_a_diverged_train_writes_name_diverged_keras_not_the_file_asked_for(data, capsys, monkeypatch):
+    """A diverged run (status 1) wrote its kept weights to -o when that file did not exist yet: Make and
+    `[ -f model.keras ]` then took the failed run's file for a finished target."""
+    import napari_unet.cli as cli
+    from napari_unet.model_io import load_model
+
+    monkeypatch.setattr(cli, "run_training", lambda *a, **k: (None, _fake_final("diverged")))
+    code, out, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "m.keras")
+    model = data / "m.diverged.keras"
+    assert code == 1 and not out and not (data / "m.keras").exists(), err
+    assert f"wrote {model}\n" in err and f"and stopped; {model} holds the best epoch 1 from before it" in err, err
+    assert load_model(model).class_values == [0, 255]
+
+
+# D4: train without validation still prints one JSON document ----------------------------------------------------
+
 def test_interrupt_notices_start_a_new_line_only_on_a_terminal(capfd):
     """A log got a blank line before each notice (the newline ends a terminal's progress line)."""
     from napari_unet.cli import _say_stopping

@@ -101,10 +101,9 @@ def test_train_writes_the_weights_from_before_a_divergence_and_exits_with_status
             yield (np.full_like(x, np.nan) if k >= 6 else x), y
 
     monkeypatch.setattr(train_module, "prefetch", nan_images_from_step_7)
-    output = model = tmp_path / "m.keras"
+    output, model = tmp_path / "m.keras", tmp_path / "m.diverged.keras"  # never m.keras (Make's finished target)
     if existing:  # a failed run (status 1) does not replace the model it was to replace: it writes beside it
         output.write_bytes(b"the user's earlier model")
-        model = tmp_path / "m.diverged.keras"
     code = main(["train", str(tmp_path / "image.tif"), str(tmp_path / "labels.tif"), "-o", str(output), "--epochs", "3",
                  "--steps-per-epoch", "5", "--patch-size", "64", "--batch-size", "2", "--depth", "2"])
     err = capsys.readouterr().err
@@ -116,6 +115,7 @@ def test_train_writes_the_weights_from_before_a_divergence_and_exits_with_status
         assert code == 1 and f"{tmp_path / 'm.diverged-2.keras'} holds the best epoch 1" in capsys.readouterr().err
         assert output.read_bytes() == b"the user's earlier model" and _finite(load_model(model))
     assert code == 1 and "Traceback" not in err, err
+    assert existing or not output.exists()
     assert "training diverged after 1 epoch (6 steps); kept the best epoch 1" in err, err
     assert (f"error: training diverged (the loss was nan at step 7) and stopped; {model} holds the best epoch 1 from "
             "before it; lower the learning rate (--learning-rate, now 0.001)") in err, err

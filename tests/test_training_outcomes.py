@@ -173,10 +173,9 @@ def test_demo_exits_with_status_1_after_a_diverged_run_as_train_does(tmp_path, c
     from napari_unet import cli
 
     monkeypatch.setattr(cli, "run_training", lambda *a, **k: (None, _fake_final()))
-    model = tmp_path / "demo-model.keras"
+    model = tmp_path / "demo-model.diverged.keras"  # never demo-model.keras (a finished target to Make)
     if existing:  # an earlier demo's model is not replaced by a failed run's
-        model.write_bytes(b"an earlier model")
-        model = tmp_path / "demo-model.diverged.keras"
+        (tmp_path / "demo-model.keras").write_bytes(b"an earlier model")
     code = main(["demo", "--output-dir", str(tmp_path), "--headless"])
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err, err
@@ -185,6 +184,8 @@ def test_demo_exits_with_status_1_after_a_diverged_run_as_train_does(tmp_path, c
     assert _finite(load_model(model)) and not (tmp_path / "demo-prediction.tif").exists()
     if existing:
         assert (tmp_path / "demo-model.keras").read_bytes() == b"an earlier model"
+    else:
+        assert not (tmp_path / "demo-model.keras").exists()
 
 
 @pytest.mark.slow

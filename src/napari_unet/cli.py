@@ -908,9 +908,10 @@ def cmd_train(args) -> int:
 
 
 def diverged_path(output: Path) -> Path:
-    """Where a diverged ``train`` writes the weights it kept when ``output`` exists: ``NAME.diverged.keras`` beside it,
-    else ``NAME.diverged-2.keras`` and so on: the run fails (status 1), and replaces no file (the model it was to
-    replace, an earlier run's, an ``--init`` model of that name)."""
+    """Where a diverged ``train`` writes the weights it kept, never ``output`` itself: ``NAME.diverged.keras`` beside it,
+    else ``NAME.diverged-2.keras`` and so on. The run fails (status 1): it replaces no file (the model it was to replace,
+    an earlier run's, an ``--init`` model of that name), and makes no file of the name asked for, which Make and
+    ``[ -f model.keras ]`` would take for a finished target."""
     candidate, number = output.with_name(f"{output.stem}.diverged.keras"), 2
     while candidate.exists() or candidate.is_symlink():
         candidate, number = output.with_name(f"{output.stem}.diverged-{number}.keras"), number + 1
@@ -983,7 +984,7 @@ def _train(args) -> int:
                                      + (f"; the --init model {args.init} is unchanged" if init is not None else "")) from None
         if final.steps == 0:
             raise CommandError(f"training ended ({final.reason}) before its first step; no model written (a larger --max-minutes?)")
-        if final.reason == "diverged" and output.exists():  # a failed run (status 1) keeps the file it would replace
+        if final.reason == "diverged":  # a failed run (status 1): never the file asked for (see diverged_path)
             output = diverged_path(output)
         replaced = output.exists()
         # the file replaced and its record, never one without the other; a second signal stops at once

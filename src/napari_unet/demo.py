@@ -117,7 +117,7 @@ def run_demo(output_dir: Path, minutes: float = 1.0, headless: bool = False, see
         if final.steps == 0:  # its untrained weights would be scored as if trained
             raise CommandError(f"training ended ({final.reason}) before its first step; nothing written (a larger --minutes?)")
         model_file = outputs["demo-model.keras"]
-        if final.reason == "diverged" and model_file.exists():  # as train: a failed run replaces no model
+        if final.reason == "diverged":  # as train: a failed run writes demo-model.diverged.keras, never demo-model.keras
             model_file = diverged_path(model_file)
         model_path = write(model_file, lambda: save_model(final.model, model_file))
     if final.reason == "diverged":  # status 1, as train: its weights from before it are kept, the rest not made
