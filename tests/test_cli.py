@@ -1495,7 +1495,9 @@ def test_a_log_that_cannot_be_written_does_not_cost_the_model(data):
     assert result.returncode == 1 and "could not write the scores to standard output (No space left on device)" in result.stderr
     assert "Traceback" not in result.stderr and "labels.tif" not in result.stderr, result.stderr
     result = subprocess.run(["bash", "-c", " ".join(scores) + " >&-"], cwd=data, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    # evaluate's scores are its result: a closed stdout fails it at once (it exited 0, the scores written nowhere)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "standard output is closed" in result.stderr, result.stderr
 
 
 def test_sigterm_during_the_finishing_keeps_the_finished_model(data, capsys, monkeypatch):

@@ -187,6 +187,44 @@ def test_a_diverged_train_writes_name_diverged_keras_not_the_file_asked_for(data
 
 # D4: train without validation still prints one JSON document ----------------------------------------------------
 
+def test_train_without_validation_prints_a_json_document_without_scores(data, capsys, monkeypatch):
+    """`train --val-fraction 0` printed nothing on stdout: `jq` or json.load on it failed."""
+    from types import SimpleNamespace
+
+    import napari_unet.cli as cli
+
+    started = SimpleNamespace(val_slices=[], val_column=None, val_window=None, train_slices=[0, 1, 2, 3])
+    monkeypatch.setattr(cli, "run_training", lambda *a, **k: (started, _fake_final()))
+    code, out, err = run(capsys, "train", data / "image.tif", data / "labels.tif", "-o", data / "m.keras", "--val-fraction", "0")
+    assert code == 0, err
+    assert json.loads(out) == {"validation_slices": [], "note": "no validation (--val-fraction 0): no scores"}
+
+
+# D5: the contract written down ------------------------------------------------------------------------------------
+
+def test_evaluate_with_a_closed_stdout_fails_with_a_message(data):
+    """`napari-unet evaluate P T >&-` exited 0 with the scores written nowhere (`> /dev/full` exited 1)."""
+    result = subprocess.run(["sh", "-c", f'exec "{sys.executable}" -m napari_unet.cli evaluate labels.tif labels.tif >&-'],
+                            cwd=data, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, (result.returncode, result.stderr)
+    assert "napari-unet: error: standard output is closed (>&-): evaluate prints its scores there" in result.stderr
+
+
+# D8: pipes and standard input as inputs --------------------------------------------------------------------------
+
+def test_a_pipe_or_standard_input_as_input_is_said_to_be_unsupported(data, capsys):
+    """`evaluate P <(cat T)` said "truth 63: cannot read it (No such file or directory)", and `evaluate - T` "does not
+    exist"."""
+    code, _, err = run(capsys, "evaluate", "-", data / "labels.tif")
+    assert code == 2 and "prediction: reading standard input ('-') is not supported; give a file" in err, err
+    result = subprocess.run(["bash", "-c", f'"{sys.executable}" -m napari_unet.cli evaluate labels.tif <(cat labels.tif)'],
+                            cwd=data, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert "error: truth '/dev/fd/" in result.stderr and "is a pipe, not a file: reading from a pipe or standard input is not supported" in result.stderr, result.stderr
+
+
+# D11: smaller points ----------------------------------------------------------------------------------------------
+
 def test_interrupt_notices_start_a_new_line_only_on_a_terminal(capfd):
     """A log got a blank line before each notice (the newline ends a terminal's progress line)."""
     from napari_unet.cli import _say_stopping

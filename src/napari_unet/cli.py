@@ -416,7 +416,10 @@ def _read_stack_and_metadata(path, what: str, lazy: bool = False, for_cluster: b
 
     path = Path(path)
     if not path.exists():
+        if str(path) == "-":  # said "prediction '-' does not exist"
+            raise CommandError(f"{what}: reading standard input ('-') is not supported; give a file")
         raise CommandError(f"{what} {str(path)!r} does not exist")
+    _refuse_a_stream(path, what)
     lazy_from = 0 if for_cluster else None
     try:
         if is_zarr_path(path):
@@ -466,6 +469,23 @@ def _read_stack_and_metadata(path, what: str, lazy: bool = False, for_cluster: b
     if what == "image":
         _check_slice_size(squeezed, path, tiff.metadata.get("format") in ("tiff", "shaped"))
     return squeezed, metadata
+
+
+def _refuse_a_stream(path: Path, what: str) -> None:
+    """:class:`CommandError` if ``path`` is a pipe, a device or a socket (``<(cat labels.tif)``, ``/dev/stdin`` from a
+    pipe or a terminal): files are read where they are needed, seeking in them. It said "truth 63: cannot read it (No
+    such file or directory)"."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    kind = ("a pipe" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else
+            "a socket" if stat.S_ISSOCK(mode) else None)
+    if kind is not None:
+        raise CommandError(f"{what} {str(path)!r} is {kind}, not a file: reading from a pipe or standard input is not "
+                           "supported (napari-unet seeks in the files it reads); write it to a file and give that")
 
 
 def _tiff_error_named(err: Exception, what: str, path: Path) -> str:
@@ -1015,7 +1035,7 @@ def _train(args) -> int:
                              normalized=normalized, jit_compile=False if args.no_xla else None)
         scores = evaluate(prediction.labels, stack_labels[val], final.model.class_values, _membrane_of(final.model),
                           ignore_value=train_config.ignore_value, pixel_height=image_height)
-        print(json.dumps({"validation_slices": val, **in_window, "tta_views": views, **scores}, indent=1))
+        report = {"validation_slices": val, **in_window, "tta_views": views, **scores}
     elif started.val_column is not None:  # one annotated image (an OCT B-scan): validated on its last columns
         column, trained = started.val_column, started.train_slices
         prediction = predict(final.model, stack_image, slices=planes if normalized else trained, return_probabilities=False,
@@ -1023,7 +1043,11 @@ def _train(args) -> int:
         held_out = (Ellipsis,) if window is not None else (Ellipsis, slice(column, None))  # a window lies in those columns
         scores = evaluate(prediction.labels[held_out], stack_labels[trained][held_out], final.model.class_values,
                           _membrane_of(final.model), ignore_value=train_config.ignore_value, pixel_height=image_height)
-        print(json.dumps({"validation_columns": [column, int(image.shape[-1])], **in_window, "tta_views": views, **scores}, indent=1))
+        report = {"validation_columns": [column, int(image.shape[-1])], **in_window, "tta_views": views, **scores}
+    else:  # one JSON document all the same (it printed nothing: a parse error in a pipeline), without score keys
+        why = "--val-fraction 0" if train_config.val_fraction == 0 else "nothing annotated to hold out; see the notes on stderr"
+        report = {"validation_slices": [], "note": f"no validation ({why}): no scores"}
+    print(json.dumps(report, indent=1), flush=True)  # flushed: scoring took long, and a log of both streams keeps the order
     return 0
 
 
@@ -1361,7 +1385,7 @@ def cmd_evaluate(args) -> int:
         if args.pixel_height is None:  # a file's tag can be wrong (circular-scan.tif says inches where it means mm)
             print(f"boundary errors in µm at {pixel_height:g} µm per row, the pixel height {Path(args.prediction).name} "
                   "records (--pixel-height to give the scan's own)", file=sys.stderr)
-    print(json.dumps(scores, indent=1))
+    print(json.dumps(scores, indent=1), flush=True)
     return 0
 
 
@@ -1571,9 +1595,15 @@ def main(argv=None) -> int:
     usr1 = contextlib.ExitStack()
     usr1.enter_context(_usr1_handled(trains=args.command in ("train", "demo")))  # (it killed the commands outside training)
     streams = sys.stdout, sys.stderr
-    _standard_descriptors_open()
+    stdout_closed = sys.stdout is None or 1 in _standard_descriptors_open()
     sys.stdout, sys.stderr = _ReaderMayLeave(sys.stdout), _ReaderMayLeave(sys.stderr)
     try:
+        if stdout_closed and args.command != "predict":  # (``>&-``: the JSON was written nowhere, exit 0)
+            if args.command == "evaluate":  # its output is its result: not worth computing
+                print("napari-unet: error: standard output is closed (>&-): evaluate prints its scores there; nothing was "
+                      "scored", file=sys.stderr)
+                return 1
+            print(f"note: standard output is closed (>&-): the scores {args.command} prints there are lost", file=sys.stderr)
         if args.command in ("train", "predict", "demo"):
             _check_temporary_folder()
         code = args.func(args)
@@ -1675,18 +1705,21 @@ def _check_temporary_folder() -> None:
                            "e.g. TMPDIR=$PWD") from None
 
 
-def _standard_descriptors_open() -> None:
+def _standard_descriptors_open() -> list:
     """Point closed descriptors 0-2 (``2>&-``, a daemon) at /dev/null: else the next file opened gets one of them, and
-    TensorFlow's log lines or a print would be written into it (a model or an image)."""
+    TensorFlow's log lines or a print would be written into it (a model or an image). Returns those that were closed."""
+    closed = []
     for fd in (0, 1, 2):
         try:
             os.fstat(fd)
         except OSError:
+            closed.append(fd)
             with contextlib.suppress(OSError):
                 null = os.open(os.devnull, os.O_RDWR)
                 if null != fd:
                     os.dup2(null, fd)
                     os.close(null)
+    return closed
 
 
 class _ReaderMayLeave:

@@ -137,7 +137,7 @@ def run_demo(output_dir: Path, minutes: float = 1.0, headless: bool = False, see
     figure = write(outputs["demo.png"], lambda: save_figure(outputs["demo.png"], image[val[0]], labels[val[0]], result.labels[0],
                                                             final.history))
     report = {"train_seconds": round(train_seconds, 1), "held_out_slices": val, **scores}
-    print(json.dumps(report, indent=1))
+    print(json.dumps(report, indent=1), flush=True)  # before the lines after it, in a log of both streams
     if scores.get("v_rand") is not None:
         print(f"held-out slices {val[0]}-{val[-1]}: V_rand {scores['v_rand']:.3f} and V_info {scores['v_info']:.3f} (1 = every "
               f"cell separated as in the truth), ISBI pixel error {scores['isbi_pixel_error']:.3f} (0 = every pixel right)",
