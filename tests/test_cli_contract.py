@@ -202,6 +202,27 @@ def test_train_without_validation_prints_a_json_document_without_scores(data, ca
 
 # D5: the contract written down ------------------------------------------------------------------------------------
 
+def test_the_help_and_readme_state_the_streams_and_exit_statuses(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "standard output carries only results, as one JSON document" in out, out
+    for status in ("  0 ", "  1 ", "  2 ", "130, 143, 129", "dies of the signal"):
+        assert status in out, (status, out)
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "the learning-rate schedule follows it (default: none, the epochs decide" in out, out
+    readme = README.read_text()
+    assert "### Output and exit status" in readme
+    section = readme.split("### Output and exit status")[1].split("\n## ")[0].split("\n### ")[0]
+    for text in ("standard output", "standard error", "| 0 |", "| 1 |", "| 2 |", "| 130 |", "| 143 |", "| 129 |",
+                 "NAME.diverged.keras", "srun napari-unet train", "SIGUSR1"):
+        assert text in section, text
+
+
+# D6 + D9: the demo in a batch job: a combined log in order, no folder left in TMPDIR -----------------------------
+
 def test_evaluate_with_a_closed_stdout_fails_with_a_message(data):
     """`napari-unet evaluate P T >&-` exited 0 with the scores written nowhere (`> /dev/full` exited 1)."""
     result = subprocess.run(["sh", "-c", f'exec "{sys.executable}" -m napari_unet.cli evaluate labels.tif labels.tif >&-'],

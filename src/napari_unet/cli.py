@@ -1432,13 +1432,36 @@ class _OneLineErrors(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+#: The streams and exit statuses of every command (``napari-unet --help``; README "Output and exit status").
+EXIT_STATUS_HELP = """\
+output:
+  standard output carries only results, as one JSON document (train's validation
+  scores, evaluate's scores, demo's scores); progress, notes, warnings and errors
+  go to standard error
+
+exit status:
+  0         done (also a train stopped early by SIGUSR1 or by --max-minutes)
+  1         failed: training diverged (its weights go to NAME.diverged.keras,
+            never to the -o file), not enough memory, an I/O error
+  2         bad usage or bad input, found before the work where it can be
+            (also a full disk, or a trained model saved elsewhere than -o)
+  130, 143, 129
+            Ctrl-C (SIGINT), SIGTERM, SIGHUP: the command cleans up, says what it
+            wrote, then dies of the signal (a shell shows 128 + its number, and
+            stops a script or loop as after Ctrl-C)
+SIGUSR1 stops the training of train and demo after its current step, which is
+then finished and saved (exit 0); the other commands note it and go on.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser = _OneLineErrors(
-        prog="napari-unet", description="Train, apply and score U-Nets for EM and OCT segmentation. New here? Start with: "
-        "napari-unet demo")
-    parser.add_argument("--version", action="version", version=f"napari-unet {__version__}")
+        prog="napari-unet", description=textwrap.fill("Train, apply and score U-Nets for EM and OCT segmentation. New here? "
+                                                      "Start with: napari-unet demo", 79),
+        epilog=EXIT_STATUS_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-V", "--version", action="version", version=f"napari-unet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, title="commands")
 
     train = sub.add_parser("train", help="train a U-Net on an image stack and its labels", description=textwrap.fill(
@@ -1455,7 +1478,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "default (fast CPU U-Net) or classic (the original 64-filter U-Net); default: %(default)s")
     train.add_argument("--epochs", type=positive_int, help="epochs (default: the preset's, or unlimited with --max-minutes)")
     train.add_argument("--max-minutes", type=positive_float, help="time budget of the training steps (preparing the data before them and "
-                       "finishing the model after them come on top); the learning-rate schedule follows it")
+                       "finishing the model after them come on top); the learning-rate schedule follows it (default: none, "
+                       "the epochs decide: --epochs or the preset's)")
     train.add_argument("--ignore-value", type=int, help="label value of unannotated pixels (sparse labels; default: the value the file records, as napari-unet saves it)")
     train.add_argument("--val-fraction", type=number_in(0, 1, "[)"), help="share of slices held out for validation (default 0.2; at most 16 slices of 512², 4 of 1024² or larger, "
                        "and a window of at least 1024² of slices larger than 1024²: validation predicts about 4.2 million pixels at most)")
