@@ -223,6 +223,41 @@ def test_the_help_and_readme_state_the_streams_and_exit_statuses(capsys):
 
 # D6 + D9: the demo in a batch job: a combined log in order, no folder left in TMPDIR -----------------------------
 
+def test_the_demo_logs_its_scores_in_order_and_leaves_no_matplotlib_folder(tmp_path):
+    """Without PYTHONUNBUFFERED (as in a user's batch job) the demo's JSON, buffered, came after the lines that follow
+    it in `> log 2>&1`; with HOME read-only (a container) every demo left a matplotlib-XXXX folder in TMPDIR, which
+    matplotlib removes at exit, a step os._exit skips."""
+    (tmp_path / "tmp").mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONUNBUFFERED", "MPLCONFIGDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME")}
+    env.update(HOME="/proc", TMPDIR=str(tmp_path / "tmp"))  # /proc takes no new folders, also from root
+    with open(tmp_path / "demo.log", "w") as log:
+        result = python("""
+            from types import SimpleNamespace
+            from _helpers import tiny_model
+            from napari_unet import cli
+            def trained(*args, **kwargs):  # the demo's lines, not its minute of training (TensorFlow loaded by then)
+                return None, SimpleNamespace(model=tiny_model(), steps=10, reason="completed",
+                                             history=[{"epoch": 1, "loss": 0.5, "val_loss": 0.4}])
+            cli.run_training = trained
+            sys.argv = ["napari-unet", "demo", "--headless", "--output-dir", sys.argv[1]]
+            cli.run()
+        """, tmp_path / "demo", env=env, stdout=log, stderr=subprocess.STDOUT, capture_output=False)
+    text = (tmp_path / "demo.log").read_text()
+    problems = []
+    if result.returncode != 0:
+        problems.append(f"status {result.returncode}")
+    if not 0 <= text.find('"held_out_slices"') < text.find("held-out slices 8-9: V_rand"):
+        problems.append("the JSON came after the lines that follow it")
+    left = sorted(p.name for p in (tmp_path / "tmp").iterdir())
+    if left:
+        problems.append(f"left in TMPDIR: {left}")
+    if "Matplotlib created a temporary" in text:
+        problems.append("matplotlib's warning")
+    assert not problems, (problems, text[-3000:])
+
+
+# D7: evaluate with a closed stdout -------------------------------------------------------------------------------
+
 def test_evaluate_with_a_closed_stdout_fails_with_a_message(data):
     """`napari-unet evaluate P T >&-` exited 0 with the scores written nowhere (`> /dev/full` exited 1)."""
     result = subprocess.run(["sh", "-c", f'exec "{sys.executable}" -m napari_unet.cli evaluate labels.tif labels.tif >&-'],
@@ -263,6 +298,22 @@ def test_an_interrupted_evaluate_says_no_scores_were_printed(data, capsys, monke
     monkeypatch.setattr(metrics, "evaluate", interrupted)
     code, out, err = run(capsys, "evaluate", data / "labels.tif", data / "labels.tif")
     assert code == 130 and not out and "napari-unet: interrupted; no scores were printed" in err, err
+
+
+def test_version_flags_python_dash_m_and_a_folder_as_predict_output(data, capsys):
+    from _helpers import tiny_model
+    from napari_unet.model_io import save_model
+
+    for flag in ("-V", "--version"):
+        with pytest.raises(SystemExit) as exit_:
+            main([flag])
+        assert exit_.value.code == 0 and capsys.readouterr().out.startswith("napari-unet "), flag
+    result = subprocess.run([sys.executable, "-m", "napari_unet", "--version"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.startswith("napari-unet "), result.stderr
+    save_model(tiny_model(), data / "m.keras")
+    (data / "out").mkdir()  # it said "must end in .tif or .tiff or .zarr"
+    code, _, err = run(capsys, "predict", data / "m.keras", data / "image.tif", "-o", data / "out")
+    assert code == 2 and f"labels file {str(data / 'out')!r} is a folder; give a file name" in err, err
 
 
 def test_the_entry_point_dies_only_of_the_signal_that_ended_its_own_command(monkeypatch):

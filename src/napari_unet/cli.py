@@ -146,7 +146,7 @@ def check_output(path, what: str, inputs=(), suffixes=()) -> Path:
     from ._files import write_target
 
     path = Path(path)
-    if suffixes and not path.name.lower().endswith(suffixes):
+    if suffixes and not path.name.lower().endswith(suffixes) and not path.is_dir():  # a folder: said below
         raise CommandError(f"{what} {str(path)!r} must end in {' or '.join(suffixes)}")
     try:
         os.stat(path)  # a name too long for the file system: bad input before the work, not an error after it
@@ -1395,9 +1395,50 @@ def cmd_demo(args) -> int:
 
     if not str(args.output_dir).strip():  # Path("") is the current folder: the outputs landed there unannounced
         raise CommandError("--output-dir is empty; give a folder (it is created if it does not exist)")
-    load_tensorflow(quiet=True)  # with Keras' optional packages: the demo may open napari afterwards
-    return run_demo(Path(args.output_dir), minutes=args.minutes, headless=args.headless, seed=args.seed, written=args.written,
-                    no_xla=args.no_xla)
+    with _matplotlib_folder_of_its_own():  # Keras' import loads matplotlib
+        load_tensorflow(quiet=True)  # with Keras' optional packages: the demo may open napari afterwards
+        return run_demo(Path(args.output_dir), minutes=args.minutes, headless=args.headless, seed=args.seed,
+                        written=args.written, no_xla=args.no_xla)
+
+
+@contextlib.contextmanager
+def _matplotlib_folder_of_its_own():
+    """Within the block, matplotlib keeps its settings and font cache in a temporary folder removed at its end when it
+    could not make its own (HOME read-only or unset, as in a container): it then made one in the temporary folder, said
+    so in two warnings, and removed it at exit, which :func:`run`'s ``os._exit`` skips (a ``matplotlib-XXXX`` folder left
+    in TMPDIR by every demo)."""
+    if os.environ.get("MPLCONFIGDIR") or "matplotlib" in sys.modules or _matplotlib_folders_writable():
+        yield
+        return
+    folder = tempfile.mkdtemp(prefix="napari-unet-matplotlib-")
+    os.environ["MPLCONFIGDIR"] = folder
+    try:
+        yield
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        if os.environ.get("MPLCONFIGDIR") == folder:
+            del os.environ["MPLCONFIGDIR"]
+
+
+def _matplotlib_folders_writable() -> bool:
+    """Whether matplotlib can make and write its configuration and cache folders (its own test, on Linux and FreeBSD,
+    where they follow XDG; elsewhere assumed)."""
+    if not sys.platform.startswith(("linux", "freebsd")):
+        return True
+    try:
+        home = Path.home()
+    except RuntimeError:  # no HOME and no password entry
+        return False
+    for base, default in (("XDG_CONFIG_HOME", ".config"), ("XDG_CACHE_HOME", ".cache")):
+        folder = Path(os.environ.get(base) or home / default, "matplotlib")
+        try:
+            folder = folder.resolve()
+            folder.mkdir(parents=True, exist_ok=True)  # as matplotlib does
+        except (OSError, RuntimeError):
+            return False
+        if not (os.access(folder, os.W_OK) and folder.is_dir()):
+            return False
+    return True
 
 
 _REPLACED = "; it replaced the file of that name"  # outputs are written whole and atomically, never over an input
