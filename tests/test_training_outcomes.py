@@ -155,7 +155,7 @@ def test_a_divergence_in_an_epoch_without_validation_keeps_the_finite_epochs_bef
     final = events[-1]
     assert isinstance(final, TrainingFinished) and final.reason == "diverged"
     assert final.divergence == "the loss was nan at step 5" and final.steps == 4
-    assert final.best_epoch == 1 and final.kept == "best epoch 1" and final.history[0]["val_loss"] is None
+    assert final.best_epoch == 1 and final.kept == "best epoch 1 by training loss" and final.history[0]["val_loss"] is None
     assert _finite(final.model)
 
 

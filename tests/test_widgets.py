@@ -1555,7 +1555,7 @@ def test_a_job_ends_after_its_last_events_when_handlers_pump_qt_events(widgets, 
 def test_a_failed_check_of_the_corrections_does_not_fail_the_retrain(monkeypatch):
     """The check runs after the retrained model is handed over; its failure (e.g. out of memory) said "retraining
     failed" while the new model was already in use."""
-    import napari_unet.predict
+    import napari_unet.retrain
     from _helpers import stripes, tiny_configs, tiny_model
     from napari_unet._widgets.jobs import CorrectionsLearned, Failed, train_job
     from napari_unet.retrain import CorrectionCheck
@@ -1573,7 +1573,7 @@ def test_a_failed_check_of_the_corrections_does_not_fail_the_retrain(monkeypatch
     def fail(*args, **kwargs):
         raise MemoryError("no room")
 
-    monkeypatch.setattr(napari_unet.predict, "agreement", fail)
+    monkeypatch.setattr(napari_unet.retrain, "score_retrained", fail)
     events = list(train_job(image, labels, None, config, init=tiny_model(), check=check))
     assert isinstance(events[-1], TrainingFinished) and not any(isinstance(e, Failed) for e in events)
 

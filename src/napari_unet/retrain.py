@@ -8,7 +8,8 @@
   the loss (:data:`CORRECTION_WEIGHT`): on ISBI a Retrain then learned 3.8 points more of the corrected pixels in each
   of 14 paired runs, with held-out slices unchanged within noise (BENCHMARKS.md, session 41).
 - :func:`retrain_config`: one short epoch from the current weights at a tenth of the default learning rate.
-- :func:`correction_check`: the corrections to score the retrained model on (:func:`napari_unet.predict.agreement`).
+- :func:`correction_check`: the corrections to score the retrained model on, and :func:`score_retrained` scores them
+  (with one prediction: the share learnt, and whether its labels there are better than chance).
 
 No napari or Qt here: the widget reads its layers and boxes, then calls these.
 """
@@ -164,19 +165,21 @@ CHECK_SLICES, CHECK_PIXELS = 4, 1 << 23
 @dataclass(frozen=True)
 class CorrectionCheck:
     """A Retrain's corrections to score the new model on: ``where`` (bool) pixels of ``values`` (class values) on
-    ``slices`` of ``image`` (:func:`napari_unet.predict.agreement`)."""
+    ``slices`` of ``image`` (:func:`napari_unet.predict.agreement`); and its ``annotated`` pixels there, to judge
+    whether the new model labels them better than chance (:func:`score_retrained`)."""
 
     image: Any  # (Y, X) or (Z, Y, X), the whole image (context models see neighbouring slices)
     values: np.ndarray  # (len(slices), Y, X), or (Y, X) for a 2-D image
     where: np.ndarray  # like values
     total: int  # corrected pixels in the whole image
     slices: Optional[tuple]  # the slices values and where hold; None for a 2-D image
+    annotated: Optional[np.ndarray] = None  # like values: the pixels annotated or corrected (None: not judged)
 
 
-def correction_check(image, values, corrected) -> Optional[CorrectionCheck]:
+def correction_check(image, values, corrected, annotated=None) -> Optional[CorrectionCheck]:
     """The corrections to score after a Retrain: the :data:`CHECK_SLICES` slices of ``corrected`` (bool, ``values``'
     shape, (Y, X) or (Z, Y, X)) holding most of them, at most :data:`CHECK_PIXELS` pixels (None without corrections,
-    or for one slice larger than that)."""
+    or for one slice larger than that). ``annotated`` (bool, that shape): the pixels annotated (corrections included)."""
     flat = corrected.ndim == 2
     stack = corrected[None] if flat else corrected
     if stack.size == 0:
@@ -186,9 +189,63 @@ def correction_check(image, values, corrected) -> Optional[CorrectionCheck]:
     chosen = sorted(int(z) for z in np.argsort(-counts, kind="stable")[:fits] if counts[z] > 0)
     if not chosen:
         return None
+    annotated = None if annotated is None else np.asarray(annotated, bool)
     if flat:
-        return CorrectionCheck(image, values, corrected, int(counts.sum()), None)
-    return CorrectionCheck(image, values[chosen], corrected[chosen], int(counts.sum()), tuple(chosen))
+        return CorrectionCheck(image, values, corrected, int(counts.sum()), None, annotated)
+    return CorrectionCheck(image, values[chosen], corrected[chosen], int(counts.sum()), tuple(chosen),
+                           None if annotated is None else annotated[chosen])
+
+
+@dataclass(frozen=True)
+class RetrainScore:
+    """:func:`score_retrained`: how much of the corrections the retrained model labels as painted, and whether its
+    labels of the corrected slices are of any use (:func:`napari_unet.train.useless_verdict`)."""
+
+    agreement: Any  # napari_unet.predict.Agreement
+    one_class: Any = None  # the class value it predicts on every pixel of the corrected slices (None: several)
+    kappa: Optional[float] = None  # Cohen's kappa of its labels against the annotations there (None: not judged)
+    one_class_note: str = ""  # one class everywhere, or no better than chance: says so and what to try
+
+
+def score_retrained(model, check: CorrectionCheck, stop=None) -> Optional[RetrainScore]:
+    """Score the retrained ``model`` on ``check``'s slices with one prediction (without test-time augmentation, its
+    membrane rule applied): the share of the corrected pixels labelled as painted (as
+    :func:`napari_unet.predict.agreement`), and whether its labels of the annotated pixels there agree with them better
+    than chance (:func:`napari_unet.train.useless_verdict`, named by the slices of the image: the Retrain's own stack
+    holds copies of the corrected slices, so the training's check, which would name those, is off for a Retrain).
+    None when ``check`` holds no corrected pixel or ``stop()`` ended the prediction."""
+    from napari_unet import predict as prediction
+    from napari_unet.train import _check_labels, _spans, useless_verdict
+
+    flat = check.slices is None
+    where = np.asarray(check.where, bool)
+    where_stack, value_stack = (where[None], np.asarray(check.values)[None]) if flat else (where, np.asarray(check.values))
+    held = [i for i in range(len(where_stack)) if where_stack[i].any()]
+    if not held:
+        return None
+    slices = None if flat else [check.slices[i] for i in held]
+    result = prediction.predict(model, check.image, tta=False, stop=stop, **({} if flat else {"slices": slices}))
+    if result.stopped:
+        return None
+    labels = result.labels[None] if flat else result.labels
+    network = np.asarray(model.class_values)[result.probabilities.argmax(axis=-1)]
+    network = network[None] if flat else network
+    mask, given = where_stack[held], value_stack[held][where_stack[held]]
+    learned = prediction.Agreement(int(mask.sum()), float(np.mean(labels[mask] == given)),
+                                   float(np.mean(network[mask] == given)))
+    if check.annotated is None:
+        return RetrainScore(learned)
+    values = list(model.class_values)
+    annotated = (check.annotated[None] if flat else check.annotated)[held]
+    truth = np.full(annotated.shape, -1, np.int8)
+    predicted = np.full(labels.shape, -1, np.int8)
+    for k, value in enumerate(values):
+        truth[annotated & (value_stack[held] == value)] = k
+        predicted[labels == value] = k
+    only, counts = _check_labels(iter(predicted), truth, len(values), early_stop=False)
+    named = "the image" if flat else f"the corrected {'slice' if len(slices) == 1 else 'slices'} {_spans(slices)}"
+    one_class, kappa, note = useless_verdict(only, counts, values, named, subject="the retrained model")
+    return RetrainScore(learned, one_class, kappa, note)
 
 
 __all__ = [
@@ -201,7 +258,9 @@ __all__ = [
     "RETRAIN_PATCH_SIZE",
     "RETRAIN_STEPS",
     "RetrainData",
+    "RetrainScore",
     "correction_check",
     "retrain_config",
     "retrain_data",
+    "score_retrained",
 ]

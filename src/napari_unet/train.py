@@ -196,9 +196,16 @@ class TrainingFinished:
     divergence: str = ""
     # The class value the model predicts on every pixel it was checked on (:data:`ONE_CLASS_HINT`) although the
     # annotations there hold several classes: a useless model, whatever its scores (None: it predicts several, or the
-    # check had one class annotated). one_class_note says so, where, and what to try.
+    # check had one class annotated). one_class_note says so, where, and what to try; also for labels that agree with
+    # the annotations no better than chance (Cohen's kappa below :data:`CHANCE_KAPPA`), one_class then None.
     one_class: Any = None
     one_class_note: str = ""
+    # Cohen's kappa of the labels checked against their annotations (None: not checked: train_events(...,
+    # check_one_class=False), no step, one class annotated there; a useful model's check may stop at its first plane)
+    kappa: Optional[float] = None
+    # the kept epoch (best_epoch) was chosen by its training loss in a run with validation (it diverged before any
+    # epoch was validated, val_every > 1)
+    by_training_loss: bool = False
 
     @property
     def untuned_rule_note(self) -> Optional[str]:
@@ -212,10 +219,13 @@ class TrainingFinished:
 
     @property
     def kept(self) -> str:
-        """Which weights the model holds, for messages: "best epoch 12", "mean of the last 7 epochs" or ""."""
+        """Which weights the model holds, for messages: "best epoch 12", "best epoch 3 by training loss" (a validated
+        run that diverged before validating an epoch), "mean of the last 7 epochs" or ""."""
         if self.averaged_epochs:
             return f"mean of the last {self.averaged_epochs} epochs"
-        return f"best epoch {self.best_epoch}" if self.best_epoch else ""
+        if not self.best_epoch:
+            return ""
+        return f"best epoch {self.best_epoch}" + (" by training loss" if self.by_training_loss else "")
 
 
 TrainingEvent = Union[TrainingStarted, TrainingStep, EpochEnd, TrainingFinishing, TrainingFinished]
@@ -225,16 +235,29 @@ TrainingEvent = Union[TrainingStarted, TrainingStep, EpochEnd, TrainingFinishing
 DIVERGED_HINT = "lower the learning rate"
 
 
-#: The end of :attr:`TrainingFinished.one_class_note` (callers add which settings). The finished model is checked on the
-#: validation pixels it is scored on, else on a window of at most :data:`ONE_CLASS_CHECK_PIXELS` of up to
-#: :data:`BATCH_NORM_TILES` training slices (an untrained-looking model predicts one class on the very pixels it
-#: learnt from; a second of prediction), without test-time augmentation, its membrane rule applied as ``predict`` applies it.
-#: A learning rate of 0.99 trained a model of cells everywhere, exit 0 and a validation Dice of 0 for membranes the
-#: only sign. Pixels annotated with one class alone where it is checked are no sign: no flag then.
+#: The end of :attr:`TrainingFinished.one_class_note` (callers add which settings). The finished model is checked on a
+#: window of at most :data:`BATCH_NORM_TILE` squared pixels of each of up to :data:`BATCH_NORM_TILES` slices
+#: (:data:`ONE_CLASS_CHECK_PIXELS` at most) of its validation, else of the slices it trained on (an untrained-looking
+#: model fails on the very pixels it learnt from), without test-time augmentation, its membrane rule applied as
+#: ``predict`` applies it. Flagged: one class predicted on every pixel there, or labels that agree with the annotations
+#: there no better than chance (:data:`CHANCE_KAPPA`). A learning rate of 0.99 trained models of cells everywhere, and
+#: others whose membrane rule drew lines at random (Cohen's kappa about 0), exit 0 and a validation Dice of 0 for
+#: membranes the only sign. Pixels annotated with one class alone where it is checked are no sign: no flag then.
 ONE_CLASS_HINT = "try a lower learning rate, more annotations of every class, or longer training"
 
-#: Pixels of training slices (at most) that the one-class check predicts in a run without validation.
+#: Pixels (at most) that the one-class check labels: :data:`BATCH_NORM_TILE` squared of each of up to
+#: :data:`BATCH_NORM_TILES` slices (the membrane rule took 8.1 s on a whole 2048² validation plane, 0.3 s on 512²).
 ONE_CLASS_CHECK_PIXELS = BATCH_NORM_TILES * BATCH_NORM_TILE**2
+
+#: Cohen's kappa of a model's labels against the annotations at or below which they agree no better than chance
+#: (:data:`ONE_CLASS_HINT`). Measured (session 62) with the default preset on synthetic EM stacks: learning rate 0.99,
+#: 10 steps, 5 seeds with and without validation: -0.0075 to 0.0 (models of one class, or a membrane rule drawing
+#: lines at random; V_rand 0.02-0.07); the same at 1e-3: 0.57-0.72; 1 to 10 steps: 0.35-0.72; demo-like budgets of
+#: 15 and 30 s: 0.65-0.79; the tests' tiny network: 0.72-0.77.
+CHANCE_KAPPA = 0.05
+
+#: The check stops after a plane once the kappa of the planes so far reaches this: clearly better than chance.
+_CLEARLY_BETTER_KAPPA = 0.25
 
 
 #: A class of fewer than this share of the annotated pixels is named when training starts: napari's own writer saves
@@ -545,35 +568,90 @@ def _validation_scores(model: UNetModel, images, slices, indices, loss_weights) 
     return val_loss, {"pixel_error": pixel_error(predicted, truth), "dice": float(np.mean(list(dice.values())))}
 
 
+def _plane_labels(plane: np.ndarray, boundary_index: Optional[int], rule: Optional[dict]) -> np.ndarray:
+    """Class indices of one (Y, X, n_classes) plane of probabilities as ``predict`` labels it: the most probable class,
+    or with a ``rule`` (:func:`napari_unet.postprocess.boundary_mask`'s keywords) membrane class ``boundary_index`` where
+    the rule says so and the most probable other class elsewhere."""
+    if rule is None or boundary_index is None:
+        return np.argmax(plane, axis=-1)
+    membrane = tiled_boundary_mask(np.ascontiguousarray(plane[..., boundary_index]), **rule)
+    others = plane.copy()
+    others[..., boundary_index] = -np.inf
+    return np.where(membrane, boundary_index, np.argmax(others, axis=-1))
+
+
+def confusion_counts(predicted: np.ndarray, truth: np.ndarray, n_classes: int) -> np.ndarray:
+    """(n_classes, n_classes) int64 counts of the annotated pixels (``truth`` >= 0; class indices) by annotated class
+    (rows) and ``predicted`` class index (columns)."""
+    mask = truth >= 0
+    pairs = truth[mask].astype(np.int64) * n_classes + predicted[mask].astype(np.int64)
+    return np.bincount(pairs, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def cohen_kappa(counts: np.ndarray) -> Optional[float]:
+    """Cohen's kappa of :func:`confusion_counts`: 1 for labels equal to the annotations, about 0 for labels that agree
+    with them no better than chance (one class everywhere: 0), negative for worse; None without pixels or when
+    the annotations and the labels are one and the same class alone."""
+    counts = np.asarray(counts, np.float64)
+    total = counts.sum()
+    if total == 0:
+        return None
+    observed = np.trace(counts) / total
+    expected = float(np.sum(counts.sum(axis=1) * counts.sum(axis=0))) / total**2
+    return None if expected >= 1 else float((observed - expected) / (1 - expected))
+
+
+def _check_labels(planes, truth: np.ndarray, n_classes: int, early_stop: bool = True) -> tuple:
+    """``(only, counts)`` of the label planes ``planes`` (an iterable of (Y, X) class indices, or of arrays of
+    probabilities turned into them) against the (n, Y, X) class indices ``truth`` (-1: not annotated): the class
+    index every pixel holds (else None), and :func:`confusion_counts`. With ``early_stop``, ends after the first
+    planes whose kappa is clearly better than chance (a useful model: its first plane of the rule)."""
+    only, counts = None, np.zeros((n_classes, n_classes), np.int64)
+    for k, predicted in enumerate(planes):
+        if k == 0:
+            only = int(predicted.flat[0])
+        if only is not None and (predicted != only).any():
+            only = None
+        counts += confusion_counts(predicted, truth[k], n_classes)
+        kappa = cohen_kappa(counts)
+        if early_stop and only is None and kappa is not None and kappa >= _CLEARLY_BETTER_KAPPA:
+            break
+    return only, counts
+
+
 def _only_class(probabilities: np.ndarray, indices: np.ndarray, boundary_index: Optional[int], rule: Optional[dict]) -> Optional[int]:
-    """The class index of every pixel of the labels that (..., Y, X, n_classes) ``probabilities`` give (the most probable
-    class; with a ``rule``, :func:`napari_unet.postprocess.boundary_mask`'s keywords, membrane class ``boundary_index``
-    where it says so, as ``predict`` labels them), when the annotated pixels of ``indices`` (negative: not annotated)
-    hold two classes or more; None when the labels hold several, or one class is annotated there.
+    """The class index of every pixel of the labels that (..., Y, X, n_classes) ``probabilities`` give (as
+    :func:`_plane_labels`), when the annotated pixels of ``indices`` (negative: not annotated) hold two classes or more;
+    None when the labels hold several, or one class is annotated there.
 
     The rule counts: a model of membrane everywhere by its most probable class (0.63-1.0) was cells everywhere by its
-    rule (threshold 0.7). A plane at a time, ending at the first plane of two classes (a useful model: the first)."""
+    rule (threshold 0.7)."""
     if len(np.unique(indices[indices >= 0])) < 2:  # one class annotated here: predicting it alone may be right
         return None
-    first = None
-    for plane in probabilities.reshape((-1,) + probabilities.shape[-3:]):
-        if rule is not None and boundary_index is not None:
-            membrane = tiled_boundary_mask(np.ascontiguousarray(plane[..., boundary_index]), **rule)
-            others = plane.copy()
-            others[..., boundary_index] = -np.inf
-            predicted = np.where(membrane, boundary_index, np.argmax(others, axis=-1))
-        else:
-            predicted = np.argmax(plane, axis=-1)
-        first = int(predicted.flat[0]) if first is None else first
-        if (predicted != first).any():
-            return None
-    return first
+    planes = probabilities.reshape((-1,) + probabilities.shape[-3:])
+    labels = (_plane_labels(plane, boundary_index, rule) for plane in planes)
+    return _check_labels(labels, indices.reshape((-1,) + indices.shape[-2:]), probabilities.shape[-1], early_stop=False)[0]
 
 
-def _one_class_note(value, where: str, annotated: list) -> str:
-    """:attr:`TrainingFinished.one_class_note` for a model that predicts class ``value`` on every pixel of ``where``."""
-    return (f"the model predicts class {value} on every pixel of {where}, where classes {_and([str(v) for v in annotated])} "
-            f"are annotated: it has not learnt to tell them apart, whatever its scores; {ONE_CLASS_HINT}")
+def useless_verdict(only: Optional[int], counts: np.ndarray, class_values: list, where: str, subject: str = "the model") -> tuple:
+    """``(one_class, kappa, note)`` of a model's labels checked on ``where`` (for the note: "the validation slice 5"):
+    :func:`_check_labels`' ``only`` and ``counts`` (class indices of ``class_values``). ``note`` is empty unless the
+    annotations there hold two classes or more and the labels are one class everywhere (``one_class`` its value) or
+    agree with them no better than chance (kappa <= :data:`CHANCE_KAPPA`). ``kappa`` is None with one class annotated."""
+    annotated = [class_values[k] for k in range(len(counts)) if counts[k].sum()]
+    if len(annotated) < 2:  # one class annotated here: predicting it alone may be right
+        return None, None, ""
+    kappa = cohen_kappa(counts)
+    classes = _and([str(v) for v in annotated])
+    if only is not None:
+        return class_values[only], kappa, (
+            f"{subject} predicts class {class_values[only]} on every pixel of {where}, where classes {classes} are "
+            f"annotated: it has not learnt to tell them apart, whatever its scores; {ONE_CLASS_HINT}")
+    if kappa is not None and kappa <= CHANCE_KAPPA:
+        return None, kappa, (
+            f"{subject}'s labels of {where} agree with the annotations there (classes {classes}) no better than chance "
+            f"(Cohen's kappa {round(kappa, 2) + 0.0:.2f}): it has not learnt to tell the classes apart, whatever its scores; {ONE_CLASS_HINT}")
+    return None, kappa, ""
 
 
 def _finite(weights: list) -> bool:
@@ -763,6 +841,7 @@ def train_events(
     stop: Optional[Callable[[], bool]] = None,
     pixel_weights=None,
     pixel_size=None,
+    check_one_class: bool = True,
 ) -> Iterator[TrainingEvent]:
     """Train a U-Net on ``image`` and ``labels`` ((Y, X) or (Z, Y, X), identical shapes), yielding events.
 
@@ -781,7 +860,10 @@ def train_events(
     loss before it (a FloatingPointError when there is none). The last event is
     :class:`TrainingFinished` carrying the model: the mean of the epoch-end weights after
     ``train_config.average_weights_from`` of the run, or, with fewer than two such epochs, the best validation epoch;
-    its ``one_class`` names the class a model predicts everywhere it is checked (:data:`ONE_CLASS_HINT`), if so.
+    its ``one_class_note`` says when the model predicts one class everywhere it is checked or labels no better than
+    chance there (:data:`ONE_CLASS_HINT`; ``check_one_class=False``: not checked, e.g. a Retrain, whose stack holds
+    copies of the corrected slices, checks its corrections' slices with the prediction it scores them with,
+    :func:`napari_unet.retrain.score_retrained`).
     A consumer that leaves early (``break``, ``close()``, an interrupt) finds in :class:`TrainingStarted`'s model the
     weights reached: the best validation epoch's, else the last step's.
     """
@@ -1075,8 +1157,10 @@ def train_events(
                 keras_model.set_weights(raw_weights)
             if reason != "completed":
                 break
+        by_training_loss = False  # the kept epoch chosen by its training loss in a validated run
         if divergence and best_weights is None and late_epochs.count < 2 and unvalidated[2] is not None:
             _, best_epoch, best_weights = unvalidated
+            by_training_loss = True
         if divergence and best_weights is None and late_epochs.count < 2:
             raise FloatingPointError(f"training diverged: {divergence}, before any epoch's weights were kept; {DIVERGED_HINT}")
         # fully annotated, with both classes: a slice all cell or all membrane has no cells for V_rand to judge
@@ -1124,42 +1208,67 @@ def train_events(
         result.boundary_rule, boundary_v_rand = tune_boundary_rule(
             probabilities[..., boundary_index], val_indices != boundary_index, closings=candidate_closings(train_config.merge_levels)
         )
-    one_class, one_class_note = None, ""
-    if step > 0:  # is the finished model of any use? (ONE_CLASS_HINT)
-        if has_validation:
-            numbers = [slice_numbers[k] for k in val_slices]
-            where = (f"the validation {'slice' if len(numbers) == 1 else 'slices'} {_spans(numbers)}" if numbers else
-                     f"the validation columns ({val_column} and up)")
-            check_images, check_planes, truth = val_images, val_planes, val_indices
-        else:  # the slices it trained on: a window of a few of them (as the batch-norm tiles are chosen)
-            chosen = [batch_norm_slices[int(i)] for i in np.unique(np.linspace(0, len(batch_norm_slices) - 1, BATCH_NORM_TILES).round())]
-            numbers = [slice_numbers[train_slices[batch_norm_slices.index(k)]] for k in chosen]
-            where = "the image" if np.ndim(labels) == 2 else f"the training {'slice' if len(numbers) == 1 else 'slices'} {_spans(numbers)}"
-            bounds = validation_window(sampled_indices[chosen] >= 0, ONE_CLASS_CHECK_PIXELS, BATCH_NORM_TILE)
-            y0, y1, x0, x1 = bounds or (0, height, 0, width)
-            if bounds is not None:
-                where += f" (rows {y0}-{y1 - 1} and columns {x0}-{x1 - 1})"
-            truth = sampled_indices[chosen, y0:y1, x0:x1]
-            if model_config.context_slices:  # the whole normalised stack: neighbouring slices are the context
-                check_images, check_planes = sampled_images[:, y0:y1, x0:x1], chosen
-            elif len(chosen) == 1:  # as a 2-D image: a stack of one (64, 4) slice is refused as an RGB image
-                check_images, check_planes = sampled_images[chosen[0], y0:y1, x0:x1], None
-            else:
-                check_images, check_planes = sampled_images[chosen, y0:y1, x0:x1], list(range(len(chosen)))
+    one_class, kappa, one_class_note = None, None, ""
+    if step > 0 and check_one_class:  # is the finished model of any use? (ONE_CLASS_HINT)
+        if has_validation:  # the validation pixels it was scored on (the probabilities of tuning the rule, if any)
+            images, planes, truth = val_images, val_planes, val_indices
+            names, kind = [slice_numbers[k] for k in val_slices], "validation"
+            origin = (val_rows.indices(height)[0], val_columns.indices(width)[0])
+        else:  # the slices it trained on (as the batch-norm tiles are chosen)
+            images, planes, truth = sampled_images, batch_norm_slices, train_indices
+            names, kind, origin = [slice_numbers[k] for k in train_slices], "training", (0, 0)
             probabilities = None
-        try:
-            if probabilities is None:
-                probabilities = predict(result, check_images, close_boundaries=False, slices=check_planes, tta=False,
-                                        normalized=True, jit_compile=jit_compile).probabilities
-            only = _only_class(probabilities, truth, boundary_index, effective_boundary_rule(result))
-        except (PredictionError, InputError):  # NaN probabilities (the checks before let none through), or slices 3 or 4
-            only = None  # pixels wide that predict takes for RGB colours: no check then
-        if only is not None:
-            one_class = class_values[only]
-            annotated = [class_values[k] for k in np.unique(truth[truth >= 0])]
-            one_class_note = _one_class_note(one_class, where, annotated)
+        one_class, kappa, one_class_note = _check_model(
+            result, images, planes, truth, probabilities, names, kind, origin, np.ndim(labels) == 2 and not has_validation,
+            val_column, boundary_index, class_values, model_config.context_slices, jit_compile)
     yield TrainingFinished(result, reason, best_epoch, history, boundary_v_rand, averaged_epochs, step, divergence,
-                           one_class, one_class_note)
+                           one_class, one_class_note, kappa, by_training_loss)
+
+
+def _check_model(result: UNetModel, images, planes: list, truth: np.ndarray, probabilities, names: list, kind: str,
+                 origin: tuple, flat: bool, val_column, boundary_index, class_values: list, context: int, jit_compile) -> tuple:
+    """:func:`useless_verdict` of the finished model ``result`` on a window of at most :data:`BATCH_NORM_TILE` squared
+    pixels of each of up to :data:`BATCH_NORM_TILES` of the ``planes`` of the normalised ``images`` (``truth``: their
+    class indices, -1 not annotated; ``probabilities``: theirs if predicted already, else None), labelled as ``predict``
+    labels them, without test-time augmentation. ``names``: the planes' slice numbers (none: one image's validation
+    columns from ``val_column`` on; ``flat``: a 2-D image); ``origin``: the image's row and column of ``truth``'s (0, 0).
+    A PredictionError (NaN probabilities: the checks before let none through) or InputError (slices 3 or 4 pixels wide
+    that predict takes for RGB colours) skips the check: (None, None, "")."""
+    chosen = [int(i) for i in np.unique(np.linspace(0, len(planes) - 1, BATCH_NORM_TILES).round())]
+    bounds = validation_window(truth[chosen] >= 0, len(chosen) * BATCH_NORM_TILE**2, BATCH_NORM_TILE)
+    y0, y1, x0, x1 = bounds or (0, truth.shape[1], 0, truth.shape[2])
+    picked = [names[i] for i in chosen] if names else []
+    if flat:
+        where = "the image"
+    elif picked:
+        where = f"the {kind} {'slice' if len(picked) == 1 else 'slices'} {_spans(picked)}"
+    else:
+        where = "the validation columns" + ("" if bounds else f" ({val_column} and up)")
+    if bounds is not None:  # only a window was labelled (the membrane rule: 8.1 s on a whole 2048² plane)
+        where = (f"a window of {where} (rows {origin[0] + y0}-{origin[0] + y1 - 1} and columns "
+                 f"{origin[1] + x0}-{origin[1] + x1 - 1})")
+    check_truth = truth[chosen, y0:y1, x0:x1]
+    if len(np.unique(check_truth[check_truth >= 0])) < 2:  # one class annotated here: no sign (nothing predicted)
+        return None, None, ""
+    try:
+        if probabilities is not None:
+            probabilities = probabilities.reshape((-1,) + probabilities.shape[-3:])[chosen, y0:y1, x0:x1]
+        else:
+            if context:  # the whole normalised stack: neighbouring slices are the context
+                check_images, check_planes = images[:, y0:y1, x0:x1], [planes[i] for i in chosen]
+            elif len(chosen) == 1:  # as a 2-D image: a stack of one (64, 4) slice is refused as an RGB image
+                check_images, check_planes = images[planes[chosen[0]], y0:y1, x0:x1], None
+            else:
+                check_images, check_planes = images[[planes[i] for i in chosen], y0:y1, x0:x1], list(range(len(chosen)))
+            probabilities = predict(result, check_images, close_boundaries=False, slices=check_planes, tta=False,
+                                    normalized=True, jit_compile=jit_compile).probabilities
+            probabilities = probabilities.reshape((-1,) + probabilities.shape[-3:])
+    except (PredictionError, InputError):
+        return None, None, ""
+    rule = effective_boundary_rule(result)
+    labels = (_plane_labels(plane, boundary_index, rule) for plane in probabilities)
+    only, counts = _check_labels(labels, check_truth, len(class_values))
+    return useless_verdict(only, counts, class_values, where)
 
 
 def format_count(n: int, noun: str) -> str:
@@ -1200,18 +1309,23 @@ def _eta(elapsed: float, first_step_seconds: float, step: int, total_steps: int,
 
 
 def train(image, labels, model_config=None, train_config=None, init=None, stop=None, pixel_weights=None,
-          pixel_size=None) -> TrainingFinished:
+          pixel_size=None, check_one_class: bool = True) -> TrainingFinished:
     """Drain :func:`train_events` (same arguments); returns the final :class:`TrainingFinished`."""
     final = None
-    for event in train_events(image, labels, model_config, train_config, init, stop, pixel_weights, pixel_size):
+    for event in train_events(image, labels, model_config, train_config, init, stop, pixel_weights, pixel_size,
+                              check_one_class):
         final = event
     return final
 
 
 __all__ = [
+    "CHANCE_KAPPA",
     "DIVERGED_HINT",
     "ONE_CLASS_CHECK_PIXELS",
     "ONE_CLASS_HINT",
+    "cohen_kappa",
+    "confusion_counts",
+    "useless_verdict",
     "BATCH_NORM_TILE",
     "BATCH_NORM_TILES",
     "check_training_memory",

@@ -18,7 +18,7 @@ from napari_unet.config import ConfigError
 from napari_unet.data import InputError
 from napari_unet.labels import LabelError
 from napari_unet.model_io import ModelFileError, UNetModel
-from napari_unet.predict import PredictionError
+from napari_unet.predict import Agreement, PredictionError
 from napari_unet.retrain import CorrectionCheck
 
 from .._tensorflow import load_tensorflow, lower_thread_priority
@@ -68,6 +68,8 @@ class CorrectionsLearned:
     agreement: "Agreement"  # napari_unet.predict.Agreement
     check: CorrectionCheck
     has_rule: bool  # the model's labels follow a membrane rule, not only the most probable class
+    # the retrained model labels the corrected slices as one class or no better than chance (napari_unet.retrain.score_retrained)
+    one_class_note: str = ""
 
     def text(self) -> str:
         learned, total = self.agreement, self.check.total
@@ -87,11 +89,13 @@ def train_job(image, labels, model_config, train_config, init=None, stop=None, a
     ``auto_depth``: the depth of ``model_config`` is settled here, as ``napari-unet train`` settles it
     (:func:`napari_unet.hardware.resolve_depth` may import TensorFlow to ask for a GPU, seconds on a GUI thread).
     ``check``: a :class:`CorrectionCheck` to score the trained model on; then a :class:`CorrectionsLearned` follows
-    ``TrainingFinished`` (nothing if the check fails: the model is kept by then).
+    ``TrainingFinished`` (nothing if the check fails: the model is kept by then). Its one prediction also tells a
+    model of one class or of chance-level labels (:func:`napari_unet.retrain.score_retrained`): the training's own
+    check is then off (a Retrain's stack holds copies of the corrected slices; it cost a third of a Retrain).
     ``pixel_size``: [Y, X] µm of the image's pixels, if known (the model records it).
     """
     from napari_unet.hardware import AUTO, resolve_depth
-    from napari_unet.predict import agreement
+    from napari_unet.retrain import score_retrained
     from napari_unet.train import TrainingFinished, TrainingFinishing, train_events
 
     lower_thread_priority()
@@ -103,18 +107,18 @@ def train_job(image, labels, model_config, train_config, init=None, stop=None, a
                 model_config = settled
         final = None
         for final in train_events(image, labels, model_config, train_config, init=init, stop=stop, pixel_weights=pixel_weights,
-                                  pixel_size=pixel_size):
+                                  pixel_size=pixel_size, check_one_class=check is None):
             if isinstance(final, TrainingFinishing):
                 _answer_hardware_questions()
             yield final
         if check is not None and isinstance(final, TrainingFinished) and final.steps > 0:
             try:
-                learned = agreement(final.model, check.image, check.values, check.where, check.slices, stop=stop)
+                score = score_retrained(final.model, check, stop=stop)
             except Exception:  # e.g. out of memory: the retrained model is in use already; only the check is lost
                 _log.exception("napari-unet: scoring the corrections on the retrained model failed")
-                learned = None
-            if learned is not None:
-                yield CorrectionsLearned(learned, check, final.model.boundary_rule is not None)
+                score = None
+            if score is not None:
+                yield CorrectionsLearned(score.agreement, check, final.model.boundary_rule is not None, score.one_class_note)
     except EXPECTED as err:
         yield Failed(str(err))
     except Exception as err:

@@ -273,6 +273,6 @@ def prepare_retrain(viewer, session, image_layer, labels_layer, zero_is_unannota
     for misfit in misfits:
         note += f"; {misfit.name!r} {tuple(misfit.data.shape)} is another image's prediction and is not used"
     return TrainJob(data.image, data.labels, None, train_config.replace(ignore_value=data.ignore), model, names, colormap, note,
-                    pixel_weights=data.pixel_weights, check=correction_check(image, values, corrected), pairs=pairs,
+                    pixel_weights=data.pixel_weights, check=correction_check(image, values, corrected, annotated), pairs=pairs,
                     pixel_size=pixel_size_of(image_layer))
 

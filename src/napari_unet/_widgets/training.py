@@ -285,7 +285,8 @@ class TrainingWidget(QWidget):
         elif isinstance(event, TrainingFinished):
             self._finished_model(run, event)
         elif isinstance(event, CorrectionsLearned) and run.kept_model:
-            self.progress.set_status(f"{self.progress.status.text()} {event.text()}")
+            warning = f" Warning: {self._useless(run, event.one_class_note)}." if event.one_class_note else ""
+            self.progress.set_status(f"{self.progress.status.text()} {event.text()}{warning}")
         elif isinstance(event, Failed):
             message = event.message
             if message.endswith(DIVERGED_HINT):  # diverged before it kept any weights (a Retrain always: one epoch)
@@ -339,13 +340,20 @@ class TrainingWidget(QWidget):
             show_warning(f"napari-unet: {diverged}")
             note += f" Note: {diverged}."
         if event.one_class_note:  # a useless model, whatever its validation scores: it is still kept (Previous model undoes it)
-            settings = ("the Retrain learning rate and steps" if run.kind == "retraining" else
-                        "the learning rate, epochs x steps and time budget")
-            useless = f"{event.one_class_note} ({settings} in the settings)"
-            show_warning(f"napari-unet: {useless}")
-            note += f" Warning: {useless}."
+            note += f" Warning: {self._useless(run, event.one_class_note)}."
         note += warning
         self.progress.set_status(f"Model {description}, in {format_seconds(seconds)}. It is now used by the inference widget.{note}")
+
+    def _useless(self, run: _Run, one_class_note: str) -> str:
+        """Warn (a notification) of a kept model of one class or chance-level labels; the status line's words.
+        Called once the model is the session's: *Previous model* brings back the one it replaced, if any."""
+        settings = ("the Retrain learning rate and steps" if run.kind == "retraining" else
+                    "the learning rate, epochs x steps and time budget")
+        useless = f"{one_class_note} ({settings} in the settings)"
+        if self.session.previous is not None:
+            useless += ". Previous model brings back the model before it"
+        show_warning(f"napari-unet: {useless}")
+        return useless
 
     def _on_aborted(self) -> None:
         kind = self._run.kind if self._run is not None else "training"
