@@ -284,3 +284,98 @@ def test_a_containers_memory_limit_lowers_the_available_memory(tmp_path, version
         (tmp_path / "cgroup").write_text("4:memory:/app\n")
     left = _cgroup_memory_left(str(tmp_path / "cgroup"), str(tmp_path))
     assert left == (600000 if version == "v2" else None)
+
+
+def _fake_cgroup(tmp_path, version, limit, usage, inactive_file, swap=None):
+    """A fake /proc/self/cgroup and cgroup tree (v1 or v2) under ``tmp_path``; returns (proc_cgroup, root)."""
+    if version == "v2":
+        folder = tmp_path / "job" / "step"
+        folder.mkdir(parents=True)
+        files = {"memory.max": limit, "memory.current": usage,
+                 "memory.stat": f"anon {usage - inactive_file}\nfile {inactive_file}\ninactive_file {inactive_file}\n"}
+        if swap is not None:
+            files["memory.swap.max"] = swap
+        (tmp_path / "cgroup").write_text("0::/job/step\n")
+    else:
+        folder = tmp_path / "memory" / "job"
+        folder.mkdir(parents=True)
+        files = {"memory.limit_in_bytes": limit, "memory.usage_in_bytes": usage,
+                 "memory.stat": f"cache {inactive_file}\nrss 1000\ntotal_inactive_file {inactive_file}\n"
+                                f"hierarchical_memory_limit {limit}\n"}
+        if swap is not None:
+            files["memory.memsw.limit_in_bytes"] = limit + swap
+        (tmp_path / "cgroup").write_text("12:cpuset:/\n4:memory:/job\n1:name=systemd:/job\n")
+    for name, value in files.items():
+        (folder / name).write_text(f"{value}\n")
+    return str(tmp_path / "cgroup"), str(tmp_path)
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_a_containers_reclaimable_page_cache_counts_as_available(tmp_path, version):
+    # old: limit - usage, usage counting the cache of every file read: a container or Slurm job that had read its
+    # data set had "0 bytes available", and every file was refused (review 2, must-fix 1)
+    from napari_unet.hardware import _cgroup_memory_left, available_memory_bytes
+
+    gb = 2**30
+    proc_cgroup, root = _fake_cgroup(tmp_path, version, limit=8 * gb, usage=8 * gb, inactive_file=6 * gb + gb // 2)
+    assert _cgroup_memory_left(proc_cgroup, root) == 6 * gb + gb // 2
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       33554432 kB\nMemFree:  1000 kB\nMemAvailable:   16777216 kB\nSwapTotal: 0 kB\n")
+    assert available_memory_bytes(str(meminfo), proc_cgroup, root) == 6 * gb + gb // 2  # the cgroup's, not MemAvailable
+    meminfo.write_text("MemTotal:       33554432 kB\nMemAvailable:   1048576 kB\nSwapTotal: 0 kB\n")
+    assert available_memory_bytes(str(meminfo), proc_cgroup, root) == gb  # the machine's, when lower
+
+
+def test_a_parent_cgroups_limit_counts_on_v2(tmp_path):
+    # a Slurm job's limit sits on the job's cgroup, its steps' cgroups say "max"
+    from napari_unet.hardware import _cgroup_memory_left, memory_capacity
+
+    proc_cgroup, root = _fake_cgroup(tmp_path, "v2", limit="max", usage=100, inactive_file=0)
+    (tmp_path / "job" / "memory.max").write_text(f"{2**30}\n")
+    (tmp_path / "job" / "memory.current").write_text(f"{2**29}\n")
+    (tmp_path / "job" / "memory.swap.max").write_text("0\n")
+    assert _cgroup_memory_left(proc_cgroup, root) == 2**29
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal: 33554432 kB\nMemAvailable: 16777216 kB\nSwapTotal: 8388608 kB\n")
+    assert memory_capacity(str(meminfo), proc_cgroup, root) == (2**30, "the memory limit of this container or job")
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_the_memory_capacity_is_the_machines_memory_and_swap_or_the_containers_limit(tmp_path, version):
+    from napari_unet.hardware import MemoryCapacity, memory_capacity
+
+    gb = 2**30
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal: 16777216 kB\nMemAvailable: 1048576 kB\nSwapTotal: 4194304 kB\n")
+    none = tmp_path / "none"
+    assert memory_capacity(str(meminfo), str(none), str(tmp_path)) == MemoryCapacity(20 * gb, "this machine's memory and swap")
+    proc_cgroup, root = _fake_cgroup(tmp_path, version, limit=8 * gb, usage=8 * gb, inactive_file=0, swap=gb)
+    assert memory_capacity(str(meminfo), proc_cgroup, root) == MemoryCapacity(9 * gb, "the memory limit of this container or job and its swap")
+
+
+def test_memory_is_measured_without_proc_meminfo_too():
+    # Windows and macOS have no /proc/meminfo: old, available_memory_bytes() was always None there, and no memory
+    # check worked (review 2, should-fix 3); psutil (a dependency of napari) answers there
+    from napari_unet.hardware import available_memory_bytes, memory_capacity
+
+    available = available_memory_bytes(meminfo="/nonexistent/meminfo", proc_cgroup="/nonexistent/cgroup")
+    capacity = memory_capacity(meminfo="/nonexistent/meminfo", proc_cgroup="/nonexistent/cgroup")
+    assert available is not None and 2**24 < available < 2**50
+    assert capacity is not None and available <= capacity.bytes < 2**50
+
+
+def test_unknown_memory_neither_refuses_nor_warns(monkeypatch):
+    from napari_unet import hardware
+
+    monkeypatch.setattr(hardware, "available_memory_bytes", lambda: None)
+    monkeypatch.setattr(hardware, "memory_capacity", lambda: None)
+    assert hardware.memory_shortfall(2**60) is None and hardware.memory_excess(2**60) is None
+
+
+def test_the_shortfall_message_names_the_share_it_compares_with(monkeypatch):
+    # old: "needs 40.0 MB of memory, and 50.0 MB are available" (compared with 3/4 of it)
+    from napari_unet import hardware
+
+    monkeypatch.setattr(hardware, "available_memory_bytes", lambda: 50 * 2**20)
+    assert hardware.memory_shortfall(40 * 2**20) == "needs 40.0 MB of memory, more than 3/4 of the 50.0 MB available now"
+    assert hardware.memory_shortfall(37 * 2**20) is None

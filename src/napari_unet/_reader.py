@@ -23,6 +23,7 @@ from .tiff_io import (
     MAX_LABEL_CLASSES,
     TiffData,
     TiffReadError,
+    check_memory,
     is_lazy,
     is_tiff_path,
     memory_shortfall,
@@ -119,8 +120,9 @@ def read_path(path) -> TiffData:
 def check_showable(tiff: TiffData) -> None:
     """:class:`~napari_unet.tiff_io.TiffReadError` (one line: the file, what is wrong, what to do) for data napari fails
     on when the layer is added, after the reader has returned: no pixels (an axis of length 0), values that are not
-    numbers (complex, dates, text, records), or slices larger than the memory available (napari reads the slice it
-    shows whole)."""
+    numbers (complex, dates, text, records), or slices larger than the machine's (or container's) memory and swap
+    (napari reads the slice it shows whole); a slice over :data:`~napari_unet.hardware.MEMORY_SHARE` of the memory
+    available now gets a warning only."""
     data, where = tiff.data, tiff.path or tiff.name
     if 0 in data.shape or data.ndim < 2:
         raise TiffReadError(f"{where}: holds no pixels (shape {tuple(data.shape)}); nothing to show")
@@ -131,10 +133,12 @@ def check_showable(tiff: TiffData) -> None:
                             f"integers or floating-point numbers{hint}")
     if is_lazy(data):
         plane = tuple(data.shape[-3:] if tiff.rgb and data.ndim >= 3 else data.shape[-2:])
+        what = f"one slice of {' x '.join(map(str, plane))} {dtype} pixels, which napari reads whole to show it,"
+        check_memory(where, plane, dtype, whole=False, what=what, warn=False)  # refused beyond memory and swap
         shortfall = memory_shortfall(n_bytes(plane, dtype))
-        if shortfall is not None:
-            raise TiffReadError(f"{where}: one slice of {' x '.join(map(str, plane))} {dtype} pixels, which napari reads "
-                                f"whole to show it, {shortfall}; cut it into smaller images")
+        if shortfall is not None:  # it may fit: shown, with a warning
+            _notify_warning(f"napari-unet: {where}: {what} {shortfall}; showing it anyway (close other programs if the "
+                            "system slows down)")
 
 
 def _labels_in_memory(tiff: TiffData, read_eagerly: Callable[[], TiffData]) -> TiffData:

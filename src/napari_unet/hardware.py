@@ -14,7 +14,8 @@ import functools
 import operator
 import sys
 import time
-from typing import Optional, Union
+from fractions import Fraction
+from typing import NamedTuple, Optional, Union
 
 AUTO = "auto"
 
@@ -211,41 +212,217 @@ def explain_auto_tta() -> str:
     return "off: this CPU has no AMX matrix units and TensorFlow sees no GPU"
 
 
-def available_memory_bytes() -> Optional[int]:
-    """Memory the system can give this process now, or None if unknown: Linux ``MemAvailable``, lowered to what
-    the process's memory cgroup (a container's limit) has left."""
+# ------------------------------------------------------------------------------------------------ memory
+#
+# The memory policy of reading data (tiff_io, zarr_io, the napari reader):
+#
+# * Capacity (:func:`memory_capacity`): the machine's memory and swap, or a container's / batch job's memory cgroup
+#   limit (and its swap) when lower. Data larger than that can never be held: reading them whole is refused before
+#   anything is allocated (:func:`memory_excess`). A header of a few KB declaring terabytes lands here.
+# * Available now (:func:`available_memory_bytes`): what the system can give without swapping, which rises and falls
+#   with other programs. Data over :data:`MEMORY_SHARE` of it (:func:`memory_shortfall`) are read lazily where the
+#   caller allows it, else read anyway with a warning (:class:`LowMemoryWarning`): never refused for this alone.
+# * Unknown figures (no /proc, no psutil) never refuse nor warn.
+
+#: Share of the memory available now that one array read whole may take without a warning (or that makes a read
+#: lazy where the caller allows): the rest is for what follows (label detection, napari's display copy, the network)
+#: and for other programs.
+MEMORY_SHARE = 0.75
+
+
+class LowMemoryWarning(UserWarning):
+    """Data are read whole although they take more than :data:`MEMORY_SHARE` of the memory available now."""
+
+
+class MemoryCapacity(NamedTuple):
+    """Bytes this process could ever hold (memory and swap), and what they are, for a message: "this machine's memory
+    and swap" or "the memory limit of this container or job"."""
+
+    bytes: int
+    what: str
+
+
+class _CgroupMemory(NamedTuple):
+    limit: int  # bytes of memory the cgroup may use
+    swap: Optional[int]  # bytes of swap it may use besides (None: as much as the system has)
+    left: int  # limit minus the memory in use (reclaimable file cache not counted)
+
+
+def _meminfo(path: str) -> Optional[dict]:
+    """``/proc/meminfo``'s fields in bytes, or None if it cannot be read (not Linux)."""
     try:
-        with open("/proc/meminfo") as fh:
-            available = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("MemAvailable:"))
-    except (OSError, ValueError, IndexError, StopIteration):
+        with open(path) as fh:
+            fields = {}
+            for line in fh:
+                name, _, value = line.partition(":")
+                parts = value.split()
+                if parts and parts[0].isdigit():
+                    fields[name] = int(parts[0]) * (1024 if parts[1:] == ["kB"] else 1)
+            return fields
+    except (OSError, ValueError, UnicodeDecodeError):
         return None
-    left = _cgroup_memory_left()
+
+
+def _psutil_memory() -> Optional[tuple]:
+    """(available, total, swap total) from psutil (Windows, macOS), or None without it."""
+    try:
+        import psutil
+
+        memory = psutil.virtual_memory()
+        try:
+            swap = int(psutil.swap_memory().total)
+        except Exception:  # (swap unknown: count none)
+            swap = 0
+        return int(memory.available), int(memory.total), swap
+    except Exception:
+        return None
+
+
+def available_memory_bytes(meminfo: str = "/proc/meminfo", proc_cgroup: str = "/proc/self/cgroup",
+                           cgroup_root: str = "/sys/fs/cgroup") -> Optional[int]:
+    """Memory the system can give this process now, or None if unknown: Linux ``MemAvailable``, lowered to what the
+    process's memory cgroup (a container's or a batch job's limit) has left, its reclaimable file cache counted as
+    free (:func:`_cgroup_memory_left`); elsewhere psutil's ``available`` (Windows, macOS)."""
+    fields = _meminfo(meminfo)
+    if fields is not None and "MemAvailable" in fields:
+        available = fields["MemAvailable"]
+    else:
+        measured = _psutil_memory()
+        if measured is None:
+            return None
+        available = measured[0]
+    left = _cgroup_memory_left(proc_cgroup, cgroup_root)
     return available if left is None else min(available, left)
 
 
-def _cgroup_memory_left(proc_cgroup: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> Optional[int]:
-    """Limit minus usage of this process's memory cgroup (v2, else v1), or None without a limit."""
+def memory_capacity(meminfo: str = "/proc/meminfo", proc_cgroup: str = "/proc/self/cgroup",
+                    cgroup_root: str = "/sys/fs/cgroup") -> Optional[MemoryCapacity]:
+    """The most memory this process could ever hold, or None if unknown: the machine's memory and swap (Linux
+    ``MemTotal`` + ``SwapTotal``, elsewhere psutil's), lowered to the memory cgroup's limit and swap limit."""
+    fields = _meminfo(meminfo)
+    if fields is not None and "MemTotal" in fields:
+        total, swap = fields["MemTotal"], fields.get("SwapTotal", 0)
+    else:
+        measured = _psutil_memory()
+        if measured is None:
+            return None
+        total, swap = measured[1], measured[2]
+    capacity = MemoryCapacity(total + swap, "this machine's memory and swap" if swap else "this machine's memory")
+    cgroup = _cgroup_memory(proc_cgroup, cgroup_root)
+    if cgroup is not None:
+        cgroup_swap = swap if cgroup.swap is None else min(cgroup.swap, swap)
+        if cgroup.limit + cgroup_swap < capacity.bytes:
+            what = "the memory limit of this container or job" + (" and its swap" if cgroup_swap else "")
+            capacity = MemoryCapacity(cgroup.limit + cgroup_swap, what)
+    return capacity
+
+
+def size_text(n: int) -> str:
+    """``n`` bytes as "3.2 GB", "640 KB", "20.0 TB" (binary multiples, as the memory messages elsewhere)."""
+    for unit, power in (("TB", 40), ("GB", 30), ("MB", 20), ("KB", 10)):
+        if n >= 2**power:
+            return f"{n / 2**power:.1f} {unit}" if n < 2**power * 100 else f"{round(n / 2**power)} {unit}"
+    return f"{n} bytes"
+
+
+def _share_text() -> str:
+    share = Fraction(MEMORY_SHARE).limit_denominator(10)
+    return "all" if share == 1 else f"{share.numerator}/{share.denominator}"
+
+
+def memory_shortfall(n_bytes_needed: int) -> Optional[str]:
+    """None if ``n_bytes_needed`` bytes fit in :data:`MEMORY_SHARE` of the memory available now (or that is unknown),
+    else "needs 40.0 MB of memory, more than 3/4 of the 50.0 MB available now" for a message: a reason to read lazily,
+    or to warn, not to refuse (see :func:`memory_excess`)."""
+    available = available_memory_bytes()
+    if available is None or n_bytes_needed <= MEMORY_SHARE * available:
+        return None
+    return f"needs {size_text(n_bytes_needed)} of memory, more than {_share_text()} of the {size_text(available)} available now"
+
+
+def memory_excess(n_bytes_needed: int) -> Optional[str]:
+    """None if ``n_bytes_needed`` bytes fit in :func:`memory_capacity` (or that is unknown), else "needs 72.8 TB of
+    memory, more than the 16.0 GB of this machine's memory and swap" for a refusal: the data cannot be held at all."""
+    capacity = memory_capacity()
+    if capacity is None or n_bytes_needed <= capacity.bytes:
+        return None
+    return f"needs {size_text(n_bytes_needed)} of memory, more than the {size_text(capacity.bytes)} of {capacity.what}"
+
+
+def _read_bytes_figure(path: str) -> Optional[int]:
+    """The number in a cgroup file, or None when it says "max", is missing or is beyond any machine (v1's no limit)."""
+    try:
+        with open(path) as fh:
+            text = fh.read().strip()
+        value = int(text)
+    except (OSError, ValueError):
+        return None
+    return value if 0 <= value < 2**60 else None
+
+
+def _memory_stat(path: str) -> dict:
+    try:
+        with open(path) as fh:
+            return {name: int(value) for name, value in (line.split()[:2] for line in fh if len(line.split()) >= 2)
+                    if value.isdigit()}
+    except (OSError, ValueError):
+        return {}
+
+
+def _cgroup_memory(proc_cgroup: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> Optional[_CgroupMemory]:
+    """This process's memory cgroup (v2, else v1): its limit, swap limit and what is left, or None without a limit.
+
+    Usage counts the page cache of every file the cgroup has read or written, which the kernel reclaims on demand:
+    its inactive part (``inactive_file``, v1 ``total_inactive_file``) is subtracted, as ``docker stats`` and the
+    kubelet do, or reading a data set in a container or a Slurm job would leave "no memory" after a while. On v2 the
+    limits of the parent cgroups count too (a job's limit above a step's cgroup).
+    """
     try:
         with open(proc_cgroup) as fh:
-            entries = dict(line.rstrip("\n").split(":", 2)[1:] for line in fh if line.count(":") >= 2)
-    except OSError:
+            entries = {}
+            for line in fh:
+                parts = line.rstrip("\n").split(":", 2)
+                if len(parts) == 3:
+                    for controller in parts[1].split(","):
+                        entries[controller] = parts[2]
+    except (OSError, UnicodeDecodeError):
         return None
-    candidates = []
-    if "" in entries:
-        candidates.append((f"{root}{entries['']}", "memory.max", "memory.current"))
-    if "memory" in entries:
-        candidates.append((f"{root}/memory{entries['memory']}", "memory.limit_in_bytes", "memory.usage_in_bytes"))
-    for folder, limit_file, usage_file in candidates:
-        try:
-            with open(f"{folder.rstrip('/')}/{limit_file}") as fh:
-                limit = fh.read().strip()
-            with open(f"{folder.rstrip('/')}/{usage_file}") as fh:
-                usage = int(fh.read().strip())
-        except (OSError, ValueError):
-            continue
-        if limit != "max" and int(limit) < 2**60:
-            return max(0, int(limit) - usage)
-    return None
+    levels = []
+    if "" in entries:  # v2: the process's cgroup and its parents
+        folder = entries[""]
+        while True:
+            path = f"{root}{folder}".rstrip("/")
+            limit = _read_bytes_figure(f"{path}/memory.max")
+            usage = _read_bytes_figure(f"{path}/memory.current")
+            if limit is not None and usage is not None:
+                in_use = max(0, usage - _memory_stat(f"{path}/memory.stat").get("inactive_file", 0))
+                levels.append(_CgroupMemory(limit, _read_bytes_figure(f"{path}/memory.swap.max"), max(0, limit - in_use)))
+            if folder in ("", "/"):
+                break
+            folder = folder.rsplit("/", 1)[0] or "/"
+    if not levels and "memory" in entries:  # v1
+        path = f"{root}/memory{entries['memory']}".rstrip("/")
+        stat = _memory_stat(f"{path}/memory.stat")
+        limits = [_read_bytes_figure(f"{path}/memory.limit_in_bytes"), stat.get("hierarchical_memory_limit")]
+        limits = [value for value in limits if value is not None and value < 2**60]
+        usage = _read_bytes_figure(f"{path}/memory.usage_in_bytes")
+        if limits and usage is not None:
+            limit = min(limits)
+            in_use = max(0, usage - stat.get("total_inactive_file", stat.get("inactive_file", 0)))
+            both = [_read_bytes_figure(f"{path}/memory.memsw.limit_in_bytes"), stat.get("hierarchical_memsw_limit")]
+            both = [value for value in both if value is not None and value < 2**60]
+            levels.append(_CgroupMemory(limit, max(0, min(both) - limit) if both else None, max(0, limit - in_use)))
+    if not levels:
+        return None
+    tightest = min(levels, key=lambda level: level.limit)
+    return _CgroupMemory(tightest.limit, tightest.swap, min(level.left for level in levels))
+
+
+def _cgroup_memory_left(proc_cgroup: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> Optional[int]:
+    """Limit minus usage (reclaimable file cache not counted) of this process's memory cgroup, or None without a
+    limit (see :func:`_cgroup_memory`)."""
+    cgroup = _cgroup_memory(proc_cgroup, root)
+    return None if cgroup is None else cgroup.left
 
 
 def describe() -> str:
@@ -269,6 +446,13 @@ __all__ = [
     "gpu_has_xla",
     "resolve_tta",
     "available_memory_bytes",
+    "memory_capacity",
+    "MemoryCapacity",
+    "MEMORY_SHARE",
+    "LowMemoryWarning",
+    "memory_shortfall",
+    "memory_excess",
+    "size_text",
     "resolve_depth",
     "auto_depth_without_gpu_query",
     "explain_auto_tta",

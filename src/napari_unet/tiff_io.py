@@ -32,6 +32,7 @@ import os
 import re
 import tempfile
 import threading
+import warnings
 import xml.etree.ElementTree as ET
 import zlib
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ import numpy as np
 import tifffile
 
 from ._files import fsync_folder, target_mode, temporary_prefix, write_target
+from .hardware import MEMORY_SHARE, memory_shortfall, size_text  # (the memory policy's names, also importable here)
+
 
 __all__ = [
     "LABEL_NAME_HINTS",
@@ -74,6 +77,8 @@ __all__ = [
     "SPARSE_LABEL_SHARE",
     "is_lazy",
     "memory_shortfall",
+    "check_memory",
+    "pixels_text",
     "n_bytes",
     "tiff_files_in",
 ]
@@ -415,51 +420,62 @@ def n_bytes(shape, dtype) -> int:
     return math.prod(shape) * np.dtype(dtype).itemsize
 
 
-#: Share of the memory available (:func:`napari_unet.hardware.available_memory_bytes`) that one array read whole may
-#: take; the rest is for what follows (label detection, napari's display copy, the network) and for other programs.
-#: A header declaring more is refused before anything is allocated: a file of a few KB may declare terabytes
-#: (damaged, or made to exhaust memory), and below the machine's total memory the system does not refuse the
-#: allocation but fills memory until it kills a process.
-MEMORY_SHARE = 0.75
+#: The largest ratio of pixel bytes to file bytes each TIFF compression can reach (zlib packs a blank slice about
+#: 1000-fold, TIFF's LZW about 1350-fold, PackBits 64-fold): a header declaring more pixels than that is damaged or
+#: forged. Other codecs (zstd, LZMA, JPEG XL...) pack a nearly empty label mask further; they get no verdict.
+_MAX_PACKING = {1: 1, 32773: 64, 8: 1032, 32946: 1032, 5: 1400}
 
 
-def memory_shortfall(n_bytes_needed: int) -> str | None:
-    """None if ``n_bytes_needed`` bytes fit in :data:`MEMORY_SHARE` of the memory available now (or that is unknown),
-    else the text "needs 12.0 GB of memory, and 7.5 GB are available" for a message."""
-    from .hardware import available_memory_bytes
-
-    available = available_memory_bytes()
-    if available is None or n_bytes_needed <= MEMORY_SHARE * available:
-        return None
-    return f"needs {_size_text(n_bytes_needed)} of memory, and {_size_text(available)} {'are' if available != 1 else 'is'} available"
+def _max_packing(tif, series) -> int | None:
+    """:data:`_MAX_PACKING` of the series' compression, or None for another codec or a series spread over files."""
+    with contextlib.suppress(Exception):
+        packing = _MAX_PACKING.get(int(series.keyframe.compression))
+        if packing is not None and all(page is not None and getattr(page, "parent", tif) is tif for page in series.pages):
+            return packing
+    return None
 
 
-def _size_text(n: int) -> str:
-    """``n`` bytes as "3.2 GB", "640 KB", "20.0 TB" (binary multiples, as the memory messages elsewhere)."""
-    for unit, power in (("TB", 40), ("GB", 30), ("MB", 20), ("KB", 10)):
-        if n >= 2**power:
-            return f"{n / 2**power:.1f} {unit}" if n < 2**power * 100 else f"{round(n / 2**power)} {unit}"
-    return f"{n} bytes"
-
-
-def _refuse_if_too_large(path: Path, shape, dtype, whole: bool) -> None:
-    """:class:`TiffReadError` before ``path``'s pixels of ``shape`` are read whole (``whole``), or before one slice (a page)
-    of that ``shape`` is read, when that does not fit in memory (:func:`memory_shortfall`)."""
-    shortfall = memory_shortfall(n_bytes(shape, dtype))
-    if shortfall is None:
-        return
+def pixels_text(shape, dtype, whole: bool) -> str:
+    """"reading its 16 x 512 x 512 uint8 pixels whole", or "one slice of 512 x 512 uint8 pixels" (not ``whole``)."""
     dims = " x ".join(str(n) for n in shape)
+    return f"reading its {dims} {np.dtype(dtype)} pixels whole" if whole else f"one slice of {dims} {np.dtype(dtype)} pixels"
+
+
+def check_memory(where, shape, dtype, whole: bool = True, advice: str | None = None, error: type = None,
+                 what: str | None = None, held: str = "", damaged: bool = False, warn: bool = True) -> None:
+    """The memory policy (:mod:`napari_unet.hardware`) for pixels of ``shape`` and ``dtype`` about to be read whole
+    (``whole``) or a slice of them at a time: ``error`` (:class:`TiffReadError`) when they cannot fit in the machine's
+    or container's memory and swap (:func:`~napari_unet.hardware.memory_excess`); a
+    :class:`~napari_unet.hardware.LowMemoryWarning` (unless not ``warn``) when they take more than
+    :data:`~napari_unet.hardware.MEMORY_SHARE` of the memory available now, and the read goes ahead. ``what``
+    replaces :func:`pixels_text`; ``held`` (" (the file holds 2.1 KB)") follows the size, and ``damaged`` says its
+    header may be forged."""
+    from . import hardware
+
+    needed = n_bytes(shape, dtype)
+    what = what or pixels_text(shape, dtype, whole)
+    excess = hardware.memory_excess(needed)
+    if excess is not None:
+        advice = advice or ("crop it or save it as smaller files" if whole else "cut it into smaller images")
+        advice = f"use an intact copy, or {advice}" if damaged else advice
+        raise (error or TiffReadError)(f"{where}: {what} {excess}{held}; {advice}")
+    if warn:
+        shortfall = hardware.memory_shortfall(needed)
+        if shortfall is not None:
+            warnings.warn(f"{where}: {what} {shortfall}{held}; reading it anyway (close other programs if the system "
+                          "slows down)", hardware.LowMemoryWarning, stacklevel=3)
+
+
+def _refuse_if_too_large(path: Path, shape, dtype, whole: bool, packing: int | None = None, warn: bool = True) -> None:
+    """:func:`check_memory` for ``path``'s pixels of ``shape``, read whole (``whole``) or a slice (a page) at a time;
+    a size beyond ``packing`` times the file's (:func:`_max_packing`) says its header may be damaged or forged."""
     try:
         on_disk = path.stat().st_size if path.is_file() else None  # (a folder of slices: its files' sizes are not summed)
     except OSError:
         on_disk = None
-    # zlib packs a blank slice 1000-fold at best: a header declaring far more pixels than the file could hold is damaged
-    damaged = on_disk is not None and n_bytes(shape, dtype) > 1032 * on_disk
-    held = f" (the file holds {_size_text(on_disk)}{': its header may be damaged or forged' if damaged else ''})" if on_disk is not None else ""
-    advice = "crop it or save it as smaller files" if whole else "cut it into smaller images"
-    advice = f"use an intact copy, or {advice}" if damaged else advice
-    what = f"reading its {dims} {np.dtype(dtype)} pixels whole" if whole else f"one slice of {dims} {np.dtype(dtype)} pixels"
-    raise TiffReadError(f"{path}: {what} {shortfall}{held}; {advice}")
+    damaged = on_disk is not None and packing is not None and n_bytes(shape, dtype) > packing * on_disk
+    held = f" (the file holds {size_text(on_disk)}{': its header may be damaged or forged' if damaged else ''})" if on_disk is not None else ""
+    check_memory(path, shape, dtype, whole, held=held, damaged=damaged, warn=warn)
 
 
 def read_tiff(path, lazy: bool = False, lazy_from_bytes: int | None = None, memory_map: bool = True) -> TiffData:
@@ -468,8 +484,11 @@ def read_tiff(path, lazy: bool = False, lazy_from_bytes: int | None = None, memo
     ``lazy=True``: for data larger than memory, ``data`` of ``lazy_from_bytes`` (default :data:`LAZY_READ_BYTES`)
     or more reads pixels only when indexed: a read-only ``np.memmap`` of uncompressed contiguous data (unless
     ``memory_map=False``: tasks of a dask cluster read pages by path), else a dask array with one chunk per TIFF
-    page (a corrupt page raises :class:`TiffReadError` when it is read); a series stored in one page is read at once. Raises :class:`TiffReadError` for a missing, unreadable, non-TIFF or
-    corrupt file.
+    page (a corrupt page raises :class:`TiffReadError` when it is read); a series stored in one page is read at once.
+    Data over :data:`~napari_unet.hardware.MEMORY_SHARE` of the memory available now are read lazily whenever
+    ``lazy=True``; read whole they get a :class:`~napari_unet.hardware.LowMemoryWarning`, and are refused only beyond
+    the machine's (or container's) memory and swap (:func:`check_memory`). Raises :class:`TiffReadError` for a
+    missing, unreadable, non-TIFF or corrupt file.
     """
     path = Path(os.fspath(path))
     _check_file(path)
@@ -482,11 +501,13 @@ def read_tiff(path, lazy: bool = False, lazy_from_bytes: int | None = None, memo
                              or memory_shortfall(size) is not None)
             # tifffile.memmap would map the first slice's series of an appended stack: its pages are read one by one
             data = _lazy_series(path, series, memory_map and not appended) if lazy else None
+            packing = _max_packing(tif, series)
             if data is None:  # the header's shape, before numpy takes memory it may not have (or tifffile fills it)
-                _refuse_if_too_large(path, series.shape, series.dtype, whole=True)
+                _refuse_if_too_large(path, series.shape, series.dtype, whole=True, packing=packing)
                 data = np.asarray(series.asarray())
             else:  # label detection reads a page now (a dask chunk; a memory map's plane), napari and predict whole ones
-                _refuse_if_too_large(path, tuple(series.keyframe.shape), series.dtype, whole=False)
+                # (no warning: napari's reader warns of a slice it must show whole, check_showable)
+                _refuse_if_too_large(path, tuple(series.keyframe.shape), series.dtype, whole=False, packing=packing, warn=False)
             errors.raise_any()
             info = _series_info(tif, series, data)
 

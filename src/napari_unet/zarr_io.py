@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from ._interrupts import interrupts_deferred
-from .tiff_io import (METADATA_KEY, TiffData, _default_axes, _normalise_unit, _one_line, lengths_in_one_unit, memory_shortfall,
-                      n_bytes, name_suggests_labels)
+from .tiff_io import (METADATA_KEY, TiffData, _default_axes, _normalise_unit, _one_line, check_memory, lengths_in_one_unit,
+                      name_suggests_labels)
 
 ZARR_SUFFIX = ".zarr"
 _ZARR_MARKERS = ("zarr.json", ".zarray", ".zgroup")
@@ -116,11 +116,8 @@ def read_zarr(path, lazy: bool = True) -> TiffData:
     if not lazy:
         # the declared shape, before its chunks are read: a store of a few files may declare terabytes (chunks never
         # written read as the fill value), and the system fills memory below its total before it refuses
-        shortfall = memory_shortfall(n_bytes(array.shape, array.dtype))
-        if shortfall is not None:
-            dims = " x ".join(str(n) for n in array.shape)
-            raise ZarrReadError(f"{path}: reading its {dims} {np.dtype(array.dtype)} pixels whole {shortfall}; crop it "
-                                "or open it lazily")
+        # (refused beyond the machine's memory and swap; a warning beyond the share of the memory available now)
+        check_memory(path, array.shape, array.dtype, advice="crop it or open it lazily", error=ZarrReadError)
         data = np.asarray(data)
     metadata: dict[str, Any] = {"source": str(path), "format": "ome-zarr" if ome_axes is not None else "zarr", "dtype": str(data.dtype)}
     metadata.update({key: own[key] for key in _LABEL_KEYS if own.get(key) is not None})
