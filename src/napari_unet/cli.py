@@ -363,6 +363,7 @@ def scratch_array(stack: contextlib.ExitStack, folder: Path, shape: tuple, dtype
 
     The disk space is reserved first: a memory map of a sparse file on a full disk kills the process (SIGBUS).
     """
+    from .hardware import size_text
     from .tiff_io import n_bytes
 
     handle = stack.enter_context(tempfile.TemporaryFile(dir=folder, prefix=".napari-unet-scratch-"))
@@ -384,7 +385,20 @@ def scratch_array(stack: contextlib.ExitStack, folder: Path, shape: tuple, dtype
             raise CommandError(f"not enough free disk space in {str(folder)!r} for the prediction ({size / 2**20:.0f} MB "
                                f"of scratch space, {free / 2**20:.0f} MB free)") from None
         handle.truncate(size)
-    return np.memmap(handle, dtype=dtype, mode="r+", shape=shape)
+    try:
+        return np.memmap(handle, dtype=dtype, mode="r+", shape=shape)
+    except OSError as err:  # a bare "[Errno 12] Cannot allocate memory" (ulimit -v below the output's size)
+        if err.errno != errno.ENOMEM:
+            raise
+        raise OutOfAddressSpace(
+            f"not enough memory (or address space) to map the output of {tuple(shape)} {np.dtype(dtype)} "
+            f"({size_text(size)}, a scratch file in {str(folder)!r}): a limit on virtual memory (ulimit -v, a job's "
+            "address-space limit) may be lower than that; raise it, or write a zarr store (-o LABELS.zarr), which is "
+            "written chunk by chunk") from None
+
+
+class OutOfAddressSpace(MemoryError):
+    """A memory map the system refused (ENOMEM); the message is whole, with what to do."""
 
 
 def read_stack(path, what: str, lazy: bool = False) -> np.ndarray:
@@ -447,6 +461,8 @@ def _read_stack_and_metadata(path, what: str, lazy: bool = False, for_cluster: b
     # Length-1 axes other than Y and X go (np.squeeze would also read a lazy array whole).
     if 0 in data.shape:
         raise CommandError(f"{what} {path.name} has shape {data.shape} (axes {axes}): it holds no pixels")
+    if what == "image" and np.dtype(data.dtype).kind not in "biuf":  # complex, dates, text: the core said "slice 0: image ..."
+        raise CommandError(f"{what} {path.name} has dtype {data.dtype}; expected real numbers (integers or floats)")
     squeezed = data.reshape([n for n, axis in zip(data.shape, axes) if n != 1 or axis in "YX"])
     kept_axes = "".join(axis for n, axis in zip(data.shape, axes) if n != 1 or axis in "YX")
     if "Y" in kept_axes and "X" in kept_axes and not kept_axes.endswith("YX"):  # it would be read as slices of other axes
@@ -789,10 +805,12 @@ def _reason_text(reason: str) -> str:
 
 
 def run_training(image, labels, model_config, train_config, init=None, quiet=False, pixel_size=None, finishing=None,
-                 budget_option="--max-minutes", one_class_options=None):
+                 budget_option="--max-minutes", one_class_options=None, one_class_hint=None):
     """Drain training events with a terminal progress line; returns the start and finish events.
     ``budget_option``: the running command's option of the time budget, named when it ended the first epoch.
     ``one_class_options``: what to change when the model predicts one class (default: ``train``'s options).
+    ``one_class_hint``: the advice of that warning instead of :data:`napari_unet.train.ONE_CLASS_HINT` (a command
+    without those options: the demo).
     ``pixel_size``: [Y, X] µm of the image's pixels, if known (recorded in the model). ``finishing``: an ExitStack
     that, from the finishing of the model on, holds Ctrl-C, SIGTERM and SIGHUP until the caller closes it (once the model is
     saved): a scheduler's time limit that came during the finishing threw the finished model away."""
@@ -876,7 +894,10 @@ def run_training(image, labels, model_config, train_config, init=None, quiet=Fal
         elif final.untuned_rule_note:
             print(f"note: {final.untuned_rule_note} (--close-boundaries)", file=sys.stderr)
         if final.one_class_note:  # the model is still written (status 0): see one_class_options
-            print(f"warning: {final.one_class_note} ({one_class_options or _one_class_options(train_config)})", file=sys.stderr)
+            from .train import ONE_CLASS_HINT
+
+            note = final.one_class_note if one_class_hint is None else final.one_class_note.replace(ONE_CLASS_HINT, one_class_hint)
+            print(f"warning: {note} ({one_class_options or _one_class_options(train_config)})", file=sys.stderr)
     return started, final
 
 
@@ -910,9 +931,8 @@ def _option_of(setting: str) -> str:
 
 
 def cmd_train(args) -> int:
-    import re
-
     from .config import ConfigError
+    from .data import InputError
     from .labels import LabelError
 
     try:
@@ -925,6 +945,20 @@ def cmd_train(args) -> int:
     except ConfigError as err:  # "val_fraction must be in [0, 1)": the setting, not the option typed
         text = re.sub(r"\b(" + "|".join(_TRAIN_SETTINGS) + r")\b", lambda m: _option_of(m.group(1)), str(err))
         raise CommandError(text) from None
+    except InputError as err:  # the core's checks of the image ("image contains NaN or Inf values; ...")
+        raise CommandError(_image_named(err, args.image)) from None
+
+
+def _image_named(err: Exception, path) -> str:
+    """The core's message about "the image" ("slice 1: image contains NaN ...") naming the file; other messages
+    (about a setting) unchanged."""
+    text, name = str(err), Path(path).name
+    match = re.match(r"(slice \d+): image (.*)", text, re.DOTALL)
+    if match:
+        return f"image {name}, {match.group(1)}: {match.group(2)}"
+    if text.startswith("image "):
+        return f"image {name} {text[len('image '):]}"
+    return text
 
 
 def diverged_path(output: Path) -> Path:
@@ -961,7 +995,13 @@ def _train(args) -> int:
     image_metadata = _given_pixel_size(image_metadata, args.pixel_size, image.ndim)
     labels, ignore_value, notes = read_label_stack(args.labels, "labels", args.ignore_value, lazy=True)
     if image.shape != labels.shape:
-        raise CommandError(f"image shape {image.shape} and labels shape {labels.shape} differ; they must be identical")
+        image_name, labels_name = Path(args.image).name, Path(args.labels).name
+        if image.ndim == labels.ndim == 3 and image.shape[1:] == labels.shape[1:]:
+            raise CommandError(f"image {image_name} has {image.shape[0]} slices, labels {labels_name} {labels.shape[0]}: "
+                               "give labels of every slice (fill the slices not annotated with a value of no class and train with "
+                               "--ignore-value VALUE) or crop the image to the labelled slices")
+        raise CommandError(f"image {image_name} has shape {image.shape} and labels {labels_name} {labels.shape}: they "
+                           "differ; they must be identical")
     for note in notes:
         print(note, file=sys.stderr)
     chosen = get_preset(args.preset)
@@ -1058,9 +1098,8 @@ def _membrane_of(model):
 
 
 def cmd_predict(args) -> int:
-    from .model_io import ModelFileError, check_model_file, load_model
-    from .predict import blank_slices_note, labels_dtype, predict_events
-    from .train import format_seconds
+    from .data import InputError
+    from .model_io import ModelFileError, check_model_file
     from .zarr_io import is_zarr_name
 
     try:
@@ -1093,10 +1132,56 @@ def cmd_predict(args) -> int:
     image, image_metadata = _read_stack_and_metadata(args.image, "image", lazy=True, for_cluster=args.scheduler is not None)
     pixel_size = _given_pixel_size(image_metadata, args.pixel_size, image.ndim).get("pixel_size")
     axes = _output_axes(image_metadata, image.ndim)
-    if args.scheduler is None:  # with a cluster, only its workers run the network
+    if args.scheduler is None:  # with a cluster, only its workers run the network (their memory is theirs)
+        _check_slice_memory(image, Path(args.image))
         load_tensorflow_for_command()
-    if chunked:
-        return _predict_chunked(args, image, output, probabilities_file, pixel_size, axes)
+    try:
+        if chunked:
+            return _predict_chunked(args, image, output, probabilities_file, pixel_size, axes)
+        return _predict_local(args, image, output, probabilities_file, pixel_size, axes)
+    except _read_errors() as err:  # a slice found damaged while predicting: named as at read time
+        raise CommandError(_tiff_error_named(err, "image", Path(args.image))) from None
+    except InputError as err:  # the core's checks of a slice ("slice 1: image contains NaN or Inf values; ...")
+        raise CommandError(_image_named(err, args.image)) from None
+
+
+def _read_errors() -> tuple:
+    """The readers' errors about a file's contents (a damaged page or chunk)."""
+    from .tiff_io import TiffReadError
+    from .zarr_io import ZarrReadError
+
+    return (TiffReadError, ZarrReadError)
+
+
+#: float32 copies of a slice that a local ``predict`` holds besides the slice itself (see predict.py: the normalised
+#: plane, its padded copy, the planes of context slices, the membrane rule's probabilities and its working arrays).
+SLICE_FLOAT32_COPIES = 5
+
+
+def _check_slice_memory(image, path: Path) -> None:
+    """:class:`CommandError` before a local ``predict`` whose one slice and its float32 working copies do not fit in
+    memory (a zarr declaring 100000² slices ran until the address limit stopped it, or the system ran out): refused
+    beyond the machine's (or the container's) memory and swap, noted beyond a share of the memory available now."""
+    from .hardware import memory_excess, memory_shortfall
+    from .tiff_io import n_bytes
+
+    plane = tuple(int(n) for n in image.shape[-2:])
+    needed = n_bytes(plane, image.dtype) + SLICE_FLOAT32_COPIES * n_bytes(plane, np.float32)
+    excess, shortfall = memory_excess(needed), memory_shortfall(needed)
+    what = f"image {path.name}: predicting one slice of {plane[0]} x {plane[1]} pixels (it and {SLICE_FLOAT32_COPIES} float32 copies)"
+    if excess is not None:
+        raise CommandError(f"{what} {excess}; cut it into smaller images, or predict it on a dask cluster of machines "
+                           "with more memory (-o LABELS.zarr --scheduler ADDRESS)")
+    if shortfall is not None:
+        print(f"note: {what} {shortfall}: other programs may have to give way, or it runs out of memory", file=sys.stderr)
+
+
+def _predict_local(args, image, output: Path, probabilities_file: Path | None, pixel_size: dict | None, axes: str) -> int:
+    """``predict`` into TIFF files, through scratch files beside them."""
+    from .model_io import load_model
+    from .predict import blank_slices_note, labels_dtype, predict_events
+    from .train import format_seconds
+
     model = load_model(args.model)
     _note_options_the_model_ignores(args, model)
     _note_intensities(image, model)
@@ -1703,6 +1788,9 @@ def main(argv=None) -> int:
         where = Path(err.filename).parent if err.filename else Path(output).parent if output else Path.cwd()
         print(f"napari-unet: error: cannot write {target}: {_disk_full(where, err)}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OutOfAddressSpace as err:
+        print(f"napari-unet: error: {err}", file=sys.stderr)
+        return 1
     except MemoryError as err:  # too big a stack
         advice = {
             "train": "training holds the whole stack in memory, several float32 copies of it: train on a crop or on "

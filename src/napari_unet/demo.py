@@ -110,7 +110,8 @@ def run_demo(output_dir: Path, minutes: float = 1.0, headless: bool = False, see
     with contextlib.ExitStack() as finishing:  # an interrupt during the finishing comes once the model is saved, as in train
         try:
             _, final = run_training(image, labels, chosen.model, train_config, finishing=finishing, budget_option="--minutes",
-                                    one_class_options=f"--minutes, now {minutes:g}; the demo trains the default preset")
+                                    one_class_options=f"--minutes, now {minutes:g}; --seed, now {seed}",
+                                    one_class_hint="try a longer run or another seed (the demo trains the default preset)")
         except FloatingPointError as err:  # diverged before it kept any weights (status 1, as train)
             raise FloatingPointError(f"{err} (the demo trains the default preset; another --seed?); nothing written") from None
         train_seconds = time.perf_counter() - started
