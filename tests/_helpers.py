@@ -90,3 +90,48 @@ def dead_and_live_pids():
     finally:
         live.kill()
         live.wait()
+
+
+def write_stripes_stack(folder, n_slices=4, size=64):
+    """``image.tif`` and ``labels.tif`` of :func:`stripes` written into ``folder``; returns ``folder``."""
+    import tifffile
+
+    image, labels = stripes(n_slices=n_slices, size=size)
+    tifffile.imwrite(folder / "image.tif", image, photometric="minisblack")
+    tifffile.imwrite(folder / "labels.tif", labels, photometric="minisblack")
+    return folder
+
+
+def run_cli(capsys, *argv):
+    """``napari_unet.cli.main`` of ``argv`` in this process: (exit status, stdout, stderr)."""
+    from napari_unet.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def finite_weights(model) -> bool:
+    """Whether every weight of ``model`` (a napari_unet Model) is finite."""
+    return all(np.isfinite(w).all() for w in model.keras_model.get_weights())
+
+
+def poison_weights(network) -> None:
+    """Make ``network``'s weights NaN, as an update whose gradient overflowed leaves them."""
+    network.set_weights([np.full_like(w, np.nan) if np.issubdtype(w.dtype, np.floating) else w for w in network.get_weights()])
+
+
+def train_poisoned(at_step: int, **overrides) -> list:
+    """Train the tiny network on stripes, its weights made NaN after step ``at_step``; returns the events."""
+    from napari_unet.train import TrainingStarted, TrainingStep, train_events
+
+    image, labels = stripes(n_slices=4, size=64)
+    model_config, train_config = tiny_configs(**{"epochs": 3, "steps_per_epoch": 3, **overrides})
+    events, network = [], None
+    for event in train_events(image, labels, model_config, train_config):
+        events.append(event)
+        if isinstance(event, TrainingStarted):
+            network = event.model.keras_model  # the network being trained
+        if isinstance(event, TrainingStep) and event.step == at_step:
+            poison_weights(network)
+    return events

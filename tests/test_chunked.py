@@ -12,18 +12,12 @@ import pytest
 import tifffile
 import zarr
 
-from _helpers import stripes, tiny_model
+from _helpers import run_cli as run, stripes, tiny_model
 from napari_unet import chunked, zarr_io
 from napari_unet.chunked import ModelSource, predict_chunked, store_events
 from napari_unet.cli import main
 from napari_unet.model_io import save_model
 from napari_unet.predict import predict
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from _helpers import record_tta, stripes, tiny_model
+from _helpers import record_tta, run_cli as run, stripes, tiny_model, write_stripes_stack
 from napari_unet.cli import main
 from napari_unet.model_io import FORMAT_VERSION, METADATA_ENTRY, load_model, read_metadata, save_model
 from napari_unet.tiff_io import read_tiff
@@ -22,16 +22,7 @@ TINY_TRAINING = [*TINY_STEPS, "--depth", "2"]
 
 @pytest.fixture
 def data(tmp_path):
-    image, labels = stripes(n_slices=4, size=64)
-    tifffile.imwrite(tmp_path / "image.tif", image, photometric="minisblack")
-    tifffile.imwrite(tmp_path / "labels.tif", labels, photometric="minisblack")
-    return tmp_path
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
+    return write_stripes_stack(tmp_path)
 
 
 def test_train_predict_evaluate_round_trip(data, capsys):

@@ -11,9 +11,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import tifffile
 
-from _helpers import stripes
+from _helpers import run_cli as run, write_stripes_stack
 from napari_unet.cli import main
 
 TESTS = Path(__file__).resolve().parent
@@ -22,16 +21,7 @@ README = TESTS.parent / "README.md"
 
 @pytest.fixture
 def data(tmp_path):
-    image, labels = stripes(n_slices=4, size=64)
-    tifffile.imwrite(tmp_path / "image.tif", image, photometric="minisblack")
-    tifffile.imwrite(tmp_path / "labels.tif", labels, photometric="minisblack")
-    return tmp_path
-
-
-def run(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
+    return write_stripes_stack(tmp_path)
 
 
 def python(script: str, *args, env=None, timeout=180, **kwargs) -> subprocess.CompletedProcess:

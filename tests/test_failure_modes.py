@@ -4,44 +4,21 @@ import numpy as np
 import pytest
 import tifffile
 
-from _helpers import stripes, tiny_configs
+from _helpers import finite_weights, stripes, tiny_configs, train_poisoned
 from napari_unet.cli import main
 from napari_unet.model_io import load_model
 from napari_unet.train import EpochEnd, TrainingFinished, TrainingStarted, TrainingStep, train_events
 
 
-def _finite(model) -> bool:
-    return all(np.isfinite(w).all() for w in model.keras_model.get_weights())
-
-
-def _poison(network) -> None:
-    """Make ``network``'s weights NaN, as an update whose gradient overflowed leaves them."""
-    network.set_weights([np.full_like(w, np.nan) if np.issubdtype(w.dtype, np.floating) else w for w in network.get_weights()])
-
-
-def _train_poisoned(at_step: int, **overrides):
-    """Train the tiny network on stripes, its weights made NaN after step ``at_step``; returns the events."""
-    image, labels = stripes(n_slices=4, size=64)
-    model_config, train_config = tiny_configs(**{"epochs": 3, "steps_per_epoch": 3, **overrides})
-    events, network = [], None
-    for event in train_events(image, labels, model_config, train_config):
-        events.append(event)
-        if isinstance(event, TrainingStarted):
-            network = event.model.keras_model  # the network being trained
-        if isinstance(event, TrainingStep) and event.step == at_step:
-            _poison(network)
-    return events
-
-
 @pytest.mark.slow
 def test_a_run_that_diverges_keeps_its_best_epoch_from_before_and_says_so():
     # NaN weights after step 4: step 5's loss is NaN. The run ended with a FloatingPointError, its epoch lost.
-    events = _train_poisoned(at_step=4)
+    events = train_poisoned(at_step=4)
     final = events[-1]
     assert isinstance(final, TrainingFinished) and final.reason == "diverged"
     assert final.divergence == "the loss was nan at step 5" and final.steps == 4
     assert final.best_epoch == 1 and final.kept == "best epoch 1" and len(final.history) == 1
-    assert _finite(final.model)
+    assert finite_weights(final.model)
     probabilities = final.model.keras_model.predict(np.zeros((1, 64, 64, 1), np.float32), verbose=0)
     assert np.isfinite(probabilities).all()
 
@@ -50,11 +27,11 @@ def test_a_run_that_diverges_keeps_its_best_epoch_from_before_and_says_so():
 def test_weights_that_become_nan_on_an_epochs_last_step_are_never_averaged_into_the_model():
     # The last step's update made the weights NaN, its loss (computed before it) finite: the NaN epoch was averaged
     # into the model handed out (and saved by train, exit 0: a file load_model refuses).
-    events = _train_poisoned(at_step=6, epochs=2, average_weights_from=0.3)
+    events = train_poisoned(at_step=6, epochs=2, average_weights_from=0.3)
     final = events[-1]
     assert isinstance(final, TrainingFinished) and final.reason == "diverged", final.reason
     assert final.divergence == "the weights became NaN or infinite at step 6"
-    assert final.best_epoch == 1 and final.averaged_epochs == 0 and _finite(final.model)
+    assert final.best_epoch == 1 and final.averaged_epochs == 0 and finite_weights(final.model)
     assert not any(isinstance(e, EpochEnd) and e.epoch == 2 for e in events)  # no NaN validation of it
 
 
@@ -63,7 +40,7 @@ def test_a_run_that_diverges_before_any_epoch_is_kept_is_an_error():
     from napari_unet.train import DIVERGED_HINT
 
     with pytest.raises(FloatingPointError, match="the loss was nan at step 2, before any epoch's weights were kept; lower the learning rate") as raised:
-        _train_poisoned(at_step=1)
+        train_poisoned(at_step=1)
     assert str(raised.value).endswith(DIVERGED_HINT)  # the training widget names the setting after it
 
 
@@ -83,7 +60,7 @@ def test_finite_weights_whose_network_gives_nan_are_never_averaged_into_the_mode
     final = events[-1]
     assert isinstance(final, TrainingFinished) and final.reason == "diverged", final.reason
     assert final.divergence == "the network gave NaN or Inf probabilities in validation after step 6"
-    assert final.best_epoch == 1 and _finite(final.model)
+    assert final.best_epoch == 1 and finite_weights(final.model)
 
 
 @pytest.mark.slow
@@ -113,13 +90,13 @@ def test_train_writes_the_weights_from_before_a_divergence_and_exits_with_status
         code = main(["train", str(tmp_path / "image.tif"), str(tmp_path / "labels.tif"), "-o", str(output), "--epochs", "3",
                      "--steps-per-epoch", "5", "--patch-size", "64", "--batch-size", "2", "--depth", "2"])
         assert code == 1 and f"{tmp_path / 'm.diverged-2.keras'} holds the best epoch 1" in capsys.readouterr().err
-        assert output.read_bytes() == b"the user's earlier model" and _finite(load_model(model))
+        assert output.read_bytes() == b"the user's earlier model" and finite_weights(load_model(model))
     assert code == 1 and "Traceback" not in err, err
     assert existing or not output.exists()
     assert "training diverged after 1 epoch (6 steps); kept the best epoch 1" in err, err
     assert (f"error: training diverged (the loss was nan at step 7) and stopped; {model} holds the best epoch 1 from "
             "before it; lower the learning rate (--learning-rate, now 0.001)") in err, err
-    assert _finite(load_model(model))  # (load_model refuses NaN weights)
+    assert finite_weights(load_model(model))  # (load_model refuses NaN weights)
 
 
 def _sparse_stack():

@@ -8,14 +8,11 @@ import numpy as np
 import pytest
 import tifffile
 
-from _helpers import stripes, tiny_configs
+from _helpers import finite_weights, stripes, tiny_configs, train_poisoned
 from napari_unet.cli import main
 from napari_unet.model_io import load_model
 from napari_unet.train import TrainingFinished, TrainingStarted, TrainingStep, train_events
 
-
-def _finite(model) -> bool:
-    return all(np.isfinite(w).all() for w in model.keras_model.get_weights())
 
 
 def _predict_only(network, k: int) -> None:
@@ -136,27 +133,14 @@ def test_the_training_widget_warns_of_a_model_of_one_class(widgets, notification
 
 # ---- divergences -------------------------------------------------------------------------------------------------
 
-def _poison(network) -> None:
-    network.set_weights([np.full_like(w, np.nan) if np.issubdtype(w.dtype, np.floating) else w for w in network.get_weights()])
-
-
 @pytest.mark.slow
 def test_a_divergence_in_an_epoch_without_validation_keeps_the_finite_epochs_before_it():
     # val_every 2: epoch 1 is not validated; a NaN loss in epoch 2 raised FloatingPointError, epoch 1's weights lost
-    image, labels = stripes(n_slices=4, size=64)
-    model_config, train_config = tiny_configs(epochs=3, steps_per_epoch=3, val_every=2)
-    events, network = [], None
-    for event in train_events(image, labels, model_config, train_config):
-        events.append(event)
-        if isinstance(event, TrainingStarted):
-            network = event.model.keras_model
-        if isinstance(event, TrainingStep) and event.step == 4:
-            _poison(network)
-    final = events[-1]
+    final = train_poisoned(at_step=4, val_every=2)[-1]
     assert isinstance(final, TrainingFinished) and final.reason == "diverged"
     assert final.divergence == "the loss was nan at step 5" and final.steps == 4
     assert final.best_epoch == 1 and final.kept == "best epoch 1 by training loss" and final.history[0]["val_loss"] is None
-    assert _finite(final.model)
+    assert finite_weights(final.model)
 
 
 def _fake_final(reason="diverged"):
@@ -181,7 +165,7 @@ def test_demo_exits_with_status_1_after_a_diverged_run_as_train_does(tmp_path, c
     assert code == 1 and "Traceback" not in err, err
     assert (f"napari-unet: error: training diverged (the loss was nan at step 26) and stopped; {model} holds the best epoch 1 "
             "from before it; the demo wrote nothing else") in err, err
-    assert _finite(load_model(model)) and not (tmp_path / "demo-prediction.tif").exists()
+    assert finite_weights(load_model(model)) and not (tmp_path / "demo-prediction.tif").exists()
     if existing:
         assert (tmp_path / "demo-model.keras").read_bytes() == b"an earlier model"
     else:
