@@ -41,6 +41,17 @@ def _fake_final(reason="completed"):
                             divergence="the loss was nan at step 26" if reason == "diverged" else None)
 
 
+@pytest.fixture(autouse=True)
+def _signal_handlers_kept():
+    """run() ignores SIGUSR1 on its way out, and a test may fail inside main(): the next tests find the handlers as
+    they were (main() installs its SIGUSR1 handler only over the default one)."""
+    numbers = [n for n in (signal.SIGTERM, getattr(signal, "SIGHUP", None), getattr(signal, "SIGUSR1", None)) if n is not None]
+    handlers = {n: signal.getsignal(n) for n in numbers}
+    yield
+    for number, handler in handlers.items():
+        signal.signal(number, handler)
+
+
 # D1: SIGUSR1 ---------------------------------------------------------------------------------------------------------
 
 def test_sigusr1_during_evaluate_is_noted_once_and_the_scores_are_printed(data):
@@ -322,3 +333,97 @@ def test_the_entry_point_dies_only_of_the_signal_that_ended_its_own_command(monk
     with pytest.raises(SystemExit) as normal:
         cli.run()
     assert normal.value.code == 0
+
+
+posix_only = pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="SIGUSR1 is POSIX-only")
+
+
+def _seen_by_the_command(monkeypatch) -> dict:
+    """evaluate made a command that returns 0 and records the SIGUSR1 and SIGTERM handlers it runs with."""
+    from napari_unet import cli
+
+    seen = {}
+
+    def command(args):
+        seen.update(usr1=signal.getsignal(signal.SIGUSR1), term=signal.getsignal(signal.SIGTERM))
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_evaluate", command)
+    return seen
+
+
+@posix_only
+def test_main_restores_the_sigusr1_and_sigterm_handlers_it_found(monkeypatch):
+    """Library callers and tests rely on main() leaving the process's handlers as they were; one installed by a
+    program embedding it is left alone during the command too."""
+    seen = _seen_by_the_command(monkeypatch)
+    signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    term = signal.getsignal(signal.SIGTERM)
+    assert main(["evaluate", "p.tif", "t.tif"]) == 0
+    assert seen["usr1"] not in (signal.SIG_DFL, signal.SIG_IGN, None) and seen["term"] is not term
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL and signal.getsignal(signal.SIGTERM) is term
+
+    def own(signum, frame):
+        pass
+
+    signal.signal(signal.SIGUSR1, own)
+    assert main(["evaluate", "p.tif", "t.tif"]) == 0
+    assert seen["usr1"] is own and signal.getsignal(signal.SIGUSR1) is own
+
+
+@posix_only
+def test_the_entry_point_ignores_sigusr1_once_main_has_returned(monkeypatch):
+    """main() restores SIGUSR1's default action, which killed run() on its way out (status 138, no message)."""
+    from napari_unet import cli
+
+    during = []
+    signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    monkeypatch.setattr(cli, "main", lambda: during.append(signal.getsignal(signal.SIGUSR1)) or 0)
+    monkeypatch.setattr(cli, "_ENDED_BY", [])
+    monkeypatch.delitem(sys.modules, "tensorflow", raising=False)
+    with pytest.raises(SystemExit) as done:
+        cli.run()
+    assert done.value.code == 0 and during == [signal.SIG_DFL]
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_IGN
+    os.kill(os.getpid(), signal.SIGUSR1)  # (ignored: the test goes on)
+
+
+def test_a_sigterm_right_after_main_installs_its_handler_ends_the_command_as_terminated(monkeypatch, capsys):
+    """Installed before the try, a SIGTERM there escaped main() as a traceback (and Python died of SIGINT)."""
+    from napari_unet import cli
+
+    seen = _seen_by_the_command(monkeypatch) if hasattr(signal, "SIGUSR1") else {}
+    install = cli._stop_on_sigterm
+
+    def install_then_signalled(previous):
+        install(previous)
+        signal.raise_signal(signal.SIGTERM)
+
+    term = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(cli, "_stop_on_sigterm", install_then_signalled)
+    assert main(["evaluate", "p.tif", "t.tif"]) == 128 + signal.SIGTERM and not seen
+    assert "napari-unet: terminated; no scores were printed" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is term and cli._ENDED_BY == [signal.SIGTERM]
+
+
+def test_a_sigterm_during_main_s_clean_up_comes_after_it_without_a_traceback(monkeypatch):
+    """A SIGTERM while main() flushes its streams and restores its handlers: the command's status is returned and the
+    signal's own handler (here the caller's; run()'s default: death, 143) acts on it after the clean-up."""
+    from napari_unet import cli
+
+    if hasattr(signal, "SIGUSR1"):
+        _seen_by_the_command(monkeypatch)
+    else:
+        monkeypatch.setattr(cli, "cmd_evaluate", lambda args: 0)
+    defer = cli._defer_signals
+
+    def defer_then_signalled(previous):
+        late = defer(previous)
+        signal.raise_signal(signal.SIGTERM)
+        return late
+
+    received = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    monkeypatch.setattr(cli, "_defer_signals", defer_then_signalled)
+    assert main(["evaluate", "p.tif", "t.tif"]) == 0
+    assert received == [signal.SIGTERM] and cli._ENDED_BY == []

@@ -1575,8 +1575,9 @@ exit status:
             Ctrl-C (SIGINT), SIGTERM, SIGHUP: the command cleans up, says what it
             wrote, then dies of the signal (a shell shows 128 + its number, and
             stops a script or loop as after Ctrl-C)
-SIGUSR1 stops the training of train and demo after its current step, which is
-then finished and saved (exit 0); the other commands note it and go on.
+SIGUSR1 (POSIX only) stops the training of train and demo after its current
+step, which is then finished and saved (exit 0); the other commands note it and
+go on.
 """
 
 
@@ -1741,13 +1742,14 @@ def main(argv=None) -> int:
     args.written = []  # files a command finished, named if it is interrupted later
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     del _ENDED_BY[:]
-    previous = _stop_on_sigterm()
+    previous: dict = {}  # the SIGTERM and SIGHUP handlers replaced, restored in the finally
     usr1 = contextlib.ExitStack()
-    usr1.enter_context(_usr1_handled(trains=args.command in ("train", "demo")))  # (it killed the commands outside training)
     streams = sys.stdout, sys.stderr
     stdout_closed = sys.stdout is None or 1 in _standard_descriptors_open()
     sys.stdout, sys.stderr = _ReaderMayLeave(sys.stdout), _ReaderMayLeave(sys.stderr)
-    try:
+    try:  # (the handlers installed inside it: a SIGTERM right after its installation is a _Terminated handled below)
+        _stop_on_sigterm(previous)
+        usr1.enter_context(_usr1_handled(trains=args.command in ("train", "demo")))  # (it killed the commands outside training)
         if stdout_closed and args.command != "predict":  # (``>&-``: the JSON was written nowhere, exit 0)
             if args.command == "evaluate":  # its output is its result: not worth computing
                 print("napari-unet: error: standard output is closed (>&-): evaluate prints its scores there; nothing was "
@@ -1813,13 +1815,18 @@ def main(argv=None) -> int:
         print(f"napari-unet: error: not enough memory for TensorFlow ({_out_of_memory_line(err)}){advice}", file=sys.stderr)
         return 1
     finally:
-        for stream in (sys.stdout, sys.stderr):  # text still buffered for a pipe meets a closed one here, if at all
-            stream.flush()
-            stream.close_own()
-        sys.stdout, sys.stderr = streams
-        usr1.close()
-        for number, handler in previous.items():
-            signal.signal(number, handler)
+        late = _defer_signals(previous)  # a SIGTERM or SIGHUP during the clean-up: acted on after it, no traceback
+        try:
+            for stream in (sys.stdout, sys.stderr):  # text still buffered for a pipe meets a closed one here, if at all
+                stream.flush()
+                stream.close_own()
+        finally:
+            sys.stdout, sys.stderr = streams
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+            usr1.close()
+            if late:  # the command is over, its files complete: the signal's own action (run(): dies of it, 143, 129)
+                signal.raise_signal(late[0])
 
 
 #: The signal (SIGINT, SIGTERM, SIGHUP) that ended the last :func:`main`, after its clean-up: :func:`run` dies of it.
@@ -1947,23 +1954,34 @@ class _Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
-def _stop_on_sigterm() -> dict:
+def _stop_on_sigterm(previous: dict) -> None:
     """Make SIGTERM (``kill``, ``timeout``, a batch scheduler's time limit) and SIGHUP (the terminal closed; not where
     ignored, as under ``nohup``) interrupt like Ctrl-C, so a command cleans up (partial stores) and names what it wrote,
-    exiting with 128 + the signal's number (143, 129); returns the previous handlers (none off the main thread)."""
+    exiting with 128 + the signal's number (143, 129). Each handler replaced goes into ``previous`` before it is
+    (a signal right after the replacement finds it there to restore); none off the main thread."""
     import threading
 
     if threading.current_thread() is not threading.main_thread():
-        return {}
+        return
 
     def interrupt(signum, frame):
         raise _Terminated(signum)
 
-    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, interrupt)}
     hangup = getattr(signal, "SIGHUP", None)  # (not on Windows)
-    if hangup is not None and signal.getsignal(hangup) is signal.SIG_DFL:
-        previous[hangup] = signal.signal(hangup, interrupt)
-    return previous
+    numbers = [signal.SIGTERM] + ([hangup] if hangup is not None and signal.getsignal(hangup) is signal.SIG_DFL else [])
+    for number in numbers:
+        previous[number] = signal.getsignal(number)
+        signal.signal(number, interrupt)
+
+
+def _defer_signals(previous: dict) -> list:
+    """Make the signals whose handlers ``previous`` holds (SIGTERM, SIGHUP) only be recorded, in the list returned,
+    until their handlers are restored: they come after the command, in its clean-up."""
+    late: list = []
+    for number in previous:
+        with contextlib.suppress(ValueError, OSError):
+            signal.signal(number, lambda signum, frame: late.append(signum))
+    return late
 
 
 def run() -> None:
@@ -1978,6 +1996,8 @@ def run() -> None:
     """
     del _ENDED_BY[:]  # (an earlier main's, in the same process)
     code = main()
+    if hasattr(signal, "SIGUSR1"):  # main() restored its default, which killed the process on its way out (138)
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(AttributeError, OSError, ValueError):  # closed (None), or a full disk: told already
             stream.flush()
