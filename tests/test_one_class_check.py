@@ -184,6 +184,43 @@ def test_cohen_kappa_and_the_verdict_of_chance_level_labels():
     assert useless_verdict(None, confusion_counts(at_random, np.zeros_like(truth), 2), [0, 255], "x") == (None, None, "")
 
 
+def _scribbles_at_chance(per_class: tuple) -> tuple:
+    """(truth, labels): 2 slices of 64² whose annotated pixels are ``per_class`` pixels of classes 0 and 255 (strokes
+    across the first slice), labelled half 0 and half 255 whatever their class (Cohen's kappa 0), 0 elsewhere."""
+    truth = np.full((2, 64, 64), -1, np.int16)
+    labels = np.zeros((2, 64, 64), np.uint8)
+    flat_truth, flat_labels = truth.reshape(-1), labels.reshape(-1)
+    start = 0
+    for value, n in zip((0, 255), per_class):
+        flat_truth[start:start + n] = value
+        flat_labels[start:start + n:2] = 255
+        start += n
+    return truth, labels
+
+
+def test_the_chance_verdict_needs_enough_annotated_pixels_of_two_classes():
+    # review 3 S1: 2 annotated pixels, 1 labelled right, gave kappa 0 and the chance-level warning: a few strokes or
+    # painted corrections are noise, not a sign (the one-class verdict stays)
+    from napari_unet.train import CHANCE_MIN_PIXELS, confusion_counts, labels_verdict, useless_verdict
+
+    def verdict(per_class):
+        truth, labels = _scribbles_at_chance(per_class)
+        return labels_verdict(labels, truth, truth >= 0, [0, 255], "the validation slices 0-1")
+
+    assert useless_verdict(None, np.array([[1, 0], [1, 0]]), [0, 255], "x") == (None, 0.0, "")
+    for few in [(2, 2), (CHANCE_MIN_PIXELS - 1, CHANCE_MIN_PIXELS - 1), (4000, CHANCE_MIN_PIXELS - 1)]:
+        one_class, kappa, note = verdict(few)
+        assert one_class is None and abs(kappa) < 0.01 and note == "", few
+    one_class, kappa, note = verdict((CHANCE_MIN_PIXELS, CHANCE_MIN_PIXELS))
+    assert one_class is None and kappa == 0.0
+    assert note.startswith("the model's labels of the validation slices 0-1 agree with the annotations there (classes "
+                           "0 and 255) no better than chance (Cohen's kappa 0.00)")
+    # one class everywhere is flagged on however few pixels
+    truth = np.array([[[0, 1, -1]]])
+    only, counts = 0, confusion_counts(np.zeros_like(truth), truth, 2)
+    assert useless_verdict(only, counts, [0, 255], "the image") == (0, 0.0, _one_class_note("the image", value=0))
+
+
 @pytest.mark.slow
 def test_a_model_whose_labels_are_at_chance_is_flagged(monkeypatch):
     # 1b3a58a flagged one class everywhere only: lr 0.99 gave models whose membrane rule drew lines at random (kappa

@@ -822,6 +822,15 @@ def agreement(model: UNetModel, image, values, where, slices: Optional[Sequence[
     (len(slices), Y, X) for the ``slices`` of a stack given (neighbouring slices stay at hand for context models).
     Only slices holding ``where`` pixels are predicted, without test-time augmentation (memory: their probabilities).
     None when ``where`` is empty or ``stop()`` ended the prediction."""
+    found = agreement_labels(model, image, values, where, slices, stop)
+    return None if found is None else found[0]
+
+
+def agreement_labels(model: UNetModel, image, values, where, slices: Optional[Sequence[int]] = None,
+                     stop=None) -> Optional[tuple]:
+    """:func:`agreement` (same arguments and checks) with the prediction it made: ``(agreement, held, labels)``, the
+    indices of the planes of ``where`` that hold pixels (the ones predicted) and their (len(held), Y, X) labels.
+    None when ``where`` is empty or ``stop()`` ended the prediction."""
     flat = np.ndim(where) == 2
     where_stack, value_stack = as_stack(np.asarray(where, bool), "where"), as_stack(values, "values")
     planes = list(range(len(where_stack))) if slices is None else [int(z) for z in slices]
@@ -841,7 +850,8 @@ def agreement(model: UNetModel, image, values, where, slices: Optional[Sequence[
     network = as_stack(from_indices(result.probabilities.argmax(axis=-1), model.class_values))
     mask = where_stack[held]
     given = value_stack[held][mask]
-    return Agreement(int(mask.sum()), float(np.mean(labels[mask] == given)), float(np.mean(network[mask] == given)))
+    learned = Agreement(int(mask.sum()), float(np.mean(labels[mask] == given)), float(np.mean(network[mask] == given)))
+    return learned, held, labels
 
 
 __all__ = [
@@ -876,4 +886,5 @@ __all__ = [
     "predict",
     "Agreement",
     "agreement",
+    "agreement_labels",
 ]

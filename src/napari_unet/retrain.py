@@ -214,37 +214,22 @@ def score_retrained(model, check: CorrectionCheck, stop=None) -> Optional[Retrai
     than chance (:func:`napari_unet.train.useless_verdict`, named by the slices of the image: the Retrain's own stack
     holds copies of the corrected slices, so the training's check, which would name those, is off for a Retrain).
     None when ``check`` holds no corrected pixel or ``stop()`` ended the prediction."""
-    from napari_unet import predict as prediction
-    from napari_unet.train import _check_labels, _spans, useless_verdict
+    from napari_unet.predict import agreement_labels
+    from napari_unet.train import labels_verdict, spans
 
-    flat = check.slices is None
-    where = np.asarray(check.where, bool)
-    where_stack, value_stack = (where[None], np.asarray(check.values)[None]) if flat else (where, np.asarray(check.values))
-    held = [i for i in range(len(where_stack)) if where_stack[i].any()]
-    if not held:
+    found = agreement_labels(model, check.image, check.values, check.where, check.slices, stop)
+    if found is None:
         return None
-    slices = None if flat else [check.slices[i] for i in held]
-    result = prediction.predict(model, check.image, tta=False, stop=stop, **({} if flat else {"slices": slices}))
-    if result.stopped:
-        return None
-    labels = result.labels[None] if flat else result.labels
-    network = np.asarray(model.class_values)[result.probabilities.argmax(axis=-1)]
-    network = network[None] if flat else network
-    mask, given = where_stack[held], value_stack[held][where_stack[held]]
-    learned = prediction.Agreement(int(mask.sum()), float(np.mean(labels[mask] == given)),
-                                   float(np.mean(network[mask] == given)))
+    learned, held, labels = found
     if check.annotated is None:
         return RetrainScore(learned)
-    values = list(model.class_values)
-    annotated = (check.annotated[None] if flat else check.annotated)[held]
-    truth = np.full(annotated.shape, -1, np.int8)
-    predicted = np.full(labels.shape, -1, np.int8)
-    for k, value in enumerate(values):
-        truth[annotated & (value_stack[held] == value)] = k
-        predicted[labels == value] = k
-    only, counts = _check_labels(iter(predicted), truth, len(values), early_stop=False)
-    named = "the image" if flat else f"the corrected {'slice' if len(slices) == 1 else 'slices'} {_spans(slices)}"
-    one_class, kappa, note = useless_verdict(only, counts, values, named, subject="the retrained model")
+    flat = check.slices is None
+    annotated = np.asarray(check.annotated, bool)
+    annotated, values = (annotated[None], np.asarray(check.values)[None]) if flat else (annotated, np.asarray(check.values))
+    slices = None if flat else [check.slices[i] for i in held]
+    named = "the image" if flat else f"the corrected {'slice' if len(slices) == 1 else 'slices'} {spans(slices)}"
+    one_class, kappa, note = labels_verdict(labels, values[held], annotated[held], list(model.class_values), named,
+                                            subject="the retrained model")
     return RetrainScore(learned, one_class, kappa, note)
 
 

@@ -256,6 +256,14 @@ ONE_CLASS_CHECK_PIXELS = BATCH_NORM_TILES * BATCH_NORM_TILE**2
 #: 15 and 30 s: 0.65-0.79; the tests' tiny network: 0.72-0.77.
 CHANCE_KAPPA = 0.05
 
+#: Annotated pixels of a class, where the model is checked, that the chance verdict (:data:`CHANCE_KAPPA`) needs of two
+#: classes at least; with fewer, only one class everywhere is flagged. The kappa of a few pixels is noise (2 annotated
+#: pixels, 1 labelled right: kappa 0; a sparse scribble or a few painted corrections): with n pixels of each of two
+#: classes, its standard error at chance is about 1/sqrt(2n), 0.05 for 200, so that a model of kappa 0.35 (the weakest
+#: measured for useful ones) falls to 0.05 only beyond 5 standard errors; a stroke of a 5-pixel brush holds 200 pixels
+#: once 40 long.
+CHANCE_MIN_PIXELS = 200
+
 #: The check stops after a plane once the kappa of the planes so far reaches this: clearly better than chance.
 _CLEARLY_BETTER_KAPPA = 0.25
 
@@ -342,15 +350,15 @@ def _class_notes(indices: np.ndarray, class_values: list) -> tuple:
     )
 
 
-def _spans(numbers: list) -> str:
+def spans(numbers: list) -> str:
     """[0, 1, 2, 4, 6, 7] as "0-2, 4 and 6-7"."""
-    spans, start = [], None
+    parts, start = [], None
     for k, n in enumerate(numbers):
         start = n if start is None else start
         if k + 1 == len(numbers) or numbers[k + 1] != n + 1:
-            spans.append(f"{start}-{n}" if n > start else f"{n}")
+            parts.append(f"{start}-{n}" if n > start else f"{n}")
             start = None
-    return _and(spans)
+    return _and(parts)
 
 
 def _uniform_slice_notes(indices: np.ndarray, class_values: list, slice_numbers: list) -> tuple:
@@ -365,7 +373,7 @@ def _uniform_slice_notes(indices: np.ndarray, class_values: list, slice_numbers:
         if low == high and low >= 0:
             filled.setdefault(int(low), []).append(slice_numbers[z])
     return tuple(
-        SettingNote("ignore_value", f"{'slice' if len(numbers) == 1 else 'slices'} {_spans(numbers)} of the labels "
+        SettingNote("ignore_value", f"{'slice' if len(numbers) == 1 else 'slices'} {spans(numbers)} of the labels "
                     f"{'holds' if len(numbers) == 1 else 'hold'} only the value {class_values[k]}, on every pixel: "
                     f"{'it is' if len(numbers) == 1 else 'each is'} learnt as all class {class_values[k]}; if the value "
                     "marks slices that are not annotated, train with it as not annotated")
@@ -386,7 +394,7 @@ def _held_out_class_notes(indices: np.ndarray, train_indices: np.ndarray, class_
     one = len(unseen) == 1
     them = "it" if one else "them"
     if val_slices:
-        where = f"the validation {'slice' if len(val_slices) == 1 else 'slices'} {_spans(val_slices)}"
+        where = f"the validation {'slice' if len(val_slices) == 1 else 'slices'} {spans(val_slices)}"
         remedy = f"annotate {them} on other slices too, or train on every slice with a validation share of 0"
     else:
         where = f"the image's validation columns ({val_column} and up)"
@@ -637,7 +645,8 @@ def useless_verdict(only: Optional[int], counts: np.ndarray, class_values: list,
     """``(one_class, kappa, note)`` of a model's labels checked on ``where`` (for the note: "the validation slice 5"):
     :func:`_check_labels`' ``only`` and ``counts`` (class indices of ``class_values``). ``note`` is empty unless the
     annotations there hold two classes or more and the labels are one class everywhere (``one_class`` its value) or
-    agree with them no better than chance (kappa <= :data:`CHANCE_KAPPA`). ``kappa`` is None with one class annotated."""
+    agree with them no better than chance (kappa <= :data:`CHANCE_KAPPA`, judged only when two classes or more hold
+    :data:`CHANCE_MIN_PIXELS` annotated pixels each). ``kappa`` is None with one class annotated."""
     annotated = [class_values[k] for k in range(len(counts)) if counts[k].sum()]
     if len(annotated) < 2:  # one class annotated here: predicting it alone may be right
         return None, None, ""
@@ -647,11 +656,25 @@ def useless_verdict(only: Optional[int], counts: np.ndarray, class_values: list,
         return class_values[only], kappa, (
             f"{subject} predicts class {class_values[only]} on every pixel of {where}, where classes {classes} are "
             f"annotated: it has not learnt to tell them apart, whatever its scores; {ONE_CLASS_HINT}")
-    if kappa is not None and kappa <= CHANCE_KAPPA:
+    enough = np.count_nonzero(np.asarray(counts).sum(axis=1) >= CHANCE_MIN_PIXELS) >= 2  # else kappa is noise
+    if enough and kappa is not None and kappa <= CHANCE_KAPPA:
         return None, kappa, (
             f"{subject}'s labels of {where} agree with the annotations there (classes {classes}) no better than chance "
             f"(Cohen's kappa {round(kappa, 2) + 0.0:.2f}): it has not learnt to tell the classes apart, whatever its scores; {ONE_CLASS_HINT}")
     return None, kappa, ""
+
+
+def labels_verdict(labels: np.ndarray, values: np.ndarray, annotated: np.ndarray, class_values: list, where: str,
+                   subject: str = "the model") -> tuple:
+    """:func:`useless_verdict` of (n, Y, X) ``labels`` (class values, as ``predict`` gives them) against the
+    ``annotated`` (bool, that shape) pixels of ``values`` (class values, that shape)."""
+    truth = np.full(np.shape(annotated), -1, np.int8)
+    predicted = np.full(np.shape(labels), -1, np.int8)
+    for k, value in enumerate(class_values):
+        truth[annotated & (values == value)] = k
+        predicted[labels == value] = k
+    only, counts = _check_labels(iter(predicted), truth, len(class_values), early_stop=False)
+    return useless_verdict(only, counts, list(class_values), where, subject)
 
 
 def _finite(weights: list) -> bool:
@@ -1241,7 +1264,7 @@ def _check_model(result: UNetModel, images, planes: list, truth: np.ndarray, pro
     if flat:
         where = "the image"
     elif picked:
-        where = f"the {kind} {'slice' if len(picked) == 1 else 'slices'} {_spans(picked)}"
+        where = f"the {kind} {'slice' if len(picked) == 1 else 'slices'} {spans(picked)}"
     else:
         where = "the validation columns" + ("" if bounds else f" ({val_column} and up)")
     if bounds is not None:  # only a window was labelled (the membrane rule: 8.1 s on a whole 2048² plane)
@@ -1320,6 +1343,9 @@ def train(image, labels, model_config=None, train_config=None, init=None, stop=N
 
 __all__ = [
     "CHANCE_KAPPA",
+    "CHANCE_MIN_PIXELS",
+    "labels_verdict",
+    "spans",
     "DIVERGED_HINT",
     "ONE_CLASS_CHECK_PIXELS",
     "ONE_CLASS_HINT",
