@@ -5,6 +5,7 @@ GUI tests need a display: run them under ``xvfb-run -a python3 -m pytest``.
 
 from __future__ import annotations
 
+import signal
 import time
 from types import SimpleNamespace
 
@@ -126,3 +127,15 @@ def _keep_more_trainers():
 
     train_module.KEPT_TRAINERS = int(os.environ.get("NAPARI_UNET_TEST_KEPT_TRAINERS", "8"))
     yield
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_kept():
+    """cli.run() ignores SIGUSR1 on its way out (tests call it in-process), and a test may fail inside main(): the next
+    tests, and the commands they start (which inherit an ignored signal), find the handlers as they were (main()
+    installs its SIGUSR1 handler only over the default one)."""
+    numbers = [n for n in (signal.SIGTERM, getattr(signal, "SIGHUP", None), getattr(signal, "SIGUSR1", None)) if n is not None]
+    handlers = {n: signal.getsignal(n) for n in numbers}
+    yield
+    for number, handler in handlers.items():
+        signal.signal(number, handler)

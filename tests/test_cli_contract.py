@@ -41,17 +41,6 @@ def _fake_final(reason="completed"):
                             divergence="the loss was nan at step 26" if reason == "diverged" else None)
 
 
-@pytest.fixture(autouse=True)
-def _signal_handlers_kept():
-    """run() ignores SIGUSR1 on its way out, and a test may fail inside main(): the next tests find the handlers as
-    they were (main() installs its SIGUSR1 handler only over the default one)."""
-    numbers = [n for n in (signal.SIGTERM, getattr(signal, "SIGHUP", None), getattr(signal, "SIGUSR1", None)) if n is not None]
-    handlers = {n: signal.getsignal(n) for n in numbers}
-    yield
-    for number, handler in handlers.items():
-        signal.signal(number, handler)
-
-
 # D1: SIGUSR1 ---------------------------------------------------------------------------------------------------------
 
 def test_sigusr1_during_evaluate_is_noted_once_and_the_scores_are_printed(data):
