@@ -75,9 +75,15 @@ def test_one_class_annotated_where_the_model_is_checked_is_not_flagged():
     assert final.reason == "completed" and final.one_class is None and final.one_class_note == ""
 
 
-def test_the_one_class_check_counts_annotated_classes_and_the_membrane_rule():
-    from napari_unet.train import _only_class
+def _only_class(probabilities, truth, boundary_index, rule):
+    """The one-class verdict of (n, Y, X, 2) ``probabilities`` labelled as the finished-model check labels them."""
+    from napari_unet.train import _check_labels, _plane_labels, useless_verdict
 
+    labels = (_plane_labels(plane, boundary_index, rule) for plane in probabilities)
+    return useless_verdict(*_check_labels(labels, truth, 2, early_stop=False), [0, 1], "the test slice")[0]
+
+
+def test_the_one_class_check_counts_annotated_classes_and_the_membrane_rule():
     cells = np.zeros((1, 4, 4, 2), np.float32)
     cells[..., 1] = 0.9
     cells[..., 0] = 0.1

@@ -627,20 +627,6 @@ def _check_labels(planes, truth: np.ndarray, n_classes: int, early_stop: bool = 
     return only, counts
 
 
-def _only_class(probabilities: np.ndarray, indices: np.ndarray, boundary_index: Optional[int], rule: Optional[dict]) -> Optional[int]:
-    """The class index of every pixel of the labels that (..., Y, X, n_classes) ``probabilities`` give (as
-    :func:`_plane_labels`), when the annotated pixels of ``indices`` (negative: not annotated) hold two classes or more;
-    None when the labels hold several, or one class is annotated there.
-
-    The rule counts: a model of membrane everywhere by its most probable class (0.63-1.0) was cells everywhere by its
-    rule (threshold 0.7)."""
-    if len(np.unique(indices[indices >= 0])) < 2:  # one class annotated here: predicting it alone may be right
-        return None
-    planes = probabilities.reshape((-1,) + probabilities.shape[-3:])
-    labels = (_plane_labels(plane, boundary_index, rule) for plane in planes)
-    return _check_labels(labels, indices.reshape((-1,) + indices.shape[-2:]), probabilities.shape[-1], early_stop=False)[0]
-
-
 def useless_verdict(only: Optional[int], counts: np.ndarray, class_values: list, where: str, subject: str = "the model") -> tuple:
     """``(one_class, kappa, note)`` of a model's labels checked on ``where`` (for the note: "the validation slice 5"):
     :func:`_check_labels`' ``only`` and ``counts`` (class indices of ``class_values``). ``note`` is empty unless the
