@@ -1,6 +1,6 @@
 """``python -m napari_unet``: the ``napari-unet`` command, where console scripts are not on PATH."""
 
-from napari_unet.cli import run
+from .cli import run
 
 if __name__ == "__main__":
     run()

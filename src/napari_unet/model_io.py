@@ -280,6 +280,12 @@ def _refuse_unpacking_bombs(archive: zipfile.ZipFile, name: str) -> None:
                                  f"from {info.compress_size}; use an intact copy of the model")
 
 
+def _nested_too_deeply(name: str) -> ModelFileError:
+    """The error for a network description that Python's JSON reader or the layer walk cannot follow (a RecursionError)."""
+    return ModelFileError(f"{name} is damaged or forged: its network description ({_KERAS_CONFIG}) is nested too deeply "
+                          "to read; use an intact copy of the model")
+
+
 def _read_network_description(path: Path, name: str) -> dict:
     """The Keras description of the network (``config.json``) of the model archive ``path``, after checking that the
     archive also holds its weights: :class:`ModelFileError` naming what is missing or damaged, without TensorFlow
@@ -305,8 +311,7 @@ def _read_network_description(path: Path, name: str) -> dict:
     except ModelFileError:
         raise
     except RecursionError:
-        raise ModelFileError(f"{name} is damaged or forged: its network description ({_KERAS_CONFIG}) is nested too deeply "
-                             "to read; use an intact copy of the model") from None
+        raise _nested_too_deeply(name) from None
     except (zipfile.BadZipFile, EOFError, zlib.error) as err:
         raise ModelFileError(f"{name} is damaged ({_first_line(err)}); use an earlier copy of the model") from None
     except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
@@ -348,8 +353,7 @@ def _check_network_description(description: dict, expected_layers: dict, name: s
     try:
         layers = list(described(description))
     except RecursionError:  # (json reads what nests a little less deeply than this walk can follow)
-        raise ModelFileError(f"{name} is damaged or forged: its network description ({_KERAS_CONFIG}) is nested too deeply "
-                             "to read; use an intact copy of the model") from None
+        raise _nested_too_deeply(name) from None
     code = next((layer for layer in layers if layer["class_name"] == "Lambda"), None)
     if code is not None:  # napari-unet networks have none (and _check_network compares only layers with weights)
         raise ModelFileError(f"{name} contains code (a Lambda layer, {code['config'].get('name')!r}), which napari-unet "

@@ -214,8 +214,8 @@ def score_retrained(model, check: CorrectionCheck, stop=None) -> Optional[Retrai
     than chance (:func:`napari_unet.train.useless_verdict`, named by the slices of the image: the Retrain's own stack
     holds copies of the corrected slices, so the training's check, which would name those, is off for a Retrain).
     None when ``check`` holds no corrected pixel or ``stop()`` ended the prediction."""
-    from napari_unet.predict import agreement_labels
-    from napari_unet.train import labels_verdict, spans
+    from .predict import agreement_labels
+    from .train import labels_verdict, spans
 
     found = agreement_labels(model, check.image, check.values, check.where, check.slices, stop)
     if found is None:
