@@ -181,10 +181,10 @@ def test_demo_exits_with_status_1_after_a_diverged_run_as_train_does(tmp_path, c
 @pytest.mark.slow
 def test_demo_diverged_before_any_epoch_says_nothing_was_written(tmp_path, capsys, monkeypatch):
     from napari_unet import cli
-    from napari_unet.train import DIVERGED_HINT
+    from napari_unet.train import TrainingDiverged
 
     def diverged(*args, **kwargs):
-        raise FloatingPointError(f"training diverged: the loss was nan at step 3, before any epoch's weights were kept; {DIVERGED_HINT}")
+        raise TrainingDiverged("the loss was nan at step 3")
 
     monkeypatch.setattr(cli, "run_training", diverged)
     code = main(["demo", "--output-dir", str(tmp_path), "--headless"])

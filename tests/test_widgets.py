@@ -1854,10 +1854,43 @@ def test_a_diverged_run_says_what_went_wrong_and_which_weights_the_model_holds(w
     assert any(severity == "warning" and "diverged" in message for severity, message in notifications)
     # a Retrain is one epoch: a divergence keeps no weights of its own (the core raises), and names Retrain's setting
     training._run = _Run(kind="retraining", worker=None, stop=threading.Event(), budget=None, names=None, colormap=None)
+    message = f"training diverged: the loss was nan at step 3, before any epoch's weights were kept; {DIVERGED_HINT}"
     try:
-        training._handle(Failed(f"training diverged: the loss was nan at step 3, before any epoch's weights were kept; {DIVERGED_HINT}"))
+        training._handle(Failed(message, diverged=True))
     finally:
         training._run = None
     status = training.progress.status.text()
-    assert "(the Retrain learning rate in the settings); the current model is unchanged" in status, status
+    assert status.endswith(f"{message} (the Retrain learning rate in the settings); the current model is unchanged"), status
     assert widgets.session.model is event.model
+    # the field decides, not the text: another failure whose message ends alike names no setting
+    training._run = _Run(kind="training", worker=None, stop=threading.Event(), budget=None, names=None, colormap=None)
+    try:
+        training._handle(Failed("FloatingPointError: overflow in the loss scale; lower the learning rate"))
+    finally:
+        training._run = None
+    status = training.progress.status.text()
+    assert status == "Training failed: FloatingPointError: overflow in the loss scale; lower the learning rate", status
+
+
+def test_the_training_job_marks_a_divergence_before_any_kept_weights_by_its_field(monkeypatch):
+    """The widget named the learning rate after a failure whose message ended in the hint's words; the job now says it
+    in Failed.diverged, from the core's TrainingDiverged."""
+    import napari_unet.train
+    from napari_unet._widgets import jobs
+    from napari_unet.train import TrainingDiverged
+
+    def failing(error):
+        def events(*args, **kwargs):
+            raise error
+            yield  # (a generator, as train_events)
+        return events
+
+    monkeypatch.setattr(jobs, "load_tensorflow", lambda **kwargs: None)
+    monkeypatch.setattr(jobs, "lower_thread_priority", lambda: None)  # (this thread runs the tests)
+    monkeypatch.setattr(napari_unet.train, "train_events", failing(TrainingDiverged("the loss was nan at step 3")))
+    (failed,) = jobs.train_job(None, None, None, None)
+    assert failed == jobs.Failed("training diverged: the loss was nan at step 3, before any epoch's weights were kept; "
+                                 "lower the learning rate", diverged=True)
+    monkeypatch.setattr(napari_unet.train, "train_events", failing(FloatingPointError("overflow; lower the learning rate")))
+    (failed,) = jobs.train_job(None, None, None, None)
+    assert failed == jobs.Failed("overflow; lower the learning rate", diverged=False)

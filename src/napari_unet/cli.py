@@ -980,6 +980,7 @@ def _train(args) -> int:
     from .model_io import ModelFileError, check_model_file, load_model
     from .metrics import evaluate
     from .predict import predict, resolve_tta_views
+    from .train import TrainingDiverged
 
     output = check_output(args.output, "model file", inputs=[p for p in (args.image, args.labels, args.init) if p])
     if output.suffix != ".keras":  # Path(".keras").suffix is "": a name is needed before it
@@ -1039,7 +1040,7 @@ def _train(args) -> int:
         try:
             started, final = run_training(image, labels, None if init is not None else model_config, train_config, init=init,
                                           pixel_size=pixel_size, finishing=finishing)
-        except FloatingPointError as err:  # diverged before it kept any weights ("...; lower the learning rate")
+        except TrainingDiverged as err:  # before it kept any weights ("...; lower the learning rate")
             raise FloatingPointError(f"{err} (--learning-rate, now {train_config.learning_rate:g}); no model written"
                                      + (f"; the --init model {args.init} is unchanged" if init is not None else "")) from None
         if final.steps == 0:

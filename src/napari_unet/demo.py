@@ -82,6 +82,7 @@ def run_demo(output_dir: Path, minutes: float = 1.0, headless: bool = False, see
     from .predict import predict
     from .synthetic import make_em_stack
     from .tiff_io import write_tiff
+    from .train import TrainingDiverged
 
     written = [] if written is None else written
     chosen = preset("default")
@@ -112,7 +113,7 @@ def run_demo(output_dir: Path, minutes: float = 1.0, headless: bool = False, see
             _, final = run_training(image, labels, chosen.model, train_config, finishing=finishing, budget_option="--minutes",
                                     one_class_options=f"--minutes, now {minutes:g}; --seed, now {seed}",
                                     one_class_hint="try a longer run or another seed (the demo trains the default preset)")
-        except FloatingPointError as err:  # diverged before it kept any weights (status 1, as train)
+        except TrainingDiverged as err:  # before it kept any weights (status 1, as train)
             raise FloatingPointError(f"{err} (the demo trains the default preset; another --seed?); nothing written") from None
         train_seconds = time.perf_counter() - started
         if final.steps == 0:  # its untrained weights would be scored as if trained

@@ -231,8 +231,17 @@ class TrainingFinished:
 TrainingEvent = Union[TrainingStarted, TrainingStep, EpochEnd, TrainingFinishing, TrainingFinished]
 
 
-#: The end of the FloatingPointError of a training that diverged before it kept any weights (callers add which setting).
+#: The end of the message of :class:`TrainingDiverged` (callers add which setting).
 DIVERGED_HINT = "lower the learning rate"
+
+
+class TrainingDiverged(FloatingPointError):
+    """Training diverged before it kept any weights: there is no model. Callers tell it by its type, not its message,
+    and name the setting to lower. ``divergence``: what went wrong and when, as :attr:`TrainingFinished.divergence`."""
+
+    def __init__(self, divergence: str):
+        super().__init__(f"training diverged: {divergence}, before any epoch's weights were kept; {DIVERGED_HINT}")
+        self.divergence = divergence
 
 
 #: The end of :attr:`TrainingFinished.one_class_note` (callers add which settings). The finished model is checked on a
@@ -866,7 +875,7 @@ def train_events(
     probabilities that stop being finite (reason "diverged", :attr:`TrainingFinished.divergence` says when): the model
     then holds the best epoch before it (by validation loss; by training loss without validation), else the mean of
     the epochs averaged before it, else (epochs that validation skipped, ``val_every`` > 1) the one of lowest training
-    loss before it (a FloatingPointError when there is none). The last event is
+    loss before it (:class:`TrainingDiverged` when there is none). The last event is
     :class:`TrainingFinished` carrying the model: the mean of the epoch-end weights after
     ``train_config.average_weights_from`` of the run, or, with fewer than two such epochs, the best validation epoch;
     its ``one_class_note`` says when the model predicts one class everywhere it is checked or labels no better than
@@ -1171,7 +1180,7 @@ def train_events(
             _, best_epoch, best_weights = unvalidated
             by_training_loss = True
         if divergence and best_weights is None and late_epochs.count < 2:
-            raise FloatingPointError(f"training diverged: {divergence}, before any epoch's weights were kept; {DIVERGED_HINT}")
+            raise TrainingDiverged(divergence)
         # fully annotated, with both classes: a slice all cell or all membrane has no cells for V_rand to judge
         tunes_rule = boundary_value is not None and has_validation and step > 0 and bool((val_indices >= 0).all())
         if tunes_rule:
@@ -1333,6 +1342,7 @@ __all__ = [
     "labels_verdict",
     "spans",
     "DIVERGED_HINT",
+    "TrainingDiverged",
     "ONE_CLASS_CHECK_PIXELS",
     "ONE_CLASS_HINT",
     "cohen_kappa",

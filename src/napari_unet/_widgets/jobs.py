@@ -40,6 +40,9 @@ def _unexpected(what: str, err: Exception) -> "Failed":
 @dataclass(frozen=True)
 class Failed:
     message: str
+    # training diverged before it kept any weights (napari_unet.train.TrainingDiverged): no model, the learning rate is
+    # the setting to lower
+    diverged: bool = False
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,7 @@ def train_job(image, labels, model_config, train_config, init=None, stop=None, a
     """
     from napari_unet.hardware import AUTO, resolve_depth
     from napari_unet.retrain import score_retrained
-    from napari_unet.train import TrainingFinished, TrainingFinishing, train_events
+    from napari_unet.train import TrainingDiverged, TrainingFinished, TrainingFinishing, train_events
 
     lower_thread_priority()
     load_tensorflow(quiet=True)  # no C++ info lines or cuInit "error" in the terminal napari runs in
@@ -120,7 +123,7 @@ def train_job(image, labels, model_config, train_config, init=None, stop=None, a
             if score is not None:
                 yield CorrectionsLearned(score.agreement, check, final.model.boundary_rule is not None, score.one_class_note)
     except EXPECTED as err:
-        yield Failed(str(err))
+        yield Failed(str(err), diverged=isinstance(err, TrainingDiverged))
     except Exception as err:
         yield _unexpected("training", err)
 

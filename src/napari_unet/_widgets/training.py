@@ -16,7 +16,7 @@ from qtpy.QtWidgets import QCheckBox, QFileDialog, QFormLayout, QGroupBox, QHBox
 from napari_unet.config import ConfigError
 from napari_unet.data import InputError
 from napari_unet.labels import ZERO_IS_CLASS, LabelError
-from napari_unet.train import DIVERGED_HINT, EpochEnd, TrainingFinished, TrainingFinishing, TrainingStarted, TrainingStep, format_count, format_seconds
+from napari_unet.train import EpochEnd, TrainingFinished, TrainingFinishing, TrainingStarted, TrainingStep, format_count, format_seconds
 
 from .jobs import CorrectionsLearned, Failed, relay, train_job
 from .layers import Image, Labels, LayerCombo
@@ -289,7 +289,7 @@ class TrainingWidget(QWidget):
             self.progress.set_status(f"{self.progress.status.text()} {event.text()}{warning}")
         elif isinstance(event, Failed):
             message = event.message
-            if message.endswith(DIVERGED_HINT):  # diverged before it kept any weights (a Retrain always: one epoch)
+            if event.diverged:  # before it kept any weights (a Retrain always: one epoch)
                 setting = "Retrain learning rate" if run.kind == "retraining" else "learning rate"
                 unchanged = "; the current model is unchanged" if self.session.model is not None else ""
                 message += f" (the {setting} in the settings){unchanged}"
