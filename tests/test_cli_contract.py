@@ -416,3 +416,174 @@ def test_a_sigterm_during_main_s_clean_up_comes_after_it_without_a_traceback(mon
     monkeypatch.setattr(cli, "_defer_signals", defer_then_signalled)
     assert main(["evaluate", "p.tif", "t.tif"]) == 0
     assert received == [signal.SIGTERM] and cli._ENDED_BY == []
+
+
+# D1, D2 in the training loop: SIGUSR1 mid-epoch, SIGHUP in the loop and while the model is finished (session 63) -----
+
+#: ``napari-unet train`` through the console-script entry point, its training events wrapped: after each step it prints
+#: "step N done (pid P)" on stderr for the test to signal on; with ``--wait-for-stop N`` it waits (two minutes at most)
+#: after step N until a SIGUSR1 asked the training to stop, so the stop falls after that very step; with
+#: ``--hangup-when-finishing`` it sends itself SIGHUP once the model is being finished.
+TRAIN_WITH_MARKS = """
+    import argparse, os, signal, time
+    from napari_unet import cli, train
+    parser = argparse.ArgumentParser()
+    parser.add_argument("folder")
+    parser.add_argument("--wait-for-stop", type=int)
+    parser.add_argument("--hangup-when-finishing", action="store_true")
+    options = parser.parse_args()
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as at a terminal (a test runner under nohup ignores it)
+    real_events = train.train_events
+    def marked(*args, stop=None, **kwargs):
+        for event in real_events(*args, stop=stop, **kwargs):
+            yield event
+            if isinstance(event, train.TrainingStep):
+                print(f"step {event.step} done (pid {os.getpid()})", file=sys.stderr, flush=True)
+                if event.step == options.wait_for_stop:
+                    deadline = time.monotonic() + 120
+                    while not stop() and time.monotonic() < deadline:
+                        time.sleep(0.01)
+            if isinstance(event, train.TrainingFinishing) and options.hangup_when_finishing:
+                os.kill(os.getpid(), signal.SIGHUP)  # the command has begun finishing the model
+    train.train_events = marked
+    folder = options.folder
+    sys.argv = ["napari-unet", "train", f"{folder}/image.tif", f"{folder}/labels.tif", "-o", f"{folder}/m.keras",
+                "--epochs", "400", "--steps-per-epoch", "5", "--patch-size", "64", "--batch-size", "2", "--depth", "2"]
+    cli.run()
+"""
+
+#: Seconds a test waits for a training command (TensorFlow's import and tracing on a loaded machine included).
+TRAIN_TIMEOUT = 300
+
+
+def _train_script(folder: Path) -> Path:
+    script = folder / "train_with_marks.py"
+    script.write_text("import sys; sys.path.insert(0, %r)\n%s" % (str(TESTS), textwrap.dedent(TRAIN_WITH_MARKS)))
+    return script
+
+
+def _until_step(process, step: int) -> tuple:
+    """Read ``process``'s stderr up to the line of training step ``step``; returns (its pid, the lines read). A
+    command that has not got there after :data:`TRAIN_TIMEOUT` seconds is killed (its stderr then ends)."""
+    import threading
+
+    lines = []
+    watchdog = threading.Timer(TRAIN_TIMEOUT, process.kill)
+    watchdog.start()
+    try:
+        for line in process.stderr:
+            lines.append(line)
+            if line.startswith(f"step {step} done (pid "):
+                return int(line.split("(pid ")[1].rstrip(")\n")), lines
+    finally:
+        watchdog.cancel()
+    raise AssertionError("the training never reached step %d:\n%s" % (step, "".join(lines)[-3000:]))
+
+
+def _finished(process, lines: list) -> tuple:
+    """(stdout, all of stderr) once ``process`` has ended."""
+    try:
+        out, err = process.communicate(timeout=TRAIN_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, err = process.communicate()
+        raise AssertionError("the command did not end:\n" + ("".join(lines) + err)[-3000:])
+    return out, "".join(lines) + err
+
+
+def test_sigusr1_in_the_middle_of_an_epoch_stops_after_the_current_step_and_saves_the_kept_weights(data):
+    """SIGUSR1 during the training loop (epoch 2, after 3 of its 5 steps): the training stops after that step, its model
+    (the best of the epochs, the unfinished one validated too) is finished and saved, scored, and the status is 0."""
+    script = _train_script(data)
+    process = subprocess.Popen([sys.executable, script, data, "--wait-for-stop", "8"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        pid, lines = _until_step(process, 8)
+        os.kill(pid, signal.SIGUSR1)
+        out, err = _finished(process, lines)
+    finally:
+        process.kill()
+    from napari_unet.model_io import load_model
+
+    assert process.returncode == 0, (process.returncode, err[-3000:])
+    assert "napari-unet: SIGUSR1: stopping the training after the current step; the model is finished and saved" in err, err[-3000:]
+    assert "step 9 done" not in err, err[-3000:]
+    assert "training stopped after 2 epochs (8 steps); kept the best epoch " in err, err[-3000:]
+    assert f"wrote {data / 'm.keras'}\n" in err and load_model(data / "m.keras").class_values == [0, 255], err[-3000:]
+    assert "validation_slices" in json.loads(out)
+
+
+def test_sighup_in_the_training_loop_ends_the_command_after_its_clean_up_and_a_shell_sees_129(data):
+    """SIGHUP (the terminal closed) while training: no model file and no partial file, "terminated", then the command
+    dies of the signal, so a shell's $? is 129."""
+    script = _train_script(data)
+    shell = subprocess.Popen(["bash", "-c", f'"{sys.executable}" "{script}" "{data}"; echo "rc=$?"'], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        pid, lines = _until_step(shell, 3)
+        os.kill(pid, signal.SIGHUP)
+        out, err = _finished(shell, lines)
+    finally:
+        shell.kill()
+    assert out.strip().splitlines()[-1] == "rc=129", (out, err[-3000:])
+    assert "napari-unet: terminating at the end of the current step or tile" in err, err[-3000:]
+    assert "napari-unet: terminated; no output file was written\n" in err, err[-3000:]
+    assert f"{pid} Hangup" in err, err[-3000:]  # bash's report of a death by SIGHUP (an exit with status 129 has none)
+    assert sorted(p.name for p in data.iterdir()) == ["image.tif", "labels.tif", script.name]
+
+
+def test_sighup_while_the_model_is_finished_comes_once_it_is_saved_then_the_command_dies_of_it(data):
+    """SIGHUP once the training steps are over: the finished model is saved first (README: "train's model file is
+    finished before its validation is scored"), named, then the command dies of SIGHUP (returncode -1)."""
+    from napari_unet.model_io import load_model
+
+    script = _train_script(data)
+    # stopped by SIGUSR1 after step 2, then signalled while finishing: no 400 epochs
+    process = subprocess.Popen([sys.executable, script, data, "--wait-for-stop", "2", "--hangup-when-finishing"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        pid, lines = _until_step(process, 2)
+        os.kill(pid, signal.SIGUSR1)
+        out, err = _finished(process, lines)
+    finally:
+        process.kill()
+    assert process.returncode == -signal.SIGHUP, (process.returncode, err[-3000:])
+    assert "napari-unet: terminating once the finished model is saved" in err, err[-3000:]
+    model = data / "m.keras"
+    assert f"wrote {model}\n" in err and err.rstrip().endswith(f"napari-unet: terminated; {model} was written"), err[-3000:]
+    assert load_model(model).class_values == [0, 255] and out == ""
+    assert sorted(p.name for p in data.iterdir()) == ["image.tif", "labels.tif", "m.keras", script.name]
+
+
+# D2 where there are no deaths by signal (Windows) ----------------------------------------------------------------
+
+@pytest.mark.parametrize("number", ["SIGINT", "SIGTERM"])
+def test_without_posix_signals_the_entry_point_exits_with_the_status_of_an_interrupted_command(monkeypatch, capsys, number):
+    """Windows has no deaths by signal (os.kill ends a process with the number as its status), nor SIGHUP or SIGUSR1:
+    run() exits with main()'s status, 130 or 143, after main() has cleaned up and said so."""
+    from napari_unet import cli
+
+    signum = getattr(signal, number)
+
+    def interrupted(args):
+        raise KeyboardInterrupt if signum == signal.SIGINT else cli._Terminated(signum)
+
+    class NotPosix:  # the os module as cli sees it on Windows (os.name itself stays: pathlib chooses its paths by it)
+        name = "nt"
+
+        def __getattr__(self, attribute):
+            return getattr(os, attribute)
+
+    deaths = []
+    monkeypatch.setattr(cli, "os", NotPosix())
+    monkeypatch.delattr(signal, "SIGHUP")
+    monkeypatch.delattr(signal, "SIGUSR1")
+    monkeypatch.setattr(cli, "_die_of", deaths.append)  # (on POSIX it would end the test run)
+    monkeypatch.setattr(cli, "cmd_evaluate", interrupted)
+    monkeypatch.setattr(sys, "argv", ["napari-unet", "evaluate", "p.tif", "t.tif"])
+    monkeypatch.delitem(sys.modules, "tensorflow", raising=False)
+    with pytest.raises(SystemExit) as exited:
+        cli.run()
+    assert exited.value.code == 128 + signum and deaths == [], (exited.value.code, deaths)
+    how = "interrupted" if signum == signal.SIGINT else "terminated"
+    assert f"napari-unet: {how}; no scores were printed" in capsys.readouterr().err
