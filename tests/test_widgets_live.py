@@ -297,3 +297,26 @@ def test_the_exit_wait_names_the_tasks_it_waits_for_after_a_second(qapp, capsys)
     _stop_and_wait_for_workers()
     assert 1.4 < time.monotonic() - started < 30
     assert "napari-unet: waiting for 1 napari background task to end (at most 60 s)" in capsys.readouterr().err
+
+
+def test_a_training_that_diverges_before_it_keeps_weights_names_the_learning_rate(widgets, qtbot, monkeypatch):
+    """Told by the job's Failed.diverged (the core's TrainingDiverged), no longer by the message's last words: the
+    widget adds which setting to lower, and no model is made."""
+    import napari_unet.train as train_module
+    from conftest import tiny_settings
+
+    prefetch = train_module.prefetch
+
+    def nan_images(make_batch, n_batches, *args, **kwargs):  # the first step's loss is NaN: no epoch to keep
+        for x, y in prefetch(make_batch, n_batches, *args, **kwargs):
+            yield np.full_like(x, np.nan), y
+
+    monkeypatch.setattr(train_module, "prefetch", nan_images)
+    training = widgets.training
+    tiny_settings(training, epochs=1, steps=3)
+    assert widgets.session.model is None
+    run_and_wait(qtbot, training.start, lambda: training._run is not None)
+    assert training.progress.status.text() == (
+        "Training failed: training diverged: the loss was nan at step 1, before any epoch's weights were kept; lower the "
+        "learning rate (the learning rate in the settings)")
+    assert widgets.session.model is None
