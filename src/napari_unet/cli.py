@@ -505,8 +505,13 @@ def _refuse_a_stream(path: Path, what: str) -> None:
 
 
 def _tiff_error_named(err: Exception, what: str, path: Path) -> str:
-    """A TIFF reader's message about ``path`` naming its role (``what``); a file that is no TIFF gets what to do."""
+    """A TIFF reader's message about ``path`` naming its role (``what``) and the slices of a damaged page or chunk where
+    known (``err.slices``, :func:`napari_unet.data.read_planes`); a file that is no TIFF gets what to do."""
     text = str(err).removeprefix(f"{path}: ")
+    slices = getattr(err, "slices", None)
+    if slices:
+        where = f"slice {slices[0]}" if len(slices) == 1 else f"slices {slices[0]}-{slices[-1]}"
+        return f"{what} {path.name}, {where}: {text}"
     if not text.startswith("not a TIFF file"):
         return f"{what} {path.name}: {text}"
     if path.suffix.lower() == ".keras":  # evaluate takes no model; elsewhere, arguments swapped
@@ -946,19 +951,55 @@ def cmd_train(args) -> int:
         text = re.sub(r"\b(" + "|".join(_TRAIN_SETTINGS) + r")\b", lambda m: _option_of(m.group(1)), str(err))
         raise CommandError(text) from None
     except InputError as err:  # the core's checks of the image ("image contains NaN or Inf values; ...")
-        raise CommandError(_image_named(err, args.image)) from None
+        raise CommandError(_image_named(err, args.image, args.labels)) from None
+    except _read_errors() as err:  # a damaged page or chunk of a file read lazily, found while training or scoring
+        raise CommandError(_read_error_named(err, args)) from None
 
 
-def _image_named(err: Exception, path) -> str:
-    """The core's message about "the image" ("slice 1: image contains NaN ...") naming the file; other messages
-    (about a setting) unchanged."""
+def _read_error_named(err: Exception, args) -> str:
+    """A read error found after ``train`` read its files' headers: the file by its role, the slice where known (set by
+    :func:`napari_unet.data.read_planes`), and what was kept: no model written (an ``--init`` model unchanged), or the
+    model written before it, when scoring its validation read the file again."""
+    role = getattr(err, "role", None)
+    if role not in ("image", "labels"):
+        role = "labels" if str(err).startswith(f"{Path(args.labels)}: ") else "image"
+    text = _tiff_error_named(err, role, Path(args.image if role == "image" else args.labels))
+    if args.written:
+        return (f"{text}; {', '.join(map(str, args.written))} was written before it (the model is complete; only "
+                "scoring its validation failed)")
+    return text + "; no model written" + (f"; the --init model {args.init} is unchanged" if args.init else "")
+
+
+def _image_named(err: Exception, path, labels_path=None) -> str:
+    """The core's message about "the image" ("slice 1: image contains NaN ...") naming the file (and about "image and
+    labels", naming both files); other messages (about a setting) unchanged."""
     text, name = str(err), Path(path).name
+    if labels_path is not None and text.startswith("image and labels: "):
+        return f"image {name} and labels {Path(labels_path).name}: {text[len('image and labels: '):]}"
     match = re.match(r"(slice \d+): image (.*)", text, re.DOTALL)
     if match:
         return f"image {name}, {match.group(1)}: {match.group(2)}"
     if text.startswith("image "):
         return f"image {name} {text[len('image '):]}"
     return text
+
+
+@contextlib.contextmanager
+def _low_memory_named(image_path, labels_path):
+    """The core's :class:`~napari_unet.hardware.LowMemoryWarning` of training on "image and labels" printed as one line
+    naming both files (Python's format named a line of cli.py); other warnings as before."""
+    from .hardware import LowMemoryWarning
+
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+
+        def show(message, category, *args, **kwargs):
+            if not issubclass(category, LowMemoryWarning):
+                return shown(message, category, *args, **kwargs)
+            print(f"warning: {_image_named(message, image_path, labels_path)}", file=sys.stderr)
+
+        warnings.showwarning = show
+        yield
 
 
 def diverged_path(output: Path) -> Path:
@@ -1038,6 +1079,7 @@ def _train(args) -> int:
               "records them; predict compares images' pixel sizes with it (--pixel-size Y_UM X_UM to give the right one)", file=sys.stderr)
     with contextlib.ExitStack() as finishing:  # an interrupt during the finishing comes once the model is saved
         try:
+            finishing.enter_context(_low_memory_named(args.image, args.labels))
             started, final = run_training(image, labels, None if init is not None else model_config, train_config, init=init,
                                           pixel_size=pixel_size, finishing=finishing)
         except TrainingDiverged as err:  # before it kept any weights ("...; lower the learning rate")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import math
@@ -72,39 +73,136 @@ def check_pair(image, labels) -> tuple[np.ndarray, np.ndarray]:
     return image_stack, as_stack(labels_array, "labels")
 
 
-def read_annotated_slices(image, labels, ignore_value=None, pixel_weights=None, every_slice: bool = False):
-    """``(image, labels, pixel_weights, slices)``: (Z', Y, X) stacks of the ``slices`` of (Z, Y, X) ``image`` and
-    ``labels`` that hold a pixel other than ``ignore_value``, and their numbers in the stack. Memory-mapped and dask
-    arrays are read only there (a stack larger than memory, annotated on a few slices, trains in the memory of those);
-    in-memory arrays are taken whole unless at most half of their slices hold annotations (a copy of those is then
-    smaller). The whole checked stacks (:func:`check_pair`) with every or no slice annotated, ``every_slice`` (context
-    slices need their neighbours) or no ignore value; a lazy stack with no annotated pixel is refused without being
-    read whole. ``pixel_weights``: the labels' shape, or None."""
+def slices_to_read(image, labels, ignore_value=None, every_slice: bool = False) -> list[int]:
+    """The slices of (Z, Y, X) ``image`` and ``labels`` that :func:`read_annotated_slices` holds: those whose labels hold
+    a pixel other than ``ignore_value``; all of them (``range(Z)``; ``[0]`` for a (Y, X) image) when every or no slice is
+    annotated, with ``every_slice`` (context slices need their neighbours) or no ignore value, and for in-memory arrays
+    of which more than half are annotated (a copy of those would not be smaller). Only the labels are read, a slice (or
+    a dask chunk) at a time; a lazy stack with no annotated pixel is refused (:class:`InputError`)."""
     check_is_array(image)
     check_is_array(labels, "labels")
     shape = tuple(np.shape(image))
     if tuple(np.shape(labels)) != shape:
         raise InputError(f"image shape {shape} and labels shape {tuple(np.shape(labels))} differ; "
                          "labels must have exactly the image's shape")
-    in_memory = all(isinstance(a, np.ndarray) and not isinstance(a, np.memmap) for a in (image, labels))
+    every = list(range(shape[0] if len(shape) == 3 else 1))
     slices = []
     if len(shape) == 3 and ignore_value is not None and not every_slice:
         slices = [z for z, annotated in enumerate(slices_holding(labels, ignore_value, other=True)) if annotated]
-        if not slices and not in_memory:
+        if not slices and not _in_memory(image, labels):
             raise InputError(f"the labels contain no annotated pixel (every pixel has the ignore value {ignore_value}); "
                              "annotate at least two classes")
-    if not slices or len(slices) == shape[0] or in_memory and len(slices) > shape[0] / 2:
+    if not slices or len(slices) == shape[0] or _in_memory(image, labels) and len(slices) > shape[0] / 2:
+        return every
+    return slices
+
+
+def _in_memory(*arrays) -> bool:
+    return all(isinstance(a, np.ndarray) and not isinstance(a, np.memmap) for a in arrays)
+
+
+def read_annotated_slices(image, labels, ignore_value=None, pixel_weights=None, every_slice: bool = False, slices=None):
+    """``(image, labels, pixel_weights, slices)``: (Z', Y, X) stacks of the ``slices`` of (Z, Y, X) ``image`` and
+    ``labels`` that hold a pixel other than ``ignore_value`` (:func:`slices_to_read`, unless given), and their numbers
+    in the stack. Memory-mapped and dask arrays are read only there (a stack larger than memory, annotated on a few
+    slices, trains in the memory of those); all slices give the whole checked stacks (:func:`check_pair`), views of
+    in-memory arrays. A read error of a lazy array's file (a damaged page or chunk) names its slices
+    (:func:`read_planes`). ``pixel_weights``: the labels' shape, or None."""
+    if slices is None:
+        slices = slices_to_read(image, labels, ignore_value, every_slice)
+    shape = tuple(np.shape(image))
+    if len(slices) == (shape[0] if len(shape) == 3 else 1):
+        if not _in_memory(image):
+            image = read_planes(image, name="image")
+        if not _in_memory(labels):
+            labels = read_planes(labels, name="labels")
         image_stack, label_stack = check_pair(image, labels)
-        weights = None if pixel_weights is None else check_pixel_weights(pixel_weights, labels)
+        weights = None
+        if pixel_weights is not None:
+            if not _in_memory(pixel_weights) and tuple(np.shape(pixel_weights)) == shape:
+                pixel_weights = read_planes(pixel_weights, name="pixel weights")
+            weights = check_pixel_weights(pixel_weights, labels)
         return image_stack, label_stack, weights, list(range(len(label_stack)))
-    image_stack = check_image(np.stack([np.asarray(image[z]) for z in slices]), f"image (slices {slices} of {shape})")
-    label_stack = np.stack([np.asarray(labels[z]) for z in slices])
+    image_stack = check_image(read_planes(image, slices, "image"), f"image (slices {slices} of {shape})")
+    label_stack = read_planes(labels, slices, "labels")
     weights = None
     if pixel_weights is not None:
         if tuple(np.shape(pixel_weights)) != shape:
             raise InputError(f"pixel weights shape {tuple(np.shape(pixel_weights))} and labels shape {shape} differ")
-        weights = check_pixel_weights(np.stack([np.asarray(pixel_weights[z]) for z in slices]), label_stack)
-    return image_stack, label_stack, weights, slices
+        weights = check_pixel_weights(read_planes(pixel_weights, slices, "pixel weights"), label_stack)
+    return image_stack, label_stack, weights, list(slices)
+
+
+def _reader_errors() -> tuple:
+    """The readers' errors about a file's contents (:class:`~napari_unet.tiff_io.TiffReadError`,
+    :class:`~napari_unet.zarr_io.ZarrReadError`), imported when one is raised."""
+    from .tiff_io import TiffReadError
+    from .zarr_io import ZarrReadError
+
+    return TiffReadError, ZarrReadError
+
+
+def _z_blocks(array, planes: list) -> list:
+    """``(start, stop, planes)`` of ``planes`` of (Z, ...) ``array`` grouped by the dask chunks holding them (slices
+    start..stop - 1); one slice a block for other arrays."""
+    chunks = getattr(array, "chunks", None)
+    if not hasattr(array, "dask") or not chunks:
+        return [(z, z + 1, [z]) for z in planes]
+    ends = np.cumsum(chunks[0])
+    blocks: dict = {}
+    for z in planes:
+        blocks.setdefault(int(np.searchsorted(ends, z, side="right")), []).append(z)
+    return [(int(ends[k] - chunks[0][k]), int(ends[k]), zs) for k, zs in sorted(blocks.items())]
+
+
+@contextlib.contextmanager
+def _slices_named(array, name: str, planes: Optional[list]):
+    """Give a reader's error raised inside (a damaged page or chunk of ``array``'s file) ``role`` = ``name`` and
+    ``slices``: the slices of the page or chunk that fails again when ``planes`` of the (Z, Y, X) ``array`` are read a
+    chunk at a time (a range), else None."""
+    try:
+        yield
+    except Exception as err:
+        if not isinstance(err, _reader_errors()):
+            raise
+        if getattr(err, "role", None) is None:
+            err.role = name
+        if getattr(err, "slices", None) is None and planes and np.ndim(array) == 3:
+            err.slices = _failing_slices(array, planes)
+        raise
+
+
+def _failing_slices(array, planes: list) -> Optional[range]:
+    if len(planes) == 1:
+        return range(planes[0], planes[0] + 1)
+    blocks = _z_blocks(array, planes)
+    if len(blocks) == 1:
+        return range(blocks[0][0], blocks[0][1])
+    for start, stop, zs in blocks:  # read again a chunk at a time, only after a failure
+        try:
+            np.asarray(array[zs])
+        except _reader_errors():
+            return range(start, stop)
+    return None
+
+
+def read_planes(array, planes=None, name: str = "image") -> np.ndarray:
+    """Planes ``planes`` (a list; None: all) of the (Z, Y, X) ``array`` as a numpy (Z', Y, X) stack (a (Y, X) array
+    whole), read a plane at a time (all: at once, a dask array in one computation). A reader's error
+    (:class:`~napari_unet.tiff_io.TiffReadError`, :class:`~napari_unet.zarr_io.ZarrReadError`: a damaged page or chunk
+    of a lazily read file) is raised with ``role`` = ``name`` and ``slices``: the range of slices of the page or chunk
+    that fails (None if not found)."""
+    if np.ndim(array) == 2:
+        with _slices_named(array, name, None):
+            return np.asarray(array)
+    if planes is None or list(planes) == list(range(np.shape(array)[0])):
+        with _slices_named(array, name, list(range(np.shape(array)[0]))):
+            return np.asarray(array)  # a dask array in one computation (chunks decoded in parallel)
+    out = []
+    for z in planes:
+        with _slices_named(array, name, [int(z)]):
+            out.append(np.asarray(array[z]))
+    return np.stack(out)
 
 
 def slices_holding(labels, value, other: bool = False) -> Iterator[bool]:
@@ -112,10 +210,14 @@ def slices_holding(labels, value, other: bool = False) -> Iterator[bool]:
     it). Read a slice at a time, a dask array chunk by chunk (each decoded once); lazy, so ``any()`` stops early."""
     compare = np.not_equal if other else np.equal
     if hasattr(labels, "dask"):
-        yield from (bool(b) for b in compare(labels, value).any(axis=(1, 2)).compute())
+        with _slices_named(labels, "labels", list(range(np.shape(labels)[0]))):
+            found = compare(labels, value).any(axis=(1, 2)).compute()
+        yield from (bool(b) for b in found)
         return
     for z in range(np.shape(labels)[0]):
-        yield bool(compare(np.asarray(labels[z]), value).any())
+        with _slices_named(labels, "labels", [z]):
+            plane = np.asarray(labels[z])
+        yield bool(compare(plane, value).any())
 
 
 def check_pixel_weights(weights, labels) -> np.ndarray:
@@ -247,7 +349,8 @@ def _slice_quantiles(image, percentiles, max_slices: int, kinds: tuple) -> list:
     picks = np.unique(np.linspace(0, n_slices - 1, min(max_slices, n_slices)).round().astype(int))
     quantiles, blank = [[] for _ in kinds], [[] for _ in kinds]
     for z in picks:  # a lazy stack reads only these
-        raw = np.asarray(image if len(shape) == 2 else image[z])
+        with _slices_named(image, "image", None if len(shape) == 2 else [int(z)]):
+            raw = np.asarray(image if len(shape) == 2 else image[z])
         plane = normalize(raw, percentiles)
         with np.errstate(invalid="ignore"):
             is_blank = bool(raw.min() == raw.max())  # (NaN: not blank; refused elsewhere)
@@ -807,7 +910,9 @@ __all__ = [
     "MIN_IMAGE_SIZE",
     "check_image",
     "check_pair",
+    "slices_to_read",
     "read_annotated_slices",
+    "read_planes",
     "slices_holding",
     "check_pixel_weights",
     "MAX_PIXEL_WEIGHT",

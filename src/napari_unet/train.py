@@ -33,6 +33,7 @@ from .data import (
     normalize_window,
     prefetch,
     read_annotated_slices,
+    slices_to_read,
 )
 from .labels import LAYERED_MIN_COLUMNS, check_class_count, check_trainable, count_classes, layer_order, layering_undecided, to_indices
 from .model import (
@@ -833,6 +834,56 @@ def check_training_memory(model_config: ModelConfig, batch_size: int, patch_size
     )
 
 
+#: Bytes a training holds per pixel of the slices it reads, besides the slices themselves: the class indices and their
+#: training copy (int8), the normalised slices and their border weights (float32), the annotated pixels' mask and
+#: positions. Measured up to the patch sampler (tracemalloc, 8 and 16 slices of 1024², session 63): 9-10 bytes, with
+#: context slices 11, sparse labels 12.
+TRAINING_BYTES_PER_PIXEL = 12
+#: ... and per pixel of one slice: the temporaries of normalising a slice and of its border weights (measured 30).
+TRAINING_BYTES_PER_PLANE_PIXEL = 32
+
+
+def training_data_bytes(image, labels, slices: list, pixel_weights=None) -> int:
+    """Estimated peak memory (bytes) of the data :func:`train_events` prepares from ``slices`` of (Z, Y, X) or (Y, X)
+    ``image`` and ``labels`` (:func:`napari_unet.data.slices_to_read`): the slices read (not counted for in-memory
+    arrays taken whole), :data:`TRAINING_BYTES_PER_PIXEL` of working copies a pixel, the temporaries of one slice; a
+    float32 copy of ``pixel_weights`` and their training slices besides."""
+    shape = tuple(np.shape(image))
+    whole = len(slices) == (shape[0] if len(shape) == 3 else 1)
+    pixels = len(slices) * shape[-2] * shape[-1]
+
+    def read(array) -> int:  # bytes of the copy read, per pixel
+        in_memory = isinstance(array, np.ndarray) and not isinstance(array, np.memmap)
+        return 0 if whole and in_memory else np.dtype(array.dtype).itemsize
+
+    per_pixel = read(image) + read(labels) + TRAINING_BYTES_PER_PIXEL
+    if pixel_weights is not None:
+        itemsize = np.dtype(pixel_weights.dtype).itemsize
+        per_pixel += read(pixel_weights) + itemsize + (0 if np.dtype(pixel_weights.dtype) == np.float32 else 4)
+    return int(per_pixel * pixels + TRAINING_BYTES_PER_PLANE_PIXEL * shape[-2] * shape[-1])
+
+
+def check_training_data_memory(image, labels, slices: list, pixel_weights=None) -> None:
+    """The memory policy of reading data (:mod:`napari_unet.hardware`) for training on ``slices`` of ``image`` and
+    ``labels`` (:func:`training_data_bytes`), before any is read: :class:`~napari_unet.data.InputError` beyond the
+    machine's (or container's) memory and swap; a :class:`~napari_unet.hardware.LowMemoryWarning` beyond
+    :data:`~napari_unet.hardware.MEMORY_SHARE` of the memory available now (the slices are read, and trained on, in
+    memory: no lazy way)."""
+    needed = training_data_bytes(image, labels, slices, pixel_weights)
+    shape = tuple(np.shape(image))
+    size = f"{shape[-2]} x {shape[-1]} pixels"
+    what = f"training on {format_count(len(slices), 'slice')} of {size}" if len(shape) == 3 else f"training on an image of {size}"
+    what = f"image and labels: {what} (read, with their working copies)"
+    excess = hardware.memory_excess(needed)
+    if excess is not None:
+        raise InputError(f"{what} {excess}; train on fewer annotated slices or on a crop of them (the model then "
+                         "predicts whole images all the same)")
+    shortfall = hardware.memory_shortfall(needed)
+    if shortfall is not None:
+        warnings.warn(f"{what} {shortfall}; training anyway (close other programs if the system slows down)",
+                      hardware.LowMemoryWarning, stacklevel=3)
+
+
 def _memory_held(model_config: ModelConfig, reused: Callable[[tuple], bool]) -> int:
     """Bytes of :func:`napari_unet.model.training_memory_bytes` the process holds already: TensorFlow once loaded,
     and the weights and optimizer of the kept trainer if ``reused(its key)`` (the run takes it over)."""
@@ -883,7 +934,9 @@ def train_events(
     copies of the corrected slices, checks its corrections' slices with the prediction it scores them with,
     :func:`napari_unet.retrain.score_retrained`).
     A consumer that leaves early (``break``, ``close()``, an interrupt) finds in :class:`TrainingStarted`'s model the
-    weights reached: the best validation epoch's, else the last step's.
+    weights reached: the best validation epoch's, else the last step's. The slices' memory is checked before they are
+    read (:func:`check_training_data_memory`); a reader's error of a lazy array names its slices
+    (:func:`napari_unet.data.read_planes`).
     """
     for name, value, cls in (("model_config", model_config, ModelConfig), ("train_config", train_config, TrainConfig)):
         if value is not None and not isinstance(value, cls):  # a dict gave "AttributeError: 'dict' object has no attribute 'replace'"
@@ -911,9 +964,10 @@ def train_events(
     # Only the annotated slices are read (a stack larger than memory, annotated on a few slices, trains in the memory
     # of those); slice_numbers maps their positions back to the stack's. Context slices need their neighbours.
     context = (init.config if init is not None else model_config or preset("default").model).context_slices
-    image_stack, label_stack, extra_weights, slice_numbers = read_annotated_slices(
-        image, labels, ignore, pixel_weights, every_slice=context > 0
-    )
+    slices = slices_to_read(image, labels, ignore, every_slice=context > 0)
+    check_training_data_memory(image, labels, slices, pixel_weights)  # before any slice is read
+    image_stack, label_stack, extra_weights, slice_numbers = read_annotated_slices(image, labels, ignore, pixel_weights,
+                                                                                   slices=slices)
     class_values = check_trainable(label_stack, ignore, init.class_values if init else None)
     check_class_count(len(class_values), "the labels")
     model_config = _resolve_model_config(model_config, len(class_values), init, train_config)
@@ -1351,6 +1405,10 @@ __all__ = [
     "BATCH_NORM_TILE",
     "BATCH_NORM_TILES",
     "check_training_memory",
+    "check_training_data_memory",
+    "training_data_bytes",
+    "TRAINING_BYTES_PER_PIXEL",
+    "TRAINING_BYTES_PER_PLANE_PIXEL",
     "clear_trainer_cache",
     "EpochEnd",
     "FEW_ANNOTATED_PIXELS",

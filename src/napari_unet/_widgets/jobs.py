@@ -20,6 +20,8 @@ from napari_unet.labels import LabelError
 from napari_unet.model_io import ModelFileError, UNetModel
 from napari_unet.predict import Agreement, PredictionError
 from napari_unet.retrain import CorrectionCheck
+from napari_unet.tiff_io import TiffReadError
+from napari_unet.zarr_io import ZarrReadError
 
 from .._tensorflow import load_tensorflow, lower_thread_priority
 
@@ -43,6 +45,8 @@ class Failed:
     # training diverged before it kept any weights (napari_unet.train.TrainingDiverged): no model, the learning rate is
     # the setting to lower
     diverged: bool = False
+    # a damaged page or chunk of a lazily read file (the image's) failed to read during training: no model was made
+    read_error: bool = False
 
 
 @dataclass(frozen=True)
@@ -124,8 +128,18 @@ def train_job(image, labels, model_config, train_config, init=None, stop=None, a
                 yield CorrectionsLearned(score.agreement, check, final.model.boundary_rule is not None, score.one_class_note)
     except EXPECTED as err:
         yield Failed(str(err), diverged=isinstance(err, TrainingDiverged))
+    except (TiffReadError, ZarrReadError) as err:  # a damaged page or chunk of the lazily read image (its file named)
+        yield Failed(read_error_text(err), read_error=True)
     except Exception as err:
         yield _unexpected("training", err)
+
+
+def read_error_text(err: Exception) -> str:
+    """A reader's error (its file named) read by training, with the array's role and slices where known
+    (:func:`napari_unet.data.read_planes`): "image, slice 2: /data/stack.zarr: damaged or unreadable chunk (...)"."""
+    slices = getattr(err, "slices", None)
+    where = "" if not slices else f", slice {slices[0]}" if len(slices) == 1 else f", slices {slices[0]}-{slices[-1]}"
+    return f"{getattr(err, 'role', None) or 'image'}{where}: {err}"
 
 
 def with_kept(labels: np.ndarray, kept: Optional[tuple], class_values) -> np.ndarray:
@@ -259,5 +273,6 @@ __all__ = [
     "predict_job",
     "relay",
     "save_job",
+    "read_error_text",
     "train_job",
 ]

@@ -293,6 +293,9 @@ class TrainingWidget(QWidget):
                 setting = "Retrain learning rate" if run.kind == "retraining" else "learning rate"
                 unchanged = "; the current model is unchanged" if self.session.model is not None else ""
                 message += f" (the {setting} in the settings){unchanged}"
+            elif event.read_error:  # nothing trained yet: the file's damage is the news, and what stays
+                message += ("; the current model is unchanged" if self.session.model is not None
+                            else "; no model was made")
             show_error(f"napari-unet: {run.kind} failed: {message}")
             self.progress.finish(f"{run.kind} failed")
             self.plot.discard_run()  # the model is unchanged: so are its curves
