@@ -44,3 +44,30 @@ def test_the_benchmarks_parser_refuses_an_abbreviation_and_keeps_argparses_keywo
         parser.parse_args(["--rep", "3"])
     assert exited.value.code == 2 and "unrecognized arguments: --rep 3" in capsys.readouterr().err
     assert parser.description == "what it does" and parser.formatter_class is argparse.RawDescriptionHelpFormatter
+
+
+def test_the_previous_cores_upsampling_lever_takes_build_units_arguments(monkeypatch):
+    """bench_speed's ``*_upsample`` variants put ``_levers.build_unet_upsampling`` in place of the core's ``build_unet``,
+    which train_events calls with ``seed=``: the lever must take every argument build_unet takes (it did not take
+    ``seed``, and those variants failed), build the same layers and weight shapes, and the same weights for a seed."""
+    import dataclasses
+    import inspect
+
+    import numpy as np
+
+    from napari_unet.config import preset
+    from napari_unet.model import build_unet
+
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import _levers
+
+    assert set(inspect.signature(build_unet).parameters) <= set(inspect.signature(_levers.build_unet_upsampling).parameters)
+    config = dataclasses.replace(preset("classic").model, depth=2, base_filters=4)
+    core = build_unet(config, seed=3)
+    lever, again = (_levers.build_unet_upsampling(config, mixed_precision=False, seed=3) for _ in range(2))
+    shapes = {layer.name: [tuple(w.shape) for w in layer.weights] for layer in core.layers if layer.weights}
+    assert {layer.name: [tuple(w.shape) for w in layer.weights] for layer in lever.layers if layer.weights} == shapes
+    assert all(np.array_equal(a, b) for a, b in zip(lever.get_weights(), again.get_weights()))
+    _levers.transfer_weights(core, lever)
+    image = np.random.default_rng(0).random((1, 16, 16, config.network_channels), dtype=np.float32)
+    np.testing.assert_allclose(lever.predict_on_batch(image), core.predict_on_batch(image), atol=1e-5)
