@@ -20,6 +20,7 @@ from .data import (
     PROFILE_LEVELS,
     PROFILE_SHIFT,
     InputError,
+    _slices_named,
     as_stack,
     check_image,
     check_is_array,
@@ -576,7 +577,9 @@ def predict_events(
 
     def network_plane(z: int) -> np.ndarray:
         """Slice z normalised, downscaled and padded to (padded_h, padded_w) float32."""
-        plane = np.asarray(image if len(shape) == 2 else image[z])
+        # a reader's error (a damaged page or chunk of a lazily read file) names its slice, as training's reads do
+        with _slices_named(image, "image", None if len(shape) == 2 else [z]):
+            plane = np.asarray(image if len(shape) == 2 else image[z])
         try:
             plane = check_image(plane)[0]
         except InputError as err:  # found when the slice is reached: an hour into a large stack, say which one

@@ -274,9 +274,12 @@ class InferenceWidget(QWidget):
             show_warning(f"napari-unet: {event.message}")
             job.notes.append(event.message)
         elif isinstance(event, Failed):
-            show_error(f"napari-unet: prediction failed: {event.message}")
+            message = event.message
+            if event.read_error:  # found before the result: a prediction is written only once it is whole
+                message += "; no layer was changed"
+            show_error(f"napari-unet: prediction failed: {message}")
             self.progress.finish("prediction failed")
-            self.progress.set_status(f"Prediction failed: {event.message}")
+            self.progress.set_status(f"Prediction failed: {message}")
         elif isinstance(event, PredictionResult):
             self._write_after_strokes(job, event)
 

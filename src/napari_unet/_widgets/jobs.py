@@ -45,7 +45,8 @@ class Failed:
     # training diverged before it kept any weights (napari_unet.train.TrainingDiverged): no model, the learning rate is
     # the setting to lower
     diverged: bool = False
-    # a damaged page or chunk of a lazily read file (the image's) failed to read during training: no model was made
+    # a damaged page or chunk of a lazily read file (the image's) failed to read during training (no model was made)
+    # or prediction (nothing was written: the widget writes only a finished prediction)
     read_error: bool = False
 
 
@@ -135,7 +136,7 @@ def train_job(image, labels, model_config, train_config, init=None, stop=None, a
 
 
 def read_error_text(err: Exception) -> str:
-    """A reader's error (its file named) read by training, with the array's role and slices where known
+    """A reader's error (its file named) found by training or prediction, with the array's role and slices where known
     (:func:`napari_unet.data.read_planes`): "image, slice 2: /data/stack.zarr: damaged or unreadable chunk (...)"."""
     slices = getattr(err, "slices", None)
     where = "" if not slices else f", slice {slices[0]}" if len(slices) == 1 else f", slices {slices[0]}-{slices[-1]}"
@@ -199,6 +200,10 @@ def predict_job(model: UNetModel, image, tta: Union[bool, int, str], probabiliti
             yield PredictionResult(labels, probs, instances, event.stopped)
     except EXPECTED as err:
         yield Failed(str(err))
+    except (TiffReadError, ZarrReadError) as err:  # a damaged page or chunk of the lazily read image (its file named)
+        if z is not None and getattr(err, "slices", None) is None:  # read as the 2-D image[z] (its intensity note)
+            err.slices = range(z, z + 1)
+        yield Failed(read_error_text(err), read_error=True)
     except Exception as err:
         yield _unexpected("prediction", err)
 

@@ -8,7 +8,7 @@ import numpy as np
 from napari.layers import Image, Labels
 from qtpy.QtWidgets import QComboBox
 
-from napari_unet.data import InputError
+from napari_unet.data import InputError, read_planes
 from napari_unet.labels import LabelError, check_display_values, metadata_class_values, smallest_dtype
 from napari_unet.tiff_io import pixel_size_um
 
@@ -141,7 +141,9 @@ def read_annotations(layer, zero_is_unannotated: bool, reviewed: Optional[np.nda
     what = f"{'prediction' if reviewed is not None else 'labels'} layer {layer.name!r}"
     if getattr(layer, "multiscale", False):  # np.asarray gave its lowest resolution
         raise LabelError(f"{what} is multiscale; {_MULTISCALE_HINT.format(kind='labels layer')}")
-    data = np.asarray(layer.data)
+    # a lazy (dask) layer is read here: a damaged page or chunk of its file is raised naming the layer and the slice
+    # (napari_unet.data.read_planes; the training widget says so, and that nothing started)
+    data = read_planes(layer.data, name=what)
     if data.dtype.kind not in "iub":
         raise LabelError(f"{what} has dtype {data.dtype}; labels must be integers")
     class_values = metadata_class_values(layer.metadata, what)

@@ -16,9 +16,11 @@ from qtpy.QtWidgets import QCheckBox, QFileDialog, QFormLayout, QGroupBox, QHBox
 from napari_unet.config import ConfigError
 from napari_unet.data import InputError
 from napari_unet.labels import ZERO_IS_CLASS, LabelError
+from napari_unet.tiff_io import TiffReadError
 from napari_unet.train import EpochEnd, TrainingFinished, TrainingFinishing, TrainingStarted, TrainingStep, format_count, format_seconds
+from napari_unet.zarr_io import ZarrReadError
 
-from .jobs import CorrectionsLearned, Failed, relay, train_job
+from .jobs import CorrectionsLearned, Failed, read_error_text, relay, train_job
 from .layers import Image, Labels, LayerCombo
 from .outputs import name_with_suffix
 from .prepare import ZERO_BOX, TrainJob, prepare_retrain, prepare_train, remember_zero_convention
@@ -162,6 +164,13 @@ class TrainingWidget(QWidget):
             show_error(f"napari-unet: {err}")
             self.progress.reset(f"{'retraining' if retrain else 'training'} not started")
             self.progress.set_status(f"Not started: {err}")
+            return False
+        except (TiffReadError, ZarrReadError) as err:  # a damaged page or chunk of a lazily read layer (read here)
+            message = read_error_text(err) + ("; the current model is unchanged" if self.session.model is not None
+                                              else "; no model was made")
+            show_error(f"napari-unet: {'retraining' if retrain else 'training'} not started: {message}")
+            self.progress.reset(f"{'retraining' if retrain else 'training'} not started")
+            self.progress.set_status(f"Not started: {message}")
             return False
         if not retrain and self.labels.layer() is not None:  # its file keeps 0 as trained: a class or "not annotated"
             remember_zero_convention(self.labels.layer(), self.zero_unannotated.isChecked())
