@@ -462,13 +462,39 @@ def _train_script(folder: Path) -> Path:
     return script
 
 
+def _start(argv: list) -> subprocess.Popen:
+    """``argv`` in a session and process group of its own (so :func:`_kill_all` ends it and every process it started,
+    e.g. the Python that ``bash -c`` runs, which also holds the pipes), stdout and stderr piped, C locale (bash's
+    "Hangup" in English)."""
+    env = dict(os.environ, LC_ALL="C", LANG="C")
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+
+
+def _kill_all(process: subprocess.Popen) -> None:
+    """SIGKILL to ``process``'s whole process group (see :func:`_start`): no training goes on after a test, and a
+    read of its pipes ends."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # the group has ended
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def _ended(process: subprocess.Popen) -> None:
+    """A test's clean-up: ``process``'s group killed, ``process`` waited for, its pipes closed."""
+    _kill_all(process)
+    process.wait()
+    for pipe in (process.stdout, process.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            pipe.close()
+
+
 def _until_step(process, step: int) -> tuple:
     """Read ``process``'s stderr up to the line of training step ``step``; returns (its pid, the lines read). A
-    command that has not got there after :data:`TRAIN_TIMEOUT` seconds is killed (its stderr then ends)."""
+    command that has not got there after :data:`TRAIN_TIMEOUT` seconds is killed with its whole process group (its
+    stderr then ends)."""
     import threading
 
     lines = []
-    watchdog = threading.Timer(TRAIN_TIMEOUT, process.kill)
+    watchdog = threading.Timer(TRAIN_TIMEOUT, _kill_all, [process])
     watchdog.start()
     try:
         for line in process.stderr:
@@ -485,7 +511,7 @@ def _finished(process, lines: list) -> tuple:
     try:
         out, err = process.communicate(timeout=TRAIN_TIMEOUT)
     except subprocess.TimeoutExpired:
-        process.kill()
+        _kill_all(process)
         out, err = process.communicate()
         raise AssertionError("the command did not end:\n" + ("".join(lines) + err)[-3000:])
     return out, "".join(lines) + err
@@ -495,14 +521,13 @@ def test_sigusr1_in_the_middle_of_an_epoch_stops_after_the_current_step_and_save
     """SIGUSR1 during the training loop (epoch 2, after 3 of its 5 steps): the training stops after that step, its model
     (the best of the epochs, the unfinished one validated too) is finished and saved, scored, and the status is 0."""
     script = _train_script(data)
-    process = subprocess.Popen([sys.executable, script, data, "--wait-for-stop", "8"], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = _start([sys.executable, script, data, "--wait-for-stop", "8"])
     try:
         pid, lines = _until_step(process, 8)
         os.kill(pid, signal.SIGUSR1)
         out, err = _finished(process, lines)
     finally:
-        process.kill()
+        _ended(process)
     from napari_unet.model_io import load_model
 
     assert process.returncode == 0, (process.returncode, err[-3000:])
@@ -517,14 +542,13 @@ def test_sighup_in_the_training_loop_ends_the_command_after_its_clean_up_and_a_s
     """SIGHUP (the terminal closed) while training: no model file and no partial file, "terminated", then the command
     dies of the signal, so a shell's $? is 129."""
     script = _train_script(data)
-    shell = subprocess.Popen(["bash", "-c", f'"{sys.executable}" "{script}" "{data}"; echo "rc=$?"'], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+    shell = _start(["bash", "-c", f'"{sys.executable}" "{script}" "{data}"; echo "rc=$?"'])  # LC_ALL=C: "Hangup"
     try:
         pid, lines = _until_step(shell, 3)
         os.kill(pid, signal.SIGHUP)
         out, err = _finished(shell, lines)
     finally:
-        shell.kill()
+        _ended(shell)  # the Python too: killing bash alone left it training (and holding stderr open)
     assert out.strip().splitlines()[-1] == "rc=129", (out, err[-3000:])
     assert "napari-unet: terminating at the end of the current step or tile" in err, err[-3000:]
     assert "napari-unet: terminated; no output file was written\n" in err, err[-3000:]
@@ -539,14 +563,13 @@ def test_sighup_while_the_model_is_finished_comes_once_it_is_saved_then_the_comm
 
     script = _train_script(data)
     # stopped by SIGUSR1 after step 2, then signalled while finishing: no 400 epochs
-    process = subprocess.Popen([sys.executable, script, data, "--wait-for-stop", "2", "--hangup-when-finishing"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = _start([sys.executable, script, data, "--wait-for-stop", "2", "--hangup-when-finishing"])
     try:
         pid, lines = _until_step(process, 2)
         os.kill(pid, signal.SIGUSR1)
         out, err = _finished(process, lines)
     finally:
-        process.kill()
+        _ended(process)
     assert process.returncode == -signal.SIGHUP, (process.returncode, err[-3000:])
     assert "napari-unet: terminating once the finished model is saved" in err, err[-3000:]
     model = data / "m.keras"
