@@ -623,3 +623,60 @@ def test_the_intensity_profile_of_a_mostly_black_scan_sees_a_linear_export():
         assert profile_distance(intensity_profile(scan), intensity_profile(export)) > PROFILE_SHIFT
     flipped = scan[:, ::-1, ::-1] * 3 + 2  # the same scan, mirrored and linearly rescaled
     assert profile_distance(intensity_profile(scan), intensity_profile(flipped)) < 1e-6
+
+
+def test_given_slices_the_annotated_slices_keep_the_shape_checks():
+    # read_annotated_slices(slices=...) read planes of mismatched arrays without a word (misaligned stacks)
+    from napari_unet.data import read_annotated_slices
+
+    image = np.zeros((4, 16, 16), np.uint8)
+    with pytest.raises(InputError, match="image shape .* and labels shape .* differ"):
+        read_annotated_slices(image, np.zeros((4, 16, 12), np.uint8), 7, slices=[1, 2])
+    with pytest.raises(InputError, match=r"image has shape \(4, 16, 16, 2\); expected a 2-D image"):
+        read_annotated_slices(np.zeros((4, 16, 16, 2), np.uint8), np.zeros((4, 16, 16, 2), np.uint8), 7, slices=[1])
+    assert read_annotated_slices(image, image, 7, slices=[1, 2])[3] == [1, 2]
+
+
+def test_a_failure_while_searching_for_the_damaged_chunk_never_replaces_the_read_error():
+    # a re-read of the chunks that raised OSError (the file gone) replaced the damaged-chunk error
+    import itertools
+
+    import dask.array as da
+
+    from napari_unet.data import read_planes
+    from napari_unet.zarr_io import ZarrReadError
+
+    for later in (OSError(5, "Input/output error"), MemoryError(), RuntimeError("anything")):
+        calls = itertools.count()
+
+        def block(x, block_info=None, later=later, calls=calls):
+            if block_info[0]["chunk-location"][0] == 2:
+                if next(calls) == 0:
+                    raise ZarrReadError("/d/img.zarr: damaged or unreadable chunk (x)")
+                raise later
+            return x
+
+        stack = da.zeros((6, 8, 8), np.uint8, chunks=(1, 8, 8)).map_blocks(block, dtype=np.uint8)
+        with pytest.raises(ZarrReadError, match="damaged or unreadable chunk") as caught:
+            read_planes(stack, name="labels")
+        assert caught.value.role == "labels" and caught.value.slices is None
+
+
+def test_read_plane_reads_one_slice_and_names_its_read_error():
+    from napari_unet.data import read_plane
+    from napari_unet.zarr_io import ZarrReadError
+
+    class Damaged:
+        shape, dtype, ndim = (3, 4, 4), np.dtype(np.uint8), 3
+
+        def __getitem__(self, z):
+            if z == 1:
+                raise ZarrReadError("/d/img.zarr: damaged or unreadable chunk (x)")
+            return np.full((4, 4), z, np.uint8)
+
+    assert read_plane(Damaged(), 2).tolist() == np.full((4, 4), 2).tolist()
+    with pytest.raises(ZarrReadError) as caught:
+        read_plane(Damaged(), 1, "labels")
+    assert caught.value.role == "labels" and list(caught.value.slices) == [1]
+    plane = np.arange(16, dtype=np.uint8).reshape(4, 4)
+    assert read_plane(plane) is not None and np.shares_memory(read_plane(plane), plane)

@@ -221,3 +221,80 @@ def test_a_failing_chunk_of_a_stack_read_whole_is_found_and_its_slices_named():
         read_planes(stack, [0, 3, 5])
     assert caught.value.role == "image" and list(caught.value.slices) == [3]
     assert read_planes(stack, [0, 1, 5]).shape == (3, 8, 8)
+
+
+# ------------------------------------------------------------------------------------------------ review fixes (s63)
+
+
+@pytest.mark.parametrize("shape", [(10,), ()])
+def test_an_image_of_one_or_no_dimension_gets_the_shape_message_not_an_index_error(shape):
+    # after 8f22721: IndexError from training_data_bytes (the memory estimate ran before the shape was checked)
+    from napari_unet.data import InputError
+    from napari_unet.train import train_events
+
+    image = np.zeros(shape, np.uint8)
+    with pytest.raises(InputError, match=r"^image has shape \(.*\); expected a 2-D image \(Y, X\) or a stack"):
+        next(train_events(image, image.copy()))
+
+
+def test_pixel_weights_given_as_nested_lists_start_a_training():
+    # after 8f22721: AttributeError: 'list' object has no attribute 'dtype' (the memory estimate)
+    from napari_unet.train import TrainingStarted, train_events, training_data_bytes
+
+    image, labels = stripes(n_slices=2, size=32)
+    weights = np.ones(labels.shape).tolist()
+    as_array = training_data_bytes(image, labels, [0, 1], np.ones(labels.shape))
+    assert training_data_bytes(image, labels, [0, 1], weights) == as_array + 8 * labels.size  # (+ the float64 array made)
+    model_config, train_config = tiny_configs()
+    events = train_events(image, labels, model_config, train_config.replace(patch_size=16, batch_size=1),
+                          pixel_weights=weights)
+    try:
+        assert isinstance(next(events), TrainingStarted)
+    finally:
+        events.close()
+
+
+def test_the_memory_messages_name_the_data_as_told(memory):
+    # the widget names its layers ("image 'em' and labels 'em labels'") where the core said "image and labels"
+    from napari_unet.train import check_training_data_memory
+
+    image, labels = stripes(n_slices=4, size=96)
+    memory(available=800_000, capacity=10**9)
+    with pytest.warns(hardware.LowMemoryWarning, match=r"^image 'em' and labels 'em labels': training on 4 slices"):
+        check_training_data_memory(image, labels, [0, 1, 2, 3], data_name="image 'em' and labels 'em labels'")
+
+
+def test_the_widgets_training_job_names_its_layers_in_the_memory_refusal(memory, monkeypatch):
+    from napari_unet._widgets import jobs
+
+    monkeypatch.setattr(jobs, "load_tensorflow", lambda **kwargs: None)
+    monkeypatch.setattr(jobs, "lower_thread_priority", lambda: None)  # (this thread runs the tests)
+    image, labels = stripes(n_slices=4, size=96)
+    memory(available=200_000, capacity=200_000)
+    model_config, train_config = tiny_configs()
+    (failed,) = jobs.train_job(image, labels, model_config, train_config, data_name="image 'em' and labels 'em labels'")
+    assert isinstance(failed, jobs.Failed), failed
+    assert failed.message.startswith("image 'em' and labels 'em labels': training on 4 slices"), failed.message
+
+
+def test_the_train_commands_memory_warning_hook_leaves_the_filters_and_other_threads_alone():
+    # it ran the whole training inside warnings.catch_warnings, which resets the filters and "once" registries of every
+    # thread (see tiff_io's _tifffile_errors): a filter set during the run was dropped at its end, and another thread's
+    # LowMemoryWarning was printed as the command's
+    import warnings
+
+    seen = []
+    with warnings.catch_warnings():  # (the test's own, around what it changes)
+        warnings.simplefilter("always", hardware.LowMemoryWarning)
+        warnings.showwarning = lambda message, category, *a, **k: seen.append((threading.current_thread().name, str(message)))
+        before = warnings.showwarning
+        with cli._low_memory_named("img.tif", "lab.tif"):
+            assert warnings.showwarning is not before
+            warnings.filterwarnings("ignore", message="set during the run")
+            other = threading.Thread(target=warnings.warn, name="other",
+                                     args=("image and labels: another thread's", hardware.LowMemoryWarning))
+            other.start()
+            other.join()
+        assert warnings.showwarning is before
+        assert any(f[1] is not None and f[1].pattern == "set during the run" for f in warnings.filters), warnings.filters
+    assert seen == [("other", "image and labels: another thread's")]

@@ -19,6 +19,7 @@ import signal
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -937,7 +938,7 @@ def _option_of(setting: str) -> str:
 
 def cmd_train(args) -> int:
     from .config import ConfigError
-    from .data import InputError
+    from .data import InputError, reader_errors
     from .labels import LabelError
 
     try:
@@ -952,7 +953,7 @@ def cmd_train(args) -> int:
         raise CommandError(text) from None
     except InputError as err:  # the core's checks of the image ("image contains NaN or Inf values; ...")
         raise CommandError(_image_named(err, args.image, args.labels)) from None
-    except _read_errors() as err:  # a damaged page or chunk of a file read lazily, found while training or scoring
+    except reader_errors() as err:  # a damaged page or chunk of a file read lazily, found while training or scoring
         raise CommandError(_read_error_named(err, args)) from None
 
 
@@ -987,19 +988,24 @@ def _image_named(err: Exception, path, labels_path=None) -> str:
 @contextlib.contextmanager
 def _low_memory_named(image_path, labels_path):
     """The core's :class:`~napari_unet.hardware.LowMemoryWarning` of training on "image and labels" printed as one line
-    naming both files (Python's format named a line of cli.py); other warnings as before."""
+    naming both files (Python's format named a line of cli.py); other warnings, and other threads', as before. No
+    ``warnings.catch_warnings`` (it resets the filters and "once" registries of every thread for the whole run, see
+    tiff_io's ``_tifffile_errors``): only ``showwarning`` is swapped, and put back."""
     from .hardware import LowMemoryWarning
 
-    with warnings.catch_warnings():
-        shown = warnings.showwarning
+    shown, thread = warnings.showwarning, threading.get_ident()
 
-        def show(message, category, *args, **kwargs):
-            if not issubclass(category, LowMemoryWarning):
-                return shown(message, category, *args, **kwargs)
-            print(f"warning: {_image_named(message, image_path, labels_path)}", file=sys.stderr)
+    def show(message, category, *args, **kwargs):
+        if not issubclass(category, LowMemoryWarning) or threading.get_ident() != thread:
+            return shown(message, category, *args, **kwargs)
+        print(f"warning: {_image_named(message, image_path, labels_path)}", file=sys.stderr)
 
-        warnings.showwarning = show
+    warnings.showwarning = show
+    try:
         yield
+    finally:
+        if warnings.showwarning is show:  # (not if someone replaced it meanwhile: theirs stays)
+            warnings.showwarning = shown
 
 
 def diverged_path(output: Path) -> Path:
@@ -1141,7 +1147,7 @@ def _membrane_of(model):
 
 
 def cmd_predict(args) -> int:
-    from .data import InputError
+    from .data import InputError, reader_errors
     from .model_io import ModelFileError, check_model_file
     from .zarr_io import is_zarr_name
 
@@ -1182,18 +1188,10 @@ def cmd_predict(args) -> int:
         if chunked:
             return _predict_chunked(args, image, output, probabilities_file, pixel_size, axes)
         return _predict_local(args, image, output, probabilities_file, pixel_size, axes)
-    except _read_errors() as err:  # a slice found damaged while predicting: named as at read time
+    except reader_errors() as err:  # a slice found damaged while predicting: named as at read time
         raise CommandError(_tiff_error_named(err, "image", Path(args.image))) from None
     except InputError as err:  # the core's checks of a slice ("slice 1: image contains NaN or Inf values; ...")
         raise CommandError(_image_named(err, args.image)) from None
-
-
-def _read_errors() -> tuple:
-    """The readers' errors about a file's contents (a damaged page or chunk)."""
-    from .tiff_io import TiffReadError
-    from .zarr_io import ZarrReadError
-
-    return (TiffReadError, ZarrReadError)
 
 
 #: float32 copies of a slice that a local ``predict`` holds besides the slice itself (see predict.py: the normalised

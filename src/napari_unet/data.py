@@ -79,12 +79,7 @@ def slices_to_read(image, labels, ignore_value=None, every_slice: bool = False) 
     annotated, with ``every_slice`` (context slices need their neighbours) or no ignore value, and for in-memory arrays
     of which more than half are annotated (a copy of those would not be smaller). Only the labels are read, a slice (or
     a dask chunk) at a time; a lazy stack with no annotated pixel is refused (:class:`InputError`)."""
-    check_is_array(image)
-    check_is_array(labels, "labels")
-    shape = tuple(np.shape(image))
-    if tuple(np.shape(labels)) != shape:
-        raise InputError(f"image shape {shape} and labels shape {tuple(np.shape(labels))} differ; "
-                         "labels must have exactly the image's shape")
+    shape = _check_shapes(image, labels)
     every = list(range(shape[0] if len(shape) == 3 else 1))
     slices = []
     if len(shape) == 3 and ignore_value is not None and not every_slice:
@@ -95,6 +90,20 @@ def slices_to_read(image, labels, ignore_value=None, every_slice: bool = False) 
     if not slices or len(slices) == shape[0] or _in_memory(image, labels) and len(slices) > shape[0] / 2:
         return every
     return slices
+
+
+def _check_shapes(image, labels) -> tuple:
+    """The shape of ``image``, after the checks of :func:`check_pair` that read nothing: both are arrays, the image is
+    (Y, X) or (Z, Y, X) (:func:`as_stack`'s message), the labels have its shape; else :class:`InputError`."""
+    check_is_array(image)
+    check_is_array(labels, "labels")
+    shape = tuple(np.shape(image))
+    if len(shape) not in (2, 3):  # as check_pair's as_stack said it (the memory estimate needs Y and X)
+        raise InputError(f"image has shape {shape}; expected a 2-D image (Y, X) or a stack (Z, Y, X) of one channel")
+    if tuple(np.shape(labels)) != shape:
+        raise InputError(f"image shape {shape} and labels shape {tuple(np.shape(labels))} differ; "
+                         "labels must have exactly the image's shape")
+    return shape
 
 
 def _in_memory(*arrays) -> bool:
@@ -110,7 +119,9 @@ def read_annotated_slices(image, labels, ignore_value=None, pixel_weights=None, 
     (:func:`read_planes`). ``pixel_weights``: the labels' shape, or None."""
     if slices is None:
         slices = slices_to_read(image, labels, ignore_value, every_slice)
-    shape = tuple(np.shape(image))
+        shape = tuple(np.shape(image))
+    else:  # the checks slices_to_read makes (given slices: no misaligned stacks)
+        shape = _check_shapes(image, labels)
     if len(slices) == (shape[0] if len(shape) == 3 else 1):
         if not _in_memory(image):
             image = read_planes(image, name="image")
@@ -133,7 +144,7 @@ def read_annotated_slices(image, labels, ignore_value=None, pixel_weights=None, 
     return image_stack, label_stack, weights, list(slices)
 
 
-def _reader_errors() -> tuple:
+def reader_errors() -> tuple:
     """The readers' errors about a file's contents (:class:`~napari_unet.tiff_io.TiffReadError`,
     :class:`~napari_unet.zarr_io.ZarrReadError`), imported when one is raised."""
     from .tiff_io import TiffReadError
@@ -163,16 +174,21 @@ def _slices_named(array, name: str, planes: Optional[list]):
     try:
         yield
     except Exception as err:
-        if not isinstance(err, _reader_errors()):
+        if not isinstance(err, reader_errors()):
             raise
         if getattr(err, "role", None) is None:
             err.role = name
         if getattr(err, "slices", None) is None and planes and np.ndim(array) == 3:
-            err.slices = _failing_slices(array, planes)
+            try:  # diagnostic only: its own failure (memory, a vanished file) must not replace err
+                err.slices = _failing_slices(array, planes)
+            except Exception:
+                err.slices = None
         raise
 
 
 def _failing_slices(array, planes: list) -> Optional[range]:
+    """The slices of the page or chunk of ``array`` that fails again, read a chunk at a time (serially, up to the bad
+    one: after a failed whole-stack read of a large stack, about as long as the read), else None."""
     if len(planes) == 1:
         return range(planes[0], planes[0] + 1)
     blocks = _z_blocks(array, planes)
@@ -181,8 +197,10 @@ def _failing_slices(array, planes: list) -> Optional[range]:
     for start, stop, zs in blocks:  # read again a chunk at a time, only after a failure
         try:
             np.asarray(array[zs])
-        except _reader_errors():
+        except reader_errors():
             return range(start, stop)
+        except Exception:  # another failure: the bad chunk is not known
+            return None
     return None
 
 
@@ -198,11 +216,17 @@ def read_planes(array, planes=None, name: str = "image") -> np.ndarray:
     if planes is None or list(planes) == list(range(np.shape(array)[0])):
         with _slices_named(array, name, list(range(np.shape(array)[0]))):
             return np.asarray(array)  # a dask array in one computation (chunks decoded in parallel)
-    out = []
-    for z in planes:
-        with _slices_named(array, name, [int(z)]):
-            out.append(np.asarray(array[z]))
-    return np.stack(out)
+    return np.stack([read_plane(array, int(z), name) for z in planes])
+
+
+def read_plane(array, z: Optional[int] = None, name: str = "image") -> np.ndarray:
+    """Slice ``z`` of the (Z, Y, X) ``array`` (a (Y, X) array whole, ``z`` unused) as a numpy array (a view of an
+    in-memory one); a reader's error names it as :func:`read_planes` does."""
+    if np.ndim(array) == 2:
+        with _slices_named(array, name, None):
+            return np.asarray(array)
+    with _slices_named(array, name, [int(z)]):
+        return np.asarray(array[z])
 
 
 def slices_holding(labels, value, other: bool = False) -> Iterator[bool]:
@@ -349,8 +373,7 @@ def _slice_quantiles(image, percentiles, max_slices: int, kinds: tuple) -> list:
     picks = np.unique(np.linspace(0, n_slices - 1, min(max_slices, n_slices)).round().astype(int))
     quantiles, blank = [[] for _ in kinds], [[] for _ in kinds]
     for z in picks:  # a lazy stack reads only these
-        with _slices_named(image, "image", None if len(shape) == 2 else [int(z)]):
-            raw = np.asarray(image if len(shape) == 2 else image[z])
+        raw = read_plane(image, int(z))
         plane = normalize(raw, percentiles)
         with np.errstate(invalid="ignore"):
             is_blank = bool(raw.min() == raw.max())  # (NaN: not blank; refused elsewhere)
@@ -913,6 +936,8 @@ __all__ = [
     "slices_to_read",
     "read_annotated_slices",
     "read_planes",
+    "read_plane",
+    "reader_errors",
     "slices_holding",
     "check_pixel_weights",
     "MAX_PIXEL_WEIGHT",

@@ -20,7 +20,6 @@ from .data import (
     PROFILE_LEVELS,
     PROFILE_SHIFT,
     InputError,
-    _slices_named,
     as_stack,
     check_image,
     check_is_array,
@@ -29,6 +28,7 @@ from .data import (
     neighbour_slices,
     normalize,
     profile_distance,
+    read_plane,
     upscale_probabilities,
 )
 from .labels import from_indices, smallest_dtype
@@ -578,8 +578,7 @@ def predict_events(
     def network_plane(z: int) -> np.ndarray:
         """Slice z normalised, downscaled and padded to (padded_h, padded_w) float32."""
         # a reader's error (a damaged page or chunk of a lazily read file) names its slice, as training's reads do
-        with _slices_named(image, "image", None if len(shape) == 2 else [z]):
-            plane = np.asarray(image if len(shape) == 2 else image[z])
+        plane = read_plane(image, z)
         try:
             plane = check_image(plane)[0]
         except InputError as err:  # found when the slice is reached: an hour into a large stack, say which one

@@ -852,28 +852,31 @@ def training_data_bytes(image, labels, slices: list, pixel_weights=None) -> int:
     whole = len(slices) == (shape[0] if len(shape) == 3 else 1)
     pixels = len(slices) * shape[-2] * shape[-1]
 
+    def dtype(array) -> np.dtype:  # an array-like without one (a nested list) is converted all the same
+        return np.dtype(array.dtype) if hasattr(array, "dtype") else np.asarray(array).dtype
+
     def read(array) -> int:  # bytes of the copy read, per pixel
         in_memory = isinstance(array, np.ndarray) and not isinstance(array, np.memmap)
-        return 0 if whole and in_memory else np.dtype(array.dtype).itemsize
+        return 0 if whole and in_memory else dtype(array).itemsize
 
     per_pixel = read(image) + read(labels) + TRAINING_BYTES_PER_PIXEL
     if pixel_weights is not None:
-        itemsize = np.dtype(pixel_weights.dtype).itemsize
-        per_pixel += read(pixel_weights) + itemsize + (0 if np.dtype(pixel_weights.dtype) == np.float32 else 4)
+        weights_dtype = dtype(pixel_weights)
+        per_pixel += read(pixel_weights) + weights_dtype.itemsize + (0 if weights_dtype == np.float32 else 4)
     return int(per_pixel * pixels + TRAINING_BYTES_PER_PLANE_PIXEL * shape[-2] * shape[-1])
 
 
-def check_training_data_memory(image, labels, slices: list, pixel_weights=None) -> None:
+def check_training_data_memory(image, labels, slices: list, pixel_weights=None, data_name: str = "image and labels") -> None:
     """The memory policy of reading data (:mod:`napari_unet.hardware`) for training on ``slices`` of ``image`` and
     ``labels`` (:func:`training_data_bytes`), before any is read: :class:`~napari_unet.data.InputError` beyond the
     machine's (or container's) memory and swap; a :class:`~napari_unet.hardware.LowMemoryWarning` beyond
     :data:`~napari_unet.hardware.MEMORY_SHARE` of the memory available now (the slices are read, and trained on, in
-    memory: no lazy way)."""
+    memory: no lazy way). ``data_name``: how the messages name the data (the widget names its layers)."""
     needed = training_data_bytes(image, labels, slices, pixel_weights)
     shape = tuple(np.shape(image))
     size = f"{shape[-2]} x {shape[-1]} pixels"
     what = f"training on {format_count(len(slices), 'slice')} of {size}" if len(shape) == 3 else f"training on an image of {size}"
-    what = f"image and labels: {what} (read, with their working copies)"
+    what = f"{data_name}: {what} (read, with their working copies)"
     excess = hardware.memory_excess(needed)
     if excess is not None:
         raise InputError(f"{what} {excess}; train on fewer annotated slices or on a crop of them (the model then "
@@ -911,6 +914,7 @@ def train_events(
     pixel_weights=None,
     pixel_size=None,
     check_one_class: bool = True,
+    data_name: str = "image and labels",
 ) -> Iterator[TrainingEvent]:
     """Train a U-Net on ``image`` and ``labels`` ((Y, X) or (Z, Y, X), identical shapes), yielding events.
 
@@ -936,7 +940,8 @@ def train_events(
     A consumer that leaves early (``break``, ``close()``, an interrupt) finds in :class:`TrainingStarted`'s model the
     weights reached: the best validation epoch's, else the last step's. The slices' memory is checked before they are
     read (:func:`check_training_data_memory`); a reader's error of a lazy array names its slices
-    (:func:`napari_unet.data.read_planes`).
+    (:func:`napari_unet.data.read_planes`). ``data_name`` names ``image`` and ``labels`` in the memory check's messages
+    (the widget: its layers' names).
     """
     for name, value, cls in (("model_config", model_config, ModelConfig), ("train_config", train_config, TrainConfig)):
         if value is not None and not isinstance(value, cls):  # a dict gave "AttributeError: 'dict' object has no attribute 'replace'"
@@ -965,7 +970,7 @@ def train_events(
     # of those); slice_numbers maps their positions back to the stack's. Context slices need their neighbours.
     context = (init.config if init is not None else model_config or preset("default").model).context_slices
     slices = slices_to_read(image, labels, ignore, every_slice=context > 0)
-    check_training_data_memory(image, labels, slices, pixel_weights)  # before any slice is read
+    check_training_data_memory(image, labels, slices, pixel_weights, data_name)  # before any slice is read
     image_stack, label_stack, extra_weights, slice_numbers = read_annotated_slices(image, labels, ignore, pixel_weights,
                                                                                    slices=slices)
     class_values = check_trainable(label_stack, ignore, init.class_values if init else None)

@@ -91,7 +91,7 @@ class CorrectionsLearned:
 
 
 def train_job(image, labels, model_config, train_config, init=None, stop=None, auto_depth: bool = False, pixel_weights=None,
-              check=None, pixel_size=None):
+              check=None, pixel_size=None, data_name: str = "image and labels"):
     """The core's training events; ends with ``TrainingFinished`` or :class:`Failed`.
 
     ``auto_depth``: the depth of ``model_config`` is settled here, as ``napari-unet train`` settles it
@@ -100,7 +100,8 @@ def train_job(image, labels, model_config, train_config, init=None, stop=None, a
     ``TrainingFinished`` (nothing if the check fails: the model is kept by then). Its one prediction also tells a
     model of one class or of chance-level labels (:func:`napari_unet.retrain.score_retrained`): the training's own
     check is then off (a Retrain's stack holds copies of the corrected slices; it cost a third of a Retrain).
-    ``pixel_size``: [Y, X] µm of the image's pixels, if known (the model records it).
+    ``pixel_size``: [Y, X] µm of the image's pixels, if known (the model records it). ``data_name``: the layers, as the
+    memory check's messages name them.
     """
     from napari_unet.hardware import AUTO, resolve_depth
     from napari_unet.retrain import score_retrained
@@ -115,7 +116,7 @@ def train_job(image, labels, model_config, train_config, init=None, stop=None, a
                 model_config = settled
         final = None
         for final in train_events(image, labels, model_config, train_config, init=init, stop=stop, pixel_weights=pixel_weights,
-                                  pixel_size=pixel_size, check_one_class=check is None):
+                                  pixel_size=pixel_size, check_one_class=check is None, data_name=data_name):
             if isinstance(final, TrainingFinishing):
                 _answer_hardware_questions()
             yield final

@@ -46,6 +46,7 @@ class TrainJob:
     pairs: Any = None  # a reopened prediction to pair with the image once the run starts (its image was renamed)
     warning: str = ""  # shown as a notification at the start and kept in the final status
     pixel_size: Optional[list] = None  # [Y, X] µm of the image's pixels, when its layer has length units
+    data_name: str = "image and labels"  # the layers trained on, as the memory check's messages name them
 
 
 def _image(image_layer, labels_layer):
@@ -111,7 +112,8 @@ def prepare_train(viewer, session, image_layer, labels_layer, zero_is_unannotate
                         "(training pairs them pixel for pixel)")
     warning = "; ".join(warnings)
     return TrainJob(image, labels, model_config, train_config.replace(ignore_value=ignore), init, class_names_of(labels_layer),
-                    colormap, note, warning=warning, pixel_size=pixel_size_of(image_layer))
+                    colormap, note, warning=warning, pixel_size=pixel_size_of(image_layer),
+                    data_name=f"image {image_layer.name!r} and labels {labels_layer.name!r}")
 
 
 def _class_colormap(labels_layer, class_values, display: bool):
@@ -274,5 +276,6 @@ def prepare_retrain(viewer, session, image_layer, labels_layer, zero_is_unannota
         note += f"; {misfit.name!r} {tuple(misfit.data.shape)} is another image's prediction and is not used"
     return TrainJob(data.image, data.labels, None, train_config.replace(ignore_value=data.ignore), model, names, colormap, note,
                     pixel_weights=data.pixel_weights, check=correction_check(image, values, corrected, annotated), pairs=pairs,
-                    pixel_size=pixel_size_of(image_layer))
+                    pixel_size=pixel_size_of(image_layer), data_name=f"image {image_layer.name!r} and the labels to retrain on "
+                    + (f"({labels_layer.name!r} and corrections)" if labels_layer is not None else f"(prediction layer {prediction.name!r})"))
 

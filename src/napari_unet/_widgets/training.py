@@ -179,7 +179,7 @@ class TrainingWidget(QWidget):
         stop = threading.Event()
         events = train_job(
             job.image, job.labels, job.model_config, job.train_config, init=job.init, stop=stop.is_set, auto_depth=job.auto_depth,
-            pixel_weights=job.pixel_weights, check=job.check, pixel_size=job.pixel_size,
+            pixel_weights=job.pixel_weights, check=job.check, pixel_size=job.pixel_size, data_name=job.data_name,
         )
         kind = "retraining" if retrain else "training"
         worker = create_worker_of(self.viewer, relay, events, stop=stop, task=f"U-Net {kind}")
