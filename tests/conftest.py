@@ -5,12 +5,77 @@ GUI tests need a display: run them under ``xvfb-run -a python3 -m pytest``.
 
 from __future__ import annotations
 
+import os
+import select
+import shutil
 import signal
+import subprocess
+import sys
+import threading
 import time
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+
+
+_display_server = None
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (CI runs ``-n 2``), each worker process shares the cores with the others and gets a display
+    of its own."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        _share_the_cores()
+        _own_virtual_display()
+
+
+def pytest_unconfigure(config):
+    global _display_server
+    if _display_server is not None:
+        _display_server.terminate()
+        try:
+            _display_server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            _display_server.kill()
+            _display_server.wait()
+        _display_server = None
+
+
+def _share_the_cores():
+    """TensorFlow's op pool of a worker (and of the commands its tests start) as large as its share of the cores: each
+    took them all, two workers on two cores ran four busy threads. Before TensorFlow runs (its first op reads it); a
+    value set by the caller is kept."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(max(1, cores // workers)))
+
+
+def _own_virtual_display():
+    """A virtual X server of the worker's own (where Xvfb is installed): under one ``xvfb-run`` display, one worker's
+    windows took the keyboard focus from another's (the focus tests of test_widgets_live failed). Left as it is when
+    the server does not start."""
+    global _display_server
+    if not sys.platform.startswith("linux") or shutil.which("Xvfb") is None:
+        return
+    read, write = os.pipe()
+    try:
+        server = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
+                                  pass_fds=(write,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+    except OSError:
+        os.close(read)
+        return
+    finally:
+        os.close(write)
+    with os.fdopen(read) as pipe:  # Xvfb writes its display number there once it accepts connections
+        number = pipe.readline().strip() if select.select([pipe], [], [], 30)[0] else ""
+    if not number.isdigit():
+        server.kill()
+        server.wait()
+        return
+    os.environ["DISPLAY"] = f":{number}"
+    _display_server = server
 
 
 def pytest_collection_modifyitems(session, config, items):
@@ -139,3 +204,22 @@ def _signal_handlers_kept():
     yield
     for number, handler in handlers.items():
         signal.signal(number, handler)
+
+
+@pytest.fixture(autouse=True)
+def _thread_priority_kept():
+    """The widgets' jobs lower their thread's priority (``lower_thread_priority``: nice 10), and tests call them
+    in-process: the test thread, and the TensorFlow threads it starts later, stayed at nice 10 for the rest of the run.
+    Beside another xdist worker at nice 0 busy on both cores, such a worker got about a tenth of a core and its timed
+    tests ran 5-10 times slower. Put back as it was (best effort: raising a priority needs root or CAP_SYS_NICE)."""
+    if not hasattr(os, "getpriority"):
+        yield
+        return
+    thread = threading.get_native_id()
+    before = os.getpriority(os.PRIO_PROCESS, thread)
+    yield
+    if os.getpriority(os.PRIO_PROCESS, thread) != before:
+        try:
+            os.setpriority(os.PRIO_PROCESS, thread, before)
+        except OSError:
+            pass

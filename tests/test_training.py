@@ -91,8 +91,10 @@ def test_a_short_training_learns_the_synthetic_task():
     assert steps[-1].eta == pytest.approx(0.0, abs=1e-6) and steps[1].eta > 0
     # the first step traces and XLA-compiles the network: no ETA from it (spread over the run it said hours, not minutes)
     assert steps[0].eta is None
-    rate = (steps[-1].elapsed - steps[0].elapsed) / 99
-    assert steps[49].eta == pytest.approx(rate * 50, rel=0.5), "the ETA follows the rate of the steps after the first"
+    # after step 50: the mean time of steps 2-50 times the 50 steps left (the rate of the steps after them, which it
+    # was compared with at rel=0.5, is the machine's load: that failed on a busy CI machine)
+    rate = (steps[49].elapsed - steps[0].elapsed) / 49
+    assert steps[49].eta == pytest.approx(rate * 50, rel=1e-6), "the ETA follows the rate of the steps after the first"
     finishing = events[-2]
     assert isinstance(finishing, TrainingFinishing) and finishing.reason == "completed" and finishing.steps == 100
     assert finishing.tunes_rule and final.model.boundary_rule is not None  # membranes: the rule is chosen after it
