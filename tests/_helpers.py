@@ -135,3 +135,41 @@ def train_poisoned(at_step: int, **overrides) -> list:
         if isinstance(event, TrainingStep) and event.step == at_step:
             poison_weights(network)
     return events
+
+
+def damaged_zarr(path, array, z):
+    """``array`` as a zarr store of one chunk a slice, the chunk of slice ``z`` overwritten with garbage."""
+    import os
+
+    import pytest
+
+    zarr = pytest.importorskip("zarr")
+    store = zarr.open_array(path, mode="w", shape=array.shape, dtype=array.dtype, chunks=(1,) + array.shape[1:])
+    store[:] = array
+    chunks = sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names
+                    if not name.startswith(".") and name != "zarr.json")
+    assert len(chunks) == len(array), chunks
+    with open(chunks[z], "wb") as fh:
+        fh.write(b"not a chunk" * 3)
+    return path
+
+
+def damaged_tiff(path, array, z):
+    """``array`` as a zlib-compressed TIFF of one page a slice, page ``z``'s compressed stream garbled (the header is
+    fine)."""
+    import tifffile
+
+    tifffile.imwrite(path, array, photometric="minisblack", compression="zlib")
+    with tifffile.TiffFile(path) as tif:
+        offset = tif.pages[z].dataoffsets[0]
+    with open(path, "r+b") as fh:
+        fh.seek(offset + 8)
+        fh.write(b"\xff" * 32)
+    return path
+
+
+def error_line(capsys) -> str:
+    """The one ``napari-unet: error:`` line the command wrote to stderr."""
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("napari-unet: error:")]
+    assert len(lines) == 1, lines
+    return lines[0]

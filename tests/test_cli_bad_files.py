@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from _helpers import stripes, tiny_model
+from _helpers import error_line, stripes, tiny_model
 from napari_unet import cli
 
 
@@ -29,18 +29,12 @@ def stack(tmp_path):
     return tmp_path, image, labels
 
 
-def _error_line(capsys) -> str:
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("napari-unet: error:")]
-    assert len(lines) == 1, lines
-    return lines[0]
-
-
 def test_a_complex_image_is_named_when_refused(stack, capsys):
     folder, image, _ = stack
     tifffile.imwrite(folder / "img_complex.tif", image.astype(np.complex64), photometric="minisblack")
     code = cli.main(["train", str(folder / "img_complex.tif"), str(folder / "lab.tif"), "-o", str(folder / "m.keras")])
     assert code == 2
-    assert "image img_complex.tif has dtype complex64; expected real numbers" in _error_line(capsys)
+    assert "image img_complex.tif has dtype complex64; expected real numbers" in error_line(capsys)
     assert not (folder / "m.keras").exists()
 
 
@@ -51,7 +45,7 @@ def test_nan_in_an_image_is_named_when_predicting(stack, model_file, capsys):
     tifffile.imwrite(folder / "img_nan.tif", nan, photometric="minisblack")
     code = cli.main(["predict", str(model_file), str(folder / "img_nan.tif"), "-o", str(folder / "pred.tif")])
     assert code == 2
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert "image img_nan.tif, slice 1: contains NaN or Inf values" in line, line
     assert not (folder / "pred.tif").exists()
 
@@ -63,7 +57,7 @@ def test_nan_in_an_image_is_named_when_training(stack, capsys):
     tifffile.imwrite(folder / "img_inf.tif", nan, photometric="minisblack")
     code = cli.main(["train", str(folder / "img_inf.tif"), str(folder / "lab.tif"), "-o", str(folder / "m.keras"), "--epochs", "1"])
     assert code == 2
-    assert "image img_inf.tif" in _error_line(capsys)
+    assert "image img_inf.tif" in error_line(capsys)
 
 
 def test_image_and_labels_of_different_slice_counts_are_both_named(stack, capsys):
@@ -71,7 +65,7 @@ def test_image_and_labels_of_different_slice_counts_are_both_named(stack, capsys
     tifffile.imwrite(folder / "lab_3slices.tif", labels[:3], photometric="minisblack")
     code = cli.main(["train", str(folder / "img.tif"), str(folder / "lab_3slices.tif"), "-o", str(folder / "m.keras")])
     assert code == 2
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert "image img.tif has 4 slices, labels lab_3slices.tif 3" in line, line
     assert "--ignore-value" in line and "crop the image" in line
 
@@ -89,7 +83,7 @@ def test_a_slice_larger_than_memory_is_refused_before_the_model_is_loaded(tmp_pa
     monkeypatch.setattr(model_io, "load_model", loaded)
     code = cli.main(["predict", str(model_file), str(tmp_path / "huge.zarr"), "-o", str(tmp_path / "pred.tif")])
     assert code == 2
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert "image huge.zarr: predicting one slice of 100000 x 100000 pixels" in line, line
     assert "needs" in line and "cut it into smaller images" in line
     assert not (tmp_path / "pred.tif").exists()
@@ -119,7 +113,7 @@ def test_a_refused_memory_map_is_one_line_with_status_1(stack, model_file, capsy
     monkeypatch.setattr(np, "memmap", _RefusedMap)
     code = cli.main(["predict", str(model_file), str(folder / "img.tif"), "-o", str(folder / "pred.tif")])
     assert code == 1
-    assert "map the output of (4, 96, 96)" in _error_line(capsys)
+    assert "map the output of (4, 96, 96)" in error_line(capsys)
 
 
 @pytest.mark.parametrize("reader", ["tiff", "zarr"])
@@ -139,7 +133,7 @@ def test_a_damaged_slice_found_while_predicting_is_named_with_its_role(stack, mo
     monkeypatch.setattr(predict_module, "predict_events", damaged)
     code = cli.main(["predict", str(model_file), str(image), "-o", str(folder / "pred.tif")])
     assert code == 2
-    assert "error: image img.tif: corrupt or unsupported TIFF" in _error_line(capsys)
+    assert "error: image img.tif: corrupt or unsupported TIFF" in error_line(capsys)
 
 
 class _Stop(Exception):

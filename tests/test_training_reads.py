@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from _helpers import PlanesOnly, stripes, tiny_configs, tiny_model
+from _helpers import PlanesOnly, damaged_tiff, damaged_zarr, error_line, stripes, tiny_configs, tiny_model
 from napari_unet import cli, hardware
 
 
@@ -32,12 +32,6 @@ def files(tmp_path):
     tifffile.imwrite(tmp_path / "img.tif", image, photometric="minisblack")
     tifffile.imwrite(tmp_path / "lab.tif", labels, photometric="minisblack")
     return tmp_path, image, labels
-
-
-def _error_line(capsys) -> str:
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("napari-unet: error:")]
-    assert len(lines) == 1, lines
-    return lines[0]
 
 
 TRAIN = ["--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2", "--patch-size", "64"]
@@ -93,7 +87,7 @@ def test_train_refuses_data_beyond_memory_naming_both_files(files, memory, capsy
     memory(available=300_000, capacity=300_000)  # the files (36 KB each) read; their training copies do not fit
     code = cli.main(["train", str(folder / "img.tif"), str(folder / "lab.tif"), "-o", str(folder / "m.keras"), *TRAIN])
     assert code == 2
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert ("error: image img.tif and labels lab.tif: training on 4 slices of 96 x 96 pixels (read, with their working "
             "copies) needs") in line, line
     assert "more than the 293 KB of this machine's memory and swap; train on fewer annotated slices" in line, line
@@ -103,21 +97,6 @@ def test_train_refuses_data_beyond_memory_naming_both_files(files, memory, capsy
 # ------------------------------------------------------------------------------------------------ read errors
 
 
-def _damaged_zarr(path, array, z):
-    """``array`` as a zarr store of one chunk a slice, the chunk of slice ``z`` overwritten with garbage."""
-    import os
-
-    zarr = pytest.importorskip("zarr")
-    store = zarr.open_array(path, mode="w", shape=array.shape, dtype=array.dtype, chunks=(1,) + array.shape[1:])
-    store[:] = array
-    chunks = sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names
-                    if not name.startswith(".") and name != "zarr.json")
-    assert len(chunks) == len(array), chunks
-    with open(chunks[z], "wb") as fh:
-        fh.write(b"not a chunk" * 3)
-    return path
-
-
 @pytest.mark.parametrize("damaged", ["image", "labels"])
 def test_a_damaged_zarr_chunk_found_while_training_names_the_file_its_slice_and_that_no_model_was_written(
         files, capsys, damaged):
@@ -125,12 +104,12 @@ def test_a_damaged_zarr_chunk_found_while_training_names_the_file_its_slice_and_
     folder, image, labels = files
     image_path, labels_path = folder / "img.tif", folder / "lab.tif"
     if damaged == "image":
-        image_path = _damaged_zarr(folder / "img.zarr", image, 2)
+        image_path = damaged_zarr(folder / "img.zarr", image, 2)
     else:
-        labels_path = _damaged_zarr(folder / "lab.zarr", labels, 1)
+        labels_path = damaged_zarr(folder / "lab.zarr", labels, 1)
     code = cli.main(["train", str(image_path), str(labels_path), "-o", str(folder / "m.keras"), *TRAIN])
     assert code == 2
-    line = _error_line(capsys)
+    line = error_line(capsys)
     expected = "image img.zarr, slice 2" if damaged == "image" else "labels lab.zarr, slice 1"
     assert f"error: {expected}: damaged or unreadable chunk (" in line, line
     assert line.endswith("; no model written"), line
@@ -141,12 +120,7 @@ def test_a_damaged_tiff_page_read_lazily_while_fine_tuning_names_the_slice_and_k
     from napari_unet.model_io import save_model
 
     folder, image, _ = files
-    tifffile.imwrite(folder / "img_bad.tif", image, photometric="minisblack", compression="zlib")
-    with tifffile.TiffFile(folder / "img_bad.tif") as tif:
-        offset = tif.pages[3].dataoffsets[0]
-    with open(folder / "img_bad.tif", "r+b") as fh:  # the header is fine, page 3's zlib stream is not
-        fh.seek(offset + 8)
-        fh.write(b"\xff" * 32)
+    damaged_tiff(folder / "img_bad.tif", image, 3)  # the header is fine, page 3's zlib stream is not
     init = folder / "init.keras"
     save_model(tiny_model(), init)
     before = init.read_bytes()
@@ -170,7 +144,7 @@ def test_the_widgets_training_job_names_the_image_and_slice_of_a_damaged_chunk(f
     from napari_unet.zarr_io import read_zarr
 
     folder, image, labels = files
-    lazy = read_zarr(_damaged_zarr(folder / "img.zarr", image, 2)).data
+    lazy = read_zarr(damaged_zarr(folder / "img.zarr", image, 2)).data
     monkeypatch.setattr(jobs, "lower_thread_priority", lambda: None)  # (this thread runs the tests)
     model_config, train_config = tiny_configs()
     events = list(jobs.train_job(lazy, labels, model_config, train_config))

@@ -7,40 +7,14 @@ Damaged files are made as in tests/test_training_reads.py: a zarr store of one c
 overwritten with garbage; a zlib-compressed TIFF whose one page's stream is garbled."""
 
 import logging
-import os
 
 import numpy as np
 import pytest
-import tifffile
 
-from _helpers import stripes, tiny_model
+from _helpers import damaged_tiff, damaged_zarr, stripes, tiny_model
 from conftest import run_and_wait
 
 pytestmark = pytest.mark.gui
-
-
-def _damaged_zarr(path, array, z):
-    """``array`` as a zarr store of one chunk a slice, the chunk of slice ``z`` overwritten with garbage."""
-    zarr = pytest.importorskip("zarr")
-    store = zarr.open_array(path, mode="w", shape=array.shape, dtype=array.dtype, chunks=(1,) + array.shape[1:])
-    store[:] = array
-    chunks = sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names
-                    if not name.startswith(".") and name != "zarr.json")
-    assert len(chunks) == len(array), chunks
-    with open(chunks[z], "wb") as fh:
-        fh.write(b"not a chunk" * 3)
-    return path
-
-
-def _damaged_tiff(path, array, z):
-    """``array`` as a zlib-compressed TIFF of one page a slice, page ``z``'s compressed stream garbled."""
-    tifffile.imwrite(path, array, photometric="minisblack", compression="zlib")
-    with tifffile.TiffFile(path) as tif:
-        offset = tif.pages[z].dataoffsets[0]
-    with open(path, "r+b") as fh:  # the header is fine, the page's zlib stream is not
-        fh.seek(offset + 8)
-        fh.write(b"\xff" * 32)
-    return path
 
 
 def _opened(viewer, path):
@@ -67,10 +41,10 @@ def test_predicting_a_lazy_image_with_a_damaged_chunk_names_the_image_and_slice_
     image, _ = stripes()  # 4 x 96 x 96: the intensity note reads every slice before the network does
     if kind == "zarr":  # slice 7 of 10: one the intensity note does not read (of 8 spread slices), the network does
         image, _ = stripes(n_slices=10)
-        path, z, words = _damaged_zarr(tmp_path / "img.zarr", image, 7), 7, "damaged or unreadable chunk ("
+        path, z, words = damaged_zarr(tmp_path / "img.zarr", image, 7), 7, "damaged or unreadable chunk ("
     else:
         monkeypatch.setattr(_reader, "LAZY_IMAGE_BYTES", 1)  # read page by page, as a TIFF of 4 GiB or more is
-        path, z, words = _damaged_tiff(tmp_path / "img.tif", image, 3), 3, "corrupt"
+        path, z, words = damaged_tiff(tmp_path / "img.tif", image, 3), 3, "corrupt"
     layer = _opened(viewer, path)
     widgets.session.model = tiny_model()
     inference.image.setCurrentText(layer.name)
@@ -95,7 +69,7 @@ def test_the_prediction_job_of_one_slice_names_it_when_its_intensities_are_read(
     from napari_unet.zarr_io import read_zarr
 
     image, _ = stripes()
-    lazy = read_zarr(_damaged_zarr(tmp_path / "img.zarr", image, 1)).data
+    lazy = read_zarr(damaged_zarr(tmp_path / "img.zarr", image, 1)).data
     monkeypatch.setattr(jobs, "lower_thread_priority", lambda: None)  # (this thread runs the tests)
     events = list(jobs.predict_job(tiny_model(), lazy, False, False, z=1))
     failed = events[-1]
@@ -115,7 +89,7 @@ def test_train_and_retrain_on_a_lazy_labels_layer_with_a_damaged_chunk_say_so_an
     image, labels = stripes()
     image_layer = viewer.add_image(image, name="img")
     display = (labels > 0).astype(np.uint8) + 1  # display 1 = class 0, 2 = class 255
-    lazy = read_zarr(_damaged_zarr(tmp_path / "lab.zarr", display, 2)).data  # a dask array layer, as a script adds it
+    lazy = read_zarr(damaged_zarr(tmp_path / "lab.zarr", display, 2)).data  # a dask array layer, as a script adds it
     viewer.add_labels(lazy, name="lab", metadata={"class_values": [0, 255]})
     training.image.setCurrentText("img")
     training.labels.refresh()
@@ -133,7 +107,7 @@ def test_train_and_retrain_on_a_lazy_labels_layer_with_a_damaged_chunk_say_so_an
     status = training.progress.status.text()
     assert status.startswith(f"Not started: labels layer 'lab', slice 2: {tmp_path / 'lab.zarr'}: damaged or unreadable chunk ("), status
     assert status.endswith("; the current model is unchanged"), status
-    assert (f"error", f"napari-unet: {kind} not started: {status.removeprefix('Not started: ')}") in notifications, notifications
+    assert ("error", f"napari-unet: {kind} not started: {status.removeprefix('Not started: ')}") in notifications, notifications
     assert training._run is None and session.model is model and not session.busy
     assert training.train_button.isEnabled() and training.retrain_button.isEnabled()
 
@@ -145,7 +119,7 @@ def test_predict_names_a_damaged_slice_that_only_the_network_reads(tmp_path, cap
     from napari_unet.model_io import save_model
 
     image, _ = stripes(n_slices=10)
-    path = _damaged_zarr(tmp_path / "img.zarr", image, 7)
+    path = damaged_zarr(tmp_path / "img.zarr", image, 7)
     save_model(tiny_model(), tmp_path / "m.keras")
     code = cli.main(["predict", str(tmp_path / "m.keras"), str(path), "-o", str(tmp_path / "p.tif"), "--no-tta"])
     assert code == 2
