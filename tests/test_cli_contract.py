@@ -118,14 +118,15 @@ def test_ctrl_c_stops_a_shell_loop_and_the_shell_still_sees_status_130(tmp_path)
     (tmp_path / "slow.py").write_text(code)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     # Ctrl-C to the command alone: the shell (not signalled) reports 130, as before
-    alone = subprocess.Popen(["bash", "-c", f'"{sys.executable}" slow.py; echo "rc=$?"'],
-                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # in a group of its own (see _start): the clean-up kills the Python too, not bash alone (left running, it held
+    # stderr open); the SIGINT still goes to bash's child only
+    alone = _start(["bash", "-c", f'"{sys.executable}" slow.py; echo "rc=$?"'], cwd=tmp_path, env=env)
     try:
         _ready(alone)
         subprocess.run(["pkill", "-INT", "-P", str(alone.pid)], check=True)  # bash's one child, the command
         out, err = alone.communicate(timeout=60)
     finally:
-        alone.kill()
+        _ended(alone)
     assert out.strip() == "rc=130" and "napari-unet: interrupted; " in err, (out, err)
     # Ctrl-C at a terminal signals the whole foreground process group: the loop stops
     loop = subprocess.Popen(["bash", "-c", f'for i in 1 2; do "{sys.executable}" slow.py; echo "iteration $i rc=$?"; done; '
@@ -140,8 +141,7 @@ def test_ctrl_c_stops_a_shell_loop_and_the_shell_still_sees_status_130(tmp_path)
             os.killpg(loop.pid, signal.SIGKILL)
             out, err = loop.communicate()
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(loop.pid, signal.SIGKILL)
+        _ended(loop)
     assert loop.returncode == -signal.SIGINT and out == "", (loop.returncode, out, err)
 
 
@@ -462,12 +462,12 @@ def _train_script(folder: Path) -> Path:
     return script
 
 
-def _start(argv: list) -> subprocess.Popen:
+def _start(argv: list, cwd=None, env=None) -> subprocess.Popen:
     """``argv`` in a session and process group of its own (so :func:`_kill_all` ends it and every process it started,
     e.g. the Python that ``bash -c`` runs, which also holds the pipes), stdout and stderr piped, C locale (bash's
-    "Hangup" in English)."""
-    env = dict(os.environ, LC_ALL="C", LANG="C")
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    "Hangup" in English) over ``env`` (default: this process's environment)."""
+    env = dict(os.environ if env is None else env, LC_ALL="C", LANG="C")
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,
                             start_new_session=True)
 
 
