@@ -262,7 +262,7 @@ def test_the_train_commands_memory_warning_hook_leaves_the_filters_and_other_thr
         warnings.simplefilter("always", hardware.LowMemoryWarning)
         warnings.showwarning = lambda message, category, *a, **k: seen.append((threading.current_thread().name, str(message)))
         before = warnings.showwarning
-        with cli._low_memory_named("img.tif", "lab.tif"):
+        with cli._low_memory_one_line():
             assert warnings.showwarning is not before
             warnings.filterwarnings("ignore", message="set during the run")
             other = threading.Thread(target=warnings.warn, name="other",

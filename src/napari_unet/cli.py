@@ -811,12 +811,13 @@ def _reason_text(reason: str) -> str:
 
 
 def run_training(image, labels, model_config, train_config, init=None, quiet=False, pixel_size=None, finishing=None,
-                 budget_option="--max-minutes", one_class_options=None, one_class_hint=None):
+                 budget_option="--max-minutes", one_class_options=None, one_class_hint=None, data_name="image and labels"):
     """Drain training events with a terminal progress line; returns the start and finish events.
     ``budget_option``: the running command's option of the time budget, named when it ended the first epoch.
     ``one_class_options``: what to change when the model predicts one class (default: ``train``'s options).
     ``one_class_hint``: the advice of that warning instead of :data:`napari_unet.train.ONE_CLASS_HINT` (a command
     without those options: the demo).
+    ``data_name``: how the memory check's messages name the data (``train``: "image IMG and labels LAB", its files).
     ``pixel_size``: [Y, X] µm of the image's pixels, if known (recorded in the model). ``finishing``: an ExitStack
     that, from the finishing of the model on, holds Ctrl-C, SIGTERM and SIGHUP until the caller closes it (once the model is
     saved): a scheduler's time limit that came during the finishing threw the finished model away."""
@@ -839,7 +840,8 @@ def run_training(image, labels, model_config, train_config, init=None, quiet=Fal
 
     with _stop_on_usr1() as usr1:
         for event in events_held(train_events(image, labels, model_config, train_config, init=init, pixel_size=pixel_size,
-                                              stop=lambda: bool(usr1.requested and stepped)), say_stopping):
+                                              stop=lambda: bool(usr1.requested and stepped), data_name=data_name),
+                                 say_stopping):
             if isinstance(event, TrainingStep) and not stepped:
                 stepped.append(True)
             if isinstance(event, TrainingFinishing):
@@ -972,11 +974,12 @@ def _read_error_named(err: Exception, args) -> str:
 
 
 def _image_named(err: Exception, path, labels_path=None) -> str:
-    """The core's message about "the image" ("slice 1: image contains NaN ...") naming the file (and about "image and
-    labels", naming both files); other messages (about a setting) unchanged."""
+    """The core's message about "the image" ("slice 1: image contains NaN ...") naming the file; with ``labels_path``,
+    the memory check's message, which names both files already (``data_name``, :func:`_training_data_name`), and other
+    messages (about a setting) unchanged."""
     text, name = str(err), Path(path).name
-    if labels_path is not None and text.startswith("image and labels: "):
-        return f"image {name} and labels {Path(labels_path).name}: {text[len('image and labels: '):]}"
+    if labels_path is not None and text.startswith(f"{_training_data_name(path, labels_path)}: "):
+        return text
     match = re.match(r"(slice \d+): image (.*)", text, re.DOTALL)
     if match:
         return f"image {name}, {match.group(1)}: {match.group(2)}"
@@ -985,10 +988,16 @@ def _image_named(err: Exception, path, labels_path=None) -> str:
     return text
 
 
+def _training_data_name(image_path, labels_path) -> str:
+    """How ``train``'s memory messages name its data (``data_name`` of :func:`napari_unet.train.train_events`)."""
+    return f"image {Path(image_path).name} and labels {Path(labels_path).name}"
+
+
 @contextlib.contextmanager
-def _low_memory_named(image_path, labels_path):
-    """The core's :class:`~napari_unet.hardware.LowMemoryWarning` of training on "image and labels" printed as one line
-    naming both files (Python's format named a line of cli.py); other warnings, and other threads', as before. No
+def _low_memory_one_line():
+    """The core's :class:`~napari_unet.hardware.LowMemoryWarning` (of training on the files, named by ``data_name``)
+    printed as one ``warning:`` line (Python's format named a line of the core's code and showed it); other warnings,
+    and other threads', as before. No
     ``warnings.catch_warnings`` (it resets the filters and "once" registries of every thread for the whole run, see
     tiff_io's ``_tifffile_errors``): only ``showwarning`` is swapped, and put back."""
     from .hardware import LowMemoryWarning
@@ -998,7 +1007,7 @@ def _low_memory_named(image_path, labels_path):
     def show(message, category, *args, **kwargs):
         if not issubclass(category, LowMemoryWarning) or threading.get_ident() != thread:
             return shown(message, category, *args, **kwargs)
-        print(f"warning: {_image_named(message, image_path, labels_path)}", file=sys.stderr)
+        print(f"warning: {message}", file=sys.stderr)
 
     warnings.showwarning = show
     try:
@@ -1085,9 +1094,10 @@ def _train(args) -> int:
               "records them; predict compares images' pixel sizes with it (--pixel-size Y_UM X_UM to give the right one)", file=sys.stderr)
     with contextlib.ExitStack() as finishing:  # an interrupt during the finishing comes once the model is saved
         try:
-            finishing.enter_context(_low_memory_named(args.image, args.labels))
+            finishing.enter_context(_low_memory_one_line())
             started, final = run_training(image, labels, None if init is not None else model_config, train_config, init=init,
-                                          pixel_size=pixel_size, finishing=finishing)
+                                          pixel_size=pixel_size, finishing=finishing,
+                                          data_name=_training_data_name(args.image, args.labels))
         except TrainingDiverged as err:  # before it kept any weights ("...; lower the learning rate")
             raise FloatingPointError(f"{err} (--learning-rate, now {train_config.learning_rate:g}); no model written"
                                      + (f"; the --init model {args.init} is unchanged" if init is not None else "")) from None
