@@ -104,10 +104,15 @@ SLOW_EVALUATE = """
 
 
 def _ready(process) -> None:
-    for line in process.stderr:
-        if line.strip() == "ready":
-            return
-    raise AssertionError("the command never started")
+    """Read ``process``'s stderr up to the slow command's "ready" line. Started with :func:`_start` (a process group of
+    its own): a command that has not printed it after :data:`TRAIN_TIMEOUT` seconds is killed with its whole group by
+    :func:`_read_until`'s watchdog, and the test fails here instead of hanging."""
+    lines, timed_out = _read_until(process, lambda line: line.strip() == "ready")
+    if lines and lines[-1].strip() == "ready":
+        return
+    raise AssertionError("the command never started (%s):\n%s" % (
+        f"no 'ready' after {TRAIN_TIMEOUT} s; its process group was killed" if timed_out
+        else "its stderr ended without 'ready'", "".join(lines)[-3000:]))
 
 
 def test_ctrl_c_stops_a_shell_loop_and_the_shell_still_sees_status_130(tmp_path):
@@ -149,14 +154,14 @@ def test_the_entry_point_dies_of_sigterm_after_its_clean_up(tmp_path):
     """SIGTERM and SIGHUP as SIGINT: the command cleans up, names what it wrote, then dies of the signal (a shell shows
     143, 129)."""
     (tmp_path / "slow.py").write_text("import sys; sys.path.insert(0, %r)\n%s" % (str(TESTS), textwrap.dedent(SLOW_EVALUATE)))
-    process = subprocess.Popen([sys.executable, "slow.py"], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    process = _start([sys.executable, "slow.py"], cwd=tmp_path)  # a group of its own: _ready's watchdog can kill it
     try:
         _ready(process)
         process.send_signal(signal.SIGTERM)
         err = process.stderr.read()
         assert process.wait(timeout=60) == -signal.SIGTERM and "napari-unet: terminated; no scores were printed" in err, err
     finally:
-        process.kill()
+        _ended(process)
 
 
 # D3: a diverged train never writes the -o file ---------------------------------------------------------------------
@@ -487,22 +492,38 @@ def _ended(process: subprocess.Popen) -> None:
             pipe.close()
 
 
-def _until_step(process, step: int) -> tuple:
-    """Read ``process``'s stderr up to the line of training step ``step``; returns (its pid, the lines read). A
-    command that has not got there after :data:`TRAIN_TIMEOUT` seconds is killed with its whole process group (its
-    stderr then ends)."""
+def _read_until(process, done) -> tuple:
+    """Read ``process``'s stderr line by line up to the first line for which ``done(line)`` is true (the last of the
+    lines returned) or to its end; returns (the lines read, whether the watchdog fired). The watchdog: a command that
+    has not got there after :data:`TRAIN_TIMEOUT` seconds is killed with its whole process group (see :func:`_start`;
+    its stderr then ends, and so does the read)."""
     import threading
 
+    fired = []
+    def kill() -> None:
+        fired.append(True)
+        _kill_all(process)
     lines = []
-    watchdog = threading.Timer(TRAIN_TIMEOUT, _kill_all, [process])
+    watchdog = threading.Timer(TRAIN_TIMEOUT, kill)
     watchdog.start()
     try:
         for line in process.stderr:
             lines.append(line)
-            if line.startswith(f"step {step} done (pid "):
-                return int(line.split("(pid ")[1].rstrip(")\n")), lines
+            if done(line):
+                break
     finally:
         watchdog.cancel()
+    return lines, bool(fired)
+
+
+def _until_step(process, step: int) -> tuple:
+    """Read ``process``'s stderr up to the line of training step ``step``; returns (its pid, the lines read). A
+    command that has not got there after :data:`TRAIN_TIMEOUT` seconds is killed with its whole process group (its
+    stderr then ends; see :func:`_read_until`)."""
+    mark = f"step {step} done (pid "
+    lines, _ = _read_until(process, lambda line: line.startswith(mark))
+    if lines and lines[-1].startswith(mark):
+        return int(lines[-1].split("(pid ")[1].rstrip(")\n")), lines
     raise AssertionError("the training never reached step %d:\n%s" % (step, "".join(lines)[-3000:]))
 
 
