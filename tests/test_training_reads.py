@@ -272,3 +272,20 @@ def test_the_train_commands_memory_warning_hook_leaves_the_filters_and_other_thr
         assert warnings.showwarning is before
         assert any(f[1] is not None and f[1].pattern == "set during the run" for f in warnings.filters), warnings.filters
     assert seen == [("other", "image and labels: another thread's")]
+
+
+def test_a_low_memory_warning_of_reading_a_file_is_one_warning_line_naming_it(files, memory, capsys):
+    # the hook was installed around training only: the whole read of a file (here the first slice of a folder, which
+    # read_slices reads whole for its shape) by evaluate (predict, demo) printed Python's format,
+    # "…/tiff_io.py:926: LowMemoryWarning: …" and the line of code
+    folder, _, labels = files
+    (folder / "truth").mkdir()
+    for z, plane in enumerate(labels):  # 9 KB each
+        tifffile.imwrite(folder / "truth" / f"z{z}.tif", plane, photometric="minisblack")
+    memory(available=10_000, capacity=10**9)  # a slice is more than 3/4 of it; lab.tif (36 KB) is read lazily
+    code = cli.main(["evaluate", str(folder / "lab.tif"), str(folder / "truth")])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if line.startswith("warning: ")]
+    assert len(lines) == 1 and str(folder / "truth" / "z0.tif") in lines[0], err
+    assert "LowMemoryWarning" not in err and ".py:" not in err, err

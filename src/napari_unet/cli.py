@@ -995,9 +995,10 @@ def _training_data_name(image_path, labels_path) -> str:
 
 @contextlib.contextmanager
 def _low_memory_one_line():
-    """The core's :class:`~napari_unet.hardware.LowMemoryWarning` (of training on the files, named by ``data_name``)
-    printed as one ``warning:`` line (Python's format named a line of the core's code and showed it); other warnings,
-    and other threads', as before. No
+    """The core's :class:`~napari_unet.hardware.LowMemoryWarning` raised on this thread (a file read whole by
+    :mod:`~napari_unet.tiff_io`, which names it; training on the files, named by ``data_name``; the demo's) printed as
+    one ``warning:`` line (Python's format named a line of the core's code and showed it); other warnings, and other
+    threads', as before. Installed once around the subcommand's dispatch in :func:`main`. No
     ``warnings.catch_warnings`` (it resets the filters and "once" registries of every thread for the whole run, see
     tiff_io's ``_tifffile_errors``): only ``showwarning`` is swapped, and put back."""
     from .hardware import LowMemoryWarning
@@ -1094,7 +1095,6 @@ def _train(args) -> int:
               "records them; predict compares images' pixel sizes with it (--pixel-size Y_UM X_UM to give the right one)", file=sys.stderr)
     with contextlib.ExitStack() as finishing:  # an interrupt during the finishing comes once the model is saved
         try:
-            finishing.enter_context(_low_memory_one_line())
             started, final = run_training(image, labels, None if init is not None else model_config, train_config, init=init,
                                           pixel_size=pixel_size, finishing=finishing,
                                           data_name=_training_data_name(args.image, args.labels))
@@ -1809,7 +1809,8 @@ def main(argv=None) -> int:
             print(f"note: standard output is closed (>&-): the scores {args.command} prints there are lost", file=sys.stderr)
         if args.command in ("train", "predict", "demo"):
             _check_temporary_folder()
-        code = args.func(args)
+        with _low_memory_one_line():  # every subcommand's: a file's read (tiff_io), the training data's, the demo's
+            code = args.func(args)
         sys.stdout.flush()  # a buffered stdout (a file, a pipe) fails here, if at all
         lost = sys.stdout.failed  # (stderr's progress lines are dropped: the run goes on, and nothing could say it)
         if lost is not None:
