@@ -19,25 +19,14 @@ def build_unet_upsampling(config, mixed_precision: bool = False, seed: int | Non
     Same signature as ``build_unet``, which train_events calls with ``seed=`` (bench_speed's ``*_upsample`` variants
     put this function in its place): ``seed`` draws each layer's initializer and dropout seed from one generator, as
     the core does; without it Keras draws them."""
-    import random
-
     C.use_src()
-    from napari_unet.model import import_keras
+    from napari_unet.model import import_keras, seeded_initializers
 
     keras = import_keras()
     from keras import layers
 
     assert config.upsampling == "upsample_conv"
-    seeds = random.Random(seed) if seed is not None else None
-
-    def layer_seed():
-        return None if seeds is None else seeds.randint(1, 10**9)
-
-    def initializer(name=config.kernel_initializer):
-        if seeds is None or name == "zeros":
-            return name
-        class_name = "".join(part.capitalize() for part in name.split("_"))  # he_normal -> HeNormal
-        return keras.initializers.get({"class_name": class_name, "config": {"seed": layer_seed()}})
+    layer_seed, initializer = seeded_initializers(seed, config.kernel_initializer)  # the core's seeding
 
     dtype = "mixed_bfloat16" if mixed_precision else "float32"
     conv_kwargs = dict(padding="same", dtype=dtype)

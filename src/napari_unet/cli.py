@@ -508,10 +508,11 @@ def _refuse_a_stream(path: Path, what: str) -> None:
 def _tiff_error_named(err: Exception, what: str, path: Path) -> str:
     """A TIFF reader's message about ``path`` naming its role (``what``) and the slices of a damaged page or chunk where
     known (``err.slices``, :func:`napari_unet.data.read_planes`); a file that is no TIFF gets what to do."""
+    from .data import slices_text
+
     text = str(err).removeprefix(f"{path}: ")
-    slices = getattr(err, "slices", None)
-    if slices:
-        where = f"slice {slices[0]}" if len(slices) == 1 else f"slices {slices[0]}-{slices[-1]}"
+    where = slices_text(getattr(err, "slices", None))
+    if where:
         return f"{what} {path.name}, {where}: {text}"
     if not text.startswith("not a TIFF file"):
         return f"{what} {path.name}: {text}"
@@ -954,7 +955,7 @@ def cmd_train(args) -> int:
         text = re.sub(r"\b(" + "|".join(_TRAIN_SETTINGS) + r")\b", lambda m: _option_of(m.group(1)), str(err))
         raise CommandError(text) from None
     except InputError as err:  # the core's checks of the image ("image contains NaN or Inf values; ...")
-        raise CommandError(_image_named(err, args.image, args.labels)) from None
+        raise CommandError(_image_named(err, args.image)) from None
     except reader_errors() as err:  # a damaged page or chunk of a file read lazily, found while training or scoring
         raise CommandError(_read_error_named(err, args)) from None
 
@@ -973,12 +974,11 @@ def _read_error_named(err: Exception, args) -> str:
     return text + "; no model written" + (f"; the --init model {args.init} is unchanged" if args.init else "")
 
 
-def _image_named(err: Exception, path, labels_path=None) -> str:
-    """The core's message about "the image" ("slice 1: image contains NaN ...") naming the file; with ``labels_path``,
-    the memory check's message, which names both files already (``data_name``, :func:`_training_data_name`), and other
-    messages (about a setting) unchanged."""
+def _image_named(err: Exception, path) -> str:
+    """The core's message about "the image" ("slice 1: image contains NaN ...") naming the file; a message naming it
+    already (the memory check's, ``data_name``: :func:`_training_data_name`) and others (about a setting) unchanged."""
     text, name = str(err), Path(path).name
-    if labels_path is not None and text.startswith(f"{_training_data_name(path, labels_path)}: "):
+    if text.startswith(f"image {name} "):
         return text
     match = re.match(r"(slice \d+): image (.*)", text, re.DOTALL)
     if match:

@@ -84,10 +84,10 @@ def slices_to_read(image, labels, ignore_value=None, every_slice: bool = False) 
     slices = []
     if len(shape) == 3 and ignore_value is not None and not every_slice:
         slices = [z for z, annotated in enumerate(slices_holding(labels, ignore_value, other=True)) if annotated]
-        if not slices and not _in_memory(image, labels):
+        if not slices and not in_memory(image, labels):
             raise InputError(f"the labels contain no annotated pixel (every pixel has the ignore value {ignore_value}); "
                              "annotate at least two classes")
-    if not slices or len(slices) == shape[0] or _in_memory(image, labels) and len(slices) > shape[0] / 2:
+    if not slices or len(slices) == shape[0] or in_memory(image, labels) and len(slices) > shape[0] / 2:
         return every
     return slices
 
@@ -106,7 +106,8 @@ def _check_shapes(image, labels) -> tuple:
     return shape
 
 
-def _in_memory(*arrays) -> bool:
+def in_memory(*arrays) -> bool:
+    """Whether every one of ``arrays`` is an in-memory numpy array (not memory-mapped, not lazy)."""
     return all(isinstance(a, np.ndarray) and not isinstance(a, np.memmap) for a in arrays)
 
 
@@ -123,14 +124,14 @@ def read_annotated_slices(image, labels, ignore_value=None, pixel_weights=None, 
     else:  # the checks slices_to_read makes (given slices: no misaligned stacks)
         shape = _check_shapes(image, labels)
     if len(slices) == (shape[0] if len(shape) == 3 else 1):
-        if not _in_memory(image):
+        if not in_memory(image):
             image = read_planes(image, name="image")
-        if not _in_memory(labels):
+        if not in_memory(labels):
             labels = read_planes(labels, name="labels")
         image_stack, label_stack = check_pair(image, labels)
         weights = None
         if pixel_weights is not None:
-            if not _in_memory(pixel_weights) and tuple(np.shape(pixel_weights)) == shape:
+            if not in_memory(pixel_weights) and tuple(np.shape(pixel_weights)) == shape:
                 pixel_weights = read_planes(pixel_weights, name="pixel weights")
             weights = check_pixel_weights(pixel_weights, labels)
         return image_stack, label_stack, weights, list(range(len(label_stack)))
@@ -142,6 +143,13 @@ def read_annotated_slices(image, labels, ignore_value=None, pixel_weights=None, 
             raise InputError(f"pixel weights shape {tuple(np.shape(pixel_weights))} and labels shape {shape} differ")
         weights = check_pixel_weights(read_planes(pixel_weights, slices, "pixel weights"), label_stack)
     return image_stack, label_stack, weights, list(slices)
+
+
+def slices_text(slices) -> str:
+    """``slices`` (a range or list of slice numbers; None) as messages name them: "slice 2", "slices 2-4" or ""."""
+    if not slices:
+        return ""
+    return f"slice {slices[0]}" if len(slices) == 1 else f"slices {slices[0]}-{slices[-1]}"
 
 
 def reader_errors() -> tuple:
@@ -938,6 +946,8 @@ __all__ = [
     "read_planes",
     "read_plane",
     "reader_errors",
+    "in_memory",
+    "slices_text",
     "slices_holding",
     "check_pixel_weights",
     "MAX_PIXEL_WEIGHT",

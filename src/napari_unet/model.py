@@ -89,6 +89,28 @@ def training_memory_bytes(config: ModelConfig, batch_size: int, patch_size: int,
                + TRAINING_BYTES_PER_ACTIVATION[bool(mixed_precision)] * activations)
 
 
+def seeded_initializers(seed: int | None, default: str):
+    """``(layer_seed, initializer)`` of a network built from ``seed``: ``layer_seed()`` the next layer's seed (None
+    without ``seed``), ``initializer(name=default)`` a Keras initializer of that name seeded so (the name itself without
+    ``seed``, and for "zeros")."""
+    # Each layer gets its own seed drawn from a generator of ``seed``: Keras would draw them from Python's global
+    # stream, which a seeded build had to set and restore, rewinding other threads' draws (napari's GUI thread got
+    # repeated numbers, and its draws changed the seeded network).
+    keras = import_keras()
+    seeds = random.Random(seed) if seed is not None else None
+
+    def layer_seed():
+        return None if seeds is None else seeds.randint(1, 10**9)
+
+    def initializer(name=default):
+        if seeds is None or name == "zeros":
+            return name
+        class_name = "".join(part.capitalize() for part in name.split("_"))  # he_normal -> HeNormal
+        return keras.initializers.get({"class_name": class_name, "config": {"seed": layer_seed()}})
+
+    return layer_seed, initializer
+
+
 def build_unet(config: ModelConfig, mixed_precision: bool = False, seed: int | None = None):
     """A Keras U-Net for ``config``: input (None, None, network_channels) float32, output probabilities.
 
@@ -105,20 +127,7 @@ def build_unet(config: ModelConfig, mixed_precision: bool = False, seed: int | N
 
     from ._layers import UpConv2D
 
-    # Each layer gets its own seed drawn from a generator of ``seed``: Keras would draw them from Python's global
-    # stream, which a seeded build had to set and restore, rewinding other threads' draws (napari's GUI thread got
-    # repeated numbers, and its draws changed the seeded network).
-    seeds = random.Random(seed) if seed is not None else None
-
-    def layer_seed():
-        return None if seeds is None else seeds.randint(1, 10**9)
-
-    def initializer(name=config.kernel_initializer):
-        if seeds is None or name == "zeros":
-            return name
-        class_name = "".join(part.capitalize() for part in name.split("_"))  # he_normal -> HeNormal
-        return keras.initializers.get({"class_name": class_name, "config": {"seed": layer_seed()}})
-
+    layer_seed, initializer = seeded_initializers(seed, config.kernel_initializer)
     dtype = "mixed_bfloat16" if mixed_precision else "float32"
     # channels last and float32 inputs whatever Keras' global settings say (another plugin's, ~/.keras/keras.json):
     # channels_first failed to build any network, floatx float16 rounded the images
@@ -345,6 +354,7 @@ def float32_loss(loss):
 
 
 __all__ = [
+    "seeded_initializers",
     "BATCH_NORM_MOMENTUM",
     "parameter_count",
     "activation_count",

@@ -32,6 +32,7 @@ from .data import (
     normalize,
     normalize_window,
     prefetch,
+    in_memory,
     read_annotated_slices,
     slices_to_read,
 )
@@ -856,8 +857,7 @@ def training_data_bytes(image, labels, slices: list, pixel_weights=None) -> int:
         return np.dtype(array.dtype) if hasattr(array, "dtype") else np.asarray(array).dtype
 
     def read(array) -> int:  # bytes of the copy read, per pixel
-        in_memory = isinstance(array, np.ndarray) and not isinstance(array, np.memmap)
-        return 0 if whole and in_memory else dtype(array).itemsize
+        return 0 if whole and in_memory(array) else dtype(array).itemsize
 
     per_pixel = read(image) + read(labels) + TRAINING_BYTES_PER_PIXEL
     if pixel_weights is not None:

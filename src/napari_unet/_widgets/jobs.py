@@ -15,13 +15,11 @@ from typing import Optional, Union
 import numpy as np
 
 from napari_unet.config import ConfigError
-from napari_unet.data import InputError
+from napari_unet.data import InputError, reader_errors, slices_text
 from napari_unet.labels import LabelError
 from napari_unet.model_io import ModelFileError, UNetModel
 from napari_unet.predict import Agreement, PredictionError
 from napari_unet.retrain import CorrectionCheck
-from napari_unet.tiff_io import TiffReadError
-from napari_unet.zarr_io import ZarrReadError
 
 from .._tensorflow import load_tensorflow, lower_thread_priority
 
@@ -130,7 +128,7 @@ def train_job(image, labels, model_config, train_config, init=None, stop=None, a
                 yield CorrectionsLearned(score.agreement, check, final.model.boundary_rule is not None, score.one_class_note)
     except EXPECTED as err:
         yield Failed(str(err), diverged=isinstance(err, TrainingDiverged))
-    except (TiffReadError, ZarrReadError) as err:  # a damaged page or chunk of the lazily read image (its file named)
+    except reader_errors() as err:  # a damaged page or chunk of the lazily read image (its file named)
         yield Failed(read_error_text(err), read_error=True)
     except Exception as err:
         yield _unexpected("training", err)
@@ -139,9 +137,8 @@ def train_job(image, labels, model_config, train_config, init=None, stop=None, a
 def read_error_text(err: Exception) -> str:
     """A reader's error (its file named) found by training or prediction, with the array's role and slices where known
     (:func:`napari_unet.data.read_planes`): "image, slice 2: /data/stack.zarr: damaged or unreadable chunk (...)"."""
-    slices = getattr(err, "slices", None)
-    where = "" if not slices else f", slice {slices[0]}" if len(slices) == 1 else f", slices {slices[0]}-{slices[-1]}"
-    return f"{getattr(err, 'role', None) or 'image'}{where}: {err}"
+    where = slices_text(getattr(err, "slices", None))
+    return f"{getattr(err, 'role', None) or 'image'}{', ' + where if where else ''}: {err}"
 
 
 def with_kept(labels: np.ndarray, kept: Optional[tuple], class_values) -> np.ndarray:
@@ -201,7 +198,7 @@ def predict_job(model: UNetModel, image, tta: Union[bool, int, str], probabiliti
             yield PredictionResult(labels, probs, instances, event.stopped)
     except EXPECTED as err:
         yield Failed(str(err))
-    except (TiffReadError, ZarrReadError) as err:  # a damaged page or chunk of the lazily read image (its file named)
+    except reader_errors() as err:  # a damaged page or chunk of the lazily read image (its file named)
         if z is not None and getattr(err, "slices", None) is None:  # read as the 2-D image[z] (its intensity note)
             err.slices = range(z, z + 1)
         yield Failed(read_error_text(err), read_error=True)

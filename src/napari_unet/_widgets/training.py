@@ -14,11 +14,9 @@ from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import QCheckBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QPushButton, QVBoxLayout, QWidget
 
 from napari_unet.config import ConfigError
-from napari_unet.data import InputError
+from napari_unet.data import InputError, reader_errors
 from napari_unet.labels import ZERO_IS_CLASS, LabelError
-from napari_unet.tiff_io import TiffReadError
 from napari_unet.train import EpochEnd, TrainingFinished, TrainingFinishing, TrainingStarted, TrainingStep, format_count, format_seconds
-from napari_unet.zarr_io import ZarrReadError
 
 from .jobs import CorrectionsLearned, Failed, read_error_text, relay, train_job
 from .layers import Image, Labels, LayerCombo
@@ -165,9 +163,8 @@ class TrainingWidget(QWidget):
             self.progress.reset(f"{'retraining' if retrain else 'training'} not started")
             self.progress.set_status(f"Not started: {err}")
             return False
-        except (TiffReadError, ZarrReadError) as err:  # a damaged page or chunk of a lazily read layer (read here)
-            message = read_error_text(err) + ("; the current model is unchanged" if self.session.model is not None
-                                              else "; no model was made")
+        except reader_errors() as err:  # a damaged page or chunk of a lazily read layer (read here)
+            message = read_error_text(err) + self._model_kept()
             show_error(f"napari-unet: {'retraining' if retrain else 'training'} not started: {message}")
             self.progress.reset(f"{'retraining' if retrain else 'training'} not started")
             self.progress.set_status(f"Not started: {message}")
@@ -303,12 +300,15 @@ class TrainingWidget(QWidget):
                 unchanged = "; the current model is unchanged" if self.session.model is not None else ""
                 message += f" (the {setting} in the settings){unchanged}"
             elif event.read_error:  # nothing trained yet: the file's damage is the news, and what stays
-                message += ("; the current model is unchanged" if self.session.model is not None
-                            else "; no model was made")
+                message += self._model_kept()
             show_error(f"napari-unet: {run.kind} failed: {message}")
             self.progress.finish(f"{run.kind} failed")
             self.plot.discard_run()  # the model is unchanged: so are its curves
             self.progress.set_status(f"{run.kind.capitalize()} failed: {message}")
+
+    def _model_kept(self) -> str:
+        """What a training that failed before it made a model leaves: the end of its message."""
+        return "; the current model is unchanged" if self.session.model is not None else "; no model was made"
 
     def _finished_model(self, run: _Run, event: TrainingFinished) -> None:
         seconds = time.perf_counter() - run.started
