@@ -538,17 +538,25 @@ def _finished(process, lines: list) -> tuple:
     return out, "".join(lines) + err
 
 
+def _signalled_at_step(argv: list, step: int, signum: int) -> tuple:
+    """Start ``argv`` (:func:`_start`), send ``signum`` to the training's process once it finished step ``step``, and
+    wait for the end; returns (the process, the training's pid, stdout, all of stderr). Killed with its group if it
+    hangs (:func:`_ended`)."""
+    process = _start(argv)
+    try:
+        pid, lines = _until_step(process, step)
+        os.kill(pid, signum)
+        out, err = _finished(process, lines)
+    finally:
+        _ended(process)  # the Python too: killing a bash alone left it training (and holding stderr open)
+    return process, pid, out, err
+
+
 def test_sigusr1_in_the_middle_of_an_epoch_stops_after_the_current_step_and_saves_the_kept_weights(data):
     """SIGUSR1 during the training loop (epoch 2, after 3 of its 5 steps): the training stops after that step, its model
     (the best of the epochs, the unfinished one validated too) is finished and saved, scored, and the status is 0."""
     script = _train_script(data)
-    process = _start([sys.executable, script, data, "--wait-for-stop", "8"])
-    try:
-        pid, lines = _until_step(process, 8)
-        os.kill(pid, signal.SIGUSR1)
-        out, err = _finished(process, lines)
-    finally:
-        _ended(process)
+    process, _, out, err = _signalled_at_step([sys.executable, script, data, "--wait-for-stop", "8"], 8, signal.SIGUSR1)
     from napari_unet.model_io import load_model
 
     assert process.returncode == 0, (process.returncode, err[-3000:])
@@ -563,13 +571,8 @@ def test_sighup_in_the_training_loop_ends_the_command_after_its_clean_up_and_a_s
     """SIGHUP (the terminal closed) while training: no model file and no partial file, "terminated", then the command
     dies of the signal, so a shell's $? is 129."""
     script = _train_script(data)
-    shell = _start(["bash", "-c", f'"{sys.executable}" "{script}" "{data}"; echo "rc=$?"'])  # LC_ALL=C: "Hangup"
-    try:
-        pid, lines = _until_step(shell, 3)
-        os.kill(pid, signal.SIGHUP)
-        out, err = _finished(shell, lines)
-    finally:
-        _ended(shell)  # the Python too: killing bash alone left it training (and holding stderr open)
+    command = ["bash", "-c", f'"{sys.executable}" "{script}" "{data}"; echo "rc=$?"']  # LC_ALL=C (_start): "Hangup"
+    _, pid, out, err = _signalled_at_step(command, 3, signal.SIGHUP)
     assert out.strip().splitlines()[-1] == "rc=129", (out, err[-3000:])
     assert "napari-unet: terminating at the end of the current step or tile" in err, err[-3000:]
     assert "napari-unet: terminated; no output file was written\n" in err, err[-3000:]
@@ -584,13 +587,8 @@ def test_sighup_while_the_model_is_finished_comes_once_it_is_saved_then_the_comm
 
     script = _train_script(data)
     # stopped by SIGUSR1 after step 2, then signalled while finishing: no 400 epochs
-    process = _start([sys.executable, script, data, "--wait-for-stop", "2", "--hangup-when-finishing"])
-    try:
-        pid, lines = _until_step(process, 2)
-        os.kill(pid, signal.SIGUSR1)
-        out, err = _finished(process, lines)
-    finally:
-        _ended(process)
+    process, _, out, err = _signalled_at_step([sys.executable, script, data, "--wait-for-stop", "2", "--hangup-when-finishing"],
+                                              2, signal.SIGUSR1)
     assert process.returncode == -signal.SIGHUP, (process.returncode, err[-3000:])
     assert "napari-unet: terminating once the finished model is saved" in err, err[-3000:]
     model = data / "m.keras"
