@@ -126,3 +126,78 @@ def test_predict_names_a_damaged_slice_that_only_the_network_reads(tmp_path, cap
     [line] = [x for x in capsys.readouterr().err.splitlines() if x.startswith("napari-unet: error:")]
     assert line.startswith("napari-unet: error: image img.zarr, slice 7: damaged or unreadable chunk ("), line
     assert not (tmp_path / "p.tif").exists()
+
+
+def _damaged_store(path, array, z, zarr_format):
+    """``array`` as a zarr store of format ``zarr_format`` (2 or 3), one chunk a slice, slice ``z``'s chunk garbled."""
+    import os
+
+    zarr = pytest.importorskip("zarr")
+    store = zarr.open_array(path, mode="w", shape=array.shape, dtype=array.dtype, chunks=(1,) + array.shape[1:],
+                            zarr_format=zarr_format)
+    store[:] = array
+    chunks = sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names
+                    if not name.startswith(".") and name != "zarr.json")
+    with open(chunks[z], "wb") as fh:
+        fh.write(b"not a chunk" * 3)
+    return path
+
+
+@pytest.mark.parametrize("retrain", [False, True], ids=["train", "retrain"])
+@pytest.mark.parametrize("reader", ["da.from_zarr v2", "da.from_zarr v3", "napari's zarr reader"])
+def test_train_and_retrain_on_a_damaged_labels_layer_of_another_reader_say_so_from_the_button(
+        widgets, notifications, qtbot, tmp_path, caplog, reader, retrain):
+    # old: the RuntimeError of the zstd codec ("Zstd decompression error: invalid input data") escaped the button's Qt
+    # slot (TrainingWidget.start caught only napari-unet's own readers' errors); nothing was said in the widget
+    import dask.array as da
+
+    viewer, training, session = widgets.viewer, widgets.training, widgets.session
+    image, labels = stripes()
+    image_layer = viewer.add_image(image, name="img")
+    display = (labels > 0).astype(np.uint8) + 1
+    path = _damaged_store(tmp_path / "lab.zarr", display, 2, 2 if reader.endswith("v2") else 3)
+    if reader.startswith("da.from_zarr"):
+        viewer.add_labels(da.from_zarr(str(path)), name="lab", metadata={"class_values": [0, 255]})
+    else:
+        [layer] = viewer.open(str(path), plugin="napari", layer_type="labels", name="lab")
+        assert hasattr(layer.data, "dask"), type(layer.data)
+    training.image.setCurrentText("img")
+    training.labels.refresh()
+    training.labels.setCurrentText("lab")
+    assert training.labels.layer().name == "lab"
+    session.set_model(tiny_model(), "a tiny model")
+    model = session.model
+    if retrain:
+        prediction = viewer.add_labels(np.full(image.shape, 2, np.uint8), name="img prediction", metadata={"class_values": [0, 255]})
+        session.track(prediction, image_layer)
+        prediction.brush_size = 6
+        prediction.paint((1, 20, 20), 1)
+    caplog.set_level(logging.ERROR, logger="napari_unet")
+    (training.retrain_button if retrain else training.train_button).click()  # an exception out of the slot fails the test
+    status = training.progress.status.text()
+    assert status.startswith("Not started: labels layer 'lab', slice 2: unreadable data (RuntimeError: Zstd decompression "
+                             "error: invalid input data); its file may be damaged"), status
+    assert status.endswith("; the current model is unchanged"), status
+    kind = "retraining" if retrain else "training"
+    assert ("error", f"napari-unet: {kind} not started: {status.removeprefix('Not started: ')}") in notifications, notifications
+    assert training._run is None and session.model is model and not session.busy
+    assert training.train_button.isEnabled() and training.retrain_button.isEnabled()
+    assert not caplog.records
+
+
+def test_training_a_damaged_lazy_image_of_another_reader_names_the_image_and_slice(tmp_path, monkeypatch):
+    # the image is read by the training job (its worker): old "RuntimeError: Zstd decompression error: ..." with a
+    # traceback in the log (an unexpected error), no slice
+    import dask.array as da
+
+    from _helpers import tiny_configs
+    from napari_unet._widgets import jobs
+
+    image, labels = stripes()
+    lazy = da.from_zarr(str(_damaged_store(tmp_path / "img.zarr", image, 1, 3)))
+    model_config, train_config = tiny_configs(epochs=1, steps_per_epoch=2)
+    monkeypatch.setattr(jobs, "lower_thread_priority", lambda: None)
+    events = list(jobs.train_job(lazy, labels, model_config, train_config))
+    failed = events[-1]
+    assert isinstance(failed, jobs.Failed) and failed.read_error, events
+    assert failed.message.startswith("image, slice 1: unreadable data (RuntimeError: Zstd decompression error"), failed.message

@@ -152,13 +152,28 @@ def slices_text(slices) -> str:
     return f"slice {slices[0]}" if len(slices) == 1 else f"slices {slices[0]}-{slices[-1]}"
 
 
+class LazyReadError(ValueError):
+    """A lazy array of another reader (a dask array of napari's own zarr reader or of ``da.from_zarr``, a zarr array)
+    that failed to read: zarr, numcodecs and the file system raise anything (RuntimeError of a zstd chunk, zlib.error,
+    OSError...), with no file named; :func:`read_planes` raises this instead, its ``role`` and ``slices`` set."""
+
+
 def reader_errors() -> tuple:
-    """The readers' errors about a file's contents (:class:`~napari_unet.tiff_io.TiffReadError`,
-    :class:`~napari_unet.zarr_io.ZarrReadError`), imported when one is raised."""
+    """The errors about a file's contents: the readers' (:class:`~napari_unet.tiff_io.TiffReadError`,
+    :class:`~napari_unet.zarr_io.ZarrReadError`), imported when one is raised, and :class:`LazyReadError`."""
     from .tiff_io import TiffReadError
     from .zarr_io import ZarrReadError
 
-    return TiffReadError, ZarrReadError
+    return TiffReadError, ZarrReadError, LazyReadError
+
+
+def _lazy_read_error(array, err: Exception) -> Optional[LazyReadError]:
+    """``err`` raised reading the lazy ``array`` as a :class:`LazyReadError`; None for a reader's error, a numpy
+    array's (none: it is in memory) or a lack of memory (not a damaged file)."""
+    if isinstance(err, (MemoryError, *reader_errors())) or isinstance(array, np.ndarray) and not isinstance(array, np.memmap):
+        return None
+    what = " ".join(str(err).split())[:300]
+    return LazyReadError(f"unreadable data ({type(err).__name__}{': ' + what if what else ''}); its file may be damaged")
 
 
 def _z_blocks(array, planes: list) -> list:
@@ -182,21 +197,26 @@ def _slices_named(array, name: str, planes: Optional[list]):
     try:
         yield
     except Exception as err:
-        if not isinstance(err, reader_errors()):
+        foreign = _lazy_read_error(array, err)  # another reader's lazy array: any error of its read
+        if foreign is None and not isinstance(err, reader_errors()):
             raise
-        if getattr(err, "role", None) is None:
-            err.role = name
-        if getattr(err, "slices", None) is None and planes and np.ndim(array) == 3:
+        named = err if foreign is None else foreign
+        if getattr(named, "role", None) is None:
+            named.role = name
+        if getattr(named, "slices", None) is None and planes and np.ndim(array) == 3:
             try:  # diagnostic only: its own failure (memory, a vanished file) must not replace err
-                err.slices = _failing_slices(array, planes)
+                named.slices = _failing_slices(array, planes, foreign is not None)
             except Exception:
-                err.slices = None
-        raise
+                named.slices = None
+        if foreign is None:
+            raise
+        raise foreign from err
 
 
-def _failing_slices(array, planes: list) -> Optional[range]:
+def _failing_slices(array, planes: list, foreign: bool = False) -> Optional[range]:
     """The slices of the page or chunk of ``array`` that fails again, read a chunk at a time (serially, up to the bad
-    one: after a failed whole-stack read of a large stack, about as long as the read), else None."""
+    one: after a failed whole-stack read of a large stack, about as long as the read), else None. ``foreign``: the
+    failure was another reader's (:class:`LazyReadError`), so any error but a lack of memory marks the chunk."""
     if len(planes) == 1:
         return range(planes[0], planes[0] + 1)
     blocks = _z_blocks(array, planes)
@@ -207,8 +227,8 @@ def _failing_slices(array, planes: list) -> Optional[range]:
             np.asarray(array[zs])
         except reader_errors():
             return range(start, stop)
-        except Exception:  # another failure: the bad chunk is not known
-            return None
+        except Exception as err:  # another failure: the bad chunk is not known (unless any failure is the news)
+            return range(start, stop) if foreign and not isinstance(err, MemoryError) else None
     return None
 
 
@@ -216,8 +236,9 @@ def read_planes(array, planes=None, name: str = "image") -> np.ndarray:
     """Planes ``planes`` (a list; None: all) of the (Z, Y, X) ``array`` as a numpy (Z', Y, X) stack (a (Y, X) array
     whole), read a plane at a time (all: at once, a dask array in one computation). A reader's error
     (:class:`~napari_unet.tiff_io.TiffReadError`, :class:`~napari_unet.zarr_io.ZarrReadError`: a damaged page or chunk
-    of a lazily read file) is raised with ``role`` = ``name`` and ``slices``: the range of slices of the page or chunk
-    that fails (None if not found)."""
+    of a lazily read file; any error but MemoryError of another reader's lazy array, as :class:`LazyReadError`) is
+    raised with ``role`` = ``name`` and ``slices``: the range of slices of the page or chunk that fails (None if not
+    found)."""
     if np.ndim(array) == 2:
         with _slices_named(array, name, None):
             return np.asarray(array)
@@ -931,6 +952,7 @@ def prefetch(make_batch, n_batches: int, depth: int = 4):
 
 __all__ = [
     "ELASTIC_MAX_SHARE",
+    "LazyReadError",
     "clear_border_weights_cache",
     "INTENSITY_BRIGHTNESS",
     "INTENSITY_CONTRAST",
