@@ -197,7 +197,90 @@ def test_training_a_damaged_lazy_image_of_another_reader_names_the_image_and_sli
     lazy = da.from_zarr(str(_damaged_store(tmp_path / "img.zarr", image, 1, 3)))
     model_config, train_config = tiny_configs(epochs=1, steps_per_epoch=2)
     monkeypatch.setattr(jobs, "lower_thread_priority", lambda: None)
-    events = list(jobs.train_job(lazy, labels, model_config, train_config))
+    events = list(jobs.train_job(lazy, labels, model_config, train_config, image_name="image 'img'"))
     failed = events[-1]
     assert isinstance(failed, jobs.Failed) and failed.read_error, events
-    assert failed.message.startswith("image, slice 1: unreadable data (RuntimeError: Zstd decompression error"), failed.message
+    assert failed.message.startswith("image 'img', slice 1: unreadable data (RuntimeError: Zstd decompression error"), failed.message
+
+
+def _garble_tiff_page(path, z):
+    """Garble page ``z``'s compressed stream of the zlib TIFF ``path`` in place (as :func:`damaged_tiff` does)."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        offset = tif.pages[z].dataoffsets[0]
+    with open(path, "r+b") as fh:
+        fh.seek(offset + 8)
+        fh.write(b"\xff" * 32)
+
+
+@pytest.mark.parametrize("kind", ["zarr", "tiff"])
+def test_a_read_error_in_the_check_of_a_finished_retrain_is_said_and_the_new_model_kept(
+        widgets, notifications, qtbot, tmp_path, monkeypatch, caplog, kind):
+    # old: the check's read error was only logged with a traceback ("scoring the corrections on the retrained model
+    # failed"); the status said the model was retrained, never that the check of the corrections was lost.
+    # Train/Retrain read a labels layer whole before the run, so only the lazily read image is read by the check: its
+    # corrected slice, read by the training, is made unreadable between the training and the check (a file changed
+    # or dropped by a network share)
+    import os
+
+    import tifffile
+
+    import napari_unet.retrain
+    from conftest import tiny_settings
+    from napari_unet import _reader
+    from napari_unet.zarr_io import write_zarr
+
+    viewer, training, session = widgets.viewer, widgets.training, widgets.session
+    image, labels = stripes()
+    if kind == "zarr":
+        path = tmp_path / "img.zarr"
+        write_zarr(path, image, chunks=(1, 96, 96))
+
+        def damage():
+            chunks = sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names
+                            if not name.startswith(".") and name != "zarr.json")
+            assert len(chunks) == 4, chunks
+            with open(chunks[1], "wb") as fh:
+                fh.write(b"not a chunk" * 3)
+        words = "damaged or unreadable chunk ("
+    else:
+        monkeypatch.setattr(_reader, "LAZY_IMAGE_BYTES", 1)  # read page by page, as a TIFF of 4 GiB or more is
+        path = tmp_path / "img.tif"
+        tifffile.imwrite(path, image, photometric="minisblack", compression="zlib")
+
+        def damage():
+            _garble_tiff_page(path, 1)
+        words = "corrupt"
+    image_layer = _opened(viewer, path)
+    viewer.add_labels((labels > 0).astype(np.uint8) + 1, name="lab", metadata={"class_values": [0, 255]})
+    training.image.setCurrentText(image_layer.name)
+    training.labels.refresh()
+    training.labels.setCurrentText("lab")
+    tiny_settings(training)
+    training.settings.retrain_steps.setValue(2)
+    session.set_model(tiny_model(), "a tiny model")
+    model = session.model
+    prediction = viewer.add_labels(np.full(image.shape, 2, np.uint8), name=f"{image_layer.name} prediction",
+                                   metadata={"class_values": [0, 255]})
+    session.track(prediction, image_layer)
+    prediction.brush_size = 6
+    prediction.paint((1, 20, 20), 1)
+    score_retrained = napari_unet.retrain.score_retrained
+
+    def damaged_first(*args, **kwargs):
+        damage()
+        return score_retrained(*args, **kwargs)
+
+    monkeypatch.setattr(napari_unet.retrain, "score_retrained", damaged_first)
+    caplog.set_level(logging.ERROR, logger="napari_unet")
+    run_and_wait(qtbot, lambda: training.start(retrain=True), lambda: training._run is not None)
+    status = training.progress.status.text()
+    assert status.startswith("Model retrained at "), status
+    lost = f"the check of your corrections could not be made: image {image_layer.name!r}, slice 1: {path}: {words}"
+    assert f" Warning: {lost}" in status, status
+    assert status.endswith("; the retrained model is kept (Previous model brings back the one before it)."), status
+    warnings = [text for severity, text in notifications if severity == "warning"]
+    assert any(text.startswith(f"napari-unet: the retrained model is kept, but {lost}") for text in warnings), notifications
+    assert session.model is not model and session.previous is not None  # the retrained model is the current one
+    assert not [r for r in caplog.records if r.name == "napari_unet"], "logged as an unexpected error (a traceback)"

@@ -88,18 +88,27 @@ class CorrectionsLearned:
         return f"The retrained model labels {learned.labels:.0%} of {which} as you painted them."
 
 
+@dataclass(frozen=True)
+class CheckLost:
+    """After a Retrain whose model is kept (``TrainingFinished``): the check of its corrections (a
+    :class:`CorrectionsLearned`) could not be made, e.g. a page or chunk of the lazily read image became unreadable."""
+
+    message: str  # what failed, e.g. "image 'stack', slice 2: /data/stack.zarr: damaged or unreadable chunk (...)"
+
+
 def train_job(image, labels, model_config, train_config, init=None, stop=None, auto_depth: bool = False, pixel_weights=None,
-              check=None, pixel_size=None, data_name: str = "image and labels"):
+              check=None, pixel_size=None, data_name: str = "image and labels", image_name: str = "image"):
     """The core's training events; ends with ``TrainingFinished`` or :class:`Failed`.
 
     ``auto_depth``: the depth of ``model_config`` is settled here, as ``napari-unet train`` settles it
     (:func:`napari_unet.hardware.resolve_depth` may import TensorFlow to ask for a GPU, seconds on a GUI thread).
     ``check``: a :class:`CorrectionCheck` to score the trained model on; then a :class:`CorrectionsLearned` follows
-    ``TrainingFinished`` (nothing if the check fails: the model is kept by then). Its one prediction also tells a
+    ``TrainingFinished`` (a :class:`CheckLost` if a read error stops it, nothing for another failure: the model is
+    kept by then). Its one prediction also tells a
     model of one class or of chance-level labels (:func:`napari_unet.retrain.score_retrained`): the training's own
     check is then off (a Retrain's stack holds copies of the corrected slices; it cost a third of a Retrain).
     ``pixel_size``: [Y, X] µm of the image's pixels, if known (the model records it). ``data_name``: the layers, as the
-    memory check's messages name them.
+    memory check's messages name them; ``image_name``: the image, as read errors name it (e.g. "image 'stack'").
     """
     from napari_unet.hardware import AUTO, resolve_depth
     from napari_unet.retrain import score_retrained
@@ -119,26 +128,30 @@ def train_job(image, labels, model_config, train_config, init=None, stop=None, a
                 _answer_hardware_questions()
             yield final
         if check is not None and isinstance(final, TrainingFinished) and final.steps > 0:
+            score = None
             try:
                 score = score_retrained(final.model, check, stop=stop)
+            except reader_errors() as err:  # a page or chunk the training read became unreadable (a changed file, memory)
+                yield CheckLost(read_error_text(err, image_name))
             except Exception:  # e.g. out of memory: the retrained model is in use already; only the check is lost
                 _log.exception("napari-unet: scoring the corrections on the retrained model failed")
-                score = None
             if score is not None:
                 yield CorrectionsLearned(score.agreement, check, final.model.boundary_rule is not None, score.one_class_note)
     except EXPECTED as err:
         yield Failed(str(err), diverged=isinstance(err, TrainingDiverged))
     except reader_errors() as err:  # a damaged page or chunk of the lazily read image (its file named)
-        yield Failed(read_error_text(err), read_error=True)
+        yield Failed(read_error_text(err, image_name), read_error=True)
     except Exception as err:
         yield _unexpected("training", err)
 
 
-def read_error_text(err: Exception) -> str:
+def read_error_text(err: Exception, image: str = "image") -> str:
     """A reader's error (its file named) found by training or prediction, with the array's role and slices where known
-    (:func:`napari_unet.data.read_planes`): "image, slice 2: /data/stack.zarr: damaged or unreadable chunk (...)"."""
+    (:func:`napari_unet.data.read_planes`): "image, slice 2: /data/stack.zarr: damaged or unreadable chunk (...)".
+    ``image``: the role "image" as the message names it (e.g. "image 'stack'", the layer's name)."""
     where = slices_text(getattr(err, "slices", None))
-    return f"{getattr(err, 'role', None) or 'image'}{', ' + where if where else ''}: {err}"
+    role = getattr(err, "role", None) or "image"
+    return f"{image if role == 'image' else role}{', ' + where if where else ''}: {err}"
 
 
 def with_kept(labels: np.ndarray, kept: Optional[tuple], class_values) -> np.ndarray:
@@ -268,6 +281,8 @@ def save_job(model: Handoff, path) -> "str | Failed":
 
 
 __all__ = [
+    "CheckLost",
+    "CorrectionsLearned",
     "Failed",
     "Handoff",
     "Note",

@@ -18,7 +18,7 @@ from napari_unet.data import InputError, reader_errors
 from napari_unet.labels import ZERO_IS_CLASS, LabelError
 from napari_unet.train import EpochEnd, TrainingFinished, TrainingFinishing, TrainingStarted, TrainingStep, format_count, format_seconds
 
-from .jobs import CorrectionsLearned, Failed, read_error_text, relay, train_job
+from .jobs import CheckLost, CorrectionsLearned, Failed, read_error_text, relay, train_job
 from .layers import Image, Labels, LayerCombo
 from .outputs import name_with_suffix
 from .prepare import ZERO_BOX, TrainJob, prepare_retrain, prepare_train, remember_zero_convention
@@ -177,6 +177,7 @@ class TrainingWidget(QWidget):
         events = train_job(
             job.image, job.labels, job.model_config, job.train_config, init=job.init, stop=stop.is_set, auto_depth=job.auto_depth,
             pixel_weights=job.pixel_weights, check=job.check, pixel_size=job.pixel_size, data_name=job.data_name,
+            image_name=f"image {self.image.layer().name!r}",
         )
         kind = "retraining" if retrain else "training"
         worker = create_worker_of(self.viewer, relay, events, stop=stop, task=f"U-Net {kind}")
@@ -293,6 +294,11 @@ class TrainingWidget(QWidget):
         elif isinstance(event, CorrectionsLearned) and run.kept_model:
             warning = f" Warning: {self._useless(run, event.one_class_note)}." if event.one_class_note else ""
             self.progress.set_status(f"{self.progress.status.text()} {event.text()}{warning}")
+        elif isinstance(event, CheckLost) and run.kept_model:  # the model is in use already: only the check is lost
+            lost = f"the check of your corrections could not be made: {event.message}"
+            show_warning(f"napari-unet: the retrained model is kept, but {lost}")
+            self.progress.set_status(f"{self.progress.status.text()} Warning: {lost}; the retrained model is kept"
+                                     f"{' (Previous model brings back the one before it)' if self.session.previous is not None else ''}.")
         elif isinstance(event, Failed):
             message = event.message
             if event.diverged:  # before it kept any weights (a Retrain always: one epoch)
