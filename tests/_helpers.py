@@ -140,14 +140,16 @@ def train_poisoned(at_step: int, **overrides) -> list:
 def damaged_zarr(path, array, z):
     """``array`` as a zarr store of one chunk a slice, the chunk of slice ``z`` overwritten with garbage."""
     import os
+    import re
 
     import pytest
 
     zarr = pytest.importorskip("zarr")
     store = zarr.open_array(path, mode="w", shape=array.shape, dtype=array.dtype, chunks=(1,) + array.shape[1:])
     store[:] = array
-    chunks = sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names
-                    if not name.startswith(".") and name != "zarr.json")
+    chunks = sorted((os.path.join(root, name) for root, _, names in os.walk(path) for name in names
+                     if not name.startswith(".") and name != "zarr.json"),  # by number: chunk 10 after 9, not after 1
+                    key=lambda chunk: [int(part) for part in re.findall(r"\d+", os.path.relpath(chunk, path))])
     assert len(chunks) == len(array), chunks
     with open(chunks[z], "wb") as fh:
         fh.write(b"not a chunk" * 3)

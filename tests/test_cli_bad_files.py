@@ -175,3 +175,18 @@ def test_readme_names_the_chance_level_warning_among_status_0():
     section = readme.split("Output and exit status", 1)[1]
     row = next(line for line in section.splitlines() if line.startswith("| 0 |"))
     assert "chance" in row and "kappa" in row
+
+
+def test_a_damaged_page_met_while_predicting_into_tiff_says_the_output_is_unchanged(tmp_path, model_file, capsys, monkeypatch):
+    from _helpers import damaged_tiff
+    from napari_unet import tiff_io
+
+    monkeypatch.setattr(tiff_io, "LAZY_READ_BYTES", 0)  # read page by page, as a large file
+    damaged_tiff(tmp_path / "img.tif", stripes(n_slices=10, size=64)[0], 7)  # (the intensity check reads 0, 1, 3-6, 8, 9)
+    (tmp_path / "pred.tif").write_bytes(b"the user's file")
+    code = cli.main(["predict", str(model_file), str(tmp_path / "img.tif"), "-o", str(tmp_path / "pred.tif"), "--no-tta"])
+    assert code == 2
+    line = error_line(capsys)
+    assert line.startswith("napari-unet: error: image img.tif, slice 7: corrupt or unsupported TIFF"), line
+    assert line.endswith(f"; no prediction written ({tmp_path / 'pred.tif'} is unchanged)"), line
+    assert (tmp_path / "pred.tif").read_bytes() == b"the user's file" and sorted(p.name for p in tmp_path.iterdir()) == ["img.tif", "pred.tif"]

@@ -322,17 +322,22 @@ def store_events(
     if client is None:
         stop, written = threading.Event(), _SliceCount()
         tasks = _tasks(prediction, _predict_into_stores, stores, stop.is_set, written.add)
-        yield from _compute_here(tasks, stop, written, progress)
+        yield from _compute_here(tasks, stop, written, progress, lambda err, task: _name_read_error(err, prediction, task))
         return
     from distributed import Event, as_completed, wait
 
     stop = Event(f"napari-unet-stop-{os.getpid()}-{next(_COUNTER)}-{time.time_ns()}", client=client)
     futures = client.compute(_tasks(prediction, _predict_into_stores, stores, _ClusterStop(stop.name), None))
     sizes = {future.key: stop - first for future, (first, stop) in zip(futures, prediction.chunks)}
+    tasks = {future.key: task for task, future in enumerate(futures)}
     done = 0
     try:
         for future in as_completed(futures):
-            future.result()  # re-raises a task's error here
+            try:
+                future.result()  # re-raises a task's error here
+            except Exception as err:
+                _name_read_error(err, prediction, tasks[future.key])
+                raise
             done += sizes[future.key]
             yield progress(done)
     finally:
@@ -388,28 +393,67 @@ class _SliceCount:
             self.value += 1
 
 
-def _compute_here(tasks: list, stop: threading.Event, written: _SliceCount, progress) -> Iterator[PredictionProgress]:
+def _compute_here(tasks: list, stop: threading.Event, written: _SliceCount, progress, failed=None) -> Iterator[PredictionProgress]:
     """Compute ``tasks`` in this process, :data:`LOCAL_CHUNKS_IN_FLIGHT` at a time (memory stays bounded), yielding
     ``progress(slices written)`` when it grew (looked at every second); when the consumer stops early, ``stop`` is
-    set, so running tasks end at their next tile."""
+    set, so running tasks end at their next tile. ``failed(error, task number)`` sees a task's error before it is raised."""
     import dask
     from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
     pool = ThreadPoolExecutor(LOCAL_CHUNKS_IN_FLIGHT, thread_name_prefix="napari-unet-chunk")
-    queue, running, shown = list(tasks), set(), 0
+    queue, running, shown, numbers = list(enumerate(tasks)), set(), 0, {}
     try:
         while queue or running:
             while queue and len(running) < LOCAL_CHUNKS_IN_FLIGHT:
-                running.add(pool.submit(dask.compute, queue.pop(0), scheduler="sync"))
+                number, task = queue.pop(0)
+                future = pool.submit(dask.compute, task, scheduler="sync")
+                running.add(future)
+                numbers[future] = number
             finished, running = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
             for future in finished:
-                future.result()  # re-raises a task's error here
+                try:
+                    future.result()  # re-raises a task's error here
+                except Exception as err:
+                    if failed is not None:
+                        failed(err, numbers[future])
+                    raise
             if written.value > shown:
                 shown = written.value
                 yield progress(shown)
     finally:  # also when the consumer closes the generator: chunks not started never start
         stop.set()
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _name_read_error(err: Exception, prediction: ChunkedPrediction, task: int) -> None:
+    """Give a reader's error (:func:`napari_unet.data.reader_errors`: a damaged page or chunk of the image's file) that
+    task number ``task`` of ``prediction`` met reading its slices ``role`` "image" and ``slices`` (as
+    :func:`napari_unet.data.read_planes` does): the slices of the page or chunk of the stack that fails again, read a
+    chunk at a time, else those the task read (with its context slices). A (Y, X) image has no slices to name."""
+    from .data import reader_errors
+
+    if not isinstance(err, reader_errors()):
+        return
+    if getattr(err, "role", None) is None:
+        err.role = "image"
+    if getattr(err, "slices", None) is not None or len(prediction.labels.shape) != 3:
+        return
+    first, stop = prediction.chunks[task]
+    context, stack = prediction.source.config.context_slices, prediction.stack
+    lo, hi = max(0, first - context), min(stack.shape[0], stop + context)
+    err.slices = range(lo, hi)
+    ends = np.cumsum(stack.chunks[0])
+    for start, end in zip(ends - np.asarray(stack.chunks[0]), ends):  # the stack's chunks along Z that the task read
+        # (the slices it read of each: memory as the task's; a chunk that fails fails whole, all its slices named)
+        if end <= lo or start >= hi:
+            continue
+        try:  # diagnostic only: another failure (memory, a vanished file) leaves the task's slices named
+            np.asarray(stack[max(int(start), lo):min(int(end), hi)])
+        except reader_errors():
+            err.slices = range(int(start), int(end))
+            return
+        except Exception:
+            return
 
 
 def _predict_into_stores(source: ModelSource, block: np.ndarray, first: int, stop: int, z: int, stores: tuple, stopped,

@@ -1199,9 +1199,16 @@ def cmd_predict(args) -> int:
             return _predict_chunked(args, image, output, probabilities_file, pixel_size, axes)
         return _predict_local(args, image, output, probabilities_file, pixel_size, axes)
     except reader_errors() as err:  # a slice found damaged while predicting: named as at read time
-        raise CommandError(_tiff_error_named(err, "image", Path(args.image))) from None
+        raise CommandError(_tiff_error_named(err, "image", Path(args.image)) + _nothing_written(args)) from None
     except InputError as err:  # the core's checks of a slice ("slice 1: image contains NaN or Inf values; ...")
         raise CommandError(_image_named(err, args.image)) from None
+
+
+def _nothing_written(args) -> str:
+    """What a ``predict`` that failed before writing left: no output (scratch files and partial stores are removed), and
+    the files or stores already at -o / --probabilities as they were."""
+    kept = [str(path) for path in (args.output, args.probabilities) if path and os.path.lexists(path)]
+    return "; no prediction written" + (f" ({' and '.join(kept)} {'is' if len(kept) == 1 else 'are'} unchanged)" if kept else "")
 
 
 #: float32 copies of a slice that a local ``predict`` holds besides the slice itself (see predict.py: the normalised
