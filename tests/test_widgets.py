@@ -1853,14 +1853,17 @@ def test_a_diverged_run_says_what_went_wrong_and_which_weights_the_model_holds(w
     assert widgets.session.model is event.model  # kept: the weights from before the divergence are not lost
     assert any(severity == "warning" and "diverged" in message for severity, message in notifications)
     # a Retrain is one epoch: a divergence keeps no weights of its own (the core raises), and names Retrain's setting
+    # (end to end: tests/test_widgets_retrain_divergence.py)
     training._run = _Run(kind="retraining", worker=None, stop=threading.Event(), budget=None, names=None, colormap=None)
     message = f"training diverged: the loss was nan at step 3, before any epoch's weights were kept; {DIVERGED_HINT}"
     try:
-        training._handle(Failed(message, diverged=True))
+        training._handle(Failed(message, diverged=True, divergence="the loss was nan at step 3"))
     finally:
         training._run = None
     status = training.progress.status.text()
-    assert status.endswith(f"{message} (the Retrain learning rate in the settings); the current model is unchanged"), status
+    assert status == ("Retraining failed: the retrain diverged (the loss was nan at step 3) before it kept any weights; the "
+                      "current model is unchanged and still in use: lower the Retrain learning rate (settings), or check the "
+                      "corrections, and Retrain again"), status
     assert widgets.session.model is event.model
     # the field decides, not the text: another failure whose message ends alike names no setting
     training._run = _Run(kind="training", worker=None, stop=threading.Event(), budget=None, names=None, colormap=None)
@@ -1890,7 +1893,7 @@ def test_the_training_job_marks_a_divergence_before_any_kept_weights_by_its_fiel
     monkeypatch.setattr(napari_unet.train, "train_events", failing(TrainingDiverged("the loss was nan at step 3")))
     (failed,) = jobs.train_job(None, None, None, None)
     assert failed == jobs.Failed("training diverged: the loss was nan at step 3, before any epoch's weights were kept; "
-                                 "lower the learning rate", diverged=True)
+                                 "lower the learning rate", diverged=True, divergence="the loss was nan at step 3")
     monkeypatch.setattr(napari_unet.train, "train_events", failing(FloatingPointError("overflow; lower the learning rate")))
     (failed,) = jobs.train_job(None, None, None, None)
     assert failed == jobs.Failed("overflow; lower the learning rate", diverged=False)

@@ -43,6 +43,7 @@ class Failed:
     # training diverged before it kept any weights (napari_unet.train.TrainingDiverged): no model, the learning rate is
     # the setting to lower
     diverged: bool = False
+    divergence: str = ""  # diverged: what went wrong and when ("the loss was nan at step 3", TrainingDiverged.divergence)
     # a damaged page or chunk of a lazily read file (the image's) failed to read during training (no model was made)
     # or prediction (nothing was written: the widget writes only a finished prediction)
     read_error: bool = False
@@ -138,7 +139,8 @@ def train_job(image, labels, model_config, train_config, init=None, stop=None, a
             if score is not None:
                 yield CorrectionsLearned(score.agreement, check, final.model.boundary_rule is not None, score.one_class_note)
     except EXPECTED as err:
-        yield Failed(str(err), diverged=isinstance(err, TrainingDiverged))
+        diverged = isinstance(err, TrainingDiverged)
+        yield Failed(str(err), diverged=diverged, divergence=err.divergence if diverged else "")
     except reader_errors() as err:  # a damaged page or chunk of the lazily read image (its file named)
         yield Failed(read_error_text(err, image_name), read_error=True)
     except Exception as err:

@@ -301,10 +301,13 @@ class TrainingWidget(QWidget):
                                      f"{' (Previous model brings back the one before it)' if self.session.previous is not None else ''}.")
         elif isinstance(event, Failed):
             message = event.message
-            if event.diverged:  # before it kept any weights (a Retrain always: one epoch)
-                setting = "Retrain learning rate" if run.kind == "retraining" else "learning rate"
+            if event.diverged and run.kind == "retraining":  # one epoch: diverged before it kept any weights
+                when = f" ({event.divergence})" if event.divergence else ""
+                message = (f"the retrain diverged{when} before it kept any weights; the current model is unchanged and still "
+                           "in use: lower the Retrain learning rate (settings), or check the corrections, and Retrain again")
+            elif event.diverged:  # before it kept any weights
                 unchanged = "; the current model is unchanged" if self.session.model is not None else ""
-                message += f" (the {setting} in the settings){unchanged}"
+                message += f" (the learning rate in the settings){unchanged}"
             elif event.read_error:  # nothing trained yet: the file's damage is the news, and what stays
                 message += self._model_kept()
             show_error(f"napari-unet: {run.kind} failed: {message}")
