@@ -802,9 +802,12 @@ def test_a_network_too_large_for_the_memory_left_is_refused_before_it_is_built(m
     built = []
     monkeypatch.setattr(train_module, "build_unet", lambda *a, **k: built.append(a) or napari_unet.model.build_unet(*a, **k))
     monkeypatch.setattr(train_module.hardware, "available_memory_bytes", lambda: 8 * 2**30)
+    monkeypatch.setattr(train_module.hardware, "memory_capacity",
+                        lambda: train_module.hardware.MemoryCapacity(8 * 2**30, "this machine's memory and swap"))
     image, labels = stripes(n_slices=2, size=128)
     model_config, train_config = tiny_configs(epochs=1, steps_per_epoch=1, patch_size=128)
-    with pytest.raises(ConfigError, match=r"depth 6, 128 filters: 1,990.8 million weights.*more than the 8.0 GB free.*depth"):
+    with pytest.raises(ConfigError, match=r"depth 6, 128 filters: 1,990.8 million weights.*more than the 8.0 GB of this "
+                                          r"machine's memory and swap.*depth"):
         train(image, labels, replace(model_config, depth=6, base_filters=128), train_config)
     with pytest.raises(ConfigError, match=r"8 filters: 29,810 weights\) on batches of 100000 .*lower the batch size"):
         train(image, labels, model_config, train_config.replace(batch_size=100_000))  # was killed at 19 GB
@@ -840,23 +843,40 @@ def test_a_stack_annotated_on_a_few_slices_trains_on_those_without_reading_it_wh
     assert final.steps == 20 and all(np.isfinite(h["val_loss"]) for h in final.history) and final.model.class_values == [0, 255]
 
 
-def test_the_memory_check_counts_what_the_process_holds_already_and_a_gpus_activations_apart():
+def test_the_memory_check_counts_what_the_process_holds_already_and_a_gpus_activations_apart(monkeypatch):
     # the estimate includes TensorFlow's 0.8 GB, which a process training in napari holds already: compared with the
-    # memory still free, it refused trainings that fit
+    # memory available now, it warned of trainings that fit (refused them, before session 64)
+    import warnings
+
+    from napari_unet import hardware
     from napari_unet.config import ConfigError, ModelConfig
     from napari_unet.model import TRAINING_BASE_BYTES, training_memory_bytes
     from napari_unet.train import check_training_memory
 
+    def memory(available, capacity):
+        monkeypatch.setattr(hardware, "available_memory_bytes", lambda: available)
+        monkeypatch.setattr(hardware, "memory_capacity", lambda: hardware.MemoryCapacity(capacity, "this machine's memory"))
+
     config = ModelConfig(depth=4, base_filters=16)
     needed = training_memory_bytes(config, 4, 256, True)
-    check_training_memory(config, 4, 256, True, needed - int(TRAINING_BASE_BYTES) + 1, int(TRAINING_BASE_BYTES))  # fits
-    with pytest.raises(ConfigError, match=r"0.7 GB of it in use already, more than the"):  # 0.8e9 bytes
-        check_training_memory(config, 4, 256, True, needed - int(TRAINING_BASE_BYTES) - 2**20, int(TRAINING_BASE_BYTES))
+    base = int(TRAINING_BASE_BYTES)
+    memory(int((needed - base) / hardware.MEMORY_SHARE) + 1, 10**12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check_training_memory(config, 4, 256, True, base) is False  # fits beside what is held
+    memory(int((needed - base - 2**20) / hardware.MEMORY_SHARE), 10**12)
+    with pytest.warns(hardware.LowMemoryWarning, match=r"more than 3/4 of the .* available now \(besides the 763 MB "
+                                                       r"this process holds already\); training anyway"):
+        assert check_training_memory(config, 4, 256, True, base) is True
     huge_batch = training_memory_bytes(config, 400, 256, True)
-    check_training_memory(config, 400, 256, True, needed, activations_here=False)  # the activations on a GPU
+    memory(10**12, needed)
+    check_training_memory(config, 400, 256, True, activations_here=False)  # the activations on a GPU
     with pytest.raises(ConfigError, match="lower the batch size"):
-        check_training_memory(config, 400, 256, True, huge_batch - 2**30)
-    check_training_memory(config, 400, 256, True, None)  # unknown: never refused
+        check_training_memory(config, 400, 256, True, base)  # held or not, it must fit in memory and swap
+    memory(None, huge_batch)  # (the capacity alone is known)
+    check_training_memory(config, 400, 256, True)
+    monkeypatch.setattr(hardware, "memory_capacity", lambda: None)
+    check_training_memory(config, 400, 256, True)  # unknown: never refused nor warned of
 
 
 def test_reading_only_the_annotated_slices_leaves_the_models_intensity_reference_as_it_was():

@@ -1597,12 +1597,15 @@ def test_a_network_too_large_for_the_memory_left_is_refused_and_the_viewer_stays
 
     viewer, training, session = widgets.viewer, widgets.training, widgets.session
     monkeypatch.setattr(train_module.hardware, "available_memory_bytes", lambda: 16 * 2**30)
+    monkeypatch.setattr(train_module.hardware, "memory_capacity",
+                        lambda: train_module.hardware.MemoryCapacity(16 * 2**30, "this machine's memory and swap"))
     tiny_settings(training, epochs=1, steps=1, patch=64, depth=6, filters=128)
     before, model = layers_snapshot(viewer), session.model
     run_and_wait(qtbot, training.start, lambda: training._run is not None)
     status = training.progress.status.text()
-    assert "1,990.8 million weights" in status and "more than the 16.0 GB free" in status, status
-    assert any("more than the 16.0 GB free" in m for m in errors(notifications)), notifications
+    beyond = "more than the 16.0 GB of this machine's memory and swap"
+    assert "1,990.8 million weights" in status and beyond in status, status
+    assert any(beyond in m for m in errors(notifications)), notifications
     assert session.model is model and training.train_button.isEnabled()
     assert_layers_unchanged(viewer, before)
 

@@ -810,29 +810,50 @@ def _trainer_key(model_config: ModelConfig, train_config: TrainConfig, loss_sett
 
 
 def check_training_memory(model_config: ModelConfig, batch_size: int, patch_size: int, mixed_precision: bool,
-                          available: Optional[int], in_use: int = 0, activations_here: bool = True) -> None:
-    """:class:`ConfigError` if training ``model_config``'s network on batches of ``batch_size`` patches of ``patch_size``²
-    needs more than ``available`` bytes (None: unknown, no check) by :func:`napari_unet.model.training_memory_bytes`:
-    depth 6 with 128 filters (2 billion weights) grew to 24 GB and the system killed the process, in napari the viewer
-    with its unsaved layers. ``in_use``: bytes of the estimate the process holds already (TensorFlow loaded, a kept
-    trainer's weights); ``activations_here=False``: the batch's activations live elsewhere (a GPU) or are not counted
-    yet (the check before the data are prepared)."""
-    needed = training_memory_bytes(model_config, batch_size if activations_here else 0, patch_size, mixed_precision)
-    if available is None or needed - in_use <= available:
-        return
+                          in_use: int = 0, activations_here: bool = True, data_bytes: int = 0, data_held: bool = False,
+                          data_name: str = "image and labels", warn: bool = True) -> bool:
+    """The memory policy of reading data (:mod:`napari_unet.hardware`) for training ``model_config``'s network on
+    batches of ``batch_size`` patches of ``patch_size``² (:func:`napari_unet.model.training_memory_bytes`) with its
+    data (``data_bytes``, :func:`training_data_bytes`; both live at once): :class:`ConfigError` when the sum exceeds
+    the machine's (or container's) memory and swap (depth 6 with 128 filters, 2 billion weights, grew to 24 GB and the
+    system killed the process, in napari the viewer with its unsaved layers); a
+    :class:`~napari_unet.hardware.LowMemoryWarning` (unless not ``warn``) when what is still to be allocated takes more
+    than :data:`~napari_unet.hardware.MEMORY_SHARE` of the memory available now, and training goes ahead. True if it
+    warned.
+
+    ``in_use``: bytes of the network's estimate the process holds already (TensorFlow loaded, a kept trainer's
+    weights); ``data_held``: the data are read and prepared already (held too); ``activations_here=False``: the batch's
+    activations live elsewhere (a GPU) or are not counted yet (the check before the data are read). ``data_name``
+    names the data in the messages.
+    """
+    network = training_memory_bytes(model_config, batch_size if activations_here else 0, patch_size, mixed_precision)
+    needed = network + data_bytes
+    held = in_use + (data_bytes if data_held else 0)
     weights = parameter_count(model_config)
     size = f"{weights / 1e6:,.1f} million" if weights >= 1e6 else f"{weights:,}"
-    activations = needed - training_memory_bytes(model_config, 0, patch_size, mixed_precision)
-    if activations > needed / 2:  # mostly the batch's activations
-        advice = "lower the batch size or the patch size (memory grows with both), or the filters"
-    else:
-        advice = "each level of depth or doubling of the filters needs about 4 times the weights: lower them"
-    held = f", {in_use / 2**30:.1f} GB of it in use already" if in_use else ""
-    raise ConfigError(
-        f"training this network (depth {model_config.depth}, {model_config.base_filters} filters: {size} weights) on "
-        f"batches of {batch_size} patches of {patch_size}² needs about {needed / 2**30:.1f} GB of memory{held}, more than "
-        f"the {available / 2**30:.1f} GB free; {advice}"
-    )
+    what = (f"training this network (depth {model_config.depth}, {model_config.base_filters} filters: {size} weights) on "
+            f"batches of {batch_size} patches of {patch_size}²")
+    if data_bytes:
+        what = f"{data_name}: {what} with its data ({hardware.size_text(data_bytes)}: the slices read and their working copies)"
+    excess = hardware.memory_excess(needed)
+    if excess is not None:
+        # the advice for the largest of the terms a user can change (TensorFlow's own memory is not one of them)
+        activations = network - training_memory_bytes(model_config, 0, patch_size, mixed_precision)
+        weights_bytes = TRAINING_BYTES_PER_PARAMETER * weights
+        if data_bytes >= max(activations, weights_bytes):
+            advice = "train on fewer annotated slices or on a crop of them (the model then predicts whole images all the same)"
+        elif activations >= weights_bytes:
+            advice = "lower the batch size or the patch size (memory grows with both), or the filters"
+        else:
+            advice = "each level of depth or doubling of the filters needs about 4 times the weights: lower them"
+        raise ConfigError(f"{what} {excess}; {advice}")
+    shortfall = hardware.memory_shortfall(max(0, needed - held)) if warn else None
+    if shortfall is None:
+        return False
+    besides = f" (besides the {hardware.size_text(held)} this process holds already)" if held else ""
+    warnings.warn(f"{what} {shortfall}{besides}; training anyway (close other programs if the system slows down)",
+                  hardware.LowMemoryWarning, stacklevel=3)
+    return True
 
 
 #: Bytes a training holds per pixel of the slices it reads, besides the slices themselves: the class indices and their
@@ -866,12 +887,14 @@ def training_data_bytes(image, labels, slices: list, pixel_weights=None) -> int:
     return int(per_pixel * pixels + TRAINING_BYTES_PER_PLANE_PIXEL * shape[-2] * shape[-1])
 
 
-def check_training_data_memory(image, labels, slices: list, pixel_weights=None, data_name: str = "image and labels") -> None:
+def check_training_data_memory(image, labels, slices: list, pixel_weights=None, data_name: str = "image and labels",
+                               warn: bool = True) -> None:
     """The memory policy of reading data (:mod:`napari_unet.hardware`) for training on ``slices`` of ``image`` and
     ``labels`` (:func:`training_data_bytes`), before any is read: :class:`~napari_unet.data.InputError` beyond the
     machine's (or container's) memory and swap; a :class:`~napari_unet.hardware.LowMemoryWarning` beyond
     :data:`~napari_unet.hardware.MEMORY_SHARE` of the memory available now (the slices are read, and trained on, in
-    memory: no lazy way). ``data_name``: how the messages name the data (the widget names its layers)."""
+    memory: no lazy way), unless not ``warn`` (:func:`train_events` warns of the data and the network together,
+    :func:`check_training_memory`). ``data_name``: how the messages name the data (the widget names its layers)."""
     needed = training_data_bytes(image, labels, slices, pixel_weights)
     shape = tuple(np.shape(image))
     size = f"{shape[-2]} x {shape[-1]} pixels"
@@ -881,7 +904,7 @@ def check_training_data_memory(image, labels, slices: list, pixel_weights=None, 
     if excess is not None:
         raise InputError(f"{what} {excess}; train on fewer annotated slices or on a crop of them (the model then "
                          "predicts whole images all the same)")
-    shortfall = hardware.memory_shortfall(needed)
+    shortfall = hardware.memory_shortfall(needed) if warn else None
     if shortfall is not None:
         warnings.warn(f"{what} {shortfall}; training anyway (close other programs if the system slows down)",
                       hardware.LowMemoryWarning, stacklevel=3)
@@ -970,7 +993,14 @@ def train_events(
     # of those); slice_numbers maps their positions back to the stack's. Context slices need their neighbours.
     context = (init.config if init is not None else model_config or preset("default").model).context_slices
     slices = slices_to_read(image, labels, ignore, every_slice=context > 0)
-    check_training_data_memory(image, labels, slices, pixel_weights, data_name)  # before any slice is read
+    # Before any slice is read: the data alone beyond memory and swap (their own message), then the data and the
+    # network's weights together, which both live while training (one warning of the sum, not one of each).
+    check_training_data_memory(image, labels, slices, pixel_weights, data_name, warn=False)
+    data_bytes = training_data_bytes(image, labels, slices, pixel_weights)
+    planned = init.config if init is not None else model_config or preset("default").model_for(train_config)
+    held = _memory_held(planned, lambda kept: kept[0] == to_json(planned))  # the same network, kept
+    warned = check_training_memory(planned, train_config.batch_size, train_config.patch_size, True, held,
+                                   activations_here=False, data_bytes=data_bytes, data_name=data_name)
     image_stack, label_stack, extra_weights, slice_numbers = read_annotated_slices(image, labels, ignore, pixel_weights,
                                                                                    slices=slices)
     class_values = check_trainable(label_stack, ignore, init.class_values if init else None)
@@ -985,10 +1015,6 @@ def train_events(
         patch_notes = (SettingNote("patch_size", f"patches of {patch_size} pixels: the slices ({image_stack.shape[1]} x "
                                    f"{image_stack.shape[2]}) are smaller than patches of {train_config.patch_size}"),)
         train_config = train_config.replace(patch_size=patch_size)
-    if init is None:  # the weights alone, before minutes of preparing large data (the batch is checked below)
-        held = _memory_held(model_config, lambda kept: kept[0] == to_json(model_config))  # the same network, kept
-        check_training_memory(model_config, train_config.batch_size, train_config.patch_size, True,
-                              hardware.available_memory_bytes(), held, activations_here=False)
     percentiles = init.percentiles if init else train_config.percentiles
     indices = to_indices(label_stack, class_values, ignore, dtype=np.int8)  # at most MAX_CLASSES classes: a byte a pixel
     order = layer_order(indices)
@@ -1115,9 +1141,10 @@ def train_events(
     loss_settings = _loss_settings(train_config, boundary_index)
     key = _trainer_key(model_config, train_config, loss_settings)
     on_gpu = hardware.has_gpu()  # loads TensorFlow (the estimate's base) if nothing has yet
+    # the batch's activations too, now that where they live is known; the data are held by now (warned once at most)
     check_training_memory(model_config, train_config.batch_size, train_config.patch_size, mixed_precision,
-                          hardware.available_memory_bytes(), _memory_held(model_config, lambda kept: kept == key),
-                          activations_here=not on_gpu)
+                          _memory_held(model_config, lambda kept: kept == key), activations_here=not on_gpu,
+                          data_bytes=data_bytes, data_held=True, data_name=data_name, warn=not warned)
     # The network handed out is never compiled; a kept (or new) trainer learns from its weights (_Trainer).
     network = build_unet(model_config, mixed_precision=mixed_precision, seed=train_config.seed)
     if init is not None:

@@ -31,7 +31,23 @@ def create_worker_of(viewer, func, *args, stop: threading.Event | None = None, t
     if stop is not None:
         _STOP_EVENTS.add(stop)
     with _current(viewer):
-        return create_worker(func if task is None else _Named(task, func), *args, **kwargs)
+        worker = create_worker(func if task is None else _Named(task, func), *args, **kwargs)
+    # napari 0.9's workers never relay their warnings (its mixin's __init__ is not reached): the core's
+    # LowMemoryWarning of a training's data and network, or of a file read whole, was lost
+    worker.warned.connect(_show_low_memory)
+    return worker
+
+
+def _show_low_memory(showwarning_args: tuple) -> None:
+    """A :class:`~napari_unet.hardware.LowMemoryWarning` of a worker (``warnings.showwarning``'s arguments) as a
+    napari warning notification."""
+    from napari.utils.notifications import show_warning
+
+    from napari_unet.hardware import LowMemoryWarning
+
+    message, category = showwarning_args[:2]
+    if issubclass(category, LowMemoryWarning):
+        show_warning(f"napari-unet: {message}")
 
 
 class _Named(functools.partial):
