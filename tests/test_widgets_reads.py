@@ -284,3 +284,19 @@ def test_a_read_error_in_the_check_of_a_finished_retrain_is_said_and_the_new_mod
     assert any(text.startswith(f"napari-unet: the retrained model is kept, but {lost}") for text in warnings), notifications
     assert session.model is not model and session.previous is not None  # the retrained model is the current one
     assert not [r for r in caplog.records if r.name == "napari_unet"], "logged as an unexpected error (a traceback)"
+
+
+def test_predicting_a_damaged_lazy_image_of_another_reader_names_the_slice(tmp_path, monkeypatch):
+    # the inference widget's job: old "RuntimeError: Zstd decompression error: ..." as an unexpected error (traceback)
+    import dask.array as da
+
+    from napari_unet._widgets import jobs
+
+    image, _ = stripes(n_slices=10)
+    lazy = da.from_zarr(str(_damaged_store(tmp_path / "img.zarr", image, 7, 2)))  # one the intensity note does not read
+    monkeypatch.setattr(jobs, "lower_thread_priority", lambda: None)
+    events = list(jobs.predict_job(tiny_model(), lazy, False, False))
+    failed = events[-1]
+    assert isinstance(failed, jobs.Failed) and failed.read_error, events
+    assert failed.message.startswith("image, slice 7: unreadable data (RuntimeError: "), failed.message
+    assert not any(isinstance(e, jobs.PredictionResult) for e in events)
