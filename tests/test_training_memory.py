@@ -2,12 +2,13 @@
 the machine's (or container's) memory and swap, and warned of (LowMemoryWarning; one ``warning:`` line in the command
 line, a notification in napari) beyond 3/4 of the memory available now, its data and its network counted together.
 It compared the network alone with the memory free now: page cache or another program's moment of use refused
-trainings that fit.
+trainings that fit. Also: a memory-mapped stack trained on whole is mapped, not copied.
 
 Memory figures are faked (:func:`napari_unet.hardware.available_memory_bytes`, :func:`~napari_unet.hardware.memory_capacity`)."""
 
 import warnings
 
+import numpy as np
 import pytest
 import tifffile
 
@@ -130,3 +131,27 @@ def test_the_training_widget_shows_the_networks_memory_warning_and_trains(widget
     assert warned[0].startswith("napari-unet: image 'EM' and labels 'EM labels': training this network (depth 2, 8 filters"), warned[0]
     assert "more than 3/4 of the 1.0 MB available now" in warned[0], warned[0]
     assert session.model is not model and session.model is not None, training.progress.status.text()
+
+
+# ------------------------------------------------------------------------------------------------ memory maps
+
+
+def test_a_memory_mapped_stack_trained_on_whole_is_counted_as_mapped_not_copied(tmp_path):
+    # old: its pixels were counted as a copy read (reading it whole is np.asarray of the map: its pages are page
+    # cache, which the kernel drops when it needs the memory); the slices of a part of it are copies (np.stack)
+    from napari_unet.tiff_io import read_tiff
+    from napari_unet.train import TRAINING_BYTES_PER_PIXEL, TRAINING_BYTES_PER_PLANE_PIXEL, training_data_bytes
+
+    image, labels = stripes(n_slices=4, size=96)
+    tifffile.imwrite(tmp_path / "img.tif", image, photometric="minisblack")
+    mapped = read_tiff(tmp_path / "img.tif", lazy=True, lazy_from_bytes=0).data
+    assert isinstance(mapped, np.memmap)
+    plane = 96 * 96
+    working = TRAINING_BYTES_PER_PIXEL * 4 * plane + TRAINING_BYTES_PER_PLANE_PIXEL * plane
+    assert training_data_bytes(mapped, labels, [0, 1, 2, 3]) == working
+    two = TRAINING_BYTES_PER_PIXEL * 2 * plane + TRAINING_BYTES_PER_PLANE_PIXEL * plane
+    assert training_data_bytes(mapped, labels, [1, 3]) == two + 2 * 2 * plane  # copies of 2 slices of both
+    from napari_unet.data import read_annotated_slices
+
+    stack = read_annotated_slices(mapped, labels, slices=[0, 1, 2, 3])[0]
+    assert np.shares_memory(stack, mapped)  # what the estimate relies on: no copy made

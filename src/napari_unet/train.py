@@ -868,8 +868,8 @@ TRAINING_BYTES_PER_PLANE_PIXEL = 32
 def training_data_bytes(image, labels, slices: list, pixel_weights=None) -> int:
     """Estimated peak memory (bytes) of the data :func:`train_events` prepares from ``slices`` of (Z, Y, X) or (Y, X)
     ``image`` and ``labels`` (:func:`napari_unet.data.slices_to_read`): the slices read (not counted for in-memory
-    arrays taken whole), :data:`TRAINING_BYTES_PER_PIXEL` of working copies a pixel, the temporaries of one slice; a
-    float32 copy of ``pixel_weights`` and their training slices besides."""
+    arrays and memory maps taken whole), :data:`TRAINING_BYTES_PER_PIXEL` of working copies a pixel, the temporaries of
+    one slice; a float32 copy of ``pixel_weights`` and their training slices besides."""
     shape = tuple(np.shape(image))
     whole = len(slices) == (shape[0] if len(shape) == 3 else 1)
     pixels = len(slices) * shape[-2] * shape[-1]
@@ -878,7 +878,10 @@ def training_data_bytes(image, labels, slices: list, pixel_weights=None) -> int:
         return np.dtype(array.dtype) if hasattr(array, "dtype") else np.asarray(array).dtype
 
     def read(array) -> int:  # bytes of the copy read, per pixel
-        return 0 if whole and in_memory(array) else dtype(array).itemsize
+        # a memory map taken whole is read as a view of it (read_planes: np.asarray), not copied: its pages are page
+        # cache, which the kernel drops when it needs the memory (MemAvailable counts them); the copies made of it
+        # (normalised, class indices) are counted below
+        return 0 if whole and (in_memory(array) or isinstance(array, np.memmap)) else dtype(array).itemsize
 
     per_pixel = read(image) + read(labels) + TRAINING_BYTES_PER_PIXEL
     if pixel_weights is not None:
