@@ -157,15 +157,18 @@ def test_closing_and_deleting_the_inference_dock_mid_run_clears_the_busy_flag(em
 
 
 def test_outputs_that_would_not_fit_in_memory_are_refused_before_the_run(em_viewer, inference, qtbot, notifications, monkeypatch):
-    import napari_unet._widgets.inference as module
+    from napari_unet import hardware
 
     viewer = em_viewer
     labels_bytes = 3 * 128 * 128  # uint8 class values 0/255
-    monkeypatch.setattr(module, "available_memory_bytes", lambda: 4 * labels_bytes)  # the labels and their copy fit
+    monkeypatch.setattr(hardware, "available_memory_bytes", lambda: 4 * labels_bytes)
+    whole = hardware.MemoryCapacity(4 * labels_bytes, "this machine's memory and swap")  # the labels and their copy fit
+    monkeypatch.setattr(hardware, "memory_capacity", lambda: whole)
     inference.probabilities.setChecked(True)  # 2 classes x float32: 8 bytes a pixel, twice
     before = layers_snapshot(viewer)
     assert not inference.run()
-    assert "needs about" in inference.progress.status.text() and "napari-unet predict" in inference.progress.status.text()
+    status = inference.progress.status.text()
+    assert "more than the 192 KB of this machine's memory and swap" in status and "napari-unet predict" in status, status
     assert_layers_unchanged(viewer, before)
     inference.probabilities.setChecked(False)
     predict(qtbot, inference)

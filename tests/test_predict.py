@@ -713,16 +713,22 @@ def test_a_network_run_without_xla_where_keras_would_use_it_is_one_view_of_its_l
     assert all(a is b for a, b in zip(view.weights, model.keras_model.weights))  # the network's own variables
 
 
-def test_output_layers_that_would_not_fit_in_memory_are_refused_before_predicting():
+def test_output_layers_that_would_not_fit_in_memory_are_refused_before_predicting(monkeypatch):
+    from napari_unet import hardware
     from napari_unet.predict import check_layer_memory
 
     # two classes, uint8 labels: 1 byte, + 8 of probabilities, + 4 of cell instances, twice; + 1 + 4 twice for the undo
     model = tiny_model()
     shape = (64, 1024, 1024)
-    with pytest.raises(InputError, match=r"predicting 'EM' \(64, 1024, 1024\) needs about 2.2 GB .* more than the 1.0 GB free"):
-        check_layer_memory(model, shape, "EM", True, True, available=2**30)
-    check_layer_memory(model, shape, "EM", False, False, available=2**30)  # labels alone: 0.25 GB
-    check_layer_memory(model, shape, "EM", True, True, available=None)  # unknown: never refused
+    monkeypatch.setattr(hardware, "available_memory_bytes", lambda: 2**30)
+    monkeypatch.setattr(hardware, "memory_capacity", lambda: hardware.MemoryCapacity(2**30, "this machine's memory"))
+    with pytest.raises(InputError, match=r"predicting 'EM' \(64, 1024, 1024\) into output layers .* needs 2.2 GB .* more "
+                                         r"than the 1.0 GB of this machine's memory; leave out"):
+        check_layer_memory(model, shape, "EM", True, True)
+    assert check_layer_memory(model, shape, "EM", False, False) is None  # labels alone: 0.25 GB
+    monkeypatch.setattr(hardware, "available_memory_bytes", lambda: None)
+    monkeypatch.setattr(hardware, "memory_capacity", lambda: None)
+    assert check_layer_memory(model, shape, "EM", True, True) is None  # unknown: never refused
 
 
 def test_a_model_file_path_is_loaded_and_anything_else_named(tmp_path):

@@ -699,21 +699,25 @@ def _output_array(out, shape: tuple, dtype, is_2d: bool, name: str) -> np.ndarra
     return out[np.newaxis] if is_2d else out
 
 
-def check_layer_memory(model: UNetModel, shape: tuple, name: str, probabilities: bool, instances: bool,
-                       available: Optional[int]) -> None:
-    """:class:`InputError` if the in-memory outputs of predicting an image of ``shape`` (labels; ``probabilities``,
-    float32 per class; cell ``instances``, int32), twice over for the viewer's copies, with the undo record of a layer
-    written again (old and new labels), need more than ``available``
-    bytes (None: unknown, no check): better a message than a viewer the system kills with the user's layers."""
+def check_layer_memory(model: UNetModel, shape: tuple, name: str, probabilities: bool, instances: bool) -> Optional[str]:
+    """The memory policy of reading data (:mod:`napari_unet.hardware`) for the in-memory outputs of predicting an image
+    of ``shape`` (labels; ``probabilities``, float32 per class; cell ``instances``, int32), twice over for the viewer's
+    copies, with the undo record of a layer written again (old and new labels): :class:`InputError` beyond the
+    machine's (or container's) memory and swap (better a message than a viewer the system kills with the user's
+    layers); beyond :data:`~napari_unet.hardware.MEMORY_SHARE` of the memory available now, the warning for the caller
+    to show (the widget calls this on napari's thread, where a Python warning may go to the terminal), else None."""
     labels = labels_dtype(model).itemsize + (4 if instances else 0)
     per_pixel = labels + (4 * model.config.n_classes if probabilities else 0)
     needed = int(np.prod(shape)) * (2 * per_pixel + 2 * labels)  # and a rewrite's undo record: old and new values
-    if available is not None and needed > available:
-        raise InputError(
-            f"predicting {name!r} {tuple(shape)} needs about {needed / 2**30:.1f} GB for its output layers, more than the "
-            f"{available / 2**30:.1f} GB free: leave out the probabilities or cell instances, or use "
-            "`napari-unet predict`, which streams a stack of any size to disk"
-        )
+    what = f"predicting {name!r} {tuple(shape)} into output layers (with the viewer's copies and an undo record)"
+    advice = "leave out the probabilities or cell instances, or use `napari-unet predict`, which streams a stack of any size to disk"
+    excess = hardware.memory_excess(needed)
+    if excess is not None:
+        raise InputError(f"{what} {excess}; {advice}")
+    shortfall = hardware.memory_shortfall(needed)
+    if shortfall is None:
+        return None
+    return f"{what} {shortfall}; predicting anyway (close other programs if the system slows down, or {advice})"
 
 
 def intensity_note(image, model) -> Optional[str]:

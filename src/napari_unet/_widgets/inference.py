@@ -13,7 +13,7 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBox
 
 from napari_unet._writer import write_labels
 from napari_unet.data import InputError
-from napari_unet.hardware import FAST_CONV_GFLOPS, available_memory_bytes, explain_auto_tta
+from napari_unet.hardware import FAST_CONV_GFLOPS, explain_auto_tta
 from napari_unet.predict import PredictionProgress, check_layer_memory
 from napari_unet.train import format_count
 
@@ -213,12 +213,14 @@ class InferenceWidget(QWidget):
                 raise InputError(f"this model expects {model.config.input_channels} input channels; napari-unet images have one")
             z = current_slice(self.viewer, image_layer, f", or choose the {STACK}") if self.scope.currentText() == CURRENT else None
             # output layers span the stack, also for one slice
-            check_layer_memory(model, data.shape, image_layer.name, self.probabilities.isChecked(),
-                               self.cells.isChecked() and self.cells.isEnabled(), available_memory_bytes())
+            low_memory = check_layer_memory(model, data.shape, image_layer.name, self.probabilities.isChecked(),
+                                            self.cells.isChecked() and self.cells.isEnabled())
         except InputError as err:
             show_error(f"napari-unet: {err}")
             self.progress.set_status(f"Not started: {err}")
             return False
+        if low_memory:
+            show_warning(f"napari-unet: {low_memory}")
         membrane = self._membrane_value(model) if self.cells.isChecked() and self.cells.isEnabled() else None
         stop = threading.Event()
         close = (MEMBRANE_CHOICES[self.membranes.currentText()] if self.membranes.isEnabled()
