@@ -214,7 +214,9 @@ def explain_auto_tta() -> str:
 
 # ------------------------------------------------------------------------------------------------ memory
 #
-# The memory policy of reading data (tiff_io, zarr_io, the napari reader):
+# The memory policy of reading data (tiff_io, zarr_io, the napari reader), also of what a training holds (its data and
+# network together, train.check_training_memory) and of the inference widget's output layers
+# (predict.check_layer_memory):
 #
 # * Capacity (:func:`memory_capacity`): the machine's memory and swap, or a container's / batch job's memory cgroup
 #   limit (and its swap) when lower. Data larger than that can never be held: reading them whole is refused before
