@@ -380,6 +380,33 @@ def argument_parser(description: str | None = None, **kwargs) -> argparse.Argume
     return argparse.ArgumentParser(description=description, allow_abbrev=False, **kwargs)
 
 
+def at_least(minimum: int, why: str = ""):
+    """An argparse ``type``: a whole number of at least ``minimum``; else argparse's error (status 2) saying so and
+    ``why`` (e.g. "the median step leaves out the first two"), not a StatisticsError after minutes of work."""
+
+    def whole_number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}" + (f": {why}" if why else "") + f" (got {value})")
+        return value
+
+    return whole_number
+
+
+def made_folder(parser: argparse.ArgumentParser, path: Path | None, option: str = "--workdir") -> Path | None:
+    """``path`` (None: None) created with its parents when missing; a parser error (status 2) when it cannot be (a file
+    of that name, no permission)."""
+    if path is not None:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            parser.error(f"{option} {path}: cannot create the folder ({err.strerror or err})")
+    return path
+
+
 def side_by_side_parser(description: str | None = None, **kwargs) -> argparse.ArgumentParser:
     """:func:`argument_parser` of a benchmark that runs each ``--srcs`` folder's napari_unet in a child of its own
     (the script itself, given the child's JSON spec in the internal ``--_worker``: :func:`ran_worker`)."""

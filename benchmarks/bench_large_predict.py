@@ -180,8 +180,7 @@ def main():
         worker(json.loads(args._worker))
         return
 
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="napari-unet-large-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = C.made_folder(ap, args.workdir) or Path(tempfile.mkdtemp(prefix="napari-unet-large-"))
     try:  # from here: an interrupt while the volume is written leaves no 246 MB file in /tmp
         _measure(args, workdir)
     finally:

@@ -149,6 +149,7 @@ def main() -> int:
                         f"{IGNORE}, given as --ignore-value); default: all")
     parser.add_argument("--name", default="large-training")
     args = parser.parse_args()
+    C.made_folder(parser, args.workdir)  # (the scratch folder is made inside it)
     current = Path(__file__).resolve().parents[1] / "src"
     with tempfile.TemporaryDirectory(dir=args.workdir) as scratch:
         folder = Path(scratch)

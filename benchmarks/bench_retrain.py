@@ -54,8 +54,9 @@ def timed_run(image, labels, config, init) -> dict:
 
 def main() -> int:
     ap = C.argument_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=20, help="steps of one Retrain")
+    ap.add_argument("--rounds", type=C.at_least(1), default=4)
+    ap.add_argument("--steps", type=C.at_least(2, "the median step leaves out the first"), default=20,
+                    help="steps of one Retrain (at least 2)")
     ap.add_argument("--data", choices=("synthetic", "isbi"), default="synthetic")
     ap.add_argument("--out", type=Path, default=C.RESULTS_DIR / "retrain-reuse.json")
     ap.add_argument("--sequence", action="store_true", help="time one training and three Retrains, no alternation")

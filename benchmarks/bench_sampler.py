@@ -88,9 +88,10 @@ def worker(spec: dict) -> None:
 
 def main() -> int:
     ap = C.side_by_side_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--batches", type=int, default=30)
-    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--rounds", type=C.at_least(1), default=2)
+    ap.add_argument("--batches", type=C.at_least(1), default=30)
+    ap.add_argument("--steps", type=C.at_least(7, "the median step leaves out the first six (tracing, XLA compiling)"), default=60,
+                    help="training steps per run (at least 7)")
     ap.add_argument("--out", type=Path, default=C.RESULTS_DIR / "sampler.json")
     args = ap.parse_args()
     if C.ran_worker(args, worker):

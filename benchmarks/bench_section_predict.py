@@ -82,6 +82,7 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, help="where the section and labels go (default: a temporary folder)")
     parser.add_argument("--name", default="section-predict")
     args = parser.parse_args()
+    C.made_folder(parser, args.workdir)  # (the scratch folder is made inside it)
     import numpy as np
     import tifffile
     import zarr

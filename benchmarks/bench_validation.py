@@ -23,11 +23,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 
+def summarize(runs: dict) -> dict:
+    """Per way (``runs``: its seconds per round), the first round's seconds and the median of the later rounds', and
+    ``later_ratio``, before / now of those medians; with one round (only the times with tracing), the medians and the
+    ratio are None."""
+    summary = {variant: {"first_s": times[0], "median_later_s": statistics.median(times[1:]) if len(times) > 1 else None}
+               for variant, times in runs.items()}
+    before, now = (summary[variant]["median_later_s"] for variant in ("folded copy (before)", "training network (now)"))
+    summary["later_ratio"] = before / now if before is not None else None
+    return summary
+
+
 def main() -> int:
     ap = C.argument_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, help="a default-preset model file (else fresh weights)")
     ap.add_argument("--jit", action="store_true", help="the training network compiled with XLA, as 10-minute runs are")
-    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--rounds", type=C.at_least(1), default=4, help="rounds of both ways (the first traces; later ones "
+                    "are compared from 2 on)")
     ap.add_argument("--out", type=Path, default=C.RESULTS_DIR / "validation.json")
     args = ap.parse_args()
     C.use_src()
@@ -66,10 +78,8 @@ def main() -> int:
             outputs[variant] = predict(live, image, slices=slices, tta=False, folded=folded).probabilities
             runs[variant].append(time.perf_counter() - t0)
             print(f"round {round_index + 1} {variant}: {runs[variant][-1]:.2f} s", flush=True)
-    difference = float(np.max(np.abs(outputs["folded copy (before)"] - outputs["training network (now)"])))
-    summary = {variant: {"first_s": times[0], "median_later_s": statistics.median(times[1:])} for variant, times in runs.items()}
-    summary["later_ratio"] = summary["folded copy (before)"]["median_later_s"] / summary["training network (now)"]["median_later_s"]
-    summary["max_probability_difference"] = difference
+    summary = summarize(runs)
+    summary["max_probability_difference"] = float(np.max(np.abs(outputs["folded copy (before)"] - outputs["training network (now)"])))
     C.write_report(args.out, {"data": source, "model": str(args.model), "jit": args.jit, "runs": runs, "summary": summary})
     print(summary)
     return 0

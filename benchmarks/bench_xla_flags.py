@@ -57,7 +57,7 @@ def worker(spec: dict) -> None:
     if "train" in spec["tasks"]:
         image, labels = make_em_stack(4, (256, 256), seed=1)
         config = default.train.replace(epochs=1, steps_per_epoch=spec["steps"], val_fraction=0.0, jit_compile=True, seed=1)
-        start = last = time.perf_counter()
+        last = time.perf_counter()
         steps, loss = [], None
         for event in train_events(image, labels, default.model, config):
             if isinstance(event, TrainingStep):
@@ -91,8 +91,9 @@ def main() -> int:
     ap = C.argument_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--tasks", default="train,predict")
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=14, help="training steps per run")
+    ap.add_argument("--rounds", type=C.at_least(1), default=2)
+    ap.add_argument("--steps", type=C.at_least(3, "the median step leaves out the first two"), default=14,
+                    help="training steps per run (at least 3)")
     ap.add_argument("--out", type=Path, default=C.RESULTS_DIR / "xla-flags.json")
     ap.add_argument("--_worker", help=argparse.SUPPRESS)
     args = ap.parse_args()

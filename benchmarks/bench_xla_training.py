@@ -74,8 +74,9 @@ def worker(spec: dict) -> None:
 def main() -> int:
     ap = C.argument_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", default="retrain,train")
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=RUNS["train"]["steps"], help="steps of the 'train' run")
+    ap.add_argument("--rounds", type=C.at_least(1), default=2)
+    ap.add_argument("--steps", type=C.at_least(3, "the median step leaves out the first two"), default=RUNS["train"]["steps"],
+                    help="steps of the 'train' run (at least 3)")
     ap.add_argument("--out", type=Path, default=C.RESULTS_DIR / "xla-training.json")
     ap.add_argument("--_worker", help=argparse.SUPPRESS)
     args = ap.parse_args()

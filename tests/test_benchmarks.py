@@ -71,3 +71,77 @@ def test_the_previous_cores_upsampling_lever_takes_build_units_arguments(monkeyp
     _levers.transfer_weights(core, lever)
     image = np.random.default_rng(0).random((1, 16, 16, config.network_channels), dtype=np.float32)
     np.testing.assert_allclose(lever.predict_on_batch(image), core.predict_on_batch(image), atol=1e-5)
+
+
+def _run_script(name: str, argv: list, monkeypatch):
+    """Run benchmarks/``name`` with ``argv`` in this process (its ``sys.path`` changes undone afterwards)."""
+    monkeypatch.setattr(sys, "argv", [str(BENCHMARKS / name), *map(str, argv)])
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    return runpy.run_path(str(BENCHMARKS / name), run_name="__main__")
+
+
+@pytest.mark.parametrize("name, argv, words", [
+    # a median of the rounds or steps after the first ones ended minutes of work in a bare statistics.StatisticsError
+    ("bench_validation.py", ["--rounds", "0"], "argument --rounds: must be at least 1 (got 0)"),
+    ("bench_xla_flags.py", ["--steps", "2"], "argument --steps: must be at least 3: the median step leaves out the first two (got 2)"),
+    ("bench_xla_flags.py", ["--rounds", "0"], "argument --rounds: must be at least 1 (got 0)"),
+    ("bench_xla_training.py", ["--steps", "2"], "argument --steps: must be at least 3: the median step leaves out the first two"),
+    ("bench_retrain.py", ["--steps", "1"], "argument --steps: must be at least 2: the median step leaves out the first"),
+    ("bench_sampler.py", ["--steps", "6"], "argument --steps: must be at least 7: the median step leaves out the first six"),
+    ("bench_sampler.py", ["--batches", "0"], "argument --batches: must be at least 1 (got 0)"),
+    ("bench_sampler.py", ["--steps", "x"], "argument --steps: 'x' is not a whole number"),
+])
+def test_benchmark_counts_too_small_for_their_statistics_are_refused_by_the_parser(name, argv, words, monkeypatch, capsys):
+    parse_args = argparse.ArgumentParser.parse_args
+
+    def then_stop(self, *args, **kwargs):  # accepted: the script would start its minutes of work
+        parse_args(self, *args, **kwargs)
+        raise _Parsing
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", then_stop)
+    with pytest.raises(SystemExit) as exited:
+        _run_script(name, argv, monkeypatch)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and words in err and "Traceback" not in err, err
+
+
+def test_one_validation_round_reports_its_times_without_the_later_median(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    summarize = runpy.run_path(str(BENCHMARKS / "bench_validation.py"))["summarize"]
+    one = summarize({"folded copy (before)": [3.0], "training network (now)": [2.0]})
+    assert one == {"folded copy (before)": {"first_s": 3.0, "median_later_s": None},
+                   "training network (now)": {"first_s": 2.0, "median_later_s": None}, "later_ratio": None}
+    three = summarize({"folded copy (before)": [3.0, 1.0, 2.0], "training network (now)": [2.0, 1.0, 0.5]})
+    assert three["folded copy (before)"]["median_later_s"] == 1.5 and three["later_ratio"] == pytest.approx(1.5 / 0.75)
+
+
+class _Scratch(Exception):
+    """Raised where the script makes its scratch folder: it stops before any work."""
+
+
+@pytest.mark.parametrize("name, argv", [
+    ("bench_large_training.py", []),
+    ("bench_section_predict.py", ["--model", "m.keras"]),
+])
+def test_a_missing_workdir_is_created(name, argv, tmp_path, monkeypatch):
+    import tempfile
+
+    workdir, made = tmp_path / "not" / "yet", []
+
+    def scratch(*args, dir=None, **kwargs):  # (TemporaryDirectory(dir=...) failed when the folder was missing)
+        made.append(Path(dir).is_dir())
+        raise _Scratch
+
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", scratch)
+    with pytest.raises(_Scratch):
+        _run_script(name, [*argv, "--workdir", workdir], monkeypatch)
+    assert made == [True]
+
+
+@pytest.mark.parametrize("name", ["bench_large_training.py", "bench_section_predict.py", "bench_large_predict.py"])
+def test_a_workdir_that_cannot_be_a_folder_is_refused_by_the_parser(name, tmp_path, monkeypatch, capsys):
+    (tmp_path / "a file").write_text("")
+    with pytest.raises(SystemExit) as exited:
+        _run_script(name, ["--model", "m.keras"] * (name == "bench_section_predict.py") + ["--workdir", tmp_path / "a file"], monkeypatch)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and f"--workdir {tmp_path / 'a file'}: cannot create the folder (File exists)" in err, err
