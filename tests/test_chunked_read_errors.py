@@ -126,3 +126,17 @@ def test_store_events_names_the_slices_of_a_read_error(tmp_path, monkeypatch, fa
     with pytest.raises(ZarrReadError) as caught:
         list(store_events(prediction, store))
     assert caught.value.role == "image" and caught.value.slices == slices
+
+
+@pytest.mark.parametrize("output", ["out.zarr", "out.tif"])
+def test_a_slice_refused_by_a_task_is_named_by_its_number_in_the_stack(tmp_path, model_file, capsys, output):
+    import tifffile
+
+    image = stripes(n_slices=N_SLICES, size=64)[0].astype(np.float32)
+    image[10, 5, 5] = np.nan  # in the task of slices 8-11, its slice 2 (named so into zarr stores)
+    tifffile.imwrite(tmp_path / "nan.tif", image, photometric="minisblack")
+    code, _, err = run_cli(capsys, "predict", model_file, tmp_path / "nan.tif", "-o", tmp_path / output, "--no-tta")
+    assert code == 2
+    [line] = [line for line in err.splitlines() if line.startswith("napari-unet: error:")]
+    assert line.startswith("napari-unet: error: image nan.tif, slice 10: contains NaN or Inf values"), line
+    assert sorted(os.listdir(tmp_path)) == ["nan.tif"]

@@ -284,7 +284,13 @@ def _predict_block(source: ModelSource, block: np.ndarray, begin: int, end: int,
     from .predict import predict
 
     model = source.load(options["mixed_precision"], options.get("jit_compile"))
-    result = predict(model, np.asarray(block), slices=range(begin, end), folded=False, **options, **outputs)
+    try:
+        result = predict(model, np.asarray(block), slices=range(begin, end), folded=False, **options, **outputs)
+    except InputError as err:  # "slice 2: image contains NaN ...": numbered in the block, which starts at slice z - begin
+        match = re.match(r"slice (\d+): ", str(err))
+        if match is None:
+            raise
+        raise InputError(f"slice {int(match.group(1)) + z - begin}: {str(err)[match.end():]}") from None
     return result.labels, result.probabilities
 
 
