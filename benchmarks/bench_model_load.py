@@ -17,11 +17,13 @@ median over the rounds, and the ratio of the medians to the first version's.
 
 ``--predict IMAGE``: instead, where the wall time of the whole command ``napari-unet predict MODEL IMAGE -o OUT``
 goes (as ``run()`` runs it, in a child per round and version): Python's start (to the child's first line, the
-benchmark's own few imports included), importing napari_unet.cli, ``check_model_file``, opening the stack (its
-slices are read as they are predicted), importing TensorFlow, ``load_model`` (its parts as above; the archive reads of
-``check_model_file`` counted with them), the notes on the image's intensities, the network's forward function (the
-batch-norm-folded copy), the prediction loop up to the first slice's result (first call and trace included) and after
-it, writing the output, and the rest (argument checks, exit) up to the process's end.
+benchmark's own few imports included), importing napari_unet (cli, model_io, predict: SciPy and scikit-image with
+them), ``check_model_file``, opening the stack (its slices are read as they are predicted), importing TensorFlow,
+``load_model`` (its parts as above; the archive reads of ``check_model_file`` counted with them), the note on the
+image's intensities, the network's forward function (the batch-norm-folded copy), the prediction loop up to its first
+progress event (the first batch of tiles: read and normalised, the network's first call and its trace) and after it
+(the network, the membrane rule in a thread beside it, the last rules waited for), writing the output, and the rest
+(argument checks, other notes, exit) up to the process's end.
 
     nice python benchmarks/bench_model_load.py --model m.keras --predict ../shared/data/isbi2012/test-volume.tif --rounds 5
 
@@ -67,7 +69,7 @@ def predict_worker(spec: dict) -> None:
     from napari_unet import cli, model_io
     from napari_unet import predict as predict_module
 
-    stages["import_napari_unet_cli_s"] = time.perf_counter() - begun
+    stages["import_napari_unet_s"] = time.perf_counter() - begun
     parts: dict[str, float] = {}
     for name in PARTS:
         if hasattr(model_io, name):
