@@ -1194,6 +1194,8 @@ def cmd_predict(args) -> int:
     if args.scheduler is None:  # with a cluster, only its workers run the network (their memory is theirs)
         _check_slice_memory(image, Path(args.image))
         load_tensorflow_for_command()
+    # Refused from here on (the model loaded, slices read, outputs reserved), the message says what became of -o and
+    # --probabilities; the refusals above (arguments, the image's header, memory) came before any work.
     try:
         if chunked:
             return _predict_chunked(args, image, output, probabilities_file, pixel_size, axes)
@@ -1201,12 +1203,22 @@ def cmd_predict(args) -> int:
     except reader_errors() as err:  # a slice found damaged while predicting: named as at read time
         raise CommandError(_tiff_error_named(err, "image", Path(args.image)) + _nothing_written(args)) from None
     except InputError as err:  # the core's checks of a slice ("slice 1: image contains NaN or Inf values; ...")
-        raise CommandError(_image_named(err, args.image)) from None
+        raise CommandError(_image_named(err, args.image) + _nothing_written(args)) from None
+    except _NotStarted:  # (--scheduler's cluster unreachable: nothing began)
+        raise
+    except _bad_input_errors() as err:  # the cluster lost, a network giving NaN, an output taken by another program
+        raise CommandError(f"{err}{_nothing_written(args)}") from None
+
+
+class _NotStarted(CommandError):
+    """A ``predict`` refused before it began (no dask cluster at --scheduler): its message says nothing of outputs."""
 
 
 def _nothing_written(args) -> str:
     """What a ``predict`` that failed before writing left: no output (scratch files and partial stores are removed), and
     the files or stores already at -o / --probabilities as they were."""
+    if args.written:  # (none of its errors comes after a write; should one, it must not say this)
+        return ""
     kept = [str(path) for path in (args.output, args.probabilities) if path and os.path.lexists(path)]
     return "; no prediction written" + (f" ({' and '.join(kept)} {'is' if len(kept) == 1 else 'are'} unchanged)" if kept else "")
 
@@ -1217,21 +1229,28 @@ SLICE_FLOAT32_COPIES = 5
 
 
 def _check_slice_memory(image, path: Path) -> None:
-    """:class:`CommandError` before a local ``predict`` whose one slice and its float32 working copies do not fit in
-    memory (a zarr declaring 100000² slices ran until the address limit stopped it, or the system ran out): refused
-    beyond the machine's (or the container's) memory and swap, noted beyond a share of the memory available now."""
+    """The memory policy (:mod:`napari_unet.hardware`, as :func:`napari_unet.tiff_io.check_memory`) for a local
+    ``predict``'s one slice and its float32 working copies: :class:`CommandError` beyond the machine's (or the
+    container's) memory and swap (a zarr declaring 100000² slices ran until the address limit stopped it, or the
+    system ran out), one ``warning:`` line beyond 3/4 of the memory available now, and it predicts anyway. A slice of
+    an in-memory or memory-mapped image is a view (no copy to count); a lazy one's read makes one."""
+    from .data import in_memory
     from .hardware import memory_excess, memory_shortfall
     from .tiff_io import n_bytes
 
     plane = tuple(int(n) for n in image.shape[-2:])
-    needed = n_bytes(plane, image.dtype) + SLICE_FLOAT32_COPIES * n_bytes(plane, np.float32)
-    excess, shortfall = memory_excess(needed), memory_shortfall(needed)
-    what = f"image {path.name}: predicting one slice of {plane[0]} x {plane[1]} pixels (it and {SLICE_FLOAT32_COPIES} float32 copies)"
+    copied = not (in_memory(image) or isinstance(image, np.memmap))
+    needed = copied * n_bytes(plane, image.dtype) + SLICE_FLOAT32_COPIES * n_bytes(plane, np.float32)
+    what = (f"image {path.name}: predicting one slice of {plane[0]} x {plane[1]} pixels ({'it and ' if copied else ''}"
+            f"{SLICE_FLOAT32_COPIES} float32 copies{'' if copied else ' of it'})")
+    excess = memory_excess(needed)
     if excess is not None:
         raise CommandError(f"{what} {excess}; cut it into smaller images, or predict it on a dask cluster of machines "
                            "with more memory (-o LABELS.zarr --scheduler ADDRESS)")
+    shortfall = memory_shortfall(needed)
     if shortfall is not None:
-        print(f"note: {what} {shortfall}: other programs may have to give way, or it runs out of memory", file=sys.stderr)
+        print(f"warning: {what} {shortfall}; predicting anyway (close other programs if the system slows down)",
+              file=sys.stderr)
 
 
 def _predict_local(args, image, output: Path, probabilities_file: Path | None, pixel_size: dict | None, axes: str) -> int:
@@ -1393,8 +1412,8 @@ def _predict_chunked(args, image, output: Path, probabilities_file: Path | None,
             progress.done()
             try:  # renames only, so both outputs are in place at once (and named as written before any interrupt)
                 replaced = commit_zarr_stores([(partial, path) for partial, (path, *_rest) in zip(partials, stores)], args.written)
-            except FileExistsError as err:  # put there by another program while this one ran
-                raise CommandError(str(err)) from None
+            except FileExistsError as err:  # put there by another program while this one ran (cmd_predict: it is unchanged)
+                raise CommandError(str(err).removesuffix("; not replaced")) from None
             for old in replaced:  # deleting a large store takes long: after both are in place
                 if old is not None:
                     discard_zarr(old)
@@ -1416,16 +1435,16 @@ def _dask_client(address: str):
     try:
         from distributed import Client
     except ImportError:
-        raise CommandError("--scheduler needs dask.distributed: pip install 'napari-unet[distributed]'") from None
+        raise _NotStarted("--scheduler needs dask.distributed: pip install 'napari-unet[distributed]'") from None
     try:
         client = Client(address, timeout=SCHEDULER_TIMEOUT)
     except (OSError, TimeoutError, ValueError, TypeError) as err:  # TypeError: tls:// without a security context
-        raise CommandError(f"cannot reach a dask scheduler at {address!r}: {_first_line(err)}") from None
+        raise _NotStarted(f"cannot reach a dask scheduler at {address!r}: {_first_line(err)}") from None
     with client:
         try:
             client.wait_for_workers(1, timeout=SCHEDULER_TIMEOUT)
         except TimeoutError:
-            raise CommandError(f"the dask scheduler at {address!r} has no workers (start some: dask worker {address})") from None
+            raise _NotStarted(f"the dask scheduler at {address!r} has no workers (start some: dask worker {address})") from None
         yield client
 
 

@@ -1,0 +1,153 @@
+"""``predict``'s refusals (session 64): its one-slice memory check follows the memory policy of the reads (refused beyond
+memory and swap, one ``warning:`` line beyond 3/4 of the memory available now; it printed a ``note:``), and every
+refusal once the prediction began (the model loaded, slices read, outputs reserved) says that nothing was written and
+which outputs already there are unchanged, into TIFF files and zarr stores alike; a refusal before (arguments, an
+unreachable --scheduler) says nothing of outputs.
+
+Memory figures are faked (:func:`napari_unet.hardware.available_memory_bytes`, :func:`~napari_unet.hardware.memory_capacity`)."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from _helpers import run_cli, stripes, tiny_model
+from napari_unet import cli, hardware
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    from napari_unet.model_io import save_model
+
+    path = tmp_path_factory.mktemp("model") / "m.keras"
+    save_model(tiny_model(), path)
+    return path
+
+
+@pytest.fixture
+def memory(monkeypatch):
+    """``memory(available, capacity)``: the memory the system reports as available now, and its memory and swap."""
+    def set_memory(available, capacity):
+        monkeypatch.setattr(hardware, "available_memory_bytes", lambda: available)
+        whole = hardware.MemoryCapacity(capacity, "this machine's memory and swap")
+        monkeypatch.setattr(hardware, "memory_capacity", lambda: whole)
+    return set_memory
+
+
+def _errors(err: str) -> list:
+    return [line for line in err.splitlines() if line.startswith("napari-unet: error:")]
+
+
+def test_a_slice_beyond_the_memory_available_now_is_predicted_with_one_warning_line(tmp_path, model_file, capsys, memory):
+    # old: "note: image img.tif: predicting one slice ... : other programs may have to give way, or it runs out of memory"
+    tifffile.imwrite(tmp_path / "img.tif", stripes(n_slices=2, size=64)[0], photometric="minisblack")
+    memory(available=2**16, capacity=10**11)  # 5 float32 copies of a 64² slice: 80 KB, more than 3/4 of 64 KB
+    code, _, err = run_cli(capsys, "predict", model_file, tmp_path / "img.tif", "-o", tmp_path / "pred.tif", "--no-tta")
+    assert code == 0 and (tmp_path / "pred.tif").exists(), err
+    lines = [line for line in err.splitlines() if "predicting one slice" in line]
+    assert lines == ["warning: image img.tif: predicting one slice of 64 x 64 pixels (5 float32 copies of it) needs "
+                     "80.0 KB of memory, more than 3/4 of the 64.0 KB available now; predicting anyway (close other "
+                     "programs if the system slows down)"], err
+
+
+def _zarr_image(path, image):
+    zarr = pytest.importorskip("zarr")
+    store = zarr.open_array(str(path), mode="w", shape=image.shape, dtype=image.dtype, chunks=(1,) + image.shape[1:])
+    store[:] = image
+    return store
+
+
+@pytest.mark.parametrize("kind", ["memmap", "zarr"])
+def test_the_slice_memory_check_counts_a_copy_of_the_slice_only_where_its_read_makes_one(tmp_path, memory, kind):
+    # old: a memory-mapped slice (a view) counted as a copy, and refused with a memory that holds its float32 copies
+    image = np.zeros((2, 100, 100), np.uint16)  # a slice: 20,000 bytes; its 5 float32 copies: 200,000
+    if kind == "memmap":
+        tifffile.imwrite(tmp_path / "img.tif", image, photometric="minisblack")
+        image = tifffile.memmap(tmp_path / "img.tif", mode="r")
+        assert isinstance(image, np.memmap)
+    else:
+        image = _zarr_image(tmp_path / "img.zarr", image)
+    memory(available=10**12, capacity=210_000)
+    if kind == "memmap":
+        cli._check_slice_memory(image, Path("img.tif"))
+        return
+    with pytest.raises(cli.CommandError) as caught:
+        cli._check_slice_memory(image, Path("img.zarr"))
+    message = str(caught.value)  # refused before anything began: no word about outputs
+    assert message.startswith("image img.zarr: predicting one slice of 100 x 100 pixels (it and 5 float32 copies) needs "
+                              "215 KB of memory, more than the 205 KB of this machine's memory and swap; cut it"), message
+    assert "written" not in message
+
+
+@pytest.mark.parametrize("output", ["pred.tif", "pred.zarr"])
+def test_a_slice_refused_for_nan_says_no_prediction_was_written_and_the_output_there_is_unchanged(tmp_path, model_file, capsys, output):
+    # old: "image nan.tif, slice 1: contains NaN or Inf values; ..." with no word of the output
+    image = stripes(n_slices=3, size=64)[0].astype(np.float32)
+    image[1, 5, 5] = np.nan
+    tifffile.imwrite(tmp_path / "nan.tif", image, photometric="minisblack")
+    target = tmp_path / output
+    if output.endswith(".tif"):
+        tifffile.imwrite(target, np.ones((3, 64, 64), np.uint8), photometric="minisblack")
+    else:
+        _zarr_image(target, np.ones((3, 64, 64), np.uint8))
+    before = {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    code, _, err = run_cli(capsys, "predict", model_file, tmp_path / "nan.tif", "-o", target, "--no-tta")
+    assert code == 2
+    [line] = _errors(err)
+    assert line.startswith("napari-unet: error: image nan.tif, slice 1: contains NaN or Inf values"), line
+    assert line.endswith(f"; no prediction written ({target} is unchanged)"), line
+    assert {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()} == before
+
+
+def test_a_dead_worker_says_no_prediction_was_written(tmp_path, model_file, capsys, monkeypatch):
+    # old: "a dask worker died while predicting (...): ..." with no word of the outputs (the partial stores are removed)
+    from napari_unet import chunked
+
+    class KilledWorker(Exception):  # (dask.distributed's, by name)
+        pass
+
+    def killed(*args, **kwargs):
+        raise KilledWorker("task 3 was lost")
+        yield
+
+    monkeypatch.setattr(chunked, "store_events", killed)
+    tifffile.imwrite(tmp_path / "img.tif", stripes(n_slices=2, size=64)[0], photometric="minisblack")
+    code, _, err = run_cli(capsys, "predict", model_file, tmp_path / "img.tif", "-o", tmp_path / "out.zarr", "--no-tta")
+    assert code == 2
+    [line] = _errors(err)
+    assert line == "napari-unet: error: a dask worker died while predicting (out of memory? fewer threads per worker or " \
+                   "--slices-per-chunk 1 may help): task 3 was lost; no prediction written", line
+    assert sorted(os.listdir(tmp_path)) == ["img.tif"]
+
+
+def test_an_output_taken_by_another_program_meanwhile_says_it_is_unchanged(tmp_path, model_file, capsys, monkeypatch):
+    # old: "OUT exists and is not a zarr array; not replaced"
+    from napari_unet import zarr_io
+
+    commit = zarr_io.commit_zarr_stores
+
+    def taken(commits, written=None):
+        (tmp_path / "out.zarr").write_text("another program's")
+        return commit(commits, written)
+
+    monkeypatch.setattr(zarr_io, "commit_zarr_stores", taken)
+    tifffile.imwrite(tmp_path / "img.tif", stripes(n_slices=2, size=64)[0], photometric="minisblack")
+    code, _, err = run_cli(capsys, "predict", model_file, tmp_path / "img.tif", "-o", tmp_path / "out.zarr", "--no-tta")
+    assert code == 2
+    [line] = _errors(err)
+    out = tmp_path / "out.zarr"
+    assert line == f"napari-unet: error: {out} exists and is not a zarr array; no prediction written ({out} is unchanged)", line
+    assert out.read_text() == "another program's" and sorted(os.listdir(tmp_path)) == ["img.tif", "out.zarr"]
+
+
+def test_an_unreachable_scheduler_says_nothing_of_outputs(tmp_path, model_file, capsys, monkeypatch):
+    pytest.importorskip("distributed")
+    monkeypatch.setattr(cli, "SCHEDULER_TIMEOUT", "1s")
+    tifffile.imwrite(tmp_path / "img.tif", stripes(n_slices=2, size=64)[0], photometric="minisblack")
+    code, _, err = run_cli(capsys, "predict", model_file, tmp_path / "img.tif", "-o", tmp_path / "out.zarr",
+                           "--scheduler", "tcp://127.0.0.1:9")
+    assert code == 2
+    [line] = _errors(err)
+    assert "cannot reach a dask scheduler" in line and "written" not in line, line
