@@ -151,3 +151,39 @@ def test_an_unreachable_scheduler_says_nothing_of_outputs(tmp_path, model_file, 
     assert code == 2
     [line] = _errors(err)
     assert "cannot reach a dask scheduler" in line and "written" not in line, line
+
+
+def test_running_out_of_memory_or_disk_while_predicting_says_no_prediction_was_written(tmp_path, model_file, capsys, monkeypatch):
+    # old: "not enough memory (no room); predict holds ..." and "cannot write ...: No space left on device in ...; free
+    # some space there or choose another folder", with no word of the outputs (written all or none)
+    import errno
+
+    from napari_unet import predict, tiff_io
+
+    tifffile.imwrite(tmp_path / "img.tif", stripes(n_slices=2, size=64)[0], photometric="minisblack")
+    tifffile.imwrite(tmp_path / "pred.tif", np.ones((2, 64, 64), np.uint8), photometric="minisblack")
+    before = (tmp_path / "pred.tif").read_bytes()
+
+    def no_room(*args, **kwargs):
+        raise MemoryError("no room")
+        yield
+
+    with monkeypatch.context() as patch:
+        patch.setattr(predict, "predict_events", no_room)
+        code, _, err = run_cli(capsys, "predict", model_file, tmp_path / "img.tif", "-o", tmp_path / "pred.tif", "--no-tta")
+    assert code == 1
+    [line] = _errors(err)
+    assert line.startswith("napari-unet: error: not enough memory (no room); predict holds a whole slice"), line
+    assert line.endswith(f"; no prediction written ({tmp_path / 'pred.tif'} is unchanged)"), line
+
+    def full(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tiff_io, "write_tiff", full)
+    code, _, err = run_cli(capsys, "predict", model_file, tmp_path / "img.tif", "-o", tmp_path / "pred.tif",
+                           "--probabilities", tmp_path / "probs.tif", "--no-tta")
+    assert code == 2
+    [line] = _errors(err)
+    assert line.startswith(f"napari-unet: error: cannot write {tmp_path / 'pred.tif'}: No space left on device"), line
+    assert line.endswith(f"; no prediction written ({tmp_path / 'pred.tif'} is unchanged)"), line
+    assert (tmp_path / "pred.tif").read_bytes() == before and sorted(os.listdir(tmp_path)) == ["img.tif", "pred.tif"]

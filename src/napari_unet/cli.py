@@ -1861,15 +1861,15 @@ def main(argv=None) -> int:
         return EXIT_BAD_INPUT
     except OSError as err:
         if err.errno not in DISK_FULL:
-            print(f"napari-unet: error: {str(err) or type(err).__name__}", file=sys.stderr)
+            print(f"napari-unet: error: {str(err) or type(err).__name__}{_predicted_nothing(args)}", file=sys.stderr)
             return 1
         output = getattr(args, "output", None)  # a zarr chunk's write may name no file
         target = err.filename or output or "an output"
         where = Path(err.filename).parent if err.filename else Path(output).parent if output else Path.cwd()
-        print(f"napari-unet: error: cannot write {target}: {_disk_full(where, err)}", file=sys.stderr)
+        print(f"napari-unet: error: cannot write {target}: {_disk_full(where, err)}{_predicted_nothing(args)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OutOfAddressSpace as err:
-        print(f"napari-unet: error: {err}", file=sys.stderr)
+        print(f"napari-unet: error: {err}{_predicted_nothing(args)}", file=sys.stderr)
         return 1
     except MemoryError as err:  # too big a stack
         advice = {
@@ -1879,8 +1879,8 @@ def main(argv=None) -> int:
                        "cut very large sections into smaller images, or --argmax (no membrane rule)",
         }.get(args.command, "")
         advice = _written_before_running_out(args) or advice  # the command's data fitted: not that advice
-        print(f"napari-unet: error: not enough memory ({str(err) or type(err).__name__}){'; ' + advice if advice else ''}",
-              file=sys.stderr)
+        print(f"napari-unet: error: not enough memory ({str(err) or type(err).__name__}){'; ' + advice if advice else ''}"
+              f"{_predicted_nothing(args)}", file=sys.stderr)
         return 1
     except FloatingPointError as err:  # diverged training
         print(f"napari-unet: error: {str(err) or type(err).__name__}", file=sys.stderr)
@@ -1890,7 +1890,8 @@ def main(argv=None) -> int:
             raise
         advice = {"train": "; lower --batch-size or --patch-size", "predict": "; lower --batch-size or --tile-size"}.get(args.command, "")
         advice = "; " + _written_before_running_out(args) if args.written else advice
-        print(f"napari-unet: error: not enough memory for TensorFlow ({_out_of_memory_line(err)}){advice}", file=sys.stderr)
+        print(f"napari-unet: error: not enough memory for TensorFlow ({_out_of_memory_line(err)}){advice}{_predicted_nothing(args)}",
+              file=sys.stderr)
         return 1
     finally:
         late = _defer_signals(previous)  # a SIGTERM or SIGHUP during the clean-up: acted on after it, no traceback
@@ -1909,6 +1910,12 @@ def main(argv=None) -> int:
 
 #: The signal (SIGINT, SIGTERM, SIGHUP) that ended the last :func:`main`, after its clean-up: :func:`run` dies of it.
 _ENDED_BY: list = []
+
+
+def _predicted_nothing(args) -> str:
+    """For ``predict`` ended by a lack of memory or a write's error (its outputs are written all or none, after the
+    prediction): :func:`_nothing_written`; other commands say it their way."""
+    return _nothing_written(args) if args.command == "predict" else ""
 
 
 def _written_before_running_out(args) -> str:
