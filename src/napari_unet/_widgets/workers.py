@@ -5,12 +5,14 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import os
 import sys
 import threading
 import time
 import weakref
 
 from napari.qt.threading import create_worker
+from qtpy.QtCore import QObject, Qt, Signal, Slot
 
 from .tracked import unwrap
 
@@ -32,22 +34,92 @@ def create_worker_of(viewer, func, *args, stop: threading.Event | None = None, t
         _STOP_EVENTS.add(stop)
     with _current(viewer):
         worker = create_worker(func if task is None else _Named(task, func), *args, **kwargs)
-    # napari 0.9's workers never relay their warnings (its mixin's __init__ is not reached): the core's
-    # LowMemoryWarning of a training's data and network, or of a file read whole, was lost
-    worker.warned.connect(_show_low_memory)
+    _show_core_warnings(worker)
     return worker
 
 
-def _show_low_memory(showwarning_args: tuple) -> None:
-    """A :class:`~napari_unet.hardware.LowMemoryWarning` of a worker (``warnings.showwarning``'s arguments) as a
-    napari warning notification."""
-    from napari.utils.notifications import show_warning
+def _show_core_warnings(worker) -> None:
+    """Show the warnings the napari_unet code raises while ``worker`` runs as napari warning notifications.
 
-    from napari_unet.hardware import LowMemoryWarning
+    napari 0.9's workers never relay the warnings of their thread (napari's ``_NotifyingMixin.__init__`` is not reached
+    in their MRO): the core's LowMemoryWarning, train's RuntimeWarning of slow bfloat16 training... were lost.
+    """
+    relay = _CoreWarnings(worker.signals)
+    worker._napari_unet_warnings = relay  # kept as long as the worker (a Qt connection keeps no Python reference)
+    # direct: the slot runs in the thread that warned, whose stack still holds the code that raised the warning
+    worker.warned.connect(relay.receive, Qt.ConnectionType.DirectConnection)
 
-    message, category = showwarning_args[:2]
-    if issubclass(category, LowMemoryWarning):
+
+class _CoreWarnings(QObject):
+    """One worker's warnings (``warnings.showwarning``'s arguments, which superqt's worker emits as ``warned``) that the
+    napari_unet code raised, as ``napari-unet: <message>`` notifications, each message once per worker.
+
+    superqt's worker sets "always" while it runs (a warning raised in a loop comes every time) and its ``showwarning``
+    is the process's meanwhile (another thread's warnings come too). Third-party warnings (TensorFlow's, Keras', numpy's,
+    also those whose ``stacklevel`` points into napari_unet's code) are noise a user cannot act on: not shown.
+    """
+
+    _show = Signal(object)  # showwarning's (message, category, filename, lineno), to the GUI thread
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self._shown: set = set()
+        self._show.connect(self._notify)  # queued from a worker's thread: this object lives in the GUI thread
+
+    def receive(self, showwarning_args: tuple) -> None:
+        message, category, filename, lineno = showwarning_args[:4]
+        if raised_by_napari_unet(category, filename, _issuer_file()):
+            self._show.emit((message, category, filename, lineno))
+
+    @Slot(object)
+    def _notify(self, warning: tuple) -> None:
+        from napari.utils.notifications import notification_manager, show_warning
+
+        message, category, filename, lineno = warning
+        if (str(message), category) in self._shown:
+            return
+        self._shown.add((str(message), category))
+        # a napari that relays worker warnings itself (its mixin reached) shows each once per process, before this
+        # (its connection was made first): not twice
+        text = message if isinstance(message, str) else (message.args[0] if message.args else str(message))
+        if (text, category, filename, lineno) in getattr(notification_manager, "_seen_warnings", ()):
+            return
         show_warning(f"napari-unet: {message}")
+
+
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .../napari_unet
+
+
+def raised_by_napari_unet(category: type, filename: str, issuer: str | None = None) -> bool:
+    """Whether a warning is napari_unet's, for its user: of one of the package's own categories (LowMemoryWarning,
+    UnknownValuesWarning...), or of a user's category (UserWarning, RuntimeWarning) raised by code in the package.
+
+    ``issuer``: the file of the code that called ``warnings.warn`` (or the C function that warned), where known; else
+    ``filename``, where the warning points, decides (its ``stacklevel`` chooses: numpy's warning of an all-NaN mean
+    points at its caller).
+    """
+    if getattr(category, "__module__", "").partition(".")[0] == "napari_unet":
+        return True
+    if not issubclass(category, (UserWarning, RuntimeWarning)):  # DeprecationWarning, FutureWarning...: for developers
+        return False
+    return _in_package(filename if issuer is None else issuer)
+
+
+def _in_package(filename: str) -> bool:
+    return os.path.abspath(filename).startswith(_PACKAGE + os.sep)
+
+
+def _issuer_file() -> str | None:
+    """The file of the code that raised the warning being shown, from the current stack (inside ``warnings``' call of
+    ``showwarning``); None outside of it."""
+    frame, inside = sys._getframe(1), False
+    while frame is not None:
+        if frame.f_globals.get("__name__") in ("warnings", "_py_warnings"):
+            inside = True
+        elif inside:
+            return frame.f_code.co_filename
+        frame = frame.f_back
+    return None
 
 
 class _Named(functools.partial):
@@ -133,4 +205,4 @@ def _current(viewer):
             instances.insert(min(index, len(instances)), window)
 
 
-__all__ = ["create_worker_of"]
+__all__ = ["create_worker_of", "raised_by_napari_unet"]

@@ -1,0 +1,150 @@
+"""Warnings in napari's workers (session 64): napari 0.9's workers never relay the Python warnings of their thread (its
+_NotifyingMixin.__init__ is not reached in their MRO), so warnings the napari_unet core raises for the user in a job
+(train's RuntimeWarning of slow bfloat16 training, metrics' UnknownValuesWarning...) were lost; only LowMemoryWarning was
+shown, once per repetition. Now every warning the napari_unet code raises in a worker is one napari warning
+notification "napari-unet: <message>", once per job; third-party warnings (TensorFlow's, Keras', numpy's) are not shown,
+also those whose stacklevel points into napari_unet's code. Where napari relays worker warnings itself, nothing is added."""
+
+import uuid
+import warnings
+
+import numpy as np
+import pytest
+
+from conftest import run_and_wait, tiny_settings
+
+pytestmark = pytest.mark.gui
+
+
+def _warnings_shown(notifications):
+    return [text for severity, text in notifications if severity == "warning"]
+
+
+def _core_function(source: str, name: str):
+    """A function defined by ``source`` whose code lives in a file of the napari_unet package (as the core's does): the
+    warnings it raises, or a library it calls raises, point there."""
+    import napari_unet.predict
+
+    namespace = {"np": np, "warnings": warnings}
+    exec(compile(source, napari_unet.predict.__file__, "exec"), namespace)
+    return namespace[name]
+
+
+def _run_job(qtbot, viewer, job, *args):
+    """``job(*args)`` in a worker of ``viewer`` (as the widgets start theirs); waits for its end."""
+    from napari_unet._widgets.workers import create_worker_of
+
+    worker = create_worker_of(viewer, job, *args, task="napari-unet test job")
+    errors = []
+    worker.errored.connect(errors.append)
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        worker.start()
+    qtbot.wait(50)  # the notifications queued from the worker's thread
+    assert not errors, errors
+    return worker
+
+
+def test_a_training_shows_the_cores_runtime_warning_once(widgets, qtbot, notifications, monkeypatch):
+    # old: mixed_precision=True on a CPU without fast bfloat16: train's RuntimeWarning ("several times slower") was lost
+    from napari_unet import hardware
+
+    training, session = widgets.training, widgets.session
+    monkeypatch.setattr(hardware, "has_fast_bfloat16", lambda: False)
+    tiny_settings(training, epochs=1, steps=2)
+    configs = training.settings.configs
+    monkeypatch.setattr(training.settings, "configs", lambda: (lambda m, t: (m, t.replace(mixed_precision=True)))(*configs()))
+    run_and_wait(qtbot, training.start, lambda: training._run is not None)
+    qtbot.wait(50)
+    assert session.model is not None, training.progress.status.text()
+    assert _warnings_shown(notifications) == [
+        "napari-unet: mixed_precision: this CPU has no AVX512-BF16/AMX and no GPU is used, so bfloat16 training is "
+        "several times slower than float32 here"], notifications
+
+
+def test_a_warning_repeated_in_a_job_is_shown_once_per_job(widgets, qtbot, notifications):
+    # old: the UnknownValuesWarning of each evaluate was lost; the LowMemoryWarning came once per repetition (superqt's
+    # worker sets "always" while it runs)
+    from napari_unet.hardware import LowMemoryWarning
+    from napari_unet.metrics import evaluate
+
+    truth = np.zeros((1, 16, 16), np.uint8)
+    truth[0, :8] = 255
+    low = f"stack.tif: reading its pixels whole needs 1.0 GB, more than 3/4 of the 0.5 GB available now {uuid.uuid4()}"
+
+    def job():
+        for _ in range(3):
+            evaluate(np.ones_like(truth), truth, [0, 255])  # 1s: no class of the truth
+            warnings.warn(low, LowMemoryWarning)
+
+    _run_job(qtbot, widgets.viewer, job)
+    shown = _warnings_shown(notifications)
+    assert len(shown) == 2, notifications
+    assert shown[0].startswith("napari-unet: pred_labels holds 256 pixels (100.0%) of values that are no class of the "
+                               "truth ['0', '255']: scored as wrong"), shown
+    assert shown[1] == f"napari-unet: {low}"
+    _run_job(qtbot, widgets.viewer, job)  # a new job (a new training...): said again
+    assert _warnings_shown(notifications) == shown * 2, notifications
+
+
+def test_third_party_warnings_in_a_worker_are_not_shown(widgets, qtbot, notifications):
+    # TensorFlow, Keras and numpy warn in the workers too: noise a user cannot act on. numpy's warning of an all-NaN
+    # mean points at its caller (stacklevel=2), here code of the napari_unet package; so does a library's deprecation
+    mean = _core_function("def mean(a):\n    return np.nanmean(a)\n", "mean")
+    deprecated = _core_function("def old(f):\n    return f()\n", "old")
+    core = _core_function("def slow():\n    warnings.warn('this will take a while', RuntimeWarning, stacklevel=2)\n", "slow")
+
+    def library_call():
+        warnings.warn("library_call is deprecated", DeprecationWarning, stacklevel=2)
+
+    def job():
+        assert np.isnan(mean(np.full(3, np.nan)))
+        deprecated(library_call)
+        warnings.warn("a library's own warning", UserWarning)  # this file: outside the package
+        core()
+
+    _run_job(qtbot, widgets.viewer, job)
+    assert _warnings_shown(notifications) == ["napari-unet: this will take a while"], notifications
+
+
+@pytest.mark.parametrize("connection", ["relaying", "bound method"])
+def test_warnings_of_workers_relayed_by_napari_itself_are_not_shown_twice(widgets, qtbot, notifications, monkeypatch,
+                                                                         connection):
+    # if napari's mixin worked (a later napari), napari would notify each worker warning itself: old, a LowMemoryWarning
+    # showed twice (napari's and ours). napari's own connection of its bound method (of the QRunnable) is never called
+    # under PyQt6: then ours shows it, once
+    from napari_unet._widgets import workers
+    from napari_unet.hardware import LowMemoryWarning
+
+    create_worker = workers.create_worker
+
+    def relaying_create_worker(*args, **kwargs):  # what napari's _NotifyingMixin.__init__ does, or means to do
+        worker = create_worker(*args, **kwargs)
+        if connection == "bound method":
+            worker.warned.connect(worker._relay_warning)
+        else:
+            worker.warned.connect(lambda showwarning_args: worker._relay_warning(showwarning_args))
+        return worker
+
+    monkeypatch.setattr(workers, "create_worker", relaying_create_worker)
+    low = f"img.tif: reading its pixels whole needs 2.0 GB {uuid.uuid4()}"  # napari shows a text once per process
+    _run_job(qtbot, widgets.viewer, lambda: warnings.warn(low, LowMemoryWarning))
+    shown = _warnings_shown(notifications)
+    if connection == "relaying":
+        assert shown == [low], notifications
+    else:
+        assert len(shown) == 1 and shown[0] in (low, f"napari-unet: {low}"), notifications
+
+
+def test_which_warnings_are_napari_unets():
+    import napari_unet.train
+    from napari_unet._widgets.workers import raised_by_napari_unet
+    from napari_unet.hardware import LowMemoryWarning
+    from napari_unet.metrics import UnknownValuesWarning
+
+    core, other = napari_unet.train.__file__, np.__file__
+    assert raised_by_napari_unet(LowMemoryWarning, other) and raised_by_napari_unet(UnknownValuesWarning, other, other)
+    assert raised_by_napari_unet(RuntimeWarning, core) and raised_by_napari_unet(UserWarning, core, core)
+    assert not raised_by_napari_unet(RuntimeWarning, core, other)  # a library's, pointing at its caller
+    assert raised_by_napari_unet(RuntimeWarning, other, core)  # the core's, pointing at its caller
+    assert not raised_by_napari_unet(DeprecationWarning, core, core) and not raised_by_napari_unet(FutureWarning, core)
+    assert not raised_by_napari_unet(UserWarning, other)
