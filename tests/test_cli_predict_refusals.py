@@ -187,3 +187,21 @@ def test_running_out_of_memory_or_disk_while_predicting_says_no_prediction_was_w
     assert line.startswith(f"napari-unet: error: cannot write {tmp_path / 'pred.tif'}: No space left on device"), line
     assert line.endswith(f"; no prediction written ({tmp_path / 'pred.tif'} is unchanged)"), line
     assert (tmp_path / "pred.tif").read_bytes() == before and sorted(os.listdir(tmp_path)) == ["img.tif", "pred.tif"]
+
+
+def test_a_network_giving_nan_says_no_prediction_was_written(tmp_path, model_file, capsys, monkeypatch):
+    # old: "the network gave NaN or Inf probabilities on slice 1: ..." with no word of the output
+    from napari_unet import predict
+
+    def damaged(*args, **kwargs):
+        raise predict.PredictionError("the network gave NaN or Inf probabilities on slice 1: its weights are damaged")
+        yield
+
+    monkeypatch.setattr(predict, "predict_events", damaged)
+    tifffile.imwrite(tmp_path / "img.tif", stripes(n_slices=2, size=64)[0], photometric="minisblack")
+    code, _, err = run_cli(capsys, "predict", model_file, tmp_path / "img.tif", "-o", tmp_path / "pred.tif", "--no-tta")
+    assert code == 2
+    [line] = _errors(err)
+    assert line == ("napari-unet: error: the network gave NaN or Inf probabilities on slice 1: its weights are damaged; "
+                    "no prediction written"), line
+    assert sorted(os.listdir(tmp_path)) == ["img.tif"]
