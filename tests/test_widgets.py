@@ -1554,10 +1554,10 @@ def test_a_job_ends_after_its_last_events_when_handlers_pump_qt_events(widgets, 
 
 def test_a_failed_check_of_the_corrections_does_not_fail_the_retrain(monkeypatch):
     """The check runs after the retrained model is handed over; its failure (e.g. out of memory) said "retraining
-    failed" while the new model was already in use."""
+    failed" while the new model was already in use. (Since session 64 it is said in a CheckLost: the widget warns.)"""
     import napari_unet.retrain
     from _helpers import stripes, tiny_configs, tiny_model
-    from napari_unet._widgets.jobs import CorrectionsLearned, Failed, train_job
+    from napari_unet._widgets.jobs import CheckLost, CorrectionsLearned, Failed, train_job
     from napari_unet.retrain import CorrectionCheck
     from napari_unet.train import TrainingFinished
 
@@ -1575,7 +1575,8 @@ def test_a_failed_check_of_the_corrections_does_not_fail_the_retrain(monkeypatch
 
     monkeypatch.setattr(napari_unet.retrain, "score_retrained", fail)
     events = list(train_job(image, labels, None, config, init=tiny_model(), check=check))
-    assert isinstance(events[-1], TrainingFinished) and not any(isinstance(e, Failed) for e in events)
+    assert isinstance(events[-2], TrainingFinished) and not any(isinstance(e, Failed) for e in events)
+    assert events[-1] == CheckLost("not enough memory (MemoryError: no room)")
 
 
 def test_setting_the_current_model_with_class_names_leaves_the_given_model_unchanged(make_napari_viewer):

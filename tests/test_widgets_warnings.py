@@ -3,8 +3,12 @@ _NotifyingMixin.__init__ is not reached in their MRO), so warnings the napari_un
 (train's RuntimeWarning of slow bfloat16 training, metrics' UnknownValuesWarning...) were lost; only LowMemoryWarning was
 shown, once per repetition. Now every warning the napari_unet code raises in a worker is one napari warning
 notification "napari-unet: <message>", once per job; third-party warnings (TensorFlow's, Keras', numpy's) are not shown,
-also those whose stacklevel points into napari_unet's code. Where napari relays worker warnings itself, nothing is added."""
+also those whose stacklevel points into napari_unet's code. Where napari relays worker warnings itself, nothing is added.
 
+Also: a Retrain whose check of the corrections fails for another reason than a read error (out of memory, an unexpected
+error) keeps its model and says in one line that the check could not be made and why (was: only logged)."""
+
+import logging
 import uuid
 import warnings
 
@@ -148,3 +152,43 @@ def test_which_warnings_are_napari_unets():
     assert raised_by_napari_unet(RuntimeWarning, other, core)  # the core's, pointing at its caller
     assert not raised_by_napari_unet(DeprecationWarning, core, core) and not raised_by_napari_unet(FutureWarning, core)
     assert not raised_by_napari_unet(UserWarning, other)
+
+
+# ------------------------------------------------------------------------------------- the check of a finished Retrain
+
+
+@pytest.mark.parametrize("failure", [MemoryError("no room"), ValueError("a bug\nits second line")], ids=["memory", "unexpected"])
+def test_a_check_of_a_retrain_that_fails_otherwise_says_why_in_one_line_and_keeps_the_model(
+        widgets, notifications, qtbot, monkeypatch, caplog, failure):
+    # old: only logged with a traceback ("scoring the corrections on the retrained model failed"); the status said the
+    # model was retrained, never that the check of the corrections was lost
+    import napari_unet.retrain
+    from _helpers import tiny_model
+
+    viewer, training, session = widgets.viewer, widgets.training, widgets.session
+    tiny_settings(training)
+    training.settings.retrain_steps.setValue(2)
+    session.set_model(tiny_model(), "a tiny model")
+    model = session.model
+    prediction = viewer.add_labels(np.full(viewer.layers["EM"].data.shape, 2, np.uint8), name="EM prediction",
+                                   metadata={"class_values": [0, 255]})
+    session.track(prediction, viewer.layers["EM"])
+    prediction.brush_size = 6
+    prediction.paint((1, 20, 20), 1)
+
+    def fail(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(napari_unet.retrain, "score_retrained", fail)
+    caplog.set_level(logging.ERROR, logger="napari_unet")
+    run_and_wait(qtbot, lambda: training.start(retrain=True), lambda: training._run is not None)
+    why = "not enough memory (MemoryError: no room)" if isinstance(failure, MemoryError) else "ValueError: a bug"
+    lost = f"the check of your corrections could not be made: {why}"
+    status = training.progress.status.text()
+    assert status.startswith("Model retrained at "), status
+    assert status.endswith(f" Warning: {lost}; the retrained model is kept (Previous model brings back the one before it)."), status
+    assert _warnings_shown(notifications) == [f"napari-unet: the retrained model is kept, but {lost}"], notifications
+    assert not [text for severity, text in notifications if severity == "error"], notifications
+    assert session.model is not model and session.previous is not None  # the retrained model is the current one
+    logged = [r for r in caplog.records if r.name == "napari_unet"]  # the traceback stays in the log
+    assert len(logged) == 1 and logged[0].exc_info is not None, caplog.records

@@ -92,9 +92,12 @@ class CorrectionsLearned:
 @dataclass(frozen=True)
 class CheckLost:
     """After a Retrain whose model is kept (``TrainingFinished``): the check of its corrections (a
-    :class:`CorrectionsLearned`) could not be made, e.g. a page or chunk of the lazily read image became unreadable."""
+    :class:`CorrectionsLearned`) could not be made, e.g. a page or chunk of the lazily read image became unreadable, or
+    no memory was left for it."""
 
-    message: str  # what failed, e.g. "image 'stack', slice 2: /data/stack.zarr: damaged or unreadable chunk (...)"
+    # why, in one line: "image 'stack', slice 2: /data/stack.zarr: damaged or unreadable chunk (...)",
+    # "not enough memory (MemoryError: ...)", "ValueError: ..." (an unforeseen error: its traceback is in the log)
+    message: str
 
 
 def train_job(image, labels, model_config, train_config, init=None, stop=None, auto_depth: bool = False, pixel_weights=None,
@@ -104,7 +107,7 @@ def train_job(image, labels, model_config, train_config, init=None, stop=None, a
     ``auto_depth``: the depth of ``model_config`` is settled here, as ``napari-unet train`` settles it
     (:func:`napari_unet.hardware.resolve_depth` may import TensorFlow to ask for a GPU, seconds on a GUI thread).
     ``check``: a :class:`CorrectionCheck` to score the trained model on; then a :class:`CorrectionsLearned` follows
-    ``TrainingFinished`` (a :class:`CheckLost` if a read error stops it, nothing for another failure: the model is
+    ``TrainingFinished`` (a :class:`CheckLost` saying why if it fails, e.g. a read error or out of memory: the model is
     kept by then). Its one prediction also tells a
     model of one class or of chance-level labels (:func:`napari_unet.retrain.score_retrained`): the training's own
     check is then off (a Retrain's stack holds copies of the corrected slices; it cost a third of a Retrain).
@@ -134,8 +137,9 @@ def train_job(image, labels, model_config, train_config, init=None, stop=None, a
                 score = score_retrained(final.model, check, stop=stop)
             except reader_errors() as err:  # a page or chunk the training read became unreadable (a changed file, memory)
                 yield CheckLost(read_error_text(err, image_name))
-            except Exception:  # e.g. out of memory: the retrained model is in use already; only the check is lost
+            except Exception as err:  # e.g. out of memory: the retrained model is in use already; only the check is lost
                 _log.exception("napari-unet: scoring the corrections on the retrained model failed")
+                yield CheckLost(_why(err))
             if score is not None:
                 yield CorrectionsLearned(score.agreement, check, final.model.boundary_rule is not None, score.one_class_note)
     except EXPECTED as err:
@@ -145,6 +149,15 @@ def train_job(image, labels, model_config, train_config, init=None, stop=None, a
         yield Failed(read_error_text(err, image_name), read_error=True)
     except Exception as err:
         yield _unexpected("training", err)
+
+
+def _why(err: Exception) -> str:
+    """One line saying why an unforeseen failure happened (its traceback goes to the log): "not enough memory
+    (MemoryError: ...)", "ValueError: <its first line>"."""
+    lines = str(err).strip().splitlines()
+    what = f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+    out_of_memory = isinstance(err, MemoryError) or type(err).__name__ == "ResourceExhaustedError"  # (TensorFlow's)
+    return f"not enough memory ({what})" if out_of_memory else what
 
 
 def read_error_text(err: Exception, image: str = "image") -> str:
