@@ -137,22 +137,35 @@ def train_poisoned(at_step: int, **overrides) -> list:
     return events
 
 
-def damaged_zarr(path, array, z):
-    """``array`` as a zarr store of one chunk a slice, the chunk of slice ``z`` overwritten with garbage."""
+def zarr_chunk_files(path) -> list:
+    """The chunk files of the zarr store at ``path`` (format 2 or 3), by number: chunk 10 after 9, not after 1."""
     import os
     import re
 
+    return sorted((os.path.join(root, name) for root, _, names in os.walk(path) for name in names
+                   if not name.startswith(".") and name != "zarr.json"),
+                  key=lambda chunk: [int(part) for part in re.findall(r"\d+", os.path.relpath(chunk, path))])
+
+
+def garble_zarr_chunk(path, k, n_chunks=None):
+    """Overwrite chunk file ``k`` (:func:`zarr_chunk_files`'s order) of the store at ``path`` with garbage; ``n_chunks``:
+    how many the store must have."""
+    chunks = zarr_chunk_files(path)
+    assert n_chunks is None or len(chunks) == n_chunks, chunks
+    with open(chunks[k], "wb") as fh:
+        fh.write(b"not a chunk" * 3)
+
+
+def damaged_zarr(path, array, z, zarr_format=None, depth=1):
+    """``array`` as a zarr store (format ``zarr_format``: 2, 3, None: zarr's default) of chunks of ``depth`` slices,
+    the chunk holding slice ``z`` overwritten with garbage."""
     import pytest
 
     zarr = pytest.importorskip("zarr")
-    store = zarr.open_array(path, mode="w", shape=array.shape, dtype=array.dtype, chunks=(1,) + array.shape[1:])
+    store = zarr.open_array(path, mode="w", shape=array.shape, dtype=array.dtype, chunks=(depth,) + array.shape[1:],
+                            **({} if zarr_format is None else {"zarr_format": zarr_format}))
     store[:] = array
-    chunks = sorted((os.path.join(root, name) for root, _, names in os.walk(path) for name in names
-                     if not name.startswith(".") and name != "zarr.json"),  # by number: chunk 10 after 9, not after 1
-                    key=lambda chunk: [int(part) for part in re.findall(r"\d+", os.path.relpath(chunk, path))])
-    assert len(chunks) == len(array), chunks
-    with open(chunks[z], "wb") as fh:
-        fh.write(b"not a chunk" * 3)
+    garble_zarr_chunk(path, z // depth, -(-len(array) // depth))
     return path
 
 

@@ -6,8 +6,10 @@ import contextlib
 import functools
 import hashlib
 import math
+import numbers
 import queue
 import threading
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Iterator, Optional
@@ -154,8 +156,23 @@ def slices_text(slices) -> str:
 
 class LazyReadError(ValueError):
     """A lazy array of another reader (a dask array of napari's own zarr reader or of ``da.from_zarr``, a zarr array)
-    that failed to read: zarr, numcodecs and the file system raise anything (RuntimeError of a zstd chunk, zlib.error,
-    OSError...), with no file named; :func:`read_planes` raises this instead, its ``role`` and ``slices`` set."""
+    that failed to read with one of :data:`DAMAGED_DATA_ERRORS`, with no file named; :func:`read_planes` raises this
+    instead, its ``role`` and ``slices`` set."""
+
+
+#: What another reader's lazy array raises for a damaged chunk or file (zarr 3.1 with numcodecs 0.16, formats 2 and 3,
+#: through zarr and ``da.from_zarr``): RuntimeError (Zstd, Blosc), zlib.error, gzip's BadGzipFile (an OSError) and
+#: EOFError (a cut gzip chunk), ValueError (an uncompressed chunk of the wrong size: "cannot reshape array...");
+#: OSError of a file that cannot be read. A missing chunk file reads as the fill value, no error. Anything else
+#: (IndexError of a slice out of range, TypeError of a lazy filter's bug...) is a program's error and propagates.
+DAMAGED_DATA_ERRORS = (OSError, EOFError, RuntimeError, ValueError, zlib.error)
+#: ... but not these RuntimeErrors, which are a program's.
+_PROGRAM_ERRORS = (NotImplementedError, RecursionError)
+
+
+def _damaged_data(err: BaseException) -> bool:
+    """Whether ``err``, raised reading another reader's lazy array, is one a damaged chunk or file raises."""
+    return isinstance(err, DAMAGED_DATA_ERRORS) and not isinstance(err, _PROGRAM_ERRORS)
 
 
 def reader_errors() -> tuple:
@@ -169,24 +186,37 @@ def reader_errors() -> tuple:
 
 def _lazy_read_error(array, err: Exception) -> Optional[LazyReadError]:
     """``err`` raised reading the lazy ``array`` as a :class:`LazyReadError`; None for a reader's error, a numpy
-    array's (none: it is in memory) or a lack of memory (not a damaged file)."""
-    if isinstance(err, (MemoryError, *reader_errors())) or isinstance(array, np.ndarray) and not isinstance(array, np.memmap):
+    array's (none: it is in memory) or an error a damaged file does not raise (:data:`DAMAGED_DATA_ERRORS`: a lack of
+    memory, a program's error)."""
+    if (isinstance(err, reader_errors()) or not _damaged_data(err)
+            or isinstance(array, np.ndarray) and not isinstance(array, np.memmap)):
         return None
     what = " ".join(str(err).split())[:300]
     return LazyReadError(f"unreadable data ({type(err).__name__}{': ' + what if what else ''}); its file may be damaged")
 
 
 def _z_blocks(array, planes: list) -> list:
-    """``(start, stop, planes)`` of ``planes`` of (Z, ...) ``array`` grouped by the dask chunks holding them (slices
-    start..stop - 1); one slice a block for other arrays."""
-    chunks = getattr(array, "chunks", None)
-    if not hasattr(array, "dask") or not chunks:
+    """``(start, stop, planes)`` of ``planes`` of (Z, ...) ``array`` grouped by the chunks holding them along Z (slices
+    start..stop - 1): a dask array's, or a regular chunking's (a zarr or HDF5 array: ``chunks`` a tuple of ints); one
+    slice a block for other arrays."""
+    try:
+        chunks = getattr(array, "chunks", None)
+    except Exception:  # (a sharded zarr array may not tell)
+        chunks = None
+    n = int(np.shape(array)[0])
+    if not chunks:
         return [(z, z + 1, [z]) for z in planes]
-    ends = np.cumsum(chunks[0])
+    if isinstance(chunks[0], numbers.Integral) and int(chunks[0]) > 0:
+        ends = np.minimum(np.arange(1, -(-n // int(chunks[0])) + 1) * int(chunks[0]), n)
+    elif hasattr(array, "dask"):
+        ends = np.cumsum(chunks[0])
+    else:
+        return [(z, z + 1, [z]) for z in planes]
+    starts = np.concatenate([[0], ends[:-1]])
     blocks: dict = {}
     for z in planes:
         blocks.setdefault(int(np.searchsorted(ends, z, side="right")), []).append(z)
-    return [(int(ends[k] - chunks[0][k]), int(ends[k]), zs) for k, zs in sorted(blocks.items())]
+    return [(int(starts[k]), int(ends[k]), zs) for k, zs in sorted(blocks.items())]
 
 
 @contextlib.contextmanager
@@ -216,7 +246,7 @@ def _slices_named(array, name: str, planes: Optional[list]):
 def _failing_slices(array, planes: list, foreign: bool = False) -> Optional[range]:
     """The slices of the page or chunk of ``array`` that fails again, read a chunk at a time (serially, up to the bad
     one: after a failed whole-stack read of a large stack, about as long as the read), else None. ``foreign``: the
-    failure was another reader's (:class:`LazyReadError`), so any error but a lack of memory marks the chunk."""
+    failure was another reader's (:class:`LazyReadError`), so one of :data:`DAMAGED_DATA_ERRORS` marks the chunk."""
     if len(planes) == 1:
         return range(planes[0], planes[0] + 1)
     blocks = _z_blocks(array, planes)
@@ -224,11 +254,11 @@ def _failing_slices(array, planes: list, foreign: bool = False) -> Optional[rang
         return range(blocks[0][0], blocks[0][1])
     for start, stop, zs in blocks:  # read again a chunk at a time, only after a failure
         try:
-            np.asarray(array[zs])
+            np.asarray(array[zs[0]:zs[-1] + 1])  # a slice: any array takes it (a zarr array no list), one decode a chunk
         except reader_errors():
             return range(start, stop)
-        except Exception as err:  # another failure: the bad chunk is not known (unless any failure is the news)
-            return range(start, stop) if foreign and not isinstance(err, MemoryError) else None
+        except Exception as err:  # another failure: the bad chunk is not known (unless it is another reader's damage)
+            return range(start, stop) if foreign and _damaged_data(err) else None
     return None
 
 
@@ -236,9 +266,9 @@ def read_planes(array, planes=None, name: str = "image") -> np.ndarray:
     """Planes ``planes`` (a list; None: all) of the (Z, Y, X) ``array`` as a numpy (Z', Y, X) stack (a (Y, X) array
     whole), read a plane at a time (all: at once, a dask array in one computation). A reader's error
     (:class:`~napari_unet.tiff_io.TiffReadError`, :class:`~napari_unet.zarr_io.ZarrReadError`: a damaged page or chunk
-    of a lazily read file; any error but MemoryError of another reader's lazy array, as :class:`LazyReadError`) is
-    raised with ``role`` = ``name`` and ``slices``: the range of slices of the page or chunk that fails (None if not
-    found)."""
+    of a lazily read file; one of :data:`DAMAGED_DATA_ERRORS` of another reader's lazy array, as
+    :class:`LazyReadError`) is raised with ``role`` = ``name`` and ``slices``: the range of slices of the page or
+    chunk that fails (None if not found). Other errors (a slice out of range, a lazy filter's bug) propagate."""
     if np.ndim(array) == 2:
         with _slices_named(array, name, None):
             return np.asarray(array)
@@ -951,6 +981,7 @@ def prefetch(make_batch, n_batches: int, depth: int = 4):
 
 
 __all__ = [
+    "DAMAGED_DATA_ERRORS",
     "ELASTIC_MAX_SHARE",
     "LazyReadError",
     "clear_border_weights_cache",
