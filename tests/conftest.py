@@ -223,3 +223,18 @@ def _thread_priority_kept():
             os.setpriority(os.PRIO_PROCESS, thread, before)
         except OSError:
             pass
+
+
+@pytest.fixture
+def memory(monkeypatch):
+    """``memory(available, capacity, physical=None)``: fake the memory the system reports as available now, its
+    memory and swap, and its memory without swap (``physical``; None: ``capacity``)."""
+    from napari_unet import hardware
+
+    def set_memory(available, capacity, physical=None):
+        monkeypatch.setattr(hardware, "available_memory_bytes", lambda: available)
+        whole = hardware.MemoryCapacity(capacity, "this machine's memory and swap")
+        monkeypatch.setattr(hardware, "memory_capacity", lambda: whole)
+        ram = hardware.MemoryCapacity(capacity if physical is None else physical, "this machine's memory")
+        monkeypatch.setattr(hardware, "physical_memory", lambda: ram, raising=False)  # (the code before s64 had none)
+    return set_memory

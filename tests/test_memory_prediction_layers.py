@@ -8,17 +8,6 @@ import pytest
 
 from _helpers import tiny_model
 from conftest import run_and_wait
-from napari_unet import hardware
-
-
-@pytest.fixture
-def memory(monkeypatch):
-    """``memory(available, capacity)``: the memory the system reports as available now, and its memory and swap."""
-    def set_memory(available, capacity):
-        monkeypatch.setattr(hardware, "available_memory_bytes", lambda: available)
-        whole = hardware.MemoryCapacity(capacity, "this machine's memory and swap")
-        monkeypatch.setattr(hardware, "memory_capacity", lambda: whole)
-    return set_memory
 
 
 def test_output_layers_within_memory_and_swap_but_beyond_the_memory_available_now_get_a_warning(memory):

@@ -856,6 +856,7 @@ def test_the_memory_check_counts_what_the_process_holds_already_and_a_gpus_activ
     def memory(available, capacity):
         monkeypatch.setattr(hardware, "available_memory_bytes", lambda: available)
         monkeypatch.setattr(hardware, "memory_capacity", lambda: hardware.MemoryCapacity(capacity, "this machine's memory"))
+        monkeypatch.setattr(hardware, "physical_memory", lambda: hardware.MemoryCapacity(capacity, "this machine's memory"))
 
     config = ModelConfig(depth=4, base_filters=16)
     needed = training_memory_bytes(config, 4, 256, True)
@@ -863,19 +864,20 @@ def test_the_memory_check_counts_what_the_process_holds_already_and_a_gpus_activ
     memory(int((needed - base) / hardware.MEMORY_SHARE) + 1, 10**12)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert check_training_memory(config, 4, 256, True, base) is False  # fits beside what is held
+        assert check_training_memory(config, 4, 256, True, in_use=base) is False  # fits beside what is held
     memory(int((needed - base - 2**20) / hardware.MEMORY_SHARE), 10**12)
     with pytest.warns(hardware.LowMemoryWarning, match=r"more than 3/4 of the .* available now \(besides the 763 MB "
                                                        r"this process holds already\); training anyway"):
-        assert check_training_memory(config, 4, 256, True, base) is True
+        assert check_training_memory(config, 4, 256, True, in_use=base) is True
     huge_batch = training_memory_bytes(config, 400, 256, True)
     memory(10**12, needed)
     check_training_memory(config, 400, 256, True, activations_here=False)  # the activations on a GPU
     with pytest.raises(ConfigError, match="lower the batch size"):
-        check_training_memory(config, 400, 256, True, base)  # held or not, it must fit in memory and swap
+        check_training_memory(config, 400, 256, True, in_use=base)  # held or not, it must fit in memory and swap
     memory(None, huge_batch)  # (the capacity alone is known)
     check_training_memory(config, 400, 256, True)
     monkeypatch.setattr(hardware, "memory_capacity", lambda: None)
+    monkeypatch.setattr(hardware, "physical_memory", lambda: None)
     check_training_memory(config, 400, 256, True)  # unknown: never refused nor warned of
 
 

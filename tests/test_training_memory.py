@@ -16,16 +16,6 @@ from _helpers import PlanesOnly, error_line, stripes, tiny_configs
 from napari_unet import cli, hardware
 
 
-@pytest.fixture
-def memory(monkeypatch):
-    """``memory(available, capacity)``: the memory the system reports as available now, and its memory and swap."""
-    def set_memory(available, capacity):
-        monkeypatch.setattr(hardware, "available_memory_bytes", lambda: available)
-        whole = hardware.MemoryCapacity(capacity, "this machine's memory and swap")
-        monkeypatch.setattr(hardware, "memory_capacity", lambda: whole)
-    return set_memory
-
-
 TRAIN = ["--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2", "--patch-size", "64"]
 
 
@@ -155,3 +145,125 @@ def test_a_memory_mapped_stack_trained_on_whole_is_counted_as_mapped_not_copied(
 
     stack = read_annotated_slices(mapped, labels, slices=[0, 1, 2, 3])[0]
     assert np.shares_memory(stack, mapped)  # what the estimate relies on: no copy made
+
+
+# ------------------------------------------------------------------------------------------------ review fixes (s64)
+
+GB = 2**30
+
+
+def _machine(monkeypatch, tmp_path, ram_gb, swap_gb, available_gb, cgroup_limit_gb=None):
+    """The hardware module reading a fake /proc/meminfo (and a fake cgroup v2 tree with ``cgroup_limit_gb``, no swap
+    limit): ``ram_gb`` of memory, ``swap_gb`` of swap, ``available_gb`` available now."""
+    import functools
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text(f"MemTotal: {ram_gb * 2**20} kB\nMemAvailable: {available_gb * 2**20} kB\n"
+                       f"SwapTotal: {swap_gb * 2**20} kB\n")
+    where = {"meminfo": str(meminfo), "proc_cgroup": str(tmp_path / "none"), "cgroup_root": str(tmp_path)}
+    if cgroup_limit_gb is not None:
+        from test_hardware import _fake_cgroup
+
+        where["proc_cgroup"], where["cgroup_root"] = _fake_cgroup(tmp_path, "v2", limit=cgroup_limit_gb * GB, usage=GB,
+                                                                  inactive_file=0)
+    for name in ("available_memory_bytes", "memory_capacity", "physical_memory"):
+        if hasattr(hardware, name):  # (the code before this fix had no physical_memory)
+            monkeypatch.setattr(hardware, name, functools.partial(getattr(hardware, name), **where))
+
+
+@pytest.mark.parametrize("cgroup", [None, 32], ids=["machine", "container"])
+def test_a_network_beyond_the_memory_without_swap_is_refused_though_it_fits_with_swap(monkeypatch, tmp_path, cgroup):
+    # old: a network larger than RAM but within RAM + swap trained with a warning, every step paging it in and out
+    # (the README's depth 6 with 128 filters, 62 GB, on a 32 GB + 32 GB swap workstation)
+    from napari_unet.config import ConfigError, ModelConfig
+    from napari_unet.model import training_memory_bytes
+    from napari_unet.train import check_training_memory
+
+    ram = 64 if cgroup else 32  # a container of 32 GB (its swap as the machine's) on a machine of 64 GB
+    _machine(monkeypatch, tmp_path, ram_gb=ram, swap_gb=32, available_gb=30, cgroup_limit_gb=cgroup)
+    config = ModelConfig(depth=4, base_filters=16)
+    assert 36 * GB < training_memory_bytes(config, 380, 256, True) < 40 * GB  # the network: 39 GB
+    where = "the memory limit of this container or job" if cgroup else "this machine's memory"
+    with pytest.raises(ConfigError, match=rf"on batches of 380 patches of 256² needs .* GB of memory, more than the "
+                                          rf"32.0 GB of {where} \(swap does not count.*lower the batch size"):
+        check_training_memory(config, 380, 256, True)
+    with pytest.raises(ConfigError, match=r"depth 6, 128 filters.*more than the 32.0 GB.*swap does not count"):
+        check_training_memory(ModelConfig(depth=6, base_filters=128), 4, 256, True)  # about 62 GB
+
+
+def test_a_network_within_the_memory_with_data_beyond_it_but_within_swap_trains_with_a_warning(monkeypatch, tmp_path):
+    # the data are read once (they may page); the sum is compared with memory and swap, as before
+    from napari_unet.config import ConfigError, ModelConfig
+    from napari_unet.hardware import LowMemoryWarning
+    from napari_unet.model import training_memory_bytes
+    from napari_unet.train import check_training_memory
+
+    _machine(monkeypatch, tmp_path, ram_gb=32, swap_gb=32, available_gb=30)
+    config = ModelConfig(depth=4, base_filters=16)
+    network = training_memory_bytes(config, 4, 256, True)
+    with pytest.warns(LowMemoryWarning, match="training anyway"):
+        assert check_training_memory(config, 4, 256, True, data_bytes=40 * GB) is True
+    with pytest.raises(ConfigError, match=r"with its data .*more than the 64.0 GB of this machine's memory and swap; "
+                                          r"train on fewer annotated slices"):
+        check_training_memory(config, 4, 256, True, data_bytes=64 * GB - network + 1)
+
+
+def test_check_training_memory_takes_what_follows_mixed_precision_by_keyword_only(memory):
+    # old: check_training_memory(config, 4, 256, True, free_bytes), written for the signature before session 64 (its
+    # fifth argument the memory available), counted the free memory as held already and hid the warning
+    from napari_unet.config import ModelConfig
+    from napari_unet.train import check_training_memory
+
+    memory(available=GB, capacity=64 * GB)
+    with pytest.raises(TypeError):
+        check_training_memory(ModelConfig(depth=5, base_filters=32), 4, 256, True, 8 * GB)
+    with pytest.warns(hardware.LowMemoryWarning):
+        assert check_training_memory(ModelConfig(depth=5, base_filters=32), 4, 256, True, in_use=0) is True
+
+
+def test_the_first_memory_check_counts_a_kept_trainer_of_the_same_network_for_labels_of_more_classes(monkeypatch):
+    # old: it looked the kept trainer up by the preset's 2 classes; a kept trainer of the same network for 3-class
+    # labels (OCT layers) was not found, and its weights were counted as still to be allocated (a spurious warning)
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    import napari_unet.train as train_module
+    from napari_unet.config import to_json
+    from napari_unet.model import TRAINING_BASE_BYTES, TRAINING_BYTES_PER_PARAMETER, parameter_count
+
+    image, labels = stripes(n_slices=3, size=64)
+    labels = labels.copy()
+    labels[:, :8] = 128  # a third class
+    model_config, train_config = tiny_configs(epochs=1, steps_per_epoch=1)
+    kept = SimpleNamespace(key=(to_json(replace(model_config, n_classes=3)), True, False, ()))
+    other = SimpleNamespace(key=(to_json(replace(model_config, n_classes=3, base_filters=16)), True, False, ()))
+    monkeypatch.setattr(train_module, "_idle_trainers", [other, kept])
+    seen = []
+
+    class Checked(Exception):
+        pass
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("in_use", args[4] if len(args) > 4 else 0))
+        raise Checked
+
+    monkeypatch.setattr(train_module, "check_training_memory", spy)
+    with pytest.raises(Checked):
+        list(train_module.train_events(image, labels, model_config, train_config))
+    import sys
+
+    base = TRAINING_BASE_BYTES if "tensorflow" in sys.modules else 0
+    assert seen == [int(base + TRAINING_BYTES_PER_PARAMETER * parameter_count(model_config))]
+    monkeypatch.setattr(train_module, "_idle_trainers", [other])  # another network: not counted
+    seen.clear()
+    with pytest.raises(Checked):
+        list(train_module.train_events(image, labels, model_config, train_config))
+    assert seen == [int(base)]
+
+
+def test_the_training_data_check_returns_the_bytes_it_estimated(memory):
+    from napari_unet.train import check_training_data_memory, training_data_bytes
+
+    memory(available=10**12, capacity=10**12)
+    image, labels = stripes(n_slices=4, size=96)
+    assert check_training_data_memory(image, labels, [0, 2]) == training_data_bytes(image, labels, [0, 2])

@@ -17,16 +17,6 @@ from napari_unet import cli, hardware
 
 
 @pytest.fixture
-def memory(monkeypatch):
-    """``memory(available, capacity)``: the memory the system reports as available now, and its memory and swap."""
-    def set_memory(available, capacity):
-        monkeypatch.setattr(hardware, "available_memory_bytes", lambda: available)
-        whole = hardware.MemoryCapacity(capacity, "this machine's memory and swap")
-        monkeypatch.setattr(hardware, "memory_capacity", lambda: whole)
-    return set_memory
-
-
-@pytest.fixture
 def files(tmp_path):
     image, labels = stripes()  # 4 x 96 x 96
     tifffile.imwrite(tmp_path / "img.tif", image, photometric="minisblack")

@@ -11,7 +11,7 @@ import logging
 import numpy as np
 import pytest
 
-from _helpers import damaged_tiff, damaged_zarr, stripes, tiny_model
+from _helpers import damaged_tiff, damaged_zarr, garble_zarr_chunk, stripes, tiny_model
 from conftest import run_and_wait
 
 pytestmark = pytest.mark.gui
@@ -128,21 +128,6 @@ def test_predict_names_a_damaged_slice_that_only_the_network_reads(tmp_path, cap
     assert not (tmp_path / "p.tif").exists()
 
 
-def _damaged_store(path, array, z, zarr_format):
-    """``array`` as a zarr store of format ``zarr_format`` (2 or 3), one chunk a slice, slice ``z``'s chunk garbled."""
-    import os
-
-    zarr = pytest.importorskip("zarr")
-    store = zarr.open_array(path, mode="w", shape=array.shape, dtype=array.dtype, chunks=(1,) + array.shape[1:],
-                            zarr_format=zarr_format)
-    store[:] = array
-    chunks = sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names
-                    if not name.startswith(".") and name != "zarr.json")
-    with open(chunks[z], "wb") as fh:
-        fh.write(b"not a chunk" * 3)
-    return path
-
-
 @pytest.mark.parametrize("retrain", [False, True], ids=["train", "retrain"])
 @pytest.mark.parametrize("reader", ["da.from_zarr v2", "da.from_zarr v3", "napari's zarr reader"])
 def test_train_and_retrain_on_a_damaged_labels_layer_of_another_reader_say_so_from_the_button(
@@ -155,7 +140,7 @@ def test_train_and_retrain_on_a_damaged_labels_layer_of_another_reader_say_so_fr
     image, labels = stripes()
     image_layer = viewer.add_image(image, name="img")
     display = (labels > 0).astype(np.uint8) + 1
-    path = _damaged_store(tmp_path / "lab.zarr", display, 2, 2 if reader.endswith("v2") else 3)
+    path = damaged_zarr(tmp_path / "lab.zarr", display, 2, zarr_format=2 if reader.endswith("v2") else 3)
     if reader.startswith("da.from_zarr"):
         viewer.add_labels(da.from_zarr(str(path)), name="lab", metadata={"class_values": [0, 255]})
     else:
@@ -194,7 +179,7 @@ def test_training_a_damaged_lazy_image_of_another_reader_names_the_image_and_sli
     from napari_unet._widgets import jobs
 
     image, labels = stripes()
-    lazy = da.from_zarr(str(_damaged_store(tmp_path / "img.zarr", image, 1, 3)))
+    lazy = da.from_zarr(str(damaged_zarr(tmp_path / "img.zarr", image, 1, zarr_format=3)))
     model_config, train_config = tiny_configs(epochs=1, steps_per_epoch=2)
     monkeypatch.setattr(jobs, "lower_thread_priority", lambda: None)
     events = list(jobs.train_job(lazy, labels, model_config, train_config, image_name="image 'img'"))
@@ -222,8 +207,6 @@ def test_a_read_error_in_the_check_of_a_finished_retrain_is_said_and_the_new_mod
     # Train/Retrain read a labels layer whole before the run, so only the lazily read image is read by the check: its
     # corrected slice, read by the training, is made unreadable between the training and the check (a file changed
     # or dropped by a network share)
-    import os
-
     import tifffile
 
     import napari_unet.retrain
@@ -238,11 +221,7 @@ def test_a_read_error_in_the_check_of_a_finished_retrain_is_said_and_the_new_mod
         write_zarr(path, image, chunks=(1, 96, 96))
 
         def damage():
-            chunks = sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names
-                            if not name.startswith(".") and name != "zarr.json")
-            assert len(chunks) == 4, chunks
-            with open(chunks[1], "wb") as fh:
-                fh.write(b"not a chunk" * 3)
+            garble_zarr_chunk(path, 1, n_chunks=4)
         words = "damaged or unreadable chunk ("
     else:
         monkeypatch.setattr(_reader, "LAZY_IMAGE_BYTES", 1)  # read page by page, as a TIFF of 4 GiB or more is
@@ -293,7 +272,7 @@ def test_predicting_a_damaged_lazy_image_of_another_reader_names_the_slice(tmp_p
     from napari_unet._widgets import jobs
 
     image, _ = stripes(n_slices=10)
-    lazy = da.from_zarr(str(_damaged_store(tmp_path / "img.zarr", image, 7, 2)))  # one the intensity note does not read
+    lazy = da.from_zarr(str(damaged_zarr(tmp_path / "img.zarr", image, 7, zarr_format=2)))  # one the intensity note does not read
     monkeypatch.setattr(jobs, "lower_thread_priority", lambda: None)
     events = list(jobs.predict_job(tiny_model(), lazy, False, False))
     failed = events[-1]

@@ -221,6 +221,9 @@ def explain_auto_tta() -> str:
 # * Capacity (:func:`memory_capacity`): the machine's memory and swap, or a container's / batch job's memory cgroup
 #   limit (and its swap) when lower. Data larger than that can never be held: reading them whole is refused before
 #   anything is allocated (:func:`memory_excess`). A header of a few KB declaring terabytes lands here.
+# * Physical memory (:func:`physical_memory`): the same without swap. Memory every step of a loop touches (a training
+#   network's weights, optimizer state and activations) must fit in it, or each step pages it in and out: a training
+#   network beyond it is refused (train.check_training_memory), though it may fit with swap.
 # * Available now (:func:`available_memory_bytes`): what the system can give without swapping, which rises and falls
 #   with other programs. Data over :data:`MEMORY_SHARE` of it (:func:`memory_shortfall`) are read lazily where the
 #   caller allows it, else read anyway with a warning (:class:`LowMemoryWarning`): never refused for this alone.
@@ -319,6 +322,24 @@ def memory_capacity(meminfo: str = "/proc/meminfo", proc_cgroup: str = "/proc/se
     return capacity
 
 
+def physical_memory(meminfo: str = "/proc/meminfo", proc_cgroup: str = "/proc/self/cgroup",
+                    cgroup_root: str = "/sys/fs/cgroup") -> Optional[MemoryCapacity]:
+    """The most memory this process could hold without swapping, or None if unknown: the machine's memory (Linux
+    ``MemTotal``, elsewhere psutil's total), lowered to the memory cgroup's limit (its swap not counted)."""
+    fields = _meminfo(meminfo)
+    if fields is not None and "MemTotal" in fields:
+        total = fields["MemTotal"]
+    else:
+        measured = _psutil_memory()
+        if measured is None:
+            return None
+        total = measured[1]
+    cgroup = _cgroup_memory(proc_cgroup, cgroup_root)
+    if cgroup is not None and cgroup.limit < total:
+        return MemoryCapacity(cgroup.limit, "the memory limit of this container or job")
+    return MemoryCapacity(total, "this machine's memory")
+
+
 def size_text(n: int) -> str:
     """``n`` bytes as "3.2 GB", "640 KB", "20.0 TB" (binary multiples, as the memory messages elsewhere)."""
     for unit, power in (("TB", 40), ("GB", 30), ("MB", 20), ("KB", 10)):
@@ -342,10 +363,11 @@ def memory_shortfall(n_bytes_needed: int) -> Optional[str]:
     return f"needs {size_text(n_bytes_needed)} of memory, more than {_share_text()} of the {size_text(available)} available now"
 
 
-def memory_excess(n_bytes_needed: int) -> Optional[str]:
+def memory_excess(n_bytes_needed: int, swap: bool = True) -> Optional[str]:
     """None if ``n_bytes_needed`` bytes fit in :func:`memory_capacity` (or that is unknown), else "needs 72.8 TB of
-    memory, more than the 16.0 GB of this machine's memory and swap" for a refusal: the data cannot be held at all."""
-    capacity = memory_capacity()
+    memory, more than the 16.0 GB of this machine's memory and swap" for a refusal: the data cannot be held at all.
+    ``swap=False``: in :func:`physical_memory` instead (memory used all the time, as a training network's)."""
+    capacity = memory_capacity() if swap else physical_memory()
     if capacity is None or n_bytes_needed <= capacity.bytes:
         return None
     return f"needs {size_text(n_bytes_needed)} of memory, more than the {size_text(capacity.bytes)} of {capacity.what}"
@@ -450,6 +472,7 @@ __all__ = [
     "available_memory_bytes",
     "memory_capacity",
     "MemoryCapacity",
+    "physical_memory",
     "MEMORY_SHARE",
     "LowMemoryWarning",
     "memory_shortfall",

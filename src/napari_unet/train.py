@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import threading
@@ -809,17 +810,18 @@ def _trainer_key(model_config: ModelConfig, train_config: TrainConfig, loss_sett
     return (to_json(model_config), train_config.mixed_precision, train_config.jit_compile, tuple(loss_settings.items()))
 
 
-def check_training_memory(model_config: ModelConfig, batch_size: int, patch_size: int, mixed_precision: bool,
+def check_training_memory(model_config: ModelConfig, batch_size: int, patch_size: int, mixed_precision: bool, *,
                           in_use: int = 0, activations_here: bool = True, data_bytes: int = 0, data_held: bool = False,
                           data_name: str = "image and labels", warn: bool = True) -> bool:
-    """The memory policy of reading data (:mod:`napari_unet.hardware`) for training ``model_config``'s network on
-    batches of ``batch_size`` patches of ``patch_size``² (:func:`napari_unet.model.training_memory_bytes`) with its
-    data (``data_bytes``, :func:`training_data_bytes`; both live at once): :class:`ConfigError` when the sum exceeds
-    the machine's (or container's) memory and swap (depth 6 with 128 filters, 2 billion weights, grew to 24 GB and the
-    system killed the process, in napari the viewer with its unsaved layers); a
-    :class:`~napari_unet.hardware.LowMemoryWarning` (unless not ``warn``) when what is still to be allocated takes more
-    than :data:`~napari_unet.hardware.MEMORY_SHARE` of the memory available now, and training goes ahead. True if it
-    warned.
+    """The memory policy (:mod:`napari_unet.hardware`) for training ``model_config``'s network on batches of
+    ``batch_size`` patches of ``patch_size``² (:func:`napari_unet.model.training_memory_bytes`: TensorFlow, weights,
+    optimizer state, activations) with its data (``data_bytes``, :func:`training_data_bytes`; both live at once):
+    :class:`ConfigError` when the network exceeds the machine's (or container's) memory without swap (every step
+    touches all of it: with swap each step would page it in and out), or the network and data together its memory and
+    swap (depth 6 with 128 filters, 2 billion weights, grew to 24 GB and the system killed the process, in napari the
+    viewer with its unsaved layers); a :class:`~napari_unet.hardware.LowMemoryWarning` (unless not ``warn``) when
+    what is still to be allocated takes more than :data:`~napari_unet.hardware.MEMORY_SHARE` of the memory available
+    now, and training goes ahead. True if it warned.
 
     ``in_use``: bytes of the network's estimate the process holds already (TensorFlow loaded, a kept trainer's
     weights); ``data_held``: the data are read and prepared already (held too); ``activations_here=False``: the batch's
@@ -833,20 +835,25 @@ def check_training_memory(model_config: ModelConfig, batch_size: int, patch_size
     size = f"{weights / 1e6:,.1f} million" if weights >= 1e6 else f"{weights:,}"
     what = (f"training this network (depth {model_config.depth}, {model_config.base_filters} filters: {size} weights) on "
             f"batches of {batch_size} patches of {patch_size}²")
+    # the advice for the largest of the terms a user can change (TensorFlow's own memory is not one of them)
+    activations = network - training_memory_bytes(model_config, 0, patch_size, mixed_precision)
+    weights_bytes = TRAINING_BYTES_PER_PARAMETER * weights
+    if activations >= weights_bytes:
+        advice = "lower the batch size or the patch size (memory grows with both), or the filters"
+    else:
+        advice = "each level of depth or doubling of the filters needs about 4 times the weights: lower them"
+    network_what = what
     if data_bytes:
         what = f"{data_name}: {what} with its data ({hardware.size_text(data_bytes)}: the slices read and their working copies)"
     excess = hardware.memory_excess(needed)
     if excess is not None:
-        # the advice for the largest of the terms a user can change (TensorFlow's own memory is not one of them)
-        activations = network - training_memory_bytes(model_config, 0, patch_size, mixed_precision)
-        weights_bytes = TRAINING_BYTES_PER_PARAMETER * weights
         if data_bytes >= max(activations, weights_bytes):
             advice = "train on fewer annotated slices or on a crop of them (the model then predicts whole images all the same)"
-        elif activations >= weights_bytes:
-            advice = "lower the batch size or the patch size (memory grows with both), or the filters"
-        else:
-            advice = "each level of depth or doubling of the filters needs about 4 times the weights: lower them"
         raise ConfigError(f"{what} {excess}; {advice}")
+    excess = hardware.memory_excess(network, swap=False)
+    if excess is not None:
+        raise ConfigError(f"{network_what} {excess} (swap does not count: every training step uses all of the "
+                          f"network's memory); {advice}")
     shortfall = hardware.memory_shortfall(max(0, needed - held)) if warn else None
     if shortfall is None:
         return False
@@ -891,13 +898,14 @@ def training_data_bytes(image, labels, slices: list, pixel_weights=None) -> int:
 
 
 def check_training_data_memory(image, labels, slices: list, pixel_weights=None, data_name: str = "image and labels",
-                               warn: bool = True) -> None:
+                               warn: bool = True) -> int:
     """The memory policy of reading data (:mod:`napari_unet.hardware`) for training on ``slices`` of ``image`` and
     ``labels`` (:func:`training_data_bytes`), before any is read: :class:`~napari_unet.data.InputError` beyond the
     machine's (or container's) memory and swap; a :class:`~napari_unet.hardware.LowMemoryWarning` beyond
     :data:`~napari_unet.hardware.MEMORY_SHARE` of the memory available now (the slices are read, and trained on, in
     memory: no lazy way), unless not ``warn`` (:func:`train_events` warns of the data and the network together,
-    :func:`check_training_memory`). ``data_name``: how the messages name the data (the widget names its layers)."""
+    :func:`check_training_memory`). ``data_name``: how the messages name the data (the widget names its layers).
+    Returns the bytes estimated."""
     needed = training_data_bytes(image, labels, slices, pixel_weights)
     shape = tuple(np.shape(image))
     size = f"{shape[-2]} x {shape[-1]} pixels"
@@ -911,6 +919,16 @@ def check_training_data_memory(image, labels, slices: list, pixel_weights=None, 
     if shortfall is not None:
         warnings.warn(f"{what} {shortfall}; training anyway (close other programs if the system slows down)",
                       hardware.LowMemoryWarning, stacklevel=3)
+    return needed
+
+
+def _same_network(key_json: str, config: ModelConfig) -> bool:
+    """Whether a kept trainer's network (``key_json``, its config's :func:`to_json`) is ``config``'s, its number of
+    classes aside (not known before the labels are read; the last layer's few weights)."""
+    kept, planned = json.loads(key_json), json.loads(to_json(config))
+    kept.pop("n_classes", None)
+    planned.pop("n_classes", None)
+    return kept == planned
 
 
 def _memory_held(model_config: ModelConfig, reused: Callable[[tuple], bool]) -> int:
@@ -998,17 +1016,16 @@ def train_events(
     slices = slices_to_read(image, labels, ignore, every_slice=context > 0)
     # Before any slice is read: the data alone beyond memory and swap (their own message), then the data and the
     # network's weights together, which both live while training (one warning of the sum, not one of each).
-    check_training_data_memory(image, labels, slices, pixel_weights, data_name, warn=False)
-    data_bytes = training_data_bytes(image, labels, slices, pixel_weights)
+    data_bytes = check_training_data_memory(image, labels, slices, pixel_weights, data_name, warn=False)
     planned = init.config if init is not None else model_config or preset("default").model_for(train_config)
-    held = _memory_held(planned, lambda kept: kept[0] == to_json(planned))  # the same network, kept
-    warned = check_training_memory(planned, train_config.batch_size, train_config.patch_size, True, held,
+    held = _memory_held(planned, lambda kept: _same_network(kept[0], planned))  # the same network, kept
+    warned = check_training_memory(planned, train_config.batch_size, train_config.patch_size, True, in_use=held,
                                    activations_here=False, data_bytes=data_bytes, data_name=data_name)
     image_stack, label_stack, extra_weights, slice_numbers = read_annotated_slices(image, labels, ignore, pixel_weights,
                                                                                    slices=slices)
     class_values = check_trainable(label_stack, ignore, init.class_values if init else None)
     check_class_count(len(class_values), "the labels")
-    model_config = _resolve_model_config(model_config, len(class_values), init, train_config)
+    model_config = _resolve_model_config(planned, len(class_values), init, train_config)  # (its depth resolved once)
     if model_config.input_channels != 1:  # as predict says it: Keras failed on the first step with a shape error
         raise InputError(f"the model expects {model_config.input_channels} channels; napari-unet images have one")
     check_patch_size(train_config.patch_size, model_config)
@@ -1146,7 +1163,7 @@ def train_events(
     on_gpu = hardware.has_gpu()  # loads TensorFlow (the estimate's base) if nothing has yet
     # the batch's activations too, now that where they live is known; the data are held by now (warned once at most)
     check_training_memory(model_config, train_config.batch_size, train_config.patch_size, mixed_precision,
-                          _memory_held(model_config, lambda kept: kept == key), activations_here=not on_gpu,
+                          in_use=_memory_held(model_config, lambda kept: kept == key), activations_here=not on_gpu,
                           data_bytes=data_bytes, data_held=True, data_name=data_name, warn=not warned)
     # The network handed out is never compiled; a kept (or new) trainer learns from its weights (_Trainer).
     network = build_unet(model_config, mixed_precision=mixed_precision, seed=train_config.seed)
