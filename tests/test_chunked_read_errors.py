@@ -140,3 +140,52 @@ def test_a_slice_refused_by_a_task_is_named_by_its_number_in_the_stack(tmp_path,
     [line] = [line for line in err.splitlines() if line.startswith("napari-unet: error:")]
     assert line.startswith("napari-unet: error: image nan.tif, slice 10: contains NaN or Inf values"), line
     assert sorted(os.listdir(tmp_path)) == ["nan.tif"]
+
+
+@pytest.mark.parametrize("output", ["out.zarr", "out.tif"])
+def test_a_flat_image_refused_names_no_slice_into_zarr_as_into_tiff(tmp_path, model_file, capsys, output):
+    import tifffile
+
+    image = stripes(n_slices=1, size=64)[0][0].astype(np.float32)
+    image[5, 5] = np.nan
+    tifffile.imwrite(tmp_path / "nan2d.tif", image, photometric="minisblack")
+    code, _, err = run_cli(capsys, "predict", model_file, tmp_path / "nan2d.tif", "-o", tmp_path / output, "--no-tta")
+    assert code == 2
+    [line] = [line for line in err.splitlines() if line.startswith("napari-unet: error:")]
+    assert line.startswith("napari-unet: error: image nan2d.tif contains NaN or Inf values;"), line  # (was ", slice 0:" into zarr)
+    assert sorted(os.listdir(tmp_path)) == ["nan2d.tif"]
+
+
+def test_the_running_tasks_are_told_to_stop_before_a_failed_task_s_chunks_are_read_again(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from napari_unet import chunked, zarr_io
+    from napari_unet.chunked import predict_chunked, store_events
+    from napari_unet.zarr_io import ZarrReadError, create_zarr
+
+    image = stripes(n_slices=2, size=64)[0]
+    lazy = zarr_io.read_zarr(damaged_zarr(str(tmp_path / "img.zarr"), image, 1)).data
+    prediction = predict_chunked(tiny_model(), lazy, slices_per_chunk=1, tta=False)  # task 0 good, task 1 fails reading
+    store = create_zarr(tmp_path / "out.zarr", image.shape, np.uint8, (1, 64, 64))
+    running, seen = threading.Event(), {}
+
+    def the_good_task(source, block, first, stop, z, stores, stopped, written, options):
+        seen["stopped"] = stopped
+        running.set()
+        deadline = time.monotonic() + 30
+        while not stopped() and time.monotonic() < deadline:  # a long prediction, which ends at its next tile
+            time.sleep(0.01)
+        return stop - first
+
+    def diagnosis(err, prediction, task):
+        assert running.wait(30)
+        seen["stop set when the re-read began"] = seen["stopped"]()
+        return name_read_error(err, prediction, task)
+
+    name_read_error = chunked._name_read_error
+    monkeypatch.setattr(chunked, "_predict_into_stores", the_good_task)
+    monkeypatch.setattr(chunked, "_name_read_error", diagnosis)
+    with pytest.raises(ZarrReadError):
+        list(store_events(prediction, store))
+    assert seen["stop set when the re-read began"]

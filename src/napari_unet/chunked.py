@@ -225,7 +225,7 @@ def predict_chunked(
     options = dict(
         tile_size=tile_size, overlap=overlap, batch_size=batch_size, tta=views,
         close_boundaries=close_boundaries, mixed_precision=mixed_precision, return_probabilities=return_probabilities,
-        jit_compile=jit_compile,
+        jit_compile=jit_compile, flat=len(shape) == 2,
     )
     stack = da.asarray(image if len(shape) == 3 else image[np.newaxis])
     n_slices, height, width = stack.shape
@@ -280,9 +280,12 @@ def resolve_auto_choices(tta: Union[bool, int, str], mixed_precision: Optional[b
 
 def _predict_block(source: ModelSource, block: np.ndarray, begin: int, end: int, z: int, options: dict, **outputs) -> tuple:
     """(labels, probabilities or None) of slices ``begin:end`` of ``block`` (their context slices around them);
-    ``outputs``: ``labels_out`` / ``probabilities_out`` / ``stop`` of :func:`~napari_unet.predict.predict_events`."""
+    ``outputs``: ``labels_out`` / ``probabilities_out`` / ``stop`` of :func:`~napari_unet.predict.predict_events`.
+    ``options["flat"]``: the block is a (Y, X) image's one slice."""
     from .predict import predict
 
+    options = dict(options)
+    flat = options.pop("flat", False)
     model = source.load(options["mixed_precision"], options.get("jit_compile"))
     try:
         result = predict(model, np.asarray(block), slices=range(begin, end), folded=False, **options, **outputs)
@@ -290,7 +293,8 @@ def _predict_block(source: ModelSource, block: np.ndarray, begin: int, end: int,
         match = re.match(r"slice (\d+): ", str(err))
         if match is None:
             raise
-        raise InputError(f"slice {int(match.group(1)) + z - begin}: {str(err)[match.end():]}") from None
+        # a (Y, X) image has no slices to name, as predict says of it in memory
+        raise InputError(str(err)[match.end():] if flat else f"slice {int(match.group(1)) + z - begin}: {str(err)[match.end():]}") from None
     return result.labels, result.probabilities
 
 
@@ -342,6 +346,7 @@ def store_events(
             try:
                 future.result()  # re-raises a task's error here
             except Exception as err:
+                stop.set()  # first, as here: the running tasks stop while the failed one's chunks are read again
                 _name_read_error(err, prediction, tasks[future.key])
                 raise
             done += sizes[future.key]
@@ -420,6 +425,7 @@ def _compute_here(tasks: list, stop: threading.Event, written: _SliceCount, prog
                 try:
                     future.result()  # re-raises a task's error here
                 except Exception as err:
+                    stop.set()  # first: the other running task ends at its next tile instead of running beside the re-read
                     if failed is not None:
                         failed(err, numbers[future])
                     raise
