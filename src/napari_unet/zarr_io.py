@@ -70,7 +70,9 @@ def _guess_axes(shape) -> str:
 def read_zarr(path, lazy: bool = True) -> TiffData:
     """Open the image of a zarr store: ``data`` is a dask array with the store's chunks (``lazy=False``: numpy).
 
-    A chunk that cannot be read or decoded raises :class:`ZarrReadError` when it is read. Raises
+    A chunk that cannot be read or decoded raises :class:`ZarrReadError` when it is read, its ``slices`` (a range,
+    as :func:`napari_unet.data.read_planes` sets them) the store's slices that the chunk holds, when the image is a
+    stack of (Y, X) slices (one axis besides Y and X longer than 1; else None). Raises
     :class:`ZarrReadError` for a missing or unreadable store, a group with no image or several (other than
     OME-Zarr levels), or damaged OME metadata.
     """
@@ -112,7 +114,8 @@ def read_zarr(path, lazy: bool = True) -> TiffData:
             ome_scale = _ome_values([{"type": "scale", "scale": own["scale"]}], ndim, "scale", 1.0, lambda size: size != 0)
     scale = tuple(ome_scale) if ome_scale is not None else (1.0,) * ndim
     scale, units, factors = lengths_in_one_unit(scale, units)  # as TIFFs are read: an OME-Zarr's nm beside µm drew Z 1000x thin
-    data = da.from_array(_CheckedChunks(array, str(path)), chunks=array.chunks, asarray=True, fancy=False)
+    data = da.from_array(_CheckedChunks(array, str(path), _stack_axis(array.shape, axes)), chunks=array.chunks,
+                         asarray=True, fancy=False)
     if not lazy:
         # the declared shape, before its chunks are read: a store of a few files may declare terabytes (chunks never
         # written read as the fill value), and the system fills memory below its total before it refuses
@@ -137,11 +140,21 @@ def read_zarr(path, lazy: bool = True) -> TiffData:
     return TiffData(data=data, axes=axes, scale=scale, units=units, metadata=metadata, is_labels_hint=labels_hint)
 
 
-class _CheckedChunks:
-    """A zarr array for ``dask.array.from_array`` whose read errors (damaged chunks, codecs) are :class:`ZarrReadError`."""
+def _stack_axis(shape, axes: str):
+    """The axis of a stack of (Y, X) slices (its slices numbered along it, as the command line and widgets keep them:
+    axes of length 1 dropped, Y and X last), else None."""
+    kept = [i for i, (n, axis) in enumerate(zip(shape, axes)) if n != 1 or axis in "YX"]
+    if len(kept) == 3 and "".join(axes[i] for i in kept).endswith("YX"):
+        return kept[0]
+    return None
 
-    def __init__(self, array, path: str):
-        self.array, self.path = array, path
+
+class _CheckedChunks:
+    """A zarr array for ``dask.array.from_array`` whose read errors (damaged chunks, codecs) are :class:`ZarrReadError`,
+    naming the slices of the chunk read along ``stack_axis`` (None: none named)."""
+
+    def __init__(self, array, path: str, stack_axis=None):
+        self.array, self.path, self.stack_axis = array, path, stack_axis
         self.shape, self.dtype, self.ndim = tuple(array.shape), np.dtype(array.dtype), len(array.shape)
 
     def __dask_tokenize__(self):
@@ -156,7 +169,23 @@ class _CheckedChunks:
         except MemoryError as exc:
             raise ZarrReadError(f"{self.path}: not enough memory to read a chunk") from exc
         except Exception as exc:  # zarr, numcodecs, the file system: anything means a damaged store
-            raise ZarrReadError(f"{self.path}: damaged or unreadable chunk ({type(exc).__name__}: {_one_line(exc)})") from exc
+            error = ZarrReadError(f"{self.path}: damaged or unreadable chunk ({type(exc).__name__}: {_one_line(exc)})")
+            # named here, where the chunk is known: a lazy result computed by its user (predict_chunked's) has no
+            # read_planes around it, and read_planes keeps these instead of reading the stack again to find them
+            error.slices = self._slices(index)
+            raise error from exc
+
+    def _slices(self, index):
+        """The range of slices along :attr:`stack_axis` that ``index`` (dask's: a tuple of slices) reads, or None."""
+        if self.stack_axis is None or not isinstance(index, tuple) or len(index) != self.ndim:
+            return None
+        where = index[self.stack_axis]
+        if isinstance(where, slice) and where.step in (None, 1):
+            start, stop, _ = where.indices(self.shape[self.stack_axis])
+            return range(start, stop) if stop > start else None
+        if isinstance(where, (int, np.integer)):
+            return range(int(where) % self.shape[self.stack_axis], int(where) % self.shape[self.stack_axis] + 1)
+        return None
 
 
 def _check_label_metadata(metadata: dict, path) -> None:
