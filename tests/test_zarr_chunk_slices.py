@@ -86,3 +86,14 @@ def test_predict_names_the_damaged_chunk_whole_into_tiff_and_into_zarr(tmp_path,
     [line] = [line for line in err.splitlines() if line.startswith("napari-unet: error:")]
     assert line.startswith("napari-unet: error: image img.zarr, slices 4-7: damaged or unreadable chunk"), line
     assert line.count("slice") == 1, line  # (was "slice 5", the plane its intensity check read first)
+
+
+def test_store_events_keeps_the_reader_s_slices(store, tmp_path):
+    # (control: chunked's own search, reading the task's chunks again, found the same range)
+    from napari_unet.chunked import predict_chunked, store_events
+    from napari_unet.zarr_io import create_zarr, read_zarr
+
+    prediction = predict_chunked(tiny_model(), read_zarr(store).data, tta=False)
+    out = create_zarr(tmp_path / "out.zarr", (N_SLICES, 32, 32), np.uint8, (1, 32, 32))
+    err = _raised(lambda: list(store_events(prediction, out)))
+    assert (err.role, err.slices) == ("image", CHUNK) and "slice" not in str(err)
