@@ -379,3 +379,41 @@ def test_the_shortfall_message_names_the_share_it_compares_with(monkeypatch):
     monkeypatch.setattr(hardware, "available_memory_bytes", lambda: 50 * 2**20)
     assert hardware.memory_shortfall(40 * 2**20) == "needs 40.0 MB of memory, more than 3/4 of the 50.0 MB available now"
     assert hardware.memory_shortfall(37 * 2**20) is None
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+@pytest.mark.parametrize("inside", ["", "/init"])
+def test_a_containers_limit_is_found_without_its_own_cgroup_namespace(tmp_path, version, inside):
+    # Docker or Kubernetes on a cgroup v1 host without cgroupns: /proc/self/cgroup names the container's cgroup from
+    # the host's root (memory:/docker/<id>), but the container sees that cgroup mounted at /sys/fs/cgroup/memory.
+    # Old: /sys/fs/cgroup/memory/docker/<id> did not exist, and the host's MemTotal was taken (review 2 of s64, 3).
+    # ``inside``: the process in a child cgroup of the container's (its limit is the container's, hierarchically).
+    from napari_unet.hardware import (MemoryCapacity, _cgroup_memory_left, available_memory_bytes, memory_capacity,
+                                      physical_memory)
+
+    gb = 2**30
+    mount = tmp_path / "memory" if version == "v1" else tmp_path
+    (mount / inside.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    if version == "v1":
+        files = {"memory.limit_in_bytes": 8 * gb, "memory.usage_in_bytes": 3 * gb,
+                 "memory.stat": f"total_inactive_file {gb}\nhierarchical_memory_limit {8 * gb}\n"}
+        (tmp_path / "cgroup").write_text(f"12:memory:/docker/0123abcd{inside}\n0::/\n")
+    else:
+        files = {"memory.max": 8 * gb, "memory.current": 3 * gb, "memory.stat": f"inactive_file {gb}\n"}
+        (tmp_path / "cgroup").write_text(f"0::/system.slice/docker-0123abcd.scope{inside}\n")
+    for name, value in files.items():
+        (mount / name).write_text(f"{value}\n")
+    if inside:  # a child without a limit of its own: the container's counts (v1 hierarchically, v2 as a parent)
+        child = {"memory.limit_in_bytes": 2**63 - 4096, "memory.usage_in_bytes": 3 * gb,
+                 "memory.stat": f"total_inactive_file {gb}\nhierarchical_memory_limit {8 * gb}\n"} if version == "v1" \
+            else {"memory.max": "max", "memory.current": 2 * gb, "memory.stat": f"inactive_file {gb}\n"}
+        for name, value in child.items():
+            (mount / inside.lstrip("/") / name).write_text(f"{value}\n")
+    proc_cgroup, root = str(tmp_path / "cgroup"), str(tmp_path)
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal: 33554432 kB\nMemAvailable: 16777216 kB\nSwapTotal: 0 kB\n")
+    container = "the memory limit of this container or job"
+    assert physical_memory(str(meminfo), proc_cgroup, root) == MemoryCapacity(8 * gb, container)
+    assert memory_capacity(str(meminfo), proc_cgroup, root) == MemoryCapacity(8 * gb, container)
+    assert _cgroup_memory_left(proc_cgroup, root) == 6 * gb
+    assert available_memory_bytes(str(meminfo), proc_cgroup, root) == 6 * gb

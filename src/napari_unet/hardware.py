@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import operator
+import os
 import sys
 import time
 from fractions import Fraction
@@ -300,18 +301,23 @@ def available_memory_bytes(meminfo: str = "/proc/meminfo", proc_cgroup: str = "/
     return available if left is None else min(available, left)
 
 
+def _machine_memory(meminfo: str) -> Optional[tuple]:
+    """(memory, swap) bytes of the machine: Linux ``MemTotal`` and ``SwapTotal``, elsewhere psutil's; None if unknown."""
+    fields = _meminfo(meminfo)
+    if fields is not None and "MemTotal" in fields:
+        return fields["MemTotal"], fields.get("SwapTotal", 0)
+    measured = _psutil_memory()
+    return None if measured is None else (measured[1], measured[2])
+
+
 def memory_capacity(meminfo: str = "/proc/meminfo", proc_cgroup: str = "/proc/self/cgroup",
                     cgroup_root: str = "/sys/fs/cgroup") -> Optional[MemoryCapacity]:
     """The most memory this process could ever hold, or None if unknown: the machine's memory and swap (Linux
     ``MemTotal`` + ``SwapTotal``, elsewhere psutil's), lowered to the memory cgroup's limit and swap limit."""
-    fields = _meminfo(meminfo)
-    if fields is not None and "MemTotal" in fields:
-        total, swap = fields["MemTotal"], fields.get("SwapTotal", 0)
-    else:
-        measured = _psutil_memory()
-        if measured is None:
-            return None
-        total, swap = measured[1], measured[2]
+    machine = _machine_memory(meminfo)
+    if machine is None:
+        return None
+    total, swap = machine
     capacity = MemoryCapacity(total + swap, "this machine's memory and swap" if swap else "this machine's memory")
     cgroup = _cgroup_memory(proc_cgroup, cgroup_root)
     if cgroup is not None:
@@ -326,14 +332,10 @@ def physical_memory(meminfo: str = "/proc/meminfo", proc_cgroup: str = "/proc/se
                     cgroup_root: str = "/sys/fs/cgroup") -> Optional[MemoryCapacity]:
     """The most memory this process could hold without swapping, or None if unknown: the machine's memory (Linux
     ``MemTotal``, elsewhere psutil's total), lowered to the memory cgroup's limit (its swap not counted)."""
-    fields = _meminfo(meminfo)
-    if fields is not None and "MemTotal" in fields:
-        total = fields["MemTotal"]
-    else:
-        measured = _psutil_memory()
-        if measured is None:
-            return None
-        total = measured[1]
+    machine = _machine_memory(meminfo)
+    if machine is None:
+        return None
+    total = machine[0]
     cgroup = _cgroup_memory(proc_cgroup, cgroup_root)
     if cgroup is not None and cgroup.limit < total:
         return MemoryCapacity(cgroup.limit, "the memory limit of this container or job")
@@ -393,6 +395,19 @@ def _memory_stat(path: str) -> dict:
         return {}
 
 
+def _mounted_folder(mount: str, folder: str) -> str:
+    """``folder``, a cgroup as /proc/self/cgroup names it ("/docker/<id>"), as a path below ``mount``, where its
+    hierarchy is mounted. A container without its own cgroup namespace sees its own cgroup mounted there, not the
+    host's root: the folder is not below the mount, and the longest tail of it that is ("" for the mount itself) is
+    taken, as the JVM does; else the folder unchanged."""
+    parts = [part for part in folder.split("/") if part]
+    for start in range(len(parts) + 1):
+        tail = "".join(f"/{part}" for part in parts[start:])
+        if os.path.isdir(f"{mount.rstrip('/')}{tail}"):
+            return tail
+    return folder
+
+
 def _cgroup_memory(proc_cgroup: str = "/proc/self/cgroup", root: str = "/sys/fs/cgroup") -> Optional[_CgroupMemory]:
     """This process's memory cgroup (v2, else v1): its limit, swap limit and what is left, or None without a limit.
 
@@ -413,7 +428,7 @@ def _cgroup_memory(proc_cgroup: str = "/proc/self/cgroup", root: str = "/sys/fs/
         return None
     levels = []
     if "" in entries:  # v2: the process's cgroup and its parents
-        folder = entries[""]
+        folder = _mounted_folder(root, entries[""])
         while True:
             path = f"{root}{folder}".rstrip("/")
             limit = _read_bytes_figure(f"{path}/memory.max")
@@ -425,7 +440,7 @@ def _cgroup_memory(proc_cgroup: str = "/proc/self/cgroup", root: str = "/sys/fs/
                 break
             folder = folder.rsplit("/", 1)[0] or "/"
     if not levels and "memory" in entries:  # v1
-        path = f"{root}/memory{entries['memory']}".rstrip("/")
+        path = f"{root}/memory{_mounted_folder(f'{root}/memory', entries['memory'])}".rstrip("/")
         stat = _memory_stat(f"{path}/memory.stat")
         limits = [_read_bytes_figure(f"{path}/memory.limit_in_bytes"), stat.get("hierarchical_memory_limit")]
         limits = [value for value in limits if value is not None and value < 2**60]
