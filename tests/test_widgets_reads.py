@@ -53,7 +53,7 @@ def test_predicting_a_lazy_image_with_a_damaged_chunk_names_the_image_and_slice_
     caplog.set_level(logging.ERROR, logger="napari_unet")
     run_and_wait(qtbot, inference.run, lambda: inference._job is not None)
     status = inference.progress.status.text()
-    assert status.startswith(f"Prediction failed: image, slice {z}: {path}: {words}"), status
+    assert status.startswith(f"Prediction failed: image {layer.name!r}, slice {z}: {path}: {words}"), status
     assert status.endswith("; no layer was changed"), status
     assert [text for severity, text in notifications if severity == "error"] == [
         f"napari-unet: prediction failed: {status.removeprefix('Prediction failed: ')}"], notifications
@@ -182,7 +182,7 @@ def test_training_a_damaged_lazy_image_of_another_reader_names_the_image_and_sli
     lazy = da.from_zarr(str(damaged_zarr(tmp_path / "img.zarr", image, 1, zarr_format=3)))
     model_config, train_config = tiny_configs(epochs=1, steps_per_epoch=2)
     monkeypatch.setattr(jobs, "lower_thread_priority", lambda: None)
-    events = list(jobs.train_job(lazy, labels, model_config, train_config, image_name="image 'img'"))
+    events = list(jobs.train_job(lazy, labels, model_config, train_config, names={"image": "image 'img'"}))
     failed = events[-1]
     assert isinstance(failed, jobs.Failed) and failed.read_error, events
     assert failed.message.startswith("image 'img', slice 1: unreadable data (RuntimeError: Zstd decompression error"), failed.message
@@ -274,8 +274,8 @@ def test_predicting_a_damaged_lazy_image_of_another_reader_names_the_slice(tmp_p
     image, _ = stripes(n_slices=10)
     lazy = da.from_zarr(str(damaged_zarr(tmp_path / "img.zarr", image, 7, zarr_format=2)))  # one the intensity note does not read
     monkeypatch.setattr(jobs, "lower_thread_priority", lambda: None)
-    events = list(jobs.predict_job(tiny_model(), lazy, False, False))
+    events = list(jobs.predict_job(tiny_model(), lazy, False, False, names={"image": "image 'img'"}))
     failed = events[-1]
     assert isinstance(failed, jobs.Failed) and failed.read_error, events
-    assert failed.message.startswith("image, slice 7: unreadable data (RuntimeError: "), failed.message
+    assert failed.message.startswith("image 'img', slice 7: unreadable data (RuntimeError: "), failed.message
     assert not any(isinstance(e, jobs.PredictionResult) for e in events)

@@ -18,7 +18,7 @@ from napari_unet.predict import PredictionProgress, check_layer_memory
 from napari_unet.train import format_count
 
 from .jobs import NETWORK_LABELS, Failed, Note, PredictionResult, predict_job, relay
-from .layers import Image, LayerCombo, current_slice, image_array, pixel_size_of
+from .layers import Image, LayerCombo, current_slice, image_array, pixel_size_of, read_roles
 from .outputs import kept_indices, kept_pixels, prediction_layer_of, write_cells, write_prediction, write_probabilities
 from .progress import WORKER_FINISHED, InOrder, ProgressRow, WrappingLabel, keep_focus_from_notifications, press_on_return, swap_buttons
 from .session import WAITING_FOR_STROKE, disconnect_when_destroyed, get_session, unwrap
@@ -231,7 +231,8 @@ class InferenceWidget(QWidget):
         kept = kept_indices(self.viewer, self.session, image_layer, model, z) if ordered and keep else None
         kept_cells = kept_pixels(self.viewer, self.session, image_layer, model, z) if membrane is not None and keep else None
         events = predict_job(model, data, TTA_CHOICES[self.tta.currentText()], self.probabilities.isChecked(), membrane, close,
-                             stop=stop.is_set, z=z, kept=kept, pixel_size=pixel_size_of(image_layer), kept_cells=kept_cells)
+                             stop=stop.is_set, z=z, kept=kept, pixel_size=pixel_size_of(image_layer), kept_cells=kept_cells,
+                             names=read_roles(image_layer))
         worker = create_worker_of(self.viewer, relay, events, stop=stop, task="U-Net prediction")
         worker.aborted.connect(lambda: (stop.set(), events.close()))  # napari aborts workers when the viewer closes
         self._job = _Job(worker, stop, image_layer, tuple(image_layer.data.shape), z, model, self.session.info,

@@ -101,7 +101,7 @@ class CheckLost:
 
 
 def train_job(image, labels, model_config, train_config, init=None, stop=None, auto_depth: bool = False, pixel_weights=None,
-              check=None, pixel_size=None, data_name: str = "image and labels", image_name: str = "image"):
+              check=None, pixel_size=None, data_name: str = "image and labels", names: Optional[dict] = None):
     """The core's training events; ends with ``TrainingFinished`` or :class:`Failed`.
 
     ``auto_depth``: the depth of ``model_config`` is settled here, as ``napari-unet train`` settles it
@@ -112,7 +112,7 @@ def train_job(image, labels, model_config, train_config, init=None, stop=None, a
     model of one class or of chance-level labels (:func:`napari_unet.retrain.score_retrained`): the training's own
     check is then off (a Retrain's stack holds copies of the corrected slices; it cost a third of a Retrain).
     ``pixel_size``: [Y, X] µm of the image's pixels, if known (the model records it). ``data_name``: the layers, as the
-    memory check's messages name them; ``image_name``: the image, as read errors name it (e.g. "image 'stack'").
+    memory check's messages name them; ``names``: the layers, as read errors name them (:func:`read_error_text`).
     """
     from napari_unet.hardware import AUTO, resolve_depth
     from napari_unet.retrain import score_retrained
@@ -136,7 +136,7 @@ def train_job(image, labels, model_config, train_config, init=None, stop=None, a
             try:
                 score = score_retrained(final.model, check, stop=stop)
             except reader_errors() as err:  # a page or chunk the training read became unreadable (a changed file, memory)
-                yield CheckLost(read_error_text(err, image_name))
+                yield CheckLost(read_error_text(err, names))
             except Exception as err:  # e.g. out of memory: the retrained model is in use already; only the check is lost
                 _log.exception("napari-unet: scoring the corrections on the retrained model failed")
                 yield CheckLost(_why(err))
@@ -146,7 +146,7 @@ def train_job(image, labels, model_config, train_config, init=None, stop=None, a
         diverged = isinstance(err, TrainingDiverged)
         yield Failed(str(err), diverged=diverged, divergence=err.divergence if diverged else "")
     except reader_errors() as err:  # a damaged page or chunk of the lazily read image (its file named)
-        yield Failed(read_error_text(err, image_name), read_error=True)
+        yield Failed(read_error_text(err, names), read_error=True)
     except Exception as err:
         yield _unexpected("training", err)
 
@@ -160,13 +160,15 @@ def _why(err: Exception) -> str:
     return f"not enough memory ({what})" if out_of_memory else what
 
 
-def read_error_text(err: Exception, image: str = "image") -> str:
+def read_error_text(err: Exception, names: Optional[dict] = None) -> str:
     """A reader's error (its file named) found by training or prediction, with the array's role and slices where known
-    (:func:`napari_unet.data.read_planes`): "image, slice 2: /data/stack.zarr: damaged or unreadable chunk (...)".
-    ``image``: the role "image" as the message names it (e.g. "image 'stack'", the layer's name)."""
+    (:func:`napari_unet.data.read_planes`): "image 'stack', slice 2: /data/stack.zarr: damaged or unreadable chunk
+    (...)". ``names``: the layers by the roles the core gives them, as the message names them
+    (:func:`~.layers.read_roles`: ``{"image": "image 'stack'", "labels": "labels layer 'lab'"}``); a role not in it
+    is said as it is (a layer read with its name as the role: "labels layer 'lab'")."""
     where = slices_text(getattr(err, "slices", None))
     role = getattr(err, "role", None) or "image"
-    return f"{image if role == 'image' else role}{', ' + where if where else ''}: {err}"
+    return f"{(names or {}).get(role, role)}{', ' + where if where else ''}: {err}"
 
 
 def with_kept(labels: np.ndarray, kept: Optional[tuple], class_values) -> np.ndarray:
@@ -184,7 +186,7 @@ def with_kept(labels: np.ndarray, kept: Optional[tuple], class_values) -> np.nda
 
 def predict_job(model: UNetModel, image, tta: Union[bool, int, str], probabilities: bool, membrane_value=None,
                 close_boundaries: Optional[bool] = None, stop=None, z: Optional[int] = None, kept=None, pixel_size=None,
-                kept_cells=None):
+                kept_cells=None, names: Optional[dict] = None):
     """The core's prediction events; the last is :class:`PredictionResult` or :class:`Failed`.
 
     ``z``: predict only slice ``z`` of the (Z, Y, X) ``image``, whose result is then (Y, X) (a model with context slices
@@ -198,6 +200,7 @@ def predict_job(model: UNetModel, image, tta: Union[bool, int, str], probabiliti
     ordering (:func:`napari_unet.predict.predict_events`). ``kept_cells``: the same pixels sparsely
     (:func:`~.outputs.kept_pixels`), put back before the cells are labelled (a kept membrane splits a cell).
     ``pixel_size``: [Y, X] µm of the image's pixels, if known: a :class:`Note` when the model was trained on others.
+    ``names``: the image layer, as read errors name it (:func:`read_error_text`).
     """
     from napari_unet.postprocess import cell_instances
     from napari_unet.predict import Prediction, blank_slices_note, intensity_note, pixel_size_note, predict_events
@@ -229,7 +232,7 @@ def predict_job(model: UNetModel, image, tta: Union[bool, int, str], probabiliti
     except reader_errors() as err:  # a damaged page or chunk of the lazily read image (its file named)
         if z is not None and getattr(err, "slices", None) is None:  # read as the 2-D image[z] (its intensity note)
             err.slices = range(z, z + 1)
-        yield Failed(read_error_text(err), read_error=True)
+        yield Failed(read_error_text(err, names), read_error=True)
     except Exception as err:
         yield _unexpected("prediction", err)
 

@@ -128,6 +128,22 @@ def no_labels_message(viewer, image_layer) -> str:
             f"pixel for pixel{same_pixels}{convert}")
 
 
+def layer_role(layer, role: str = "image") -> str:
+    """``layer`` in ``role`` ("image", "labels", "prediction") as messages and read errors name it: "image 'stack'",
+    "labels layer 'lab'", "prediction layer 'stack prediction'"."""
+    return f"{role if role == 'image' else role + ' layer'} {layer.name!r}"
+
+
+def read_roles(image_layer, labels_layer=None, labels_role: str = "labels") -> dict:
+    """The layers a job reads, by the role the core gives an array it reads (``err.role`` of a read error,
+    :func:`napari_unet.data.read_planes`), as read errors name them (:func:`~.jobs.read_error_text`):
+    ``{"image": "image 'stack'", "labels": "labels layer 'lab'"}``; a layer that is None is left out."""
+    names = {} if image_layer is None else {"image": layer_role(image_layer)}
+    if labels_layer is not None:
+        names["labels"] = layer_role(labels_layer, labels_role)
+    return names
+
+
 def read_annotations(layer, zero_is_unannotated: bool, reviewed: Optional[np.ndarray] = None):
     """Class values and annotated mask of a labels layer: ``(values, annotated bool, class_values)``; ``values`` is
     an integer array (the layer's own data when it holds the class values: never write into it).
@@ -138,7 +154,7 @@ def read_annotations(layer, zero_is_unannotated: bool, reviewed: Optional[np.nda
     * ``reviewed`` (a tracked prediction layer): only reviewed pixels count as annotated.
     ``class_values`` is the metadata list, or None when the classes are just the values found.
     """
-    what = f"{'prediction' if reviewed is not None else 'labels'} layer {layer.name!r}"
+    what = layer_role(layer, "prediction" if reviewed is not None else "labels")
     if getattr(layer, "multiscale", False):  # np.asarray gave its lowest resolution
         raise LabelError(f"{what} is multiscale; {_MULTISCALE_HINT.format(kind='labels layer')}")
     # a lazy (dask) layer is read here: a damaged page or chunk of its file is raised naming the layer and the slice
@@ -250,6 +266,8 @@ __all__ = [
     "class_names_of",
     "current_slice",
     "image_array",
+    "layer_role",
     "no_labels_message",
     "read_annotations",
+    "read_roles",
 ]

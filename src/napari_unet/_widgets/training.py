@@ -19,7 +19,7 @@ from napari_unet.labels import ZERO_IS_CLASS, LabelError
 from napari_unet.train import EpochEnd, TrainingFinished, TrainingFinishing, TrainingStarted, TrainingStep, format_count, format_seconds
 
 from .jobs import CheckLost, CorrectionsLearned, Failed, read_error_text, relay, train_job
-from .layers import Image, Labels, LayerCombo
+from .layers import Image, Labels, LayerCombo, read_roles
 from .outputs import name_with_suffix
 from .prepare import ZERO_BOX, TrainJob, prepare_retrain, prepare_train, remember_zero_convention
 from .plot import FINE_TUNE_MARK, LossPlot
@@ -143,6 +143,13 @@ class TrainingWidget(QWidget):
         image_layer = self.image.layer() if hasattr(self, "image") else None
         return image_layer is not None and tuple(labels_layer.data.shape) == tuple(image_layer.data.shape)
 
+    def _read_names(self, retrain: bool) -> dict:
+        """The layers a run reads, as its read errors name them (:func:`~.layers.read_roles`); a Retrain's labels merge
+        the corrections with the labels layer (read before the run), so they are no one layer."""
+        labels = None if retrain else self.labels.layer()
+        reviewed = labels is not None and self.session.record(labels) is not None  # (a tracked prediction layer)
+        return read_roles(self.image.layer(), labels, "prediction" if reviewed else "labels")
+
     def start(self, retrain: bool = False) -> bool:
         """Check the inputs and start (re)training in a worker; False (and a notification) if they are bad."""
         if self._run is not None:
@@ -164,7 +171,7 @@ class TrainingWidget(QWidget):
             self.progress.set_status(f"Not started: {err}")
             return False
         except reader_errors() as err:  # a damaged page or chunk of a lazily read layer (read here)
-            message = read_error_text(err) + self._model_kept()
+            message = read_error_text(err, self._read_names(retrain)) + self._model_kept()
             show_error(f"napari-unet: {'retraining' if retrain else 'training'} not started: {message}")
             self.progress.reset(f"{'retraining' if retrain else 'training'} not started")
             self.progress.set_status(f"Not started: {message}")
@@ -177,7 +184,7 @@ class TrainingWidget(QWidget):
         events = train_job(
             job.image, job.labels, job.model_config, job.train_config, init=job.init, stop=stop.is_set, auto_depth=job.auto_depth,
             pixel_weights=job.pixel_weights, check=job.check, pixel_size=job.pixel_size, data_name=job.data_name,
-            image_name=f"image {self.image.layer().name!r}",
+            names=self._read_names(retrain),
         )
         kind = "retraining" if retrain else "training"
         worker = create_worker_of(self.viewer, relay, events, stop=stop, task=f"U-Net {kind}")
