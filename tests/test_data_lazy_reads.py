@@ -119,3 +119,38 @@ def test_the_bad_chunk_of_a_chunked_array_is_found_reading_a_chunk_at_a_time():
         read_planes(Chunked())
     assert list(caught.value.slices) == [8, 9, 10, 11]
     assert reads == [(0, 12), (0, 4), (4, 8), (8, 12)], reads  # old: (0, 12), then slice by slice up to slice 8
+
+
+@pytest.mark.parametrize("bug", ["axis", "broadcast", "reshape"])
+def test_a_lazy_filters_value_error_propagates_unchanged(bug):
+    # review 2 of s64, 4: numpy's AxisError (a ValueError and an IndexError) and any ValueError of a lazy filter were
+    # "unreadable data (...); its file may be damaged", slice 0 named and the bug's traceback gone. A ValueError is a
+    # damaged chunk's only when raised in a reader's code (zarr's reshape of a chunk of the wrong size).
+    filters = {"axis": lambda b: np.moveaxis(b, 5, 0), "broadcast": lambda b: b + np.zeros((3, 3)),
+               "reshape": lambda b: b.reshape(3, -1)}
+    errors = {"axis": np.exceptions.AxisError if hasattr(np, "exceptions") else np.AxisError, "broadcast": ValueError,
+              "reshape": ValueError}
+    lazy = da.zeros((4, 8, 8), chunks=(1, 8, 8)).map_blocks(filters[bug], dtype=np.float64)
+    for read in (lambda: read_planes(lazy), lambda: read_planes(lazy, [0, 1]), lambda: read_plane(lazy, 1)):
+        with pytest.raises(errors[bug]) as caught:
+            read()
+        assert not isinstance(caught.value, LazyReadError), caught.value
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_a_damaged_uncompressed_zarr_chunk_is_a_lazy_read_error_chained_to_zarrs(tmp_path, zarr_format):
+    # zarr's ValueError (its reshape of a chunk of the wrong size), filtered lazily or not; the LazyReadError keeps
+    # zarr's error as its cause, so its traceback stays in a log
+    zarr = pytest.importorskip("zarr")
+    from _helpers import garble_zarr_chunk
+
+    image = np.arange(6 * 8 * 8, dtype=np.uint16).reshape(6, 8, 8)
+    store = zarr.create_array(tmp_path / "s.zarr", shape=image.shape, dtype=image.dtype, chunks=(2, 8, 8),
+                              zarr_format=zarr_format, compressors=None)
+    store[:] = image
+    garble_zarr_chunk(tmp_path / "s.zarr", 1, n_chunks=3)
+    for lazy in (da.from_zarr(str(tmp_path / "s.zarr")), da.from_zarr(str(tmp_path / "s.zarr")).map_blocks(lambda b: b * 2)):
+        with pytest.raises(LazyReadError, match=r"\(ValueError: .*its file may be damaged") as caught:
+            read_planes(lazy)
+        assert list(caught.value.slices) == [2, 3]
+        assert type(caught.value.__cause__) is ValueError and caught.value.__cause__.__traceback__ is not None

@@ -9,6 +9,7 @@ import math
 import numbers
 import queue
 import threading
+import traceback
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -162,17 +163,29 @@ class LazyReadError(ValueError):
 
 #: What another reader's lazy array raises for a damaged chunk or file (zarr 3.1 with numcodecs 0.16, formats 2 and 3,
 #: through zarr and ``da.from_zarr``): RuntimeError (Zstd, Blosc), zlib.error, gzip's BadGzipFile (an OSError) and
-#: EOFError (a cut gzip chunk), ValueError (an uncompressed chunk of the wrong size: "cannot reshape array...");
-#: OSError of a file that cannot be read. A missing chunk file reads as the fill value, no error. Anything else
-#: (IndexError of a slice out of range, TypeError of a lazy filter's bug...) is a program's error and propagates.
+#: EOFError (a cut gzip chunk), ValueError (an uncompressed chunk of the wrong size: "cannot reshape array...", "When
+#: changing to a larger dtype..."); OSError of a file that cannot be read. A missing chunk file reads as the fill value,
+#: no error. Anything else (IndexError of a slice out of range, TypeError of a lazy filter's bug...) is a program's error
+#: and propagates; so does a ValueError not raised in a reader's code (:data:`_READER_PACKAGES`).
 DAMAGED_DATA_ERRORS = (OSError, EOFError, RuntimeError, ValueError, zlib.error)
-#: ... but not these RuntimeErrors, which are a program's.
-_PROGRAM_ERRORS = (NotImplementedError, RecursionError)
+#: ... but not these, which are a program's: RuntimeErrors, and numpy's AxisError (an IndexError and a ValueError).
+_PROGRAM_ERRORS = (NotImplementedError, RecursionError, IndexError, TypeError)
+#: Packages that read and decode files' chunks: a ValueError is a damaged chunk's only when raised in their code (its
+#: innermost Python frame; zarr's reshape of a chunk of the wrong size, through dask too), not a lazy filter's own
+#: (a broadcast, a reshape of the wrong shape), which is a program's error.
+_READER_PACKAGES = frozenset({"zarr", "numcodecs", "tifffile", "imagecodecs", "h5py", "fsspec"})
+
+
+def _raised_in_reader(err: BaseException) -> bool:
+    frames = list(traceback.walk_tb(err.__traceback__))
+    module = frames[-1][0].f_globals.get("__name__", "") if frames else ""
+    return str(module).partition(".")[0] in _READER_PACKAGES
 
 
 def _damaged_data(err: BaseException) -> bool:
     """Whether ``err``, raised reading another reader's lazy array, is one a damaged chunk or file raises."""
-    return isinstance(err, DAMAGED_DATA_ERRORS) and not isinstance(err, _PROGRAM_ERRORS)
+    return (isinstance(err, DAMAGED_DATA_ERRORS) and not isinstance(err, _PROGRAM_ERRORS)
+            and (not isinstance(err, ValueError) or _raised_in_reader(err)))
 
 
 def reader_errors() -> tuple:
