@@ -9,6 +9,7 @@ Also: a Retrain whose check of the corrections fails for another reason than a r
 error) keeps its model and says in one line that the check could not be made and why (was: only logged)."""
 
 import logging
+import time
 import uuid
 import warnings
 
@@ -26,11 +27,16 @@ def _warnings_shown(notifications):
 
 def _core_function(source: str, name: str):
     """A function defined by ``source`` whose code lives in a file of the napari_unet package (as the core's does): the
-    warnings it raises, or a library it calls raises, point there."""
-    import napari_unet.predict
+    warnings it raises, or a library it calls raises, point there. Its source is known to ``linecache``."""
+    import linecache
+    import os
 
+    import napari_unet
+
+    filename = os.path.join(os.path.dirname(napari_unet.__file__), f"_test_core_{uuid.uuid4().hex}.py")  # no such file
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     namespace = {"np": np, "warnings": warnings}
-    exec(compile(source, napari_unet.predict.__file__, "exec"), namespace)
+    exec(compile(source, filename, "exec"), namespace)
     return namespace[name]
 
 
@@ -144,6 +150,97 @@ def test_warnings_of_workers_relayed_by_napari_itself_are_not_shown_twice(widget
         assert shown == [low], notifications
     else:
         assert len(shown) == 1 and shown[0] in (low, f"napari-unet: {low}"), notifications
+
+
+def test_numpys_floating_point_warnings_of_the_packages_own_arithmetic_are_not_shown(widgets, qtbot, notifications):
+    # old: "napari-unet: divide by zero encountered in divide" (a ufunc's warning, raised from C in the package's line,
+    # was taken for the package's); a warnings.warn of the package's own in the same function still shows
+    ratio = _core_function("def ratio(a, b):\n    r = a / b\n    np.log(b)\n"
+                           "    warnings.warn(\n        'ratios of empty classes', RuntimeWarning)\n    return r\n", "ratio")
+    _run_job(qtbot, widgets.viewer, ratio, np.ones(2), np.zeros(2))
+    assert _warnings_shown(notifications) == ["napari-unet: ratios of empty classes"], notifications
+
+
+def test_a_warning_repeated_many_times_queues_one_call_to_the_gui_thread(widgets, qtbot, notifications, monkeypatch):
+    # old: the repeats were dropped only in the GUI thread, one queued call each (50,000 repeats, 50,000 calls)
+    from napari_unet._widgets import workers
+    from napari_unet.hardware import LowMemoryWarning
+
+    calls = []
+    notify = workers._CoreWarnings._notify
+    monkeypatch.setattr(workers._CoreWarnings, "_notify", lambda self, warning: (calls.append(warning), notify(self, warning)))
+    low = f"stack.tif: reading its pixels whole needs 1.0 GB {uuid.uuid4()}"
+
+    def job():
+        for place in range(200):  # 200 places (no registry): each comes to the relay
+            warnings.warn_explicit(low, LowMemoryWarning, __file__, 1000 + place)
+
+    _run_job(qtbot, widgets.viewer, job)
+    assert len(calls) == 1, len(calls)
+    assert _warnings_shown(notifications) == [f"napari-unet: {low}"], notifications
+
+
+def test_overlapping_jobs_keep_their_warnings_and_leave_the_processs_hook(widgets, qtbot, notifications, monkeypatch):
+    # old (superqt's process-wide catch_warnings): job A started, then B; A ended first and put back the hook while B
+    # ran: B's LowMemoryWarning was napari's (no prefix), numpy's noise of B shown; after both, the process kept A's
+    # showwarning and an "always" filter for good, and a GUI-thread warning was lost
+    import threading
+
+    from napari.qt.threading import create_worker
+    from napari.utils.notifications import notification_manager
+
+    from napari_unet._widgets.workers import create_worker_of
+    from napari_unet.hardware import LowMemoryWarning
+
+    monkeypatch.setattr(warnings, "showwarning", notification_manager.receive_warning)  # napari's hook
+    hook, filters = warnings.showwarning, list(warnings.filters)
+    mean = _core_function("def mean(a):\n    return np.nanmean(a)\n", "mean")
+    a_ended, first_go, later_go, later_ended = (threading.Event() for _ in range(4))
+    low = f"B: reading its pixels whole needs 2 GB {uuid.uuid4()}"
+    after = f"B: after napari's worker {uuid.uuid4()}"
+
+    def job_a():
+        time.sleep(0.3)
+
+    def job_b():
+        assert a_ended.wait(30)  # A and a napari worker started before B have ended; another napari worker runs
+        warnings.warn(low, LowMemoryWarning)
+        mean(np.full(3, np.nan))  # numpy's own noise
+        later_go.set()
+        assert later_ended.wait(30)
+        warnings.warn(after, LowMemoryWarning)
+
+    def napari_job(go, message):  # napari's own worker, superqt's run: swaps the process's showwarning while it runs
+        assert go.wait(30)
+        time.sleep(0.1)
+        warnings.warn(message, UserWarning)
+
+    first = create_worker(napari_job, first_go, "the first napari worker's warning")
+    a = create_worker_of(widgets.viewer, job_a, task="A")
+    b = create_worker_of(widgets.viewer, job_b, task="B")
+    later = create_worker(napari_job, later_go, "the later napari worker's warning")
+    later.finished.connect(later_ended.set)
+    relayed = []
+    later.warned.connect(lambda args: relayed.append(str(args[0])))
+    first.start()
+    a.start()
+    qtbot.wait(100)
+    b.start()
+    with qtbot.waitSignal(a.finished, timeout=30_000):
+        pass
+    with qtbot.waitSignal(first.finished, timeout=30_000):
+        first_go.set()
+    later.start()
+    a_ended.set()
+    with qtbot.waitSignals([b.finished, later.finished], timeout=30_000):
+        pass
+    qtbot.wait(100)
+    assert _warnings_shown(notifications) == [f"napari-unet: {low}", f"napari-unet: {after}"], notifications
+    assert relayed == ["the later napari worker's warning"]  # napari's worker keeps its own warnings
+    assert warnings.showwarning is hook and warnings.filters == filters
+    notifications.clear()
+    warnings.warn(f"a plugin's warning in the GUI thread {uuid.uuid4()}", UserWarning)
+    assert len(_warnings_shown(notifications)) == 1, notifications
 
 
 def test_which_warnings_are_napari_unets():

@@ -5,13 +5,17 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import inspect
+import linecache
 import os
+import re
 import sys
 import threading
 import time
+import warnings
 import weakref
 
-from napari.qt.threading import create_worker
+from napari.qt.threading import FunctionWorker, GeneratorWorker, create_worker
 from qtpy.QtCore import QObject, Qt, Signal, Slot
 
 from .tracked import unwrap
@@ -32,10 +36,89 @@ def create_worker_of(viewer, func, *args, stop: threading.Event | None = None, t
     _wait_for_workers_at_exit()
     if stop is not None:
         _STOP_EVENTS.add(stop)
+    if _ROUTABLE:
+        kwargs.setdefault("_worker_class", _GeneratorJob if inspect.isgeneratorfunction(func) else _FunctionJob)
     with _current(viewer):
         worker = create_worker(func if task is None else _Named(task, func), *args, **kwargs)
     _show_core_warnings(worker)
     return worker
+
+
+class _OwnWarnings:
+    """A superqt worker whose ``run`` is superqt's without its ``warnings.catch_warnings()``: the warnings of its
+    thread, and only those, come as ``warned`` (through :func:`_route`), under the process's own filters.
+
+    superqt's catch_warnings swaps the process's ``showwarning`` and filters while a worker runs: with two overlapping
+    jobs (the first started ending first) the second's warnings went to napari's hook (no prefix, numpy's noise shown),
+    and afterwards a finished worker's ``showwarning`` and an "always" filter stayed for good (GUI-thread warnings
+    lost, the worker never collected).
+    """
+
+    def run(self) -> None:  # superqt 0.9's WorkerBase.run, but for the warnings
+        self.started.emit()
+        self._running = True
+        thread = threading.get_ident()
+        try:
+            _install_router()
+            _JOBS[thread] = self
+            # no "always": the warnings' registries are forgotten (a new job says its warnings again; superqt's
+            # catch_warnings did it too), a warning repeated at one place in a job then comes once
+            _forget_shown_warnings()
+            try:
+                result = self.work()
+            finally:
+                _JOBS.pop(thread, None)
+            if isinstance(result, Exception):
+                if isinstance(result, RuntimeError):  # superqt's: the worker was likely deleted
+                    warnings.warn(f"RuntimeError in aborted thread: {result}", RuntimeWarning, stacklevel=2)
+                    return
+                raise result
+            if not self.abort_requested:
+                self.returned.emit(result)
+        except Exception as exc:
+            self.errored.emit(exc)
+        self._running = False
+        self.finished.emit()
+        self._finished.emit(self)
+
+
+class _FunctionJob(_OwnWarnings, FunctionWorker):
+    pass
+
+
+class _GeneratorJob(_OwnWarnings, GeneratorWorker):
+    pass
+
+
+#: thread id -> the worker of ours running in it (a dict's get and set are atomic)
+_JOBS: dict = {}
+_forget_shown_warnings = getattr(warnings, "_filters_mutated", lambda: None)
+#: the hook every warning that passed the filters goes through, whatever ``showwarning`` is (catch_warnings, superqt's
+#: workers, pytest and napari's ``install_hooks`` swap ``showwarning``, never this); without it, superqt's workers
+_ROUTABLE = callable(getattr(warnings, "_showwarnmsg", None))
+_showwarnmsg = getattr(warnings, "_showwarnmsg", None)  # the one there before ours: shows by ``showwarning``
+_router_lock = threading.Lock()
+
+
+def _route(msg) -> None:
+    """``warnings._showwarnmsg``: a warning raised in a thread running one of our jobs is that worker's ``warned``
+    (showwarning's arguments, as superqt emits them); any other goes where it went (the ``showwarning`` of the moment:
+    napari's hook, a napari worker's...)."""
+    worker = _JOBS.get(threading.get_ident())
+    if worker is None:
+        return _showwarnmsg(msg)
+    worker.warned.emit((msg.message, msg.category, msg.filename, msg.lineno, msg.file, msg.line))
+
+
+def _install_router() -> None:
+    global _showwarnmsg, _router_installed
+    with _router_lock:
+        if not _router_installed:  # once: a hook installed over ours later passes ours on (installing it again would loop)
+            _showwarnmsg, warnings._showwarnmsg = warnings._showwarnmsg, _route
+            _router_installed = True
+
+
+_router_installed = False
 
 
 def _show_core_warnings(worker) -> None:
@@ -51,25 +134,33 @@ def _show_core_warnings(worker) -> None:
 
 
 class _CoreWarnings(QObject):
-    """One worker's warnings (``warnings.showwarning``'s arguments, which superqt's worker emits as ``warned``) that the
+    """One worker's warnings (``warnings.showwarning``'s arguments, which the worker emits as ``warned``) that the
     napari_unet code raised, as ``napari-unet: <message>`` notifications, each message once per worker.
 
-    superqt's worker sets "always" while it runs (a warning raised in a loop comes every time) and its ``showwarning``
-    is the process's meanwhile (another thread's warnings come too). Third-party warnings (TensorFlow's, Keras', numpy's,
-    also those whose ``stacklevel`` points into napari_unet's code) are noise a user cannot act on: not shown.
+    Only the warnings of the worker's own thread come (:func:`_route`), each once per place in a job under Python's
+    default filters. Third-party warnings (TensorFlow's, Keras', numpy's, also those whose ``stacklevel`` points into
+    napari_unet's code, and numpy's floating-point warnings of the package's own arithmetic) are noise a user cannot act
+    on: not shown.
     """
 
     _show = Signal(object)  # showwarning's (message, category, filename, lineno), to the GUI thread
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self._shown: set = set()
+        self._shown: set = set()  # GUI thread
+        self._received: set = set()  # (text, category) sent to the GUI thread; any thread, under the lock
+        self._lock = threading.Lock()
         self._show.connect(self._notify)  # queued from a worker's thread: this object lives in the GUI thread
 
     def receive(self, showwarning_args: tuple) -> None:
         message, category, filename, lineno = showwarning_args[:4]
-        if raised_by_napari_unet(category, filename, _issuer_file()):
-            self._show.emit((message, category, filename, lineno))
+        if not raised_by_napari_unet(category, filename, _issuer_file()):
+            return
+        with self._lock:  # a repeat (a napari worker's "always" meanwhile, several places) queues no GUI call
+            if (str(message), category) in self._received:
+                return
+            self._received.add((str(message), category))
+        self._show.emit((message, category, filename, lineno))
 
     @Slot(object)
     def _notify(self, warning: tuple) -> None:
@@ -88,15 +179,18 @@ class _CoreWarnings(QObject):
 
 
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .../napari_unet
+#: the issuer of a warning a C function raised (numpy's "divide by zero encountered in divide"): not the package
+C_FUNCTION = "<a C function>"
 
 
 def raised_by_napari_unet(category: type, filename: str, issuer: str | None = None) -> bool:
     """Whether a warning is napari_unet's, for its user: of one of the package's own categories (LowMemoryWarning,
     UnknownValuesWarning...), or of a user's category (UserWarning, RuntimeWarning) raised by code in the package.
 
-    ``issuer``: the file of the code that called ``warnings.warn`` (or the C function that warned), where known; else
-    ``filename``, where the warning points, decides (its ``stacklevel`` chooses: numpy's warning of an all-NaN mean
-    points at its caller).
+    ``issuer``: the file of the code that called ``warnings.warn``, or :data:`C_FUNCTION` for a warning a C function
+    raised (numpy's floating-point warnings, also in the package's own arithmetic), where known; else ``filename``,
+    where the warning points, decides (its ``stacklevel`` chooses: numpy's warning of an all-NaN mean points at its
+    caller).
     """
     if getattr(category, "__module__", "").partition(".")[0] == "napari_unet":
         return True
@@ -106,20 +200,37 @@ def raised_by_napari_unet(category: type, filename: str, issuer: str | None = No
 
 
 def _in_package(filename: str) -> bool:
-    return os.path.abspath(filename).startswith(_PACKAGE + os.sep)
+    return not filename.startswith("<") and os.path.abspath(filename).startswith(_PACKAGE + os.sep)
 
 
 def _issuer_file() -> str | None:
-    """The file of the code that raised the warning being shown, from the current stack (inside ``warnings``' call of
-    ``showwarning``); None outside of it."""
+    """The file of the code that called ``warnings.warn`` for the warning being shown (or :data:`C_FUNCTION`), from the
+    current stack (inside :func:`_route` or ``warnings``' call of ``showwarning``); None outside of it."""
     frame, inside = sys._getframe(1), False
     while frame is not None:
-        if frame.f_globals.get("__name__") in ("warnings", "_py_warnings"):
+        if frame.f_code is _route.__code__ or frame.f_globals.get("__name__") in ("warnings", "_py_warnings"):
             inside = True
         elif inside:
-            return frame.f_code.co_filename
+            return frame.f_code.co_filename if _calls_warn(frame) is not False else C_FUNCTION
         frame = frame.f_back
     return None
+
+
+_WARN_CALL = re.compile(r"\s*(?:[\w.]+\.)?warn(?:_explicit)?\s*\(")
+
+
+def _calls_warn(frame) -> bool | None:
+    """Whether ``frame`` is calling ``warn(...)`` (``warnings.warn``), not a C function that warned (a ufunc, ``a / b``),
+    by the source of the instruction it runs; None where that source is unknown."""
+    try:
+        lineno, end_lineno, col, end_col = list(frame.f_code.co_positions())[frame.f_lasti // 2]
+        lines = linecache.getlines(frame.f_code.co_filename)[lineno - 1:end_lineno]
+    except (IndexError, TypeError, ValueError):  # (no positions: None)
+        return None
+    if not lines or col is None:
+        return None
+    source = "".join(lines).encode()[col:]  # positions are of UTF-8 bytes
+    return bool(_WARN_CALL.match(source.decode(errors="replace")))
 
 
 class _Named(functools.partial):
@@ -205,4 +316,4 @@ def _current(viewer):
             instances.insert(min(index, len(instances)), window)
 
 
-__all__ = ["create_worker_of", "raised_by_napari_unet"]
+__all__ = ["C_FUNCTION", "create_worker_of", "raised_by_napari_unet"]
