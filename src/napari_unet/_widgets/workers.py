@@ -6,6 +6,7 @@ import atexit
 import contextlib
 import functools
 import inspect
+import itertools
 import linecache
 import os
 import re
@@ -113,7 +114,8 @@ def _route(msg) -> None:
 def _install_router() -> None:
     global _showwarnmsg, _router_installed
     with _router_lock:
-        if not _router_installed:  # once: a hook installed over ours later passes ours on (installing it again would loop)
+        # once: a hook installed over ours later passes ours on (installing ours again over it would loop)
+        if not _router_installed:
             _showwarnmsg, warnings._showwarnmsg = warnings._showwarnmsg, _route
             _router_installed = True
 
@@ -154,7 +156,8 @@ class _CoreWarnings(QObject):
 
     def receive(self, showwarning_args: tuple) -> None:
         message, category, filename, lineno = showwarning_args[:4]
-        if not raised_by_napari_unet(category, filename, _issuer_file()):
+        by_category = _by_category(category)  # (the stack is looked at only where needed)
+        if not (by_category if by_category is not None else raised_by_napari_unet(category, filename, _issuer_file())):
             return
         with self._lock:  # a repeat (a napari worker's "always" meanwhile, several places) queues no GUI call
             if (str(message), category) in self._received:
@@ -192,11 +195,17 @@ def raised_by_napari_unet(category: type, filename: str, issuer: str | None = No
     where the warning points, decides (its ``stacklevel`` chooses: numpy's warning of an all-NaN mean points at its
     caller).
     """
+    by_category = _by_category(category)
+    return by_category if by_category is not None else _in_package(filename if issuer is None else issuer)
+
+
+def _by_category(category: type) -> bool | None:
+    """Whether a warning of ``category`` is napari_unet's whoever raised it; None: its issuer decides."""
     if getattr(category, "__module__", "").partition(".")[0] == "napari_unet":
         return True
     if not issubclass(category, (UserWarning, RuntimeWarning)):  # DeprecationWarning, FutureWarning...: for developers
         return False
-    return _in_package(filename if issuer is None else issuer)
+    return None
 
 
 def _in_package(filename: str) -> bool:
@@ -220,12 +229,12 @@ _WARN_CALL = re.compile(r"\s*(?:[\w.]+\.)?warn(?:_explicit)?\s*\(")
 
 
 def _calls_warn(frame) -> bool | None:
-    """Whether ``frame`` is calling ``warn(...)`` (``warnings.warn``), not a C function that warned (a ufunc, ``a / b``),
-    by the source of the instruction it runs; None where that source is unknown."""
+    """Whether ``frame`` is calling ``warn(...)`` (``warnings.warn``), not a C function that warned (a ufunc:
+    ``a / b``), by the source of the instruction it runs; None where that source is unknown."""
     try:
-        lineno, end_lineno, col, end_col = list(frame.f_code.co_positions())[frame.f_lasti // 2]
+        lineno, end_lineno, col, end_col = next(itertools.islice(frame.f_code.co_positions(), frame.f_lasti // 2, None))
         lines = linecache.getlines(frame.f_code.co_filename)[lineno - 1:end_lineno]
-    except (IndexError, TypeError, ValueError):  # (no positions: None)
+    except (StopIteration, TypeError, ValueError):  # (no positions: None)
         return None
     if not lines or col is None:
         return None
