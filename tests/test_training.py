@@ -843,7 +843,7 @@ def test_a_stack_annotated_on_a_few_slices_trains_on_those_without_reading_it_wh
     assert final.steps == 20 and all(np.isfinite(h["val_loss"]) for h in final.history) and final.model.class_values == [0, 255]
 
 
-def test_the_memory_check_counts_what_the_process_holds_already_and_a_gpus_activations_apart(monkeypatch):
+def test_the_memory_check_counts_what_the_process_holds_already_and_a_gpus_activations_apart(monkeypatch, memory):
     # the estimate includes TensorFlow's 0.8 GB, which a process training in napari holds already: compared with the
     # memory available now, it warned of trainings that fit (refused them, before session 64)
     import warnings
@@ -852,11 +852,6 @@ def test_the_memory_check_counts_what_the_process_holds_already_and_a_gpus_activ
     from napari_unet.config import ConfigError, ModelConfig
     from napari_unet.model import TRAINING_BASE_BYTES, training_memory_bytes
     from napari_unet.train import check_training_memory
-
-    def memory(available, capacity):
-        monkeypatch.setattr(hardware, "available_memory_bytes", lambda: available)
-        monkeypatch.setattr(hardware, "memory_capacity", lambda: hardware.MemoryCapacity(capacity, "this machine's memory"))
-        monkeypatch.setattr(hardware, "physical_memory", lambda: hardware.MemoryCapacity(capacity, "this machine's memory"))
 
     config = ModelConfig(depth=4, base_filters=16)
     needed = training_memory_bytes(config, 4, 256, True)

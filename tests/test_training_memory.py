@@ -181,6 +181,7 @@ def test_a_network_beyond_the_memory_without_swap_is_refused_though_it_fits_with
 
     ram = 64 if cgroup else 32  # a container of 32 GB (its swap as the machine's) on a machine of 64 GB
     _machine(monkeypatch, tmp_path, ram_gb=ram, swap_gb=32, available_gb=30, cgroup_limit_gb=cgroup)
+    monkeypatch.setattr(hardware, "has_gpu", lambda: False)  # (on a GPU the network lives there: not refused)
     config = ModelConfig(depth=4, base_filters=16)
     assert 36 * GB < training_memory_bytes(config, 380, 256, True) < 40 * GB  # the network: 39 GB
     where = "the memory limit of this container or job" if cgroup else "this machine's memory"
@@ -267,3 +268,22 @@ def test_the_training_data_check_returns_the_bytes_it_estimated(memory):
     memory(available=10**12, capacity=10**12)
     image, labels = stripes(n_slices=4, size=96)
     assert check_training_data_memory(image, labels, [0, 2]) == training_data_bytes(image, labels, [0, 2])
+
+
+def test_a_network_beyond_the_memory_without_swap_is_not_refused_when_it_trains_on_a_gpu(monkeypatch, tmp_path):
+    # review 2 of s64, 10: the network (weights, optimizer state; activations not counted on a GPU) was compared with
+    # the host's memory without swap though on a GPU it lives in the GPU's memory. Asked of has_gpu only when it
+    # matters (on_gpu=None, the check before the data are read), told by train_events once it knows.
+    from napari_unet.config import ConfigError, ModelConfig
+    from napari_unet.train import check_training_memory
+
+    _machine(monkeypatch, tmp_path, ram_gb=32, swap_gb=32, available_gb=30)
+    big = ModelConfig(depth=6, base_filters=128)  # about 62 GB: beyond 32 GB of memory, within memory and swap
+    monkeypatch.setattr(hardware, "has_gpu", lambda: True)
+    for kwargs in ({}, {"on_gpu": True}):
+        with pytest.warns(hardware.LowMemoryWarning):
+            assert check_training_memory(big, 4, 256, True, activations_here=False, **kwargs) is True
+    monkeypatch.setattr(hardware, "has_gpu", lambda: False)
+    for kwargs in ({}, {"on_gpu": False}):
+        with pytest.raises(ConfigError, match=r"depth 6, 128 filters.*more than the 32.0 GB.*swap does not count"):
+            check_training_memory(big, 4, 256, True, activations_here=False, **kwargs)

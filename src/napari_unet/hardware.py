@@ -224,7 +224,8 @@ def explain_auto_tta() -> str:
 #   anything is allocated (:func:`memory_excess`). A header of a few KB declaring terabytes lands here.
 # * Physical memory (:func:`physical_memory`): the same without swap. Memory every step of a loop touches (a training
 #   network's weights, optimizer state and activations) must fit in it, or each step pages it in and out: a training
-#   network beyond it is refused (train.check_training_memory), though it may fit with swap.
+#   network beyond it is refused (train.check_training_memory), though it may fit with swap; not on a GPU (it lives
+#   in the GPU's memory).
 # * Available now (:func:`available_memory_bytes`): what the system can give without swapping, which rises and falls
 #   with other programs. Data over :data:`MEMORY_SHARE` of it (:func:`memory_shortfall`) are read lazily where the
 #   caller allows it, else read anyway with a warning (:class:`LowMemoryWarning`): never refused for this alone.

@@ -812,12 +812,13 @@ def _trainer_key(model_config: ModelConfig, train_config: TrainConfig, loss_sett
 
 def check_training_memory(model_config: ModelConfig, batch_size: int, patch_size: int, mixed_precision: bool, *,
                           in_use: int = 0, activations_here: bool = True, data_bytes: int = 0, data_held: bool = False,
-                          data_name: str = "image and labels", warn: bool = True) -> bool:
+                          data_name: str = "image and labels", warn: bool = True, on_gpu: Optional[bool] = None) -> bool:
     """The memory policy (:mod:`napari_unet.hardware`) for training ``model_config``'s network on batches of
     ``batch_size`` patches of ``patch_size``² (:func:`napari_unet.model.training_memory_bytes`: TensorFlow, weights,
     optimizer state, activations) with its data (``data_bytes``, :func:`training_data_bytes`; both live at once):
     :class:`ConfigError` when the network exceeds the machine's (or container's) memory without swap (every step
-    touches all of it: with swap each step would page it in and out), or the network and data together its memory and
+    touches all of it: with swap each step would page it in and out; not on a GPU, where its weights and activations
+    live in the GPU's memory), or the network and data together its memory and
     swap (depth 6 with 128 filters, 2 billion weights, grew to 24 GB and the system killed the process, in napari the
     viewer with its unsaved layers); a :class:`~napari_unet.hardware.LowMemoryWarning` (unless not ``warn``) when
     what is still to be allocated takes more than :data:`~napari_unet.hardware.MEMORY_SHARE` of the memory available
@@ -826,7 +827,8 @@ def check_training_memory(model_config: ModelConfig, batch_size: int, patch_size
     ``in_use``: bytes of the network's estimate the process holds already (TensorFlow loaded, a kept trainer's
     weights); ``data_held``: the data are read and prepared already (held too); ``activations_here=False``: the batch's
     activations live elsewhere (a GPU) or are not counted yet (the check before the data are read). ``data_name``
-    names the data in the messages.
+    names the data in the messages. ``on_gpu``: whether training runs on a GPU (None: asked only when the network
+    exceeds the memory without swap, :func:`~napari_unet.hardware.has_gpu` loading TensorFlow).
     """
     network = training_memory_bytes(model_config, batch_size if activations_here else 0, patch_size, mixed_precision)
     needed = network + data_bytes
@@ -851,7 +853,7 @@ def check_training_memory(model_config: ModelConfig, batch_size: int, patch_size
             advice = "train on fewer annotated slices or on a crop of them (the model then predicts whole images all the same)"
         raise ConfigError(f"{what} {excess}; {advice}")
     excess = hardware.memory_excess(network, swap=False)
-    if excess is not None:
+    if excess is not None and not (hardware.has_gpu() if on_gpu is None else on_gpu):
         raise ConfigError(f"{network_what} {excess} (swap does not count: every training step uses all of the "
                           f"network's memory); {advice}")
     shortfall = hardware.memory_shortfall(max(0, needed - held)) if warn else None
@@ -1164,6 +1166,7 @@ def train_events(
     # the batch's activations too, now that where they live is known; the data are held by now (warned once at most)
     check_training_memory(model_config, train_config.batch_size, train_config.patch_size, mixed_precision,
                           in_use=_memory_held(model_config, lambda kept: kept == key), activations_here=not on_gpu,
+                          on_gpu=on_gpu,
                           data_bytes=data_bytes, data_held=True, data_name=data_name, warn=not warned)
     # The network handed out is never compiled; a kept (or new) trainer learns from its weights (_Trainer).
     network = build_unet(model_config, mixed_precision=mixed_precision, seed=train_config.seed)
