@@ -243,6 +243,23 @@ def test_overlapping_jobs_keep_their_warnings_and_leave_the_processs_hook(widget
     assert len(_warnings_shown(notifications)) == 1, notifications
 
 
+def test_a_job_recording_its_warnings_still_gets_them(widgets, qtbot, notifications):
+    # not a regression of the relay's own hook: code in a job that records warnings (catch_warnings(record=True), a
+    # library's or a test's) gets them, as under superqt's worker, and nothing is shown
+    from napari_unet.hardware import LowMemoryWarning
+
+    recorded = []
+
+    def job():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            warnings.warn("recorded, not shown", LowMemoryWarning)
+        recorded.extend(str(w.message) for w in caught)
+
+    _run_job(qtbot, widgets.viewer, job)
+    assert recorded == ["recorded, not shown"] and not _warnings_shown(notifications), notifications
+
+
 def test_which_warnings_are_napari_unets():
     import napari_unet.train
     from napari_unet._widgets.workers import raised_by_napari_unet

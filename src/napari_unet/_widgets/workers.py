@@ -61,7 +61,7 @@ class _OwnWarnings:
         thread = threading.get_ident()
         try:
             _install_router()
-            _JOBS[thread] = self
+            _JOBS[thread] = (self, getattr(warnings, "_showwarnmsg_impl", None))
             # no "always": the warnings' registries are forgotten (a new job says its warnings again; superqt's
             # catch_warnings did it too), a warning repeated at one place in a job then comes once
             _forget_shown_warnings()
@@ -91,7 +91,8 @@ class _GeneratorJob(_OwnWarnings, GeneratorWorker):
     pass
 
 
-#: thread id -> the worker of ours running in it (a dict's get and set are atomic)
+#: thread id -> (the worker of ours running in it, ``warnings._showwarnmsg_impl`` at its start); a dict's get
+#: and set are atomic
 _JOBS: dict = {}
 _forget_shown_warnings = getattr(warnings, "_filters_mutated", lambda: None)
 #: the hook every warning that passed the filters goes through, whatever ``showwarning`` is (catch_warnings, superqt's
@@ -105,9 +106,11 @@ def _route(msg) -> None:
     """``warnings._showwarnmsg``: a warning raised in a thread running one of our jobs is that worker's ``warned``
     (showwarning's arguments, as superqt emits them); any other goes where it went (the ``showwarning`` of the moment:
     napari's hook, a napari worker's...)."""
-    worker = _JOBS.get(threading.get_ident())
-    if worker is None:
+    job = _JOBS.get(threading.get_ident())
+    # a catch_warnings(record=True) entered since the job started (its code's own, or a library's) records them
+    if job is None or getattr(warnings, "_showwarnmsg_impl", None) is not job[1]:
         return _showwarnmsg(msg)
+    worker = job[0]
     worker.warned.emit((msg.message, msg.category, msg.filename, msg.lineno, msg.file, msg.line))
 
 
