@@ -4,7 +4,8 @@ refusal once the prediction began (the model loaded, slices read, outputs reserv
 which outputs already there are unchanged, into TIFF files and zarr stores alike; a refusal before (arguments, an
 unreachable --scheduler) says nothing of outputs.
 
-Memory figures are faked (:func:`napari_unet.hardware.available_memory_bytes`, :func:`~napari_unet.hardware.memory_capacity`)."""
+Memory figures are faked (conftest's ``memory``: :func:`napari_unet.hardware.available_memory_bytes`,
+:func:`~napari_unet.hardware.memory_capacity`)."""
 
 import os
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 import tifffile
 
 from _helpers import run_cli, stripes, tiny_model
-from napari_unet import cli, hardware
+from napari_unet import cli
 
 
 @pytest.fixture(scope="module")
@@ -24,16 +25,6 @@ def model_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("model") / "m.keras"
     save_model(tiny_model(), path)
     return path
-
-
-@pytest.fixture
-def memory(monkeypatch):
-    """``memory(available, capacity)``: the memory the system reports as available now, and its memory and swap."""
-    def set_memory(available, capacity):
-        monkeypatch.setattr(hardware, "available_memory_bytes", lambda: available)
-        whole = hardware.MemoryCapacity(capacity, "this machine's memory and swap")
-        monkeypatch.setattr(hardware, "memory_capacity", lambda: whole)
-    return set_memory
 
 
 def _errors(err: str) -> list:
@@ -205,3 +196,83 @@ def test_a_network_giving_nan_says_no_prediction_was_written(tmp_path, model_fil
     assert line == ("napari-unet: error: the network gave NaN or Inf probabilities on slice 1: its weights are damaged; "
                     "no prediction written"), line
     assert sorted(os.listdir(tmp_path)) == ["img.tif"]
+
+
+def _pair(tmp_path):
+    """An image, and -o and --probabilities files of an earlier run (all ones, uint8): their bytes by name."""
+    tifffile.imwrite(tmp_path / "img.tif", stripes(n_slices=2, size=64)[0], photometric="minisblack")
+    for name in ("pred.tif", "probs.tif"):
+        tifffile.imwrite(tmp_path / name, np.ones((2, 64, 64), np.uint8), photometric="minisblack")
+    return {name: (tmp_path / name).read_bytes() for name in ("pred.tif", "probs.tif")}
+
+
+@pytest.mark.parametrize("case", ["put back", "removed", "undo fails"])
+def test_a_failed_second_rename_puts_the_first_output_back_or_says_they_do_not_match(tmp_path, model_file, capsys,
+                                                                                     monkeypatch, case):
+    # review 2 of s64, 5: a TIFF predict's -o was replaced, then --probabilities' rename failed: new labels stayed
+    # beside old probabilities, and the message named neither. Now -o is put back (kept aside until both are in place;
+    # "removed": there was none, the new one is removed); should that fail too, the message says which is new.
+    import errno
+
+    before = _pair(tmp_path)
+    if case == "removed":
+        (tmp_path / "pred.tif").unlink()
+    real = os.replace
+
+    def flaky(source, destination, *args, **kwargs):
+        if str(destination) == str(tmp_path / "probs.tif") or case == "undo fails" \
+                and str(source).endswith(".replaced") and str(destination) == str(tmp_path / "pred.tif"):
+            raise OSError(errno.EIO, "Input/output error", str(destination))
+        return real(source, destination, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", flaky)
+    code, _, err = run_cli(capsys, "predict", model_file, tmp_path / "img.tif", "-o", tmp_path / "pred.tif",
+                           "--probabilities", tmp_path / "probs.tif", "--no-tta")
+    monkeypatch.undo()
+    assert code == 1
+    [line] = _errors(err)
+    pred, probs = tmp_path / "pred.tif", tmp_path / "probs.tif"
+    assert line.startswith(f"napari-unet: error: [Errno 5] Input/output error: '{probs}'"), line
+    assert (probs.read_bytes() == before["probs.tif"])
+    if case == "undo fails":
+        assert line.endswith(f"; {pred} was written, {probs} is unchanged: they do not match, predict again"), line
+        assert pred.read_bytes() != before["pred.tif"] and tifffile.imread(pred).shape == (2, 64, 64)
+        [aside] = [name for name in os.listdir(tmp_path) if name.endswith(".replaced")]  # the old -o, not lost
+        assert (tmp_path / aside).read_bytes() == before["pred.tif"]
+    elif case == "removed":
+        assert line.endswith(f"; no prediction written ({probs} is unchanged)"), line
+        assert sorted(os.listdir(tmp_path)) == ["img.tif", "probs.tif"]
+    else:
+        assert line.endswith(f"; no prediction written ({pred} and {probs} are unchanged)"), line
+        assert pred.read_bytes() == before["pred.tif"]
+        assert sorted(os.listdir(tmp_path)) == ["img.tif", "pred.tif", "probs.tif"]
+
+
+def test_both_outputs_are_replaced_and_nothing_is_left_aside(tmp_path, model_file, capsys):
+    # (control: the first output kept aside until the second is in place is removed then)
+    before = _pair(tmp_path)
+    code, _, err = run_cli(capsys, "predict", model_file, tmp_path / "img.tif", "-o", tmp_path / "pred.tif",
+                           "--probabilities", tmp_path / "probs.tif", "--no-tta")
+    assert code == 0, err
+    assert all((tmp_path / name).read_bytes() != data for name, data in before.items())
+    assert sorted(os.listdir(tmp_path)) == ["img.tif", "pred.tif", "probs.tif"]
+
+
+@pytest.mark.parametrize("error", ["oserror", "memory"])
+def test_an_error_before_the_prediction_began_says_nothing_of_outputs(tmp_path, model_file, capsys, monkeypatch, error):
+    # review 2 of s64, 8: an unreadable image header (an OSError) or a MemoryError there ended with "; no prediction
+    # written (pred.tif is unchanged)", unlike the other refusals before the prediction began
+    import errno
+
+    _pair(tmp_path)
+
+    def unreadable(path, *args, **kwargs):
+        if error == "memory":
+            raise MemoryError("no room")
+        raise OSError(errno.EIO, "Input/output error", str(path))
+
+    monkeypatch.setattr(cli, "_read_stack_and_metadata", unreadable)
+    code, _, err = run_cli(capsys, "predict", model_file, tmp_path / "img.tif", "-o", tmp_path / "pred.tif", "--no-tta")
+    assert code == 1
+    [line] = _errors(err)
+    assert "written" not in line and "unchanged" not in line, line

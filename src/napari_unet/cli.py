@@ -328,7 +328,9 @@ def write_all(files: list, replaced: list | None = None) -> None:
     """Write every ``(path, array, metadata)`` TIFF or none: each goes to a temporary file beside its target
     first, and the targets are replaced only once all are complete (an existing file is never half replaced), with
     Ctrl-C, SIGTERM and SIGHUP held until all are replaced and appended to ``replaced`` (which the interrupted command
-    names)."""
+    names). A rename that fails puts the files replaced before it back (each kept aside as a hidden sibling until the
+    last is in place): labels never stay beside the probabilities of an earlier run; one that cannot be put back is
+    appended to ``replaced``."""
     from ._files import folder_locks, fsync_folder, hidden_sibling, target_mode
     from .tiff_io import write_tiff
 
@@ -346,11 +348,39 @@ def write_all(files: list, replaced: list | None = None) -> None:
             os.chmod(partial, target_mode(path))  # a replaced file keeps its permissions
         # two runs writing one pair take turns (the zarr commit's locks): one run's labels and probabilities
         with folder_locks(path for _, path in pending) as folders:
-            with interrupts_deferred():  # all replaced and recorded, or (an interrupt before) none: "both or neither"
-                for partial, path in pending:
-                    os.replace(partial, path)
-                    if replaced is not None:
-                        replaced.append(path)
+            with interrupts_deferred():  # all replaced and recorded, or (an interrupt before, a failure) none
+                moved = []  # (target, the file it replaced kept aside, None: none) of each target replaced so far
+                try:
+                    for k, (partial, path) in enumerate(pending):
+                        aside = None
+                        if k < len(pending) - 1 and os.path.lexists(path):  # kept until the last is in place
+                            aside = hidden_sibling(path, "replaced", unique=True)
+                            os.replace(path, aside)
+                        try:
+                            os.replace(partial, path)
+                        except BaseException:
+                            if aside is not None:
+                                with contextlib.suppress(OSError):  # (else it stays aside, named by the next run)
+                                    os.replace(aside, path)
+                            raise
+                        moved.append((path, aside))
+                except BaseException:
+                    for path, aside in reversed(moved):  # the first error is raised; the command names what stays
+                        try:
+                            if aside is None:
+                                os.unlink(path)
+                            else:
+                                os.replace(aside, path)
+                        except OSError:
+                            if replaced is not None:
+                                replaced.append(path)
+                    raise
+                if replaced is not None:
+                    replaced.extend(path for _, path in pending)
+                for _, aside in moved:
+                    if aside is not None:
+                        with contextlib.suppress(OSError):  # (else it stays, named by the next run)
+                            os.unlink(aside)
         for folder in folders:
             fsync_folder(folder)
     finally:
@@ -1196,6 +1226,7 @@ def cmd_predict(args) -> int:
         load_tensorflow_for_command()
     # Refused from here on (the model loaded, slices read, outputs reserved), the message says what became of -o and
     # --probabilities; the refusals above (arguments, the image's header, memory) came before any work.
+    args.started = True  # (main's handlers of a lack of memory or an OSError say it from here on too)
     try:
         if chunked:
             return _predict_chunked(args, image, output, probabilities_file, pixel_size, axes)
@@ -1216,9 +1247,16 @@ class _NotStarted(CommandError):
 
 def _nothing_written(args) -> str:
     """What a ``predict`` that failed before writing left: no output (scratch files and partial stores are removed), and
-    the files or stores already at -o / --probabilities as they were."""
-    if args.written:  # (none of its errors comes after a write; should one, it must not say this)
-        return ""
+    the files or stores already at -o / --probabilities as they were; after a write that could not be undone
+    (:func:`write_all`), which output is new and which is not."""
+    if args.written:
+        new = {os.path.abspath(path) for path in args.written}
+        old = [str(path) for path in (args.output, args.probabilities)
+               if path and os.path.abspath(path) not in new and os.path.lexists(path)]
+        if not old:  # (all written: the error came after)
+            return ""
+        return (f"; {', '.join(map(str, args.written))} {'was' if len(args.written) == 1 else 'were'} written, "
+                f"{' and '.join(old)} {'is' if len(old) == 1 else 'are'} unchanged: they do not match, predict again")
     kept = [str(path) for path in (args.output, args.probabilities) if path and os.path.lexists(path)]
     return "; no prediction written" + (f" ({' and '.join(kept)} {'is' if len(kept) == 1 else 'are'} unchanged)" if kept else "")
 
@@ -1913,9 +1951,10 @@ _ENDED_BY: list = []
 
 
 def _predicted_nothing(args) -> str:
-    """For ``predict`` ended by a lack of memory or a write's error (its outputs are written all or none, after the
-    prediction): :func:`_nothing_written`; other commands say it their way."""
-    return _nothing_written(args) if args.command == "predict" else ""
+    """For ``predict`` ended by a lack of memory or a write's error once the prediction began (its outputs are written
+    all or none, after the prediction): :func:`_nothing_written`; "" before it began (the image's header unreadable:
+    as its other refusals there, nothing of outputs) and for other commands, which say it their way."""
+    return _nothing_written(args) if args.command == "predict" and getattr(args, "started", False) else ""
 
 
 def _written_before_running_out(args) -> str:
