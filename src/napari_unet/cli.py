@@ -1926,9 +1926,10 @@ def main(argv=None) -> int:
     except Exception as err:
         if type(err).__name__ != "ResourceExhaustedError":
             raise
+        from .hardware import out_of_memory_line
         advice = {"train": "; lower --batch-size or --patch-size", "predict": "; lower --batch-size or --tile-size"}.get(args.command, "")
         advice = "; " + _written_before_running_out(args) if args.written else advice
-        print(f"napari-unet: error: not enough memory for TensorFlow ({_out_of_memory_line(err)}){advice}{_predicted_nothing(args)}",
+        print(f"napari-unet: error: not enough memory for TensorFlow ({out_of_memory_line(err)}){advice}{_predicted_nothing(args)}",
               file=sys.stderr)
         return 1
     finally:
@@ -1967,16 +1968,6 @@ def _written_before_running_out(args) -> str:
         text += (": the model is complete, only scoring its validation needed more (napari-unet predict, with a lower "
                  "--tile-size or --no-tta, and napari-unet evaluate score it)")
     return text
-
-
-def _out_of_memory_line(err: BaseException) -> str:
-    """The allocation that failed in TensorFlow's out-of-memory error (a GPU's, mostly): its message starts with "Graph
-    execution error:" and the nodes where it was detected, then a page of allocator details."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    line = next((line for line in lines if re.search(r"OOM when allocating|Out of memory", line)), lines[0] if lines else "")
-    line = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", line)  # eager ops name their kernel first
-    line = re.split(r" by allocator| \[\[| \[Op:|;", line)[0].strip()
-    return line[:160] or type(err).__name__
 
 
 def _check_temporary_folder() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import operator
 import os
+import re
 import sys
 import time
 from fractions import Fraction
@@ -376,6 +377,17 @@ def memory_excess(n_bytes_needed: int, swap: bool = True) -> Optional[str]:
     return f"needs {size_text(n_bytes_needed)} of memory, more than the {size_text(capacity.bytes)} of {capacity.what}"
 
 
+def out_of_memory_line(err: BaseException) -> str:
+    """The allocation that failed in TensorFlow's out-of-memory error (``ResourceExhaustedError``, a GPU's mostly), e.g.
+    "OOM when allocating tensor with shape[4,64,256,256] and type float on ...GPU:0": its message starts with "Graph
+    execution error:" and the nodes where it was detected, then a page of allocator details; else its first line."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    line = next((line for line in lines if re.search(r"OOM when allocating|Out of memory", line)), lines[0] if lines else "")
+    line = re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", line)  # eager ops name their kernel first
+    line = re.split(r" by allocator| \[\[| \[Op:|;", line)[0].strip()
+    return line[:160] or type(err).__name__
+
+
 def _read_bytes_figure(path: str) -> Optional[int]:
     """The number in a cgroup file, or None when it says "max", is missing or is beyond any machine (v1's no limit)."""
     try:
@@ -493,6 +505,7 @@ __all__ = [
     "LowMemoryWarning",
     "memory_shortfall",
     "memory_excess",
+    "out_of_memory_line",
     "size_text",
     "resolve_depth",
     "auto_depth_without_gpu_query",

@@ -16,6 +16,7 @@ import numpy as np
 
 from napari_unet.config import ConfigError
 from napari_unet.data import InputError, reader_errors, slices_text
+from napari_unet.hardware import out_of_memory_line
 from napari_unet.labels import LabelError
 from napari_unet.model_io import ModelFileError, UNetModel
 from napari_unet.predict import Agreement, PredictionError
@@ -31,10 +32,15 @@ _log = logging.getLogger("napari_unet")
 def _unexpected(what: str, err: Exception) -> "Failed":
     """A failure nobody foresaw (e.g. TensorFlow out of memory): its traceback goes to the log, the user gets a message.
     A job cut short by the interpreter's exit (its thread pools refuse new work) is told as such, without a traceback."""
-    if isinstance(err, RuntimeError) and "interpreter shutdown" in str(err):
+    if _at_exit(err):
         return Failed(f"{what} ended by Python's exit")
     _log.exception("napari-unet: %s failed", what)
     return Failed(f"{type(err).__name__}: {err}")
+
+
+def _at_exit(err: Exception) -> bool:
+    """Whether ``err`` cut a job short at the interpreter's exit (its thread pools refuse new work)."""
+    return isinstance(err, RuntimeError) and "interpreter shutdown" in str(err)
 
 
 @dataclass(frozen=True)
@@ -138,7 +144,8 @@ def train_job(image, labels, model_config, train_config, init=None, stop=None, a
             except reader_errors() as err:  # a page or chunk the training read became unreadable (a changed file, memory)
                 yield CheckLost(read_error_text(err, names))
             except Exception as err:  # e.g. out of memory: the retrained model is in use already; only the check is lost
-                _log.exception("napari-unet: scoring the corrections on the retrained model failed")
+                if not _at_exit(err):
+                    _log.exception("napari-unet: scoring the corrections on the retrained model failed")
                 yield CheckLost(_why(err))
             if score is not None:
                 yield CorrectionsLearned(score.agreement, check, final.model.boundary_rule is not None, score.one_class_note)
@@ -153,11 +160,15 @@ def train_job(image, labels, model_config, train_config, init=None, stop=None, a
 
 def _why(err: Exception) -> str:
     """One line saying why an unforeseen failure happened (its traceback goes to the log): "not enough memory
-    (MemoryError: ...)", "ValueError: <its first line>"."""
+    (MemoryError: ...)", "not enough memory for TensorFlow (OOM when allocating tensor with shape[...] ...)" (the
+    allocation that failed, as the CLI says it), "ended by Python's exit", "ValueError: <its first line>"."""
+    if type(err).__name__ == "ResourceExhaustedError":  # (TensorFlow's: its first line is "Graph execution error:")
+        return f"not enough memory for TensorFlow ({out_of_memory_line(err)})"
+    if _at_exit(err):
+        return "ended by Python's exit"
     lines = str(err).strip().splitlines()
     what = f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
-    out_of_memory = isinstance(err, MemoryError) or type(err).__name__ == "ResourceExhaustedError"  # (TensorFlow's)
-    return f"not enough memory ({what})" if out_of_memory else what
+    return f"not enough memory ({what})" if isinstance(err, MemoryError) else what
 
 
 def read_error_text(err: Exception, names: Optional[dict] = None) -> str:
