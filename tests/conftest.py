@@ -225,6 +225,17 @@ def _thread_priority_kept():
             pass
 
 
+@pytest.fixture(scope="module")
+def tiny_model_file(tmp_path_factory):
+    """A saved :func:`_helpers.tiny_model` (``m.keras``), one per test module."""
+    from _helpers import tiny_model
+    from napari_unet.model_io import save_model
+
+    path = tmp_path_factory.mktemp("model") / "m.keras"
+    save_model(tiny_model(), path)
+    return path
+
+
 @pytest.fixture
 def memory(monkeypatch):
     """``memory(available, capacity, physical=None)``: fake the memory the system reports as available now, its

@@ -15,15 +15,6 @@ zarr = pytest.importorskip("zarr")
 N_SLICES, DAMAGED = 12, 4
 
 
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    from napari_unet.model_io import save_model
-
-    path = tmp_path_factory.mktemp("model") / "m.keras"
-    save_model(tiny_model(), path)
-    return path
-
-
 @pytest.fixture
 def lazy_tiffs(monkeypatch):
     from napari_unet import tiff_io
@@ -46,13 +37,13 @@ def _old_store(path):
     ("zarr", ["--slices-per-chunk", "3"], f"slice {DAMAGED}"),  # the task of slices 3-5 reads chunk by chunk again
     ("tiff", [], f"slice {DAMAGED}"),  # tasks of 8 pages
 ])
-def test_a_damaged_chunk_met_by_a_task_names_its_slice_and_nothing_is_written(tmp_path, model_file, capsys, lazy_tiffs,
+def test_a_damaged_chunk_met_by_a_task_names_its_slice_and_nothing_is_written(tmp_path, tiny_model_file, capsys, lazy_tiffs,
                                                                               kind, extra, slices):
     image = stripes(n_slices=N_SLICES, size=64)[0]
     name = "img.zarr" if kind == "zarr" else "img.tif"
     (damaged_zarr if kind == "zarr" else damaged_tiff)(str(tmp_path / name), image, DAMAGED)
     before = _files(tmp_path)
-    code, _, err = run_cli(capsys, "predict", model_file, tmp_path / name, "-o", tmp_path / "out.zarr",
+    code, _, err = run_cli(capsys, "predict", tiny_model_file, tmp_path / name, "-o", tmp_path / "out.zarr",
                            "--probabilities", tmp_path / "p.zarr", "--no-tta", *extra)
     assert code == 2, err
     lines = [line for line in err.splitlines() if line.startswith("napari-unet: error:")]
@@ -62,13 +53,13 @@ def test_a_damaged_chunk_met_by_a_task_names_its_slice_and_nothing_is_written(tm
     assert _files(tmp_path) == before  # no store, complete-looking or partial, and no hidden partial beside it
 
 
-def test_a_damaged_chunk_leaves_the_stores_already_there_as_they_were(tmp_path, model_file, capsys):
+def test_a_damaged_chunk_leaves_the_stores_already_there_as_they_were(tmp_path, tiny_model_file, capsys):
     image = stripes(n_slices=N_SLICES, size=64)[0]
     damaged_zarr(str(tmp_path / "img.zarr"), image, DAMAGED)
     _old_store(tmp_path / "out.zarr")
     _old_store(tmp_path / "p.zarr")
     before = _files(tmp_path)
-    code, _, err = run_cli(capsys, "predict", model_file, tmp_path / "img.zarr", "-o", tmp_path / "out.zarr",
+    code, _, err = run_cli(capsys, "predict", tiny_model_file, tmp_path / "img.zarr", "-o", tmp_path / "out.zarr",
                            "--probabilities", tmp_path / "p.zarr", "--no-tta")
     assert code == 2
     [line] = [line for line in err.splitlines() if line.startswith("napari-unet: error:")]
@@ -79,13 +70,13 @@ def test_a_damaged_chunk_leaves_the_stores_already_there_as_they_were(tmp_path, 
         np.testing.assert_array_equal(zarr.open_array(str(tmp_path / store), mode="r")[:], np.full((2, 3), 7, np.uint8))
 
 
-def test_a_damaged_chunk_met_on_a_dask_cluster_names_its_slice(tmp_path, model_file, capsys):
+def test_a_damaged_chunk_met_on_a_dask_cluster_names_its_slice(tmp_path, tiny_model_file, capsys):
     distributed = pytest.importorskip("distributed")
     image = stripes(n_slices=N_SLICES, size=64)[0]
     damaged_zarr(str(tmp_path / "img.zarr"), image, DAMAGED)
     before = _files(tmp_path)
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
-        code, _, err = run_cli(capsys, "predict", model_file, tmp_path / "img.zarr", "-o", tmp_path / "out.zarr", "--no-tta",
+        code, _, err = run_cli(capsys, "predict", tiny_model_file, tmp_path / "img.zarr", "-o", tmp_path / "out.zarr", "--no-tta",
                                "--slices-per-chunk", "3", "--scheduler", cluster.scheduler_address)
     assert code == 2, err
     [line] = [line for line in err.splitlines() if line.startswith("napari-unet: error:")]
@@ -129,13 +120,13 @@ def test_store_events_names_the_slices_of_a_read_error(tmp_path, monkeypatch, fa
 
 
 @pytest.mark.parametrize("output", ["out.zarr", "out.tif"])
-def test_a_slice_refused_by_a_task_is_named_by_its_number_in_the_stack(tmp_path, model_file, capsys, output):
+def test_a_slice_refused_by_a_task_is_named_by_its_number_in_the_stack(tmp_path, tiny_model_file, capsys, output):
     import tifffile
 
     image = stripes(n_slices=N_SLICES, size=64)[0].astype(np.float32)
     image[10, 5, 5] = np.nan  # in the task of slices 8-11, its slice 2 (named so into zarr stores)
     tifffile.imwrite(tmp_path / "nan.tif", image, photometric="minisblack")
-    code, _, err = run_cli(capsys, "predict", model_file, tmp_path / "nan.tif", "-o", tmp_path / output, "--no-tta")
+    code, _, err = run_cli(capsys, "predict", tiny_model_file, tmp_path / "nan.tif", "-o", tmp_path / output, "--no-tta")
     assert code == 2
     [line] = [line for line in err.splitlines() if line.startswith("napari-unet: error:")]
     assert line.startswith("napari-unet: error: image nan.tif, slice 10: contains NaN or Inf values"), line
@@ -143,13 +134,13 @@ def test_a_slice_refused_by_a_task_is_named_by_its_number_in_the_stack(tmp_path,
 
 
 @pytest.mark.parametrize("output", ["out.zarr", "out.tif"])
-def test_a_flat_image_refused_names_no_slice_into_zarr_as_into_tiff(tmp_path, model_file, capsys, output):
+def test_a_flat_image_refused_names_no_slice_into_zarr_as_into_tiff(tmp_path, tiny_model_file, capsys, output):
     import tifffile
 
     image = stripes(n_slices=1, size=64)[0][0].astype(np.float32)
     image[5, 5] = np.nan
     tifffile.imwrite(tmp_path / "nan2d.tif", image, photometric="minisblack")
-    code, _, err = run_cli(capsys, "predict", model_file, tmp_path / "nan2d.tif", "-o", tmp_path / output, "--no-tta")
+    code, _, err = run_cli(capsys, "predict", tiny_model_file, tmp_path / "nan2d.tif", "-o", tmp_path / output, "--no-tta")
     assert code == 2
     [line] = [line for line in err.splitlines() if line.startswith("napari-unet: error:")]
     assert line.startswith("napari-unet: error: image nan2d.tif contains NaN or Inf values;"), line  # (was ", slice 0:" into zarr)

@@ -8,17 +8,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from _helpers import error_line, stripes, tiny_model
+from _helpers import error_line, stripes
 from napari_unet import cli
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    from napari_unet.model_io import save_model
-
-    path = tmp_path_factory.mktemp("model") / "m.keras"
-    save_model(tiny_model(), path)
-    return path
 
 
 @pytest.fixture
@@ -38,12 +29,12 @@ def test_a_complex_image_is_named_when_refused(stack, capsys):
     assert not (folder / "m.keras").exists()
 
 
-def test_nan_in_an_image_is_named_when_predicting(stack, model_file, capsys):
+def test_nan_in_an_image_is_named_when_predicting(stack, tiny_model_file, capsys):
     folder, image, _ = stack
     nan = image.astype(np.float32)
     nan[1, 5, 5] = np.nan
     tifffile.imwrite(folder / "img_nan.tif", nan, photometric="minisblack")
-    code = cli.main(["predict", str(model_file), str(folder / "img_nan.tif"), "-o", str(folder / "pred.tif")])
+    code = cli.main(["predict", str(tiny_model_file), str(folder / "img_nan.tif"), "-o", str(folder / "pred.tif")])
     assert code == 2
     line = error_line(capsys)
     assert "image img_nan.tif, slice 1: contains NaN or Inf values" in line, line
@@ -70,7 +61,7 @@ def test_image_and_labels_of_different_slice_counts_are_both_named(stack, capsys
     assert "--ignore-value" in line and "crop the image" in line
 
 
-def test_a_slice_larger_than_memory_is_refused_before_the_model_is_loaded(tmp_path, model_file, capsys, monkeypatch):
+def test_a_slice_larger_than_memory_is_refused_before_the_model_is_loaded(tmp_path, tiny_model_file, capsys, monkeypatch):
     zarr = pytest.importorskip("zarr")
     from napari_unet import model_io
 
@@ -81,7 +72,7 @@ def test_a_slice_larger_than_memory_is_refused_before_the_model_is_loaded(tmp_pa
         raise AssertionError("the model was loaded")
 
     monkeypatch.setattr(model_io, "load_model", loaded)
-    code = cli.main(["predict", str(model_file), str(tmp_path / "huge.zarr"), "-o", str(tmp_path / "pred.tif")])
+    code = cli.main(["predict", str(tiny_model_file), str(tmp_path / "huge.zarr"), "-o", str(tmp_path / "pred.tif")])
     assert code == 2
     line = error_line(capsys)
     assert "image huge.zarr: predicting one slice of 100000 x 100000 pixels" in line, line
@@ -108,16 +99,16 @@ def test_a_refused_memory_map_of_the_output_says_so(tmp_path, monkeypatch):
     assert "ulimit -v" in text
 
 
-def test_a_refused_memory_map_is_one_line_with_status_1(stack, model_file, capsys, monkeypatch):
+def test_a_refused_memory_map_is_one_line_with_status_1(stack, tiny_model_file, capsys, monkeypatch):
     folder, _, _ = stack
     monkeypatch.setattr(np, "memmap", _RefusedMap)
-    code = cli.main(["predict", str(model_file), str(folder / "img.tif"), "-o", str(folder / "pred.tif")])
+    code = cli.main(["predict", str(tiny_model_file), str(folder / "img.tif"), "-o", str(folder / "pred.tif")])
     assert code == 1
     assert "map the output of (4, 96, 96)" in error_line(capsys)
 
 
 @pytest.mark.parametrize("reader", ["tiff", "zarr"])
-def test_a_damaged_slice_found_while_predicting_is_named_with_its_role(stack, model_file, capsys, monkeypatch, reader):
+def test_a_damaged_slice_found_while_predicting_is_named_with_its_role(stack, tiny_model_file, capsys, monkeypatch, reader):
     from napari_unet import predict as predict_module
     from napari_unet.tiff_io import TiffReadError
     from napari_unet.zarr_io import ZarrReadError
@@ -131,7 +122,7 @@ def test_a_damaged_slice_found_while_predicting_is_named_with_its_role(stack, mo
         yield
 
     monkeypatch.setattr(predict_module, "predict_events", damaged)
-    code = cli.main(["predict", str(model_file), str(image), "-o", str(folder / "pred.tif")])
+    code = cli.main(["predict", str(tiny_model_file), str(image), "-o", str(folder / "pred.tif")])
     assert code == 2
     assert "error: image img.tif: corrupt or unsupported TIFF" in error_line(capsys)
 
@@ -177,14 +168,14 @@ def test_readme_names_the_chance_level_warning_among_status_0():
     assert "chance" in row and "kappa" in row
 
 
-def test_a_damaged_page_met_while_predicting_into_tiff_says_the_output_is_unchanged(tmp_path, model_file, capsys, monkeypatch):
+def test_a_damaged_page_met_while_predicting_into_tiff_says_the_output_is_unchanged(tmp_path, tiny_model_file, capsys, monkeypatch):
     from _helpers import damaged_tiff
     from napari_unet import tiff_io
 
     monkeypatch.setattr(tiff_io, "LAZY_READ_BYTES", 0)  # read page by page, as a large file
     damaged_tiff(tmp_path / "img.tif", stripes(n_slices=10, size=64)[0], 7)  # (the intensity check reads 0, 1, 3-6, 8, 9)
     (tmp_path / "pred.tif").write_bytes(b"the user's file")
-    code = cli.main(["predict", str(model_file), str(tmp_path / "img.tif"), "-o", str(tmp_path / "pred.tif"), "--no-tta"])
+    code = cli.main(["predict", str(tiny_model_file), str(tmp_path / "img.tif"), "-o", str(tmp_path / "pred.tif"), "--no-tta"])
     assert code == 2
     line = error_line(capsys)
     assert line.startswith("napari-unet: error: image img.tif, slice 7: corrupt or unsupported TIFF"), line

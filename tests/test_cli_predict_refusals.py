@@ -14,28 +14,19 @@ import numpy as np
 import pytest
 import tifffile
 
-from _helpers import run_cli, stripes, tiny_model
+from _helpers import run_cli, stripes
 from napari_unet import cli
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    from napari_unet.model_io import save_model
-
-    path = tmp_path_factory.mktemp("model") / "m.keras"
-    save_model(tiny_model(), path)
-    return path
 
 
 def _errors(err: str) -> list:
     return [line for line in err.splitlines() if line.startswith("napari-unet: error:")]
 
 
-def test_a_slice_beyond_the_memory_available_now_is_predicted_with_one_warning_line(tmp_path, model_file, capsys, memory):
+def test_a_slice_beyond_the_memory_available_now_is_predicted_with_one_warning_line(tmp_path, tiny_model_file, capsys, memory):
     # old: "note: image img.tif: predicting one slice ... : other programs may have to give way, or it runs out of memory"
     tifffile.imwrite(tmp_path / "img.tif", stripes(n_slices=2, size=64)[0], photometric="minisblack")
     memory(available=2**16, capacity=10**11)  # 5 float32 copies of a 64² slice: 80 KB, more than 3/4 of 64 KB
-    code, _, err = run_cli(capsys, "predict", model_file, tmp_path / "img.tif", "-o", tmp_path / "pred.tif", "--no-tta")
+    code, _, err = run_cli(capsys, "predict", tiny_model_file, tmp_path / "img.tif", "-o", tmp_path / "pred.tif", "--no-tta")
     assert code == 0 and (tmp_path / "pred.tif").exists(), err
     lines = [line for line in err.splitlines() if "predicting one slice" in line]
     assert lines == ["warning: image img.tif: predicting one slice of 64 x 64 pixels (5 float32 copies of it) needs "
@@ -73,7 +64,7 @@ def test_the_slice_memory_check_counts_a_copy_of_the_slice_only_where_its_read_m
 
 
 @pytest.mark.parametrize("output", ["pred.tif", "pred.zarr"])
-def test_a_slice_refused_for_nan_says_no_prediction_was_written_and_the_output_there_is_unchanged(tmp_path, model_file, capsys, output):
+def test_a_slice_refused_for_nan_says_no_prediction_was_written_and_the_output_there_is_unchanged(tmp_path, tiny_model_file, capsys, output):
     # old: "image nan.tif, slice 1: contains NaN or Inf values; ..." with no word of the output
     image = stripes(n_slices=3, size=64)[0].astype(np.float32)
     image[1, 5, 5] = np.nan
@@ -84,7 +75,7 @@ def test_a_slice_refused_for_nan_says_no_prediction_was_written_and_the_output_t
     else:
         _zarr_image(target, np.ones((3, 64, 64), np.uint8))
     before = {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
-    code, _, err = run_cli(capsys, "predict", model_file, tmp_path / "nan.tif", "-o", target, "--no-tta")
+    code, _, err = run_cli(capsys, "predict", tiny_model_file, tmp_path / "nan.tif", "-o", target, "--no-tta")
     assert code == 2
     [line] = _errors(err)
     assert line.startswith("napari-unet: error: image nan.tif, slice 1: contains NaN or Inf values"), line
@@ -92,7 +83,7 @@ def test_a_slice_refused_for_nan_says_no_prediction_was_written_and_the_output_t
     assert {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()} == before
 
 
-def test_a_dead_worker_says_no_prediction_was_written(tmp_path, model_file, capsys, monkeypatch):
+def test_a_dead_worker_says_no_prediction_was_written(tmp_path, tiny_model_file, capsys, monkeypatch):
     # old: "a dask worker died while predicting (...): ..." with no word of the outputs (the partial stores are removed)
     from napari_unet import chunked
 
@@ -105,7 +96,7 @@ def test_a_dead_worker_says_no_prediction_was_written(tmp_path, model_file, caps
 
     monkeypatch.setattr(chunked, "store_events", killed)
     tifffile.imwrite(tmp_path / "img.tif", stripes(n_slices=2, size=64)[0], photometric="minisblack")
-    code, _, err = run_cli(capsys, "predict", model_file, tmp_path / "img.tif", "-o", tmp_path / "out.zarr", "--no-tta")
+    code, _, err = run_cli(capsys, "predict", tiny_model_file, tmp_path / "img.tif", "-o", tmp_path / "out.zarr", "--no-tta")
     assert code == 2
     [line] = _errors(err)
     assert line == "napari-unet: error: a dask worker died while predicting (out of memory? fewer threads per worker or " \
@@ -113,7 +104,7 @@ def test_a_dead_worker_says_no_prediction_was_written(tmp_path, model_file, caps
     assert sorted(os.listdir(tmp_path)) == ["img.tif"]
 
 
-def test_an_output_taken_by_another_program_meanwhile_says_it_is_unchanged(tmp_path, model_file, capsys, monkeypatch):
+def test_an_output_taken_by_another_program_meanwhile_says_it_is_unchanged(tmp_path, tiny_model_file, capsys, monkeypatch):
     # old: "OUT exists and is not a zarr array; not replaced"
     from napari_unet import zarr_io
 
@@ -125,7 +116,7 @@ def test_an_output_taken_by_another_program_meanwhile_says_it_is_unchanged(tmp_p
 
     monkeypatch.setattr(zarr_io, "commit_zarr_stores", taken)
     tifffile.imwrite(tmp_path / "img.tif", stripes(n_slices=2, size=64)[0], photometric="minisblack")
-    code, _, err = run_cli(capsys, "predict", model_file, tmp_path / "img.tif", "-o", tmp_path / "out.zarr", "--no-tta")
+    code, _, err = run_cli(capsys, "predict", tiny_model_file, tmp_path / "img.tif", "-o", tmp_path / "out.zarr", "--no-tta")
     assert code == 2
     [line] = _errors(err)
     out = tmp_path / "out.zarr"
@@ -133,18 +124,18 @@ def test_an_output_taken_by_another_program_meanwhile_says_it_is_unchanged(tmp_p
     assert out.read_text() == "another program's" and sorted(os.listdir(tmp_path)) == ["img.tif", "out.zarr"]
 
 
-def test_an_unreachable_scheduler_says_nothing_of_outputs(tmp_path, model_file, capsys, monkeypatch):
+def test_an_unreachable_scheduler_says_nothing_of_outputs(tmp_path, tiny_model_file, capsys, monkeypatch):
     pytest.importorskip("distributed")
     monkeypatch.setattr(cli, "SCHEDULER_TIMEOUT", "1s")
     tifffile.imwrite(tmp_path / "img.tif", stripes(n_slices=2, size=64)[0], photometric="minisblack")
-    code, _, err = run_cli(capsys, "predict", model_file, tmp_path / "img.tif", "-o", tmp_path / "out.zarr",
+    code, _, err = run_cli(capsys, "predict", tiny_model_file, tmp_path / "img.tif", "-o", tmp_path / "out.zarr",
                            "--scheduler", "tcp://127.0.0.1:9")
     assert code == 2
     [line] = _errors(err)
     assert "cannot reach a dask scheduler" in line and "written" not in line, line
 
 
-def test_running_out_of_memory_or_disk_while_predicting_says_no_prediction_was_written(tmp_path, model_file, capsys, monkeypatch):
+def test_running_out_of_memory_or_disk_while_predicting_says_no_prediction_was_written(tmp_path, tiny_model_file, capsys, monkeypatch):
     # old: "not enough memory (no room); predict holds ..." and "cannot write ...: No space left on device in ...; free
     # some space there or choose another folder", with no word of the outputs (written all or none)
     import errno
@@ -161,7 +152,7 @@ def test_running_out_of_memory_or_disk_while_predicting_says_no_prediction_was_w
 
     with monkeypatch.context() as patch:
         patch.setattr(predict, "predict_events", no_room)
-        code, _, err = run_cli(capsys, "predict", model_file, tmp_path / "img.tif", "-o", tmp_path / "pred.tif", "--no-tta")
+        code, _, err = run_cli(capsys, "predict", tiny_model_file, tmp_path / "img.tif", "-o", tmp_path / "pred.tif", "--no-tta")
     assert code == 1
     [line] = _errors(err)
     assert line.startswith("napari-unet: error: not enough memory (no room); predict holds a whole slice"), line
@@ -171,7 +162,7 @@ def test_running_out_of_memory_or_disk_while_predicting_says_no_prediction_was_w
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(tiff_io, "write_tiff", full)
-    code, _, err = run_cli(capsys, "predict", model_file, tmp_path / "img.tif", "-o", tmp_path / "pred.tif",
+    code, _, err = run_cli(capsys, "predict", tiny_model_file, tmp_path / "img.tif", "-o", tmp_path / "pred.tif",
                            "--probabilities", tmp_path / "probs.tif", "--no-tta")
     assert code == 2
     [line] = _errors(err)
@@ -180,7 +171,7 @@ def test_running_out_of_memory_or_disk_while_predicting_says_no_prediction_was_w
     assert (tmp_path / "pred.tif").read_bytes() == before and sorted(os.listdir(tmp_path)) == ["img.tif", "pred.tif"]
 
 
-def test_a_network_giving_nan_says_no_prediction_was_written(tmp_path, model_file, capsys, monkeypatch):
+def test_a_network_giving_nan_says_no_prediction_was_written(tmp_path, tiny_model_file, capsys, monkeypatch):
     # old: "the network gave NaN or Inf probabilities on slice 1: ..." with no word of the output
     from napari_unet import predict
 
@@ -190,7 +181,7 @@ def test_a_network_giving_nan_says_no_prediction_was_written(tmp_path, model_fil
 
     monkeypatch.setattr(predict, "predict_events", damaged)
     tifffile.imwrite(tmp_path / "img.tif", stripes(n_slices=2, size=64)[0], photometric="minisblack")
-    code, _, err = run_cli(capsys, "predict", model_file, tmp_path / "img.tif", "-o", tmp_path / "pred.tif", "--no-tta")
+    code, _, err = run_cli(capsys, "predict", tiny_model_file, tmp_path / "img.tif", "-o", tmp_path / "pred.tif", "--no-tta")
     assert code == 2
     [line] = _errors(err)
     assert line == ("napari-unet: error: the network gave NaN or Inf probabilities on slice 1: its weights are damaged; "
@@ -207,7 +198,7 @@ def _pair(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["put back", "removed", "undo fails"])
-def test_a_failed_second_rename_puts_the_first_output_back_or_says_they_do_not_match(tmp_path, model_file, capsys,
+def test_a_failed_second_rename_puts_the_first_output_back_or_says_they_do_not_match(tmp_path, tiny_model_file, capsys,
                                                                                      monkeypatch, case):
     # review 2 of s64, 5: a TIFF predict's -o was replaced, then --probabilities' rename failed: new labels stayed
     # beside old probabilities, and the message named neither. Now -o is put back (kept aside until both are in place;
@@ -226,7 +217,7 @@ def test_a_failed_second_rename_puts_the_first_output_back_or_says_they_do_not_m
         return real(source, destination, *args, **kwargs)
 
     monkeypatch.setattr(os, "replace", flaky)
-    code, _, err = run_cli(capsys, "predict", model_file, tmp_path / "img.tif", "-o", tmp_path / "pred.tif",
+    code, _, err = run_cli(capsys, "predict", tiny_model_file, tmp_path / "img.tif", "-o", tmp_path / "pred.tif",
                            "--probabilities", tmp_path / "probs.tif", "--no-tta")
     monkeypatch.undo()
     assert code == 1
@@ -248,10 +239,10 @@ def test_a_failed_second_rename_puts_the_first_output_back_or_says_they_do_not_m
         assert sorted(os.listdir(tmp_path)) == ["img.tif", "pred.tif", "probs.tif"]
 
 
-def test_both_outputs_are_replaced_and_nothing_is_left_aside(tmp_path, model_file, capsys):
+def test_both_outputs_are_replaced_and_nothing_is_left_aside(tmp_path, tiny_model_file, capsys):
     # (control: the first output kept aside until the second is in place is removed then)
     before = _pair(tmp_path)
-    code, _, err = run_cli(capsys, "predict", model_file, tmp_path / "img.tif", "-o", tmp_path / "pred.tif",
+    code, _, err = run_cli(capsys, "predict", tiny_model_file, tmp_path / "img.tif", "-o", tmp_path / "pred.tif",
                            "--probabilities", tmp_path / "probs.tif", "--no-tta")
     assert code == 0, err
     assert all((tmp_path / name).read_bytes() != data for name, data in before.items())
@@ -259,7 +250,7 @@ def test_both_outputs_are_replaced_and_nothing_is_left_aside(tmp_path, model_fil
 
 
 @pytest.mark.parametrize("error", ["oserror", "memory"])
-def test_an_error_before_the_prediction_began_says_nothing_of_outputs(tmp_path, model_file, capsys, monkeypatch, error):
+def test_an_error_before_the_prediction_began_says_nothing_of_outputs(tmp_path, tiny_model_file, capsys, monkeypatch, error):
     # review 2 of s64, 8: an unreadable image header (an OSError) or a MemoryError there ended with "; no prediction
     # written (pred.tif is unchanged)", unlike the other refusals before the prediction began
     import errno
@@ -272,7 +263,7 @@ def test_an_error_before_the_prediction_began_says_nothing_of_outputs(tmp_path, 
         raise OSError(errno.EIO, "Input/output error", str(path))
 
     monkeypatch.setattr(cli, "_read_stack_and_metadata", unreadable)
-    code, _, err = run_cli(capsys, "predict", model_file, tmp_path / "img.tif", "-o", tmp_path / "pred.tif", "--no-tta")
+    code, _, err = run_cli(capsys, "predict", tiny_model_file, tmp_path / "img.tif", "-o", tmp_path / "pred.tif", "--no-tta")
     assert code == 1
     [line] = _errors(err)
     assert "written" not in line and "unchanged" not in line, line
