@@ -36,3 +36,20 @@ def test_the_widgets_lost_check_names_the_allocation_that_failed():
     # at the interpreter's exit (as _unexpected says it), no "RuntimeError: cannot schedule new futures ..."
     assert _why(RuntimeError("cannot schedule new futures after interpreter shutdown")) == "ended by Python's exit"
 
+
+
+@pytest.mark.parametrize("what, advice", [("training", "lower the batch size or the patch size (settings)"),
+                                          ("prediction", "a lower --batch-size or --tile-size")])
+def test_the_widgets_training_and_prediction_running_out_of_tensorflows_memory_say_it_in_one_line(what, advice, caplog):
+    # review 3 of s64, 7: the widgets' Train and Predict (jobs._unexpected) gave TensorFlow's whole message
+    # ("ResourceExhaustedError: Graph execution error:\n\nDetected at node ... [Op:__inference_step_1234]")
+    pytest.importorskip("napari")
+    from napari_unet._widgets.jobs import _unexpected
+
+    try:
+        raise ResourceExhaustedError(GRAPH_OOM)
+    except ResourceExhaustedError as err:  # (as the jobs call it)
+        message = _unexpected(what, err).message
+    assert message.startswith(f"not enough memory for TensorFlow ({ALLOCATION}); ") and message.endswith(advice), message
+    assert "\n" not in message
+    assert "ResourceExhaustedError" in caplog.text  # (its traceback still goes to the log)

@@ -35,7 +35,16 @@ def _unexpected(what: str, err: Exception) -> "Failed":
     if _at_exit(err):
         return Failed(f"{what} ended by Python's exit")
     _log.exception("napari-unet: %s failed", what)
+    if type(err).__name__ == "ResourceExhaustedError":  # (TensorFlow's: a multi-page message, the allocation in one line)
+        return Failed(f"not enough memory for TensorFlow ({out_of_memory_line(err)}){_OOM_ADVICE.get(what, '')}")
     return Failed(f"{type(err).__name__}: {err}")
+
+
+#: What to lower when TensorFlow runs out of memory, by the job (the CLI's advice; the widgets set no tile size). The
+#: widget says "training failed: not enough memory ...".
+_OOM_ADVICE = {"training": "; lower the batch size or the patch size (settings)",
+               "prediction": "; close other programs that use the GPU, or predict with napari-unet predict and a lower "
+                             "--batch-size or --tile-size"}
 
 
 def _at_exit(err: Exception) -> bool:
