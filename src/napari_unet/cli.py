@@ -319,9 +319,15 @@ def _note_stale_siblings(outputs) -> None:
 
     for output in outputs:
         for entry in stale_siblings(output) if output is not None else ():
+            killed = f"a killed run (process {sibling_pid(output, entry)}, no longer running)"
+            if entry.name.endswith(".replaced") and not os.path.lexists(output):  # killed between its two renames
+                target = entry.with_name(output.name)
+                print(f"note: {entry} is the only copy of {target}, which {killed} was replacing: to keep it, rename it "
+                      f"back to {target} (elsewhere once this run has written {target})", file=sys.stderr)
+                continue
             what = "an earlier version of" if entry.name.endswith(".replaced") else "an unfinished"
-            print(f"note: {entry} is {what} {output.name} that a killed run (process {sibling_pid(output, entry)}, no longer "
-                  "running) left behind; remove it to free its space", file=sys.stderr)
+            print(f"note: {entry} is {what} {output.name} that {killed} left behind; remove it to free its space",
+                  file=sys.stderr)
 
 
 def write_all(files: list, replaced: list | None = None) -> None:
