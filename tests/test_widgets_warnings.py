@@ -313,3 +313,83 @@ def test_a_check_of_a_retrain_that_fails_otherwise_says_why_in_one_line_and_keep
     assert session.model is not model and session.previous is not None  # the retrained model is the current one
     logged = [r for r in caplog.records if r.name == "napari_unet"]  # the traceback stays in the log
     assert len(logged) == 1 and logged[0].exc_info is not None, caplog.records
+
+
+@pytest.mark.parametrize("helper", ["thread", "pool"])
+def test_warnings_of_threads_a_job_starts_go_to_its_relay(widgets, qtbot, notifications, monkeypatch, helper):
+    # old (f243d9b): only the job's own thread was routed: a warning of a thread the job started (data.prefetch's
+    # batches, metrics' pools, dask's threaded scheduler) went to napari's hook: no prefix, numpy's noise shown
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from napari.utils.notifications import notification_manager
+
+    from napari_unet.hardware import LowMemoryWarning
+
+    monkeypatch.setattr(warnings, "showwarning", notification_manager.receive_warning)  # napari's hook
+    low = f"core warning in a helper thread {uuid.uuid4()}"
+    div = _core_function("def div(a):\n    return a / 0\n", "div")
+
+    def work():
+        warnings.warn(low, LowMemoryWarning)
+        div(np.ones(3))  # numpy's noise
+
+    def job():
+        if helper == "thread":
+            thread = threading.Thread(target=work)
+            thread.start()
+            thread.join()
+        else:
+            with ThreadPoolExecutor(2) as pool:
+                pool.submit(work).result()
+
+    _run_job(qtbot, widgets.viewer, job)
+    assert _warnings_shown(notifications) == [f"napari-unet: {low}"], notifications
+
+
+def test_a_warn_that_skips_the_router_falls_back_to_superqts_workers(widgets, qtbot, notifications, monkeypatch):
+    # old: only the router's existence was checked: a Python whose warn no longer calls warnings._showwarnmsg ran the
+    # jobs with neither superqt's catch_warnings nor the router, and their warnings were lost (or shown bare)
+    from napari_unet._widgets import workers
+    from napari_unet.hardware import LowMemoryWarning
+
+    def warn(message, category=UserWarning, stacklevel=1, source=None, **kwargs):  # calls showwarning directly
+        warnings.showwarning(message, category, __file__, 1)
+
+    monkeypatch.setattr(warnings, "_showwarnmsg", workers._showwarnmsg)  # before ours, as in a new process
+    monkeypatch.setattr(workers, "_router_installed", False)
+    monkeypatch.setattr(workers, "_ROUTABLE", True)
+    monkeypatch.setattr(warnings, "warn", warn)
+    message = f"warned in a job {uuid.uuid4()}"
+    worker = _run_job(qtbot, widgets.viewer, lambda: warnings.warn(message, LowMemoryWarning))
+    assert not isinstance(worker, workers._OwnWarnings) and workers._ROUTABLE is False
+    assert warnings._showwarnmsg is workers._showwarnmsg  # not left in place
+    assert _warnings_shown(notifications) == [f"napari-unet: {message}"], notifications
+
+
+def test_a_job_recording_its_warnings_in_a_context_still_gets_them(widgets, qtbot, notifications, monkeypatch):
+    # Python 3.14's context-aware warnings (simulated: no 3.14 here): catch_warnings(record=True) records into its
+    # context's log and leaves _showwarnmsg_impl as it was; old: the warning went to the relay, shown, not recorded
+    import sys
+    import types
+
+    from napari_unet.hardware import LowMemoryWarning
+
+    context = types.SimpleNamespace(log=None)
+    flags = types.SimpleNamespace(**{name: getattr(sys.flags, name) for name in dir(sys.flags)
+                                     if not name.startswith("_") and not callable(getattr(sys.flags, name))})
+    flags.context_aware_warnings = True
+    monkeypatch.setattr(sys, "flags", flags)
+    monkeypatch.setattr(warnings, "_get_context", lambda: context, raising=False)
+    passed_on = []
+    monkeypatch.setattr(warnings, "showwarning", lambda message, *args, **kwargs: passed_on.append(str(message)))
+
+    def job():
+        context.log = []  # as 3.14's catch_warnings(record=True) does
+        try:
+            warnings.warn("recorded, not shown", LowMemoryWarning)
+        finally:
+            context.log = None
+
+    _run_job(qtbot, widgets.viewer, job)
+    assert passed_on == ["recorded, not shown"] and not _warnings_shown(notifications), notifications

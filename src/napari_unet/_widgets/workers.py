@@ -8,6 +8,7 @@ import functools
 import inspect
 import itertools
 import linecache
+import logging
 import os
 import re
 import sys
@@ -37,7 +38,7 @@ def create_worker_of(viewer, func, *args, stop: threading.Event | None = None, t
     _wait_for_workers_at_exit()
     if stop is not None:
         _STOP_EVENTS.add(stop)
-    if _ROUTABLE:
+    if _ROUTABLE and _install_router():
         kwargs.setdefault("_worker_class", _GeneratorJob if inspect.isgeneratorfunction(func) else _FunctionJob)
     with _current(viewer):
         worker = create_worker(func if task is None else _Named(task, func), *args, **kwargs)
@@ -47,7 +48,8 @@ def create_worker_of(viewer, func, *args, stop: threading.Event | None = None, t
 
 class _OwnWarnings:
     """A superqt worker whose ``run`` is superqt's without its ``warnings.catch_warnings()``: the warnings of its
-    thread, and only those, come as ``warned`` (through :func:`_route`), under the process's own filters.
+    thread, and of the threads its job starts (:func:`_route`), come as ``warned``, under the process's own filters
+    (a user's "error" filter makes such a warning the job's error; superqt's "always" overrode it).
 
     superqt's catch_warnings swaps the process's ``showwarning`` and filters while a worker runs: with two overlapping
     jobs (the first started ending first) the second's warnings went to napari's hook (no prefix, numpy's noise shown),
@@ -104,23 +106,97 @@ _router_lock = threading.Lock()
 
 def _route(msg) -> None:
     """``warnings._showwarnmsg``: a warning raised in a thread running one of our jobs is that worker's ``warned``
-    (showwarning's arguments, as superqt emits them); any other goes where it went (the ``showwarning`` of the moment:
-    napari's hook, a napari worker's...)."""
+    (showwarning's arguments, as superqt emits them), and so is one raised, while jobs run, in a thread a job started
+    (data.prefetch's batches, metrics' pools, dask's threaded scheduler): the most recently started job's, as superqt's
+    process-wide hook did. Any other (the GUI thread's, a Qt pool thread's: a napari worker's) goes where it went (the
+    ``showwarning`` of the moment: napari's hook, a napari worker's...)."""
+    if msg.category is _RouterCheck:
+        _router_check.seen = True
+        return None
     job = _JOBS.get(threading.get_ident())
+    if job is None and _JOBS and _started_by_python():
+        try:
+            job = next(reversed(_JOBS.values()), None)
+        except RuntimeError:  # a job started or ended meanwhile
+            job = None
     # a catch_warnings(record=True) entered since the job started (its code's own, or a library's) records them
-    if job is None or getattr(warnings, "_showwarnmsg_impl", None) is not job[1]:
+    if job is None or getattr(warnings, "_showwarnmsg_impl", None) is not job[1] or _recording_in_context():
         return _showwarnmsg(msg)
     worker = job[0]
     worker.warned.emit((msg.message, msg.category, msg.filename, msg.lineno, msg.file, msg.line))
 
 
-def _install_router() -> None:
-    global _showwarnmsg, _router_installed
+def _started_by_python() -> bool:
+    """Whether the current thread is one Python's ``threading`` started, other than the main (GUI) thread: not a Qt
+    pool thread (another napari worker, superqt's run: its warnings are its own)."""
+    thread = threading.current_thread()
+    return thread is not threading.main_thread() and not isinstance(thread, _DUMMY_THREAD)
+
+
+_DUMMY_THREAD = getattr(threading, "_DummyThread", ())  # a thread not started by ``threading``
+
+
+def _recording_in_context() -> bool:
+    """Python 3.14's context-aware warnings: whether a ``catch_warnings(record=True)`` records in this context (it
+    leaves ``_showwarnmsg_impl`` as it was). Untested: no 3.14 here; read from CPython's _py_warnings.py."""
+    if not getattr(sys.flags, "context_aware_warnings", False):
+        return False
+    try:
+        return getattr(warnings._get_context(), "log", None) is not None
+    except Exception:  # (a private name: gone or changed)
+        return False
+
+
+class _RouterCheck(Warning):
+    """The warning of the router's self-test (never shown)."""
+
+
+_router_check = threading.local()
+
+
+def _install_router() -> bool:
+    """Install :func:`_route` once and check that ``warnings.warn`` goes through it; False (and ``_ROUTABLE`` false
+    from then on: superqt's workers) if not."""
+    global _showwarnmsg, _router_installed, _ROUTABLE
     with _router_lock:
+        if _router_installed:
+            return _ROUTABLE
+        _router_installed = True
         # once: a hook installed over ours later passes ours on (installing ours again over it would loop)
-        if not _router_installed:
+        if warnings._showwarnmsg is not _route:
             _showwarnmsg, warnings._showwarnmsg = warnings._showwarnmsg, _route
-            _router_installed = True
+        _ROUTABLE = _routes_warnings()
+        if not _ROUTABLE:
+            if warnings._showwarnmsg is _route:
+                warnings._showwarnmsg = _showwarnmsg
+            logging.getLogger(__name__).info("warnings.warn does not call warnings._showwarnmsg: superqt's workers")
+        return _ROUTABLE
+
+
+def _routes_warnings() -> bool:
+    """Whether a ``warnings.warn`` of this thread reaches :func:`_route`: a warning of a private category, let through
+    by a filter of its own only (removed after), kept from any ``showwarning``."""
+    entry = ("always", None, _RouterCheck, None, 0)
+    previous = warnings.showwarning
+
+    def quiet(message, category, *args, **kwargs):
+        if category is not _RouterCheck:
+            return previous(message, category, *args, **kwargs)
+
+    _router_check.seen = False
+    try:
+        warnings.filterwarnings("always", category=_RouterCheck)
+        warnings.showwarning = quiet
+        warnings.warn("napari-unet: self-test of the warnings' router", _RouterCheck)
+    except Exception:  # (a filter of "error" for every Warning is after ours: ours comes first)
+        return False
+    finally:
+        if warnings.showwarning is quiet:
+            warnings.showwarning = previous
+        with contextlib.suppress(ValueError):
+            warnings.filters.remove(entry)
+            _forget_shown_warnings()
+    return bool(getattr(_router_check, "seen", False))
 
 
 _router_installed = False
