@@ -239,6 +239,32 @@ def test_a_failed_second_rename_puts_the_first_output_back_or_says_they_do_not_m
         assert sorted(os.listdir(tmp_path)) == ["img.tif", "pred.tif", "probs.tif"]
 
 
+def test_an_old_output_that_cannot_be_put_back_is_named_where_it_is(tmp_path, tiny_model_file, capsys, monkeypatch):
+    # review 3 of s64, 6: -o's old file was moved aside, the new one's rename failed and so did the move back: -o was
+    # missing (its old file in a hidden sibling), and the message said "no prediction written (probs.tif is unchanged)"
+    import errno
+
+    before = _pair(tmp_path)
+    pred, probs = tmp_path / "pred.tif", tmp_path / "probs.tif"
+    real = os.replace
+
+    def flaky(source, destination, *args, **kwargs):
+        if str(destination) == str(pred):
+            raise OSError(errno.EIO, "Input/output error", str(destination))
+        return real(source, destination, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", flaky)
+    code, _, err = run_cli(capsys, "predict", tiny_model_file, tmp_path / "img.tif", "-o", pred,
+                           "--probabilities", probs, "--no-tta")
+    monkeypatch.undo()
+    assert code == 1
+    [aside] = [tmp_path / name for name in os.listdir(tmp_path) if name.endswith(".replaced")]
+    assert aside.read_bytes() == before["pred.tif"] and not pred.exists() and probs.read_bytes() == before["probs.tif"]
+    [line] = _errors(err)
+    assert line == (f"napari-unet: error: [Errno 5] Input/output error: '{pred}'; no prediction written ({probs} is "
+                    f"unchanged); the old {pred} is at {aside}: rename it back"), line
+
+
 def test_both_outputs_are_replaced_and_nothing_is_left_aside(tmp_path, tiny_model_file, capsys):
     # (control: the first output kept aside until the second is in place is removed then)
     before = _pair(tmp_path)

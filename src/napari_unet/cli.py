@@ -330,13 +330,15 @@ def _note_stale_siblings(outputs) -> None:
                   file=sys.stderr)
 
 
-def write_all(files: list, replaced: list | None = None) -> None:
+def write_all(files: list, replaced: list | None = None, left_aside: list | None = None) -> None:
     """Write every ``(path, array, metadata)`` TIFF or none: each goes to a temporary file beside its target
     first, and the targets are replaced only once all are complete (an existing file is never half replaced), with
     Ctrl-C, SIGTERM and SIGHUP held until all are replaced and appended to ``replaced`` (which the interrupted command
     names). A rename that fails puts the files replaced before it back (each kept aside as a hidden sibling until the
     last is in place): labels never stay beside the probabilities of an earlier run; one that cannot be put back is
-    appended to ``replaced``."""
+    appended to ``replaced``, and ``(target, sibling)`` to ``left_aside`` for an old file that stayed aside with its
+    target missing. A run killed between the renames leaves the sibling for the next run to name
+    (:func:`_note_stale_siblings`; not on Windows, where a process ID cannot be checked, nor hidden there)."""
     from ._files import folder_locks, fsync_folder, hidden_sibling, target_mode
     from .tiff_io import write_tiff
 
@@ -366,8 +368,11 @@ def write_all(files: list, replaced: list | None = None) -> None:
                             os.replace(partial, path)
                         except BaseException:
                             if aside is not None:
-                                with contextlib.suppress(OSError):  # (else it stays aside, named by the next run)
+                                try:
                                     os.replace(aside, path)
+                                except OSError:  # the old file stays aside, the target missing: the message names it
+                                    if left_aside is not None:
+                                        left_aside.append((path, aside))
                             raise
                         moved.append((path, aside))
                 except BaseException:
@@ -1254,17 +1259,18 @@ class _NotStarted(CommandError):
 def _nothing_written(args) -> str:
     """What a ``predict`` that failed before writing left: no output (scratch files and partial stores are removed), and
     the files or stores already at -o / --probabilities as they were; after a write that could not be undone
-    (:func:`write_all`), which output is new and which is not."""
+    (:func:`write_all`), which output is new and which is not, and where an old one that could not be put back is."""
+    aside = "".join(f"; the old {path} is at {sibling}: rename it back" for path, sibling in getattr(args, "left_aside", ()))
     if args.written:
         new = {os.path.abspath(path) for path in args.written}
         old = [str(path) for path in (args.output, args.probabilities)
                if path and os.path.abspath(path) not in new and os.path.lexists(path)]
         if not old:  # (all written: the error came after)
-            return ""
+            return aside
         return (f"; {', '.join(map(str, args.written))} {'was' if len(args.written) == 1 else 'were'} written, "
-                f"{' and '.join(old)} {'is' if len(old) == 1 else 'are'} unchanged: they do not match, predict again")
+                f"{' and '.join(old)} {'is' if len(old) == 1 else 'are'} unchanged: they do not match, predict again{aside}")
     kept = [str(path) for path in (args.output, args.probabilities) if path and os.path.lexists(path)]
-    return "; no prediction written" + (f" ({' and '.join(kept)} {'is' if len(kept) == 1 else 'are'} unchanged)" if kept else "")
+    return "; no prediction written" + (f" ({' and '.join(kept)} {'is' if len(kept) == 1 else 'are'} unchanged)" if kept else "") + aside
 
 
 #: float32 copies of a slice that a local ``predict`` holds besides the slice itself (see predict.py: the normalised
@@ -1337,7 +1343,8 @@ def _predict_local(args, image, output: Path, probabilities_file: Path | None, p
         if sum(array.nbytes for _, array, _ in files) > 2**26:  # compressing a large stack takes minutes: not silently
             print(f"writing {', '.join(str(path) for path, _, _ in files)}...", file=sys.stderr)
         existed = {path for path, _, _ in files if Path(path).exists()}
-        write_all(files, args.written)
+        args.left_aside = []
+        write_all(files, args.written, args.left_aside)
     for path, array, metadata in files:
         print(f"wrote {path} {array.shape} {array.dtype}" + (f" (axes {metadata['axes']})" if "axes" in metadata else "")
               + (_REPLACED if path in existed else ""), file=sys.stderr)
