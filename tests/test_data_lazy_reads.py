@@ -154,3 +154,19 @@ def test_a_damaged_uncompressed_zarr_chunk_is_a_lazy_read_error_chained_to_zarrs
             read_planes(lazy)
         assert list(caught.value.slices) == [2, 3]
         assert type(caught.value.__cause__) is ValueError and caught.value.__cause__.__traceback__ is not None
+
+
+def test_a_value_error_a_reader_raises_through_a_numpy_function_is_still_a_damaged_chunk():
+    # review 3 of s64, 8: the reader's frame was the innermost only; a reader calling np.reshape (a Python function of
+    # numpy's) made numpy's frame the innermost, and a chunk of the wrong size was a program's error, with a traceback
+    codec = {"__name__": "zarr._fake_codec", "np": np}  # (a reader's module, as its frames name it)
+    exec(compile("def decode(buffer):\n    return np.reshape(buffer, (2, 8, 8))\n", "<fake zarr codec>", "exec"), codec)
+    lazy = da.zeros((4, 8, 8), chunks=(2, 8, 8), dtype=np.uint8).map_blocks(
+        lambda block, block_info=None: codec["decode"](block.ravel()[: 100 if block_info[0]["chunk-location"][0] else None]),
+        dtype=np.uint8)
+    with pytest.raises(LazyReadError, match=r"\(ValueError: cannot reshape .*its file may be damaged") as caught:
+        read_planes(lazy)
+    assert list(caught.value.slices) == [2, 3]
+    with pytest.raises(ValueError) as caught:  # (control: a filter's own np.reshape stays a program's error)
+        read_planes(da.zeros((4, 8, 8), chunks=(2, 8, 8)).map_blocks(lambda block: np.reshape(block, (3, -1)), dtype=float))
+    assert not isinstance(caught.value, LazyReadError)

@@ -171,15 +171,18 @@ DAMAGED_DATA_ERRORS = (OSError, EOFError, RuntimeError, ValueError, zlib.error)
 #: ... but not these, which are a program's: RuntimeErrors, and numpy's AxisError (an IndexError and a ValueError).
 _PROGRAM_ERRORS = (NotImplementedError, RecursionError, IndexError, TypeError)
 #: Packages that read and decode files' chunks: a ValueError is a damaged chunk's only when raised in their code (its
-#: innermost Python frame; zarr's reshape of a chunk of the wrong size, through dask too), not a lazy filter's own
-#: (a broadcast, a reshape of the wrong shape), which is a program's error.
+#: innermost Python frame outside :data:`_PASSED_THROUGH`; zarr's reshape of a chunk of the wrong size, through dask
+#: too), not a lazy filter's own (a broadcast, a reshape of the wrong shape), which is a program's error.
 _READER_PACKAGES = frozenset({"zarr", "numcodecs", "tifffile", "imagecodecs", "h5py", "fsspec"})
+#: Packages whose frames say nothing of whose code failed: numpy's Python-level functions that a reader or a filter
+#: calls (np.reshape raises in numpy's fromnumeric), and the schedulers that run a chunk's task.
+_PASSED_THROUGH = frozenset({"numpy", "dask", "toolz", "tlz", "concurrent", "threading"})
 
 
 def _raised_in_reader(err: BaseException) -> bool:
-    frames = list(traceback.walk_tb(err.__traceback__))
-    module = frames[-1][0].f_globals.get("__name__", "") if frames else ""
-    return str(module).partition(".")[0] in _READER_PACKAGES
+    modules = [str(frame.f_globals.get("__name__", "")).partition(".")[0] for frame, _ in traceback.walk_tb(err.__traceback__)]
+    caller = next((module for module in reversed(modules) if module not in _PASSED_THROUGH), "")
+    return caller in _READER_PACKAGES
 
 
 def _damaged_data(err: BaseException) -> bool:
