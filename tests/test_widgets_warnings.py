@@ -330,9 +330,11 @@ def test_warnings_of_threads_a_job_starts_go_to_its_relay(widgets, qtbot, notifi
     low = f"core warning in a helper thread {uuid.uuid4()}"
     div = _core_function("def div(a):\n    return a / 0\n", "div")
 
+    # the helper's task is the package's code, as data.prefetch's batches and metrics' pools run
+    task = _core_function("def task(low, category, div):\n    warnings.warn(low, category)\n    div(np.ones(3))\n", "task")
+
     def work():
-        warnings.warn(low, LowMemoryWarning)
-        div(np.ones(3))  # numpy's noise
+        task(low, LowMemoryWarning, div)  # and numpy's noise
 
     def job():
         if helper == "thread":
@@ -393,3 +395,31 @@ def test_a_job_recording_its_warnings_in_a_context_still_gets_them(widgets, qtbo
 
     _run_job(qtbot, widgets.viewer, job)
     assert passed_on == ["recorded, not shown"] and not _warnings_shown(notifications), notifications
+
+
+def test_warnings_of_a_thread_no_job_started_go_where_they_went_while_a_job_runs(widgets, qtbot, notifications, monkeypatch):
+    # old (f11c5fd): while a job ran, a warning of any Python thread but the GUI thread (a user's, another plugin's)
+    # went to the job's relay, which dropped it (not napari_unet's): napari never showed it
+    import threading
+
+    from napari.utils.notifications import notification_manager
+
+    monkeypatch.setattr(warnings, "showwarning", notification_manager.receive_warning)  # napari's hook
+    theirs = f"another plugin's warning {uuid.uuid4()}"
+    running, done = threading.Event(), threading.Event()
+
+    def other_plugin():  # not started by the job, runs no napari_unet code
+        running.wait(30)
+        warnings.warn(theirs, UserWarning)
+        done.set()
+
+    def job():
+        running.set()
+        assert done.wait(30)
+
+    thread = threading.Thread(target=other_plugin)
+    thread.start()
+    _run_job(qtbot, widgets.viewer, job)
+    thread.join()
+    qtbot.waitUntil(lambda: any(theirs in text for text in _warnings_shown(notifications)), timeout=5_000)
+    assert [text for text in _warnings_shown(notifications) if theirs in text] == [theirs], notifications

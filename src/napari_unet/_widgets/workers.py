@@ -107,14 +107,15 @@ _router_lock = threading.Lock()
 def _route(msg) -> None:
     """``warnings._showwarnmsg``: a warning raised in a thread running one of our jobs is that worker's ``warned``
     (showwarning's arguments, as superqt emits them), and so is one raised, while jobs run, in a thread a job started
-    (data.prefetch's batches, metrics' pools, dask's threaded scheduler): the most recently started job's, as superqt's
-    process-wide hook did. Any other (the GUI thread's, a Qt pool thread's: a napari worker's) goes where it went (the
-    ``showwarning`` of the moment: napari's hook, a napari worker's...)."""
+    (running napari_unet's code: data.prefetch's batches, metrics' pools, dask's threaded scheduler): the most recently
+    started job's, as superqt's process-wide hook did. Any other (the GUI thread's, a Qt pool thread's: a napari
+    worker's; a user's or another plugin's thread) goes where it went (the ``showwarning`` of the moment: napari's
+    hook, a napari worker's...)."""
     if msg.category is _RouterCheck:
         _router_check.seen = True
         return None
     job = _JOBS.get(threading.get_ident())
-    if job is None and _JOBS and _started_by_python():
+    if job is None and _JOBS and _started_by_python() and _running_package_code():
         try:
             job = next(reversed(_JOBS.values()), None)
         except RuntimeError:  # a job started or ended meanwhile
@@ -124,6 +125,19 @@ def _route(msg) -> None:
         return _showwarnmsg(msg)
     worker = job[0]
     worker.warned.emit((msg.message, msg.category, msg.filename, msg.lineno, msg.file, msg.line))
+
+
+def _running_package_code() -> bool:
+    """Whether the current thread's stack runs napari_unet's code (besides this module): a thread a job started runs
+    its tasks (data.prefetch's batches, metrics' pools, dask's threads computing the job's graph); a user's thread or
+    another plugin's does not, and its warnings are not the job's (the job's relay would drop them)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if filename != __file__ and _in_package(filename):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _started_by_python() -> bool:
