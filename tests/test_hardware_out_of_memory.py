@@ -38,7 +38,7 @@ def test_the_widgets_lost_check_names_the_allocation_that_failed():
 
 
 
-@pytest.mark.parametrize("what, advice", [("training", "lower the batch size or the patch size (settings)"),
+@pytest.mark.parametrize("what, advice", [("training", "lower the batch size or the patch size (settings; a Retrain has its own)"),
                                           ("prediction", "a lower --batch-size or --tile-size")])
 def test_the_widgets_training_and_prediction_running_out_of_tensorflows_memory_say_it_in_one_line(what, advice, caplog):
     # review 3 of s64, 7: the widgets' Train and Predict (jobs._unexpected) gave TensorFlow's whole message

@@ -42,9 +42,9 @@ def _unexpected(what: str, err: Exception) -> "Failed":
 
 #: What to lower when TensorFlow runs out of memory, by the job (the CLI's advice; the widgets set no tile size). The
 #: widget says "training failed: not enough memory ...".
-_OOM_ADVICE = {"training": "; lower the batch size or the patch size (settings)",
-               "prediction": "; close other programs that use the GPU, or predict with napari-unet predict and a lower "
-                             "--batch-size or --tile-size"}
+_OOM_ADVICE = {"training": "; lower the batch size or the patch size (settings; a Retrain has its own)",
+               "prediction": "; close other programs using the memory (or the GPU), or predict with napari-unet predict "
+                             "and a lower --batch-size or --tile-size"}
 
 
 def _at_exit(err: Exception) -> bool:
