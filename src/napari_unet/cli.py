@@ -313,14 +313,27 @@ def save_model_or_elsewhere(model, path: Path, written: list | None = None) -> P
                            "cluster job's temporary folder is often removed when the job ends)") from err
 
 
+def _modified(path: Path) -> float:
+    """``path``'s modification time, 0 if it cannot be read."""
+    try:
+        return path.lstat().st_mtime
+    except OSError:
+        return 0.0
+
+
 def _note_stale_siblings(outputs) -> None:
     """Name the hidden partial or replaced outputs that killed runs left beside ``outputs`` (they can be large)."""
     from ._files import sibling_pid, stale_siblings
 
     for output in outputs:
-        for entry in stale_siblings(output) if output is not None else ():
+        entries = stale_siblings(output) if output is not None else []
+        # killed between its two renames: the newest file kept aside is the output's latest version (several: each a
+        # run killed there, the older ones earlier versions)
+        aside = [entry for entry in entries if entry.name.endswith(".replaced")]
+        only_copy = max(aside, key=_modified, default=None) if not os.path.lexists(output or "") else None
+        for entry in entries:
             killed = f"a killed run (process {sibling_pid(output, entry)}, no longer running)"
-            if entry.name.endswith(".replaced") and not os.path.lexists(output):  # killed between its two renames
+            if entry == only_copy:
                 target = entry.with_name(output.name)
                 print(f"note: {entry} is the only copy of {target}, which {killed} was replacing: to keep it, rename it "
                       f"back to {target} (elsewhere once this run has written {target})", file=sys.stderr)
