@@ -442,7 +442,7 @@ def _name_read_error(err: Exception, prediction: ChunkedPrediction, task: int) -
     task number ``task`` of ``prediction`` met reading its slices ``role`` "image" and ``slices`` (as
     :func:`napari_unet.data.read_planes` does): the slices of the page or chunk of the stack that fails again, read a
     chunk at a time, else those the task read (with its context slices). A (Y, X) image has no slices to name."""
-    from .data import reader_errors
+    from .data import chunks_along_z, reader_errors
 
     if not isinstance(err, reader_errors()):
         return
@@ -454,15 +454,12 @@ def _name_read_error(err: Exception, prediction: ChunkedPrediction, task: int) -
     context, stack = prediction.source.config.context_slices, prediction.stack
     lo, hi = max(0, first - context), min(stack.shape[0], stop + context)
     err.slices = range(lo, hi)
-    ends = np.cumsum(stack.chunks[0])
-    for start, end in zip(ends - np.asarray(stack.chunks[0]), ends):  # the stack's chunks along Z that the task read
+    for start, end, read in chunks_along_z(stack, list(range(lo, hi))):  # the stack's chunks along Z the task read
         # (the slices it read of each: memory as the task's; a chunk that fails fails whole, all its slices named)
-        if end <= lo or start >= hi:
-            continue
         try:  # diagnostic only: another failure (memory, a vanished file) leaves the task's slices named
-            np.asarray(stack[max(int(start), lo):min(int(end), hi)])
+            np.asarray(stack[read[0]:read[-1] + 1])
         except reader_errors():
-            err.slices = range(int(start), int(end))
+            err.slices = range(start, end)
             return
         except Exception:
             return

@@ -211,7 +211,7 @@ def _lazy_read_error(array, err: Exception) -> Optional[LazyReadError]:
     return LazyReadError(f"unreadable data ({type(err).__name__}{': ' + what if what else ''}); its file may be damaged")
 
 
-def _z_blocks(array, planes: list) -> list:
+def chunks_along_z(array, planes: list) -> list:
     """``(start, stop, planes)`` of ``planes`` of (Z, ...) ``array`` grouped by the chunks holding them along Z (slices
     start..stop - 1): a dask array's, or a regular chunking's (a zarr or HDF5 array: ``chunks`` a tuple of ints); one
     slice a block for other arrays."""
@@ -219,20 +219,16 @@ def _z_blocks(array, planes: list) -> list:
         chunks = getattr(array, "chunks", None)
     except Exception:  # (a sharded zarr array may not tell)
         chunks = None
-    n = int(np.shape(array)[0])
-    if not chunks:
+    if not chunks or not (hasattr(array, "dask") or isinstance(chunks[0], numbers.Integral) and int(chunks[0]) > 0):
         return [(z, z + 1, [z]) for z in planes]
-    if isinstance(chunks[0], numbers.Integral) and int(chunks[0]) > 0:
-        ends = np.minimum(np.arange(1, -(-n // int(chunks[0])) + 1) * int(chunks[0]), n)
-    elif hasattr(array, "dask"):
-        ends = np.cumsum(chunks[0])
-    else:
-        return [(z, z + 1, [z]) for z in planes]
-    starts = np.concatenate([[0], ends[:-1]])
+    from dask.array.core import normalize_chunks  # a regular chunking as dask's sizes: (64, 64, 64, 64)
+
+    sizes = np.asarray(normalize_chunks(tuple(chunks), shape=tuple(np.shape(array)))[0])
+    ends = np.cumsum(sizes)
     blocks: dict = {}
     for z in planes:
         blocks.setdefault(int(np.searchsorted(ends, z, side="right")), []).append(z)
-    return [(int(starts[k]), int(ends[k]), zs) for k, zs in sorted(blocks.items())]
+    return [(int(ends[k] - sizes[k]), int(ends[k]), zs) for k, zs in sorted(blocks.items())]
 
 
 @contextlib.contextmanager
@@ -265,7 +261,7 @@ def _failing_slices(array, planes: list, foreign: bool = False) -> Optional[rang
     failure was another reader's (:class:`LazyReadError`), so one of :data:`DAMAGED_DATA_ERRORS` marks the chunk."""
     if len(planes) == 1:
         return range(planes[0], planes[0] + 1)
-    blocks = _z_blocks(array, planes)
+    blocks = chunks_along_z(array, planes)
     if len(blocks) == 1:
         return range(blocks[0][0], blocks[0][1])
     for start, stop, zs in blocks:  # read again a chunk at a time, only after a failure
@@ -998,6 +994,7 @@ def prefetch(make_batch, n_batches: int, depth: int = 4):
 
 __all__ = [
     "DAMAGED_DATA_ERRORS",
+    "chunks_along_z",
     "ELASTIC_MAX_SHARE",
     "LazyReadError",
     "clear_border_weights_cache",

@@ -61,8 +61,7 @@ class _OwnWarnings:
         self.started.emit()
         self._running = True
         thread = threading.get_ident()
-        try:
-            _install_router()
+        try:  # (create_worker_of installed the router before it chose this class)
             _JOBS[thread] = (self, getattr(warnings, "_showwarnmsg_impl", None))
             # no "always": the warnings' registries are forgotten (a new job says its warnings again; superqt's
             # catch_warnings did it too), a warning repeated at one place in a job then comes once
@@ -232,8 +231,8 @@ class _CoreWarnings(QObject):
     """One worker's warnings (``warnings.showwarning``'s arguments, which the worker emits as ``warned``) that the
     napari_unet code raised, as ``napari-unet: <message>`` notifications, each message once per worker.
 
-    Only the warnings of the worker's own thread come (:func:`_route`), each once per place in a job under Python's
-    default filters. Third-party warnings (TensorFlow's, Keras', numpy's, also those whose ``stacklevel`` points into
+    Only the warnings of the worker's own thread, and of the threads running its job's code, come (:func:`_route`),
+    each once per place in a job under Python's default filters. Third-party warnings (TensorFlow's, Keras', numpy's, also those whose ``stacklevel`` points into
     napari_unet's code, and numpy's floating-point warnings of the package's own arithmetic) are noise a user cannot act
     on: not shown.
     """
@@ -242,7 +241,6 @@ class _CoreWarnings(QObject):
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self._shown: set = set()  # GUI thread
         self._received: set = set()  # (text, category) sent to the GUI thread; any thread, under the lock
         self._lock = threading.Lock()
         self._show.connect(self._notify)  # queued from a worker's thread: this object lives in the GUI thread
@@ -250,7 +248,7 @@ class _CoreWarnings(QObject):
     def receive(self, showwarning_args: tuple) -> None:
         message, category, filename, lineno = showwarning_args[:4]
         by_category = _by_category(category)  # (the stack is looked at only where needed)
-        if not (by_category if by_category is not None else raised_by_napari_unet(category, filename, _issuer_file())):
+        if not (by_category if by_category is not None else _in_package(_issuer_file() or filename)):
             return
         with self._lock:  # a repeat (a napari worker's "always" meanwhile, several places) queues no GUI call
             if (str(message), category) in self._received:
@@ -262,10 +260,7 @@ class _CoreWarnings(QObject):
     def _notify(self, warning: tuple) -> None:
         from napari.utils.notifications import notification_manager, show_warning
 
-        message, category, filename, lineno = warning
-        if (str(message), category) in self._shown:
-            return
-        self._shown.add((str(message), category))
+        message, category, filename, lineno = warning  # (each once: receive drops repeats)
         # a napari that relays worker warnings itself (its mixin reached) shows each once per process, before this
         # (its connection was made first): not twice
         text = message if isinstance(message, str) else (message.args[0] if message.args else str(message))
@@ -289,7 +284,7 @@ def raised_by_napari_unet(category: type, filename: str, issuer: str | None = No
     caller).
     """
     by_category = _by_category(category)
-    return by_category if by_category is not None else _in_package(filename if issuer is None else issuer)
+    return by_category if by_category is not None else _in_package(issuer or filename)
 
 
 def _by_category(category: type) -> bool | None:
