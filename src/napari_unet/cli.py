@@ -370,47 +370,55 @@ def write_all(files: list, replaced: list | None = None, left_aside: list | None
         # two runs writing one pair take turns (the zarr commit's locks): one run's labels and probabilities
         with folder_locks(path for _, path in pending) as folders:
             with interrupts_deferred():  # all replaced and recorded, or (an interrupt before, a failure) none
-                moved = []  # (target, the file it replaced kept aside, None: none) of each target replaced so far
-                try:
-                    for k, (partial, path) in enumerate(pending):
-                        aside = None
-                        if k < len(pending) - 1 and os.path.lexists(path):  # kept until the last is in place
-                            aside = hidden_sibling(path, "replaced", unique=True)
-                            os.replace(path, aside)
-                        try:
-                            os.replace(partial, path)
-                        except BaseException:
-                            if aside is not None:
-                                try:
-                                    os.replace(aside, path)
-                                except OSError:  # the old file stays aside, the target missing: the message names it
-                                    if left_aside is not None:
-                                        left_aside.append((path, aside))
-                            raise
-                        moved.append((path, aside))
-                except BaseException:
-                    for path, aside in reversed(moved):  # the first error is raised; the command names what stays
-                        try:
-                            if aside is None:
-                                os.unlink(path)
-                            else:
-                                os.replace(aside, path)
-                        except OSError:
-                            if replaced is not None:
-                                replaced.append(path)
-                    raise
-                if replaced is not None:
-                    replaced.extend(path for _, path in pending)
-                for _, aside in moved:
-                    if aside is not None:
-                        with contextlib.suppress(OSError):  # (else it stays, named by the next run)
-                            os.unlink(aside)
+                _replace_all(pending, replaced, left_aside)
         for folder in folders:
             fsync_folder(folder)
     finally:
         for partial, _ in pending:
             if partial.exists():
                 partial.unlink()
+
+
+def _replace_all(pending: list, replaced: list | None, left_aside: list | None) -> None:
+    """Rename each ``(partial, target)`` of ``pending`` onto its target, all or none (:func:`write_all`): each file
+    replaced before the last is kept aside until the last is in place, and a failure puts back what was replaced."""
+    from ._files import hidden_sibling
+
+    moved = []  # (target, the file it replaced kept aside, None: none) of each target replaced so far
+    try:
+        for k, (partial, path) in enumerate(pending):
+            aside = None
+            if k < len(pending) - 1 and os.path.lexists(path):  # kept until the last is in place
+                aside = hidden_sibling(path, "replaced", unique=True)
+                os.replace(path, aside)
+            try:
+                os.replace(partial, path)
+            except BaseException:
+                if aside is not None:
+                    try:
+                        os.replace(aside, path)
+                    except OSError:  # the old file stays aside, the target missing: the message names it
+                        if left_aside is not None:
+                            left_aside.append((path, aside))
+                raise
+            moved.append((path, aside))
+    except BaseException:
+        for path, aside in reversed(moved):  # the first error is raised; the command names what stays
+            try:
+                if aside is None:
+                    os.unlink(path)
+                else:
+                    os.replace(aside, path)
+            except OSError:
+                if replaced is not None:
+                    replaced.append(path)
+        raise
+    if replaced is not None:
+        replaced.extend(path for _, path in pending)
+    for _, aside in moved:
+        if aside is not None:
+            with contextlib.suppress(OSError):  # (else it stays, named by the next run)
+                os.unlink(aside)
 
 
 def scratch_array(stack: contextlib.ExitStack, folder: Path, shape: tuple, dtype) -> np.memmap:
